@@ -1,0 +1,33 @@
+# fednode: `make demo` runs the walkthrough, `make test` runs the tests.
+# Both create or refresh .venv idempotently first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fednode-installed
+
+.PHONY: demo test lint bench clean venv
+
+venv: $(STAMP)
+
+# torch first, pinned to the CPU build this machine kind keeps on disk, so no
+# multi-GB CUDA build is ever downloaded; then the project with its dev extras.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m fednode.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,1 @@
+"""The ``fednode`` command line: parses, calls fednode, prints."""

@@ -1,0 +1,496 @@
+"""``fednode``: thin click front end over fednode's history operations."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from fednode import __version__, operations
+from fednode.errors import FednodeError
+from fednode.graph import graph_lines
+from fednode.history import History, RepoInfo, repo_id_text
+from fednode.modelio import open_model
+from fednode.node import Node, default_home, init_home, open_node
+from protocol.multiformats import CID
+from protocol.objects import Commit
+
+out = Console(highlight=False, soft_wrap=True)
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def short(cid: CID) -> str:
+    return str(cid)[:16]
+
+
+def _node(ctx: click.Context) -> Node:
+    node = open_node(ctx.obj["home"])
+    ctx.call_on_close(node.close)
+    return node
+
+
+def _repo(node: Node, name: str | None) -> RepoInfo:
+    if name:
+        return node.history.repo(name)
+    with node.store.read() as txn:
+        current = txn.get_meta("current_repo")
+    if current is None:
+        raise FednodeError("no repository given and none selected: pass --repo NAME or run 'fednode repo use NAME'")
+    return node.history.repo(current.decode())
+
+
+def _set_current(node: Node, name: str) -> None:
+    with node.store.write() as txn:
+        txn.set_meta("current_repo", name.encode())
+
+
+def _resolve(node: Node, rev: str, repo_name: str | None) -> tuple[RepoInfo, CID]:
+    repo = None
+    if ":" not in rev:
+        try:
+            repo = _repo(node, repo_name)
+        except FednodeError:
+            if repo_name:
+                raise
+    return node.history.resolve(rev, repo)
+
+
+def _metrics(pairs: tuple[str, ...]) -> dict[str, float]:
+    metrics = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        try:
+            if not sep or not key:
+                raise ValueError
+            metrics[key] = float(value)
+        except ValueError:
+            raise FednodeError(f"invalid --metric {pair!r}: use NAME=NUMBER") from None
+    return metrics
+
+
+def commit_json(cid: CID, commit: Commit) -> dict[str, Any]:
+    return {
+        "cid": str(cid),
+        "commit_hash": commit.commit_hash().hex(),
+        "repo": repo_id_text(commit.repo) if commit.repo else repo_id_text(commit.commit_hash()),
+        "kind": commit.kind,
+        "parents": [str(p) for p in commit.parents],
+        "author": _b58(commit.author),
+        "time": dt.datetime.fromtimestamp(commit.time_ms / 1000, dt.UTC).isoformat(),
+        "message": commit.message,
+        "metrics": commit.metrics,
+        "weights": str(commit.weights),
+        "info": json.loads(json.dumps(commit.info, default=str)),
+    }
+
+
+def _b58(raw: bytes) -> str:
+    from protocol.multiformats import b58encode
+
+    return b58encode(raw)
+
+
+class FednodeGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FednodeError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=FednodeGroup)
+@click.version_option(__version__, prog_name="fednode")
+@click.option("--home", type=click.Path(path_type=Path), help="Node home (default $FEDNODE_HOME or ~/.fednode).")
+@click.pass_context
+def main(ctx: click.Context, home: Path | None) -> None:
+    """fednode: version control for collaborative machine learning on private data."""
+    ctx.ensure_object(dict)
+    ctx.obj["home"] = home or default_home()
+
+
+@main.command()
+@click.option("--keypair", type=click.Path(path_type=Path, dir_okay=False), help="Import a solana-keygen JSON keypair.")
+@click.option("--force", is_flag=True, help="Replace an existing identity.")
+@click.pass_context
+def init(ctx: click.Context, keypair: Path | None, force: bool) -> None:
+    """Create the node home: wallet keypair (0600), config.toml, store."""
+    home = ctx.obj["home"]
+    identity = init_home(home, keypair, force)
+    out.print(f"initialised {home}")
+    out.print(f"wallet  {identity.address}")
+    out.print(f"peer id {identity.peer_id}")
+
+
+@main.command("id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def id_(ctx: click.Context, as_json: bool) -> None:
+    """Print the wallet address and libp2p peer id (the same Ed25519 key)."""
+    node = _node(ctx)
+    info = {"address": node.identity.address, "peer_id": node.identity.peer_id, "home": str(node.home)}
+    if as_json:
+        emit_json(info)
+    else:
+        out.print(f"wallet  {info['address']}\npeer id {info['peer_id']}")
+
+
+@main.group()
+def repo() -> None:
+    """Create, list and select repositories."""
+
+
+@repo.command("create")
+@click.argument("name")
+@click.option("--from", "source", required=True, type=click.Path(path_type=Path), help="Initial weights.")
+@click.option("-m", "--message", default="initial weights")
+@click.option("--scale-bits", type=int, default=None, help="Fixed-point grid 2**-N for update deltas.")
+@click.option("--snapshot-interval", type=int, default=None, help="Store a full snapshot every N deltas.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def repo_create(
+    ctx: click.Context, name: str, source: Path, message: str, scale_bits: int | None,
+    snapshot_interval: int | None, as_json: bool,
+) -> None:
+    """Create repository NAME from a model file (its genesis commit)."""
+    node = _node(ctx)
+    defaults = node.config.get("repository_defaults", {})
+    model = open_model(source)
+    try:
+        info, result = node.history.create_repo(
+            name,
+            model,
+            message,
+            scale_bits if scale_bits is not None else int(defaults.get("scale_bits", 24)),
+            snapshot_interval if snapshot_interval is not None else int(defaults.get("snapshot_interval", 8)),
+        )
+    finally:
+        model.close()
+    _set_current(node, name)
+    if as_json:
+        emit_json({"name": name, "id": repo_id_text(info.repo_id), "genesis": str(result.cid)})
+        return
+    out.print(f"created repository {name} ({len(model.tensors)} tensors, {result.total_bytes} bytes)")
+    out.print(f"id      {repo_id_text(info.repo_id)}")
+    out.print(f"genesis {result.cid}")
+
+
+@repo.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def repo_list(ctx: click.Context, as_json: bool) -> None:
+    """List repositories in this node's store."""
+    node = _node(ctx)
+    rows = []
+    for info in node.history.repos():
+        branches = node.history.branches(info)
+        rows.append({"name": info.name, "id": repo_id_text(info.repo_id), "branches": len(branches),
+                     "settings": info.settings})
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("name", "id", "branches")
+    for row in rows:
+        table.add_row(row["name"], row["id"], str(row["branches"]))
+    out.print(table)
+
+
+@repo.command("use")
+@click.argument("name")
+@click.pass_context
+def repo_use(ctx: click.Context, name: str) -> None:
+    """Make NAME the current repository for commands without --repo."""
+    node = _node(ctx)
+    info = node.history.repo(name)
+    _set_current(node, info.name)
+    out.print(f"current repository: {info.name}")
+
+
+@main.command()
+@click.argument("repo_name", metavar="[REPO]", required=False)
+@click.option("--from", "source", required=True, type=click.Path(path_type=Path))
+@click.option("-m", "--message", required=True)
+@click.option("-b", "--branch", default=None, help="Branch to commit on (default: the current branch).")
+@click.option("--metric", "metrics", multiple=True, help="NAME=VALUE, repeatable.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def commit(
+    ctx: click.Context, repo_name: str | None, source: Path, message: str, branch: str | None,
+    metrics: tuple[str, ...], as_json: bool,
+) -> None:
+    """Commit a model file as an update on a branch."""
+    node = _node(ctx)
+    info = _repo(node, repo_name)
+    parsed = _metrics(metrics)
+    model = open_model(source)
+    try:
+        result = node.history.commit(info, model, message, branch=branch, metrics=parsed)
+    finally:
+        model.close()
+    if as_json:
+        emit_json({**commit_json(result.cid, result.commit), "new_bytes": result.new_bytes,
+                   "max_quantization_error": result.max_quantization_error})
+        return
+    out.print(f"[{branch or node.history.current_branch(info)} {short(result.cid)}] {message}", markup=False)
+    out.print(f"{result.new_bytes} new bytes stored; max quantization error {result.max_quantization_error:.3g}")
+
+
+@main.command()
+@click.argument("repo_name", metavar="[REPO]", required=False)
+@click.argument("branch", required=False)
+@click.option("--all", "all_branches", is_flag=True, help="Every branch.")
+@click.option("-n", "limit", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def log(ctx: click.Context, repo_name: str | None, branch: str | None, all_branches: bool, limit: int | None,
+        as_json: bool) -> None:
+    """History of a branch (or --all branches) with a graph of merges."""
+    node = _node(ctx)
+    info = _repo(node, repo_name)
+    history: History = node.history
+    branches = history.branches(info)
+    if all_branches:
+        heads = list(branches.values())
+    else:
+        heads = [history.resolve(branch or "HEAD", info)[1]]
+    labels: dict[CID, list[str]] = {}
+    for name, cid in branches.items():
+        labels.setdefault(cid, []).append(name)
+    for name, cid in history.tags(info).items():
+        labels.setdefault(cid, []).append(f"tag: {name}")
+    entries = list(history.walk(heads))
+    if limit is not None:
+        entries = entries[:limit]
+    if as_json:
+        emit_json([{**commit_json(c, cm), "refs": labels.get(c, [])} for c, cm in entries])
+        return
+    lines = graph_lines([(c, cm.parents) for c, cm in entries])
+    for (cid, cm), (prefix, extra) in zip(entries, lines, strict=False):
+        refs = f" [cyan]({', '.join(labels[cid])})[/]" if cid in labels else ""
+        when = dt.datetime.fromtimestamp(cm.time_ms / 1000).strftime("%Y-%m-%d %H:%M")
+        metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(cm.metrics.items()))
+        out.print(f"{prefix}[yellow]{short(cid)}[/]{refs} {cm.kind:6} {when} {cm.message}"
+                  + (f" [dim]{metrics}[/]" if metrics else ""), markup=True)
+        if extra:
+            out.print(extra, markup=False)
+
+
+@main.command()
+@click.argument("rev")
+@click.option("-r", "--repo", "repo_name", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def show(ctx: click.Context, rev: str, repo_name: str | None, as_json: bool) -> None:
+    """A commit: metadata and every tensor with dtype, shape, encoding and CID."""
+    node = _node(ctx)
+    _, cid = _resolve(node, rev, repo_name)
+    commit_obj = node.history.load_commit(cid)
+    manifest = node.history.load_manifest(commit_obj.weights)
+    tensors = []
+    for name, e in manifest.tensors.items():
+        tensors.append({"name": name, "dtype": e.dtype, "shape": list(e.shape), "encoding": e.encoding,
+                        "cid": str(e.cid) if e.cid else None, "stored_bytes": e.size, "depth": e.depth,
+                        "int_bits": e.int_bits or None, "scale_bits": e.scale_bits if e.encoding == "fixed" else None})
+    data = {**commit_json(cid, commit_obj), "tensors": tensors,
+            "signature_valid": node.history.verify_commit_signature(commit_obj)}
+    if as_json:
+        emit_json(data)
+        return
+    out.print(f"commit  [yellow]{cid}[/]")
+    out.print(f"kind    {data['kind']}   author {data['author']}   {data['time']}")
+    for p in data["parents"]:
+        out.print(f"parent  {p}")
+    out.print(f"message {data['message']}")
+    if data["metrics"]:
+        out.print("metrics " + " ".join(f"{k}={v:.6g}" for k, v in sorted(data["metrics"].items())))
+    table = Table("tensor", "dtype", "shape", "encoding", "stored", "cid")
+    for t in tensors:
+        table.add_row(t["name"], t["dtype"], str(t["shape"]), t["encoding"], str(t["stored_bytes"]),
+                      (t["cid"] or "-")[:20])
+    out.print(table)
+
+
+@main.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("-r", "--repo", "repo_name", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def diff(ctx: click.Context, a: str, b: str, repo_name: str | None, as_json: bool) -> None:
+    """Per tensor: L2 norm of the change, relative change, fraction of changed values."""
+    node = _node(ctx)
+    _, ca = _resolve(node, a, repo_name)
+    _, cb = _resolve(node, b, repo_name)
+    rows = operations.diff(node.history, ca, cb)
+    if as_json:
+        emit_json({"a": str(ca), "b": str(cb), "tensors": [r.to_json() for r in rows]})
+        return
+    table = Table("tensor", "status", "L2 change", "relative", "changed")
+    for r in rows:
+        table.add_row(r.name, r.status, f"{r.l2:.4g}", f"{r.relative:.3g}", f"{r.changed_fraction:.1%}")
+    out.print(table)
+
+
+@main.command()
+@click.argument("rev")
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path))
+@click.option("-r", "--repo", "repo_name", default=None)
+@click.pass_context
+def checkout(ctx: click.Context, rev: str, out_path: Path, repo_name: str | None) -> None:
+    """Write a revision's weights to a .safetensors (or .pt) file."""
+    node = _node(ctx)
+    _, cid = _resolve(node, rev, repo_name)
+    size = operations.checkout(node.history, cid, out_path)
+    out.print(f"wrote {out_path} ({size} bytes) from {short(cid)}")
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.argument("start", required=False)
+@click.option("-d", "--delete", is_flag=True)
+@click.option("-s", "--switch", "switch_to", is_flag=True, help="Make NAME the current branch.")
+@click.option("-r", "--repo", "repo_name", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def branch(ctx: click.Context, name: str | None, start: str | None, delete: bool, switch_to: bool,
+           repo_name: str | None, as_json: bool) -> None:
+    """List branches, or create NAME at START (default HEAD), delete (-d) or switch (-s)."""
+    node = _node(ctx)
+    info = _repo(node, repo_name)
+    history = node.history
+    if name is None:
+        current = history.current_branch(info)
+        rows = {b: str(c) for b, c in history.branches(info).items()}
+        if as_json:
+            emit_json({"current": current, "branches": rows})
+        else:
+            for b, c in rows.items():
+                out.print(f"{'*' if b == current else ' '} {b:20} {c[:16]}")
+        return
+    if delete:
+        history.delete_branch(info, name)
+        out.print(f"deleted branch {name}")
+        return
+    if switch_to and start is None and name in history.branches(info):
+        history.switch_branch(info, name)
+        out.print(f"switched to branch {name}")
+        return
+    _, cid = history.resolve(start or "HEAD", info)
+    history.create_branch(info, name, cid)
+    out.print(f"created branch {name} at {short(cid)}")
+    if switch_to:
+        history.switch_branch(info, name)
+        out.print(f"switched to branch {name}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("-r", "--repo", "repo_name", default=None)
+@click.pass_context
+def switch(ctx: click.Context, name: str, repo_name: str | None) -> None:
+    """Make branch NAME the current branch."""
+    node = _node(ctx)
+    node.history.switch_branch(_repo(node, repo_name), name)
+    out.print(f"switched to branch {name}")
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.argument("rev", required=False)
+@click.option("-d", "--delete", is_flag=True)
+@click.option("-r", "--repo", "repo_name", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def tag(ctx: click.Context, name: str | None, rev: str | None, delete: bool, repo_name: str | None,
+        as_json: bool) -> None:
+    """List tags, or tag REV (default HEAD) as NAME, or delete (-d)."""
+    node = _node(ctx)
+    info = _repo(node, repo_name)
+    if name is None:
+        rows = {t: str(c) for t, c in node.history.tags(info).items()}
+        if as_json:
+            emit_json(rows)
+        else:
+            for t, c in rows.items():
+                out.print(f"{t:20} {c[:16]}")
+        return
+    if delete:
+        node.history.delete_tag(info, name)
+        out.print(f"deleted tag {name}")
+        return
+    _, cid = node.history.resolve(rev or "HEAD", info)
+    node.history.create_tag(info, name, cid)
+    out.print(f"tagged {short(cid)} as {name}")
+
+
+@main.command()
+@click.argument("rev")
+@click.option("-b", "--branch", default=None)
+@click.option("-r", "--repo", "repo_name", default=None)
+@click.pass_context
+def revert(ctx: click.Context, rev: str, branch: str | None, repo_name: str | None) -> None:
+    """New commit on the branch that restores REV's weights (history is never rewritten)."""
+    node = _node(ctx)
+    info, cid = _resolve(node, rev, repo_name)
+    result = operations.revert(node.history, info, cid, branch)
+    out.print(f"[{branch or node.history.current_branch(info)} {short(result.cid)}] revert to {short(cid)}",
+              markup=False)
+
+
+def _report(report: operations.VerifyReport, what: str, as_json: bool) -> None:
+    if as_json:
+        emit_json({"ok": not report.problems, "commits": report.commits, "problems": report.problems})
+    elif report.problems:
+        for p in report.problems:
+            click.echo(f"problem: {p}", err=True)
+    else:
+        out.print(f"{what}: {report.commits} commits ok")
+    if report.problems:
+        raise FednodeError(f"{what} failed: {len(report.problems)} problem(s), first: {report.problems[0]}")
+
+
+@main.command()
+@click.argument("rev")
+@click.option("-r", "--repo", "repo_name", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def verify(ctx: click.Context, rev: str, repo_name: str | None, as_json: bool) -> None:
+    """Check hashes and signatures of REV's whole ancestry."""
+    node = _node(ctx)
+    info, cid = _resolve(node, rev, repo_name)
+    _report(operations.verify(node.history, info, cid), "verify", as_json)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def fsck(ctx: click.Context, as_json: bool) -> None:
+    """Every reachable block present and hash-verified, every signature valid."""
+    node = _node(ctx)
+    _report(operations.fsck(node.history), "fsck", as_json)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def gc(ctx: click.Context, as_json: bool) -> None:
+    """Delete blocks that no branch or tag reaches."""
+    node = _node(ctx)
+    removed, freed = operations.gc(node.history)
+    if as_json:
+        emit_json({"blocks_removed": removed, "bytes_freed": freed})
+    else:
+        out.print(f"removed {removed} unreachable blocks ({freed} bytes)")
+
+
+if __name__ == "__main__":
+    main()

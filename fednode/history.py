@@ -1,0 +1,547 @@
+"""The model history: repositories, signed commits, branches, tags, checkout, revert.
+
+This layer knows nothing about the network. It stores verified objects only,
+and every visible change (a commit with its manifest and the branch move) is
+one store transaction.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fednode import fixedpoint
+from fednode.blocks import BlockSink, iter_file_verified, read_array
+from fednode.errors import Corrupt, FednodeError, NotFound
+from fednode.identity import Identity, verify_signature
+from fednode.modelio import ModelSource, TensorInfo, np_dtype
+from fednode.store import Store, Txn
+from protocol.multiformats import CID, DAG_CBOR, FormatError, b58decode, b58encode
+from protocol.objects import FLOAT_DTYPES, Commit, Manifest, TensorEntry
+
+DEFAULT_BRANCH = "main"
+DEFAULT_SCALE_BITS = 24
+DEFAULT_SNAPSHOT_INTERVAL = 8
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
+_REV = re.compile(r"^(?P<base>[^~^]+)(?P<ops>(?:[~^][0-9]*)*)$")
+
+
+def check_name(kind: str, name: str) -> str:
+    if not _NAME.match(name) or ".." in name or name.endswith("/") or name.endswith(".lock"):
+        raise FednodeError(f"invalid {kind} name {name!r}: use letters, digits, '.', '_', '-', '/'")
+    return name
+
+
+def repo_id_text(repo_id: bytes) -> str:
+    return b58encode(repo_id)
+
+
+def parse_repo_id(text: str) -> bytes | None:
+    try:
+        raw = b58decode(text)
+    except FormatError:
+        return None
+    return raw if len(raw) == 32 else None
+
+
+@dataclass(frozen=True)
+class RepoInfo:
+    name: str
+    repo_id: bytes
+    genesis: CID
+    settings: dict[str, Any]
+
+    @property
+    def scale_bits(self) -> int:
+        return int(self.settings["scale_bits"])
+
+    @property
+    def snapshot_interval(self) -> int:
+        return int(self.settings["snapshot_interval"])
+
+
+@dataclass
+class CommitResult:
+    cid: CID
+    commit: Commit
+    new_bytes: int
+    total_bytes: int
+    max_quantization_error: float
+
+
+class History:
+    def __init__(self, store: Store, identity: Identity | None = None) -> None:
+        self.store = store
+        self.identity = identity
+
+    # --- objects -------------------------------------------------------------
+    def load_commit(self, cid: CID, txn: Txn | None = None) -> Commit:
+        if cid.codec != DAG_CBOR:
+            raise NotFound(f"{cid} is not a commit")
+        block = txn.get_block(cid) if txn else self.store.get_block(cid)
+        if not cid.verify(block):
+            raise Corrupt(f"commit block {cid} does not match its hash")
+        try:
+            return Commit.decode(block)
+        except FormatError as exc:
+            raise Corrupt(f"block {cid} is not a valid commit: {exc}") from None
+
+    def load_manifest(self, cid: CID, txn: Txn | None = None) -> Manifest:
+        block = txn.get_block(cid) if txn else self.store.get_block(cid)
+        if not cid.verify(block):
+            raise Corrupt(f"manifest block {cid} does not match its hash")
+        try:
+            return Manifest.decode(block)
+        except FormatError as exc:
+            raise Corrupt(f"block {cid} is not a valid weights manifest: {exc}") from None
+
+    # --- repositories --------------------------------------------------------
+    def repos(self) -> list[RepoInfo]:
+        with self.store.read() as txn:
+            return [self._repo_info(txn, name, rid) for name, rid in sorted(txn.list_repos().items())]
+
+    def _repo_info(self, txn: Txn, name: str, repo_id: bytes) -> RepoInfo:
+        genesis_raw = txn.get_ref(repo_id, "genesis")
+        if genesis_raw is None:
+            raise Corrupt(f"repository {name} has no genesis ref")
+        genesis = CID.from_bytes(genesis_raw)
+        return RepoInfo(name, repo_id, genesis, self.load_commit(genesis, txn).settings)
+
+    def repo(self, name_or_id: str) -> RepoInfo:
+        with self.store.read() as txn:
+            repo_id = txn.get_repo(name_or_id)
+            if repo_id is not None:
+                return self._repo_info(txn, name_or_id, repo_id)
+            wanted = parse_repo_id(name_or_id)
+            for name, rid in txn.list_repos().items():
+                if rid == wanted:
+                    return self._repo_info(txn, name, rid)
+        raise NotFound(f"unknown repository {name_or_id!r} (see 'fednode repo list')")
+
+    def repo_by_id(self, repo_id: bytes) -> RepoInfo:
+        return self.repo(repo_id_text(repo_id))
+
+    def current_branch(self, repo: RepoInfo) -> str:
+        with self.store.read() as txn:
+            head = txn.get_ref(repo.repo_id, "HEAD")
+        return head.decode() if head else DEFAULT_BRANCH
+
+    def _signed(self, commit: Commit) -> Commit:
+        if self.identity is None:
+            raise FednodeError("no identity: run 'fednode init' first")
+        if commit.author != self.identity.public_key:
+            raise FednodeError("commits are signed by their author only")
+        sig = self.identity.sign(commit.commit_hash())
+        return Commit(**{**commit.__dict__, "sig": sig})
+
+    def create_repo(
+        self,
+        name: str,
+        source: ModelSource,
+        message: str = "initial weights",
+        scale_bits: int = DEFAULT_SCALE_BITS,
+        snapshot_interval: int = DEFAULT_SNAPSHOT_INTERVAL,
+        metrics: dict[str, float] | None = None,
+    ) -> tuple[RepoInfo, CommitResult]:
+        check_name("repository", name)
+        if ":" in name:
+            raise FednodeError("repository names cannot contain ':'")
+        if not 0 <= scale_bits <= 60:
+            raise FednodeError("--scale-bits must be in 0..60")
+        if not 1 <= snapshot_interval <= 1024:
+            raise FednodeError("--snapshot-interval must be in 1..1024")
+        if self.identity is None:
+            raise FednodeError("no identity: run 'fednode init' first")
+        with self.store.read() as txn:
+            if txn.get_repo(name) is not None:
+                raise FednodeError(f"repository {name!r} already exists")
+        settings = {"name": name, "scale_bits": scale_bits, "snapshot_interval": snapshot_interval}
+        sink = BlockSink(self.store)
+        entries = {}
+        for tname, info in source.tensors.items():
+            entries[tname] = self._snapshot(sink, info, source.chunks(tname))
+        manifest = Manifest(entries)
+        commit = self._signed(
+            Commit(
+                repo=None,
+                parents=(),
+                kind="init",
+                weights=CID.hash(DAG_CBOR, manifest.encode()),
+                author=self.identity.public_key,
+                time_ms=time.time_ns() // 1_000_000,
+                message=message,
+                metrics=metrics or {},
+                info={"settings": settings},
+            )
+        )
+        repo_id = commit.commit_hash()
+        cid = commit.cid()
+        with self.store.write(size_hint=sink._pending_bytes) as txn:
+            if txn.get_repo(name) is not None:
+                raise FednodeError(f"repository {name!r} already exists")
+            sink.write_into(txn)
+            new = self._put_objects(txn, manifest, commit)
+            txn.put_repo(name, repo_id)
+            txn.set_ref(repo_id, "genesis", bytes(cid))
+            txn.set_ref(repo_id, "heads/" + DEFAULT_BRANCH, bytes(cid))
+            txn.set_ref(repo_id, "HEAD", DEFAULT_BRANCH.encode())
+            txn.index_commit(cid, repo_id, repo_id)
+        info = RepoInfo(name, repo_id, cid, settings)
+        return info, CommitResult(cid, commit, sink.new_bytes + new, sink.total_bytes, 0.0)
+
+    def _put_objects(self, txn: Txn, manifest: Manifest, commit: Commit) -> int:
+        before = txn.new_bytes
+        block = manifest.encode()
+        txn.put_block(CID.hash(DAG_CBOR, block), block, trusted=True)
+        block = commit.encode()
+        txn.put_block(CID.hash(DAG_CBOR, block), block, trusted=True)
+        return txn.new_bytes - before
+
+    @staticmethod
+    def _snapshot(sink: BlockSink, info: TensorInfo, chunks: Iterator[bytes | memoryview]) -> TensorEntry:
+        builder = sink.file()
+        size = 0
+        for chunk in chunks:
+            builder.write(chunk)
+            size += len(chunk)
+        if size != info.nbytes:
+            raise FednodeError(f"tensor {info.name!r}: read {size} bytes, expected {info.nbytes}")
+        root = builder.finish()
+        return TensorEntry(info.dtype, info.shape, "raw", 0, root.cid, size)
+
+    # --- states ---------------------------------------------------------------
+    def tensor_array(self, commit_cid: CID, name: str, txn: Txn | None = None) -> np.ndarray:
+        """One tensor of a commit's state, rebuilt exactly (flat, safetensors dtype)."""
+        if txn is None:
+            with self.store.read() as rtxn:
+                return self.tensor_array(commit_cid, name, rtxn)
+        chain: list[TensorEntry] = []
+        cid = commit_cid
+        while True:
+            commit = self.load_commit(cid, txn)
+            entry = self.load_manifest(commit.weights, txn).tensors.get(name)
+            if entry is None:
+                raise NotFound(f"commit {cid} has no tensor {name!r}")
+            chain.append(entry)
+            if entry.encoding == "raw":
+                break
+            if not commit.parents:
+                raise Corrupt(f"tensor {name!r} in {cid} has a delta but no parent")
+            cid = commit.parents[0]
+        snapshot = chain.pop()
+        arr = read_array(txn, snapshot.cid, snapshot.size, np_dtype(snapshot.dtype))
+        for entry in reversed(chain):
+            if (entry.dtype, entry.shape) != (snapshot.dtype, snapshot.shape):
+                raise Corrupt(f"tensor {name!r} changes dtype or shape along a delta chain")
+            if entry.encoding == "fixed":
+                q = read_array(txn, entry.cid, entry.size, np.dtype(f"<i{entry.int_bits // 8}"))
+                arr = fixedpoint.apply_delta(arr, q, entry.dtype, entry.scale_bits)
+        return arr
+
+    def state(self, commit_cid: CID) -> dict[str, tuple[TensorEntry, np.ndarray]]:
+        with self.store.read() as txn:
+            manifest = self.load_manifest(self.load_commit(commit_cid, txn).weights, txn)
+            return {name: (e, self.tensor_array(commit_cid, name, txn)) for name, e in manifest.tensors.items()}
+
+    # --- committing ------------------------------------------------------------
+    def commit(
+        self,
+        repo: RepoInfo,
+        source: ModelSource,
+        message: str,
+        branch: str | None = None,
+        metrics: dict[str, float] | None = None,
+        kind: str = "update",
+        extra_parents: tuple[CID, ...] = (),
+        info: dict[str, Any] | None = None,
+        expected_head: CID | None = None,
+        exact: bool = False,
+    ) -> CommitResult:
+        """Commit ``source`` as the new state of ``branch`` (deltas against its head).
+
+        Float deltas are rounded to the repository grid; with ``exact`` a tensor whose
+        rounded delta would not rebuild the very same bytes is stored as a snapshot.
+        """
+        if self.identity is None:
+            raise FednodeError("no identity: run 'fednode init' first")
+        branch = branch or self.current_branch(repo)
+        head = self.branch_head(repo, branch)
+        if expected_head is not None and head != expected_head:
+            raise FednodeError(f"branch {branch!r} moved to {head} while committing")
+        with self.store.read() as txn:
+            parent = self.load_commit(head, txn)
+            parent_manifest = self.load_manifest(parent.weights, txn)
+        self._check_compatible(parent_manifest, source)
+        sink = BlockSink(self.store)
+        entries: dict[str, TensorEntry] = {}
+        max_err = 0.0
+        for name, tinfo in source.tensors.items():
+            old = parent_manifest.tensors[name]
+            entry, err = self._encode_tensor(sink, repo, head, old, tinfo, source, exact)
+            entries[name] = entry
+            max_err = max(max_err, err)
+        manifest = Manifest(entries)
+        commit = self._signed(
+            Commit(
+                repo=repo.repo_id,
+                parents=(head, *extra_parents),
+                kind=kind,
+                weights=CID.hash(DAG_CBOR, manifest.encode()),
+                author=self.identity.public_key,
+                time_ms=max(time.time_ns() // 1_000_000, parent.time_ms),
+                message=message,
+                metrics=metrics or {},
+                info=info or {},
+            )
+        )
+        cid = commit.cid()
+        with self.store.write(size_hint=sink._pending_bytes) as txn:
+            current = txn.get_ref(repo.repo_id, "heads/" + branch)
+            if current != bytes(head):  # compare-and-swap: another writer won the race
+                raise FednodeError(f"branch {branch!r} moved while committing; nothing was stored")
+            sink.write_into(txn)
+            new = self._put_objects(txn, manifest, commit)
+            txn.set_ref(repo.repo_id, "heads/" + branch, bytes(cid))
+            txn.index_commit(cid, repo.repo_id, commit.commit_hash())
+        return CommitResult(cid, commit, sink.new_bytes + new, sink.total_bytes, max_err)
+
+    @staticmethod
+    def _check_compatible(parent: Manifest, source: ModelSource) -> None:
+        missing = sorted(set(parent.tensors) - set(source.tensors))
+        extra = sorted(set(source.tensors) - set(parent.tensors))
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing {', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}")
+            if extra:
+                parts.append(f"unexpected {', '.join(extra[:3])}{'...' if len(extra) > 3 else ''}")
+            raise FednodeError(f"tensor names do not match the parent: {'; '.join(parts)}")
+        for name, info in source.tensors.items():
+            old = parent.tensors[name]
+            if (old.dtype, old.shape) != (info.dtype, info.shape):
+                raise FednodeError(
+                    f"tensor {name!r} is {info.dtype}{list(info.shape)} but the parent has "
+                    f"{old.dtype}{list(old.shape)}"
+                )
+
+    def _encode_tensor(
+        self,
+        sink: BlockSink,
+        repo: RepoInfo,
+        head: CID,
+        old: TensorEntry,
+        info: TensorInfo,
+        source: ModelSource,
+        exact: bool = False,
+    ) -> tuple[TensorEntry, float]:
+        new = source.array(info.name)
+        parent = self.tensor_array(head, info.name)
+        depth = old.depth + 1
+        if depth > repo.snapshot_interval:
+            return self._snapshot(sink, info, iter([memoryview(new).cast("B")])), 0.0
+        if np.array_equal(new.view(np.uint8), parent.view(np.uint8)):
+            return TensorEntry(info.dtype, info.shape, "same", depth), 0.0
+        if info.dtype == "BOOL":
+            return self._snapshot(sink, info, iter([memoryview(new).cast("B")])), 0.0
+        scale_bits = repo.scale_bits if info.dtype in FLOAT_DTYPES else 0
+        q = fixedpoint.encode_delta(parent, new, info.dtype, scale_bits)
+        if q is None:  # NaN/Inf or out of range: keep the exact bytes instead
+            return self._snapshot(sink, info, iter([memoryview(new).cast("B")])), 0.0
+        rebuilt = fixedpoint.apply_delta(parent, q, info.dtype, scale_bits)
+        if exact and not np.array_equal(rebuilt.view(np.uint8), new.view(np.uint8)):
+            return self._snapshot(sink, info, iter([memoryview(new).cast("B")])), 0.0
+        err = 0.0
+        if info.dtype in FLOAT_DTYPES and new.size:
+            err = float(
+                np.max(np.abs(fixedpoint.to_f64(rebuilt, info.dtype) - fixedpoint.to_f64(new, info.dtype)))
+            )
+        if np.array_equal(rebuilt.view(np.uint8), parent.view(np.uint8)):
+            return TensorEntry(info.dtype, info.shape, "same", depth), err
+        bits = fixedpoint.int_bits_for(q)
+        builder = sink.file()
+        builder.write(memoryview(q.astype(f"<i{bits // 8}")).cast("B"))
+        root = builder.finish()
+        entry = TensorEntry(info.dtype, info.shape, "fixed", depth, root.cid, q.size * bits // 8, bits, scale_bits)
+        return entry, err
+
+    # --- refs and revisions ----------------------------------------------------
+    def branch_head(self, repo: RepoInfo, branch: str) -> CID:
+        with self.store.read() as txn:
+            raw = txn.get_ref(repo.repo_id, "heads/" + branch)
+        if raw is None:
+            raise NotFound(f"unknown branch {branch!r} in repository {repo.name}")
+        return CID.from_bytes(raw)
+
+    def branches(self, repo: RepoInfo) -> dict[str, CID]:
+        with self.store.read() as txn:
+            return {k[6:]: CID.from_bytes(v) for k, v in txn.list_refs(repo.repo_id, "heads/").items()}
+
+    def tags(self, repo: RepoInfo) -> dict[str, CID]:
+        with self.store.read() as txn:
+            return {k[5:]: CID.from_bytes(v) for k, v in txn.list_refs(repo.repo_id, "tags/").items()}
+
+    def create_branch(self, repo: RepoInfo, name: str, start: CID) -> None:
+        check_name("branch", name)
+        self._check_in_repo(repo, start)
+        with self.store.write() as txn:
+            if txn.get_ref(repo.repo_id, "heads/" + name) is not None:
+                raise FednodeError(f"branch {name!r} already exists")
+            txn.set_ref(repo.repo_id, "heads/" + name, bytes(start))
+
+    def delete_branch(self, repo: RepoInfo, name: str) -> None:
+        if name == self.current_branch(repo):
+            raise FednodeError(f"cannot delete the current branch {name!r}; switch first")
+        with self.store.write() as txn:
+            if not txn.delete_ref(repo.repo_id, "heads/" + name):
+                raise NotFound(f"unknown branch {name!r}")
+
+    def switch_branch(self, repo: RepoInfo, name: str) -> None:
+        self.branch_head(repo, name)
+        with self.store.write() as txn:
+            txn.set_ref(repo.repo_id, "HEAD", name.encode())
+
+    def create_tag(self, repo: RepoInfo, name: str, target: CID) -> None:
+        check_name("tag", name)
+        self._check_in_repo(repo, target)
+        with self.store.write() as txn:
+            if txn.get_ref(repo.repo_id, "tags/" + name) is not None:
+                raise FednodeError(f"tag {name!r} already exists")
+            txn.set_ref(repo.repo_id, "tags/" + name, bytes(target))
+
+    def delete_tag(self, repo: RepoInfo, name: str) -> None:
+        with self.store.write() as txn:
+            if not txn.delete_ref(repo.repo_id, "tags/" + name):
+                raise NotFound(f"unknown tag {name!r}")
+
+    def _check_in_repo(self, repo: RepoInfo, cid: CID) -> None:
+        with self.store.read() as txn:
+            if txn.commit_repo(cid) != repo.repo_id:
+                raise NotFound(f"commit {cid} is not in repository {repo.name}")
+
+    def resolve(self, rev: str, repo: RepoInfo | None = None) -> tuple[RepoInfo, CID]:
+        """Resolve ``[REPO:]BASE[~N|^N]...`` (BASE: HEAD, branch, tag, CID or unique CID prefix)."""
+        if ":" in rev:
+            repo_name, rev = rev.split(":", 1)
+            repo = self.repo(repo_name)
+        match = _REV.match(rev.strip())
+        if not match:
+            raise NotFound(f"unknown revision {rev!r}")
+        base, ops = match["base"], match["ops"]
+        cid = None
+        if repo is not None:
+            if base == "HEAD":
+                base = self.current_branch(repo)
+            with self.store.read() as txn:
+                raw = txn.get_ref(repo.repo_id, "heads/" + base) or txn.get_ref(repo.repo_id, "tags/" + base)
+            if raw is not None:
+                cid = CID.from_bytes(raw)
+        if cid is None:
+            cid, repo_id = self._resolve_cid(base)
+            if repo is not None and repo.repo_id != repo_id:
+                raise NotFound(f"commit {base} is not in repository {repo.name}")
+            repo = repo or self.repo_by_id(repo_id)
+        for op, count in re.findall(r"([~^])([0-9]*)", ops):
+            n = int(count) if count else 1
+            if op == "~":
+                for _ in range(n):
+                    parents = self.load_commit(cid).parents
+                    if not parents:
+                        raise NotFound(f"revision {rev!r} goes past the genesis commit")
+                    cid = parents[0]
+            elif n:
+                parents = self.load_commit(cid).parents
+                if n > len(parents):
+                    raise NotFound(f"revision {rev!r}: commit has {len(parents)} parent(s)")
+                cid = parents[n - 1]
+        return repo, cid
+
+    def _resolve_cid(self, text: str) -> tuple[CID, bytes]:
+        with self.store.read() as txn:
+            try:
+                cid = CID.parse(text)
+            except FormatError:
+                cid = None
+            if cid is not None:
+                repo_id = txn.commit_repo(cid)
+                if repo_id is None:
+                    raise NotFound(f"unknown revision {text!r}")
+                return cid, repo_id
+            if len(text) >= 6 and text.startswith("b"):
+                found = txn.commits_with_prefix(text)
+                if len(found) == 1:
+                    return CID.parse(found[0][0]), found[0][1]
+                if len(found) > 1:
+                    raise NotFound(f"ambiguous revision {text!r}: give more characters")
+        raise NotFound(f"unknown revision {text!r}")
+
+    # --- reading history ------------------------------------------------------
+    def walk(self, heads: list[CID]) -> Iterator[tuple[CID, Commit]]:
+        """Commits reachable from ``heads``, children before parents, newest first."""
+        with self.store.read() as txn:
+            commits: dict[CID, Commit] = {}
+            stack = list(heads)
+            while stack:
+                cid = stack.pop()
+                if cid in commits:
+                    continue
+                commits[cid] = self.load_commit(cid, txn)
+                stack.extend(commits[cid].parents)
+        children: dict[CID, int] = {cid: 0 for cid in commits}
+        for commit in commits.values():
+            for p in commit.parents:
+                children[p] += 1
+        ready = sorted((c for c, n in children.items() if n == 0), key=lambda c: (commits[c].time_ms, str(c)))
+        while ready:
+            cid = ready.pop()
+            yield cid, commits[cid]
+            for p in commits[cid].parents:
+                children[p] -= 1
+                if children[p] == 0:
+                    ready.append(p)
+                    ready.sort(key=lambda c: (commits[c].time_ms, str(c)))
+
+    def merge_base(self, cids: list[CID]) -> CID | None:
+        """The newest commit that is an ancestor of all ``cids`` (None if unrelated)."""
+        ancestor_sets = []
+        for cid in cids:
+            ancestor_sets.append({c for c, _ in self.walk([cid])})
+        common = set.intersection(*ancestor_sets)
+        for cid, _ in self.walk(cids):
+            if cid in common:
+                return cid
+        return None
+
+    def verify_commit_signature(self, commit: Commit) -> bool:
+        return verify_signature(commit.author, commit.commit_hash(), commit.sig)
+
+    def check_commit(self, cid: CID, txn: Txn, check_tensors: bool = True) -> list[str]:
+        """Problems with one commit: hashes, decoding, signature, manifest and tensor blocks."""
+        problems: list[str] = []
+        try:
+            commit = self.load_commit(cid, txn)
+        except (Corrupt, NotFound) as exc:
+            return [str(exc)]
+        if not self.verify_commit_signature(commit):
+            problems.append(f"commit {cid}: invalid signature")
+        try:
+            manifest = self.load_manifest(commit.weights, txn)
+        except (Corrupt, NotFound) as exc:
+            return problems + [f"commit {cid}: {exc}"]
+        if not check_tensors:
+            return problems
+        for name, entry in manifest.tensors.items():
+            if entry.encoding == "same":
+                continue
+            try:
+                size = sum(len(b) for b in iter_file_verified(txn, entry.cid))
+            except (Corrupt, NotFound) as exc:
+                problems.append(f"commit {cid} tensor {name!r}: {exc}")
+                continue
+            if size != entry.size:
+                problems.append(f"commit {cid} tensor {name!r}: {size} bytes, expected {entry.size}")
+        return problems

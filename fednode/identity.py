@@ -1,0 +1,105 @@
+"""The node's identity: one Ed25519 key that is both the Solana wallet and the libp2p peer id.
+
+Keys live in solana-keygen's JSON format (64 integers: 32-byte seed then the
+public key), mode 0600. The private key is never logged or printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from solders.keypair import Keypair
+from solders.pubkey import Pubkey
+from solders.signature import Signature
+
+from fednode.errors import FednodeError
+from protocol.multiformats import b58encode
+
+# libp2p PublicKey protobuf for Ed25519: field 1 (KeyType) = 1, field 2 (Data) = 32 bytes.
+_LIBP2P_ED25519_PREFIX = b"\x08\x01\x12\x20"
+
+
+def peer_id_from_public_key(public_key: bytes) -> str:
+    """libp2p peer id of an Ed25519 key: base58 of an identity multihash (``12D3KooW...``)."""
+    proto = _LIBP2P_ED25519_PREFIX + public_key
+    return b58encode(bytes([0x00, len(proto)]) + proto)
+
+
+def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    if len(public_key) != 32 or len(signature) != 64:
+        return False
+    try:
+        return Signature.from_bytes(signature).verify(Pubkey.from_bytes(public_key), message)
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Identity:
+    keypair: Keypair
+
+    @property
+    def public_key(self) -> bytes:
+        return bytes(self.keypair.pubkey())
+
+    @property
+    def address(self) -> str:
+        return str(self.keypair.pubkey())
+
+    @property
+    def peer_id(self) -> str:
+        return peer_id_from_public_key(self.public_key)
+
+    @property
+    def seed(self) -> bytes:
+        """The 32-byte secret seed (for deriving the libp2p key pair)."""
+        return bytes(self.keypair)[:32]
+
+    def sign(self, message: bytes) -> bytes:
+        return bytes(self.keypair.sign_message(message))
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"Identity({self.address})"
+
+    @classmethod
+    def generate(cls) -> Identity:
+        return cls(Keypair())
+
+    @classmethod
+    def load(cls, path: Path) -> Identity:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise FednodeError(f"cannot read keypair {path}: {exc.strerror}") from exc
+        try:
+            values = json.loads(text)
+            if (
+                not isinstance(values, list)
+                or len(values) != 64
+                or not all(isinstance(v, int) and 0 <= v < 256 for v in values)
+            ):
+                raise ValueError
+            raw = bytes(values)
+            keypair = Keypair.from_seed(raw[:32])
+        except ValueError:
+            raise FednodeError(
+                f"invalid keypair file {path}: expected solana-keygen JSON (64 byte values)"
+            ) from None
+        if bytes(keypair.pubkey()) != raw[32:]:
+            raise FednodeError(f"invalid keypair file {path}: public key does not match the seed")
+        return cls(keypair)
+
+    def save(self, path: Path) -> None:
+        """Write atomically with mode 0600 from the first byte (no window where it is readable)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(list(bytes(self.keypair))).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)

@@ -1,0 +1,250 @@
+"""History operations built on ``History``: checkout, diff, revert, verify, fsck, gc."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fednode import fixedpoint
+from fednode.errors import Corrupt, FednodeError, NotFound
+from fednode.history import CommitResult, History, RepoInfo
+from fednode.modelio import ArraySource, TensorInfo, to_torch_state_dict, write_safetensors
+from protocol.multiformats import CID, DAG_CBOR, DAG_PB, FormatError
+from protocol.objects import DTYPES, FLOAT_DTYPES
+from protocol.unixfs import decode_node
+
+
+def checkout(history: History, cid: CID, out: Path) -> int:
+    """Write a commit's state to ``out`` (.safetensors, or .pt/.pth for a state_dict).
+
+    Written to a temporary file and renamed, so a crash never leaves half a model.
+    Tensors are rebuilt one at a time (peak memory ~ the largest tensor).
+    """
+    with history.store.read() as txn:
+        manifest = history.load_manifest(history.load_commit(cid, txn).weights, txn)
+    tmp = out.with_name(out.name + ".partial")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if out.suffix in (".pt", ".pth"):
+            import torch
+
+            arrays = {
+                name: (e.dtype, e.shape, history.tensor_array(cid, name)) for name, e in manifest.tensors.items()
+            }
+            torch.save(to_torch_state_dict(arrays), tmp)
+        else:
+
+            def chunks(name: str):
+                yield memoryview(history.tensor_array(cid, name)).cast("B")
+
+            infos = [(TensorInfo(n, e.dtype, e.shape), chunks(n)) for n, e in manifest.tensors.items()]
+            with open(tmp, "wb") as fh:
+                write_safetensors(fh, infos, {"fednode.commit": str(cid)})
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out.stat().st_size
+
+
+@dataclass
+class TensorDiff:
+    name: str
+    status: str  # changed | same | added | removed
+    l2: float = 0.0
+    relative: float = 0.0
+    changed_fraction: float = 0.0
+    numel: int = 0
+
+    def to_json(self) -> dict:
+        return self.__dict__.copy()
+
+
+def _as_f64(arr: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype in FLOAT_DTYPES:
+        return fixedpoint.to_f64(arr, dtype)
+    return arr.astype(np.float64)
+
+
+def diff(history: History, a: CID, b: CID) -> list[TensorDiff]:
+    with history.store.read() as txn:
+        ma = history.load_manifest(history.load_commit(a, txn).weights, txn)
+        mb = history.load_manifest(history.load_commit(b, txn).weights, txn)
+    out = []
+    for name in sorted(set(ma.tensors) | set(mb.tensors)):
+        if name not in mb.tensors:
+            out.append(TensorDiff(name, "removed", numel=ma.tensors[name].numel))
+            continue
+        if name not in ma.tensors:
+            out.append(TensorDiff(name, "added", numel=mb.tensors[name].numel))
+            continue
+        ea, eb = ma.tensors[name], mb.tensors[name]
+        if (ea.dtype, ea.shape) != (eb.dtype, eb.shape):
+            out.append(TensorDiff(name, "changed", float("nan"), float("nan"), 1.0, eb.numel))
+            continue
+        xa = _as_f64(history.tensor_array(a, name), ea.dtype)
+        xb = _as_f64(history.tensor_array(b, name), eb.dtype)
+        changed = xa != xb
+        if not changed.any():
+            out.append(TensorDiff(name, "same", numel=ea.numel))
+            continue
+        l2 = float(np.linalg.norm(xb - xa))
+        base = float(np.linalg.norm(xa))
+        rel = l2 / base if base else float("inf")
+        out.append(TensorDiff(name, "changed", l2, rel, float(changed.mean()), ea.numel))
+    return out
+
+
+def revert(history: History, repo: RepoInfo, target: CID, branch: str | None = None) -> CommitResult:
+    """A new commit on ``branch`` whose state equals ``target``'s; history is never rewritten."""
+    state = history.state(target)
+    source = ArraySource({n: (e.dtype, arr.reshape(e.shape)) for n, (e, arr) in state.items()})
+    return history.commit(
+        repo,
+        source,
+        message=f"revert to {target}",
+        branch=branch,
+        kind="revert",
+        info={"revert": {"target": target}},
+        exact=True,
+    )
+
+
+@dataclass
+class VerifyReport:
+    commits: int
+    problems: list[str]
+
+
+def verify(history: History, repo: RepoInfo, head: CID, check_tensors: bool = True) -> VerifyReport:
+    """Hashes, signatures and repository membership of the whole ancestry of ``head``."""
+    problems: list[str] = []
+    count = 0
+    with history.store.read() as txn:
+        seen: set[CID] = set()
+        stack = [head]
+        while stack:
+            cid = stack.pop()
+            if cid in seen:
+                continue
+            seen.add(cid)
+            count += 1
+            found = history.check_commit(cid, txn, check_tensors)
+            problems += found
+            try:
+                commit = history.load_commit(cid, txn)
+            except (Corrupt, NotFound):
+                continue
+            if commit.kind == "init":
+                if commit.commit_hash() != repo.repo_id:
+                    problems.append(f"commit {cid}: a foreign genesis commit")
+            elif commit.repo != repo.repo_id:
+                problems.append(f"commit {cid}: belongs to another repository")
+            if commit.kind == "revert":
+                target = commit.info.get("revert", {}).get("target")
+                if not isinstance(target, CID):
+                    problems.append(f"commit {cid}: revert without a target")
+            stack.extend(commit.parents)
+    if check_tensors and not problems:
+        problems += _check_reverts(history, head)
+    return VerifyReport(count, problems)
+
+
+def _check_reverts(history: History, head: CID) -> list[str]:
+    problems = []
+    for cid, commit in history.walk([head]):
+        if commit.kind != "revert":
+            continue
+        target = commit.info["revert"]["target"]
+        try:
+            a, b = history.state(cid), history.state(target)
+        except (Corrupt, NotFound) as exc:
+            problems.append(f"revert {cid}: {exc}")
+            continue
+        if set(a) != set(b) or any(not np.array_equal(a[n][1], b[n][1]) for n in a):
+            problems.append(f"revert {cid}: state differs from its target {target}")
+    return problems
+
+
+def reachable_blocks(history: History) -> tuple[set[bytes], list[str]]:
+    """Every block reachable from every ref of every repository (as CID bytes)."""
+    reachable: set[bytes] = set()
+    problems: list[str] = []
+    with history.store.read() as txn:
+        roots = [CID.from_bytes(v) for _, name, v in txn.all_refs() if name != "HEAD"]
+        stack = list(roots)
+        while stack:
+            cid = stack.pop()
+            key = bytes(cid)
+            if key in reachable:
+                continue
+            reachable.add(key)
+            try:
+                block = txn.get_block(cid)
+            except NotFound as exc:
+                problems.append(str(exc))
+                continue
+            if not cid.verify(block):
+                problems.append(f"block {cid} does not match its hash")
+                continue
+            try:
+                if cid.codec == DAG_CBOR:
+                    stack.extend(_links(block))
+                elif cid.codec == DAG_PB:
+                    stack.extend(decode_node(block)[0])
+            except FormatError as exc:
+                problems.append(f"block {cid}: {exc}")
+    return reachable, problems
+
+
+def _links(block: bytes) -> list[CID]:
+    from protocol import dagcbor
+
+    out: list[CID] = []
+
+    def visit(value: object) -> None:
+        if isinstance(value, CID):
+            out.append(value)
+        elif isinstance(value, dict):
+            for v in value.values():
+                visit(v)
+        elif isinstance(value, list):
+            for v in value:
+                visit(v)
+
+    visit(dagcbor.decode(block))
+    return out
+
+
+def fsck(history: History) -> VerifyReport:
+    """Every reachable block present and hash-verified, every commit signature valid."""
+    _, problems = reachable_blocks(history)
+    commits = 0
+    for repo in history.repos():
+        heads = list(history.branches(repo).values()) + list(history.tags(repo).values())
+        seen: set[CID] = set()
+        for head in heads:
+            report = verify(history, repo, head, check_tensors=False)
+            problems += [p for p in report.problems if p not in problems]
+            seen |= {c for c, _ in history.walk([head])} if not report.problems else set()
+        commits += len(seen)
+    return VerifyReport(commits, sorted(set(problems)))
+
+
+def gc(history: History) -> tuple[int, int]:
+    """Delete unreachable blocks; returns (blocks, bytes) removed. Refuses on a broken store."""
+    reachable, problems = reachable_blocks(history)
+    if problems:
+        raise FednodeError(f"fsck found problems; not collecting: {problems[0]}")
+    removed = freed = 0
+    with history.store.write() as txn:
+        garbage = [cid for cid in txn.iter_block_cids() if bytes(cid) not in reachable]
+        for cid in garbage:
+            freed += txn.delete_block(cid)
+            removed += 1
+    return removed, freed
+
+
+def dtype_itemsize(dtype: str) -> int:
+    return DTYPES[dtype][1]

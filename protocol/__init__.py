@@ -1,0 +1,1 @@
+"""Wire and object formats of fednode: pure data and codecs, no I/O."""

@@ -1,0 +1,261 @@
+"""Schemas of the two history objects, weights manifests and commits (DAG-CBOR).
+
+A commit's *commit hash* is sha256 over the DAG-CBOR encoding of the commit
+without its ``sig`` field: the author's Ed25519 signature covers exactly these
+32 bytes, which is also what the chain anchors (so the on-chain Ed25519
+precompile can check the very signature stored in the commit). The commit's CID
+is the hash of the whole signed block. The repository id is the commit hash of
+its genesis commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol import dagcbor
+from protocol.multiformats import CID, DAG_CBOR, DAG_PB, RAW, FormatError
+
+COMMIT_TYPE = "fednode/commit"
+WEIGHTS_TYPE = "fednode/weights"
+VERSION = 1
+KINDS = ("init", "update", "merge", "revert")
+ENCODINGS = ("raw", "fixed", "same")
+MAX_MESSAGE = 64 * 1024
+
+# safetensors dtype name -> (numpy dtype string, itemsize); BF16 has no numpy dtype.
+DTYPES: dict[str, tuple[str, int]] = {
+    "F64": ("<f8", 8),
+    "F32": ("<f4", 4),
+    "F16": ("<f2", 2),
+    "BF16": ("<u2", 2),
+    "I64": ("<i8", 8),
+    "I32": ("<i4", 4),
+    "I16": ("<i2", 2),
+    "I8": ("i1", 1),
+    "U8": ("u1", 1),
+    "BOOL": ("?", 1),
+}
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+INT_DTYPES = ("I64", "I32", "I16", "I8", "U8")
+
+
+def _require(cond: bool, what: str) -> None:
+    if not cond:
+        raise FormatError(what)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """How one tensor of a commit's state is stored.
+
+    raw:   ``cid`` is a UnixFS file of the tensor's little-endian bytes (a snapshot).
+    fixed: ``cid`` is a UnixFS file of little-endian signed integers of ``int_bits``:
+           the change from the first parent's tensor on the grid 2**-scale_bits
+           (scale_bits 0 for integer tensors).
+    same:  unchanged from the first parent; nothing stored.
+    ``depth`` counts first-parent hops to the nearest snapshot (checkout cost bound).
+    """
+
+    dtype: str
+    shape: tuple[int, ...]
+    encoding: str
+    depth: int = 0
+    cid: CID | None = None
+    size: int = 0
+    int_bits: int = 0
+    scale_bits: int = 0
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPES[self.dtype][1]
+
+    def to_obj(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "encoding": self.encoding,
+            "depth": self.depth,
+        }
+        if self.encoding != "same":
+            obj["cid"] = self.cid
+            obj["size"] = self.size
+        if self.encoding == "fixed":
+            obj["int_bits"] = self.int_bits
+            obj["scale_bits"] = self.scale_bits
+        return obj
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> TensorEntry:
+        _require(isinstance(obj, dict), "tensor entry must be a map")
+        enc = obj.get("encoding")
+        _require(enc in ENCODINGS, f"unknown tensor encoding {enc!r}")
+        keys = {"dtype", "shape", "encoding", "depth"}
+        if enc != "same":
+            keys |= {"cid", "size"}
+        if enc == "fixed":
+            keys |= {"int_bits", "scale_bits"}
+        _require(set(obj) == keys, f"tensor entry fields must be {sorted(keys)}")
+        _require(obj["dtype"] in DTYPES, f"unknown dtype {obj['dtype']!r}")
+        shape = obj["shape"]
+        _require(
+            isinstance(shape, list) and all(_is_int(d) and d >= 0 for d in shape) and len(shape) <= 16,
+            "tensor shape must be a list of non-negative integers",
+        )
+        _require(_is_int(obj["depth"]) and obj["depth"] >= 0, "depth must be a non-negative int")
+        entry = cls(obj["dtype"], tuple(shape), enc, obj["depth"])
+        if enc == "same":
+            _require(entry.depth > 0, "an unchanged tensor cannot be a snapshot")
+            return entry
+        cid, size = obj["cid"], obj["size"]
+        _require(isinstance(cid, CID) and cid.codec in (RAW, DAG_PB), "tensor cid must be a UnixFS CID")
+        _require(_is_int(size) and size >= 0, "tensor size must be a non-negative int")
+        if enc == "raw":
+            _require(entry.depth == 0, "a snapshot has depth 0")
+            _require(size == entry.nbytes, "snapshot size does not match dtype and shape")
+            return cls(entry.dtype, entry.shape, enc, 0, cid, size)
+        int_bits, scale_bits = obj["int_bits"], obj["scale_bits"]
+        _require(int_bits in (8, 16, 32, 64), "int_bits must be 8, 16, 32 or 64")
+        _require(_is_int(scale_bits) and 0 <= scale_bits <= 60, "scale_bits must be in 0..60")
+        _require(entry.dtype != "BOOL", "bool tensors are stored as snapshots")
+        _require(entry.depth > 0, "a delta cannot be a snapshot")
+        _require(size == entry.numel * int_bits // 8, "delta size does not match shape")
+        return cls(entry.dtype, entry.shape, enc, entry.depth, cid, size, int_bits, scale_bits)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    tensors: dict[str, TensorEntry]
+
+    def to_obj(self) -> dict[str, Any]:
+        return {
+            "type": WEIGHTS_TYPE,
+            "v": VERSION,
+            "tensors": {name: e.to_obj() for name, e in self.tensors.items()},
+        }
+
+    def encode(self) -> bytes:
+        return dagcbor.encode(self.to_obj())
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> Manifest:
+        _require(isinstance(obj, dict) and obj.get("type") == WEIGHTS_TYPE, "not a weights manifest")
+        _require(obj.get("v") == VERSION and set(obj) == {"type", "v", "tensors"}, "bad manifest fields")
+        tensors = obj["tensors"]
+        _require(isinstance(tensors, dict) and tensors, "a manifest holds at least one tensor")
+        for name in tensors:
+            _require(0 < len(name) <= 1024, "tensor names are 1..1024 characters")
+        return cls({name: TensorEntry.from_obj(e) for name, e in sorted(tensors.items())})
+
+    @classmethod
+    def decode(cls, block: bytes) -> Manifest:
+        return cls.from_obj(dagcbor.decode(block))
+
+
+def _check_metrics(metrics: Any) -> dict[str, float]:
+    _require(isinstance(metrics, dict), "metrics must be a map")
+    for key, value in metrics.items():
+        _require(0 < len(key) <= 128, "metric names are 1..128 characters")
+        _require(isinstance(value, float) and math.isfinite(value), f"metric {key!r} must be a finite float")
+    return metrics
+
+
+@dataclass(frozen=True)
+class Commit:
+    repo: bytes | None  # None only for a genesis (init) commit
+    parents: tuple[CID, ...]
+    kind: str
+    weights: CID
+    author: bytes
+    time_ms: int
+    message: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # kind-specific: settings, training, merge, revert
+    sig: bytes = b""
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "type": COMMIT_TYPE,
+            "v": VERSION,
+            "repo": self.repo,
+            "parents": list(self.parents),
+            "kind": self.kind,
+            "weights": self.weights,
+            "author": self.author,
+            "time": self.time_ms,
+            "message": self.message,
+            "metrics": dict(self.metrics),
+            "info": self.info,
+        }
+
+    def commit_hash(self) -> bytes:
+        """The 32 bytes the author signs and the chain anchors."""
+        return hashlib.sha256(dagcbor.encode(self.body())).digest()
+
+    def encode(self) -> bytes:
+        _require(len(self.sig) == 64, "commit is not signed")
+        return dagcbor.encode({**self.body(), "sig": self.sig})
+
+    def cid(self) -> CID:
+        return CID.hash(DAG_CBOR, self.encode())
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.info.get("settings", {})
+
+    @classmethod
+    def decode(cls, block: bytes) -> Commit:
+        obj = dagcbor.decode(block)
+        keys = {"type", "v", "repo", "parents", "kind", "weights", "author", "time", "message"}
+        keys |= {"metrics", "info", "sig"}
+        _require(isinstance(obj, dict) and obj.get("type") == COMMIT_TYPE, "not a commit")
+        _require(obj.get("v") == VERSION and set(obj) == keys, "bad commit fields")
+        kind = obj["kind"]
+        _require(kind in KINDS, f"unknown commit kind {kind!r}")
+        parents = obj["parents"]
+        _require(
+            isinstance(parents, list) and all(isinstance(p, CID) and p.codec == DAG_CBOR for p in parents),
+            "parents must be commit CIDs",
+        )
+        _require(len(set(parents)) == len(parents) and len(parents) <= 64, "duplicate or too many parents")
+        if kind == "init":
+            _require(obj["repo"] is None and not parents, "a genesis commit has no repo and no parents")
+        else:
+            _require(isinstance(obj["repo"], bytes) and len(obj["repo"]) == 32, "repo id must be 32 bytes")
+            _require(len(parents) >= (2 if kind == "merge" else 1), f"a {kind} commit needs parents")
+            if kind != "merge":
+                _require(len(parents) == 1, f"a {kind} commit has one parent")
+        _require(isinstance(obj["weights"], CID) and obj["weights"].codec == DAG_CBOR, "bad weights link")
+        _require(isinstance(obj["author"], bytes) and len(obj["author"]) == 32, "author must be 32 bytes")
+        _require(_is_int(obj["time"]) and obj["time"] >= 0, "time must be a non-negative int")
+        _require(isinstance(obj["message"], str) and len(obj["message"]) <= MAX_MESSAGE, "bad message")
+        _require(isinstance(obj["info"], dict), "info must be a map")
+        _require(isinstance(obj["sig"], bytes) and len(obj["sig"]) == 64, "signature must be 64 bytes")
+        if kind == "init":
+            settings = obj["info"].get("settings")
+            _require(isinstance(settings, dict), "a genesis commit records the repository settings")
+            _require(isinstance(settings.get("name"), str), "settings.name must be a string")
+            _require(settings.get("scale_bits") in range(0, 61), "settings.scale_bits must be in 0..60")
+            _require(settings.get("snapshot_interval") in range(1, 1025), "snapshot_interval must be 1..1024")
+        return cls(
+            repo=obj["repo"],
+            parents=tuple(parents),
+            kind=kind,
+            weights=obj["weights"],
+            author=obj["author"],
+            time_ms=obj["time"],
+            message=obj["message"],
+            metrics=_check_metrics(obj["metrics"]),
+            info=obj["info"],
+            sig=obj["sig"],
+        )

@@ -1,0 +1,212 @@
+"""UnixFS files exactly as ``ipfs add --cid-version=1 --raw-leaves`` builds them.
+
+Fixed 256 KiB chunks become raw blocks (codec 0x55); they are joined by
+DAG-PB/UnixFS ``File`` nodes in Kubo's *balanced* layout with at most 174
+links per node, so a tensor's CID here is byte-identical to the one any IPFS
+node computes, and any IPFS node can serve or fetch it. ``raw_leaves=False``
+gives the CIDv0 layout of a plain ``ipfs add`` (used to cross-check the tree
+shape against a real Kubo).
+
+The builder streams: it holds at most one chunk plus one pending link list per
+tree level, whatever the file size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from protocol.multiformats import CID, DAG_PB, RAW, FormatError, decode_varint, encode_varint
+
+CHUNK_SIZE = 256 * 1024
+MAX_LINKS = 174
+_FILE = 2  # UnixFS Data.DataType.File
+
+PutBlock = Callable[[CID, bytes], None]
+GetBlock = Callable[[CID], bytes]
+
+
+def _field(num: int, wire: int) -> bytes:
+    return encode_varint(num << 3 | wire)
+
+
+def _bytes_field(num: int, data: bytes) -> bytes:
+    return _field(num, 2) + encode_varint(len(data)) + data
+
+
+def _unixfs_data(filesize: int, blocksizes: list[int], data: bytes | None = None) -> bytes:
+    out = _field(1, 0) + encode_varint(_FILE)
+    if data is not None:
+        out += _bytes_field(2, data)
+    out += _field(3, 0) + encode_varint(filesize)
+    for size in blocksizes:
+        out += _field(4, 0) + encode_varint(size)
+    return out
+
+
+@dataclass(frozen=True)
+class Link:
+    cid: CID
+    tsize: int  # bytes of the whole sub-DAG (blocks), as Kubo counts it
+    filesize: int  # bytes of file content under the link
+
+
+def encode_node(links: list[Link], data: bytes) -> bytes:
+    """DAG-PB PBNode: links first, then data (the canonical DAG-PB order)."""
+    out = bytearray()
+    for link in links:
+        body = _bytes_field(1, bytes(link.cid)) + _bytes_field(2, b"") + _field(3, 0)
+        body += encode_varint(link.tsize)
+        out += _bytes_field(2, body)
+    out += _bytes_field(1, data)
+    return bytes(out)
+
+
+class UnixFSBuilder:
+    """Feed bytes with ``write``; ``finish`` returns the root link."""
+
+    def __init__(
+        self,
+        put: PutBlock,
+        raw_leaves: bool = True,
+        chunk_size: int = CHUNK_SIZE,
+        max_links: int = MAX_LINKS,
+    ) -> None:
+        self._put = put
+        self._raw_leaves = raw_leaves
+        self._chunk_size = chunk_size
+        self._max_links = max_links
+        self._buffer = bytearray()
+        self._levels: list[list[Link]] = [[]]
+        self._leaves = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        size = self._chunk_size
+        if not self._buffer:
+            # Fast path: whole chunks straight from the caller's buffer, no copy.
+            whole = len(view) - len(view) % size
+            for start in range(0, whole, size):
+                self._leaf(view[start : start + size])
+            view = view[whole:]
+        while view:
+            take = min(size - len(self._buffer), len(view))
+            self._buffer += view[:take]
+            view = view[take:]
+            if len(self._buffer) == size:
+                self._leaf(self._buffer)
+                self._buffer = bytearray()
+
+    def _leaf(self, chunk: bytes | memoryview | bytearray) -> None:
+        if self._raw_leaves:
+            block = bytes(chunk)
+            cid = CID.hash(RAW, block)
+        else:
+            block = encode_node([], _unixfs_data(len(chunk), [], bytes(chunk) if chunk else None))
+            cid = CID(0, DAG_PB, CID.hash(DAG_PB, block).digest)
+        self._put(cid, block)
+        self._leaves += 1
+        self._push(0, Link(cid, len(block), len(chunk)))
+
+    def _push(self, level: int, link: Link) -> None:
+        if level == len(self._levels):
+            self._levels.append([])
+        self._levels[level].append(link)
+        if len(self._levels[level]) == self._max_links:
+            self._push(level + 1, self._node(self._levels[level]))
+            self._levels[level] = []
+
+    def _node(self, links: list[Link]) -> Link:
+        filesize = sum(link.filesize for link in links)
+        block = encode_node(links, _unixfs_data(filesize, [link.filesize for link in links]))
+        digest = CID.hash(DAG_PB, block).digest
+        cid = CID(1 if self._raw_leaves else 0, DAG_PB, digest)
+        self._put(cid, block)
+        return Link(cid, len(block) + sum(link.tsize for link in links), filesize)
+
+    def finish(self) -> Link:
+        if self._buffer or self._leaves == 0:
+            self._leaf(self._buffer)
+            self._buffer = bytearray()
+        levels = self._levels
+        level = 0
+        while True:
+            top = max(i for i, links in enumerate(levels) if links)
+            if level == top and len(levels[level]) == 1:
+                return levels[level][0]
+            if levels[level]:
+                node = self._node(levels[level])
+                levels[level] = []
+                if level + 1 == len(levels):
+                    levels.append([])
+                levels[level + 1].append(node)
+            level += 1
+
+
+def add_bytes(data: bytes, put: PutBlock | None = None, raw_leaves: bool = True) -> CID:
+    """CID of ``data`` as a UnixFS file (blocks go to ``put`` when given)."""
+    builder = UnixFSBuilder(put or (lambda cid, block: None), raw_leaves=raw_leaves)
+    builder.write(data)
+    return builder.finish().cid
+
+
+def _parse_proto(data: bytes) -> list[tuple[int, int | bytes]]:
+    fields: list[tuple[int, int | bytes]] = []
+    pos = 0
+    while pos < len(data):
+        key, pos = decode_varint(data, pos)
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = decode_varint(data, pos)
+            fields.append((num, value))
+        elif wire == 2:
+            length, pos = decode_varint(data, pos)
+            if pos + length > len(data):
+                raise FormatError("truncated protobuf field")
+            fields.append((num, data[pos : pos + length]))
+            pos += length
+        else:
+            raise FormatError(f"unsupported protobuf wire type {wire}")
+    return fields
+
+
+def decode_node(block: bytes) -> tuple[list[CID], bytes]:
+    """Return (child CIDs, inline file data) of a DAG-PB UnixFS file node."""
+    links: list[CID] = []
+    unixfs = b""
+    for num, value in _parse_proto(block):
+        if num == 2 and isinstance(value, bytes):
+            for lnum, lvalue in _parse_proto(value):
+                if lnum == 1 and isinstance(lvalue, bytes):
+                    links.append(CID.from_bytes(lvalue))
+        elif num == 1 and isinstance(value, bytes):
+            unixfs = value
+    data = b""
+    kind = None
+    for num, value in _parse_proto(unixfs):
+        if num == 1:
+            kind = value
+        elif num == 2 and isinstance(value, bytes):
+            data = value
+    if kind not in (_FILE, 0):  # 0 = Raw, what some importers use for leaves
+        raise FormatError("DAG-PB node is not a UnixFS file")
+    return links, data
+
+
+def iter_file(get: GetBlock, root: CID) -> Iterator[bytes]:
+    """Yield a file's content in order; every block's hash is checked first."""
+    stack = [root]
+    while stack:
+        cid = stack.pop()
+        block = get(cid)
+        if not cid.verify(block):
+            raise FormatError(f"block {cid} does not match its hash")
+        if cid.codec == RAW:
+            yield block
+            continue
+        if cid.codec != DAG_PB:
+            raise FormatError(f"block {cid} is not part of a UnixFS file")
+        links, data = decode_node(block)
+        if data:
+            yield data
+        stack.extend(reversed(links))
