@@ -24,12 +24,12 @@ class BlockSink:
     def __init__(self, store: Store, batch_bytes: int = BATCH_BYTES) -> None:
         self._store = store
         self._batch_bytes = batch_bytes
-        self._pending: list[tuple[CID, bytes]] = []
+        self._pending: list[tuple[CID, bytes | memoryview]] = []
         self._pending_bytes = 0
         self.new_bytes = 0
         self.total_bytes = 0
 
-    def put(self, cid: CID, block: bytes) -> None:
+    def put(self, cid: CID, block: bytes | memoryview) -> None:
         self._pending.append((cid, block))
         self._pending_bytes += len(block)
         self.total_bytes += len(block)

@@ -37,7 +37,7 @@ class Txn:
         return self._store._dbs[name]
 
     # blocks
-    def put_block(self, cid: CID, block: bytes, trusted: bool = False) -> bool:
+    def put_block(self, cid: CID, block: bytes | memoryview, trusted: bool = False) -> bool:
         """Store a block; False when it was already there (dedup).
 
         Untrusted blocks (from files or peers) are hash-checked first; ``trusted``
@@ -155,7 +155,6 @@ class Store:
                 lock=True,
                 sync=True,
                 metasync=True,
-                readahead=False,
                 writemap=True,  # measured 2.7x faster commits than malloc'd dirty pages
             )
         except lmdb.Error as exc:

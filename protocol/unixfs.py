@@ -22,7 +22,8 @@ CHUNK_SIZE = 256 * 1024
 MAX_LINKS = 174
 _FILE = 2  # UnixFS Data.DataType.File
 
-PutBlock = Callable[[CID, bytes], None]
+# A put callback may receive a read-only memoryview; it stays valid as long as it is referenced.
+PutBlock = Callable[[CID, "bytes | memoryview"], None]
 GetBlock = Callable[[CID], bytes]
 
 
@@ -99,7 +100,8 @@ class UnixFSBuilder:
 
     def _leaf(self, chunk: bytes | memoryview | bytearray) -> None:
         if self._raw_leaves:
-            block = bytes(chunk)
+            # read-only views (of bytes objects) are immutable: keep them without a copy
+            block = chunk if isinstance(chunk, memoryview) and chunk.readonly else bytes(chunk)
             cid = CID.hash(RAW, block)
         else:
             block = encode_node([], _unixfs_data(len(chunk), [], bytes(chunk) if chunk else None))

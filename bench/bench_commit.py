@@ -1,0 +1,144 @@
+"""Commit benchmarks (issue 2), each a ratio measured in one run.
+
+1. Committing a 100M-parameter float32 model vs hashlib.sha256 over the same bytes.
+2. Re-committing with 1% of the tensors changed: new bytes stored / model bytes.
+3. Peak RSS of a process committing a 1 GB model / model size.
+
+Usage: python bench/bench_commit.py [--params 100e6] [--big-gb 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import ratio_line, write_model  # noqa: E402
+
+from fednode.history import History  # noqa: E402
+from fednode.identity import Identity  # noqa: E402
+from fednode.modelio import SafetensorsFile  # noqa: E402
+from fednode.store import Store  # noqa: E402
+
+
+def sha256_file(path: Path) -> float:
+    start = time.perf_counter()
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(4 << 20):
+            h.update(chunk)
+    return time.perf_counter() - start
+
+
+def bench_commit_speed(tmp: Path, params: int) -> list[str]:
+    model = tmp / "model.safetensors"
+    n_tensors = 100
+    size = write_model(model, n_tensors, params // n_tensors)
+    sha256_file(model)  # warm the page cache so both sides read from memory
+    t_hash = min(sha256_file(model) for _ in range(3))
+    history = History(Store(tmp / "store"), Identity.generate())
+    src = SafetensorsFile(model)
+    start = time.perf_counter()
+    repo, result = history.create_repo("bench", src)
+    t_commit = time.perf_counter() - start
+    lines = [
+        f"model: {params / 1e6:.0f}M float32 parameters, {size / 1e6:.0f} MB, {n_tensors} tensors",
+        f"sha256 {t_hash:.3f} s ({size / t_hash / 1e9:.2f} GB/s); genesis commit {t_commit:.3f} s",
+        ratio_line("commit time / sha256 time (genesis, full snapshot)", t_commit / t_hash, "<= 2.5",
+                   t_commit / t_hash <= 2.5),
+    ]
+    # 1% of tensors changed
+    import numpy as np
+
+    from fednode.modelio import ArraySource
+
+    arrays = {name: (info.dtype, src.array(name)) for name, info in src.tensors.items()}
+    changed = max(1, n_tensors // 100)
+    rng = np.random.default_rng(1)
+    for name in list(arrays)[:changed]:
+        dtype, arr = arrays[name]
+        arrays[name] = (dtype, arr + rng.normal(0, 1e-3, arr.size).astype(np.float32))
+    start = time.perf_counter()
+    update = history.commit(repo, ArraySource(arrays), "1% changed")
+    t_update = time.perf_counter() - start
+    frac = update.new_bytes / size
+    lines.append(f"update commit with {changed}/{n_tensors} tensors changed: {t_update:.3f} s, "
+                 f"{update.new_bytes} new bytes")
+    lines.append(ratio_line("new bytes / model bytes (1% of tensors changed)", frac, "<= 0.05", frac <= 0.05))
+    lines.append(ratio_line("update commit time / sha256 time (informational)", t_update / t_hash, "-", True))
+    history.store.close()
+    src.close()
+    return lines
+
+
+# ru_maxrss survives exec on Linux (it would report the parent's peak): read VmHWM instead.
+_HWM = """
+def _hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+"""
+
+CHILD = _HWM + """
+import sys
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from fednode.history import History
+from fednode.identity import Identity
+from fednode.modelio import SafetensorsFile
+from fednode.store import Store
+h = History(Store(Path({store!r})), Identity.generate())
+h.create_repo("big", SafetensorsFile(Path({model!r})))
+print(_hwm())
+"""
+
+BASELINE = _HWM + """
+import sys
+sys.path.insert(0, {root!r})
+import fednode.history, fednode.store, numpy
+print(_hwm())
+"""
+
+
+def bench_rss(tmp: Path, gigabytes: float) -> list[str]:
+    model = tmp / "big.safetensors"
+    numel = 16 * 1024 * 1024
+    n_tensors = max(1, int(gigabytes * 1e9 / (numel * 4)))
+    size = write_model(model, n_tensors, numel, seed=2)
+    code = CHILD.format(root=str(ROOT), store=str(tmp / "bigstore"), model=str(model))
+    peak = int(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
+    base = int(
+        subprocess.run([sys.executable, "-c", BASELINE.format(root=str(ROOT))], check=True,
+                       capture_output=True, text=True).stdout
+    )
+    return [
+        f"1 GB model: {size / 1e9:.2f} GB in {n_tensors} tensors; peak RSS {peak / 1e6:.0f} MB "
+        f"(interpreter + imports alone {base / 1e6:.0f} MB)",
+        ratio_line("peak RSS while committing / model size", peak / size, "<= 1.5", peak / size <= 1.5),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--params", type=float, default=100e6)
+    parser.add_argument("--big-gb", type=float, default=1.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="fednode-bench-") as tmp:
+        for line in bench_commit_speed(Path(tmp), int(args.params)):
+            print(line, flush=True)
+    with tempfile.TemporaryDirectory(prefix="fednode-bench-") as tmp:
+        for line in bench_rss(Path(tmp), args.big_gb):
+            print(line, flush=True)
+
+
+
+if __name__ == "__main__":
+    main()

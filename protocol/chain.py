@@ -1,0 +1,367 @@
+"""On-chain layouts of the federity program: instruction data, account data, error codes.
+
+Pure data and codecs (no I/O, no Solana libraries); programs/federity/federity.c is the other
+side of every layout here and programs/README.md documents them. All integers little-endian.
+
+Identity contract: repo_id, commit_hash, author keys and branch hashes are 32 bytes; a branch
+name is hashed with sha256(utf-8 name); a commitment is a BN254 G1 point, 64 bytes big-endian
+x||y (the alt_bn128 syscall format); merge weights are u64.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+PROGRAM_NAME = "federity"
+LAYOUT_VERSION = 1
+
+
+class Ix(IntEnum):
+    """First byte of the instruction data."""
+
+    CREATE_REPO = 0
+    ADD_MEMBER = 1
+    REMOVE_MEMBER = 2
+    ANCHOR_COMMIT = 3
+    MERGE = 4
+    SET_HEAD = 5
+
+
+class Kind(IntEnum):
+    """Commit kinds, same order as protocol.objects.KINDS."""
+
+    INIT = 0
+    UPDATE = 1
+    MERGE = 2
+    REVERT = 3
+
+
+class Tag(IntEnum):
+    """First byte of every account the program owns."""
+
+    REPO = 1
+    MEMBER = 2
+    COMMIT = 3
+
+
+class ErrorCode(IntEnum):
+    """Custom program error numbers (InstructionError::Custom(n)); one per rejection."""
+
+    INVALID_INSTRUCTION = 1  # unknown instruction tag
+    INVALID_INSTRUCTION_DATA = 2  # wrong length or counts
+    NOT_ENOUGH_ACCOUNTS = 3
+    MISSING_REQUIRED_SIGNATURE = 4
+    ACCOUNT_NOT_WRITABLE = 5
+    INVALID_PDA = 6  # account key is not the PDA the seeds give
+    INVALID_SYSTEM_PROGRAM = 7
+    INVALID_INSTRUCTIONS_SYSVAR = 8
+    REPO_ALREADY_EXISTS = 9
+    INVALID_REPO_ACCOUNT = 10  # not a repo account owned by this program
+    NOT_OWNER = 11
+    MEMBER_ALREADY_EXISTS = 12
+    NOT_A_MEMBER = 13
+    INVALID_KIND = 14  # unknown kind, merge via anchor_commit, init with parents or vice versa
+    TOO_MANY_PARENTS = 15
+    DUPLICATE_PARENT = 16
+    PARENT_NOT_ANCHORED = 17
+    COMMIT_ALREADY_ANCHORED = 18  # replay
+    MISSING_SIGNATURE_PROOF = 19  # no Ed25519 precompile instruction in the transaction
+    SIGNATURE_PROOF_MISMATCH = 20  # precompile present, but not for (author, commit_hash)
+    INVALID_COMMITMENT = 21  # not a point of BN254 G1
+    NOT_FAST_FORWARD = 22
+    UNKNOWN_BRANCH = 23
+    BRANCH_TABLE_FULL = 24
+    INPUT_NOT_ANCHORED = 25
+    MISSING_INPUT_COMMITMENT = 26
+    MERGE_COMMITMENT_MISMATCH = 27
+    HEAD_NOT_IN_REPO = 28  # set_head target is not an anchored commit of this repository
+    RENT_UNAVAILABLE = 29
+    INVALID_BRANCH = 30  # zero branch hash where a branch is required
+
+
+MAX_BRANCHES = 8
+MAX_PARENTS = 16  # also the merge input limit; a legacy 1232-byte tx fits about 8 merge inputs
+FLAG_HAS_COMMITMENT = 1
+ZERO32 = bytes(32)
+
+REPO_SEED = b"repo"
+MEMBER_SEED = b"member"
+COMMIT_SEED = b"commit"
+
+# Accounts the instructions take, in order (s = signer, w = writable).
+ACCOUNTS: dict[Ix, tuple[str, ...]] = {
+    Ix.CREATE_REPO: ("owner [s,w]", "repo PDA [w]", "system program"),
+    Ix.ADD_MEMBER: ("owner [s,w]", "repo", "member PDA [w]", "system program"),
+    Ix.REMOVE_MEMBER: ("owner [s,w]", "repo", "member PDA [w]"),
+    Ix.ANCHOR_COMMIT: (
+        "author [s,w]", "repo [w]", "commit PDA [w]", "author's member PDA (owner: the repo)",
+        "instructions sysvar", "system program", "parent commit PDAs...",
+    ),
+    Ix.MERGE: (
+        "owner [s,w]", "repo [w]", "commit PDA [w]", "instructions sysvar", "system program",
+        "input commit PDAs...",
+    ),
+    Ix.SET_HEAD: ("owner [s]", "repo [w]", "commit PDA (any account when deleting)"),
+}  # fmt: skip
+
+
+class LayoutError(ValueError):
+    """Bytes that are not a valid encoding."""
+
+
+def _b32(name: str, value: bytes) -> bytes:
+    if len(value) != 32:
+        raise LayoutError(f"{name} must be 32 bytes, got {len(value)}")
+    return bytes(value)
+
+
+def _g1(value: bytes | None) -> bytes:
+    if value is not None and len(value) != 64:
+        raise LayoutError(f"commitment must be 64 bytes, got {len(value)}")
+    return b"" if value is None else bytes(value)
+
+
+def branch_hash(name: str) -> bytes:
+    """The 32-byte key of a branch in the on-chain table."""
+    if not name:
+        raise LayoutError("empty branch name")
+    return hashlib.sha256(name.encode("utf-8")).digest()
+
+
+def accumulate(acc: bytes, commit_hash: bytes) -> bytes:
+    """acc' = sha256(acc || commit_hash); the chain starts from 32 zero bytes."""
+    return hashlib.sha256(_b32("acc", acc) + _b32("commit_hash", commit_hash)).digest()
+
+
+def parents_digest(parents: Sequence[bytes]) -> bytes:
+    """sha256 of the concatenated parent (or merge input) hashes, in instruction order."""
+    return hashlib.sha256(b"".join(_b32("parent", p) for p in parents)).digest()
+
+
+def repo_seeds(repo_id: bytes) -> list[bytes]:
+    return [REPO_SEED, _b32("repo_id", repo_id)]
+
+
+def member_seeds(repo_id: bytes, member: bytes) -> list[bytes]:
+    return [MEMBER_SEED, _b32("repo_id", repo_id), _b32("member", member)]
+
+
+def commit_seeds(repo_id: bytes, commit_hash: bytes) -> list[bytes]:
+    return [COMMIT_SEED, _b32("repo_id", repo_id), _b32("commit_hash", commit_hash)]
+
+
+# --- instructions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreateRepo:
+    repo_id: bytes
+    mint: bytes = ZERO32
+
+
+@dataclass(frozen=True)
+class AddMember:
+    member: bytes
+
+
+@dataclass(frozen=True)
+class RemoveMember:
+    member: bytes
+
+
+@dataclass(frozen=True)
+class AnchorCommit:
+    commit_hash: bytes
+    kind: Kind
+    branch: bytes  # branch_hash(name), or ZERO32 to anchor without moving any head
+    parents: tuple[bytes, ...] = ()
+    commitment: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Merge:
+    commit_hash: bytes
+    branch: bytes
+    inputs: tuple[bytes, ...]
+    weights: tuple[int, ...]
+    commitment: bytes | None = None
+
+
+@dataclass(frozen=True)
+class SetHead:
+    branch: bytes
+    commit_hash: bytes  # ZERO32 deletes the branch
+
+
+Instruction = CreateRepo | AddMember | RemoveMember | AnchorCommit | Merge | SetHead
+
+
+def encode_instruction(ix: Instruction) -> bytes:
+    """Instruction data for one federity instruction."""
+    if isinstance(ix, CreateRepo):
+        return bytes([Ix.CREATE_REPO]) + _b32("repo_id", ix.repo_id) + _b32("mint", ix.mint)
+    if isinstance(ix, AddMember | RemoveMember):
+        tag = Ix.ADD_MEMBER if isinstance(ix, AddMember) else Ix.REMOVE_MEMBER
+        return bytes([tag]) + _b32("member", ix.member)
+    if isinstance(ix, AnchorCommit):
+        if len(ix.parents) > MAX_PARENTS:
+            raise LayoutError(f"at most {MAX_PARENTS} parents")
+        flags = FLAG_HAS_COMMITMENT if ix.commitment is not None else 0
+        return (
+            bytes([Ix.ANCHOR_COMMIT]) + _b32("commit_hash", ix.commit_hash)
+            + bytes([int(ix.kind), flags, len(ix.parents)]) + _b32("branch", ix.branch)
+            + b"".join(_b32("parent", p) for p in ix.parents) + _g1(ix.commitment)
+        )  # fmt: skip
+    if isinstance(ix, Merge):
+        if not 0 < len(ix.inputs) <= MAX_PARENTS or len(ix.weights) != len(ix.inputs):
+            raise LayoutError(f"1..{MAX_PARENTS} inputs, one u64 weight each")
+        flags = FLAG_HAS_COMMITMENT if ix.commitment is not None else 0
+        return (
+            bytes([Ix.MERGE]) + _b32("commit_hash", ix.commit_hash)
+            + bytes([flags, len(ix.inputs)]) + _b32("branch", ix.branch)
+            + b"".join(_b32("input", p) for p in ix.inputs)
+            + b"".join(struct.pack("<Q", w) for w in ix.weights) + _g1(ix.commitment)
+        )  # fmt: skip
+    if isinstance(ix, SetHead):
+        return bytes([Ix.SET_HEAD]) + _b32("branch", ix.branch) + _b32("commit", ix.commit_hash)
+    raise TypeError(f"not a federity instruction: {ix!r}")
+
+
+def decode_instruction(data: bytes) -> Instruction:
+    """Inverse of encode_instruction; raises LayoutError where the program would reject."""
+    if not data:
+        raise LayoutError("empty instruction data")
+    tag, body = data[0], bytes(data[1:])
+    if tag == Ix.CREATE_REPO and len(body) == 64:
+        return CreateRepo(body[:32], body[32:])
+    if tag in (Ix.ADD_MEMBER, Ix.REMOVE_MEMBER) and len(body) == 32:
+        return AddMember(body) if tag == Ix.ADD_MEMBER else RemoveMember(body)
+    if tag == Ix.SET_HEAD and len(body) == 64:
+        return SetHead(body[:32], body[32:])
+    if tag == Ix.ANCHOR_COMMIT and len(body) >= 67:
+        kind, flags, n = body[32], body[33], body[34]
+        g1 = 64 if flags & FLAG_HAS_COMMITMENT else 0
+        if flags & ~FLAG_HAS_COMMITMENT or n > MAX_PARENTS or len(body) != 67 + 32 * n + g1:
+            raise LayoutError("malformed anchor_commit")
+        if kind not in Kind.__members__.values():
+            raise LayoutError(f"unknown kind {kind}")
+        parents = tuple(body[67 + 32 * i : 99 + 32 * i] for i in range(n))
+        return AnchorCommit(body[:32], Kind(kind), body[35:67], parents,
+                            body[67 + 32 * n :] if g1 else None)  # fmt: skip
+    if tag == Ix.MERGE and len(body) >= 66:
+        flags, n = body[32], body[33]
+        g1 = 64 if flags & FLAG_HAS_COMMITMENT else 0
+        if flags & ~FLAG_HAS_COMMITMENT or not 0 < n <= MAX_PARENTS or len(body) != 66 + 40 * n + g1:
+            raise LayoutError("malformed merge")
+        inputs = tuple(body[66 + 32 * i : 98 + 32 * i] for i in range(n))
+        w_at = 66 + 32 * n
+        weights = struct.unpack_from(f"<{n}Q", body, w_at)
+        return Merge(body[:32], body[34:66], inputs, weights,
+                     body[w_at + 8 * n :] if g1 else None)  # fmt: skip
+    raise LayoutError(f"malformed instruction (tag {tag}, {len(body)} bytes)")
+
+
+# --- accounts ----------------------------------------------------------------------------------
+
+REPO_SIZE = 144 + 64 * MAX_BRANCHES  # 656
+MEMBER_SIZE = 80
+COMMIT_SIZE = 216
+
+
+@dataclass(frozen=True)
+class RepoAccount:
+    bump: int
+    repo_id: bytes
+    owner: bytes
+    mint: bytes
+    commit_count: int
+    accumulator: bytes
+    branches: dict[bytes, bytes]  # branch hash -> head commit hash
+
+
+@dataclass(frozen=True)
+class MemberAccount:
+    bump: int
+    repo_id: bytes
+    member: bytes
+    added_slot: int
+
+
+@dataclass(frozen=True)
+class CommitAccount:
+    bump: int
+    kind: Kind
+    n_parents: int
+    repo_id: bytes
+    commit_hash: bytes
+    author: bytes
+    parents_digest: bytes
+    commitment: bytes | None
+    slot: int
+    index: int  # 0-based position in the repository's accumulator chain
+
+
+def _header(data: bytes, tag: Tag, size: int) -> None:
+    if len(data) != size or data[0] != tag or data[1] != LAYOUT_VERSION:
+        raise LayoutError(f"not a {tag.name.lower()} account ({len(data)} bytes)")
+
+
+def decode_repo(data: bytes) -> RepoAccount:
+    _header(data, Tag.REPO, REPO_SIZE)
+    branches = {}
+    for i in range(MAX_BRANCHES):
+        name = data[144 + 64 * i : 176 + 64 * i]
+        if name != ZERO32:
+            branches[bytes(name)] = bytes(data[176 + 64 * i : 208 + 64 * i])
+    return RepoAccount(
+        bump=data[2], repo_id=bytes(data[8:40]), owner=bytes(data[40:72]), mint=bytes(data[72:104]),
+        commit_count=struct.unpack_from("<Q", data, 104)[0], accumulator=bytes(data[112:144]),
+        branches=branches,
+    )  # fmt: skip
+
+
+def decode_member(data: bytes) -> MemberAccount:
+    _header(data, Tag.MEMBER, MEMBER_SIZE)
+    return MemberAccount(data[2], bytes(data[8:40]), bytes(data[40:72]),
+                         struct.unpack_from("<Q", data, 72)[0])  # fmt: skip
+
+
+def decode_commit(data: bytes) -> CommitAccount:
+    _header(data, Tag.COMMIT, COMMIT_SIZE)
+    slot, index = struct.unpack_from("<QQ", data, 200)
+    return CommitAccount(
+        bump=data[2], kind=Kind(data[3]), n_parents=data[5], repo_id=bytes(data[8:40]),
+        commit_hash=bytes(data[40:72]), author=bytes(data[72:104]),
+        parents_digest=bytes(data[104:136]),
+        commitment=bytes(data[136:200]) if data[4] & FLAG_HAS_COMMITMENT else None,
+        slot=slot, index=index,
+    )  # fmt: skip
+
+
+# Return data of anchor_commit and merge: accumulator after the append || commit count (u64).
+RETURN_DATA_SIZE = 40
+
+
+def decode_return_data(data: bytes) -> tuple[bytes, int]:
+    if len(data) != RETURN_DATA_SIZE:
+        raise LayoutError(f"return data must be {RETURN_DATA_SIZE} bytes")
+    return bytes(data[:32]), struct.unpack_from("<Q", data, 32)[0]
+
+
+# --- Ed25519 precompile ------------------------------------------------------------------------
+
+
+def ed25519_instruction_data(pubkey: bytes, signature: bytes, message: bytes) -> bytes:
+    """Data of an Ed25519SigVerify111... instruction proving one signature, all offsets
+    pointing into this instruction (index 0xFFFF), as the program requires."""
+    if len(signature) != 64:
+        raise LayoutError("signature must be 64 bytes")
+    pk_at, sig_at, msg_at = 16, 48, 112
+    offsets = struct.pack(
+        "<7H", sig_at, 0xFFFF, pk_at, 0xFFFF, msg_at, len(message), 0xFFFF
+    )
+    return bytes([1, 0]) + offsets + _b32("pubkey", pubkey) + bytes(signature) + bytes(message)
