@@ -446,6 +446,42 @@ def revert(ctx: click.Context, rev: str, branch: str | None, repo_name: str | No
               markup=False)
 
 
+@main.command()
+@click.argument("repo_name", metavar="[REPO]", required=False)
+@click.option("--script", required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="A PyTorch module with model() and data(), or any executable (HEAD.safetensors OUT.safetensors).")
+@click.option("-b", "--branch", default=None, help="Branch to train on (default: the current branch).")
+@click.option("--epochs", type=int, default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dp", "dp_epsilon", type=float, default=None, help="Train with DP-SGD to this epsilon (Opacus).")
+@click.option("--dp-delta", type=float, default=1e-5, show_default=True)
+@click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="DP-SGD clipping bound.")
+@click.option("-m", "--message", default=None)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def train(ctx: click.Context, repo_name: str | None, script: Path, branch: str | None, epochs: int, seed: int,
+          dp_epsilon: float | None, dp_delta: float, max_grad_norm: float, message: str | None, quiet: bool,
+          as_json: bool) -> None:
+    """Train locally from the branch head; commit the result as an update on that branch."""
+    from fednode.training import DPConfig
+
+    node = _node(ctx)
+    info = _repo(node, repo_name)
+    dp = DPConfig(dp_epsilon, dp_delta, max_grad_norm) if dp_epsilon is not None else None
+    commit_result, trained = operations.train(node.history, info, script, branch, epochs, seed, dp,
+                                              quiet or as_json, message)
+    if as_json:
+        emit_json({**commit_json(commit_result.cid, commit_result.commit), "new_bytes": commit_result.new_bytes})
+        return
+    metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(trained.metrics.items()))
+    out.print(f"[{branch or node.history.current_branch(info)} {short(commit_result.cid)}] "
+              f"{commit_result.commit.message}", markup=False)
+    out.print(f"{trained.samples} samples, {epochs} epoch(s), {trained.duration_s:.1f} s; {metrics}")
+    if trained.dp:
+        out.print(f"DP-SGD: epsilon spent {trained.dp['epsilon']:.3f} (delta {trained.dp['delta']:g})")
+
+
 def _report(report: operations.VerifyReport, what: str, as_json: bool) -> None:
     if as_json:
         emit_json({"ok": not report.problems, "commits": report.commits, "problems": report.problems})

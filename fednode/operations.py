@@ -248,3 +248,42 @@ def gc(history: History) -> tuple[int, int]:
 
 def dtype_itemsize(dtype: str) -> int:
     return DTYPES[dtype][1]
+
+
+def train(
+    history: History,
+    repo: RepoInfo,
+    script: Path,
+    branch: str | None = None,
+    epochs: int = 1,
+    seed: int = 0,
+    dp=None,
+    quiet: bool = False,
+    message: str | None = None,
+) -> tuple[CommitResult, object]:
+    """Train locally from the branch head and commit the result as an update on that branch."""
+    import shutil
+    import tempfile
+
+    from fednode.modelio import SafetensorsFile
+    from fednode.training import run_training
+
+    branch = branch or history.current_branch(repo)
+    head = history.branch_head(repo, branch)
+    work = Path(tempfile.mkdtemp(prefix="fednode-train-"))
+    try:
+        head_file = work / "head.safetensors"
+        checkout(history, head, head_file)
+        result = run_training(script, head_file, epochs, seed, dp, quiet, work)
+        source = SafetensorsFile(result.weights)
+        try:
+            info = {"training": result.training_info()}
+            metrics = {k: float(v) for k, v in result.metrics.items()}
+            text = message or f"train {script.name}: {epochs} epoch(s) on {result.samples} samples"
+            commit = history.commit(repo, source, text, branch=branch, metrics=metrics, info=info,
+                                    expected_head=head)
+        finally:
+            source.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return commit, result

@@ -1,0 +1,12 @@
+"""fednode's link to Solana: the federity program's client and the backends it runs over."""
+
+from fednode.chain.backend import ChainBackend, ChainError, LiteSVMBackend, TxResult
+from fednode.chain.client import Anchored, FederityClient
+from fednode.chain.elf import federity_elf
+from fednode.chain.program import ED25519_PROGRAM_ID, INSTRUCTIONS_SYSVAR_ID, SYSTEM_PROGRAM_ID, FederityProgram
+
+__all__ = [
+    "ED25519_PROGRAM_ID", "INSTRUCTIONS_SYSVAR_ID", "SYSTEM_PROGRAM_ID",
+    "Anchored", "ChainBackend", "ChainError", "FederityClient", "FederityProgram", "LiteSVMBackend", "TxResult",
+    "federity_elf",
+]  # fmt: skip

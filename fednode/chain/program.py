@@ -1,0 +1,97 @@
+"""Instruction builders for the federity program (solders Instructions; no I/O).
+
+The byte layouts live in protocol.chain; this module adds addresses: PDAs, account lists and
+the Ed25519 precompile instruction that proves a commit signature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from solders.instruction import AccountMeta, Instruction
+from solders.pubkey import Pubkey
+
+from protocol import chain as layout
+
+SYSTEM_PROGRAM_ID = Pubkey.from_string("11111111111111111111111111111111")
+INSTRUCTIONS_SYSVAR_ID = Pubkey.from_string("Sysvar1nstructions1111111111111111111111111")
+ED25519_PROGRAM_ID = Pubkey.from_string("Ed25519SigVerify111111111111111111111111111")
+
+
+def _ro(key: Pubkey) -> AccountMeta:
+    return AccountMeta(key, is_signer=False, is_writable=False)
+
+
+def _w(key: Pubkey) -> AccountMeta:
+    return AccountMeta(key, is_signer=False, is_writable=True)
+
+
+def _payer(key: Pubkey) -> AccountMeta:
+    return AccountMeta(key, is_signer=True, is_writable=True)
+
+
+def ed25519_proof(author: Pubkey, signature: bytes, commit_hash: bytes) -> Instruction:
+    """The precompile instruction that must precede anchor_commit/merge in the same tx."""
+    data = layout.ed25519_instruction_data(bytes(author), signature, commit_hash)
+    return Instruction(ED25519_PROGRAM_ID, data, [])
+
+
+@dataclass(frozen=True)
+class FederityProgram:
+    """Builds federity instructions for the program deployed at ``program_id``."""
+
+    program_id: Pubkey
+
+    def _pda(self, seeds: list[bytes]) -> Pubkey:
+        return Pubkey.find_program_address(seeds, self.program_id)[0]
+
+    def repo_address(self, repo_id: bytes) -> Pubkey:
+        return self._pda(layout.repo_seeds(repo_id))
+
+    def member_address(self, repo_id: bytes, member: Pubkey) -> Pubkey:
+        return self._pda(layout.member_seeds(repo_id, bytes(member)))
+
+    def commit_address(self, repo_id: bytes, commit_hash: bytes) -> Pubkey:
+        return self._pda(layout.commit_seeds(repo_id, commit_hash))
+
+    def _ix(self, body: layout.Instruction, metas: list[AccountMeta]) -> Instruction:
+        return Instruction(self.program_id, layout.encode_instruction(body), metas)
+
+    def create_repo(self, owner: Pubkey, repo_id: bytes, mint: bytes = layout.ZERO32) -> Instruction:
+        metas = [_payer(owner), _w(self.repo_address(repo_id)), _ro(SYSTEM_PROGRAM_ID)]
+        return self._ix(layout.CreateRepo(repo_id, mint), metas)
+
+    def add_member(self, owner: Pubkey, repo_id: bytes, member: Pubkey) -> Instruction:
+        metas = [_payer(owner), _ro(self.repo_address(repo_id)),
+                 _w(self.member_address(repo_id, member)), _ro(SYSTEM_PROGRAM_ID)]  # fmt: skip
+        return self._ix(layout.AddMember(bytes(member)), metas)
+
+    def remove_member(self, owner: Pubkey, repo_id: bytes, member: Pubkey) -> Instruction:
+        metas = [_payer(owner), _ro(self.repo_address(repo_id)), _w(self.member_address(repo_id, member))]
+        return self._ix(layout.RemoveMember(bytes(member)), metas)
+
+    def anchor_commit(
+        self, author: Pubkey, repo_id: bytes, body: layout.AnchorCommit, *, as_owner: bool = False
+    ) -> Instruction:
+        """The owner needs no member record: the repo account stands in for it."""
+        repo = self.repo_address(repo_id)
+        member = repo if as_owner else self.member_address(repo_id, author)
+        metas = [_payer(author), _w(repo), _w(self.commit_address(repo_id, body.commit_hash)), _ro(member),
+                 _ro(INSTRUCTIONS_SYSVAR_ID), _ro(SYSTEM_PROGRAM_ID),
+                 *self._records(repo_id, body.parents)]  # fmt: skip
+        return self._ix(body, metas)
+
+    def merge(self, owner: Pubkey, repo_id: bytes, body: layout.Merge) -> Instruction:
+        metas = [_payer(owner), _w(self.repo_address(repo_id)), _w(self.commit_address(repo_id, body.commit_hash)),
+                 _ro(INSTRUCTIONS_SYSVAR_ID), _ro(SYSTEM_PROGRAM_ID),
+                 *self._records(repo_id, body.inputs)]  # fmt: skip
+        return self._ix(body, metas)
+
+    def set_head(self, owner: Pubkey, repo_id: bytes, branch: bytes, commit_hash: bytes) -> Instruction:
+        record = SYSTEM_PROGRAM_ID if commit_hash == layout.ZERO32 else self.commit_address(repo_id, commit_hash)
+        metas = [AccountMeta(owner, is_signer=True, is_writable=False), _w(self.repo_address(repo_id)), _ro(record)]
+        return self._ix(layout.SetHead(branch, commit_hash), metas)
+
+    def _records(self, repo_id: bytes, hashes: Sequence[bytes]) -> list[AccountMeta]:
+        return [_ro(self.commit_address(repo_id, h)) for h in hashes]

@@ -1,0 +1,1 @@
+"""Example training scripts for ``fednode train`` (PyTorch and framework-free)."""

@@ -1,0 +1,257 @@
+"""Local training: run the user's script on the branch head, collect the new weights.
+
+Two paths:
+
+* PyTorch module (a ``.py`` file defining ``model()`` and ``data()``): fednode builds the
+  model, loads the head into it (strictly: names and shapes must match), trains with its
+  own loop on ``data()[0]`` and evaluates on ``data()[1]``, the node's own held-out split.
+  Optional module attributes: ``batch_size`` (32), ``lr`` (0.05), ``optimizer(params)``
+  (SGD), ``loss(outputs, targets)`` (cross entropy), ``evaluate(model, heldout) -> dict``.
+  ``dp`` trains with DP-SGD through Opacus and records the spent epsilon.
+* Any executable (anything else, or a ``.py`` without ``model``/``data``): run as
+  ``SCRIPT HEAD.safetensors OUT.safetensors`` with $FEDNODE_EPOCHS, $FEDNODE_SEED and
+  $FEDNODE_METRICS (where it writes a JSON object of metrics, ``samples`` included).
+
+Training data is only ever touched inside the training process; what comes back is the
+new weights and a few scalar metrics.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from fednode.errors import FednodeError
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    epsilon: float
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
+            raise FednodeError("--dp epsilon must be a positive number")
+        if not 0 < self.delta < 1:
+            raise FednodeError("--dp-delta must be in (0, 1)")
+        if not self.max_grad_norm > 0:
+            raise FednodeError("--max-grad-norm must be positive")
+
+
+@dataclass
+class TrainResult:
+    weights: Path  # a safetensors file with the trained state
+    metrics: dict[str, float]
+    samples: int
+    epochs: int
+    duration_s: float
+    dp: dict[str, float] | None = None
+    framework: str = "pytorch"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def training_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "samples": self.samples,
+            "epochs": self.epochs,
+            "duration_s": round(self.duration_s, 3),
+            "framework": self.framework,
+        }
+        if self.dp:
+            info["dp"] = self.dp
+        return info
+
+
+def load_script(path: Path) -> ModuleType | None:
+    """Import a .py training script; None when it is not a PyTorch-path module."""
+    if path.suffix != ".py":
+        return None
+    spec = importlib.util.spec_from_file_location(f"fednode_user_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise FednodeError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's code: report, don't crash
+        raise FednodeError(f"{path} failed to import: {type(exc).__name__}: {exc}") from None
+    if callable(getattr(module, "model", None)) and callable(getattr(module, "data", None)):
+        return module
+    return None
+
+
+def _progress(total_epochs: int, quiet: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("epoch"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        disable=quiet,
+        transient=False,
+    )
+
+
+def _evaluate(module: ModuleType, model, heldout, loss_fn) -> dict[str, float]:
+    import torch
+
+    if callable(getattr(module, "evaluate", None)):
+        return {k: float(v) for k, v in module.evaluate(model, heldout).items()}
+    loader = torch.utils.data.DataLoader(heldout, batch_size=256)
+    total, correct, loss_sum = 0, 0, 0.0
+    model.eval()
+    with torch.no_grad():
+        for x, y in loader:
+            out = model(x)
+            loss_sum += float(loss_fn(out, y)) * len(y)
+            if out.ndim == 2 and y.ndim == 1:
+                correct += int((out.argmax(1) == y).sum())
+            total += len(y)
+    if total == 0:
+        return {}
+    metrics = {"loss": loss_sum / total}
+    if correct or out.ndim == 2:
+        metrics["accuracy"] = correct / total
+    return metrics
+
+
+def train_torch(
+    module: ModuleType,
+    head: Path,
+    out: Path,
+    epochs: int,
+    seed: int = 0,
+    dp: DPConfig | None = None,
+    quiet: bool = False,
+) -> TrainResult:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    model = module.model()
+    try:
+        model.load_state_dict(load_file(str(head)), strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise FednodeError(f"the script's model does not match the repository's tensors: {first}") from None
+    train_ds, heldout = module.data()
+    batch_size = int(getattr(module, "batch_size", 32))
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=generator)
+    opt = module.optimizer(model.parameters()) if callable(getattr(module, "optimizer", None)) else (
+        torch.optim.SGD(model.parameters(), lr=float(getattr(module, "lr", 0.05)))
+    )
+    loss_fn = getattr(module, "loss", None) or torch.nn.functional.cross_entropy
+    engine = None
+    trained = model
+    if dp is not None:
+        from opacus import PrivacyEngine
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            engine = PrivacyEngine()
+            trained, opt, loader = engine.make_private_with_epsilon(
+                module=model,
+                optimizer=opt,
+                data_loader=loader,
+                target_epsilon=dp.epsilon,
+                target_delta=dp.delta,
+                epochs=epochs,
+                max_grad_norm=dp.max_grad_norm,
+            )
+    last = float("nan")
+    with _progress(epochs, quiet) as progress, warnings.catch_warnings():
+        # Opacus' per-sample hooks warn on every first-layer backward; harmless here
+        warnings.filterwarnings("ignore", message="Full backward hook")
+        task = progress.add_task("train", total=epochs, loss=float("nan"))
+        for _ in range(epochs):
+            trained.train()
+            running, count = 0.0, 0
+            for x, y in loader:
+                if len(y) == 0:  # Poisson sampling under DP can draw an empty batch
+                    continue
+                opt.zero_grad()
+                loss = loss_fn(trained(x), y)
+                loss.backward()
+                opt.step()
+                running += float(loss.detach()) * len(y)
+                count += len(y)
+            last = running / max(count, 1)
+            progress.update(task, advance=1, loss=last)
+    state = model.state_dict()  # Opacus wraps the same module: its parameters are trained in place
+    metrics = _evaluate(module, model, heldout, loss_fn)
+    metrics["train_loss"] = last
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out))
+    dp_info = None
+    if engine is not None:
+        dp_info = {
+            "epsilon": float(engine.get_epsilon(dp.delta)),
+            "target_epsilon": dp.epsilon,
+            "delta": dp.delta,
+            "max_grad_norm": dp.max_grad_norm,
+        }
+    return TrainResult(out, metrics, len(train_ds), epochs, time.perf_counter() - start, dp_info)
+
+
+def train_exec(
+    script: Path, head: Path, out: Path, epochs: int, seed: int = 0, timeout_s: float | None = None
+) -> TrainResult:
+    """Run an executable training script (any framework) on the head."""
+    start = time.perf_counter()
+    metrics_path = out.with_suffix(".metrics.json")
+    cmd = [sys.executable, str(script)] if script.suffix == ".py" else [str(script.resolve())]
+    if script.suffix != ".py" and not os.access(script, os.X_OK):
+        raise FednodeError(f"{script} is not executable (chmod +x) and not a Python script")
+    env = {**os.environ, "FEDNODE_EPOCHS": str(epochs), "FEDNODE_SEED": str(seed),
+           "FEDNODE_METRICS": str(metrics_path)}
+    try:
+        proc = subprocess.run([*cmd, str(head), str(out)], env=env, timeout=timeout_s,
+                              capture_output=True, text=True)
+    except subprocess.TimeoutExpired:
+        raise FednodeError(f"{script} did not finish within {timeout_s} s") from None
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise FednodeError(f"{script} failed with exit code {proc.returncode}: {tail}")
+    if not out.exists():
+        raise FednodeError(f"{script} wrote no weights to its output path")
+    metrics: dict[str, float] = {}
+    samples = 0
+    if metrics_path.exists():
+        try:
+            raw = json.loads(metrics_path.read_text())
+            samples = int(raw.pop("samples", 0))
+            metrics = {str(k): float(v) for k, v in raw.items()}
+        except (ValueError, TypeError, AttributeError):
+            raise FednodeError(f"{script} wrote invalid metrics JSON") from None
+    return TrainResult(out, metrics, samples, epochs, time.perf_counter() - start, framework="executable")
+
+
+def run_training(
+    script: Path, head: Path, epochs: int, seed: int = 0, dp: DPConfig | None = None, quiet: bool = False,
+    workdir: Path | None = None,
+) -> TrainResult:
+    if not script.exists():
+        raise FednodeError(f"no such training script: {script}")
+    if epochs < 1:
+        raise FednodeError("--epochs must be at least 1")
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="fednode-train-"))
+    out = workdir / "trained.safetensors"
+    module = load_script(script)
+    if module is not None:
+        return train_torch(module, head, out, epochs, seed, dp, quiet)
+    if dp is not None:
+        raise FednodeError("--dp needs the PyTorch path (a module defining model() and data())")
+    return train_exec(script, head, out, epochs, seed)
