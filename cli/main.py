@@ -482,6 +482,94 @@ def train(ctx: click.Context, repo_name: str | None, script: Path, branch: str |
         out.print(f"DP-SGD: epsilon spent {trained.dp['epsilon']:.3f} (delta {trained.dp['delta']:g})")
 
 
+def _params(pairs: tuple[str, ...]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise FednodeError(f"invalid --param {pair!r}: use NAME=VALUE")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+@main.command()
+@click.argument("branches", nargs=-1, required=True)
+@click.option("--strategy", default="fedavg", show_default=True,
+              help="fedavg | median | trimmed-mean | krum | multi-krum")
+@click.option("--param", "params", multiple=True, help="Strategy parameter NAME=VALUE (e.g. byzantine=1).")
+@click.option("--weights", "weighting", type=click.Choice(["samples", "equal"]), default="samples",
+              show_default=True)
+@click.option("--into", default=None, help="Branch that receives the merge (default: the current branch).")
+@click.option("-m", "--message", default=None)
+@click.option("-r", "--repo", "repo_name", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def merge(ctx: click.Context, branches: tuple[str, ...], strategy: str, params: tuple[str, ...], weighting: str,
+          into: str | None, message: str | None, repo_name: str | None, as_json: bool) -> None:
+    """Merge BRANCH... (N-way, exact): merged = base + aggregate(deltas from the merge base)."""
+    from fednode import merging
+
+    node = _node(ctx)
+    info = _repo(node, repo_name)
+    outcome = merging.merge(node.history, info, list(branches), into, strategy, _params(params), weighting,
+                            message)
+    target = into or node.history.current_branch(info)
+    if outcome.result is None:
+        if as_json:
+            emit_json({"fast_forward": str(outcome.fast_forward)})
+        else:
+            out.print(f"fast-forward {target} to {short(outcome.fast_forward)}")
+        return
+    result = outcome.result
+    if as_json:
+        emit_json(commit_json(result.cid, result.commit))
+        return
+    out.print(f"[{target} {short(result.cid)}] {result.commit.message}", markup=False)
+    out.print(f"base {short(outcome.base)}; inputs " + ", ".join(
+        f"{short(c)} (w={w})" for c, w in zip(outcome.inputs, outcome.weights, strict=True)))
+
+
+@main.command()
+@click.argument("rev")
+@click.option("--into", default=None, help="Branch the update would be merged into (default: current).")
+@click.option("--eval", "eval_script", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="PyTorch module whose data()[1] is the reviewer's held-out data.")
+@click.option("-r", "--repo", "repo_name", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def review(ctx: click.Context, rev: str, into: str | None, eval_script: Path | None, repo_name: str | None,
+           as_json: bool) -> None:
+    """What merging REV would do: delta norms, changed fraction, metrics before/after, anomaly flags."""
+    from fednode.review import review as run_review
+
+    node = _node(ctx)
+    info, cid = _resolve(node, rev, repo_name)
+    target = node.history.branch_head(info, into or node.history.current_branch(info))
+    result = run_review(node.history, info, cid, target, eval_script)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        out.print(f"review {short(cid)} into {into or node.history.current_branch(info)} "
+                  f"(base {short(result.base)})", markup=False)
+        table = Table("tensor", "status", "L2 change", "relative", "changed")
+        for t in result.tensors:
+            table.add_row(t["name"], t["status"], f"{t['l2']:.4g}", f"{t['relative']:.3g}",
+                          f"{t['changed_fraction']:.1%}")
+        out.print(table)
+        median = f"{result.history_median_l2:.4g}" if result.history_median_l2 is not None else "n/a"
+        out.print(f"update L2 norm {result.update_l2:.4g} (history median {median})")
+        for key in sorted(set(result.before) | set(result.after)):
+            b, a = result.before.get(key, float("nan")), result.after.get(key, float("nan"))
+            out.print(f"{key:12} before {b:.4f}  after {a:.4f}  ({a - b:+.4f})")
+        for flag in result.flags:
+            out.print(f"[bold red]FLAG[/] {flag}")
+        if not result.flags:
+            out.print("no anomalies found")
+
+
 def _report(report: operations.VerifyReport, what: str, as_json: bool) -> None:
     if as_json:
         emit_json({"ok": not report.problems, "commits": report.commits, "problems": report.problems})

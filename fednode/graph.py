@@ -36,7 +36,7 @@ def graph_lines(commits: Sequence[tuple[Hashable, Sequence[Hashable]]]) -> list[
                 extra = " ".join("|" for _ in range(col + 1)) + "\\" * opened
         else:
             lanes[col] = None
-        if joined and not extra:
+        if joined and not extra and parents:
             extra = " ".join("|" if lane is not None else " " for lane in lanes[: max(joined)]) + "/"
         while lanes and lanes[-1] is None:
             lanes.pop()

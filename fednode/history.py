@@ -136,7 +136,10 @@ class History:
             raise FednodeError("no identity: run 'fednode init' first")
         if commit.author != self.identity.public_key:
             raise FednodeError("commits are signed by their author only")
-        sig = self.identity.sign(commit.commit_hash())
+        try:
+            sig = self.identity.sign(commit.commit_hash())
+        except ValueError as exc:  # e.g. a NaN metric: not representable in DAG-CBOR
+            raise FednodeError(f"invalid commit: {exc}") from None
         return Commit(**{**commit.__dict__, "sig": sig})
 
     def create_repo(
@@ -196,10 +199,14 @@ class History:
 
     def _put_objects(self, txn: Txn, manifest: Manifest, commit: Commit) -> int:
         before = txn.new_bytes
-        block = manifest.encode()
-        txn.put_block(CID.hash(DAG_CBOR, block), block, trusted=True)
-        block = commit.encode()
-        txn.put_block(CID.hash(DAG_CBOR, block), block, trusted=True)
+        manifest_block, commit_block = manifest.encode(), commit.encode()
+        try:  # store only what every reader accepts (a bad name, message or metric would break the repo)
+            Manifest.decode(manifest_block)
+            Commit.decode(commit_block)
+        except FormatError as exc:
+            raise FednodeError(f"invalid commit: {exc}") from None
+        txn.put_block(CID.hash(DAG_CBOR, manifest_block), manifest_block, trusted=True)
+        txn.put_block(CID.hash(DAG_CBOR, commit_block), commit_block, trusted=True)
         return txn.new_bytes - before
 
     @staticmethod
@@ -420,7 +427,7 @@ class History:
 
     def _check_in_repo(self, repo: RepoInfo, cid: CID) -> None:
         with self.store.read() as txn:
-            if txn.commit_repo(cid) != repo.repo_id:
+            if txn.commit_repo(cid) != repo.repo_id or not txn.has_block(cid):  # gc keeps index entries
                 raise NotFound(f"commit {cid} is not in repository {repo.name}")
 
     def resolve(self, rev: str, repo: RepoInfo | None = None) -> tuple[RepoInfo, CID]:
@@ -468,7 +475,7 @@ class History:
                 cid = None
             if cid is not None:
                 repo_id = txn.commit_repo(cid)
-                if repo_id is None:
+                if repo_id is None or not txn.has_block(cid):  # gc keeps index entries
                     raise NotFound(f"unknown revision {text!r}")
                 return cid, repo_id
             if len(text) >= 6 and text.startswith("b"):

@@ -147,13 +147,19 @@ def verify(history: History, repo: RepoInfo, head: CID, check_tensors: bool = Tr
                     problems.append(f"commit {cid}: revert without a target")
             stack.extend(commit.parents)
     if check_tensors and not problems:
-        problems += _check_reverts(history, head)
+        problems += _check_reverts(history, head, repo)
     return VerifyReport(count, problems)
 
 
-def _check_reverts(history: History, head: CID) -> list[str]:
+def _check_reverts(history: History, head: CID, repo: RepoInfo | None = None) -> list[str]:
+    """Each revert equals its target; each merge equals its recomputation from its record."""
+    from fednode.merging import check_merge
+
     problems = []
     for cid, commit in history.walk([head]):
+        if commit.kind == "merge" and repo is not None:
+            problems += check_merge(history, repo, cid)
+            continue
         if commit.kind != "revert":
             continue
         target = commit.info["revert"]["target"]

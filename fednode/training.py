@@ -255,3 +255,21 @@ def run_training(
     if dp is not None:
         raise FednodeError("--dp needs the PyTorch path (a module defining model() and data())")
     return train_exec(script, head, out, epochs, seed)
+
+
+def evaluate_file(script: Path, weights: Path) -> dict[str, float]:
+    """Metrics of ``weights`` on the held-out split of a PyTorch-path script (the reviewer's data)."""
+    import torch
+    from safetensors.torch import load_file
+
+    module = load_script(script)
+    if module is None:
+        raise FednodeError(f"{script} must define model() and data() to evaluate")
+    model = module.model()
+    try:
+        model.load_state_dict(load_file(str(weights)), strict=True)
+    except RuntimeError as exc:
+        raise FednodeError(f"the script's model does not match the repository: {str(exc).splitlines()[0]}") from None
+    _, heldout = module.data()
+    loss_fn = getattr(module, "loss", None) or torch.nn.functional.cross_entropy
+    return _evaluate(module, model, heldout, loss_fn)

@@ -84,11 +84,17 @@ def pairwise_sq_distances(deltas: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def _check_matrix(dist: Any, n: int | None = None) -> list[list[int]]:
-    rows = [[int(v) for v in row] for row in np.asarray(dist, dtype=object)] if np.ndim(dist) == 2 else None
-    if rows is None or any(len(r) != len(rows) for r in rows) or (n is not None and len(rows) != n):
+    """The matrix as lists of Python ints; square (``n`` x ``n`` when given), integer, non-negative."""
+    shape = np.shape(dist)
+    if len(shape) != 2 or shape[0] != shape[1] or (n is not None and shape[0] != n):
         want = f"({n}, {n})" if n is not None else "square"
-        raise StrategyError(f"distance matrix must be {want}, got shape {np.shape(dist)}")
-    return rows
+        raise StrategyError(f"distance matrix must be {want}, got shape {shape}")
+    rows = [list(row) for row in np.asarray(dist, dtype=object)]
+    for row in rows:
+        for v in row:
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise StrategyError(f"distances must be non-negative integers, got {v!r}")
+    return [[int(v) for v in row] for row in rows]
 
 
 def resolve_byzantine(byzantine: int | None, n: int) -> int:
