@@ -221,11 +221,15 @@ def repo_use(ctx: click.Context, name: str) -> None:
 @click.option("-m", "--message", required=True)
 @click.option("-b", "--branch", default=None, help="Branch to commit on (default: the current branch).")
 @click.option("--metric", "metrics", multiple=True, help="NAME=VALUE, repeatable.")
+@click.option("--encoding", type=click.Choice(["fixed", "fp16", "int8", "topk"]), default="fixed",
+              show_default=True, help="How float updates are stored (fixed = exact integers on the repo grid).")
+@click.option("--topk-fraction", type=float, default=0.01, show_default=True, help="Share of values kept by topk.")
+@click.option("--no-compress", is_flag=True, help="Do not zstd-compress update payloads.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def commit(
     ctx: click.Context, repo_name: str | None, source: Path, message: str, branch: str | None,
-    metrics: tuple[str, ...], as_json: bool,
+    metrics: tuple[str, ...], encoding: str, topk_fraction: float, no_compress: bool, as_json: bool,
 ) -> None:
     """Commit a model file as an update on a branch."""
     node = _node(ctx)
@@ -233,7 +237,8 @@ def commit(
     parsed = _metrics(metrics)
     model = open_model(source)
     try:
-        result = node.history.commit(info, model, message, branch=branch, metrics=parsed)
+        result = node.history.commit(info, model, message, branch=branch, metrics=parsed, encoding=encoding,
+                                     topk_fraction=topk_fraction, compress=not no_compress)
     finally:
         model.close()
     if as_json:
@@ -299,8 +304,14 @@ def show(ctx: click.Context, rev: str, repo_name: str | None, as_json: bool) -> 
     for name, e in manifest.tensors.items():
         tensors.append({"name": name, "dtype": e.dtype, "shape": list(e.shape), "encoding": e.encoding,
                         "cid": str(e.cid) if e.cid else None, "stored_bytes": e.size, "depth": e.depth,
-                        "int_bits": e.int_bits or None, "scale_bits": e.scale_bits if e.encoding == "fixed" else None})
-    data = {**commit_json(cid, commit_obj), "tensors": tensors,
+                        "dense_bytes": e.nbytes, "compression": e.compression,
+                        "compression_ratio": round(e.nbytes / e.size, 3) if e.size else None,
+                        "int_bits": e.int_bits or None,
+                        "scale_bits": e.scale_bits if e.encoding in ("fixed", "topk") else None})
+    dense = sum(t["dense_bytes"] for t in tensors)
+    stored = sum(t["stored_bytes"] for t in tensors)
+    data = {**commit_json(cid, commit_obj), "tensors": tensors, "dense_bytes": dense, "stored_bytes": stored,
+            "compression_ratio": round(dense / stored, 3) if stored else None,
             "signature_valid": node.history.verify_commit_signature(commit_obj)}
     if as_json:
         emit_json(data)
@@ -312,11 +323,15 @@ def show(ctx: click.Context, rev: str, repo_name: str | None, as_json: bool) -> 
     out.print(f"message {data['message']}")
     if data["metrics"]:
         out.print("metrics " + " ".join(f"{k}={v:.6g}" for k, v in sorted(data["metrics"].items())))
-    table = Table("tensor", "dtype", "shape", "encoding", "stored", "cid")
+    table = Table("tensor", "dtype", "shape", "encoding", "stored", "ratio", "cid")
     for t in tensors:
-        table.add_row(t["name"], t["dtype"], str(t["shape"]), t["encoding"], str(t["stored_bytes"]),
+        enc = t["encoding"] + ("+zstd" if t["compression"] == "zstd" else "")
+        ratio = f"{t['compression_ratio']:.1f}x" if t["compression_ratio"] else "-"
+        table.add_row(t["name"], t["dtype"], str(t["shape"]), enc, str(t["stored_bytes"]), ratio,
                       (t["cid"] or "-")[:20])
     out.print(table)
+    ratio = f"{data['compression_ratio']:.1f}x" if data["compression_ratio"] else "nothing stored"
+    out.print(f"stored {stored} bytes for {dense} bytes of weights (compression ratio {ratio})")
 
 
 @main.command()
@@ -457,12 +472,16 @@ def revert(ctx: click.Context, rev: str, branch: str | None, repo_name: str | No
 @click.option("--dp-delta", type=float, default=1e-5, show_default=True)
 @click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="DP-SGD clipping bound.")
 @click.option("-m", "--message", default=None)
+@click.option("--encoding", type=click.Choice(["fixed", "fp16", "int8", "topk"]), default="fixed",
+              show_default=True, help="How float updates are stored (fixed = exact integers on the repo grid).")
+@click.option("--topk-fraction", type=float, default=0.01, show_default=True, help="Share of values kept by topk.")
+@click.option("--no-compress", is_flag=True, help="Do not zstd-compress update payloads.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def train(ctx: click.Context, repo_name: str | None, script: Path, branch: str | None, epochs: int, seed: int,
-          dp_epsilon: float | None, dp_delta: float, max_grad_norm: float, message: str | None, quiet: bool,
-          as_json: bool) -> None:
+          dp_epsilon: float | None, dp_delta: float, max_grad_norm: float, message: str | None, encoding: str,
+          topk_fraction: float, no_compress: bool, quiet: bool, as_json: bool) -> None:
     """Train locally from the branch head; commit the result as an update on that branch."""
     from fednode.training import DPConfig
 
@@ -470,7 +489,9 @@ def train(ctx: click.Context, repo_name: str | None, script: Path, branch: str |
     info = _repo(node, repo_name)
     dp = DPConfig(dp_epsilon, dp_delta, max_grad_norm) if dp_epsilon is not None else None
     commit_result, trained = operations.train(node.history, info, script, branch, epochs, seed, dp,
-                                              quiet or as_json, message)
+                                              quiet or as_json, message,
+                                              dict(encoding=encoding, topk_fraction=topk_fraction,
+                                                   compress=not no_compress))
     if as_json:
         emit_json({**commit_json(commit_result.cid, commit_result.commit), "new_bytes": commit_result.new_bytes})
         return

@@ -10,13 +10,13 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from fednode import fixedpoint
-from fednode.blocks import BlockSink, iter_file_verified, read_array
+from fednode import encodings, fixedpoint
+from fednode.blocks import BlockSink, iter_file_verified, read_array, read_file
 from fednode.errors import Corrupt, FednodeError, NotFound
 from fednode.identity import Identity, verify_signature
 from fednode.modelio import ModelSource, TensorInfo, np_dtype
@@ -245,9 +245,11 @@ class History:
         for entry in reversed(chain):
             if (entry.dtype, entry.shape) != (snapshot.dtype, snapshot.shape):
                 raise Corrupt(f"tensor {name!r} changes dtype or shape along a delta chain")
-            if entry.encoding == "fixed":
-                q = read_array(txn, entry.cid, entry.size, np.dtype(f"<i{entry.int_bits // 8}"))
-                arr = fixedpoint.apply_delta(arr, q, entry.dtype, entry.scale_bits)
+            if entry.encoding != "same":
+                blob = read_file(txn, entry.cid, entry.size)
+                if entry.compression == "zstd":
+                    blob = encodings.decompress(blob, entry.payload_size)
+                arr = encodings.apply(arr, blob, entry)
         return arr
 
     def state(self, commit_cid: CID) -> dict[str, tuple[TensorEntry, np.ndarray]]:
@@ -268,12 +270,19 @@ class History:
         info: dict[str, Any] | None = None,
         expected_head: CID | None = None,
         exact: bool = False,
+        encoding: str = "fixed",
+        topk_fraction: float = encodings.DEFAULT_TOPK_FRACTION,
+        compress: bool = True,
     ) -> CommitResult:
         """Commit ``source`` as the new state of ``branch`` (deltas against its head).
 
-        Float deltas are rounded to the repository grid; with ``exact`` a tensor whose
-        rounded delta would not rebuild the very same bytes is stored as a snapshot.
+        Float deltas are rounded to the repository grid (or encoded lossily with
+        ``encoding`` fp16/int8/topk); with ``exact`` a tensor whose delta would not
+        rebuild the very same bytes is stored as a snapshot. Delta payloads are
+        zstd-compressed when that saves at least 1/8 (``compress``).
         """
+        if encoding not in encodings.NAMES:
+            raise FednodeError(f"unknown update encoding {encoding!r}; valid: {', '.join(encodings.NAMES)}")
         if self.identity is None:
             raise FednodeError("no identity: run 'fednode init' first")
         branch = branch or self.current_branch(repo)
@@ -289,7 +298,8 @@ class History:
         max_err = 0.0
         for name, tinfo in source.tensors.items():
             old = parent_manifest.tensors[name]
-            entry, err = self._encode_tensor(sink, repo, head, old, tinfo, source, exact)
+            entry, err = self._encode_tensor(sink, repo, head, old, tinfo, source, exact, encoding, topk_fraction,
+                                             compress)
             entries[name] = entry
             max_err = max(max_err, err)
         manifest = Manifest(entries)
@@ -345,6 +355,9 @@ class History:
         info: TensorInfo,
         source: ModelSource,
         exact: bool = False,
+        encoding: str = "fixed",
+        topk_fraction: float = encodings.DEFAULT_TOPK_FRACTION,
+        compress: bool = True,
     ) -> tuple[TensorEntry, float]:
         new = source.array(info.name)
         parent = self.tensor_array(head, info.name)
@@ -355,11 +368,15 @@ class History:
             return TensorEntry(info.dtype, info.shape, "same", depth), 0.0
         if info.dtype == "BOOL":
             return self._snapshot(sink, info, iter([memoryview(new).cast("B")])), 0.0
-        scale_bits = repo.scale_bits if info.dtype in FLOAT_DTYPES else 0
-        q = fixedpoint.encode_delta(parent, new, info.dtype, scale_bits)
-        if q is None:  # NaN/Inf or out of range: keep the exact bytes instead
+        encoded = encodings.encode(encoding, parent, new, info.dtype, repo.scale_bits, topk_fraction)
+        if encoded is None:  # NaN/Inf or out of range: keep the exact bytes instead
             return self._snapshot(sink, info, iter([memoryview(new).cast("B")])), 0.0
-        rebuilt = fixedpoint.apply_delta(parent, q, info.dtype, scale_bits)
+        kind = encoding if info.dtype in FLOAT_DTYPES else "fixed"
+        fields = encoded.fields
+        probe = TensorEntry(info.dtype, info.shape, kind, depth, None, len(encoded.payload),
+                            fields.get("int_bits", 0), fields.get("scale_bits", 0), "none",
+                            fields.get("scale", 0.0), fields.get("k", 0))
+        rebuilt = encodings.apply(parent, encoded.payload, probe)
         if exact and not np.array_equal(rebuilt.view(np.uint8), new.view(np.uint8)):
             return self._snapshot(sink, info, iter([memoryview(new).cast("B")])), 0.0
         err = 0.0
@@ -369,11 +386,11 @@ class History:
             )
         if np.array_equal(rebuilt.view(np.uint8), parent.view(np.uint8)):
             return TensorEntry(info.dtype, info.shape, "same", depth), err
-        bits = fixedpoint.int_bits_for(q)
+        blob, packed = encodings.compress(encoded.payload) if compress else (encoded.payload, False)
         builder = sink.file()
-        builder.write(memoryview(q.astype(f"<i{bits // 8}")).cast("B"))
+        builder.write(blob)
         root = builder.finish()
-        entry = TensorEntry(info.dtype, info.shape, "fixed", depth, root.cid, q.size * bits // 8, bits, scale_bits)
+        entry = replace(probe, cid=root.cid, size=len(blob), compression="zstd" if packed else "none")
         return entry, err
 
     # --- refs and revisions ----------------------------------------------------

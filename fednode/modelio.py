@@ -104,9 +104,10 @@ class SafetensorsFile(ModelSource):
             try:
                 dtype, shape, (begin, end) = spec["dtype"], tuple(spec["shape"]), spec["data_offsets"]
                 ok = all(isinstance(d, int) and d >= 0 for d in shape) and 0 <= begin <= end
+                ok = ok and isinstance(begin, int) and isinstance(end, int)
             except (TypeError, KeyError, ValueError):
                 raise FednodeError(f"{bad}: malformed entry for {name!r}") from None
-            if dtype not in DTYPES:
+            if not isinstance(dtype, str) or dtype not in DTYPES:
                 raise FednodeError(f"{self.path}: tensor {name!r} has unsupported dtype {dtype}")
             info = TensorInfo(name, dtype, shape)
             if not ok or end - begin != info.nbytes or self._base + end > size:

@@ -266,6 +266,7 @@ def train(
     dp=None,
     quiet: bool = False,
     message: str | None = None,
+    encoding_options: dict | None = None,
 ) -> tuple[CommitResult, object]:
     """Train locally from the branch head and commit the result as an update on that branch."""
     import shutil
@@ -287,7 +288,7 @@ def train(
             metrics = {k: float(v) for k, v in result.metrics.items()}
             text = message or f"train {script.name}: {epochs} epoch(s) on {result.samples} samples"
             commit = history.commit(repo, source, text, branch=branch, metrics=metrics, info=info,
-                                    expected_head=head)
+                                    expected_head=head, **(encoding_options or {}))
         finally:
             source.close()
     finally:

@@ -22,7 +22,8 @@ COMMIT_TYPE = "fednode/commit"
 WEIGHTS_TYPE = "fednode/weights"
 VERSION = 1
 KINDS = ("init", "update", "merge", "revert")
-ENCODINGS = ("raw", "fixed", "same")
+DELTA_ENCODINGS = ("fixed", "fp16", "int8", "topk")
+ENCODINGS = ("raw", "same", *DELTA_ENCODINGS)
 MAX_MESSAGE = 64 * 1024
 
 # safetensors dtype name -> (numpy dtype string, itemsize); BF16 has no numpy dtype.
@@ -56,11 +57,15 @@ class TensorEntry:
     """How one tensor of a commit's state is stored.
 
     raw:   ``cid`` is a UnixFS file of the tensor's little-endian bytes (a snapshot).
-    fixed: ``cid`` is a UnixFS file of little-endian signed integers of ``int_bits``:
-           the change from the first parent's tensor on the grid 2**-scale_bits
-           (scale_bits 0 for integer tensors).
+    fixed: the change from the first parent as little-endian signed integers of
+           ``int_bits`` on the grid 2**-scale_bits (scale_bits 0 for integer tensors).
+    fp16:  the change as little-endian float16.
+    int8:  the change as int8 multiples of ``scale``.
+    topk:  the ``k`` largest changes: k uint32 indices, then k integers of ``int_bits``
+           on the grid 2**-scale_bits.
     same:  unchanged from the first parent; nothing stored.
-    ``depth`` counts first-parent hops to the nearest snapshot (checkout cost bound).
+    Delta payloads may be zstd-compressed (``compression``); ``size`` is then the
+    stored (compressed) size. ``depth`` counts first-parent hops to the nearest snapshot.
     """
 
     dtype: str
@@ -71,6 +76,9 @@ class TensorEntry:
     size: int = 0
     int_bits: int = 0
     scale_bits: int = 0
+    compression: str = "none"
+    scale: float = 0.0
+    k: int = 0
 
     @property
     def numel(self) -> int:
@@ -90,9 +98,15 @@ class TensorEntry:
         if self.encoding != "same":
             obj["cid"] = self.cid
             obj["size"] = self.size
-        if self.encoding == "fixed":
+        if self.encoding in ("fixed", "topk"):
             obj["int_bits"] = self.int_bits
             obj["scale_bits"] = self.scale_bits
+        if self.encoding == "int8":
+            obj["scale"] = self.scale
+        if self.encoding == "topk":
+            obj["k"] = self.k
+        if self.compression != "none":
+            obj["compression"] = self.compression
         return obj
 
     @classmethod
@@ -103,8 +117,14 @@ class TensorEntry:
         keys = {"dtype", "shape", "encoding", "depth"}
         if enc != "same":
             keys |= {"cid", "size"}
-        if enc == "fixed":
+        if enc in ("fixed", "topk"):
             keys |= {"int_bits", "scale_bits"}
+        if enc == "int8":
+            keys.add("scale")
+        if enc == "topk":
+            keys.add("k")
+        if enc in DELTA_ENCODINGS and "compression" in obj:
+            keys.add("compression")
         _require(set(obj) == keys, f"tensor entry fields must be {sorted(keys)}")
         _require(obj["dtype"] in DTYPES, f"unknown dtype {obj['dtype']!r}")
         shape = obj["shape"]
@@ -124,13 +144,39 @@ class TensorEntry:
             _require(entry.depth == 0, "a snapshot has depth 0")
             _require(size == entry.nbytes, "snapshot size does not match dtype and shape")
             return cls(entry.dtype, entry.shape, enc, 0, cid, size)
-        int_bits, scale_bits = obj["int_bits"], obj["scale_bits"]
-        _require(int_bits in (8, 16, 32, 64), "int_bits must be 8, 16, 32 or 64")
-        _require(_is_int(scale_bits) and 0 <= scale_bits <= 60, "scale_bits must be in 0..60")
         _require(entry.dtype != "BOOL", "bool tensors are stored as snapshots")
         _require(entry.depth > 0, "a delta cannot be a snapshot")
-        _require(size == entry.numel * int_bits // 8, "delta size does not match shape")
-        return cls(entry.dtype, entry.shape, enc, entry.depth, cid, size, int_bits, scale_bits)
+        compression = obj.get("compression", "none")
+        _require(compression in ("none", "zstd"), f"unknown compression {compression!r}")
+        int_bits = scale_bits = k = 0
+        scale = 0.0
+        if enc in ("fixed", "topk"):
+            int_bits, scale_bits = obj["int_bits"], obj["scale_bits"]
+            _require(int_bits in (8, 16, 32, 64), "int_bits must be 8, 16, 32 or 64")
+            _require(_is_int(scale_bits) and 0 <= scale_bits <= 60, "scale_bits must be in 0..60")
+        if enc in ("fp16", "int8", "topk"):
+            _require(entry.dtype in FLOAT_DTYPES, f"{enc} deltas are for float tensors")
+        if enc == "int8":
+            scale = obj["scale"]
+            _require(isinstance(scale, float) and math.isfinite(scale) and scale > 0, "int8 scale must be > 0")
+        if enc == "topk":
+            k = obj["k"]
+            _require(_is_int(k) and 0 <= k <= entry.numel and entry.numel < 1 << 32, "top-k count out of range")
+        full = cls(entry.dtype, entry.shape, enc, entry.depth, cid, size, int_bits, scale_bits, compression, scale, k)
+        if compression == "none":
+            _require(size == full.payload_size, "delta size does not match its shape and encoding")
+        return full
+
+    @property
+    def payload_size(self) -> int:
+        """Bytes of the uncompressed delta payload."""
+        n = self.numel
+        return {
+            "fixed": n * self.int_bits // 8,
+            "fp16": n * 2,
+            "int8": n,
+            "topk": self.k * 4 + self.k * self.int_bits // 8,
+        }.get(self.encoding, self.nbytes if self.encoding == "raw" else 0)
 
 
 @dataclass(frozen=True)
