@@ -9,9 +9,10 @@ rounding", the same rule as ``np.rint`` in ``fixedpoint.encode_delta`` and as
 Python's ``round``). Examples: 5/2 -> 2, 7/2 -> 4, -5/2 -> -2, -7/2 -> -4.
 
 Overflow: int64 sums are only used on a block when they provably cannot
-overflow, i.e. ``sum_k w_k * max|d_k| <= 2**63 - 1`` over that block (a bound
-that holds for every partial sum too). A block that fails the bound is computed
-with Python ints instead (slow but exact), so results never depend on wrapping.
+overflow, i.e. ``sum_k w_k * max|d_k| + den // 2 <= 2**63 - 1`` over that block
+(the bound holds for every partial sum and for the rounding offset too). A block
+that fails the bound is computed with Python ints instead (about 100x slower but
+exact), so results never depend on wrapping.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 from fednode.errors import FednodeError
 
 INT64_MAX = (1 << 63) - 1
-BLOCK = 1 << 16  # elements per step: a few int64 buffers of this size stay in L2 cache
+BLOCK = 1 << 15  # elements per step: the working set of one block stays in L2 cache
 
 
 class StrategyError(FednodeError, ValueError):
@@ -82,33 +83,38 @@ def round_div(num: int, den: int) -> int:
 
 
 def round_div_array(num: np.ndarray, den: int, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
-    """Vectorised ``round_div`` of an int64 array by ``0 < den <= 2**62`` into ``out``.
+    """Vectorised ``round_div(num, den)`` of an int64 array into ``out``.
 
-    ``num`` is clobbered (used as scratch); ``tmp`` is a scratch buffer of the
-    same size; neither may alias ``out``. Floor division, then the remainder
-    ``r`` recovered with wrapping int64 arithmetic (exact because the true
-    remainder lies in [0, den)), then a branch-free tie-to-even correction:
-    round up iff ``2r - den + (q & 1) > 0``.
+    Requires ``0 < den`` and ``max|num| + den // 2 <= 2**63 - 1`` (the caller's
+    overflow bound). ``num`` is clobbered; ``tmp`` is a scratch buffer of the same
+    size; neither may alias ``out``. With ``h = den // 2``:
+
+    * odd ``den`` (no ties possible): ``q = floor((num + h) / den)``;
+    * even ``den``: ``q = floor((num + h - 1 + (floor(num / den) & 1)) / den)``:
+      a tie ``r == h`` rounds up exactly when the floor quotient is odd.
+
+    Floor division by a power of two is an arithmetic shift.
     """
-    if not 0 < den <= 1 << 62:
-        raise StrategyError(f"divisor {den} outside 1..2**62")
     if den == 1:
         np.copyto(out, num)
         return out
-    if den & (den - 1) == 0:  # power of two: arithmetic shift is floor division
-        np.right_shift(num, den.bit_length() - 1, out=out)
-        np.bitwise_and(num, den - 1, out=tmp)
+    half = den // 2
+    shift = den.bit_length() - 1 if den & (den - 1) == 0 else None
+    if den & 1:
+        np.add(num, half, out=num)
+    else:
+        if shift is not None:
+            np.right_shift(num, shift, out=tmp)
+        else:
+            np.floor_divide(num, den, out=tmp)
+        np.bitwise_and(tmp, 1, out=tmp)
+        np.add(num, tmp, out=num)
+        if half > 1:
+            np.add(num, half - 1, out=num)
+    if shift is not None:
+        np.right_shift(num, shift, out=out)
     else:
         np.floor_divide(num, den, out=out)
-        np.multiply(out, den, out=tmp)  # may wrap; the difference below is still exact
-        np.subtract(num, tmp, out=tmp)
-    np.left_shift(tmp, 1, out=tmp)  # 2r <= 2 * den - 2 < 2**63
-    np.subtract(tmp, den, out=tmp)  # 2r - den in [-den, den)
-    np.bitwise_and(out, 1, out=num)
-    np.add(tmp, num, out=tmp)  # 2r - den + (q & 1) in [-den, den]
-    np.negative(tmp, out=tmp)
-    np.right_shift(tmp, 63, out=tmp)  # -1 where rounding up, else 0
-    np.subtract(out, tmp, out=out)
     return out
 
 
@@ -117,31 +123,30 @@ def weighted_sum_block(
 ) -> None:
     """``out = round_div(sum_k weights[k] * rows[k], den)`` for one block, exactly.
 
-    All weights positive; ``acc`` and ``tmp`` are scratch buffers of the block's size.
-    Uses int64 when ``sum_k w_k * max|rows[k]| <= 2**63 - 1`` (then no partial sum
-    can overflow) and ``den <= 2**62``, Python ints otherwise.
+    All weights positive; ``acc`` and ``tmp`` are scratch buffers of the block's
+    size. Uses int64 when ``sum_k w_k * max|rows[k]| + den // 2 <= 2**63 - 1``
+    (then neither a partial sum nor the rounding offset can overflow), Python
+    ints otherwise. Each row's bound is taken right before it is accumulated,
+    while it is in cache.
     """
     bound = 0
-    for row, w in zip(rows, weights, strict=True):
+    for i, (row, w) in enumerate(zip(rows, weights, strict=True)):
         if row.size:
             bound += w * max(-int(row.min()), int(row.max()))
-    if bound > INT64_MAX or den > 1 << 62:
-        exact = [round_div(v, den) for v in _python_sums(rows, weights)]
-        out[...] = np.array(exact, dtype=np.int64)
-        return
-    first = True
-    for row, w in zip(rows, weights, strict=True):
-        if first:
+        if i == 0:
             if w == 1:
                 np.copyto(acc, row)
             else:
                 np.multiply(row, w, out=acc)
-            first = False
         elif w == 1:
             np.add(acc, row, out=acc)
         else:
             np.multiply(row, w, out=tmp)
             np.add(acc, tmp, out=acc)
+    if bound + den // 2 > INT64_MAX:  # acc may have wrapped: redo this block exactly
+        exact = [round_div(v, den) for v in _python_sums(rows, weights)]
+        out[...] = np.array(exact, dtype=np.int64)
+        return
     round_div_array(acc, den, out, tmp)
 
 

@@ -10,14 +10,15 @@ integer operations only. Weights are non-negative integers (typically example
 counts); a weight of 0 leaves an input out. Weights are reduced by their gcd
 first, which changes nothing in the result (equal weights give the plain mean).
 
-Overflow bound: the fast int64 path is used on each block of 65,536 elements
-where ``sum_k w_k * max|d_k| <= 2**63 - 1`` (gcd-reduced weights; e.g. 8 inputs
-of weight 1000 with |d| < 2**49); other blocks are computed exactly with Python
-ints (about 100x slower, same bytes). The result always fits int64: a weighted
-mean lies between the smallest and the largest input.
+Overflow bound: the fast int64 path is used on each block of 32,768 elements
+where ``sum_k w_k * max|d_k| + W // 2 <= 2**63 - 1`` (gcd-reduced weights
+``w_k``, ``W = sum w_k``; e.g. 8 inputs of weight 1000 with ``|d| < 2**49``);
+other blocks are computed exactly with Python ints (about 100x slower, same
+bytes). No input is rejected for its size, and the result always fits int64:
+a weighted mean lies between the smallest and the largest input.
 
-Cost: one read of each delta, in cache-sized blocks, with one multiply-add per
-input (none for weight 1) and a ten-pass rounded division per block.
+Cost: one read of each delta, in cache-sized blocks, with one min/max check and one
+multiply-add per input (no multiply for weight 1), then a 2- to 5-pass rounded division.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ keeps the ``m`` best-scored and averages them, here with FedAvg weights and
 FedAvg's exact rounding.
 
 Exactness: distances are over the WHOLE model (all tensors), computed exactly:
-per block of 65,536 elements each delta is split into 23-bit integer limbs (one
+per block of 32,768 elements each delta is split into 23-bit integer limbs (one
 limb when ``|d| < 2**22``, at most three for any int64) so every int64 dot
 product provably fits, and the Gram matrix is accumulated in Python ints;
 ``|x - y|^2 = <x,x> + <y,y> - 2<x,y>``. Scores are Python ints, so any model
@@ -38,7 +38,7 @@ import numpy as np
 from fednode.strategies.base import Plan, Strategy
 from fednode.strategies.exact import BLOCK, StrategyError, check_deltas, check_weights, weighted_mean
 
-LIMB = 23  # products of two limbs < 2**46; BLOCK (2**16) of them sum below 2**62
+LIMB = 23  # products of two limbs < 2**46; BLOCK (<= 2**16) of them sum below 2**62
 
 
 def _limbs(row: np.ndarray, count: int) -> list[np.ndarray]:

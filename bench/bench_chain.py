@@ -1,0 +1,129 @@
+"""Compute units, transaction sizes and fees of the federity program's instructions (LiteSVM).
+
+    python bench/bench_chain.py
+
+Targets: anchor_commit <= 30k CU; merge of 8 committed inputs <= 200k CU. Exits 1 if one is missed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from py_ecc.optimized_bn128 import G1, curve_order, multiply, normalize  # noqa: E402
+from solders.keypair import Keypair  # noqa: E402
+from solders.message import Message  # noqa: E402
+from solders.transaction import Transaction  # noqa: E402
+
+from fednode.chain import FederityClient, LiteSVMBackend, TxResult  # noqa: E402
+from fednode.chain.program import ed25519_proof  # noqa: E402
+from programs.build import build  # noqa: E402
+from protocol import chain as layout  # noqa: E402
+from protocol.chain import Kind  # noqa: E402
+
+TARGETS = {"anchor_commit (1 parent, commitment)": 30_000, "merge (8 inputs, commitments)": 200_000}
+LEGACY_TX_LIMIT = 1232  # bytes on the wire
+PROGRAM_ID = Keypair.from_seed(bytes([7]) * 32).pubkey()
+
+
+def h(label: str) -> bytes:
+    return hashlib.sha256(label.encode()).digest()
+
+
+def g1(k: int) -> bytes:
+    x, y = normalize(multiply(G1, k % curve_order))
+    return int(x).to_bytes(32, "big") + int(y).to_bytes(32, "big")
+
+
+def program_cu(tx: TxResult) -> int:
+    """Units our program consumed (the transaction total also counts precompiles and builtins)."""
+    pattern = re.compile(rf"Program {PROGRAM_ID} consumed (\d+) of")
+    return sum(int(m.group(1)) for line in tx.logs if (m := pattern.search(line)))
+
+
+def wire_size(client: FederityClient, ixs: list, signer: Keypair) -> int:
+    tx = Transaction([signer], Message(ixs, signer.pubkey()), client.backend.svm.latest_blockhash())
+    return len(bytes(tx))
+
+
+def run(elf: bytes) -> dict[str, tuple[int, int, int, int]]:
+    """name -> (program CU, transaction CU, wire bytes, fee)."""
+    backend = LiteSVMBackend()
+    backend.deploy(PROGRAM_ID, elf)
+    owner, alice = Keypair.from_seed(bytes([1]) * 32), Keypair.from_seed(bytes([2]) * 32)
+    for kp in (owner, alice):
+        backend.airdrop(kp.pubkey(), 10**11)
+    c, rid = FederityClient(backend, PROGRAM_ID), h("genesis")
+    rows: dict[str, tuple[int, int, int, int]] = {}
+
+    def record(name: str, tx: TxResult, ixs: list, signer: Keypair) -> None:
+        rows[name] = (program_cu(tx), tx.compute_units, wire_size(c, ixs, signer), tx.fee)
+
+    def anchor(name: str, author: Keypair, commit: bytes, **kw: object) -> None:
+        sig = bytes(author.sign_message(commit))
+        body = layout.AnchorCommit(commit, kw.get("kind", Kind.UPDATE),  # type: ignore[arg-type]
+                                   layout.branch_hash("main") if kw.get("branch", True) else layout.ZERO32,
+                                   tuple(kw.get("parents", ())), kw.get("commitment"))  # type: ignore[arg-type]
+        as_owner = author.pubkey() == owner.pubkey()
+        ixs = [ed25519_proof(author.pubkey(), sig, commit), c.program.anchor_commit(author.pubkey(), rid, body,
+                                                                                    as_owner=as_owner)]
+        record(name, backend.send(ixs, [author]), ixs, author)
+
+    ix = c.program.create_repo(owner.pubkey(), rid)
+    record("create_repo", backend.send([ix], [owner]), [ix], owner)
+    ix = c.program.add_member(owner.pubkey(), rid, alice.pubkey())
+    record("add_member", backend.send([ix], [owner]), [ix], owner)
+    anchor("anchor_commit (genesis, owner)", owner, rid, kind=Kind.INIT)
+    anchor("anchor_commit (1 parent)", alice, h("u0"), parents=(rid,), branch=False)
+    anchor("anchor_commit (1 parent, commitment)", alice, h("u1"), parents=(rid,), branch=False, commitment=g1(3))
+    anchor("anchor_commit (fast-forward main)", alice, h("u2"), parents=(rid,))
+    inputs, scalars, weights = [], [], []
+    for k in range(8):
+        commit, scalar = h(f"in{k}"), 1000 + k
+        anchor(f"in{k}", owner, commit, parents=(rid,), branch=False, commitment=g1(scalar))
+        inputs.append(commit), scalars.append(scalar), weights.append(10 + k)
+        rows.pop(f"in{k}")
+    total = sum(w * s for w, s in zip(weights, scalars, strict=True))
+    for name, commit, commitment in [("merge (8 inputs, commitments)", h("m8"), g1(total)),
+                                     ("merge (8 inputs, no commitment)", h("m8b"), None)]:
+        body = layout.Merge(commit, layout.branch_hash("main"), tuple(inputs), tuple(weights), commitment)
+        ixs = [ed25519_proof(owner.pubkey(), bytes(owner.sign_message(commit)), commit),
+               c.program.merge(owner.pubkey(), rid, body)]
+        record(name, backend.send(ixs, [owner]), ixs, owner)
+    ix = c.program.set_head(owner.pubkey(), rid, layout.branch_hash("main"), rid)
+    record("set_head (revert)", backend.send([ix], [owner]), [ix], owner)
+    ix = c.program.remove_member(owner.pubkey(), rid, alice.pubkey())
+    record("remove_member", backend.send([ix], [owner]), [ix], owner)
+    rows["_rent_commit"] = (backend.svm.minimum_balance_for_rent_exemption(layout.COMMIT_SIZE), 0, 0, 0)
+    return rows
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        elves = {v: p.read_bytes() for v, p in build(Path(tmp)).items()}
+    ok = True
+    for version in (3, 0):
+        rows = run(elves[version])
+        rent = rows.pop("_rent_commit")[0]
+        print(f"\nfederity_v{version}.so ({len(elves[version])} bytes)")
+        print(f"{'instruction':40} {'program CU':>10} {'tx CU':>8} {'tx bytes':>8} {'fee':>6}")
+        for name, (cu, tx_cu, size, fee) in rows.items():
+            target = TARGETS.get(name)
+            flag = "" if target is None else (f"  <= {target:,} ok" if cu <= target else f"  > {target:,} MISSED")
+            size_flag = "" if size <= LEGACY_TX_LIMIT else " (over the 1232-byte tx limit)"
+            print(f"{name:40} {cu:>10,} {tx_cu:>8,} {size:>8}{size_flag} {fee:>6,}{flag}")
+            ok &= target is None or cu <= target
+        fee = rows["anchor_commit (1 parent)"][3]
+        print(f"cost per anchored commit: fee {fee:,} lamports (tx signature + Ed25519 proof signature) "
+              f"+ rent deposit {rent:,} lamports for the {layout.COMMIT_SIZE}-byte record "
+              f"= {(fee + rent) / 1e9:.6f} SOL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

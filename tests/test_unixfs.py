@@ -1,0 +1,165 @@
+"""UnixFS CIDs against the JS ipfs-unixfs-importer vectors and Kubo-compatible CIDv0 (PyPI aleph-cid)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import aleph_cid
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol.multiformats import CID, DAG_PB, RAW, FormatError
+from protocol.unixfs import CHUNK_SIZE, MAX_LINKS, Link, UnixFSBuilder, _unixfs_data, add_bytes, encode_node, iter_file
+
+VECTORS = json.loads((Path(__file__).resolve().parent.parent / "protocol/vectors/unixfs_v1.json").read_text())
+
+
+def pattern(size: int) -> bytes:
+    """The vectors' content: byte i = (i * 31 + 7) % 251."""
+    i = np.arange(size, dtype=np.int64)
+    return ((i * 31 + 7) % 251).astype(np.uint8).tobytes()
+
+
+def content(vector: dict) -> bytes:
+    if vector["content"] == "pattern":
+        return pattern(vector["size"])
+    data = vector["content"].encode()
+    assert len(data) == vector["size"]
+    return data
+
+
+def build(data: bytes, chunk_size: int = CHUNK_SIZE, max_links: int = MAX_LINKS, raw_leaves: bool = True,
+          splits: list[int] | None = None) -> tuple[CID, dict[CID, bytes]]:
+    blocks: dict[CID, bytes] = {}
+    builder = UnixFSBuilder(blocks.__setitem__, raw_leaves=raw_leaves, chunk_size=chunk_size, max_links=max_links)
+    pos = 0
+    for n in splits or []:
+        builder.write(data[pos : pos + n])
+        pos += n
+    builder.write(data[pos:])
+    return builder.finish().cid, blocks
+
+
+def test_vector_file_covers_the_edges() -> None:
+    sizes = {v["size"] for v in VECTORS["vectors"]}
+    assert {0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 174 * CHUNK_SIZE, 175 * CHUNK_SIZE + 1} <= sizes
+    assert len(VECTORS["small_chunk_vectors"]) >= 8
+
+
+@pytest.mark.parametrize("vector", VECTORS["vectors"], ids=lambda v: f"{v['size']}")
+def test_js_importer_vectors(vector: dict) -> None:
+    data = content(vector)
+    assert str(add_bytes(data)) == vector["cid"]
+
+
+@pytest.mark.parametrize("vector", VECTORS["small_chunk_vectors"], ids=lambda v: f"{v['size']}")
+def test_js_importer_small_chunk_vectors(vector: dict) -> None:
+    """16-byte chunks reach depth-3 trees (174**2 leaves and beyond) with little data."""
+    data = content(vector)
+    cid, blocks = build(data, chunk_size=vector["chunk_size"], max_links=vector["max_links"])
+    assert str(cid) == vector["cid"]
+    assert b"".join(iter_file(blocks.__getitem__, cid)) == data
+
+
+def test_single_chunk_is_a_raw_leaf_and_more_is_dag_pb() -> None:
+    assert add_bytes(b"x" * CHUNK_SIZE).codec == RAW
+    assert add_bytes(b"x" * (CHUNK_SIZE + 1)).codec == DAG_PB
+    assert add_bytes(b"").codec == RAW
+
+
+def ref_root(data: bytes, chunk_size: int, max_links: int) -> CID:
+    """Independent balanced layout: group leaves max_links at a time, level by level."""
+    chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)] or [b""]
+    level = [Link(CID.hash(RAW, c), len(c), len(c)) for c in chunks]
+    while len(level) > 1:
+        parents = []
+        for i in range(0, len(level), max_links):
+            group = level[i : i + max_links]
+            size = sum(link.filesize for link in group)
+            block = encode_node(group, _unixfs_data(size, [link.filesize for link in group]))
+            parents.append(Link(CID.hash(DAG_PB, block), len(block) + sum(x.tsize for x in group), size))
+        level = parents
+    return level[0].cid
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 4), st.sampled_from([2, 3, 4, 174]), st.data())
+def test_balanced_layout_matches_reference(chunk_size: int, max_links: int, data: st.DataObject) -> None:
+    # sizes around full trees (max_links**k chunks) are where layouts go wrong
+    full = [chunk_size * max_links**k for k in range(1, 5) if chunk_size * max_links**k < 4000]
+    size = data.draw(st.sampled_from(full).flatmap(lambda n: st.integers(max(0, n - 2), n + 2))
+                     | st.integers(0, 400) if full else st.integers(0, 400))
+    payload = pattern(size)
+    cid, blocks = build(payload, chunk_size, max_links)
+    assert cid == ref_root(payload, chunk_size, max_links)
+    assert b"".join(iter_file(blocks.__getitem__, cid)) == payload
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.binary(max_size=300), st.lists(st.integers(0, 70), max_size=12), st.sampled_from([1, 7, 16]),
+       st.sampled_from([2, 3, 174]), st.booleans())
+def test_write_splits_do_not_change_the_cid(data: bytes, splits: list[int], chunk_size: int, max_links: int,
+                                            raw_leaves: bool) -> None:
+    whole, blocks = build(data, chunk_size, max_links, raw_leaves)
+    split, split_blocks = build(data, chunk_size, max_links, raw_leaves, splits)
+    assert split == whole
+    assert split_blocks == blocks
+    assert b"".join(iter_file(blocks.__getitem__, whole)) == data
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.lists(st.integers(1, 200_000), min_size=1, max_size=8))
+def test_write_splits_real_chunk_size(splits: list[int]) -> None:
+    data = pattern(2 * CHUNK_SIZE + 1234)
+    assert build(data, splits=splits)[0] == add_bytes(data)
+
+
+# CIDv0 (plain `ipfs add`): 256 KiB chunks only, so a few sizes around chunk boundaries plus one 175-chunk file.
+_BOUNDARIES = [0, 1, 2, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 2 * CHUNK_SIZE, 2 * CHUNK_SIZE + 1]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from(_BOUNDARIES) | st.integers(0, 2 * CHUNK_SIZE + 100), st.integers(0, 2**32 - 1))
+def test_cidv0_matches_aleph(size: int, seed: int) -> None:
+    data = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+    cid = add_bytes(data, raw_leaves=False)
+    assert cid.version == 0
+    assert str(cid) == aleph_cid.compute_cid(data)
+
+
+def test_cidv0_deep_tree_matches_aleph() -> None:
+    data = np.random.default_rng(7).integers(0, 256, MAX_LINKS * CHUNK_SIZE + 1, dtype=np.uint8).tobytes()
+    assert str(add_bytes(data, raw_leaves=False)) == aleph_cid.compute_cid(data)
+
+
+@pytest.mark.parametrize("raw_leaves", [True, False])
+def test_iter_file_round_trip_and_tamper(raw_leaves: bool) -> None:
+    data = pattern(5000)
+    cid, blocks = build(data, chunk_size=64, max_links=4, raw_leaves=raw_leaves)
+    assert b"".join(iter_file(blocks.__getitem__, cid)) == data
+    for victim in [cid, *list(blocks)[:3]]:
+        tampered = dict(blocks)
+        block = bytearray(tampered[victim])
+        block[len(block) // 2] ^= 0x40
+        tampered[victim] = bytes(block)
+        with pytest.raises(FormatError, match="hash"):
+            b"".join(iter_file(tampered.__getitem__, cid))
+
+
+def test_iter_file_rejects_non_unixfs_codec() -> None:
+    block = b"\xa0"
+    cid = CID.hash(0x71, block)
+    with pytest.raises(FormatError):
+        list(iter_file({cid: block}.__getitem__, cid))
+
+
+def test_builder_reports_sizes() -> None:
+    blocks: dict[CID, bytes] = {}
+    builder = UnixFSBuilder(blocks.__setitem__, chunk_size=10, max_links=3)
+    builder.write(pattern(95))
+    root = builder.finish()
+    assert root.filesize == 95
+    assert root.tsize == sum(len(b) for b in blocks.values())
