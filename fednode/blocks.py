@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -11,7 +12,8 @@ from fednode.store import Store, Txn
 from protocol.multiformats import CID, FormatError
 from protocol.unixfs import UnixFSBuilder, iter_file
 
-BATCH_BYTES = 64 * 1024 * 1024
+# Bytes of tensor blocks per write transaction; tests lower it to exercise multi-batch commits.
+BATCH_BYTES = int(os.environ.get("FEDNODE_BATCH_BYTES", 64 * 1024 * 1024))
 
 
 class BlockSink:

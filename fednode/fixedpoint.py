@@ -2,8 +2,10 @@
 
 Pure functions over flat numpy arrays. Reconstruction only uses IEEE-754
 operations that are correctly rounded (int->float64 conversion, multiplication by
-a power of two, one float64 addition, one rounding to the tensor's dtype), so
-every machine rebuilds identical bytes. Integer tensors use exact wrapping
+a power of two, one float64 addition, rounding to the tensor's dtype), so every
+machine rebuilds identical bytes. BF16 is rounded float64 -> float32 -> bfloat16
+(two round-to-nearest-even steps, as torch does from float32): deterministic,
+though not always the correctly rounded bfloat16 of the float64 value. Integer tensors use exact wrapping
 int64 differences (scale 0).
 """
 

@@ -36,8 +36,11 @@ def graph_lines(commits: Sequence[tuple[Hashable, Sequence[Hashable]]]) -> list[
                 extra = " ".join("|" for _ in range(col + 1)) + "\\" * opened
         else:
             lanes[col] = None
-        if joined and not extra and parents:
-            extra = " ".join("|" if lane is not None else " " for lane in lanes[: max(joined)]) + "/"
+        if joined and not extra:
+            if parents:
+                extra = " ".join("|" if lane is not None else " " for lane in lanes[: max(joined)]) + "/"
+            else:  # a root: the lanes that met here end
+                extra = " ".join("|" if i == col or i in joined else " " for i in range(max(joined))) + "/"
         while lanes and lanes[-1] is None:
             lanes.pop()
         out.append((prefix + " ", extra))

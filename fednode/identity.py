@@ -79,7 +79,7 @@ class Identity:
             if (
                 not isinstance(values, list)
                 or len(values) != 64
-                or not all(isinstance(v, int) and 0 <= v < 256 for v in values)
+                or not all(type(v) is int and 0 <= v < 256 for v in values)
             ):
                 raise ValueError
             raw = bytes(values)

@@ -12,7 +12,7 @@ from fednode.errors import Corrupt, FednodeError, NotFound
 from fednode.history import CommitResult, History, RepoInfo
 from fednode.modelio import ArraySource, TensorInfo, to_torch_state_dict, write_safetensors
 from protocol.multiformats import CID, DAG_CBOR, DAG_PB, FormatError
-from protocol.objects import DTYPES, FLOAT_DTYPES
+from protocol.objects import DTYPES, FLOAT_DTYPES, Commit
 from protocol.unixfs import decode_node
 
 
@@ -247,6 +247,11 @@ def gc(history: History) -> tuple[int, int]:
     with history.store.write() as txn:
         garbage = [cid for cid in txn.iter_block_cids() if bytes(cid) not in reachable]
         for cid in garbage:
+            if cid.codec == DAG_CBOR and txn.commit_repo(cid) is not None:
+                try:  # a collected commit leaves the revision indexes too
+                    txn.unindex_commit(cid, Commit.decode(txn.get_block(cid)).commit_hash())
+                except FormatError:
+                    pass
             freed += txn.delete_block(cid)
             removed += 1
     return removed, freed

@@ -115,6 +115,10 @@ class Txn:
         self._txn.put(str(cid).encode(), repo_id, db=self._db("commits"))
         self._txn.put(commit_hash, bytes(cid), db=self._db("hashes"))
 
+    def unindex_commit(self, cid: CID, commit_hash: bytes) -> None:
+        self._txn.delete(str(cid).encode(), db=self._db("commits"))
+        self._txn.delete(commit_hash, db=self._db("hashes"))
+
     def commit_repo(self, cid: CID) -> bytes | None:
         value = self._txn.get(str(cid).encode(), db=self._db("commits"))
         return None if value is None else bytes(value)

@@ -25,16 +25,14 @@ from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-MM_REGION_SIZE = 1 << 32
-EM_BPF = 247
-INSN_SIZE = 8
+from programs.sbpf_elf import INSN_SIZE, MM_REGION_SIZE, R_BPF_64_32, V0_TEXT_OFFSET, align, emit_v0, emit_v3
+
 RODATA_GUARD = 8  # keeps every object off address 0 in v3, where C would read it as NULL
 
 R_BPF_64_64 = 1
 R_BPF_64_ABS64 = 2
 R_BPF_64_ABS32 = 3
 R_BPF_64_NODYLD32 = 4
-R_BPF_64_32 = 10
 
 OP_LDDW = 0x18
 OP_CALL_IMM = 0x85
@@ -115,10 +113,6 @@ class _Target:
     syscall: str = ""
 
 
-def _align(n: int, a: int) -> int:
-    return (n + a - 1) // a * a
-
-
 def _read_object(name: str, blob: bytes) -> _Object:
     try:
         elf = ELFFile(io.BytesIO(blob))
@@ -178,11 +172,11 @@ def _layout(objects: Sequence[_Object]) -> tuple[bytearray, bytearray]:
     for obj in objects:
         for piece in obj.pieces.values():
             image = text if piece.kind == "text" else rodata
-            image.extend(bytes(_align(len(image), piece.align) - len(image)))
+            image.extend(bytes(align(len(image), piece.align) - len(image)))
             piece.offset = len(image)
             image.extend(piece.data)
-    text.extend(bytes(_align(len(text), INSN_SIZE) - len(text)))
-    rodata.extend(bytes(_align(len(rodata), INSN_SIZE) - len(rodata)))
+    text.extend(bytes(align(len(text), INSN_SIZE) - len(text)))
+    rodata.extend(bytes(align(len(rodata), INSN_SIZE) - len(rodata)))
     return text, rodata
 
 
@@ -335,138 +329,9 @@ def link(
         raise LinkError("no code in the input objects")
     entry_off = _entry_offset(objs, entry)
     if sbpf_version == 3:
-        phoff_end = _EHDR_SIZE + 2 * _PHDR_SIZE
-        bases = _Bases(MM_REGION_SIZE, 0)
-        _relocate(objs, text, rodata, bases, 3, syscalls)
-        return _emit_v3(text, rodata, phoff_end, entry_off)
-    text_off = _align(_EHDR_SIZE + 3 * _PHDR_SIZE, INSN_SIZE)
-    rodata_off = text_off + len(text)
-    bases = _Bases(MM_REGION_SIZE + text_off, MM_REGION_SIZE + rodata_off)
+        _relocate(objs, text, rodata, _Bases(MM_REGION_SIZE, 0), 3, syscalls)
+        return emit_v3(bytes(text), bytes(rodata), entry_off)
+    # v0 maps the file at 1 << 32: text at V0_TEXT_OFFSET, rodata right after it.
+    bases = _Bases(MM_REGION_SIZE + V0_TEXT_OFFSET, MM_REGION_SIZE + V0_TEXT_OFFSET + len(text))
     sites = _relocate(objs, text, rodata, bases, 0, syscalls)
-    return _emit_v0(text, rodata, text_off, entry_off, sites)
-
-
-# --- ELF writing -------------------------------------------------------------------------------
-
-_EHDR_SIZE, _PHDR_SIZE, _SHDR_SIZE = 64, 56, 64
-ET_DYN, PT_LOAD, PT_DYNAMIC = 3, 1, 2
-PF_X, PF_R = 1, 4
-SHT_PROGBITS, SHT_STRTAB, SHT_DYNAMIC, SHT_REL, SHT_DYNSYM = 1, 3, 6, 9, 11
-SHF_ALLOC, SHF_EXECINSTR = 2, 4
-DT_NULL, DT_STRTAB, DT_SYMTAB, DT_STRSZ, DT_SYMENT = 0, 5, 6, 10, 11
-DT_REL, DT_RELSZ, DT_RELENT = 17, 18, 19
-
-
-def _ehdr(e_flags: int, entry: int, phnum: int, shoff: int, shnum: int) -> bytes:
-    ident = b"\x7fELF" + bytes([2, 1, 1, 0, 0]) + bytes(7)
-    return ident + struct.pack(
-        "<HHIQQQIHHHHHH", ET_DYN, EM_BPF, 1, entry, _EHDR_SIZE, shoff, e_flags,
-        _EHDR_SIZE, _PHDR_SIZE, phnum, _SHDR_SIZE, shnum, shnum - 1,
-    )  # fmt: skip
-
-
-def _phdr(p_type: int, flags: int, offset: int, vaddr: int, size: int) -> bytes:
-    return struct.pack("<IIQQQQQQ", p_type, flags, offset, vaddr, vaddr, size, size, INSN_SIZE)
-
-
-@dataclass
-class _Sections:
-    """Accumulates section headers; the last one is always .shstrtab."""
-
-    names: bytearray = field(default_factory=lambda: bytearray(b"\0"))
-    headers: list[bytes] = field(default_factory=lambda: [bytes(_SHDR_SIZE)])
-
-    def add(self, name: str, sh_type: int, flags: int, addr: int, offset: int, size: int,
-            link: int = 0, info: int = 0, align: int = 8, entsize: int = 0) -> int:  # fmt: skip
-        name_off = len(self.names)
-        self.names += name.encode() + b"\0"
-        self.headers.append(
-            struct.pack("<IIQQQQIIQQ", name_off, sh_type, flags, addr, offset, size, link, info,
-                        align, entsize)
-        )  # fmt: skip
-        return len(self.headers) - 1
-
-    def finish(self, out: bytearray) -> tuple[int, int]:
-        """Append .shstrtab and the header table to ``out``; return (shoff, shnum)."""
-        strtab_off = len(out)
-        self.add(".shstrtab", SHT_STRTAB, 0, 0, strtab_off, 0, align=1)
-        out += self.names
-        last = bytearray(self.headers[-1])
-        struct.pack_into("<Q", last, 32, len(self.names))  # sh_size, known only now
-        self.headers[-1] = bytes(last)
-        out += bytes(_align(len(out), 8) - len(out))
-        shoff = len(out)
-        for h in self.headers:
-            out += h
-        return shoff, len(self.headers)
-
-
-def _emit_v3(text: bytes, rodata: bytes, phoff_end: int, entry_off: int) -> bytes:
-    ro_off = phoff_end
-    text_off = ro_off + len(rodata)
-    out = bytearray(_EHDR_SIZE)
-    out += _phdr(PT_LOAD, PF_R, ro_off, 0, len(rodata))
-    out += _phdr(PT_LOAD, PF_X, text_off, MM_REGION_SIZE, len(text))
-    out += rodata + text
-    secs = _Sections()
-    secs.add(".rodata", SHT_PROGBITS, SHF_ALLOC, 0, ro_off, len(rodata))
-    secs.add(".text", SHT_PROGBITS, SHF_ALLOC | SHF_EXECINSTR, MM_REGION_SIZE, text_off, len(text))
-    shoff, shnum = secs.finish(out)
-    out[:_EHDR_SIZE] = _ehdr(3, MM_REGION_SIZE + entry_off, 2, shoff, shnum)
-    return bytes(out)
-
-
-def _emit_v0(
-    text: bytes, rodata: bytes, text_off: int, entry_off: int, sites: list[tuple[int, str]]
-) -> bytes:
-    names = sorted({name for _, name in sites})
-    dynstr = bytearray(b"\0")
-    name_off: dict[str, int] = {}
-    for name in ["entrypoint", *names]:
-        name_off[name] = len(dynstr)
-        dynstr += name.encode() + b"\0"
-    rodata_off = text_off + len(text)
-    dynsym_off = rodata_off + len(rodata)
-    text_shndx = 1
-    # STT_FUNC|STB_GLOBAL entrypoint, then undefined STT_NOTYPE|STB_GLOBAL syscalls.
-    dynsym = bytes(24) + struct.pack(
-        "<IBBHQQ", name_off["entrypoint"], 0x12, 0, text_shndx, text_off + entry_off, 0
-    )
-    dynsym += b"".join(struct.pack("<IBBHQQ", name_off[n], 0x10, 0, 0, 0, 0) for n in names)
-    sym_index = {n: 2 + i for i, n in enumerate(names)}
-    dynstr_off = dynsym_off + len(dynsym)
-    rel_off = _align(dynstr_off + len(dynstr), 8)
-    rel = b"".join(
-        struct.pack("<QQ", text_off + at, (sym_index[n] << 32) | R_BPF_64_32)
-        for at, n in sorted(sites)
-    )
-    dyn_off = rel_off + len(rel)
-    dyn_entries = [(DT_SYMTAB, dynsym_off), (DT_STRTAB, dynstr_off), (DT_STRSZ, len(dynstr)),
-                   (DT_SYMENT, 24)]  # fmt: skip
-    if rel:
-        dyn_entries += [(DT_REL, rel_off), (DT_RELSZ, len(rel)), (DT_RELENT, 16)]
-    dynamic = b"".join(struct.pack("<qQ", t, v) for t, v in [*dyn_entries, (DT_NULL, 0)])
-    end = dyn_off + len(dynamic)
-
-    out = bytearray(_EHDR_SIZE)
-    out += _phdr(PT_LOAD, PF_R | PF_X, text_off, text_off, len(text) + len(rodata))
-    out += _phdr(PT_LOAD, PF_R, dynsym_off, dynsym_off, end - dynsym_off)
-    out += _phdr(PT_DYNAMIC, PF_R, dyn_off, dyn_off, len(dynamic))
-    out += bytes(text_off - len(out))
-    out += text + rodata + dynsym + dynstr
-    out += bytes(rel_off - len(out))
-    out += rel + dynamic
-    secs = _Sections()
-    secs.add(".text", SHT_PROGBITS, SHF_ALLOC | SHF_EXECINSTR, text_off, text_off, len(text))
-    secs.add(".rodata", SHT_PROGBITS, SHF_ALLOC, rodata_off, rodata_off, len(rodata))
-    dynsym_idx = secs.add(".dynsym", SHT_DYNSYM, SHF_ALLOC, dynsym_off, dynsym_off, len(dynsym),
-                          link=4, info=1, entsize=24)  # fmt: skip
-    secs.add(".dynstr", SHT_STRTAB, SHF_ALLOC, dynstr_off, dynstr_off, len(dynstr), align=1)
-    if rel:
-        secs.add(".rel.dyn", SHT_REL, SHF_ALLOC, rel_off, rel_off, len(rel), link=dynsym_idx,
-                 entsize=16)  # fmt: skip
-    secs.add(".dynamic", SHT_DYNAMIC, SHF_ALLOC, dyn_off, dyn_off, len(dynamic),
-             link=4, entsize=16)  # fmt: skip
-    shoff, shnum = secs.finish(out)
-    out[:_EHDR_SIZE] = _ehdr(0, text_off + entry_off, 3, shoff, shnum)
-    return bytes(out)
+    return emit_v0(bytes(text), bytes(rodata), entry_off, sites)

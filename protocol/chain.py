@@ -81,9 +81,11 @@ class ErrorCode(IntEnum):
     HEAD_NOT_IN_REPO = 28  # set_head target is not an anchored commit of this repository
     RENT_UNAVAILABLE = 29
     INVALID_BRANCH = 30  # zero branch hash where a branch is required
+    TOO_MANY_ACCOUNTS = 31  # more than MAX_ACCOUNTS accounts
 
 
 MAX_BRANCHES = 8
+MAX_ACCOUNTS = 24
 MAX_PARENTS = 16  # also the merge input limit; a legacy 1232-byte tx fits about 8 merge inputs
 FLAG_HAS_COMMITMENT = 1
 ZERO32 = bytes(32)

@@ -78,7 +78,8 @@ def read_lines(proc: subprocess.Popen, until: str | None, deadline: float) -> li
 
 
 def start_driver(script: Path, home: Path, run: str, count: int) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "0"}
+    # small write batches: a kill can land between tensor batches and before the final transaction
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "0", "FEDNODE_BATCH_BYTES": "262144"}
     return subprocess.Popen([sys.executable, str(script), str(home), run, str(count)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 

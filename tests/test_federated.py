@@ -209,7 +209,7 @@ def test_merge_is_exact_and_verify_recomputes_it(cancer) -> None:
     assert sorted(outcome.weights) == [10, 20, 30]
     base = history.state(repo.genesis)
     merged = history.state(outcome.result.cid)
-    for name, (entry, arr) in merged.items():
+    for name, (_, arr) in merged.items():
         deltas = [np.rint((history.tensor_array(c, name).astype(np.float64) - base[name][1]) * 2.0**24)
                   for c in outcome.inputs]
         num = sum(int(w) * d.astype(object) for w, d in zip(outcome.weights, deltas, strict=True))

@@ -18,7 +18,9 @@ exact), so results never depend on wrapping.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -26,6 +28,8 @@ from fednode.errors import FednodeError
 
 INT64_MAX = (1 << 63) - 1
 BLOCK = 1 << 15  # elements per step: the working set of one block stays in L2 cache
+PARALLEL_MIN = 1 << 20  # tensors at least this large are split across threads
+THREADS = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 class StrategyError(FednodeError, ValueError):
@@ -157,6 +161,25 @@ def _python_sums(rows: Sequence[np.ndarray], weights: Sequence[int]) -> list[int
     return total
 
 
+def for_blocks(size: int, work: Callable[[int, int], None]) -> None:
+    """Run ``work(lo, hi)`` over disjoint, BLOCK-aligned ranges covering ``[0, size)``.
+
+    Large tensors are split across up to ``THREADS`` threads (numpy releases the
+    GIL in its loops). Each range writes only its own output slice and blocks
+    never interact, so the bytes do not depend on the thread count.
+    """
+    threads = min(THREADS, size // PARALLEL_MIN)
+    if threads <= 1:
+        work(0, size)
+        return
+    per = -(-size // threads)
+    per = -(-per // BLOCK) * BLOCK
+    ranges = [(lo, min(lo + per, size)) for lo in range(0, size, per)]
+    with ThreadPoolExecutor(len(ranges)) as pool:
+        for future in [pool.submit(work, lo, hi) for lo, hi in ranges]:
+            future.result()
+
+
 def weighted_mean(deltas: Sequence[np.ndarray], weights: Sequence[int]) -> np.ndarray:
     """Exact ``round_div(sum w_k d_k, sum w_k)`` per coordinate (validated inputs).
 
@@ -172,13 +195,17 @@ def weighted_mean(deltas: Sequence[np.ndarray], weights: Sequence[int]) -> np.nd
     den = sum(ws)
     size = flat[0].size
     out = np.empty(size, dtype=np.int64)
-    step = min(BLOCK, max(size, 1))
-    acc = np.empty(step, dtype=np.int64)
-    tmp = np.empty(step, dtype=np.int64)
-    for start in range(0, size, step):
-        stop = min(start + step, size)
-        k = stop - start
-        weighted_sum_block([f[start:stop] for f in flat], ws, den, out[start:stop], acc[:k], tmp[:k])
+
+    def work(lo: int, hi: int) -> None:
+        step = min(BLOCK, max(hi - lo, 1))
+        acc = np.empty(step, dtype=np.int64)
+        tmp = np.empty(step, dtype=np.int64)
+        for start in range(lo, hi, step):
+            stop = min(start + step, hi)
+            k = stop - start
+            weighted_sum_block([f[start:stop] for f in flat], ws, den, out[start:stop], acc[:k], tmp[:k])
+
+    for_blocks(size, work)
     return out.reshape(shape)
 
 

@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from fednode.strategies import exact
 from fednode.strategies.base import Plan, Strategy
-from fednode.strategies.exact import BLOCK, StrategyError, check_deltas, check_weights, weighted_mean
+from fednode.strategies.exact import StrategyError, check_deltas, check_weights, weighted_mean
 
 LIMB = 23  # products of two limbs < 2**46; BLOCK (<= 2**16) of them sum below 2**62
 
@@ -63,8 +64,9 @@ def pairwise_sq_distances(deltas: Sequence[np.ndarray]) -> np.ndarray:
     flat = [d.reshape(-1) for d in deltas]
     size = flat[0].size
     gram = [[0] * n for _ in range(n)]
-    for start in range(0, size, BLOCK):
-        rows = [f[start : start + BLOCK] for f in flat]
+    step = min(exact.BLOCK, 1 << 16)  # keeps every limb dot product below 2**62
+    for start in range(0, size, step):
+        rows = [f[start : start + step] for f in flat]
         big = max(max(-int(r.min()), int(r.max())) for r in rows)
         count = max(1, -(-(big.bit_length() + 1) // LIMB))
         limbs = [_limbs(r, count) for r in rows]

@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from fednode.strategies import exact
 from fednode.strategies.base import Strategy, positive
-from fednode.strategies.exact import BLOCK, StrategyError, mean_of_two
+from fednode.strategies.exact import StrategyError, mean_of_two
 from fednode.strategies.trimmed_mean import trimmed_mean
 
 
@@ -39,24 +40,28 @@ def weighted_median(deltas: list[np.ndarray], weights: list[int]) -> np.ndarray:
     out = np.empty(size, dtype=np.int64)
     total = sum(weights)
     w = np.array(weights, dtype=np.int64)
-    step = min(BLOCK, max(size, 1))
-    buf = np.empty((n, step), dtype=np.int64)
-    for start in range(0, size, step):
-        stop = min(start + step, size)
-        k = stop - start
-        block = buf[:, :k]
-        for i, f in enumerate(flat):
-            block[i] = f[start:stop]
-        order = np.argsort(block, axis=0, kind="stable")
-        values = np.take_along_axis(block, order, axis=0)
-        cum = np.cumsum(w[order], axis=0)  # <= total < 2**63
-        rest = total - cum
-        first = np.argmax(cum >= rest, axis=0)  # 2 C_k >= W, written without overflow
-        cols = np.arange(k)
-        lo = values[first, cols]
-        split = cum[first, cols] == rest[first, cols]
-        hi = values[np.minimum(first + 1, n - 1), cols]
-        out[start:stop] = np.where(split, mean_of_two(lo, hi), lo)
+
+    def work(lo: int, hi: int) -> None:
+        step = min(exact.BLOCK, max(hi - lo, 1))
+        buf = np.empty((n, step), dtype=np.int64)
+        for start in range(lo, hi, step):
+            stop = min(start + step, hi)
+            k = stop - start
+            block = buf[:, :k]
+            for i, f in enumerate(flat):
+                block[i] = f[start:stop]
+            order = np.argsort(block, axis=0, kind="stable")
+            values = np.take_along_axis(block, order, axis=0)
+            cum = np.cumsum(w[order], axis=0)  # <= total < 2**63
+            rest = total - cum
+            first = np.argmax(cum >= rest, axis=0)  # 2 C_k >= W, written without overflow
+            cols = np.arange(k)
+            lo_v = values[first, cols]
+            split = cum[first, cols] == rest[first, cols]
+            hi_v = values[np.minimum(first + 1, n - 1), cols]
+            out[start:stop] = np.where(split, mean_of_two(lo_v, hi_v), lo_v)
+
+    exact.for_blocks(size, work)
     return out.reshape(shape)
 
 

@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from fednode.strategies import exact
 from fednode.strategies.base import Plan, Strategy, positive
-from fednode.strategies.exact import BLOCK, StrategyError, check_weights, weighted_sum_block
+from fednode.strategies.exact import StrategyError, check_weights, weighted_sum_block
 
 
 def trimmed_mean(deltas: list[np.ndarray], b: int) -> np.ndarray:
@@ -37,21 +38,25 @@ def trimmed_mean(deltas: list[np.ndarray], b: int) -> np.ndarray:
     flat = [d.reshape(-1) for d in deltas]
     size = flat[0].size
     out = np.empty(size, dtype=np.int64)
-    step = min(BLOCK, max(size, 1))
-    buf = np.empty((n, step), dtype=np.int64)
-    acc = np.empty(step, dtype=np.int64)
-    tmp = np.empty(step, dtype=np.int64)
     kept = n - 2 * b
     ones = [1] * kept
-    for start in range(0, size, step):
-        stop = min(start + step, size)
-        k = stop - start
-        block = buf[:, :k]
-        for i, f in enumerate(flat):
-            block[i] = f[start:stop]
-        if n > 1:
-            block.sort(axis=0)
-        weighted_sum_block(list(block[b : n - b]), ones, kept, out[start:stop], acc[:k], tmp[:k])
+
+    def work(lo: int, hi: int) -> None:
+        step = min(exact.BLOCK, max(hi - lo, 1))
+        buf = np.empty((n, step), dtype=np.int64)
+        acc = np.empty(step, dtype=np.int64)
+        tmp = np.empty(step, dtype=np.int64)
+        for start in range(lo, hi, step):
+            stop = min(start + step, hi)
+            k = stop - start
+            block = buf[:, :k]
+            for i, f in enumerate(flat):
+                block[i] = f[start:stop]
+            if n > 1:
+                block.sort(axis=0)
+            weighted_sum_block(list(block[b : n - b]), ones, kept, out[start:stop], acc[:k], tmp[:k])
+
+    exact.for_blocks(size, work)
     return out.reshape(shape)
 
 

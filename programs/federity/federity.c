@@ -1,0 +1,519 @@
+/* federity: fednode's on-chain program. Repositories, members, anchored commits and branch heads.
+ *
+ * Layouts and error numbers are mirrored in protocol/chain.py and documented in
+ * programs/README.md; change all three together.
+ *
+ * Authenticity of accounts we read: an account owned by this program whose data carries our tag
+ * was written by this program, and the program only ever writes a record at the PDA derived
+ * from that record's own identifying fields (with the canonical bump). So a record read from
+ * any account passes as "the record of (repo, key)" when its owner, tag and fields match; no
+ * PDA derivation is needed except when creating an account.
+ */
+#include "../sdk/federity_sdk.h"
+
+#define MAX_ACCOUNTS 24
+#define MAX_BRANCHES 8
+#define MAX_PARENTS 16
+#define LAYOUT_VERSION 1
+#define FLAG_HAS_COMMITMENT 1
+
+enum { IX_CREATE_REPO, IX_ADD_MEMBER, IX_REMOVE_MEMBER, IX_ANCHOR_COMMIT, IX_MERGE, IX_SET_HEAD };
+enum { TAG_REPO = 1, TAG_MEMBER = 2, TAG_COMMIT = 3 };
+enum { KIND_INIT, KIND_UPDATE, KIND_MERGE, KIND_REVERT };
+
+enum {
+  E_INVALID_INSTRUCTION = 1,
+  E_INVALID_INSTRUCTION_DATA,
+  E_NOT_ENOUGH_ACCOUNTS,
+  E_MISSING_REQUIRED_SIGNATURE,
+  E_ACCOUNT_NOT_WRITABLE,
+  E_INVALID_PDA,
+  E_INVALID_SYSTEM_PROGRAM,
+  E_INVALID_INSTRUCTIONS_SYSVAR,
+  E_REPO_ALREADY_EXISTS,
+  E_INVALID_REPO_ACCOUNT,
+  E_NOT_OWNER,
+  E_MEMBER_ALREADY_EXISTS,
+  E_NOT_A_MEMBER,
+  E_INVALID_KIND,
+  E_TOO_MANY_PARENTS,
+  E_DUPLICATE_PARENT,
+  E_PARENT_NOT_ANCHORED,
+  E_COMMIT_ALREADY_ANCHORED,
+  E_MISSING_SIGNATURE_PROOF,
+  E_SIGNATURE_PROOF_MISMATCH,
+  E_INVALID_COMMITMENT,
+  E_NOT_FAST_FORWARD,
+  E_UNKNOWN_BRANCH,
+  E_BRANCH_TABLE_FULL,
+  E_INPUT_NOT_ANCHORED,
+  E_MISSING_INPUT_COMMITMENT,
+  E_MERGE_COMMITMENT_MISMATCH,
+  E_HEAD_NOT_IN_REPO,
+  E_RENT_UNAVAILABLE,
+  E_INVALID_BRANCH,
+  E_TOO_MANY_ACCOUNTS,
+};
+
+typedef struct {
+  uint8_t name[32]; /* sha256(branch name); all zero = free slot */
+  uint8_t head[32];
+} Branch;
+
+typedef struct {
+  uint8_t tag, version, bump, _pad[5];
+  uint8_t repo_id[32];
+  uint8_t owner[32];
+  uint8_t mint[32];
+  uint64_t commit_count;
+  uint8_t acc[32]; /* acc' = sha256(acc || commit_hash), from 32 zero bytes */
+  Branch branches[MAX_BRANCHES];
+} Repo;
+
+typedef struct {
+  uint8_t tag, version, bump, _pad[5];
+  uint8_t repo_id[32];
+  uint8_t member[32];
+  uint64_t added_slot;
+} Member;
+
+typedef struct {
+  uint8_t tag, version, bump, kind, flags, n_parents, _pad[2];
+  uint8_t repo_id[32];
+  uint8_t commit_hash[32];
+  uint8_t author[32];
+  uint8_t parents_digest[32];
+  uint8_t commitment[64];
+  uint64_t slot;
+  uint64_t index;
+} Commit;
+
+_Static_assert(sizeof(Repo) == 656, "Repo layout");
+_Static_assert(sizeof(Member) == 80, "Member layout");
+_Static_assert(sizeof(Commit) == 216, "Commit layout");
+
+static const SolPubkey INSTRUCTIONS_SYSVAR_ID = {{
+    0x06, 0xa7, 0xd5, 0x17, 0x18, 0x7b, 0xd1, 0x66, 0x35, 0xda, 0xd4, 0x04, 0x55, 0xfd, 0xc2, 0xc0,
+    0xc1, 0x24, 0xc6, 0x8f, 0x21, 0x56, 0x75, 0xa5, 0xdb, 0xba, 0xcb, 0x5f, 0x08, 0x00, 0x00, 0x00}};
+static const SolPubkey ED25519_PROGRAM_ID = {{
+    0x03, 0x7d, 0x46, 0xd6, 0x7c, 0x93, 0xfb, 0xbe, 0x12, 0xf9, 0x42, 0x8f, 0x83, 0x8d, 0x40, 0xff,
+    0x05, 0x70, 0x74, 0x49, 0x27, 0xf4, 0x8a, 0x64, 0xfc, 0xca, 0x70, 0x44, 0x80, 0x00, 0x00, 0x00}};
+
+/* ---- account checks ------------------------------------------------------------------- */
+
+static uint64_t check_signer(const SolAccountInfo *a, bool writable) {
+  if (!a->is_signer) return E_MISSING_REQUIRED_SIGNATURE;
+  if (writable && !a->is_writable) return E_ACCOUNT_NOT_WRITABLE;
+  return 0;
+}
+
+static Repo *as_repo(const SolAccountInfo *a, const SolPubkey *program_id) {
+  if (!sol_pubkey_eq(a->owner, program_id) || a->data_len != sizeof(Repo)) return NULL;
+  Repo *r = (Repo *)a->data;
+  return r->tag == TAG_REPO && r->version == LAYOUT_VERSION ? r : NULL;
+}
+
+/* Loads the repo at ka[1] and checks that ka[0] is its owner and signed. */
+static uint64_t owner_repo(SolParameters *p, bool repo_writable, Repo **out) {
+  uint64_t rc = check_signer(&p->ka[0], false);
+  if (rc) return rc;
+  Repo *r = as_repo(&p->ka[1], p->program_id);
+  if (!r) return E_INVALID_REPO_ACCOUNT;
+  if (repo_writable && !p->ka[1].is_writable) return E_ACCOUNT_NOT_WRITABLE;
+  if (!sol_bytes_eq(p->ka[0].key, r->owner, 32)) return E_NOT_OWNER;
+  *out = r;
+  return 0;
+}
+
+static const Member *as_member(const SolAccountInfo *a, const SolPubkey *program_id,
+                               const uint8_t *repo_id, const uint8_t *member) {
+  if (!sol_pubkey_eq(a->owner, program_id) || a->data_len != sizeof(Member)) return NULL;
+  const Member *m = (const Member *)a->data;
+  if (m->tag != TAG_MEMBER || !sol_bytes_eq(m->repo_id, repo_id, 32) ||
+      !sol_bytes_eq(m->member, member, 32))
+    return NULL;
+  return m;
+}
+
+static const Commit *as_commit(const SolAccountInfo *a, const SolPubkey *program_id,
+                               const uint8_t *repo_id, const uint8_t *hash) {
+  if (!sol_pubkey_eq(a->owner, program_id) || a->data_len != sizeof(Commit)) return NULL;
+  const Commit *c = (const Commit *)a->data;
+  if (c->tag != TAG_COMMIT || !sol_bytes_eq(c->repo_id, repo_id, 32) ||
+      !sol_bytes_eq(c->commit_hash, hash, 32))
+    return NULL;
+  return c;
+}
+
+static bool is_system_program(const SolAccountInfo *a) {
+  return sol_pubkey_eq(a->key, &SOL_SYSTEM_PROGRAM_ID);
+}
+
+/* ---- PDA creation --------------------------------------------------------------------- */
+
+typedef struct {
+  SolBytes seeds[4]; /* prefix, repo_id, key, bump (filled here) */
+  uint64_t n_seeds;  /* without the bump */
+  uint64_t space;
+} PdaSpec;
+
+/* Creates ka[target] at the canonical PDA of spec->seeds, paid by ka[0]; writes the bump. */
+static uint64_t create_pda(SolParameters *p, uint64_t target, PdaSpec *spec, uint8_t *bump) {
+  SolPubkey expected;
+  if (sol_try_find_program_address(spec->seeds, spec->n_seeds, p->program_id, &expected, bump))
+    return E_INVALID_PDA;
+  SolAccountInfo *t = &p->ka[target];
+  if (!sol_pubkey_eq(t->key, &expected)) return E_INVALID_PDA;
+  if (!t->is_writable) return E_ACCOUNT_NOT_WRITABLE;
+  spec->seeds[spec->n_seeds].addr = bump;
+  spec->seeds[spec->n_seeds].len = 1;
+  SolSignerSeeds signer = {spec->seeds, spec->n_seeds + 1};
+  SolAccountInfo infos[2] = {p->ka[0], *t};
+  uint64_t rc = sol_create_pda_account(infos, spec->space, p->program_id, &signer);
+  if (rc) return rc == 1 ? E_RENT_UNAVAILABLE : rc;
+  sol_refresh_len(t);
+  return t->data_len == spec->space ? 0 : E_INVALID_PDA;
+}
+
+/* ---- Ed25519 precompile proof ----------------------------------------------------------- */
+
+/* Does precompile instruction `index` (data d[0..len)) prove a signature by `author` over
+ * exactly the 32 bytes `hash`? Only offsets into the precompile's own data are accepted, so
+ * what we compare is what the precompile verified. */
+static bool ed25519_proves(const uint8_t *d, uint64_t len, uint64_t index, const uint8_t *author,
+                           const uint8_t *hash) {
+  if (len < 2) return false;
+  uint64_t count = d[0];
+  if (2 + 14 * count > len) return false;
+  for (uint64_t s = 0; s < count; s++) {
+    const uint8_t *o = d + 2 + 14 * s;
+    uint64_t pk_at = sol_read_u16(o + 4), pk_ix = sol_read_u16(o + 6);
+    uint64_t msg_at = sol_read_u16(o + 8), msg_len = sol_read_u16(o + 10);
+    uint64_t msg_ix = sol_read_u16(o + 12);
+    if ((pk_ix != 0xffff && pk_ix != index) || (msg_ix != 0xffff && msg_ix != index)) continue;
+    if (msg_len != 32 || pk_at + 32 > len || msg_at + 32 > len) continue;
+    if (sol_bytes_eq(d + pk_at, author, 32) && sol_bytes_eq(d + msg_at, hash, 32)) return true;
+  }
+  return false;
+}
+
+/* Scans the Instructions sysvar for an Ed25519 precompile instruction that proves the author's
+ * signature over the commit hash. Its layout: u16 n, u16 offsets[n], then per instruction
+ * u16 n_accounts, (u8 flags, key[32]) * n_accounts, program_id[32], u16 data_len, data. */
+static uint64_t check_signature_proof(const SolAccountInfo *sysvar, const uint8_t *author,
+                                      const uint8_t *hash) {
+  if (!sol_pubkey_eq(sysvar->key, &INSTRUCTIONS_SYSVAR_ID)) return E_INVALID_INSTRUCTIONS_SYSVAR;
+  const uint8_t *d = sysvar->data;
+  uint64_t len = sysvar->data_len;
+  if (len < 2) return E_INVALID_INSTRUCTIONS_SYSVAR;
+  uint64_t n = sol_read_u16(d);
+  if (2 + 2 * n > len) return E_INVALID_INSTRUCTIONS_SYSVAR;
+  bool seen = false;
+  for (uint64_t i = 0; i < n; i++) {
+    uint64_t at = sol_read_u16(d + 2 + 2 * i);
+    if (at + 2 > len) return E_INVALID_INSTRUCTIONS_SYSVAR;
+    at += 2 + 33 * (uint64_t)sol_read_u16(d + at);
+    if (at + 34 > len) return E_INVALID_INSTRUCTIONS_SYSVAR;
+    uint64_t data_len = sol_read_u16(d + at + 32);
+    if (at + 34 + data_len > len) return E_INVALID_INSTRUCTIONS_SYSVAR;
+    if (!sol_bytes_eq(d + at, &ED25519_PROGRAM_ID, 32)) continue;
+    seen = true;
+    if (ed25519_proves(d + at + 34, data_len, i, author, hash)) return 0;
+  }
+  return seen ? E_SIGNATURE_PROOF_MISMATCH : E_MISSING_SIGNATURE_PROOF;
+}
+
+/* ---- shared commit bookkeeping ------------------------------------------------------------ */
+
+static int64_t find_branch(const Repo *r, const uint8_t *name) {
+  for (int64_t i = 0; i < MAX_BRANCHES; i++)
+    if (sol_bytes_eq(r->branches[i].name, name, 32)) return i;
+  return -1;
+}
+
+static int64_t free_branch(const Repo *r) {
+  for (int64_t i = 0; i < MAX_BRANCHES; i++)
+    if (sol_is_zero(r->branches[i].name, 32)) return i;
+  return -1;
+}
+
+static bool has_duplicate(const uint8_t *hashes, uint64_t n) {
+  for (uint64_t i = 0; i < n; i++)
+    for (uint64_t j = i + 1; j < n; j++)
+      if (sol_bytes_eq(hashes + 32 * i, hashes + 32 * j, 32)) return true;
+  return false;
+}
+
+typedef struct {
+  const uint8_t *hash;
+  const uint8_t *parents; /* n_parents * 32 bytes */
+  const uint8_t *commitment; /* NULL when absent */
+  uint64_t n_parents;
+  uint8_t kind;
+} NewCommit;
+
+/* Creates the commit record at ka[2] (paid by ka[0], the author), appends it to the repo's
+ * accumulator and sets the return data to acc || commit_count. */
+static uint64_t record_commit(SolParameters *p, Repo *r, const NewCommit *c) {
+  PdaSpec spec = {{{(const uint8_t *)"commit", 6}, {r->repo_id, 32}, {c->hash, 32}}, 3,
+                  sizeof(Commit)};
+  uint8_t bump;
+  uint64_t rc = create_pda(p, 2, &spec, &bump);
+  if (rc) return rc;
+  Commit *rec = (Commit *)p->ka[2].data;
+  rec->tag = TAG_COMMIT;
+  rec->version = LAYOUT_VERSION;
+  rec->bump = bump;
+  rec->kind = c->kind;
+  rec->flags = c->commitment ? FLAG_HAS_COMMITMENT : 0;
+  rec->n_parents = (uint8_t)c->n_parents;
+  memcpy(rec->repo_id, r->repo_id, 32);
+  memcpy(rec->commit_hash, c->hash, 32);
+  memcpy(rec->author, p->ka[0].key, 32);
+  SolBytes parents = {c->parents, 32 * c->n_parents};
+  sol_sha256(&parents, 1, rec->parents_digest);
+  if (c->commitment) memcpy(rec->commitment, c->commitment, 64);
+  rec->slot = sol_current_slot();
+  rec->index = r->commit_count;
+
+  r->commit_count += 1;
+  sol_sha256_2(r->acc, 32, c->hash, 32, r->acc);
+  uint8_t ret[40];
+  memcpy(ret, r->acc, 32);
+  sol_write_u64(ret + 32, r->commit_count);
+  sol_set_return_data(ret, 40);
+  return 0;
+}
+
+/* Slot for `branch`, creating it when absent and `may_create`. */
+static uint64_t branch_slot(Repo *r, const uint8_t *branch, bool may_create, int64_t *slot) {
+  *slot = find_branch(r, branch);
+  if (*slot >= 0) return 0;
+  if (!may_create) return E_UNKNOWN_BRANCH;
+  *slot = free_branch(r);
+  if (*slot < 0) return E_BRANCH_TABLE_FULL;
+  return 0;
+}
+
+/* ---- instructions ----------------------------------------------------------------------- */
+
+/* create_repo(repo_id[32], mint[32]); accounts: owner [s,w], repo PDA [w], system program */
+static uint64_t create_repo(SolParameters *p) {
+  if (p->data_len != 65) return E_INVALID_INSTRUCTION_DATA;
+  if (p->ka_num < 3) return E_NOT_ENOUGH_ACCOUNTS;
+  uint64_t rc = check_signer(&p->ka[0], true);
+  if (rc) return rc;
+  if (!is_system_program(&p->ka[2])) return E_INVALID_SYSTEM_PROGRAM;
+  if (sol_pubkey_eq(p->ka[1].owner, p->program_id)) return E_REPO_ALREADY_EXISTS;
+  const uint8_t *repo_id = p->data + 1;
+  PdaSpec spec = {{{(const uint8_t *)"repo", 4}, {repo_id, 32}}, 2, sizeof(Repo)};
+  uint8_t bump;
+  rc = create_pda(p, 1, &spec, &bump);
+  if (rc) return rc;
+  Repo *r = (Repo *)p->ka[1].data; /* fresh accounts are zero-filled */
+  r->tag = TAG_REPO;
+  r->version = LAYOUT_VERSION;
+  r->bump = bump;
+  memcpy(r->repo_id, repo_id, 32);
+  memcpy(r->owner, p->ka[0].key, 32);
+  memcpy(r->mint, p->data + 33, 32);
+  return 0;
+}
+
+/* add_member(member[32]); accounts: owner [s,w], repo, member PDA [w], system program */
+static uint64_t add_member(SolParameters *p) {
+  if (p->data_len != 33) return E_INVALID_INSTRUCTION_DATA;
+  if (p->ka_num < 4) return E_NOT_ENOUGH_ACCOUNTS;
+  Repo *r;
+  uint64_t rc = owner_repo(p, false, &r);
+  if (rc) return rc;
+  if (!p->ka[0].is_writable) return E_ACCOUNT_NOT_WRITABLE;
+  if (!is_system_program(&p->ka[3])) return E_INVALID_SYSTEM_PROGRAM;
+  if (sol_pubkey_eq(p->ka[2].owner, p->program_id)) return E_MEMBER_ALREADY_EXISTS;
+  const uint8_t *member = p->data + 1;
+  PdaSpec spec = {{{(const uint8_t *)"member", 6}, {r->repo_id, 32}, {member, 32}}, 3,
+                  sizeof(Member)};
+  uint8_t bump;
+  rc = create_pda(p, 2, &spec, &bump);
+  if (rc) return rc;
+  Member *m = (Member *)p->ka[2].data;
+  m->tag = TAG_MEMBER;
+  m->version = LAYOUT_VERSION;
+  m->bump = bump;
+  memcpy(m->repo_id, r->repo_id, 32);
+  memcpy(m->member, member, 32);
+  m->added_slot = sol_current_slot();
+  return 0;
+}
+
+/* remove_member(member[32]); accounts: owner [s,w], repo, member PDA [w]. Closes the record
+ * and refunds its rent to the owner. */
+static uint64_t remove_member(SolParameters *p) {
+  if (p->data_len != 33) return E_INVALID_INSTRUCTION_DATA;
+  if (p->ka_num < 3) return E_NOT_ENOUGH_ACCOUNTS;
+  Repo *r;
+  uint64_t rc = owner_repo(p, false, &r);
+  if (rc) return rc;
+  SolAccountInfo *m = &p->ka[2];
+  if (!as_member(m, p->program_id, r->repo_id, p->data + 1)) return E_NOT_A_MEMBER;
+  if (!p->ka[0].is_writable || !m->is_writable) return E_ACCOUNT_NOT_WRITABLE;
+  *p->ka[0].lamports += *m->lamports;
+  *m->lamports = 0;
+  memset(m->data, 0, m->data_len);
+  return 0;
+}
+
+/* anchor_commit(commit_hash[32], kind u8, flags u8, n u8, branch[32], parents[n][32],
+ *               commitment[64] if flags & 1)
+ * accounts: author [s,w], repo [w], commit PDA [w], author's member PDA (owner: any, e.g. the
+ * repo), instructions sysvar, system program, parent commit PDAs (same order as parents). */
+static uint64_t anchor_commit(SolParameters *p) {
+  const uint8_t *d = p->data;
+  if (p->data_len < 68) return E_INVALID_INSTRUCTION_DATA;
+  uint64_t kind = d[33], flags = d[34], n = d[35];
+  if (flags & ~(uint64_t)FLAG_HAS_COMMITMENT) return E_INVALID_INSTRUCTION_DATA;
+  if (n > MAX_PARENTS) return E_TOO_MANY_PARENTS;
+  uint64_t g1 = flags ? 64 : 0;
+  if (p->data_len != 68 + 32 * n + g1) return E_INVALID_INSTRUCTION_DATA;
+  if (kind > KIND_REVERT || kind == KIND_MERGE || (kind == KIND_INIT) != (n == 0))
+    return E_INVALID_KIND;
+  if (p->ka_num < 6 + n) return E_NOT_ENOUGH_ACCOUNTS;
+  const uint8_t *hash = d + 1, *branch = d + 36, *parents = d + 68;
+  const uint8_t *commitment = g1 ? parents + 32 * n : NULL;
+
+  SolAccountInfo *author = &p->ka[0];
+  uint64_t rc = check_signer(author, true);
+  if (rc) return rc;
+  Repo *r = as_repo(&p->ka[1], p->program_id);
+  if (!r) return E_INVALID_REPO_ACCOUNT;
+  if (!p->ka[1].is_writable) return E_ACCOUNT_NOT_WRITABLE;
+  bool is_owner = sol_bytes_eq(author->key, r->owner, 32);
+  if (!is_owner && !as_member(&p->ka[3], p->program_id, r->repo_id, author->key->x))
+    return E_NOT_A_MEMBER;
+  if (!is_system_program(&p->ka[5])) return E_INVALID_SYSTEM_PROGRAM;
+  if (has_duplicate(parents, n)) return E_DUPLICATE_PARENT;
+  for (uint64_t k = 0; k < n; k++)
+    if (!as_commit(&p->ka[6 + k], p->program_id, r->repo_id, parents + 32 * k))
+      return E_PARENT_NOT_ANCHORED;
+  if (sol_pubkey_eq(p->ka[2].owner, p->program_id)) return E_COMMIT_ALREADY_ANCHORED;
+  rc = check_signature_proof(&p->ka[4], author->key->x, hash);
+  if (rc) return rc;
+  if (commitment) {
+    static const uint8_t infinity[64] = {0};
+    uint8_t check[64];
+    if (!bn254_g1_add(commitment, infinity, check)) return E_INVALID_COMMITMENT;
+  }
+  int64_t slot = -1;
+  if (!sol_is_zero(branch, 32)) {
+    rc = branch_slot(r, branch, is_owner, &slot);
+    if (rc) return rc;
+    Branch *b = &r->branches[slot];
+    if (!sol_is_zero(b->name, 32)) { /* existing branch: fast-forward only */
+      bool ff = false;
+      for (uint64_t k = 0; k < n && !ff; k++) ff = sol_bytes_eq(b->head, parents + 32 * k, 32);
+      if (!ff) return E_NOT_FAST_FORWARD;
+    }
+  }
+  NewCommit c = {hash, parents, commitment, n, (uint8_t)kind};
+  rc = record_commit(p, r, &c);
+  if (rc) return rc;
+  if (slot >= 0) {
+    memcpy(r->branches[slot].name, branch, 32);
+    memcpy(r->branches[slot].head, hash, 32);
+  }
+  return 0;
+}
+
+/* merge(commit_hash[32], flags u8, n u8, branch[32], inputs[n][32], weights[n] u64,
+ *       commitment[64] if flags & 1)
+ * accounts: owner [s,w], repo [w], commit PDA [w], instructions sysvar, system program,
+ * input commit PDAs (same order as inputs). */
+static uint64_t merge(SolParameters *p) {
+  const uint8_t *d = p->data;
+  if (p->data_len < 67) return E_INVALID_INSTRUCTION_DATA;
+  uint64_t flags = d[33], n = d[34];
+  if (flags & ~(uint64_t)FLAG_HAS_COMMITMENT || n == 0) return E_INVALID_INSTRUCTION_DATA;
+  if (n > MAX_PARENTS) return E_TOO_MANY_PARENTS;
+  uint64_t g1 = flags ? 64 : 0;
+  if (p->data_len != 67 + 40 * n + g1) return E_INVALID_INSTRUCTION_DATA;
+  if (p->ka_num < 5 + n) return E_NOT_ENOUGH_ACCOUNTS;
+  const uint8_t *hash = d + 1, *branch = d + 35, *inputs = d + 67, *weights = inputs + 32 * n;
+  const uint8_t *commitment = g1 ? weights + 8 * n : NULL;
+
+  Repo *r;
+  uint64_t rc = owner_repo(p, true, &r);
+  if (rc) return rc;
+  if (!p->ka[0].is_writable) return E_ACCOUNT_NOT_WRITABLE;
+  if (!is_system_program(&p->ka[4])) return E_INVALID_SYSTEM_PROGRAM;
+  if (sol_is_zero(branch, 32)) return E_INVALID_BRANCH;
+  if (has_duplicate(inputs, n)) return E_DUPLICATE_PARENT;
+  const Commit *in[MAX_PARENTS];
+  for (uint64_t k = 0; k < n; k++) {
+    in[k] = as_commit(&p->ka[5 + k], p->program_id, r->repo_id, inputs + 32 * k);
+    if (!in[k]) return E_INPUT_NOT_ANCHORED;
+  }
+  if (sol_pubkey_eq(p->ka[2].owner, p->program_id)) return E_COMMIT_ALREADY_ANCHORED;
+  rc = check_signature_proof(&p->ka[3], p->ka[0].key->x, hash);
+  if (rc) return rc;
+  if (commitment) { /* C_merge == sum_k w_k * C_k, homomorphically */
+    uint8_t sum[64], term[64];
+    for (uint64_t k = 0; k < n; k++) {
+      if (!(in[k]->flags & FLAG_HAS_COMMITMENT)) return E_MISSING_INPUT_COMMITMENT;
+      uint64_t w = sol_read_u64(weights + 8 * k);
+      if (!bn254_g1_mul_u64(in[k]->commitment, w, k ? term : sum)) return E_INVALID_COMMITMENT;
+      if (k && !bn254_g1_add(sum, term, sum)) return E_INVALID_COMMITMENT;
+    }
+    if (!sol_bytes_eq(sum, commitment, 64)) return E_MERGE_COMMITMENT_MISMATCH;
+  }
+  int64_t slot;
+  rc = branch_slot(r, branch, true, &slot);
+  if (rc) return rc;
+  NewCommit c = {hash, inputs, commitment, n, KIND_MERGE};
+  rc = record_commit(p, r, &c);
+  if (rc) return rc;
+  memcpy(r->branches[slot].name, branch, 32);
+  memcpy(r->branches[slot].head, hash, 32);
+  return 0;
+}
+
+/* set_head(branch[32], commit_hash[32]); accounts: owner [s], repo [w], commit PDA.
+ * A zero commit_hash deletes the branch (the commit account is then not read). */
+static uint64_t set_head(SolParameters *p) {
+  if (p->data_len != 65) return E_INVALID_INSTRUCTION_DATA;
+  if (p->ka_num < 3) return E_NOT_ENOUGH_ACCOUNTS;
+  Repo *r;
+  uint64_t rc = owner_repo(p, true, &r);
+  if (rc) return rc;
+  const uint8_t *branch = p->data + 1, *hash = p->data + 33;
+  if (sol_is_zero(branch, 32)) return E_INVALID_BRANCH;
+  int64_t slot;
+  if (sol_is_zero(hash, 32)) {
+    rc = branch_slot(r, branch, false, &slot);
+    if (rc) return rc;
+    memset(&r->branches[slot], 0, sizeof(Branch));
+    return 0;
+  }
+  if (!as_commit(&p->ka[2], p->program_id, r->repo_id, hash)) return E_HEAD_NOT_IN_REPO;
+  rc = branch_slot(r, branch, true, &slot);
+  if (rc) return rc;
+  memcpy(r->branches[slot].name, branch, 32);
+  memcpy(r->branches[slot].head, hash, 32);
+  return 0;
+}
+
+uint64_t entrypoint(const uint8_t *input) {
+  SolAccountInfo accounts[MAX_ACCOUNTS];
+  SolParameters p = {.ka = accounts};
+  sol_deserialize(input, &p, MAX_ACCOUNTS);
+  if (p.ka_num > MAX_ACCOUNTS) return E_TOO_MANY_ACCOUNTS;
+  if (p.data_len == 0) return E_INVALID_INSTRUCTION;
+  switch (p.data[0]) {
+  case IX_CREATE_REPO: return create_repo(&p);
+  case IX_ADD_MEMBER: return add_member(&p);
+  case IX_REMOVE_MEMBER: return remove_member(&p);
+  case IX_ANCHOR_COMMIT: return anchor_commit(&p);
+  case IX_MERGE: return merge(&p);
+  case IX_SET_HEAD: return set_head(&p);
+  default: return E_INVALID_INSTRUCTION;
+  }
+}
