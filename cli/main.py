@@ -637,5 +637,14 @@ def gc(ctx: click.Context, as_json: bool) -> None:
         out.print(f"removed {removed} unreachable blocks ({freed} bytes)")
 
 
+def _register_extensions() -> None:
+    from cli import chain_commands, net_commands
+
+    chain_commands.register(main)
+    net_commands.register(main)
+
+
+_register_extensions()
+
 if __name__ == "__main__":
     main()

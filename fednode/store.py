@@ -22,7 +22,8 @@ from protocol.multiformats import CID
 
 INITIAL_MAP_SIZE = 1 << 30  # grown on demand: the data file's apparent size is the map size
 WRITE_HEADROOM = 1 << 28  # room every write transaction may use; bigger writes pass a hint
-_DBS = ("blocks", "refs", "repos", "commits", "hashes", "meta")
+# outbox and chain: on-chain anchoring (queue, local chain state); net: the daemon (peers, follows, fetches)
+_DBS = ("blocks", "refs", "repos", "commits", "hashes", "meta", "outbox", "chain", "net")
 
 
 class Txn:
