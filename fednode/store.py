@@ -136,6 +136,29 @@ class Txn:
                 out.append((bytes(key).decode(), bytes(value)))
         return out
 
+    # generic access to the outbox / chain / net databases (keys and values are raw bytes)
+    def kv_get(self, db: str, key: bytes) -> bytes | None:
+        value = self._txn.get(key, db=self._db(db))
+        return None if value is None else bytes(value)
+
+    def kv_put(self, db: str, key: bytes, value: bytes) -> None:
+        self._txn.put(key, value, db=self._db(db))
+
+    def kv_delete(self, db: str, key: bytes) -> bool:
+        return self._txn.delete(key, db=self._db(db))
+
+    def kv_items(self, db: str, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
+        """Entries whose key starts with ``prefix``, in key order."""
+        out: list[tuple[bytes, bytes]] = []
+        with self._txn.cursor(db=self._db(db)) as cursor:
+            if not cursor.set_range(prefix):
+                return out
+            for key, value in cursor:
+                if not bytes(key).startswith(prefix):
+                    break
+                out.append((bytes(key), bytes(value)))
+        return out
+
     def get_meta(self, key: str) -> bytes | None:
         value = self._txn.get(key.encode(), db=self._db("meta"))
         return None if value is None else bytes(value)
