@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -21,15 +23,23 @@ class BlockSink:
 
     Blocks are immutable and content-addressed, so a batch that lands before a
     crash is harmless garbage until a ref points at it; the ref moves last.
+    Batches are written by a background thread while the caller goes on hashing
+    (hashlib and LMDB both release the GIL), at most two batches in flight.
+    Call ``drain()`` before opening the final transaction.
     """
 
-    def __init__(self, store: Store, batch_bytes: int = BATCH_BYTES) -> None:
+    def __init__(self, store: Store, batch_bytes: int = BATCH_BYTES, expected_bytes: int = 0) -> None:
         self._store = store
         self._batch_bytes = batch_bytes
         self._pending: list[tuple[CID, bytes | memoryview]] = []
         self._pending_bytes = 0
         self.new_bytes = 0
         self.total_bytes = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
+        # grow the map now: resizing is not allowed while another thread has a transaction open
+        store.reserve(expected_bytes + 2 * batch_bytes)
 
     def put(self, cid: CID, block: bytes | memoryview) -> None:
         self._pending.append((cid, block))
@@ -39,19 +49,64 @@ class BlockSink:
             self.flush()
 
     def flush(self) -> None:
+        if self._error is not None:
+            raise self._error
         if not self._pending:
             return
-        with self._store.write(size_hint=self._pending_bytes) as txn:
-            self.write_into(txn)
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._run, name="fednode-block-writer", daemon=True)
+            self._writer.start()
+        self._queue.put((self._pending, self._pending_bytes))
+        self._pending = []
+        self._pending_bytes = 0
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue  # keep draining so the producer never blocks forever
+            batch, _ = item
+            try:
+                with self._store.write(grow=False) as txn:
+                    for cid, block in batch:
+                        txn.put_block(cid, block, trusted=True)
+                    self.new_bytes += txn.new_bytes
+            except BaseException as exc:  # reported to the producer on its next call
+                self._error = exc
+
+    def drain(self) -> None:
+        """Wait until every handed-off batch is stored; re-raise a writer failure."""
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        """Stop the writer after a failure elsewhere; what it stored is unreferenced garbage."""
+        self._pending = []
+        try:
+            self.drain()
+        except BaseException:  # the original failure is the one to report
+            pass
 
     def write_into(self, txn: Txn) -> None:
-        """Write pending blocks inside a caller's transaction (the final, atomic one)."""
+        """Write the remaining blocks inside the caller's (final, atomic) transaction."""
+        if self._writer is not None:
+            raise RuntimeError("drain() the block writer before the final transaction")
         for cid, block in self._pending:
             txn.put_block(cid, block, trusted=True)
         self.new_bytes += txn.new_bytes
         txn.new_bytes = 0
         self._pending = []
         self._pending_bytes = 0
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
 
     def file(self) -> UnixFSBuilder:
         return UnixFSBuilder(self.put)

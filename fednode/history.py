@@ -164,10 +164,14 @@ class History:
             if txn.get_repo(name) is not None:
                 raise FednodeError(f"repository {name!r} already exists")
         settings = {"name": name, "scale_bits": scale_bits, "snapshot_interval": snapshot_interval}
-        sink = BlockSink(self.store)
+        sink = BlockSink(self.store, expected_bytes=sum(t.nbytes for t in source.tensors.values()))
         entries = {}
-        for tname, info in source.tensors.items():
-            entries[tname] = self._snapshot(sink, info, source.chunks(tname))
+        try:
+            for tname, info in source.tensors.items():
+                entries[tname] = self._snapshot(sink, info, source.chunks(tname))
+        except BaseException:
+            sink.abort()
+            raise
         manifest = Manifest(entries)
         commit = self._signed(
             Commit(
@@ -184,7 +188,8 @@ class History:
         )
         repo_id = commit.commit_hash()
         cid = commit.cid()
-        with self.store.write(size_hint=sink._pending_bytes) as txn:
+        sink.drain()
+        with self.store.write(size_hint=sink.pending_bytes) as txn:
             if txn.get_repo(name) is not None:
                 raise FednodeError(f"repository {name!r} already exists")
             sink.write_into(txn)
@@ -293,15 +298,19 @@ class History:
             parent = self.load_commit(head, txn)
             parent_manifest = self.load_manifest(parent.weights, txn)
         self._check_compatible(parent_manifest, source)
-        sink = BlockSink(self.store)
+        sink = BlockSink(self.store, expected_bytes=2 * sum(t.nbytes for t in source.tensors.values()))
         entries: dict[str, TensorEntry] = {}
         max_err = 0.0
-        for name, tinfo in source.tensors.items():
-            old = parent_manifest.tensors[name]
-            entry, err = self._encode_tensor(sink, repo, head, old, tinfo, source, exact, encoding, topk_fraction,
-                                             compress)
-            entries[name] = entry
-            max_err = max(max_err, err)
+        try:
+            for name, tinfo in source.tensors.items():
+                old = parent_manifest.tensors[name]
+                entry, err = self._encode_tensor(sink, repo, head, old, tinfo, source, exact, encoding,
+                                                 topk_fraction, compress)
+                entries[name] = entry
+                max_err = max(max_err, err)
+        except BaseException:
+            sink.abort()
+            raise
         manifest = Manifest(entries)
         commit = self._signed(
             Commit(
@@ -317,7 +326,8 @@ class History:
             )
         )
         cid = commit.cid()
-        with self.store.write(size_hint=sink._pending_bytes) as txn:
+        sink.drain()
+        with self.store.write(size_hint=sink.pending_bytes) as txn:
             current = txn.get_ref(repo.repo_id, "heads/" + branch)
             if current != bytes(head):  # compare-and-swap: another writer won the race
                 raise FednodeError(f"branch {branch!r} moved while committing; nothing was stored")

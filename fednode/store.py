@@ -209,13 +209,19 @@ class Store:
                 size *= 2
             self._env.set_mapsize(size)
 
+    def reserve(self, extra: int) -> None:
+        """Make room for ``extra`` more bytes now (call with no transaction open)."""
+        self._ensure_room(extra)
+
     @contextmanager
-    def write(self, size_hint: int = 0) -> Iterator[Txn]:
+    def write(self, size_hint: int = 0, grow: bool = True) -> Iterator[Txn]:
         """One atomic write transaction: all of it is stored, or none.
 
         ``size_hint``: bytes the transaction may add beyond WRITE_HEADROOM.
+        ``grow=False`` for writer threads: the map must have been reserved before.
         """
-        self._ensure_room(size_hint)
+        if grow:
+            self._ensure_room(size_hint)
         with self._env.begin(write=True) as txn:
             yield Txn(self, txn)
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import sys
 from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fednode import strategies as S
@@ -17,7 +18,7 @@ from fednode.strategies.krum import pairwise_sq_distances, select
 from protocol import dagcbor
 
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
-SETTINGS = settings(max_examples=120, deadline=None)
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 # ---------------------------------------------------------------- references (Python ints and Fractions only)
@@ -33,7 +34,9 @@ def columns(deltas):
 
 def ref_fedavg(deltas, weights):
     total = sum(weights)
-    return [ref_round(Fraction(sum(w * v for w, v in zip(weights, col, strict=True)), total)) for col in columns(deltas)]
+    return [
+        ref_round(Fraction(sum(w * v for w, v in zip(weights, col, strict=True)), total)) for col in columns(deltas)
+    ]
 
 
 def ref_median_values(values):
@@ -92,7 +95,9 @@ def inputs(draw, min_n=1, max_n=6, weight_max=5, positive_weights=False):
     size = int(np.prod(shape))
     values = draw(st.sampled_from(["small", "mixed", "huge"]))
     elem = {"small": small, "mixed": st.one_of(small, huge), "huge": huge}[values]
-    deltas = [np.array(draw(st.lists(elem, min_size=size, max_size=size)), dtype=np.int64).reshape(shape) for _ in range(n)]
+    deltas = [
+        np.array(draw(st.lists(elem, min_size=size, max_size=size)), dtype=np.int64).reshape(shape) for _ in range(n)
+    ]
     low = 1 if positive_weights else 0
     big_w = draw(st.booleans())
     wmax = 2**40 if big_w else weight_max
@@ -250,7 +255,9 @@ def test_krum_streamed_over_tensors_equals_one_concatenated_tensor():
     rng = np.random.default_rng(3)
     n = 7
     shapes = [(5, 4), (13,), (2, 3, 2)]
-    tensors = {f"t{i}": [rng.integers(-1000, 1000, shape, dtype=np.int64) for _ in range(n)] for i, shape in enumerate(shapes)}
+    tensors = {
+        f"t{i}": [rng.integers(-1000, 1000, shape, dtype=np.int64) for _ in range(n)] for i, shape in enumerate(shapes)
+    }
     tensors["t0"][4] += 10**6  # an outlier in one tensor only
     weights = [int(w) for w in rng.integers(1, 9, n)]
     for s in (S.create("krum", byzantine=2), S.create("multi-krum", byzantine=1, m=4)):
@@ -290,7 +297,7 @@ def test_krum_ties_go_to_the_lowest_index():
     assert select(dist, 1, 1) == [0]
     assert select(dist, 1, 3) == [0, 1, 2]
     assert S.get("krum").plan([1] * 5, dist).record["selected"] == [0]
-    assert S.get("krum").plan([0, 1, 1, 1, 1], dist).record["selected"] == [1]  # weight 0: not a candidate
+    assert S.create("krum", byzantine=0).plan([0, 1, 1, 1, 1], dist).record["selected"] == [1]  # weight 0: left out
     # the same inputs reordered: the lowest index among equal scores still wins
     order = [3, 4, 0, 2, 1]
     assert select(dist[np.ix_(order, order)], 1, 2) == [0, 2]
@@ -328,7 +335,8 @@ def test_overflow_guard_falls_back_to_exact_integers():
     naive = (deltas[0] * 3 + deltas[1] * 5) // 8  # int64 wraps here
     expected = ref_fedavg(deltas, weights)
     assert as_list(naive) != expected
-    assert as_list(S.get("fedavg").aggregate(deltas, weights)) == expected == [big, -big, -(big // 4) - 0, I64_MAX]
+    assert as_list(S.get("fedavg").aggregate(deltas, weights)) == expected
+    assert expected[:2] == [big, -big] and expected[3] == I64_MAX
     assert as_list(S.get("median").aggregate(deltas, weights)) == ref_median(deltas, weights)
 
 
@@ -348,8 +356,8 @@ def test_registry_and_descriptions_round_trip():
     for name, s in S.STRATEGIES.items():
         assert S.get(name) is s and s.name == name
         assert S.from_description(s.describe()) == s
-        assert s.__doc__ or type(s).__module__
-        assert "et al" not in name
+        title = s.paper.split(", ", 1)[1]
+        assert title in " ".join(sys.modules[type(s).__module__].__doc__.split())  # cited in the module docstring
     for s in (
         S.create("trimmed-mean", trim=2),
         S.create("trimmed-mean", trim_fraction=0.25),

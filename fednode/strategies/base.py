@@ -46,6 +46,7 @@ class Strategy(ABC):
     """
 
     name: ClassVar[str]
+    paper: ClassVar[str]  # the rule's source, cited in full in the module docstring
     needs_scan: ClassVar[bool] = False
 
     def describe(self) -> dict[str, Any]:

@@ -89,8 +89,8 @@ def round_div(num: int, den: int) -> int:
 def round_div_array(num: np.ndarray, den: int, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
     """Vectorised ``round_div(num, den)`` of an int64 array into ``out``.
 
-    Requires ``0 < den`` and ``max|num| + den // 2 <= 2**63 - 1`` (the caller's
-    overflow bound). ``num`` is clobbered; ``tmp`` is a scratch buffer of the same
+    Requires ``0 < den`` and ``num + den // 2 <= 2**63 - 1`` elementwise (implied
+    by the callers' overflow bound). ``num`` is clobbered; ``tmp`` is a scratch buffer of the same
     size; neither may alias ``out``. With ``h = den // 2``:
 
     * odd ``den`` (no ties possible): ``q = floor((num + h) / den)``;

@@ -127,6 +127,7 @@ def select(dist: Any, f: int, m: int = 1, active: Sequence[int] | None = None) -
 
 class MultiKrum(Strategy):
     name = "multi-krum"
+    paper = "Blanchard et al. 2017, Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent"
     needs_scan = True
 
     def __init__(self, byzantine: int | None = 1, m: int | None = None) -> None:

@@ -67,6 +67,7 @@ def weighted_median(deltas: list[np.ndarray], weights: list[int]) -> np.ndarray:
 
 class Median(Strategy):
     name = "median"
+    paper = "Yin et al. 2018, Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates"
 
     def __init__(self, weighted: bool = False) -> None:
         if not isinstance(weighted, bool):

@@ -62,6 +62,7 @@ def trimmed_mean(deltas: list[np.ndarray], b: int) -> np.ndarray:
 
 class TrimmedMean(Strategy):
     name = "trimmed-mean"
+    paper = "Yin et al. 2018, Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates"
 
     def __init__(self, trim_fraction: float = 0.1, trim: int | None = None) -> None:
         if trim is not None:
