@@ -48,6 +48,7 @@ class Strategy(ABC):
     name: ClassVar[str]
     paper: ClassVar[str]  # the rule's source, cited in full in the module docstring
     needs_scan: ClassVar[bool] = False
+    accepts_narrow: ClassVar[bool] = False  # combine() handles int8/16/32 deltas without widening them
 
     def describe(self) -> dict[str, Any]:
         """``{"name": ..., **parameters}``: enough to rebuild the strategy with ``from_description``."""
@@ -81,6 +82,8 @@ class Strategy(ABC):
         check_deltas(deltas)
         if len(deltas) != len(plan.weights):
             raise StrategyError(f"plan is for {len(plan.weights)} inputs, got {len(deltas)} deltas")
+        if not self.accepts_narrow:
+            deltas = [d if d.dtype == np.int64 else d.astype(np.int64) for d in deltas]
         return self.combine(list(deltas), plan.weights)
 
     @abstractmethod

@@ -37,7 +37,11 @@ class StrategyError(FednodeError, ValueError):
 
 
 def check_deltas(deltas: Sequence[np.ndarray]) -> tuple[int, ...]:
-    """Validate one tensor's deltas: a non-empty list of int64 arrays of one shape; return the shape."""
+    """Validate one tensor's deltas: a non-empty list of signed-integer arrays of one shape; return the shape.
+
+    int64 everywhere; narrower native signed ints (int8/16/32, as deltas are stored)
+    are accepted too: strategies without ``accepts_narrow`` widen them first.
+    """
     if isinstance(deltas, np.ndarray) or not isinstance(deltas, Sequence):
         raise StrategyError("deltas must be a list of numpy int64 arrays")
     if len(deltas) == 0:
@@ -46,8 +50,8 @@ def check_deltas(deltas: Sequence[np.ndarray]) -> tuple[int, ...]:
     for i, d in enumerate(deltas):
         if not isinstance(d, np.ndarray):
             raise StrategyError(f"delta {i} is a {type(d).__name__}, not a numpy array")
-        if d.dtype != np.dtype(np.int64):
-            raise StrategyError(f"delta {i} has dtype {d.dtype.str}, expected native int64")
+        if d.dtype.kind != "i" or not d.dtype.isnative:
+            raise StrategyError(f"delta {i} has dtype {d.dtype.str}, expected native signed integers (int64)")
         if shape is None:
             shape = d.shape
         elif d.shape != shape:
@@ -140,12 +144,12 @@ def weighted_sum_block(
         if i == 0:
             if w == 1:
                 np.copyto(acc, row)
-            else:
-                np.multiply(row, w, out=acc)
+            else:  # dtype=int64: a narrow row must not be multiplied in its own width
+                np.multiply(row, w, out=acc, dtype=np.int64)
         elif w == 1:
-            np.add(acc, row, out=acc)
+            np.add(acc, row, out=acc, dtype=np.int64)
         else:
-            np.multiply(row, w, out=tmp)
+            np.multiply(row, w, out=tmp, dtype=np.int64)
             np.add(acc, tmp, out=acc)
     if bound + den // 2 > INT64_MAX:  # acc may have wrapped: redo this block exactly
         exact = [round_div(v, den) for v in _python_sums(rows, weights)]

@@ -31,6 +31,7 @@ from fednode.strategies.exact import weighted_mean
 
 class FedAvg(Strategy):
     name = "fedavg"
+    accepts_narrow = True  # reads stored int8/16/32 deltas directly, accumulating in int64
     paper = "McMahan et al. 2017, Communication-Efficient Learning of Deep Networks from Decentralized Data"
 
     def combine(self, deltas: list[np.ndarray], weights: tuple[int, ...]) -> np.ndarray:
