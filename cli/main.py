@@ -644,6 +644,8 @@ def _register_extensions() -> None:
     net_commands.register(main)
 
 
+if __name__ == "__main__":  # `python -m cli.main`: extension modules must import this very module
+    sys.modules.setdefault("cli.main", sys.modules[__name__])
 _register_extensions()
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 
 def run(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     print(f"\n$ fednode {shlex.join(args)}", flush=True)
@@ -29,100 +27,75 @@ def run(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     return proc
 
 
-def hospital_splits(seed: int = 0) -> tuple[list[tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
-    """Non-IID split: sorted by tumour radius, so each hospital sees a different population."""
-    from sklearn.datasets import load_breast_cancer
-
-    x, y = load_breast_cancer(return_X_y=True)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(y))
-    test, train = order[:114], order[114:]
-    mean, std = x[train].mean(0), x[train].std(0) + 1e-8
-    x = ((x - mean) / std).astype(np.float32)
-    train = train[np.argsort(x[train, 0], kind="stable")]
-    parts = np.array_split(train, 3)
-    return [(x[p], y[p].astype(np.int64)) for p in parts], (x[test], y[test].astype(np.int64))
-
-
-def make_model():
+def global_accuracy(path: Path) -> float:
+    """The repository owner's own check: accuracy on the global held-out test set."""
     import torch
+    from safetensors.torch import load_file
 
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(30, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    from fednode.examples import cancer_torch
+    from fednode.examples.cancer_data import test_set
 
-
-def train_local(model, x: np.ndarray, y: np.ndarray, epochs: int = 20) -> float:
-    import torch
-
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    loss = torch.tensor(0.0)
-    for _ in range(epochs):
-        for i in range(0, len(yt), 32):
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(xt[i : i + 32]), yt[i : i + 32])
-            loss.backward()
-            opt.step()
-    return float(loss)
-
-
-def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
-    import torch
-
+    model = cancer_torch.model()
+    model.load_state_dict(load_file(str(path)))
+    x, y = test_set()
     with torch.no_grad():
         return float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
 
 
-def save(model, path: Path) -> None:
+def main() -> None:
+    import torch
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    from fednode.examples import cancer_torch
 
-
-def main() -> None:
-    from safetensors.torch import load_file
-
+    examples = Path(__file__).resolve().parent / "examples"
+    torch_script, numpy_script = examples / "cancer_torch.py", examples / "cancer_numpy.py"
     work = Path(tempfile.mkdtemp(prefix="fednode-demo-"))
     home = work / "home"
     print(f"fednode demo: node home {home}")
     run(home, "init")
     run(home, "id")
-    model = make_model()
-    save(model, work / "genesis.safetensors")
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in cancer_torch.model().state_dict().items()},
+              str(work / "genesis.safetensors"))
     run(home, "repo", "create", "cancer", "--from", str(work / "genesis.safetensors"), "-m", "untrained MLP 30-16-2")
-    splits, (xt, yt) = hospital_splits()
-    for i, (x, y) in enumerate(splits):
-        branch = f"hospital-{i + 1}"
-        run(home, "branch", branch, "main")
-        local = make_model()
-        local.load_state_dict(load_file(str(work / "genesis.safetensors")))
-        loss = train_local(local, x, y)
-        acc = accuracy(local, xt, yt)
-        save(local, work / f"{branch}.safetensors")
-        run(home, "commit", "cancer", "--branch", branch, "--from", str(work / f"{branch}.safetensors"),
-            "-m", f"local training on {len(y)} patients", "--metric", f"loss={loss:.4f}",
-            "--metric", f"accuracy={acc:.4f}")
-    run(home, "log", "cancer", "--all")
-    run(home, "show", "hospital-1")
-    run(home, "diff", "main", "hospital-1")
-    run(home, "tag", "baseline", "main")
-    run(home, "checkout", "hospital-2", "--out", str(work / "checkout.safetensors"))
-    # one more round on hospital-1, then undo it with a revert (a new commit; history is kept)
-    local = make_model()
-    local.load_state_dict(load_file(str(work / "checkout.safetensors")))
-    train_local(local, *splits[0], epochs=5)
-    save(local, work / "round2.safetensors")
-    run(home, "commit", "cancer", "--branch", "hospital-1", "--from", str(work / "round2.safetensors"),
-        "-m", "second round (to be reverted)")
-    run(home, "revert", "hospital-1~1", "--branch", "hospital-1")
-    run(home, "log", "cancer", "hospital-1")
-    run(home, "verify", "hospital-1")
+    for site in (1, 2, 3):
+        run(home, "branch", f"hospital-{site}", "main")
+    for rnd in range(1, 4):
+        print(f"\n=== round {rnd}: each hospital trains on its own patients; only weights are committed ===")
+        for site in (1, 2, 3):
+            os.environ["FEDNODE_SITE"] = str(site)
+            branch = f"hospital-{site}"
+            if rnd > 1:
+                run(home, "merge", "main", "--into", branch)  # fast-forward to the merged model
+            script = numpy_script if site == 2 else torch_script  # hospital 2 uses no PyTorch at all
+            extra = ["--dp", "3.0"] if site == 3 else []  # hospital 3 trains with differential privacy
+            run(home, "train", "cancer", "--script", str(script), "-b", branch, "--epochs", "5", "--quiet",
+                "--seed", str(rnd), *extra)
+        if rnd == 1:
+            os.environ["FEDNODE_SITE"] = "1"
+            run(home, "review", "hospital-2", "--eval", str(torch_script))
+        run(home, "merge", "hospital-1", "hospital-2", "hospital-3", "--strategy", "fedavg", "--weights", "samples")
+        run(home, "checkout", "main", "--out", str(work / "main.safetensors"))
+        print(f"global test accuracy of the merged model after round {rnd}: "
+              f"{global_accuracy(work / 'main.safetensors'):.3f}")
+    run(home, "log", "cancer", "--all", "-n", "12")
+    run(home, "show", "main")
+    run(home, "diff", "main~1", "main")
+    run(home, "tag", "v1", "main")
+    run(home, "verify", "main")
+    print("\n=== a bad update: revert it (a new commit; history is kept) ===")
+    run(home, "commit", "cancer", "--from", str(work / "genesis.safetensors"), "-m", "accidental reset",
+        "--encoding", "int8")
+    run(home, "revert", "main~1")
+    run(home, "log", "cancer", "main", "-n", "3")
     run(home, "branch", "-d", "hospital-3")
     run(home, "gc")
     run(home, "fsck")
     print("\nbad input is refused with a one-line error and nothing stored:")
     run(home, "show", "no-such-rev", check=False)
     run(home, "commit", "cancer", "--from", "/etc/hostname", "-m", "not a model", check=False)
+    run(home, "merge", "hospital-1", "hospital-2", "--strategy", "mean-of-vibes", check=False)
     print(f"\ndemo finished; node home kept at {home}")
 
 

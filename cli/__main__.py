@@ -1,0 +1,5 @@
+"""``python -m cli``: the fednode command line."""
+
+from cli.main import main
+
+main()
