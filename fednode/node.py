@@ -36,6 +36,11 @@ port = 5710
 [chain]
 backend = "embedded"
 
+[store]
+# fsync at every commit: survives power loss. false is faster and still survives a
+# crashed or killed process, not a kernel crash or power cut.
+fsync = true
+
 [repository_defaults]
 scale_bits = 24
 snapshot_interval = 8
@@ -97,5 +102,8 @@ def open_node(home: Path | None = None) -> Node:
     except tomllib.TOMLDecodeError as exc:
         raise FednodeError(f"invalid {home / CONFIG_FILE}: {exc}") from None
     identity = Identity.load(key_path)
-    store = Store(home / STORE_DIR)
+    fsync = config.get("store", {}).get("fsync", True)
+    if not isinstance(fsync, bool):
+        raise FednodeError(f"invalid {home / CONFIG_FILE}: [store] fsync must be true or false")
+    store = Store(home / STORE_DIR, sync=fsync)
     return Node(home, config, identity, store, History(store, identity))
