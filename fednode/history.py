@@ -411,28 +411,37 @@ class History:
             raise NotFound(f"unknown branch {branch!r} in repository {repo.name}")
         return CID.from_bytes(raw)
 
-    def branches(self, repo: RepoInfo) -> dict[str, CID]:
+    def _named_refs(self, repo: RepoInfo, prefix: str) -> dict[str, CID]:
         with self.store.read() as txn:
-            return {k[6:]: CID.from_bytes(v) for k, v in txn.list_refs(repo.repo_id, "heads/").items()}
+            refs = txn.list_refs(repo.repo_id, prefix)
+        return {k[len(prefix) :]: CID.from_bytes(v) for k, v in refs.items()}
+
+    def _create_ref(self, repo: RepoInfo, kind: str, prefix: str, name: str, target: CID) -> None:
+        check_name(kind, name)
+        self._check_in_repo(repo, target)
+        with self.store.write() as txn:
+            if txn.get_ref(repo.repo_id, prefix + name) is not None:
+                raise FednodeError(f"{kind} {name!r} already exists")
+            txn.set_ref(repo.repo_id, prefix + name, bytes(target))
+
+    def _delete_ref(self, repo: RepoInfo, kind: str, prefix: str, name: str) -> None:
+        with self.store.write() as txn:
+            if not txn.delete_ref(repo.repo_id, prefix + name):
+                raise NotFound(f"unknown {kind} {name!r}")
+
+    def branches(self, repo: RepoInfo) -> dict[str, CID]:
+        return self._named_refs(repo, "heads/")
 
     def tags(self, repo: RepoInfo) -> dict[str, CID]:
-        with self.store.read() as txn:
-            return {k[5:]: CID.from_bytes(v) for k, v in txn.list_refs(repo.repo_id, "tags/").items()}
+        return self._named_refs(repo, "tags/")
 
     def create_branch(self, repo: RepoInfo, name: str, start: CID) -> None:
-        check_name("branch", name)
-        self._check_in_repo(repo, start)
-        with self.store.write() as txn:
-            if txn.get_ref(repo.repo_id, "heads/" + name) is not None:
-                raise FednodeError(f"branch {name!r} already exists")
-            txn.set_ref(repo.repo_id, "heads/" + name, bytes(start))
+        self._create_ref(repo, "branch", "heads/", name, start)
 
     def delete_branch(self, repo: RepoInfo, name: str) -> None:
         if name == self.current_branch(repo):
             raise FednodeError(f"cannot delete the current branch {name!r}; switch first")
-        with self.store.write() as txn:
-            if not txn.delete_ref(repo.repo_id, "heads/" + name):
-                raise NotFound(f"unknown branch {name!r}")
+        self._delete_ref(repo, "branch", "heads/", name)
 
     def switch_branch(self, repo: RepoInfo, name: str) -> None:
         self.branch_head(repo, name)
@@ -440,17 +449,10 @@ class History:
             txn.set_ref(repo.repo_id, "HEAD", name.encode())
 
     def create_tag(self, repo: RepoInfo, name: str, target: CID) -> None:
-        check_name("tag", name)
-        self._check_in_repo(repo, target)
-        with self.store.write() as txn:
-            if txn.get_ref(repo.repo_id, "tags/" + name) is not None:
-                raise FednodeError(f"tag {name!r} already exists")
-            txn.set_ref(repo.repo_id, "tags/" + name, bytes(target))
+        self._create_ref(repo, "tag", "tags/", name, target)
 
     def delete_tag(self, repo: RepoInfo, name: str) -> None:
-        with self.store.write() as txn:
-            if not txn.delete_ref(repo.repo_id, "tags/" + name):
-                raise NotFound(f"unknown tag {name!r}")
+        self._delete_ref(repo, "tag", "tags/", name)
 
     def _check_in_repo(self, repo: RepoInfo, cid: CID) -> None:
         with self.store.read() as txn:

@@ -8,7 +8,6 @@ of the file in memory.
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 from collections.abc import Iterator
@@ -19,25 +18,17 @@ from typing import BinaryIO
 import numpy as np
 
 from fednode.errors import FednodeError
-from protocol.objects import DTYPES
+from protocol.objects import DTYPES, Sized
 
 MAX_HEADER = 100 * 1024 * 1024
 READ_CHUNK = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
-class TensorInfo:
+class TensorInfo(Sized):
     name: str
     dtype: str
     shape: tuple[int, ...]
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * DTYPES[self.dtype][1]
 
 
 def np_dtype(dtype: str) -> np.dtype:

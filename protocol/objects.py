@@ -52,8 +52,23 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+class Sized:
+    """numel / nbytes of anything with ``dtype`` (safetensors name) and ``shape``."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPES[self.dtype][1]
+
+
 @dataclass(frozen=True)
-class TensorEntry:
+class TensorEntry(Sized):
     """How one tensor of a commit's state is stored.
 
     raw:   ``cid`` is a UnixFS file of the tensor's little-endian bytes (a snapshot).
@@ -79,14 +94,6 @@ class TensorEntry:
     compression: str = "none"
     scale: float = 0.0
     k: int = 0
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * DTYPES[self.dtype][1]
 
     def to_obj(self) -> dict[str, Any]:
         obj: dict[str, Any] = {
