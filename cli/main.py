@@ -303,7 +303,8 @@ def show(ctx: click.Context, rev: str, repo_name: str | None, as_json: bool) -> 
     tensors = []
     for name, e in manifest.tensors.items():
         tensors.append({"name": name, "dtype": e.dtype, "shape": list(e.shape), "encoding": e.encoding,
-                        "cid": str(e.cid) if e.cid else None, "stored_bytes": e.size, "depth": e.depth,
+                        "cid": str(e.cid) if e.cid else None, "state": str(e.state), "stored_bytes": e.size,
+                        "depth": e.depth,
                         "dense_bytes": e.nbytes, "compression": e.compression,
                         "compression_ratio": round(e.nbytes / e.size, 3) if e.size else None,
                         "int_bits": e.int_bits or None,

@@ -23,6 +23,7 @@ from fednode.modelio import ModelSource, TensorInfo, np_dtype
 from fednode.store import Store, Txn
 from protocol.multiformats import CID, DAG_CBOR, FormatError, b58decode, b58encode
 from protocol.objects import FLOAT_DTYPES, Commit, Manifest, TensorEntry
+from protocol.unixfs import add_bytes
 
 DEFAULT_BRANCH = "main"
 DEFAULT_SCALE_BITS = 24
@@ -224,7 +225,7 @@ class History:
         if size != info.nbytes:
             raise FednodeError(f"tensor {info.name!r}: read {size} bytes, expected {info.nbytes}")
         root = builder.finish()
-        return TensorEntry(info.dtype, info.shape, "raw", 0, root.cid, size)
+        return TensorEntry(info.dtype, info.shape, "raw", 0, root.cid, size, state=root.cid)
 
     # --- states ---------------------------------------------------------------
     def tensor_array(self, commit_cid: CID, name: str, txn: Txn | None = None) -> np.ndarray:
@@ -370,12 +371,13 @@ class History:
         compress: bool = True,
     ) -> tuple[TensorEntry, float]:
         new = source.array(info.name)
-        parent = self.tensor_array(head, info.name)
+        new_state = add_bytes(memoryview(new).cast("B"))  # hash only: finds unchanged tensors cheaply
         depth = old.depth + 1
         if depth > repo.snapshot_interval:
             return self._snapshot(sink, info, iter([memoryview(new).cast("B")])), 0.0
-        if np.array_equal(new.view(np.uint8), parent.view(np.uint8)):
-            return TensorEntry(info.dtype, info.shape, "same", depth), 0.0
+        if new_state == old.state:
+            return TensorEntry(info.dtype, info.shape, "same", depth, state=old.state), 0.0
+        parent = self.tensor_array(head, info.name)
         if info.dtype == "BOOL":
             return self._snapshot(sink, info, iter([memoryview(new).cast("B")])), 0.0
         encoded = encodings.encode(encoding, parent, new, info.dtype, repo.scale_bits, topk_fraction)
@@ -395,12 +397,14 @@ class History:
                 np.max(np.abs(fixedpoint.to_f64(rebuilt, info.dtype) - fixedpoint.to_f64(new, info.dtype)))
             )
         if np.array_equal(rebuilt.view(np.uint8), parent.view(np.uint8)):
-            return TensorEntry(info.dtype, info.shape, "same", depth), err
+            return TensorEntry(info.dtype, info.shape, "same", depth, state=old.state), err
+        exact_rebuild = np.array_equal(rebuilt.view(np.uint8), new.view(np.uint8))
+        state = new_state if exact_rebuild else add_bytes(memoryview(rebuilt).cast("B"))
         blob, packed = encodings.compress(encoded.payload) if compress else (encoded.payload, False)
         builder = sink.file()
         builder.write(blob)
         root = builder.finish()
-        entry = replace(probe, cid=root.cid, size=len(blob), compression="zstd" if packed else "none")
+        entry = replace(probe, cid=root.cid, size=len(blob), compression="zstd" if packed else "none", state=state)
         return entry, err
 
     # --- refs and revisions ----------------------------------------------------

@@ -13,7 +13,7 @@ from fednode.history import CommitResult, History, RepoInfo
 from fednode.modelio import ArraySource, TensorInfo, to_torch_state_dict, write_safetensors
 from protocol.multiformats import CID, DAG_CBOR, DAG_PB, FormatError
 from protocol.objects import DTYPES, FLOAT_DTYPES, Commit
-from protocol.unixfs import decode_node
+from protocol.unixfs import add_bytes, decode_node
 
 
 def checkout(history: History, cid: CID, out: Path) -> int:
@@ -80,6 +80,9 @@ def diff(history: History, a: CID, b: CID) -> list[TensorDiff]:
             out.append(TensorDiff(name, "added", numel=mb.tensors[name].numel))
             continue
         ea, eb = ma.tensors[name], mb.tensors[name]
+        if ea.state == eb.state and (ea.dtype, ea.shape) == (eb.dtype, eb.shape):
+            out.append(TensorDiff(name, "same", numel=ea.numel))
+            continue
         if (ea.dtype, ea.shape) != (eb.dtype, eb.shape):
             out.append(TensorDiff(name, "changed", float("nan"), float("nan"), 1.0, eb.numel))
             continue
@@ -147,8 +150,37 @@ def verify(history: History, repo: RepoInfo, head: CID, check_tensors: bool = Tr
                     problems.append(f"commit {cid}: revert without a target")
             stack.extend(commit.parents)
     if check_tensors and not problems:
+        problems += _check_states(history, head)
+    if check_tensors and not problems:
         problems += _check_reverts(history, head, repo)
     return VerifyReport(count, problems)
+
+
+def _check_states(history: History, head: CID) -> list[str]:
+    """Every tensor's reconstruction hashes to the state CID its manifest records."""
+    problems: list[str] = []
+    with history.store.read() as txn:
+        for cid, commit in history.walk([head]):
+            manifest = history.load_manifest(commit.weights, txn)
+            parent = None
+            if commit.parents:
+                parent = history.load_manifest(history.load_commit(commit.parents[0], txn).weights, txn)
+            for name, entry in manifest.tensors.items():
+                if entry.encoding == "raw":
+                    continue  # state == cid, and its blocks were hash-checked
+                if entry.encoding == "same":
+                    before = parent.tensors.get(name) if parent else None
+                    if before is None or before.state != entry.state:
+                        problems.append(f"commit {cid} tensor {name!r}: marked unchanged, state differs from parent")
+                    continue
+                try:
+                    arr = history.tensor_array(cid, name, txn)
+                except (Corrupt, NotFound) as exc:
+                    problems.append(f"commit {cid} tensor {name!r}: {exc}")
+                    continue
+                if add_bytes(memoryview(arr).cast("B")) != entry.state:
+                    problems.append(f"commit {cid} tensor {name!r}: reconstruction does not match its state CID")
+    return problems
 
 
 def _check_reverts(history: History, head: CID, repo: RepoInfo | None = None) -> list[str]:

@@ -79,6 +79,10 @@ class TensorEntry(Sized):
     topk:  the ``k`` largest changes: k uint32 indices, then k integers of ``int_bits``
            on the grid 2**-scale_bits.
     same:  unchanged from the first parent; nothing stored.
+    ``state`` is the UnixFS CID of the tensor's full little-endian bytes at this commit,
+    whatever the encoding (for ``raw`` it is ``cid``): unchanged tensors keep it, anyone
+    can check a reconstruction against it, and any IPFS node would give the same CID for
+    the same bytes. It is kept as plain bytes, not a link: a delta's state is not stored.
     Delta payloads may be zstd-compressed (``compression``); ``size`` is then the
     stored (compressed) size. ``depth`` counts first-parent hops to the nearest snapshot.
     """
@@ -94,6 +98,7 @@ class TensorEntry(Sized):
     compression: str = "none"
     scale: float = 0.0
     k: int = 0
+    state: CID | None = None
 
     def to_obj(self) -> dict[str, Any]:
         obj: dict[str, Any] = {
@@ -101,6 +106,7 @@ class TensorEntry(Sized):
             "shape": list(self.shape),
             "encoding": self.encoding,
             "depth": self.depth,
+            "state": bytes(self.state) if self.state is not None else None,
         }
         if self.encoding != "same":
             obj["cid"] = self.cid
@@ -121,7 +127,7 @@ class TensorEntry(Sized):
         _require(isinstance(obj, dict), "tensor entry must be a map")
         enc = obj.get("encoding")
         _require(enc in ENCODINGS, f"unknown tensor encoding {enc!r}")
-        keys = {"dtype", "shape", "encoding", "depth"}
+        keys = {"dtype", "shape", "encoding", "depth", "state"}
         if enc != "same":
             keys |= {"cid", "size"}
         if enc in ("fixed", "topk"):
@@ -140,7 +146,10 @@ class TensorEntry(Sized):
             "tensor shape must be a list of non-negative integers",
         )
         _require(_is_int(obj["depth"]) and obj["depth"] >= 0, "depth must be a non-negative int")
-        entry = cls(obj["dtype"], tuple(shape), enc, obj["depth"])
+        _require(isinstance(obj["state"], bytes), "state must be the bytes of a UnixFS CID")
+        state = CID.from_bytes(obj["state"])
+        _require(state.version == 1 and state.codec in (RAW, DAG_PB), "state must be a UnixFS CIDv1")
+        entry = cls(obj["dtype"], tuple(shape), enc, obj["depth"], state=state)
         if enc == "same":
             _require(entry.depth > 0, "an unchanged tensor cannot be a snapshot")
             return entry
@@ -150,7 +159,8 @@ class TensorEntry(Sized):
         if enc == "raw":
             _require(entry.depth == 0, "a snapshot has depth 0")
             _require(size == entry.nbytes, "snapshot size does not match dtype and shape")
-            return cls(entry.dtype, entry.shape, enc, 0, cid, size)
+            _require(state == cid, "a snapshot's state is its own CID")
+            return cls(entry.dtype, entry.shape, enc, 0, cid, size, state=state)
         _require(entry.dtype != "BOOL", "bool tensors are stored as snapshots")
         _require(entry.depth > 0, "a delta cannot be a snapshot")
         compression = obj.get("compression", "none")
@@ -169,7 +179,8 @@ class TensorEntry(Sized):
         if enc == "topk":
             k = obj["k"]
             _require(_is_int(k) and 0 <= k <= entry.numel and entry.numel < 1 << 32, "top-k count out of range")
-        full = cls(entry.dtype, entry.shape, enc, entry.depth, cid, size, int_bits, scale_bits, compression, scale, k)
+        full = cls(entry.dtype, entry.shape, enc, entry.depth, cid, size, int_bits, scale_bits, compression, scale, k,
+                   state)
         if compression == "none":
             _require(size == full.payload_size, "delta size does not match its shape and encoding")
         return full
