@@ -92,6 +92,9 @@ def open_node(home: Path | None = None) -> Node:
     key_path = home / KEYPAIR_FILE
     if not key_path.exists():
         raise FednodeError(f"no node home at {home}: run 'fednode init' first")
+    home_mode = home.stat().st_mode & 0o777
+    if home_mode & 0o022:  # others could swap the keypair or the store under us
+        raise FednodeError(f"{home} is writable by others (mode {home_mode:o}); run: chmod 700 {home}")
     mode = key_path.stat().st_mode & 0o777
     if mode & 0o077:
         raise FednodeError(f"{key_path} is readable by others (mode {mode:o}); run: chmod 600 {key_path}")

@@ -198,3 +198,13 @@ def test_init_home_api(tmp_path: Path) -> None:
     with open_node(tmp_path / "h") as node:
         assert node.identity.public_key == ident.public_key
         assert node.config["repository_defaults"]["snapshot_interval"] == 8
+
+
+def test_home_writable_by_others_is_refused(home: Path) -> None:
+    os.chmod(home, 0o777)
+    try:
+        with pytest.raises(FednodeError, match="writable by others"):
+            open_node(home)
+    finally:
+        os.chmod(home, 0o700)
+    open_node(home).close()
