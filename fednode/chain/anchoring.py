@@ -1,0 +1,389 @@
+"""Anchoring fednode commits on chain: queue (outbox), send in order, verify, manage members.
+
+One code path over any AsyncChainBackend. The node's wallet is its identity key: it signs the
+transactions, and the Ed25519 precompile instruction carries the commit's own stored signature
+over its commit hash, so only a commit's author can anchor it. Program rules this follows
+(programs/README.md): the genesis author creates the repository on chain and owns it; members
+anchor their commits; merges go through ``merge``, which only the owner may sign.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from solders.hash import Hash
+from solders.instruction import Instruction
+from solders.message import Message
+from solders.pubkey import Pubkey
+from solders.transaction import Transaction
+
+from fednode.chain import outbox
+from fednode.chain.aio import AsyncChainBackend, ChainUnavailable
+from fednode.chain.backend import ChainError, TxResult
+from fednode.chain.program import FederityProgram, ed25519_proof
+from fednode.errors import FednodeError
+from fednode.history import History, RepoInfo
+from fednode.identity import Identity
+from protocol import chain as layout
+from protocol.chain import ErrorCode, Kind
+from protocol.multiformats import CID, b58encode
+from protocol.objects import Commit
+
+DB = "chain"
+_ANCHORED = b"anchored/"  # + repo_id + commit_hash -> json {cid, index, slot, signature, fee, cu}
+_MEMBER = b"member/"  # + repo_id + member: members this node added (for `members list`)
+PACKET_DATA_SIZE = 1232  # bytes: the most a Solana transaction may take on the wire
+MIN_BALANCE = 100_000_000  # lamports; below this a faucet-backed node tops itself up
+AIRDROP = 2_000_000_000
+
+
+@dataclass
+class FlushResult:
+    sent: list[dict[str, object]] = field(default_factory=list)
+    remaining: int = 0
+    error: str | None = None
+    unavailable: bool = False
+
+
+def _hex(b: bytes) -> str:
+    return b.hex()
+
+
+def _short(cid: CID | str) -> str:
+    return str(cid)[:16]
+
+
+def explain(exc: ChainError) -> str:
+    """A program error with its name from protocol.chain, e.g. ``... error 13 (NOT_A_MEMBER)``."""
+    if exc.code is None:
+        return str(exc)
+    try:
+        name = ErrorCode(exc.code).name
+    except ValueError:
+        name = "unknown"
+    return f"instruction {exc.index} failed: program error {exc.code} ({name})"
+
+
+def _head_move(repo: layout.RepoAccount | None, branch: str | None, parents: list[bytes], as_owner: bool) -> bytes:
+    """The branch an anchor may move without being rejected, else zero (anchor, move nothing):
+    an existing branch only fast-forwards; only the owner creates one (program rules)."""
+    if branch is None or repo is None:
+        return layout.ZERO32
+    key = layout.branch_hash(branch)
+    head = repo.branches.get(key)
+    if (head is None and as_owner and len(repo.branches) < layout.MAX_BRANCHES) or head in parents:
+        return key
+    return layout.ZERO32
+
+
+class Anchorer:
+    def __init__(self, history: History, identity: Identity, backend: AsyncChainBackend) -> None:
+        self.history = history
+        self.store = history.store
+        self.identity = identity
+        self.backend = backend
+        self.program = FederityProgram(backend.program_id)
+        self.me = identity.public_key
+
+    # --- chain reads --------------------------------------------------------------------------
+
+    async def repo_record(self, repo_id: bytes) -> layout.RepoAccount | None:
+        data = await self.backend.account_data(self.program.repo_address(repo_id))
+        return layout.decode_repo(data) if data else None
+
+    async def commit_records(self, repo_id: bytes, hashes: Sequence[bytes]) -> list[layout.CommitAccount | None]:
+        datas = await self.backend.accounts_data([self.program.commit_address(repo_id, h) for h in hashes])
+        return [layout.decode_commit(d) if d else None for d in datas]
+
+    async def is_member(self, repo_id: bytes, member: bytes) -> bool:
+        return bool(await self.backend.account_data(self.program.member_address(repo_id, Pubkey.from_bytes(member))))
+
+    # --- queueing -----------------------------------------------------------------------------
+
+    def _locally_anchored(self, repo_id: bytes) -> set[bytes]:
+        with self.store.read() as txn:
+            prefix = _ANCHORED + repo_id
+            return {k[len(prefix):] for k, _ in txn.kv_items(DB, prefix)}
+
+    async def enqueue(self, repo: RepoInfo, cid: CID, branch: str) -> list[outbox.OutboxItem]:
+        """Queue ``cid`` and its unanchored ancestors, parents first. Raises FednodeError (and
+        queues nothing) for what can never succeed: foreign or owner-only commits."""
+        layout.branch_hash(branch)
+        ancestry = list(reversed(list(self.history.walk([cid]))))  # walk yields children first
+        rid = _hex(repo.repo_id)
+        with self.store.read() as txn:
+            queued = {(i.op, i.commit_hash) for i in outbox.items(txn) if i.repo_id == rid}
+        genesis_author = self.history.load_commit(repo.genesis).author
+        try:  # the chain, when reachable, is the truth; offline, this node's records stand in for it
+            chain_repo = await self.repo_record(repo.repo_id)
+            records = await self.commit_records(repo.repo_id, [cm.commit_hash() for _, cm in ancestry])
+            anchored = {cm.commit_hash() for (_, cm), r in zip(ancestry, records, strict=True) if r is not None}
+            for (c, cm), r in zip(ancestry, records, strict=True):
+                if r is not None and (bad := self._check(c, cm, r, repo.repo_id)):
+                    raise FednodeError(f"{bad[0]}; see 'fednode chain verify'")
+            member = chain_repo is None or chain_repo.owner == self.me or await self.is_member(repo.repo_id, self.me)
+            online, repo_exists = True, chain_repo is not None
+        except ChainUnavailable:
+            chain_repo, anchored, member, online = None, self._locally_anchored(repo.repo_id), True, False
+            repo_exists = repo.repo_id in anchored
+        owner = chain_repo.owner if chain_repo is not None else genesis_author
+        first_parents = self._first_parents(cid)  # REV's own line: these move the branch head
+        new: list[outbox.OutboxItem] = []
+        if not repo_exists and ("create_repo", "") not in queued:
+            if genesis_author != self.me:
+                if online:
+                    raise FednodeError(f"repository {repo.name} is not on chain yet: its creator "
+                                       f"{b58encode(genesis_author)} must anchor it first")
+            else:
+                new.append(outbox.OutboxItem(0, "create_repo", rid))
+        for c, cm in ancestry:
+            h = cm.commit_hash()
+            if h in anchored or ("anchor", _hex(h)) in queued:
+                continue
+            if cm.author != self.me:
+                if online:
+                    raise FednodeError(f"commit {_short(c)} by {b58encode(cm.author)} is not anchored: "
+                                       "only its author can anchor it (its signature is the proof)")
+                continue  # offline: its author may anchor it before we flush
+            if cm.kind == "merge" and owner != self.me:
+                raise FednodeError(f"merge commit {_short(c)} can only be anchored by the repository owner "
+                                   f"{b58encode(owner)}: the program's merge instruction is owner-signed")
+            if cm.kind == "merge" and (size := self._tx_size(repo.repo_id, cm, branch)) > PACKET_DATA_SIZE:
+                raise FednodeError(f"merge commit {_short(c)} has {len(cm.parents)} parents: its anchoring transaction "
+                                   f"would be {size} bytes, over Solana's {PACKET_DATA_SIZE}-byte limit (about 9 "
+                                   "parents fit)")
+            if owner != self.me and not member:
+                raise FednodeError(f"this node ({self.identity.address}) is not a member of {repo.name} on chain: "
+                                   f"ask the owner to run 'fednode chain members add {self.identity.address}'")
+            new.append(outbox.OutboxItem(0, "anchor", rid, _hex(h), str(c), cm.kind,
+                                         branch if cm.kind == "merge" or c in first_parents else None))  # fmt: skip
+        if not new:
+            return []
+        with self.store.write() as txn:
+            # Re-sequence this repository's queue: an item queued earlier may depend on what is
+            # queued now (e.g. the chain was reset), so parents-first must hold across both.
+            old = [i for i in outbox.items(txn) if i.repo_id == rid]
+            for item in old:
+                outbox.remove(txn, item)
+            position = {_hex(cm.commit_hash()): n for n, (_, cm) in enumerate(ancestry)}
+            last = len(position)
+            merged = sorted(old + new, key=lambda i: (i.op != "create_repo", position.get(i.commit_hash, last)))
+            for item in merged:
+                outbox.append(txn, item)
+        return new
+
+    def _tx_size(self, repo_id: bytes, commit: Commit, branch: str) -> int:
+        ixs = self._anchor_ixs(repo_id, commit, branch, None)
+        tx = Transaction([self.identity.keypair], Message(ixs, self.identity.keypair.pubkey()), Hash.default())
+        return len(bytes(tx))
+
+    def _first_parents(self, cid: CID) -> set[CID]:
+        line, current = set(), cid
+        while True:
+            line.add(current)
+            parents = self.history.load_commit(current).parents
+            if not parents:
+                return line
+            current = parents[0]
+
+    def queue(self) -> list[outbox.OutboxItem]:
+        with self.store.read() as txn:
+            return outbox.items(txn)
+
+    # --- sending ------------------------------------------------------------------------------
+
+    async def ensure_funds(self) -> None:
+        if self.backend.faucet and await self.backend.balance(self.identity.keypair.pubkey()) < MIN_BALANCE:
+            await self.backend.airdrop(self.identity.keypair.pubkey(), AIRDROP)
+
+    async def send(self, ixs: list[Instruction]) -> TxResult:
+        return await self.backend.send(ixs, [self.identity.keypair])
+
+    async def flush(self) -> FlushResult:
+        """Send queued items in order. A rejected item stays queued with its error and holds back
+        the later items of its repository (they may depend on it); other repositories go on.
+        An unreachable chain stops the flush: everything stays queued for the next one."""
+        result = FlushResult()
+        blocked: set[str] = set()
+        current: outbox.OutboxItem | None = None
+        try:
+            pending = self.queue()  # items leave the queue only here; later arrivals wait for the next flush
+            if pending:
+                await self.ensure_funds()
+            for current in pending:
+                if current.repo_id in blocked:
+                    continue
+                try:
+                    result.sent.append(await self._execute(current))
+                except ChainError as exc:
+                    blocked.add(current.repo_id)
+                    result.error = result.error or f"#{current.seq} {current.op} {current.cid[:16]}: {explain(exc)}"
+                    self._failed(current, explain(exc))
+        except ChainUnavailable as exc:
+            result.error, result.unavailable = str(exc), True
+            head = current or next(iter(self.queue()), None)
+            if head is not None:
+                self._failed(head, str(exc))
+        result.remaining = len(self.queue())
+        return result
+
+    def _failed(self, item: outbox.OutboxItem, error: str) -> None:
+        with self.store.write() as txn:
+            if txn.kv_get(outbox.DB, item.key()) is not None:
+                item.attempts += 1
+                item.error = error
+                outbox.save(txn, item)
+
+    async def _execute(self, item: outbox.OutboxItem) -> dict[str, object]:
+        repo_id = bytes.fromhex(item.repo_id)
+        info: dict[str, object] = {"seq": item.seq, "op": item.op, "cid": item.cid}
+        if item.op == "create_repo":
+            existing = await self.repo_record(repo_id)
+            if existing is not None and existing.owner != self.me:
+                raise ChainError(f"repository already created on chain by {b58encode(existing.owner)}")
+            if existing is None:
+                tx = await self.send([self.program.create_repo(self.identity.keypair.pubkey(), repo_id)])
+                info.update(signature=tx.signature, fee=tx.fee, compute_units=tx.compute_units)
+            with self.store.write() as txn:
+                outbox.remove(txn, item)
+            return info
+        cid = CID.parse(item.cid)
+        commit = self.history.load_commit(cid)
+        h = bytes.fromhex(item.commit_hash)
+        record = (await self.commit_records(repo_id, [h]))[0]
+        tx = None
+        if record is None:  # not a replay after a crash: send it
+            tx = await self.send(self._anchor_ixs(repo_id, commit, item.branch, await self.repo_record(repo_id)))
+            record = (await self.commit_records(repo_id, [h]))[0]
+            if record is None:
+                raise ChainError("transaction confirmed but the commit record is missing")
+        entry = {"cid": item.cid, "index": record.index, "slot": record.slot,
+                 "signature": tx.signature if tx else None, "fee": tx.fee if tx else 0,
+                 "compute_units": tx.compute_units if tx else 0}  # fmt: skip
+        with self.store.write() as txn:
+            txn.kv_put(DB, _ANCHORED + repo_id + h, json.dumps(entry).encode())
+            outbox.remove(txn, item)
+        info.update(entry)
+        return info
+
+    def _anchor_ixs(self, repo_id: bytes, commit: Commit, branch: str | None,
+                    repo: layout.RepoAccount | None) -> list[Instruction]:  # fmt: skip
+        h = commit.commit_hash()
+        if commit.author != self.me:
+            raise ChainError("only a commit's author can anchor it")
+        parents = [self.history.load_commit(p).commit_hash() for p in commit.parents]
+        author = self.identity.keypair.pubkey()
+        proof = ed25519_proof(author, commit.sig, h)
+        if commit.kind == "merge":
+            record = commit.info.get("merge") or {}
+            by_input = dict(zip([str(c) for c in record.get("inputs", [])],
+                                [int(w) for w in record.get("weights", [])], strict=False))  # fmt: skip
+            # The program's inputs are the commit's parents (so every parent is anchored first);
+            # a parent that was only the merge base carries weight 0.
+            weights = tuple(by_input.get(str(p), 0) for p in commit.parents)
+            body = layout.Merge(h, layout.branch_hash(branch or "main"), tuple(parents), weights)
+            return [proof, self.program.merge(author, repo_id, body)]
+        as_owner = repo is not None and repo.owner == self.me
+        body = layout.AnchorCommit(h, Kind[commit.kind.upper()], _head_move(repo, branch, parents, as_owner),
+                                   tuple(parents))  # fmt: skip
+        return [proof, self.program.anchor_commit(author, repo_id, body, as_owner=as_owner)]
+
+    async def repo_summary(self, repo: RepoInfo) -> dict[str, object]:
+        """What the chain holds for a local repository: owner, count, heads of local branch names."""
+        record = await self.repo_record(repo.repo_id)
+        if record is None:
+            return {"name": repo.name, "on_chain": False}
+        names = {layout.branch_hash(b): b for b in self.history.branches(repo)}
+        heads = {names.get(k, "#" + k.hex()[:16]): v.hex() for k, v in record.branches.items()}
+        return {"name": repo.name, "on_chain": True, "owner": b58encode(record.owner),
+                "commit_count": record.commit_count, "heads": heads}  # fmt: skip
+
+    # --- members ------------------------------------------------------------------------------
+
+    async def set_member(self, repo: RepoInfo, member: Pubkey, add: bool) -> TxResult:
+        chain_repo = await self.repo_record(repo.repo_id)
+        if chain_repo is None:
+            raise FednodeError(f"repository {repo.name} is not on chain: anchor its genesis first "
+                               f"('fednode anchor {repo.name}:{repo.genesis}')")  # fmt: skip
+        if chain_repo.owner != self.me:
+            raise FednodeError(f"only the repository owner {b58encode(chain_repo.owner)} can change members")
+        if bytes(member) == self.me:
+            raise FednodeError("the owner is implicitly a member")
+        present = await self.is_member(repo.repo_id, bytes(member))
+        if present == add:
+            raise FednodeError(f"{member} is {'already' if add else 'not'} a member of {repo.name}")
+        await self.ensure_funds()
+        me = self.identity.keypair.pubkey()
+        ix = (self.program.add_member if add else self.program.remove_member)(me, repo.repo_id, member)
+        tx = await self.send([ix])
+        with self.store.write() as txn:
+            key = _MEMBER + repo.repo_id + bytes(member)
+            txn.kv_put(DB, key, b"") if add else txn.kv_delete(DB, key)
+        return tx
+
+    async def members(self, repo: RepoInfo) -> dict[str, object]:
+        """Owner and members on chain, among the candidates this node knows: members it added
+        and every author in its copy of the repository (there is no on-chain member index)."""
+        chain_repo = await self.repo_record(repo.repo_id)
+        if chain_repo is None:
+            raise FednodeError(f"repository {repo.name} is not on chain")
+        with self.store.read() as txn:
+            prefix = _MEMBER + repo.repo_id
+            candidates = {k[len(prefix):] for k, _ in txn.kv_items(DB, prefix)}
+        heads = [*self.history.branches(repo).values(), *self.history.tags(repo).values()]
+        candidates |= {cm.author for _, cm in self.history.walk(heads)}
+        candidates.discard(chain_repo.owner)
+        ordered = sorted(candidates)
+        datas = await self.backend.accounts_data(
+            [self.program.member_address(repo.repo_id, Pubkey.from_bytes(m)) for m in ordered])
+        return {"owner": b58encode(chain_repo.owner),
+                "members": [b58encode(m) for m, d in zip(ordered, datas, strict=True) if d]}  # fmt: skip
+
+    # --- verification -------------------------------------------------------------------------
+
+    async def verify(self, repo: RepoInfo, cid: CID) -> tuple[int, list[str]]:
+        """Every commit of ``cid``'s ancestry matches its anchored record and is validly signed,
+        and the repository accumulator equals the hash chain over the anchored commits."""
+        chain_repo = await self.repo_record(repo.repo_id)
+        if chain_repo is None:
+            return 0, [f"repository {repo.name} is not on chain"]
+        ancestry = list(reversed(list(self.history.walk([cid]))))
+        hashes = [cm.commit_hash() for _, cm in ancestry]
+        records = await self.commit_records(repo.repo_id, hashes)
+        problems: list[str] = []
+        for (c, cm), record in zip(ancestry, records, strict=True):
+            problems += self._check(c, cm, record, repo.repo_id)
+        # Accumulator: every anchored commit this node knows, in anchoring (index) order.
+        heads = [*self.history.branches(repo).values(), *self.history.tags(repo).values(), cid]
+        known = {cm.commit_hash(): c for c, cm in self.history.walk(heads)}
+        all_records = await self.commit_records(repo.repo_id, list(known))
+        by_index = {r.index: r.commit_hash for r in all_records if r is not None}
+        missing = [i for i in range(chain_repo.commit_count) if i not in by_index]
+        if missing:
+            problems.append(f"accumulator: {len(missing)} of {chain_repo.commit_count} anchored commits are not in "
+                            f"this node's store (first index {missing[0]}): cannot recompute it")
+        else:
+            acc = layout.ZERO32
+            for i in range(chain_repo.commit_count):
+                acc = layout.accumulate(acc, by_index[i])
+            if acc != chain_repo.accumulator:
+                problems.append("accumulator: the repository's on-chain accumulator does not equal the hash "
+                                "chain over its anchored commits")
+        return len(ancestry), problems
+
+    def _check(self, cid: CID, commit: Commit, record: layout.CommitAccount | None, repo_id: bytes) -> list[str]:
+        name = f"commit {_short(cid)}"
+        problems = [] if self.history.verify_commit_signature(commit) else [f"{name}: invalid signature"]
+        if record is None:
+            return problems + [f"{name}: not anchored"]
+        parents = [self.history.load_commit(p).commit_hash() for p in commit.parents]
+        checks = [("repository", record.repo_id == repo_id), ("author", record.author == commit.author),
+                  ("kind", record.kind.name.lower() == commit.kind),
+                  ("parents", record.n_parents == len(parents)
+                   and record.parents_digest == layout.parents_digest(parents))]  # fmt: skip
+        bad = [what for what, ok in checks if not ok]
+        if bad:
+            problems.append(f"{name}: anchored record differs ({', '.join(bad)})")
+        return problems

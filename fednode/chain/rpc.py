@@ -1,0 +1,132 @@
+"""JSON-RPC backend over solana-py's AsyncClient, usable under trio.
+
+solana-py's ``confirm_transaction`` and rate limiter need asyncio, so confirmation is our own
+loop: poll ``getSignatureStatuses`` with ``trio.sleep`` until confirmed, failed or timed out.
+Transport failures become ChainUnavailable (retry later); RPC errors become ChainError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import trio
+from solana.exceptions import SolanaRpcException
+from solana.rpc.async_api import AsyncClient
+from solana.rpc.commitment import Confirmed
+from solana.rpc.core import RPCException
+from solana.rpc.models import TxOpts
+from solders.instruction import Instruction
+from solders.keypair import Keypair
+from solders.message import Message
+from solders.pubkey import Pubkey
+from solders.signature import Signature
+from solders.transaction import Transaction
+from solders.transaction_status import (
+    InstructionErrorCustom,
+    TransactionConfirmationStatus,
+    TransactionErrorInstructionError,
+)
+
+from fednode.chain.aio import AsyncChainBackend, ChainUnavailable
+from fednode.chain.backend import ChainError, TxResult
+
+LAMPORTS_PER_SIGNATURE = 5000
+_CONFIRMED = (TransactionConfirmationStatus.Confirmed, TransactionConfirmationStatus.Finalized)
+
+
+class RpcBackend(AsyncChainBackend):
+    kind = "rpc"
+
+    def __init__(self, url: str, program_id: Pubkey, *, faucet: bool = False, timeout: float = 10.0,
+                 confirm_timeout: float = 60.0) -> None:  # fmt: skip
+        self.url = url
+        self.program_id = program_id
+        self.faucet = faucet
+        self.confirm_timeout = confirm_timeout
+        self.client = AsyncClient(url, commitment=Confirmed, timeout=timeout)
+
+    async def _call(self, what: str, coro):  # type: ignore[no-untyped-def]
+        try:
+            return await coro
+        except SolanaRpcException as exc:  # connection refused, timeout, HTTP error
+            raise ChainUnavailable(f"{self.url} unreachable ({what}): {exc.error_msg or exc}") from None
+        except RPCException as exc:
+            raise _rpc_error(what, exc) from None
+
+    async def send(self, instructions: Sequence[Instruction], signers: Sequence[Keypair]) -> TxResult:
+        if not signers:
+            raise ValueError("at least one signer (the fee payer) is required")
+        blockhash = (await self._call("getLatestBlockhash", self.client.get_latest_blockhash())).value.blockhash
+        tx = Transaction(list(signers), Message(list(instructions), signers[0].pubkey()), blockhash)
+        opts = TxOpts(skip_confirmation=True, preflight_commitment=Confirmed)
+        sig = (await self._call("sendTransaction", self.client.send_raw_transaction(bytes(tx), opts))).value
+        await self._confirm(sig)
+        try:  # fee, compute units, logs and return data, where the endpoint keeps them
+            meta = (await self.client.get_transaction(sig, "base64", Confirmed, 0)).value.transaction.meta
+            ret = meta.return_data
+            return TxResult(str(sig), meta.compute_units_consumed or 0, meta.fee, list(meta.log_messages or []),
+                            bytes(ret.data) if ret else b"")  # fmt: skip
+        except (SolanaRpcException, RPCException, AttributeError):
+            # Fee as the runtime charges it: every transaction and precompile signature.
+            n_sigs = len(tx.signatures) + sum(ix.data[0] for ix in instructions if _is_sig_precompile(ix))
+            return TxResult(signature=str(sig), compute_units=0, fee=n_sigs * LAMPORTS_PER_SIGNATURE)
+
+    async def _confirm(self, sig: Signature) -> None:
+        delay = 0.02  # a local chain confirms at once; a cluster takes ~0.4-1 s: back off to 0.4 s
+        with trio.move_on_after(self.confirm_timeout):
+            while True:
+                resp = await self._call("getSignatureStatuses", self.client.get_signature_statuses([sig]))
+                status = resp.value[0]
+                if status is not None:
+                    if status.err is not None:
+                        raise _tx_error(status.err, [])
+                    if status.confirmation_status in _CONFIRMED:
+                        return
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.4)
+        raise ChainUnavailable(f"transaction {sig} not confirmed within {self.confirm_timeout:.0f} s")
+
+    async def accounts_data(self, addresses: Sequence[Pubkey]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for i in range(0, len(addresses), 100):  # getMultipleAccounts takes at most 100 keys
+            batch = list(addresses[i:i + 100])
+            resp = await self._call("getMultipleAccounts", self.client.get_multiple_accounts(batch))
+            out.extend(None if a is None or a.lamports == 0 else bytes(a.data) for a in resp.value)
+        return out
+
+    async def balance(self, address: Pubkey) -> int:
+        return (await self._call("getBalance", self.client.get_balance(address))).value
+
+    async def airdrop(self, address: Pubkey, lamports: int) -> None:
+        sig = (await self._call("requestAirdrop", self.client.request_airdrop(address, lamports))).value
+        await self._confirm(sig)
+
+    async def slot(self) -> int:
+        return (await self._call("getSlot", self.client.get_slot())).value
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+_SIG_PRECOMPILES = {"Ed25519SigVerify111111111111111111111111111", "KeccakSecp256k11111111111111111111111111111"}
+
+
+def _is_sig_precompile(ix: Instruction) -> bool:
+    return str(ix.program_id) in _SIG_PRECOMPILES and len(ix.data) > 0
+
+
+def _tx_error(err: object, logs: Sequence[str]) -> ChainError:
+    if isinstance(err, TransactionErrorInstructionError):
+        inner = err.err
+        code = inner.code if isinstance(inner, InstructionErrorCustom) else None
+        return ChainError(f"instruction {err.index} failed: {inner}", code, err.index, logs)
+    return ChainError(f"transaction failed: {err}", None, None, logs)
+
+
+def _rpc_error(what: str, exc: RPCException) -> ChainError:
+    parsed = exc.args[0] if exc.args else exc
+    data = getattr(parsed, "data", None)
+    err = getattr(data, "err", None)
+    if err is not None:  # preflight simulation failed: the program's own error
+        return _tx_error(err, list(getattr(data, "logs", None) or []))
+    return ChainError(f"{what}: {getattr(parsed, 'message', parsed)}")
