@@ -48,6 +48,16 @@ def _run(ctx: click.Context, fn: Callable[[Anchorer, Node], Awaitable[T]]) -> T:
     return trio.run(main)
 
 
+def verify_on_chain(ctx: click.Context, rev: str, repo_name: str | None) -> tuple[int, list[str]]:
+    """(commits checked, problems) of REV's ancestry against the chain (used by ``verify --chain`` too)."""
+
+    async def go(a: Anchorer, node: Node) -> tuple[int, list[str]]:
+        info, cid = _cli()._resolve(node, rev, repo_name)
+        return await a.verify(info, cid)
+
+    return _run(ctx, go)
+
+
 def _flush_report(result: FlushResult, as_json: bool, extra: dict[str, Any] | None = None) -> None:
     data = {**(extra or {}), "sent": result.sent, "queued": result.remaining, "error": result.error}
     if as_json:
@@ -187,12 +197,7 @@ def register(main: click.Group) -> None:
     @click.pass_context
     def verify(ctx: click.Context, rev: str, repo_name: str | None, as_json: bool) -> None:
         """REV's ancestry against its anchored records, signatures, and the repository accumulator."""
-
-        async def go(a: Anchorer, node: Node) -> tuple[int, list[str]]:
-            info, cid = _resolve(node, rev, repo_name)
-            return await a.verify(info, cid)
-
-        n, problems = _run(ctx, go)
+        n, problems = verify_on_chain(ctx, rev, repo_name)
         if as_json:
             emit_json({"ok": not problems, "commits": n, "problems": problems})
         else:

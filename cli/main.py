@@ -33,8 +33,13 @@ def short(cid: CID) -> str:
 
 
 def _node(ctx: click.Context) -> Node:
-    node = open_node(ctx.obj["home"])
-    ctx.call_on_close(node.close)
+    """The node for this invocation, opened once (LMDB allows one environment per process)."""
+    root = ctx.find_root()
+    node = root.obj.get("node")
+    if node is None:
+        node = open_node(root.obj["home"])
+        root.obj["node"] = node
+        root.call_on_close(node.close)
     return node
 
 
@@ -607,13 +612,20 @@ def _report(report: operations.VerifyReport, what: str, as_json: bool) -> None:
 @main.command()
 @click.argument("rev")
 @click.option("-r", "--repo", "repo_name", default=None)
+@click.option("--chain", "on_chain", is_flag=True, help="Also check every commit against its anchored record.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def verify(ctx: click.Context, rev: str, repo_name: str | None, as_json: bool) -> None:
-    """Check hashes and signatures of REV's whole ancestry."""
+def verify(ctx: click.Context, rev: str, repo_name: str | None, on_chain: bool, as_json: bool) -> None:
+    """Check hashes, signatures, merges and reverts of REV's whole ancestry (--chain: and the chain)."""
     node = _node(ctx)
     info, cid = _resolve(node, rev, repo_name)
-    _report(operations.verify(node.history, info, cid), "verify", as_json)
+    report = operations.verify(node.history, info, cid)
+    if on_chain and not report.problems:
+        from cli.chain_commands import verify_on_chain
+
+        _, chain_problems = verify_on_chain(ctx, rev, repo_name)
+        report.problems += [f"chain: {p}" for p in chain_problems]
+    _report(report, "verify --chain" if on_chain else "verify", as_json)
 
 
 @main.command()

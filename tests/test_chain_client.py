@@ -200,6 +200,11 @@ def test_chain_verify_detects_a_mismatched_record(home: Path, elf: bytes, cli) -
     assert result.exit_code == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: chain verify failed: 1 problem(s), first: commit {str(u2)[:16]}")
+    # the same check through `fednode verify --chain`; without --chain the local history is fine
+    assert "verify: 3 commits ok" in cli("verify", "main", "-r", "demo").output
+    result = cli("verify", "main", "-r", "demo", "--chain", ok=False)
+    assert result.exit_code == 1 and f"chain: commit {str(u2)[:16]}: anchored record differs" in result.stderr
+    assert "verify --chain: 2 commits ok" in cli("verify", f"{u1}", "-r", "demo", "--chain").output
     # Anchoring u2 properly is now impossible (its hash is taken): said, not silently skipped.
     result = cli("anchor", "main", "-r", "demo", ok=False)
     assert result.exit_code == 1 and "anchored record differs (parents)" in result.stderr
