@@ -74,8 +74,9 @@ def run(elf: bytes) -> dict[str, tuple[int, int, int, int]]:
                                                                                     as_owner=as_owner)]
         record(name, backend.send(ixs, [author]), ixs, author)
 
-    ix = c.program.create_repo(owner.pubkey(), rid)
-    record("create_repo", backend.send([ix], [owner]), [ix], owner)
+    ixs = [ed25519_proof(owner.pubkey(), bytes(owner.sign_message(rid)), rid),  # the genesis signature
+           c.program.create_repo(owner.pubkey(), rid)]
+    record("create_repo", backend.send(ixs, [owner]), ixs, owner)
     ix = c.program.add_member(owner.pubkey(), rid, alice.pubkey())
     record("add_member", backend.send([ix], [owner]), [ix], owner)
     anchor("anchor_commit (genesis, owner)", owner, rid, kind=Kind.INIT)
@@ -150,7 +151,7 @@ def bench_client(elf: bytes, n_updates: int = 20) -> None:
                 threading.Thread(target=server.serve_forever, daemon=True).start()
                 backend = RpcBackend(f"http://127.0.0.1:{server.server_address[1]}", DEV_PROGRAM_ID, faucet=True)
 
-            async def go() -> tuple[list, float]:
+            async def go(history: History, identity: Identity, backend, info, head) -> tuple[list, float]:  # noqa: ANN001
                 a = Anchorer(history, identity, backend)
                 await a.enqueue(info, head, "main")
                 await a.ensure_funds()
@@ -161,7 +162,7 @@ def bench_client(elf: bytes, n_updates: int = 20) -> None:
                 await backend.aclose()
                 return result.sent, elapsed
 
-            sent, elapsed = trio.run(go)
+            sent, elapsed = trio.run(go, history, identity, backend, info, head)
             if server is not None:
                 server.shutdown()
                 server.server_close()

@@ -70,7 +70,8 @@ class ErrorCode(IntEnum):
     PARENT_NOT_ANCHORED = 17
     COMMIT_ALREADY_ANCHORED = 18  # replay
     MISSING_SIGNATURE_PROOF = 19  # no Ed25519 precompile instruction in the transaction
-    SIGNATURE_PROOF_MISMATCH = 20  # precompile present, but not for (author, commit_hash)
+    # precompile present, but not for (author, commit_hash), or for create_repo (owner, repo_id)
+    SIGNATURE_PROOF_MISMATCH = 20
     INVALID_COMMITMENT = 21  # not a point of BN254 G1
     NOT_FAST_FORWARD = 22
     UNKNOWN_BRANCH = 23
@@ -96,7 +97,7 @@ COMMIT_SEED = b"commit"
 
 # Accounts the instructions take, in order (s = signer, w = writable).
 ACCOUNTS: dict[Ix, tuple[str, ...]] = {
-    Ix.CREATE_REPO: ("owner [s,w]", "repo PDA [w]", "system program"),
+    Ix.CREATE_REPO: ("owner [s,w]", "repo PDA [w]", "instructions sysvar", "system program"),
     Ix.ADD_MEMBER: ("owner [s,w]", "repo", "member PDA [w]", "system program"),
     Ix.REMOVE_MEMBER: ("owner [s,w]", "repo", "member PDA [w]"),
     Ix.ANCHOR_COMMIT: (
@@ -161,7 +162,7 @@ def commit_seeds(repo_id: bytes, commit_hash: bytes) -> list[bytes]:
 
 @dataclass(frozen=True)
 class CreateRepo:
-    repo_id: bytes
+    repo_id: bytes  # the transaction must also prove the owner's Ed25519 signature over it
     mint: bytes = ZERO32
 
 
@@ -359,7 +360,8 @@ def decode_return_data(data: bytes) -> tuple[bytes, int]:
 
 def ed25519_instruction_data(pubkey: bytes, signature: bytes, message: bytes) -> bytes:
     """Data of an Ed25519SigVerify111... instruction proving one signature, all offsets
-    pointing into this instruction (index 0xFFFF), as the program requires."""
+    pointing into this instruction (index 0xFFFF), as the program requires. The message is a
+    commit hash (anchor_commit, merge) or the repository id (create_repo)."""
     if len(signature) != 64:
         raise LayoutError("signature must be 64 bytes")
     pk_at, sig_at, msg_at = 16, 48, 112

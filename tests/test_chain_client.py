@@ -13,6 +13,7 @@ from solders.keypair import Keypair
 from fednode import merging
 from fednode.chain import outbox
 from fednode.chain.anchoring import Anchorer
+from fednode.chain.backend import ChainError
 from fednode.chain.config import DEV_PROGRAM_ID, program_elf
 from fednode.chain.embedded import EmbeddedBackend
 from fednode.chain.program import FederityProgram, ed25519_proof
@@ -22,7 +23,7 @@ from fednode.identity import Identity
 from fednode.modelio import ArraySource
 from fednode.node import Node, open_node
 from protocol import chain as layout
-from protocol.chain import Kind
+from protocol.chain import ErrorCode, Kind
 from protocol.multiformats import CID
 
 
@@ -43,14 +44,15 @@ def anchorer(history: History, identity: Identity, elf: bytes) -> Anchorer:
     return Anchorer(history, identity, EmbeddedBackend(history.store, DEV_PROGRAM_ID, elf))
 
 
-def make_repo(node: Node, n_updates: int = 1, name: str = "demo") -> tuple[RepoInfo, list[CID]]:
+def make_repo(node: Node | History, n_updates: int = 1, name: str = "demo") -> tuple[RepoInfo, list[CID]]:
     """A repository with a genesis and ``n_updates`` updates on main; returns the CIDs."""
+    history = node if isinstance(node, History) else node.history
     arrays = model_arrays(0)
-    info, genesis = node.history.create_repo(name, ArraySource(arrays))
+    info, genesis = history.create_repo(name, ArraySource(arrays))
     cids = [genesis.cid]
     for k in range(n_updates):
         arrays = perturb(arrays, k + 1)
-        cids.append(node.history.commit(info, ArraySource(arrays), f"update {k}").cid)
+        cids.append(history.commit(info, ArraySource(arrays), f"update {k}").cid)
     return info, cids
 
 
@@ -270,7 +272,7 @@ async def test_flush_after_crash_between_send_and_dequeue(node: Node, elf: bytes
     await a.enqueue(info, u1, "main")
     create, first, second = a.queue()
     await a.ensure_funds()
-    await a.send([a.program.create_repo(node.identity.keypair.pubkey(), info.repo_id)])
+    await a.send(a._create_repo_ixs(info.repo_id))
     commit = node.history.load_commit(g)
     await a.send(a._anchor_ixs(info.repo_id, commit, None, await a.repo_record(info.repo_id)))
     result = await a.flush()  # both already on chain: recorded, dequeued, nothing resent
@@ -282,19 +284,21 @@ async def test_flush_after_crash_between_send_and_dequeue(node: Node, elf: bytes
 
 
 async def test_rejected_item_blocks_only_its_repository(node: Node, elf: bytes) -> None:
-    """Someone else created repository X's on-chain account first (squatting): X's items stay
-    queued with the reason; repository Y is anchored anyway; `drop` clears X's items."""
+    """X's items were queued under a wallet the node no longer uses (as after `fednode init --force`
+    between `anchor --no-flush` and `chain flush`): only X's genesis author can create X on chain,
+    so X's items stay queued with the reason; repository Y is anchored anyway; `drop` clears X's items."""
     x, _ = make_repo(node, name="x")
-    y, y_cids = make_repo(node, name="y")
-    a = anchorer(node.history, node.identity, elf)
-    await a.enqueue(x, node.history.branch_head(x, "main"), "main")
+    old = anchorer(node.history, node.identity, elf)
+    await old.enqueue(x, node.history.branch_head(x, "main"), "main")
+    new_id = Identity(Keypair.from_seed(bytes([43]) * 32))
+    new_history = History(node.store, new_id)
+    y, y_cids = make_repo(new_history, name="y")
+    a = Anchorer(new_history, new_id, old.backend)
     await a.enqueue(y, y_cids[-1], "main")
-    squatter = Keypair()
-    await a.backend.airdrop(squatter.pubkey(), 10**9)
-    await a.backend.send([a.program.create_repo(squatter.pubkey(), x.repo_id)], [squatter])
     result = await a.flush()
-    assert result.error is not None and "already created on chain by" in result.error
+    assert result.error is not None and "only the genesis author" in result.error
     assert result.remaining == 3 and [s["op"] for s in result.sent] == ["create_repo", "anchor", "anchor"]
+    assert await a.repo_record(x.repo_id) is None
     stuck = a.queue()
     assert {i.repo_id for i in stuck} == {x.repo_id.hex()} and stuck[0].attempts == 1 and stuck[0].error
     assert await a.verify(y, y_cids[-1]) == (2, [])
@@ -303,6 +307,34 @@ async def test_rejected_item_blocks_only_its_repository(node: Node, elf: bytes) 
             assert outbox.drop(txn, item.seq) == item
         assert outbox.drop(txn, stuck[0].seq) is None
     assert a.queue() == []
+
+
+async def test_only_the_genesis_author_can_create_the_repository_on_chain(node: Node, elf: bytes) -> None:
+    """A node that is not the genesis author cannot put the repository on chain: the client says so
+    in one line and queues nothing, and the program refuses the transactions it could build."""
+    info, (g, _) = make_repo(node)
+    bob_id = Identity(Keypair.from_seed(bytes([44]) * 32))
+    bob = anchorer(History(node.store, bob_id), bob_id, elf)
+    await bob.backend.airdrop(bob_id.keypair.pubkey(), 10**9)
+    with pytest.raises(FednodeError, match="only its genesis author") as refused:
+        await bob.enqueue(info, g, "main")
+    assert "\n" not in str(refused.value) and node.identity.address in str(refused.value)
+    assert bob.queue() == []
+    with pytest.raises(ChainError, match="only the genesis author"):
+        bob._create_repo_ixs(info.repo_id)
+    me, genesis = bob_id.keypair.pubkey(), node.history.load_commit(g)
+    create = bob.program.create_repo(me, info.repo_id)
+    with pytest.raises(ChainError) as no_proof:
+        await bob.send([create])
+    assert no_proof.value.code == ErrorCode.MISSING_SIGNATURE_PROOF
+    with pytest.raises(ChainError) as replayed:  # the genesis signature is not bob's: the precompile fails
+        await bob.send([ed25519_proof(me, genesis.sig, info.repo_id), create])
+    assert replayed.value.index == 0
+    assert await bob.repo_record(info.repo_id) is None
+    owner = Anchorer(node.history, node.identity, bob.backend)
+    await owner.enqueue(info, g, "main")
+    assert (await owner.flush()).remaining == 0
+    assert (await owner.repo_record(info.repo_id)).owner == node.identity.public_key
 
 
 async def test_two_embedded_backends_on_one_store_stay_consistent(node: Node, elf: bytes) -> None:

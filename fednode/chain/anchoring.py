@@ -3,8 +3,10 @@
 One code path over any AsyncChainBackend. The node's wallet is its identity key: it signs the
 transactions, and the Ed25519 precompile instruction carries the commit's own stored signature
 over its commit hash, so only a commit's author can anchor it. Program rules this follows
-(programs/README.md): the genesis author creates the repository on chain and owns it; members
-anchor their commits; merges go through ``merge``, which only the owner may sign.
+(programs/README.md): the genesis author creates the repository on chain and owns it (the
+``create_repo`` transaction carries the genesis commit's own signature over its commit hash, the
+repository id); members anchor their commits; merges go through ``merge``, which only the owner
+may sign.
 """
 
 from __future__ import annotations
@@ -134,10 +136,11 @@ class Anchorer:
         if not repo_exists and ("create_repo", "") not in queued:
             if genesis_author != self.me:
                 if online:
-                    raise FednodeError(f"repository {repo.name} is not on chain yet: its creator "
-                                       f"{b58encode(genesis_author)} must anchor it first")
+                    raise FednodeError(f"repository {repo.name} is not on chain yet: only its genesis author "
+                                       f"{b58encode(genesis_author)} can create it there (the program checks their "
+                                       "signature over the repository id)")  # fmt: skip
             else:
-                new.append(outbox.OutboxItem(0, "create_repo", rid))
+                new.append(outbox.OutboxItem(0, "create_repo", rid, cid=str(repo.genesis)))
         for c, cm in ancestry:
             h = cm.commit_hash()
             if h in anchored or ("anchor", _hex(h)) in queued:
@@ -244,7 +247,7 @@ class Anchorer:
             if existing is not None and existing.owner != self.me:
                 raise ChainError(f"repository already created on chain by {b58encode(existing.owner)}")
             if existing is None:
-                tx = await self.send([self.program.create_repo(self.identity.keypair.pubkey(), repo_id)])
+                tx = await self.send(self._create_repo_ixs(repo_id, item.cid))
                 info.update(signature=tx.signature, fee=tx.fee, compute_units=tx.compute_units)
             with self.store.write() as txn:
                 outbox.remove(txn, item)
@@ -267,6 +270,23 @@ class Anchorer:
             outbox.remove(txn, item)
         info.update(entry)
         return info
+
+    def _create_repo_ixs(self, repo_id: bytes, genesis_cid: str = "") -> list[Instruction]:
+        """create_repo preceded by the proof the program requires: the genesis commit's stored
+        signature over its commit hash (= the repository id); it verifies only under the genesis author's key."""
+        try:
+            cid = CID.parse(genesis_cid) if genesis_cid else self.history.repo_by_id(repo_id).genesis
+            genesis = self.history.load_commit(cid)
+        except (FednodeError, ValueError) as exc:
+            raise ChainError(f"genesis commit of repository {_hex(repo_id)[:16]} unavailable: {exc}") from None
+        if genesis.kind != "init" or genesis.commit_hash() != repo_id:
+            raise ChainError(f"commit {_short(cid)} is not the genesis of repository {_hex(repo_id)[:16]}")
+        if genesis.author != self.me:
+            raise ChainError(f"only the genesis author {b58encode(genesis.author)} can create this repository on "
+                             f"chain (the program checks their signature over the repository id), not this node "
+                             f"({self.identity.address})")  # fmt: skip
+        owner = self.identity.keypair.pubkey()
+        return [ed25519_proof(owner, genesis.sig, repo_id), self.program.create_repo(owner, repo_id)]
 
     def _anchor_ixs(self, repo_id: bytes, commit: Commit, branch: str | None,
                     repo: layout.RepoAccount | None) -> list[Instruction]:  # fmt: skip

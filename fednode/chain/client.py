@@ -29,8 +29,11 @@ class FederityClient:
 
     # --- writes -------------------------------------------------------------------------------
 
-    def create_repo(self, owner: Keypair, repo_id: bytes, mint: bytes = layout.ZERO32) -> TxResult:
-        return self.backend.send([self.program.create_repo(owner.pubkey(), repo_id, mint)], [owner])
+    def create_repo(self, owner: Keypair, repo_id: bytes, signature: bytes, mint: bytes = layout.ZERO32) -> TxResult:
+        """``signature``: the owner's Ed25519 signature over repo_id (fednode: the genesis commit's own)."""
+        ixs = [ed25519_proof(owner.pubkey(), signature, repo_id),
+               self.program.create_repo(owner.pubkey(), repo_id, mint)]  # fmt: skip
+        return self.backend.send(ixs, [owner])
 
     def add_member(self, owner: Keypair, repo_id: bytes, member: Pubkey) -> TxResult:
         return self.backend.send([self.program.add_member(owner.pubkey(), repo_id, member)], [owner])

@@ -1,7 +1,8 @@
 """Instruction builders for the federity program (solders Instructions; no I/O).
 
 The byte layouts live in protocol.chain; this module adds addresses: PDAs, account lists and
-the Ed25519 precompile instruction that proves a commit signature.
+the Ed25519 precompile instruction that proves a signature over a commit hash (or, for
+create_repo, over the repository id).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def _payer(key: Pubkey) -> AccountMeta:
 
 
 def ed25519_proof(author: Pubkey, signature: bytes, commit_hash: bytes) -> Instruction:
-    """The precompile instruction that must precede anchor_commit/merge in the same tx."""
+    """The precompile instruction that must accompany anchor_commit/merge (message: the commit
+    hash) and create_repo (message: the repo id, i.e. the genesis commit hash) in the same tx."""
     data = layout.ed25519_instruction_data(bytes(author), signature, commit_hash)
     return Instruction(ED25519_PROGRAM_ID, data, [])
 
@@ -59,7 +61,9 @@ class FederityProgram:
         return Instruction(self.program_id, layout.encode_instruction(body), metas)
 
     def create_repo(self, owner: Pubkey, repo_id: bytes, mint: bytes = layout.ZERO32) -> Instruction:
-        metas = [_payer(owner), _w(self.repo_address(repo_id)), _ro(SYSTEM_PROGRAM_ID)]
+        """Send it after ``ed25519_proof(owner, signature over repo_id, repo_id)`` in the same tx."""
+        metas = [_payer(owner), _w(self.repo_address(repo_id)), _ro(INSTRUCTIONS_SYSVAR_ID),
+                 _ro(SYSTEM_PROGRAM_ID)]  # fmt: skip
         return self._ix(layout.CreateRepo(repo_id, mint), metas)
 
     def add_member(self, owner: Pubkey, repo_id: bytes, member: Pubkey) -> Instruction:

@@ -177,11 +177,11 @@ static uint64_t create_pda(SolParameters *p, uint64_t target, PdaSpec *spec, uin
 
 /* ---- Ed25519 precompile proof ----------------------------------------------------------- */
 
-/* Does precompile instruction `index` (data d[0..len)) prove a signature by `author` over
- * exactly the 32 bytes `hash`? Only offsets into the precompile's own data are accepted, so
+/* Does precompile instruction `index` (data d[0..len)) prove a signature by `signer` over
+ * exactly the 32 bytes `msg`? Only offsets into the precompile's own data are accepted, so
  * what we compare is what the precompile verified. */
-static bool ed25519_proves(const uint8_t *d, uint64_t len, uint64_t index, const uint8_t *author,
-                           const uint8_t *hash) {
+static bool ed25519_proves(const uint8_t *d, uint64_t len, uint64_t index, const uint8_t *signer,
+                           const uint8_t *msg) {
   if (len < 2) return false;
   uint64_t count = d[0];
   if (2 + 14 * count > len) return false;
@@ -192,16 +192,17 @@ static bool ed25519_proves(const uint8_t *d, uint64_t len, uint64_t index, const
     uint64_t msg_ix = sol_read_u16(o + 12);
     if ((pk_ix != 0xffff && pk_ix != index) || (msg_ix != 0xffff && msg_ix != index)) continue;
     if (msg_len != 32 || pk_at + 32 > len || msg_at + 32 > len) continue;
-    if (sol_bytes_eq(d + pk_at, author, 32) && sol_bytes_eq(d + msg_at, hash, 32)) return true;
+    if (sol_bytes_eq(d + pk_at, signer, 32) && sol_bytes_eq(d + msg_at, msg, 32)) return true;
   }
   return false;
 }
 
-/* Scans the Instructions sysvar for an Ed25519 precompile instruction that proves the author's
- * signature over the commit hash. Its layout: u16 n, u16 offsets[n], then per instruction
+/* Scans the Instructions sysvar for an Ed25519 precompile instruction that proves `signer`'s
+ * signature over the 32 bytes `msg` (a commit hash; the repo id for create_repo). Its layout:
+ * u16 n, u16 offsets[n], then per instruction
  * u16 n_accounts, (u8 flags, key[32]) * n_accounts, program_id[32], u16 data_len, data. */
-static uint64_t check_signature_proof(const SolAccountInfo *sysvar, const uint8_t *author,
-                                      const uint8_t *hash) {
+static uint64_t check_signature_proof(const SolAccountInfo *sysvar, const uint8_t *signer,
+                                      const uint8_t *msg) {
   if (!sol_pubkey_eq(sysvar->key, &INSTRUCTIONS_SYSVAR_ID)) return E_INVALID_INSTRUCTIONS_SYSVAR;
   const uint8_t *d = sysvar->data;
   uint64_t len = sysvar->data_len;
@@ -218,7 +219,7 @@ static uint64_t check_signature_proof(const SolAccountInfo *sysvar, const uint8_
     if (at + 34 + data_len > len) return E_INVALID_INSTRUCTIONS_SYSVAR;
     if (!sol_bytes_eq(d + at, &ED25519_PROGRAM_ID, 32)) continue;
     seen = true;
-    if (ed25519_proves(d + at + 34, data_len, i, author, hash)) return 0;
+    if (ed25519_proves(d + at + 34, data_len, i, signer, msg)) return 0;
   }
   return seen ? E_SIGNATURE_PROOF_MISMATCH : E_MISSING_SIGNATURE_PROOF;
 }
@@ -297,15 +298,19 @@ static uint64_t branch_slot(Repo *r, const uint8_t *branch, bool may_create, int
 
 /* ---- instructions ----------------------------------------------------------------------- */
 
-/* create_repo(repo_id[32], mint[32]); accounts: owner [s,w], repo PDA [w], system program */
+/* create_repo(repo_id[32], mint[32]); accounts: owner [s,w], repo PDA [w], instructions sysvar,
+ * system program. The transaction must carry an Ed25519 precompile proof of the owner's signature
+ * over exactly repo_id (in fednode: the genesis commit's own signature over its commit hash). */
 static uint64_t create_repo(SolParameters *p) {
   if (p->data_len != 65) return E_INVALID_INSTRUCTION_DATA;
-  if (p->ka_num < 3) return E_NOT_ENOUGH_ACCOUNTS;
+  if (p->ka_num < 4) return E_NOT_ENOUGH_ACCOUNTS;
   uint64_t rc = check_signer(&p->ka[0], true);
   if (rc) return rc;
-  if (!is_system_program(&p->ka[2])) return E_INVALID_SYSTEM_PROGRAM;
+  if (!is_system_program(&p->ka[3])) return E_INVALID_SYSTEM_PROGRAM;
   if (sol_pubkey_eq(p->ka[1].owner, p->program_id)) return E_REPO_ALREADY_EXISTS;
   const uint8_t *repo_id = p->data + 1;
+  rc = check_signature_proof(&p->ka[2], p->ka[0].key->x, repo_id);
+  if (rc) return rc;
   PdaSpec spec = {{{(const uint8_t *)"repo", 4}, {repo_id, 32}}, 2, sizeof(Repo)};
   uint8_t bump;
   rc = create_pda(p, 1, &spec, &bump);
