@@ -313,10 +313,14 @@ class History:
             sink.abort()
             raise
         manifest = Manifest(entries)
+        parents = (head, *extra_parents)
+        with self.store.read() as txn:
+            parent_hashes = tuple(self.load_commit(p, txn).commit_hash() for p in parents)
         commit = self._signed(
             Commit(
                 repo=repo.repo_id,
-                parents=(head, *extra_parents),
+                parents=parents,
+                parent_hashes=parent_hashes,
                 kind=kind,
                 weights=CID.hash(DAG_CBOR, manifest.encode()),
                 author=self.identity.public_key,

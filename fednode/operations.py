@@ -144,6 +144,12 @@ def verify(history: History, repo: RepoInfo, head: CID, check_tensors: bool = Tr
                     problems.append(f"commit {cid}: a foreign genesis commit")
             elif commit.repo != repo.repo_id:
                 problems.append(f"commit {cid}: belongs to another repository")
+            for parent, recorded in zip(commit.parents, commit.parent_hashes, strict=True):
+                try:
+                    if history.load_commit(parent, txn).commit_hash() != recorded:
+                        problems.append(f"commit {cid}: parent {parent} does not have the recorded commit hash")
+                except (Corrupt, NotFound):
+                    pass  # reported when the parent itself is checked
             if commit.kind == "revert":
                 target = commit.info.get("revert", {}).get("target")
                 if not isinstance(target, CID):

@@ -1,11 +1,18 @@
 """Schemas of the two history objects, weights manifests and commits (DAG-CBOR).
 
-A commit's *commit hash* is sha256 over the DAG-CBOR encoding of the commit
-without its ``sig`` field: the author's Ed25519 signature covers exactly these
-32 bytes, which is also what the chain anchors (so the on-chain Ed25519
-precompile can check the very signature stored in the commit). The commit's CID
-is the hash of the whole signed block. The repository id is the commit hash of
-its genesis commit.
+A commit's *commit hash* is what the author's Ed25519 signature covers and what
+the chain anchors (so the on-chain Ed25519 precompile can check the very signature
+stored in the commit)::
+
+    commit_hash = sha256("fednode/commit/v1" || author[32] || kind[1] || n_parents[1]
+                         || parent commit hashes[32 each] || sha256(DAG-CBOR body without sig))
+
+The author, kind and parents sit outside the body digest on purpose: the on-chain
+program recomputes the hash from them, so nobody can anchor (or register, for a
+genesis) a commit under another author or with other parents. The body repeats
+them (``parent_hashes`` next to the parent CIDs), so the hash is a function of the
+commit alone. The commit's CID is the hash of the whole signed block. The
+repository id is the commit hash of its genesis commit.
 """
 
 from __future__ import annotations
@@ -234,6 +241,19 @@ def _check_metrics(metrics: Any) -> dict[str, float]:
     return metrics
 
 
+COMMIT_HASH_DOMAIN = b"fednode/commit/v1"
+
+
+def commit_hash_from(
+    author: bytes, kind: str, parent_hashes: tuple[bytes, ...] | list[bytes], body_digest: bytes
+) -> bytes:
+    """The commit hash from its parts (the on-chain program computes the same)."""
+    if len(author) != 32 or len(body_digest) != 32 or any(len(h) != 32 for h in parent_hashes):
+        raise ValueError("author, parent hashes and body digest are 32 bytes each")
+    head = COMMIT_HASH_DOMAIN + author + bytes([KINDS.index(kind), len(parent_hashes)])
+    return hashlib.sha256(head + b"".join(parent_hashes) + body_digest).digest()
+
+
 @dataclass(frozen=True)
 class Commit:
     repo: bytes | None  # None only for a genesis (init) commit
@@ -246,6 +266,7 @@ class Commit:
     metrics: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # kind-specific: settings, training, merge, revert
     sig: bytes = b""
+    parent_hashes: tuple[bytes, ...] = ()  # commit hashes of ``parents``, same order
 
     def body(self) -> dict[str, Any]:
         return {
@@ -253,6 +274,7 @@ class Commit:
             "v": VERSION,
             "repo": self.repo,
             "parents": list(self.parents),
+            "parent_hashes": list(self.parent_hashes),
             "kind": self.kind,
             "weights": self.weights,
             "author": self.author,
@@ -262,9 +284,12 @@ class Commit:
             "info": self.info,
         }
 
+    def body_digest(self) -> bytes:
+        return hashlib.sha256(dagcbor.encode(self.body())).digest()
+
     def commit_hash(self) -> bytes:
         """The 32 bytes the author signs and the chain anchors."""
-        return hashlib.sha256(dagcbor.encode(self.body())).digest()
+        return commit_hash_from(self.author, self.kind, self.parent_hashes, self.body_digest())
 
     def encode(self) -> bytes:
         _require(len(self.sig) == 64, "commit is not signed")
@@ -280,7 +305,7 @@ class Commit:
     @classmethod
     def decode(cls, block: bytes) -> Commit:
         obj = dagcbor.decode(block)
-        keys = {"type", "v", "repo", "parents", "kind", "weights", "author", "time", "message"}
+        keys = {"type", "v", "repo", "parents", "parent_hashes", "kind", "weights", "author", "time", "message"}
         keys |= {"metrics", "info", "sig"}
         _require(isinstance(obj, dict) and obj.get("type") == COMMIT_TYPE, "not a commit")
         _require(obj.get("v") == VERSION and set(obj) == keys, "bad commit fields")
@@ -292,6 +317,12 @@ class Commit:
             "parents must be commit CIDs",
         )
         _require(len(set(parents)) == len(parents) and len(parents) <= 64, "duplicate or too many parents")
+        parent_hashes = obj["parent_hashes"]
+        _require(
+            isinstance(parent_hashes, list) and len(parent_hashes) == len(parents)
+            and all(isinstance(h, bytes) and len(h) == 32 for h in parent_hashes),
+            "parent_hashes must be one 32-byte commit hash per parent",
+        )
         if kind == "init":
             _require(obj["repo"] is None and not parents, "a genesis commit has no repo and no parents")
         else:
@@ -322,4 +353,5 @@ class Commit:
             metrics=_check_metrics(obj["metrics"]),
             info=obj["info"],
             sig=obj["sig"],
+            parent_hashes=tuple(parent_hashes),
         )

@@ -516,7 +516,8 @@ def forge_commit(history: History, info: RepoInfo, parent: CID, sig: bytes | Non
     """Store a commit with a wrong signature under its own (correct) CID and point 'main' at it."""
     good = history.load_commit(parent)
     commit = Commit(repo=info.repo_id, parents=(parent,), kind="update", weights=good.weights,
-                    author=author or good.author, time_ms=good.time_ms + 1, message="forged", sig=b"\x00" * 64)
+                    author=author or good.author, time_ms=good.time_ms + 1, message="forged", sig=b"\x00" * 64,
+                    parent_hashes=(good.commit_hash(),))
     if sig is None:
         real = history._signed(commit)
         sig = bytes([real.sig[0] ^ 0x80]) + real.sig[1:]
@@ -547,7 +548,7 @@ def test_foreign_commit_in_history_detected(history: History) -> None:
     other_info, other_genesis = make_repo(history, model_arrays(5), name="other")
     commit = Commit(repo=info.repo_id, parents=(other_genesis,), kind="update",
                     weights=history.load_commit(other_genesis).weights, author=history.identity.public_key,
-                    time_ms=1, message="graft")
+                    time_ms=1, message="graft", parent_hashes=(history.load_commit(other_genesis).commit_hash(),))
     commit = history._signed(commit)
     block = commit.encode()
     cid = CID.hash(DAG_CBOR, block)
@@ -607,7 +608,16 @@ def test_commit_body_roundtrip_and_hash(history: History) -> None:
     del body["sig"]
     import hashlib
 
-    assert hashlib.sha256(dagcbor.encode(body)).digest() == commit.commit_hash()
+    digest = hashlib.sha256(dagcbor.encode(body)).digest()
+    assert digest == commit.body_digest()
+    parent = history.load_commit(commit.parents[0]).commit_hash()
+    assert body["parent_hashes"] == [parent]
+    # the documented formula, spelled out: domain, author, kind, parents, body digest
+    expected = hashlib.sha256(b"fednode/commit/v1" + commit.author + bytes([1, 1]) + parent + digest).digest()
+    assert commit.commit_hash() == expected
+    # another author cannot claim the same body: the hash changes with the author
+    other = dataclasses.replace(commit, author=bytes(32))
+    assert other.commit_hash() != commit.commit_hash()
 
 
 def test_collected_commit_no_longer_resolves(history: History) -> None:
@@ -659,3 +669,15 @@ def test_invalid_commits_are_refused_and_nothing_stored(history: History, kwargs
     assert store_state(history.store) == before
     assert history.branch_head(info, "main") == genesis
     assert operations.fsck(history).problems == []
+
+
+def test_verify_detects_a_wrong_parent_hash(history: History) -> None:
+    info, cids, _ = linear(history, 1)
+    good = history.load_commit(cids[-1])
+    lie = history._signed(dataclasses.replace(good, parent_hashes=(bytes(32),), sig=b"", message="lie"))
+    block = lie.encode()
+    cid = CID.hash(DAG_CBOR, block)
+    with history.store.write() as txn:
+        txn.put_block(cid, block)
+    problems = operations.verify(history, info, cid).problems
+    assert problems == [f"commit {cid}: parent {good.parents[0]} does not have the recorded commit hash"]
