@@ -3,6 +3,9 @@
     python bench/bench_chain.py
 
 Targets: anchor_commit <= 30k CU; merge of 8 committed inputs <= 200k CU. Exits 1 if one is missed.
+Instructions carry body digests; the program recomputes each commit hash (author = signer, kind,
+parents, body digest), so the bench signs the hashes protocol.chain.commit_hash gives. Also
+reports the largest merge (with and without commitments) that fits one legacy transaction.
 """
 
 from __future__ import annotations
@@ -58,41 +61,46 @@ def run(elf: bytes) -> dict[str, tuple[int, int, int, int]]:
     owner, alice = Keypair.from_seed(bytes([1]) * 32), Keypair.from_seed(bytes([2]) * 32)
     for kp in (owner, alice):
         backend.airdrop(kp.pubkey(), 10**11)
-    c, rid = FederityClient(backend, PROGRAM_ID), h("genesis")
+    c = FederityClient(backend, PROGRAM_ID)
+    genesis_digest = h("genesis")
+    rid = layout.commit_hash(bytes(owner.pubkey()), Kind.INIT, (), genesis_digest)  # the genesis commit hash
     rows: dict[str, tuple[int, int, int, int]] = {}
 
     def record(name: str, tx: TxResult, ixs: list, signer: Keypair) -> None:
         rows[name] = (program_cu(tx), tx.compute_units, wire_size(c, ixs, signer), tx.fee)
 
-    def anchor(name: str, author: Keypair, commit: bytes, **kw: object) -> None:
-        sig = bytes(author.sign_message(commit))
-        body = layout.AnchorCommit(commit, kw.get("kind", Kind.UPDATE),  # type: ignore[arg-type]
+    def anchor(name: str, author: Keypair, digest: bytes, **kw: object) -> bytes:
+        body = layout.AnchorCommit(digest, kw.get("kind", Kind.UPDATE),  # type: ignore[arg-type]
                                    layout.branch_hash("main") if kw.get("branch", True) else layout.ZERO32,
                                    tuple(kw.get("parents", ())), kw.get("commitment"))  # type: ignore[arg-type]
+        commit = body.commit_hash(bytes(author.pubkey()))
+        sig = bytes(author.sign_message(commit))
         as_owner = author.pubkey() == owner.pubkey()
         ixs = [ed25519_proof(author.pubkey(), sig, commit), c.program.anchor_commit(author.pubkey(), rid, body,
                                                                                     as_owner=as_owner)]
         record(name, backend.send(ixs, [author]), ixs, author)
+        return commit
 
     ixs = [ed25519_proof(owner.pubkey(), bytes(owner.sign_message(rid)), rid),  # the genesis signature
-           c.program.create_repo(owner.pubkey(), rid)]
+           c.program.create_repo(owner.pubkey(), rid, genesis_digest)]
     record("create_repo", backend.send(ixs, [owner]), ixs, owner)
     ix = c.program.add_member(owner.pubkey(), rid, alice.pubkey())
     record("add_member", backend.send([ix], [owner]), [ix], owner)
-    anchor("anchor_commit (genesis, owner)", owner, rid, kind=Kind.INIT)
+    anchor("anchor_commit (genesis, owner)", owner, genesis_digest, kind=Kind.INIT)
     anchor("anchor_commit (1 parent)", alice, h("u0"), parents=(rid,), branch=False)
     anchor("anchor_commit (1 parent, commitment)", alice, h("u1"), parents=(rid,), branch=False, commitment=g1(3))
     anchor("anchor_commit (fast-forward main)", alice, h("u2"), parents=(rid,))
     inputs, scalars, weights = [], [], []
     for k in range(8):
-        commit, scalar = h(f"in{k}"), 1000 + k
-        anchor(f"in{k}", owner, commit, parents=(rid,), branch=False, commitment=g1(scalar))
+        scalar = 1000 + k
+        commit = anchor(f"in{k}", owner, h(f"in{k}"), parents=(rid,), branch=False, commitment=g1(scalar))
         inputs.append(commit), scalars.append(scalar), weights.append(10 + k)
         rows.pop(f"in{k}")
     total = sum(w * s for w, s in zip(weights, scalars, strict=True))
-    for name, commit, commitment in [("merge (8 inputs, commitments)", h("m8"), g1(total)),
+    for name, digest, commitment in [("merge (8 inputs, commitments)", h("m8"), g1(total)),
                                      ("merge (8 inputs, no commitment)", h("m8b"), None)]:
-        body = layout.Merge(commit, layout.branch_hash("main"), tuple(inputs), tuple(weights), commitment)
+        body = layout.Merge(digest, layout.branch_hash("main"), tuple(inputs), tuple(weights), commitment)
+        commit = body.commit_hash(bytes(owner.pubkey()))
         ixs = [ed25519_proof(owner.pubkey(), bytes(owner.sign_message(commit)), commit),
                c.program.merge(owner.pubkey(), rid, body)]
         record(name, backend.send(ixs, [owner]), ixs, owner)
@@ -101,7 +109,21 @@ def run(elf: bytes) -> dict[str, tuple[int, int, int, int]]:
     ix = c.program.remove_member(owner.pubkey(), rid, alice.pubkey())
     record("remove_member", backend.send([ix], [owner]), [ix], owner)
     rows["_rent_commit"] = (backend.svm.minimum_balance_for_rent_exemption(layout.COMMIT_SIZE), 0, 0, 0)
+    rows["_largest_merge"] = (largest_merge(c, owner, True), largest_merge(c, owner, False), 0, 0)
     return rows
+
+
+def largest_merge(c: FederityClient, owner: Keypair, committed: bool) -> int:
+    """The most inputs a merge (with its Ed25519 proof) can have in one legacy transaction."""
+    rid = h("any repo")
+    for n in range(layout.MAX_PARENTS, 0, -1):
+        inputs = tuple(h(f"size{k}") for k in range(n))
+        body = layout.Merge(h("m"), layout.branch_hash("main"), inputs, (1,) * n, g1(1) if committed else None)
+        commit = body.commit_hash(bytes(owner.pubkey()))
+        ixs = [ed25519_proof(owner.pubkey(), bytes(64), commit), c.program.merge(owner.pubkey(), rid, body)]
+        if wire_size(c, ixs, owner) <= LEGACY_TX_LIMIT:
+            return n
+    return 0
 
 
 def bench_client(elf: bytes, n_updates: int = 20) -> None:
@@ -181,6 +203,7 @@ def main() -> int:
     for version in (3, 0):
         rows = run(elves[version])
         rent = rows.pop("_rent_commit")[0]
+        most_committed, most_plain = rows.pop("_largest_merge")[:2]
         print(f"\nfederity_v{version}.so ({len(elves[version])} bytes)")
         print(f"{'instruction':40} {'program CU':>10} {'tx CU':>8} {'tx bytes':>8} {'fee':>6}")
         for name, (cu, tx_cu, size, fee) in rows.items():
@@ -193,6 +216,8 @@ def main() -> int:
         print(f"cost per anchored commit: fee {fee:,} lamports (tx signature + Ed25519 proof signature) "
               f"+ rent deposit {rent:,} lamports for the {layout.COMMIT_SIZE}-byte record "
               f"= {(fee + rent) / 1e9:.6f} SOL")
+        print(f"largest merge in one {LEGACY_TX_LIMIT}-byte transaction: {most_committed} inputs with commitments, "
+              f"{most_plain} without")
     bench_client(elves[3])
     return 0 if ok else 1
 

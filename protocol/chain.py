@@ -3,9 +3,15 @@
 Pure data and codecs (no I/O, no Solana libraries); programs/federity/federity.c is the other
 side of every layout here and programs/README.md documents them. All integers little-endian.
 
-Identity contract: repo_id, commit_hash, author keys and branch hashes are 32 bytes; a branch
-name is hashed with sha256(utf-8 name); a commitment is a BN254 G1 point, 64 bytes big-endian
-x||y (the alt_bn128 syscall format); merge weights are u64.
+Identity contract: repo_id, commit_hash, body_digest, author keys and branch hashes are 32 bytes;
+a branch name is hashed with sha256(utf-8 name); a commitment is a BN254 G1 point, 64 bytes
+big-endian x||y (the alt_bn128 syscall format); merge weights are u64.
+
+Commit hashes are not sent: instructions carry the commit's body digest
+(``protocol.objects.Commit.body_digest()``) and the program recomputes
+``commit_hash(author, kind, parents, body_digest)`` (``protocol.objects.commit_hash_from``) with the
+proving signer as author, so a commit can only be anchored (or, for a genesis, registered as a
+repository) under the key that authored it and with the kind and parents it was signed with.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+
+from protocol.objects import KINDS, commit_hash_from
 
 PROGRAM_NAME = "federity"
 LAYOUT_VERSION = 1
@@ -83,6 +91,8 @@ class ErrorCode(IntEnum):
     RENT_UNAVAILABLE = 29
     INVALID_BRANCH = 30  # zero branch hash where a branch is required
     TOO_MANY_ACCOUNTS = 31  # more than MAX_ACCOUNTS accounts
+    # create_repo: commit_hash(owner, init, no parents, body_digest) is not the repo id
+    COMMIT_HASH_MISMATCH = 32
 
 
 MAX_BRANCHES = 8
@@ -145,6 +155,11 @@ def parents_digest(parents: Sequence[bytes]) -> bytes:
     return hashlib.sha256(b"".join(_b32("parent", p) for p in parents)).digest()
 
 
+def commit_hash(author: bytes, kind: Kind, parents: Sequence[bytes], body_digest: bytes) -> bytes:
+    """The commit hash the program recomputes (and anchors) from an instruction's fields."""
+    return commit_hash_from(_b32("author", author), KINDS[kind], tuple(parents), _b32("body_digest", body_digest))
+
+
 def repo_seeds(repo_id: bytes) -> list[bytes]:
     return [REPO_SEED, _b32("repo_id", repo_id)]
 
@@ -162,7 +177,11 @@ def commit_seeds(repo_id: bytes, commit_hash: bytes) -> list[bytes]:
 
 @dataclass(frozen=True)
 class CreateRepo:
-    repo_id: bytes  # the transaction must also prove the owner's Ed25519 signature over it
+    """repo_id must equal commit_hash(owner, INIT, (), body_digest) (the genesis' commit hash);
+    the transaction must also prove the owner's Ed25519 signature over it."""
+
+    repo_id: bytes
+    body_digest: bytes  # of the genesis commit
     mint: bytes = ZERO32
 
 
@@ -178,20 +197,26 @@ class RemoveMember:
 
 @dataclass(frozen=True)
 class AnchorCommit:
-    commit_hash: bytes
+    body_digest: bytes  # the anchored hash is commit_hash(author, kind, parents, body_digest)
     kind: Kind
     branch: bytes  # branch_hash(name), or ZERO32 to anchor without moving any head
-    parents: tuple[bytes, ...] = ()
+    parents: tuple[bytes, ...] = ()  # commit hashes, in the commit's order
     commitment: bytes | None = None
+
+    def commit_hash(self, author: bytes) -> bytes:
+        return commit_hash(author, self.kind, self.parents, self.body_digest)
 
 
 @dataclass(frozen=True)
 class Merge:
-    commit_hash: bytes
+    body_digest: bytes  # the anchored hash is commit_hash(owner, MERGE, inputs, body_digest)
     branch: bytes
-    inputs: tuple[bytes, ...]
+    inputs: tuple[bytes, ...]  # the merge commit's parents, in the commit's order
     weights: tuple[int, ...]
     commitment: bytes | None = None
+
+    def commit_hash(self, owner: bytes) -> bytes:
+        return commit_hash(owner, Kind.MERGE, self.inputs, self.body_digest)
 
 
 @dataclass(frozen=True)
@@ -206,7 +231,8 @@ Instruction = CreateRepo | AddMember | RemoveMember | AnchorCommit | Merge | Set
 def encode_instruction(ix: Instruction) -> bytes:
     """Instruction data for one federity instruction."""
     if isinstance(ix, CreateRepo):
-        return bytes([Ix.CREATE_REPO]) + _b32("repo_id", ix.repo_id) + _b32("mint", ix.mint)
+        return (bytes([Ix.CREATE_REPO]) + _b32("repo_id", ix.repo_id) + _b32("mint", ix.mint)
+                + _b32("body_digest", ix.body_digest))  # fmt: skip
     if isinstance(ix, AddMember | RemoveMember):
         tag = Ix.ADD_MEMBER if isinstance(ix, AddMember) else Ix.REMOVE_MEMBER
         return bytes([tag]) + _b32("member", ix.member)
@@ -215,7 +241,7 @@ def encode_instruction(ix: Instruction) -> bytes:
             raise LayoutError(f"at most {MAX_PARENTS} parents")
         flags = FLAG_HAS_COMMITMENT if ix.commitment is not None else 0
         return (
-            bytes([Ix.ANCHOR_COMMIT]) + _b32("commit_hash", ix.commit_hash)
+            bytes([Ix.ANCHOR_COMMIT]) + _b32("body_digest", ix.body_digest)
             + bytes([int(ix.kind), flags, len(ix.parents)]) + _b32("branch", ix.branch)
             + b"".join(_b32("parent", p) for p in ix.parents) + _g1(ix.commitment)
         )  # fmt: skip
@@ -224,7 +250,7 @@ def encode_instruction(ix: Instruction) -> bytes:
             raise LayoutError(f"1..{MAX_PARENTS} inputs, one u64 weight each")
         flags = FLAG_HAS_COMMITMENT if ix.commitment is not None else 0
         return (
-            bytes([Ix.MERGE]) + _b32("commit_hash", ix.commit_hash)
+            bytes([Ix.MERGE]) + _b32("body_digest", ix.body_digest)
             + bytes([flags, len(ix.inputs)]) + _b32("branch", ix.branch)
             + b"".join(_b32("input", p) for p in ix.inputs)
             + b"".join(struct.pack("<Q", w) for w in ix.weights) + _g1(ix.commitment)
@@ -239,8 +265,8 @@ def decode_instruction(data: bytes) -> Instruction:
     if not data:
         raise LayoutError("empty instruction data")
     tag, body = data[0], bytes(data[1:])
-    if tag == Ix.CREATE_REPO and len(body) == 64:
-        return CreateRepo(body[:32], body[32:])
+    if tag == Ix.CREATE_REPO and len(body) == 96:
+        return CreateRepo(body[:32], body[64:], body[32:64])
     if tag in (Ix.ADD_MEMBER, Ix.REMOVE_MEMBER) and len(body) == 32:
         return AddMember(body) if tag == Ix.ADD_MEMBER else RemoveMember(body)
     if tag == Ix.SET_HEAD and len(body) == 64:
@@ -360,8 +386,9 @@ def decode_return_data(data: bytes) -> tuple[bytes, int]:
 
 def ed25519_instruction_data(pubkey: bytes, signature: bytes, message: bytes) -> bytes:
     """Data of an Ed25519SigVerify111... instruction proving one signature, all offsets
-    pointing into this instruction (index 0xFFFF), as the program requires. The message is a
-    commit hash (anchor_commit, merge) or the repository id (create_repo)."""
+    pointing into this instruction (index 0xFFFF), as the program requires. The message is the
+    commit hash the program recomputes (anchor_commit, merge) or the repository id = the genesis
+    commit hash (create_repo)."""
     if len(signature) != 64:
         raise LayoutError("signature must be 64 bytes")
     pk_at, sig_at, msg_at = 16, 48, 112

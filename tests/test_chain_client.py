@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import pytest
 import trio
 from helpers import model_arrays, perturb, write_model
+from solders.account import Account
 from solders.keypair import Keypair
 
 from fednode import merging
-from fednode.chain import outbox
+from fednode.chain import embedded, outbox
 from fednode.chain.anchoring import Anchorer
 from fednode.chain.backend import ChainError
 from fednode.chain.config import DEV_PROGRAM_ID, program_elf
@@ -185,14 +187,30 @@ def test_chain_verify_detects_a_mismatched_record(home: Path, elf: bytes, cli) -
         async def setup_and_check() -> None:
             await a.enqueue(info, u1, "main")
             assert (await a.flush()).remaining == 0
-            # Anchor u2 by hand with the wrong parent (the genesis instead of u1): a valid
-            # signature, a record the program accepts, but not the commit this node has.
+            # Anchoring u2 by hand with the wrong parent (the genesis instead of u1) and its valid
+            # signature: the program recomputes the hash from those parents, which nobody signed.
             commit = node.history.load_commit(u2)
             h, me = commit.commit_hash(), node.identity.keypair.pubkey()
-            body = layout.AnchorCommit(h, Kind.UPDATE, layout.ZERO32, (info.repo_id,))
+            body = layout.AnchorCommit(commit.body_digest(), Kind.UPDATE, layout.ZERO32, (info.repo_id,))
             program = FederityProgram(DEV_PROGRAM_ID)
             ixs = [ed25519_proof(me, commit.sig, h), program.anchor_commit(me, info.repo_id, body, as_owner=True)]
-            await a.backend.send(ixs, [node.identity.keypair])
+            with pytest.raises(ChainError) as refused:
+                await a.backend.send(ixs, [node.identity.keypair])
+            assert refused.value.code == ErrorCode.SIGNATURE_PROOF_MISMATCH
+            # So a differing record can only come from a chain that lies: anchor u2 properly, then
+            # rewrite its record's parents digest in the embedded chain's stored state.
+            await a.enqueue(info, u2, "main")
+            assert (await a.flush()).remaining == 0
+            address = bytes(program.commit_address(info.repo_id, h))
+            with node.store.write() as txn:
+                key = embedded._ACCOUNT + address
+                account = Account.from_bytes(txn.kv_get(embedded.DB, key))
+                data = bytearray(account.data)
+                data[104:136] = layout.parents_digest([info.repo_id])
+                txn.kv_put(embedded.DB, key, bytes(Account(account.lamports, bytes(data), account.owner,
+                                                           account.executable, account.rent_epoch)))
+                version = struct.unpack("<Q", txn.kv_get(embedded.DB, embedded._VERSION))[0]
+                txn.kv_put(embedded.DB, embedded._VERSION, struct.pack("<Q", version + 1))  # reload
             n, problems = await a.verify(info, u2)
             assert n == 3 and problems == [f"commit {str(u2)[:16]}: anchored record differs (parents)"]
             assert (await a.verify(info, u1)) == (2, [])  # the accumulator still checks out
@@ -323,10 +341,12 @@ async def test_only_the_genesis_author_can_create_the_repository_on_chain(node: 
     with pytest.raises(ChainError, match="only the genesis author"):
         bob._create_repo_ixs(info.repo_id)
     me, genesis = bob_id.keypair.pubkey(), node.history.load_commit(g)
-    create = bob.program.create_repo(me, info.repo_id)
-    with pytest.raises(ChainError) as no_proof:
-        await bob.send([create])
-    assert no_proof.value.code == ErrorCode.MISSING_SIGNATURE_PROOF
+    create = bob.program.create_repo(me, info.repo_id, genesis.body_digest())
+    # The program recomputes the repo id with bob as the genesis author: it is not his, whatever he proves.
+    for proof in ([], [ed25519_proof(me, bytes(bob_id.keypair.sign_message(info.repo_id)), info.repo_id)]):
+        with pytest.raises(ChainError) as squat:
+            await bob.send([*proof, create])
+        assert squat.value.code == ErrorCode.COMMIT_HASH_MISMATCH
     with pytest.raises(ChainError) as replayed:  # the genesis signature is not bob's: the precompile fails
         await bob.send([ed25519_proof(me, genesis.sig, info.repo_id), create])
     assert replayed.value.index == 0

@@ -2,11 +2,12 @@
 
 One code path over any AsyncChainBackend. The node's wallet is its identity key: it signs the
 transactions, and the Ed25519 precompile instruction carries the commit's own stored signature
-over its commit hash, so only a commit's author can anchor it. Program rules this follows
-(programs/README.md): the genesis author creates the repository on chain and owns it (the
-``create_repo`` transaction carries the genesis commit's own signature over its commit hash, the
-repository id); members anchor their commits; merges go through ``merge``, which only the owner
-may sign.
+over its commit hash. Instructions carry the commit's body digest, kind and parent hashes; the
+program recomputes the commit hash from them with the signer as author, so only a commit's
+author can anchor it. Program rules this follows (programs/README.md): the genesis author creates
+the repository on chain and owns it (``create_repo`` carries the genesis' body digest, checked to
+hash with the owner as author to the repository id, and the genesis commit's own signature over
+it); members anchor their commits; merges go through ``merge``, which only the owner may sign.
 """
 
 from __future__ import annotations
@@ -273,7 +274,8 @@ class Anchorer:
 
     def _create_repo_ixs(self, repo_id: bytes, genesis_cid: str = "") -> list[Instruction]:
         """create_repo preceded by the proof the program requires: the genesis commit's stored
-        signature over its commit hash (= the repository id); it verifies only under the genesis author's key."""
+        signature over its commit hash (= the repository id), which the program recomputes from the
+        owner's key and the genesis' body digest: it succeeds only for the genesis author."""
         try:
             cid = CID.parse(genesis_cid) if genesis_cid else self.history.repo_by_id(repo_id).genesis
             genesis = self.history.load_commit(cid)
@@ -286,14 +288,17 @@ class Anchorer:
                              f"chain (the program checks their signature over the repository id), not this node "
                              f"({self.identity.address})")  # fmt: skip
         owner = self.identity.keypair.pubkey()
-        return [ed25519_proof(owner, genesis.sig, repo_id), self.program.create_repo(owner, repo_id)]
+        return [ed25519_proof(owner, genesis.sig, repo_id),
+                self.program.create_repo(owner, repo_id, genesis.body_digest())]
 
     def _anchor_ixs(self, repo_id: bytes, commit: Commit, branch: str | None,
                     repo: layout.RepoAccount | None) -> list[Instruction]:  # fmt: skip
         h = commit.commit_hash()
         if commit.author != self.me:
             raise ChainError("only a commit's author can anchor it")
-        parents = [self.history.load_commit(p).commit_hash() for p in commit.parents]
+        # The program recomputes h from (author = the signer, kind, parents, body digest): the
+        # parents are the signed parent hashes, in the commit's order.
+        parents, digest = list(commit.parent_hashes), commit.body_digest()
         author = self.identity.keypair.pubkey()
         proof = ed25519_proof(author, commit.sig, h)
         if commit.kind == "merge":
@@ -303,10 +308,10 @@ class Anchorer:
             # The program's inputs are the commit's parents (so every parent is anchored first);
             # a parent that was only the merge base carries weight 0.
             weights = tuple(by_input.get(str(p), 0) for p in commit.parents)
-            body = layout.Merge(h, layout.branch_hash(branch or "main"), tuple(parents), weights)
+            body = layout.Merge(digest, layout.branch_hash(branch or "main"), tuple(parents), weights)
             return [proof, self.program.merge(author, repo_id, body)]
         as_owner = repo is not None and repo.owner == self.me
-        body = layout.AnchorCommit(h, Kind[commit.kind.upper()], _head_move(repo, branch, parents, as_owner),
+        body = layout.AnchorCommit(digest, Kind[commit.kind.upper()], _head_move(repo, branch, parents, as_owner),
                                    tuple(parents))  # fmt: skip
         return [proof, self.program.anchor_commit(author, repo_id, body, as_owner=as_owner)]
 

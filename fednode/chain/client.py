@@ -29,10 +29,12 @@ class FederityClient:
 
     # --- writes -------------------------------------------------------------------------------
 
-    def create_repo(self, owner: Keypair, repo_id: bytes, signature: bytes, mint: bytes = layout.ZERO32) -> TxResult:
-        """``signature``: the owner's Ed25519 signature over repo_id (fednode: the genesis commit's own)."""
+    def create_repo(self, owner: Keypair, repo_id: bytes, body_digest: bytes, signature: bytes,
+                    mint: bytes = layout.ZERO32) -> TxResult:  # fmt: skip
+        """Register the repository whose genesis commit (authored by ``owner``) has hash ``repo_id``
+        and body digest ``body_digest``; ``signature``: the genesis commit's own over repo_id."""
         ixs = [ed25519_proof(owner.pubkey(), signature, repo_id),
-               self.program.create_repo(owner.pubkey(), repo_id, mint)]  # fmt: skip
+               self.program.create_repo(owner.pubkey(), repo_id, body_digest, mint)]  # fmt: skip
         return self.backend.send(ixs, [owner])
 
     def add_member(self, owner: Keypair, repo_id: bytes, member: Pubkey) -> TxResult:
@@ -42,24 +44,27 @@ class FederityClient:
         return self.backend.send([self.program.remove_member(owner.pubkey(), repo_id, member)], [owner])
 
     def anchor_commit(
-        self, author: Keypair, repo_id: bytes, commit_hash: bytes, signature: bytes, *,
+        self, author: Keypair, repo_id: bytes, body_digest: bytes, signature: bytes, *,
         kind: layout.Kind, branch: str | None, parents: Sequence[bytes] = (), commitment: bytes | None = None,
     ) -> Anchored:  # fmt: skip
-        """Anchor a signed commit; ``signature`` is the commit's own Ed25519 signature over commit_hash.
+        """Anchor a signed commit: the program recomputes its hash from (author, kind, parents,
+        body_digest); ``signature`` is the commit's own Ed25519 signature over that hash.
         ``branch`` (fast-forwarded) or None to anchor without moving a head."""
         repo = self.repo(repo_id)
         as_owner = repo is not None and repo.owner == bytes(author.pubkey())
-        body = layout.AnchorCommit(commit_hash, kind, _branch(branch), tuple(parents), commitment)
-        ixs = [ed25519_proof(author.pubkey(), signature, commit_hash),
+        body = layout.AnchorCommit(body_digest, kind, _branch(branch), tuple(parents), commitment)
+        ixs = [ed25519_proof(author.pubkey(), signature, body.commit_hash(bytes(author.pubkey()))),
                self.program.anchor_commit(author.pubkey(), repo_id, body, as_owner=as_owner)]  # fmt: skip
         return _anchored(self.backend.send(ixs, [author]))
 
     def merge(
-        self, owner: Keypair, repo_id: bytes, commit_hash: bytes, signature: bytes, *, branch: str,
+        self, owner: Keypair, repo_id: bytes, body_digest: bytes, signature: bytes, *, branch: str,
         inputs: Sequence[bytes], weights: Sequence[int], commitment: bytes | None = None,
     ) -> Anchored:  # fmt: skip
-        body = layout.Merge(commit_hash, layout.branch_hash(branch), tuple(inputs), tuple(weights), commitment)
-        ixs = [ed25519_proof(owner.pubkey(), signature, commit_hash),
+        """Anchor the owner's merge commit; ``inputs`` are its parents' commit hashes in the commit's
+        order (they are part of the hash the program recomputes), ``signature`` its own."""
+        body = layout.Merge(body_digest, layout.branch_hash(branch), tuple(inputs), tuple(weights), commitment)
+        ixs = [ed25519_proof(owner.pubkey(), signature, body.commit_hash(bytes(owner.pubkey()))),
                self.program.merge(owner.pubkey(), repo_id, body)]  # fmt: skip
         return _anchored(self.backend.send(ixs, [owner]))
 

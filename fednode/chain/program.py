@@ -2,7 +2,9 @@
 
 The byte layouts live in protocol.chain; this module adds addresses: PDAs, account lists and
 the Ed25519 precompile instruction that proves a signature over a commit hash (or, for
-create_repo, over the repository id).
+create_repo, over the repository id). Instructions carry body digests, not commit hashes: the
+commit record's address is derived from the hash the program will recompute
+(``layout.commit_hash(signer, kind, parents, body_digest)``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def _payer(key: Pubkey) -> AccountMeta:
 
 def ed25519_proof(author: Pubkey, signature: bytes, commit_hash: bytes) -> Instruction:
     """The precompile instruction that must accompany anchor_commit/merge (message: the commit
-    hash) and create_repo (message: the repo id, i.e. the genesis commit hash) in the same tx."""
+    hash, as the program recomputes it) and create_repo (message: the repo id, i.e. the genesis
+    commit hash) in the same tx."""
     data = layout.ed25519_instruction_data(bytes(author), signature, commit_hash)
     return Instruction(ED25519_PROGRAM_ID, data, [])
 
@@ -60,11 +63,14 @@ class FederityProgram:
     def _ix(self, body: layout.Instruction, metas: list[AccountMeta]) -> Instruction:
         return Instruction(self.program_id, layout.encode_instruction(body), metas)
 
-    def create_repo(self, owner: Pubkey, repo_id: bytes, mint: bytes = layout.ZERO32) -> Instruction:
-        """Send it after ``ed25519_proof(owner, signature over repo_id, repo_id)`` in the same tx."""
+    def create_repo(self, owner: Pubkey, repo_id: bytes, body_digest: bytes,
+                    mint: bytes = layout.ZERO32) -> Instruction:  # fmt: skip
+        """``repo_id``/``body_digest``: the genesis commit's hash and body digest (the program checks
+        ``commit_hash(owner, INIT, (), body_digest) == repo_id``). Send it after
+        ``ed25519_proof(owner, signature over repo_id, repo_id)`` in the same tx."""
         metas = [_payer(owner), _w(self.repo_address(repo_id)), _ro(INSTRUCTIONS_SYSVAR_ID),
                  _ro(SYSTEM_PROGRAM_ID)]  # fmt: skip
-        return self._ix(layout.CreateRepo(repo_id, mint), metas)
+        return self._ix(layout.CreateRepo(repo_id, body_digest, mint), metas)
 
     def add_member(self, owner: Pubkey, repo_id: bytes, member: Pubkey) -> Instruction:
         metas = [_payer(owner), _ro(self.repo_address(repo_id)),
@@ -78,16 +84,19 @@ class FederityProgram:
     def anchor_commit(
         self, author: Pubkey, repo_id: bytes, body: layout.AnchorCommit, *, as_owner: bool = False
     ) -> Instruction:
-        """The owner needs no member record: the repo account stands in for it."""
+        """The owner needs no member record: the repo account stands in for it. The commit record
+        is at the address of ``body.commit_hash(author)``, the hash the program recomputes."""
         repo = self.repo_address(repo_id)
         member = repo if as_owner else self.member_address(repo_id, author)
-        metas = [_payer(author), _w(repo), _w(self.commit_address(repo_id, body.commit_hash)), _ro(member),
+        record = self.commit_address(repo_id, body.commit_hash(bytes(author)))
+        metas = [_payer(author), _w(repo), _w(record), _ro(member),
                  _ro(INSTRUCTIONS_SYSVAR_ID), _ro(SYSTEM_PROGRAM_ID),
                  *self._records(repo_id, body.parents)]  # fmt: skip
         return self._ix(body, metas)
 
     def merge(self, owner: Pubkey, repo_id: bytes, body: layout.Merge) -> Instruction:
-        metas = [_payer(owner), _w(self.repo_address(repo_id)), _w(self.commit_address(repo_id, body.commit_hash)),
+        record = self.commit_address(repo_id, body.commit_hash(bytes(owner)))
+        metas = [_payer(owner), _w(self.repo_address(repo_id)), _w(record),
                  _ro(INSTRUCTIONS_SYSVAR_ID), _ro(SYSTEM_PROGRAM_ID),
                  *self._records(repo_id, body.inputs)]  # fmt: skip
         return self._ix(body, metas)

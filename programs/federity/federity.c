@@ -53,6 +53,7 @@ enum {
   E_RENT_UNAVAILABLE,
   E_INVALID_BRANCH,
   E_TOO_MANY_ACCOUNTS,
+  E_COMMIT_HASH_MISMATCH,
 };
 
 typedef struct {
@@ -198,7 +199,8 @@ static bool ed25519_proves(const uint8_t *d, uint64_t len, uint64_t index, const
 }
 
 /* Scans the Instructions sysvar for an Ed25519 precompile instruction that proves `signer`'s
- * signature over the 32 bytes `msg` (a commit hash; the repo id for create_repo). Its layout:
+ * signature over the 32 bytes `msg` (a recomputed commit hash; the repo id for create_repo).
+ * Sysvar layout:
  * u16 n, u16 offsets[n], then per instruction
  * u16 n_accounts, (u8 flags, key[32]) * n_accounts, program_id[32], u16 data_len, data. */
 static uint64_t check_signature_proof(const SolAccountInfo *sysvar, const uint8_t *signer,
@@ -222,6 +224,32 @@ static uint64_t check_signature_proof(const SolAccountInfo *sysvar, const uint8_
     if (ed25519_proves(d + at + 34, data_len, i, signer, msg)) return 0;
   }
   return seen ? E_SIGNATURE_PROOF_MISMATCH : E_MISSING_SIGNATURE_PROOF;
+}
+
+/* ---- commit hash ------------------------------------------------------------------------ */
+
+/* The commit hash is never taken on trust: it is recomputed from what the program checks itself
+ * (protocol.objects.commit_hash_from):
+ *   sha256("fednode/commit/v1" || author[32] || kind u8 || n_parents u8 || parents[n][32]
+ *          || body_digest[32])
+ * with author = the signer whose Ed25519 signature over the result must be proven. */
+typedef struct {
+  const uint8_t *author;
+  const uint8_t *parents; /* n * 32 bytes, in commit order */
+  const uint8_t *body_digest;
+  uint64_t kind, n;
+} Preimage;
+
+static void commit_hash(const Preimage *c, uint8_t out[32]) {
+  static const char domain[] = "fednode/commit/v1";
+  const uint8_t *author = c->author, *parents = c->parents, *body_digest = c->body_digest;
+  uint64_t n = c->n;
+  uint8_t head[2] = {(uint8_t)c->kind, (uint8_t)n};
+  /* no parents: the digest moves up into the parents' slice, so no empty slice is hashed */
+  SolBytes s[5] = {{(const uint8_t *)domain, sizeof(domain) - 1}, {author, 32}, {head, 2},
+                   {body_digest, 32}, {body_digest, 32}};
+  if (n) s[3] = (SolBytes){parents, 32 * n};
+  sol_sha256(s, n ? 5 : 4, out);
 }
 
 /* ---- shared commit bookkeeping ------------------------------------------------------------ */
@@ -298,17 +326,22 @@ static uint64_t branch_slot(Repo *r, const uint8_t *branch, bool may_create, int
 
 /* ---- instructions ----------------------------------------------------------------------- */
 
-/* create_repo(repo_id[32], mint[32]); accounts: owner [s,w], repo PDA [w], instructions sysvar,
- * system program. The transaction must carry an Ed25519 precompile proof of the owner's signature
- * over exactly repo_id (in fednode: the genesis commit's own signature over its commit hash). */
+/* create_repo(repo_id[32], mint[32], body_digest[32]); accounts: owner [s,w], repo PDA [w],
+ * instructions sysvar, system program. repo_id must be the commit hash of a genesis authored by
+ * the owner: commit_hash(owner, init, no parents, body_digest) == repo_id. The transaction must
+ * carry an Ed25519 precompile proof of the owner's signature over it (the genesis commit's own). */
 static uint64_t create_repo(SolParameters *p) {
-  if (p->data_len != 65) return E_INVALID_INSTRUCTION_DATA;
+  if (p->data_len != 97) return E_INVALID_INSTRUCTION_DATA;
   if (p->ka_num < 4) return E_NOT_ENOUGH_ACCOUNTS;
   uint64_t rc = check_signer(&p->ka[0], true);
   if (rc) return rc;
   if (!is_system_program(&p->ka[3])) return E_INVALID_SYSTEM_PROGRAM;
   if (sol_pubkey_eq(p->ka[1].owner, p->program_id)) return E_REPO_ALREADY_EXISTS;
   const uint8_t *repo_id = p->data + 1;
+  uint8_t genesis[32];
+  Preimage pre = {p->ka[0].key->x, NULL, p->data + 65, KIND_INIT, 0};
+  commit_hash(&pre, genesis);
+  if (!sol_bytes_eq(genesis, repo_id, 32)) return E_COMMIT_HASH_MISMATCH;
   rc = check_signature_proof(&p->ka[2], p->ka[0].key->x, repo_id);
   if (rc) return rc;
   PdaSpec spec = {{{(const uint8_t *)"repo", 4}, {repo_id, 32}}, 2, sizeof(Repo)};
@@ -368,10 +401,12 @@ static uint64_t remove_member(SolParameters *p) {
   return 0;
 }
 
-/* anchor_commit(commit_hash[32], kind u8, flags u8, n u8, branch[32], parents[n][32],
+/* anchor_commit(body_digest[32], kind u8, flags u8, n u8, branch[32], parents[n][32],
  *               commitment[64] if flags & 1)
  * accounts: author [s,w], repo [w], commit PDA [w], author's member PDA (owner: any, e.g. the
- * repo), instructions sysvar, system program, parent commit PDAs (same order as parents). */
+ * repo), instructions sysvar, system program, parent commit PDAs (same order as parents).
+ * The anchored hash is commit_hash(author, kind, parents, body_digest), recomputed here; the
+ * author's signature over it must be proven. */
 static uint64_t anchor_commit(SolParameters *p) {
   const uint8_t *d = p->data;
   if (p->data_len < 68) return E_INVALID_INSTRUCTION_DATA;
@@ -383,7 +418,7 @@ static uint64_t anchor_commit(SolParameters *p) {
   if (kind > KIND_REVERT || kind == KIND_MERGE || (kind == KIND_INIT) != (n == 0))
     return E_INVALID_KIND;
   if (p->ka_num < 6 + n) return E_NOT_ENOUGH_ACCOUNTS;
-  const uint8_t *hash = d + 1, *branch = d + 36, *parents = d + 68;
+  const uint8_t *body_digest = d + 1, *branch = d + 36, *parents = d + 68;
   const uint8_t *commitment = g1 ? parents + 32 * n : NULL;
 
   SolAccountInfo *author = &p->ka[0];
@@ -401,6 +436,9 @@ static uint64_t anchor_commit(SolParameters *p) {
     if (!as_commit(&p->ka[6 + k], p->program_id, r->repo_id, parents + 32 * k))
       return E_PARENT_NOT_ANCHORED;
   if (sol_pubkey_eq(p->ka[2].owner, p->program_id)) return E_COMMIT_ALREADY_ANCHORED;
+  uint8_t hash[32];
+  Preimage pre = {author->key->x, parents, body_digest, kind, n};
+  commit_hash(&pre, hash);
   rc = check_signature_proof(&p->ka[4], author->key->x, hash);
   if (rc) return rc;
   if (commitment) {
@@ -429,10 +467,11 @@ static uint64_t anchor_commit(SolParameters *p) {
   return 0;
 }
 
-/* merge(commit_hash[32], flags u8, n u8, branch[32], inputs[n][32], weights[n] u64,
+/* merge(body_digest[32], flags u8, n u8, branch[32], inputs[n][32], weights[n] u64,
  *       commitment[64] if flags & 1)
  * accounts: owner [s,w], repo [w], commit PDA [w], instructions sysvar, system program,
- * input commit PDAs (same order as inputs). */
+ * input commit PDAs (same order as inputs). The merge commit hash is recomputed as
+ * commit_hash(owner, merge, inputs, body_digest): inputs are its parents in the commit's order. */
 static uint64_t merge(SolParameters *p) {
   const uint8_t *d = p->data;
   if (p->data_len < 67) return E_INVALID_INSTRUCTION_DATA;
@@ -442,7 +481,8 @@ static uint64_t merge(SolParameters *p) {
   uint64_t g1 = flags ? 64 : 0;
   if (p->data_len != 67 + 40 * n + g1) return E_INVALID_INSTRUCTION_DATA;
   if (p->ka_num < 5 + n) return E_NOT_ENOUGH_ACCOUNTS;
-  const uint8_t *hash = d + 1, *branch = d + 35, *inputs = d + 67, *weights = inputs + 32 * n;
+  const uint8_t *body_digest = d + 1, *branch = d + 35, *inputs = d + 67;
+  const uint8_t *weights = inputs + 32 * n;
   const uint8_t *commitment = g1 ? weights + 8 * n : NULL;
 
   Repo *r;
@@ -458,6 +498,9 @@ static uint64_t merge(SolParameters *p) {
     if (!in[k]) return E_INPUT_NOT_ANCHORED;
   }
   if (sol_pubkey_eq(p->ka[2].owner, p->program_id)) return E_COMMIT_ALREADY_ANCHORED;
+  uint8_t hash[32]; /* the merge commit's parents are its inputs, in commit order */
+  Preimage pre = {p->ka[0].key->x, inputs, body_digest, KIND_MERGE, n};
+  commit_hash(&pre, hash);
   rc = check_signature_proof(&p->ka[3], p->ka[0].key->x, hash);
   if (rc) return rc;
   if (commitment) { /* C_merge == sum_k w_k * C_k, homomorphically */
