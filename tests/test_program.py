@@ -294,6 +294,14 @@ def test_create_repo_by_a_key_that_is_not_the_genesis_author_rejected(world: Wor
     assert world.client.repo(rid).owner == bytes(a.pubkey())  # type: ignore[union-attr]
 
 
+def test_a_second_genesis_cannot_be_anchored(world: World) -> None:
+    """kind init is only the commit whose hash is the repository id, even for a member or the owner."""
+    rejects(E.COMMIT_HASH_MISMATCH, lambda: world.anchor(world.alice, "second genesis", kind=Kind.INIT, branch=None))
+    rejects(E.COMMIT_HASH_MISMATCH, lambda: world.anchor(world.owner, "another genesis", kind=Kind.INIT, branch=None))
+    assert world.client.commit(world.repo_id, world["second genesis"]) is None
+    assert world.client.repo(world.repo_id).commit_count == 1  # type: ignore[union-attr]
+
+
 def test_owner_must_sign(world: World) -> None:
     ix = world.program.add_member(world.owner.pubkey(), world.repo_id, world.mallory.pubkey())
     metas = [AccountMeta(world.owner.pubkey(), is_signer=False, is_writable=True), *ix.accounts[1:]]

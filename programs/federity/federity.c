@@ -439,6 +439,8 @@ static uint64_t anchor_commit(SolParameters *p) {
   uint8_t hash[32];
   Preimage pre = {author->key->x, parents, body_digest, kind, n};
   commit_hash(&pre, hash);
+  /* a repository has one genesis: the commit whose hash is its id */
+  if (kind == KIND_INIT && !sol_bytes_eq(hash, r->repo_id, 32)) return E_COMMIT_HASH_MISMATCH;
   rc = check_signature_proof(&p->ka[4], author->key->x, hash);
   if (rc) return rc;
   if (commitment) {
