@@ -1,0 +1,77 @@
+"""``fednode daemon``: run the node until SIGINT/SIGTERM; publish its addresses in the home."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import trio
+
+from fednode.daemon import logs
+from fednode.daemon.api import Api, ensure_token
+from fednode.daemon.logs import log
+from fednode.daemon.service import BAN_THRESHOLD, SYNC_INTERVAL, Daemon
+from fednode.errors import FednodeError
+from fednode.node import open_node
+
+DAEMON_FILE = "daemon.json"
+
+
+def _write_info(home: Path, info: dict[str, object]) -> None:
+    tmp = home / (DAEMON_FILE + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(home / DAEMON_FILE)
+
+
+def _running_pid(home: Path) -> int | None:
+    """The pid of a live daemon already serving this home, if any."""
+    try:
+        pid = int(json.loads((home / DAEMON_FILE).read_text())["pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid
+
+
+async def _run(home: Path, listen: list[str] | None, api_port: int | None, bootstrap: list[str],
+               mdns: bool) -> None:
+    node = open_node(home)
+    try:
+        net = node.config.get("network", {})
+        api_cfg = node.config.get("api", {})
+        if api_cfg.get("host", "127.0.0.1") not in ("127.0.0.1", "localhost"):
+            log("api_host_ignored", "warning", configured=api_cfg.get("host"))  # loopback only, always
+        daemon = Daemon(node, listen or list(net.get("listen", ["/ip4/127.0.0.1/tcp/4001"])),
+                        list(net.get("bootstrap", [])) + bootstrap, bool(net.get("mdns", False)) or mdns,
+                        int(net.get("ban_threshold", BAN_THRESHOLD)), float(net.get("sync_interval", SYNC_INTERVAL)))
+        token = ensure_token(home)
+        api = Api(daemon, token)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(daemon.run)
+                port = await nursery.start(api.serve, int(api_cfg.get("port", 5710)) if api_port is None else api_port)
+                _write_info(home, {"pid": os.getpid(), "peer_id": str(daemon.peer_id), "addrs": daemon.addrs(),
+                                   "api": f"http://127.0.0.1:{port}", "api_port": port})
+                log("api_listening", port=port)
+                async for signum in signals:
+                    log("shutdown", signal=signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
+        try:
+            (home / DAEMON_FILE).unlink()
+        except FileNotFoundError:
+            pass
+        node.close()
+        log("stopped")
+
+
+def run_daemon(home: Path, listen: list[str] | None = None, api_port: int | None = None,
+               bootstrap: list[str] | None = None, log_file: Path | None = None, mdns: bool = False) -> None:
+    pid = _running_pid(home)
+    if pid is not None:
+        raise FednodeError(f"a daemon (pid {pid}) already runs for {home}")
+    logs.setup(log_file)
+    trio.run(_run, home, listen, api_port, bootstrap or [], mdns)

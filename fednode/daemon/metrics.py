@@ -1,0 +1,60 @@
+"""Counters of the daemon, also rendered in Prometheus text format for /metrics."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Metrics:
+    accepted: Counter[str] = field(default_factory=Counter)  # from peers, by message kind
+    published: Counter[str] = field(default_factory=Counter)  # our own, by message kind
+    rejected: Counter[str] = field(default_factory=Counter)  # by reason
+    bytes_in: int = 0
+    bytes_out: int = 0
+    blocks_in: int = 0
+    blocks_out: int = 0
+    fetches_done: int = 0
+    fetches_failed: int = 0
+    fetch_seconds: float = 0.0
+    bans: int = 0
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "accepted": dict(self.accepted),
+            "published": dict(self.published),
+            "rejected": dict(self.rejected),
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "blocks_in": self.blocks_in,
+            "blocks_out": self.blocks_out,
+            "fetches_done": self.fetches_done,
+            "fetches_failed": self.fetches_failed,
+            "fetch_seconds": round(self.fetch_seconds, 6),
+            "bans": self.bans,
+        }
+
+    def prometheus(self, peers: int) -> str:
+        lines = [
+            "# TYPE fednode_peers gauge",
+            f"fednode_peers {peers}",
+            "# TYPE fednode_messages_accepted_total counter",
+            *(f'fednode_messages_accepted_total{{kind="{k}"}} {v}' for k, v in sorted(self.accepted.items())),
+            "# TYPE fednode_messages_published_total counter",
+            *(f'fednode_messages_published_total{{kind="{k}"}} {v}' for k, v in sorted(self.published.items())),
+            "# TYPE fednode_messages_rejected_total counter",
+            *(f'fednode_messages_rejected_total{{reason="{k}"}} {v}' for k, v in sorted(self.rejected.items())),
+            "# TYPE fednode_block_bytes_in_total counter",
+            f"fednode_block_bytes_in_total {self.bytes_in}",
+            "# TYPE fednode_block_bytes_out_total counter",
+            f"fednode_block_bytes_out_total {self.bytes_out}",
+            "# TYPE fednode_fetch_seconds summary",
+            f"fednode_fetch_seconds_sum {self.fetch_seconds:.6f}",
+            f"fednode_fetch_seconds_count {self.fetches_done}",
+            "# TYPE fednode_fetches_failed_total counter",
+            f"fednode_fetches_failed_total {self.fetches_failed}",
+            "# TYPE fednode_peers_banned_total counter",
+            f"fednode_peers_banned_total {self.bans}",
+        ]
+        return "\n".join(lines) + "\n"

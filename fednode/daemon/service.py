@@ -1,0 +1,340 @@
+"""The running daemon: libp2p host, one GossipSub topic per repository, validators, fetches."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from libp2p.abc import IHost, INetStream
+from libp2p.custom_types import TProtocol
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.tools.anyio_service import background_trio_service
+
+from fednode.daemon import blocks, discovery, sync
+from fednode.daemon import host as hostmod
+from fednode.daemon.logs import log
+from fednode.daemon.metrics import Metrics
+from fednode.daemon.state import NetState
+from fednode.daemon.validate import PENALIZED, Validator, Verdict
+from fednode.node import Node
+from protocol import messages as m
+from protocol.multiformats import CID, DAG_CBOR
+
+BAN_THRESHOLD = 5  # invalid messages/blocks before a peer is disconnected and blacklisted
+FETCH_RETRIES = 4
+MAX_CONCURRENT_FETCHES = 4  # fetch jobs running at once (each fetches 64-block batches)
+MAX_SERVING = 16  # inbound block/heads streams served at once; more are reset, not queued
+SYNC_INTERVAL = 30.0  # seconds between heads exchanges with every peer (anti-entropy)
+
+
+@dataclass
+class Job:
+    repo: bytes
+    root: CID
+    providers: list[str]
+    thens: list[bytes] = field(default_factory=list)  # encoded head announcements / proposals
+    done: trio.Event = field(default_factory=trio.Event)
+    ok: bool = False
+
+
+class Daemon:
+    def __init__(self, node: Node, listen: list[str], bootstrap: list[str], mdns: bool = False,
+                 ban_threshold: int = BAN_THRESHOLD, sync_interval: float = SYNC_INTERVAL) -> None:
+        self.node = node
+        self.ban_threshold = ban_threshold
+        self.sync_interval = sync_interval
+        self.serve_limiter = trio.CapacityLimiter(MAX_SERVING)
+        self.fetch_limiter = trio.CapacityLimiter(MAX_CONCURRENT_FETCHES)
+        self.listen = listen
+        self.bootstrap = bootstrap
+        self.mdns = mdns
+        self.state = NetState(node.store)
+        self.validator = Validator(node.store, self.state)
+        self.metrics = Metrics()
+        self.kp = hostmod.key_pair(node.identity)
+        self.host: IHost = hostmod.build_host(self.kp, mdns)
+        self.pubsub: Pubsub
+        self.topics: dict[str, bytes] = {}  # topic -> repo id
+        self.invalid: Counter[str] = Counter()
+        self.jobs: dict[tuple[bytes, CID], Job] = {}
+        self.nursery: trio.Nursery
+        self.fetcher = blocks.Fetcher(self.host, node.store, self.metrics, self.penalize)
+        self.ready = trio.Event()
+
+    @property
+    def peer_id(self) -> ID:
+        return self.host.get_id()
+
+    # --- lifecycle --------------------------------------------------------------------------
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        addrs = hostmod.parse_addrs(self.listen)
+        async with self.host.run(addrs):
+            self.pubsub, router = hostmod.build_pubsub(self.host)
+            # Kademlia in server mode: repositories are provider records keyed by their id
+            self.dht = KadDHT(self.host, DHTMode.SERVER)
+            async with background_trio_service(self.pubsub), background_trio_service(router), \
+                    background_trio_service(self.dht):
+                await self.pubsub.wait_until_ready()
+                self.host.set_stream_handler(blocks.PROTOCOL, self._serve_blocks)
+                self.host.set_stream_handler(TProtocol(m.HEADS_PROTOCOL), self._serve_heads)
+                async with trio.open_nursery() as nursery:
+                    self.nursery = nursery
+                    for repo_id in {*self.state.local_repos().values(), *self.state.follows()}:
+                        await self.subscribe(repo_id)
+                    for repo, root, providers, thens in self.state.fetches():
+                        log("fetch_resumed", root=str(root))
+                        self.schedule_fetch(repo, root, providers, thens)
+                    nursery.start_soon(self._connect_loop)
+                    nursery.start_soon(self._sync_loop)
+                    self.ready.set()
+                    task_status.started()
+                    log("daemon_started", peer_id=str(self.peer_id), addrs=self.addrs())
+                    await trio.sleep_forever()
+
+    def addrs(self) -> list[str]:
+        return [str(a) for a in self.host.get_addrs()]
+
+    async def _connect_loop(self) -> None:
+        """Dial bootstrap and known peers until connected; catch up with each new connection."""
+        delay = 0.5
+        while True:
+            targets = list(self.bootstrap)
+            for pid, addrs in self.state.peers().items():
+                targets += [a if "/p2p/" in a else f"{a}/p2p/{pid}" for a in addrs]
+            if self.mdns:  # mDNS only fills the peerstore: dial what it found
+                store = self.host.get_peerstore()
+                for pid in store.peers_with_addrs():
+                    targets += [f"{a}/p2p/{pid}" for a in store.addrs(pid)[:1] if "/p2p/" not in str(a)]
+            for addr in targets:
+                try:
+                    info = info_from_p2p_addr(hostmod.parse_addrs([addr])[0])
+                except Exception:
+                    log("bad_peer_addr", "warning", addr=addr)
+                    continue
+                if info.peer_id in self.host.get_connected_peers() or info.peer_id == self.peer_id:
+                    continue
+                if self.pubsub.is_peer_blacklisted(info.peer_id):
+                    continue
+                try:
+                    await self.connect(addr)
+                except Exception:  # logged by connect(); retried next round
+                    pass
+            await trio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def connect(self, addr: str) -> str:
+        info = info_from_p2p_addr(hostmod.parse_addrs([addr])[0])
+        try:
+            with trio.fail_after(10):
+                await self.host.connect(info)
+        except Exception as exc:
+            log("dial_failed", "warning", addr=addr, error=f"{type(exc).__name__}: {exc}")
+            raise
+        self.state.put_peer(str(info.peer_id), [str(a) for a in info.addrs])
+        log("peer_connected", peer=str(info.peer_id))
+        self.nursery.start_soon(self._catch_up, info.peer_id)
+        return str(info.peer_id)
+
+    async def _sync_loop(self) -> None:
+        """Anti-entropy: heads exchange with every peer now and then, so a missed gossip
+        message (or a commit never pushed) still arrives without a reconnect or a pull."""
+        while True:
+            await trio.sleep(self.sync_interval)
+            peers = sync.peer_list(self)
+            for repo_id in list(self.topics.values()):
+                if self.state.genesis(repo_id) is None or not peers:
+                    continue
+                try:
+                    await sync.sync_repo(self, repo_id, peers, create=False, wait=False)
+                except Exception as exc:
+                    log("sync_failed", "warning", error=f"{type(exc).__name__}: {exc}")
+
+    async def _catch_up(self, peer: ID) -> None:
+        await trio.sleep(0.2)  # let identify and pubsub streams settle
+        try:
+            await self.dht.add_peer(peer, skip_server_mode_check=True)
+        except Exception as exc:
+            log("dht_add_peer_failed", "warning", peer=str(peer), error=f"{type(exc).__name__}: {exc}")
+        await discovery.provide_all(self)
+        for repo_id in list(self.topics.values()):
+            if self.state.genesis(repo_id) is not None:
+                try:
+                    await sync.sync_repo(self, repo_id, [peer], create=False, wait=False)
+                except Exception as exc:  # a peer's bad answer never stops the daemon
+                    log("catch_up_failed", "warning", peer=str(peer), error=f"{type(exc).__name__}: {exc}")
+
+    # --- gossip -----------------------------------------------------------------------------
+    async def subscribe(self, repo_id: bytes) -> None:
+        topic = m.topic_for(repo_id)
+        if topic in self.topics:
+            return
+        self.topics[topic] = repo_id
+        self.pubsub.set_topic_validator(topic, self._validator_for(repo_id), False)
+        sub = await self.pubsub.subscribe(topic)
+        self.nursery.start_soon(self._drain, sub)
+
+    async def _drain(self, sub: object) -> None:
+        # Work happens in the validator (hand-off to _handle); the 32-slot queue must not fill.
+        async for _ in sub:  # type: ignore[attr-defined]
+            pass
+
+    def _validator_for(self, repo_id: bytes):  # noqa: ANN202 - libp2p SyncValidatorFn
+        def validate(forwarder: ID, msg: rpc_pb2.Message) -> bool:
+            source = ID(msg.from_id)
+            from_self = source == self.peer_id and forwarder == self.peer_id
+            verdict = self.validator.check(msg.data, repo_id, from_self)
+            if not verdict.ok:
+                self.metrics.rejected[verdict.reason] += 1
+                log("gossip_rejected", reason=verdict.reason, forwarder=str(forwarder), source=str(source))
+                relayed = verdict.signer is not None and hostmod.peer_id_of_key(verdict.signer) != forwarder
+                if verdict.reason in PENALIZED and not relayed:
+                    self.penalize(forwarder, verdict.reason)
+                return False
+            if from_self:
+                self.metrics.published[verdict.msg.kind] += 1
+                return True
+            self.metrics.accepted[verdict.msg.kind] += 1
+            self._handle(repo_id, verdict, [str(forwarder), str(source)])
+            return True
+
+        return validate
+
+    def _handle(self, repo_id: bytes, verdict: Verdict, providers: list[str]) -> None:
+        msg = verdict.msg
+        if isinstance(msg, m.CommitEnvelope):
+            cid = CID.hash(DAG_CBOR, msg.block)
+            with self.node.store.write() as txn:
+                txn.put_block(cid, msg.block)
+                txn.index_commit(cid, repo_id, verdict.commit.commit_hash())
+            log("commit_received", cid=str(cid), author=verdict.commit.author.hex()[:16])
+            self.schedule_fetch(repo_id, cid, providers, None)
+        elif isinstance(msg, m.HeadAnnouncement):
+            self.state.put_announcement(msg)
+            self.schedule_fetch(repo_id, msg.head, providers, msg.encode())
+        elif isinstance(msg, m.MergeProposal):
+            self.state.put_proposal(repo_id, msg.announcer, msg.branch, msg.encode())
+            self.schedule_fetch(repo_id, msg.head, providers, msg.encode())
+        elif isinstance(msg, m.Membership):
+            self.state.put_membership(msg)
+            log("membership_updated", members=len(msg.members), public=msg.public)
+
+    def penalize(self, peer: ID, reason: str) -> None:
+        """Our own scoring: py-libp2p's ScoreParams are not wired to disconnects we could test."""
+        key = str(peer)
+        if peer == self.peer_id or self.pubsub.is_peer_blacklisted(peer):
+            return
+        self.invalid[key] += 1
+        if self.invalid[key] >= self.ban_threshold:
+            self.metrics.bans += 1
+            log("peer_banned", "warning", peer=key, invalid=self.invalid[key], last_reason=reason)
+            self.pubsub.add_to_blacklist(peer)  # also tears the connection down
+            self.nursery.start_soon(self._disconnect, peer)
+
+    async def _disconnect(self, peer: ID) -> None:
+        try:
+            with trio.move_on_after(5):
+                await self.host.disconnect(peer)
+        except Exception:
+            pass
+
+    async def publish(self, repo_id: bytes, data: bytes) -> None:
+        await self.subscribe(repo_id)
+        await self.pubsub.publish(m.topic_for(repo_id), data)
+
+    # --- fetch jobs -------------------------------------------------------------------------
+    def schedule_fetch(self, repo: bytes, root: CID, providers: list[str], then: bytes | list[bytes] | None) -> Job:
+        """Fetch ``root``'s closure, then apply ``then`` (announcements); recorded until done."""
+        thens = [then] if isinstance(then, bytes) else list(then or [])
+        key = (repo, root)
+        job = self.jobs.get(key)
+        if job is not None and not job.done.is_set():
+            job.providers = list(dict.fromkeys(providers + job.providers))
+            job.thens += [t for t in thens if t not in job.thens]
+        else:
+            job = Job(repo, root, list(dict.fromkeys(providers)), thens)
+            self.jobs[key] = job
+            self.nursery.start_soon(self._run_job, job)
+        self.state.add_fetch(repo, root, job.providers, job.thens)
+        return job
+
+    def _providers(self, job: Job) -> list[ID]:
+        connected = self.host.get_connected_peers()
+        topic_peers = self.pubsub.peer_topics.get(m.topic_for(job.repo), set())
+        ordered = [ID.from_base58(p) for p in job.providers] + list(topic_peers) + list(connected)
+        return [p for p in dict.fromkeys(ordered)
+                if p != self.peer_id and p in connected and not self.pubsub.is_peer_blacklisted(p)]
+
+    async def _run_job(self, job: Job) -> None:
+        delay = 0.5
+        for _ in range(FETCH_RETRIES):
+            try:
+                async with self.fetch_limiter:
+                    job.ok = await self.fetcher.fetch(job.repo, job.root, lambda: self._providers(job))
+            except Exception as exc:
+                log("fetch_error", "error", root=str(job.root), error=f"{type(exc).__name__}: {exc}")
+                job.ok = False
+            if job.ok:
+                break
+            await trio.sleep(delay)
+            delay *= 2
+        if job.ok:
+            self.state.done_fetch(job.repo, job.root)
+            log("fetch_complete", root=str(job.root))
+            for raw in job.thens:
+                sync.apply(self, job.repo, raw)
+        job.done.set()  # a failed job stays in the net db: resumed at restart or by the next pull
+
+    # --- stream handlers --------------------------------------------------------------------
+    async def _serve_blocks(self, stream: INetStream) -> None:
+        await self._serve(stream, blocks.serve(stream, self.node.store, self.metrics))
+
+    async def _serve_heads(self, stream: INetStream) -> None:
+        await self._serve(stream, sync.serve_heads(self, stream))
+
+    async def _serve(self, stream: INetStream, work: Coroutine[Any, Any, None]) -> None:
+        """Refuse blacklisted peers and anything beyond MAX_SERVING concurrent streams."""
+        try:
+            if self.pubsub.is_peer_blacklisted(stream.muxed_conn.peer_id):
+                raise trio.WouldBlock
+            self.serve_limiter.acquire_nowait()
+        except trio.WouldBlock:
+            work.close()
+            try:
+                await stream.reset()
+            except Exception:
+                pass
+            return
+        try:
+            await work
+        finally:
+            self.serve_limiter.release()
+
+    # --- reporting --------------------------------------------------------------------------
+    def status(self) -> dict[str, object]:
+        return {
+            "peer_id": str(self.peer_id),
+            "address": self.node.identity.address,
+            "addrs": self.addrs(),
+            "peers": len(self.host.get_connected_peers()),
+            "topics": sorted(self.topics),
+            "pending_fetches": sum(1 for j in self.jobs.values() if not j.done.is_set()),
+            "blacklisted": sorted(str(p) for p in self.pubsub.get_blacklisted_peers()),
+            "metrics": self.metrics.snapshot(),
+            "time": time.time(),
+        }
+
+    def peers(self) -> list[dict[str, object]]:
+        out = []
+        for pid in self.host.get_connected_peers():
+            topics = sorted(t for t, ps in self.pubsub.peer_topics.items() if pid in ps)
+            addrs = [str(a) for a in self.host.get_peerstore().addrs(pid)]
+            out.append({"peer_id": str(pid), "addrs": addrs, "topics": topics})
+        return out

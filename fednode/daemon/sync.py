@@ -1,0 +1,242 @@
+"""Heads exchange, push/pull/clone and moving refs.
+
+``/fednode/heads/1.0.0``: one frame ``{repo}`` in, one ``HeadsReply`` out: the genesis CID, our
+freshly signed head announcements for our local branches, the latest announcements we
+received from others, and the membership object. The receiver validates each of them
+exactly like gossip (signature, membership, seq) before using it.
+
+Refs: a verified announcement from the repository owner moves ``heads/<branch>`` when the
+head and all its blocks are present, ``operations.verify`` passes and it is a fast-forward;
+anything else (another announcer, a diverged branch) becomes ``remotes/<peer id>/<branch>``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import trio
+from libp2p.abc import INetStream
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+
+from fednode import operations
+from fednode.daemon import discovery, wire
+from fednode.daemon.host import peer_id_of_key
+from fednode.daemon.logs import log
+from fednode.errors import FednodeError
+from fednode.history import DEFAULT_BRANCH, RepoInfo, repo_id_text
+from protocol import messages as m
+from protocol.multiformats import CID, FormatError
+
+if TYPE_CHECKING:
+    from fednode.daemon.service import Daemon
+
+HEADS = TProtocol(m.HEADS_PROTOCOL)
+MAX_REPLY = 2 * 1024 * 1024
+
+
+def own_announcements(d: Daemon, repo_id: bytes) -> list[m.HeadAnnouncement]:
+    ident = d.node.identity
+    out = []
+    with d.node.store.read() as txn:
+        heads = txn.list_refs(repo_id, "heads/")
+    for name, raw in sorted(heads.items()):
+        seq = d.state.next_own_seq(repo_id, time.time_ns() // 1000)
+        ann = m.HeadAnnouncement(repo_id, name[6:], CID.from_bytes(raw), seq, time.time_ns() // 1_000_000,
+                                 ident.public_key)
+        out.append(m.HeadAnnouncement(**{**ann.__dict__, "sig": ident.sign(ann.signing_hash())}))
+    return out
+
+
+async def serve_heads(d: Daemon, stream: INetStream) -> None:
+    try:
+        repo_id = m.decode_heads_query(await wire.read_frame(stream, 1024))
+        genesis = d.state.genesis(repo_id)
+        heads = [a.encode() for a in own_announcements(d, repo_id)] if genesis else []
+        heads += [a for a in d.state.announcements(repo_id)][: 256 - len(heads)]
+        members = d.state.membership(repo_id)
+        reply = m.HeadsReply(genesis, heads, members.encode() if members else None)
+        await wire.write_frame(stream, reply.encode())
+    except (wire.FrameError, FormatError, ValueError) as exc:
+        log("heads_serve_error", "warning", error=str(exc))
+    finally:
+        try:
+            await stream.close()
+        except Exception:
+            pass
+
+
+async def query_heads(d: Daemon, peer: ID, repo_id: bytes) -> m.HeadsReply:
+    with trio.fail_after(10):
+        stream = await d.host.new_stream(peer, [HEADS])
+    try:
+        await wire.write_frame(stream, m.encode_heads_query(repo_id))
+        return m.HeadsReply.decode(await wire.read_frame(stream, MAX_REPLY))
+    finally:
+        try:
+            await stream.close()
+        except Exception:
+            pass
+
+
+async def _create_repo(d: Daemon, repo_id: bytes, genesis: CID, peer: ID) -> None:
+    """Fetch and check the genesis commit (its commit hash IS the repo id), then register the repo."""
+    job = d.schedule_fetch(repo_id, genesis, [str(peer)], None)
+    with trio.move_on_after(30):
+        await job.done.wait()
+    if not job.ok:
+        raise FednodeError(f"could not fetch the genesis commit {genesis} from {peer}")
+    commit = d.node.history.load_commit(genesis)
+    if commit.kind != "init" or commit.commit_hash() != repo_id:
+        raise FednodeError(f"peer {peer} sent a genesis that is not repository {repo_id_text(repo_id)}")
+    name = str(commit.settings["name"])
+    info = RepoInfo(name, repo_id, genesis, commit.settings)
+    report = operations.verify(d.node.history, info, genesis)
+    if report.problems:
+        raise FednodeError(f"genesis commit fails verification: {report.problems[0]}")
+    with d.node.store.write() as txn:
+        existing = txn.list_repos()
+        if repo_id in existing.values():
+            return
+        if name in existing:
+            name = f"{name}-{repo_id_text(repo_id)[:8]}"
+        txn.put_repo(name, repo_id)
+        txn.set_ref(repo_id, "genesis", bytes(genesis))
+        txn.set_ref(repo_id, "heads/" + DEFAULT_BRANCH, bytes(genesis))
+        txn.set_ref(repo_id, "HEAD", DEFAULT_BRANCH.encode())
+    log("repo_cloned", repo=repo_id_text(repo_id), name=name)
+    d.nursery.start_soon(discovery.provide_all, d)  # we can serve it now
+
+
+async def sync_repo(d: Daemon, repo_id: bytes, peers: list[ID], create: bool, wait: bool = True,
+                    timeout: float = 60, wait_dht: bool = False) -> dict[str, object]:
+    """Ask ``peers`` for their heads of ``repo_id``; fetch and apply what validates.
+
+    A clone that no connected peer can serve asks the DHT for the repository's providers.
+    """
+    await d.subscribe(repo_id)
+    jobs = []
+    errors = []
+    for peer in peers:
+        try:
+            reply = await query_heads(d, peer, repo_id)
+        except Exception as exc:
+            errors.append(f"{peer}: {type(exc).__name__}: {exc}")
+            continue
+        if d.state.genesis(repo_id) is None:
+            if not create or reply.genesis is None:
+                continue
+            await _create_repo(d, repo_id, reply.genesis, peer)
+        if reply.members is not None:
+            verdict = d.validator.check(reply.members, repo_id, from_self=False)
+            if verdict.ok:
+                d.state.put_membership(verdict.msg)
+        for raw in reply.heads:
+            verdict = d.validator.check(raw, repo_id, from_self=False, claim=False)
+            if not verdict.ok or not isinstance(verdict.msg, m.HeadAnnouncement):
+                continue  # older announcements are normal here: several peers relay the same ones
+            ann = verdict.msg
+            d.state.claim_seq(ann.kind, repo_id, ann.announcer, ann.branch, ann.seq)
+            d.state.put_announcement(ann)
+            if not applied(d, repo_id, ann):  # anti-entropy rounds mostly find nothing new
+                jobs.append(d.schedule_fetch(repo_id, ann.head, [str(peer)], raw))
+    if d.state.genesis(repo_id) is None and create and not wait_dht:
+        found = [ID.from_base58(p) for p in await discovery.find_providers(d, repo_id)]
+        if found:
+            return await sync_repo(d, repo_id, found, create, wait, timeout, wait_dht=True)
+    if d.state.genesis(repo_id) is None:
+        raise FednodeError(f"no peer knows repository {repo_id_text(repo_id)}" + (f" ({errors[0]})" if errors else ""))
+    if wait:
+        with trio.move_on_after(timeout):
+            for job in jobs:
+                await job.done.wait()
+    with d.node.store.read() as txn:
+        refs = {k: str(CID.from_bytes(v)) for k, v in txn.list_refs(repo_id).items() if k != "HEAD"}
+    return {"repo": repo_id_text(repo_id), "fetched": sum(j.ok for j in jobs), "pending": sum(not j.ok for j in jobs),
+            "refs": refs, "errors": errors}
+
+
+def applied(d: Daemon, repo_id: bytes, ann: m.HeadAnnouncement) -> bool:
+    """Whether the ref this announcement would set already points at its head."""
+    peer = str(peer_id_of_key(ann.announcer))
+    names = [f"remotes/{peer}/{ann.branch}"]
+    if ann.announcer == d.validator.owner(repo_id):
+        names.append("heads/" + ann.branch)
+    with d.node.store.read() as txn:
+        return any(txn.get_ref(repo_id, n) == bytes(ann.head) for n in names)
+
+
+def _is_ancestor(d: Daemon, old: CID, new: CID) -> bool:
+    return any(cid == old for cid, _ in d.node.history.walk([new]))
+
+
+def apply(d: Daemon, repo_id: bytes, raw: bytes) -> None:
+    """After a fetch completed: move a branch or record a remote-tracking ref."""
+    msg = m.decode(raw)
+    if not isinstance(msg, m.HeadAnnouncement | m.MergeProposal):
+        return
+    history = d.node.history
+    try:
+        repo = history.repo_by_id(repo_id)
+    except FednodeError:
+        return
+    report = operations.verify(history, repo, msg.head)
+    if report.problems:
+        d.metrics.rejected["verify_failed"] += 1
+        log("head_verify_failed", "warning", head=str(msg.head), problem=report.problems[0])
+        return
+    peer = str(peer_id_of_key(msg.announcer))
+    if isinstance(msg, m.MergeProposal):
+        with d.node.store.write() as txn:
+            txn.set_ref(repo_id, f"proposals/{peer}/{msg.branch}", bytes(msg.head))
+        log("proposal_recorded", head=str(msg.head), branch=msg.branch, peer=peer)
+        return
+    ref = "heads/" + msg.branch
+    if msg.announcer == d.validator.owner(repo_id):
+        with d.node.store.read() as txn:
+            cur_raw = txn.get_ref(repo_id, ref)
+        cur = CID.from_bytes(cur_raw) if cur_raw else None
+        if cur == msg.head:
+            return
+        if cur is None or _is_ancestor(d, cur, msg.head):
+            with d.node.store.write() as txn:
+                if txn.get_ref(repo_id, ref) == cur_raw:  # compare-and-swap against local commits
+                    txn.set_ref(repo_id, ref, bytes(msg.head))
+                    log("branch_moved", branch=msg.branch, head=str(msg.head))
+                    return
+    with d.node.store.write() as txn:
+        txn.set_ref(repo_id, f"remotes/{peer}/{msg.branch}", bytes(msg.head))
+    log("remote_ref", branch=msg.branch, head=str(msg.head), peer=peer)
+
+
+async def push(d: Daemon, repo_id: bytes) -> dict[str, object]:
+    """Publish the head commit of every local branch, then a signed announcement of each."""
+    await d.subscribe(repo_id)
+    anns = own_announcements(d, repo_id)
+    pushed = []
+    for ann in anns:
+        with d.node.store.read() as txn:
+            block = txn.get_block(ann.head)
+        envelope = m.CommitEnvelope(block).encode()
+        sent = len(envelope) <= m.MAX_GOSSIP_BYTES  # else peers fetch it after the announcement
+        if sent:
+            await d.publish(repo_id, envelope)
+        await d.publish(repo_id, ann.encode())
+        pushed.append({"branch": ann.branch, "head": str(ann.head), "seq": ann.seq, "envelope": sent})
+    topic_peers = d.pubsub.peer_topics.get(m.topic_for(repo_id), set())
+    return {"repo": repo_id_text(repo_id), "pushed": pushed, "topic_peers": len(topic_peers)}
+
+
+async def publish_signed(d: Daemon, repo_id: bytes, msg: m.Membership | m.MergeProposal) -> None:
+    signed = type(msg)(**{**msg.__dict__, "sig": d.node.identity.sign(msg.signing_hash())})
+    verdict = d.validator.check(signed.encode(), repo_id, from_self=True)
+    if not verdict.ok:
+        raise FednodeError(f"refusing to publish: {verdict.reason}")
+    if isinstance(signed, m.Membership):
+        d.state.put_membership(signed)
+    await d.publish(repo_id, signed.encode())
+
+
+def peer_list(d: Daemon) -> list[ID]:
+    return [p for p in d.host.get_connected_peers() if not d.pubsub.is_peer_blacklisted(p)]

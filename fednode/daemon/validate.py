@@ -1,0 +1,119 @@
+"""Gossip validation: what a message must satisfy before it is stored or forwarded.
+
+Returns a reason string for a rejection (counted in metrics), None to accept. Reasons in
+``PENALIZED`` count against the forwarding peer (see ``Daemon.penalize``); ``duplicate``,
+``replay`` and ``unknown_repo`` can come from honest peers (late or redundant relays), and
+``not_member`` only counts when the forwarder signed the message itself (a relay may hold a
+newer membership list than ours).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fednode.daemon.state import NetState
+from fednode.identity import verify_signature
+from fednode.store import Store
+from protocol import messages as m
+from protocol.multiformats import CID, DAG_CBOR, FormatError
+from protocol.objects import Commit
+
+PENALIZED = frozenset({"malformed", "oversize", "bad_signature", "wrong_repo", "not_member", "not_owner"})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    reason: str | None
+    msg: m.Message | None = None
+    commit: Commit | None = None
+    signer: bytes | None = None  # for not_member: whose key signed it
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+class Validator:
+    def __init__(self, store: Store, state: NetState) -> None:
+        self.store = store
+        self.state = state
+
+    def owner(self, repo_id: bytes) -> bytes | None:
+        genesis = self.state.genesis(repo_id)
+        if genesis is None:
+            return None
+        with self.store.read() as txn:
+            if not txn.has_block(genesis):
+                return None
+            return Commit.decode(txn.get_block(genesis)).author
+
+    def members(self, repo_id: bytes) -> tuple[set[bytes], bool]:
+        """(members, public): the owner alone unless the owner signed a membership object."""
+        owner = self.owner(repo_id)
+        if owner is None:
+            return set(), False
+        ms = self.state.membership(repo_id)
+        if ms is None:
+            return {owner}, False
+        return {owner, *ms.members}, ms.public
+
+    def check(self, data: bytes, repo_id: bytes, from_self: bool, claim: bool = True) -> Verdict:
+        """Validate one message received on ``repo_id``'s topic.
+
+        ``claim``: record the seq of accepted signed messages (so a replay is refused); without it
+        (heads exchange) an announcement as new as the last accepted one passes again.
+        """
+        if len(data) > m.MAX_GOSSIP_BYTES:
+            return Verdict("oversize")
+        try:
+            msg = m.decode(data)
+        except (FormatError, ValueError):
+            return Verdict("malformed")
+        if isinstance(msg, m.CommitEnvelope):
+            return self._check_commit(msg, repo_id, from_self)
+        if msg.repo != repo_id:
+            return Verdict("wrong_repo")
+        if not verify_signature(msg.announcer, msg.signing_hash(), msg.sig):
+            return Verdict("bad_signature")
+        owner = self.owner(repo_id)
+        if owner is None:
+            return Verdict("unknown_repo")
+        members, public = self.members(repo_id)
+        if isinstance(msg, m.Membership):
+            if msg.announcer != owner:
+                return Verdict("not_owner")
+        elif isinstance(msg, m.MergeProposal):
+            if not public and msg.announcer not in members:
+                return Verdict("not_member", signer=msg.announcer)
+        elif msg.announcer not in members:
+            return Verdict("not_member", signer=msg.announcer)
+        branch = getattr(msg, "branch", "")
+        if from_self:
+            return Verdict(None, msg)
+        if claim and not self.state.claim_seq(msg.kind, repo_id, msg.announcer, branch, msg.seq):
+            return Verdict("replay")
+        # heads exchange: the latest announcement we already accepted may be applied again (idempotent)
+        if not claim and self.state.last_seq(msg.kind, repo_id, msg.announcer, branch) > msg.seq:
+            return Verdict("replay")
+        return Verdict(None, msg)
+
+    def _check_commit(self, env: m.CommitEnvelope, repo_id: bytes, from_self: bool) -> Verdict:
+        try:
+            commit = Commit.decode(env.block)
+        except (FormatError, ValueError):
+            return Verdict("malformed")
+        rid = commit.repo if commit.repo is not None else commit.commit_hash()
+        if rid != repo_id:
+            return Verdict("wrong_repo")
+        if not verify_signature(commit.author, commit.commit_hash(), commit.sig):
+            return Verdict("bad_signature")
+        members, _ = self.members(repo_id)
+        if not members:
+            return Verdict("unknown_repo")
+        if commit.author not in members:
+            return Verdict("not_member", signer=commit.author)
+        if not from_self:
+            with self.store.read() as txn:
+                if txn.has_block(CID.hash(DAG_CBOR, env.block)):
+                    return Verdict("duplicate")
+        return Verdict(None, env, commit)
