@@ -9,6 +9,7 @@ from pathlib import Path
 
 import trio
 
+from fednode.chain.autoflush import flush_loop
 from fednode.daemon import logs
 from fednode.daemon.api import Api, ensure_token
 from fednode.daemon.logs import log
@@ -51,6 +52,7 @@ async def _run(home: Path, listen: list[str] | None, api_port: int | None, boots
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(daemon.run)
+                await nursery.start(flush_loop, node, log)  # anchoring requests go out whenever the chain answers
                 port = await nursery.start(api.serve, int(api_cfg.get("port", 5710)) if api_port is None else api_port)
                 _write_info(home, {"pid": os.getpid(), "peer_id": str(daemon.peer_id), "addrs": daemon.addrs(),
                                    "api": f"http://127.0.0.1:{port}", "api_port": port})
