@@ -277,6 +277,8 @@ def log(ctx: click.Context, repo_name: str | None, branch: str | None, all_branc
         labels.setdefault(cid, []).append(name)
     for name, cid in history.tags(info).items():
         labels.setdefault(cid, []).append(f"tag: {name}")
+    for name, cid in history.remote_refs(info).items():
+        labels.setdefault(cid, []).append(name)
     entries = list(history.walk(heads))
     if limit is not None:
         entries = entries[:limit]
@@ -391,6 +393,7 @@ def branch(ctx: click.Context, name: str | None, start: str | None, delete: bool
     if name is None:
         current = history.current_branch(info)
         rows = {b: str(c) for b, c in history.branches(info).items()}
+        rows.update({r: str(c) for r, c in history.remote_refs(info).items()})
         if as_json:
             emit_json({"current": current, "branches": rows})
         else:

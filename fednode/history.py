@@ -26,6 +26,7 @@ from protocol.objects import FLOAT_DTYPES, Commit, Manifest, TensorEntry
 from protocol.unixfs import add_bytes
 
 DEFAULT_BRANCH = "main"
+REMOTE_PREFIXES = ("remotes/", "proposals/")
 DEFAULT_SCALE_BITS = 24
 DEFAULT_SNAPSHOT_INTERVAL = 8
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
@@ -443,6 +444,14 @@ class History:
     def tags(self, repo: RepoInfo) -> dict[str, CID]:
         return self._named_refs(repo, "tags/")
 
+    def remote_refs(self, repo: RepoInfo) -> dict[str, CID]:
+        """Heads announced by peers (``remotes/<peer>/<branch>``) and merge proposals
+        (``proposals/<peer>/<branch>``), as the daemon recorded them."""
+        out: dict[str, CID] = {}
+        for prefix in REMOTE_PREFIXES:
+            out.update({prefix + k: v for k, v in self._named_refs(repo, prefix).items()})
+        return out
+
     def create_branch(self, repo: RepoInfo, name: str, start: CID) -> None:
         self._create_ref(repo, "branch", "heads/", name, start)
 
@@ -482,6 +491,8 @@ class History:
                 base = self.current_branch(repo)
             with self.store.read() as txn:
                 raw = txn.get_ref(repo.repo_id, "heads/" + base) or txn.get_ref(repo.repo_id, "tags/" + base)
+                if raw is None and base.startswith(REMOTE_PREFIXES):  # what peers announced or proposed
+                    raw = txn.get_ref(repo.repo_id, base)
             if raw is not None:
                 cid = CID.from_bytes(raw)
         if cid is None:

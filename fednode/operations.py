@@ -217,6 +217,8 @@ def reachable_blocks(history: History) -> tuple[set[bytes], list[str]]:
     problems: list[str] = []
     with history.store.read() as txn:
         roots = [CID.from_bytes(v) for _, name, v in txn.all_refs() if name != "HEAD"]
+        # the daemon's unfinished fetches ("fetch/" + repo id[32] + root CID): their blocks have no ref yet
+        roots += [CID.from_bytes(key[len(b"fetch/") + 32 :]) for key, _ in txn.kv_items("net", b"fetch/")]
         stack = list(roots)
         while stack:
             cid = stack.pop()

@@ -681,3 +681,26 @@ def test_verify_detects_a_wrong_parent_hash(history: History) -> None:
         txn.put_block(cid, block)
     problems = operations.verify(history, info, cid).problems
     assert problems == [f"commit {cid}: parent {good.parents[0]} does not have the recorded commit hash"]
+
+
+def test_remote_and_proposal_refs_resolve_and_gc_keeps_unfinished_fetches(history: History) -> None:
+    info, cids, _ = linear(history, 2)
+    peer = "12D3KooWPeer"
+    with history.store.write() as txn:  # what the daemon records for a peer's announced head
+        txn.set_ref(info.repo_id, f"remotes/{peer}/main", bytes(cids[-1]))
+        txn.set_ref(info.repo_id, f"proposals/{peer}/main", bytes(cids[-2]))
+    assert history.resolve(f"remotes/{peer}/main", info)[1] == cids[-1]
+    assert history.resolve(f"proposals/{peer}/main~1", info)[1] == cids[-3]
+    assert set(history.remote_refs(info)) == {f"remotes/{peer}/main", f"proposals/{peer}/main"}
+    # an unfinished fetch's root keeps its blocks through gc, even with no ref pointing at it
+    orphan = history.commit(info, ArraySource(perturb(model_arrays(0), seed=99)), "fetched", branch="main")
+    with history.store.write() as txn:
+        txn.set_ref(info.repo_id, "heads/main", bytes(cids[-1]))
+        txn.kv_put("net", b"fetch/" + info.repo_id + bytes(orphan.cid), b"\xa0")
+    operations.gc(history)
+    assert history.load_commit(orphan.cid).message == "fetched"
+    with history.store.write() as txn:
+        txn.kv_delete("net", b"fetch/" + info.repo_id + bytes(orphan.cid))
+    operations.gc(history)
+    with pytest.raises(NotFound):
+        history.load_commit(orphan.cid)
