@@ -168,7 +168,8 @@ class Txn:
 
 
 class Store:
-    def __init__(self, path: Path, readonly: bool = False, sync: bool = True) -> None:
+    def __init__(self, path: Path, readonly: bool = False, sync: bool = True,
+                 map_size: int = INITIAL_MAP_SIZE) -> None:
         """``sync=False`` skips fsync at commit: still safe against a crashed or killed
         process (the OS has the pages), not against power loss or a kernel crash."""
         self.path = path
@@ -178,7 +179,7 @@ class Store:
         try:
             self._env = lmdb.open(
                 str(path),
-                map_size=INITIAL_MAP_SIZE,
+                map_size=map_size,
                 max_dbs=len(_DBS),
                 subdir=True,
                 readonly=False,
@@ -211,6 +212,13 @@ class Store:
                 size *= 2
             self._env.set_mapsize(size)
 
+    def _begin(self, write: bool) -> lmdb.Transaction:
+        try:
+            return self._env.begin(write=write, buffers=False)
+        except lmdb.MapResizedError:  # another process (the daemon, the CLI) grew the map: adopt its size
+            self._env.set_mapsize(0)
+            return self._env.begin(write=write, buffers=False)
+
     def reserve(self, extra: int) -> None:
         """Make room for ``extra`` more bytes now (call with no transaction open)."""
         self._ensure_room(extra)
@@ -224,12 +232,12 @@ class Store:
         """
         if grow:
             self._ensure_room(size_hint)
-        with self._env.begin(write=True) as txn:
+        with self._begin(write=True) as txn:
             yield Txn(self, txn)
 
     @contextmanager
     def read(self) -> Iterator[Txn]:
-        with self._env.begin(write=False, buffers=False) as txn:
+        with self._begin(write=False) as txn:
             yield Txn(self, txn)
 
     def get_block(self, cid: CID) -> bytes:
