@@ -27,6 +27,10 @@ name = "{name}"
 listen = ["/ip4/127.0.0.1/tcp/4001"]
 bootstrap = []
 mdns = false
+# penalised (invalid) messages or blocks before a peer is disconnected and banned
+ban_threshold = 5
+# seconds between heads exchanges with every peer (anti-entropy)
+sync_interval = 30
 
 [api]
 # the local control API binds to loopback only, with the bearer token in api.token
@@ -34,7 +38,10 @@ host = "127.0.0.1"
 port = 5710
 
 [chain]
+# embedded (LiteSVM in this process, state in the store) | rpc (fednode devchain or a cluster: url, program_id)
 backend = "embedded"
+# seconds between the daemon's attempts to send queued anchoring requests
+flush_interval = 10
 
 [store]
 # fsync at every commit: survives power loss. false is faster and still survives a
