@@ -654,10 +654,11 @@ def gc(ctx: click.Context, as_json: bool) -> None:
 
 
 def _register_extensions() -> None:
-    from cli import chain_commands, net_commands
+    from cli import chain_commands, members_commands, net_commands
 
     chain_commands.register(main)
     net_commands.register(main)
+    members_commands.register(main)
 
 
 if __name__ == "__main__":  # `python -m cli.main`: extension modules must import this very module

@@ -39,10 +39,15 @@ def test_two_daemons_anchor_through_one_devchain(tmp_path: Path, devchain: str) 
             return status["queue_length"] == 0 and status["repos"] and status["repos"][0]["commit_count"] == 1
 
         wait_for(owner_flushed, 30, "the owner's daemon to anchor the genesis")
-        run_fednode(owner, "chain", "members", "add", member_addr)
+        added = run_fednode(owner, "members", "add", member_addr).stdout
+        assert "network: 1 member(s)" in added and "chain: added 1 member(s)" in added
+        listed = fed_json(owner, "members", "list")
+        assert listed["network"]["members"] == [member_addr] and listed["chain"]["members"] == [member_addr]
         with daemons(DaemonProc(member, bootstrap=(a.addr,)).start()) as (b,):
             b.api("POST", "/clone", {"repo": repo_id, "peers": [a.addr]})
             run_fednode(member, "repo", "use", "demo")
+            refused = run_fednode(member, "members", "add", member_addr, check=False)
+            assert refused.returncode == 1 and "only the repository owner" in refused.stderr
             run_fednode(member, "branch", "alice", "main")
             run_fednode(member, "commit", "-b", "alice", "--from",
                         write_model(tmp_path / "m1.safetensors", perturb(arrays, 1)), "-m", "member update")
