@@ -27,10 +27,8 @@ name = "{name}"
 listen = ["/ip4/127.0.0.1/tcp/4001"]
 bootstrap = []
 mdns = false
-# penalised (invalid) messages or blocks before a peer is disconnected and banned
-ban_threshold = 5
-# seconds between heads exchanges with every peer (anti-entropy)
-sync_interval = 30
+# optional: ban_threshold = 5 (penalised messages or blocks before a peer is disconnected
+# and banned), sync_interval = 30 (seconds between heads exchanges with every peer)
 
 [api]
 # the local control API binds to loopback only, with the bearer token in api.token
@@ -40,8 +38,7 @@ port = 5710
 [chain]
 # embedded (LiteSVM in this process, state in the store) | rpc (fednode devchain or a cluster: url, program_id)
 backend = "embedded"
-# seconds between the daemon's attempts to send queued anchoring requests
-flush_interval = 10
+# optional: flush_interval = 10 (seconds between the daemon's sends of queued anchors)
 
 [store]
 # fsync at every commit: survives power loss. false is faster and still survives a
