@@ -20,6 +20,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from fednode.daemon import blocks, discovery, sync
 from fednode.daemon import host as hostmod
+from fednode.daemon.bitswap import start_bitswap
 from fednode.daemon.logs import log
 from fednode.daemon.metrics import Metrics
 from fednode.daemon.state import NetState
@@ -87,6 +88,9 @@ class Daemon:
                 self.host.set_stream_handler(TProtocol(m.HEADS_PROTOCOL), self._serve_heads)
                 async with trio.open_nursery() as nursery:
                     self.nursery = nursery
+                    # IPFS bitswap on the same host, over the same store: any IPFS node (Kubo) can
+                    # fetch our tensor files by CID, and we can fetch theirs
+                    self.bitswap = await start_bitswap(self.host, self.node.store, nursery)
                     for repo_id in {*self.state.local_repos().values(), *self.state.follows()}:
                         await self.subscribe(repo_id)
                     for repo, root, providers, thens in self.state.fetches():
