@@ -2,12 +2,19 @@
 
 1. Pull throughput: clone of a repository whose genesis holds ``--mib`` MiB of weights
    (block exchange + verification + LMDB writes), against a raw py-libp2p stream of the same
-   size (Noise + yamux, two hosts in one process, no hashing, no storage).
+   size (Noise + yamux, two hosts in one process, no hashing, no storage); prints the ratio
+   with PASS/MISS against 0.7x, with fsync on and off (medians of ``--runs``).
 2. Gossip propagation: ``--nodes`` daemons in a sparse mesh (each bootstraps to two earlier
    ones); the owner pushes ``--commits`` commits; per commit and node, the time from the push
    request until the commit block is in that node's store. Reports p50/p99.
 
+3. Soak (off by default): ``--soak 300 --soak-nodes 30``: that many daemons for that many
+   seconds under a steady commit load (``--soak-members`` committers, one commit every
+   ``--soak-interval`` s); prints liveness, peers, missing deliveries, p50/p99, RSS, log
+   warnings/errors and HEALTHY/UNHEALTHY. Loopback only; every process is stopped at the end.
+
     .venv/bin/python bench/bench_daemon.py --mib 64 --nodes 10 --commits 20
+    .venv/bin/python bench/bench_daemon.py --skip-pull --skip-gossip --soak 300 --soak-nodes 30
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -58,14 +66,17 @@ class Proc:
                 raise RuntimeError(f"daemon {home} did not start")
             time.sleep(0.05)
         self.token = (home / "api.token").read_text().strip()
+        # one client per daemon: a fresh httpx client costs ~100 ms (SSL context), which is
+        # the bench's overhead, not the daemon's
+        self.client = httpx.Client(headers={"Authorization": f"Bearer {self.token}"}, timeout=300)
 
     def api(self, method: str, path: str, body: dict | None = None) -> dict:
-        r = httpx.request(method, f"http://127.0.0.1:{self.info['api_port']}{path}", json=body,
-                          headers={"Authorization": f"Bearer {self.token}"}, timeout=300)
+        r = self.client.request(method, f"http://127.0.0.1:{self.info['api_port']}{path}", json=body)
         r.raise_for_status()
         return r.json()
 
     def stop(self) -> None:
+        self.client.close()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -81,8 +92,15 @@ def make_home(tmp: Path, name: str) -> Path:
     return tmp / name
 
 
-def bench_pull(tmp: Path, mib: int) -> list[str]:
-    a_home, b_home = make_home(tmp, "pa"), make_home(tmp, "pb")
+TARGET_RATIO = 0.7  # issue 4 item 8: pull >= 0.7x a raw libp2p stream of the same bytes
+
+
+def _pull_once(tmp: Path, tag: str, mib: int, fsync: bool) -> tuple[float, float, dict]:
+    """One clone of a ``mib`` MiB genesis between two fresh daemons; (seconds, fetch seconds, metrics)."""
+    a_home, b_home = make_home(tmp, f"pa{tag}"), make_home(tmp, f"pb{tag}")
+    for home in (a_home, b_home):
+        cfg = home / "config.toml"
+        cfg.write_text(cfg.read_text().replace("fsync = true", f"fsync = {str(fsync).lower()}"))
     rng = np.random.default_rng(0)
     weights = {"w": ("F32", rng.standard_normal(mib * 1024 * 1024 // 4, dtype=np.float32))}
     with open_node(a_home) as node:
@@ -91,19 +109,36 @@ def bench_pull(tmp: Path, mib: int) -> list[str]:
     try:
         procs.append(Proc(b_home, [procs[0].info["addrs"][0]]))
         time.sleep(1.0)
+        procs[1].api("GET", "/status")  # warm the HTTP client
         t0 = time.perf_counter()
         procs[1].api("POST", "/clone", {"repo": repo_id_text(info.repo_id), "timeout": 300})
         dt = time.perf_counter() - t0
         m = procs[1].api("GET", "/status")["metrics"]
-        raw = raw_stream_mbps(mib)
-        fetch = m["fetch_seconds"]
-        return [f"clone {mib} MiB (fetch+verify+store)   {dt:7.2f} s  {mib * 1.048576 / dt:7.1f} MB/s "
-                f"({m['blocks_in']} blocks; block fetch+hash+store alone {fetch:.2f} s = "
-                f"{mib * 1.048576 / fetch:.0f} MB/s)",
-                f"raw py-libp2p stream {mib} MiB (noise+yamux)   {raw:7.1f} MB/s"]
+        return dt, m["fetch_seconds"], m
     finally:
         for p in procs:
             p.stop()
+
+
+def bench_pull(tmp: Path, mib: int, runs: int) -> list[str]:
+    """Clone (end to end: heads exchange, block fetch, hash checks, LMDB writes, verify of the
+    genesis) vs a raw Noise+yamux stream of the same bytes between two hosts on this machine.
+    Medians of ``runs`` each; fsync on (the default) and off."""
+    mb = mib * 1.048576
+    raw = statistics.median(raw_stream_mbps(mib) for _ in range(runs))
+    lines = [f"raw py-libp2p stream {mib} MiB (noise+yamux, 2 hosts in 1 process)  {mib * 1.048576 / raw:6.2f} s "
+             f"{raw:7.1f} MB/s  (median of {runs})"]
+    for fsync in (True, False):
+        res = [_pull_once(tmp, f"{int(fsync)}{k}", mib, fsync) for k in range(runs)]
+        dt = statistics.median(r[0] for r in res)
+        fetch = statistics.median(r[1] for r in res)
+        ratio = (mb / dt) / raw
+        lines.append(f"pull (clone) {mib} MiB, fsync {'on ' if fsync else 'off'}: {dt:6.2f} s {mb / dt:7.1f} MB/s "
+                     f"(block fetch+hash+store alone {fetch:.2f} s = {mb / fetch:.0f} MB/s; runs "
+                     f"{', '.join(f'{r[0]:.2f}' for r in res)} s; {res[0][2]['blocks_in']} blocks)")
+        lines.append(f"  ratio pull/raw (fsync {'on' if fsync else 'off'}) = {ratio:.2f}x  "
+                     f"{'PASS' if ratio >= TARGET_RATIO else 'MISS'} (target >= {TARGET_RATIO}x)")
+    return lines
 
 
 def raw_stream_mbps(mib: int) -> float:
@@ -198,6 +233,149 @@ def bench_gossip(tmp: Path, nodes: int, commits: int) -> list[str]:
             p.stop()
 
 
+def _rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _log_problems(home: Path, details: Counter) -> Counter:
+    """Warnings and errors in one daemon's JSON log, by level:event; ``details`` gets
+    event + error text (first 70 characters) for the report."""
+    out: Counter = Counter()
+    try:
+        lines = (home / "daemon.log").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            out["error:unparsable_log_line"] += 1
+            continue
+        if rec.get("level") in ("warning", "error"):
+            out[f"{rec['level']}:{rec.get('event')}"] += 1
+            details[f"{rec.get('event')}: {str(rec.get('error', rec.get('reason', '')))[:70]}"] += 1
+    return out
+
+
+def bench_soak(tmp: Path, nodes: int, seconds: float, interval: float, members: int) -> list[str]:
+    """``nodes`` daemons on 127.0.0.1 for ``seconds`` under a steady commit load: ``members``
+    members (the owner first) take turns committing and pushing, one commit every ``interval``
+    seconds. Reports liveness, peers, missing deliveries, propagation p50/p99, RSS, log problems.
+    Bounded: every process is stopped at the end, whatever happens."""
+    homes = [make_home(tmp, f"s{i}") for i in range(nodes)]
+    rng = np.random.default_rng(2)
+    base = rng.standard_normal(4096).astype(np.float32)
+    owner = open_node(homes[0])
+    info, _ = owner.history.create_repo("soak", ArraySource({"w": ("F32", base)}))
+    rid = repo_id_text(info.repo_id)
+    procs: list[Proc] = []
+    stores = []
+    lines: list[str] = []
+    try:
+        t_start = time.monotonic()
+        procs.append(Proc(homes[0], []))
+        for i in range(1, nodes):
+            boots = [procs[j].info["addrs"][0] for j in sorted({max(0, i - 1), max(0, i - 2), max(0, i // 2)})]
+            procs.append(Proc(homes[i], boots))
+        time.sleep(2.0)
+        for p in procs[1:]:
+            p.api("POST", "/clone", {"repo": rid, "timeout": 120})
+        writers = [owner] + [open_node(h) for h in homes[1:members]]
+        if members > 1:
+            procs[0].api("POST", "/members", {"repo": "soak", "members": [w.identity.address for w in writers[1:]]})
+        time.sleep(5.0)  # membership gossip + GossipSub meshes (1 s heartbeats)
+        stores = [open_node(h) for h in homes[members:]] + writers[1:]
+        store_of = {i: stores[i - members] for i in range(members, nodes)}
+        store_of.update({i: writers[i] for i in range(1, members)})
+        store_of[0] = owner
+        lines.append(f"soak: {nodes} daemons started and cloned in {time.monotonic() - t_start:.0f} s; "
+                     f"{members} committers, one commit every {interval:g} s for {seconds:g} s")
+        lat: list[float] = []
+        pending: dict[tuple[int, int], tuple[CID, float]] = {}  # (commit no, node) -> (cid, pushed at)
+        commits = push_errors = 0
+        t_end = time.monotonic() + seconds
+        next_commit = time.monotonic()
+        worst_rss: dict[int, float] = {}
+        while time.monotonic() < t_end:
+            now = time.monotonic()
+            if now >= next_commit:
+                w = commits % members
+                node = writers[w]
+                arr = base + np.float32(0.001 * (commits + 1))
+                res = node.history.commit(node.history.repo("soak"), ArraySource({"w": ("F32", arr)}), f"c{commits}")
+                t0 = time.monotonic()
+                try:
+                    procs[w].api("POST", "/push", {"repo": "soak"})
+                except Exception:
+                    push_errors += 1
+                for i in range(nodes):
+                    if i != w:
+                        pending[(commits, i)] = (res.cid, t0)
+                commits += 1
+                next_commit += interval
+            for key, (cid, t0) in list(pending.items()):
+                if _has(store_of[key[1]], cid):
+                    lat.append(time.monotonic() - t0)
+                    del pending[key]
+            if commits % 10 == 0:
+                for i, p in enumerate(procs):
+                    worst_rss[i] = max(worst_rss.get(i, 0.0), _rss_mib(p.proc.pid))
+            time.sleep(0.02)
+        grace = time.monotonic() + 30  # the last commits get 30 s to arrive
+        while pending and time.monotonic() < grace:
+            for key, (cid, t0) in list(pending.items()):
+                if _has(store_of[key[1]], cid):
+                    lat.append(time.monotonic() - t0)
+                    del pending[key]
+            time.sleep(0.05)
+        alive = [p.proc.poll() is None for p in procs]
+        peers = []
+        for p, ok in zip(procs, alive, strict=True):
+            try:
+                peers.append(p.api("GET", "/status")["peers"] if ok else -1)
+            except Exception:
+                peers.append(-1)
+        rss = [_rss_mib(p.proc.pid) for p in procs]
+        for i, r in enumerate(rss):
+            worst_rss[i] = max(worst_rss.get(i, 0.0), r)
+        problems: Counter = Counter()
+        details: Counter = Counter()
+        for h in homes:
+            problems += _log_problems(h, details)
+        errors = sum(v for k, v in problems.items() if k.startswith("error:"))
+        lat.sort()
+        expected = commits * (nodes - 1)
+        p50 = statistics.median(lat) * 1000 if lat else float("nan")
+        p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000 if lat else float("nan")
+        ok = (all(alive) and min(peers) > 0 and not pending and errors == 0 and push_errors == 0)
+        lines += [
+            f"soak alive {sum(alive)}/{nodes}; peers per node min {min(peers)} median {statistics.median(peers):g} "
+            f"max {max(peers)}",
+            f"soak commits {commits} ({push_errors} push errors); deliveries {len(lat)}/{expected}, "
+            f"missing {len(pending)}; propagation p50 {p50:.0f} ms p99 {p99:.0f} ms max "
+            f"{(lat[-1] * 1000 if lat else float('nan')):.0f} ms",
+            f"soak RSS per node now: median {statistics.median(rss):.0f} MiB max {max(rss):.0f} MiB; "
+            f"peak seen {max(worst_rss.values()):.0f} MiB",
+            f"soak log errors {errors}; warnings {sum(problems.values()) - errors} "
+            f"({', '.join(f'{k} {v}' for k, v in problems.most_common(6)) or 'none'})",
+            *(f"  {v:5d} x {k}" for k, v in details.most_common(6)),
+            f"soak {'HEALTHY' if ok else 'UNHEALTHY'}",
+        ]
+        return lines
+    finally:
+        for s_ in stores:
+            s_.close()
+        owner.close()
+        for p in procs:
+            p.stop()
+
+
 def _has(node, cid: CID) -> bool:  # noqa: ANN001
     with node.store.read() as txn:
         return txn.has_block(cid)
@@ -208,15 +386,23 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=64)
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--commits", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=3, help="pull and raw-stream runs (medians reported)")
     parser.add_argument("--skip-pull", action="store_true")
     parser.add_argument("--skip-gossip", action="store_true")
+    parser.add_argument("--soak", type=float, default=0, metavar="SECONDS",
+                        help="also run a soak of --soak-nodes daemons for this long (default off)")
+    parser.add_argument("--soak-nodes", type=int, default=30)
+    parser.add_argument("--soak-interval", type=float, default=2.0, help="seconds between commits")
+    parser.add_argument("--soak-members", type=int, default=3, help="committers (the owner + members)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         lines = []
         if not args.skip_pull:
-            lines += bench_pull(Path(tmp), args.mib)
+            lines += bench_pull(Path(tmp), args.mib, args.runs)
         if not args.skip_gossip:
             lines += bench_gossip(Path(tmp), args.nodes, args.commits)
+        if args.soak:
+            lines += bench_soak(Path(tmp), args.soak_nodes, args.soak, args.soak_interval, args.soak_members)
     print("\n".join(lines))
 
 

@@ -1,10 +1,12 @@
 """Block exchange over ``/fednode/blocks/1.0.0`` (our own protocol, not bitswap).
 
 Request: one frame, DAG-CBOR ``{"want": [CID, ...]}``. Response: one frame per wanted CID, in
-order: ``0x01 + block`` or ``0x00`` (not here). The fetcher checks every block against the CID
-it asked for before ``put_block`` (which hashes again), checks commits (decoding, signature,
-repository) before indexing them, and on any error or missing block goes on with the next
-provider, keeping what already arrived.
+order: ``0x01 + block`` or ``0x00`` (not here). The fetcher keeps PARALLEL requests of BATCH
+blocks in flight (one stream each), checks every block against the CID it asked for (once, in
+a worker thread for large batches) before storing it, checks commits (decoding, signature,
+repository) before indexing them, stores each batch in one LMDB transaction (in a worker thread,
+one at a time), and on any error or missing block goes on with the next provider, keeping what
+already arrived.
 
 Why not py-libp2p's bitswap: it returns whole files as one bytes object, caps blocks at
 512 KiB, needs a BlockStore adapter over LMDB and answers Kubo on the wrong stream (field
@@ -26,17 +28,21 @@ from fednode.daemon import wire
 from fednode.daemon.logs import log
 from fednode.daemon.metrics import Metrics
 from fednode.identity import verify_signature
-from fednode.store import Store
+from fednode.store import WRITE_HEADROOM, Store
 from protocol import messages as m
-from protocol.multiformats import CID, DAG_CBOR, DAG_PB, FormatError
+from protocol.multiformats import CID, DAG_CBOR, DAG_PB, RAW, FormatError
 from protocol.objects import COMMIT_TYPE, Commit
 from protocol.unixfs import decode_node
 
 PROTOCOL = TProtocol(m.BLOCKS_PROTOCOL)
 # Seconds to wait before serving each block: lets tests and demos kill a provider mid-transfer.
 SERVE_DELAY = float(os.environ.get("FEDNODE_BLOCK_SERVE_DELAY", "0"))
-BATCH = 64  # blocks per request: 16 MiB of 256 KiB chunks
+BATCH = 32  # blocks per request: 8 MiB of 256 KiB chunks
+# requests in flight per fetch, each on its own stream (and its own yamux window): the next
+# batch arrives while the previous one is being stored; at most PARALLEL * BATCH blocks in memory
+PARALLEL = 2
 STREAM_TIMEOUT = 15.0
+SMALL_WRITE = 256 * 1024  # batches below this are stored on the trio thread (no thread hop)
 
 
 async def serve(stream: INetStream, store: Store, metrics: Metrics) -> None:
@@ -50,11 +56,13 @@ async def serve(stream: INetStream, store: Store, metrics: Metrics) -> None:
                 continue
             if SERVE_DELAY:
                 await trio.sleep(SERVE_DELAY)
-            await wire.write_frame(stream, b"\x01" + block)
+            await wire.write_frame(stream, block, prefix=b"\x01")
             metrics.bytes_out += len(block)
             metrics.blocks_out += 1
     except (wire.FrameError, FormatError, ValueError) as exc:
         log("blocks_serve_error", "warning", error=str(exc))
+    except Exception as exc:  # py-libp2p would swallow it: the fetcher would only see an EOF
+        log("blocks_serve_failed", "warning", error=f"{type(exc).__name__}: {exc}")
     finally:
         try:
             await stream.close()
@@ -79,6 +87,7 @@ class Fetcher:
         self.store = store
         self.metrics = metrics
         self.penalize = penalize
+        self._write_lock = trio.Lock()
 
     def _commit_ok(self, cid: CID, block: bytes, repo_id: bytes) -> Commit | None | bool:
         """A commit block must decode, be signed by its author and belong to ``repo_id``.
@@ -94,51 +103,90 @@ class Fetcher:
             return False
         return commit
 
-    def store_blocks(self, repo_id: bytes, blocks: list[tuple[CID, bytes]]) -> None:
+    def store_blocks(self, repo_id: bytes, blocks: list[tuple[CID, bytes]], grow: bool = True) -> None:
+        """One LMDB transaction for a batch of blocks that ``_check`` has hash-checked."""
         if not blocks:
             return
-        with self.store.write(size_hint=sum(len(b) for _, b in blocks)) as txn:
+        with self.store.write(size_hint=sum(len(b) for _, b in blocks), grow=grow) as txn:
             for cid, block in blocks:
-                txn.put_block(cid, block)  # hash-checked again by the store
+                txn.put_block(cid, block, trusted=True)  # checked against its CID by _check
                 if cid.codec == DAG_CBOR:
                     commit = self._commit_ok(cid, block, repo_id)
                     if isinstance(commit, Commit):
                         txn.index_commit(cid, repo_id, commit.commit_hash())
 
+    async def store_blocks_async(self, repo_id: bytes, blocks: list[tuple[CID, bytes]]) -> None:
+        """``store_blocks`` in a worker thread: page faults of the LMDB map and the fsync at
+        commit no longer stall the trio thread (which keeps receiving the next batches).
+
+        One such transaction at a time (``_write_lock``). The map is grown here first, on the
+        trio thread, by twice the batch plus a full WRITE_HEADROOM, so neither the worker nor
+        a trio-thread writer (size hints far below that) resizes it while the worker's txn is open.
+        """
+        if not blocks:
+            return
+        size = sum(len(b) for _, b in blocks)
+        async with self._write_lock:
+            if size < SMALL_WRITE:
+                self.store_blocks(repo_id, blocks)
+                return
+            self.store.reserve(2 * size + WRITE_HEADROOM)
+            await trio.to_thread.run_sync(self.store_blocks, repo_id, blocks, False)
+
+    def _check(self, received: list[tuple[CID, bytes]], repo_id: bytes) -> tuple[list[tuple[CID, bytes]], str | None]:
+        """The blocks before the first bad one, and why that one is bad (None: all good).
+
+        Every block must hash to the CID we asked for; commit blocks must also decode, be signed
+        and belong to ``repo_id``. Thread-safe (hashlib releases the GIL)."""
+        for i, (cid, block) in enumerate(received):
+            if not cid.verify(block):
+                return received[:i], "bad_block"
+            if cid.codec == DAG_CBOR and self._commit_ok(cid, block, repo_id) is False:
+                return received[:i], "bad_commit_block"
+        return received, None
+
     async def _request(self, peer: ID, want: list[CID], repo_id: bytes) -> dict[CID, bytes]:
-        """Ask one peer; returns the verified blocks received before any failure."""
-        got: dict[CID, bytes] = {}
+        """Ask one peer; returns the verified blocks received before any failure.
+
+        The frames are read first, then checked as a batch: in a worker thread when the batch
+        is large, so the hashing overlaps the next request's transfer (PARALLEL > 1)."""
+        received: list[tuple[CID, bytes]] = []
+        reason: str | None = None
         try:
             with trio.fail_after(STREAM_TIMEOUT):
                 stream = await self.host.new_stream(peer, [PROTOCOL])
         except Exception as exc:
             log("blocks_dial_failed", "warning", peer=str(peer), error=f"{type(exc).__name__}: {exc}")
-            return got
+            return {}
         try:
             await wire.write_frame(stream, m.encode_want(want))
             for cid in want:
                 frame = await wire.read_frame(stream, m.MAX_BLOCK_BYTES + 1, STREAM_TIMEOUT)
                 if frame[:1] == b"\x00" and len(frame) == 1:
                     continue
-                block = frame[1:]
-                if frame[:1] != b"\x01" or not cid.verify(block):
-                    self.penalize(peer, "bad_block")
+                if frame[:1] != b"\x01":
+                    reason = "bad_block"
                     break
-                if cid.codec == DAG_CBOR and self._commit_ok(cid, block, repo_id) is False:
-                    self.penalize(peer, "bad_commit_block")
-                    break
-                got[cid] = block
-                self.metrics.bytes_in += len(block)
+                view = memoryview(frame)[1:]  # leaves stay views of the frame: no 256 KiB copy
+                received.append((cid, view if cid.codec == RAW else bytes(view)))  # type: ignore[arg-type]
+                self.metrics.bytes_in += len(view)  # as they arrive (progress), checked below
                 self.metrics.blocks_in += 1
         except wire.FrameError as exc:
-            log("blocks_transfer_interrupted", "warning", peer=str(peer), got=len(got), want=len(want),
+            log("blocks_transfer_interrupted", "warning", peer=str(peer), got=len(received), want=len(want),
                 error=str(exc))
         finally:
             try:
                 await stream.close()
             except Exception:
                 pass
-        return got
+        if sum(len(b) for _, b in received) < SMALL_WRITE:
+            good, bad = self._check(received, repo_id)
+        else:
+            good, bad = await trio.to_thread.run_sync(self._check, received, repo_id)
+        reason = bad or reason
+        if reason is not None:
+            self.penalize(peer, reason)
+        return dict(good)
 
     def _missing_and_children(self, frontier: list[CID], seen: set[CID]) -> tuple[list[CID], list[CID]]:
         missing: list[CID] = []
@@ -155,25 +203,50 @@ class Fetcher:
         return missing, children
 
     async def fetch(self, repo_id: bytes, root: CID, providers: Callable[[], list[ID]]) -> bool:
-        """Fetch everything reachable from ``root`` that is missing; True when complete."""
+        """Fetch everything reachable from ``root`` that is missing; True when complete.
+
+        Level by level; a level's missing blocks go out as BATCH-sized requests, PARALLEL of
+        them in flight at once (one stream each), so the sender never idles while we store.
+        """
         start = time.monotonic()
         seen: set[CID] = set()
         frontier = [root]
         while frontier:
             missing, children = self._missing_and_children(frontier, seen)
-            for i in range(0, len(missing), BATCH):
-                batch = missing[i:i + BATCH]
-                got = await self._fetch_batch(repo_id, batch, providers())
-                if len(got) < len(batch):
-                    self.metrics.fetches_failed += 1
-                    log("fetch_incomplete", "warning", root=str(root), missing=len(batch) - len(got))
-                    return False
-                for cid in batch:
-                    children += links(cid, got[cid])
+            failed = await self._fetch_level(repo_id, missing, providers, children)
+            if failed:
+                self.metrics.fetches_failed += 1
+                log("fetch_incomplete", "warning", root=str(root), missing=failed)
+                return False
             frontier = children
         self.metrics.fetches_done += 1
         self.metrics.fetch_seconds += time.monotonic() - start
         return True
+
+    async def _fetch_level(self, repo_id: bytes, missing: list[CID], providers: Callable[[], list[ID]],
+                           children: list[CID]) -> int:
+        """Fetch ``missing`` in BATCH-sized requests, PARALLEL at once; appends the links of
+        what arrived to ``children``; returns how many blocks could not be fetched."""
+        failed = 0
+        limiter = trio.CapacityLimiter(PARALLEL)
+
+        async def one(batch: list[CID]) -> None:
+            nonlocal failed
+            async with limiter:
+                if failed:  # give up early: the job is retried as a whole
+                    failed += len(batch)
+                    return
+                got = await self._fetch_batch(repo_id, batch, providers())
+                if len(got) < len(batch):
+                    failed += len(batch) - len(got)
+                    return
+                for cid in batch:
+                    children.extend(links(cid, got[cid]))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(0, len(missing), BATCH):
+                nursery.start_soon(one, missing[i:i + BATCH])
+        return failed
 
     async def _fetch_batch(self, repo_id: bytes, batch: list[CID], peers: list[ID]) -> dict[CID, bytes]:
         got: dict[CID, bytes] = {}
@@ -182,7 +255,7 @@ class Fetcher:
             if not want:
                 break
             received = await self._request(peer, want, repo_id)
-            self.store_blocks(repo_id, list(received.items()))  # keep partial progress
+            await self.store_blocks_async(repo_id, list(received.items()))  # keep partial progress
             got.update(received)
         return got
 

@@ -19,13 +19,15 @@ class FrameError(Exception):
 
 
 async def _read_exact(stream: INetStream, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = await stream.read(n - len(buf))
+    chunks: list[bytes] = []
+    got = 0
+    while got < n:
+        chunk = await stream.read(n - got)
         if not chunk:
-            raise FrameError(f"stream ended after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
+            raise FrameError(f"stream ended after {got} of {n} bytes")
+        chunks.append(chunk)
+        got += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)  # one copy at most
 
 
 async def read_frame(stream: INetStream, max_bytes: int, timeout: float = IO_TIMEOUT) -> bytes:
@@ -51,10 +53,11 @@ async def read_frame(stream: INetStream, max_bytes: int, timeout: float = IO_TIM
         raise FrameError(f"stream error: {type(exc).__name__}: {exc}") from None
 
 
-async def write_frame(stream: INetStream, data: bytes, timeout: float = IO_TIMEOUT) -> None:
+async def write_frame(stream: INetStream, data: bytes, timeout: float = IO_TIMEOUT, prefix: bytes = b"") -> None:
+    """One frame holding ``prefix + data`` (built with a single copy of ``data``)."""
     try:
         with trio.fail_after(timeout):
-            await stream.write(encode_varint(len(data)) + data)
+            await stream.write(b"".join((encode_varint(len(prefix) + len(data)), prefix, data)))
     except trio.TooSlowError:
         raise FrameError("timed out writing a frame") from None
     except Exception as exc:

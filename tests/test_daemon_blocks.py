@@ -1,0 +1,171 @@
+"""The block fetcher and the frame codec in-process, with fake libp2p streams (no daemons).
+
+Regression tests for the faster fetch path: several requests in flight at once, blocks
+hash-checked once (before the store, which then writes them as trusted), stores in a worker
+thread, frames read from many small chunks and written with a prefix in one piece.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from fednode.daemon import blocks, wire
+from fednode.daemon.metrics import Metrics
+from fednode.store import Store
+from protocol import dagcbor
+from protocol import messages as m
+from protocol.multiformats import CID, DAG_CBOR, RAW, encode_varint
+
+
+class FakeStream:
+    """Serves one block request from ``blocks`` like ``blocks.serve``, in small read chunks."""
+
+    def __init__(self, host: FakeHost, peer: str) -> None:
+        self.host, self.peer = host, peer
+        self.out = bytearray()
+        self.inbox = bytearray()
+
+    async def write(self, data: bytes) -> None:
+        self.inbox += data
+        length, pos = _varint(bytes(self.inbox))
+        want = m.decode_want(bytes(self.inbox[pos:pos + length]))
+        for cid in want:
+            block = self.host.blocks.get(cid)
+            if block is not None and self.peer in self.host.corrupt and cid in self.host.corrupt[self.peer]:
+                block = b"\xff" + block[1:]
+            frame = b"\x00" if block is None else b"\x01" + block
+            self.out += encode_varint(len(frame)) + frame
+
+    async def read(self, n: int) -> bytes:
+        await trio.sleep(0)  # yield like a real stream: lets other requests run
+        chunk = bytes(self.out[:min(n, 7919)])  # odd-sized chunks: frames span many reads
+        del self.out[:len(chunk)]
+        return chunk
+
+    async def close(self) -> None:
+        self.host.active -= 1
+
+
+class FakeHost:
+    def __init__(self, store_blocks: dict[CID, bytes]) -> None:
+        self.blocks = store_blocks
+        self.corrupt: dict[str, set[CID]] = {}
+        self.active = 0
+        self.max_active = 0
+        self.streams = 0
+
+    async def new_stream(self, peer: str, protocols: list[str]) -> FakeStream:
+        self.active += 1
+        self.streams += 1
+        self.max_active = max(self.max_active, self.active)
+        await trio.sleep(0.01)  # a round trip: requests overlap only if the fetcher pipelines them
+        return FakeStream(self, peer)
+
+
+def _varint(buf: bytes) -> tuple[int, int]:
+    value = shift = pos = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _dag(n_leaves: int, size: int) -> tuple[CID, dict[CID, bytes]]:
+    leaves = {}
+    for _ in range(n_leaves):
+        data = os.urandom(size)
+        leaves[CID.hash(RAW, data)] = data
+    root_block = dagcbor.encode({"links": list(leaves)})
+    root = CID.hash(DAG_CBOR, root_block)
+    return root, {root: root_block, **leaves}
+
+
+async def test_fetch_pipelines_checks_every_block_and_fails_over(tmp_path: Path) -> None:
+    n = blocks.BATCH * blocks.PARALLEL + 5  # more than one round of parallel requests
+    root, dag = _dag(n, 70_000)  # batches above SMALL_WRITE: checked and stored in worker threads
+    host = FakeHost(dag)
+    bad_leaf = list(dag)[3]
+    host.corrupt["evil"] = {bad_leaf}
+    penalties: list[tuple[str, str]] = []
+    metrics = Metrics()
+    with Store(tmp_path / "s", sync=False) as store:
+        fetcher = blocks.Fetcher(host, store, metrics, lambda p, r: penalties.append((p, r)))  # type: ignore[arg-type]
+        assert await fetcher.fetch(b"r" * 32, root, lambda: ["evil", "good"])  # type: ignore[list-item]
+        with store.read() as txn:
+            for cid, block in dag.items():
+                assert txn.get_block(cid) == block  # every block, none of the corrupted bytes
+    assert ("evil", "bad_block") in penalties  # the corrupted block was caught before the store
+    assert host.max_active > 1, "requests should be in flight in parallel"
+    assert host.max_active <= blocks.PARALLEL
+    assert metrics.blocks_in >= len(dag)  # counted as they arrive, the corrupted batch included
+    assert metrics.fetches_done == 1
+
+
+async def test_fetch_fails_when_no_provider_has_a_block(tmp_path: Path) -> None:
+    root, dag = _dag(blocks.BATCH * 2, 1000)
+    missing = list(dag)[5]
+    host = FakeHost({c: b for c, b in dag.items() if c != missing})
+    metrics = Metrics()
+    with Store(tmp_path / "s", sync=False) as store:
+        fetcher = blocks.Fetcher(host, store, metrics, lambda p, r: None)  # type: ignore[arg-type]
+        assert not await fetcher.fetch(b"r" * 32, root, lambda: ["a"])  # type: ignore[list-item]
+        with store.read() as txn:  # partial progress is kept
+            assert txn.has_block(root)
+            assert not txn.has_block(missing)
+    assert metrics.fetches_failed == 1
+
+
+class ChunkStream:
+    def __init__(self, data: bytes, chunk: int) -> None:
+        self.data, self.chunk = bytearray(data), chunk
+        self.written = b""
+
+    async def read(self, n: int) -> bytes:
+        out = bytes(self.data[:min(n, self.chunk)])
+        del self.data[:len(out)]
+        return out
+
+    async def write(self, data: bytes) -> None:
+        self.written += data
+
+
+async def test_frames_across_chunks_with_prefix_and_limits() -> None:
+    out = ChunkStream(b"", 1)
+    payload = os.urandom(300_000)
+    await wire.write_frame(out, payload, prefix=b"\x01")  # type: ignore[arg-type]
+    assert out.written == encode_varint(len(payload) + 1) + b"\x01" + payload
+    for chunk in (1, 4096, 1 << 20):
+        frame = await wire.read_frame(ChunkStream(out.written, chunk), 400_000)  # type: ignore[arg-type]
+        assert frame == b"\x01" + payload and isinstance(frame, bytes)
+    with pytest.raises(wire.FrameError, match="exceeds"):
+        await wire.read_frame(ChunkStream(out.written, 4096), 1000)  # type: ignore[arg-type]
+    with pytest.raises(wire.FrameError, match="stream ended"):
+        await wire.read_frame(ChunkStream(out.written[:1000], 4096), 400_000)  # type: ignore[arg-type]
+
+
+async def test_serve_logs_unexpected_errors_and_closes(monkeypatch: pytest.MonkeyPatch) -> None:
+    class BrokenStore:
+        def read(self) -> None:
+            raise RuntimeError("store is gone")
+
+    cid = CID.hash(RAW, b"x")
+    frame = m.encode_want([cid])
+    stream = ChunkStream(encode_varint(len(frame)) + frame, 4096)
+    closed: list[bool] = []
+
+    async def close() -> None:
+        closed.append(True)
+
+    stream.close = close  # type: ignore[attr-defined]
+    logged: list[tuple[str, dict]] = []
+    monkeypatch.setattr(blocks, "log", lambda event, level="info", **kw: logged.append((event, kw)))
+    await blocks.serve(stream, BrokenStore(), Metrics())  # type: ignore[arg-type]
+    assert logged and logged[0][0] == "blocks_serve_failed" and "store is gone" in logged[0][1]["error"]
+    assert closed == [True]
