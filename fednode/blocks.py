@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import numpy as np
 
@@ -15,17 +16,23 @@ from protocol.multiformats import CID, FormatError
 from protocol.unixfs import UnixFSBuilder, iter_file
 
 # Bytes of tensor blocks per write transaction; tests lower it to exercise multi-batch commits.
+T = TypeVar("T")
+
 BATCH_BYTES = int(os.environ.get("FEDNODE_BATCH_BYTES", 64 * 1024 * 1024))
 
 
-class BlockSink:
-    """Collects blocks we hashed ourselves and stores them in batches.
+class _Aborted(Exception):
+    """Raised inside the writer's transaction to roll it back."""
 
-    Blocks are immutable and content-addressed, so a batch that lands before a
-    crash is harmless garbage until a ref points at it; the ref moves last.
-    Batches are written by a background thread while the caller goes on hashing
-    (hashlib and LMDB both release the GIL), at most two batches in flight.
-    Call ``drain()`` before opening the final transaction.
+
+class BlockSink:
+    """Collects blocks we hashed ourselves and stores them, with the commit, in ONE transaction.
+
+    A background thread holds a single LMDB write transaction for the whole commit and
+    writes each batch into it while the caller goes on hashing (hashlib and LMDB both
+    release the GIL); ``finish(fn)`` runs the final writes (manifest, commit, ref
+    compare-and-swap) in that same transaction, which then commits with a single sync.
+    A crash or ``abort()`` leaves nothing at all. At most two batches are in flight.
     """
 
     def __init__(self, store: Store, batch_bytes: int = BATCH_BYTES, expected_bytes: int = 0) -> None:
@@ -38,6 +45,7 @@ class BlockSink:
         self._queue: queue.Queue = queue.Queue(maxsize=1)
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._result: object = None
         # grow the map now: resizing is not allowed while another thread has a transaction open
         store.reserve(expected_bytes + 2 * batch_bytes)
 
@@ -56,53 +64,69 @@ class BlockSink:
         if self._writer is None:
             self._writer = threading.Thread(target=self._run, name="fednode-block-writer", daemon=True)
             self._writer.start()
-        self._queue.put((self._pending, self._pending_bytes))
+        self._queue.put(("batch", self._pending))
         self._pending = []
         self._pending_bytes = 0
 
     def _run(self) -> None:
+        try:
+            with self._store.write(grow=False) as txn:
+                while True:
+                    item = self._queue.get()
+                    if item is None:
+                        raise _Aborted
+                    kind, payload = item
+                    if kind == "batch":
+                        try:
+                            for cid, block in payload:
+                                txn.put_block(cid, block, trusted=True)
+                        except BaseException:
+                            self._skip_rest()
+                            raise
+                        continue
+                    self.new_bytes = txn.new_bytes
+                    self._result = payload(txn)  # the final writes; raising rolls everything back
+                    return
+        except _Aborted:
+            pass
+        except BaseException as exc:  # reported to the producer
+            self._error = exc
+
+    def _skip_rest(self) -> None:
+        """After a failure, consume what the producer still hands over so it never blocks."""
         while True:
             item = self._queue.get()
-            if item is None:
+            if item is None or item[0] == "final":
                 return
-            if self._error is not None:
-                continue  # keep draining so the producer never blocks forever
-            batch, _ = item
-            try:
-                with self._store.write(grow=False) as txn:
-                    for cid, block in batch:
-                        txn.put_block(cid, block, trusted=True)
-                    self.new_bytes += txn.new_bytes
-            except BaseException as exc:  # reported to the producer on its next call
-                self._error = exc
 
-    def drain(self) -> None:
-        """Wait until every handed-off batch is stored; re-raise a writer failure."""
-        if self._writer is not None:
-            self._queue.put(None)
-            self._writer.join()
-            self._writer = None
+    def finish(self, final: Callable[[Txn], T]) -> T:
+        """Store the remaining blocks and run ``final`` in the same transaction; commit once."""
+        if self._writer is None:
+            with self._store.write(size_hint=self._pending_bytes) as txn:
+                for cid, block in self._pending:
+                    txn.put_block(cid, block, trusted=True)
+                self.new_bytes = txn.new_bytes
+                self._pending, self._pending_bytes = [], 0
+                return final(txn)
+        if self._pending and self._error is None:
+            self._queue.put(("batch", self._pending))
+        self._pending, self._pending_bytes = [], 0
+        if self._error is None:
+            self._queue.put(("final", final))
+        self._writer.join()
+        self._writer = None
         if self._error is not None:
             raise self._error
+        return self._result  # type: ignore[return-value]
 
     def abort(self) -> None:
-        """Stop the writer after a failure elsewhere; what it stored is unreferenced garbage."""
+        """Roll back everything written so far (after a failure elsewhere)."""
         self._pending = []
-        try:
-            self.drain()
-        except BaseException:  # the original failure is the one to report
-            pass
-
-    def write_into(self, txn: Txn) -> None:
-        """Write the remaining blocks inside the caller's (final, atomic) transaction."""
         if self._writer is not None:
-            raise RuntimeError("drain() the block writer before the final transaction")
-        for cid, block in self._pending:
-            txn.put_block(cid, block, trusted=True)
-        self.new_bytes += txn.new_bytes
-        txn.new_bytes = 0
-        self._pending = []
-        self._pending_bytes = 0
+            if self._error is None:
+                self._queue.put(None)
+            self._writer.join()
+            self._writer = None
 
     @property
     def pending_bytes(self) -> int:

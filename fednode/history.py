@@ -190,17 +190,18 @@ class History:
         )
         repo_id = commit.commit_hash()
         cid = commit.cid()
-        sink.drain()
-        with self.store.write(size_hint=sink.pending_bytes) as txn:
+        def final(txn: Txn) -> int:
             if txn.get_repo(name) is not None:
                 raise FednodeError(f"repository {name!r} already exists")
-            sink.write_into(txn)
             new = self._put_objects(txn, manifest, commit)
             txn.put_repo(name, repo_id)
             txn.set_ref(repo_id, "genesis", bytes(cid))
             txn.set_ref(repo_id, "heads/" + DEFAULT_BRANCH, bytes(cid))
             txn.set_ref(repo_id, "HEAD", DEFAULT_BRANCH.encode())
             txn.index_commit(cid, repo_id, repo_id)
+            return new
+
+        new = sink.finish(final)
         info = RepoInfo(name, repo_id, cid, settings)
         return info, CommitResult(cid, commit, sink.new_bytes + new, sink.total_bytes, 0.0)
 
@@ -332,15 +333,16 @@ class History:
             )
         )
         cid = commit.cid()
-        sink.drain()
-        with self.store.write(size_hint=sink.pending_bytes) as txn:
+        def final(txn: Txn) -> int:
             current = txn.get_ref(repo.repo_id, "heads/" + branch)
             if current != bytes(head):  # compare-and-swap: another writer won the race
                 raise FednodeError(f"branch {branch!r} moved while committing; nothing was stored")
-            sink.write_into(txn)
             new = self._put_objects(txn, manifest, commit)
             txn.set_ref(repo.repo_id, "heads/" + branch, bytes(cid))
             txn.index_commit(cid, repo.repo_id, commit.commit_hash())
+            return new
+
+        new = sink.finish(final)
         return CommitResult(cid, commit, sink.new_bytes + new, sink.total_bytes, max_err)
 
     @staticmethod
