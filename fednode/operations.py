@@ -11,9 +11,10 @@ from fednode import fixedpoint
 from fednode.errors import Corrupt, FednodeError, NotFound
 from fednode.history import CommitResult, History, RepoInfo
 from fednode.modelio import ArraySource, TensorInfo, to_torch_state_dict, write_safetensors
-from protocol.multiformats import CID, DAG_CBOR, DAG_PB, FormatError
+from protocol.dag import links
+from protocol.multiformats import CID, DAG_CBOR, FormatError
 from protocol.objects import DTYPES, FLOAT_DTYPES, Commit
-from protocol.unixfs import add_bytes, decode_node
+from protocol.unixfs import add_bytes
 
 
 def checkout(history: History, cid: CID, out: Path) -> int:
@@ -235,32 +236,11 @@ def reachable_blocks(history: History) -> tuple[set[bytes], list[str]]:
                 problems.append(f"block {cid} does not match its hash")
                 continue
             try:
-                if cid.codec == DAG_CBOR:
-                    stack.extend(_links(block))
-                elif cid.codec == DAG_PB:
-                    stack.extend(decode_node(block)[0])
+                stack.extend(links(cid, block))
             except FormatError as exc:
                 problems.append(f"block {cid}: {exc}")
     return reachable, problems
 
-
-def _links(block: bytes) -> list[CID]:
-    from protocol import dagcbor
-
-    out: list[CID] = []
-
-    def visit(value: object) -> None:
-        if isinstance(value, CID):
-            out.append(value)
-        elif isinstance(value, dict):
-            for v in value.values():
-                visit(v)
-        elif isinstance(value, list):
-            for v in value:
-                visit(v)
-
-    visit(dagcbor.decode(block))
-    return out
 
 
 def fsck(history: History) -> VerifyReport:

@@ -4,16 +4,11 @@ the member's daemon after the owner admits it on chain."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from helpers import model_arrays, perturb, run_fednode, write_model
 from test_daemon_harness import DaemonProc, daemons, make_home, wait_for
-from test_devchain import devchain, program_cache  # noqa: F401  (fixtures)
-
-
-def fed_json(home: Path, *args: str) -> dict:
-    return json.loads(run_fednode(home, *args, "--json").stdout)
+from test_devchain import devchain, fed_json, program_cache  # noqa: F401  (fixtures)
 
 
 def use_devchain(home: Path, url: str) -> None:

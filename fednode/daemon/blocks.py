@@ -30,9 +30,9 @@ from fednode.daemon.metrics import Metrics
 from fednode.identity import verify_signature
 from fednode.store import WRITE_HEADROOM, Store
 from protocol import messages as m
-from protocol.multiformats import CID, DAG_CBOR, DAG_PB, RAW, FormatError
+from protocol.dag import links  # children to fetch
+from protocol.multiformats import CID, DAG_CBOR, RAW, FormatError
 from protocol.objects import COMMIT_TYPE, Commit
-from protocol.unixfs import decode_node
 
 PROTOCOL = TProtocol(m.BLOCKS_PROTOCOL)
 # Seconds to wait before serving each block: lets tests and demos kill a provider mid-transfer.
@@ -68,17 +68,6 @@ async def serve(stream: INetStream, store: Store, metrics: Metrics) -> None:
             await stream.close()
         except Exception:
             pass
-
-
-def links(cid: CID, block: bytes) -> list[CID]:
-    """Children to fetch: any CID inside a DAG-CBOR block, links of a DAG-PB node."""
-    from fednode.operations import _links
-
-    if cid.codec == DAG_CBOR:
-        return _links(block)
-    if cid.codec == DAG_PB:
-        return decode_node(block)[0]
-    return []
 
 
 class Fetcher:

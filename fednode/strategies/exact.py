@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -163,6 +163,19 @@ def _python_sums(rows: Sequence[np.ndarray], weights: Sequence[int]) -> list[int
     for row, w in zip(rows, weights, strict=True):
         total = [t + w * v for t, v in zip(total, row.tolist(), strict=True)]
     return total
+
+
+def stacked_blocks(flat: Sequence[np.ndarray], lo: int, hi: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(start, stop, block) over ``[lo, hi)``: ``block[i]`` is input i's slice, stacked as one
+    (n, k) int64 array in a reused buffer (coordinate-wise rules sort or rank along axis 0)."""
+    step = min(BLOCK, max(hi - lo, 1))
+    buf = np.empty((len(flat), step), dtype=np.int64)
+    for start in range(lo, hi, step):
+        stop = min(start + step, hi)
+        block = buf[:, : stop - start]
+        for i, f in enumerate(flat):
+            block[i] = f[start:stop]
+        yield start, stop, block
 
 
 def for_blocks(size: int, work: Callable[[int, int], None]) -> None:

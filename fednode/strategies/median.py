@@ -42,14 +42,8 @@ def weighted_median(deltas: list[np.ndarray], weights: list[int]) -> np.ndarray:
     w = np.array(weights, dtype=np.int64)
 
     def work(lo: int, hi: int) -> None:
-        step = min(exact.BLOCK, max(hi - lo, 1))
-        buf = np.empty((n, step), dtype=np.int64)
-        for start in range(lo, hi, step):
-            stop = min(start + step, hi)
+        for start, stop, block in exact.stacked_blocks(flat, lo, hi):
             k = stop - start
-            block = buf[:, :k]
-            for i, f in enumerate(flat):
-                block[i] = f[start:stop]
             order = np.argsort(block, axis=0, kind="stable")
             values = np.take_along_axis(block, order, axis=0)
             cum = np.cumsum(w[order], axis=0)  # <= total < 2**63

@@ -43,15 +43,10 @@ def trimmed_mean(deltas: list[np.ndarray], b: int) -> np.ndarray:
 
     def work(lo: int, hi: int) -> None:
         step = min(exact.BLOCK, max(hi - lo, 1))
-        buf = np.empty((n, step), dtype=np.int64)
         acc = np.empty(step, dtype=np.int64)
         tmp = np.empty(step, dtype=np.int64)
-        for start in range(lo, hi, step):
-            stop = min(start + step, hi)
+        for start, stop, block in exact.stacked_blocks(flat, lo, hi):
             k = stop - start
-            block = buf[:, :k]
-            for i, f in enumerate(flat):
-                block[i] = f[start:stop]
             if n > 1:
                 block.sort(axis=0)
             weighted_sum_block(list(block[b : n - b]), ones, kept, out[start:stop], acc[:k], tmp[:k])
