@@ -30,7 +30,7 @@ lint: $(STAMP)
 BENCH_VENV := .venv-bench
 $(BENCH_VENV)/.installed: pyproject.toml
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check numpy zstandard 'flwr>=1.8'
+	$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check numpy zstandard ziglang==0.17.1 'flwr>=1.8'
 	touch $@
 
 bench: $(STAMP) $(BENCH_VENV)/.installed

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fednode import native
 from fednode import strategies as S
 from fednode.errors import FednodeError
 from fednode.strategies import exact
@@ -107,10 +108,13 @@ def inputs(draw, min_n=1, max_n=6, weight_max=5, positive_weights=False):
     return deltas, weights
 
 
-@pytest.fixture(params=["tiny-blocks", "default"])
+@pytest.fixture(params=["tiny-blocks", "default", "numpy"])
 def blocks(request, monkeypatch):
-    """Run each exactness test twice: with 3-element blocks split over threads (many blocks, mixed
-    int64 / Python-int fallback blocks, the threaded path) and with the library defaults."""
+    """Run each exactness test three times: with 3-element blocks split over threads (many blocks, mixed
+    int64 / Python-int fallback blocks, the threaded path), with the library defaults (the C kernel
+    where one applies), and with the numpy path only."""
+    if request.param == "numpy":
+        monkeypatch.setattr(native, "kernels", lambda: None)
     if request.param == "tiny-blocks":
         monkeypatch.setattr(exact, "BLOCK", 3)
         monkeypatch.setattr(exact, "PARALLEL_MIN", 4)

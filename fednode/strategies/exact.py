@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from fednode import native
 from fednode.errors import FednodeError
 
 INT64_MAX = (1 << 63) - 1
@@ -213,17 +214,33 @@ def weighted_mean(deltas: Sequence[np.ndarray], weights: Sequence[int]) -> np.nd
     size = flat[0].size
     out = np.empty(size, dtype=np.int64)
 
+    lib = native.kernels()
+    if lib is not None and size:
+        flat = [np.ascontiguousarray(f) for f in flat]
+
+        def work_native(lo: int, hi: int) -> None:
+            for start in native.weighted_mean_range(lib, flat, ws, den, out, lo, hi):
+                _exact_range(flat, ws, den, out, start, min(start + native.BLOCK, hi))
+
+        for_blocks(size, work_native)
+        return out.reshape(shape)
+
     def work(lo: int, hi: int) -> None:
-        step = min(BLOCK, max(hi - lo, 1))
-        acc = np.empty(step, dtype=np.int64)
-        tmp = np.empty(step, dtype=np.int64)
-        for start in range(lo, hi, step):
-            stop = min(start + step, hi)
-            k = stop - start
-            weighted_sum_block([f[start:stop] for f in flat], ws, den, out[start:stop], acc[:k], tmp[:k])
+        _exact_range(flat, ws, den, out, lo, hi)
 
     for_blocks(size, work)
     return out.reshape(shape)
+
+
+def _exact_range(flat: Sequence[np.ndarray], ws: Sequence[int], den: int, out: np.ndarray, lo: int, hi: int) -> None:
+    """The numpy path of ``weighted_mean`` over ``out[lo:hi]`` (also the C kernel's overflow fallback)."""
+    step = min(BLOCK, max(hi - lo, 1))
+    acc = np.empty(step, dtype=np.int64)
+    tmp = np.empty(step, dtype=np.int64)
+    for start in range(lo, hi, step):
+        stop = min(start + step, hi)
+        k = stop - start
+        weighted_sum_block([f[start:stop] for f in flat], ws, den, out[start:stop], acc[:k], tmp[:k])
 
 
 def mean_of_two(a: np.ndarray, b: np.ndarray) -> np.ndarray:

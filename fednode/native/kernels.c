@@ -1,0 +1,117 @@
+/* Exact integer kernels for fednode's merges (see fednode/native/__init__.py).
+ *
+ * weighted_mean: out[j] = round_half_even(sum_k w[k] * x_k[j] / den) over [lo, hi),
+ * fused in one pass over the inputs, block by block. Inputs are native signed
+ * integers of 1, 2, 4 or 8 bytes (deltas are stored narrowed), weights are
+ * positive int64. A block is only computed when no int64 sum can overflow:
+ * sum_k w[k] * max|x_k| + den / 2 <= INT64_MAX over that block (the same bound
+ * as the numpy path in fednode/strategies/exact.py). Other blocks are flagged in
+ * `bad` (one byte per block) and left for the caller's exact Python-int path.
+ * Integer arithmetic only (the float division below is an estimate corrected
+ * exactly), so every machine writes the same bytes.
+ */
+#include <stdint.h>
+#include <stddef.h>
+
+#define BLOCK 4096  /* elements: the int64 accumulator (32 KiB) stays in L1/L2 */
+
+typedef unsigned __int128 u128;
+
+static uint64_t max_abs(const void *p, int width, size_t n) {
+    uint64_t m = 0;
+    size_t j;
+    switch (width) {
+    case 1: { const int8_t *x = p; for (j = 0; j < n; j++) { int64_t v = x[j]; uint64_t a = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v; m = a > m ? a : m; } break; }
+    case 2: { const int16_t *x = p; for (j = 0; j < n; j++) { int64_t v = x[j]; uint64_t a = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v; m = a > m ? a : m; } break; }
+    case 4: { const int32_t *x = p; for (j = 0; j < n; j++) { int64_t v = x[j]; uint64_t a = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v; m = a > m ? a : m; } break; }
+    default: { const int64_t *x = p; for (j = 0; j < n; j++) { int64_t v = x[j]; uint64_t a = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v; m = a > m ? a : m; } break; }
+    }
+    return m;
+}
+
+/* acc[j] (+)= w * x[j]; `first` stores instead of adding. Wrapping is impossible
+ * here: the caller checked the block's bound first. Unsigned math keeps C happy. */
+#define ACCUMULATE(T)                                                            \
+    do {                                                                         \
+        const T *x = (const T *)p;                                               \
+        if (first && w == 1) for (j = 0; j < n; j++) acc[j] = x[j];             \
+        else if (first) for (j = 0; j < n; j++) acc[j] = (int64_t)((uint64_t)w * (uint64_t)(int64_t)x[j]); \
+        else if (w == 1) for (j = 0; j < n; j++) acc[j] = (int64_t)((uint64_t)acc[j] + (uint64_t)(int64_t)x[j]); \
+        else for (j = 0; j < n; j++) acc[j] = (int64_t)((uint64_t)acc[j] + (uint64_t)w * (uint64_t)(int64_t)x[j]); \
+    } while (0)
+
+static void accumulate(int64_t *acc, const void *p, int width, int64_t w, size_t n, int first) {
+    size_t j;
+    switch (width) {
+    case 1: ACCUMULATE(int8_t); break;
+    case 2: ACCUMULATE(int16_t); break;
+    case 4: ACCUMULATE(int32_t); break;
+    default: ACCUMULATE(int64_t); break;
+    }
+}
+
+/* round_half_even(a / den) for den > 0, |a| + den / 2 <= INT64_MAX; exact for every input. */
+static inline int64_t round_div_slow(int64_t a, int64_t den) {
+    int64_t q = a / den, r = a % den;  /* C truncates toward zero: make it a floor */
+    if (r < 0) { q -= 1; r += den; }
+    if (r > den - r || (r == den - r && (q & 1))) q += 1;
+    return q;
+}
+
+/* The same for |a| < 2**52, branch-free so that it vectorises: with inv = 1/den
+ * rounded, a * inv is within 1/2 of a / den (relative error <= 2**-52 on a value
+ * below 2**51), so floor() of it is the floor quotient or one off; one exact
+ * correction step each way fixes it, then ties go to even. */
+static inline int64_t round_div_fast(int64_t a, int64_t den, double inv) {
+    int64_t q = (int64_t)__builtin_floor((double)a * inv);
+    int64_t r = a - q * den;
+    int64_t lt = -(int64_t)(r < 0);
+    q += lt; r += den & lt;
+    int64_t ge = -(int64_t)(r >= den);
+    q -= ge; r -= den & ge;
+    int64_t half = den - r;  /* > 0 */
+    q += (int64_t)(r > half) | ((int64_t)(r == half) & (q & 1));
+    return q;
+}
+
+/* Returns the number of blocks flagged in bad[(start - lo) / BLOCK]. */
+int64_t fednode_weighted_mean(int64_t n_inputs, const void *const *inputs, const int32_t *widths,
+                              const int64_t *weights, int64_t den, int64_t lo, int64_t hi,
+                              int64_t *out, uint8_t *bad) {
+    int64_t acc[BLOCK];
+    int64_t flagged = 0;
+    u128 static_bound = (u128)(den / 2);
+    int any_wide = 0;
+    const double inv = 1.0 / (double)den;
+    for (int64_t k = 0; k < n_inputs; k++) {
+        if (widths[k] == 8) any_wide = 1;
+        else static_bound += (u128)weights[k] * ((u128)1 << (8 * widths[k] - 1));
+    }
+    for (int64_t start = lo; start < hi; start += BLOCK) {
+        size_t n = (size_t)(hi - start < BLOCK ? hi - start : BLOCK);
+        u128 bound = static_bound;
+        if (any_wide || bound >= ((u128)1 << 52)) {  /* measure the block unless the widths settle it (fast division) */
+            bound = (u128)(den / 2);
+            for (int64_t k = 0; k < n_inputs; k++) {
+                const char *p = (const char *)inputs[k] + (size_t)start * (size_t)widths[k];
+                bound += (u128)weights[k] * max_abs(p, widths[k], n);
+            }
+        }
+        if (bound > (u128)INT64_MAX) {
+            bad[(start - lo) / BLOCK] = 1;
+            flagged++;
+            continue;
+        }
+        for (int64_t k = 0; k < n_inputs; k++) {
+            const char *p = (const char *)inputs[k] + (size_t)start * (size_t)widths[k];
+            accumulate(acc, p, widths[k], weights[k], n, k == 0);
+        }
+        int64_t *o = out + start;
+        if (den == 1) for (size_t j = 0; j < n; j++) o[j] = acc[j];
+        else if (bound < ((u128)1 << 52)) for (size_t j = 0; j < n; j++) o[j] = round_div_fast(acc[j], den, inv);
+        else for (size_t j = 0; j < n; j++) o[j] = round_div_slow(acc[j], den);
+    }
+    return flagged;
+}
+
+int64_t fednode_kernels_version(void) { return 1; }
