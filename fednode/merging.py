@@ -48,26 +48,34 @@ def path_samples(history: History, base: CID, head: CID) -> int:
     return total
 
 
-def _tensor_deltas(
-    history: History, repo: RepoInfo, base: CID, inputs: tuple[CID, ...], name: str
+def _tensor_states(
+    history: History, base: CID, inputs: tuple[CID, ...], name: str
 ) -> tuple[np.ndarray, list[np.ndarray], str]:
     with history.store.read() as txn:
         entry = history.load_manifest(history.load_commit(base, txn).weights, txn).tensors[name]
         base_arr = history.tensor_array(base, name, txn)
         arrays = [history.tensor_array(cid, name, txn) for cid in inputs]
-    scale_bits = repo.scale_bits if entry.dtype in FLOAT_DTYPES else 0
+    return base_arr, arrays, entry.dtype
+
+
+def _tensor_deltas(
+    history: History, repo: RepoInfo, base: CID, inputs: tuple[CID, ...], name: str,
+    states: tuple[np.ndarray, list[np.ndarray], str] | None = None,
+) -> tuple[np.ndarray, list[np.ndarray], str]:
+    base_arr, arrays, dtype = states or _tensor_states(history, base, inputs, name)
+    scale_bits = repo.scale_bits if dtype in FLOAT_DTYPES else 0
     deltas = []
     for cid, arr in zip(inputs, arrays, strict=True):
-        if entry.dtype in FLOAT_DTYPES and not np.isfinite(fixedpoint.to_f64(arr, entry.dtype)).all():
+        if dtype in FLOAT_DTYPES and not np.isfinite(fixedpoint.to_f64(arr, dtype)).all():
             raise FednodeError(f"input {cid} has NaN/Inf in tensor {name!r}: refusing to merge")
-        if entry.dtype == "BOOL":
+        if dtype == "BOOL":
             deltas.append(arr.astype(np.int64) - base_arr.astype(np.int64))
             continue
-        q = fixedpoint.encode_delta(base_arr, arr, entry.dtype, scale_bits)
+        q = fixedpoint.encode_delta(base_arr, arr, dtype, scale_bits)
         if q is None:
             raise FednodeError(f"input {cid} changes tensor {name!r} beyond the repository's integer range")
         deltas.append(q)
-    return base_arr, deltas, entry.dtype
+    return base_arr, deltas, dtype
 
 
 def compute_merge(
@@ -102,8 +110,14 @@ def compute_merge(
         raise FednodeError(f"merge strategy {strategy.name}: {exc}") from None
     merged: dict[str, tuple[str, np.ndarray]] = {}
     for name in names:
-        base_arr, deltas, dtype = _tensor_deltas(history, repo, base, inputs, name)
         shape = base_manifest.tensors[name].shape
+        states = _tensor_states(history, base, inputs, name)
+        if states[2] in FLOAT_DTYPES:  # a fused path reads each state once (FedAvg on float32)
+            fused = strategy.merge_states(states[0], states[1], plan, states[2], repo.scale_bits)
+            if fused is not None:
+                merged[name] = (states[2], fused.reshape(shape))
+                continue
+        base_arr, deltas, dtype = _tensor_deltas(history, repo, base, inputs, name, states)
         if dtype == "BOOL":
             values = {d.tobytes() for d in deltas}
             if len(values) > 1:

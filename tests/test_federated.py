@@ -12,7 +12,7 @@ import torch
 from helpers import fixed_identity, store_state
 from safetensors.torch import load_file, save_file
 
-from fednode import merging, operations
+from fednode import merging, native, operations
 from fednode.errors import FednodeError
 from fednode.examples import cancer_torch
 from fednode.examples.cancer_data import site_split
@@ -21,6 +21,7 @@ from fednode.history import History
 from fednode.modelio import ArraySource, SafetensorsFile
 from fednode.review import review
 from fednode.store import Store
+from fednode.strategies import fedavg
 from fednode.training import DPConfig
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "fednode" / "examples"
@@ -218,6 +219,22 @@ def test_merge_is_exact_and_verify_recomputes_it(cancer) -> None:
         assert arr.tobytes() == expected.tobytes(), name
     record = outcome.result.commit.info["merge"]
     assert record["strategy"] == {"name": "fedavg"} and record["weighting"] == "samples"
+    assert operations.verify(history, repo, outcome.result.cid).problems == []
+
+
+def test_fused_and_generic_merge_paths_agree(cancer, monkeypatch) -> None:
+    """The merge takes FedAvg's fused float32 kernel; recomputing it with numpy only gives the same bytes."""
+    history, repo = cancer
+    calls = []
+    real = fedavg.weighted_mean_f32_states
+    monkeypatch.setattr(fedavg, "weighted_mean_f32_states", lambda *a: calls.append(1) or real(*a))
+    outcome = merging.merge(history, repo, _three_updates(history, repo, seed=5))
+    assert calls, "the merge did not take the fused path"
+    fused = history.state(outcome.result.cid)
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    generic = merging.recompute(history, repo, outcome.result.commit)
+    as_bytes = {n: a.reshape(-1).tobytes() for n, (_, a) in generic.items()}
+    assert {n: a.reshape(-1).tobytes() for n, (_, a) in fused.items()} == as_bytes
     assert operations.verify(history, repo, outcome.result.cid).problems == []
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fednode import native
+from fednode import fixedpoint, native
 from fednode.strategies import exact
 
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
@@ -148,3 +148,55 @@ def test_exact_multiples_where_the_float_estimate_falls_short(monkeypatch):
         got = exact.weighted_mean([arr, zeros], [1, den - 1])
         assert got.tolist() == [round(Fraction(int(x), den)) for x in arr]
         assert got.tobytes() == numpy_path([arr, zeros], [1, den - 1], monkeypatch).tobytes()
+
+
+def three_steps(base, states, weights, scale_bits, monkeypatch):
+    """The reference for the fused float32 path: quantize, exact weighted mean, apply, done apart in numpy."""
+    with monkeypatch.context() as m:
+        m.setattr(native, "kernels", lambda: None)
+        deltas = [fixedpoint.encode_delta(base, s, "F32", scale_bits) for s in states]
+        return fixedpoint.apply_delta(base, exact.weighted_mean(deltas, weights), "F32", scale_bits)
+
+
+@st.composite
+def float_states(draw):
+    n = draw(st.integers(1, 5))
+    size = draw(st.sampled_from([1, 5, native.BLOCK + 7]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    spread = draw(st.sampled_from([1e-6, 1e-2, 1.0, 1e6]))
+    base = rng.standard_normal(size).astype(np.float32)
+    states = [(base + rng.normal(0, spread, size)).astype(np.float32) for _ in range(n)]
+    if draw(st.booleans()):  # exact ties and subnormal-scale changes
+        states[0][: min(size, 3)] = base[: min(size, 3)] + np.float32(2.0**-25)
+    weights = draw(st.lists(st.sampled_from([0, 1, 3, 500, 2**30]), min_size=n, max_size=n))
+    if sum(weights) == 0:
+        weights[0] = 1
+    return base, states, weights, draw(st.sampled_from([8, 24, 40]))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=float_states())
+def test_fused_float32_fedavg_equals_the_three_steps(case, monkeypatch):
+    base, states, weights, scale_bits = case
+    fused = exact.weighted_mean_f32_states(base, states, weights, scale_bits)
+    expected = three_steps(base, states, weights, scale_bits, monkeypatch)
+    if expected is None:
+        assert fused is None
+    else:
+        assert fused is not None and fused.tobytes() == expected.tobytes()
+
+
+def test_fused_path_overflow_blocks_and_refusals(monkeypatch):
+    size = 2 * native.BLOCK + 3
+    base = np.zeros(size, dtype=np.float32)
+    big = np.full(size, 2.0**37, dtype=np.float32)  # 2**61 grid steps at scale 2**24
+    big[native.BLOCK:] = 1.5
+    states, weights = [big, big.copy()], [3, 4]  # 7 * 2**61 overflows int64 in the first block only
+    fused = exact.weighted_mean_f32_states(base, states, weights, 24)
+    assert fused.tobytes() == three_steps(base, states, weights, 24, monkeypatch).tobytes()
+    assert fused[0] == np.float32(2.0**37) and fused[-1] == np.float32(1.5)
+    for bad in (np.nan, np.inf, 2.0**39):  # NaN, Inf, beyond 2**62 grid steps: the generic path decides
+        s = big.copy()
+        s[-1] = bad
+        assert exact.weighted_mean_f32_states(base, [s, big], weights, 24) is None
+

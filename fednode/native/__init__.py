@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.c")
 BLOCK = 4096  # must equal BLOCK in kernels.c: one flag byte per block
-FLAGS = ["-O3", "-shared", "-fPIC", "-fno-strict-aliasing", "-march=native"]
-VERSION = 1  # fednode_kernels_version() in kernels.c
+# -ffp-contract=off: IEEE operations exactly as written (no FMA); 512-bit vectors where the CPU has them
+FLAGS = ["-O3", "-shared", "-fPIC", "-fno-strict-aliasing", "-ffp-contract=off", "-march=native",
+         "-mprefer-vector-width=512"]
+VERSION = 2  # fednode_kernels_version() in kernels.c
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -110,6 +112,10 @@ def _load() -> ctypes.CDLL:
     fn.restype = ctypes.c_int64
     fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                    ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    fn = lib.fednode_fedavg_f32
+    fn.restype = ctypes.c_int64
+    fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                   ctypes.c_double, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
     return lib
 
 
@@ -151,6 +157,30 @@ def weighted_mean_range(
     ws = (ctypes.c_int64 * n)(*weights)
     bad = np.zeros(-(-(hi - lo) // BLOCK), dtype=np.uint8)
     flagged = lib.fednode_weighted_mean(n, ptrs, widths, ws, den, lo, hi, out.ctypes.data, bad.ctypes.data)
+    if not flagged:
+        return []
+    return [lo + int(i) * BLOCK for i in np.flatnonzero(bad)]
+
+
+def fedavg_f32_range(
+    lib: ctypes.CDLL, states: list[np.ndarray], base: np.ndarray, weights: list[int], den: int, scale_bits: int,
+    out: np.ndarray, lo: int, hi: int,
+) -> list[int] | None:
+    """``out[lo:hi]`` = FedAvg of float32 ``states`` around ``base`` on the 2**-scale_bits grid, fused
+    (quantize, weighted mean, apply) and byte-identical to the three steps done apart.
+
+    Returns the starts of blocks left undone (an int64 sum could overflow there), or None when some
+    delta is not representable (NaN/Inf or beyond 2**62 grid steps): the caller then takes the
+    generic path, which reports it. All arrays contiguous 1-D float32 (``out`` too).
+    """
+    n = len(states)
+    ptrs = (ctypes.c_void_p * n)(*(s.ctypes.data for s in states))
+    ws = (ctypes.c_int64 * n)(*weights)
+    bad = np.zeros(-(-(hi - lo) // BLOCK), dtype=np.uint8)
+    flagged = lib.fednode_fedavg_f32(n, ptrs, base.ctypes.data, ws, den, float(2**scale_bits), lo, hi,
+                                     out.ctypes.data, bad.ctypes.data)
+    if flagged < 0:
+        return None
     if not flagged:
         return []
     return [lo + int(i) * BLOCK for i in np.flatnonzero(bad)]

@@ -114,4 +114,56 @@ int64_t fednode_weighted_mean(int64_t n_inputs, const void *const *inputs, const
     return flagged;
 }
 
-int64_t fednode_kernels_version(void) { return 1; }
+
+/* fedavg_f32: the whole FedAvg of float32 states in one pass, byte-identical to
+ * fixedpoint.encode_delta -> weighted_mean -> fixedpoint.apply_delta:
+ *   q_k = rint((f64(x_k) - f64(base)) * scale)       (ties to even, like np.rint)
+ *   m   = round_half_even(sum_k w_k q_k / den)
+ *   out = f32(f64(base) + f64(m) * step)             (step = 1 / scale)
+ * Returns -1 (and stops) when some q_k is not finite or |.| >= 2**62, where
+ * encode_delta refuses: the caller then takes the generic path, which says why.
+ * Blocks whose int64 sum could overflow are flagged in `bad` and left unwritten. */
+int64_t fednode_fedavg_f32(int64_t n_inputs, const float *const *inputs, const float *base,
+                           const int64_t *weights, int64_t den, double scale, int64_t lo, int64_t hi,
+                           float *out, uint8_t *bad) {
+    int64_t acc[BLOCK];
+    int64_t flagged = 0;
+    const double inv = 1.0 / (double)den, step = 1.0 / scale, limit = 4611686018427387904.0; /* 2**62 */
+    for (int64_t start = lo; start < hi; start += BLOCK) {
+        size_t n = (size_t)(hi - start < BLOCK ? hi - start : BLOCK);
+        const float *b = base + start;
+        u128 bound = (u128)(den / 2);
+        for (int64_t k = 0; k < n_inputs; k++) {
+            const float *x = inputs[k] + start;
+            const uint64_t w = (uint64_t)weights[k];
+            uint64_t m = 0;
+            int refused = 0;
+            /* integer reductions only (max |q|, any refused), so the loop vectorises */
+            for (size_t j = 0; j < n; j++) {
+                double d = ((double)x[j] - (double)b[j]) * scale;
+                int ok = __builtin_fabs(d) < limit;  /* false for NaN and +-Inf too */
+                refused |= !ok;
+                int64_t q = (int64_t)__builtin_rint(ok ? d : 0.0);
+                uint64_t a = q < 0 ? (uint64_t)0 - (uint64_t)q : (uint64_t)q;
+                m = a > m ? a : m;
+                /* unsigned math wraps harmlessly when the bound below fails */
+                acc[j] = (int64_t)((k ? (uint64_t)acc[j] : 0) + w * (uint64_t)q);
+            }
+            if (refused) return -1;
+            bound += (u128)w * m;
+        }
+        if (bound > (u128)INT64_MAX) {
+            bad[(start - lo) / BLOCK] = 1;
+            flagged++;
+            continue;
+        }
+        float *o = out + start;
+        if (den == 1) for (size_t j = 0; j < n; j++) o[j] = (float)((double)b[j] + (double)acc[j] * step);
+        else if (bound < ((u128)1 << 52))
+            for (size_t j = 0; j < n; j++) o[j] = (float)((double)b[j] + (double)round_div_fast(acc[j], den, inv) * step);
+        else for (size_t j = 0; j < n; j++) o[j] = (float)((double)b[j] + (double)round_div_slow(acc[j], den) * step);
+    }
+    return flagged;
+}
+
+int64_t fednode_kernels_version(void) { return 2; }

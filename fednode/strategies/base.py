@@ -86,6 +86,14 @@ class Strategy(ABC):
             deltas = [d if d.dtype == np.int64 else d.astype(np.int64) for d in deltas]
         return self.combine(list(deltas), plan.weights)
 
+    def merge_states(
+        self, base: np.ndarray, states: Sequence[np.ndarray], plan: Plan, dtype: str, scale_bits: int
+    ) -> np.ndarray | None:
+        """Optional fused path from float states: the merged state, byte-identical to
+        ``apply_delta(base, apply([encode_delta(base, s) for s in states], plan))``, or None
+        when the strategy has no such path for these inputs (the caller then does the steps)."""
+        return None
+
     @abstractmethod
     def combine(self, deltas: list[np.ndarray], weights: tuple[int, ...]) -> np.ndarray:
         """The coordinate-wise rule on validated deltas with validated weights (some may be 0)."""

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from fednode import native
+from fednode import fixedpoint, native
 from fednode.errors import FednodeError
 
 INT64_MAX = (1 << 63) - 1
@@ -179,14 +179,14 @@ def stacked_blocks(flat: Sequence[np.ndarray], lo: int, hi: int) -> Iterator[tup
         yield start, stop, block
 
 
-def for_blocks(size: int, work: Callable[[int, int], None]) -> None:
+def for_blocks(size: int, work: Callable[[int, int], None], parallel_min: int | None = None) -> None:
     """Run ``work(lo, hi)`` over disjoint, BLOCK-aligned ranges covering ``[0, size)``.
 
     Large tensors are split across up to ``THREADS`` threads (numpy releases the
     GIL in its loops). Each range writes only its own output slice and blocks
     never interact, so the bytes do not depend on the thread count.
     """
-    threads = min(THREADS, size // PARALLEL_MIN)
+    threads = min(THREADS, size // (parallel_min or PARALLEL_MIN))
     if threads <= 1:
         work(0, size)
         return
@@ -206,12 +206,8 @@ def weighted_mean(deltas: Sequence[np.ndarray], weights: Sequence[int]) -> np.nd
     no multiplication at all).
     """
     shape = deltas[0].shape
-    pairs = [(d, w) for d, w in zip(deltas, weights, strict=True) if w > 0]
-    g = math.gcd(*(w for _, w in pairs))
-    flat = [d.reshape(-1) for d, _ in pairs]
-    ws = [w // g for _, w in pairs]
-    den = sum(ws)
-    size = flat[0].size
+    flat, ws, den = _reduced(deltas, weights)
+    size = deltas[0].size
     out = np.empty(size, dtype=np.int64)
 
     lib = native.kernels()
@@ -230,6 +226,52 @@ def weighted_mean(deltas: Sequence[np.ndarray], weights: Sequence[int]) -> np.nd
 
     for_blocks(size, work)
     return out.reshape(shape)
+
+
+def _reduced(arrays: Sequence[np.ndarray], weights: Sequence[int]) -> tuple[list[np.ndarray], list[int], int]:
+    """The inputs with a positive weight, flattened, with weights divided by their gcd, and their sum."""
+    pairs = [(a, w) for a, w in zip(arrays, weights, strict=True) if w > 0]
+    g = math.gcd(*(w for _, w in pairs))
+    ws = [w // g for _, w in pairs]
+    return [a.reshape(-1) for a, _ in pairs], ws, sum(ws)
+
+
+class _Unrepresentable(Exception):
+    pass
+
+
+def weighted_mean_f32_states(
+    base: np.ndarray, states: Sequence[np.ndarray], weights: Sequence[int], scale_bits: int
+) -> np.ndarray | None:
+    """``apply_delta(base, weighted_mean([encode_delta(base, s) ...]))`` for float32 tensors in one
+    fused C pass (same bytes); None without the kernel or when a delta is not representable
+    (NaN/Inf, too large), so that the caller's generic path reports it."""
+    lib = native.kernels()
+    native_f32 = np.dtype(np.float32)
+    if lib is None or base.dtype != native_f32 or any(s.dtype != native_f32 or s.shape != base.shape for s in states):
+        return None
+    flat, ws, den = _reduced([np.ascontiguousarray(s) for s in states], weights)
+    base_flat = np.ascontiguousarray(base).reshape(-1)
+    out = np.empty(base_flat.size, dtype=np.float32)
+
+    def work(lo: int, hi: int) -> None:
+        undone = native.fedavg_f32_range(lib, flat, base_flat, ws, den, scale_bits, out, lo, hi)
+        if undone is None:
+            raise _Unrepresentable
+        for start in undone:  # an int64 sum could overflow: the exact numpy path for this block
+            stop = min(start + native.BLOCK, hi)
+            part = base_flat[start:stop]
+            deltas = [fixedpoint.encode_delta(part, f[start:stop], "F32", scale_bits) for f in flat]
+            merged = np.empty(stop - start, dtype=np.int64)
+            _exact_range(deltas, ws, den, merged, 0, stop - start)
+            out[start:stop] = fixedpoint.apply_delta(part, merged, "F32", scale_bits)
+
+    if base_flat.size:
+        try:  # compute-bound (not memory-bound like the int kernel): worth threads from smaller sizes
+            for_blocks(base_flat.size, work, parallel_min=PARALLEL_MIN // 8)
+        except _Unrepresentable:
+            return None
+    return out.reshape(base.shape)
 
 
 def _exact_range(flat: Sequence[np.ndarray], ws: Sequence[int], den: int, out: np.ndarray, lo: int, hi: int) -> None:
