@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -52,10 +53,20 @@ def durable_write(path: Path, src: Path) -> float:
     return elapsed
 
 
+def settle(path: Path) -> None:
+    """Write the benchmark's input to disk first, so no run competes with its write-back."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def bench_commit_speed(tmp: Path, params: int) -> list[str]:
     model = tmp / "model.safetensors"
     n_tensors = 100
     size = write_model(model, n_tensors, params // n_tensors)
+    settle(model)
     sha256_file(model)  # warm the page cache so both sides read from memory
     t_hash = min(sha256_file(model) for _ in range(3))
     t_floor = durable_write(tmp / "copy.bin", model)
@@ -64,6 +75,7 @@ def bench_commit_speed(tmp: Path, params: int) -> list[str]:
     fast.create_repo("bench", SafetensorsFile(model))
     t_nosync = time.perf_counter() - start
     fast.store.close()
+    shutil.rmtree(tmp / "store-nosync")  # its unsynced pages would be written back during the next run
     history = History(Store(tmp / "store"), Identity.generate())
     src = SafetensorsFile(model)
     start = time.perf_counter()
@@ -74,11 +86,12 @@ def bench_commit_speed(tmp: Path, params: int) -> list[str]:
         f"sha256 {t_hash:.3f} s ({size / t_hash / 1e9:.2f} GB/s); genesis commit {t_commit:.3f} s",
         ratio_line("commit time / sha256 time (genesis, fsync'd: the default)", t_commit / t_hash, "<= 2.5",
                    t_commit / t_hash <= 2.5),
+        # the same run's disk floor: how much of the durable commit's time the disk alone needs
+        ratio_line("disk floor (copy + fdatasync) time / sha256 time", t_floor / t_hash, "info", True),
+        ratio_line("durable commit time / disk floor time", t_commit / t_floor, "info", True),
         ratio_line("commit time / sha256 time (genesis, [store] fsync = false)", t_nosync / t_hash, "<= 2.5",
                    t_nosync / t_hash <= 2.5),
-        f"disk floor: copying the same bytes to a file + fdatasync takes {t_floor:.3f} s "
-        f"= {t_floor / t_hash:.2f}x the hash time",
-        ratio_line("durable commit time / durable file copy time", t_commit / t_floor, "info", True),
+        f"disk floor: copying the same bytes to a file + fdatasync takes {t_floor:.3f} s",
     ]
     # 1% of tensors changed
     import numpy as np

@@ -7,13 +7,17 @@ node computes, and any IPFS node can serve or fetch it. ``raw_leaves=False``
 gives the CIDv0 layout of a plain ``ipfs add`` (used to cross-check the tree
 shape against a real Kubo).
 
-The builder streams: it holds at most one chunk plus one pending link list per
-tree level, whatever the file size.
+The builder streams: it holds at most one group of chunks (HASH_GROUP, hashed
+on two threads) plus one pending link list per tree level, whatever the file size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from protocol.multiformats import CID, DAG_PB, RAW, FormatError, decode_varint, encode_varint
@@ -25,6 +29,43 @@ _FILE = 2  # UnixFS Data.DataType.File
 # A put callback may receive a read-only memoryview; it stays valid as long as it is referenced.
 PutBlock = Callable[[CID, "bytes | memoryview"], None]
 GetBlock = Callable[[CID], bytes]
+
+
+# hashlib releases the GIL on large buffers: a helper thread hashes half of each group of whole chunks.
+HASH_THREADS = min(2, os.cpu_count() or 1)
+HASH_GROUP = 32  # chunks (8 MiB) per hand-off to the helper; bounds the copies of writable input too
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _reset_pool() -> None:
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()  # a forked child has no helper thread: start anew
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pool)
+
+
+def _sha256_all(chunks: Sequence[memoryview]) -> list[bytes]:
+    return [hashlib.sha256(chunk).digest() for chunk in chunks]
+
+
+def _helper() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=HASH_THREADS - 1, thread_name_prefix="fednode-hash")
+        return _pool
+
+
+def sha256_many(chunks: Sequence[memoryview]) -> list[bytes]:
+    """The sha256 digest of each chunk, in order; the second half is hashed on a helper thread."""
+    if HASH_THREADS < 2 or len(chunks) < 2:
+        return _sha256_all(chunks)
+    half = len(chunks) // 2
+    rest = _helper().submit(_sha256_all, chunks[half:])
+    return _sha256_all(chunks[:half]) + rest.result()
 
 
 def _field(num: int, wire: int) -> bytes:
@@ -64,11 +105,11 @@ def encode_node(links: list[Link], data: bytes) -> bytes:
 
 
 class UnixFSBuilder:
-    """Feed bytes with ``write``; ``finish`` returns the root link."""
+    """Feed bytes with ``write``; ``finish`` returns the root link. ``put=None``: hash only."""
 
     def __init__(
         self,
-        put: PutBlock,
+        put: PutBlock | None,
         raw_leaves: bool = True,
         chunk_size: int = CHUNK_SIZE,
         max_links: int = MAX_LINKS,
@@ -87,8 +128,9 @@ class UnixFSBuilder:
         if not self._buffer:
             # Fast path: whole chunks straight from the caller's buffer, no copy.
             whole = len(view) - len(view) % size
-            for start in range(0, whole, size):
-                self._leaf(view[start : start + size])
+            step = size * HASH_GROUP
+            for first in range(0, whole, step):
+                self._whole_chunks([view[i : i + size] for i in range(first, min(first + step, whole), size)])
             view = view[whole:]
         while view:
             take = min(size - len(self._buffer), len(view))
@@ -98,15 +140,31 @@ class UnixFSBuilder:
                 self._leaf(self._buffer)
                 self._buffer = bytearray()
 
-    def _leaf(self, chunk: bytes | memoryview | bytearray) -> None:
+    def _whole_chunks(self, chunks: list[memoryview]) -> None:
+        """Leaves for full-size chunks, hashed two at a time (same CIDs, same order)."""
+        if not self._raw_leaves:
+            for chunk in chunks:
+                self._leaf(chunk)
+            return
+        blocks = [self._keepable(chunk) for chunk in chunks]
+        for block, digest in zip(blocks, sha256_many(blocks), strict=True):
+            self._leaf(block, CID(1, RAW, digest))
+
+    def _keepable(self, chunk: memoryview) -> memoryview:
+        """A view ``put`` may keep: read-only views (of bytes objects) are immutable, others
+        (a caller's array) are copied. Hashing only keeps nothing, so it never copies."""
+        return chunk if chunk.readonly or self._put is None else memoryview(bytes(chunk))
+
+    def _leaf(self, chunk: bytes | memoryview | bytearray, cid: CID | None = None) -> None:
+        """Store one leaf; ``cid``, when given, is the raw leaf's already computed CID."""
         if self._raw_leaves:
-            # read-only views (of bytes objects) are immutable: keep them without a copy
-            block = chunk if isinstance(chunk, memoryview) and chunk.readonly else bytes(chunk)
-            cid = CID.hash(RAW, block)
+            block = self._keepable(chunk) if isinstance(chunk, memoryview) else bytes(chunk)
+            cid = cid or CID.hash(RAW, block)
         else:
             block = encode_node([], _unixfs_data(len(chunk), [], bytes(chunk) if chunk else None))
             cid = CID(0, DAG_PB, CID.hash(DAG_PB, block).digest)
-        self._put(cid, block)
+        if self._put is not None:
+            self._put(cid, block)
         self._leaves += 1
         self._push(0, Link(cid, len(block), len(chunk)))
 
@@ -123,7 +181,8 @@ class UnixFSBuilder:
         block = encode_node(links, _unixfs_data(filesize, [link.filesize for link in links]))
         digest = CID.hash(DAG_PB, block).digest
         cid = CID(1 if self._raw_leaves else 0, DAG_PB, digest)
-        self._put(cid, block)
+        if self._put is not None:
+            self._put(cid, block)
         return Link(cid, len(block) + sum(link.tsize for link in links), filesize)
 
     def finish(self) -> Link:
@@ -147,7 +206,7 @@ class UnixFSBuilder:
 
 def add_bytes(data: bytes, put: PutBlock | None = None, raw_leaves: bool = True) -> CID:
     """CID of ``data`` as a UnixFS file (blocks go to ``put`` when given)."""
-    builder = UnixFSBuilder(put or (lambda cid, block: None), raw_leaves=raw_leaves)
+    builder = UnixFSBuilder(put, raw_leaves=raw_leaves)
     builder.write(data)
     return builder.finish().cid
 

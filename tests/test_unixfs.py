@@ -163,3 +163,32 @@ def test_builder_reports_sizes() -> None:
     root = builder.finish()
     assert root.filesize == 95
     assert root.tsize == sum(len(b) for b in blocks.values())
+
+
+def test_hashing_on_two_threads_gives_the_same_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole chunks are hashed half on a helper thread: CIDs, blocks and their order stay the same."""
+    from protocol import unixfs
+
+    data = pattern(unixfs.HASH_GROUP * CHUNK_SIZE * 2 + 3 * CHUNK_SIZE + 5)  # several groups, a partial tail
+    runs = []
+    for threads in (1, 2):
+        monkeypatch.setattr(unixfs, "HASH_THREADS", threads)
+        blocks: dict[CID, bytes | memoryview] = {}  # insertion order = put order
+        builder = UnixFSBuilder(blocks.__setitem__)
+        builder.write(memoryview(data))
+        runs.append((builder.finish().cid, list(blocks)))
+    assert runs[0] == runs[1]
+    assert runs[0][0] == add_bytes(data)
+    assert unixfs.sha256_many([]) == []
+
+
+def test_blocks_from_a_writable_buffer_are_copied_before_put() -> None:
+    """``put`` may keep a block after ``write`` returns; the caller may then reuse its array."""
+    arr = np.frombuffer(pattern(3 * CHUNK_SIZE), dtype=np.uint8).copy()
+    kept: dict[CID, bytes | memoryview] = {}
+    builder = UnixFSBuilder(kept.__setitem__)
+    builder.write(memoryview(arr))
+    arr[:] = 0
+    builder.finish()
+    assert all(cid.verify(bytes(block)) for cid, block in kept.items())
+    assert add_bytes(memoryview(arr)) == add_bytes(bytes(arr))  # hashing only: no copy, same CID
