@@ -35,7 +35,7 @@ from fednode import fixedpoint, strategies  # noqa: E402
 SCALE_BITS = 24
 
 
-def timed(fn, repeat: int = 3) -> tuple[float, object]:
+def timed(fn, repeat: int = 5) -> tuple[float, object]:
     best, out = float("inf"), None
     for _ in range(repeat):
         start = time.perf_counter()
