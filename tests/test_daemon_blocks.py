@@ -169,3 +169,84 @@ async def test_serve_logs_unexpected_errors_and_closes(monkeypatch: pytest.Monke
     await blocks.serve(stream, BrokenStore(), Metrics())  # type: ignore[arg-type]
     assert logged and logged[0][0] == "blocks_serve_failed" and "store is gone" in logged[0][1]["error"]
     assert closed == [True]
+
+
+async def test_frame_reader_reads_consecutive_frames_from_any_chunking() -> None:
+    frames = [b"", b"\x00", os.urandom(200), os.urandom(300_000), b"\x01" + os.urandom(70_000)]
+    data = b"".join(encode_varint(len(f)) + f for f in frames)
+    for chunk in (1, 2, 7919, 65_536, 1 << 20):
+        reader = wire.FrameReader(ChunkStream(data, chunk), chunk=chunk)  # type: ignore[arg-type]
+        for f in frames:
+            got = await reader.read_frame(400_000)
+            assert isinstance(got, memoryview) and got == f
+        with pytest.raises(wire.FrameError, match="stream ended"):
+            await reader.read_frame(400_000)
+    cut = encode_varint(300_000) + b"x" * 1000
+    with pytest.raises(wire.FrameError, match="exceeds"):
+        await wire.FrameReader(ChunkStream(cut, 4096)).read_frame(100)  # type: ignore[arg-type]
+    with pytest.raises(wire.FrameError, match="stream ended"):
+        await wire.FrameReader(ChunkStream(cut, 4096)).read_frame(400_000)  # type: ignore[arg-type]
+    with pytest.raises(wire.FrameError, match="varint too long"):
+        await wire.FrameReader(ChunkStream(b"\xff" * 8, 4096)).read_frame(400_000)  # type: ignore[arg-type]
+
+
+class RecordingStream:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    async def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+
+async def test_frame_writer_sends_noise_sized_pieces() -> None:
+    frames = [(os.urandom(262_144), b"\x01"), (b"\x00", b""), (os.urandom(10), b"\x01"), (os.urandom(500_000), b"")]
+    out = RecordingStream()
+    writer = wire.FrameWriter(out)  # type: ignore[arg-type]
+    for data, prefix in frames:
+        await writer.write_frame(data, prefix=prefix)
+    await writer.flush()
+    await writer.flush()  # nothing left: no empty write
+    assert b"".join(out.writes) == b"".join(encode_varint(len(p) + len(d)) + p + d for d, p in frames)
+    # one yamux frame in one Noise message each: every write but the last is exactly one piece
+    assert all(len(w) == wire.WRITE_PIECE for w in out.writes[:-1])
+    assert 0 < len(out.writes[-1]) <= wire.WRITE_PIECE
+
+
+async def test_frame_writer_times_out_on_a_stalled_reader() -> None:
+    class Stalled:
+        async def write(self, data: bytes) -> None:
+            await trio.sleep_forever()
+
+    writer = wire.FrameWriter(Stalled())  # type: ignore[arg-type]
+    with pytest.raises(wire.FrameError, match="timed out"):
+        await writer.write_frame(os.urandom(wire.WRITE_PIECE * 2), timeout=0.05)
+
+
+async def test_fetch_holds_at_most_in_memory_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, dag = _dag(blocks.BATCH * 6, 70_000)
+    host = FakeHost(dag)
+    held = peak = 0
+
+    with Store(tmp_path / "s", sync=False) as store:
+        fetcher = blocks.Fetcher(host, store, Metrics(), lambda p, r: None)  # type: ignore[arg-type]
+        receive, check_and_store = fetcher._receive, fetcher.check_and_store
+
+        async def counted_receive(peer: str, want: list[CID]) -> tuple[list[tuple[CID, bytes]], str | None]:
+            nonlocal held, peak
+            held += 1
+            peak = max(peak, held)
+            return await receive(peer, want)  # type: ignore[arg-type]
+
+        async def slow_store(repo_id: bytes, received: list[tuple[CID, bytes]]) -> tuple[list, str | None]:
+            nonlocal held
+            await trio.sleep(0.05)  # a slow disk: transfers must go on, but memory stays bounded
+            try:
+                return await check_and_store(repo_id, received)
+            finally:
+                held -= 1
+
+        monkeypatch.setattr(fetcher, "_receive", counted_receive)
+        monkeypatch.setattr(fetcher, "check_and_store", slow_store)
+        assert await fetcher.fetch(b"r" * 32, root, lambda: ["a"])  # type: ignore[list-item]
+    assert peak == blocks.IN_MEMORY  # the wire keeps going while batches are stored, within the bound
+    assert host.max_active <= blocks.PARALLEL

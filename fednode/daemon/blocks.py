@@ -1,12 +1,14 @@
 """Block exchange over ``/fednode/blocks/1.0.0`` (our own protocol, not bitswap).
 
 Request: one frame, DAG-CBOR ``{"want": [CID, ...]}``. Response: one frame per wanted CID, in
-order: ``0x01 + block`` or ``0x00`` (not here). The fetcher keeps PARALLEL requests of BATCH
-blocks in flight (one stream each), checks every block against the CID it asked for (once, in
-a worker thread for large batches) before storing it, checks commits (decoding, signature,
-repository) before indexing them, stores each batch in one LMDB transaction (in a worker thread,
-one at a time), and on any error or missing block goes on with the next provider, keeping what
-already arrived.
+order: ``0x01 + block`` or ``0x00`` (not here), written in Noise-message-sized pieces
+(``wire.FrameWriter``) and read in large chunks (``wire.FrameReader``). The fetcher keeps
+PARALLEL requests of BATCH blocks on the wire (one stream each) and at most IN_MEMORY batches
+in memory; a batch that has arrived frees its transfer slot, then every block is checked
+against the CID it asked for and commits are checked (decoding, signature, repository) before
+the good blocks are stored in one LMDB transaction (in a worker thread for large batches, one
+batch at a time). On any error or missing block it goes on with the next provider, keeping
+what already arrived.
 
 Why not py-libp2p's bitswap: it returns whole files as one bytes object, caps blocks at
 512 KiB, needs a BlockStore adapter over LMDB and answers Kubo on the wrong stream (field
@@ -27,6 +29,7 @@ from libp2p.peer.id import ID
 from fednode.daemon import wire
 from fednode.daemon.logs import log
 from fednode.daemon.metrics import Metrics
+from fednode.errors import NotFound
 from fednode.identity import verify_signature
 from fednode.store import WRITE_HEADROOM, Store
 from protocol import messages as m
@@ -38,27 +41,30 @@ PROTOCOL = TProtocol(m.BLOCKS_PROTOCOL)
 # Seconds to wait before serving each block: lets tests and demos kill a provider mid-transfer.
 SERVE_DELAY = float(os.environ.get("FEDNODE_BLOCK_SERVE_DELAY", "0"))
 BATCH = 32  # blocks per request: 8 MiB of 256 KiB chunks
-# requests in flight per fetch, each on its own stream (and its own yamux window): the next
-# batch arrives while the previous one is being stored; at most PARALLEL * BATCH blocks in memory
-PARALLEL = 2
+PARALLEL = 2  # requests on the wire per fetch, each on its own stream (and its own yamux window)
+# batches held per fetch (on the wire, or waiting for / in check+store): at most IN_MEMORY * BATCH
+# blocks in memory; one more than PARALLEL, so the wire stays busy while a batch is stored
+IN_MEMORY = 3
 STREAM_TIMEOUT = 15.0
-SMALL_WRITE = 256 * 1024  # batches below this are stored on the trio thread (no thread hop)
+SMALL_WRITE = 256 * 1024  # batches below this are checked and stored on the trio thread (no thread hop)
 
 
 async def serve(stream: INetStream, store: Store, metrics: Metrics) -> None:
     try:
         want = m.decode_want(await wire.read_frame(stream, 64 * 1024))
+        writer = wire.FrameWriter(stream)
         for cid in want:
-            with store.read() as txn:
-                block = txn.get_block(cid) if txn.has_block(cid) else None
+            block = _get(store, cid)
             if block is None:
-                await wire.write_frame(stream, b"\x00")
+                await writer.write_frame(b"\x00")
                 continue
             if SERVE_DELAY:
+                await writer.flush()
                 await trio.sleep(SERVE_DELAY)
-            await wire.write_frame(stream, block, prefix=b"\x01")
+            await writer.write_frame(block, prefix=b"\x01")
             metrics.bytes_out += len(block)
             metrics.blocks_out += 1
+        await writer.flush()
     except (wire.FrameError, FormatError, ValueError) as exc:
         log("blocks_serve_error", "warning", error=str(exc))
     except Exception as exc:  # py-libp2p would swallow it: the fetcher would only see an EOF
@@ -68,6 +74,16 @@ async def serve(stream: INetStream, store: Store, metrics: Metrics) -> None:
             await stream.close()
         except Exception:
             pass
+
+
+def _get(store: Store, cid: CID) -> bytes | None:
+    """One look-up (and one copy out of LMDB) per block; a short read txn per block, so a slow
+    reader never pins LMDB pages for a whole request."""
+    with store.read() as txn:
+        try:
+            return txn.get_block(cid)
+        except NotFound:
+            return None
 
 
 class Fetcher:
@@ -104,23 +120,33 @@ class Fetcher:
                     if isinstance(commit, Commit):
                         txn.index_commit(cid, repo_id, commit.commit_hash())
 
-    async def store_blocks_async(self, repo_id: bytes, blocks: list[tuple[CID, bytes]]) -> None:
-        """``store_blocks`` in a worker thread: page faults of the LMDB map and the fsync at
-        commit no longer stall the trio thread (which keeps receiving the next batches).
+    async def check_and_store(self, repo_id: bytes, received: list[tuple[CID, bytes]]
+                              ) -> tuple[list[tuple[CID, bytes]], str | None]:
+        """Hash-check a received batch, then store its good blocks in one LMDB transaction.
 
-        One such transaction at a time (``_write_lock``). The map is grown here first, on the
-        trio thread, by twice the batch plus a full WRITE_HEADROOM, so neither the worker nor
-        a trio-thread writer (size hints far below that) resizes it while the worker's txn is open.
+        A large batch is checked and stored in worker threads (hashing and LMDB writes release
+        the GIL; page faults of the LMDB map and the fsync at commit no longer stall the trio
+        thread, which keeps receiving). Checks run outside ``_write_lock``, so one batch is
+        hashed while the previous one is written; one store at a time. Before a worker store
+        the map is grown on the trio thread by twice the batch plus a full WRITE_HEADROOM, so
+        neither the worker nor a trio-thread writer (size hints far below that) resizes it
+        while the worker's txn is open.
         """
-        if not blocks:
-            return
-        size = sum(len(b) for _, b in blocks)
+        if not received:
+            return [], None
+        small = sum(len(b) for _, b in received) < SMALL_WRITE
+        if small:
+            good, bad = self._check(received, repo_id)
+        else:
+            good, bad = await trio.to_thread.run_sync(self._check, received, repo_id)
+        size = sum(len(b) for _, b in good)
         async with self._write_lock:
-            if size < SMALL_WRITE:
-                self.store_blocks(repo_id, blocks)
-                return
-            self.store.reserve(2 * size + WRITE_HEADROOM)
-            await trio.to_thread.run_sync(self.store_blocks, repo_id, blocks, False)
+            if small:
+                self.store_blocks(repo_id, good)
+            elif good:
+                self.store.reserve(2 * size + WRITE_HEADROOM)
+                await trio.to_thread.run_sync(self.store_blocks, repo_id, good, False)
+        return good, bad
 
     def _check(self, received: list[tuple[CID, bytes]], repo_id: bytes) -> tuple[list[tuple[CID, bytes]], str | None]:
         """The blocks before the first bad one, and why that one is bad (None: all good).
@@ -134,31 +160,28 @@ class Fetcher:
                 return received[:i], "bad_commit_block"
         return received, None
 
-    async def _request(self, peer: ID, want: list[CID], repo_id: bytes) -> dict[CID, bytes]:
-        """Ask one peer; returns the verified blocks received before any failure.
-
-        The frames are read first, then checked as a batch: in a worker thread when the batch
-        is large, so the hashing overlaps the next request's transfer (PARALLEL > 1)."""
+    async def _receive(self, peer: ID, want: list[CID]) -> tuple[list[tuple[CID, bytes]], str | None]:
+        """Ask one peer; the blocks received before any failure (unchecked), and why it stopped
+        early when the peer misbehaved (None otherwise)."""
         received: list[tuple[CID, bytes]] = []
-        reason: str | None = None
         try:
             with trio.fail_after(STREAM_TIMEOUT):
                 stream = await self.host.new_stream(peer, [PROTOCOL])
         except Exception as exc:
             log("blocks_dial_failed", "warning", peer=str(peer), error=f"{type(exc).__name__}: {exc}")
-            return {}
+            return [], None
         try:
             await wire.write_frame(stream, m.encode_want(want))
+            reader = wire.FrameReader(stream)
             for cid in want:
-                frame = await wire.read_frame(stream, m.MAX_BLOCK_BYTES + 1, STREAM_TIMEOUT)
-                if frame[:1] == b"\x00" and len(frame) == 1:
+                frame = await reader.read_frame(m.MAX_BLOCK_BYTES + 1, STREAM_TIMEOUT)
+                if frame == b"\x00":
                     continue
                 if frame[:1] != b"\x01":
-                    reason = "bad_block"
-                    break
-                view = memoryview(frame)[1:]  # leaves stay views of the frame: no 256 KiB copy
+                    return received, "bad_block"
+                view = frame[1:]  # leaves stay views of the received chunk: no 256 KiB copy
                 received.append((cid, view if cid.codec == RAW else bytes(view)))  # type: ignore[arg-type]
-                self.metrics.bytes_in += len(view)  # as they arrive (progress), checked below
+                self.metrics.bytes_in += len(view)  # as they arrive (progress), checked later
                 self.metrics.blocks_in += 1
         except wire.FrameError as exc:
             log("blocks_transfer_interrupted", "warning", peer=str(peer), got=len(received), want=len(want),
@@ -168,14 +191,7 @@ class Fetcher:
                 await stream.close()
             except Exception:
                 pass
-        if sum(len(b) for _, b in received) < SMALL_WRITE:
-            good, bad = self._check(received, repo_id)
-        else:
-            good, bad = await trio.to_thread.run_sync(self._check, received, repo_id)
-        reason = bad or reason
-        if reason is not None:
-            self.penalize(peer, reason)
-        return dict(good)
+        return received, None
 
     def _missing_and_children(self, frontier: list[CID], seen: set[CID]) -> tuple[list[CID], list[CID]]:
         missing: list[CID] = []
@@ -195,7 +211,7 @@ class Fetcher:
         """Fetch everything reachable from ``root`` that is missing; True when complete.
 
         Level by level; a level's missing blocks go out as BATCH-sized requests, PARALLEL of
-        them in flight at once (one stream each), so the sender never idles while we store.
+        them on the wire at once (one stream each) while earlier batches are checked and stored.
         """
         start = time.monotonic()
         seen: set[CID] = set()
@@ -214,18 +230,23 @@ class Fetcher:
 
     async def _fetch_level(self, repo_id: bytes, missing: list[CID], providers: Callable[[], list[ID]],
                            children: list[CID]) -> int:
-        """Fetch ``missing`` in BATCH-sized requests, PARALLEL at once; appends the links of
-        what arrived to ``children``; returns how many blocks could not be fetched."""
+        """Fetch ``missing`` in BATCH-sized requests; appends the links of what arrived to
+        ``children``; returns how many blocks could not be fetched.
+
+        Two limits, both FIFO: PARALLEL transfers on the wire, and IN_MEMORY batches held at once
+        (on the wire, waiting for or in check+store). A batch frees its transfer slot as soon as
+        it has arrived, so the next transfers go on while it is hashed and stored."""
         failed = 0
-        limiter = trio.CapacityLimiter(PARALLEL)
+        held = trio.CapacityLimiter(IN_MEMORY)
+        transfers = trio.CapacityLimiter(PARALLEL)
 
         async def one(batch: list[CID]) -> None:
             nonlocal failed
-            async with limiter:
+            async with held:
                 if failed:  # give up early: the job is retried as a whole
                     failed += len(batch)
                     return
-                got = await self._fetch_batch(repo_id, batch, providers())
+                got = await self._fetch_batch(repo_id, batch, providers(), transfers)
                 if len(got) < len(batch):
                     failed += len(batch) - len(got)
                     return
@@ -237,15 +258,21 @@ class Fetcher:
                 nursery.start_soon(one, missing[i:i + BATCH])
         return failed
 
-    async def _fetch_batch(self, repo_id: bytes, batch: list[CID], peers: list[ID]) -> dict[CID, bytes]:
+    async def _fetch_batch(self, repo_id: bytes, batch: list[CID], peers: list[ID],
+                           transfers: trio.CapacityLimiter) -> dict[CID, bytes]:
+        """Each peer in turn for what is still missing; keeps partial progress."""
         got: dict[CID, bytes] = {}
         for peer in peers:
             want = [c for c in batch if c not in got]
             if not want:
                 break
-            received = await self._request(peer, want, repo_id)
-            await self.store_blocks_async(repo_id, list(received.items()))  # keep partial progress
-            got.update(received)
+            async with transfers:
+                received, reason = await self._receive(peer, want)
+            good, bad = await self.check_and_store(repo_id, received)
+            reason = bad or reason
+            if reason is not None:
+                self.penalize(peer, reason)
+            got.update(good)
         return got
 
 

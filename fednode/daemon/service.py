@@ -31,7 +31,7 @@ from protocol.multiformats import CID, DAG_CBOR
 
 BAN_THRESHOLD = 5  # invalid messages/blocks before a peer is disconnected and blacklisted
 FETCH_RETRIES = 4
-MAX_CONCURRENT_FETCHES = 4  # fetch jobs running at once (each fetches 64-block batches)
+MAX_CONCURRENT_FETCHES = 4  # fetch jobs running at once (each holds up to blocks.IN_MEMORY batches)
 MAX_SERVING = 16  # inbound block/heads streams served at once; more are reset, not queued
 SYNC_INTERVAL = 30.0  # seconds between heads exchanges with every peer (anti-entropy)
 
