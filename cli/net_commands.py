@@ -54,7 +54,8 @@ def register(main: click.Group) -> None:
         s = _client(ctx).call("GET", "/status")
         met = s["metrics"]
         _emit(s, as_json, f"peer id {s['peer_id']}\naddrs   {' '.join(s['addrs'])}\npeers   {s['peers']}\n"
-                          f"topics  {len(s['topics'])}\naccepted {met['accepted']} rejected {met['rejected']}")
+                          f"topics  {len(s['topics'])}\naccepted {met['accepted']} rejected {met['rejected']}\n"
+                          f"banned  {len(s.get('bans', {}))}")
 
     @main.command()
     @click.option("--json", "as_json", is_flag=True)
@@ -63,6 +64,15 @@ def register(main: click.Group) -> None:
         """Connected peers."""
         rows = _client(ctx).call("GET", "/peers")
         _emit(rows, as_json, "\n".join(f"{r['peer_id']} {' '.join(r['addrs'][:1])}" for r in rows) or "no peers")
+
+    @main.command()
+    @click.argument("peer")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    def unban(ctx: click.Context, peer: str, as_json: bool) -> None:
+        """Lift a peer's ban now (bans otherwise last [network] ban_seconds, a day by default)."""
+        res = _client(ctx).call("POST", "/unban", {"peer": peer})
+        _emit(res, as_json, f"{peer} {'unbanned' if res['was_banned'] else 'was not banned'}")
 
     @main.command()
     @click.argument("addr")

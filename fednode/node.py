@@ -28,7 +28,8 @@ listen = ["/ip4/127.0.0.1/tcp/4001"]
 bootstrap = []
 mdns = false
 # optional: ban_threshold = 5 (penalised messages or blocks before a peer is disconnected
-# and banned), sync_interval = 30 (seconds between heads exchanges with every peer)
+# and banned), ban_seconds = 86400 (how long a ban lasts; bans survive restarts; `fednode
+# unban PEER` lifts one), sync_interval = 30 (seconds between heads exchanges with every peer)
 
 [api]
 # the local control API binds to loopback only, with the bearer token in api.token

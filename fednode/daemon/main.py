@@ -13,7 +13,7 @@ from fednode.chain.autoflush import flush_loop
 from fednode.daemon import logs
 from fednode.daemon.api import Api, ensure_token
 from fednode.daemon.logs import log
-from fednode.daemon.service import BAN_THRESHOLD, SYNC_INTERVAL, Daemon
+from fednode.daemon.service import BAN_SECONDS, BAN_THRESHOLD, SYNC_INTERVAL, Daemon
 from fednode.errors import FednodeError
 from fednode.node import open_node
 
@@ -46,7 +46,8 @@ async def _run(home: Path, listen: list[str] | None, api_port: int | None, boots
             log("api_host_ignored", "warning", configured=api_cfg.get("host"))  # loopback only, always
         daemon = Daemon(node, listen or list(net.get("listen", ["/ip4/127.0.0.1/tcp/4001"])),
                         list(net.get("bootstrap", [])) + bootstrap, bool(net.get("mdns", False)) or mdns,
-                        int(net.get("ban_threshold", BAN_THRESHOLD)), float(net.get("sync_interval", SYNC_INTERVAL)))
+                        int(net.get("ban_threshold", BAN_THRESHOLD)), float(net.get("sync_interval", SYNC_INTERVAL)),
+                        float(net.get("ban_seconds", BAN_SECONDS)))
         token = ensure_token(home)
         api = Api(daemon, token)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -60,6 +60,17 @@ async def h_connect(d: Daemon, body: dict[str, Any]) -> Any:
         raise HTTPError(502, f"cannot connect to {addr}: {type(exc).__name__}: {exc}") from None
 
 
+async def h_unban(d: Daemon, body: dict[str, Any]) -> Any:
+    """Lift a ban before it expires (the peer may connect again)."""
+    peer = body.get("peer")
+    if not isinstance(peer, str):
+        raise HTTPError(400, "missing 'peer'")
+    try:
+        return {"peer_id": peer, "was_banned": d.unban(peer)}
+    except ValueError:
+        raise HTTPError(400, f"not a peer id: {peer!r}") from None
+
+
 async def h_follow(d: Daemon, body: dict[str, Any]) -> Any:
     repo_id = _repo_arg(d, body, local=False)
     d.state.follow(repo_id)
@@ -147,6 +158,7 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "/pull"): h_pull,
     ("POST", "/clone"): h_clone,
     ("POST", "/members"): h_members,
+    ("POST", "/unban"): h_unban,
 }
 
 
@@ -154,6 +166,7 @@ def openapi() -> dict[str, Any]:
     repo = {"type": "object", "properties": {"repo": {"type": "string"}}, "required": ["repo"]}
     schemas = {
         "/connect": {"type": "object", "properties": {"addr": {"type": "string"}}, "required": ["addr"]},
+        "/unban": {"type": "object", "properties": {"peer": {"type": "string"}}, "required": ["peer"]},
         "/follow": repo, "/push": repo,
         "/pull": {**repo, "properties": {**repo["properties"], "timeout": {"type": "number"}}},
         "/clone": {**repo, "properties": {**repo["properties"], "peers": {"type": "array",

@@ -23,6 +23,7 @@ from fednode.daemon import host as hostmod
 from fednode.daemon.bitswap import start_bitswap
 from fednode.daemon.logs import log
 from fednode.daemon.metrics import Metrics
+from fednode.daemon.ratelimit import TokenBuckets
 from fednode.daemon.state import NetState
 from fednode.daemon.validate import PENALIZED, Validator, Verdict
 from fednode.node import Node
@@ -30,6 +31,11 @@ from protocol import messages as m
 from protocol.multiformats import CID, DAG_CBOR
 
 BAN_THRESHOLD = 5  # invalid messages/blocks before a peer is disconnected and blacklisted
+BAN_SECONDS = 24 * 3600  # how long a ban lasts; bans are stored, so a restart keeps them
+# heads queries per peer: an honest peer asks once per repository it follows on connecting and
+# every sync_interval (30 s) after; a burst of 64 (repositories), then 4 a second. Answers read the
+# store and sign nothing new while our heads are unchanged (see sync.served_announcements).
+HEADS_RATE, HEADS_BURST = 4.0, 64.0
 FETCH_RETRIES = 4
 MAX_CONCURRENT_FETCHES = 4  # fetch jobs running at once (each holds up to blocks.IN_MEMORY batches)
 MAX_SERVING = 16  # inbound block/heads streams served at once; more are reset, not queued
@@ -48,9 +54,13 @@ class Job:
 
 class Daemon:
     def __init__(self, node: Node, listen: list[str], bootstrap: list[str], mdns: bool = False,
-                 ban_threshold: int = BAN_THRESHOLD, sync_interval: float = SYNC_INTERVAL) -> None:
+                 ban_threshold: int = BAN_THRESHOLD, sync_interval: float = SYNC_INTERVAL,
+                 ban_seconds: float = BAN_SECONDS) -> None:
         self.node = node
         self.ban_threshold = ban_threshold
+        self.ban_seconds = ban_seconds
+        self.heads_limit = TokenBuckets(HEADS_RATE, HEADS_BURST)
+        self.own_cache: dict[bytes, tuple[tuple, float, list[m.HeadAnnouncement]]] = {}  # see sync.py
         self.sync_interval = sync_interval
         self.serve_limiter = trio.CapacityLimiter(MAX_SERVING)
         self.fetch_limiter = trio.CapacityLimiter(MAX_CONCURRENT_FETCHES)
@@ -84,6 +94,7 @@ class Daemon:
             async with background_trio_service(self.pubsub), background_trio_service(router), \
                     background_trio_service(self.dht):
                 await self.pubsub.wait_until_ready()
+                self._restore_bans()
                 self.host.set_stream_handler(blocks.PROTOCOL, self._serve_blocks)
                 self.host.set_stream_handler(TProtocol(m.HEADS_PROTOCOL), self._serve_heads)
                 async with trio.open_nursery() as nursery:
@@ -149,9 +160,11 @@ class Daemon:
 
     async def _sync_loop(self) -> None:
         """Anti-entropy: heads exchange with every peer now and then, so a missed gossip
-        message (or a commit never pushed) still arrives without a reconnect or a pull."""
+        message (or a commit never pushed) still arrives without a reconnect or a pull.
+        Expired bans are lifted on the same beat."""
         while True:
             await trio.sleep(self.sync_interval)
+            self._restore_bans()
             peers = sync.peer_list(self)
             for repo_id in list(self.topics.values()):
                 if self.state.genesis(repo_id) is None or not peers:
@@ -238,9 +251,43 @@ class Daemon:
         self.invalid[key] += 1
         if self.invalid[key] >= self.ban_threshold:
             self.metrics.bans += 1
-            log("peer_banned", "warning", peer=key, invalid=self.invalid[key], last_reason=reason)
+            until = time.time() + self.ban_seconds
+            log("peer_banned", "warning", peer=key, invalid=self.invalid[key], last_reason=reason, until=int(until))
+            self.state.put_ban(key, until, reason)
+            del self.invalid[key]
             self.pubsub.add_to_blacklist(peer)  # also tears the connection down
             self.nursery.start_soon(self._disconnect, peer)
+
+    def unban(self, key: str) -> bool:
+        """Lift ``key``'s ban now (ValueError for a malformed peer id); whether there was one."""
+        peer = ID.from_base58(key)
+        raw = peer.to_bytes()  # a peer id is a multihash: identity (0x00) or sha2-256 (0x12) of the key
+        if len(raw) < 3 or raw[0] not in (0x00, 0x12) or raw[1] != len(raw) - 2:
+            raise ValueError(f"not a peer id: {key!r}")
+        was = self.pubsub.is_peer_blacklisted(peer) or key in self.state.bans()
+        self.pubsub.remove_from_blacklist(peer)
+        self.state.drop_ban(key)
+        self.invalid.pop(key, None)
+        if was:
+            log("peer_unbanned", peer=key, reason="operator")
+        return was
+
+    def _restore_bans(self) -> None:
+        """Blacklist the stored bans that still hold; lift and forget the expired ones."""
+        now = time.time()
+        for key, ban in self.state.bans().items():
+            try:
+                peer = ID.from_base58(key)
+            except Exception:
+                self.state.drop_ban(key)
+                continue
+            if float(ban["until"]) > now:  # type: ignore[arg-type]
+                if not self.pubsub.is_peer_blacklisted(peer):
+                    self.pubsub.add_to_blacklist(peer)
+            else:
+                self.pubsub.remove_from_blacklist(peer)
+                self.state.drop_ban(key)
+                log("peer_unbanned", peer=key, reason="expired")
 
     async def _disconnect(self, peer: ID) -> None:
         try:
@@ -301,6 +348,10 @@ class Daemon:
         await self._serve(stream, blocks.serve(stream, self.node.store, self.metrics))
 
     async def _serve_heads(self, stream: INetStream) -> None:
+        if not self.heads_limit.take(str(stream.muxed_conn.peer_id)):
+            self.metrics.rejected["rate_limited"] += 1  # not penalized: an eager honest peer is not hostile
+            await _reset(stream)
+            return
         await self._serve(stream, sync.serve_heads(self, stream))
 
     async def _serve(self, stream: INetStream, work: Coroutine[Any, Any, None]) -> None:
@@ -311,10 +362,7 @@ class Daemon:
             self.serve_limiter.acquire_nowait()
         except trio.WouldBlock:
             work.close()
-            try:
-                await stream.reset()
-            except Exception:
-                pass
+            await _reset(stream)
             return
         try:
             await work
@@ -331,6 +379,7 @@ class Daemon:
             "topics": sorted(self.topics),
             "pending_fetches": sum(1 for j in self.jobs.values() if not j.done.is_set()),
             "blacklisted": sorted(str(p) for p in self.pubsub.get_blacklisted_peers()),
+            "bans": self.state.bans(),
             "metrics": self.metrics.snapshot(),
             "time": time.time(),
         }
@@ -342,3 +391,10 @@ class Daemon:
             addrs = [str(a) for a in self.host.get_peerstore().addrs(pid)]
             out.append({"peer_id": str(pid), "addrs": addrs, "topics": topics})
         return out
+
+
+async def _reset(stream: INetStream) -> None:
+    try:
+        await stream.reset()
+    except Exception:
+        pass

@@ -3,7 +3,8 @@
 Keys: ``follow/<repo>``; ``members/<repo>`` (latest signed Membership); ``seq/<kind>/<repo><from>[branch]``
 (last accepted seq, replay protection); ``ann/<repo><from><branch>`` (latest signed head announcement);
 ``prop/<repo><from><branch>`` (latest merge proposal); ``fetch/<repo><root cid>`` (unfinished fetch:
-DAG-CBOR {providers, thens}); ``peer/<peer id>`` (last known addresses); ``own/<repo>`` (our last seq).
+DAG-CBOR {providers, thens}); ``peer/<peer id>`` (last known addresses); ``own/<repo>`` (our last seq);
+``ban/<peer id>`` (DAG-CBOR {until: unix seconds, reason}: a ban survives restarts until it expires).
 """
 
 from __future__ import annotations
@@ -122,3 +123,16 @@ class NetState:
     def peers(self) -> dict[str, list[str]]:
         with self.store.read() as txn:
             return {k[5:].decode(): dagcbor.decode(v) for k, v in txn.kv_items(DB, b"peer/")}
+
+    # bans (kept across restarts until they expire)
+    def put_ban(self, peer_id: str, until: float, reason: str) -> None:
+        with self.store.write() as txn:
+            txn.kv_put(DB, b"ban/" + peer_id.encode(), dagcbor.encode({"until": int(until), "reason": reason}))
+
+    def bans(self) -> dict[str, dict[str, object]]:
+        with self.store.read() as txn:
+            return {k[4:].decode(): dagcbor.decode(v) for k, v in txn.kv_items(DB, b"ban/")}
+
+    def drop_ban(self, peer_id: str) -> None:
+        with self.store.write() as txn:
+            txn.kv_delete(DB, b"ban/" + peer_id.encode())

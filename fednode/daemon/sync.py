@@ -36,11 +36,19 @@ HEADS = TProtocol(m.HEADS_PROTOCOL)
 MAX_REPLY = 2 * 1024 * 1024
 
 
-def own_announcements(d: Daemon, repo_id: bytes) -> list[m.HeadAnnouncement]:
+OWN_TTL = 30.0  # seconds one signed answer to heads queries is reused while our heads stay the same
+
+
+def _heads(d: Daemon, repo_id: bytes) -> dict[str, bytes]:
+    with d.node.store.read() as txn:
+        return txn.list_refs(repo_id, "heads/")
+
+
+def own_announcements(d: Daemon, repo_id: bytes, heads: dict[str, bytes] | None = None) -> list[m.HeadAnnouncement]:
+    """Freshly signed announcements of our branches (each takes a new, persisted seq)."""
     ident = d.node.identity
     out = []
-    with d.node.store.read() as txn:
-        heads = txn.list_refs(repo_id, "heads/")
+    heads = _heads(d, repo_id) if heads is None else heads
     for name, raw in sorted(heads.items()):
         seq = d.state.next_own_seq(repo_id, time.time_ns() // 1000)
         ann = m.HeadAnnouncement(repo_id, name[6:], CID.from_bytes(raw), seq, time.time_ns() // 1_000_000,
@@ -49,11 +57,26 @@ def own_announcements(d: Daemon, repo_id: bytes) -> list[m.HeadAnnouncement]:
     return out
 
 
+def served_announcements(d: Daemon, repo_id: bytes) -> list[m.HeadAnnouncement]:
+    """What heads queries get: the last signed set while our heads are unchanged and it is under
+    OWN_TTL old, so queries cost no signatures and no store writes (a peer cannot make us write
+    to disk by asking). Receivers accept an equal seq in a heads reply (no replay claim there)."""
+    heads = _heads(d, repo_id)
+    key = tuple(sorted(heads.items()))
+    cached = d.own_cache.get(repo_id)
+    now = time.monotonic()
+    if cached is not None and cached[0] == key and now - cached[1] < OWN_TTL:
+        return cached[2]
+    anns = own_announcements(d, repo_id, heads)
+    d.own_cache[repo_id] = (key, now, anns)
+    return anns
+
+
 async def serve_heads(d: Daemon, stream: INetStream) -> None:
     try:
         repo_id = m.decode_heads_query(await wire.read_frame(stream, 1024))
         genesis = d.state.genesis(repo_id)
-        heads = [a.encode() for a in own_announcements(d, repo_id)] if genesis else []
+        heads = [a.encode() for a in served_announcements(d, repo_id)] if genesis else []
         heads += [a for a in d.state.announcements(repo_id)][: 256 - len(heads)]
         members = d.state.membership(repo_id)
         reply = m.HeadsReply(genesis, heads, members.encode() if members else None)
@@ -213,7 +236,9 @@ def apply(d: Daemon, repo_id: bytes, raw: bytes) -> None:
 async def push(d: Daemon, repo_id: bytes) -> dict[str, object]:
     """Publish the head commit of every local branch, then a signed announcement of each."""
     await d.subscribe(repo_id)
-    anns = own_announcements(d, repo_id)
+    heads = _heads(d, repo_id)
+    anns = own_announcements(d, repo_id, heads)
+    d.own_cache[repo_id] = (tuple(sorted(heads.items())), time.monotonic(), anns)  # heads queries serve these
     pushed = []
     for ann in anns:
         with d.node.store.read() as txn:

@@ -1,0 +1,27 @@
+"""Per-peer token buckets for inbound requests that cost us work (heads queries)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+class TokenBuckets:
+    """``rate`` tokens per second per key, at most ``burst`` saved; at most ``max_keys`` keys are
+    remembered (the least recently used is forgotten first, so memory stays bounded)."""
+
+    def __init__(self, rate: float, burst: float, max_keys: int = 4096,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self.max_keys, self.clock = rate, burst, max_keys, clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, time of last update)
+
+    def take(self, key: str) -> bool:
+        """Spend one token of ``key``; False (nothing spent) when its bucket is empty."""
+        now = self.clock()
+        tokens, then = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - then) * self.rate)
+        ok = tokens >= 1
+        self._buckets[key] = (tokens - 1 if ok else tokens, now)  # re-inserted: most recently used last
+        if len(self._buckets) > self.max_keys:
+            del self._buckets[next(iter(self._buckets))]
+        return ok

@@ -1,0 +1,95 @@
+"""Limits on what a peer can make a daemon do: per-peer heads query rate, and no store writes
+per query (signed answers are cached); plus the token buckets themselves."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import trio
+from helpers import model_arrays
+from test_daemon_harness import DaemonProc, daemons, make_home, open_nodes
+
+from fednode.daemon.ratelimit import TokenBuckets
+from fednode.daemon.service import HEADS_BURST, HEADS_RATE
+from fednode.modelio import ArraySource
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_buckets_burst_refill_and_bounded_memory() -> None:
+    clock = Clock()
+    tb = TokenBuckets(rate=2.0, burst=3.0, max_keys=2, clock=clock)
+    assert [tb.take("a") for _ in range(4)] == [True, True, True, False]
+    clock.now += 0.5  # one token back
+    assert tb.take("a") and not tb.take("a")
+    assert tb.take("b")  # another key has its own bucket
+    clock.now += 100
+    assert [tb.take("a") for _ in range(4)] == [True, True, True, False]  # never more than the burst
+    tb.take("c")  # a third key: the least recently used one ("b") is forgotten
+    assert set(tb._buckets) == {"a", "c"}
+
+
+async def _hammer(addr: str, repo_id: bytes, queries: int) -> list[str]:
+    """One real py-libp2p host (Noise, yamux) asking ``queries`` heads queries back to back."""
+    import multiaddr
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    from fednode.daemon import wire
+    from fednode.daemon.host import build_host
+    from protocol import messages as m
+
+    host = build_host(create_new_key_pair())
+    outcomes = []
+    async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        with trio.fail_after(30):
+            await host.connect(info)
+            for _ in range(queries):
+                try:  # a refusal is a reset: during protocol negotiation or right after it
+                    stream = await host.new_stream(info.peer_id, [TProtocol(m.HEADS_PROTOCOL)])
+                    await wire.write_frame(stream, m.encode_heads_query(repo_id))
+                    reply = m.HeadsReply.decode(await wire.read_frame(stream, 1 << 20, timeout=5))
+                    outcomes.append("answered" if reply.heads else "empty")
+                except Exception:  # StreamFailure, FrameError: reset by the daemon
+                    outcomes.append("refused")
+    return outcomes
+
+
+def _own_seq(node, repo_id: bytes) -> bytes | None:  # noqa: ANN001
+    with node.store.read() as txn:
+        return txn.kv_get("net", b"own/" + repo_id)
+
+
+@pytest.mark.trio
+async def test_heads_queries_are_rate_limited_and_write_nothing(tmp_path: Path) -> None:
+    home = make_home(tmp_path, "a")
+    (node,) = open_nodes(home)
+    try:
+        info, _ = node.history.create_repo("m", ArraySource(model_arrays(0)))
+        a = DaemonProc(home)
+        with daemons(a):
+            a.start()
+            first = await _hammer(a.addr, info.repo_id, 1)
+            seq = _own_seq(node, info.repo_id)
+            assert first == ["answered"] and seq is not None
+            start = time.monotonic()
+            outcomes = await _hammer(a.addr, info.repo_id, 3 * int(HEADS_BURST))
+            elapsed = time.monotonic() - start
+            answered = outcomes.count("answered")
+            # a new peer gets its burst, then what refills while it asks (HEADS_RATE a second)
+            assert HEADS_BURST - 1 <= answered <= HEADS_BURST + HEADS_RATE * elapsed + 1, (answered, elapsed)
+            assert outcomes.count("refused") == len(outcomes) - answered >= 1
+            assert a.metrics()["rejected"]["rate_limited"] == outcomes.count("refused")
+            assert _own_seq(node, info.repo_id) == seq  # answers were cached: no new seq, no store write
+    finally:
+        node.close()
