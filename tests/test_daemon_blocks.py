@@ -42,6 +42,8 @@ class FakeStream:
 
     async def read(self, n: int) -> bytes:
         await trio.sleep(0)  # yield like a real stream: lets other requests run
+        if self.peer in self.host.busy:
+            return b""  # reset before any answer, as a provider at its MAX_SERVING limit (seen as EOF)
         chunk = bytes(self.out[:min(n, 7919)])  # odd-sized chunks: frames span many reads
         del self.out[:len(chunk)]
         return chunk
@@ -54,6 +56,7 @@ class FakeHost:
     def __init__(self, store_blocks: dict[CID, bytes]) -> None:
         self.blocks = store_blocks
         self.corrupt: dict[str, set[CID]] = {}
+        self.busy: set[str] = set()
         self.active = 0
         self.max_active = 0
         self.streams = 0
@@ -120,6 +123,21 @@ async def test_fetch_fails_when_no_provider_has_a_block(tmp_path: Path) -> None:
             assert txn.has_block(root)
             assert not txn.has_block(missing)
     assert metrics.fetches_failed == 1
+
+
+async def test_a_refusing_provider_is_skipped_without_penalty(tmp_path: Path) -> None:
+    root, dag = _dag(blocks.BATCH + 3, 1000)
+    host = FakeHost(dag)
+    host.busy.add("busy")
+    penalties: list[tuple[str, str]] = []
+    metrics = Metrics()
+    with Store(tmp_path / "s", sync=False) as store:
+        fetcher = blocks.Fetcher(host, store, metrics, lambda p, r: penalties.append((p, r)))  # type: ignore[arg-type]
+        assert await fetcher.fetch(b"r" * 32, root, lambda: ["busy", "good"])  # type: ignore[list-item]
+        with store.read() as txn:
+            assert all(txn.get_block(cid) == block for cid, block in dag.items())
+    assert penalties == []
+    assert metrics.refusals == 3  # the root's request and both batches of leaves asked "busy" first
 
 
 class ChunkStream:

@@ -170,9 +170,9 @@ class Fetcher:
         except Exception as exc:
             log("blocks_dial_failed", "warning", peer=str(peer), error=f"{type(exc).__name__}: {exc}")
             return [], None
+        reader = wire.FrameReader(stream)
         try:
             await wire.write_frame(stream, m.encode_want(want))
-            reader = wire.FrameReader(stream)
             for cid in want:
                 frame = await reader.read_frame(m.MAX_BLOCK_BYTES + 1, STREAM_TIMEOUT)
                 if frame == b"\x00":
@@ -184,8 +184,12 @@ class Fetcher:
                 self.metrics.bytes_in += len(view)  # as they arrive (progress), checked later
                 self.metrics.blocks_in += 1
         except wire.FrameError as exc:
-            log("blocks_transfer_interrupted", "warning", peer=str(peer), got=len(received), want=len(want),
-                error=str(exc))
+            if reader.bytes_read == 0:  # not a byte back: a provider at its MAX_SERVING limit resets
+                self.metrics.refusals += 1  # new streams (py-libp2p reads that as EOF); the next one serves
+                log("blocks_provider_refused", peer=str(peer), want=len(want), error=str(exc))
+            else:
+                log("blocks_transfer_interrupted", "warning", peer=str(peer), got=len(received),
+                    want=len(want), error=str(exc))
         finally:
             try:
                 await stream.close()

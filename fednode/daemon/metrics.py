@@ -11,12 +11,14 @@ class Metrics:
     accepted: Counter[str] = field(default_factory=Counter)  # from peers, by message kind
     published: Counter[str] = field(default_factory=Counter)  # our own, by message kind
     rejected: Counter[str] = field(default_factory=Counter)  # by reason
+    refused: Counter[str] = field(default_factory=Counter)  # inbound block/heads streams reset, by reason
     bytes_in: int = 0
     bytes_out: int = 0
     blocks_in: int = 0
     blocks_out: int = 0
     fetches_done: int = 0
     fetches_failed: int = 0
+    refusals: int = 0  # block requests a provider refused (reset before any answer)
     fetch_seconds: float = 0.0
     bans: int = 0
 
@@ -25,12 +27,14 @@ class Metrics:
             "accepted": dict(self.accepted),
             "published": dict(self.published),
             "rejected": dict(self.rejected),
+            "refused_streams": dict(self.refused),
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "blocks_in": self.blocks_in,
             "blocks_out": self.blocks_out,
             "fetches_done": self.fetches_done,
             "fetches_failed": self.fetches_failed,
+            "provider_refusals": self.refusals,
             "fetch_seconds": round(self.fetch_seconds, 6),
             "bans": self.bans,
         }
@@ -45,6 +49,8 @@ class Metrics:
             *(f'fednode_messages_published_total{{kind="{k}"}} {v}' for k, v in sorted(self.published.items())),
             "# TYPE fednode_messages_rejected_total counter",
             *(f'fednode_messages_rejected_total{{reason="{k}"}} {v}' for k, v in sorted(self.rejected.items())),
+            "# TYPE fednode_streams_refused_total counter",
+            *(f'fednode_streams_refused_total{{reason="{k}"}} {v}' for k, v in sorted(self.refused.items())),
             "# TYPE fednode_block_bytes_in_total counter",
             f"fednode_block_bytes_in_total {self.bytes_in}",
             "# TYPE fednode_block_bytes_out_total counter",
@@ -52,6 +58,8 @@ class Metrics:
             "# TYPE fednode_fetch_seconds summary",
             f"fednode_fetch_seconds_sum {self.fetch_seconds:.6f}",
             f"fednode_fetch_seconds_count {self.fetches_done}",
+            "# TYPE fednode_provider_refusals_total counter",
+            f"fednode_provider_refusals_total {self.refusals}",
             "# TYPE fednode_fetches_failed_total counter",
             f"fednode_fetches_failed_total {self.fetches_failed}",
             "# TYPE fednode_peers_banned_total counter",

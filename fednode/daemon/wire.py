@@ -79,11 +79,13 @@ class FrameReader:
         self._chunk = chunk
         self._buf = b""
         self._pos = 0
+        self.bytes_read = 0  # 0 after an error: the peer sent nothing at all (e.g. it refused the stream)
 
     async def _more(self, want: int) -> bytes:
         data = await self._stream.read(max(self._chunk, want))
         if not data:
             raise FrameError("stream ended inside a frame")
+        self.bytes_read += len(data)
         return data
 
     async def _varint(self) -> int:
