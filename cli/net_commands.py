@@ -66,6 +66,15 @@ def register(main: click.Group) -> None:
         _emit(rows, as_json, "\n".join(f"{r['peer_id']} {' '.join(r['addrs'][:1])}" for r in rows) or "no peers")
 
     @main.command()
+    @click.argument("cid")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    def providers(ctx: click.Context, cid: str, as_json: bool) -> None:
+        """Peers the DHT names as providers of a commit CID (e.g. a branch head)."""
+        rows = _client(ctx).call("POST", "/providers", {"cid": cid})
+        _emit(rows, as_json, "\n".join(f"{r['peer_id']} {' '.join(r['addrs'][:1])}" for r in rows) or "no providers")
+
+    @main.command()
     @click.argument("peer")
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_context

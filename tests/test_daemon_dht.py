@@ -1,12 +1,16 @@
-"""Discovery: clone by repository id through the Kademlia DHT; peers found by mDNS."""
+"""Discovery: clone by repository id through the Kademlia DHT; branch heads provided in the DHT
+and used when a fetch loses its provider; peers found by mDNS."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import numpy as np
 from helpers import model_arrays
 from test_daemon_harness import DaemonProc, daemons, make_home, open_nodes, ref, wait_for
 
+from fednode import operations
 from fednode.history import repo_id_text
 from fednode.modelio import ArraySource
 
@@ -34,6 +38,57 @@ def test_clone_finds_the_owner_through_the_dht(tmp_path: Path) -> None:
             assert ref(nb, rid, "genesis") is None  # B only routed
     finally:
         for n in (na, nb, nc):
+            n.close()
+
+
+def _provided(proc: DaemonProc, what: str) -> bool:
+    return any(e["event"] == "dht_provided" and e["ok"] and e["what"] == what for e in proc.log_events())
+
+
+def test_heads_are_provided_and_a_fetch_finds_a_new_provider_in_the_dht(tmp_path: Path) -> None:
+    """A and D hold the repository; C is connected to A and to a plain DHT node B, not to D. A is
+    killed while it serves C: C looks the commit up in the DHT, dials D and finishes from it."""
+    homes = [make_home(tmp_path, n) for n in "abcd"]
+    na, nb, nc, nd = open_nodes(*homes)
+    try:
+        rng = np.random.default_rng(0)
+        model = {"w": ("F32", rng.standard_normal(1_500_000).astype(np.float32))}  # 23 chunks
+        info, genesis = na.history.create_repo("big", ArraySource(model))
+        rid, head = info.repo_id, f"head {genesis.cid}"
+        b = DaemonProc(homes[1]).start()
+        a = DaemonProc(homes[0], (b.addr,), env={"FEDNODE_BLOCK_SERVE_DELAY": "0.05"})
+        d = DaemonProc(homes[3], (b.addr,))
+        c = DaemonProc(homes[2], (b.addr,))
+        with daemons(a, b, c, d):
+            a.start()
+            wait_for(lambda: _provided(a, head), 15, "A to provide its branch head")
+            d.start()
+            d.api("POST", "/clone", {"repo": repo_id_text(rid), "timeout": 30})  # found A by repo id
+            wait_for(lambda: _provided(d, head), 15, "D to provide the head it now holds")
+            found = wait_for(lambda: {p["peer_id"] for p in b.api("POST", "/providers", {"cid": str(genesis.cid)})}
+                             >= {a.peer_id, d.peer_id} or None, 15, "the DHT to list A and D")
+            assert found
+            c.bootstrap = (b.addr, a.addr)
+            c.start()
+            wait_for(lambda: c.api("GET", "/status")["peers"] == 2, 10, "C to connect to A and B")
+            assert d.peer_id not in {p["peer_id"] for p in c.api("GET", "/peers")}
+            served = a.metrics()["blocks_out"]  # what A served D
+            result: dict = {}
+            thread = threading.Thread(target=lambda: result.update(
+                c.api("POST", "/clone", {"repo": repo_id_text(rid), "timeout": 60})))
+            thread.start()
+            wait_for(lambda: a.metrics()["blocks_out"] >= served + 4, 10, "A to start serving C", interval=0.01)
+            a.kill()
+            thread.join(timeout=90)
+            assert result.get("refs", {}).get("heads/main") == str(genesis.cid), result
+            assert not operations.fsck(nc.history).problems
+            lookups = [e for e in c.log_events() if e["event"] == "dht_providers"
+                       and e["what"] == f"commit {genesis.cid}"]
+            assert any(d.peer_id in e["found"] for e in lookups), lookups
+            assert d.metrics()["blocks_out"] > 0
+            assert ref(nb, rid, "genesis") is None  # B only routed
+    finally:
+        for n in (na, nb, nc, nd):
             n.close()
 
 

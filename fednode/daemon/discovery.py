@@ -1,41 +1,86 @@
-"""Discovery: Kademlia provider records for repositories (the key is the repository id)."""
+"""Discovery: Kademlia provider records for repositories and for the commits at branch heads.
+
+Keys are sha2-256 multihashes in hex: a repository id (itself a sha2-256 digest) for "who holds
+this repository", and a CID's digest for "who can serve this commit and what it reaches" (the
+way IPFS keys provider records). A clone looks up the repository; a fetch that no connected
+peer can finish looks up its root commit.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import trio
+from libp2p.peer.peerinfo import PeerInfo
 
 from fednode.daemon.logs import log
 from fednode.history import repo_id_text
+from protocol.multiformats import CID
 
 if TYPE_CHECKING:
     from fednode.daemon.service import Daemon
 
 
-def dht_key(repo_id: bytes) -> str:
-    return "1220" + repo_id.hex()  # the repo id is a sha2-256 digest: use it as a multihash
+def dht_key(digest: bytes) -> str:
+    """The provider-record key of a sha2-256 digest (a repository id, or a CID's digest)."""
+    return "1220" + digest.hex()
+
+
+def cid_key(cid: CID) -> str:
+    return dht_key(cid.digest)
+
+
+def _keys(d: Daemon) -> list[tuple[str, str]]:
+    """(key, what) for every local repository and the distinct commits at its branch heads."""
+    out = []
+    for repo_id in d.state.local_repos().values():
+        out.append((dht_key(repo_id), f"repo {repo_id_text(repo_id)}"))
+        with d.node.store.read() as txn:
+            heads = {CID.from_bytes(raw) for raw in txn.list_refs(repo_id, "heads/").values()}
+        out += [(cid_key(c), f"head {c}") for c in sorted(heads, key=str)]
+    return out
+
+
+async def _provide(d: Daemon, key: str, what: str) -> bool:
+    try:
+        with trio.move_on_after(10):
+            ok = bool(await d.dht.provide(key))
+            log("dht_provided", what=what, ok=ok)
+            return ok
+    except Exception as exc:
+        log("dht_provide_failed", "warning", what=what, error=f"{type(exc).__name__}: {exc}")
+    return False
 
 
 async def provide_all(d: Daemon) -> None:
-    """Announce every local repository (called on each new connection: cheap on small networks)."""
-    for repo_id in d.state.local_repos().values():
-        try:
-            with trio.move_on_after(10):
-                ok = await d.dht.provide(dht_key(repo_id))
-                log("dht_provided", repo=repo_id_text(repo_id), ok=ok)
-        except Exception as exc:
-            log("dht_provide_failed", "warning", error=f"{type(exc).__name__}: {exc}")
+    """Announce every local repository and branch head (called on each new connection, after a
+    clone: cheap on small networks)."""
+    for key, what in _keys(d):
+        if await _provide(d, key, what):
+            d.provided.add(key)
 
 
-async def find_providers(d: Daemon, repo_id: bytes) -> list[str]:
-    """Dial the DHT's providers of ``repo_id``; returns the peer ids now connected."""
-    found: list[str] = []
-    infos = []
+async def provide_new(d: Daemon) -> None:
+    """Announce only what was never announced: heads moved by commits, pushes and merges."""
+    for key, what in _keys(d):
+        if key not in d.provided and await _provide(d, key, what):
+            d.provided.add(key)
+
+
+async def lookup(d: Daemon, key: str) -> list[PeerInfo]:
+    """The DHT's providers of ``key`` (deduplicated, ourselves left out); dials nothing but the DHT."""
+    infos: list[PeerInfo] = []
     with trio.move_on_after(15):
-        infos = await d.dht.find_providers(dht_key(repo_id))
-    for info in {i.peer_id: i for i in infos}.values():  # the DHT returns duplicates
-        if info.peer_id == d.peer_id or not info.addrs:
+        infos = await d.dht.find_providers(key)
+    unique = {i.peer_id: i for i in infos}  # the DHT returns duplicates
+    return [i for i in unique.values() if i.peer_id != d.peer_id and i.addrs]
+
+
+async def find_providers(d: Daemon, key: str, what: str) -> list[str]:
+    """Dial the DHT's providers of ``key``; returns the peer ids now connected."""
+    found: list[str] = []
+    for info in await lookup(d, key):
+        if d.pubsub.is_peer_blacklisted(info.peer_id):
             continue
         try:
             with trio.fail_after(10):
@@ -44,5 +89,5 @@ async def find_providers(d: Daemon, repo_id: bytes) -> list[str]:
             d.state.put_peer(str(info.peer_id), [str(a) for a in info.addrs])
         except Exception as exc:
             log("dial_failed", "warning", peer=str(info.peer_id), error=f"{type(exc).__name__}: {exc}")
-    log("dht_providers", repo=repo_id_text(repo_id), found=found)
+    log("dht_providers", what=what, found=found)
     return found

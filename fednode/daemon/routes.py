@@ -6,7 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from fednode.daemon import sync
+from fednode.daemon import discovery, sync
 from fednode.errors import FednodeError
 from fednode.history import parse_repo_id, repo_id_text
 from protocol import messages as m
@@ -58,6 +58,19 @@ async def h_connect(d: Daemon, body: dict[str, Any]) -> Any:
         return {"peer_id": await d.connect(addr)}
     except Exception as exc:
         raise HTTPError(502, f"cannot connect to {addr}: {type(exc).__name__}: {exc}") from None
+
+
+async def h_providers(d: Daemon, body: dict[str, Any]) -> Any:
+    """Who the DHT says provides a commit CID (looked up, not dialled)."""
+    text = body.get("cid")
+    if not isinstance(text, str):
+        raise HTTPError(400, "missing 'cid'")
+    try:
+        cid = CID.parse(text)
+    except Exception:
+        raise HTTPError(400, f"not a CID: {text!r}") from None
+    infos = await discovery.lookup(d, discovery.cid_key(cid))
+    return [{"peer_id": str(i.peer_id), "addrs": [str(a) for a in i.addrs]} for i in infos]
 
 
 async def h_unban(d: Daemon, body: dict[str, Any]) -> Any:
@@ -159,6 +172,7 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "/clone"): h_clone,
     ("POST", "/members"): h_members,
     ("POST", "/unban"): h_unban,
+    ("POST", "/providers"): h_providers,
 }
 
 
@@ -167,6 +181,7 @@ def openapi() -> dict[str, Any]:
     schemas = {
         "/connect": {"type": "object", "properties": {"addr": {"type": "string"}}, "required": ["addr"]},
         "/unban": {"type": "object", "properties": {"peer": {"type": "string"}}, "required": ["peer"]},
+        "/providers": {"type": "object", "properties": {"cid": {"type": "string"}}, "required": ["cid"]},
         "/follow": repo, "/push": repo,
         "/pull": {**repo, "properties": {**repo["properties"], "timeout": {"type": "number"}}},
         "/clone": {**repo, "properties": {**repo["properties"], "peers": {"type": "array",

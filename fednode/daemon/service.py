@@ -62,6 +62,7 @@ class Daemon:
         self.ban_seconds = ban_seconds
         self.heads_limit = TokenBuckets(HEADS_RATE, HEADS_BURST)
         self.own_cache: dict[bytes, tuple[tuple, float, list[m.HeadAnnouncement]]] = {}  # see sync.py
+        self.provided: set[str] = set()  # DHT keys announced since start (see discovery.provide_new)
         self.sync_interval = sync_interval
         self.serve_limiter = trio.CapacityLimiter(MAX_SERVING)
         self.fetch_limiter = trio.CapacityLimiter(MAX_CONCURRENT_FETCHES)
@@ -166,6 +167,7 @@ class Daemon:
         while True:
             await trio.sleep(self.sync_interval)
             self._restore_bans()
+            await discovery.provide_new(self)  # heads moved by local commits and merges
             peers = sync.peer_list(self)
             for repo_id in list(self.topics.values()):
                 if self.state.genesis(repo_id) is None or not peers:
@@ -335,6 +337,7 @@ class Daemon:
                 job.ok = False
             if job.ok:
                 break
+            await self._more_providers(job)
             await trio.sleep(delay)
             delay *= 2
         if job.ok:
@@ -343,6 +346,15 @@ class Daemon:
             for raw in job.thens:
                 sync.apply(self, job.repo, raw)
         job.done.set()  # a failed job stays in the net db: resumed at restart or by the next pull
+
+    async def _more_providers(self, job: Job) -> None:
+        """After a failed attempt: dial whoever the DHT says provides the job's root commit."""
+        try:
+            found = await discovery.find_providers(self, discovery.cid_key(job.root), f"commit {job.root}")
+        except Exception as exc:  # the DHT is a help here, never a reason to give up
+            log("dht_lookup_failed", "warning", root=str(job.root), error=f"{type(exc).__name__}: {exc}")
+            return
+        job.providers = list(dict.fromkeys(job.providers + found))
 
     # --- stream handlers --------------------------------------------------------------------
     async def _serve_blocks(self, stream: INetStream) -> None:

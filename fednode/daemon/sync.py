@@ -165,7 +165,8 @@ async def sync_repo(d: Daemon, repo_id: bytes, peers: list[ID], create: bool, wa
             if not applied(d, repo_id, ann):  # anti-entropy rounds mostly find nothing new
                 jobs.append(d.schedule_fetch(repo_id, ann.head, [str(peer)], raw))
     if d.state.genesis(repo_id) is None and create and not wait_dht:
-        found = [ID.from_base58(p) for p in await discovery.find_providers(d, repo_id)]
+        found = [ID.from_base58(p) for p in await discovery.find_providers(d, discovery.dht_key(repo_id),
+                                                                       f"repo {repo_id_text(repo_id)}")]
         if found:
             return await sync_repo(d, repo_id, found, create, wait, timeout, wait_dht=True)
     if d.state.genesis(repo_id) is None:
@@ -227,6 +228,7 @@ def apply(d: Daemon, repo_id: bytes, raw: bytes) -> None:
                 if txn.get_ref(repo_id, ref) == cur_raw:  # compare-and-swap against local commits
                     txn.set_ref(repo_id, ref, bytes(msg.head))
                     log("branch_moved", branch=msg.branch, head=str(msg.head))
+                    d.nursery.start_soon(discovery.provide_new, d)
                     return
     with d.node.store.write() as txn:
         txn.set_ref(repo_id, f"remotes/{peer}/{msg.branch}", bytes(msg.head))
@@ -249,6 +251,7 @@ async def push(d: Daemon, repo_id: bytes) -> dict[str, object]:
             await d.publish(repo_id, envelope)
         await d.publish(repo_id, ann.encode())
         pushed.append({"branch": ann.branch, "head": str(ann.head), "seq": ann.seq, "envelope": sent})
+    d.nursery.start_soon(discovery.provide_new, d)  # the pushed heads can now be found in the DHT
     topic_peers = d.pubsub.peer_topics.get(m.topic_for(repo_id), set())
     return {"repo": repo_id_text(repo_id), "pushed": pushed, "topic_peers": len(topic_peers)}
 
