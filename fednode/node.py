@@ -29,7 +29,9 @@ bootstrap = []
 mdns = false
 # optional: ban_threshold = 5 (penalised messages or blocks before a peer is disconnected
 # and banned), ban_seconds = 86400 (how long a ban lasts; bans survive restarts; `fednode
-# unban PEER` lifts one), sync_interval = 30 (seconds between heads exchanges with every peer)
+# unban PEER` lifts one), sync_interval = 30 (seconds between heads exchanges with every peer),
+# max_fetch_bytes = 68719476736 (most one fetched commit and all it reaches may store: 64 GiB),
+# min_free_bytes = 1073741824 (fetches never leave less free disk than this: 1 GiB)
 
 [api]
 # the local control API binds to loopback only, with the bearer token in api.token

@@ -8,6 +8,7 @@ thread, frames read from many small chunks and written with a prefix in one piec
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -255,11 +256,12 @@ async def test_fetch_holds_at_most_in_memory_batches(tmp_path: Path, monkeypatch
             peak = max(peak, held)
             return await receive(peer, want)  # type: ignore[arg-type]
 
-        async def slow_store(repo_id: bytes, received: list[tuple[CID, bytes]]) -> tuple[list, str | None]:
+        async def slow_store(repo_id: bytes, received: list[tuple[CID, bytes]],
+                             budget: blocks.Budget | None = None) -> tuple[list, str | None]:
             nonlocal held
             await trio.sleep(0.05)  # a slow disk: transfers must go on, but memory stays bounded
             try:
-                return await check_and_store(repo_id, received)
+                return await check_and_store(repo_id, received, budget)
             finally:
                 held -= 1
 
@@ -268,3 +270,28 @@ async def test_fetch_holds_at_most_in_memory_batches(tmp_path: Path, monkeypatch
         assert await fetcher.fetch(b"r" * 32, root, lambda: ["a"])  # type: ignore[list-item]
     assert peak == blocks.IN_MEMORY  # the wire keeps going while batches are stored, within the bound
     assert host.max_active <= blocks.PARALLEL
+
+
+async def test_a_fetch_stops_at_its_budget_and_at_the_disk_reserve(tmp_path: Path) -> None:
+    root, dag = _dag(blocks.BATCH * 3, 10_000)  # ~960 KB of leaves
+    total = sum(len(b) for b in dag.values())
+    with Store(tmp_path / "s", sync=False) as store:
+        fetcher = blocks.Fetcher(FakeHost(dag), store, Metrics(), lambda p, r: None)  # type: ignore[arg-type]
+        budget = blocks.Budget(limit=total // 2)
+        assert not await fetcher.fetch(b"r" * 32, root, lambda: ["a"], budget)  # type: ignore[list-item]
+        assert budget.refused == "too_large" and 0 < budget.used <= total // 2
+        with store.read() as txn:
+            stored = sum(len(b) for c, b in dag.items() if txn.has_block(c))
+        assert stored == budget.used  # what was charged is exactly what was stored
+        again = blocks.Budget()
+        assert await fetcher.fetch(b"r" * 32, root, lambda: ["a"], again)  # type: ignore[list-item]
+        assert again.refused is None and again.used == total - stored  # only the missing part
+    with Store(tmp_path / "t", sync=False) as store:
+        free = shutil.disk_usage(tmp_path).free
+        fetcher = blocks.Fetcher(FakeHost(dag), store, Metrics(), lambda p, r: None,  # type: ignore[arg-type]
+                                 min_free_bytes=free + 1)  # any store would cross the reserve
+        budget = blocks.Budget()
+        assert not await fetcher.fetch(b"r" * 32, root, lambda: ["a"], budget)  # type: ignore[list-item]
+        assert budget.refused == "disk_full" and budget.used == 0
+        with store.read() as txn:
+            assert not any(txn.has_block(c) for c in dag)

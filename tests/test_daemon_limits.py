@@ -1,18 +1,20 @@
-"""Limits on what a peer can make a daemon do: per-peer heads query rate, and no store writes
-per query (signed answers are cached); plus the token buckets themselves."""
+"""Limits on what a peer can make a daemon do: per-peer heads query rate, no store writes per
+query (signed answers are cached), a cap on what one fetch may store; and the token buckets."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import trio
 from helpers import model_arrays
-from test_daemon_harness import DaemonProc, daemons, make_home, open_nodes
+from test_daemon_harness import DaemonProc, daemons, make_home, open_nodes, wait_for
 
 from fednode.daemon.ratelimit import TokenBuckets
 from fednode.daemon.service import HEADS_BURST, HEADS_RATE
+from fednode.history import repo_id_text
 from fednode.modelio import ArraySource
 
 
@@ -93,3 +95,31 @@ async def test_heads_queries_are_rate_limited_and_write_nothing(tmp_path: Path) 
             assert _own_seq(node, info.repo_id) == seq  # answers were cached: no new seq, no store write
     finally:
         node.close()
+
+
+def test_a_clone_larger_than_max_fetch_bytes_is_refused_once_and_forgotten(tmp_path: Path) -> None:
+    homes = [make_home(tmp_path, n) for n in "ab"]
+    na, nb = open_nodes(*homes)
+    try:
+        rng = np.random.default_rng(0)
+        info, _ = na.history.create_repo("big", ArraySource({"w": ("F32", rng.standard_normal(500_000)
+                                                                   .astype(np.float32))}))  # 2 MB
+        config = homes[1] / "config.toml"
+        config.write_text(config.read_text().replace("mdns = false", "mdns = false\nmax_fetch_bytes = 1000000"))
+        a = DaemonProc(homes[0]).start()
+        b = DaemonProc(homes[1], (a.addr,))
+        with daemons(a, b):
+            b.start()
+            wait_for(lambda: b.api("GET", "/status")["peers"] == 1, 10, "B to connect to A")
+            err = b.api("POST", "/clone", {"repo": repo_id_text(info.repo_id), "timeout": 30}, expect=404)["error"]
+            assert "larger than [network] max_fetch_bytes" in err
+            events = [e for e in b.log_events() if e["event"] in ("fetch_refused", "fetch_incomplete")]
+            assert [e["event"] for e in events] == ["fetch_incomplete", "fetch_refused"]  # one attempt, no retry
+            assert events[1]["reason"] == "too_large" and 0 < events[1]["stored"] <= 1_000_000
+            assert b.metrics()["rejected"]["fetch_too_large"] == 1
+            with nb.store.read() as txn:
+                assert txn.kv_items("net", b"fetch/") == []  # not resumed at the next start
+                assert txn.list_repos() == {}
+    finally:
+        for n in (na, nb):
+            n.close()

@@ -18,8 +18,10 @@ notes); this protocol is ~150 lines we can bound (sizes, timeouts) and test end 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import trio
 from libp2p.abc import IHost, INetStream
@@ -47,6 +49,18 @@ PARALLEL = 2  # requests on the wire per fetch, each on its own stream (and its 
 IN_MEMORY = 3
 STREAM_TIMEOUT = 15.0
 SMALL_WRITE = 256 * 1024  # batches below this are checked and stored on the trio thread (no thread hop)
+MAX_FETCH_BYTES = 64 << 30  # [network] max_fetch_bytes: most one fetch job (a commit and all it reaches) stores
+MIN_FREE_BYTES = 1 << 30  # [network] min_free_bytes: a fetch never leaves less free disk than this
+
+
+@dataclass
+class Budget:
+    """What one fetch job may still store, across its attempts. ``refused`` says why it stopped:
+    ``too_large`` (an announcement must not make us store without bound) or ``disk_full``."""
+
+    limit: int = MAX_FETCH_BYTES
+    used: int = 0
+    refused: str | None = None
 
 
 async def serve(stream: INetStream, store: Store, metrics: Metrics) -> None:
@@ -87,11 +101,13 @@ def _get(store: Store, cid: CID) -> bytes | None:
 
 
 class Fetcher:
-    def __init__(self, host: IHost, store: Store, metrics: Metrics, penalize: Callable[[ID, str], None]) -> None:
+    def __init__(self, host: IHost, store: Store, metrics: Metrics, penalize: Callable[[ID, str], None],
+                 min_free_bytes: int = MIN_FREE_BYTES) -> None:
         self.host = host
         self.store = store
         self.metrics = metrics
         self.penalize = penalize
+        self.min_free_bytes = min_free_bytes
         self._write_lock = trio.Lock()
 
     def _commit_ok(self, cid: CID, block: bytes, repo_id: bytes) -> Commit | None | bool:
@@ -120,7 +136,17 @@ class Fetcher:
                     if isinstance(commit, Commit):
                         txn.index_commit(cid, repo_id, commit.commit_hash())
 
-    async def check_and_store(self, repo_id: bytes, received: list[tuple[CID, bytes]]
+    def _charge(self, budget: Budget, size: int) -> bool:
+        """Take ``size`` bytes from the job's budget and the disk's headroom; False: store nothing."""
+        if budget.used + size > budget.limit:
+            budget.refused = "too_large"
+        elif shutil.disk_usage(self.store.path).free - size < self.min_free_bytes:
+            budget.refused = "disk_full"
+        else:
+            budget.used += size
+        return budget.refused is None
+
+    async def check_and_store(self, repo_id: bytes, received: list[tuple[CID, bytes]], budget: Budget | None = None
                               ) -> tuple[list[tuple[CID, bytes]], str | None]:
         """Hash-check a received batch, then store its good blocks in one LMDB transaction.
 
@@ -140,6 +166,8 @@ class Fetcher:
         else:
             good, bad = await trio.to_thread.run_sync(self._check, received, repo_id)
         size = sum(len(b) for _, b in good)
+        if budget is not None and good and not self._charge(budget, size):
+            return [], bad
         async with self._write_lock:
             if small:
                 self.store_blocks(repo_id, good)
@@ -211,18 +239,21 @@ class Fetcher:
                     missing.append(cid)
         return missing, children
 
-    async def fetch(self, repo_id: bytes, root: CID, providers: Callable[[], list[ID]]) -> bool:
+    async def fetch(self, repo_id: bytes, root: CID, providers: Callable[[], list[ID]],
+                    budget: Budget | None = None) -> bool:
         """Fetch everything reachable from ``root`` that is missing; True when complete.
 
         Level by level; a level's missing blocks go out as BATCH-sized requests, PARALLEL of
         them on the wire at once (one stream each) while earlier batches are checked and stored.
+        Nothing is stored beyond ``budget`` (then ``budget.refused`` says why).
         """
         start = time.monotonic()
         seen: set[CID] = set()
         frontier = [root]
+        budget = budget or Budget()
         while frontier:
             missing, children = self._missing_and_children(frontier, seen)
-            failed = await self._fetch_level(repo_id, missing, providers, children)
+            failed = await self._fetch_level(repo_id, missing, providers, children, budget)
             if failed:
                 self.metrics.fetches_failed += 1
                 log("fetch_incomplete", "warning", root=str(root), missing=failed)
@@ -233,7 +264,7 @@ class Fetcher:
         return True
 
     async def _fetch_level(self, repo_id: bytes, missing: list[CID], providers: Callable[[], list[ID]],
-                           children: list[CID]) -> int:
+                           children: list[CID], budget: Budget) -> int:
         """Fetch ``missing`` in BATCH-sized requests; appends the links of what arrived to
         ``children``; returns how many blocks could not be fetched.
 
@@ -247,10 +278,10 @@ class Fetcher:
         async def one(batch: list[CID]) -> None:
             nonlocal failed
             async with held:
-                if failed:  # give up early: the job is retried as a whole
+                if failed or budget.refused:  # give up early: the job is retried as a whole, or stops
                     failed += len(batch)
                     return
-                got = await self._fetch_batch(repo_id, batch, providers(), transfers)
+                got = await self._fetch_batch(repo_id, batch, providers(), transfers, budget)
                 if len(got) < len(batch):
                     failed += len(batch) - len(got)
                     return
@@ -263,16 +294,16 @@ class Fetcher:
         return failed
 
     async def _fetch_batch(self, repo_id: bytes, batch: list[CID], peers: list[ID],
-                           transfers: trio.CapacityLimiter) -> dict[CID, bytes]:
+                           transfers: trio.CapacityLimiter, budget: Budget) -> dict[CID, bytes]:
         """Each peer in turn for what is still missing; keeps partial progress."""
         got: dict[CID, bytes] = {}
         for peer in peers:
             want = [c for c in batch if c not in got]
-            if not want:
+            if not want or budget.refused:
                 break
             async with transfers:
                 received, reason = await self._receive(peer, want)
-            good, bad = await self.check_and_store(repo_id, received)
+            good, bad = await self.check_and_store(repo_id, received, budget)
             reason = bad or reason
             if reason is not None:
                 self.penalize(peer, reason)

@@ -12,6 +12,7 @@ import trio
 from fednode.chain.autoflush import flush_loop
 from fednode.daemon import logs
 from fednode.daemon.api import Api, ensure_token
+from fednode.daemon.blocks import MAX_FETCH_BYTES, MIN_FREE_BYTES
 from fednode.daemon.logs import log
 from fednode.daemon.service import BAN_SECONDS, BAN_THRESHOLD, SYNC_INTERVAL, Daemon
 from fednode.errors import FednodeError
@@ -47,7 +48,9 @@ async def _run(home: Path, listen: list[str] | None, api_port: int | None, boots
         daemon = Daemon(node, listen or list(net.get("listen", ["/ip4/127.0.0.1/tcp/4001"])),
                         list(net.get("bootstrap", [])) + bootstrap, bool(net.get("mdns", False)) or mdns,
                         int(net.get("ban_threshold", BAN_THRESHOLD)), float(net.get("sync_interval", SYNC_INTERVAL)),
-                        float(net.get("ban_seconds", BAN_SECONDS)))
+                        float(net.get("ban_seconds", BAN_SECONDS)),
+                        int(net.get("max_fetch_bytes", MAX_FETCH_BYTES)),
+                        int(net.get("min_free_bytes", MIN_FREE_BYTES)))
         token = ensure_token(home)
         api = Api(daemon, token)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -49,6 +49,7 @@ class Job:
     root: CID
     providers: list[str]
     thens: list[bytes] = field(default_factory=list)  # encoded head announcements / proposals
+    budget: blocks.Budget = field(default_factory=blocks.Budget)
     done: trio.Event = field(default_factory=trio.Event)
     ok: bool = False
 
@@ -56,8 +57,10 @@ class Job:
 class Daemon:
     def __init__(self, node: Node, listen: list[str], bootstrap: list[str], mdns: bool = False,
                  ban_threshold: int = BAN_THRESHOLD, sync_interval: float = SYNC_INTERVAL,
-                 ban_seconds: float = BAN_SECONDS) -> None:
+                 ban_seconds: float = BAN_SECONDS, max_fetch_bytes: int = blocks.MAX_FETCH_BYTES,
+                 min_free_bytes: int = blocks.MIN_FREE_BYTES) -> None:
         self.node = node
+        self.max_fetch_bytes = max_fetch_bytes
         self.ban_threshold = ban_threshold
         self.ban_seconds = ban_seconds
         self.heads_limit = TokenBuckets(HEADS_RATE, HEADS_BURST)
@@ -79,7 +82,7 @@ class Daemon:
         self.invalid: Counter[str] = Counter()
         self.jobs: dict[tuple[bytes, CID], Job] = {}
         self.nursery: trio.Nursery
-        self.fetcher = blocks.Fetcher(self.host, node.store, self.metrics, self.penalize)
+        self.fetcher = blocks.Fetcher(self.host, node.store, self.metrics, self.penalize, min_free_bytes)
         self.ready = trio.Event()
 
     @property
@@ -313,7 +316,7 @@ class Daemon:
             job.providers = list(dict.fromkeys(providers + job.providers))
             job.thens += [t for t in thens if t not in job.thens]
         else:
-            job = Job(repo, root, list(dict.fromkeys(providers)), thens)
+            job = Job(repo, root, list(dict.fromkeys(providers)), thens, blocks.Budget(self.max_fetch_bytes))
             self.jobs[key] = job
             self.nursery.start_soon(self._run_job, job)
         self.state.add_fetch(repo, root, job.providers, job.thens)
@@ -331,15 +334,21 @@ class Daemon:
         for _ in range(FETCH_RETRIES):
             try:
                 async with self.fetch_limiter:
-                    job.ok = await self.fetcher.fetch(job.repo, job.root, lambda: self._providers(job))
+                    job.ok = await self.fetcher.fetch(job.repo, job.root, lambda: self._providers(job), job.budget)
             except Exception as exc:
                 log("fetch_error", "error", root=str(job.root), error=f"{type(exc).__name__}: {exc}")
                 job.ok = False
-            if job.ok:
+            if job.ok or job.budget.refused:
                 break
             await self._more_providers(job)
             await trio.sleep(delay)
             delay *= 2
+        if job.budget.refused:  # no retries; a too-large job is also forgotten (a full disk is not)
+            self.metrics.rejected["fetch_" + job.budget.refused] += 1
+            log("fetch_refused", "warning", root=str(job.root), reason=job.budget.refused,
+                stored=job.budget.used, limit=job.budget.limit)
+            if job.budget.refused == "too_large":
+                self.state.done_fetch(job.repo, job.root)
         if job.ok:
             self.state.done_fetch(job.repo, job.root)
             log("fetch_complete", root=str(job.root))

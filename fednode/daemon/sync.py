@@ -109,7 +109,9 @@ async def _create_repo(d: Daemon, repo_id: bytes, genesis: CID, peer: ID) -> Non
     with trio.move_on_after(30):
         await job.done.wait()
     if not job.ok:
-        raise FednodeError(f"could not fetch the genesis commit {genesis} from {peer}")
+        why = {"too_large": ": it is larger than [network] max_fetch_bytes",
+               "disk_full": ": the disk would fall below [network] min_free_bytes"}.get(job.budget.refused or "", "")
+        raise FednodeError(f"could not fetch the genesis commit {genesis} from {peer}{why}")
     commit = d.node.history.load_commit(genesis)
     if commit.kind != "init" or commit.commit_hash() != repo_id:
         raise FednodeError(f"peer {peer} sent a genesis that is not repository {repo_id_text(repo_id)}")
