@@ -161,6 +161,22 @@ def _raw_host_imports():  # noqa: ANN202 - heavy imports, only for the raw-strea
     return multiaddr, trio, create_new_key_pair, TProtocol, build_host
 
 
+def _sink(total: int, done):  # noqa: ANN001, ANN202 - a trio.Event; returns a stream handler
+    """Stream handler: read ``total`` bytes, answer one byte (``k``: all of them), set ``done``."""
+
+    async def handler(stream) -> None:  # noqa: ANN001
+        got = 0
+        while got < total:
+            chunk = await stream.read(1 << 20)
+            if not chunk:
+                break
+            got += len(chunk)
+        await stream.write(b"k" if got == total else b"x")
+        done.set()
+
+    return handler
+
+
 def raw_sink(total: int) -> None:
     """``--raw-sink N``: a host like the daemon's (Noise, yamux) that prints its address, reads N
     bytes from the first stream and answers one byte: the receiving end of the raw baseline."""
@@ -169,18 +185,7 @@ def raw_sink(total: int) -> None:
     async def main() -> None:
         host = build_host(create_new_key_pair())
         done = trio.Event()
-
-        async def sink(stream) -> None:  # noqa: ANN001
-            got = 0
-            while got < total:
-                chunk = await stream.read(1 << 20)
-                if not chunk:
-                    break
-                got += len(chunk)
-            await stream.write(b"k" if got == total else b"x")
-            done.set()
-
-        host.set_stream_handler(TProtocol(RAW_PROTOCOL), sink)
+        host.set_stream_handler(TProtocol(RAW_PROTOCOL), _sink(total, done))
         async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
             print(str(host.get_addrs()[0]), flush=True)
             with trio.fail_after(300):
@@ -237,18 +242,7 @@ def raw_stream_mbps(mib: int, two_processes: bool) -> float:
             return
         a = build_host(create_new_key_pair())
         done = trio.Event()
-
-        async def sink_here(stream) -> None:  # noqa: ANN001
-            got = 0
-            while got < total:
-                chunk = await stream.read(1 << 20)
-                if not chunk:
-                    break
-                got += len(chunk)
-            await stream.write(b"k" if got == total else b"x")
-            done.set()
-
-        a.set_stream_handler(TProtocol(RAW_PROTOCOL), sink_here)
+        a.set_stream_handler(TProtocol(RAW_PROTOCOL), _sink(total, done))
         async with a.run(listen), b.run(listen):
             with trio.fail_after(300):
                 await send(b, str(a.get_addrs()[0]))

@@ -43,26 +43,19 @@ async def _read_exact(stream: INetStream, n: int) -> bytes:
 
 
 async def read_frame(stream: INetStream, max_bytes: int, timeout: float = IO_TIMEOUT) -> bytes:
-    try:
-        with trio.fail_after(timeout):
-            length = shift = 0
-            while True:
-                byte = (await _read_exact(stream, 1))[0]
-                length |= (byte & 0x7F) << shift
-                if not byte & 0x80:
-                    break
-                shift += 7
-                if shift > 35:
-                    raise FrameError("frame length varint too long")
-            if length > max_bytes:
-                raise FrameError(f"frame of {length} bytes exceeds {max_bytes}")
-            return await _read_exact(stream, length)
-    except trio.TooSlowError:
-        raise FrameError("timed out reading a frame") from None
-    except FrameError:
-        raise
-    except Exception as exc:  # StreamEOF/StreamReset/IOException from the muxer
-        raise FrameError(f"stream error: {type(exc).__name__}: {exc}") from None
+    with _io_errors(timeout, "reading"):
+        length = shift = 0
+        while True:
+            byte = (await _read_exact(stream, 1))[0]
+            length |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            shift += 7
+            if shift > 35:
+                raise FrameError("frame length varint too long")
+        if length > max_bytes:
+            raise FrameError(f"frame of {length} bytes exceeds {max_bytes}")
+        return await _read_exact(stream, length)
 
 
 class FrameReader:
@@ -120,18 +113,11 @@ class FrameReader:
 
     async def read_frame(self, max_bytes: int, timeout: float = IO_TIMEOUT) -> memoryview:
         """The next frame's body (at most ``max_bytes``), as a read-only view."""
-        try:
-            with trio.fail_after(timeout):
-                length = await self._varint()
-                if length > max_bytes:
-                    raise FrameError(f"frame of {length} bytes exceeds {max_bytes}")
-                return await self._body(length)
-        except trio.TooSlowError:
-            raise FrameError("timed out reading a frame") from None
-        except FrameError:
-            raise
-        except Exception as exc:  # StreamEOF/StreamReset/IOException from the muxer
-            raise FrameError(f"stream error: {type(exc).__name__}: {exc}") from None
+        with _io_errors(timeout, "reading"):
+            length = await self._varint()
+            if length > max_bytes:
+                raise FrameError(f"frame of {length} bytes exceeds {max_bytes}")
+            return await self._body(length)
 
 
 class FrameWriter:
@@ -156,7 +142,7 @@ class FrameWriter:
         self._pending += view[:room]
         view = view[room:]
         full = len(view) - len(view) % WRITE_PIECE
-        with _write_errors(timeout):
+        with _io_errors(timeout):
             await self._stream.write(bytes(self._pending))
             for off in range(0, full, WRITE_PIECE):
                 await self._stream.write(view[off:off + WRITE_PIECE])  # type: ignore[arg-type]
@@ -164,24 +150,27 @@ class FrameWriter:
 
     async def flush(self, timeout: float = IO_TIMEOUT) -> None:
         if self._pending:
-            with _write_errors(timeout):
+            with _io_errors(timeout):
                 await self._stream.write(bytes(self._pending))
             self._pending = bytearray()
 
 
 @contextmanager
-def _write_errors(timeout: float) -> Iterator[None]:
-    """Bounds a write in time; muxer errors and timeouts become FrameError."""
+def _io_errors(timeout: float, doing: str = "writing") -> Iterator[None]:
+    """Bounds stream I/O in time; timeouts and muxer errors (StreamEOF, StreamReset,
+    IOException) become FrameError."""
     try:
         with trio.fail_after(timeout):
             yield
     except trio.TooSlowError:
-        raise FrameError("timed out writing a frame") from None
+        raise FrameError(f"timed out {doing} a frame") from None
+    except FrameError:
+        raise
     except Exception as exc:
         raise FrameError(f"stream error: {type(exc).__name__}: {exc}") from None
 
 
 async def write_frame(stream: INetStream, data: bytes, timeout: float = IO_TIMEOUT, prefix: bytes = b"") -> None:
     """One frame holding ``prefix + data`` (built with a single copy of ``data``)."""
-    with _write_errors(timeout):
+    with _io_errors(timeout):
         await stream.write(b"".join((encode_varint(len(prefix) + len(data)), prefix, data)))
