@@ -122,6 +122,24 @@ def test_shared_cache_directory_is_refused(tmp_path, monkeypatch, caplog):
     assert native.kernels() is not None
 
 
+def test_a_cache_below_a_shared_parent_is_refused(tmp_path, monkeypatch, caplog):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o775)  # a group member could rename our directory away and put another there
+    monkeypatch.setenv("FEDNODE_NATIVE_CACHE", str(shared / "mine"))
+    native.reset()
+    try:
+        assert native.kernels() is None
+        assert f"{shared} is writable by others" in caplog.text
+        assert list((shared / "mine").iterdir()) == []
+        shared.chmod(0o1775)  # sticky, like /tmp: others cannot rename what is ours
+        native.reset()
+        assert native.kernels() is not None
+    finally:
+        monkeypatch.delenv("FEDNODE_NATIVE_CACHE")
+        native.reset()
+
+
 def test_private_cache_directory_builds(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDNODE_NATIVE_CACHE", str(tmp_path / "fresh"))
     native.reset()

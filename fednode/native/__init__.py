@@ -78,10 +78,16 @@ def library_path() -> Path:
 
 
 def _private_dir(path: Path) -> None:
+    """Create ``path`` (0700) and refuse it when anyone else could swap what we load from it:
+    the directory and every parent must be owned by us or root and not writable by group or
+    others, unless sticky (like /tmp: others cannot rename what is ours there)."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = path.stat()
-    if st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise OSError(f"{path} is writable by others or not owned by this user; not loading code from it")
+    me = os.getuid()
+    for i, p in enumerate([path, *path.resolve().parents]):
+        st = p.stat()
+        shared = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if st.st_uid not in (me, 0) or (shared and (i == 0 or not st.st_mode & stat.S_ISVTX)):
+            raise OSError(f"{p} is writable by others or not owned by this user; not loading code from it")
 
 
 def build(target: Path) -> None:
