@@ -54,12 +54,14 @@ def durable_write(path: Path, src: Path) -> float:
 
 
 def settle(path: Path) -> None:
-    """Write the benchmark's input to disk first, so no run competes with its write-back."""
+    """Write the benchmark's input, and whatever else is pending on this machine (e.g. a pip
+    install just before), to disk first, so no timed run competes with that write-back."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+    os.sync()
 
 
 def _genesis_commit(path: Path, model: Path, sync: bool, keep: bool = False):  # noqa: ANN202
