@@ -123,3 +123,39 @@ def test_a_clone_larger_than_max_fetch_bytes_is_refused_once_and_forgotten(tmp_p
     finally:
         for n in (na, nb):
             n.close()
+
+
+class Blacklist:
+    """Stands in for py-libp2p's Pubsub blacklist (a set); the real one is exercised by the hostile test."""
+
+    def __init__(self) -> None:
+        self.peers: set = set()
+
+    def add_to_blacklist(self, peer) -> None:  # noqa: ANN001
+        self.peers.add(peer)
+
+    def remove_from_blacklist(self, peer) -> None:  # noqa: ANN001
+        self.peers.discard(peer)
+
+    def is_peer_blacklisted(self, peer) -> bool:  # noqa: ANN001
+        return peer in self.peers
+
+
+def test_stored_bans_are_restored_until_they_expire(tmp_path: Path) -> None:
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.id import ID
+
+    from fednode.daemon.service import Daemon
+    from fednode.daemon.state import NetState
+    from fednode.store import Store
+
+    live, old = (ID.from_pubkey(create_new_key_pair().public_key) for _ in range(2))
+    with Store(tmp_path / "s", sync=False) as store:
+        d = Daemon.__new__(Daemon)  # only the ban bookkeeping: a real store, a stand-in blacklist
+        d.state, d.pubsub = NetState(store), Blacklist()
+        d.state.put_ban(str(live), time.time() + 3600, "bad_signature")
+        d.state.put_ban(str(old), time.time() - 1, "malformed")
+        d.state.put_ban("not a peer id", time.time() + 3600, "x")
+        d._restore_bans()
+        assert d.pubsub.peers == {live}
+        assert set(d.state.bans()) == {str(live)}  # the expired and the malformed entries are gone
