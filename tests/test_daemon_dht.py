@@ -6,9 +6,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import numpy as np
 from helpers import model_arrays
-from test_daemon_harness import DaemonProc, daemons, make_home, open_nodes, ref, wait_for
+from test_daemon_harness import DaemonProc, big_model, daemons, make_home, open_nodes, ref, wait_for
 
 from fednode import operations
 from fednode.history import repo_id_text
@@ -51,9 +50,7 @@ def test_heads_are_provided_and_a_fetch_finds_a_new_provider_in_the_dht(tmp_path
     homes = [make_home(tmp_path, n) for n in "abcd"]
     na, nb, nc, nd = open_nodes(*homes)
     try:
-        rng = np.random.default_rng(0)
-        model = {"w": ("F32", rng.standard_normal(1_500_000).astype(np.float32))}  # 23 chunks
-        info, genesis = na.history.create_repo("big", ArraySource(model))
+        info, genesis = na.history.create_repo("big", ArraySource(big_model(0)))
         rid, head = info.repo_id, f"head {genesis.cid}"
         b = DaemonProc(homes[1]).start()
         a = DaemonProc(homes[0], (b.addr,), env={"FEDNODE_BLOCK_SERVE_DELAY": "0.05"})

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-from test_daemon_harness import DaemonProc, daemons, make_home, open_nodes, ref, wait_for
+from test_daemon_harness import DaemonProc, big_model, daemons, make_home, open_nodes, ref, wait_for
 
 from fednode import operations
 from fednode.history import repo_id_text
@@ -14,16 +13,11 @@ from fednode.modelio import ArraySource
 DELAY = {"FEDNODE_BLOCK_SERVE_DELAY": "0.04"}  # ~40 ms per 256 KiB block: slow enough to interrupt
 
 
-def _model(seed: int) -> dict[str, tuple[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    return {"w": ("F32", rng.standard_normal(1_500_000).astype(np.float32))}  # 6 MB: 23 chunks
-
-
 def test_fetch_survives_provider_kill_and_own_restart(tmp_path: Path) -> None:
     homes = [make_home(tmp_path, n) for n in "abc"]
     na, nb, nc = open_nodes(*homes)
     try:
-        info, genesis = na.history.create_repo("big", ArraySource(_model(0)))
+        info, genesis = na.history.create_repo("big", ArraySource(big_model(0)))
         rid = info.repo_id
         a = DaemonProc(homes[0], env=DELAY).start()
         b = DaemonProc(homes[1], (a.addr,), env=DELAY)
@@ -64,7 +58,7 @@ def test_fetch_survives_provider_kill_and_own_restart(tmp_path: Path) -> None:
                 a.bootstrap = (b.addr,)
                 a.start()
             assert c.stop() == 0
-            r1 = na.history.commit(na.history.repo("big"), ArraySource(_model(1)), "new weights", encoding="fp16")
+            r1 = na.history.commit(na.history.repo("big"), ArraySource(big_model(1)), "new weights", encoding="fp16")
             a.api("POST", "/push", {"repo": "big"})
             wait_for(lambda: ref(nb, rid, "heads/main") == r1.cid, 30, "B to take the update")
             c.start()

@@ -13,11 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 from helpers import ROOT, fednode_cmd
 from solders.keypair import Keypair
 
 from fednode.node import Node, init_home, open_node
 from protocol.multiformats import CID
+
+
+def big_model(seed: int) -> dict[str, tuple[str, np.ndarray]]:
+    """6 MB of float32 weights: 23 UnixFS chunks, enough to interrupt a transfer midway."""
+    rng = np.random.default_rng(seed)
+    return {"w": ("F32", rng.standard_normal(1_500_000).astype(np.float32))}
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:

@@ -91,7 +91,7 @@ async def test_heads_queries_are_rate_limited_and_write_nothing(tmp_path: Path) 
             # a new peer gets its burst, then what refills while it asks (HEADS_RATE a second)
             assert HEADS_BURST - 1 <= answered <= HEADS_BURST + HEADS_RATE * elapsed + 1, (answered, elapsed)
             assert outcomes.count("refused") == len(outcomes) - answered >= 1
-            assert a.metrics()["rejected"]["rate_limited"] == outcomes.count("refused")
+            assert a.metrics()["refused_streams"]["rate_limited"] == outcomes.count("refused")
             assert _own_seq(node, info.repo_id) == seq  # answers were cached: no new seq, no store write
     finally:
         node.close()

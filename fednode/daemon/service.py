@@ -370,15 +370,16 @@ class Daemon:
         await self._serve(stream, blocks.serve(stream, self.node.store, self.metrics))
 
     async def _serve_heads(self, stream: INetStream) -> None:
-        if not self.heads_limit.take(str(stream.muxed_conn.peer_id)):
-            self.metrics.rejected["rate_limited"] += 1  # not penalized: an eager honest peer is not hostile
-            await _reset(stream)
-            return
-        await self._serve(stream, sync.serve_heads(self, stream))
+        await self._serve(stream, sync.serve_heads(self, stream), self.heads_limit)
 
-    async def _serve(self, stream: INetStream, work: Coroutine[Any, Any, None]) -> None:
-        """Refuse blacklisted peers and anything beyond MAX_SERVING concurrent streams."""
-        refused = "banned" if self.pubsub.is_peer_blacklisted(stream.muxed_conn.peer_id) else None
+    async def _serve(self, stream: INetStream, work: Coroutine[Any, Any, None],
+                     rate: TokenBuckets | None = None) -> None:
+        """Refuse blacklisted peers, peers over their ``rate`` (not penalized: an eager honest peer
+        is not hostile) and anything beyond MAX_SERVING concurrent streams."""
+        peer = stream.muxed_conn.peer_id
+        refused = "banned" if self.pubsub.is_peer_blacklisted(peer) else None
+        if refused is None and rate is not None and not rate.take(str(peer)):
+            refused = "rate_limited"
         if refused is None:
             try:
                 self.serve_limiter.acquire_nowait()

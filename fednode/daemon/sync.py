@@ -62,13 +62,16 @@ def served_announcements(d: Daemon, repo_id: bytes) -> list[m.HeadAnnouncement]:
     OWN_TTL old, so queries cost no signatures and no store writes (a peer cannot make us write
     to disk by asking). Receivers accept an equal seq in a heads reply (no replay claim there)."""
     heads = _heads(d, repo_id)
-    key = tuple(sorted(heads.items()))
     cached = d.own_cache.get(repo_id)
-    now = time.monotonic()
-    if cached is not None and cached[0] == key and now - cached[1] < OWN_TTL:
+    if cached is not None and cached[0] == tuple(sorted(heads.items())) and time.monotonic() - cached[1] < OWN_TTL:
         return cached[2]
+    return signed_announcements(d, repo_id, heads)
+
+
+def signed_announcements(d: Daemon, repo_id: bytes, heads: dict[str, bytes]) -> list[m.HeadAnnouncement]:
+    """Freshly signed announcements of ``heads``, remembered for heads queries (see above)."""
     anns = own_announcements(d, repo_id, heads)
-    d.own_cache[repo_id] = (key, now, anns)
+    d.own_cache[repo_id] = (tuple(sorted(heads.items())), time.monotonic(), anns)
     return anns
 
 
@@ -240,9 +243,7 @@ def apply(d: Daemon, repo_id: bytes, raw: bytes) -> None:
 async def push(d: Daemon, repo_id: bytes) -> dict[str, object]:
     """Publish the head commit of every local branch, then a signed announcement of each."""
     await d.subscribe(repo_id)
-    heads = _heads(d, repo_id)
-    anns = own_announcements(d, repo_id, heads)
-    d.own_cache[repo_id] = (tuple(sorted(heads.items())), time.monotonic(), anns)  # heads queries serve these
+    anns = signed_announcements(d, repo_id, _heads(d, repo_id))
     pushed = []
     for ann in anns:
         with d.node.store.read() as txn:

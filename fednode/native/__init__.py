@@ -161,11 +161,18 @@ def weighted_mean_range(
     ptrs = (ctypes.c_void_p * n)(*(f.ctypes.data for f in flat))
     widths = (ctypes.c_int32 * n)(*(f.dtype.itemsize for f in flat))
     ws = (ctypes.c_int64 * n)(*weights)
-    bad = np.zeros(-(-(hi - lo) // BLOCK), dtype=np.uint8)
+    bad = _flags(lo, hi)
     flagged = lib.fednode_weighted_mean(n, ptrs, widths, ws, den, lo, hi, out.ctypes.data, bad.ctypes.data)
-    if not flagged:
-        return []
-    return [lo + int(i) * BLOCK for i in np.flatnonzero(bad)]
+    return _undone(bad, lo, flagged)
+
+
+def _flags(lo: int, hi: int) -> np.ndarray:
+    """One flag byte per BLOCK of ``[lo, hi)``: the kernels set it for a block they left undone."""
+    return np.zeros(-(-(hi - lo) // BLOCK), dtype=np.uint8)
+
+
+def _undone(bad: np.ndarray, lo: int, flagged: int) -> list[int]:
+    return [lo + int(i) * BLOCK for i in np.flatnonzero(bad)] if flagged else []
 
 
 def fedavg_f32_range(
@@ -182,11 +189,7 @@ def fedavg_f32_range(
     n = len(states)
     ptrs = (ctypes.c_void_p * n)(*(s.ctypes.data for s in states))
     ws = (ctypes.c_int64 * n)(*weights)
-    bad = np.zeros(-(-(hi - lo) // BLOCK), dtype=np.uint8)
+    bad = _flags(lo, hi)
     flagged = lib.fednode_fedavg_f32(n, ptrs, base.ctypes.data, ws, den, float(2**scale_bits), lo, hi,
                                      out.ctypes.data, bad.ctypes.data)
-    if flagged < 0:
-        return None
-    if not flagged:
-        return []
-    return [lo + int(i) * BLOCK for i in np.flatnonzero(bad)]
+    return None if flagged < 0 else _undone(bad, lo, flagged)
