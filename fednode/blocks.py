@@ -13,7 +13,7 @@ import numpy as np
 from fednode.errors import Corrupt
 from fednode.store import Store, Txn
 from protocol.multiformats import CID, FormatError
-from protocol.unixfs import UnixFSBuilder, iter_file
+from protocol.unixfs import UnixFSBuilder, file_size, iter_file
 
 # Bytes of tensor blocks per write transaction; tests lower it to exercise multi-batch commits.
 T = TypeVar("T")
@@ -154,5 +154,14 @@ def read_array(txn: Txn, root: CID, size: int, dtype: np.dtype) -> np.ndarray:
 def iter_file_verified(txn: Txn, root: CID) -> Iterator[bytes]:
     try:
         yield from iter_file(txn.get_block, root)
+    except FormatError as exc:
+        raise Corrupt(str(exc)) from None
+
+
+def stored_file_size(txn: Txn, root: CID) -> int:
+    """A file's content size from its DAG structure, re-hashing nothing: only for blocks that
+    were hash-checked when stored. Leaves are measured in place (see ``Store.read(buffers=True)``)."""
+    try:
+        return file_size(txn.get_block, root, txn.block_size)
     except FormatError as exc:
         raise Corrupt(str(exc)) from None

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from fednode import encodings, fixedpoint
-from fednode.blocks import BlockSink, iter_file_verified, read_array, read_file
+from fednode.blocks import BlockSink, iter_file_verified, read_array, read_file, stored_file_size
 from fednode.errors import Corrupt, FednodeError, NotFound
 from fednode.identity import Identity, verify_signature
 from fednode.modelio import ModelSource, TensorInfo, np_dtype
@@ -537,26 +537,32 @@ class History:
         raise NotFound(f"unknown revision {text!r}")
 
     # --- reading history ------------------------------------------------------
-    def walk(self, heads: list[CID]) -> Iterator[tuple[CID, Commit]]:
-        """Commits reachable from ``heads``, children before parents, newest first."""
+    def walk(self, heads: list[CID], stop: Callable[[CID], bool] | None = None) -> Iterator[tuple[CID, Commit]]:
+        """Commits reachable from ``heads``, children before parents, newest first.
+
+        Commits for which ``stop`` is true are left out and not descended into.
+        """
         with self.store.read() as txn:
             commits: dict[CID, Commit] = {}
             stack = list(heads)
             while stack:
                 cid = stack.pop()
-                if cid in commits:
+                if cid in commits or (stop is not None and stop(cid)):
                     continue
                 commits[cid] = self.load_commit(cid, txn)
                 stack.extend(commits[cid].parents)
         children: dict[CID, int] = {cid: 0 for cid in commits}
         for commit in commits.values():
             for p in commit.parents:
-                children[p] += 1
+                if p in children:
+                    children[p] += 1
         ready = sorted((c for c, n in children.items() if n == 0), key=lambda c: (commits[c].time_ms, str(c)))
         while ready:
             cid = ready.pop()
             yield cid, commits[cid]
             for p in commits[cid].parents:
+                if p not in children:
+                    continue
                 children[p] -= 1
                 if children[p] == 0:
                     ready.append(p)
@@ -576,8 +582,12 @@ class History:
     def verify_commit_signature(self, commit: Commit) -> bool:
         return verify_signature(commit.author, commit.commit_hash(), commit.sig)
 
-    def check_commit(self, cid: CID, txn: Txn, check_tensors: bool = True) -> list[str]:
-        """Problems with one commit: hashes, decoding, signature, manifest and tensor blocks."""
+    def check_commit(self, cid: CID, txn: Txn, check_tensors: bool = True, rehash: bool = True) -> list[str]:
+        """Problems with one commit: hashes, decoding, signature, manifest and tensor blocks.
+
+        ``rehash=False`` walks each tensor's DAG and checks its size without re-hashing its
+        blocks: only for blocks hash-checked when they were stored (``Txn.put_block``).
+        """
         problems: list[str] = []
         try:
             commit = self.load_commit(cid, txn)
@@ -595,7 +605,10 @@ class History:
             if entry.encoding == "same":
                 continue
             try:
-                size = sum(len(b) for b in iter_file_verified(txn, entry.cid))
+                if rehash:
+                    size = sum(len(b) for b in iter_file_verified(txn, entry.cid))
+                else:
+                    size = stored_file_size(txn, entry.cid)
             except (Corrupt, NotFound) as exc:
                 problems.append(f"commit {cid} tensor {name!r}: {exc}")
                 continue

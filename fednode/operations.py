@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -119,22 +120,37 @@ def revert(history: History, repo: RepoInfo, target: CID, branch: str | None = N
 class VerifyReport:
     commits: int
     problems: list[str]
+    checked: list[CID] = field(default_factory=list)  # the commits verify checked
 
 
-def verify(history: History, repo: RepoInfo, head: CID, check_tensors: bool = True) -> VerifyReport:
-    """Hashes, signatures and repository membership of the whole ancestry of ``head``."""
+def verify(
+    history: History,
+    repo: RepoInfo,
+    head: CID,
+    check_tensors: bool = True,
+    verified: Callable[[CID], bool] | None = None,
+    rehash: bool = True,
+) -> VerifyReport:
+    """Hashes, signatures and repository membership of the whole ancestry of ``head``.
+
+    ``verified``: commits already fully verified in ``repo``. They are neither checked nor walked
+    (their ancestry was verified with them), so each new head costs O(new commits); their data is
+    still read where a new commit's checks need it (a delta base, a merge's inputs).
+    ``rehash=False``: tensor DAGs and sizes are checked but their blocks are not re-hashed; only
+    for stores whose blocks were hash-checked on arrival (see ``History.check_commit``).
+    """
     problems: list[str] = []
-    count = 0
-    with history.store.read() as txn:
+    checked: list[CID] = []
+    with history.store.read(buffers=not rehash) as txn:  # rehash=False: leaf sizes are read in place
         seen: set[CID] = set()
         stack = [head]
         while stack:
             cid = stack.pop()
-            if cid in seen:
+            if cid in seen or (verified is not None and verified(cid)):
                 continue
             seen.add(cid)
-            count += 1
-            found = history.check_commit(cid, txn, check_tensors)
+            checked.append(cid)
+            found = history.check_commit(cid, txn, check_tensors, rehash)
             problems += found
             try:
                 commit = history.load_commit(cid, txn)
@@ -157,21 +173,25 @@ def verify(history: History, repo: RepoInfo, head: CID, check_tensors: bool = Tr
                     problems.append(f"commit {cid}: revert without a target")
             stack.extend(commit.parents)
     if check_tensors and not problems:
-        problems += _check_states(history, head)
+        problems += _check_states(history, head, verified)
     if check_tensors and not problems:
-        problems += _check_reverts(history, head, repo)
-    return VerifyReport(count, problems)
+        problems += _check_reverts(history, head, repo, verified)
+    return VerifyReport(len(checked), problems, checked)
 
 
-def _check_states(history: History, head: CID) -> list[str]:
+def _check_states(history: History, head: CID, verified: Callable[[CID], bool] | None = None) -> list[str]:
     """Every tensor's reconstruction hashes to the state CID its manifest records."""
     problems: list[str] = []
     with history.store.read() as txn:
-        for cid, commit in history.walk([head]):
+        for cid, commit in history.walk([head], verified):
             manifest = history.load_manifest(commit.weights, txn)
             parent = None
             if commit.parents:
-                parent = history.load_manifest(history.load_commit(commit.parents[0], txn).weights, txn)
+                try:  # a parent already verified is not re-checked, but must still be readable
+                    parent = history.load_manifest(history.load_commit(commit.parents[0], txn).weights, txn)
+                except (Corrupt, NotFound) as exc:
+                    problems.append(f"commit {cid}: parent {commit.parents[0]}: {exc}")
+                    continue
             for name, entry in manifest.tensors.items():
                 if entry.encoding == "raw":
                     continue  # state == cid, and its blocks were hash-checked
@@ -190,12 +210,14 @@ def _check_states(history: History, head: CID) -> list[str]:
     return problems
 
 
-def _check_reverts(history: History, head: CID, repo: RepoInfo | None = None) -> list[str]:
+def _check_reverts(
+    history: History, head: CID, repo: RepoInfo | None = None, verified: Callable[[CID], bool] | None = None
+) -> list[str]:
     """Each revert equals its target; each merge equals its recomputation from its record."""
     from fednode.merging import check_merge
 
     problems = []
-    for cid, commit in history.walk([head]):
+    for cid, commit in history.walk([head], verified):
         if commit.kind == "merge" and repo is not None:
             problems += check_merge(history, repo, cid)
             continue

@@ -57,6 +57,13 @@ class Txn:
             raise NotFound(f"block {cid} is not in the store")
         return bytes(block)
 
+    def block_size(self, cid: CID) -> int:
+        """A block's length; copies nothing out of the map in a ``read(buffers=True)`` transaction."""
+        block = self._txn.get(bytes(cid), db=self._db("blocks"))
+        if block is None:
+            raise NotFound(f"block {cid} is not in the store")
+        return len(block)
+
     def has_block(self, cid: CID) -> bool:
         return self._txn.get(bytes(cid), db=self._db("blocks")) is not None
 
@@ -90,7 +97,7 @@ class Txn:
             if not cursor.set_range(start):
                 return out
             for key, value in cursor:
-                if not key.startswith(start):
+                if not bytes(key).startswith(start):
                     break
                 out[bytes(key[32:]).decode()] = bytes(value)
         return out
@@ -131,7 +138,7 @@ class Txn:
             if not cursor.set_range(start):
                 return out
             for key, value in cursor:
-                if not key.startswith(start) or len(out) >= limit:
+                if not bytes(key).startswith(start) or len(out) >= limit:
                     break
                 out.append((bytes(key).decode(), bytes(value)))
         return out
@@ -212,12 +219,12 @@ class Store:
                 size *= 2
             self._env.set_mapsize(size)
 
-    def _begin(self, write: bool) -> lmdb.Transaction:
+    def _begin(self, write: bool, buffers: bool = False) -> lmdb.Transaction:
         try:
-            return self._env.begin(write=write, buffers=False)
+            return self._env.begin(write=write, buffers=buffers)
         except lmdb.MapResizedError:  # another process (the daemon, the CLI) grew the map: adopt its size
             self._env.set_mapsize(0)
-            return self._env.begin(write=write, buffers=False)
+            return self._env.begin(write=write, buffers=buffers)
 
     def reserve(self, extra: int) -> None:
         """Make room for ``extra`` more bytes now (call with no transaction open)."""
@@ -236,8 +243,10 @@ class Store:
             yield Txn(self, txn)
 
     @contextmanager
-    def read(self) -> Iterator[Txn]:
-        with self._begin(write=False) as txn:
+    def read(self, buffers: bool = False) -> Iterator[Txn]:
+        """``buffers=True``: LMDB hands out views into the map, so ``block_size`` copies nothing
+        (every other ``Txn`` method still returns copies that outlive the transaction)."""
+        with self._begin(write=False, buffers=buffers) as txn:
             yield Txn(self, txn)
 
     def get_block(self, cid: CID) -> bytes:

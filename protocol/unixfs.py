@@ -271,3 +271,24 @@ def iter_file(get: GetBlock, root: CID) -> Iterator[bytes]:
         if data:
             yield data
         stack.extend(reversed(links))
+
+
+def file_size(get: GetBlock, root: CID, raw_size: Callable[[CID], int] | None = None) -> int:
+    """Bytes of a file's content from its DAG structure alone: no block is hashed.
+
+    Only for blocks whose hashes were checked when they were stored. ``raw_size`` gives a raw
+    leaf's length without reading it (``get`` otherwise); either raises for a missing block.
+    """
+    total = 0
+    stack = [root]
+    while stack:
+        cid = stack.pop()
+        if cid.codec == RAW:
+            total += raw_size(cid) if raw_size is not None else len(get(cid))
+            continue
+        if cid.codec != DAG_PB:
+            raise FormatError(f"block {cid} is not part of a UnixFS file")
+        links, data = decode_node(get(cid))
+        total += len(data)
+        stack.extend(links)
+    return total

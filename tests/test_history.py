@@ -14,8 +14,9 @@ from fednode.errors import Corrupt, FednodeError, NotFound
 from fednode.history import History, RepoInfo
 from fednode.modelio import ArraySource
 from protocol import dagcbor
-from protocol.multiformats import CID, DAG_CBOR
+from protocol.multiformats import CID, DAG_CBOR, RAW
 from protocol.objects import Commit, Manifest
+from protocol.unixfs import decode_node
 
 Arrays = dict[str, tuple[str, np.ndarray]]
 
@@ -704,3 +705,125 @@ def test_remote_and_proposal_refs_resolve_and_gc_keeps_unfinished_fetches(histor
     operations.gc(history)
     with pytest.raises(NotFound):
         history.load_commit(orphan.cid)
+
+
+# --- incremental verification (the daemon's) and verification without re-hashing ---------------------
+
+
+def test_incremental_verify_checks_only_new_commits(history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fednode import merging
+
+    info, cids, states = linear(history, 3)
+    history.create_branch(info, "side", cids[1])
+    history.commit(info, ArraySource(perturb(states[1], 50)), "side 1", branch="side")
+    merging.merge(history, info, ["side"], "main", weighting="equal")
+    old_head = operations.revert(history, info, cids[1]).cid
+    full = operations.verify(history, info, old_head)
+    assert full.problems == [] and full.commits == len(full.checked) == 7
+    verified = set(full.checked)
+    # new commits that read verified ones: delta bases, a merge's base and inputs, a revert's target
+    history.commit(info, ArraySource(perturb(states[-1], 60)), "new")
+    side = history.commit(info, ArraySource(perturb(states[1], 61)), "side 2", branch="side").cid
+    merging.merge(history, info, ["side"], "main", weighting="equal")
+    head = operations.revert(history, info, cids[2]).cid
+    new = {c for c, _ in history.walk([head, side])} - verified
+    assert len(new) == 4
+
+    calls: dict[str, list[CID]] = {"check_commit": [], "walk": [], "check_merge": []}
+    check_commit, walk, check_merge = history.check_commit, history.walk, merging.check_merge
+
+    def counting_check_commit(cid: CID, *args, **kw) -> list[str]:  # noqa: ANN002, ANN003
+        calls["check_commit"].append(cid)
+        return check_commit(cid, *args, **kw)
+
+    def counting_walk(heads: list[CID], *args, **kw):  # noqa: ANN002, ANN003, ANN202
+        for cid, commit in walk(heads, *args, **kw):
+            calls["walk"].append(cid)
+            yield cid, commit
+
+    def counting_check_merge(h: History, repo: RepoInfo, cid: CID) -> list[str]:
+        calls["check_merge"].append(cid)
+        return check_merge(h, repo, cid)
+
+    monkeypatch.setattr(history, "check_commit", counting_check_commit)
+    monkeypatch.setattr(history, "walk", counting_walk)
+    monkeypatch.setattr(merging, "check_merge", counting_check_merge)
+    report = operations.verify(history, info, head, verified=verified.__contains__)
+    assert report.problems == [] and set(report.checked) == new and report.commits == 4
+    assert sorted(calls["check_commit"]) == sorted(new)
+    assert set(calls["walk"]) == new  # state and revert/merge checks (both walks) see only new commits
+    assert len(calls["check_merge"]) == 1 and calls["check_merge"][0] in new
+    for name in calls:
+        calls[name].clear()
+    full = operations.verify(history, info, head)  # the default (the CLI's) still checks everything
+    assert full.problems == [] and full.commits == 11 and len(calls["check_commit"]) == 11
+    assert len(calls["check_merge"]) == 2
+
+
+def test_incremental_verify_does_not_recheck_verified_commits(history: History) -> None:
+    info, cids, states = linear(history, 1, snapshot_interval=1)
+    verified = set(operations.verify(history, info, cids[-1]).checked)
+    new = history.commit(info, ArraySource(perturb(states[-1], 70)), "new", exact=True).cid
+    # a raw snapshot (the chain was at its limit): the new commit reads no tensor block of its parent
+    assert {e.encoding for e in manifest_of(history, new).tensors.values()} <= {"raw", "same"}
+    victim = tensor_block(history, cids[-1], "layer1.weight")
+    corrupt_block(history, victim)
+    assert operations.verify(history, info, new, verified=verified.__contains__).problems == []
+    assert any(str(victim) in p and "hash" in p for p in operations.verify(history, info, new).problems)
+
+
+def forge_state(history: History, info: RepoInfo, parent: CID, name: str, other: str) -> CID:
+    """A properly signed commit on ``parent`` whose manifest gives tensor ``name`` the state of ``other``."""
+    good = history.load_commit(parent)
+    manifest = manifest_of(history, parent)
+    assert manifest.tensors[name].encoding != "raw"  # a raw tensor's state is its own CID: nothing to forge
+    tensors = {**manifest.tensors, name: dataclasses.replace(manifest.tensors[name],
+                                                             state=manifest.tensors[other].state)}
+    block = dataclasses.replace(manifest, tensors=tensors).encode()
+    weights = CID.hash(DAG_CBOR, block)
+    commit = history._signed(dataclasses.replace(good, weights=weights, message="forged state", sig=b""))
+    cid = CID.hash(DAG_CBOR, commit.encode())
+    with history.store.write() as txn:
+        txn.put_block(weights, block)
+        txn.put_block(cid, commit.encode())
+    return cid
+
+
+def test_incremental_verify_catches_a_bad_new_commit(history: History) -> None:
+    info, cids, states = linear(history, 2)
+    history.commit(info, ArraySource(perturb(states[-1], 80)), "delta")
+    head = history.branch_head(info, "main")
+    verified = set(operations.verify(history, info, head).checked)
+    assert head in verified
+    forged = forge_commit(history, info, head)
+    for rehash in (True, False):
+        problems = operations.verify(history, info, forged, verified=verified.__contains__, rehash=rehash).problems
+        assert problems == [f"commit {forged}: invalid signature"]
+    # a signed commit whose manifest records a state its tensor does not rebuild to (a re-signed copy of
+    # the verified head with a new manifest: same parents, so everything it reads was verified)
+    wrong = forge_state(history, info, head, "layer1.weight", "layer2.weight")
+    for rehash in (True, False):
+        problems = operations.verify(history, info, wrong, verified=verified.__contains__, rehash=rehash).problems
+        assert problems == [f"commit {wrong} tensor 'layer1.weight': reconstruction does not match its state CID"]
+    assert operations.verify(history, info, wrong, verified={*verified, wrong}.__contains__).problems == []
+
+
+def test_verify_without_rehash_checks_structure_not_hashes(history: History) -> None:
+    big = np.arange(200_000, dtype=np.float32)  # 800 KB: a DAG-PB root over several raw leaves
+    info, genesis = make_repo(history, {"big": ("F32", big), **model_arrays(0)})
+    root = tensor_block(history, genesis, "big")
+    with history.store.read() as txn:
+        leaves, _ = decode_node(txn.get_block(root))
+    assert len(leaves) == 4 and all(c.codec == RAW for c in leaves)
+    for rehash in (True, False):
+        assert operations.verify(history, info, genesis, rehash=rehash).problems == []
+    # bytes altered in LMDB behind put_block's back: only re-hashing sees it (raw tensors have no state check)
+    corrupt_block(history, leaves[1])
+    assert any(str(leaves[1]) in p and "hash" in p for p in operations.verify(history, info, genesis).problems)
+    assert operations.verify(history, info, genesis, rehash=False).problems == []
+    # a missing leaf is reported either way
+    with history.store.write() as txn:
+        txn.delete_block(leaves[1])
+    for rehash in (True, False):
+        problems = operations.verify(history, info, genesis, rehash=rehash).problems
+        assert problems == [f"commit {genesis} tensor 'big': block {leaves[1]} is not in the store"]

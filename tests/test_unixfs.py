@@ -12,7 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.multiformats import CID, DAG_PB, RAW, FormatError
-from protocol.unixfs import CHUNK_SIZE, MAX_LINKS, Link, UnixFSBuilder, _unixfs_data, add_bytes, encode_node, iter_file
+from protocol.unixfs import (
+    CHUNK_SIZE,
+    MAX_LINKS,
+    Link,
+    UnixFSBuilder,
+    _unixfs_data,
+    add_bytes,
+    encode_node,
+    file_size,
+    iter_file,
+)
 
 VECTORS = json.loads((Path(__file__).resolve().parent.parent / "protocol/vectors/unixfs_v1.json").read_text())
 
@@ -147,6 +157,28 @@ def test_iter_file_round_trip_and_tamper(raw_leaves: bool) -> None:
         tampered[victim] = bytes(block)
         with pytest.raises(FormatError, match="hash"):
             b"".join(iter_file(tampered.__getitem__, cid))
+
+
+@pytest.mark.parametrize("raw_leaves", [True, False])
+def test_file_size_walks_the_dag_without_hashing(raw_leaves: bool) -> None:
+    data = pattern(5000)
+    cid, blocks = build(data, chunk_size=64, max_links=4, raw_leaves=raw_leaves)
+    measured: list[CID] = []
+
+    def raw_size(c: CID) -> int:
+        measured.append(c)
+        return len(blocks[c])
+
+    assert file_size(blocks.__getitem__, cid) == file_size(blocks.__getitem__, cid, raw_size) == len(data)
+    assert bool(measured) == raw_leaves  # raw leaves are measured, never read
+    tampered = dict(blocks)
+    if raw_leaves:  # a raw leaf of the same length but other bytes: nothing is hashed, so it passes
+        leaf = next(c for c in blocks if c.codec == RAW)
+        tampered[leaf] = bytes(len(blocks[leaf]))
+        assert file_size(tampered.__getitem__, cid) == len(data)
+    del tampered[next(c for c in blocks if c != cid)]
+    with pytest.raises(KeyError):  # a missing block is the getter's error
+        file_size(tampered.__getitem__, cid)
 
 
 def test_iter_file_rejects_non_unixfs_codec() -> None:

@@ -4,10 +4,13 @@ Keys: ``follow/<repo>``; ``members/<repo>`` (latest signed Membership); ``seq/<k
 (last accepted seq, replay protection); ``ann/<repo><from><branch>`` (latest signed head announcement);
 ``prop/<repo><from><branch>`` (latest merge proposal); ``fetch/<repo><root cid>`` (unfinished fetch:
 DAG-CBOR {providers, thens}); ``peer/<peer id>`` (last known addresses); ``own/<repo>`` (our last seq);
-``ban/<peer id>`` (DAG-CBOR {until: unix seconds, reason}: a ban survives restarts until it expires).
+``ban/<peer id>`` (DAG-CBOR {until: unix seconds, reason}: a ban survives restarts until it expires);
+``verified/<repo><commit cid>`` (the commit and its whole ancestry passed ``operations.verify`` in that repo).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from fednode.store import Store
 from protocol import dagcbor
@@ -136,3 +139,15 @@ class NetState:
     def drop_ban(self, peer_id: str) -> None:
         with self.store.write() as txn:
             txn.kv_delete(DB, b"ban/" + peer_id.encode())
+
+    # commits that passed operations.verify: a verdict is permanent, since a commit is content-addressed
+    # and immutable (its CID fixes its bytes, manifest, tensor blocks and parents); it is kept per repo
+    # because verify also checks that every commit of the ancestry belongs to the repo it verifies
+    def mark_verified(self, repo_id: bytes, cids: Iterable[CID]) -> None:
+        with self.store.write() as txn:
+            for cid in cids:
+                txn.kv_put(DB, b"verified/" + repo_id + bytes(cid), b"")
+
+    def is_verified(self, repo_id: bytes, cid: CID) -> bool:
+        with self.store.read() as txn:
+            return txn.kv_get(DB, b"verified/" + repo_id + bytes(cid)) is not None

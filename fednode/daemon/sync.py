@@ -8,6 +8,7 @@ exactly like gossip (signature, membership, seq) before using it.
 Refs: a verified announcement from the repository owner moves ``heads/<branch>`` when the
 head and all its blocks are present, ``operations.verify`` passes and it is a fast-forward;
 anything else (another announcer, a diverged branch) becomes ``remotes/<peer id>/<branch>``.
+Commits that passed are recorded (``NetState.mark_verified``), so later heads verify only their new commits.
 """
 
 from __future__ import annotations
@@ -120,9 +121,11 @@ async def _create_repo(d: Daemon, repo_id: bytes, genesis: CID, peer: ID) -> Non
         raise FednodeError(f"peer {peer} sent a genesis that is not repository {repo_id_text(repo_id)}")
     name = str(commit.settings["name"])
     info = RepoInfo(name, repo_id, genesis, commit.settings)
-    report = operations.verify(d.node.history, info, genesis)
+    # rehash=False: the fetcher hash-checked every block against its CID on arrival
+    report = operations.verify(d.node.history, info, genesis, rehash=False)
     if report.problems:
         raise FednodeError(f"genesis commit fails verification: {report.problems[0]}")
+    d.state.mark_verified(repo_id, report.checked)
     with d.node.store.write() as txn:
         existing = txn.list_repos()
         if repo_id in existing.values():
@@ -197,7 +200,18 @@ def applied(d: Daemon, repo_id: bytes, ann: m.HeadAnnouncement) -> bool:
 
 
 def _is_ancestor(d: Daemon, old: CID, new: CID) -> bool:
-    return any(cid == old for cid, _ in d.node.history.walk([new]))
+    """Depth-first from ``new``: a fast-forward stops at ``old``, after the new commits only."""
+    seen: set[CID] = set()
+    stack = [new]
+    with d.node.store.read() as txn:
+        while stack:
+            cid = stack.pop()
+            if cid == old:
+                return True
+            if cid not in seen:
+                seen.add(cid)
+                stack.extend(d.node.history.load_commit(cid, txn).parents)
+    return False
 
 
 def apply(d: Daemon, repo_id: bytes, raw: bytes) -> None:
@@ -210,11 +224,15 @@ def apply(d: Daemon, repo_id: bytes, raw: bytes) -> None:
         repo = history.repo_by_id(repo_id)
     except FednodeError:
         return
-    report = operations.verify(history, repo, msg.head)
+    # Only the commits not verified before are checked (O(new commits), not O(history)); rehash=False:
+    # the fetcher hash-checked every block against its CID on arrival.
+    report = operations.verify(history, repo, msg.head, verified=lambda cid: d.state.is_verified(repo_id, cid),
+                               rehash=False)
     if report.problems:
         d.metrics.rejected["verify_failed"] += 1
         log("head_verify_failed", "warning", head=str(msg.head), problem=report.problems[0])
         return
+    d.state.mark_verified(repo_id, report.checked)
     peer = str(peer_id_of_key(msg.announcer))
     if isinstance(msg, m.MergeProposal):
         with d.node.store.write() as txn:
