@@ -5,7 +5,8 @@
    size between two hosts built like the daemon's (Noise + yamux) in two processes, like two
    daemons (no hashing, no storage); prints the ratio with PASS/MISS against 0.7x, with fsync
    on and off (medians of ``--runs``). The one-process stream (both ends on one core, slower)
-   is printed for reference.
+   is printed for reference. Also prints the CPU seconds both daemons used during the clone
+   and the floor that puts under a pull on this machine's cores.
 2. Gossip propagation: ``--nodes`` daemons in a sparse mesh (each bootstraps to two earlier
    ones); the owner pushes ``--commits`` commits; per commit and node, the time from the push
    request until the commit block is in that node's store. Reports p50/p99.
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 from solders.keypair import Keypair
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,8 +99,14 @@ def make_home(tmp: Path, name: str) -> Path:
 TARGET_RATIO = 0.7  # issue 4 item 8: pull >= 0.7x a raw libp2p stream of the same bytes
 
 
-def _pull_once(tmp: Path, tag: str, mib: int, fsync: bool) -> tuple[float, float, dict]:
-    """One clone of a ``mib`` MiB genesis between two fresh daemons; (seconds, fetch seconds, metrics)."""
+def _cpu(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system  # its threads included
+
+
+def _pull_once(tmp: Path, tag: str, mib: int, fsync: bool) -> tuple[float, float, dict, tuple[float, float]]:
+    """One clone of a ``mib`` MiB genesis between two fresh daemons; (seconds, fetch seconds,
+    metrics, CPU seconds of the serving and of the fetching daemon during the clone)."""
     a_home, b_home = make_home(tmp, f"pa{tag}"), make_home(tmp, f"pb{tag}")
     for home in (a_home, b_home):
         cfg = home / "config.toml"
@@ -112,11 +120,13 @@ def _pull_once(tmp: Path, tag: str, mib: int, fsync: bool) -> tuple[float, float
         procs.append(Proc(b_home, [procs[0].info["addrs"][0]]))
         time.sleep(1.0)
         procs[1].api("GET", "/status")  # warm the HTTP client
+        cpu0 = [_cpu(p.proc.pid) for p in procs]
         t0 = time.perf_counter()
         procs[1].api("POST", "/clone", {"repo": repo_id_text(info.repo_id), "timeout": 300})
         dt = time.perf_counter() - t0
+        cpu = [_cpu(p.proc.pid) - c for p, c in zip(procs, cpu0, strict=True)]
         m = procs[1].api("GET", "/status")["metrics"]
-        return dt, m["fetch_seconds"], m
+        return dt, m["fetch_seconds"], m, (cpu[0], cpu[1])
     finally:
         for p in procs:
             p.stop()
@@ -127,20 +137,29 @@ def bench_pull(tmp: Path, mib: int, runs: int) -> list[str]:
     genesis) vs a raw Noise+yamux stream of the same bytes between two hosts on this machine.
     Medians of ``runs`` each; fsync on (the default) and off."""
     mb = mib * 1.048576
-    raw = statistics.median(raw_stream_mbps(mib, two_processes=True) for _ in range(runs))
-    raw_one = statistics.median(raw_stream_mbps(mib, two_processes=False) for _ in range(runs))
+    cores = os.cpu_count() or 1
+    raws = [raw_stream(mib, two_processes=True) for _ in range(runs)]
+    raw = statistics.median(r[0] for r in raws)
+    raw_cpu = statistics.median(r[1] for r in raws)
+    raw_one = statistics.median(raw_stream(mib, two_processes=False)[0] for _ in range(runs))
     lines = [f"raw py-libp2p stream {mib} MiB (noise+yamux, 2 processes: the baseline)  {mb / raw:6.2f} s "
-             f"{raw:7.1f} MB/s  (median of {runs})",
+             f"{raw:7.1f} MB/s  (median of {runs}; CPU of sender + receiver {raw_cpu:.2f} s)",
              f"raw py-libp2p stream {mib} MiB (2 hosts in 1 process, one core; info)  {mb / raw_one:6.2f} s "
              f"{raw_one:7.1f} MB/s"]
     for fsync in (True, False):
         res = [_pull_once(tmp, f"{int(fsync)}{k}", mib, fsync) for k in range(runs)]
         dt = statistics.median(r[0] for r in res)
         fetch = statistics.median(r[1] for r in res)
+        serve_cpu = statistics.median(r[3][0] for r in res)
+        fetch_cpu = statistics.median(r[3][1] for r in res)
         ratio = (mb / dt) / raw
+        # the CPU a pull needs, spread perfectly over every core, bounds it from below
+        floor = (serve_cpu + fetch_cpu) / cores
         lines.append(f"pull (clone) {mib} MiB, fsync {'on ' if fsync else 'off'}: {dt:6.2f} s {mb / dt:7.1f} MB/s "
                      f"(block fetch+hash+store alone {fetch:.2f} s = {mb / fetch:.0f} MB/s; runs "
                      f"{', '.join(f'{r[0]:.2f}' for r in res)} s; {res[0][2]['blocks_in']} blocks)")
+        lines.append(f"  CPU: serving daemon {serve_cpu:.2f} s + fetching daemon {fetch_cpu:.2f} s; on {cores} cores "
+                     f"no pull can take less than {floor:.2f} s, a ceiling of {(mb / floor) / raw:.2f}x")
         lines.append(f"  ratio pull/raw (fsync {'on' if fsync else 'off'}) = {ratio:.2f}x  "
                      f"{'PASS' if ratio >= TARGET_RATIO else 'MISS'} (target >= {TARGET_RATIO}x; "
                      f"vs the one-process stream {(mb / dt) / raw_one:.2f}x)")
@@ -195,8 +214,9 @@ def raw_sink(total: int) -> None:
     trio.run(main)
 
 
-def raw_stream_mbps(mib: int, two_processes: bool) -> float:
-    """MB/s of one raw stream of ``mib`` MiB (Noise + yamux hosts built like the daemon's, written in
+def raw_stream(mib: int, two_processes: bool) -> tuple[float, float]:
+    """MB/s and CPU seconds (both ends; 0 with ``two_processes`` off) of one raw stream of
+    ``mib`` MiB (Noise + yamux hosts built like the daemon's, written in
     Noise-message-sized pieces like the daemon's block server, no hashing, no storage), timed
     from the first write until the receiver's one-byte ack. ``two_processes``: the receiver runs
     in its own process, as a fetching daemon does (the fair baseline); otherwise both hosts
@@ -208,17 +228,20 @@ def raw_stream_mbps(mib: int, two_processes: bool) -> float:
 
     total = mib * 1024 * 1024
     payload = memoryview(os.urandom(total))
-    result: dict[str, float] = {}
+    result: dict[str, float] = {"cpu": 0.0}
 
-    async def send(host, addr: str) -> None:  # noqa: ANN001
+    async def send(host, addr: str, sink_pid: int | None = None) -> None:  # noqa: ANN001
         info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
         await host.connect(info)
         stream = await host.new_stream(info.peer_id, [TProtocol(RAW_PROTOCOL)])
+        cpu0 = _cpu(os.getpid()) + _cpu(sink_pid) if sink_pid else 0.0
         t0 = time.perf_counter()
         for off in range(0, total, WRITE_PIECE):
             await stream.write(payload[off:off + WRITE_PIECE])
         ack = await stream.read(1)
         result["dt"] = time.perf_counter() - t0
+        if sink_pid:
+            result["cpu"] = _cpu(os.getpid()) + _cpu(sink_pid) - cpu0
         if ack != b"k":
             raise RuntimeError(f"raw sink got the wrong byte count (ack {ack!r})")
         await stream.close()
@@ -233,7 +256,7 @@ def raw_stream_mbps(mib: int, two_processes: bool) -> float:
                 addr = sink.stdout.readline().strip()
                 async with b.run(listen):
                     with trio.fail_after(300):
-                        await send(b, addr)
+                        await send(b, addr, sink.pid)
                 sink.wait(30)
             finally:
                 if sink.poll() is None:
@@ -249,7 +272,7 @@ def raw_stream_mbps(mib: int, two_processes: bool) -> float:
                 await done.wait()
 
     trio.run(main)
-    return total / result["dt"] / 1e6
+    return total / result["dt"] / 1e6, result["cpu"]
 
 
 def bench_gossip(tmp: Path, nodes: int, commits: int) -> list[str]:

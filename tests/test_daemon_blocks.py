@@ -1,8 +1,9 @@
 """The block fetcher and the frame codec in-process, with fake libp2p streams (no daemons).
 
-Regression tests for the faster fetch path: several requests in flight at once, blocks
-hash-checked once (before the store, which then writes them as trusted), stores in a worker
-thread, frames read from many small chunks and written with a prefix in one piece.
+Regression tests for the fetch path: one request (one stream) at a time per provider, checked and
+stored in batches while the rest streams in, memory bounded, blocks hash-checked once (before
+the store, which then writes them as trusted), stores in a worker thread, frames read from many
+small chunks and written with a prefix in one piece.
 """
 
 from __future__ import annotations
@@ -29,28 +30,39 @@ class FakeStream:
         self.host, self.peer = host, peer
         self.out = bytearray()
         self.inbox = bytearray()
+        self.was_reset = False
 
     async def write(self, data: bytes) -> None:
         self.inbox += data
         length, pos = _varint(bytes(self.inbox))
         want = m.decode_want(bytes(self.inbox[pos:pos + length]))
+        self.host.asked.setdefault(self.peer, []).extend(want)
         for cid in want:
             block = self.host.blocks.get(cid)
             if block is not None and self.peer in self.host.corrupt and cid in self.host.corrupt[self.peer]:
                 block = b"\xff" + block[1:]
             frame = b"\x00" if block is None else b"\x01" + block
             self.out += encode_varint(len(frame)) + frame
+        if self.peer in self.host.cut:  # the provider dies after sending this many bytes
+            del self.out[self.host.cut[self.peer]:]
 
     async def read(self, n: int) -> bytes:
-        await trio.sleep(0)  # yield like a real stream: lets other requests run
+        await trio.sleep(self.host.read_delay)  # yield like a real stream: lets other tasks run
         if self.peer in self.host.busy:
             return b""  # reset before any answer, as a provider at its MAX_SERVING limit (seen as EOF)
         chunk = bytes(self.out[:min(n, 7919)])  # odd-sized chunks: frames span many reads
         del self.out[:len(chunk)]
+        self.host.bytes_read += len(chunk)
+        self.host.sent[self.peer] = self.host.sent.get(self.peer, 0) + len(chunk)
         return chunk
 
     async def close(self) -> None:
         self.host.active -= 1
+
+    async def reset(self) -> None:
+        self.was_reset = True
+        self.host.resets += 1
+        await self.close()
 
 
 class FakeHost:
@@ -58,6 +70,12 @@ class FakeHost:
         self.blocks = store_blocks
         self.corrupt: dict[str, set[CID]] = {}
         self.busy: set[str] = set()
+        self.cut: dict[str, int] = {}
+        self.asked: dict[str, list[CID]] = {}
+        self.bytes_read = 0
+        self.sent: dict[str, int] = {}
+        self.read_delay = 0.0
+        self.resets = 0
         self.active = 0
         self.max_active = 0
         self.streams = 0
@@ -66,7 +84,11 @@ class FakeHost:
         self.active += 1
         self.streams += 1
         self.max_active = max(self.max_active, self.active)
-        await trio.sleep(0.01)  # a round trip: requests overlap only if the fetcher pipelines them
+        try:
+            await trio.sleep(0.01)  # a round trip
+        except trio.Cancelled:
+            self.active -= 1  # never opened
+            raise
         return FakeStream(self, peer)
 
 
@@ -91,8 +113,10 @@ def _dag(n_leaves: int, size: int) -> tuple[CID, dict[CID, bytes]]:
     return root, {root: root_block, **leaves}
 
 
-async def test_fetch_pipelines_checks_every_block_and_fails_over(tmp_path: Path) -> None:
-    n = blocks.BATCH * blocks.PARALLEL + 5  # more than one round of parallel requests
+async def test_fetch_streams_checks_every_block_and_fails_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    monkeypatch.setattr(m, "MAX_WANT", 40)  # several requests per provider
+    n = 100
     root, dag = _dag(n, 70_000)  # batches above SMALL_WRITE: checked and stored in worker threads
     host = FakeHost(dag)
     bad_leaf = list(dag)[3]
@@ -105,11 +129,46 @@ async def test_fetch_pipelines_checks_every_block_and_fails_over(tmp_path: Path)
         with store.read() as txn:
             for cid, block in dag.items():
                 assert txn.get_block(cid) == block  # every block, none of the corrupted bytes
-    assert ("evil", "bad_block") in penalties  # the corrupted block was caught before the store
-    assert host.max_active > 1, "requests should be in flight in parallel"
-    assert host.max_active <= blocks.PARALLEL
+    assert penalties == [("evil", "bad_block")]  # caught before the store
+    leaves = list(dag)[1:]
+    assert host.asked["good"] == leaves[2:]  # the blocks before the bad one were kept, nothing after it
+    assert host.max_active == 1, "one stream at a time"
+    assert len(host.asked["evil"]) in (1 + 40, 1 + 80)  # no request to evil after its bad block was seen
     assert metrics.blocks_in >= len(dag)  # counted as they arrive, the corrupted batch included
     assert metrics.fetches_done == 1
+
+
+async def test_a_bad_block_resets_the_stream_it_came_on(tmp_path: Path) -> None:
+    root, dag = _dag(200, 70_000)
+    host = FakeHost(dag)
+    host.read_delay = 0.001  # ~1.8 s to send everything; the bad first leaf is caught long before
+    host.corrupt["evil"] = {list(dag)[1]}
+    penalties: list[tuple[str, str]] = []
+    with Store(tmp_path / "s", sync=False) as store:
+        fetcher = blocks.Fetcher(host, store, Metrics(), lambda p, r: penalties.append((p, r)))  # type: ignore[arg-type]
+        assert await fetcher.fetch(b"r" * 32, root, lambda: ["evil", "good"])  # type: ignore[list-item]
+    assert penalties == [("evil", "bad_block")]
+    assert host.resets == 1  # evil's stream was reset, not read to its end
+    assert host.sent["evil"] < 50 * 70_000  # given up after its first batch, not read to its end
+    assert host.asked["good"] == list(dag)[1:]
+
+
+async def test_an_interrupted_transfer_keeps_what_arrived(tmp_path: Path) -> None:
+    root, dag = _dag(blocks.BATCH * 2, 70_000)
+    host = FakeHost(dag)
+    frame = len(encode_varint(70_001)) + 70_001  # length, 0x01, leaf
+    host.cut["flaky"] = 39 * frame + 5000  # dies in the 40th leaf of its leaf request
+    penalties: list[tuple[str, str]] = []
+    with Store(tmp_path / "s", sync=False) as store:
+        fetcher = blocks.Fetcher(host, store, Metrics(), lambda p, r: penalties.append((p, r)))  # type: ignore[arg-type]
+        assert await fetcher.fetch(b"r" * 32, root, lambda: ["flaky", "good"])  # type: ignore[list-item]
+        with store.read() as txn:
+            assert all(txn.get_block(cid) == block for cid, block in dag.items())
+    leaves = [c for c in dag if c != root]
+    got_from_flaky = len(leaves) - len(host.asked["good"])
+    assert got_from_flaky == 39  # the blocks that arrived whole were stored, not asked again
+    assert host.asked["good"] == leaves[got_from_flaky:]
+    assert penalties == []  # a broken transfer is not misbehaviour
 
 
 async def test_fetch_fails_when_no_provider_has_a_block(tmp_path: Path) -> None:
@@ -138,7 +197,7 @@ async def test_a_refusing_provider_is_skipped_without_penalty(tmp_path: Path) ->
         with store.read() as txn:
             assert all(txn.get_block(cid) == block for cid, block in dag.items())
     assert penalties == []
-    assert metrics.refusals == 3  # the root's request and both batches of leaves asked "busy" first
+    assert metrics.refusals == 2  # the root's request and the leaves' request asked "busy" first
 
 
 class ChunkStream:
@@ -241,35 +300,32 @@ async def test_frame_writer_times_out_on_a_stalled_reader() -> None:
         await writer.write_frame(os.urandom(wire.WRITE_PIECE * 2), timeout=0.05)
 
 
-async def test_fetch_holds_at_most_in_memory_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    root, dag = _dag(blocks.BATCH * 6, 70_000)
+async def test_fetch_reads_ahead_of_a_slow_store_within_in_memory_batches(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    size = 70_000
+    root, dag = _dag(blocks.BATCH * 6, size)
     host = FakeHost(dag)
-    held = peak = 0
+    stored = peak = 0
 
     with Store(tmp_path / "s", sync=False) as store:
         fetcher = blocks.Fetcher(host, store, Metrics(), lambda p, r: None)  # type: ignore[arg-type]
-        receive, check_and_store = fetcher._receive, fetcher.check_and_store
+        check_and_store = fetcher.check_and_store
 
-        async def counted_receive(peer: str, want: list[CID]) -> tuple[list[tuple[CID, bytes]], str | None]:
-            nonlocal held, peak
-            held += 1
-            peak = max(peak, held)
-            return await receive(peer, want)  # type: ignore[arg-type]
+        async def slow_store(repo_id: bytes, received: blocks.Blocks, budget: blocks.Budget | None = None,
+                             held: blocks.Blocks | None = None) -> tuple[list, str | None]:
+            nonlocal stored, peak
+            await trio.sleep(0.05)  # a slow disk: the transfer must go on, but memory stays bounded
+            peak = max(peak, host.bytes_read - stored)  # read from the peer, not yet stored
+            good, bad = await check_and_store(repo_id, received, budget, held)
+            stored += sum(len(b) + 6 for _, b in good)  # with its frame's prefix and length
+            return good, bad
 
-        async def slow_store(repo_id: bytes, received: list[tuple[CID, bytes]],
-                             budget: blocks.Budget | None = None) -> tuple[list, str | None]:
-            nonlocal held
-            await trio.sleep(0.05)  # a slow disk: transfers must go on, but memory stays bounded
-            try:
-                return await check_and_store(repo_id, received, budget)
-            finally:
-                held -= 1
-
-        monkeypatch.setattr(fetcher, "_receive", counted_receive)
         monkeypatch.setattr(fetcher, "check_and_store", slow_store)
         assert await fetcher.fetch(b"r" * 32, root, lambda: ["a"])  # type: ignore[list-item]
-    assert peak == blocks.IN_MEMORY  # the wire keeps going while batches are stored, within the bound
-    assert host.max_active <= blocks.PARALLEL
+    batch = blocks.BATCH * (size + 6)
+    assert peak > (blocks.IN_MEMORY - 1) * batch  # the wire kept going while batches were stored
+    assert peak <= blocks.IN_MEMORY * batch + 7919  # ... within the bound (plus one read chunk)
+    assert host.max_active == 1
 
 
 async def test_a_fetch_stops_at_its_budget_and_at_the_disk_reserve(tmp_path: Path) -> None:
@@ -295,3 +351,21 @@ async def test_a_fetch_stops_at_its_budget_and_at_the_disk_reserve(tmp_path: Pat
         assert budget.refused == "disk_full" and budget.used == 0
         with store.read() as txn:
             assert not any(txn.has_block(c) for c in dag)
+
+
+@pytest.mark.parametrize(("leaves", "size", "transactions"), [(10, 1000, 1), (blocks.BATCH * 2, 70_000, 2)])
+async def test_small_levels_share_one_transaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, leaves: int,
+                                                  size: int, transactions: int) -> None:
+    """The root's level is held back and stored with the first large batch, or at the end: one
+    fsync for all the small levels of a fetch, not one per level."""
+    root, dag = _dag(leaves, size)
+    calls: list[int] = []
+    with Store(tmp_path / "s", sync=False) as store:
+        fetcher = blocks.Fetcher(FakeHost(dag), store, Metrics(), lambda p, r: None)  # type: ignore[arg-type]
+        store_blocks = fetcher.store_blocks
+        monkeypatch.setattr(fetcher, "store_blocks", lambda repo_id, bs, grow=True: (calls.append(len(bs)),
+                                                                                      store_blocks(repo_id, bs, grow)))
+        assert await fetcher.fetch(b"r" * 32, root, lambda: ["a"])  # type: ignore[list-item]
+        with store.read() as txn:
+            assert all(txn.get_block(cid) == block for cid, block in dag.items())
+    assert len(calls) == transactions and sum(calls) == len(dag)
