@@ -350,7 +350,8 @@ def _log_problems(home: Path, details: Counter) -> Counter:
             continue
         if rec.get("level") in ("warning", "error"):
             out[f"{rec['level']}:{rec.get('event')}"] += 1
-            details[f"{rec.get('event')}: {str(rec.get('error', rec.get('reason', '')))[:70]}"] += 1
+            why = rec.get("cause") or rec.get("error", rec.get("reason", ""))  # the cause, when one is logged
+            details[f"{rec.get('event')}: {str(why)[:70]}"] += 1
     return out
 
 

@@ -159,3 +159,25 @@ def test_stored_bans_are_restored_until_they_expire(tmp_path: Path) -> None:
         d._restore_bans()
         assert d.pubsub.peers == {live}
         assert set(d.state.bans()) == {str(live)}  # the expired and the malformed entries are gone
+
+
+async def test_the_event_loop_watchdog_counts_a_blocked_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from fednode.daemon import service
+    from fednode.daemon.metrics import Metrics
+
+    logged: list[tuple[str, dict]] = []
+    monkeypatch.setattr(service, "log", lambda event, level="info", **kw: logged.append((event, kw)))
+    monkeypatch.setattr(service, "STALL_SECONDS", 0.3)
+    fake = SimpleNamespace(metrics=Metrics())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(service.Daemon._watch_loop, fake)
+        await trio.sleep(0.6)  # a healthy loop: no stall
+        assert fake.metrics.loop_stalls == 0 and fake.metrics.loop_lag_max < 0.3
+        time.sleep(0.8)  # blocks the trio thread, as a slow synchronous call would
+        await trio.sleep(0.3)
+        nursery.cancel_scope.cancel()
+    assert fake.metrics.loop_stalls == 1 and fake.metrics.loop_lag_max >= 0.5
+    assert logged and logged[0][0] == "event_loop_stalled" and logged[0][1]["seconds"] >= 0.5
+    assert "fednode_loop_stalls_total 1" in fake.metrics.prometheus(0)

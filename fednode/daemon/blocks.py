@@ -223,7 +223,9 @@ class Fetcher:
             with trio.fail_after(STREAM_TIMEOUT):
                 stream = await self.host.new_stream(peer, [PROTOCOL])
         except Exception as exc:
-            log("blocks_dial_failed", "warning", peer=str(peer), error=f"{type(exc).__name__}: {exc}")
+            cause = exc.__cause__ or exc.__context__  # py-libp2p wraps the reason in StreamFailure
+            log("blocks_dial_failed", "warning", peer=str(peer), error=f"{type(exc).__name__}: {exc}",
+                cause=f"{type(cause).__name__}: {cause}" if cause else None)
             return False, None
         reader = wire.FrameReader(stream)
         batch: list[tuple[CID, bytes]] = []

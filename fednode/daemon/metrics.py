@@ -21,6 +21,8 @@ class Metrics:
     refusals: int = 0  # block requests a provider refused (reset before any answer)
     fetch_seconds: float = 0.0
     bans: int = 0
+    loop_lag_max: float = 0.0  # longest the event loop was late to wake a sleeping task (seconds)
+    loop_stalls: int = 0  # times it was late by more than service.STALL_SECONDS
 
     def snapshot(self) -> dict[str, object]:
         return {
@@ -37,6 +39,8 @@ class Metrics:
             "provider_refusals": self.refusals,
             "fetch_seconds": round(self.fetch_seconds, 6),
             "bans": self.bans,
+            "loop_lag_max_seconds": round(self.loop_lag_max, 6),
+            "loop_stalls": self.loop_stalls,
         }
 
     def prometheus(self, peers: int) -> str:
@@ -64,5 +68,9 @@ class Metrics:
             f"fednode_fetches_failed_total {self.fetches_failed}",
             "# TYPE fednode_peers_banned_total counter",
             f"fednode_peers_banned_total {self.bans}",
+            "# TYPE fednode_loop_lag_max_seconds gauge",
+            f"fednode_loop_lag_max_seconds {self.loop_lag_max:.6f}",
+            "# TYPE fednode_loop_stalls_total counter",
+            f"fednode_loop_stalls_total {self.loop_stalls}",
         ]
         return "\n".join(lines) + "\n"

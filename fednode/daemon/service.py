@@ -37,6 +37,8 @@ BAN_SECONDS = 24 * 3600  # how long a ban lasts; bans are stored, so a restart k
 # store and sign nothing new while our heads are unchanged (see sync.served_announcements).
 HEADS_RATE, HEADS_BURST = 4.0, 64.0
 FETCH_RETRIES = 4
+LAG_PROBE_SECONDS = 0.25  # the event-loop watchdog's sleep
+STALL_SECONDS = 1.0  # a wake-up later than this is logged (event_loop_stalled)
 MAX_CONCURRENT_FETCHES = 4  # fetch jobs running at once (each holds up to blocks.IN_MEMORY batches)
 MAX_SERVING = 32  # inbound block/heads streams served at once; more are reset, not queued (askers
 # go on with their next provider): 16 refused ~50 requests a minute to each committer of a 30-node soak
@@ -114,10 +116,23 @@ class Daemon:
                         self.schedule_fetch(repo, root, providers, thens)
                     nursery.start_soon(self._connect_loop)
                     nursery.start_soon(self._sync_loop)
+                    nursery.start_soon(self._watch_loop)
                     self.ready.set()
                     task_status.started()
                     log("daemon_started", peer_id=str(self.peer_id), addrs=self.addrs())
                     await trio.sleep_forever()
+
+    async def _watch_loop(self) -> None:
+        """Event-loop lag: how late a sleeping task wakes. Anything that blocks the trio thread
+        (a slow fsync, a long computation) delays every stream and timer of the node."""
+        while True:
+            start = trio.current_time()
+            await trio.sleep(LAG_PROBE_SECONDS)
+            lag = trio.current_time() - start - LAG_PROBE_SECONDS
+            self.metrics.loop_lag_max = max(self.metrics.loop_lag_max, lag)
+            if lag > STALL_SECONDS:
+                self.metrics.loop_stalls += 1
+                log("event_loop_stalled", "warning", seconds=round(lag, 3))
 
     def addrs(self) -> list[str]:
         return [str(a) for a in self.host.get_addrs()]
