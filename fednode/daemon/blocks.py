@@ -165,8 +165,8 @@ class Fetcher:
         worker's txn is open.
 
         ``held``: a small batch (a commit, a manifest, the inner nodes of a DAG) is checked and
-        charged now but kept there, and stored with the next large batch or by ``flush``: one
-        transaction, one fsync, instead of one per DAG level.
+        charged now but kept there, and stored with the next large batch, once BATCH_BYTES are
+        held, or by ``flush``: one transaction, one fsync, instead of one per DAG level.
         """
         if not received:
             return [], None
@@ -179,10 +179,11 @@ class Fetcher:
         if budget is not None and good and not self._charge(budget, size):
             return [], bad
         if held is not None:
-            if small:
-                held.extend(good)
+            held.extend(good)
+            if small and sum(len(b) for _, b in held) < BATCH_BYTES:
                 return good, bad
-            good_and_held, held[:] = held + good, []
+            good_and_held, held[:] = held[:], []  # a large batch, or enough small ones: store them all
+            small = False
         else:
             good_and_held = good
         async with self._write_lock:
