@@ -9,7 +9,9 @@
    and the floor that puts under a pull on this machine's cores.
 2. Gossip propagation: ``--nodes`` daemons in a sparse mesh (each bootstraps to two earlier
    ones); the owner pushes ``--commits`` commits; per commit and node, the time from the push
-   request until the commit block is in that node's store. Reports p50/p99.
+   request until the commit block is in that node's store. Reports p50/p99. Then one more
+   commit, 5 s later: the time until every node's main branch points at it (weights fetched
+   and verified, not only the envelope).
 
 3. Soak (off by default): ``--soak 300 --soak-nodes 30``: that many daemons for that many
    seconds under a steady commit load (``--soak-members`` committers, one commit every
@@ -314,14 +316,44 @@ def bench_gossip(tmp: Path, nodes: int, commits: int) -> list[str]:
         lat.sort()
         p50 = statistics.median(lat) * 1000
         p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000
-        return [f"gossip propagation, {nodes} daemons, {commits} commits: p50 {p50:.0f} ms  p99 {p99:.0f} ms  "
-                f"max {lat[-1] * 1000:.0f} ms  missed {missed}/{commits * (nodes - 1)}"]
+        lines = [f"gossip propagation, {nodes} daemons, {commits} commits: p50 {p50:.0f} ms  p99 {p99:.0f} ms  "
+                 f"max {lat[-1] * 1000:.0f} ms  missed {missed}/{commits * (nodes - 1)}"]
+        return lines + [_weights_propagation(owner, procs[0], stores, info.repo_id, base["w"][1])]
     finally:
         for s in stores:
             s.close()
         owner.close()
         for p in procs:
             p.stop()
+
+
+WEIGHTS_QUIET_S = 5.0  # after the burst above; fetch jobs of superseded commits may still be running
+
+
+def _weights_propagation(owner, proc: Proc, stores: list, repo_id: bytes, arr: np.ndarray) -> str:  # noqa: ANN001
+    """One more commit, WEIGHTS_QUIET_S after the burst: the time until each node's main branch points at it,
+    i.e. its weights were fetched (through relays that fetch them too) and verified. The commit
+    envelope alone (above) says nothing about the weights."""
+    time.sleep(WEIGHTS_QUIET_S)
+    res = owner.history.commit(owner.history.repo("g"), ArraySource({"w": ("F32", arr + np.float32(0.5))}), "w")
+    t0 = time.perf_counter()
+    proc.api("POST", "/push", {"repo": "g"})
+    moved: list[float] = []
+    pending = dict(enumerate(stores))
+    while pending and time.perf_counter() < t0 + 30:
+        for i, s in list(pending.items()):
+            with s.store.read() as txn:
+                head = txn.get_ref(repo_id, "heads/main")
+            if head == bytes(res.cid):
+                moved.append(time.perf_counter() - t0)
+                del pending[i]
+        time.sleep(0.005)
+    moved.sort()
+    what = f"weights propagation (one commit {WEIGHTS_QUIET_S:.0f} s after the burst, heads moved)"
+    if not moved:
+        return f"{what}: none of {len(stores)} nodes within 30 s"
+    return (f"{what}: p50 {statistics.median(moved) * 1000:.0f} ms  max {moved[-1] * 1000:.0f} ms  "
+            f"on {len(moved)}/{len(stores)} nodes within 30 s")
 
 
 def _rss_mib(pid: int) -> float:
