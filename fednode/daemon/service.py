@@ -24,6 +24,7 @@ from fednode.daemon.bitswap import start_bitswap
 from fednode.daemon.logs import log
 from fednode.daemon.metrics import Metrics
 from fednode.daemon.ratelimit import TokenBuckets
+from fednode.daemon.slots import NewestFirstSlots
 from fednode.daemon.state import NetState
 from fednode.daemon.validate import PENALIZED, Validator, Verdict
 from fednode.node import Node
@@ -54,6 +55,7 @@ class Job:
     budget: blocks.Budget = field(default_factory=blocks.Budget)
     done: trio.Event = field(default_factory=trio.Event)
     ok: bool = False
+    order: int = 0  # when it was scheduled: newer jobs get fetch slots first (slots.NewestFirstSlots)
 
 
 class Daemon:
@@ -70,7 +72,8 @@ class Daemon:
         self.provided: set[str] = set()  # DHT keys announced since start (see discovery.provide_new)
         self.sync_interval = sync_interval
         self.serve_limiter = trio.CapacityLimiter(MAX_SERVING)
-        self.fetch_limiter = trio.CapacityLimiter(MAX_CONCURRENT_FETCHES)
+        self.fetch_slots = NewestFirstSlots(MAX_CONCURRENT_FETCHES)
+        self.jobs_scheduled = 0
         self.listen = listen
         self.bootstrap = bootstrap
         self.mdns = mdns
@@ -331,7 +334,9 @@ class Daemon:
             job.providers = list(dict.fromkeys(providers + job.providers))
             job.thens += [t for t in thens if t not in job.thens]
         else:
-            job = Job(repo, root, list(dict.fromkeys(providers)), thens, blocks.Budget(self.max_fetch_bytes))
+            self.jobs_scheduled += 1
+            job = Job(repo, root, list(dict.fromkeys(providers)), thens, blocks.Budget(self.max_fetch_bytes),
+                      order=self.jobs_scheduled)
             self.jobs[key] = job
             self.nursery.start_soon(self._run_job, job)
         self.state.add_fetch(repo, root, job.providers, job.thens)
@@ -348,7 +353,7 @@ class Daemon:
         delay = 0.5
         for _ in range(FETCH_RETRIES):
             try:
-                async with self.fetch_limiter:
+                async with self.fetch_slots.slot(job.order):
                     job.ok = await self.fetcher.fetch(job.repo, job.root, lambda: self._providers(job), job.budget)
             except Exception as exc:
                 log("fetch_error", "error", root=str(job.root), error=f"{type(exc).__name__}: {exc}")
