@@ -173,6 +173,8 @@ def three_steps(base, states, weights, scale_bits, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(native, "kernels", lambda: None)
         deltas = [fixedpoint.encode_delta(base, s, "F32", scale_bits) for s in states]
+        if any(d is None for d in deltas):  # NaN/Inf or beyond the grid, at any weight: refused
+            return None
         return fixedpoint.apply_delta(base, exact.weighted_mean(deltas, weights), "F32", scale_bits)
 
 
@@ -198,7 +200,7 @@ def test_fused_float32_fedavg_equals_the_three_steps(case, monkeypatch):
     base, states, weights, scale_bits = case
     fused = exact.weighted_mean_f32_states(base, states, weights, scale_bits)
     expected = three_steps(base, states, weights, scale_bits, monkeypatch)
-    if expected is None:
+    if expected is None or 0 in weights:  # zero weights: the generic path decides (it checks every input)
         assert fused is None
     else:
         assert fused is not None and fused.tobytes() == expected.tobytes()
@@ -218,3 +220,19 @@ def test_fused_path_overflow_blocks_and_refusals(monkeypatch):
         s[-1] = bad
         assert exact.weighted_mean_f32_states(base, [s, big], weights, 24) is None
 
+
+
+def test_zero_weights_and_deltas_beyond_the_grid_go_to_the_generic_path():
+    size = native.BLOCK + 7
+    base = np.zeros(size, dtype=np.float32)
+    good = np.ones(size, dtype=np.float32)
+    bad = good.copy()
+    bad[3] = np.nan
+    # at weight 0 the fused path would skip ``bad``; the generic path (the one a node without the
+    # kernel runs) refuses it, so the fused path must hand such a merge over
+    assert exact.weighted_mean_f32_states(base, [good, bad], [1, 0], 24) is None
+    assert exact.weighted_mean_f32_states(base, [good, good], [1, 0], 24) is None
+    # 5e6 * 2**40 grid steps is beyond 2**62 (found by hypothesis: the fallback block must refuse it too)
+    big = np.full(size, 5e6, dtype=np.float32)
+    assert exact.weighted_mean_f32_states(base, [big, big], [1, 1], 40) is None
+    assert exact.weighted_mean_f32_states(base, [good, good], [1, 1], 40) is not None

@@ -250,6 +250,8 @@ def weighted_mean_f32_states(
     native_f32 = np.dtype(np.float32)
     if lib is None or base.dtype != native_f32 or any(s.dtype != native_f32 or s.shape != base.shape for s in states):
         return None
+    if 0 in weights:  # the generic path refuses an unrepresentable input even at weight 0; this one
+        return None  # would skip it, so a node without the kernel could not recompute the merge
     flat, ws, den = _reduced([np.ascontiguousarray(s) for s in states], weights)
     base_flat = np.ascontiguousarray(base).reshape(-1)
     out = np.empty(base_flat.size, dtype=np.float32)
@@ -262,6 +264,8 @@ def weighted_mean_f32_states(
             stop = min(start + native.BLOCK, hi)
             part = base_flat[start:stop]
             deltas = [fixedpoint.encode_delta(part, f[start:stop], "F32", scale_bits) for f in flat]
+            if any(d is None for d in deltas):
+                raise _Unrepresentable
             merged = np.empty(stop - start, dtype=np.int64)
             _exact_range(deltas, ws, den, merged, 0, stop - start)
             out[start:stop] = fixedpoint.apply_delta(part, merged, "F32", scale_bits)
