@@ -385,3 +385,54 @@ async def test_held_small_blocks_are_stored_once_they_add_up(tmp_path: Path, mon
             assert all(txn.get_block(cid) == block for cid, block in dag.items())
     assert sum(calls) == len(dag) and len(calls) >= 2  # memory held back stays bounded
     assert max(calls) * 1000 <= 100_000 + blocks.BATCH * 1000 + 1000  # at most BATCH_BYTES and one batch more
+
+
+async def test_serve_holds_a_request_for_a_block_our_own_fetch_is_bringing(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(blocks, "HOLD_SECONDS", 0.3)
+    coming, never = b"on its way", b"nobody fetches this"
+    frame = m.encode_want([CID.hash(RAW, coming), CID.hash(RAW, never)])
+    stream = ChunkStream(encode_varint(len(frame)) + frame, 4096)
+
+    async def close() -> None:
+        pass
+
+    stream.close = close  # type: ignore[attr-defined]
+    arrived = trio.Event()
+    with Store(tmp_path / "s", sync=False) as store:
+        async def our_fetch_lands() -> None:
+            await trio.sleep(0.1)
+            with store.write() as txn:
+                txn.put_block(CID.hash(RAW, coming), coming)
+            arrived.set()
+
+        in_flight = {CID.hash(RAW, coming): arrived, CID.hash(RAW, never): trio.Event()}
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(our_fetch_lands)
+            await blocks.serve(stream, store, Metrics(), in_flight.get)  # type: ignore[arg-type]
+        took = trio.current_time() - start
+    # the first block once our fetch stored it, the second "not here" after the hold
+    assert stream.written == encode_varint(len(coming) + 1) + b"\x01" + coming + encode_varint(1) + b"\x00"
+    assert 0.4 <= took < 5.0  # it waited: for the block, then the hold
+
+
+async def test_a_fetch_marks_what_it_brings_until_it_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, dag = _dag(4, 1000)
+    leaf = list(dag)[1]
+    seen: list[object] = []
+    with Store(tmp_path / "s", sync=False) as store:
+        fetcher = blocks.Fetcher(FakeHost(dag), store, Metrics(), lambda p, r: None)  # type: ignore[arg-type]
+        check_and_store = fetcher.check_and_store
+
+        async def watching(repo_id: bytes, received: blocks.Blocks, budget: blocks.Budget | None = None,
+                           held: blocks.Blocks | None = None) -> tuple[list, str | None]:
+            seen.append(fetcher.in_flight(leaf))
+            return await check_and_store(repo_id, received, budget, held)
+
+        monkeypatch.setattr(fetcher, "check_and_store", watching)
+        assert await fetcher.fetch(b"r" * 32, root, lambda: ["a"])  # type: ignore[list-item]
+        assert fetcher.in_flight(leaf) is None and fetcher.in_flight(root) is None  # cleared at the end
+    events = [e for e in seen if e is not None]
+    assert events and all(isinstance(e, trio.Event) for e in events)
+    assert all(e.is_set() for e in events)  # set when the fetch ended: held requests go on

@@ -54,6 +54,7 @@ BATCH = 32
 BATCH_BYTES = 8 << 20
 IN_MEMORY = 3
 STREAM_TIMEOUT = 15.0
+HOLD_SECONDS = 2.0  # most a served request waits for a block our own fetch is bringing
 SMALL_WRITE = 256 * 1024  # batches below this are checked and stored on the trio thread (no thread hop)
 Blocks = list[tuple[CID, bytes]]  # (CID, block) pairs, in the order they were asked for
 MAX_FETCH_BYTES = 64 << 30  # [network] max_fetch_bytes: most one fetch job (a commit and all it reaches) stores
@@ -70,12 +71,22 @@ class Budget:
     refused: str | None = None
 
 
-async def serve(stream: INetStream, store: Store, metrics: Metrics) -> None:
+async def serve(stream: INetStream, store: Store, metrics: Metrics,
+                in_flight: Callable[[CID], trio.Event | None] | None = None) -> None:
+    """Answer one request. A block we do not have yet but are fetching ourselves (``in_flight``
+    gives the event set when that fetch ends) is waited for, up to HOLD_SECONDS: a node behind
+    us then gets it as soon as we do, instead of "not here" and its retry backoff."""
     try:
         want = m.decode_want(await wire.read_frame(stream, 64 * 1024))
         writer = wire.FrameWriter(stream)
         for cid in want:
             block = _get(store, cid)
+            arriving = in_flight(cid) if block is None and in_flight is not None else None
+            if arriving is not None:
+                await writer.flush()  # what is ready goes out first
+                with trio.move_on_after(HOLD_SECONDS):
+                    await arriving.wait()
+                block = _get(store, cid)
             if block is None:
                 await writer.write_frame(b"\x00")
                 continue
@@ -116,6 +127,11 @@ class Fetcher:
         self.penalize = penalize
         self.min_free_bytes = min_free_bytes
         self._write_lock = trio.Lock()
+        self._in_flight: dict[CID, trio.Event] = {}  # blocks our fetches are bringing: set when stored
+
+    def in_flight(self, cid: CID) -> trio.Event | None:
+        """The event set when the fetch bringing ``cid`` ends, or None (no fetch wants it)."""
+        return self._in_flight.get(cid)
 
     def _commit_ok(self, cid: CID, block: bytes, repo_id: bytes) -> Commit | None | bool:
         """A commit block must decode, be signed by its author and belong to ``repo_id``.
@@ -325,9 +341,14 @@ class Fetcher:
         frontier = [root]
         budget = budget or Budget()
         held: Blocks = []  # small checked blocks waiting for a transaction
+        mine: list[CID] = []  # the in-flight entries this fetch made (another fetch may own one)
         try:
             while frontier:
                 missing, children = self._missing_and_children(frontier, seen)
+                for cid in missing:
+                    if cid not in self._in_flight:
+                        self._in_flight[cid] = trio.Event()
+                        mine.append(cid)
                 failed = await self._fetch_level(repo_id, missing, providers, children, budget, held)
                 if failed:
                     self.metrics.fetches_failed += 1
@@ -336,6 +357,8 @@ class Fetcher:
                 frontier = children
         finally:
             await self.flush(repo_id, held)  # what arrived is kept, even from a failed fetch
+            for cid in mine:  # stored now, or not coming: requests held for them go on
+                self._in_flight.pop(cid).set()
         self.metrics.fetches_done += 1
         self.metrics.fetch_seconds += time.monotonic() - start
         return True

@@ -387,7 +387,7 @@ class Daemon:
 
     # --- stream handlers --------------------------------------------------------------------
     async def _serve_blocks(self, stream: INetStream) -> None:
-        await self._serve(stream, blocks.serve(stream, self.node.store, self.metrics))
+        await self._serve(stream, blocks.serve(stream, self.node.store, self.metrics, self.fetcher.in_flight))
 
     async def _serve_heads(self, stream: INetStream) -> None:
         await self._serve(stream, sync.serve_heads(self, stream), self.heads_limit)
