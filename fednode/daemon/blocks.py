@@ -54,7 +54,7 @@ BATCH = 32
 BATCH_BYTES = 8 << 20
 IN_MEMORY = 3
 STREAM_TIMEOUT = 15.0
-HOLD_SECONDS = 2.0  # most a served request waits for a block our own fetch is bringing
+HOLD_SECONDS = 2.0  # most a served request waits, in all, for blocks our own fetches are bringing
 SMALL_WRITE = 256 * 1024  # batches below this are checked and stored on the trio thread (no thread hop)
 Blocks = list[tuple[CID, bytes]]  # (CID, block) pairs, in the order they were asked for
 MAX_FETCH_BYTES = 64 << 30  # [network] max_fetch_bytes: most one fetch job (a commit and all it reaches) stores
@@ -74,17 +74,18 @@ class Budget:
 async def serve(stream: INetStream, store: Store, metrics: Metrics,
                 in_flight: Callable[[CID], trio.Event | None] | None = None) -> None:
     """Answer one request. A block we do not have yet but are fetching ourselves (``in_flight``
-    gives the event set when that fetch ends) is waited for, up to HOLD_SECONDS: a node behind
-    us then gets it as soon as we do, instead of "not here" and its retry backoff."""
+    gives the event set when that fetch ends) is waited for, HOLD_SECONDS at most in all: a node
+    behind us then gets it as soon as we do, instead of "not here" and its retry backoff."""
     try:
         want = m.decode_want(await wire.read_frame(stream, 64 * 1024))
         writer = wire.FrameWriter(stream)
+        hold_until = trio.current_time() + HOLD_SECONDS  # for the whole request, not per block
         for cid in want:
             block = _get(store, cid)
             arriving = in_flight(cid) if block is None and in_flight is not None else None
             if arriving is not None:
                 await writer.flush()  # what is ready goes out first
-                with trio.move_on_after(HOLD_SECONDS):
+                with trio.move_on_at(hold_until):
                     await arriving.wait()
                 block = _get(store, cid)
             if block is None:
