@@ -568,6 +568,21 @@ class History:
                     ready.append(p)
                     ready.sort(key=lambda c: (commits[c].time_ms, str(c)))
 
+    def is_ancestor(self, old: CID, new: CID) -> bool:
+        """Whether ``old`` is ``new`` or one of its ancestors. Depth-first from ``new``: for a
+        fast-forward it stops at ``old``, after reading only the commits in between."""
+        seen: set[CID] = set()
+        stack = [new]
+        with self.store.read() as txn:
+            while stack:
+                cid = stack.pop()
+                if cid == old:
+                    return True
+                if cid not in seen:
+                    seen.add(cid)
+                    stack.extend(self.load_commit(cid, txn).parents)
+        return False
+
     def merge_base(self, cids: list[CID]) -> CID | None:
         """The newest commit that is an ancestor of all ``cids`` (None if unrelated)."""
         ancestor_sets = []

@@ -353,36 +353,35 @@ async def test_a_fetch_stops_at_its_budget_and_at_the_disk_reserve(tmp_path: Pat
             assert not any(txn.has_block(c) for c in dag)
 
 
+async def _fetch_counting_transactions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, root: CID,
+                                       dag: dict[CID, bytes]) -> list[int]:
+    """Fetch ``dag`` from one fake provider; the number of blocks of each store transaction."""
+    calls: list[int] = []
+    with Store(tmp_path / "s", sync=False) as store:
+        fetcher = blocks.Fetcher(FakeHost(dag), store, Metrics(), lambda p, r: None)  # type: ignore[arg-type]
+        store_blocks = fetcher.store_blocks
+        monkeypatch.setattr(fetcher, "store_blocks", lambda repo_id, bs, grow=True: (calls.append(len(bs)),
+                                                                                      store_blocks(repo_id, bs, grow)))
+        assert await fetcher.fetch(b"r" * 32, root, lambda: ["a"])  # type: ignore[list-item]
+        with store.read() as txn:
+            assert all(txn.get_block(cid) == block for cid, block in dag.items())
+    return calls
+
+
 @pytest.mark.parametrize(("leaves", "size", "transactions"), [(10, 1000, 1), (blocks.BATCH * 2, 70_000, 2)])
 async def test_small_levels_share_one_transaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, leaves: int,
                                                   size: int, transactions: int) -> None:
     """The root's level is held back and stored with the first large batch, or at the end: one
     fsync for all the small levels of a fetch, not one per level."""
     root, dag = _dag(leaves, size)
-    calls: list[int] = []
-    with Store(tmp_path / "s", sync=False) as store:
-        fetcher = blocks.Fetcher(FakeHost(dag), store, Metrics(), lambda p, r: None)  # type: ignore[arg-type]
-        store_blocks = fetcher.store_blocks
-        monkeypatch.setattr(fetcher, "store_blocks", lambda repo_id, bs, grow=True: (calls.append(len(bs)),
-                                                                                      store_blocks(repo_id, bs, grow)))
-        assert await fetcher.fetch(b"r" * 32, root, lambda: ["a"])  # type: ignore[list-item]
-        with store.read() as txn:
-            assert all(txn.get_block(cid) == block for cid, block in dag.items())
+    calls = await _fetch_counting_transactions(tmp_path, monkeypatch, root, dag)
     assert len(calls) == transactions and sum(calls) == len(dag)
 
 
 async def test_held_small_blocks_are_stored_once_they_add_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(blocks, "BATCH_BYTES", 100_000)  # small batches of 32 x 1000 bytes: 32 KB each
     root, dag = _dag(blocks.BATCH * 8, 1000)
-    calls: list[int] = []
-    with Store(tmp_path / "s", sync=False) as store:
-        fetcher = blocks.Fetcher(FakeHost(dag), store, Metrics(), lambda p, r: None)  # type: ignore[arg-type]
-        store_blocks = fetcher.store_blocks
-        monkeypatch.setattr(fetcher, "store_blocks", lambda repo_id, bs, grow=True: (calls.append(len(bs)),
-                                                                                      store_blocks(repo_id, bs, grow)))
-        assert await fetcher.fetch(b"r" * 32, root, lambda: ["a"])  # type: ignore[list-item]
-        with store.read() as txn:
-            assert all(txn.get_block(cid) == block for cid, block in dag.items())
+    calls = await _fetch_counting_transactions(tmp_path, monkeypatch, root, dag)
     assert sum(calls) == len(dag) and len(calls) >= 2  # memory held back stays bounded
     assert max(calls) * 1000 <= 100_000 + blocks.BATCH * 1000 + 1000  # at most BATCH_BYTES and one batch more
 

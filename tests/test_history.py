@@ -322,6 +322,16 @@ def test_commit_from_another_repo_is_rejected(history: History) -> None:
 # --- branches, tags, merges ----------------------------------------------------------------------
 
 
+def test_is_ancestor_follows_parents_only(history: History) -> None:
+    info, cids, states = linear(history, 3)
+    history.create_branch(info, "side", cids[1])
+    side = history.commit(info, ArraySource(perturb(states[1], 7)), "side", branch="side").cid
+    assert history.is_ancestor(cids[0], cids[-1]) and history.is_ancestor(cids[1], side)
+    assert history.is_ancestor(side, side)  # a head is a fast-forward of itself
+    assert not history.is_ancestor(cids[-1], cids[0])  # a child is not an ancestor
+    assert not history.is_ancestor(side, cids[-1]) and not history.is_ancestor(cids[-1], side)  # diverged
+
+
 def test_branches_and_tags(history: History) -> None:
     info, cids, states = linear(history, 2)
     history.create_branch(info, "exp", cids[1])

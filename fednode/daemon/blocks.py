@@ -148,7 +148,7 @@ class Fetcher:
             return False
         return commit
 
-    def store_blocks(self, repo_id: bytes, blocks: list[tuple[CID, bytes]], grow: bool = True) -> None:
+    def store_blocks(self, repo_id: bytes, blocks: Blocks, grow: bool = True) -> None:
         """One LMDB transaction for a batch of blocks that ``_check`` has hash-checked."""
         if not blocks:
             return
@@ -219,7 +219,7 @@ class Fetcher:
                     self.store_blocks(repo_id, held)
             held.clear()
 
-    def _check(self, received: list[tuple[CID, bytes]], repo_id: bytes) -> tuple[list[tuple[CID, bytes]], str | None]:
+    def _check(self, received: Blocks, repo_id: bytes) -> tuple[Blocks, str | None]:
         """The blocks before the first bad one, and why that one is bad (None: all good).
 
         Every block must hash to the CID we asked for; commit blocks must also decode, be signed
@@ -246,7 +246,7 @@ class Fetcher:
                 cause=f"{type(cause).__name__}: {cause}" if cause else None)
             return False, None
         reader = wire.FrameReader(stream)
-        batch: list[tuple[CID, bytes]] = []
+        batch: Blocks = []
         size = 0
         complete, reason = False, None
         try:
@@ -290,7 +290,7 @@ class Fetcher:
         second task checks and stores what arrived, one batch at a time; returns the links of
         every block stored. Stops at the peer's first bad block, failure or the budget's end."""
         stored: dict[CID, list[CID]] = {}
-        send, recv = trio.open_memory_channel[list[tuple[CID, bytes]]](IN_MEMORY - 2)
+        send, recv = trio.open_memory_channel[Blocks](IN_MEMORY - 2)
 
         async def check_and_store_all(cancel: trio.CancelScope) -> None:
             async with recv:

@@ -199,21 +199,6 @@ def applied(d: Daemon, repo_id: bytes, ann: m.HeadAnnouncement) -> bool:
         return any(txn.get_ref(repo_id, n) == bytes(ann.head) for n in names)
 
 
-def _is_ancestor(d: Daemon, old: CID, new: CID) -> bool:
-    """Depth-first from ``new``: a fast-forward stops at ``old``, after the new commits only."""
-    seen: set[CID] = set()
-    stack = [new]
-    with d.node.store.read() as txn:
-        while stack:
-            cid = stack.pop()
-            if cid == old:
-                return True
-            if cid not in seen:
-                seen.add(cid)
-                stack.extend(d.node.history.load_commit(cid, txn).parents)
-    return False
-
-
 def apply(d: Daemon, repo_id: bytes, raw: bytes) -> None:
     """After a fetch completed: move a branch or record a remote-tracking ref."""
     msg = m.decode(raw)
@@ -246,7 +231,7 @@ def apply(d: Daemon, repo_id: bytes, raw: bytes) -> None:
         cur = CID.from_bytes(cur_raw) if cur_raw else None
         if cur == msg.head:
             return
-        if cur is None or _is_ancestor(d, cur, msg.head):
+        if cur is None or d.node.history.is_ancestor(cur, msg.head):
             with d.node.store.write() as txn:
                 if txn.get_ref(repo_id, ref) == cur_raw:  # compare-and-swap against local commits
                     txn.set_ref(repo_id, ref, bytes(msg.head))
