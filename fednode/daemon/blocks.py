@@ -43,7 +43,7 @@ from fednode.store import WRITE_HEADROOM, Store
 from protocol import messages as m
 from protocol.dag import links  # children to fetch
 from protocol.multiformats import CID, DAG_CBOR, RAW, FormatError
-from protocol.objects import COMMIT_TYPE, Commit
+from protocol.objects import COMMIT_TYPE, Commit, Manifest
 
 PROTOCOL = TProtocol(m.BLOCKS_PROTOCOL)
 # Seconds to wait before serving each block: lets tests and demos kill a provider mid-transfer.
@@ -227,8 +227,12 @@ class Fetcher:
         for i, (cid, block) in enumerate(received):
             if not cid.verify(block):
                 return received[:i], "bad_block"
-            if cid.codec == DAG_CBOR and self._commit_ok(cid, block, repo_id) is False:
-                return received[:i], "bad_commit_block"
+            if cid.codec == DAG_CBOR:
+                commit = self._commit_ok(cid, block, repo_id)
+                if commit is False:
+                    return received[:i], "bad_commit_block"
+                if commit is None and not _is_manifest(block):  # the one other DAG-CBOR object we store
+                    return received[:i], "bad_manifest_block"
         return received, None
 
     async def _receive(self, peer: ID, want: list[CID], batches: trio.MemorySendChannel) -> tuple[bool, str | None]:
@@ -379,6 +383,16 @@ class Fetcher:
         for cid in missing:
             children.extend(stored.get(cid, ()))
         return len(remaining)
+
+
+def _is_manifest(block: bytes) -> bool:
+    """Whether a DAG-CBOR block is a valid weights manifest. An honest node stores nothing else
+    that is neither a commit nor a manifest, so a provider serving one is to blame."""
+    try:
+        Manifest.decode(block)
+    except FormatError:
+        return False
+    return True
 
 
 def block_is_commit(block: bytes) -> bool:

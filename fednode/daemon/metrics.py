@@ -12,6 +12,7 @@ class Metrics:
     published: Counter[str] = field(default_factory=Counter)  # our own, by message kind
     rejected: Counter[str] = field(default_factory=Counter)  # by reason
     refused: Counter[str] = field(default_factory=Counter)  # inbound block/heads streams reset, by reason
+    errors: Counter[str] = field(default_factory=Counter)  # exceptions caught by a last-resort guard, by place
     bytes_in: int = 0
     bytes_out: int = 0
     blocks_in: int = 0
@@ -30,6 +31,7 @@ class Metrics:
             "published": dict(self.published),
             "rejected": dict(self.rejected),
             "refused_streams": dict(self.refused),
+            "errors": dict(self.errors),
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "blocks_in": self.blocks_in,
@@ -55,6 +57,8 @@ class Metrics:
             *(f'fednode_messages_rejected_total{{reason="{k}"}} {v}' for k, v in sorted(self.rejected.items())),
             "# TYPE fednode_streams_refused_total counter",
             *(f'fednode_streams_refused_total{{reason="{k}"}} {v}' for k, v in sorted(self.refused.items())),
+            "# TYPE fednode_unhandled_errors_total counter",
+            *(f'fednode_unhandled_errors_total{{where="{k}"}} {v}' for k, v in sorted(self.errors.items())),
             "# TYPE fednode_block_bytes_in_total counter",
             f"fednode_block_bytes_in_total {self.bytes_in}",
             "# TYPE fednode_block_bytes_out_total counter",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
-from fednode.daemon import blocks, discovery, sync
+from fednode.daemon import blocks, discovery, guard, sync
 from fednode.daemon import host as hostmod
 from fednode.daemon.bitswap import start_bitswap
 from fednode.daemon.logs import log
@@ -144,29 +144,34 @@ class Daemon:
         """Dial bootstrap and known peers until connected; catch up with each new connection."""
         delay = 0.5
         while True:
-            targets = list(self.bootstrap)
-            for pid, addrs in self.state.peers().items():
-                targets += [a if "/p2p/" in a else f"{a}/p2p/{pid}" for a in addrs]
-            if self.mdns:  # mDNS only fills the peerstore: dial what it found
-                store = self.host.get_peerstore()
-                for pid in store.peers_with_addrs():
-                    targets += [f"{a}/p2p/{pid}" for a in store.addrs(pid)[:1] if "/p2p/" not in str(a)]
-            for addr in targets:
-                try:
-                    info = info_from_p2p_addr(hostmod.parse_addrs([addr])[0])
-                except Exception:
-                    log("bad_peer_addr", "warning", addr=addr)
-                    continue
-                if info.peer_id in self.host.get_connected_peers() or info.peer_id == self.peer_id:
-                    continue
-                if self.pubsub.is_peer_blacklisted(info.peer_id):
-                    continue
-                try:
-                    await self.connect(addr)
-                except Exception:  # logged by connect(); retried next round
-                    pass
+            with guard.last_resort(self.metrics, "connect_loop"):
+                await self._connect_round()
             await trio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+    async def _connect_round(self) -> None:
+        """One pass over bootstrap, stored and mDNS-found peers: dial the ones not connected."""
+        targets = list(self.bootstrap)
+        for pid, addrs in self.state.peers().items():
+            targets += [a if "/p2p/" in a else f"{a}/p2p/{pid}" for a in addrs]
+        if self.mdns:  # mDNS only fills the peerstore: dial what it found
+            store = self.host.get_peerstore()
+            for pid in store.peers_with_addrs():
+                targets += [f"{a}/p2p/{pid}" for a in store.addrs(pid)[:1] if "/p2p/" not in str(a)]
+        for addr in targets:
+            try:
+                info = info_from_p2p_addr(hostmod.parse_addrs([addr])[0])
+            except Exception:
+                log("bad_peer_addr", "warning", addr=addr)
+                continue
+            if info.peer_id in self.host.get_connected_peers() or info.peer_id == self.peer_id:
+                continue
+            if self.pubsub.is_peer_blacklisted(info.peer_id):
+                continue
+            try:
+                await self.connect(addr)
+            except Exception:  # logged by connect(); retried next round
+                pass
 
     async def connect(self, addr: str) -> str:
         info = info_from_p2p_addr(hostmod.parse_addrs([addr])[0])
@@ -178,7 +183,7 @@ class Daemon:
             raise
         self.state.put_peer(str(info.peer_id), [str(a) for a in info.addrs])
         log("peer_connected", peer=str(info.peer_id))
-        self.nursery.start_soon(self._catch_up, info.peer_id)
+        self.spawn("catch_up", self._catch_up, info.peer_id)
         return str(info.peer_id)
 
     async def _sync_loop(self) -> None:
@@ -187,16 +192,20 @@ class Daemon:
         Expired bans are lifted on the same beat."""
         while True:
             await trio.sleep(self.sync_interval)
-            self._restore_bans()
-            await discovery.provide_new(self)  # heads moved by local commits and merges
-            peers = sync.peer_list(self)
-            for repo_id in list(self.topics.values()):
-                if self.state.genesis(repo_id) is None or not peers:
-                    continue
-                try:
-                    await sync.sync_repo(self, repo_id, peers, create=False, wait=False)
-                except Exception as exc:
-                    log("sync_failed", "warning", error=f"{type(exc).__name__}: {exc}")
+            with guard.last_resort(self.metrics, "sync_loop"):
+                await self._sync_round()
+
+    async def _sync_round(self) -> None:
+        self._restore_bans()
+        await discovery.provide_new(self)  # heads moved by local commits and merges
+        peers = sync.peer_list(self)
+        for repo_id in list(self.topics.values()):
+            if self.state.genesis(repo_id) is None or not peers:
+                continue
+            try:
+                await sync.sync_repo(self, repo_id, peers, create=False, wait=False)
+            except Exception as exc:
+                log("sync_failed", "warning", error=f"{type(exc).__name__}: {exc}")
 
     async def _catch_up(self, peer: ID) -> None:
         await trio.sleep(0.2)  # let identify and pubsub streams settle
@@ -229,6 +238,18 @@ class Daemon:
 
     def _validator_for(self, repo_id: bytes):  # noqa: ANN202 - libp2p SyncValidatorFn
         def validate(forwarder: ID, msg: rpc_pb2.Message) -> bool:
+            try:
+                return check(forwarder, msg)
+            except Exception as exc:  # a bug met by this message: reject it, blame the forwarder
+                # An honest peer runs the same checks before forwarding, so it would have met the
+                # same exception and dropped the message: whoever forwards it is to blame.
+                guard.report(self.metrics, "gossip_validator", exc, forwarder=str(forwarder))
+                self.metrics.rejected["error"] += 1
+                if forwarder != self.peer_id:
+                    self.penalize(forwarder, "error")
+                return False
+
+        def check(forwarder: ID, msg: rpc_pb2.Message) -> bool:
             source = ID(msg.from_id)
             from_self = source == self.peer_id and forwarder == self.peer_id
             verdict = self.validator.check(msg.data, repo_id, from_self)
@@ -243,7 +264,8 @@ class Daemon:
                 self.metrics.published[verdict.msg.kind] += 1
                 return True
             self.metrics.accepted[verdict.msg.kind] += 1
-            self._handle(repo_id, verdict, [str(forwarder), str(source)])
+            with guard.last_resort(self.metrics, "gossip_handle"):  # ours to fix (a full disk...), not the peer's
+                self._handle(repo_id, verdict, [str(forwarder), str(source)])
             return True
 
         return validate
@@ -266,6 +288,10 @@ class Daemon:
         elif isinstance(msg, m.Membership):
             self.state.put_membership(msg)
             log("membership_updated", members=len(msg.members), public=msg.public)
+
+    def spawn(self, where: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Start a background task whose exceptions are logged (guard.py), never raised into the nursery."""
+        self.nursery.start_soon(guard.task(self.metrics, where, fn), *args)
 
     def penalize(self, peer: ID, reason: str) -> None:
         """Our own scoring: py-libp2p's ScoreParams are not wired to disconnects we could test."""
@@ -338,7 +364,7 @@ class Daemon:
             job = Job(repo, root, list(dict.fromkeys(providers)), thens, blocks.Budget(self.max_fetch_bytes),
                       order=self.jobs_scheduled)
             self.jobs[key] = job
-            self.nursery.start_soon(self._run_job, job)
+            self.nursery.start_soon(self._job_task, job)
         self.state.add_fetch(repo, root, job.providers, job.thens)
         return job
 
@@ -348,6 +374,13 @@ class Daemon:
         ordered = [ID.from_base58(p) for p in job.providers] + list(topic_peers) + list(connected)
         return [p for p in dict.fromkeys(ordered)
                 if p != self.peer_id and p in connected and not self.pubsub.is_peer_blacklisted(p)]
+
+    async def _job_task(self, job: Job) -> None:
+        try:
+            with guard.last_resort(self.metrics, "fetch_job", root=str(job.root)):
+                await self._run_job(job)
+        finally:
+            job.done.set()  # waiters (a clone, a pull) never hang on a job that died
 
     async def _run_job(self, job: Job) -> None:
         delay = 0.5
@@ -372,8 +405,9 @@ class Daemon:
         if job.ok:
             self.state.done_fetch(job.repo, job.root)
             log("fetch_complete", root=str(job.root))
-            for raw in job.thens:
-                sync.apply(self, job.repo, raw)
+            for raw in job.thens:  # one bad announcement must not keep the others from being applied
+                with guard.last_resort(self.metrics, "apply", root=str(job.root)):
+                    sync.apply(self, job.repo, raw)
         job.done.set()  # a failed job stays in the net db: resumed at restart or by the next pull
 
     async def _more_providers(self, job: Job) -> None:
@@ -412,6 +446,9 @@ class Daemon:
             return
         try:
             await work
+        except Exception as exc:  # never into py-libp2p: the asker sees a reset, we see the cause
+            guard.report(self.metrics, "stream_handler", exc, peer=str(peer))
+            await _reset(stream)
         finally:
             self.serve_limiter.release()
 

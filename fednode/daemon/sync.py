@@ -137,7 +137,7 @@ async def _create_repo(d: Daemon, repo_id: bytes, genesis: CID, peer: ID) -> Non
         txn.set_ref(repo_id, "heads/" + DEFAULT_BRANCH, bytes(genesis))
         txn.set_ref(repo_id, "HEAD", DEFAULT_BRANCH.encode())
     log("repo_cloned", repo=repo_id_text(repo_id), name=name)
-    d.nursery.start_soon(discovery.provide_all, d)  # we can serve it now
+    d.spawn("provide", discovery.provide_all, d)  # we can serve it now
 
 
 async def sync_repo(d: Daemon, repo_id: bytes, peers: list[ID], create: bool, wait: bool = True,
@@ -236,7 +236,7 @@ def apply(d: Daemon, repo_id: bytes, raw: bytes) -> None:
                 if txn.get_ref(repo_id, ref) == cur_raw:  # compare-and-swap against local commits
                     txn.set_ref(repo_id, ref, bytes(msg.head))
                     log("branch_moved", branch=msg.branch, head=str(msg.head))
-                    d.nursery.start_soon(discovery.provide_new, d)
+                    d.spawn("provide", discovery.provide_new, d)
                     return
     with d.node.store.write() as txn:
         txn.set_ref(repo_id, f"remotes/{peer}/{msg.branch}", bytes(msg.head))
@@ -257,7 +257,7 @@ async def push(d: Daemon, repo_id: bytes) -> dict[str, object]:
             await d.publish(repo_id, envelope)
         await d.publish(repo_id, ann.encode())
         pushed.append({"branch": ann.branch, "head": str(ann.head), "seq": ann.seq, "envelope": sent})
-    d.nursery.start_soon(discovery.provide_new, d)  # the pushed heads can now be found in the DHT
+    d.spawn("provide", discovery.provide_new, d)  # the pushed heads can now be found in the DHT
     topic_peers = d.pubsub.peer_topics.get(m.topic_for(repo_id), set())
     return {"repo": repo_id_text(repo_id), "pushed": pushed, "topic_peers": len(topic_peers)}
 
