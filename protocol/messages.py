@@ -150,9 +150,11 @@ def decode(data: bytes) -> Message:
     """Parse and structurally validate one gossip message (signatures are checked by the caller)."""
     _require(len(data) <= MAX_GOSSIP_BYTES, "message too large")
     obj = dagcbor.decode(data)
-    _require(isinstance(obj, dict) and obj.get("v") == VERSION, "not a fednode v1 message")
+    # ``type(...) is int``: True and 1.0 equal 1 in Python, and a copy carrying them would be a
+    # second block for the same signed message.
+    _require(isinstance(obj, dict) and type(obj.get("v")) is int and obj["v"] == VERSION, "not a fednode v1 message")
     kind = obj.get("t")
-    _require(kind in _KEYS and set(obj) == _KEYS[kind], f"bad fields for message {kind!r}")
+    _require(isinstance(kind, str) and kind in _KEYS and set(obj) == _KEYS[kind], "bad fields for this message kind")
     if kind == "commit":
         _require(isinstance(obj["block"], bytes) and obj["block"], "commit block must be bytes")
         return CommitEnvelope(obj["block"])

@@ -40,7 +40,8 @@ def encode_varint(n: int) -> bytes:
 
 
 def decode_varint(data: bytes, pos: int = 0) -> tuple[int, int]:
-    """Return (value, next position); minimal encodings only (as multiformats requires)."""
+    """Return (value, next position); minimal encodings of at most 9 bytes (63 bits) only, as the
+    multiformats unsigned-varint spec requires."""
     value = shift = 0
     start = pos
     while True:
@@ -54,7 +55,7 @@ def decode_varint(data: bytes, pos: int = 0) -> tuple[int, int]:
                 raise FormatError("non-minimal varint")
             return value, pos
         shift += 7
-        if shift > 63:
+        if shift >= 63:
             raise FormatError("varint too long")
 
 
@@ -129,14 +130,22 @@ class CID:
 
     @classmethod
     def parse(cls, text: str) -> CID:
+        if type(text) is not str:
+            raise FormatError("a CID is text")
         text = text.strip()
+        shown = repr(text[:80])
         if text.startswith("Qm") and len(text) == 46:
-            return cls.from_bytes(b58decode(text))
-        if not text.startswith("b") or len(text) < 10:
-            raise FormatError(f"not a CID: {text!r}")
-        body = text[1:].upper()
-        try:
-            raw = base64.b32decode(body + "=" * (-len(body) % 8))
-        except ValueError as exc:
-            raise FormatError(f"not a CID: {text!r}") from exc
-        return cls.from_bytes(raw)
+            cid = cls.from_bytes(b58decode(text))
+        elif text.startswith("b") and len(text) >= 10:
+            body = text[1:].upper()
+            try:
+                raw = base64.b32decode(body + "=" * (-len(body) % 8))
+            except ValueError as exc:
+                raise FormatError(f"not a CID: {shown}") from exc
+            cid = cls.from_bytes(raw)
+        else:
+            raise FormatError(f"not a CID: {shown}")
+        # one CID, one text (case aside): no other trailing bits, no base58 look-alike of another CID
+        if str(cid).lower() != text.lower():
+            raise FormatError(f"not a canonical CID: {shown}")
+        return cid

@@ -56,7 +56,19 @@ def _require(cond: bool, what: str) -> None:
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    """Exactly an int: True and 1.0 compare equal to 1 but are other values (and other blocks)."""
+    return type(v) is int
+
+
+def _is_uint64(v: Any) -> bool:
+    return type(v) is int and 0 <= v < 1 << 64
+
+
+def _is_str(v: Any, most: int) -> bool:
+    return type(v) is str and 0 < len(v) <= most
+
+
+MAX_NBYTES = 1 << 62  # a tensor's declared bytes: far above any real model, far below int64 overflow
 
 
 class Sized:
@@ -133,7 +145,7 @@ class TensorEntry(Sized):
     def from_obj(cls, obj: Any) -> TensorEntry:
         _require(isinstance(obj, dict), "tensor entry must be a map")
         enc = obj.get("encoding")
-        _require(enc in ENCODINGS, f"unknown tensor encoding {enc!r}")
+        _require(type(enc) is str and enc in ENCODINGS, "unknown tensor encoding")
         keys = {"dtype", "shape", "encoding", "depth", "state"}
         if enc != "same":
             keys |= {"cid", "size"}
@@ -146,12 +158,14 @@ class TensorEntry(Sized):
         if enc in DELTA_ENCODINGS and "compression" in obj:
             keys.add("compression")
         _require(set(obj) == keys, f"tensor entry fields must be {sorted(keys)}")
-        _require(obj["dtype"] in DTYPES, f"unknown dtype {obj['dtype']!r}")
+        _require(type(obj["dtype"]) is str and obj["dtype"] in DTYPES, "unknown dtype")
         shape = obj["shape"]
         _require(
-            isinstance(shape, list) and all(_is_int(d) and d >= 0 for d in shape) and len(shape) <= 16,
-            "tensor shape must be a list of non-negative integers",
+            isinstance(shape, list) and len(shape) <= 16 and all(_is_uint64(d) for d in shape),
+            "tensor shape must be a list of at most 16 non-negative integers",
         )
+        # Declared sizes must stay in int64 (numpy, struct) even when a zero dimension hides a huge one.
+        _require(math.prod(max(d, 1) for d in shape) * DTYPES[obj["dtype"]][1] <= MAX_NBYTES, "tensor too large")
         _require(_is_int(obj["depth"]) and obj["depth"] >= 0, "depth must be a non-negative int")
         _require(isinstance(obj["state"], bytes), "state must be the bytes of a UnixFS CID")
         state = CID.from_bytes(obj["state"])
@@ -162,7 +176,7 @@ class TensorEntry(Sized):
             return entry
         cid, size = obj["cid"], obj["size"]
         _require(isinstance(cid, CID) and cid.codec in (RAW, DAG_PB), "tensor cid must be a UnixFS CID")
-        _require(_is_int(size) and size >= 0, "tensor size must be a non-negative int")
+        _require(_is_int(size) and 0 <= size <= MAX_NBYTES, "tensor size must be a non-negative int")
         if enc == "raw":
             _require(entry.depth == 0, "a snapshot has depth 0")
             _require(size == entry.nbytes, "snapshot size does not match dtype and shape")
@@ -171,12 +185,13 @@ class TensorEntry(Sized):
         _require(entry.dtype != "BOOL", "bool tensors are stored as snapshots")
         _require(entry.depth > 0, "a delta cannot be a snapshot")
         compression = obj.get("compression", "none")
-        _require(compression in ("none", "zstd"), f"unknown compression {compression!r}")
+        # Absent means none: an explicit "none" would be a second encoding of the same entry.
+        _require(compression == "zstd" if "compression" in obj else True, "compression must be \"zstd\" when present")
         int_bits = scale_bits = k = 0
         scale = 0.0
         if enc in ("fixed", "topk"):
             int_bits, scale_bits = obj["int_bits"], obj["scale_bits"]
-            _require(int_bits in (8, 16, 32, 64), "int_bits must be 8, 16, 32 or 64")
+            _require(_is_int(int_bits) and int_bits in (8, 16, 32, 64), "int_bits must be 8, 16, 32 or 64")
             _require(_is_int(scale_bits) and 0 <= scale_bits <= 60, "scale_bits must be in 0..60")
         if enc in ("fp16", "int8", "topk"):
             _require(entry.dtype in FLOAT_DTYPES, f"{enc} deltas are for float tensors")
@@ -221,11 +236,12 @@ class Manifest:
     @classmethod
     def from_obj(cls, obj: Any) -> Manifest:
         _require(isinstance(obj, dict) and obj.get("type") == WEIGHTS_TYPE, "not a weights manifest")
-        _require(obj.get("v") == VERSION and set(obj) == {"type", "v", "tensors"}, "bad manifest fields")
+        _require(_is_int(obj.get("v")) and obj["v"] == VERSION and set(obj) == {"type", "v", "tensors"},
+                 "bad manifest fields")
         tensors = obj["tensors"]
         _require(isinstance(tensors, dict) and tensors, "a manifest holds at least one tensor")
         for name in tensors:
-            _require(0 < len(name) <= 1024, "tensor names are 1..1024 characters")
+            _require(_is_str(name, 1024), "tensor names are 1..1024 characters")
         return cls({name: TensorEntry.from_obj(e) for name, e in sorted(tensors.items())})
 
     @classmethod
@@ -236,9 +252,64 @@ class Manifest:
 def _check_metrics(metrics: Any) -> dict[str, float]:
     _require(isinstance(metrics, dict), "metrics must be a map")
     for key, value in metrics.items():
-        _require(0 < len(key) <= 128, "metric names are 1..128 characters")
-        _require(isinstance(value, float) and math.isfinite(value), f"metric {key!r} must be a finite float")
+        _require(_is_str(key, 128), "metric names are 1..128 characters")
+        _require(type(value) is float and math.isfinite(value), f"metric {key!r} must be a finite float")
     return metrics
+
+
+def _is_commit_link(v: Any) -> bool:
+    return isinstance(v, CID) and v.codec == DAG_CBOR
+
+
+def _check_settings(settings: Any) -> None:
+    _require(isinstance(settings, dict), "a genesis commit records the repository settings")
+    _require(set(settings) == {"name", "scale_bits", "snapshot_interval"},
+             "settings are name, scale_bits and snapshot_interval")
+    _require(_is_str(settings["name"], 1024), "settings.name must be a string of 1..1024 characters")
+    _require(_is_int(settings["scale_bits"]) and 0 <= settings["scale_bits"] <= 60,
+             "settings.scale_bits must be an int in 0..60")
+    _require(_is_int(settings["snapshot_interval"]) and 1 <= settings["snapshot_interval"] <= 1024,
+             "settings.snapshot_interval must be an int in 1..1024")
+
+
+def _check_training(training: Any) -> None:
+    _require(isinstance(training, dict), "info.training must be a map")
+    for key in ("samples", "epochs"):
+        _require(key not in training or _is_uint64(training[key]), f"info.training.{key} must be a uint")
+    _require("framework" not in training or type(training["framework"]) is str, "info.training.framework")
+    _require("duration_s" not in training or type(training["duration_s"]) in (int, float), "info.training.duration_s")
+    _require("dp" not in training or isinstance(training["dp"], dict), "info.training.dp must be a map")
+
+
+def _check_merge(record: Any) -> None:
+    """The fields merging and anchoring read back from a merge record, when present."""
+    _require(isinstance(record, dict), "info.merge must be a map")
+    strategy = record.get("strategy", {"name": "-"})
+    _require(isinstance(strategy, dict) and type(strategy.get("name")) is str, "info.merge.strategy needs a name")
+    _require("base" not in record or _is_commit_link(record["base"]), "info.merge.base must be a commit link")
+    inputs, weights = record.get("inputs", []), record.get("weights", [])
+    _require(isinstance(inputs, list) and len(inputs) <= 64 and all(_is_commit_link(c) for c in inputs),
+             "info.merge.inputs must be commit links")
+    _require(isinstance(weights, list) and len(weights) <= 64 and all(_is_uint64(w) for w in weights),
+             "info.merge.weights must be uints")
+    _require("samples" not in record or _is_uint64(record["samples"]), "info.merge.samples must be a uint")
+    _require("weighting" not in record or type(record["weighting"]) is str, "info.merge.weighting must be a string")
+    _require("plan" not in record or isinstance(record["plan"], dict), "info.merge.plan must be a map")
+
+
+def _check_info(kind: str, info: Any) -> None:
+    """Kind-specific facts later code reads: each has its one type, so no reader meets another."""
+    _require(isinstance(info, dict), "info must be a map")
+    if kind == "init":
+        _check_settings(info.get("settings"))
+    if kind == "revert":
+        revert = info.get("revert")
+        _require(isinstance(revert, dict) and set(revert) == {"target"} and _is_commit_link(revert["target"]),
+                 "a revert commit records its target commit")
+    if "training" in info:
+        _check_training(info["training"])
+    if "merge" in info:
+        _check_merge(info["merge"])
 
 
 COMMIT_HASH_DOMAIN = b"fednode/commit/v1"
@@ -308,9 +379,11 @@ class Commit:
         keys = {"type", "v", "repo", "parents", "parent_hashes", "kind", "weights", "author", "time", "message"}
         keys |= {"metrics", "info", "sig"}
         _require(isinstance(obj, dict) and obj.get("type") == COMMIT_TYPE, "not a commit")
-        _require(obj.get("v") == VERSION and set(obj) == keys, "bad commit fields")
+        # v: exactly the int 1; a copy with true or 1.0 would hash (body() writes VERSION) and verify the
+        # same, yet be another block with another CID: a malleated commit.
+        _require(_is_int(obj.get("v")) and obj["v"] == VERSION and set(obj) == keys, "bad commit fields")
         kind = obj["kind"]
-        _require(kind in KINDS, f"unknown commit kind {kind!r}")
+        _require(type(kind) is str and kind in KINDS, "unknown commit kind")
         parents = obj["parents"]
         _require(
             isinstance(parents, list) and all(isinstance(p, CID) and p.codec == DAG_CBOR for p in parents),
@@ -332,16 +405,10 @@ class Commit:
                 _require(len(parents) == 1, f"a {kind} commit has one parent")
         _require(isinstance(obj["weights"], CID) and obj["weights"].codec == DAG_CBOR, "bad weights link")
         _require(isinstance(obj["author"], bytes) and len(obj["author"]) == 32, "author must be 32 bytes")
-        _require(_is_int(obj["time"]) and obj["time"] >= 0, "time must be a non-negative int")
+        _require(_is_uint64(obj["time"]), "time must be a non-negative int")
         _require(isinstance(obj["message"], str) and len(obj["message"]) <= MAX_MESSAGE, "bad message")
-        _require(isinstance(obj["info"], dict), "info must be a map")
         _require(isinstance(obj["sig"], bytes) and len(obj["sig"]) == 64, "signature must be 64 bytes")
-        if kind == "init":
-            settings = obj["info"].get("settings")
-            _require(isinstance(settings, dict), "a genesis commit records the repository settings")
-            _require(isinstance(settings.get("name"), str), "settings.name must be a string")
-            _require(settings.get("scale_bits") in range(0, 61), "settings.scale_bits must be in 0..60")
-            _require(settings.get("snapshot_interval") in range(1, 1025), "snapshot_interval must be 1..1024")
+        _check_info(kind, obj["info"])
         return cls(
             repo=obj["repo"],
             parents=tuple(parents),

@@ -215,8 +215,10 @@ def _parse_proto(data: bytes) -> list[tuple[int, int | bytes]]:
     fields: list[tuple[int, int | bytes]] = []
     pos = 0
     while pos < len(data):
-        key, pos = decode_varint(data, pos)
+        key, pos = decode_varint(data, pos)  # at most 9 bytes: no field number or value past 2**63
         num, wire = key >> 3, key & 7
+        if num == 0:
+            raise FormatError("protobuf field number 0")
         if wire == 0:
             value, pos = decode_varint(data, pos)
             fields.append((num, value))
@@ -231,20 +233,39 @@ def _parse_proto(data: bytes) -> list[tuple[int, int | bytes]]:
     return fields
 
 
+# Wire type each known field must have (0 varint, 2 bytes): a mistyped field is refused, not skipped.
+_PB_NODE = {1: bytes, 2: bytes}  # Data, Links
+_PB_LINK = {1: bytes, 2: bytes, 3: int}  # Hash, Name, Tsize
+_UNIXFS = {1: int, 2: bytes, 3: int, 4: int, 5: int, 6: int, 7: int, 8: bytes}
+
+
+def _typed(fields: list[tuple[int, int | bytes]], schema: dict[int, type], what: str) -> None:
+    for num, value in fields:
+        if num in schema and type(value) is not schema[num]:
+            raise FormatError(f"{what} field {num} has the wrong wire type")
+
+
 def decode_node(block: bytes) -> tuple[list[CID], bytes]:
     """Return (child CIDs, inline file data) of a DAG-PB UnixFS file node."""
     links: list[CID] = []
     unixfs = b""
-    for num, value in _parse_proto(block):
+    node = _parse_proto(block)
+    _typed(node, _PB_NODE, "PBNode")
+    for num, value in node:
         if num == 2 and isinstance(value, bytes):
-            for lnum, lvalue in _parse_proto(value):
-                if lnum == 1 and isinstance(lvalue, bytes):
-                    links.append(CID.from_bytes(lvalue))
+            link = _parse_proto(value)
+            _typed(link, _PB_LINK, "PBLink")
+            hashes = [lvalue for lnum, lvalue in link if lnum == 1 and isinstance(lvalue, bytes)]
+            if len(hashes) != 1:
+                raise FormatError("a DAG-PB link has exactly one hash")
+            links.append(CID.from_bytes(hashes[0]))
         elif num == 1 and isinstance(value, bytes):
             unixfs = value
     data = b""
     kind = None
-    for num, value in _parse_proto(unixfs):
+    fields = _parse_proto(unixfs)
+    _typed(fields, _UNIXFS, "UnixFS Data")
+    for num, value in fields:
         if num == 1:
             kind = value
         elif num == 2 and isinstance(value, bytes):
@@ -254,41 +275,150 @@ def decode_node(block: bytes) -> tuple[list[CID], bytes]:
     return links, data
 
 
-def iter_file(get: GetBlock, root: CID) -> Iterator[bytes]:
-    """Yield a file's content in order; every block's hash is checked first."""
-    stack = [root]
+# Bounds on walks over DAGs that may come from strangers. A file's size is declared in its root
+# (UnixFS ``filesize``) and split over its links (``blocksizes``): every node must agree with what
+# its parent declared for it, so the root's one block bounds the whole walk before it starts.
+MAX_FILE_BYTES = 1 << 40  # no tensor file is larger (1 TiB): a bigger declared size is refused unread
+MAX_WALK_NODES = 1 << 22  # distinct blocks one walk may decode (1 TiB of 256 KiB leaves)
+
+
+@dataclass(frozen=True)
+class FileNode:
+    links: list[CID]
+    data: bytes
+    filesize: int  # bytes of content under this node: its own data plus sum(blocksizes)
+    blocksizes: list[int]  # declared content bytes under each link
+
+
+def decode_file_node(block: bytes) -> FileNode:
+    """A DAG-PB UnixFS file node with its declared sizes, which must add up: ``filesize`` is its
+    data plus ``blocksizes`` (one per link, none zero: a link to nothing only serves a bomb)."""
+    links, data = decode_node(block)
+    unixfs = next((v for n, v in _parse_proto(block) if n == 1 and isinstance(v, bytes)), b"")
+    filesize: int | None = None
+    blocksizes: list[int] = []
+    for num, value in _parse_proto(unixfs):
+        if num == 3 and isinstance(value, int):
+            filesize = value
+        elif num == 4 and isinstance(value, int):
+            blocksizes.append(value)
+    if filesize is None and not links:
+        filesize = len(data)  # a leaf written without filesize: its data is all there is
+    if filesize is None or len(blocksizes) != len(links):
+        raise FormatError("UnixFS node without a size for each link")
+    if 0 in blocksizes or filesize != len(data) + sum(blocksizes):
+        raise FormatError(f"UnixFS node declares {filesize} bytes but holds {len(data)} + {sum(blocksizes)}")
+    return FileNode(links, data, filesize, blocksizes)
+
+
+def max_depth(size: int) -> int:
+    """Deepest tree a file of ``size`` bytes can have: balanced layouts with 2 or more links per node
+    (Kubo: 174, tests: 4) never go deeper than log2 of the leaf count, plus one 1-link node."""
+    return max(1, size - 1).bit_length() + 1
+
+
+def declared_size(get: GetBlock, root: CID, verify: bool = False) -> int:
+    """The content size a file's root block declares (one block read; ``verify``: hash-checked)."""
+    if root.codec not in (RAW, DAG_PB):
+        raise FormatError(f"block {root} is not part of a UnixFS file")
+    block = get(root)
+    if verify and not root.verify(block):
+        raise FormatError(f"block {root} does not match its hash")
+    return len(block) if root.codec == RAW else decode_file_node(block).filesize
+
+
+def _root_size(get: GetBlock, root: CID, expected: int | None, verify: bool) -> int:
+    """The size the walk is held to: ``expected`` (checked against the root's declaration before
+    any other block is read), else what the root declares; never over MAX_FILE_BYTES."""
+    size = declared_size(get, root, verify)
+    if expected is not None and size != expected:
+        raise FormatError(f"file {root} declares {size} bytes, expected {expected}")
+    if size > MAX_FILE_BYTES:
+        raise FormatError(f"file {root} declares {size} bytes, over the limit of {MAX_FILE_BYTES}")
+    return size
+
+
+def iter_file(get: GetBlock, root: CID, expected_size: int | None = None) -> Iterator[bytes]:
+    """Yield a file's content in order; every block's hash is checked first (each distinct block once).
+
+    Each node must hold what its parent declared for it, so the content yielded is exactly the
+    root's declared size (``expected_size`` when given, checked first): a repeated child (a file of
+    zeros) is yielded each time, but a DAG cannot make us yield more than it declared up front."""
+    size = _root_size(get, root, expected_size, True)
+    depth_limit = max_depth(size)
+    checked: set[CID] = set()
+    stack: list[tuple[CID, int, int]] = [(root, size, 0)]  # (cid, declared bytes, depth)
     while stack:
-        cid = stack.pop()
+        cid, declared, depth = stack.pop()
+        if depth > depth_limit:
+            raise FormatError(f"file {root} is deeper than {depth_limit} levels")
         block = get(cid)
-        if not cid.verify(block):
-            raise FormatError(f"block {cid} does not match its hash")
+        if cid not in checked:
+            if not cid.verify(block):
+                raise FormatError(f"block {cid} does not match its hash")
+            if len(checked) < MAX_WALK_NODES:
+                checked.add(cid)
         if cid.codec == RAW:
+            if len(block) != declared:
+                raise FormatError(f"block {cid} has {len(block)} bytes, its parent declares {declared}")
             yield block
             continue
         if cid.codec != DAG_PB:
             raise FormatError(f"block {cid} is not part of a UnixFS file")
-        links, data = decode_node(block)
-        if data:
-            yield data
-        stack.extend(reversed(links))
+        node = decode_file_node(block)
+        if node.filesize != declared:
+            raise FormatError(f"block {cid} declares {node.filesize} bytes, its parent {declared}")
+        if node.data:
+            yield node.data
+        stack.extend((c, s, depth + 1) for c, s in zip(reversed(node.links), reversed(node.blocksizes), strict=True))
 
 
-def file_size(get: GetBlock, root: CID, raw_size: Callable[[CID], int] | None = None) -> int:
-    """Bytes of a file's content from its DAG structure alone: no block is hashed.
+def file_size(get: GetBlock, root: CID, raw_size: Callable[[CID], int] | None = None,
+              expected_size: int | None = None, verify: bool = False, max_nodes: int = MAX_WALK_NODES) -> int:
+    """Bytes of a file's content from its DAG structure alone, each distinct block read once.
 
-    Only for blocks whose hashes were checked when they were stored. ``raw_size`` gives a raw
-    leaf's length without reading it (``get`` otherwise); either raises for a missing block.
+    The root's declared size is checked against ``expected_size`` before anything else is read;
+    then every node must hold what its parent declared for it, so a block repeated under many links
+    (a file of zeros, or a DAG bomb) costs one visit, not one per path to it. At most ``max_nodes``
+    distinct blocks, ``max_depth(size)`` levels. ``verify``: hash-check each distinct block; without
+    it, only for blocks hash-checked when stored. ``raw_size`` gives a raw leaf's length without
+    reading it (``get`` otherwise); either raises for a missing block.
     """
-    total = 0
-    stack = [root]
+    size = _root_size(get, root, expected_size, verify)
+    depth_limit = max_depth(size)
+    sizes: dict[CID, int] = {}  # distinct blocks seen -> the size each was found to hold
+    stack: list[tuple[CID, int, int]] = [(root, size, 0)]
     while stack:
-        cid = stack.pop()
+        cid, declared, depth = stack.pop()
+        found = sizes.get(cid)
+        if found is not None:  # this block's whole sub-DAG is (being) checked: only the size must agree
+            if found != declared:
+                raise FormatError(f"block {cid} holds {found} bytes, a parent declares {declared}")
+            continue
+        if depth > depth_limit:
+            raise FormatError(f"file {root} is deeper than {depth_limit} levels")
+        if len(sizes) >= max_nodes:
+            raise FormatError(f"file {root} has more than {max_nodes} distinct blocks")
         if cid.codec == RAW:
-            total += raw_size(cid) if raw_size is not None else len(get(cid))
+            if verify:
+                block = get(cid)
+                if not cid.verify(block):
+                    raise FormatError(f"block {cid} does not match its hash")
+                held = len(block)
+            else:
+                held = raw_size(cid) if raw_size is not None else len(get(cid))
+            if held != declared:
+                raise FormatError(f"block {cid} has {held} bytes, its parent declares {declared}")
+            sizes[cid] = held
             continue
         if cid.codec != DAG_PB:
             raise FormatError(f"block {cid} is not part of a UnixFS file")
-        links, data = decode_node(get(cid))
-        total += len(data)
-        stack.extend(links)
-    return total
+        block = get(cid)
+        if verify and not cid.verify(block):
+            raise FormatError(f"block {cid} does not match its hash")
+        node = decode_file_node(block)
+        if node.filesize != declared:
+            raise FormatError(f"block {cid} declares {node.filesize} bytes, its parent {declared}")
+        sizes[cid] = declared
+        stack.extend((c, s, depth + 1) for c, s in zip(node.links, node.blocksizes, strict=True))
+    return size
