@@ -8,6 +8,7 @@ of the file in memory.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections.abc import Iterator
@@ -58,6 +59,65 @@ class ModelSource:
         pass
 
 
+MAX_NAME = 1024  # what a weights manifest accepts (protocol.objects)
+MAX_DIM = 1 << 62
+
+
+def _uint(v: object) -> bool:
+    return type(v) is int and 0 <= v < MAX_DIM  # exactly an int: JSON true is not 1
+
+
+def _entry(name: str, spec: object, data_size: int, bad: str) -> tuple[TensorInfo, tuple[int, int]]:
+    if not 0 < len(name) <= MAX_NAME:
+        raise FednodeError(f"{bad}: tensor names are 1..{MAX_NAME} characters")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FednodeError(f"{bad}: a tensor name is not valid UTF-8") from None
+    shown = repr(name[:64])
+    if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
+        raise FednodeError(f"{bad}: malformed entry for {shown}")
+    dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
+    if type(dtype) is not str or dtype not in DTYPES:
+        raise FednodeError(f"{bad}: tensor {shown} has an unsupported dtype")
+    if not isinstance(shape, list) or len(shape) > 16 or not all(_uint(d) for d in shape):
+        raise FednodeError(f"{bad}: tensor {shown} has a malformed shape")
+    # Even with a zero dimension, the other dimensions' product must fit numpy's int64 sizes.
+    if math.prod(max(d, 1) for d in shape) * DTYPES[dtype][1] >= MAX_DIM:
+        raise FednodeError(f"{bad}: tensor {shown} is too large")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_uint(o) for o in offsets):
+        raise FednodeError(f"{bad}: tensor {shown} has inconsistent offsets (not two integers)")
+    info = TensorInfo(name, dtype, tuple(shape))
+    begin, end = offsets
+    if not begin <= end <= data_size or end - begin != info.nbytes:
+        raise FednodeError(f"{bad}: tensor {shown} has inconsistent offsets")
+    return info, (begin, end)
+
+
+def parse_header(raw: bytes, data_size: int, path: str) -> tuple[dict, dict[str, tuple[TensorInfo, tuple[int, int]]]]:
+    """(metadata, name -> (info, (begin, end))) of a safetensors JSON header whose data section holds
+    ``data_size`` bytes. Any malformed header raises FednodeError with one line naming ``path``."""
+    bad = f"{path} is not a safetensors file"
+    try:
+        header = json.loads(raw)
+    except RecursionError:  # nesting deeper than the interpreter's stack
+        raise FednodeError(f"{bad}: header nested too deeply") from None
+    except ValueError:  # invalid JSON or UTF-8, integers of more than 4300 digits
+        raise FednodeError(bad) from None
+    if not isinstance(header, dict):
+        raise FednodeError(bad)
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise FednodeError(f"{bad}: __metadata__ must be a map")
+    tensors = {name: _entry(name, spec, data_size, bad) for name, spec in header.items()}
+    spans = sorted(span for _, span in tensors.values())
+    if any(a[1] > b[0] for a, b in zip(spans, spans[1:], strict=False)):
+        raise FednodeError(f"{bad}: overlapping tensors")
+    if not tensors:
+        raise FednodeError(f"{path} holds no tensors")
+    return metadata, dict(sorted(tensors.items()))
+
+
 class SafetensorsFile(ModelSource):
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -72,46 +132,16 @@ class SafetensorsFile(ModelSource):
             raise
 
     def _parse(self) -> None:
-        bad = f"{self.path} is not a safetensors file"
         size = os.fstat(self._fd).st_size
         head = os.pread(self._fd, 8, 0)
-        if len(head) < 8:
-            raise FednodeError(bad)
-        (header_len,) = struct.unpack("<Q", head)
-        if header_len > min(MAX_HEADER, size - 8):
-            raise FednodeError(bad)
-        try:
-            header = json.loads(os.pread(self._fd, header_len, 8))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise FednodeError(bad) from None
-        if not isinstance(header, dict):
-            raise FednodeError(bad)
-        self.metadata = header.pop("__metadata__", {}) or {}
+        header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if not 0 <= header_len <= min(MAX_HEADER, size - 8):
+            raise FednodeError(f"{self.path} is not a safetensors file")
+        raw = os.pread(self._fd, header_len, 8)
         self._base = 8 + header_len
-        self.tensors = {}
-        self._offsets: dict[str, tuple[int, int]] = {}
-        spans = []
-        for name, spec in header.items():
-            try:
-                dtype, shape, (begin, end) = spec["dtype"], tuple(spec["shape"]), spec["data_offsets"]
-                ok = all(isinstance(d, int) and d >= 0 for d in shape) and 0 <= begin <= end
-                ok = ok and isinstance(begin, int) and isinstance(end, int)
-            except (TypeError, KeyError, ValueError):
-                raise FednodeError(f"{bad}: malformed entry for {name!r}") from None
-            if not isinstance(dtype, str) or dtype not in DTYPES:
-                raise FednodeError(f"{self.path}: tensor {name!r} has unsupported dtype {dtype}")
-            info = TensorInfo(name, dtype, shape)
-            if not ok or end - begin != info.nbytes or self._base + end > size:
-                raise FednodeError(f"{bad}: tensor {name!r} has inconsistent offsets")
-            self.tensors[name] = info
-            self._offsets[name] = (begin, end)
-            spans.append((begin, end))
-        spans.sort()
-        if any(a[1] > b[0] for a, b in zip(spans, spans[1:], strict=False)):
-            raise FednodeError(f"{bad}: overlapping tensors")
-        if not self.tensors:
-            raise FednodeError(f"{self.path} holds no tensors")
-        self.tensors = dict(sorted(self.tensors.items()))
+        self.metadata, tensors = parse_header(raw, size - self._base, str(self.path))
+        self.tensors = {name: info for name, (info, _) in tensors.items()}
+        self._offsets = {name: span for name, (_, span) in tensors.items()}
 
     def chunks(self, name: str, chunk: int = READ_CHUNK) -> Iterator[memoryview]:
         begin, end = self._offsets[name]

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
+from protocol.multiformats import FormatError
 from protocol.objects import KINDS, commit_hash_from
 
 PROGRAM_NAME = "federity"
@@ -122,8 +123,8 @@ ACCOUNTS: dict[Ix, tuple[str, ...]] = {
 }  # fmt: skip
 
 
-class LayoutError(ValueError):
-    """Bytes that are not a valid encoding."""
+class LayoutError(FormatError):
+    """Bytes that are not a valid encoding (a FormatError: decoders of outside bytes raise only that)."""
 
 
 def _b32(name: str, value: bytes) -> bytes:
@@ -334,8 +335,9 @@ class CommitAccount:
     index: int  # 0-based position in the repository's accumulator chain
 
 
-def _header(data: bytes, tag: Tag, size: int) -> None:
-    if len(data) != size or data[0] != tag or data[1] != LAYOUT_VERSION:
+def _header(data: bytes, tag: Tag, size: int, pad: slice = slice(3, 8)) -> None:
+    # The program creates accounts zero-filled and never writes the padding: nonzero padding is not its.
+    if len(data) != size or data[0] != tag or data[1] != LAYOUT_VERSION or any(data[pad]):
         raise LayoutError(f"not a {tag.name.lower()} account ({len(data)} bytes)")
 
 
@@ -360,7 +362,9 @@ def decode_member(data: bytes) -> MemberAccount:
 
 
 def decode_commit(data: bytes) -> CommitAccount:
-    _header(data, Tag.COMMIT, COMMIT_SIZE)
+    _header(data, Tag.COMMIT, COMMIT_SIZE, slice(6, 8))
+    if data[3] >= len(Kind) or data[4] & ~FLAG_HAS_COMMITMENT or data[5] > MAX_PARENTS:
+        raise LayoutError("not a commit account: bad kind, flags or parent count")
     slot, index = struct.unpack_from("<QQ", data, 200)
     return CommitAccount(
         bump=data[2], kind=Kind(data[3]), n_parents=data[5], repo_id=bytes(data[8:40]),
