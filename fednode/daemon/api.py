@@ -1,18 +1,22 @@
 """Local control API: HTTP/1.1 + JSON on 127.0.0.1, bearer token from ``<home>/api.token``.
 
 A deliberately small server on trio streams: one request per connection, headers <= 16 KiB,
-bodies <= 64 KiB, 10 s to send a request; everything but /openapi.json needs the token.
-Handlers and the OpenAPI document are in ``routes.py``.
+bodies <= 64 KiB, 10 s to send a request, at most 64 connections at a time (more wait in the
+kernel's backlog and cost no file descriptor); everything but /openapi.json needs the token.
+Every request gets an answer or its connection is dropped; no input stops the server.
+Handlers, parameter checks and the OpenAPI document are in ``routes.py``.
 """
 
 from __future__ import annotations
 
+import errno
 import hmac
 import json
 import os
 import secrets
+import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -25,7 +29,15 @@ if TYPE_CHECKING:
 TOKEN_FILE = "api.token"
 MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024
+MAX_JSON_DEPTH = 16  # our bodies are flat objects of strings and lists of strings
+MAX_INT_DIGITS = 20
 REQUEST_TIMEOUT = 10.0
+MAX_CONNECTIONS = 64
+_FD_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class _ClientGone(Exception):
+    """The client reset or closed the connection: nobody to answer."""
 
 
 def ensure_token(home: Path) -> str:
@@ -42,95 +54,208 @@ def ensure_token(home: Path) -> str:
     return token
 
 
-async def _read_request(stream: trio.SocketStream) -> tuple[str, str, dict[str, str], bytes]:
+async def _receive(stream: trio.abc.ReceiveStream, n: int) -> bytes:
+    try:
+        chunk = await stream.receive_some(n)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        raise _ClientGone(str(exc)) from None
+    if not chunk:
+        raise _ClientGone("closed")
+    return chunk
+
+
+def _content_length(headers: dict[str, str]) -> int:
+    text = headers.get("content-length", "0")
+    if not text.isascii() or not text.isdigit() or len(text) > 9:  # int() would take "+1", " 1", "1_0", "١"
+        raise HTTPError(400, "bad Content-Length")
+    length = int(text)
+    if length > MAX_BODY:
+        raise HTTPError(413, "request body too large")
+    return length
+
+
+async def _read_request(stream: trio.abc.ReceiveStream) -> tuple[str, str, dict[str, str], bytes]:
     buf = bytearray()
     while b"\r\n\r\n" not in buf:
         if len(buf) > MAX_HEAD:
             raise HTTPError(431, "request headers too large")
-        chunk = await stream.receive_some(4096)
-        if not chunk:
-            raise HTTPError(400, "connection closed")
-        buf += chunk
+        buf += await _receive(stream, 4096)
     head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    if len(head) > MAX_HEAD:
+        raise HTTPError(431, "request headers too large")
     lines = head.decode("latin-1").split("\r\n")
-    try:
-        method, target, _version = lines[0].split(" ", 2)
-    except ValueError:
-        raise HTTPError(400, "bad request line") from None
-    headers = {}
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise HTTPError(400, "bad request line")
+    method, target, _version = parts
+    headers: dict[str, str] = {}
     for line in lines[1:]:
-        k, _, v = line.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    length = int(headers.get("content-length", "0") or 0)
-    if length > MAX_BODY or length < 0:
-        raise HTTPError(413, "request body too large")
+        k, sep, v = line.partition(":")
+        key = k.strip().lower()
+        if not sep or not key:
+            raise HTTPError(400, "bad header line")
+        if key in headers and key in ("content-length", "authorization", "transfer-encoding"):
+            raise HTTPError(400, f"repeated {key} header")
+        headers[key] = v.strip()
+    if "transfer-encoding" in headers:
+        raise HTTPError(400, "Transfer-Encoding is not supported: send Content-Length")
+    length = _content_length(headers)
     body = bytearray(rest)
     while len(body) < length:
-        chunk = await stream.receive_some(length - len(body))
-        if not chunk:
-            raise HTTPError(400, "truncated body")
-        body += chunk
+        body += await _receive(stream, length - len(body))
     return method, target.split("?", 1)[0], headers, bytes(body[:length])
+
+
+def _json_depth(raw: bytes) -> int:
+    """Deepest nesting of arrays/objects (strings skipped), found before any parsing."""
+    depth = deepest = 0
+    in_str = escaped = False
+    for b in raw:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif b == 0x5C:  # backslash
+                escaped = True
+            elif b == 0x22:
+                in_str = False
+        elif b == 0x22:
+            in_str = True
+        elif b in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def _no_constant(name: str) -> Any:
+    raise HTTPError(400, f"body is not JSON: {name} is not a JSON value")
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise HTTPError(400, f"body has an integer of more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """The request's JSON object, or HTTPError(400) with one line saying why."""
+    if not raw:
+        return {}
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HTTPError(400, "body is not UTF-8") from None
+    if _json_depth(raw) > MAX_JSON_DEPTH:
+        raise HTTPError(400, f"body nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        body = json.loads(text, parse_int=_int, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        raise HTTPError(400, "body is not JSON") from None
+    if not isinstance(body, dict):
+        raise HTTPError(400, "body must be a JSON object")
+    return body
 
 
 def _response(status: int, body: bytes, ctype: str = "application/json") -> bytes:
     reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-              413: "Payload Too Large", 500: "Internal Server Error"}.get(status, "Error")
+              408: "Request Timeout", 413: "Payload Too Large", 431: "Request Header Fields Too Large",
+              500: "Internal Server Error", 502: "Bad Gateway"}.get(status, "Error")
     head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n")
     return head.encode() + body
 
 
+def _error(status: int, message: str) -> tuple[int, bytes, str]:
+    return status, json.dumps({"error": " ".join(message.split())}).encode(), "application/json"
+
+
 class Api:
-    def __init__(self, daemon: Daemon, token: str) -> None:
+    def __init__(self, daemon: Daemon, token: str, max_connections: int = MAX_CONNECTIONS,
+                 request_timeout: float = REQUEST_TIMEOUT) -> None:
         self.daemon = daemon
         self.token = token
+        self.request_timeout = request_timeout
+        self.slots = trio.Semaphore(max_connections)
+        self.open_connections = 0  # being served now (<= max_connections)
 
-    async def handle(self, stream: trio.SocketStream) -> None:
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        """One connection, whatever the client sends or does: never raises (but Cancelled)."""
+        self.open_connections += 1
         try:
-            with trio.fail_after(REQUEST_TIMEOUT):
-                method, path, headers, raw = await _read_request(stream)
-            status, body, ctype = await self._dispatch(method, path, headers, raw)
-        except HTTPError as exc:
-            status, body, ctype = exc.status, json.dumps({"error": str(exc)}).encode(), "application/json"
-        except trio.TooSlowError:
-            status, body, ctype = 408, b'{"error": "request timeout"}', "application/json"
-        try:
-            with trio.move_on_after(REQUEST_TIMEOUT):
-                await stream.send_all(_response(status, body, ctype))
+            reply = await self._answer(stream)
+            if reply is not None:
+                with trio.move_on_after(self.request_timeout):
+                    await stream.send_all(_response(*reply))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the client went away while we answered
+        except Exception as exc:  # last resort: a bug of ours must not stop the API
+            log("api_internal_error", "error", error=f"{type(exc).__name__}: {exc}",
+                where=traceback.format_exc(limit=-3).splitlines()[-3:])
+        finally:
+            self.open_connections -= 1
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
-        except trio.BrokenResourceError:
-            pass
+
+    async def _answer(self, stream: trio.abc.Stream) -> tuple[int, bytes, str] | None:
+        """The response, or None when there is nobody to answer."""
+        try:
+            with trio.fail_after(self.request_timeout):
+                method, path, headers, raw = await _read_request(stream)
+        except _ClientGone:
+            return None
+        except trio.TooSlowError:
+            return _error(408, "request timeout")
+        except HTTPError as exc:
+            return _error(exc.status, str(exc))
+        try:
+            return await self._dispatch(method, path, headers, raw)
+        except HTTPError as exc:
+            return _error(exc.status, str(exc))
+        except Exception as exc:  # our bug (the client's mistakes are HTTPError 4xx): log it, answer 500
+            log("api_error", "error", path=path, error=f"{type(exc).__name__}: {exc}",
+                where=traceback.format_exc(limit=-3).splitlines()[-3:])
+            return _error(500, f"internal error ({type(exc).__name__}); see the daemon log")
 
     async def _dispatch(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, bytes, str]:
         if path == "/openapi.json":
             return 200, json.dumps(openapi()).encode(), "application/json"
         auth = headers.get("authorization", "")
-        if not hmac.compare_digest(auth.encode(), f"Bearer {self.token}".encode()):
+        if not hmac.compare_digest(auth.encode("latin-1"), f"Bearer {self.token}".encode()):
             raise HTTPError(401, "missing or wrong bearer token")
         if method == "GET" and path == "/metrics":
             text = self.daemon.metrics.prometheus(len(self.daemon.host.get_connected_peers()))
             return 200, text.encode(), "text/plain; version=0.0.4"
         handler = ROUTES.get((method, path))
         if handler is None:
-            raise HTTPError(404, f"no route {method} {path}")
-        try:
-            body = json.loads(raw) if raw else {}
-        except json.JSONDecodeError:
-            raise HTTPError(400, "body is not JSON") from None
-        if not isinstance(body, dict):
-            raise HTTPError(400, "body must be a JSON object")
-        try:
-            result = await handler(self.daemon, body)
-        except HTTPError:
-            raise
-        except Exception as exc:
-            log("api_error", "error", path=path, error=f"{type(exc).__name__}: {exc}")
-            raise HTTPError(500, f"{type(exc).__name__}: {exc}") from None
+            raise HTTPError(404, f"no route {method} {path}"[:200])
+        result = await handler(self.daemon, parse_body(raw))
         return 200, json.dumps(result, default=str).encode(), "application/json"
+
+    async def _serve_one(self, stream: trio.abc.Stream) -> None:
+        try:
+            await self.handle(stream)
+        finally:
+            self.slots.release()
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            await self.slots.acquire()  # beyond the cap, clients wait in the kernel's backlog
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                self.slots.release()
+                if exc.errno not in _FD_ERRORS:
+                    raise
+                log("api_accept_error", "warning", error=os.strerror(exc.errno))
+                await trio.sleep(0.1)  # out of descriptors: let open connections finish first
+                continue
+            nursery.start_soon(self._serve_one, stream)
 
     async def serve(self, port: int, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
         bound = listeners[0].socket.getsockname()[1]
-        task_status.started(bound)
-        await trio.serve_listeners(self.handle, listeners)
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener, nursery)
+            task_status.started(bound)

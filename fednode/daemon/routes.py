@@ -6,6 +6,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import multiaddr
+from libp2p.peer.peerinfo import info_from_p2p_addr
+
 from fednode.daemon import discovery, sync
 from fednode.errors import FednodeError
 from fednode.history import parse_repo_id, repo_id_text
@@ -18,16 +21,85 @@ if TYPE_CHECKING:
 Handler = Callable[["Daemon", dict[str, Any]], Awaitable[Any]]
 
 
+MAX_TEXT = 256  # bytes of UTF-8: names, ids, addresses (an LMDB key holds at most 511)
+MAX_ITEMS = 256  # peers or members in one request
+MAX_TIMEOUT = 3600.0
+
+
 class HTTPError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
 
 
+# --- parameter checks: every client mistake is a 400 with one line ---------------------------------
+
+def _only(body: dict[str, Any], *keys: str) -> None:
+    unknown = sorted(set(body) - set(keys))
+    if unknown:
+        raise HTTPError(400, f"unknown parameter {unknown[0][:40]!r} (expected: {', '.join(keys) or 'none'})")
+
+
+def _check_text(key: str, value: Any, max_bytes: int = MAX_TEXT) -> str:
+    if not isinstance(value, str):
+        raise HTTPError(400, f"'{key}' must be a string")
+    try:
+        size = len(value.encode("utf-8"))  # a lone surrogate ("\ud800") is valid JSON, not valid UTF-8
+    except UnicodeEncodeError:
+        raise HTTPError(400, f"'{key}' is not valid UTF-8") from None
+    if size > max_bytes:
+        raise HTTPError(400, f"'{key}' is longer than {max_bytes} bytes")
+    return value
+
+
+def _text(body: dict[str, Any], key: str, default: str | None = None, max_bytes: int = MAX_TEXT) -> str:
+    if key not in body:
+        if default is None:
+            raise HTTPError(400, f"missing '{key}'")
+        return default
+    value = _check_text(key, body[key], max_bytes)
+    if not value and default is None:
+        raise HTTPError(400, f"missing '{key}'")
+    return value
+
+
+def _texts(body: dict[str, Any], key: str) -> list[str]:
+    value = body.get(key, [])
+    if not isinstance(value, list):
+        raise HTTPError(400, f"'{key}' must be a list of strings")
+    if len(value) > MAX_ITEMS:
+        raise HTTPError(400, f"'{key}' has more than {MAX_ITEMS} items")
+    return [_check_text(f"{key}[]", v) for v in value]
+
+
+def _flag(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise HTTPError(400, f"'{key}' must be true or false")
+    return value
+
+
+def _timeout(body: dict[str, Any], default: float = 60.0) -> float:
+    value = body.get("timeout", default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise HTTPError(400, "'timeout' must be a number of seconds")
+    seconds = float(value)
+    if not 0 < seconds <= MAX_TIMEOUT:  # also false for NaN
+        raise HTTPError(400, f"'timeout' must be in (0, {MAX_TIMEOUT:g}] seconds")
+    return seconds
+
+
+def _peer_addr(key: str, addr: str) -> str:
+    """A dialable multiaddr with /p2p/ID: malformed ones are the client's mistake (400), not a failed dial."""
+    try:
+        info_from_p2p_addr(multiaddr.Multiaddr(addr))
+    except Exception:  # multiaddr and py-libp2p raise several unrelated types
+        raise HTTPError(400, f"'{key}' is not a multiaddr with /p2p/ID: {addr[:100]!r}") from None
+    return addr
+
+
 def _repo_arg(d: Daemon, body: dict[str, Any], local: bool) -> bytes:
-    text = body.get("repo")
-    if not isinstance(text, str) or not text:
-        raise HTTPError(400, "missing 'repo'")
+    text = _text(body, "repo")
     if local:
         try:
             return d.node.history.repo(text).repo_id
@@ -43,17 +115,18 @@ def _repo_arg(d: Daemon, body: dict[str, Any], local: bool) -> bytes:
 
 
 async def h_status(d: Daemon, body: dict[str, Any]) -> Any:
+    _only(body)
     return d.status()
 
 
 async def h_peers(d: Daemon, body: dict[str, Any]) -> Any:
+    _only(body)
     return d.peers()
 
 
 async def h_connect(d: Daemon, body: dict[str, Any]) -> Any:
-    addr = body.get("addr")
-    if not isinstance(addr, str):
-        raise HTTPError(400, "missing 'addr'")
+    _only(body, "addr")
+    addr = _peer_addr("addr", _text(body, "addr"))
     try:
         return {"peer_id": await d.connect(addr)}
     except Exception as exc:
@@ -62,9 +135,8 @@ async def h_connect(d: Daemon, body: dict[str, Any]) -> Any:
 
 async def h_providers(d: Daemon, body: dict[str, Any]) -> Any:
     """Who the DHT says provides a commit CID (looked up, not dialled)."""
-    text = body.get("cid")
-    if not isinstance(text, str):
-        raise HTTPError(400, "missing 'cid'")
+    _only(body, "cid")
+    text = _text(body, "cid")
     try:
         cid = CID.parse(text)
     except Exception:
@@ -75,9 +147,8 @@ async def h_providers(d: Daemon, body: dict[str, Any]) -> Any:
 
 async def h_unban(d: Daemon, body: dict[str, Any]) -> Any:
     """Lift a ban before it expires (the peer may connect again)."""
-    peer = body.get("peer")
-    if not isinstance(peer, str):
-        raise HTTPError(400, "missing 'peer'")
+    _only(body, "peer")
+    peer = _text(body, "peer")
     try:
         return {"peer_id": peer, "was_banned": d.unban(peer)}
     except ValueError:
@@ -85,6 +156,7 @@ async def h_unban(d: Daemon, body: dict[str, Any]) -> Any:
 
 
 async def h_follow(d: Daemon, body: dict[str, Any]) -> Any:
+    _only(body, "repo")
     repo_id = _repo_arg(d, body, local=False)
     d.state.follow(repo_id)
     await d.subscribe(repo_id)
@@ -92,17 +164,20 @@ async def h_follow(d: Daemon, body: dict[str, Any]) -> Any:
 
 
 async def h_push(d: Daemon, body: dict[str, Any]) -> Any:
+    _only(body, "repo")
     return await sync.push(d, _repo_arg(d, body, local=True))
 
 
 async def _sync(d: Daemon, body: dict[str, Any], create: bool) -> Any:
+    _only(body, "repo", "peers", "timeout")
+    timeout = _timeout(body)
+    peers = [_peer_addr("peers[]", a) for a in _texts(body, "peers")]
     repo_id = _repo_arg(d, body, local=not create)
-    for addr in body.get("peers") or []:
+    for addr in peers:
         try:
-            await d.connect(str(addr))
+            await d.connect(addr)
         except Exception as exc:
-            raise HTTPError(502, f"cannot connect to {addr}: {exc}") from None
-    timeout = float(body.get("timeout", 60))
+            raise HTTPError(502, f"cannot connect to {addr}: {type(exc).__name__}: {exc}") from None
     d.state.follow(repo_id)
     try:
         return await sync.sync_repo(d, repo_id, sync.peer_list(d), create=create, timeout=timeout)
@@ -122,17 +197,19 @@ async def h_clone(d: Daemon, body: dict[str, Any]) -> Any:
 
 async def h_members(d: Daemon, body: dict[str, Any]) -> Any:
     """Owner only: sign and publish the repository's membership (replaces the previous one)."""
+    _only(body, "repo", "members", "public")
+    addrs, public = _texts(body, "members"), _flag(body, "public")
     repo_id = _repo_arg(d, body, local=True)
-    if d.validator.owner(repo_id) != d.node.identity.public_key:
-        raise HTTPError(403, "only the repository owner signs its membership")
     try:
-        members = tuple(sorted({b58decode(a) for a in body.get("members", [])}))
+        members = tuple(sorted({b58decode(a) for a in addrs}))
     except ValueError:
         raise HTTPError(400, "members are base58 wallet addresses") from None
     if any(len(k) != 32 for k in members):
         raise HTTPError(400, "members are base58 wallet addresses")
+    if d.validator.owner(repo_id) != d.node.identity.public_key:
+        raise HTTPError(403, "only the repository owner signs its membership")
     seq = d.state.next_own_seq(repo_id, time.time_ns() // 1000)
-    msg = m.Membership(repo_id, members, bool(body.get("public", False)), seq, time.time_ns() // 1_000_000,
+    msg = m.Membership(repo_id, members, public, seq, time.time_ns() // 1_000_000,
                        d.node.identity.public_key)
     await sync.publish_signed(d, repo_id, msg)
     return {"repo": repo_id_text(repo_id), "members": len(members), "public": msg.public, "seq": seq}
@@ -140,15 +217,17 @@ async def h_members(d: Daemon, body: dict[str, Any]) -> Any:
 
 async def h_propose(d: Daemon, body: dict[str, Any]) -> Any:
     """Sign and publish a merge proposal for a local branch head (members, or anyone if public)."""
+    _only(body, "repo", "branch", "message")
+    branch = _text(body, "branch", "main") or "main"
+    message = _text(body, "message", "", max_bytes=64 * 1024)[: m.MAX_PROPOSAL_MESSAGE]
     repo_id = _repo_arg(d, body, local=True)
-    branch = str(body.get("branch") or "main")
     with d.node.store.read() as txn:
         raw = txn.get_ref(repo_id, "heads/" + branch)
     if raw is None:
         raise HTTPError(404, f"no local branch {branch!r}")
     head = CID.from_bytes(raw)
     seq = d.state.next_own_seq(repo_id, time.time_ns() // 1000)
-    msg = m.MergeProposal(repo_id, branch, head, str(body.get("message", ""))[: m.MAX_PROPOSAL_MESSAGE], seq,
+    msg = m.MergeProposal(repo_id, branch, head, message, seq,
                           time.time_ns() // 1_000_000, d.node.identity.public_key)
     with d.node.store.read() as txn:
         block = txn.get_block(head)
@@ -178,14 +257,15 @@ ROUTES: dict[tuple[str, str], Handler] = {
 
 def openapi() -> dict[str, Any]:
     repo = {"type": "object", "properties": {"repo": {"type": "string"}}, "required": ["repo"]}
+    sync_schema = {**repo, "properties": {**repo["properties"], "peers": {"type": "array", "items": {"type": "string"}},
+                                          "timeout": {"type": "number", "exclusiveMinimum": 0,
+                                                      "maximum": MAX_TIMEOUT}}}
     schemas = {
         "/connect": {"type": "object", "properties": {"addr": {"type": "string"}}, "required": ["addr"]},
         "/unban": {"type": "object", "properties": {"peer": {"type": "string"}}, "required": ["peer"]},
         "/providers": {"type": "object", "properties": {"cid": {"type": "string"}}, "required": ["cid"]},
         "/follow": repo, "/push": repo,
-        "/pull": {**repo, "properties": {**repo["properties"], "timeout": {"type": "number"}}},
-        "/clone": {**repo, "properties": {**repo["properties"], "peers": {"type": "array",
-                                                                          "items": {"type": "string"}}}},
+        "/pull": sync_schema, "/clone": sync_schema,
         "/propose": {**repo, "properties": {**repo["properties"], "branch": {"type": "string"},
                                             "message": {"type": "string"}}},
         "/members": {**repo, "properties": {**repo["properties"], "public": {"type": "boolean"},
