@@ -13,6 +13,7 @@ class Metrics:
     rejected: Counter[str] = field(default_factory=Counter)  # by reason
     refused: Counter[str] = field(default_factory=Counter)  # inbound block/heads streams reset, by reason
     errors: Counter[str] = field(default_factory=Counter)  # exceptions caught by a last-resort guard, by place
+    penalties: Counter[str] = field(default_factory=Counter)  # strikes against peers (Daemon.penalize), by reason
     bytes_in: int = 0
     bytes_out: int = 0
     blocks_in: int = 0
@@ -32,6 +33,7 @@ class Metrics:
             "rejected": dict(self.rejected),
             "refused_streams": dict(self.refused),
             "errors": dict(self.errors),
+            "penalties": dict(self.penalties),
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "blocks_in": self.blocks_in,
@@ -59,6 +61,8 @@ class Metrics:
             *(f'fednode_streams_refused_total{{reason="{k}"}} {v}' for k, v in sorted(self.refused.items())),
             "# TYPE fednode_unhandled_errors_total counter",
             *(f'fednode_unhandled_errors_total{{where="{k}"}} {v}' for k, v in sorted(self.errors.items())),
+            "# TYPE fednode_peer_penalties_total counter",
+            *(f'fednode_peer_penalties_total{{reason="{k}"}} {v}' for k, v in sorted(self.penalties.items())),
             "# TYPE fednode_block_bytes_in_total counter",
             f"fednode_block_bytes_in_total {self.bytes_in}",
             "# TYPE fednode_block_bytes_out_total counter",

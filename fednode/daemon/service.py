@@ -299,6 +299,7 @@ class Daemon:
         if peer == self.peer_id or self.pubsub.is_peer_blacklisted(peer):
             return
         self.invalid[key] += 1
+        self.metrics.penalties[reason] += 1
         if self.invalid[key] >= self.ban_threshold:
             self.metrics.bans += 1
             until = time.time() + self.ban_seconds
