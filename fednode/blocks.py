@@ -13,7 +13,7 @@ import numpy as np
 from fednode.errors import Corrupt
 from fednode.store import Store, Txn
 from protocol.multiformats import CID, FormatError
-from protocol.unixfs import UnixFSBuilder, file_size, iter_file
+from protocol.unixfs import CHUNK_SIZE, UnixFSBuilder, file_size, iter_file, max_depth
 
 # Bytes of tensor blocks per write transaction; tests lower it to exercise multi-batch commits.
 T = TypeVar("T")
@@ -139,7 +139,7 @@ class BlockSink:
 def read_file(txn: Txn, root: CID, expected_size: int) -> bytes:
     """A whole UnixFS file, every block hash-checked."""
     try:
-        data = b"".join(iter_file(txn.get_block, root))
+        data = b"".join(iter_file(txn.get_block, root, expected_size))
     except FormatError as exc:
         raise Corrupt(str(exc)) from None
     if len(data) != expected_size:
@@ -158,10 +158,22 @@ def iter_file_verified(txn: Txn, root: CID) -> Iterator[bytes]:
         raise Corrupt(str(exc)) from None
 
 
-def stored_file_size(txn: Txn, root: CID) -> int:
-    """A file's content size from its DAG structure, re-hashing nothing: only for blocks that
-    were hash-checked when stored. Leaves are measured in place (see ``Store.read(buffers=True)``)."""
+def max_file_nodes(size: int) -> int:
+    """Distinct blocks a file of ``size`` bytes has as our builder (and ``ipfs add``) lays it out:
+    one leaf per CHUNK_SIZE bytes, fewer inner nodes than leaves, and slack for the 1-link tails."""
+    return 2 * (size // CHUNK_SIZE + 1) + 2 * max_depth(size) + 8
+
+
+def check_file(txn: Txn, root: CID, expected_size: int, rehash: bool = True) -> None:
+    """Corrupt unless ``root`` is a UnixFS file of ``expected_size`` bytes laid out as we build them.
+
+    The size its root declares is checked first, then each distinct block once (a repeated child
+    is counted, not walked again), so a DAG whose links expand to far more than it declares, or
+    than ``expected_size``, costs a few block reads. ``rehash=False``: sizes and structure only,
+    for blocks hash-checked when stored (leaves are measured in place, see ``Store.read(buffers=True)``).
+    """
     try:
-        return file_size(txn.get_block, root, txn.block_size)
+        file_size(txn.get_block, root, None if rehash else txn.block_size, expected_size=expected_size,
+                  verify=rehash, max_nodes=max_file_nodes(expected_size), min_chunk=CHUNK_SIZE)
     except FormatError as exc:
         raise Corrupt(str(exc)) from None

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from fednode import encodings, fixedpoint
-from fednode.blocks import BlockSink, iter_file_verified, read_array, read_file, stored_file_size
+from fednode.blocks import BlockSink, check_file, read_array, read_file
 from fednode.errors import Corrupt, FednodeError, NotFound
 from fednode.identity import Identity, verify_signature
 from fednode.modelio import ModelSource, TensorInfo, np_dtype
@@ -619,14 +619,8 @@ class History:
         for name, entry in manifest.tensors.items():
             if entry.encoding == "same":
                 continue
-            try:
-                if rehash:
-                    size = sum(len(b) for b in iter_file_verified(txn, entry.cid))
-                else:
-                    size = stored_file_size(txn, entry.cid)
+            try:  # bounded by the entry's size before any walk: peers' DAGs may be bombs
+                check_file(txn, entry.cid, entry.size, rehash)
             except (Corrupt, NotFound) as exc:
                 problems.append(f"commit {cid} tensor {name!r}: {exc}")
-                continue
-            if size != entry.size:
-                problems.append(f"commit {cid} tensor {name!r}: {size} bytes, expected {entry.size}")
         return problems

@@ -374,15 +374,19 @@ def iter_file(get: GetBlock, root: CID, expected_size: int | None = None) -> Ite
 
 
 def file_size(get: GetBlock, root: CID, raw_size: Callable[[CID], int] | None = None,
-              expected_size: int | None = None, verify: bool = False, max_nodes: int = MAX_WALK_NODES) -> int:
+              expected_size: int | None = None, verify: bool = False, max_nodes: int = MAX_WALK_NODES,
+              min_chunk: int = 1) -> int:
     """Bytes of a file's content from its DAG structure alone, each distinct block read once.
 
     The root's declared size is checked against ``expected_size`` before anything else is read;
     then every node must hold what its parent declared for it, so a block repeated under many links
     (a file of zeros, or a DAG bomb) costs one visit, not one per path to it. At most ``max_nodes``
-    distinct blocks, ``max_depth(size)`` levels. ``verify``: hash-check each distinct block; without
-    it, only for blocks hash-checked when stored. ``raw_size`` gives a raw leaf's length without
-    reading it (``get`` otherwise); either raises for a missing block.
+    distinct blocks, ``max_depth(size)`` levels. ``min_chunk``: every link of a node but its last
+    declares at least this many bytes, as in balanced layouts with chunks of that size (all
+    subtrees full but the last), so a reader visits about size / min_chunk leaves.
+    ``verify``: hash-check each distinct block; without it, only for blocks hash-checked when
+    stored. ``raw_size`` gives a raw leaf's length without reading it (``get`` otherwise); either
+    raises for a missing block.
     """
     size = _root_size(get, root, expected_size, verify)
     depth_limit = max_depth(size)
@@ -419,6 +423,8 @@ def file_size(get: GetBlock, root: CID, raw_size: Callable[[CID], int] | None = 
         node = decode_file_node(block)
         if node.filesize != declared:
             raise FormatError(f"block {cid} declares {node.filesize} bytes, its parent {declared}")
+        if any(s < min_chunk for s in node.blocksizes[:-1]):
+            raise FormatError(f"block {cid} links a sub-DAG of under {min_chunk} bytes before its last link")
         sizes[cid] = declared
         stack.extend((c, s, depth + 1) for c, s in zip(node.links, node.blocksizes, strict=True))
     return size
