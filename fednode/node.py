@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,83 @@ fsync = true
 scale_bits = 24
 snapshot_interval = 8
 """
+
+
+def _is_num(v: object) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)  # TOML true is a bool, never a number here
+
+
+def _strings(v: object) -> bool:
+    return isinstance(v, list) and all(type(x) is str for x in v)
+
+
+# [section] key -> (check, what it must be): every value fednode reads, so a wrong type is one line
+# at load instead of a traceback where it is used. Unknown keys are left alone.
+_SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "node": {"name": (lambda v: type(v) is str, "a string")},
+    "network": {
+        "listen": (_strings, "a list of multiaddr strings"),
+        "bootstrap": (_strings, "a list of multiaddr strings"),
+        "mdns": (lambda v: type(v) is bool, "true or false"),
+        "ban_threshold": (lambda v: type(v) is int and 0 < v < 1 << 31, "a positive integer"),
+        "ban_seconds": (lambda v: _is_num(v) and v >= 0, "a number of seconds >= 0"),
+        "sync_interval": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
+        "max_fetch_bytes": (lambda v: type(v) is int and v > 0, "a positive integer"),
+        "min_free_bytes": (lambda v: type(v) is int and v >= 0, "an integer >= 0"),
+    },
+    "api": {
+        "host": (lambda v: type(v) is str, "a string"),
+        "port": (lambda v: type(v) is int and 0 <= v <= 65535, "a port number 0..65535"),
+    },
+    "chain": {
+        "backend": (lambda v: v in ("embedded", "rpc"), '"embedded" or "rpc"'),
+        "url": (lambda v: type(v) is str, "a string"),
+        "program_id": (lambda v: type(v) is str, "a base58 string"),
+        "program_elf": (lambda v: type(v) is str, "a path string"),
+        "airdrop": (lambda v: type(v) is bool, "true or false"),
+        "flush_interval": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
+        "timeout_s": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
+    },
+    "store": {"fsync": (lambda v: type(v) is bool, "true or false")},
+    "repository_defaults": {
+        "scale_bits": (lambda v: type(v) is int and 0 <= v <= 60, "an integer in 0..60"),
+        "snapshot_interval": (lambda v: type(v) is int and 1 <= v <= 1024, "an integer in 1..1024"),
+    },
+}
+
+
+def check_config(config: dict[str, Any], path: Path | str) -> None:
+    """Refuse a config whose known sections or keys have the wrong type: one FednodeError line."""
+    for section, keys in _SCHEMA.items():
+        table = config.get(section, {})
+        if not isinstance(table, dict):
+            raise FednodeError(f"invalid {path}: [{section}] must be a table")
+        for key, (ok, what) in keys.items():
+            if key in table and not ok(table[key]):
+                raise FednodeError(f"invalid {path}: [{section}] {key} must be {what}")
+
+
+def parse_config(text: str, path: Path | str) -> dict[str, Any]:
+    """A config.toml text parsed and type-checked; anything wrong is one FednodeError line."""
+    try:
+        config = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise FednodeError(f"invalid {path}: {str(exc).splitlines()[0]}") from None
+    check_config(config, path)
+    return config
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """The node's config (the default config when the file is absent)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = DEFAULT_CONFIG.format(name="fednode")
+    except UnicodeDecodeError:
+        raise FednodeError(f"invalid {path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise FednodeError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_config(text, path)
 
 
 def default_home() -> Path:
@@ -105,15 +184,8 @@ def open_node(home: Path | None = None) -> Node:
     mode = key_path.stat().st_mode & 0o777
     if mode & 0o077:
         raise FednodeError(f"{key_path} is readable by others (mode {mode:o}); run: chmod 600 {key_path}")
-    try:
-        config = tomllib.loads((home / CONFIG_FILE).read_text())
-    except FileNotFoundError:
-        config = tomllib.loads(DEFAULT_CONFIG.format(name="fednode"))
-    except tomllib.TOMLDecodeError as exc:
-        raise FednodeError(f"invalid {home / CONFIG_FILE}: {exc}") from None
+    config = load_config(home / CONFIG_FILE)
     identity = Identity.load(key_path)
     fsync = config.get("store", {}).get("fsync", True)
-    if not isinstance(fsync, bool):
-        raise FednodeError(f"invalid {home / CONFIG_FILE}: [store] fsync must be true or false")
     store = Store(home / STORE_DIR, sync=fsync)
     return Node(home, config, identity, store, History(store, identity))

@@ -21,6 +21,7 @@ from solders.pubkey import Pubkey
 
 from fednode.chain.aio import AsyncChainBackend
 from fednode.errors import FednodeError
+from fednode.node import check_config
 from fednode.store import Store
 
 # The address federity runs at on the embedded chain and on `fednode devchain` (no deploy step:
@@ -65,6 +66,7 @@ def chain_section(config: dict[str, Any]) -> dict[str, Any]:
     section = config.get("chain") or {}
     if not isinstance(section, dict):
         raise FednodeError("invalid config: [chain] must be a table")
+    check_config({"chain": section}, "config")  # types, for configs that did not come through open_node
     backend = section.get("backend", "embedded")
     if backend not in BACKENDS:
         raise FednodeError(f"invalid [chain] backend {backend!r}: use one of {', '.join(BACKENDS)}")
