@@ -4,6 +4,7 @@ Attacks that used to stop or fool a daemon (issue 10):
 - the 13-byte gossip message ``{"t": [], "v": 1}`` (a TypeError escaped the validator and killed it);
 - malleated copies of a genuine signed commit (``v: true`` / ``v: 1.0`` instead of ``v: 1``): another
   block with the same commit hash and a valid signature, which re-pointed the commit-hash index;
+- a heads query with a wrong-typed field;
 - a merge proposal whose commit's manifest has ``dtype: []`` (killed the daemon inside ``sync.apply``),
   served by the attacker itself.
 Each test requires: the daemon stays alive and answers ``status`` within 1 s, honest traffic goes on,
@@ -28,7 +29,7 @@ from fednode.history import repo_id_text
 from fednode.identity import Identity
 from fednode.modelio import ArraySource
 
-BAN_THRESHOLD = 4  # 13-byte message + two malleated commits + the bad manifest
+BAN_THRESHOLD = 5  # 13-byte message + two malleated commits + a malformed heads query + the bad manifest
 
 
 def _status_within(d: DaemonProc, seconds: float) -> dict:
@@ -87,6 +88,7 @@ def test_a_hostile_member_cannot_stop_or_fool_the_daemon(tmp_path: Path) -> None
             # 1. the 13-byte message and the malleated copies of A's signed commit
             _step(hostile, "gossip", "sent")
             wait_for(lambda: b.metrics()["rejected"].get("malformed", 0) == 3, 10, "3 malformed rejections")
+            wait_for(lambda: b.metrics()["penalties"].get("malformed_request") == 1, 10, "the heads query's strike")
             _status_within(b, 1.0)
             assert store_state(nb.store) == before  # no malleated block stored
             assert _hash_index(nb, r1_hash) == bytes(r1.cid)  # the hash index still names the genuine block
@@ -97,7 +99,8 @@ def test_a_hostile_member_cannot_stop_or_fool_the_daemon(tmp_path: Path) -> None
             wait_for(lambda: attacker.peer_id in b.api("GET", "/status")["bans"], 20, "B to ban the attacker")
             status = _status_within(b, 1.0)
             assert status["bans"][attacker.peer_id]["reason"] == "bad_manifest_block"
-            assert status["metrics"]["penalties"] == {"malformed": 3, "bad_manifest_block": 1}
+            assert status["metrics"]["penalties"] == {"malformed": 3, "malformed_request": 1,
+                                                   "bad_manifest_block": 1}
             bad_manifest = hostile.stdout.readline().strip()
             with nb.store.read() as txn:
                 assert not [name for _, name, _ in txn.all_refs() if name.startswith("proposals/")]
@@ -188,6 +191,9 @@ async def _attacker(target: str, repo_b58: str, key_file: str) -> None:
             for data in batch:
                 await pubsub.publish(topic, data)
                 await trio.sleep(0.15)
+            garbage = await host.new_stream(target_info.peer_id, [TProtocol(m.HEADS_PROTOCOL)])
+            await wire.write_frame(garbage, dagcbor.encode({"repo": [1, 2]}))  # a heads query with a wrong type
+            await garbage.close()
             print("sent", flush=True)
 
             await trio.to_thread.run_sync(sys.stdin.readline)  # "proposal"

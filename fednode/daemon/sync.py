@@ -78,7 +78,11 @@ def signed_announcements(d: Daemon, repo_id: bytes, heads: dict[str, bytes]) -> 
 
 async def serve_heads(d: Daemon, stream: INetStream) -> None:
     try:
-        repo_id = m.decode_heads_query(await wire.read_frame(stream, 1024))
+        try:
+            repo_id = m.decode_heads_query(await wire.read_frame(stream, 1024))
+        except FormatError:  # an honest peer never sends a query our decoder refuses
+            d.penalize(stream.muxed_conn.peer_id, "malformed_request")
+            raise
         genesis = d.state.genesis(repo_id)
         heads = [a.encode() for a in served_announcements(d, repo_id)] if genesis else []
         heads += [a for a in d.state.announcements(repo_id)][: 256 - len(heads)]
@@ -153,6 +157,8 @@ async def sync_repo(d: Daemon, repo_id: bytes, peers: list[ID], create: bool, wa
         try:
             reply = await query_heads(d, peer, repo_id)
         except Exception as exc:
+            if isinstance(exc, FormatError):  # not a timeout or a reset: the peer answered garbage
+                d.penalize(peer, "malformed_reply")
             errors.append(f"{peer}: {type(exc).__name__}: {exc}")
             continue
         if d.state.genesis(repo_id) is None:
@@ -165,6 +171,8 @@ async def sync_repo(d: Daemon, repo_id: bytes, peers: list[ID], create: bool, wa
                 d.state.put_membership(verdict.msg)
         for raw in reply.heads:
             verdict = d.validator.check(raw, repo_id, from_self=False, claim=False)
+            if verdict.reason in ("malformed", "bad_signature", "wrong_repo"):  # nothing an honest peer relays
+                d.penalize(peer, verdict.reason)
             if not verdict.ok or not isinstance(verdict.msg, m.HeadAnnouncement):
                 continue  # older announcements are normal here: several peers relay the same ones
             ann = verdict.msg
