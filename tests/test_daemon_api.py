@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import struct
+import time
 from pathlib import Path
 
 import httpx
@@ -116,3 +119,48 @@ def test_cli_status_peers_follow_and_no_daemon(daemon: DaemonProc) -> None:
     assert_one_line_error(bad.stderr, "no daemon")
     # history commands work without a daemon
     assert "1 commits ok" in run_fednode(home, "fsck").stdout
+
+
+def _raw(port: int, data: bytes, reset: bool = False) -> bytes:
+    """One raw exchange with the API; ``reset``: send, then abort the connection with an RST."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        if data:
+            sock.sendall(data)
+        if reset:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return b""
+        reply = bytearray()
+        while chunk := sock.recv(65536):
+            reply += chunk
+        return bytes(reply)
+
+
+def test_hostile_local_requests_never_stop_the_daemon(daemon: DaemonProc) -> None:
+    port = daemon.info["api_port"]
+    token = (daemon.home / "api.token").read_text().strip()
+
+    def post(path: str, body: bytes, auth: bool = True, length: str | None = None) -> bytes:
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body) if length is None else length}\r\n"
+        return (head + (f"Authorization: Bearer {token}\r\n" if auth else "") + "\r\n").encode() + body
+
+    for data in (b"", b"GET /status HTTP/1.1\r\n", post("/follow", b'{"repo": "')):
+        _raw(port, data, reset=True)
+    bad = [
+        post("/follow", b"{}", auth=False, length="abc"),  # no token needed to reach this one
+        post("/follow", b'{"repo": "\xff\xfe"}'),
+        post("/follow", b"[" * 60_000),
+        post("/follow", b'{"repo": 1' + b"1" * 4400 + b"}"),
+        post("/members", json.dumps({"repo": "m", "members": [1, 2]}).encode()),
+        post("/pull", json.dumps({"repo": "m", "timeout": "abc"}).encode()),
+        post("/pull", json.dumps({"repo": "m", "timeout": -1}).encode()),
+    ]
+    for data in bad:
+        reply = _raw(port, data)
+        assert reply.startswith(b"HTTP/1.1 400 "), reply[:300]
+        body = reply.partition(b"\r\n\r\n")[2]
+        assert b"\n" not in body and json.loads(body)["error"]  # one JSON line
+    t0 = time.monotonic()
+    status = httpx.get(f"http://127.0.0.1:{port}/status", headers={"Authorization": f"Bearer {token}"}, timeout=1)
+    assert status.status_code == 200 and time.monotonic() - t0 < 1
+    assert daemon.proc.poll() is None
+    assert not [e for e in daemon.log_events() if e["level"] == "error"]  # no bug of ours was hit
