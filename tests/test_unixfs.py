@@ -224,3 +224,143 @@ def test_blocks_from_a_writable_buffer_are_copied_before_put() -> None:
     builder.finish()
     assert all(cid.verify(bytes(block)) for cid, block in kept.items())
     assert add_bytes(memoryview(arr)) == add_bytes(bytes(arr))  # hashing only: no copy, same CID
+
+
+# --- bounded walks over untrusted DAGs (issue 10, item 4) ---------------------------------------
+
+
+def dag_bomb(levels: int = 4, fanout: int = MAX_LINKS, leaf: bytes = b"\x00" * 1024,
+             lie_at_root: int | None = None) -> tuple[CID, dict[CID, bytes]]:
+    """A "DAG bomb": ``levels`` inner nodes, each linking ``fanout`` times to the same child, over one
+    raw leaf; ``levels + 1`` blocks whose links expand to fanout**levels leaves. Sizes are declared
+    consistently, unless ``lie_at_root`` gives the root's declared filesize (and matching blocksizes)."""
+    blocks: dict[CID, bytes] = {}
+    child = CID.hash(RAW, leaf)
+    blocks[child] = leaf
+    size = len(leaf)
+    for level in range(levels):
+        parts = [size] * fanout
+        if lie_at_root is not None and level == levels - 1:
+            parts = [lie_at_root // fanout] * (fanout - 1) + [lie_at_root - lie_at_root // fanout * (fanout - 1)]
+        links = [Link(child, size, part) for part in parts]
+        block = encode_node(links, _unixfs_data(sum(parts), parts))
+        child = CID(1, DAG_PB, CID.hash(DAG_PB, block).digest)
+        blocks[child] = block
+        size *= fanout
+    return child, blocks
+
+
+class Counting(dict):
+    """A block getter that counts reads."""
+
+    reads = 0
+
+    def get_block(self, cid: CID) -> bytes:
+        self.reads += 1
+        return self[cid]
+
+
+def test_dag_bomb_is_refused_from_its_root_alone() -> None:
+    import time
+
+    from protocol.unixfs import declared_size
+
+    root, blocks = dag_bomb()
+    assert len(blocks) == 5 and sum(map(len, blocks.values())) < 40_000
+    store = Counting(blocks)
+    start = time.monotonic()
+    assert declared_size(store.get_block, root) == 1024 * MAX_LINKS**4  # known from one block
+    for expected in (1024, 4096, 10**6):  # what a manifest entry would say
+        with pytest.raises(FormatError, match="declares"):
+            file_size(store.get_block, root, expected_size=expected)
+        with pytest.raises(FormatError, match="declares"):
+            list(iter_file(store.get_block, root, expected))
+    assert time.monotonic() - start < 0.5
+    assert store.reads <= 1 + 3 * 2  # the root block, once per call (iter_file: root checked, then read)
+
+
+def test_a_consistent_bomb_costs_one_visit_per_distinct_block() -> None:
+    """Sizes that agree all the way down: counted with repeats, walked once per distinct block; the
+    layout bound (every link but the last at least one chunk) then refuses its 1 KiB leaves."""
+    root, blocks = dag_bomb()
+    store = Counting(blocks)
+    size = 1024 * MAX_LINKS**4
+    assert file_size(store.get_block, root, expected_size=size, verify=True) == size
+    assert store.reads == 5 + 1  # each distinct block once, the root also for its declared size
+    with pytest.raises(FormatError, match="under 262144 bytes"):
+        file_size(store.get_block, root, expected_size=size, min_chunk=CHUNK_SIZE)
+    big_root, big = dag_bomb(leaf=bytes(CHUNK_SIZE))  # 2.4e14 declared bytes: over any tensor
+    with pytest.raises(FormatError, match="over the limit"):
+        file_size(big.__getitem__, big_root)
+    with pytest.raises(FormatError, match="over the limit"):
+        next(iter_file(big.__getitem__, big_root))
+
+
+def test_lying_sizes_are_refused() -> None:
+    """A root that declares what the manifest expects but whose children declare more."""
+    root, blocks = dag_bomb(lie_at_root=4096)
+    with pytest.raises(FormatError, match="its parent"):
+        file_size(blocks.__getitem__, root, expected_size=4096)
+    with pytest.raises(FormatError, match="its parent"):
+        b"".join(iter_file(blocks.__getitem__, root, 4096))
+    # a node whose blocksizes do not add up to its filesize
+    leaf = CID.hash(RAW, b"abc")
+    bad = encode_node([Link(leaf, 3, 3)], _unixfs_data(5, [3]))
+    bad_cid = CID(1, DAG_PB, CID.hash(DAG_PB, bad).digest)
+    store = {bad_cid: bad, leaf: b"abc"}
+    with pytest.raises(FormatError, match="holds"):
+        file_size(store.__getitem__, bad_cid)
+    # a link without a size, and a zero-size link
+    for sizes in ([], [3, 0]):
+        links = [Link(leaf, 3, 3)] * max(1, len(sizes))
+        node = encode_node(links, _unixfs_data(sum(sizes), sizes))
+        cid = CID(1, DAG_PB, CID.hash(DAG_PB, node).digest)
+        with pytest.raises(FormatError):
+            file_size({cid: node, leaf: b"abc"}.__getitem__, cid)
+
+
+def test_a_deep_chain_is_refused() -> None:
+    leaf = b"x"
+    child = CID.hash(RAW, leaf)
+    blocks = {child: leaf}
+    for _ in range(10):
+        node = encode_node([Link(child, 1, 1)], _unixfs_data(1, [1]))
+        child = CID(1, DAG_PB, CID.hash(DAG_PB, node).digest)
+        blocks[child] = node
+    with pytest.raises(FormatError, match="deeper"):
+        file_size(blocks.__getitem__, child)
+    with pytest.raises(FormatError, match="deeper"):
+        list(iter_file(blocks.__getitem__, child))
+
+
+@pytest.mark.parametrize("raw_leaves", [True, False])
+def test_a_file_of_zeros_repeats_its_leaf_and_is_accepted(raw_leaves: bool) -> None:
+    """Identical chunks give the same leaf CID under many links: repeats count for the size and are
+    yielded, but each distinct block is read (and hashed) once by the size check."""
+    data = bytes(3 * CHUNK_SIZE + 5)
+    cid, blocks = build(data, raw_leaves=raw_leaves)
+    assert len(blocks) == 3  # the zero chunk, the 5-byte tail, the root
+    store = Counting(blocks)
+    assert file_size(store.get_block, cid, expected_size=len(data), verify=True, min_chunk=CHUNK_SIZE) == len(data)
+    assert store.reads == 3 + 1  # each distinct block once, the root also for its declared size
+    assert b"".join(iter_file(blocks.__getitem__, cid, len(data))) == data
+    with pytest.raises(FormatError, match="expected"):
+        file_size(blocks.__getitem__, cid, expected_size=len(data) - 1)
+
+
+def test_too_many_distinct_blocks_are_refused() -> None:
+    data = pattern(5000)
+    cid, blocks = build(data, chunk_size=64, max_links=4)
+    assert file_size(blocks.__getitem__, cid, max_nodes=len(blocks)) == len(data)
+    with pytest.raises(FormatError, match="distinct blocks"):
+        file_size(blocks.__getitem__, cid, max_nodes=len(blocks) - 1)
+
+
+def test_a_repeated_block_must_hold_what_each_parent_declares() -> None:
+    """The second path to a block is not walked again, but its declared size is still checked."""
+    leaf = CID.hash(RAW, b"abc")
+    for sizes in ([4, 3], [3, 4]):
+        node = encode_node([Link(leaf, 3, s) for s in sizes], _unixfs_data(7, sizes))
+        cid = CID(1, DAG_PB, CID.hash(DAG_PB, node).digest)
+        with pytest.raises(FormatError, match="declares 4"):
+            file_size({cid: node, leaf: b"abc"}.__getitem__, cid)
