@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -633,20 +634,79 @@ def verify(ctx: click.Context, rev: str, repo_name: str | None, on_chain: bool, 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--repair", is_flag=True,
+              help="Restore damaged blocks: from --from files, then from peers through the running daemon.")
+@click.option("--from", "sources", multiple=True, type=click.Path(path_type=Path),
+              help="A model file (.safetensors/.pt) holding the original tensors (repeatable; with --repair).")
 @click.pass_context
-def fsck(ctx: click.Context, as_json: bool) -> None:
-    """Every reachable block present and hash-verified, every signature valid."""
+def fsck(ctx: click.Context, as_json: bool, repair: bool, sources: tuple[Path, ...]) -> None:
+    """Every reachable block present and hash-verified, every signature valid; unfinished fetches
+    are listed apart (exit status 0 when nothing else is wrong)."""
+    from fednode.daemon.state import fetch_expiry_seconds
+
+    if sources and not repair:
+        raise FednodeError("--from is for --repair")
     node = _node(ctx)
-    _report(operations.fsck(node.history), "fsck", as_json)
+    expiry = fetch_expiry_seconds(node.config)
+    report = operations.fsck(node.history, expiry)
+    fixed: dict[str, Any] = {}
+    if repair and report.damaged:
+        fixed = _repair(ctx, node, report.damaged, list(sources),
+                        (lambda line: click.echo(line, err=True)) if as_json else out.print)
+        report = operations.fsck(node.history, expiry)
+    if as_json:
+        emit_json({"ok": not report.problems, "commits": report.commits, "problems": report.problems,
+                   "unfinished": report.unfinished, **({"repair": fixed} if repair else {})})
+        if report.problems:
+            raise FednodeError(f"fsck failed: {len(report.problems)} problem(s), first: {report.problems[0]}")
+        return
+    for note in report.unfinished:
+        out.print(note)
+    if report.unfinished:
+        out.print(f"{len(report.unfinished)} fetch(es) unfinished (the daemon resumes them; not damage)")
+    _report(report, "fsck", False)
+
+
+def _repair(ctx: click.Context, node: Node, damaged: dict[CID, tuple[bytes, CID]], sources: list[Path],
+            say: Callable[[str], None]) -> dict[str, Any]:
+    """``fsck --repair``: files first, then the daemon (if one runs) fetches what is left from peers."""
+    from fednode import repair
+    from fednode.daemon.client import Client
+
+    def connect() -> repair.Refetch | None:
+        try:
+            client = Client(ctx.find_root().obj["home"], timeout=150)
+            client.call("GET", "/status")
+        except FednodeError as exc:
+            say(f"not fetching from peers: {exc}")
+            return None
+
+        def refetch(repo_id: bytes, root: CID) -> bool:
+            body = {"repo": repo_id_text(repo_id), "root": str(root), "timeout": 120}
+            return bool(client.call("POST", "/fetch", body).get("ok"))
+
+        return refetch
+
+    result = repair.repair(node.store, damaged, sources, connect)
+    if result.from_files:
+        say(f"repaired {len(result.from_files)} block(s) from {', '.join(map(str, sources))}")
+    if result.refetched:
+        say(f"fetched {len(result.refetched)} commit closure(s) again from peers")
+    for why in result.failed:
+        say(f"not repaired: {why}")
+    return {"from_files": [str(c) for c in result.from_files], "refetched": [str(c) for c in result.refetched],
+            "failed": result.failed}
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def gc(ctx: click.Context, as_json: bool) -> None:
-    """Delete blocks that no branch or tag reaches."""
+    """Delete blocks that no branch, tag or unfinished fetch reaches."""
+    from fednode.daemon.state import fetch_expiry_seconds
+
     node = _node(ctx)
-    removed, freed = operations.gc(node.history)
+    removed, freed = operations.gc(node.history, fetch_expiry_seconds(node.config))
     if as_json:
         emit_json({"blocks_removed": removed, "bytes_freed": freed})
     else:

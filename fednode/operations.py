@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,11 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from fednode import fixedpoint
+from fednode.daemon.state import fetch_records
 from fednode.errors import Corrupt, FednodeError, NotFound
-from fednode.history import CommitResult, History, RepoInfo
+from fednode.history import CommitResult, History, RepoInfo, repo_id_text
 from fednode.modelio import ArraySource, TensorInfo, to_torch_state_dict, write_safetensors
+from fednode.store import Txn
 from protocol.dag import links
-from protocol.multiformats import CID, DAG_CBOR, FormatError
+from protocol.multiformats import CID, DAG_CBOR, RAW, FormatError
 from protocol.objects import DTYPES, FLOAT_DTYPES, Commit
 from protocol.unixfs import add_bytes
 
@@ -234,40 +237,107 @@ def _check_reverts(
     return problems
 
 
-def reachable_blocks(history: History) -> tuple[set[bytes], list[str]]:
-    """Every block reachable from every ref of every repository (as CID bytes)."""
-    reachable: set[bytes] = set()
-    problems: list[str] = []
+@dataclass
+class Marked:
+    """What a mark from every root found: blocks reached (CID bytes), real problems, and the
+    damaged blocks (missing or not matching their hash) reachable from refs, each with the
+    (repository id, ref target) that reaches it, so a repair knows what to fetch again."""
+
+    reachable: set[bytes] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+    damaged: dict[CID, tuple[bytes, CID]] = field(default_factory=dict)
+    unfinished: list[str] = field(default_factory=list)
+
+
+def mark(txn: Txn, rehash: bool = True, fetch_expiry: float | None = None,
+         now: float | None = None) -> Marked:
+    """Mark every block reachable from a ref, then from the daemon's unfinished fetches.
+
+    A ref only ever points at a complete, verified closure (a branch moves after its fetch and
+    ``verify``), so a block missing below a ref is a real problem. An unfinished fetch's root is
+    walked through what is present only: its missing blocks are the fetch's remaining work, not
+    damage, and are summed in ``unfinished``. A present block that fails its hash is a problem
+    wherever it is (the fetcher checks each block before storing it). ``rehash=False`` checks
+    structure only (raw leaves are not even read). Fetches first recorded more than
+    ``fetch_expiry`` seconds ago are not roots: their data is garbage (the daemon drops them).
+    """
+    out = Marked()
+    refs = [(rid, CID.from_bytes(v)) for rid, name, v in txn.all_refs() if name != "HEAD"]
+    for repo_id, root in refs:
+        _walk(txn, root, out, rehash, (repo_id, root), fetch=False)
+    now = time.time() if now is None else now
+    names = {rid: name for name, rid in txn.list_repos().items()}
+    for rec in fetch_records(txn):
+        age = None if rec.since is None else now - rec.since
+        if fetch_expiry is not None and age is not None and age > fetch_expiry:
+            out.unfinished.append(f"fetch of {rec.root} expired ({_age(age)} old): its blocks are garbage")
+            continue
+        present, missing = _walk(txn, rec.root, out, rehash, (rec.repo, rec.root), fetch=True)
+        if missing:
+            repo = names.get(rec.repo, repo_id_text(rec.repo))
+            out.unfinished.append(f"fetch of {rec.root} in {repo} unfinished: {present} blocks stored, {missing} "
+                                  f"missing so far" + ("" if age is None else f", recorded {_age(age)} ago"))
+    return out
+
+
+def _age(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{max(seconds, 0):.0f} s"
+
+
+def _walk(txn: Txn, root: CID, out: Marked, rehash: bool, origin: tuple[bytes, CID], fetch: bool) -> tuple[int, int]:
+    """Mark what ``root`` (of repository ``origin[0]``) reaches; ``fetch``: an unfinished fetch's root,
+    whose missing blocks are expected. Returns (blocks newly marked and present, newly found missing)."""
+    present = missing = 0
+    stack = [root]
+    while stack:
+        cid = stack.pop()
+        key = bytes(cid)
+        if key in out.reachable:
+            continue
+        out.reachable.add(key)
+        if cid.codec == RAW and not rehash:
+            present += 1  # a leaf has no links: presence is all gc needs (checked by the first mark)
+            continue
+        try:
+            block = txn.get_block(cid)
+        except NotFound as exc:
+            missing += 1
+            if not fetch:
+                out.problems.append(str(exc))
+                out.damaged[cid] = origin
+            continue
+        present += 1
+        if rehash and not cid.verify(block):
+            out.problems.append(f"block {cid} does not match its hash")
+            out.damaged[cid] = origin
+            continue
+        try:
+            stack.extend(links(cid, block))
+        except FormatError as exc:
+            out.problems.append(f"block {cid}: {exc}")
+    return present, missing
+
+
+def reachable_blocks(history: History, fetch_expiry: float | None = None) -> tuple[set[bytes], list[str]]:
+    """Every block reachable from every ref of every repository and every unfinished fetch (as CID
+    bytes), and the problems found on the way (see ``mark``)."""
     with history.store.read() as txn:
-        roots = [CID.from_bytes(v) for _, name, v in txn.all_refs() if name != "HEAD"]
-        # the daemon's unfinished fetches ("fetch/" + repo id[32] + root CID): their blocks have no ref yet
-        roots += [CID.from_bytes(key[len(b"fetch/") + 32 :]) for key, _ in txn.kv_items("net", b"fetch/")]
-        stack = list(roots)
-        while stack:
-            cid = stack.pop()
-            key = bytes(cid)
-            if key in reachable:
-                continue
-            reachable.add(key)
-            try:
-                block = txn.get_block(cid)
-            except NotFound as exc:
-                problems.append(str(exc))
-                continue
-            if not cid.verify(block):
-                problems.append(f"block {cid} does not match its hash")
-                continue
-            try:
-                stack.extend(links(cid, block))
-            except FormatError as exc:
-                problems.append(f"block {cid}: {exc}")
-    return reachable, problems
+        marked = mark(txn, fetch_expiry=fetch_expiry)
+    return marked.reachable, marked.problems
 
 
+@dataclass
+class FsckReport(VerifyReport):
+    unfinished: list[str] = field(default_factory=list)  # notes on unfinished fetches: not problems
+    damaged: dict[CID, tuple[bytes, CID]] = field(default_factory=dict)  # see Marked
 
-def fsck(history: History) -> VerifyReport:
-    """Every reachable block present and hash-verified, every commit signature valid."""
-    _, problems = reachable_blocks(history)
+
+def fsck(history: History, fetch_expiry: float | None = None) -> FsckReport:
+    """Every reachable block present and hash-verified, every commit signature valid; unfinished
+    fetches are reported apart (``unfinished``), as they are no damage."""
+    with history.store.read() as txn:
+        marked = mark(txn, fetch_expiry=fetch_expiry)
+    problems = marked.problems
     commits = 0
     for repo in history.repos():
         heads = list(history.branches(repo).values()) + list(history.tags(repo).values())
@@ -277,17 +347,25 @@ def fsck(history: History) -> VerifyReport:
             problems += [p for p in report.problems if p not in problems]
             seen |= {c for c, _ in history.walk([head])} if not report.problems else set()
         commits += len(seen)
-    return VerifyReport(commits, sorted(set(problems)))
+    return FsckReport(commits, sorted(set(problems)), unfinished=marked.unfinished, damaged=marked.damaged)
 
 
-def gc(history: History) -> tuple[int, int]:
-    """Delete unreachable blocks; returns (blocks, bytes) removed. Refuses on a broken store."""
-    reachable, problems = reachable_blocks(history)
+def gc(history: History, fetch_expiry: float | None = None) -> tuple[int, int]:
+    """Delete unreachable blocks; returns (blocks, bytes) removed. Refuses on a broken store.
+
+    Unfinished fetches (not expired) keep what they stored. The mark that decides is redone inside
+    the sweep's write transaction (structure only, no hashing: the first mark checked the hashes),
+    so a commit or a fetch that stores blocks while gc runs never loses them.
+    """
+    _, problems = reachable_blocks(history, fetch_expiry)
     if problems:
         raise FednodeError(f"fsck found problems; not collecting: {problems[0]}")
     removed = freed = 0
     with history.store.write() as txn:
-        garbage = [cid for cid in txn.iter_block_cids() if bytes(cid) not in reachable]
+        marked = mark(txn, rehash=False, fetch_expiry=fetch_expiry)
+        if marked.problems:
+            raise FednodeError(f"the store changed while collecting; not collecting: {marked.problems[0]}")
+        garbage = [cid for cid in txn.iter_block_cids() if bytes(cid) not in marked.reachable]
         for cid in garbage:
             if cid.codec == DAG_CBOR and txn.commit_repo(cid) is not None:
                 try:  # a collected commit leaves the revision indexes too

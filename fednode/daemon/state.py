@@ -3,21 +3,76 @@
 Keys: ``follow/<repo>``; ``members/<repo>`` (latest signed Membership); ``seq/<kind>/<repo><from>[branch]``
 (last accepted seq, replay protection); ``ann/<repo><from><branch>`` (latest signed head announcement);
 ``prop/<repo><from><branch>`` (latest merge proposal); ``fetch/<repo><root cid>`` (unfinished fetch:
-DAG-CBOR {providers, thens}); ``peer/<peer id>`` (last known addresses); ``own/<repo>`` (our last seq);
+DAG-CBOR {providers, thens, since: unix seconds it was first recorded}); ``gone/<repo><root cid>`` (a fetch
+that expired: 8-byte first-recorded time, so a re-announcement does not restart its clock);
+``peer/<peer id>`` (last known addresses); ``own/<repo>`` (our last seq);
 ``ban/<peer id>`` (DAG-CBOR {until: unix seconds, reason}: a ban survives restarts until it expires);
 ``verified/<repo><commit cid>`` (the commit and its whole ancestry passed ``operations.verify`` in that repo).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
-from fednode.store import Store
+from fednode.errors import FednodeError
+from fednode.store import Store, Txn
 from protocol import dagcbor
-from protocol.messages import HeadAnnouncement, Membership, decode
+from protocol.messages import HeadAnnouncement, Membership, MergeProposal, decode
 from protocol.multiformats import CID
 
 DB = "net"
+FETCH, GONE = b"fetch/", b"gone/"
+# [network] fetch_expiry_seconds: an unfinished fetch (a head announced but never served) is dropped this
+# long after it was first recorded, with the announcements and proposals of its head; its partial data is
+# then garbage for gc. 48 h is the lifetime of an IPFS DHT provider record: a provider that served
+# nothing for that long is gone. A fetch that expires is not refused later: a re-announcement fetches
+# again, but its record keeps the first time (``gone/``), so it is dropped at the next sweep unless it
+# completes. ``gone/`` entries are forgotten after GONE_FACTOR expiry periods.
+FETCH_EXPIRY_SECONDS = 48 * 3600.0
+GONE_FACTOR = 8
+
+
+def fetch_expiry_seconds(config: dict[str, Any]) -> float:
+    """``[network] fetch_expiry_seconds`` from a node config, checked (a one-line error if wrong)."""
+    value = config.get("network", {}).get("fetch_expiry_seconds", FETCH_EXPIRY_SECONDS)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e12:
+        raise FednodeError(f"[network] fetch_expiry_seconds must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def _list(value: object) -> list:
+    return value if isinstance(value, list) else []
+
+
+@dataclass(frozen=True)
+class FetchRecord:
+    repo: bytes
+    root: CID
+    providers: list[str]
+    thens: list[bytes]
+    since: float | None  # None: written by an older version (stamped at the next sweep)
+
+
+def fetch_records(txn: Txn) -> list[FetchRecord]:
+    """Every well-formed ``fetch/`` record (a malformed one is skipped, never raised)."""
+    out = []
+    for key, value in txn.kv_items(DB, FETCH):
+        try:
+            root = CID.from_bytes(key[len(FETCH) + 32 :])
+            obj = dagcbor.decode(value)
+        except Exception:  # a damaged record is skipped: it must not stop fsck, gc or the daemon
+            continue
+        if len(key) < len(FETCH) + 33 or not isinstance(obj, dict):
+            continue
+        providers = [p for p in _list(obj.get("providers")) if isinstance(p, str)]
+        thens = [t for t in _list(obj.get("thens")) if isinstance(t, bytes)]
+        since = obj.get("since")
+        since = float(since) if isinstance(since, int) and not isinstance(since, bool) else None
+        out.append(FetchRecord(key[len(FETCH) : len(FETCH) + 32], root, providers, thens, since))
+    return out
 
 
 class NetState:
@@ -99,24 +154,64 @@ class NetState:
         with self.store.read() as txn:
             return [v for _, v in txn.kv_items(DB, b"prop/" + repo_id)]
 
-    # unfinished fetches (resumed after a restart)
+    # unfinished fetches (resumed after a restart, dropped after fetch_expiry_seconds)
     def add_fetch(self, repo: bytes, root: CID, providers: list[str], thens: list[bytes]) -> None:
+        """Record (or update) a fetch; it keeps the time it was first recorded, even across an expiry."""
+        key = repo + bytes(root)
         with self.store.write() as txn:
-            txn.kv_put(DB, b"fetch/" + repo + bytes(root),
-                       dagcbor.encode({"providers": providers, "thens": thens}))
+            since = int(time.time())
+            old = txn.kv_get(DB, FETCH + key)
+            gone = txn.kv_get(DB, GONE + key)
+            try:
+                first = dagcbor.decode(old).get("since") if old else None
+            except Exception:  # a damaged record is replaced
+                first = None
+            if isinstance(first, int) and not isinstance(first, bool):
+                since = min(since, first)
+            if gone is not None and len(gone) == 8:
+                since = min(since, int.from_bytes(gone, "big"))
+            txn.kv_put(DB, FETCH + key, dagcbor.encode({"providers": providers, "thens": thens, "since": since}))
 
     def done_fetch(self, repo: bytes, root: CID) -> None:
         with self.store.write() as txn:
-            txn.kv_delete(DB, b"fetch/" + repo + bytes(root))
+            txn.kv_delete(DB, FETCH + repo + bytes(root))
+            txn.kv_delete(DB, GONE + repo + bytes(root))
 
     def fetches(self) -> list[tuple[bytes, CID, list[str], list[bytes]]]:
-        out = []
         with self.store.read() as txn:
-            items = txn.kv_items(DB, b"fetch/")
-        for key, value in items:
-            obj = dagcbor.decode(value)
-            out.append((key[6:38], CID.from_bytes(key[38:]), list(obj["providers"]), list(obj["thens"])))
-        return out
+            return [(r.repo, r.root, r.providers, r.thens) for r in fetch_records(txn)]
+
+    def expire_fetches(self, max_age: float, now: float | None = None) -> list[tuple[bytes, CID]]:
+        """Drop fetches first recorded more than ``max_age`` seconds ago, with the stored announcements
+        and proposals of their heads (we would otherwise serve them to peers), in one transaction.
+        Records from older versions (no time) are stamped now. Returns the expired (repo, root)."""
+        now = time.time() if now is None else now
+        expired: list[tuple[bytes, CID]] = []
+        with self.store.write() as txn:
+            for rec in fetch_records(txn):
+                key = rec.repo + bytes(rec.root)
+                if rec.since is None:
+                    txn.kv_put(DB, FETCH + key, dagcbor.encode(
+                        {"providers": rec.providers, "thens": rec.thens, "since": int(now)}))
+                elif now - rec.since > max_age:
+                    txn.kv_delete(DB, FETCH + key)
+                    txn.kv_put(DB, GONE + key, int(rec.since).to_bytes(8, "big"))
+                    expired.append((rec.repo, rec.root))
+            gone: set[tuple[bytes, bytes]] = set()
+            for key, value in txn.kv_items(DB, GONE):
+                if len(value) != 8 or now - int.from_bytes(value, "big") > GONE_FACTOR * max_age:
+                    txn.kv_delete(DB, key)
+                else:
+                    gone.add((key[len(GONE) : len(GONE) + 32], key[len(GONE) + 32 :]))
+            for prefix in (b"ann/", b"prop/"):
+                for key, value in txn.kv_items(DB, prefix):
+                    try:
+                        msg = decode(value)
+                    except Exception:  # a damaged entry is left alone
+                        continue
+                    if isinstance(msg, HeadAnnouncement | MergeProposal) and (msg.repo, bytes(msg.head)) in gone:
+                        txn.kv_delete(DB, key)
+        return expired
 
     # peers seen (reconnected after a restart)
     def put_peer(self, peer_id: str, addrs: list[str]) -> None:
