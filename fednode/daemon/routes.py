@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import multiaddr
+import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from fednode.daemon import discovery, sync
@@ -145,6 +146,22 @@ async def h_providers(d: Daemon, body: dict[str, Any]) -> Any:
     return [{"peer_id": str(i.peer_id), "addrs": [str(a) for a in i.addrs]} for i in infos]
 
 
+async def h_fetch(d: Daemon, body: dict[str, Any]) -> Any:
+    """Fetch a local commit's missing blocks again from peers (fsck --repair); waits up to 'timeout'."""
+    _only(body, "repo", "root", "timeout")
+    timeout = _timeout(body)
+    repo_id = _repo_arg(d, body, local=True)
+    text = _text(body, "root")
+    try:
+        root = CID.parse(text)
+    except Exception:
+        raise HTTPError(400, f"not a CID: {text!r}") from None
+    job = d.schedule_fetch(repo_id, root, [], None)
+    with trio.move_on_after(timeout):
+        await job.done.wait()
+    return {"root": str(root), "ok": job.ok, "done": job.done.is_set()}
+
+
 async def h_unban(d: Daemon, body: dict[str, Any]) -> Any:
     """Lift a ban before it expires (the peer may connect again)."""
     _only(body, "peer")
@@ -252,6 +269,7 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "/members"): h_members,
     ("POST", "/unban"): h_unban,
     ("POST", "/providers"): h_providers,
+    ("POST", "/fetch"): h_fetch,
 }
 
 
@@ -264,6 +282,9 @@ def openapi() -> dict[str, Any]:
         "/connect": {"type": "object", "properties": {"addr": {"type": "string"}}, "required": ["addr"]},
         "/unban": {"type": "object", "properties": {"peer": {"type": "string"}}, "required": ["peer"]},
         "/providers": {"type": "object", "properties": {"cid": {"type": "string"}}, "required": ["cid"]},
+        "/fetch": {**repo, "required": ["repo", "root"],
+                   "properties": {**repo["properties"], "root": {"type": "string"},
+                                  "timeout": sync_schema["properties"]["timeout"]}},
         "/follow": repo, "/push": repo,
         "/pull": sync_schema, "/clone": sync_schema,
         "/propose": {**repo, "properties": {**repo["properties"], "branch": {"type": "string"},
