@@ -25,7 +25,7 @@ from fednode.daemon.logs import log
 from fednode.daemon.metrics import Metrics
 from fednode.daemon.ratelimit import TokenBuckets
 from fednode.daemon.slots import NewestFirstSlots
-from fednode.daemon.state import NetState
+from fednode.daemon.state import NetState, fetch_expiry_seconds
 from fednode.daemon.validate import PENALIZED, Validator, Verdict
 from fednode.node import Node
 from protocol import messages as m
@@ -71,6 +71,7 @@ class Daemon:
         self.own_cache: dict[bytes, tuple[tuple, float, list[m.HeadAnnouncement]]] = {}  # see sync.py
         self.provided: set[str] = set()  # DHT keys announced since start (see discovery.provide_new)
         self.sync_interval = sync_interval
+        self.fetch_expiry = fetch_expiry_seconds(node.config)  # unfinished fetches older than this are dropped
         self.serve_limiter = trio.CapacityLimiter(MAX_SERVING)
         self.fetch_slots = NewestFirstSlots(MAX_CONCURRENT_FETCHES)
         self.jobs_scheduled = 0
@@ -114,6 +115,7 @@ class Daemon:
                     self.bitswap = await start_bitswap(self.host, self.node.store, nursery)
                     for repo_id in {*self.state.local_repos().values(), *self.state.follows()}:
                         await self.subscribe(repo_id)
+                    self.state.expire_fetches(self.fetch_expiry)  # before resuming: a restart revives none
                     for repo, root, providers, thens in self.state.fetches():
                         log("fetch_resumed", root=str(root))
                         self.schedule_fetch(repo, root, providers, thens)
@@ -197,6 +199,7 @@ class Daemon:
 
     async def _sync_round(self) -> None:
         self._restore_bans()
+        self.state.expire_fetches(self.fetch_expiry)
         await discovery.provide_new(self)  # heads moved by local commits and merges
         peers = sync.peer_list(self)
         for repo_id in list(self.topics.values()):

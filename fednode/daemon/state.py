@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from fednode.daemon.logs import log
 from fednode.errors import FednodeError
 from fednode.store import Store, Txn
 from protocol import dagcbor
@@ -197,6 +198,7 @@ class NetState:
                     txn.kv_delete(DB, FETCH + key)
                     txn.kv_put(DB, GONE + key, int(rec.since).to_bytes(8, "big"))
                     expired.append((rec.repo, rec.root))
+                    log("fetch_expired", "warning", root=str(rec.root), age_seconds=int(now - rec.since))
             gone: set[tuple[bytes, bytes]] = set()
             for key, value in txn.kv_items(DB, GONE):
                 if len(value) != 8 or now - int.from_bytes(value, "big") > GONE_FACTOR * max_age:
