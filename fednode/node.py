@@ -114,8 +114,10 @@ def parse_config(text: str, path: Path | str) -> dict[str, Any]:
     """A config.toml text parsed and type-checked; anything wrong is one FednodeError line."""
     try:
         config = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise FednodeError(f"invalid {path}: {str(exc).splitlines()[0]}") from None
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise FednodeError(f"invalid {path}: nested too deeply") from None
+    except ValueError as exc:  # TOMLDecodeError, or an integer of more than 4300 digits
+        raise FednodeError(f"invalid {path}: {(str(exc).splitlines() or ['malformed'])[0]}") from None
     check_config(config, path)
     return config
 
