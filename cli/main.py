@@ -651,7 +651,7 @@ def fsck(ctx: click.Context, as_json: bool, repair: bool, sources: tuple[Path, .
     report = operations.fsck(node.history, expiry)
     fixed: dict[str, Any] = {}
     if repair and report.damaged:
-        fixed = _repair(ctx, node, report.damaged, list(sources),
+        fixed = _repair(ctx, node, expiry, list(sources),
                         (lambda line: click.echo(line, err=True)) if as_json else out.print)
         report = operations.fsck(node.history, expiry)
     if as_json:
@@ -667,8 +667,8 @@ def fsck(ctx: click.Context, as_json: bool, repair: bool, sources: tuple[Path, .
     _report(report, "fsck", False)
 
 
-def _repair(ctx: click.Context, node: Node, damaged: dict[CID, tuple[bytes, CID]], sources: list[Path],
-            say: Callable[[str], None]) -> dict[str, Any]:
+def _repair(ctx: click.Context, node: Node, expiry: float, sources: list[Path], say: Callable[[str], None]
+            ) -> dict[str, Any]:
     """``fsck --repair``: files first, then the daemon (if one runs) fetches what is left from peers."""
     from fednode import repair
     from fednode.daemon.client import Client
@@ -687,11 +687,11 @@ def _repair(ctx: click.Context, node: Node, damaged: dict[CID, tuple[bytes, CID]
 
         return refetch
 
-    result = repair.repair(node.store, damaged, sources, connect)
+    result = repair.repair(node.store, lambda: operations.damaged_blocks(node.history, expiry), sources, connect)
     if result.from_files:
         say(f"repaired {len(result.from_files)} block(s) from {', '.join(map(str, sources))}")
     if result.refetched:
-        say(f"fetched {len(result.refetched)} commit closure(s) again from peers")
+        say(f"fetched {len(set(result.refetched))} commit closure(s) again from peers")
     for why in result.failed:
         say(f"not repaired: {why}")
     return {"from_files": [str(c) for c in result.from_files], "refetched": [str(c) for c in result.refetched],

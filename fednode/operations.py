@@ -326,6 +326,12 @@ def reachable_blocks(history: History, fetch_expiry: float | None = None) -> tup
     return marked.reachable, marked.problems
 
 
+def damaged_blocks(history: History, fetch_expiry: float | None = None) -> dict[CID, tuple[bytes, CID]]:
+    """Blocks missing below a ref or failing their hash, each with the (repository id, root) reaching it."""
+    with history.store.read() as txn:
+        return mark(txn, fetch_expiry=fetch_expiry).damaged
+
+
 @dataclass
 class FsckReport(VerifyReport):
     unfinished: list[str] = field(default_factory=list)  # notes on unfinished fetches: not problems

@@ -75,23 +75,34 @@ def blocks_from_files(paths: list[Path], wanted: set[CID]) -> dict[CID, bytes]:
     return found
 
 
-def repair(store: Store, damaged: dict[CID, tuple[bytes, CID]], files: list[Path],
+def repair(store: Store, find: Callable[[], dict[CID, tuple[bytes, CID]]], files: list[Path],
            connect: Callable[[], Refetch | None]) -> RepairResult:
-    """Restore ``damaged`` blocks (see ``operations.Marked``) from ``files``, then, for what is left,
-    through the daemon that ``connect`` returns (None: no daemon; the damage stays as it is)."""
+    """Restore the damaged blocks ``find`` reports (see ``operations.Marked``) from ``files``, then, for
+    what is left, through the daemon that ``connect`` returns (None: no daemon; that damage stays).
+
+    In rounds: the mark does not descend below a damaged block, so damage under it shows only once it
+    is repaired. Each round must find a block not tried before, so this ends.
+    """
     result = RepairResult()
-    if files:
-        result.from_files = replace_blocks(store, blocks_from_files(files, set(damaged)))
-    left = {cid: origin for cid, origin in damaged.items() if cid not in result.from_files}
-    refetch = connect() if left else None
-    if refetch is None:
-        return result
-    with store.write() as txn:  # bad bytes are worse than none: peers penalise whoever serves them
-        for cid in left:
-            txn.delete_block(cid)
-    for repo_id, root in dict.fromkeys(left.values()):
-        if refetch(repo_id, root):
-            result.refetched.append(root)
-        else:
-            result.failed.append(f"{root}: the daemon could not fetch it from any peer")
+    refetch: Refetch | None = None
+    connected = False
+    tried: set[CID] = set()
+    damaged = find()
+    while damaged and not set(damaged) <= tried:
+        tried |= set(damaged)
+        if files:
+            result.from_files += replace_blocks(store, blocks_from_files(files, set(damaged)))
+        left = {cid: origin for cid, origin in damaged.items() if cid not in result.from_files}
+        if left and not connected:
+            refetch, connected = connect(), True
+        if left and refetch is not None:
+            with store.write() as txn:  # bad bytes are worse than none: peers penalise whoever serves them
+                for cid in left:
+                    txn.delete_block(cid)
+            for repo_id, root in dict.fromkeys(left.values()):
+                if refetch(repo_id, root):
+                    result.refetched.append(root)
+                else:
+                    result.failed.append(f"{root}: the daemon could not fetch it from any peer")
+        damaged = find()
     return result

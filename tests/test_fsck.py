@@ -207,3 +207,52 @@ def test_fsck_repair_without_a_source_says_so(node: Node, tmp_path: Path) -> Non
     with Store(node.home / "store") as store, store.read() as txn:
         assert txn.has_block(manifest)  # nothing deleted when nothing could replace it
     assert run_fednode(node.home, "fsck", "--from", other, check=False).returncode == 1  # --from needs --repair
+
+
+# --- with real daemons: repair from a peer, expiry at start ----------------------------------------------
+
+
+def test_fsck_repair_fetches_corrupt_blocks_from_a_peer_and_the_daemon_expires_old_fetches(tmp_path: Path) -> None:
+    from test_daemon_harness import DaemonProc, daemons, make_home, open_nodes
+
+    from fednode.history import repo_id_text
+    from protocol import dagcbor
+
+    home_a, home_b = make_home(tmp_path, "a"), make_home(tmp_path, "b")
+    na, nb = open_nodes(home_a, home_b)
+    try:
+        arrays = big_arrays()
+        info, genesis = na.history.create_repo("big", ArraySource(arrays))
+        # B holds two fetch records from an earlier run: one 3 days old (never served), one fresh
+        stale, fresh = CID.hash(RAW, b"never served"), CID.hash(RAW, b"announced a minute ago")
+        with nb.store.write() as txn:
+            for root, age in ((stale, 3 * 86400), (fresh, 60)):
+                record = {"providers": [], "thens": [], "since": int(time.time()) - age}
+                txn.kv_put("net", b"fetch/" + info.repo_id + bytes(root), dagcbor.encode(record))
+        a = DaemonProc(home_a).start()
+        b = DaemonProc(home_b, (a.addr,))
+        with daemons(a, b):
+            b.start()
+            b.api("POST", "/clone", {"repo": repo_id_text(info.repo_id), "timeout": 30})
+            events = b.log_events()
+            assert [e["root"] for e in events if e["event"] == "fetch_expired"] == [str(stale)]
+            resumed = {e["root"] for e in events if e["event"] == "fetch_resumed"}
+            assert str(fresh) in resumed and str(stale) not in resumed
+            # bit rot on B: a leaf of the big tensor and the manifest (which no model file holds)
+            _, leaves = leaves_of(nb.store, nb.history, genesis.cid)
+            manifest = nb.history.load_commit(genesis.cid).weights
+            corrupt(nb.store, leaves[1])
+            corrupt(nb.store, manifest)
+            bad = run_fednode(home_b, "fsck", check=False)
+            assert bad.returncode == 1 and "does not match its hash" in bad.stderr
+            served = a.metrics()["blocks_out"]
+            fixed = run_fednode(home_b, "fsck", "--repair")
+            assert "fetched 1 commit closure(s) again from peers" in fixed.stdout, fixed.stdout
+            assert "fsck: 1 commits ok" in fixed.stdout
+            assert a.metrics()["blocks_out"] - served == 2  # exactly the two damaged blocks
+            out = tmp_path / "out.safetensors"
+            run_fednode(home_b, "checkout", "big:main", "--out", out)
+            assert_same_arrays(read_model(out), arrays)
+    finally:
+        na.close()
+        nb.close()
