@@ -837,3 +837,35 @@ def test_verify_without_rehash_checks_structure_not_hashes(history: History) -> 
     for rehash in (True, False):
         problems = operations.verify(history, info, genesis, rehash=rehash).problems
         assert problems == [f"commit {genesis} tensor 'big': block {leaves[1]} is not in the store"]
+
+
+# --- gc while others write; damaged daemon records ----------------------------------------------------
+
+
+def test_gc_never_collects_a_commit_made_while_it_runs(history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit (or a daemon's fetch) that lands between gc's check and its sweep keeps its blocks:
+    the sweep re-marks inside its own write transaction."""
+    info, cids, states = linear(history, 1)
+    check = operations.reachable_blocks
+    made = []
+
+    def check_then_commit(*args, **kw):  # the real check; then another writer commits
+        found = check(*args, **kw)
+        made.append(history.commit(info, ArraySource(perturb(states[-1], seed=77)), "during gc"))
+        return found
+
+    monkeypatch.setattr(operations, "reachable_blocks", check_then_commit)
+    operations.gc(history)
+    assert made and history.branch_head(info, "main") == made[0].cid
+    assert operations.fsck(history).problems == []
+    assert history.state(made[0].cid)
+
+
+def test_damaged_fetch_records_stop_neither_fsck_nor_gc(history: History) -> None:
+    info, cids, _ = linear(history, 1)
+    with history.store.write() as txn:
+        txn.kv_put("net", b"fetch/" + info.repo_id + b"\x01not a cid", b"\xa0")
+        txn.kv_put("net", b"fetch/" + info.repo_id + bytes(cids[-1]), b"\xff not cbor")
+    report = operations.fsck(history)
+    assert report.problems == [] and report.unfinished == []
+    assert operations.gc(history) == (0, 0)
