@@ -18,9 +18,9 @@ import trio
 from fednode.daemon import blocks, wire
 from fednode.daemon.metrics import Metrics
 from fednode.store import Store
-from protocol import dagcbor
 from protocol import messages as m
 from protocol.multiformats import CID, DAG_CBOR, RAW, encode_varint
+from protocol.objects import Manifest, TensorEntry
 
 
 class FakeStream:
@@ -108,7 +108,10 @@ def _dag(n_leaves: int, size: int) -> tuple[CID, dict[CID, bytes]]:
     for _ in range(n_leaves):
         data = os.urandom(size)
         leaves[CID.hash(RAW, data)] = data
-    root_block = dagcbor.encode({"links": list(leaves)})
+    # a manifest linking every leaf (the fetcher refuses DAG-CBOR blocks that are neither commits
+    # nor manifests); zero-padded names keep the leaves in order in its canonical encoding
+    tensors = {f"t{i:04d}": TensorEntry("U8", (size,), "raw", 0, cid, size, state=cid) for i, cid in enumerate(leaves)}
+    root_block = Manifest(tensors).encode()
     root = CID.hash(DAG_CBOR, root_block)
     return root, {root: root_block, **leaves}
 
@@ -436,3 +439,43 @@ async def test_a_fetch_marks_what_it_brings_until_it_ends(tmp_path: Path, monkey
     events = [e for e in seen if e is not None]
     assert events and all(isinstance(e, trio.Event) for e in events)
     assert all(e.is_set() for e in events)  # set when the fetch ended: held requests go on
+
+
+def _manifest_over(root: CID, size: int) -> tuple[CID, bytes]:
+    block = Manifest({"w": TensorEntry("U8", (size,), "raw", 0, root, size, state=root)}).encode()
+    return CID.hash(DAG_CBOR, block), block
+
+
+async def test_a_block_linked_many_times_is_asked_for_once(tmp_path: Path) -> None:
+    """A DAG bomb (each inner node links MAX_LINKS times to one child) costs one request per block."""
+    from test_unixfs import dag_bomb
+
+    bomb_root, bomb = dag_bomb()
+    root, block = _manifest_over(bomb_root, 1024)
+    host = FakeHost({root: block, **bomb})
+    with Store(tmp_path / "s", sync=False) as store:
+        fetcher = blocks.Fetcher(host, store, Metrics(), lambda p, r: None)  # type: ignore[arg-type]
+        with trio.fail_after(10):
+            assert await fetcher.fetch(b"r" * 32, root, lambda: ["p"])  # type: ignore[list-item]
+    assert sorted(map(str, host.asked["p"])) == sorted(map(str, [root, *bomb]))  # each block once
+
+
+async def test_a_unixfs_chain_deeper_than_any_file_is_refused(tmp_path: Path) -> None:
+    from protocol.multiformats import DAG_PB
+    from protocol.unixfs import Link, _unixfs_data, encode_node
+
+    child = CID.hash(RAW, b"x")
+    dag = {child: b"x"}
+    for _ in range(blocks.MAX_PB_DEPTH + 5):
+        node = encode_node([Link(child, 1, 1)], _unixfs_data(1, [1]))
+        child = CID(1, DAG_PB, CID.hash(DAG_PB, node).digest)
+        dag[child] = node
+    root, block = _manifest_over(child, 1)
+    host = FakeHost({root: block, **dag})
+    budget = blocks.Budget()
+    with Store(tmp_path / "s", sync=False) as store:
+        fetcher = blocks.Fetcher(host, store, Metrics(), lambda p, r: None)  # type: ignore[arg-type]
+        with trio.fail_after(10):
+            assert not await fetcher.fetch(b"r" * 32, root, lambda: ["p"], budget)  # type: ignore[list-item]
+    assert budget.refused == "too_deep"
+    assert len(host.asked["p"]) == 1 + blocks.MAX_PB_DEPTH + 1  # the manifest, then no deeper than the limit

@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import trio
 from helpers import fixed_identity, model_arrays, perturb
 
 from fednode.daemon import sync
@@ -24,9 +25,15 @@ from protocol.multiformats import CID, DAG_CBOR
 def fake_daemon(history: History) -> SimpleNamespace:
     """What ``sync.apply`` uses of a Daemon."""
     state = NetState(history.store)
+
+    async def run_reading(fn):  # noqa: ANN001, ANN202 - the daemon runs it in a worker thread
+        return await trio.to_thread.run_sync(fn)
+
     return SimpleNamespace(node=SimpleNamespace(history=history, store=history.store), state=state,
                            validator=Validator(history.store, state), metrics=SimpleNamespace(rejected=Counter()),
-                           nursery=SimpleNamespace(start_soon=lambda *args: None))
+                           nursery=SimpleNamespace(start_soon=lambda *args: None),
+                           fetcher=SimpleNamespace(run_reading=run_reading), penalize=lambda peer, reason: None,
+                           spawn=lambda *args, **kw: None)
 
 
 def announce(ident: Identity, repo_id: bytes, head: CID, seq: int) -> bytes:
@@ -53,7 +60,7 @@ def test_apply_records_verified_commits_persistently(tmp_path: Path, monkeypatch
     d = fake_daemon(history)
     assert not d.state.is_verified(rid, genesis)
 
-    sync.apply(d, rid, announce(owner, rid, c1, 1))
+    trio.run(sync.apply, d, rid, announce(owner, rid, c1, 1))
     assert main_head(history, rid) == c1
     assert d.state.is_verified(rid, genesis) and d.state.is_verified(rid, c1)
     assert not d.state.is_verified(rid, c2)
@@ -63,7 +70,7 @@ def test_apply_records_verified_commits_persistently(tmp_path: Path, monkeypatch
     bad_cid = CID.hash(DAG_CBOR, bad.encode())
     with store.write() as txn:
         txn.put_block(bad_cid, bad.encode())
-    sync.apply(d, rid, announce(owner, rid, bad_cid, 2))
+    trio.run(sync.apply, d, rid, announce(owner, rid, bad_cid, 2))
     assert d.metrics.rejected["verify_failed"] == 1 and main_head(history, rid) == c1
     assert not d.state.is_verified(rid, c2) and not d.state.is_verified(rid, bad_cid)
     store.close()
@@ -82,6 +89,6 @@ def test_apply_records_verified_commits_persistently(tmp_path: Path, monkeypatch
         return check_commit(cid, *args, **kw)
 
     monkeypatch.setattr(history, "check_commit", counting)
-    sync.apply(d, rid, announce(owner, rid, c2, 3))
+    trio.run(sync.apply, d, rid, announce(owner, rid, c2, 3))
     assert checked == [c2] and main_head(history, rid) == c2 and d.state.is_verified(rid, c2)
     store.close()

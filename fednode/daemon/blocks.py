@@ -28,6 +28,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import trio
 from libp2p.abc import IHost, INetStream
@@ -42,7 +43,7 @@ from fednode.identity import verify_signature
 from fednode.store import WRITE_HEADROOM, Store
 from protocol import messages as m
 from protocol.dag import links  # children to fetch
-from protocol.multiformats import CID, DAG_CBOR, RAW, FormatError
+from protocol.multiformats import CID, DAG_CBOR, DAG_PB, RAW, FormatError
 from protocol.objects import COMMIT_TYPE, Commit, Manifest
 
 PROTOCOL = TProtocol(m.BLOCKS_PROTOCOL)
@@ -59,6 +60,10 @@ SMALL_WRITE = 256 * 1024  # batches below this are checked and stored on the tri
 Blocks = list[tuple[CID, bytes]]  # (CID, block) pairs, in the order they were asked for
 MAX_FETCH_BYTES = 64 << 30  # [network] max_fetch_bytes: most one fetch job (a commit and all it reaches) stores
 MIN_FREE_BYTES = 1 << 30  # [network] min_free_bytes: a fetch never leaves less free disk than this
+# DAG-PB levels below the nearest DAG-CBOR block: a 1 TiB file of 256 KiB chunks, 174 links a node,
+# is 3 deep; a chain deeper than this is someone's attempt at making us fetch one block a round trip
+MAX_PB_DEPTH = 12
+T = TypeVar("T")
 
 
 @dataclass
@@ -211,6 +216,14 @@ class Fetcher:
                 await trio.to_thread.run_sync(self.store_blocks, repo_id, good_and_held, False)
         return good, bad
 
+    async def run_reading(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (which only reads the store, e.g. verifying a fetched commit) in a worker
+        thread, so the event loop serves streams and ``/status`` meanwhile. The map is grown first
+        and fetches do not store meanwhile: LMDB must not be resized while the thread reads it."""
+        async with self._write_lock:
+            self.store.reserve(2 * WRITE_HEADROOM)
+            return await trio.to_thread.run_sync(fn)
+
     async def flush(self, repo_id: bytes, held: Blocks) -> None:
         """Store what ``check_and_store`` held back (also while the fetch is being cancelled)."""
         if held:
@@ -319,42 +332,50 @@ class Fetcher:
                         break
         return stored
 
-    def _missing_and_children(self, frontier: list[CID], seen: set[CID]) -> tuple[list[CID], list[CID]]:
+    def _missing_and_children(self, frontier: list[CID], seen: set[CID],
+                              depth: dict[CID, int]) -> tuple[list[CID], list[CID]]:
         missing: list[CID] = []
-        children: list[CID] = []
+        children: dict[CID, None] = {}  # an ordered set: a block linked many times is asked for once
         with self.store.read() as txn:
             for cid in frontier:
                 if cid in seen:
                     continue
                 seen.add(cid)
                 if txn.has_block(cid):
-                    children += links(cid, txn.get_block(cid))
+                    _add_children(children, cid, links(cid, txn.get_block(cid)), depth)
                 else:
                     missing.append(cid)
-        return missing, children
+        return missing, list(children)
 
     async def fetch(self, repo_id: bytes, root: CID, providers: Callable[[], list[ID]],
                     budget: Budget | None = None) -> bool:
         """Fetch everything reachable from ``root`` that is missing; True when complete.
 
         Level by level (a block's children are known only once it is checked); see the module
-        docstring for how a level is fetched. Nothing is stored beyond ``budget`` (then
-        ``budget.refused`` says why).
+        docstring for how a level is fetched. Each block is asked for once however often it is
+        linked, and UnixFS trees deeper than MAX_PB_DEPTH are refused. Nothing is stored beyond
+        ``budget`` (then ``budget.refused`` says why).
         """
         start = time.monotonic()
         seen: set[CID] = set()
+        depth: dict[CID, int] = {}  # DAG-PB levels below the nearest DAG-CBOR block
         frontier = [root]
         budget = budget or Budget()
         held: Blocks = []  # small checked blocks waiting for a transaction
         mine: list[CID] = []  # the in-flight entries this fetch made (another fetch may own one)
         try:
             while frontier:
-                missing, children = self._missing_and_children(frontier, seen)
-                for cid in missing:
-                    if cid not in self._in_flight:
-                        self._in_flight[cid] = trio.Event()
-                        mine.append(cid)
-                failed = await self._fetch_level(repo_id, missing, providers, children, budget, held)
+                try:
+                    missing, children = self._missing_and_children(frontier, seen, depth)
+                    for cid in missing:
+                        if cid not in self._in_flight:
+                            self._in_flight[cid] = trio.Event()
+                            mine.append(cid)
+                    failed = await self._fetch_level(repo_id, missing, providers, children, budget, held, depth)
+                except TooDeep as exc:
+                    budget.refused = "too_deep"
+                    log("fetch_refused_deep", "warning", root=str(root), error=str(exc))
+                    return False
                 if failed:
                     self.metrics.fetches_failed += 1
                     log("fetch_incomplete", "warning", root=str(root), missing=failed)
@@ -369,7 +390,7 @@ class Fetcher:
         return True
 
     async def _fetch_level(self, repo_id: bytes, missing: list[CID], providers: Callable[[], list[ID]],
-                           children: list[CID], budget: Budget, held: Blocks) -> int:
+                           children: list[CID], budget: Budget, held: Blocks, depth: dict[CID, int]) -> int:
         """Fetch ``missing`` from each provider in turn (what one could not serve goes to the next);
         appends the links of what arrived to ``children``, in order; returns how many blocks
         could not be fetched."""
@@ -380,9 +401,27 @@ class Fetcher:
                 break
             stored.update(await self._fetch_from(peer, repo_id, remaining, budget, held))
             remaining = [c for c in remaining if c not in stored]
+        more: dict[CID, None] = dict.fromkeys(children)
         for cid in missing:
-            children.extend(stored.get(cid, ()))
+            _add_children(more, cid, stored.get(cid, []), depth)
+        children[:] = list(more)
         return len(remaining)
+
+
+class TooDeep(Exception):
+    """A UnixFS tree deeper than MAX_PB_DEPTH: no file we store is, a chain of 1-link nodes is."""
+
+
+def _add_children(children: dict[CID, None], parent: CID, kids: list[CID], depth: dict[CID, int]) -> None:
+    """Add ``parent``'s links to the ordered set ``children``, recording how deep in a UnixFS tree
+    each is (0 below a DAG-CBOR block)."""
+    level = depth.get(parent, 0) + 1 if parent.codec == DAG_PB else 0
+    if level > MAX_PB_DEPTH:
+        raise TooDeep(f"block {parent} is {level - 1} DAG-PB levels deep")
+    for kid in kids:
+        children[kid] = None
+        if kid.codec == DAG_PB:
+            depth[kid] = min(depth.get(kid, level), level)
 
 
 def _is_manifest(block: bytes) -> bool:

@@ -411,7 +411,7 @@ class Daemon:
             log("fetch_complete", root=str(job.root))
             for raw in job.thens:  # one bad announcement must not keep the others from being applied
                 with guard.last_resort(self.metrics, "apply", root=str(job.root)):
-                    sync.apply(self, job.repo, raw)
+                    await sync.apply(self, job.repo, raw)
         job.done.set()  # a failed job stays in the net db: resumed at restart or by the next pull
 
     async def _more_providers(self, job: Job) -> None:

@@ -14,6 +14,7 @@ Commits that passed are recorded (``NetState.mark_verified``), so later heads ve
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -79,7 +80,7 @@ def signed_announcements(d: Daemon, repo_id: bytes, heads: dict[str, bytes]) -> 
 async def serve_heads(d: Daemon, stream: INetStream) -> None:
     try:
         try:
-            repo_id = m.decode_heads_query(await wire.read_frame(stream, 1024))
+            repo_id = m.decode_heads_query(await wire.read_frame(stream, 1024, wire.FIRST_FRAME_TIMEOUT))
         except FormatError:  # an honest peer never sends a query our decoder refuses
             d.penalize(stream.muxed_conn.peer_id, "malformed_request")
             raise
@@ -125,8 +126,9 @@ async def _create_repo(d: Daemon, repo_id: bytes, genesis: CID, peer: ID) -> Non
         raise FednodeError(f"peer {peer} sent a genesis that is not repository {repo_id_text(repo_id)}")
     name = str(commit.settings["name"])
     info = RepoInfo(name, repo_id, genesis, commit.settings)
-    # rehash=False: the fetcher hash-checked every block against its CID on arrival
-    report = operations.verify(d.node.history, info, genesis, rehash=False)
+    # rehash=False: the fetcher hash-checked every block against its CID on arrival; in a worker
+    # thread: a peer's data is verified while the event loop goes on serving
+    report = await d.fetcher.run_reading(partial(operations.verify, d.node.history, info, genesis, rehash=False))
     if report.problems:
         raise FednodeError(f"genesis commit fails verification: {report.problems[0]}")
     d.state.mark_verified(repo_id, report.checked)
@@ -207,8 +209,10 @@ def applied(d: Daemon, repo_id: bytes, ann: m.HeadAnnouncement) -> bool:
         return any(txn.get_ref(repo_id, n) == bytes(ann.head) for n in names)
 
 
-def apply(d: Daemon, repo_id: bytes, raw: bytes) -> None:
-    """After a fetch completed: move a branch or record a remote-tracking ref."""
+async def apply(d: Daemon, repo_id: bytes, raw: bytes) -> None:
+    """After a fetch completed: move a branch or record a remote-tracking ref. The new commits are
+    verified in a worker thread (``Fetcher.run_reading``): the event loop never waits on a peer's
+    data. A head that fails is the announcer's doing (it signed the announcement): penalized."""
     msg = m.decode(raw)
     if not isinstance(msg, m.HeadAnnouncement | m.MergeProposal):
         return
@@ -219,11 +223,13 @@ def apply(d: Daemon, repo_id: bytes, raw: bytes) -> None:
         return
     # Only the commits not verified before are checked (O(new commits), not O(history)); rehash=False:
     # the fetcher hash-checked every block against its CID on arrival.
-    report = operations.verify(history, repo, msg.head, verified=lambda cid: d.state.is_verified(repo_id, cid),
-                               rehash=False)
+    report = await d.fetcher.run_reading(partial(
+        operations.verify, history, repo, msg.head, verified=lambda cid: d.state.is_verified(repo_id, cid),
+        rehash=False))
     if report.problems:
         d.metrics.rejected["verify_failed"] += 1
         log("head_verify_failed", "warning", head=str(msg.head), problem=report.problems[0])
+        d.penalize(peer_id_of_key(msg.announcer), "verify_failed")
         return
     d.state.mark_verified(repo_id, report.checked)
     peer = str(peer_id_of_key(msg.announcer))

@@ -17,6 +17,7 @@ from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE
 from protocol.multiformats import encode_varint
 
 IO_TIMEOUT = 10.0
+FIRST_FRAME_TIMEOUT = 2.0  # a served stream must send its request within this; idle ones are closed
 READ_CHUNK = 1 << 20  # most a FrameReader takes per read of what the muxer has buffered
 # py-libp2p's yamux cuts a write into frames of up to 65524 payload bytes + a 12-byte header, and
 # Noise splits any write over 65519 plaintext bytes into two messages: a full yamux frame costs two
