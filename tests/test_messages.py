@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import pytest
 from helpers import fixed_identity
@@ -11,6 +12,7 @@ from fednode.identity import verify_signature
 from protocol import dagcbor
 from protocol import messages as m
 from protocol.multiformats import CID, DAG_CBOR, RAW, FormatError, b58encode
+from protocol.objects import Commit, Manifest, TensorEntry, _check_metrics
 
 REPO = bytes(range(32))
 HEAD = CID.hash(DAG_CBOR, b"a commit")
@@ -112,3 +114,129 @@ def test_block_requests_and_heads_replies() -> None:
     assert m.decode_heads_query(m.encode_heads_query(REPO)) == REPO
     with pytest.raises(FormatError):
         m.decode_heads_query(dagcbor.encode({"repo": b"short"}))
+
+
+# --- one value, one block: exact types in every decoded field (issue 10, items 1 and 3) -------------
+
+
+@pytest.mark.parametrize("kind", [[], {}, [1], {"a": 1}, b"head", 1, None])
+def test_a_kind_of_another_type_is_a_format_error_not_a_crash(kind: object) -> None:
+    """{"t": [], "v": 1}: a list is unhashable, and a membership test against a dict raised TypeError."""
+    data = dagcbor.encode({"t": kind, "v": 1})
+    with pytest.raises(FormatError):
+        m.decode(data)
+
+
+def _genesis_and_update() -> tuple[Commit, Commit]:
+    ident = fixed_identity()
+    weights = CID.hash(DAG_CBOR, b"a manifest")
+    settings = {"name": "r", "scale_bits": 24, "snapshot_interval": 8}
+    g = Commit(None, (), "init", weights, ident.public_key, 1, "genesis", info={"settings": settings})
+    g = replace(g, sig=ident.sign(g.commit_hash()))
+    u = Commit(g.commit_hash(), (g.cid(),), "update", weights, ident.public_key, 2, "u", {"loss": 0.5},
+               {"training": {"samples": 10}}, parent_hashes=(g.commit_hash(),))
+    return g, replace(u, sig=ident.sign(u.commit_hash()))
+
+
+@pytest.mark.parametrize("v", [True, 1.0])
+def test_v_true_and_v_float_copies_of_a_signed_commit_are_refused(v: object) -> None:
+    """Such a copy has the same commit hash and a valid signature but another CID: it must not decode,
+    neither from a store nor out of a gossiped commit envelope."""
+    _, update = _genesis_and_update()
+    block = update.encode()
+    assert Commit.decode(block) == update
+    copy = dagcbor.encode({**dagcbor.decode(block), "v": v})
+    assert copy != block and CID.hash(DAG_CBOR, copy) != update.cid()
+    with pytest.raises(FormatError, match="bad commit fields"):
+        Commit.decode(copy)
+    envelope = m.decode(m.CommitEnvelope(copy).encode())  # the envelope only carries bytes ...
+    with pytest.raises(FormatError):
+        Commit.decode(envelope.block)  # ... the commit inside is refused
+
+
+@pytest.mark.parametrize("v", [True, 1.0])
+def test_v_true_and_v_float_copies_of_signed_messages_are_refused(v: object) -> None:
+    pub = fixed_identity().public_key
+    for msg in (_signed(m.HeadAnnouncement(REPO, "main", HEAD, 7, 1000, pub)), m.CommitEnvelope(b"x"),
+                _signed(m.Membership(REPO, (bytes(32),), True, 9, 1002, pub))):
+        copy = dagcbor.encode({**dagcbor.decode(msg.encode()), "v": v})
+        with pytest.raises(FormatError, match="not a fednode v1 message"):
+            m.decode(copy)
+
+
+@pytest.mark.parametrize(("path", "value"), [
+    (("settings", "scale_bits"), True),
+    (("settings", "scale_bits"), 24.0),
+    (("settings", "snapshot_interval"), 8.0),
+    (("settings", "snapshot_interval"), True),
+    (("settings", "name"), b"r"),
+    (("settings", "extra"), 1),
+])
+def test_genesis_settings_have_exact_types(path: tuple[str, str], value: object) -> None:
+    genesis, _ = _genesis_and_update()
+    obj = dagcbor.decode(genesis.encode())
+    obj["info"][path[0]][path[1]] = value
+    with pytest.raises(FormatError, match="settings"):
+        Commit.decode(dagcbor.encode(obj))
+
+
+@pytest.mark.parametrize("info", [
+    {"training": [10]},
+    {"training": {"samples": True}},
+    {"training": {"samples": 10.0}},
+    {"merge": {"weights": [1.0]}},
+    {"merge": {"weights": [-1]}},
+    {"merge": {"inputs": [b"not a link"]}},
+    {"merge": {"base": CID.hash(RAW, b"x")}},
+    {"merge": {"strategy": {"name": 1}}},
+    {"merge": {"samples": False}},
+    {"merge": []},
+])
+def test_info_fields_later_code_reads_have_exact_types(info: dict) -> None:
+    _, update = _genesis_and_update()
+    obj = dagcbor.decode(update.encode())
+    obj["info"] = info
+    with pytest.raises(FormatError, match="info"):
+        Commit.decode(dagcbor.encode(obj))
+
+
+def test_a_revert_commit_records_its_target() -> None:
+    genesis, update = _genesis_and_update()
+    obj = dagcbor.decode(update.encode())
+    obj["kind"] = "revert"
+    obj["info"] = {"revert": {"target": genesis.cid()}}
+    assert Commit.decode(dagcbor.encode(obj)).info["revert"]["target"] == genesis.cid()
+    for bad in ({}, {"revert": {}}, {"revert": {"target": bytes(genesis.cid())}}, {"revert": [genesis.cid()]}):
+        obj["info"] = bad
+        with pytest.raises(FormatError, match="revert"):
+            Commit.decode(dagcbor.encode(obj))
+
+
+def _manifest_obj() -> dict:
+    state = CID.hash(RAW, bytes(16))
+    fixed = TensorEntry("F32", (2, 2), "fixed", 1, CID.hash(RAW, b"d"), 8, 16, 24, state=state)
+    return dagcbor.decode(Manifest({"w": fixed}).encode())
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("v", True), ("v", 1.0), ("dtype", []), ("dtype", {}), ("encoding", []), ("encoding", {"x": 1}),
+    ("int_bits", 8.0), ("int_bits", True), ("scale_bits", True), ("depth", 1.0), ("size", 8.0),
+    ("compression", "none"), ("compression", ["zstd"]), ("shape", [2.0, 2]), ("shape", [True, 4]),
+    ("shape", [0, 2**64 - 1]),
+])
+def test_manifest_fields_have_exact_types_and_one_encoding(field: str, value: object) -> None:
+    obj = _manifest_obj()
+    assert Manifest.decode(dagcbor.encode(obj)).encode() == dagcbor.encode(obj)
+    if field == "v":
+        obj["v"] = value
+    else:
+        obj["tensors"]["w"][field] = value
+    with pytest.raises(FormatError):
+        Manifest.decode(dagcbor.encode(obj))
+
+
+def test_metric_names_and_tensor_names_must_be_strings() -> None:
+    with pytest.raises(FormatError, match="metric names"):
+        _check_metrics({1: 0.5})
+    with pytest.raises(FormatError, match="tensor names"):
+        Manifest.from_obj({**_manifest_obj(), "tensors": {b"w": _manifest_obj()["tensors"]["w"]}})
