@@ -162,3 +162,20 @@ def test_one_value_one_encoding_after_mutation(value: object) -> None:
             continue
         assert dagcbor.encode(other) == mutated
         assert dagcbor.encode(other) != raw
+
+
+def test_bool_int_and_float_stay_three_values() -> None:
+    """Decoders above rely on the decoded type: true, 1 and 1.0 are three encodings and three values."""
+    raws = [dagcbor.encode(v) for v in (True, 1, 1.0)]
+    assert len(set(raws)) == 3
+    assert [type(dagcbor.decode(r)) for r in raws] == [bool, int, float]
+
+
+@pytest.mark.parametrize("raw", [
+    bytes.fromhex("d82a4b00") + b"\x81" + b"\x80" * 8 + b"\x01",  # a CID version varint of 10 bytes
+    bytes.fromhex("d82a43000102"),  # a truncated CID inside tag 42
+    bytes.fromhex("d82a0100"),  # tag 42 over an integer
+])
+def test_malformed_links_are_format_errors(raw: bytes) -> None:
+    with pytest.raises(FormatError):
+        dagcbor.decode(raw)

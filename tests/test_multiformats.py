@@ -142,3 +142,24 @@ def test_parse_never_crashes_unexpectedly(text: str) -> None:
     except FormatError:
         return
     assert CID.parse(str(cid)) == cid
+
+
+def test_varints_are_at_most_nine_bytes() -> None:
+    """The unsigned-varint spec caps varints at 9 bytes (63 bits): a 10-byte one is refused even when minimal."""
+    assert decode_varint(encode_varint(2**63 - 1)) == (2**63 - 1, 9)
+    with pytest.raises(FormatError, match="too long"):
+        decode_varint(b"\x80" * 9 + b"\x01")  # 2**63, minimal, 10 bytes
+    with pytest.raises(FormatError, match="too long"):
+        CID.from_bytes(b"\x81" + b"\x80" * 8 + b"\x01" + bytes(36))
+
+
+def test_cid_text_has_one_spelling() -> None:
+    cid = CID.hash(DAG_CBOR, b"x")
+    text = str(cid)
+    assert CID.parse(text.upper()[0].lower() + text[1:].upper()) == cid  # case is not a second spelling
+    twin = text[:-1] + chr(ord(text[-1]) ^ 1)  # the last character's spare bits: same bytes, other text
+    with pytest.raises(FormatError, match="canonical"):
+        CID.parse(twin)
+    for bad in (b"bafy", 42, None, "b" + "\udcff" * 12):
+        with pytest.raises(FormatError):
+            CID.parse(bad)  # type: ignore[arg-type]
