@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fednode.errors import Corrupt
+from fednode.errors import Corrupt, FednodeError
 from fednode.modelio import open_model
 from fednode.store import Store
 from protocol.multiformats import CID
@@ -100,9 +100,14 @@ def repair(store: Store, find: Callable[[], dict[CID, tuple[bytes, CID]]], files
                 for cid in left:
                     txn.delete_block(cid)
             for repo_id, root in dict.fromkeys(left.values()):
-                if refetch(repo_id, root):
+                try:
+                    ok = refetch(repo_id, root)
+                except FednodeError as exc:
+                    result.failed.append(f"{root}: {exc}")
+                    continue
+                if ok:
                     result.refetched.append(root)
                 else:
-                    result.failed.append(f"{root}: the daemon could not fetch it from any peer")
+                    result.failed.append(f"{root}: the daemon could not fetch it from any peer in time")
         damaged = find()
     return result

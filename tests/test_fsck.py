@@ -172,41 +172,40 @@ def test_fetch_expiry_setting_is_checked(node: Node) -> None:
 # --- fsck --repair ------------------------------------------------------------------------------------
 
 
-def test_fsck_repair_from_the_original_file(node: Node, tmp_path: Path) -> None:
+def test_fsck_repair_from_the_original_file(cli, home: Path, tmp_path: Path) -> None:
     arrays = big_arrays()
     original = write_model(tmp_path / "orig.safetensors", arrays)
-    node.close()
-    run_fednode(node.home, "repo", "create", "m", "--from", original)
-    with open_node(node.home) as n:
+    cli("repo", "create", "m", "--from", original)
+    with open_node(home) as n:
         _, head = n.history.resolve("m:main")
         _, leaves = leaves_of(n.store, n.history, head)
         corrupt(n.store, leaves[2])
-    bad = run_fednode(node.home, "fsck", check=False)
-    assert bad.returncode == 1 and f"block {leaves[2]} does not match its hash" in bad.stderr
+    bad = cli("fsck", ok=False)
+    assert bad.exit_code == 1 and f"block {leaves[2]} does not match its hash" in bad.stderr
     # the dedup keeps the bad bytes: adding the very same file again repairs nothing
-    run_fednode(node.home, "repo", "create", "again", "--from", original)
-    assert run_fednode(node.home, "fsck", check=False).returncode == 1
-    fixed = run_fednode(node.home, "fsck", "--repair", "--from", original)
+    cli("repo", "create", "again", "--from", original)
+    assert cli("fsck", ok=False).exit_code == 1
+    fixed = cli("fsck", "--repair", "--from", original)
     assert "repaired 1 block(s)" in fixed.stdout and "fsck: 2 commits ok" in fixed.stdout
-    run_fednode(node.home, "fsck")
+    cli("fsck")
     out = tmp_path / "out.safetensors"
-    run_fednode(node.home, "checkout", "m:main", "--out", out)
+    cli("checkout", "m:main", "--out", out)
     assert_same_arrays(read_model(out), arrays)  # the original bytes, bit for bit
 
 
-def test_fsck_repair_without_a_source_says_so(node: Node, tmp_path: Path) -> None:
-    _, result = node.history.create_repo("m", ArraySource(model_arrays(0)))
-    manifest = node.history.load_commit(result.cid).weights
-    corrupt(node.store, manifest)  # no model file holds a manifest, and no daemon runs
-    node.close()
+def test_fsck_repair_without_a_source_says_so(cli, home: Path, tmp_path: Path) -> None:
+    with open_node(home) as n:
+        _, result = n.history.create_repo("m", ArraySource(model_arrays(0)))
+        manifest = n.history.load_commit(result.cid).weights
+        corrupt(n.store, manifest)  # no model file holds a manifest, and no daemon runs
     other = write_model(tmp_path / "other.safetensors", model_arrays(1))
-    bad = run_fednode(node.home, "fsck", "--repair", "--from", other, check=False)
-    assert bad.returncode == 1
+    bad = cli("fsck", "--repair", "--from", other, ok=False)
+    assert bad.exit_code == 1
     assert "not fetching from peers: no daemon is running" in bad.stdout
     assert f"block {manifest} does not match its hash" in bad.stderr
-    with Store(node.home / "store") as store, store.read() as txn:
+    with open_node(home) as n, n.store.read() as txn:
         assert txn.has_block(manifest)  # nothing deleted when nothing could replace it
-    assert run_fednode(node.home, "fsck", "--from", other, check=False).returncode == 1  # --from needs --repair
+    assert cli("fsck", "--from", other, ok=False).exit_code == 1  # --from needs --repair
 
 
 # --- with real daemons: repair from a peer, expiry at start ----------------------------------------------

@@ -147,10 +147,10 @@ async def h_providers(d: Daemon, body: dict[str, Any]) -> Any:
 
 
 async def h_fetch(d: Daemon, body: dict[str, Any]) -> Any:
-    """Fetch a local commit's missing blocks again from peers (fsck --repair); waits up to 'timeout'."""
+    """Fetch a commit's missing blocks (again) from peers (fsck --repair); waits up to 'timeout'."""
     _only(body, "repo", "root", "timeout")
     timeout = _timeout(body)
-    repo_id = _repo_arg(d, body, local=True)
+    repo_id = _repo_arg(d, body, local=False)  # also a clone not finished yet
     text = _text(body, "root")
     try:
         root = CID.parse(text)
