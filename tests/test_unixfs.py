@@ -11,14 +11,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.multiformats import CID, DAG_PB, RAW, FormatError
+from protocol.multiformats import CID, DAG_PB, RAW, FormatError, encode_varint
 from protocol.unixfs import (
     CHUNK_SIZE,
     MAX_LINKS,
     Link,
     UnixFSBuilder,
+    _bytes_field,
+    _field,
     _unixfs_data,
     add_bytes,
+    decode_node,
     encode_node,
     file_size,
     iter_file,
@@ -364,3 +367,33 @@ def test_a_repeated_block_must_hold_what_each_parent_declares() -> None:
         cid = CID(1, DAG_PB, CID.hash(DAG_PB, node).digest)
         with pytest.raises(FormatError, match="declares 4"):
             file_size({cid: node, leaf: b"abc"}.__getitem__, cid)
+
+
+def _pb_node(links: list[bytes], data: bytes) -> bytes:
+    """A PBNode from raw PBLink bodies (fields as given, even malformed ones) and a UnixFS Data."""
+    return b"".join(_bytes_field(2, body) for body in links) + _bytes_field(1, data)
+
+
+_LEAF = bytes(CID.hash(RAW, b"leaf"))
+_DATA = _unixfs_data(4, [4])
+
+
+def test_decode_node_reads_what_the_builder_writes() -> None:
+    link = _bytes_field(1, _LEAF) + _bytes_field(2, b"") + _field(3, 0) + encode_varint(4)
+    assert decode_node(_pb_node([link], _DATA)) == ([CID.from_bytes(_LEAF)], b"")
+
+
+@pytest.mark.parametrize("block", [
+    _pb_node([_bytes_field(2, b"") + _field(3, 0) + encode_varint(4)], _DATA),  # a link without a hash
+    _pb_node([_bytes_field(1, _LEAF) + _bytes_field(1, _LEAF)], _DATA),  # a link with two hashes
+    _pb_node([_bytes_field(1, _LEAF) + _bytes_field(3, b"\x04")], _DATA),  # Tsize as bytes
+    _pb_node([_field(1, 0) + encode_varint(7)], _DATA),  # Hash as a varint
+    _field(2, 0) + encode_varint(1) + _bytes_field(1, _DATA),  # Links as a varint
+    _pb_node([], _field(1, 2) + b"\x02"),  # UnixFS Type as bytes
+    _pb_node([], _field(1, 0) + b"\x80" * 9 + b"\x01"),  # a 10-byte varint
+    b"\x00\x00" + _pb_node([], _DATA),  # field number 0
+], ids=["no-hash", "two-hashes", "tsize-bytes", "hash-varint", "links-varint", "type-bytes", "varint-10", "field-0"])
+def test_malformed_dag_pb_is_refused_not_half_read(block: bytes) -> None:
+    """A mistyped or missing field is refused: skipping it silently would read another file than declared."""
+    with pytest.raises(FormatError):
+        decode_node(block)
