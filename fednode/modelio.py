@@ -80,7 +80,7 @@ def _entry(name: str, spec: object, data_size: int, bad: str) -> tuple[TensorInf
     dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
     if type(dtype) is not str or dtype not in DTYPES:
         raise FednodeError(f"{bad}: tensor {shown} has an unsupported dtype")
-    if not isinstance(shape, list) or len(shape) > 16 or not all(_uint(d) for d in shape):
+    if not isinstance(shape, list) or len(shape) > 16 or not all(type(d) is int and d >= 0 for d in shape):
         raise FednodeError(f"{bad}: tensor {shown} has a malformed shape")
     # Even with a zero dimension, the other dimensions' product must fit numpy's int64 sizes.
     if math.prod(max(d, 1) for d in shape) * DTYPES[dtype][1] >= MAX_DIM:

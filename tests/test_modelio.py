@@ -145,3 +145,36 @@ def test_float_offsets_rejected(tmp_path: Path) -> None:
     header = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0.0, 8.0]}}
     with pytest.raises(FednodeError, match="inconsistent offsets"):
         SafetensorsFile(_file(tmp_path, header, bytes(8)))
+
+
+_SPEC = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+
+
+@pytest.mark.parametrize(("raw", "match"), [
+    (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),  # json: RecursionError
+    (json.dumps({"a": {**_SPEC, "shape": [2**64, 0], "data_offsets": [0, 0]}}).encode(), "too large"),
+    (json.dumps({"a": {**_SPEC, "shape": [2**40, 2**40, 0], "data_offsets": [0, 0]}}).encode(), "too large"),
+    (json.dumps({"a": {**_SPEC, "shape": [True, 2]}}).encode(), "malformed shape"),
+    (json.dumps({"a": {**_SPEC, "data_offsets": [False, 8]}}).encode(), "inconsistent offsets"),
+    (json.dumps({"a": {**_SPEC, "data_offsets": [0, 8, 16]}}).encode(), "inconsistent offsets"),
+    (json.dumps({"a": {**_SPEC, "data_offsets": {"0": 0, "1": 8}}}).encode(), "inconsistent offsets"),
+    (b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 1' + b"0" * 5000 + b"]}}", "not a safetensors"),
+    (json.dumps({"\ud800": _SPEC}).encode(), "not valid UTF-8"),
+    (json.dumps({"a" * 1025: _SPEC}).encode(), "1..1024 characters"),
+    (json.dumps({"a": _SPEC, "__metadata__": [1]}).encode(), "__metadata__"),
+    (json.dumps({"a": {**_SPEC, "extra": 1}}).encode(), "malformed entry"),
+], ids=["nested-100k", "dim-2^64", "dims-overflow", "dim-true", "offset-false", "three-offsets", "offsets-map",
+        "5000-digits", "lone-surrogate", "long-name", "metadata-list", "extra-key"])
+def test_hostile_headers_are_one_line_errors(tmp_path: Path, raw: bytes, match: str) -> None:
+    """Each of these raised RecursionError, ValueError or got through to fail later (a 2**64 dimension hidden
+    by a 0, a name no manifest can encode): now each is refused up front with one line."""
+    with pytest.raises(FednodeError, match=match) as exc:
+        SafetensorsFile(_file(tmp_path, None, bytes(8), raw_header=raw)).close()
+    assert "\n" not in str(exc.value)
+
+
+def test_a_hostile_header_is_one_cli_line(tmp_path: Path, cli) -> None:
+    raw = b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    path = _file(tmp_path, None, bytes(8), raw_header=raw)
+    result = cli("repo", "create", "hostile", "--from", path, ok=False)
+    assert result.exit_code == 1 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
