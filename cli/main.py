@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -19,7 +21,7 @@ from fednode.graph import graph_lines
 from fednode.history import History, RepoInfo, repo_id_text
 from fednode.modelio import open_model
 from fednode.node import Node, default_home, init_home, open_node
-from protocol.multiformats import CID
+from protocol.multiformats import CID, FormatError
 from protocol.objects import Commit
 
 out = Console(highlight=False, soft_wrap=True)
@@ -105,13 +107,31 @@ def _b58(raw: bytes) -> str:
     return b58encode(raw)
 
 
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo("error: " + " ".join(message.split()), err=True)  # always one line
+    sys.exit(code)
+
+
 class FednodeGroup(click.Group):
+    """Every failure is one line on stderr and a non-zero exit, never a traceback
+    (FEDNODE_DEBUG=1 shows the traceback of an unexpected one)."""
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except FednodeError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+            _fail(str(exc))
+        except OSError as exc:  # the file system refused: say what and where
+            where = f" ({exc.filename})" if exc.filename else ""
+            _fail(f"{exc.strerror or exc}{where}")
+        except FormatError as exc:  # bytes that decode to no valid object (our own errors are FednodeError)
+            _fail(f"malformed data: {exc}")
+        except MemoryError:
+            _fail("out of memory")
+        except Exception as exc:
+            if os.environ.get("FEDNODE_DEBUG"):
+                raise
+            _fail(f"unexpected {type(exc).__name__}: {exc} (a bug: FEDNODE_DEBUG=1 shows the traceback)", 2)
 
 
 @click.group(cls=FednodeGroup)
@@ -131,7 +151,13 @@ def main(ctx: click.Context, home: Path | None) -> None:
 def init(ctx: click.Context, keypair: Path | None, force: bool) -> None:
     """Create the node home: wallet keypair (0600), config.toml, store."""
     home = ctx.obj["home"]
-    identity = init_home(home, keypair, force)
+    existed = home.exists()
+    try:
+        identity = init_home(home, keypair, force)
+    except BaseException:
+        if not existed:  # a failed init (a full disk...) leaves no half-made home behind
+            shutil.rmtree(home, ignore_errors=True)
+        raise
     out.print(f"initialised {home}")
     out.print(f"wallet  {identity.address}")
     out.print(f"peer id {identity.peer_id}")
@@ -364,6 +390,17 @@ def diff(ctx: click.Context, a: str, b: str, repo_name: str | None, as_json: boo
     out.print(table)
 
 
+def _check_out_path(path: Path) -> None:
+    """Refuse an output path that cannot be a new file before any work is done."""
+    if path.is_dir():
+        raise FednodeError(f"cannot write {path}: it is a directory (give a file name)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FednodeError(f"cannot write {path}: {parent} is not a directory")
+            break
+
+
 @main.command()
 @click.argument("rev")
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path))
@@ -373,7 +410,11 @@ def checkout(ctx: click.Context, rev: str, out_path: Path, repo_name: str | None
     """Write a revision's weights to a .safetensors (or .pt) file."""
     node = _node(ctx)
     _, cid = _resolve(node, rev, repo_name)
-    size = operations.checkout(node.history, cid, out_path)
+    _check_out_path(out_path)
+    try:
+        size = operations.checkout(node.history, cid, out_path)
+    except OSError as exc:
+        raise FednodeError(f"cannot write {out_path}: {exc.strerror or exc}") from None
     out.print(f"wrote {out_path} ({size} bytes) from {short(cid)}")
 
 

@@ -6,6 +6,8 @@ public key), mode 0600. The private key is never logged or printed.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 from dataclasses import dataclass
@@ -26,6 +28,20 @@ def peer_id_from_public_key(public_key: bytes) -> str:
     """libp2p peer id of an Ed25519 key: base58 of an identity multihash (``12D3KooW...``)."""
     proto = _LIBP2P_ED25519_PREFIX + public_key
     return b58encode(bytes([0x00, len(proto)]) + proto)
+
+
+def check_owned(home: Path, key_path: Path) -> None:
+    """Refuse a home or keypair owned by another user, like a too-open mode: its owner could swap the
+    key or the store under us, or read the key (ssh's StrictModes does the same)."""
+    me = os.geteuid()
+    for path, fix in ((home, f"chown -R {me} {home}"), (key_path, f"chown {me} {key_path}")):
+        try:
+            owner = path.stat().st_uid
+        except OSError as exc:
+            raise FednodeError(f"cannot read {path}: {exc.strerror}") from None
+        if owner != me:
+            raise FednodeError(f"{path} is owned by another user (uid {owner}, you are {me}); "
+                               f"run: {fix}, or use your own --home")
 
 
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
@@ -94,12 +110,19 @@ class Identity:
 
     def save(self, path: Path) -> None:
         """Write atomically with mode 0600 from the first byte (no window where it is readable)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        data = json.dumps(list(bytes(self.keypair))).encode()
         try:
-            os.write(fd, json.dumps(list(bytes(self.keypair))).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                if os.write(fd, data) != len(data):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # no half-written key left behind
+            raise FednodeError(f"cannot write keypair {path}: {exc.strerror or exc}") from None

@@ -12,7 +12,7 @@ from typing import Any
 
 from fednode.errors import FednodeError
 from fednode.history import History
-from fednode.identity import Identity
+from fednode.identity import Identity, check_owned
 from fednode.store import Store
 
 KEYPAIR_FILE = "keypair.json"
@@ -180,6 +180,7 @@ def open_node(home: Path | None = None) -> Node:
     key_path = home / KEYPAIR_FILE
     if not key_path.exists():
         raise FednodeError(f"no node home at {home}: run 'fednode init' first")
+    check_owned(home, key_path)  # another user's home or key is refused like a too-open mode
     home_mode = home.stat().st_mode & 0o777
     if home_mode & 0o022:  # others could swap the keypair or the store under us
         raise FednodeError(f"{home} is writable by others (mode {home_mode:o}); run: chmod 700 {home}")

@@ -17,25 +17,39 @@ from pathlib import Path
 
 import lmdb
 
+from fednode.diskspace import DiskFull, DiskReservation
 from fednode.errors import Corrupt, FednodeError, NotFound
-from protocol.multiformats import CID
+from protocol.multiformats import CID, FormatError
 
 INITIAL_MAP_SIZE = 1 << 30  # grown on demand: the data file's apparent size is the map size
 WRITE_HEADROOM = 1 << 28  # room every write transaction may use; bigger writes pass a hint
+DISK_MARGIN = 1 << 20  # disk every write may touch beyond its values: copied B-tree pages, freelist, meta
 # outbox and chain: on-chain anchoring (queue, local chain state); net: the daemon (peers, follows, fetches)
 _DBS = ("blocks", "refs", "repos", "commits", "hashes", "meta", "outbox", "chain", "net")
+
+
+_DAMAGED = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadChecksumError, lmdb.InvalidError,
+            lmdb.PanicError, lmdb.VersionMismatchError, lmdb.BadTxnError)
 
 
 class Txn:
     """A write (or read) transaction over all databases."""
 
-    def __init__(self, store: Store, txn: lmdb.Transaction) -> None:
+    def __init__(self, store: Store, txn: lmdb.Transaction, disk_end: int | None = None) -> None:
         self._store = store
         self._txn = txn
         self.new_bytes = 0
+        self._disk_end = disk_end  # write transactions: end of the data file this one may have touched
 
     def _db(self, name: str) -> lmdb._Database:
         return self._store._dbs[name]
+
+    def _room(self, key: bytes, value: bytes | memoryview) -> None:
+        """Back the pages a put may write with disk blocks first (a full disk: DiskFull, not SIGBUS)."""
+        if self._disk_end is not None:
+            n = len(key) + len(value)
+            self._disk_end += 2 * n + 64 if n < 2048 else n + 4096 + 64  # leaf entry (splits) or overflow pages
+            self._store._disk.ensure(self._disk_end)
 
     # blocks
     def put_block(self, cid: CID, block: bytes | memoryview, trusted: bool = False) -> bool:
@@ -46,7 +60,9 @@ class Txn:
         """
         if not trusted and not cid.verify(block):
             raise Corrupt(f"block {cid} does not match its hash")
-        added = self._txn.put(bytes(cid), block, db=self._db("blocks"), overwrite=False)
+        key = bytes(cid)
+        self._room(key, block)
+        added = self._txn.put(key, block, db=self._db("blocks"), overwrite=False)
         if added:
             self.new_bytes += len(block)
         return added
@@ -77,10 +93,15 @@ class Txn:
     def iter_block_cids(self) -> Iterator[CID]:
         with self._txn.cursor(db=self._db("blocks")) as cursor:
             for key in cursor.iternext(keys=True, values=False):
-                yield CID.from_bytes(bytes(key))
+                try:
+                    cid = CID.from_bytes(bytes(key))
+                except FormatError:
+                    raise Corrupt(f"the store {self._store.path} is damaged: a block key is not a CID") from None
+                yield cid
 
     # refs: values are raw bytes; names like "heads/main", "tags/v1", "HEAD"
     def set_ref(self, repo_id: bytes, name: str, value: bytes) -> None:
+        self._room(repo_id + name.encode(), value)
         self._txn.put(repo_id + name.encode(), value, db=self._db("refs"))
 
     def get_ref(self, repo_id: bytes, name: str) -> bytes | None:
@@ -109,6 +130,7 @@ class Txn:
 
     # repositories and commit indexes
     def put_repo(self, name: str, repo_id: bytes) -> None:
+        self._room(name.encode(), repo_id)
         self._txn.put(name.encode(), repo_id, db=self._db("repos"))
 
     def get_repo(self, name: str) -> bytes | None:
@@ -120,6 +142,7 @@ class Txn:
             return {bytes(k).decode(): bytes(v) for k, v in cursor}
 
     def index_commit(self, cid: CID, repo_id: bytes, commit_hash: bytes) -> None:
+        self._room(str(cid).encode() + commit_hash, repo_id + bytes(cid))
         self._txn.put(str(cid).encode(), repo_id, db=self._db("commits"))
         self._txn.put(commit_hash, bytes(cid), db=self._db("hashes"))
 
@@ -149,6 +172,7 @@ class Txn:
         return None if value is None else bytes(value)
 
     def kv_put(self, db: str, key: bytes, value: bytes) -> None:
+        self._room(key, value)
         self._txn.put(key, value, db=self._db(db))
 
     def kv_delete(self, db: str, key: bytes) -> bool:
@@ -171,6 +195,7 @@ class Txn:
         return None if value is None else bytes(value)
 
     def set_meta(self, key: str, value: bytes) -> None:
+        self._room(key.encode(), value)
         self._txn.put(key.encode(), value, db=self._db("meta"))
 
 
@@ -182,7 +207,12 @@ class Store:
         self.path = path
         if not path.exists() and readonly:
             raise FednodeError(f"no store at {path}")
-        path.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not path.is_dir():
+            raise FednodeError(f"the store {path} is not a directory: move that file away")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FednodeError(f"cannot create the store {path}: {exc.strerror}") from None
         try:
             self._env = lmdb.open(
                 str(path),
@@ -196,8 +226,17 @@ class Store:
                 writemap=True,  # writes land in the map directly: no malloc + pwrite copy
             )
         except lmdb.Error as exc:
-            raise FednodeError(f"cannot open store {path}: {exc}") from exc
-        self._dbs = {name: self._env.open_db(name.encode()) for name in _DBS}
+            raise FednodeError(f"cannot open store {path}: {_one_line(exc)}") from None
+        self._disk = DiskReservation(path / "data.mdb")
+        try:
+            with self._guard():
+                with self._env.begin(write=True):  # the writer lock: the used size is current
+                    self._disk.begin(self._used_bytes())
+                    self._disk.ensure(self._used_bytes() + DISK_MARGIN)  # open_db may create the databases
+                self._dbs = {name: self._env.open_db(name.encode()) for name in _DBS}
+        except BaseException:
+            self._env.close()
+            raise
 
     def close(self) -> None:
         self._env.close()
@@ -231,22 +270,46 @@ class Store:
         self._ensure_room(extra)
 
     @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """LMDB's errors as one-line FednodeErrors: a damaged file, a full disk or map."""
+        try:
+            yield
+        except lmdb.MapFullError:
+            raise FednodeError(f"the store {self.path} is full (its map size); nothing was stored") from None
+        except _DAMAGED as exc:
+            raise Corrupt(f"the store {self.path} is damaged ({_one_line(exc)}); "
+                          "restore it from a backup or clone its repositories again") from None
+        except lmdb.Error as exc:
+            if "No space left" in str(exc) or "Disk quota" in str(exc):
+                raise DiskFull(f"no disk space left for the store at {self.path}; nothing was stored") from None
+            raise FednodeError(f"store error at {self.path}: {_one_line(exc)}") from None
+
+    @contextmanager
     def write(self, size_hint: int = 0, grow: bool = True) -> Iterator[Txn]:
         """One atomic write transaction: all of it is stored, or none.
 
         ``size_hint``: bytes the transaction may add beyond WRITE_HEADROOM.
         ``grow=False`` for writer threads: the map must have been reserved before.
+        Every page it may write is backed by disk blocks first: a full disk raises DiskFull.
         """
-        if grow:
-            self._ensure_room(size_hint)
-        with self._begin(write=True) as txn:
-            yield Txn(self, txn)
+        with self._guard():
+            if grow:
+                self._ensure_room(size_hint)
+            with self._begin(write=True) as txn:
+                used = self._used_bytes()  # we hold the writer lock: nobody else writes beyond this
+                self._disk.begin(used)
+                self._disk.ensure(used + DISK_MARGIN)
+                try:
+                    yield Txn(self, txn, used + DISK_MARGIN)
+                except DiskFull:
+                    self._disk.release(used)  # blocks this aborted transaction allocated go back to the disk
+                    raise
 
     @contextmanager
     def read(self, buffers: bool = False) -> Iterator[Txn]:
         """``buffers=True``: LMDB hands out views into the map, so ``block_size`` copies nothing
         (every other ``Txn`` method still returns copies that outlive the transaction)."""
-        with self._begin(write=False, buffers=buffers) as txn:
+        with self._guard(), self._begin(write=False, buffers=buffers) as txn:
             yield Txn(self, txn)
 
     def get_block(self, cid: CID) -> bytes:
@@ -254,7 +317,7 @@ class Store:
             return txn.get_block(cid)
 
     def stat(self) -> dict[str, int]:
-        with self._env.begin() as txn:
+        with self._guard(), self._env.begin() as txn:
             blocks = txn.stat(self._dbs["blocks"])
         info = self._env.info()
         return {
@@ -262,3 +325,7 @@ class Store:
             "map_used_bytes": self._used_bytes(),
             "map_size": info["map_size"],
         }
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
