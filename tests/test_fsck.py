@@ -255,3 +255,59 @@ def test_fsck_repair_fetches_corrupt_blocks_from_a_peer_and_the_daemon_expires_o
     finally:
         na.close()
         nb.close()
+
+
+def test_a_clone_killed_midway_is_unfinished_not_damaged(tmp_path: Path) -> None:
+    """SIGKILL a real daemon in the middle of a clone: fsck says unfinished (exit 0), gc keeps what
+    arrived, and the clone asked again of the restarted daemon fetches only the rest."""
+    import threading
+
+    from test_daemon_harness import DaemonProc, daemons, make_home, open_nodes, ref, wait_for
+
+    from fednode.history import repo_id_text
+
+    home_a, home_b = make_home(tmp_path, "a"), make_home(tmp_path, "b")
+    na, nb = open_nodes(home_a, home_b)
+    try:
+        rng = np.random.default_rng(3)  # 40 leaves: the first 32 are stored while the rest stream in
+        info, genesis = na.history.create_repo("big", ArraySource(
+            {"w": ("F32", rng.standard_normal(40 * 65536).astype(np.float32))}))
+        a = DaemonProc(home_a, env={"FEDNODE_BLOCK_SERVE_DELAY": "0.05"}).start()
+        b = DaemonProc(home_b, (a.addr,))
+        with daemons(a, b):
+            b.start()
+            clone = threading.Thread(target=lambda: _quietly(
+                lambda: b.api("POST", "/clone", {"repo": repo_id_text(info.repo_id), "timeout": 30})))
+            clone.start()
+
+            def stored() -> int:
+                with nb.store.read() as txn:
+                    return sum(1 for _ in txn.iter_block_cids())
+
+            wait_for(lambda: stored() >= 32, 20, "B to store the first batch of leaves")
+            b.kill()
+            clone.join(timeout=10)
+            assert ref(nb, info.repo_id, "genesis") is None  # the clone did not finish
+            kept = stored()
+            assert kept < 43
+            fsck = run_fednode(home_b, "fsck")  # exit status 0
+            assert f"fetch of {genesis.cid} in {repo_id_text(info.repo_id)} unfinished" in fsck.stdout
+            assert json.loads(run_fednode(home_b, "gc", "--json").stdout)["blocks_removed"] == 0
+            assert stored() == kept
+            served = a.metrics()["blocks_out"]
+            b.start()  # the clone is asked for again: only what is missing travels
+            b.api("POST", "/clone", {"repo": repo_id_text(info.repo_id), "timeout": 30})
+            assert ref(nb, info.repo_id, "heads/main") == genesis.cid
+            assert a.metrics()["blocks_out"] - served <= 43 - kept
+            done = run_fednode(home_b, "fsck")
+            assert "unfinished" not in done.stdout and "fsck: 1 commits ok" in done.stdout
+    finally:
+        na.close()
+        nb.close()
+
+
+def _quietly(fn) -> None:  # noqa: ANN001 - a request that the kill breaks off
+    try:
+        fn()
+    except Exception:
+        pass
