@@ -114,6 +114,7 @@ class CID:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> CID:
+        raw = bytes(raw)  # a memoryview digest would make the CID unhashable
         if len(raw) == 34 and raw[:2] == b"\x12\x20":
             return cls(0, DAG_PB, raw[2:])
         version, pos = decode_varint(raw)
