@@ -135,7 +135,9 @@ def test_unfinished_fetches_expire_with_their_announcements(node: Node, tmp_path
     ann = HeadAnnouncement(**{**ann.__dict__, "sig": ident.sign(ann.signing_hash())})
     state.put_announcement(ann)
     first = time.time()
+    txn_id = node.store._env.info()["last_txnid"]
     assert state.expire_fetches(100, now=first + 50) == []
+    assert node.store._env.info()["last_txnid"] == txn_id  # a sweep with nothing to do writes nothing
     assert len(state.fetches()) == 1 and len(state.announcements(repo_id)) == 1
     assert state.expire_fetches(100, now=first + 200) == [(repo_id, root)]
     assert state.fetches() == [] and state.announcements(repo_id) == []  # no longer served to peers

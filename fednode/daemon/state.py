@@ -185,35 +185,17 @@ class NetState:
     def expire_fetches(self, max_age: float, now: float | None = None) -> list[tuple[bytes, CID]]:
         """Drop fetches first recorded more than ``max_age`` seconds ago, with the stored announcements
         and proposals of their heads (we would otherwise serve them to peers), in one transaction.
-        Records from older versions (no time) are stamped now. Returns the expired (repo, root)."""
+        Records from older versions (no time) are stamped now. Returns the expired (repo, root).
+        A first pass reads only: a sweep with nothing to do writes nothing (it runs every sync round)."""
         now = time.time() if now is None else now
-        expired: list[tuple[bytes, CID]] = []
+        with self.store.read() as txn:
+            if not _sweep(txn, max_age, now, write=False)[1]:
+                return []
         with self.store.write() as txn:
-            for rec in fetch_records(txn):
-                key = rec.repo + bytes(rec.root)
-                if rec.since is None:
-                    txn.kv_put(DB, FETCH + key, dagcbor.encode(
-                        {"providers": rec.providers, "thens": rec.thens, "since": int(now)}))
-                elif now - rec.since > max_age:
-                    txn.kv_delete(DB, FETCH + key)
-                    txn.kv_put(DB, GONE + key, int(rec.since).to_bytes(8, "big"))
-                    expired.append((rec.repo, rec.root))
-                    log("fetch_expired", "warning", root=str(rec.root), age_seconds=int(now - rec.since))
-            gone: set[tuple[bytes, bytes]] = set()
-            for key, value in txn.kv_items(DB, GONE):
-                if len(value) != 8 or now - int.from_bytes(value, "big") > GONE_FACTOR * max_age:
-                    txn.kv_delete(DB, key)
-                else:
-                    gone.add((key[len(GONE) : len(GONE) + 32], key[len(GONE) + 32 :]))
-            for prefix in (b"ann/", b"prop/"):
-                for key, value in txn.kv_items(DB, prefix):
-                    try:
-                        msg = decode(value)
-                    except Exception:  # a damaged entry is left alone
-                        continue
-                    if isinstance(msg, HeadAnnouncement | MergeProposal) and (msg.repo, bytes(msg.head)) in gone:
-                        txn.kv_delete(DB, key)
-        return expired
+            expired, _ = _sweep(txn, max_age, now, write=True)
+        for _repo, root, age in expired:
+            log("fetch_expired", "warning", root=str(root), age_seconds=int(age))
+        return [(repo, root) for repo, root, _ in expired]
 
     # peers seen (reconnected after a restart)
     def put_peer(self, peer_id: str, addrs: list[str]) -> None:
@@ -248,3 +230,42 @@ class NetState:
     def is_verified(self, repo_id: bytes, cid: CID) -> bool:
         with self.store.read() as txn:
             return txn.kv_get(DB, b"verified/" + repo_id + bytes(cid)) is not None
+
+
+def _sweep(txn: Txn, max_age: float, now: float, write: bool) -> tuple[list[tuple[bytes, CID, float]], bool]:
+    """``expire_fetches``' work: the expired (repo, root, age) and whether anything changes; with
+    ``write=False`` nothing is written (a read transaction asks whether there is work)."""
+    expired: list[tuple[bytes, CID, float]] = []
+    changes = False
+    for rec in fetch_records(txn):
+        key = rec.repo + bytes(rec.root)
+        if rec.since is None:
+            changes = True
+            if write:
+                txn.kv_put(DB, FETCH + key, dagcbor.encode(
+                    {"providers": rec.providers, "thens": rec.thens, "since": int(now)}))
+        elif now - rec.since > max_age:
+            expired.append((rec.repo, rec.root, now - rec.since))
+            changes = True
+            if write:
+                txn.kv_delete(DB, FETCH + key)
+                txn.kv_put(DB, GONE + key, int(rec.since).to_bytes(8, "big"))
+    gone = {(r, bytes(c)) for r, c, _ in expired}
+    for key, value in txn.kv_items(DB, GONE):
+        if len(value) != 8 or now - int.from_bytes(value, "big") > GONE_FACTOR * max_age:
+            changes = True
+            if write:
+                txn.kv_delete(DB, key)
+        else:
+            gone.add((key[len(GONE) : len(GONE) + 32], key[len(GONE) + 32 :]))
+    for prefix in (b"ann/", b"prop/") if gone else ():
+        for key, value in txn.kv_items(DB, prefix):
+            try:
+                msg = decode(value)
+            except Exception:  # a damaged entry is left alone
+                continue
+            if isinstance(msg, HeadAnnouncement | MergeProposal) and (msg.repo, bytes(msg.head)) in gone:
+                changes = True
+                if write:
+                    txn.kv_delete(DB, key)
+    return expired, changes
