@@ -276,8 +276,8 @@ def _check_training(training: Any) -> None:
     _require(isinstance(training, dict), "info.training must be a map")
     for key in ("samples", "epochs"):
         _require(key not in training or _is_uint64(training[key]), f"info.training.{key} must be a uint")
-    _require("framework" not in training or type(training["framework"]) is str, "info.training.framework")
-    _require("duration_s" not in training or type(training["duration_s"]) in (int, float), "info.training.duration_s")
+    _require(type(training.get("framework", "")) is str, "info.training.framework must be a string")
+    _require(type(training.get("duration_s", 0)) in (int, float), "info.training.duration_s must be a number")
     _require("dp" not in training or isinstance(training["dp"], dict), "info.training.dp must be a map")
 
 
