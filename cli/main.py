@@ -697,11 +697,12 @@ def fsck(ctx: click.Context, as_json: bool, repair: bool, sources: tuple[Path, .
         report = operations.fsck(node.history, expiry)
     if as_json:
         emit_json({"ok": not report.problems, "commits": report.commits, "problems": report.problems,
-                   "unfinished": report.unfinished, **({"repair": fixed} if repair else {})})
+                   "unfinished": report.unfinished, "expired": report.expired,
+                   **({"repair": fixed} if repair else {})})
         if report.problems:
             raise FednodeError(f"fsck failed: {len(report.problems)} problem(s), first: {report.problems[0]}")
         return
-    for note in report.unfinished:
+    for note in report.unfinished + report.expired:
         out.print(note)
     if report.unfinished:
         out.print(f"{len(report.unfinished)} fetch(es) unfinished (the daemon resumes them; not damage)")

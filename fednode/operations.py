@@ -247,6 +247,7 @@ class Marked:
     problems: list[str] = field(default_factory=list)
     damaged: dict[CID, tuple[bytes, CID]] = field(default_factory=dict)
     unfinished: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
 
 
 def mark(txn: Txn, rehash: bool = True, fetch_expiry: float | None = None,
@@ -270,7 +271,7 @@ def mark(txn: Txn, rehash: bool = True, fetch_expiry: float | None = None,
     for rec in fetch_records(txn):
         age = None if rec.since is None else now - rec.since
         if fetch_expiry is not None and age is not None and age > fetch_expiry:
-            out.unfinished.append(f"fetch of {rec.root} expired ({_age(age)} old): its blocks are garbage")
+            out.expired.append(f"fetch of {rec.root} expired ({_age(age)} old): its blocks are garbage for gc")
             continue
         present, missing = _walk(txn, rec.root, out, rehash, (rec.repo, rec.root), fetch=True)
         if missing:
@@ -335,6 +336,7 @@ def damaged_blocks(history: History, fetch_expiry: float | None = None) -> dict[
 @dataclass
 class FsckReport(VerifyReport):
     unfinished: list[str] = field(default_factory=list)  # notes on unfinished fetches: not problems
+    expired: list[str] = field(default_factory=list)  # fetches past [network] fetch_expiry_seconds
     damaged: dict[CID, tuple[bytes, CID]] = field(default_factory=dict)  # see Marked
 
 
@@ -353,7 +355,8 @@ def fsck(history: History, fetch_expiry: float | None = None) -> FsckReport:
             problems += [p for p in report.problems if p not in problems]
             seen |= {c for c, _ in history.walk([head])} if not report.problems else set()
         commits += len(seen)
-    return FsckReport(commits, sorted(set(problems)), unfinished=marked.unfinished, damaged=marked.damaged)
+    return FsckReport(commits, sorted(set(problems)), unfinished=marked.unfinished, expired=marked.expired,
+                      damaged=marked.damaged)
 
 
 def gc(history: History, fetch_expiry: float | None = None) -> tuple[int, int]:

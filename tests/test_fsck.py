@@ -153,7 +153,8 @@ def test_unfinished_fetches_expire_with_their_announcements(node: Node, tmp_path
     # fsck and gc: an expired record is no root (the CLI passes [network] fetch_expiry_seconds)
     state.add_fetch(repo_id, root, [], [])
     history = History(node.store, node.identity)
-    assert "expired" in operations.fsck(history, fetch_expiry=0.0).unfinished[0]
+    report = operations.fsck(history, fetch_expiry=0.0)
+    assert report.unfinished == [] and "expired" in report.expired[0] and str(root) in report.expired[0]
     removed, _ = operations.gc(history, fetch_expiry=0.0)
     with node.store.read() as txn:
         assert removed >= 4 and not txn.has_block(root)
