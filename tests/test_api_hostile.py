@@ -24,6 +24,7 @@ from fednode.daemon import logs
 from fednode.daemon.api import Api
 from fednode.daemon.routes import ROUTES
 from fednode.daemon.service import Daemon
+from fednode.diskspace import DiskFull
 from fednode.modelio import ArraySource
 from fednode.node import Node, open_node
 
@@ -166,15 +167,21 @@ async def test_a_bug_of_ours_is_a_logged_500_and_serving_goes_on(repo_home: Path
     async def broken(d: Daemon, body: dict[str, Any]) -> Any:
         return {}["missing"]
 
+    async def refused(d: Daemon, body: dict[str, Any]) -> Any:
+        raise DiskFull("not enough disk space for the store")
+
     monkeypatch.setitem(ROUTES, ("POST", "/broken"), broken)
+    monkeypatch.setitem(ROUTES, ("POST", "/refused"), refused)
     logged = io.StringIO()
     monkeypatch.setattr(logs, "_out", logged)
     async with served(repo_home) as (_api, port, _node):
         status, body = await exchange(port, request("POST", "/broken", b"{}"))
         assert status == 500 and "KeyError" in body["error"] and "\n" not in body["error"]
+        status, body = await exchange(port, request("POST", "/refused", b"{}"))
+        assert status == 507 and body["error"] == "not enough disk space for the store"  # a refusal, not a bug
         await assert_serving(port)
     events = [json.loads(line) for line in logged.getvalue().splitlines()]
-    assert any(e["event"] == "api_error" and "KeyError" in e["error"] for e in events)
+    assert [e["path"] for e in events if e["event"] == "api_error"] == ["/broken"]
 
 
 def _server_side(port: int) -> int:

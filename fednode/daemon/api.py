@@ -22,6 +22,8 @@ import trio
 
 from fednode.daemon.logs import log
 from fednode.daemon.routes import ROUTES, HTTPError, openapi
+from fednode.diskspace import DiskFull
+from fednode.errors import FednodeError, NotFound
 
 if TYPE_CHECKING:
     from fednode.daemon.service import Daemon
@@ -160,7 +162,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
 def _response(status: int, body: bytes, ctype: str = "application/json") -> bytes:
     reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
               408: "Request Timeout", 413: "Payload Too Large", 431: "Request Header Fields Too Large",
-              500: "Internal Server Error", 502: "Bad Gateway"}.get(status, "Error")
+              500: "Internal Server Error", 502: "Bad Gateway", 507: "Insufficient Storage"}.get(status, "Error")
     head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n")
     return head.encode() + body
@@ -212,6 +214,10 @@ class Api:
             return await self._dispatch(method, path, headers, raw)
         except HTTPError as exc:
             return _error(exc.status, str(exc))
+        except FednodeError as exc:  # a refusal with its one-line reason (a full disk, an unknown name), no bug
+            status = 507 if isinstance(exc, DiskFull) else 404 if isinstance(exc, NotFound) else 400
+            log("api_refused", "warning", path=path, status=status, error=str(exc))
+            return _error(status, str(exc))
         except Exception as exc:  # our bug (the client's mistakes are HTTPError 4xx): log it, answer 500
             log("api_error", "error", path=path, error=f"{type(exc).__name__}: {exc}",
                 where=traceback.format_exc(limit=-3).splitlines()[-3:])
