@@ -33,7 +33,9 @@ mdns = false
 # and banned), ban_seconds = 86400 (how long a ban lasts; bans survive restarts; `fednode
 # unban PEER` lifts one), sync_interval = 30 (seconds between heads exchanges with every peer),
 # max_fetch_bytes = 68719476736 (most one fetched commit and all it reaches may store: 64 GiB),
-# min_free_bytes = 1073741824 (fetches never leave less free disk than this: 1 GiB)
+# min_free_bytes = 1073741824 (fetches never leave less free disk than this: 1 GiB),
+# fetch_expiry_seconds = 172800 (an unfinished fetch, e.g. of a head no peer serves, is dropped
+# this long after it was first recorded: 48 h)
 
 [api]
 # the local control API binds to loopback only, with the bearer token in api.token
@@ -77,6 +79,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "sync_interval": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
         "max_fetch_bytes": (lambda v: type(v) is int and v > 0, "a positive integer"),
         "min_free_bytes": (lambda v: type(v) is int and v >= 0, "an integer >= 0"),
+        "fetch_expiry_seconds": (lambda v: _is_num(v) and 0 < v < 1e12, "a number of seconds > 0"),
     },
     "api": {
         "host": (lambda v: type(v) is str, "a string"),

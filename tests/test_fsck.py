@@ -169,7 +169,7 @@ def test_fetch_expiry_setting_is_checked(node: Node) -> None:
     config = node.home / "config.toml"
     config.write_text(config.read_text().replace("[network]\n", '[network]\nfetch_expiry_seconds = "x"\n'))
     bad = run_fednode(node.home, "gc", check=False)
-    assert bad.returncode == 1 and "fetch_expiry_seconds must be a positive number" in bad.stderr
+    assert bad.returncode == 1 and "fetch_expiry_seconds must be" in bad.stderr
 
 
 # --- fsck --repair ------------------------------------------------------------------------------------
