@@ -208,3 +208,29 @@ def test_home_writable_by_others_is_refused(home: Path) -> None:
     finally:
         os.chmod(home, 0o700)
     open_node(home).close()
+
+
+@pytest.mark.parametrize("target", ["home", "key"])
+def test_home_or_key_of_another_user_is_refused(home: Path, target: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chown to another user needs root")
+    path = home if target == "home" else home / "keypair.json"
+    os.chown(path, 12345, -1)  # the other user could swap the key or the store, or read the key
+    try:
+        with pytest.raises(FednodeError, match=f"{path.name} is owned by another user \\(uid 12345"):
+            open_node(home)
+    finally:
+        os.chown(path, os.geteuid(), -1)
+    open_node(home).close()
+
+
+def test_keypair_write_failure_is_one_error_and_leaves_nothing(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FednodeError, match="cannot write keypair"):
+        Identity.generate().save(tmp_path / "file" / "keypair.json")  # its directory is a regular file
+    target = tmp_path / "ro" / "keypair.json"
+    target.parent.mkdir()
+    os.symlink("/proc/version", target.with_name("keypair.json.tmp"))  # the temporary file cannot be written
+    with pytest.raises(FednodeError, match="cannot write keypair"):
+        Identity.generate().save(target)
+    assert not target.exists()
