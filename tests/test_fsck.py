@@ -315,3 +315,27 @@ def _quietly(fn) -> None:  # noqa: ANN001 - a request that the kill breaks off
         fn()
     except Exception:
         pass
+
+
+def test_a_running_daemon_expires_a_fetch_and_a_restart_does_not_revive_it(tmp_path: Path) -> None:
+    from test_daemon_harness import DaemonProc, daemons, make_home, wait_for
+
+    home = make_home(tmp_path, "b")
+    config = home / "config.toml"
+    config.write_text(config.read_text().replace(
+        "[network]\n", "[network]\nsync_interval = 0.5\nfetch_expiry_seconds = 2\n"))
+    root = CID.hash(RAW, b"announced, never served")
+    b = DaemonProc(home)
+    with daemons(b):
+        b.start()
+        with Store(home / "store") as store:  # recorded while it runs (as a fetch it scheduled would be)
+            NetState(store).add_fetch(bytes(32), root, [], [])
+        wait_for(lambda: any(e["event"] == "fetch_expired" for e in b.log_events()), 10, "the fetch to expire")
+        expired = [e for e in b.log_events() if e.get("root") == str(root)]
+        assert [e["event"] for e in expired] == ["fetch_expired"] and expired[0]["age_seconds"] >= 2
+        assert b.stop() == 0
+        b.start()  # a restart: nothing to resume
+        assert b.api("GET", "/status")["pending_fetches"] == 0
+        assert [e for e in b.log_events() if e.get("root") == str(root)] == expired
+    with Store(home / "store") as store:
+        assert NetState(store).fetches() == []
