@@ -88,11 +88,12 @@ def repair(store: Store, find: Callable[[], dict[CID, tuple[bytes, CID]]], files
     connected = False
     tried: set[CID] = set()
     damaged = find()
-    while damaged and not set(damaged) <= tried:
-        tried |= set(damaged)
+    while set(damaged) - tried:
+        new = {cid: origin for cid, origin in damaged.items() if cid not in tried}  # each block is tried once
+        tried |= set(new)
         if files:
-            result.from_files += replace_blocks(store, blocks_from_files(files, set(damaged)))
-        left = {cid: origin for cid, origin in damaged.items() if cid not in result.from_files}
+            result.from_files += replace_blocks(store, blocks_from_files(files, set(new)))
+        left = {cid: origin for cid, origin in new.items() if cid not in result.from_files}
         if left and not connected:
             refetch, connected = connect(), True
         if left and refetch is not None:
