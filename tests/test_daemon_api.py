@@ -143,6 +143,17 @@ def test_hostile_local_requests_never_stop_the_daemon(daemon: DaemonProc) -> Non
         head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body) if length is None else length}\r\n"
         return (head + (f"Authorization: Bearer {token}\r\n" if auth else "") + "\r\n").encode() + body
 
+    fds = psutil.Process(daemon.proc.pid).num_fds()
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(300)]  # never send a byte
+    try:
+        time.sleep(0.5)
+        assert psutil.Process(daemon.proc.pid).num_fds() < fds + 64 + 10  # at most 64 API connections
+        t0 = time.monotonic()
+        status = httpx.get(f"http://127.0.0.1:{port}/status", headers={"Authorization": f"Bearer {token}"}, timeout=1)
+        assert status.status_code == 200 and time.monotonic() - t0 < 1  # idle ones make room
+    finally:
+        for sock in idle:
+            sock.close()
     for data in (b"", b"GET /status HTTP/1.1\r\n", post("/follow", b'{"repo": "')):
         _raw(port, data, reset=True)
     bad = [

@@ -1,8 +1,8 @@
 """Local control API: HTTP/1.1 + JSON on 127.0.0.1, bearer token from ``<home>/api.token``.
 
 A deliberately small server on trio streams: one request per connection, headers <= 16 KiB,
-bodies <= 64 KiB, 10 s to send a request, at most 64 connections at a time (more wait in the
-kernel's backlog and cost no file descriptor); everything but /openapi.json needs the token.
+bodies <= 64 KiB, 10 s to send a request, at most 64 connections at a time (a new one evicts the
+oldest that has not sent its request yet); everything but /openapi.json needs the token.
 Every request gets an answer or its connection is dropped; no input stops the server.
 Handlers, parameter checks and the OpenAPI document are in ``routes.py``.
 """
@@ -178,14 +178,16 @@ class Api:
         self.daemon = daemon
         self.token = token
         self.request_timeout = request_timeout
-        self.slots = trio.Semaphore(max_connections)
+        self.max_connections = max_connections
         self.open_connections = 0  # being served now (<= max_connections)
+        self.reading: dict[trio.CancelScope, None] = {}  # connections still sending their request, oldest first
+        self.evicted = 0
 
-    async def handle(self, stream: trio.abc.Stream) -> None:
-        """One connection, whatever the client sends or does: never raises (but Cancelled)."""
-        self.open_connections += 1
+    async def handle(self, stream: trio.abc.Stream, reading: trio.CancelScope) -> None:
+        """One connection, whatever the client sends or does: never raises (but Cancelled).
+        The caller has counted it in ``open_connections`` and registered ``reading`` (evictable)."""
         try:
-            reply = await self._answer(stream)
+            reply = await self._answer(stream, reading)
             if reply is not None:
                 with trio.move_on_after(self.request_timeout):
                     await stream.send_all(_response(*reply))
@@ -199,17 +201,22 @@ class Api:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
 
-    async def _answer(self, stream: trio.abc.Stream) -> tuple[int, bytes, str] | None:
+    async def _answer(self, stream: trio.abc.Stream, reading: trio.CancelScope) -> tuple[int, bytes, str] | None:
         """The response, or None when there is nobody to answer."""
-        try:
-            with trio.fail_after(self.request_timeout):
-                method, path, headers, raw = await _read_request(stream)
-        except _ClientGone:
-            return None
-        except trio.TooSlowError:
-            return _error(408, "request timeout")
-        except HTTPError as exc:
-            return _error(exc.status, str(exc))
+        with reading:  # cancelled when evicted, until the whole request is in
+            try:
+                with trio.fail_after(self.request_timeout):
+                    method, path, headers, raw = await _read_request(stream)
+            except _ClientGone:
+                return None
+            except trio.TooSlowError:
+                return _error(408, "request timeout")
+            except HTTPError as exc:
+                return _error(exc.status, str(exc))
+            finally:
+                self.reading.pop(reading, None)
+        if reading.cancelled_caught:
+            return None  # evicted for a newer connection: dropped
         try:
             return await self._dispatch(method, path, headers, raw)
         except HTTPError as exc:
@@ -238,25 +245,31 @@ class Api:
         result = await handler(self.daemon, parse_body(raw))
         return 200, json.dumps(result, default=str).encode(), "application/json"
 
-    async def _serve_one(self, stream: trio.abc.Stream) -> None:
-        try:
-            await self.handle(stream)
-        finally:
-            self.slots.release()
-
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        """At most ``max_connections`` at a time. When all are taken, the oldest one that has not
+        sent its whole request yet makes room (idle connections cannot lock clients out);
+        when all are busy answering, the newcomer is dropped."""
         while True:
-            await self.slots.acquire()  # beyond the cap, clients wait in the kernel's backlog
             try:
                 stream = await listener.accept()
             except OSError as exc:
-                self.slots.release()
                 if exc.errno not in _FD_ERRORS:
                     raise
                 log("api_accept_error", "warning", error=os.strerror(exc.errno))
                 await trio.sleep(0.1)  # out of descriptors: let open connections finish first
                 continue
-            nursery.start_soon(self._serve_one, stream)
+            if self.open_connections >= self.max_connections:
+                if not self.reading:
+                    await stream.aclose()
+                    continue
+                oldest = next(iter(self.reading))
+                del self.reading[oldest]
+                oldest.cancel()
+                self.evicted += 1
+            self.open_connections += 1  # counted here, so a burst of accepts sees it at once
+            reading = trio.CancelScope()
+            self.reading[reading] = None
+            nursery.start_soon(self.handle, stream, reading)
 
     async def serve(self, port: int, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
