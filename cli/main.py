@@ -119,19 +119,24 @@ class FednodeGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except FednodeError as exc:
-            _fail(str(exc))
-        except OSError as exc:  # the file system refused: say what and where
-            where = f" ({exc.filename})" if exc.filename else ""
-            _fail(f"{exc.strerror or exc}{where}")
-        except FormatError as exc:  # bytes that decode to no valid object (our own errors are FednodeError)
-            _fail(f"malformed data: {exc}")
-        except MemoryError:
-            _fail("out of memory")
+        except (click.ClickException, click.Abort, click.exceptions.Exit, EOFError):
+            raise  # click's own: usage errors, --help, ctx.exit(), Ctrl-D
         except Exception as exc:
+            leaf = exc
+            while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+                leaf = leaf.exceptions[0]  # trio wraps what a task raised (the daemon)
+            if isinstance(leaf, FednodeError):
+                _fail(str(leaf))
+            if isinstance(leaf, OSError):  # the file system or network refused: say what and where
+                where = f" ({leaf.filename})" if leaf.filename else ""
+                _fail(f"{leaf.strerror or leaf}{where}")
+            if isinstance(leaf, FormatError):  # bytes that decode to no valid object
+                _fail(f"malformed data: {leaf}")
+            if isinstance(leaf, MemoryError):
+                _fail("out of memory")
             if os.environ.get("FEDNODE_DEBUG"):
                 raise
-            _fail(f"unexpected {type(exc).__name__}: {exc} (a bug: FEDNODE_DEBUG=1 shows the traceback)", 2)
+            _fail(f"unexpected {type(leaf).__name__}: {leaf} (a bug: FEDNODE_DEBUG=1 shows the traceback)", 2)
 
 
 @click.group(cls=FednodeGroup)

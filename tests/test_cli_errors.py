@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -27,7 +28,8 @@ Case = Callable[[Path, Path, ExitStack], tuple[Path, list[str], tuple[str, ...]]
 
 def out_below_a_file(home: Path, tmp: Path, _: ExitStack) -> tuple[Path, list[str], tuple[str, ...]]:
     (tmp / "afile").write_text("x")
-    return home, ["checkout", "main", "-r", "m", "--out", str(tmp / "afile" / "x.safetensors")], ("afile is not a directory",)
+    out = str(tmp / "afile" / "x.safetensors")
+    return home, ["checkout", "main", "-r", "m", "--out", out], ("afile is not a directory",)
 
 
 def out_in_proc(home: Path, tmp: Path, _: ExitStack) -> tuple[Path, list[str], tuple[str, ...]]:
@@ -71,8 +73,17 @@ def key_of_another_user(home: Path, tmp: Path, _: ExitStack) -> tuple[Path, list
     return home, ["log", "m"], ("keypair.json is owned by another user", "chown")
 
 
+def daemon_api_port_taken(home: Path, tmp: Path, stack: ExitStack) -> tuple[Path, list[str], tuple[str, ...]]:
+    sock = stack.enter_context(socket.socket())
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    args = ["daemon", "--api-port", str(sock.getsockname()[1]), "--listen", "/ip4/127.0.0.1/tcp/0",
+            "--log-file", str(tmp / "daemon.log")]
+    return home, args, ("address already in use",)  # raised in a trio task: inside an exception group
+
+
 CASES: list[Case] = [out_below_a_file, out_in_proc, out_is_a_directory, store_is_a_file, corrupt_page_headers,
-                     init_on_a_full_disk, home_of_another_user, key_of_another_user]
+                     init_on_a_full_disk, home_of_another_user, key_of_another_user, daemon_api_port_taken]
 
 
 @pytest.fixture
