@@ -267,7 +267,8 @@ class Store:
 
     def reserve(self, extra: int) -> None:
         """Make room for ``extra`` more bytes now (call with no transaction open)."""
-        self._ensure_room(extra)
+        with self._guard():
+            self._ensure_room(extra)
 
     @contextmanager
     def _guard(self) -> Iterator[None]:

@@ -144,7 +144,7 @@ def repo_home(home: Path) -> Path:
 async def test_bad_requests_are_400_one_line_and_the_api_keeps_serving(repo_home: Path) -> None:
     async with served(repo_home) as (_api, port, node):
         with node.store.read() as txn:
-            before = (txn.list_repos(), list(txn.all_refs()))
+            before = (txn.list_repos(), list(txn.all_refs()), txn.kv_items("net"))
         for what, data in NO_TOKEN:
             status, body = await exchange(port, data)
             assert status == 400, (what, status, body)
@@ -160,7 +160,7 @@ async def test_bad_requests_are_400_one_line_and_the_api_keeps_serving(repo_home
         await trio.sleep(0.1)
         await assert_serving(port)
         with node.store.read() as txn:
-            assert (txn.list_repos(), list(txn.all_refs())) == before  # nothing stored
+            assert (txn.list_repos(), list(txn.all_refs()), txn.kv_items("net")) == before  # nothing stored
 
 
 async def test_a_bug_of_ours_is_a_logged_500_and_serving_goes_on(repo_home: Path,

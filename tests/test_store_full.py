@@ -55,7 +55,10 @@ def model(path: Path, nbytes: int, seed: int) -> Path:
     return write_model(path, {"w": ("F32", arr)})
 
 
-def test_repo_create_and_commit_bigger_than_the_disk(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batch", [64 << 20, 1 << 20], ids=["one-batch", "writer-thread"])
+def test_repo_create_and_commit_bigger_than_the_disk(tmp_path: Path, batch: int,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDNODE_BATCH_BYTES", str(batch))  # 1 MiB: the block-writer thread hits the full disk
     with small_fs(tmp_path) as mnt:
         home = mnt / "home"
         run_fednode(home, "init")
