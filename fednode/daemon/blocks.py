@@ -36,6 +36,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from fednode.daemon import wire
+from fednode.daemon.fairness import IDLE
 from fednode.daemon.logs import log
 from fednode.daemon.metrics import Metrics
 from fednode.errors import NotFound
@@ -55,6 +56,7 @@ BATCH = 32
 BATCH_BYTES = 8 << 20
 IN_MEMORY = 3
 STREAM_TIMEOUT = 15.0
+MAX_REQUEST = 64 * 1024  # bytes of a want list: MAX_WANT CIDs fit many times over
 HOLD_SECONDS = 2.0  # most a served request waits, in all, for blocks our own fetches are bringing
 SMALL_WRITE = 256 * 1024  # batches below this are checked and stored on the trio thread (no thread hop)
 Blocks = list[tuple[CID, bytes]]  # (CID, block) pairs, in the order they were asked for
@@ -77,12 +79,25 @@ class Budget:
 
 
 async def serve(stream: INetStream, store: Store, metrics: Metrics,
-                in_flight: Callable[[CID], trio.Event | None] | None = None) -> None:
+                in_flight: Callable[[CID], trio.Event | None] | None = None,
+                misbehaved: Callable[[str], object] | None = None) -> None:
     """Answer one request. A block we do not have yet but are fetching ourselves (``in_flight``
     gives the event set when that fetch ends) is waited for, HOLD_SECONDS at most in all: a node
-    behind us then gets it as soon as we do, instead of "not here" and its retry backoff."""
+    behind us then gets it as soon as we do, instead of "not here" and its retry backoff.
+
+    The request must arrive within FIRST_FRAME_TIMEOUT (an idle stream only holds a serving
+    slot) and be a valid want list of at most MAX_REQUEST bytes; else the stream is reset and
+    ``misbehaved`` told why (``fairness.IDLE``, ``oversize_request``, ``malformed_request``)."""
     try:
-        want = m.decode_want(await wire.read_frame(stream, 64 * 1024))
+        try:
+            want = m.decode_want(await wire.read_frame(stream, MAX_REQUEST, wire.FIRST_FRAME_TIMEOUT))
+        except (wire.FrameTimeout, wire.FrameTooLarge, FormatError, ValueError) as exc:
+            why = {wire.FrameTimeout: IDLE, wire.FrameTooLarge: "oversize_request"}.get(type(exc), "malformed_request")
+            metrics.refused[why] += 1
+            if misbehaved is not None:
+                misbehaved(why)
+            await _reset_quietly(stream)
+            return
         writer = wire.FrameWriter(stream)
         hold_until = trio.current_time() + HOLD_SECONDS  # for the whole request, not per block
         for cid in want:
@@ -108,8 +123,17 @@ async def serve(stream: INetStream, store: Store, metrics: Metrics,
     except Exception as exc:  # py-libp2p would swallow it: the fetcher would only see an EOF
         log("blocks_serve_failed", "warning", error=f"{type(exc).__name__}: {exc}")
     finally:
+        with trio.move_on_after(1):  # a stream reset above, or a peer not reading, must not hold the slot
+            try:
+                await stream.close()
+            except Exception:
+                pass
+
+
+async def _reset_quietly(stream: INetStream) -> None:
+    with trio.move_on_after(1):
         try:
-            await stream.close()
+            await stream.reset()
         except Exception:
             pass
 

@@ -21,6 +21,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from fednode.daemon import blocks, discovery, guard, sync
 from fednode.daemon import host as hostmod
 from fednode.daemon.bitswap import start_bitswap
+from fednode.daemon.fairness import FairServing
 from fednode.daemon.logs import log
 from fednode.daemon.metrics import Metrics
 from fednode.daemon.ratelimit import TokenBuckets
@@ -72,7 +73,7 @@ class Daemon:
         self.provided: set[str] = set()  # DHT keys announced since start (see discovery.provide_new)
         self.sync_interval = sync_interval
         self.fetch_expiry = fetch_expiry_seconds(node.config)  # unfinished fetches older than this are dropped
-        self.serve_limiter = trio.CapacityLimiter(MAX_SERVING)
+        self.fair = FairServing(MAX_SERVING, penalize=self.penalize)  # per-peer shares, idle streams
         self.fetch_slots = NewestFirstSlots(MAX_CONCURRENT_FETCHES)
         self.jobs_scheduled = 0
         self.listen = listen
@@ -425,7 +426,9 @@ class Daemon:
 
     # --- stream handlers --------------------------------------------------------------------
     async def _serve_blocks(self, stream: INetStream) -> None:
-        await self._serve(stream, blocks.serve(stream, self.node.store, self.metrics, self.fetcher.in_flight))
+        peer = stream.muxed_conn.peer_id
+        await self._serve(stream, blocks.serve(stream, self.node.store, self.metrics, self.fetcher.in_flight,
+                                               lambda why: self.fair.misbehaved(peer, why)))
 
     async def _serve_heads(self, stream: INetStream) -> None:
         await self._serve(stream, sync.serve_heads(self, stream), self.heads_limit)
@@ -439,10 +442,7 @@ class Daemon:
         if refused is None and rate is not None and not rate.take(str(peer)):
             refused = "rate_limited"
         if refused is None:
-            try:
-                self.serve_limiter.acquire_nowait()
-            except trio.WouldBlock:
-                refused = "busy"  # the asker goes on with its next provider
+            refused = self.fair.admit(peer)  # busy / peer_busy: the asker goes on with its next provider
         if refused is not None:
             self.metrics.refused[refused] += 1
             work.close()
@@ -454,7 +454,7 @@ class Daemon:
             guard.report(self.metrics, "stream_handler", exc, peer=str(peer))
             await _reset(stream)
         finally:
-            self.serve_limiter.release()
+            self.fair.release(peer)
 
     # --- reporting --------------------------------------------------------------------------
     def status(self) -> dict[str, object]:

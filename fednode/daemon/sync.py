@@ -24,6 +24,7 @@ from libp2p.peer.id import ID
 
 from fednode import operations
 from fednode.daemon import discovery, wire
+from fednode.daemon.fairness import IDLE
 from fednode.daemon.host import peer_id_of_key
 from fednode.daemon.logs import log
 from fednode.errors import FednodeError
@@ -83,6 +84,10 @@ async def serve_heads(d: Daemon, stream: INetStream) -> None:
             repo_id = m.decode_heads_query(await wire.read_frame(stream, 1024, wire.FIRST_FRAME_TIMEOUT))
         except FormatError:  # an honest peer never sends a query our decoder refuses
             d.penalize(stream.muxed_conn.peer_id, "malformed_request")
+            raise
+        except (wire.FrameTimeout, wire.FrameTooLarge) as exc:  # an idle stream, a 100 MB length prefix
+            d.fair.misbehaved(stream.muxed_conn.peer_id, IDLE if isinstance(exc, wire.FrameTimeout) else
+                              "oversize_request")
             raise
         genesis = d.state.genesis(repo_id)
         heads = [a.encode() for a in served_announcements(d, repo_id)] if genesis else []

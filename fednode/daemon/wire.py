@@ -31,6 +31,14 @@ class FrameError(Exception):
     """The peer closed early, sent too much, or stalled."""
 
 
+class FrameTimeout(FrameError):
+    """The peer sent nothing (or not enough) in time."""
+
+
+class FrameTooLarge(FrameError):
+    """A frame's declared length is over the limit (nothing of it is read or buffered)."""
+
+
 async def _read_exact(stream: INetStream, n: int) -> bytes:
     chunks: list[bytes] = []
     got = 0
@@ -53,9 +61,9 @@ async def read_frame(stream: INetStream, max_bytes: int, timeout: float = IO_TIM
                 break
             shift += 7
             if shift > 35:
-                raise FrameError("frame length varint too long")
+                raise FrameTooLarge("frame length varint too long")
         if length > max_bytes:
-            raise FrameError(f"frame of {length} bytes exceeds {max_bytes}")
+            raise FrameTooLarge(f"frame of {length} bytes exceeds {max_bytes}")
         return await _read_exact(stream, length)
 
 
@@ -94,7 +102,7 @@ class FrameReader:
                 return length
             shift += 7
             if shift > 35:
-                raise FrameError("frame length varint too long")
+                raise FrameTooLarge("frame length varint too long")
 
     async def _body(self, n: int) -> memoryview:
         """``n`` bytes: a view of the buffer when it holds them (no copy), else one join."""
@@ -117,7 +125,7 @@ class FrameReader:
         with _io_errors(timeout, "reading"):
             length = await self._varint()
             if length > max_bytes:
-                raise FrameError(f"frame of {length} bytes exceeds {max_bytes}")
+                raise FrameTooLarge(f"frame of {length} bytes exceeds {max_bytes}")
             return await self._body(length)
 
 
@@ -164,7 +172,7 @@ def _io_errors(timeout: float, doing: str = "writing") -> Iterator[None]:
         with trio.fail_after(timeout):
             yield
     except trio.TooSlowError:
-        raise FrameError(f"timed out {doing} a frame") from None
+        raise FrameTimeout(f"timed out {doing} a frame") from None
     except FrameError:
         raise
     except Exception as exc:
