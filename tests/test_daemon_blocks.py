@@ -21,6 +21,7 @@ from fednode.store import Store
 from protocol import messages as m
 from protocol.multiformats import CID, DAG_CBOR, RAW, encode_varint
 from protocol.objects import Manifest, TensorEntry
+from protocol.unixfs import CHUNK_SIZE, MAX_LINKS
 
 
 class FakeStream:
@@ -447,17 +448,41 @@ def _manifest_over(root: CID, size: int) -> tuple[CID, bytes]:
 
 
 async def test_a_block_linked_many_times_is_asked_for_once(tmp_path: Path) -> None:
-    """A DAG bomb (each inner node links MAX_LINKS times to one child) costs one request per block."""
+    """A file whose every node links MAX_LINKS times to one child (a file of zeros can do this; a
+    bomb too, if its manifest owns up to 2.4e14 bytes) costs one request per distinct block."""
     from test_unixfs import dag_bomb
 
-    bomb_root, bomb = dag_bomb()
-    root, block = _manifest_over(bomb_root, 1024)
+    bomb_root, bomb = dag_bomb(leaf=bytes(CHUNK_SIZE))
+    root, block = _manifest_over(bomb_root, CHUNK_SIZE * MAX_LINKS**4)
     host = FakeHost({root: block, **bomb})
     with Store(tmp_path / "s", sync=False) as store:
         fetcher = blocks.Fetcher(host, store, Metrics(), lambda p, r: None)  # type: ignore[arg-type]
         with trio.fail_after(10):
             assert await fetcher.fetch(b"r" * 32, root, lambda: ["p"])  # type: ignore[list-item]
     assert sorted(map(str, host.asked["p"])) == sorted(map(str, [root, *bomb]))  # each block once
+
+
+@pytest.mark.parametrize("lie", [None, CHUNK_SIZE * MAX_LINKS])
+async def test_a_dag_bomb_is_refused_by_the_fetcher_at_the_first_size_that_disagrees(tmp_path: Path,
+                                                                                     lie: int | None) -> None:
+    """The manifest says 1 KiB: a root declaring 174^4 chunks is refused as it arrives (lie=None). The
+    manifest and the root say 174 chunks, but the root's child declares 174^3 (lie): refused at the
+    child. Nothing of what disagrees is stored and the provider is penalized."""
+    from test_unixfs import dag_bomb
+
+    bomb_root, bomb = dag_bomb(leaf=bytes(CHUNK_SIZE), lie_at_root=lie)
+    root, block = _manifest_over(bomb_root, lie or 1024)
+    host = FakeHost({root: block, **bomb})
+    penalties: list[tuple[str, str]] = []
+    with Store(tmp_path / "s", sync=False) as store:
+        fetcher = blocks.Fetcher(host, store, Metrics(), lambda p, r: penalties.append((p, r)))  # type: ignore[arg-type]
+        with trio.fail_after(10):
+            assert not await fetcher.fetch(b"r" * 32, root, lambda: ["p"])  # type: ignore[list-item]
+        with store.read() as txn:
+            stored = [c for c in bomb if txn.has_block(c)]
+    assert penalties == [("p", "bad_dag")]
+    assert len(host.asked["p"]) == (2 if lie is None else 3)  # manifest, root (, its one distinct child)
+    assert stored == ([] if lie is None else [bomb_root])
 
 
 async def test_a_unixfs_chain_deeper_than_any_file_is_refused(tmp_path: Path) -> None:

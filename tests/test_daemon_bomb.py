@@ -1,11 +1,13 @@
-"""A UnixFS DAG bomb against a real daemon (issue 10, item 4).
+"""A UnixFS DAG bomb against a real daemon, and against the daemon's verification (issue 10, item 4).
 
 The owner's daemon A (a second process, the hostile side here) holds a commit it signed whose
 manifest entry for a 1 KiB tensor points at a DAG bomb: 5 blocks whose links expand to 174^4
 leaves. Victim B clones the repository, fetches that head and must refuse it in under a second
 (the old unbounded size walk ran ~1.5 h on the event loop), answering ``/status`` within 1 s all
-along; it keeps its branch at the genesis, records nothing for the bomb and bans the owner's peer
-(``ban_threshold = 1``), who signed the announcement of that head.
+along; it keeps its branch at the genesis, stores nothing of the bomb and bans A (``ban_threshold
+= 1``), which served a file root that disagrees with its manifest. The fetcher refuses it first;
+the second test shows that verification (``sync.apply``), the next line of defence, refuses the
+same commit when its blocks are already in the store, in milliseconds, and penalizes its signer.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from test_daemon_harness import DaemonProc, daemons, has_block, make_home, open_nodes, ref, wait_for
 from test_unixfs import dag_bomb
 
+from fednode.daemon import sync
 from fednode.history import repo_id_text
 from fednode.modelio import ArraySource
 from protocol.multiformats import CID, DAG_CBOR
@@ -90,19 +93,16 @@ def test_a_dag_bomb_is_refused_at_once_and_the_daemon_stays_responsive(tmp_path:
             b.start()
             with StatusProbe(b) as probe:
                 b.api("POST", "/clone", {"repo": repo_id_text(rid), "timeout": 20}, timeout=30)
-                wait_for(lambda: any(e.get("event") == "head_verify_failed" for e in b.log_events()), 20,
-                         "B to refuse the bomb")
+                wait_for(lambda: a.peer_id in b.api("GET", "/status")["bans"], 20, "B to ban the bomb's provider")
                 time.sleep(0.5)  # a few more probes after the refusal
             events = b.log_events()
-            fetched = next(e for e in events if e.get("event") == "fetch_complete" and e.get("root") == str(bomb_head))
-            refused = next(e for e in events if e.get("event") == "head_verify_failed")
-            took = refused["ts"] - fetched["ts"]
-            print(f"bomb refused {took * 1000:.0f} ms after its fetch completed; slowest /status "
-                  f"{probe.worst * 1000:.0f} ms of {probe.count}; problem: {refused['problem']}")
-            assert took < 1.0 and "declares" in refused["problem"]
+            cloned = next(e for e in events if e.get("event") == "repo_cloned")
+            banned = next(e for e in events if e.get("event") == "peer_banned")
+            took = banned["ts"] - cloned["ts"]  # the head's fetch starts once the genesis is in
+            print(f"bomb refused {took * 1000:.0f} ms after the clone's genesis; slowest /status "
+                  f"{probe.worst * 1000:.0f} ms of {probe.count}")
+            assert took < 1.0 and banned["last_reason"] == "bad_dag"
             assert probe.count > 5 and probe.worst < 1.0
-            assert a.peer_id in b.api("GET", "/status")["bans"]
-            assert b.api("GET", "/status")["bans"][a.peer_id]["reason"] == "verify_failed"
         # nothing of the bomb's commit is referenced or recorded as verified
         assert ref(nb, rid, "heads/main") == genesis
         with nb.store.read() as txn:
@@ -111,7 +111,31 @@ def test_a_dag_bomb_is_refused_at_once_and_the_daemon_stays_responsive(tmp_path:
         from fednode.daemon.state import NetState
 
         assert not NetState(nb.store).is_verified(rid, bomb_head)
-        assert has_block(nb, bomb_root)  # it was fetched (5 small blocks), and refused
+        assert not has_block(nb, bomb_root)  # refused as it arrived: it declares 174^4 KiB, not 1 KiB
     finally:
         for n in (na, nb):
             n.close()
+
+
+def test_verifying_a_stored_bomb_takes_milliseconds_and_penalizes_its_announcer(tmp_path: Path) -> None:
+    import trio
+    from test_daemon_verify import announce, fake_daemon
+
+    (node,) = open_nodes(make_home(tmp_path, "a"))
+    try:
+        info, created = node.history.create_repo("m", ArraySource({"w": ("F32", np.ones(256, np.float32))}))
+        bomb_head, _ = _bomb_commit(node, info.repo_id, created.cid)
+        with node.store.write() as txn:  # as if the bomb had just been fetched
+            txn.set_ref(info.repo_id, "heads/main", bytes(created.cid))
+        d = fake_daemon(node.history)
+        penalties: list[tuple[object, str]] = []
+        d.penalize = lambda peer, reason: penalties.append((peer, reason))
+        start = time.monotonic()
+        trio.run(sync.apply, d, info.repo_id, announce(node.identity, info.repo_id, bomb_head, 1))
+        took = time.monotonic() - start
+        assert took < 1.0, took
+        assert d.metrics.rejected["verify_failed"] == 1 and [r for _, r in penalties] == ["verify_failed"]
+        assert ref(node, info.repo_id, "heads/main") == created.cid
+        assert not d.state.is_verified(info.repo_id, bomb_head)
+    finally:
+        node.close()

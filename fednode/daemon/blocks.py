@@ -27,7 +27,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import trio
@@ -46,6 +46,7 @@ from protocol import messages as m
 from protocol.dag import links  # children to fetch
 from protocol.multiformats import CID, DAG_CBOR, DAG_PB, RAW, FormatError
 from protocol.objects import COMMIT_TYPE, Commit, Manifest
+from protocol.unixfs import CHUNK_SIZE, decode_file_node
 
 PROTOCOL = TProtocol(m.BLOCKS_PROTOCOL)
 # Seconds to wait before serving each block: lets tests and demos kill a provider mid-transfer.
@@ -76,6 +77,9 @@ class Budget:
     limit: int = MAX_FETCH_BYTES
     used: int = 0
     refused: str | None = None
+    # UnixFS blocks still to come -> the content size declared for each (by a manifest entry or the
+    # parent node's blocksizes; -1: declared twice, differently): checked before each is stored
+    sizes: dict[CID, int] = field(default_factory=dict)
 
 
 async def serve(stream: INetStream, store: Store, metrics: Metrics,
@@ -218,9 +222,9 @@ class Fetcher:
             return [], None
         small = sum(len(b) for _, b in received) < SMALL_WRITE
         if small:
-            good, bad = self._check(received, repo_id)
+            good, bad = self._check(received, repo_id, budget)
         else:
-            good, bad = await trio.to_thread.run_sync(self._check, received, repo_id)
+            good, bad = await trio.to_thread.run_sync(self._check, received, repo_id, budget)
         size = sum(len(b) for _, b in good)
         if budget is not None and good and not self._charge(budget, size):
             return [], bad
@@ -256,14 +260,18 @@ class Fetcher:
                     self.store_blocks(repo_id, held)
             held.clear()
 
-    def _check(self, received: Blocks, repo_id: bytes) -> tuple[Blocks, str | None]:
+    def _check(self, received: Blocks, repo_id: bytes, budget: Budget | None = None) -> tuple[Blocks, str | None]:
         """The blocks before the first bad one, and why that one is bad (None: all good).
 
         Every block must hash to the CID we asked for; commit blocks must also decode, be signed
-        and belong to ``repo_id``. Thread-safe (hashlib releases the GIL)."""
+        and belong to ``repo_id``; a block of a tensor file must hold the size declared for it
+        (``Budget.sizes``: a DAG bomb is refused at its root, before its links are fetched).
+        Thread-safe (hashlib releases the GIL)."""
         for i, (cid, block) in enumerate(received):
             if not cid.verify(block):
                 return received[:i], "bad_block"
+            if budget is not None and cid in budget.sizes and not holds(cid, block, budget.sizes[cid]):
+                return received[:i], "bad_dag"
             if cid.codec == DAG_CBOR:
                 commit = self._commit_ok(cid, block, repo_id)
                 if commit is False:
@@ -339,6 +347,7 @@ class Fetcher:
                     good, bad = await self.check_and_store(repo_id, batch, budget, held)
                     for cid, block in good:
                         stored[cid] = links(cid, block)
+                        expect_sizes(cid, block, budget.sizes)
                     if bad or budget.refused:
                         if bad:
                             self.penalize(peer, bad)
@@ -356,8 +365,8 @@ class Fetcher:
                         break
         return stored
 
-    def _missing_and_children(self, frontier: list[CID], seen: set[CID],
-                              depth: dict[CID, int]) -> tuple[list[CID], list[CID]]:
+    def _missing_and_children(self, frontier: list[CID], seen: set[CID], depth: dict[CID, int],
+                              sizes: dict[CID, int]) -> tuple[list[CID], list[CID]]:
         missing: list[CID] = []
         children: dict[CID, None] = {}  # an ordered set: a block linked many times is asked for once
         with self.store.read() as txn:
@@ -366,7 +375,9 @@ class Fetcher:
                     continue
                 seen.add(cid)
                 if txn.has_block(cid):
-                    _add_children(children, cid, links(cid, txn.get_block(cid)), depth)
+                    block = txn.get_block(cid)
+                    _add_children(children, cid, links(cid, block), depth)
+                    expect_sizes(cid, block, sizes)
                 else:
                     missing.append(cid)
         return missing, list(children)
@@ -390,7 +401,7 @@ class Fetcher:
         try:
             while frontier:
                 try:
-                    missing, children = self._missing_and_children(frontier, seen, depth)
+                    missing, children = self._missing_and_children(frontier, seen, depth, budget.sizes)
                     for cid in missing:
                         if cid not in self._in_flight:
                             self._in_flight[cid] = trio.Event()
@@ -430,6 +441,38 @@ class Fetcher:
             _add_children(more, cid, stored.get(cid, []), depth)
         children[:] = list(more)
         return len(remaining)
+
+
+def holds(cid: CID, block: bytes, declared: int) -> bool:
+    """Whether a block of a tensor file holds the ``declared`` content bytes, laid out as we build
+    files (every link of a node but the last a full chunk or more: no runs of tiny sub-DAGs)."""
+    if cid.codec == RAW:
+        return len(block) == declared
+    if cid.codec != DAG_PB or declared < 0:
+        return False
+    try:
+        node = decode_file_node(block)
+    except FormatError:
+        return False
+    return node.filesize == declared and all(s >= CHUNK_SIZE for s in node.blocksizes[:-1])
+
+
+def expect_sizes(cid: CID, block: bytes, sizes: dict[CID, int]) -> None:
+    """Record what ``block`` declares of the blocks it links to: a manifest, each tensor file's
+    size; a UnixFS node (one we expect, already checked by ``holds``), each child's."""
+    if cid.codec == DAG_CBOR:
+        try:
+            manifest = Manifest.decode(block)
+        except FormatError:
+            return  # a commit
+        declared = [(e.cid, e.size) for e in manifest.tensors.values() if e.cid is not None]
+    elif cid.codec == DAG_PB and cid in sizes:
+        node = decode_file_node(block)
+        declared = list(zip(node.links, node.blocksizes, strict=True))
+    else:
+        return
+    for kid, size in declared:
+        sizes[kid] = size if sizes.get(kid, size) == size else -1
 
 
 class TooDeep(Exception):
