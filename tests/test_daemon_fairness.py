@@ -4,8 +4,9 @@ continually, 500 streams at once and a 100 MB length prefix, while an honest pro
 
 Run as a script it IS the attacker or the honest peer: ``python test_daemon_fairness.py MODE
 TARGET_ADDR [CID ...]`` with MODE ``idle`` (32 idle streams, renewed), ``flood`` (500 streams at
-once, then a 100 MB length prefix) or ``honest`` (40 block requests for the CIDs, timed). Each
-prints ``ready``, waits for a line on stdin, then prints one JSON line of what it saw.
+once, a 100 MB length prefix on blocks and on heads, 4 idle heads queries) or ``honest`` (40 block
+requests for the CIDs, timed). Each prints ``ready``, waits for a line on stdin, then prints one
+JSON line of what it saw.
 """
 
 from __future__ import annotations
@@ -121,13 +122,16 @@ def test_an_idle_stream_attacker_cannot_starve_honest_fetches(tmp_path: Path) ->
                 assert v.metrics()["refused_streams"]["peer_busy"] > 0  # what it opened beyond its share
                 assert probe.worst < 1.0, probe.worst
 
-                flood = _spawn("flood", v.addr)  # a new identity: 500 streams at once, a 100 MB prefix
+                before = v.metrics()["refused_streams"]
+                flood = _spawn("flood", v.addr)  # a new identity: 500 streams at once, 100 MB prefixes
                 seen_flood = _result(flood)
                 print(f"flood: {seen_flood}; slowest /status {probe.worst * 1000:.0f} ms of {probe.count}")
-                assert seen_flood["opened"] >= 6 and seen_flood["prefix_reset"]
+                assert seen_flood["opened"] >= 6 and seen_flood["prefix_reset"] == 2
                 assert probe.worst < 1.0, probe.worst
-            metrics = v.metrics()
-            assert metrics["refused_streams"].get("oversize_request", 0) >= 1
+            after = v.metrics()["refused_streams"]
+            assert after["oversize_request"] == 2  # one on each protocol
+            assert after[IDLE] - before[IDLE] >= 6 + 4  # its share of the 500, then the 4 heads queries
+            assert after["peer_busy"] - before["peer_busy"] >= 400  # the rest of the 500, refused at once
             assert v.proc.poll() is None
         finally:
             _stop(honest, attacker, flood)
@@ -151,7 +155,7 @@ async def _peer(mode: str, target: str, cids: list[str]) -> None:
     from protocol.multiformats import CID, encode_varint
 
     host = build_host(create_new_key_pair())
-    blocks = TProtocol(m.BLOCKS_PROTOCOL)
+    blocks, heads = TProtocol(m.BLOCKS_PROTOCOL), TProtocol(m.HEADS_PROTOCOL)
     info = info_from_p2p_addr(multiaddr.Multiaddr(target))
     out: dict = {"peer_id": str(host.get_id())}
 
@@ -210,10 +214,10 @@ async def _peer(mode: str, target: str, cids: list[str]) -> None:
     async def flood() -> None:
         out.update(opened=0, failed=0)
 
-        async def one() -> None:
+        async def one(protocol: TProtocol) -> None:
             try:
                 with trio.fail_after(20):
-                    stream = await host.new_stream(info.peer_id, [blocks])
+                    stream = await host.new_stream(info.peer_id, [protocol])
                     out["opened"] += 1
                     await stream.read(1)
             except Exception:
@@ -221,14 +225,19 @@ async def _peer(mode: str, target: str, cids: list[str]) -> None:
 
         async with trio.open_nursery() as n:
             for _ in range(500):
-                n.start_soon(one)
-        stream = await host.new_stream(info.peer_id, [blocks])
-        await stream.write(encode_varint(100 << 20) + bytes(64 * 1024))  # a 100 MB frame, announced
-        try:
-            with trio.fail_after(10):
-                out["prefix_reset"] = not await stream.read(1)
-        except Exception:
-            out["prefix_reset"] = True
+                n.start_soon(one, blocks)
+        out["prefix_reset"] = 0
+        for protocol in (blocks, heads):  # a 100 MB frame, announced, on each protocol
+            stream = await host.new_stream(info.peer_id, [protocol])
+            await stream.write(encode_varint(100 << 20) + bytes(64 * 1024))
+            try:
+                with trio.fail_after(10):
+                    out["prefix_reset"] += not await stream.read(1)
+            except Exception:
+                out["prefix_reset"] += 1
+        async with trio.open_nursery() as n:  # idle heads queries: dropped after 2 s like block streams
+            for _ in range(4):
+                n.start_soon(one, heads)
 
     async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
         with trio.fail_after(30):

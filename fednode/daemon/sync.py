@@ -86,8 +86,9 @@ async def serve_heads(d: Daemon, stream: INetStream) -> None:
             d.penalize(stream.muxed_conn.peer_id, "malformed_request")
             raise
         except (wire.FrameTimeout, wire.FrameTooLarge) as exc:  # an idle stream, a 100 MB length prefix
-            d.fair.misbehaved(stream.muxed_conn.peer_id, IDLE if isinstance(exc, wire.FrameTimeout) else
-                              "oversize_request")
+            why = IDLE if isinstance(exc, wire.FrameTimeout) else "oversize_request"
+            d.metrics.refused[why] += 1
+            d.fair.misbehaved(stream.muxed_conn.peer_id, why)
             raise
         genesis = d.state.genesis(repo_id)
         heads = [a.encode() for a in served_announcements(d, repo_id)] if genesis else []
