@@ -20,7 +20,10 @@ from libp2p.peer.id import ID
 from fednode.daemon.ratelimit import TokenBuckets
 
 PER_PEER = 6  # of the daemon's MAX_SERVING (32): 4 fetch jobs, a heads query and one spare
-IDLE_FORGIVEN, IDLE_RATE = 2.0, 1 / 30  # idle streams a peer may open without penalty, and refill per second
+# idle streams a peer may open without penalty, and their refill per second: penalties never expire
+# (Daemon.penalize), so an honest peer's rare stalled stream must stay free; an attacker renewing
+# its PER_PEER idle streams makes 3 a second
+IDLE_FORGIVEN, IDLE_RATE = 4.0, 0.1
 IDLE = "idle_stream"  # the reason for a stream that sent no request in time
 
 
