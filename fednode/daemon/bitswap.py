@@ -246,7 +246,7 @@ async def fetch_dag(handle: BitswapHandle, root: CID, peer_id: ID | None, timeou
                     handle.blocks.unexpect(batch)
             children: list[CID] = []
             with store.read() as txn:
-                for cid in level:
+                for cid in dict.fromkeys(level):  # a block linked many times (a DAG bomb) is walked once
                     if not txn.has_block(cid):
                         raise FednodeError(f"bitswap: block {cid} did not arrive from {peer_id}")
                     children += _children(cid, txn.get_block(cid))
