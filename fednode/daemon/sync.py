@@ -251,7 +251,8 @@ async def apply(d: Daemon, repo_id: bytes, raw: bytes) -> None:
         cur = CID.from_bytes(cur_raw) if cur_raw else None
         if cur == msg.head:
             return
-        if cur is None or d.node.history.is_ancestor(cur, msg.head):
+        # the walk back from the new head reads every new commit: in a worker thread too
+        if cur is None or await d.fetcher.run_reading(partial(d.node.history.is_ancestor, cur, msg.head)):
             with d.node.store.write() as txn:
                 if txn.get_ref(repo_id, ref) == cur_raw:  # compare-and-swap against local commits
                     txn.set_ref(repo_id, ref, bytes(msg.head))
