@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from test_daemon_harness import DaemonProc, daemons, has_block, make_home, open_nodes, ref, wait_for
 from test_unixfs import dag_bomb
 
@@ -137,5 +138,48 @@ def test_verifying_a_stored_bomb_takes_milliseconds_and_penalizes_its_announcer(
         assert d.metrics.rejected["verify_failed"] == 1 and [r for _, r in penalties] == ["verify_failed"]
         assert ref(node, info.repo_id, "heads/main") == created.cid
         assert not d.state.is_verified(info.repo_id, bomb_head)
+    finally:
+        node.close()
+
+
+def test_verification_runs_beside_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """However long a fetched head takes to verify (here: 1 s per commit, simulated), the event
+    loop keeps running: the real ``Fetcher.run_reading`` hands verification to a worker thread."""
+    import trio
+    from test_daemon_verify import announce, fake_daemon
+
+    from fednode.daemon.blocks import Fetcher
+    from fednode.daemon.metrics import Metrics
+
+    (node,) = open_nodes(make_home(tmp_path, "a"))
+    try:
+        info, created = node.history.create_repo("m", ArraySource({"w": ("F32", np.ones(256, np.float32))}))
+        d = fake_daemon(node.history)
+        d.fetcher = Fetcher(None, node.store, Metrics(), d.penalize)  # type: ignore[arg-type]
+        check_commit = node.history.check_commit
+
+        def slow(*args, **kw) -> list[str]:  # noqa: ANN002, ANN003
+            time.sleep(1.0)
+            return check_commit(*args, **kw)
+
+        monkeypatch.setattr(node.history, "check_commit", slow)
+        gaps: list[float] = []
+
+        async def main() -> None:
+            async def tick() -> None:
+                last = trio.current_time()
+                while True:
+                    await trio.sleep(0.02)
+                    gaps.append(trio.current_time() - last)
+                    last = trio.current_time()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(tick)
+                await sync.apply(d, info.repo_id, announce(node.identity, info.repo_id, created.cid, 1))
+                nursery.cancel_scope.cancel()
+
+        trio.run(main)
+        assert d.state.is_verified(info.repo_id, created.cid)  # it did verify, for a second
+        assert len(gaps) > 20 and max(gaps) < 0.3, (len(gaps), max(gaps, default=None))
     finally:
         node.close()
