@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from fednode import safejson
 from fednode.errors import FednodeError
 from protocol.objects import DTYPES, Sized
 
@@ -61,6 +62,7 @@ class ModelSource:
 
 MAX_NAME = 1024  # what a weights manifest accepts (protocol.objects)
 MAX_DIM = 1 << 62
+HEADER_DEPTH = 8  # a safetensors header nests 3 deep: {name: {"shape": [...]}}
 
 
 def _uint(v: object) -> bool:
@@ -98,10 +100,10 @@ def parse_header(raw: bytes, data_size: int, path: str) -> tuple[dict, dict[str,
     """(metadata, name -> (info, (begin, end))) of a safetensors JSON header whose data section holds
     ``data_size`` bytes. Any malformed header raises FednodeError with one line naming ``path``."""
     bad = f"{path} is not a safetensors file"
+    if safejson.depth(raw) > HEADER_DEPTH:  # before parsing: see safejson (a deep nest can crash json)
+        raise FednodeError(f"{bad}: header nested too deeply")
     try:
         header = json.loads(raw)
-    except RecursionError:  # nesting deeper than the interpreter's stack
-        raise FednodeError(f"{bad}: header nested too deeply") from None
     except ValueError:  # invalid JSON or UTF-8, integers of more than 4300 digits
         raise FednodeError(bad) from None
     if not isinstance(header, dict):

@@ -34,6 +34,7 @@ from solders.transaction_status import (
     TransactionErrorInstructionError,
 )
 
+from fednode import safejson
 from fednode.errors import FednodeError
 from protocol.multiformats import b58decode, b58encode
 
@@ -238,8 +239,8 @@ def make_server(chain: DevChain, host: str, port: int) -> ThreadingHTTPServer:
 
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-            except (ValueError, json.JSONDecodeError):
+                body = safejson.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            except ValueError:  # not JSON, nested too deeply (safejson), a bad Content-Length
                 reply: Any = {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "Parse error"}}
             else:
                 reply = [_answer(chain, r) for r in body] if isinstance(body, list) else _answer(chain, body)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from fednode import safejson
 from fednode.daemon.logs import log
 from fednode.daemon.routes import ROUTES, HTTPError, openapi
 from fednode.diskspace import DiskFull
@@ -108,28 +109,6 @@ async def _read_request(stream: trio.abc.ReceiveStream) -> tuple[str, str, dict[
     return method, target.split("?", 1)[0], headers, bytes(body[:length])
 
 
-def _json_depth(raw: bytes) -> int:
-    """Deepest nesting of arrays/objects (strings skipped), found before any parsing."""
-    depth = deepest = 0
-    in_str = escaped = False
-    for b in raw:
-        if in_str:
-            if escaped:
-                escaped = False
-            elif b == 0x5C:  # backslash
-                escaped = True
-            elif b == 0x22:
-                in_str = False
-        elif b == 0x22:
-            in_str = True
-        elif b in (0x5B, 0x7B):
-            depth += 1
-            deepest = max(deepest, depth)
-        elif b in (0x5D, 0x7D):
-            depth -= 1
-    return deepest
-
-
 def _no_constant(name: str) -> Any:
     raise HTTPError(400, f"body is not JSON: {name} is not a JSON value")
 
@@ -148,11 +127,11 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise HTTPError(400, "body is not UTF-8") from None
-    if _json_depth(raw) > MAX_JSON_DEPTH:
+    if safejson.depth(raw) > MAX_JSON_DEPTH:
         raise HTTPError(400, f"body nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         body = json.loads(text, parse_int=_int, parse_constant=_no_constant)
-    except (ValueError, RecursionError):
+    except ValueError:
         raise HTTPError(400, "body is not JSON") from None
     if not isinstance(body, dict):
         raise HTTPError(400, "body must be a JSON object")
