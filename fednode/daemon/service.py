@@ -22,6 +22,7 @@ from fednode.daemon import blocks, discovery, guard, sync
 from fednode.daemon import host as hostmod
 from fednode.daemon.bitswap import start_bitswap
 from fednode.daemon.fairness import FairServing
+from fednode.daemon.gate import BanGate
 from fednode.daemon.logs import log
 from fednode.daemon.metrics import Metrics
 from fednode.daemon.ratelimit import TokenBuckets
@@ -84,6 +85,8 @@ class Daemon:
         self.metrics = Metrics()
         self.kp = hostmod.key_pair(node.identity)
         self.host: IHost = hostmod.build_host(self.kp, mdns)
+        # a banned peer's new connections are closed once set up (py-libp2p gates by IP only)
+        self.host.get_network().register_notifee(BanGate(lambda p: self.pubsub.is_peer_blacklisted(p), self.metrics))
         self.pubsub: Pubsub
         self.topics: dict[str, bytes] = {}  # topic -> repo id
         self.invalid: Counter[str] = Counter()
