@@ -250,6 +250,11 @@ class Store:
     def _used_bytes(self) -> int:
         return (self._env.info()["last_pgno"] + 1) * self._env.stat()["psize"]
 
+    def has_room(self, extra: int) -> bool:
+        """Whether a write of ``extra`` bytes fits without growing the map (a resize must not
+        happen while another thread of this process has a transaction open)."""
+        return self._used_bytes() + extra + WRITE_HEADROOM <= self._env.info()["map_size"]
+
     def _ensure_room(self, extra: int) -> None:
         size = self._env.info()["map_size"]
         need = self._used_bytes() + extra + WRITE_HEADROOM

@@ -504,3 +504,41 @@ async def test_a_unixfs_chain_deeper_than_any_file_is_refused(tmp_path: Path) ->
             assert not await fetcher.fetch(b"r" * 32, root, lambda: ["p"], budget)  # type: ignore[list-item]
     assert budget.refused == "too_deep"
     assert len(host.asked["p"]) == 1 + blocks.MAX_PB_DEPTH + 1  # the manifest, then no deeper than the limit
+
+
+async def test_stores_go_on_beside_a_reader_unless_the_map_must_grow(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_reading (verification in a worker thread) must not hold off every store (that made weights
+    propagation after a burst 2x slower), but no store may resize LMDB's map while the reader runs."""
+    import threading
+
+    store = Store(tmp_path / "s")
+    try:
+        fetcher = blocks.Fetcher(None, store, Metrics(), lambda p, r: None)  # type: ignore[arg-type]
+        release = threading.Event()
+        block = os.urandom(1000)
+        batch = [(CID.hash(RAW, block), block)]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetcher.run_reading, lambda: release.wait(10))
+            await trio.sleep(0.05)
+            with trio.fail_after(2):  # within the room reserved before the reader: stored at once
+                good, bad = await fetcher.check_and_store(b"r" * 32, batch)
+            assert good == batch and bad is None
+            with store.read() as txn:
+                assert txn.has_block(batch[0][0])
+            monkeypatch.setattr(store, "has_room", lambda extra: False)  # this store would grow the map
+            other = os.urandom(1000)
+            done = trio.Event()
+
+            async def store_other() -> None:
+                await fetcher.check_and_store(b"r" * 32, [(CID.hash(RAW, other), other)])
+                done.set()
+
+            nursery.start_soon(store_other)
+            await trio.sleep(0.2)
+            assert not done.is_set()  # waits for the reader
+            release.set()
+            with trio.fail_after(5):
+                await done.wait()
+    finally:
+        store.close()

@@ -161,6 +161,8 @@ class Fetcher:
         self.penalize = penalize
         self.min_free_bytes = min_free_bytes
         self._write_lock = trio.Lock()
+        self._readers = 0  # run_reading threads reading the store now (no map resize meanwhile)
+        self._readers_done = trio.Event()  # set when the last of them ends
         self._in_flight: dict[CID, trio.Event] = {}  # blocks our fetches are bringing: set when stored
 
     def in_flight(self, cid: CID) -> trio.Event | None:
@@ -238,25 +240,45 @@ class Fetcher:
             good_and_held = good
         async with self._write_lock:
             if small:
+                await self._no_resize_under_readers(sum(len(b) for _, b in good))
                 self.store_blocks(repo_id, good)
             elif good_and_held:
-                self.store.reserve(2 * sum(len(b) for _, b in good_and_held) + WRITE_HEADROOM)
+                extra = 2 * sum(len(b) for _, b in good_and_held) + WRITE_HEADROOM
+                await self._no_resize_under_readers(extra)
+                self.store.reserve(extra)
                 await trio.to_thread.run_sync(self.store_blocks, repo_id, good_and_held, False)
         return good, bad
 
     async def run_reading(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` (which only reads the store, e.g. verifying a fetched commit) in a worker
-        thread, so the event loop serves streams and ``/status`` meanwhile. The map is grown first
-        and fetches do not store meanwhile: LMDB must not be resized while the thread reads it."""
+        thread, so the event loop serves streams and ``/status`` meanwhile. LMDB's map must not be
+        resized while the thread reads it: the map is grown first, and a store that would need to
+        grow it again waits for the readers (``_no_resize_under_readers``); stores within the room
+        go on beside the reader (holding the write lock throughout made weights propagation after
+        a burst of commits 2x slower)."""
         async with self._write_lock:
             self.store.reserve(2 * WRITE_HEADROOM)
+            self._readers += 1
+        try:
             return await trio.to_thread.run_sync(fn)
+        finally:
+            self._readers -= 1
+            if not self._readers:
+                self._readers_done.set()
+                self._readers_done = trio.Event()
+
+    async def _no_resize_under_readers(self, extra: int) -> None:
+        """Before a store of ``extra`` bytes (write lock held): wait until no reader thread runs if
+        the store would have to grow the map."""
+        while self._readers and not self.store.has_room(extra):
+            await self._readers_done.wait()
 
     async def flush(self, repo_id: bytes, held: Blocks) -> None:
         """Store what ``check_and_store`` held back (also while the fetch is being cancelled)."""
         if held:
             with trio.CancelScope(shield=True):
                 async with self._write_lock:
+                    await self._no_resize_under_readers(sum(len(b) for _, b in held))
                     self.store_blocks(repo_id, held)
             held.clear()
 
