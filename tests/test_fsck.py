@@ -262,7 +262,7 @@ def test_fsck_repair_fetches_corrupt_blocks_from_a_peer_and_the_daemon_expires_o
 
 def test_a_clone_killed_midway_is_unfinished_not_damaged(tmp_path: Path) -> None:
     """SIGKILL a real daemon in the middle of a clone: fsck says unfinished (exit 0), gc keeps what
-    arrived, and the clone asked again of the restarted daemon fetches only the rest."""
+    arrived, and the restarted daemon resumes the fetch, fetches only the rest and registers the clone."""
     import threading
 
     from test_daemon_harness import DaemonProc, daemons, make_home, open_nodes, ref, wait_for
@@ -299,8 +299,10 @@ def test_a_clone_killed_midway_is_unfinished_not_damaged(tmp_path: Path) -> None
             assert json.loads(run_fednode(home_b, "gc", "--json").stdout)["blocks_removed"] == 0
             assert stored() == kept
             served = a.metrics()["blocks_out"]
-            b.start()  # the clone is asked for again: only what is missing travels
-            b.api("POST", "/clone", {"repo": repo_id_text(info.repo_id), "timeout": 30})
+            b.start()  # the recorded fetch resumes: only what is missing travels, and the clone completes
+            wait_for(lambda: ref(nb, info.repo_id, "heads/main") == genesis.cid, 30, "the resumed clone to finish")
+            assert nb.history.repo_by_id(info.repo_id).name == "big"
+            b.api("POST", "/clone", {"repo": repo_id_text(info.repo_id), "timeout": 30})  # nothing left to do
             assert ref(nb, info.repo_id, "heads/main") == genesis.cid
             assert a.metrics()["blocks_out"] - served <= total - kept
             done = run_fednode(home_b, "fsck")

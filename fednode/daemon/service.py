@@ -29,6 +29,7 @@ from fednode.daemon.ratelimit import TokenBuckets
 from fednode.daemon.slots import NewestFirstSlots
 from fednode.daemon.state import NetState, fetch_expiry_seconds
 from fednode.daemon.validate import PENALIZED, Validator, Verdict
+from fednode.errors import FednodeError
 from fednode.node import Node
 from protocol import messages as m
 from protocol.multiformats import CID, DAG_CBOR
@@ -411,12 +412,23 @@ class Daemon:
             if job.budget.refused == "too_large":
                 self.state.done_fetch(job.repo, job.root)
         if job.ok:
+            if self.state.genesis(job.repo) is None and job.root == self._genesis_candidate(job.repo, job.root):
+                # a clone's fetch resumed after a restart: nobody waits to register the repository
+                try:
+                    await sync.register_clone(self, job.repo, job.root, "a resumed fetch")
+                except FednodeError as exc:
+                    log("resumed_clone_failed", "warning", root=str(job.root), error=str(exc))
             self.state.done_fetch(job.repo, job.root)
             log("fetch_complete", root=str(job.root))
             for raw in job.thens:  # one bad announcement must not keep the others from being applied
                 with guard.last_resort(self.metrics, "apply", root=str(job.root)):
                     await sync.apply(self, job.repo, raw)
         job.done.set()  # a failed job stays in the net db: resumed at restart or by the next pull
+
+    def _genesis_candidate(self, repo_id: bytes, root: CID) -> CID | None:
+        """``root`` if it is the genesis commit of ``repo_id`` (an init commit whose hash is the id)."""
+        commit = self.node.history.load_commit(root)
+        return root if commit.kind == "init" and commit.commit_hash() == repo_id else None
 
     async def _more_providers(self, job: Job) -> None:
         """After a failed attempt: dial whoever the DHT says provides the job's root commit."""

@@ -127,9 +127,15 @@ async def _create_repo(d: Daemon, repo_id: bytes, genesis: CID, peer: ID) -> Non
         why = {"too_large": ": it is larger than [network] max_fetch_bytes",
                "disk_full": ": the disk would fall below [network] min_free_bytes"}.get(job.budget.refused or "", "")
         raise FednodeError(f"could not fetch the genesis commit {genesis} from {peer}{why}")
+    await register_clone(d, repo_id, genesis, f"peer {peer}")
+
+
+async def register_clone(d: Daemon, repo_id: bytes, genesis: CID, source: str) -> None:
+    """Check a fetched genesis commit (its commit hash IS the repo id) and register the repository;
+    also run when a clone's fetch, interrupted by a restart, completes on its own."""
     commit = d.node.history.load_commit(genesis)
     if commit.kind != "init" or commit.commit_hash() != repo_id:
-        raise FednodeError(f"peer {peer} sent a genesis that is not repository {repo_id_text(repo_id)}")
+        raise FednodeError(f"{source} sent a genesis that is not repository {repo_id_text(repo_id)}")
     name = str(commit.settings["name"])
     info = RepoInfo(name, repo_id, genesis, commit.settings)
     # rehash=False: the fetcher hash-checked every block against its CID on arrival; in a worker
