@@ -32,7 +32,7 @@ from fednode.daemon.validate import PENALIZED, Validator, Verdict
 from fednode.errors import FednodeError
 from fednode.node import Node
 from protocol import messages as m
-from protocol.multiformats import CID, DAG_CBOR
+from protocol.multiformats import CID, DAG_CBOR, FormatError
 
 BAN_THRESHOLD = 5  # invalid messages/blocks before a peer is disconnected and blacklisted
 BAN_SECONDS = 24 * 3600  # how long a ban lasts; bans are stored, so a restart keeps them
@@ -427,7 +427,12 @@ class Daemon:
 
     def _genesis_candidate(self, repo_id: bytes, root: CID) -> CID | None:
         """``root`` if it is the genesis commit of ``repo_id`` (an init commit whose hash is the id)."""
-        commit = self.node.history.load_commit(root)
+        if root.codec != DAG_CBOR:  # POST /fetch may fetch any block
+            return None
+        try:
+            commit = self.node.history.load_commit(root)
+        except (FednodeError, FormatError):  # a manifest
+            return None
         return root if commit.kind == "init" and commit.commit_hash() == repo_id else None
 
     async def _more_providers(self, job: Job) -> None:
