@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from helpers import model_arrays, perturb, run_fednode
-from test_daemon_harness import DaemonProc, daemons, has_block, make_home, open_nodes, ref, wait_for
+from test_daemon_harness import DaemonProc, daemons, has_block, make_home, network_config, open_nodes, ref, wait_for
 
 from fednode import operations
 from fednode.history import repo_id_text
@@ -111,8 +111,7 @@ def _member_count(node, rid: bytes) -> int:  # noqa: ANN001
 def test_anti_entropy_brings_unpushed_commits(tmp_path: Path) -> None:
     """No push, no pull: the periodic heads exchange alone moves B's branch to A's new head."""
     homes = [make_home(tmp_path, n) for n in "ab"]
-    config = homes[1] / "config.toml"
-    config.write_text(config.read_text().replace("mdns = false", "mdns = false\nsync_interval = 1.0"))
+    network_config(homes[1], sync_interval=1.0)
     na, nb = open_nodes(*homes)
     try:
         info, genesis = na.history.create_repo("m", ArraySource(model_arrays(0)))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 from helpers import ROOT, model_arrays, perturb, store_state
-from test_daemon_harness import DaemonProc, daemons, make_home, open_nodes, ref, wait_for
+from test_daemon_harness import DaemonProc, daemons, make_home, network_config, open_nodes, ref, wait_for
 
 from fednode.daemon.state import NetState
 from fednode.history import repo_id_text
@@ -65,9 +65,7 @@ def test_a_hostile_member_cannot_stop_or_fool_the_daemon(tmp_path: Path) -> None
         info, _ = na.history.create_repo("m", ArraySource(model_arrays(0)))
         rid = info.repo_id
         r1 = na.history.commit(na.history.repo("m"), ArraySource(perturb(model_arrays(0), 1)), "epoch 1")
-        config = homes[1] / "config.toml"
-        config.write_text(config.read_text().replace(
-            "mdns = false", f"mdns = false\nban_threshold = {BAN_THRESHOLD}\nsync_interval = 3600.0"))
+        network_config(homes[1], ban_threshold=BAN_THRESHOLD, sync_interval=3600.0)
         a = DaemonProc(homes[0]).start()
         b = DaemonProc(homes[1], (a.addr,))
         with daemons(a, b):

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from test_daemon_harness import DaemonProc, daemons, has_block, make_home, open_nodes, ref, wait_for
+from test_daemon_harness import DaemonProc, daemons, has_block, make_home, network_config, open_nodes, ref, wait_for
 from test_unixfs import dag_bomb
 
 from fednode.daemon import sync
@@ -86,8 +86,7 @@ def test_a_dag_bomb_is_refused_at_once_and_the_daemon_stays_responsive(tmp_path:
         info, created = na.history.create_repo("m", ArraySource({"w": ("F32", np.ones(256, np.float32))}))
         rid, genesis = info.repo_id, created.cid
         bomb_head, bomb_root = _bomb_commit(na, rid, genesis)
-        config = homes[1] / "config.toml"
-        config.write_text(config.read_text().replace("mdns = false", "mdns = false\nban_threshold = 1"))
+        network_config(homes[1], ban_threshold=1)
         a = DaemonProc(homes[0]).start()
         b = DaemonProc(homes[1], (a.addr,))
         with daemons(a, b):

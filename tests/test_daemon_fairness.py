@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from helpers import ROOT
 from test_daemon_bomb import StatusProbe
-from test_daemon_harness import DaemonProc, daemons, make_home, open_nodes, wait_for
+from test_daemon_harness import DaemonProc, daemons, make_home, network_config, open_nodes, wait_for
 from test_daemon_liar import _leaves
 
 from fednode.daemon.fairness import IDLE, FairServing
@@ -91,9 +91,8 @@ def test_an_idle_stream_attacker_cannot_starve_honest_fetches(tmp_path: Path) ->
         cids = [*_leaves(node, created.cid)[:2], created.cid]  # leaves of zeros: 2 distinct blocks
     finally:
         node.close()
-    config = home / "config.toml"
     # a high threshold: the attacker stays (penalized) through the honest fetches, then is banned
-    config.write_text(config.read_text().replace("mdns = false", "mdns = false\nban_threshold = 25"))
+    network_config(home, ban_threshold=25)
     v = DaemonProc(home)
     honest = attacker = flood = None
     with daemons(v):

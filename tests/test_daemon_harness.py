@@ -46,6 +46,13 @@ def make_home(tmp: Path, name: str) -> Path:
     return home
 
 
+def network_config(home: Path, **values: object) -> None:
+    """Add ``[network]`` settings to a home's config.toml (e.g. ``ban_threshold=2``)."""
+    config = home / "config.toml"
+    lines = "".join(f"\n{k} = {v!r}" for k, v in values.items())
+    config.write_text(config.read_text().replace("mdns = false", "mdns = false" + lines, 1))
+
+
 class DaemonProc:
     """One daemon process; ``start`` waits for its daemon.json, ``stop`` sends SIGTERM."""
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from helpers import ROOT, model_arrays, perturb, store_state
-from test_daemon_harness import DaemonProc, daemons, make_home, open_nodes, ref, wait_for
+from test_daemon_harness import DaemonProc, daemons, make_home, network_config, open_nodes, ref, wait_for
 
 from fednode.history import repo_id_text
 from fednode.modelio import ArraySource
@@ -33,10 +33,8 @@ def test_hostile_messages_are_rejected_and_the_peer_banned(tmp_path: Path) -> No
     try:
         info, _ = na.history.create_repo("m", ArraySource(model_arrays(0)))
         rid = info.repo_id
-        config = homes[1] / "config.toml"
         # no anti-entropy rounds here: they legitimately write (seqs) while we compare store states
-        config.write_text(config.read_text().replace("mdns = false",
-                                                     "mdns = false\nban_threshold = 6\nsync_interval = 3600.0"))
+        network_config(homes[1], ban_threshold=6, sync_interval=3600.0)
         a = DaemonProc(homes[0]).start()
         b = DaemonProc(homes[1], (a.addr,))
         with daemons(a, b):

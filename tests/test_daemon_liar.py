@@ -15,7 +15,17 @@ import sys
 from pathlib import Path
 
 from helpers import ROOT
-from test_daemon_harness import DaemonProc, big_model, daemons, has_block, make_home, open_nodes, ref, wait_for
+from test_daemon_harness import (
+    DaemonProc,
+    big_model,
+    daemons,
+    has_block,
+    make_home,
+    network_config,
+    open_nodes,
+    ref,
+    wait_for,
+)
 
 from fednode.history import repo_id_text
 from fednode.modelio import ArraySource
@@ -45,8 +55,7 @@ def test_a_lying_provider_stores_nothing_and_is_banned(tmp_path: Path) -> None:
     try:
         info, _ = na.history.create_repo("m", ArraySource(big_model(0)))
         rid = info.repo_id
-        config = homes[1] / "config.toml"
-        config.write_text(config.read_text().replace("mdns = false", "mdns = false\nban_threshold = 2"))
+        network_config(homes[1], ban_threshold=2)
         a = DaemonProc(homes[0]).start()
         with daemons(a):
             liar = subprocess.Popen([sys.executable, __file__, a.addr], cwd=ROOT, stdin=subprocess.PIPE,

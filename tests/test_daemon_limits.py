@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import trio
 from helpers import model_arrays
-from test_daemon_harness import DaemonProc, daemons, make_home, open_nodes, wait_for
+from test_daemon_harness import DaemonProc, daemons, make_home, network_config, open_nodes, wait_for
 
 from fednode.daemon.ratelimit import TokenBuckets
 from fednode.daemon.service import HEADS_BURST, HEADS_RATE
@@ -104,8 +104,7 @@ def test_a_clone_larger_than_max_fetch_bytes_is_refused_once_and_forgotten(tmp_p
         rng = np.random.default_rng(0)
         info, _ = na.history.create_repo("big", ArraySource({"w": ("F32", rng.standard_normal(500_000)
                                                                    .astype(np.float32))}))  # 2 MB
-        config = homes[1] / "config.toml"
-        config.write_text(config.read_text().replace("mdns = false", "mdns = false\nmax_fetch_bytes = 1000000"))
+        network_config(homes[1], max_fetch_bytes=1000000)
         a = DaemonProc(homes[0]).start()
         b = DaemonProc(homes[1], (a.addr,))
         with daemons(a, b):
