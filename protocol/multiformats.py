@@ -144,6 +144,8 @@ class CID:
             except ValueError as exc:
                 raise FormatError(f"not a CID: {shown}") from exc
             cid = cls.from_bytes(raw)
+            if cid.version == 0:  # CIDv0 has one text form, base58btc "Qm..." (CID spec, "Decoding Algorithm")
+                raise FormatError(f"a CIDv0 in base32 is not a CID: {shown}")
         else:
             raise FormatError(f"not a CID: {shown}")
         # one CID, one text (case aside): no other trailing bits, no base58 look-alike of another CID

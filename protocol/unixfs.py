@@ -245,25 +245,60 @@ def _typed(fields: list[tuple[int, int | bytes]], schema: dict[int, type], what:
             raise FormatError(f"{what} field {num} has the wrong wire type")
 
 
-def decode_node(block: bytes) -> tuple[list[CID], bytes]:
-    """Return (child CIDs, inline file data) of a DAG-PB UnixFS file node."""
-    links: list[CID] = []
-    unixfs = b""
+@dataclass(frozen=True)
+class PBLink:
+    cid: CID
+    name: bytes | None
+    tsize: int | None
+
+
+def decode_pb(block: bytes) -> tuple[list[PBLink], bytes | None]:
+    """A DAG-PB block as (links, Data), strict per the IPLD DAG-PB spec's "Protobuf Strictness" and
+    "Constraints": no unknown fields or wire types, no duplicates, PBLink fields in field-number order,
+    every link has a Hash that is a CID. PBNode may hold Data before or after the Links (the spec: "the
+    decoder should accept either order, as IPFS data exists in both forms") but never between them."""
     node = _parse_proto(block)
     _typed(node, _PB_NODE, "PBNode")
+    links: list[PBLink] = []
+    data: bytes | None = None
+    data_after_links = False
     for num, value in node:
-        if num == 2 and isinstance(value, bytes):
-            link = _parse_proto(value)
-            _typed(link, _PB_LINK, "PBLink")
-            hashes = [lvalue for lnum, lvalue in link if lnum == 1 and isinstance(lvalue, bytes)]
-            if len(hashes) != 1:
-                raise FormatError("a DAG-PB link has exactly one hash")
-            links.append(CID.from_bytes(hashes[0]))
-        elif num == 1 and isinstance(value, bytes):
-            unixfs = value
+        if num not in _PB_NODE or not isinstance(value, bytes):
+            raise FormatError(f"PBNode has an unknown field {num}")
+        if num == 1:
+            if data is not None:
+                raise FormatError("PBNode has two Data fields")
+            data, data_after_links = value, bool(links)
+        elif data_after_links:
+            raise FormatError("PBNode has Data between its Links")
+        else:
+            links.append(_decode_link(value))
+    return links, data
+
+
+def _decode_link(body: bytes) -> PBLink:
+    fields = _parse_proto(body)
+    _typed(fields, _PB_LINK, "PBLink")
+    nums = [num for num, _ in fields]
+    if any(num not in _PB_LINK for num in nums):
+        raise FormatError(f"PBLink has an unknown field {max(nums)}")
+    if nums != sorted(set(nums)):  # Hash, Name, Tsize: in this order, each at most once
+        raise FormatError("PBLink fields out of order or repeated")
+    values = dict(fields)
+    if 1 not in values:
+        raise FormatError("a DAG-PB link has no Hash")
+    hash_, name, tsize = values[1], values.get(2), values.get(3)
+    assert isinstance(hash_, bytes) and not isinstance(name, int) and not isinstance(tsize, bytes)  # _typed
+    return PBLink(CID.from_bytes(hash_), name, tsize)
+
+
+def decode_node(block: bytes) -> tuple[list[CID], bytes]:
+    """Return (child CIDs, inline file data) of a DAG-PB UnixFS file node."""
+    pb_links, unixfs = decode_pb(block)
+    links = [link.cid for link in pb_links]
     data = b""
     kind = None
-    fields = _parse_proto(unixfs)
+    fields = _parse_proto(unixfs or b"")
     _typed(fields, _UNIXFS, "UnixFS Data")
     for num, value in fields:
         if num == 1:

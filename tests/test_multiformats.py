@@ -163,3 +163,12 @@ def test_cid_text_has_one_spelling() -> None:
     for bad in (b"bafy", 42, None, "b" + "\udcff" * 12):
         with pytest.raises(FormatError):
             CID.parse(bad)  # type: ignore[arg-type]
+
+
+def test_base32_of_a_cidv0_is_refused() -> None:
+    """CID spec, "Decoding Algorithm": a multibase string whose first byte is 0x12 is an error; CIDv0 is
+    written only as base58btc "Qm..."."""
+    v0 = CID(0, 0x70, hashlib.sha256(b"x").digest())
+    assert CID.parse(str(v0)) == v0
+    with pytest.raises(FormatError, match="CIDv0 in base32"):
+        CID.parse(_b32(bytes(v0)))

@@ -16,12 +16,14 @@ from protocol.unixfs import (
     CHUNK_SIZE,
     MAX_LINKS,
     Link,
+    PBLink,
     UnixFSBuilder,
     _bytes_field,
     _field,
     _unixfs_data,
     add_bytes,
     decode_node,
+    decode_pb,
     encode_node,
     file_size,
     iter_file,
@@ -397,3 +399,93 @@ def test_malformed_dag_pb_is_refused_not_half_read(block: bytes) -> None:
     """A mistyped or missing field is refused: skipping it silently would read another file than declared."""
     with pytest.raises(FormatError):
         decode_node(block)
+
+
+# --- DAG-PB strictness (issue 11, item 15) -------------------------------------------------------
+# Vectors written from the IPLD DAG-PB spec (https://ipld.io/specs/codecs/dag-pb/spec/); each names its
+# section. The negative ones follow the cases of ipld/codec-fixtures negative-fixtures/dag-pb/decode, and
+# carry valid UnixFS Data so that only the DAG-PB rule is broken.
+
+_HASH = _bytes_field(1, _LEAF)
+_NAME = _bytes_field(2, b"a")
+_TSIZE = _field(3, 0) + encode_varint(4)
+_PBDATA = _bytes_field(1, _DATA)
+_LEAF_CID = CID.from_bytes(_LEAF)
+
+
+def _link(*fields: bytes) -> bytes:
+    return _bytes_field(2, b"".join(fields))
+
+
+_PB_VALID = [
+    # "Zero-length blocks": no Data, no Links
+    ("zero-length", b"", [], None),
+    # "Protobuf Strictness" 2: the canonical order, Links before Data
+    ("links-then-data", _link(_HASH, _NAME, _TSIZE) + _PBDATA, [PBLink(_LEAF_CID, b"a", 4)], _DATA),
+    # "Protobuf Strictness" 2: "the decoder should accept either order" (codec-fixtures noncanonical field-order)
+    ("data-then-links", _PBDATA + _link(_HASH) + _link(_HASH, _TSIZE),
+     [PBLink(_LEAF_CID, None, None), PBLink(_LEAF_CID, None, 4)], _DATA),
+    # "Constraints": Data may be a byte array of length zero; Name and Tsize are optional
+    ("empty-data", _link(_HASH) + _bytes_field(1, b""), [PBLink(_LEAF_CID, None, None)], b""),
+]
+
+
+@pytest.mark.parametrize("block,links,data", [v[1:] for v in _PB_VALID], ids=[v[0] for v in _PB_VALID])
+def test_dag_pb_spec_valid_blocks(block: bytes, links: list[PBLink], data: bytes | None) -> None:
+    assert decode_pb(block) == (links, data)
+
+
+def test_zero_length_dag_pb_block_has_the_spec_cids() -> None:
+    """"Zero-length blocks": the spec gives this block's CIDv1 and CIDv0."""
+    cid = CID.hash(DAG_PB, b"")
+    assert str(cid) == "bafybeihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+    assert str(CID(0, DAG_PB, cid.digest)) == "QmdfTbBqBPQ7VNxZEYEj14VmRuZBkqFbiwReogJgS1zR1n"
+
+
+_PB_INVALID = [
+    # "Protobuf Strictness" 1: PBLink fields in field-number order
+    ("name-before-hash", _link(_NAME, _HASH) + _PBDATA),
+    ("tsize-before-hash", _link(_TSIZE, _HASH) + _PBDATA),
+    ("tsize-before-name", _link(_HASH, _TSIZE, _NAME) + _PBDATA),
+    # "Protobuf Strictness" 2: Data before or after the Links, never between them ("data between links")
+    ("data-between-links", _link(_HASH) + _PBDATA + _link(_HASH)),
+    # "Protobuf Strictness" 3: no duplicate fields
+    ("two-data", _link(_HASH) + _PBDATA + _PBDATA),
+    ("data-links-data", _PBDATA + _link(_HASH) + _PBDATA),
+    ("two-names", _link(_HASH, _NAME, _NAME) + _PBDATA),
+    ("two-tsizes", _link(_HASH, _TSIZE, _TSIZE) + _PBDATA),
+    ("two-hashes", _link(_HASH, _HASH) + _PBDATA),
+    # "Protobuf Strictness" 4: no other fields or wire types
+    ("node-field-3", _link(_HASH) + _PBDATA + _bytes_field(3, b"x")),
+    ("link-field-4", _link(_HASH, _bytes_field(4, b"x")) + _PBDATA),
+    ("link-field-4-varint", _link(_HASH, _field(4, 0) + b"\x01") + _PBDATA),
+    ("data-fixed32", _link(_HASH) + _field(1, 5) + b"\x08\x02\x18\x04"),
+    ("name-varint", _link(_HASH, _field(2, 0) + b"\x01") + _PBDATA),
+    # "Constraints", Hash: an omitted Hash or one that is not a CID is a bad block
+    ("empty-link", _link() + _PBDATA),
+    ("link-only-name", _link(_NAME) + _PBDATA),
+    ("link-only-tsize", _link(_TSIZE) + _PBDATA),
+    ("empty-hash", _link(_bytes_field(1, b"")) + _PBDATA),
+    ("hash-not-a-cid", _link(_bytes_field(1, b"\x01\x55\x00\x05\x00\x01\x02\x03\x04")) + _PBDATA),
+    # multiformats unsigned-varint: at most 9 bytes, even for a Tsize (uint64)
+    ("tsize-10-bytes", _link(_HASH, _field(3, 0) + b"\x80" * 9 + b"\x01") + _PBDATA),
+]
+
+
+@pytest.mark.parametrize("block", [v[1] for v in _PB_INVALID], ids=[v[0] for v in _PB_INVALID])
+def test_dag_pb_spec_invalid_blocks_are_refused(block: bytes) -> None:
+    with pytest.raises(FormatError):
+        decode_pb(block)
+    with pytest.raises(FormatError):
+        decode_node(block)  # UnixFS reads go through the same strict decoder
+
+
+def test_builder_output_is_canonical_dag_pb() -> None:
+    """Every node the builder writes decodes strictly, Links before Data, with an empty Name and a Tsize."""
+    _, blocks = build(pattern(5000), chunk_size=16, max_links=4)
+    nodes = [block for cid, block in blocks.items() if cid.codec == DAG_PB]
+    assert len(nodes) > 5
+    for block in nodes:
+        links, data = decode_pb(block)
+        assert data is not None and links and all(link.name == b"" and link.tsize for link in links)
+        assert block.endswith(_bytes_field(1, data))
