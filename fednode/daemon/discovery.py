@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import trio
 from libp2p.peer.peerinfo import PeerInfo
 
+from fednode.daemon import guard
 from fednode.daemon.logs import log
 from fednode.history import repo_id_text
 from protocol.multiformats import CID
@@ -91,3 +92,20 @@ async def find_providers(d: Daemon, key: str, what: str) -> list[str]:
             log("dial_failed", "warning", peer=str(info.peer_id), error=f"{type(exc).__name__}: {exc}")
     log("dht_providers", what=what, found=found)
     return found
+
+
+FOLLOW_POLL_SECONDS = 1.0  # how soon a repository created while the daemon runs is followed
+
+
+async def follow_local_repos(d: Daemon) -> None:
+    """Subscribe to repositories created while the daemon runs (``fednode repo create`` writes the
+    store, not the daemon) and provide them in the DHT; one store read a second."""
+    while True:
+        await trio.sleep(FOLLOW_POLL_SECONDS)
+        with guard.last_resort(d.metrics, "follow_local_repos"):
+            new = [r for r in d.state.local_repos().values() if r not in d.topics.values()]
+            for repo_id in new:
+                await d.subscribe(repo_id)
+                log("repo_followed", repo=repo_id_text(repo_id))
+            if new:
+                await provide_new(d)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import socket
+
 import multiaddr
 from libp2p import new_host
 from libp2p.abc import IHost
@@ -14,6 +17,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
+from fednode.errors import FednodeError
 from fednode.identity import Identity
 
 HEARTBEAT_S = 1  # py-libp2p's default of 120 s would leave the mesh empty for minutes
@@ -31,19 +35,80 @@ def build_host(kp: KeyPair, mdns: bool = False) -> IHost:
 
 
 def build_pubsub(host: IHost) -> tuple[Pubsub, GossipSub]:
+    """GossipSub with every parameter we rely on set here: py-libp2p's defaults change between
+    releases, and some (adaptive gossip) silently override what we configure."""
     router = GossipSub(
         [PROTOCOL_ID_V11], degree=6, degree_low=4, degree_high=12,
+        heartbeat_initial_delay=0.1,
         heartbeat_interval=HEARTBEAT_S,
+        # On by default in 0.8.1: every 30 s it scores "network health" and, on a small network
+        # (few mesh peers scores as poor health), raises the heartbeat to 30-60 s, so IHAVE gossip,
+        # mesh repair and the message cache's clock slow 30-60x (a new subscriber then gets replays
+        # tens of seconds old). We want the fixed 1 s beat.
+        adaptive_gossip_enabled=False,
+        # message cache: IHAVE covers the last 3 beats, IWANT is answered for 5 (so with the fixed
+        # beat a peer that subscribes is replayed only the last ~3 s of messages)
+        gossip_window=3, gossip_history=5,
+        time_to_live=60,  # fanout state of a topic we published to without subscribing
+        # peers come from bootstrap, stored peers and the DHT; PX would hand us peers a pruner chose
+        do_px=False,
+        prune_back_off=60, unsubscribe_back_off=10,
+        score_params=None,  # py-libp2p scoring stays inert: our own penalties ban (Daemon.penalize)
         # every test and dev node shares 127.0.0.1: IP-diversity rules would starve the mesh
         eclipse_protection_enabled=False,
-        max_messages_per_topic_per_second=50.0,
+        spam_protection_enabled=True,
+        max_messages_per_topic_per_second=50.0,  # default 10: a push is 2 messages per branch, bursts exceed it
     )
-    pubsub = Pubsub(host, router, strict_signing=True, seen_ttl=600)
+    # seen_ttl 600 s: a replayed message id is dropped for 10 min; 1 MiB RPCs: our messages are <= 512 KiB
+    pubsub = Pubsub(host, router, strict_signing=True, seen_ttl=600, max_inbound_rpc_size=1024 * 1024)
     return pubsub, router
 
 
 def parse_addrs(addrs: list[str]) -> list[multiaddr.Multiaddr]:
     return [multiaddr.Multiaddr(a) for a in addrs]
+
+
+def listen_endpoints(addrs: list[str]) -> list[tuple[str, socket.AddressFamily, str, int]]:
+    """(addr, family, ip, port) of each listen address; FednodeError unless /ip4|ip6/IP/tcp/PORT
+    (py-libp2p would listen on every interface for a /dns4 name, and on nothing for /udp)."""
+    out = []
+    for addr in addrs:
+        try:
+            ma = multiaddr.Multiaddr(addr)
+            names = [p.name for p in ma.protocols()]
+        except Exception:
+            raise FednodeError(f"invalid listen address {addr!r}: use /ip4/IP/tcp/PORT or /ip6/IP/tcp/PORT") from None
+        if names not in (["ip4", "tcp"], ["ip6", "tcp"]):
+            raise FednodeError(f"unsupported listen address {addr}: use /ip4/IP/tcp/PORT or /ip6/IP/tcp/PORT")
+        family = socket.AF_INET if names[0] == "ip4" else socket.AF_INET6
+        out.append((addr, family, str(ma.value_for_protocol(names[0])), int(ma.value_for_protocol("tcp"))))
+    return out
+
+
+def probe_listen(addrs: list[str]) -> None:
+    """Refuse a TCP port that another process listens on, before the host starts. py-libp2p's
+    listener sets SO_REUSEPORT, so a second daemon would bind the same port and the kernel would
+    split connections between the two. A bind WITHOUT SO_REUSEPORT is refused (EADDRINUSE) by any
+    listener, SO_REUSEPORT or not (measured); SO_REUSEADDR lets our own previous run's TIME_WAIT
+    connections pass, so a restart on the same port works."""
+    for addr, family, ip, port in listen_endpoints(addrs):
+        if port == 0:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((ip, port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:  # e.g. an IP that is not this host's
+                    raise FednodeError(f"cannot listen on {addr}: {exc.strerror}") from None
+                raise FednodeError(f"cannot listen on {addr}: address already in use (by another process, another "
+                                   "daemon?); choose another port with --listen or [network] listen") from None
+
+
+def not_listening(host: IHost, addrs: list[str]) -> list[str]:
+    """The configured addresses the started host has no listener for (py-libp2p only logs those)."""
+    listeners = getattr(host.get_network(), "listeners", {})
+    return [a for a in addrs if str(multiaddr.Multiaddr(a)) not in listeners]
 
 
 def peer_id_of_key(public_key: bytes) -> ID:

@@ -23,6 +23,7 @@ from fednode.daemon import host as hostmod
 from fednode.daemon.bitswap import start_bitswap
 from fednode.daemon.fairness import FairServing
 from fednode.daemon.gate import BanGate
+from fednode.daemon.inbound import InboundCatchUp
 from fednode.daemon.logs import log
 from fednode.daemon.metrics import Metrics
 from fednode.daemon.ratelimit import TokenBuckets
@@ -120,6 +121,11 @@ class Daemon:
                     self.bitswap = await start_bitswap(self.host, self.node.store, nursery)
                     for repo_id in {*self.state.local_repos().values(), *self.state.follows()}:
                         await self.subscribe(repo_id)
+                    # inbound connections catch up too (ours: connect()); any already here dialled us
+                    self.host.get_network().register_notifee(
+                        InboundCatchUp(lambda p: self.spawn("catch_up", self._catch_up, p)))
+                    for peer in self.host.get_connected_peers():
+                        self.spawn("catch_up", self._catch_up, peer)
                     self.state.expire_fetches(self.fetch_expiry)  # before resuming: a restart revives none
                     for repo, root, providers, thens in self.state.fetches():
                         log("fetch_resumed", root=str(root))
@@ -127,6 +133,7 @@ class Daemon:
                     nursery.start_soon(self._connect_loop)
                     nursery.start_soon(self._sync_loop)
                     nursery.start_soon(self._watch_loop)
+                    nursery.start_soon(discovery.follow_local_repos, self)  # repos created while we run
                     self.ready.set()
                     task_status.started()
                     log("daemon_started", peer_id=str(self.peer_id), addrs=self.addrs())

@@ -190,6 +190,8 @@ async def sync_repo(d: Daemon, repo_id: bytes, peers: list[ID], create: bool, wa
             if not verdict.ok or not isinstance(verdict.msg, m.HeadAnnouncement):
                 continue  # older announcements are normal here: several peers relay the same ones
             ann = verdict.msg
+            if ann.announcer == d.node.identity.public_key:  # our own, relayed back: our refs are the truth
+                continue
             d.state.claim_seq(ann.kind, repo_id, ann.announcer, ann.branch, ann.seq)
             d.state.put_announcement(ann)
             if not applied(d, repo_id, ann):  # anti-entropy rounds mostly find nothing new
@@ -227,6 +229,8 @@ async def apply(d: Daemon, repo_id: bytes, raw: bytes) -> None:
     data. A head that fails is the announcer's doing (it signed the announcement): penalized."""
     msg = m.decode(raw)
     if not isinstance(msg, m.HeadAnnouncement | m.MergeProposal):
+        return
+    if msg.announcer == d.node.identity.public_key:  # never remotes/<our peer id>/...: see sync_repo
         return
     history = d.node.history
     try:

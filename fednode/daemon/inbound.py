@@ -1,0 +1,41 @@
+"""Catch-up on inbound connections: a node that is only ever dialled still announces itself.
+
+``Daemon.connect`` starts the catch-up (DHT routing table, provider records, heads exchange) for
+the connections we dial. Without this notifee a node that others dial (a bootstrap node, one
+behind a port others know) never added its peers to the DHT nor provided its repositories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.peer.id import ID
+from libp2p.rcmgr import Direction
+from multiaddr import Multiaddr
+
+
+class InboundCatchUp(INotifee):
+    """Calls ``start(peer)`` once for each inbound connection (outbound ones: ``Daemon.connect``)."""
+
+    def __init__(self, start: Callable[[ID], None]) -> None:
+        self.start = start
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        if getattr(conn, "direction", None) == Direction.INBOUND:
+            self.start(conn.muxed_conn.peer_id)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        pass
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        pass
