@@ -575,8 +575,11 @@ def _params(pairs: tuple[str, ...]) -> dict[str, Any]:
 @main.command()
 @click.argument("branches", nargs=-1, required=True)
 @click.option("--strategy", default="fedavg", show_default=True,
-              help="fedavg | median | trimmed-mean | krum | multi-krum")
-@click.option("--param", "params", multiple=True, help="Strategy parameter NAME=VALUE (e.g. byzantine=1).")
+              help="fedavg | median | trimmed-mean | krum | multi-krum. Defaults: trimmed-mean trims "
+                   "max(floor(trim_fraction*n), min_trim) per side, trim_fraction=0.1, min_trim=1 (needs 3+ "
+                   "inputs); krum/multi-krum byzantine=1 (needs 5+ inputs), multi-krum m=n-byzantine.")
+@click.option("--param", "params", multiple=True,
+              help="Strategy parameter NAME=VALUE (e.g. byzantine=1, trim=2, min_trim=0).")
 @click.option("--weights", "weighting", type=click.Choice(["samples", "equal"]), default="samples",
               show_default=True)
 @click.option("--into", default=None, help="Branch that receives the merge (default: the current branch).")
@@ -619,7 +622,12 @@ def merge(ctx: click.Context, branches: tuple[str, ...], strategy: str, params: 
 @click.pass_context
 def review(ctx: click.Context, rev: str, into: str | None, eval_script: Path | None, repo_name: str | None,
            as_json: bool) -> None:
-    """What merging REV would do: delta norms, changed fraction, metrics before/after, anomaly flags."""
+    """What merging REV would do: delta norms, changed fraction, metrics before/after, anomaly flags.
+
+    \b
+    Flags NaN/Inf, and an update L2 norm over 10x any of: the median of past update norms (3+ of
+    them), the median of the other open updates (branches, remotes, proposals not yet merged),
+    or the base model's own norm (float tensors)."""
     from fednode.review import review as run_review
 
     node = _node(ctx)
@@ -637,7 +645,9 @@ def review(ctx: click.Context, rev: str, into: str | None, eval_script: Path | N
                           f"{t['changed_fraction']:.1%}")
         out.print(table)
         median = f"{result.history_median_l2:.4g}" if result.history_median_l2 is not None else "n/a"
-        out.print(f"update L2 norm {result.update_l2:.4g} (history median {median})")
+        peers = f"{result.peer_median_l2:.4g} of {result.peers}" if result.peer_median_l2 is not None else "n/a"
+        out.print(f"update L2 norm {result.update_l2:.4g} (history median {median}, other open updates' "
+                  f"median {peers}, base norm {result.base_l2:.4g})", markup=False)
         for key in sorted(set(result.before) | set(result.after)):
             b, a = result.before.get(key, float("nan")), result.after.get(key, float("nan"))
             out.print(f"{key:12} before {b:.4f}  after {a:.4f}  ({a - b:+.4f})")

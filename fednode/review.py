@@ -2,8 +2,13 @@
 
 Shows what merging REV into a branch would do: per-tensor delta norms and changed
 fractions from the merge base, metrics before and after on the reviewer's own
-held-out data (optional), and anomaly flags: NaN/Inf, and an update norm far above
-the repository's history of update norms.
+held-out data (optional), and anomaly flags: NaN/Inf, and an update L2 norm more
+than ``NORM_FACTOR`` times (a) the median of the repository's past update norms
+(with at least ``MIN_HISTORY`` of them), (b) the median norm of the other open
+updates, i.e. branches, remote heads and proposals not yet in the target, each from
+its own merge base with the target (with at least one), or (c) the base model's own
+norm. (b) and (c) work on a new repository with no history: the first round's
+poisoned update is flagged among its peers.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from fednode.operations import checkout, diff
 from protocol.multiformats import CID
 from protocol.objects import FLOAT_DTYPES
 
-NORM_FACTOR = 10.0  # flag an update whose L2 norm exceeds this many times the history's median
+NORM_FACTOR = 10.0  # flag an update whose L2 norm exceeds this many times a reference norm
 MIN_HISTORY = 3
+MAX_PEERS = 50  # each peer costs one diff against its merge base
 
 
 @dataclass
@@ -36,6 +42,9 @@ class Review:
     tensors: list[dict] = field(default_factory=list)
     update_l2: float = 0.0
     history_median_l2: float | None = None
+    peer_median_l2: float | None = None
+    peers: int = 0
+    base_l2: float = 0.0
     before: dict[str, float] = field(default_factory=dict)
     after: dict[str, float] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
@@ -44,6 +53,7 @@ class Review:
         return {
             "rev": str(self.rev), "target": str(self.target), "base": str(self.base),
             "tensors": self.tensors, "update_l2": self.update_l2, "history_median_l2": self.history_median_l2,
+            "peer_median_l2": self.peer_median_l2, "peers": self.peers, "base_l2": self.base_l2,
             "before": self.before, "after": self.after, "flags": self.flags,
         }
 
@@ -62,6 +72,41 @@ def history_norms(history: History, head: CID, exclude: set[CID], limit: int = 5
         if len(norms) >= limit:
             break
     return norms
+
+
+def float_norm(history: History, cid: CID) -> float:
+    """L2 norm of a commit's float tensors (finite values): the model's scale; integer tensors such
+    as step counters are left out, they are no weights."""
+    total = 0.0
+    for entry, arr in history.state(cid).values():
+        if entry.dtype in FLOAT_DTYPES:
+            x = fixedpoint.to_f64(arr, entry.dtype)
+            x = x[np.isfinite(x)]
+            total += float(np.dot(x, x))
+    return math.sqrt(total)
+
+
+def peer_norms(history: History, repo: RepoInfo, rev: CID, target: CID, base: CID) -> list[float]:
+    """Update norms of the other open updates: branch, remote and proposal heads not contained in
+    ``target`` and not on ``rev``'s own line, each from its merge base with ``target``; plus the
+    target's own update when it moved past ``base`` (it is an input of the same merge)."""
+    heads = {*history.branches(repo).values(), *history.remote_refs(repo).values()}
+    norms = [update_norm(history, base, target)] if target != base else []
+    for cid in sorted(heads - {rev, target}, key=str):
+        if len(norms) >= MAX_PEERS:
+            break
+        if history.is_ancestor(cid, target) or history.is_ancestor(cid, rev) or history.is_ancestor(rev, cid):
+            continue
+        peer_base = history.merge_base([target, cid])
+        if peer_base is not None:
+            norms.append(update_norm(history, peer_base, cid))
+    return [n for n in norms if math.isfinite(n)]
+
+
+def _norm_flag(update: float, reference: float | None, what: str) -> str | None:
+    if reference is None or reference <= 0 or not update > NORM_FACTOR * reference:
+        return None
+    return f"update norm {update:.4g} is {update / reference:.1f}x {what} {reference:.4g}"
 
 
 def _save_state(state: dict[str, tuple[str, np.ndarray]], path: Path) -> None:
@@ -86,11 +131,22 @@ def review(history: History, repo: RepoInfo, rev: CID, target: CID, eval_script:
     past = history_norms(history, target, exclude={rev})
     if len(past) >= MIN_HISTORY:
         result.history_median_l2 = float(np.median(past))
-        if result.history_median_l2 > 0 and result.update_l2 > NORM_FACTOR * result.history_median_l2:
-            result.flags.append(
-                f"update norm {result.update_l2:.4g} is {result.update_l2 / result.history_median_l2:.1f}x "
-                f"the repository's median update norm {result.history_median_l2:.4g}"
-            )
+    peers = peer_norms(history, repo, rev, target, base)
+    result.peers = len(peers)
+    if peers:
+        result.peer_median_l2 = float(np.median(peers))
+    result.base_l2 = float_norm(history, base)
+    floats = {name for name, (entry, _) in state.items() if entry.dtype in FLOAT_DTYPES}
+    float_l2 = math.sqrt(sum(t["l2"] ** 2 for t in result.tensors
+                             if t["name"] in floats and t["status"] == "changed" and math.isfinite(t["l2"])))
+    for update, reference, what in (
+        (result.update_l2, result.history_median_l2, "the repository's median update norm"),
+        (result.update_l2, result.peer_median_l2, f"the median norm of {len(peers)} other open update(s)"),
+        (float_l2, result.base_l2, "the base model's norm (float tensors)"),
+    ):
+        flag = _norm_flag(update, reference, what)
+        if flag is not None:
+            result.flags.append(flag)
     if eval_script is not None and base != rev and not any("NaN" in f for f in result.flags):
         from fednode.training import evaluate_file
 

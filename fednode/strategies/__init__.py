@@ -18,8 +18,8 @@ Registry
     ========== ======================= ========================== ===========================
     fedavg     ``FedAvg``              --                         McMahan et al. 2017
     median     ``Median``              weighted=False             Yin et al. 2018
-    trimmed-   ``TrimmedMean``         trim_fraction=0.1 or trim  Yin et al. 2018
-    mean
+    trimmed-   ``TrimmedMean``         trim_fraction=0.1,         Yin et al. 2018
+    mean                               min_trim=1; or trim
     krum       ``Krum``                byzantine=1 (None: max)    Blanchard et al. 2017
     multi-krum ``MultiKrum``           byzantine=1, m=None (n-f)  Blanchard et al. 2017
     ========== ======================= ========================== ===========================
@@ -110,7 +110,7 @@ def from_description(description: dict[str, Any]) -> Strategy:
     if not isinstance(description, dict) or "name" not in description:
         raise StrategyError("a strategy description is a map with a 'name'")
     params = {k: v for k, v in description.items() if k != "name"}
-    return create(description["name"], **params)
+    return create(description["name"], **_lookup(description["name"]).upgrade_record(params))
 
 
 __all__ = [

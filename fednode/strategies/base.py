@@ -57,6 +57,12 @@ class Strategy(ABC):
     def params(self) -> dict[str, Any]:
         return {}
 
+    @classmethod
+    def upgrade_record(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Parameters recorded by an older version, completed with the values that version used
+        for parameters added since (a default may change; what a merge recorded may not)."""
+        return params
+
     def scan(self, deltas: Sequence[np.ndarray]) -> Any:
         """Per-tensor statistic of pass 1; statistics of all tensors are combined with ``add_scans``."""
         check_deltas(deltas)

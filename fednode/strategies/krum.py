@@ -103,7 +103,9 @@ def resolve_byzantine(byzantine: int | None, n: int) -> int:
     """``f`` for ``n`` participating inputs; None means the most Krum tolerates, ``(n - 3) // 2``."""
     f = (n - 3) // 2 if byzantine is None else byzantine
     if f < 0 or n < 2 * f + 3:
-        raise StrategyError(f"krum with byzantine={f} needs at least {2 * max(f, 0) + 3} inputs, got {n}")
+        hint = " (--param byzantine=0 tolerates none)" if f > 0 else ""
+        raise StrategyError(f"krum with byzantine={byzantine} needs at least {2 * max(f, 0) + 3} inputs, "
+                            f"got {n}{hint}")
     return f
 
 

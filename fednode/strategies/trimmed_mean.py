@@ -8,9 +8,20 @@ and average the remaining ``n - 2b``.
 Unweighted, as in the paper: a weight only decides whether an input takes part
 (``w > 0``); ``n`` counts the inputs that do. ``b`` is ``trim`` when given, else
 ``floor(trim_fraction * n)`` computed exactly from the fraction's decimal form
-(``0.1`` means 1/10, so ``n = 10`` trims exactly 1 from each side); it must leave
-at least one value (``2b < n``). The mean of the kept values is rounded to
-nearest, ties to even, in integers only; ``b = 0`` is FedAvg with equal weights.
+(``0.1`` means 1/10, so ``n = 10`` trims exactly 1 from each side), raised to
+``min_trim`` (default 1) so that small merges are trimmed too: the default trims 1
+from each side for 3 to 19 inputs (a fraction alone trims nothing below 10) and
+refuses fewer than 3, naming ``min_trim``. ``b`` must leave at least one value
+(``2b < n``). The mean of the kept values is rounded to nearest, ties to even, in
+integers only; ``b = 0`` (``trim=0``, or ``min_trim=0`` with a small fraction) is
+FedAvg with equal weights.
+
+Why it holds: with at most ``b`` poisoned inputs, every kept value of a coordinate
+lies between two honest values, so the result stays within the honest inputs'
+range per coordinate whatever the poisoned values are.
+
+Merge records written before ``min_trim`` existed carry only ``trim_fraction``;
+``upgrade_record`` reads them with ``min_trim=0``, the rule they were made with.
 
 Overflow: int64 sums on a block when ``(n - 2b) * max|kept| <= 2**63 - 1``,
 Python ints otherwise. Cost: one ``np.sort`` along the input axis per block.
@@ -59,7 +70,10 @@ class TrimmedMean(Strategy):
     name = "trimmed-mean"
     paper = "Yin et al. 2018, Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates"
 
-    def __init__(self, trim_fraction: float = 0.1, trim: int | None = None) -> None:
+    def __init__(self, trim_fraction: float = 0.1, trim: int | None = None, min_trim: int = 1) -> None:
+        if isinstance(min_trim, bool) or not isinstance(min_trim, int) or min_trim < 0:
+            raise StrategyError(f"min_trim must be a non-negative integer, got {min_trim!r}")
+        self.min_trim = min_trim
         if trim is not None:
             if isinstance(trim, bool) or not isinstance(trim, int) or trim < 0:
                 raise StrategyError(f"trim must be a non-negative integer, got {trim!r}")
@@ -73,14 +87,27 @@ class TrimmedMean(Strategy):
         self.trim = trim
 
     def params(self) -> dict[str, Any]:
-        return {"trim": self.trim} if self.trim is not None else {"trim_fraction": self.trim_fraction}
+        if self.trim is not None:
+            return {"trim": self.trim}  # an exact count: min_trim does not apply
+        return {"trim_fraction": self.trim_fraction, "min_trim": self.min_trim}
+
+    @classmethod
+    def upgrade_record(cls, params: dict[str, Any]) -> dict[str, Any]:
+        if "trim" in params or "min_trim" in params:
+            return params
+        return {**params, "min_trim": 0}  # recorded before min_trim existed: the fraction alone
 
     def trim_count(self, n: int) -> int:
         """``b`` for ``n`` participating inputs."""
         if self.trim is not None:
             b = self.trim
         else:
-            b = math.floor(Fraction(repr(self.trim_fraction)) * n)
+            b = max(math.floor(Fraction(repr(self.trim_fraction)) * n), self.min_trim)
+            if not 2 * b < n:
+                raise StrategyError(
+                    f"trimmed-mean trims min_trim={self.min_trim} from each side and needs at least "
+                    f"{2 * b + 1} inputs, got {n} (--param min_trim=0 allows a plain mean)"
+                )
         if not 2 * b < n:
             raise StrategyError(f"trimmed-mean cannot trim {b} from each side of {n} inputs (needs 2*trim < n)")
         return b
