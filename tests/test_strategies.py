@@ -482,3 +482,31 @@ def test_krum_plan_errors():
         with pytest.raises(ValueError, match=message) as exc:
             fn()
         one_line(exc)
+
+
+# ---------------------------------------------------------------- robust defaults (issue 11 item 4)
+
+
+def test_default_trimmed_mean_trims_small_merges():
+    s = S.get("trimmed-mean")
+    assert [s.trim_count(n) for n in (3, 4, 5, 8, 19, 20, 30)] == [1, 1, 1, 1, 1, 2, 3]
+    for n in (1, 2):
+        with pytest.raises(ValueError, match="min_trim=1") as exc:
+            s.trim_count(n)
+        one_line(exc)
+    poisoned = [np.array([v, -v], dtype=np.int64) for v in (10, 11, 12, 13)] + [np.array([10**15, -(10**15)])]
+    assert as_list(s.aggregate(poisoned, [1] * 5)) == [12, -12]  # mean of 11, 12, 13: the outlier is gone
+    fraction_only = S.create("trimmed-mean", min_trim=0)
+    assert as_list(fraction_only.aggregate(poisoned, [1] * 5))[0] > 10**14  # what the old default gave
+    with pytest.raises(ValueError, match="min_trim") as exc:
+        S.create("trimmed-mean", min_trim=-1)
+    one_line(exc)
+
+
+def test_old_trimmed_mean_records_keep_their_rule():
+    """A record written before min_trim existed meant the fraction alone; explicit counts are unchanged."""
+    legacy = S.from_description({"name": "trimmed-mean", "trim_fraction": 0.1})
+    assert legacy.describe() == {"name": "trimmed-mean", "trim_fraction": 0.1, "min_trim": 0}
+    assert legacy.plan([1] * 5).record == {"trim": 0}
+    assert S.from_description({"name": "trimmed-mean", "trim": 0}).plan([1] * 5).record == {"trim": 0}
+    assert S.from_description(S.get("trimmed-mean").describe()).plan([1] * 5).record == {"trim": 1}
