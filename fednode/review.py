@@ -31,7 +31,7 @@ from protocol.objects import FLOAT_DTYPES
 
 NORM_FACTOR = 10.0  # flag an update whose L2 norm exceeds this many times a reference norm
 MIN_HISTORY = 3
-MAX_PEERS = 50  # each peer costs one diff against its merge base
+MAX_PEERS = 20  # each peer costs one diff against its merge base (two states read)
 
 
 @dataclass
