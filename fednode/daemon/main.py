@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 
 import trio
 
 from fednode.chain.autoflush import flush_loop
+from fednode.daemon import host as hostmod
 from fednode.daemon import logs
 from fednode.daemon.api import Api, ensure_token
 from fednode.daemon.blocks import MAX_FETCH_BYTES, MIN_FREE_BYTES
@@ -37,6 +40,25 @@ def _running_pid(home: Path) -> int | None:
     return pid
 
 
+def _api_error(port: int, exc: OSError) -> FednodeError:
+    why = "address already in use (by another process)" if exc.errno == errno.EADDRINUSE else exc.strerror
+    return FednodeError(f"cannot serve the API on 127.0.0.1:{port}: {why}; "
+                        "choose another with --api-port or [api] port")
+
+
+def _probe_api(port: int) -> None:
+    """Refuse a taken API port before the node joins the network (trio's listener also sets
+    SO_REUSEADDR and no SO_REUSEPORT, so this bind fails exactly when the real one would)."""
+    if port == 0:
+        return
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise _api_error(port, exc) from None
+
+
 async def _run(home: Path, listen: list[str] | None, api_port: int | None, bootstrap: list[str],
                mdns: bool) -> None:
     node = open_node(home)
@@ -45,7 +67,12 @@ async def _run(home: Path, listen: list[str] | None, api_port: int | None, boots
         api_cfg = node.config.get("api", {})
         if api_cfg.get("host", "127.0.0.1") not in ("127.0.0.1", "localhost"):
             log("api_host_ignored", "warning", configured=api_cfg.get("host"))  # loopback only, always
-        daemon = Daemon(node, listen or list(net.get("listen", ["/ip4/127.0.0.1/tcp/4001"])),
+        listen = listen or list(net.get("listen", ["/ip4/127.0.0.1/tcp/4001"]))
+        api_port = int(api_cfg.get("port", 5710)) if api_port is None else api_port
+        # a port already taken is refused here, in one line, before anything starts (issue 11 item 7)
+        hostmod.probe_listen(listen)
+        _probe_api(api_port)
+        daemon = Daemon(node, listen,
                         list(net.get("bootstrap", [])) + bootstrap, bool(net.get("mdns", False)) or mdns,
                         int(net.get("ban_threshold", BAN_THRESHOLD)), float(net.get("sync_interval", SYNC_INTERVAL)),
                         float(net.get("ban_seconds", BAN_SECONDS)),
@@ -56,8 +83,14 @@ async def _run(home: Path, listen: list[str] | None, api_port: int | None, boots
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(daemon.run)
+                missing = hostmod.not_listening(daemon.host, listen)
+                if missing:  # the probe passed but the listener failed (a race, or not this host's address)
+                    raise FednodeError(f"cannot listen on {', '.join(missing)}: taken, or not an address of this host")
                 await nursery.start(flush_loop, node, log)  # anchoring requests go out whenever the chain answers
-                port = await nursery.start(api.serve, int(api_cfg.get("port", 5710)) if api_port is None else api_port)
+                try:
+                    port = await nursery.start(api.serve, api_port)
+                except OSError as exc:  # taken since the probe
+                    raise _api_error(api_port, exc) from None
                 _write_info(home, {"pid": os.getpid(), "peer_id": str(daemon.peer_id), "addrs": daemon.addrs(),
                                    "api": f"http://127.0.0.1:{port}", "api_port": port})
                 log("api_listening", port=port)
