@@ -577,9 +577,10 @@ def _params(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--strategy", default="fedavg", show_default=True,
               help="fedavg | median | trimmed-mean | krum | multi-krum. Defaults: trimmed-mean trims "
                    "max(floor(trim_fraction*n), min_trim) per side, trim_fraction=0.1, min_trim=1 (needs 3+ "
-                   "inputs); krum/multi-krum byzantine=1 (needs 5+ inputs), multi-krum m=n-byzantine.")
+                   "inputs); median min_inputs=3; krum/multi-krum byzantine=1 (needs 5+ inputs), "
+                   "multi-krum m=n-byzantine.")
 @click.option("--param", "params", multiple=True,
-              help="Strategy parameter NAME=VALUE (e.g. byzantine=1, trim=2, min_trim=0).")
+              help="Strategy parameter NAME=VALUE (e.g. byzantine=1, trim=2, min_trim=0, min_inputs=1).")
 @click.option("--weights", "weighting", type=click.Choice(["samples", "equal"]), default="samples",
               show_default=True)
 @click.option("--into", default=None, help="Branch that receives the merge (default: the current branch).")

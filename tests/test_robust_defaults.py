@@ -94,6 +94,8 @@ def test_too_few_inputs_are_refused_naming_the_parameter(repo) -> None:
     with pytest.raises(FednodeError, match="min_trim=1 .* at least 3 inputs, got 2") as exc:
         merging.merge(history, info, names[:2], strategy_name="trimmed-mean", weighting="equal")
     assert "\n" not in str(exc.value)
+    with pytest.raises(FednodeError, match="median needs min_inputs=3 inputs .* got 2"):
+        merging.merge(history, info, names[:2], strategy_name="median", weighting="equal")
     for strategy in ("krum", "multi-krum"):  # byzantine=1 needs 5 inputs: refused with the way out
         with pytest.raises(FednodeError, match="byzantine=1 needs at least 5 inputs, got 4 .*byzantine=0"):
             merging.merge(history, info, names, strategy_name=strategy, weighting="equal")

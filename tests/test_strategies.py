@@ -19,6 +19,8 @@ from fednode.strategies.krum import pairwise_sq_distances, select
 from protocol import dagcbor
 
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
+MEDIAN = S.create("median", min_inputs=1)  # any input count, as before min_inputs existed
+WMEDIAN = S.create("median", weighted=True, min_inputs=1)
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -161,7 +163,7 @@ def test_median_exact(blocks, case, weighted):
         weights = [min(w, 6) for w in weights]  # the reference expands each value w times
         if sum(weights) == 0:
             weights[0] = 1
-    out = S.create("median", weighted=weighted).aggregate(deltas, weights)
+    out = S.create("median", weighted=weighted, min_inputs=1).aggregate(deltas, weights)
     assert out.dtype == np.int64 and out.shape == deltas[0].shape
     assert as_list(out) == ref_median(deltas, weights, weighted)
 
@@ -237,9 +239,9 @@ def test_trimmed_mean_without_trim_is_unweighted_fedavg(case):
 def test_median_is_trimmed_mean_of_middle_and_unit_weighted_median(case):
     deltas, weights = case
     n = len(deltas)
-    median = S.get("median").aggregate(deltas, weights)
+    median = MEDIAN.aggregate(deltas, weights)
     assert median.tobytes() == S.create("trimmed-mean", trim=(n - 1) // 2).aggregate(deltas, weights).tobytes()
-    assert median.tobytes() == S.create("median", weighted=True).aggregate(deltas, [3] * n).tobytes()
+    assert median.tobytes() == WMEDIAN.aggregate(deltas, [3] * n).tobytes()
 
 
 @SETTINGS
@@ -251,7 +253,7 @@ def test_zero_weight_excludes_an_input(case):
     if sum(weights) == 0:
         weights[-1] = 1
     kept = [(d, w) for d, w in zip(deltas, weights, strict=True) if w > 0]
-    for s in (S.get("fedavg"), S.get("median"), S.create("median", weighted=True), S.create("trimmed-mean", trim=0)):
+    for s in (S.get("fedavg"), MEDIAN, WMEDIAN, S.create("trimmed-mean", trim=0)):
         got = s.aggregate(deltas, weights)
         assert got.tobytes() == s.aggregate([d for d, _ in kept], [w for _, w in kept]).tobytes()
 
@@ -315,7 +317,7 @@ def test_order_independent_strategies_give_identical_bytes(case, rnd):
     perm = list(range(len(deltas)))
     rnd.shuffle(perm)
     shuffled = [deltas[i] for i in perm], [weights[i] for i in perm]
-    for s in (S.get("fedavg"), S.get("median"), S.create("median", weighted=True), S.create("trimmed-mean", trim=0)):
+    for s in (S.get("fedavg"), MEDIAN, WMEDIAN, S.create("trimmed-mean", trim=0)):
         assert s.aggregate(*shuffled).tobytes() == s.aggregate(deltas, weights).tobytes()
 
 
@@ -324,7 +326,7 @@ def test_threads_and_block_sizes_do_not_change_bytes(monkeypatch):
     deltas = [rng.integers(-(2**40), 2**40, 5000, dtype=np.int64) for _ in range(5)]
     deltas[2][100:200] = I64_MAX  # some blocks need the Python-int path
     weights = [3, 1, 4, 1, 5]
-    strategies = [S.get(name) for name in S.STRATEGIES] + [S.create("median", weighted=True)]
+    strategies = [S.get(name) for name in S.STRATEGIES] + [WMEDIAN]
     baseline = [s.aggregate(deltas, weights).tobytes() for s in strategies]
     for block, threads in ((7, 1), (64, 3), (4096, 8)):
         monkeypatch.setattr(exact, "BLOCK", block)
@@ -342,13 +344,13 @@ def test_overflow_guard_falls_back_to_exact_integers():
     assert as_list(naive) != expected
     assert as_list(S.get("fedavg").aggregate(deltas, weights)) == expected
     assert expected[:2] == [big, -big] and expected[3] == I64_MAX
-    assert as_list(S.get("median").aggregate(deltas, weights)) == ref_median(deltas, weights)
+    assert as_list(MEDIAN.aggregate(deltas, weights)) == ref_median(deltas, weights)
 
 
 def test_inputs_are_not_modified():
     deltas = [np.array([1, 2, 3], dtype=np.int64), np.array([9, -2, 7], dtype=np.int64)]
     copies = [d.copy() for d in deltas]
-    for s in (S.get("fedavg"), S.get("median"), S.create("trimmed-mean", min_trim=0)):
+    for s in (S.get("fedavg"), MEDIAN, S.create("trimmed-mean", min_trim=0)):
         s.aggregate(deltas, [2, 1])
     assert all(np.array_equal(a, b) for a, b in zip(deltas, copies, strict=True))
 
@@ -366,7 +368,7 @@ def test_registry_and_descriptions_round_trip():
     for s in (
         S.create("trimmed-mean", trim=2),
         S.create("trimmed-mean", trim_fraction=0.25),
-        S.create("median", weighted=True),
+        WMEDIAN,
         S.create("krum", byzantine=None),
         S.create("multi-krum", byzantine=2, m=3),
     ):
@@ -510,3 +512,15 @@ def test_old_trimmed_mean_records_keep_their_rule():
     assert legacy.plan([1] * 5).record == {"trim": 0}
     assert S.from_description({"name": "trimmed-mean", "trim": 0}).plan([1] * 5).record == {"trim": 0}
     assert S.from_description(S.get("trimmed-mean").describe()).plan([1] * 5).record == {"trim": 1}
+
+
+def test_median_refuses_fewer_than_three_inputs_by_default():
+    deltas = [np.array([0], dtype=np.int64), np.array([10**15], dtype=np.int64)]
+    with pytest.raises(ValueError, match="min_inputs=3") as exc:
+        S.get("median").aggregate(deltas, [1, 1])  # the median of two is their mean: the outlier wins
+    one_line(exc)
+    three = [*deltas, np.array([2], dtype=np.int64)]
+    assert as_list(S.get("median").aggregate(three, [1, 1, 1])) == [2]
+    legacy = S.from_description({"name": "median", "weighted": False})  # recorded before min_inputs
+    assert legacy.describe()["min_inputs"] == 1 and as_list(legacy.aggregate(deltas, [1, 1])) == [5 * 10**14]
+    assert S.get("median").describe() == {"name": "median", "weighted": False, "min_inputs": 3}

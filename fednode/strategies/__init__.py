@@ -17,7 +17,8 @@ Registry
     name       class                   parameters                 paper
     ========== ======================= ========================== ===========================
     fedavg     ``FedAvg``              --                         McMahan et al. 2017
-    median     ``Median``              weighted=False             Yin et al. 2018
+    median     ``Median``              weighted=False,            Yin et al. 2018
+                                       min_inputs=3
     trimmed-   ``TrimmedMean``         trim_fraction=0.1,         Yin et al. 2018
     mean                               min_trim=1; or trim
     krum       ``Krum``                byzantine=1 (None: max)    Blanchard et al. 2017

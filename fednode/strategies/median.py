@@ -16,6 +16,11 @@ result is the rounded mean of ``v_k`` and ``v_{k+1}``, otherwise ``v_k``. With
 unit weights this is the unweighted median above. Ties between equal values
 cannot change the result, so it is independent of input order.
 
+``min_inputs`` (default 3): fewer participating inputs are refused, naming the
+parameter, because the median of two is their mean and one outlier moves it at will.
+Merge records written before ``min_inputs`` existed are read with ``min_inputs=1``,
+the rule they were made with.
+
 Cost: one ``np.sort`` (``np.argsort`` when weighted) along the input axis per block.
 """
 
@@ -26,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from fednode.strategies import exact
-from fednode.strategies.base import Strategy, positive
-from fednode.strategies.exact import StrategyError, mean_of_two
+from fednode.strategies.base import Plan, Strategy, positive
+from fednode.strategies.exact import StrategyError, check_weights, mean_of_two
 from fednode.strategies.trimmed_mean import trimmed_mean
 
 
@@ -63,13 +68,30 @@ class Median(Strategy):
     name = "median"
     paper = "Yin et al. 2018, Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates"
 
-    def __init__(self, weighted: bool = False) -> None:
+    def __init__(self, weighted: bool = False, min_inputs: int = 3) -> None:
         if not isinstance(weighted, bool):
             raise StrategyError(f"weighted must be true or false, got {weighted!r}")
+        if isinstance(min_inputs, bool) or not isinstance(min_inputs, int) or min_inputs < 1:
+            raise StrategyError(f"min_inputs must be an integer >= 1, got {min_inputs!r}")
         self.weighted = weighted
+        self.min_inputs = min_inputs
 
     def params(self) -> dict[str, Any]:
-        return {"weighted": self.weighted}
+        return {"weighted": self.weighted, "min_inputs": self.min_inputs}
+
+    @classmethod
+    def upgrade_record(cls, params: dict[str, Any]) -> dict[str, Any]:
+        return params if "min_inputs" in params else {**params, "min_inputs": 1}
+
+    def plan(self, weights, scan=None) -> Plan:
+        ws = check_weights(weights, len(weights))
+        n = sum(1 for w in ws if w > 0)
+        if n < self.min_inputs:
+            raise StrategyError(
+                f"median needs min_inputs={self.min_inputs} inputs to outvote an outlier, got {n} "
+                f"(--param min_inputs=1 allows fewer; the median of 1 or 2 inputs is their mean)"
+            )
+        return Plan(ws)
 
     def combine(self, deltas: list[np.ndarray], weights: tuple[int, ...]) -> np.ndarray:
         kept, ws = positive(deltas, weights)
