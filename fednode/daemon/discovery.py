@@ -70,11 +70,26 @@ async def provide_new(d: Daemon) -> None:
 
 async def lookup(d: Daemon, key: str) -> list[PeerInfo]:
     """The DHT's providers of ``key`` (deduplicated, ourselves left out); dials nothing but the DHT."""
-    infos: list[PeerInfo] = []
+    raw = bytes.fromhex(key)
+    infos: list[PeerInfo] = list(d.dht.provider_store.get_providers(raw))  # records others stored with us
     with trio.move_on_after(15):
-        infos = await d.dht.find_providers(key)
+        infos += await _network_providers(d, raw)
     unique = {i.peer_id: i for i in infos}  # the DHT returns duplicates
     return [i for i in unique.values() if i.peer_id != d.peer_id and i.addrs]
+
+
+async def _network_providers(d: Daemon, raw: bytes) -> list[PeerInfo]:
+    """Ask the network. py-libp2p's ``find_providers`` answers from the local provider store alone
+    whenever it holds a record for the key (one another node stored with us), so one dead provider
+    would hide every other: the local records are set aside during the query, then merged back."""
+    store = d.dht.provider_store
+    local = store.providers.pop(raw, None)
+    try:
+        return await store.find_providers(raw)
+    finally:
+        if local:
+            merged = store.providers.setdefault(raw, {})
+            merged.update({p: r for p, r in local.items() if p not in merged})
 
 
 async def find_providers(d: Daemon, key: str, what: str) -> list[str]:
