@@ -578,7 +578,7 @@ def _params(pairs: tuple[str, ...]) -> dict[str, Any]:
               help="fedavg | median | trimmed-mean | krum | multi-krum. Defaults: trimmed-mean trims "
                    "max(floor(trim_fraction*n), min_trim) per side, trim_fraction=0.1, min_trim=1 (needs 3+ "
                    "inputs); median min_inputs=3; krum/multi-krum byzantine=1 (needs 5+ inputs), "
-                   "multi-krum m=n-byzantine.")
+                   "byzantine=None (most tolerated) needs min_byzantine=1, multi-krum m=n-byzantine.")
 @click.option("--param", "params", multiple=True,
               help="Strategy parameter NAME=VALUE (e.g. byzantine=1, trim=2, min_trim=0, min_inputs=1).")
 @click.option("--weights", "weighting", type=click.Choice(["samples", "equal"]), default="samples",

@@ -99,6 +99,10 @@ def test_too_few_inputs_are_refused_naming_the_parameter(repo) -> None:
     for strategy in ("krum", "multi-krum"):  # byzantine=1 needs 5 inputs: refused with the way out
         with pytest.raises(FednodeError, match="byzantine=1 needs at least 5 inputs, got 4 .*byzantine=0"):
             merging.merge(history, info, names, strategy_name=strategy, weighting="equal")
+    for strategy in ("krum", "multi-krum"):  # "the most tolerated" is none on 4: multi-krum would keep all 4
+        with pytest.raises(FednodeError, match="byzantine=None tolerates 0 .* min_byzantine=1"):
+            merging.merge(history, info, names, strategy_name=strategy, params={"byzantine": None},
+                          weighting="equal")
     assert history.branch_head(info, "main") == head  # nothing stored
 
 

@@ -524,3 +524,19 @@ def test_median_refuses_fewer_than_three_inputs_by_default():
     legacy = S.from_description({"name": "median", "weighted": False})  # recorded before min_inputs
     assert legacy.describe()["min_inputs"] == 1 and as_list(legacy.aggregate(deltas, [1, 1])) == [5 * 10**14]
     assert S.get("median").describe() == {"name": "median", "weighted": False, "min_inputs": 3}
+
+
+def test_krum_auto_byzantine_tolerates_at_least_one():
+    deltas = [np.array([v], dtype=np.int64) for v in (0, 1, 2, 10**12)]
+    scan = pairwise_sq_distances(deltas)
+    for name in ("krum", "multi-krum"):
+        with pytest.raises(ValueError, match="min_byzantine=1") as exc:
+            S.create(name, byzantine=None).plan([1] * 4, scan)
+        one_line(exc)
+    legacy = S.from_description({"name": "multi-krum", "byzantine": None, "m": None})  # before min_byzantine
+    record = legacy.plan([1] * 4, scan).record
+    assert record["byzantine"] == 0 and sorted(record["selected"]) == [0, 1, 2, 3]  # all kept: a plain mean
+    five = [*deltas, np.array([3], dtype=np.int64)]
+    plan = S.create("multi-krum", byzantine=None).plan([1] * 5, pairwise_sq_distances(five))
+    assert plan.record["byzantine"] == 1 and 3 not in plan.record["selected"]
+    assert S.get("krum").describe() == {"name": "krum", "byzantine": 1}  # a fixed count records no floor

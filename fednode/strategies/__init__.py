@@ -21,8 +21,10 @@ Registry
                                        min_inputs=3
     trimmed-   ``TrimmedMean``         trim_fraction=0.1,         Yin et al. 2018
     mean                               min_trim=1; or trim
-    krum       ``Krum``                byzantine=1 (None: max)    Blanchard et al. 2017
-    multi-krum ``MultiKrum``           byzantine=1, m=None (n-f)  Blanchard et al. 2017
+    krum       ``Krum``                byzantine=1 (None: max,    Blanchard et al. 2017
+                                       >= min_byzantine=1)
+    multi-krum ``MultiKrum``           byzantine=1, m=None (n-f), Blanchard et al. 2017
+                                       min_byzantine=1
     ========== ======================= ========================== ===========================
 
 Design: two phases, streamed one tensor at a time

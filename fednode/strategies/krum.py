@@ -26,6 +26,11 @@ Streaming (two passes over the tensors)::
 
 ``MultiKrum.scan/plan/apply`` do exactly this. Inputs with weight 0 take no part
 (neither as candidates nor as neighbours); ``n`` counts the others.
+
+Defaults: ``byzantine=1`` (needs ``n >= 5``); ``byzantine=None`` takes the most Krum
+tolerates, ``(n - 3) // 2``, and refuses when that is below ``min_byzantine`` (default
+1): on 3 or 4 inputs it would tolerate none, and Multi-Krum would keep every input, a
+plain mean. Records written before ``min_byzantine`` existed are read with 0.
 """
 
 from __future__ import annotations
@@ -99,9 +104,16 @@ def _check_matrix(dist: Any, n: int | None = None) -> list[list[int]]:
     return [[int(v) for v in row] for row in rows]
 
 
-def resolve_byzantine(byzantine: int | None, n: int) -> int:
-    """``f`` for ``n`` participating inputs; None means the most Krum tolerates, ``(n - 3) // 2``."""
+def resolve_byzantine(byzantine: int | None, n: int, min_byzantine: int = 0) -> int:
+    """``f`` for ``n`` participating inputs; None means the most Krum tolerates, ``(n - 3) // 2``,
+    which must be at least ``min_byzantine``."""
     f = (n - 3) // 2 if byzantine is None else byzantine
+    if byzantine is None and f < min_byzantine:
+        raise StrategyError(
+            f"krum with byzantine=None tolerates {max(f, 0)} faulty input(s) among {n}, below "
+            f"min_byzantine={min_byzantine}: it needs {2 * min_byzantine + 3} inputs "
+            f"(--param byzantine=0 selects without tolerance)"
+        )
     if f < 0 or n < 2 * f + 3:
         hint = " (--param byzantine=0 tolerates none)" if f > 0 else ""
         raise StrategyError(f"krum with byzantine={byzantine} needs at least {2 * max(f, 0) + 3} inputs, "
@@ -132,15 +144,28 @@ class MultiKrum(Strategy):
     paper = "Blanchard et al. 2017, Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent"
     needs_scan = True
 
-    def __init__(self, byzantine: int | None = 1, m: int | None = None) -> None:
+    def __init__(self, byzantine: int | None = 1, m: int | None = None, min_byzantine: int = 1) -> None:
         for key, value, low in (("byzantine", byzantine, 0), ("m", m, 1)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise StrategyError(f"{key} must be an integer >= {low} or None, got {value!r}")
+        if isinstance(min_byzantine, bool) or not isinstance(min_byzantine, int) or min_byzantine < 0:
+            raise StrategyError(f"min_byzantine must be a non-negative integer, got {min_byzantine!r}")
         self.byzantine = byzantine
         self.m = m
+        self.min_byzantine = min_byzantine
 
     def params(self) -> dict[str, Any]:
-        return {"byzantine": self.byzantine, "m": self.m}
+        return {"byzantine": self.byzantine, "m": self.m, **self._auto()}
+
+    def _auto(self) -> dict[str, Any]:
+        # only byzantine=None resolves f from n: a fixed count needs no floor
+        return {"min_byzantine": self.min_byzantine} if self.byzantine is None else {}
+
+    @classmethod
+    def upgrade_record(cls, params: dict[str, Any]) -> dict[str, Any]:
+        if params.get("byzantine", 1) is None and "min_byzantine" not in params:
+            return {**params, "min_byzantine": 0}  # recorded before min_byzantine existed
+        return params
 
     def scan(self, deltas: Sequence[np.ndarray]) -> np.ndarray:
         return pairwise_sq_distances(deltas)
@@ -151,7 +176,7 @@ class MultiKrum(Strategy):
             raise StrategyError(f"{self.name} needs the distances of all tensors: pass the summed scan() results")
         _check_matrix(scan, len(ws))
         active = [i for i, w in enumerate(ws) if w > 0]
-        f = resolve_byzantine(self.byzantine, len(active))
+        f = resolve_byzantine(self.byzantine, len(active), self.min_byzantine)
         m = len(active) - f if self.m is None else self.m
         chosen = select(scan, f, m, active)
         keep = set(chosen)
@@ -164,8 +189,8 @@ class MultiKrum(Strategy):
 class Krum(MultiKrum):
     name = "krum"
 
-    def __init__(self, byzantine: int | None = 1) -> None:
-        super().__init__(byzantine, 1)
+    def __init__(self, byzantine: int | None = 1, min_byzantine: int = 1) -> None:
+        super().__init__(byzantine, 1, min_byzantine)
 
     def params(self) -> dict[str, Any]:
-        return {"byzantine": self.byzantine}
+        return {"byzantine": self.byzantine, **self._auto()}
