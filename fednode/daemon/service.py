@@ -27,6 +27,7 @@ from fednode.daemon.inbound import InboundCatchUp
 from fednode.daemon.logs import log
 from fednode.daemon.metrics import Metrics
 from fednode.daemon.ratelimit import TokenBuckets
+from fednode.daemon.redial import TICK_S, Redial
 from fednode.daemon.slots import NewestFirstSlots
 from fednode.daemon.state import NetState, fetch_expiry_seconds
 from fednode.daemon.validate import PENALIZED, Validator, Verdict
@@ -155,40 +156,66 @@ class Daemon:
         return [str(a) for a in self.host.get_addrs()]
 
     async def _connect_loop(self) -> None:
-        """Dial bootstrap and known peers until connected; catch up with each new connection."""
-        delay = 0.5
+        """Keep bootstrap, stored and mDNS-found peers connected, each redialled on its own
+        backoff that resets on success (redial.py); catch up with each new connection."""
+        redial = Redial()
         while True:
             with guard.last_resort(self.metrics, "connect_loop"):
-                await self._connect_round()
-            await trio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+                self._connect_round(redial)
+            await trio.sleep(TICK_S)
 
-    async def _connect_round(self) -> None:
-        """One pass over bootstrap, stored and mDNS-found peers: dial the ones not connected."""
+    def _connect_round(self, redial: Redial) -> None:
+        """Start a dial to each known peer that is not connected and is due."""
+        connected = self.host.get_connected_peers()
+        redial.seen({str(p) for p in connected})
+        stored = self.state.peers()
+        store = self.host.get_peerstore()
+        for pid in connected:  # peers that dialled us too: a restart redials them (their identify addrs)
+            if str(pid) not in stored and (addrs := [str(a) for a in store.addrs(pid)]):
+                self.state.put_peer(str(pid), addrs)
         targets = list(self.bootstrap)
-        for pid, addrs in self.state.peers().items():
+        for pid, addrs in stored.items():
             targets += [a if "/p2p/" in a else f"{a}/p2p/{pid}" for a in addrs]
         if self.mdns:  # mDNS only fills the peerstore: dial what it found
-            store = self.host.get_peerstore()
             for pid in store.peers_with_addrs():
                 targets += [f"{a}/p2p/{pid}" for a in store.addrs(pid)[:1] if "/p2p/" not in str(a)]
+        by_peer: dict[str, list[str]] = {}
         for addr in targets:
             try:
                 info = info_from_p2p_addr(hostmod.parse_addrs([addr])[0])
             except Exception:
                 log("bad_peer_addr", "warning", addr=addr)
                 continue
-            if info.peer_id in self.host.get_connected_peers() or info.peer_id == self.peer_id:
+            if info.peer_id in connected or info.peer_id == self.peer_id:
                 continue
             if self.pubsub.is_peer_blacklisted(info.peer_id):
                 continue
-            try:
-                await self.connect(addr)
-            except Exception:  # logged by connect(); retried next round
-                pass
+            by_peer.setdefault(str(info.peer_id), []).append(addr)
+        for peer, addrs in by_peer.items():
+            if redial.due(peer):
+                redial.dialing.add(peer)  # one dial at a time per peer; the others go on meanwhile
+                self.spawn("redial", self._redial, redial, peer, list(dict.fromkeys(addrs)))
+
+    async def _redial(self, redial: Redial, peer: str, addrs: list[str]) -> None:
+        try:
+            for addr in addrs:
+                try:
+                    await self.connect(addr)
+                except Exception:  # logged by connect()
+                    continue
+                redial.succeeded(peer)
+                return
+            redial.failed(peer)
+        finally:
+            redial.dialing.discard(peer)
 
     async def connect(self, addr: str) -> str:
         info = info_from_p2p_addr(hostmod.parse_addrs([addr])[0])
+        # py-libp2p refuses for 60 s to dial a peer whose addresses all failed once (its negative
+        # cache): a peer that restarted would stay unreachable; our callers pace their own retries
+        unblock = getattr(self.host.get_network(), "unblock_peer", None)
+        if unblock is not None:
+            unblock(info.peer_id)
         try:
             with trio.fail_after(10):
                 await self.host.connect(info)
