@@ -17,7 +17,7 @@ from rich.table import Table
 
 from fednode import __version__, operations
 from fednode.errors import FednodeError
-from fednode.graph import graph_lines
+from fednode.graph import graph_lines, topo_order
 from fednode.history import History, RepoInfo, repo_id_text
 from fednode.modelio import open_model
 from fednode.node import Node, default_home, init_home, open_node
@@ -289,43 +289,53 @@ def commit(
 @main.command()
 @click.argument("repo_name", metavar="[REPO]", required=False)
 @click.argument("branch", required=False)
-@click.option("--all", "all_branches", is_flag=True, help="Every branch.")
+@click.option("--all", "all_branches", is_flag=True,
+              help="Every ref: branches, tags, peers' heads (remotes/*) and merge proposals (proposals/*).")
+@click.option("--remotes", is_flag=True, help="Also the peers' heads (remotes/*) and merge proposals (proposals/*).")
+@click.option("--oneline", is_flag=True, help="One short line a commit: id, refs, message.")
 @click.option("-n", "limit", type=int, default=None)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def log(ctx: click.Context, repo_name: str | None, branch: str | None, all_branches: bool, limit: int | None,
-        as_json: bool) -> None:
-    """History of a branch (or --all branches) with a graph of merges."""
+def log(ctx: click.Context, repo_name: str | None, branch: str | None, all_branches: bool, remotes: bool,
+        oneline: bool, limit: int | None, as_json: bool) -> None:
+    """History of a branch (or --all refs) with a graph of merges, as git log --graph draws it."""
+    from rich.markup import escape
+
     node = _node(ctx)
     info = _repo(node, repo_name)
     history: History = node.history
-    branches = history.branches(info)
+    branches, tags, remote = history.branches(info), history.tags(info), history.remote_refs(info)
+    current = history.current_branch(info)
+    heads = [history.resolve(branch or "HEAD", info)[1]]
     if all_branches:
-        heads = list(branches.values())
-    else:
-        heads = [history.resolve(branch or "HEAD", info)[1]]
+        heads += [*branches.values(), *tags.values()]
+    if all_branches or remotes:
+        heads += list(remote.values())
     labels: dict[CID, list[str]] = {}
-    for name, cid in branches.items():
+    for name, cid in sorted(branches.items(), key=lambda kv: kv[0] != current):  # the current branch first
+        labels.setdefault(cid, []).append(f"HEAD -> {name}" if name == current else name)
+    for name, cid in [*remote.items(), *((f"tag: {t}", c) for t, c in tags.items())]:
         labels.setdefault(cid, []).append(name)
-    for name, cid in history.tags(info).items():
-        labels.setdefault(cid, []).append(f"tag: {name}")
-    for name, cid in history.remote_refs(info).items():
-        labels.setdefault(cid, []).append(name)
-    entries = list(history.walk(heads))
-    if limit is not None:
-        entries = entries[:limit]
+    commits = dict(history.walk(list(dict.fromkeys(heads))))
+    order = topo_order([(c, cm.parents, cm.time_ms) for c, cm in commits.items()])[:limit]
     if as_json:
-        emit_json([{**commit_json(c, cm), "refs": labels.get(c, [])} for c, cm in entries])
+        emit_json([{**commit_json(c, commits[c]), "refs": [r.removeprefix("HEAD -> ") for r in labels.get(c, [])]}
+                   for c in order])
         return
-    lines = graph_lines([(c, cm.parents) for c, cm in entries])
-    for (cid, cm), (prefix, extra) in zip(entries, lines, strict=False):
-        refs = f" [cyan]({', '.join(labels[cid])})[/]" if cid in labels else ""
-        when = dt.datetime.fromtimestamp(cm.time_ms / 1000).strftime("%Y-%m-%d %H:%M")
-        metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(cm.metrics.items()))
-        out.print(f"{prefix}[yellow]{short(cid)}[/]{refs} {cm.kind:6} {when} {cm.message}"
-                  + (f" [dim]{metrics}[/]" if metrics else ""), markup=True)
-        if extra:
-            out.print(extra, markup=False)
+    for cid, (above, prefix, below) in zip(order, graph_lines([(c, commits[c].parents) for c in order]), strict=True):
+        cm = commits[cid]
+        for line in above:
+            out.print(line.rstrip(), markup=False)
+        refs = f" [cyan]({escape(', '.join(labels[cid]))})[/]" if cid in labels else ""
+        if oneline:
+            text = escape(cm.message)
+        else:
+            when = dt.datetime.fromtimestamp(cm.time_ms / 1000).strftime("%Y-%m-%d %H:%M")
+            metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(cm.metrics.items()))
+            text = f"{cm.kind:6} {when} {escape(cm.message)}" + (f" [dim]{escape(metrics)}[/]" if metrics else "")
+        out.print(f"{escape(prefix)}[yellow]{short(cid)}[/]{refs} {text}", markup=True)
+        for line in below:
+            out.print(line.rstrip(), markup=False)
 
 
 @main.command()

@@ -1,47 +1,148 @@
-"""A text graph of history, like ``git log --graph`` (pure function, no I/O)."""
+"""A text graph of history, drawn as ``git log --graph`` draws it (pure functions, no I/O).
+
+Lanes sit at even character positions (column j at 2*j). After each commit every lane knows the
+column it must reach; a lane that moves left travels one character per row, drawn ``/``, and has
+arrived once it is at 2*t or 2*t + 1. Merges open one lane per new parent, drawn ``\\``; an octopus
+(three or more new lanes) is marked ``*-.``, ``*---.`` and so on, as git marks it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from functools import partial
+
+Node = tuple[Hashable, Sequence[Hashable]]
 
 
-def graph_lines(commits: Sequence[tuple[Hashable, Sequence[Hashable]]]) -> list[tuple[str, str]]:
-    """For commits in child-before-parent order, return (graph prefix, extra line) pairs.
+def topo_order(commits: Sequence[tuple[Hashable, Sequence[Hashable], int]]) -> list[Hashable]:
+    """Children before parents, one line of history at a time (git's ``--topo-order``): tips newest
+    first, and after a merge the last parent's line before the first parent's, so a side branch is
+    drawn whole beside its merge. ``commits`` are (id, parents, time); ties in time go by id."""
+    times = {cid: (time, str(cid)) for cid, _, time in commits}
+    parents = {cid: [p for p in ps if p in times] for cid, ps, _ in commits}
+    waiting = dict.fromkeys(times, 0)  # children not yet shown
+    for ps in parents.values():
+        for p in ps:
+            waiting[p] += 1
+    stack = sorted((c for c, n in waiting.items() if n == 0), key=times.__getitem__)  # newest on top
+    out: list[Hashable] = []
+    while stack:
+        cid = stack.pop()
+        out.append(cid)
+        for p in parents[cid]:
+            waiting[p] -= 1
+            if waiting[p] == 0:
+                stack.append(p)
+    return out
 
-    Each commit gets a prefix such as ``"* | "``; when a commit opens or closes
-    lanes, the extra line (``"|\\ "`` or ``"|/ "`` shapes) follows it, else "".
-    """
-    lanes: list[Hashable | None] = []
-    out: list[tuple[str, str]] = []
+
+def _place(new: list[Hashable], x: Hashable) -> int:
+    """The column of ``x`` among the lanes below a commit, a new one on the right if it has none."""
+    if x not in new:
+        new.append(x)
+    return new.index(x)
+
+
+def _row(chars: dict[int, str]) -> str:
+    line = [" "] * (max(chars, default=-1) + 1)
+    for pos, ch in chars.items():
+        line[pos] = ch
+    return "".join(line)
+
+
+def graph_lines(commits: Sequence[Node]) -> list[tuple[list[str], str, list[str]]]:
+    """For commits in child-before-parent order, return (graph prefix, lines after it) pairs: the
+    prefix (``"| * "``, padded so the text after it lines up) goes before the commit's text, the
+    lines (``"|\\"``, ``"|/"`` shapes) go below it."""
+    cols: list[Hashable] = []  # the commit each lane waits for, left to right
+    slid: set[int] = set()  # columns a lane reached by '/' on the row just drawn
+    out: list[tuple[list[str], str, list[str]]] = []
     for cid, parents in commits:
-        if cid in lanes:
-            col = lanes.index(cid)
-        else:
-            lanes.append(cid)
-            col = len(lanes) - 1
-        # lanes that were waiting for this commit merge into its column
-        joined = [i for i, lane in enumerate(lanes) if lane == cid and i != col]
-        prefix = " ".join("*" if i == col else ("|" if lane is not None else " ") for i, lane in enumerate(lanes))
-        for i in joined:
-            lanes[i] = None
-        extra = ""
+        if cid not in cols:
+            cols.append(cid)  # a tip: a new lane on the right
+        idx = cols.index(cid)
+        new: list[Hashable] = []  # the lanes below this commit
+        place = partial(_place, new)
+        lanes: list[tuple[int, int]] = []  # (position below this commit's rows, target column)
+        for j in range(idx):
+            lanes.append((2 * j, place(cols[j])))
+        fresh = list(dict.fromkeys(p for p in parents[1:] if p not in new and p not in parents[:1]))
+        opened = len(fresh)  # edges the merge opens beside the commit
+        # the last one may be the lane just right of the commit: its edge joins that lane
+        join = int(bool(fresh) and idx + 1 < len(cols) and fresh[-1] == cols[idx + 1])
         if parents:
-            lanes[col] = parents[0]
-            opened = 0
+            lanes.append((2 * idx, place(parents[0])))
+            for m, p in enumerate(fresh, 1):
+                lanes.append((2 * (idx + m), place(p)))
             for p in parents[1:]:
-                if p not in lanes:
-                    lanes.insert(col + 1 + opened, p)
-                    opened += 1
-            if opened:
-                extra = " ".join("|" for _ in range(col + 1)) + "\\" * opened
-        else:
-            lanes[col] = None
-        if joined and not extra:
-            if parents:
-                extra = " ".join("|" if lane is not None else " " for lane in lanes[: max(joined)]) + "/"
-            else:  # a root: the lanes that met here end
-                extra = " ".join("|" if i == col or i in joined else " " for i in range(max(joined))) + "/"
-        while lanes and lanes[-1] is None:
-            lanes.pop()
-        out.append((prefix + " ", extra))
+                if p not in fresh:  # a parent already on a lane to the left: the edge joins it
+                    lanes.append((2 * idx, place(p)))
+        for j in range(idx + 1, len(cols)):
+            lanes.append((2 * (j + opened - join), place(cols[j])))
+        targets = {pos // 2: t for pos, t in lanes}
+
+        # an octopus with lanes on its right first moves them out of the way, one character a row
+        above: list[str] = []
+        shift = 2 * (opened - 1) if opened >= 2 and idx < len(cols) - 1 else 0
+        for k in range(shift):
+            chars = {2 * j: "|" for j in range(idx + 1)}
+            chars.update({2 * j + k: "\\" if k else "|" for j in range(idx + 1, len(cols))})
+            above.append(_row(chars))
+
+        # the commit's row
+        chars = {}
+        for j in range(len(cols)):
+            if j < idx:
+                chars[2 * j] = "/" if j in slid and targets.get(j, j) < j else "|"
+            elif j > idx and shift:
+                chars[2 * j + shift] = "|" if join else "\\"
+            elif j > idx:
+                chars[2 * j] = "/" if j in slid and opened == 0 and targets[j] < j else "|"
+        chars[2 * idx] = "*"
+        if opened >= 2:  # octopus: a dash over each lane it opens beyond the first, then '.'
+            for k in range(1, 2 * (opened - 1)):
+                chars[2 * idx + k] = "-"
+            chars[2 * idx + 2 * (opened - 1)] = "."
+        width = 2 * max(len(cols) + opened - join, len(new))
+        prefix = _row(chars).ljust(width)
+
+        below: list[str] = []
+        if opened:  # the merge row: the first parent goes straight down, each new lane and every lane right of it '\'
+            chars = {2 * j: "|" for j in range(idx + 1)}
+            for m in range(1, opened + 1):
+                chars[2 * (idx + m) - 1] = "\\"
+            for j in range(idx + 1, len(cols)):
+                if join:
+                    chars[2 * (j + opened - 1)] = "|"
+                else:
+                    chars[2 * (j + opened) - 1] = "\\"
+            below.append(_row(chars))
+        slid = set()
+        while any(pos // 2 != t for pos, t in lanes):  # collapse rows until every lane has arrived
+            slid = set()
+            staying = {2 * t for pos, t in lanes if pos // 2 == t}
+            moved: list[tuple[int, int]] = []
+            chars = {pos: "|" for pos in staying}
+            horizontal = True  # the first lane to move may run '_' over the lanes it passes
+            for pos, t in sorted(lanes):
+                if pos // 2 == t:
+                    moved.append((2 * t, t))
+                    continue
+                step = pos - 1
+                if step in staying:  # a lane stands there: pass it
+                    step -= 1
+                chars[step] = "/"
+                run = range(2 * t + 3, pos - 2, 2) if horizontal else range(0)
+                horizontal = False
+                for k in run:
+                    chars[k] = "_"
+                if run:
+                    step = run[0]
+                moved.append((step, t))
+                if step // 2 == t:
+                    slid.add(t)
+            below.append(_row(chars))
+            lanes = list(dict.fromkeys(moved))
+        cols = new
+        out.append((above, prefix, below))
     return out
