@@ -11,6 +11,7 @@ from helpers import model_arrays
 from test_daemon_harness import DaemonProc, daemons, make_home, open_nodes, ref, wait_for
 from test_daemon_startup import FixedPortDaemon, free_port
 
+from fednode.daemon.redial import REDIAL_MAX_S, REDIAL_MIN_S, Redial, dialable
 from fednode.daemon.state import DB, NetState
 from fednode.history import repo_id_text
 from fednode.modelio import ArraySource
@@ -89,3 +90,34 @@ def test_peers_redial_a_restarted_node_that_forgot_them(tmp_path: Path) -> None:
                 assert any(e["event"] == "dial_failed" for e in b.log_events())  # they did fail meanwhile
     finally:
         na.close()
+
+
+def test_redial_backoff_doubles_to_a_cap_and_resets_on_any_connection() -> None:
+    now = [0.0]
+    r = Redial(clock=lambda: now[0])
+    assert r.due("p")
+    delays = []
+    for _ in range(8):
+        r.failed("p")
+        start = now[0]
+        while not r.due("p"):
+            now[0] += 0.01
+        delays.append(now[0] - start)
+    assert 0.8 * REDIAL_MIN_S <= delays[0] <= 1.2 * REDIAL_MIN_S + 0.01
+    assert delays[1] > delays[0] * 1.3 and max(delays) <= 1.2 * REDIAL_MAX_S + 0.01
+    assert delays[-1] >= 0.8 * REDIAL_MAX_S
+    r.failed("p")
+    assert not r.due("p")
+    r.seen({"p"})  # it dialled us: its backoff is gone
+    r.seen(set())  # and when that connection drops, it is due at once
+    assert r.due("p")
+    r.failed("p")
+    r.succeeded("p")
+    assert r.due("p")
+    r.dialing.add("p")
+    assert not r.due("p")  # one dial at a time per peer
+
+
+def test_unspecified_listen_addresses_are_not_stored_for_redialling() -> None:
+    assert not dialable("/ip4/0.0.0.0/tcp/4001/p2p/12D3KooW") and not dialable("/ip6/::/tcp/4001")
+    assert dialable("/ip4/127.0.0.1/tcp/4001") and dialable("/ip6/::1/tcp/4001")

@@ -9,12 +9,20 @@ coming back, however long it was down (before: one loop-wide delay grew to 10 s 
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable
 
 REDIAL_MIN_S = 0.25
 REDIAL_MAX_S = 10.0
 TICK_S = 0.25  # how often the connect loop looks for peers that are due
+MAX_STORED_PEERS = 256  # peers that dialled us are remembered up to this many (each is redialled)
+_UNSPECIFIED = re.compile(r"/ip4/0\.0\.0\.0/|/ip6/::/")
+
+
+def dialable(addr: str) -> bool:
+    """False for the 0.0.0.0 / :: listen addresses a peer listening on every interface advertises."""
+    return not _UNSPECIFIED.match(addr)
 
 
 class Redial:

@@ -27,7 +27,7 @@ from fednode.daemon.inbound import InboundCatchUp
 from fednode.daemon.logs import log
 from fednode.daemon.metrics import Metrics
 from fednode.daemon.ratelimit import TokenBuckets
-from fednode.daemon.redial import TICK_S, Redial
+from fednode.daemon.redial import MAX_STORED_PEERS, TICK_S, Redial, dialable
 from fednode.daemon.slots import NewestFirstSlots
 from fednode.daemon.state import NetState, fetch_expiry_seconds
 from fednode.daemon.validate import PENALIZED, Validator, Verdict
@@ -171,7 +171,12 @@ class Daemon:
         stored = self.state.peers()
         store = self.host.get_peerstore()
         for pid in connected:  # peers that dialled us too: a restart redials them (their identify addrs)
-            if str(pid) not in stored and (addrs := [str(a) for a in store.addrs(pid)]):
+            if len(stored) >= MAX_STORED_PEERS:  # the ones we dial ourselves are still stored (connect)
+                break
+            if str(pid) in stored:
+                continue
+            if addrs := [str(a) for a in store.addrs(pid) if dialable(str(a))]:
+                stored[str(pid)] = addrs
                 self.state.put_peer(str(pid), addrs)
         targets = list(self.bootstrap)
         for pid, addrs in stored.items():
