@@ -66,24 +66,26 @@ def graph_lines(commits: Sequence[Node]) -> list[tuple[list[str], str, list[str]
         lanes: list[tuple[int, int]] = []  # (position below this commit's rows, target column)
         for j in range(idx):
             lanes.append((2 * j, place(cols[j])))
-        fresh = list(dict.fromkeys(p for p in parents[1:] if p not in new and p not in parents[:1]))
-        opened = len(fresh)  # edges the merge opens beside the commit
-        # the last one may be the lane just right of the commit: its edge joins that lane
-        join = int(bool(fresh) and idx + 1 < len(cols) and fresh[-1] == cols[idx + 1])
+        # every further parent gets an edge of its own on the right; one whose lane is already on
+        # the left then slides over to it
+        fresh = list(dict.fromkeys(p for p in parents[1:] if p not in parents[:1]))
+        # a merge whose first parent's lane is on the left sends that edge there at once ('/') and
+        # lays its other parents out from its own column on
+        skew = int(bool(fresh) and parents[0] in new)
+        spread = len(fresh) - skew  # columns the merge adds on its right
+        # the last parent may be the lane just right of the commit: its edge joins that lane
+        join = int(spread > 0 and idx + 1 < len(cols) and fresh[-1] == cols[idx + 1] and fresh[-1] not in new)
         if parents:
-            lanes.append((2 * idx, place(parents[0])))
-            for m, p in enumerate(fresh, 1):
+            lanes.append((2 * idx - skew, place(parents[0])))
+            for m, p in enumerate(fresh, 1 - skew):
                 lanes.append((2 * (idx + m), place(p)))
-            for p in parents[1:]:
-                if p not in fresh:  # a parent already on a lane to the left: the edge joins it
-                    lanes.append((2 * idx, place(p)))
         for j in range(idx + 1, len(cols)):
-            lanes.append((2 * (j + opened - join), place(cols[j])))
+            lanes.append((2 * (j + spread - join), place(cols[j])))
         targets = {pos // 2: t for pos, t in lanes}
 
         # an octopus with lanes on its right first moves them out of the way, one character a row
         above: list[str] = []
-        shift = 2 * (opened - 1) if opened >= 2 and idx < len(cols) - 1 else 0
+        shift = 2 * (spread - 1) if spread >= 2 and idx < len(cols) - 1 else 0
         for k in range(shift):
             chars = {2 * j: "|" for j in range(idx + 1)}
             chars.update({2 * j + k: "\\" if k else "|" for j in range(idx + 1, len(cols))})
@@ -97,25 +99,29 @@ def graph_lines(commits: Sequence[Node]) -> list[tuple[list[str], str, list[str]
             elif j > idx and shift:
                 chars[2 * j + shift] = "|" if join else "\\"
             elif j > idx:
-                chars[2 * j] = "/" if j in slid and opened == 0 and targets[j] < j else "|"
+                chars[2 * j] = "/" if j in slid and not fresh and targets[j] < j else "|"
         chars[2 * idx] = "*"
-        if opened >= 2:  # octopus: a dash over each lane it opens beyond the first, then '.'
-            for k in range(1, 2 * (opened - 1)):
+        if spread >= 2:  # octopus: a dash over each lane it opens beyond the first, then '.'
+            for k in range(1, 2 * (spread - 1)):
                 chars[2 * idx + k] = "-"
-            chars[2 * idx + 2 * (opened - 1)] = "."
-        width = 2 * max(len(cols) + opened - join, len(new))
+            chars[2 * idx + 2 * (spread - 1)] = "."
+        width = 2 * max(len(cols) + spread - join, len(new))
         prefix = _row(chars).ljust(width)
 
         below: list[str] = []
-        if opened:  # the merge row: the first parent goes straight down, each new lane and every lane right of it '\'
+        if fresh:  # the merge row: '|' straight down, '/' to a lane on the left, '\\' to each new lane on the right
             chars = {2 * j: "|" for j in range(idx + 1)}
-            for m in range(1, opened + 1):
+            if skew:
+                chars[2 * idx - 1] = "/"
+            for m in range(1, spread + 1):
                 chars[2 * (idx + m) - 1] = "\\"
             for j in range(idx + 1, len(cols)):
                 if join:
-                    chars[2 * (j + opened - 1)] = "|"
+                    chars[2 * (j + spread - 1)] = "|"
+                elif spread:
+                    chars[2 * (j + spread) - 1] = "\\"
                 else:
-                    chars[2 * (j + opened) - 1] = "\\"
+                    chars[2 * j] = "|"
             below.append(_row(chars))
         slid = set()
         while any(pos // 2 != t for pos, t in lanes):  # collapse rows until every lane has arrived
