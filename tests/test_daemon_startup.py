@@ -18,6 +18,8 @@ import pytest
 from helpers import ROOT, assert_one_line_error, fednode_cmd, run_fednode
 from test_daemon_harness import DaemonProc, daemons, make_home, wait_for
 
+from fednode.daemon.host import shared_ports
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -111,3 +113,45 @@ def test_api_port_in_use_is_refused_before_the_node_starts(tmp_path: Path) -> No
 def test_listen_address_it_cannot_serve_is_refused(tmp_path: Path, addr: str, needle: str) -> None:
     line = refused(make_home(tmp_path, "a"), "--listen", addr, "--api-port", "0")
     assert needle in line
+
+
+def test_a_port_shared_through_so_reuseport_is_detected() -> None:
+    """What the probe cannot see: two listeners that both set SO_REUSEPORT (two daemons whose
+    probes ran at the same moment) share a port; ours alone, or 0.0.0.0 + :: of one config, do not."""
+    with socket.socket() as first, socket.socket() as second, socket.socket(socket.AF_INET6) as v6:
+        for sock in (first, second, v6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        first.bind(("0.0.0.0", 0))
+        first.listen()
+        port = first.getsockname()[1]
+        v6.bind(("::", port))
+        v6.listen()
+        both = [f"/ip4/0.0.0.0/tcp/{port}", f"/ip6/::/tcp/{port}"]
+        assert shared_ports(both) == []
+        second.bind(("127.0.0.1", port))
+        second.listen()
+        assert shared_ports(both) == both
+        assert shared_ports([f"/ip4/127.0.0.1/tcp/{port}"]) == [f"/ip4/127.0.0.1/tcp/{port}"]
+
+
+def test_two_daemons_started_at_once_on_one_port_never_both_run(tmp_path: Path) -> None:
+    port = free_port()
+    homes = [make_home(tmp_path, n) for n in "ab"]
+    procs = [subprocess.Popen([*fednode_cmd(), "--home", str(h), "daemon", "--listen", f"/ip4/127.0.0.1/tcp/{port}",
+                               "--api-port", "0", "--log-file", str(h / "daemon.log")], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for h in homes]
+    try:
+        settled = lambda: all(p.poll() is not None or (h / "daemon.json").exists()  # noqa: E731
+                              for p, h in zip(procs, homes, strict=True))
+        wait_for(settled, 30, "both daemons to start or exit")
+        running = [p for p in procs if p.poll() is None]
+        assert len(running) <= 1
+        for p in procs:
+            if p.poll() is not None:
+                assert p.returncode == 1
+                assert_one_line_error(p.communicate(timeout=5)[1], "already in use")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+            p.communicate(timeout=10)

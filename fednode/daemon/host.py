@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from pathlib import Path
 
 import multiaddr
 from libp2p import new_host
@@ -103,6 +104,45 @@ def probe_listen(addrs: list[str]) -> None:
                     raise FednodeError(f"cannot listen on {addr}: {exc.strerror}") from None
                 raise FednodeError(f"cannot listen on {addr}: address already in use (by another process, another "
                                    "daemon?); choose another port with --listen or [network] listen") from None
+
+
+def _listening_sockets() -> list[tuple[str, int]] | None:
+    """(ip, port) of every listening TCP socket on this host (Linux /proc; None elsewhere)."""
+    found = []
+    for name, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            if family == socket.AF_INET:
+                return None
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 4 or fields[3] != "0A":  # 0A: LISTEN
+                continue
+            ip_hex, port_hex = fields[1].split(":")
+            raw = bytes.fromhex(ip_hex)  # each 32-bit word in host (little-endian) order
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found.append((socket.inet_ntop(family, raw), int(port_hex, 16)))
+    return found
+
+
+def shared_ports(addrs: list[str]) -> list[str]:
+    """The fixed-port listen addresses that some other socket listens on too, once our host
+    listens: a second daemon that passed ``probe_listen`` at the same moment as we did (both
+    listeners set SO_REUSEPORT, so both binds succeed). Either side then refuses to run."""
+    sockets = _listening_sockets()
+    if sockets is None:
+        return []
+    wild = ("0.0.0.0", "::")
+    ends = [(ip, port) for _, _, ip, port in listen_endpoints(addrs)]
+
+    def overlapping(ip: str, port: int, among: list[tuple[str, int]]) -> int:
+        return sum(1 for i, p in among if p == port and (i == ip or i in wild or ip in wild))
+
+    # more listeners overlapping (ip, port) than our own configured ones (0.0.0.0 + :: on one port)
+    return [addr for addr, _, ip, port in listen_endpoints(addrs)
+            if port and overlapping(ip, port, sockets) > overlapping(ip, port, ends)]
 
 
 def not_listening(host: IHost, addrs: list[str]) -> list[str]:

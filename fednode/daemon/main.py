@@ -86,6 +86,10 @@ async def _run(home: Path, listen: list[str] | None, api_port: int | None, boots
                 missing = hostmod.not_listening(daemon.host, listen)
                 if missing:  # the probe passed but the listener failed (a race, or not this host's address)
                     raise FednodeError(f"cannot listen on {', '.join(missing)}: taken, or not an address of this host")
+                shared = hostmod.shared_ports(listen)
+                if shared:  # another daemon passed its probe at the same moment: connections would be split
+                    raise FednodeError(f"cannot listen on {', '.join(shared)}: address already in use (another "
+                                       "process listens on it too); choose another port with --listen")
                 await nursery.start(flush_loop, node, log)  # anchoring requests go out whenever the chain answers
                 try:
                     port = await nursery.start(api.serve, api_port)
