@@ -293,7 +293,7 @@ def commit(
               help="Every ref: branches, tags, peers' heads (remotes/*) and merge proposals (proposals/*).")
 @click.option("--remotes", is_flag=True, help="Also the peers' heads (remotes/*) and merge proposals (proposals/*).")
 @click.option("--oneline", is_flag=True, help="One short line a commit: id, refs, message.")
-@click.option("-n", "limit", type=int, default=None)
+@click.option("-n", "limit", type=int, default=None, help="At most this many commits.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def log(ctx: click.Context, repo_name: str | None, branch: str | None, all_branches: bool, remotes: bool,
@@ -301,6 +301,8 @@ def log(ctx: click.Context, repo_name: str | None, branch: str | None, all_branc
     """History of a branch (or --all refs) with a graph of merges, as git log --graph draws it."""
     from rich.markup import escape
 
+    if limit is not None and limit < 0:
+        raise FednodeError(f"-n must be 0 or more, not {limit}")
     node = _node(ctx)
     info = _repo(node, repo_name)
     history: History = node.history

@@ -250,3 +250,13 @@ def federated_rounds(seed: int) -> list[tuple[str, list[str], int]]:
 def test_federated_rounds_draw_as_git_draws_them(seed: int) -> None:
     dag = federated_rounds(seed)
     assert our_graph(dag) == git_graph(dag)
+
+
+def test_limit_counts_commits_and_refuses_a_negative(repo: Repo) -> None:
+    repo.commit("c1")
+    repo.commit("c2")
+    assert repo.log("-n", "2") == "* (HEAD -> main) c2\n* c1"
+    assert repo.log("-n", "0") == ""
+    bad = repo.cli("log", "-n", "-1", ok=False)
+    assert bad.exit_code != 0 and bad.stdout == ""
+    assert bad.stderr.strip().splitlines() == ["error: -n must be 0 or more, not -1"]
