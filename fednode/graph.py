@@ -56,6 +56,7 @@ def graph_lines(commits: Sequence[Node]) -> list[tuple[list[str], str, list[str]
     lines (``"|\\"``, ``"|/"`` shapes) go below it."""
     cols: list[Hashable] = []  # the commit each lane waits for, left to right
     slid: set[int] = set()  # columns a lane reached by '/' on the row just drawn
+    fanned = -1  # when that row was a merge's '\\' row: the merge's column
     out: list[tuple[list[str], str, list[str]]] = []
     for cid, parents in commits:
         if cid not in cols:
@@ -98,6 +99,8 @@ def graph_lines(commits: Sequence[Node]) -> list[tuple[list[str], str, list[str]
                 chars[2 * j] = "/" if j in slid and targets.get(j, j) < j else "|"
             elif j > idx and shift:
                 chars[2 * j + shift] = "|" if join else "\\"
+            elif j > idx and spread == 1 and not join and 0 <= fanned < j:
+                chars[2 * j] = "\\"  # the lane still leans right from the merge above, and goes on so
             elif j > idx:
                 chars[2 * j] = "/" if j in slid and not fresh and targets[j] < j else "|"
         chars[2 * idx] = "*"
@@ -123,9 +126,9 @@ def graph_lines(commits: Sequence[Node]) -> list[tuple[list[str], str, list[str]
                 else:
                     chars[2 * j] = "|"
             below.append(_row(chars))
-        slid = set()
+        slid, fanned = set(), idx if below and spread else -1
         while any(pos // 2 != t for pos, t in lanes):  # collapse rows until every lane has arrived
-            slid = set()
+            slid, fanned = set(), -1
             staying = {2 * t for pos, t in lanes if pos // 2 == t}
             moved: list[tuple[int, int]] = []
             chars = {pos: "|" for pos in staying}
