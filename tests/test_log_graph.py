@@ -260,3 +260,29 @@ def test_limit_counts_commits_and_refuses_a_negative(repo: Repo) -> None:
     bad = repo.cli("log", "-n", "-1", ok=False)
     assert bad.exit_code != 0 and bad.stdout == ""
     assert bad.stderr.strip().splitlines() == ["error: -n must be 0 or more, not -1"]
+
+
+def random_dag(seed: int) -> list[tuple[str, list[str], int]]:
+    """Any DAG: each commit has 1 to 5 parents among the earlier ones (criss-cross merges included)."""
+    rng = random.Random(seed)
+    dag: list[tuple[str, list[str], int]] = [("g", [], 0)]
+    for i in range(1, rng.randint(2, 12)):
+        earlier = [name for name, _, _ in dag]
+        dag.append((f"c{i}", rng.sample(earlier, min(rng.choice([1, 1, 2, 3, 5]), len(earlier))), i))
+    return dag
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_every_commit_row_shows_exactly_the_open_lines(seed: int) -> None:
+    """Whatever the shape, a commit's row has one lane per line of history still open there (the
+    parents awaited by the commits above it, and the commit itself): lanes close, none is lost."""
+    dag = random_dag(seed)
+    parents = {name: ps for name, ps, _ in dag}
+    order = topo_order(dag)
+    assert sorted(order) == sorted(parents) and order[-1] == "g"
+    awaited: set[str] = set()
+    for name, (_, prefix, _) in zip(order, graph_lines([(n, parents[n]) for n in order]), strict=True):
+        assert prefix.count("*") == 1 and set(prefix) <= set("*|/\\-. ")
+        lanes = sum(prefix.count(c) for c in "*|/\\")
+        assert lanes == len(awaited | {name}), (seed, name, prefix)
+        awaited = (awaited - {name}) | set(parents[name])
