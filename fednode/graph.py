@@ -51,9 +51,10 @@ def _row(chars: dict[int, str]) -> str:
 
 
 def graph_lines(commits: Sequence[Node]) -> list[tuple[list[str], str, list[str]]]:
-    """For commits in child-before-parent order, return (graph prefix, lines after it) pairs: the
-    prefix (``"| * "``, padded so the text after it lines up) goes before the commit's text, the
-    lines (``"|\\"``, ``"|/"`` shapes) go below it."""
+    """For commits in child-before-parent order, return (lines above, graph prefix, lines below)
+    for each: the prefix (``"| * "``, padded so the text after it lines up) goes before the commit's
+    text; the lines above make room for an octopus, the lines below (``"|\\"``, ``"|/"``) lead to
+    its parents."""
     cols: list[Hashable] = []  # the commit each lane waits for, left to right
     slid: set[int] = set()  # columns a lane reached by '/' on the row just drawn
     fanned = -1  # when that row was a merge's '\\' row: the merge's column
@@ -102,7 +103,7 @@ def graph_lines(commits: Sequence[Node]) -> list[tuple[list[str], str, list[str]
             elif j > idx and spread == 1 and not join and 0 <= fanned < j:
                 chars[2 * j] = "\\"  # the lane still leans right from the merge above, and goes on so
             elif j > idx:
-                chars[2 * j] = "/" if j in slid and not fresh and targets[j] < j else "|"
+                chars[2 * j] = "/" if j in slid and not fresh and targets.get(j, j) < j else "|"
         chars[2 * idx] = "*"
         if spread >= 2:  # octopus: a dash over each lane it opens beyond the first, then '.'
             for k in range(1, 2 * (spread - 1)):
@@ -127,14 +128,14 @@ def graph_lines(commits: Sequence[Node]) -> list[tuple[list[str], str, list[str]
                     chars[2 * j] = "|"
             below.append(_row(chars))
         slid, fanned = set(), idx if below and spread else -1
-        while any(pos // 2 != t for pos, t in lanes):  # collapse rows until every lane has arrived
+        while any(pos > 2 * t + 1 for pos, t in lanes):  # collapse rows until every lane has arrived
             slid, fanned = set(), -1
-            staying = {2 * t for pos, t in lanes if pos // 2 == t}
+            staying = {2 * t for pos, t in lanes if pos <= 2 * t + 1}
             moved: list[tuple[int, int]] = []
             chars = {pos: "|" for pos in staying}
             horizontal = True  # the first lane to move may run '_' over the lanes it passes
             for pos, t in sorted(lanes):
-                if pos // 2 == t:
+                if pos <= 2 * t + 1:  # arrived (a lane left of its column, never expected, snaps to it)
                     moved.append((2 * t, t))
                     continue
                 step = pos - 1
