@@ -83,7 +83,7 @@ def graph_lines(commits: Sequence[Node]) -> list[tuple[list[str], str, list[str]
                 lanes.append((2 * (idx + m), place(p)))
         for j in range(idx + 1, len(cols)):
             lanes.append((2 * (j + spread - join), place(cols[j])))
-        targets = {pos // 2: t for pos, t in lanes}
+        targets = {j: place(cols[j]) for j in range(len(cols)) if j != idx}  # where each other lane goes
 
         # an octopus with lanes on its right first moves them out of the way, one character a row
         above: list[str] = []
@@ -115,8 +115,12 @@ def graph_lines(commits: Sequence[Node]) -> list[tuple[list[str], str, list[str]
         below: list[str] = []
         if fresh:  # the merge row: '|' straight down, '/' to a lane on the left, '\\' to each new lane on the right
             chars = {2 * j: "|" for j in range(idx + 1)}
-            if skew:
+            if skew:  # the first parent's edge leaves at once, over the lanes to its column ('_')
                 chars[2 * idx - 1] = "/"
+                run = range(2 * lanes[idx][1] + 3, 2 * idx - 1, 2)
+                chars.update(dict.fromkeys(run, "_"))
+                if run:
+                    lanes[idx] = (run[0], lanes[idx][1])
             for m in range(1, spread + 1):
                 chars[2 * (idx + m) - 1] = "\\"
             for j in range(idx + 1, len(cols)):
