@@ -56,7 +56,7 @@ def test_fetch_survives_provider_kill_and_own_restart(tmp_path: Path) -> None:
             # up, restarted, and resumes the fetch recorded in its net db
             if victim is a:
                 a.bootstrap = (b.addr,)
-                a.start()
+            victim.start()  # C dials A and B at once: either may have been serving it
             assert c.stop() == 0
             r1 = na.history.commit(na.history.repo("big"), ArraySource(big_model(1)), "new weights", encoding="fp16")
             a.api("POST", "/push", {"repo": "big"})
