@@ -29,7 +29,9 @@ def fake_daemon(history: History) -> SimpleNamespace:
     async def run_reading(fn):  # noqa: ANN001, ANN202 - the daemon runs it in a worker thread
         return await trio.to_thread.run_sync(fn)
 
-    return SimpleNamespace(node=SimpleNamespace(history=history, store=history.store), state=state,
+    # the applying node is a peer of the announcers, never one of them (its own announcements are ignored)
+    return SimpleNamespace(node=SimpleNamespace(history=history, store=history.store, identity=Identity.generate()),
+                           state=state,
                            validator=Validator(history.store, state), metrics=SimpleNamespace(rejected=Counter()),
                            nursery=SimpleNamespace(start_soon=lambda *args: None),
                            fetcher=SimpleNamespace(run_reading=run_reading), penalize=lambda peer, reason: None,
