@@ -14,6 +14,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.peer.peerstore import PeerStoreError
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
@@ -175,7 +176,11 @@ class Daemon:
                 break
             if str(pid) in stored:
                 continue
-            if addrs := [str(a) for a in store.addrs(pid) if dialable(str(a))]:
+            try:
+                known = store.addrs(pid)
+            except PeerStoreError:  # identify has not told us its addresses yet: next round
+                continue
+            if addrs := [str(a) for a in known if dialable(str(a))]:
                 stored[str(pid)] = addrs
                 self.state.put_peer(str(pid), addrs)
         targets = list(self.bootstrap)
