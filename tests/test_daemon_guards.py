@@ -36,6 +36,8 @@ async def test_exceptions_at_entry_points_are_logged_counted_and_contained(tmp_p
         async with trio.open_nursery() as nursery:
             await nursery.start(d.run)
             stranger = ID.from_base58(Identity.generate().peer_id)
+            # a peer the peerstore has no address of yet (it dialled us; identify is still running)
+            assert d.known_addrs(stranger) == []
 
             # gossip: the message is rejected, the forwarder gets a strike, the validator returns normally
             monkeypatch.setattr(Validator, "check", _boom)

@@ -176,11 +176,7 @@ class Daemon:
                 break
             if str(pid) in stored:
                 continue
-            try:
-                known = store.addrs(pid)
-            except PeerStoreError:  # identify has not told us its addresses yet: next round
-                continue
-            if addrs := [str(a) for a in known if dialable(str(a))]:
+            if addrs := [a for a in self.known_addrs(pid) if dialable(a)]:
                 stored[str(pid)] = addrs
                 self.state.put_peer(str(pid), addrs)
         targets = list(self.bootstrap)
@@ -188,7 +184,7 @@ class Daemon:
             targets += [a if "/p2p/" in a else f"{a}/p2p/{pid}" for a in addrs]
         if self.mdns:  # mDNS only fills the peerstore: dial what it found
             for pid in store.peers_with_addrs():
-                targets += [f"{a}/p2p/{pid}" for a in store.addrs(pid)[:1] if "/p2p/" not in str(a)]
+                targets += [f"{a}/p2p/{pid}" for a in self.known_addrs(pid)[:1] if "/p2p/" not in a]
         by_peer: dict[str, list[str]] = {}
         for addr in targets:
             try:
@@ -535,11 +531,19 @@ class Daemon:
             "time": time.time(),
         }
 
+    def known_addrs(self, peer: ID) -> list[str]:
+        """The peerstore's addresses of ``peer``; none yet for a peer that dialled us before identify
+        told us where it listens (py-libp2p raises PeerStoreError then)."""
+        try:
+            return [str(a) for a in self.host.get_peerstore().addrs(peer)]
+        except PeerStoreError:
+            return []
+
     def peers(self) -> list[dict[str, object]]:
         out = []
         for pid in self.host.get_connected_peers():
             topics = sorted(t for t, ps in self.pubsub.peer_topics.items() if pid in ps)
-            addrs = [str(a) for a in self.host.get_peerstore().addrs(pid)]
+            addrs = self.known_addrs(pid)
             out.append({"peer_id": str(pid), "addrs": addrs, "topics": topics})
         return out
 
