@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import INetConn, INetwork
 from libp2p.peer.id import ID
-from multiaddr import Multiaddr
 
 from fednode.daemon.logs import log
 from fednode.daemon.metrics import Metrics
+from fednode.daemon.notifee import OnConnected
 
 
-class BanGate(INotifee):
+class BanGate(OnConnected):
     def __init__(self, is_banned: Callable[[ID], bool], metrics: Metrics) -> None:
         self.is_banned = is_banned
         self.metrics = metrics
@@ -28,18 +28,3 @@ class BanGate(INotifee):
             self.metrics.refused["banned_connection"] += 1
             log("banned_peer_hung_up", peer=str(peer))
             await conn.close()
-
-    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
-        pass
-
-    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        pass
-
-    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
-        pass
-
-    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
-        pass
-
-    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
-        pass

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import INetConn, INetwork
 from libp2p.peer.id import ID
 from libp2p.rcmgr import Direction
-from multiaddr import Multiaddr
+
+from fednode.daemon.notifee import OnConnected
 
 
-class InboundCatchUp(INotifee):
+class InboundCatchUp(OnConnected):
     """Calls ``start(peer)`` once for each inbound connection (outbound ones: ``Daemon.connect``)."""
 
     def __init__(self, start: Callable[[ID], None]) -> None:
@@ -24,18 +25,3 @@ class InboundCatchUp(INotifee):
     async def connected(self, network: INetwork, conn: INetConn) -> None:
         if getattr(conn, "direction", None) == Direction.INBOUND:
             self.start(conn.muxed_conn.peer_id)
-
-    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
-        pass
-
-    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        pass
-
-    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
-        pass
-
-    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
-        pass
-
-    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
-        pass
