@@ -100,6 +100,7 @@ NO_TOKEN = [  # what anyone on the machine can send: the server answers 400 befo
     ("header without colon", b"GET /status HTTP/1.1\r\nnonsense\r\n\r\n"),
 ]
 
+HELLO_CID = "bafkreicysg23kiwv34eg2d7qweipxwosdo2py4ldv42nbauguluen5v6am"  # a valid CID ("hello\n")
 WITH_TOKEN = [  # (what, path, body): each is the client's mistake, a 400
     ("invalid UTF-8", "/follow", b'{"repo": "\xff\xfe"}'),
     ("JSON nested 60k deep", "/follow", b"[" * 60_000),
@@ -130,6 +131,11 @@ WITH_TOKEN = [  # (what, path, body): each is the client's mistake, a 400
     ("message a number", "/propose", js({"repo": "m", "message": 5})),
     ("unban garbage", "/unban", js({"peer": "0OIl"})),
     ("providers not a CID", "/providers", js({"cid": "x"})),
+    ("fetch root not a CID", "/fetch", js({"repo": "m", "root": "x"})),
+    ("fetch root a number", "/fetch", js({"repo": "m", "root": 5})),
+    ("fetch without a root", "/fetch", js({"repo": "m"})),
+    ("fetch timeout -1", "/fetch", js({"repo": "m", "root": HELLO_CID, "timeout": -1})),
+    ("fetch repo not an id", "/fetch", js({"repo": "not a repo id", "root": HELLO_CID})),
     ("status with a body", "/status", js({"x": 1})),
 ]
 
