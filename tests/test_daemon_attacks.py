@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 from helpers import ROOT, model_arrays, perturb, store_state
-from test_daemon_harness import DaemonProc, daemons, make_home, network_config, open_nodes, ref, wait_for
+from test_daemon_harness import DaemonProc, daemons, kill_process, make_home, network_config, open_nodes, ref, wait_for
 
 from fednode.daemon.state import NetState
 from fednode.history import repo_id_text
@@ -112,9 +112,7 @@ def test_a_hostile_member_cannot_stop_or_fool_the_daemon(tmp_path: Path) -> None
             wait_for(lambda: ref(nb, rid, "heads/main") == r2.cid, 20, "B to take A's next commit")
             assert b.metrics()["errors"] == {}
     finally:
-        if hostile is not None and hostile.poll() is None:
-            hostile.kill()
-            hostile.wait()
+        kill_process(hostile)
         for n in (na, nb):
             n.close()
 

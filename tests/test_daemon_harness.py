@@ -46,6 +46,13 @@ def make_home(tmp: Path, name: str) -> Path:
     return home
 
 
+def kill_process(proc: subprocess.Popen | None) -> None:
+    """Stop a test's helper process (a hostile peer, a liar) if it still runs."""
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def network_config(home: Path, **values: object) -> None:
     """Add ``[network]`` settings to a home's config.toml (e.g. ``ban_threshold=2``)."""
     config = home / "config.toml"

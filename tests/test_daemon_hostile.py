@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from helpers import ROOT, model_arrays, perturb, store_state
-from test_daemon_harness import DaemonProc, daemons, make_home, network_config, open_nodes, ref, wait_for
+from test_daemon_harness import DaemonProc, daemons, kill_process, make_home, network_config, open_nodes, ref, wait_for
 
 from fednode.history import repo_id_text
 from fednode.modelio import ArraySource
@@ -79,9 +79,7 @@ def test_hostile_messages_are_rejected_and_the_peer_banned(tmp_path: Path) -> No
             assert after["blacklisted"] == [] and after["bans"] == {}
             assert b.api("POST", "/unban", {"peer": "not-a-peer"}, expect=400)["error"].startswith("not a peer id")
     finally:
-        if hostile is not None and hostile.poll() is None:
-            hostile.kill()
-            hostile.wait()
+        kill_process(hostile)
         for n in (na, nb):
             n.close()
 

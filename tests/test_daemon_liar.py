@@ -20,6 +20,7 @@ from test_daemon_harness import (
     big_model,
     daemons,
     has_block,
+    kill_process,
     make_home,
     network_config,
     open_nodes,
@@ -83,9 +84,7 @@ def test_a_lying_provider_stores_nothing_and_is_banned(tmp_path: Path) -> None:
                 with nb.store.read() as txn, na.store.read() as txa:
                     assert all(txn.get_block(c) == txa.get_block(c) for c in leaves)
     finally:
-        if liar is not None and liar.poll() is None:
-            liar.kill()
-            liar.wait()
+        kill_process(liar)
         for n in (na, nb):
             n.close()
 

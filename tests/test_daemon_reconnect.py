@@ -5,6 +5,8 @@ connect loop's backoff that never reset) and the next commit reaches everyone. R
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from helpers import model_arrays
@@ -19,6 +21,20 @@ from fednode.modelio import ArraySource
 RECONNECT_S = 5.0
 
 
+@contextmanager
+def star(homes: list[Path]) -> Iterator[tuple[FixedPortDaemon, DaemonProc, DaemonProc]]:
+    """A on a fixed port (a restart keeps its address); B and C bootstrap from it. All stopped at the end."""
+    a = FixedPortDaemon(homes[0], free_port())
+    with daemons(a):
+        a.start()
+        boot = f"/ip4/127.0.0.1/tcp/{a.port}/p2p/{a.peer_id}"
+        b, c = DaemonProc(homes[1], (boot,)), DaemonProc(homes[2], (boot,))
+        with daemons(b, c):
+            b.start()
+            c.start()
+            yield a, b, c
+
+
 def connected(d: DaemonProc) -> set[str]:
     return {p["peer_id"] for p in d.api("GET", "/peers")}
 
@@ -29,33 +45,26 @@ def test_peers_reconnect_within_seconds_when_the_bootstrap_node_restarts(tmp_pat
     try:
         info, _ = na.history.create_repo("m", ArraySource(model_arrays(0)))
         rid = info.repo_id
-        a = FixedPortDaemon(homes[0], free_port())
-        with daemons(a):
+        with star(homes) as (a, b, c):
+            for d in (b, c):
+                d.api("POST", "/clone", {"repo": repo_id_text(rid), "timeout": 30})
+            wait_for(lambda: connected(a) >= {b.peer_id, c.peer_id}, 10, "B and C to connect to A")
+            # A remembers the peers that dialled it, to redial them when it restarts
+            wait_for(lambda: set(NetState(na.store).peers()) >= {b.peer_id, c.peer_id}, 5, "A to store B and C")
+            time.sleep(2)  # long enough for a connect loop's backoff to have grown
+
+            assert a.stop() == 0
+            time.sleep(1)  # down for a moment: B and C notice and fail to redial
             a.start()
-            boot = f"/ip4/127.0.0.1/tcp/{a.port}/p2p/{a.peer_id}"
-            b, c = DaemonProc(homes[1], (boot,)), DaemonProc(homes[2], (boot,))
-            with daemons(b, c):
-                b.start()
-                c.start()
-                for d in (b, c):
-                    d.api("POST", "/clone", {"repo": repo_id_text(rid), "timeout": 30})
-                wait_for(lambda: connected(a) >= {b.peer_id, c.peer_id}, 10, "B and C to connect to A")
-                # A remembers the peers that dialled it, to redial them when it restarts
-                wait_for(lambda: set(NetState(na.store).peers()) >= {b.peer_id, c.peer_id}, 5, "A to store B and C")
-                time.sleep(2)  # long enough for a connect loop's backoff to have grown
+            restarted = time.monotonic()
+            wait_for(lambda: connected(a) >= {b.peer_id, c.peer_id} and a.peer_id in connected(b)
+                     and a.peer_id in connected(c), RECONNECT_S, "all peers to reconnect to the restarted A")
+            print(f"reconnected {time.monotonic() - restarted:.2f} s after A was back")
 
-                assert a.stop() == 0
-                time.sleep(1)  # down for a moment: B and C notice and fail to redial
-                a.start()
-                restarted = time.monotonic()
-                wait_for(lambda: connected(a) >= {b.peer_id, c.peer_id} and a.peer_id in connected(b)
-                         and a.peer_id in connected(c), RECONNECT_S, "all peers to reconnect to the restarted A")
-                print(f"reconnected {time.monotonic() - restarted:.2f} s after A was back")
-
-                r1 = na.history.commit(na.history.repo("m"), ArraySource(model_arrays(1)), "after restart")
-                a.api("POST", "/push", {"repo": "m"})
-                wait_for(lambda: ref(nb, rid, "heads/main") == r1.cid and ref(nc, rid, "heads/main") == r1.cid,
-                         10, "the commit to reach B and C")
+            r1 = na.history.commit(na.history.repo("m"), ArraySource(model_arrays(1)), "after restart")
+            a.api("POST", "/push", {"repo": "m"})
+            wait_for(lambda: ref(nb, rid, "heads/main") == r1.cid and ref(nc, rid, "heads/main") == r1.cid,
+                     10, "the commit to reach B and C")
     finally:
         for n in (na, nb, nc):
             n.close()
@@ -67,27 +76,20 @@ def test_peers_redial_a_restarted_node_that_forgot_them(tmp_path: Path) -> None:
     homes = [make_home(tmp_path, n) for n in "abc"]
     (na,) = open_nodes(homes[0])
     try:
-        a = FixedPortDaemon(homes[0], free_port())
-        with daemons(a):
+        with star(homes) as (a, b, c):
+            wait_for(lambda: connected(a) >= {b.peer_id, c.peer_id}, 10, "B and C to connect to A")
+            assert a.stop() == 0
+            with na.store.write() as txn:
+                for key, _ in txn.kv_items(DB, b"peer/"):
+                    txn.kv_delete(DB, key)
+            time.sleep(3)  # several failed redials
+            assert not NetState(na.store).peers()
             a.start()
-            boot = f"/ip4/127.0.0.1/tcp/{a.port}/p2p/{a.peer_id}"
-            b, c = DaemonProc(homes[1], (boot,)), DaemonProc(homes[2], (boot,))
-            with daemons(b, c):
-                b.start()
-                c.start()
-                wait_for(lambda: connected(a) >= {b.peer_id, c.peer_id}, 10, "B and C to connect to A")
-                assert a.stop() == 0
-                with na.store.write() as txn:
-                    for key, _ in txn.kv_items(DB, b"peer/"):
-                        txn.kv_delete(DB, key)
-                time.sleep(3)  # several failed redials
-                assert not NetState(na.store).peers()
-                a.start()
-                restarted = time.monotonic()
-                wait_for(lambda: a.peer_id in connected(b) and a.peer_id in connected(c), RECONNECT_S,
-                         "B and C to redial the restarted A")
-                print(f"redialled {time.monotonic() - restarted:.2f} s after A was back")
-                assert any(e["event"] == "dial_failed" for e in b.log_events())  # they did fail meanwhile
+            restarted = time.monotonic()
+            wait_for(lambda: a.peer_id in connected(b) and a.peer_id in connected(c), RECONNECT_S,
+                     "B and C to redial the restarted A")
+            print(f"redialled {time.monotonic() - restarted:.2f} s after A was back")
+            assert any(e["event"] == "dial_failed" for e in b.log_events())  # they did fail meanwhile
     finally:
         na.close()
 
