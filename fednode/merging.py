@@ -1,12 +1,30 @@
 """Exact N-way merges: merged = base + aggregate(deltas of each input from the merge base).
 
-Deltas are the exact integers of ``fixedpoint.encode_delta`` on the repository grid;
-inputs are ordered by CID, so the same inputs give the same bytes on any machine.
-``verify`` recomputes a merge from what its commit records and compares bit for bit.
+Deltas are the exact integers of ``fixedpoint.encode_delta`` on a grid 2**-bits chosen per
+float tensor (the merge grid, below); inputs are ordered by CID, so the same inputs give the
+same bytes on any machine. ``verify`` recomputes a merge from what its commit records
+(inputs, weights, strategy, plan and grid) and compares bit for bit.
+
+Merge grid, versioned (``record["grid_rule"]``):
+
+* rule 1 (merges recorded without ``grid``): every float tensor on the repository grid
+  ``2**-repo.scale_bits``;
+* rule 2 (``GRID_RULE``): each float tensor gets its own ``bits``, recorded in
+  ``record["grid"][name]``: with ``M`` the largest finite ``|value|`` of the tensor in the merge
+  base (in the inputs when the base tensor is all zero) and ``M < 2**e`` (``math.frexp``),
+  ``bits = GRID_PRECISION - e``, so the grid resolves 2**-40 of the tensor's largest value at
+  any magnitude. When some input's change would not fit 2**62 grid steps on that grid,
+  ``M`` is taken over the base and all inputs instead. Clamped to ``[-GRID_LIMIT, GRID_LIMIT]``.
+  ``verify`` never re-derives the grid: it uses the recorded bits, so the rule may evolve.
+  A tensor mixing tiny and large values keeps absolute precision ``M * 2**-40``: its tiny
+  elements lose relative precision (a 1e-8 element beside a 1e3 one: about 1e-9 absolute).
+
+Sample weights (``--weights samples``): ``contributed_samples`` of each input.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +39,9 @@ from protocol.multiformats import CID
 from protocol.objects import FLOAT_DTYPES, Commit
 
 WEIGHTINGS = ("samples", "equal")
+GRID_RULE = 2  # how new merges choose each float tensor's grid (module docstring)
+GRID_PRECISION = 40  # bits of the tensor's largest magnitude the grid resolves
+GRID_LIMIT = 1000  # |bits| bound: 2.0**bits stays a finite, exact float64
 
 
 @dataclass
@@ -58,24 +79,78 @@ def _tensor_states(
     return base_arr, arrays, entry.dtype
 
 
+def _max_abs(arr: np.ndarray, dtype: str) -> float:
+    """Largest finite |value| of a float tensor (0.0 when none)."""
+    if arr.size == 0:
+        return 0.0
+    if dtype == "F32" or dtype == "F64":
+        hi, lo = float(arr.max()), float(arr.min())
+        if math.isfinite(hi) and math.isfinite(lo):
+            return max(hi, -lo)
+    x = fixedpoint.to_f64(arr, dtype)
+    x = np.abs(x[np.isfinite(x)])
+    return float(x.max()) if x.size else 0.0
+
+
+def grid_bits(magnitude: float, fallback: int) -> int:
+    """Rule 2's grid for a tensor whose largest |value| is ``magnitude``: 2**-bits resolves
+    2**-GRID_PRECISION of it; ``fallback`` (the repository grid) for an all-zero tensor."""
+    if not magnitude > 0 or not math.isfinite(magnitude):
+        return fallback
+    _, e = math.frexp(magnitude)  # magnitude < 2**e
+    return max(-GRID_LIMIT, min(GRID_LIMIT, GRID_PRECISION - e))
+
+
+def choose_grid(base_arr: np.ndarray, arrays: list[np.ndarray], dtype: str, fallback: int, wide: bool = False) -> int:
+    """Rule 2 (module docstring): from the base's magnitude, or from every state's when ``wide``."""
+    magnitude = _max_abs(base_arr, dtype)
+    if wide or magnitude == 0.0:
+        magnitude = max([magnitude, *(_max_abs(a, dtype) for a in arrays)])
+    return grid_bits(magnitude, fallback)
+
+
 def _tensor_deltas(
     history: History, repo: RepoInfo, base: CID, inputs: tuple[CID, ...], name: str,
     states: tuple[np.ndarray, list[np.ndarray], str] | None = None,
+    grid: dict[str, int] | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray], str]:
+    """The inputs' exact deltas for tensor ``name`` on its grid: ``grid[name]`` when given, else
+    the repository grid. With ``grid`` given and ``name`` not in it, rule 2 chooses the bits and
+    stores them in ``grid`` (widening when a change would not fit)."""
     base_arr, arrays, dtype = states or _tensor_states(history, base, inputs, name)
-    scale_bits = repo.scale_bits if dtype in FLOAT_DTYPES else 0
+    if dtype in FLOAT_DTYPES:
+        for cid, arr in zip(inputs, arrays, strict=True):
+            if not np.isfinite(fixedpoint.to_f64(arr, dtype)).all():
+                raise FednodeError(f"input {cid} has NaN/Inf in tensor {name!r}: refusing to merge")
+    if dtype not in FLOAT_DTYPES or grid is None:
+        return base_arr, _deltas_on(inputs, base_arr, arrays, dtype, name, repo.scale_bits), dtype
+    if name in grid:
+        return base_arr, _deltas_on(inputs, base_arr, arrays, dtype, name, grid[name]), dtype
+    bits = choose_grid(base_arr, arrays, dtype, repo.scale_bits)
+    try:
+        deltas = _deltas_on(inputs, base_arr, arrays, dtype, name, bits)
+    except FednodeError:
+        bits = choose_grid(base_arr, arrays, dtype, repo.scale_bits, wide=True)
+        deltas = _deltas_on(inputs, base_arr, arrays, dtype, name, bits)
+    grid[name] = bits
+    return base_arr, deltas, dtype
+
+
+def _deltas_on(
+    inputs: tuple[CID, ...], base_arr: np.ndarray, arrays: list[np.ndarray], dtype: str, name: str, bits: int
+) -> list[np.ndarray]:
+    scale_bits = bits if dtype in FLOAT_DTYPES else 0
     deltas = []
     for cid, arr in zip(inputs, arrays, strict=True):
-        if dtype in FLOAT_DTYPES and not np.isfinite(fixedpoint.to_f64(arr, dtype)).all():
-            raise FednodeError(f"input {cid} has NaN/Inf in tensor {name!r}: refusing to merge")
         if dtype == "BOOL":
             deltas.append(arr.astype(np.int64) - base_arr.astype(np.int64))
             continue
         q = fixedpoint.encode_delta(base_arr, arr, dtype, scale_bits)
         if q is None:
-            raise FednodeError(f"input {cid} changes tensor {name!r} beyond the repository's integer range")
+            raise FednodeError(f"input {cid} changes tensor {name!r} by more than 2**62 steps of its grid "
+                               f"2**{-bits}")
         deltas.append(q)
-    return base_arr, deltas, dtype
+    return deltas
 
 
 def compute_merge(
@@ -85,8 +160,14 @@ def compute_merge(
     inputs: tuple[CID, ...],
     weights: tuple[int, ...],
     strategy: strategies.Strategy,
+    grid: dict[str, int] | None = None,
 ) -> tuple[dict[str, tuple[str, np.ndarray]], strategies.Plan]:
-    """The merged state (safetensors dtype, shaped arrays) and the strategy's plan."""
+    """The merged state (safetensors dtype, shaped arrays) and the strategy's plan.
+
+    ``grid``: None merges every float tensor on the repository grid (rule 1, merges recorded
+    before grids were); a dict gives each float tensor's bits (rule 2), and bits missing from it
+    are chosen by rule 2 and added to it (a new merge passes ``{}`` and records what it holds after).
+    """
     with history.store.read() as txn:
         base_manifest = history.load_manifest(history.load_commit(base, txn).weights, txn)
         for cid in inputs:
@@ -102,7 +183,7 @@ def compute_merge(
     scan: Any = None
     if strategy.needs_scan:
         for name in names:
-            _, deltas, _ = _tensor_deltas(history, repo, base, inputs, name)
+            _, deltas, _ = _tensor_deltas(history, repo, base, inputs, name, grid=grid)
             scan = strategy.add_scans(scan, strategy.scan(deltas))
     try:
         plan = strategy.plan(weights, scan)
@@ -113,11 +194,17 @@ def compute_merge(
         shape = base_manifest.tensors[name].shape
         states = _tensor_states(history, base, inputs, name)
         if states[2] in FLOAT_DTYPES:  # a fused path reads each state once (FedAvg on float32)
-            fused = strategy.merge_states(states[0], states[1], plan, states[2], repo.scale_bits)
-            if fused is not None:
+            if grid is None:
+                bits = repo.scale_bits
+            else:
+                bits = grid[name] if name in grid else choose_grid(states[0], states[1], states[2], repo.scale_bits)
+            fused = strategy.merge_states(states[0], states[1], plan, states[2], bits)
+            if fused is not None:  # None: not representable on that grid (or no fused path)
+                if grid is not None:
+                    grid[name] = bits
                 merged[name] = (states[2], fused.reshape(shape))
                 continue
-        base_arr, deltas, dtype = _tensor_deltas(history, repo, base, inputs, name, states)
+        base_arr, deltas, dtype = _tensor_deltas(history, repo, base, inputs, name, states, grid)
         if dtype == "BOOL":
             values = {d.tobytes() for d in deltas}
             if len(values) > 1:
@@ -128,7 +215,7 @@ def compute_merge(
             q = strategy.apply(deltas, plan)
         except ValueError as exc:
             raise FednodeError(f"merge strategy {strategy.name} on {name!r}: {exc}") from None
-        scale_bits = repo.scale_bits if dtype in FLOAT_DTYPES else 0
+        scale_bits = 0 if dtype not in FLOAT_DTYPES else repo.scale_bits if grid is None else grid[name]
         merged[name] = (dtype, fixedpoint.apply_delta(base_arr, q, dtype, scale_bits).reshape(shape))
     return merged, plan
 
@@ -180,9 +267,12 @@ def merge(
         missing = [str(c)[:16] for c, w in zip(inputs, weights, strict=True) if w <= 0]
         if missing:
             raise FednodeError(f"no training sample count recorded for {', '.join(missing)}: use --weights equal")
-    merged, plan = compute_merge(history, repo, base, inputs, weights, strategy)
+    grid: dict[str, int] = {}
+    merged, plan = compute_merge(history, repo, base, inputs, weights, strategy, grid)
     record = {
         "strategy": strategy.describe(),
+        "grid_rule": GRID_RULE,
+        "grid": dict(sorted(grid.items())),
         "base": base,
         "inputs": list(inputs),
         "weights": list(weights),
@@ -215,10 +305,31 @@ def recompute(history: History, repo: RepoInfo, commit: Commit) -> dict[str, tup
         raise FednodeError("malformed merge record: base and inputs must be commit links")
     if set(commit.parents[1:]) - set(inputs):
         raise FednodeError("merge parents are not among its recorded inputs")
-    merged, plan = compute_merge(history, repo, base, inputs, weights, strategy)
+    grid = recorded_grid(record)
+    merged, plan = compute_merge(history, repo, base, inputs, weights, strategy, grid)
+    if grid is not None and len(grid) != len(record["grid"]):
+        missing = sorted(set(grid) - set(record["grid"]))
+        raise FednodeError(f"malformed merge record: no grid for float tensor {missing[0]!r}")
     if dagcbor.encode(plan.record) != dagcbor.encode(record.get("plan", {})):
         raise FednodeError("the strategy's decisions differ from the recorded ones")
     return merged
+
+
+def recorded_grid(record: dict[str, Any]) -> dict[str, int] | None:
+    """The per-tensor grid a merge record holds (rule 2), or None for rule 1 (no ``grid``:
+    the repository grid, as merges recorded before grids were)."""
+    rule = record.get("grid_rule", 1)
+    if rule == 1 and "grid" not in record:
+        return None
+    grid = record.get("grid")
+    if rule != GRID_RULE or not isinstance(grid, dict):
+        raise FednodeError(f"merge record has grid rule {rule!r}; this version knows rules 1 and {GRID_RULE}")
+    for name, bits in grid.items():
+        if not isinstance(name, str) or isinstance(bits, bool) or not isinstance(bits, int) \
+                or not -GRID_LIMIT <= bits <= GRID_LIMIT:
+            raise FednodeError(f"malformed merge record: grid {name!r}: {bits!r} is not an integer "
+                               f"in [-{GRID_LIMIT}, {GRID_LIMIT}]")
+    return dict(grid)
 
 
 def check_merge(history: History, repo: RepoInfo, cid: CID) -> list[str]:

@@ -156,7 +156,7 @@ def review(history: History, repo: RepoInfo, rev: CID, target: CID, eval_script:
             result.before = evaluate_file(eval_script, work / "before.safetensors")
             inputs = tuple(sorted({rev} | ({target} if target != base else set()), key=str))
             merged, _ = compute_merge(history, repo, base, inputs, tuple(1 for _ in inputs),
-                                      strategies.create("fedavg"))
+                                      strategies.create("fedavg"), grid={})  # the grid a merge would choose
             _save_state(merged, work / "after.safetensors")
             result.after = evaluate_file(eval_script, work / "after.safetensors")
         finally:

@@ -210,12 +210,14 @@ def test_merge_is_exact_and_verify_recomputes_it(cancer) -> None:
     assert sorted(outcome.weights) == [10, 20, 30]
     base = history.state(repo.genesis)
     merged = history.state(outcome.result.cid)
+    grid = outcome.result.commit.info["merge"]["grid"]  # each float tensor's recorded grid 2**-bits
     for name, (_, arr) in merged.items():
-        deltas = [np.rint((history.tensor_array(c, name).astype(np.float64) - base[name][1]) * 2.0**24)
+        deltas = [np.rint((history.tensor_array(c, name).astype(np.float64) - base[name][1]) * 2.0**grid[name])
                   for c in outcome.inputs]
-        num = sum(int(w) * d.astype(object) for w, d in zip(outcome.weights, deltas, strict=True))
-        expected_q = np.array([round(v / sum(outcome.weights)) for v in num], dtype=np.float64)  # half-even
-        expected = (base[name][1].astype(np.float64) + expected_q * 2.0**-24).astype(np.float32)
+        num = sum(int(w) * d.astype(np.int64).astype(object) for w, d in zip(outcome.weights, deltas, strict=True))
+        den = sum(outcome.weights)
+        expected_q = np.array([merging.strategies.round_div(v, den) for v in num], dtype=np.float64)  # half-even
+        expected = (base[name][1].astype(np.float64) + expected_q * 2.0**-grid[name]).astype(np.float32)
         assert arr.tobytes() == expected.tobytes(), name
     record = outcome.result.commit.info["merge"]
     assert record["strategy"] == {"name": "fedavg"} and record["weighting"] == "samples"
