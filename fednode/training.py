@@ -22,10 +22,12 @@ import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +75,30 @@ class TrainResult:
         return info
 
 
+MAX_ERROR = 300  # characters of the script's own error message in the one line we print
+
+
+def script_error(exc: BaseException, script: Path, what: str = "training script failed") -> FednodeError:
+    """One line for an exception the user's code raised: its type, its message's first line, and
+    where: the innermost frame in the script itself (else the innermost frame), as ``file:line``."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    try:
+        target = script.resolve()
+        own = [f for f in frames if Path(f.filename).resolve() == target]
+    except OSError:
+        own = []
+    frame = (own or frames or [None])[-1]
+    where = f" ({Path(frame.filename).name}:{frame.lineno})" if frame is not None else ""
+    if isinstance(exc, SyntaxError) and exc.lineno:  # raised by the compiler: no frame in the script
+        where = f" ({Path(exc.filename or script).name}:{exc.lineno})"
+    message = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if len(text) > MAX_ERROR:
+        text = text[:MAX_ERROR] + "..."
+    return FednodeError(f"{what}: {type(exc).__name__}{': ' + text if text else ''}{where}")
+
+
 def load_script(path: Path) -> ModuleType | None:
     """Import a .py training script; None when it is not a PyTorch-path module."""
     if path.suffix != ".py":
@@ -84,7 +110,7 @@ def load_script(path: Path) -> ModuleType | None:
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # the user's code: report, don't crash
-        raise FednodeError(f"{path} failed to import: {type(exc).__name__}: {exc}") from None
+        raise script_error(exc, path, f"training script {path.name} failed to import") from None
     if callable(getattr(module, "model", None)) and callable(getattr(module, "data", None)):
         return module
     return None
@@ -127,6 +153,32 @@ def _evaluate(module: ModuleType, model, heldout, loss_fn) -> dict[str, float]:
     return metrics
 
 
+def _names(keys: list[str], limit: int = 3) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_weights(model: Any, weights: Path) -> None:
+    """Load ``weights`` into ``model`` strictly; a mismatch is one line naming the first missing,
+    unexpected and differently shaped tensors."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(weights))
+    if not callable(getattr(model, "state_dict", None)) or not callable(getattr(model, "load_state_dict", None)):
+        raise FednodeError(f"the script's model() returned a {type(model).__name__}, not a torch.nn.Module")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} model {list(own[k].shape)} vs repository {list(state[k].shape)}"
+              for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    problems = ([f"missing (in the model, not the repository): {_names(missing)}"] if missing else []) \
+        + ([f"unexpected (in the repository, not the model): {_names(unexpected)}"] if unexpected else []) \
+        + ([f"size mismatch: {_names(shapes, 2)}"] if shapes else [])  # fmt: skip
+    if problems:
+        raise FednodeError("the script's model does not match the repository's tensors: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
 def train_torch(
     module: ModuleType,
     head: Path,
@@ -135,18 +187,27 @@ def train_torch(
     seed: int = 0,
     dp: DPConfig | None = None,
     quiet: bool = False,
+    script: Path | None = None,
+) -> TrainResult:
+    """Train ``module``'s model; whatever the user's code raises is one line (``script_error``)."""
+    try:
+        return _train_torch(module, head, out, epochs, seed, dp, quiet)
+    except (FednodeError, OSError, MemoryError):
+        raise  # ours (a mismatch, a full disk) say what they are already
+    except Exception as exc:
+        raise script_error(exc, script or Path(module.__file__ or "script")) from None
+
+
+def _train_torch(
+    module: ModuleType, head: Path, out: Path, epochs: int, seed: int, dp: DPConfig | None, quiet: bool,
 ) -> TrainResult:
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     torch.manual_seed(seed)
     start = time.perf_counter()
     model = module.model()
-    try:
-        model.load_state_dict(load_file(str(head)), strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise FednodeError(f"the script's model does not match the repository's tensors: {first}") from None
+    load_weights(model, head)
     train_ds, heldout = module.data()
     batch_size = int(getattr(module, "batch_size", 32))
     generator = torch.Generator().manual_seed(seed)
@@ -223,8 +284,10 @@ def train_exec(
     except subprocess.TimeoutExpired:
         raise FednodeError(f"{script} did not finish within {timeout_s} s") from None
     if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise FednodeError(f"{script} failed with exit code {proc.returncode}: {tail}")
+        lines = proc.stderr.strip().splitlines()
+        tail = lines[-1].strip()[:MAX_ERROR] if lines else "(no output on stderr)"
+        raise FednodeError(f"training script {script.name} failed with exit code {proc.returncode}: {tail}"
+                          f"{_where(lines, script)}")
     if not out.exists():
         raise FednodeError(f"{script} wrote no weights to its output path")
     metrics: dict[str, float] = {}
@@ -239,6 +302,19 @@ def train_exec(
     return TrainResult(out, metrics, samples, epochs, time.perf_counter() - start, framework="executable")
 
 
+_FRAME = re.compile(r'^\s*File "(.*)", line (\d+)')
+
+
+def _where(stderr_lines: list[str], script: Path) -> str:
+    """`` (script.py:N)`` from a Python traceback on stderr: its innermost frame in the script."""
+    found = ""
+    for line in stderr_lines:
+        match = _FRAME.match(line)
+        if match and Path(match.group(1)).name == script.name:
+            found = f" ({script.name}:{match.group(2)})"
+    return found
+
+
 def run_training(
     script: Path, head: Path, epochs: int, seed: int = 0, dp: DPConfig | None = None, quiet: bool = False,
     workdir: Path | None = None,
@@ -251,7 +327,7 @@ def run_training(
     out = workdir / "trained.safetensors"
     module = load_script(script)
     if module is not None:
-        return train_torch(module, head, out, epochs, seed, dp, quiet)
+        return train_torch(module, head, out, epochs, seed, dp, quiet, script)
     if dp is not None:
         raise FednodeError("--dp needs the PyTorch path (a module defining model() and data())")
     return train_exec(script, head, out, epochs, seed)
@@ -259,17 +335,22 @@ def run_training(
 
 def evaluate_file(script: Path, weights: Path) -> dict[str, float]:
     """Metrics of ``weights`` on the held-out split of a PyTorch-path script (the reviewer's data)."""
-    import torch
-    from safetensors.torch import load_file
-
     module = load_script(script)
     if module is None:
         raise FednodeError(f"{script} must define model() and data() to evaluate")
-    model = module.model()
     try:
-        model.load_state_dict(load_file(str(weights)), strict=True)
-    except RuntimeError as exc:
-        raise FednodeError(f"the script's model does not match the repository: {str(exc).splitlines()[0]}") from None
+        return _evaluate_file(module, weights)
+    except (FednodeError, OSError, MemoryError):
+        raise
+    except Exception as exc:
+        raise script_error(exc, script, "evaluation script failed") from None
+
+
+def _evaluate_file(module: ModuleType, weights: Path) -> dict[str, float]:
+    import torch
+
+    model = module.model()
+    load_weights(model, weights)
     _, heldout = module.data()
     loss_fn = getattr(module, "loss", None) or torch.nn.functional.cross_entropy
     return _evaluate(module, model, heldout, loss_fn)
