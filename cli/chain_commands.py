@@ -13,7 +13,7 @@ import click
 import trio
 
 from fednode.chain import outbox
-from fednode.chain.aio import ChainUnavailable
+from fednode.chain.aio import ChainId, ChainUnavailable
 from fednode.chain.anchoring import Anchorer, FlushResult, explain
 from fednode.chain.backend import ChainError
 from fednode.chain.config import DEV_PROGRAM_ID, chain_section, open_backend, parse_pubkey, program_elf
@@ -59,7 +59,8 @@ def verify_on_chain(ctx: click.Context, rev: str, repo_name: str | None) -> tupl
 
 
 def _flush_report(result: FlushResult, as_json: bool, extra: dict[str, Any] | None = None) -> None:
-    data = {**(extra or {}), "sent": result.sent, "queued": result.remaining, "error": result.error}
+    data = {**(extra or {}), "sent": result.sent, "queued": result.remaining, "error": result.error,
+            "held": result.held}  # fmt: skip
     if as_json:
         _cli().emit_json(data)
     else:
@@ -72,6 +73,8 @@ def _flush_report(result: FlushResult, as_json: bool, extra: dict[str, Any] | No
             out.print(f"chain unreachable; {result.remaining} item(s) stay queued for 'fednode chain flush'")
         elif result.remaining:
             out.print(f"{result.remaining} item(s) still queued")
+        if result.held and not result.unavailable:
+            out.print(f"{result.held} queued item(s) wait for another chain (see 'fednode chain status')")
     if result.error and not result.unavailable:
         raise FednodeError(f"anchoring stopped: {result.error}")
 
@@ -129,6 +132,8 @@ def register(main: click.Group) -> None:
             section = chain_section(node.config)
             deployed: bool | None
             repos: list[dict[str, Any]] = []
+            here = await a.backend.chain_id(required=False)
+            queue = [{**i.to_json(), "placement": i.placement(here)} for i in a.queue()]
             try:
                 balance: int | None = await a.backend.balance(node.identity.keypair.pubkey())
                 slot: int | None = await a.backend.slot()
@@ -140,8 +145,9 @@ def register(main: click.Group) -> None:
             return {"backend": section["backend"], "url": section.get("url"), "program_id": str(a.backend.program_id),
                     "program_deployed": deployed,
                     "wallet": node.identity.address, "balance_lamports": balance, "reachable": balance is not None,
-                    "slot": slot, "repos": repos, "queue_length": len(a.queue()),
-                    "queue": [i.to_json() for i in a.queue()]}  # fmt: skip
+                    "slot": slot, "repos": repos, "chain": here.to_json(), "queue_length": len(queue),
+                    "waiting_for_other_chain": sum(1 for i in queue if i["placement"] != "this"),
+                    "queue": queue}  # fmt: skip
 
         data = _run(ctx, go)
         if as_json:
@@ -151,6 +157,7 @@ def register(main: click.Group) -> None:
         out.print(f"backend    {where}", markup=False)
         missing = " (no program at this address!)" if data["program_deployed"] is False else ""
         out.print(f"program    {data['program_id']}{missing}")
+        out.print(f"genesis    {data['chain']['genesis'] or 'not known (chain unreachable)'}")
         bal = "unreachable" if data["balance_lamports"] is None else f"{data['balance_lamports'] / 1e9:.6f} SOL"
         out.print(f"wallet     {data['wallet']} ({bal})")
         for r in data["repos"]:
@@ -159,10 +166,20 @@ def register(main: click.Group) -> None:
                 out.print(f"repo       {r['name']}: {r['commit_count']} anchored, {heads}", markup=False)
             else:
                 out.print(f"repo       {r['name']}: not on chain", markup=False)
-        out.print(f"queue      {data['queue_length']} item(s)")
+        waiting = data["waiting_for_other_chain"]
+        out.print(f"queue      {data['queue_length']} item(s)" + (f", {waiting} waiting for another chain" if waiting
+                                                                     else ""))  # fmt: skip
         for item in data["queue"]:
             err = f"  [{item['attempts']} attempt(s): {item['error']}]" if item["error"] else ""
-            out.print(f"  #{item['seq']} {item['op']:11} {item['kind']:6} {item['cid'][:16]}{err}", markup=False)
+            target = ChainId.from_json(item["chain"])
+            where = {"this": "", "other": f"  [waiting for chain {target.label() if target else ''}]",
+                     "unbound": "  [bound to no chain: queued before chains were recorded]"}[item["placement"]]
+            out.print(f"  #{item['seq']} {item['op']:11} {item['kind']:6} {item['cid'][:16]}{where}{err}",
+                      markup=False)  # fmt: skip
+        if waiting:
+            out.print(f"{waiting} item(s) go out only on the chain they were queued for: switch back with "
+                      "'fednode chain use', or send them to this chain with 'fednode chain retarget --all'",
+                      markup=False)  # fmt: skip
 
     @chain.command("flush")
     @click.option("--json", "as_json", is_flag=True)
@@ -177,6 +194,22 @@ def register(main: click.Group) -> None:
             _flush_report(result, as_json)
 
         _run(ctx, go)
+
+    @chain.command("retarget")
+    @click.argument("seqs", nargs=-1, type=int)
+    @click.option("--all", "all_", is_flag=True, help="Every queued item not meant for the current chain.")
+    @click.pass_context
+    def retarget(ctx: click.Context, seqs: tuple[int, ...], all_: bool) -> None:
+        """Bind queued items #SEQS (or --all waiting for another chain) to the current chain."""
+        if bool(seqs) == all_:
+            raise FednodeError("name the items to retarget (SEQ...) or pass --all")
+
+        async def go(a: Anchorer, node: Node) -> tuple[list[outbox.OutboxItem], str]:
+            here = await a.backend.chain_id(required=False)
+            return a.retarget(here, list(seqs) if seqs else None), here.label()
+
+        moved, label = _run(ctx, go)
+        out.print(f"retargeted {len(moved)} item(s) to {label}; they go out at the next flush", markup=False)
 
     @chain.command("drop")
     @click.argument("seq", type=int)
@@ -228,6 +261,16 @@ def register(main: click.Group) -> None:
         chain_section({"chain": tomllib.loads("\n".join(lines))})  # validate before writing
         _write_chain_section(home / CONFIG_FILE, lines)
         out.print(f"chain backend: {backend}" + (f" {url}" if url else ""), markup=False)
+        # A running daemon reads [chain] again at its next flush; queued items keep their chain.
+        try:
+            node = cli_main._node(ctx)
+        except FednodeError:  # not initialised yet: nothing queued
+            return
+        with node.store.read() as txn:
+            n = len(outbox.items(txn))
+        if n:
+            out.print(f"{n} queued item(s) still go only to the chain they were queued for "
+                      "(see 'fednode chain status')")  # fmt: skip
 
     # Under `chain`: a top-level `fednode members` belongs to the network daemon (its access list).
     @chain.group()
@@ -274,18 +317,22 @@ def register(main: click.Group) -> None:
     @main.command()
     @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to bind.")
     @click.option("--port", default=8899, show_default=True, type=click.IntRange(0, 65535))
-    def devchain(host: str, port: int) -> None:
+    @click.option("--ledger", type=click.Path(file_okay=False, path_type=Path), default=None,
+                  help="Keep the chain's accounts in DIR across restarts (default: in memory only).")
+    def devchain(host: str, port: int, ledger: Path | None) -> None:
         """Run a local Solana JSON-RPC chain with federity loaded (foreground; Ctrl-C stops it)."""
         from fednode.chain.devchain import DevChain, check_loopback, make_server
 
         check_loopback(host)  # before building anything
-        chain_ = DevChain(DEV_PROGRAM_ID, program_elf())
+        chain_ = DevChain(DEV_PROGRAM_ID, program_elf(), ledger=ledger)
         try:
             server = make_server(chain_, host, port)
         except OSError as exc:
             raise FednodeError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
         bound = server.server_address[1]
-        click.echo(f"devchain listening on http://{host}:{bound} program {DEV_PROGRAM_ID}", nl=True)
+        kept = f" ledger {ledger}" if ledger else ""
+        click.echo(f"devchain listening on http://{host}:{bound} program {DEV_PROGRAM_ID} genesis {chain_.genesis}"
+                   f"{kept}", nl=True)  # fmt: skip
         sys.stdout.flush()
         try:
             server.serve_forever(poll_interval=0.2)
@@ -293,6 +340,7 @@ def register(main: click.Group) -> None:
             pass
         finally:
             server.server_close()
+            chain_.close()
 
 
 def _toml_str(text: str) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from solders.instruction import Instruction
 from solders.keypair import Keypair
@@ -20,10 +22,62 @@ class ChainUnavailable(Exception):
     """The chain could not be reached (connection refused, timeout): try again later."""
 
 
+@dataclass(frozen=True)
+class ChainId:
+    """Which chain: its genesis hash and the program's address, plus the endpoint that reached it.
+
+    The genesis hash is the identity (a cluster answers ``getGenesisHash``; an embedded chain and
+    ``fednode devchain`` draw a random one when created). ``genesis`` is None while it is not
+    known: an RPC endpoint that has not answered yet is identified by its URL until it does."""
+
+    genesis: str | None  # base58
+    program_id: str
+    endpoint: str  # "embedded" or the JSON-RPC URL
+
+    def to_json(self) -> dict[str, Any]:
+        return {"genesis": self.genesis, "program_id": self.program_id, "endpoint": self.endpoint}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ChainId | None:
+        if not isinstance(data, dict):
+            return None
+        genesis = data.get("genesis")
+        return cls(genesis if isinstance(genesis, str) else None, str(data.get("program_id", "")),
+                   str(data.get("endpoint", "")))  # fmt: skip
+
+    def matches(self, current: ChainId) -> bool:
+        """Whether something meant for this chain may go to ``current``: the same program and genesis
+        hash; where either genesis hash is not known yet, the same endpoint stands in for it."""
+        if self.program_id != current.program_id:
+            return False
+        if self.genesis and current.genesis:
+            return self.genesis == current.genesis
+        return self.endpoint == current.endpoint
+
+    def label(self) -> str:
+        genesis = f"genesis {self.genesis[:12]}" if self.genesis else "genesis not known yet"
+        return f"{self.endpoint} ({genesis})"
+
+
 class AsyncChainBackend(ABC):
     kind: str  # "embedded" | "rpc"
+    endpoint: str  # "embedded" | the JSON-RPC URL
     program_id: Pubkey
     faucet: bool  # airdrops work (embedded, devchain, test validators)
+
+    @abstractmethod
+    async def genesis_hash(self) -> str:
+        """The chain's genesis hash (base58); ChainUnavailable when it cannot be reached."""
+
+    async def chain_id(self, required: bool = True) -> ChainId:
+        """This backend's chain; with ``required=False`` an unreachable one has genesis None."""
+        try:
+            genesis: str | None = await self.genesis_hash()
+        except ChainUnavailable:
+            if required:
+                raise
+            genesis = None
+        return ChainId(genesis, str(self.program_id), self.endpoint)
 
     @abstractmethod
     async def send(self, instructions: Sequence[Instruction], signers: Sequence[Keypair]) -> TxResult:
@@ -52,4 +106,4 @@ class AsyncChainBackend(ABC):
         return None
 
 
-__all__ = ["AsyncChainBackend", "ChainError", "ChainUnavailable", "TxResult"]
+__all__ = ["AsyncChainBackend", "ChainError", "ChainId", "ChainUnavailable", "TxResult"]

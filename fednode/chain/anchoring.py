@@ -23,7 +23,7 @@ from solders.pubkey import Pubkey
 from solders.transaction import Transaction
 
 from fednode.chain import outbox
-from fednode.chain.aio import AsyncChainBackend, ChainUnavailable
+from fednode.chain.aio import AsyncChainBackend, ChainId, ChainUnavailable
 from fednode.chain.backend import ChainError, TxResult
 from fednode.chain.program import FederityProgram, ed25519_proof
 from fednode.errors import FednodeError
@@ -40,6 +40,10 @@ _MEMBER = b"member/"  # + repo_id + member: members this node added (for `member
 PACKET_DATA_SIZE = 1232  # bytes: the most a Solana transaction may take on the wire
 MIN_BALANCE = 100_000_000  # lamports; below this a faucet-backed node tops itself up
 AIRDROP = 2_000_000_000
+# Said wherever another node's anchors are missing from an embedded chain: it is this node's alone.
+SHARED_CHAIN_HINT = ("this node anchors to its own embedded chain, which no other node sees: to check other "
+                     "members' anchors, every node must use one chain: run 'fednode devchain' and "
+                     "'fednode chain use rpc --url http://127.0.0.1:8899' on each node, or use a cluster URL")
 
 
 @dataclass
@@ -48,6 +52,7 @@ class FlushResult:
     remaining: int = 0
     error: str | None = None
     unavailable: bool = False
+    held: int = 0  # queued for another chain (or for none): not sent here
 
 
 def _hex(b: bytes) -> str:
@@ -105,10 +110,19 @@ class Anchorer:
 
     # --- queueing -----------------------------------------------------------------------------
 
-    def _locally_anchored(self, repo_id: bytes) -> set[bytes]:
+    def _locally_anchored(self, repo_id: bytes, here: ChainId) -> set[bytes]:
+        """Commits this node anchored on ``here`` (records from before chains were recorded count)."""
+        found = set()
         with self.store.read() as txn:
             prefix = _ANCHORED + repo_id
-            return {k[len(prefix):] for k, _ in txn.kv_items(DB, prefix)}
+            for k, v in txn.kv_items(DB, prefix):
+                chain = ChainId.from_json(json.loads(v).get("chain"))
+                if chain is None or chain.matches(here):
+                    found.add(k[len(prefix):])
+        return found
+
+    def _embedded_hint(self) -> str:
+        return f"; {SHARED_CHAIN_HINT}" if self.backend.kind == "embedded" else ""
 
     async def enqueue(self, repo: RepoInfo, cid: CID, branch: str) -> list[outbox.OutboxItem]:
         """Queue ``cid`` and its unanchored ancestors, parents first. Raises FednodeError (and
@@ -116,8 +130,10 @@ class Anchorer:
         layout.branch_hash(branch)
         ancestry = list(reversed(list(self.history.walk([cid]))))  # walk yields children first
         rid = _hex(repo.repo_id)
-        with self.store.read() as txn:
-            queued = {(i.op, i.commit_hash) for i in outbox.items(txn) if i.repo_id == rid}
+        here = await self.backend.chain_id(required=False)  # what new items are bound to
+        with self.store.read() as txn:  # items waiting for another chain do not count as queued here
+            queued = {(i.op, i.commit_hash) for i in outbox.items(txn)
+                      if i.repo_id == rid and i.placement(here) == "this"}  # fmt: skip
         genesis_author = self.history.load_commit(repo.genesis).author
         try:  # the chain, when reachable, is the truth; offline, this node's records stand in for it
             chain_repo = await self.repo_record(repo.repo_id)
@@ -129,7 +145,7 @@ class Anchorer:
             member = chain_repo is None or chain_repo.owner == self.me or await self.is_member(repo.repo_id, self.me)
             online, repo_exists = True, chain_repo is not None
         except ChainUnavailable:
-            chain_repo, anchored, member, online = None, self._locally_anchored(repo.repo_id), True, False
+            chain_repo, anchored, member, online = None, self._locally_anchored(repo.repo_id, here), True, False
             repo_exists = repo.repo_id in anchored
         owner = chain_repo.owner if chain_repo is not None else genesis_author
         first_parents = self._first_parents(cid)  # REV's own line: these move the branch head
@@ -139,9 +155,9 @@ class Anchorer:
                 if online:
                     raise FednodeError(f"repository {repo.name} is not on chain yet: only its genesis author "
                                        f"{b58encode(genesis_author)} can create it there (the program checks their "
-                                       "signature over the repository id)")  # fmt: skip
+                                       f"signature over the repository id){self._embedded_hint()}")  # fmt: skip
             else:
-                new.append(outbox.OutboxItem(0, "create_repo", rid, cid=str(repo.genesis)))
+                new.append(outbox.OutboxItem(0, "create_repo", rid, cid=str(repo.genesis), chain=here.to_json()))
         for c, cm in ancestry:
             h = cm.commit_hash()
             if h in anchored or ("anchor", _hex(h)) in queued:
@@ -149,7 +165,8 @@ class Anchorer:
             if cm.author != self.me:
                 if online:
                     raise FednodeError(f"commit {_short(c)} by {b58encode(cm.author)} is not anchored: "
-                                       "only its author can anchor it (its signature is the proof)")
+                                       "only its author can anchor it (its signature is the proof)"
+                                       f"{self._embedded_hint()}")  # fmt: skip
                 continue  # offline: its author may anchor it before we flush
             if cm.kind == "merge" and owner != self.me:
                 raise FednodeError(f"merge commit {_short(c)} can only be anchored by the repository owner "
@@ -160,9 +177,11 @@ class Anchorer:
                                    "parents fit)")
             if owner != self.me and not member:
                 raise FednodeError(f"this node ({self.identity.address}) is not a member of {repo.name} on chain: "
-                                   f"ask the owner to run 'fednode chain members add {self.identity.address}'")
+                                   f"ask the owner to run 'fednode chain members add {self.identity.address}'"
+                                   f"{self._embedded_hint()}")  # fmt: skip
             new.append(outbox.OutboxItem(0, "anchor", rid, _hex(h), str(c), cm.kind,
-                                         branch if cm.kind == "merge" or c in first_parents else None))  # fmt: skip
+                                         branch if cm.kind == "merge" or c in first_parents else None,
+                                         chain=here.to_json()))  # fmt: skip
         if not new:
             return []
         with self.store.write() as txn:
@@ -212,26 +231,59 @@ class Anchorer:
         result = FlushResult()
         blocked: set[str] = set()
         current: outbox.OutboxItem | None = None
+        here = ChainId(None, str(self.backend.program_id), self.backend.endpoint)
         try:
-            pending = self.queue()  # items leave the queue only here; later arrivals wait for the next flush
+            here = await self.backend.chain_id()  # only items meant for this chain go out
+            # Items leave the queue only here; later arrivals wait for the next flush.
+            pending = [i for i in self.queue() if i.placement(here) == "this"]
             if pending:
                 await self.ensure_funds()
             for current in pending:
                 if current.repo_id in blocked:
                     continue
                 try:
-                    result.sent.append(await self._execute(current))
+                    self._bind(current, here)
+                    result.sent.append(await self._execute(current, here))
                 except ChainError as exc:
                     blocked.add(current.repo_id)
                     result.error = result.error or f"#{current.seq} {current.op} {current.cid[:16]}: {explain(exc)}"
                     self._failed(current, explain(exc))
         except ChainUnavailable as exc:
             result.error, result.unavailable = str(exc), True
-            head = current or next(iter(self.queue()), None)
+            head = current or next((i for i in self.queue() if i.placement(here) == "this"), None)
             if head is not None:
                 self._failed(head, str(exc))
-        result.remaining = len(self.queue())
+        left = self.queue()
+        result.remaining = len(left)
+        result.held = sum(1 for i in left if i.placement(here) != "this")
         return result
+
+    def _bind(self, item: outbox.OutboxItem, here: ChainId) -> None:
+        """An item bound to an endpoint only (queued while it was unreachable) is bound to the genesis
+        hash it answers with now, before anything is sent."""
+        target = item.target()
+        if target is not None and target.genesis is None and here.genesis:
+            item.chain = here.to_json()
+            with self.store.write() as txn:
+                if txn.kv_get(outbox.DB, item.key()) is not None:
+                    outbox.save(txn, item)
+
+    def retarget(self, here: ChainId, seqs: Sequence[int] | None = None) -> list[outbox.OutboxItem]:
+        """Bind queued items (``seqs``, or every one not meant for ``here``) to ``here``; returns them.
+        Unknown sequence numbers raise FednodeError and change nothing."""
+        with self.store.write() as txn:
+            queued = {i.seq: i for i in outbox.items(txn)}
+            if seqs is None:
+                chosen = [i for i in queued.values() if i.placement(here) != "this"]
+            else:
+                missing = [s for s in seqs if s not in queued]
+                if missing:
+                    raise FednodeError(f"no queued item #{missing[0]} (see 'fednode chain status')")
+                chosen = [queued[s] for s in dict.fromkeys(seqs)]
+            for item in chosen:
+                item.chain, item.attempts, item.error = here.to_json(), 0, None
+                outbox.save(txn, item)
+        return chosen
 
     def _failed(self, item: outbox.OutboxItem, error: str) -> None:
         with self.store.write() as txn:
@@ -240,7 +292,7 @@ class Anchorer:
                 item.error = error
                 outbox.save(txn, item)
 
-    async def _execute(self, item: outbox.OutboxItem) -> dict[str, object]:
+    async def _execute(self, item: outbox.OutboxItem, here: ChainId) -> dict[str, object]:
         repo_id = bytes.fromhex(item.repo_id)
         info: dict[str, object] = {"seq": item.seq, "op": item.op, "cid": item.cid}
         if item.op == "create_repo":
@@ -267,7 +319,7 @@ class Anchorer:
                  "signature": tx.signature if tx else None, "fee": tx.fee if tx else 0,
                  "compute_units": tx.compute_units if tx else 0}  # fmt: skip
         with self.store.write() as txn:
-            txn.kv_put(DB, _ANCHORED + repo_id + h, json.dumps(entry).encode())
+            txn.kv_put(DB, _ANCHORED + repo_id + h, json.dumps({**entry, "chain": here.to_json()}).encode())
             outbox.remove(txn, item)
         info.update(entry)
         return info
@@ -373,6 +425,8 @@ class Anchorer:
         and the repository accumulator equals the hash chain over the anchored commits."""
         chain_repo = await self.repo_record(repo.repo_id)
         if chain_repo is None:
+            if self.history.load_commit(repo.genesis).author != self.me:
+                return 0, [f"repository {repo.name} is not on chain{self._embedded_hint()}"]
             return 0, [f"repository {repo.name} is not on chain"]
         ancestry = list(reversed(list(self.history.walk([cid]))))
         hashes = [cm.commit_hash() for _, cm in ancestry]
@@ -380,6 +434,10 @@ class Anchorer:
         problems: list[str] = []
         for (c, cm), record in zip(ancestry, records, strict=True):
             problems += self._check(c, cm, record, repo.repo_id)
+        if self.backend.kind == "embedded" and any(r is None and cm.author != self.me
+                                                   for (_, cm), r in zip(ancestry, records, strict=True)):
+            # Another node's commit missing here: its author anchored it, if at all, on its own chain.
+            problems.insert(0, f"commits by other nodes are not anchored on this chain: {SHARED_CHAIN_HINT}")
         # Accumulator: every anchored commit this node knows, in anchoring (index) order.
         heads = [*self.history.branches(repo).values(), *self.history.tags(repo).values(), cid]
         known = {cm.commit_hash(): c for c, cm in self.history.walk(heads)}

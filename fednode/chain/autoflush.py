@@ -3,6 +3,11 @@
 Anchoring requests (``fednode anchor``) wait in the store's outbox; a running daemon
 flushes it every ``[chain] flush_interval`` seconds (default 10), so requests queued
 while the chain was unreachable go out, in order, once it is back.
+
+The ``[chain]`` section is read from config.toml again at every cycle, so ``fednode chain use``
+takes effect in a running daemon at its next flush (no restart). Each item goes only to the chain
+it was queued for (outbox.py); an unreadable config skips the cycle rather than fall back to the
+backend the daemon started with.
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ import trio
 
 from fednode.chain import outbox
 from fednode.chain.anchoring import Anchorer, FlushResult
-from fednode.chain.config import open_backend
-from fednode.node import Node
+from fednode.chain.config import chain_section, open_backend
+from fednode.node import CONFIG_FILE, Node, load_config
 
 DEFAULT_INTERVAL = 10.0
 
@@ -32,25 +37,40 @@ def queued(node: Node) -> int:
         return len(outbox.items(txn))
 
 
-async def flush_once(node: Node) -> FlushResult:
-    backend = open_backend(node.config, node.store)
+def current_config(node: Node) -> dict[str, Any]:
+    """config.toml as it is now (``chain use`` may have changed it since the daemon started)."""
+    return load_config(node.home / CONFIG_FILE)
+
+
+async def flush_once(node: Node, config: dict[str, Any] | None = None) -> FlushResult:
+    backend = open_backend(current_config(node) if config is None else config, node.store)
     try:
         return await Anchorer(node.history, node.identity, backend).flush()
     finally:
         await backend.aclose()
 
 
+def _where(config: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    section = chain_section(config)
+    return section["backend"], section.get("url"), section.get("program_id")
+
+
 async def flush_loop(node: Node, log: Log, every: float | None = None,
-                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    every = every or interval(node.config)
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:  # fmt: skip
+    where = _where(node.config)
     task_status.started()
     while True:
-        if queued(node):
-            try:
-                result = await flush_once(node)
+        config = node.config
+        try:
+            config = current_config(node)
+            if (now := _where(config)) != where:
+                log("chain_backend_changed", backend=now[0], url=now[1], program_id=now[2])
+                where = now
+            if queued(node):
+                result = await flush_once(node, config)
                 if result.sent or result.error:
                     log("chain_flush", sent=len(result.sent), remaining=result.remaining, error=result.error,
-                        unavailable=result.unavailable)
-            except Exception as exc:  # a broken chain config must not take the daemon down
-                log("chain_flush_failed", level="warning", error=f"{type(exc).__name__}: {exc}")
-        await trio.sleep(every)
+                        unavailable=result.unavailable, held=result.held)  # fmt: skip
+        except Exception as exc:  # a broken chain config must not take the daemon down
+            log("chain_flush_failed", level="warning", error=f"{type(exc).__name__}: {exc}")
+        await trio.sleep(every or interval(config))

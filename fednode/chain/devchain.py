@@ -3,8 +3,18 @@
 Serves the subset fednode's RPC backend and a stock solana-py client use: getLatestBlockhash,
 sendTransaction (base64/base58), getSignatureStatuses, getAccountInfo, getMultipleAccounts,
 getBalance, requestAirdrop, getMinimumBalanceForRentExemption, getSlot, getBlockHeight,
-getVersion, getHealth, getTransaction (base64: fee, compute units, logs, return data).
-State lives in memory for the life of the process; loopback only.
+getVersion, getHealth, getGenesisHash, getTransaction (base64: fee, compute units, logs, return
+data). Loopback only.
+
+State lives in memory for the life of the process, unless ``--ledger DIR`` is given: then every
+account a transaction or airdrop could have changed is appended to DIR/accounts.log (one
+checksummed, fsynced record per transaction, written before the answer goes out) and a restart
+rebuilds the chain from DIR/accounts.snap plus that log, like a local validator restarting from
+its ledger: accounts (repositories, commit records, members, balances), the slot and the genesis
+hash (DIR/genesis.json, drawn at random when the ledger is created) survive; signature statuses
+and getTransaction details do not. A torn last record (a crash mid-write) is dropped. Each start
+compacts the log into a new snapshot. One devchain per ledger at a time (DIR/lock).
+Without a ledger, every start is a new chain with a new genesis hash.
 
 Blockhashes: LiteSVM accepts only its latest blockhash and never changes it by itself. Here a
 new blockhash (and slot) is issued whenever one is asked for after a transaction used the
@@ -16,12 +26,18 @@ not collide (AlreadyProcessed).
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
+import os
+import struct
 import threading
+import zlib
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
+from solders.account import Account
 from solders.hash import Hash
 from solders.litesvm import LiteSVM
 from solders.message import Message
@@ -61,12 +77,141 @@ def error_json(err: object) -> Any:
     return {"InstructionError": [0, "GenericError"]}  # rarer structured variants, flattened
 
 
+_SYSVAR_OWNER = Pubkey.from_string("Sysvar1111111111111111111111111111111111111")
+_RECORD = struct.Struct(">II")  # payload length, crc32 of the payload
+
+
+class Ledger:
+    """Accounts of a devchain on disk: genesis.json, accounts.snap (all accounts at the last start)
+    and accounts.log (records appended since). A record is u32 length, u32 crc32, then a payload
+    of u64 slot and entries of 32-byte address, u32 length, bincode Account (length 0: closed)."""
+
+    def __init__(self, path: Path, program_id: Pubkey) -> None:
+        self.path = path
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            self.lock_file = open(path / "lock", "a+")  # noqa: SIM115 (held for the life of the chain)
+        except OSError as exc:
+            raise FednodeError(f"cannot use ledger {path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.lock_file.close()
+            raise FednodeError(f"ledger {path} is in use by another devchain") from None
+        try:
+            self.genesis = self._genesis(program_id)
+            self.accounts, self.slot = self._load()
+            self._compact()
+            self.log = open(path / "accounts.log", "ab")  # noqa: SIM115
+        except OSError as exc:
+            self.lock_file.close()
+            raise FednodeError(f"cannot use ledger {path}: {exc.strerror}") from None
+
+    def _genesis(self, program_id: Pubkey) -> str:
+        file = self.path / "genesis.json"
+        try:
+            meta = json.loads(file.read_text())
+        except FileNotFoundError:
+            meta = {"genesis_hash": b58encode(os.urandom(32)),
+                    "program_id": str(program_id)}  # fmt: skip
+            _write_atomic(file, json.dumps(meta).encode())
+        except ValueError:
+            raise FednodeError(f"ledger {self.path}: genesis.json is not valid JSON") from None
+        if meta.get("program_id") != str(program_id):
+            raise FednodeError(f"ledger {self.path} was created for program {meta.get('program_id')}, "
+                               f"not {program_id}")  # fmt: skip
+        return str(meta["genesis_hash"])
+
+    def _load(self) -> tuple[dict[bytes, bytes], int]:
+        accounts: dict[bytes, bytes] = {}
+        slot = 0
+        for name in ("accounts.snap", "accounts.log"):
+            try:
+                raw = (self.path / name).read_bytes()
+            except FileNotFoundError:
+                continue
+            good = 0
+            for end, record_slot, entries in _records(raw):
+                good = end
+                slot = max(slot, record_slot)
+                for address, data in entries:
+                    if data:
+                        accounts[address] = data
+                    else:
+                        accounts.pop(address, None)
+            if name == "accounts.log" and good < len(raw):  # a torn tail: the write never completed
+                with open(self.path / name, "r+b") as f:
+                    f.truncate(good)
+        return accounts, slot
+
+    def _compact(self) -> None:
+        """Everything known so far into a new snapshot; then the log starts empty."""
+        entries = list(self.accounts.items())
+        _write_atomic(self.path / "accounts.snap", _record(self.slot, entries))
+        with open(self.path / "accounts.log", "wb") as f:
+            os.fsync(f.fileno())
+
+    def append(self, slot: int, entries: list[tuple[bytes, bytes]]) -> None:
+        self.log.write(_record(slot, entries))
+        self.log.flush()
+        os.fsync(self.log.fileno())
+
+    def close(self) -> None:
+        self.log.close()
+        self.lock_file.close()
+
+
+def _record(slot: int, entries: list[tuple[bytes, bytes]]) -> bytes:
+    payload = b"".join([struct.pack(">Q", slot)] + [a + struct.pack(">I", len(d)) + d for a, d in entries])
+    return _RECORD.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _records(raw: bytes) -> Any:
+    """(end offset, slot, entries) of each intact record, stopping at the first torn one."""
+    pos = 0
+    while pos + _RECORD.size <= len(raw):
+        length, crc = _RECORD.unpack_from(raw, pos)
+        payload = raw[pos + _RECORD.size:pos + _RECORD.size + length]
+        if len(payload) != length or zlib.crc32(payload) != crc or length < 8:
+            return
+        slot, entries, at = struct.unpack_from(">Q", payload)[0], [], 8
+        while at < length:
+            address, (size,) = payload[at:at + 32], struct.unpack_from(">I", payload, at + 32)
+            entries.append((address, payload[at + 36:at + 36 + size]))
+            at += 36 + size
+        pos += _RECORD.size + length
+        yield pos, slot, entries
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 class DevChain:
     """One LiteSVM behind a lock; ``handle`` answers one JSON-RPC request object."""
 
-    def __init__(self, program_id: Pubkey, elf: bytes) -> None:
+    def __init__(self, program_id: Pubkey, elf: bytes, ledger: Path | None = None) -> None:
         self.program_id = program_id
         self.svm = LiteSVM().with_blockhash_check(False)  # we check against our recent list instead
+        self.ledger = Ledger(ledger, program_id) if ledger is not None else None
+        if self.ledger is not None:
+            for address, data in self.ledger.accounts.items():
+                self.svm.set_account(Pubkey.from_bytes(address), Account.from_bytes(data))
+            if self.ledger.slot:
+                self.svm.warp_to_slot(self.ledger.slot)
+            self.svm.expire_blockhash()  # not the blockhash a fresh chain starts with
+        self.genesis = self.ledger.genesis if self.ledger is not None else b58encode(os.urandom(32))
+        # Added after the restore so a stored account can never shadow the program we run.
         self.svm.add_program(program_id, elf)
         self.lock = threading.Lock()
         self.recent: deque[Hash] = deque([self.svm.latest_blockhash()], maxlen=RECENT_BLOCKHASHES)
@@ -86,6 +231,29 @@ class DevChain:
         self.svm.warp_to_slot(self._slot() + 1)
         self.recent.append(self.svm.latest_blockhash())
         self.used = False
+
+    def _persist(self, addresses: list[Pubkey]) -> None:
+        """Append the accounts a transaction could have changed to the ledger (if any), durably."""
+        if self.ledger is None:
+            return
+        entries = []
+        for address in dict.fromkeys(addresses):
+            if address == self.program_id:
+                continue
+            account = self.svm.get_account(address)
+            if account is not None and (account.executable or account.owner == _SYSVAR_OWNER):
+                continue  # programs and sysvars come with every fresh chain
+            data = b"" if account is None or account.lamports == 0 else bytes(account)
+            entries.append((bytes(address), data))
+        try:
+            self.ledger.append(self._slot(), entries)
+        except OSError as exc:
+            raise RpcError(-32603, f"ledger write failed: {exc.strerror}") from None
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            with self.lock:
+                self.ledger.close()
 
     def _record(self, sig: str, err: Any) -> None:
         self.statuses[sig] = {"slot": self._slot(), "confirmations": None, "err": err,
@@ -117,6 +285,9 @@ class DevChain:
 
     def rpc_getVersion(self, *_: Any) -> dict[str, Any]:
         return VERSION
+
+    def rpc_getGenesisHash(self, *_: Any) -> str:
+        return self.genesis
 
     def rpc_getSlot(self, *_: Any) -> int:
         return self._slot()
@@ -156,6 +327,7 @@ class DevChain:
         result = self.svm.airdrop(_pubkey(address), int(lamports))
         if isinstance(result, FailedTransactionMetadata):
             raise RpcError(-32603, f"airdrop failed: {result.err()}")
+        self._persist([_pubkey(address)])
         self.used = True
         sig = str(result.signature())
         self._record(sig, None)
@@ -178,6 +350,7 @@ class DevChain:
             meta = result.meta()
             # Like preflight on a validator: a failing transaction is rejected, not recorded.
             raise _preflight(error_json(result.err()), list(meta.logs()), meta.compute_units_consumed())
+        self._persist(keys)
         self._record(sig, None)
         ret = result.return_data()
         ret_json = {"programId": str(ret.program_id), "data": [base64.b64encode(bytes(ret.data)).decode(), "base64"]} \

@@ -12,6 +12,7 @@ and the in-memory VM is reloaded first whenever another process has moved the st
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Sequence
 
@@ -23,11 +24,13 @@ from solders.pubkey import Pubkey
 from fednode.chain.aio import AsyncChainBackend
 from fednode.chain.backend import LiteSVMBackend, TxResult
 from fednode.store import Store, Txn
+from protocol.multiformats import b58encode
 
 DB = "chain"
 _ACCOUNT = b"acct/"  # + 32-byte address -> bincode Account
 _SLOT = b"meta/slot"
 _VERSION = b"meta/version"  # bumped by every persisted change
+_GENESIS = b"meta/genesis"  # base58 of 32 random bytes, drawn when the chain is first used
 
 
 def _u64(raw: bytes | None) -> int:
@@ -36,6 +39,7 @@ def _u64(raw: bytes | None) -> int:
 
 class EmbeddedBackend(AsyncChainBackend):
     kind = "embedded"
+    endpoint = "embedded"
     faucet = True
 
     def __init__(self, store: Store, program_id: Pubkey, elf: bytes) -> None:
@@ -89,6 +93,19 @@ class EmbeddedBackend(AsyncChainBackend):
             ]
             self._persist(txn, touched)
             return result
+
+    async def genesis_hash(self) -> str:
+        """A random identity drawn once per store: every node's embedded chain is a chain of its own
+        (LiteSVM's own first blockhash is the same everywhere, so it cannot tell them apart)."""
+        with self.store.read() as txn:
+            raw = txn.kv_get(DB, _GENESIS)
+        if raw is None:
+            with self.store.write() as txn:
+                raw = txn.kv_get(DB, _GENESIS)
+                if raw is None:
+                    raw = b58encode(os.urandom(32)).encode()
+                    txn.kv_put(DB, _GENESIS, raw)
+        return bytes(raw).decode()
 
     async def send(self, instructions: Sequence[Instruction], signers: Sequence[Keypair]) -> TxResult:
         return self.send_sync(instructions, signers)

@@ -4,6 +4,15 @@ Keys are ``q/`` + a big-endian u64 sequence number, so LMDB's key order is the s
 (parents were queued before children). An item leaves the queue only in the store transaction
 that records its success; a crash in between is harmless because sending is idempotent (an
 already-anchored commit is detected on chain and counted as done).
+
+Every item records the chain it is meant for (``chain``: genesis hash, program id, endpoint; see
+ChainId) when it is queued, and is only ever sent to that chain: after ``fednode chain use``
+switches backends, items queued for the previous chain wait (shown by ``chain status``) until the
+node uses that chain again, or until ``fednode chain retarget`` rebinds them to the current one.
+An item queued while its RPC endpoint was unreachable is bound to that URL until the endpoint
+first answers, then to its genesis hash. Items queued before chains were recorded (no ``chain``)
+are bound to nothing and are never sent until retargeted: which chain they were meant for is
+not known, and a guess could anchor them on the wrong one.
 """
 
 from __future__ import annotations
@@ -11,7 +20,9 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import asdict, dataclass
+from typing import Any
 
+from fednode.chain.aio import ChainId
 from fednode.store import Txn
 
 DB = "outbox"
@@ -31,6 +42,17 @@ class OutboxItem:
     branch: str | None = None  # merges move this on-chain head
     attempts: int = 0
     error: str | None = None  # last failure, shown by `fednode chain status`
+    chain: dict[str, Any] | None = None  # ChainId.to_json() of the chain it is meant for; None: unbound
+
+    def target(self) -> ChainId | None:
+        return ChainId.from_json(self.chain)
+
+    def placement(self, current: ChainId) -> str:
+        """"this" (goes to ``current``), "other" (waits for another chain) or "unbound"."""
+        target = self.target()
+        if target is None:
+            return "unbound"
+        return "this" if target.matches(current) else "other"
 
     def key(self) -> bytes:
         return _ITEM + struct.pack(">Q", self.seq)
@@ -39,8 +61,14 @@ class OutboxItem:
         return asdict(self)
 
 
+def _load(raw: bytes) -> OutboxItem:
+    data = json.loads(raw)
+    known = OutboxItem.__dataclass_fields__
+    return OutboxItem(**{k: v for k, v in data.items() if k in known})
+
+
 def items(txn: Txn) -> list[OutboxItem]:
-    return [OutboxItem(**json.loads(v)) for _, v in txn.kv_items(DB, _ITEM)]
+    return [_load(v) for _, v in txn.kv_items(DB, _ITEM)]
 
 
 def append(txn: Txn, item: OutboxItem) -> OutboxItem:
@@ -65,6 +93,6 @@ def drop(txn: Txn, seq: int) -> OutboxItem | None:
     raw = txn.kv_get(DB, _ITEM + struct.pack(">Q", seq))
     if raw is None:
         return None
-    item = OutboxItem(**json.loads(raw))
+    item = _load(raw)
     remove(txn, item)
     return item

@@ -40,6 +40,8 @@ class RpcBackend(AsyncChainBackend):
     def __init__(self, url: str, program_id: Pubkey, *, faucet: bool = False, timeout: float = 10.0,
                  confirm_timeout: float = 60.0) -> None:  # fmt: skip
         self.url = url
+        self.endpoint = url
+        self.genesis: str | None = None  # cached: a chain's genesis never changes under one connection
         self.program_id = program_id
         self.faucet = faucet
         self.confirm_timeout = confirm_timeout
@@ -52,6 +54,11 @@ class RpcBackend(AsyncChainBackend):
             raise ChainUnavailable(f"{self.url} unreachable ({what}): {exc.error_msg or exc}") from None
         except RPCException as exc:
             raise _rpc_error(what, exc) from None
+
+    async def genesis_hash(self) -> str:
+        if self.genesis is None:
+            self.genesis = str((await self._call("getGenesisHash", self.client.get_genesis_hash())).value)
+        return self.genesis
 
     async def send(self, instructions: Sequence[Instruction], signers: Sequence[Keypair]) -> TxResult:
         if not signers:
