@@ -15,10 +15,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from fednode import __version__, operations
+from fednode import __version__, encodings, operations
 from fednode.errors import FednodeError
 from fednode.graph import graph_lines, topo_order
-from fednode.history import History, RepoInfo, repo_id_text
+from fednode.history import CommitResult, History, RepoInfo, repo_id_text
 from fednode.modelio import open_model
 from fednode.node import Node, default_home, init_home, open_node
 from protocol.multiformats import CID, FormatError
@@ -80,9 +80,21 @@ def _metrics(pairs: tuple[str, ...]) -> dict[str, float]:
             if not sep or not key:
                 raise ValueError
             metrics[key] = float(value)
+            if metrics[key] - metrics[key] != 0:  # NaN or an infinity: no commit can record it
+                raise ValueError
         except ValueError:
-            raise FednodeError(f"invalid --metric {pair!r}: use NAME=NUMBER") from None
+            raise FednodeError(f"invalid --metric {pair!r}: use NAME=NUMBER (a finite number)") from None
     return metrics
+
+
+def _positive_int(text: str, option: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise FednodeError(f"{option} must be a positive integer, got {text!r}")
+    return value
 
 
 def commit_json(cid: CID, commit: Commit) -> dict[str, Any]:
@@ -139,7 +151,7 @@ class FednodeGroup(click.Group):
             _fail(f"unexpected {type(leaf).__name__}: {leaf} (a bug: FEDNODE_DEBUG=1 shows the traceback)", 2)
 
 
-@click.group(cls=FednodeGroup)
+@click.group(cls=FednodeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fednode")
 @click.option("--home", type=click.Path(path_type=Path), help="Node home (default $FEDNODE_HOME or ~/.fednode).")
 @click.pass_context
@@ -188,20 +200,24 @@ def repo() -> None:
 
 @repo.command("create")
 @click.argument("name")
-@click.option("--from", "source", required=True, type=click.Path(path_type=Path), help="Initial weights.")
+@click.option("--from", "source", required=True, type=click.Path(path_type=Path),
+              help="Initial weights: .safetensors, .pt/.pth/.bin, or a sharded checkpoint directory.")
+@click.option("--key", "model_key", default=None, help="Entry of a PyTorch checkpoint that holds the state_dict.")
+@click.option("--cast", "cast", type=click.Choice(["F64", "F32", "F16", "BF16"], case_sensitive=False), default=None,
+              help="Convert float tensors to this dtype.")
 @click.option("-m", "--message", default="initial weights")
-@click.option("--scale-bits", type=int, default=None, help="Fixed-point grid 2**-N for update deltas.")
+@click.option("--scale-bits", type=int, default=None, help="Grid 2**-N of the lossy --encoding fixed|topk.")
 @click.option("--snapshot-interval", type=int, default=None, help="Store a full snapshot every N deltas.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def repo_create(
-    ctx: click.Context, name: str, source: Path, message: str, scale_bits: int | None,
-    snapshot_interval: int | None, as_json: bool,
+    ctx: click.Context, name: str, source: Path, model_key: str | None, cast: str | None, message: str,
+    scale_bits: int | None, snapshot_interval: int | None, as_json: bool,
 ) -> None:
     """Create repository NAME from a model file (its genesis commit)."""
     node = _node(ctx)
     defaults = node.config.get("repository_defaults", {})
-    model = open_model(source)
+    model = open_model(source, model_key, cast)
     try:
         info, result = node.history.create_repo(
             name,
@@ -252,38 +268,80 @@ def repo_use(ctx: click.Context, name: str) -> None:
     out.print(f"current repository: {info.name}")
 
 
+ENCODING_HELP = ("How updates are stored. xor (default) is lossless: every tensor bit for bit, a byte-grouped XOR "
+                 "against the parent, zstd-compressed. LOSSY, only when chosen, with the max absolute and relative "
+                 "error of each float tensor printed: fixed (rounds to the repository grid 2**-scale_bits), fp16, "
+                 "int8, topk (keeps only the largest changes).")
+
+
+def _json_float(x: float) -> float | str:
+    return x if x != float("inf") else "inf"
+
+
+def storage_json(result: CommitResult) -> dict[str, Any]:
+    """What a commit stored and, for a lossy encoding, how far each float tensor moved."""
+    return {"new_bytes": result.new_bytes, "encoding": result.encoding, "lossless": result.lossless,
+            "max_quantization_error": result.max_quantization_error,
+            "errors": {n: {"max_abs": e.max_abs, "max_rel": _json_float(e.max_rel)}
+                       for n, e in sorted(result.errors.items())}}
+
+
+def print_storage(result: CommitResult) -> None:
+    if result.encoding not in encodings.LOSSY:
+        out.print(f"{result.new_bytes} new bytes stored; lossless ({result.encoding}): every tensor bit for bit")
+        return
+    worst = max((e.max_rel for e in result.errors.values()), default=0.0)
+    out.print(f"{result.new_bytes} new bytes stored; LOSSY encoding {result.encoding}: max abs error "
+              f"{result.max_quantization_error:.3g}, max relative error {worst:.3g}")
+    if result.errors:
+        table = Table("tensor", "max abs error", "max rel error")
+        for name, e in sorted(result.errors.items()):
+            table.add_row(name, f"{e.max_abs:.3g}", f"{e.max_rel:.3g}")
+        out.print(table)
+
+
 @main.command()
 @click.argument("repo_name", metavar="[REPO]", required=False)
-@click.option("--from", "source", required=True, type=click.Path(path_type=Path))
+@click.option("--from", "source", required=True, type=click.Path(path_type=Path),
+              help="The model: .safetensors, .pt/.pth/.bin, or a sharded checkpoint directory.")
+@click.option("--key", "model_key", default=None, help="Entry of a PyTorch checkpoint that holds the state_dict.")
+@click.option("--cast", "cast", type=click.Choice(["F64", "F32", "F16", "BF16"], case_sensitive=False), default=None,
+              help="Convert float tensors to this dtype (a dtype change is refused without it).")
 @click.option("-m", "--message", required=True)
 @click.option("-b", "--branch", default=None, help="Branch to commit on (default: the current branch).")
 @click.option("--metric", "metrics", multiple=True, help="NAME=VALUE, repeatable.")
-@click.option("--encoding", type=click.Choice(["fixed", "fp16", "int8", "topk"]), default="fixed",
-              show_default=True, help="How float updates are stored (fixed = exact integers on the repo grid).")
+@click.option("--samples", "samples_text", default=None, metavar="N",
+              help="Training samples behind this update (weights a `merge --weights samples`).")
+@click.option("--encoding", type=click.Choice(list(encodings.NAMES)), default=encodings.DEFAULT,
+              show_default=True, help=ENCODING_HELP)
 @click.option("--topk-fraction", type=float, default=0.01, show_default=True, help="Share of values kept by topk.")
 @click.option("--no-compress", is_flag=True, help="Do not zstd-compress update payloads.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def commit(
-    ctx: click.Context, repo_name: str | None, source: Path, message: str, branch: str | None,
-    metrics: tuple[str, ...], encoding: str, topk_fraction: float, no_compress: bool, as_json: bool,
+    ctx: click.Context, repo_name: str | None, source: Path, model_key: str | None, cast: str | None, message: str,
+    branch: str | None, metrics: tuple[str, ...], samples_text: str | None, encoding: str, topk_fraction: float,
+    no_compress: bool, as_json: bool,
 ) -> None:
-    """Commit a model file as an update on a branch."""
+    """Commit a model file as an update on a branch ("nothing to commit" when it equals the head)."""
     node = _node(ctx)
     info = _repo(node, repo_name)
     parsed = _metrics(metrics)
-    model = open_model(source)
+    declared = _positive_int(samples_text, "--samples") if samples_text is not None else None
+    model = open_model(source, model_key, cast)
     try:
+        operations.check_commit_source(node.history, node.history.branch_head(
+            info, branch or node.history.current_branch(info)), model)
         result = node.history.commit(info, model, message, branch=branch, metrics=parsed, encoding=encoding,
-                                     topk_fraction=topk_fraction, compress=not no_compress)
+                                     topk_fraction=topk_fraction, compress=not no_compress,
+                                     info={"samples": declared} if declared is not None else None)
     finally:
         model.close()
     if as_json:
-        emit_json({**commit_json(result.cid, result.commit), "new_bytes": result.new_bytes,
-                   "max_quantization_error": result.max_quantization_error})
+        emit_json({**commit_json(result.cid, result.commit), **storage_json(result)})
         return
     out.print(f"[{branch or node.history.current_branch(info)} {short(result.cid)}] {message}", markup=False)
-    out.print(f"{result.new_bytes} new bytes stored; max quantization error {result.max_quantization_error:.3g}")
+    print_storage(result)
 
 
 @main.command()
@@ -306,7 +364,9 @@ def log(ctx: click.Context, repo_name: str | None, branch: str | None, all_branc
     node = _node(ctx)
     info = _repo(node, repo_name)
     history: History = node.history
-    branches, tags, remote = history.branches(info), history.tags(info), history.remote_refs(info)
+    from fednode.refs import named_remote_refs
+
+    branches, tags, remote = history.branches(info), history.tags(info), named_remote_refs(history, info)
     current = history.current_branch(info)
     heads = [history.resolve(branch or "HEAD", info)[1]]
     if all_branches:
@@ -388,18 +448,38 @@ def show(ctx: click.Context, rev: str, repo_name: str | None, as_json: bool) -> 
 
 @main.command()
 @click.argument("a")
-@click.argument("b")
+@click.argument("b", required=False)
+@click.option("--file", "file", type=click.Path(path_type=Path), default=None,
+              help="Compare A with this model on disk instead of a second revision.")
+@click.option("--key", "model_key", default=None, help="With --file: the checkpoint entry holding the state_dict.")
+@click.option("--cast", "cast", type=click.Choice(["F64", "F32", "F16", "BF16"], case_sensitive=False), default=None,
+              help="With --file: convert its float tensors to this dtype first.")
 @click.option("-r", "--repo", "repo_name", default=None)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def diff(ctx: click.Context, a: str, b: str, repo_name: str | None, as_json: bool) -> None:
-    """Per tensor: L2 norm of the change, relative change, fraction of changed values."""
+def diff(ctx: click.Context, a: str, b: str | None, file: Path | None, model_key: str | None, cast: str | None,
+         repo_name: str | None, as_json: bool) -> None:
+    """Per tensor: L2 norm of the change, relative change, fraction of changed values (A to B, or
+    A to a model file with --file)."""
+    if (b is None) == (file is None):
+        raise FednodeError("diff compares two revisions (diff A B) or a revision and a file (diff A --file PATH)")
+    if file is None and (model_key or cast):
+        raise FednodeError("--key and --cast are for --file")
     node = _node(ctx)
     _, ca = _resolve(node, a, repo_name)
-    _, cb = _resolve(node, b, repo_name)
-    rows = operations.diff(node.history, ca, cb)
+    if file is not None:
+        model = open_model(file, model_key, cast)
+        try:
+            rows = operations.diff_file(node.history, ca, model)
+        finally:
+            model.close()
+        b_text = str(file)
+    else:
+        _, cb = _resolve(node, b, repo_name)
+        rows = operations.diff(node.history, ca, cb)
+        b_text = str(cb)
     if as_json:
-        emit_json({"a": str(ca), "b": str(cb), "tensors": [r.to_json() for r in rows]})
+        emit_json({"a": str(ca), "b": b_text, "tensors": [r.to_json() for r in rows]})
         return
     table = Table("tensor", "status", "L2 change", "relative", "changed")
     for r in rows:
@@ -407,27 +487,17 @@ def diff(ctx: click.Context, a: str, b: str, repo_name: str | None, as_json: boo
     out.print(table)
 
 
-def _check_out_path(path: Path) -> None:
-    """Refuse an output path that cannot be a new file before any work is done."""
-    if path.is_dir():
-        raise FednodeError(f"cannot write {path}: it is a directory (give a file name)")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise FednodeError(f"cannot write {path}: {parent} is not a directory")
-            break
-
-
 @main.command()
 @click.argument("rev")
-@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_text", required=True, type=click.Path(),
+              help="A .safetensors, .pt, .pth or .bin file; DIR/ or an existing directory: DIR/model.safetensors.")
 @click.option("-r", "--repo", "repo_name", default=None)
 @click.pass_context
-def checkout(ctx: click.Context, rev: str, out_path: Path, repo_name: str | None) -> None:
-    """Write a revision's weights to a .safetensors (or .pt) file."""
+def checkout(ctx: click.Context, rev: str, out_text: str, repo_name: str | None) -> None:
+    """Write a revision's weights to a .safetensors (or .pt/.pth/.bin) file, or into a directory."""
     node = _node(ctx)
     _, cid = _resolve(node, rev, repo_name)
-    _check_out_path(out_path)
+    out_path = operations.checkout_path(out_text)  # refuses a path that cannot be a new model file
     try:
         size = operations.checkout(node.history, cid, out_path)
     except OSError as exc:
@@ -439,20 +509,25 @@ def checkout(ctx: click.Context, rev: str, out_path: Path, repo_name: str | None
 @click.argument("name", required=False)
 @click.argument("start", required=False)
 @click.option("-d", "--delete", is_flag=True)
+@click.option("-f", "--force", is_flag=True, help="Move NAME to START even if it exists (old head: 'fednode reflog').")
 @click.option("-s", "--switch", "switch_to", is_flag=True, help="Make NAME the current branch.")
 @click.option("-r", "--repo", "repo_name", default=None)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def branch(ctx: click.Context, name: str | None, start: str | None, delete: bool, switch_to: bool,
+def branch(ctx: click.Context, name: str | None, start: str | None, delete: bool, force: bool, switch_to: bool,
            repo_name: str | None, as_json: bool) -> None:
-    """List branches, or create NAME at START (default HEAD), delete (-d) or switch (-s)."""
+    """List branches, or create NAME at START (default HEAD), move it (-f), delete (-d) or switch (-s)."""
+    from fednode import refs
+
     node = _node(ctx)
     info = _repo(node, repo_name)
     history = node.history
+    if force and (name is None or delete):
+        raise FednodeError("-f moves a branch: fednode branch -f NAME [START]")
     if name is None:
         current = history.current_branch(info)
         rows = {b: str(c) for b, c in history.branches(info).items()}
-        rows.update({r: str(c) for r, c in history.remote_refs(info).items()})
+        rows.update({r: str(c) for r, c in refs.named_remote_refs(history, info).items()})
         if as_json:
             emit_json({"current": current, "branches": rows})
         else:
@@ -468,8 +543,12 @@ def branch(ctx: click.Context, name: str | None, start: str | None, delete: bool
         out.print(f"switched to branch {name}")
         return
     _, cid = history.resolve(start or "HEAD", info)
-    history.create_branch(info, name, cid)
-    out.print(f"created branch {name} at {short(cid)}")
+    if force:
+        old = refs.move_branch(history, info, name, cid, f"branch -f: moving to {start or 'HEAD'}", create=True)
+        out.print(f"moved branch {name} to {short(cid)}" + (f" (was {short(old)})" if old else " (new)"))
+    else:
+        history.create_branch(info, name, cid)
+        out.print(f"created branch {name} at {short(cid)}")
     if switch_to:
         history.switch_branch(info, name)
         out.print(f"switched to branch {name}")
@@ -540,8 +619,8 @@ def revert(ctx: click.Context, rev: str, branch: str | None, repo_name: str | No
 @click.option("--dp-delta", type=float, default=1e-5, show_default=True)
 @click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="DP-SGD clipping bound.")
 @click.option("-m", "--message", default=None)
-@click.option("--encoding", type=click.Choice(["fixed", "fp16", "int8", "topk"]), default="fixed",
-              show_default=True, help="How float updates are stored (fixed = exact integers on the repo grid).")
+@click.option("--encoding", type=click.Choice(list(encodings.NAMES)), default=encodings.DEFAULT,
+              show_default=True, help=ENCODING_HELP)
 @click.option("--topk-fraction", type=float, default=0.01, show_default=True, help="Share of values kept by topk.")
 @click.option("--no-compress", is_flag=True, help="Do not zstd-compress update payloads.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -561,12 +640,13 @@ def train(ctx: click.Context, repo_name: str | None, script: Path, branch: str |
                                               dict(encoding=encoding, topk_fraction=topk_fraction,
                                                    compress=not no_compress))
     if as_json:
-        emit_json({**commit_json(commit_result.cid, commit_result.commit), "new_bytes": commit_result.new_bytes})
+        emit_json({**commit_json(commit_result.cid, commit_result.commit), **storage_json(commit_result)})
         return
     metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(trained.metrics.items()))
     out.print(f"[{branch or node.history.current_branch(info)} {short(commit_result.cid)}] "
               f"{commit_result.commit.message}", markup=False)
     out.print(f"{trained.samples} samples, {epochs} epoch(s), {trained.duration_s:.1f} s; {metrics}")
+    print_storage(commit_result)
     if trained.dp:
         out.print(f"DP-SGD: epsilon spent {trained.dp['epsilon']:.3f} (delta {trained.dp['delta']:g})")
 
@@ -594,7 +674,8 @@ def _params(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--param", "params", multiple=True,
               help="Strategy parameter NAME=VALUE (e.g. byzantine=1, trim=2, min_trim=0, min_inputs=1).")
 @click.option("--weights", "weighting", type=click.Choice(["samples", "equal"]), default="samples",
-              show_default=True)
+              show_default=True, help="samples: each input weighs the training samples it declares since the "
+              "merge base (train, or commit --samples N), each sample counted once across rounds.")
 @click.option("--into", default=None, help="Branch that receives the merge (default: the current branch).")
 @click.option("-m", "--message", default=None)
 @click.option("-r", "--repo", "repo_name", default=None)
@@ -784,9 +865,10 @@ def gc(ctx: click.Context, as_json: bool) -> None:
 
 
 def _register_extensions() -> None:
-    from cli import chain_commands, members_commands, net_commands
+    from cli import chain_commands, git_commands, members_commands, net_commands
 
     chain_commands.register(main)
+    git_commands.register(main)
     net_commands.register(main)
     members_commands.register(main)
 

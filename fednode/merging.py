@@ -53,20 +53,54 @@ class MergeOutcome:
     weights: tuple[int, ...] = ()
 
 
-def path_samples(history: History, base: CID, head: CID) -> int:
-    """Training samples recorded by the commits on ``head``'s first-parent path since ``base``."""
-    total = 0
-    cid = head
-    while cid != base:
+def declared_samples(commit: Commit) -> int:
+    """Training samples a commit declares: ``info["training"]["samples"]`` (``train``) or
+    ``info["samples"]`` (``commit --samples N``); 0 when it declares none. A merge declares none:
+    its ``merge.samples`` total is never added on top of its own inputs."""
+    if commit.kind == "merge":
+        return 0
+    training = commit.info.get("training")
+    for value in ((training or {}).get("samples") if isinstance(training, dict) else None,
+                  commit.info.get("samples")):
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 0
+
+
+def _since(history: History, heads: list[CID], stop: set[CID]) -> dict[CID, Commit]:
+    """Commits reachable from ``heads`` through all parents, without entering ``stop``."""
+    seen: dict[CID, Commit] = {}
+    stack = [h for h in heads if h not in stop]
+    while stack:
+        cid = stack.pop()
+        if cid in seen:
+            continue
         commit = history.load_commit(cid)
-        samples = commit.info.get("training", {}).get("samples", 0)
-        if commit.kind == "merge":
-            samples = commit.info.get("merge", {}).get("samples", 0)
-        total += int(samples) if isinstance(samples, int) else 0
-        if not commit.parents:
-            break
-        cid = commit.parents[0]
-    return total
+        seen[cid] = commit
+        stack.extend(p for p in commit.parents if p not in stop and p not in seen)
+    return seen
+
+
+def contributed_samples(history: History, base: CID, target: CID, inputs: tuple[CID, ...]) -> tuple[int, ...]:
+    """Each input's training samples since ``base``, each training commit counted once across rounds.
+
+    An input's samples are the declared samples (``declared_samples``) of the commits reachable from
+    it, through all parents, that are neither reachable from ``base`` nor already merged into
+    ``target``: commits behind a merge that ``target`` contains (since ``base``) were counted by
+    that merge. A merge commit adds nothing itself (its inputs are walked instead), so totals
+    never accumulate round after round. A commit reachable from several inputs (not yet merged
+    into ``target``) counts for each of them, as each one's delta carries its change.
+    """
+    before = {c for c, _ in history.walk([base])}
+    on_target = _since(history, [target], before)
+    merges = [c for c, commit in on_target.items() if commit.kind == "merge"]
+    counted = before | set(_since(history, merges, before))
+    return tuple(sum(declared_samples(c) for c in _since(history, [cid], counted).values()) for cid in inputs)
+
+
+def path_samples(history: History, base: CID, head: CID) -> int:
+    """Training samples ``head`` contributes since ``base`` (``contributed_samples`` with head as target)."""
+    return contributed_samples(history, base, head, (head,))[0]
 
 
 def _tensor_states(
@@ -239,8 +273,10 @@ def merge(
     into = into or history.current_branch(repo)
     target = history.branch_head(repo, into)
     heads: list[CID] = []
+    names: dict[CID, str] = {target: into}
     for rev in revs:
         _, cid = history.resolve(rev, repo)
+        names.setdefault(cid, rev)
         if cid not in heads:
             heads.append(cid)
     if not heads:
@@ -263,10 +299,12 @@ def merge(
     if weighting == "equal":
         weights = tuple(1 for _ in inputs)
     else:
-        weights = tuple(path_samples(history, base, cid) for cid in inputs)
-        missing = [str(c)[:16] for c, w in zip(inputs, weights, strict=True) if w <= 0]
+        weights = contributed_samples(history, base, target, inputs)
+        missing = [f"{names[c]} ({str(c)[:16]})" for c, w in zip(inputs, weights, strict=True) if w <= 0]
         if missing:
-            raise FednodeError(f"no training sample count recorded for {', '.join(missing)}: use --weights equal")
+            raise FednodeError(f"input {', '.join(missing)} declares no training samples since the merge base "
+                               f"{str(base)[:16]}: use --weights equal, or record them with "
+                               f"`fednode commit --samples N`")
     grid: dict[str, int] = {}
     merged, plan = compute_merge(history, repo, base, inputs, weights, strategy, grid)
     record = {

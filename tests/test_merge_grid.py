@@ -89,6 +89,7 @@ def test_fedavg_is_within_2e20_relative_at_every_magnitude_and_verifies(repo3) -
 def test_recompute_without_the_kernel_gives_the_same_bytes(repo3, monkeypatch) -> None:
     history, repo = repo3
     outcome = merging.merge(history, repo, ["h0", "h1", "h2"], into="main")
+    assert outcome.result.commit.info["merge"]["grid"][_name(1e-8)] > 60  # rule 2, recorded
     monkeypatch.setattr(native, "kernels", lambda: None)
     generic = merging.recompute(history, repo, outcome.result.commit)
     stored = history.state(outcome.result.cid)
@@ -190,6 +191,7 @@ def test_a_tensor_mixing_tiny_and_large_values_keeps_absolute_precision(tmp_path
             history.commit(repo, ArraySource({"w": ("F32", (base * (1 + 0.01 * (i + 1))).astype(np.float32))}),
                            "u", branch=f"b{i}", info={"training": {"samples": 5}})
         outcome = merging.merge(history, repo, ["b0", "b1"], into="main")
+        assert outcome.result.commit.info["merge"]["grid"] == {"w": merging.grid_bits(1e3, 24)}  # the largest rules
         got = history.state(outcome.result.cid)["w"][1].astype(np.float64)
         expected = _float64_mean(history, outcome.inputs, outcome.weights, "w")
         assert np.max(np.abs(got - expected)) <= 1e3 * 2.0**-39
