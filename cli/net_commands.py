@@ -29,6 +29,61 @@ def _repo_name(ctx: click.Context, name: str | None) -> str:
     return _repo(node, name).name
 
 
+def _local_status(ctx: click.Context) -> dict[str, Any]:
+    """Current repository, branch and head from the store (no daemon needed)."""
+    from fednode.errors import FednodeError
+    from fednode.history import repo_id_text
+
+    node = _node(ctx)
+    with node.store.read() as txn:
+        current = txn.get_meta("current_repo")
+    if current is None:
+        return {"repository": None, "branch": None, "head": None}
+    try:
+        info = node.history.repo(current.decode())
+    except FednodeError:
+        return {"repository": None, "branch": None, "head": None}
+    branch = node.history.current_branch(info)
+    try:
+        head = node.history.branch_head(info, branch)
+        message = node.history.load_commit(head).message.splitlines()[0:1]
+    except FednodeError:
+        return {"repository": info.name, "repository_id": repo_id_text(info.repo_id), "branch": branch,
+                "head": None, "head_message": ""}
+    return {"repository": info.name, "repository_id": repo_id_text(info.repo_id), "branch": branch,
+            "head": str(head), "head_message": message[0] if message else ""}
+
+
+def _daemon_status(home: Path) -> tuple[str, dict[str, Any]]:
+    """("running", the daemon's /status) or (why not, {}): fast, and never an error."""
+    import json
+
+    try:
+        info = json.loads((home / "daemon.json").read_text())  # fednode.daemon.main.DAEMON_FILE
+        token = (home / "api.token").read_text().strip()  # fednode.daemon.api.TOKEN_FILE
+        port = int(info["api_port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "not running", {}
+    import httpx
+
+    try:
+        resp = httpx.get(f"http://127.0.0.1:{port}/status", headers={"Authorization": f"Bearer {token}"},
+                         timeout=3.0)
+    except httpx.ConnectError:
+        return "not running (a stale daemon.json was left behind)", {}
+    except httpx.HTTPError as exc:
+        return f"not answering at 127.0.0.1:{port} ({type(exc).__name__})", {}
+    if resp.status_code != 200:
+        return f"answering with an error (HTTP {resp.status_code})", {}
+    try:
+        live = resp.json()
+    except ValueError:
+        return "answering with malformed data", {}
+    if not isinstance(live, dict):
+        return "answering with malformed data", {}
+    return "running", {**live, "pid": info.get("pid")}
+
+
 def register(main: click.Group) -> None:
     """Add this module's commands to the ``fednode`` group."""
 
@@ -50,12 +105,34 @@ def register(main: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_context
     def status(ctx: click.Context, as_json: bool) -> None:
-        """The running daemon: peer id, addresses, peers, message counters (fails when none answers)."""
-        s = _client(ctx).call("GET", "/status")
-        met = s["metrics"]
-        _emit(s, as_json, f"peer id {s['peer_id']}\naddrs   {' '.join(s['addrs'])}\npeers   {s['peers']}\n"
-                          f"topics  {len(s['topics'])}\naccepted {met['accepted']} rejected {met['rejected']}\n"
-                          f"banned  {len(s.get('bans', {}))}")
+        """The current repository, branch and head, and the daemon's state (peer id, addresses,
+        peers, message counters) when one runs."""
+        data: dict[str, Any] = {"home": str(ctx.obj["home"]), **_local_status(ctx)}
+        state, live = _daemon_status(ctx.obj["home"])
+        data.update({**live, "daemon": state})
+        if as_json:
+            emit_json(data)
+            return
+        lines = []
+        if data.get("repository"):
+            head = data["head"]
+            lines += [f"repository {data['repository']} ({data['repository_id']})",
+                      f"branch     {data['branch']}",
+                      f"head       {head[:16]} {data['head_message']}" if head else "head       (none)"]
+        else:
+            lines.append("repository (none selected: 'fednode repo use NAME')")
+        if live:
+            met = live.get("metrics", {})
+            lines += [f"daemon     running (pid {live.get('pid', '?')})",
+                      f"peer id    {live.get('peer_id')}",
+                      f"addrs      {' '.join(live.get('addrs', []))}",
+                      f"peers      {live.get('peers')}",
+                      f"topics     {len(live.get('topics', []))}",
+                      f"accepted   {met.get('accepted')} rejected {met.get('rejected')}",
+                      f"banned     {len(live.get('bans', {}))}"]
+        else:
+            lines.append(f"daemon     {state}")
+        out.print("\n".join(lines), markup=False)
 
     @main.command()
     @click.option("--json", "as_json", is_flag=True)

@@ -33,6 +33,23 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
 _REV = re.compile(r"^(?P<base>[^~^]+)(?P<ops>(?:[~^][0-9]*)*)$")
 
 
+def _named_remote(txn: Txn, ref: str) -> str:
+    """``remotes/NAME/b`` or ``proposals/NAME/b`` with NAME a ``fednode remote add`` name, as stored
+    (with the peer id); any other ref unchanged."""
+    import json
+
+    raw = txn.get_meta("remotes")
+    try:
+        names = json.loads(raw) if raw else {}
+    except ValueError:
+        return ref
+    for prefix in REMOTE_PREFIXES:
+        name, sep, rest = ref.removeprefix(prefix).partition("/")
+        if ref.startswith(prefix) and sep and isinstance(names, dict) and isinstance(names.get(name), str):
+            return f"{prefix}{names[name]}/{rest}"
+    return ref
+
+
 def check_name(kind: str, name: str) -> str:
     if not _NAME.match(name) or ".." in name or name.endswith("/") or name.endswith(".lock"):
         raise FednodeError(f"invalid {kind} name {name!r}: use letters, digits, '.', '_', '-', '/'")
@@ -491,14 +508,23 @@ class History:
         if repo is not None:
             if base == "HEAD":
                 base = self.current_branch(repo)
+            moved = re.fullmatch(r"(?P<branch>.*)@\{(?P<n>[0-9]+)\}", base)  # BRANCH@{N}: the reflog
+            if moved:
+                branch = moved["branch"] if moved["branch"] not in ("", "HEAD") else self.current_branch(repo)
+                with self.store.read() as txn:
+                    moves = txn.reflog(repo.repo_id, branch)
+                n = int(moved["n"])
+                if n >= len(moves) or moves[n]["new"] is None:
+                    raise NotFound(f"unknown revision {base!r}: the reflog of {branch!r} has {len(moves)} entries")
+                base = moves[n]["new"]
             with self.store.read() as txn:
                 raw = txn.get_ref(repo.repo_id, "heads/" + base) or txn.get_ref(repo.repo_id, "tags/" + base)
                 if raw is None and base.startswith(REMOTE_PREFIXES):  # what peers announced or proposed
-                    raw = txn.get_ref(repo.repo_id, base)
+                    raw = txn.get_ref(repo.repo_id, base) or txn.get_ref(repo.repo_id, _named_remote(txn, base))
             if raw is not None:
                 cid = CID.from_bytes(raw)
         if cid is None:
-            cid, repo_id = self._resolve_cid(base)
+            cid, repo_id = self._resolve_cid(base, repo)
             if repo is not None and repo.repo_id != repo_id:
                 raise NotFound(f"commit {base} is not in repository {repo.name}")
             repo = repo or self.repo_by_id(repo_id)
@@ -517,7 +543,9 @@ class History:
                 cid = parents[n - 1]
         return repo, cid
 
-    def _resolve_cid(self, text: str) -> tuple[CID, bytes]:
+    def _resolve_cid(self, text: str, repo: RepoInfo | None = None) -> tuple[CID, bytes]:
+        """A full commit CID, or a prefix of 4+ characters that names one commit (of ``repo`` when
+        given); a prefix that names several is ambiguous, and the error says so."""
         with self.store.read() as txn:
             try:
                 cid = CID.parse(text)
@@ -528,12 +556,15 @@ class History:
                 if repo_id is None or not txn.has_block(cid):  # gc keeps index entries
                     raise NotFound(f"unknown revision {text!r}")
                 return cid, repo_id
-            if len(text) >= 6 and text.startswith("b"):
-                found = txn.commits_with_prefix(text)
+            if len(text) >= 4 and text.startswith("b"):
+                found = [(c, r) for c, r in txn.commits_with_prefix(text, limit=100_000)
+                         if (repo is None or r == repo.repo_id) and txn.has_block(CID.parse(c))]
                 if len(found) == 1:
                     return CID.parse(found[0][0]), found[0][1]
                 if len(found) > 1:
-                    raise NotFound(f"ambiguous revision {text!r}: give more characters")
+                    shown = ", ".join(c[:20] for c, _ in found[:3]) + (", ..." if len(found) > 3 else "")
+                    raise NotFound(f"ambiguous revision {text!r}: {len(found)} commits start with it "
+                                   f"({shown}); give more characters")
         raise NotFound(f"unknown revision {text!r}")
 
     # --- reading history ------------------------------------------------------

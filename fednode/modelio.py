@@ -212,21 +212,176 @@ def state_dict_source(state_dict: dict) -> ArraySource:
     return ArraySource(arrays)
 
 
-def open_model(path: Path) -> ModelSource:
-    """Open a .safetensors file, or a PyTorch .pt/.pth/.bin state_dict."""
+MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+INDEX_FILE = "model.safetensors.index.json"
+MAX_INDEX = 64 * 1024 * 1024
+CASTS = ("F64", "F32", "F16", "BF16")
+ACCEPTED = ("a .safetensors file, a PyTorch .pt/.pth/.bin state_dict, or a directory with "
+            f"{INDEX_FILE} and its shards")
+
+
+class ShardedSource(ModelSource):
+    """A Hugging Face sharded checkpoint: ``model.safetensors.index.json`` (``weight_map``: tensor
+    name -> shard file) beside its shards. Every tensor must be in exactly one shard, the one the
+    index names, and every shard's tensor must be in the index."""
+
+    def __init__(self, index: Path) -> None:
+        self.path = index
+        bad = f"{index} is not a sharded safetensors index"
+        try:
+            raw = index.read_bytes()[: MAX_INDEX + 1]
+        except OSError as exc:
+            raise FednodeError(f"cannot read {index}: {exc.strerror}") from None
+        if len(raw) > MAX_INDEX:
+            raise FednodeError(f"{bad}: larger than {MAX_INDEX} bytes")
+        try:
+            data = safejson.loads(raw, max_depth=HEADER_DEPTH)
+        except ValueError:
+            raise FednodeError(f"{bad}: not valid JSON") from None
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise FednodeError(f"{bad}: no weight_map of tensor names to shard files")
+        for name, shard in weight_map.items():
+            if not isinstance(shard, str) or not shard or "/" in shard or "\\" in shard or shard in (".", ".."):
+                raise FednodeError(f"{bad}: tensor {name[:64]!r} names the shard {str(shard)[:64]!r} "
+                                   "(a file name in the same directory)")
+        self._shards: dict[str, SafetensorsFile] = {}
+        self._where: dict[str, SafetensorsFile] = {}
+        try:
+            for shard in sorted(set(weight_map.values())):
+                file = index.parent / shard
+                if not file.is_file():
+                    raise FednodeError(f"{index} names the shard {shard}, which is missing")
+                self._shards[shard] = SafetensorsFile(file)
+            for shard, source in self._shards.items():
+                for name in source.tensors:
+                    if name in self._where:
+                        raise FednodeError(f"tensor {name[:64]!r} is in two shards of {index.parent}")
+                    if weight_map.get(name) != shard:
+                        where = weight_map.get(name)
+                        raise FednodeError(
+                            f"shard {shard} holds tensor {name[:64]!r} but {index.name} "
+                            + (f"puts it in {where}" if where else "does not list it"))
+                    self._where[name] = source
+            missing = sorted(set(weight_map) - set(self._where))
+            if missing:
+                raise FednodeError(f"{index.name} lists tensor {missing[0][:64]!r}, which is not in "
+                                   f"{weight_map[missing[0]]}" + (f" (and {len(missing) - 1} more)"
+                                                                  if len(missing) > 1 else ""))
+        except BaseException:
+            self.close()
+            raise
+        self.tensors = {name: self._where[name].tensors[name] for name in sorted(self._where)}
+
+    def chunks(self, name: str) -> Iterator[memoryview]:
+        return self._where[name].chunks(name)
+
+    def close(self) -> None:
+        for source in self._shards.values():
+            source.close()
+        self._shards = {}
+
+
+class CastSource(ModelSource):
+    """``source`` with every float tensor converted to ``dtype`` (integer tensors unchanged).
+    A value that the target dtype cannot hold (a finite value that would become infinite) is refused."""
+
+    def __init__(self, source: ModelSource, dtype: str) -> None:
+        if dtype not in CASTS:
+            raise FednodeError(f"cannot cast to {dtype!r}: --cast takes {', '.join(CASTS)}")
+        self._source = source
+        self._dtype = dtype
+        self.tensors = {name: TensorInfo(name, dtype, info.shape) if info.dtype in CASTS else info
+                        for name, info in source.tensors.items()}
+
+    def array(self, name: str) -> np.ndarray:
+        from fednode import fixedpoint
+
+        before = self._source.tensors[name].dtype
+        arr = self._source.array(name)
+        if before not in CASTS or before == self._dtype:
+            return arr
+        x = fixedpoint.to_f64(arr, before)
+        out = fixedpoint.from_f64(x, self._dtype)
+        if np.isinf(fixedpoint.to_f64(out, self._dtype)).sum() != np.isinf(x).sum():
+            raise FednodeError(f"tensor {name[:64]!r} has values too large for {self._dtype}: "
+                               "--cast would make them infinite")
+        return out
+
+    def chunks(self, name: str) -> Iterator[memoryview]:
+        yield memoryview(self.array(name)).cast("B")
+
+    def close(self) -> None:
+        self._source.close()
+
+
+def _checkpoint_dict(obj: object, path: Path, key: str | None) -> dict:
+    """The state_dict inside a loaded PyTorch checkpoint: the file itself, or ``obj[key]``
+    (``key`` may name nested maps with '/': ``model/ema``)."""
+    import torch
+
+    if not isinstance(obj, dict):
+        raise FednodeError(f"{path} is not a PyTorch state_dict (it holds a {type(obj).__name__})")
+    if key is not None:
+        for part in key.split("/"):
+            if not isinstance(obj, dict) or part not in obj:
+                keys = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, dict) else ""
+                raise FednodeError(f"{path} has no {key!r} (--key) entry; its keys: {keys or 'none'}")
+            obj = obj[part]
+        if not isinstance(obj, dict):
+            raise FednodeError(f"{path}: the entry {key!r} is a {type(obj).__name__}, not a state_dict")
+        return obj
+    others = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if others:
+        nested = [k for k in others if isinstance(obj[k], dict)
+                  and any(isinstance(v, torch.Tensor) for v in obj[k].values())]
+        keys = ", ".join(map(str, list(obj)[:8])) + (", ..." if len(obj) > 8 else "")
+        if nested:
+            raise FednodeError(f"{path} nests its state_dict (top-level keys: {keys}): "
+                               f"pass --key {nested[0]} to say which one to use")
+        raise FednodeError(f"{path} is not a plain state_dict: {others[0]!r} is not a tensor "
+                           f"(top-level keys: {keys}); pass --key NAME for a nested one")
+    return obj
+
+
+def open_model(path: Path, key: str | None = None, cast: str | None = None) -> ModelSource:
+    """Open a model: a .safetensors file, a PyTorch .pt/.pth/.bin checkpoint (a state_dict, or one
+    nested under ``key``), or a Hugging Face sharded checkpoint (a directory holding
+    model.safetensors.index.json, or that index itself). ``cast``: convert float tensors to that dtype.
+    Any other file name is refused, never guessed."""
     if not path.exists():
         raise FednodeError(f"no such file: {path}")
-    if path.suffix in (".pt", ".pth", ".bin"):
+    if cast is not None and cast.upper() not in CASTS:
+        raise FednodeError(f"cannot cast to {cast!r}: --cast takes {', '.join(CASTS)}")
+    torch_file = path.is_file() and path.suffix.lower() in TORCH_SUFFIXES
+    if key is not None and not torch_file:
+        raise FednodeError(f"--key is for PyTorch checkpoints (.pt/.pth/.bin), not {path}")
+    source: ModelSource
+    if path.is_dir():
+        if (path / INDEX_FILE).is_file():
+            source = ShardedSource(path / INDEX_FILE)
+        elif (path / "model.safetensors").is_file():
+            source = SafetensorsFile(path / "model.safetensors")
+        else:
+            raise FednodeError(f"{path} is a directory without {INDEX_FILE} or model.safetensors: "
+                               f"give {ACCEPTED}")
+    elif path.name.endswith(".safetensors.index.json"):
+        source = ShardedSource(path)
+    elif torch_file:
         import torch
 
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for bad files
             raise FednodeError(f"{path} is not a PyTorch state_dict: {str(exc).splitlines()[0]}") from None
-        if not isinstance(obj, dict):
-            raise FednodeError(f"{path} is not a PyTorch state_dict")
-        return state_dict_source(obj)
-    return SafetensorsFile(path)
+        source = state_dict_source(_checkpoint_dict(obj, path, key))
+    elif path.suffix.lower() == ".safetensors":
+        source = SafetensorsFile(path)
+    else:
+        raise FednodeError(f"{path}: unknown model file type {path.suffix or '(no extension)'!r}; "
+                           f"give {ACCEPTED}")
+    return CastSource(source, cast.upper()) if cast is not None else source
 
 
 def write_safetensors(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from fednode import fixedpoint
 from fednode.daemon.state import fetch_records
 from fednode.errors import Corrupt, FednodeError, NotFound
 from fednode.history import CommitResult, History, RepoInfo, repo_id_text
-from fednode.modelio import ArraySource, TensorInfo, to_torch_state_dict, write_safetensors
+from fednode.modelio import ArraySource, ModelSource, TensorInfo, to_torch_state_dict, write_safetensors
 from fednode.store import Txn
 from protocol.dag import links
 from protocol.multiformats import CID, DAG_CBOR, RAW, FormatError
@@ -21,8 +22,39 @@ from protocol.objects import DTYPES, FLOAT_DTYPES, Commit
 from protocol.unixfs import add_bytes
 
 
+class NothingToCommit(FednodeError):
+    """A commit whose model equals the branch head: nothing is stored."""
+
+
+CHECKOUT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+CHECKOUT_FILE = "model.safetensors"
+
+
+def checkout_path(out: str | Path) -> Path:
+    """Where ``checkout --out`` writes: ``DIR/`` (a trailing slash) or an existing directory means
+    DIR/model.safetensors; a file name must end in .safetensors, .pt, .pth or .bin (never guessed).
+    Refuses a path that cannot become a new file before any work is done."""
+    text = str(out)
+    path = Path(text)
+    if text.endswith(("/", "\\")) or path.is_dir():
+        if path.exists() and not path.is_dir():
+            raise FednodeError(f"cannot write into {text}: it is not a directory")
+        path = path / CHECKOUT_FILE
+    elif path.suffix.lower() not in CHECKOUT_SUFFIXES:
+        raise FednodeError(f"cannot write {path}: unknown model file type {path.suffix or '(no extension)'!r}; "
+                           "use .safetensors, .pt, .pth or .bin, or DIR/ for DIR/model.safetensors")
+    if path.is_dir():
+        raise FednodeError(f"cannot write {path}: it is a directory")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FednodeError(f"cannot write {path}: {parent} is not a directory")
+            break
+    return path
+
+
 def checkout(history: History, cid: CID, out: Path) -> int:
-    """Write a commit's state to ``out`` (.safetensors, or .pt/.pth for a state_dict).
+    """Write a commit's state to ``out`` (.safetensors, or .pt/.pth/.bin for a state_dict).
 
     Written to a temporary file and renamed, so a crash never leaves half a model.
     Tensors are rebuilt one at a time (peak memory ~ the largest tensor).
@@ -32,7 +64,7 @@ def checkout(history: History, cid: CID, out: Path) -> int:
     tmp = out.with_name(out.name + ".partial")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        if out.suffix in (".pt", ".pth"):
+        if out.suffix.lower() in (".pt", ".pth", ".bin"):
             import torch
 
             arrays = {
@@ -51,6 +83,30 @@ def checkout(history: History, cid: CID, out: Path) -> int:
     finally:
         tmp.unlink(missing_ok=True)
     return out.stat().st_size
+
+
+def check_commit_source(history: History, head: CID, source: ModelSource) -> None:
+    """Before committing ``source`` on a branch at ``head``: a float dtype that differs from the
+    parent's is refused with the --cast that converts it, and a model identical to the head (every
+    tensor's bytes the same) is "nothing to commit" (NothingToCommit). Stops at the first
+    changed tensor, so a real update costs one tensor's hash."""
+    with history.store.read() as txn:
+        manifest = history.load_manifest(history.load_commit(head, txn).weights, txn)
+    for name, info in source.tensors.items():
+        old = manifest.tensors.get(name)
+        if old is not None and old.dtype != info.dtype and old.shape == info.shape \
+                and old.dtype in FLOAT_DTYPES and info.dtype in FLOAT_DTYPES:
+            raise FednodeError(f"tensor {name!r} is {info.dtype} but the parent has {old.dtype}: "
+                               f"pass --cast {old.dtype} to convert it")
+    if set(manifest.tensors) != set(source.tensors):
+        return  # History.commit names the missing and unexpected tensors
+    for name, info in source.tensors.items():
+        old = manifest.tensors[name]
+        if (old.dtype, old.shape) != (info.dtype, info.shape):
+            return
+        if add_bytes(memoryview(source.array(name)).cast("B")) != old.state:
+            return
+    raise NothingToCommit(f"nothing to commit: the model is identical to {head}")
 
 
 @dataclass
@@ -76,31 +132,57 @@ def diff(history: History, a: CID, b: CID) -> list[TensorDiff]:
     with history.store.read() as txn:
         ma = history.load_manifest(history.load_commit(a, txn).weights, txn)
         mb = history.load_manifest(history.load_commit(b, txn).weights, txn)
+    return _diff(
+        {n: (e.dtype, e.shape) for n, e in ma.tensors.items()},
+        {n: (e.dtype, e.shape) for n, e in mb.tensors.items()},
+        lambda name: ma.tensors[name].state == mb.tensors[name].state,
+        lambda name: history.tensor_array(a, name),
+        lambda name: history.tensor_array(b, name),
+    )
+
+
+def diff_file(history: History, a: CID, source: ModelSource) -> list[TensorDiff]:
+    """Commit ``a`` against a model on disk (``diff REV --file PATH``): what changed from ``a`` to the file."""
+    with history.store.read() as txn:
+        ma = history.load_manifest(history.load_commit(a, txn).weights, txn)
+    return _diff(
+        {n: (e.dtype, e.shape) for n, e in ma.tensors.items()},
+        {n: (t.dtype, t.shape) for n, t in source.tensors.items()},
+        lambda name: False,
+        lambda name: history.tensor_array(a, name),
+        source.array,
+    )
+
+
+def _diff(ta: dict[str, tuple[str, tuple[int, ...]]], tb: dict[str, tuple[str, tuple[int, ...]]],
+          same_state: Callable[[str], bool], array_a: Callable[[str], np.ndarray],
+          array_b: Callable[[str], np.ndarray]) -> list[TensorDiff]:
     out = []
-    for name in sorted(set(ma.tensors) | set(mb.tensors)):
-        if name not in mb.tensors:
-            out.append(TensorDiff(name, "removed", numel=ma.tensors[name].numel))
+    for name in sorted(set(ta) | set(tb)):
+        if name not in tb:
+            out.append(TensorDiff(name, "removed", numel=math.prod(ta[name][1])))
             continue
-        if name not in ma.tensors:
-            out.append(TensorDiff(name, "added", numel=mb.tensors[name].numel))
+        if name not in ta:
+            out.append(TensorDiff(name, "added", numel=math.prod(tb[name][1])))
             continue
-        ea, eb = ma.tensors[name], mb.tensors[name]
-        if ea.state == eb.state and (ea.dtype, ea.shape) == (eb.dtype, eb.shape):
-            out.append(TensorDiff(name, "same", numel=ea.numel))
+        (da, shape), (db, shape_b) = ta[name], tb[name]
+        numel = math.prod(shape_b)
+        if (da, shape) != (db, shape_b):
+            out.append(TensorDiff(name, "changed", float("nan"), float("nan"), 1.0, numel))
             continue
-        if (ea.dtype, ea.shape) != (eb.dtype, eb.shape):
-            out.append(TensorDiff(name, "changed", float("nan"), float("nan"), 1.0, eb.numel))
+        if same_state(name):
+            out.append(TensorDiff(name, "same", numel=numel))
             continue
-        xa = _as_f64(history.tensor_array(a, name), ea.dtype)
-        xb = _as_f64(history.tensor_array(b, name), eb.dtype)
+        xa = _as_f64(array_a(name), da)
+        xb = _as_f64(array_b(name), db)
         changed = xa != xb
         if not changed.any():
-            out.append(TensorDiff(name, "same", numel=ea.numel))
+            out.append(TensorDiff(name, "same", numel=numel))
             continue
         l2 = float(np.linalg.norm(xb - xa))
         base = float(np.linalg.norm(xa))
         rel = l2 / base if base else float("inf")
-        out.append(TensorDiff(name, "changed", l2, rel, float(changed.mean()), ea.numel))
+        out.append(TensorDiff(name, "changed", l2, rel, float(changed.mean()), numel))
     return out
 
 

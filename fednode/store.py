@@ -2,7 +2,8 @@
 
 Databases: ``blocks`` (CID bytes -> block), ``refs`` (repo id + name -> value),
 ``repos`` (name -> repo id), ``commits`` (commit CID text -> repo id, for prefix
-look-ups), ``hashes`` (commit hash -> commit CID). Every write is one LMDB
+look-ups), ``hashes`` (commit hash -> commit CID), ``reflog`` (repo id + branch + NUL + sequence
+number -> one branch move, see ``Txn.set_ref``). Every write is one LMDB
 transaction, so a crash never exposes a half-written block or ref: a commit,
 its manifest and the branch move become visible together or not at all. Large
 tensor data may go in earlier transactions; until a ref reaches those blocks
@@ -11,6 +12,9 @@ they are unreferenced garbage for ``gc``, never a visible half object.
 
 from __future__ import annotations
 
+import json
+import struct
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,12 +24,15 @@ import lmdb
 from fednode.diskspace import DiskFull, DiskReservation
 from fednode.errors import Corrupt, FednodeError, NotFound
 from protocol.multiformats import CID, FormatError
+from protocol.objects import Commit
 
 INITIAL_MAP_SIZE = 1 << 30  # grown on demand: the data file's apparent size is the map size
 WRITE_HEADROOM = 1 << 28  # room every write transaction may use; bigger writes pass a hint
 DISK_MARGIN = 1 << 20  # disk every write may touch beyond its values: copied B-tree pages, freelist, meta
 # outbox and chain: on-chain anchoring (queue, local chain state); net: the daemon (peers, follows, fetches)
-_DBS = ("blocks", "refs", "repos", "commits", "hashes", "meta", "outbox", "chain", "net")
+# reflog: every move of a branch (heads/*), kept so that a reset or a forced move can be undone
+_DBS = ("blocks", "refs", "repos", "commits", "hashes", "meta", "outbox", "chain", "net", "reflog")
+REFLOG_KEEP = 1000  # entries kept per branch; older ones are dropped
 
 
 _DAMAGED = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadChecksumError, lmdb.InvalidError,
@@ -100,16 +107,71 @@ class Txn:
                 yield cid
 
     # refs: values are raw bytes; names like "heads/main", "tags/v1", "HEAD"
-    def set_ref(self, repo_id: bytes, name: str, value: bytes) -> None:
-        self._room(repo_id + name.encode(), value)
-        self._txn.put(repo_id + name.encode(), value, db=self._db("refs"))
+    def set_ref(self, repo_id: bytes, name: str, value: bytes, reason: str | None = None) -> None:
+        """Set a ref; a branch (``heads/*``) that moves gets a reflog entry (old, new, reason) in the
+        same transaction. Without ``reason`` one is read off the new commit (its kind and message)."""
+        key = repo_id + name.encode()
+        if name.startswith("heads/"):
+            old = self.get_ref(repo_id, name)
+            if old != value:
+                self._log_move(repo_id, name[len("heads/"):], old, value, reason)
+        self._room(key, value)
+        self._txn.put(key, value, db=self._db("refs"))
 
     def get_ref(self, repo_id: bytes, name: str) -> bytes | None:
         value = self._txn.get(repo_id + name.encode(), db=self._db("refs"))
         return None if value is None else bytes(value)
 
-    def delete_ref(self, repo_id: bytes, name: str) -> bool:
+    def delete_ref(self, repo_id: bytes, name: str, reason: str | None = None) -> bool:
+        if name.startswith("heads/"):
+            old = self.get_ref(repo_id, name)
+            if old is not None:
+                self._log_move(repo_id, name[len("heads/"):], old, None, reason or "branch deleted")
         return self._txn.delete(repo_id + name.encode(), db=self._db("refs"))
+
+    # reflog: per repository and branch, oldest first in key order
+    @staticmethod
+    def _reflog_prefix(repo_id: bytes, branch: str) -> bytes:
+        return repo_id + branch.encode() + b"\0"  # branch names never hold NUL (history.check_name)
+
+    def _move_reason(self, old: bytes | None, new: bytes | None) -> str:
+        if new is None:
+            return "moved"
+        try:
+            cid = CID.from_bytes(new)
+            raw = self._txn.get(bytes(cid), db=self._db("blocks"))
+            commit = Commit.decode(bytes(raw)) if raw is not None else None
+        except Exception:  # a reason is a courtesy: it never stops a ref from moving
+            commit = None
+        if commit is None:
+            return "moved"
+        first_line = (commit.message.splitlines() or [""])[0][:200]
+        if old is None:
+            return f"created: {first_line}" if not commit.parents else "branch created"
+        if commit.parents and bytes(commit.parents[0]) == old:
+            return f"{commit.kind}: {first_line}"
+        return "moved"
+
+    def _log_move(self, repo_id: bytes, branch: str, old: bytes | None, new: bytes | None,
+                  reason: str | None) -> None:
+        prefix = self._reflog_prefix(repo_id, branch)
+        entries = self.kv_items("reflog", prefix)
+        seq = struct.unpack(">Q", entries[-1][0][len(prefix):])[0] + 1 if entries else 0
+        entry = {
+            "time_ms": time.time_ns() // 1_000_000,
+            "old": str(CID.from_bytes(old)) if old else None,
+            "new": str(CID.from_bytes(new)) if new else None,
+            "reason": reason if reason is not None else self._move_reason(old, new),
+        }
+        self.kv_put("reflog", prefix + struct.pack(">Q", seq), json.dumps(entry, sort_keys=True).encode())
+        for key, _ in entries[: max(0, len(entries) + 1 - REFLOG_KEEP)]:
+            self._txn.delete(key, db=self._db("reflog"))
+
+    def reflog(self, repo_id: bytes, branch: str) -> list[dict]:
+        """The moves of ``branch``, newest first: {time_ms, old, new, reason} (CIDs as text, None
+        for a branch created or deleted)."""
+        prefix = self._reflog_prefix(repo_id, branch)
+        return [json.loads(v) for _, v in reversed(self.kv_items("reflog", prefix))]
 
     def list_refs(self, repo_id: bytes, prefix: str = "") -> dict[str, bytes]:
         start = repo_id + prefix.encode()

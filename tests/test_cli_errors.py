@@ -37,6 +37,7 @@ def out_in_proc(home: Path, tmp: Path, _: ExitStack) -> tuple[Path, list[str], t
 
 
 def out_is_a_directory(home: Path, tmp: Path, _: ExitStack) -> tuple[Path, list[str], tuple[str, ...]]:
+    (tmp / "model.safetensors").mkdir()  # --out DIR writes DIR/model.safetensors: here a directory
     return home, ["checkout", "main", "-r", "m", "--out", str(tmp)], ("is a directory",)
 
 
