@@ -1,18 +1,28 @@
 """Update encodings: how one tensor's change from its parent is stored.
 
-A registry of named, documented encodings (``ENCODINGS``). Every decoder uses
-only correctly rounded float64 operations, so reconstruction is deterministic on
-any machine; the lossy ones trade exactness of the *update* for size, never
-determinism of the *state*.
+A registry of named, documented encodings (``NAMES``). The default, ``xor``, is
+lossless: it stores the bitwise XOR of the tensor's little-endian bytes with its
+parent's, so ``apply`` rebuilds every bit (NaN payloads, -0.0, subnormals, any
+magnitude, any dtype). The others are lossy and only used when chosen; every
+decoder uses only correctly rounded float64 operations, so reconstruction is
+deterministic on any machine: they trade exactness of the *update* for size,
+never determinism of the *state*.
 
 =========  ===========================================================  ==========
 name       payload                                                      lossy
 =========  ===========================================================  ==========
-fixed      integers on the grid 2**-scale_bits, narrowest of 8..64 bits  grid only
+xor        new XOR parent bytes, grouped by byte significance            no
+fixed      integers on the grid 2**-scale_bits, narrowest of 8..64 bits  yes (floats)
 fp16       the change as IEEE float16                                    yes
 int8       round(change / scale) in int8, scale = max|change| / 127      yes
 topk       the k largest changes: uint32 indices + fixed-grid integers   yes
 =========  ===========================================================  ==========
+
+``xor`` byte grouping: for an element size s, the payload is byte 0 of every
+element, then byte 1 of every element, ..., then byte s-1 (ZipNN's "byte
+grouping", arXiv 2411.05239). A small update leaves the sign/exponent bytes of
+the XOR almost all zero, which zstd then stores in a few bytes. Integer tensors
+use ``xor`` (or exact ``fixed`` integers when a lossy encoding is chosen).
 
 Merges do not depend on how an input was encoded: they work on exact integer
 deltas between reconstructed states (``fednode.merging``). Payloads may be
@@ -31,7 +41,9 @@ from fednode.errors import Corrupt, FednodeError
 from protocol.objects import FLOAT_DTYPES, TensorEntry
 
 ZSTD_LEVEL = 3
-NAMES = ("fixed", "fp16", "int8", "topk")
+DEFAULT = "xor"
+LOSSY = ("fixed", "fp16", "int8", "topk")
+NAMES = (DEFAULT, *LOSSY)
 DEFAULT_TOPK_FRACTION = 0.01
 
 
@@ -39,6 +51,28 @@ DEFAULT_TOPK_FRACTION = 0.01
 class Encoded:
     payload: bytes
     fields: dict  # encoding-specific TensorEntry fields (int_bits, scale_bits, scale, k)
+
+
+def byte_planes(data: bytes | memoryview, itemsize: int) -> bytes:
+    """Byte k of every element together, for k = 0 .. itemsize-1 (little-endian significance)."""
+    flat = np.frombuffer(data, dtype=np.uint8)
+    if itemsize == 1:
+        return flat.tobytes()
+    return flat.reshape(-1, itemsize).T.tobytes()
+
+
+def from_byte_planes(data: bytes | memoryview, itemsize: int) -> np.ndarray:
+    """Inverse of ``byte_planes``: the elements' bytes back in order (a fresh uint8 array)."""
+    flat = np.frombuffer(data, dtype=np.uint8)
+    if itemsize == 1:
+        return flat.copy()
+    return np.ascontiguousarray(flat.reshape(itemsize, -1).T).reshape(-1)
+
+
+def xor_bytes(parent: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """The bitwise XOR of two same-sized arrays' bytes (uint8)."""
+    return np.bitwise_xor(np.ascontiguousarray(parent).view(np.uint8).reshape(-1),
+                          np.ascontiguousarray(new).view(np.uint8).reshape(-1))
 
 
 def _float_change(parent: np.ndarray, new: np.ndarray, dtype: str) -> np.ndarray | None:
@@ -51,6 +85,10 @@ def encode(name: str, parent: np.ndarray, new: np.ndarray, dtype: str, scale_bit
     """Encode ``new`` relative to ``parent``; None when it must be a snapshot instead."""
     if name not in NAMES:
         raise FednodeError(f"unknown update encoding {name!r}; valid: {', '.join(NAMES)}")
+    if name == "xor":
+        if parent.nbytes != new.nbytes or parent.dtype.itemsize != new.dtype.itemsize:
+            raise FednodeError("xor needs a parent of the same dtype and shape")
+        return Encoded(byte_planes(xor_bytes(parent, new), new.dtype.itemsize), {})
     if name != "fixed" and dtype not in FLOAT_DTYPES:
         name = "fixed"  # lossy encodings make no sense for integer tensors
     if name == "fixed":
@@ -92,6 +130,12 @@ def apply(parent: np.ndarray, payload: bytes, entry: TensorEntry) -> np.ndarray:
     """Rebuild the tensor from its parent and the (decompressed) payload."""
     if len(payload) != entry.payload_size:
         raise Corrupt(f"{entry.encoding} payload has {len(payload)} bytes, expected {entry.payload_size}")
+    if entry.encoding == "xor":
+        if parent.nbytes != len(payload):
+            raise Corrupt(f"xor payload has {len(payload)} bytes, the parent {parent.nbytes}")
+        flat = np.bitwise_xor(np.ascontiguousarray(parent).view(np.uint8).reshape(-1),
+                              from_byte_planes(payload, parent.dtype.itemsize))
+        return flat.view(parent.dtype)
     if entry.encoding == "fixed":
         q = np.frombuffer(payload, dtype=f"<i{entry.int_bits // 8}")
         return fixedpoint.apply_delta(parent, q, entry.dtype, entry.scale_bits)

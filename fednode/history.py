@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -84,13 +84,45 @@ class RepoInfo:
         return int(self.settings["snapshot_interval"])
 
 
+@dataclass(frozen=True)
+class TensorError:
+    """How far a lossy encoding moved one tensor from the bytes it was given (float64 terms).
+
+    ``max_rel`` is the largest |stored - given| / |given| over the elements; inf when a given 0
+    comes back non-zero."""
+
+    max_abs: float
+    max_rel: float
+
+
 @dataclass
 class CommitResult:
     cid: CID
     commit: Commit
     new_bytes: int
     total_bytes: int
-    max_quantization_error: float
+    max_quantization_error: float  # the largest TensorError.max_abs; 0.0 when lossless
+    encoding: str = encodings.DEFAULT
+    errors: dict[str, TensorError] = field(default_factory=dict)  # lossy encodings only: every float tensor
+
+    @property
+    def lossless(self) -> bool:
+        """Every tensor of the commit stores exactly the bytes it was given."""
+        return all(e.max_abs == 0.0 and e.max_rel == 0.0 for e in self.errors.values())
+
+
+def tensor_error(stored: np.ndarray, given: np.ndarray, dtype: str) -> TensorError:
+    """Max absolute and relative error of ``stored`` against ``given`` (same dtype, finite values)."""
+    if given.size == 0 or np.array_equal(stored.view(np.uint8), given.view(np.uint8)):
+        return TensorError(0.0, 0.0)
+    x, y = fixedpoint.to_f64(given, dtype), fixedpoint.to_f64(stored, dtype)
+    diff = np.abs(y - x)
+    mag = np.abs(x)
+    nonzero = mag > 0
+    rel = float(np.max(diff[nonzero] / mag[nonzero], initial=0.0))
+    if (diff[~nonzero] > 0).any():
+        rel = float("inf")
+    return TensorError(float(diff.max()), rel)
 
 
 class History:
@@ -295,16 +327,18 @@ class History:
         info: dict[str, Any] | None = None,
         expected_head: CID | None = None,
         exact: bool = False,
-        encoding: str = "fixed",
+        encoding: str = encodings.DEFAULT,
         topk_fraction: float = encodings.DEFAULT_TOPK_FRACTION,
         compress: bool = True,
     ) -> CommitResult:
         """Commit ``source`` as the new state of ``branch`` (deltas against its head).
 
-        Float deltas are rounded to the repository grid (or encoded lossily with
-        ``encoding`` fp16/int8/topk); with ``exact`` a tensor whose delta would not
-        rebuild the very same bytes is stored as a snapshot. Delta payloads are
-        zstd-compressed when that saves at least 1/8 (``compress``).
+        The default ``xor`` encoding stores every tensor bit for bit (a byte-grouped XOR
+        against the parent). A lossy ``encoding`` (fixed: the repository grid, fp16, int8,
+        topk) is used only when asked for; its per-tensor error is in ``CommitResult.errors``,
+        and with ``exact`` a tensor whose lossy delta would not rebuild the very same bytes is
+        stored as a snapshot. Delta payloads are zstd-compressed when that saves at least 1/8
+        (``compress``).
         """
         if encoding not in encodings.NAMES:
             raise FednodeError(f"unknown update encoding {encoding!r}; valid: {', '.join(encodings.NAMES)}")
@@ -320,14 +354,15 @@ class History:
         self._check_compatible(parent_manifest, source)
         sink = BlockSink(self.store, expected_bytes=2 * sum(t.nbytes for t in source.tensors.values()))
         entries: dict[str, TensorEntry] = {}
-        max_err = 0.0
+        errors: dict[str, TensorError] = {}
         try:
             for name, tinfo in source.tensors.items():
                 old = parent_manifest.tensors[name]
                 entry, err = self._encode_tensor(sink, repo, head, old, tinfo, source, exact, encoding,
                                                  topk_fraction, compress)
                 entries[name] = entry
-                max_err = max(max_err, err)
+                if err is not None:
+                    errors[name] = err
         except BaseException:
             sink.abort()
             raise
@@ -360,7 +395,8 @@ class History:
             return new
 
         new = sink.finish(final)
-        return CommitResult(cid, commit, sink.new_bytes + new, sink.total_bytes, max_err)
+        max_err = max((e.max_abs for e in errors.values()), default=0.0)
+        return CommitResult(cid, commit, sink.new_bytes + new, sink.total_bytes, max_err, encoding, errors)
 
     @staticmethod
     def _check_compatible(parent: Manifest, source: ModelSource) -> None:
@@ -390,36 +426,38 @@ class History:
         info: TensorInfo,
         source: ModelSource,
         exact: bool = False,
-        encoding: str = "fixed",
+        encoding: str = encodings.DEFAULT,
         topk_fraction: float = encodings.DEFAULT_TOPK_FRACTION,
         compress: bool = True,
-    ) -> tuple[TensorEntry, float]:
+    ) -> tuple[TensorEntry, TensorError | None]:
+        """One tensor's entry, and its error when a lossy encoding stored it (None: bit-exact by
+        construction: a snapshot, an unchanged tensor, xor, or exact integers)."""
         new = source.array(info.name)
+        lossy = encoding in encodings.LOSSY and info.dtype in FLOAT_DTYPES
+        zero = TensorError(0.0, 0.0) if lossy else None
         new_state = add_bytes(memoryview(new).cast("B"))  # hash only: finds unchanged tensors cheaply
         depth = old.depth + 1
         if depth > repo.snapshot_interval:
-            return self._snapshot(sink, info, iter([memoryview(new).cast("B")])), 0.0
-        if new_state == old.state:
-            return TensorEntry(info.dtype, info.shape, "same", depth, state=old.state), 0.0
-        parent = self.tensor_array(head, info.name)
+            return self._snapshot(sink, info, iter([memoryview(new).cast("B")])), zero
+        if new_state == old.state:  # the very same bytes
+            return TensorEntry(info.dtype, info.shape, "same", depth, state=old.state), zero
         if info.dtype == "BOOL":
-            return self._snapshot(sink, info, iter([memoryview(new).cast("B")])), 0.0
+            return self._snapshot(sink, info, iter([memoryview(new).cast("B")])), zero
+        parent = self.tensor_array(head, info.name)
+        if encoding == encodings.DEFAULT:
+            return self._store_xor(sink, info, depth, parent, new, new_state, compress), None
         encoded = encodings.encode(encoding, parent, new, info.dtype, repo.scale_bits, topk_fraction)
         if encoded is None:  # NaN/Inf or out of range: keep the exact bytes instead
-            return self._snapshot(sink, info, iter([memoryview(new).cast("B")])), 0.0
-        kind = encoding if info.dtype in FLOAT_DTYPES else "fixed"
+            return self._snapshot(sink, info, iter([memoryview(new).cast("B")])), zero
+        kind = encoding if lossy else "fixed"  # integers under a lossy choice: exact integer deltas
         fields = encoded.fields
         probe = TensorEntry(info.dtype, info.shape, kind, depth, None, len(encoded.payload),
                             fields.get("int_bits", 0), fields.get("scale_bits", 0), "none",
                             fields.get("scale", 0.0), fields.get("k", 0))
         rebuilt = encodings.apply(parent, encoded.payload, probe)
         if exact and not np.array_equal(rebuilt.view(np.uint8), new.view(np.uint8)):
-            return self._snapshot(sink, info, iter([memoryview(new).cast("B")])), 0.0
-        err = 0.0
-        if info.dtype in FLOAT_DTYPES and new.size:
-            err = float(
-                np.max(np.abs(fixedpoint.to_f64(rebuilt, info.dtype) - fixedpoint.to_f64(new, info.dtype)))
-            )
+            return self._snapshot(sink, info, iter([memoryview(new).cast("B")])), zero
+        err = tensor_error(rebuilt, new, info.dtype) if lossy else None
         if np.array_equal(rebuilt.view(np.uint8), parent.view(np.uint8)):
             return TensorEntry(info.dtype, info.shape, "same", depth, state=old.state), err
         exact_rebuild = np.array_equal(rebuilt.view(np.uint8), new.view(np.uint8))
@@ -430,6 +468,20 @@ class History:
         root = builder.finish()
         entry = replace(probe, cid=root.cid, size=len(blob), compression="zstd" if packed else "none", state=state)
         return entry, err
+
+    def _store_xor(self, sink: BlockSink, info: TensorInfo, depth: int, parent: np.ndarray, new: np.ndarray,
+                   new_state: CID, compress: bool) -> TensorEntry:
+        """The lossless delta: byte-grouped XOR against the parent, zstd when that saves 1/8. A delta
+        no smaller than the tensor is stored as a snapshot instead (same bytes, shorter chain)."""
+        encoded = encodings.encode("xor", parent, new, info.dtype, 0)
+        blob, packed = encodings.compress(encoded.payload) if compress else (encoded.payload, False)
+        if len(blob) >= info.nbytes:
+            return self._snapshot(sink, info, iter([memoryview(new).cast("B")]))
+        builder = sink.file()
+        builder.write(blob)
+        root = builder.finish()
+        return TensorEntry(info.dtype, info.shape, "xor", depth, root.cid, len(blob),
+                           compression="zstd" if packed else "none", state=new_state)
 
     # --- refs and revisions ----------------------------------------------------
     def branch_head(self, repo: RepoInfo, branch: str) -> CID:

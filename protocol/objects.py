@@ -29,7 +29,7 @@ COMMIT_TYPE = "fednode/commit"
 WEIGHTS_TYPE = "fednode/weights"
 VERSION = 1
 KINDS = ("init", "update", "merge", "revert")
-DELTA_ENCODINGS = ("fixed", "fp16", "int8", "topk")
+DELTA_ENCODINGS = ("xor", "fixed", "fp16", "int8", "topk")
 ENCODINGS = ("raw", "same", *DELTA_ENCODINGS)
 MAX_MESSAGE = 64 * 1024
 
@@ -91,6 +91,8 @@ class TensorEntry(Sized):
     """How one tensor of a commit's state is stored.
 
     raw:   ``cid`` is a UnixFS file of the tensor's little-endian bytes (a snapshot).
+    xor:   lossless: the tensor's little-endian bytes XOR its first parent's, grouped by
+           byte significance (byte 0 of every element, then byte 1, ...); ``nbytes`` long.
     fixed: the change from the first parent as little-endian signed integers of
            ``int_bits`` on the grid 2**-scale_bits (scale_bits 0 for integer tensors).
     fp16:  the change as little-endian float16.
@@ -183,6 +185,7 @@ class TensorEntry(Sized):
             _require(state == cid, "a snapshot's state is its own CID")
             return cls(entry.dtype, entry.shape, enc, 0, cid, size, state=state)
         _require(entry.dtype != "BOOL", "bool tensors are stored as snapshots")
+        # xor has no fields of its own: dtype and shape fix its payload (nbytes)
         _require(entry.depth > 0, "a delta cannot be a snapshot")
         compression = obj.get("compression", "none")
         # Absent means none: an explicit "none" would be a second encoding of the same entry.
@@ -212,6 +215,7 @@ class TensorEntry(Sized):
         """Bytes of the uncompressed delta payload."""
         n = self.numel
         return {
+            "xor": self.nbytes,
             "fixed": n * self.int_bits // 8,
             "fp16": n * 2,
             "int8": n,

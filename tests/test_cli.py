@@ -116,8 +116,8 @@ def test_show_json(cli, repo: dict) -> None:
     for name, (dtype, arr) in repo["v1"].items():
         t = tensors[name]
         assert t["dtype"] == dtype and t["shape"] == list(arr.shape)
-        assert t["encoding"] in ("fixed", "same")
-        if t["encoding"] == "fixed":
+        assert t["encoding"] in ("xor", "same")  # the lossless default
+        if t["encoding"] == "xor":
             assert CID.parse(t["cid"]).codec in (0x55, 0x70) and t["depth"] == 1
     assert tensors["steps"]["encoding"] == "same" and tensors["steps"]["cid"] is None
     genesis = json.loads(cli("show", repo["genesis"], "--json").stdout)
