@@ -258,6 +258,7 @@ def register(main: click.Group) -> None:
             raise FednodeError("--url is for the rpc backend")
         if program_id:
             lines.append(f'program_id = "{parse_pubkey("--program-id", program_id)}"')
+        lines += _kept_settings(home / CONFIG_FILE)
         chain_section({"chain": tomllib.loads("\n".join(lines))})  # validate before writing
         _write_chain_section(home / CONFIG_FILE, lines)
         out.print(f"chain backend: {backend}" + (f" {url}" if url else ""), markup=False)
@@ -345,6 +346,25 @@ def register(main: click.Group) -> None:
 
 def _toml_str(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# [chain] settings of this node rather than of the chain: `chain use` keeps them.
+KEPT_SETTINGS = ("flush_interval", "timeout_s", "program_elf")
+
+
+def _kept_settings(path: Path) -> list[str]:
+    try:
+        section = tomllib.loads(path.read_text()).get("chain") or {}
+    except (OSError, ValueError):
+        return []
+    lines = []
+    for key in KEPT_SETTINGS:
+        value = section.get(key) if isinstance(section, dict) else None
+        if isinstance(value, str):
+            lines.append(f"{key} = {_toml_str(value)}")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            lines.append(f"{key} = {value!r}")
+    return lines
 
 
 def _write_chain_section(path: Path, lines: list[str]) -> None:

@@ -39,9 +39,9 @@ def program_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-def start_devchain(port: int = 0) -> tuple[subprocess.Popen[str], str]:
+def start_devchain(port: int = 0, *args: str) -> tuple[subprocess.Popen[str], str]:
     """Start `fednode devchain`; return the process and its URL once it listens (bounded wait)."""
-    proc = subprocess.Popen([*fednode_cmd(), "devchain", "--port", str(port)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([*fednode_cmd(), "devchain", "--port", str(port), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT, env=os.environ.copy())  # fmt: skip
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
@@ -253,3 +253,49 @@ def test_devchain_refuses_non_loopback(tmp_path: Path) -> None:
                           text=True, timeout=30, cwd=ROOT)  # fmt: skip
     assert proc.returncode == 1
     assert_one_line_error(proc.stderr, "loopback")
+
+
+def test_ledger_keeps_accounts_across_restart(tmp_path: Path) -> None:
+    """`devchain --ledger DIR`: anchors, balances and the genesis hash survive the process being
+    stopped (SIGTERM: no clean shutdown) and started again; anchoring goes on from there."""
+    home, port, ledger = tmp_path / "home", free_port(), tmp_path / "ledger"
+    arrays = model_arrays(0)
+    run_fednode(home, "init")
+    run_fednode(home, "repo", "create", "demo", "--from", write_model(tmp_path / "m0.safetensors", arrays))
+    run_fednode(home, "commit", "--from", write_model(tmp_path / "m1.safetensors", perturb(arrays, 1)), "-m", "one")
+    proc, url = start_devchain(port, "--ledger", str(ledger))
+    try:
+        run_fednode(home, "chain", "use", "rpc", "--url", url)
+        sent = fed_json(home, "anchor", "main")
+        assert [s["op"] for s in sent["sent"]] == ["create_repo", "anchor", "anchor"] and sent["queued"] == 0
+        before = fed_json(home, "chain", "status")
+        assert before["repos"][0]["commit_count"] == 2 and before["chain"]["genesis"]
+        # One devchain per ledger: a second one is refused while the first runs.
+        second = subprocess.run([*fednode_cmd(), "devchain", "--port", "0", "--ledger", str(ledger)],
+                                capture_output=True, text=True, timeout=60, cwd=ROOT)  # fmt: skip
+        assert second.returncode == 1
+        assert_one_line_error(second.stderr, "in use by another devchain")
+    finally:
+        stop(proc)
+    proc, url2 = start_devchain(port, "--ledger", str(ledger))
+    try:
+        assert url2 == url
+        after = fed_json(home, "chain", "status")
+        assert after["chain"]["genesis"] == before["chain"]["genesis"]  # the same chain, not a new one
+        assert after["repos"] == before["repos"] and after["balance_lamports"] == before["balance_lamports"]
+        assert after["slot"] >= before["slot"] and after["queue_length"] == 0
+        assert fed_json(home, "chain", "verify", "main") == {"ok": True, "commits": 2, "problems": []}
+        run_fednode(home, "commit", "--from", write_model(tmp_path / "m2.safetensors", perturb(arrays, 2)),
+                    "-m", "two")  # fmt: skip
+        sent = fed_json(home, "anchor", "main")
+        assert [(s["op"], s["index"]) for s in sent["sent"]] == [("anchor", 2)]
+    finally:
+        stop(proc)
+    # Without --ledger every start is a new chain: a new genesis hash and none of the anchors.
+    proc, _ = start_devchain(port)
+    try:
+        fresh = fed_json(home, "chain", "status")
+        assert fresh["chain"]["genesis"] != before["chain"]["genesis"] and fresh["repos"] == [
+            {"name": "demo", "on_chain": False}]
+    finally:
+        stop(proc)
