@@ -45,41 +45,105 @@ def register(main: click.Group) -> None:
     def members() -> None:
         """Who may commit: the signed network membership and the on-chain allowlist."""
 
-    def _publish(ctx: click.Context, name: str, addrs: list[bytes], public: bool) -> str:
+    def _daemon(ctx: click.Context) -> Any:
+        """The running daemon's client, after it answered: the network half needs it."""
         from fednode.daemon.client import Client
 
+        home = ctx.find_root().obj["home"]
         try:
-            client = Client(ctx.find_root().obj["home"])
+            client = Client(home)
+            client.call("GET", "/status")
         except FednodeError:
-            return "no daemon running: network membership unchanged (start 'fednode daemon' and repeat)"
+            raise FednodeError("no daemon is running to publish the network membership: start 'fednode daemon' "
+                               "and repeat (nothing was changed)") from None
+        return client
+
+    def _publish(client: Any, name: str, addrs: list[bytes], public: bool) -> str:
         res = client.call("POST", "/members", {"repo": name, "members": [b58encode(a) for a in addrs],
                                                "public": public})
         return f"network: {res['members']} member(s) besides the owner, public={res['public']} (signed, published)"
 
-    def _chain(ctx: click.Context, repo_name: str, addrs: list[bytes], add: bool) -> str:
-        from solders.pubkey import Pubkey
-
-        async def go(a: Any, node: Any) -> None:
-            for raw in addrs:
-                await a.set_member(_repo(node, repo_name), Pubkey.from_bytes(raw), add)
-
-        chain_commands._run(ctx, go)
-        return f"chain: {'added' if add else 'removed'} {len(addrs)} member(s)"
-
     def _change(ctx: click.Context, addresses: tuple[str, ...], repo_name: str | None, public: bool | None,
                 no_chain: bool, add: bool) -> None:
+        """Every precondition first (owner, addresses, a daemon that answers, the repository on chain
+        and owned by us); then the on-chain change, then the signed membership. A failure after the
+        chain changed undoes the on-chain change: both lists change, or neither."""
         node = _node(ctx)
         info = _repo(node, repo_name)
-        if node.history.load_commit(info.genesis).author != node.identity.public_key:
+        me = node.identity.public_key
+        if node.history.load_commit(info.genesis).author != me:
             raise FednodeError("only the repository owner (its genesis author) changes its members")
         addrs = _addresses(addresses)
+        if me in addrs:
+            raise FednodeError("the owner is implicitly a member: leave its address out")
         current, was_public = _network(node, info.repo_id)
         wanted = sorted(set(current) | set(addrs)) if add else sorted(set(current) - set(addrs))
-        lines = [_publish(ctx, info.name, wanted, was_public if public is None else public)]
-        if not no_chain:
-            lines.append(_chain(ctx, info.name, addrs, add))
-        for line in lines:
+        now_public = was_public if public is None else public
+        client = _daemon(ctx)
+        network_changes = wanted != sorted(current) or now_public != was_public
+        if no_chain:
+            if not network_changes:
+                out.print(f"network: unchanged ({_unchanged(addrs, add)})", markup=False)
+                return
+            out.print(_publish(client, info.name, wanted, now_public), markup=False)
+            return
+
+        async def go(a: Any, n: Any) -> list[str]:
+            from solders.pubkey import Pubkey
+
+            record = await a.repo_record(info.repo_id)
+            if record is None:
+                raise FednodeError(f"repository {info.name} is not on chain: anchor its genesis first "
+                                   f"('fednode anchor {info.name}:{info.genesis}'); nothing was changed")
+            if record.owner != me:
+                raise FednodeError(f"only the on-chain owner {b58encode(record.owner)} changes the members of "
+                                   f"{info.name}; nothing was changed")
+            todo = [raw for raw in addrs if await a.is_member(info.repo_id, raw) != add]
+            if not todo and not network_changes:
+                return [f"nothing to change: {_unchanged(addrs, add)}"]
+            done: list[bytes] = []
+            try:
+                for raw in todo:
+                    await a.set_member(info, Pubkey.from_bytes(raw), add)
+                    done.append(raw)
+                lines = [_publish(client, info.name, wanted, now_public)] if network_changes else \
+                    ["network: unchanged"]  # fmt: skip
+            except Exception as exc:
+                raise FednodeError(f"{_why(exc)}; {await _undo(a, info, done, add)}") from None
+            verb = "added" if add else "removed"
+            return [*lines, f"chain: {verb} {len(todo)} member(s)"
+                    + (f" ({len(addrs) - len(todo)} already {'members' if add else 'absent'})"
+                       if len(todo) < len(addrs) else "")]
+
+        for line in chain_commands._run(ctx, go):
             out.print(line, markup=False)
+
+    async def _undo(a: Any, info: Any, done: list[bytes], add: bool) -> str:
+        """Reverse the on-chain changes already made; what is true afterwards, in words."""
+        from solders.pubkey import Pubkey
+
+        if not done:
+            return "nothing was changed"
+        left = []
+        for raw in reversed(done):
+            try:
+                await a.set_member(info, Pubkey.from_bytes(raw), not add)
+            except Exception:  # the chain refused the undo too: say which address stays changed
+                left.append(b58encode(raw))
+        if left:
+            return (f"the on-chain allowlist stays changed for {', '.join(left)} (undo with 'fednode chain members "
+                    f"{'remove' if add else 'add'}'); the network membership was not changed")
+        return f"the on-chain change was undone for {len(done)} member(s); nothing was changed"
+
+    def _why(exc: Exception) -> str:
+        if isinstance(exc, chain_commands.ChainUnavailable):
+            return f"chain unavailable: {exc}"
+        if isinstance(exc, chain_commands.ChainError):
+            return f"transaction rejected: {chain_commands.explain(exc)}"
+        return str(exc) if isinstance(exc, FednodeError) else f"{type(exc).__name__}: {exc}"
+
+    def _unchanged(addrs: list[bytes], add: bool) -> str:
+        return f"{len(addrs)} address(es) already {'members' if add else 'absent'}"
 
     for add in (True, False):
         def make(add: bool = add):  # noqa: ANN202

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from cli.main import _node, _repo, _set_current, emit_json, out
+from fednode.errors import FednodeError
 
 
 def _client(ctx: click.Context):  # noqa: ANN202
@@ -27,6 +28,24 @@ def _repo_name(ctx: click.Context, name: str | None) -> str:
     """A local repository (name or id), defaulting to the current one."""
     node = _node(ctx)
     return _repo(node, name).name
+
+
+def _check_member(ctx: click.Context, name: str | None) -> str:
+    """REPO's name, after checking that this node may commit to it by the membership it holds:
+    peers reject a non-member's commits, so its push is refused before anything is published."""
+    from fednode.daemon.state import NetState
+    from protocol.multiformats import b58encode
+
+    node = _node(ctx)
+    info = _repo(node, name)
+    me = node.identity.public_key
+    owner = node.history.load_commit(info.genesis).author
+    membership = NetState(node.store).membership(info.repo_id)
+    if me != owner and (membership is None or me not in membership.members):
+        raise FednodeError(f"you are not a member of {info.name}; ask the owner ({b58encode(owner)}): "
+                           f"fednode members add {node.identity.address} -r {info.name} "
+                           f"(or offer your branch with 'fednode propose')")
+    return info.name
 
 
 def _local_status(ctx: click.Context) -> dict[str, Any]:
@@ -183,10 +202,19 @@ def register(main: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_context
     def push(ctx: click.Context, repo_name: str | None, as_json: bool) -> None:
-        """Announce the local branch heads of REPO to its topic."""
-        res = _client(ctx).call("POST", "/push", {"repo": _repo_name(ctx, repo_name)})
-        _emit(res, as_json, "\n".join(f"pushed {p['branch']} {p['head']}" for p in res["pushed"])
-              + f"\n{res['topic_peers']} peer(s) on the topic")
+        """Announce the local branch heads of REPO to its topic; say how many peers accepted them."""
+        name = _check_member(ctx, repo_name)
+        res = _client(ctx).call("POST", "/push", {"repo": name})
+        heads = "\n".join(f"{p['branch']} {p['head']}" for p in res["pushed"])
+        peers, accepted = res["topic_peers"], res.get("accepted_by", 0)
+        if peers and not accepted:  # published, and no peer holds it: not "pushed"
+            if as_json:
+                emit_json(res)
+            raise FednodeError(f"published {len(res['pushed'])} head(s) of {name} to {peers} peer(s); accepted by "
+                               f"none yet (see their logs, or 'fednode status' for rejections)")
+        what = (f"accepted by {accepted} of {peers} peer(s) on the topic" if peers
+                else "no peer on the topic yet: peers get the heads when they connect")
+        _emit(res, as_json, f"pushed\n{heads}\n{what}")
 
     @main.command()
     @click.argument("repo_name", metavar="[REPO]", required=False)

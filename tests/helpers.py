@@ -121,6 +121,27 @@ def home_state(home: Path) -> tuple[frozenset, frozenset, frozenset]:
         store.close()
 
 
+def store_fingerprint(home: Path) -> dict[str, str]:
+    """Every LMDB database of a home's store (blocks, refs, meta, net, chain, outbox, reflog...):
+    name -> a hash of all its entries, so "store unchanged" covers memberships and queues too."""
+    import hashlib
+
+    from fednode.store import _DBS
+
+    store = Store(home / "store")
+    try:
+        with store.read() as txn:
+            out = {}
+            for db in _DBS:
+                digest = hashlib.sha256()
+                for key, value in txn.kv_items(db):
+                    digest.update(len(key).to_bytes(4, "big") + key + len(value).to_bytes(8, "big") + value)
+                out[db] = digest.hexdigest()[:16]
+            return out
+    finally:
+        store.close()
+
+
 # --- CLI -----------------------------------------------------------------------------------------
 
 

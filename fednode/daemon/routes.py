@@ -181,8 +181,13 @@ async def h_follow(d: Daemon, body: dict[str, Any]) -> Any:
 
 
 async def h_push(d: Daemon, body: dict[str, Any]) -> Any:
+    """Announce the local branch heads; says how many of the topic's peers accepted them."""
     _only(body, "repo")
-    return await sync.push(d, _repo_arg(d, body, local=True))
+    repo_id = _repo_arg(d, body, local=True)
+    try:
+        return await sync.push(d, repo_id)
+    except FednodeError as exc:  # not a member: nothing published
+        raise HTTPError(403, str(exc)) from None
 
 
 async def _sync(d: Daemon, body: dict[str, Any], create: bool) -> Any:

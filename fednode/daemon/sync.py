@@ -274,8 +274,53 @@ async def apply(d: Daemon, repo_id: bytes, raw: bytes) -> None:
     log("remote_ref", branch=msg.branch, head=str(msg.head), peer=peer)
 
 
+CONFIRM_SECONDS = 3.0  # how long push asks the topic's peers whether they accepted its announcements
+CONFIRM_EVERY = 0.3  # between two asks of one peer (its heads limit allows 4 a second)
+
+
+async def accepted_by(d: Daemon, repo_id: bytes, anns: list[m.HeadAnnouncement], peers: list[ID],
+                      timeout: float = CONFIRM_SECONDS) -> list[ID]:
+    """The peers whose heads reply holds each of ``anns`` (or a newer announcement of ours): they
+    validated and stored it. Gossip acknowledges nothing, so push asks, for at most ``timeout``."""
+    me = d.node.identity.public_key
+    wanted = {a.branch: a.seq for a in anns}
+    accepted: list[ID] = []
+
+    async def ask(peer: ID) -> None:
+        with trio.move_on_after(timeout):
+            while True:
+                try:
+                    reply = await query_heads(d, peer, repo_id)
+                except Exception:  # a reset, a refusal, garbage: not (yet) accepted
+                    reply = None
+                have: dict[str, int] = {}
+                for raw in reply.heads if reply else []:
+                    try:
+                        msg = m.decode(raw)
+                    except (FormatError, ValueError):
+                        continue
+                    if isinstance(msg, m.HeadAnnouncement) and msg.announcer == me:
+                        have[msg.branch] = max(have.get(msg.branch, -1), msg.seq)
+                if all(have.get(b, -1) >= seq for b, seq in wanted.items()):
+                    accepted.append(peer)
+                    return
+                await trio.sleep(CONFIRM_EVERY)
+
+    async with trio.open_nursery() as nursery:
+        for peer in peers:
+            nursery.start_soon(ask, peer)
+    return accepted
+
+
 async def push(d: Daemon, repo_id: bytes) -> dict[str, object]:
-    """Publish the head commit of every local branch, then a signed announcement of each."""
+    """Publish the head commit of every local branch, then a signed announcement of each; then ask
+    the topic's peers whether they accepted them. Refused (nothing published) for a non-member:
+    every peer would reject its commits."""
+    me = d.node.identity.public_key
+    members, _ = d.validator.members(repo_id)
+    if me not in members:
+        raise FednodeError(f"not a member of {d.node.history.repo_by_id(repo_id).name}: peers reject its "
+                           f"commits (the owner adds you with 'fednode members add {d.node.identity.address}')")
     await d.subscribe(repo_id)
     anns = signed_announcements(d, repo_id, _heads(d, repo_id))
     pushed = []
@@ -289,8 +334,10 @@ async def push(d: Daemon, repo_id: bytes) -> dict[str, object]:
         await d.publish(repo_id, ann.encode())
         pushed.append({"branch": ann.branch, "head": str(ann.head), "seq": ann.seq, "envelope": sent})
     d.spawn("provide", discovery.provide_new, d)  # the pushed heads can now be found in the DHT
-    topic_peers = d.pubsub.peer_topics.get(m.topic_for(repo_id), set())
-    return {"repo": repo_id_text(repo_id), "pushed": pushed, "topic_peers": len(topic_peers)}
+    topic_peers = list(d.pubsub.peer_topics.get(m.topic_for(repo_id), set()))
+    accepted = await accepted_by(d, repo_id, anns, topic_peers)
+    return {"repo": repo_id_text(repo_id), "pushed": pushed, "topic_peers": len(topic_peers),
+            "accepted_by": len(accepted)}
 
 
 async def publish_signed(d: Daemon, repo_id: bytes, msg: m.Membership | m.MergeProposal) -> None:
