@@ -105,7 +105,10 @@ def _manifests() -> list[Manifest]:
     fp16 = TensorEntry("F16", (3,), "fp16", 1, _state(b"h" * 6), 6, state=_state(b"x" * 6))
     int8 = TensorEntry("F32", (4,), "int8", 3, _state(b"q" * 4), 4, scale=0.25, state=s8)
     topk = TensorEntry("BF16", (8,), "topk", 1, _state(b"t" * 10), 10, 16, 20, "zstd", k=1, state=s8)
-    return [Manifest({"w": raw}), Manifest({"a.weight": fixed, "b": same, "c": fp16, "d": int8, "e": topk})]
+    xor = TensorEntry("F64", (2,), "xor", 1, _state(b"z" * 16), 16, state=s8)  # the lossless default
+    xor_zstd = TensorEntry("I32", (3, 2), "xor", 4, _state(b"c" * 9), 9, compression="zstd", state=s8)
+    return [Manifest({"w": raw}), Manifest({"a.weight": fixed, "b": same, "c": fp16, "d": int8, "e": topk}),
+            Manifest({"x": xor, "y": xor_zstd})]
 
 
 def _commits() -> list[Commit]:
@@ -299,6 +302,7 @@ def regressions() -> dict[str, dict[str, bytes]]:
     head = _messages()[1]
     manifest = _manifests()[1].encode()
     fixed = dagcbor.encode(_manifests()[1].tensors["a.weight"].to_obj())
+    xor = dagcbor.encode(_manifests()[2].tensors["x"].to_obj())
     link = _pb_nodes()[0]
     cid_text = str(CID.hash(DAG_CBOR, b"x"))
     deep = b"[" * 100_000 + b"]" * 100_000
@@ -339,6 +343,10 @@ def regressions() -> dict[str, dict[str, bytes]]:
             "dtype-list": _in(fixed, ("dtype",), ["F32"]),
             "scale-bits-true": _in(fixed, ("scale_bits",), True),
             "depth-float": _in(fixed, ("depth",), 1.0),
+            "xor-with-int-bits": _in(xor, ("int_bits",), 8),
+            "xor-explicit-no-compression": _in(xor, ("compression",), "none"),
+            "xor-short-payload": _in(xor, ("size",), 15),
+            "xor-bool": _in(xor, ("dtype",), "BOOL"),
         },
         "varint": {"ten-bytes": b"\x80" * 9 + b"\x01"},
         "cid_text": {"trailing-bits": (cid_text[:-1] + chr(ord(cid_text[-1]) ^ 1)).encode()},
