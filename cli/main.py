@@ -52,8 +52,19 @@ def _repo(node: Node, name: str | None) -> RepoInfo:
     with node.store.read() as txn:
         current = txn.get_meta("current_repo")
     if current is None:
-        raise FednodeError("no repository given and none selected: pass --repo NAME or run 'fednode repo use NAME'")
+        raise FednodeError(f"no repository given and none selected: {_repo_hint()}or run 'fednode repo use NAME'")
     return node.history.repo(current.decode())
+
+
+def _repo_hint() -> str:
+    """How the running command takes a repository: its -r/--repo option or its REPO argument."""
+    ctx = click.get_current_context(silent=True)
+    for param in ctx.command.params if ctx else []:
+        if param.name == "repo_name":
+            if isinstance(param, click.Option):
+                return f"pass {'/'.join(param.opts)} NAME "
+            return f"give {param.human_readable_name.strip('[]')} "
+    return ""
 
 
 def _set_current(node: Node, name: str) -> None:

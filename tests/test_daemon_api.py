@@ -114,9 +114,8 @@ def test_cli_status_peers_follow_and_no_daemon(daemon: DaemonProc) -> None:
     assert daemon.stop(signal.SIGINT) == 0  # Ctrl-C: a clean exit, the home's daemon.json removed
     assert not (home / "daemon.json").exists()
     assert [e["event"] for e in daemon.log_events()][-2:] == ["shutdown", "stopped"]
-    bad = run_fednode(home, "status", check=False)
-    assert bad.returncode != 0
-    assert_one_line_error(bad.stderr, "no daemon")
+    stopped = run_fednode(home, "status")  # the local state without a daemon, and says none runs
+    assert "daemon     not running" in stopped.stdout
     # history commands work without a daemon
     assert "1 commits ok" in run_fednode(home, "fsck").stdout
 
