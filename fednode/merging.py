@@ -187,6 +187,19 @@ def _deltas_on(
     return deltas
 
 
+def fused_merge(
+    strategy: strategies.Strategy, plan: strategies.Plan, base_arr: np.ndarray, arrays: list[np.ndarray],
+    dtype: str, bits: int | None, fallback: int,
+) -> tuple[int, np.ndarray] | None:
+    """One float tensor through the strategy's fused path, as ``compute_merge`` runs it: the grid
+    (``bits``, or rule 2's choice when None) and the merged state; None when the generic path must
+    decide (no fused path, or a change not representable on that grid)."""
+    if bits is None:
+        bits = choose_grid(base_arr, arrays, dtype, fallback)
+    out = strategy.merge_states(base_arr, arrays, plan, dtype, bits)
+    return None if out is None else (bits, out)
+
+
 def compute_merge(
     history: History,
     repo: RepoInfo,
@@ -228,15 +241,12 @@ def compute_merge(
         shape = base_manifest.tensors[name].shape
         states = _tensor_states(history, base, inputs, name)
         if states[2] in FLOAT_DTYPES:  # a fused path reads each state once (FedAvg on float32)
-            if grid is None:
-                bits = repo.scale_bits
-            else:
-                bits = grid[name] if name in grid else choose_grid(states[0], states[1], states[2], repo.scale_bits)
-            fused = strategy.merge_states(states[0], states[1], plan, states[2], bits)
+            bits = repo.scale_bits if grid is None else grid.get(name)
+            fused = fused_merge(strategy, plan, *states, bits, repo.scale_bits)
             if fused is not None:  # None: not representable on that grid (or no fused path)
                 if grid is not None:
-                    grid[name] = bits
-                merged[name] = (states[2], fused.reshape(shape))
+                    grid[name] = fused[0]
+                merged[name] = (states[2], fused[1].reshape(shape))
                 continue
         base_arr, deltas, dtype = _tensor_deltas(history, repo, base, inputs, name, states, grid)
         if dtype == "BOOL":

@@ -210,3 +210,29 @@ def test_grid_rule_values() -> None:
     with pytest.raises(FednodeError, match="grid rule 3"):
         merging.recorded_grid({"grid_rule": 3, "grid": {}})
     assert merging.recorded_grid({"strategy": {"name": "fedavg"}}) is None  # rule 1
+
+
+def test_fused_kernel_keeps_signed_zeros_and_ties_like_the_three_steps(monkeypatch) -> None:
+    """The fused kernel's double accumulation must give the integer path's bytes, -0.0 bases included."""
+    from fednode import fixedpoint
+    from fednode.strategies import exact
+
+    rng = np.random.default_rng(3)
+    size = 3 * native.BLOCK + 5
+    base = rng.standard_normal(size).astype(np.float32)
+    base[:64] = -0.0
+    states = [base.copy() for _ in range(3)]
+    states[0][:64] = -np.float32(2.0**-30)  # rounds to -0 grid steps at 2**-24
+    states[1][64:96] = base[64:96] + np.float32(2.0**-25)  # exact half steps: ties
+    states[2][96:] = base[96:] + rng.normal(0, 1e-3, size - 96).astype(np.float32)
+    for weights in ([1, 0, 0], [1, 1, 1], [2, 1, 1], [3, 5, 500]):
+        for bits in (24, 37):
+            kept = [s for s, w in zip(states, weights, strict=True) if w]
+            ws = [w for w in weights if w]
+            fused = exact.weighted_mean_f32_states(base, kept, ws, bits)
+            with monkeypatch.context() as m:
+                m.setattr(native, "kernels", lambda: None)
+                deltas = [fixedpoint.encode_delta(base, s, "F32", bits) for s in kept]
+                expected = fixedpoint.apply_delta(base, exact.weighted_mean(deltas, ws), "F32", bits)
+            assert native.kernels() is not None and fused is not None
+            assert fused.tobytes() == expected.tobytes(), (weights, bits)

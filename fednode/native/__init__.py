@@ -35,7 +35,7 @@ BLOCK = 4096  # must equal BLOCK in kernels.c: one flag byte per block
 # -ffp-contract=off: IEEE operations exactly as written (no FMA); 512-bit vectors where the CPU has them
 FLAGS = ["-O3", "-shared", "-fPIC", "-fno-strict-aliasing", "-ffp-contract=off", "-march=native",
          "-mprefer-vector-width=512"]
-VERSION = 2  # fednode_kernels_version() in kernels.c
+VERSION = 3  # fednode_kernels_version() in kernels.c
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None

@@ -122,48 +122,119 @@ int64_t fednode_weighted_mean(int64_t n_inputs, const void *const *inputs, const
  *   out = f32(f64(base) + f64(m) * step)             (step = 1 / scale)
  * Returns -1 (and stops) when some q_k is not finite or |.| >= 2**62, where
  * encode_delta refuses: the caller then takes the generic path, which says why.
- * Blocks whose int64 sum could overflow are flagged in `bad` and left unwritten. */
+ * Blocks whose int64 sum could overflow are flagged in `bad` and left unwritten.
+ *
+ * Fast path: every q_k is an integer-valued double, so while the block's bound
+ * den/2 + sum_k w_k max|q_k| stays below 2**51, every product w_k q_k, every partial
+ * sum and den are integers below 2**53: exact in double. The block is then accumulated
+ * and divided in double arithmetic only (vector units without int64 multiplies or
+ * conversions); a block over that bound is redone with the int64 path. Same bytes. */
+#define EXACT_DOUBLE 2251799813685248.0  /* 2**51 */
+
+static inline uint64_t f64_bits(double x) { uint64_t u; __builtin_memcpy(&u, &x, 8); return u; }
+static inline double bits_f64(uint64_t u) { double x; __builtin_memcpy(&x, &u, 8); return x; }
+
+/* round_half_even(a / den) for integer-valued doubles, |a| + den/2 < 2**51 (so q * den,
+ * r and every step below are exact integers in double). */
+static inline double round_div_f64(double a, double den, double inv) {
+    double q = __builtin_floor(a * inv);
+    double r = a - q * den;
+    double lt = r < 0.0 ? 1.0 : 0.0;
+    q -= lt; r += den * lt;
+    double ge = r >= den ? 1.0 : 0.0;
+    q += ge; r -= den * ge;
+    double half = den - r;  /* > 0 */
+    double odd = q - 2.0 * __builtin_floor(q * 0.5);
+    q += (r > half || (r == half && odd == 1.0)) ? 1.0 : 0.0;
+    return q;
+}
+
+static int64_t fedavg_f32_block_int(int64_t n_inputs, const float *const *inputs, const float *b,
+                                    const int64_t *weights, int64_t den, double scale, int64_t start,
+                                    size_t n, float *o, int64_t *acc) {
+    const double inv = 1.0 / (double)den, step = 1.0 / scale, limit = 4611686018427387904.0; /* 2**62 */
+    u128 bound = (u128)(den / 2);
+    for (int64_t k = 0; k < n_inputs; k++) {
+        const float *x = inputs[k] + start;
+        const uint64_t w = (uint64_t)weights[k];
+        uint64_t m = 0;
+        int refused = 0;
+        for (size_t j = 0; j < n; j++) {
+            double d = ((double)x[j] - (double)b[j]) * scale;
+            int ok = __builtin_fabs(d) < limit;  /* false for NaN and +-Inf too */
+            refused |= !ok;
+            int64_t q = (int64_t)__builtin_rint(ok ? d : 0.0);
+            uint64_t a = q < 0 ? (uint64_t)0 - (uint64_t)q : (uint64_t)q;
+            m = a > m ? a : m;
+            /* unsigned math wraps harmlessly when the bound below fails */
+            acc[j] = (int64_t)((k ? (uint64_t)acc[j] : 0) + w * (uint64_t)q);
+        }
+        if (refused) return -1;
+        bound += (u128)w * m;
+    }
+    if (bound > (u128)INT64_MAX) return 1;
+    if (den == 1) for (size_t j = 0; j < n; j++) o[j] = (float)((double)b[j] + (double)acc[j] * step);
+    else if (bound < ((u128)1 << 52))
+        for (size_t j = 0; j < n; j++) o[j] = (float)((double)b[j] + (double)round_div_fast(acc[j], den, inv) * step);
+    else for (size_t j = 0; j < n; j++) o[j] = (float)((double)b[j] + (double)round_div_slow(acc[j], den) * step);
+    return 0;
+}
+
 int64_t fednode_fedavg_f32(int64_t n_inputs, const float *const *inputs, const float *base,
                            const int64_t *weights, int64_t den, double scale, int64_t lo, int64_t hi,
                            float *out, uint8_t *bad) {
+    double accd[BLOCK];
     int64_t acc[BLOCK];
     int64_t flagged = 0;
-    const double inv = 1.0 / (double)den, step = 1.0 / scale, limit = 4611686018427387904.0; /* 2**62 */
+    const double dden = (double)den, inv = 1.0 / dden, step = 1.0 / scale, limit = 4611686018427387904.0;
     for (int64_t start = lo; start < hi; start += BLOCK) {
         size_t n = (size_t)(hi - start < BLOCK ? hi - start : BLOCK);
         const float *b = base + start;
-        u128 bound = (u128)(den / 2);
+        float *o = out + start;
+        double bound = (double)(den / 2);  /* an estimate: decides the path, exactness follows from it */
+        int refused = 0;
         for (int64_t k = 0; k < n_inputs; k++) {
             const float *x = inputs[k] + start;
-            const uint64_t w = (uint64_t)weights[k];
-            uint64_t m = 0;
-            int refused = 0;
-            /* integer reductions only (max |q|, any refused), so the loop vectorises */
-            for (size_t j = 0; j < n; j++) {
-                double d = ((double)x[j] - (double)b[j]) * scale;
-                int ok = __builtin_fabs(d) < limit;  /* false for NaN and +-Inf too */
-                refused |= !ok;
-                int64_t q = (int64_t)__builtin_rint(ok ? d : 0.0);
-                uint64_t a = q < 0 ? (uint64_t)0 - (uint64_t)q : (uint64_t)q;
-                m = a > m ? a : m;
-                /* unsigned math wraps harmlessly when the bound below fails */
-                acc[j] = (int64_t)((k ? (uint64_t)acc[j] : 0) + w * (uint64_t)q);
+            const double w = (double)weights[k];
+            uint64_t mbits = 0;  /* max |q| as bits: non-negative doubles order like their bits, and an
+                                    integer max is a reduction the vectoriser knows */
+            if (k == 0) {
+                for (size_t j = 0; j < n; j++) {
+                    double d = ((double)x[j] - (double)b[j]) * scale;
+                    int ok = __builtin_fabs(d) < limit;
+                    refused |= !ok;
+                    double q = __builtin_rint(ok ? d : 0.0);
+                    uint64_t a = f64_bits(__builtin_fabs(q));
+                    mbits = a > mbits ? a : mbits;
+                    accd[j] = w * q;
+                }
+            } else {
+                for (size_t j = 0; j < n; j++) {
+                    double d = ((double)x[j] - (double)b[j]) * scale;
+                    int ok = __builtin_fabs(d) < limit;
+                    refused |= !ok;
+                    double q = __builtin_rint(ok ? d : 0.0);
+                    uint64_t a = f64_bits(__builtin_fabs(q));
+                    mbits = a > mbits ? a : mbits;
+                    accd[j] = accd[j] + w * q;
+                }
             }
-            if (refused) return -1;
-            bound += (u128)w * m;
+            bound += w * bits_f64(mbits);  /* rounded, but far from the 2**51 threshold it tests unless the sums are */
         }
-        if (bound > (u128)INT64_MAX) {
-            bad[(start - lo) / BLOCK] = 1;
-            flagged++;
+        if (refused) return -1;
+        if (bound < EXACT_DOUBLE * 0.5) {  /* margin: the true bound is < 2**51 even after rounding */
+            if (den == 1) for (size_t j = 0; j < n; j++) o[j] = (float)((double)b[j] + (accd[j] + 0.0) * step);  /* -0 -> +0, as the int path */
+            else for (size_t j = 0; j < n; j++) o[j] = (float)((double)b[j] + round_div_f64(accd[j], dden, inv) * step);
             continue;
         }
-        float *o = out + start;
-        if (den == 1) for (size_t j = 0; j < n; j++) o[j] = (float)((double)b[j] + (double)acc[j] * step);
-        else if (bound < ((u128)1 << 52))
-            for (size_t j = 0; j < n; j++) o[j] = (float)((double)b[j] + (double)round_div_fast(acc[j], den, inv) * step);
-        else for (size_t j = 0; j < n; j++) o[j] = (float)((double)b[j] + (double)round_div_slow(acc[j], den) * step);
+        int64_t r = fedavg_f32_block_int(n_inputs, inputs, b, weights, den, scale, start, n, o, acc);
+        if (r < 0) return -1;
+        if (r > 0) {
+            bad[(start - lo) / BLOCK] = 1;
+            flagged++;
+        }
     }
     return flagged;
 }
 
-int64_t fednode_kernels_version(void) { return 2; }
+int64_t fednode_kernels_version(void) { return 3; }

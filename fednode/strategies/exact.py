@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -193,9 +194,27 @@ def for_blocks(size: int, work: Callable[[int, int], None], parallel_min: int | 
     per = -(-size // threads)
     per = -(-per // BLOCK) * BLOCK
     ranges = [(lo, min(lo + per, size)) for lo in range(0, size, per)]
-    with ThreadPoolExecutor(len(ranges)) as pool:
-        for future in [pool.submit(work, lo, hi) for lo, hi in ranges]:
+    futures = [_pool().submit(work, lo, hi) for lo, hi in ranges[1:]]
+    try:
+        work(*ranges[0])  # the calling thread takes the first range
+    finally:
+        for future in futures:
             future.result()
+
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """One process-wide pool (threads are reused from tensor to tensor); its work never submits
+    to it, so concurrent callers cannot deadlock it."""
+    global _executor
+    if _executor is None:
+        with _executor_lock:
+            if _executor is None:
+                _executor = ThreadPoolExecutor(max(1, THREADS - 1), thread_name_prefix="fednode-merge")
+    return _executor
 
 
 def weighted_mean(deltas: Sequence[np.ndarray], weights: Sequence[int]) -> np.ndarray:
