@@ -1,22 +1,25 @@
-"""FedAvg merge benchmark (issue 3), ratios measured in one run.
+"""FedAvg merge benchmark (issues 3 and 11), ratios measured in one run.
 
 8 updates x 10M float32 parameters (10 tensors of 1M):
 - Flower's ``flwr.server.strategy.aggregate.aggregate`` on the float32 arrays;
-- fednode's exact FedAvg (``fednode.strategies``) on the same updates as they are
-  merged: int64 deltas on the repository grid (2**-24);
-- fednode from the very same float32 arrays: quantize, exact FedAvg, apply, fused in one C
-  pass (``FedAvg.merge_states``, what ``fednode merge`` runs), checked byte-equal to the
-  three steps done apart;
-- one numpy pass over all inputs (one add per input into an accumulator).
+- what ``fednode merge`` runs per float32 tensor (``strategies.fused_merge``): choose the tensor's
+  grid (rule 2, from the base's magnitude), then quantize, exact FedAvg and apply, fused in one C
+  pass over the float32 states split across the machine's cores (``FedAvg.merge_states``),
+  checked byte-equal to the three steps done apart on that grid;
+- fednode's exact FedAvg (``fednode.strategies``) on int64 deltas on the repository grid (2**-24)
+  and on those deltas as a commit stores them (narrowed);
+- one numpy pass over all inputs (one add of each int64 delta into an accumulator): the
+  machine's memory speed, printed beside each ratio.
 Peak extra memory is measured with tracemalloc (numpy reports its buffers to it).
 
 Flower is only a bench dependency: ``make bench`` installs it into .venv-bench.
-Usage: python bench/bench_merge.py [--params 10e6] [--inputs 8]
+Usage: python bench/bench_merge.py [--params 10e6] [--inputs 8] [--repeat 7]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import tracemalloc
@@ -31,11 +34,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import ratio_line  # noqa: E402
 
 from fednode import fixedpoint, strategies  # noqa: E402
+from fednode.strategies import exact  # noqa: E402
 
 SCALE_BITS = 24
 
 
-def timed(fn, repeat: int = 5) -> tuple[float, object]:
+def timed(fn, repeat: int = 7) -> tuple[float, object]:
     best, out = float("inf"), None
     for _ in range(repeat):
         start = time.perf_counter()
@@ -57,7 +61,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--params", type=float, default=10e6)
     parser.add_argument("--inputs", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
+    repeat = args.repeat
     n_tensors = 10
     numel = int(args.params) // n_tensors
     rng = np.random.default_rng(0)
@@ -79,15 +85,15 @@ def main() -> None:
 
     plan = fedavg.plan(samples)
 
-    def ours_float() -> list[np.ndarray]:  # what `fednode merge` runs per float32 tensor
-        return [fedavg.merge_states(base[t], [u[t] for u in updates], plan, "F32", SCALE_BITS)
+    def ours_float() -> list[tuple[int, np.ndarray]]:  # what `fednode merge` runs per float32 tensor
+        return [strategies.fused_merge(fedavg, plan, base[t], [u[t] for u in updates], "F32", None, SCALE_BITS)
                 for t in range(n_tensors)]
 
-    def ours_float_steps() -> list[np.ndarray]:  # the same bytes, step by step
+    def ours_float_steps(grid: list[int]) -> list[np.ndarray]:  # the same bytes, step by step
         out = []
         for t in range(n_tensors):
-            q = [fixedpoint.encode_delta(base[t], u[t], "F32", SCALE_BITS) for u in updates]
-            out.append(fixedpoint.apply_delta(base[t], fedavg.aggregate(q, samples), "F32", SCALE_BITS))
+            q = [fixedpoint.encode_delta(base[t], u[t], "F32", grid[t]) for u in updates]
+            out.append(fixedpoint.apply_delta(base[t], fedavg.aggregate(q, samples), "F32", grid[t]))
         return out
 
     def one_pass() -> None:
@@ -96,39 +102,45 @@ def main() -> None:
             for d in deltas:
                 np.add(acc, d[t], out=acc)
 
-    lines = [f"FedAvg of {args.inputs} updates x {n_tensors * numel / 1e6:.0f}M float32 parameters"]
-    t_int, merged = timed(ours_int)
-    t_stored, merged_stored = timed(ours_stored)
+    load = os.getloadavg()[0]
+    lines = [f"FedAvg of {args.inputs} updates x {n_tensors * numel / 1e6:.0f}M float32 parameters; "
+             f"{exact.THREADS} thread(s); load average {load:.2f} at start"]
+    t_int, merged = timed(ours_int, repeat)
+    t_stored, merged_stored = timed(ours_stored, repeat)
     assert all(a.tobytes() == b.tobytes() for a, b in zip(merged, merged_stored, strict=True))
     width = stored[0][0].dtype.itemsize * 8
-    t_float, merged_float = timed(ours_float)
-    assert merged_float[0] is not None, "the fused float32 path did not run (native kernels unavailable?)"
-    t_steps, merged_steps = timed(ours_float_steps, repeat=1)
+    t_float, fused = timed(ours_float, repeat)
+    assert all(f is not None for f in fused), "the fused float32 path did not run (native kernels unavailable?)"
+    grid = [bits for bits, _ in fused]
+    merged_float = [out for _, out in fused]
+    t_steps, merged_steps = timed(lambda: ours_float_steps(grid), repeat=1)
     assert all(a.tobytes() == b.tobytes() for a, b in zip(merged_float, merged_steps, strict=True))
-    t_pass, _ = timed(one_pass)
+    t_pass, _ = timed(one_pass, repeat)
+    memory = f"one numpy pass {t_pass:.3f} s"
     try:
         from flwr.server.strategy.aggregate import aggregate
     except ImportError:
         aggregate = None
     if aggregate is not None:
         results = [(upd, s) for upd, s in zip(updates, samples, strict=True)]
-        t_flwr, flwr_out = timed(lambda: aggregate(results))
-        # same math in floats: Flower's mean should be within one grid step of ours (+ float32 rounding)
-        ours_f = [b.astype(np.float64) + m * 2.0**-SCALE_BITS for b, m in zip(base, merged, strict=True)]
-        gap = max(float(np.max(np.abs(o - f))) for o, f in zip(ours_f, flwr_out, strict=True))
-        lines.append(f"Flower aggregate {t_flwr:.3f} s; fednode exact FedAvg on int64 deltas {t_int:.3f} s; "
-                     f"from the same float32 arrays {t_float:.3f} s (fused; {t_steps:.3f} s step by step, "
-                     f"same bytes); one numpy pass {t_pass:.3f} s")
-        lines.append(f"largest difference from Flower's float result: {gap:.3g} (grid step {2.0**-SCALE_BITS:.3g})")
+        t_flwr, flwr_out = timed(lambda: aggregate(results), repeat)
+        # same math in floats: Flower's float32 mean against ours (float32-rounded exact mean on a finer grid)
+        gap = max(float(np.max(np.abs(o.astype(np.float64) - f))) for o, f in zip(merged_float, flwr_out, strict=True))
+        lines.append(f"Flower aggregate {t_flwr:.3f} s; fednode merge path (grid + fused exact FedAvg) {t_float:.3f} s "
+                     f"({t_steps:.3f} s step by step, same bytes); exact FedAvg on int64 deltas {t_int:.3f} s; "
+                     f"{memory}")
+        lines.append(f"grid bits chosen: {sorted(set(grid))}; largest difference from Flower's float32 result: "
+                     f"{gap:.3g}")
         lines.append(f"fednode exact FedAvg on the deltas as stored (int{width}): {t_stored:.3f} s, same bytes")
+        lines.append(ratio_line("speed-up vs Flower (what fednode merge runs)", t_flwr / t_float, ">= 1.5",
+                                t_flwr / t_float >= 1.5, f"Flower {t_flwr:.3f} s, ours {t_float:.3f} s, {memory}"))
         lines.append(ratio_line(f"speed-up vs Flower (exact FedAvg, stored int{width} deltas)", t_flwr / t_stored,
-                                ">= 1.5", t_flwr / t_stored >= 1.5))
-        lines.append(ratio_line("speed-up vs Flower (exact FedAvg, int64 deltas)", t_flwr / t_int, "info", True))
-        lines.append(ratio_line("speed-up vs Flower (from the same float32 arrays, fused)", t_flwr / t_float,
-                                ">= 1.5", t_flwr / t_float >= 1.5))
+                                "info", True, memory))
+        lines.append(ratio_line("speed-up vs Flower (exact FedAvg, int64 deltas)", t_flwr / t_int, "info", True,
+                                memory))
     else:
         lines.append("flwr not installed (make bench installs it into .venv-bench): Flower ratio not measured")
-        lines.append(f"fednode exact FedAvg {t_int:.3f} s; end to end {t_float:.3f} s; one numpy pass {t_pass:.3f} s")
+        lines.append(f"fednode merge path {t_float:.3f} s; exact FedAvg on int64 deltas {t_int:.3f} s; {memory}")
     lines.append(ratio_line("fednode FedAvg (int64) time / one numpy pass over the int64 inputs", t_int / t_pass,
                             "<= 3", t_int / t_pass <= 3))
     extra = peak_extra(ours_int) - model_bytes_i64  # the merged output itself is one model

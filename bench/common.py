@@ -26,5 +26,6 @@ def write_model(path: Path, n_tensors: int, numel: int, seed: int = 0, dtype: st
     return pos
 
 
-def ratio_line(name: str, value: float, target: str, ok: bool) -> str:
-    return f"{name:58} {value:10.3f}   target {target:10} {'PASS' if ok else 'MISS'}"
+def ratio_line(name: str, value: float, target: str, ok: bool, note: str = "") -> str:
+    line = f"{name:58} {value:10.3f}   target {target:10} {'PASS' if ok else 'MISS'}"
+    return f"{line}   ({note})" if note else line

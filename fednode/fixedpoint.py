@@ -1,4 +1,5 @@
-"""Fixed-point update deltas: exact integers on a repository-wide grid 2**-scale_bits.
+"""Fixed-point update deltas: exact integers on a grid 2**-scale_bits (the repository's, or a
+merge's per-tensor grid: ``choose_grid``, rule 2 of ``fednode.merging``).
 
 Pure functions over flat numpy arrays. Reconstruction only uses IEEE-754
 operations that are correctly rounded (int->float64 conversion, multiplication by
@@ -11,11 +12,15 @@ int64 differences (scale 0).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from protocol.objects import FLOAT_DTYPES
 
 BLOCK = 1 << 20  # elements per step: bounds the float64 temporaries
+GRID_PRECISION = 40  # merge grid rule 2: bits of a tensor's largest magnitude the grid resolves
+GRID_LIMIT = 1000  # |bits| bound: 2.0**bits stays a finite, exact float64
 
 
 def to_f64(arr: np.ndarray, dtype: str) -> np.ndarray:
@@ -70,3 +75,33 @@ def apply_delta(parent: np.ndarray, q: np.ndarray, dtype: str, scale_bits: int) 
         x = to_f64(parent[start:stop], dtype) + q[start:stop].astype(np.float64) * step
         out[start:stop] = from_f64(x, dtype)
     return out
+
+
+def max_abs(arr: np.ndarray, dtype: str) -> float:
+    """Largest finite |value| of a float tensor (0.0 when none)."""
+    if arr.size == 0:
+        return 0.0
+    if dtype == "F32" or dtype == "F64":
+        hi, lo = float(arr.max()), float(arr.min())
+        if math.isfinite(hi) and math.isfinite(lo):
+            return max(hi, -lo)
+    x = to_f64(arr, dtype)
+    x = np.abs(x[np.isfinite(x)])
+    return float(x.max()) if x.size else 0.0
+
+
+def grid_bits(magnitude: float, fallback: int) -> int:
+    """Rule 2's grid for a tensor whose largest |value| is ``magnitude``: 2**-bits resolves
+    2**-GRID_PRECISION of it; ``fallback`` (the repository grid) for an all-zero tensor."""
+    if not magnitude > 0 or not math.isfinite(magnitude):
+        return fallback
+    _, e = math.frexp(magnitude)  # magnitude < 2**e
+    return max(-GRID_LIMIT, min(GRID_LIMIT, GRID_PRECISION - e))
+
+
+def choose_grid(base_arr: np.ndarray, arrays: list[np.ndarray], dtype: str, fallback: int, wide: bool = False) -> int:
+    """Rule 2 of ``fednode.merging`` (its docstring): from the base's magnitude, or from every state's when ``wide``."""
+    magnitude = max_abs(base_arr, dtype)
+    if wide or magnitude == 0.0:
+        magnitude = max([magnitude, *(max_abs(a, dtype) for a in arrays)])
+    return grid_bits(magnitude, fallback)

@@ -24,7 +24,6 @@ Sample weights (``--weights samples``): ``contributed_samples`` of each input.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,8 +39,10 @@ from protocol.objects import FLOAT_DTYPES, Commit
 
 WEIGHTINGS = ("samples", "equal")
 GRID_RULE = 2  # how new merges choose each float tensor's grid (module docstring)
-GRID_PRECISION = 40  # bits of the tensor's largest magnitude the grid resolves
-GRID_LIMIT = 1000  # |bits| bound: 2.0**bits stays a finite, exact float64
+GRID_PRECISION = fixedpoint.GRID_PRECISION
+GRID_LIMIT = fixedpoint.GRID_LIMIT
+grid_bits = fixedpoint.grid_bits
+choose_grid = fixedpoint.choose_grid
 
 
 @dataclass
@@ -113,36 +114,6 @@ def _tensor_states(
     return base_arr, arrays, entry.dtype
 
 
-def _max_abs(arr: np.ndarray, dtype: str) -> float:
-    """Largest finite |value| of a float tensor (0.0 when none)."""
-    if arr.size == 0:
-        return 0.0
-    if dtype == "F32" or dtype == "F64":
-        hi, lo = float(arr.max()), float(arr.min())
-        if math.isfinite(hi) and math.isfinite(lo):
-            return max(hi, -lo)
-    x = fixedpoint.to_f64(arr, dtype)
-    x = np.abs(x[np.isfinite(x)])
-    return float(x.max()) if x.size else 0.0
-
-
-def grid_bits(magnitude: float, fallback: int) -> int:
-    """Rule 2's grid for a tensor whose largest |value| is ``magnitude``: 2**-bits resolves
-    2**-GRID_PRECISION of it; ``fallback`` (the repository grid) for an all-zero tensor."""
-    if not magnitude > 0 or not math.isfinite(magnitude):
-        return fallback
-    _, e = math.frexp(magnitude)  # magnitude < 2**e
-    return max(-GRID_LIMIT, min(GRID_LIMIT, GRID_PRECISION - e))
-
-
-def choose_grid(base_arr: np.ndarray, arrays: list[np.ndarray], dtype: str, fallback: int, wide: bool = False) -> int:
-    """Rule 2 (module docstring): from the base's magnitude, or from every state's when ``wide``."""
-    magnitude = _max_abs(base_arr, dtype)
-    if wide or magnitude == 0.0:
-        magnitude = max([magnitude, *(_max_abs(a, dtype) for a in arrays)])
-    return grid_bits(magnitude, fallback)
-
-
 def _tensor_deltas(
     history: History, repo: RepoInfo, base: CID, inputs: tuple[CID, ...], name: str,
     states: tuple[np.ndarray, list[np.ndarray], str] | None = None,
@@ -187,19 +158,6 @@ def _deltas_on(
     return deltas
 
 
-def fused_merge(
-    strategy: strategies.Strategy, plan: strategies.Plan, base_arr: np.ndarray, arrays: list[np.ndarray],
-    dtype: str, bits: int | None, fallback: int,
-) -> tuple[int, np.ndarray] | None:
-    """One float tensor through the strategy's fused path, as ``compute_merge`` runs it: the grid
-    (``bits``, or rule 2's choice when None) and the merged state; None when the generic path must
-    decide (no fused path, or a change not representable on that grid)."""
-    if bits is None:
-        bits = choose_grid(base_arr, arrays, dtype, fallback)
-    out = strategy.merge_states(base_arr, arrays, plan, dtype, bits)
-    return None if out is None else (bits, out)
-
-
 def compute_merge(
     history: History,
     repo: RepoInfo,
@@ -242,7 +200,7 @@ def compute_merge(
         states = _tensor_states(history, base, inputs, name)
         if states[2] in FLOAT_DTYPES:  # a fused path reads each state once (FedAvg on float32)
             bits = repo.scale_bits if grid is None else grid.get(name)
-            fused = fused_merge(strategy, plan, *states, bits, repo.scale_bits)
+            fused = strategies.fused_merge(strategy, plan, *states, bits, repo.scale_bits)
             if fused is not None:  # None: not representable on that grid (or no fused path)
                 if grid is not None:
                     grid[name] = fused[0]

@@ -69,6 +69,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from fednode import fixedpoint
 from fednode.strategies.base import Plan, Strategy
 from fednode.strategies.exact import StrategyError, round_div
 from fednode.strategies.fedavg import FedAvg
@@ -116,6 +119,19 @@ def from_description(description: dict[str, Any]) -> Strategy:
     return create(description["name"], **_lookup(description["name"]).upgrade_record(params))
 
 
+def fused_merge(
+    strategy: Strategy, plan: Plan, base_arr: np.ndarray, arrays: list[np.ndarray],
+    dtype: str, bits: int | None, fallback: int,
+) -> tuple[int, np.ndarray] | None:
+    """One float tensor through the strategy's fused path, as ``fednode.merging.compute_merge`` runs it: the grid
+    (``bits``, or rule 2's choice when None) and the merged state; None when the generic path must
+    decide (no fused path, or a change not representable on that grid)."""
+    if bits is None:
+        bits = fixedpoint.choose_grid(base_arr, arrays, dtype, fallback)
+    out = strategy.merge_states(base_arr, arrays, plan, dtype, bits)
+    return None if out is None else (bits, out)
+
+
 __all__ = [
     "CLASSES",
     "STRATEGIES",
@@ -128,6 +144,7 @@ __all__ = [
     "StrategyError",
     "TrimmedMean",
     "create",
+    "fused_merge",
     "from_description",
     "get",
     "krum_scores",
