@@ -254,10 +254,15 @@ class ShardedSource(ModelSource):
                 if not file.is_file():
                     raise FednodeError(f"{index} names the shard {shard}, which is missing")
                 self._shards[shard] = SafetensorsFile(file)
+            seen: dict[str, str] = {}
             for shard, source in self._shards.items():
                 for name in source.tensors:
-                    if name in self._where:
-                        raise FednodeError(f"tensor {name[:64]!r} is in two shards of {index.parent}")
+                    if name in seen:
+                        raise FednodeError(f"tensor {name[:64]!r} is in two shards of {index.parent}: "
+                                           f"{seen[name]} and {shard}")
+                    seen[name] = shard
+            for shard, source in self._shards.items():
+                for name in source.tensors:
                     if weight_map.get(name) != shard:
                         where = weight_map.get(name)
                         raise FednodeError(
@@ -303,7 +308,8 @@ class CastSource(ModelSource):
         if before not in CASTS or before == self._dtype:
             return arr
         x = fixedpoint.to_f64(arr, before)
-        out = fixedpoint.from_f64(x, self._dtype)
+        with np.errstate(over="ignore"):  # an overflow is refused below, with the tensor's name
+            out = fixedpoint.from_f64(x, self._dtype)
         if np.isinf(fixedpoint.to_f64(out, self._dtype)).sum() != np.isinf(x).sum():
             raise FednodeError(f"tensor {name[:64]!r} has values too large for {self._dtype}: "
                                "--cast would make them infinite")
