@@ -347,7 +347,7 @@ def test_other_bad_inputs_refused(cli, repo: dict, home: Path, tmp_path: Path) -
     check_refused(cli, home, ("commit", "--from", tmp_path / "absent.safetensors", "-m", "x"), "no such file")
     check_refused(cli, home, ("commit", "--from", bad_pt, "-m", "x"), "not a PyTorch state_dict")
     check_refused(cli, home, ("commit", "--from", model, "-m", "x", "--metric", "loss"), "invalid --metric")
-    check_refused(cli, home, ("commit", "--from", model, "-m", "x", "--metric", "loss=nan"), "invalid commit")
+    check_refused(cli, home, ("commit", "--from", model, "-m", "x", "--metric", "loss=nan"), "invalid --metric")
     check_refused(cli, home, ("commit", "--from", model, "-m", "x", "-b", "ghost"), "unknown branch")
     check_refused(cli, home, ("commit", "ghost", "--from", model, "-m", "x"), "unknown repository")
     check_refused(cli, home, ("checkout", "ghost", "--out", tmp_path / "o.safetensors"), "unknown revision")
