@@ -183,48 +183,45 @@ static int64_t fedavg_f32_block_int(int64_t n_inputs, const float *const *inputs
 int64_t fednode_fedavg_f32(int64_t n_inputs, const float *const *inputs, const float *base,
                            const int64_t *weights, int64_t den, double scale, int64_t lo, int64_t hi,
                            float *out, uint8_t *bad) {
-    double accd[BLOCK];
+    double accd[BLOCK], bd[BLOCK];
     int64_t acc[BLOCK];
     int64_t flagged = 0;
-    const double dden = (double)den, inv = 1.0 / dden, step = 1.0 / scale, limit = 4611686018427387904.0;
+    const double dden = (double)den, inv = 1.0 / dden, step = 1.0 / scale;
+    const uint64_t limit_bits = f64_bits(4611686018427387904.0);  /* 2**62 */
     for (int64_t start = lo; start < hi; start += BLOCK) {
         size_t n = (size_t)(hi - start < BLOCK ? hi - start : BLOCK);
         const float *b = base + start;
         float *o = out + start;
         double bound = (double)(den / 2);  /* an estimate: decides the path, exactness follows from it */
-        int refused = 0;
+        for (size_t j = 0; j < n; j++) bd[j] = (double)b[j];
         for (int64_t k = 0; k < n_inputs; k++) {
             const float *x = inputs[k] + start;
             const double w = (double)weights[k];
-            uint64_t mbits = 0;  /* max |q| as bits: non-negative doubles order like their bits, and an
-                                    integer max is a reduction the vectoriser knows */
+            /* max |d| as bits: non-negative doubles (and +Inf, then NaN) order like their bits, so one
+             * integer max (a reduction the vectoriser knows) gives both the refusal (NaN, Inf or
+             * |d| >= 2**62, as encode_delta) and max |q| = rint(max |d|) */
+            uint64_t mbits = 0;
             if (k == 0) {
                 for (size_t j = 0; j < n; j++) {
-                    double d = ((double)x[j] - (double)b[j]) * scale;
-                    int ok = __builtin_fabs(d) < limit;
-                    refused |= !ok;
-                    double q = __builtin_rint(ok ? d : 0.0);
-                    uint64_t a = f64_bits(__builtin_fabs(q));
+                    double d = ((double)x[j] - bd[j]) * scale;
+                    uint64_t a = f64_bits(__builtin_fabs(d));
                     mbits = a > mbits ? a : mbits;
-                    accd[j] = w * q;
+                    accd[j] = w * __builtin_rint(d);
                 }
             } else {
                 for (size_t j = 0; j < n; j++) {
-                    double d = ((double)x[j] - (double)b[j]) * scale;
-                    int ok = __builtin_fabs(d) < limit;
-                    refused |= !ok;
-                    double q = __builtin_rint(ok ? d : 0.0);
-                    uint64_t a = f64_bits(__builtin_fabs(q));
+                    double d = ((double)x[j] - bd[j]) * scale;
+                    uint64_t a = f64_bits(__builtin_fabs(d));
                     mbits = a > mbits ? a : mbits;
-                    accd[j] = accd[j] + w * q;
+                    accd[j] = accd[j] + w * __builtin_rint(d);
                 }
             }
-            bound += w * bits_f64(mbits);  /* rounded, but far from the 2**51 threshold it tests unless the sums are */
+            if (mbits >= limit_bits) return -1;
+            bound += w * __builtin_rint(bits_f64(mbits));  /* rounded, but a margin covers it below */
         }
-        if (refused) return -1;
-        if (bound < EXACT_DOUBLE * 0.5) {  /* margin: the true bound is < 2**51 even after rounding */
-            if (den == 1) for (size_t j = 0; j < n; j++) o[j] = (float)((double)b[j] + (accd[j] + 0.0) * step);  /* -0 -> +0, as the int path */
-            else for (size_t j = 0; j < n; j++) o[j] = (float)((double)b[j] + round_div_f64(accd[j], dden, inv) * step);
+        if (bound < EXACT_DOUBLE * 0.5) {  /* the true bound is < 2**51 even after rounding */
+            if (den == 1) for (size_t j = 0; j < n; j++) o[j] = (float)(bd[j] + (accd[j] + 0.0) * step);  /* -0 -> +0 */
+            else for (size_t j = 0; j < n; j++) o[j] = (float)(bd[j] + round_div_f64(accd[j], dden, inv) * step);
             continue;
         }
         int64_t r = fedavg_f32_block_int(n_inputs, inputs, b, weights, den, scale, start, n, o, acc);
