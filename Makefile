@@ -34,8 +34,20 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check numpy zstandard ziglang==0.17.1 'flwr>=1.8'
 	touch $@
 
-bench: $(STAMP) $(BENCH_VENV)/.installed
+# ZipNN (the reference for lossless model compression) imports torch: its venv reuses .venv's
+# packages (torch CPU, numpy) through a .pth file and builds zipnn alone, so no torch is downloaded.
+ZIPNN_VENV := .venv-zipnn
+$(ZIPNN_VENV)/.installed: $(STAMP)
+	test -x $(ZIPNN_VENV)/bin/python || $(BIN)/python -m venv $(ZIPNN_VENV)
+	$(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
+		"$$($(ZIPNN_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/fednode-venv.pth"
+	$(ZIPNN_VENV)/bin/python -m pip install -q --disable-pip-version-check setuptools wheel
+	$(ZIPNN_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation zipnn==0.5.4
+	touch $@
+
+bench: $(STAMP) $(BENCH_VENV)/.installed $(ZIPNN_VENV)/.installed
 	$(BIN)/python bench/bench_commit.py
+	$(ZIPNN_VENV)/bin/python bench/bench_lossless.py
 	$(BENCH_VENV)/bin/python bench/bench_merge.py
 	$(BIN)/python bench/bench_chain.py
 
