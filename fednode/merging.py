@@ -270,7 +270,8 @@ def merge(
         weights = contributed_samples(history, base, target, inputs)
         missing = [f"{names[c]} ({str(c)[:16]})" for c, w in zip(inputs, weights, strict=True) if w <= 0]
         if missing:
-            raise FednodeError(f"input {', '.join(missing)} declares no training samples since the merge base "
+            which = f"inputs {', '.join(missing)} declare" if len(missing) > 1 else f"input {missing[0]} declares"
+            raise FednodeError(f"{which} no training samples since the merge base "
                                f"{str(base)[:16]}: use --weights equal, or record them with "
                                f"`fednode commit --samples N`")
     grid: dict[str, int] = {}
