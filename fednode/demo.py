@@ -1,4 +1,8 @@
-"""``make demo``: a walkthrough of fednode's history on one node, on real data.
+"""``make demo``: the network walkthrough (fednode/demo_network.py); ``--local``: one node's history.
+
+``python -m fednode.demo`` runs a devchain and three hospital daemons on 127.0.0.1 and three
+federated rounds (see ``fednode.demo_network``). ``python -m fednode.demo --local`` runs the
+single-node walkthrough below: fednode's history commands on real data.
 
 Three "hospitals" hold disjoint, non-IID slices of scikit-learn's bundled
 breast-cancer data set (569 patients). Each trains the shared model locally on
@@ -42,7 +46,7 @@ def global_accuracy(path: Path) -> float:
         return float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
 
 
-def main() -> None:
+def local() -> None:
     import torch
     from safetensors.torch import save_file
 
@@ -99,5 +103,23 @@ def main() -> None:
     print(f"\ndemo finished; node home kept at {home}")
 
 
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fednode.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--local", action="store_true", help="the single-node history walkthrough instead")
+    parser.add_argument("--epochs", type=int, default=5, help="local epochs per round (default 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="federated rounds (default 3)")
+    args = parser.parse_args(argv)
+    if args.epochs < 1 or args.rounds < 1:
+        parser.error("--epochs and --rounds must be at least 1")
+    if args.local:
+        local()
+        return 0
+    from fednode.demo_network import run as run_network
+
+    return run_network(args.epochs, args.rounds)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
