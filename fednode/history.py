@@ -501,7 +501,8 @@ class History:
         self._check_in_repo(repo, target)
         with self.store.write() as txn:
             if txn.get_ref(repo.repo_id, prefix + name) is not None:
-                raise FednodeError(f"{kind} {name!r} already exists")
+                hint = " ('fednode branch -f NAME REV' moves it)" if kind == "branch" else ""
+                raise FednodeError(f"{kind} {name!r} already exists{hint}")
             txn.set_ref(repo.repo_id, prefix + name, bytes(target))
 
     def _delete_ref(self, repo: RepoInfo, kind: str, prefix: str, name: str) -> None:

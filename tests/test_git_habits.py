@@ -118,7 +118,7 @@ def test_reset_moves_the_branch_and_the_reflog_keeps_the_old_head(cli, home: Pat
 
 
 def test_branch_force_creates_or_moves(cli, home: Path, repo: dict) -> None:
-    refused(cli, home, "branch", "main", repo["c1"], needles=("already exists",))
+    refused(cli, home, "branch", "main", repo["c1"], needles=("already exists", "branch -f"))
     out = cli("branch", "-f", "main", repo["c1"]).stdout
     assert "moved branch main" in out and head(cli) == repo["c1"]
     cli("branch", "-f", "feature", repo["genesis"])
