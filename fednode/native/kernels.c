@@ -180,50 +180,69 @@ static int64_t fedavg_f32_block_int(int64_t n_inputs, const float *const *inputs
     return 0;
 }
 
+#define SUB 1024  /* the double path works on sub-blocks: accumulator and base stay in L1 */
+
+/* The double path over [start, start + n), n <= SUB; returns 0 when done, 1 when its bound says
+ * the int64 path must decide, -1 when some delta is refused (NaN, Inf or |d| >= 2**62). */
+static int fedavg_f32_sub_double(int64_t n_inputs, const float *const *inputs, const float *b, const double *w,
+                                 double half_den, double dden, double inv, double scale, double step,
+                                 int64_t start, size_t n, float *o) {
+    double accd[SUB], bd[SUB];
+    const uint64_t limit_bits = f64_bits(4611686018427387904.0);  /* 2**62 */
+    double bound = half_den;  /* an estimate: decides the path, exactness follows from it */
+    for (size_t j = 0; j < n; j++) bd[j] = (double)b[j];
+    for (int64_t k = 0; k < n_inputs; k++) {
+        const float *x = inputs[k] + start;
+        const double wk = w[k];
+        /* max |d| as bits: non-negative doubles (and +Inf, then NaN) order like their bits, so one
+         * integer max (a reduction the vectoriser knows) gives both the refusal (NaN, Inf or
+         * |d| >= 2**62, as encode_delta) and max |q| = rint(max |d|) */
+        uint64_t mbits = 0;
+        if (k == 0) {
+            for (size_t j = 0; j < n; j++) {
+                double d = ((double)x[j] - bd[j]) * scale;
+                uint64_t a = f64_bits(__builtin_fabs(d));
+                mbits = a > mbits ? a : mbits;
+                accd[j] = wk * __builtin_rint(d);
+            }
+        } else {
+            for (size_t j = 0; j < n; j++) {
+                double d = ((double)x[j] - bd[j]) * scale;
+                uint64_t a = f64_bits(__builtin_fabs(d));
+                mbits = a > mbits ? a : mbits;
+                accd[j] = accd[j] + wk * __builtin_rint(d);
+            }
+        }
+        if (mbits >= limit_bits) return -1;
+        bound += wk * __builtin_rint(bits_f64(mbits));  /* rounded, but a margin covers it below */
+    }
+    if (!(bound < EXACT_DOUBLE * 0.5)) return 1;  /* the true bound is < 2**51 even after rounding */
+    if (dden == 1.0) for (size_t j = 0; j < n; j++) o[j] = (float)(bd[j] + (accd[j] + 0.0) * step);  /* -0 -> +0 */
+    else for (size_t j = 0; j < n; j++) o[j] = (float)(bd[j] + round_div_f64(accd[j], dden, inv) * step);
+    return 0;
+}
+
 int64_t fednode_fedavg_f32(int64_t n_inputs, const float *const *inputs, const float *base,
                            const int64_t *weights, int64_t den, double scale, int64_t lo, int64_t hi,
                            float *out, uint8_t *bad) {
-    double accd[BLOCK], bd[BLOCK];
     int64_t acc[BLOCK];
+    double w[n_inputs > 0 ? n_inputs : 1];
     int64_t flagged = 0;
-    const double dden = (double)den, inv = 1.0 / dden, step = 1.0 / scale;
-    const uint64_t limit_bits = f64_bits(4611686018427387904.0);  /* 2**62 */
+    const double dden = (double)den, inv = 1.0 / dden, step = 1.0 / scale, half_den = (double)(den / 2);
+    for (int64_t k = 0; k < n_inputs; k++) w[k] = (double)weights[k];
     for (int64_t start = lo; start < hi; start += BLOCK) {
         size_t n = (size_t)(hi - start < BLOCK ? hi - start : BLOCK);
         const float *b = base + start;
         float *o = out + start;
-        double bound = (double)(den / 2);  /* an estimate: decides the path, exactness follows from it */
-        for (size_t j = 0; j < n; j++) bd[j] = (double)b[j];
-        for (int64_t k = 0; k < n_inputs; k++) {
-            const float *x = inputs[k] + start;
-            const double w = (double)weights[k];
-            /* max |d| as bits: non-negative doubles (and +Inf, then NaN) order like their bits, so one
-             * integer max (a reduction the vectoriser knows) gives both the refusal (NaN, Inf or
-             * |d| >= 2**62, as encode_delta) and max |q| = rint(max |d|) */
-            uint64_t mbits = 0;
-            if (k == 0) {
-                for (size_t j = 0; j < n; j++) {
-                    double d = ((double)x[j] - bd[j]) * scale;
-                    uint64_t a = f64_bits(__builtin_fabs(d));
-                    mbits = a > mbits ? a : mbits;
-                    accd[j] = w * __builtin_rint(d);
-                }
-            } else {
-                for (size_t j = 0; j < n; j++) {
-                    double d = ((double)x[j] - bd[j]) * scale;
-                    uint64_t a = f64_bits(__builtin_fabs(d));
-                    mbits = a > mbits ? a : mbits;
-                    accd[j] = accd[j] + w * __builtin_rint(d);
-                }
-            }
-            if (mbits >= limit_bits) return -1;
-            bound += w * __builtin_rint(bits_f64(mbits));  /* rounded, but a margin covers it below */
+        int need_int = 0;
+        for (size_t sub = 0; sub < n && !need_int; sub += SUB) {
+            size_t m = n - sub < SUB ? n - sub : SUB;
+            int r = fedavg_f32_sub_double(n_inputs, inputs, b + sub, w, half_den, dden, inv, scale, step,
+                                          start + (int64_t)sub, m, o + sub);
+            if (r < 0) return -1;
+            need_int = r;
         }
-        if (bound < EXACT_DOUBLE * 0.5) {  /* the true bound is < 2**51 even after rounding */
-            if (den == 1) for (size_t j = 0; j < n; j++) o[j] = (float)(bd[j] + (accd[j] + 0.0) * step);  /* -0 -> +0 */
-            else for (size_t j = 0; j < n; j++) o[j] = (float)(bd[j] + round_div_f64(accd[j], dden, inv) * step);
-            continue;
-        }
+        if (!need_int) continue;
         int64_t r = fedavg_f32_block_int(n_inputs, inputs, b, weights, den, scale, start, n, o, acc);
         if (r < 0) return -1;
         if (r > 0) {
