@@ -84,3 +84,14 @@ def test_make_demo_runs_the_network(tmp_path: Path) -> None:
             continue
         stat = Path(f"/proc/{pid}/cmdline").read_bytes()
         assert b"cli.main" not in stat, f"pid {pid} still runs: {stat!r}"
+
+
+def test_cancer_data_reads_the_same_table_as_scikit_learn() -> None:
+    """The examples read scikit-learn's bundled CSV directly (no sklearn import per training process)."""
+    from sklearn.datasets import load_breast_cancer
+
+    from fednode.examples.cancer_data import load_breast_cancer as load_direct
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x2, y2 = load_direct()
+    assert x2.dtype == x.dtype and x2.tobytes() == x.tobytes() and y2.tolist() == y.tolist()
