@@ -165,7 +165,8 @@ class History:
 
     def repo(self, name_or_id: str) -> RepoInfo:
         with self.store.read() as txn:
-            repo_id = txn.get_repo(name_or_id)
+            # an empty name or one over LMDB's key limit is no key at all (LMDB would raise BAD_VALSIZE)
+            repo_id = txn.get_repo(name_or_id) if 0 < len(name_or_id.encode(errors="replace")) <= 500 else None
             if repo_id is not None:
                 return self._repo_info(txn, name_or_id, repo_id)
             wanted = parse_repo_id(name_or_id)

@@ -201,6 +201,14 @@ def unknown_revision(home: Path, tmp: Path, _: ExitStack) -> tuple[list[str], tu
     return ["checkout", "nope", "-r", "m", "--out", str(tmp / "x.safetensors")], ("unknown revision 'nope'",)
 
 
+def empty_repository_name(home: Path, tmp: Path, _: ExitStack) -> tuple[list[str], tuple[str, ...]]:
+    return ["show", ":main"], ("unknown repository ''",)  # was LMDB's MDB_BAD_VALSIZE
+
+
+def overlong_repository_name(home: Path, tmp: Path, _: ExitStack) -> tuple[list[str], tuple[str, ...]]:
+    return ["repo", "use", "x" * 600], ("unknown repository 'xxx",)  # over LMDB's 511-byte key limit
+
+
 def api_port_in_use(home: Path, tmp: Path, stack: ExitStack) -> tuple[list[str], tuple[str, ...]]:
     _, args, needles = daemon_api_port_taken(home, tmp, stack)  # the case of test_cli_errors.py
     return args, needles
@@ -212,7 +220,8 @@ CASES: list[Case] = [
     train_data_raises, train_model_raises, train_forward_fails, train_wrong_sizes, train_wrong_names,
     train_syntax_error, train_executable_fails, train_unknown_branch, train_negative_epochs,
     from_plain_directory, from_missing_file, from_empty_file, from_renamed_text, from_unreadable_file,
-    metric_not_finite, unknown_repository, unknown_revision, api_port_in_use,
+    metric_not_finite, unknown_repository, unknown_revision, empty_repository_name, overlong_repository_name,
+    api_port_in_use,
 ]
 
 
