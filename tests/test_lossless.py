@@ -401,3 +401,45 @@ def test_help_names_the_lossless_default_and_never_calls_a_lossy_encoding_exact(
     start = text.index("--encoding")
     option = text[start:text.index("[default: xor]", start)]
     assert "exact" not in option.lower()
+
+
+TRAIN_SCRIPT = '''
+import json, os, shutil, sys
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+if __name__ == "__main__":  # an executable training script: HEAD OUT (a copy of OUT is kept for the test)
+    head, out = sys.argv[1], sys.argv[2]
+    step = float(os.environ["FEDNODE_SEED"]) + 1
+    w = load_file(head)
+    save_file({k: (v * np.float32(1 + 3e-5 * step) + np.float32(1e-7)).astype(v.dtype) if v.dtype.kind == "f"
+               else v + 1 for k, v in w.items()}, out)
+    shutil.copy(out, os.environ["LOSSLESS_COPY"] + os.environ["FEDNODE_SEED"])
+    json.dump({"samples": 10, "loss": 0.5}, open(os.environ["FEDNODE_METRICS"], "w"))
+'''
+
+
+def test_cli_train_commits_the_trained_bytes_and_lossy_train_reports_errors(cli, tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    script = tmp_path / "step.py"
+    script.write_text(TRAIN_SCRIPT)
+    monkeypatch.setenv("LOSSLESS_COPY", str(tmp_path / "trained"))
+    rng = np.random.default_rng(9)
+    v0 = {"w": ("F32", (rng.standard_normal((64, 32)) * 0.1).astype(np.float32)),
+          "b": ("F64", rng.standard_normal(32) * 1e-6), "n": ("I64", np.array([3, 4], dtype=np.int64))}
+    cli("repo", "create", "m", "--from", write_model(tmp_path / "v0.safetensors", v0))
+    text = cli("train", "--script", script, "--quiet", "--seed", "0").stdout
+    assert "lossless (xor): every tensor bit for bit" in text and "LOSSY" not in text
+    cli("checkout", "main", "--out", tmp_path / "out.safetensors")
+    got, want = read_model(tmp_path / "out.safetensors"), read_model(tmp_path / "trained0")
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert got[name][1].tobytes() == want[name][1].tobytes(), name
+    data = json.loads(cli("train", "--script", script, "--quiet", "--seed", "1", "--encoding", "int8",
+                          "--json").stdout)
+    assert data["encoding"] == "int8" and data["lossless"] is False and set(data["errors"]) == {"w", "b"}
+    cli("checkout", "main", "--out", tmp_path / "lossy.safetensors")
+    got, want = read_model(tmp_path / "lossy.safetensors"), read_model(tmp_path / "trained1")
+    assert data["errors"]["w"]["max_abs"] == np.abs(got["w"][1].astype(np.float64)
+                                                    - want["w"][1].astype(np.float64)).max() > 0
+    assert got["n"][1].tobytes() == want["n"][1].tobytes()
