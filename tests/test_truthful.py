@@ -8,9 +8,11 @@ refused before anything is published, and ``push`` says how many peers accepted 
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import textwrap
+import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -323,3 +325,51 @@ def test_push_says_how_many_peers_accepted(tmp_path: Path) -> None:
                      .get("accepted_by"), 15, "B to accept a push")
             pushed = run_fednode(owner, "push", "m")
             assert "accepted by 1 of 1 peer(s)" in pushed.stdout
+
+
+class _FailingDaemon(http.server.BaseHTTPRequestHandler):
+    """A local API that answers /status and then fails to publish (a daemon losing its disk, say)."""
+
+    def _answer(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._answer(200, {"peer_id": "fake"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._answer(500, {"error": "cannot publish: no space left on device"})
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_members_add_undoes_the_chain_when_publishing_fails(repos_home: Path) -> None:
+    """The chain changed, then the daemon failed to publish: the on-chain change is undone."""
+    run_fednode(repos_home, "anchor", "m:main")  # the embedded chain
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FailingDaemon)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        (repos_home / "daemon.json").write_text(json.dumps({"api_port": server.server_address[1]}))
+        (repos_home / "api.token").write_text("token")
+        before = _membership(repos_home)
+        member = str(Keypair().pubkey())
+        refused = run_fednode(repos_home, "members", "add", member, "-r", "m", check=False)
+        assert refused.returncode == 1, refused.stdout
+        assert_one_line_error(refused.stderr, "no space left on device",
+                              "the on-chain change was undone for 1 member(s); nothing was changed")
+        chain = json.loads(run_fednode(repos_home, "chain", "members", "list", "-r", "m", "--json").stdout)
+        assert chain["members"] == []
+        absent = run_fednode(repos_home, "chain", "members", "remove", member, "-r", "m", check=False)
+        assert_one_line_error(absent.stderr, f"{member} is not a member of m")  # asked of the chain itself
+        assert _membership(repos_home) == before
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
