@@ -32,9 +32,14 @@ def interval(config: dict[str, Any]) -> float:
     return float(value) if isinstance(value, (int, float)) and value > 0 else DEFAULT_INTERVAL
 
 
-def queued(node: Node) -> int:
+def sendable(node: Node, config: dict[str, Any]) -> bool:
+    """Whether any queued item could be meant for the backend ``config`` names: an embedded chain
+    never matches an item queued for an RPC endpoint nor the reverse, and unbound items match
+    nothing, so a queue of only such items does not open a backend every cycle."""
+    embedded = chain_section(config)["backend"] == "embedded"
     with node.store.read() as txn:
-        return len(outbox.items(txn))
+        targets = [item.target() for item in outbox.items(txn)]
+    return any(t is not None and (t.endpoint == "embedded") == embedded for t in targets)
 
 
 def current_config(node: Node) -> dict[str, Any]:
@@ -66,7 +71,7 @@ async def flush_loop(node: Node, log: Log, every: float | None = None,
             if (now := _where(config)) != where:
                 log("chain_backend_changed", backend=now[0], url=now[1], program_id=now[2])
                 where = now
-            if queued(node):
+            if sendable(node, config):
                 result = await flush_once(node, config)
                 if result.sent or result.error:
                     log("chain_flush", sent=len(result.sent), remaining=result.remaining, error=result.error,
