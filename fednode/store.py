@@ -150,7 +150,28 @@ class Txn:
             return f"created: {first_line}" if not commit.parents else "branch created"
         if commit.parents and bytes(commit.parents[0]) == old:
             return f"{commit.kind}: {first_line}"
+        try:
+            if self._descends(commit, old):
+                return f"fast-forward: {first_line}"
+        except Exception:  # as above: a damaged ancestor only costs the reason its detail
+            pass
         return "moved"
+
+    def _descends(self, commit: Commit, old: bytes, limit: int = 256) -> bool:
+        """Whether ``old`` is among the first ``limit`` ancestors of ``commit`` (a fast-forward)."""
+        seen: set[bytes] = set()
+        todo = [bytes(p) for p in commit.parents]
+        while todo and len(seen) < limit:
+            cid = todo.pop()
+            if cid == old:
+                return True
+            if cid in seen:
+                continue
+            seen.add(cid)
+            raw = self._txn.get(cid, db=self._db("blocks"))
+            if raw is not None:
+                todo.extend(bytes(p) for p in Commit.decode(bytes(raw)).parents)
+        return False
 
     def _log_move(self, repo_id: bytes, branch: str, old: bytes | None, new: bytes | None,
                   reason: str | None) -> None:

@@ -112,9 +112,13 @@ def test_reset_moves_the_branch_and_the_reflog_keeps_the_old_head(cli, home: Pat
     with open_node(home) as node:  # a commit of another repository
         _, other = node.history.create_repo("other", ArraySource(model_arrays(5)))
     refused(cli, home, "reset", str(other.cid), needles=("not in repository m",))
-    # a revert and a commit are logged with their kind and message
+    # a revert is logged with its kind and message; a fast-forward over several commits as such
     cli("revert", repo["genesis"])
     assert json.loads(cli("reflog", "--json").stdout)[0]["reason"].startswith("revert: revert to")
+    cli("branch", "-f", "main", repo["genesis"])
+    cli("merge", "--into", "main", repo["c2"])
+    assert json.loads(cli("reflog", "--json").stdout)[0] | {"time_ms": 0} == {
+        "old": repo["genesis"], "new": repo["c2"], "reason": "fast-forward: two", "time_ms": 0}
 
 
 def test_branch_force_creates_or_moves(cli, home: Path, repo: dict) -> None:
