@@ -92,11 +92,19 @@ def script_error(exc: BaseException, script: Path, what: str = "training script 
     if isinstance(exc, SyntaxError) and exc.lineno:  # raised by the compiler: no frame in the script
         where = f" ({Path(exc.filename or script).name}:{exc.lineno})"
     message = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+    if isinstance(exc, SystemExit):
+        message = f"the script called sys.exit({exc.code!r}) instead of returning"
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     text = lines[0] if lines else ""
     if len(text) > MAX_ERROR:
         text = text[:MAX_ERROR] + "..."
     return FednodeError(f"{what}: {type(exc).__name__}{': ' + text if text else ''}{where}")
+
+
+def _raised_in(exc: BaseException, script: Path) -> bool:
+    """Whether the script's own code is on the traceback (its OSError is its error, not ours)."""
+    name = script.name
+    return any(Path(f.filename).name == name for f in traceback.extract_tb(exc.__traceback__))
 
 
 def load_script(path: Path) -> ModuleType | None:
@@ -109,7 +117,7 @@ def load_script(path: Path) -> ModuleType | None:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # the user's code: report, don't crash
+    except (Exception, SystemExit) as exc:  # the user's code (sys.exit too): report, don't crash
         raise script_error(exc, path, f"training script {path.name} failed to import") from None
     if callable(getattr(module, "model", None)) and callable(getattr(module, "data", None)):
         return module
@@ -192,10 +200,11 @@ def train_torch(
     """Train ``module``'s model; whatever the user's code raises is one line (``script_error``)."""
     try:
         return _train_torch(module, head, out, epochs, seed, dp, quiet)
-    except (FednodeError, OSError, MemoryError):
-        raise  # ours (a mismatch, a full disk) say what they are already
-    except Exception as exc:
-        raise script_error(exc, script or Path(module.__file__ or "script")) from None
+    except (Exception, SystemExit) as exc:  # sys.exit(0) in data() is no success either
+        path = script or Path(module.__file__ or "script")
+        if isinstance(exc, FednodeError | MemoryError) or (isinstance(exc, OSError) and not _raised_in(exc, path)):
+            raise  # ours (a mismatch, a full disk) say what they are already
+        raise script_error(exc, path) from None
 
 
 def _train_torch(
@@ -340,9 +349,9 @@ def evaluate_file(script: Path, weights: Path) -> dict[str, float]:
         raise FednodeError(f"{script} must define model() and data() to evaluate")
     try:
         return _evaluate_file(module, weights)
-    except (FednodeError, OSError, MemoryError):
-        raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
+        if isinstance(exc, FednodeError | MemoryError) or (isinstance(exc, OSError) and not _raised_in(exc, script)):
+            raise
         raise script_error(exc, script, "evaluation script failed") from None
 
 
