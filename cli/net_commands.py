@@ -48,6 +48,14 @@ def _check_member(ctx: click.Context, name: str | None) -> str:
     return info.name
 
 
+def _ref_lines(ctx: click.Context, refs: dict[str, str]) -> str:
+    """``ref cid`` lines, peers shown by their 'fednode remote add' names (remotes/NAME/main)."""
+    from fednode.refs import display_ref, remotes
+
+    names = remotes(_node(ctx).history)
+    return "\n".join(sorted(f"{display_ref(k, names)} {v}" for k, v in refs.items()))
+
+
 def _local_status(ctx: click.Context) -> dict[str, Any]:
     """Current repository, branch and head from the store (no daemon needed)."""
     from fednode.errors import FednodeError
@@ -224,7 +232,7 @@ def register(main: click.Group) -> None:
     def pull(ctx: click.Context, repo_name: str | None, timeout: float, as_json: bool) -> None:
         """Fetch the heads peers announce for REPO and their blocks; move branches that fast-forward."""
         res = _client(ctx).call("POST", "/pull", {"repo": _repo_name(ctx, repo_name), "timeout": timeout})
-        _emit(res, as_json, "\n".join(f"{k} {v}" for k, v in sorted(res["refs"].items())))
+        _emit(res, as_json, _ref_lines(ctx, res["refs"]))
 
     @main.command()
     @click.argument("repo_id")
@@ -240,8 +248,7 @@ def register(main: click.Group) -> None:
             current = txn.get_meta("current_repo")
         if current is None:  # like git clone: the new repository becomes the current one
             _set_current(node, res["name"])
-        _emit(res, as_json, f"cloned {res['repo']} as {res['name']}\n"
-              + "\n".join(f"{k} {v}" for k, v in sorted(res["refs"].items())))
+        _emit(res, as_json, f"cloned {res['repo']} as {res['name']}\n" + _ref_lines(ctx, res["refs"]))
 
     @main.command()
     @click.argument("members", nargs=-1)

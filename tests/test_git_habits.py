@@ -77,6 +77,12 @@ def test_status_with_a_running_daemon(tmp_path: Path) -> None:
     home = make_home(tmp_path, "a")
     model = write_model(tmp_path / "v0.safetensors", model_arrays(0))
     run_fednode(home, "repo", "create", "m", "--from", str(model))
+    them = _other_identity()  # a peer's head as the daemon records it, and a name for that peer
+    with open_node(home) as node:
+        info = node.history.repo("m")
+        with node.store.write() as txn:
+            txn.set_ref(info.repo_id, f"remotes/{them.peer_id}/main", bytes(info.genesis))
+    run_fednode(home, "remote", "add", "alice", them.peer_id)
     d = DaemonProc(home)
     with daemons(d):
         d.start()
@@ -85,6 +91,8 @@ def test_status_with_a_running_daemon(tmp_path: Path) -> None:
         assert data["pid"] == d.proc.pid and isinstance(data["topics"], list)
         text = run_fednode(home, "status").stdout
         assert "repository m" in text and f"peer id    {d.peer_id}" in text and "daemon     running" in text
+        pulled = run_fednode(home, "pull", "m", "--timeout", "1").stdout  # no peers: the refs it has
+        assert f"remotes/alice/main {info.genesis}" in pulled and them.peer_id not in pulled
 
 
 # --- reset, branch -f, reflog ---------------------------------------------------------------------------
