@@ -17,6 +17,7 @@ exact), so results never depend on wrapping.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import threading
@@ -31,6 +32,7 @@ from fednode.errors import FednodeError
 INT64_MAX = (1 << 63) - 1
 BLOCK = 1 << 15  # elements per step: the working set of one block stays in L2 cache
 PARALLEL_MIN = 1 << 20  # tensors at least this large are split across threads
+CHUNKS = 4  # ranges per thread (for_blocks)
 THREADS = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
@@ -183,20 +185,30 @@ def stacked_blocks(flat: Sequence[np.ndarray], lo: int, hi: int) -> Iterator[tup
 def for_blocks(size: int, work: Callable[[int, int], None], parallel_min: int | None = None) -> None:
     """Run ``work(lo, hi)`` over disjoint, BLOCK-aligned ranges covering ``[0, size)``.
 
-    Large tensors are split across up to ``THREADS`` threads (numpy releases the
-    GIL in its loops). Each range writes only its own output slice and blocks
-    never interact, so the bytes do not depend on the thread count.
+    Large tensors are split across up to ``THREADS`` threads (numpy and the C kernels
+    release the GIL). The ranges are ``CHUNKS`` per thread, taken in turn by whichever
+    thread is free (the caller included), so a thread that the OS delays holds up at
+    most one small range. Each range writes only its own output slice and blocks never
+    interact, so the bytes do not depend on the thread count.
     """
     threads = min(THREADS, size // (parallel_min or PARALLEL_MIN))
     if threads <= 1:
         work(0, size)
         return
-    per = -(-size // threads)
+    per = -(-size // (threads * CHUNKS))
     per = -(-per // BLOCK) * BLOCK
     ranges = [(lo, min(lo + per, size)) for lo in range(0, size, per)]
-    futures = [_pool().submit(work, lo, hi) for lo, hi in ranges[1:]]
+    taken = itertools.count()  # next() on a count is atomic under the GIL
+
+    def run() -> None:
+        for i in iter(lambda: next(taken), None):
+            if i >= len(ranges):
+                return
+            work(*ranges[i])
+
+    futures = [_pool().submit(run) for _ in range(threads - 1)]
     try:
-        work(*ranges[0])  # the calling thread takes the first range
+        run()
     finally:
         for future in futures:
             future.result()
