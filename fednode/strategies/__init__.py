@@ -1,7 +1,7 @@
 """Named aggregation strategies for merges: pure, exact, deterministic functions over int64 deltas.
 
-Every strategy maps the inputs' update deltas (exact int64 arrays on the
-repository grid 2**-scale_bits, see ``fednode.fixedpoint``) and integer weights
+Every strategy maps the inputs' update deltas (exact int64 arrays on the tensor's
+merge grid 2**-bits, see ``fednode.merging`` and ``fednode.fixedpoint``) and integer weights
 (e.g. example counts) to one merged int64 delta, using integer arithmetic only:
 the same inputs give the same bytes on every machine, so anyone can re-run a
 merge recorded in a commit and check it.

@@ -21,7 +21,8 @@ Cost: with the C kernel (``fednode.native``), one fused pass that reads each sto
 once in its own width; in numpy, one read of each delta in cache-sized blocks with one
 min/max check and one multiply-add per input, then a 2- to 5-pass rounded division.
 ``merge_states`` fuses quantization and the final ``apply_delta`` as well for float32
-tensors, so a merge reads each input state once.
+tensors, so a merge reads each input state once; where ``sum_k w_k |q_k| < 2**50`` it
+accumulates in exact double arithmetic (integers below 2**53), else in int64, same bytes.
 """
 
 from __future__ import annotations
