@@ -10,6 +10,7 @@ import selectors
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,8 @@ from solders.message import Message
 from solders.system_program import TransferParams, transfer
 from solders.transaction import Transaction
 
-from fednode.chain.config import DEV_PROGRAM_ID
+from fednode.chain.config import DEV_PROGRAM_ID, program_elf
+from fednode.chain.devchain import DevChain, make_server
 from fednode.history import History
 from fednode.store import Store
 from protocol.multiformats import b58encode
@@ -299,3 +301,27 @@ def test_ledger_keeps_accounts_across_restart(tmp_path: Path) -> None:
             {"name": "demo", "on_chain": False}]
     finally:
         stop(proc)
+
+
+def test_endpoint_that_cannot_name_its_chain_gets_nothing(tmp_path: Path) -> None:
+    """An RPC endpoint without getGenesisHash cannot say which chain it is: nothing is sent to it."""
+    class Anonymous(DevChain):
+        rpc_getGenesisHash = None  # answered "Method not found"
+
+    server = make_server(Anonymous(DEV_PROGRAM_ID, program_elf()), "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        home = tmp_path / "home"
+        run_fednode(home, "init")
+        run_fednode(home, "chain", "use", "rpc", "--url", f"http://127.0.0.1:{server.server_address[1]}")
+        run_fednode(home, "repo", "create", "demo", "--from", write_model(tmp_path / "m0.safetensors", model_arrays(0)))
+        refused = run_fednode(home, "anchor", "main", check=False)
+        assert refused.returncode == 1
+        assert_one_line_error(refused.stderr, "does not answer getGenesisHash", "nothing is sent")
+        status = fed_json(home, "chain", "status")
+        assert status["queue_length"] == 2 and status["repos"] == [{"name": "demo", "on_chain": False}]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

@@ -73,7 +73,7 @@ class AsyncChainBackend(ABC):
         """This backend's chain; with ``required=False`` an unreachable one has genesis None."""
         try:
             genesis: str | None = await self.genesis_hash()
-        except ChainUnavailable:
+        except (ChainUnavailable, ChainError):
             if required:
                 raise
             genesis = None

@@ -233,7 +233,12 @@ class Anchorer:
         current: outbox.OutboxItem | None = None
         here = ChainId(None, str(self.backend.program_id), self.backend.endpoint)
         try:
-            here = await self.backend.chain_id()  # only items meant for this chain go out
+            try:
+                here = await self.backend.chain_id()  # only items meant for this chain go out
+            except ChainError as exc:  # an endpoint that cannot say which chain it is gets nothing
+                result.error, result.remaining = str(exc), len(self.queue())
+                result.held = result.remaining
+                return result
             # Items leave the queue only here; later arrivals wait for the next flush.
             pending = [i for i in self.queue() if i.placement(here) == "this"]
             if pending:

@@ -57,7 +57,11 @@ class RpcBackend(AsyncChainBackend):
 
     async def genesis_hash(self) -> str:
         if self.genesis is None:
-            self.genesis = str((await self._call("getGenesisHash", self.client.get_genesis_hash())).value)
+            try:
+                self.genesis = str((await self._call("getGenesisHash", self.client.get_genesis_hash())).value)
+            except ChainError as exc:
+                raise ChainError(f"{self.url} does not answer getGenesisHash ({exc}): cannot tell which chain "
+                                 "it is, so nothing is sent to it") from None  # fmt: skip
         return self.genesis
 
     async def send(self, instructions: Sequence[Instruction], signers: Sequence[Keypair]) -> TxResult:
