@@ -164,6 +164,15 @@ def train_data_file_missing(home: Path, tmp: Path, _: ExitStack) -> tuple[list[s
         "training script failed: FileNotFoundError", "/nonexistent/site.csv", "(reads.py:9)")
 
 
+def review_eval_raises(home: Path, tmp: Path, _: ExitStack) -> tuple[list[str], tuple[str, ...]]:
+    run_fednode(home, "branch", "b", "main", "-r", "m")
+    run_fednode(home, "commit", "m", "-b", "b", "-m", "update", "--from",
+                write_model(tmp / "update.safetensors", torch_arrays(seed=1)))
+    path = script(tmp, "judge.py", SEQUENTIAL.format(layers=RIGHT)
+                  + "\n\ndef data():\n    raise KeyError('heldout')\n")
+    return ["review", "b", "-r", "m", "--eval", path], ("evaluation script failed: KeyError: 'heldout' (judge.py:9)",)
+
+
 def train_unknown_branch(home: Path, tmp: Path, _: ExitStack) -> tuple[list[str], tuple[str, ...]]:
     path = script(tmp, "ok.py", SEQUENTIAL.format(layers=RIGHT) + DATA)
     return ["train", "m", "--script", path, "-b", "nope"], ("unknown branch 'nope'",)
@@ -233,7 +242,7 @@ CASES: list[Case] = [
     push_not_a_member,
     train_data_raises, train_model_raises, train_forward_fails, train_wrong_sizes, train_wrong_names,
     train_syntax_error, train_executable_fails, train_script_exits, train_data_file_missing, train_unknown_branch,
-    train_negative_epochs,
+    train_negative_epochs, review_eval_raises,
     from_plain_directory, from_missing_file, from_empty_file, from_renamed_text, from_unreadable_file,
     metric_not_finite, unknown_repository, unknown_revision, empty_repository_name, overlong_repository_name,
     api_port_in_use,
