@@ -325,3 +325,37 @@ def test_endpoint_that_cannot_name_its_chain_gets_nothing(tmp_path: Path) -> Non
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def test_ledger_replays_to_the_same_balances(tmp_path: Path) -> None:
+    """In process: after airdrops, a transfer and a failing transaction (which still charges its
+    fee), a chain rebuilt from the ledger has the same balances; a torn last record is dropped."""
+    elf, ledger = program_elf(), tmp_path / "ledger"
+    payer, dest = Keypair(), Keypair().pubkey()
+    chain = DevChain(DEV_PROGRAM_ID, elf, ledger=ledger)
+
+    def send(lamports: int) -> None:
+        blockhash = chain.rpc_getLatestBlockhash()["value"]["blockhash"]
+        ix = transfer(TransferParams(from_pubkey=payer.pubkey(), to_pubkey=dest, lamports=lamports))
+        tx = Transaction([payer], Message([ix], payer.pubkey()), Hash.from_string(blockhash))
+        chain.handle("sendTransaction", [base64.b64encode(bytes(tx)).decode(), {"encoding": "base64"}])
+
+    def balances(c: DevChain) -> list[int]:
+        return [c.rpc_getBalance(str(k))["value"] for k in (payer.pubkey(), dest)]
+
+    chain.rpc_requestAirdrop(str(payer.pubkey()), 10**9)
+    send(2_000_000)
+    with pytest.raises(Exception, match="simulation failed"):
+        send(10**12)  # more than it holds: rejected, but the fee is charged
+    before, genesis = balances(chain), chain.genesis
+    assert before[0] < 10**9 - 2_000_000 - 5000  # two fees paid
+    chain.close()
+    restarted = DevChain(DEV_PROGRAM_ID, elf, ledger=ledger)
+    assert balances(restarted) == before and restarted.genesis == genesis
+    restarted.rpc_requestAirdrop(str(dest), 10**9)
+    restarted.close()
+    log = ledger / "accounts.log"
+    log.write_bytes(log.read_bytes()[:-3])  # the last record torn, as by a crash mid-write
+    again = DevChain(DEV_PROGRAM_ID, elf, ledger=ledger)
+    assert balances(again) == before and log.stat().st_size == 0  # compacted into the snapshot
+    again.close()

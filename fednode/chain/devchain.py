@@ -347,6 +347,7 @@ class DevChain:
         result = self.svm.send_transaction(tx)
         self.used = True
         if isinstance(result, FailedTransactionMetadata):
+            self._persist(keys)  # a failed transaction still charged its fee
             meta = result.meta()
             # Like preflight on a validator: a failing transaction is rejected, not recorded.
             raise _preflight(error_json(result.err()), list(meta.logs()), meta.compute_units_consumed())
