@@ -29,6 +29,7 @@ from solders.transaction import Transaction
 
 from fednode.chain.config import DEV_PROGRAM_ID, program_elf
 from fednode.chain.devchain import DevChain, make_server
+from fednode.errors import FednodeError
 from fednode.history import History
 from fednode.store import Store
 from protocol.multiformats import b58encode
@@ -359,3 +360,10 @@ def test_ledger_replays_to_the_same_balances(tmp_path: Path) -> None:
     again = DevChain(DEV_PROGRAM_ID, elf, ledger=ledger)
     assert balances(again) == before and log.stat().st_size == 0  # compacted into the snapshot
     again.close()
+    snap = ledger / "accounts.snap"
+    damaged = bytearray(snap.read_bytes())
+    damaged[20] ^= 1  # not a torn write (the snapshot is replaced whole): refused, and left as it is
+    snap.write_bytes(bytes(damaged))
+    with pytest.raises(FednodeError, match="accounts.snap is damaged"):
+        DevChain(DEV_PROGRAM_ID, elf, ledger=ledger)
+    assert snap.read_bytes() == bytes(damaged)

@@ -106,6 +106,9 @@ class Ledger:
         except OSError as exc:
             self.lock_file.close()
             raise FednodeError(f"cannot use ledger {path}: {exc.strerror}") from None
+        except FednodeError:
+            self.lock_file.close()
+            raise
 
     def _genesis(self, program_id: Pubkey) -> str:
         file = self.path / "genesis.json"
@@ -117,6 +120,8 @@ class Ledger:
             _write_atomic(file, json.dumps(meta).encode())
         except ValueError:
             raise FednodeError(f"ledger {self.path}: genesis.json is not valid JSON") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("genesis_hash"), str):
+            raise FednodeError(f"ledger {self.path}: genesis.json has no genesis_hash")
         if meta.get("program_id") != str(program_id):
             raise FednodeError(f"ledger {self.path} was created for program {meta.get('program_id')}, "
                                f"not {program_id}")  # fmt: skip
@@ -139,6 +144,9 @@ class Ledger:
                         accounts[address] = data
                     else:
                         accounts.pop(address, None)
+            if name == "accounts.snap" and good < len(raw):  # written whole or not at all: this is damage
+                raise FednodeError(f"ledger {self.path}: accounts.snap is damaged (checksum mismatch at byte "
+                                   f"{good}); restore it from a backup or start a new ledger")  # fmt: skip
             if name == "accounts.log" and good < len(raw):  # a torn tail: the write never completed
                 with open(self.path / name, "r+b") as f:
                     f.truncate(good)
