@@ -332,9 +332,13 @@ class Marked:
     expired: list[str] = field(default_factory=list)
 
 
+REFLOG_ROOT_SECONDS = 90 * 86400  # gc keeps what a branch pointed at in the last 90 days (git's default)
+
+
 def mark(txn: Txn, rehash: bool = True, fetch_expiry: float | None = None,
          now: float | None = None) -> Marked:
-    """Mark every block reachable from a ref, then from the daemon's unfinished fetches.
+    """Mark every block reachable from a ref, then from the reflogs of existing branches (their
+    moves of the last REFLOG_ROOT_SECONDS), then from the daemon's unfinished fetches.
 
     A ref only ever points at a complete, verified closure (a branch moves after its fetch and
     ``verify``), so a block missing below a ref is a real problem. An unfinished fetch's root is
@@ -345,10 +349,25 @@ def mark(txn: Txn, rehash: bool = True, fetch_expiry: float | None = None,
     ``fetch_expiry`` seconds ago are not roots: their data is garbage (the daemon drops them).
     """
     out = Marked()
-    refs = [(rid, CID.from_bytes(v)) for rid, name, v in txn.all_refs() if name != "HEAD"]
+    all_refs = list(txn.all_refs())
+    refs = [(rid, CID.from_bytes(v)) for rid, name, v in all_refs if name != "HEAD"]
     for repo_id, root in refs:
         _walk(txn, root, out, rehash, (repo_id, root), fetch=False)
     now = time.time() if now is None else now
+    # A branch's reflog keeps its recent old heads (a reset can be undone) like git's gc.reflogExpire;
+    # walked as a fetch is: an entry whose commit is gone already is no damage.
+    for repo_id, name, _ in all_refs:
+        if name.startswith("heads/"):
+            for entry in txn.reflog(repo_id, name[len("heads/"):]):
+                if entry["time_ms"] < (now - REFLOG_ROOT_SECONDS) * 1000:
+                    break  # newest first
+                for text in (entry["old"], entry["new"]):
+                    try:
+                        root = CID.parse(text) if text else None
+                    except FormatError:
+                        root = None
+                    if root is not None and bytes(root) not in out.reachable:
+                        _walk(txn, root, out, rehash, (repo_id, root), fetch=True)
     names = {rid: name for name, rid in txn.list_repos().items()}
     for rec in fetch_records(txn):
         age = None if rec.since is None else now - rec.since

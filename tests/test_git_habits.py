@@ -129,6 +129,24 @@ def test_reset_moves_the_branch_and_the_reflog_keeps_the_old_head(cli, home: Pat
         "old": repo["genesis"], "new": repo["c2"], "reason": "fast-forward: two", "time_ms": 0}
 
 
+def test_gc_keeps_what_the_reflog_names(cli, home: Path, repo: dict) -> None:
+    cli("reset", repo["genesis"])
+    assert json.loads(cli("gc", "--json").stdout)["blocks_removed"] == 0  # c1, c2: old heads of main
+    assert "commits ok" in cli("fsck").stdout
+    cli("reset", "main@{1}")  # undone after a gc: nothing was lost
+    assert head(cli) == repo["c2"]
+    cli("checkout", "main", "--out", home / "o.safetensors")
+    # a deleted branch's reflog is kept for reading, but holds nothing back from gc
+    cli("branch", "tmp", repo["c1"])
+    cli("commit", "-b", "tmp", "--from", home / "o.safetensors", "-m", "on tmp")
+    tmp_head = head(cli, "tmp")
+    cli("branch", "-d", "tmp")
+    assert json.loads(cli("gc", "--json").stdout)["blocks_removed"] > 0
+    assert json.loads(cli("reflog", "tmp", "--json").stdout)[0]["old"] == tmp_head
+    refused(cli, home, "show", tmp_head, needles=("unknown revision",))
+    assert "fsck: 3 commits ok" in cli("fsck").stdout
+
+
 def test_branch_force_creates_or_moves(cli, home: Path, repo: dict) -> None:
     refused(cli, home, "branch", "main", repo["c1"], needles=("already exists", "branch -f"))
     out = cli("branch", "-f", "main", repo["c1"]).stdout

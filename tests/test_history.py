@@ -705,9 +705,10 @@ def test_remote_and_proposal_refs_resolve_and_gc_keeps_unfinished_fetches(histor
     assert history.resolve(f"proposals/{peer}/main~1", info)[1] == cids[-3]
     assert set(history.remote_refs(info)) == {f"remotes/{peer}/main", f"proposals/{peer}/main"}
     # an unfinished fetch's root keeps its blocks through gc, even with no ref pointing at it
-    orphan = history.commit(info, ArraySource(perturb(model_arrays(0), seed=99)), "fetched", branch="main")
+    history.create_branch(info, "tmp", cids[-1])  # (a branch deleted below: its reflog keeps nothing)
+    orphan = history.commit(info, ArraySource(perturb(model_arrays(0), seed=99)), "fetched", branch="tmp")
+    history.delete_branch(info, "tmp")
     with history.store.write() as txn:
-        txn.set_ref(info.repo_id, "heads/main", bytes(cids[-1]))
         txn.kv_put("net", b"fetch/" + info.repo_id + bytes(orphan.cid), b"\xa0")
     operations.gc(history)
     assert history.load_commit(orphan.cid).message == "fetched"
