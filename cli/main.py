@@ -864,7 +864,7 @@ def _repair(ctx: click.Context, node: Node, expiry: float, sources: list[Path], 
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def gc(ctx: click.Context, as_json: bool) -> None:
-    """Delete blocks that no branch, tag or unfinished fetch reaches."""
+    """Delete blocks that no branch, tag, unfinished fetch or recent reflog entry (90 days) reaches."""
     from fednode.daemon.state import fetch_expiry_seconds
 
     node = _node(ctx)
