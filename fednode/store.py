@@ -176,8 +176,11 @@ class Txn:
     def _log_move(self, repo_id: bytes, branch: str, old: bytes | None, new: bytes | None,
                   reason: str | None) -> None:
         prefix = self._reflog_prefix(repo_id, branch)
-        entries = self.kv_items("reflog", prefix)
-        seq = struct.unpack(">Q", entries[-1][0][len(prefix):])[0] + 1 if entries else 0
+        seq = 0
+        with self._txn.cursor(db=self._db("reflog")) as cursor:  # the last entry: one seek, not a scan
+            found = cursor.prev() if cursor.set_range(prefix + b"\xff" * 9) else cursor.last()
+            if found and bytes(cursor.key()).startswith(prefix):
+                seq = struct.unpack(">Q", bytes(cursor.key())[len(prefix):])[0] + 1
         entry = {
             "time_ms": time.time_ns() // 1_000_000,
             "old": str(CID.from_bytes(old)) if old else None,
@@ -185,8 +188,8 @@ class Txn:
             "reason": reason if reason is not None else self._move_reason(old, new),
         }
         self.kv_put("reflog", prefix + struct.pack(">Q", seq), json.dumps(entry, sort_keys=True).encode())
-        for key, _ in entries[: max(0, len(entries) + 1 - REFLOG_KEEP)]:
-            self._txn.delete(key, db=self._db("reflog"))
+        if seq >= REFLOG_KEEP:
+            self._txn.delete(prefix + struct.pack(">Q", seq - REFLOG_KEEP), db=self._db("reflog"))
 
     def reflog(self, repo_id: bytes, branch: str) -> list[dict]:
         """The moves of ``branch``, newest first: {time_ms, old, new, reason} (CIDs as text, None

@@ -311,3 +311,19 @@ def test_error_hints_name_options_that_exist(cli, tmp_path: Path) -> None:
         own = {o for p in leaf.params if isinstance(p, click.Option) for o in p.opts}
         for option in OPTION.findall(result.stderr):
             assert option in own, f"'fednode {args[0]}' error names {option}, which it does not take: {result.stderr}"
+
+
+def test_reflog_keeps_the_last_entries_per_branch(cli, repo: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fednode.store
+
+    monkeypatch.setattr(fednode.store, "REFLOG_KEEP", 3)
+    cli("branch", "main2", repo["c1"])  # a branch whose name extends another's: separate logs
+    for rev in (repo["genesis"], repo["c1"], repo["genesis"], repo["c2"]):
+        cli("reset", rev)
+        cli("reset", rev, "-b", "main2")
+    main = json.loads(cli("reflog", "--json").stdout)
+    assert [e["new"] for e in main] == [repo["c2"], repo["genesis"], repo["c1"]]
+    assert [e["reason"] for e in main] == [f"reset: moving to {r}" for r in (repo["c2"], repo["genesis"], repo["c1"])]
+    main2 = json.loads(cli("reflog", "main2", "--json").stdout)
+    assert [e["new"] for e in main2] == [repo["c2"], repo["genesis"], repo["c1"]]
+    assert [e["old"] for e in main2] == [repo["genesis"], repo["c1"], repo["genesis"]]
