@@ -89,7 +89,7 @@ def check_commit_source(history: History, head: CID, source: ModelSource) -> Non
     """Before committing ``source`` on a branch at ``head``: a float dtype that differs from the
     parent's is refused with the --cast that converts it, and a model identical to the head (every
     tensor's bytes the same) is "nothing to commit" (NothingToCommit). Stops at the first
-    changed tensor, so a real update costs one tensor's hash."""
+    changed tensor."""
     with history.store.read() as txn:
         manifest = history.load_manifest(history.load_commit(head, txn).weights, txn)
     for name, info in source.tensors.items():
@@ -100,7 +100,9 @@ def check_commit_source(history: History, head: CID, source: ModelSource) -> Non
                                f"pass --cast {old.dtype} to convert it")
     if set(manifest.tensors) != set(source.tensors):
         return  # History.commit names the missing and unexpected tensors
-    for name, info in source.tensors.items():
+    # smallest first: an update that changes anything usually changes a bias or a norm, so a real
+    # commit costs little here, even a fine-tune of a small head on a frozen backbone
+    for name, info in sorted(source.tensors.items(), key=lambda kv: kv[1].nbytes):
         old = manifest.tensors[name]
         if (old.dtype, old.shape) != (info.dtype, info.shape):
             return
@@ -517,7 +519,10 @@ def train(
         head_file = work / "head.safetensors"
         checkout(history, head, head_file)
         result = run_training(script, head_file, epochs, seed, dp, quiet, work)
-        source = SafetensorsFile(result.weights)
+        try:
+            source = SafetensorsFile(result.weights)
+        except FednodeError as exc:  # an executable wrote something else to OUT
+            raise FednodeError(f"training script {script.name} wrote unreadable weights: {exc}") from None
         try:
             info = {"training": result.training_info()}
             metrics = {k: float(v) for k, v in result.metrics.items()}
