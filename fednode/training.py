@@ -18,6 +18,7 @@ new weights and a few scalar metrics.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import math
@@ -107,10 +108,31 @@ def _raised_in(exc: BaseException, script: Path) -> bool:
     return any(Path(f.filename).name == name for f in traceback.extract_tb(exc.__traceback__))
 
 
+def _defines_model_and_data(path: Path) -> bool:
+    """Whether a .py file defines ``model`` and ``data`` at top level (functions, classes,
+    assignments or imports), read without running it: a plain script runs once, as an executable."""
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return {"model", "data"} <= names
+
+
 def load_script(path: Path) -> ModuleType | None:
-    """Import a .py training script; None when it is not a PyTorch-path module."""
+    """Import a .py training script; None when it is not a PyTorch-path module (it is not run then)."""
     if path.suffix != ".py":
         return None
+    try:
+        if not _defines_model_and_data(path):
+            return None
+    except (SyntaxError, ValueError) as exc:  # ValueError: null bytes in the source
+        raise script_error(exc, path, f"training script {path.name} failed to import") from None
     spec = importlib.util.spec_from_file_location(f"fednode_user_{path.stem}", path)
     if spec is None or spec.loader is None:
         raise FednodeError(f"cannot import {path}")

@@ -152,6 +152,14 @@ def train_executable_fails(home: Path, tmp: Path, _: ExitStack) -> tuple[list[st
         "job.py failed with exit code 1: RuntimeError: disk quota exceeded (job.py:2)",)
 
 
+def train_executable_writes_garbage(home: Path, tmp: Path, _: ExitStack) -> tuple[list[str], tuple[str, ...]]:
+    # a plain script without a __main__ guard: run once, as an executable (it was imported first, and failed)
+    path = script(tmp, "plain.py", "import sys\n\nassert sys.argv[2].endswith('.safetensors')\n"
+                                   "open(sys.argv[2], 'w').write('not weights')\n")
+    return ["train", "m", "--script", path], ("training script plain.py wrote unreadable weights",
+                                              "not a safetensors file")
+
+
 def train_script_exits(home: Path, tmp: Path, _: ExitStack) -> tuple[list[str], tuple[str, ...]]:
     path = script(tmp, "quits.py", SEQUENTIAL.format(layers=RIGHT) + "\n\ndef data():\n    raise SystemExit(0)\n")
     return ["train", "m", "--script", path, "--quiet"], ("sys.exit(0)", "(quits.py:9)")  # exit 0, nothing stored
@@ -241,8 +249,8 @@ CASES: list[Case] = [
     members_add_without_daemon, members_add_the_owner, members_add_not_owner, members_add_bad_address,
     push_not_a_member,
     train_data_raises, train_model_raises, train_forward_fails, train_wrong_sizes, train_wrong_names,
-    train_syntax_error, train_executable_fails, train_script_exits, train_data_file_missing, train_unknown_branch,
-    train_negative_epochs, review_eval_raises,
+    train_syntax_error, train_executable_fails, train_executable_writes_garbage, train_script_exits,
+    train_data_file_missing, train_unknown_branch, train_negative_epochs, review_eval_raises,
     from_plain_directory, from_missing_file, from_empty_file, from_renamed_text, from_unreadable_file,
     metric_not_finite, unknown_repository, unknown_revision, empty_repository_name, overlong_repository_name,
     api_port_in_use,
