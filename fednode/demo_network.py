@@ -178,12 +178,15 @@ class Network:
     def _start(self, what: str, args: list[str], env: dict[str, str], stop_signal: int,
                log_dir: Path) -> Proc:
         out, err = log_dir / f"{what}.stdout", log_dir / f"{what}.stderr"
-        with open(out, "wb") as fo, open(err, "wb") as fe:
+        with self._lock, open(out, "wb") as fo, open(err, "wb") as fe:
+            if self.stopping:
+                raise DemoError("stopping")
             popen = subprocess.Popen([sys.executable, "-m", "cli.main", *args], env={**os.environ, **env},
                                      stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, cwd=ROOT)
         proc = Proc(what, popen, stop_signal, logs=(out, err))
-        self.procs.append(proc)
-        print(f"  started {what} (pid {popen.pid})", flush=True)
+        with self._lock:
+            self.procs.append(proc)
+        self.say(f"  started {what} (pid {popen.pid})")
         return proc
 
     def _alive(self, proc: Proc) -> bool:
@@ -211,7 +214,7 @@ class Network:
         for addr in bootstrap:
             args += ["--bootstrap", addr]
         shown = [a if not a.startswith("/ip4/127.0.0.1/tcp/") or a.endswith("/0") else "<hospital-1>" for a in args]
-        print(f"\n[{h.name}] $ fednode {shlex.join(shown)} &", flush=True)
+        self.say(f"\n[{h.name}] $ fednode {shlex.join(shown)} &")
         proc = self._start(f"{h.name}-daemon", args, {"FEDNODE_HOME": str(h.home)}, signal.SIGTERM, self.work)
         proc.logs += (h.home / "daemon.log",)
 
@@ -224,7 +227,7 @@ class Network:
             return info if info.get("pid") == proc.popen.pid else None
 
         h.info = self.wait(ready, f"{h.name}'s daemon to start", START_TIMEOUT, 0.1)
-        print(f"  {h.name}: libp2p {h.info['addrs'][0]}, API 127.0.0.1:{h.info['api_port']}", flush=True)
+        self.say(f"  {h.name}: libp2p {h.info['addrs'][0]}, API 127.0.0.1:{h.info['api_port']}")
 
     def stop_all(self) -> None:
         """Stop every process started here, newest first: signal, bounded wait, then SIGKILL."""
@@ -237,6 +240,10 @@ class Network:
         print("\n=== stopping every process ===", flush=True)
         for proc in reversed(self.procs):
             p = proc.popen
+            if TIMING and p.poll() is None:
+                fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                print(f"  [cpu {cpu:.1f} s] {proc.what}", file=sys.stderr, flush=True)
             if p.poll() is None:
                 p.send_signal(proc.stop_signal)
                 try:
@@ -268,8 +275,7 @@ class Network:
         repo_id = created.stdout.split("\nid", 1)[1].split()[0]
         self.fed(owner, "anchor", "main")
         self.start_daemon(owner, [])
-        for h in members:
-            self.start_daemon(h, [owner.info["addrs"][0]])
+        self.each(members, lambda h: self.start_daemon(h, [owner.info["addrs"][0]]))
         for h in self.hospitals:
             h.peer_id = h.info["peer_id"]
         print("\n=== the owner admits hospitals 2 and 3 (signed membership + on-chain allowlist) ===")
@@ -280,11 +286,13 @@ class Network:
             self.fed(h, "clone", repo_id, "--peer", owner.info["addrs"][0])
 
             def admitted() -> bool:  # the owner's signed membership, received by gossip
-                listed = self.fed_json(h, "members", "list", "--no-chain", show=False)
-                return h.address in listed["network"]["members"]
+                listed = self.fed(h, "members", "list", "--no-chain", show=False).stdout
+                if h.address not in listed:
+                    return False
+                self.say(f"\n[{h.name}] $ fednode members list --no-chain\n{listed.rstrip()}")
+                return True
 
             self.wait(admitted, f"{h.name} to receive the signed membership")
-            self.fed(h, "members", "list", "--no-chain")
 
         self.each(members, join)
         return repo_id
@@ -352,17 +360,14 @@ class Network:
     def finish(self) -> None:
         print("\n=== every node checks the whole history against the chain ===")
 
-        def check(h: Hospital) -> dict[str, Any]:
-            self.fed(h, "verify", "main", "--chain")
-            status = self.fed_json(h, "chain", "status", show=False)
-            if status["queue_length"]:
-                raise DemoError(f"{h.name} still has {status['queue_length']} anchoring request(s) queued")
-            return status
-
-        (repo,) = self.each(self.hospitals, check)[0]["repos"]
+        self.each(self.hospitals, lambda h: self.fed(h, "verify", "main", "--chain"))
+        status = self.fed_json(self.hospitals[0], "chain", "status", show=False)
+        if status["queue_length"]:
+            raise DemoError(f"the owner still has {status['queue_length']} anchoring request(s) queued")
+        (repo,) = status["repos"]
         self.fed(self.hospitals[0], "log", "cancer", "main", "-n", "5", "--oneline")
         print(f"\non chain: {repo['commit_count']} commits of cancer anchored, main at "
-              f"{repo['heads']['main'][:16]}; nothing left queued on any node", flush=True)
+              f"{repo['heads']['main'][:16]}, nothing left queued", flush=True)
 
 
 def write_genesis(path: Path) -> None:
