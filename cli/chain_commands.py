@@ -7,18 +7,16 @@ import sys
 import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import trio
 
-from fednode.chain import outbox
-from fednode.chain.aio import ChainId, ChainUnavailable
-from fednode.chain.anchoring import Anchorer, FlushResult, explain
-from fednode.chain.backend import ChainError
-from fednode.chain.config import DEV_PROGRAM_ID, chain_section, open_backend, parse_pubkey, program_elf
 from fednode.errors import FednodeError
-from fednode.node import CONFIG_FILE, Node
+
+if TYPE_CHECKING:  # trio, solders and the chain client load only when a chain command runs (fast start)
+    from fednode.chain import outbox
+    from fednode.chain.anchoring import Anchorer, FlushResult
+    from fednode.node import Node
 
 T = TypeVar("T")
 
@@ -32,6 +30,13 @@ def _cli() -> Any:
 
 def _run(ctx: click.Context, fn: Callable[[Anchorer, Node], Awaitable[T]]) -> T:
     """Open the node's chain backend, run ``fn`` under trio, close the backend."""
+    import trio
+
+    from fednode.chain.aio import ChainUnavailable
+    from fednode.chain.anchoring import Anchorer, explain
+    from fednode.chain.backend import ChainError
+    from fednode.chain.config import open_backend
+
     node = _cli()._node(ctx)
     backend = open_backend(node.config, node.store)
 
@@ -102,6 +107,8 @@ def register(main: click.Group) -> None:
                as_json: bool) -> None:  # fmt: skip
         """Anchor REV and its unanchored ancestors on chain (queued, then sent in order)."""
 
+        from fednode.chain.anchoring import FlushResult
+
         async def go(a: Anchorer, node: Node) -> None:
             info, cid = _resolve(node, rev, repo_name)
             name = branch or (_branch_of(rev) if _branch_of(rev) in node.history.branches(info) else None) \
@@ -127,6 +134,8 @@ def register(main: click.Group) -> None:
     @click.pass_context
     def status(ctx: click.Context, as_json: bool) -> None:
         """Backend, program id, wallet balance and the anchoring queue."""
+        from fednode.chain.aio import ChainId, ChainUnavailable
+        from fednode.chain.config import chain_section
 
         async def go(a: Anchorer, node: Node) -> dict[str, Any]:
             section = chain_section(node.config)
@@ -216,6 +225,8 @@ def register(main: click.Group) -> None:
     @click.pass_context
     def drop(ctx: click.Context, seq: int) -> None:
         """Remove queued item #SEQ (e.g. one the program will always reject)."""
+        from fednode.chain import outbox
+
         node = cli_main._node(ctx)  # no backend needed to edit the queue
         with node.store.write() as txn:
             item = outbox.drop(txn, seq)
@@ -248,6 +259,9 @@ def register(main: click.Group) -> None:
     @click.pass_context
     def use(ctx: click.Context, backend: str, url: str | None, program_id: str | None) -> None:
         """Select the chain backend in config.toml ([chain] section)."""
+        from fednode.chain import outbox
+        from fednode.chain.config import chain_section, parse_pubkey
+        from fednode.node import CONFIG_FILE
         home: Path = ctx.obj["home"]
         lines = [f'backend = "{backend}"']
         if backend == "rpc":
@@ -283,6 +297,8 @@ def register(main: click.Group) -> None:
         @click.option("-r", "--repo", "repo_name", default=None)
         @click.pass_context
         def cmd(ctx: click.Context, address: str, repo_name: str | None) -> None:
+            from fednode.chain.config import parse_pubkey
+
             member = parse_pubkey("address", address)
 
             async def go(a: Anchorer, node: Node) -> None:
@@ -322,6 +338,7 @@ def register(main: click.Group) -> None:
                   help="Keep the chain's accounts in DIR across restarts (default: in memory only).")
     def devchain(host: str, port: int, ledger: Path | None) -> None:
         """Run a local Solana JSON-RPC chain with federity loaded (foreground; Ctrl-C stops it)."""
+        from fednode.chain.config import DEV_PROGRAM_ID, program_elf
         from fednode.chain.devchain import DevChain, check_loopback, make_server
 
         check_loopback(host)  # before building anything
