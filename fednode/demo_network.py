@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
-TORCH_SCRIPT = EXAMPLES / "cancer_torch.py"
 ROOT = Path(__file__).resolve().parent.parent
+TORCH_SCRIPT = EXAMPLES / "cancer_torch.py"
+SCRIPT_ARG = str(TORCH_SCRIPT.relative_to(ROOT))  # every CLI step runs in ROOT: shown short
 STEP_TIMEOUT = 120.0  # seconds any one CLI step may take
 START_TIMEOUT = 60.0  # seconds a daemon or the devchain may take to come up
 STOP_TIMEOUT = 10.0  # seconds a process gets after SIGTERM before SIGKILL
@@ -307,7 +308,7 @@ class Network:
                 self.fed(h, "branch", branch, "main")
             else:
                 self.fed(h, "merge", "main", "--into", branch)  # a fast-forward to the merged model
-            trained = self.fed_json(h, "train", "cancer", "--script", str(TORCH_SCRIPT), "-b", branch, "--epochs",
+            trained = self.fed_json(h, "train", "cancer", "--script", SCRIPT_ARG, "-b", branch, "--epochs",
                                     str(self.epochs), "--quiet", "--seed", str(rnd), "-m", f"{h.name} round {rnd}")
             metrics = " ".join(f"{k}={v:.3g}" for k, v in sorted(trained["metrics"].items()))
             info = trained["info"]["training"]
@@ -331,7 +332,7 @@ class Network:
             self.wait(arrived, f"{h.name}'s round-{rnd} proposal to reach the owner")
             args = ["review", ref, "--into", "main"]
             if rnd == 1:
-                args += ["--eval", str(TORCH_SCRIPT)]  # before/after on the owner's own held-out patients
+                args += ["--eval", SCRIPT_ARG]  # before/after on the owner's own held-out patients
             self.fed(owner, *args)
             return ref
 
