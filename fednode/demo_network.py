@@ -69,7 +69,7 @@ class Proc:
     returncode: int | None = None
     logs: tuple[Path, ...] = ()
 
-    def tail(self, lines: int = 5) -> str:
+    def tail(self, lines: int = 3) -> str:
         out = []
         for path in self.logs:
             try:
@@ -154,8 +154,14 @@ class Network:
             finally:
                 del self._local.buf
 
-        with ThreadPoolExecutor(len(hospitals)) as pool:
+        pool = ThreadPoolExecutor(len(hospitals))
+        try:
             outcomes = list(pool.map(run, hospitals))
+        except BaseException:  # interrupted: end the steps in flight rather than wait for them
+            self.kill_running()
+            raise
+        finally:
+            pool.shutdown(wait=True)
         for lines, _, _ in outcomes:
             for line in lines:
                 print(line, flush=True)
@@ -230,12 +236,16 @@ class Network:
         h.info = self.wait(ready, f"{h.name}'s daemon to start", START_TIMEOUT, 0.1)
         self.say(f"  {h.name}: libp2p {h.info['addrs'][0]}, API 127.0.0.1:{h.info['api_port']}")
 
-    def stop_all(self) -> None:
-        """Stop every process started here, newest first: signal, bounded wait, then SIGKILL."""
+    def kill_running(self) -> None:
+        """End the CLI steps in flight (the demo failed or was interrupted); start no new one."""
         with self._lock:
             self.stopping = True
-            for popen in self.running:  # a CLI step still in flight when the demo fails or is interrupted
+            for popen in self.running:
                 popen.kill()
+
+    def stop_all(self) -> None:
+        """Stop every process started here, newest first: signal, bounded wait, then SIGKILL."""
+        self.kill_running()
         if not self.procs:
             return
         print("\n=== stopping every process ===", flush=True)
@@ -459,11 +469,16 @@ def run(epochs: int = 5, rounds: int = 3) -> int:
         failure = str(exc)
     except KeyboardInterrupt:
         failure = "interrupted"
+    except Exception as exc:  # noqa: BLE001  (a bug or an unexpected answer: still one line, still stop all)
+        failure = f"{type(exc).__name__}: {exc}"
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the stopping short
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             net.stop_all()
         finally:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
     if failure is None:
         unclean = [p for p in net.procs if p.returncode not in (0, -signal.SIGINT)]
         if unclean:
