@@ -347,9 +347,14 @@ class Network:
             return ref
 
         inputs = [owner.name, *self.each(members, review)]
-        merged = self.fed_json(owner, "merge", *inputs, "--strategy", "fedavg", "--into", "main",
-                               "-m", f"round {rnd}: FedAvg")["cid"]
-        print(f"merged {len(inputs)} updates into main: {merged}", flush=True)
+        result = self.fed_json(owner, "merge", *inputs, "--strategy", "fedavg", "--into", "main",
+                               "-m", f"round {rnd}: FedAvg")
+        merged, record = result["cid"], result.get("info", {}).get("merge", {})
+        who = {cid: f"hospital-{site}" for site, cid in heads.items()}
+        weights = ", ".join(f"{who.get(c, c[:16])} {w}" for c, w in zip(record.get("inputs", []),
+                                                                          record.get("weights", []), strict=False))
+        print(f"[main {merged[:15]}] round {rnd}: FedAvg of {len(inputs)} updates; weights (samples): {weights}",
+              flush=True)
         self.fed(owner, "verify", "main")  # recomputes every merge bit for bit
         self.fed(owner, "anchor", "main")
         self.fed(owner, "push", "cancer")
@@ -391,7 +396,7 @@ def write_genesis(path: Path) -> None:
     save_file({k: v.contiguous() for k, v in cancer_torch.model().state_dict().items()}, str(path))
 
 
-def test_accuracy(path: Path) -> float:
+def heldout_accuracy(path: Path) -> float:
     """Accuracy on the common held-out test set (20% of patients, held out from every hospital)."""
     import torch
     from safetensors.torch import load_file
@@ -425,7 +430,7 @@ class LocalOnly:
                 workdir.mkdir()
                 result = run_training(TORCH_SCRIPT, self.current[site], epochs, seed=rnd, quiet=True, workdir=workdir)
                 self.current[site] = result.weights
-                acc[site] = test_accuracy(result.weights)
+                acc[site] = heldout_accuracy(result.weights)
         finally:
             if saved is None:
                 os.environ.pop("FEDNODE_SITE", None)
@@ -460,7 +465,7 @@ def run(epochs: int = 5, rounds: int = 3) -> int:
         rows = []
         for rnd in range(1, rounds + 1):
             merged = net.round(rnd)
-            rows.append((rnd, test_accuracy(merged), local.train_round(rnd, epochs)))
+            rows.append((rnd, heldout_accuracy(merged), local.train_round(rnd, epochs)))
             print(f"\nafter round {rnd}: federated {rows[-1][1]:.3f}; local-only "
                   + ", ".join(f"hospital-{s} {a:.3f}" for s, a in rows[-1][2].items()), flush=True)
         net.finish()
