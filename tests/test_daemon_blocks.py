@@ -439,7 +439,37 @@ async def test_a_fetch_marks_what_it_brings_until_it_ends(tmp_path: Path, monkey
         assert fetcher.in_flight(leaf) is None and fetcher.in_flight(root) is None  # cleared at the end
     events = [e for e in seen if e is not None]
     assert events and all(isinstance(e, trio.Event) for e in events)
-    assert all(e.is_set() for e in events)  # set when the fetch ended: held requests go on
+    assert all(e.is_set() for e in events)  # set by the end at the latest: held requests go on
+
+
+async def test_a_relay_serves_each_level_as_soon_as_it_is_checked(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block our fetch has checked but holds for a later transaction is served at once (from
+    memory), and a request held for it wakes then: a relay forwards a commit level by level, not
+    once its whole fetch ends (weights propagation, issue 11 item 9)."""
+    root, dag = _dag(4, 1000)
+    answers: list[tuple[bool, bytes | None, bool]] = []
+    with Store(tmp_path / "s", sync=False) as store:
+        fetcher = blocks.Fetcher(FakeHost(dag), store, Metrics(), lambda p, r: None)  # type: ignore[arg-type]
+        check_and_store = fetcher.check_and_store
+
+        async def watching(repo_id: bytes, received: blocks.Blocks, budget: blocks.Budget | None = None,
+                           held: blocks.Blocks | None = None) -> tuple[list, str | None]:
+            out = await check_and_store(repo_id, received, budget, held)
+            if received[0][0] == root:  # the root's level is checked: is it servable, mid-fetch?
+                with store.read() as txn:
+                    stored = txn.has_block(root)
+                event = fetcher.in_flight(root)
+                answers.append((stored, blocks._get(store, root, fetcher.checked_block),
+                                event is not None and event.is_set()))
+            return out
+
+        monkeypatch.setattr(fetcher, "check_and_store", watching)
+        assert await fetcher.fetch(b"r" * 32, root, lambda: ["a"])  # type: ignore[list-item]
+        assert fetcher.checked_block(root) is None  # stored now: served from LMDB, memory freed
+        with store.read() as txn:
+            assert txn.get_block(root) == dag[root]
+    assert answers == [(False, dag[root], True)]  # not stored yet, yet served, and held requests woken
 
 
 def _manifest_over(root: CID, size: int) -> tuple[CID, bytes]:

@@ -84,10 +84,14 @@ class Budget:
 
 async def serve(stream: INetStream, store: Store, metrics: Metrics,
                 in_flight: Callable[[CID], trio.Event | None] | None = None,
-                misbehaved: Callable[[str], object] | None = None) -> None:
+                misbehaved: Callable[[str], object] | None = None,
+                checked: Callable[[CID], bytes | None] | None = None) -> None:
     """Answer one request. A block we do not have yet but are fetching ourselves (``in_flight``
-    gives the event set when that fetch ends) is waited for, HOLD_SECONDS at most in all: a node
-    behind us then gets it as soon as we do, instead of "not here" and its retry backoff.
+    gives the event set as soon as it has arrived and passed its checks) is waited for,
+    HOLD_SECONDS at most in all: a node behind us then gets it as soon as we do, instead of "not
+    here" and its retry backoff. ``checked`` gives blocks that passed their checks but wait in
+    memory for their LMDB transaction (``Fetcher.checked_block``): a relay forwards a commit's
+    small blocks level by level, not once its own fetch of the whole closure ends.
 
     The request must arrive within FIRST_FRAME_TIMEOUT (an idle stream only holds a serving
     slot) and be a valid want list of at most MAX_REQUEST bytes; else the stream is reset and
@@ -105,13 +109,13 @@ async def serve(stream: INetStream, store: Store, metrics: Metrics,
         writer = wire.FrameWriter(stream)
         hold_until = trio.current_time() + HOLD_SECONDS  # for the whole request, not per block
         for cid in want:
-            block = _get(store, cid)
+            block = _get(store, cid, checked)
             arriving = in_flight(cid) if block is None and in_flight is not None else None
             if arriving is not None:
                 await writer.flush()  # what is ready goes out first
                 with trio.move_on_at(hold_until):
                     await arriving.wait()
-                block = _get(store, cid)
+                block = _get(store, cid, checked)
             if block is None:
                 await writer.write_frame(b"\x00")
                 continue
@@ -142,7 +146,10 @@ async def _reset_quietly(stream: INetStream) -> None:
             pass
 
 
-def _get(store: Store, cid: CID) -> bytes | None:
+def _get(store: Store, cid: CID, checked: Callable[[CID], bytes | None] | None = None) -> bytes | None:
+    block = checked(cid) if checked is not None else None
+    if block is not None:
+        return block
     """One look-up (and one copy out of LMDB) per block; a short read txn per block, so a slow
     reader never pins LMDB pages for a whole request."""
     with store.read() as txn:
@@ -163,11 +170,28 @@ class Fetcher:
         self._write_lock = trio.Lock()
         self._readers = 0  # run_reading threads reading the store now (no map resize meanwhile)
         self._readers_done = trio.Event()  # set when the last of them ends
-        self._in_flight: dict[CID, trio.Event] = {}  # blocks our fetches are bringing: set when stored
+        self._in_flight: dict[CID, trio.Event] = {}  # blocks our fetches are bringing: set once servable
+        self._checked: dict[CID, bytes] = {}  # checked blocks held for a later transaction (all fetches)
 
     def in_flight(self, cid: CID) -> trio.Event | None:
-        """The event set when the fetch bringing ``cid`` ends, or None (no fetch wants it)."""
+        """The event set once ``cid`` has arrived and passed its checks (or its fetch ended without
+        it), or None (no fetch wants it)."""
         return self._in_flight.get(cid)
+
+    def checked_block(self, cid: CID) -> bytes | None:
+        """A block that passed every check and waits in memory for its LMDB transaction."""
+        return self._checked.get(cid)
+
+    def _servable(self, blocks: Blocks) -> None:
+        """Wake the requests held for ``blocks`` (stored, or held in ``_checked``)."""
+        for cid, _ in blocks:
+            event = self._in_flight.get(cid)
+            if event is not None:
+                event.set()
+
+    def _stored(self, blocks: Blocks) -> None:
+        for cid, _ in blocks:
+            self._checked.pop(cid, None)
 
     def _commit_ok(self, cid: CID, block: bytes, repo_id: bytes) -> Commit | None | bool:
         """A commit block must decode, be signed by its author and belong to ``repo_id``.
@@ -233,20 +257,26 @@ class Fetcher:
         if held is not None:
             held.extend(good)
             if small and sum(len(b) for _, b in held) < BATCH_BYTES:
+                self._checked.update(good)
+                self._servable(good)
                 return good, bad
             good_and_held, held[:] = held[:], []  # a large batch, or enough small ones: store them all
             small = False
         else:
             good_and_held = good
-        async with self._write_lock:
-            if small:
-                await self._no_resize_under_readers(sum(len(b) for _, b in good))
-                self.store_blocks(repo_id, good)
-            elif good_and_held:
-                extra = 2 * sum(len(b) for _, b in good_and_held) + WRITE_HEADROOM
-                await self._no_resize_under_readers(extra)
-                self.store.reserve(extra)
-                await trio.to_thread.run_sync(self.store_blocks, repo_id, good_and_held, False)
+        try:
+            async with self._write_lock:
+                if small:
+                    await self._no_resize_under_readers(sum(len(b) for _, b in good))
+                    self.store_blocks(repo_id, good)
+                elif good_and_held:
+                    extra = 2 * sum(len(b) for _, b in good_and_held) + WRITE_HEADROOM
+                    await self._no_resize_under_readers(extra)
+                    self.store.reserve(extra)
+                    await trio.to_thread.run_sync(self.store_blocks, repo_id, good_and_held, False)
+        finally:  # stored, or gone with a failed transaction: no longer served from memory
+            self._stored(good_and_held)
+        self._servable(good_and_held)
         return good, bad
 
     async def run_reading(self, fn: Callable[[], T]) -> T:
@@ -279,7 +309,10 @@ class Fetcher:
             with trio.CancelScope(shield=True):
                 async with self._write_lock:
                     await self._no_resize_under_readers(sum(len(b) for _, b in held))
-                    self.store_blocks(repo_id, held)
+                    try:
+                        self.store_blocks(repo_id, held)
+                    finally:  # stored, or gone with the failed transaction: served from LMDB only
+                        self._stored(held)
             held.clear()
 
     def _check(self, received: Blocks, repo_id: bytes, budget: Budget | None = None) -> tuple[Blocks, str | None]:
@@ -396,8 +429,8 @@ class Fetcher:
                 if cid in seen:
                     continue
                 seen.add(cid)
-                if txn.has_block(cid):
-                    block = txn.get_block(cid)
+                block = txn.get_block(cid) if txn.has_block(cid) else self._checked.get(cid)
+                if block is not None:  # stored, or checked and held by a fetch (ours or another)
                     _add_children(children, cid, links(cid, block), depth)
                     expect_sizes(cid, block, sizes)
                 else:

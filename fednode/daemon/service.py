@@ -488,7 +488,8 @@ class Daemon:
     async def _serve_blocks(self, stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id
         await self._serve(stream, blocks.serve(stream, self.node.store, self.metrics, self.fetcher.in_flight,
-                                               lambda why: self.fair.misbehaved(peer, why)))
+                                               lambda why: self.fair.misbehaved(peer, why),
+                                               self.fetcher.checked_block))
 
     async def _serve_heads(self, stream: INetStream) -> None:
         await self._serve(stream, sync.serve_heads(self, stream), self.heads_limit)
