@@ -80,10 +80,9 @@ class Proc:
 
 
 class Network:
-    def __init__(self, work: Path, epochs: int, rounds: int) -> None:
+    def __init__(self, work: Path, epochs: int) -> None:
         self.work = work
         self.epochs = epochs
-        self.rounds = rounds
         self.procs: list[Proc] = []
         self.hospitals = [Hospital(s, work / f"hospital-{s}") for s in (1, 2, 3)]
         self.chain_url = ""
@@ -451,7 +450,7 @@ def table(rows: list[tuple[int, float, dict[int, float]]]) -> str:
 def run(epochs: int = 5, rounds: int = 3) -> int:
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="fednode-demo-"))
-    net = Network(work, epochs, rounds)
+    net = Network(work, epochs)
     print(f"fednode demo: {rounds} federated rounds, {epochs} local epoch(s) each; work directory {work}")
 
     def on_term(signum: int, frame: object) -> None:
