@@ -349,11 +349,15 @@ def _weights_propagation(owner, proc: Proc, stores: list, repo_id: bytes, arr: n
                 del pending[i]
         time.sleep(0.005)
     moved.sort()
+    remotes = 0  # the owner only fast-forwards main: a remotes/ ref here is a late, superseded announcement
+    for s in stores:
+        with s.store.read() as txn:
+            remotes += len(txn.list_refs(repo_id, "remotes/"))
     what = f"weights propagation (one commit {WEIGHTS_QUIET_S:.0f} s after the burst, heads moved)"
     if not moved:
         return f"{what}: none of {len(stores)} nodes within 30 s"
     return (f"{what}: p50 {statistics.median(moved) * 1000:.0f} ms  max {moved[-1] * 1000:.0f} ms  "
-            f"on {len(moved)}/{len(stores)} nodes within 30 s")
+            f"on {len(moved)}/{len(stores)} nodes within 30 s; remotes/ refs recorded: {remotes}")
 
 
 def _rss_mib(pid: int) -> float:

@@ -232,6 +232,9 @@ async def apply(d: Daemon, repo_id: bytes, raw: bytes) -> None:
         return
     if msg.announcer == d.node.identity.public_key:  # never remotes/<our peer id>/...: see sync_repo
         return
+    if isinstance(msg, m.HeadAnnouncement) and msg.seq < d.state.last_seq(msg.kind, repo_id, msg.announcer,
+                                                                           msg.branch):
+        return  # fetches end out of order: a newer announcement of this branch came since (its job applies it)
     history = d.node.history
     try:
         repo = history.repo_by_id(repo_id)
