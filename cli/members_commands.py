@@ -177,7 +177,7 @@ def register(main: click.Group) -> None:
                                                                 "public": public}}
         if not no_chain:
             async def go(a: Any, n: Any) -> dict[str, Any]:
-                return await a.members(info)
+                return await a.members(info, network)  # a fresh member knows its allowlist entry
 
             try:
                 data["chain"] = chain_commands._run(ctx, go)

@@ -24,6 +24,7 @@ from fednode.history import History, RepoInfo
 from fednode.identity import Identity
 from fednode.modelio import ArraySource
 from fednode.node import Node, open_node
+from fednode.store import Store
 from protocol import chain as layout
 from protocol.chain import ErrorCode, Kind
 from protocol.multiformats import CID
@@ -389,3 +390,28 @@ async def test_merge_too_large_for_one_transaction_is_refused(node: Node, elf: b
     await a.enqueue(info, nine.cid, "b9")
     result = await a.flush()
     assert result.remaining == 0 and result.sent[-1]["cid"] == str(nine.cid)
+
+
+async def test_a_fresh_member_finds_itself_and_the_network_members_on_chain(node: Node, elf: bytes,
+                                                                           tmp_path: Path) -> None:
+    """A member that has committed nothing and added no one (its own store: a clone) still lists
+    itself, and the members of the signed network membership it is given, from the chain (there
+    is no on-chain member index: before, it printed 'owner only')."""
+    info, (g, _) = make_repo(node)
+    owner = anchorer(node.history, node.identity, elf)
+    await owner.enqueue(info, g, "main")
+    assert (await owner.flush()).remaining == 0
+    bob, carol = (Identity(Keypair.from_seed(bytes([s]) * 32)) for s in (43, 44))
+    for who in (bob, carol):
+        await owner.set_member(info, who.keypair.pubkey(), add=True)
+    with Store(tmp_path / "bob") as bob_store:
+        with node.store.read() as src, bob_store.write() as dst:  # a clone: blocks and refs, nothing else
+            for cid in src.iter_block_cids():
+                dst.put_block(cid, src.get_block(cid))
+            dst.put_repo(info.name, info.repo_id)
+            for name, value in src.list_refs(info.repo_id).items():
+                dst.set_ref(info.repo_id, name, value)
+        bob_anchorer = Anchorer(History(bob_store, bob), bob, owner.backend)  # same chain, bob's wallet
+        assert (await bob_anchorer.members(info))["members"] == [bob.address]
+        listed = (await bob_anchorer.members(info, [carol.public_key]))["members"]
+        assert sorted(listed) == sorted([bob.address, carol.address])

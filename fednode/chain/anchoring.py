@@ -405,9 +405,10 @@ class Anchorer:
             txn.kv_put(DB, key, b"") if add else txn.kv_delete(DB, key)
         return tx
 
-    async def members(self, repo: RepoInfo) -> dict[str, object]:
-        """Owner and members on chain, among the candidates this node knows: members it added
-        and every author in its copy of the repository (there is no on-chain member index)."""
+    async def members(self, repo: RepoInfo, known: Sequence[bytes] = ()) -> dict[str, object]:
+        """Owner and members on chain, among the candidates this node knows: members it added,
+        every author in its copy of the repository, this node's own wallet and ``known`` (e.g. the
+        signed network membership): there is no on-chain member index."""
         chain_repo = await self.repo_record(repo.repo_id)
         if chain_repo is None:
             raise FednodeError(f"repository {repo.name} is not on chain")
@@ -415,7 +416,7 @@ class Anchorer:
             prefix = _MEMBER + repo.repo_id
             candidates = {k[len(prefix):] for k, _ in txn.kv_items(DB, prefix)}
         heads = [*self.history.branches(repo).values(), *self.history.tags(repo).values()]
-        candidates |= {cm.author for _, cm in self.history.walk(heads)}
+        candidates |= {cm.author for _, cm in self.history.walk(heads)} | {self.me, *known}
         candidates.discard(chain_repo.owner)
         ordered = sorted(candidates)
         datas = await self.backend.accounts_data(
