@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from fednode import fixedpoint
-from fednode.daemon.state import fetch_records
 from fednode.errors import Corrupt, FednodeError, NotFound
 from fednode.history import CommitResult, History, RepoInfo, repo_id_text
 from fednode.modelio import ArraySource, ModelSource, TensorInfo, to_torch_state_dict, write_safetensors
@@ -370,6 +369,8 @@ def mark(txn: Txn, rehash: bool = True, fetch_expiry: float | None = None,
                         root = None
                     if root is not None and bytes(root) not in out.reachable:
                         _walk(txn, root, out, rehash, (repo_id, root), fetch=True)
+    from fednode.daemon.state import fetch_records  # the daemon's records: loaded only for gc/fsck (fast start)
+
     names = {rid: name for name, rid in txn.list_repos().items()}
     for rec in fetch_records(txn):
         age = None if rec.since is None else now - rec.since
