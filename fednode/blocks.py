@@ -6,14 +6,18 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from typing import TypeVar
-
-import numpy as np
+from typing import TYPE_CHECKING, TypeVar
 
 from fednode.errors import Corrupt
+from fednode.lazy import lazy_import
 from fednode.store import Store, Txn
 from protocol.multiformats import CID, FormatError
 from protocol.unixfs import CHUNK_SIZE, UnixFSBuilder, file_size, iter_file, max_depth
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded at first use: commands that read no tensor start without it (fednode.lazy)
+    np = lazy_import("numpy")
 
 # Bytes of tensor blocks per write transaction; tests lower it to exercise multi-batch commits.
 T = TypeVar("T")

@@ -32,13 +32,19 @@ compressed with zstd (``compress``), kept only when it saves at least 1/8.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
 import zstandard
 
 from fednode import fixedpoint
 from fednode.errors import Corrupt, FednodeError
+from fednode.lazy import lazy_import
 from protocol.objects import FLOAT_DTYPES, TensorEntry
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded at first use: commands that read no tensor start without it (fednode.lazy)
+    np = lazy_import("numpy")
 
 ZSTD_LEVEL = 3
 DEFAULT = "xor"

@@ -13,10 +13,15 @@ int64 differences (scale 0).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import numpy as np
-
+from fednode.lazy import lazy_import
 from protocol.objects import FLOAT_DTYPES
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded at first use: commands that read no tensor start without it (fednode.lazy)
+    np = lazy_import("numpy")
 
 BLOCK = 1 << 20  # elements per step: bounds the float64 temporaries
 GRID_PRECISION = 40  # merge grid rule 2: bits of a tensor's largest magnitude the grid resolves

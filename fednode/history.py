@@ -11,19 +11,23 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from fednode import encodings, fixedpoint
 from fednode.blocks import BlockSink, check_file, read_array, read_file
 from fednode.errors import Corrupt, FednodeError, NotFound
 from fednode.identity import Identity, verify_signature
+from fednode.lazy import lazy_import
 from fednode.modelio import ModelSource, TensorInfo, np_dtype
 from fednode.store import Store, Txn
 from protocol.multiformats import CID, DAG_CBOR, FormatError, b58decode, b58encode
 from protocol.objects import FLOAT_DTYPES, Commit, Manifest, TensorEntry
 from protocol.unixfs import add_bytes
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded at first use: commands that read no tensor start without it (fednode.lazy)
+    np = lazy_import("numpy")
 
 DEFAULT_BRANCH = "main"
 REMOTE_PREFIXES = ("remotes/", "proposals/")

@@ -14,13 +14,17 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
-
-import numpy as np
+from typing import TYPE_CHECKING, BinaryIO
 
 from fednode import safejson
 from fednode.errors import FednodeError
+from fednode.lazy import lazy_import
 from protocol.objects import DTYPES, Sized
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded at first use: commands that read no tensor start without it (fednode.lazy)
+    np = lazy_import("numpy")
 
 MAX_HEADER = 100 * 1024 * 1024
 READ_CHUNK = 4 * 1024 * 1024

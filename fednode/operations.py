@@ -7,18 +7,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from fednode import fixedpoint
 from fednode.errors import Corrupt, FednodeError, NotFound
 from fednode.history import CommitResult, History, RepoInfo, repo_id_text
+from fednode.lazy import lazy_import
 from fednode.modelio import ArraySource, ModelSource, TensorInfo, to_torch_state_dict, write_safetensors
 from fednode.store import Txn
 from protocol.dag import links
 from protocol.multiformats import CID, DAG_CBOR, RAW, FormatError
 from protocol.objects import DTYPES, FLOAT_DTYPES, Commit
 from protocol.unixfs import add_bytes
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded at first use: commands that read no tensor start without it (fednode.lazy)
+    np = lazy_import("numpy")
 
 
 class NothingToCommit(FednodeError):
