@@ -186,7 +186,7 @@ static int64_t fedavg_f32_block_int(int64_t n_inputs, const float *const *inputs
  * the int64 path must decide, -1 when some delta is refused (NaN, Inf or |d| >= 2**62). */
 static int fedavg_f32_sub_double(int64_t n_inputs, const float *const *inputs, const float *b, const double *w,
                                  double half_den, double dden, double inv, double scale, double step,
-                                 int64_t start, size_t n, float *o) {
+                                 int64_t start, size_t n, size_t ahead, float *o) {
     double accd[SUB], bd[SUB];
     const uint64_t limit_bits = f64_bits(4611686018427387904.0);  /* 2**62 */
     double bound = half_den;  /* an estimate: decides the path, exactness follows from it */
@@ -194,6 +194,8 @@ static int fedavg_f32_sub_double(int64_t n_inputs, const float *const *inputs, c
     for (int64_t k = 0; k < n_inputs; k++) {
         const float *x = inputs[k] + start;
         const double wk = w[k];
+        /* fetch this input's next sub-block meanwhile: the hardware prefetcher stops at each 4 KiB page */
+        for (size_t j = 0; j < ahead; j += 16) __builtin_prefetch(x + n + j, 0, 0);
         /* max |d| as bits: non-negative doubles (and +Inf, then NaN) order like their bits, so one
          * integer max (a reduction the vectoriser knows) gives both the refusal (NaN, Inf or
          * |d| >= 2**62, as encode_delta) and max |q| = rint(max |d|) */
@@ -237,8 +239,10 @@ int64_t fednode_fedavg_f32(int64_t n_inputs, const float *const *inputs, const f
         int need_int = 0;
         for (size_t sub = 0; sub < n && !need_int; sub += SUB) {
             size_t m = n - sub < SUB ? n - sub : SUB;
+            int64_t left = hi - (start + (int64_t)(sub + m));  /* elements after this sub-block */
+            size_t ahead = left < SUB ? (size_t)left : SUB;
             int r = fedavg_f32_sub_double(n_inputs, inputs, b + sub, w, half_den, dden, inv, scale, step,
-                                          start + (int64_t)sub, m, o + sub);
+                                          start + (int64_t)sub, m, ahead, o + sub);
             if (r < 0) return -1;
             need_int = r;
         }
