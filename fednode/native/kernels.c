@@ -191,6 +191,10 @@ static int fedavg_f32_sub_double(int64_t n_inputs, const float *const *inputs, c
     const uint64_t limit_bits = f64_bits(4611686018427387904.0);  /* 2**62 */
     double bound = half_den;  /* an estimate: decides the path, exactness follows from it */
     for (size_t j = 0; j < n; j++) bd[j] = (double)b[j];
+    for (size_t j = 0; j < ahead; j += 16) {  /* the next sub-block's base and output pages too */
+        __builtin_prefetch(b + n + j, 0, 0);
+        __builtin_prefetch(o + n + j, 1, 0);
+    }
     for (int64_t k = 0; k < n_inputs; k++) {
         const float *x = inputs[k] + start;
         const double wk = w[k];
