@@ -303,7 +303,7 @@ def bench_gossip(tmp: Path, nodes: int, commits: int) -> list[str]:
             arr = base["w"][1] + np.float32(0.001 * (k + 1))
             res = owner.history.commit(owner.history.repo("g"), ArraySource({"w": ("F32", arr)}), f"c{k}")
             t0 = time.perf_counter()
-            procs[0].api("POST", "/push", {"repo": "g"})
+            procs[0].api("POST", "/push", {"repo": "g", "confirm": False})  # time gossip, not the ack
             pending = {i: s for i, s in enumerate(stores)}
             deadline = t0 + 10
             while pending and time.perf_counter() < deadline:
@@ -337,7 +337,7 @@ def _weights_propagation(owner, proc: Proc, stores: list, repo_id: bytes, arr: n
     time.sleep(WEIGHTS_QUIET_S)
     res = owner.history.commit(owner.history.repo("g"), ArraySource({"w": ("F32", arr + np.float32(0.5))}), "w")
     t0 = time.perf_counter()
-    proc.api("POST", "/push", {"repo": "g"})
+    proc.api("POST", "/push", {"repo": "g", "confirm": False})
     moved: list[float] = []
     pending = dict(enumerate(stores))
     while pending and time.perf_counter() < t0 + 30:

@@ -112,6 +112,7 @@ WITH_TOKEN = [  # (what, path, body): each is the client's mistake, a 400
     ("600-byte repo", "/follow", js({"repo": "x" * 600})),
     ("repo is a number", "/push", js({"repo": 5})),
     ("unknown parameter", "/push", js({"repo": "m", "force": True})),
+    ("confirm a string", "/push", js({"repo": "m", "confirm": "no"})),
     ("members [1,2]", "/members", js({"repo": "m", "members": [1, 2]})),
     ("members a string", "/members", js({"repo": "m", "members": "abc"})),
     ("members not base58", "/members", js({"repo": "m", "members": ["0OIl"]})),

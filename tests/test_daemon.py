@@ -70,7 +70,8 @@ def test_three_nodes_clone_commit_propagate_and_catch_up(tmp_path: Path) -> None
             assert c.stop() == 0
             assert not (homes[2] / "daemon.json").exists()
             r3 = na.history.commit(na.history.repo("mnist"), ArraySource(perturb(v1, 3)), "a: epoch 3")
-            a.api("POST", "/push", {"repo": "mnist"})
+            unconfirmed = a.api("POST", "/push", {"repo": "mnist", "confirm": False})  # no ack asked: benches
+            assert unconfirmed["accepted_by"] is None and unconfirmed["pushed"][0]["head"] == str(r3.cid)
             wait_for(lambda: ref(nb, rid, "heads/main") == r3.cid, 10, "B to get epoch 3")
             assert ref(nc, rid, "heads/main") == r2.cid
             c.start()

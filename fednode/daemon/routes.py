@@ -181,11 +181,13 @@ async def h_follow(d: Daemon, body: dict[str, Any]) -> Any:
 
 
 async def h_push(d: Daemon, body: dict[str, Any]) -> Any:
-    """Announce the local branch heads; says how many of the topic's peers accepted them."""
-    _only(body, "repo")
+    """Announce the local branch heads; says how many of the topic's peers accepted them (unless
+    ``confirm`` is false: then it returns once published, ``accepted_by`` null; benches use it)."""
+    _only(body, "repo", "confirm")
     repo_id = _repo_arg(d, body, local=True)
+    confirm = _flag(body, "confirm") if "confirm" in body else True
     try:
-        return await sync.push(d, repo_id)
+        return await sync.push(d, repo_id, confirm)
     except FednodeError as exc:  # not a member: nothing published
         raise HTTPError(403, str(exc)) from None
 
@@ -290,7 +292,8 @@ def openapi() -> dict[str, Any]:
         "/fetch": {**repo, "required": ["repo", "root"],
                    "properties": {**repo["properties"], "root": {"type": "string"},
                                   "timeout": sync_schema["properties"]["timeout"]}},
-        "/follow": repo, "/push": repo,
+        "/follow": repo,
+        "/push": {**repo, "properties": {**repo["properties"], "confirm": {"type": "boolean", "default": True}}},
         "/pull": sync_schema, "/clone": sync_schema,
         "/propose": {**repo, "properties": {**repo["properties"], "branch": {"type": "string"},
                                             "message": {"type": "string"}}},

@@ -315,7 +315,7 @@ async def accepted_by(d: Daemon, repo_id: bytes, anns: list[m.HeadAnnouncement],
     return accepted
 
 
-async def push(d: Daemon, repo_id: bytes) -> dict[str, object]:
+async def push(d: Daemon, repo_id: bytes, confirm: bool = True) -> dict[str, object]:
     """Publish the head commit of every local branch, then a signed announcement of each; then ask
     the topic's peers whether they accepted them. Refused (nothing published) for a non-member:
     every peer would reject its commits."""
@@ -338,9 +338,9 @@ async def push(d: Daemon, repo_id: bytes) -> dict[str, object]:
         pushed.append({"branch": ann.branch, "head": str(ann.head), "seq": ann.seq, "envelope": sent})
     d.spawn("provide", discovery.provide_new, d)  # the pushed heads can now be found in the DHT
     topic_peers = list(d.pubsub.peer_topics.get(m.topic_for(repo_id), set()))
-    accepted = await accepted_by(d, repo_id, anns, topic_peers)
+    accepted = len(await accepted_by(d, repo_id, anns, topic_peers)) if confirm else None
     return {"repo": repo_id_text(repo_id), "pushed": pushed, "topic_peers": len(topic_peers),
-            "accepted_by": len(accepted)}
+            "accepted_by": accepted}
 
 
 async def publish_signed(d: Daemon, repo_id: bytes, msg: m.Membership | m.MergeProposal) -> None:
