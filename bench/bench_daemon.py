@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -277,7 +278,7 @@ def raw_stream(mib: int, two_processes: bool) -> tuple[float, float]:
     return total / result["dt"] / 1e6, result["cpu"]
 
 
-def bench_gossip(tmp: Path, nodes: int, commits: int) -> list[str]:
+def bench_gossip(tmp: Path, nodes: int, commits: int, keep_logs: Path | None = None) -> list[str]:
     from fednode.daemon.main import DAEMON_FILE  # noqa: F401 - same layout as the daemon writes
 
     homes = [make_home(tmp, f"g{i}") for i in range(nodes)]
@@ -318,13 +319,21 @@ def bench_gossip(tmp: Path, nodes: int, commits: int) -> list[str]:
         p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000
         lines = [f"gossip propagation, {nodes} daemons, {commits} commits: p50 {p50:.0f} ms  p99 {p99:.0f} ms  "
                  f"max {lat[-1] * 1000:.0f} ms  missed {missed}/{commits * (nodes - 1)}"]
-        return lines + [_weights_propagation(owner, procs[0], stores, info.repo_id, base["w"][1])]
+        lines.append(_weights_propagation(owner, procs[0], stores, info.repo_id, base["w"][1]))
+        metrics = [p.api("GET", "/status")["metrics"] for p in procs[1:]]
+        return lines + [f"fetch attempts on the {nodes - 1} receivers: {sum(m['fetches_done'] for m in metrics)} "
+                        f"complete, {sum(m['fetches_failed'] for m in metrics)} incomplete (each retried)"]
     finally:
         for s in stores:
             s.close()
         owner.close()
         for p in procs:
             p.stop()
+        if keep_logs is not None:  # the daemons' JSON logs, to see where a slow propagation spent its time
+            keep_logs.mkdir(parents=True, exist_ok=True)
+            for i, home in enumerate(homes):
+                if (home / "daemon.log").exists():
+                    shutil.copy(home / "daemon.log", keep_logs / f"node{i}.log")
 
 
 WEIGHTS_QUIET_S = 5.0  # after the burst above; fetch jobs of superseded commits may still be running
@@ -517,6 +526,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="pull and raw-stream runs (medians reported)")
     parser.add_argument("--skip-pull", action="store_true")
     parser.add_argument("--skip-gossip", action="store_true")
+    parser.add_argument("--keep-logs", type=Path, default=None, metavar="DIR", help="copy daemon logs here")
     parser.add_argument("--soak", type=float, default=0, metavar="SECONDS",
                         help="also run a soak of --soak-nodes daemons for this long (default off)")
     parser.add_argument("--soak-nodes", type=int, default=30)
@@ -532,7 +542,7 @@ def main() -> None:
         if not args.skip_pull:
             lines += bench_pull(Path(tmp), args.mib, args.runs)
         if not args.skip_gossip:
-            lines += bench_gossip(Path(tmp), args.nodes, args.commits)
+            lines += bench_gossip(Path(tmp), args.nodes, args.commits, args.keep_logs)
         if args.soak:
             lines += bench_soak(Path(tmp), args.soak_nodes, args.soak, args.soak_interval, args.soak_members)
     print("\n".join(lines))
