@@ -472,6 +472,36 @@ async def test_a_relay_serves_each_level_as_soon_as_it_is_checked(tmp_path: Path
     assert answers == [(False, dag[root], True)]  # not stored yet, yet served, and held requests woken
 
 
+async def test_a_fetch_ends_only_once_what_it_reaches_is_stored(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks another fetch holds in memory (checked, not yet in LMDB) are served to peers, but a
+    fetch does not count them as present: it would end before they are stored, and the head it
+    brought would fail verification ("not in the store") and its announcer be penalized."""
+    root, dag = _dag(4, 1000)
+    paused, release = trio.Event(), trio.Event()
+    with Store(tmp_path / "s", sync=False) as store:
+        fetcher = blocks.Fetcher(FakeHost(dag), store, Metrics(), lambda p, r: None)  # type: ignore[arg-type]
+        check_and_store = fetcher.check_and_store
+
+        async def first_fetch_pauses(repo_id: bytes, received: blocks.Blocks, budget: blocks.Budget | None = None,
+                                     held: blocks.Blocks | None = None) -> tuple[list, str | None]:
+            out = await check_and_store(repo_id, received, budget, held)
+            if received[0][0] != root and not paused.is_set():  # the first fetch holds every block now
+                paused.set()
+                await release.wait()
+            return out
+
+        monkeypatch.setattr(fetcher, "check_and_store", first_fetch_pauses)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetcher.fetch, b"r" * 32, root, lambda: ["a"])
+            await paused.wait()
+            assert all(fetcher.checked_block(cid) == block for cid, block in dag.items())  # held, servable
+            assert await fetcher.fetch(b"r" * 32, root, lambda: ["a"])  # type: ignore[list-item]
+            with store.read() as txn:
+                assert all(txn.has_block(cid) for cid in dag)  # the second fetch stored what it reached
+            release.set()
+
+
 def _manifest_over(root: CID, size: int) -> tuple[CID, bytes]:
     block = Manifest({"w": TensorEntry("U8", (size,), "raw", 0, root, size, state=root)}).encode()
     return CID.hash(DAG_CBOR, block), block

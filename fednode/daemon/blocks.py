@@ -429,8 +429,10 @@ class Fetcher:
                 if cid in seen:
                     continue
                 seen.add(cid)
-                block = txn.get_block(cid) if txn.has_block(cid) else self._checked.get(cid)
-                if block is not None:  # stored, or checked and held by a fetch (ours or another)
+                # stored blocks only: one held in memory by another fetch may not be stored yet when
+                # this fetch ends and its head is verified ("not in the store": the announcer penalized)
+                if txn.has_block(cid):
+                    block = txn.get_block(cid)
                     _add_children(children, cid, links(cid, block), depth)
                     expect_sizes(cid, block, sizes)
                 else:
