@@ -136,10 +136,14 @@ def register(main: click.Group) -> None:
         return f"the on-chain change was undone for {len(done)} member(s); nothing was changed"
 
     def _why(exc: Exception) -> str:
-        if isinstance(exc, chain_commands.ChainUnavailable):
+        from fednode.chain.aio import ChainUnavailable  # the chain client loads only when used (fast start)
+        from fednode.chain.anchoring import explain
+        from fednode.chain.backend import ChainError
+
+        if isinstance(exc, ChainUnavailable):
             return f"chain unavailable: {exc}"
-        if isinstance(exc, chain_commands.ChainError):
-            return f"transaction rejected: {chain_commands.explain(exc)}"
+        if isinstance(exc, ChainError):
+            return f"transaction rejected: {explain(exc)}"
         return str(exc) if isinstance(exc, FednodeError) else f"{type(exc).__name__}: {exc}"
 
     def _unchanged(addrs: list[bytes], add: bool) -> str:
