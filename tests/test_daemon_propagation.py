@@ -49,6 +49,8 @@ def test_a_burst_reaches_the_end_of_a_line_and_leaves_no_stale_remote_refs(tmp_p
                                  "the last commit to move main at the end of the line")
                     wait_for(lambda: not b.api("GET", "/status")["pending_fetches"]
                              and not c.api("GET", "/status")["pending_fetches"], 10, "fetches to settle")
+                    for d in (b, c):  # finished jobs are dropped (a daemon runs for months)
+                        assert d.api("GET", "/status")["fetch_jobs_held"] == 0
                     for node in (nb, nc):
                         with node.store.read() as txn:
                             assert txn.list_refs(rid, "remotes/") == {}  # the owner only fast-forwarded main

@@ -430,6 +430,8 @@ class Daemon:
                 await self._run_job(job)
         finally:
             job.done.set()  # waiters (a clone, a pull) never hang on a job that died
+            if self.jobs.get((job.repo, job.root)) is job:  # a daemon runs for months: keep only live jobs
+                del self.jobs[(job.repo, job.root)]
 
     async def _run_job(self, job: Job) -> None:
         delay = 0.5
@@ -526,6 +528,7 @@ class Daemon:
             "peers": len(self.host.get_connected_peers()),
             "topics": sorted(self.topics),
             "pending_fetches": sum(1 for j in self.jobs.values() if not j.done.is_set()),
+            "fetch_jobs_held": len(self.jobs),  # finished jobs are dropped: equals pending_fetches
             "blacklisted": sorted(str(p) for p in self.pubsub.get_blacklisted_peers()),
             "bans": self.state.bans(),
             "metrics": self.metrics.snapshot(),
