@@ -53,19 +53,44 @@ async def _provide(d: Daemon, key: str, what: str) -> bool:
     return False
 
 
+class ProvideState:
+    """One provide pass at a time. Passes asked for while one runs (a push, a moved branch, a
+    new connection each ask) fold into a single pass after it: a burst of 20 pushes and 9
+    connections made the owner provide the same keys dozens of times over, concurrently."""
+
+    def __init__(self) -> None:
+        self.running = False
+        self.pending = False  # another pass was asked for meanwhile
+        self.pending_all = False  # ... and it must re-provide everything (a new connection)
+
+
 async def provide_all(d: Daemon) -> None:
     """Announce every local repository and branch head (called on each new connection, after a
     clone: cheap on small networks)."""
-    for key, what in _keys(d):
-        if await _provide(d, key, what):
-            d.provided.add(key)
+    await _provide_pass(d, everything=True)
 
 
 async def provide_new(d: Daemon) -> None:
     """Announce only what was never announced: heads moved by commits, pushes and merges."""
-    for key, what in _keys(d):
-        if key not in d.provided and await _provide(d, key, what):
-            d.provided.add(key)
+    await _provide_pass(d, everything=False)
+
+
+async def _provide_pass(d: Daemon, everything: bool) -> None:
+    state = d.provide_state
+    if state.running:
+        state.pending, state.pending_all = True, state.pending_all or everything
+        return
+    state.running = True
+    try:
+        while True:
+            for key, what in _keys(d):
+                if (everything or key not in d.provided) and await _provide(d, key, what):
+                    d.provided.add(key)
+            if not state.pending:
+                return
+            everything, state.pending, state.pending_all = state.pending_all, False, False
+    finally:
+        state.running = False
 
 
 async def lookup(d: Daemon, key: str) -> list[PeerInfo]:

@@ -76,6 +76,7 @@ class Daemon:
         self.heads_limit = TokenBuckets(HEADS_RATE, HEADS_BURST)
         self.own_cache: dict[bytes, tuple[tuple, float, list[m.HeadAnnouncement]]] = {}  # see sync.py
         self.provided: set[str] = set()  # DHT keys announced since start (see discovery.provide_new)
+        self.provide_state = discovery.ProvideState()  # one provide pass at a time
         self.sync_interval = sync_interval
         self.fetch_expiry = fetch_expiry_seconds(node.config)  # unfinished fetches older than this are dropped
         self.fair = FairServing(MAX_SERVING, penalize=self.penalize)  # per-peer shares, idle streams
