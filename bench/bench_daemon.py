@@ -320,9 +320,11 @@ def bench_gossip(tmp: Path, nodes: int, commits: int, keep_logs: Path | None = N
         lines = [f"gossip propagation, {nodes} daemons, {commits} commits: p50 {p50:.0f} ms  p99 {p99:.0f} ms  "
                  f"max {lat[-1] * 1000:.0f} ms  missed {missed}/{commits * (nodes - 1)}"]
         lines.append(_weights_propagation(owner, procs[0], stores, info.repo_id, base["w"][1]))
-        metrics = [p.api("GET", "/status")["metrics"] for p in procs[1:]]
-        return lines + [f"fetch attempts on the {nodes - 1} receivers: {sum(m['fetches_done'] for m in metrics)} "
-                        f"complete, {sum(m['fetches_failed'] for m in metrics)} incomplete (each retried)"]
+        metrics = [p.api("GET", "/status")["metrics"] for p in procs]
+        refused = Counter(procs[0].api("GET", "/status")["metrics"]["refused_streams"])
+        return lines + [f"fetch attempts on the {nodes - 1} receivers: {sum(m['fetches_done'] for m in metrics[1:])} "
+                        f"complete, {sum(m['fetches_failed'] for m in metrics[1:])} incomplete (each retried); "
+                        f"streams the owner refused: {dict(refused) or 'none'}"]
     finally:
         for s in stores:
             s.close()
