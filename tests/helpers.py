@@ -155,6 +155,17 @@ def run_fednode(home: Path, *args: str, check: bool = True, timeout: float = 60)
     return proc
 
 
+def assert_cli_refuses(cli, home: Path, *args: object, needles: tuple[str, ...] = ()) -> str:  # noqa: ANN001
+    """``cli(*args)`` (the conftest fixture) exits 1 with one error line holding ``needles`` and
+    leaves the node home as it was; returns stderr."""
+    before = home_state(home)
+    result = cli(*args, ok=False)
+    assert result.exit_code == 1, (args, result.output)
+    assert_one_line_error(result.stderr, *needles)
+    assert home_state(home) == before, f"{args} stored something"
+    return result.stderr
+
+
 def assert_one_line_error(stderr: str, *needles: str) -> None:
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, f"expected one error line, got: {stderr!r}"

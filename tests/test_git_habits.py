@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 import pytest
-from helpers import ROOT, assert_one_line_error, home_state, model_arrays, perturb, run_fednode, write_model
+from helpers import ROOT, assert_cli_refuses, assert_one_line_error, model_arrays, perturb, run_fednode, write_model
 from solders.keypair import Keypair
 from test_daemon_harness import DaemonProc, daemons, make_home
 
@@ -38,13 +38,7 @@ def repo(cli, tmp_path: Path) -> dict:
     return {"genesis": g, "c1": c1, "c2": c2, "v2": v2}
 
 
-def refused(cli, home: Path, *args: object, needles: tuple[str, ...]) -> str:
-    before = home_state(home)
-    result = cli(*args, ok=False)
-    assert result.exit_code == 1, (args, result.output)
-    assert_one_line_error(result.stderr, *needles)
-    assert home_state(home) == before, f"{args} stored something"
-    return result.stderr
+refused = assert_cli_refuses
 
 
 def head(cli, branch: str = "main") -> str:

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 from helpers import (
-    assert_one_line_error,
+    assert_cli_refuses,
     assert_same_arrays,
-    home_state,
     model_arrays,
     perturb,
     read_model,
@@ -24,12 +23,7 @@ from safetensors.numpy import save_file
 ACCEPTED = "a .safetensors file, a PyTorch .pt/.pth/.bin state_dict, or a directory with model.safetensors.index.json"
 
 
-def refused(cli, home: Path, *args: object, needles: tuple[str, ...]) -> None:
-    before = home_state(home)
-    result = cli(*args, ok=False)
-    assert result.exit_code == 1, (args, result.output)
-    assert_one_line_error(result.stderr, *needles)
-    assert home_state(home) == before, f"{args} stored something"
+refused = assert_cli_refuses
 
 
 def write_sharded(directory: Path, arrays: dict[str, tuple[str, np.ndarray]], shards: list[list[str]],
