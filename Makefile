@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
-	$(BIN)/python -m fednode.native
+	$(BIN)/python -m fednode.tensors.native
 	touch $(STAMP)
 
 # The network on 127.0.0.1: a devchain, three hospital daemons, 3 federated rounds (under 3 minutes

@@ -135,7 +135,6 @@ def bench_client(elf: bytes, n_updates: int = 20) -> None:
     import numpy as np
     import trio
 
-    from fednode import merging
     from fednode.chain.anchoring import Anchorer
     from fednode.chain.config import DEV_PROGRAM_ID
     from fednode.chain.devchain import DevChain, make_server
@@ -143,8 +142,9 @@ def bench_client(elf: bytes, n_updates: int = 20) -> None:
     from fednode.chain.rpc import RpcBackend
     from fednode.history import History
     from fednode.identity import Identity
-    from fednode.modelio import ArraySource
-    from fednode.store import Store
+    from fednode.storage.store import Store
+    from fednode.tensors.modelio import ArraySource
+    from fednode.workflows import merging
 
     def make_repo(history: History) -> list:
         rng = np.random.default_rng(0)

@@ -27,8 +27,8 @@ from common import ratio_line, write_model  # noqa: E402
 
 from fednode.history import History  # noqa: E402
 from fednode.identity import Identity  # noqa: E402
-from fednode.modelio import SafetensorsFile  # noqa: E402
-from fednode.store import Store  # noqa: E402
+from fednode.storage.store import Store  # noqa: E402
+from fednode.tensors.modelio import SafetensorsFile  # noqa: E402
 
 
 def sha256_file(path: Path) -> float:
@@ -106,7 +106,7 @@ def bench_commit_speed(tmp: Path, params: int) -> list[str]:
     # 1% of tensors changed
     import numpy as np
 
-    from fednode.modelio import ArraySource
+    from fednode.tensors.modelio import ArraySource
 
     arrays = {name: (info.dtype, src.array(name)) for name, info in src.tensors.items()}
     changed = max(1, n_tensors // 100)
@@ -141,8 +141,8 @@ sys.path.insert(0, {root!r})
 from pathlib import Path
 from fednode.history import History
 from fednode.identity import Identity
-from fednode.modelio import SafetensorsFile
-from fednode.store import Store
+from fednode.tensors.modelio import SafetensorsFile
+from fednode.storage.store import Store
 h = History(Store(Path({store!r})), Identity.generate())
 h.create_repo("big", SafetensorsFile(Path({model!r})))
 print(_hwm())
@@ -151,7 +151,7 @@ print(_hwm())
 BASELINE = _HWM + """
 import sys
 sys.path.insert(0, {root!r})
-import fednode.history, fednode.store, numpy
+import fednode.history, fednode.storage.store, numpy
 print(_hwm())
 """
 

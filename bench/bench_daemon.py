@@ -46,8 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fednode.history import repo_id_text  # noqa: E402
-from fednode.modelio import ArraySource  # noqa: E402
 from fednode.node import init_home, open_node  # noqa: E402
+from fednode.tensors.modelio import ArraySource  # noqa: E402
 from protocol.multiformats import CID  # noqa: E402
 
 FEDNODE = [str(ROOT / ".venv" / "bin" / "fednode")]
@@ -279,7 +279,7 @@ def raw_stream(mib: int, two_processes: bool) -> tuple[float, float]:
 
 
 def bench_gossip(tmp: Path, nodes: int, commits: int, keep_logs: Path | None = None) -> list[str]:
-    from fednode.daemon.main import DAEMON_FILE  # noqa: F401 - same layout as the daemon writes
+    from fednode.daemon.process import DAEMON_FILE  # noqa: F401 - same layout as the daemon writes
 
     homes = [make_home(tmp, f"g{i}") for i in range(nodes)]
     rng = np.random.default_rng(1)

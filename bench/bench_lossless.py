@@ -36,8 +36,8 @@ from helpers import fixed_identity  # noqa: E402
 
 from fednode import encodings  # noqa: E402
 from fednode.history import History  # noqa: E402
-from fednode.modelio import ArraySource  # noqa: E402
-from fednode.store import Store  # noqa: E402
+from fednode.storage.store import Store  # noqa: E402
+from fednode.tensors.modelio import ArraySource  # noqa: E402
 from protocol.objects import TensorEntry  # noqa: E402
 
 TORCH_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}

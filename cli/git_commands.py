@@ -31,7 +31,7 @@ def register(main: click.Group) -> None:
     @click.pass_context
     def reset(ctx: click.Context, rev: str, branch: str | None, repo_name: str | None, as_json: bool) -> None:
         """Move the current branch (or -b BRANCH) to REV; the old head stays in 'fednode reflog'."""
-        from fednode import refs
+        from fednode.history import refs
 
         node = _node(ctx)
         info = _repo(node, repo_name)
@@ -54,7 +54,7 @@ def register(main: click.Group) -> None:
                as_json: bool) -> None:
         """Where BRANCH (default: the current branch) pointed, newest first: commits, merges,
         resets, forced moves, fast-forwards from peers."""
-        from fednode import refs
+        from fednode.history import refs
 
         node = _node(ctx)
         info = _repo(node, repo_name)
@@ -75,7 +75,7 @@ def register(main: click.Group) -> None:
     def proposals(ctx: click.Context, repo_name: str | None, as_json: bool) -> None:
         """Merge proposals peers sent for REPO: author, branch, message, age (newest first).
         Review one with 'fednode review proposals/PEER/BRANCH'."""
-        from fednode import refs
+        from fednode.history import refs
 
         node = _node(ctx)
         info = _repo(node, repo_name)
@@ -100,7 +100,7 @@ def register(main: click.Group) -> None:
     @click.pass_context
     def remote_add(ctx: click.Context, name: str, peer: str) -> None:
         """Name PEER (a peer id 12D3KooW... or a wallet address) NAME."""
-        from fednode import refs
+        from fednode.history import refs
 
         peer_id = refs.add_remote(_node(ctx).history, name, peer)
         out.print(f"remote {name} is {peer_id}")
@@ -110,7 +110,7 @@ def register(main: click.Group) -> None:
     @click.pass_context
     def remote_list(ctx: click.Context, as_json: bool) -> None:
         """The named peers."""
-        from fednode import refs
+        from fednode.history import refs
 
         names = refs.remotes(_node(ctx).history)
         if as_json:
@@ -124,7 +124,7 @@ def register(main: click.Group) -> None:
     @click.pass_context
     def remote_remove(ctx: click.Context, name: str) -> None:
         """Forget the name NAME (the peer's refs stay, under its peer id)."""
-        from fednode import refs
+        from fednode.history import refs
 
         peer_id = refs.remove_remote(_node(ctx).history, name)
         out.print(f"removed remote {name} ({peer_id})")

@@ -15,12 +15,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from fednode import __version__, encodings, operations
+from fednode import __version__
 from fednode.errors import FednodeError
-from fednode.graph import graph_lines, topo_order
 from fednode.history import CommitResult, History, RepoInfo, repo_id_text
-from fednode.modelio import open_model
+from fednode.history.graph import graph_lines, topo_order
 from fednode.node import Node, default_home, init_home, open_node
+from fednode.tensors import encodings
+from fednode.tensors.modelio import open_model
+from fednode.workflows import operations
 from protocol.multiformats import CID, FormatError
 from protocol.objects import Commit
 
@@ -375,7 +377,7 @@ def log(ctx: click.Context, repo_name: str | None, branch: str | None, all_branc
     node = _node(ctx)
     info = _repo(node, repo_name)
     history: History = node.history
-    from fednode.refs import named_remote_refs
+    from fednode.history.refs import named_remote_refs
 
     branches, tags, remote = history.branches(info), history.tags(info), named_remote_refs(history, info)
     current = history.current_branch(info)
@@ -528,7 +530,7 @@ def checkout(ctx: click.Context, rev: str, out_text: str, repo_name: str | None)
 def branch(ctx: click.Context, name: str | None, start: str | None, delete: bool, force: bool, switch_to: bool,
            repo_name: str | None, as_json: bool) -> None:
     """List branches, or create NAME at START (default HEAD), move it (-f), delete (-d) or switch (-s)."""
-    from fednode import refs
+    from fednode.history import refs
 
     node = _node(ctx)
     info = _repo(node, repo_name)
@@ -641,7 +643,7 @@ def train(ctx: click.Context, repo_name: str | None, script: Path, branch: str |
           dp_epsilon: float | None, dp_delta: float, max_grad_norm: float, message: str | None, encoding: str,
           topk_fraction: float, no_compress: bool, quiet: bool, as_json: bool) -> None:
     """Train locally from the branch head; commit the result as an update on that branch."""
-    from fednode.training import DPConfig
+    from fednode.workflows.training import DPConfig
 
     node = _node(ctx)
     info = _repo(node, repo_name)
@@ -695,7 +697,7 @@ def _params(pairs: tuple[str, ...]) -> dict[str, Any]:
 def merge(ctx: click.Context, branches: tuple[str, ...], strategy: str, params: tuple[str, ...], weighting: str,
           into: str | None, message: str | None, repo_name: str | None, as_json: bool) -> None:
     """Merge BRANCH... (N-way, exact): merged = base + aggregate(deltas from the merge base)."""
-    from fednode import merging
+    from fednode.workflows import merging
 
     node = _node(ctx)
     info = _repo(node, repo_name)
@@ -733,7 +735,7 @@ def review(ctx: click.Context, rev: str, into: str | None, eval_script: Path | N
     Flags NaN/Inf, and an update L2 norm over 10x any of: the median of past update norms (3+ of
     them), the median of the other open updates (branches, remotes, proposals not yet merged),
     or the base model's own norm (float tensors)."""
-    from fednode.review import review as run_review
+    from fednode.workflows.review import review as run_review
 
     node = _node(ctx)
     info, cid = _resolve(node, rev, repo_name)
@@ -832,8 +834,8 @@ def fsck(ctx: click.Context, as_json: bool, repair: bool, sources: tuple[Path, .
 def _repair(ctx: click.Context, node: Node, expiry: float, sources: list[Path], say: Callable[[str], None]
             ) -> dict[str, Any]:
     """``fsck --repair``: files first, then the daemon (if one runs) fetches what is left from peers."""
-    from fednode import repair
-    from fednode.daemon.client import Client
+    from fednode.daemon.api_client import Client
+    from fednode.workflows import repair
 
     def connect() -> repair.Refetch | None:
         try:

@@ -47,7 +47,7 @@ def register(main: click.Group) -> None:
 
     def _daemon(ctx: click.Context) -> Any:
         """The running daemon's client, after it answered: the network half needs it."""
-        from fednode.daemon.client import Client
+        from fednode.daemon.api_client import Client
 
         home = ctx.find_root().obj["home"]
         try:

@@ -12,7 +12,7 @@ from fednode.errors import FednodeError
 
 
 def _client(ctx: click.Context):  # noqa: ANN202
-    from fednode.daemon.client import Client
+    from fednode.daemon.api_client import Client
 
     return Client(ctx.obj["home"])
 
@@ -50,7 +50,7 @@ def _check_member(ctx: click.Context, name: str | None) -> str:
 
 def _ref_lines(ctx: click.Context, refs: dict[str, str]) -> str:
     """``ref cid`` lines, peers shown by their 'fednode remote add' names (remotes/NAME/main)."""
-    from fednode.refs import display_ref, remotes
+    from fednode.history.refs import display_ref, remotes
 
     names = remotes(_node(ctx).history)
     return "\n".join(sorted(f"{display_ref(k, names)} {v}" for k, v in refs.items()))
@@ -86,7 +86,7 @@ def _daemon_status(home: Path) -> tuple[str, dict[str, Any]]:
     import json
 
     try:
-        info = json.loads((home / "daemon.json").read_text())  # fednode.daemon.main.DAEMON_FILE
+        info = json.loads((home / "daemon.json").read_text())  # fednode.daemon.process.DAEMON_FILE
         token = (home / "api.token").read_text().strip()  # fednode.daemon.api.TOKEN_FILE
         port = int(info["api_port"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -124,7 +124,7 @@ def register(main: click.Group) -> None:
     def daemon(ctx: click.Context, listen: tuple[str, ...], api_port: int | None, bootstrap: tuple[str, ...],
                log_file: Path | None, mdns: bool) -> None:
         """Run the network daemon (Noise + yamux, GossipSub, DHT, block exchange, local API)."""
-        from fednode.daemon.main import run_daemon
+        from fednode.daemon.process import run_daemon
 
         run_daemon(ctx.obj["home"], list(listen) or None, api_port, list(bootstrap), log_file, mdns)
 

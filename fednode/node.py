@@ -13,7 +13,7 @@ from typing import Any
 from fednode.errors import FednodeError
 from fednode.history import History
 from fednode.identity import Identity, check_owned
-from fednode.store import Store
+from fednode.storage.store import Store
 
 KEYPAIR_FILE = "keypair.json"
 CONFIG_FILE = "config.toml"

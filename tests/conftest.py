@@ -13,7 +13,7 @@ from solders.keypair import Keypair
 from cli.main import main as cli_main
 from fednode.history import History
 from fednode.node import Node, init_home, open_node
-from fednode.store import Store
+from fednode.storage.store import Store
 
 
 @pytest.fixture

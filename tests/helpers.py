@@ -11,10 +11,18 @@ import numpy as np
 from solders.keypair import Keypair
 
 from fednode.identity import Identity
-from fednode.modelio import ArraySource, write_safetensors
-from fednode.store import Store
+from fednode.storage.store import Store
+from fednode.tensors.modelio import ArraySource, write_safetensors
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def script_env() -> dict[str, str]:
+    """The environment of a test file run as its own process (a hostile peer): the repository root first,
+    so ``protocol`` and ``cli`` are the packages and not the test folders of those names, then tests/."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+
+
 FEDNODE_BIN = ROOT / ".venv" / "bin" / "fednode"
 SEED = bytes(range(1, 33))
 
@@ -126,7 +134,7 @@ def store_fingerprint(home: Path) -> dict[str, str]:
     name -> a hash of all its entries, so "store unchanged" covers memberships and queues too."""
     import hashlib
 
-    from fednode.store import _DBS
+    from fednode.storage.store import _DBS
 
     store = Store(home / "store")
     try:

@@ -22,7 +22,7 @@ from solders.pubkey import Pubkey
 from fednode.chain.aio import AsyncChainBackend
 from fednode.errors import FednodeError
 from fednode.node import check_config
-from fednode.store import Store
+from fednode.storage.store import Store
 
 # The address federity runs at on the embedded chain and on `fednode devchain` (no deploy step:
 # both load the ELF at this id). Derived from a public label, so it is the same on every node.

@@ -23,7 +23,7 @@ from solders.pubkey import Pubkey
 
 from fednode.chain.aio import AsyncChainBackend
 from fednode.chain.backend import LiteSVMBackend, TxResult
-from fednode.store import Store, Txn
+from fednode.storage.store import Store, Txn
 from protocol.multiformats import b58encode
 
 DB = "chain"

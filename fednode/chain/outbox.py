@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from fednode.chain.aio import ChainId
-from fednode.store import Txn
+from fednode.storage.store import Txn
 
 DB = "outbox"
 _ITEM = b"q/"

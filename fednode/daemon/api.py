@@ -23,8 +23,8 @@ import trio
 from fednode import safejson
 from fednode.daemon.logs import log
 from fednode.daemon.routes import ROUTES, HTTPError, openapi
-from fednode.diskspace import DiskFull
 from fednode.errors import FednodeError, NotFound
+from fednode.storage.diskspace import DiskFull
 
 if TYPE_CHECKING:
     from fednode.daemon.service import Daemon

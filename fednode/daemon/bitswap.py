@@ -22,7 +22,7 @@ every queue stream that closes the stream at once when we expect no blocks from 
 i.e. always when we only serve; ``_on_message_queue_stream_opened`` is replaced by a reader
 that never closes the queue's stream. Third: CIDv0 blocks get their real prefix (``_prefix``).
 
-py-libp2p internals this depends on (re-check on upgrade; tests/test_bitswap_kubo.py is the
+py-libp2p internals this depends on (re-check on upgrade; tests/daemon/test_bitswap_kubo.py is the
 regression test against a real Kubo): ``BitswapClient._process_wantlist(wantlist, peer_id,
 stream)`` being the hook for incoming wantlists, ``_peer_wantlists``, ``_peer_protocols``,
 ``get_or_create_message_queue`` and the queue's ``add_blocks_v100/add_blocks_v110/
@@ -45,7 +45,7 @@ from libp2p.bitswap.pb.bitswap_pb2 import Message
 from libp2p.peer.id import ID
 
 from fednode.errors import Corrupt, FednodeError
-from fednode.store import Store
+from fednode.storage.store import Store
 from protocol.multiformats import CID, DAG_PB, RAW, SHA2_256, FormatError, encode_varint
 from protocol.unixfs import decode_node, iter_file
 

@@ -5,7 +5,7 @@ stream, a fetch job, a sync round, a local API request) is wrapped so that an ex
 its type, is logged with its cause and counted in ``Metrics.errors`` by place, and never reaches
 py-libp2p or a trio nursery: one exception escaping a nursery task stops the whole daemon.
 
-The decoders raise only ``FormatError`` for any input (fuzzed in tests/test_fuzz_decoders.py),
+The decoders raise only ``FormatError`` for any input (fuzzed in tests/protocol/test_fuzz_decoders.py),
 so these guards should never fire; when one does, the log line says where and why.
 ``trio.Cancelled`` and ``KeyboardInterrupt`` are BaseExceptions and pass through.
 """

@@ -19,7 +19,7 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
-from fednode.daemon import blocks, discovery, guard, sync
+from fednode.daemon import discovery, exchange, guard, sync
 from fednode.daemon import host as hostmod
 from fednode.daemon.bitswap import start_bitswap
 from fednode.daemon.fairness import FairServing
@@ -46,7 +46,7 @@ HEADS_RATE, HEADS_BURST = 4.0, 64.0
 FETCH_RETRIES = 4
 LAG_PROBE_SECONDS = 0.25  # the event-loop watchdog's sleep
 STALL_SECONDS = 1.0  # a wake-up later than this is logged (event_loop_stalled)
-MAX_CONCURRENT_FETCHES = 4  # fetch jobs running at once (each holds up to blocks.IN_MEMORY batches)
+MAX_CONCURRENT_FETCHES = 4  # fetch jobs running at once (each holds up to exchange.IN_MEMORY batches)
 MAX_SERVING = 32  # inbound block/heads streams served at once; more are reset, not queued (askers
 # go on with their next provider): 16 refused ~50 requests a minute to each committer of a 30-node soak
 SYNC_INTERVAL = 30.0  # seconds between heads exchanges with every peer (anti-entropy)
@@ -58,7 +58,7 @@ class Job:
     root: CID
     providers: list[str]
     thens: list[bytes] = field(default_factory=list)  # encoded head announcements / proposals
-    budget: blocks.Budget = field(default_factory=blocks.Budget)
+    budget: exchange.Budget = field(default_factory=exchange.Budget)
     done: trio.Event = field(default_factory=trio.Event)
     ok: bool = False
     order: int = 0  # when it was scheduled: newer jobs get fetch slots first (slots.NewestFirstSlots)
@@ -67,8 +67,8 @@ class Job:
 class Daemon:
     def __init__(self, node: Node, listen: list[str], bootstrap: list[str], mdns: bool = False,
                  ban_threshold: int = BAN_THRESHOLD, sync_interval: float = SYNC_INTERVAL,
-                 ban_seconds: float = BAN_SECONDS, max_fetch_bytes: int = blocks.MAX_FETCH_BYTES,
-                 min_free_bytes: int = blocks.MIN_FREE_BYTES) -> None:
+                 ban_seconds: float = BAN_SECONDS, max_fetch_bytes: int = exchange.MAX_FETCH_BYTES,
+                 min_free_bytes: int = exchange.MIN_FREE_BYTES) -> None:
         self.node = node
         self.max_fetch_bytes = max_fetch_bytes
         self.ban_threshold = ban_threshold
@@ -97,7 +97,7 @@ class Daemon:
         self.invalid: Counter[str] = Counter()
         self.jobs: dict[tuple[bytes, CID], Job] = {}
         self.nursery: trio.Nursery
-        self.fetcher = blocks.Fetcher(self.host, node.store, self.metrics, self.penalize, min_free_bytes)
+        self.fetcher = exchange.Fetcher(self.host, node.store, self.metrics, self.penalize, min_free_bytes)
         self.ready = trio.Event()
 
     @property
@@ -115,7 +115,7 @@ class Daemon:
                     background_trio_service(self.dht):
                 await self.pubsub.wait_until_ready()
                 self._restore_bans()
-                self.host.set_stream_handler(blocks.PROTOCOL, self._serve_blocks)
+                self.host.set_stream_handler(exchange.PROTOCOL, self._serve_blocks)
                 self.host.set_stream_handler(TProtocol(m.HEADS_PROTOCOL), self._serve_heads)
                 async with trio.open_nursery() as nursery:
                     self.nursery = nursery
@@ -411,7 +411,7 @@ class Daemon:
             job.thens += [t for t in thens if t not in job.thens]
         else:
             self.jobs_scheduled += 1
-            job = Job(repo, root, list(dict.fromkeys(providers)), thens, blocks.Budget(self.max_fetch_bytes),
+            job = Job(repo, root, list(dict.fromkeys(providers)), thens, exchange.Budget(self.max_fetch_bytes),
                       order=self.jobs_scheduled)
             self.jobs[key] = job
             self.nursery.start_soon(self._job_task, job)
@@ -490,7 +490,7 @@ class Daemon:
     # --- stream handlers --------------------------------------------------------------------
     async def _serve_blocks(self, stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id
-        await self._serve(stream, blocks.serve(stream, self.node.store, self.metrics, self.fetcher.in_flight,
+        await self._serve(stream, exchange.serve(stream, self.node.store, self.metrics, self.fetcher.in_flight,
                                                lambda why: self.fair.misbehaved(peer, why),
                                                self.fetcher.checked_block))
 

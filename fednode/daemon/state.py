@@ -19,7 +19,7 @@ from typing import Any
 
 from fednode.daemon.logs import log
 from fednode.errors import FednodeError
-from fednode.store import Store, Txn
+from fednode.storage.store import Store, Txn
 from protocol import dagcbor
 from protocol.messages import HeadAnnouncement, Membership, MergeProposal, decode
 from protocol.multiformats import CID

@@ -22,13 +22,13 @@ from libp2p.abc import INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
-from fednode import operations
 from fednode.daemon import discovery, wire
 from fednode.daemon.fairness import IDLE
 from fednode.daemon.host import peer_id_of_key
 from fednode.daemon.logs import log
 from fednode.errors import FednodeError
 from fednode.history import DEFAULT_BRANCH, RepoInfo, repo_id_text
+from fednode.workflows import operations
 from protocol import messages as m
 from protocol.multiformats import CID, FormatError
 

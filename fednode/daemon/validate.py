@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from fednode.daemon.state import NetState
 from fednode.identity import verify_signature
-from fednode.store import Store
+from fednode.storage.store import Store
 from protocol import messages as m
 from protocol.multiformats import CID, DAG_CBOR, FormatError
 from protocol.objects import Commit

@@ -1,7 +1,7 @@
 """Named aggregation strategies for merges: pure, exact, deterministic functions over int64 deltas.
 
 Every strategy maps the inputs' update deltas (exact int64 arrays on the tensor's
-merge grid 2**-bits, see ``fednode.merging`` and ``fednode.fixedpoint``) and integer weights
+merge grid 2**-bits, see ``fednode.workflows.merging`` and ``fednode.tensors.fixedpoint``) and integer weights
 (e.g. example counts) to one merged int64 delta, using integer arithmetic only:
 the same inputs give the same bytes on every machine, so anyone can re-run a
 merge recorded in a commit and check it.
@@ -71,13 +71,13 @@ from typing import Any
 
 import numpy as np
 
-from fednode import fixedpoint
 from fednode.strategies.base import Plan, Strategy
 from fednode.strategies.exact import StrategyError, round_div
 from fednode.strategies.fedavg import FedAvg
 from fednode.strategies.krum import Krum, MultiKrum, krum_scores, pairwise_sq_distances, select
 from fednode.strategies.median import Median
 from fednode.strategies.trimmed_mean import TrimmedMean
+from fednode.tensors import fixedpoint
 
 CLASSES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, Median, TrimmedMean, Krum, MultiKrum)}
 STRATEGIES: dict[str, Strategy] = {name: cls() for name, cls in CLASSES.items()}
@@ -123,8 +123,8 @@ def fused_merge(
     strategy: Strategy, plan: Plan, base_arr: np.ndarray, arrays: list[np.ndarray],
     dtype: str, bits: int | None, fallback: int,
 ) -> tuple[int, np.ndarray] | None:
-    """One float tensor through the strategy's fused path, as ``fednode.merging.compute_merge`` runs it: the grid
-    (``bits``, or rule 2's choice when None) and the merged state; None when the generic path must
+    """One float tensor through the strategy's fused path, as ``fednode.workflows.merging.compute_merge``
+    runs it: the grid (``bits``, or rule 2's choice when None) and the merged state; None when the generic path must
     decide (no fused path, or a change not representable on that grid)."""
     if bits is None:
         bits = fixedpoint.choose_grid(base_arr, arrays, dtype, fallback)

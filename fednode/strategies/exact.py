@@ -26,8 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from fednode import fixedpoint, native
 from fednode.errors import FednodeError
+from fednode.tensors import fixedpoint, native
 
 INT64_MAX = (1 << 63) - 1
 BLOCK = 1 << 15  # elements per step: the working set of one block stays in L2 cache

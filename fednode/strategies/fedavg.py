@@ -17,7 +17,7 @@ other blocks are computed exactly with Python ints (about 100x slower, same
 bytes). No input is rejected for its size, and the result always fits int64:
 a weighted mean lies between the smallest and the largest input.
 
-Cost: with the C kernel (``fednode.native``), one fused pass that reads each stored delta
+Cost: with the C kernel (``fednode.tensors.native``), one fused pass that reads each stored delta
 once in its own width; in numpy, one read of each delta in cache-sized blocks with one
 min/max check and one multiply-add per input, then a 2- to 5-pass rounded division.
 ``merge_states`` fuses quantization and the final ``apply_delta`` as well for float32

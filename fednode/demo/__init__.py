@@ -1,0 +1,1 @@
+"""``make demo``: the network walkthrough (network.py) and the single-node one (walkthrough.py)."""

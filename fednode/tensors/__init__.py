@@ -1,0 +1,1 @@
+"""Tensors: model file I/O, fixed-point grids, update encodings and the native merge kernel."""

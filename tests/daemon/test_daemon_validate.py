@@ -1,0 +1,80 @@
+"""The gossip validator on a real store (no network): membership, public proposals, replays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from helpers import fixed_identity, model_arrays, perturb
+
+from fednode.daemon.state import NetState
+from fednode.daemon.validate import Validator
+from fednode.history import History
+from fednode.identity import Identity
+from fednode.storage.store import Store
+from fednode.tensors.modelio import ArraySource
+from protocol import messages as m
+from protocol.multiformats import CID, DAG_CBOR
+
+
+def _sign(ident: Identity, msg):  # noqa: ANN001, ANN202
+    return type(msg)(**{**msg.__dict__, "sig": ident.sign(msg.signing_hash())}).encode()
+
+
+def test_membership_public_proposals_and_replays(tmp_path: Path) -> None:
+    owner, member, stranger = fixed_identity(), Identity.generate(), Identity.generate()
+    store = Store(tmp_path / "store")
+    try:
+        history = History(store, owner)
+        info, _ = history.create_repo("m", ArraySource(model_arrays(0)))
+        rid = info.repo_id
+        state = NetState(store)
+        v = Validator(store, state)
+        assert v.owner(rid) == owner.public_key and v.members(rid) == ({owner.public_key}, False)
+
+        def check(data: bytes, **kw) -> str | None:  # noqa: ANN003
+            return v.check(data, rid, from_self=False, **kw).reason
+
+        # commits: the owner's pass, anyone else's are refused until the owner lists them
+        other = History(Store(tmp_path / "other"), member)
+        try:
+            oinfo, _ = other.create_repo("x", ArraySource(model_arrays(1)))
+        finally:
+            other.store.close()
+        owner_commit = history.commit(info, ArraySource(perturb(model_arrays(0), 1)), "c1")
+        env = m.CommitEnvelope(owner_commit.commit.encode()).encode()
+        assert check(env) == "duplicate"  # already in this store
+        assert v.check(env, rid, from_self=True).ok
+        head = CID.hash(DAG_CBOR, b"whatever")
+        ann = m.HeadAnnouncement(rid, "main", head, 5, 1, member.public_key)
+        assert check(_sign(member, ann)) == "not_member"
+        assert check(_sign(stranger, ann)) == "bad_signature"  # signed by someone else than `from`
+        members = m.Membership(rid, (member.public_key,), False, 1, 1, member.public_key)
+        assert check(_sign(member, members)) == "not_owner"
+        assert check(_sign(owner, m.Membership(rid, (member.public_key,), False, 1, 1, owner.public_key))) is None
+        state.put_membership(m.decode(_sign(owner, m.Membership(rid, (member.public_key,), False, 1, 1,
+                                                                owner.public_key))))
+        assert v.members(rid) == ({owner.public_key, member.public_key}, False)
+        assert check(_sign(member, ann)) is None
+        assert check(_sign(member, ann)) == "replay"  # same seq again
+        assert check(_sign(member, m.HeadAnnouncement(rid, "main", head, 4, 1, member.public_key))) == "replay"
+        # the heads exchange may re-apply the latest accepted announcement, never an older one
+        assert check(_sign(member, ann), claim=False) is None
+        assert check(_sign(member, m.HeadAnnouncement(rid, "main", head, 4, 1, member.public_key)),
+                     claim=False) == "replay"
+        # seqs are per branch: another branch starts its own sequence
+        assert check(_sign(member, m.HeadAnnouncement(rid, "dev", head, 1, 1, member.public_key))) is None
+        # proposals: members only, unless the owner made the repository public
+        prop = m.MergeProposal(rid, "main", head, "pls", 1, 1, stranger.public_key)
+        assert check(_sign(stranger, prop)) == "not_member"
+        state.put_membership(m.decode(_sign(owner, m.Membership(rid, (member.public_key,), True, 2, 2,
+                                                                owner.public_key))))
+        assert check(_sign(stranger, prop)) is None
+        # ... but a public repository still takes no commits or heads from strangers
+        assert check(_sign(stranger, m.HeadAnnouncement(rid, "main", head, 9, 1, stranger.public_key))) \
+            == "not_member"
+        # wrong topic / unknown repository
+        assert v.check(_sign(member, ann), bytes(32), from_self=False).reason == "wrong_repo"
+        foreign = m.HeadAnnouncement(oinfo.repo_id, "main", head, 1, 1, member.public_key)
+        assert v.check(_sign(member, foreign), oinfo.repo_id, from_self=False).reason == "unknown_repo"
+    finally:
+        store.close()

@@ -1,0 +1,96 @@
+"""The daemon's incremental verification, in process: ``sync.apply`` on a real store, no network."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import trio
+from helpers import fixed_identity, model_arrays, perturb
+
+from fednode.daemon import sync
+from fednode.daemon.state import NetState
+from fednode.daemon.validate import Validator
+from fednode.history import History
+from fednode.identity import Identity
+from fednode.storage.store import Store
+from fednode.tensors.modelio import ArraySource
+from protocol import messages as m
+from protocol.multiformats import CID, DAG_CBOR
+
+
+def fake_daemon(history: History) -> SimpleNamespace:
+    """What ``sync.apply`` uses of a Daemon."""
+    state = NetState(history.store)
+
+    async def run_reading(fn):  # noqa: ANN001, ANN202 - the daemon runs it in a worker thread
+        return await trio.to_thread.run_sync(fn)
+
+    # the applying node is a peer of the announcers, never one of them (its own announcements are ignored)
+    return SimpleNamespace(node=SimpleNamespace(history=history, store=history.store, identity=Identity.generate()),
+                           state=state,
+                           validator=Validator(history.store, state), metrics=SimpleNamespace(rejected=Counter()),
+                           nursery=SimpleNamespace(start_soon=lambda *args: None),
+                           fetcher=SimpleNamespace(run_reading=run_reading), penalize=lambda peer, reason: None,
+                           spawn=lambda *args, **kw: None)
+
+
+def announce(ident: Identity, repo_id: bytes, head: CID, seq: int) -> bytes:
+    ann = m.HeadAnnouncement(repo_id, "main", head, seq, seq, ident.public_key)
+    return dataclasses.replace(ann, sig=ident.sign(ann.signing_hash())).encode()
+
+
+def main_head(history: History, repo_id: bytes) -> CID:
+    with history.store.read() as txn:
+        return CID.from_bytes(txn.get_ref(repo_id, "heads/main"))
+
+
+def test_apply_records_verified_commits_persistently(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    owner = fixed_identity()
+    store = Store(tmp_path / "store")
+    history = History(store, owner)
+    info, created = history.create_repo("m", ArraySource(model_arrays(0)))
+    genesis = created.cid
+    rid = info.repo_id
+    c1 = history.commit(info, ArraySource(perturb(model_arrays(0), 1)), "c1").cid
+    c2 = history.commit(info, ArraySource(perturb(model_arrays(0), 2)), "c2").cid
+    with store.write() as txn:  # as if only the genesis were here and c1, c2 had just been fetched
+        txn.set_ref(rid, "heads/main", bytes(genesis))
+    d = fake_daemon(history)
+    assert not d.state.is_verified(rid, genesis)
+
+    trio.run(sync.apply, d, rid, announce(owner, rid, c1, 1))
+    assert main_head(history, rid) == c1
+    assert d.state.is_verified(rid, genesis) and d.state.is_verified(rid, c1)
+    assert not d.state.is_verified(rid, c2)
+
+    # a failed verification records nothing, not even the good commits it walked (c2)
+    bad = dataclasses.replace(history.load_commit(c2), message="not what c2's author signed")
+    bad_cid = CID.hash(DAG_CBOR, bad.encode())
+    with store.write() as txn:
+        txn.put_block(bad_cid, bad.encode())
+    trio.run(sync.apply, d, rid, announce(owner, rid, bad_cid, 2))
+    assert d.metrics.rejected["verify_failed"] == 1 and main_head(history, rid) == c1
+    assert not d.state.is_verified(rid, c2) and not d.state.is_verified(rid, bad_cid)
+    store.close()
+
+    # the record survives a restart, and a later head is verified on top of it: only c2 is checked
+    store = Store(tmp_path / "store")
+    history = History(store, owner)
+    d = fake_daemon(history)
+    assert d.state.is_verified(rid, genesis) and d.state.is_verified(rid, c1)
+    assert not d.state.is_verified(bytes(32), c1)  # a verdict holds for the repository it was checked in
+    checked: list[CID] = []
+    check_commit = history.check_commit
+
+    def counting(cid: CID, *args, **kw) -> list[str]:  # noqa: ANN002, ANN003
+        checked.append(cid)
+        return check_commit(cid, *args, **kw)
+
+    monkeypatch.setattr(history, "check_commit", counting)
+    trio.run(sync.apply, d, rid, announce(owner, rid, c2, 3))
+    assert checked == [c2] and main_head(history, rid) == c2 and d.state.is_verified(rid, c2)
+    store.close()
