@@ -26,8 +26,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
+# ruff (style, imports, complexity, unused noqa) and mypy (types of fednode/, protocol/, cli/)
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # Flower is a bench-only dependency with a heavy tree: it lives in its own venv.
 BENCH_VENV := .venv-bench

@@ -18,16 +18,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from py_ecc.optimized_bn128 import G1, curve_order, multiply, normalize  # noqa: E402
-from solders.keypair import Keypair  # noqa: E402
-from solders.message import Message  # noqa: E402
-from solders.transaction import Transaction  # noqa: E402
+from py_ecc.optimized_bn128 import G1, curve_order, multiply, normalize
+from solders.keypair import Keypair
+from solders.message import Message
+from solders.transaction import Transaction
 
-from fednode.chain import FederityClient, LiteSVMBackend, TxResult  # noqa: E402
-from fednode.chain.program import ed25519_proof  # noqa: E402
-from programs.build import build  # noqa: E402
-from protocol import chain as layout  # noqa: E402
-from protocol.chain import Kind  # noqa: E402
+from fednode.chain import FederityClient, LiteSVMBackend, TxResult
+from fednode.chain.program import ed25519_proof
+from programs.build import build
+from protocol import chain as layout
+from protocol.chain import Kind
 
 TARGETS = {"anchor_commit (1 parent, commitment)": 30_000, "merge (8 inputs, commitments)": 200_000}
 LEGACY_TX_LIMIT = 1232  # bytes on the wire
@@ -173,7 +173,7 @@ def bench_client(elf: bytes, n_updates: int = 20) -> None:
                 threading.Thread(target=server.serve_forever, daemon=True).start()
                 backend = RpcBackend(f"http://127.0.0.1:{server.server_address[1]}", DEV_PROGRAM_ID, faucet=True)
 
-            async def go(history: History, identity: Identity, backend, info, head) -> tuple[list, float]:  # noqa: ANN001
+            async def go(history: History, identity: Identity, backend, info, head) -> tuple[list, float]:
                 a = Anchorer(history, identity, backend)
                 await a.enqueue(info, head, "main")
                 await a.ensure_funds()

@@ -64,7 +64,7 @@ def settle(path: Path) -> None:
     os.sync()
 
 
-def _genesis_commit(path: Path, model: Path, sync: bool, keep: bool = False):  # noqa: ANN202
+def _genesis_commit(path: Path, model: Path, sync: bool, keep: bool = False):
     """(seconds, history, repo, result) of one genesis commit of ``model`` into a fresh store."""
     history = History(Store(path, sync=sync), Identity.generate())
     start = time.perf_counter()

@@ -172,7 +172,7 @@ def bench_pull(tmp: Path, mib: int, runs: int) -> list[str]:
 RAW_PROTOCOL = "/fednode-bench/raw/1"
 
 
-def _raw_host_imports():  # noqa: ANN202 - heavy imports, only for the raw-stream runs
+def _raw_host_imports():
     import multiaddr
     import trio
     from libp2p.crypto.ed25519 import create_new_key_pair
@@ -183,10 +183,10 @@ def _raw_host_imports():  # noqa: ANN202 - heavy imports, only for the raw-strea
     return multiaddr, trio, create_new_key_pair, TProtocol, build_host
 
 
-def _sink(total: int, done):  # noqa: ANN001, ANN202 - a trio.Event; returns a stream handler
+def _sink(total: int, done):
     """Stream handler: read ``total`` bytes, answer one byte (``k``: all of them), set ``done``."""
 
-    async def handler(stream) -> None:  # noqa: ANN001
+    async def handler(stream) -> None:
         got = 0
         while got < total:
             chunk = await stream.read(1 << 20)
@@ -233,7 +233,7 @@ def raw_stream(mib: int, two_processes: bool) -> tuple[float, float]:
     payload = memoryview(os.urandom(total))
     result: dict[str, float] = {"cpu": 0.0}
 
-    async def send(host, addr: str, sink_pid: int | None = None) -> None:  # noqa: ANN001
+    async def send(host, addr: str, sink_pid: int | None = None) -> None:
         info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
         await host.connect(info)
         stream = await host.new_stream(info.peer_id, [TProtocol(RAW_PROTOCOL)])
@@ -341,7 +341,7 @@ def bench_gossip(tmp: Path, nodes: int, commits: int, keep_logs: Path | None = N
 WEIGHTS_QUIET_S = 5.0  # after the burst above; fetch jobs of superseded commits may still be running
 
 
-def _weights_propagation(owner, proc: Proc, stores: list, repo_id: bytes, arr: np.ndarray) -> str:  # noqa: ANN001
+def _weights_propagation(owner, proc: Proc, stores: list, repo_id: bytes, arr: np.ndarray) -> str:
     """One more commit, WEIGHTS_QUIET_S after the burst: the time until each node's main branch points at it,
     i.e. its weights were fetched (through relays that fetch them too) and verified. The commit
     envelope alone (above) says nothing about the weights."""
@@ -515,7 +515,7 @@ def bench_soak(tmp: Path, nodes: int, seconds: float, interval: float, members: 
             p.stop()
 
 
-def _has(node, cid: CID) -> bool:  # noqa: ANN001
+def _has(node, cid: CID) -> bool:
     with node.store.read() as txn:
         return txn.has_block(cid)
 

@@ -150,7 +150,7 @@ def register(main: click.Group) -> None:
         return f"{len(addrs)} address(es) already {'members' if add else 'absent'}"
 
     for add in (True, False):
-        def make(add: bool = add):  # noqa: ANN202
+        def make(add: bool = add):
             @click.argument("addresses", nargs=-1, required=True)
             @click.option("-r", "--repo", "repo_name", default=None)
             @click.option("--public/--private", default=None,

@@ -11,7 +11,7 @@ from cli.main import _node, _repo, _set_current, emit_json, out
 from fednode.errors import FednodeError
 
 
-def _client(ctx: click.Context):  # noqa: ANN202
+def _client(ctx: click.Context):
     from fednode.daemon.api_client import Client
 
     return Client(ctx.obj["home"])

@@ -163,7 +163,7 @@ def run_fednode(home: Path, *args: str, check: bool = True, timeout: float = 60)
     return proc
 
 
-def assert_cli_refuses(cli, home: Path, *args: object, needles: tuple[str, ...] = ()) -> str:  # noqa: ANN001
+def assert_cli_refuses(cli, home: Path, *args: object, needles: tuple[str, ...] = ()) -> str:
     """``cli(*args)`` (the conftest fixture) exits 1 with one error line holding ``needles`` and
     leaves the node home as it was; returns stderr."""
     before = home_state(home)

@@ -90,7 +90,7 @@ class Ledger:
         self.path = path
         try:
             path.mkdir(parents=True, exist_ok=True)
-            self.lock_file = open(path / "lock", "a+")  # noqa: SIM115 (held for the life of the chain)
+            self.lock_file = open(path / "lock", "a+")
         except OSError as exc:
             raise FednodeError(f"cannot use ledger {path}: {exc.strerror}") from None
         try:
@@ -102,7 +102,7 @@ class Ledger:
             self.genesis = self._genesis(program_id)
             self.accounts, self.slot = self._load()
             self._compact()
-            self.log = open(path / "accounts.log", "ab")  # noqa: SIM115
+            self.log = open(path / "accounts.log", "ab")
         except OSError as exc:
             self.lock_file.close()
             raise FednodeError(f"cannot use ledger {path}: {exc.strerror}") from None
@@ -419,7 +419,7 @@ def make_server(chain: DevChain, host: str, port: int) -> ThreadingHTTPServer:
         protocol_version = "HTTP/1.1"  # keep-alive: httpx reuses connections
         disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms stall
 
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_POST(self) -> None:
             try:
                 body = safejson.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
             except ValueError:  # not JSON, nested too deeply (safejson), a bad Content-Length

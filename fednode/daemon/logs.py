@@ -15,7 +15,7 @@ _out: TextIO = sys.stderr
 def setup(path: Path | None = None) -> None:
     global _out
     if path is not None:
-        _out = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the daemon
+        _out = open(path, "a", buffering=1)
     # py-libp2p logs a lot at INFO/WARNING (e.g. every closed stream); keep only its errors
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
     logging.getLogger("multiaddr").setLevel(logging.ERROR)

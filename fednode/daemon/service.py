@@ -285,7 +285,7 @@ class Daemon:
         async for _ in sub:  # type: ignore[attr-defined]
             pass
 
-    def _validator_for(self, repo_id: bytes):  # noqa: ANN202 - libp2p SyncValidatorFn
+    def _validator_for(self, repo_id: bytes):
         def validate(forwarder: ID, msg: rpc_pb2.Message) -> bool:
             try:
                 return check(forwarder, msg)

@@ -473,7 +473,7 @@ def run(epochs: int = 5, rounds: int = 3) -> int:
         failure = str(exc)
     except KeyboardInterrupt:
         failure = "interrupted"
-    except Exception as exc:  # noqa: BLE001  (a bug or an unexpected answer: still one line, still stop all)
+    except Exception as exc:
         failure = f"{type(exc).__name__}: {exc}"
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the stopping short

@@ -19,7 +19,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from fednode.examples.cancer_data import current_site, site_split  # noqa: E402
+from fednode.examples.cancer_data import current_site, site_split
 
 
 def forward(w, x):

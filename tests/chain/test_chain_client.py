@@ -179,7 +179,7 @@ async def test_members_merges_and_foreign_commits(node: Node, elf: bytes) -> Non
     assert (await owner.members(info))["members"] == []
 
 
-def test_chain_verify_detects_a_mismatched_record(home: Path, elf: bytes, cli) -> None:  # noqa: ANN001
+def test_chain_verify_detects_a_mismatched_record(home: Path, elf: bytes, cli) -> None:
     """Sync test: the CLI part runs its own trio loop."""
     with open_node(home) as node:
         info, (g, u1, u2) = make_repo(node, n_updates=2)
@@ -231,7 +231,7 @@ def test_chain_verify_detects_a_mismatched_record(home: Path, elf: bytes, cli) -
     assert result.exit_code == 1 and "anchored record differs (parents)" in result.stderr
 
 
-def test_cli_anchor_status_flush_members(tmp_path: Path, cli) -> None:  # noqa: ANN001
+def test_cli_anchor_status_flush_members(tmp_path: Path, cli) -> None:
     m0 = write_model(tmp_path / "m0.safetensors", model_arrays(0))
     m1 = write_model(tmp_path / "m1.safetensors", perturb(model_arrays(0), 1))
     cli("repo", "create", "demo", "--from", m0)
@@ -263,7 +263,7 @@ def test_cli_anchor_status_flush_members(tmp_path: Path, cli) -> None:  # noqa: 
     (("chain", "drop", "7"), "no queued item #7"),
     (("chain", "use", "rpc"), "needs --url"),
 ])  # fmt: skip
-def test_cli_bad_input_one_line_error_nothing_queued(tmp_path: Path, cli, args: tuple[str, ...],  # noqa: ANN001
+def test_cli_bad_input_one_line_error_nothing_queued(tmp_path: Path, cli, args: tuple[str, ...],
                                                      needle: str) -> None:  # fmt: skip
     cli("repo", "create", "demo", "--from", write_model(tmp_path / "m0.safetensors", model_arrays(0)))
     result = cli(*args, ok=False)

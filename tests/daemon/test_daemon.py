@@ -98,13 +98,13 @@ def test_three_nodes_clone_commit_propagate_and_catch_up(tmp_path: Path) -> None
             n.close()
 
 
-def _membership(node, rid: bytes) -> messages.Membership | None:  # noqa: ANN001
+def _membership(node, rid: bytes) -> messages.Membership | None:
     with node.store.read() as txn:
         raw = txn.kv_get("net", b"members/" + rid)
     return messages.decode(raw) if raw else None
 
 
-def _member_count(node, rid: bytes) -> int:  # noqa: ANN001
+def _member_count(node, rid: bytes) -> int:
     ms = _membership(node, rid)
     return -1 if ms is None else len(ms.members)
 

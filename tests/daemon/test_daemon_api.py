@@ -29,7 +29,7 @@ from fednode.tensors.modelio import ArraySource
 
 
 @pytest.fixture
-def daemon(tmp_path: Path):  # noqa: ANN201
+def daemon(tmp_path: Path):
     home = make_home(tmp_path, "a")
     with open_node(home) as node:
         node.history.create_repo("m", ArraySource(model_arrays(0)))
@@ -57,7 +57,7 @@ def _messages(exc: BaseException) -> str:
 
 async def test_only_noise_is_accepted(daemon: DaemonProc) -> None:
     kp = create_new_key_pair()
-    with pytest.raises(Exception) as refused:  # noqa: B017 - py-libp2p raises several dial error types
+    with pytest.raises(Exception) as refused:
         await _dial({PLAINTEXT_PROTOCOL_ID: InsecureTransport(kp)}, daemon.addr)
     assert "unable to connect" in _messages(refused.value)  # security negotiation failed (not a timeout)
     # control: the same dial with Noise (our host builder) succeeds

@@ -41,7 +41,7 @@ def _status_within(d: DaemonProc, seconds: float) -> dict:
     return resp.json()
 
 
-def _hash_index(node, commit_hash: bytes) -> bytes | None:  # noqa: ANN001
+def _hash_index(node, commit_hash: bytes) -> bytes | None:
     with node.store.read() as txn:
         value = txn._txn.get(commit_hash, db=txn._db("hashes"))
     return None if value is None else bytes(value)
@@ -118,12 +118,12 @@ def test_a_hostile_member_cannot_stop_or_fool_the_daemon(tmp_path: Path) -> None
             n.close()
 
 
-def _is_member(node, rid: bytes, key: bytes) -> bool:  # noqa: ANN001
+def _is_member(node, rid: bytes, key: bytes) -> bool:
     membership = NetState(node.store).membership(rid)
     return membership is not None and key in membership.members
 
 
-def _cid(text: str):  # noqa: ANN202
+def _cid(text: str):
     from protocol.multiformats import CID
 
     return CID.parse(text)
@@ -155,7 +155,7 @@ async def _attacker(target: str, repo_b58: str, key_file: str) -> None:
     target_info = info_from_p2p_addr(multiaddr.Multiaddr(target))
     served: dict[CID, bytes] = {}
 
-    async def serve_blocks(stream) -> None:  # noqa: ANN001 - answers from ``served`` only
+    async def serve_blocks(stream) -> None:
         want = m.decode_want(await wire.read_frame(stream, 64 * 1024))
         writer = wire.FrameWriter(stream)
         for cid in want:

@@ -30,7 +30,7 @@ from protocol.multiformats import CID, DAG_CBOR
 from protocol.objects import Commit, Manifest
 
 
-def _bomb_commit(node, rid: bytes, parent_cid: CID) -> tuple[CID, CID]:  # noqa: ANN001
+def _bomb_commit(node, rid: bytes, parent_cid: CID) -> tuple[CID, CID]:
     """Store a signed commit on ``heads/main`` whose tensor "w" is a DAG bomb; (commit, bomb root)."""
     history = node.history
     parent = history.load_commit(parent_cid)
@@ -157,7 +157,7 @@ def test_verification_runs_beside_the_event_loop(tmp_path: Path, monkeypatch: py
         d.fetcher = Fetcher(None, node.store, Metrics(), d.penalize)  # type: ignore[arg-type]
         check_commit = node.history.check_commit
 
-        def slow(*args, **kw) -> list[str]:  # noqa: ANN002, ANN003
+        def slow(*args, **kw) -> list[str]:
             time.sleep(1.0)
             return check_commit(*args, **kw)
 

@@ -28,7 +28,7 @@ def _boom(*args: object, **kwargs: object) -> None:
     raise RuntimeError("injected bug")
 
 
-async def test_exceptions_at_entry_points_are_logged_counted_and_contained(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+async def test_exceptions_at_entry_points_are_logged_counted_and_contained(tmp_path: Path, monkeypatch) -> None:
     node = open_node(make_home(tmp_path, "a"))
     try:
         info, _ = node.history.create_repo("m", ArraySource(model_arrays(0)))

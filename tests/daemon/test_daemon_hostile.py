@@ -20,7 +20,7 @@ from fednode.history import repo_id_text
 from fednode.tensors.modelio import ArraySource
 
 
-def _net_state(node) -> list:  # noqa: ANN001
+def _net_state(node) -> list:
     """The net db without ``ban/`` keys (a ban is the one thing the attack should store)."""
     with node.store.read() as txn:
         return [(k, v) for k, v in txn.kv_items("net") if not k.startswith(b"ban/")]

@@ -33,7 +33,7 @@ from fednode.tensors.modelio import ArraySource
 from protocol.multiformats import RAW
 
 
-def _leaves(node, head) -> list:  # noqa: ANN001
+def _leaves(node, head) -> list:
     """The RAW leaf CIDs of every tensor of ``head`` (from the owner's store)."""
     from protocol.dag import links
 
@@ -106,7 +106,7 @@ async def _liar(owner_addr: str) -> None:
     heads, blocks = TProtocol(m.HEADS_PROTOCOL), TProtocol(m.BLOCKS_PROTOCOL)
     flipped = 0
 
-    async def relay_heads(stream) -> None:  # noqa: ANN001
+    async def relay_heads(stream) -> None:
         query = await wire.read_frame(stream, 64 * 1024)
         up = await host.new_stream(owner.peer_id, [heads])
         await wire.write_frame(up, query)
@@ -114,7 +114,7 @@ async def _liar(owner_addr: str) -> None:
         await up.close()
         await stream.close()
 
-    async def lying_blocks(stream) -> None:  # noqa: ANN001
+    async def lying_blocks(stream) -> None:
         want = await wire.read_frame(stream, 64 * 1024)
         up = await host.new_stream(owner.peer_id, [blocks])
         await wire.write_frame(up, want)

@@ -67,7 +67,7 @@ async def _hammer(addr: str, repo_id: bytes, queries: int) -> list[str]:
     return outcomes
 
 
-def _own_seq(node, repo_id: bytes) -> bytes | None:  # noqa: ANN001
+def _own_seq(node, repo_id: bytes) -> bytes | None:
     with node.store.read() as txn:
         return txn.kv_get("net", b"own/" + repo_id)
 
@@ -130,13 +130,13 @@ class Blacklist:
     def __init__(self) -> None:
         self.peers: set = set()
 
-    def add_to_blacklist(self, peer) -> None:  # noqa: ANN001
+    def add_to_blacklist(self, peer) -> None:
         self.peers.add(peer)
 
-    def remove_from_blacklist(self, peer) -> None:  # noqa: ANN001
+    def remove_from_blacklist(self, peer) -> None:
         self.peers.discard(peer)
 
-    def is_peer_blacklisted(self, peer) -> bool:  # noqa: ANN001
+    def is_peer_blacklisted(self, peer) -> bool:
         return peer in self.peers
 
 

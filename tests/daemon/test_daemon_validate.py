@@ -16,7 +16,7 @@ from protocol import messages as m
 from protocol.multiformats import CID, DAG_CBOR
 
 
-def _sign(ident: Identity, msg):  # noqa: ANN001, ANN202
+def _sign(ident: Identity, msg):
     return type(msg)(**{**msg.__dict__, "sig": ident.sign(msg.signing_hash())}).encode()
 
 
@@ -31,7 +31,7 @@ def test_membership_public_proposals_and_replays(tmp_path: Path) -> None:
         v = Validator(store, state)
         assert v.owner(rid) == owner.public_key and v.members(rid) == ({owner.public_key}, False)
 
-        def check(data: bytes, **kw) -> str | None:  # noqa: ANN003
+        def check(data: bytes, **kw) -> str | None:
             return v.check(data, rid, from_self=False, **kw).reason
 
         # commits: the owner's pass, anyone else's are refused until the owner lists them

@@ -26,7 +26,7 @@ def fake_daemon(history: History) -> SimpleNamespace:
     """What ``sync.apply`` uses of a Daemon."""
     state = NetState(history.store)
 
-    async def run_reading(fn):  # noqa: ANN001, ANN202 - the daemon runs it in a worker thread
+    async def run_reading(fn):
         return await trio.to_thread.run_sync(fn)
 
     # the applying node is a peer of the announcers, never one of them (its own announcements are ignored)
@@ -86,7 +86,7 @@ def test_apply_records_verified_commits_persistently(tmp_path: Path, monkeypatch
     checked: list[CID] = []
     check_commit = history.check_commit
 
-    def counting(cid: CID, *args, **kw) -> list[str]:  # noqa: ANN002, ANN003
+    def counting(cid: CID, *args, **kw) -> list[str]:
         checked.append(cid)
         return check_commit(cid, *args, **kw)
 

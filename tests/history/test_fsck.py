@@ -312,7 +312,7 @@ def test_a_clone_killed_midway_is_unfinished_not_damaged(tmp_path: Path) -> None
         nb.close()
 
 
-def _quietly(fn) -> None:  # noqa: ANN001 - a request that the kill breaks off
+def _quietly(fn) -> None:
     try:
         fn()
     except Exception:

@@ -744,11 +744,11 @@ def test_incremental_verify_checks_only_new_commits(history: History, monkeypatc
     calls: dict[str, list[CID]] = {"check_commit": [], "walk": [], "check_merge": []}
     check_commit, walk, check_merge = history.check_commit, history.walk, merging.check_merge
 
-    def counting_check_commit(cid: CID, *args, **kw) -> list[str]:  # noqa: ANN002, ANN003
+    def counting_check_commit(cid: CID, *args, **kw) -> list[str]:
         calls["check_commit"].append(cid)
         return check_commit(cid, *args, **kw)
 
-    def counting_walk(heads: list[CID], *args, **kw):  # noqa: ANN002, ANN003, ANN202
+    def counting_walk(heads: list[CID], *args, **kw):
         for cid, commit in walk(heads, *args, **kw):
             calls["walk"].append(cid)
             yield cid, commit

@@ -554,12 +554,12 @@ def check(dec: Decoder, data: bytes) -> bool:
         if "\n" in str(exc):
             raise Foreign(f"{dec.name}: multi-line error {str(exc)[:80]!r}") from exc
         return False
-    except Exception as exc:  # noqa: BLE001 - the point: anything else is a finding
+    except Exception as exc:
         raise Foreign(f"{dec.name}: {type(exc).__name__}: {str(exc)[:120]}") from exc
     if dec.reencode is not None:
         try:
             again = dec.reencode(value)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise Foreign(f"{dec.name}: accepted value does not re-encode: {type(exc).__name__}: {exc}") from exc
         if again != data:
             raise Foreign(f"{dec.name}: accepted a non-canonical encoding (one value, two blocks)")

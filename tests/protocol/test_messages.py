@@ -18,7 +18,7 @@ REPO = bytes(range(32))
 HEAD = CID.hash(DAG_CBOR, b"a commit")
 
 
-def _signed(msg: m.HeadAnnouncement | m.Membership | m.MergeProposal):  # noqa: ANN202
+def _signed(msg: m.HeadAnnouncement | m.Membership | m.MergeProposal):
     ident = fixed_identity()
     return type(msg)(**{**msg.__dict__, "sig": ident.sign(msg.signing_hash())})
 

@@ -65,7 +65,7 @@ def _zig_version() -> str:
         from importlib.metadata import version
 
         return version("ziglang")
-    except Exception:  # noqa: BLE001 - not installed: the build below fails and says so
+    except Exception:
         return "none"
 
 
