@@ -31,13 +31,13 @@ def register(main: click.Group) -> None:
     @click.pass_context
     def reset(ctx: click.Context, rev: str, branch: str | None, repo_name: str | None, as_json: bool) -> None:
         """Move the current branch (or -b BRANCH) to REV; the old head stays in 'fednode reflog'."""
-        from fednode.history import refs
+        from fednode.workflows import refops
 
         node = _node(ctx)
         info = _repo(node, repo_name)
         _, cid = node.history.resolve(rev, info)
         name = branch or node.history.current_branch(info)
-        old = refs.move_branch(node.history, info, name, cid, f"reset: moving to {rev}")
+        old = refops.move_branch(node.history, info, name, cid, f"reset: moving to {rev}")
         if as_json:
             emit_json({"branch": name, "old": str(old), "new": str(cid)})
         else:
@@ -54,12 +54,12 @@ def register(main: click.Group) -> None:
                as_json: bool) -> None:
         """Where BRANCH (default: the current branch) pointed, newest first: commits, merges,
         resets, forced moves, fast-forwards from peers."""
-        from fednode.history import refs
+        from fednode.workflows import refops
 
         node = _node(ctx)
         info = _repo(node, repo_name)
         name = branch or node.history.current_branch(info)
-        entries = refs.reflog(node.history, info, name)[:limit]
+        entries = refops.reflog(node.history, info, name)[:limit]
         if as_json:
             emit_json(entries)
             return
@@ -75,11 +75,11 @@ def register(main: click.Group) -> None:
     def proposals(ctx: click.Context, repo_name: str | None, as_json: bool) -> None:
         """Merge proposals peers sent for REPO: author, branch, message, age (newest first).
         Review one with 'fednode review proposals/PEER/BRANCH'."""
-        from fednode.history import refs
+        from fednode.workflows import refops
 
         node = _node(ctx)
         info = _repo(node, repo_name)
-        rows = refs.proposals(node.history, info)
+        rows = refops.proposals(node.history, info)
         if as_json:
             emit_json([{"ref": p.ref, "peer": p.peer, "author": p.author, "branch": p.branch,
                         "head": str(p.head), "message": p.message, "time_ms": p.time_ms} for p in rows])
@@ -100,9 +100,9 @@ def register(main: click.Group) -> None:
     @click.pass_context
     def remote_add(ctx: click.Context, name: str, peer: str) -> None:
         """Name PEER (a peer id 12D3KooW... or a wallet address) NAME."""
-        from fednode.history import refs
+        from fednode.workflows import refops
 
-        peer_id = refs.add_remote(_node(ctx).history, name, peer)
+        peer_id = refops.add_remote(_node(ctx).history, name, peer)
         out.print(f"remote {name} is {peer_id}")
 
     @remote.command("list")
@@ -110,9 +110,9 @@ def register(main: click.Group) -> None:
     @click.pass_context
     def remote_list(ctx: click.Context, as_json: bool) -> None:
         """The named peers."""
-        from fednode.history import refs
+        from fednode.workflows import refops
 
-        names = refs.remotes(_node(ctx).history)
+        names = refops.remotes(_node(ctx).history)
         if as_json:
             emit_json(names)
         else:
@@ -124,7 +124,7 @@ def register(main: click.Group) -> None:
     @click.pass_context
     def remote_remove(ctx: click.Context, name: str) -> None:
         """Forget the name NAME (the peer's refs stay, under its peer id)."""
-        from fednode.history import refs
+        from fednode.workflows import refops
 
-        peer_id = refs.remove_remote(_node(ctx).history, name)
+        peer_id = refops.remove_remote(_node(ctx).history, name)
         out.print(f"removed remote {name} ({peer_id})")

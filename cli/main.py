@@ -377,7 +377,7 @@ def log(ctx: click.Context, repo_name: str | None, branch: str | None, all_branc
     node = _node(ctx)
     info = _repo(node, repo_name)
     history: History = node.history
-    from fednode.history.refs import named_remote_refs
+    from fednode.workflows.refops import named_remote_refs
 
     branches, tags, remote = history.branches(info), history.tags(info), named_remote_refs(history, info)
     current = history.current_branch(info)
@@ -530,7 +530,7 @@ def checkout(ctx: click.Context, rev: str, out_text: str, repo_name: str | None)
 def branch(ctx: click.Context, name: str | None, start: str | None, delete: bool, force: bool, switch_to: bool,
            repo_name: str | None, as_json: bool) -> None:
     """List branches, or create NAME at START (default HEAD), move it (-f), delete (-d) or switch (-s)."""
-    from fednode.history import refs
+    from fednode.workflows import refops
 
     node = _node(ctx)
     info = _repo(node, repo_name)
@@ -540,7 +540,7 @@ def branch(ctx: click.Context, name: str | None, start: str | None, delete: bool
     if name is None:
         current = history.current_branch(info)
         rows = {b: str(c) for b, c in history.branches(info).items()}
-        rows.update({r: str(c) for r, c in refs.named_remote_refs(history, info).items()})
+        rows.update({r: str(c) for r, c in refops.named_remote_refs(history, info).items()})
         if as_json:
             emit_json({"current": current, "branches": rows})
         else:
@@ -557,7 +557,7 @@ def branch(ctx: click.Context, name: str | None, start: str | None, delete: bool
         return
     _, cid = history.resolve(start or "HEAD", info)
     if force:
-        old = refs.move_branch(history, info, name, cid, f"branch -f: moving to {start or 'HEAD'}", create=True)
+        old = refops.move_branch(history, info, name, cid, f"branch -f: moving to {start or 'HEAD'}", create=True)
         out.print(f"moved branch {name} to {short(cid)}" + (f" (was {short(old)})" if old else " (new)"))
     else:
         history.create_branch(info, name, cid)
@@ -805,7 +805,7 @@ def verify(ctx: click.Context, rev: str, repo_name: str | None, on_chain: bool, 
 def fsck(ctx: click.Context, as_json: bool, repair: bool, sources: tuple[Path, ...]) -> None:
     """Every reachable block present and hash-verified, every signature valid; unfinished fetches
     are listed apart (exit status 0 when nothing else is wrong)."""
-    from fednode.daemon.state import fetch_expiry_seconds
+    from fednode.storage.netstate import fetch_expiry_seconds
 
     if sources and not repair:
         raise FednodeError("--from is for --repair")
@@ -867,7 +867,7 @@ def _repair(ctx: click.Context, node: Node, expiry: float, sources: list[Path], 
 @click.pass_context
 def gc(ctx: click.Context, as_json: bool) -> None:
     """Delete blocks that no branch, tag, unfinished fetch or recent reflog entry (90 days) reaches."""
-    from fednode.daemon.state import fetch_expiry_seconds
+    from fednode.storage.netstate import fetch_expiry_seconds
 
     node = _node(ctx)
     removed, freed = operations.gc(node.history, fetch_expiry_seconds(node.config))

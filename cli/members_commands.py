@@ -29,7 +29,7 @@ def _addresses(values: tuple[str, ...]) -> list[bytes]:
 
 
 def _network(node: Any, repo_id: bytes) -> tuple[list[bytes], bool]:
-    from fednode.daemon.state import NetState
+    from fednode.storage.netstate import NetState
 
     msg = NetState(node.store).membership(repo_id)
     return (list(msg.members), bool(msg.public)) if msg else ([], False)

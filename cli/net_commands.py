@@ -33,7 +33,7 @@ def _repo_name(ctx: click.Context, name: str | None) -> str:
 def _check_member(ctx: click.Context, name: str | None) -> str:
     """REPO's name, after checking that this node may commit to it by the membership it holds:
     peers reject a non-member's commits, so its push is refused before anything is published."""
-    from fednode.daemon.state import NetState
+    from fednode.storage.netstate import NetState
     from protocol.multiformats import b58encode
 
     node = _node(ctx)
@@ -50,7 +50,7 @@ def _check_member(ctx: click.Context, name: str | None) -> str:
 
 def _ref_lines(ctx: click.Context, refs: dict[str, str]) -> str:
     """``ref cid`` lines, peers shown by their 'fednode remote add' names (remotes/NAME/main)."""
-    from fednode.history.refs import display_ref, remotes
+    from fednode.workflows.refops import display_ref, remotes
 
     names = remotes(_node(ctx).history)
     return "\n".join(sorted(f"{display_ref(k, names)} {v}" for k, v in refs.items()))

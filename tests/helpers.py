@@ -13,6 +13,8 @@ from solders.keypair import Keypair
 from fednode.identity import Identity
 from fednode.storage.store import Store
 from fednode.tensors.modelio import ArraySource, write_safetensors
+from protocol.multiformats import CID, DAG_PB, RAW
+from protocol.unixfs import MAX_LINKS, Link, _unixfs_data, encode_node
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -182,3 +184,23 @@ def assert_one_line_error(stderr: str, *needles: str) -> None:
     for needle in needles:
         assert needle.lower() in lines[0].lower(), (needle, lines[0])
 
+
+def dag_bomb(levels: int = 4, fanout: int = MAX_LINKS, leaf: bytes = b"\x00" * 1024,
+             lie_at_root: int | None = None) -> tuple[CID, dict[CID, bytes]]:
+    """A "DAG bomb": ``levels`` inner nodes, each linking ``fanout`` times to the same child, over one
+    raw leaf; ``levels + 1`` blocks whose links expand to fanout**levels leaves. Sizes are declared
+    consistently, unless ``lie_at_root`` gives the root's declared filesize (and matching blocksizes)."""
+    blocks: dict[CID, bytes] = {}
+    child = CID.hash(RAW, leaf)
+    blocks[child] = leaf
+    size = len(leaf)
+    for level in range(levels):
+        parts = [size] * fanout
+        if lie_at_root is not None and level == levels - 1:
+            parts = [lie_at_root // fanout] * (fanout - 1) + [lie_at_root - lie_at_root // fanout * (fanout - 1)]
+        links = [Link(child, size, part) for part in parts]
+        block = encode_node(links, _unixfs_data(sum(parts), parts))
+        child = CID(1, DAG_PB, CID.hash(DAG_PB, block).digest)
+        blocks[child] = block
+        size *= fanout
+    return child, blocks

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from fednode import safejson
-from fednode.daemon.logs import log
 from fednode.daemon.routes import ROUTES, HTTPError, openapi
 from fednode.errors import FednodeError, NotFound
+from fednode.logs import log
 from fednode.storage.diskspace import DiskFull
 
 if TYPE_CHECKING:

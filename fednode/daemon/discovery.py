@@ -14,8 +14,8 @@ import trio
 from libp2p.peer.peerinfo import PeerInfo
 
 from fednode.daemon import guard
-from fednode.daemon.logs import log
 from fednode.history import repo_id_text
+from fednode.logs import log
 from protocol.multiformats import CID
 
 if TYPE_CHECKING:

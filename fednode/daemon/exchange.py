@@ -37,10 +37,10 @@ from libp2p.peer.id import ID
 
 from fednode.daemon import wire
 from fednode.daemon.fairness import IDLE
-from fednode.daemon.logs import log
 from fednode.daemon.metrics import Metrics
 from fednode.errors import NotFound
 from fednode.identity import verify_signature
+from fednode.logs import log
 from fednode.storage.store import WRITE_HEADROOM, Store
 from protocol import messages as m
 from protocol.dag import links  # children to fetch

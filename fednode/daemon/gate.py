@@ -12,9 +12,9 @@ from collections.abc import Callable
 from libp2p.abc import INetConn, INetwork
 from libp2p.peer.id import ID
 
-from fednode.daemon.logs import log
 from fednode.daemon.metrics import Metrics
 from fednode.daemon.notifee import OnConnected
+from fednode.logs import log
 
 
 class BanGate(OnConnected):

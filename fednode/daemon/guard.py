@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from fednode.daemon.logs import log
 from fednode.daemon.metrics import Metrics
+from fednode.logs import log
 
 
 def cause(exc: BaseException) -> str:

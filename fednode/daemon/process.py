@@ -11,14 +11,14 @@ from pathlib import Path
 
 import trio
 
+from fednode import logs
 from fednode.chain.autoflush import flush_loop
 from fednode.daemon import host as hostmod
-from fednode.daemon import logs
 from fednode.daemon.api import Api, ensure_token
 from fednode.daemon.exchange import MAX_FETCH_BYTES, MIN_FREE_BYTES
-from fednode.daemon.logs import log
 from fednode.daemon.service import BAN_SECONDS, BAN_THRESHOLD, SYNC_INTERVAL, Daemon
 from fednode.errors import FednodeError
+from fednode.logs import log
 from fednode.node import open_node
 
 DAEMON_FILE = "daemon.json"

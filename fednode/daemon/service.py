@@ -25,15 +25,15 @@ from fednode.daemon.bitswap import start_bitswap
 from fednode.daemon.fairness import FairServing
 from fednode.daemon.gate import BanGate
 from fednode.daemon.inbound import InboundCatchUp
-from fednode.daemon.logs import log
 from fednode.daemon.metrics import Metrics
 from fednode.daemon.ratelimit import TokenBuckets
 from fednode.daemon.redial import MAX_STORED_PEERS, TICK_S, Redial, dialable
 from fednode.daemon.slots import NewestFirstSlots
-from fednode.daemon.state import NetState, fetch_expiry_seconds
 from fednode.daemon.validate import PENALIZED, Validator, Verdict
 from fednode.errors import FednodeError
+from fednode.logs import log
 from fednode.node import Node
+from fednode.storage.netstate import NetState, fetch_expiry_seconds
 from protocol import messages as m
 from protocol.multiformats import CID, DAG_CBOR, FormatError
 

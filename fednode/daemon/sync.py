@@ -25,9 +25,9 @@ from libp2p.peer.id import ID
 from fednode.daemon import discovery, wire
 from fednode.daemon.fairness import IDLE
 from fednode.daemon.host import peer_id_of_key
-from fednode.daemon.logs import log
 from fednode.errors import FednodeError
 from fednode.history import DEFAULT_BRANCH, RepoInfo, repo_id_text
+from fednode.logs import log
 from fednode.workflows import operations
 from protocol import messages as m
 from protocol.multiformats import CID, FormatError

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fednode.daemon.state import NetState
 from fednode.identity import verify_signature
+from fednode.storage.netstate import NetState
 from fednode.storage.store import Store
 from protocol import messages as m
 from protocol.multiformats import CID, DAG_CBOR, FormatError

@@ -374,7 +374,7 @@ def mark(txn: Txn, rehash: bool = True, fetch_expiry: float | None = None,
                         root = None
                     if root is not None and bytes(root) not in out.reachable:
                         _walk(txn, root, out, rehash, (repo_id, root), fetch=True)
-    from fednode.daemon.state import fetch_records  # the daemon's records: loaded only for gc/fsck (fast start)
+    from fednode.storage.netstate import fetch_records  # the daemon's records: loaded only for gc/fsck (fast start)
 
     names = {rid: name for name, rid in txn.list_repos().items()}
     for rec in fetch_records(txn):

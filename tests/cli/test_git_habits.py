@@ -16,10 +16,10 @@ from helpers import ROOT, assert_cli_refuses, assert_one_line_error, model_array
 from solders.keypair import Keypair
 
 from cli.main import main as cli_main
-from fednode.daemon.state import NetState
 from fednode.history import History
 from fednode.identity import Identity
 from fednode.node import open_node
+from fednode.storage.netstate import NetState
 from fednode.tensors.modelio import ArraySource
 from protocol.messages import MergeProposal
 

@@ -20,8 +20,8 @@ import pytest
 import trio
 from helpers import model_arrays
 
+from fednode import logs
 from fednode.daemon import api as apimod
-from fednode.daemon import logs
 from fednode.daemon.api import Api
 from fednode.daemon.routes import ROUTES
 from fednode.daemon.service import Daemon

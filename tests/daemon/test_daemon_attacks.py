@@ -24,9 +24,9 @@ import httpx
 from daemon_harness import DaemonProc, daemons, kill_process, make_home, network_config, open_nodes, ref, wait_for
 from helpers import ROOT, model_arrays, perturb, script_env, store_state
 
-from fednode.daemon.state import NetState
 from fednode.history import repo_id_text
 from fednode.identity import Identity
+from fednode.storage.netstate import NetState
 from fednode.tensors.modelio import ArraySource
 
 BAN_THRESHOLD = 5  # 13-byte message + two malleated commits + a malformed heads query + the bad manifest

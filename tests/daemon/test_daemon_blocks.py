@@ -510,7 +510,7 @@ def _manifest_over(root: CID, size: int) -> tuple[CID, bytes]:
 async def test_a_block_linked_many_times_is_asked_for_once(tmp_path: Path) -> None:
     """A file whose every node links MAX_LINKS times to one child (a file of zeros can do this; a
     bomb too, if its manifest owns up to 2.4e14 bytes) costs one request per distinct block."""
-    from test_unixfs import dag_bomb
+    from helpers import dag_bomb
 
     bomb_root, bomb = dag_bomb(leaf=bytes(CHUNK_SIZE))
     root, block = _manifest_over(bomb_root, CHUNK_SIZE * MAX_LINKS**4)
@@ -528,7 +528,7 @@ async def test_a_dag_bomb_is_refused_by_the_fetcher_at_the_first_size_that_disag
     """The manifest says 1 KiB: a root declaring 174^4 chunks is refused as it arrives (lie=None). The
     manifest and the root say 174 chunks, but the root's child declares 174^3 (lie): refused at the
     child. Nothing of what disagrees is stored and the provider is penalized."""
-    from test_unixfs import dag_bomb
+    from helpers import dag_bomb
 
     bomb_root, bomb = dag_bomb(leaf=bytes(CHUNK_SIZE), lie_at_root=lie)
     root, block = _manifest_over(bomb_root, lie or 1024)

@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 from daemon_harness import DaemonProc, daemons, has_block, make_home, network_config, open_nodes, ref, wait_for
-from test_unixfs import dag_bomb
+from helpers import dag_bomb
 
 from fednode.daemon import sync
 from fednode.history import repo_id_text
@@ -108,7 +108,7 @@ def test_a_dag_bomb_is_refused_at_once_and_the_daemon_stays_responsive(tmp_path:
         with nb.store.read() as txn:
             refs = txn.list_refs(rid)
         assert bytes(bomb_head) not in refs.values()
-        from fednode.daemon.state import NetState
+        from fednode.storage.netstate import NetState
 
         assert not NetState(nb.store).is_verified(rid, bomb_head)
         assert not has_block(nb, bomb_root)  # refused as it arrived: it declares 174^4 KiB, not 1 KiB

@@ -145,7 +145,7 @@ def test_stored_bans_are_restored_until_they_expire(tmp_path: Path) -> None:
     from libp2p.peer.id import ID
 
     from fednode.daemon.service import Daemon
-    from fednode.daemon.state import NetState
+    from fednode.storage.netstate import NetState
     from fednode.storage.store import Store
 
     live, old = (ID.from_pubkey(create_new_key_pair().public_key) for _ in range(2))

@@ -14,8 +14,8 @@ from helpers import model_arrays
 from test_daemon_startup import FixedPortDaemon, free_port
 
 from fednode.daemon.redial import REDIAL_MAX_S, REDIAL_MIN_S, Redial, dialable
-from fednode.daemon.state import DB, NetState
 from fednode.history import repo_id_text
+from fednode.storage.netstate import DB, NetState
 from fednode.tensors.modelio import ArraySource
 
 RECONNECT_S = 5.0

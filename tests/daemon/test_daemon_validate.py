@@ -6,10 +6,10 @@ from pathlib import Path
 
 from helpers import fixed_identity, model_arrays, perturb
 
-from fednode.daemon.state import NetState
 from fednode.daemon.validate import Validator
 from fednode.history import History
 from fednode.identity import Identity
+from fednode.storage.netstate import NetState
 from fednode.storage.store import Store
 from fednode.tensors.modelio import ArraySource
 from protocol import messages as m

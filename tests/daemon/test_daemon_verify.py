@@ -12,10 +12,10 @@ import trio
 from helpers import fixed_identity, model_arrays, perturb
 
 from fednode.daemon import sync
-from fednode.daemon.state import NetState
 from fednode.daemon.validate import Validator
 from fednode.history import History
 from fednode.identity import Identity
+from fednode.storage.netstate import NetState
 from fednode.storage.store import Store
 from fednode.tensors.modelio import ArraySource
 from protocol import messages as m

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from helpers import assert_same_arrays, fixed_identity, model_arrays, read_model, run_fednode, write_model
 
-from fednode.daemon.state import NetState
 from fednode.history import History
 from fednode.node import Node, open_node
+from fednode.storage.netstate import NetState
 from fednode.storage.store import Store
 from fednode.tensors.modelio import ArraySource
 from fednode.workflows import operations

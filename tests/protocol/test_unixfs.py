@@ -8,6 +8,7 @@ from pathlib import Path
 import aleph_cid
 import numpy as np
 import pytest
+from helpers import dag_bomb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -232,27 +233,6 @@ def test_blocks_from_a_writable_buffer_are_copied_before_put() -> None:
 
 
 # --- bounded walks over untrusted DAGs (issue 10, item 4) ---------------------------------------
-
-
-def dag_bomb(levels: int = 4, fanout: int = MAX_LINKS, leaf: bytes = b"\x00" * 1024,
-             lie_at_root: int | None = None) -> tuple[CID, dict[CID, bytes]]:
-    """A "DAG bomb": ``levels`` inner nodes, each linking ``fanout`` times to the same child, over one
-    raw leaf; ``levels + 1`` blocks whose links expand to fanout**levels leaves. Sizes are declared
-    consistently, unless ``lie_at_root`` gives the root's declared filesize (and matching blocksizes)."""
-    blocks: dict[CID, bytes] = {}
-    child = CID.hash(RAW, leaf)
-    blocks[child] = leaf
-    size = len(leaf)
-    for level in range(levels):
-        parts = [size] * fanout
-        if lie_at_root is not None and level == levels - 1:
-            parts = [lie_at_root // fanout] * (fanout - 1) + [lie_at_root - lie_at_root // fanout * (fanout - 1)]
-        links = [Link(child, size, part) for part in parts]
-        block = encode_node(links, _unixfs_data(sum(parts), parts))
-        child = CID(1, DAG_PB, CID.hash(DAG_PB, block).digest)
-        blocks[child] = block
-        size *= fanout
-    return child, blocks
 
 
 class Counting(dict):

@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from fednode.daemon.logs import log
 from fednode.errors import FednodeError
+from fednode.logs import log
 from fednode.storage.store import Store, Txn
 from protocol import dagcbor
 from protocol.messages import HeadAnnouncement, Membership, MergeProposal, decode
