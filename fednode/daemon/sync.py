@@ -26,7 +26,8 @@ from fednode.daemon import discovery, wire
 from fednode.daemon.fairness import IDLE
 from fednode.daemon.host import peer_id_of_key
 from fednode.errors import FednodeError
-from fednode.history import DEFAULT_BRANCH, RepoInfo, repo_id_text
+from fednode.history import RepoInfo, repo_id_text
+from fednode.history.repos import register_repo
 from fednode.logs import log
 from fednode.workflows import operations
 from protocol import messages as m
@@ -150,10 +151,7 @@ async def register_clone(d: Daemon, repo_id: bytes, genesis: CID, source: str) -
             return
         if name in existing:
             name = f"{name}-{repo_id_text(repo_id)[:8]}"
-        txn.put_repo(name, repo_id)
-        txn.set_ref(repo_id, "genesis", bytes(genesis))
-        txn.set_ref(repo_id, "heads/" + DEFAULT_BRANCH, bytes(genesis))
-        txn.set_ref(repo_id, "HEAD", DEFAULT_BRANCH.encode())
+        register_repo(txn, name, repo_id, genesis)
     log("repo_cloned", repo=repo_id_text(repo_id), name=name)
     d.spawn("provide", discovery.provide_all, d)  # we can serve it now
 

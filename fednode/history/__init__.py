@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from fednode.errors import Corrupt, FednodeError, NotFound
+from fednode.history.repos import DEFAULT_BRANCH, register_repo
 from fednode.identity import Identity, verify_signature
 from fednode.lazy import lazy_import
 from fednode.storage.files import BlockSink, check_file, read_array, read_file
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 else:  # loaded at first use: commands that read no tensor start without it (fednode.lazy)
     np = lazy_import("numpy")
 
-DEFAULT_BRANCH = "main"
 REMOTE_PREFIXES = ("remotes/", "proposals/")
 DEFAULT_SCALE_BITS = 24
 DEFAULT_SNAPSHOT_INTERVAL = 8
@@ -248,10 +248,7 @@ class History:
             if txn.get_repo(name) is not None:
                 raise FednodeError(f"repository {name!r} already exists")
             new = self._put_objects(txn, manifest, commit)
-            txn.put_repo(name, repo_id)
-            txn.set_ref(repo_id, "genesis", bytes(cid))
-            txn.set_ref(repo_id, "heads/" + DEFAULT_BRANCH, bytes(cid))
-            txn.set_ref(repo_id, "HEAD", DEFAULT_BRANCH.encode())
+            register_repo(txn, name, repo_id, cid)
             txn.index_commit(cid, repo_id, repo_id)
             return new
 
