@@ -77,7 +77,7 @@ def blocks_from_files(paths: list[Path], wanted: set[CID]) -> dict[CID, bytes]:
 
 def repair(store: Store, find: Callable[[], dict[CID, tuple[bytes, CID]]], files: list[Path],
            connect: Callable[[], Refetch | None]) -> RepairResult:
-    """Restore the damaged blocks ``find`` reports (see ``operations.Marked``) from ``files``, then, for
+    """Restore the damaged blocks ``find`` reports (see ``fsck.Marked``) from ``files``, then, for
     what is left, through the daemon that ``connect`` returns (None: no daemon; that damage stays).
 
     In rounds: the mark does not descend below a damaged block, so damage under it shows only once it

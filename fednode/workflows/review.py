@@ -25,8 +25,9 @@ from fednode import strategies
 from fednode.history import History, RepoInfo
 from fednode.tensors import fixedpoint
 from fednode.tensors.modelio import TensorInfo, write_safetensors
+from fednode.workflows.checkout import checkout
+from fednode.workflows.diff import diff
 from fednode.workflows.merging import compute_merge
-from fednode.workflows.operations import checkout, diff
 from protocol.multiformats import CID
 from protocol.objects import FLOAT_DTYPES
 

@@ -18,7 +18,7 @@ from fednode.node import Node, open_node
 from fednode.storage.netstate import NetState
 from fednode.storage.store import Store
 from fednode.tensors.modelio import ArraySource
-from fednode.workflows import operations
+from fednode.workflows.fsck import fsck, gc
 from protocol.multiformats import CID, RAW
 from protocol.unixfs import decode_node
 
@@ -77,7 +77,7 @@ def mine(node: Node, tmp_path: Path) -> CID:
 
 def test_fsck_reports_an_unfinished_fetch_as_unfinished(node: Node, tmp_path: Path, mine: CID) -> None:
     root, leaves = partial_clone(node, tmp_path)
-    report = operations.fsck(node.history)
+    report = fsck(node.history)
     assert report.problems == []  # before: "block ... is not in the store" for the 2 leaves not fetched yet
     assert len(report.unfinished) == 1 and str(root) in report.unfinished[0]
     assert "2 missing so far" in report.unfinished[0], report.unfinished
@@ -91,7 +91,7 @@ def test_fsck_reports_an_unfinished_fetch_as_unfinished(node: Node, tmp_path: Pa
 def test_fsck_still_fails_on_real_damage_next_to_an_unfinished_fetch(node: Node, tmp_path: Path, mine: CID) -> None:
     root, leaves = partial_clone(node, tmp_path)
     corrupt(node.store, leaves[0])  # a block the fetcher stored, now rotten: damage, not progress
-    problems = operations.fsck(node.history).problems
+    problems = fsck(node.history).problems
     assert problems == [f"block {leaves[0]} does not match its hash"]
     with node.store.write() as txn:  # a block missing below a branch head is damage too
         txn.delete_block(node.history.load_commit(mine).weights)
@@ -106,19 +106,19 @@ def test_gc_keeps_the_partial_data_of_unfinished_fetches(node: Node, tmp_path: P
         txn.put_block(CID.hash(RAW, b"garbage"), b"garbage")
     with node.store.read() as txn:
         before = {bytes(c) for c in txn.iter_block_cids()}
-    assert operations.gc(node.history) == (1, 7)  # before: refused ("fsck found problems")
+    assert gc(node.history) == (1, 7)  # before: refused ("fsck found problems")
     with node.store.read() as txn:
         after = {bytes(c) for c in txn.iter_block_cids()}
         assert txn.has_block(root) and txn.has_block(leaves[0]) and txn.has_block(leaves[1])
     assert before - after == {bytes(CID.hash(RAW, b"garbage"))}
     NetState(node.store).done_fetch(node.history.repos()[0].repo_id, root)  # not this repo: no-op
-    assert operations.gc(node.history) == (0, 0)
+    assert gc(node.history) == (0, 0)
     repo_id = node.history.load_commit(root).commit_hash()
     NetState(node.store).done_fetch(repo_id, root)  # the fetch is dropped: its data is garbage now
-    removed, _ = operations.gc(node.history)
+    removed, _ = gc(node.history)
     with node.store.read() as txn:
         assert removed > 0 and not txn.has_block(root) and not txn.has_block(leaves[0])
-    assert operations.fsck(node.history).problems == [] and operations.fsck(node.history).unfinished == []
+    assert fsck(node.history).problems == [] and fsck(node.history).unfinished == []
 
 
 # --- expiry of a head that is never served --------------------------------------------------------------
@@ -153,9 +153,9 @@ def test_unfinished_fetches_expire_with_their_announcements(node: Node, tmp_path
     # fsck and gc: an expired record is no root (the CLI passes [network] fetch_expiry_seconds)
     state.add_fetch(repo_id, root, [], [])
     history = History(node.store, node.identity)
-    report = operations.fsck(history, fetch_expiry=0.0)
+    report = fsck(history, fetch_expiry=0.0)
     assert report.unfinished == [] and "expired" in report.expired[0] and str(root) in report.expired[0]
-    removed, _ = operations.gc(history, fetch_expiry=0.0)
+    removed, _ = gc(history, fetch_expiry=0.0)
     with node.store.read() as txn:
         assert removed >= 4 and not txn.has_block(root)
     # a fetch that completes forgets its expiry: a later announcement of it gets a fresh clock

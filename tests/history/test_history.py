@@ -12,7 +12,12 @@ from helpers import assert_same_arrays, model_arrays, perturb, read_model, store
 from fednode.errors import Corrupt, FednodeError, NotFound
 from fednode.history import History, RepoInfo
 from fednode.tensors.modelio import ArraySource
-from fednode.workflows import operations
+from fednode.workflows import fsck as fsck_module
+from fednode.workflows.checkout import checkout
+from fednode.workflows.diff import diff
+from fednode.workflows.fsck import fsck, gc, reachable_blocks
+from fednode.workflows.revert import revert
+from fednode.workflows.verify import verify
 from protocol import dagcbor
 from protocol.multiformats import CID, DAG_CBOR, RAW
 from protocol.objects import Commit, Manifest
@@ -173,7 +178,7 @@ def test_dtypes_round_trip(history: History, dtype: str, tmp_path: Path) -> None
     for cid, expected in states:  # older states are still exact
         assert_same_arrays(state_arrays(history, cid), expected)
     out = tmp_path / "out.safetensors"
-    operations.checkout(history, states[-1][0], out)
+    checkout(history, states[-1][0], out)
     assert_same_arrays(read_model(out), states[-1][1])
 
 
@@ -395,7 +400,7 @@ def test_merge_commit_and_parent_revisions(history: History) -> None:
     order = [cid for cid, _ in history.walk([c["merge"]])]
     assert order[0] == c["merge"] and order[-1] == c["base"] and set(order) == set(c.values())
     # hand-made merges record no merge plan, so only the structural checks apply (fednode.workflows.merging recomputes)
-    assert operations.verify(history, info, c["merge"], check_tensors=False).problems == []
+    assert verify(history, info, c["merge"], check_tensors=False).problems == []
 
 
 def test_merge_needs_a_second_parent(history: History) -> None:
@@ -414,12 +419,12 @@ def test_revert_restores_state_bit_for_bit(history: History) -> None:
     # the head has lossy (non-exact) commits too
     lossy = history.commit(info, ArraySource(perturb(states[-1], 77)), "lossy").cid
     for target_index in (0, 2):
-        result = operations.revert(history, info, cids[target_index])
+        result = revert(history, info, cids[target_index])
         assert result.commit.kind == "revert"
         assert result.commit.info == {"revert": {"target": cids[target_index]}}
         assert_same_arrays(state_arrays(history, result.cid), states[target_index])
         assert_same_arrays(state_arrays(history, result.cid), state_arrays(history, cids[target_index]))
-    assert operations.verify(history, info, history.branch_head(info, "main")).problems == []
+    assert verify(history, info, history.branch_head(info, "main")).problems == []
     assert history.load_commit(history.resolve("main~1", info)[1]).parents[0] == lossy
 
 
@@ -431,7 +436,7 @@ def test_diff_matches_numpy(history: History) -> None:
     w[:4] = arrays["layer1.weight"][1][:4]  # only part of the tensor changes
     new["layer1.weight"] = ("F32", w)
     head = history.commit(info, ArraySource(new), "partial").cid
-    rows = {r.name: r for r in operations.diff(history, genesis, head)}
+    rows = {r.name: r for r in diff(history, genesis, head)}
     a, b = state_arrays(history, genesis), state_arrays(history, head)
     xa, xb = a["layer1.weight"][1].astype(np.float64), b["layer1.weight"][1].astype(np.float64)
     row = rows["layer1.weight"]
@@ -441,7 +446,7 @@ def test_diff_matches_numpy(history: History) -> None:
     assert row.changed_fraction == pytest.approx(np.mean(xa != xb))
     assert 0 < row.changed_fraction <= 0.75
     assert {rows[n].status for n in ("layer1.bias", "layer2.weight", "steps")} == {"same"}
-    assert operations.diff(history, head, head)[0].status == "same"
+    assert diff(history, head, head)[0].status == "same"
 
 
 def test_checkout_safetensors_and_pt(history: History, tmp_path: Path) -> None:
@@ -451,18 +456,18 @@ def test_checkout_safetensors_and_pt(history: History, tmp_path: Path) -> None:
     lossy = history.commit(info, ArraySource(perturb(states[-1], 50)), "lossy").cid
     for cid, expected in [(cids[0], states[0]), (cids[-1], states[-1])]:
         out = tmp_path / f"{cid}.safetensors"
-        size = operations.checkout(history, cid, out)
+        size = checkout(history, cid, out)
         assert size == out.stat().st_size
         assert_same_arrays(read_model(out), expected)
         pt = tmp_path / f"{cid}.pt"
-        operations.checkout(history, cid, pt)
+        checkout(history, cid, pt)
         loaded = torch.load(pt, weights_only=True)
         for name, (_, arr) in expected.items():
             assert loaded[name].numpy().tobytes() == arr.tobytes()
             assert tuple(loaded[name].shape) == arr.shape
     first, second = tmp_path / "a.safetensors", tmp_path / "b" / "b.safetensors"
-    operations.checkout(history, lossy, first)
-    operations.checkout(history, lossy, second)
+    checkout(history, lossy, first)
+    checkout(history, lossy, second)
     assert first.read_bytes() == second.read_bytes()
     assert not list(tmp_path.rglob("*.partial"))
 
@@ -473,7 +478,7 @@ def test_bf16_checkout_pt(history: History, tmp_path: Path) -> None:
     t = torch.randn(4, 3).to(torch.bfloat16)
     arrays = {"w": ("BF16", t.view(torch.int16).numpy().view(np.uint16))}
     _, genesis = make_repo(history, arrays)
-    operations.checkout(history, genesis, tmp_path / "m.pt")
+    checkout(history, genesis, tmp_path / "m.pt")
     loaded = torch.load(tmp_path / "m.pt", weights_only=True)["w"]
     assert loaded.dtype == torch.bfloat16 and torch.equal(loaded, t)
 
@@ -497,11 +502,11 @@ def tensor_block(history: History, cid: CID, name: str) -> CID:
 
 def test_fsck_and_verify_clean(history: History) -> None:
     info, c, _ = make_merge(history)
-    assert operations.fsck(history).problems == []
-    assert operations.fsck(history).commits == 4
-    report = operations.verify(history, info, c["merge"], check_tensors=False)
+    assert fsck(history).problems == []
+    assert fsck(history).commits == 4
+    report = verify(history, info, c["merge"], check_tensors=False)
     assert report.problems == [] and report.commits == 4
-    report = operations.verify(history, info, c["a1"])
+    report = verify(history, info, c["a1"])
     assert report.problems == [] and report.commits == 2
 
 
@@ -513,14 +518,14 @@ def test_corrupted_block_detected(history: History, tmp_path: Path, which: str) 
               "manifest": lambda: history.load_commit(head).weights,
               "commit": lambda: head}[which]()
     corrupt_block(history, victim)
-    problems = operations.fsck(history).problems
+    problems = fsck(history).problems
     assert any(str(victim) in p and "hash" in p for p in problems), problems
-    assert any("hash" in p for p in operations.verify(history, info, head).problems)
+    assert any("hash" in p for p in verify(history, info, head).problems)
     with pytest.raises(Corrupt, match="hash"):
-        operations.checkout(history, head, tmp_path / "out.safetensors")
+        checkout(history, head, tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()
     with pytest.raises(FednodeError, match="not collecting"):
-        operations.gc(history)
+        gc(history)
 
 
 def forge_commit(history: History, info: RepoInfo, parent: CID, sig: bytes | None = None,
@@ -547,12 +552,12 @@ def test_bad_signature_detected(history: History) -> None:
     info, cids, _ = linear(history, 1)
     forged = forge_commit(history, info, cids[-1])
     assert not history.verify_commit_signature(history.load_commit(forged))
-    problems = operations.verify(history, info, forged).problems
+    problems = verify(history, info, forged).problems
     assert problems == [f"commit {forged}: invalid signature"]
-    assert f"commit {forged}: invalid signature" in operations.fsck(history).problems
+    assert f"commit {forged}: invalid signature" in fsck(history).problems
     # a valid signature by somebody else over a body naming another author also fails
     other = forge_commit(history, info, cids[-1], sig=history.identity.sign(b"unrelated"))
-    assert operations.verify(history, info, other).problems
+    assert verify(history, info, other).problems
 
 
 def test_foreign_commit_in_history_detected(history: History) -> None:
@@ -566,7 +571,7 @@ def test_foreign_commit_in_history_detected(history: History) -> None:
     cid = CID.hash(DAG_CBOR, block)
     with history.store.write() as txn:
         txn.put_block(cid, block)
-    problems = operations.verify(history, info, cid).problems
+    problems = verify(history, info, cid).problems
     assert any("foreign genesis" in p for p in problems)
     assert other_info.repo_id != info.repo_id
 
@@ -579,10 +584,10 @@ def test_gc_after_branch_delete(history: History) -> None:
     tmp_head = history.commit(info, ArraySource(perturb(arrays, 2, eps=1.0)), "tmp", branch="tmp").cid
     tmp_blocks = {tensor_block(history, tmp_head, n) for n in ("layer1.weight", "layer2.weight")}
     tmp_blocks |= {tmp_head, history.load_commit(tmp_head).weights}
-    assert operations.gc(history) == (0, 0)
+    assert gc(history) == (0, 0)
     blocks_before = store_state(history.store)[0]
     history.delete_branch(info, "tmp")
-    removed, freed = operations.gc(history)
+    removed, freed = gc(history)
     blocks_after = store_state(history.store)[0]
     assert removed == len(blocks_before - blocks_after) >= len(tmp_blocks) and freed > 0
     assert {bytes(c) for c in tmp_blocks} <= blocks_before - blocks_after
@@ -590,11 +595,11 @@ def test_gc_after_branch_delete(history: History) -> None:
         assert not any(txn.has_block(c) for c in tmp_blocks)
         assert txn.has_block(main_head) and txn.has_block(genesis)
     # everything reachable survived and still checks out
-    reachable, problems = operations.reachable_blocks(history)
+    reachable, problems = reachable_blocks(history)
     assert problems == [] and reachable == blocks_after
-    assert operations.fsck(history).problems == []
-    assert operations.verify(history, info, main_head).problems == []
-    assert operations.gc(history) == (0, 0)
+    assert fsck(history).problems == []
+    assert verify(history, info, main_head).problems == []
+    assert gc(history) == (0, 0)
 
 
 def test_gc_keeps_tagged_commits(history: History) -> None:
@@ -605,9 +610,9 @@ def test_gc_keeps_tagged_commits(history: History) -> None:
     history.create_tag(info, "keep", kept)
     history.delete_branch(info, "tmp")
     before = store_state(history.store)[0]
-    assert operations.gc(history) == (0, 0)
+    assert gc(history) == (0, 0)
     assert store_state(history.store)[0] == before
-    assert operations.verify(history, info, kept).problems == []
+    assert verify(history, info, kept).problems == []
 
 
 def test_commit_body_roundtrip_and_hash(history: History) -> None:
@@ -639,14 +644,14 @@ def test_collected_commit_no_longer_resolves(history: History) -> None:
     history.create_branch(info, "tmp", genesis)
     gone = history.commit(info, ArraySource(perturb(arrays, 1)), "tmp", branch="tmp").cid
     history.delete_branch(info, "tmp")
-    operations.gc(history)
+    gc(history)
     with pytest.raises(NotFound):
         history.resolve(str(gone), info)
     with pytest.raises(NotFound):
         history.create_branch(info, "back", gone)
     with pytest.raises(NotFound):
         history.create_tag(info, "back", gone)
-    assert operations.fsck(history).problems == []
+    assert fsck(history).problems == []
 
 
 @pytest.mark.parametrize(
@@ -680,7 +685,7 @@ def test_invalid_commits_are_refused_and_nothing_stored(history: History, kwargs
                 make_repo(history, base, name="bad", **create_kwargs)
     assert store_state(history.store) == before
     assert history.branch_head(info, "main") == genesis
-    assert operations.fsck(history).problems == []
+    assert fsck(history).problems == []
 
 
 def test_verify_detects_a_wrong_parent_hash(history: History) -> None:
@@ -691,7 +696,7 @@ def test_verify_detects_a_wrong_parent_hash(history: History) -> None:
     cid = CID.hash(DAG_CBOR, block)
     with history.store.write() as txn:
         txn.put_block(cid, block)
-    problems = operations.verify(history, info, cid).problems
+    problems = verify(history, info, cid).problems
     assert problems == [f"commit {cid}: parent {good.parents[0]} does not have the recorded commit hash"]
 
 
@@ -710,11 +715,11 @@ def test_remote_and_proposal_refs_resolve_and_gc_keeps_unfinished_fetches(histor
     history.delete_branch(info, "tmp")
     with history.store.write() as txn:
         txn.kv_put("net", b"fetch/" + info.repo_id + bytes(orphan.cid), b"\xa0")
-    operations.gc(history)
+    gc(history)
     assert history.load_commit(orphan.cid).message == "fetched"
     with history.store.write() as txn:
         txn.kv_delete("net", b"fetch/" + info.repo_id + bytes(orphan.cid))
-    operations.gc(history)
+    gc(history)
     with pytest.raises(NotFound):
         history.load_commit(orphan.cid)
 
@@ -729,15 +734,15 @@ def test_incremental_verify_checks_only_new_commits(history: History, monkeypatc
     history.create_branch(info, "side", cids[1])
     history.commit(info, ArraySource(perturb(states[1], 50)), "side 1", branch="side")
     merging.merge(history, info, ["side"], "main", weighting="equal")
-    old_head = operations.revert(history, info, cids[1]).cid
-    full = operations.verify(history, info, old_head)
+    old_head = revert(history, info, cids[1]).cid
+    full = verify(history, info, old_head)
     assert full.problems == [] and full.commits == len(full.checked) == 7
     verified = set(full.checked)
     # new commits that read verified ones: delta bases, a merge's base and inputs, a revert's target
     history.commit(info, ArraySource(perturb(states[-1], 60)), "new")
     side = history.commit(info, ArraySource(perturb(states[1], 61)), "side 2", branch="side").cid
     merging.merge(history, info, ["side"], "main", weighting="equal")
-    head = operations.revert(history, info, cids[2]).cid
+    head = revert(history, info, cids[2]).cid
     new = {c for c, _ in history.walk([head, side])} - verified
     assert len(new) == 4
 
@@ -760,28 +765,28 @@ def test_incremental_verify_checks_only_new_commits(history: History, monkeypatc
     monkeypatch.setattr(history, "check_commit", counting_check_commit)
     monkeypatch.setattr(history, "walk", counting_walk)
     monkeypatch.setattr(merging, "check_merge", counting_check_merge)
-    report = operations.verify(history, info, head, verified=verified.__contains__)
+    report = verify(history, info, head, verified=verified.__contains__)
     assert report.problems == [] and set(report.checked) == new and report.commits == 4
     assert sorted(calls["check_commit"]) == sorted(new)
     assert set(calls["walk"]) == new  # state and revert/merge checks (both walks) see only new commits
     assert len(calls["check_merge"]) == 1 and calls["check_merge"][0] in new
     for name in calls:
         calls[name].clear()
-    full = operations.verify(history, info, head)  # the default (the CLI's) still checks everything
+    full = verify(history, info, head)  # the default (the CLI's) still checks everything
     assert full.problems == [] and full.commits == 11 and len(calls["check_commit"]) == 11
     assert len(calls["check_merge"]) == 2
 
 
 def test_incremental_verify_does_not_recheck_verified_commits(history: History) -> None:
     info, cids, states = linear(history, 1, snapshot_interval=1)
-    verified = set(operations.verify(history, info, cids[-1]).checked)
+    verified = set(verify(history, info, cids[-1]).checked)
     new = history.commit(info, ArraySource(perturb(states[-1], 70)), "new", exact=True).cid
     # a raw snapshot (the chain was at its limit): the new commit reads no tensor block of its parent
     assert {e.encoding for e in manifest_of(history, new).tensors.values()} <= {"raw", "same"}
     victim = tensor_block(history, cids[-1], "layer1.weight")
     corrupt_block(history, victim)
-    assert operations.verify(history, info, new, verified=verified.__contains__).problems == []
-    assert any(str(victim) in p and "hash" in p for p in operations.verify(history, info, new).problems)
+    assert verify(history, info, new, verified=verified.__contains__).problems == []
+    assert any(str(victim) in p and "hash" in p for p in verify(history, info, new).problems)
 
 
 def forge_state(history: History, info: RepoInfo, parent: CID, name: str, other: str) -> CID:
@@ -805,19 +810,19 @@ def test_incremental_verify_catches_a_bad_new_commit(history: History) -> None:
     info, cids, states = linear(history, 2)
     history.commit(info, ArraySource(perturb(states[-1], 80)), "delta")
     head = history.branch_head(info, "main")
-    verified = set(operations.verify(history, info, head).checked)
+    verified = set(verify(history, info, head).checked)
     assert head in verified
     forged = forge_commit(history, info, head)
     for rehash in (True, False):
-        problems = operations.verify(history, info, forged, verified=verified.__contains__, rehash=rehash).problems
+        problems = verify(history, info, forged, verified=verified.__contains__, rehash=rehash).problems
         assert problems == [f"commit {forged}: invalid signature"]
     # a signed commit whose manifest records a state its tensor does not rebuild to (a re-signed copy of
     # the verified head with a new manifest: same parents, so everything it reads was verified)
     wrong = forge_state(history, info, head, "layer1.weight", "layer2.weight")
     for rehash in (True, False):
-        problems = operations.verify(history, info, wrong, verified=verified.__contains__, rehash=rehash).problems
+        problems = verify(history, info, wrong, verified=verified.__contains__, rehash=rehash).problems
         assert problems == [f"commit {wrong} tensor 'layer1.weight': reconstruction does not match its state CID"]
-    assert operations.verify(history, info, wrong, verified={*verified, wrong}.__contains__).problems == []
+    assert verify(history, info, wrong, verified={*verified, wrong}.__contains__).problems == []
 
 
 def test_verify_without_rehash_checks_structure_not_hashes(history: History) -> None:
@@ -828,16 +833,16 @@ def test_verify_without_rehash_checks_structure_not_hashes(history: History) -> 
         leaves, _ = decode_node(txn.get_block(root))
     assert len(leaves) == 4 and all(c.codec == RAW for c in leaves)
     for rehash in (True, False):
-        assert operations.verify(history, info, genesis, rehash=rehash).problems == []
+        assert verify(history, info, genesis, rehash=rehash).problems == []
     # bytes altered in LMDB behind put_block's back: only re-hashing sees it (raw tensors have no state check)
     corrupt_block(history, leaves[1])
-    assert any(str(leaves[1]) in p and "hash" in p for p in operations.verify(history, info, genesis).problems)
-    assert operations.verify(history, info, genesis, rehash=False).problems == []
+    assert any(str(leaves[1]) in p and "hash" in p for p in verify(history, info, genesis).problems)
+    assert verify(history, info, genesis, rehash=False).problems == []
     # a missing leaf is reported either way
     with history.store.write() as txn:
         txn.delete_block(leaves[1])
     for rehash in (True, False):
-        problems = operations.verify(history, info, genesis, rehash=rehash).problems
+        problems = verify(history, info, genesis, rehash=rehash).problems
         assert problems == [f"commit {genesis} tensor 'big': block {leaves[1]} is not in the store"]
 
 
@@ -848,7 +853,7 @@ def test_gc_never_collects_a_commit_made_while_it_runs(history: History, monkeyp
     """A commit (or a daemon's fetch) that lands between gc's check and its sweep keeps its blocks:
     the sweep re-marks inside its own write transaction."""
     info, cids, states = linear(history, 1)
-    check = operations.reachable_blocks
+    check = reachable_blocks
     made = []
 
     def check_then_commit(*args, **kw):  # the real check; then another writer commits
@@ -856,10 +861,10 @@ def test_gc_never_collects_a_commit_made_while_it_runs(history: History, monkeyp
         made.append(history.commit(info, ArraySource(perturb(states[-1], seed=77)), "during gc"))
         return found
 
-    monkeypatch.setattr(operations, "reachable_blocks", check_then_commit)
-    operations.gc(history)
+    monkeypatch.setattr(fsck_module, "reachable_blocks", check_then_commit)
+    gc(history)
     assert made and history.branch_head(info, "main") == made[0].cid
-    assert operations.fsck(history).problems == []
+    assert fsck(history).problems == []
     assert history.state(made[0].cid)
 
 
@@ -868,6 +873,6 @@ def test_damaged_fetch_records_stop_neither_fsck_nor_gc(history: History) -> Non
     with history.store.write() as txn:
         txn.kv_put("net", b"fetch/" + info.repo_id + b"\x01not a cid", b"\xa0")
         txn.kv_put("net", b"fetch/" + info.repo_id + bytes(cids[-1]), b"\xff not cbor")
-    report = operations.fsck(history)
+    report = fsck(history)
     assert report.problems == [] and report.unfinished == []
-    assert operations.gc(history) == (0, 0)
+    assert gc(history) == (0, 0)

@@ -10,7 +10,7 @@ from helpers import model_arrays, perturb, write_model
 
 from fednode.history import History
 from fednode.tensors.modelio import ArraySource
-from fednode.workflows import operations
+from fednode.workflows.verify import verify
 from protocol.multiformats import CID, DAG_CBOR
 from protocol.objects import Commit, Manifest
 from protocol.unixfs import add_bytes
@@ -40,7 +40,7 @@ def test_verify_rejects_a_manifest_whose_state_lies(history: History) -> None:
     base = model_arrays(seed=1)
     repo, _ = history.create_repo("m", ArraySource(base))
     good = history.commit(repo, ArraySource(perturb(base, seed=4)), "update")
-    assert operations.verify(history, repo, good.cid).problems == []
+    assert verify(history, repo, good.cid).problems == []
     # a signed commit whose manifest claims another state for a delta-encoded tensor
     manifest = history.load_manifest(good.commit.weights)
     name = "layer1.weight"
@@ -54,7 +54,7 @@ def test_verify_rejects_a_manifest_whose_state_lies(history: History) -> None:
         txn.put_block(CID.hash(DAG_CBOR, block), block)
         txn.put_block(forged.cid(), forged.encode())
         txn.index_commit(forged.cid(), repo.repo_id, forged.commit_hash())
-    problems = operations.verify(history, repo, forged.cid()).problems
+    problems = verify(history, repo, forged.cid()).problems
     assert problems and "does not match its state CID" in problems[0] and name in problems[0]
 
 

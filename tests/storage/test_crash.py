@@ -24,7 +24,7 @@ from helpers import ROOT, run_fednode, write_model
 from cli.main import main as cli_main
 from fednode.node import open_node
 from fednode.tensors.modelio import ArraySource
-from fednode.workflows import operations
+from fednode.workflows.verify import verify
 from protocol.multiformats import CID
 
 KILLS = 15
@@ -109,7 +109,7 @@ def check_consistent(home: Path, old_head: CID, run: str, printed: list[CID]) ->
             assert commit.parents == (known[-1],), "branch moved to an unexpected commit"
             assert commit.message == f"crash {run}-{len(printed)}"
         assert json.loads(log.stdout)[0]["cid"] == str(head)
-        assert operations.verify(h, info, head).problems == []
+        assert verify(h, info, head).problems == []
     return head
 
 

@@ -24,7 +24,7 @@ from fednode.history import History, RepoInfo
 from fednode.storage.store import Store
 from fednode.tensors import encodings
 from fednode.tensors.modelio import ArraySource
-from fednode.workflows import operations
+from fednode.workflows.verify import verify
 from protocol import dagcbor
 from protocol.multiformats import CID, RAW, FormatError
 from protocol.objects import DTYPES, Manifest, TensorEntry
@@ -63,7 +63,7 @@ def round_trip(history: History, base: Arrays, *updates: Arrays, **kw) -> list:
         result, state = commit_and_read(history, repo, new, **kw)
         assert_bits(state, new)
         results.append(result)
-    assert operations.verify(history, repo, results[-1].cid).problems == []
+    assert verify(history, repo, results[-1].cid).problems == []
     return results
 
 

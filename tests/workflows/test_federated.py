@@ -21,9 +21,12 @@ from fednode.storage.store import Store
 from fednode.strategies import fedavg
 from fednode.tensors import native
 from fednode.tensors.modelio import ArraySource, SafetensorsFile
-from fednode.workflows import merging, operations
+from fednode.workflows import merging
+from fednode.workflows.checkout import checkout
+from fednode.workflows.committing import train
 from fednode.workflows.review import review
 from fednode.workflows.training import DPConfig
+from fednode.workflows.verify import verify
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "fednode" / "examples"
 TORCH_SCRIPT = EXAMPLES / "cancer_torch.py"
@@ -59,7 +62,7 @@ def cancer(tmp_path: Path):
 
 def accuracy(history: History, cid, tmp_path: Path) -> float:
     path = tmp_path / "eval.safetensors"
-    operations.checkout(history, cid, path)
+    checkout(history, cid, path)
     model = cancer_torch.model()
     model.load_state_dict(load_file(str(path)))
     x, y = global_test_set()
@@ -78,7 +81,7 @@ def test_five_rounds_of_fedavg_beat_every_local_model(cancer, site, tmp_path: Pa
             if rnd:
                 outcome = merging.merge(history, repo, ["main"], into=f"hospital-{s}")
                 assert outcome.fast_forward == history.branch_head(repo, "main")
-            operations.train(history, repo, TORCH_SCRIPT, f"hospital-{s}", epochs=5, seed=rnd, quiet=True)
+            train(history, repo, TORCH_SCRIPT, f"hospital-{s}", epochs=5, seed=rnd, quiet=True)
         outcome = merging.merge(history, repo, ["hospital-1", "hospital-2", "hospital-3"], into="main")
         assert outcome.weights == tuple(
             history.load_commit(c).info["training"]["samples"] for c in outcome.inputs
@@ -88,16 +91,16 @@ def test_five_rounds_of_fedavg_beat_every_local_model(cancer, site, tmp_path: Pa
     for s in (1, 2, 3):
         site(s)
         history.create_branch(repo, f"local-{s}", repo.genesis)
-        operations.train(history, repo, TORCH_SCRIPT, f"local-{s}", epochs=25, quiet=True)
+        train(history, repo, TORCH_SCRIPT, f"local-{s}", epochs=25, quiet=True)
         local.append(accuracy(history, history.branch_head(repo, f"local-{s}"), tmp_path))
     assert merged >= 0.93, merged
     assert all(merged > a for a in local), (merged, local)
-    assert operations.verify(history, repo, history.branch_head(repo, "main")).problems == []
+    assert verify(history, repo, history.branch_head(repo, "main")).problems == []
 
 
 def test_train_records_metrics_and_no_training_data(cancer, site) -> None:
     history, repo = cancer
-    result, trained = operations.train(history, repo, TORCH_SCRIPT, epochs=2, quiet=True)
+    result, trained = train(history, repo, TORCH_SCRIPT, epochs=2, quiet=True)
     commit = result.commit
     assert set(commit.metrics) >= {"loss", "accuracy", "train_loss"}
     assert 0.0 <= commit.metrics["accuracy"] <= 1.0
@@ -113,7 +116,7 @@ def test_train_records_metrics_and_no_training_data(cancer, site) -> None:
 
 def test_framework_free_executable_trains_the_same_repository(cancer, site) -> None:
     history, repo = cancer
-    result, trained = operations.train(history, repo, NUMPY_SCRIPT, epochs=3, quiet=True)
+    result, trained = train(history, repo, NUMPY_SCRIPT, epochs=3, quiet=True)
     assert trained.framework == "executable"
     assert result.commit.info["training"]["framework"] == "executable"
     assert result.commit.info["training"]["samples"] == len(site_split(1)[0])
@@ -129,13 +132,13 @@ def test_failing_executable_stores_nothing(cancer, tmp_path: Path) -> None:
     bad.chmod(0o755)
     before = store_state(history.store)
     with pytest.raises(FednodeError, match="exit code 3: out of memory"):
-        operations.train(history, repo, bad, quiet=True)
+        train(history, repo, bad, quiet=True)
     assert store_state(history.store) == before
 
 
 def test_dp_sgd_records_spent_epsilon(cancer, site) -> None:
     history, repo = cancer
-    result, trained = operations.train(history, repo, TORCH_SCRIPT, epochs=2, dp=DPConfig(3.0), quiet=True)
+    result, trained = train(history, repo, TORCH_SCRIPT, epochs=2, dp=DPConfig(3.0), quiet=True)
     dp = result.commit.info["training"]["dp"]
     assert 0 < dp["epsilon"] <= 3.0 + 0.05
     assert dp["target_epsilon"] == 3.0 and dp["delta"] == 1e-5 and dp["max_grad_norm"] == 1.0
@@ -165,10 +168,10 @@ def test_update_encodings_round_trip_deterministically(cancer, tmp_path: Path, e
             changed = (arr != base[name][1]).sum()
             assert changed <= manifest.tensors[name].k
     # two checkouts give identical bytes
-    operations.checkout(history, result.cid, tmp_path / "a.safetensors")
-    operations.checkout(history, result.cid, tmp_path / "b.safetensors")
+    checkout(history, result.cid, tmp_path / "a.safetensors")
+    checkout(history, result.cid, tmp_path / "b.safetensors")
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
-    assert operations.verify(history, repo, result.cid).problems == []
+    assert verify(history, repo, result.cid).problems == []
 
 
 def test_zstd_compresses_sparse_updates(cancer) -> None:
@@ -222,7 +225,7 @@ def test_merge_is_exact_and_verify_recomputes_it(cancer) -> None:
         assert arr.tobytes() == expected.tobytes(), name
     record = outcome.result.commit.info["merge"]
     assert record["strategy"] == {"name": "fedavg"} and record["weighting"] == "samples"
-    assert operations.verify(history, repo, outcome.result.cid).problems == []
+    assert verify(history, repo, outcome.result.cid).problems == []
 
 
 def test_fused_and_generic_merge_paths_agree(cancer, monkeypatch) -> None:
@@ -238,7 +241,7 @@ def test_fused_and_generic_merge_paths_agree(cancer, monkeypatch) -> None:
     generic = merging.recompute(history, repo, outcome.result.commit)
     as_bytes = {n: a.reshape(-1).tobytes() for n, (_, a) in generic.items()}
     assert {n: a.reshape(-1).tobytes() for n, (_, a) in fused.items()} == as_bytes
-    assert operations.verify(history, repo, outcome.result.cid).problems == []
+    assert verify(history, repo, outcome.result.cid).problems == []
 
 
 def test_merge_is_bit_identical_across_nodes(tmp_path: Path) -> None:
@@ -270,7 +273,7 @@ def test_verify_detects_a_forged_merge(cancer) -> None:
     bad = history.commit(repo, src, "forged", branch="u1", kind="merge",
                          extra_parents=tuple(c for c in outcome.inputs if c != history.branch_head(repo, "u1")),
                          info={"merge": forged})
-    problems = operations.verify(history, repo, bad.cid).problems
+    problems = verify(history, repo, bad.cid).problems
     assert problems and "does not match the recomputed merge" in problems[0]
 
 
@@ -318,13 +321,13 @@ def test_multi_krum_leaves_out_a_poisoned_update(cancer) -> None:
     poisoned = history.branch_head(repo, "c4")
     selected = outcome.result.commit.info["merge"]["plan"]["selected"]
     assert outcome.inputs.index(poisoned) not in selected
-    assert operations.verify(history, repo, outcome.result.cid).problems == []
+    assert verify(history, repo, outcome.result.cid).problems == []
 
 
 def test_review_flags_outliers_and_nan(cancer, site) -> None:
     history, repo = cancer
     for i in range(4):  # a history of ordinary updates
-        operations.train(history, repo, TORCH_SCRIPT, epochs=1, seed=i, quiet=True)
+        train(history, repo, TORCH_SCRIPT, epochs=1, seed=i, quiet=True)
     head = history.branch_head(repo, "main")
     base = history.state(head)
     history.create_branch(repo, "attack", head)

@@ -14,7 +14,8 @@ from fednode.history import History
 from fednode.storage.store import Store
 from fednode.tensors import native
 from fednode.tensors.modelio import ArraySource
-from fednode.workflows import merging, operations
+from fednode.workflows import merging
+from fednode.workflows.verify import verify
 
 MAGNITUDES = (1e-8, 1e-5, 1e-2, 1.0, 1e3)
 WEIGHTS = (120, 77, 301)  # samples per hospital
@@ -84,7 +85,7 @@ def test_fedavg_is_within_2e20_relative_at_every_magnitude_and_verifies(repo3) -
     expected = _float64_mean(history, outcome.inputs, outcome.weights, "bias_zero")
     assert np.max(np.abs(merged["bias_zero"][1] - expected)) <= 2.0**-20 * np.max(np.abs(expected))
     assert np.array_equal(merged["steps"][1], np.arange(4))
-    assert operations.verify(history, repo, outcome.result.cid).problems == []
+    assert verify(history, repo, outcome.result.cid).problems == []
 
 
 def test_recompute_without_the_kernel_gives_the_same_bytes(repo3, monkeypatch) -> None:
@@ -109,7 +110,7 @@ def test_equal_weights_and_robust_strategies_use_the_grid_too(repo3) -> None:
     states = np.stack([history.tensor_array(c, _name(1e-8)).astype(np.float64) for c in outcome.inputs])
     median = np.median(states, axis=0)
     assert np.max(np.abs(merged[_name(1e-8)][1] - median) / np.abs(median)) <= REL
-    assert operations.verify(history, repo, outcome.result.cid).problems == []
+    assert verify(history, repo, outcome.result.cid).problems == []
 
 
 def _old_style_merge(history: History, repo, branches: list[str]):
@@ -135,7 +136,7 @@ def test_an_old_style_merge_on_the_repository_grid_still_verifies(repo3) -> None
     tiny = merged[_name(1e-8)][1].astype(np.float64)
     base = history.tensor_array(repo.genesis, _name(1e-8)).astype(np.float64)
     assert np.max(np.abs(tiny.reshape(-1) - base)) <= 2.0**-25  # rule 1 loses 1e-8 updates (why rule 2)
-    assert operations.verify(history, repo, result.cid).problems == []
+    assert verify(history, repo, result.cid).problems == []
 
 
 def test_a_forged_grid_is_detected(repo3) -> None:
@@ -175,7 +176,7 @@ def test_a_change_too_large_for_the_base_grid_widens_it(tmp_path: Path) -> None:
         got = history.state(outcome.result.cid)["w"][1].astype(np.float64)
         expected = (np.float64(np.float32(1e-8)) + np.float64(np.float32(6e4))) / 2
         assert np.max(np.abs(got - expected) / expected) <= REL
-        assert operations.verify(history, repo, outcome.result.cid).problems == []
+        assert verify(history, repo, outcome.result.cid).problems == []
     finally:
         store.close()
 
@@ -197,7 +198,7 @@ def test_a_tensor_mixing_tiny_and_large_values_keeps_absolute_precision(tmp_path
         expected = _float64_mean(history, outcome.inputs, outcome.weights, "w")
         assert np.max(np.abs(got - expected)) <= 1e3 * 2.0**-39
         assert np.max(np.abs(got[2:] - expected[2:]) / np.abs(expected[2:])) <= REL
-        assert operations.verify(history, repo, outcome.result.cid).problems == []
+        assert verify(history, repo, outcome.result.cid).problems == []
     finally:
         store.close()
 

@@ -16,8 +16,9 @@ from fednode.history import History
 from fednode.identity import Identity
 from fednode.storage.store import Store
 from fednode.tensors.modelio import ArraySource
-from fednode.workflows import merging, operations
+from fednode.workflows import merging
 from fednode.workflows.review import review
+from fednode.workflows.verify import verify
 
 FLOATS = ("layer1.weight", "layer1.bias", "layer2.weight")
 ATTACKS = {"scale100": lambda d: 100.0 * d, "offset50": lambda d: d + 50.0}
@@ -77,7 +78,7 @@ def test_default_trimmed_mean_stays_within_the_honest_range(repo, n: int, attack
         lo, hi = honest[t].min(axis=0), honest[t].max(axis=0)
         assert np.all(got[t].reshape(-1) >= lo - tol) and np.all(got[t].reshape(-1) <= hi + tol), t
         assert np.abs(got[t].reshape(-1) - honest[t].mean(axis=0)).max() <= 0.05  # honest spread: eps 0.01
-    assert operations.verify(history, info, new.result.cid).problems == []
+    assert verify(history, info, new.result.cid).problems == []
 
     history.create_branch(info, "old", info.genesis)
     old = merging.merge(history, info, names, into="old", strategy_name="trimmed-mean",
@@ -85,7 +86,7 @@ def test_default_trimmed_mean_stays_within_the_honest_range(repo, n: int, attack
     assert old.result.commit.info["merge"]["plan"] == {"trim": 0}
     off = merged_deltas(history, old.result.cid, info.genesis)
     assert max(np.abs(off[t].reshape(-1) - honest[t].mean(axis=0)).max() for t in FLOATS) > 0.2
-    assert operations.verify(history, info, old.result.cid).problems == []
+    assert verify(history, info, old.result.cid).problems == []
 
 
 def test_too_few_inputs_are_refused_naming_the_parameter(repo) -> None:
@@ -126,10 +127,10 @@ def test_verify_uses_the_recorded_parameters(repo) -> None:
                               extra_parents=tuple(inputs), info={"merge": record}, exact=True).cid
 
     ok = commit_merge("legacy", legacy, {"name": "trimmed-mean", "trim_fraction": 0.1})
-    assert operations.verify(history, info, ok).problems == []
+    assert verify(history, info, ok).problems == []
     forged = commit_merge("forged", strategies.get("trimmed-mean"),
                           {"name": "trimmed-mean", "trim_fraction": 0.1, "min_trim": 0})
-    assert operations.verify(history, info, forged).problems != []
+    assert verify(history, info, forged).problems != []
 
 
 @pytest.mark.parametrize("n", [3, 5, 8])

@@ -18,7 +18,8 @@ from fednode.errors import FednodeError
 from fednode.history import History
 from fednode.storage.store import Store
 from fednode.tensors.modelio import ArraySource
-from fednode.workflows import merging, operations
+from fednode.workflows import merging
+from fednode.workflows.verify import verify
 
 SAMPLES = {  # (round, branch) -> samples trained that round
     (1, "main"): 50, (1, "h1"): 100, (1, "h2"): 200, (1, "h3"): 300,
@@ -83,7 +84,7 @@ def test_three_rounds_count_each_sample_once(history: History, declare_h2: bool)
             assert outcome.base == history.load_commit(history.branch_head(repo, "h3")).parents[0]
             assert len(outcome.inputs) == 4
     assert recorded_total == trained_total == sum(SAMPLES.values())  # no sample counted twice across rounds
-    assert operations.verify(history, repo, history.branch_head(repo, "main")).problems == []
+    assert verify(history, repo, history.branch_head(repo, "main")).problems == []
 
 
 def test_a_merge_total_is_never_added_on_top_of_its_inputs(history: History) -> None:

@@ -1,0 +1,136 @@
+"""``verify``: hashes, signatures, membership and reconstructions of a head's whole ancestry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fednode.errors import Corrupt, NotFound
+from fednode.history import History, RepoInfo
+from fednode.lazy import lazy_import
+from protocol.multiformats import CID
+from protocol.unixfs import add_bytes
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded at first use: commands that read no tensor start without it (fednode.lazy)
+    np = lazy_import("numpy")
+
+
+@dataclass
+class VerifyReport:
+    commits: int
+    problems: list[str]
+    checked: list[CID] = field(default_factory=list)  # the commits verify checked
+
+
+def verify(
+    history: History,
+    repo: RepoInfo,
+    head: CID,
+    check_tensors: bool = True,
+    verified: Callable[[CID], bool] | None = None,
+    rehash: bool = True,
+) -> VerifyReport:
+    """Hashes, signatures and repository membership of the whole ancestry of ``head``.
+
+    ``verified``: commits already fully verified in ``repo``. They are neither checked nor walked
+    (their ancestry was verified with them), so each new head costs O(new commits); their data is
+    still read where a new commit's checks need it (a delta base, a merge's inputs).
+    ``rehash=False``: tensor DAGs and sizes are checked but their blocks are not re-hashed; only
+    for stores whose blocks were hash-checked on arrival (see ``History.check_commit``).
+    """
+    problems: list[str] = []
+    checked: list[CID] = []
+    with history.store.read(buffers=not rehash) as txn:  # rehash=False: leaf sizes are read in place
+        seen: set[CID] = set()
+        stack = [head]
+        while stack:
+            cid = stack.pop()
+            if cid in seen or (verified is not None and verified(cid)):
+                continue
+            seen.add(cid)
+            checked.append(cid)
+            found = history.check_commit(cid, txn, check_tensors, rehash)
+            problems += found
+            try:
+                commit = history.load_commit(cid, txn)
+            except (Corrupt, NotFound):
+                continue
+            if commit.kind == "init":
+                if commit.commit_hash() != repo.repo_id:
+                    problems.append(f"commit {cid}: a foreign genesis commit")
+            elif commit.repo != repo.repo_id:
+                problems.append(f"commit {cid}: belongs to another repository")
+            for parent, recorded in zip(commit.parents, commit.parent_hashes, strict=True):
+                try:
+                    if history.load_commit(parent, txn).commit_hash() != recorded:
+                        problems.append(f"commit {cid}: parent {parent} does not have the recorded commit hash")
+                except (Corrupt, NotFound):
+                    pass  # reported when the parent itself is checked
+            if commit.kind == "revert":
+                target = commit.info.get("revert", {}).get("target")
+                if not isinstance(target, CID):
+                    problems.append(f"commit {cid}: revert without a target")
+            stack.extend(commit.parents)
+    if check_tensors and not problems:
+        problems += _check_states(history, head, verified)
+    if check_tensors and not problems:
+        problems += _check_reverts(history, head, repo, verified)
+    return VerifyReport(len(checked), problems, checked)
+
+
+def _check_states(history: History, head: CID, verified: Callable[[CID], bool] | None = None) -> list[str]:
+    """Every tensor's reconstruction hashes to the state CID its manifest records."""
+    problems: list[str] = []
+    with history.store.read() as txn:
+        for cid, commit in history.walk([head], verified):
+            manifest = history.load_manifest(commit.weights, txn)
+            parent = None
+            if commit.parents:
+                try:  # a parent already verified is not re-checked, but must still be readable
+                    parent = history.load_manifest(history.load_commit(commit.parents[0], txn).weights, txn)
+                except (Corrupt, NotFound) as exc:
+                    problems.append(f"commit {cid}: parent {commit.parents[0]}: {exc}")
+                    continue
+            for name, entry in manifest.tensors.items():
+                if entry.encoding == "raw":
+                    continue  # state == cid, and its blocks were hash-checked
+                if entry.encoding == "same":
+                    before = parent.tensors.get(name) if parent else None
+                    if before is None or before.state != entry.state:
+                        problems.append(f"commit {cid} tensor {name!r}: marked unchanged, state differs from parent")
+                    continue
+                try:
+                    arr = history.tensor_array(cid, name, txn)
+                except (Corrupt, NotFound) as exc:
+                    problems.append(f"commit {cid} tensor {name!r}: {exc}")
+                    continue
+                if add_bytes(memoryview(arr).cast("B")) != entry.state:
+                    problems.append(f"commit {cid} tensor {name!r}: reconstruction does not match its state CID")
+    return problems
+
+
+def _check_reverts(
+    history: History, head: CID, repo: RepoInfo | None = None, verified: Callable[[CID], bool] | None = None
+) -> list[str]:
+    """Each revert equals its target; each merge equals its recomputation from its record."""
+    from fednode.workflows.merging import check_merge
+
+    problems = []
+    for cid, commit in history.walk([head], verified):
+        if commit.kind == "merge" and repo is not None:
+            problems += check_merge(history, repo, cid)
+            continue
+        if commit.kind != "revert":
+            continue
+        target = commit.info["revert"]["target"]
+        try:
+            a, b = history.state(cid), history.state(target)
+        except (Corrupt, NotFound) as exc:
+            problems.append(f"revert {cid}: {exc}")
+            continue
+        if set(a) != set(b) or any(not np.array_equal(a[n][1], b[n][1]) for n in a):
+            problems.append(f"revert {cid}: state differs from its target {target}")
+    return problems
