@@ -34,6 +34,7 @@ def _head(major: int, n: int) -> bytes:
 
 
 def _encode(value: Any, out: bytearray, depth: int) -> None:
+    """Append ``value``'s canonical encoding: one case per CBOR major type, in the spec's order."""
     if depth > MAX_DEPTH:
         raise ValueError("value nested too deeply")
     if value is None:
@@ -45,10 +46,7 @@ def _encode(value: Any, out: bytearray, depth: int) -> None:
     elif isinstance(value, int):
         out += _head(0, value) if value >= 0 else _head(1, -1 - value)
     elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError("DAG-CBOR forbids NaN and infinities")
-        out.append(0xFB)
-        out += struct.pack(">d", value)
+        _encode_float(value, out)
     elif isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
         out += _head(2, len(data)) + data
@@ -60,22 +58,35 @@ def _encode(value: Any, out: bytearray, depth: int) -> None:
         for item in value:
             _encode(item, out, depth + 1)
     elif isinstance(value, dict):
-        items = []
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ValueError("DAG-CBOR map keys must be strings")
-            kb = key.encode("utf-8")
-            items.append((len(kb), kb, item))
-        items.sort(key=lambda t: (t[0], t[1]))
-        out += _head(5, len(items))
-        for _, kb, item in items:
-            out += _head(3, len(kb)) + kb
-            _encode(item, out, depth + 1)
+        _encode_map(value, out, depth)
     elif isinstance(value, CID):
         data = b"\x00" + bytes(value)
         out += _head(6, _CID_TAG) + _head(2, len(data)) + data
     else:
         raise ValueError(f"cannot encode {type(value).__name__} as DAG-CBOR")
+
+
+def _encode_float(value: float, out: bytearray) -> None:
+    """Always the 64-bit form, and only finite values."""
+    if not math.isfinite(value):
+        raise ValueError("DAG-CBOR forbids NaN and infinities")
+    out.append(0xFB)
+    out += struct.pack(">d", value)
+
+
+def _encode_map(value: dict[Any, Any], out: bytearray, depth: int) -> None:
+    """String keys only, sorted by encoded length, then bytewise."""
+    items = []
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise ValueError("DAG-CBOR map keys must be strings")
+        kb = key.encode("utf-8")
+        items.append((len(kb), kb, item))
+    items.sort(key=lambda t: (t[0], t[1]))
+    out += _head(5, len(items))
+    for _, kb, item in items:
+        out += _head(3, len(kb)) + kb
+        _encode(item, out, depth + 1)
 
 
 def encode(value: Any) -> bytes:
@@ -106,6 +117,7 @@ class _Reader:
         return major, info, int.from_bytes(self.take(1 << (info - 24)), "big")
 
     def value(self, depth: int) -> Any:
+        """The next value: one case per CBOR major type, in the spec's order."""
         if depth > MAX_DEPTH:
             raise FormatError("DAG-CBOR nested too deeply")
         major, info, n = self.head()
@@ -118,27 +130,41 @@ class _Reader:
         if major == 2:
             return self.take(n)
         if major == 3:
-            try:
-                return self.take(n).decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise FormatError("invalid UTF-8 in DAG-CBOR string") from exc
+            return self._text(n)
         if major == 4:
             return [self.value(depth + 1) for _ in range(n)]
         if major == 5:
-            result: dict[str, Any] = {}
-            for _ in range(n):
-                key = self.value(depth + 1)
-                if not isinstance(key, str) or key in result:
-                    raise FormatError("DAG-CBOR map keys must be unique strings")
-                result[key] = self.value(depth + 1)
-            return result
+            return self._map(n, depth)
         if major == 6:
-            if n != _CID_TAG:
-                raise FormatError(f"unsupported CBOR tag {n}")
-            raw = self.value(depth + 1)
-            if not isinstance(raw, bytes) or raw[:1] != b"\x00":
-                raise FormatError("malformed CID link")
-            return CID.from_bytes(raw[1:])
+            return self._cid_link(n, depth)
+        return self._simple(info)
+
+    def _text(self, n: int) -> str:
+        try:
+            return self.take(n).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise FormatError("invalid UTF-8 in DAG-CBOR string") from exc
+
+    def _map(self, n: int, depth: int) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for _ in range(n):
+            key = self.value(depth + 1)
+            if not isinstance(key, str) or key in result:
+                raise FormatError("DAG-CBOR map keys must be unique strings")
+            result[key] = self.value(depth + 1)
+        return result
+
+    def _cid_link(self, tag: int, depth: int) -> CID:
+        """The one tag DAG-CBOR allows: 42, over a 0x00-prefixed binary CID."""
+        if tag != _CID_TAG:
+            raise FormatError(f"unsupported CBOR tag {tag}")
+        raw = self.value(depth + 1)
+        if not isinstance(raw, bytes) or raw[:1] != b"\x00":
+            raise FormatError("malformed CID link")
+        return CID.from_bytes(raw[1:])
+
+    def _simple(self, info: int) -> Any:
+        """Major type 7: false, true, null or a 64-bit float (whose 8 bytes ``head`` just read)."""
         if info == 20:
             return False
         if info == 21:

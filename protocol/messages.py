@@ -156,7 +156,7 @@ def decode(data: bytes) -> Message:
     kind = obj.get("t")
     _require(isinstance(kind, str) and kind in _KEYS and set(obj) == _KEYS[kind], "bad fields for this message kind")
     if kind == "commit":
-        _require(isinstance(obj["block"], bytes) and obj["block"], "commit block must be bytes")
+        _require(isinstance(obj["block"], bytes) and len(obj["block"]) > 0, "commit block must be bytes")
         return CommitEnvelope(obj["block"])
     sig = obj["sig"]
     _require(isinstance(sig, bytes) and len(sig) == 64, "signature must be 64 bytes")

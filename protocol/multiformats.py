@@ -89,7 +89,7 @@ class CID:
     digest: bytes
 
     @classmethod
-    def hash(cls, codec: int, data: bytes) -> CID:
+    def hash(cls, codec: int, data: bytes | bytearray | memoryview) -> CID:
         return cls(1, codec, hashlib.sha256(data).digest())
 
     @property

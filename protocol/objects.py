@@ -243,7 +243,7 @@ class Manifest:
         _require(_is_int(obj.get("v")) and obj["v"] == VERSION and set(obj) == {"type", "v", "tensors"},
                  "bad manifest fields")
         tensors = obj["tensors"]
-        _require(isinstance(tensors, dict) and tensors, "a manifest holds at least one tensor")
+        _require(isinstance(tensors, dict) and len(tensors) > 0, "a manifest holds at least one tensor")
         for name in tensors:
             _require(_is_str(name, 1024), "tensor names are 1..1024 characters")
         return cls({name: TensorEntry.from_obj(e) for name, e in sorted(tensors.items())})

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -239,7 +239,7 @@ _PB_LINK = {1: bytes, 2: bytes, 3: int}  # Hash, Name, Tsize
 _UNIXFS = {1: int, 2: bytes, 3: int, 4: int, 5: int, 6: int, 7: int, 8: bytes}
 
 
-def _typed(fields: list[tuple[int, int | bytes]], schema: dict[int, type], what: str) -> None:
+def _typed(fields: list[tuple[int, int | bytes]], schema: Mapping[int, type], what: str) -> None:
     for num, value in fields:
         if num in schema and type(value) is not schema[num]:
             raise FormatError(f"{what} field {num} has the wrong wire type")

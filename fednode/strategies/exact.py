@@ -50,7 +50,7 @@ def check_deltas(deltas: Sequence[np.ndarray]) -> tuple[int, ...]:
         raise StrategyError("deltas must be a list of numpy int64 arrays")
     if len(deltas) == 0:
         raise StrategyError("cannot aggregate an empty list of deltas")
-    shape = None
+    shape: tuple[int, ...] | None = None
     for i, d in enumerate(deltas):
         if not isinstance(d, np.ndarray):
             raise StrategyError(f"delta {i} is a {type(d).__name__}, not a numpy array")
@@ -60,6 +60,7 @@ def check_deltas(deltas: Sequence[np.ndarray]) -> tuple[int, ...]:
             shape = d.shape
         elif d.shape != shape:
             raise StrategyError(f"delta {i} has shape {d.shape}, expected {shape} like delta 0")
+    assert shape is not None  # the loop ran at least once: deltas is not empty
     return shape
 
 
@@ -294,8 +295,9 @@ def weighted_mean_f32_states(
         for start in undone:  # an int64 sum could overflow: the exact numpy path for this block
             stop = min(start + native.BLOCK, hi)
             part = base_flat[start:stop]
-            deltas = [fixedpoint.encode_delta(part, f[start:stop], "F32", scale_bits) for f in flat]
-            if any(d is None for d in deltas):
+            encoded = [fixedpoint.encode_delta(part, f[start:stop], "F32", scale_bits) for f in flat]
+            deltas = [d for d in encoded if d is not None]
+            if len(deltas) < len(encoded):
                 raise _Unrepresentable
             merged = np.empty(stop - start, dtype=np.int64)
             _exact_range(deltas, ws, den, merged, 0, stop - start)

@@ -94,7 +94,7 @@ def encode(name: str, parent: np.ndarray, new: np.ndarray, dtype: str, scale_bit
     if name == "xor":
         if parent.nbytes != new.nbytes or parent.dtype.itemsize != new.dtype.itemsize:
             raise FednodeError("xor needs a parent of the same dtype and shape")
-        return Encoded(byte_planes(xor_bytes(parent, new), new.dtype.itemsize), {})
+        return Encoded(byte_planes(xor_bytes(parent, new).data, new.dtype.itemsize), {})
     if name != "fixed" and dtype not in FLOAT_DTYPES:
         name = "fixed"  # lossy encodings make no sense for integer tensors
     if name == "fixed":

@@ -53,7 +53,7 @@ class ModelSource:
         """The tensor as a flat little-endian array (BF16 as uint16 bit patterns)."""
         info = self.tensors[name]
         out = np.empty(info.numel, dtype=np_dtype(info.dtype))
-        view = memoryview(out).cast("B")
+        view = out.data.cast("B")
         pos = 0
         for chunk in self.chunks(name):
             view[pos : pos + len(chunk)] = chunk
@@ -176,7 +176,7 @@ class ArraySource(ModelSource):
             self.tensors[name] = TensorInfo(name, dtype, tuple(arr.shape))
 
     def chunks(self, name: str) -> Iterator[memoryview]:
-        yield memoryview(self._arrays[name]).cast("B")
+        yield self._arrays[name].data.cast("B")
 
     def array(self, name: str) -> np.ndarray:
         return self._arrays[name]
@@ -225,6 +225,29 @@ ACCEPTED = ("a .safetensors file, a PyTorch .pt/.pth/.bin state_dict, or a direc
             f"{INDEX_FILE} and its shards")
 
 
+def _read_weight_map(index: Path) -> dict[str, str]:
+    """The index's ``weight_map`` (tensor name -> shard file name in the index's directory), checked."""
+    bad = f"{index} is not a sharded safetensors index"
+    try:
+        raw = index.read_bytes()[: MAX_INDEX + 1]
+    except OSError as exc:
+        raise FednodeError(f"cannot read {index}: {exc.strerror}") from None
+    if len(raw) > MAX_INDEX:
+        raise FednodeError(f"{bad}: larger than {MAX_INDEX} bytes")
+    try:
+        data = safejson.loads(raw, max_depth=HEADER_DEPTH)
+    except ValueError:
+        raise FednodeError(f"{bad}: not valid JSON") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise FednodeError(f"{bad}: no weight_map of tensor names to shard files")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard or "/" in shard or "\\" in shard or shard in (".", ".."):
+            raise FednodeError(f"{bad}: tensor {name[:64]!r} names the shard {str(shard)[:64]!r} "
+                               "(a file name in the same directory)")
+    return weight_map
+
+
 class ShardedSource(ModelSource):
     """A Hugging Face sharded checkpoint: ``model.safetensors.index.json`` (``weight_map``: tensor
     name -> shard file) beside its shards. Every tensor must be in exactly one shard, the one the
@@ -232,56 +255,49 @@ class ShardedSource(ModelSource):
 
     def __init__(self, index: Path) -> None:
         self.path = index
-        bad = f"{index} is not a sharded safetensors index"
-        try:
-            raw = index.read_bytes()[: MAX_INDEX + 1]
-        except OSError as exc:
-            raise FednodeError(f"cannot read {index}: {exc.strerror}") from None
-        if len(raw) > MAX_INDEX:
-            raise FednodeError(f"{bad}: larger than {MAX_INDEX} bytes")
-        try:
-            data = safejson.loads(raw, max_depth=HEADER_DEPTH)
-        except ValueError:
-            raise FednodeError(f"{bad}: not valid JSON") from None
-        weight_map = data.get("weight_map") if isinstance(data, dict) else None
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise FednodeError(f"{bad}: no weight_map of tensor names to shard files")
-        for name, shard in weight_map.items():
-            if not isinstance(shard, str) or not shard or "/" in shard or "\\" in shard or shard in (".", ".."):
-                raise FednodeError(f"{bad}: tensor {name[:64]!r} names the shard {str(shard)[:64]!r} "
-                                   "(a file name in the same directory)")
+        weight_map = _read_weight_map(index)
         self._shards: dict[str, SafetensorsFile] = {}
         self._where: dict[str, SafetensorsFile] = {}
         try:
-            for shard in sorted(set(weight_map.values())):
-                file = index.parent / shard
-                if not file.is_file():
-                    raise FednodeError(f"{index} names the shard {shard}, which is missing")
-                self._shards[shard] = SafetensorsFile(file)
-            seen: dict[str, str] = {}
-            for shard, source in self._shards.items():
-                for name in source.tensors:
-                    if name in seen:
-                        raise FednodeError(f"tensor {name[:64]!r} is in two shards of {index.parent}: "
-                                           f"{seen[name]} and {shard}")
-                    seen[name] = shard
-            for shard, source in self._shards.items():
-                for name in source.tensors:
-                    if weight_map.get(name) != shard:
-                        where = weight_map.get(name)
-                        raise FednodeError(
-                            f"shard {shard} holds tensor {name[:64]!r} but {index.name} "
-                            + (f"puts it in {where}" if where else "does not list it"))
-                    self._where[name] = source
-            missing = sorted(set(weight_map) - set(self._where))
-            if missing:
-                raise FednodeError(f"{index.name} lists tensor {missing[0][:64]!r}, which is not in "
-                                   f"{weight_map[missing[0]]}" + (f" (and {len(missing) - 1} more)"
-                                                                  if len(missing) > 1 else ""))
+            self._open_shards(index, weight_map)
+            self._check_no_tensor_in_two_shards(index)
+            self._place_tensors(index, weight_map)
         except BaseException:
             self.close()
             raise
         self.tensors = {name: self._where[name].tensors[name] for name in sorted(self._where)}
+
+    def _open_shards(self, index: Path, weight_map: dict[str, str]) -> None:
+        for shard in sorted(set(weight_map.values())):
+            file = index.parent / shard
+            if not file.is_file():
+                raise FednodeError(f"{index} names the shard {shard}, which is missing")
+            self._shards[shard] = SafetensorsFile(file)
+
+    def _check_no_tensor_in_two_shards(self, index: Path) -> None:
+        seen: dict[str, str] = {}
+        for shard, source in self._shards.items():
+            for name in source.tensors:
+                if name in seen:
+                    raise FednodeError(f"tensor {name[:64]!r} is in two shards of {index.parent}: "
+                                       f"{seen[name]} and {shard}")
+                seen[name] = shard
+
+    def _place_tensors(self, index: Path, weight_map: dict[str, str]) -> None:
+        """Each shard's tensors where the index puts them, and every tensor the index lists found."""
+        for shard, source in self._shards.items():
+            for name in source.tensors:
+                if weight_map.get(name) != shard:
+                    where = weight_map.get(name)
+                    raise FednodeError(
+                        f"shard {shard} holds tensor {name[:64]!r} but {index.name} "
+                        + (f"puts it in {where}" if where else "does not list it"))
+                self._where[name] = source
+        missing = sorted(set(weight_map) - set(self._where))
+        if missing:
+            raise FednodeError(f"{index.name} lists tensor {missing[0][:64]!r}, which is not in "
+                               f"{weight_map[missing[0]]}" + (f" (and {len(missing) - 1} more)"
+                                                              if len(missing) > 1 else ""))
 
     def chunks(self, name: str) -> Iterator[memoryview]:
         return self._where[name].chunks(name)
@@ -320,7 +336,7 @@ class CastSource(ModelSource):
         return out
 
     def chunks(self, name: str) -> Iterator[memoryview]:
-        yield memoryview(self.array(name)).cast("B")
+        yield self.array(name).data.cast("B")
 
     def close(self) -> None:
         self._source.close()
