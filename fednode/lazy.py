@@ -2,9 +2,10 @@
 
 ``import numpy`` takes about 0.14 s on this kind of machine, half of the 0.3 s a command that
 never touches a tensor (``--version``, ``log``, ``show``, ``status``) may take to start. The
-history layer's modules bind ``np = lazy_import("numpy")`` (``import numpy as np`` for type
-checkers): numpy is imported at the first attribute access (``np.frombuffer``...), and not at
-all by commands that only read commits. Unlike ``importlib.util.LazyLoader`` (whose first access
+modules such commands load (in history, workflows, storage and tensors) bind
+``np = lazy_import("numpy")`` (``import numpy as np`` for type checkers): numpy is imported at
+the first attribute access (``np.frombuffer``...), and not at all by commands that only read
+commits. Unlike ``importlib.util.LazyLoader`` (whose first access
 is not thread-safe in Python 3.11), the real module is imported normally, under a lock, and
 nothing unusual is ever put in ``sys.modules``.
 """

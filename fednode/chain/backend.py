@@ -1,7 +1,9 @@
 """Where transactions go: the ChainBackend interface and its embedded LiteSVM implementation.
 
 A backend sends already-built instructions and reads accounts; it knows nothing of federity.
-Other backends (a JSON-RPC cluster, a local dev chain) implement the same four methods.
+This synchronous interface serves the program tests and benchmarks (and the embedded backend
+runs on LiteSVMBackend); a node talks to chains through aio.py's async interface, which the
+embedded and JSON-RPC backends implement.
 """
 
 from __future__ import annotations

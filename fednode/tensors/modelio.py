@@ -1,4 +1,5 @@
-"""Reading and writing model files: safetensors (streamed) and PyTorch state_dicts.
+"""Reading and writing model files: safetensors (streamed), sharded safetensors checkpoints
+(a Hugging Face index and its shards) and PyTorch state_dicts, optionally cast to another float dtype.
 
 The safetensors reader parses the header itself and reads tensor bytes with
 ``pread`` in bounded pieces, so committing a model never holds a second copy

@@ -1,4 +1,4 @@
-/* Exact integer kernels for fednode's merges (see fednode/native/__init__.py).
+/* Exact integer kernels for fednode's merges (see fednode/tensors/native/__init__.py).
  *
  * weighted_mean: out[j] = round_half_even(sum_k w[k] * x_k[j] / den) over [lo, hi),
  * fused in one pass over the inputs, block by block. Inputs are native signed
