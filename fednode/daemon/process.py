@@ -15,8 +15,9 @@ from fednode import logs
 from fednode.chain.autoflush import flush_loop
 from fednode.daemon import host as hostmod
 from fednode.daemon.api import Api, ensure_token
+from fednode.daemon.bans import BAN_SECONDS, BAN_THRESHOLD
 from fednode.daemon.exchange import MAX_FETCH_BYTES, MIN_FREE_BYTES
-from fednode.daemon.service import BAN_SECONDS, BAN_THRESHOLD, SYNC_INTERVAL, Daemon
+from fednode.daemon.service import SYNC_INTERVAL, Daemon
 from fednode.errors import FednodeError
 from fednode.logs import log
 from fednode.node import open_node

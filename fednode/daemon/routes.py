@@ -10,9 +10,9 @@ import multiaddr
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from fednode.daemon import discovery, sync
+from fednode.daemon.discovery import cid_key
 from fednode.errors import FednodeError
-from fednode.history import parse_repo_id, repo_id_text
+from fednode.history import parse_repo_id, refs, repo_id_text
 from protocol import messages as m
 from protocol.multiformats import CID, b58decode
 
@@ -122,14 +122,14 @@ async def h_status(d: Daemon, body: dict[str, Any]) -> Any:
 
 async def h_peers(d: Daemon, body: dict[str, Any]) -> Any:
     _only(body)
-    return d.peers()
+    return d.peers.listing()
 
 
 async def h_connect(d: Daemon, body: dict[str, Any]) -> Any:
     _only(body, "addr")
     addr = _peer_addr("addr", _text(body, "addr"))
     try:
-        return {"peer_id": await d.connect(addr)}
+        return {"peer_id": await d.peers.connect(addr)}
     except Exception as exc:
         raise HTTPError(502, f"cannot connect to {addr}: {type(exc).__name__}: {exc}") from None
 
@@ -142,7 +142,7 @@ async def h_providers(d: Daemon, body: dict[str, Any]) -> Any:
         cid = CID.parse(text)
     except Exception:
         raise HTTPError(400, f"not a CID: {text!r}") from None
-    infos = await discovery.lookup(d, discovery.cid_key(cid))
+    infos = await d.discovery.lookup(cid_key(cid))
     return [{"peer_id": str(i.peer_id), "addrs": [str(a) for a in i.addrs]} for i in infos]
 
 
@@ -156,7 +156,7 @@ async def h_fetch(d: Daemon, body: dict[str, Any]) -> Any:
         root = CID.parse(text)
     except Exception:
         raise HTTPError(400, f"not a CID: {text!r}") from None
-    job = d.schedule_fetch(repo_id, root, [], None)
+    job = d.jobs.schedule(repo_id, root, [], None)
     with trio.move_on_after(timeout):
         await job.done.wait()
     return {"root": str(root), "ok": job.ok, "done": job.done.is_set()}
@@ -167,7 +167,7 @@ async def h_unban(d: Daemon, body: dict[str, Any]) -> Any:
     _only(body, "peer")
     peer = _text(body, "peer")
     try:
-        return {"peer_id": peer, "was_banned": d.unban(peer)}
+        return {"peer_id": peer, "was_banned": d.bans.unban(peer)}
     except ValueError:
         raise HTTPError(400, f"not a peer id: {peer!r}") from None
 
@@ -176,7 +176,7 @@ async def h_follow(d: Daemon, body: dict[str, Any]) -> Any:
     _only(body, "repo")
     repo_id = _repo_arg(d, body, local=False)
     d.state.follow(repo_id)
-    await d.subscribe(repo_id)
+    await d.gossip.subscribe(repo_id)
     return {"repo": repo_id_text(repo_id), "topic": m.topic_for(repo_id)}
 
 
@@ -187,7 +187,7 @@ async def h_push(d: Daemon, body: dict[str, Any]) -> Any:
     repo_id = _repo_arg(d, body, local=True)
     confirm = _flag(body, "confirm") if "confirm" in body else True
     try:
-        return await sync.push(d, repo_id, confirm)
+        return await d.heads.push(repo_id, confirm)
     except FednodeError as exc:  # not a member: nothing published
         raise HTTPError(403, str(exc)) from None
 
@@ -199,12 +199,12 @@ async def _sync(d: Daemon, body: dict[str, Any], create: bool) -> Any:
     repo_id = _repo_arg(d, body, local=not create)
     for addr in peers:
         try:
-            await d.connect(addr)
+            await d.peers.connect(addr)
         except Exception as exc:
             raise HTTPError(502, f"cannot connect to {addr}: {type(exc).__name__}: {exc}") from None
     d.state.follow(repo_id)
     try:
-        return await sync.sync_repo(d, repo_id, sync.peer_list(d), create=create, timeout=timeout)
+        return await d.heads.sync_repo(repo_id, d.peers.usable(), create=create, timeout=timeout)
     except FednodeError as exc:
         raise HTTPError(404, str(exc)) from None
 
@@ -235,7 +235,7 @@ async def h_members(d: Daemon, body: dict[str, Any]) -> Any:
     seq = d.state.next_own_seq(repo_id, time.time_ns() // 1000)
     msg = m.Membership(repo_id, members, public, seq, time.time_ns() // 1_000_000,
                        d.node.identity.public_key)
-    await sync.publish_signed(d, repo_id, msg)
+    await d.heads.publish_signed(repo_id, msg)
     return {"repo": repo_id_text(repo_id), "members": len(members), "public": msg.public, "seq": seq}
 
 
@@ -246,7 +246,7 @@ async def h_propose(d: Daemon, body: dict[str, Any]) -> Any:
     message = _text(body, "message", "", max_bytes=64 * 1024)[: m.MAX_PROPOSAL_MESSAGE]
     repo_id = _repo_arg(d, body, local=True)
     with d.node.store.read() as txn:
-        raw = txn.get_ref(repo_id, "heads/" + branch)
+        raw = txn.get_ref(repo_id, refs.branch(branch))
     if raw is None:
         raise HTTPError(404, f"no local branch {branch!r}")
     head = CID.from_bytes(raw)
@@ -256,11 +256,11 @@ async def h_propose(d: Daemon, body: dict[str, Any]) -> Any:
     with d.node.store.read() as txn:
         block = txn.get_block(head)
     try:
-        await sync.publish_signed(d, repo_id, msg)
+        await d.heads.publish_signed(repo_id, msg)
     except FednodeError as exc:
         raise HTTPError(403, str(exc)) from None
-    if d.validator.check(m.CommitEnvelope(block).encode(), repo_id, from_self=True).ok:
-        await d.publish(repo_id, m.CommitEnvelope(block).encode())  # members' commits travel as well
+    if d.validator.validate(m.CommitEnvelope(block).encode(), repo_id, from_self=True).ok:
+        await d.gossip.publish(repo_id, m.CommitEnvelope(block).encode())  # members' commits travel as well
     return {"repo": repo_id_text(repo_id), "branch": branch, "head": str(head), "seq": seq}
 
 

@@ -1,9 +1,11 @@
 """Gossip validation: what a message must satisfy before it is stored or forwarded.
 
-Returns a reason string for a rejection (counted in metrics), None to accept. Reasons in
-``PENALIZED`` count against the forwarding peer (see ``Daemon.penalize``); ``duplicate``,
-``replay`` and ``unknown_repo`` can come from honest peers (late or redundant relays), and
-``not_member`` only counts when the forwarder signed the message itself (a relay may hold a
+``Validator.validate`` is pure: it reads the store and returns a ``Verdict`` (``reason`` None to
+accept, else why not, counted in metrics), and changes nothing. What follows an acceptance (claiming
+the seq against replays, storing the message) is the caller's, in one place: ``Gossip.accept`` and
+``NetState.record``. Reasons in ``PENALIZED`` count against the forwarding peer (``Bans.penalize``);
+``duplicate``, ``replay`` and ``unknown_repo`` can come from honest peers (late or redundant relays),
+and ``not_member`` only counts when the forwarder signed the message itself (a relay may hold a
 newer membership list than ours).
 """
 
@@ -57,11 +59,12 @@ class Validator:
             return {owner}, False
         return {owner, *ms.members}, ms.public
 
-    def check(self, data: bytes, repo_id: bytes, from_self: bool, claim: bool = True) -> Verdict:
-        """Validate one message received on ``repo_id``'s topic.
+    def validate(self, data: bytes, repo_id: bytes, from_self: bool, heads_reply: bool = False) -> Verdict:
+        """Validate one message received on ``repo_id``'s topic; reads the store, writes nothing.
 
-        ``claim``: record the seq of accepted signed messages (so a replay is refused); without it
-        (heads exchange) an announcement as new as the last accepted one passes again.
+        A signed message whose seq is not newer than the last one accepted (``NetState.record``) is
+        a ``replay``; in a heads reply (``heads_reply``) the latest accepted announcement passes again
+        (applying it twice is idempotent), an older one does not.
         """
         if len(data) > m.MAX_GOSSIP_BYTES:
             return Verdict("oversize")
@@ -90,10 +93,8 @@ class Validator:
         branch = getattr(msg, "branch", "")
         if from_self:
             return Verdict(None, msg)
-        if claim and not self.state.claim_seq(msg.kind, repo_id, msg.announcer, branch, msg.seq):
-            return Verdict("replay")
-        # heads exchange: the latest announcement we already accepted may be applied again (idempotent)
-        if not claim and self.state.last_seq(msg.kind, repo_id, msg.announcer, branch) > msg.seq:
+        last = self.state.last_seq(msg.kind, repo_id, msg.announcer, branch)
+        if last > msg.seq or (last == msg.seq and not heads_reply):
             return Verdict("replay")
         return Verdict(None, msg)
 

@@ -33,6 +33,7 @@ FETCH, GONE = b"fetch/", b"gone/"
 # again, but its record keeps the first time (``gone/``), so it is dropped at the next sweep unless it
 # completes. ``gone/`` entries are forgotten after GONE_FACTOR expiry periods.
 FETCH_EXPIRY_SECONDS = 48 * 3600.0
+SignedMessage = HeadAnnouncement | MergeProposal | Membership  # what ``record`` keeps, per announcer
 GONE_FACTOR = 8
 
 
@@ -129,6 +130,27 @@ class NetState:
                 return False
             txn.kv_put(DB, key, seq.to_bytes(8, "big"))
         return True
+
+    def record(self, msg: SignedMessage, replay_ok: bool = False) -> bool:
+        """The bookkeeping after a signed message was accepted: claim its seq (replay protection)
+        and store it (the latest announcement, proposal or membership), in one transaction.
+        False, and nothing stored, for a seq not newer than the last claimed one, unless
+        ``replay_ok`` (a heads reply may carry the latest announcement again: stored, idempotent)."""
+        key = self._seq_key(msg.kind, msg.repo, msg.announcer, getattr(msg, "branch", ""))
+        with self.store.write() as txn:
+            raw = txn.kv_get(DB, key)
+            claimed = raw is None or int.from_bytes(raw, "big") < msg.seq
+            if claimed:
+                txn.kv_put(DB, key, msg.seq.to_bytes(8, "big"))
+            elif not replay_ok:
+                return False
+            if isinstance(msg, Membership):
+                txn.kv_put(DB, b"members/" + msg.repo, msg.encode())
+            elif isinstance(msg, MergeProposal):
+                txn.kv_put(DB, b"prop/" + msg.repo + msg.announcer + msg.branch.encode(), msg.encode())
+            else:
+                txn.kv_put(DB, b"ann/" + msg.repo + msg.announcer + msg.branch.encode(), msg.encode())
+        return claimed
 
     def next_own_seq(self, repo: bytes, now_us: int) -> int:
         key = b"own/" + repo

@@ -6,7 +6,7 @@ leaves. Victim B clones the repository, fetches that head and must refuse it in 
 (the old unbounded size walk ran ~1.5 h on the event loop), answering ``/status`` within 1 s all
 along; it keeps its branch at the genesis, stores nothing of the bomb and bans A (``ban_threshold
 = 1``), which served a file root that disagrees with its manifest. The fetcher refuses it first;
-the second test shows that verification (``sync.apply``), the next line of defence, refuses the
+the second test shows that verification (``Applier.apply``), the next line of defence, refuses the
 same commit when its blocks are already in the store, in milliseconds, and penalizes its signer.
 """
 
@@ -23,7 +23,6 @@ import pytest
 from daemon_harness import DaemonProc, daemons, has_block, make_home, network_config, open_nodes, ref, wait_for
 from helpers import dag_bomb
 
-from fednode.daemon import sync
 from fednode.history import repo_id_text
 from fednode.tensors.modelio import ArraySource
 from protocol.multiformats import CID, DAG_CBOR
@@ -119,7 +118,7 @@ def test_a_dag_bomb_is_refused_at_once_and_the_daemon_stays_responsive(tmp_path:
 
 def test_verifying_a_stored_bomb_takes_milliseconds_and_penalizes_its_announcer(tmp_path: Path) -> None:
     import trio
-    from test_daemon_verify import announce, fake_daemon
+    from test_daemon_verify import announce, apply, fake_daemon
 
     (node,) = open_nodes(make_home(tmp_path, "a"))
     try:
@@ -131,7 +130,7 @@ def test_verifying_a_stored_bomb_takes_milliseconds_and_penalizes_its_announcer(
         penalties: list[tuple[object, str]] = []
         d.penalize = lambda peer, reason: penalties.append((peer, reason))
         start = time.monotonic()
-        trio.run(sync.apply, d, info.repo_id, announce(node.identity, info.repo_id, bomb_head, 1))
+        trio.run(apply, d, info.repo_id, announce(node.identity, info.repo_id, bomb_head, 1))
         took = time.monotonic() - start
         assert took < 1.0, took
         assert d.metrics.rejected["verify_failed"] == 1 and [r for _, r in penalties] == ["verify_failed"]
@@ -145,7 +144,7 @@ def test_verification_runs_beside_the_event_loop(tmp_path: Path, monkeypatch: py
     """However long a fetched head takes to verify (here: 1 s per commit, simulated), the event
     loop keeps running: the real ``Fetcher.run_reading`` hands verification to a worker thread."""
     import trio
-    from test_daemon_verify import announce, fake_daemon
+    from test_daemon_verify import announce, apply, fake_daemon
 
     from fednode.daemon.exchange import Fetcher
     from fednode.daemon.metrics import Metrics
@@ -174,7 +173,7 @@ def test_verification_runs_beside_the_event_loop(tmp_path: Path, monkeypatch: py
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(tick)
-                await sync.apply(d, info.repo_id, announce(node.identity, info.repo_id, created.cid, 1))
+                await apply(d, info.repo_id, announce(node.identity, info.repo_id, created.cid, 1))
                 nursery.cancel_scope.cancel()
 
         trio.run(main)

@@ -16,7 +16,6 @@ from helpers import model_arrays
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 
-from fednode.daemon import sync
 from fednode.daemon.service import Daemon
 from fednode.daemon.validate import Validator
 from fednode.identity import Identity
@@ -37,12 +36,12 @@ async def test_exceptions_at_entry_points_are_logged_counted_and_contained(tmp_p
             await nursery.start(d.run)
             stranger = ID.from_base58(Identity.generate().peer_id)
             # a peer the peerstore has no address of yet (it dialled us; identify is still running)
-            assert d.known_addrs(stranger) == []
+            assert d.peers.known_addrs(stranger) == []
 
             # gossip: the message is rejected, the forwarder gets a strike, the validator returns normally
-            monkeypatch.setattr(Validator, "check", _boom)
+            monkeypatch.setattr(Validator, "validate", _boom)
             msg = rpc_pb2.Message(from_id=stranger.to_bytes(), data=b"\xa0", seqno=b"1")
-            assert d._validator_for(info.repo_id)(stranger, msg) is False
+            assert d.gossip.validator_for(info.repo_id)(stranger, msg) is False
             assert d.metrics.errors["gossip_validator"] == 1 and d.metrics.penalties["error"] == 1
             assert d.metrics.rejected["error"] == 1
             monkeypatch.undo()
@@ -53,8 +52,8 @@ async def test_exceptions_at_entry_points_are_logged_counted_and_contained(tmp_p
             assert d.metrics.errors["test_task"] == 1
 
             # a fetch job whose apply raises: counted, the job still ends (a clone waiting on it returns)
-            monkeypatch.setattr(sync, "apply", _boom)
-            job = d.schedule_fetch(info.repo_id, info.genesis, [], b"announcement")
+            monkeypatch.setattr(d.applier, "apply", _boom)
+            job = d.jobs.schedule(info.repo_id, info.genesis, [], b"announcement")
             with trio.fail_after(5):
                 await job.done.wait()
             assert job.ok and d.metrics.errors["apply"] == 1

@@ -144,20 +144,22 @@ def test_stored_bans_are_restored_until_they_expire(tmp_path: Path) -> None:
     from libp2p.crypto.ed25519 import create_new_key_pair
     from libp2p.peer.id import ID
 
-    from fednode.daemon.service import Daemon
+    from fednode.daemon.bans import Bans
+    from fednode.daemon.metrics import Metrics
     from fednode.storage.netstate import NetState
     from fednode.storage.store import Store
 
     live, old = (ID.from_pubkey(create_new_key_pair().public_key) for _ in range(2))
     with Store(tmp_path / "s", sync=False) as store:
-        d = Daemon.__new__(Daemon)  # only the ban bookkeeping: a real store, a stand-in blacklist
-        d.state, d.pubsub = NetState(store), Blacklist()
-        d.state.put_ban(str(live), time.time() + 3600, "bad_signature")
-        d.state.put_ban(str(old), time.time() - 1, "malformed")
-        d.state.put_ban("not a peer id", time.time() + 3600, "x")
-        d._restore_bans()
-        assert d.pubsub.peers == {live}
-        assert set(d.state.bans()) == {str(live)}  # the expired and the malformed entries are gone
+        # only the ban bookkeeping: a real store, a stand-in blacklist (no host, no tasks: nobody is banned here)
+        state, blacklist = NetState(store), Blacklist()
+        bans = Bans(state, Metrics(), None, None)  # type: ignore[arg-type]
+        state.put_ban(str(live), time.time() + 3600, "bad_signature")
+        state.put_ban(str(old), time.time() - 1, "malformed")
+        state.put_ban("not a peer id", time.time() + 3600, "x")
+        bans.start(blacklist)  # restores the stored bans
+        assert blacklist.peers == {live}
+        assert set(state.bans()) == {str(live)}  # the expired and the malformed entries are gone
 
 
 async def test_the_event_loop_watchdog_counts_a_blocked_loop(monkeypatch: pytest.MonkeyPatch) -> None:

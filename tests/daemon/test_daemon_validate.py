@@ -31,8 +31,13 @@ def test_membership_public_proposals_and_replays(tmp_path: Path) -> None:
         v = Validator(store, state)
         assert v.owner(rid) == owner.public_key and v.members(rid) == ({owner.public_key}, False)
 
-        def check(data: bytes, **kw) -> str | None:
-            return v.check(data, rid, from_self=False, **kw).reason
+        def check(data: bytes, claim: bool = True) -> str | None:
+            """Validate as gossip does, then (``claim``) record what was accepted as ``Gossip`` does;
+            ``claim=False``: as a heads reply is validated, nothing recorded."""
+            verdict = v.validate(data, rid, from_self=False, heads_reply=not claim)
+            if claim and verdict.ok and not isinstance(verdict.msg, m.CommitEnvelope):
+                assert state.record(verdict.msg)  # type: ignore[arg-type]
+            return verdict.reason
 
         # commits: the owner's pass, anyone else's are refused until the owner lists them
         other = History(Store(tmp_path / "other"), member)
@@ -43,7 +48,7 @@ def test_membership_public_proposals_and_replays(tmp_path: Path) -> None:
         owner_commit = history.commit(info, ArraySource(perturb(model_arrays(0), 1)), "c1")
         env = m.CommitEnvelope(owner_commit.commit.encode()).encode()
         assert check(env) == "duplicate"  # already in this store
-        assert v.check(env, rid, from_self=True).ok
+        assert v.validate(env, rid, from_self=True).ok
         head = CID.hash(DAG_CBOR, b"whatever")
         ann = m.HeadAnnouncement(rid, "main", head, 5, 1, member.public_key)
         assert check(_sign(member, ann)) == "not_member"
@@ -54,6 +59,7 @@ def test_membership_public_proposals_and_replays(tmp_path: Path) -> None:
         state.put_membership(m.decode(_sign(owner, m.Membership(rid, (member.public_key,), False, 1, 1,
                                                                 owner.public_key))))
         assert v.members(rid) == ({owner.public_key, member.public_key}, False)
+        assert v.validate(_sign(member, ann), rid, from_self=False).ok  # validating records nothing
         assert check(_sign(member, ann)) is None
         assert check(_sign(member, ann)) == "replay"  # same seq again
         assert check(_sign(member, m.HeadAnnouncement(rid, "main", head, 4, 1, member.public_key))) == "replay"
@@ -73,8 +79,8 @@ def test_membership_public_proposals_and_replays(tmp_path: Path) -> None:
         assert check(_sign(stranger, m.HeadAnnouncement(rid, "main", head, 9, 1, stranger.public_key))) \
             == "not_member"
         # wrong topic / unknown repository
-        assert v.check(_sign(member, ann), bytes(32), from_self=False).reason == "wrong_repo"
+        assert v.validate(_sign(member, ann), bytes(32), from_self=False).reason == "wrong_repo"
         foreign = m.HeadAnnouncement(oinfo.repo_id, "main", head, 1, 1, member.public_key)
-        assert v.check(_sign(member, foreign), oinfo.repo_id, from_self=False).reason == "unknown_repo"
+        assert v.validate(_sign(member, foreign), oinfo.repo_id, from_self=False).reason == "unknown_repo"
     finally:
         store.close()

@@ -1,4 +1,4 @@
-"""The daemon's incremental verification, in process: ``sync.apply`` on a real store, no network."""
+"""The daemon's incremental verification, in process: ``Applier.apply`` on a real store, no network."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import trio
 from helpers import fixed_identity, model_arrays, perturb
 
-from fednode.daemon import sync
+from fednode.daemon.apply import Applier
 from fednode.daemon.validate import Validator
 from fednode.history import History
 from fednode.identity import Identity
@@ -23,7 +23,7 @@ from protocol.multiformats import CID, DAG_CBOR
 
 
 def fake_daemon(history: History) -> SimpleNamespace:
-    """What ``sync.apply`` uses of a Daemon."""
+    """What ``Applier`` uses of a Daemon's parts (``apply`` below builds it from them)."""
     state = NetState(history.store)
 
     async def run_reading(fn):
@@ -36,6 +36,15 @@ def fake_daemon(history: History) -> SimpleNamespace:
                            nursery=SimpleNamespace(start_soon=lambda *args: None),
                            fetcher=SimpleNamespace(run_reading=run_reading), penalize=lambda peer, reason: None,
                            spawn=lambda *args, **kw: None)
+
+
+async def apply(d: SimpleNamespace, repo_id: bytes, raw: bytes) -> None:
+    """``Applier.apply`` over the fake daemon's parts as they are now (a test may swap one)."""
+    penalizer = SimpleNamespace(penalize=lambda peer, reason: d.penalize(peer, reason))
+    provides = SimpleNamespace(provide_new_soon=lambda: None, provide_all_soon=lambda: None)
+    applier = Applier(d.node.history, d.node.identity.public_key, d.state, d.validator, d.metrics, d.fetcher,
+                      penalizer, provides)
+    await applier.apply(repo_id, raw)
 
 
 def announce(ident: Identity, repo_id: bytes, head: CID, seq: int) -> bytes:
@@ -62,7 +71,7 @@ def test_apply_records_verified_commits_persistently(tmp_path: Path, monkeypatch
     d = fake_daemon(history)
     assert not d.state.is_verified(rid, genesis)
 
-    trio.run(sync.apply, d, rid, announce(owner, rid, c1, 1))
+    trio.run(apply, d, rid, announce(owner, rid, c1, 1))
     assert main_head(history, rid) == c1
     assert d.state.is_verified(rid, genesis) and d.state.is_verified(rid, c1)
     assert not d.state.is_verified(rid, c2)
@@ -72,7 +81,7 @@ def test_apply_records_verified_commits_persistently(tmp_path: Path, monkeypatch
     bad_cid = CID.hash(DAG_CBOR, bad.encode())
     with store.write() as txn:
         txn.put_block(bad_cid, bad.encode())
-    trio.run(sync.apply, d, rid, announce(owner, rid, bad_cid, 2))
+    trio.run(apply, d, rid, announce(owner, rid, bad_cid, 2))
     assert d.metrics.rejected["verify_failed"] == 1 and main_head(history, rid) == c1
     assert not d.state.is_verified(rid, c2) and not d.state.is_verified(rid, bad_cid)
     store.close()
@@ -91,6 +100,6 @@ def test_apply_records_verified_commits_persistently(tmp_path: Path, monkeypatch
         return check_commit(cid, *args, **kw)
 
     monkeypatch.setattr(history, "check_commit", counting)
-    trio.run(sync.apply, d, rid, announce(owner, rid, c2, 3))
+    trio.run(apply, d, rid, announce(owner, rid, c2, 3))
     assert checked == [c2] and main_head(history, rid) == c2 and d.state.is_verified(rid, c2)
     store.close()
