@@ -27,6 +27,8 @@ from fednode.logs import log
 from fednode.storage.diskspace import DiskFull
 
 if TYPE_CHECKING:
+    from trio_typing import TaskStatus  # trio-stubs shadow trio for mypy: see service.py
+
     from fednode.daemon.service import Daemon
 
 TOKEN_FILE = "api.token"
@@ -250,7 +252,7 @@ class Api:
             self.reading[reading] = None
             nursery.start_soon(self.handle, stream, reading)
 
-    async def serve(self, port: int, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, port: int, task_status: TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
         bound = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:

@@ -100,7 +100,8 @@ async def serve(stream: INetStream, store: Store, metrics: Metrics,
         try:
             want = m.decode_want(await wire.read_frame(stream, MAX_REQUEST, wire.FIRST_FRAME_TIMEOUT))
         except (wire.FrameTimeout, wire.FrameTooLarge, FormatError, ValueError) as exc:
-            why = {wire.FrameTimeout: IDLE, wire.FrameTooLarge: "oversize_request"}.get(type(exc), "malformed_request")
+            why = IDLE if isinstance(exc, wire.FrameTimeout) else \
+                "oversize_request" if isinstance(exc, wire.FrameTooLarge) else "malformed_request"
             metrics.refused[why] += 1
             if misbehaved is not None:
                 misbehaved(why)
@@ -357,9 +358,9 @@ class Fetcher:
             await wire.write_frame(stream, m.encode_want(want))
             for cid in want:
                 frame = await reader.read_frame(m.MAX_BLOCK_BYTES + 1, STREAM_TIMEOUT)
-                if frame == b"\x00":
+                if len(frame) == 1 and frame[0] == 0:  # 0x00: not here
                     continue
-                if frame[:1] != b"\x01":
+                if not frame or frame[0] != 1:  # else 0x01 + block
                     reason = "bad_block"
                     break
                 view = frame[1:]  # leaves stay views of the received chunk: no 256 KiB copy

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from fednode.daemon.service import Daemon
 
 Handler = Callable[["Daemon", dict[str, Any]], Awaitable[Any]]
+Schema = dict[str, Any]  # a JSON schema of the OpenAPI document
 
 
 MAX_TEXT = 256  # bytes of UTF-8: names, ids, addresses (an LMDB key holds at most 511)
@@ -281,11 +282,11 @@ ROUTES: dict[tuple[str, str], Handler] = {
 
 
 def openapi() -> dict[str, Any]:
-    repo = {"type": "object", "properties": {"repo": {"type": "string"}}, "required": ["repo"]}
-    sync_schema = {**repo, "properties": {**repo["properties"], "peers": {"type": "array", "items": {"type": "string"}},
-                                          "timeout": {"type": "number", "exclusiveMinimum": 0,
-                                                      "maximum": MAX_TIMEOUT}}}
-    schemas = {
+    repo: Schema = {"type": "object", "properties": {"repo": {"type": "string"}}, "required": ["repo"]}
+    timeout = {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT}
+    peers = {"type": "array", "items": {"type": "string"}}
+    sync_schema: Schema = {**repo, "properties": {**repo["properties"], "peers": peers, "timeout": timeout}}
+    schemas: dict[str, Schema] = {
         "/connect": {"type": "object", "properties": {"addr": {"type": "string"}}, "required": ["addr"]},
         "/unban": {"type": "object", "properties": {"peer": {"type": "string"}}, "required": ["peer"]},
         "/providers": {"type": "object", "properties": {"cid": {"type": "string"}}, "required": ["cid"]},

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from libp2p.abc import IHost, INetStream
@@ -44,6 +44,11 @@ from fednode.logs import log
 from fednode.node import Node
 from fednode.storage.netstate import NetState, fetch_expiry_seconds
 from protocol import messages as m
+
+if TYPE_CHECKING:
+    # trio-stubs (of trio-typing, which libp2p pulls in) shadow trio's inline types for mypy
+    # and do not re-export TaskStatus; at run time this annotation is never evaluated
+    from trio_typing import TaskStatus
 
 # heads queries per peer: an honest peer asks once per repository it follows on connecting and
 # every sync_interval (30 s) after; a burst of 64 (repositories), then 4 a second. Answers read the
@@ -101,7 +106,7 @@ class Daemon:
         return [str(a) for a in self.host.get_addrs()]
 
     # --- lifecycle --------------------------------------------------------------------------
-    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with self.host.run(hostmod.parse_addrs(self.listen)):
             self.pubsub, router = hostmod.build_pubsub(self.host)
             # Kademlia in server mode: repositories are provider records keyed by their id

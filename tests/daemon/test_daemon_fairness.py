@@ -14,16 +14,28 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import multiaddr
 import numpy as np
+import trio
 from daemon_harness import DaemonProc, daemons, make_home, network_config, open_nodes, wait_for
 from helpers import ROOT, script_env
+from libp2p.abc import IHost
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
 from test_daemon_bomb import StatusProbe
 from test_daemon_liar import _leaves
 
+from fednode.daemon import wire
 from fednode.daemon.fairness import IDLE, FairServing
+from fednode.daemon.host import build_host
 from fednode.tensors.modelio import ArraySource
+from protocol import messages as m
+from protocol.multiformats import CID, encode_varint
 
 
 class Clock:
@@ -140,123 +152,116 @@ def test_an_idle_stream_attacker_cannot_starve_honest_fetches(tmp_path: Path) ->
 # --- the peers, as scripts -------------------------------------------------------------------------
 
 
-async def _peer(mode: str, target: str, cids: list[str]) -> None:
-    import time
+BLOCKS, HEADS = TProtocol(m.BLOCKS_PROTOCOL), TProtocol(m.HEADS_PROTOCOL)
 
-    import multiaddr
-    import trio
-    from libp2p.crypto.ed25519 import create_new_key_pair
-    from libp2p.custom_types import TProtocol
-    from libp2p.peer.peerinfo import info_from_p2p_addr
 
-    from fednode.daemon import wire
-    from fednode.daemon.host import build_host
-    from protocol import messages as m
-    from protocol.multiformats import CID, encode_varint
+async def _go() -> None:
+    """Wait for the test's line on stdin."""
+    await trio.to_thread.run_sync(sys.stdin.readline)
 
-    host = build_host(create_new_key_pair())
-    blocks, heads = TProtocol(m.BLOCKS_PROTOCOL), TProtocol(m.HEADS_PROTOCOL)
-    info = info_from_p2p_addr(multiaddr.Multiaddr(target))
-    out: dict = {"peer_id": str(host.get_id())}
 
-    async def go() -> None:
-        await trio.to_thread.run_sync(sys.stdin.readline)
+async def _honest(host: IHost, target: ID, cids: list[str], out: dict) -> None:
+    """40 block requests, one at a time, each timed."""
+    want = [CID.parse(c) for c in cids]
+    out["latencies"], out["failures"] = [], []
+    for i in range(40):
+        cid = want[i % len(want)]
+        start = time.monotonic()
+        try:
+            with trio.fail_after(10):
+                stream = await host.new_stream(target, [BLOCKS])
+                await wire.write_frame(stream, m.encode_want([cid]))
+                frame = bytes(await wire.FrameReader(stream).read_frame(m.MAX_BLOCK_BYTES + 1))
+                await stream.close()
+            assert frame[:1] == b"\x01" and cid.verify(frame[1:]), "not the block"
+            out["latencies"].append(time.monotonic() - start)
+        except Exception as exc:  # a refusal (reset) or a timeout: a failed honest fetch
+            out["failures"].append(f"{type(exc).__name__}: {exc}")
+        await trio.sleep(0.05)
 
-    async def honest() -> None:
-        want = [CID.parse(c) for c in cids]
-        out["latencies"], out["failures"] = [], []
-        for i in range(40):
-            cid = want[i % len(want)]
-            start = time.monotonic()
+
+async def _idle(host: IHost, target: ID, out: dict, nursery: trio.Nursery) -> None:
+    """32 streams that never send a request, each renewed every 2.5 s: the victim drops an idle
+    one after 2 s, and resets at once those over our share. (Reading a stream the victim reset
+    can wedge this py-libp2p host, so the attacker never reads.)"""
+    out.update(opened=0, failed=0)
+    holding = trio.Event()
+
+    async def one() -> None:
+        while True:
             try:
-                with trio.fail_after(10):
-                    stream = await host.new_stream(info.peer_id, [blocks])
-                    await wire.write_frame(stream, m.encode_want([cid]))
-                    frame = bytes(await wire.FrameReader(stream).read_frame(m.MAX_BLOCK_BYTES + 1))
-                    await stream.close()
-                assert frame[:1] == b"\x01" and cid.verify(frame[1:]), "not the block"
-                out["latencies"].append(time.monotonic() - start)
-            except Exception as exc:  # a refusal (reset) or a timeout: a failed honest fetch
-                out["failures"].append(f"{type(exc).__name__}: {exc}")
-            await trio.sleep(0.05)
-
-    async def idle(nursery: trio.Nursery) -> None:
-        """32 streams that never send a request, each renewed every 2.5 s: the victim drops an idle
-        one after 2 s, and resets at once those over our share. (Reading a stream the victim reset
-        can wedge this py-libp2p host, so the attacker never reads.)"""
-        out.update(opened=0, failed=0)
-        holding = trio.Event()
-
-        async def one() -> None:
-            while True:
-                try:
-                    with trio.fail_after(5):
-                        stream = await host.new_stream(info.peer_id, [blocks])
-                except Exception:
-                    out["failed"] += 1
-                    await trio.sleep(0.05)
-                    continue
-                out["opened"] += 1
-                if out["opened"] >= 32:
-                    holding.set()
-                await trio.sleep(2.5)
-                with trio.move_on_after(0.5):
-                    try:
-                        await stream.reset()
-                    except Exception:
-                        pass
-
-        for _ in range(32):
-            nursery.start_soon(one)
-        await holding.wait()
-        print("holding", flush=True)
-
-    async def flood() -> None:
-        out.update(opened=0, failed=0)
-
-        async def one(protocol: TProtocol) -> None:
-            try:
-                with trio.fail_after(20):
-                    stream = await host.new_stream(info.peer_id, [protocol])
-                    out["opened"] += 1
-                    await stream.read(1)
+                with trio.fail_after(5):
+                    stream = await host.new_stream(target, [BLOCKS])
             except Exception:
                 out["failed"] += 1
+                await trio.sleep(0.05)
+                continue
+            out["opened"] += 1
+            if out["opened"] >= 32:
+                holding.set()
+            await trio.sleep(2.5)
+            with trio.move_on_after(0.5):
+                try:
+                    await stream.reset()
+                except Exception:
+                    pass
 
-        async with trio.open_nursery() as n:
-            for _ in range(500):
-                n.start_soon(one, blocks)
-        out["prefix_reset"] = 0
-        for protocol in (blocks, heads):  # a 100 MB frame, announced, on each protocol
-            stream = await host.new_stream(info.peer_id, [protocol])
-            await stream.write(encode_varint(100 << 20) + bytes(64 * 1024))
-            try:
-                with trio.fail_after(10):
-                    out["prefix_reset"] += not await stream.read(1)
-            except Exception:
-                out["prefix_reset"] += 1
-        async with trio.open_nursery() as n:  # idle heads queries: dropped after 2 s like block streams
-            for _ in range(4):
-                n.start_soon(one, heads)
+    for _ in range(32):
+        nursery.start_soon(one)
+    await holding.wait()
+    print("holding", flush=True)
 
+
+async def _flood(host: IHost, target: ID, out: dict) -> None:
+    """500 streams at once, a 100 MB length prefix on each protocol, then 4 idle heads queries."""
+    out.update(opened=0, failed=0)
+
+    async def one(protocol: TProtocol) -> None:
+        try:
+            with trio.fail_after(20):
+                stream = await host.new_stream(target, [protocol])
+                out["opened"] += 1
+                await stream.read(1)
+        except Exception:
+            out["failed"] += 1
+
+    async with trio.open_nursery() as n:
+        for _ in range(500):
+            n.start_soon(one, BLOCKS)
+    out["prefix_reset"] = 0
+    for protocol in (BLOCKS, HEADS):  # a 100 MB frame, announced, on each protocol
+        stream = await host.new_stream(target, [protocol])
+        await stream.write(encode_varint(100 << 20) + bytes(64 * 1024))
+        try:
+            with trio.fail_after(10):
+                out["prefix_reset"] += not await stream.read(1)
+        except Exception:
+            out["prefix_reset"] += 1
+    async with trio.open_nursery() as n:  # idle heads queries: dropped after 2 s like block streams
+        for _ in range(4):
+            n.start_soon(one, HEADS)
+
+
+async def _peer(mode: str, target: str, cids: list[str]) -> None:
+    host = build_host(create_new_key_pair())
+    info = info_from_p2p_addr(multiaddr.Multiaddr(target))
+    out: dict = {"peer_id": str(host.get_id())}
     async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
         with trio.fail_after(30):
             await host.connect(info)
         print("ready", flush=True)
-        await go()
+        await _go()
         async with trio.open_nursery() as nursery:
             if mode == "honest":
-                await honest()
+                await _honest(host, info.peer_id, cids, out)
             elif mode == "flood":
-                await flood()
+                await _flood(host, info.peer_id, out)
             else:
-                await idle(nursery)
-                await go()  # "report"
+                await _idle(host, info.peer_id, out, nursery)
+                await _go()  # "report"
             print(json.dumps(out), flush=True)
             nursery.cancel_scope.cancel()
 
 
 if __name__ == "__main__":
-    import trio
-
     trio.run(_peer, sys.argv[1], sys.argv[2], sys.argv[3:])
