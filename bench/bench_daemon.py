@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -46,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fednode.history import repo_id_text  # noqa: E402
-from fednode.node import init_home, open_node  # noqa: E402
+from fednode.node import Node, init_home, open_node  # noqa: E402
 from fednode.tensors.modelio import ArraySource  # noqa: E402
 from protocol.multiformats import CID  # noqa: E402
 
@@ -414,105 +415,142 @@ def bench_soak(tmp: Path, nodes: int, seconds: float, interval: float, members: 
     info, _ = owner.history.create_repo("soak", ArraySource({"w": ("F32", base)}))
     rid = repo_id_text(info.repo_id)
     procs: list[Proc] = []
-    stores = []
-    lines: list[str] = []
+    stores: list[Node] = []
     try:
         t_start = time.monotonic()
-        procs.append(Proc(homes[0], []))
-        for i in range(1, nodes):
-            boots = [procs[j].info["addrs"][0] for j in sorted({max(0, i - 1), max(0, i - 2), max(0, i // 2)})]
-            procs.append(Proc(homes[i], boots))
-        time.sleep(2.0)
-        for p in procs[1:]:
-            p.api("POST", "/clone", {"repo": rid, "timeout": 120})
-        writers = [owner] + [open_node(h) for h in homes[1:members]]
-        if members > 1:
-            procs[0].api("POST", "/members", {"repo": "soak", "members": [w.identity.address for w in writers[1:]]})
-        time.sleep(5.0)  # membership gossip + GossipSub meshes (1 s heartbeats)
-        stores = [open_node(h) for h in homes[members:]] + writers[1:]
-        store_of = {i: stores[i - members] for i in range(members, nodes)}
-        store_of.update({i: writers[i] for i in range(1, members)})
-        store_of[0] = owner
-        lines.append(f"soak: {nodes} daemons started and cloned in {time.monotonic() - t_start:.0f} s; "
-                     f"{members} committers, one commit every {interval:g} s for {seconds:g} s")
-        lat: list[float] = []
-        pending: dict[tuple[int, int], tuple[CID, float]] = {}  # (commit no, node) -> (cid, pushed at)
-        commits = push_errors = 0
-        t_end = time.monotonic() + seconds
-        next_commit = time.monotonic()
-        worst_rss: dict[int, float] = {}
-        while time.monotonic() < t_end:
-            now = time.monotonic()
-            if now >= next_commit:
-                w = commits % members
-                node = writers[w]
-                arr = base + np.float32(0.001 * (commits + 1))
-                res = node.history.commit(node.history.repo("soak"), ArraySource({"w": ("F32", arr)}), f"c{commits}")
-                t0 = time.monotonic()
-                try:
-                    procs[w].api("POST", "/push", {"repo": "soak"})
-                except Exception:
-                    push_errors += 1
-                for i in range(nodes):
-                    if i != w:
-                        pending[(commits, i)] = (res.cid, t0)
-                commits += 1
-                next_commit += interval
-            for key, (cid, t0) in list(pending.items()):
-                if _has(store_of[key[1]], cid):
-                    lat.append(time.monotonic() - t0)
-                    del pending[key]
-            if commits % 10 == 0:
-                for i, p in enumerate(procs):
-                    worst_rss[i] = max(worst_rss.get(i, 0.0), _rss_mib(p.proc.pid))
-            time.sleep(0.02)
-        grace = time.monotonic() + 30  # the last commits get 30 s to arrive
-        while pending and time.monotonic() < grace:
-            for key, (cid, t0) in list(pending.items()):
-                if _has(store_of[key[1]], cid):
-                    lat.append(time.monotonic() - t0)
-                    del pending[key]
-            time.sleep(0.05)
-        alive = [p.proc.poll() is None for p in procs]
-        peers = []
-        for p, ok in zip(procs, alive, strict=True):
-            try:
-                peers.append(p.api("GET", "/status")["peers"] if ok else -1)
-            except Exception:
-                peers.append(-1)
-        rss = [_rss_mib(p.proc.pid) for p in procs]
-        for i, r in enumerate(rss):
-            worst_rss[i] = max(worst_rss.get(i, 0.0), r)
-        problems: Counter = Counter()
-        details: Counter = Counter()
-        for h in homes:
-            problems += _log_problems(h, details)
-        errors = sum(v for k, v in problems.items() if k.startswith("error:"))
-        lat.sort()
-        expected = commits * (nodes - 1)
-        p50 = statistics.median(lat) * 1000 if lat else float("nan")
-        p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000 if lat else float("nan")
-        ok = (all(alive) and min(peers) > 0 and not pending and errors == 0 and push_errors == 0)
-        lines += [
-            f"soak alive {sum(alive)}/{nodes}; peers per node min {min(peers)} median {statistics.median(peers):g} "
-            f"max {max(peers)}",
-            f"soak commits {commits} ({push_errors} push errors); deliveries {len(lat)}/{expected}, "
-            f"missing {len(pending)}; propagation p50 {p50:.0f} ms p99 {p99:.0f} ms max "
-            f"{(lat[-1] * 1000 if lat else float('nan')):.0f} ms",
-            f"soak RSS per node now: median {statistics.median(rss):.0f} MiB max {max(rss):.0f} MiB; "
-            f"peak seen {max(worst_rss.values()):.0f} MiB",
-            f"soak log errors {errors}; warnings {sum(problems.values()) - errors} "
-            f"({', '.join(f'{k} {v}' for k, v in problems.most_common(6)) or 'none'})",
-            *(f"  {v:5d} x {k}" for k, v in details.most_common(6)),
-            f"soak {'HEALTHY' if ok else 'UNHEALTHY'}",
-        ]
-        return lines
+        writers, store_of = _soak_start(homes, members, owner, rid, procs, stores)
+        started = (f"soak: {nodes} daemons started and cloned in {time.monotonic() - t_start:.0f} s; "
+                   f"{members} committers, one commit every {interval:g} s for {seconds:g} s")
+        load = _soak_load(writers, members, procs, store_of, base, seconds, interval)
+        return [started, *_soak_report(load, procs, homes)]
     finally:
         for s_ in stores:
             s_.close()
         owner.close()
         for p in procs:
             p.stop()
+
+
+def _soak_start(homes: list[Path], members: int, owner: Node, rid: str, procs: list[Proc],
+                stores: list[Node]) -> tuple[list[Node], dict[int, Node]]:  # fmt: skip
+    """A daemon per home (each bootstrapping to up to three earlier ones), the repository cloned on
+    all but the owner's, the first ``members`` nodes made members. Returns the committing nodes and
+    each node's store by index. ``procs`` and ``stores`` fill as things open, so the caller stops and
+    closes them whatever happens."""
+    nodes = len(homes)
+    procs.append(Proc(homes[0], []))
+    for i in range(1, nodes):
+        boots = [procs[j].info["addrs"][0] for j in sorted({max(0, i - 1), max(0, i - 2), max(0, i // 2)})]
+        procs.append(Proc(homes[i], boots))
+    time.sleep(2.0)
+    for p in procs[1:]:
+        p.api("POST", "/clone", {"repo": rid, "timeout": 120})
+    writers = [owner] + [open_node(h) for h in homes[1:members]]
+    if members > 1:
+        procs[0].api("POST", "/members", {"repo": "soak", "members": [w.identity.address for w in writers[1:]]})
+    time.sleep(5.0)  # membership gossip + GossipSub meshes (1 s heartbeats)
+    stores.extend([open_node(h) for h in homes[members:]] + writers[1:])
+    store_of = {i: stores[i - members] for i in range(members, nodes)}
+    store_of.update({i: writers[i] for i in range(1, members)})
+    store_of[0] = owner
+    return writers, store_of
+
+
+@dataclass
+class _SoakLoad:
+    """What the steady commit load did, as the report needs it."""
+
+    commits: int = 0
+    push_errors: int = 0
+    latencies: list[float] = field(default_factory=list)  # seconds from push to arrival, per delivery
+    # (commit no, node index) -> (cid, pushed at): deliveries not yet seen
+    pending: dict[tuple[int, int], tuple[CID, float]] = field(default_factory=dict)
+    worst_rss: dict[int, float] = field(default_factory=dict)  # MiB per node index
+
+
+def _soak_load(writers: list[Node], members: int, procs: list[Proc], store_of: dict[int, Node],
+               base: np.ndarray, seconds: float, interval: float) -> _SoakLoad:  # fmt: skip
+    """One commit every ``interval`` s for ``seconds``, members in turn, each pushed by its own
+    daemon; arrivals are timed as they land, and the last commits get 30 s of grace."""
+    load = _SoakLoad()
+    t_end = time.monotonic() + seconds
+    next_commit = time.monotonic()
+    while time.monotonic() < t_end:
+        if time.monotonic() >= next_commit:
+            _soak_commit(load, writers, members, procs, base)
+            next_commit += interval
+        _collect_deliveries(load, store_of)
+        if load.commits % 10 == 0:
+            for i, p in enumerate(procs):
+                load.worst_rss[i] = max(load.worst_rss.get(i, 0.0), _rss_mib(p.proc.pid))
+        time.sleep(0.02)
+    grace = time.monotonic() + 30  # the last commits get 30 s to arrive
+    while load.pending and time.monotonic() < grace:
+        _collect_deliveries(load, store_of)
+        time.sleep(0.05)
+    return load
+
+
+def _soak_commit(load: _SoakLoad, writers: list[Node], members: int, procs: list[Proc], base: np.ndarray) -> None:
+    """The next member commits and its daemon pushes; every other node now awaits the commit."""
+    w = load.commits % members
+    node = writers[w]
+    arr = base + np.float32(0.001 * (load.commits + 1))
+    res = node.history.commit(node.history.repo("soak"), ArraySource({"w": ("F32", arr)}), f"c{load.commits}")
+    t0 = time.monotonic()
+    try:
+        procs[w].api("POST", "/push", {"repo": "soak"})
+    except Exception:
+        load.push_errors += 1
+    for i in range(len(procs)):
+        if i != w:
+            load.pending[(load.commits, i)] = (res.cid, t0)
+    load.commits += 1
+
+
+def _collect_deliveries(load: _SoakLoad, store_of: dict[int, Node]) -> None:
+    for key, (cid, t0) in list(load.pending.items()):
+        if _has(store_of[key[1]], cid):
+            load.latencies.append(time.monotonic() - t0)
+            del load.pending[key]
+
+
+def _soak_report(load: _SoakLoad, procs: list[Proc], homes: list[Path]) -> list[str]:
+    """Liveness, peers, deliveries and propagation times, RSS, log problems and the verdict."""
+    nodes = len(procs)
+    alive = [p.proc.poll() is None for p in procs]
+    peers = []
+    for p, ok in zip(procs, alive, strict=True):
+        try:
+            peers.append(p.api("GET", "/status")["peers"] if ok else -1)
+        except Exception:
+            peers.append(-1)
+    rss = [_rss_mib(p.proc.pid) for p in procs]
+    for i, r in enumerate(rss):
+        load.worst_rss[i] = max(load.worst_rss.get(i, 0.0), r)
+    problems: Counter = Counter()
+    details: Counter = Counter()
+    for h in homes:
+        problems += _log_problems(h, details)
+    errors = sum(v for k, v in problems.items() if k.startswith("error:"))
+    lat = sorted(load.latencies)
+    expected = load.commits * (nodes - 1)
+    p50 = statistics.median(lat) * 1000 if lat else float("nan")
+    p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000 if lat else float("nan")
+    ok = (all(alive) and min(peers) > 0 and not load.pending and errors == 0 and load.push_errors == 0)
+    return [
+        f"soak alive {sum(alive)}/{nodes}; peers per node min {min(peers)} median {statistics.median(peers):g} "
+        f"max {max(peers)}",
+        f"soak commits {load.commits} ({load.push_errors} push errors); deliveries {len(lat)}/{expected}, "
+        f"missing {len(load.pending)}; propagation p50 {p50:.0f} ms p99 {p99:.0f} ms max "
+        f"{(lat[-1] * 1000 if lat else float('nan')):.0f} ms",
+        f"soak RSS per node now: median {statistics.median(rss):.0f} MiB max {max(rss):.0f} MiB; "
+        f"peak seen {max(load.worst_rss.values()):.0f} MiB",
+        f"soak log errors {errors}; warnings {sum(problems.values()) - errors} "
+        f"({', '.join(f'{k} {v}' for k, v in problems.most_common(6)) or 'none'})",
+        *(f"  {v:5d} x {k}" for k, v in details.most_common(6)),
+        f"soak {'HEALTHY' if ok else 'UNHEALTHY'}",
+    ]
 
 
 def _has(node, cid: CID) -> bool:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
+from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
 from programs.sbpf_elf import INSN_SIZE, MM_REGION_SIZE, R_BPF_64_32, V0_TEXT_OFFSET, align, emit_v0, emit_v3
@@ -147,7 +148,8 @@ def _read_object(name: str, blob: bytes) -> _Object:
                  sym["st_info"]["bind"])
             )  # fmt: skip
     for sec in elf.iter_sections():
-        if sec["sh_type"] not in ("SHT_REL", "SHT_RELA") or sec["sh_info"] not in obj.pieces:
+        # pyelftools makes every SHT_REL and SHT_RELA section a RelocationSection
+        if not isinstance(sec, RelocationSection) or sec["sh_info"] not in obj.pieces:
             continue
         for rel in sec.iter_relocations():
             addend = rel["r_addend"] if rel.is_RELA() else None

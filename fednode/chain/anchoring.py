@@ -86,6 +86,17 @@ def _head_move(repo: layout.RepoAccount | None, branch: str | None, parents: lis
     return layout.ZERO32
 
 
+@dataclass(frozen=True)
+class _ChainView:
+    """What ``enqueue`` knows of a repository on chain (or, offline, from this node's records)."""
+
+    chain_repo: layout.RepoAccount | None
+    anchored: set[bytes]  # commit hashes with an on-chain record
+    member: bool  # whether this node may anchor there
+    online: bool
+    repo_exists: bool
+
+
 class Anchorer:
     def __init__(self, history: History, identity: Identity, backend: AsyncChainBackend) -> None:
         self.history = history
@@ -135,7 +146,28 @@ class Anchorer:
             queued = {(i.op, i.commit_hash) for i in outbox.items(txn)
                       if i.repo_id == rid and i.placement(here) == "this"}  # fmt: skip
         genesis_author = self.history.load_commit(repo.genesis).author
-        try:  # the chain, when reachable, is the truth; offline, this node's records stand in for it
+        view = await self._chain_view(repo, ancestry, here)
+        owner = view.chain_repo.owner if view.chain_repo is not None else genesis_author
+        first_parents = self._first_parents(cid)  # REV's own line: these move the branch head
+        new: list[outbox.OutboxItem] = []
+        if not view.repo_exists and ("create_repo", "") not in queued:
+            new += self._create_repo_item(repo, genesis_author, view.online, here)
+        for c, cm in ancestry:
+            h = cm.commit_hash()
+            if h in view.anchored or ("anchor", _hex(h)) in queued:
+                continue
+            if self._anchorable(repo, c, cm, branch, owner, view):
+                new.append(outbox.OutboxItem(0, "anchor", rid, _hex(h), str(c), cm.kind,
+                                             branch if cm.kind == "merge" or c in first_parents else None,
+                                             chain=here.to_json()))  # fmt: skip
+        if new:
+            self._requeue(rid, ancestry, new)
+        return new
+
+    async def _chain_view(self, repo: RepoInfo, ancestry: list[tuple[CID, Commit]], here: ChainId) -> _ChainView:
+        """The chain, when reachable, is the truth; offline, this node's records stand in for it.
+        Online, an anchored record that does not match its commit raises FednodeError."""
+        try:
             chain_repo = await self.repo_record(repo.repo_id)
             records = await self.commit_records(repo.repo_id, [cm.commit_hash() for _, cm in ancestry])
             anchored = {cm.commit_hash() for (_, cm), r in zip(ancestry, records, strict=True) if r is not None}
@@ -143,50 +175,49 @@ class Anchorer:
                 if r is not None and (bad := self._check(c, cm, r, repo.repo_id)):
                     raise FednodeError(f"{bad[0]}; see 'fednode chain verify'")
             member = chain_repo is None or chain_repo.owner == self.me or await self.is_member(repo.repo_id, self.me)
-            online, repo_exists = True, chain_repo is not None
+            return _ChainView(chain_repo, anchored, member, online=True, repo_exists=chain_repo is not None)
         except ChainUnavailable:
-            chain_repo, anchored, member, online = None, self._locally_anchored(repo.repo_id, here), True, False
-            repo_exists = repo.repo_id in anchored
-        owner = chain_repo.owner if chain_repo is not None else genesis_author
-        first_parents = self._first_parents(cid)  # REV's own line: these move the branch head
-        new: list[outbox.OutboxItem] = []
-        if not repo_exists and ("create_repo", "") not in queued:
-            if genesis_author != self.me:
-                if online:
-                    raise FednodeError(f"repository {repo.name} is not on chain yet: only its genesis author "
-                                       f"{b58encode(genesis_author)} can create it there (the program checks their "
-                                       f"signature over the repository id){self._embedded_hint()}")  # fmt: skip
-            else:
-                new.append(outbox.OutboxItem(0, "create_repo", rid, cid=str(repo.genesis), chain=here.to_json()))
-        for c, cm in ancestry:
-            h = cm.commit_hash()
-            if h in anchored or ("anchor", _hex(h)) in queued:
-                continue
-            if cm.author != self.me:
-                if online:
-                    raise FednodeError(f"commit {_short(c)} by {b58encode(cm.author)} is not anchored: "
-                                       "only its author can anchor it (its signature is the proof)"
-                                       f"{self._embedded_hint()}")  # fmt: skip
-                continue  # offline: its author may anchor it before we flush
-            if cm.kind == "merge" and owner != self.me:
-                raise FednodeError(f"merge commit {_short(c)} can only be anchored by the repository owner "
-                                   f"{b58encode(owner)}: the program's merge instruction is owner-signed")
-            if cm.kind == "merge" and (size := self._tx_size(repo.repo_id, cm, branch)) > PACKET_DATA_SIZE:
-                raise FednodeError(f"merge commit {_short(c)} has {len(cm.parents)} parents: its anchoring transaction "
-                                   f"would be {size} bytes, over Solana's {PACKET_DATA_SIZE}-byte limit (about 9 "
-                                   "parents fit)")
-            if owner != self.me and not member:
-                raise FednodeError(f"this node ({self.identity.address}) is not a member of {repo.name} on chain: "
-                                   f"ask the owner to run 'fednode chain members add {self.identity.address}'"
+            anchored = self._locally_anchored(repo.repo_id, here)
+            return _ChainView(None, anchored, True, online=False, repo_exists=repo.repo_id in anchored)
+
+    def _create_repo_item(self, repo: RepoInfo, genesis_author: bytes, online: bool,
+                          here: ChainId) -> list[outbox.OutboxItem]:  # fmt: skip
+        """The create_repo item when this node is the genesis author; none when another node must
+        create it (refused online: it cannot have happened; offline it may have already)."""
+        if genesis_author == self.me:
+            return [outbox.OutboxItem(0, "create_repo", _hex(repo.repo_id), cid=str(repo.genesis),
+                                      chain=here.to_json())]  # fmt: skip
+        if online:
+            raise FednodeError(f"repository {repo.name} is not on chain yet: only its genesis author "
+                               f"{b58encode(genesis_author)} can create it there (the program checks their "
+                               f"signature over the repository id){self._embedded_hint()}")  # fmt: skip
+        return []
+
+    def _anchorable(self, repo: RepoInfo, c: CID, cm: Commit, branch: str, owner: bytes, view: _ChainView) -> bool:
+        """Whether this node queues the unanchored commit ``c``; FednodeError where it never could."""
+        if cm.author != self.me:
+            if view.online:
+                raise FednodeError(f"commit {_short(c)} by {b58encode(cm.author)} is not anchored: "
+                                   "only its author can anchor it (its signature is the proof)"
                                    f"{self._embedded_hint()}")  # fmt: skip
-            new.append(outbox.OutboxItem(0, "anchor", rid, _hex(h), str(c), cm.kind,
-                                         branch if cm.kind == "merge" or c in first_parents else None,
-                                         chain=here.to_json()))  # fmt: skip
-        if not new:
-            return []
+            return False  # offline: its author may anchor it before we flush
+        if cm.kind == "merge" and owner != self.me:
+            raise FednodeError(f"merge commit {_short(c)} can only be anchored by the repository owner "
+                               f"{b58encode(owner)}: the program's merge instruction is owner-signed")
+        if cm.kind == "merge" and (size := self._tx_size(repo.repo_id, cm, branch)) > PACKET_DATA_SIZE:
+            raise FednodeError(f"merge commit {_short(c)} has {len(cm.parents)} parents: its anchoring transaction "
+                               f"would be {size} bytes, over Solana's {PACKET_DATA_SIZE}-byte limit (about 9 "
+                               "parents fit)")
+        if owner != self.me and not view.member:
+            raise FednodeError(f"this node ({self.identity.address}) is not a member of {repo.name} on chain: "
+                               f"ask the owner to run 'fednode chain members add {self.identity.address}'"
+                               f"{self._embedded_hint()}")  # fmt: skip
+        return True
+
+    def _requeue(self, rid: str, ancestry: list[tuple[CID, Commit]], new: list[outbox.OutboxItem]) -> None:
+        """Re-sequence this repository's queue with ``new``: an item queued earlier may depend on what
+        is queued now (e.g. the chain was reset), so parents-first must hold across both."""
         with self.store.write() as txn:
-            # Re-sequence this repository's queue: an item queued earlier may depend on what is
-            # queued now (e.g. the chain was reset), so parents-first must hold across both.
             old = [i for i in outbox.items(txn) if i.repo_id == rid]
             for item in old:
                 outbox.remove(txn, item)
@@ -195,7 +226,6 @@ class Anchorer:
             merged = sorted(old + new, key=lambda i: (i.op != "create_repo", position.get(i.commit_hash, last)))
             for item in merged:
                 outbox.append(txn, item)
-        return new
 
     def _tx_size(self, repo_id: bytes, commit: Commit, branch: str) -> int:
         ixs = self._anchor_ixs(repo_id, commit, branch, None)
@@ -305,8 +335,8 @@ class Anchorer:
             if existing is not None and existing.owner != self.me:
                 raise ChainError(f"repository already created on chain by {b58encode(existing.owner)}")
             if existing is None:
-                tx = await self.send(self._create_repo_ixs(repo_id, item.cid))
-                info.update(signature=tx.signature, fee=tx.fee, compute_units=tx.compute_units)
+                created = await self.send(self._create_repo_ixs(repo_id, item.cid))
+                info.update(signature=created.signature, fee=created.fee, compute_units=created.compute_units)
             with self.store.write() as txn:
                 outbox.remove(txn, item)
             return info
@@ -314,7 +344,7 @@ class Anchorer:
         commit = self.history.load_commit(cid)
         h = bytes.fromhex(item.commit_hash)
         record = (await self.commit_records(repo_id, [h]))[0]
-        tx = None
+        tx: TxResult | None = None
         if record is None:  # not a replay after a crash: send it
             tx = await self.send(self._anchor_ixs(repo_id, commit, item.branch, await self.repo_record(repo_id)))
             record = (await self.commit_records(repo_id, [h]))[0]
@@ -365,12 +395,12 @@ class Anchorer:
             # The program's inputs are the commit's parents (so every parent is anchored first);
             # a parent that was only the merge base carries weight 0.
             weights = tuple(by_input.get(str(p), 0) for p in commit.parents)
-            body = layout.Merge(digest, layout.branch_hash(branch or "main"), tuple(parents), weights)
-            return [proof, self.program.merge(author, repo_id, body)]
+            merge = layout.Merge(digest, layout.branch_hash(branch or "main"), tuple(parents), weights)
+            return [proof, self.program.merge(author, repo_id, merge)]
         as_owner = repo is not None and repo.owner == self.me
-        body = layout.AnchorCommit(digest, Kind[commit.kind.upper()], _head_move(repo, branch, parents, as_owner),
-                                   tuple(parents))  # fmt: skip
-        return [proof, self.program.anchor_commit(author, repo_id, body, as_owner=as_owner)]
+        anchor = layout.AnchorCommit(digest, Kind[commit.kind.upper()], _head_move(repo, branch, parents, as_owner),
+                                     tuple(parents))  # fmt: skip
+        return [proof, self.program.anchor_commit(author, repo_id, anchor, as_owner=as_owner)]
 
     async def repo_summary(self, repo: RepoInfo) -> dict[str, object]:
         """What the chain holds for a local repository: owner, count, heads of local branch names."""

@@ -60,8 +60,10 @@ def _where(config: dict[str, Any]) -> tuple[str, str | None, str | None]:
     return section["backend"], section.get("url"), section.get("program_id")
 
 
+# The ignore: trio-stubs (of trio-typing, which libp2p and multiaddr pull in) shadow trio's own inline
+# types and do not re-export TaskStatus, which trio itself does.
 async def flush_loop(node: Node, log: Log, every: float | None = None,
-                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:  # fmt: skip
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[name-defined]  # fmt: skip
     where = _where(node.config)
     task_status.started()
     while True:

@@ -7,7 +7,8 @@ Transport failures become ChainUnavailable (retry later); RPC errors become Chai
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
 
 import trio
 from solana.exceptions import SolanaRpcException
@@ -31,6 +32,7 @@ from fednode.chain.aio import AsyncChainBackend, ChainUnavailable
 from fednode.chain.backend import ChainError, TxResult
 
 LAMPORTS_PER_SIGNATURE = 5000
+_Response = TypeVar("_Response")
 _CONFIRMED = (TransactionConfirmationStatus.Confirmed, TransactionConfirmationStatus.Finalized)
 
 
@@ -47,7 +49,7 @@ class RpcBackend(AsyncChainBackend):
         self.confirm_timeout = confirm_timeout
         self.client = AsyncClient(url, commitment=Confirmed, timeout=timeout)
 
-    async def _call(self, what: str, coro):  # type: ignore[no-untyped-def]
+    async def _call(self, what: str, coro: Awaitable[_Response]) -> _Response:
         try:
             return await coro
         except SolanaRpcException as exc:  # connection refused, timeout, HTTP error
@@ -73,14 +75,17 @@ class RpcBackend(AsyncChainBackend):
         sig = (await self._call("sendTransaction", self.client.send_raw_transaction(bytes(tx), opts))).value
         await self._confirm(sig)
         try:  # fee, compute units, logs and return data, where the endpoint keeps them
-            meta = (await self.client.get_transaction(sig, "base64", Confirmed, 0)).value.transaction.meta
-            ret = meta.return_data
-            return TxResult(str(sig), meta.compute_units_consumed or 0, meta.fee, list(meta.log_messages or []),
-                            bytes(ret.data) if ret else b"")  # fmt: skip
+            fetched = (await self.client.get_transaction(sig, "base64", Confirmed, 0)).value
+            meta = fetched.transaction.meta if fetched is not None else None
+            if meta is not None:
+                ret = meta.return_data
+                return TxResult(str(sig), meta.compute_units_consumed or 0, meta.fee, list(meta.log_messages or []),
+                                bytes(ret.data) if ret else b"")  # fmt: skip
         except (SolanaRpcException, RPCException, AttributeError):
-            # Fee as the runtime charges it: every transaction and precompile signature.
-            n_sigs = len(tx.signatures) + sum(ix.data[0] for ix in instructions if _is_sig_precompile(ix))
-            return TxResult(signature=str(sig), compute_units=0, fee=n_sigs * LAMPORTS_PER_SIGNATURE)
+            pass
+        # Not kept by the endpoint: the fee as the runtime charges it, every transaction and precompile signature.
+        n_sigs = len(tx.signatures) + sum(ix.data[0] for ix in instructions if _is_sig_precompile(ix))
+        return TxResult(signature=str(sig), compute_units=0, fee=n_sigs * LAMPORTS_PER_SIGNATURE)
 
     async def _confirm(self, sig: Signature) -> None:
         delay = 0.02  # a local chain confirms at once; a cluster takes ~0.4-1 s: back off to 0.4 s
