@@ -13,7 +13,7 @@ backend the daemon started with.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -21,6 +21,11 @@ from fednode.chain import outbox
 from fednode.chain.anchoring import Anchorer, FlushResult
 from fednode.chain.config import chain_section, open_backend
 from fednode.node import CONFIG_FILE, Node, load_config
+
+if TYPE_CHECKING:
+    # trio-stubs (of trio-typing, which libp2p and multiaddr pull in) shadow trio's inline types for
+    # mypy and do not re-export TaskStatus; at run time this annotation is never evaluated
+    from trio_typing import TaskStatus
 
 DEFAULT_INTERVAL = 10.0
 
@@ -60,10 +65,8 @@ def _where(config: dict[str, Any]) -> tuple[str, str | None, str | None]:
     return section["backend"], section.get("url"), section.get("program_id")
 
 
-# The ignore: trio-stubs (of trio-typing, which libp2p and multiaddr pull in) shadow trio's own inline
-# types and do not re-export TaskStatus, which trio itself does.
 async def flush_loop(node: Node, log: Log, every: float | None = None,
-                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[name-defined]  # fmt: skip
+                     task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:  # fmt: skip
     where = _where(node.config)
     task_status.started()
     while True:
