@@ -1,5 +1,5 @@
 """Fair serving: no peer holds more than a small share of the serving slots, and a peer whose
-streams carry no request (or a malformed one) is penalized, then banned by ``Daemon.penalize``.
+streams carry no request (or a malformed one) is penalized, then banned by ``Bans.penalize``.
 
 An honest node opens at most one block stream per fetch job (MAX_CONCURRENT_FETCHES of them) to
 a provider, plus a heads query now and then, and writes its request as soon as the stream is
@@ -21,7 +21,7 @@ from fednode.daemon.ratelimit import TokenBuckets
 
 PER_PEER = 6  # of the daemon's MAX_SERVING (32): 4 fetch jobs, a heads query and one spare
 # idle streams a peer may open without penalty, and their refill per second: penalties never expire
-# (Daemon.penalize), so an honest peer's rare stalled stream must stay free; an attacker renewing
+# (Bans.penalize), so an honest peer's rare stalled stream must stay free; an attacker renewing
 # its PER_PEER idle streams makes 3 a second
 IDLE_FORGIVEN, IDLE_RATE = 4.0, 0.1
 IDLE = "idle_stream"  # the reason for a stream that sent no request in time

@@ -54,7 +54,7 @@ def build_pubsub(host: IHost) -> tuple[Pubsub, GossipSub]:
         # peers come from bootstrap, stored peers and the DHT; PX would hand us peers a pruner chose
         do_px=False,
         prune_back_off=60, unsubscribe_back_off=10,
-        score_params=None,  # py-libp2p scoring stays inert: our own penalties ban (Daemon.penalize)
+        score_params=None,  # py-libp2p scoring stays inert: our own penalties ban (Bans.penalize)
         # every test and dev node shares 127.0.0.1: IP-diversity rules would starve the mesh
         eclipse_protection_enabled=False,
         spam_protection_enabled=True,

@@ -1,6 +1,6 @@
 """Catch-up on inbound connections: a node that is only ever dialled still announces itself.
 
-``Daemon.connect`` starts the catch-up (DHT routing table, provider records, heads exchange) for
+``Peers.connect`` starts the catch-up (DHT routing table, provider records, heads exchange) for
 the connections we dial. Without this notifee a node that others dial (a bootstrap node, one
 behind a port others know) never added its peers to the DHT nor provided its repositories.
 """
@@ -17,7 +17,7 @@ from fednode.daemon.notifee import OnConnected
 
 
 class InboundCatchUp(OnConnected):
-    """Calls ``start(peer)`` once for each inbound connection (outbound ones: ``Daemon.connect``)."""
+    """Calls ``start(peer)`` once for each inbound connection (outbound ones: ``Peers.connect``)."""
 
     def __init__(self, start: Callable[[ID], None]) -> None:
         self.start = start

@@ -13,7 +13,7 @@ class Metrics:
     rejected: Counter[str] = field(default_factory=Counter)  # by reason
     refused: Counter[str] = field(default_factory=Counter)  # inbound block/heads streams reset, by reason
     errors: Counter[str] = field(default_factory=Counter)  # exceptions caught by a last-resort guard, by place
-    penalties: Counter[str] = field(default_factory=Counter)  # strikes against peers (Daemon.penalize), by reason
+    penalties: Counter[str] = field(default_factory=Counter)  # strikes against peers (Bans.penalize), by reason
     bytes_in: int = 0
     bytes_out: int = 0
     blocks_in: int = 0
