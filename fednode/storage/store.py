@@ -3,7 +3,7 @@
 Databases: ``blocks`` (CID bytes -> block), ``refs`` (repo id + name -> value),
 ``repos`` (name -> repo id), ``commits`` (commit CID text -> repo id, for prefix
 look-ups), ``hashes`` (commit hash -> commit CID), ``reflog`` (repo id + branch + NUL + sequence
-number -> one branch move, see ``Txn.set_ref``). Every write is one LMDB
+number -> one branch move, logged when the writer names the reflog: see ``Txn.set_ref``). Every write is one LMDB
 transaction, so a crash never exposes a half-written block or ref: a commit,
 its manifest and the branch move become visible together or not at all. Large
 tensor data may go in earlier transactions; until a ref reaches those blocks
@@ -30,7 +30,7 @@ INITIAL_MAP_SIZE = 1 << 30  # grown on demand: the data file's apparent size is 
 WRITE_HEADROOM = 1 << 28  # room every write transaction may use; bigger writes pass a hint
 DISK_MARGIN = 1 << 20  # disk every write may touch beyond its values: copied B-tree pages, freelist, meta
 # outbox and chain: on-chain anchoring (queue, local chain state); net: the daemon (peers, follows, fetches)
-# reflog: every move of a branch (heads/*), kept so that a reset or a forced move can be undone
+# reflog: every move of a branch, kept so that a reset or a forced move can be undone
 _DBS = ("blocks", "refs", "repos", "commits", "hashes", "meta", "outbox", "chain", "net", "reflog")
 REFLOG_KEEP = 1000  # entries kept per branch; older ones are dropped
 
@@ -106,15 +106,17 @@ class Txn:
                     raise Corrupt(f"the store {self._store.path} is damaged: a block key is not a CID") from None
                 yield cid
 
-    # refs: values are raw bytes; names like "heads/main", "tags/v1", "HEAD"
-    def set_ref(self, repo_id: bytes, name: str, value: bytes, reason: str | None = None) -> None:
-        """Set a ref; a branch (``heads/*``) that moves gets a reflog entry (old, new, reason) in the
-        same transaction. Without ``reason`` one is read off the new commit (its kind and message)."""
+    # refs: values are raw bytes under a name; the history owns the naming (fednode.history.refs)
+    def set_ref(self, repo_id: bytes, name: str, value: bytes, reason: str | None = None,
+                reflog: str | None = None) -> None:
+        """Set a ref. With ``reflog`` (a branch's name: the history passes it for every branch write)
+        a move gets an entry (old, new, reason) in that reflog in the same transaction; without
+        ``reason`` one is read off the new commit (its kind and message)."""
         key = repo_id + name.encode()
-        if name.startswith("heads/"):
+        if reflog is not None:
             old = self.get_ref(repo_id, name)
             if old != value:
-                self._log_move(repo_id, name[len("heads/"):], old, value, reason)
+                self._log_move(repo_id, reflog, old, value, reason)
         self._room(key, value)
         self._txn.put(key, value, db=self._db("refs"))
 
@@ -122,17 +124,18 @@ class Txn:
         value = self._txn.get(repo_id + name.encode(), db=self._db("refs"))
         return None if value is None else bytes(value)
 
-    def delete_ref(self, repo_id: bytes, name: str, reason: str | None = None) -> bool:
-        if name.startswith("heads/"):
+    def delete_ref(self, repo_id: bytes, name: str, reason: str | None = None, reflog: str | None = None) -> bool:
+        """Delete a ref; with ``reflog`` (see ``set_ref``) its deletion is logged there."""
+        if reflog is not None:
             old = self.get_ref(repo_id, name)
             if old is not None:
-                self._log_move(repo_id, name[len("heads/"):], old, None, reason or "branch deleted")
+                self._log_move(repo_id, reflog, old, None, reason or "branch deleted")
         return self._txn.delete(repo_id + name.encode(), db=self._db("refs"))
 
     # reflog: per repository and branch, oldest first in key order
     @staticmethod
     def _reflog_prefix(repo_id: bytes, branch: str) -> bytes:
-        return repo_id + branch.encode() + b"\0"  # branch names never hold NUL (history.check_name)
+        return repo_id + branch.encode() + b"\0"  # branch names never hold NUL (refs.check_name)
 
     def _move_reason(self, old: bytes | None, new: bytes | None) -> str:
         if new is None:

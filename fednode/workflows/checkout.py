@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from fednode.errors import FednodeError
 from fednode.history import History
+from fednode.history.states import tensor_bytes
 from fednode.tensors.modelio import TensorInfo, to_torch_state_dict, write_safetensors
 from protocol.multiformats import CID
 
@@ -56,8 +58,8 @@ def checkout(history: History, cid: CID, out: Path) -> int:
             torch.save(to_torch_state_dict(arrays), tmp)
         else:
 
-            def chunks(name: str):
-                yield memoryview(history.tensor_array(cid, name)).cast("B")
+            def chunks(name: str) -> Iterator[bytes | memoryview]:
+                yield tensor_bytes(history.tensor_array(cid, name))
 
             infos = [(TensorInfo(n, e.dtype, e.shape), chunks(n)) for n, e in manifest.tensors.items()]
             with open(tmp, "wb") as fh:

@@ -9,12 +9,12 @@ from typing import Any
 
 from fednode.errors import FednodeError
 from fednode.history import CommitResult, History, RepoInfo
+from fednode.history.states import state_cid
 from fednode.tensors.modelio import ModelSource, SafetensorsFile
 from fednode.workflows.checkout import checkout
 from fednode.workflows.training import DPConfig, TrainResult, run_training
 from protocol.multiformats import CID
 from protocol.objects import FLOAT_DTYPES
-from protocol.unixfs import add_bytes
 
 
 class NothingToCommit(FednodeError):
@@ -42,7 +42,7 @@ def check_commit_source(history: History, head: CID, source: ModelSource) -> Non
         old = manifest.tensors[name]
         if (old.dtype, old.shape) != (info.dtype, info.shape):
             return
-        if add_bytes(memoryview(source.array(name)).cast("B")) != old.state:
+        if state_cid(source.array(name)) != old.state:
             return
     raise NothingToCommit(f"nothing to commit: the model is identical to {head}")
 

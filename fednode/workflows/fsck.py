@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from fednode.errors import FednodeError, NotFound
-from fednode.history import History, repo_id_text
+from fednode.history import History, refs, repo_id_text
 from fednode.storage.store import Txn
 from fednode.workflows.verify import VerifyReport, verify
 from protocol.dag import links
@@ -45,25 +45,38 @@ def mark(txn: Txn, rehash: bool = True, fetch_expiry: float | None = None,
     ``fetch_expiry`` seconds ago are not roots: their data is garbage (the daemon drops them).
     """
     out = Marked()
-    all_refs = list(txn.all_refs())
-    refs = [(rid, CID.from_bytes(v)) for rid, name, v in all_refs if name != "HEAD"]
-    for repo_id, root in refs:
-        _walk(txn, root, out, rehash, (repo_id, root), fetch=False)
     now = time.time() if now is None else now
-    # A branch's reflog keeps its recent old heads (a reset can be undone) like git's gc.reflogExpire;
-    # walked as a fetch is: an entry whose commit is gone already is no damage.
+    all_refs = list(txn.all_refs())
+    for repo_id, name, value in all_refs:
+        if name != refs.HEAD:  # HEAD names a branch, not a commit
+            root = CID.from_bytes(value)
+            _walk(txn, root, out, rehash, (repo_id, root), fetch=False)
     for repo_id, name, _ in all_refs:
-        if name.startswith("heads/"):
-            for entry in txn.reflog(repo_id, name[len("heads/"):]):
-                if entry["time_ms"] < (now - REFLOG_ROOT_SECONDS) * 1000:
-                    break  # newest first
-                for text in (entry["old"], entry["new"]):
-                    try:
-                        root = CID.parse(text) if text else None
-                    except FormatError:
-                        root = None
-                    if root is not None and bytes(root) not in out.reachable:
-                        _walk(txn, root, out, rehash, (repo_id, root), fetch=True)
+        branch = refs.branch_name(name)
+        if branch is not None:
+            _mark_reflog(txn, repo_id, branch, out, rehash, now)
+    _mark_fetches(txn, out, rehash, now, fetch_expiry)
+    return out
+
+
+def _mark_reflog(txn: Txn, repo_id: bytes, branch: str, out: Marked, rehash: bool, now: float) -> None:
+    """A branch's reflog keeps its recent old heads (a reset can be undone) like git's gc.reflogExpire;
+    walked as a fetch is: an entry whose commit is gone already is no damage."""
+    for entry in txn.reflog(repo_id, branch):
+        if entry["time_ms"] < (now - REFLOG_ROOT_SECONDS) * 1000:
+            break  # newest first
+        for text in (entry["old"], entry["new"]):
+            root: CID | None
+            try:
+                root = CID.parse(text) if text else None
+            except FormatError:
+                root = None
+            if root is not None and bytes(root) not in out.reachable:
+                _walk(txn, root, out, rehash, (repo_id, root), fetch=True)
+
+
+def _mark_fetches(txn: Txn, out: Marked, rehash: bool, now: float, fetch_expiry: float | None) -> None:
+    """The daemon's unfinished fetches: what they stored is kept until they expire."""
     from fednode.storage.netstate import fetch_records  # the daemon's records: loaded only for gc/fsck (fast start)
 
     names = {rid: name for name, rid in txn.list_repos().items()}
@@ -77,7 +90,6 @@ def mark(txn: Txn, rehash: bool = True, fetch_expiry: float | None = None,
             repo = names.get(rec.repo, repo_id_text(rec.repo))
             out.unfinished.append(f"fetch of {rec.root} in {repo} unfinished: {present} blocks stored, {missing} "
                                   f"missing so far" + ("" if age is None else f", recorded {_age(age)} ago"))
-    return out
 
 
 def _age(seconds: float) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 
 from fednode import strategies
 from fednode.errors import FednodeError
-from fednode.history import CommitResult, History, RepoInfo
+from fednode.history import CommitResult, History, RepoInfo, refstore
 from fednode.tensors import fixedpoint
 from fednode.tensors.modelio import ArraySource
 from protocol import dagcbor
@@ -256,15 +256,15 @@ def merge(
         raise FednodeError(f"already up to date: {into} contains every input")
     if len(heads) == 1 and target in {c for c, _ in history.walk(heads)}:
         with history.store.write() as txn:  # fast-forward, compare-and-swap
-            if txn.get_ref(repo.repo_id, "heads/" + into) != bytes(target):
+            if refstore.branch_head(txn, repo.repo_id, into) != target:
                 raise FednodeError(f"branch {into!r} moved during the merge; nothing was changed")
-            txn.set_ref(repo.repo_id, "heads/" + into, bytes(heads[0]))
+            refstore.set_branch(txn, repo.repo_id, into, heads[0])
         return MergeOutcome(None, fast_forward=heads[0])
     base = history.merge_base([target, *heads])
     if base is None:
         raise FednodeError("the inputs share no history: nothing to merge from")
-    inputs = heads + ([target] if target != base else [])
-    inputs = tuple(sorted(inputs, key=str))  # deterministic order, ties broken by CID
+    # deterministic order, ties broken by CID
+    inputs = tuple(sorted(heads + ([target] if target != base else []), key=str))
     if weighting == "equal":
         weights = tuple(1 for _ in inputs)
     else:

@@ -1,23 +1,25 @@
 """Git habits over the history's refs: moving a branch (reset, ``branch -f``) with a reflog,
 short names for peers (``remote add``), and the merge proposals peers sent.
 
-Every branch move is logged by the store itself (``Txn.set_ref``), whoever moves it: a commit,
-a merge, a revert, the daemon fast-forwarding to an owner's head, a reset. This module only adds
-the moves that rewrite where a branch points, and the names.
+Every branch move is logged in the branch's reflog in the transaction that makes it
+(``fednode.history.refstore.set_branch``), whoever moves it: a commit, a merge, a revert, the
+daemon fast-forwarding to an owner's head, a reset. This module only adds the moves that rewrite
+where a branch points, and the names.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
 from fednode.errors import FednodeError, NotFound
-from fednode.history import REMOTE_PREFIXES, History, RepoInfo, check_name
+from fednode.history import History, RepoInfo, refs, refstore
+from fednode.history.refs import display_ref, expand_ref
 from fednode.identity import peer_id_from_public_key
 from protocol.multiformats import CID, FormatError, b58decode, b58encode
 
-REMOTES_META = "remotes"  # meta key: JSON {name: peer id}
+__all__ = ["Proposal", "add_remote", "display_ref", "expand_ref", "move_branch", "named_remote_refs", "peer_id_of",
+           "proposals", "reflog", "remotes", "remove_remote"]
 _REMOTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,39}$")
 _ED25519_PEER_PREFIX = bytes([0x00, 36]) + b"\x08\x01\x12\x20"  # identity multihash of a libp2p Ed25519 key
 
@@ -29,21 +31,21 @@ def move_branch(history: History, repo: RepoInfo, branch: str, target: CID, reas
                 create: bool = False) -> CID | None:
     """Point ``branch`` at ``target`` (a commit of ``repo``); the old head goes to the reflog.
     Returns the old head (None when ``create`` made a new branch)."""
-    check_name("branch", branch)
-    history._check_in_repo(repo, target)
+    refs.check_name("branch", branch)
+    history.check_in_repo(repo, target)
     with history.store.write() as txn:
-        old = txn.get_ref(repo.repo_id, "heads/" + branch)
+        old = refstore.branch_head(txn, repo.repo_id, branch)
         if old is None and not create:
             raise NotFound(f"unknown branch {branch!r} in repository {repo.name}")
-        txn.set_ref(repo.repo_id, "heads/" + branch, bytes(target), reason=reason)
-    return CID.from_bytes(old) if old else None
+        refstore.set_branch(txn, repo.repo_id, branch, target, reason=reason)
+    return old
 
 
 def reflog(history: History, repo: RepoInfo, branch: str) -> list[dict]:
     """Moves of ``branch``, newest first (see ``Txn.reflog``)."""
     with history.store.read() as txn:
         entries = txn.reflog(repo.repo_id, branch)
-        if not entries and txn.get_ref(repo.repo_id, "heads/" + branch) is None:
+        if not entries and refstore.branch_head(txn, repo.repo_id, branch) is None:
             raise NotFound(f"unknown branch {branch!r} in repository {repo.name} (and no reflog for it)")
     return entries
 
@@ -67,13 +69,7 @@ def peer_id_of(text: str) -> str:
 def remotes(history: History) -> dict[str, str]:
     """Remote names: name -> peer id."""
     with history.store.read() as txn:
-        raw = txn.get_meta(REMOTES_META)
-    try:
-        value = json.loads(raw) if raw else {}
-    except ValueError:
-        value = {}
-    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)} \
-        if isinstance(value, dict) else {}
+        return refstore.remote_names(txn)
 
 
 def add_remote(history: History, name: str, peer: str) -> str:
@@ -81,48 +77,25 @@ def add_remote(history: History, name: str, peer: str) -> str:
         raise FednodeError(f"invalid remote name {name!r}: a letter, then up to 39 letters, digits, '.', '_', '-'")
     peer_id = peer_id_of(peer)
     with history.store.write() as txn:
-        raw = txn.get_meta(REMOTES_META)
-        names = json.loads(raw) if raw else {}
+        names = refstore.remote_names(txn)
         if name in names:
             raise FednodeError(f"remote {name!r} already exists (for {names[name]}); remove it first")
         taken = [n for n, p in names.items() if p == peer_id]
         if taken:
             raise FednodeError(f"peer {peer_id} is already named {taken[0]!r}")
         names[name] = peer_id
-        txn.set_meta(REMOTES_META, json.dumps(names, sort_keys=True).encode())
+        refstore.set_remote_names(txn, names)
     return peer_id
 
 
 def remove_remote(history: History, name: str) -> str:
     with history.store.write() as txn:
-        raw = txn.get_meta(REMOTES_META)
-        names = json.loads(raw) if raw else {}
+        names = refstore.remote_names(txn)
         if name not in names:
             raise NotFound(f"unknown remote {name!r} (see 'fednode remote list')")
         peer_id = names.pop(name)
-        txn.set_meta(REMOTES_META, json.dumps(names, sort_keys=True).encode())
+        refstore.set_remote_names(txn, names)
     return peer_id
-
-
-def display_ref(ref: str, names: dict[str, str]) -> str:
-    """``remotes/<peer id>/main`` as ``remotes/NAME/main`` when the peer has a name."""
-    by_peer = {p: n for n, p in names.items()}
-    for prefix in REMOTE_PREFIXES:
-        if ref.startswith(prefix):
-            peer, sep, rest = ref[len(prefix):].partition("/")
-            if sep and peer in by_peer:
-                return f"{prefix}{by_peer[peer]}/{rest}"
-    return ref
-
-
-def expand_ref(ref: str, names: dict[str, str]) -> str:
-    """``remotes/NAME/main`` (or ``proposals/NAME/main``) as stored: with the peer id."""
-    for prefix in REMOTE_PREFIXES:
-        if ref.startswith(prefix):
-            name, sep, rest = ref[len(prefix):].partition("/")
-            if sep and name in names:
-                return f"{prefix}{names[name]}/{rest}"
-    return ref
 
 
 def named_remote_refs(history: History, repo: RepoInfo) -> dict[str, CID]:
@@ -147,23 +120,24 @@ class Proposal:
 def proposals(history: History, repo: RepoInfo) -> list[Proposal]:
     """The merge proposals peers sent for ``repo`` (refs ``proposals/<peer>/<branch>``), newest first,
     with the message and time of the signed proposal the daemon recorded (else the head commit's)."""
+    # the daemon's records and message decoding: loaded only here (fast start)
+    from fednode.storage.netstate import NetState
     from protocol.messages import MergeProposal, decode
 
     names = remotes(history)
     signed: dict[tuple[str, str], MergeProposal] = {}
     with history.store.read() as txn:
-        refs = txn.list_refs(repo.repo_id, "proposals/")
-        for _, raw in txn.kv_items("net", b"prop/" + repo.repo_id):
-            try:
-                msg = decode(raw)
-            except Exception:  # a damaged record: the ref still lists the proposal
-                continue
-            if isinstance(msg, MergeProposal):
-                signed[(peer_id_from_public_key(msg.announcer), msg.branch)] = msg
+        proposed = refstore.named_refs(txn, repo.repo_id, refs.PROPOSALS)
+    for raw in NetState(history.store).proposals(repo.repo_id):
+        try:
+            record = decode(raw)
+        except Exception:  # a damaged record: the ref still lists the proposal
+            continue
+        if isinstance(record, MergeProposal):
+            signed[(peer_id_from_public_key(record.announcer), record.branch)] = record
     out = []
-    for ref, raw in refs.items():
-        peer, _, branch = ref[len("proposals/"):].partition("/")
-        head = CID.from_bytes(raw)
+    for name, head in proposed.items():
+        peer, _, branch = name.partition("/")
         msg = signed.get((peer, branch))
         if msg is not None and msg.head == head:
             author, message, when = b58encode(msg.announcer), msg.message, msg.time_ms
@@ -173,5 +147,5 @@ def proposals(history: History, repo: RepoInfo) -> list[Proposal]:
                 author, message, when = b58encode(commit.author), commit.message, commit.time_ms
             except FednodeError:
                 author, message, when = "?", "(head commit not in the store)", 0
-        out.append(Proposal(display_ref(ref, names), peer, author, branch, head, message, when))
+        out.append(Proposal(display_ref(refs.PROPOSALS + name, names), peer, author, branch, head, message, when))
     return sorted(out, key=lambda p: -p.time_ms)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import numpy as np
 
 from fednode import strategies
 from fednode.history import History, RepoInfo
+from fednode.history.states import tensor_bytes
 from fednode.tensors import fixedpoint
 from fednode.tensors.modelio import TensorInfo, write_safetensors
 from fednode.workflows.checkout import checkout
@@ -112,8 +114,9 @@ def _norm_flag(update: float, reference: float | None, what: str) -> str | None:
 
 
 def _save_state(state: dict[str, tuple[str, np.ndarray]], path: Path) -> None:
-    items = [(TensorInfo(n, d, tuple(a.shape)), iter([memoryview(np.ascontiguousarray(a)).cast("B")]))
-             for n, (d, a) in sorted(state.items())]
+    items: list[tuple[TensorInfo, Iterator[bytes | memoryview]]] = [
+        (TensorInfo(n, d, tuple(a.shape)), iter([tensor_bytes(np.ascontiguousarray(a))]))
+        for n, (d, a) in sorted(state.items())]
     with open(path, "wb") as fh:
         write_safetensors(fh, items)
 

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 from fednode.errors import Corrupt, NotFound
 from fednode.history import History, RepoInfo
+from fednode.history.states import state_cid
 from fednode.lazy import lazy_import
 from protocol.multiformats import CID
-from protocol.unixfs import add_bytes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -107,7 +107,7 @@ def _check_states(history: History, head: CID, verified: Callable[[CID], bool] |
                 except (Corrupt, NotFound) as exc:
                     problems.append(f"commit {cid} tensor {name!r}: {exc}")
                     continue
-                if add_bytes(memoryview(arr).cast("B")) != entry.state:
+                if state_cid(arr) != entry.state:
                     problems.append(f"commit {cid} tensor {name!r}: reconstruction does not match its state CID")
     return problems
 

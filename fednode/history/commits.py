@@ -1,0 +1,169 @@
+"""Making commits: a repository's first (``create_repo``) and a new state on a branch (``commit``).
+
+Each becomes visible in one store transaction: the tensor blocks, the manifest, the signed commit
+and the branch move (a compare-and-swap against the head it was made from)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fednode.errors import FednodeError, NotFound
+from fednode.history import objects, refs, refstore, states
+from fednode.history.repos import DEFAULT_SCALE_BITS, DEFAULT_SNAPSHOT_INTERVAL, RepoInfo, register_repo
+from fednode.history.states import EncodeOptions, TensorError
+from fednode.identity import Identity
+from fednode.storage.files import BlockSink
+from fednode.storage.store import Store, Txn
+from fednode.tensors import encodings
+from fednode.tensors.modelio import ModelSource
+from protocol.multiformats import CID, DAG_CBOR
+from protocol.objects import Commit, Manifest, TensorEntry
+
+
+@dataclass
+class CommitResult:
+    cid: CID
+    commit: Commit
+    new_bytes: int
+    total_bytes: int
+    max_quantization_error: float  # the largest TensorError.max_abs; 0.0 when lossless
+    encoding: str = encodings.DEFAULT
+    errors: dict[str, TensorError] = field(default_factory=dict)  # lossy encodings only: every float tensor
+
+    @property
+    def lossless(self) -> bool:
+        """Every tensor of the commit stores exactly the bytes it was given."""
+        return all(e.max_abs == 0.0 and e.max_rel == 0.0 for e in self.errors.values())
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _check_new_repo(store: Store, identity: Identity | None, name: str, scale_bits: int,
+                    snapshot_interval: int) -> Identity:
+    refs.check_name("repository", name)
+    if ":" in name:
+        raise FednodeError("repository names cannot contain ':'")
+    if not 0 <= scale_bits <= 60:
+        raise FednodeError("--scale-bits must be in 0..60")
+    if not 1 <= snapshot_interval <= 1024:
+        raise FednodeError("--snapshot-interval must be in 1..1024")
+    if identity is None:
+        raise FednodeError("no identity: run 'fednode init' first")
+    with store.read() as txn:
+        if txn.get_repo(name) is not None:
+            raise FednodeError(f"repository {name!r} already exists")
+    return identity
+
+
+def create_repo(
+    store: Store,
+    identity: Identity | None,
+    name: str,
+    source: ModelSource,
+    message: str = "initial weights",
+    scale_bits: int = DEFAULT_SCALE_BITS,
+    snapshot_interval: int = DEFAULT_SNAPSHOT_INTERVAL,
+    metrics: dict[str, float] | None = None,
+) -> tuple[RepoInfo, CommitResult]:
+    """A new repository whose genesis commit holds ``source`` (every tensor a snapshot)."""
+    identity = _check_new_repo(store, identity, name, scale_bits, snapshot_interval)
+    settings = {"name": name, "scale_bits": scale_bits, "snapshot_interval": snapshot_interval}
+    sink = BlockSink(store, expected_bytes=sum(t.nbytes for t in source.tensors.values()))
+    entries = {}
+    try:
+        for tname, tinfo in source.tensors.items():
+            entries[tname] = states.snapshot(sink, tinfo, source.chunks(tname))
+    except BaseException:
+        sink.abort()
+        raise
+    manifest = Manifest(entries)
+    commit = objects.sign(identity, Commit(
+        repo=None, parents=(), kind="init", weights=CID.hash(DAG_CBOR, manifest.encode()),
+        author=identity.public_key, time_ms=_now_ms(), message=message, metrics=metrics or {},
+        info={"settings": settings},
+    ))
+    repo_id = commit.commit_hash()
+    cid = commit.cid()
+
+    def final(txn: Txn) -> int:
+        if txn.get_repo(name) is not None:
+            raise FednodeError(f"repository {name!r} already exists")
+        new = objects.put_objects(txn, manifest, commit)
+        register_repo(txn, name, repo_id, cid)
+        txn.index_commit(cid, repo_id, repo_id)
+        return new
+
+    new = sink.finish(final)
+    info = RepoInfo(name, repo_id, cid, settings)
+    return info, CommitResult(cid, commit, sink.new_bytes + new, sink.total_bytes, 0.0)
+
+
+def commit(
+    store: Store,
+    identity: Identity | None,
+    repo: RepoInfo,
+    source: ModelSource,
+    message: str,
+    branch: str | None = None,
+    metrics: dict[str, float] | None = None,
+    kind: str = "update",
+    extra_parents: tuple[CID, ...] = (),
+    info: dict[str, Any] | None = None,
+    expected_head: CID | None = None,
+    options: EncodeOptions | None = None,
+) -> CommitResult:
+    """Commit ``source`` as the new state of ``branch`` (HEAD's when None; see ``History.commit``)."""
+    options = options or EncodeOptions()
+    if options.encoding not in encodings.NAMES:
+        raise FednodeError(f"unknown update encoding {options.encoding!r}; valid: {', '.join(encodings.NAMES)}")
+    if identity is None:
+        raise FednodeError("no identity: run 'fednode init' first")
+    with store.read() as txn:
+        branch = branch or refstore.current_branch(txn, repo.repo_id)
+        head = refstore.branch_head(txn, repo.repo_id, branch)
+        if head is None:
+            raise NotFound(f"unknown branch {branch!r} in repository {repo.name}")
+        if expected_head is not None and head != expected_head:
+            raise FednodeError(f"branch {branch!r} moved to {head} while committing")
+        parent = objects.load_commit(txn, head)
+        parent_manifest = objects.load_manifest(txn, parent.weights)
+    states.check_compatible(parent_manifest, source)
+    sink = BlockSink(store, expected_bytes=2 * sum(t.nbytes for t in source.tensors.values()))
+    entries: dict[str, TensorEntry] = {}
+    errors: dict[str, TensorError] = {}
+    try:
+        for name, tinfo in source.tensors.items():
+            entry, err = states.encode_tensor(store, sink, repo.scale_bits, repo.snapshot_interval, head,
+                                              parent_manifest.tensors[name], tinfo, source, options)
+            entries[name] = entry
+            if err is not None:
+                errors[name] = err
+    except BaseException:
+        sink.abort()
+        raise
+    manifest = Manifest(entries)
+    parents = (head, *extra_parents)
+    with store.read() as txn:
+        parent_hashes = tuple(objects.load_commit(txn, p).commit_hash() for p in parents)
+    signed = objects.sign(identity, Commit(
+        repo=repo.repo_id, parents=parents, parent_hashes=parent_hashes, kind=kind,
+        weights=CID.hash(DAG_CBOR, manifest.encode()), author=identity.public_key,
+        time_ms=max(_now_ms(), parent.time_ms), message=message, metrics=metrics or {}, info=info or {},
+    ))
+    cid = signed.cid()
+
+    def final(txn: Txn) -> int:
+        if refstore.branch_head(txn, repo.repo_id, branch) != head:  # compare-and-swap: another writer won
+            raise FednodeError(f"branch {branch!r} moved while committing; nothing was stored")
+        new = objects.put_objects(txn, manifest, signed)
+        refstore.set_branch(txn, repo.repo_id, branch, cid)
+        txn.index_commit(cid, repo.repo_id, signed.commit_hash())
+        return new
+
+    new = sink.finish(final)
+    max_err = max((e.max_abs for e in errors.values()), default=0.0)
+    return CommitResult(cid, signed, sink.new_bytes + new, sink.total_bytes, max_err, options.encoding, errors)
