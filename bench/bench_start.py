@@ -35,7 +35,7 @@ COMMANDS = {
 
 def fednode_argv() -> list[str]:
     script = Path(sys.executable).with_name("fednode")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
 
 
 def timed(argv: list[str], env: dict[str, str], repeat: int) -> list[float]:

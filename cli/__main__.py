@@ -1,5 +1,5 @@
 """``python -m cli``: the fednode command line."""
 
-from cli.main import main
+from cli.app import main
 
 main()

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from fednode.errors import FednodeError
-from fednode.history import History
+from fednode.history import History, RepoInfo
 from fednode.identity import Identity, check_owned
 from fednode.storage.store import Store
 
 KEYPAIR_FILE = "keypair.json"
 CONFIG_FILE = "config.toml"
 STORE_DIR = "store"
+CURRENT_REPO_META = "current_repo"  # store meta key: the repository commands use when given none
 
 DEFAULT_CONFIG = """\
 # fednode node configuration
@@ -59,7 +60,8 @@ snapshot_interval = 8
 
 
 def _is_num(v: object) -> bool:
-    return type(v) in (int, float) and math.isfinite(v)  # TOML true is a bool, never a number here
+    # TOML true is a bool (an int subclass), never a number here
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _strings(v: object) -> bool:
@@ -170,6 +172,40 @@ class Node:
 
     def close(self) -> None:
         self.store.close()
+
+    # --- the current repository (``fednode repo use``) ---------------------------
+    def current_repo_name(self) -> str | None:
+        """The name recorded by the last ``use_repo``; None when none was selected."""
+        with self.store.read() as txn:
+            current = txn.get_meta(CURRENT_REPO_META)
+        return current.decode() if current is not None else None
+
+    def current_repo(self) -> RepoInfo | None:
+        """The current repository; None when none is selected or it no longer exists."""
+        name = self.current_repo_name()
+        if name is None:
+            return None
+        try:
+            return self.history.repo(name)
+        except FednodeError:
+            return None
+
+    def use_repo(self, name_or_id: str) -> RepoInfo:
+        """Make a repository (name or id) the current one."""
+        info = self.history.repo(name_or_id)
+        with self.store.write() as txn:
+            txn.set_meta(CURRENT_REPO_META, info.name.encode())
+        return info
+
+    def repo(self, name_or_id: str | None, hint: str = "") -> RepoInfo:
+        """The repository named, else the current one. ``hint`` says how the caller names one
+        (e.g. "pass -r/--repo NAME "): it leads the error when none is named nor selected."""
+        if name_or_id:
+            return self.history.repo(name_or_id)
+        current = self.current_repo_name()
+        if current is None:
+            raise FednodeError(f"no repository given and none selected: {hint}or run 'fednode repo use NAME'")
+        return self.history.repo(current)
 
     def __enter__(self) -> Node:
         return self

@@ -10,7 +10,7 @@ from click.testing import CliRunner, Result
 from helpers import SEED, fixed_identity
 from solders.keypair import Keypair
 
-from cli.main import main as cli_main
+from cli.app import main as cli_main
 from fednode.history import History
 from fednode.node import Node, init_home, open_node
 from fednode.storage.store import Store

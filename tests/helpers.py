@@ -33,7 +33,7 @@ def fednode_cmd() -> list[str]:
     """The installed console script when present, else the module entry point."""
     if FEDNODE_BIN.exists():
         return [str(FEDNODE_BIN)]
-    return [sys.executable, "-m", "cli.main"]
+    return [sys.executable, "-m", "cli"]
 
 
 def fixed_identity(seed: bytes = SEED) -> Identity:

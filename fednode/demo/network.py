@@ -10,7 +10,7 @@ them exactly with FedAvg, verifies the merge, anchors it and pushes it; the memb
 start the next round from it. At the end ``verify --chain`` runs on every node, and a table
 compares the federated model with each hospital's local-only model on the common held-out set.
 
-Every step runs the real ``fednode`` command line (``python -m cli.main``) and is printed.
+Every step runs the real ``fednode`` command line (``python -m cli``) and is printed.
 Every process started here is stopped in a ``finally``: SIGTERM (SIGINT for the devchain),
 a bounded wait, then SIGKILL.
 """
@@ -32,8 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-EXAMPLES = Path(__file__).resolve().parent / "examples"
-ROOT = Path(__file__).resolve().parent.parent
+from fednode.history import refs
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"  # fednode/examples
+ROOT = Path(__file__).resolve().parents[2]  # the repository root, where `python -m cli` runs
 TORCH_SCRIPT = EXAMPLES / "cancer_torch.py"
 SCRIPT_ARG = str(TORCH_SCRIPT.relative_to(ROOT))  # every CLI step runs in ROOT: shown short
 STEP_TIMEOUT = 120.0  # seconds any one CLI step may take
@@ -111,7 +113,7 @@ class Network:
         with self._lock:
             if self.stopping:
                 raise DemoError("stopping")
-            popen = subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=env, text=True, cwd=ROOT,
+            popen = subprocess.Popen([sys.executable, "-m", "cli", *args], env=env, text=True, cwd=ROOT,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             self.running.add(popen)
         try:
@@ -187,7 +189,7 @@ class Network:
         with self._lock, open(out, "wb") as fo, open(err, "wb") as fe:
             if self.stopping:
                 raise DemoError("stopping")
-            popen = subprocess.Popen([sys.executable, "-m", "cli.main", *args], env={**os.environ, **env},
+            popen = subprocess.Popen([sys.executable, "-m", "cli", *args], env={**os.environ, **env},
                                      stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, cwd=ROOT)
         proc = Proc(what, popen, stop_signal, logs=(out, err))
         with self._lock:
@@ -332,7 +334,7 @@ class Network:
         print(f"\n--- round {rnd}: the owner reviews the proposals and merges them (FedAvg, weighted by samples) ---")
 
         def review(h: Hospital) -> str:
-            ref = f"proposals/{h.peer_id}/{h.name}"
+            ref = refs.proposal(h.peer_id, h.name)
 
             def arrived() -> bool:
                 shown = self.fed(owner, "show", ref, "--json", check=False, show=False)
@@ -360,12 +362,12 @@ class Network:
 
         def pull(h: Hospital) -> None:
             def fast_forwarded() -> bool:
-                refs = self.fed_json(h, "pull", "cancer", "--timeout", "20", show=False)["refs"]
-                return refs.get("heads/main") == merged
+                pulled = self.fed_json(h, "pull", "cancer", "--timeout", "20", show=False)["refs"]
+                return pulled.get(refs.branch("main")) == merged
 
             self.say(f"\n[{h.name}] $ fednode pull cancer")
             self.wait(fast_forwarded, f"{h.name} to receive the round-{rnd} merge", interval=0.5)
-            self.say(f"heads/main {merged}  (the round-{rnd} merge)")
+            self.say(f"{refs.branch('main')} {merged}  (the round-{rnd} merge)")
 
         self.each(members, pull)
         out = self.work / f"round-{rnd}.safetensors"

@@ -23,7 +23,7 @@ from pathlib import Path
 def run(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     print(f"\n$ fednode {shlex.join(args)}", flush=True)
     env = {**os.environ, "FEDNODE_HOME": str(home), "COLUMNS": "110"}
-    proc = subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, text=True, capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "cli", *args], env=env, text=True, capture_output=True)
     sys.stdout.write(proc.stdout)
     sys.stdout.write(proc.stderr)
     if check and proc.returncode != 0:
@@ -52,7 +52,7 @@ def local() -> None:
 
     from fednode.examples import cancer_torch
 
-    examples = Path(__file__).resolve().parent / "examples"
+    examples = Path(__file__).resolve().parent.parent / "examples"  # fednode/examples
     torch_script, numpy_script = examples / "cancer_torch.py", examples / "cancer_numpy.py"
     work = Path(tempfile.mkdtemp(prefix="fednode-demo-"))
     home = work / "home"

@@ -16,9 +16,10 @@ from click.testing import CliRunner
 from helpers import assert_one_line_error, model_arrays, run_fednode
 from test_store_full import fill, small_fs
 
-from cli import main as climain
+from cli.app import main as cli_main
 from fednode.node import open_node
 from fednode.tensors.modelio import ArraySource
+from fednode.workflows import checkout as checkout_workflow
 
 OTHER_UID = 12345
 
@@ -110,11 +111,11 @@ def test_a_bug_of_ours_is_one_line_unless_debugging(repo_home: Path, tmp_path: P
     def broken(*args: object) -> int:
         raise KeyError("boom")
 
-    monkeypatch.setattr(climain.operations, "checkout", broken)
+    monkeypatch.setattr(checkout_workflow, "checkout", broken)
     args = ["--home", str(repo_home), "checkout", "main", "-r", "m", "--out", str(tmp_path / "x.safetensors")]
     monkeypatch.delenv("FEDNODE_DEBUG", raising=False)
-    result = CliRunner().invoke(climain.main, args)
+    result = CliRunner().invoke(cli_main, args)
     assert result.exit_code == 2 and not isinstance(result.exception, KeyError)
     assert_one_line_error(result.stderr, "unexpected KeyError", "FEDNODE_DEBUG=1")
     monkeypatch.setenv("FEDNODE_DEBUG", "1")
-    assert isinstance(CliRunner().invoke(climain.main, args).exception, KeyError)  # the traceback, for us
+    assert isinstance(CliRunner().invoke(cli_main, args).exception, KeyError)  # the traceback, for us

@@ -18,7 +18,7 @@ from helpers import ROOT, model_arrays, run_fednode, write_model
 HEAVY = ("numpy", "torch", "trio", "libp2p", "solana", "py_ecc", "httpx", "safetensors", "rich.progress")
 PROBE = """
 import sys
-from cli.main import main
+from cli.app import main
 try:
     main(sys.argv[1:], prog_name="fednode", standalone_mode=False)
 except SystemExit:
@@ -52,7 +52,8 @@ def test_numpy_loads_on_first_use_and_once(home: Path) -> None:
     """The stand-in hands out the real numpy's attributes and imports it once, thread-safely."""
     code = (
         "import sys, threading\n"
-        "from fednode import fixedpoint, history\n"
+        "from fednode import history\n"
+        "from fednode.tensors import fixedpoint\n"
         "assert 'numpy' not in sys.modules\n"
         "out = []\n"
         "def use():\n"

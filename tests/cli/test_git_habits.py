@@ -15,7 +15,7 @@ from daemon_harness import DaemonProc, daemons, make_home
 from helpers import ROOT, assert_cli_refuses, assert_one_line_error, model_arrays, perturb, run_fednode, write_model
 from solders.keypair import Keypair
 
-from cli.main import main as cli_main
+from cli.app import main as cli_main
 from fednode.history import History
 from fednode.identity import Identity
 from fednode.node import open_node

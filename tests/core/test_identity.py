@@ -14,7 +14,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 from solders.keypair import Keypair
 
-from cli.main import main as cli_main
+from cli.app import main as cli_main
 from fednode.errors import FednodeError
 from fednode.identity import Identity, peer_id_from_public_key, verify_signature
 from fednode.node import init_home, open_node

@@ -85,7 +85,7 @@ def test_make_demo_runs_the_network(tmp_path: Path) -> None:
         except ProcessLookupError:
             continue
         stat = Path(f"/proc/{pid}/cmdline").read_bytes()
-        assert b"cli.main" not in stat, f"pid {pid} still runs: {stat!r}"
+        assert b"-m\x00cli\x00" not in stat, f"pid {pid} still runs: {stat!r}"
 
 
 def test_cancer_data_reads_the_same_table_as_scikit_learn() -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from click.testing import CliRunner
 from helpers import ROOT, run_fednode, write_model
 
-from cli.main import main as cli_main
+from cli.app import main as cli_main
 from fednode.node import open_node
 from fednode.tensors.modelio import ArraySource
 from fednode.workflows.verify import verify

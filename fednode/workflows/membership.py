@@ -1,0 +1,67 @@
+"""Who may commit to a repository: its owner (the genesis author) and the members it signed.
+
+The rules the command line enforces before it asks the daemon or the chain to change anything:
+a push from a non-member is refused before anything is published (peers would reject its
+commits), and only the owner changes the member list. The store is read here, never written:
+the signed list is published through the daemon.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fednode.errors import FednodeError
+from protocol.multiformats import FormatError, b58decode, b58encode
+
+if TYPE_CHECKING:
+    from fednode.history import RepoInfo
+    from fednode.node import Node
+
+
+def owner(node: Node, repo: RepoInfo) -> bytes:
+    """The repository owner's public key: the author of its genesis commit."""
+    return node.history.load_commit(repo.genesis).author
+
+
+def network_members(node: Node, repo_id: bytes) -> tuple[list[bytes], bool]:
+    """(members besides the owner, public) of the latest signed membership this node holds;
+    ([], False) when it holds none."""
+    from fednode.storage.netstate import NetState
+
+    msg = NetState(node.store).membership(repo_id)
+    return (list(msg.members), bool(msg.public)) if msg else ([], False)
+
+
+def check_member(node: Node, repo: RepoInfo) -> None:
+    """Refuse when this node may not commit to ``repo``: it is neither the owner nor a member."""
+    me, genesis_author = node.identity.public_key, owner(node, repo)
+    members, _ = network_members(node, repo.repo_id)
+    if me != genesis_author and me not in members:
+        raise FednodeError(f"you are not a member of {repo.name}; ask the owner ({b58encode(genesis_author)}): "
+                           f"fednode members add {node.identity.address} -r {repo.name} "
+                           f"(or offer your branch with 'fednode propose')")
+
+
+def check_owner(node: Node, repo: RepoInfo) -> None:
+    """Refuse when this node is not ``repo``'s owner: only the owner changes its members."""
+    if owner(node, repo) != node.identity.public_key:
+        raise FednodeError("only the repository owner (its genesis author) changes its members")
+
+
+def parse_addresses(texts: tuple[str, ...] | list[str]) -> list[bytes]:
+    """Base58 wallet addresses as 32-byte public keys; the first invalid one is refused."""
+    keys = []
+    for text in texts:
+        try:
+            raw = b58decode(text)
+        except FormatError:
+            raw = b""
+        if len(raw) != 32:
+            raise FednodeError(f"invalid address {text!r}: expected a base58 wallet address")
+        keys.append(raw)
+    return keys
+
+
+def changed_members(current: list[bytes], addresses: list[bytes], add: bool) -> list[bytes]:
+    """The member list after adding (or removing) ``addresses``, sorted."""
+    return sorted(set(current) | set(addresses)) if add else sorted(set(current) - set(addresses))
