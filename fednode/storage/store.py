@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 import lmdb
 
@@ -65,7 +66,7 @@ class Txn:
         Untrusted blocks (from files or peers) are hash-checked first; ``trusted``
         is only for blocks whose CID this process has just computed itself.
         """
-        if not trusted and not cid.verify(block):
+        if not trusted and not cid.verify(cast(bytes, block)):  # hashes any buffer, no copy
             raise Corrupt(f"block {cid} does not match its hash")
         key = bytes(cid)
         self._room(key, block)
@@ -352,12 +353,15 @@ class Store:
                 size *= 2
             self._env.set_mapsize(size)
 
-    def _begin(self, write: bool, buffers: bool = False) -> lmdb.Transaction:
+    def _begin(self, write: bool, buffers: bool = False) -> lmdb.Transaction[Any]:
         try:
-            return self._env.begin(write=write, buffers=buffers)
+            return self._open(write, buffers)
         except lmdb.MapResizedError:  # another process (the daemon, the CLI) grew the map: adopt its size
             self._env.set_mapsize(0)
-            return self._env.begin(write=write, buffers=buffers)
+            return self._open(write, buffers)
+
+    def _open(self, write: bool, buffers: bool) -> lmdb.Transaction[Any]:
+        return self._env.begin(write=write, buffers=True) if buffers else self._env.begin(write=write)
 
     def reserve(self, extra: int) -> None:
         """Make room for ``extra`` more bytes now (call with no transaction open)."""

@@ -88,7 +88,8 @@ def script_error(exc: BaseException, script: Path, what: str = "training script 
         own = [f for f in frames if Path(f.filename).resolve() == target]
     except OSError:
         own = []
-    frame = (own or frames or [None])[-1]
+    found = own or list(frames)
+    frame = found[-1] if found else None
     where = f" ({Path(frame.filename).name}:{frame.lineno})" if frame is not None else ""
     if isinstance(exc, SyntaxError) and exc.lineno:  # raised by the compiler: no frame in the script
         where = f" ({Path(exc.filename or script).name}:{exc.lineno})"
@@ -288,7 +289,7 @@ def _train_torch(
     metrics["train_loss"] = last
     save_file({k: v.contiguous() for k, v in state.items()}, str(out))
     dp_info = None
-    if engine is not None:
+    if engine is not None and dp is not None:
         dp_info = {
             "epsilon": float(engine.get_epsilon(dp.delta)),
             "target_epsilon": dp.epsilon,
