@@ -43,10 +43,8 @@ if TYPE_CHECKING:
 else:  # loaded at first use: commands that read no tensor start without it (fednode.lazy)
     np = lazy_import("numpy")
 
-REMOTE_PREFIXES = refs.PEER_PREFIXES  # the refs peers' heads and proposals live under
-
 __all__ = [
-    "DEFAULT_BRANCH", "DEFAULT_SCALE_BITS", "DEFAULT_SNAPSHOT_INTERVAL", "REMOTE_PREFIXES", "CommitResult",
+    "DEFAULT_BRANCH", "DEFAULT_SCALE_BITS", "DEFAULT_SNAPSHOT_INTERVAL", "CommitResult",
     "History", "RepoInfo", "TensorError", "check_name", "parse_repo_id", "repo_id_text", "tensor_error",
 ]
 
