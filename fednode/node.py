@@ -140,6 +140,66 @@ def load_config(path: Path) -> dict[str, Any]:
     return parse_config(text, path)
 
 
+# [chain] settings of this node rather than of the chain: selecting another backend keeps them.
+KEPT_CHAIN_SETTINGS = ("flush_interval", "timeout_s", "program_elf")
+
+
+def select_chain_backend(home: Path, backend: str, url: str | None = None, program_id: str | None = None) -> None:
+    """Replace config.toml's [chain] table with ``backend`` (and its ``url``, ``program_id``), keeping
+    this node's own [chain] settings and every other line; refused, unwritten, if the result is invalid.
+    A running daemon reads [chain] again at its next flush."""
+    from fednode.chain.config import chain_section
+
+    path = home / CONFIG_FILE
+    lines = [f'backend = "{backend}"']
+    if url is not None:
+        lines.append(f"url = {_toml_str(url)}")
+    if program_id is not None:
+        lines.append(f"program_id = {_toml_str(program_id)}")
+    lines += _kept_chain_settings(path)
+    chain_section({"chain": tomllib.loads("\n".join(lines))})  # validate before writing
+    _write_chain_section(path, lines)
+
+
+def _toml_str(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _kept_chain_settings(path: Path) -> list[str]:
+    try:
+        section = tomllib.loads(path.read_text()).get("chain") or {}
+    except (OSError, ValueError):
+        return []
+    lines = []
+    for key in KEPT_CHAIN_SETTINGS:
+        value = section.get(key) if isinstance(section, dict) else None
+        if isinstance(value, str):
+            lines.append(f"{key} = {_toml_str(value)}")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            lines.append(f"{key} = {value!r}")
+    return lines
+
+
+def _write_chain_section(path: Path, lines: list[str]) -> None:
+    """Replace the [chain] table of config.toml, keeping every other line as it is."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        text = ""
+    kept, skipping = [], False
+    for line in text.splitlines():
+        header = line.strip()
+        if header.startswith("[") and not header.startswith("[["):
+            skipping = header == "[chain]"
+        if not skipping:
+            kept.append(line)
+    body = "\n".join(kept).rstrip("\n") + "\n\n[chain]\n" + "\n".join(lines) + "\n"
+    tomllib.loads(body)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(body)
+    tmp.replace(path)
+
+
 def default_home() -> Path:
     return Path(os.environ.get("FEDNODE_HOME") or "~/.fednode").expanduser()
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +15,7 @@ import click
 
 from cli.context import emit_json, get_node, get_repo, home, json_option, out, repo_option, resolve, verify_on_chain
 from fednode.errors import FednodeError
+from fednode.node import select_chain_backend
 from fednode.workflows import onchain
 
 if TYPE_CHECKING:
@@ -190,11 +190,7 @@ def retarget(ctx: click.Context, seqs: tuple[int, ...], all_: bool) -> None:
 @click.pass_context
 def drop(ctx: click.Context, seq: int) -> None:
     """Remove queued item #SEQ (e.g. one the program will always reject)."""
-    from fednode.chain import outbox
-
-    node = get_node(ctx)  # no backend needed to edit the queue
-    with node.store.write() as txn:
-        item = outbox.drop(txn, seq)
+    item = onchain.drop_queued(get_node(ctx), seq)
     if item is None:
         raise FednodeError(f"no queued item #{seq} (see 'fednode chain status')")
     out.print(f"dropped #{item.seq} {item.op} {item.cid[:16]}", markup=False)
@@ -226,32 +222,21 @@ def chain_verify(ctx: click.Context, rev: str, repo_name: str | None, as_json: b
 @click.pass_context
 def use(ctx: click.Context, backend: str, url: str | None, program_id: str | None) -> None:
     """Select the chain backend in config.toml ([chain] section)."""
-    from fednode.chain import outbox
-    from fednode.chain.config import chain_section, parse_pubkey
-    from fednode.node import CONFIG_FILE
+    from fednode.chain.config import parse_pubkey
 
-    config = home(ctx) / CONFIG_FILE
-    lines = [f'backend = "{backend}"']
-    if backend == "rpc":
-        if not url:
-            raise FednodeError("the rpc backend needs --url")
-        lines.append(f"url = {_toml_str(url)}")
-    elif url:
+    if backend == "rpc" and not url:
+        raise FednodeError("the rpc backend needs --url")
+    if backend != "rpc" and url:
         raise FednodeError("--url is for the rpc backend")
-    if program_id:
-        lines.append(f'program_id = "{parse_pubkey("--program-id", program_id)}"')
-    lines += _kept_settings(config)
-    chain_section({"chain": tomllib.loads("\n".join(lines))})  # validate before writing
-    _write_chain_section(config, lines)
+    program = str(parse_pubkey("--program-id", program_id)) if program_id else None
+    select_chain_backend(home(ctx), backend, url, program)
     out.print(f"chain backend: {backend}" + (f" {url}" if url else ""), markup=False)
-    # A running daemon reads [chain] again at its next flush; queued items keep their chain.
     try:
         node = get_node(ctx)
     except FednodeError:  # not initialised yet: nothing queued
         return
-    with node.store.read() as txn:
-        n = len(outbox.items(txn))
-    if n:
+    n = onchain.queued_count(node)
+    if n:  # queued items keep the chain they were queued for
         out.print(f"{n} queued item(s) still go only to the chain they were queued for "
                   "(see 'fednode chain status')")  # fmt: skip
 
@@ -339,49 +324,6 @@ def devchain(host: str, port: int, ledger: Path | None) -> None:
     finally:
         server.server_close()
         dev.close()
-
-
-def _toml_str(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-# [chain] settings of this node rather than of the chain: `chain use` keeps them.
-KEPT_SETTINGS = ("flush_interval", "timeout_s", "program_elf")
-
-
-def _kept_settings(path: Path) -> list[str]:
-    try:
-        section = tomllib.loads(path.read_text()).get("chain") or {}
-    except (OSError, ValueError):
-        return []
-    lines = []
-    for key in KEPT_SETTINGS:
-        value = section.get(key) if isinstance(section, dict) else None
-        if isinstance(value, str):
-            lines.append(f"{key} = {_toml_str(value)}")
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            lines.append(f"{key} = {value!r}")
-    return lines
-
-
-def _write_chain_section(path: Path, lines: list[str]) -> None:
-    """Replace the [chain] table of config.toml, keeping every other line as it is."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        text = ""
-    kept, skipping = [], False
-    for line in text.splitlines():
-        header = line.strip()
-        if header.startswith("[") and not header.startswith("[["):
-            skipping = header == "[chain]"
-        if not skipping:
-            kept.append(line)
-    body = "\n".join(kept).rstrip("\n") + "\n\n[chain]\n" + "\n".join(lines) + "\n"
-    tomllib.loads(body)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(body)
-    tmp.replace(path)
 
 
 COMMANDS = [anchor, chain, devchain]

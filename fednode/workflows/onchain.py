@@ -1,4 +1,5 @@
-"""One session with the node's chain backend: open it, run an anchorer task under trio, close it.
+"""One session with the node's chain backend: open it, run an anchorer task under trio, close it;
+and the anchoring queue's edits that need no backend.
 
 Chain failures come out as one-line ``FednodeError``s. trio, solders and the chain client are
 imported only when a session runs, so commands that never touch the chain start fast.
@@ -13,6 +14,7 @@ from fednode.errors import FednodeError
 
 if TYPE_CHECKING:
     from fednode.chain.anchoring import Anchorer
+    from fednode.chain.outbox import OutboxItem
     from fednode.node import Node
 
 T = TypeVar("T")
@@ -53,3 +55,19 @@ def describe_failure(exc: Exception) -> str:
     if isinstance(exc, ChainError):
         return f"transaction rejected: {explain(exc)}"
     return str(exc) if isinstance(exc, FednodeError) else f"{type(exc).__name__}: {exc}"
+
+
+def drop_queued(node: Node, seq: int) -> OutboxItem | None:
+    """Remove anchoring request #``seq`` from the queue (no backend needed); None when none has that number."""
+    from fednode.chain import outbox
+
+    with node.store.write() as txn:
+        return outbox.drop(txn, seq)
+
+
+def queued_count(node: Node) -> int:
+    """How many anchoring requests wait in the queue, for any chain."""
+    from fednode.chain import outbox
+
+    with node.store.read() as txn:
+        return len(outbox.items(txn))
