@@ -25,10 +25,13 @@ PENALIZED = frozenset({"malformed", "oversize", "bad_signature", "wrong_repo", "
 
 @dataclass(frozen=True)
 class Verdict:
+    """A validator's judgement: ``reason`` None accepts ``msg`` (with its decoded ``commit`` for a
+    commit envelope); otherwise ``reason`` says why not (for ``not_member``, ``signer`` says who signed)."""
+
     reason: str | None
     msg: m.Message | None = None
     commit: Commit | None = None
-    signer: bytes | None = None  # for not_member: whose key signed it
+    signer: bytes | None = None
 
     @property
     def ok(self) -> bool:
