@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fednode.errors import FednodeError
-from fednode.history import History, RepoInfo
+from fednode.history import CommitResult, History, RepoInfo
 from fednode.identity import Identity, check_owned
 from fednode.storage.store import Store
+
+if TYPE_CHECKING:
+    from fednode.tensors.modelio import ModelSource
 
 KEYPAIR_FILE = "keypair.json"
 CONFIG_FILE = "config.toml"
@@ -205,7 +209,18 @@ def default_home() -> Path:
 
 
 def init_home(home: Path, keypair: Path | None = None, force: bool = False) -> Identity:
-    """Create the node home. Refuses to overwrite an existing identity unless ``force``."""
+    """Create the node home. Refuses to overwrite an existing identity unless ``force``. A failed
+    init (a full disk...) of a home that did not exist leaves no half-made home behind."""
+    existed = home.exists()
+    try:
+        return _init_home(home, keypair, force)
+    except BaseException:
+        if not existed:
+            shutil.rmtree(home, ignore_errors=True)
+        raise
+
+
+def _init_home(home: Path, keypair: Path | None, force: bool) -> Identity:
     key_path = home / KEYPAIR_FILE
     if key_path.exists() and not force:
         raise FednodeError(f"{home} is already initialised (use --force to replace its identity)")
@@ -256,6 +271,29 @@ class Node:
         with self.store.write() as txn:
             txn.set_meta(CURRENT_REPO_META, info.name.encode())
         return info
+
+    def use_repo_if_none(self, name_or_id: str) -> bool:
+        """Make a repository current when none is (as git clone does); whether it did."""
+        if self.current_repo_name() is not None:
+            return False
+        self.use_repo(name_or_id)
+        return True
+
+    def create_repo(self, name: str, source: ModelSource, message: str = "initial weights",
+                    scale_bits: int | None = None, snapshot_interval: int | None = None,
+                    ) -> tuple[RepoInfo, CommitResult]:
+        """A new repository from ``source`` (its genesis), the config's [repository_defaults] for the
+        settings not given; it becomes the current repository."""
+        defaults = self.config.get("repository_defaults", {})
+        info, result = self.history.create_repo(
+            name,
+            source,
+            message,
+            scale_bits if scale_bits is not None else int(defaults.get("scale_bits", 24)),
+            snapshot_interval if snapshot_interval is not None else int(defaults.get("snapshot_interval", 8)),
+        )
+        self.use_repo(name)
+        return info, result
 
     def repo(self, name_or_id: str | None, hint: str = "") -> RepoInfo:
         """The repository named, else the current one. ``hint`` says how the caller names one

@@ -225,9 +225,7 @@ def pull(ctx: click.Context, repo_name: str | None, timeout: float, as_json: boo
 def clone(ctx: click.Context, repo_id: str, peers: tuple[str, ...], timeout: float, as_json: bool) -> None:
     """Fetch repository REPO_ID (genesis, branches, blocks) from connected or given peers."""
     res = client(ctx).call("POST", "/clone", {"repo": repo_id, "peers": list(peers), "timeout": timeout})
-    node = get_node(ctx)
-    if node.current_repo_name() is None:  # like git clone: the new repository becomes the current one
-        node.use_repo(res["name"])
+    get_node(ctx).use_repo_if_none(res["name"])
     emit(res, as_json, f"cloned {res['repo']} as {res['name']}\n" + _ref_lines(ctx, res["refs"]))
 
 

@@ -35,19 +35,11 @@ def repo_create(
 ) -> None:
     """Create repository NAME from a model file (its genesis commit)."""
     node = get_node(ctx)
-    defaults = node.config.get("repository_defaults", {})
     model = open_model(source, model_key, cast)
     try:
-        info, result = node.history.create_repo(
-            name,
-            model,
-            message,
-            scale_bits if scale_bits is not None else int(defaults.get("scale_bits", 24)),
-            snapshot_interval if snapshot_interval is not None else int(defaults.get("snapshot_interval", 8)),
-        )
+        info, result = node.create_repo(name, model, message, scale_bits, snapshot_interval)
     finally:
         model.close()
-    node.use_repo(name)
     if as_json:
         emit_json({"name": name, "id": repo_id_text(info.repo_id), "genesis": str(result.cid)})
         return

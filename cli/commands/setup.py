@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import click
@@ -18,13 +17,7 @@ from fednode.node import init_home
 def init(ctx: click.Context, keypair: Path | None, force: bool) -> None:
     """Create the node home: wallet keypair (0600), config.toml, store."""
     home = ctx.obj["home"]
-    existed = home.exists()
-    try:
-        identity = init_home(home, keypair, force)
-    except BaseException:
-        if not existed:  # a failed init (a full disk...) leaves no half-made home behind
-            shutil.rmtree(home, ignore_errors=True)
-        raise
+    identity = init_home(home, keypair, force)
     out.print(f"initialised {home}")
     out.print(f"wallet  {identity.address}")
     out.print(f"peer id {identity.peer_id}")
