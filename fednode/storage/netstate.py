@@ -121,16 +121,6 @@ class NetState:
             raw = txn.kv_get(DB, self._seq_key(kind, repo, announcer, branch))
         return -1 if raw is None else int.from_bytes(raw, "big")
 
-    def claim_seq(self, kind: str, repo: bytes, announcer: bytes, branch: str, seq: int) -> bool:
-        """Atomically record ``seq`` if it is newer than the last one; False for a replay."""
-        key = self._seq_key(kind, repo, announcer, branch)
-        with self.store.write() as txn:
-            raw = txn.kv_get(DB, key)
-            if raw is not None and int.from_bytes(raw, "big") >= seq:
-                return False
-            txn.kv_put(DB, key, seq.to_bytes(8, "big"))
-        return True
-
     def record(self, msg: SignedMessage, replay_ok: bool = False) -> bool:
         """The bookkeeping after a signed message was accepted: claim its seq (replay protection)
         and store it (the latest announcement, proposal or membership), in one transaction.

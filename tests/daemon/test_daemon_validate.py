@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 from helpers import fixed_identity, model_arrays, perturb
+from libp2p.peer.id import ID
+from libp2p.pubsub.pb import rpc_pb2
 
+from fednode.daemon.gossip import Gossip
 from fednode.daemon.validate import Validator
 from fednode.history import History
 from fednode.identity import Identity
@@ -82,5 +87,40 @@ def test_membership_public_proposals_and_replays(tmp_path: Path) -> None:
         assert v.validate(_sign(member, ann), bytes(32), from_self=False).reason == "wrong_repo"
         foreign = m.HeadAnnouncement(oinfo.repo_id, "main", head, 1, 1, member.public_key)
         assert v.validate(_sign(member, foreign), oinfo.repo_id, from_self=False).reason == "unknown_repo"
+    finally:
+        store.close()
+
+
+def test_gossip_accepts_one_of_two_copies_and_validating_writes_nothing(tmp_path: Path) -> None:
+    """Two copies of one announcement (two forwarders, back to back as py-libp2p delivers them):
+    the first is accepted, its seq claimed and its fetch scheduled; the second is a replay. The
+    validation itself leaves the store as it was."""
+    owner = fixed_identity()
+    store = Store(tmp_path / "store")
+    try:
+        info, _ = History(store, owner).create_repo("m", ArraySource(model_arrays(0)))
+        rid = info.repo_id
+        state = NetState(store)
+        scheduled: list[bytes] = []
+        metrics = SimpleNamespace(rejected=Counter(), accepted=Counter(), published=Counter(), errors=Counter())
+        gossip = Gossip(store, state, Validator(store, state), metrics, None,  # type: ignore[arg-type]
+                        SimpleNamespace(penalize=lambda peer, reason: None),  # type: ignore[arg-type]
+                        SimpleNamespace(schedule=lambda repo, root, providers, then: scheduled.append(then)))  # type: ignore[arg-type]
+        gossip.start(None, ID.from_base58(Identity.generate().peer_id))  # type: ignore[arg-type]
+        ann = m.HeadAnnouncement(rid, "main", CID.hash(DAG_CBOR, b"whatever"), 7, 1, owner.public_key)
+        data = _sign(owner, ann)
+        source = ID.from_base58(owner.peer_id)
+        msg = rpc_pb2.Message(from_id=source.to_bytes(), data=data, seqno=b"1")
+        with store.read() as txn:
+            before = txn.kv_items("net", b"")
+        assert gossip.validator.validate(data, rid, from_self=False).ok
+        with store.read() as txn:
+            assert txn.kv_items("net", b"") == before  # validating changed nothing
+        validate = gossip.validator_for(rid)
+        forwarders = [ID.from_base58(Identity.generate().peer_id) for _ in range(2)]
+        assert [validate(f, msg) for f in forwarders] == [True, False]
+        assert scheduled == [data] and metrics.rejected["replay"] == 1
+        assert state.last_seq("head", rid, owner.public_key, "main") == 7
+        assert state.announcements(rid) == [data]
     finally:
         store.close()
