@@ -1,8 +1,8 @@
 """``fednode members``: who may commit to a repository.
 
-Two lists, one command: the membership the owner signs and gossips (the daemon's
-validators accept commits only from its members) and the on-chain allowlist (the
-program anchors only members' commits). ``add`` and ``remove`` change both, or neither.
+Two lists, one command: the membership the owner signs and gossips and the on-chain allowlist
+(see ``fednode.workflows.membership``, which holds the rules). ``add`` and ``remove`` change
+both, or neither.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from protocol.multiformats import b58encode
 if TYPE_CHECKING:
     from fednode.chain.anchoring import Anchorer
     from fednode.daemon.api_client import Client
-    from fednode.history import RepoInfo
     from fednode.node import Node
 
 
@@ -46,83 +45,25 @@ def _publish(api: Client, name: str, addrs: list[bytes], public: bool) -> str:
     return f"network: {res['members']} member(s) besides the owner, public={res['public']} (signed, published)"
 
 
-def _unchanged(addrs: list[bytes], add: bool) -> str:
-    return f"{len(addrs)} address(es) already {'members' if add else 'absent'}"
-
-
 def _change(ctx: click.Context, addresses: tuple[str, ...], repo_name: str | None, public: bool | None,
             no_chain: bool, add: bool) -> None:
     """Every precondition first (owner, addresses, a daemon that answers, the repository on chain
-    and owned by us); then the on-chain change, then the signed membership. A failure after the
-    chain changed undoes the on-chain change: both lists change, or neither."""
+    and owned by us); then the on-chain change, then the signed membership."""
     node = get_node(ctx)
     info = get_repo(node, repo_name)
-    membership.check_owner(node, info)
-    addrs = membership.parse_addresses(addresses)
-    if node.identity.public_key in addrs:
-        raise FednodeError("the owner is implicitly a member: leave its address out")
-    current, was_public = membership.network_members(node, info.repo_id)
-    wanted = membership.changed_members(current, addrs, add)
-    now_public = was_public if public is None else public
+    change = membership.plan_change(node, info, addresses, add, public)
     api = _daemon(ctx)
-    publish: Callable[[], str] | None = None  # None: the network membership stays as it is
-    if wanted != sorted(current) or now_public != was_public:
-        publish = partial(_publish, api, info.name, wanted, now_public)
+    publish = partial(_publish, api, info.name, change.members, change.public) if change.network_changes else None
     if no_chain:
-        out.print(publish() if publish else f"network: unchanged ({_unchanged(addrs, add)})", markup=False)
+        out.print(publish() if publish else f"network: unchanged ({membership.unchanged_text(change)})",
+                  markup=False)
         return
 
     async def go(a: Anchorer, n: Node) -> list[str]:
-        return await _change_on_chain(a, info, addrs, add, publish)
+        return await membership.apply_on_chain(a, info, change, publish)
 
     for line in onchain.run(node, go):
         out.print(line, markup=False)
-
-
-async def _change_on_chain(a: Anchorer, info: RepoInfo, addrs: list[bytes], add: bool,
-                           publish: Callable[[], str] | None) -> list[str]:
-    """Change the allowlist, then publish the network membership (``publish``, None when it stays)."""
-    from solders.pubkey import Pubkey
-
-    record = await a.repo_record(info.repo_id)
-    if record is None:
-        raise FednodeError(f"repository {info.name} is not on chain: anchor its genesis first "
-                           f"('fednode anchor {info.name}:{info.genesis}'); nothing was changed")
-    if record.owner != a.identity.public_key:
-        raise FednodeError(f"only the on-chain owner {b58encode(record.owner)} changes the members of "
-                           f"{info.name}; nothing was changed")
-    todo = [raw for raw in addrs if await a.is_member(info.repo_id, raw) != add]
-    if not todo and publish is None:
-        return [f"nothing to change: {_unchanged(addrs, add)}"]
-    done: list[bytes] = []
-    try:
-        for raw in todo:
-            await a.set_member(info, Pubkey.from_bytes(raw), add)
-            done.append(raw)
-        lines = [publish()] if publish else ["network: unchanged"]
-    except Exception as exc:
-        raise FednodeError(f"{onchain.describe_failure(exc)}; {await _undo(a, info, done, add)}") from None
-    verb = "added" if add else "removed"
-    already = f" ({len(addrs) - len(todo)} already {'members' if add else 'absent'})" if len(todo) < len(addrs) else ""
-    return [*lines, f"chain: {verb} {len(todo)} member(s){already}"]
-
-
-async def _undo(a: Anchorer, info: RepoInfo, done: list[bytes], add: bool) -> str:
-    """Reverse the on-chain changes already made; what is true afterwards, in words."""
-    from solders.pubkey import Pubkey
-
-    if not done:
-        return "nothing was changed"
-    left = []
-    for raw in reversed(done):
-        try:
-            await a.set_member(info, Pubkey.from_bytes(raw), not add)
-        except Exception:  # the chain refused the undo too: say which address stays changed
-            left.append(b58encode(raw))
-    if left:
-        return (f"the on-chain allowlist stays changed for {', '.join(left)} (undo with 'fednode chain members "
-                f"{'remove' if add else 'add'}'); the network membership was not changed")
-    return f"the on-chain change was undone for {len(done)} member(s); nothing was changed"
 
 
 def _change_options(f: Callable[..., None]) -> Callable[..., None]:
