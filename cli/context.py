@@ -139,9 +139,10 @@ json_option = click.option("--json", "as_json", is_flag=True)
 
 class RegistryChoice(click.Choice[str]):
     """A ``click.Choice`` over a registry's names, read when first needed: reading the registry may
-    import heavy modules, and a command's definition must not (fast start)."""
+    import heavy modules (numpy), and defining a command must not (fast start)."""
 
     def __init__(self, load: Callable[[], Iterable[str]], case_sensitive: bool = True) -> None:
+        # click.Choice.__init__ is not called: it would read the names now.
         self._load = load
         self._names: tuple[str, ...] | None = None
         self.case_sensitive = case_sensitive
@@ -163,9 +164,23 @@ def _strategy_names() -> Iterable[str]:
     return strategies.CLASSES
 
 
+def _weightings() -> Iterable[str]:
+    from fednode.workflows import merging
+
+    return merging.WEIGHTINGS
+
+
+def _chain_backends() -> Iterable[str]:
+    from fednode.chain import config
+
+    return config.BACKENDS
+
+
 ENCODINGS = click.Choice(encodings.NAMES)
 CASTS = click.Choice(modelio.CASTS, case_sensitive=False)
 STRATEGIES = RegistryChoice(_strategy_names)
+WEIGHTINGS = RegistryChoice(_weightings)
+CHAIN_BACKENDS = RegistryChoice(_chain_backends)
 
 
 def parse_metrics(pairs: tuple[str, ...]) -> dict[str, float]:

@@ -13,7 +13,18 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli.context import emit_json, get_node, get_repo, home, json_option, out, repo_option, resolve, verify_on_chain
+from cli.context import (
+    CHAIN_BACKENDS,
+    emit_json,
+    get_node,
+    get_repo,
+    home,
+    json_option,
+    out,
+    repo_option,
+    resolve,
+    verify_on_chain,
+)
 from fednode.errors import FednodeError
 from fednode.node import select_chain_backend
 from fednode.workflows import onchain
@@ -216,7 +227,7 @@ def chain_verify(ctx: click.Context, rev: str, repo_name: str | None, as_json: b
 
 
 @chain.command("use")
-@click.argument("backend", type=click.Choice(["embedded", "rpc"]))
+@click.argument("backend", type=CHAIN_BACKENDS)
 @click.option("--url", default=None, help="JSON-RPC URL (rpc backend).")
 @click.option("--program-id", default=None, help="Where federity is deployed (default: the dev program id).")
 @click.pass_context

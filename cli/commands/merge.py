@@ -9,6 +9,7 @@ from rich.table import Table
 
 from cli.context import (
     STRATEGIES,
+    WEIGHTINGS,
     commit_json,
     emit_json,
     get_node,
@@ -31,7 +32,7 @@ from cli.context import (
                    "multi-krum m=n-byzantine.")
 @click.option("--param", "params", multiple=True,
               help="Strategy parameter NAME=VALUE (e.g. byzantine=1, trim=2, min_trim=0, min_inputs=1).")
-@click.option("--weights", "weighting", type=click.Choice(["samples", "equal"]), default="samples",
+@click.option("--weights", "weighting", type=WEIGHTINGS, default="samples",
               show_default=True, help="samples: each input weighs the training samples it declares since the "
               "merge base (train, or commit --samples N), each sample counted once across rounds.")
 @click.option("--into", default=None, help="Branch that receives the merge (default: the current branch).")
