@@ -23,7 +23,8 @@ from solders.keypair import Keypair
 from solders.message import Message
 from solders.transaction import Transaction
 
-from fednode.chain import FederityClient, LiteSVMBackend, TxResult
+from fednode.chain.backend import LiteSVMBackend, TxResult
+from fednode.chain.client import FederityClient
 from fednode.chain.program import ed25519_proof
 from programs.build import build
 from protocol import chain as layout

@@ -122,13 +122,13 @@ def client(ctx: click.Context, timeout: float | None = None) -> Client:
 
 def verify_on_chain(ctx: click.Context, rev: str, repo_name: str | None) -> tuple[int, list[str]]:
     """(commits checked, problems) of REV's ancestry against the chain (``verify --chain``, ``chain verify``)."""
-    from fednode.workflows import onchain
+    from fednode.chain import session
 
     async def check(anchorer: Anchorer, node: Node) -> tuple[int, list[str]]:
         info, cid = resolve(node, rev, repo_name)
         return await anchorer.verify(info, cid)
 
-    return onchain.run(get_node(ctx), check)
+    return session.run(get_node(ctx), check)
 
 
 # --- options and their values ---------------------------------------------------------------

@@ -25,9 +25,9 @@ from cli.context import (
     resolve,
     verify_on_chain,
 )
+from fednode.chain import session
 from fednode.errors import FednodeError
 from fednode.node import select_chain_backend
-from fednode.workflows import onchain
 
 if TYPE_CHECKING:
     from fednode.chain import outbox
@@ -88,7 +88,7 @@ def anchor(ctx: click.Context, rev: str, repo_name: str | None, branch: str | No
             out.print(f"queued {len(queued)} item(s)" if queued else "nothing new to anchor")
         _flush_report(result, as_json, extra)
 
-    onchain.run(get_node(ctx), go)
+    session.run(get_node(ctx), go)
 
 
 @click.group()
@@ -125,7 +125,7 @@ def chain_status(ctx: click.Context, as_json: bool) -> None:
                 "waiting_for_other_chain": sum(1 for i in queue if i["placement"] != "this"),
                 "queue": queue}  # fmt: skip
 
-    data = onchain.run(get_node(ctx), go)
+    data = session.run(get_node(ctx), go)
     if as_json:
         emit_json(data)
     else:
@@ -176,7 +176,7 @@ def flush(ctx: click.Context, as_json: bool) -> None:
             out.print("queue empty")
         _flush_report(result, as_json)
 
-    onchain.run(get_node(ctx), go)
+    session.run(get_node(ctx), go)
 
 
 @chain.command("retarget")
@@ -192,7 +192,7 @@ def retarget(ctx: click.Context, seqs: tuple[int, ...], all_: bool) -> None:
         here = await a.backend.chain_id(required=False)
         return a.retarget(here, list(seqs) if seqs else None), here.label()
 
-    moved, label = onchain.run(get_node(ctx), go)
+    moved, label = session.run(get_node(ctx), go)
     out.print(f"retargeted {len(moved)} item(s) to {label}; they go out at the next flush", markup=False)
 
 
@@ -201,7 +201,7 @@ def retarget(ctx: click.Context, seqs: tuple[int, ...], all_: bool) -> None:
 @click.pass_context
 def drop(ctx: click.Context, seq: int) -> None:
     """Remove queued item #SEQ (e.g. one the program will always reject)."""
-    item = onchain.drop_queued(get_node(ctx), seq)
+    item = session.drop_queued(get_node(ctx), seq)
     if item is None:
         raise FednodeError(f"no queued item #{seq} (see 'fednode chain status')")
     out.print(f"dropped #{item.seq} {item.op} {item.cid[:16]}", markup=False)
@@ -246,7 +246,7 @@ def use(ctx: click.Context, backend: str, url: str | None, program_id: str | Non
         node = get_node(ctx)
     except FednodeError:  # not initialised yet: nothing queued
         return
-    n = onchain.queued_count(node)
+    n = session.queued_count(node)
     if n:  # queued items keep the chain they were queued for
         out.print(f"{n} queued item(s) still go only to the chain they were queued for "
                   "(see 'fednode chain status')")  # fmt: skip
@@ -266,7 +266,7 @@ def _set_member(ctx: click.Context, address: str, repo_name: str | None, add: bo
     async def go(a: Anchorer, node: Node) -> None:
         await a.set_member(get_repo(node, repo_name), member, add)
 
-    onchain.run(get_node(ctx), go)
+    session.run(get_node(ctx), go)
     out.print(f"{'added' if add else 'removed'} member {member}")
 
 
@@ -298,7 +298,7 @@ def chain_members_list(ctx: click.Context, repo_name: str | None, as_json: bool)
     async def go(a: Anchorer, node: Node) -> dict[str, Any]:
         return await a.members(get_repo(node, repo_name))
 
-    data = onchain.run(get_node(ctx), go)
+    data = session.run(get_node(ctx), go)
     if as_json:
         emit_json(data)
         return

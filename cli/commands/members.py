@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cli.context import client, emit_json, get_node, get_repo, json_option, out, repo_option
+from fednode.chain import allowlist, session
 from fednode.errors import FednodeError
-from fednode.workflows import membership, onchain
+from fednode.workflows import membership
 from protocol.multiformats import b58encode
 
 if TYPE_CHECKING:
@@ -60,9 +61,9 @@ def _change(ctx: click.Context, addresses: tuple[str, ...], repo_name: str | Non
         return
 
     async def go(a: Anchorer, n: Node) -> list[str]:
-        return await membership.apply_on_chain(a, info, change, publish)
+        return await allowlist.apply_on_chain(a, info, change, publish)
 
-    for line in onchain.run(node, go):
+    for line in session.run(node, go):
         out.print(line, markup=False)
 
 
@@ -110,7 +111,7 @@ def members_list(ctx: click.Context, repo_name: str | None, no_chain: bool, as_j
             return await a.members(info, network)  # a fresh member knows its allowlist entry
 
         try:
-            data["chain"] = onchain.run(node, go)
+            data["chain"] = session.run(node, go)
         except FednodeError as exc:
             data["chain"] = {"error": str(exc)}
     if as_json:

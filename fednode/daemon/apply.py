@@ -17,7 +17,7 @@ from fednode.daemon.host import peer_id_of_key
 from fednode.daemon.metrics import Metrics
 from fednode.daemon.validate import Validator
 from fednode.errors import FednodeError
-from fednode.history import History, RepoInfo, refs, repo_id_text
+from fednode.history import History, RepoInfo, refs, refstore, repo_id_text
 from fednode.history.repos import register_repo
 from fednode.logs import log
 from fednode.storage.netstate import NetState
@@ -102,7 +102,7 @@ class Applier:
         if cur is None or await self.threads.run_reading(partial(self.history.is_ancestor, cur, ann.head)):
             with self.store.write() as txn:
                 if txn.get_ref(repo_id, ref) == cur_raw:  # compare-and-swap against local commits
-                    txn.set_ref(repo_id, ref, bytes(ann.head))
+                    refstore.set_branch(txn, repo_id, ann.branch, ann.head)  # in the branch's reflog too
                     log("branch_moved", branch=ann.branch, head=str(ann.head))
                     self.provides.provide_new_soon()
                     return True

@@ -48,7 +48,6 @@ LAYER_RULES: dict[str, Rule] = {
     "fednode.strategies": Rule(("protocol", *UTILITIES, "fednode.tensors"), why="aggregation on tensors only"),
     "fednode.history": Rule(ANY, never=("fednode.workflows", "fednode.daemon", "fednode.chain", "fednode.demo", "cli"),
                             why="commits and refs know nothing of the operations, network, chain or CLI above"),
-    # Holds after the issue 12 refactor; today fednode/workflows/onchain.py imports fednode.chain.
     "fednode.workflows": Rule(ANY, never=("fednode.daemon", "fednode.chain", "fednode.demo", "cli"),
                               why="local operations: no network, no chain, no CLI"),
     "fednode.daemon": Rule(ANY, never=("fednode.demo", "cli"), why="the network layer serves the CLI, never uses it"),

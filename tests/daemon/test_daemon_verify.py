@@ -103,3 +103,25 @@ def test_apply_records_verified_commits_persistently(tmp_path: Path, monkeypatch
     trio.run(apply, d, rid, announce(owner, rid, c2, 3))
     assert checked == [c2] and main_head(history, rid) == c2 and d.state.is_verified(rid, c2)
     store.close()
+
+
+def test_an_owners_fast_forward_is_in_the_branch_reflog(tmp_path: Path) -> None:
+    """Every branch move is in the reflog, whoever moves it: the daemon taking an owner's head too."""
+    owner = fixed_identity()
+    store = Store(tmp_path / "store")
+    history = History(store, owner)
+    info, created = history.create_repo("m", ArraySource(model_arrays(0)))
+    rid = info.repo_id
+    c1 = history.commit(info, ArraySource(perturb(model_arrays(0), 1)), "c1").cid
+    with store.write() as txn:  # as if c1 had just been fetched: main still at the genesis
+        txn.set_ref(rid, "heads/main", bytes(created.cid))
+    with store.read() as txn:
+        before = txn.reflog(rid, "main")
+
+    trio.run(apply, fake_daemon(history), rid, announce(owner, rid, c1, 1))
+    assert main_head(history, rid) == c1
+    with store.read() as txn:
+        after = txn.reflog(rid, "main")
+    assert len(after) == len(before) + 1
+    assert after[0]["old"] == str(created.cid) and after[0]["new"] == str(c1) and "c1" in after[0]["reason"]
+    store.close()

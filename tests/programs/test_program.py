@@ -18,18 +18,16 @@ from solders.instruction import AccountMeta, Instruction
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
-from fednode.chain import (
+from fednode.chain.backend import ChainError, LiteSVMBackend
+from fednode.chain.client import Anchored, FederityClient
+from fednode.chain.elf import federity_elf
+from fednode.chain.program import (
     ED25519_PROGRAM_ID,
     INSTRUCTIONS_SYSVAR_ID,
     SYSTEM_PROGRAM_ID,
-    Anchored,
-    ChainError,
-    FederityClient,
     FederityProgram,
-    LiteSVMBackend,
-    federity_elf,
+    ed25519_proof,
 )
-from fednode.chain.program import ed25519_proof
 from programs.build import build
 from protocol import chain as layout
 from protocol.chain import ErrorCode as E
