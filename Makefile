@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m fednode.demo
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest tests
 
 # ruff (style, imports, complexity, unused noqa) and mypy (types of fednode/, protocol/, cli/)

@@ -22,7 +22,7 @@ from solders.keypair import Keypair
 from fednode.history import repo_id_text
 from fednode.node import open_node
 from fednode.tensors.modelio import ArraySource
-from fednode.workflows import operations
+from fednode.workflows.verify import verify
 from protocol.multiformats import CID, DAG_CBOR
 from protocol.objects import Commit
 
@@ -405,7 +405,7 @@ def test_tampered_signature_detected_by_verify(cli, repo: dict, home: Path) -> N
             txn.put_block(cid, block)
             txn.set_ref(info.repo_id, "heads/evil", bytes(cid))
             txn.index_commit(cid, info.repo_id, forged.commit_hash())
-        assert operations.verify(h, info, CID.parse(repo["c1"])).problems == []
+        assert verify(h, info, CID.parse(repo["c1"])).problems == []
     result = cli("verify", "evil", ok=False)
     assert result.exit_code == 1
     assert f"commit {cid}: invalid signature" in result.stderr

@@ -11,7 +11,8 @@ from helpers import model_arrays, perturb, run_fednode
 
 from fednode.history import repo_id_text
 from fednode.tensors.modelio import ArraySource
-from fednode.workflows import operations
+from fednode.workflows.fsck import fsck
+from fednode.workflows.verify import verify
 from protocol import messages
 
 
@@ -37,7 +38,7 @@ def test_three_nodes_clone_commit_propagate_and_catch_up(tmp_path: Path) -> None
             assert [e["cid"] for e in log] == [str(genesis.cid)]
             for node in (nb, nc):
                 assert node.history.repo("mnist").repo_id == rid
-                assert not operations.fsck(node.history).problems
+                assert not fsck(node.history).problems
             # the owner makes B a member; the signed membership reaches B and C by gossip
             a.api("POST", "/members", {"repo": "mnist", "members": [nb.identity.address]})
             for node in (nb, nc):
@@ -55,7 +56,7 @@ def test_three_nodes_clone_commit_propagate_and_catch_up(tmp_path: Path) -> None
             for node in (na, nc):
                 wait_for(lambda n=node: ref(n, rid, f"remotes/{b.peer_id}/main") == r1.cid, 10, "remote ref")
                 assert ref(node, rid, "heads/main") == genesis.cid  # only the owner moves branches
-                assert not operations.verify(node.history, node.history.repo("mnist"), r1.cid).problems
+                assert not verify(node.history, node.history.repo("mnist"), r1.cid).problems
             print(f"member commit propagation (push -> stored on A and C): {latency * 1000:.0f} ms")
 
             # the owner merges B's work by committing on top of it and pushing: B and C fast-forward
@@ -78,7 +79,7 @@ def test_three_nodes_clone_commit_propagate_and_catch_up(tmp_path: Path) -> None
             wait_for(lambda: ref(nc, rid, "heads/main") == r3.cid, 15, "C to catch up after restart")
             pulled = json.loads(run_fednode(homes[2], "pull", "mnist", "--json").stdout)  # the CLI path
             assert pulled["refs"]["heads/main"] == str(r3.cid) and not pulled["errors"]
-            assert not operations.fsck(nc.history).problems
+            assert not fsck(nc.history).problems
             # C is no member: its merge proposal is refused while the repository is private,
             # accepted (and fetched into proposals/<C>/main on A) once the owner makes it public
             rc = nc.history.commit(nc.history.repo("mnist"), ArraySource(perturb(v1, 9)), "c: an idea")

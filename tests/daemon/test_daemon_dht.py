@@ -11,7 +11,7 @@ from helpers import model_arrays
 
 from fednode.history import repo_id_text
 from fednode.tensors.modelio import ArraySource
-from fednode.workflows import operations
+from fednode.workflows.fsck import fsck
 
 
 def test_clone_finds_the_owner_through_the_dht(tmp_path: Path) -> None:
@@ -78,7 +78,7 @@ def test_heads_are_provided_and_a_fetch_finds_a_new_provider_in_the_dht(tmp_path
             a.kill()
             thread.join(timeout=90)
             assert result.get("refs", {}).get("heads/main") == str(genesis.cid), result
-            assert not operations.fsck(nc.history).problems
+            assert not fsck(nc.history).problems
             lookups = [e for e in c.log_events() if e["event"] == "dht_providers"
                        and e["what"] == f"commit {genesis.cid}"]
             assert any(d.peer_id in e["found"] for e in lookups), lookups

@@ -8,7 +8,7 @@ from daemon_harness import DaemonProc, big_model, daemons, make_home, open_nodes
 
 from fednode.history import repo_id_text
 from fednode.tensors.modelio import ArraySource
-from fednode.workflows import operations
+from fednode.workflows.fsck import fsck
 
 DELAY = {"FEDNODE_BLOCK_SERVE_DELAY": "0.04"}  # ~40 ms per 256 KiB block: slow enough to interrupt
 
@@ -48,7 +48,7 @@ def test_fetch_survives_provider_kill_and_own_restart(tmp_path: Path) -> None:
             victim.kill()
             thread.join(timeout=60)
             assert result.get("refs", {}).get("heads/main") == str(genesis.cid), result
-            assert not operations.fsck(nc.history).problems
+            assert not fsck(nc.history).problems
             events = [e["event"] for e in c.log_events()]
             assert "blocks_transfer_interrupted" in events
 
@@ -70,7 +70,7 @@ def test_fetch_survives_provider_kill_and_own_restart(tmp_path: Path) -> None:
             c.start()
             wait_for(lambda: ref(nc, rid, "heads/main") == r1.cid, 30, "C to finish after restart")
             assert any(e["event"] == "fetch_resumed" for e in c.log_events())
-            assert not operations.fsck(nc.history).problems
+            assert not fsck(nc.history).problems
             with nc.store.read() as txn:
                 assert not txn.kv_items("net", b"fetch/")
     finally:
