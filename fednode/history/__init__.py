@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from fednode.errors import FednodeError, NotFound
-from fednode.history import commits, integrity, objects, refs, refstore, repos, revisions, states
+from fednode.history import commits, integrity, objstore, refs, refstore, repos, revisions, states
 from fednode.history import walk as graph_walk
 from fednode.history.commits import CommitResult
 from fednode.history.refs import check_name
@@ -59,24 +59,24 @@ class History:
     # --- objects -------------------------------------------------------------
     def load_commit(self, cid: CID, txn: Txn | None = None) -> Commit:
         if txn is not None:
-            return objects.load_commit(txn, cid)
+            return objstore.load_commit(txn, cid)
         with self.store.read() as rtxn:
-            return objects.load_commit(rtxn, cid)
+            return objstore.load_commit(rtxn, cid)
 
     def load_manifest(self, cid: CID, txn: Txn | None = None) -> Manifest:
         if txn is not None:
-            return objects.load_manifest(txn, cid)
+            return objstore.load_manifest(txn, cid)
         with self.store.read() as rtxn:
-            return objects.load_manifest(rtxn, cid)
+            return objstore.load_manifest(rtxn, cid)
 
     def _signed(self, commit: Commit) -> Commit:
-        return objects.sign(self.identity, commit)
+        return objstore.sign(self.identity, commit)
 
     def _put_objects(self, txn: Txn, manifest: Manifest, commit: Commit) -> int:
-        return objects.put_objects(txn, manifest, commit)
+        return objstore.put_objects(txn, manifest, commit)
 
     def verify_commit_signature(self, commit: Commit) -> bool:
-        return objects.signature_valid(commit)
+        return objstore.signature_valid(commit)
 
     def check_commit(self, cid: CID, txn: Txn, check_tensors: bool = True, rehash: bool = True) -> list[str]:
         """Problems with one commit (see ``integrity.check_commit``)."""
@@ -147,7 +147,7 @@ class History:
     def state(self, commit_cid: CID) -> dict[str, tuple[TensorEntry, np.ndarray]]:
         """Every tensor of a commit: its manifest entry and its rebuilt array."""
         with self.store.read() as txn:
-            manifest = objects.load_manifest(txn, objects.load_commit(txn, commit_cid).weights)
+            manifest = objstore.load_manifest(txn, objstore.load_commit(txn, commit_cid).weights)
             return {name: (e, states.tensor_array(txn, commit_cid, name)) for name, e in manifest.tensors.items()}
 
     # --- refs ------------------------------------------------------------------

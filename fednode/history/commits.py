@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fednode.errors import FednodeError, NotFound
-from fednode.history import objects, refs, refstore, states
+from fednode.history import objstore, refs, refstore, states
 from fednode.history.repos import DEFAULT_SCALE_BITS, DEFAULT_SNAPSHOT_INTERVAL, RepoInfo, register_repo
 from fednode.history.states import EncodeOptions, TensorError
 from fednode.identity import Identity
@@ -81,7 +81,7 @@ def create_repo(
         sink.abort()
         raise
     manifest = Manifest(entries)
-    commit = objects.sign(identity, Commit(
+    commit = objstore.sign(identity, Commit(
         repo=None, parents=(), kind="init", weights=CID.hash(DAG_CBOR, manifest.encode()),
         author=identity.public_key, time_ms=_now_ms(), message=message, metrics=metrics or {},
         info={"settings": settings},
@@ -92,7 +92,7 @@ def create_repo(
     def final(txn: Txn) -> int:
         if txn.get_repo(name) is not None:
             raise FednodeError(f"repository {name!r} already exists")
-        new = objects.put_objects(txn, manifest, commit)
+        new = objstore.put_objects(txn, manifest, commit)
         register_repo(txn, name, repo_id, cid)
         txn.index_commit(cid, repo_id, repo_id)
         return new
@@ -129,8 +129,8 @@ def commit(
             raise NotFound(f"unknown branch {branch!r} in repository {repo.name}")
         if expected_head is not None and head != expected_head:
             raise FednodeError(f"branch {branch!r} moved to {head} while committing")
-        parent = objects.load_commit(txn, head)
-        parent_manifest = objects.load_manifest(txn, parent.weights)
+        parent = objstore.load_commit(txn, head)
+        parent_manifest = objstore.load_manifest(txn, parent.weights)
     states.check_compatible(parent_manifest, source)
     sink = BlockSink(store, expected_bytes=2 * sum(t.nbytes for t in source.tensors.values()))
     entries: dict[str, TensorEntry] = {}
@@ -148,8 +148,8 @@ def commit(
     manifest = Manifest(entries)
     parents = (head, *extra_parents)
     with store.read() as txn:
-        parent_hashes = tuple(objects.load_commit(txn, p).commit_hash() for p in parents)
-    signed = objects.sign(identity, Commit(
+        parent_hashes = tuple(objstore.load_commit(txn, p).commit_hash() for p in parents)
+    signed = objstore.sign(identity, Commit(
         repo=repo.repo_id, parents=parents, parent_hashes=parent_hashes, kind=kind,
         weights=CID.hash(DAG_CBOR, manifest.encode()), author=identity.public_key,
         time_ms=max(_now_ms(), parent.time_ms), message=message, metrics=metrics or {}, info=info or {},
@@ -159,7 +159,7 @@ def commit(
     def final(txn: Txn) -> int:
         if refstore.branch_head(txn, repo.repo_id, branch) != head:  # compare-and-swap: another writer won
             raise FednodeError(f"branch {branch!r} moved while committing; nothing was stored")
-        new = objects.put_objects(txn, manifest, signed)
+        new = objstore.put_objects(txn, manifest, signed)
         refstore.set_branch(txn, repo.repo_id, branch, cid)
         txn.index_commit(cid, repo.repo_id, signed.commit_hash())
         return new

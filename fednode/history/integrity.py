@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from fednode.errors import Corrupt, NotFound
-from fednode.history import objects
+from fednode.history import objstore
 from fednode.storage.files import check_file
 from fednode.storage.store import Txn
 from protocol.multiformats import CID
@@ -18,13 +18,13 @@ def check_commit(txn: Txn, cid: CID, check_tensors: bool = True, rehash: bool = 
     """
     problems: list[str] = []
     try:
-        commit = objects.load_commit(txn, cid)
+        commit = objstore.load_commit(txn, cid)
     except (Corrupt, NotFound) as exc:
         return [str(exc)]
-    if not objects.signature_valid(commit):
+    if not objstore.signature_valid(commit):
         problems.append(f"commit {cid}: invalid signature")
     try:
-        manifest = objects.load_manifest(txn, commit.weights)
+        manifest = objstore.load_manifest(txn, commit.weights)
     except (Corrupt, NotFound) as exc:
         return problems + [f"commit {cid}: {exc}"]
     if not check_tensors:

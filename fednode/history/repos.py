@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fednode.errors import Corrupt, NotFound
-from fednode.history import objects, refs, refstore
+from fednode.history import objstore, refs, refstore
 from fednode.storage.store import Txn
 from protocol.multiformats import CID, FormatError, b58decode, b58encode
 
@@ -50,7 +50,7 @@ def repo_info(txn: Txn, name: str, repo_id: bytes) -> RepoInfo:
     genesis = refstore.genesis(txn, repo_id)
     if genesis is None:
         raise Corrupt(f"repository {name} has no genesis ref")
-    return RepoInfo(name, repo_id, genesis, objects.load_commit(txn, genesis).settings)
+    return RepoInfo(name, repo_id, genesis, objstore.load_commit(txn, genesis).settings)
 
 
 def all_repos(txn: Txn) -> list[RepoInfo]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from fednode.errors import NotFound
-from fednode.history import objects, refs, refstore
+from fednode.history import objstore, refs, refstore
 from fednode.history.repos import RepoInfo, find_repo, repo_id_text
 from fednode.storage.store import Txn
 from protocol.multiformats import CID, FormatError
@@ -94,12 +94,12 @@ def _ancestor(txn: Txn, rev: str, cid: CID, ops: str) -> CID:
         n = int(count) if count else 1
         if op == "~":
             for _ in range(n):
-                parents = objects.load_commit(txn, cid).parents
+                parents = objstore.load_commit(txn, cid).parents
                 if not parents:
                     raise NotFound(f"revision {rev!r} goes past the genesis commit")
                 cid = parents[0]
         elif n:
-            parents = objects.load_commit(txn, cid).parents
+            parents = objstore.load_commit(txn, cid).parents
             if n > len(parents):
                 raise NotFound(f"revision {rev!r}: commit has {len(parents)} parent(s)")
             cid = parents[n - 1]

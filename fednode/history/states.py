@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, cast
 
 from fednode.errors import Corrupt, FednodeError, NotFound
-from fednode.history import objects
+from fednode.history import objstore
 from fednode.lazy import lazy_import
 from fednode.storage.files import BlockSink, read_array, read_file
 from fednode.storage.store import Store, Txn
@@ -68,8 +68,8 @@ def tensor_array(txn: Txn, commit_cid: CID, name: str) -> np.ndarray:
     chain: list[TensorEntry] = []
     cid = commit_cid
     while True:
-        commit = objects.load_commit(txn, cid)
-        entry = objects.load_manifest(txn, commit.weights).tensors.get(name)
+        commit = objstore.load_commit(txn, cid)
+        entry = objstore.load_manifest(txn, commit.weights).tensors.get(name)
         if entry is None:
             raise NotFound(f"commit {cid} has no tensor {name!r}")
         chain.append(entry)

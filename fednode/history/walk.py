@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from fednode.history import objects
+from fednode.history import objstore
 from fednode.storage.store import Txn
 from protocol.multiformats import CID
 from protocol.objects import Commit
@@ -19,7 +19,7 @@ def ancestry(txn: Txn, heads: list[CID], stop: Callable[[CID], bool] | None = No
         cid = stack.pop()
         if cid in commits or (stop is not None and stop(cid)):
             continue
-        commits[cid] = objects.load_commit(txn, cid)
+        commits[cid] = objstore.load_commit(txn, cid)
         stack.extend(commits[cid].parents)
     return commits
 
@@ -59,7 +59,7 @@ def is_ancestor(txn: Txn, old: CID, new: CID) -> bool:
             return True
         if cid not in seen:
             seen.add(cid)
-            stack.extend(objects.load_commit(txn, cid).parents)
+            stack.extend(objstore.load_commit(txn, cid).parents)
     return False
 
 
