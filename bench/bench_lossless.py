@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers import fixed_identity  # noqa: E402
 
-from fednode import encodings  # noqa: E402
 from fednode.history import History  # noqa: E402
 from fednode.storage.store import Store  # noqa: E402
+from fednode.tensors import encodings  # noqa: E402
 from fednode.tensors.modelio import ArraySource  # noqa: E402
 from protocol.objects import TensorEntry  # noqa: E402
 

@@ -33,8 +33,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import ratio_line  # noqa: E402
 
-from fednode import fixedpoint, strategies  # noqa: E402
+from fednode import strategies  # noqa: E402
 from fednode.strategies import exact  # noqa: E402
+from fednode.tensors import fixedpoint  # noqa: E402
 
 SCALE_BITS = 24
 
