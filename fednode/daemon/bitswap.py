@@ -3,7 +3,9 @@
 ``start_bitswap(host, store, nursery)`` runs py-libp2p 0.8.1's bitswap on an existing host so
 that any IPFS node (Kubo included) can fetch our blocks, and ``fetch_file`` pulls a UnixFS
 file's DAG from an IPFS peer into the store. Our own ``/fednode/blocks/1.0.0`` protocol
-(``blocks.py``) stays the way fednode nodes talk to each other; bitswap is the door to IPFS.
+(``exchange.py``) stays the way fednode nodes talk to each other; bitswap is the door to IPFS.
+A block the store does not hold may come from ``extra_blocks`` (the daemon passes
+``stateblocks.StateBlocks.get``: the UnixFS DAGs of delta-stored tensor states, generated on demand).
 
 Safety: a block reaches LMDB only through ``Txn.put_block`` (hash-checked against its CID),
 and only when a running ``fetch_file`` asked for it: a peer cannot fill the store with blocks
@@ -33,6 +35,7 @@ add_presences``, ``_on_message_queue_stream_opened(stream, peer_id)``, ``_read_m
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
@@ -52,6 +55,7 @@ from protocol.unixfs import decode_node, iter_file
 logger = logging.getLogger("fednode.bitswap")
 
 WANT_HAVE = 1  # Message.Wantlist.WantType.Have
+ExtraBlocks = Callable[[CID], Awaitable[bytes | None]]
 FETCH_BATCH = 64  # blocks wanted at once: 16 MiB of 256 KiB chunks
 
 
@@ -141,7 +145,22 @@ class LMDBBlockStore(BlockStore):
 
 
 class FednodeBitswap(BitswapClient):
-    """py-libp2p's ``BitswapClient`` answering wantlists the way Kubo expects (module docstring)."""
+    """py-libp2p's ``BitswapClient`` answering wantlists the way Kubo expects (module docstring).
+
+    ``extra_blocks``: where a wanted block the store lacks is looked for next (served only, never
+    stored); None: the store alone.
+    """
+
+    extra_blocks: ExtraBlocks | None = None
+
+    async def _served_block(self, cid: CIDObject) -> bytes | None:
+        block = await self.block_store.get_block(cid)
+        if block is None and self.extra_blocks is not None:
+            try:
+                block = await self.extra_blocks(to_ours(cid))
+            except (FormatError, ValueError):
+                return None
+        return block
 
     async def _process_wantlist(self, wantlist: Message.Wantlist, peer_id: ID, stream: INetStream) -> None:
         peer_wants = self._peer_wantlists.setdefault(peer_id, {})
@@ -157,7 +176,7 @@ class FednodeBitswap(BitswapClient):
             if entry.cancel:
                 peer_wants.pop(cid, None)
                 continue
-            block = await self.block_store.get_block(cid)
+            block = await self._served_block(cid)
             if block is None:
                 # remembered: a block added later via add_block is announced to the peer
                 peer_wants[cid] = {"priority": entry.priority, "want_type": entry.wantType,
@@ -199,14 +218,16 @@ class BitswapHandle:
         await self.client.stop()
 
 
-async def start_bitswap(host: IHost, store: Store, nursery: trio.Nursery) -> BitswapHandle:
-    """Serve the store's blocks over /ipfs/bitswap/1.2.0, 1.1.0, 1.0.0 on ``host``.
+async def start_bitswap(host: IHost, store: Store, nursery: trio.Nursery,
+                        extra_blocks: ExtraBlocks | None = None) -> BitswapHandle:
+    """Serve the store's blocks (and ``extra_blocks``'s) over /ipfs/bitswap/1.2.0, 1.1.0, 1.0.0 on ``host``.
 
     ``nursery`` runs the per-peer message queues and stream readers: it must live as long as
     the host runs. ``await handle.stop()`` removes the protocol handlers.
     """
     blocks = LMDBBlockStore(store)
     client = FednodeBitswap(host, blocks)
+    client.extra_blocks = extra_blocks
     client.set_nursery(nursery)
     await client.start()
     return BitswapHandle(client, blocks)

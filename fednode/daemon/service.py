@@ -36,6 +36,7 @@ from fednode.daemon.metrics import Metrics
 from fednode.daemon.peers import Peers
 from fednode.daemon.ratelimit import TokenBuckets
 from fednode.daemon.serving import StreamServer
+from fednode.daemon.stateblocks import StateBlocks, cache_bytes
 from fednode.daemon.sync import HeadsSync
 from fednode.daemon.tasks import Tasks
 from fednode.daemon.validate import Validator
@@ -94,6 +95,8 @@ class Daemon:
         self.heads = HeadsSync(node.history, node.identity, self.state, self.validator, self.host, self.metrics,
                                self.gossip, self.peers, self.jobs, self.applier, self.discovery, self.discovery,
                                self.bans, self.fair)
+        # delta-stored tensor states, generated for bitswap on demand (stateblocks.py)
+        self.states = StateBlocks(node.history, self.fetcher, cache_bytes(node.config))
         self.pubsub: Pubsub
         self.dht: KadDHT
         self.ready = trio.Event()
@@ -130,8 +133,10 @@ class Daemon:
     async def _started(self, nursery: trio.Nursery) -> None:
         """Everything that runs beside the host once it is up."""
         # IPFS bitswap on the same host, over the same store: any IPFS node (Kubo) can
-        # fetch our tensor files by CID, and we can fetch theirs
-        self.bitswap = await start_bitswap(self.host, self.node.store, nursery)
+        # fetch our tensor files by CID, and we can fetch theirs; every state `show` prints is
+        # fetchable, a delta-stored one generated on demand
+        self.bitswap = await start_bitswap(self.host, self.node.store, nursery, self.states.get)
+        self.spawn("state_index", self.states.refresh)
         for repo_id in {*self.state.local_repos().values(), *self.state.follows()}:
             await self.gossip.subscribe(repo_id)
         # inbound connections catch up too (ours: Peers.connect); any already here dialled us

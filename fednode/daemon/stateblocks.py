@@ -1,0 +1,251 @@
+"""Tensor states served over bitswap although the store holds them as deltas.
+
+Every manifest entry records ``state``, the UnixFS CID of the tensor's full bytes (what ``show``
+prints, ``ipfs add --cid-version=1 --raw-leaves``). For a snapshot those blocks are in the store;
+for a delta (``xor``, ``fixed``, ...) nothing in the store has that CID. ``StateBlocks.get`` is the
+bitswap server's fallback for a block the store does not hold:
+
+- ``StateIndex``: state CID -> (repository, commit, tensor) for the non-snapshot entries of every
+  commit a ref points at (branches, tags, remotes, proposals: what users see), kept in memory and
+  rebuilt from the refs (the truth, in LMDB) at start and on a miss, at most once a
+  ``INDEX_REFRESH_SECONDS``: commits made by the CLI while the daemon runs are found without hooks.
+- On a wanted state root the tensor is rebuilt along its delta chain (a worker thread), laid out as
+  a UnixFS DAG by the same builder as ``add_bytes``, and served only if the root equals the recorded
+  ``state``. Its blocks go to ``StateCache`` (in memory, never LMDB: history stays compact), so the
+  children Kubo asks for next are answered from it. One rebuild per state at a time, ``MAX_REBUILDS``
+  at once. A child of an evicted state rebuilds its state again (``KNOWN_BLOCKS`` remembers whose).
+- Anything else stays unanswered (DONT_HAVE), as before.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import trio
+
+from fednode.daemon.abc import ReaderThreads
+from fednode.errors import FednodeError
+from fednode.history import History
+from fednode.history.states import tensor_bytes
+from fednode.logs import log
+from fednode.storage.store import Txn
+from fednode.tensors.modelio import np_dtype
+from protocol.multiformats import CID
+from protocol.unixfs import UnixFSBuilder
+
+# 256 MiB: four 64 MiB tensors, or one layer of a 7B model, stay servable while peers fetch them;
+# a state larger than the cache is not served (it could not be held while its blocks are asked for)
+DEFAULT_CACHE_BYTES = 256 << 20
+INDEX_REFRESH_SECONDS = 1.0  # a miss rescans the refs at most this often (random CIDs cost nothing more)
+MAX_REBUILDS = 2  # states rebuilt at once: each holds its tensor (and a parent) in memory meanwhile
+KNOWN_BLOCKS = 1 << 16  # block -> state roots remembered after eviction (16 GiB of 256 KiB leaves)
+
+Block = bytes | memoryview
+
+
+def cache_bytes(config: dict[str, Any]) -> int:
+    """``[network] bitswap_cache_bytes`` from a node config, checked (a one-line error if wrong)."""
+    value = config.get("network", {}).get("bitswap_cache_bytes", DEFAULT_CACHE_BYTES)
+    if type(value) is not int or value < 0:
+        raise FednodeError(f"[network] bitswap_cache_bytes must be an integer >= 0, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class StateSource:
+    """Where a state is rebuilt from: a tensor of a commit, and its size in bytes."""
+
+    repo_id: bytes
+    commit: CID
+    name: str
+    nbytes: int
+
+
+class StateIndex:
+    """state CID -> ``StateSource`` for the delta-stored tensors of every ref's commit."""
+
+    def __init__(self, history: History) -> None:
+        self.history = history
+        self.sources: dict[CID, StateSource] = {}
+        self._targets: frozenset[tuple[bytes, CID]] = frozenset()
+        self._per_commit: dict[tuple[bytes, CID], dict[CID, StateSource]] = {}
+
+    def refresh(self) -> bool:
+        """Re-read the refs (blocking: run it in a worker thread); whether the index changed."""
+        with self.history.store.read() as txn:
+            targets = frozenset(_ref_targets(txn))
+            if targets == self._targets:
+                return False
+            per_commit = {key: self._per_commit.get(key) or _commit_states(self.history, txn, *key)
+                          for key in targets}
+        self._per_commit, self._targets = per_commit, targets
+        self.sources = {state: src for states in per_commit.values() for state, src in states.items()}
+        return True
+
+
+def _ref_targets(txn: Txn) -> Iterator[tuple[bytes, CID]]:
+    """(repository, commit) for every ref of a local repository that names a commit."""
+    local = set(txn.list_repos().values())
+    for repo_id, _name, value in txn.all_refs():
+        if repo_id in local:
+            try:
+                yield repo_id, CID.from_bytes(value)
+            except Exception:  # HEAD holds a branch name, not a CID
+                continue
+
+
+def _commit_states(history: History, txn: Txn, repo_id: bytes, commit: CID) -> dict[CID, StateSource]:
+    try:
+        manifest = history.load_manifest(history.load_commit(commit, txn).weights, txn)
+    except Exception:  # a ref to a commit not (yet) here, or a genesis-only ref: nothing to serve
+        return {}
+    out = {}
+    for name, entry in manifest.tensors.items():
+        if entry.encoding != "raw" and entry.state is not None:
+            nbytes = math.prod(entry.shape) * np_dtype(entry.dtype).itemsize
+            out[entry.state] = StateSource(repo_id, commit, name, nbytes)
+    return out
+
+
+class StateCache:
+    """Generated states' blocks, LRU by state, bounded by bytes.
+
+    The unit is a state, not a block: a state's raw leaves are views of one rebuilt tensor, so
+    dropping one leaf would free nothing; and a peer asks for all of a state's blocks in turn.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._states: OrderedDict[CID, dict[CID, Block]] = OrderedDict()
+        self._sizes: dict[CID, int] = {}
+        self._owner: dict[CID, CID] = {}  # block -> its state's root, for the states held
+
+    def __contains__(self, root: CID) -> bool:
+        return root in self._states
+
+    def get(self, cid: CID) -> bytes | None:
+        root = self._owner.get(cid)
+        if root is None:
+            return None
+        self._states.move_to_end(root)
+        return bytes(self._states[root][cid])
+
+    def put(self, root: CID, blocks: dict[CID, Block]) -> bool:
+        """Hold a state's blocks, evicting the least recently used states; False if it cannot fit."""
+        size = sum(len(block) for block in blocks.values())
+        if size > self.max_bytes:
+            return False
+        self.drop(root)
+        while self.bytes + size > self.max_bytes:
+            self.drop(next(iter(self._states)))
+        self._states[root] = blocks
+        self._sizes[root] = size
+        self.bytes += size
+        for cid in blocks:
+            self._owner.setdefault(cid, root)  # a block shared by two states stays with the first
+        return True
+
+    def drop(self, root: CID) -> None:
+        blocks = self._states.pop(root, None)
+        if blocks is None:
+            return
+        self.bytes -= self._sizes.pop(root)
+        for cid in blocks:
+            if self._owner.get(cid) == root:
+                del self._owner[cid]
+
+
+class StateBlocks:
+    """The bitswap server's source for blocks the store does not hold (module docstring)."""
+
+    def __init__(self, history: History, threads: ReaderThreads, max_cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.history = history
+        self.threads = threads
+        self.index = StateIndex(history)
+        self.cache = StateCache(max_cache_bytes)
+        self._known: OrderedDict[CID, CID] = OrderedDict()  # block -> state root, generated before
+        self._building: dict[CID, trio.Event] = {}
+        self._limiter = trio.CapacityLimiter(MAX_REBUILDS)
+        self._refresh_lock = trio.Lock()
+        self._refreshed_at = -math.inf
+        self.generated = 0  # states rebuilt and served (reported in logs and tests)
+
+    async def refresh(self) -> None:
+        """Rebuild the index from the refs now (at start; later misses call it, rate-limited)."""
+        async with self._refresh_lock:
+            self._refreshed_at = trio.current_time()
+            if await self.threads.run_reading(self.index.refresh):
+                log("state_index", states=len(self.index.sources))
+
+    async def get(self, cid: CID) -> bytes | None:
+        """A generated block (a delta-stored state's root or child), or None: not ours to serve."""
+        block = self.cache.get(cid)
+        if block is not None:
+            return block
+        root = self._known.get(cid, cid)
+        source = self.index.sources.get(root)
+        if source is None and trio.current_time() - self._refreshed_at >= INDEX_REFRESH_SECONDS:
+            await self.refresh()
+            source = self.index.sources.get(root)
+        if source is None:
+            return None
+        try:
+            await self._generate(root, source)
+        except Exception as exc:  # a damaged chain is logged and not served; the peer gets DONT_HAVE
+            log("state_failed", "warning", state=str(root), error=f"{type(exc).__name__}: {exc}")
+        return self.cache.get(cid)
+
+    async def _generate(self, root: CID, source: StateSource) -> None:
+        """Rebuild ``root`` into the cache; a request for a state being rebuilt waits for that rebuild."""
+        running = self._building.get(root)
+        if running is not None:
+            await running.wait()
+            return
+        if root in self.cache:
+            return
+        if source.nbytes > self.cache.max_bytes:
+            log("state_too_large", "warning", state=str(root), bytes=source.nbytes, cache_bytes=self.cache.max_bytes)
+            return
+        done = self._building[root] = trio.Event()
+        try:
+            async with self._limiter:
+                start = trio.current_time()
+                blocks = await self.threads.run_reading(partial(self._rebuild, root, source))
+            if blocks is not None and self.cache.put(root, blocks):
+                self.generated += 1
+                self._remember(root, blocks)
+                log("state_generated", state=str(root), tensor=source.name, commit=str(source.commit),
+                    bytes=source.nbytes, seconds=round(trio.current_time() - start, 3))
+        finally:
+            del self._building[root]
+            done.set()
+
+    def _rebuild(self, root: CID, source: StateSource) -> dict[CID, Block] | None:
+        """The state's UnixFS blocks (blocking, in a worker thread), or None if its CID is not ``root``."""
+        arr = self.history.tensor_array(source.commit, source.name)
+        arr.flags.writeable = False  # read-only: the builder keeps views of the leaves, no copies
+        blocks: dict[CID, Block] = {}
+        builder = UnixFSBuilder(blocks.__setitem__)
+        builder.write(tensor_bytes(arr))
+        got = builder.finish().cid
+        if got != root:
+            log("state_mismatch", "error", state=str(root), rebuilt=str(got), tensor=source.name,
+                commit=str(source.commit))
+            return None
+        return blocks
+
+    def _remember(self, root: CID, blocks: dict[CID, Block]) -> None:
+        for cid in blocks:
+            self._known[cid] = root
+            self._known.move_to_end(cid)
+        while len(self._known) > KNOWN_BLOCKS:
+            self._known.popitem(last=False)
+
+
+__all__ = ["DEFAULT_CACHE_BYTES", "StateBlocks", "StateCache", "StateIndex", "StateSource", "cache_bytes"]
