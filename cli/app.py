@@ -13,13 +13,26 @@ from typing import Any, NoReturn
 
 import click
 
-from cli.commands import branches, chain, history, integrity, members, merge, net, remotes, repo, setup, train
+from cli.commands import (
+    branches,
+    chain,
+    history,
+    integrity,
+    members,
+    merge,
+    net,
+    remotes,
+    repo,
+    setup,
+    train,
+    transfer,
+)
 from fednode import __version__
 from fednode.errors import FednodeError
 from fednode.node import default_home
 from protocol.multiformats import FormatError
 
-COMMAND_MODULES = [setup, repo, train, history, branches, remotes, merge, integrity, net, members, chain]
+COMMAND_MODULES = [setup, repo, train, history, branches, remotes, merge, integrity, net, members, chain, transfer]
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
