@@ -23,7 +23,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m fednode.demo
 
-test: $(STAMP) lint
+# npm's @ipld/car, pinned in package-lock.json: the independent CAR reader and writer the interop
+# tests (tests/workflows/test_carfiles.py) check fednode against. `make demo` needs no node.
+NODE_STAMP := node_modules/.installed
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+test: $(STAMP) $(NODE_STAMP) lint
 	$(BIN)/python -m pytest tests
 
 # ruff (style, imports, complexity, unused noqa) and mypy (types of fednode/, protocol/, cli/)
