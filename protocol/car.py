@@ -82,13 +82,16 @@ class _Input:
     def read(self, n: int, what: str) -> bytes:
         if self.end is not None and self.pos + n > self.end:
             raise CarError(f"{what} crosses the end of the CARv2 data payload at byte {self.end}")
-        if self.pos + n > self.max_bytes:
-            raise self._over()
-        data, self._peeked = self._peeked, b""
-        if n > len(data):
-            data += self._stream.read(n - len(data))
-        if len(data) != n:
+        allowed = min(n, max(self.max_bytes - self.pos, 0))  # never read past the limit
+        data, self._peeked = self._peeked[:allowed], self._peeked[allowed:]
+        if allowed > len(data):
+            data += self._stream.read(allowed - len(data))
+        if len(data) != allowed:
             raise CarError(f"truncated CAR: {what} at byte {self.pos + len(data)} is cut short")
+        if allowed < n:  # the stream goes on past the limit, or ends: say which
+            if self._peeked or self._stream.read(1):
+                raise self._over()
+            raise CarError(f"truncated CAR: {what} at byte {self.max_bytes} is cut short")
         self.pos += n
         return data
 
@@ -192,8 +195,6 @@ class CarReader:
         if data_offset < start or data_size == 0:
             raise CarError(f"a CARv2 data payload at byte {data_offset} of {data_size} bytes")
         data_end = data_offset + data_size
-        if data_end > self._in.max_bytes:
-            raise CarError(f"the CAR is larger than the limit of {self._in.max_bytes} bytes")
         if index_offset and index_offset < data_end:
             raise CarError(f"the CARv2 index at byte {index_offset} overlaps the data payload")
         self._in.read(data_offset - start, "the CARv2 padding")
