@@ -13,12 +13,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import trio
 from daemon_harness import DaemonProc, daemons, make_home
 from helpers import read_model, run_fednode, write_model
 from test_bitswap_kubo import Kubo
 
-from fednode.daemon.stateblocks import StateCache
+from fednode.daemon.stateblocks import StateBlocks, StateCache
+from fednode.history import History
+from fednode.tensors.modelio import ArraySource
 from protocol.multiformats import CID, RAW
+from protocol.unixfs import add_bytes, decode_node, iter_file
 
 N = 300_000  # float32: 1.2 MB, 5 raw leaves under one root
 
@@ -26,6 +30,10 @@ N = 300_000  # float32: 1.2 MB, 5 raw leaves under one root
 def _show(home: Path, rev: str) -> dict[str, dict]:
     out = run_fednode(home, "show", rev, "--json").stdout
     return {t["name"]: t for t in json.loads(out)["tensors"]}
+
+
+def fixed_bytes_array(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.float32)
 
 
 def _checkout(home: Path, rev: str, dest: Path) -> bytes:
@@ -68,10 +76,19 @@ async def test_kubo_fetches_delta_stored_states(tmp_path: Path) -> None:
                 assert got == {"rc": 0, "timeout": False}, (label, got)
                 assert dest.read_bytes() == expected, label
                 print(f"kubo fetched the {label}-stored state ({len(expected)} bytes) in {elapsed:.2f} s")
+            # a commit made while the daemon runs: a miss re-reads the refs
+            w3 = fixed_bytes_array(fixed_bytes) + 0.5
+            run_fednode(home, "commit", "--from", write_model(tmp_path / "m3.safetensors",
+                                                              {"w": ("F32", w3), "b": ("F32", b)}), "-m", "later")
+            later = _show(home, "main")["w"]
+            assert later["encoding"] == "xor"
+            dest = tmp_path / "kubo" / "later.bin"
+            got = await kubo.call(40, op="download", cid=later["state"], dest=str(dest), timeout=30)
+            assert got == {"rc": 0, "timeout": False} and dest.read_bytes() == w3.tobytes(), got
             got = await kubo.call(20, op="download", cid=str(nobody), dest=str(tmp_path / "kubo" / "no.bin"), timeout=3)
             assert got["timeout"] is True and got["rc"] is None, got
             generated = [e for e in d.log_events() if e.get("event") == "state_generated"]
-            assert {e["tensor"] for e in generated} == {"w"} and len(generated) == 2, generated
+            assert {e["tensor"] for e in generated} == {"w"} and len(generated) == 3, generated
     finally:
         kubo.stop()
 
@@ -95,3 +112,44 @@ def test_state_cache_evicts_least_recent_states_by_bytes() -> None:
     assert all(cache.get(cid) == bytes(block) for cid, block in a_blocks.items())
     too_big = state(b"d", [1001])
     assert not cache.put(*too_big) and cache.bytes == 902  # larger than the bound: never held
+
+
+class _Threads:
+    """``ReaderThreads`` without a fetcher: a plain worker thread."""
+
+    async def run_reading(self, fn):  # type: ignore[no-untyped-def]
+        return await trio.to_thread.run_sync(fn)
+
+
+async def test_states_generated_once_checked_and_only_for_refs(history: History) -> None:
+    w0 = np.random.default_rng(7).standard_normal(N).astype(np.float32)
+    w1 = w0.copy()
+    w1[::40] -= 1.0
+    repo, _ = history.create_repo("demo", ArraySource({"w": ("F32", w0)}))
+    head = history.commit(repo, ArraySource({"w": ("F32", w1)}), "xor").cid
+    entry = history.load_manifest(history.load_commit(head).weights).tensors["w"]
+    assert entry.encoding == "xor" and entry.state == add_bytes(w1.tobytes())
+    with history.store.read() as txn:
+        assert not txn.has_block(entry.state)  # nothing in the store has the state's CID
+    blocks = StateBlocks(history, _Threads())
+    async with trio.open_nursery() as nursery:  # two peers want the root at once: one rebuild
+        for _ in range(2):
+            nursery.start_soon(blocks.get, entry.state)
+    assert blocks.generated == 1
+    assert b"".join(iter_file(lambda cid: blocks.cache.get(cid) or b"", entry.state)) == w1.tobytes()
+    assert await blocks.get(CID.hash(RAW, b"nobody's")) is None
+    # a rebuilt DAG whose root is not the recorded state is never served
+    source = blocks.index.sources.pop(entry.state)
+    wrong = add_bytes(b"not this tensor")
+    blocks.index.sources[wrong] = source
+    assert await blocks.get(wrong) is None and wrong not in blocks.cache
+    # a child of an evicted state rebuilds its state
+    child = decode_node(blocks.cache.get(entry.state) or b"")[0][1]
+    blocks.index.sources[entry.state] = source
+    blocks.cache.drop(entry.state)
+    assert await blocks.get(child) is not None and blocks.generated == 2
+    # once no ref points at that commit any more, its states are not served
+    history.commit(repo, ArraySource({"w": ("F32", w1 * 2)}), "moves main on")
+    blocks.cache.drop(entry.state)
+    await blocks.refresh()
+    assert entry.state not in blocks.index.sources and await blocks.get(entry.state) is None
