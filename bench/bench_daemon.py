@@ -13,7 +13,13 @@
    commit, 5 s later: the time until every node's main branch points at it (weights fetched
    and verified, not only the envelope).
 
-3. Soak (off by default): ``--soak 300 --soak-nodes 30``: that many daemons for that many
+3. Kubo fetching tensor states (off by default): ``--kubo-states``: a real Kubo (kubo-python)
+   fetches, from a running daemon, the state CIDs of two ``--mib`` MiB float32 tensors of one
+   commit, one stored as a snapshot and one as an xor delta (generated on demand, stateblocks.py),
+   then the delta state again (served from the daemon's cache), each from a fresh Kubo. Prints
+   seconds, MiB/s and the daemon's rebuild time (what delays a delta state's first byte).
+
+4. Soak (off by default): ``--soak 300 --soak-nodes 30``: that many daemons for that many
    seconds under a steady commit load (``--soak-members`` committers, one commit every
    ``--soak-interval`` s); prints liveness, peers, missing deliveries, p50/p99, RSS, log
    warnings/errors and HEALTHY/UNHEALTHY. Loopback only; every process is stopped at the end.
@@ -553,6 +559,60 @@ def _soak_report(load: _SoakLoad, procs: list[Proc], homes: list[Path]) -> list[
     ]
 
 
+def bench_kubo_states(tmp: Path, mib: int) -> list[str]:
+    """Kubo fetches a snapshot-stored and a delta-stored state (module docstring, 3)."""
+    import trio
+
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "daemon")]
+    from test_bitswap_kubo import Kubo
+
+    home = make_home(tmp, "states")
+    rng = np.random.default_rng(0)
+    n = mib * 1024 * 1024 // 4
+    base = {"snap": ("F32", rng.standard_normal(n, dtype=np.float32)),
+            "delta": ("F32", rng.standard_normal(n, dtype=np.float32))}
+    changed = {"snap": base["snap"],  # unchanged: its state is the genesis snapshot's
+               "delta": ("F32", base["delta"][1].copy())}
+    changed["delta"][1][::100] += 1.0  # 1% of the values: an xor delta
+    with open_node(home) as node:
+        info, _ = node.history.create_repo("states", ArraySource(base))
+        head = node.history.commit(info, ArraySource(changed), "one step").cid
+        entries = node.history.load_manifest(node.history.load_commit(head).weights).tensors
+    assert (entries["snap"].encoding, entries["delta"].encoding) == ("same", "xor")
+    with open_node(home) as node, node.store.read() as txn:
+        assert txn.has_block(entries["snap"].state) and not txn.has_block(entries["delta"].state)
+    proc = Proc(home, [])
+    lines = []
+
+    async def fetch(kubo: Kubo, name: str, label: str) -> None:
+        dest = tmp / f"{label}.bin"
+        t0 = time.perf_counter()
+        got = await kubo.call(600, op="download", cid=str(entries[name].state), dest=str(dest), timeout=550)
+        dt = time.perf_counter() - t0
+        assert got == {"rc": 0, "timeout": False} and dest.read_bytes() == changed[name][1].tobytes(), got
+        lines.append(f"kubo fetch {label}: {mib} MiB in {dt:.2f} s ({mib / dt:.1f} MiB/s)")
+
+    async def run() -> None:
+        for name, label in (("snap", "snapshot-stored"), ("delta", "delta-stored, generated"),
+                            ("delta", "delta-stored, from the cache")):
+            kubo = Kubo(tmp / f"kubo-{len(lines)}")  # a fresh Kubo each time: it keeps what it fetched
+            try:
+                await kubo.start()
+                assert (await kubo.call(20, op="connect", addr=proc.info["addrs"][0]))["rc"] == 0
+                await fetch(kubo, name, label)
+            finally:
+                kubo.stop()
+
+    try:
+        trio.run(run)
+    finally:
+        proc.stop()
+    events = [json.loads(line) for line in (home / "daemon.log").read_text().splitlines() if line.strip()]
+    rebuilt = [e["seconds"] for e in events if e.get("event") == "state_generated"]
+    lines.append(f"delta state rebuilt {len(rebuilt)} time(s), {rebuilt} s (before its first block goes out)")
+    return lines
+
+
 def _has(node, cid: CID) -> bool:
     with node.store.read() as txn:
         return txn.has_block(cid)
@@ -567,6 +627,8 @@ def main() -> None:
     parser.add_argument("--skip-pull", action="store_true")
     parser.add_argument("--skip-gossip", action="store_true")
     parser.add_argument("--keep-logs", type=Path, default=None, metavar="DIR", help="copy daemon logs here")
+    parser.add_argument("--kubo-states", action="store_true",
+                        help="also time a real Kubo fetching a snapshot- and a delta-stored --mib MiB state")
     parser.add_argument("--soak", type=float, default=0, metavar="SECONDS",
                         help="also run a soak of --soak-nodes daemons for this long (default off)")
     parser.add_argument("--soak-nodes", type=int, default=30)
@@ -583,6 +645,8 @@ def main() -> None:
             lines += bench_pull(Path(tmp), args.mib, args.runs)
         if not args.skip_gossip:
             lines += bench_gossip(Path(tmp), args.nodes, args.commits, args.keep_logs)
+        if args.kubo_states:
+            lines += bench_kubo_states(Path(tmp), args.mib)
         if args.soak:
             lines += bench_soak(Path(tmp), args.soak_nodes, args.soak, args.soak_interval, args.soak_members)
     print("\n".join(lines))
