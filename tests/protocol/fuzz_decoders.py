@@ -45,7 +45,7 @@ from helpers import fixed_identity  # noqa: E402
 from fednode.errors import FednodeError  # noqa: E402
 from fednode.node import DEFAULT_CONFIG, parse_config  # noqa: E402
 from fednode.tensors.modelio import ArraySource, parse_header, write_safetensors  # noqa: E402
-from protocol import chain, dag, dagcbor, messages, unixfs  # noqa: E402
+from protocol import car, chain, dag, dagcbor, messages, unixfs  # noqa: E402
 from protocol.multiformats import (  # noqa: E402
     CID,
     DAG_CBOR,
@@ -211,6 +211,23 @@ def _configs() -> list[bytes]:
     return [t.encode() for t in (text, extra, rpc)]
 
 
+def _cars() -> list[bytes]:
+    """CARs of real blocks: a commit with its manifest, UnixFS nodes, a duplicate; and a CARv2 of one."""
+    commits = [c.encode() for c in _commits()]
+    manifest = _manifests()[0].encode()
+    blocks = [(CID.hash(DAG_CBOR, b), b) for b in [*commits[:2], manifest]]
+    blocks += [(CID.hash(DAG_PB, b), b) for b in _pb_nodes()[:2]] + [(CID.hash(RAW, b"leaf"), b"leaf")]
+    out = []
+    for chosen in (blocks, blocks[:1], blocks[2:] + blocks[2:3], []):
+        buf = io.BytesIO()
+        car.write_car(buf, [c for c, _ in chosen[:1]], chosen)
+        out.append(buf.getvalue())
+    v1 = out[1]
+    offset = len(car.CARV2_PRAGMA) + car.CARV2_HEADER
+    fixed = bytes(16) + b"".join(n.to_bytes(8, "little") for n in (offset, len(v1), 0))
+    return out + [car.CARV2_PRAGMA + fixed + v1]
+
+
 def _links(codec: int) -> Callable[[bytes], list[CID]]:
     return lambda data: dag.links(CID.hash(codec, data), data)
 
@@ -268,6 +285,7 @@ def registry() -> dict[str, Decoder]:
                 "bytes", encode_varint),
         Decoder("b58", _text(b58decode), fmt, [b58encode(b).encode() for b in (b"\0\0abc", bytes(range(34)))]),
         Decoder("unixfs_node", unixfs.decode_node, fmt, _pb_nodes()),
+        Decoder("car", car.read_car, fmt, _cars()),
         Decoder("chain_instruction", chain.decode_instruction, fmt,
                 [chain.encode_instruction(ix) for ix in _instructions()], "bytes", chain.encode_instruction),
         Decoder("chain_repo", chain.decode_repo, fmt, acc["repo"]),
