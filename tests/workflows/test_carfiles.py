@@ -29,7 +29,7 @@ from solders.keypair import Keypair
 from cli.app import main as cli_main
 from fednode.node import init_home, open_node
 from protocol.car import CARV2_PRAGMA, read_car, write_car
-from protocol.multiformats import CID, DAG_CBOR
+from protocol.multiformats import CID, DAG_CBOR, RAW
 from protocol.objects import Commit, Manifest
 
 INTEROP = Path(__file__).with_name("car_interop.mjs")
@@ -43,8 +43,8 @@ def invoke(home: Path, *args: object) -> str:
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """A node with repository r: genesis, two delta commits; CARs of its head with and without
-    ancestry, and of the genesis alone."""
+    """A node with repository r: genesis, two delta commits, a side branch merged, a revert; CARs of
+    its head with and without ancestry, and of the genesis alone."""
     tmp = tmp_path_factory.mktemp("carsrc")
     home = tmp / "home"
     key = tmp / "id.json"
@@ -56,11 +56,18 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     for i in (1, 2):
         arrays = perturb(arrays, i)
         invoke(home, "commit", "--from", write_model(tmp / f"m{i}.safetensors", arrays), "-m", f"round {i}")
+    rounds = [c["cid"] for c in json.loads(invoke(home, "log", "--json"))[:2]]  # round 2, round 1
+    invoke(home, "branch", "side", "HEAD~1", "--switch")
+    invoke(home, "commit", "--from", write_model(tmp / "m3.safetensors", perturb(arrays, 3)), "-m", "side")
+    invoke(home, "switch", "main")
+    invoke(home, "merge", "side", "--weights", "equal", "-m", "merged")
+    invoke(home, "revert", "HEAD~1")  # history: genesis, 2 rounds, a side commit, a merge, a revert
     head = json.loads(invoke(home, "log", "--json"))[0]["cid"]
     invoke(home, "export", "HEAD", "--car", tmp / "all.car", "--ancestry")
     invoke(home, "export", "HEAD", "--car", tmp / "head.car")
     invoke(home, "export", genesis, "--car", tmp / "genesis.car", "--ancestry")
-    return {"home": home, "head": head, "genesis": genesis, "all": tmp / "all.car", "one": tmp / "head.car",
+    return {"home": home, "head": head, "genesis": genesis, "round2": rounds[0], "round1": rounds[1],
+            "all": tmp / "all.car", "one": tmp / "head.car",
             "genesis_car": tmp / "genesis.car", "tmp": tmp}
 
 
@@ -92,7 +99,7 @@ def test_export_writes_the_commit_first_then_its_closure_and_is_deterministic(so
     assert [str(r) for r in roots] == [source["head"]]
     assert str(blocks[0][0]) == source["head"]
     commits = [Commit.decode(b) for c, b in blocks if c.codec == DAG_CBOR and _is_commit(b)]
-    assert len(commits) == 3 and commits[-1].kind == "init"
+    assert len(commits) == 6 and sorted(c.kind for c in commits)[:3] == ["init", "merge", "revert"]
     assert blocks[1][0] == commits[0].weights  # each commit is followed by its manifest
     invoke(source["home"], "export", "HEAD", "--car", tmp_path / "again.car", "--ancestry")
     assert (tmp_path / "again.car").read_bytes() == source["all"].read_bytes()
@@ -134,10 +141,10 @@ def test_a_failed_export_leaves_no_file(tmp_path: Path) -> None:
 
 def test_import_with_ancestry_registers_the_repository_and_verifies(source, home: Path, cli) -> None:
     out = json.loads(cli("import", source["all"], "--json").stdout)
-    assert out["registered"] and out["repo"] == "r" and out["commits"] == 3 and out["roots"] == [source["head"]]
+    assert out["registered"] and out["repo"] == "r" and out["commits"] == 6 and out["roots"] == [source["head"]]
     assert out["new_blocks"] == out["blocks"] == len(sections(source["all"])[1])
     cli("branch", "imported", source["head"], "-r", "r")
-    assert "3 commits ok" in cli("verify", "imported", "-r", "r").stdout
+    assert "6 commits ok" in cli("verify", "imported", "-r", "r").stdout
     node = open_node(home)
     src = open_node(source["home"])
     try:
@@ -246,6 +253,25 @@ def test_a_dag_bomb_in_a_signed_commit_stores_nothing(source, home: Path, cli, t
     refused(cli, home, car, "fails verification")
 
 
+def test_a_signed_commit_whose_reconstruction_lies_stores_nothing(source, home: Path, cli, tmp_path: Path) -> None:
+    """Signed by its author, every block present and true to its CID: only verify's reconstruction
+    of the delta finds that the state it records is not what the delta rebuilds, before any write."""
+    invoke(source["home"], "export", source["round1"], "--car", tmp_path / "r1.car", "--ancestry")
+    invoke(source["home"], "export", source["round2"], "--car", tmp_path / "r2.car")
+    _, ancestry = sections(tmp_path / "r1.car")
+    _, own = sections(tmp_path / "r2.car")
+    commit = Commit.decode(own[0][1])
+    manifest = Manifest.decode(own[1][1])
+    name, entry = next((n, e) for n, e in manifest.tensors.items() if e.encoding == "xor")
+    lying = Manifest({**manifest.tensors, name: replace(entry, state=CID.hash(RAW, b"another state"))}).encode()
+    unsigned = replace(commit, weights=CID.hash(DAG_CBOR, lying), sig=b"")
+    block = replace(unsigned, sig=fixed_identity().sign(unsigned.commit_hash())).encode()
+    root = CID.hash(DAG_CBOR, block)
+    car = write(tmp_path / "lying-state.car", [root],
+                [(root, block), (CID.hash(DAG_CBOR, lying), lying), *own[2:], *ancestry])
+    refused(cli, home, car, "fails verification", "reconstruction does not match its state CID")
+
+
 # --- interop with npm's @ipld/car --------------------------------------------------------------
 
 
@@ -275,6 +301,6 @@ def test_fednode_imports_what_ipld_car_writes(source, home: Path, cli, tmp_path:
     node_script("rewrite", source["all"], theirs)
     assert theirs.read_bytes() != source["all"].read_bytes()  # another writer, another order
     out = json.loads(cli("import", theirs, "--json").stdout)
-    assert out["registered"] and out["commits"] == 3 and out["roots"] == [source["head"]]
+    assert out["registered"] and out["commits"] == 6 and out["roots"] == [source["head"]]
     cli("branch", "theirs", source["head"], "-r", "r")
-    assert "3 commits ok" in cli("verify", "theirs", "-r", "r").stdout
+    assert "6 commits ok" in cli("verify", "theirs", "-r", "r").stdout
