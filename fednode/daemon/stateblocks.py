@@ -81,8 +81,13 @@ class StateIndex:
             targets = frozenset(_ref_targets(txn))
             if targets == self._targets:
                 return False
-            per_commit = {key: self._per_commit.get(key) or _commit_states(self.history, txn, *key)
-                          for key in targets}
+            per_commit = {}
+            for key in targets:  # a commit is immutable: its manifest is read once while a ref names it
+                states = self._per_commit.get(key)
+                if states is None:
+                    states = _commit_states(self.history, txn, *key)
+                if states is not None:
+                    per_commit[key] = states
         self._per_commit, self._targets = per_commit, targets
         self.sources = {state: src for states in per_commit.values() for state, src in states.items()}
         return True
@@ -99,11 +104,12 @@ def _ref_targets(txn: Txn) -> Iterator[tuple[bytes, CID]]:
                 continue
 
 
-def _commit_states(history: History, txn: Txn, repo_id: bytes, commit: CID) -> dict[CID, StateSource]:
+def _commit_states(history: History, txn: Txn, repo_id: bytes, commit: CID) -> dict[CID, StateSource] | None:
+    """The delta-stored states of a commit's tensors; None if the commit cannot be read (tried again later)."""
     try:
         manifest = history.load_manifest(history.load_commit(commit, txn).weights, txn)
-    except Exception:  # a ref to a commit not (yet) here, or a genesis-only ref: nothing to serve
-        return {}
+    except Exception:  # a ref to a commit not (yet) complete here: nothing to serve now
+        return None
     out = {}
     for name, entry in manifest.tensors.items():
         if entry.encoding != "raw" and entry.state is not None:
