@@ -117,6 +117,13 @@ class _Input:
             shift += 7
         raise CarError(f"varint too long in {what} at byte {self.pos}")
 
+    def skip(self, n: int, what: str) -> None:
+        """``read`` of ``n`` bytes that are dropped, a chunk at a time (padding may be large)."""
+        while n > 0:
+            chunk = min(n, 1 << 20)
+            self.read(chunk, what)
+            n -= chunk
+
     def skip_to_end(self) -> None:
         """Read (and drop) the rest of the stream, within the size limit."""
         self.pos += len(self._peeked)
@@ -197,7 +204,7 @@ class CarReader:
         data_end = data_offset + data_size
         if index_offset and index_offset < data_end:
             raise CarError(f"the CARv2 index at byte {index_offset} overlaps the data payload")
-        self._in.read(data_offset - start, "the CARv2 padding")
+        self._in.skip(data_offset - start, "the CARv2 padding")
         self._in.end = data_end
         self._v2_tail = (data_end, index_offset)
         inner = _header(self._in)
@@ -243,7 +250,7 @@ class CarReader:
             if not self._in.at_end():
                 raise CarError(f"trailing bytes after the CARv2 data payload at byte {data_end}")
             return
-        self._in.read(index_offset - data_end, "the padding before the CARv2 index")
+        self._in.skip(index_offset - data_end, "the padding before the CARv2 index")
         self._in.skip_to_end()
 
 

@@ -164,3 +164,14 @@ def test_a_lying_or_malformed_carv2_is_refused() -> None:
     overlapping[len(CARV2_PRAGMA) + 32:len(CARV2_PRAGMA) + 40] = (20).to_bytes(8, "little")
     refused(bytes(overlapping), "overlaps")
     refused(carv2(payload, index=b"x" * 100), "larger than the limit", max_bytes=len(carv2(payload)) + 10)
+
+
+def test_carv2_padding_is_skipped_in_chunks_within_the_limit() -> None:
+    """A data offset or index offset far past the file's end: refused without reading it whole."""
+    payload = car()
+    far = bytearray(carv2(payload))
+    far[len(CARV2_PRAGMA) + 16:len(CARV2_PRAGMA) + 24] = (1 << 40).to_bytes(8, "little")
+    refused(bytes(far), "truncated")
+    index_far = bytearray(carv2(payload, index=b"x"))
+    index_far[len(CARV2_PRAGMA) + 32:len(CARV2_PRAGMA) + 40] = (1 << 40).to_bytes(8, "little")
+    refused(bytes(index_far), "truncated")
