@@ -1,0 +1,98 @@
+"""Helia (js-libp2p, npm ``helia``) fetches a delta-stored tensor state from a running daemon.
+
+A second, independent bitswap client beside Kubo (test_bitswap_states.py): Helia 7 with a minimal
+js-libp2p (TCP, Noise, yamux, identify; no routing, no HTTP gateways) dials the daemon and
+``unixfs.cat``s the state CID ``fednode show`` prints for an xor-stored tensor; the bytes equal
+``fednode checkout``'s. Skipped where Helia is not installed: the packages are looked for in
+``node_modules`` of $FEDNODE_HELIA_DIR, else of the repository root. What to install (Node 20):
+helia 7.1.15, @helia/unixfs 8.0.5, @helia/bitswap, @helia/libp2p, libp2p 3.3.11, @libp2p/tcp
+11.0.28, @libp2p/identify, @chainsafe/libp2p-noise 17.0.0, @chainsafe/libp2p-yamux 8.0.1,
+@multiformats/multiaddr, multiformats, with undici overridden to 7.16.0 (undici 8 needs Node 22).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from daemon_harness import DaemonProc, daemons, make_home
+from helpers import ROOT, run_fednode, write_model
+from test_bitswap_states import _checkout, _show
+
+HELIA_DIR = Path(os.environ.get("FEDNODE_HELIA_DIR", ROOT))
+# run with ``node --input-type=module -e`` in HELIA_DIR, so that imports resolve from its node_modules;
+# imported dynamically after the polyfill (Node 20 lacks Promise.withResolvers, which Helia's
+# dependencies call)
+HELIA_FETCH = """
+Promise.withResolvers ??= () => {
+  let resolve, reject
+  const promise = new Promise((res, rej) => { resolve = res; reject = rej })
+  return { promise, resolve, reject }
+}
+const { writeFile } = await import('node:fs/promises')
+const { noise } = await import('@chainsafe/libp2p-noise')
+const { yamux } = await import('@chainsafe/libp2p-yamux')
+const { withBitswap } = await import('@helia/bitswap')
+const { withLibp2pLight } = await import('@helia/libp2p')
+const { unixfs } = await import('@helia/unixfs')
+const { identify } = await import('@libp2p/identify')
+const { tcp } = await import('@libp2p/tcp')
+const { multiaddr } = await import('@multiformats/multiaddr')
+const { createHeliaLight } = await import('helia')
+const { CID } = await import('multiformats/cid')
+
+const [addr, cid, dest, timeoutMs] = process.argv.slice(1)
+const helia = withBitswap(withLibp2pLight(createHeliaLight(), {
+  addresses: { listen: [] }, transports: [tcp()], connectionEncrypters: [noise()],
+  streamMuxers: [yamux()], services: { identify: identify() }
+}))
+await helia.start()
+const signal = AbortSignal.timeout(Number(timeoutMs))
+try {
+  await helia.libp2p.dial(multiaddr(addr), { signal })
+  const chunks = []
+  for await (const chunk of unixfs(helia).cat(CID.parse(cid), { signal })) chunks.push(chunk)
+  await writeFile(dest, Buffer.concat(chunks))
+  console.log(JSON.stringify({ ok: true }))
+} catch (err) {
+  console.log(JSON.stringify({ ok: false, error: String(err) }))
+} finally {
+  await helia.stop()
+  process.exit(0)
+}
+"""
+
+pytestmark = pytest.mark.skipif(shutil.which("node") is None or not (HELIA_DIR / "node_modules" / "helia").is_dir(),
+                                reason="Helia is not installed (npm helia, @helia/unixfs: see the module docstring)")
+
+
+def helia_fetch(addr: str, cid: str, dest: Path, timeout: float) -> dict[str, object]:
+    done = subprocess.run(["node", "--input-type=module", "-e", HELIA_FETCH, addr, cid, str(dest),
+                           str(int(timeout * 1000))], cwd=HELIA_DIR, capture_output=True, text=True,
+                          timeout=timeout + 30)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines, done.stderr[-3000:]
+    return json.loads(lines[-1])
+
+
+def test_helia_fetches_a_delta_stored_state(tmp_path: Path) -> None:
+    home = make_home(tmp_path, "owner")
+    w0 = np.random.default_rng(11).standard_normal(300_000).astype(np.float32)
+    run_fednode(home, "repo", "create", "demo", "--from", write_model(tmp_path / "m0.safetensors", {"w": ("F32", w0)}))
+    w1 = w0.copy()
+    w1[::50] += 0.25
+    run_fednode(home, "commit", "--from", write_model(tmp_path / "m1.safetensors", {"w": ("F32", w1)}), "-m", "xor")
+    entry = _show(home, "main")["w"]
+    assert entry["encoding"] == "xor"
+    expected = _checkout(home, "main", tmp_path / "out.safetensors")
+    with daemons(DaemonProc(home).start()) as (d,):
+        addr = d.addr if "/p2p/" in d.addr else f"{d.addr}/p2p/{d.peer_id}"
+        dest = tmp_path / "helia.bin"
+        got = helia_fetch(addr, entry["state"], dest, timeout=30)
+        assert got == {"ok": True}, got
+        assert dest.read_bytes() == expected == w1.tobytes()
