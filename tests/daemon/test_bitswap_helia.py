@@ -5,9 +5,10 @@ js-libp2p (TCP, Noise, yamux, identify; no routing, no HTTP gateways) dials the 
 ``unixfs.cat``s the state CID ``fednode show`` prints for an xor-stored tensor; the bytes equal
 ``fednode checkout``'s. Skipped where Helia is not installed: the packages are looked for in
 ``node_modules`` of $FEDNODE_HELIA_DIR, else of the repository root. What to install (Node 20):
-helia 7.1.15, @helia/unixfs 8.0.5, @helia/bitswap, @helia/libp2p, libp2p 3.3.11, @libp2p/tcp
-11.0.28, @libp2p/identify, @chainsafe/libp2p-noise 17.0.0, @chainsafe/libp2p-yamux 8.0.1,
-@multiformats/multiaddr, multiformats, with undici overridden to 7.16.0 (undici 8 needs Node 22).
+helia 7.1.15, @helia/unixfs 8.0.5, @helia/bitswap 4.0.19, @helia/libp2p 2.1.4, libp2p 3.3.11,
+@libp2p/tcp 11.0.28, @libp2p/identify 4.1.14, @chainsafe/libp2p-noise 17.0.0,
+@chainsafe/libp2p-yamux 8.0.1, @multiformats/multiaddr 13.0.3, multiformats 14.0.5, with
+``"overrides": {"undici": "7.16.0"}`` (undici 8, under @libp2p/http, needs Node 22).
 """
 
 from __future__ import annotations
