@@ -7,8 +7,8 @@ bitswap server's fallback for a block the store does not hold:
 
 - ``StateIndex``: state CID -> (repository, commit, tensor) for the non-snapshot entries of every
   commit a ref points at (branches, tags, remotes, proposals: what users see), kept in memory and
-  rebuilt from the refs (the truth, in LMDB) at start and on a miss, at most once a
-  ``INDEX_REFRESH_SECONDS``: commits made by the CLI while the daemon runs are found without hooks.
+  rebuilt from the refs (the truth, in LMDB) at start and on a miss (at most once per
+  ``INDEX_REFRESH_SECONDS``): commits made by the CLI while the daemon runs are found without hooks.
 - On a wanted state root the tensor is rebuilt along its delta chain (a worker thread), laid out as
   a UnixFS DAG by the same builder as ``add_bytes``, and served only if the root equals the recorded
   ``state``. Its blocks go to ``StateCache`` (in memory, never LMDB: history stays compact), so the
@@ -41,7 +41,9 @@ from protocol.unixfs import UnixFSBuilder
 # 256 MiB: four 64 MiB tensors, or one layer of a 7B model, stay servable while peers fetch them;
 # a state larger than the cache is not served (it could not be held while its blocks are asked for)
 DEFAULT_CACHE_BYTES = 256 << 20
-INDEX_REFRESH_SECONDS = 1.0  # a miss rescans the refs at most this often (random CIDs cost nothing more)
+# a miss re-reads the refs unless they were read this recently: a flood of unknown CIDs costs at most
+# 4 scans of the refs a second (one LMDB cursor over them; manifests are read only for new targets)
+INDEX_REFRESH_SECONDS = 0.25
 MAX_REBUILDS = 2  # states rebuilt at once: each holds its tensor (and a parent) in memory meanwhile
 KNOWN_BLOCKS = 1 << 16  # block -> state roots remembered after eviction (16 GiB of 256 KiB leaves)
 
@@ -182,12 +184,17 @@ class StateBlocks:
         self._refreshed_at = -math.inf
         self.generated = 0  # states rebuilt and served (reported in logs and tests)
 
-    async def refresh(self) -> None:
-        """Rebuild the index from the refs now (at start; later misses call it, rate-limited)."""
+    async def refresh(self, min_age: float = 0.0) -> None:
+        """Rebuild the index from the refs (at start, and on a miss), unless the last refresh ended less
+        than ``min_age`` seconds ago. A call during a refresh waits for it: a peer asking while the index
+        is being built is answered from the built index, not told DONT_HAVE (Kubo would not ask again)."""
         async with self._refresh_lock:
+            if trio.current_time() - self._refreshed_at < min_age:
+                return
+            changed = await self.threads.run_reading(self.index.refresh)
             self._refreshed_at = trio.current_time()
-            if await self.threads.run_reading(self.index.refresh):
-                log("state_index", states=len(self.index.sources))
+        if changed:
+            log("state_index", states=len(self.index.sources))
 
     async def get(self, cid: CID) -> bytes | None:
         """A generated block (a delta-stored state's root or child), or None: not ours to serve."""
@@ -196,8 +203,8 @@ class StateBlocks:
             return block
         root = self._known.get(cid, cid)
         source = self.index.sources.get(root)
-        if source is None and trio.current_time() - self._refreshed_at >= INDEX_REFRESH_SECONDS:
-            await self.refresh()
+        if source is None:
+            await self.refresh(min_age=INDEX_REFRESH_SECONDS)
             source = self.index.sources.get(root)
         if source is None:
             return None

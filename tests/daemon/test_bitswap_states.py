@@ -73,7 +73,7 @@ async def test_kubo_fetches_delta_stored_states(tmp_path: Path) -> None:
                 t0 = time.monotonic()
                 got = await kubo.call(40, op="download", cid=entry["state"], dest=str(dest), timeout=30)
                 elapsed = time.monotonic() - t0
-                assert got == {"rc": 0, "timeout": False}, (label, got)
+                assert got == {"rc": 0, "timeout": False}, (label, got, d.log_events()[-12:])
                 assert dest.read_bytes() == expected, label
                 print(f"kubo fetched the {label}-stored state ({len(expected)} bytes) in {elapsed:.2f} s")
             # a commit made while the daemon runs: a miss re-reads the refs
