@@ -40,7 +40,8 @@ mdns = false
 # max_fetch_bytes = 68719476736 (most one fetched commit and all it reaches may store: 64 GiB),
 # min_free_bytes = 1073741824 (fetches never leave less free disk than this: 1 GiB),
 # fetch_expiry_seconds = 172800 (an unfinished fetch, e.g. of a head no peer serves, is dropped
-# this long after it was first recorded: 48 h)
+# this long after it was first recorded: 48 h), bitswap_cache_bytes = 268435456 (tensor states
+# stored as deltas, rebuilt for IPFS peers, kept in memory up to this many bytes: 256 MiB)
 
 [api]
 # the local control API binds to loopback only, with the bearer token in api.token
@@ -86,6 +87,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "max_fetch_bytes": (lambda v: type(v) is int and v > 0, "a positive integer"),
         "min_free_bytes": (lambda v: type(v) is int and v >= 0, "an integer >= 0"),
         "fetch_expiry_seconds": (lambda v: _is_num(v) and 0 < v < 1e12, "a number of seconds > 0"),
+        "bitswap_cache_bytes": (lambda v: type(v) is int and v >= 0, "an integer >= 0"),
     },
     "api": {
         "host": (lambda v: type(v) is str, "a string"),

@@ -3,12 +3,10 @@
 A second, independent bitswap client beside Kubo (test_bitswap_states.py): Helia 7 with a minimal
 js-libp2p (TCP, Noise, yamux, identify; no routing, no HTTP gateways) dials the daemon and
 ``unixfs.cat``s the state CID ``fednode show`` prints for an xor-stored tensor; the bytes equal
-``fednode checkout``'s. Skipped where Helia is not installed: the packages are looked for in
-``node_modules`` of $FEDNODE_HELIA_DIR, else of the repository root. What to install (Node 20):
-helia 7.1.15, @helia/unixfs 8.0.5, @helia/bitswap 4.0.19, @helia/libp2p 2.1.4, libp2p 3.3.11,
-@libp2p/tcp 11.0.28, @libp2p/identify 4.1.14, @chainsafe/libp2p-noise 17.0.0,
-@chainsafe/libp2p-yamux 8.0.1, @multiformats/multiaddr 13.0.3, multiformats 14.0.5, with
-``"overrides": {"undici": "7.16.0"}`` (undici 8, under @libp2p/http, needs Node 22).
+``fednode checkout``'s. The packages are pinned in package.json / package-lock.json and installed
+by `make test` (``npm ci``) into the repository's node_modules ($FEDNODE_HELIA_DIR points
+elsewhere); without them the test fails. ``"overrides": {"undici": "7.16.0"}``: undici 8, under
+@libp2p/http, needs Node 22 and this machine has Node 20.
 """
 
 from __future__ import annotations
@@ -68,8 +66,12 @@ try {
 }
 """
 
-pytestmark = pytest.mark.skipif(shutil.which("node") is None or not (HELIA_DIR / "node_modules" / "helia").is_dir(),
-                                reason="Helia is not installed (npm helia, @helia/unixfs: see the module docstring)")
+
+@pytest.fixture(autouse=True)
+def helia_installed() -> None:
+    """Helia is part of the set-up (package.json, installed by `make test`): missing, the test fails."""
+    assert shutil.which("node"), "node is not on PATH: the interop tests need Node.js (see README)"
+    assert (HELIA_DIR / "node_modules" / "helia").is_dir(), f"Helia is not in {HELIA_DIR}: run make test (npm ci)"
 
 
 def helia_fetch(addr: str, cid: str, dest: Path, timeout: float) -> dict[str, object]:
