@@ -5,16 +5,18 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fednode.errors import FednodeError
 from fednode.history import CommitResult, History, RepoInfo
 from fednode.history.states import state_cid
 from fednode.tensors.modelio import ModelSource, SafetensorsFile
 from fednode.workflows.checkout import checkout
-from fednode.workflows.training import DPConfig, TrainResult, run_training
 from protocol.multiformats import CID
 from protocol.objects import FLOAT_DTYPES
+
+if TYPE_CHECKING:  # the training engine (subprocess, the user's script) loads only when train runs: fast start
+    from fednode.workflows.training import DPConfig, TrainResult
 
 
 class NothingToCommit(FednodeError):
@@ -60,6 +62,8 @@ def train(
     encoding_options: dict[str, Any] | None = None,
 ) -> tuple[CommitResult, TrainResult]:
     """Train locally from the branch head and commit the result as an update on that branch."""
+    from fednode.workflows.training import run_training
+
     branch = branch or history.current_branch(repo)
     head = history.branch_head(repo, branch)
     work = Path(tempfile.mkdtemp(prefix="fednode-train-"))
