@@ -6,9 +6,11 @@ for a delta (``xor``, ``fixed``, ...) nothing in the store has that CID. ``State
 bitswap server's fallback for a block the store does not hold:
 
 - ``StateIndex``: state CID -> (repository, commit, tensor) for the non-snapshot entries of every
-  commit a ref points at (branches, tags, remotes, proposals: what users see), kept in memory and
-  rebuilt from the refs (the truth, in LMDB) at start and on a miss (at most once per
-  ``INDEX_REFRESH_SECONDS``): commits made by the CLI while the daemon runs are found without hooks.
+  commit a ref reaches (branches, tags, remotes, proposals and all their ancestors: every commit
+  ``log`` and ``show`` reach), kept in memory and rebuilt from the refs (the truth, in LMDB) at start
+  and on a miss (at most once per ``INDEX_REFRESH_SECONDS``): commits made by the CLI while the
+  daemon runs are found without hooks. A commit is immutable, so its states and parents are read
+  once and kept while a ref reaches it; a refresh walks the rest in memory.
 - On a wanted state root the tensor is rebuilt along its delta chain (a worker thread), laid out as
   a UnixFS DAG by the same builder as ``add_bytes``, and served only if the root equals the recorded
   ``state``. Its blocks go to ``StateCache`` (in memory, never LMDB: history stays compact), so the
@@ -69,13 +71,13 @@ class StateSource:
 
 
 class StateIndex:
-    """state CID -> ``StateSource`` for the delta-stored tensors of every ref's commit."""
+    """state CID -> ``StateSource`` for the delta-stored tensors of every commit the refs reach."""
 
     def __init__(self, history: History) -> None:
         self.history = history
         self.sources: dict[CID, StateSource] = {}
         self._targets: frozenset[tuple[bytes, CID]] = frozenset()
-        self._per_commit: dict[tuple[bytes, CID], dict[CID, StateSource]] = {}
+        self._per_commit: dict[tuple[bytes, CID], CommitStates] = {}
 
     def refresh(self) -> bool:
         """Re-read the refs (blocking: run it in a worker thread); whether the index changed."""
@@ -83,15 +85,19 @@ class StateIndex:
             targets = frozenset(_ref_targets(txn))
             if targets == self._targets:
                 return False
-            per_commit = {}
-            for key in targets:  # a commit is immutable: its manifest is read once while a ref names it
-                states = self._per_commit.get(key)
-                if states is None:
-                    states = _commit_states(self.history, txn, *key)
-                if states is not None:
-                    per_commit[key] = states
+            per_commit: dict[tuple[bytes, CID], CommitStates] = {}
+            todo = list(targets)
+            while todo:  # every commit the refs reach, each read from the store once while reached
+                key = todo.pop()
+                if key in per_commit:
+                    continue
+                known = self._per_commit.get(key) or _commit_states(self.history, txn, *key)
+                if known is None:
+                    continue
+                per_commit[key] = known
+                todo.extend((key[0], parent) for parent in known.parents)
         self._per_commit, self._targets = per_commit, targets
-        self.sources = {state: src for states in per_commit.values() for state, src in states.items()}
+        self.sources = {state: src for known in per_commit.values() for state, src in known.states.items()}
         return True
 
 
@@ -106,10 +112,19 @@ def _ref_targets(txn: Txn) -> Iterator[tuple[bytes, CID]]:
                 continue
 
 
-def _commit_states(history: History, txn: Txn, repo_id: bytes, commit: CID) -> dict[CID, StateSource] | None:
-    """The delta-stored states of a commit's tensors; None if the commit cannot be read (tried again later)."""
+@dataclass(frozen=True)
+class CommitStates:
+    """What the index keeps of one commit: its delta-stored states and its parents (for the walk)."""
+
+    states: dict[CID, StateSource]
+    parents: tuple[CID, ...]
+
+
+def _commit_states(history: History, txn: Txn, repo_id: bytes, commit: CID) -> CommitStates | None:
+    """The delta-stored states and the parents of a commit; None if it cannot be read (tried again later)."""
     try:
-        manifest = history.load_manifest(history.load_commit(commit, txn).weights, txn)
+        loaded = history.load_commit(commit, txn)
+        manifest = history.load_manifest(loaded.weights, txn)
     except Exception:  # a ref to a commit not (yet) complete here: nothing to serve now
         return None
     out = {}
@@ -117,7 +132,7 @@ def _commit_states(history: History, txn: Txn, repo_id: bytes, commit: CID) -> d
         if entry.encoding != "raw" and entry.state is not None:
             nbytes = math.prod(entry.shape) * np_dtype(entry.dtype).itemsize
             out[entry.state] = StateSource(repo_id, commit, name, nbytes)
-    return out
+    return CommitStates(out, tuple(loaded.parents))
 
 
 class StateCache:

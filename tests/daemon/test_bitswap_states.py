@@ -121,7 +121,7 @@ class _Threads:
         return await trio.to_thread.run_sync(fn)
 
 
-async def test_states_generated_once_checked_and_only_for_refs(history: History) -> None:
+async def test_states_generated_once_checked_and_only_for_what_refs_reach(history: History) -> None:
     w0 = np.random.default_rng(7).standard_normal(N).astype(np.float32)
     w1 = w0.copy()
     w1[::40] -= 1.0
@@ -148,8 +148,17 @@ async def test_states_generated_once_checked_and_only_for_refs(history: History)
     blocks.index.sources[entry.state] = source
     blocks.cache.drop(entry.state)
     assert await blocks.get(child) is not None and blocks.generated == 2
-    # once no ref points at that commit any more, its states are not served
+    # an ancestor is served too: every state `show` prints for a commit `log` reaches
     history.commit(repo, ArraySource({"w": ("F32", w1 * 2)}), "moves main on")
     blocks.cache.drop(entry.state)
     await blocks.refresh()
-    assert entry.state not in blocks.index.sources and await blocks.get(entry.state) is None
+    assert entry.state in blocks.index.sources and await blocks.get(entry.state) is not None
+    # once no ref reaches a commit any more (its branch deleted), its states are not served
+    history.create_branch(repo, "side", history.branch_head(repo, "main"))
+    side = history.commit(repo, ArraySource({"w": ("F32", w1 * 3)}), "on side", branch="side").cid
+    side_state = history.load_manifest(history.load_commit(side).weights).tensors["w"].state
+    await blocks.refresh()
+    assert side_state in blocks.index.sources
+    history.delete_branch(repo, "side")
+    await blocks.refresh()
+    assert side_state not in blocks.index.sources and await blocks.get(side_state) is None
