@@ -18,6 +18,7 @@ from cli.commands import (
     chain,
     history,
     integrity,
+    ipfs,
     members,
     merge,
     net,
@@ -32,7 +33,8 @@ from fednode.errors import FednodeError
 from fednode.node import default_home
 from protocol.multiformats import FormatError
 
-COMMAND_MODULES = [setup, repo, train, history, branches, remotes, merge, integrity, net, members, chain, transfer]
+COMMAND_MODULES = [setup, repo, train, history, branches, remotes, merge, integrity, net, members, chain, transfer,
+                   ipfs]
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:

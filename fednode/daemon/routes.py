@@ -14,7 +14,8 @@ from fednode.daemon.discovery import cid_key
 from fednode.errors import FednodeError
 from fednode.history import parse_repo_id, refs, repo_id_text
 from protocol import messages as m
-from protocol.multiformats import CID, b58decode
+from protocol.multiformats import CID, FormatError, b58decode
+from protocol.unixfs import MAX_FILE_BYTES
 
 if TYPE_CHECKING:
     from fednode.daemon.service import Daemon
@@ -265,7 +266,46 @@ async def h_propose(d: Daemon, body: dict[str, Any]) -> Any:
     return {"repo": repo_id_text(repo_id), "branch": branch, "head": str(head), "seq": seq}
 
 
+DEFAULT_GET_BYTES = 64 << 30  # `ipfs get` without max_bytes: 64 GiB, as `fednode import`
+
+
+def _max_bytes(body: dict[str, Any]) -> int:
+    value = body.get("max_bytes", DEFAULT_GET_BYTES)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_FILE_BYTES:
+        raise HTTPError(400, f"'max_bytes' must be an integer in (0, {MAX_FILE_BYTES}]")
+    return value
+
+
+async def h_ipfs_get(d: Daemon, body: dict[str, Any]) -> Any:
+    """Fetch a UnixFS file by CID over bitswap, verified and bounded (dials 'peers' first; pins it)."""
+    from fednode.daemon.ipfsget import TooLarge, get_file
+
+    _only(body, "cid", "peers", "max_bytes", "timeout", "pin")
+    timeout, max_bytes = _timeout(body), _max_bytes(body)
+    pin = _flag(body, "pin") if "pin" in body else True
+    peers = [_peer_addr("peers[]", a) for a in _texts(body, "peers")]
+    text = _text(body, "cid")
+    try:
+        root = CID.parse(text)
+    except Exception:
+        raise HTTPError(400, f"not a CID: {text[:100]!r}") from None
+    for addr in peers:
+        try:
+            await d.peers.connect(addr)
+        except Exception as exc:
+            raise HTTPError(502, f"cannot connect to {addr}: {type(exc).__name__}: {exc}") from None
+    try:
+        return await get_file(d.bitswap, root, max_bytes, timeout, pin)
+    except TooLarge as exc:
+        raise HTTPError(413, str(exc)) from None
+    except trio.TooSlowError:
+        raise HTTPError(504, f"{root}: not found on the connected peers within {timeout:g} s; nothing stored") from None
+    except (FormatError, FednodeError) as exc:
+        raise HTTPError(502, f"{exc}; nothing stored") from None
+
+
 ROUTES: dict[tuple[str, str], Handler] = {
+    ("POST", "/ipfs/get"): h_ipfs_get,
     ("POST", "/propose"): h_propose,
     ("GET", "/status"): h_status,
     ("GET", "/peers"): h_peers,
@@ -293,6 +333,10 @@ def openapi() -> dict[str, Any]:
         "/fetch": {**repo, "required": ["repo", "root"],
                    "properties": {**repo["properties"], "root": {"type": "string"},
                                   "timeout": sync_schema["properties"]["timeout"]}},
+        "/ipfs/get": {"type": "object", "required": ["cid"],
+                      "properties": {"cid": {"type": "string"}, "peers": peers, "timeout": timeout,
+                                     "max_bytes": {"type": "integer", "minimum": 1, "maximum": MAX_FILE_BYTES},
+                                     "pin": {"type": "boolean", "default": True}}},
         "/follow": repo,
         "/push": {**repo, "properties": {**repo["properties"], "confirm": {"type": "boolean", "default": True}}},
         "/pull": sync_schema, "/clone": sync_schema,

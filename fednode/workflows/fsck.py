@@ -1,4 +1,4 @@
-"""The whole store: ``mark`` what refs, recent reflog entries and unfinished fetches reach;
+"""The whole store: ``mark`` what refs, recent reflog entries, pins and unfinished fetches reach;
 ``fsck`` checks it, ``gc`` deletes the rest, ``damaged_blocks`` tells repair what to fetch again."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from fednode.errors import FednodeError, NotFound
 from fednode.history import History, refs, repo_id_text
+from fednode.storage.pins import pins
 from fednode.storage.store import Txn
 from fednode.workflows.verify import VerifyReport, verify
 from protocol.dag import links
@@ -34,7 +35,8 @@ REFLOG_ROOT_SECONDS = 90 * 86400  # gc keeps what a branch pointed at in the las
 def mark(txn: Txn, rehash: bool = True, fetch_expiry: float | None = None,
          now: float | None = None) -> Marked:
     """Mark every block reachable from a ref, then from the reflogs of existing branches (their
-    moves of the last REFLOG_ROOT_SECONDS), then from the daemon's unfinished fetches.
+    moves of the last REFLOG_ROOT_SECONDS), then from pinned files, then from the daemon's
+    unfinished fetches.
 
     A ref only ever points at a complete, verified closure (a branch moves after its fetch and
     ``verify``), so a block missing below a ref is a real problem. An unfinished fetch's root is
@@ -55,8 +57,20 @@ def mark(txn: Txn, rehash: bool = True, fetch_expiry: float | None = None,
         branch = refs.branch_name(name)
         if branch is not None:
             _mark_reflog(txn, repo_id, branch, out, rehash, now)
+    _mark_pins(txn, out, rehash)
     _mark_fetches(txn, out, rehash, now, fetch_expiry)
     return out
+
+
+def _mark_pins(txn: Txn, out: Marked, rehash: bool) -> None:
+    """Pinned files (``fednode ipfs add/get``): complete when pinned, so a missing block is damage.
+    It is a problem but not in ``damaged``: no repository to fetch it again from (``ipfs get`` does)."""
+    for entry in pins(txn):
+        if bytes(entry.root) in out.reachable:
+            continue
+        found = Marked(reachable=out.reachable)
+        _walk(txn, entry.root, found, rehash, (b"", entry.root), fetch=False)
+        out.problems += [f"pinned file {entry.root}: {p}" for p in found.problems]
 
 
 def _mark_reflog(txn: Txn, repo_id: bytes, branch: str, out: Marked, rehash: bool, now: float) -> None:

@@ -1,0 +1,125 @@
+"""Any file by CID: ``fednode ipfs add``, ``get``, ``pins``, ``unpin``."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import click
+
+from cli.context import client, emit, emit_json, get_node, json_option, out
+from fednode.errors import FednodeError
+from protocol.multiformats import CID, FormatError
+
+LARGE_FILE = 16 << 20  # bytes from which `get` shows a bar while writing (stderr a terminal, no --json)
+
+
+def _cid(text: str) -> CID:
+    try:
+        return CID.parse(text)
+    except FormatError:
+        raise FednodeError(f"not a CID: {text[:100]!r}") from None
+
+
+@click.group()
+def ipfs() -> None:
+    """Files by IPFS CID: add, get (through the daemon), pins."""
+
+
+@ipfs.command("add")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@json_option
+@click.pass_context
+def add(ctx: click.Context, path: Path, as_json: bool) -> None:
+    """Store FILE as Kubo's `ipfs add --cid-version=1 --raw-leaves` does (same CID), pinned; print the CID."""
+    from fednode.workflows.ipfsfiles import add_file
+
+    root, size = add_file(get_node(ctx).store, path)
+    emit({"cid": str(root), "size": size}, as_json, str(root))
+
+
+@ipfs.command("get")
+@click.argument("cid")
+@click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the file here (whole or not at all); default: stdout.")
+@click.option("--peer", "peers", multiple=True, help="A multiaddr with /p2p/ID to dial first (repeatable).")
+@click.option("--max-bytes", type=click.IntRange(min=1), default=64 << 30, show_default=True,
+              help="Refuse a file declaring more bytes.")
+@click.option("--timeout", type=click.FloatRange(min=0.1, max=3600), default=60, show_default=True)
+@click.option("--no-pin", is_flag=True, help="Do not pin: the next `fednode gc` may drop the blocks.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@json_option
+@click.pass_context
+def get(ctx: click.Context, cid: str, out_path: Path | None, peers: tuple[str, ...], max_bytes: int,
+        timeout: float, no_pin: bool, quiet: bool, as_json: bool) -> None:
+    """Fetch CID from IPFS peers through the running daemon (every block hash-checked), then write it."""
+    from fednode.workflows.ipfsfiles import write_file
+
+    root = _cid(cid)
+    show = not (quiet or as_json) and sys.stderr.isatty()
+    body = {"cid": str(root), "peers": list(peers), "max_bytes": max_bytes, "timeout": timeout, "pin": not no_pin}
+    with _spinner(show, f"fetching {root}"):
+        result = client(ctx, timeout=timeout + 30).call("POST", "/ipfs/get", body)
+    size = int(result["size"])
+    with _bar(show and out_path is not None and size >= LARGE_FILE, size) as progress:
+        write_file(get_node(ctx).store, root, out_path, progress)
+    if as_json:
+        emit_json({**result, "out": None if out_path is None else str(out_path), "pinned": not no_pin})
+    elif out_path is not None and not quiet:
+        out.print(f"{root}: {size} bytes -> {out_path}", markup=False)
+
+
+@contextlib.contextmanager
+def _spinner(show: bool, text: str) -> Iterator[None]:
+    """An honest indeterminate display while the daemon fetches (it reports no bytes so far)."""
+    if not show:
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(text):
+        yield
+
+
+@contextlib.contextmanager
+def _bar(show: bool, total: int) -> Iterator[Callable[[int], None] | None]:
+    """A rich bar over the verified write to --out; yields the callback (None: no bar)."""
+    if not show:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("writing", total=total)
+        yield lambda done: bar.update(task, completed=done)
+
+
+@ipfs.command("pins")
+@json_option
+@click.pass_context
+def pins(ctx: click.Context, as_json: bool) -> None:
+    """Pinned files (kept by `fednode gc`)."""
+    from fednode.workflows.ipfsfiles import list_pins
+
+    entries = list_pins(get_node(ctx).store)
+    data = [{"cid": str(p.root), "size": p.size, "source": p.source, "time": p.time} for p in entries]
+    emit(data, as_json, "\n".join(f"{p.root}  {p.size}  {p.source}" for p in entries) or "no pins")
+
+
+@ipfs.command("unpin")
+@click.argument("cid")
+@json_option
+@click.pass_context
+def unpin(ctx: click.Context, cid: str, as_json: bool) -> None:
+    """Drop a pin; the next `fednode gc` frees the file's blocks unless a ref reaches them."""
+    from fednode.workflows.ipfsfiles import unpin as drop_pin
+
+    root = _cid(cid)
+    drop_pin(get_node(ctx).store, root)
+    emit({"unpinned": str(root)}, as_json, f"unpinned {root}")
+
+
+COMMANDS = [ipfs]

@@ -1,0 +1,121 @@
+"""``POST /ipfs/get``: fetch any UnixFS file by CID over bitswap, bounded, everything or nothing.
+
+Bounds, checked as blocks arrive: codecs raw and dag-pb only; the root's declared size at most
+the caller's ``max_bytes``; no deeper than ``unixfs.max_depth`` of that size (a loop cannot be
+built from hashes, and a deep chain stops there); at most ``MAX_LINKS`` links per node (Helia's
+default layout has 1024, Kubo's 174); blocks stored at most the declared size plus node overhead.
+Every block is hash-checked as it is stored (``LMDBBlockStore.put_block``) and the whole file
+again at the end (``unixfs.file_size(verify=True)``). On any failure, the blocks this fetch stored
+are deleted again: nothing stays, and the caller gets one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trio
+
+from fednode.daemon.bitswap import FETCH_BATCH, BitswapHandle, to_theirs
+from fednode.errors import FednodeError
+from fednode.storage import pins
+from protocol.multiformats import CID, DAG_PB, RAW, FormatError
+from protocol.unixfs import declared_size, decode_node, file_size, max_depth
+
+MAX_LINKS = 4096  # per node
+NODE_OVERHEAD = 64 * 1024  # bytes a dag-pb node may add over its content (links, sizes)
+
+
+class TooLarge(FednodeError):
+    """The file declares more bytes than the caller allows."""
+
+
+@dataclass
+class GetProgress:
+    """What a running fetch has stored so far (for a progress report)."""
+
+    blocks: int = 0
+    bytes: int = 0
+    size: int | None = None  # the root's declared size, once the root arrived
+
+
+def _children(cid: CID, block: bytes) -> list[CID]:
+    if cid.codec == RAW:
+        return []
+    if cid.codec != DAG_PB:
+        raise FormatError(f"block {cid} has codec 0x{cid.codec:x}: not a UnixFS file (raw or dag-pb only)")
+    children = decode_node(block)[0]
+    if len(children) > MAX_LINKS:
+        raise FormatError(f"block {cid} has {len(children)} links, over the limit of {MAX_LINKS}")
+    return children
+
+
+async def _want(handle: BitswapHandle, cids: list[CID], deadline: float) -> None:
+    for start in range(0, len(cids), FETCH_BATCH):
+        batch = cids[start : start + FETCH_BATCH]
+        handle.blocks.expect(batch)
+        try:
+            left = max(0.1, deadline - trio.current_time())
+            await handle.client.new_session().get_blocks_batch(
+                [to_theirs(c) for c in batch], peer_id=None, timeout=left, batch_size=len(batch))
+        finally:
+            handle.blocks.unexpect(batch)
+
+
+async def _fetch(handle: BitswapHandle, root: CID, max_bytes: int, stored: list[CID], progress: GetProgress) -> int:
+    """Fetch level by level into the store, listing in ``stored`` what was new; returns the size."""
+    store = handle.store
+    deadline = trio.current_effective_deadline()
+    level, depth, size, budget = [root], 0, 0, 0
+    while level:
+        with store.read() as txn:
+            missing = [c for c in dict.fromkeys(level) if not txn.has_block(c)]
+        await _want(handle, missing, deadline)
+        new = set(missing)
+        children: list[CID] = []
+        with store.read() as txn:
+            for cid in dict.fromkeys(level):
+                if not txn.has_block(cid):
+                    raise FednodeError(f"block {cid} did not arrive from any connected peer")
+                if cid in new:
+                    stored.append(cid)
+                    progress.blocks += 1
+                    progress.bytes += txn.block_size(cid)
+                block = txn.get_block(cid)
+                if cid == root:
+                    size = declared_size(txn.get_block, root)
+                    if size > max_bytes:
+                        raise TooLarge(f"file {root} declares {size} bytes, over the limit of {max_bytes}")
+                    budget, progress.size = size + NODE_OVERHEAD + size // 16, size
+                children += _children(cid, block)
+        if progress.bytes > budget:
+            raise FormatError(f"file {root} holds more blocks than its {size} bytes need")
+        depth += 1
+        if children and depth > max_depth(size):
+            raise FormatError(f"file {root} is deeper than {max_depth(size)} levels")
+        level = children
+    with store.read() as txn:
+        return file_size(txn.get_block, root, verify=True)
+
+
+async def get_file(handle: BitswapHandle, root: CID, max_bytes: int, timeout: float, pin: bool,
+                   progress: GetProgress | None = None) -> dict[str, int | str]:
+    """Fetch the file ``root`` from the connected peers; {cid, size, blocks} (blocks newly stored).
+
+    Raises ``TooLarge``, ``FormatError``, ``FednodeError`` or ``trio.TooSlowError``; then the blocks
+    it stored are gone again."""
+    if root.codec not in (RAW, DAG_PB):
+        raise FormatError(f"{root} has codec 0x{root.codec:x}: not a UnixFS file (raw or dag-pb only)")
+    stored: list[CID] = []
+    progress = progress or GetProgress()
+    try:
+        with trio.fail_after(timeout):
+            size = await _fetch(handle, root, max_bytes, stored, progress)
+    except BaseException:
+        with handle.store.write() as txn:
+            for cid in stored:
+                txn.delete_block(cid)
+        raise
+    if pin:
+        with handle.store.write() as txn:
+            pins.pin(txn, root, size, "get")
+    return {"cid": str(root), "size": size, "blocks": len(stored)}

@@ -1,0 +1,86 @@
+"""Plain files as IPFS UnixFS DAGs in the store: ``fednode ipfs add``, the reading side of
+``ipfs get`` (the daemon fetches; this writes the file out), and pins."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from fednode.errors import FednodeError
+from fednode.storage import pins as pinning
+from fednode.storage.store import Store
+from protocol.multiformats import CID, FormatError
+from protocol.unixfs import CHUNK_SIZE, UnixFSBuilder, iter_file
+
+READ_BYTES = 32 * CHUNK_SIZE  # 8 MiB read at a time
+Progress = Callable[[int], None]  # bytes done so far
+
+
+def add_file(store: Store, path: Path) -> tuple[CID, int]:
+    """Store ``path`` as Kubo's ``ipfs add --cid-version=1 --raw-leaves`` would (256 KiB raw leaves,
+    174 links per node, the same CID) and pin it; one transaction. Returns (root, size)."""
+    try:
+        size = path.stat().st_size
+        source = path.open("rb")
+    except OSError as exc:
+        raise FednodeError(f"cannot read {path}: {exc.strerror}") from None
+    with source, store.write(size_hint=size + size // 64 + CHUNK_SIZE) as txn:
+        def put(cid: CID, block: bytes | memoryview) -> None:
+            txn.put_block(cid, block)
+
+        builder = UnixFSBuilder(put)
+        done = 0
+        while chunk := source.read(READ_BYTES):
+            builder.write(chunk)
+            done += len(chunk)
+        root = builder.finish().cid
+        pinning.pin(txn, root, done, "add")
+    return root, done
+
+
+def write_file(store: Store, root: CID, out: Path | None, progress: Progress | None = None) -> int:
+    """Write the stored file ``root`` to ``out`` (stdout when None), every block hash-checked
+    (``iter_file``); ``out`` appears whole or not at all (a temporary file renamed at the end)."""
+    if out is None:
+        return _copy(store, root, sys.stdout.buffer, progress)
+    directory = out.resolve().parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as sink:
+            size = _copy(store, root, sink, progress)
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return size
+
+
+def _copy(store: Store, root: CID, sink: BinaryIO, progress: Progress | None) -> int:
+    done = 0
+    try:
+        for piece in iter_file(store.get_block, root):
+            sink.write(piece)
+            done += len(piece)
+            if progress is not None:
+                progress(done)
+    except FormatError as exc:
+        raise FednodeError(f"file {root}: {exc}") from None
+    return done
+
+
+def list_pins(store: Store) -> list[pinning.Pin]:
+    with store.read() as txn:
+        return pinning.pins(txn)
+
+
+def unpin(store: Store, root: CID) -> None:
+    """Drop the pin (its blocks go at the next ``fednode gc`` unless something else reaches them)."""
+    with store.write() as txn:
+        if not pinning.unpin(txn, root):
+            raise FednodeError(f"{root} is not pinned (see 'fednode ipfs pins')")

