@@ -1,0 +1,79 @@
+"""``ipfsget.get_file`` refuses hostile DAGs from a bitswap peer and keeps nothing of them.
+
+Two in-process py-libp2p hosts: one serves hostile DAGs from its store over bitswap, the other
+fetches with ``get_file``; after each refusal the fetcher's store holds exactly what it held.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import trio
+from helpers import dag_bomb
+from libp2p.peer.peerinfo import PeerInfo
+from test_bitswap_kubo import _host, _listen
+
+from fednode.daemon.bitswap import BitswapHandle, start_bitswap
+from fednode.daemon.ipfsget import MAX_LINKS, TooLarge, get_file
+from fednode.storage.pins import pins
+from fednode.storage.store import Store
+from protocol.multiformats import CID, DAG_PB, RAW, FormatError
+from protocol.unixfs import Link, _unixfs_data, add_bytes, encode_node
+
+
+def _chain(depth: int, leaf: bytes = b"deep" * 4) -> tuple[CID, dict[CID, bytes]]:
+    """``depth`` one-link nodes over one leaf, sizes consistent: a file far deeper than its size allows."""
+    child, blocks = CID.hash(RAW, leaf), {}
+    blocks[child] = leaf
+    for _ in range(depth):
+        block = encode_node([Link(child, len(blocks[child]), len(leaf))], _unixfs_data(len(leaf), [len(leaf)]))
+        child = CID(1, DAG_PB, CID.hash(DAG_PB, block).digest)
+        blocks[child] = block
+    return child, blocks
+
+
+def _count(store: Store) -> int:
+    with store.read() as txn:
+        return sum(1 for _ in txn.iter_block_cids())
+
+
+async def test_hostile_dags_are_refused_and_nothing_stays(tmp_path: Path) -> None:
+    served, mine = Store(tmp_path / "served", sync=False), Store(tmp_path / "mine", sync=False)
+    good = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(32768))  # 1 MiB: 4 leaves
+    deep_root, deep = _chain(12)
+    wide_root, wide = dag_bomb(levels=1, fanout=MAX_LINKS + 1, leaf=b"w")
+    lie_root, lie = dag_bomb(levels=2, fanout=4, leaf=b"l" * 100, lie_at_root=40)
+    with served.write() as txn:
+        good_root = add_bytes(good, put=lambda c, b: txn.put_block(c, b))
+        for blocks in (deep, wide, lie):
+            for cid, block in blocks.items():
+                txn.put_block(cid, block)
+    server, client = _host(), _host()
+    try:
+        async with server.run(_listen()), client.run(_listen()), trio.open_nursery() as nursery:
+            await start_bitswap(server, served, nursery)
+            handle: BitswapHandle = await start_bitswap(client, mine, nursery)
+            await client.connect(PeerInfo(server.get_id(), server.get_addrs()))
+            cases: list[tuple[CID, int, type[Exception], str]] = [
+                (good_root, len(good) - 1, TooLarge, "over the limit"),
+                (deep_root, 1 << 30, FormatError, "deeper than"),
+                (wide_root, 1 << 30, FormatError, "links, over the limit"),
+                (lie_root, 1 << 30, FormatError, "declares"),
+                (CID.hash(0x71, b"\xa0"), 1 << 30, FormatError, "not a UnixFS file"),
+            ]
+            for root, limit, error, needle in cases:
+                with pytest.raises(error, match=needle):
+                    await get_file(handle, root, limit, timeout=20, pin=True)
+                assert _count(mine) == 0, root
+            with pytest.raises(trio.TooSlowError):
+                await get_file(handle, add_bytes(b"nobody has it"), 1 << 30, timeout=1, pin=True)
+            result = await get_file(handle, good_root, len(good), timeout=20, pin=True)
+            assert result == {"cid": str(good_root), "size": len(good), "blocks": 5}
+            with mine.read() as txn:
+                assert [p.root for p in pins(txn)] == [good_root]
+            nursery.cancel_scope.cancel()
+    finally:
+        served.close()
+        mine.close()
