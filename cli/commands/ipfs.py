@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,7 +15,11 @@ from cli.context import client, emit, emit_json, get_node, json_option, out
 from fednode.errors import FednodeError
 from protocol.multiformats import CID, FormatError
 
+if TYPE_CHECKING:
+    from fednode.daemon.api_client import Client
+
 LARGE_FILE = 16 << 20  # bytes from which `get` shows a bar while writing (stderr a terminal, no --json)
+POLL_SECONDS = 0.25
 
 
 def _cid(text: str) -> CID:
@@ -60,8 +66,8 @@ def get(ctx: click.Context, cid: str, out_path: Path | None, peers: tuple[str, .
     root = _cid(cid)
     show = not (quiet or as_json) and sys.stderr.isatty()
     body = {"cid": str(root), "peers": list(peers), "max_bytes": max_bytes, "timeout": timeout, "pin": not no_pin}
-    with _spinner(show, f"fetching {root}"):
-        result = client(ctx, timeout=timeout + 30).call("POST", "/ipfs/get", body)
+    api = client(ctx, timeout=timeout + 30)
+    result = _fetch_with_bar(api, body, timeout + 30) if show else api.call("POST", "/ipfs/get", body)
     size = int(result["size"])
     with _bar(show and out_path is not None and size >= LARGE_FILE, size) as progress:
         write_file(get_node(ctx).store, root, out_path, progress)
@@ -71,16 +77,28 @@ def get(ctx: click.Context, cid: str, out_path: Path | None, peers: tuple[str, .
         out.print(f"{root}: {size} bytes -> {out_path}", markup=False)
 
 
-@contextlib.contextmanager
-def _spinner(show: bool, text: str) -> Iterator[None]:
-    """An honest indeterminate display while the daemon fetches (it reports no bytes so far)."""
-    if not show:
-        yield
-        return
+def _fetch_with_bar(api: Client, body: dict[str, Any], limit: float) -> dict[str, Any]:
+    """Start the daemon's fetch without waiting and poll its progress (bytes stored so far against
+    the root's declared size, once the root arrived) into a rich bar on stderr."""
     from rich.console import Console
+    from rich.progress import Progress
 
-    with Console(stderr=True).status(text):
-        yield
+    job = api.call("POST", "/ipfs/get", {**body, "wait": False})["job"]
+    deadline = time.monotonic() + limit
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(f"fetching {body['cid'][:16]}", total=None)
+        while True:
+            state = api.call("POST", "/ipfs/progress", {"job": job})
+            bar.update(task, completed=state["bytes"], total=state["size"])
+            if state["done"]:
+                break
+            if time.monotonic() > deadline:
+                raise FednodeError("the daemon's ipfs get did not finish in time")
+            time.sleep(POLL_SECONDS)
+    if state["error"]:
+        raise FednodeError(f"daemon: {state['error']}")
+    result: dict[str, Any] = state["result"]
+    return result
 
 
 @contextlib.contextmanager

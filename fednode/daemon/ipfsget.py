@@ -119,3 +119,43 @@ async def get_file(handle: BitswapHandle, root: CID, max_bytes: int, timeout: fl
         with handle.store.write() as txn:
             pins.pin(txn, root, size, "get")
     return {"cid": str(root), "size": size, "blocks": len(stored)}
+
+
+MAX_JOBS = 64  # kept for progress polls; the oldest finished one goes first
+
+
+@dataclass
+class GetJob:
+    """One ``POST /ipfs/get {"wait": false}``: its progress, then its result or its one-line error."""
+
+    progress: GetProgress
+    result: dict[str, int | str] | None = None
+    error: str | None = None
+    done: bool = False
+
+    def report(self) -> dict[str, object]:
+        p = self.progress
+        return {"done": self.done, "blocks": p.blocks, "bytes": p.bytes, "size": p.size,
+                "result": self.result, "error": self.error}
+
+
+class GetJobs:
+    """The daemon's background ``ipfs get`` jobs, by id (for ``POST /ipfs/progress``)."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, GetJob] = {}
+        self._next = 0
+
+    def new(self) -> tuple[str, GetJob]:
+        if len(self._jobs) >= MAX_JOBS:
+            finished = [k for k, j in self._jobs.items() if j.done]
+            if not finished:
+                raise FednodeError(f"{MAX_JOBS} ipfs get jobs are running already")
+            del self._jobs[finished[0]]
+        self._next += 1
+        job_id = str(self._next)
+        self._jobs[job_id] = job = GetJob(GetProgress())
+        return job_id, job
+
+    def get(self, job_id: str) -> GetJob | None:
+        return self._jobs.get(job_id)

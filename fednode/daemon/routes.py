@@ -18,6 +18,7 @@ from protocol.multiformats import CID, FormatError, b58decode
 from protocol.unixfs import MAX_FILE_BYTES
 
 if TYPE_CHECKING:
+    from fednode.daemon.ipfsget import GetProgress
     from fednode.daemon.service import Daemon
 
 Handler = Callable[["Daemon", dict[str, Any]], Awaitable[Any]]
@@ -278,11 +279,12 @@ def _max_bytes(body: dict[str, Any]) -> int:
 
 async def h_ipfs_get(d: Daemon, body: dict[str, Any]) -> Any:
     """Fetch a UnixFS file by CID over bitswap, verified and bounded (dials 'peers' first; pins it)."""
-    from fednode.daemon.ipfsget import TooLarge, get_file
+    from fednode.daemon.ipfsget import GetProgress
 
-    _only(body, "cid", "peers", "max_bytes", "timeout", "pin")
+    _only(body, "cid", "peers", "max_bytes", "timeout", "pin", "wait")
     timeout, max_bytes = _timeout(body), _max_bytes(body)
     pin = _flag(body, "pin") if "pin" in body else True
+    wait = _flag(body, "wait") if "wait" in body else True
     peers = [_peer_addr("peers[]", a) for a in _texts(body, "peers")]
     text = _text(body, "cid")
     try:
@@ -294,8 +296,33 @@ async def h_ipfs_get(d: Daemon, body: dict[str, Any]) -> Any:
             await d.peers.connect(addr)
         except Exception as exc:
             raise HTTPError(502, f"cannot connect to {addr}: {type(exc).__name__}: {exc}") from None
+    if wait:
+        return await _ipfs_get(d, root, max_bytes, timeout, pin, GetProgress())
     try:
-        return await get_file(d.bitswap, root, max_bytes, timeout, pin)
+        job_id, job = d.ipfs_jobs.new()
+    except FednodeError as exc:
+        raise HTTPError(503, str(exc)) from None
+
+    async def run() -> None:
+        try:
+            job.result = await _ipfs_get(d, root, max_bytes, timeout, pin, job.progress)
+        except HTTPError as exc:
+            job.error = str(exc)
+        finally:
+            if job.result is None and job.error is None:
+                job.error = "failed (see the daemon's log)"  # guard.task logs what was raised
+            job.done = True
+
+    d.spawn("ipfs_get", run)
+    return {"job": job_id}
+
+
+async def _ipfs_get(d: Daemon, root: CID, max_bytes: int, timeout: float, pin: bool,
+                    progress: GetProgress) -> dict[str, int | str]:
+    from fednode.daemon.ipfsget import TooLarge, get_file
+
+    try:
+        return await get_file(d.bitswap, root, max_bytes, timeout, pin, progress)
     except TooLarge as exc:
         raise HTTPError(413, str(exc)) from None
     except trio.TooSlowError:
@@ -304,8 +331,18 @@ async def h_ipfs_get(d: Daemon, body: dict[str, Any]) -> Any:
         raise HTTPError(502, f"{exc}; nothing stored") from None
 
 
+async def h_ipfs_progress(d: Daemon, body: dict[str, Any]) -> Any:
+    """Progress of an 'ipfs get' started with wait=false: blocks and bytes so far, then its result or error."""
+    _only(body, "job")
+    job = d.ipfs_jobs.get(_text(body, "job"))
+    if job is None:
+        raise HTTPError(404, "no such ipfs get job")
+    return job.report()
+
+
 ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "/ipfs/get"): h_ipfs_get,
+    ("POST", "/ipfs/progress"): h_ipfs_progress,
     ("POST", "/propose"): h_propose,
     ("GET", "/status"): h_status,
     ("GET", "/peers"): h_peers,
@@ -336,7 +373,9 @@ def openapi() -> dict[str, Any]:
         "/ipfs/get": {"type": "object", "required": ["cid"],
                       "properties": {"cid": {"type": "string"}, "peers": peers, "timeout": timeout,
                                      "max_bytes": {"type": "integer", "minimum": 1, "maximum": MAX_FILE_BYTES},
-                                     "pin": {"type": "boolean", "default": True}}},
+                                     "pin": {"type": "boolean", "default": True},
+                                     "wait": {"type": "boolean", "default": True}}},
+        "/ipfs/progress": {"type": "object", "properties": {"job": {"type": "string"}}, "required": ["job"]},
         "/follow": repo,
         "/push": {**repo, "properties": {**repo["properties"], "confirm": {"type": "boolean", "default": True}}},
         "/pull": sync_schema, "/clone": sync_schema,

@@ -31,6 +31,7 @@ from fednode.daemon.fairness import FairServing
 from fednode.daemon.gate import BanGate
 from fednode.daemon.gossip import Gossip
 from fednode.daemon.inbound import InboundCatchUp
+from fednode.daemon.ipfsget import GetJobs
 from fednode.daemon.jobs import FetchJobs
 from fednode.daemon.metrics import Metrics
 from fednode.daemon.peers import Peers
@@ -91,6 +92,7 @@ class Daemon:
                                self.fetcher, self.bans, self.discovery)
         self.jobs = FetchJobs(node.history, self.state, self.fetcher, self.metrics, self.tasks, self.peers,
                               self.discovery, self.applier, max_fetch_bytes, fetch_expiry_seconds(node.config))
+        self.ipfs_jobs = GetJobs()  # `ipfs get` without waiting: progress polled by the CLI
         self.gossip = Gossip(node.store, self.state, self.validator, self.metrics, self.tasks, self.bans, self.jobs)
         self.heads = HeadsSync(node.history, node.identity, self.state, self.validator, self.host, self.metrics,
                                self.gossip, self.peers, self.jobs, self.applier, self.discovery, self.discovery,

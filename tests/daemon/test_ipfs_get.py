@@ -9,7 +9,9 @@ it from the daemon below. Every wait is bounded; Kubo and the daemon are stopped
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +65,10 @@ async def test_get_a_file_kubo_added_and_kubo_gets_what_we_added(tmp_path: Path)
                                    capture_output=True, timeout=60, cwd=ROOT)  # already here: to stdout
             assert again.returncode == 0 and again.stdout == data and again.stderr == b""
 
+            second = (await kubo.call(20, op="add", path=str(tmp_path / "ours.bin")))["cid"]  # CIDv0: not in our store
+            shown = _get_on_a_terminal(home, second, tmp_path / "second.bin")
+            assert (tmp_path / "second.bin").read_bytes() == ours and "fetching" in shown
+
             added = run_fednode(home, "ipfs", "add", str(tmp_path / "ours.bin")).stdout.strip()
             assert CID.parse(added) == add_bytes(ours)  # served at once: the daemon reads the same store
             daemon_addr = json.loads((home / "daemon.json").read_text())["addrs"][0]
@@ -73,6 +79,35 @@ async def test_get_a_file_kubo_added_and_kubo_gets_what_we_added(tmp_path: Path)
             assert dest.read_bytes() == ours
     finally:
         kubo.stop()
+
+
+def _get_on_a_terminal(home: Path, cid: str, out: Path) -> str:
+    """`ipfs get` with stderr on a pseudo-terminal (so it polls the daemon's progress and shows a
+    bar); returns what it wrote there."""
+    master, slave = os.openpty()
+    seen: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            seen.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        done = subprocess.run([*fednode_cmd(), "--home", str(home), "ipfs", "get", cid, "--out", str(out),
+                               "--timeout", "30"], stdout=subprocess.PIPE, stderr=slave, timeout=90, cwd=ROOT)
+    finally:
+        os.close(slave)
+        reader.join(5)
+        os.close(master)
+    assert done.returncode == 0, b"".join(seen)[-2000:]
+    return b"".join(seen).decode(errors="replace")
 
 
 async def test_get_refuses_and_stores_nothing(tmp_path: Path) -> None:
