@@ -6,7 +6,8 @@ built from hashes, and a deep chain stops there); at most ``MAX_LINKS`` links pe
 default layout has 1024, Kubo's 174); blocks stored at most the declared size plus node overhead.
 Every block is hash-checked as it is stored (``LMDBBlockStore.put_block``) and the whole file
 again at the end (``unixfs.file_size(verify=True)``). On any failure, the blocks this fetch stored
-are deleted again: nothing stays, and the caller gets one line.
+are deleted again (all but what a commit, a pin or another fetch came to hold meanwhile): nothing
+stays, and the caller gets one line.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import trio
 from fednode.daemon.bitswap import FETCH_BATCH, BitswapHandle, to_theirs
 from fednode.errors import FednodeError
 from fednode.storage import pins
+from fednode.storage.store import Store
+from fednode.workflows.fsck import mark
 from protocol.multiformats import CID, DAG_PB, RAW, FormatError
 from protocol.unixfs import declared_size, decode_node, file_size, max_depth
 
@@ -111,14 +114,25 @@ async def get_file(handle: BitswapHandle, root: CID, max_bytes: int, timeout: fl
         with trio.fail_after(timeout):
             size = await _fetch(handle, root, max_bytes, stored, progress)
     except BaseException:
-        with handle.store.write() as txn:
-            for cid in stored:
-                txn.delete_block(cid)
+        forget(handle.store, stored)
         raise
     if pin:
         with handle.store.write() as txn:
             pins.pin(txn, root, size, "get")
     return {"cid": str(root), "size": size, "blocks": len(stored)}
+
+
+def forget(store: Store, stored: list[CID]) -> None:
+    """Delete what a failed fetch stored, except what something else came to need meanwhile (a
+    commit, a pin or another fetch that stored the same block: ``put_block`` dedups, so that block
+    is the one they hold). The mark runs inside the deleting transaction, as gc's does."""
+    if not stored:
+        return
+    with store.write() as txn:
+        needed = mark(txn, rehash=False).reachable
+        for cid in stored:
+            if bytes(cid) not in needed:
+                txn.delete_block(cid)
 
 
 MAX_JOBS = 64  # kept for progress polls; the oldest finished one goes first

@@ -16,8 +16,8 @@ from libp2p.peer.peerinfo import PeerInfo
 from test_bitswap_kubo import _host, _listen
 
 from fednode.daemon.bitswap import BitswapHandle, start_bitswap
-from fednode.daemon.ipfsget import MAX_LINKS, TooLarge, get_file
-from fednode.storage.pins import pins
+from fednode.daemon.ipfsget import MAX_LINKS, TooLarge, forget, get_file
+from fednode.storage.pins import pin, pins
 from fednode.storage.store import Store
 from protocol.multiformats import CID, DAG_PB, RAW, FormatError
 from protocol.unixfs import Link, _unixfs_data, add_bytes, encode_node
@@ -77,3 +77,18 @@ async def test_hostile_dags_are_refused_and_nothing_stays(tmp_path: Path) -> Non
     finally:
         served.close()
         mine.close()
+
+
+def test_a_failed_fetch_forgets_only_what_nothing_else_holds(tmp_path: Path) -> None:
+    """A block the failed fetch stored stays when something came to need it meanwhile (here a pinned
+    file holding the same bytes: put_block dedups, so the pin's file IS that block)."""
+    store = Store(tmp_path / "store", sync=False)
+    shared, alone = b"the same bytes", b"only the fetch wanted these"
+    with store.write() as txn:
+        shared_cid = add_bytes(shared, put=lambda c, b: txn.put_block(c, b))
+        alone_cid = add_bytes(alone, put=lambda c, b: txn.put_block(c, b))
+        pin(txn, shared_cid, len(shared), "add")  # e.g. `fednode ipfs add` of the same bytes, meanwhile
+    forget(store, [shared_cid, alone_cid])
+    with store.read() as txn:
+        assert txn.has_block(shared_cid) and not txn.has_block(alone_cid)
+    store.close()
