@@ -22,13 +22,13 @@ names one (``fednode branch NAME CID``); until a ref reaches it, ``gc`` may coll
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from fednode.atomic import atomic_file
 from fednode.errors import Corrupt, FednodeError, NotFound
 from fednode.history import History, RepoInfo, repo_id_text
 from fednode.history.objstore import signature_valid
@@ -71,21 +71,12 @@ def export_car(history: History, repo: RepoInfo, root: CID, path: Path, ancestry
     checkout and verification need as a CARv1 at ``path``, atomically: a failure leaves no file."""
     history.check_in_repo(repo, root)
     report = ExportReport(root, path)
-    path = path.resolve()
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as out, history.store.read() as txn:
-            report.bytes += out.write(encode_header([root]))
-            for cid, block, is_commit in _export_blocks(txn, root, ancestry):
-                report.bytes += out.write(encode_section(cid, block))
-                report.blocks += 1
-                report.commits += is_commit
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path.resolve()) as out, history.store.read() as txn:
+        report.bytes += out.write(encode_header([root]))
+        for cid, block, is_commit in _export_blocks(txn, root, ancestry):
+            report.bytes += out.write(encode_section(cid, block))
+            report.blocks += 1
+            report.commits += is_commit
     return report
 
 

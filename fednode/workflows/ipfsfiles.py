@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from fednode.atomic import atomic_file
 from fednode.errors import FednodeError
 from fednode.storage import pins as pinning
 from fednode.storage.store import Store
@@ -47,18 +46,8 @@ def write_file(store: Store, root: CID, out: Path | None, progress: Progress | N
     (``iter_file``); ``out`` appears whole or not at all (a temporary file renamed at the end)."""
     if out is None:
         return _copy(store, root, sys.stdout.buffer, progress)
-    directory = out.resolve().parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as sink:
-            size = _copy(store, root, sink, progress)
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return size
+    with atomic_file(out) as sink:
+        return _copy(store, root, sink, progress)
 
 
 def _copy(store: Store, root: CID, sink: BinaryIO, progress: Progress | None) -> int:

@@ -12,44 +12,23 @@ elsewhere); without them the test fails. ``"overrides": {"undici": "7.16.0"}``: 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from daemon_harness import DaemonProc, daemons, make_home
-from helpers import ROOT, run_fednode, write_model
+from helia_node import HELIA_DIR, PREAMBLE, check_installed
+from helpers import run_fednode, write_model
 from test_bitswap_states import _checkout, _show
 
-HELIA_DIR = Path(os.environ.get("FEDNODE_HELIA_DIR", ROOT))
-# run with ``node --input-type=module -e`` in HELIA_DIR, so that imports resolve from its node_modules;
-# imported dynamically after the polyfill (Node 20 lacks Promise.withResolvers, which Helia's
-# dependencies call)
-HELIA_FETCH = """
-Promise.withResolvers ??= () => {
-  let resolve, reject
-  const promise = new Promise((res, rej) => { resolve = res; reject = rej })
-  return { promise, resolve, reject }
-}
+HELIA_FETCH = PREAMBLE + """
 const { writeFile } = await import('node:fs/promises')
-const { noise } = await import('@chainsafe/libp2p-noise')
-const { yamux } = await import('@chainsafe/libp2p-yamux')
-const { withBitswap } = await import('@helia/bitswap')
-const { withLibp2pLight } = await import('@helia/libp2p')
-const { unixfs } = await import('@helia/unixfs')
-const { identify } = await import('@libp2p/identify')
-const { tcp } = await import('@libp2p/tcp')
 const { multiaddr } = await import('@multiformats/multiaddr')
-const { createHeliaLight } = await import('helia')
 const { CID } = await import('multiformats/cid')
 
 const [addr, cid, dest, timeoutMs] = process.argv.slice(1)
-const helia = withBitswap(withLibp2pLight(createHeliaLight(), {
-  addresses: { listen: [] }, transports: [tcp()], connectionEncrypters: [noise()],
-  streamMuxers: [yamux()], services: { identify: identify() }
-}))
+const helia = createHelia([])
 await helia.start()
 const signal = AbortSignal.timeout(Number(timeoutMs))
 try {
@@ -69,9 +48,7 @@ try {
 
 @pytest.fixture(autouse=True)
 def helia_installed() -> None:
-    """Helia is part of the set-up (package.json, installed by `make test`): missing, the test fails."""
-    assert shutil.which("node"), "node is not on PATH: the interop tests need Node.js (see README)"
-    assert (HELIA_DIR / "node_modules" / "helia").is_dir(), f"Helia is not in {HELIA_DIR}: run make test (npm ci)"
+    check_installed()
 
 
 def helia_fetch(addr: str, cid: str, dest: Path, timeout: float) -> dict[str, object]:

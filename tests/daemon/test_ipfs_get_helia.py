@@ -15,37 +15,21 @@ from pathlib import Path
 
 import numpy as np
 from daemon_harness import DaemonProc, daemons, make_home
+from helia_node import HELIA_DIR, PREAMBLE, check_installed
 from helpers import run_fednode
-from test_bitswap_helia import HELIA_DIR, helia_installed  # noqa: F401  (the fixture: Helia must be set up)
 
 from fednode.node import open_node
 from protocol.multiformats import CID
 from protocol.unixfs import decode_node
 
 SIZE = 3 * 1024 * 1024 + 4321
-HELIA_SERVE = """
-Promise.withResolvers ??= () => {
-  let resolve, reject
-  const promise = new Promise((res, rej) => { resolve = res; reject = rej })
-  return { promise, resolve, reject }
-}
+HELIA_SERVE = PREAMBLE + """
 const { readFile } = await import('node:fs/promises')
-const { noise } = await import('@chainsafe/libp2p-noise')
-const { yamux } = await import('@chainsafe/libp2p-yamux')
-const { withBitswap } = await import('@helia/bitswap')
-const { withLibp2pLight } = await import('@helia/libp2p')
-const { unixfs } = await import('@helia/unixfs')
-const { identify } = await import('@libp2p/identify')
-const { tcp } = await import('@libp2p/tcp')
-const { createHeliaLight } = await import('helia')
 const { fixedSize } = await import('ipfs-unixfs-importer/chunker')
 const { balanced } = await import('ipfs-unixfs-importer/layout')
 
 const [path, timeoutMs] = process.argv.slice(1)
-const helia = withBitswap(withLibp2pLight(createHeliaLight(), {
-  addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] }, transports: [tcp()], connectionEncrypters: [noise()],
-  streamMuxers: [yamux()], services: { identify: identify() }
-}))
+const helia = createHelia(['/ip4/127.0.0.1/tcp/0'])
 await helia.start()
 const fs = unixfs(helia)
 const data = await readFile(path)
@@ -73,6 +57,7 @@ def _hello(proc: subprocess.Popen, timeout: float) -> dict:
 
 
 def test_get_files_helia_added_in_its_layouts(tmp_path: Path) -> None:
+    check_installed()
     home = make_home(tmp_path, "me")
     data = np.random.default_rng(21).integers(0, 256, SIZE, dtype=np.uint8).tobytes()
     (tmp_path / "f.bin").write_bytes(data)
