@@ -138,6 +138,20 @@ WITH_TOKEN = [  # (what, path, body): each is the client's mistake, a 400
     ("fetch timeout -1", "/fetch", js({"repo": "m", "root": HELLO_CID, "timeout": -1})),
     ("fetch repo not an id", "/fetch", js({"repo": "not a repo id", "root": HELLO_CID})),
     ("status with a body", "/status", js({"x": 1})),
+    ("ipfs get cid not a CID", "/ipfs/get", js({"cid": "x"})),
+    ("ipfs get cid a number", "/ipfs/get", js({"cid": 5})),
+    ("ipfs get without a cid", "/ipfs/get", js({})),
+    ("ipfs get unknown key", "/ipfs/get", js({"cid": HELLO_CID, "evil": 1})),
+    ("ipfs get max_bytes -1", "/ipfs/get", js({"cid": HELLO_CID, "max_bytes": -1})),
+    ("ipfs get max_bytes huge", "/ipfs/get", js({"cid": HELLO_CID, "max_bytes": 10**400})),
+    ("ipfs get max_bytes a string", "/ipfs/get", js({"cid": HELLO_CID, "max_bytes": "1"})),
+    ("ipfs get timeout -1", "/ipfs/get", js({"cid": HELLO_CID, "timeout": -1})),
+    ("ipfs get pin a string", "/ipfs/get", js({"cid": HELLO_CID, "pin": "yes"})),
+    ("ipfs get peers a string", "/ipfs/get", js({"cid": HELLO_CID, "peers": "/ip4/127.0.0.1/tcp/1"})),
+    ("ipfs get peer not a multiaddr", "/ipfs/get", js({"cid": HELLO_CID, "peers": ["nope"]})),
+    ("ipfs get cid deeply nested", "/ipfs/get", b'{"cid": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
+    ("ipfs progress job a number", "/ipfs/progress", js({"job": 5})),
+    ("ipfs progress without a job", "/ipfs/progress", js({})),
 ]
 
 
@@ -162,6 +176,7 @@ async def test_bad_requests_are_400_one_line_and_the_api_keeps_serving(repo_home
             assert status == 400, (what, status, body)
             assert isinstance(body, dict) and body["error"] and "\n" not in body["error"], what
         assert (await exchange(port, request("POST", "/push", js({"repo": "nope"}))))[0] == 404
+        assert (await exchange(port, request("POST", "/ipfs/progress", js({"job": "no such job"}))))[0] == 404
         for data in (b"", b"GET /sta", request("POST", "/follow", b'{"repo": "a'), request("POST", "/follow", b"")):
             await reset_after(port, data)  # resets: before a byte, mid-headers, mid-body, after the request
         await trio.sleep(0.1)
