@@ -29,6 +29,8 @@ COMMIT_TYPE = "fednode/commit"
 WEIGHTS_TYPE = "fednode/weights"
 VERSION = 1
 KINDS = ("init", "update", "merge", "revert")
+# a genesis records its repository's visibility; one without (made before visibility existed) is public
+VISIBILITIES = ("private", "public")
 DELTA_ENCODINGS = ("xor", "fixed", "fp16", "int8", "topk")
 ENCODINGS = ("raw", "same", *DELTA_ENCODINGS)
 MAX_MESSAGE = 64 * 1024
@@ -267,8 +269,11 @@ def _is_commit_link(v: Any) -> bool:
 
 def _check_settings(settings: Any) -> None:
     _require(isinstance(settings, dict), "a genesis commit records the repository settings")
-    _require(set(settings) == {"name", "scale_bits", "snapshot_interval"},
-             "settings are name, scale_bits and snapshot_interval")
+    _require(set(settings) in ({"name", "scale_bits", "snapshot_interval"},
+                               {"name", "scale_bits", "snapshot_interval", "visibility"}),
+             "settings are name, scale_bits, snapshot_interval and (optional) visibility")
+    _require(settings.get("visibility", "public") in VISIBILITIES,
+             "settings.visibility must be 'private' or 'public'")
     _require(_is_str(settings["name"], 1024), "settings.name must be a string of 1..1024 characters")
     _require(_is_int(settings["scale_bits"]) and 0 <= settings["scale_bits"] <= 60,
              "settings.scale_bits must be an int in 0..60")
@@ -310,6 +315,9 @@ def _check_info(kind: str, info: Any) -> None:
         revert = info.get("revert")
         _require(isinstance(revert, dict) and set(revert) == {"target"} and _is_commit_link(revert["target"]),
                  "a revert commit records its target commit")
+    if "visibility" in info:  # the owner's decision to make a private repository public, for good
+        _require(kind == "update" and info["visibility"] == "public",
+                 "info.visibility is only 'public', on an update commit")
     if "training" in info:
         _check_training(info["training"])
     if "merge" in info:

@@ -102,10 +102,21 @@ class History:
         scale_bits: int = DEFAULT_SCALE_BITS,
         snapshot_interval: int = DEFAULT_SNAPSHOT_INTERVAL,
         metrics: dict[str, float] | None = None,
+        visibility: str = "private",
     ) -> tuple[RepoInfo, CommitResult]:
-        """A new repository whose genesis commit holds ``source``, with ``main`` on it."""
+        """A new repository whose genesis commit holds ``source``, with ``main`` on it; private (only
+        members read it) unless ``visibility`` is "public"."""
         return commits.create_repo(self.store, self.identity, name, source, message, scale_bits,
-                                   snapshot_interval, metrics)
+                                   snapshot_interval, metrics, visibility)
+
+    def visibility(self, repo_id: bytes) -> str | None:
+        """"private" or "public" now (a publish decision counts); None for an unknown repository."""
+        with self.store.read() as txn:
+            return repos.visibility(txn, repo_id)
+
+    def is_private(self, repo_id: bytes) -> bool:
+        with self.store.read() as txn:
+            return repos.is_private(txn, repo_id)
 
     # --- committing and tensor states ----------------------------------------
     def commit(

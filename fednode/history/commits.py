@@ -19,7 +19,7 @@ from fednode.storage.store import Store, Txn
 from fednode.tensors import encodings
 from fednode.tensors.modelio import ModelSource
 from protocol.multiformats import CID, DAG_CBOR
-from protocol.objects import Commit, Manifest, TensorEntry
+from protocol.objects import VISIBILITIES, Commit, Manifest, TensorEntry
 
 
 @dataclass
@@ -68,10 +68,15 @@ def create_repo(
     scale_bits: int = DEFAULT_SCALE_BITS,
     snapshot_interval: int = DEFAULT_SNAPSHOT_INTERVAL,
     metrics: dict[str, float] | None = None,
+    visibility: str = "private",
 ) -> tuple[RepoInfo, CommitResult]:
-    """A new repository whose genesis commit holds ``source`` (every tensor a snapshot)."""
+    """A new repository whose genesis commit holds ``source`` (every tensor a snapshot) and records
+    its ``visibility``: "private" (the default: only members read it) or "public"."""
+    if visibility not in VISIBILITIES:
+        raise FednodeError(f"visibility must be 'private' or 'public', not {visibility!r}")
     identity = _check_new_repo(store, identity, name, scale_bits, snapshot_interval)
-    settings = {"name": name, "scale_bits": scale_bits, "snapshot_interval": snapshot_interval}
+    settings = {"name": name, "scale_bits": scale_bits, "snapshot_interval": snapshot_interval,
+                "visibility": visibility}
     sink = BlockSink(store, expected_bytes=sum(t.nbytes for t in source.tensors.values()))
     entries = {}
     try:

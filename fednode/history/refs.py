@@ -26,6 +26,7 @@ PROPOSALS = "proposals/"
 PEER_PREFIXES = (REMOTES, PROPOSALS)  # refs named after a peer: <prefix><peer>/<branch>
 DEFAULT_BRANCH = "main"  # the branch a new repository starts with, HEAD on it
 GENESIS = "genesis"  # a repository's first commit (its id is that commit's hash)
+PUBLISHED = "published"  # the owner's signed commit that made a private repository public (absent: never)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
 
 

@@ -32,6 +32,12 @@ class RepoInfo:
     def snapshot_interval(self) -> int:
         return int(self.settings["snapshot_interval"])
 
+    @property
+    def genesis_visibility(self) -> str:
+        """The visibility chosen at creation ("private" or "public"; a genesis from before
+        visibility existed is public). ``visibility(txn, repo_id)`` adds a later publish decision."""
+        return str(self.settings.get("visibility", "public"))
+
 
 def repo_id_text(repo_id: bytes) -> str:
     return b58encode(repo_id)
@@ -67,6 +73,22 @@ def find_repo(txn: Txn, name_or_id: str) -> RepoInfo:
         if rid == wanted:
             return repo_info(txn, name, rid)
     raise NotFound(f"unknown repository {name_or_id!r} (see 'fednode repo list')")
+
+
+def visibility(txn: Txn, repo_id: bytes) -> str | None:
+    """A repository's visibility now: "public" when its genesis says so or its owner published it
+    (the ``published`` ref), "private" otherwise; None for a repository this store does not hold."""
+    genesis = refstore.genesis(txn, repo_id)
+    if genesis is None:
+        return None
+    if txn.get_ref(repo_id, refs.PUBLISHED) is not None:
+        return "public"
+    return str(objstore.load_commit(txn, genesis).settings.get("visibility", "public"))
+
+
+def is_private(txn: Txn, repo_id: bytes) -> bool:
+    """Whether only members may read ``repo_id`` (False for a repository this store does not hold)."""
+    return visibility(txn, repo_id) == "private"
 
 
 def register_repo(txn: Txn, name: str, repo_id: bytes, genesis: CID) -> None:

@@ -47,7 +47,8 @@ def test_genesis_is_exact_and_signed(history: History) -> None:
     assert commit.kind == "init" and commit.parents == () and commit.repo is None
     assert info.repo_id == commit.commit_hash()
     assert history.verify_commit_signature(commit)
-    assert commit.settings == {"name": "m", "scale_bits": 24, "snapshot_interval": 8}
+    assert commit.settings == {"name": "m", "scale_bits": 24, "snapshot_interval": 8,
+                               "visibility": "private"}
     assert all(e.encoding == "raw" and e.depth == 0 for e in manifest_of(history, genesis).tensors.values())
     assert [r.name for r in history.repos()] == ["m"]
     assert history.branches(info) == {"main": genesis}
