@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("protocol", "fednode", "cli")  # the project's import roots; programs/ and bench/ sit outside the layers
 
 # fednode's root utility modules: usable by every layer, importing nothing above them.
-UTILITIES = ("fednode.errors", "fednode.lazy", "fednode.logs", "fednode.safejson")
+UTILITIES = ("fednode.errors", "fednode.lazy", "fednode.logs", "fednode.safejson", "fednode.sealing")
 ANY = ("protocol", "fednode", "cli")
 
 
@@ -41,6 +41,7 @@ LAYER_RULES: dict[str, Rule] = {
     "fednode.lazy": Rule(("protocol", *UTILITIES), why="a utility: below every layer"),
     "fednode.logs": Rule(("protocol", *UTILITIES), why="a utility: below every layer"),
     "fednode.safejson": Rule(("protocol", *UTILITIES), why="a utility: below every layer"),
+    "fednode.sealing": Rule(("protocol", *UTILITIES), why="a utility: below every layer"),
     "fednode.identity": Rule(("protocol", *UTILITIES), why="the node's key: a leaf the layers above sign with"),
     "fednode.storage": Rule(("protocol", *UTILITIES), why="blocks and records, below history"),
     "fednode.tensors": Rule(("protocol", "fednode.errors", "fednode.lazy", "fednode.safejson"),
