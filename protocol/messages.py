@@ -198,25 +198,43 @@ def decode_want(data: bytes) -> list[CID]:
 
 @dataclass(frozen=True)
 class HeadsReply:
-    """Answer to a heads query: the genesis CID and the signed objects the peer holds."""
+    """Answer to a heads query: the genesis CID and the signed objects the peer holds.
+
+    ``refused`` is set (and nothing else) when the peer will not answer this asker: "private" for a
+    private repository the asker is not a member of. ``keys`` is the repository's latest signed
+    key message (encoded ``RepoKeys``) for a private repository, for members only."""
 
     genesis: CID | None
     heads: list[bytes] = field(default_factory=list)  # encoded HeadAnnouncements
     members: bytes | None = None  # encoded Membership
+    refused: str | None = None
+    keys: bytes | None = None
 
     def encode(self) -> bytes:
-        return dagcbor.encode({"genesis": self.genesis, "heads": self.heads, "members": self.members})
+        obj: dict[str, Any] = {"genesis": self.genesis, "heads": self.heads, "members": self.members}
+        if self.refused is not None:
+            obj["refused"] = self.refused
+        if self.keys is not None:
+            obj["keys"] = self.keys
+        return dagcbor.encode(obj)
 
     @classmethod
     def decode(cls, data: bytes) -> HeadsReply:
         obj = dagcbor.decode(data)
-        _require(isinstance(obj, dict) and set(obj) == {"genesis", "heads", "members"}, "bad heads reply")
+        _require(isinstance(obj, dict) and {"genesis", "heads", "members"} <= set(obj)
+                 <= {"genesis", "heads", "members", "refused", "keys"}, "bad heads reply")
         genesis, heads, members = obj["genesis"], obj["heads"], obj["members"]
+        refused, keys = obj.get("refused"), obj.get("keys")
         _require(genesis is None or (isinstance(genesis, CID) and genesis.codec == DAG_CBOR), "bad genesis")
         _require(isinstance(heads, list) and len(heads) <= 256, "bad heads list")
         _require(all(isinstance(h, bytes) for h in heads), "heads are encoded announcements")
         _require(members is None or isinstance(members, bytes), "bad members")
-        return cls(genesis, heads, members)
+        _require(refused is None or refused in REFUSALS, "bad refusal")
+        _require(keys is None or isinstance(keys, bytes), "bad keys")
+        return cls(genesis, heads, members, refused, keys)
+
+
+REFUSALS = ("private",)
 
 
 def encode_heads_query(repo_id: bytes) -> bytes:
