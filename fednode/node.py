@@ -283,9 +283,9 @@ class Node:
 
     def create_repo(self, name: str, source: ModelSource, message: str = "initial weights",
                     scale_bits: int | None = None, snapshot_interval: int | None = None,
-                    ) -> tuple[RepoInfo, CommitResult]:
+                    visibility: str = "private") -> tuple[RepoInfo, CommitResult]:
         """A new repository from ``source`` (its genesis), the config's [repository_defaults] for the
-        settings not given; it becomes the current repository."""
+        settings not given, private unless ``visibility`` is "public"; it becomes the current repository."""
         defaults = self.config.get("repository_defaults", {})
         info, result = self.history.create_repo(
             name,
@@ -293,6 +293,7 @@ class Node:
             message,
             scale_bits if scale_bits is not None else int(defaults.get("scale_bits", 24)),
             snapshot_interval if snapshot_interval is not None else int(defaults.get("snapshot_interval", 8)),
+            visibility=visibility,
         )
         self.use_repo(name)
         return info, result
@@ -330,4 +331,11 @@ def open_node(home: Path | None = None) -> Node:
     identity = Identity.load(key_path)
     fsync = config.get("store", {}).get("fsync", True)
     store = Store(home / STORE_DIR, sync=fsync)
+    try:
+        tagged = blockindex.migrate(store)  # once: a store from before the block index gets one
+    except BaseException:
+        store.close()
+        raise
+    if tagged:
+        log("block_index_built", tagged=tagged)
     return Node(home, config, identity, store, History(store, identity))

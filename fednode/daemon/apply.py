@@ -87,8 +87,18 @@ class Applier:
             log("head_verify_failed", "warning", head=str(msg.head), problem=report.problems[0])
             self.penalizer.penalize(peer_id_of_key(msg.announcer), "verify_failed")
             return False
+        if report.publishes:  # before mark_verified: a verified commit is never looked at again
+            self._mark_published(repo_id, report.publishes[0])
         self.state.mark_verified(repo_id, report.checked)
         return True
+
+    def _mark_published(self, repo_id: bytes, cid: CID) -> None:
+        """Record the owner's verified decision to make a repository public (the first one counts)."""
+        with self.store.write() as txn:
+            if txn.get_ref(repo_id, refs.PUBLISHED) is not None:
+                return
+            txn.set_ref(repo_id, refs.PUBLISHED, bytes(cid))
+        log("repo_published", repo=repo_id_text(repo_id), commit=str(cid))
 
     async def _fast_forward(self, repo_id: bytes, ann: m.HeadAnnouncement) -> bool:
         """Move the owner's branch to ``ann.head`` if that is a fast-forward; whether it points there now."""

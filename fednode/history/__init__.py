@@ -118,6 +118,22 @@ class History:
         with self.store.read() as txn:
             return repos.is_private(txn, repo_id)
 
+    def check_publish(self, repo: RepoInfo) -> None:
+        """Refuse (one line) unless this node's identity may make ``repo`` public now."""
+        with self.store.read() as txn:
+            commits.check_publish(txn, self.identity, repo)
+
+    def publish(self, repo: RepoInfo, branch: str | None = None) -> CommitResult:
+        """The owner's signed decision to make private ``repo`` public, for good (see
+        ``commits.publish``): a commit on ``branch`` that changes no tensor, and the ``published`` ref."""
+        return commits.publish(self.store, self.identity, repo, branch)
+
+    def published(self, repo_id: bytes) -> CID | None:
+        """The commit that made ``repo_id`` public, when its owner published it."""
+        with self.store.read() as txn:
+            raw = txn.get_ref(repo_id, refs.PUBLISHED)
+        return CID.from_bytes(raw) if raw else None
+
     # --- committing and tensor states ----------------------------------------
     def commit(
         self,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fednode.errors import FednodeError, NotFound
-from fednode.history import objstore, refs, refstore, states
+from fednode.history import objstore, refs, refstore, repos, states
 from fednode.history.repos import DEFAULT_SCALE_BITS, DEFAULT_SNAPSHOT_INTERVAL, RepoInfo, register_repo
 from fednode.history.states import EncodeOptions, TensorError
 from fednode.identity import Identity
@@ -172,3 +172,52 @@ def commit(
     new = sink.finish(final)
     max_err = max((e.max_abs for e in errors.values()), default=0.0)
     return CommitResult(cid, signed, sink.new_bytes + new, sink.total_bytes, max_err, options.encoding, errors)
+
+
+PUBLISH_MESSAGE = "make the repository public"
+
+
+def check_publish(txn: Txn, identity: Identity | None, repo: RepoInfo) -> Identity:
+    """Refuse unless ``identity`` may publish ``repo`` now: its owner, and the repository still private."""
+    if identity is None:
+        raise FednodeError("no identity: run 'fednode init' first")
+    if objstore.load_commit(txn, repo.genesis).author != identity.public_key:
+        raise FednodeError(f"only the owner of {repo.name} (its genesis author) can make it public")
+    if repos.visibility(txn, repo.repo_id) == "public":
+        raise FednodeError(f"{repo.name} is already public")
+    return identity
+
+
+def publish(store: Store, identity: Identity | None, repo: RepoInfo, branch: str | None = None,
+            message: str = PUBLISH_MESSAGE) -> CommitResult:
+    """The owner's decision to make private ``repo`` public, for good: an ``update`` commit on
+    ``branch`` (HEAD's when None) whose tensors are all its head's (``same``: nothing stored) and
+    whose info is {"visibility": "public"}; the commit, the branch move and the ``published`` ref
+    are one store transaction."""
+    with store.read() as txn:
+        identity = check_publish(txn, identity, repo)
+        branch = branch or refstore.current_branch(txn, repo.repo_id)
+        head = refstore.branch_head(txn, repo.repo_id, branch)
+        if head is None:
+            raise NotFound(f"unknown branch {branch!r} in repository {repo.name}")
+        parent = objstore.load_commit(txn, head)
+        parent_manifest = objstore.load_manifest(txn, parent.weights)
+    # the head's manifest itself cannot be reused: its deltas are relative to the head's own parent
+    manifest = Manifest({name: TensorEntry(e.dtype, e.shape, "same", e.depth + 1, state=e.state)
+                         for name, e in parent_manifest.tensors.items()})
+    signed = objstore.sign(identity, Commit(
+        repo=repo.repo_id, parents=(head,), parent_hashes=(parent.commit_hash(),), kind="update",
+        weights=CID.hash(DAG_CBOR, manifest.encode()), author=identity.public_key,
+        time_ms=max(_now_ms(), parent.time_ms), message=message, metrics={},
+        info={"visibility": "public"},
+    ))
+    cid = signed.cid()
+    with store.write() as txn:
+        check_publish(txn, identity, repo)  # still private: nobody published meanwhile
+        if refstore.branch_head(txn, repo.repo_id, branch) != head:
+            raise FednodeError(f"branch {branch!r} moved while publishing; nothing was stored")
+        new = objstore.put_objects(txn, manifest, signed)
+        refstore.set_branch(txn, repo.repo_id, branch, cid)
+        txn.index_commit(cid, repo.repo_id, signed.commit_hash())
+        txn.set_ref(repo.repo_id, refs.PUBLISHED, bytes(cid))
+    return CommitResult(cid, signed, new, 0, 0.0)

@@ -10,7 +10,9 @@ from fednode.errors import Corrupt, NotFound
 from fednode.history import History, RepoInfo
 from fednode.history.states import state_cid
 from fednode.lazy import lazy_import
+from fednode.storage.store import Txn
 from protocol.multiformats import CID
+from protocol.objects import Commit
 
 if TYPE_CHECKING:
     import numpy as np
@@ -23,6 +25,7 @@ class VerifyReport:
     commits: int
     problems: list[str]
     checked: list[CID] = field(default_factory=list)  # the commits verify checked
+    publishes: list[CID] = field(default_factory=list)  # checked commits that make the repository public
 
 
 def verify(
@@ -43,6 +46,7 @@ def verify(
     """
     problems: list[str] = []
     checked: list[CID] = []
+    publishes: list[CID] = []
     with history.store.read(buffers=not rehash) as txn:  # rehash=False: leaf sizes are read in place
         seen: set[CID] = set()
         stack = [head]
@@ -69,6 +73,9 @@ def verify(
                         problems.append(f"commit {cid}: parent {parent} does not have the recorded commit hash")
                 except (Corrupt, NotFound):
                     pass  # reported when the parent itself is checked
+            if "visibility" in commit.info:
+                problems += _check_publish(history, txn, repo, cid, commit)
+                publishes.append(cid)
             if commit.kind == "revert":
                 target = commit.info.get("revert", {}).get("target")
                 if not isinstance(target, CID):
@@ -78,7 +85,24 @@ def verify(
         problems += _check_states(history, head, verified)
     if check_tensors and not problems:
         problems += _check_reverts(history, head, repo, verified)
-    return VerifyReport(len(checked), problems, checked)
+    return VerifyReport(len(checked), problems, checked, publishes)
+
+
+def _check_publish(history: History, txn: Txn, repo: RepoInfo, cid: CID, commit: Commit) -> list[str]:
+    """A commit that makes the repository public is valid only from its owner (the genesis author)
+    and only when it changes no tensor (the same names, dtypes, shapes and states as its first parent)."""
+    try:
+        owner = history.load_commit(repo.genesis, txn).author
+        mine = history.load_manifest(commit.weights, txn).tensors
+        before = history.load_manifest(history.load_commit(commit.parents[0], txn).weights, txn).tensors
+    except (Corrupt, NotFound, IndexError):
+        return []  # reported by the checks of the commit itself or of its parent
+    if commit.author != owner:
+        return [f"commit {cid}: only the repository owner can make it public"]
+    if set(mine) != set(before) or any((e.dtype, e.shape, e.state) != (before[n].dtype, before[n].shape,
+                                                                          before[n].state) for n, e in mine.items()):
+        return [f"commit {cid}: a decision to make the repository public changes its weights"]
+    return []
 
 
 def _check_states(history: History, head: CID, verified: Callable[[CID], bool] | None = None) -> list[str]:
