@@ -11,7 +11,13 @@
    ones); the owner pushes ``--commits`` commits; per commit and node, the time from the push
    request until the commit block is in that node's store. Reports p50/p99. Then one more
    commit, 5 s later: the time until every node's main branch points at it (weights fetched
-   and verified, not only the envelope).
+   and verified, not only the envelope). With ``--visibility both``: once private, once public,
+   and the two p50/p99 side by side.
+
+In both, the cloner and the gossip nodes are members (the owner signs them in through the
+daemon's POST /members, whatever the visibility, so both runs do the same work apart from the
+privacy), and measuring starts only once each is admitted: the membership holds it and, when the
+owner keeps a repository key (sealed gossip), it holds the owner's latest key epoch.
 
 3. Kubo fetching tensor states (off by default): ``--kubo-states``: a real Kubo (kubo-python)
    fetches, from a running daemon, the state CIDs of two ``--mib`` MiB float32 tensors of one
@@ -54,8 +60,10 @@ sys.path.insert(0, str(ROOT))
 
 from fednode.history import repo_id_text  # noqa: E402
 from fednode.node import Node, init_home, open_node  # noqa: E402
+from fednode.storage.keyring import Keyring  # noqa: E402
+from fednode.storage.netstate import NetState  # noqa: E402
 from fednode.tensors.modelio import ArraySource  # noqa: E402
-from protocol.multiformats import CID  # noqa: E402
+from protocol.multiformats import CID, b58encode  # noqa: E402
 
 FEDNODE = [str(ROOT / ".venv" / "bin" / "fednode")]
 
@@ -107,6 +115,46 @@ def make_home(tmp: Path, name: str) -> Path:
 
 
 TARGET_RATIO = 0.7  # issue 4 item 8: pull >= 0.7x a raw libp2p stream of the same bytes
+PRIVATE_TARGET = 1.10  # issue 13: a private repository's pull at most 10% slower than a public one's
+ADMIT_TIMEOUT_S = 60.0
+
+
+def _address(home: Path) -> str:
+    with open_node(home) as node:
+        return node.identity.address
+
+
+def _admit(proc: Proc, owner: Node, name: str, repo_id: bytes, addresses: list[str]) -> None:
+    """The owner's daemon signs ``addresses`` in as members (POST /members); the bench waits until
+    the owner's store holds that membership: what a member's reads are checked against."""
+    proc.api("POST", "/members", {"repo": name, "members": addresses})
+    _wait(lambda: _members(owner, repo_id) >= set(addresses), "the owner's membership")
+
+
+def _members(node: Node, repo_id: bytes) -> set[str]:
+    ms = NetState(node.store).membership(repo_id)
+    return set() if ms is None else {b58encode(k) for k in ms.members}
+
+
+def _wait_admitted(owner: Node, nodes: list[Node], repo_id: bytes) -> None:
+    """Every node knows itself a member and, when the owner keeps a repository key (sealed
+    gossip), holds the owner's latest epoch: the members' own view, before anything is timed."""
+    for node in nodes:
+        _wait(lambda n=node: n.identity.address in _members(n, repo_id),
+              f"{node.identity.address} to see itself admitted")
+    owner_key = Keyring(owner.store).latest(repo_id)
+    if owner_key is not None:
+        for node in nodes:
+            _wait(lambda n=node: (Keyring(n.store).latest(repo_id) or (-1,))[0] >= owner_key[0],
+                  f"{node.identity.address} to hold the repository key (epoch {owner_key[0]})")
+
+
+def _wait(pred, what: str) -> None:
+    deadline = time.monotonic() + ADMIT_TIMEOUT_S
+    while not pred():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {ADMIT_TIMEOUT_S:.0f} s waiting for {what}")
+        time.sleep(0.05)
 
 
 def _cpu(pid: int) -> float:
@@ -114,9 +162,11 @@ def _cpu(pid: int) -> float:
     return t.user + t.system  # its threads included
 
 
-def _pull_once(tmp: Path, tag: str, mib: int, fsync: bool) -> tuple[float, float, dict, tuple[float, float]]:
-    """One clone of a ``mib`` MiB genesis between two fresh daemons; (seconds, fetch seconds,
-    metrics, CPU seconds of the serving and of the fetching daemon during the clone)."""
+def _pull_once(tmp: Path, tag: str, mib: int, fsync: bool,
+               visibility: str) -> tuple[float, float, dict, tuple[float, float]]:  # fmt: skip
+    """One clone of a ``mib`` MiB genesis of a ``visibility`` repository between two fresh
+    daemons, the cloner a member; (seconds, fetch seconds, metrics, CPU seconds of the serving and
+    of the fetching daemon during the clone)."""
     a_home, b_home = make_home(tmp, f"pa{tag}"), make_home(tmp, f"pb{tag}")
     for home in (a_home, b_home):
         cfg = home / "config.toml"
@@ -124,10 +174,13 @@ def _pull_once(tmp: Path, tag: str, mib: int, fsync: bool) -> tuple[float, float
     rng = np.random.default_rng(0)
     weights = {"w": ("F32", rng.standard_normal(mib * 1024 * 1024 // 4, dtype=np.float32))}
     with open_node(a_home) as node:
-        info, _ = node.history.create_repo("big", ArraySource(weights))
+        info, _ = node.history.create_repo("big", ArraySource(weights), visibility=visibility)
+    cloner = _address(b_home)
     procs = [Proc(a_home, [])]
     try:
         procs.append(Proc(b_home, [procs[0].info["addrs"][0]]))
+        with open_node(a_home) as owner:
+            _admit(procs[0], owner, "big", info.repo_id, [cloner])
         time.sleep(1.0)
         procs[1].api("GET", "/status")  # warm the HTTP client
         cpu0 = [_cpu(p.proc.pid) for p in procs]
@@ -142,12 +195,12 @@ def _pull_once(tmp: Path, tag: str, mib: int, fsync: bool) -> tuple[float, float
             p.stop()
 
 
-def bench_pull(tmp: Path, mib: int, runs: int) -> list[str]:
+def bench_pull(tmp: Path, mib: int, runs: int, visibilities: list[str]) -> list[str]:
     """Clone (end to end: heads exchange, block fetch, hash checks, LMDB writes, verify of the
     genesis) vs a raw Noise+yamux stream of the same bytes between two hosts on this machine.
-    Medians of ``runs`` each; fsync on (the default) and off."""
+    Medians of ``runs`` each; fsync on (the default) and off; per visibility, the visibilities
+    taking turns at going first so that warm-up favours neither."""
     mb = mib * 1.048576
-    cores = os.cpu_count() or 1
     raws = [raw_stream(mib, two_processes=True) for _ in range(runs)]
     raw = statistics.median(r[0] for r in raws)
     raw_cpu = statistics.median(r[1] for r in raws)
@@ -157,23 +210,41 @@ def bench_pull(tmp: Path, mib: int, runs: int) -> list[str]:
              f"raw py-libp2p stream {mib} MiB (2 hosts in 1 process, one core; info)  {mb / raw_one:6.2f} s "
              f"{raw_one:7.1f} MB/s"]
     for fsync in (True, False):
-        res = [_pull_once(tmp, f"{int(fsync)}{k}", mib, fsync) for k in range(runs)]
-        dt = statistics.median(r[0] for r in res)
-        fetch = statistics.median(r[1] for r in res)
-        serve_cpu = statistics.median(r[3][0] for r in res)
-        fetch_cpu = statistics.median(r[3][1] for r in res)
-        ratio = (mb / dt) / raw
-        # the CPU a pull needs, spread perfectly over every core, bounds it from below
-        floor = (serve_cpu + fetch_cpu) / cores
-        lines.append(f"pull (clone) {mib} MiB, fsync {'on ' if fsync else 'off'}: {dt:6.2f} s {mb / dt:7.1f} MB/s "
-                     f"(block fetch+hash+store alone {fetch:.2f} s = {mb / fetch:.0f} MB/s; runs "
-                     f"{', '.join(f'{r[0]:.2f}' for r in res)} s; {res[0][2]['blocks_in']} blocks)")
-        lines.append(f"  CPU: serving daemon {serve_cpu:.2f} s + fetching daemon {fetch_cpu:.2f} s; on {cores} cores "
-                     f"no pull can take less than {floor:.2f} s, a ceiling of {(mb / floor) / raw:.2f}x")
-        lines.append(f"  ratio pull/raw (fsync {'on' if fsync else 'off'}) = {ratio:.2f}x  "
-                     f"{'PASS' if ratio >= TARGET_RATIO else 'MISS'} (target >= {TARGET_RATIO}x; "
-                     f"vs the one-process stream {(mb / dt) / raw_one:.2f}x)")
+        res: dict[str, list] = {v: [] for v in visibilities}
+        for k in range(runs):  # turns continue across the fsync settings: each goes first as often
+            for v in (visibilities if (k + runs * fsync) % 2 == 0 else visibilities[::-1]):
+                res[v].append(_pull_once(tmp, f"{int(fsync)}{k}{v}", mib, fsync, v))
+        for v in visibilities:
+            lines += _pull_lines(res[v], mib, fsync, v, raw, raw_one)
+        if len(visibilities) == 2:
+            dt = {v: statistics.median(r[0] for r in res[v]) for v in visibilities}
+            ratio = dt["private"] / dt["public"]
+            lines.append(f"  private/public pull time (fsync {'on' if fsync else 'off'}) = {ratio:.3f}x  "
+                         f"{'PASS' if ratio <= PRIVATE_TARGET else 'MISS'} (target <= {PRIVATE_TARGET}x: "
+                         f"private at most 10% slower; medians {dt['private']:.2f} s vs {dt['public']:.2f} s)")
     return lines
+
+
+def _pull_lines(res: list, mib: int, fsync: bool, visibility: str, raw: float, raw_one: float) -> list[str]:
+    """The report of one visibility's pulls with one fsync setting (medians)."""
+    mb = mib * 1.048576
+    cores = os.cpu_count() or 1
+    dt = statistics.median(r[0] for r in res)
+    fetch = statistics.median(r[1] for r in res)
+    serve_cpu = statistics.median(r[3][0] for r in res)
+    fetch_cpu = statistics.median(r[3][1] for r in res)
+    ratio = (mb / dt) / raw
+    # the CPU a pull needs, spread perfectly over every core, bounds it from below
+    floor = (serve_cpu + fetch_cpu) / cores
+    on = "on" if fsync else "off"
+    return [f"pull (clone) {mib} MiB {visibility}, fsync {on:3}: {dt:6.2f} s {mb / dt:7.1f} MB/s "
+            f"(block fetch+hash+store alone {fetch:.2f} s = {mb / fetch:.0f} MB/s; runs "
+            f"{', '.join(f'{r[0]:.2f}' for r in res)} s; {res[0][2]['blocks_in']} blocks)",
+            f"  CPU: serving daemon {serve_cpu:.2f} s + fetching daemon {fetch_cpu:.2f} s; on {cores} cores "
+            f"no pull can take less than {floor:.2f} s, a ceiling of {(mb / floor) / raw:.2f}x",
+            f"  ratio pull/raw ({visibility}, fsync {on}) = {ratio:.2f}x  "
+            f"{'PASS' if ratio >= TARGET_RATIO else 'MISS'} (target >= {TARGET_RATIO}x; "
+            f"vs the one-process stream {(mb / dt) / raw_one:.2f}x)"]
 
 
 RAW_PROTOCOL = "/fednode-bench/raw/1"
@@ -285,26 +356,32 @@ def raw_stream(mib: int, two_processes: bool) -> tuple[float, float]:
     return total / result["dt"] / 1e6, result["cpu"]
 
 
-def bench_gossip(tmp: Path, nodes: int, commits: int, keep_logs: Path | None = None) -> list[str]:
+def bench_gossip(tmp: Path, nodes: int, commits: int, visibility: str,
+                 keep_logs: Path | None = None) -> tuple[list[str], tuple[float, float]]:  # fmt: skip
+    """Gossip to ``nodes`` daemons of a ``visibility`` repository whose every node is a member;
+    the report and (p50, p99) in ms."""
     from fednode.daemon.process import DAEMON_FILE  # noqa: F401 - same layout as the daemon writes
 
-    homes = [make_home(tmp, f"g{i}") for i in range(nodes)]
+    homes = [make_home(tmp, f"g{visibility}{i}") for i in range(nodes)]
+    addresses = [_address(h) for h in homes[1:]]
     rng = np.random.default_rng(1)
     base = {"w": ("F32", rng.standard_normal(4096).astype(np.float32))}
     owner = open_node(homes[0])
-    info, _ = owner.history.create_repo("g", ArraySource(base))
+    info, _ = owner.history.create_repo("g", ArraySource(base), visibility=visibility)
     procs: list[Proc] = []
     stores = []
     try:
         procs.append(Proc(homes[0], []))
+        _admit(procs[0], owner, "g", info.repo_id, addresses)
         for i in range(1, nodes):
             boots = [procs[j].info["addrs"][0] for j in sorted({max(0, i - 1), max(0, i - 2)})]
             procs.append(Proc(homes[i], boots))
         time.sleep(2.0)
         for p in procs[1:]:
             p.api("POST", "/clone", {"repo": repo_id_text(info.repo_id), "timeout": 60})
-        time.sleep(3.0)  # let GossipSub meshes form (1 s heartbeats)
         stores = [open_node(h) for h in homes[1:]]
+        _wait_admitted(owner, stores, info.repo_id)
+        time.sleep(3.0)  # let GossipSub meshes form (1 s heartbeats)
         lat: list[float] = []
         missed = 0
         for k in range(commits):
@@ -324,14 +401,14 @@ def bench_gossip(tmp: Path, nodes: int, commits: int, keep_logs: Path | None = N
         lat.sort()
         p50 = statistics.median(lat) * 1000
         p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000
-        lines = [f"gossip propagation, {nodes} daemons, {commits} commits: p50 {p50:.0f} ms  p99 {p99:.0f} ms  "
-                 f"max {lat[-1] * 1000:.0f} ms  missed {missed}/{commits * (nodes - 1)}"]
+        lines = [f"gossip propagation, {visibility}, {nodes} daemons, {commits} commits: p50 {p50:.0f} ms  "
+                 f"p99 {p99:.0f} ms  max {lat[-1] * 1000:.0f} ms  missed {missed}/{commits * (nodes - 1)}"]
         lines.append(_weights_propagation(owner, procs[0], stores, info.repo_id, base["w"][1]))
         metrics = [p.api("GET", "/status")["metrics"] for p in procs]
         refused = Counter(procs[0].api("GET", "/status")["metrics"]["refused_streams"])
-        return lines + [f"fetch attempts on the {nodes - 1} receivers: {sum(m['fetches_done'] for m in metrics[1:])} "
+        return lines + [f"  fetch attempts on the {nodes - 1} receivers: {sum(m['fetches_done'] for m in metrics[1:])} "
                         f"complete, {sum(m['fetches_failed'] for m in metrics[1:])} incomplete (each retried); "
-                        f"streams the owner refused: {dict(refused) or 'none'}"]
+                        f"streams the owner refused: {dict(refused) or 'none'}"], (p50, p99)
     finally:
         for s in stores:
             s.close()
@@ -371,7 +448,7 @@ def _weights_propagation(owner, proc: Proc, stores: list, repo_id: bytes, arr: n
     for s in stores:
         with s.store.read() as txn:
             remotes += len(txn.list_refs(repo_id, "remotes/"))
-    what = f"weights propagation (one commit {WEIGHTS_QUIET_S:.0f} s after the burst, heads moved)"
+    what = f"  weights propagation (one commit {WEIGHTS_QUIET_S:.0f} s after the burst, heads moved)"
     if not moved:
         return f"{what}: none of {len(stores)} nodes within 30 s"
     return (f"{what}: p50 {statistics.median(moved) * 1000:.0f} ms  max {moved[-1] * 1000:.0f} ms  "
@@ -418,7 +495,7 @@ def bench_soak(tmp: Path, nodes: int, seconds: float, interval: float, members: 
     rng = np.random.default_rng(2)
     base = rng.standard_normal(4096).astype(np.float32)
     owner = open_node(homes[0])
-    info, _ = owner.history.create_repo("soak", ArraySource({"w": ("F32", base)}))
+    info, _ = owner.history.create_repo("soak", ArraySource({"w": ("F32", base)}), visibility="public")
     rid = repo_id_text(info.repo_id)
     procs: list[Proc] = []
     stores: list[Node] = []
@@ -575,7 +652,7 @@ def bench_kubo_states(tmp: Path, mib: int) -> list[str]:
                "delta": ("F32", base["delta"][1].copy())}
     changed["delta"][1][::100] += 1.0  # 1% of the values: an xor delta
     with open_node(home) as node:
-        info, _ = node.history.create_repo("states", ArraySource(base))
+        info, _ = node.history.create_repo("states", ArraySource(base), visibility="public")
         head = node.history.commit(info, ArraySource(changed), "one step").cid
         entries = node.history.load_manifest(node.history.load_commit(head).weights).tensors
     assert (entries["snap"].encoding, entries["delta"].encoding) == ("same", "xor")
@@ -613,6 +690,23 @@ def bench_kubo_states(tmp: Path, mib: int) -> list[str]:
     return lines
 
 
+def _gossip_report(tmp: Path, nodes: int, commits: int, visibilities: list[str],
+                   keep_logs: Path | None) -> list[str]:  # fmt: skip
+    """The gossip bench per visibility (private first: a cold start would count against it), then
+    private against public."""
+    lines: list[str] = []
+    stats = {}
+    for v in visibilities:
+        logs = keep_logs / v if keep_logs is not None and len(visibilities) > 1 else keep_logs
+        got, stats[v] = bench_gossip(tmp, nodes, commits, v, logs)
+        lines += got
+    if len(visibilities) == 2:
+        (p50, p99), (q50, q99) = stats["private"], stats["public"]
+        lines.append(f"gossip private vs public, {nodes} daemons: p50 {p50:.0f} vs {q50:.0f} ms ({p50 / q50:.2f}x), "
+                     f"p99 {p99:.0f} vs {q99:.0f} ms ({p99 / q99:.2f}x)")
+    return lines
+
+
 def _has(node, cid: CID) -> bool:
     with node.store.read() as txn:
         return txn.has_block(cid)
@@ -624,6 +718,8 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--commits", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3, help="pull and raw-stream runs (medians reported)")
+    parser.add_argument("--visibility", choices=("public", "private", "both"), default="both",
+                        help="the repositories pulled and gossiped (both: private against public, one run)")
     parser.add_argument("--skip-pull", action="store_true")
     parser.add_argument("--skip-gossip", action="store_true")
     parser.add_argument("--keep-logs", type=Path, default=None, metavar="DIR", help="copy daemon logs here")
@@ -639,12 +735,13 @@ def main() -> None:
     if args.raw_sink:
         raw_sink(args.raw_sink)
         return
+    visibilities = ["private", "public"] if args.visibility == "both" else [args.visibility]
     with tempfile.TemporaryDirectory() as tmp:
         lines = []
         if not args.skip_pull:
-            lines += bench_pull(Path(tmp), args.mib, args.runs)
+            lines += bench_pull(Path(tmp), args.mib, args.runs, visibilities)
         if not args.skip_gossip:
-            lines += bench_gossip(Path(tmp), args.nodes, args.commits, args.keep_logs)
+            lines += _gossip_report(Path(tmp), args.nodes, args.commits, visibilities, args.keep_logs)
         if args.kubo_states:
             lines += bench_kubo_states(Path(tmp), args.mib)
         if args.soak:
