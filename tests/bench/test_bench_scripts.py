@@ -3,6 +3,7 @@ so nothing else would notice). Loading runs no benchmark: each script's work is 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -23,3 +24,16 @@ def test_bench_script_loads(script: str) -> None:
             "m = importlib.util.module_from_spec(spec); sys.modules[spec.name] = m; spec.loader.exec_module(m)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_bench_daemon_compares_private_with_public() -> None:
+    """The default ``--visibility both`` pulls a private and a public repository of the same size in one
+    run (real daemons, the cloner signed in as a member) and prints their ratio against the target."""
+    done = subprocess.run([sys.executable, "bench/bench_daemon.py", "--mib", "1", "--runs", "1", "--skip-gossip"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for visibility in ("private", "public"):
+        for fsync in ("on ", "off"):
+            assert f"pull (clone) 1 MiB {visibility}, fsync {fsync}:" in done.stdout, done.stdout
+    ratios = re.findall(r"private/public pull time \(fsync (on|off)\) = \d+\.\d+x  (PASS|MISS)", done.stdout)
+    assert [r[0] for r in ratios] == ["on", "off"], done.stdout
