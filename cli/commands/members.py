@@ -104,8 +104,10 @@ def members_list(ctx: click.Context, repo_name: str | None, no_chain: bool, as_j
     node = get_node(ctx)
     info = get_repo(node, repo_name)
     network, public = membership.network_members(node, info.repo_id)
-    data: dict[str, Any] = {"repo": info.name, "network": {"members": [b58encode(a) for a in network],
-                                                            "public": public}}
+    visibility = node.history.visibility(info.repo_id)
+    readers = "anyone (public)" if visibility == "public" else f"the owner and {len(network)} member(s)"
+    data: dict[str, Any] = {"repo": info.name, "visibility": visibility, "readers": readers,
+                            "network": {"members": [b58encode(a) for a in network], "public": public}}
     if not no_chain:
         async def go(a: Anchorer, n: Node) -> dict[str, Any]:
             return await a.members(info, network)  # a fresh member knows its allowlist entry
@@ -117,8 +119,10 @@ def members_list(ctx: click.Context, repo_name: str | None, no_chain: bool, as_j
     if as_json:
         emit_json(data)
         return
-    out.print(f"network ({'public' if public else 'private'}): " + (", ".join(data["network"]["members"])
-                                                                      or "owner only"), markup=False)
+    out.print(f"readers: {readers}", markup=False)
+    # the membership's own "public" flag is about merge proposals, not about who reads
+    names = ", ".join(data["network"]["members"]) or "owner only"
+    out.print(f"network ({'proposals from anyone' if public else 'proposals from members'}): {names}", markup=False)
     if "chain" in data:
         chain = data["chain"]
         text = chain.get("error") or ", ".join(chain.get("members", [])) or "owner only"

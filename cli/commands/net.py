@@ -34,14 +34,15 @@ def _local_status(node: Node) -> dict[str, Any]:
     if info is None:
         return {"repository": None, "branch": None, "head": None}
     branch = node.history.current_branch(info)
+    visibility = node.history.visibility(info.repo_id)
     try:
         head = node.history.branch_head(info, branch)
         message = node.history.load_commit(head).message.splitlines()[0:1]
     except FednodeError:
-        return {"repository": info.name, "repository_id": repo_id_text(info.repo_id), "branch": branch,
-                "head": None, "head_message": ""}
-    return {"repository": info.name, "repository_id": repo_id_text(info.repo_id), "branch": branch,
-            "head": str(head), "head_message": message[0] if message else ""}
+        return {"repository": info.name, "repository_id": repo_id_text(info.repo_id), "visibility": visibility,
+                "branch": branch, "head": None, "head_message": ""}
+    return {"repository": info.name, "repository_id": repo_id_text(info.repo_id), "visibility": visibility,
+            "branch": branch, "head": str(head), "head_message": message[0] if message else ""}
 
 
 def _daemon_status(home_dir: Path) -> tuple[str, dict[str, Any]]:
@@ -80,6 +81,7 @@ def _status_lines(data: dict[str, Any], state: str, live: dict[str, Any]) -> lis
     if data.get("repository"):
         head = data["head"]
         lines += [f"repository {data['repository']} ({data['repository_id']})",
+                  f"visibility {data['visibility']}",
                   f"branch     {data['branch']}",
                   f"head       {head[:16]} {data['head_message']}" if head else "head       (none)"]
     else:

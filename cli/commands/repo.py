@@ -1,16 +1,23 @@
-"""Repositories: ``fednode repo create|list|use``."""
+"""Repositories: ``fednode repo create|list|use|publish|unpublish``."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 
-from cli.context import CASTS, emit_json, get_node, json_option, out
-from fednode.history import repo_id_text
+from cli.context import CASTS, emit_json, get_node, get_repo, json_option, out, repo_option
+from fednode.errors import FednodeError
+from fednode.history import RepoInfo, repo_id_text
 from fednode.tensors.modelio import open_model
+
+if TYPE_CHECKING:
+    from fednode.chain.anchoring import Anchorer
+    from fednode.node import Node
+    from protocol.multiformats import CID
 
 
 @click.group()
@@ -27,23 +34,30 @@ def repo() -> None:
 @click.option("-m", "--message", default="initial weights")
 @click.option("--scale-bits", type=int, default=None, help="Grid 2**-N of the lossy --encoding fixed|topk.")
 @click.option("--snapshot-interval", type=int, default=None, help="Store a full snapshot every N deltas.")
+@click.option("--private/--public", "private", default=True,
+              help="Private (the default): only the owner and its members read the repository. "
+                   "Public: anyone may; a private one can be published later, never the reverse.")
 @json_option
 @click.pass_context
 def repo_create(
     ctx: click.Context, name: str, source: Path, model_key: str | None, cast: str | None, message: str,
-    scale_bits: int | None, snapshot_interval: int | None, as_json: bool,
+    scale_bits: int | None, snapshot_interval: int | None, private: bool, as_json: bool,
 ) -> None:
     """Create repository NAME from a model file (its genesis commit)."""
     node = get_node(ctx)
+    visibility = "private" if private else "public"
     model = open_model(source, model_key, cast)
     try:
-        info, result = node.create_repo(name, model, message, scale_bits, snapshot_interval)
+        info, result = node.create_repo(name, model, message, scale_bits, snapshot_interval, visibility)
     finally:
         model.close()
     if as_json:
-        emit_json({"name": name, "id": repo_id_text(info.repo_id), "genesis": str(result.cid)})
+        emit_json({"name": name, "id": repo_id_text(info.repo_id), "genesis": str(result.cid),
+                   "visibility": visibility})
         return
-    out.print(f"created repository {name} ({len(model.tensors)} tensors, {result.total_bytes} bytes)")
+    readers = "only the owner and its members can read it" if private else "anyone can read it"
+    out.print(f"created {visibility} repository {name} ({len(model.tensors)} tensors, {result.total_bytes} bytes; "
+              f"{readers})", markup=False)
     out.print(f"id      {repo_id_text(info.repo_id)}")
     out.print(f"genesis {result.cid}")
 
@@ -58,13 +72,13 @@ def repo_list(ctx: click.Context, as_json: bool) -> None:
     for info in node.history.repos():
         branches = node.history.branches(info)
         rows.append({"name": info.name, "id": repo_id_text(info.repo_id), "branches": len(branches),
-                     "settings": info.settings})
+                     "visibility": node.history.visibility(info.repo_id), "settings": info.settings})
     if as_json:
         emit_json(rows)
         return
-    table = Table("name", "id", "branches")
+    table = Table("name", "id", "visibility", "branches")
     for row in rows:
-        table.add_row(row["name"], row["id"], str(row["branches"]))
+        table.add_row(row["name"], row["id"], row["visibility"], str(row["branches"]))
     out.print(table)
 
 
@@ -75,6 +89,82 @@ def repo_use(ctx: click.Context, name: str) -> None:
     """Make NAME the current repository for commands without --repo."""
     info = get_node(ctx).use_repo(name)
     out.print(f"current repository: {info.name}")
+
+
+NO_WAY_BACK = "a public repository cannot become private again: anyone may already hold its weights"
+
+
+def _confirm_publish(info: RepoInfo, yes: bool) -> None:
+    """Publishing is irreversible: ask on a terminal; elsewhere only --yes says yes."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise FednodeError(f"making {info.name} public cannot be undone; confirm with --yes (nothing was changed)")
+    if not click.confirm(f"Make {info.name} public? Anyone will be able to read its whole history, "
+                         "and it can never become private again", default=False, err=True):
+        raise FednodeError(f"{info.name} stays private (nothing was changed)")
+
+
+def _anchor(node: Node, info: RepoInfo, commit: CID, branch: str) -> tuple[bool, str]:
+    """Anchor the decision like 'fednode anchor BRANCH'; (anchored, a truthful line)."""
+    from fednode.chain import session
+
+    retry = f"the repository is public here; 'fednode anchor {branch} -r {info.name}' retries"
+
+    async def go(a: Anchorer, n: Node) -> tuple[bool, str]:
+        await a.enqueue(info, commit, branch)
+        result = await a.flush()
+        if any(item.get("cid") == str(commit) for item in result.sent):
+            return True, f"anchored on chain ({len(result.sent)} item(s) sent)"
+        why = "chain unreachable" if result.unavailable else result.error or (
+            "queued for another chain" if result.held else "not sent")
+        if result.remaining:
+            why += f"; {result.remaining} item(s) stay queued"
+        return False, f"not anchored yet ({why}); {retry}"
+
+    try:
+        return session.run(node, go)
+    except FednodeError as exc:
+        return False, f"not anchored ({exc}); {retry}"
+
+
+@repo.command("publish")
+@repo_option
+@click.option("-b", "--branch", default=None, help="Branch that records the decision (default: the current one).")
+@click.option("--no-chain", is_flag=True, help="Do not anchor the decision on chain now ('fednode anchor' later).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed without a terminal).")
+@json_option
+@click.pass_context
+def repo_publish(ctx: click.Context, repo_name: str | None, branch: str | None, no_chain: bool, yes: bool,
+                 as_json: bool) -> None:
+    """Owner: make a private repository public, for good (a signed commit that changes no tensor)."""
+    node = get_node(ctx)
+    info = get_repo(node, repo_name)
+    node.history.check_publish(info)  # refusals come before the question
+    branch = branch or node.history.current_branch(info)
+    node.history.branch_head(info, branch)  # an unknown branch is refused before the question too
+    _confirm_publish(info, yes)
+    result = node.history.publish(info, branch)
+    anchored, line = (None, "not anchored (--no-chain); 'fednode anchor' anchors it") if no_chain \
+        else _anchor(node, info, result.cid, branch)
+    if as_json:
+        emit_json({"repo": info.name, "visibility": "public", "commit": str(result.cid), "branch": branch,
+                   "anchored": anchored, "anchor": line})
+        return
+    out.print(f"{info.name} is now public: commit {str(result.cid)[:16]} on {branch}", markup=False)
+    out.print(line, markup=False)
+
+
+@repo.command("unpublish")
+@repo_option
+@click.pass_context
+def repo_unpublish(ctx: click.Context, repo_name: str | None) -> None:
+    """There is no way back: a public repository stays public (this only explains why)."""
+    node = get_node(ctx)
+    info = get_repo(node, repo_name)
+    if node.history.visibility(info.repo_id) == "public":
+        raise FednodeError(f"{info.name}: {NO_WAY_BACK}")
+    out.print(f"{info.name} is private already", markup=False)
 
 
 COMMANDS = [repo]
