@@ -8,6 +8,12 @@ Every gossip message is one DAG-CBOR map ``{"t": kind, "v": 1, ...}``:
 - ``proposal``: a merge proposal ``{repo, branch, head, message, seq, time, from, sig}``.
 - ``members``: the repository's membership ``{repo, members, public, seq, time, from, sig}``,
   valid only when ``from`` is the repository owner (the genesis author).
+- ``keys``: a private repository's key of ``epoch``, wrapped for the owner and each member
+  ``{repo, epoch, wrapped: [[member key, wrapped key], ...], seq, time, from, sig}``, valid only
+  when ``from`` is the owner (a list of pairs: DAG-CBOR map keys are strings).
+- ``sealed``: on a private repository's topic every other kind travels inside
+  ``{epoch, box}``, ``box`` = XChaCha20-Poly1305 of the inner message under the repository key
+  of ``epoch``, bound to the topic name; nothing of the inner message shows.
 
 Signed messages carry ``sig`` = Ed25519 over ``sha256(DOMAIN + kind + 0 + dagcbor(body))``
 where ``body`` is the map without ``sig``: the domain prefix keeps these signatures apart
@@ -35,9 +41,19 @@ MAX_WANT = 256  # CIDs per block request
 MAX_MEMBERS = 1024
 MAX_PROPOSAL_MESSAGE = 4096
 DOMAIN = b"fednode/net/v1/"
+WRAPPED_KEY_BYTES = 80  # fednode.sealing.WRAPPED_BYTES: ephemeral X25519 key, 32-byte key, MAC
+MAX_EPOCH = 2**32  # fednode.storage.keyring.MAX_EPOCH
+MIN_BOX = 24 + 16  # a sealed box: nonce, ciphertext, tag
+SEAL_OVERHEAD = MIN_BOX + 64  # the box's and the envelope's own bytes
+MAX_SEALED_BYTES = MAX_GOSSIP_BYTES + SEAL_OVERHEAD
+TOPIC_DOMAIN = b"fednode/topic/v1"
 
 
-def topic_for(repo_id: bytes) -> str:
+def topic_for(repo_id: bytes, private: bool = False) -> str:
+    """A repository's GossipSub topic. A private repository's is opaque (a hash of its id): a topic
+    name or a subscription list does not reveal the id to whoever does not know it already."""
+    if private:
+        return f"{TOPIC_PREFIX}p/{b58encode(hashlib.sha256(TOPIC_DOMAIN + repo_id).digest())}/{VERSION}"
     return f"{TOPIC_PREFIX}{b58encode(repo_id)}/{VERSION}"
 
 
@@ -137,24 +153,82 @@ class Membership(_Signed):
                 "public": self.public, "seq": self.seq, "time": self.time_ms, "from": self.announcer}
 
 
-Message = CommitEnvelope | HeadAnnouncement | MergeProposal | Membership
+@dataclass(frozen=True)
+class RepoKeys(_Signed):
+    """The repository key of ``epoch``, wrapped (``fednode.sealing.wrap``) for each member key."""
+
+    repo: bytes
+    epoch: int
+    wrapped: tuple[tuple[bytes, bytes], ...]  # (member key, wrapped key), sorted by member key
+    seq: int
+    time_ms: int
+    announcer: bytes  # must be the repository owner
+    sig: bytes = b""
+    kind = "keys"
+
+    def body(self) -> dict[str, Any]:
+        return {"t": self.kind, "v": VERSION, "repo": self.repo, "epoch": self.epoch,
+                "wrapped": [[k, w] for k, w in sorted(self.wrapped)], "seq": self.seq, "time": self.time_ms,
+                "from": self.announcer}
+
+    def wrapped_for(self, member: bytes) -> bytes | None:
+        return dict(self.wrapped).get(member)
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """A message sealed with a private repository's key of ``epoch`` (see the module docstring)."""
+
+    epoch: int
+    box: bytes
+    kind = "sealed"
+
+    def encode(self) -> bytes:
+        return dagcbor.encode({"t": self.kind, "v": VERSION, "epoch": self.epoch, "box": self.box})
+
+
+Message = CommitEnvelope | HeadAnnouncement | MergeProposal | Membership | RepoKeys | Sealed
+INNER_KINDS = ("commit", "head", "proposal")  # what a sealed envelope may hold
+CLEAR_KINDS = ("members", "keys")  # what stays readable on a private topic (membership must be checkable)
 _KEYS = {
     "commit": {"t", "v", "block"},
     "head": {"t", "v", "repo", "branch", "head", "seq", "time", "from", "sig"},
     "proposal": {"t", "v", "repo", "branch", "head", "message", "seq", "time", "from", "sig"},
     "members": {"t", "v", "repo", "members", "public", "seq", "time", "from", "sig"},
+    "keys": {"t", "v", "repo", "epoch", "wrapped", "seq", "time", "from", "sig"},
+    "sealed": {"t", "v", "epoch", "box"},
 }
+
+
+def _wrapped(v: Any) -> tuple[tuple[bytes, bytes], ...]:
+    _require(isinstance(v, list) and len(v) <= MAX_MEMBERS + 1, f"wrapped must be a list of at most {MAX_MEMBERS + 1}")
+    pairs = []
+    for item in v:
+        _require(isinstance(item, list) and len(item) == 2, "a wrapped entry is [member, wrapped key]")
+        key = _key32(item[0], "member")
+        _require(isinstance(item[1], bytes) and len(item[1]) == WRAPPED_KEY_BYTES,
+                 f"a wrapped key is {WRAPPED_KEY_BYTES} bytes")
+        pairs.append((key, item[1]))
+    keys = [k for k, _ in pairs]
+    _require(keys == sorted(set(keys)), "wrapped keys must be sorted by member and unique")
+    return tuple(pairs)
 
 
 def decode(data: bytes) -> Message:
     """Parse and structurally validate one gossip message (signatures are checked by the caller)."""
-    _require(len(data) <= MAX_GOSSIP_BYTES, "message too large")
+    _require(len(data) <= MAX_SEALED_BYTES, "message too large")
     obj = dagcbor.decode(data)
     # ``type(...) is int``: True and 1.0 equal 1 in Python, and a copy carrying them would be a
     # second block for the same signed message.
     _require(isinstance(obj, dict) and type(obj.get("v")) is int and obj["v"] == VERSION, "not a fednode v1 message")
     kind = obj.get("t")
     _require(isinstance(kind, str) and kind in _KEYS and set(obj) == _KEYS[kind], "bad fields for this message kind")
+    if kind == "sealed":
+        _require(isinstance(obj["box"], bytes) and MIN_BOX <= len(obj["box"]), "bad sealed box")
+        epoch = _uint(obj["epoch"], "epoch")
+        _require(epoch < MAX_EPOCH, "bad epoch")
+        return Sealed(epoch, obj["box"])
+    _require(len(data) <= MAX_GOSSIP_BYTES, "message too large")
     if kind == "commit":
         _require(isinstance(obj["block"], bytes) and len(obj["block"]) > 0, "commit block must be bytes")
         return CommitEnvelope(obj["block"])
@@ -169,6 +243,10 @@ def decode(data: bytes) -> Message:
         _require(list(keys) == sorted(set(keys)), "members must be sorted and unique")
         _require(isinstance(obj["public"], bool), "public must be a bool")
         return Membership(repo, keys, obj["public"], seq, time_ms, announcer, sig)
+    if kind == "keys":
+        epoch = _uint(obj["epoch"], "epoch")
+        _require(epoch < MAX_EPOCH, "bad epoch")
+        return RepoKeys(repo, epoch, _wrapped(obj["wrapped"]), seq, time_ms, announcer, sig)
     head = obj["head"]
     _require(isinstance(head, CID) and head.codec == DAG_CBOR, "head must be a commit CID")
     branch = _branch(obj["branch"])

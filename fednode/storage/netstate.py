@@ -1,6 +1,7 @@
 """The daemon's persistent state in the store's ``net`` database.
 
-Keys: ``follow/<repo>``; ``members/<repo>`` (latest signed Membership); ``seq/<kind>/<repo><from>[branch]``
+Keys: ``follow/<repo>``; ``members/<repo>`` (latest signed Membership); ``keys/<repo>`` (latest signed
+RepoKeys of a private repository: served to members in heads replies); ``seq/<kind>/<repo><from>[branch]``
 (last accepted seq, replay protection); ``ann/<repo><from><branch>`` (latest signed head announcement);
 ``prop/<repo><from><branch>`` (latest merge proposal); ``fetch/<repo><root cid>`` (unfinished fetch:
 DAG-CBOR {providers, thens, since: unix seconds it was first recorded}); ``gone/<repo><root cid>`` (a fetch
@@ -21,7 +22,7 @@ from fednode.errors import FednodeError
 from fednode.logs import log
 from fednode.storage.store import Store, Txn
 from protocol import dagcbor
-from protocol.messages import HeadAnnouncement, Membership, MergeProposal, decode
+from protocol.messages import HeadAnnouncement, Membership, MergeProposal, RepoKeys, decode
 from protocol.multiformats import CID
 
 DB = "net"
@@ -33,7 +34,7 @@ FETCH, GONE = b"fetch/", b"gone/"
 # again, but its record keeps the first time (``gone/``), so it is dropped at the next sweep unless it
 # completes. ``gone/`` entries are forgotten after GONE_FACTOR expiry periods.
 FETCH_EXPIRY_SECONDS = 48 * 3600.0
-SignedMessage = HeadAnnouncement | MergeProposal | Membership  # what ``record`` keeps, per announcer
+SignedMessage = HeadAnnouncement | MergeProposal | Membership | RepoKeys  # what ``record`` keeps, per announcer
 GONE_FACTOR = 8
 
 
@@ -111,6 +112,17 @@ class NetState:
         with self.store.write() as txn:
             txn.kv_put(DB, b"members/" + msg.repo, msg.encode())
 
+    # a private repository's latest key message (its owner's; wrapped keys only, never a key)
+    def keys_message(self, repo_id: bytes) -> RepoKeys | None:
+        with self.store.read() as txn:
+            raw = txn.kv_get(DB, b"keys/" + repo_id)
+        msg = decode(raw) if raw else None
+        return msg if isinstance(msg, RepoKeys) else None
+
+    def put_keys_message(self, msg: RepoKeys) -> None:
+        with self.store.write() as txn:
+            txn.kv_put(DB, b"keys/" + msg.repo, msg.encode())
+
     # replay protection: strictly increasing seq per key
     @staticmethod
     def _seq_key(kind: str, repo: bytes, announcer: bytes, branch: str = "") -> bytes:
@@ -123,7 +135,7 @@ class NetState:
 
     def record(self, msg: SignedMessage, replay_ok: bool = False) -> bool:
         """The bookkeeping after a signed message was accepted: claim its seq (replay protection)
-        and store it (the latest announcement, proposal or membership), in one transaction.
+        and store it (the latest announcement, proposal, membership or key message), in one transaction.
         False, and nothing stored, for a seq not newer than the last claimed one, unless
         ``replay_ok`` (a heads reply may carry the latest announcement again: stored, idempotent)."""
         key = self._seq_key(msg.kind, msg.repo, msg.announcer, getattr(msg, "branch", ""))
@@ -136,6 +148,8 @@ class NetState:
                 return False
             if isinstance(msg, Membership):
                 txn.kv_put(DB, b"members/" + msg.repo, msg.encode())
+            elif isinstance(msg, RepoKeys):
+                txn.kv_put(DB, b"keys/" + msg.repo, msg.encode())
             elif isinstance(msg, MergeProposal):
                 txn.kv_put(DB, b"prop/" + msg.repo + msg.announcer + msg.branch.encode(), msg.encode())
             else:
