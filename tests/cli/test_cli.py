@@ -82,10 +82,12 @@ def repo(cli, tmp_path: Path) -> dict:
 def test_repo_create_list_use(cli, tmp_path: Path, repo: dict) -> None:
     other = write_model(tmp_path / "o.safetensors", model_arrays(5))
     text = cli("repo", "create", "other", "--from", other, "--scale-bits", "16", "--snapshot-interval", "2").stdout
-    assert "created repository other" in text
+    assert "created private repository other" in text
     rows = {r["name"]: r for r in json.loads(cli("repo", "list", "--json").stdout)}
     assert set(rows) == {"m", "other"}
-    assert rows["other"]["settings"] == {"name": "other", "scale_bits": 16, "snapshot_interval": 2}
+    assert rows["other"]["settings"] == {"name": "other", "scale_bits": 16, "snapshot_interval": 2,
+                                         "visibility": "private"}
+    assert rows["other"]["visibility"] == "private"
     assert rows["m"]["id"] == repo["id"] and rows["m"]["branches"] == 1
     assert "other" in cli("repo", "list").stdout
     # create selected 'other'; log now shows it

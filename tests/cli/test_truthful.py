@@ -288,7 +288,7 @@ def _membership(home: Path) -> dict:
 def test_members_add_before_the_genesis_is_anchored_publishes_nothing(tmp_path: Path) -> None:
     owner, member = make_home(tmp_path, "owner"), make_home(tmp_path, "member")
     model = write_model(tmp_path / "m0.safetensors", torch_arrays())
-    run_fednode(owner, "repo", "create", "m", "--from", model)
+    run_fednode(owner, "repo", "create", "m", "--from", model, "--public")  # cloned before B is a member
     repo_id = json.loads(run_fednode(owner, "repo", "list", "--json").stdout)[0]["id"]
     member_addr = json.loads(run_fednode(member, "id", "--json").stdout)["address"]
     with daemons(DaemonProc(owner).start()) as (a,):
@@ -310,7 +310,8 @@ def test_members_add_before_the_genesis_is_anchored_publishes_nothing(tmp_path: 
 
 def test_push_by_a_non_member_is_refused_before_anything_is_published(tmp_path: Path) -> None:
     owner, outsider = make_home(tmp_path, "owner"), make_home(tmp_path, "outsider")
-    run_fednode(owner, "repo", "create", "m", "--from", write_model(tmp_path / "m0.safetensors", torch_arrays()))
+    run_fednode(owner, "repo", "create", "m", "--from", write_model(tmp_path / "m0.safetensors", torch_arrays()),
+                "--public")  # non-members clone it: this test is not about reading
     repo_id = json.loads(run_fednode(owner, "repo", "list", "--json").stdout)[0]["id"]
     with daemons(DaemonProc(owner).start()) as (a,):
         with daemons(DaemonProc(outsider, (a.addr,)).start()) as (b,):
@@ -330,7 +331,8 @@ def test_push_by_a_non_member_is_refused_before_anything_is_published(tmp_path: 
 
 def test_push_says_how_many_peers_accepted(tmp_path: Path) -> None:
     owner, clone, follower = (make_home(tmp_path, n) for n in ("owner", "clone", "follower"))
-    run_fednode(owner, "repo", "create", "m", "--from", write_model(tmp_path / "m0.safetensors", torch_arrays()))
+    run_fednode(owner, "repo", "create", "m", "--from", write_model(tmp_path / "m0.safetensors", torch_arrays()),
+                "--public")  # non-members clone it: this test is not about reading
     repo_id = json.loads(run_fednode(owner, "repo", "list", "--json").stdout)[0]["id"]
     (node,) = open_nodes(owner)
     try:
