@@ -22,11 +22,11 @@ names one (``fednode branch NAME CID``); until a ref reaches it, ``gc`` may coll
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
 from fednode.atomic import atomic_file
 from fednode.errors import Corrupt, FednodeError, NotFound
@@ -49,7 +49,9 @@ class ExportReport:
     path: Path
     commits: int = 0
     blocks: int = 0
-    bytes: int = 0
+    bytes: int = 0  # of the CAR
+    readers: int = 0  # sealed for this many readers (workflows/sealedcar.py); 0: a plain CAR
+    file_bytes: int = 0  # of the file written: the CAR's, or the sealed backup's
 
 
 @dataclass
@@ -72,12 +74,19 @@ def export_car(history: History, repo: RepoInfo, root: CID, path: Path, ancestry
     history.check_in_repo(repo, root)
     report = ExportReport(root, path)
     with atomic_file(path.resolve()) as out, history.store.read() as txn:
-        report.bytes += out.write(encode_header([root]))
-        for cid, block, is_commit in _export_blocks(txn, root, ancestry):
-            report.bytes += out.write(encode_section(cid, block))
-            report.blocks += 1
-            report.commits += is_commit
+        write_car(out, txn, root, ancestry, report)
+    report.file_bytes = report.bytes
     return report
+
+
+def write_car(out: BinaryIO, txn: Txn, root: CID, ancestry: bool, report: ExportReport) -> None:
+    """The CARv1 of ``root`` written block by block into ``out`` (a file, or a sealing writer), counted
+    in ``report``; memory holds one block at a time."""
+    report.bytes += out.write(encode_header([root]))
+    for cid, block, is_commit in _export_blocks(txn, root, ancestry):
+        report.bytes += out.write(encode_section(cid, block))
+        report.blocks += 1
+        report.commits += is_commit
 
 
 def _export_blocks(txn: Txn, root: CID, ancestry: bool) -> Iterator[tuple[CID, bytes, bool]]:
@@ -138,6 +147,7 @@ class _Staged:
 
 def _stage(fd: int, max_bytes: int) -> _Staged:
     staged = _Staged(fd)
+    os.lseek(fd, 0, os.SEEK_SET)  # the dup below shares the offset: read from the start
     with os.fdopen(os.dup(fd), "rb") as stream:
         reader = CarReader(stream, max_bytes)
         staged.roots = reader.roots
@@ -197,21 +207,30 @@ def import_car(history: History, path: Path, max_bytes: int = DEFAULT_MAX_BYTES)
         raise FednodeError(f"{path} is {size} bytes, over the limit of {max_bytes} (--max-bytes)")
     fd = os.open(path, os.O_RDONLY)
     try:
-        try:
-            staged = _stage(fd, max_bytes)
-        except FormatError as exc:
-            raise Corrupt(f"{path.name} is not a valid CAR: {exc}") from None
-        with history.store.read() as txn:
-            commits = _check_structure(txn, staged)
-            repo, genesis = _repository(txn, staged, commits)
-        staged_history = History(cast(Store, _StagedStore(history.store, staged)))
-        for root in staged.roots:
-            report = verify(staged_history, repo, root)
-            if report.problems:
-                raise Corrupt(f"commit {root} fails verification: {report.problems[0]}")
-        return _store(history, staged, commits, repo, genesis)
+        return import_car_fd(history, fd, path.name, max_bytes)
     finally:
         os.close(fd)
+
+
+def import_car_fd(history: History, fd: int, name: str, max_bytes: int = DEFAULT_MAX_BYTES,
+                  check_repo: Callable[[bytes], None] | None = None) -> ImportReport:
+    """``import_car`` of the CAR open at ``fd`` (read from its start, whatever its offset), ``name``
+    naming it in errors; ``check_repo`` may refuse the repository id the CAR turns out to hold."""
+    try:
+        staged = _stage(fd, max_bytes)
+    except FormatError as exc:
+        raise Corrupt(f"{name} is not a valid CAR: {exc}") from None
+    with history.store.read() as txn:
+        commits = _check_structure(txn, staged)
+        repo, genesis = _repository(txn, staged, commits)
+    if check_repo is not None:
+        check_repo(repo.repo_id)
+    staged_history = History(cast(Store, _StagedStore(history.store, staged)))
+    for root in staged.roots:
+        report = verify(staged_history, repo, root)
+        if report.problems:
+            raise Corrupt(f"commit {root} fails verification: {report.problems[0]}")
+    return _store(history, staged, commits, repo, genesis)
 
 
 def _check_structure(txn: Txn, staged: _Staged) -> dict[CID, Commit]:
@@ -285,6 +304,7 @@ def _store(history: History, staged: _Staged, commits: dict[CID, Commit], repo: 
         for cid in staged.index:
             if txn.put_block(cid, staged.read(cid)):  # hash-checked again: the file is outside our control
                 report.new_blocks += 1
+            txn.tag_block(cid, repo.repo_id)  # every block is reachable from the one repository's commits
         report.bytes = txn.new_bytes
         for cid, commit in commits.items():
             txn.index_commit(cid, repo.repo_id, commit.commit_hash())

@@ -44,7 +44,8 @@ def invoke(home: Path, *args: object) -> str:
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """A node with repository r: genesis, two delta commits, a side branch merged, a revert; CARs of
-    its head with and without ancestry, and of the genesis alone."""
+    its head with and without ancestry, and of the genesis alone. The repository is private (the
+    default), so ``--plain`` asks for the unencrypted CAR these tests read (sealed: test_sealed_export)."""
     tmp = tmp_path_factory.mktemp("carsrc")
     home = tmp / "home"
     key = tmp / "id.json"
@@ -63,9 +64,9 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     invoke(home, "merge", "side", "--weights", "equal", "-m", "merged")
     invoke(home, "revert", "HEAD~1")  # history: genesis, 2 rounds, a side commit, a merge, a revert
     head = json.loads(invoke(home, "log", "--json"))[0]["cid"]
-    invoke(home, "export", "HEAD", "--car", tmp / "all.car", "--ancestry")
-    invoke(home, "export", "HEAD", "--car", tmp / "head.car")
-    invoke(home, "export", genesis, "--car", tmp / "genesis.car", "--ancestry")
+    invoke(home, "export", "--plain", "HEAD", "--car", tmp / "all.car", "--ancestry")
+    invoke(home, "export", "--plain", "HEAD", "--car", tmp / "head.car")
+    invoke(home, "export", "--plain", genesis, "--car", tmp / "genesis.car", "--ancestry")
     return {"home": home, "head": head, "genesis": genesis, "round2": rounds[0], "round1": rounds[1],
             "all": tmp / "all.car", "one": tmp / "head.car",
             "genesis_car": tmp / "genesis.car", "tmp": tmp}
@@ -101,7 +102,7 @@ def test_export_writes_the_commit_first_then_its_closure_and_is_deterministic(so
     commits = [Commit.decode(b) for c, b in blocks if c.codec == DAG_CBOR and _is_commit(b)]
     assert len(commits) == 6 and sorted(c.kind for c in commits)[:3] == ["init", "merge", "revert"]
     assert blocks[1][0] == commits[0].weights  # each commit is followed by its manifest
-    invoke(source["home"], "export", "HEAD", "--car", tmp_path / "again.car", "--ancestry")
+    invoke(source["home"], "export", "--plain", "HEAD", "--car", tmp_path / "again.car", "--ancestry")
     assert (tmp_path / "again.car").read_bytes() == source["all"].read_bytes()
     _, one = sections(source["one"])
     assert [c for c, _ in one] == [c for c, _ in blocks[:len(one)]]  # the head's own blocks only
@@ -123,7 +124,7 @@ def test_a_failed_export_leaves_no_file(tmp_path: Path) -> None:
     key.write_text(Keypair.from_seed(SEED).to_json())
     init_home(home, key)
     invoke(home, "repo", "create", "r", "--from", write_model(tmp_path / "m.safetensors", model_arrays(0)))
-    invoke(home, "export", "HEAD", "--car", tmp_path / "ok.car")
+    invoke(home, "export", "--plain", "HEAD", "--car", tmp_path / "ok.car")
     _, blocks = sections(tmp_path / "ok.car")
     node = open_node(home)
     try:
@@ -256,8 +257,8 @@ def test_a_dag_bomb_in_a_signed_commit_stores_nothing(source, home: Path, cli, t
 def test_a_signed_commit_whose_reconstruction_lies_stores_nothing(source, home: Path, cli, tmp_path: Path) -> None:
     """Signed by its author, every block present and true to its CID: only verify's reconstruction
     of the delta finds that the state it records is not what the delta rebuilds, before any write."""
-    invoke(source["home"], "export", source["round1"], "--car", tmp_path / "r1.car", "--ancestry")
-    invoke(source["home"], "export", source["round2"], "--car", tmp_path / "r2.car")
+    invoke(source["home"], "export", "--plain", source["round1"], "--car", tmp_path / "r1.car", "--ancestry")
+    invoke(source["home"], "export", "--plain", source["round2"], "--car", tmp_path / "r2.car")
     _, ancestry = sections(tmp_path / "r1.car")
     _, own = sections(tmp_path / "r2.car")
     commit = Commit.decode(own[0][1])
