@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fednode.errors import FednodeError
-from fednode.history import CommitResult, History, RepoInfo
+from fednode.history import CommitResult, History, RepoInfo, blockindex
 from fednode.identity import Identity, check_owned
+from fednode.logs import log
 from fednode.storage.store import Store
 
 if TYPE_CHECKING:
@@ -235,7 +236,8 @@ def _init_home(home: Path, keypair: Path | None, force: bool) -> Identity:
         tmp = config.with_suffix(".tmp")
         tmp.write_text(DEFAULT_CONFIG.format(name=identity.address[:8]))
         tmp.replace(config)
-    Store(home / STORE_DIR).close()
+    with Store(home / STORE_DIR) as store:
+        blockindex.migrate(store)  # a new store has its block index from the start (nothing to tag)
     return identity
 
 

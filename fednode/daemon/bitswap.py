@@ -6,6 +6,9 @@ file's DAG from an IPFS peer into the store. Our own ``/fednode/blocks/1.0.0`` p
 (``exchange.py``) stays the way fednode nodes talk to each other; bitswap is the door to IPFS.
 A block the store does not hold may come from ``extra_blocks`` (the daemon passes
 ``stateblocks.StateBlocks.get``: the UnixFS DAGs of delta-stored tensor states, generated on demand).
+Only what the asking peer may read is served (``access.Reader``): a private repository's blocks and
+states are refused to every bitswap peer that is not a member (Kubo and Helia peers never are), and
+answered as blocks we do not have (DONT_HAVE); public repositories and ipfs content as before.
 
 Safety: a block reaches LMDB only through ``Txn.put_block`` (hash-checked against its CID),
 and only when a running ``fetch_file`` asked for it: a peer cannot fill the store with blocks
@@ -47,15 +50,17 @@ from libp2p.bitswap.config import BITSWAP_PROTOCOL_V100
 from libp2p.bitswap.pb.bitswap_pb2 import Message
 from libp2p.peer.id import ID
 
-from fednode.errors import Corrupt, FednodeError
-from fednode.storage.store import Store
+from fednode.daemon.access import Reader
+from fednode.errors import Corrupt, FednodeError, NotFound
+from fednode.storage.store import PUBLIC, Store
 from protocol.multiformats import CID, DAG_PB, RAW, SHA2_256, FormatError, encode_varint
 from protocol.unixfs import decode_node, iter_file
 
 logger = logging.getLogger("fednode.bitswap")
 
 WANT_HAVE = 1  # Message.Wantlist.WantType.Have
-ExtraBlocks = Callable[[CID], Awaitable[bytes | None]]
+# (CID, whether the asker may read a block the given repositories hold) -> a generated block or None
+ExtraBlocks = Callable[[CID, Callable[[list[bytes]], bool]], Awaitable[bytes | None]]
 FETCH_BATCH = 64  # blocks wanted at once: 16 MiB of 256 KiB chunks
 
 
@@ -134,6 +139,7 @@ class LMDBBlockStore(BlockStore):
             raise Corrupt(f"bitswap block {ours} does not match its hash")
         with self.store.write(size_hint=len(data)) as txn:
             txn.put_block(ours, data)  # hash-checked again by the store
+            txn.tag_block(ours, PUBLIC)  # ipfs get: content from IPFS, of no repository
 
     async def delete_block(self, cid: CIDInput) -> None:
         with self.store.write() as txn:
@@ -153,14 +159,23 @@ class FednodeBitswap(BitswapClient):
 
     extra_blocks: ExtraBlocks | None = None
 
-    async def _served_block(self, cid: CIDObject) -> bytes | None:
-        block = await self.block_store.get_block(cid)
-        if block is None and self.extra_blocks is not None:
+    async def _served_block(self, cid: CIDObject, reader: Reader) -> bytes | None:
+        """The block if we hold it (or can generate it) and ``reader``'s peer may read it; else None."""
+        try:
+            ours = to_ours(cid)
+        except (FormatError, ValueError):
+            return None
+        with reader.store.read() as txn:
             try:
-                block = await self.extra_blocks(to_ours(cid))
-            except (FormatError, ValueError):
-                return None
-        return block
+                block: bytes | None = txn.get_block(ours)
+            except NotFound:
+                block = None
+            holders = txn.block_repos(ours) if block is not None else []
+        if block is not None:
+            return block if reader.allows(holders) else None
+        if self.extra_blocks is not None:
+            return await self.extra_blocks(ours, reader.allows)
+        return None
 
     async def _process_wantlist(self, wantlist: Message.Wantlist, peer_id: ID, stream: INetStream) -> None:
         peer_wants = self._peer_wantlists.setdefault(peer_id, {})
@@ -168,6 +183,8 @@ class FednodeBitswap(BitswapClient):
             peer_wants.clear()
         v100 = self._peer_protocols.get(peer_id, BITSWAP_PROTOCOL_V100) == BITSWAP_PROTOCOL_V100
         queue = self.get_or_create_message_queue(peer_id)  # its own outbound stream to the peer
+        assert isinstance(self.block_store, LMDBBlockStore)
+        reader = Reader(self.block_store.store, peer_id)  # one per message: repository settings read once
         for entry in wantlist.entries:
             try:
                 cid = parse_cid(entry.block)
@@ -176,7 +193,7 @@ class FednodeBitswap(BitswapClient):
             if entry.cancel:
                 peer_wants.pop(cid, None)
                 continue
-            block = await self._served_block(cid)
+            block = await self._served_block(cid, reader)
             if block is None:
                 # remembered: a block added later via add_block is announced to the peer
                 peer_wants[cid] = {"priority": entry.priority, "want_type": entry.wantType,

@@ -36,6 +36,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from fednode.daemon import wire
+from fednode.daemon.access import Reader
 from fednode.daemon.fairness import IDLE
 from fednode.daemon.metrics import Metrics
 from fednode.errors import NotFound
@@ -85,13 +86,16 @@ class Budget:
 async def serve(stream: INetStream, store: Store, metrics: Metrics,
                 in_flight: Callable[[CID], trio.Event | None] | None = None,
                 misbehaved: Callable[[str], object] | None = None,
-                checked: Callable[[CID], bytes | None] | None = None) -> None:
-    """Answer one request. A block we do not have yet but are fetching ourselves (``in_flight``
-    gives the event set as soon as it has arrived and passed its checks) is waited for,
-    HOLD_SECONDS at most in all: a node behind us then gets it as soon as we do, instead of "not
-    here" and its retry backoff. ``checked`` gives blocks that passed their checks but wait in
-    memory for their LMDB transaction (``Fetcher.checked_block``): a relay forwards a commit's
-    small blocks level by level, not once its own fetch of the whole closure ends.
+                checked: Callable[[CID], tuple[bytes, bytes] | None] | None = None,
+                reader: Reader | None = None) -> None:
+    """Answer one request, with only what the asking peer may read (``access.Reader``: a private
+    repository's blocks to its members only; a refused block is answered "not here"). A block we
+    do not have yet but are fetching ourselves (``in_flight`` gives the event set as soon as it has
+    arrived and passed its checks) is waited for, HOLD_SECONDS at most in all: a node behind us
+    then gets it as soon as we do, instead of "not here" and its retry backoff. ``checked`` gives
+    blocks that passed their checks but wait in memory for their LMDB transaction
+    (``Fetcher.checked_block``, with the repository whose fetch holds each): a relay forwards a
+    commit's small blocks level by level, not once its own fetch of the whole closure ends.
 
     The request must arrive within FIRST_FRAME_TIMEOUT (an idle stream only holds a serving
     slot) and be a valid want list of at most MAX_REQUEST bytes; else the stream is reset and
@@ -107,16 +111,17 @@ async def serve(stream: INetStream, store: Store, metrics: Metrics,
                 misbehaved(why)
             await _reset_quietly(stream)
             return
+        reader = reader or Reader(store, stream.muxed_conn.peer_id)  # one per request: settings read once
         writer = wire.FrameWriter(stream)
         hold_until = trio.current_time() + HOLD_SECONDS  # for the whole request, not per block
         for cid in want:
-            block = _get(store, cid, checked)
+            block = _get(store, cid, checked, reader)
             arriving = in_flight(cid) if block is None and in_flight is not None else None
             if arriving is not None:
                 await writer.flush()  # what is ready goes out first
                 with trio.move_on_at(hold_until):
                     await arriving.wait()
-                block = _get(store, cid, checked)
+                block = _get(store, cid, checked, reader)
             if block is None:
                 await writer.write_frame(b"\x00")
                 continue
@@ -147,17 +152,22 @@ async def _reset_quietly(stream: INetStream) -> None:
             pass
 
 
-def _get(store: Store, cid: CID, checked: Callable[[CID], bytes | None] | None = None) -> bytes | None:
-    block = checked(cid) if checked is not None else None
-    if block is not None:
-        return block
-    """One look-up (and one copy out of LMDB) per block; a short read txn per block, so a slow
-    reader never pins LMDB pages for a whole request."""
+def _get(store: Store, cid: CID, checked: Callable[[CID], tuple[bytes, bytes] | None] | None = None,
+         reader: Reader | None = None) -> bytes | None:
+    """The block if we hold it and ``reader`` (None: no check) may read it. One look-up (and one copy
+    out of LMDB) plus one block index read per block; a short read txn per block, so a slow reader
+    never pins LMDB pages for a whole request."""
+    held = checked(cid) if checked is not None else None
+    if held is not None:
+        block, repo_id = held
+        return block if reader is None or reader.allows([repo_id]) else None
     with store.read() as txn:
         try:
-            return txn.get_block(cid)
+            block = txn.get_block(cid)
         except NotFound:
             return None
+        holders = txn.block_repos(cid) if reader is not None else []
+    return block if reader is None or reader.allows(holders) else None
 
 
 class Fetcher:
@@ -172,15 +182,17 @@ class Fetcher:
         self._readers = 0  # run_reading threads reading the store now (no map resize meanwhile)
         self._readers_done = trio.Event()  # set when the last of them ends
         self._in_flight: dict[CID, trio.Event] = {}  # blocks our fetches are bringing: set once servable
-        self._checked: dict[CID, bytes] = {}  # checked blocks held for a later transaction (all fetches)
+        # checked blocks held for a later transaction (all fetches), with the repository fetching each
+        self._checked: dict[CID, tuple[bytes, bytes]] = {}
 
     def in_flight(self, cid: CID) -> trio.Event | None:
         """The event set once ``cid`` has arrived and passed its checks (or its fetch ended without
         it), or None (no fetch wants it)."""
         return self._in_flight.get(cid)
 
-    def checked_block(self, cid: CID) -> bytes | None:
-        """A block that passed every check and waits in memory for its LMDB transaction."""
+    def checked_block(self, cid: CID) -> tuple[bytes, bytes] | None:
+        """(block, repository id) of a block that passed every check and waits in memory for its LMDB
+        transaction (the repository decides who may be served it)."""
         return self._checked.get(cid)
 
     def _servable(self, blocks: Blocks) -> None:
@@ -209,12 +221,14 @@ class Fetcher:
         return commit
 
     def store_blocks(self, repo_id: bytes, blocks: Blocks, grow: bool = True) -> None:
-        """One LMDB transaction for a batch of blocks that ``_check`` has hash-checked."""
+        """One LMDB transaction for a batch of blocks that ``_check`` has hash-checked, each recorded
+        as ``repo_id``'s in the block index as it is stored (served only by that repository's rule)."""
         if not blocks:
             return
         with self.store.write(size_hint=sum(len(b) for _, b in blocks), grow=grow) as txn:
             for cid, block in blocks:
                 txn.put_block(cid, block, trusted=True)  # checked against its CID by _check
+                txn.tag_block(cid, repo_id)
                 if cid.codec == DAG_CBOR:
                     commit = self._commit_ok(cid, block, repo_id)
                     if isinstance(commit, Commit):
@@ -258,7 +272,7 @@ class Fetcher:
         if held is not None:
             held.extend(good)
             if small and sum(len(b) for _, b in held) < BATCH_BYTES:
-                self._checked.update(good)
+                self._checked.update((cid, (block, repo_id)) for cid, block in good)
                 self._servable(good)
                 return good, bad
             good_and_held, held[:] = held[:], []  # a large batch, or enough small ones: store them all
@@ -303,6 +317,16 @@ class Fetcher:
         the store would have to grow the map."""
         while self._readers and not self.store.has_room(extra):
             await self._readers_done.wait()
+
+    async def _tag(self, repo_id: bytes, cids: list[CID]) -> None:
+        """Record blocks we held already as ``repo_id``'s too (its members may now be served them)."""
+        if cids:
+            async with self._write_lock:
+                await self._no_resize_under_readers(0)
+                with self.store.write() as txn:
+                    for cid in cids:
+                        if txn.has_block(cid):  # gc may have taken it since
+                            txn.tag_block(cid, repo_id)
 
     async def flush(self, repo_id: bytes, held: Blocks) -> None:
         """Store what ``check_and_store`` held back (also while the fetch is being cancelled)."""
@@ -421,8 +445,10 @@ class Fetcher:
                         break
         return stored
 
-    def _missing_and_children(self, frontier: list[CID], seen: set[CID], depth: dict[CID, int],
-                              sizes: dict[CID, int]) -> tuple[list[CID], list[CID]]:
+    def _missing_and_children(self, repo_id: bytes, frontier: list[CID], seen: set[CID], depth: dict[CID, int],
+                              sizes: dict[CID, int], untagged: list[CID]) -> tuple[list[CID], list[CID]]:
+        """The blocks of ``frontier`` to fetch and the next level; present blocks not yet recorded as
+        ``repo_id``'s (a commit gossip stored, a block another repository holds too) go to ``untagged``."""
         missing: list[CID] = []
         children: dict[CID, None] = {}  # an ordered set: a block linked many times is asked for once
         with self.store.read() as txn:
@@ -434,6 +460,8 @@ class Fetcher:
                 # this fetch ends and its head is verified ("not in the store": the announcer penalized)
                 if txn.has_block(cid):
                     block = txn.get_block(cid)
+                    if repo_id not in txn.block_repos(cid):
+                        untagged.append(cid)
                     _add_children(children, cid, links(cid, block), depth)
                     expect_sizes(cid, block, sizes)
                 else:
@@ -459,7 +487,10 @@ class Fetcher:
         try:
             while frontier:
                 try:
-                    missing, children = self._missing_and_children(frontier, seen, depth, budget.sizes)
+                    untagged: list[CID] = []
+                    missing, children = self._missing_and_children(repo_id, frontier, seen, depth, budget.sizes,
+                                                                   untagged)
+                    await self._tag(repo_id, untagged)
                     for cid in missing:
                         if cid not in self._in_flight:
                             self._in_flight[cid] = trio.Event()

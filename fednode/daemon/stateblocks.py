@@ -17,13 +17,16 @@ bitswap server's fallback for a block the store does not hold:
   children Kubo asks for next are answered from it. One rebuild per state at a time, ``MAX_REBUILDS``
   at once. A child of an evicted state rebuilds its state again (``KNOWN_BLOCKS`` remembers whose).
 - Anything else stays unanswered (DONT_HAVE), as before.
+- Read access: ``get`` takes the asker's rule (``access.Reader.allows``); a state (its root and
+  every child) is served only if a repository whose commits record it may be read by the asker: a
+  private repository's states go to its members only, generated or cached.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -76,6 +79,7 @@ class StateIndex:
     def __init__(self, history: History) -> None:
         self.history = history
         self.sources: dict[CID, StateSource] = {}
+        self.holders: dict[CID, list[bytes]] = {}  # state -> every repository whose commits record it
         self._targets: frozenset[tuple[bytes, CID]] = frozenset()
         self._per_commit: dict[tuple[bytes, CID], CommitStates] = {}
 
@@ -98,6 +102,11 @@ class StateIndex:
                 todo.extend((key[0], parent) for parent in known.parents)
         self._per_commit, self._targets = per_commit, targets
         self.sources = {state: src for known in per_commit.values() for state, src in known.states.items()}
+        holders: dict[CID, set[bytes]] = {}
+        for known in per_commit.values():
+            for state, src in known.states.items():
+                holders.setdefault(state, set()).add(src.repo_id)
+        self.holders = {state: sorted(repos) for state, repos in holders.items()}
         return True
 
 
@@ -151,6 +160,10 @@ class StateCache:
 
     def __contains__(self, root: CID) -> bool:
         return root in self._states
+
+    def root_of(self, cid: CID) -> CID | None:
+        """The state whose held blocks include ``cid``."""
+        return self._owner.get(cid)
 
     def get(self, cid: CID) -> bytes | None:
         root = self._owner.get(cid)
@@ -211,11 +224,14 @@ class StateBlocks:
         if changed:
             log("state_index", states=len(self.index.sources))
 
-    async def get(self, cid: CID) -> bytes | None:
-        """A generated block (a delta-stored state's root or child), or None: not ours to serve."""
-        block = self.cache.get(cid)
-        if block is not None:
-            return block
+    async def get(self, cid: CID, allows: Callable[[list[bytes]], bool] | None = None) -> bytes | None:
+        """A generated block (a delta-stored state's root or child), or None: not ours to serve, or
+        ``allows`` (the asker's read rule, given the repositories recording the state) says no."""
+        held = self.cache.root_of(cid)
+        if held is not None:
+            if allows is not None and not allows(self.index.holders.get(held, [])):
+                return None
+            return self.cache.get(cid)
         root = self._known.get(cid, cid)
         source = self.index.sources.get(root)
         if source is None:
@@ -223,6 +239,8 @@ class StateBlocks:
             source = self.index.sources.get(root)
         if source is None:
             return None
+        if allows is not None and not allows(self.index.holders.get(root, [])):
+            return None  # refused before any rebuild: a non-member cannot make us work for it
         try:
             await self._generate(root, source)
         except Exception as exc:  # a damaged chain is logged and not served; the peer gets DONT_HAVE

@@ -28,6 +28,7 @@ from fednode.daemon.abc import (
     ProviderFinder,
     Subscriptions,
 )
+from fednode.daemon.access import PRIVATE_HINT, Reader
 from fednode.daemon.discovery import dht_key
 from fednode.daemon.fairness import IDLE
 from fednode.daemon.jobs import Job
@@ -59,6 +60,8 @@ class SyncRound:
 
     jobs: list[Job] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    answered: int = 0  # peers that answered with their heads
+    refused: int = 0  # peers that refused: the repository is private and we are no member
 
 
 class HeadsSync:
@@ -83,6 +86,7 @@ class HeadsSync:
         self.misbehaviour = misbehaviour
         # repo -> (our heads, when signed, the announcements signed for them): see served_announcements
         self.own_cache: OwnCache = {}
+        self.refusals_logged: set[tuple[bytes, ID]] = set()  # (repo, peer) refusals logged once
 
     # --- our announcements ------------------------------------------------------------------
     def _heads(self, repo_id: bytes) -> dict[str, bytes]:
@@ -123,6 +127,9 @@ class HeadsSync:
     async def serve_heads(self, stream: INetStream) -> None:
         try:
             repo_id = await self._read_query(stream)
+            if not Reader(self.store, stream.muxed_conn.peer_id).may_read_repo(repo_id):  # members-only
+                await wire.write_frame(stream, m.HeadsReply(None, refused="private").encode())
+                return
             genesis = self.state.genesis(repo_id)
             heads = [a.encode() for a in self.served_announcements(repo_id)] if genesis else []
             heads += [a for a in self.state.announcements(repo_id)][: 256 - len(heads)]
@@ -178,6 +185,8 @@ class HeadsSync:
                 dht_key(repo_id), f"repo {repo_id_text(repo_id)}")]
             if found:
                 return await self.sync_repo(repo_id, found, create, wait, timeout, wait_dht=True)
+        if done.refused and not done.answered and (wait or self.state.genesis(repo_id) is None):
+            raise FednodeError(self.private_error(repo_id))
         if self.state.genesis(repo_id) is None:
             raise FednodeError(f"no peer knows repository {repo_id_text(repo_id)}"
                                + (f" ({done.errors[0]})" if done.errors else ""))
@@ -196,6 +205,10 @@ class HeadsSync:
                 self.penalizer.penalize(peer, "malformed_reply")
             done.errors.append(f"{peer}: {type(exc).__name__}: {exc}")
             return
+        if reply.refused is not None:
+            self._refused(repo_id, peer, done)
+            return
+        done.answered += 1
         if self.state.genesis(repo_id) is None:
             if not create or reply.genesis is None:
                 return
@@ -208,6 +221,19 @@ class HeadsSync:
             job = self._take_announcement(repo_id, peer, raw)
             if job is not None:
                 done.jobs.append(job)
+
+    def private_error(self, repo_id: bytes) -> str:
+        return (f"repository {repo_id_text(repo_id)} is private: "
+                + PRIVATE_HINT.format(address=self.identity.address))
+
+    def _refused(self, repo_id: bytes, peer: ID, done: SyncRound) -> None:
+        """A peer will not give us a private repository's heads: an error for a clone or a pull, logged
+        once per peer and repository (at info: anti-entropy asks again every round)."""
+        done.refused += 1
+        done.errors.append(f"{peer}: {self.private_error(repo_id)}")
+        if (repo_id, peer) not in self.refusals_logged:
+            self.refusals_logged.add((repo_id, peer))
+            log("heads_refused_private", repo=repo_id_text(repo_id), peer=str(peer))
 
     def _take_announcement(self, repo_id: bytes, peer: ID, raw: bytes) -> Job | None:
         """Validate one announcement of a heads reply, record it, and fetch its head unless applied."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fednode.errors import Corrupt, FednodeError, NotFound
+from fednode.history import blockindex
 from fednode.identity import Identity, verify_signature
 from fednode.storage.store import Txn
 from protocol.multiformats import CID, DAG_CBOR, FormatError
@@ -51,7 +52,9 @@ def signature_valid(commit: Commit) -> bool:
 
 
 def put_objects(txn: Txn, manifest: Manifest, commit: Commit) -> int:
-    """Store a commit and its manifest; returns the bytes newly stored."""
+    """Store a commit and its manifest, and record them and the commit's tensor files as its
+    repository's in the block index (the tensor blocks are in the store by now); returns the bytes
+    newly stored."""
     before = txn.new_bytes
     manifest_block, commit_block = manifest.encode(), commit.encode()
     try:  # store only what every reader accepts (a bad name, message or metric would break the repo)
@@ -59,6 +62,9 @@ def put_objects(txn: Txn, manifest: Manifest, commit: Commit) -> int:
         Commit.decode(commit_block)
     except FormatError as exc:
         raise FednodeError(f"invalid commit: {exc}") from None
-    txn.put_block(CID.hash(DAG_CBOR, manifest_block), manifest_block, trusted=True)
-    txn.put_block(CID.hash(DAG_CBOR, commit_block), commit_block, trusted=True)
+    manifest_cid, commit_cid = CID.hash(DAG_CBOR, manifest_block), CID.hash(DAG_CBOR, commit_block)
+    txn.put_block(manifest_cid, manifest_block, trusted=True)
+    txn.put_block(commit_cid, commit_block, trusted=True)
+    repo_id = commit.repo if commit.repo is not None else commit.commit_hash()
+    blockindex.tag_commit(txn, repo_id, commit_cid, manifest_cid, manifest)
     return txn.new_bytes - before

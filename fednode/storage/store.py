@@ -3,7 +3,9 @@
 Databases: ``blocks`` (CID bytes -> block), ``refs`` (repo id + name -> value),
 ``repos`` (name -> repo id), ``commits`` (commit CID text -> repo id, for prefix
 look-ups), ``hashes`` (commit hash -> commit CID), ``reflog`` (repo id + branch + NUL + sequence
-number -> one branch move, logged when the writer names the reflog: see ``Txn.set_ref``). Every write is one LMDB
+number -> one branch move, logged when the writer names the reflog: see ``Txn.set_ref``), ``blockrepos``
+(CID bytes + repo id -> empty: the repositories that hold a block, or ``PUBLIC`` for content of no
+repository; the daemon serves a block only by this index). Every write is one LMDB
 transaction, so a crash never exposes a half-written block or ref: a commit,
 its manifest and the branch move become visible together or not at all. Large
 tensor data may go in earlier transactions; until a ref reaches those blocks
@@ -32,7 +34,10 @@ WRITE_HEADROOM = 1 << 28  # room every write transaction may use; bigger writes 
 DISK_MARGIN = 1 << 20  # disk every write may touch beyond its values: copied B-tree pages, freelist, meta
 # outbox and chain: on-chain anchoring (queue, local chain state); net: the daemon (peers, follows, fetches)
 # reflog: every move of a branch, kept so that a reset or a forced move can be undone
-_DBS = ("blocks", "refs", "repos", "commits", "hashes", "meta", "outbox", "chain", "net", "reflog")
+# blockrepos: block -> the repositories holding it (read access control)
+_DBS = ("blocks", "refs", "repos", "commits", "hashes", "meta", "outbox", "chain", "net", "reflog", "blockrepos")
+PUBLIC = bytes(32)  # the "repository" of content that belongs to none (ipfs add/get, pins): served to anyone
+REPO_ID_BYTES = 32
 REFLOG_KEEP = 1000  # entries kept per branch; older ones are dropped
 
 
@@ -96,7 +101,37 @@ class Txn:
         if block is None:
             return 0
         self._txn.delete(bytes(cid), db=self._db("blocks"))
+        self.untag_block(cid)  # a deleted block is held by no repository
         return len(block)
+
+    # blockrepos: which repositories hold a block (keys: CID bytes + 32-byte repo id; CIDs are
+    # self-delimiting, so one CID's keys never mix with another's)
+    def tag_block(self, cid: CID, repo_id: bytes) -> None:
+        """Record that ``repo_id`` (or ``PUBLIC``) holds block ``cid``."""
+        if len(repo_id) != REPO_ID_BYTES:
+            raise ValueError("a repository id is 32 bytes")
+        key = bytes(cid) + repo_id
+        self._room(key, b"")
+        self._txn.put(key, b"", db=self._db("blockrepos"))
+
+    def block_repos(self, cid: CID) -> list[bytes]:
+        """The repository ids (``PUBLIC`` among them for public content) that hold ``cid``; one seek."""
+        prefix = bytes(cid)
+        out: list[bytes] = []
+        with self._txn.cursor(db=self._db("blockrepos")) as cursor:
+            if not cursor.set_range(prefix):
+                return out
+            for key in cursor.iternext(keys=True, values=False):
+                key = bytes(key)
+                if not key.startswith(prefix) or len(key) != len(prefix) + REPO_ID_BYTES:
+                    break
+                out.append(key[len(prefix):])
+        return out
+
+    def untag_block(self, cid: CID, repo_id: bytes | None = None) -> int:
+        """Drop ``repo_id``'s entry for ``cid`` (every entry when None); returns how many went."""
+        repos = self.block_repos(cid) if repo_id is None else [repo_id]
+        return sum(bool(self._txn.delete(bytes(cid) + r, db=self._db("blockrepos"))) for r in repos)
 
     def iter_block_cids(self) -> Iterator[CID]:
         with self._txn.cursor(db=self._db("blocks")) as cursor:

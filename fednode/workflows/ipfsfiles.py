@@ -11,7 +11,7 @@ from typing import BinaryIO
 from fednode.atomic import atomic_file
 from fednode.errors import FednodeError
 from fednode.storage import pins as pinning
-from fednode.storage.store import Store
+from fednode.storage.store import PUBLIC, Store
 from protocol.multiformats import CID, FormatError
 from protocol.unixfs import CHUNK_SIZE, UnixFSBuilder, iter_file
 
@@ -30,6 +30,7 @@ def add_file(store: Store, path: Path) -> tuple[CID, int]:
     with source, store.write(size_hint=size + size // 64 + CHUNK_SIZE) as txn:
         def put(cid: CID, block: bytes | memoryview) -> None:
             txn.put_block(cid, block)
+            txn.tag_block(cid, PUBLIC)  # added by hand: content of no repository, served to anyone
 
         builder = UnixFSBuilder(put)
         done = 0

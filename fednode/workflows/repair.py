@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fednode.errors import Corrupt, FednodeError
-from fednode.storage.store import Store
+from fednode.storage.store import PUBLIC, Store
 from fednode.tensors.modelio import open_model
 from protocol.multiformats import CID
 from protocol.unixfs import UnixFSBuilder
@@ -43,11 +43,15 @@ def replace_blocks(store: Store, blocks: dict[CID, bytes]) -> list[CID]:
         for cid, block in blocks.items():
             if not cid.verify(block):
                 raise Corrupt(f"block {cid}: the repair source does not match its hash")
+            holders: list[bytes] = []
             if txn.has_block(cid):
                 if cid.verify(txn.get_block(cid)):
                     continue
+                holders = txn.block_repos(cid)  # the block index survives the replacement
                 txn.delete_block(cid)
             txn.put_block(cid, block, trusted=True)  # checked just above
+            for repo_id in holders:
+                txn.tag_block(cid, repo_id)
             replaced.append(cid)
     return replaced
 
@@ -92,7 +96,11 @@ def repair(store: Store, find: Callable[[], dict[CID, tuple[bytes, CID]]], files
         new = {cid: origin for cid, origin in damaged.items() if cid not in tried}  # each block is tried once
         tried |= set(new)
         if files:
-            result.from_files += replace_blocks(store, blocks_from_files(files, set(new)))
+            replaced = replace_blocks(store, blocks_from_files(files, set(new)))
+            result.from_files += replaced
+            with store.write() as txn:  # a block that was missing is its origin's again (a pin's: public)
+                for cid in replaced:
+                    txn.tag_block(cid, new[cid][0] if len(new[cid][0]) == 32 else PUBLIC)
         left = {cid: origin for cid, origin in new.items() if cid not in result.from_files}
         if left and not connected:
             refetch, connected = connect(), True

@@ -16,8 +16,9 @@ import pytest
 import trio
 
 from fednode.daemon import exchange, wire
+from fednode.daemon.access import Reader
 from fednode.daemon.metrics import Metrics
-from fednode.storage.store import Store
+from fednode.storage.store import PUBLIC, Store
 from protocol import messages as m
 from protocol.multiformats import CID, DAG_CBOR, RAW, encode_varint
 from protocol.objects import Manifest, TensorEntry
@@ -248,7 +249,8 @@ async def test_serve_logs_unexpected_errors_and_closes(monkeypatch: pytest.Monke
     stream.close = close  # type: ignore[attr-defined]
     logged: list[tuple[str, dict]] = []
     monkeypatch.setattr(exchange, "log", lambda event, level="info", **kw: logged.append((event, kw)))
-    await exchange.serve(stream, BrokenStore(), Metrics())  # type: ignore[arg-type]
+    await exchange.serve(stream, BrokenStore(), Metrics(),  # type: ignore[arg-type]
+                         reader=Reader(BrokenStore(), b"peer"))  # type: ignore[arg-type]
     assert logged and logged[0][0] == "blocks_serve_failed" and "store is gone" in logged[0][1]["error"]
     assert closed == [True]
 
@@ -407,6 +409,7 @@ async def test_serve_holds_a_request_for_a_block_our_own_fetch_is_bringing(tmp_p
             await trio.sleep(0.1)
             with store.write() as txn:
                 txn.put_block(CID.hash(RAW, coming), coming)
+                txn.tag_block(CID.hash(RAW, coming), PUBLIC)  # servable to anyone
             arrived.set()
 
         in_flight = {CID.hash(RAW, coming): arrived, CID.hash(RAW, never): trio.Event(),
@@ -414,7 +417,8 @@ async def test_serve_holds_a_request_for_a_block_our_own_fetch_is_bringing(tmp_p
         start = trio.current_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(our_fetch_lands)
-            await exchange.serve(stream, store, Metrics(), in_flight.get)  # type: ignore[arg-type]
+            await exchange.serve(stream, store, Metrics(), in_flight.get,  # type: ignore[arg-type]
+                                 reader=Reader(store, b"peer"))
         took = trio.current_time() - start
     # the first block once our fetch stored it, the others "not here" when the request's hold ran out
     assert stream.written == encode_varint(len(coming) + 1) + b"\x01" + coming + 2 * (encode_varint(1) + b"\x00")
@@ -495,7 +499,7 @@ async def test_a_fetch_ends_only_once_what_it_reaches_is_stored(tmp_path: Path,
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fetcher.fetch, b"r" * 32, root, lambda: ["a"])
             await paused.wait()
-            assert all(fetcher.checked_block(cid) == block for cid, block in dag.items())  # held, servable
+            assert all(fetcher.checked_block(cid) == (block, b"r" * 32) for cid, block in dag.items())  # held
             assert await fetcher.fetch(b"r" * 32, root, lambda: ["a"])  # type: ignore[list-item]
             with store.read() as txn:
                 assert all(txn.has_block(cid) for cid in dag)  # the second fetch stored what it reached
