@@ -1,12 +1,15 @@
 """Discovery: Kademlia provider records for repositories and for the commits at branch heads.
 
-Keys are sha2-256 multihashes in hex: a repository id (itself a sha2-256 digest) for "who holds
-this repository", and a CID's digest for "who can serve this commit and what it reaches" (the
-way IPFS keys provider records). A clone looks up the repository; a fetch that no connected
+Keys are sha2-256 multihashes in hex: a repository id (itself a sha2-256 digest; for a private
+repository sha256("fednode/dht/v1" + id), see ``repo_key``) for "who holds this repository",
+and a CID's digest for "who can serve this commit and what it reaches" (the way IPFS keys
+provider records). A clone looks up the repository; a fetch that no connected
 peer can finish looks up its root commit.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import trio
 from libp2p.abc import IHost
@@ -15,16 +18,24 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 from fednode.daemon.abc import BanList, Spawner
-from fednode.history import refs, repo_id_text
+from fednode.history import refs, repo_id_text, repos
 from fednode.logs import log
 from fednode.storage.netstate import NetState
 from fednode.storage.store import Store
 from protocol.multiformats import CID
 
+DHT_DOMAIN = b"fednode/dht/v1"
+
 
 def dht_key(digest: bytes) -> str:
     """The provider-record key of a sha2-256 digest (a repository id, or a CID's digest)."""
     return "1220" + digest.hex()
+
+
+def repo_key(repo_id: bytes, private: bool) -> str:
+    """A repository's provider-record key: its id, or for a private repository a hash of it, so the
+    DHT does not list a private repository's id (whoever knows the id can still look it up)."""
+    return dht_key(hashlib.sha256(DHT_DOMAIN + repo_id).digest() if private else repo_id)
 
 
 def cid_key(cid: CID) -> str:
@@ -66,8 +77,8 @@ class Discovery:
         """(key, what) for every local repository and the distinct commits at its branch heads."""
         out = []
         for repo_id in self.state.local_repos().values():
-            out.append((dht_key(repo_id), f"repo {repo_id_text(repo_id)}"))
             with self.store.read() as txn:
+                out.append((repo_key(repo_id, repos.is_private(txn, repo_id)), f"repo {repo_id_text(repo_id)}"))
                 heads = {CID.from_bytes(raw) for raw in txn.list_refs(repo_id, refs.BRANCHES).values()}
             out += [(cid_key(c), f"head {c}") for c in sorted(heads, key=str)]
         return out

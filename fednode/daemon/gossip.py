@@ -5,6 +5,10 @@ judges it and changes nothing; ``accept`` then does the bookkeeping, in one plac
 claimed and the message stored (``NetState.record``), the commit stored, its fetch scheduled. Both
 run in the same synchronous call, with no await between the check and the claim: trio runs one task
 at a time, so two copies of one announcement arriving together are never both accepted.
+
+A private repository has an opaque topic, and what we publish on it is sealed (``privacy.py``); a
+repository's topic is re-read from the store at each ``subscribe`` (every push, pull and sync
+round), so a private repository its owner published moves to the public topic then.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 
-from fednode.daemon import guard
+from fednode.daemon import guard, privacy
 from fednode.daemon.abc import FetchScheduler, Penalizer, Spawner
 from fednode.daemon.host import peer_id_of_key
 from fednode.daemon.metrics import Metrics
 from fednode.daemon.validate import PENALIZED, Validator, Verdict
+from fednode.identity import Identity
 from fednode.logs import log
 from fednode.storage.netstate import NetState
 from fednode.storage.store import Store
@@ -28,12 +33,14 @@ from protocol import messages as m
 from protocol.multiformats import CID, DAG_CBOR
 
 TopicValidator = Callable[[ID, rpc_pb2.Message], bool]
+IGNORED = frozenset({"sealed_unreadable", "sealed_stale"})  # not for us: counted, not logged one by one
 
 
 class Gossip:
     def __init__(self, store: Store, state: NetState, validator: Validator, metrics: Metrics, tasks: Spawner,
-                 penalizer: Penalizer, fetches: FetchScheduler) -> None:
+                 penalizer: Penalizer, fetches: FetchScheduler, identity: Identity | None = None) -> None:
         self.store = store
+        self.identity = identity  # None: takes no keys (tests of public repositories)
         self.state = state
         self.validator = validator
         self.metrics = metrics
@@ -51,31 +58,49 @@ class Gossip:
         """The repositories we follow on gossip."""
         return list(self.topics.values())
 
+    def topic_of(self, repo_id: bytes, /) -> str:
+        """``repo_id``'s topic now: the opaque one while it is private (one place decides)."""
+        return privacy.topic_of(self.store, repo_id)
+
     def is_subscribed(self, repo_id: bytes, /) -> bool:
-        return m.topic_for(repo_id) in self.topics
+        return self.topic_of(repo_id) in self.topics
 
     async def subscribe(self, repo_id: bytes, /) -> None:
-        topic = m.topic_for(repo_id)
+        """Follow ``repo_id``'s topic; leaves its former topic if the repository changed visibility
+        (a clone learns it is private once the genesis is in; an owner's publish makes it public)."""
+        private = privacy.is_private(self.store, repo_id)
+        topic = m.topic_for(repo_id, private)
         if topic in self.topics:
             return
+        for old in [t for t, r in self.topics.items() if r == repo_id]:
+            del self.topics[old]
+            self.pubsub.remove_topic_validator(old)
+            await self.pubsub.unsubscribe(old)
+            log("topic_left", topic=old)
         self.topics[topic] = repo_id
-        self.pubsub.set_topic_validator(topic, self.validator_for(repo_id), False)
+        self.pubsub.set_topic_validator(topic, self.validator_for(repo_id, private), False)
         sub = await self.pubsub.subscribe(topic)
         self.tasks.start_soon(self._drain, sub)
 
     async def publish(self, repo_id: bytes, data: bytes, /) -> None:
+        """Publish ``data`` on ``repo_id``'s topic, sealed there if the repository is private (all but
+        its membership and key messages). FednodeError, nothing sent, for a member without a key."""
         await self.subscribe(repo_id)
-        await self.pubsub.publish(m.topic_for(repo_id), data)
+        private = privacy.is_private(self.store, repo_id)
+        if private and m.decode(data).kind not in m.CLEAR_KINDS:
+            me = self.identity.public_key if self.identity is not None else None
+            data = privacy.seal_message(self.validator.keyring, repo_id, data, self.validator.owner(repo_id) == me)
+        await self.pubsub.publish(m.topic_for(repo_id, private), data)
 
     async def _drain(self, sub: ISubscriptionAPI) -> None:
         # Work happens in the validator (hand-off to accept); the 32-slot queue must not fill.
         async for _ in sub:
             pass
 
-    def validator_for(self, repo_id: bytes) -> TopicValidator:
+    def validator_for(self, repo_id: bytes, private: bool = False) -> TopicValidator:
         def topic_validator(forwarder: ID, msg: rpc_pb2.Message) -> bool:
             try:
-                return self._judge(repo_id, forwarder, msg)
+                return self._judge(repo_id, forwarder, msg, private)
             except Exception as exc:  # a bug met by this message: reject it, blame the forwarder
                 # An honest peer runs the same checks before forwarding, so it would have met the
                 # same exception and dropped the message: whoever forwards it is to blame.
@@ -87,11 +112,14 @@ class Gossip:
 
         return topic_validator
 
-    def _judge(self, repo_id: bytes, forwarder: ID, msg: rpc_pb2.Message) -> bool:
+    def _judge(self, repo_id: bytes, forwarder: ID, msg: rpc_pb2.Message, private: bool = False) -> bool:
         """Validate, then accept or reject: whether py-libp2p may deliver and forward ``msg``."""
         source = ID(msg.from_id)
         from_self = source == self.me and forwarder == self.me
-        verdict = self.validator.validate(msg.data, repo_id, from_self)
+        verdict = self.validator.validate_gossip(msg.data, repo_id, from_self, private)
+        if verdict.reason in IGNORED:  # sealed for others (or for an epoch we left behind): not forwarded
+            self.metrics.rejected[verdict.reason] += 1
+            return False
         if verdict.reason is not None:
             self.metrics.rejected[verdict.reason] += 1
             log("gossip_rejected", reason=verdict.reason, forwarder=str(forwarder), source=str(source))
@@ -114,6 +142,8 @@ class Gossip:
 
     def _claim(self, msg: m.Message) -> bool:
         """Claim a signed message's seq and store it (False: a replay); a commit has no seq."""
+        if isinstance(msg, m.Sealed):  # never: the validator hands on what it opened
+            return False
         return isinstance(msg, m.CommitEnvelope) or self.state.record(msg)
 
     def accept(self, repo_id: bytes, verdict: Verdict, providers: list[str]) -> None:
@@ -133,3 +163,5 @@ class Gossip:
             self.fetches.schedule(repo_id, msg.head, providers, msg.encode())
         elif isinstance(msg, m.Membership):
             log("membership_updated", members=len(msg.members), public=msg.public)
+        elif isinstance(msg, m.RepoKeys) and self.identity is not None:
+            privacy.take_keys(self.validator.keyring, self.identity.seed, self.identity.public_key, msg)

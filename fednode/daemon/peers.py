@@ -38,6 +38,7 @@ class Peers:
         self.mdns = mdns
         self.on_connected = on_connected
         self.pubsub: Pubsub
+        self.topic_of: Callable[[bytes], str] = m.topic_for  # the daemon sets Gossip.topic_of
 
     def start(self, pubsub: Pubsub) -> None:
         self.pubsub = pubsub
@@ -47,7 +48,7 @@ class Peers:
         return [p for p in self.host.get_connected_peers() if not self.bans.is_banned(p)]
 
     def topic_peers(self, repo_id: bytes, /) -> list[ID]:
-        return list(self.pubsub.peer_topics.get(m.topic_for(repo_id), set()))
+        return list(self.pubsub.peer_topics.get(self.topic_of(repo_id), set()))
 
     def providers(self, first: list[str], repo_id: bytes, /) -> list[ID]:
         connected = self.host.get_connected_peers()

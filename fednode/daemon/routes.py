@@ -13,6 +13,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from fednode.daemon.discovery import cid_key
 from fednode.errors import FednodeError
 from fednode.history import parse_repo_id, refs, repo_id_text
+from fednode.sealing import SealError, new_key, wrap
 from protocol import messages as m
 from protocol.multiformats import CID, FormatError, b58decode
 from protocol.unixfs import MAX_FILE_BYTES
@@ -180,7 +181,7 @@ async def h_follow(d: Daemon, body: dict[str, Any]) -> Any:
     repo_id = _repo_arg(d, body, local=False)
     d.state.follow(repo_id)
     await d.gossip.subscribe(repo_id)
-    return {"repo": repo_id_text(repo_id), "topic": m.topic_for(repo_id)}
+    return {"repo": repo_id_text(repo_id), "topic": d.gossip.topic_of(repo_id)}
 
 
 async def h_push(d: Daemon, body: dict[str, Any]) -> Any:
@@ -222,8 +223,33 @@ async def h_clone(d: Daemon, body: dict[str, Any]) -> Any:
     return result
 
 
+PRIVATE_TAKES_MEMBERS = ("a private repository takes proposals from members only; publish it first "
+                         "(fednode repo publish)")
+
+
+def _repo_keys(d: Daemon, repo_id: bytes, members: tuple[bytes, ...]) -> tuple[m.RepoKeys, int, bytes]:
+    """The unsigned key message for a private repository's new membership, with its epoch and key
+    (not stored yet): the same epoch while members are only added, a new one when any is removed
+    (so a former member cannot open what is sealed after). 400 for a key that cannot be wrapped."""
+    old = d.state.membership(repo_id)
+    held = d.keyring.latest(repo_id)
+    removed = old is not None and bool(set(old.members) - set(members))
+    if held is None or removed:
+        epoch, key = (0 if held is None else held[0] + 1), new_key()
+    else:
+        epoch, key = held
+    owner = d.node.identity.public_key
+    try:
+        wrapped = tuple((k, wrap(key, k)) for k in sorted({owner, *members}))
+    except SealError:
+        raise HTTPError(400, "a member address is not an Ed25519 public key") from None
+    seq = d.state.next_own_seq(repo_id, time.time_ns() // 1000)
+    return m.RepoKeys(repo_id, epoch, wrapped, seq, time.time_ns() // 1_000_000, owner), epoch, key
+
+
 async def h_members(d: Daemon, body: dict[str, Any]) -> Any:
-    """Owner only: sign and publish the repository's membership (replaces the previous one)."""
+    """Owner only: sign and publish the repository's membership (replaces the previous one); for a
+    private repository, then the key message that gives each member the repository key."""
     _only(body, "repo", "members", "public")
     addrs, public = _texts(body, "members"), _flag(body, "public")
     repo_id = _repo_arg(d, body, local=True)
@@ -235,11 +261,21 @@ async def h_members(d: Daemon, body: dict[str, Any]) -> Any:
         raise HTTPError(400, "members are base58 wallet addresses")
     if d.validator.owner(repo_id) != d.node.identity.public_key:
         raise HTTPError(403, "only the repository owner signs its membership")
+    private = d.node.history.is_private(repo_id)
+    if private and public:
+        raise HTTPError(400, PRIVATE_TAKES_MEMBERS)
+    keys = _repo_keys(d, repo_id, members) if private else None  # before anything is published
     seq = d.state.next_own_seq(repo_id, time.time_ns() // 1000)
     msg = m.Membership(repo_id, members, public, seq, time.time_ns() // 1_000_000,
                        d.node.identity.public_key)
     await d.heads.publish_signed(repo_id, msg)
-    return {"repo": repo_id_text(repo_id), "members": len(members), "public": msg.public, "seq": seq}
+    out: dict[str, Any] = {"repo": repo_id_text(repo_id), "members": len(members), "public": msg.public, "seq": seq}
+    if keys is not None:
+        keys_msg, epoch, key = keys
+        d.keyring.put(repo_id, epoch, key)  # before the message: our own next pushes use this epoch
+        await d.heads.publish_signed(repo_id, keys_msg)
+        out["epoch"] = epoch
+    return out
 
 
 async def h_propose(d: Daemon, body: dict[str, Any]) -> Any:

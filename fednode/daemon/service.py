@@ -44,6 +44,7 @@ from fednode.daemon.validate import Validator
 from fednode.history import repo_id_text
 from fednode.logs import log
 from fednode.node import Node
+from fednode.storage.keyring import Keyring
 from fednode.storage.netstate import NetState, fetch_expiry_seconds
 from protocol import messages as m
 
@@ -75,7 +76,8 @@ class Daemon:
         self.sync_interval = sync_interval
         self.metrics = Metrics()
         self.state = NetState(node.store)
-        self.validator = Validator(node.store, self.state)
+        self.keyring = Keyring(node.store)  # private repositories' keys, by epoch
+        self.validator = Validator(node.store, self.state, self.keyring)
         self.host: IHost = hostmod.build_host(hostmod.key_pair(node.identity), mdns)
         self.tasks = Tasks(self.metrics)
         self.bans = Bans(self.state, self.metrics, self.host, self.tasks, ban_threshold, ban_seconds)
@@ -93,7 +95,9 @@ class Daemon:
         self.jobs = FetchJobs(node.history, self.state, self.fetcher, self.metrics, self.tasks, self.peers,
                               self.discovery, self.applier, max_fetch_bytes, fetch_expiry_seconds(node.config))
         self.ipfs_jobs = GetJobs()  # `ipfs get` without waiting: progress polled by the CLI
-        self.gossip = Gossip(node.store, self.state, self.validator, self.metrics, self.tasks, self.bans, self.jobs)
+        self.gossip = Gossip(node.store, self.state, self.validator, self.metrics, self.tasks, self.bans, self.jobs,
+                             node.identity)
+        self.peers.topic_of = self.gossip.topic_of  # one place names a repository's topic
         self.heads = HeadsSync(node.history, node.identity, self.state, self.validator, self.host, self.metrics,
                                self.gossip, self.peers, self.jobs, self.applier, self.discovery, self.discovery,
                                self.bans, self.fair)

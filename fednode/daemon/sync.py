@@ -17,7 +17,7 @@ from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
-from fednode.daemon import wire
+from fednode.daemon import privacy, wire
 from fednode.daemon.abc import (
     Applying,
     FetchScheduler,
@@ -29,7 +29,7 @@ from fednode.daemon.abc import (
     Subscriptions,
 )
 from fednode.daemon.access import PRIVATE_HINT, Reader
-from fednode.daemon.discovery import dht_key
+from fednode.daemon.discovery import repo_key
 from fednode.daemon.fairness import IDLE
 from fednode.daemon.jobs import Job
 from fednode.daemon.metrics import Metrics
@@ -134,7 +134,9 @@ class HeadsSync:
             heads = [a.encode() for a in self.served_announcements(repo_id)] if genesis else []
             heads += [a for a in self.state.announcements(repo_id)][: 256 - len(heads)]
             members = self.state.membership(repo_id)
-            reply = m.HeadsReply(genesis, heads, members.encode() if members else None)
+            keys = self.state.keys_message(repo_id)
+            reply = m.HeadsReply(genesis, heads, members.encode() if members else None,
+                                 keys=keys.encode() if keys else None)
             await wire.write_frame(stream, reply.encode())
         except (wire.FrameError, FormatError, ValueError) as exc:
             log("heads_serve_error", "warning", error=str(exc))
@@ -180,9 +182,9 @@ class HeadsSync:
         done = SyncRound()
         for peer in peers:
             await self._sync_with(repo_id, peer, create, done)
+        await self.topics.subscribe(repo_id)  # a clone now knows whether the repository is private
         if self.state.genesis(repo_id) is None and create and not wait_dht:
-            found = [ID.from_base58(p) for p in await self.finder.find_providers(
-                dht_key(repo_id), f"repo {repo_id_text(repo_id)}")]
+            found = await self._find_repo(repo_id)
             if found:
                 return await self.sync_repo(repo_id, found, create, wait, timeout, wait_dht=True)
         if done.refused and not done.answered and (wait or self.state.genesis(repo_id) is None):
@@ -195,6 +197,15 @@ class HeadsSync:
                 for job in done.jobs:
                     await job.done.wait()
         return self._summary(repo_id, done)
+
+    async def _find_repo(self, repo_id: bytes) -> list[ID]:
+        """The DHT's providers of ``repo_id``: under its private key first (we cannot know which
+        one its providers use before we hold its genesis), then under its public one."""
+        for private in (True, False):
+            found = await self.finder.find_providers(repo_key(repo_id, private), f"repo {repo_id_text(repo_id)}")
+            if found:
+                return [ID.from_base58(p) for p in found]
+        return []
 
     async def _sync_with(self, repo_id: bytes, peer: ID, create: bool, done: SyncRound) -> None:
         """One peer's heads: the repository itself for a clone, its membership, then its announcements."""
@@ -217,10 +228,21 @@ class HeadsSync:
             verdict = self.validator.validate(reply.members, repo_id, from_self=False)
             if isinstance(verdict.msg, m.Membership) and verdict.ok:
                 self.state.record(verdict.msg)
+        if reply.keys is not None:  # a private repository's key message: ours to unwrap if we are a member
+            self._take_keys(repo_id, peer, reply.keys)
         for raw in reply.heads:
             job = self._take_announcement(repo_id, peer, raw)
             if job is not None:
                 done.jobs.append(job)
+
+    def _take_keys(self, repo_id: bytes, peer: ID, raw: bytes) -> None:
+        """A heads reply's key message, validated exactly like gossip; keeps the key it wraps for us."""
+        verdict = self.validator.validate(raw, repo_id, from_self=False, heads_reply=True)
+        if verdict.reason in BAD_REPLY:
+            self.penalizer.penalize(peer, verdict.reason)
+        if verdict.ok and isinstance(verdict.msg, m.RepoKeys):
+            self.state.record(verdict.msg, replay_ok=True)
+            privacy.take_keys(self.validator.keyring, self.identity.seed, self.identity.public_key, verdict.msg)
 
     def private_error(self, repo_id: bytes) -> str:
         return (f"repository {repo_id_text(repo_id)} is private: "
@@ -331,11 +353,13 @@ class HeadsSync:
         return {"repo": repo_id_text(repo_id), "pushed": pushed, "topic_peers": len(topic_peers),
                 "accepted_by": accepted}
 
-    async def publish_signed(self, repo_id: bytes, msg: m.Membership | m.MergeProposal) -> None:
+    async def publish_signed(self, repo_id: bytes, msg: m.Membership | m.MergeProposal | m.RepoKeys) -> None:
         signed = type(msg)(**{**msg.__dict__, "sig": self.identity.sign(msg.signing_hash())})
         verdict = self.validator.validate(signed.encode(), repo_id, from_self=True)
         if not verdict.ok:
             raise FednodeError(f"refusing to publish: {verdict.reason}")
         if isinstance(signed, m.Membership):
             self.state.put_membership(signed)
+        elif isinstance(signed, m.RepoKeys):
+            self.state.put_keys_message(signed)
         await self.topics.publish(repo_id, signed.encode())

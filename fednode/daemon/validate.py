@@ -7,6 +7,13 @@ the seq against replays, storing the message) is the caller's, in one place: ``G
 ``duplicate``, ``replay`` and ``unknown_repo`` can come from honest peers (late or redundant relays),
 and ``not_member`` only counts when the forwarder signed the message itself (a relay may hold a
 newer membership list than ours).
+
+On a private repository's topic, ``validate_gossip`` first opens the sealed envelope with the key of
+its epoch and validates the inner message as above. A node without that key (a non-member, a former
+member after a new epoch) ignores it: ``sealed_unreadable``, never penalized, never forwarded; so is
+a box sealed under an epoch older than our newest key (``sealed_stale``: after a removal, a member
+that missed the new epoch must not keep writing for the removed member; it catches up with the key
+message that heads replies carry).
 """
 
 from __future__ import annotations
@@ -14,13 +21,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fednode.identity import verify_signature
+from fednode.sealing import SealError, unseal
+from fednode.storage.keyring import Keyring
 from fednode.storage.netstate import NetState
 from fednode.storage.store import Store
 from protocol import messages as m
 from protocol.multiformats import CID, DAG_CBOR, FormatError
 from protocol.objects import Commit
 
-PENALIZED = frozenset({"malformed", "oversize", "bad_signature", "wrong_repo", "not_member", "not_owner"})
+PENALIZED = frozenset({"malformed", "oversize", "bad_signature", "wrong_repo", "not_member", "not_owner",
+                       "bad_seal"})
 
 
 @dataclass(frozen=True)
@@ -39,9 +49,10 @@ class Verdict:
 
 
 class Validator:
-    def __init__(self, store: Store, state: NetState) -> None:
+    def __init__(self, store: Store, state: NetState, keyring: Keyring | None = None) -> None:
         self.store = store
         self.state = state
+        self.keyring = keyring if keyring is not None else Keyring(store)
 
     def owner(self, repo_id: bytes) -> bytes | None:
         genesis = self.state.genesis(repo_id)
@@ -62,6 +73,34 @@ class Validator:
             return {owner}, False
         return {owner, *ms.members}, ms.public
 
+    def validate_gossip(self, data: bytes, repo_id: bytes, from_self: bool, private: bool) -> Verdict:
+        """Validate one message received on ``repo_id``'s topic (``private``: its opaque topic, where
+        everything but membership and key messages is sealed); reads the store, writes nothing."""
+        if not private:
+            return self.validate(data, repo_id, from_self)
+        if len(data) > m.MAX_SEALED_BYTES:
+            return Verdict("oversize")
+        try:
+            outer = m.decode(data)
+        except (FormatError, ValueError):
+            return Verdict("malformed")
+        if not isinstance(outer, m.Sealed):
+            return self.validate(data, repo_id, from_self) if outer.kind in m.CLEAR_KINDS else Verdict("unsealed")
+        latest = self.keyring.latest(repo_id)
+        if latest is not None and outer.epoch < latest[0]:
+            return Verdict("sealed_stale")
+        key = self.keyring.key(repo_id, outer.epoch)
+        if key is None:
+            return Verdict("sealed_unreadable")
+        try:
+            inner = unseal(key, outer.box, m.topic_for(repo_id, True).encode())
+            kind = m.decode(inner).kind
+        except (SealError, FormatError, ValueError):
+            return Verdict("bad_seal")  # whoever sealed it holds the key: altered, or garbage sealed
+        if kind not in m.INNER_KINDS:
+            return Verdict("bad_seal")
+        return self.validate(inner, repo_id, from_self)
+
     def validate(self, data: bytes, repo_id: bytes, from_self: bool, heads_reply: bool = False) -> Verdict:
         """Validate one message received on ``repo_id``'s topic; reads the store, writes nothing.
 
@@ -77,6 +116,8 @@ class Validator:
             return Verdict("malformed")
         if isinstance(msg, m.CommitEnvelope):
             return self._check_commit(msg, repo_id, from_self)
+        if isinstance(msg, m.Sealed):  # only validate_gossip opens these
+            return Verdict("malformed")
         if msg.repo != repo_id:
             return Verdict("wrong_repo")
         if not verify_signature(msg.announcer, msg.signing_hash(), msg.sig):
@@ -85,7 +126,7 @@ class Validator:
         if owner is None:
             return Verdict("unknown_repo")
         members, public = self.members(repo_id)
-        if isinstance(msg, m.Membership):
+        if isinstance(msg, m.Membership | m.RepoKeys):
             if msg.announcer != owner:
                 return Verdict("not_owner")
         elif isinstance(msg, m.MergeProposal):

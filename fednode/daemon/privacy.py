@@ -1,0 +1,55 @@
+"""Private repositories on the network: their topic, sealing gossip, and taking key messages.
+
+A private repository's gossip travels on an opaque topic (``messages.topic_for(repo, private=True)``)
+and, apart from its membership and key messages (which must stay checkable by everyone on the
+topic), sealed with the repository key of an epoch (``fednode.sealing``), bound to the topic name.
+Members learn each epoch's key from the owner's signed ``RepoKeys`` message, by gossip or in a heads
+reply; the owner makes a new epoch when a member is removed (``routes.h_members``).
+"""
+
+from __future__ import annotations
+
+from fednode.errors import FednodeError
+from fednode.history import repos
+from fednode.logs import log
+from fednode.sealing import SealError, seal, unwrap
+from fednode.storage.keyring import Keyring
+from fednode.storage.store import Store
+from protocol import messages as m
+
+
+def is_private(store: Store, repo_id: bytes) -> bool:
+    """Whether ``repo_id`` is private now (False for a repository this store does not hold yet)."""
+    with store.read() as txn:
+        return repos.is_private(txn, repo_id)
+
+
+def topic_of(store: Store, repo_id: bytes) -> str:
+    return m.topic_for(repo_id, is_private(store, repo_id))
+
+
+def seal_message(keyring: Keyring, repo_id: bytes, data: bytes, owner: bool) -> bytes:
+    """``data`` sealed under our newest key of ``repo_id`` (the owner makes epoch 0 if it has none)."""
+    held = keyring.ensure(repo_id) if owner else keyring.latest(repo_id)
+    if held is None:
+        raise FednodeError("no key for this private repository yet: pull from its owner first "
+                           "(the owner's membership must list you)")
+    epoch, key = held
+    return m.Sealed(epoch, seal(key, data, m.topic_for(repo_id, True).encode())).encode()
+
+
+def take_keys(keyring: Keyring, seed: bytes, me: bytes, msg: m.RepoKeys) -> bool:
+    """Keep the key ``msg`` wraps for us (``me``, with secret ``seed``); False when there is none
+    for us or we held it already. ``msg`` was validated (the owner signed it)."""
+    wrapped = msg.wrapped_for(me)
+    if wrapped is None:
+        return False
+    try:
+        key = unwrap(wrapped, seed)
+        new = keyring.put(msg.repo, msg.epoch, key)
+    except (SealError, FednodeError) as exc:  # the owner signed a key we cannot use: nothing kept
+        log("repo_key_refused", "warning", epoch=msg.epoch, error=str(exc))
+        return False
+    if new:
+        log("repo_key_received", epoch=msg.epoch)  # the epoch only: keys are never logged
+    return new
