@@ -62,7 +62,8 @@ def import_(ctx: click.Context, car_path: Path, max_bytes: str | None, as_json: 
 
     limit = DEFAULT_MAX_BYTES if max_bytes is None else positive_int(max_bytes, "--max-bytes")
     node = get_node(ctx)
-    if is_sealed(car_path):
+    sealed = is_sealed(car_path)
+    if sealed:
         report = import_sealed(node.history, node.identity, car_path, limit)
     else:
         report = import_car(node.history, car_path, limit)
@@ -70,9 +71,10 @@ def import_(ctx: click.Context, car_path: Path, max_bytes: str | None, as_json: 
     data = {"file": str(car_path), "roots": roots, "repo": report.repo.name,
             "repo_id": repo_id_text(report.repo.repo_id), "registered": report.registered,
             "commits": len(report.commits), "blocks": report.blocks, "new_blocks": report.new_blocks,
-            "bytes": report.bytes}
+            "bytes": report.bytes, "sealed": sealed}
     new = " (new here: registered)" if report.registered else ""
-    emit(data, as_json, f"imported {car_path} into repository {report.repo.name}{new}: {len(report.commits)} "
+    how = " (a sealed backup, opened with your key)" if sealed else ""
+    emit(data, as_json, f"imported {car_path}{how} into repository {report.repo.name}{new}: {len(report.commits)} "
                         f"commits, {report.blocks} blocks ({report.new_blocks} new, {report.bytes} bytes)\n"
                         + "\n".join(f"commit {r}: name it with 'fednode branch NAME {r} -r {report.repo.name}'"
                                     for r in roots))

@@ -144,7 +144,13 @@ def export_sealed(history: History, repo: RepoInfo, root: CID, path: Path, reade
     if not readers:
         raise FednodeError("a sealed export needs at least one reader")
     file_key = new_key()
-    header = Header(repo_tag(repo.repo_id), {r: wrap(file_key, r) for r in readers}, CHUNK_BYTES).encode()
+    wrapped = {}
+    for reader in readers:
+        try:
+            wrapped[reader] = wrap(file_key, reader)
+        except SealError:
+            raise FednodeError(f"cannot seal a backup for {b58encode(reader)}: not an Ed25519 public key") from None
+    header = Header(repo_tag(repo.repo_id), wrapped, CHUNK_BYTES).encode()
     if len(header) > MAX_HEADER_BYTES:
         raise FednodeError(f"too many readers for one backup ({len(readers)})")
     report = ExportReport(root, path, readers=len(readers))

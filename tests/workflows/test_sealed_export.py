@@ -162,6 +162,19 @@ def test_plain_exports_a_private_repository_unencrypted_with_a_warning(owner) ->
     assert [str(r) for r in roots] == [owner["head"]]
 
 
+def test_a_member_key_that_cannot_be_sealed_for_refuses_the_export(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "bad", SEED)
+    invoke(home, "repo", "create", "r", "--from", write_model(tmp_path / "m.safetensors", model_arrays(0)))
+    with open_node(home) as node:
+        info = node.history.repo("r")
+        NetState(node.store).put_membership(sign(node.identity, m.Membership(
+            info.repo_id, (bytes(32),), False, 1, 1, node.identity.public_key)))  # no Ed25519 point
+    result = invoke(home, "export", "HEAD", "--car", tmp_path / "r.fnc", ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: cannot seal a backup for {b58encode(bytes(32))}: not an Ed25519 public key"
+    assert not list(tmp_path.glob("*.fnc*")) and not list(tmp_path.glob(".r.fnc*"))
+
+
 # --- restore ----------------------------------------------------------------------------------
 
 
@@ -169,6 +182,7 @@ def test_a_member_restores_the_backup_on_a_fresh_home_bit_for_bit(owner, tmp_pat
     home = make_home(tmp_path / "member", MEMBER_SEED)
     out = json.loads(invoke(home, "import", owner["backup"], "--json").stdout)
     assert out["registered"] and out["repo"] == "r" and out["roots"] == [owner["head"]] and out["commits"] == 2
+    assert out["sealed"] is True
     invoke(home, "checkout", owner["head"], "-r", "r", "--out", tmp_path / "member.safetensors")
     assert (tmp_path / "member.safetensors").read_bytes() == (owner["tmp"] / "owner.safetensors").read_bytes()
     with open_node(home) as node:
