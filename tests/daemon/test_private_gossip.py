@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from daemon_harness import DaemonProc, daemons, has_block, make_home, open_nodes, wait_for
+from daemon_harness import DaemonProc, daemons, has_block, make_home, network_config, open_nodes, wait_for
 from helpers import fixed_identity, model_arrays, perturb
 
 from fednode import sealing
@@ -164,4 +164,38 @@ def test_private_gossip_reaches_members_only_and_rotates_on_removal(tmp_path: Pa
                   f"outsider {_rejected(c, 'sealed_unreadable')}")
     finally:
         for n in (na, nb, nc):
+            n.close()
+
+
+def test_published_repository_moves_to_the_public_topic(tmp_path: Path) -> None:
+    """The owner publishes: its next push leaves the opaque topic for the public one, unsealed; a
+    member moves too once anti-entropy has brought it the publish commit."""
+    homes = [make_home(tmp_path, n) for n in ("owner", "member")]
+    network_config(homes[1], sync_interval=1.0)
+    na, nb = open_nodes(*homes)
+    try:
+        info, _ = na.history.create_repo("secret", ArraySource(model_arrays(0)), visibility="private")
+        rid = info.repo_id
+        private, public = m.topic_for(rid, True), m.topic_for(rid)
+        a = DaemonProc(homes[0]).start()
+        b = DaemonProc(homes[1], (a.addr,))
+        with daemons(a, b):
+            b.start()
+            a.api("POST", "/members", {"repo": "secret", "members": [nb.identity.address]})
+            b.api("POST", "/clone", {"repo": repo_id_text(rid), "timeout": 30})
+            for d in (a, b):
+                assert d.api("GET", "/status")["topics"] == [private]
+            published = na.history.publish(na.history.repo("secret"))
+            a.api("POST", "/push", {"repo": "secret", "confirm": False})
+            assert a.api("GET", "/status")["topics"] == [public]
+            wait_for(lambda: has_block(nb, published.cid) and b.api("GET", "/status")["topics"] == [public], 20,
+                     "the member to move to the public topic", interval=0.2)
+            # on the public topic messages travel in the clear again and still arrive
+            r2 = na.history.commit(na.history.repo("secret"), ArraySource(perturb(model_arrays(0), 2)), "open")
+            commits = _accepted(b, "commit")
+            a.api("POST", "/push", {"repo": "secret", "confirm": False})
+            wait_for(lambda: _accepted(b, "commit") > commits and has_block(nb, r2.cid), 10, "gossip in the clear")
+            assert a.metrics()["published"].get("commit", 0) >= 1
+    finally:
+        for n in (na, nb):
             n.close()
