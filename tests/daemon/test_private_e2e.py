@@ -1,0 +1,192 @@
+"""A private repository end to end, with real daemons on 127.0.0.1 and hostile readers.
+
+Owner O makes a private repository and signs in members M and F; both clone and get O's next
+commit. O then removes F and commits again: M gets everything; F gets nothing of the new commit
+by any path (the gossip reaches it sealed under a key it was never given, its pull is refused as
+private, and O and M answer "not here" for every block it asks for by CID), and neither does a
+stranger N that knows every CID. The probes are a real py-libp2p host (Noise, yamux) holding the
+asker's own wallet key, so the daemons see exactly the peer id they would check.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import trio
+from daemon_harness import DaemonProc, daemons, has_block, make_home, network_config, open_nodes, ref, wait_for
+from helpers import model_arrays, perturb, run_fednode
+
+from fednode.history import repo_id_text
+from fednode.storage.keyring import Keyring
+from fednode.storage.netstate import NetState
+from fednode.tensors.modelio import ArraySource
+from fednode.workflows.verify import verify
+from protocol import messages as m
+from protocol.multiformats import CID
+
+SETTLE_S = 3.0  # after M has the new commit: time for F's anti-entropy rounds (1 s) to try their luck
+
+
+def _blocks(node) -> set[CID]:
+    with node.store.read() as txn:
+        return set(txn.iter_block_cids())
+
+
+def _members(node, repo_id: bytes) -> set[bytes]:
+    ms = NetState(node.store).membership(repo_id)
+    return set() if ms is None else set(ms.members)
+
+
+def _epoch(node, repo_id: bytes) -> int:
+    held = Keyring(node.store).latest(repo_id)
+    return -1 if held is None else held[0]
+
+
+def _refused_as_private(d: DaemonProc, path: str, body: dict) -> str:
+    """An API call the daemon must refuse because the repository is private; the error text."""
+    token = (d.home / "api.token").read_text().strip()
+    resp = httpx.post(f"http://127.0.0.1:{d.info['api_port']}{path}", json=body,
+                      headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    assert resp.status_code >= 400 and "is private" in resp.text, (resp.status_code, resp.text)
+    return resp.text
+
+
+async def _probe(addr: str, seed: bytes, repo_id: bytes, cids: list[CID]) -> tuple[m.HeadsReply | None, set[CID]]:
+    """As the holder of wallet key ``seed``: ask ``addr`` for ``repo_id``'s heads and for ``cids`` over
+    /fednode/blocks/1.0.0. Returns the heads reply (None: the stream was refused) and the CIDs whose
+    genuine block came back."""
+    import multiaddr
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    from fednode.daemon import wire
+    from fednode.daemon.host import build_host
+
+    host = build_host(create_new_key_pair(seed))
+    got: set[CID] = set()
+    reply: m.HeadsReply | None = None
+    async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        with trio.fail_after(60):
+            await host.connect(info)
+            try:
+                stream = await host.new_stream(info.peer_id, [TProtocol(m.HEADS_PROTOCOL)])
+                await wire.write_frame(stream, m.encode_heads_query(repo_id))
+                reply = m.HeadsReply.decode(await wire.read_frame(stream, 1 << 20, timeout=10))
+            except Exception:  # a reset stream: refused as well
+                reply = None
+            for start in range(0, len(cids), m.MAX_WANT):
+                want = cids[start:start + m.MAX_WANT]
+                stream = await host.new_stream(info.peer_id, [TProtocol(m.BLOCKS_PROTOCOL)])
+                await wire.write_frame(stream, m.encode_want(want))
+                for cid in want:  # per CID in order: 0x01 + block, or 0x00 (not here)
+                    frame = bytes(await wire.read_frame(stream, m.MAX_BLOCK_BYTES + 1, timeout=10))
+                    if frame[:1] == b"\x01" and cid.verify(frame[1:]):
+                        got.add(cid)
+                await stream.close()
+    return reply, got
+
+
+def _probe_sync(addr: str, seed: bytes, repo_id: bytes, cids: set[CID]) -> tuple[m.HeadsReply | None, set[CID]]:
+    return trio.run(_probe, addr, seed, repo_id, sorted(cids, key=bytes))
+
+
+def _assert_refused(reply: m.HeadsReply | None) -> None:
+    assert reply is None or (reply.refused == "private" and reply.genesis is None and not reply.heads
+                             and reply.members is None and reply.keys is None), reply
+
+
+def test_removed_member_and_stranger_get_nothing_new(tmp_path: Path) -> None:
+    homes = [make_home(tmp_path, n) for n in ("owner", "m", "f", "n")]
+    network_config(homes[2], sync_interval=1.0)  # F asks for heads every second: every chance to leak
+    no, nm, nf, nn = open_nodes(*homes)
+    try:
+        v0 = model_arrays(0)
+        info, genesis = no.history.create_repo("p", ArraySource(v0))  # private: the default
+        rid = info.repo_id
+        assert no.history.is_private(rid)
+        o = DaemonProc(homes[0]).start()
+        dm, df, dn = (DaemonProc(h, (o.addr,)) for h in homes[1:])
+        with daemons(o, dm, df, dn):
+            for d in (dm, df, dn):
+                d.start()
+            o.api("POST", "/members", {"repo": "p", "members": [nm.identity.address, nf.identity.address]})
+            for d in (dm, df):
+                d.api("POST", "/clone", {"repo": repo_id_text(rid), "timeout": 30})
+            assert ref(nm, rid, "heads/main") == ref(nf, rid, "heads/main") == genesis.cid
+            # a stranger cannot clone it
+            _refused_as_private(dn, "/clone", {"repo": repo_id_text(rid), "timeout": 20})
+            assert nn.history.repos() == [] and not has_block(nn, genesis.cid)
+
+            # O's first commit reaches both members
+            v1 = perturb(v0, 1)
+            r1 = no.history.commit(no.history.repo("p"), ArraySource(v1), "round 1")
+            o.api("POST", "/push", {"repo": "p"})
+            for node in (nm, nf):
+                wait_for(lambda n=node: ref(n, rid, "heads/main") == r1.cid, 20, "round 1 on both members")
+            f_before = _blocks(nf)
+            epoch_before = _epoch(no, rid)
+            assert _epoch(nf, rid) == epoch_before >= 0  # F held the key while a member
+
+            # O removes F: a new key epoch, for M only
+            o.api("POST", "/members", {"repo": "p", "members": [nm.identity.address]})
+            assert _epoch(no, rid) > epoch_before
+            wait_for(lambda: _epoch(nm, rid) == _epoch(no, rid), 20, "M to receive the new key epoch")
+            # F still hears the topic: the new membership (signed, not sealed) reaches it
+            wait_for(lambda: nf.identity.public_key not in _members(nf, rid) and _members(nf, rid), 20,
+                     "F to learn of its removal")
+            unreadable = df.metrics()["rejected"].get("sealed_unreadable", 0)
+
+            # O commits again: M gets everything
+            r2 = no.history.commit(no.history.repo("p"), ArraySource(perturb(v1, 2)), "round 2")
+            o.api("POST", "/push", {"repo": "p"})
+            wait_for(lambda: ref(nm, rid, "heads/main") == r2.cid, 30, "round 2 on M")
+            assert not verify(nm.history, nm.history.repo("p"), r2.cid).problems
+            new = _blocks(nm) - f_before  # the blocks of round 2: what F must not get
+            assert r2.cid in new and len(new) >= 3, new  # commit, manifest, tensor data
+
+            # F: the gossip reached it, sealed under a key it was never given
+            wait_for(lambda: df.metrics()["rejected"].get("sealed_unreadable", 0) > unreadable, 20,
+                     "F to receive round 2's gossip it cannot open")
+            # its pull is refused as private by both peers that hold the repository (N, which does not
+            # hold it, answers "nothing here": the pull itself then ends with errors, not a failure)
+            pulled = json.loads(run_fednode(homes[2], "pull", "p", "--json", timeout=120).stdout)
+            refusals = {e.split(":")[0] for e in pulled["errors"] if "is private" in e}
+            assert refusals == {o.peer_id, dm.peer_id}, pulled
+            assert pulled["refs"]["heads/main"] == str(r1.cid) and pulled["fetched"] == 0, pulled
+            dn.stop()  # with only O and M to ask, the pull fails outright
+            failed = run_fednode(homes[2], "pull", "p", check=False, timeout=120)
+            assert failed.returncode != 0 and "is private" in failed.stderr, (failed.stdout, failed.stderr)
+            trio.run(trio.sleep, SETTLE_S)
+            assert ref(nf, rid, "heads/main") == r1.cid
+            assert not (_blocks(nf) & new), "F stored a block of the commit made after its removal"
+            assert _epoch(nf, rid) == epoch_before  # never got the new key
+            # ... and asking by CID, with its own key (its daemon stopped), O and M give it nothing
+            df.stop()
+            for target in (o, dm):
+                reply, got = _probe_sync(target.addr, nf.identity.seed, rid, new)
+                _assert_refused(reply)
+                assert got == set(), f"{target.home.name} served F {len(got)} block(s) of round 2"
+
+            # N, a stranger who knows every CID (read from M's store), gets no head and no block
+            every = _blocks(nm)
+            for target in (o, dm):
+                reply, got = _probe_sync(target.addr, nn.identity.seed, rid, every)
+                _assert_refused(reply)
+                assert got == set(), f"{target.home.name} served a stranger {len(got)} block(s)"
+            assert nn.history.repos() == [] and not (_blocks(nn) & every)
+
+            # the control: the same probe as M (its daemon stopped) gets the heads and every block, so
+            # the refusals above are the access checks, not a probe that cannot read
+            dm.stop()
+            reply, got = _probe_sync(o.addr, nm.identity.seed, rid, every)
+            assert reply is not None and reply.refused is None and reply.genesis == genesis.cid and reply.heads
+            assert got == every
+            heads = {str(a.head) for a in map(m.decode, reply.heads) if isinstance(a, m.HeadAnnouncement)}
+            assert str(r2.cid) in heads, json.dumps(sorted(heads))
+    finally:
+        for n in (no, nm, nf, nn):
+            n.close()
