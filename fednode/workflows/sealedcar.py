@@ -100,13 +100,15 @@ class Header:
 
 
 def backup_readers(node: Node, repo: RepoInfo) -> list[bytes]:
-    """Who can open a backup of ``repo``: its owner first, then the members of the latest signed
-    membership this node holds, sorted."""
-    from fednode.workflows.membership import network_members, owner
+    """Who can open a backup of ``repo``: its owner first, then the members of the owner's latest
+    signed membership this node holds, sorted (the daemon's read rule, ``daemon/access.py``)."""
+    from fednode.storage.netstate import NetState
+    from fednode.workflows.membership import owner
 
     first = owner(node, repo)
-    members, _ = network_members(node, repo.repo_id)
-    return [first, *sorted(set(members) - {first})]
+    msg = NetState(node.store).membership(repo.repo_id)
+    members = set(msg.members) if msg is not None and msg.announcer == first else set()
+    return [first, *sorted(members - {first})]
 
 
 class _SealingWriter:

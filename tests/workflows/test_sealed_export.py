@@ -175,6 +175,17 @@ def test_a_member_key_that_cannot_be_sealed_for_refuses_the_export(tmp_path: Pat
     assert not list(tmp_path.glob("*.fnc*")) and not list(tmp_path.glob(".r.fnc*"))
 
 
+def test_a_membership_not_signed_by_the_owner_names_no_reader(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "o", SEED)
+    invoke(home, "repo", "create", "r", "--from", write_model(tmp_path / "m.safetensors", model_arrays(0)))
+    other = fixed_identity(OUTSIDER_SEED)
+    with open_node(home) as node:
+        info = node.history.repo("r")
+        NetState(node.store).put_membership(sign(other, m.Membership(
+            info.repo_id, (other.public_key,), False, 1, 1, other.public_key)))
+        assert sealedcar.backup_readers(node, info) == [node.identity.public_key]
+
+
 # --- restore ----------------------------------------------------------------------------------
 
 
