@@ -4,7 +4,9 @@ Refs: a verified announcement from the repository owner moves ``heads/<branch>``
 head and all its blocks are present, ``verify`` passes and it is a fast-forward; anything else
 (another announcer, a diverged branch) becomes ``remotes/<peer id>/<branch>``; a merge proposal
 becomes ``proposals/<peer id>/<branch>``. Commits that passed are recorded
-(``NetState.mark_verified``), so later heads verify only their new commits. Verification runs in
+(``NetState.mark_verified``), so later heads verify only their new commits; a verified owner's
+decision to make the repository public among them sets the ``published`` ref (before they are
+marked: a verified commit is never looked at again). Verification runs in
 a worker thread (``ReaderThreads``): the event loop never waits on a peer's data.
 """
 
