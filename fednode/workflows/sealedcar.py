@@ -124,7 +124,9 @@ class _SealingWriter:
     def write(self, data: bytes) -> int:
         self._buf += data
         while len(self._buf) > self._chunk:
-            self._emit(bytes(self._buf[:self._chunk]), final=False)
+            with memoryview(self._buf) as view:
+                piece = bytes(view[:self._chunk])  # one copy (a bytearray slice would be two)
+            self._emit(piece, final=False)
             del self._buf[:self._chunk]
         return len(data)
 
@@ -134,7 +136,8 @@ class _SealingWriter:
 
     def _emit(self, plain: bytes, final: bool) -> None:
         sealed = seal(self._key, plain, chunk_aad(self._digest, self.index, final))
-        self.written += self._out.write(_LEN.pack(len(sealed)) + sealed)
+        self.written += self._out.write(_LEN.pack(len(sealed)))
+        self.written += self._out.write(sealed)
         self.index += 1
 
 
