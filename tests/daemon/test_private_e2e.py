@@ -125,8 +125,7 @@ def test_removed_member_and_stranger_get_nothing_new(tmp_path: Path) -> None:
             v1 = perturb(v0, 1)
             r1 = no.history.commit(no.history.repo("p"), ArraySource(v1), "round 1")
             o.api("POST", "/push", {"repo": "p"})
-            for node in (nm, nf):
-                wait_for(lambda n=node: ref(n, rid, "heads/main") == r1.cid, 20, "round 1 on both members")
+            wait_for(lambda: all(ref(n, rid, "heads/main") == r1.cid for n in (nm, nf)), 20, "round 1 on both members")
             f_before = _blocks(nf)
             epoch_before = _epoch(no, rid)
             assert _epoch(nf, rid) == epoch_before >= 0  # F held the key while a member
