@@ -13,7 +13,9 @@ Every gossip message is one DAG-CBOR map ``{"t": kind, "v": 1, ...}``:
   when ``from`` is the owner (a list of pairs: DAG-CBOR map keys are strings).
 - ``sealed``: on a private repository's topic every other kind travels inside
   ``{epoch, box}``, ``box`` = XChaCha20-Poly1305 of the inner message under the repository key
-  of ``epoch``, bound to the topic name; nothing of the inner message shows.
+  of ``epoch``, bound to the topic name; nothing of the inner message shows. Membership and key
+  messages stay readable there (anyone on the topic must be able to check who is a member) but
+  travel without their ``repo`` field (``without_repo``; receivers put it back from the topic).
 
 Signed messages carry ``sig`` = Ed25519 over ``sha256(DOMAIN + kind + 0 + dagcbor(body))``
 where ``body`` is the map without ``sig``: the domain prefix keeps these signatures apart
@@ -214,14 +216,29 @@ def _wrapped(v: Any) -> tuple[tuple[bytes, bytes], ...]:
     return tuple(pairs)
 
 
-def decode(data: bytes) -> Message:
-    """Parse and structurally validate one gossip message (signatures are checked by the caller)."""
+def without_repo(data: bytes) -> bytes:
+    """A membership or key message as it travels on a private repository's topic: without its
+    ``repo`` field, which receivers put back from the topic before checking the signature (the
+    opaque topic name would be of little use if every membership change spelled the id)."""
+    obj = dagcbor.decode(data)
+    _require(isinstance(obj, dict) and obj.get("t") in CLEAR_KINDS and "repo" in obj, "not a members or keys message")
+    del obj["repo"]
+    return dagcbor.encode(obj)
+
+
+def decode(data: bytes, implied_repo: bytes | None = None) -> Message:
+    """Parse and structurally validate one gossip message (signatures are checked by the caller).
+    ``implied_repo``: received on that private repository's topic, where membership and key
+    messages travel without their ``repo`` field (``without_repo``): required absent, put back."""
     _require(len(data) <= MAX_SEALED_BYTES, "message too large")
     obj = dagcbor.decode(data)
     # ``type(...) is int``: True and 1.0 equal 1 in Python, and a copy carrying them would be a
     # second block for the same signed message.
     _require(isinstance(obj, dict) and type(obj.get("v")) is int and obj["v"] == VERSION, "not a fednode v1 message")
     kind = obj.get("t")
+    if implied_repo is not None and kind in CLEAR_KINDS:
+        _require("repo" not in obj, "a private topic's membership and key messages name no repository")
+        obj["repo"] = implied_repo
     _require(isinstance(kind, str) and kind in _KEYS and set(obj) == _KEYS[kind], "bad fields for this message kind")
     if kind == "sealed":
         _require(isinstance(obj["box"], bytes) and MIN_BOX <= len(obj["box"]), "bad sealed box")

@@ -84,10 +84,13 @@ class Gossip:
 
     async def publish(self, repo_id: bytes, data: bytes, /) -> None:
         """Publish ``data`` on ``repo_id``'s topic, sealed there if the repository is private (all but
-        its membership and key messages). FednodeError, nothing sent, for a member without a key."""
+        its membership and key messages, sent without their repo id). FednodeError, nothing sent, for
+        a member without a key."""
         await self.subscribe(repo_id)
         private = privacy.is_private(self.store, repo_id)
-        if private and m.decode(data).kind not in m.CLEAR_KINDS:
+        if private and m.decode(data).kind in m.CLEAR_KINDS:
+            data = m.without_repo(data)
+        elif private:
             me = self.identity.public_key if self.identity is not None else None
             data = privacy.seal_message(self.validator.keyring, repo_id, data, self.validator.owner(repo_id) == me)
         await self.pubsub.publish(m.topic_for(repo_id, private), data)

@@ -2,7 +2,8 @@
 
 A private repository's gossip travels on an opaque topic (``messages.topic_for(repo, private=True)``)
 and, apart from its membership and key messages (which must stay checkable by everyone on the
-topic), sealed with the repository key of an epoch (``fednode.sealing``), bound to the topic name.
+topic; they travel without their repo id, put back by receivers from the topic), sealed with the
+repository key of an epoch (``fednode.sealing``), bound to the topic name.
 Members learn each epoch's key from the owner's signed ``RepoKeys`` message, by gossip or in a heads
 reply; the owner makes a new epoch when a member is removed (``routes.h_members``).
 """

@@ -81,11 +81,13 @@ class Validator:
         if len(data) > m.MAX_SEALED_BYTES:
             return Verdict("oversize")
         try:
-            outer = m.decode(data)
+            outer = m.decode(data, implied_repo=repo_id)
         except (FormatError, ValueError):
             return Verdict("malformed")
+        if isinstance(outer, m.Membership | m.RepoKeys):  # in the clear, its repo id put back
+            return self.validate(outer.encode(), repo_id, from_self)
         if not isinstance(outer, m.Sealed):
-            return self.validate(data, repo_id, from_self) if outer.kind in m.CLEAR_KINDS else Verdict("unsealed")
+            return Verdict("unsealed")
         latest = self.keyring.latest(repo_id)
         if latest is not None and outer.epoch < latest[0]:
             return Verdict("sealed_stale")

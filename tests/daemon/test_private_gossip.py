@@ -60,11 +60,19 @@ def test_validator_opens_sealed_gossip_only_with_the_epoch_key(tmp_path: Path) -
         forged = _sign(stranger, m.HeadAnnouncement(rid, "main", ann.head, 6, 1, stranger.public_key))
         assert reason(sealed(forged.encode())) == "not_member"  # sealing vouches for nothing
         assert reason(sealed(_sign(owner, m.Membership(rid, (), False, 2, 1, owner.public_key)).encode())) == "bad_seal"
-        # membership and key messages stay in the clear; keys only from the owner
-        assert reason(_sign(owner, m.Membership(rid, (), False, 2, 1, owner.public_key)).encode()) is None
+        # membership and key messages stay in the clear, without the repo id (the topic implies it);
+        # keys only from the owner
+        members = _sign(owner, m.Membership(rid, (), False, 2, 1, owner.public_key)).encode()
+        assert reason(members) == "malformed" and rid not in m.without_repo(members)
+        verdict = v.validate_gossip(m.without_repo(members), rid, from_self=False, private=True)
+        assert verdict.ok and verdict.msg is not None and verdict.msg.encode() == members
         wrapped = ((member.public_key, sealing.wrap(key0, member.public_key)),)
-        assert reason(_sign(owner, m.RepoKeys(rid, 0, wrapped, 3, 1, owner.public_key)).encode()) is None
-        assert reason(_sign(member, m.RepoKeys(rid, 0, wrapped, 3, 1, member.public_key)).encode()) == "not_owner"
+        keys = _sign(owner, m.RepoKeys(rid, 0, wrapped, 3, 1, owner.public_key)).encode()
+        assert reason(m.without_repo(keys)) is None
+        # the same bytes on another repository's topic: the signature covers the implied id
+        assert v.validate_gossip(m.without_repo(keys), bytes(32), False, private=True).reason == "bad_signature"
+        assert reason(m.without_repo(_sign(member, m.RepoKeys(rid, 0, wrapped, 3, 1, member.public_key)).encode())) \
+            == "not_owner"
         # a newer epoch held: what is sealed under an older one is ignored, the newer one opens
         key1 = sealing.new_key()
         keyring.put(rid, 1, key1)

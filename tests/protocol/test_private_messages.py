@@ -51,7 +51,8 @@ def test_keys_signature_covers_epoch_and_entries() -> None:
         assert not verify_signature(owner.public_key, moved.signing_hash(), msg.sig), change
     # a signature over the same fields by anyone but ``from`` does not verify
     forged = m.RepoKeys(**{**msg.__dict__, "sig": member.sign(msg.signing_hash())})
-    assert not verify_signature(owner.public_key, m.decode(forged.encode()).signing_hash(), forged.sig)
+    back = m.decode(forged.encode())
+    assert isinstance(back, m.RepoKeys) and not verify_signature(owner.public_key, back.signing_hash(), forged.sig)
 
 
 def _raw(msg: m.RepoKeys, **change: object) -> bytes:
@@ -117,3 +118,26 @@ def test_private_topic_names_no_repository_id() -> None:
     assert b58encode(REPO) not in topic and REPO.hex() not in topic
     assert topic == m.topic_for(REPO, True) != m.topic_for(bytes(32), True)
     assert m.topic_for(REPO) == m.topic_for(REPO, private=False) == f"/fednode/repo/{b58encode(REPO)}/1"
+
+
+def test_membership_and_keys_travel_without_their_repo_id_on_a_private_topic() -> None:
+    owner, member = fixed_identity(), Identity.generate()
+    keys = _keys(owner, [member.public_key])
+    ms = m.Membership(REPO, (member.public_key,), False, 4, 1000, owner.public_key)
+    ms = m.Membership(**{**ms.__dict__, "sig": owner.sign(ms.signing_hash())})
+    for msg in (keys, ms):
+        wire = m.without_repo(msg.encode())
+        assert REPO not in wire and b58encode(REPO).encode() not in wire
+        assert m.decode(wire, implied_repo=REPO) == msg  # put back: the owner's signature holds again
+        back = m.decode(wire, implied_repo=bytes(32))  # on another repository's topic it does not
+        assert isinstance(back, m.RepoKeys | m.Membership)
+        assert not verify_signature(owner.public_key, back.signing_hash(), msg.sig)
+        with pytest.raises(FormatError):  # without the topic's id it is incomplete
+            m.decode(wire)
+        with pytest.raises(FormatError):  # on a private topic the id must not be spelled
+            m.decode(msg.encode(), implied_repo=REPO)
+    ann = m.HeadAnnouncement(REPO, "main", HEAD, 7, 1000, owner.public_key)
+    ann = m.HeadAnnouncement(**{**ann.__dict__, "sig": owner.sign(ann.signing_hash())})
+    assert m.decode(ann.encode(), implied_repo=REPO) == ann  # other kinds are sealed whole instead
+    with pytest.raises(FormatError):
+        m.without_repo(ann.encode())
