@@ -88,10 +88,10 @@ class Validator:
             return self.validate(outer.encode(), repo_id, from_self)
         if not isinstance(outer, m.Sealed):
             return Verdict("unsealed")
-        latest = self.keyring.latest(repo_id)
-        if latest is not None and outer.epoch < latest[0]:
+        held = self.keyring.epochs(repo_id)  # one read: a few keys per repository
+        if held and outer.epoch < max(held):
             return Verdict("sealed_stale")
-        key = self.keyring.key(repo_id, outer.epoch)
+        key = held.get(outer.epoch)
         if key is None:
             return Verdict("sealed_unreadable")
         try:
