@@ -153,6 +153,7 @@ def repo_publish(ctx: click.Context, repo_name: str | None, branch: str | None, 
         return
     out.print(f"{info.name} is now public: commit {str(result.cid)[:16]} on {branch}", markup=False)
     out.print(line, markup=False)
+    out.print(f"peers learn it when they fetch this commit: 'fednode push {info.name}' announces it", markup=False)
 
 
 @repo.command("unpublish")
