@@ -29,7 +29,7 @@ from libp2p.peer.peerinfo import PeerInfo
 
 from fednode.daemon.bitswap import LMDBBlockStore, fetch_file, start_bitswap, to_theirs
 from fednode.daemon.host import build_host
-from fednode.storage.store import Store
+from fednode.storage.store import PUBLIC, Store
 from protocol.multiformats import CID, DAG_PB, RAW
 from protocol.unixfs import add_bytes
 
@@ -153,8 +153,8 @@ async def test_kubo_fetches_tensor_file_from_our_lmdb_store(tmp_path: Path) -> N
     data = np.random.default_rng(1).integers(0, 256, SIZE, dtype=np.uint8).tobytes()
     store = Store(tmp_path / "store", sync=False)
     with store.write(size_hint=2 * SIZE) as txn:
-        root = add_bytes(data, put=lambda cid, block: txn.put_block(cid, block))
-    assert root.version == 1 and root.codec == DAG_PB
+        root = add_bytes(data, put=lambda cid, block: (txn.put_block(cid, block), txn.tag_block(cid, PUBLIC)))
+    assert root.version == 1 and root.codec == DAG_PB  # tagged PUBLIC as ipfs add does: served to anyone
     host = _host()
     kubo = Kubo(tmp_path / "kubo")
     try:

@@ -46,7 +46,7 @@ async def test_kubo_fetches_delta_stored_states(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     w0 = rng.standard_normal(N).astype(np.float32)
     b = np.ones(8, dtype=np.float32)
-    run_fednode(home, "repo", "create", "demo", "--from", write_model(tmp_path / "m0.safetensors",
+    run_fednode(home, "repo", "create", "demo", "--public", "--from", write_model(tmp_path / "m0.safetensors",
                                                                       {"w": ("F32", w0), "b": ("F32", b)}))
     w1 = w0.copy()
     w1[::50] += 0.25  # a small change: stored as an xor delta
@@ -125,7 +125,7 @@ async def test_states_generated_once_checked_and_only_for_what_refs_reach(histor
     w0 = np.random.default_rng(7).standard_normal(N).astype(np.float32)
     w1 = w0.copy()
     w1[::40] -= 1.0
-    repo, _ = history.create_repo("demo", ArraySource({"w": ("F32", w0)}))
+    repo, _ = history.create_repo("demo", ArraySource({"w": ("F32", w0)}), visibility="public")
     head = history.commit(repo, ArraySource({"w": ("F32", w1)}), "xor").cid
     entry = history.load_manifest(history.load_commit(head).weights).tensors["w"]
     assert entry.encoding == "xor" and entry.state == add_bytes(w1.tobytes())

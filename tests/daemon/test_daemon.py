@@ -21,7 +21,7 @@ def test_three_nodes_clone_commit_propagate_and_catch_up(tmp_path: Path) -> None
     na, nb, nc = open_nodes(*homes)
     try:
         v0 = model_arrays(0)
-        info, genesis = na.history.create_repo("mnist", ArraySource(v0))
+        info, genesis = na.history.create_repo("mnist", ArraySource(v0), visibility="public")
         rid = info.repo_id
         a = DaemonProc(homes[0]).start()
         b = DaemonProc(homes[1], (a.addr,))
@@ -116,7 +116,7 @@ def test_anti_entropy_brings_unpushed_commits(tmp_path: Path) -> None:
     network_config(homes[1], sync_interval=1.0)
     na, nb = open_nodes(*homes)
     try:
-        info, genesis = na.history.create_repo("m", ArraySource(model_arrays(0)))
+        info, genesis = na.history.create_repo("m", ArraySource(model_arrays(0)), visibility="public")
         a = DaemonProc(homes[0]).start()
         b = DaemonProc(homes[1], (a.addr,))
         with daemons(a, b):

@@ -62,7 +62,7 @@ def test_a_hostile_member_cannot_stop_or_fool_the_daemon(tmp_path: Path) -> None
     attacker.save(attacker_key)
     hostile = None
     try:
-        info, _ = na.history.create_repo("m", ArraySource(model_arrays(0)))
+        info, _ = na.history.create_repo("m", ArraySource(model_arrays(0)), visibility="public")
         rid = info.repo_id
         r1 = na.history.commit(na.history.repo("m"), ArraySource(perturb(model_arrays(0), 1)), "epoch 1")
         network_config(homes[1], ban_threshold=BAN_THRESHOLD, sync_interval=3600.0)

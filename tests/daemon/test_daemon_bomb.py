@@ -82,7 +82,8 @@ def test_a_dag_bomb_is_refused_at_once_and_the_daemon_stays_responsive(tmp_path:
     homes = [make_home(tmp_path, n) for n in "ab"]
     na, nb = open_nodes(*homes)
     try:
-        info, created = na.history.create_repo("m", ArraySource({"w": ("F32", np.ones(256, np.float32))}))
+        info, created = na.history.create_repo("m", ArraySource({"w": ("F32", np.ones(256, np.float32))}),
+                                                  visibility="public")
         rid, genesis = info.repo_id, created.cid
         bomb_head, bomb_root = _bomb_commit(na, rid, genesis)
         network_config(homes[1], ban_threshold=1)
@@ -122,7 +123,8 @@ def test_verifying_a_stored_bomb_takes_milliseconds_and_penalizes_its_announcer(
 
     (node,) = open_nodes(make_home(tmp_path, "a"))
     try:
-        info, created = node.history.create_repo("m", ArraySource({"w": ("F32", np.ones(256, np.float32))}))
+        info, created = node.history.create_repo("m", ArraySource({"w": ("F32", np.ones(256, np.float32))}),
+                                                  visibility="public")
         bomb_head, _ = _bomb_commit(node, info.repo_id, created.cid)
         with node.store.write() as txn:  # as if the bomb had just been fetched
             txn.set_ref(info.repo_id, "heads/main", bytes(created.cid))
@@ -151,7 +153,8 @@ def test_verification_runs_beside_the_event_loop(tmp_path: Path, monkeypatch: py
 
     (node,) = open_nodes(make_home(tmp_path, "a"))
     try:
-        info, created = node.history.create_repo("m", ArraySource({"w": ("F32", np.ones(256, np.float32))}))
+        info, created = node.history.create_repo("m", ArraySource({"w": ("F32", np.ones(256, np.float32))}),
+                                                  visibility="public")
         d = fake_daemon(node.history)
         d.fetcher = Fetcher(None, node.store, Metrics(), d.penalize)  # type: ignore[arg-type]
         check_commit = node.history.check_commit

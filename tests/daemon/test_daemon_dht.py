@@ -18,7 +18,7 @@ def test_clone_finds_the_owner_through_the_dht(tmp_path: Path) -> None:
     homes = [make_home(tmp_path, n) for n in "abc"]
     na, nb, nc = open_nodes(*homes)
     try:
-        info, genesis = na.history.create_repo("m", ArraySource(model_arrays(0)))
+        info, genesis = na.history.create_repo("m", ArraySource(model_arrays(0)), visibility="public")
         rid = info.repo_id
         b = DaemonProc(homes[1]).start()  # a plain DHT node that knows nothing of the repository
         a = DaemonProc(homes[0], (b.addr,))
@@ -50,7 +50,7 @@ def test_heads_are_provided_and_a_fetch_finds_a_new_provider_in_the_dht(tmp_path
     homes = [make_home(tmp_path, n) for n in "abcd"]
     na, nb, nc, nd = open_nodes(*homes)
     try:
-        info, genesis = na.history.create_repo("big", ArraySource(big_model(0)))
+        info, genesis = na.history.create_repo("big", ArraySource(big_model(0)), visibility="public")
         rid, head = info.repo_id, f"head {genesis.cid}"
         b = DaemonProc(homes[1]).start()
         a = DaemonProc(homes[0], (b.addr,), env={"FEDNODE_BLOCK_SERVE_DELAY": "0.05"})

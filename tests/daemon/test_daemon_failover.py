@@ -17,7 +17,7 @@ def test_fetch_survives_provider_kill_and_own_restart(tmp_path: Path) -> None:
     homes = [make_home(tmp_path, n) for n in "abc"]
     na, nb, nc = open_nodes(*homes)
     try:
-        info, genesis = na.history.create_repo("big", ArraySource(big_model(0)))
+        info, genesis = na.history.create_repo("big", ArraySource(big_model(0)), visibility="public")
         rid = info.repo_id
         a = DaemonProc(homes[0], env=DELAY).start()
         b = DaemonProc(homes[1], (a.addr,), env=DELAY)

@@ -100,7 +100,8 @@ def test_an_idle_stream_attacker_cannot_starve_honest_fetches(tmp_path: Path) ->
     home = make_home(tmp_path, "v")
     (node,) = open_nodes(home)
     try:
-        _, created = node.history.create_repo("m", ArraySource({"w": ("F32", np.ones(9 * 65536, np.float32))}))
+        _, created = node.history.create_repo("m", ArraySource({"w": ("F32", np.ones(9 * 65536, np.float32))}),
+                                              visibility="public")
         cids = [*_leaves(node, created.cid)[:2], created.cid]  # leaves of zeros: 2 distinct blocks
     finally:
         node.close()

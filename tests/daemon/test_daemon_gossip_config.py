@@ -28,7 +28,7 @@ async def test_heartbeat_stays_at_the_configured_interval_past_the_adaptation_pe
     clock of its last check stands in for 30 s of wall time."""
     node = open_node(make_home(tmp_path, "a"))
     try:
-        node.history.create_repo("m", ArraySource(model_arrays(0)))
+        node.history.create_repo("m", ArraySource(model_arrays(0)), visibility="public")
         d = Daemon(node, ["/ip4/127.0.0.1/tcp/0"], [])
         async with trio.open_nursery() as nursery:
             await nursery.start(d.run)
@@ -61,7 +61,7 @@ def test_a_node_that_is_only_dialled_provides_its_repository(tmp_path: Path) -> 
     homes = [make_home(tmp_path, n) for n in "abc"]
     na, nb, nc = open_nodes(*homes)
     try:
-        info, genesis = na.history.create_repo("m", ArraySource(model_arrays(0)))
+        info, genesis = na.history.create_repo("m", ArraySource(model_arrays(0)), visibility="public")
         a = DaemonProc(homes[0])
         b = DaemonProc(homes[1])
         c = DaemonProc(homes[2])
@@ -101,7 +101,7 @@ def test_a_repository_created_while_the_daemon_runs_is_followed_at_once(tmp_path
         b.start()
         wait_for(lambda: b.api("GET", "/status")["peers"] >= 1, 10, "B to connect to C")
         model = write_model(tmp_path / "model.safetensors", perturb(model_arrays(0), 1))
-        out = run_fednode(homes[0], "repo", "create", "late", "--from", str(model), "--json").stdout
+        out = run_fednode(homes[0], "repo", "create", "late", "--public", "--from", str(model), "--json").stdout
         created = json.loads(out)
         topic = m.topic_for(parse_repo_id(created["id"]) or b"")
         wait_for(lambda: topic in a.api("GET", "/status")["topics"], 3, "A to subscribe to the new repository")
@@ -115,7 +115,7 @@ def test_own_announcements_relayed_back_never_become_a_remote_of_ourselves(tmp_p
     homes = [make_home(tmp_path, n) for n in "op"]
     no, np_ = open_nodes(*homes)
     try:
-        info, genesis = no.history.create_repo("m", ArraySource(model_arrays(0)))
+        info, genesis = no.history.create_repo("m", ArraySource(model_arrays(0)), visibility="public")
         rid = repo_id_text(info.repo_id)
         o = DaemonProc(homes[0])
         p = DaemonProc(homes[1])

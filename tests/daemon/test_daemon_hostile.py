@@ -31,7 +31,7 @@ def test_hostile_messages_are_rejected_and_the_peer_banned(tmp_path: Path) -> No
     na, nb = open_nodes(*homes)
     hostile = None
     try:
-        info, _ = na.history.create_repo("m", ArraySource(model_arrays(0)))
+        info, _ = na.history.create_repo("m", ArraySource(model_arrays(0)), visibility="public")
         rid = info.repo_id
         # no anti-entropy rounds here: they legitimately write (seqs) while we compare store states
         network_config(homes[1], ban_threshold=6, sync_interval=3600.0)

@@ -16,7 +16,7 @@ async def test_kubo_fetches_a_tensor_from_a_running_daemon(tmp_path: Path) -> No
     home = make_home(tmp_path, "owner")
     weights = np.random.default_rng(3).standard_normal(700_000).astype(np.float32)  # 2.8 MB: 11 raw leaves
     model = write_model(tmp_path / "m.safetensors", {"w": ("F32", weights), "b": ("F32", weights[:10].copy())})
-    run_fednode(home, "repo", "create", "demo", "--from", model)
+    run_fednode(home, "repo", "create", "demo", "--public", "--from", model)
     with open_node(home) as node:
         info = node.history.repo("demo")
         entry = node.history.load_manifest(node.history.load_commit(info.genesis).weights).tensors["w"]

@@ -54,7 +54,7 @@ def test_a_lying_provider_stores_nothing_and_is_banned(tmp_path: Path) -> None:
     na, nb = open_nodes(*homes)
     liar = None
     try:
-        info, _ = na.history.create_repo("m", ArraySource(big_model(0)))
+        info, _ = na.history.create_repo("m", ArraySource(big_model(0)), visibility="public")
         rid = info.repo_id
         network_config(homes[1], ban_threshold=2)
         a = DaemonProc(homes[0]).start()

@@ -77,7 +77,7 @@ async def test_heads_queries_are_rate_limited_and_write_nothing(tmp_path: Path) 
     home = make_home(tmp_path, "a")
     (node,) = open_nodes(home)
     try:
-        info, _ = node.history.create_repo("m", ArraySource(model_arrays(0)))
+        info, _ = node.history.create_repo("m", ArraySource(model_arrays(0)), visibility="public")
         a = DaemonProc(home)
         with daemons(a):
             a.start()
@@ -103,7 +103,7 @@ def test_a_clone_larger_than_max_fetch_bytes_is_refused_once_and_forgotten(tmp_p
     try:
         rng = np.random.default_rng(0)
         info, _ = na.history.create_repo("big", ArraySource({"w": ("F32", rng.standard_normal(500_000)
-                                                                   .astype(np.float32))}))  # 2 MB
+                                                                   .astype(np.float32))}), visibility="public")  # 2 MB
         network_config(homes[1], max_fetch_bytes=1000000)
         a = DaemonProc(homes[0]).start()
         b = DaemonProc(homes[1], (a.addr,))

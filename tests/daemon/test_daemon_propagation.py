@@ -25,7 +25,7 @@ def test_a_burst_reaches_the_end_of_a_line_and_leaves_no_stale_remote_refs(tmp_p
     try:
         rng = np.random.default_rng(0)
         base = rng.standard_normal(20_000).astype(np.float32)
-        info, _ = na.history.create_repo("line", ArraySource({"w": ("F32", base)}))
+        info, _ = na.history.create_repo("line", ArraySource({"w": ("F32", base)}), visibility="public")
         rid = info.repo_id
         a = DaemonProc(homes[0])
         with daemons(a):

@@ -43,7 +43,7 @@ def test_peers_reconnect_within_seconds_when_the_bootstrap_node_restarts(tmp_pat
     homes = [make_home(tmp_path, n) for n in "abc"]
     na, nb, nc = open_nodes(*homes)
     try:
-        info, _ = na.history.create_repo("m", ArraySource(model_arrays(0)))
+        info, _ = na.history.create_repo("m", ArraySource(model_arrays(0)), visibility="public")
         rid = info.repo_id
         with star(homes) as (a, b, c):
             for d in (b, c):

@@ -10,6 +10,7 @@ from helpers import fixed_identity, model_arrays, perturb
 from fednode.history import History, blockindex
 from fednode.storage.store import PUBLIC, Store
 from fednode.tensors.modelio import ArraySource
+from fednode.workflows.carfiles import export_car, import_car
 from fednode.workflows.fsck import Marked, _walk, gc, mark
 from fednode.workflows.ipfsfiles import add_file
 from protocol.multiformats import CID, RAW
@@ -107,3 +108,18 @@ def test_tag_checks_the_repository_id_length(tmp_path: Path) -> None:
                 raise AssertionError("a 5-byte repository id was accepted")
     finally:
         history.store.close()
+
+
+def test_a_car_import_tags_every_block_with_the_repository(history: History, tmp_path: Path) -> None:
+    private, _, _, _ = _two_repos(history, tmp_path)
+    repo = history.repo("mine")
+    head = history.branch_head(repo, "main")
+    assert head is not None
+    export_car(history, repo, head, tmp_path / "all.car", ancestry=True)
+    other = History(Store(tmp_path / "other"), fixed_identity(bytes(range(3, 35))))
+    try:
+        import_car(other, tmp_path / "all.car")
+        tags = _tags(other.store)
+        assert len(tags) > 10 and all(v == [private] for v in tags.values())  # every block the CAR held
+    finally:
+        other.store.close()

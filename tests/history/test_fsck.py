@@ -224,7 +224,7 @@ def test_fsck_repair_fetches_corrupt_blocks_from_a_peer_and_the_daemon_expires_o
     na, nb = open_nodes(home_a, home_b)
     try:
         arrays = big_arrays()
-        info, genesis = na.history.create_repo("big", ArraySource(arrays))
+        info, genesis = na.history.create_repo("big", ArraySource(arrays), visibility="public")  # B is no member
         # B holds two fetch records from an earlier run: one 3 days old (never served), one fresh
         stale, fresh = CID.hash(RAW, b"never served"), CID.hash(RAW, b"announced a minute ago")
         with nb.store.write() as txn:
@@ -274,7 +274,7 @@ def test_a_clone_killed_midway_is_unfinished_not_damaged(tmp_path: Path) -> None
     try:
         rng = np.random.default_rng(3)  # 48 leaves: the first 32 are stored while 16 more stream in (0.8 s)
         info, genesis = na.history.create_repo("big", ArraySource(
-            {"w": ("F32", rng.standard_normal(48 * 65536).astype(np.float32))}))
+            {"w": ("F32", rng.standard_normal(48 * 65536).astype(np.float32))}), visibility="public")
         total = 48 + 3  # leaves, the DAG-PB root, the manifest, the commit
         a = DaemonProc(home_a, env={"FEDNODE_BLOCK_SERVE_DELAY": "0.05"}).start()
         b = DaemonProc(home_b, (a.addr,))
