@@ -12,7 +12,7 @@ from daemon_harness import DaemonProc, daemons, has_block, make_home, network_co
 from helpers import fixed_identity, model_arrays, perturb
 
 from fednode import sealing
-from fednode.daemon import privacy
+from fednode.daemon import discovery, privacy
 from fednode.daemon.validate import Validator
 from fednode.history import History, refs, repo_id_text
 from fednode.identity import Identity
@@ -207,3 +207,24 @@ def test_published_repository_moves_to_the_public_topic(tmp_path: Path) -> None:
     finally:
         for n in (na, nb):
             n.close()
+
+
+async def test_a_private_repository_is_provided_under_a_hash_of_its_id(tmp_path: Path) -> None:
+    provided: list[str] = []
+
+    class DHT:
+        async def provide(self, key: str) -> bool:
+            provided.append(key)
+            return True
+
+    with Store(tmp_path / "store") as store:
+        history = History(store, fixed_identity())
+        secret, _ = history.create_repo("secret", ArraySource(model_arrays(0)), visibility="private")
+        open_, _ = history.create_repo("open", ArraySource(model_arrays(1)), visibility="public")
+        d = discovery.Discovery(store, NetState(store), None, None, None)  # type: ignore[arg-type]
+        d.start(DHT())  # type: ignore[arg-type]
+        await d.provide_all()
+        assert discovery.dht_key(open_.repo_id) in provided  # public: its id, as before
+        hidden = discovery.repo_key(secret.repo_id, private=True)
+        assert hidden in provided and discovery.dht_key(secret.repo_id) not in provided
+        assert secret.repo_id.hex() not in hidden
