@@ -129,6 +129,12 @@ def test_private_gossip_reaches_members_only_and_rotates_on_removal(tmp_path: Pa
             assert added["epoch"] == 0
             refused = a.api("POST", "/members", {"repo": "secret", "members": [], "public": True}, expect=400)
             assert "publish it first" in refused["error"]
+            not_a_point = b58encode(b"\xff" * 32)  # 32 bytes, but no Ed25519 key: nothing to wrap for
+            refused = a.api("POST", "/members", {"repo": "secret", "members": [not_a_point]}, expect=400)
+            assert refused["error"] == "a member address is not an Ed25519 public key"
+            membership = NetState(na.store).membership(rid)
+            assert membership is not None and membership.members == (nb.identity.public_key,)
+            assert Keyring(na.store).epochs(rid).keys() == {0}  # no epoch made by the refusals
             # the member clones: the heads reply carries the key message; it unwraps epoch 0
             b.api("POST", "/clone", {"repo": repo_id_text(rid), "timeout": 30})
             owner_key = Keyring(na.store).key(rid, 0)
