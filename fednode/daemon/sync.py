@@ -176,13 +176,17 @@ class HeadsSync:
                         timeout: float = 60, wait_dht: bool = False) -> dict[str, object]:
         """Ask ``peers`` for their heads of ``repo_id``; fetch and apply what validates.
 
-        A clone that no connected peer can serve asks the DHT for the repository's providers.
+        A clone that no connected peer can serve asks the DHT for the repository's providers. A clone
+        subscribes once it holds the genesis: before, it cannot know whether the repository is private,
+        and the public topic's name would tell every peer the id of a private repository it wants.
         """
-        await self.topics.subscribe(repo_id)
+        if self.state.genesis(repo_id) is not None:
+            await self.topics.subscribe(repo_id)  # also moves a repository published since to its public topic
         done = SyncRound()
         for peer in peers:
             await self._sync_with(repo_id, peer, create, done)
-        await self.topics.subscribe(repo_id)  # a clone now knows whether the repository is private
+        if self.state.genesis(repo_id) is not None:
+            await self.topics.subscribe(repo_id)  # a clone now knows whether the repository is private
         if self.state.genesis(repo_id) is None and create and not wait_dht:
             found = await self._find_repo(repo_id)
             if found:

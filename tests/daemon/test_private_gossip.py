@@ -199,9 +199,12 @@ def test_published_repository_moves_to_the_public_topic(tmp_path: Path) -> None:
             b.api("POST", "/clone", {"repo": repo_id_text(rid), "timeout": 30})
             for d in (a, b):
                 assert d.api("GET", "/status")["topics"] == [private]
+            # the clone never named the public topic (that would tell every peer the id it wants)
+            assert not [e for e in b.log_events() if e["event"] == "topic_left"]
             published = na.history.publish(na.history.repo("secret"))
             a.api("POST", "/push", {"repo": "secret", "confirm": False})
             assert a.api("GET", "/status")["topics"] == [public]
+            assert [e["topic"] for e in a.log_events() if e["event"] == "topic_left"] == [private]
             wait_for(lambda: has_block(nb, published.cid) and b.api("GET", "/status")["topics"] == [public], 20,
                      "the member to move to the public topic", interval=0.2)
             # on the public topic messages travel in the clear again and still arrive
