@@ -198,6 +198,8 @@ def test_a_member_restores_the_backup_on_a_fresh_home_bit_for_bit(owner, tmp_pat
     assert (tmp_path / "member.safetensors").read_bytes() == (owner["tmp"] / "owner.safetensors").read_bytes()
     with open_node(home) as node:
         assert node.history.is_private(owner["repo_id"])  # still private on the member's node
+        with node.store.read() as txn:  # its blocks are the repository's, to serve to members only
+            assert list(txn.block_repos(CID.parse(owner["head"]))) == [owner["repo_id"]]
         assert sorted(p.name for p in home.iterdir() if p.name.startswith(".sealed")) == []
     again = json.loads(invoke(home, "import", owner["backup"], "--json").stdout)  # idempotent
     assert not again["registered"] and again["new_blocks"] == 0
