@@ -36,6 +36,11 @@ TopicValidator = Callable[[ID, rpc_pb2.Message], bool]
 IGNORED = frozenset({"sealed_unreadable", "sealed_stale"})  # not for us: counted, not logged one by one
 
 
+def _drop(forwarder: ID, msg: rpc_pb2.Message) -> bool:
+    """The validator of a topic we left."""
+    return False
+
+
 class Gossip:
     def __init__(self, store: Store, state: NetState, validator: Validator, metrics: Metrics, tasks: Spawner,
                  penalizer: Penalizer, fetches: FetchScheduler, identity: Identity | None = None) -> None:
@@ -72,15 +77,19 @@ class Gossip:
         topic = m.topic_for(repo_id, private)
         if topic in self.topics:
             return
-        for old in [t for t, r in self.topics.items() if r == repo_id]:
-            del self.topics[old]
-            self.pubsub.remove_topic_validator(old)
-            await self.pubsub.unsubscribe(old)
-            log("topic_left", topic=old)
+        former = [t for t, r in self.topics.items() if r == repo_id]
+        # the maps change before any await: a second call meanwhile sees the new topic taken
         self.topics[topic] = repo_id
         self.pubsub.set_topic_validator(topic, self.validator_for(repo_id, private), False)
+        for old in former:
+            del self.topics[old]
         sub = await self.pubsub.subscribe(topic)
         self.tasks.start_soon(self._drain, sub)
+        for old in former:
+            # a message of the old topic already taken in must not pass unjudged: it is dropped
+            self.pubsub.set_topic_validator(old, _drop, False)
+            await self.pubsub.unsubscribe(old)
+            log("topic_left", topic=old)
 
     async def publish(self, repo_id: bytes, data: bytes, /) -> None:
         """Publish ``data`` on ``repo_id``'s topic, sealed there if the repository is private (all but
