@@ -86,7 +86,8 @@ def _prefix(cid: CIDObject) -> bytes:
 class LMDBBlockStore(BlockStore):
     """py-libp2p ``BlockStore`` over fednode's LMDB ``Store``.
 
-    Reads serve any block in the store. Writes are hash-verified (``Txn.put_block``) and
+    Reads return any block in the store (the server, ``FednodeBitswap._served_block``, applies read
+    access before serving one). Writes are hash-verified (``Txn.put_block``), tagged ``PUBLIC``, and
     accepted only for CIDs registered with ``expect`` (what a running fetch asked for);
     other blocks are dropped. LMDB calls are short and synchronous, as in the daemon.
     """

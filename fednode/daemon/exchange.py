@@ -162,11 +162,11 @@ def _get(store: Store, cid: CID, checked: Callable[[CID], tuple[bytes, bytes] | 
         block, repo_id = held
         return block if reader is None or reader.allows([repo_id]) else None
     with store.read() as txn:
+        holders = txn.block_repos(cid) if reader is not None else []
         try:
             block = txn.get_block(cid)
         except NotFound:
             return None
-        holders = txn.block_repos(cid) if reader is not None else []
     return block if reader is None or reader.allows(holders) else None
 
 

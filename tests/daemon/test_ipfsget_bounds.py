@@ -18,7 +18,7 @@ from test_bitswap_kubo import _host, _listen
 from fednode.daemon.bitswap import BitswapHandle, start_bitswap
 from fednode.daemon.ipfsget import MAX_LINKS, TooLarge, forget, get_file
 from fednode.storage.pins import pin, pins
-from fednode.storage.store import Store
+from fednode.storage.store import PUBLIC, Store
 from protocol.multiformats import CID, DAG_PB, RAW, FormatError
 from protocol.unixfs import Link, _unixfs_data, add_bytes, encode_node
 
@@ -45,11 +45,12 @@ async def test_hostile_dags_are_refused_and_nothing_stays(tmp_path: Path) -> Non
     deep_root, deep = _chain(12)
     wide_root, wide = dag_bomb(levels=1, fanout=MAX_LINKS + 1, leaf=b"w")
     lie_root, lie = dag_bomb(levels=2, fanout=4, leaf=b"l" * 100, lie_at_root=40)
-    with served.write() as txn:
-        good_root = add_bytes(good, put=lambda c, b: txn.put_block(c, b))
+    with served.write() as txn:  # all tagged PUBLIC (as ipfs add does): the hostile server serves them all
+        good_root = add_bytes(good, put=lambda c, b: (txn.put_block(c, b), txn.tag_block(c, PUBLIC)))
         for blocks in (deep, wide, lie):
             for cid, block in blocks.items():
                 txn.put_block(cid, block)
+                txn.tag_block(cid, PUBLIC)
     server, client = _host(), _host()
     try:
         async with server.run(_listen()), client.run(_listen()), trio.open_nursery() as nursery:

@@ -156,6 +156,8 @@ async def test_a_private_repository_is_served_to_members_only(tmp_path: Path) ->
             res = json.loads(run_fednode(homes[1], "clone", repo_id_text(secret), "--json").stdout)
             assert res["name"] == "secret"
             wait_for(lambda: all(has_block(member, cid) for cid in secret_cids), 20, "the member's full copy")
+            with member.store.read() as txn:  # the member's fetches recorded every block as the repository's
+                assert all(txn.block_repos(cid) == [secret] for cid in secret_cids)
             refusals = [e for e in c.log_events() if e.get("event") == "heads_refused_private"]
             assert len(refusals) == 1 and refusals[0]["level"] == "info"  # logged once, at info
     finally:
