@@ -161,13 +161,16 @@ def _get(store: Store, cid: CID, checked: Callable[[CID], tuple[bytes, bytes] | 
     if held is not None:
         block, repo_id = held
         return block if reader is None or reader.allows([repo_id]) else None
+    if reader is not None:
+        with store.read() as txn:
+            holders = txn.block_repos(cid)
+        if not reader.allows(holders):  # settings read outside the txn; a refused block is never copied
+            return None
     with store.read() as txn:
-        holders = txn.block_repos(cid) if reader is not None else []
         try:
-            block = txn.get_block(cid)
+            return txn.get_block(cid)
         except NotFound:
             return None
-    return block if reader is None or reader.allows(holders) else None
 
 
 class Fetcher:

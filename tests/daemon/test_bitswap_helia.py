@@ -63,7 +63,8 @@ def helia_fetch(addr: str, cid: str, dest: Path, timeout: float) -> dict[str, ob
 def test_helia_fetches_a_delta_stored_state(tmp_path: Path) -> None:
     home = make_home(tmp_path, "owner")
     w0 = np.random.default_rng(11).standard_normal(300_000).astype(np.float32)
-    run_fednode(home, "repo", "create", "demo", "--from", write_model(tmp_path / "m0.safetensors", {"w": ("F32", w0)}))
+    run_fednode(home, "repo", "create", "demo", "--public", "--from",
+                write_model(tmp_path / "m0.safetensors", {"w": ("F32", w0)}))
     w1 = w0.copy()
     w1[::50] += 0.25
     run_fednode(home, "commit", "--from", write_model(tmp_path / "m1.safetensors", {"w": ("F32", w1)}), "-m", "xor")
