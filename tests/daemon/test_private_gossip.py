@@ -207,6 +207,8 @@ def test_published_repository_moves_to_the_public_topic(tmp_path: Path) -> None:
             assert [e["topic"] for e in a.log_events() if e["event"] == "topic_left"] == [private]
             wait_for(lambda: has_block(nb, published.cid) and b.api("GET", "/status")["topics"] == [public], 20,
                      "the member to move to the public topic", interval=0.2)
+            wait_for(lambda: any(p["peer_id"] == b.peer_id and public in p["topics"] for p in a.api("GET", "/peers")),
+                     10, "the owner to see the member on the public topic", interval=0.2)
             # on the public topic messages travel in the clear again and still arrive
             r2 = na.history.commit(na.history.repo("secret"), ArraySource(perturb(model_arrays(0), 2)), "open")
             commits = _accepted(b, "commit")
