@@ -40,9 +40,10 @@ from fednode.daemon.access import Reader
 from fednode.daemon.fairness import IDLE
 from fednode.daemon.metrics import Metrics
 from fednode.errors import NotFound
+from fednode.history import repos
 from fednode.identity import verify_signature
 from fednode.logs import log
-from fednode.storage.store import WRITE_HEADROOM, Store
+from fednode.storage.store import PUBLIC, WRITE_HEADROOM, Store, Txn
 from protocol import messages as m
 from protocol.dag import links  # children to fetch
 from protocol.multiformats import CID, DAG_CBOR, DAG_PB, RAW, FormatError
@@ -451,7 +452,10 @@ class Fetcher:
     def _missing_and_children(self, repo_id: bytes, frontier: list[CID], seen: set[CID], depth: dict[CID, int],
                               sizes: dict[CID, int], untagged: list[CID]) -> tuple[list[CID], list[CID]]:
         """The blocks of ``frontier`` to fetch and the next level; present blocks not yet recorded as
-        ``repo_id``'s (a commit gossip stored, a block another repository holds too) go to ``untagged``."""
+        ``repo_id``'s but readable by anyone already (a public repository's, ipfs content) go to
+        ``untagged``. A present block readable only by other private repositories' members is
+        fetched as if missing: a commit of a repository we follow can name any CID, and tagging what
+        we hold on its word would hand another repository's private bytes to its members."""
         missing: list[CID] = []
         children: dict[CID, None] = {}  # an ordered set: a block linked many times is asked for once
         with self.store.read() as txn:
@@ -461,13 +465,17 @@ class Fetcher:
                 seen.add(cid)
                 # stored blocks only: one held in memory by another fetch may not be stored yet when
                 # this fetch ends and its head is verified ("not in the store": the announcer penalized)
-                if txn.has_block(cid):
+                holders = txn.block_repos(cid) if txn.has_block(cid) else None
+                if holders is not None and (repo_id in holders or _open_to_all(txn, holders)):
                     block = txn.get_block(cid)
-                    if repo_id not in txn.block_repos(cid):
+                    if repo_id not in holders:
                         untagged.append(cid)
                     _add_children(children, cid, links(cid, block), depth)
                     expect_sizes(cid, block, sizes)
                 else:
+                    # absent, or held only for other private repositories (or for none): fetched
+                    # again from this repository's providers, so naming a CID never makes us serve
+                    # its bytes to a repository whose members did not already hold them
                     missing.append(cid)
         return missing, list(children)
 
@@ -601,3 +609,8 @@ def block_is_commit(block: bytes) -> bool:
     except FormatError:
         return False
     return isinstance(obj, dict) and obj.get("type") == COMMIT_TYPE
+
+
+def _open_to_all(txn: Txn, holders: list[bytes]) -> bool:
+    """Whether a block held for ``holders`` may already be served to anyone."""
+    return any(h == PUBLIC or repos.visibility(txn, h) == "public" for h in holders)

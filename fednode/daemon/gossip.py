@@ -168,6 +168,7 @@ class Gossip:
             assert commit is not None  # an accepted envelope carries its decoded commit
             with self.store.write() as txn:
                 txn.put_block(cid, msg.block)
+                txn.tag_block(cid, repo_id)  # the repository's own commit: its members may read it
                 txn.index_commit(cid, repo_id, commit.commit_hash())
             log("commit_received", cid=str(cid), author=commit.author.hex()[:16])
             self.fetches.schedule(repo_id, cid, providers, None)
