@@ -15,8 +15,11 @@ and the store, a link found in neither refuses the CAR, and so does a block no r
 holds; (5) ``workflows.verify.verify`` of every root over the store seen together with the CAR
 (hashes, signatures, parents' commit hashes, tensor reconstructions, merges, reverts); (6) one
 write transaction: every block (hash-checked again as it is put), the commits indexed, a new
-repository registered as a clone registers it. An imported commit gets no branch: the caller
-names one (``fednode branch NAME CID``); until a ref reaches it, ``gc`` may collect it.
+repository registered as a clone registers it, and a verified owner's decision to make the
+repository public (a ``publish`` commit, see ``history.commits.publish``) recorded as its
+``published`` ref when none is recorded yet, as the daemon does for one it fetched. An imported
+commit gets no branch: the caller names one (``fednode branch NAME CID``); until a ref reaches it,
+``gc`` may collect it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any, BinaryIO, cast
 
 from fednode.atomic import atomic_file
 from fednode.errors import Corrupt, FednodeError, NotFound
-from fednode.history import History, RepoInfo, repo_id_text
+from fednode.history import History, RepoInfo, refs, repo_id_text
 from fednode.history.objstore import signature_valid
 from fednode.history.repos import register_repo, repo_info
 from fednode.storage.store import Store, Txn
@@ -63,6 +66,7 @@ class ImportReport:
     blocks: int = 0  # distinct blocks in the CAR
     new_blocks: int = 0  # of which the store did not hold yet
     bytes: int = 0  # bytes newly stored
+    published: CID | None = None  # the owner's publish decision this import recorded (now public)
 
 
 # --- export ----------------------------------------------------------------------------------
@@ -226,11 +230,13 @@ def import_car_fd(history: History, fd: int, name: str, max_bytes: int = DEFAULT
     if check_repo is not None:
         check_repo(repo.repo_id)
     staged_history = History(cast(Store, _StagedStore(history.store, staged)))
+    publishes: list[CID] = []  # verified: from the owner, changing no tensor
     for root in staged.roots:
         report = verify(staged_history, repo, root)
         if report.problems:
             raise Corrupt(f"commit {root} fails verification: {report.problems[0]}")
-    return _store(history, staged, commits, repo, genesis)
+        publishes += report.publishes
+    return _store(history, staged, commits, repo, genesis, publishes[0] if publishes else None)
 
 
 def _check_structure(txn: Txn, staged: _Staged) -> dict[CID, Commit]:
@@ -297,8 +303,9 @@ def _repository(txn: Txn, staged: _Staged, commits: dict[CID, Commit]) -> tuple[
 
 
 def _store(history: History, staged: _Staged, commits: dict[CID, Commit], repo: RepoInfo,
-           genesis: CID | None) -> ImportReport:
-    """The one write: every block, the commits indexed, a new repository registered."""
+           genesis: CID | None, publish: CID | None) -> ImportReport:
+    """The one write: every block, the commits indexed, a new repository registered, ``publish``
+    (a verified decision to make it public) recorded unless one is already (the first one counts)."""
     report = ImportReport(list(staged.roots), repo, genesis is not None, list(commits), len(staged.index))
     with history.store.write(size_hint=staged.total) as txn:
         for cid in staged.index:
@@ -317,4 +324,7 @@ def _store(history: History, staged: _Staged, commits: dict[CID, Commit], repo: 
                 raise FednodeError(f"a repository named {name!r} exists already: rename it first")
             register_repo(txn, name, repo.repo_id, genesis)
             report.repo = RepoInfo(name, repo.repo_id, genesis, repo.settings)
+        if publish is not None and txn.get_ref(repo.repo_id, refs.PUBLISHED) is None:
+            txn.set_ref(repo.repo_id, refs.PUBLISHED, bytes(publish))
+            report.published = publish
     return report

@@ -84,7 +84,7 @@ async def _ask(seed: bytes, target: str, cids: list[CID]) -> list[CID]:
                 await wire.write_frame(stream, m.encode_want(want))
                 reader = wire.FrameReader(stream)
                 for cid in want:
-                    frame = await reader.read_frame(m.MAX_BLOCK_BYTES + 1, 15)
+                    frame = bytes(await reader.read_frame(m.MAX_BLOCK_BYTES + 1, 15))
                     if frame[:1] == b"\x01":
                         assert cid.verify(frame[1:])
                         served.append(cid)

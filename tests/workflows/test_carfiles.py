@@ -305,3 +305,64 @@ def test_fednode_imports_what_ipld_car_writes(source, home: Path, cli, tmp_path:
     assert out["registered"] and out["commits"] == 6 and out["roots"] == [source["head"]]
     cli("branch", "theirs", source["head"], "-r", "r")
     assert "6 commits ok" in cli("verify", "theirs", "-r", "r").stdout
+
+
+# --- a publish decision ----------------------------------------------------------------------
+
+
+def test_an_imported_publish_decision_makes_the_repository_public(home: Path, cli, tmp_path: Path) -> None:
+    """A CAR holding the owner's verified decision to publish records the ``published`` ref, as a fetch
+    does; one without it leaves the repository private; a non-owner's forged decision stores nothing."""
+    src_home = tmp_path / "owner"
+    (tmp_path / "owner.json").write_text(Keypair().to_json())
+    init_home(src_home, tmp_path / "owner.json")
+    invoke(src_home, "repo", "create", "r", "--from", write_model(tmp_path / "m0.safetensors", model_arrays(0)))
+    invoke(src_home, "commit", "--from", write_model(tmp_path / "m1.safetensors", perturb(model_arrays(0), 1)),
+           "-m", "round 1")
+    invoke(src_home, "export", "--plain", "HEAD", "--car", tmp_path / "before.car", "--ancestry")
+    published = json.loads(invoke(src_home, "repo", "publish", "--yes", "--no-chain", "--json"))["commit"]
+    invoke(src_home, "export", "HEAD", "--car", tmp_path / "after.car")  # public now: plain, its own blocks
+
+    # a non-owner's decision (re-signed by another key) fails verification: nothing stored
+    roots, blocks = sections(tmp_path / "after.car")
+    mallory = fixed_identity(bytes(32))
+    forged = Commit.decode(blocks[0][1])
+    forged = replace(forged, author=mallory.public_key, sig=b"")
+    forged = replace(forged, sig=mallory.sign(forged.commit_hash()))
+    fcid = CID.hash(DAG_CBOR, forged.encode())
+    cli("import", tmp_path / "before.car")
+    refused(cli, home, write(tmp_path / "forged.car", [fcid], [(fcid, forged.encode()), *blocks[1:]]),
+            "only the repository owner")
+
+    node = open_node(home)
+    try:
+        info = node.history.repo("r")
+        assert node.history.visibility(info.repo_id) == "private" and node.history.published(info.repo_id) is None
+    finally:
+        node.close()
+    cli("import", tmp_path / "after.car")
+    node = open_node(home)
+    try:
+        assert str(node.history.published(info.repo_id)) == published
+        assert node.history.visibility(info.repo_id) == "public"
+    finally:
+        node.close()
+    again = json.loads(cli("import", tmp_path / "after.car", "--json").stdout)  # idempotent: nothing new
+    assert again["new_blocks"] == 0
+
+
+def test_a_new_repository_imported_with_its_publish_decision_is_public(home: Path, cli, tmp_path: Path) -> None:
+    """The repository is registered and recorded public in the import's one transaction."""
+    src_home = tmp_path / "owner"
+    (tmp_path / "owner.json").write_text(Keypair().to_json())
+    init_home(src_home, tmp_path / "owner.json")
+    invoke(src_home, "repo", "create", "r", "--from", write_model(tmp_path / "m0.safetensors", model_arrays(0)))
+    published = json.loads(invoke(src_home, "repo", "publish", "--yes", "--no-chain", "--json"))["commit"]
+    invoke(src_home, "export", "HEAD", "--car", tmp_path / "all.car", "--ancestry")
+    assert json.loads(cli("import", tmp_path / "all.car", "--json").stdout)["registered"]
+    node = open_node(home)
+    try:
+        rid = node.history.repo("r").repo_id
+        assert str(node.history.published(rid)) == published and node.history.visibility(rid) == "public"
+    finally:
+        node.close()
