@@ -215,7 +215,9 @@ def push(ctx: click.Context, repo_name: str | None, as_json: bool) -> None:
 def pull(ctx: click.Context, repo_name: str | None, timeout: float, as_json: bool) -> None:
     """Fetch the heads peers announce for REPO and their blocks; move branches that fast-forward."""
     res = client(ctx).call("POST", "/pull", {"repo": _repo_name(ctx, repo_name), "timeout": timeout})
-    emit(res, as_json, _ref_lines(ctx, res["refs"]))
+    # peers that could not or would not answer are said, not hidden behind the unchanged refs
+    warnings = [f"warning: {e}" for e in res.get("errors", [])[:3]]
+    emit(res, as_json, "\n".join([*warnings, _ref_lines(ctx, res["refs"])]))
 
 
 @click.command()

@@ -60,7 +60,7 @@ class SyncRound:
 
     jobs: list[Job] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    answered: int = 0  # peers that answered with their heads
+    answered: int = 0  # peers that answered with the repository's genesis or heads
     refused: int = 0  # peers that refused: the repository is private and we are no member
 
 
@@ -223,7 +223,8 @@ class HeadsSync:
         if reply.refused is not None:
             self._refused(repo_id, peer, done)
             return
-        done.answered += 1
+        if reply.genesis is not None or reply.heads:  # a peer that knows nothing of it answers nothing
+            done.answered += 1
         if self.state.genesis(repo_id) is None:
             if not create or reply.genesis is None:
                 return
