@@ -175,11 +175,14 @@ def connect(ctx: click.Context, addr: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("repo_id")
+@click.option("--public", is_flag=True,
+              help="The repository (not held here yet) is public: use its public topic. Without it, a "
+                   "repository not held yet is followed on the opaque topic a private one uses.")
 @json_option
 @click.pass_context
-def follow(ctx: click.Context, repo_id: str, as_json: bool) -> None:
+def follow(ctx: click.Context, repo_id: str, public: bool, as_json: bool) -> None:
     """Subscribe to a repository's topic (by id or local name)."""
-    res = client(ctx).call("POST", "/follow", {"repo": repo_id})
+    res = client(ctx).call("POST", "/follow", {"repo": repo_id, "public": public})
     emit(res, as_json, f"following {res['repo']} on {res['topic']}")
 
 

@@ -15,14 +15,20 @@ from fednode.history import repos
 from fednode.logs import log
 from fednode.sealing import SealError, seal, unwrap
 from fednode.storage.keyring import Keyring
+from fednode.storage.netstate import NetState
 from fednode.storage.store import Store
 from protocol import messages as m
 
 
 def is_private(store: Store, repo_id: bytes) -> bool:
-    """Whether ``repo_id`` is private now (False for a repository this store does not hold yet)."""
+    """Whether ``repo_id`` is private now; one this store does not hold yet counts as private unless
+    it was followed as public (``fednode follow --public``): private is the default visibility, and
+    the public topic's name would tell every peer the id."""
     with store.read() as txn:
-        return repos.is_private(txn, repo_id)
+        visibility = repos.visibility(txn, repo_id)
+    if visibility is None:
+        return not NetState(store).followed_public(repo_id)
+    return visibility == "private"
 
 
 def topic_of(store: Store, repo_id: bytes) -> str:

@@ -177,9 +177,9 @@ async def h_unban(d: Daemon, body: dict[str, Any]) -> Any:
 
 
 async def h_follow(d: Daemon, body: dict[str, Any]) -> Any:
-    _only(body, "repo")
+    _only(body, "repo", "public")
     repo_id = _repo_arg(d, body, local=False)
-    d.state.follow(repo_id)
+    d.state.follow(repo_id, public=_flag(body, "public") if "public" in body else False)
     await d.gossip.subscribe(repo_id)
     return {"repo": repo_id_text(repo_id), "topic": d.gossip.topic_of(repo_id)}
 
@@ -412,7 +412,7 @@ def openapi() -> dict[str, Any]:
                                      "pin": {"type": "boolean", "default": True},
                                      "wait": {"type": "boolean", "default": True}}},
         "/ipfs/progress": {"type": "object", "properties": {"job": {"type": "string"}}, "required": ["job"]},
-        "/follow": repo,
+        "/follow": {**repo, "properties": {**repo["properties"], "public": {"type": "boolean", "default": False}}},
         "/push": {**repo, "properties": {**repo["properties"], "confirm": {"type": "boolean", "default": True}}},
         "/pull": sync_schema, "/clone": sync_schema,
         "/propose": {**repo, "properties": {**repo["properties"], "branch": {"type": "string"},

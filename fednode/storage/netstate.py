@@ -83,9 +83,17 @@ class NetState:
         self.store = store
 
     # follows
-    def follow(self, repo_id: bytes) -> None:
+    def follow(self, repo_id: bytes, public: bool = False) -> None:
+        """Follow ``repo_id``'s gossip; ``public`` says which topic to use while we do not hold it
+        (a private repository's topic is opaque: following it by its public name would tell every
+        peer its id)."""
         with self.store.write() as txn:
-            txn.kv_put(DB, b"follow/" + repo_id, b"1")
+            txn.kv_put(DB, b"follow/" + repo_id, b"public" if public else b"private")
+
+    def followed_public(self, repo_id: bytes) -> bool:
+        """Whether ``repo_id`` was followed as public (b"1": a follow from before visibility existed)."""
+        with self.store.read() as txn:
+            return txn.kv_get(DB, b"follow/" + repo_id) in (b"1", b"public")
 
     def follows(self) -> list[bytes]:
         with self.store.read() as txn:

@@ -343,7 +343,7 @@ def test_push_says_how_many_peers_accepted(tmp_path: Path) -> None:
     with daemons(DaemonProc(owner).start()) as (a,):
         # a peer that follows the topic without the repository rejects the heads (unknown_repo)
         with daemons(DaemonProc(follower, (a.addr,)).start()) as (c,):
-            c.api("POST", "/follow", {"repo": repo_id})
+            c.api("POST", "/follow", {"repo": repo_id, "public": True})
             wait_for(lambda: a.api("GET", "/status")["peers"] >= 1, 10, "C to connect")
             wait_for(lambda: json.loads(run_fednode(owner, "push", "m", "--json", check=False).stdout or "{}")
                      .get("topic_peers"), 15, "C on the topic")

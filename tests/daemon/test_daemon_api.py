@@ -103,7 +103,10 @@ def test_cli_status_peers_follow_and_no_daemon(daemon: DaemonProc) -> None:
     assert json.loads(out.stdout)["peer_id"] == daemon.peer_id
     assert json.loads(run_fednode(home, "peers", "--json").stdout) == []
     rid = repo_id_text(bytes(range(32)))
-    followed = json.loads(run_fednode(home, "follow", rid, "--json").stdout)
+    # not held here: followed on the opaque topic a private repository uses, unless said public
+    hidden = json.loads(run_fednode(home, "follow", rid, "--json").stdout)
+    assert hidden["topic"].startswith("/fednode/repo/p/") and rid not in hidden["topic"]
+    followed = json.loads(run_fednode(home, "follow", rid, "--public", "--json").stdout)
     assert followed["topic"] == f"/fednode/repo/{rid}/1"
     assert followed["topic"] in json.loads(run_fednode(home, "status", "--json").stdout)["topics"]
     pushed = json.loads(run_fednode(home, "push", "m", "--json").stdout)

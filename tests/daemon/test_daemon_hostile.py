@@ -41,7 +41,7 @@ def test_hostile_messages_are_rejected_and_the_peer_banned(tmp_path: Path) -> No
             b.start()
             b.api("POST", "/clone", {"repo": repo_id_text(rid), "timeout": 20})
             followed_only = repo_id_text(bytes([7]) * 32)  # followed, never cloned: no owner known
-            b.api("POST", "/follow", {"repo": followed_only})
+            b.api("POST", "/follow", {"repo": followed_only, "public": True})  # the hostile uses its public topic
             hostile = subprocess.Popen(
         env=script_env(), args=[sys.executable, __file__, b.addr, repo_id_text(rid), followed_only], cwd=ROOT,
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
