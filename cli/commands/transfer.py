@@ -71,8 +71,11 @@ def import_(ctx: click.Context, car_path: Path, max_bytes: str | None, as_json: 
     data = {"file": str(car_path), "roots": roots, "repo": report.repo.name,
             "repo_id": repo_id_text(report.repo.repo_id), "registered": report.registered,
             "commits": len(report.commits), "blocks": report.blocks, "new_blocks": report.new_blocks,
-            "bytes": report.bytes, "sealed": sealed}
+            "bytes": report.bytes, "sealed": sealed,
+            "published": None if report.published is None else str(report.published)}
     new = " (new here: registered)" if report.registered else ""
+    if report.published is not None:  # the owner's verified decision came with the file
+        new += f"; it is now public (the owner's publish commit {report.published})"
     how = " (a sealed backup, opened with your key)" if sealed else ""
     emit(data, as_json, f"imported {car_path}{how} into repository {report.repo.name}{new}: {len(report.commits)} "
                         f"commits, {report.blocks} blocks ({report.new_blocks} new, {report.bytes} bytes)\n"

@@ -119,3 +119,24 @@ def test_a_public_repository_exports_a_plain_car_without_warning(tmp_path: Path)
     assert proc.stderr == "" and json.loads(proc.stdout)["sealed"] is False
     roots, _ = read_car((tmp_path / "p.car").read_bytes())
     assert roots == [result.cid]
+
+
+def test_an_imported_publish_decision_is_said(tmp_path: Path) -> None:
+    """A backup holding the owner's publish commit makes the repository public where it is imported,
+    and the import says so (text and --json); one without it says nothing of the kind."""
+    owner = new_home(tmp_path, "pub-owner", SEED)
+    run_fednode(owner, "repo", "create", "p", "--from", write_model(tmp_path / "p0.safetensors", model_arrays(4)))
+    run_fednode(owner, "export", "HEAD", "--car", tmp_path / "before.car", "--plain")
+    published = json.loads(run_fednode(owner, "repo", "publish", "-r", "p", "--yes", "--no-chain", "--json").stdout)
+    run_fednode(owner, "export", "HEAD", "--car", tmp_path / "after.car", "--ancestry")  # public now: plain
+
+    other = new_home(tmp_path, "pub-other", MEMBER_SEED)
+    quiet = run_fednode(other, "import", tmp_path / "before.car").stdout
+    assert "now public" not in quiet
+    said = run_fednode(other, "import", tmp_path / "after.car").stdout
+    assert f"it is now public (the owner's publish commit {published['commit']})" in said, said
+    listed = json.loads(run_fednode(other, "repo", "list", "--json").stdout)
+    assert [r["visibility"] for r in listed] == ["public"]
+    again = json.loads(run_fednode(new_home(tmp_path, "pub-third", MEMBER_SEED), "import", tmp_path / "after.car",
+                                   "--json").stdout)
+    assert again["published"] == published["commit"]
