@@ -22,6 +22,7 @@ from cli.commands import (
     members,
     merge,
     net,
+    pin,
     remotes,
     repo,
     setup,
@@ -34,7 +35,7 @@ from fednode.node import default_home
 from protocol.multiformats import FormatError
 
 COMMAND_MODULES = [setup, repo, train, history, branches, remotes, merge, integrity, net, members, chain, transfer,
-                   ipfs]
+                   ipfs, pin]
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:

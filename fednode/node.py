@@ -103,6 +103,11 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "flush_interval": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
         "timeout_s": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
     },
+    "ipfs": {
+        "kubo_api": (lambda v: type(v) is str and v.startswith(("http://", "https://")), "an http(s) URL"),
+        "pin_retry_seconds": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
+        "pin_max_attempts": (lambda v: type(v) is int and 0 < v < 1 << 20, "a positive integer"),
+    },
     "store": {"fsync": (lambda v: type(v) is bool, "true or false")},
     "repository_defaults": {
         "scale_bits": (lambda v: type(v) is int and 0 <= v <= 60, "an integer in 0..60"),

@@ -35,6 +35,7 @@ from fednode.daemon.ipfsget import GetJobs
 from fednode.daemon.jobs import FetchJobs
 from fednode.daemon.metrics import Metrics
 from fednode.daemon.peers import Peers
+from fednode.daemon.pinning import PinWorker
 from fednode.daemon.ratelimit import TokenBuckets
 from fednode.daemon.serving import StreamServer
 from fednode.daemon.stateblocks import StateBlocks, cache_bytes
@@ -154,6 +155,8 @@ class Daemon:
         nursery.start_soon(self._sync_loop)
         nursery.start_soon(self._watch_loop)
         nursery.start_soon(self._follow_local_repos)
+        # `fednode pin`'s durable queue: pins on an operator's Kubo, which fetches from us over bitswap
+        self.spawn("kubo_pins", PinWorker.from_config(self.node.store, self.addrs, self.node.config).run)
         self.ready.set()
 
     async def _watch_loop(self) -> None:

@@ -1,0 +1,64 @@
+"""``fednode pin REV [--kubo URL]``: pin a commit on an operator's Kubo; ``fednode pin --status``."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import click
+
+from cli.context import emit, emit_json, get_node, json_option, out, resolve
+from fednode.errors import FednodeError
+
+if TYPE_CHECKING:
+    from fednode.node import Node
+
+DEFAULT_KUBO = "http://127.0.0.1:5001"
+
+
+@click.command()
+@click.argument("rev", required=False)
+@click.option("--kubo", "kubo", help="Kubo's RPC API URL (default: [ipfs] kubo_api, else http://127.0.0.1:5001).")
+@click.option("--repo", "-r", "repo_name", help="Repository name (default: the current one).")
+@click.option("--status", is_flag=True, help="List the queued, pinned and failed pin requests.")
+@json_option
+@click.pass_context
+def pin(ctx: click.Context, rev: str | None, kubo: str | None, repo_name: str | None, status: bool,
+        as_json: bool) -> None:
+    """Queue the pin of REV's tensor states, manifest and commit on a Kubo; the running daemon pins them."""
+    node = get_node(ctx)
+    if status:
+        if rev is not None:
+            raise FednodeError("give either REV or --status, not both")
+        _status(node, as_json)
+        return
+    if rev is None:
+        raise FednodeError("give the revision to pin (e.g. main), or --status")
+    from fednode.workflows.pinning import enqueue
+
+    url = kubo or str(node.config.get("ipfs", {}).get("kubo_api", DEFAULT_KUBO))
+    info, cid = resolve(node, rev, repo_name)
+    req, new = enqueue(node.history, info, cid, url)
+    text = (f"{'queued' if new else 'already queued'}: pin #{req.seq} of {cid} ({len(req.targets)} CIDs) "
+            f"on {req.kubo}; the running daemon pins it (see 'fednode pin --status')")
+    emit({**req.to_json(), "new": new}, as_json, text)
+
+
+def _status(node: Node, as_json: bool) -> None:
+    from fednode.storage import pinqueue
+
+    with node.store.read() as txn:
+        reqs = pinqueue.items(txn)
+    if as_json:
+        emit_json([r.to_json() for r in reqs])
+        return
+    if not reqs:
+        out.print("no pin requests")
+    for r in reqs:
+        when = "" if r.state != "queued" or not r.attempts else f", next try in {max(0, r.next_at - time.time()):.0f} s"
+        line = (f"#{r.seq} {r.state} {r.commit} on {r.kubo}: {len(r.done)}/{len(r.targets)} pinned, "
+                f"{r.attempts} failed attempts{when}")
+        out.print(line + (f" (last error: {r.error})" if r.error else ""), markup=False)
+
+
+COMMANDS = [pin]

@@ -1,0 +1,105 @@
+"""The daemon's pinning task: works through the durable Kubo pin queue (storage/pinqueue.py).
+
+For each due request: ask the operator's Kubo to dial us (``swarm/connect``, so it can fetch our
+blocks over bitswap), then ``pin/add`` each target not yet confirmed, recording each confirmation
+at once (a restart resumes after the last one). Kubo down or answering an error: retried with
+exponential backoff (``RETRY_BASE`` doubling up to ``RETRY_MAX``), failed after ``MAX_ATTEMPTS``.
+Kubo answering another CID than the one asked: failed at once (``PinMismatch``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from fednode.daemon.kubo import KuboClient, KuboError, PinMismatch
+from fednode.logs import log
+from fednode.storage import pinqueue
+from fednode.storage.pinqueue import PinRequest
+from fednode.storage.store import Store
+from protocol.multiformats import CID
+
+POLL_SECONDS = 1.0
+RETRY_BASE = 2.0
+RETRY_MAX = 600.0
+MAX_ATTEMPTS = 12
+
+
+class PinWorker:
+    def __init__(self, store: Store, addrs: Callable[[], list[str]], retry_base: float = RETRY_BASE,
+                 retry_max: float = RETRY_MAX, max_attempts: int = MAX_ATTEMPTS,
+                 client: Callable[[str], KuboClient] = KuboClient) -> None:
+        self.store = store
+        self.addrs = addrs  # our multiaddrs with /p2p/ID, for Kubo to dial
+        self.retry_base, self.retry_max, self.max_attempts = retry_base, retry_max, max_attempts
+        self.client = client
+
+    @classmethod
+    def from_config(cls, store: Store, addrs: Callable[[], list[str]], config: dict[str, Any]) -> PinWorker:
+        ipfs = config.get("ipfs", {})
+        return cls(store, addrs, float(ipfs.get("pin_retry_seconds", RETRY_BASE)),
+                   max_attempts=int(ipfs.get("pin_max_attempts", MAX_ATTEMPTS)))
+
+    async def run(self) -> None:
+        while True:
+            await self.run_once()
+            await trio.sleep(POLL_SECONDS)
+
+    async def run_once(self) -> int:
+        """Try every due request once; the number tried."""
+        now = time.time()
+        with self.store.read() as txn:
+            due = [r for r in pinqueue.items(txn) if r.state == "queued" and r.next_at <= now]
+        for req in due:
+            await self.process(req)
+        return len(due)
+
+    async def process(self, req: PinRequest) -> None:
+        kubo = self.client(req.kubo)
+        try:
+            await self._connect(kubo)
+            for text, recursive in req.targets:
+                if text in req.done:
+                    continue
+                await kubo.pin_add(CID.parse(text), recursive)
+                req.done.append(text)
+                self._save(req)
+        except PinMismatch as exc:
+            self._finish(req, "failed", str(exc))
+            return
+        except KuboError as exc:
+            self._retry(req, str(exc))
+            return
+        self._finish(req, "pinned", None)
+
+    async def _connect(self, kubo: KuboClient) -> None:
+        """Kubo dials one of our addresses (an unreachable one is skipped; Kubo may know us already)."""
+        for addr in self.addrs():
+            try:
+                await kubo.swarm_connect(addr)
+                return
+            except KuboError as exc:
+                log("kubo_connect_failed", "warning", addr=addr, error=str(exc))
+
+    def _retry(self, req: PinRequest, error: str) -> None:
+        req.attempts += 1
+        req.error = error
+        if req.attempts >= self.max_attempts:
+            self._finish(req, "failed", f"gave up after {req.attempts} attempts: {error}")
+            return
+        req.next_at = time.time() + min(self.retry_base * 2 ** (req.attempts - 1), self.retry_max)
+        log("kubo_pin_retry", "warning", seq=req.seq, attempts=req.attempts, error=error)
+        self._save(req)
+
+    def _finish(self, req: PinRequest, state: str, error: str | None) -> None:
+        req.state, req.error = state, error
+        log("kubo_pin_" + state, "info" if state == "pinned" else "warning", seq=req.seq, commit=req.commit,
+            kubo=req.kubo, error=error)
+        self._save(req)
+
+    def _save(self, req: PinRequest) -> None:
+        with self.store.write() as txn:
+            pinqueue.save(txn, req)

@@ -1,0 +1,54 @@
+"""What pinning a commit on an operator's Kubo asks for, and the durable queue entry (``fednode pin``).
+
+Pinned: every tensor's state CID (the UnixFS file of its full bytes, equal to Kubo's
+``ipfs add --cid-version=1 --raw-leaves``: anyone can ``ipfs cat`` a pinned tensor), recursively;
+then the manifest and the commit, directly (``recursive=false``): a recursive pin of the commit
+would pull its whole ancestry and every delta. Kubo fetches them over bitswap from our daemon
+(which rebuilds delta-stored states on demand), so the daemon pins, not the CLI.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fednode.errors import FednodeError
+from fednode.history import History, RepoInfo
+from fednode.storage import pinqueue
+from fednode.storage.pinqueue import PinRequest
+from protocol.multiformats import CID
+
+PRIVATE = ("a private repository is never pinned in the clear: export a sealed backup with "
+           "'fednode export' and pin that file")
+
+
+def check_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")) or len(url) > 2048 or any(c.isspace() for c in url):
+        raise FednodeError(f"not a Kubo RPC URL (http://HOST:PORT): {url[:100]!r}")
+    return url.rstrip("/")
+
+
+def targets(history: History, repo: RepoInfo, cid: CID) -> list[tuple[CID, bool]]:
+    """(CID, recursive) to pin for commit ``cid``, states first, the commit last."""
+    if history.is_private(repo.repo_id):
+        raise FednodeError(PRIVATE)
+    commit = history.load_commit(cid)
+    manifest = history.load_manifest(commit.weights)
+    out: list[tuple[CID, bool]] = []
+    for name, entry in sorted(manifest.tensors.items()):
+        if entry.state is None:
+            raise FednodeError(f"tensor {name!r} of {cid} records no state CID: nothing to pin")
+        if (entry.state, True) not in out:
+            out.append((entry.state, True))
+    return [*out, (commit.weights, False), (cid, False)]
+
+
+def enqueue(history: History, repo: RepoInfo, cid: CID, kubo: str, source: str = "cli") -> tuple[PinRequest, bool]:
+    """Queue the pin of commit ``cid`` on ``kubo``; (the request, whether it is new)."""
+    url = check_url(kubo)
+    wanted = [(str(c), r) for c, r in targets(history, repo, cid)]
+    with history.store.write() as txn:
+        old = pinqueue.find(txn, url, str(cid))
+        if old is not None:
+            return old, False
+        req = PinRequest(0, url, repo.repo_id.hex(), str(cid), wanted, source=source, time=time.time())
+        return pinqueue.append(txn, req), True
