@@ -49,6 +49,12 @@ mdns = false
 host = "127.0.0.1"
 port = 5710
 
+[gateway]
+# the read-only IPFS trustless gateway (GET /ipfs/CID, raw blocks and CARs of public content):
+# "" is off; "8080" serves on 127.0.0.1:8080, "HOST:PORT" elsewhere. Optional: rate = 20 and
+# burst = 100 (requests a second per client IP), max_car_bytes = 4294967296 (largest CAR served)
+listen = ""
+
 [chain]
 # embedded (LiteSVM in this process, state in the store) | rpc (fednode devchain or a cluster: url, program_id)
 backend = "embedded"
@@ -74,6 +80,11 @@ def _strings(v: object) -> bool:
     return isinstance(v, list) and all(type(x) is str for x in v)
 
 
+def _listen_ok(v: str) -> bool:
+    host, sep, port = v.rpartition(":")
+    return v == "" or (port.isascii() and port.isdigit() and int(port) <= 65535 and (not sep or bool(host)))
+
+
 # [section] key -> (check, what it must be): every value fednode reads, so a wrong type is one line
 # at load instead of a traceback where it is used. Unknown keys are left alone.
 _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
@@ -89,6 +100,12 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "min_free_bytes": (lambda v: type(v) is int and v >= 0, "an integer >= 0"),
         "fetch_expiry_seconds": (lambda v: _is_num(v) and 0 < v < 1e12, "a number of seconds > 0"),
         "bitswap_cache_bytes": (lambda v: type(v) is int and v >= 0, "an integer >= 0"),
+    },
+    "gateway": {  # the trustless HTTP gateway (daemon/gateway.py): off unless listen names an address
+        "listen": (lambda v: type(v) is str and _listen_ok(v), '"" (off), "PORT" or "HOST:PORT"'),
+        "rate": (lambda v: _is_num(v) and v > 0, "a number of requests a second > 0"),
+        "burst": (lambda v: _is_num(v) and v >= 1, "a number >= 1"),
+        "max_car_bytes": (lambda v: type(v) is int and v > 0, "a positive integer"),
     },
     "api": {
         "host": (lambda v: type(v) is str, "a string"),

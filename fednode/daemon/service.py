@@ -29,6 +29,7 @@ from fednode.daemon.bitswap import start_bitswap
 from fednode.daemon.discovery import Discovery
 from fednode.daemon.fairness import FairServing
 from fednode.daemon.gate import BanGate
+from fednode.daemon.gateway import Gateway, gateway_config
 from fednode.daemon.gossip import Gossip
 from fednode.daemon.inbound import InboundCatchUp
 from fednode.daemon.ipfsget import GetJobs
@@ -104,6 +105,9 @@ class Daemon:
                                self.bans, self.fair)
         # delta-stored tensor states, generated for bitswap on demand (stateblocks.py)
         self.states = StateBlocks(node.history, self.fetcher, cache_bytes(node.config))
+        gateway = gateway_config(node.config)  # [gateway]: the trustless HTTP gateway, off by default
+        self.gateway = Gateway(node.store, gateway, self.states.get) if gateway is not None else None
+        self.gateway_port: int | None = None
         self.pubsub: Pubsub
         self.dht: KadDHT
         self.ready = trio.Event()
@@ -144,6 +148,8 @@ class Daemon:
         # fetchable, a delta-stored one generated on demand
         self.bitswap = await start_bitswap(self.host, self.node.store, nursery, self.states.get)
         self.spawn("state_index", self.states.refresh)
+        if self.gateway is not None:  # a port it cannot bind stops the daemon with one line
+            self.gateway_port = await nursery.start(self.gateway.serve)
         for repo_id in {*self.state.local_repos().values(), *self.state.follows()}:
             await self.gossip.subscribe(repo_id)
         # inbound connections catch up too (ours: Peers.connect); any already here dialled us
@@ -242,6 +248,7 @@ class Daemon:
             "address": self.node.identity.address,
             "addrs": self.addrs(),
             "peers": len(self.host.get_connected_peers()),
+            "gateway_port": self.gateway_port,
             "topics": sorted(self.gossip.topics),
             "pending_fetches": self.jobs.pending(),
             "fetch_jobs_held": len(self.jobs.jobs),  # finished jobs are dropped: equals pending_fetches
