@@ -9,8 +9,8 @@ to an anonymous peer (a public repository's, or ``PUBLIC`` content): a private r
 a 404, exactly like a block we do not hold. Delta-stored tensor states come from ``StateBlocks``
 as on bitswap. Each client IP gets ``rate`` requests a second (burst ``burst``), then 429.
 
-Bounds: headers <= 8 KiB, no request body, 10 s to send the request, 64 connections at a time
-(more are closed), a CAR at most ``max_car_bytes`` (checked by walking the DAG before the 200 is
+Bounds: headers <= 8 KiB, no request body, 10 s to send the request, 64 connections at a time and
+8 per client IP (more are closed at once), a CAR at most ``max_car_bytes`` (checked by walking the DAG before the 200 is
 sent, so an oversized or incomplete DAG is a clear error, not a cut stream), sent in 256 KiB
 pieces with 30 s for each.
 """
@@ -43,6 +43,7 @@ MAX_HEAD = 8 * 1024
 REQUEST_TIMEOUT = 10.0
 SEND_TIMEOUT = 30.0
 MAX_CONNECTIONS = 64
+MAX_PER_CLIENT = 8  # connections of one IP at a time: one client cannot hold every slot
 PIECE = 256 * 1024
 DEFAULT_RATE, DEFAULT_BURST = 20.0, 100.0  # requests per second per client IP; a file is one per block
 DEFAULT_MAX_CAR_BYTES = 4 << 30
@@ -281,6 +282,7 @@ class Gateway:
         self.limit = TokenBuckets(config.rate, config.burst)
         self.max_connections = max_connections
         self.open_connections = 0
+        self.per_client: dict[str, int] = {}
         self.served = {"raw": 0, "car": 0, "refused": 0, "limited": 0}
 
     async def serve(self, task_status: TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -305,15 +307,21 @@ class Gateway:
                 log("gateway_accept_error", "warning", error=str(exc))
                 await trio.sleep(0.1)
                 continue
-            if self.open_connections >= self.max_connections:
+            try:
+                client = str(stream.socket.getpeername()[0])
+            except OSError:  # reset before we looked
+                client = ""
+            if not client or self.open_connections >= self.max_connections \
+                    or self.per_client.get(client, 0) >= MAX_PER_CLIENT:
                 await stream.aclose()
                 continue
             self.open_connections += 1
-            nursery.start_soon(self._handle, stream)
+            self.per_client[client] = self.per_client.get(client, 0) + 1
+            nursery.start_soon(self._handle, stream, client)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.SocketStream, client: str) -> None:
         try:
-            await self._answer(stream)
+            await self._answer(stream, client)
         except (_Gone, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError):
             pass  # the client went away, or stopped reading
         except Exception as exc:  # our bug: logged; it never stops the gateway
@@ -321,10 +329,13 @@ class Gateway:
                 where=traceback.format_exc(limit=-3).splitlines()[-3:])
         finally:
             self.open_connections -= 1
+            left = self.per_client.pop(client) - 1
+            if left:
+                self.per_client[client] = left
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
 
-    async def _answer(self, stream: trio.SocketStream) -> None:
+    async def _answer(self, stream: trio.SocketStream, client: str) -> None:
         head_only = False
         try:
             try:
@@ -333,7 +344,6 @@ class Gateway:
             except trio.TooSlowError:
                 raise GatewayError(408, "request timeout") from None
             head_only = method == "HEAD"
-            client = str(stream.socket.getpeername()[0])
             if not self.limit.take(client):
                 self.served["limited"] += 1
                 raise GatewayError(429, f"more than {self.config.rate:g} requests a second from {client}",

@@ -14,13 +14,15 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from daemon_harness import DaemonProc, daemons, make_home, open_nodes
+from daemon_harness import DaemonProc, daemons, make_home, open_nodes, wait_for
 from helia_node import check_installed
 from helpers import ROOT, model_arrays, perturb, run_fednode
 
@@ -182,6 +184,28 @@ def test_helias_trustless_gateway_broker_fetches_a_file(served: dict) -> None:
         assert out.read_bytes() == expected and result["blocks"] == 5
 
 
+def test_connections_per_client_are_bounded(served: dict) -> None:
+    """Eight idle connections from one IP are all it gets; another client is still answered."""
+    port, head = served["port"], served["public_head"]
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(8)]
+    try:
+        time.sleep(0.3)  # all eight accepted
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as ninth:
+            ninth.sendall(f"GET /ipfs/{head}?format=raw HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            try:
+                answer = ninth.recv(100)
+            except ConnectionResetError:  # closed with the request unread
+                answer = b""
+            assert answer == b""  # closed unanswered
+        with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.2", 0)) as other:
+            other.sendall(f"GET /ipfs/{head}?format=raw HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert other.recv(100).startswith(b"HTTP/1.1 200 OK")
+    finally:
+        for sock in idle:
+            sock.close()
+    wait_for(lambda: get(port, f"/ipfs/{head}?format=raw")[0] == 200, 10, "the idle connections to be released")
+
+
 def test_errors(served: dict) -> None:
     port, head = served["port"], served["public_head"]
     cases = [("/ipfs/not-a-cid?format=raw", None, 400, "bad CID"),
@@ -218,14 +242,24 @@ def test_a_private_repository_is_not_served(served: dict) -> None:
             assert status == 404 and "not held" in json.loads(body)["error"], (cid, fmt, status)
 
 
-def test_rate_limit_per_client(tmp_path: Path) -> None:
+def test_car_size_bound_and_rate_limit_per_client(tmp_path: Path) -> None:
     home = make_home(tmp_path, "limited")
-    enable_gateway(home, rate=0.2, burst=3)
+    enable_gateway(home, rate=0.2, burst=5, max_car_bytes=300_000)
+    (tmp_path / "big.bin").write_bytes(np.random.default_rng(4).bytes(1 << 20))
+    (node,) = open_nodes(home)
+    try:
+        big, _ = add_file(node.store, tmp_path / "big.bin")
+    finally:
+        node.close()
     with daemons(DaemonProc(home).start()) as (d,):
         port = d.api("GET", "/status")["gateway_port"]
+        status, headers, body = get(port, f"/ipfs/{big}?format=car")  # 1 MiB: refused before any block is sent
+        assert status == 413 and "larger than this gateway's limit of 300000 bytes" in json.loads(body)["error"]
+        status, _, body = get(port, f"/ipfs/{big}?format=car&dag-scope=block")  # its root alone fits
+        assert status == 200 and [s.cid for s in car.read_car(body)[1]] == [big]
         nobody = CID.hash(RAW, b"x")
         statuses = [get(port, f"/ipfs/{nobody}?format=raw")[0] for _ in range(3)]
-        status, headers, body = get(port, f"/ipfs/{nobody}?format=raw")
+        status, headers, body = get(port, f"/ipfs/{nobody}?format=raw")  # the sixth request within a second
         assert statuses == [404] * 3 and status == 429 and headers["retry-after"] == "1"
         assert "requests a second from 127.0.0.1" in json.loads(body)["error"]
         assert d.stop() == 0
@@ -244,7 +278,6 @@ def test_config_off_by_default_and_checked(tmp_path: Path) -> None:
 
 
 def test_a_taken_port_stops_the_daemon_in_one_line(tmp_path: Path) -> None:
-    import socket
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
