@@ -42,7 +42,9 @@ mdns = false
 # min_free_bytes = 1073741824 (fetches never leave less free disk than this: 1 GiB),
 # fetch_expiry_seconds = 172800 (an unfinished fetch, e.g. of a head no peer serves, is dropped
 # this long after it was first recorded: 48 h), bitswap_cache_bytes = 268435456 (tensor states
-# stored as deltas, rebuilt for IPFS peers, kept in memory up to this many bytes: 256 MiB)
+# stored as deltas, rebuilt for IPFS peers, kept in memory up to this many bytes: 256 MiB),
+# dht_reprovide_interval = 79200 (seconds between provides of one DHT record: 22 h),
+# dht_provides_per_hour = 3000 (DHT provides sent in any hour), dht_provides_per_pass = 256
 
 [api]
 # the local control API binds to loopback only, with the bearer token in api.token
@@ -100,6 +102,9 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "min_free_bytes": (lambda v: type(v) is int and v >= 0, "an integer >= 0"),
         "fetch_expiry_seconds": (lambda v: _is_num(v) and 0 < v < 1e12, "a number of seconds > 0"),
         "bitswap_cache_bytes": (lambda v: type(v) is int and v >= 0, "an integer >= 0"),
+        "dht_reprovide_interval": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
+        "dht_provides_per_hour": (lambda v: type(v) is int and v >= 0, "an integer >= 0"),
+        "dht_provides_per_pass": (lambda v: type(v) is int and v >= 1, "an integer >= 1"),
     },
     "gateway": {  # the trustless HTTP gateway (daemon/gateway.py): off unless listen names an address
         "listen": (lambda v: type(v) is str and _listen_ok(v), '"" (off), "PORT" or "HOST:PORT"'),
@@ -124,6 +129,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "kubo_api": (lambda v: type(v) is str and v.startswith(("http://", "https://")), "an http(s) URL"),
         "pin_retry_seconds": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
         "pin_max_attempts": (lambda v: type(v) is int and 0 < v < 1 << 20, "a positive integer"),
+        "auto_pin": (lambda v: type(v) is bool, "true or false"),
     },
     "store": {"fsync": (lambda v: type(v) is bool, "true or false")},
     "repository_defaults": {

@@ -26,7 +26,7 @@ from fednode.daemon import host as hostmod
 from fednode.daemon.apply import Applier
 from fednode.daemon.bans import BAN_SECONDS, BAN_THRESHOLD, Bans
 from fednode.daemon.bitswap import start_bitswap
-from fednode.daemon.discovery import Discovery
+from fednode.daemon.discovery import Discovery, provide_limits
 from fednode.daemon.fairness import FairServing
 from fednode.daemon.gate import BanGate
 from fednode.daemon.gateway import Gateway, gateway_config
@@ -91,7 +91,8 @@ class Daemon:
         self.heads_limit = TokenBuckets(HEADS_RATE, HEADS_BURST)
         self.peers = Peers(self.host, self.state, self.bans, self.metrics, self.tasks, bootstrap, mdns,
                            on_connected=self._start_catch_up)
-        self.discovery = Discovery(node.store, self.state, self.host, self.bans, self.tasks)
+        self.discovery = Discovery(node.store, self.state, self.host, self.bans, self.tasks,
+                                   provide_limits(node.config))
         self.applier = Applier(node.history, node.identity.public_key, self.state, self.validator, self.metrics,
                                self.fetcher, self.bans, self.discovery)
         self.jobs = FetchJobs(node.history, self.state, self.fetcher, self.metrics, self.tasks, self.peers,
@@ -161,8 +162,9 @@ class Daemon:
         nursery.start_soon(self._sync_loop)
         nursery.start_soon(self._watch_loop)
         nursery.start_soon(self._follow_local_repos)
+        nursery.start_soon(self._reprovide_loop)
         # `fednode pin`'s durable queue: pins on an operator's Kubo, which fetches from us over bitswap
-        self.spawn("kubo_pins", PinWorker.from_config(self.node.store, self.addrs, self.node.config).run)
+        self.spawn("kubo_pins", PinWorker.from_config(self.node.history, self.addrs, self.node.config).run)
         self.ready.set()
 
     async def _watch_loop(self) -> None:
@@ -186,10 +188,17 @@ class Daemon:
             with guard.last_resort(self.metrics, "sync_loop"):
                 await self._sync_round()
 
+    async def _reprovide_loop(self) -> None:
+        """DHT records: what is due (new heads and states, and the schedule's reprovides), bounded."""
+        while True:
+            await trio.sleep(self.discovery.limits.tick)
+            with guard.last_resort(self.metrics, "reprovide_loop"):
+                await self.discovery.provide_new()
+
     async def _sync_round(self) -> None:
         self.bans.restore()
         self.jobs.expire()
-        await self.discovery.provide_new()  # heads moved by local commits and merges
+        self.discovery.provide_new_soon()  # heads moved by local commits and merges; never waited for
         peers = self.peers.usable()
         for repo_id in self.gossip.repos():
             if self.state.genesis(repo_id) is None or not peers:
@@ -206,7 +215,7 @@ class Daemon:
         """A new connection: into the DHT's routing table, our records provided, heads exchanged."""
         await trio.sleep(0.2)  # let identify and pubsub streams settle
         await self.discovery.add_peer(peer)
-        await self.discovery.provide_all()
+        self.discovery.provide_all_soon()  # announced to the new peer too; a long pass delays no heads exchange
         for repo_id in self.gossip.repos():
             if self.state.genesis(repo_id) is not None:
                 try:
@@ -225,7 +234,7 @@ class Daemon:
                     await self.gossip.subscribe(repo_id)
                     log("repo_followed", repo=repo_id_text(repo_id))
                 if new:
-                    await self.discovery.provide_new()
+                    self.discovery.provide_new_soon()
 
     def spawn(self, where: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Start a background task whose exceptions are logged (guard.py), never raised into the nursery."""

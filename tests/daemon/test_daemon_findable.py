@@ -1,0 +1,223 @@
+"""Findable: public repositories' tensor states are provided in the DHT, private ones' never.
+
+- A Helia node (js-libp2p with @libp2p/kad-dht in client mode) that knows only a state CID and one
+  DHT server (a fednode daemon that does not hold the repository) finds the owner through the DHT,
+  dials it and fetches the bytes, identical to ``fednode checkout``'s.
+- The states of a private repository are not provided: neither the owner's log nor a DHT lookup
+  lists them.
+- Providing is bounded: keys per pass, provides per hour, a reprovide schedule; provides that
+  reach no node only record us locally and cost nothing of the hourly budget
+  (a stand-in DHT counts the calls; the clock is trio's mock clock).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+from daemon_harness import DaemonProc, daemons, make_home, network_config, open_nodes, wait_for
+from helia_node import HELIA_DIR, PREAMBLE, check_installed
+from helpers import model_arrays, perturb, run_fednode, write_model
+from test_bitswap_states import _checkout, _show
+
+from fednode.daemon import discovery
+from fednode.storage.netstate import NetState
+from fednode.tensors.modelio import ArraySource
+
+HELIA_FIND = PREAMBLE + """
+const { writeFile } = await import('node:fs/promises')
+const { multiaddr } = await import('@multiformats/multiaddr')
+const { CID } = await import('multiformats/cid')
+const { kadDHT, passthroughMapper } = await import('@libp2p/kad-dht')
+const { ping } = await import('@libp2p/ping')
+
+const [dhtAddr, cid, dest, timeoutMs] = process.argv.slice(1)
+// the one DHT server is the only peer this node knows; loopback addresses are kept (the default
+// mapper drops private addresses, as on the public Amino DHT)
+const helia = withBitswap(withLibp2pLight(createHeliaLight(), {
+  addresses: { listen: [] }, transports: [tcp()], connectionEncrypters: [noise()], streamMuxers: [yamux()],
+  services: { identify: identify(), ping: ping(), dht: kadDHT({ clientMode: true, peerInfoMapper: passthroughMapper }) }
+}))
+await helia.start()
+const signal = AbortSignal.timeout(Number(timeoutMs))
+try {
+  await helia.libp2p.dial(multiaddr(dhtAddr), { signal })
+  while (helia.libp2p.services.dht.routingTable.size === 0) await new Promise(r => setTimeout(r, 20))
+  const before = helia.libp2p.getPeers().map(String)
+  const t0 = Date.now()
+  const providers = []
+  for await (const p of helia.libp2p.contentRouting.findProviders(CID.parse(cid), { signal })) {
+    providers.push(p.id.toString())
+    break
+  }
+  const t1 = Date.now()
+  const chunks = []
+  for await (const chunk of unixfs(helia).cat(CID.parse(cid), { signal })) chunks.push(chunk)
+  await writeFile(dest, Buffer.concat(chunks))
+  console.log(JSON.stringify({ ok: true, before, providers, find_ms: t1 - t0, fetch_ms: Date.now() - t1 }))
+} catch (err) {
+  console.log(JSON.stringify({ ok: false, error: String(err) }))
+} finally {
+  await helia.stop()
+  process.exit(0)
+}
+"""
+
+
+def helia_find(dht_addr: str, cid: str, dest: Path, timeout: float) -> dict[str, object]:
+    done = subprocess.run(["node", "--input-type=module", "-e", HELIA_FIND, dht_addr, cid, str(dest),
+                           str(int(timeout * 1000))], cwd=HELIA_DIR, capture_output=True, text=True,
+                          timeout=timeout + 30)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines, done.stderr[-3000:]
+    return json.loads(lines[-1])
+
+
+def _with_p2p(d: DaemonProc) -> str:
+    return d.addr if "/p2p/" in d.addr else f"{d.addr}/p2p/{d.peer_id}"
+
+
+def _provided(d: DaemonProc, what: str) -> bool:
+    return any(e["event"] == "dht_provided" and e["ok"] and e["what"] == what for e in d.log_events())
+
+
+def test_helia_finds_a_public_state_through_the_dht_and_private_states_are_not_provided(tmp_path: Path) -> None:
+    check_installed()
+    home = make_home(tmp_path, "owner")
+    w0 = np.random.default_rng(3).standard_normal(300_000).astype(np.float32)
+    run_fednode(home, "repo", "create", "demo", "--public", "--from",
+                write_model(tmp_path / "m0.safetensors", {"w": ("F32", w0)}))
+    w1 = w0.copy()
+    w1[::40] += 0.5
+    run_fednode(home, "commit", "--from", write_model(tmp_path / "m1.safetensors", {"w": ("F32", w1)}), "-m", "xor")
+    public = _show(home, "main")["w"]
+    assert public["encoding"] == "xor"  # a delta: the daemon rebuilds the state for bitswap
+    expected = _checkout(home, "main", tmp_path / "out.safetensors")
+    s0 = np.random.default_rng(4).standard_normal(1000).astype(np.float32)
+    run_fednode(home, "repo", "create", "secret", "--from", write_model(tmp_path / "s0.safetensors",
+                                                                        {"s": ("F32", s0)}))
+    secret = json.loads(run_fednode(home, "show", "main", "-r", "secret", "--json").stdout)["tensors"][0]["state"]
+
+    b = DaemonProc(make_home(tmp_path, "dht")).start()  # the one DHT server: holds no repository
+    a = DaemonProc(home, (b.addr,))
+    with daemons(a, b):
+        a.start()
+        wait_for(lambda: _provided(a, f"state {public['state']}"), 20, "the owner to provide the public state")
+        found = wait_for(lambda: [p for p in b.api("POST", "/providers", {"cid": public["state"]})
+                                  if p["peer_id"] == a.peer_id], 15, "the DHT server to list the owner")
+        assert found[0]["addrs"]
+        # the private repository's state: never provided, and no lookup finds the owner for it
+        assert not any(e["event"] == "dht_provided" and secret in e.get("what", "") for e in a.log_events())
+        assert b.api("POST", "/providers", {"cid": secret}) == []
+
+        dest = tmp_path / "helia.bin"
+        got = helia_find(_with_p2p(b), public["state"], dest, timeout=45)
+        assert got["ok"] is True, got
+        assert got["before"] == [b.peer_id]  # it knew only the DHT server
+        assert got["providers"] == [a.peer_id]
+        assert dest.read_bytes() == expected == w1.tobytes()
+        print(f"helia: provider found in {got['find_ms']} ms, state fetched in {got['fetch_ms']} ms")
+
+
+class CountingDHT:
+    """A stand-in KadDHT: counts provides; ``peers`` is its routing table's size."""
+
+    def __init__(self, peers: int = 1) -> None:
+        self.peers = peers
+        self.calls: list[str] = []
+        self.local: list[bytes] = []
+        self.provider_store = SimpleNamespace(providing_keys=set(),
+                                              add_provider=lambda key, info: self.local.append(key))
+
+    def get_routing_table_size(self) -> int:
+        return self.peers
+
+    async def provide(self, key: str) -> bool:
+        self.provider_store.providing_keys.add(bytes.fromhex(key))
+        self.calls.append(key)
+        return True
+
+
+async def test_states_of_public_heads_are_wanted_private_ones_not_and_providing_is_bounded(
+        tmp_path: Path, mock_clock: trio.testing.MockClock) -> None:
+    (node,) = open_nodes(make_home(tmp_path, "n"))
+    try:
+        arrays = model_arrays(0)
+        pub, _ = node.history.create_repo("pub", ArraySource(arrays), visibility="public")
+        node.history.commit(pub, ArraySource(perturb(arrays, 1)), "update")
+        priv, _ = node.history.create_repo("priv", ArraySource(model_arrays(5)))
+        dht = CountingDHT(peers=0)
+        host = SimpleNamespace(get_id=lambda: "me", get_addrs=lambda: [])
+        d = discovery.Discovery(node.store, NetState(node.store), host, None,  # type: ignore[arg-type]
+                                None, discovery.ProvideLimits(reprovide_seconds=100, per_hour=5, per_pass=4))  # type: ignore[arg-type]
+        d.start(dht)  # type: ignore[arg-type]
+        wanted = d.wanted()
+        kinds = [w.what.split()[0] for w in wanted]
+        with node.store.read() as txn:
+            pub_head = discovery.CID.from_bytes(next(iter(txn.list_refs(pub.repo_id, "heads/").values())))
+            priv_head = discovery.CID.from_bytes(next(iter(txn.list_refs(priv.repo_id, "heads/").values())))
+            pub_states = discovery.head_states(txn, pub_head)
+            priv_states = discovery.head_states(txn, priv_head)
+        assert len(pub_states) == len(arrays) and priv_states  # every tensor's state
+        assert {w.what for w in wanted if w.what.startswith("state ")} == {f"state {s}" for s in pub_states}
+        assert kinds.count("repo") == 2 and kinds.count("head") == 2
+        assert not {f"state {s}" for s in priv_states} & {w.what for w in wanted}
+        total = len(wanted)
+        assert total > 5
+
+        # no node to reach: recorded locally only, the hourly budget untouched, nothing marked provided
+        await d.provide_new()
+        assert dht.calls == [] and len(dht.local) == 4 and not d.provided and not d.sent
+        await d.provide_new()  # the next 4; those recorded already are not recorded again
+        assert len(dht.local) == min(8, total)
+
+        # a node connects: at most per_pass keys a pass, at most per_hour in any hour
+        dht.peers = 1
+        await d.provide_all()
+        assert len(dht.calls) == 4 and dht.calls[:2] == [w.key for w in wanted if w.small][:2]
+        assert not dht.provider_store.providing_keys  # py-libp2p's own republisher is kept off them
+        await d.provide_new()
+        assert len(dht.calls) == 5  # the budget: 5 an hour
+        mock_clock.jump(discovery.HOUR)
+        while len(d.provided) < total:
+            before = len(dht.calls)
+            await d.provide_new()
+            assert len(dht.calls) - before <= 4
+            if len(dht.calls) == before:
+                mock_clock.jump(discovery.HOUR)
+        assert len(set(dht.calls)) == total
+        # reprovided on schedule only: nothing is due before reprovide_seconds
+        calls = len(dht.calls)
+        mock_clock.jump(50)
+        await d.provide_new()
+        assert len(dht.calls) == calls  # provided less than reprovide_seconds ago: not due
+        mock_clock.jump(discovery.HOUR)  # the schedule has passed, and the budget is back
+        await d.provide_new()
+        assert len(dht.calls) == calls + 4  # everything due again, a pass at a time
+    finally:
+        node.close()
+
+
+def test_provide_limits_from_config() -> None:
+    assert discovery.provide_limits({}) == discovery.ProvideLimits()
+    got = discovery.provide_limits({"network": {"dht_reprovide_interval": 60, "dht_provides_per_hour": 0,
+                                                "dht_provides_per_pass": 1}})
+    assert got == discovery.ProvideLimits(60.0, 0, 1) and got.tick == 15.0
+    for key, bad in (("dht_reprovide_interval", 0), ("dht_reprovide_interval", "1h"),
+                     ("dht_provides_per_hour", -1), ("dht_provides_per_pass", 0), ("dht_provides_per_pass", 1.5)):
+        with pytest.raises(discovery.FednodeError, match=f"network. {key} must be"):
+            discovery.provide_limits({"network": {key: bad}})
+
+
+def test_daemon_refuses_a_bad_provide_limit(tmp_path: Path) -> None:
+    home = make_home(tmp_path, "n")
+    network_config(home, dht_provides_per_pass=0)
+    out = run_fednode(home, "daemon", "--listen", "/ip4/127.0.0.1/tcp/0", "--api-port", "0", check=False, timeout=60)
+    assert out.returncode == 1
+    assert "dht_provides_per_pass must be an integer >= 1" in out.stderr and "Traceback" not in out.stderr
