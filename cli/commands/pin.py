@@ -13,7 +13,6 @@ from fednode.errors import FednodeError
 if TYPE_CHECKING:
     from fednode.node import Node
 
-DEFAULT_KUBO = "http://127.0.0.1:5001"
 
 
 @click.command()
@@ -34,6 +33,7 @@ def pin(ctx: click.Context, rev: str | None, kubo: str | None, repo_name: str | 
         return
     if rev is None:
         raise FednodeError("give the revision to pin (e.g. main), or --status")
+    from fednode.storage.pinqueue import DEFAULT_KUBO
     from fednode.workflows.pinning import enqueue
 
     url = kubo or str(node.config.get("ipfs", {}).get("kubo_api", DEFAULT_KUBO))

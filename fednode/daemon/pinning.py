@@ -16,35 +16,46 @@ from typing import Any
 import trio
 
 from fednode.daemon.kubo import KuboClient, KuboError, PinMismatch
+from fednode.history import History
 from fednode.logs import log
 from fednode.storage import pinqueue
-from fednode.storage.pinqueue import PinRequest
+from fednode.storage.pinqueue import DEFAULT_KUBO, PinRequest
 from fednode.storage.store import Store
+from fednode.workflows.pinning import auto_pin
 from protocol.multiformats import CID
 
 POLL_SECONDS = 1.0
 RETRY_BASE = 2.0
 RETRY_MAX = 600.0
 MAX_ATTEMPTS = 12
+AUTO_SECONDS = 5.0  # how often branch heads are scanned for new merges ([ipfs] auto_pin)
 
 
 class PinWorker:
     def __init__(self, store: Store, addrs: Callable[[], list[str]], retry_base: float = RETRY_BASE,
                  retry_max: float = RETRY_MAX, max_attempts: int = MAX_ATTEMPTS,
-                 client: Callable[[str], KuboClient] = KuboClient) -> None:
+                 client: Callable[[str], KuboClient] = KuboClient, history: History | None = None,
+                 auto_kubo: str | None = None) -> None:
         self.store = store
+        self.history, self.auto_kubo = history, auto_kubo  # auto-pin merged heads on this Kubo
         self.addrs = addrs  # our multiaddrs with /p2p/ID, for Kubo to dial
         self.retry_base, self.retry_max, self.max_attempts = retry_base, retry_max, max_attempts
         self.client = client
 
     @classmethod
-    def from_config(cls, store: Store, addrs: Callable[[], list[str]], config: dict[str, Any]) -> PinWorker:
+    def from_config(cls, history: History, addrs: Callable[[], list[str]], config: dict[str, Any]) -> PinWorker:
         ipfs = config.get("ipfs", {})
-        return cls(store, addrs, float(ipfs.get("pin_retry_seconds", RETRY_BASE)),
-                   max_attempts=int(ipfs.get("pin_max_attempts", MAX_ATTEMPTS)))
+        auto = str(ipfs.get("kubo_api", DEFAULT_KUBO)) if ipfs.get("auto_pin", False) else None
+        return cls(history.store, addrs, float(ipfs.get("pin_retry_seconds", RETRY_BASE)),
+                   max_attempts=int(ipfs.get("pin_max_attempts", MAX_ATTEMPTS)), history=history, auto_kubo=auto)
 
     async def run(self) -> None:
+        scanned = 0.0
         while True:
+            if self.auto_kubo is not None and self.history is not None and time.monotonic() - scanned >= AUTO_SECONDS:
+                scanned = time.monotonic()
+                for req in auto_pin(self.history, self.auto_kubo):
+                    log("kubo_pin_queued", seq=req.seq, commit=req.commit, kubo=req.kubo, source="auto")
             await self.run_once()
             await trio.sleep(POLL_SECONDS)
 

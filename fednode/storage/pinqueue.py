@@ -18,6 +18,7 @@ DB = "outbox"
 _ITEM = b"kubo/"
 _SEQ = b"kubo-seq"
 STATES = ("queued", "pinned", "failed")
+DEFAULT_KUBO = "http://127.0.0.1:5001"  # Kubo's default RPC address ([ipfs] kubo_api)
 
 
 @dataclass

@@ -52,3 +52,23 @@ def enqueue(history: History, repo: RepoInfo, cid: CID, kubo: str, source: str =
             return old, False
         req = PinRequest(0, url, repo.repo_id.hex(), str(cid), wanted, source=source, time=time.time())
         return pinqueue.append(txn, req), True
+
+
+def auto_pin(history: History, kubo: str) -> list[PinRequest]:
+    """Queue every merge commit that heads a branch of a public repository here and was never
+    queued for ``kubo`` (``[ipfs] auto_pin``); the requests queued now."""
+    url = check_url(kubo)
+    with history.store.read() as txn:
+        seen = {r.commit for r in pinqueue.items(txn) if r.kubo == url}
+    out: list[PinRequest] = []
+    for repo in history.repos():
+        if history.is_private(repo.repo_id):
+            continue  # never in the clear
+        for head in set(history.branches(repo).values()):
+            if str(head) in seen or history.load_commit(head).kind != "merge":
+                continue
+            req, new = enqueue(history, repo, head, url, source="auto")
+            seen.add(str(head))
+            if new:
+                out.append(req)
+    return out

@@ -20,7 +20,7 @@ from kubo_fake import OTHER_CID, FakeKubo
 from fednode.daemon.pinning import PinWorker
 from fednode.node import open_node
 from fednode.storage import pinqueue
-from fednode.workflows.pinning import PRIVATE, targets
+from fednode.workflows.pinning import PRIVATE, auto_pin, targets
 from protocol.multiformats import CID
 
 ADDR = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWfake"
@@ -190,3 +190,27 @@ def test_targets_are_cids(cli, home: Path, tmp_path: Path) -> None:
         info, head = node.history.resolve("main", node.history.repo("m"))
         got = targets(node.history, info, head)
     assert all(isinstance(c, CID) for c, _ in got) and got[-1] == (head, False)
+
+
+async def test_auto_pin_queues_merged_heads_of_public_repositories_once(cli, home: Path, tmp_path: Path,
+                                                                       kubo: FakeKubo) -> None:
+    base = model_arrays(1)
+    for name, public in (("open", ("--public",)), ("secret", ())):
+        cli("repo", "create", name, *public, "--from", write_model(tmp_path / "g.safetensors", base))
+        for i, branch in enumerate(("h1", "h2")):
+            cli("branch", branch, "main", "-r", name)
+            update = write_model(tmp_path / f"{branch}.safetensors", perturb(base, 10 + i))
+            cli("commit", name, "--from", update, "-m", "local", "-b", branch)
+    with open_node(home) as node:
+        worker = PinWorker(node.store, lambda: [ADDR], history=node.history, auto_kubo=kubo.url)
+        assert auto_pin(node.history, kubo.url) == []  # no merge yet: updates are not pinned
+    cli("switch", "main", "-r", "open")
+    merged = json.loads(cli("merge", "h1", "h2", "-r", "open", "--weights", "equal", "--json").stdout)["cid"]
+    cli("merge", "h1", "h2", "-r", "secret", "--weights", "equal")
+    with open_node(home) as node:
+        worker = PinWorker(node.store, lambda: [ADDR], history=node.history, auto_kubo=kubo.url)
+        (req,) = auto_pin(node.history, kubo.url)  # the private repository's merge is never pinned
+        assert req.commit == merged and req.source == "auto"
+        assert auto_pin(node.history, kubo.url) == []  # once
+        await worker.run_once()
+        assert _queue_of(node)[0].state == "pinned" and merged in kubo.pins
