@@ -221,3 +221,38 @@ def test_daemon_refuses_a_bad_provide_limit(tmp_path: Path) -> None:
     out = run_fednode(home, "daemon", "--listen", "/ip4/127.0.0.1/tcp/0", "--api-port", "0", check=False, timeout=60)
     assert out.returncode == 1
     assert "dht_provides_per_pass must be an integer >= 1" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_peer_that_dials_the_owner_gets_its_state_records(tmp_path: Path) -> None:
+    """The owner dials nobody: alone, it records its states locally (a peer dialling it can ask it); the
+    DHT node that dials it gets them provided (inbound connections announce too)."""
+    home = make_home(tmp_path, "owner")
+    w = np.random.default_rng(8).standard_normal(5000).astype(np.float32)
+    run_fednode(home, "repo", "create", "demo", "--public", "--from", write_model(tmp_path / "m.safetensors",
+                                                                                  {"w": ("F32", w)}))
+    state = _show(home, "main")["w"]["state"]
+    a = DaemonProc(home).start()
+    b = DaemonProc(make_home(tmp_path, "dht"), (a.addr,))
+    with daemons(a, b):
+        wait_for(lambda: any(e["event"] == "dht_provide_pass" and e["local"] > 0 for e in a.log_events()), 15,
+                 "the owner to record its states locally")
+        assert not _provided(a, f"state {state}")  # nobody to send them to yet
+        b.start()
+        wait_for(lambda: _provided(a, f"state {state}"), 15, "the owner to provide to the peer that dialled it")
+        assert [p["peer_id"] for p in b.api("POST", "/providers", {"cid": state})] == [a.peer_id]
+        assert not any(e["event"] == "dht_provided" for e in b.log_events())  # B holds nothing to provide
+
+
+def test_helia_asking_the_owner_itself_finds_it(tmp_path: Path) -> None:
+    """The owner is the Helia node's one DHT server: it answers GET_PROVIDERS from its local records."""
+    check_installed()
+    home = make_home(tmp_path, "owner")
+    w = np.random.default_rng(9).standard_normal(100_000).astype(np.float32)
+    run_fednode(home, "repo", "create", "demo", "--public", "--from", write_model(tmp_path / "m.safetensors",
+                                                                                  {"w": ("F32", w)}))
+    state = _show(home, "main")["w"]["state"]
+    with daemons(DaemonProc(home).start()) as (a,):
+        wait_for(lambda: any(e["event"] == "dht_provide_pass" for e in a.log_events()), 15, "a first provide pass")
+        got = helia_find(_with_p2p(a), state, tmp_path / "helia.bin", timeout=45)
+        assert got["ok"] is True and got["providers"] == [a.peer_id], got
+        assert (tmp_path / "helia.bin").read_bytes() == w.tobytes()
