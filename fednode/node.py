@@ -130,6 +130,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "pin_retry_seconds": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
         "pin_max_attempts": (lambda v: type(v) is int and 0 < v < 1 << 20, "a positive integer"),
         "auto_pin": (lambda v: type(v) is bool, "true or false"),
+        "pin_timeout_seconds": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
     },
     "store": {"fsync": (lambda v: type(v) is bool, "true or false")},
     "repository_defaults": {

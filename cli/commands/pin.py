@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -39,9 +42,20 @@ def pin(ctx: click.Context, rev: str | None, kubo: str | None, repo_name: str | 
     url = kubo or str(node.config.get("ipfs", {}).get("kubo_api", DEFAULT_KUBO))
     info, cid = resolve(node, rev, repo_name)
     req, new = enqueue(node.history, info, cid, url)
+    running = _daemon_running(node.home)
+    who = "the running daemon pins it" if running else "no daemon is running: 'fednode daemon' pins it once started"
     text = (f"{'queued' if new else 'already queued'}: pin #{req.seq} of {cid} ({len(req.targets)} CIDs) "
-            f"on {req.kubo}; the running daemon pins it (see 'fednode pin --status')")
-    emit({**req.to_json(), "new": new}, as_json, text)
+            f"on {req.kubo}; {who} (see 'fednode pin --status')")
+    emit({**req.to_json(), "new": new, "daemon_running": running}, as_json, text)
+
+
+def _daemon_running(home: Path) -> bool:
+    """Whether a live daemon serves this home (its daemon.json names a live pid)."""
+    try:
+        os.kill(int(json.loads((home / "daemon.json").read_text())["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
 
 
 def _status(node: Node, as_json: bool) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from fednode.daemon.kubo import KuboClient, KuboError, PinMismatch
+from fednode.daemon.kubo import PIN_TIMEOUT, KuboClient, KuboError, PinMismatch
 from fednode.history import History
 from fednode.logs import log
 from fednode.storage import pinqueue
@@ -46,8 +46,10 @@ class PinWorker:
     def from_config(cls, history: History, addrs: Callable[[], list[str]], config: dict[str, Any]) -> PinWorker:
         ipfs = config.get("ipfs", {})
         auto = str(ipfs.get("kubo_api", DEFAULT_KUBO)) if ipfs.get("auto_pin", False) else None
+        timeout = float(ipfs.get("pin_timeout_seconds", PIN_TIMEOUT))
         return cls(history.store, addrs, float(ipfs.get("pin_retry_seconds", RETRY_BASE)),
-                   max_attempts=int(ipfs.get("pin_max_attempts", MAX_ATTEMPTS)), history=history, auto_kubo=auto)
+                   max_attempts=int(ipfs.get("pin_max_attempts", MAX_ATTEMPTS)), history=history, auto_kubo=auto,
+                   client=lambda url: KuboClient(url, timeout))
 
     async def run(self) -> None:
         scanned = 0.0

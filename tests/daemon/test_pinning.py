@@ -59,11 +59,13 @@ def test_pin_queues_states_then_manifest_and_commit(cli, home: Path, tmp_path: P
         manifest = node.history.load_manifest(commit.weights)
     states = sorted({str(e.state) for e in manifest.tensors.values()})
     assert got["new"] and got["state"] == "queued" and got["kubo"] == kubo.url and got["commit"] == str(head)
+    assert got["daemon_running"] is False
     assert sorted(c for c, r in got["targets"] if r) == states  # every state, recursively
     assert got["targets"][-2:] == [[str(commit.weights), False], [str(head), False]]  # direct: no ancestry
     assert any(e.encoding != "raw" for e in manifest.tensors.values())  # a delta-stored state among them
     again = cli("pin", "main", "--kubo", kubo.url)
     assert again.stdout.startswith(f"already queued: pin #{got['seq']}")
+    assert "no daemon is running: 'fednode daemon' pins it once started" in again.stdout
     assert len(_queue(home)) == 1
     status = cli("pin", "--status").stdout
     assert f"#{got['seq']} queued {head} on {kubo.url}: 0/{len(got['targets'])} pinned" in status
@@ -146,7 +148,7 @@ def test_daemon_pins_through_restarts(tmp_path: Path) -> None:
     run_fednode(home, "repo", "create", "m", "--public", "--from", write_model(tmp_path / "a.safetensors", base))
     run_fednode(home, "commit", "--from", write_model(tmp_path / "b.safetensors", perturb(base, 2)), "-m", "2")
     with (home / "config.toml").open("a") as f:
-        f.write("\n[ipfs]\npin_retry_seconds = 0.2\n")
+        f.write("\n[ipfs]\npin_retry_seconds = 0.2\npin_timeout_seconds = 20\n")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     run_fednode(home, "pin", "main", "--kubo", url)
@@ -214,3 +216,16 @@ async def test_auto_pin_queues_merged_heads_of_public_repositories_once(cli, hom
         assert auto_pin(node.history, kubo.url) == []  # once
         await worker.run_once()
         assert _queue_of(node)[0].state == "pinned" and merged in kubo.pins
+
+
+def test_ipfs_config_keys_are_type_checked(cli, home: Path) -> None:
+    config = home / "config.toml"
+    original = config.read_text()
+    for bad, key in (('kubo_api = "ftp://kubo"', "kubo_api"), ("auto_pin = 1", "auto_pin"),
+                     ("pin_retry_seconds = 0", "pin_retry_seconds"), ("pin_max_attempts = 1.5", "pin_max_attempts"),
+                     ('pin_timeout_seconds = "x"', "pin_timeout_seconds")):
+        config.write_text(original + f"\n[ipfs]\n{bad}\n")
+        result = cli("pin", "--status", ok=False)
+        assert result.exit_code == 1 and key in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    config.write_text(original + '\n[ipfs]\nkubo_api = "http://127.0.0.1:5001"\nauto_pin = true\n')
+    assert "no pin requests" in cli("pin", "--status").stdout
