@@ -131,6 +131,8 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "pin_max_attempts": (lambda v: type(v) is int and 0 < v < 1 << 20, "a positive integer"),
         "auto_pin": (lambda v: type(v) is bool, "true or false"),
         "pin_timeout_seconds": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
+        "pinning_service": (lambda v: type(v) is str and v.startswith(("http://", "https://")), "an http(s) URL"),
+        "pinning_service_token_file": (lambda v: type(v) is str and v != "", "a path string"),
     },
     "store": {"fsync": (lambda v: type(v) is bool, "true or false")},
     "repository_defaults": {

@@ -22,11 +22,13 @@ if TYPE_CHECKING:
 @click.argument("rev", required=False)
 @click.option("--kubo", "kubo", help="Kubo's RPC API URL (default: [ipfs] kubo_api, else http://127.0.0.1:5001).")
 @click.option("--repo", "-r", "repo_name", help="Repository name (default: the current one).")
+@click.option("--service", is_flag=True,
+              help="Pin on the IPFS Pinning Service API at [ipfs] pinning_service instead of a Kubo.")
 @click.option("--status", is_flag=True, help="List the queued, pinned and failed pin requests.")
 @json_option
 @click.pass_context
-def pin(ctx: click.Context, rev: str | None, kubo: str | None, repo_name: str | None, status: bool,
-        as_json: bool) -> None:
+def pin(ctx: click.Context, rev: str | None, kubo: str | None, repo_name: str | None, service: bool,
+        status: bool, as_json: bool) -> None:
     """Queue the pin of REV's tensor states, manifest and commit on a Kubo; the running daemon pins them."""
     node = get_node(ctx)
     if status:
@@ -39,12 +41,20 @@ def pin(ctx: click.Context, rev: str | None, kubo: str | None, repo_name: str | 
     from fednode.storage.pinqueue import DEFAULT_KUBO
     from fednode.workflows.pinning import enqueue
 
-    url = kubo or str(node.config.get("ipfs", {}).get("kubo_api", DEFAULT_KUBO))
+    ipfs = node.config.get("ipfs", {})
+    if service:
+        if kubo is not None or "pinning_service" not in ipfs or "pinning_service_token_file" not in ipfs:
+            raise FednodeError("--service pins on [ipfs] pinning_service with the token in [ipfs] "
+                               "pinning_service_token_file: set both (and no --kubo)")
+        url = str(ipfs["pinning_service"])
+    else:
+        url = kubo or str(ipfs.get("kubo_api", DEFAULT_KUBO))
     info, cid = resolve(node, rev, repo_name)
-    req, new = enqueue(node.history, info, cid, url)
+    req, new = enqueue(node.history, info, cid, url, service="psa" if service else "kubo")
     running = _daemon_running(node.home)
     who = "the running daemon pins it" if running else "no daemon is running: 'fednode daemon' pins it once started"
-    text = (f"{'queued' if new else 'already queued'}: pin #{req.seq} of {cid} ({len(req.targets)} CIDs) "
+    count = len(req.targets) if not service else sum(1 for _, rec in req.targets if rec)
+    text = (f"{'queued' if new else 'already queued'}: pin #{req.seq} of {cid} ({count} CIDs) "
             f"on {req.kubo}; {who} (see 'fednode pin --status')")
     emit({**req.to_json(), "new": new, "daemon_running": running}, as_json, text)
 
@@ -70,7 +80,8 @@ def _status(node: Node, as_json: bool) -> None:
         out.print("no pin requests")
     for r in reqs:
         when = "" if r.state != "queued" or not r.attempts else f", next try in {max(0, r.next_at - time.time()):.0f} s"
-        line = (f"#{r.seq} {r.state} {r.commit} on {r.kubo}: {len(r.done)}/{len(r.targets)} pinned, "
+        total = len(r.targets) if r.service == "kubo" else sum(1 for _, rec in r.targets if rec)
+        line = (f"#{r.seq} {r.state} {r.commit} on {r.kubo}: {len(r.done)}/{total} pinned, "
                 f"{r.attempts} failed attempts{when}")
         out.print(line + (f" (last error: {r.error})" if r.error else ""), markup=False)
 

@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from fednode.daemon.kubo import PIN_TIMEOUT, KuboClient, KuboError, PinMismatch
+from fednode.daemon.pinsvc import PinningService
 from fednode.history import History
 from fednode.logs import log
 from fednode.storage import pinqueue
@@ -35,8 +36,9 @@ class PinWorker:
     def __init__(self, store: Store, addrs: Callable[[], list[str]], retry_base: float = RETRY_BASE,
                  retry_max: float = RETRY_MAX, max_attempts: int = MAX_ATTEMPTS,
                  client: Callable[[str], KuboClient] = KuboClient, history: History | None = None,
-                 auto_kubo: str | None = None) -> None:
+                 auto_kubo: str | None = None, service_token: str | None = None) -> None:
         self.store = store
+        self.service_token = service_token  # the IPFS Pinning Service API's bearer token
         self.history, self.auto_kubo = history, auto_kubo  # auto-pin merged heads on this Kubo
         self.addrs = addrs  # our multiaddrs with /p2p/ID, for Kubo to dial
         self.retry_base, self.retry_max, self.max_attempts = retry_base, retry_max, max_attempts
@@ -49,7 +51,7 @@ class PinWorker:
         timeout = float(ipfs.get("pin_timeout_seconds", PIN_TIMEOUT))
         return cls(history.store, addrs, float(ipfs.get("pin_retry_seconds", RETRY_BASE)),
                    max_attempts=int(ipfs.get("pin_max_attempts", MAX_ATTEMPTS)), history=history, auto_kubo=auto,
-                   client=lambda url: KuboClient(url, timeout))
+                   client=lambda url: KuboClient(url, timeout), service_token=service_token(ipfs))
 
     async def run(self) -> None:
         scanned = 0.0
@@ -71,22 +73,54 @@ class PinWorker:
         return len(due)
 
     async def process(self, req: PinRequest) -> None:
-        kubo = self.client(req.kubo)
         try:
-            await self._connect(kubo)
-            for text, recursive in req.targets:
-                if text in req.done:
-                    continue
-                await kubo.pin_add(CID.parse(text), recursive)
-                req.done.append(text)
-                self._save(req)
+            pending = await (self._service(req) if req.service == "psa" else self._kubo(req))
         except PinMismatch as exc:
             self._finish(req, "failed", str(exc))
             return
         except KuboError as exc:
             self._retry(req, str(exc))
             return
+        if pending:  # the pinning service is still fetching: ask again later (not a failure)
+            req.next_at = time.time() + self.retry_base
+            self._save(req)
+            return
         self._finish(req, "pinned", None)
+
+    async def _kubo(self, req: PinRequest) -> bool:
+        kubo = self.client(req.kubo)
+        await self._connect(kubo)
+        for text, recursive in req.targets:
+            if text not in req.done:
+                await kubo.pin_add(CID.parse(text), recursive)
+                req.done.append(text)
+                self._save(req)
+        return False
+
+    async def _service(self, req: PinRequest) -> bool:
+        """One round with a pinning service; True while some pin is still queued or pinning there.
+        Its pins are recursive: the states are pinned (the commit would pull its whole ancestry)."""
+        if self.service_token is None:
+            raise KuboError("no [ipfs] pinning_service_token_file: the pinning service needs a token")
+        svc = PinningService(req.kubo, self.service_token)
+        pending = False
+        for text, recursive in req.targets:
+            if text in req.done or not recursive:
+                continue
+            cid, rid = CID.parse(text), req.remote.get(text)
+            if rid is None:
+                rid, status = await svc.add(cid, f"fednode {req.commit}", self.addrs())
+                req.remote[text] = rid
+                self._save(req)
+            else:
+                _, status = await svc.status(rid, cid)
+            if status == "failed":
+                raise PinMismatch(f"the pinning service failed to pin {text} (request {rid})")
+            if status == "pinned":
+                req.done.append(text)
+                self._save(req)
+            pending = pending or status != "pinned"
+        return pending
 
     async def _connect(self, kubo: KuboClient) -> None:
         """Kubo dials one of our addresses (an unreachable one is skipped; Kubo may know us already)."""
@@ -116,3 +150,16 @@ class PinWorker:
     def _save(self, req: PinRequest) -> None:
         with self.store.write() as txn:
             pinqueue.save(txn, req)
+
+
+def service_token(ipfs: dict[str, Any]) -> str | None:
+    """The pinning service's token: the first line of ``[ipfs] pinning_service_token_file``."""
+    path = ipfs.get("pinning_service_token_file")
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().strip() or None
+    except OSError as exc:
+        log("pinning_token_unreadable", "warning", path=str(path), error=str(exc))
+        return None

@@ -24,7 +24,7 @@ DEFAULT_KUBO = "http://127.0.0.1:5001"  # Kubo's default RPC address ([ipfs] kub
 @dataclass
 class PinRequest:
     seq: int
-    kubo: str  # the Kubo RPC base URL, e.g. http://127.0.0.1:5001
+    kubo: str  # the Kubo RPC base URL, e.g. http://127.0.0.1:5001 (or the pinning service's URL)
     repo_id: str  # hex
     commit: str  # the commit's CID text
     targets: list[tuple[str, bool]]  # (CID text, recursive) in the order they are pinned
@@ -35,6 +35,8 @@ class PinRequest:
     error: str | None = None  # the last failure, shown by `fednode pin --status`
     source: str = "cli"  # "cli" or "auto" (a merged head)
     time: float = 0.0
+    service: str = "kubo"  # "kubo" (Kubo RPC) or "psa" (IPFS Pinning Service API: recursive targets only)
+    remote: dict[str, str] = field(default_factory=dict)  # psa: CID text -> the service's requestid
 
     def key(self) -> bytes:
         return _ITEM + struct.pack(">Q", self.seq)

@@ -42,15 +42,18 @@ def targets(history: History, repo: RepoInfo, cid: CID) -> list[tuple[CID, bool]
     return [*out, (commit.weights, False), (cid, False)]
 
 
-def enqueue(history: History, repo: RepoInfo, cid: CID, kubo: str, source: str = "cli") -> tuple[PinRequest, bool]:
-    """Queue the pin of commit ``cid`` on ``kubo``; (the request, whether it is new)."""
+def enqueue(history: History, repo: RepoInfo, cid: CID, kubo: str, source: str = "cli",
+            service: str = "kubo") -> tuple[PinRequest, bool]:
+    """Queue the pin of commit ``cid`` on ``kubo`` (a Kubo RPC URL, or with ``service="psa"`` an IPFS
+    Pinning Service API URL); (the request, whether it is new)."""
     url = check_url(kubo)
     wanted = [(str(c), r) for c, r in targets(history, repo, cid)]
     with history.store.write() as txn:
         old = pinqueue.find(txn, url, str(cid))
         if old is not None:
             return old, False
-        req = PinRequest(0, url, repo.repo_id.hex(), str(cid), wanted, source=source, time=time.time())
+        req = PinRequest(0, url, repo.repo_id.hex(), str(cid), wanted, source=source, time=time.time(),
+                         service=service)
         return pinqueue.append(txn, req), True
 
 

@@ -101,3 +101,70 @@ class FakeKubo:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=10)
+
+
+class FakePinningService:
+    """The IPFS Pinning Service API (POST /pins, GET /pins/{requestid}) as the spec shapes it: a
+    PinStatus answer, 401 {"error": {"reason": "UNAUTHORIZED", ...}} without the right bearer token.
+    Each GET moves a pin one step (queued -> pinning -> pinned; ``fail``: -> failed)."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.pins: dict[str, dict[str, Any]] = {}  # requestid -> PinStatus
+        self.posts: list[dict[str, Any]] = []
+        self.lie = False
+        self.fail = False
+        self.lock = threading.Lock()
+        svc = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._answer("GET")
+
+            def do_POST(self) -> None:
+                self._answer("POST")
+
+            def _answer(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                if self.headers.get("Authorization") != f"Bearer {svc.token}":
+                    status, body = 401, {"error": {"reason": "UNAUTHORIZED", "details": "bad access token"}}
+                else:
+                    status, body = svc.answer(method, urlsplit(self.path).path, raw)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def answer(self, method: str, path: str, raw: bytes) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            if method == "POST" and path == "/pins":
+                pin = json.loads(raw)
+                self.posts.append(pin)
+                rid = f"req-{len(self.pins) + 1}"
+                shown = {**pin, "cid": OTHER_CID if self.lie else pin["cid"]}
+                self.pins[rid] = {"requestid": rid, "status": "queued", "created": "2026-12-03T19:00:00Z",
+                                  "pin": shown, "delegates": ["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWsvc"]}
+                return 202, self.pins[rid]
+            rid = path.removeprefix("/pins/")
+            if method == "GET" and rid in self.pins:
+                st = self.pins[rid]
+                st["status"] = {"queued": "pinning", "pinning": "failed" if self.fail else "pinned"}.get(
+                    st["status"], st["status"])
+                return 200, st
+            return 404, {"error": {"reason": "NOT_FOUND", "details": "no such pin request"}}
+
+    def down(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from daemon_harness import DaemonProc, daemons, make_home, wait_for
 from helpers import assert_cli_refuses, model_arrays, perturb, run_fednode, write_model
-from kubo_fake import OTHER_CID, FakeKubo
+from kubo_fake import OTHER_CID, FakeKubo, FakePinningService
 
 from fednode.daemon.pinning import PinWorker
 from fednode.node import open_node
@@ -229,3 +229,64 @@ def test_ipfs_config_keys_are_type_checked(cli, home: Path) -> None:
         assert result.exit_code == 1 and key in result.stderr and len(result.stderr.strip().splitlines()) == 1
     config.write_text(original + '\n[ipfs]\nkubo_api = "http://127.0.0.1:5001"\nauto_pin = true\n')
     assert "no pin requests" in cli("pin", "--status").stdout
+
+
+@pytest.fixture
+def service():  # type: ignore[no-untyped-def]
+    fake = FakePinningService("s3cret")
+    yield fake
+    fake.down()
+
+
+def _use_service(home: Path, tmp_path: Path, url: str, token: str = "s3cret") -> None:
+    (tmp_path / "token").write_text(token + "\n")
+    with (home / "config.toml").open("a") as f:
+        f.write(f'\n[ipfs]\npinning_service = "{url}"\npinning_service_token_file = "{tmp_path / "token"}"\n')
+
+
+async def test_pinning_service_pins_the_states_by_cid_with_our_daemon_as_origin(cli, home: Path, tmp_path: Path,
+                                                                               service: FakePinningService) -> None:
+    _public_repo(cli, tmp_path)
+    assert_cli_refuses(cli, home, "pin", "main", "--service", needles=("pinning_service",))
+    _use_service(home, tmp_path, service.url)
+    req = json.loads(cli("pin", "main", "--service", "--json").stdout)
+    states = [c for c, r in req["targets"] if r]
+    assert req["service"] == "psa" and req["kubo"] == service.url
+    with open_node(home) as node:
+        worker = PinWorker.from_config(node.history, lambda: [ADDR], node.config)
+        worker.retry_base = 0.01
+        for _ in range(4):  # queued -> pinning -> pinned, one step per status query
+            await worker.run_once()
+            await _sleep_until(time.time() + 0.02)
+        (r,) = _queue_of(node)
+    assert r.state == "pinned" and r.attempts == 0 and sorted(r.done) == sorted(states)
+    assert [p["cid"] for p in service.posts] == states and all(p["origins"] == [ADDR] for p in service.posts)
+    assert "pinned" in cli("pin", "--status").stdout
+
+
+async def test_pinning_service_mismatch_failure_and_bad_token(cli, home: Path, tmp_path: Path,
+                                                             service: FakePinningService) -> None:
+    _public_repo(cli, tmp_path)
+    _use_service(home, tmp_path, service.url, token="wrong")
+    cli("pin", "main", "--service")
+    with open_node(home) as node:
+        worker = PinWorker.from_config(node.history, lambda: [ADDR], node.config)
+        await worker.run_once()
+        (r,) = _queue_of(node)
+        assert r.state == "queued" and r.attempts == 1 and "HTTP 401: UNAUTHORIZED" in (r.error or "")
+        worker.service_token = "s3cret"
+        service.lie = True
+        r.next_at = 0
+        await worker.process(r)
+        (r,) = _queue_of(node)
+        assert r.state == "failed" and f"pins {OTHER_CID} instead of" in (r.error or "")
+    service.lie, service.fail = False, True
+    cli("pin", "main", "--service")  # a failed request: queued anew
+    with open_node(home) as node:
+        worker = PinWorker.from_config(node.history, lambda: [ADDR], node.config)
+        worker.service_token, worker.retry_base = "s3cret", 0.01
+        for _ in range(3):
+            await worker.run_once()
+            await _sleep_until(time.time() + 0.02)
+        second = _queue_of(node)[1]
+    assert second.state == "failed" and "the pinning service failed to pin" in (second.error or "")

@@ -1,0 +1,65 @@
+"""A client of the IPFS Pinning Service API (https://ipfs.github.io/pinning-services-api-spec/).
+
+``POST /pins`` ``{cid, name, origins}`` with ``Authorization: Bearer <token>`` answers a PinStatus
+``{requestid, status: queued|pinning|pinned|failed, created, pin: {cid, ...}, delegates, info}``
+(HTTP 202 or 200); ``GET /pins/{requestid}`` answers the same. Errors are 4xx/5xx with
+``{"error": {"reason": ..., "details": ...}}``. ``origins`` lists our daemon's multiaddrs: the
+service fetches the DAG from us over bitswap. The CID in every answer must be the one asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from fednode.daemon.kubo import KuboError, PinMismatch
+from protocol.multiformats import CID, FormatError
+
+STATUSES = ("queued", "pinning", "pinned", "failed")
+
+
+class PinningService:
+    def __init__(self, url: str, token: str, timeout: float = 60.0) -> None:
+        self.base = url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.timeout = timeout
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout) as client:
+                resp = await client.request(method, self.base + path, json=body, headers=self.headers)
+        except httpx.HTTPError as exc:
+            raise KuboError(f"pinning service at {self.base} unreachable: {type(exc).__name__}: {exc}") from None
+        try:
+            answer = resp.json()
+        except ValueError:
+            answer = None
+        if resp.status_code not in (200, 202):
+            err = answer.get("error") if isinstance(answer, dict) else None
+            reason = f"{err.get('reason')}: {err.get('details', '')}" if isinstance(err, dict) else resp.text[:200]
+            raise KuboError(f"pinning service {method} {path}: HTTP {resp.status_code}: {reason}")
+        if not isinstance(answer, dict):
+            raise KuboError(f"pinning service {method} {path}: the answer is not a JSON object")
+        return answer
+
+    @staticmethod
+    def _status(answer: dict[str, Any], cid: CID) -> tuple[str, str]:
+        """(requestid, status) of a PinStatus, checked to be about ``cid``."""
+        pin = answer.get("pin")
+        rid, status = answer.get("requestid"), answer.get("status")
+        if not isinstance(pin, dict) or not isinstance(rid, str) or not rid or status not in STATUSES:
+            raise KuboError(f"pinning service: not a PinStatus: {str(answer)[:200]}")
+        try:
+            theirs = CID.parse(str(pin.get("cid")))
+        except FormatError:
+            theirs = None
+        if theirs != cid:
+            raise PinMismatch(f"the pinning service pins {str(pin.get('cid'))[:100]} instead of {cid}")
+        return rid, str(status)
+
+    async def add(self, cid: CID, name: str, origins: list[str]) -> tuple[str, str]:
+        return self._status(await self._call("POST", "/pins", {"cid": str(cid), "name": name, "origins": origins}), cid)
+
+    async def status(self, requestid: str, cid: CID) -> tuple[str, str]:
+        return self._status(await self._call("GET", f"/pins/{requestid}"), cid)
