@@ -53,8 +53,8 @@ port = 5710
 
 [gateway]
 # the read-only IPFS trustless gateway (GET /ipfs/CID, raw blocks and CARs of public content):
-# "" is off; "8080" serves on 127.0.0.1:8080, "HOST:PORT" elsewhere. Optional: rate = 20 and
-# burst = 100 (requests a second per client IP), max_car_bytes = 4294967296 (largest CAR served)
+# "" is off; "8080" serves on 127.0.0.1:8080, "HOST:PORT" elsewhere. Optional: rate = 100 and
+# burst = 1000 (requests a second per client IP), max_car_bytes = 4294967296 (largest CAR served)
 listen = ""
 
 [chain]

@@ -9,8 +9,9 @@ to an anonymous peer (a public repository's, or ``PUBLIC`` content): a private r
 a 404, exactly like a block we do not hold. Delta-stored tensor states come from ``StateBlocks``
 as on bitswap. Each client IP gets ``rate`` requests a second (burst ``burst``), then 429.
 
-Bounds: headers <= 8 KiB, no request body, 10 s to send the request, 64 connections at a time and
-8 per client IP (more are closed at once), a CAR at most ``max_car_bytes`` (checked by walking the DAG before the 200 is
+Bounds: headers <= 8 KiB, no request body, 10 s to send the request, 64 connections answered at a
+time and 8 per client IP (more wait up to 30 s for a slot; beyond 1024 held, or 256 of one IP, a
+connection is closed at once), a CAR at most ``max_car_bytes`` (checked by walking the DAG before the 200 is
 sent, so an oversized or incomplete DAG is a clear error, not a cut stream), sent in 256 KiB
 pieces with 30 s for each.
 """
@@ -43,9 +44,12 @@ MAX_HEAD = 8 * 1024
 REQUEST_TIMEOUT = 10.0
 SEND_TIMEOUT = 30.0
 MAX_CONNECTIONS = 64
-MAX_PER_CLIENT = 8  # connections of one IP at a time: one client cannot hold every slot
+MAX_PER_CLIENT = 8  # connections of one IP answered at a time: one client cannot hold every slot
+# connections waiting for a slot (a client opening many at once, as Helia does, is queued, not refused)
+MAX_HELD, MAX_HELD_PER_CLIENT, QUEUE_TIMEOUT = 1024, 256, 30.0
 PIECE = 256 * 1024
-DEFAULT_RATE, DEFAULT_BURST = 20.0, 100.0  # requests per second per client IP; a file is one per block
+# requests per second per client IP: a block-by-block client makes one per block (a 256 MiB file: 1031)
+DEFAULT_RATE, DEFAULT_BURST = 100.0, 1000.0
 DEFAULT_MAX_CAR_BYTES = 4 << 30
 RAW_TYPE, CAR_TYPE = "application/vnd.ipld.raw", "application/vnd.ipld.car"
 CAR_CONTENT_TYPE = CAR_TYPE + "; version=1; order=dfs; dups=n"
@@ -280,9 +284,10 @@ class Gateway:
         self.config = config
         self.blocks = Blocks(store, extra)
         self.limit = TokenBuckets(config.rate, config.burst)
-        self.max_connections = max_connections
-        self.open_connections = 0
-        self.per_client: dict[str, int] = {}
+        self.slots = trio.Semaphore(max_connections)
+        self.held = 0  # accepted and not closed yet: answered or waiting
+        self.per_client: dict[str, int] = {}  # held, per client IP
+        self.client_slots: dict[str, trio.Semaphore] = {}
         self.served = {"raw": 0, "car": 0, "refused": 0, "limited": 0}
 
     async def serve(self, task_status: TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -311,27 +316,41 @@ class Gateway:
                 client = str(stream.socket.getpeername()[0])
             except OSError:  # reset before we looked
                 client = ""
-            if not client or self.open_connections >= self.max_connections \
-                    or self.per_client.get(client, 0) >= MAX_PER_CLIENT:
+            if not client or self.held >= MAX_HELD or self.per_client.get(client, 0) >= MAX_HELD_PER_CLIENT:
                 await stream.aclose()
                 continue
-            self.open_connections += 1
+            self.held += 1
             self.per_client[client] = self.per_client.get(client, 0) + 1
+            self.client_slots.setdefault(client, trio.Semaphore(MAX_PER_CLIENT))
             nursery.start_soon(self._handle, stream, client)
 
     async def _handle(self, stream: trio.SocketStream, client: str) -> None:
+        mine, everyone = self.client_slots[client], self.slots
+        got_mine = got_slot = False
         try:
-            await self._answer(stream, client)
+            with trio.move_on_after(QUEUE_TIMEOUT):  # a slot of this client's, then one of the gateway's
+                await mine.acquire()
+                got_mine = True
+                await everyone.acquire()
+                got_slot = True
+            if got_slot:
+                await self._answer(stream, client)
         except (_Gone, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError):
             pass  # the client went away, or stopped reading
         except Exception as exc:  # our bug: logged; it never stops the gateway
             log("gateway_error", "error", error=f"{type(exc).__name__}: {exc}",
                 where=traceback.format_exc(limit=-3).splitlines()[-3:])
         finally:
-            self.open_connections -= 1
+            if got_slot:
+                everyone.release()
+            if got_mine:
+                mine.release()
+            self.held -= 1
             left = self.per_client.pop(client) - 1
             if left:
                 self.per_client[client] = left
+            else:
+                del self.client_slots[client]
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
 
