@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from daemon_harness import DaemonProc, daemons, has_block, make_home, network_config, open_nodes, wait_for
 from helpers import fixed_identity, model_arrays, perturb
@@ -224,6 +225,11 @@ async def test_a_private_repository_is_provided_under_a_hash_of_its_id(tmp_path:
     provided: list[str] = []
 
     class DHT:
+        provider_store = SimpleNamespace(providing_keys=set())  # Discovery keeps py-libp2p's republisher off
+
+        def get_routing_table_size(self) -> int:
+            return 1  # a node to reach
+
         async def provide(self, key: str) -> bool:
             provided.append(key)
             return True
