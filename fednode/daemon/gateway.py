@@ -11,9 +11,9 @@ as on bitswap. Each client IP gets ``rate`` requests a second (burst ``burst``),
 
 Bounds: headers <= 8 KiB, no request body, 10 s to send the request, 64 connections answered at a
 time and 8 per client IP (more wait up to 30 s for a slot; beyond 1024 held, or 256 of one IP, a
-connection is closed at once), a CAR at most ``max_car_bytes`` (checked by walking the DAG before the 200 is
-sent, so an oversized or incomplete DAG is a clear error, not a cut stream), sent in 256 KiB
-pieces with 30 s for each.
+connection is closed at once), a CAR at most ``max_car_bytes`` (checked by walking the DAG before
+the 200 is sent, so an oversized or incomplete DAG is a clear error, not a cut stream), sent in
+256 KiB pieces with 30 s for each.
 """
 
 from __future__ import annotations
@@ -141,9 +141,9 @@ def parse_target(method: str, target: str, headers: dict[str, str]) -> Request:
     except (FormatError, ValueError) as exc:
         raise GatewayError(400, f"bad CID {text[:100]!r}: {exc}") from None
     try:
-        params = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query), max_num_fields=16))
+        params = dict(parse_qsl(query, keep_blank_values=True, max_num_fields=16))  # lenient: "format=raw&" is fine
     except ValueError:
-        raise GatewayError(400, "bad query string") from None
+        raise GatewayError(400, "more than 16 query parameters") from None
     fmt = params.get("format")
     if fmt is not None:
         kind = {"raw": RAW_TYPE, "car": CAR_TYPE}.get(fmt)

@@ -112,7 +112,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 
 def test_raw_blocks_with_their_headers(served: dict) -> None:
     port, head = served["port"], served["public_head"]
-    for target, accept in ((f"/ipfs/{head}", RAW_TYPE), (f"/ipfs/{head}?format=raw", None),
+    for target, accept in ((f"/ipfs/{head}", RAW_TYPE), (f"/ipfs/{head}?format=raw&", None),
                            (f"/ipfs/{head}?format=raw", "text/html"),  # format wins over Accept
                            (f"/ipfs/{head}", f"text/html, {RAW_TYPE};q=0.9")):
         status, headers, body = get(port, target, accept)
@@ -226,7 +226,8 @@ def test_errors(served: dict) -> None:
              (f"/ipfs/{head}", f"{RAW_TYPE};q=0", 406, "Accept"),
              (f"/ipfs/{CID.hash(RAW, b'held by nobody')}?format=raw", None, 404, "not held"),
              (f"/ipfs/{CID.hash(RAW, b'held by nobody')}?format=car", None, 404, "not held"),
-             ("/ipns/example.com", RAW_TYPE, 404, "only /ipfs/")]
+             ("/ipns/example.com", RAW_TYPE, 404, "only /ipfs/"),
+             (f"/ipfs/{head}?" + "&".join(f"p{i}=1" for i in range(17)), RAW_TYPE, 400, "query parameters")]
     for target, accept, status, needle in cases:
         got, headers, body = get(port, target, accept)
         assert got == status and needle in json.loads(body)["error"], (target, got, body)
