@@ -24,11 +24,13 @@ if TYPE_CHECKING:
 @click.option("--repo", "-r", "repo_name", help="Repository name (default: the current one).")
 @click.option("--service", is_flag=True,
               help="Pin on the IPFS Pinning Service API at [ipfs] pinning_service instead of a Kubo.")
+@click.option("--sealed", is_flag=True,
+              help="A private repository: pin a sealed backup of REV and its ancestry (members read it).")
 @click.option("--status", is_flag=True, help="List the queued, pinned and failed pin requests.")
 @json_option
 @click.pass_context
 def pin(ctx: click.Context, rev: str | None, kubo: str | None, repo_name: str | None, service: bool,
-        status: bool, as_json: bool) -> None:
+        sealed: bool, status: bool, as_json: bool) -> None:
     """Queue the pin of REV's tensor states, manifest and commit on a Kubo; the running daemon pins them."""
     node = get_node(ctx)
     if status:
@@ -39,7 +41,7 @@ def pin(ctx: click.Context, rev: str | None, kubo: str | None, repo_name: str | 
     if rev is None:
         raise FednodeError("give the revision to pin (e.g. main), or --status")
     from fednode.storage.pinqueue import DEFAULT_KUBO
-    from fednode.workflows.pinning import enqueue
+    from fednode.workflows.pinning import enqueue, enqueue_sealed
 
     ipfs = node.config.get("ipfs", {})
     if service:
@@ -50,13 +52,18 @@ def pin(ctx: click.Context, rev: str | None, kubo: str | None, repo_name: str | 
     else:
         url = kubo or str(ipfs.get("kubo_api", DEFAULT_KUBO))
     info, cid = resolve(node, rev, repo_name)
-    req, new = enqueue(node.history, info, cid, url, service="psa" if service else "kubo")
+    kind, size = ("psa" if service else "kubo"), 0
+    if sealed:
+        req, new, size = enqueue_sealed(node, info, cid, url, service=kind)
+    else:
+        req, new = enqueue(node.history, info, cid, url, service=kind)
     running = _daemon_running(node.home)
     who = "the running daemon pins it" if running else "no daemon is running: 'fednode daemon' pins it once started"
     count = len(req.targets) if not service else sum(1 for _, rec in req.targets if rec)
-    text = (f"{'queued' if new else 'already queued'}: pin #{req.seq} of {cid} ({count} CIDs) "
+    what = f"a sealed backup {req.targets[0][0]} of {cid}" if req.source == "sealed" else f"{cid} ({count} CIDs)"
+    text = (f"{'queued' if new else 'already queued'}: pin #{req.seq} of {what} "
             f"on {req.kubo}; {who} (see 'fednode pin --status')")
-    emit({**req.to_json(), "new": new, "daemon_running": running}, as_json, text)
+    emit({**req.to_json(), "new": new, "daemon_running": running, "sealed_bytes": size}, as_json, text)
 
 
 def _daemon_running(home: Path) -> bool:

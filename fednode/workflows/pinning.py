@@ -9,7 +9,10 @@ would pull its whole ancestry and every delta. Kubo fetches them over bitswap fr
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fednode.errors import FednodeError
 from fednode.history import History, RepoInfo
@@ -17,8 +20,11 @@ from fednode.storage import pinqueue
 from fednode.storage.pinqueue import PinRequest
 from protocol.multiformats import CID
 
+if TYPE_CHECKING:
+    from fednode.node import Node
+
 PRIVATE = ("a private repository is never pinned in the clear: export a sealed backup with "
-           "'fednode export' and pin that file")
+           "'fednode export' and pin that file, or let 'fednode pin --sealed' do both")
 
 
 def check_url(url: str) -> str:
@@ -55,6 +61,33 @@ def enqueue(history: History, repo: RepoInfo, cid: CID, kubo: str, source: str =
         req = PinRequest(0, url, repo.repo_id.hex(), str(cid), wanted, source=source, time=time.time(),
                          service=service)
         return pinqueue.append(txn, req), True
+
+
+def enqueue_sealed(node: Node, repo: RepoInfo, cid: CID, kubo: str,
+                   service: str = "kubo") -> tuple[PinRequest, bool, int]:
+    """Queue the pin of a sealed backup of private repository ``repo`` at ``cid`` (with its ancestry,
+    readable by the owner and members only: ``fednode import``). The backup is added to our store as
+    ``fednode ipfs add`` does (pinned here, served to anyone: it is ciphertext) and its CID queued.
+    (the request, whether it is new, the backup's size in bytes)."""
+    from fednode.workflows.ipfsfiles import add_file
+    from fednode.workflows.sealedcar import backup_readers, export_sealed
+
+    url = check_url(kubo)
+    if not node.history.is_private(repo.repo_id):
+        raise FednodeError(f"{repo.name} is public: pin it in the clear (without --sealed)")
+    node.history.check_in_repo(repo, cid)
+    with node.store.read() as txn:
+        old = pinqueue.find(txn, url, str(cid))
+    if old is not None:
+        return old, False, 0
+    with tempfile.TemporaryDirectory(dir=node.home, prefix=".pin-") as tmp:
+        path = Path(tmp) / "backup.sealed"
+        export_sealed(node.history, repo, cid, path, backup_readers(node, repo), ancestry=True)
+        root, size = add_file(node.store, path)
+    with node.store.write() as txn:
+        req = PinRequest(0, url, repo.repo_id.hex(), str(cid), [(str(root), True)], source="sealed",
+                         time=time.time(), service=service)
+        return pinqueue.append(txn, req), True, size
 
 
 def auto_pin(history: History, kubo: str) -> list[PinRequest]:

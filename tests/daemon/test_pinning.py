@@ -7,6 +7,7 @@ no HTTP RPC API: the RPC path is tested on the fake only). Every wait is bounded
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import time
@@ -18,8 +19,9 @@ from helpers import assert_cli_refuses, model_arrays, perturb, run_fednode, writ
 from kubo_fake import OTHER_CID, FakeKubo, FakePinningService
 
 from fednode.daemon.pinning import PinWorker
-from fednode.node import open_node
+from fednode.node import init_home, open_node
 from fednode.storage import pinqueue
+from fednode.workflows.ipfsfiles import write_file
 from fednode.workflows.pinning import PRIVATE, auto_pin, targets
 from protocol.multiformats import CID
 
@@ -290,3 +292,36 @@ async def test_pinning_service_mismatch_failure_and_bad_token(cli, home: Path, t
             await _sleep_until(time.time() + 0.02)
         second = _queue_of(node)[1]
     assert second.state == "failed" and "the pinning service failed to pin" in (second.error or "")
+
+
+async def test_sealed_backup_of_a_private_repository_is_pinned_by_its_cid(cli, home: Path, tmp_path: Path,
+                                                                         kubo: FakeKubo) -> None:
+    base = model_arrays(1)
+    cli("repo", "create", "secret", "--from", write_model(tmp_path / "a.safetensors", base))
+    cli("commit", "--from", write_model(tmp_path / "b.safetensors", perturb(base, 2)), "-m", "2")
+    got = json.loads(cli("pin", "main", "--sealed", "--kubo", kubo.url, "--json").stdout)
+    ((root, recursive),) = got["targets"]
+    assert recursive and got["source"] == "sealed" and got["sealed_bytes"] > 0
+    pins = json.loads(cli("ipfs", "pins", "--json").stdout)
+    assert [p["cid"] for p in pins] == [root]  # kept here (gc spares it) and served: it is ciphertext
+    assert "already queued" in cli("pin", "main", "--sealed", "--kubo", kubo.url).stdout  # not exported again
+    out = tmp_path / "backup.bin"
+    with open_node(home) as node:
+        write_file(node.store, CID.parse(root), out)
+        weights = [e for e in node.history.load_manifest(node.history.load_commit(
+            node.history.resolve("main", node.history.repo("secret"))[1]).weights).tensors.values()]
+        worker = PinWorker(node.store, lambda: [ADDR])
+        await worker.run_once()
+        assert _queue_of(node)[0].state == "pinned"
+    assert out.read_bytes().startswith(b"FEDNODE-SEALED-CAR/1")
+    raw = out.read_bytes()
+    assert all(e.state is None or e.state.digest not in raw for e in weights)  # no CID of the clear weights
+    assert kubo.pins == {root: "recursive"}
+    assert_cli_refuses(cli, home, "pin", "main", "-r", "secret", "--kubo", kubo.url + "/x", needles=("--sealed",))
+    # the sealed file opens on the owner's node: a fresh home of the same key imports it
+    other = tmp_path / "restore"
+    other.mkdir()
+    shutil.copy(tmp_path / "id.json", other / "id.json")
+    init_home(other / "home", other / "id.json")
+    restored = run_fednode(other / "home", "import", out, "--json")
+    assert json.loads(restored.stdout)["roots"] == [got["commit"]]
