@@ -75,3 +75,26 @@ async def test_real_kubo_pins_a_commits_states_manifest_and_commit_from_the_daem
         kubo.stop()
     for cid, _recursive in req["targets"]:
         assert cid in listed, (cid, listed[:500])
+
+
+async def test_real_kubo_pins_the_sealed_backup_of_a_private_repository(tmp_path: Path) -> None:
+    home = make_home(tmp_path, "owner")
+    base = {**model_arrays(1), **big_model(1)}
+    run_fednode(home, "repo", "create", "secret", "--from", write_model(tmp_path / "a.safetensors", base))
+    req = json.loads(run_fednode(home, "pin", "main", "--sealed", "--kubo", "http://127.0.0.1:1", "--json").stdout)
+    ((root, _recursive),) = req["targets"]
+    kubo = PinningKubo(tmp_path / "kubo")
+    dest = tmp_path / "kubo" / "backup.sealed"
+    try:
+        with daemons(DaemonProc(home).start()) as (d,):
+            await kubo.start()
+            assert (await kubo.call(20, op="connect", addr=d.addr))["rc"] == 0
+            assert await kubo.call(40, op="pin", cid=root, timeout=30) == {"rc": 0, "timeout": False}
+            assert root in (await kubo.call(20, op="pins"))["pins"]
+            got = await kubo.call(40, op="download", cid=root, dest=str(dest), timeout=30)
+            assert got == {"rc": 0, "timeout": False}, got
+    finally:
+        kubo.stop()
+    data = dest.read_bytes()
+    assert len(data) == req["sealed_bytes"] and data.startswith(b"FEDNODE-SEALED-CAR/1")
+    assert base["w"][1].tobytes()[:4096] not in data  # ciphertext, not the weights
