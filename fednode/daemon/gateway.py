@@ -186,12 +186,17 @@ class Blocks:
         self.extra = extra
 
     async def get(self, cid: CID, reader: Reader) -> bytes | None:
+        block: bytes | None = None
+        holders: list[bytes] = []
         with self.store.read() as txn:
-            try:
-                block: bytes | None = txn.get_block(cid)
-            except NotFound:
-                block = None
-            holders = txn.block_repos(cid) if block is not None else []
+            # a DAG-PB block is the same bytes under CIDv0 and CIDv1 (Kubo's files are v0, ours v1)
+            for key in (cid, CID(1 - cid.version, DAG_PB, cid.digest)) if cid.codec == DAG_PB else (cid,):
+                try:
+                    block = txn.get_block(key)
+                except NotFound:
+                    continue
+                holders = txn.block_repos(key)
+                break
         if block is not None:
             return block if reader.allows(holders) else None
         return await self.extra(cid, reader.allows) if self.extra is not None else None

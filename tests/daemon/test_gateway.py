@@ -125,7 +125,10 @@ def test_raw_blocks_with_their_headers(served: dict) -> None:
     assert (status, body, headers["content-type"]) == (200, b"", RAW_TYPE)
     status, _, body = get(port, f"/ipfs/{head}", RAW_TYPE, headers={"If-None-Match": f'"{head}.raw"'})
     assert (status, body) == (304, b"")
-    for cid in served["public_blocks"] + [served["file"]]:  # every block of the public repository, and ipfs add's
+    v0 = CID(0, served["file"].codec, served["file"].digest)  # the CIDv0 of ipfs add's root: the same block
+    status, _, body = get(port, f"/ipfs/{v0}?format=car")
+    assert status == 200 and car.read_car(body)[0] == [v0] and str(v0).startswith("Qm")
+    for cid in served["public_blocks"] + [served["file"], v0]:  # every block of the public repository, and ipfs add's
         status, _, body = get(port, f"/ipfs/{cid}?format=raw")
         assert status == 200 and cid.verify(body), cid
 
