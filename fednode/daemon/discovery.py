@@ -240,7 +240,11 @@ class Discovery:
 
     async def _one_pass(self, everything: bool) -> None:
         start = trio.current_time()
-        due = self.due(self.wanted(), everything, start)
+        wanted = self.wanted()
+        keys = {w.key for w in wanted}  # what we no longer hold is forgotten (and expires in 48 h)
+        self.provided = {k: t for k, t in self.provided.items() if k in keys}
+        self.local = {k: t for k, t in self.local.items() if k in keys}
+        due = self.due(wanted, everything, start)
         if not self._networked():  # no node to reach: answer GET_PROVIDERS ourselves, send nothing
             todo = [w for w in due if start - self.local.get(w.key, -math.inf) >= self.limits.reprovide_seconds]
             for w in todo[:self.limits.per_pass]:
