@@ -23,7 +23,7 @@ from fednode.storage import pinqueue
 from fednode.storage.pinqueue import DEFAULT_KUBO, PinRequest
 from fednode.storage.store import Store
 from fednode.workflows.pinning import auto_pin
-from protocol.multiformats import CID
+from protocol.multiformats import CID, FormatError
 
 POLL_SECONDS = 1.0
 RETRY_BASE = 2.0
@@ -56,11 +56,15 @@ class PinWorker:
     async def run(self) -> None:
         scanned = 0.0
         while True:
-            if self.auto_kubo is not None and self.history is not None and time.monotonic() - scanned >= AUTO_SECONDS:
-                scanned = time.monotonic()
-                for req in auto_pin(self.history, self.auto_kubo):
-                    log("kubo_pin_queued", seq=req.seq, commit=req.commit, kubo=req.kubo, source="auto")
-            await self.run_once()
+            try:  # one bad round (a damaged entry, a full disk) is logged; the queue goes on
+                if self.auto_kubo is not None and self.history is not None and \
+                        time.monotonic() - scanned >= AUTO_SECONDS:
+                    scanned = time.monotonic()
+                    for req in auto_pin(self.history, self.auto_kubo):
+                        log("kubo_pin_queued", seq=req.seq, commit=req.commit, kubo=req.kubo, source="auto")
+                await self.run_once()
+            except Exception as exc:
+                log("kubo_pins_round_failed", "warning", error=f"{type(exc).__name__}: {exc}")
             await trio.sleep(POLL_SECONDS)
 
     async def run_once(self) -> int:
@@ -69,7 +73,10 @@ class PinWorker:
         with self.store.read() as txn:
             due = [r for r in pinqueue.items(txn) if r.state == "queued" and r.next_at <= now]
         for req in due:
-            await self.process(req)
+            try:
+                await self.process(req)
+            except FormatError as exc:  # a damaged entry: failed, the others go on
+                self._finish(req, "failed", f"unreadable request: {exc}")
         return len(due)
 
     async def process(self, req: PinRequest) -> None:

@@ -325,3 +325,18 @@ async def test_sealed_backup_of_a_private_repository_is_pinned_by_its_cid(cli, h
     init_home(other / "home", other / "id.json")
     restored = run_fednode(other / "home", "import", out, "--json")
     assert json.loads(restored.stdout)["roots"] == [got["commit"]]
+
+
+async def test_a_damaged_request_fails_alone(cli, home: Path, tmp_path: Path, kubo: FakeKubo) -> None:
+    _public_repo(cli, tmp_path)
+    cli("pin", "main", "--kubo", kubo.url)
+    cli("pin", "main~1", "--kubo", kubo.url)
+    with open_node(home) as node:
+        bad = _queue_of(node)[0]
+        bad.targets = [("not-a-cid", True)]
+        with node.store.write() as txn:
+            pinqueue.save(txn, bad)
+        await PinWorker(node.store, lambda: [ADDR]).run_once()
+        first, second = _queue_of(node)
+    assert first.state == "failed" and "unreadable request" in (first.error or "")
+    assert second.state == "pinned"
