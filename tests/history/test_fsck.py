@@ -45,8 +45,11 @@ def corrupt(store: Store, cid: CID) -> None:
     with store.write() as txn:
         block = bytearray(txn.get_block(cid))
         block[len(block) // 2] ^= 0x01
+        holders = txn.block_repos(cid)  # the bytes rot, not the block index beside them
         txn.delete_block(cid)
         txn.put_block(cid, bytes(block), trusted=True)
+        for repo_id in holders:
+            txn.tag_block(cid, repo_id)
 
 
 def partial_clone(node: Node, tmp_path: Path) -> tuple[CID, list[CID]]:
