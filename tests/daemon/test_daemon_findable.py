@@ -256,3 +256,17 @@ def test_helia_asking_the_owner_itself_finds_it(tmp_path: Path) -> None:
         got = helia_find(_with_p2p(a), state, tmp_path / "helia.bin", timeout=45)
         assert got["ok"] is True and got["providers"] == [a.peer_id], got
         assert (tmp_path / "helia.bin").read_bytes() == w.tobytes()
+
+
+def test_a_published_repository_gets_its_states_provided(tmp_path: Path) -> None:
+    """Private: its states are not wanted; once its owner publishes it, they are (read from the refs each pass)."""
+    (node,) = open_nodes(make_home(tmp_path, "n"))
+    try:
+        info, _ = node.history.create_repo("later", ArraySource(model_arrays(2)))
+        d = discovery.Discovery(node.store, NetState(node.store), None, None, None)  # type: ignore[arg-type]
+        assert not [w for w in d.wanted() if w.what.startswith("state ")]
+        node.history.publish(info)
+        states = [w for w in d.wanted() if w.what.startswith("state ")]
+        assert len(states) == len(model_arrays(2))
+    finally:
+        node.close()
