@@ -86,6 +86,8 @@ def _status_lines(data: dict[str, Any], state: str, live: dict[str, Any]) -> lis
                   f"head       {head[:16]} {data['head_message']}" if head else "head       (none)"]
     else:
         lines.append("repository (none selected: 'fednode repo use NAME')")
+    held = data.get("repositories") or []
+    lines.append("repos      " + (", ".join(f"{r['name']} ({r['visibility']})" for r in held) or "(none)"))
     if live:
         met = live.get("metrics", {})
         lines += [f"daemon     running (pid {live.get('pid', '?')})",
@@ -121,7 +123,11 @@ def daemon(ctx: click.Context, listen: tuple[str, ...], api_port: int | None, bo
 def status(ctx: click.Context, as_json: bool) -> None:
     """The current repository, branch and head, and the daemon's state (peer id, addresses,
     peers, message counters) when one runs."""
-    data: dict[str, Any] = {"home": str(home(ctx)), **_local_status(get_node(ctx))}
+    node = get_node(ctx)
+    data: dict[str, Any] = {"home": str(home(ctx)), **_local_status(node)}
+    # every repository's visibility, so an operator sees at a glance what only members can read
+    data["repositories"] = [{"name": r.name, "visibility": node.history.visibility(r.repo_id)}
+                            for r in node.history.repos()]
     state, live = _daemon_status(home(ctx))
     data.update({**live, "daemon": state})
     if as_json:

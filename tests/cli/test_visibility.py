@@ -66,6 +66,11 @@ def test_status_and_members_list_show_who_reads(cli, tmp_path: Path) -> None:
     cli("repo", "publish", "-r", "m", "--yes", "--no-chain")
     status = json.loads(cli("status", "--json").stdout)
     assert status["visibility"] == "public" and "visibility public" in cli("status").stdout
+    _create(cli, tmp_path, "other")  # status lists every repository, not only the current one
+    status = json.loads(cli("status", "--json").stdout)
+    assert status["repositories"] == [{"name": "m", "visibility": "public"},
+                                      {"name": "other", "visibility": "private"}]
+    assert "repos      m (public), other (private)" in cli("status").stdout
     members = json.loads(cli("members", "list", "-r", "m", "--no-chain", "--json").stdout)
     assert members["visibility"] == "public" and members["readers"] == "anyone (public)"
     assert "readers: anyone (public)" in cli("members", "list", "-r", "m", "--no-chain").stdout
