@@ -13,26 +13,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import multiaddr
-import trio
 from daemon_harness import DaemonProc, daemons, has_block, make_home, open_nodes, ref, wait_for
 from helpers import assert_one_line_error, model_arrays, perturb, run_fednode
-from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import info_from_p2p_addr
+from rawpeer import ask, closure
 from test_bitswap_kubo import Kubo
 
-from fednode.daemon import exchange, wire
 from fednode.daemon.access import may_read, peer_key
-from fednode.daemon.host import build_host
 from fednode.history import repo_id_text
 from fednode.identity import Identity
 from fednode.node import Node
 from fednode.storage.store import PUBLIC
 from fednode.tensors.modelio import ArraySource
 from protocol import messages as m
-from protocol.dag import links
-from protocol.multiformats import CID
 
 # --- the rule ------------------------------------------------------------------------------------
 
@@ -67,51 +60,6 @@ def test_peer_key_reads_ed25519_peer_ids_only() -> None:
 # --- real daemons ---------------------------------------------------------------------------------
 
 
-def _closure(node: Node, repo_id: bytes) -> list[CID]:
-    """Every block the refs of ``repo_id`` reach in ``node``'s store (every CID a reader could name)."""
-    seen: dict[bytes, CID] = {}
-    with node.store.read() as txn:
-        stack = [CID.from_bytes(v) for name, v in txn.list_refs(repo_id).items() if name != "HEAD"]
-        while stack:
-            cid = stack.pop()
-            if bytes(cid) in seen or not txn.has_block(cid):
-                continue
-            seen[bytes(cid)] = cid
-            stack.extend(links(cid, txn.get_block(cid)))
-    return list(seen.values())
-
-
-async def _ask(seed: bytes, target: str, cids: list[CID], repos: list[bytes]) -> tuple[list[CID], list[m.HeadsReply]]:
-    """As the peer of ``seed``: ask ``target`` for ``cids`` over /fednode/blocks/1.0.0 (raw requests)
-    and for the heads of ``repos``; returns the CIDs served (each checked against its hash) and the replies."""
-    host = build_host(create_new_key_pair(seed))
-    served: list[CID] = []
-    replies: list[m.HeadsReply] = []
-    with trio.fail_after(60):
-        async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
-            info = info_from_p2p_addr(multiaddr.Multiaddr(target))
-            await host.connect(info)
-            for i in range(0, len(cids), m.MAX_WANT):
-                want = cids[i:i + m.MAX_WANT]
-                stream = await host.new_stream(info.peer_id, [exchange.PROTOCOL])
-                await wire.write_frame(stream, m.encode_want(want))
-                reader = wire.FrameReader(stream)
-                for cid in want:
-                    frame = await reader.read_frame(m.MAX_BLOCK_BYTES + 1, 15)
-                    if frame[:1] == b"\x01":
-                        assert cid.verify(frame[1:])
-                        served.append(cid)
-                    else:
-                        assert frame == b"\x00"
-                await stream.close()
-            for repo_id in repos:
-                stream = await host.new_stream(info.peer_id, [m.HEADS_PROTOCOL])  # type: ignore[list-item]
-                await wire.write_frame(stream, m.encode_heads_query(repo_id))
-                replies.append(m.HeadsReply.decode(await wire.read_frame(stream, 2 << 20)))
-                await stream.close()
-    return served, replies
-
-
 def _repos(owner: Node) -> tuple[bytes, bytes]:
     """A private repository of two commits (a snapshot, then an xor delta) and a public one."""
     base = model_arrays(0)
@@ -126,21 +74,21 @@ async def test_a_private_repository_is_served_to_members_only(tmp_path: Path) ->
     owner, member, stranger = open_nodes(*homes)
     try:
         secret, public = _repos(owner)
-        secret_cids, public_cids = _closure(owner, secret), _closure(owner, public)
+        secret_cids, public_cids = closure(owner, secret), closure(owner, public)
         assert len(secret_cids) > 10 and len(public_cids) > 5
         a = DaemonProc(homes[0]).start()
         b, c = DaemonProc(homes[1], (a.addr,)), DaemonProc(homes[2], (a.addr,))
         with daemons(a, b, c):
             a.api("POST", "/members", {"repo": "secret", "members": [member.identity.address]})
             # a stranger who knows every CID gets none of the private ones, and learns nothing
-            served, (refused, open_heads) = await _ask(stranger.identity.seed, a.addr, secret_cids + public_cids,
+            served, (refused, open_heads) = await ask(stranger.identity.seed, a.addr, secret_cids + public_cids,
                                                        [secret, public])
             assert not set(served) & set(secret_cids), "a private block was served to a non-member"
             assert set(served) == set(public_cids)  # the same request gets the public repository's
             assert refused == m.HeadsReply(None, [], None, refused="private")
             assert open_heads.genesis is not None and open_heads.heads and open_heads.refused is None
             # the member (its wallet key is its peer id) gets every block and the heads
-            served, (heads,) = await _ask(member.identity.seed, a.addr, secret_cids, [secret])
+            served, (heads,) = await ask(member.identity.seed, a.addr, secret_cids, [secret])
             assert set(served) == set(secret_cids)
             assert heads.refused is None and heads.genesis is not None and heads.heads
             # through the CLI: the stranger's clone fails in one line; the member's clone works

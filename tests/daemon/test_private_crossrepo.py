@@ -16,38 +16,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import multiaddr
-import trio
 from daemon_harness import DaemonProc, daemons, make_home, open_nodes, ref, wait_for
 from helpers import model_arrays, perturb
-from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.peer.peerinfo import info_from_p2p_addr
+from rawpeer import ask, closure
 
-from fednode.daemon import exchange, wire
-from fednode.daemon.host import build_host
 from fednode.history import RepoInfo, refstore, repo_id_text
 from fednode.node import Node
 from fednode.tensors.modelio import ArraySource
 from protocol import messages as m
-from protocol.dag import links
 from protocol.multiformats import CID, DAG_CBOR
 from protocol.objects import Commit, Manifest
 
 FETCH_ENDS = {"fetch_incomplete", "fetch_complete", "fetch_refused", "fetch_refused_deep", "fetch_error"}
-
-
-def _closure(node: Node, repo_id: bytes) -> list[CID]:
-    """Every block the refs of ``repo_id`` reach in ``node``'s store."""
-    seen: dict[bytes, CID] = {}
-    with node.store.read() as txn:
-        stack = [CID.from_bytes(v) for name, v in txn.list_refs(repo_id).items() if name != "HEAD"]
-        while stack:
-            cid = stack.pop()
-            if bytes(cid) in seen or not txn.has_block(cid):
-                continue
-            seen[bytes(cid)] = cid
-            stack.extend(links(cid, txn.get_block(cid)))
-    return list(seen.values())
 
 
 def _forge(x: Node, public: RepoInfo, branch: str, weights: CID, manifest: bytes | None) -> CID:
@@ -70,30 +50,6 @@ def _forge(x: Node, public: RepoInfo, branch: str, weights: CID, manifest: bytes
     return cid
 
 
-async def _ask(seed: bytes, target: str, cids: list[CID]) -> list[CID]:
-    """As the peer of ``seed``: ask ``target`` for ``cids`` (raw requests); the CIDs served, hash-checked."""
-    host = build_host(create_new_key_pair(seed))
-    served: list[CID] = []
-    with trio.fail_after(60):
-        async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
-            info = info_from_p2p_addr(multiaddr.Multiaddr(target))
-            await host.connect(info)
-            for i in range(0, len(cids), m.MAX_WANT):
-                want = cids[i:i + m.MAX_WANT]
-                stream = await host.new_stream(info.peer_id, [exchange.PROTOCOL])
-                await wire.write_frame(stream, m.encode_want(want))
-                reader = wire.FrameReader(stream)
-                for cid in want:
-                    frame = bytes(await reader.read_frame(m.MAX_BLOCK_BYTES + 1, 15))
-                    if frame[:1] == b"\x01":
-                        assert cid.verify(frame[1:])
-                        served.append(cid)
-                    else:
-                        assert frame == b"\x00"
-                await stream.close()
-    return served
-
-
 async def test_a_followed_repository_cannot_claim_private_blocks(tmp_path: Path) -> None:
     homes = [make_home(tmp_path, n) for n in ("a", "x")]
     na, nx = open_nodes(*homes)
@@ -104,7 +60,7 @@ async def test_a_followed_repository_cannot_claim_private_blocks(tmp_path: Path)
         rid = secret.repo_id
         public, _ = nx.history.create_repo("open", ArraySource(model_arrays(7)), visibility="public")
         pid = public.repo_id
-        secret_cids = _closure(na, rid)
+        secret_cids = closure(na, rid)
         r1_manifest = na.history.load_commit(r1.cid).weights
         genesis_files = {n: e for n, e in na.history.load_manifest(
             na.history.load_commit(secret.genesis).weights).tensors.items()}
@@ -119,7 +75,7 @@ async def test_a_followed_repository_cannot_claim_private_blocks(tmp_path: Path)
             x.start()
             a.api("POST", "/clone", {"repo": repo_id_text(pid), "peers": [x.addr], "timeout": 30})
             wait_for(lambda: ref(na, pid, "heads/main") == public.genesis, 30, "A to clone P")
-            public_cids = _closure(na, pid)
+            public_cids = closure(na, pid)
             wait_for(lambda: a.api("GET", "/status")["pending_fetches"] == 0, 10, "A to settle")
             topic = m.topic_for(pid)
             wait_for(lambda: any(p["peer_id"] == a.peer_id and topic in p["topics"] for p in x.api("GET", "/peers")),
@@ -152,7 +108,7 @@ async def test_a_followed_repository_cannot_claim_private_blocks(tmp_path: Path)
 
             # X (its daemon stopped: its own peer id) asks A for R's blocks: none; P's: all
             x.stop()
-            served = await _ask(nx.identity.seed, a.addr, secret_cids + public_cids)
+            served, _ = await ask(nx.identity.seed, a.addr, secret_cids + public_cids)
             assert not set(served) & set(secret_cids), "A served R's private blocks to X"
             assert set(served) == set(public_cids)
     finally:

@@ -17,6 +17,7 @@ import httpx
 import trio
 from daemon_harness import DaemonProc, daemons, has_block, make_home, network_config, open_nodes, ref, wait_for
 from helpers import model_arrays, perturb, run_fednode
+from rawpeer import ask
 
 from fednode.history import repo_id_text
 from fednode.storage.keyring import Keyring
@@ -53,45 +54,11 @@ def _refused_as_private(d: DaemonProc, path: str, body: dict) -> str:
     return resp.text
 
 
-async def _probe(addr: str, seed: bytes, repo_id: bytes, cids: list[CID]) -> tuple[m.HeadsReply | None, set[CID]]:
-    """As the holder of wallet key ``seed``: ask ``addr`` for ``repo_id``'s heads and for ``cids`` over
-    /fednode/blocks/1.0.0. Returns the heads reply (None: the stream was refused) and the CIDs whose
-    genuine block came back."""
-    import multiaddr
-    from libp2p.crypto.ed25519 import create_new_key_pair
-    from libp2p.custom_types import TProtocol
-    from libp2p.peer.peerinfo import info_from_p2p_addr
-
-    from fednode.daemon import wire
-    from fednode.daemon.host import build_host
-
-    host = build_host(create_new_key_pair(seed))
-    got: set[CID] = set()
-    reply: m.HeadsReply | None = None
-    async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
-        info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
-        with trio.fail_after(60):
-            await host.connect(info)
-            try:
-                stream = await host.new_stream(info.peer_id, [TProtocol(m.HEADS_PROTOCOL)])
-                await wire.write_frame(stream, m.encode_heads_query(repo_id))
-                reply = m.HeadsReply.decode(await wire.read_frame(stream, 1 << 20, timeout=10))
-            except Exception:  # a reset stream: refused as well
-                reply = None
-            for start in range(0, len(cids), m.MAX_WANT):
-                want = cids[start:start + m.MAX_WANT]
-                stream = await host.new_stream(info.peer_id, [TProtocol(m.BLOCKS_PROTOCOL)])
-                await wire.write_frame(stream, m.encode_want(want))
-                for cid in want:  # per CID in order: 0x01 + block, or 0x00 (not here)
-                    frame = bytes(await wire.read_frame(stream, m.MAX_BLOCK_BYTES + 1, timeout=10))
-                    if frame[:1] == b"\x01" and cid.verify(frame[1:]):
-                        got.add(cid)
-                await stream.close()
-    return reply, got
-
-
 def _probe_sync(addr: str, seed: bytes, repo_id: bytes, cids: set[CID]) -> tuple[m.HeadsReply | None, set[CID]]:
-    return trio.run(_probe, addr, seed, repo_id, sorted(cids, key=bytes))
+    """As the holder of wallet key ``seed``: ``repo_id``'s heads reply from ``addr`` (None: reset) and
+    the CIDs of ``cids`` whose genuine block came back."""
+    served, (reply,) = trio.run(ask, seed, addr, sorted(cids, key=bytes), [repo_id])
+    return reply, set(served)
 
 
 def _assert_refused(reply: m.HeadsReply | None) -> None:
