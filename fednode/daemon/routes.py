@@ -265,14 +265,17 @@ async def h_members(d: Daemon, body: dict[str, Any]) -> Any:
     if private and public:
         raise HTTPError(400, PRIVATE_TAKES_MEMBERS)
     keys = _repo_keys(d, repo_id, members) if private else None  # before anything is published
+    if keys is not None:
+        # kept before the membership goes out: a crash in between must leave us sealing under the new
+        # epoch (members catch up from the key message), never under one a removed member holds
+        d.keyring.put(repo_id, keys[1], keys[2])
     seq = d.state.next_own_seq(repo_id, time.time_ns() // 1000)
     msg = m.Membership(repo_id, members, public, seq, time.time_ns() // 1_000_000,
                        d.node.identity.public_key)
     await d.heads.publish_signed(repo_id, msg)
     out: dict[str, Any] = {"repo": repo_id_text(repo_id), "members": len(members), "public": msg.public, "seq": seq}
     if keys is not None:
-        keys_msg, epoch, key = keys
-        d.keyring.put(repo_id, epoch, key)  # before the message: our own next pushes use this epoch
+        keys_msg, epoch, _ = keys
         await d.heads.publish_signed(repo_id, keys_msg)
         out["epoch"] = epoch
     return out
