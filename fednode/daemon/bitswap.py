@@ -37,14 +37,15 @@ add_presences``, ``_on_message_queue_stream_opened(stream, peer_id)``, ``_read_m
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.bitswap.block_store import BlockStore
-from libp2p.bitswap.cid import CIDInput, CIDObject, parse_cid
+from libp2p.bitswap.cid import CIDInput, CIDObject, parse_cid, reconstruct_cid_from_prefix_and_data
 from libp2p.bitswap.client import BitswapClient
 from libp2p.bitswap.config import BITSWAP_PROTOCOL_V100
 from libp2p.bitswap.pb.bitswap_pb2 import Message
@@ -62,6 +63,7 @@ WANT_HAVE = 1  # Message.Wantlist.WantType.Have
 # (CID, whether the asker may read a block the given repositories hold) -> a generated block or None
 ExtraBlocks = Callable[[CID, Callable[[list[bytes]], bool]], Awaitable[bytes | None]]
 FETCH_BATCH = 64  # blocks wanted at once: 16 MiB of 256 KiB chunks
+RECENT_WANTS = 65536  # CIDs remembered after their fetch ended: a late honest answer is no lie
 
 
 def to_ours(cid: CIDInput) -> CID:
@@ -95,11 +97,30 @@ class LMDBBlockStore(BlockStore):
     def __init__(self, store: Store) -> None:
         self.store = store
         self._expected: dict[CID, int] = {}  # CID -> number of fetches waiting for it
+        self._recent: dict[CID, None] = {}  # every CID wanted lately (insertion order: oldest first)
         self.dropped = 0  # unsolicited or undecodable blocks refused
 
     def expect(self, cids: list[CID]) -> None:
         for cid in cids:
             self._expected[cid] = self._expected.get(cid, 0) + 1
+            self._recent.pop(cid, None)
+            self._recent[cid] = None
+        while len(self._recent) > RECENT_WANTS:
+            del self._recent[next(iter(self._recent))]
+
+    def wanted(self, cid: CID) -> bool:
+        """A running fetch waits for ``cid``."""
+        return cid in self._expected
+
+    def wanted_lately(self, cid: CID) -> bool:
+        """``cid`` was asked for lately (a block for it arriving after its fetch ended is no lie)."""
+        return cid in self._recent
+
+    def match(self, data: bytes) -> CID | None:
+        """The wanted CID whose hash ``data`` has (bitswap 1.0 blocks carry no CID), or None."""
+        digest = hashlib.sha256(data).digest()
+        found = next((c for c in self._expected if c.digest == digest), None)  # the usual case: few
+        return found or next((c for c in self._recent if c.digest == digest), None)
 
     def unexpect(self, cids: list[CID]) -> None:
         for cid in cids:
@@ -159,6 +180,44 @@ class FednodeBitswap(BitswapClient):
     """
 
     extra_blocks: ExtraBlocks | None = None
+    penalize: Callable[[ID, str], None] | None = None  # the daemon's Bans.penalize; None: log only
+
+    def _lied(self, peer: ID, reason: str, what: str) -> None:
+        logger.warning("bitswap: peer %s %s (%s)", peer, what, reason)
+        if self.penalize is not None:
+            self.penalize(peer, reason)
+
+    async def _process_blocks_v110(self, blocks: Sequence[Message.Block], peer_id: ID) -> None:
+        """Bitswap 1.1+: the CID is rebuilt from the block's prefix and bytes, so a block whose bytes
+        do not match the CID we asked for shows as a block nobody wanted: penalized, never stored."""
+        assert isinstance(self.block_store, LMDBBlockStore)
+        good: list[Message.Block] = []
+        for block in blocks:
+            try:
+                cid = to_ours(reconstruct_cid_from_prefix_and_data(block.prefix, block.data))
+            except Exception:  # a prefix we cannot read, or a hash or codec we do not use
+                self._lied(peer_id, "bitswap_malformed", "sent a block with an unreadable prefix")
+                continue
+            if self.block_store.wanted(cid):
+                good.append(block)
+            elif not self.block_store.wanted_lately(cid):
+                self._lied(peer_id, "bitswap_bad_block", f"sent block {cid}, which no fetch asked for "
+                           "(wrong bytes for a wanted CID, or unrequested)")
+        if good:
+            await super()._process_blocks_v110(good, peer_id)
+
+    async def _process_blocks_v100(self, blocks: list[bytes], peer_id: ID) -> None:
+        """Bitswap 1.0: blocks carry no CID; one whose hash is no CID we wanted lately is a lie."""
+        assert isinstance(self.block_store, LMDBBlockStore)
+        good: list[bytes] = []
+        for data in blocks:
+            cid = self.block_store.match(data)
+            if cid is None:
+                self._lied(peer_id, "bitswap_bad_block", "sent a block (1.0) whose hash no fetch asked for")
+            elif self.block_store.wanted(cid):
+                good.append(data)
+        if good:
+            await super()._process_blocks_v100(good, peer_id)
 
     async def _served_block(self, cid: CIDObject, reader: Reader) -> bytes | None:
         """The block if we hold it (or can generate it) and ``reader``'s peer may read it; else None."""
@@ -237,15 +296,19 @@ class BitswapHandle:
 
 
 async def start_bitswap(host: IHost, store: Store, nursery: trio.Nursery,
-                        extra_blocks: ExtraBlocks | None = None) -> BitswapHandle:
+                        extra_blocks: ExtraBlocks | None = None,
+                        penalize: Callable[[ID, str], None] | None = None) -> BitswapHandle:
     """Serve the store's blocks (and ``extra_blocks``'s) over /ipfs/bitswap/1.2.0, 1.1.0, 1.0.0 on ``host``.
 
     ``nursery`` runs the per-peer message queues and stream readers: it must live as long as
-    the host runs. ``await handle.stop()`` removes the protocol handlers.
+    the host runs. ``await handle.stop()`` removes the protocol handlers. ``penalize(peer, reason)``
+    is called for each block a peer sends that no fetch wanted (wrong bytes for a CID, unrequested)
+    or that cannot be read: the daemon passes ``Bans.penalize``.
     """
     blocks = LMDBBlockStore(store)
     client = FednodeBitswap(host, blocks)
     client.extra_blocks = extra_blocks
+    client.penalize = penalize
     client.set_nursery(nursery)
     await client.start()
     return BitswapHandle(client, blocks)

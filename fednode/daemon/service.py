@@ -147,7 +147,8 @@ class Daemon:
         # IPFS bitswap on the same host, over the same store: any IPFS node (Kubo) can
         # fetch our tensor files by CID, and we can fetch theirs; every state `show` prints is
         # fetchable, a delta-stored one generated on demand
-        self.bitswap = await start_bitswap(self.host, self.node.store, nursery, self.states.get)
+        self.bitswap = await start_bitswap(self.host, self.node.store, nursery, self.states.get,
+                                          self.bans.penalize)
         self.spawn("state_index", self.states.refresh)
         if self.gateway is not None:  # a port it cannot bind stops the daemon with one line
             self.gateway_port = await nursery.start(self.gateway.serve)

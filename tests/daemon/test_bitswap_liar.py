@@ -1,0 +1,94 @@
+"""A lying bitswap peer (py-libp2p's own bitswap, its own process) against a real daemon.
+
+The liar holds, for the CID of a one-block file, other bytes, and answers our want with them
+(py-libp2p's stock server: bitswap 1.2, the block with its prefix). The daemon must store nothing,
+`fednode ipfs get` must fail with one line, and the liar must be penalized (metrics, "bitswap_bad_block")
+and banned past ``ban_threshold``. Run as a script it IS the liar: ``python test_bitswap_liar.py CID``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from daemon_harness import DaemonProc, daemons, has_block, kill_process, make_home, network_config, open_nodes, wait_for
+from helpers import ROOT, assert_one_line_error, run_fednode, script_env
+
+from protocol.multiformats import CID, RAW
+
+TRUTH = b"the honest bytes of this file\n" * 100
+
+
+def test_a_lying_bitswap_peer_stores_nothing_and_is_banned(tmp_path: Path) -> None:
+    home = make_home(tmp_path, "me")
+    network_config(home, ban_threshold=2)
+    cid = CID.hash(RAW, TRUTH)
+    liar = subprocess.Popen(args=[sys.executable, __file__, str(cid)], env=script_env(), cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        liar_addr = liar.stdout.readline().strip()  # type: ignore[union-attr]
+        assert liar_addr.startswith("/ip4/127.0.0.1/"), liar.stderr.read()[-3000:]  # type: ignore[union-attr]
+        liar_id = liar_addr.rsplit("/", 1)[-1]
+        with daemons(DaemonProc(home).start()) as (d,):
+            for attempt in range(2):  # two lies: banned at the second (ban_threshold = 2)
+                got = run_fednode(home, "ipfs", "get", str(cid), "--out", str(tmp_path / "got.bin"),
+                                  "--peer", liar_addr, "--timeout", "8", check=False, timeout=90)
+                assert got.returncode != 0 and not (tmp_path / "got.bin").exists()
+                assert_one_line_error(got.stderr, str(cid))
+                penalties = d.api("GET", "/status")["metrics"]["penalties"]
+                assert penalties.get("bitswap_bad_block", 0) >= attempt + 1, penalties
+            wait_for(lambda: liar_id in d.api("GET", "/status")["bans"], 20, "the daemon to ban the liar")
+            assert d.api("GET", "/status")["bans"][liar_id]["reason"] == "bitswap_bad_block"
+            liar.stdin.write("report\n")  # type: ignore[union-attr]
+            liar.stdin.flush()  # type: ignore[union-attr]
+            assert int(liar.stdout.readline()) >= 2  # type: ignore[union-attr]  # it did lie, twice at least
+        (node,) = open_nodes(home)
+        try:
+            assert not has_block(node, cid)  # not one lying byte stored
+        finally:
+            node.close()
+    finally:
+        kill_process(liar)
+
+
+async def _liar(cid_text: str) -> None:
+    import multiaddr
+    import trio
+    from libp2p.bitswap.block_store import MemoryBlockStore
+    from libp2p.bitswap.client import BitswapClient
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    from fednode.daemon.bitswap import to_ours
+    from fednode.daemon.host import build_host
+
+    lies = 0
+
+    class Lying(MemoryBlockStore):  # the wanted CID, answered with other bytes
+        async def get_block(self, cid):  # type: ignore[no-untyped-def]
+            nonlocal lies
+            if to_ours(cid) != CID.parse(cid_text):
+                return None
+            lies += 1
+            return b"lies, not the file\n" * 100
+
+        async def has_block(self, cid) -> bool:  # type: ignore[no-untyped-def]
+            return to_ours(cid) == CID.parse(cid_text)
+
+    host = build_host(create_new_key_pair())
+    async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]), trio.open_nursery() as nursery:
+        client = BitswapClient(host, Lying())
+        client.set_nursery(nursery)
+        await client.start()
+        print(f"{host.get_addrs()[0]}", flush=True)
+        with trio.fail_after(300):
+            await trio.to_thread.run_sync(sys.stdin.readline)
+        print(lies, flush=True)
+        await trio.to_thread.run_sync(sys.stdin.readline)
+        nursery.cancel_scope.cancel()
+
+
+if __name__ == "__main__":
+    import trio
+
+    trio.run(_liar, sys.argv[1])
