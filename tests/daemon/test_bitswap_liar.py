@@ -14,6 +14,8 @@ from pathlib import Path
 
 from daemon_harness import DaemonProc, daemons, has_block, kill_process, make_home, network_config, open_nodes, wait_for
 from helpers import ROOT, assert_one_line_error, run_fednode, script_env
+from test_bitswap_kubo import Kubo
+from test_ipfs_get import _kubo_addr
 
 from protocol.multiformats import CID, RAW
 
@@ -24,11 +26,8 @@ def test_a_lying_bitswap_peer_stores_nothing_and_is_banned(tmp_path: Path) -> No
     home = make_home(tmp_path, "me")
     network_config(home, ban_threshold=2)
     cid = CID.hash(RAW, TRUTH)
-    liar = subprocess.Popen(args=[sys.executable, __file__, str(cid)], env=script_env(), cwd=ROOT,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    liar, liar_addr = _start_liar(cid)
     try:
-        liar_addr = liar.stdout.readline().strip()  # type: ignore[union-attr]
-        assert liar_addr.startswith("/ip4/127.0.0.1/"), liar.stderr.read()[-3000:]  # type: ignore[union-attr]
         liar_id = liar_addr.rsplit("/", 1)[-1]
         with daemons(DaemonProc(home).start()) as (d,):
             for attempt in range(2):  # two lies: banned at the second (ban_threshold = 2)
@@ -50,6 +49,42 @@ def test_a_lying_bitswap_peer_stores_nothing_and_is_banned(tmp_path: Path) -> No
             node.close()
     finally:
         kill_process(liar)
+
+
+def _start_liar(cid: CID) -> tuple[subprocess.Popen, str]:
+    liar = subprocess.Popen(args=[sys.executable, __file__, str(cid)], env=script_env(), cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    addr = liar.stdout.readline().strip()  # type: ignore[union-attr]
+    assert addr.startswith("/ip4/127.0.0.1/"), liar.stderr.read()[-3000:]  # type: ignore[union-attr]
+    return liar, addr
+
+
+async def test_the_fetch_goes_on_with_an_honest_kubo_beside_the_liar(tmp_path: Path) -> None:
+    home = make_home(tmp_path, "me")
+    network_config(home, ban_threshold=1)  # one lie bans: an honest Kubo must never get one
+    (tmp_path / "truth.bin").write_bytes(TRUTH)
+    kubo = Kubo(tmp_path / "kubo")
+    liar = None
+    try:
+        hello = await kubo.start()
+        cid = (await kubo.call(20, op="add", path=str(tmp_path / "truth.bin")))["cid"]  # one block, CIDv0
+        liar, liar_addr = _start_liar(CID.parse(cid))
+        with daemons(DaemonProc(home).start()) as (d,):
+            got = run_fednode(home, "ipfs", "get", cid, "--out", str(tmp_path / "got.bin"), "--peer", liar_addr,
+                              "--peer", _kubo_addr(hello), "--timeout", "30", timeout=90)
+            assert (tmp_path / "got.bin").read_bytes() == TRUTH, got.stderr
+            liar.stdin.write("report\n")  # type: ignore[union-attr]
+            liar.stdin.flush()  # type: ignore[union-attr]
+            lies = int(liar.stdout.readline())  # type: ignore[union-attr]
+            status = d.api("GET", "/status")
+            penalties = status["metrics"]["penalties"]
+            print(f"liar answered {lies} wants; penalties {penalties}")  # measured: 2 and 2 (-s)
+            assert hello["id"] not in status["bans"] and hello["id"] not in status["blacklisted"]
+            if lies:  # py-libp2p's session asks every connected peer; the liar's answer may trail Kubo's
+                wait_for(lambda: liar_addr.rsplit("/", 1)[-1] in d.api("GET", "/status")["bans"], 20, "the ban")
+    finally:
+        kill_process(liar)
+        kubo.stop()
 
 
 async def _liar(cid_text: str) -> None:
