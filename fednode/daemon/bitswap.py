@@ -207,17 +207,19 @@ class FednodeBitswap(BitswapClient):
             await super()._process_blocks_v110(good, peer_id)
 
     async def _process_blocks_v100(self, blocks: list[bytes], peer_id: ID) -> None:
-        """Bitswap 1.0: blocks carry no CID; one whose hash is no CID we wanted lately is a lie."""
+        """Bitswap 1.0: blocks carry no CID; one whose hash is no CID we wanted lately is a lie.
+        A matched block goes the 1.1 way with its CID's prefix (py-libp2p's 1.0 path would drop it
+        unless its presence tracker expected this very peer to send it)."""
         assert isinstance(self.block_store, LMDBBlockStore)
-        good: list[bytes] = []
+        good: list[Message.Block] = []
         for data in blocks:
             cid = self.block_store.match(data)
             if cid is None:
                 self._lied(peer_id, "bitswap_bad_block", "sent a block (1.0) whose hash no fetch asked for")
             elif self.block_store.wanted(cid):
-                good.append(data)
+                good.append(Message.Block(prefix=_prefix(to_theirs(cid)), data=data))
         if good:
-            await super()._process_blocks_v100(good, peer_id)
+            await super()._process_blocks_v110(good, peer_id)
 
     async def _served_block(self, cid: CIDObject, reader: Reader) -> bytes | None:
         """The block if we hold it (or can generate it) and ``reader``'s peer may read it; else None."""

@@ -17,6 +17,7 @@ from helpers import ROOT, assert_one_line_error, run_fednode, script_env
 from test_bitswap_kubo import Kubo
 from test_ipfs_get import _kubo_addr
 
+from fednode.storage.store import Store
 from protocol.multiformats import CID, RAW
 
 TRUTH = b"the honest bytes of this file\n" * 100
@@ -91,6 +92,7 @@ async def _liar(cid_text: str) -> None:
     import multiaddr
     import trio
     from libp2p.bitswap.block_store import MemoryBlockStore
+    from libp2p.bitswap.cid import CIDInput
     from libp2p.bitswap.client import BitswapClient
     from libp2p.crypto.ed25519 import create_new_key_pair
 
@@ -100,14 +102,14 @@ async def _liar(cid_text: str) -> None:
     lies = 0
 
     class Lying(MemoryBlockStore):  # the wanted CID, answered with other bytes
-        async def get_block(self, cid):  # type: ignore[no-untyped-def]
+        async def get_block(self, cid: CIDInput) -> bytes | None:
             nonlocal lies
             if to_ours(cid) != CID.parse(cid_text):
                 return None
             lies += 1
             return b"lies, not the file\n" * 100
 
-        async def has_block(self, cid) -> bool:  # type: ignore[no-untyped-def]
+        async def has_block(self, cid: CIDInput) -> bool:
             return to_ours(cid) == CID.parse(cid_text)
 
     host = build_host(create_new_key_pair())
@@ -127,3 +129,48 @@ if __name__ == "__main__":
     import trio
 
     trio.run(_liar, sys.argv[1])
+
+
+async def test_bitswap_1_0_and_late_blocks_in_process(tmp_path: Path) -> None:
+    """Bitswap 1.0 blocks carry no CID (matched by hash); a late answer to a met want is no strike;
+    an unreadable prefix is. Real store and client, the liar's messages handed in directly."""
+    import trio
+    from libp2p.bitswap.cid import get_cid_prefix
+    from libp2p.bitswap.pb.bitswap_pb2 import Message
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    from fednode.daemon.bitswap import LMDBBlockStore, start_bitswap, to_theirs
+    from fednode.daemon.host import build_host
+
+    store = Store(tmp_path / "store", sync=False)
+    strikes: list[tuple[str, str]] = []
+    liar = build_host(create_new_key_pair()).get_id()
+    try:
+        host = build_host(create_new_key_pair())
+        async with trio.open_nursery() as nursery:
+            handle = await start_bitswap(host, store, nursery, penalize=lambda p, r: strikes.append((str(p), r)))
+            assert isinstance(handle.blocks, LMDBBlockStore)
+            cid = CID.hash(RAW, TRUTH)
+            handle.blocks.expect([cid])
+            await handle.client._process_blocks_v100([b"lies"], liar)  # 1.0: hashes to nothing wanted
+            assert strikes == [(str(liar), "bitswap_bad_block")] and not has_block_in(store, cid)
+            await handle.client._process_blocks_v100([TRUTH], liar)  # the truth is stored
+            assert has_block_in(store, cid) and len(strikes) == 1
+            handle.blocks.unexpect([cid])
+            late = Message.Block(prefix=get_cid_prefix(to_theirs(cid)), data=TRUTH)
+            await handle.client._process_blocks_v110([late], liar)  # wanted lately: no strike
+            await handle.client._process_blocks_v100([TRUTH], liar)
+            assert len(strikes) == 1
+            await handle.client._process_blocks_v110([Message.Block(prefix=b"\xff", data=b"x")], liar)
+            flood = Message.Block(prefix=get_cid_prefix(to_theirs(cid)), data=b"unrequested")
+            await handle.client._process_blocks_v110([flood], liar)
+            assert [r for _, r in strikes] == ["bitswap_bad_block", "bitswap_malformed", "bitswap_bad_block"]
+            await handle.stop()
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+
+
+def has_block_in(store: Store, cid: CID) -> bool:
+    with store.read() as txn:
+        return bool(txn.has_block(cid))
