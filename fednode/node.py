@@ -43,6 +43,7 @@ mdns = false
 # fetch_expiry_seconds = 172800 (an unfinished fetch, e.g. of a head no peer serves, is dropped
 # this long after it was first recorded: 48 h), bitswap_cache_bytes = 268435456 (tensor states
 # stored as deltas, rebuilt for IPFS peers, kept in memory up to this many bytes: 256 MiB),
+# bitswap_spill_bytes = 4294967296 (states larger than the cache: temporary files up to 4 GiB),
 # dht_reprovide_interval = 79200 (seconds between provides of one DHT record: 22 h),
 # dht_provides_per_hour = 3000 (DHT provides sent in any hour), dht_provides_per_pass = 256
 
@@ -102,6 +103,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "min_free_bytes": (lambda v: type(v) is int and v >= 0, "an integer >= 0"),
         "fetch_expiry_seconds": (lambda v: _is_num(v) and 0 < v < 1e12, "a number of seconds > 0"),
         "bitswap_cache_bytes": (lambda v: type(v) is int and v >= 0, "an integer >= 0"),
+        "bitswap_spill_bytes": (lambda v: type(v) is int and v >= 0, "an integer >= 0"),
         "dht_reprovide_interval": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
         "dht_provides_per_hour": (lambda v: type(v) is int and v >= 0, "an integer >= 0"),
         "dht_provides_per_pass": (lambda v: type(v) is int and v >= 1, "an integer >= 1"),

@@ -39,7 +39,7 @@ from fednode.daemon.peers import Peers
 from fednode.daemon.pinning import PinWorker
 from fednode.daemon.ratelimit import TokenBuckets
 from fednode.daemon.serving import StreamServer
-from fednode.daemon.stateblocks import StateBlocks, cache_bytes
+from fednode.daemon.stateblocks import StateBlocks, cache_bytes, spill_bytes
 from fednode.daemon.sync import HeadsSync
 from fednode.daemon.tasks import Tasks
 from fednode.daemon.validate import Validator
@@ -105,7 +105,7 @@ class Daemon:
                                self.gossip, self.peers, self.jobs, self.applier, self.discovery, self.discovery,
                                self.bans, self.fair)
         # delta-stored tensor states, generated for bitswap on demand (stateblocks.py)
-        self.states = StateBlocks(node.history, self.fetcher, cache_bytes(node.config))
+        self.states = StateBlocks(node.history, self.fetcher, cache_bytes(node.config), spill_bytes(node.config))
         gateway = gateway_config(node.config)  # [gateway]: the trustless HTTP gateway, off by default
         self.gateway = Gateway(node.store, gateway, self.states.get) if gateway is not None else None
         self.gateway_port: int | None = None

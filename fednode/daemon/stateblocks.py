@@ -17,6 +17,11 @@ bitswap server's fallback for a block the store does not hold:
   children Kubo asks for next are answered from it. One rebuild per state at a time, ``MAX_REBUILDS``
   at once. A child of an evicted state rebuilds its state again (``KNOWN_BLOCKS`` remembers whose).
 - Anything else stays unanswered (DONT_HAVE), as before.
+- A state larger than the cache is rebuilt once into an anonymous temporary file (``StateSpill``:
+  the blocks appended as the builder emits them, offsets kept in memory, a block served by one
+  ``pread``), bounded by ``[network] bitswap_spill_bytes`` (4 GiB by default) with LRU eviction by
+  state; memory then holds only the offsets, not the state. The rebuild itself still holds the
+  tensor (as any checkout does); larger than the spill bound, a state is not served.
 - Read access: ``get`` takes the asker's rule (``access.Reader.allows``); a state (its root and
   every child) is served only if a repository whose commits record it may be read by the asker: a
   private repository's states go to its members only, generated or cached.
@@ -25,8 +30,10 @@ bitswap server's fallback for a block the store does not hold:
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -49,6 +56,8 @@ DEFAULT_CACHE_BYTES = 256 << 20
 # a miss re-reads the refs unless they were read this recently: a flood of unknown CIDs costs at most
 # 4 scans of the refs a second (one LMDB cursor over them; manifests are read only for new targets)
 INDEX_REFRESH_SECONDS = 0.25
+# 4 GiB of disk: states larger than the cache, spilled to anonymous temporary files (gone at exit)
+DEFAULT_SPILL_BYTES = 4 << 30
 MAX_REBUILDS = 2  # states rebuilt at once: each holds its tensor (and a parent) in memory meanwhile
 KNOWN_BLOCKS = 1 << 16  # block -> state roots remembered after eviction (16 GiB of 256 KiB leaves)
 
@@ -60,6 +69,14 @@ def cache_bytes(config: dict[str, Any]) -> int:
     value = config.get("network", {}).get("bitswap_cache_bytes", DEFAULT_CACHE_BYTES)
     if type(value) is not int or value < 0:
         raise FednodeError(f"[network] bitswap_cache_bytes must be an integer >= 0, not {value!r}")
+    return value
+
+
+def spill_bytes(config: dict[str, Any]) -> int:
+    """``[network] bitswap_spill_bytes`` from a node config, checked (a one-line error if wrong)."""
+    value = config.get("network", {}).get("bitswap_spill_bytes", DEFAULT_SPILL_BYTES)
+    if type(value) is not int or value < 0:
+        raise FednodeError(f"[network] bitswap_spill_bytes must be an integer >= 0, not {value!r}")
     return value
 
 
@@ -197,14 +214,85 @@ class StateCache:
                 del self._owner[cid]
 
 
+class SpillFile:
+    """One state's blocks in an anonymous temporary file (deleted when closed or at exit)."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile(buffering=0)  # unbuffered: read back by pread at once
+        self.offsets: dict[CID, tuple[int, int]] = {}
+        self.size = 0
+
+    def write(self, cid: CID, block: Block) -> None:
+        if cid not in self.offsets:
+            self.offsets[cid] = (self.size, len(block))
+            self.file.write(block)
+            self.size += len(block)
+
+    def read(self, cid: CID) -> bytes:
+        offset, length = self.offsets[cid]
+        return os.pread(self.file.fileno(), length, offset)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class StateSpill:
+    """States larger than the cache, on disk: LRU by state, bounded by bytes (like ``StateCache``)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._states: OrderedDict[CID, SpillFile] = OrderedDict()
+        self._owner: dict[CID, CID] = {}
+
+    def __contains__(self, root: CID) -> bool:
+        return root in self._states
+
+    def root_of(self, cid: CID) -> CID | None:
+        return self._owner.get(cid)
+
+    def get(self, cid: CID) -> bytes | None:
+        root = self._owner.get(cid)
+        if root is None:
+            return None
+        self._states.move_to_end(root)
+        return self._states[root].read(cid)
+
+    def put(self, root: CID, spilled: SpillFile) -> bool:
+        """Hold a spilled state, evicting the least recently used; False (and closed) if it cannot fit."""
+        if spilled.size > self.max_bytes:
+            spilled.close()
+            return False
+        self.drop(root)
+        while self.bytes + spilled.size > self.max_bytes:
+            self.drop(next(iter(self._states)))
+        self._states[root] = spilled
+        self.bytes += spilled.size
+        for cid in spilled.offsets:
+            self._owner.setdefault(cid, root)
+        return True
+
+    def drop(self, root: CID) -> None:
+        spilled = self._states.pop(root, None)
+        if spilled is None:
+            return
+        self.bytes -= spilled.size
+        for cid in spilled.offsets:
+            if self._owner.get(cid) == root:
+                del self._owner[cid]
+        spilled.close()
+
+
 class StateBlocks:
     """The bitswap server's source for blocks the store does not hold (module docstring)."""
 
-    def __init__(self, history: History, threads: ReaderThreads, max_cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+    def __init__(self, history: History, threads: ReaderThreads, max_cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 max_spill_bytes: int = DEFAULT_SPILL_BYTES) -> None:
         self.history = history
         self.threads = threads
         self.index = StateIndex(history)
         self.cache = StateCache(max_cache_bytes)
+        self.spill = StateSpill(max_spill_bytes)
         self._known: OrderedDict[CID, CID] = OrderedDict()  # block -> state root, generated before
         self._building: dict[CID, trio.Event] = {}
         self._limiter = trio.CapacityLimiter(MAX_REBUILDS)
@@ -227,11 +315,12 @@ class StateBlocks:
     async def get(self, cid: CID, allows: Callable[[list[bytes]], bool] | None = None) -> bytes | None:
         """A generated block (a delta-stored state's root or child), or None: not ours to serve, or
         ``allows`` (the asker's read rule, given the repositories recording the state) says no."""
-        held = self.cache.root_of(cid)
-        if held is not None:
-            if allows is not None and not allows(self.index.holders.get(held, [])):
-                return None
-            return self.cache.get(cid)
+        for store in (self.cache, self.spill):
+            held = store.root_of(cid)
+            if held is not None:
+                if allows is not None and not allows(self.index.holders.get(held, [])):
+                    return None
+                return store.get(cid)
         root = self._known.get(cid, cid)
         source = self.index.sources.get(root)
         if source is None:
@@ -245,7 +334,8 @@ class StateBlocks:
             await self._generate(root, source)
         except Exception as exc:  # a damaged chain is logged and not served; the peer gets DONT_HAVE
             log("state_failed", "warning", state=str(root), error=f"{type(exc).__name__}: {exc}")
-        return self.cache.get(cid)
+        got = self.cache.get(cid)
+        return got if got is not None else self.spill.get(cid)
 
     async def _generate(self, root: CID, source: StateSource) -> None:
         """Rebuild ``root`` into the cache; a request for a state being rebuilt waits for that rebuild."""
@@ -253,21 +343,30 @@ class StateBlocks:
         if running is not None:
             await running.wait()
             return
-        if root in self.cache:
+        if root in self.cache or root in self.spill:
             return
-        if source.nbytes > self.cache.max_bytes:
-            log("state_too_large", "warning", state=str(root), bytes=source.nbytes, cache_bytes=self.cache.max_bytes)
+        spill = source.nbytes > self.cache.max_bytes
+        if spill and source.nbytes > self.spill.max_bytes:
+            log("state_too_large", "warning", state=str(root), bytes=source.nbytes, cache_bytes=self.cache.max_bytes,
+                spill_bytes=self.spill.max_bytes)
             return
         done = self._building[root] = trio.Event()
         try:
             async with self._limiter:
                 start = trio.current_time()
-                blocks = await self.threads.run_reading(partial(self._rebuild, root, source))
-            if blocks is not None and self.cache.put(root, blocks):
+                if spill:
+                    spilled = await self.threads.run_reading(partial(self._rebuild_spilled, root, source))
+                    held = spilled is not None and self.spill.put(root, spilled)
+                    cids: Iterable[CID] = spilled.offsets if spilled is not None else ()
+                else:
+                    blocks = await self.threads.run_reading(partial(self._rebuild, root, source))
+                    held = blocks is not None and self.cache.put(root, blocks)
+                    cids = blocks or {}
+            if held:
                 self.generated += 1
-                self._remember(root, blocks)
+                self._remember(root, cids)
                 log("state_generated", state=str(root), tensor=source.name, commit=str(source.commit),
-                    bytes=source.nbytes, seconds=round(trio.current_time() - start, 3))
+                    bytes=source.nbytes, spilled=spill, seconds=round(trio.current_time() - start, 3))
         finally:
             del self._building[root]
             done.set()
@@ -286,7 +385,26 @@ class StateBlocks:
             return None
         return blocks
 
-    def _remember(self, root: CID, blocks: dict[CID, Block]) -> None:
+    def _rebuild_spilled(self, root: CID, source: StateSource) -> SpillFile | None:
+        """Like ``_rebuild``, the blocks written to a temporary file as they are built, not kept."""
+        arr = self.history.tensor_array(source.commit, source.name)
+        spilled = SpillFile()
+        try:
+            builder = UnixFSBuilder(spilled.write)
+            builder.write(tensor_bytes(arr))
+            got = builder.finish().cid
+        except BaseException:
+            spilled.close()
+            raise
+        del arr
+        if got != root:
+            spilled.close()
+            log("state_mismatch", "error", state=str(root), rebuilt=str(got), tensor=source.name,
+                commit=str(source.commit))
+            return None
+        return spilled
+
+    def _remember(self, root: CID, blocks: Iterable[CID]) -> None:
         for cid in blocks:
             self._known[cid] = root
             self._known.move_to_end(cid)
@@ -294,4 +412,5 @@ class StateBlocks:
             self._known.popitem(last=False)
 
 
-__all__ = ["DEFAULT_CACHE_BYTES", "StateBlocks", "StateCache", "StateIndex", "StateSource", "cache_bytes"]
+__all__ = ["DEFAULT_CACHE_BYTES", "DEFAULT_SPILL_BYTES", "SpillFile", "StateBlocks", "StateCache", "StateIndex",
+           "StateSource", "StateSpill", "cache_bytes", "spill_bytes"]
