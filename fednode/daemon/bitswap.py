@@ -13,6 +13,9 @@ answered as blocks we do not have (DONT_HAVE); public repositories and ipfs cont
 Safety: a block reaches LMDB only through ``Txn.put_block`` (hash-checked against its CID),
 and only when a running ``fetch_file`` asked for it: a peer cannot fill the store with blocks
 nobody wanted. Blocks are read back and hash-checked again when the file is assembled.
+A peer that sends a block no fetch wanted (wrong bytes for a wanted CID, or unrequested) or one we
+cannot read gets a strike through ``penalize`` (the daemon's ``Bans.penalize``: counted, banned
+past the threshold): ``FednodeBitswap._process_blocks_v110/_v100``.
 
 The fix for serving Kubo (``FednodeBitswap._process_wantlist``)
 --------------------------------------------------------------

@@ -35,7 +35,7 @@ def test_a_lying_bitswap_peer_stores_nothing_and_is_banned(tmp_path: Path) -> No
                 got = run_fednode(home, "ipfs", "get", str(cid), "--out", str(tmp_path / "got.bin"),
                                   "--peer", liar_addr, "--timeout", "8", check=False, timeout=90)
                 assert got.returncode != 0 and not (tmp_path / "got.bin").exists()
-                assert_one_line_error(got.stderr, str(cid))
+                assert_one_line_error(got.stderr, str(cid), "nothing stored")
                 penalties = d.api("GET", "/status")["metrics"]["penalties"]
                 assert penalties.get("bitswap_bad_block", 0) >= attempt + 1, penalties
             wait_for(lambda: liar_id in d.api("GET", "/status")["bans"], 20, "the daemon to ban the liar")
