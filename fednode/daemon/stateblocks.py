@@ -36,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -161,57 +161,33 @@ def _commit_states(history: History, txn: Txn, repo_id: bytes, commit: CID) -> C
     return CommitStates(out, tuple(loaded.parents))
 
 
-class StateCache:
-    """Generated states' blocks, LRU by state, bounded by bytes.
+class HeldState(Protocol):
+    """One generated state as a cache holds it: its blocks' CIDs, their bytes, what it costs."""
 
-    The unit is a state, not a block: a state's raw leaves are views of one rebuilt tensor, so
-    dropping one leaf would free nothing; and a peer asks for all of a state's blocks in turn.
-    """
+    size: int
 
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._states: OrderedDict[CID, dict[CID, Block]] = OrderedDict()
-        self._sizes: dict[CID, int] = {}
-        self._owner: dict[CID, CID] = {}  # block -> its state's root, for the states held
+    def cids(self) -> Iterable[CID]: ...
 
-    def __contains__(self, root: CID) -> bool:
-        return root in self._states
+    def read(self, cid: CID) -> bytes: ...
 
-    def root_of(self, cid: CID) -> CID | None:
-        """The state whose held blocks include ``cid``."""
-        return self._owner.get(cid)
+    def close(self) -> None: ...
 
-    def get(self, cid: CID) -> bytes | None:
-        root = self._owner.get(cid)
-        if root is None:
-            return None
-        self._states.move_to_end(root)
-        return bytes(self._states[root][cid])
 
-    def put(self, root: CID, blocks: dict[CID, Block]) -> bool:
-        """Hold a state's blocks, evicting the least recently used states; False if it cannot fit."""
-        size = sum(len(block) for block in blocks.values())
-        if size > self.max_bytes:
-            return False
-        self.drop(root)
-        while self.bytes + size > self.max_bytes:
-            self.drop(next(iter(self._states)))
-        self._states[root] = blocks
-        self._sizes[root] = size
-        self.bytes += size
-        for cid in blocks:
-            self._owner.setdefault(cid, root)  # a block shared by two states stays with the first
-        return True
+class MemoryState:
+    """A state's blocks in memory (raw leaves are views of one rebuilt tensor)."""
 
-    def drop(self, root: CID) -> None:
-        blocks = self._states.pop(root, None)
-        if blocks is None:
-            return
-        self.bytes -= self._sizes.pop(root)
-        for cid in blocks:
-            if self._owner.get(cid) == root:
-                del self._owner[cid]
+    def __init__(self, blocks: dict[CID, Block]) -> None:
+        self.blocks = blocks
+        self.size = sum(len(block) for block in blocks.values())
+
+    def cids(self) -> Iterable[CID]:
+        return self.blocks
+
+    def read(self, cid: CID) -> bytes:
+        return bytes(self.blocks[cid])
+
+    def close(self) -> None:
+        pass
 
 
 class SpillFile:
@@ -228,6 +204,9 @@ class SpillFile:
             self.file.write(block)
             self.size += len(block)
 
+    def cids(self) -> Iterable[CID]:
+        return self.offsets
+
     def read(self, cid: CID) -> bytes:
         offset, length = self.offsets[cid]
         return os.pread(self.file.fileno(), length, offset)
@@ -236,19 +215,25 @@ class SpillFile:
         self.file.close()
 
 
-class StateSpill:
-    """States larger than the cache, on disk: LRU by state, bounded by bytes (like ``StateCache``)."""
+class StateLru:
+    """Generated states, LRU by state, bounded by bytes: in memory (``StateCache``) or spilled to
+    disk (``StateSpill``).
+
+    The unit is a state, not a block: a state's raw leaves are views of one rebuilt tensor, so
+    dropping one leaf would free nothing; and a peer asks for all of a state's blocks in turn.
+    """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._states: OrderedDict[CID, SpillFile] = OrderedDict()
-        self._owner: dict[CID, CID] = {}
+        self._states: OrderedDict[CID, HeldState] = OrderedDict()
+        self._owner: dict[CID, CID] = {}  # block -> its state's root, for the states held
 
     def __contains__(self, root: CID) -> bool:
         return root in self._states
 
     def root_of(self, cid: CID) -> CID | None:
+        """The state whose held blocks include ``cid``."""
         return self._owner.get(cid)
 
     def get(self, cid: CID) -> bytes | None:
@@ -258,29 +243,43 @@ class StateSpill:
         self._states.move_to_end(root)
         return self._states[root].read(cid)
 
-    def put(self, root: CID, spilled: SpillFile) -> bool:
-        """Hold a spilled state, evicting the least recently used; False (and closed) if it cannot fit."""
-        if spilled.size > self.max_bytes:
-            spilled.close()
+    def hold(self, root: CID, state: HeldState) -> bool:
+        """Hold ``state``, evicting the least recently used states; False (and closed) if it cannot fit."""
+        if state.size > self.max_bytes:
+            state.close()
             return False
         self.drop(root)
-        while self.bytes + spilled.size > self.max_bytes:
+        while self.bytes + state.size > self.max_bytes:
             self.drop(next(iter(self._states)))
-        self._states[root] = spilled
-        self.bytes += spilled.size
-        for cid in spilled.offsets:
-            self._owner.setdefault(cid, root)
+        self._states[root] = state
+        self.bytes += state.size
+        for cid in state.cids():
+            self._owner.setdefault(cid, root)  # a block shared by two states stays with the first
         return True
 
     def drop(self, root: CID) -> None:
-        spilled = self._states.pop(root, None)
-        if spilled is None:
+        state = self._states.pop(root, None)
+        if state is None:
             return
-        self.bytes -= spilled.size
-        for cid in spilled.offsets:
+        self.bytes -= state.size
+        for cid in state.cids():
             if self._owner.get(cid) == root:
                 del self._owner[cid]
-        spilled.close()
+        state.close()
+
+
+class StateCache(StateLru):
+    """Generated states' blocks in memory."""
+
+    def put(self, root: CID, blocks: dict[CID, Block]) -> bool:
+        return self.hold(root, MemoryState(blocks))
+
+
+class StateSpill(StateLru):
+    """States larger than the cache, on disk (each a ``SpillFile``)."""
+
+    def put(self, root: CID, spilled: SpillFile) -> bool:
+        return self.hold(root, spilled)
 
 
 class StateBlocks:
