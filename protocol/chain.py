@@ -38,6 +38,11 @@ class Ix(IntEnum):
     ANCHOR_COMMIT = 3
     MERGE = 4
     SET_HEAD = 5
+    BIND_NFT = 6
+    SYNC_HOLDER = 7
+    SET_SHARE = 8
+    SELL = 9
+    SET_URI = 10
 
 
 class Kind(IntEnum):
@@ -55,6 +60,7 @@ class Tag(IntEnum):
     REPO = 1
     MEMBER = 2
     COMMIT = 3
+    NFT = 4
 
 
 class ErrorCode(IntEnum):
@@ -94,10 +100,27 @@ class ErrorCode(IntEnum):
     TOO_MANY_ACCOUNTS = 31  # more than MAX_ACCOUNTS accounts
     # create_repo: commit_hash(owner, init, no parents, body_digest) is not the repo id
     COMMIT_HASH_MISMATCH = 32
+    NFT_ALREADY_BOUND = 33  # bind_nft on a repo that has a mint (or an nft record)
+    INVALID_MINT = 34  # create_repo with a mint; bind_nft with a mint that is not a clean NFT of this repo
+    NOT_HOLDER = 35  # NFT-bound repo: the signer does not hold the NFT (a former holder gets this)
+    INVALID_NFT_ACCOUNT = 36  # trailing nft PDA / mint / token account is not the repo's
+    MISSING_NFT_ACCOUNTS = 37  # NFT-bound repo without the four trailing accounts
+    INVALID_TOKEN_PROGRAM = 38  # Token-2022 program account expected
+    SHARE_LOCKED = 39
+    INVALID_SHARE = 40  # share_bps > 10000
+    CONTRIBUTOR_TABLE_FULL = 41
+    CONTRIBUTOR_MISMATCH = 42  # sell: contributor accounts are not the table's keys in order
+    STALE_OFFER = 43  # sell: sale_seq is not the nft record's
+    INVALID_BUYER_ACCOUNT = 44  # sell: buyer token account not a Token-2022 account of the mint owned by the buyer
+    ARITHMETIC_OVERFLOW = 45
 
 
 MAX_BRANCHES = 8
-MAX_ACCOUNTS = 24
+MAX_ACCOUNTS = 32
+MAX_CONTRIBUTORS = 16  # slots of the nft record's contributor table
+MAX_SHARE_BPS = 10_000
+MAX_URI = 200  # set_uri: uri bytes
+FLAG_SHARE_LOCKED = 1  # nft record flags / bind_nft flags
 MAX_PARENTS = 16  # also the merge input limit; a legacy 1232-byte tx fits about 8 merge inputs
 FLAG_HAS_COMMITMENT = 1
 ZERO32 = bytes(32)
@@ -105,6 +128,7 @@ ZERO32 = bytes(32)
 REPO_SEED = b"repo"
 MEMBER_SEED = b"member"
 COMMIT_SEED = b"commit"
+NFT_SEED = b"nft"
 
 # Accounts the instructions take, in order (s = signer, w = writable).
 ACCOUNTS: dict[Ix, tuple[str, ...]] = {
@@ -120,7 +144,21 @@ ACCOUNTS: dict[Ix, tuple[str, ...]] = {
         "input commit PDAs...",
     ),
     Ix.SET_HEAD: ("owner [s]", "repo [w]", "commit PDA (any account when deleting)"),
+    Ix.BIND_NFT: ("owner [s,w]", "repo [w]", "nft PDA [w]", "mint", "holder token account", "system program"),
+    Ix.SYNC_HOLDER: ("repo", "nft PDA [w]", "holder token account"),
+    Ix.SET_SHARE: ("holder [s]", "repo", "nft PDA [w]", "holder token account"),
+    Ix.SELL: (
+        "seller [s,w]", "buyer [s,w]", "repo", "nft PDA [w]", "mint", "seller token account [w]",
+        "buyer token account [w]", "token-2022 program", "system program", "contributors [w]...",
+    ),
+    Ix.SET_URI: (
+        "holder [s,w]", "repo", "nft PDA", "holder token account", "mint [w]", "token-2022 program",
+        "system program",
+    ),
 }  # fmt: skip
+# NFT-bound repos: add_member, remove_member, set_head, merge and anchor_commit take these four
+# after their own accounts (after the parent / input list).
+NFT_TRAILING_ACCOUNTS = ("holder token account", "nft PDA [w]", "mint [w]", "token-2022 program")
 
 
 class LayoutError(FormatError):
@@ -171,6 +209,10 @@ def member_seeds(repo_id: bytes, member: bytes) -> list[bytes]:
 
 def commit_seeds(repo_id: bytes, commit_hash: bytes) -> list[bytes]:
     return [COMMIT_SEED, _b32("repo_id", repo_id), _b32("commit_hash", commit_hash)]
+
+
+def nft_seeds(repo_id: bytes) -> list[bytes]:
+    return [NFT_SEED, _b32("repo_id", repo_id)]
 
 
 # --- instructions ------------------------------------------------------------------------------
@@ -226,7 +268,92 @@ class SetHead:
     commit_hash: bytes  # ZERO32 deletes the branch
 
 
-Instruction = CreateRepo | AddMember | RemoveMember | AnchorCommit | Merge | SetHead
+@dataclass(frozen=True)
+class BindNft:
+    """Bind the repository to its NFT (mint checked by the program); the metadata "head" field
+    follows the head of branch ``head_branch`` (branch_hash of its name)."""
+
+    share_bps: int  # contributors' share of every sale, 0..10000
+    lock_share: bool  # True: set_share is refused for ever
+    head_branch: bytes
+
+
+@dataclass(frozen=True)
+class SyncHolder:
+    """Permissionless: record the owner of the given token account (holding the NFT) as holder."""
+
+
+@dataclass(frozen=True)
+class SetShare:
+    share_bps: int
+
+
+@dataclass(frozen=True)
+class Sell:
+    price: int  # lamports the buyer pays in all (seller + contributors)
+    sale_seq: int  # must equal the nft record's sale_seq (an offer is valid for one holder change)
+
+
+@dataclass(frozen=True)
+class SetUri:
+    uri: str  # 1..MAX_URI utf-8 bytes
+
+
+Instruction = (CreateRepo | AddMember | RemoveMember | AnchorCommit | Merge | SetHead | BindNft | SyncHolder
+               | SetShare | Sell | SetUri)  # fmt: skip
+
+
+def _share(bps: int) -> int:
+    if not 0 <= bps <= MAX_SHARE_BPS:
+        raise LayoutError(f"share must be 0..{MAX_SHARE_BPS} basis points, got {bps}")
+    return bps
+
+
+def _u64(name: str, value: int) -> bytes:
+    if not 0 <= value < 2**64:
+        raise LayoutError(f"{name} must be a u64, got {value}")
+    return struct.pack("<Q", value)
+
+
+def _uri(uri: str) -> bytes:
+    raw = uri.encode("utf-8")
+    if not 0 < len(raw) <= MAX_URI:
+        raise LayoutError(f"uri must be 1..{MAX_URI} utf-8 bytes, got {len(raw)}")
+    return raw
+
+
+def _encode_nft(ix: BindNft | SyncHolder | SetShare | Sell | SetUri) -> bytes:
+    if isinstance(ix, BindNft):
+        flags = FLAG_SHARE_LOCKED if ix.lock_share else 0
+        return (bytes([Ix.BIND_NFT]) + struct.pack("<H", _share(ix.share_bps)) + bytes([flags])
+                + _b32("head_branch", ix.head_branch))  # fmt: skip
+    if isinstance(ix, SyncHolder):
+        return bytes([Ix.SYNC_HOLDER])
+    if isinstance(ix, SetShare):
+        return bytes([Ix.SET_SHARE]) + struct.pack("<H", _share(ix.share_bps))
+    if isinstance(ix, Sell):
+        return bytes([Ix.SELL]) + _u64("price", ix.price) + _u64("sale_seq", ix.sale_seq)
+    return bytes([Ix.SET_URI]) + _uri(ix.uri)
+
+
+def _decode_nft(tag: int, body: bytes) -> Instruction | None:
+    if tag == Ix.BIND_NFT and len(body) == 35:
+        if body[2] & ~FLAG_SHARE_LOCKED:
+            raise LayoutError("malformed bind_nft: unknown flags")
+        share = _share(struct.unpack_from("<H", body)[0])
+        return BindNft(share, bool(body[2] & FLAG_SHARE_LOCKED), body[3:])
+    if tag == Ix.SYNC_HOLDER and not body:
+        return SyncHolder()
+    if tag == Ix.SET_SHARE and len(body) == 2:
+        return SetShare(_share(struct.unpack("<H", body)[0]))
+    if tag == Ix.SELL and len(body) == 16:
+        return Sell(*struct.unpack("<QQ", body))
+    if tag == Ix.SET_URI and 0 < len(body) <= MAX_URI:
+        try:
+            return SetUri(body.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise LayoutError("set_uri: uri is not utf-8") from None
+    return None
 
 
 def encode_instruction(ix: Instruction) -> bytes:
@@ -258,6 +385,8 @@ def encode_instruction(ix: Instruction) -> bytes:
         )  # fmt: skip
     if isinstance(ix, SetHead):
         return bytes([Ix.SET_HEAD]) + _b32("branch", ix.branch) + _b32("commit", ix.commit_hash)
+    if isinstance(ix, BindNft | SyncHolder | SetShare | Sell | SetUri):
+        return _encode_nft(ix)
     raise TypeError(f"not a federity instruction: {ix!r}")
 
 
@@ -292,6 +421,9 @@ def decode_instruction(data: bytes) -> Instruction:
         weights = struct.unpack_from(f"<{n}Q", body, w_at)
         return Merge(body[:32], body[34:66], inputs, weights,
                      body[w_at + 8 * n :] if g1 else None)  # fmt: skip
+    nft = _decode_nft(tag, body)
+    if nft is not None:
+        return nft
     raise LayoutError(f"malformed instruction (tag {tag}, {len(body)} bytes)")
 
 
@@ -300,6 +432,8 @@ def decode_instruction(data: bytes) -> Instruction:
 REPO_SIZE = 144 + 64 * MAX_BRANCHES  # 656
 MEMBER_SIZE = 80
 COMMIT_SIZE = 216
+CONTRIBUTOR_SIZE = 40  # key[32], weight u64
+NFT_SIZE = 152 + CONTRIBUTOR_SIZE * MAX_CONTRIBUTORS  # 792
 
 
 @dataclass(frozen=True)
@@ -333,6 +467,21 @@ class CommitAccount:
     commitment: bytes | None
     slot: int
     index: int  # 0-based position in the repository's accumulator chain
+
+
+@dataclass(frozen=True)
+class NftAccount:
+    """The program's record of a repository's NFT (PDA seeds "nft", repo_id)."""
+
+    bump: int
+    repo_id: bytes
+    mint: bytes
+    holder: bytes  # as last recorded by the program (bind, a holder action, sale, sync_holder)
+    head_branch: bytes  # branch hash whose head the metadata "head" field follows
+    sale_seq: int  # +1 on every recorded holder change
+    share_bps: int
+    share_locked: bool
+    contributors: tuple[tuple[bytes, int], ...]  # (key, weight) in table order
 
 
 def _header(data: bytes, tag: Tag, size: int, pad: slice = slice(3, 8)) -> None:
@@ -373,6 +522,36 @@ def decode_commit(data: bytes) -> CommitAccount:
         commitment=bytes(data[136:200]) if data[4] & FLAG_HAS_COMMITMENT else None,
         slot=slot, index=index,
     )  # fmt: skip
+
+
+def decode_nft(data: bytes) -> NftAccount:
+    if len(data) != NFT_SIZE or data[0] != Tag.NFT or data[1] != LAYOUT_VERSION or any(data[4:8]):
+        raise LayoutError(f"not a nft account ({len(data)} bytes)")
+    sale_seq, share, n = struct.unpack_from("<QHH", data, 136)
+    if data[3] & ~FLAG_SHARE_LOCKED or n > MAX_CONTRIBUTORS or share > MAX_SHARE_BPS or any(data[148:152]):
+        raise LayoutError("not a nft account: bad flags, share or contributor count")
+    table = tuple((bytes(data[152 + 40 * i : 184 + 40 * i]), struct.unpack_from("<Q", data, 184 + 40 * i)[0])
+                  for i in range(n))  # fmt: skip
+    return NftAccount(
+        bump=data[2], repo_id=bytes(data[8:40]), mint=bytes(data[40:72]), holder=bytes(data[72:104]),
+        head_branch=bytes(data[104:136]), sale_seq=sale_seq, share_bps=share,
+        share_locked=bool(data[3] & FLAG_SHARE_LOCKED), contributors=table,
+    )  # fmt: skip
+
+
+def sale_amounts(price: int, share_bps: int, contributors: Sequence[int] | Sequence[tuple[bytes, int]]
+                 ) -> tuple[int, list[int]]:  # fmt: skip
+    """What sell pays: (seller, [contributor_i]) (the program's rounding rule).
+
+    S = floor(price * share_bps / 10000); contributor i gets floor(S * w_i / W), W = sum of the
+    weights; the seller gets price - sum(paid), so the floors' dust stays with the seller.
+    ``contributors``: weights, or the (key, weight) pairs of NftAccount.contributors."""
+    weights = [c if isinstance(c, int) else c[1] for c in contributors]
+    _u64("price", price)
+    share = price * _share(share_bps) // MAX_SHARE_BPS
+    total = sum(weights)
+    paid = [share * w // total if total else 0 for w in weights]
+    return price - sum(paid), paid
 
 
 # Return data of anchor_commit and merge: accumulator after the append || commit count (u64).

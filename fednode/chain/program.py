@@ -20,6 +20,23 @@ from protocol import chain as layout
 SYSTEM_PROGRAM_ID = Pubkey.from_string("11111111111111111111111111111111")
 INSTRUCTIONS_SYSVAR_ID = Pubkey.from_string("Sysvar1nstructions1111111111111111111111111")
 ED25519_PROGRAM_ID = Pubkey.from_string("Ed25519SigVerify111111111111111111111111111")
+TOKEN_2022_PROGRAM_ID = Pubkey.from_string("TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb")
+ASSOCIATED_TOKEN_PROGRAM_ID = Pubkey.from_string("ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL")
+
+
+def token_account_address(owner: Pubkey, mint: Pubkey) -> Pubkey:
+    """The Token-2022 associated token account of ``owner`` for ``mint`` (the NFT's usual home)."""
+    seeds = [bytes(owner), bytes(TOKEN_2022_PROGRAM_ID), bytes(mint)]
+    return Pubkey.find_program_address(seeds, ASSOCIATED_TOKEN_PROGRAM_ID)[0]
+
+
+@dataclass(frozen=True)
+class NftRef:
+    """The NFT of an NFT-bound repository, as the holder-gated instructions need it: the mint and
+    the token account (of the signer, for a holder action) that holds it."""
+
+    mint: Pubkey
+    holder_token: Pubkey
 
 
 def _ro(key: Pubkey) -> AccountMeta:
@@ -60,6 +77,15 @@ class FederityProgram:
     def commit_address(self, repo_id: bytes, commit_hash: bytes) -> Pubkey:
         return self._pda(layout.commit_seeds(repo_id, commit_hash))
 
+    def nft_address(self, repo_id: bytes) -> Pubkey:
+        return self._pda(layout.nft_seeds(repo_id))
+
+    def _nft_metas(self, repo_id: bytes, nft: NftRef | None) -> list[AccountMeta]:
+        """The four trailing accounts of a holder-gated instruction on an NFT-bound repository."""
+        if nft is None:
+            return []
+        return [_ro(nft.holder_token), _w(self.nft_address(repo_id)), _w(nft.mint), _ro(TOKEN_2022_PROGRAM_ID)]
+
     def _ix(self, body: layout.Instruction, metas: list[AccountMeta]) -> Instruction:
         return Instruction(self.program_id, layout.encode_instruction(body), metas)
 
@@ -72,39 +98,86 @@ class FederityProgram:
                  _ro(SYSTEM_PROGRAM_ID)]  # fmt: skip
         return self._ix(layout.CreateRepo(repo_id, body_digest, mint), metas)
 
-    def add_member(self, owner: Pubkey, repo_id: bytes, member: Pubkey) -> Instruction:
+    # The holder-gated instructions: on an NFT-bound repository ``owner`` is the NFT's holder and
+    # ``nft`` names the mint and the holder's token account (the four trailing accounts).
+
+    def add_member(self, owner: Pubkey, repo_id: bytes, member: Pubkey, *, nft: NftRef | None = None) -> Instruction:
         metas = [_payer(owner), _ro(self.repo_address(repo_id)),
-                 _w(self.member_address(repo_id, member)), _ro(SYSTEM_PROGRAM_ID)]  # fmt: skip
+                 _w(self.member_address(repo_id, member)), _ro(SYSTEM_PROGRAM_ID),
+                 *self._nft_metas(repo_id, nft)]  # fmt: skip
         return self._ix(layout.AddMember(bytes(member)), metas)
 
-    def remove_member(self, owner: Pubkey, repo_id: bytes, member: Pubkey) -> Instruction:
-        metas = [_payer(owner), _ro(self.repo_address(repo_id)), _w(self.member_address(repo_id, member))]
+    def remove_member(self, owner: Pubkey, repo_id: bytes, member: Pubkey, *,
+                      nft: NftRef | None = None) -> Instruction:  # fmt: skip
+        metas = [_payer(owner), _ro(self.repo_address(repo_id)), _w(self.member_address(repo_id, member)),
+                 *self._nft_metas(repo_id, nft)]  # fmt: skip
         return self._ix(layout.RemoveMember(bytes(member)), metas)
 
     def anchor_commit(
-        self, author: Pubkey, repo_id: bytes, body: layout.AnchorCommit, *, as_owner: bool = False
-    ) -> Instruction:
-        """The owner needs no member record: the repo account stands in for it. The commit record
-        is at the address of ``body.commit_hash(author)``, the hash the program recomputes."""
+        self, author: Pubkey, repo_id: bytes, body: layout.AnchorCommit, *, as_owner: bool = False,
+        nft: NftRef | None = None,
+    ) -> Instruction:  # fmt: skip
+        """The owner (holder) needs no member record: the repo account stands in for it. The commit
+        record is at the address of ``body.commit_hash(author)``, the hash the program recomputes.
+        A member anchoring in an NFT-bound repo still passes ``nft`` (its holder_token: any account)."""
         repo = self.repo_address(repo_id)
         member = repo if as_owner else self.member_address(repo_id, author)
         record = self.commit_address(repo_id, body.commit_hash(bytes(author)))
         metas = [_payer(author), _w(repo), _w(record), _ro(member),
                  _ro(INSTRUCTIONS_SYSVAR_ID), _ro(SYSTEM_PROGRAM_ID),
-                 *self._records(repo_id, body.parents)]  # fmt: skip
+                 *self._records(repo_id, body.parents), *self._nft_metas(repo_id, nft)]  # fmt: skip
         return self._ix(body, metas)
 
-    def merge(self, owner: Pubkey, repo_id: bytes, body: layout.Merge) -> Instruction:
+    def merge(self, owner: Pubkey, repo_id: bytes, body: layout.Merge, *, nft: NftRef | None = None) -> Instruction:
         record = self.commit_address(repo_id, body.commit_hash(bytes(owner)))
         metas = [_payer(owner), _w(self.repo_address(repo_id)), _w(record),
                  _ro(INSTRUCTIONS_SYSVAR_ID), _ro(SYSTEM_PROGRAM_ID),
-                 *self._records(repo_id, body.inputs)]  # fmt: skip
+                 *self._records(repo_id, body.inputs), *self._nft_metas(repo_id, nft)]  # fmt: skip
         return self._ix(body, metas)
 
-    def set_head(self, owner: Pubkey, repo_id: bytes, branch: bytes, commit_hash: bytes) -> Instruction:
+    def set_head(self, owner: Pubkey, repo_id: bytes, branch: bytes, commit_hash: bytes, *,
+                 nft: NftRef | None = None) -> Instruction:  # fmt: skip
         record = SYSTEM_PROGRAM_ID if commit_hash == layout.ZERO32 else self.commit_address(repo_id, commit_hash)
-        metas = [AccountMeta(owner, is_signer=True, is_writable=False), _w(self.repo_address(repo_id)), _ro(record)]
+        metas = [AccountMeta(owner, is_signer=True, is_writable=False), _w(self.repo_address(repo_id)), _ro(record),
+                 *self._nft_metas(repo_id, nft)]  # fmt: skip
         return self._ix(layout.SetHead(branch, commit_hash), metas)
+
+    # --- NFT instructions -------------------------------------------------------------------------
+
+    def bind_nft(self, owner: Pubkey, repo_id: bytes, mint: Pubkey, holder_token: Pubkey, share_bps: int,
+                 lock_share: bool, head_branch: str) -> Instruction:  # fmt: skip
+        """Bind the repository to ``mint`` (owner = repo.owner, holding it in ``holder_token``); the
+        metadata "head" field follows branch ``head_branch``."""
+        metas = [_payer(owner), _w(self.repo_address(repo_id)), _w(self.nft_address(repo_id)), _ro(mint),
+                 _ro(holder_token), _ro(SYSTEM_PROGRAM_ID)]  # fmt: skip
+        return self._ix(layout.BindNft(share_bps, lock_share, layout.branch_hash(head_branch)), metas)
+
+    def sync_holder(self, repo_id: bytes, holder_token: Pubkey) -> Instruction:
+        metas = [_ro(self.repo_address(repo_id)), _w(self.nft_address(repo_id)), _ro(holder_token)]
+        return self._ix(layout.SyncHolder(), metas)
+
+    def set_share(self, holder: Pubkey, repo_id: bytes, holder_token: Pubkey, share_bps: int) -> Instruction:
+        metas = [AccountMeta(holder, is_signer=True, is_writable=False), _ro(self.repo_address(repo_id)),
+                 _w(self.nft_address(repo_id)), _ro(holder_token)]  # fmt: skip
+        return self._ix(layout.SetShare(share_bps), metas)
+
+    def sell(self, seller: Pubkey, buyer: Pubkey, repo_id: bytes, mint: Pubkey, price: int, sale_seq: int,
+             contributors: Sequence[Pubkey]) -> Instruction:  # fmt: skip
+        """The atomic sale: both sign; the NFT moves between the parties' associated token accounts
+        (the buyer's must exist: create it idempotently earlier in the same tx). ``contributors``:
+        the nft record's table keys, in table order."""
+        metas = [_payer(seller), _payer(buyer), _ro(self.repo_address(repo_id)), _w(self.nft_address(repo_id)),
+                 _ro(mint), _w(token_account_address(seller, mint)), _w(token_account_address(buyer, mint)),
+                 _ro(TOKEN_2022_PROGRAM_ID), _ro(SYSTEM_PROGRAM_ID), *(_w(c) for c in contributors)]  # fmt: skip
+        return self._ix(layout.Sell(price, sale_seq), metas)
+
+    def set_uri(self, holder: Pubkey, repo_id: bytes, mint: Pubkey, uri: str) -> Instruction:
+        """Point the metadata uri elsewhere (holder only); if the mint account grows, add its rent
+        to the mint in the same tx (a system transfer before this instruction)."""
+        metas = [_payer(holder), _ro(self.repo_address(repo_id)), _ro(self.nft_address(repo_id)),
+                 _ro(token_account_address(holder, mint)), _w(mint), _ro(TOKEN_2022_PROGRAM_ID),
+                 _ro(SYSTEM_PROGRAM_ID)]  # fmt: skip
+        return self._ix(layout.SetUri(uri), metas)
 
     def _records(self, repo_id: bytes, hashes: Sequence[bytes]) -> list[AccountMeta]:
         return [_ro(self.commit_address(repo_id, h)) for h in hashes]

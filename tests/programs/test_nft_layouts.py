@@ -1,0 +1,127 @@
+"""protocol/chain.py NFT layouts and fednode/chain/program.py NFT builders (pure: no chain)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from solders.keypair import Keypair
+from solders.pubkey import Pubkey
+
+from fednode.chain.program import (
+    SYSTEM_PROGRAM_ID,
+    TOKEN_2022_PROGRAM_ID,
+    FederityProgram,
+    NftRef,
+    token_account_address,
+)
+from protocol import chain as layout
+
+PROGRAM = FederityProgram(Keypair.from_seed(bytes([7]) * 32).pubkey())
+REPO_ID = bytes(range(32))
+b32 = st.binary(min_size=32, max_size=32)
+u64 = st.integers(0, 2**64 - 1)
+nft_instructions = st.one_of(
+    st.builds(layout.BindNft, st.integers(0, 10_000), st.booleans(), b32),
+    st.just(layout.SyncHolder()),
+    st.builds(layout.SetShare, st.integers(0, 10_000)),
+    st.builds(layout.Sell, u64, u64),
+    st.builds(layout.SetUri, st.text(min_size=1, max_size=50)),
+)
+
+
+@given(nft_instructions)
+def test_nft_instruction_codec_round_trips(ix: layout.Instruction) -> None:
+    assert layout.decode_instruction(layout.encode_instruction(ix)) == ix
+
+
+def test_nft_instruction_bytes() -> None:
+    branch = layout.branch_hash("main")
+    assert layout.encode_instruction(layout.BindNft(250, True, branch)) == b"\x06\xfa\x00\x01" + branch
+    assert layout.encode_instruction(layout.SyncHolder()) == b"\x07"
+    assert layout.encode_instruction(layout.SetShare(10_000)) == b"\x08\x10\x27"
+    assert layout.encode_instruction(layout.Sell(5, 2)) == b"\x09" + struct.pack("<QQ", 5, 2)
+    assert layout.encode_instruction(layout.SetUri("ipfs://x")) == b"\x0aipfs://x"
+
+
+@pytest.mark.parametrize("bad", [
+    lambda: layout.encode_instruction(layout.SetShare(10_001)),
+    lambda: layout.encode_instruction(layout.BindNft(0, False, b"short")),
+    lambda: layout.encode_instruction(layout.Sell(-1, 0)),
+    lambda: layout.encode_instruction(layout.SetUri("")),
+    lambda: layout.encode_instruction(layout.SetUri("x" * 201)),
+    lambda: layout.decode_instruction(b"\x06\x00\x00\x02" + bytes(32)),  # unknown flag
+    lambda: layout.decode_instruction(b"\x08\x11\x27"),  # 10001 bps
+    lambda: layout.decode_instruction(b"\x0a\xff"),  # not utf-8
+    lambda: layout.decode_instruction(b"\x07\x00"),
+    lambda: layout.decode_instruction(b"\x09" + bytes(15)),
+])  # fmt: skip
+def test_nft_codec_rejects_bad_input(bad: object) -> None:
+    with pytest.raises(layout.LayoutError):
+        bad()  # type: ignore[operator]
+
+
+def nft_bytes(n: int = 2, share: int = 300, flags: int = 1) -> bytearray:
+    data = bytearray(layout.NFT_SIZE)
+    data[0:4] = bytes([layout.Tag.NFT, 1, 254, flags])
+    data[8:40], data[40:72], data[72:104], data[104:136] = b"r" * 32, b"m" * 32, b"h" * 32, b"b" * 32
+    struct.pack_into("<QHH", data, 136, 9, share, n)
+    for i in range(min(n, layout.MAX_CONTRIBUTORS)):
+        data[152 + 40 * i : 184 + 40 * i] = bytes([i + 1]) * 32
+        struct.pack_into("<Q", data, 184 + 40 * i, 10 * (i + 1))
+    return data
+
+
+def test_decode_nft() -> None:
+    nft = layout.decode_nft(bytes(nft_bytes()))
+    assert layout.NFT_SIZE == 792
+    assert (nft.bump, nft.repo_id, nft.mint, nft.holder, nft.head_branch) == (254, b"r" * 32, b"m" * 32, b"h" * 32,
+                                                                              b"b" * 32)  # fmt: skip
+    assert (nft.sale_seq, nft.share_bps, nft.share_locked) == (9, 300, True)
+    assert nft.contributors == ((b"\x01" * 32, 10), (b"\x02" * 32, 20))
+    for bad in (nft_bytes()[:-1], nft_bytes(n=17), nft_bytes(share=10_001), nft_bytes(flags=2)):
+        with pytest.raises(layout.LayoutError):
+            layout.decode_nft(bytes(bad))
+
+
+def test_sale_amounts_rounding_rule() -> None:
+    assert layout.sale_amounts(6_000, 10_000, [1, 2, 3]) == (0, [1_000, 2_000, 3_000])
+    # S = floor(1001 * 5000 / 10000) = 500; 500*1//6 = 83, 500*2//6 = 166, 500*3//6 = 250 -> dust 1 to the seller
+    assert layout.sale_amounts(1_001, 5_000, [(b"a", 1), (b"b", 2), (b"c", 3)]) == (1_001 - 499, [83, 166, 250])
+    assert layout.sale_amounts(10**9, 0, [1, 2]) == (10**9, [0, 0])
+    assert layout.sale_amounts(10**9, 500, []) == (10**9, [])
+    big = 2**64 - 1  # 128-bit intermediates: no overflow
+    seller, paid = layout.sale_amounts(big, 10_000, [2**64 - 1, 1])
+    assert seller + sum(paid) == big and paid[1] == 0
+
+
+def test_builders_account_lists() -> None:
+    owner, buyer, c1, c2 = (Keypair().pubkey() for _ in range(4))
+    mint, token = Keypair().pubkey(), Keypair().pubkey()
+    nft_pda = PROGRAM.nft_address(REPO_ID)
+    assert nft_pda == Pubkey.find_program_address([b"nft", REPO_ID], PROGRAM.program_id)[0]
+    bind = PROGRAM.bind_nft(owner, REPO_ID, mint, token, 100, False, "main")
+    assert [m.pubkey for m in bind.accounts] == [owner, PROGRAM.repo_address(REPO_ID), nft_pda, mint, token,
+                                                 SYSTEM_PROGRAM_ID]  # fmt: skip
+    assert [(m.is_signer, m.is_writable) for m in bind.accounts][:3] == [(True, True), (False, True), (False, True)]
+    sell = PROGRAM.sell(owner, buyer, REPO_ID, mint, 10, 0, [c1, c2])
+    assert [m.pubkey for m in sell.accounts][5:] == [token_account_address(owner, mint),
+                                                     token_account_address(buyer, mint), TOKEN_2022_PROGRAM_ID,
+                                                     SYSTEM_PROGRAM_ID, c1, c2]  # fmt: skip
+    assert all(m.is_writable for m in sell.accounts[-2:]) and sell.accounts[1].is_signer
+    ref = NftRef(mint, token)
+    trailing = [token, nft_pda, mint, TOKEN_2022_PROGRAM_ID]
+    head = PROGRAM.set_head(owner, REPO_ID, layout.branch_hash("main"), REPO_ID, nft=ref)
+    add = PROGRAM.add_member(owner, REPO_ID, c1, nft=ref)
+    assert [m.pubkey for m in head.accounts][3:] == trailing and [m.pubkey for m in add.accounts][4:] == trailing
+    assert [m.is_writable for m in head.accounts][3:] == [False, True, True, False]
+    merge = PROGRAM.merge(owner, REPO_ID, layout.Merge(REPO_ID, REPO_ID, (b"a" * 32, b"b" * 32), (1, 2)), nft=ref)
+    assert len(merge.accounts) == 5 + 2 + 4 and [m.pubkey for m in merge.accounts][-4:] == trailing
+    assert len(PROGRAM.merge(owner, REPO_ID, layout.Merge(REPO_ID, REPO_ID, (b"a" * 32,), (1,))).accounts) == 6
+    uri = PROGRAM.set_uri(owner, REPO_ID, mint, "ipfs://x")
+    assert [m.pubkey for m in uri.accounts][3:5] == [token_account_address(owner, mint), mint]
+    assert token_account_address(owner, mint) == Pubkey.find_program_address(
+        [bytes(owner), bytes(TOKEN_2022_PROGRAM_ID), bytes(mint)],
+        Pubkey.from_string("ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL"))[0]
