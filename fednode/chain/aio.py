@@ -11,9 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from solders.hash import Hash
 from solders.instruction import Instruction
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
+from solders.transaction import Transaction
 
 from fednode.chain.backend import ChainError, TxResult
 
@@ -83,6 +85,20 @@ class AsyncChainBackend(ABC):
     async def send(self, instructions: Sequence[Instruction], signers: Sequence[Keypair]) -> TxResult:
         """Sign (first signer pays), execute atomically and wait until confirmed, or raise
         ChainError (rejected) / ChainUnavailable (unreachable: nothing is known to have landed)."""
+
+    @abstractmethod
+    async def send_transaction(self, tx: Transaction) -> TxResult:
+        """Execute a transaction that is already fully signed (e.g. an accepted sale offer, signed by
+        seller and buyer) and wait until confirmed; errors as ``send``."""
+
+    @abstractmethod
+    async def latest_blockhash(self) -> Hash:
+        """A blockhash the chain accepts now, for transactions signed here and sent later."""
+
+    async def minimum_balance(self, size: int) -> int:
+        """Lamports an account of ``size`` bytes needs to be rent-exempt (Solana's default rent;
+        backends that can ask their chain do)."""
+        return (size + 128) * 3480 * 2
 
     @abstractmethod
     async def accounts_data(self, addresses: Sequence[Pubkey]) -> list[bytes | None]:

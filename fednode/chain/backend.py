@@ -78,7 +78,10 @@ class LiteSVMBackend(ChainBackend):
         if not signers:
             raise ValueError("at least one signer (the fee payer) is required")
         message = Message(list(instructions), signers[0].pubkey())
-        tx = Transaction(list(signers), message, self.svm.latest_blockhash())
+        return self.send_transaction(Transaction(list(signers), message, self.svm.latest_blockhash()))
+
+    def send_transaction(self, tx: Transaction) -> TxResult:
+        """Execute ``tx`` as it is signed (all signatures present), or raise ChainError."""
         result = self.svm.send_transaction(tx)
         # A fresh blockhash per transaction: identical retries would otherwise be AlreadyProcessed.
         self.svm.expire_blockhash()
@@ -99,6 +102,15 @@ class LiteSVMBackend(ChainBackend):
 
     def slot(self) -> int:
         return self.svm.get_clock().slot
+
+
+def writable_keys(message: Message) -> list[Pubkey]:
+    """The accounts a legacy message may write (the fee payer first), from its header."""
+    header, keys = message.header, message.account_keys
+    signed, n = header.num_required_signatures, len(keys)
+    return [k for i, k in enumerate(keys)
+            if (i < signed - header.num_readonly_signed_accounts)
+            or (signed <= i < n - header.num_readonly_unsigned_accounts)]  # fmt: skip
 
 
 def _chain_error(failed: FailedTransactionMetadata) -> ChainError:

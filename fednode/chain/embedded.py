@@ -17,12 +17,14 @@ import struct
 from collections.abc import Sequence
 
 from solders.account import Account
+from solders.hash import Hash
 from solders.instruction import Instruction
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
+from solders.transaction import Transaction
 
 from fednode.chain.aio import AsyncChainBackend
-from fednode.chain.backend import LiteSVMBackend, TxResult
+from fednode.chain.backend import LiteSVMBackend, TxResult, writable_keys
 from fednode.storage.store import Store, Txn
 from protocol.multiformats import b58encode
 
@@ -93,6 +95,26 @@ class EmbeddedBackend(AsyncChainBackend):
             ]
             self._persist(txn, touched)
             return result
+
+    def send_transaction_sync(self, tx: Transaction) -> TxResult:
+        with self.store.write() as txn:
+            self._sync(txn)
+            try:
+                result = self.inner.send_transaction(tx)
+            except Exception:
+                self.version = -1
+                raise
+            self._persist(txn, writable_keys(tx.message))
+            return result
+
+    async def send_transaction(self, tx: Transaction) -> TxResult:
+        return self.send_transaction_sync(tx)
+
+    async def latest_blockhash(self) -> Hash:
+        return self._fresh().svm.latest_blockhash()
+
+    async def minimum_balance(self, size: int) -> int:
+        return self._fresh().svm.minimum_balance_for_rent_exemption(size)
 
     async def genesis_hash(self) -> str:
         """A random identity drawn once per store: every node's embedded chain is a chain of its own

@@ -16,6 +16,7 @@ from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Confirmed
 from solana.rpc.core import RPCException
 from solana.rpc.models import TxOpts
+from solders.hash import Hash
 from solders.instruction import Instruction
 from solders.keypair import Keypair
 from solders.message import Message
@@ -69,8 +70,17 @@ class RpcBackend(AsyncChainBackend):
     async def send(self, instructions: Sequence[Instruction], signers: Sequence[Keypair]) -> TxResult:
         if not signers:
             raise ValueError("at least one signer (the fee payer) is required")
-        blockhash = (await self._call("getLatestBlockhash", self.client.get_latest_blockhash())).value.blockhash
-        tx = Transaction(list(signers), Message(list(instructions), signers[0].pubkey()), blockhash)
+        tx = Transaction(list(signers), Message(list(instructions), signers[0].pubkey()), await self.latest_blockhash())
+        return await self.send_transaction(tx)
+
+    async def latest_blockhash(self) -> Hash:
+        return (await self._call("getLatestBlockhash", self.client.get_latest_blockhash())).value.blockhash
+
+    async def minimum_balance(self, size: int) -> int:
+        call = self.client.get_minimum_balance_for_rent_exemption(size)
+        return (await self._call("getMinimumBalanceForRentExemption", call)).value
+
+    async def send_transaction(self, tx: Transaction) -> TxResult:
         opts = TxOpts(skip_confirmation=True, preflight_commitment=Confirmed)
         sig = (await self._call("sendTransaction", self.client.send_raw_transaction(bytes(tx), opts))).value
         await self._confirm(sig)
@@ -84,8 +94,11 @@ class RpcBackend(AsyncChainBackend):
         except (SolanaRpcException, RPCException, AttributeError):
             pass
         # Not kept by the endpoint: the fee as the runtime charges it, every transaction and precompile signature.
-        n_sigs = len(tx.signatures) + sum(ix.data[0] for ix in instructions if _is_sig_precompile(ix))
-        return TxResult(signature=str(sig), compute_units=0, fee=n_sigs * LAMPORTS_PER_SIGNATURE)
+        message = tx.message
+        precompiles = sum(ix.data[0] for ix in message.instructions
+                          if str(message.account_keys[ix.program_id_index]) in _SIG_PRECOMPILES and ix.data)
+        return TxResult(signature=str(sig), compute_units=0,
+                        fee=(len(tx.signatures) + precompiles) * LAMPORTS_PER_SIGNATURE)  # fmt: skip
 
     async def _confirm(self, sig: Signature) -> None:
         delay = 0.02  # a local chain confirms at once; a cluster takes ~0.4-1 s: back off to 0.4 s
@@ -125,10 +138,6 @@ class RpcBackend(AsyncChainBackend):
 
 
 _SIG_PRECOMPILES = {"Ed25519SigVerify111111111111111111111111111", "KeccakSecp256k11111111111111111111111111111"}
-
-
-def _is_sig_precompile(ix: Instruction) -> bool:
-    return str(ix.program_id) in _SIG_PRECOMPILES and len(ix.data) > 0
 
 
 def _tx_error(err: object, logs: Sequence[str]) -> ChainError:
