@@ -391,3 +391,48 @@ def decode_token_account(data: bytes) -> TokenAccount:
         amount=struct.unpack_from("<Q", data, 64)[0], delegate=_coption_key(data, 72, "delegate"),
         state=data[108], extensions=extensions,
     )  # fmt: skip
+
+
+# --- encoders (the inverse of the decoders: tests and hand-made accounts) ----------------------
+
+
+def encode_metadata_pointer(pointer: MetadataPointer) -> bytes:
+    return _optional_nonzero(pointer.authority) + _optional_nonzero(pointer.metadata_address)
+
+
+def encode_token_metadata(meta: TokenMetadata) -> bytes:
+    pairs = b"".join(_string(k) + _string(v) for k, v in meta.additional)
+    return (_optional_nonzero(meta.update_authority) + bytes(meta.mint) + _string(meta.name) + _string(meta.symbol)
+            + _string(meta.uri) + struct.pack("<I", len(meta.additional)) + pairs)  # fmt: skip
+
+
+def _coption_state(key: Pubkey | None) -> bytes:
+    return bytes(36) if key is None else struct.pack("<I", 1) + bytes(key)
+
+
+def _with_extensions(base: bytes, account_type: int, extensions: Mapping[int, bytes]) -> bytes:
+    if not extensions:
+        return base
+    tlv = b"".join(struct.pack("<HH", kind, len(value)) + value for kind, value in extensions.items())
+    out = base.ljust(ACCOUNT_BASE_SIZE, b"\x00") + bytes([account_type]) + tlv
+    return out.ljust(_adjust_for_multisig(len(out)), b"\x00")
+
+
+def encode_mint(state: MintState) -> bytes:
+    """Account data for ``state``: its raw ``extensions`` in order, with the MetadataPointer and
+    TokenMetadata values replaced by (or appended as) the encodings of the typed fields when set."""
+    extensions = dict(state.extensions)
+    if state.metadata_pointer is not None:
+        extensions[Ext.METADATA_POINTER] = encode_metadata_pointer(state.metadata_pointer)
+    if state.metadata is not None:
+        extensions[Ext.TOKEN_METADATA] = encode_token_metadata(state.metadata)
+    base = (_coption_state(state.mint_authority) + struct.pack("<QBB", state.supply, state.decimals,
+            int(state.is_initialized)) + _coption_state(state.freeze_authority))  # fmt: skip
+    return _with_extensions(base, ACCOUNT_TYPE_MINT, extensions)
+
+
+def encode_token_account(account: TokenAccount) -> bytes:
+    """Account data (is_native, delegated_amount and close_authority zero)."""
+    base = (bytes(account.mint) + bytes(account.owner) + struct.pack("<Q", account.amount)
+            + _coption_state(account.delegate) + bytes([account.state])).ljust(ACCOUNT_BASE_SIZE, b"\x00")  # fmt: skip
+    return _with_extensions(base, ACCOUNT_TYPE_ACCOUNT, account.extensions)
