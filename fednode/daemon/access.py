@@ -1,8 +1,9 @@
 """Read access: which peer may be served which block, and which repository's heads.
 
 The rule (``may_read``): peer P may be served block B iff some repository holding B (the store's
-block index, ``Txn.block_repos``) is public, or is private with P among its members (the owner,
-who authored the genesis, and the members of the owner's latest signed Membership), or B is
+block index, ``Txn.block_repos``) is public, or is private with P among its members (the owner: the
+holder of its NFT once it is bound, else the genesis author; and the members of the latest signed
+Membership accepted from whoever controlled it then: ``validate.py``), or B is
 content of no repository (tagged ``PUBLIC``: ``ipfs add``/``get``). A block the index does not
 know is served to nobody (fail closed). P's Ed25519 key is read off its peer id; a peer id of
 another key type (Kubo's RSA, say) is no member. A refused block is answered as a block we do not
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterable
 
 from libp2p.peer.id import ID
 
-from fednode.history import objstore, refs, repos
+from fednode.history import repos
 from fednode.storage.netstate import NetState
 from fednode.storage.store import PUBLIC, Store
 from protocol.multiformats import CID
@@ -69,17 +70,21 @@ class Reader:
         return self._visibility[repo_id]
 
     def members(self, repo_id: bytes) -> frozenset[bytes]:
-        """The owner (genesis author) and the members of the owner's latest signed membership."""
+        """The owner (the NFT holder once the repository is bound, else the genesis author) and the
+        members of the latest membership the validator accepted from whoever controlled it then."""
         if repo_id not in self._members:
-            with self.store.read() as txn:
-                genesis = txn.get_ref(repo_id, refs.GENESIS)
-                try:
-                    owner = {objstore.load_commit(txn, CID.from_bytes(genesis)).author} if genesis else set()
-                except Exception:  # a damaged genesis: nobody is its owner
-                    owner = set()
-            membership = NetState(self.store).membership(repo_id)
-            listed = set(membership.members) if membership is not None and membership.announcer in owner else set()
-            self._members[repo_id] = frozenset(owner | listed)
+            state = NetState(self.store)
+            owner = state.owner(repo_id)
+            if owner is None:  # not held, or a damaged genesis: nobody is its owner
+                self._members[repo_id] = frozenset()
+                return self._members[repo_id]
+            membership = state.membership(repo_id)
+            # an unbound repository's list counts when its owner signed it; a bound one's was accepted
+            # from its holder at the time (a former holder's list stands until the new one signs)
+            bound = state.controller(repo_id) is not None
+            listed = set(membership.members) if membership is not None and \
+                (bound or membership.announcer == owner) else set()  # fmt: skip
+            self._members[repo_id] = frozenset({owner} | listed)
         return self._members[repo_id]
 
     def allows(self, holders: Iterable[bytes]) -> bool:

@@ -1,6 +1,8 @@
 """What a completed fetch does: apply an announcement or proposal, or register a clone.
 
-Refs: a verified announcement from the repository owner moves ``heads/<branch>`` when the
+Refs: a verified announcement from the repository owner (its controller, ``Validator.owner``: the
+holder of its NFT once it is bound, else the genesis author; after a sale the former holder's
+announcements are kept as its remote refs like anyone's) moves ``heads/<branch>`` when the
 head and all its blocks are present, ``verify`` passes and it is a fast-forward; anything else
 (another announcer, a diverged branch) becomes ``remotes/<peer id>/<branch>``; a merge proposal
 becomes ``proposals/<peer id>/<branch>``. Commits that passed are recorded

@@ -230,12 +230,17 @@ PRIVATE_TAKES_MEMBERS = ("a private repository takes proposals from members only
 def _repo_keys(d: Daemon, repo_id: bytes, members: tuple[bytes, ...]) -> tuple[m.RepoKeys, int, bytes]:
     """The unsigned key message for a private repository's new membership, with its epoch and key
     (not stored yet): the same epoch while members are only added, a new one when any is removed
-    (so a former member cannot open what is sealed after). 400 for a key that cannot be wrapped."""
+    (so a former member cannot open what is sealed after) and when the last key message is not ours
+    (a new NFT holder: the former holder holds that key). A new epoch is above every epoch known here,
+    so members never take it for a stale one. 400 for a key that cannot be wrapped."""
     old = d.state.membership(repo_id)
     held = d.keyring.latest(repo_id)
+    last = d.state.keys_message(repo_id)
     removed = old is not None and bool(set(old.members) - set(members))
-    if held is None or removed:
-        epoch, key = (0 if held is None else held[0] + 1), new_key()
+    taken_over = last is not None and last.announcer != d.node.identity.public_key
+    if held is None or removed or taken_over:
+        top = max(held[0] if held else -1, last.epoch if last else -1)
+        epoch, key = top + 1, new_key()
     else:
         epoch, key = held
     owner = d.node.identity.public_key
@@ -259,8 +264,8 @@ async def h_members(d: Daemon, body: dict[str, Any]) -> Any:
         raise HTTPError(400, "members are base58 wallet addresses") from None
     if any(len(k) != 32 for k in members):
         raise HTTPError(400, "members are base58 wallet addresses")
-    if d.validator.owner(repo_id) != d.node.identity.public_key:
-        raise HTTPError(403, "only the repository owner signs its membership")
+    if d.validator.owner(repo_id) != d.node.identity.public_key:  # the NFT holder once the repository is bound
+        raise HTTPError(403, "only the repository owner (the holder of its NFT, if it has one) signs its membership")
     private = d.node.history.is_private(repo_id)
     if private and public:
         raise HTTPError(400, PRIVATE_TAKES_MEMBERS)

@@ -14,10 +14,21 @@ member after a new epoch) ignores it: ``sealed_unreadable``, never penalized, ne
 a box sealed under an epoch older than our newest key (``sealed_stale``: after a removal, a member
 that missed the new epoch must not keep writing for the removed member; it catches up with the key
 message that heads replies carry).
+
+Ownership is control (issue 14): ``owner`` is the repository's controller, ``NetState.owner``: the
+holder of its NFT as the chain last recorded it (``daemon/ownership.py`` reads it), else the genesis
+author. Membership and key messages are accepted from the controller only; for an NFT-bound
+repository anyone else's are refused as ``not_holder`` (the former holder after a sale), which is not
+penalized (a node whose record lags behind the chain would otherwise punish an honest new holder)
+and asks the ownership task for an early reading of the chain (``on_not_owner``). Head
+announcements of the controller move branches (``apply.py``). A membership the former holder signed
+stays in force until the new holder signs one (it was accepted from whoever controlled the
+repository then); the former holder itself is no longer a member unless that list names it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fednode.identity import verify_signature
@@ -29,6 +40,7 @@ from protocol import messages as m
 from protocol.multiformats import CID, DAG_CBOR, FormatError
 from protocol.objects import Commit
 
+NOT_HOLDER = "not_holder"  # an NFT-bound repository's owner-only message from anyone but its holder
 PENALIZED = frozenset({"malformed", "oversize", "bad_signature", "wrong_repo", "not_member", "not_owner",
                        "bad_seal"})
 
@@ -53,15 +65,20 @@ class Validator:
         self.store = store
         self.state = state
         self.keyring = keyring if keyring is not None else Keyring(store)
+        # told the repository id when an NFT-bound repository's owner-only message is refused (the
+        # ownership task reads the chain early: the record may lag behind a sale); must not block
+        self.on_not_owner: Callable[[bytes], None] | None = None
 
     def owner(self, repo_id: bytes) -> bytes | None:
-        genesis = self.state.genesis(repo_id)
-        if genesis is None:
-            return None
-        with self.store.read() as txn:
-            if not txn.has_block(genesis):
-                return None
-            return Commit.decode(txn.get_block(genesis)).author
+        """The controller: the recorded NFT holder, else the genesis author; None for an unknown repository."""
+        return self.state.owner(repo_id)
+
+    def _refused_owner(self, repo_id: bytes) -> Verdict:
+        if self.state.controller(repo_id) is None:
+            return Verdict("not_owner")
+        if self.on_not_owner is not None:
+            self.on_not_owner(repo_id)
+        return Verdict(NOT_HOLDER)
 
     def members(self, repo_id: bytes) -> tuple[set[bytes], bool]:
         """(members, public): the owner alone unless the owner signed a membership object."""
@@ -130,7 +147,7 @@ class Validator:
         members, public = self.members(repo_id)
         if isinstance(msg, m.Membership | m.RepoKeys):
             if msg.announcer != owner:
-                return Verdict("not_owner")
+                return self._refused_owner(repo_id)
         elif isinstance(msg, m.MergeProposal):
             if not public and msg.announcer not in members:
                 return Verdict("not_member", signer=msg.announcer)

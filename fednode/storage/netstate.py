@@ -8,7 +8,12 @@ DAG-CBOR {providers, thens, since: unix seconds it was first recorded}); ``gone/
 that expired: 8-byte first-recorded time, so a re-announcement does not restart its clock);
 ``peer/<peer id>`` (last known addresses); ``own/<repo>`` (our last seq);
 ``ban/<peer id>`` (DAG-CBOR {until: unix seconds, reason}: a ban survives restarts until it expires);
-``verified/<repo><commit cid>`` (the commit and its whole ancestry passed ``operations.verify`` in that repo).
+``verified/<repo><commit cid>`` (the commit and its whole ancestry passed ``operations.verify`` in that repo);
+``ctl/<repo>`` (the repository's controller: the holder of its NFT as the program last recorded it, read from
+the chain by ``daemon/ownership.py``: DAG-CBOR {holder, mint, slot, sale_seq}).
+
+Ownership: a repository without a ``ctl/`` record is owned by its genesis author; once its NFT is
+bound on chain the recorded holder owns it (``owner``), whoever authored the genesis.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from fednode.storage.store import Store, Txn
 from protocol import dagcbor
 from protocol.messages import HeadAnnouncement, Membership, MergeProposal, RepoKeys, decode
 from protocol.multiformats import CID
+from protocol.objects import Commit
 
 DB = "net"
 FETCH, GONE = b"fetch/", b"gone/"
@@ -78,6 +84,33 @@ def fetch_records(txn: Txn) -> list[FetchRecord]:
     return out
 
 
+@dataclass(frozen=True)
+class Controller:
+    """Who controls an NFT-bound repository: ``holder`` (32-byte key) of ``mint``, as the chain's nft
+    account recorded it; ``slot``: the chain slot it was read at; ``sale_seq``: the account's count of
+    recorded holder changes (orders two readings of one mint)."""
+
+    holder: bytes
+    mint: bytes
+    slot: int
+    sale_seq: int = 0
+
+
+def _controller(raw: bytes | None) -> Controller | None:
+    try:
+        obj = dagcbor.decode(raw) if raw else None
+    except Exception:  # a damaged record: as if none (the next refresh writes it again)
+        return None
+    if not isinstance(obj, dict):
+        return None
+    holder, mint, slot, seq = obj.get("holder"), obj.get("mint"), obj.get("slot"), obj.get("sale_seq", 0)
+    if not (isinstance(holder, bytes) and len(holder) == 32 and isinstance(mint, bytes) and len(mint) == 32):
+        return None
+    if not (isinstance(slot, int) and isinstance(seq, int) and min(slot, seq) >= 0):
+        return None
+    return Controller(holder, mint, int(slot), int(seq))
+
+
 class NetState:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -108,6 +141,47 @@ class NetState:
     def local_repos(self) -> dict[str, bytes]:
         with self.store.read() as txn:
             return txn.list_repos()
+
+    # control: the NFT holder once the repository is bound, else the genesis author
+    def controller(self, repo_id: bytes) -> Controller | None:
+        """The recorded holder of ``repo_id``'s NFT; None while the repository is not known to be bound."""
+        with self.store.read() as txn:
+            return _controller(txn.kv_get(DB, b"ctl/" + repo_id))
+
+    def set_controller(self, repo_id: bytes, holder: bytes, mint: bytes, slot: int, sale_seq: int = 0) -> bool:
+        """Record what the chain says controls ``repo_id``; whether the holder (or mint) changed. A reading older
+        than the stored one (same mint, lower sale_seq: a lagging RPC node) is ignored."""
+        if len(holder) != 32 or len(mint) != 32 or slot < 0 or sale_seq < 0:
+            raise FednodeError("a controller record needs a 32-byte holder and mint and a slot >= 0")
+        new = Controller(holder, mint, slot, sale_seq)
+        with self.store.write() as txn:
+            old = _controller(txn.kv_get(DB, b"ctl/" + repo_id))
+            if old is not None and old.mint == mint and (old.sale_seq > sale_seq or old == new):
+                return False
+            txn.kv_put(DB, b"ctl/" + repo_id, dagcbor.encode(
+                {"holder": holder, "mint": mint, "slot": slot, "sale_seq": sale_seq}))
+        return old is None or (old.holder, old.mint) != (holder, mint)
+
+    def genesis_author(self, repo_id: bytes) -> bytes | None:
+        """The author of ``repo_id``'s genesis commit; None when it is not held (or damaged)."""
+        genesis = self.genesis(repo_id)
+        if genesis is None:
+            return None
+        with self.store.read() as txn:
+            if not txn.has_block(genesis):
+                return None
+            try:
+                return Commit.decode(txn.get_block(genesis)).author
+            except Exception:  # a damaged genesis: nobody is its owner
+                return None
+
+    def owner(self, repo_id: bytes) -> bytes | None:
+        """Who controls ``repo_id`` now: the recorded NFT holder, else the genesis author (None when
+        this node holds neither: an unknown repository)."""
+        ctl = self.controller(repo_id)
+        if ctl is not None and self.genesis(repo_id) is not None:
+            return ctl.holder
+        return self.genesis_author(repo_id)
 
     # membership
     def membership(self, repo_id: bytes) -> Membership | None:

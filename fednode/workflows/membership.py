@@ -1,4 +1,8 @@
-"""Who may commit to a repository: its owner (the genesis author) and the members it signed.
+"""Who may commit to a repository: its owner and the members it signed.
+
+The owner is the genesis author until the repository is bound to an NFT; from then on it is the
+NFT's holder as the chain last recorded it, which the daemon's ownership task keeps in the store
+(``NetState.controller``): read here, never fetched from the chain (workflows do not use the chain).
 
 Two lists say it: the membership the owner signs and the daemon gossips (validators accept commits
 only from its members) and the on-chain allowlist (the program anchors only members' commits).
@@ -22,8 +26,18 @@ if TYPE_CHECKING:
 
 
 def owner(node: Node, repo: RepoInfo) -> bytes:
-    """The repository owner's public key: the author of its genesis commit."""
-    return node.history.load_commit(repo.genesis).author
+    """The repository owner's public key: the recorded holder of its NFT, else its genesis author."""
+    from fednode.storage.netstate import NetState
+
+    ctl = NetState(node.store).controller(repo.repo_id)
+    return ctl.holder if ctl is not None else node.history.load_commit(repo.genesis).author
+
+
+def owner_title(node: Node, repo: RepoInfo) -> str:
+    """How errors name the owner: "the holder of its NFT" or "its genesis author"."""
+    from fednode.storage.netstate import NetState
+
+    return "the holder of its NFT" if NetState(node.store).controller(repo.repo_id) else "its genesis author"
 
 
 def network_members(node: Node, repo_id: bytes) -> tuple[list[bytes], bool]:
@@ -37,10 +51,10 @@ def network_members(node: Node, repo_id: bytes) -> tuple[list[bytes], bool]:
 
 def check_member(node: Node, repo: RepoInfo) -> None:
     """Refuse when this node may not commit to ``repo``: it is neither the owner nor a member."""
-    me, genesis_author = node.identity.public_key, owner(node, repo)
+    me, controller = node.identity.public_key, owner(node, repo)
     members, _ = network_members(node, repo.repo_id)
-    if me != genesis_author and me not in members:
-        raise FednodeError(f"you are not a member of {repo.name}; ask the owner ({b58encode(genesis_author)}): "
+    if me != controller and me not in members:
+        raise FednodeError(f"you are not a member of {repo.name}; ask the owner ({b58encode(controller)}): "
                            f"fednode members add {node.identity.address} -r {repo.name} "
                            f"(or offer your branch with 'fednode propose')")
 
@@ -48,7 +62,8 @@ def check_member(node: Node, repo: RepoInfo) -> None:
 def check_owner(node: Node, repo: RepoInfo) -> None:
     """Refuse when this node is not ``repo``'s owner: only the owner changes its members."""
     if owner(node, repo) != node.identity.public_key:
-        raise FednodeError("only the repository owner (its genesis author) changes its members")
+        raise FednodeError(f"only the repository owner ({owner_title(node, repo)}, "
+                           f"{b58encode(owner(node, repo))}) changes its members")
 
 
 def parse_addresses(texts: tuple[str, ...] | list[str]) -> list[bytes]:
