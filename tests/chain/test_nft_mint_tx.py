@@ -133,11 +133,11 @@ def test_multisig_length_rule() -> None:
     chain = LiteSVMBackend()
     minter, mint = Keypair(), Keypair()
     chain.airdrop(minter.pubkey(), 10**10)
-    args = ("x" * 20, "FED", "ipfs://abcdefg", {})
-    ixs = mint_nft_instructions(minter.pubkey(), mint.pubkey(), Keypair().pubkey(), *args,
+    name, uri = "x" * 20, "ipfs://abcdefg"
+    ixs = mint_nft_instructions(minter.pubkey(), mint.pubkey(), Keypair().pubkey(), name, "FED", uri, {},
                                 chain.svm.minimum_balance_for_rent_exemption)  # fmt: skip
     chain.send(ixs, [minter, mint])
-    assert len(chain.account_data(mint.pubkey()) or b"") == nft_mint_size(*args) == 357
+    assert len(chain.account_data(mint.pubkey()) or b"") == nft_mint_size(name, "FED", uri, {}) == 357
 
 
 @pytest.mark.parametrize("key", ["name", "uri", ""])
