@@ -19,6 +19,18 @@ from solders.system_program import CreateAccountParams, create_account
 from protocol import token2022 as tok
 
 NFT_SYMBOL = "FED"
+# With these bounds the mint transaction (fields "repo" and "head", 64 hex each) plus federity's
+# bind_nft fits a legacy 1232-byte transaction (measured: 1,021 bytes with a 1-byte name and a 66-byte
+# ipfs:// uri, +1 per byte of name, symbol or uri; tests/chain/test_nft_mint_tx.py checks the worst case).
+MAX_NAME_BYTES = 128
+MAX_SYMBOL_BYTES = 10
+MAX_URI_BYTES = 128
+
+
+def _check_text(what: str, value: str, limit: int) -> None:
+    size = len(value.encode("utf-8"))
+    if not 1 <= size <= limit:
+        raise ValueError(f"NFT {what} must be 1..{limit} bytes of utf-8, got {size}")
 
 
 def nft_mint_size(name: str, symbol: str, uri: str, fields: Mapping[str, str]) -> int:
@@ -36,6 +48,9 @@ def mint_nft_instructions(
     ``fields`` are additional metadata keys set in order (not "name", "symbol" or "uri");
     ``rent(size)`` gives the rent-exempt balance for ``size`` bytes.
     """
+    for what, value, limit in (("name", name, MAX_NAME_BYTES), ("symbol", symbol, MAX_SYMBOL_BYTES),
+                               ("uri", uri, MAX_URI_BYTES)):  # fmt: skip
+        _check_text(what, value, limit)
     reserved = [key for key in fields if key in tok.NAMED_FIELDS or not key]
     if reserved:
         raise ValueError(f"metadata field key {reserved[0]!r} is reserved or empty")

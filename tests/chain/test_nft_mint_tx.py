@@ -6,11 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+from solders.hash import Hash
 from solders.keypair import Keypair
+from solders.message import Message
 from solders.pubkey import Pubkey
+from solders.transaction import Transaction
 
 from fednode.chain.backend import ChainError, LiteSVMBackend
-from fednode.chain.nftmint import mint_nft_instructions, nft_mint_size
+from fednode.chain.nftmint import MAX_NAME_BYTES, MAX_SYMBOL_BYTES, MAX_URI_BYTES, mint_nft_instructions, nft_mint_size
+from fednode.chain.program import FederityProgram
 from protocol import token2022 as tok
 
 REPO_HEX, HEAD_HEX, NEW_HEAD_HEX = "ab" * 32, "cd" * 32, "ef" * 32
@@ -145,3 +149,32 @@ def test_reserved_field_keys_refused(key: str) -> None:
     with pytest.raises(ValueError, match="reserved or empty"):
         mint_nft_instructions(Keypair().pubkey(), Keypair().pubkey(), Keypair().pubkey(), NAME, "FED", URI,
                               {key: "x"}, lambda n: n)  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "symbol", "uri"), [
+    ("", "FED", URI), ("é" * 65, "FED", URI), (NAME, "", URI), (NAME, "S" * 11, URI), (NAME, "FED", ""),
+    (NAME, "FED", "ipfs://" + "b" * 122),
+])  # fmt: skip
+def test_text_bounds_refused(name: str, symbol: str, uri: str) -> None:
+    with pytest.raises(ValueError, match=r"must be 1\.\.\d+ bytes of utf-8, got \d+$"):
+        mint_nft_instructions(Keypair().pubkey(), Keypair().pubkey(), Keypair().pubkey(), name, symbol, uri,
+                              FIELDS, lambda n: n)  # fmt: skip
+
+
+def test_largest_mint_with_bind_fits_one_transaction() -> None:
+    """The longest name, symbol and uri allowed, with bind_nft appended, still fit a legacy
+    transaction (1232 bytes), and the mint part runs in the real Token-2022."""
+    program = FederityProgram(Keypair().pubkey())
+    minter, mint, repo_id = Keypair(), Keypair(), bytes(range(32))
+    name, symbol, uri = "n" * MAX_NAME_BYTES, "S" * MAX_SYMBOL_BYTES, "ipfs://" + "u" * (MAX_URI_BYTES - 7)
+    chain = LiteSVMBackend()
+    chain.airdrop(minter.pubkey(), 10**10)
+    ixs = mint_nft_instructions(minter.pubkey(), mint.pubkey(), program.repo_address(repo_id), name, symbol, uri,
+                                FIELDS, chain.svm.minimum_balance_for_rent_exemption)  # fmt: skip
+    holder = tok.associated_token_address(minter.pubkey(), mint.pubkey())
+    bind = program.bind_nft(minter.pubkey(), repo_id, mint.pubkey(), holder, 500, False, "main")
+    tx = Transaction([minter, mint], Message([*ixs, bind], minter.pubkey()), Hash.default())
+    assert len(bytes(tx)) <= 1232
+    chain.send(ixs, [minter, mint])
+    meta = read_mint(Minted(chain, minter, minter, mint.pubkey(), holder, 0)).metadata
+    assert meta is not None and (meta.name, meta.symbol, meta.uri) == (name, symbol, uri)
