@@ -21,7 +21,7 @@ _PREFIX = b"pin/"
 class Pin:
     root: CID
     size: int
-    source: str  # "add" or "get"
+    source: str  # "add", "get" or "nft" (an NFT's metadata document and image)
     time: float
 
 

@@ -11,7 +11,7 @@ from typing import BinaryIO
 from fednode.atomic import atomic_file
 from fednode.errors import FednodeError
 from fednode.storage import pins as pinning
-from fednode.storage.store import PUBLIC, Store
+from fednode.storage.store import PUBLIC, Store, Txn
 from protocol.multiformats import CID, FormatError
 from protocol.unixfs import CHUNK_SIZE, UnixFSBuilder, iter_file
 
@@ -28,17 +28,23 @@ def add_file(store: Store, path: Path) -> tuple[CID, int]:
     except OSError as exc:
         raise FednodeError(f"cannot read {path}: {exc.strerror}") from None
     with source, store.write(size_hint=size + size // 64 + CHUNK_SIZE) as txn:
-        def put(cid: CID, block: bytes | memoryview) -> None:
-            txn.put_block(cid, block)
-            txn.tag_block(cid, PUBLIC)  # added by hand: content of no repository, served to anyone
+        return put_file(txn, source, "add")
 
-        builder = UnixFSBuilder(put)
-        done = 0
-        while chunk := source.read(READ_BYTES):
-            builder.write(chunk)
-            done += len(chunk)
-        root = builder.finish().cid
-        pinning.pin(txn, root, done, "add")
+
+def put_file(txn: Txn, source: BinaryIO, pin_source: str) -> tuple[CID, int]:
+    """Store what ``source`` reads as a UnixFS file in ``txn`` (Kubo's CID, as ``add_file``), every
+    block tagged PUBLIC, and pin it under ``pin_source``. Returns (root, size)."""
+    def put(cid: CID, block: bytes | memoryview) -> None:
+        txn.put_block(cid, block)
+        txn.tag_block(cid, PUBLIC)  # added by hand: content of no repository, served to anyone
+
+    builder = UnixFSBuilder(put)
+    done = 0
+    while chunk := source.read(READ_BYTES):
+        builder.write(chunk)
+        done += len(chunk)
+    root = builder.finish().cid
+    pinning.pin(txn, root, done, pin_source)
     return root, done
 
 
