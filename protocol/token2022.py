@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
 from solders.instruction import AccountMeta, Instruction
@@ -246,6 +246,19 @@ class TokenMetadata:
     uri: str
     additional: tuple[tuple[str, str], ...] = ()
 
+    def with_field(self, key: str, value: str) -> TokenMetadata:
+        """The metadata after Token-2022's UpdateField: a named field is set, an existing additional
+        key keeps its place with the new value, a new key is appended."""
+        if key == "name":
+            return replace(self, name=value)
+        if key == "symbol":
+            return replace(self, symbol=value)
+        if key == "uri":
+            return replace(self, uri=value)
+        if any(k == key for k, _ in self.additional):
+            return replace(self, additional=tuple((k, value if k == key else v) for k, v in self.additional))
+        return replace(self, additional=(*self.additional, (key, value)))
+
     def field(self, key: str) -> str | None:
         """A field's value: "name", "symbol", "uri" are the named ones, any other key an additional one."""
         if key in NAMED_FIELDS:
@@ -391,6 +404,18 @@ def decode_token_account(data: bytes) -> TokenAccount:
         amount=struct.unpack_from("<Q", data, 64)[0], delegate=_coption_key(data, 72, "delegate"),
         state=data[108], extensions=extensions,
     )  # fmt: skip
+
+
+def mint_length_after_update(data: bytes, key: str, value: str) -> int:
+    """The mint account's length after UpdateField(key, value), as Token-2022 reallocates it: the
+    used TLV length with the metadata entry re-sized, adjusted off a multisig's length."""
+    state = decode_mint(data)
+    if state.metadata is None:
+        raise TokenLayoutError("mint: no token metadata to update")
+    used = ACCOUNT_BASE_SIZE + 1 + sum(4 + len(v) for v in state.extensions.values())
+    old = 4 + len(state.extensions[Ext.TOKEN_METADATA])
+    new = 4 + len(encode_token_metadata(state.metadata.with_field(key, value)))
+    return _adjust_for_multisig(_adjust_for_multisig(used) - old + new)
 
 
 # --- encoders (the inverse of the decoders: tests and hand-made accounts) ----------------------

@@ -16,6 +16,7 @@ from solders.instruction import Instruction
 from solders.pubkey import Pubkey
 from solders.system_program import CreateAccountParams, create_account
 
+from fednode.errors import FednodeError
 from protocol import token2022 as tok
 
 NFT_SYMBOL = "FED"
@@ -27,10 +28,14 @@ MAX_SYMBOL_BYTES = 10
 MAX_URI_BYTES = 128
 
 
+class NftInputError(FednodeError, ValueError):
+    """A name, symbol, uri or field key the NFT cannot carry (one line; nothing was sent)."""
+
+
 def _check_text(what: str, value: str, limit: int) -> None:
     size = len(value.encode("utf-8"))
     if not 1 <= size <= limit:
-        raise ValueError(f"NFT {what} must be 1..{limit} bytes of utf-8, got {size}")
+        raise NftInputError(f"NFT {what} must be 1..{limit} bytes of utf-8, got {size}")
 
 
 def nft_mint_size(name: str, symbol: str, uri: str, fields: Mapping[str, str]) -> int:
@@ -53,7 +58,7 @@ def mint_nft_instructions(
         _check_text(what, value, limit)
     reserved = [key for key in fields if key in tok.NAMED_FIELDS or not key]
     if reserved:
-        raise ValueError(f"metadata field key {reserved[0]!r} is reserved or empty")
+        raise NftInputError(f"metadata field key {reserved[0]!r} is reserved or empty")
     space = tok.mint_space([tok.Ext.METADATA_POINTER])
     lamports = rent(nft_mint_size(name, symbol, uri, fields))
     ata = tok.associated_token_address(payer, mint)
@@ -69,3 +74,9 @@ def mint_nft_instructions(
         tok.mint_to_checked(mint, ata, payer, 1, 0),
         tok.set_authority(mint, payer, tok.MINT_TOKENS, None),
     ]  # fmt: skip
+
+
+def metadata_topup(data: bytes, balance: int, key: str, value: str, rent: Callable[[int], int]) -> int:
+    """Lamports the mint (``data``, holding ``balance``) needs before UpdateField(key, value) can grow
+    it; 0 when it shrinks or stays. Send them (a System transfer to the mint) in the same transaction."""
+    return max(0, rent(tok.mint_length_after_update(data, key, value)) - balance)

@@ -10,10 +10,18 @@ from solders.hash import Hash
 from solders.keypair import Keypair
 from solders.message import Message
 from solders.pubkey import Pubkey
+from solders.system_program import TransferParams, transfer
 from solders.transaction import Transaction
 
 from fednode.chain.backend import ChainError, LiteSVMBackend
-from fednode.chain.nftmint import MAX_NAME_BYTES, MAX_SYMBOL_BYTES, MAX_URI_BYTES, mint_nft_instructions, nft_mint_size
+from fednode.chain.nftmint import (
+    MAX_NAME_BYTES,
+    MAX_SYMBOL_BYTES,
+    MAX_URI_BYTES,
+    metadata_topup,
+    mint_nft_instructions,
+    nft_mint_size,
+)
 from fednode.chain.program import FederityProgram
 from protocol import token2022 as tok
 
@@ -32,10 +40,10 @@ class Minted:
     compute_units: int
 
 
-def mint_one(chain: LiteSVMBackend, fields: dict[str, str] = FIELDS) -> Minted:
+def mint_one(chain: LiteSVMBackend, fields: dict[str, str] = FIELDS, name: str = NAME, uri: str = URI) -> Minted:
     minter, authority, mint = Keypair(), Keypair(), Keypair()
     chain.airdrop(minter.pubkey(), 10**10)
-    ixs = mint_nft_instructions(minter.pubkey(), mint.pubkey(), authority.pubkey(), NAME, "FED", URI, fields,
+    ixs = mint_nft_instructions(minter.pubkey(), mint.pubkey(), authority.pubkey(), name, "FED", uri, fields,
                                 chain.svm.minimum_balance_for_rent_exemption)  # fmt: skip
     result = chain.send(ixs, [minter, mint])
     ata = tok.associated_token_address(minter.pubkey(), mint.pubkey())
@@ -178,3 +186,48 @@ def test_largest_mint_with_bind_fits_one_transaction() -> None:
     chain.send(ixs, [minter, mint])
     meta = read_mint(Minted(chain, minter, minter, mint.pubkey(), holder, 0)).metadata
     assert meta is not None and (meta.name, meta.symbol, meta.uri) == (name, symbol, uri)
+
+
+def update_by_authority(m: Minted, key: str, value: str, topup: int) -> None:
+    m.chain.airdrop(m.authority.pubkey(), 10**9)
+    params = TransferParams(from_pubkey=m.authority.pubkey(), to_pubkey=m.mint, lamports=topup)
+    pay = [transfer(params)] if topup else []
+    m.chain.send([*pay, tok.update_field(m.mint, m.authority.pubkey(), key, value)], [m.authority])
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("uri", URI + "/a-much-longer-path/metadata.json"), ("uri", "ipfs://short"), ("name", "n"),
+    ("license", "Apache-2.0"), ("repo", "00" * 32),
+])  # fmt: skip
+def test_metadata_topup_predicts_token_2022(minted: Minted, key: str, value: str) -> None:
+    """metadata_topup / mint_length_after_update give the exact size Token-2022 reallocates to; a
+    growing update without the top-up is refused and changes nothing."""
+    chain, rent = minted.chain, minted.chain.svm.minimum_balance_for_rent_exemption
+    before = chain.account_data(minted.mint) or b""
+    expected = tok.mint_length_after_update(before, key, value)
+    topup = metadata_topup(before, chain.balance(minted.mint), key, value, rent)
+    assert (topup > 0) == (expected > len(before))
+    if topup:
+        with pytest.raises(ChainError):
+            update_by_authority(minted, key, value, 0)
+        assert chain.account_data(minted.mint) == before
+    update_by_authority(minted, key, value, topup)
+    after = chain.account_data(minted.mint) or b""
+    assert len(after) == expected
+    meta = tok.decode_mint(after).metadata
+    assert meta is not None and meta.field(key) == value
+    assert meta == tok.decode_mint(before).metadata.with_field(key, value)  # type: ignore[union-attr]
+    assert chain.balance(minted.mint) >= rent(len(after))
+
+
+def test_update_onto_multisig_length() -> None:
+    """An update that would leave the mint at 355 bytes leaves it at 357, as predicted."""
+    chain = LiteSVMBackend()
+    m = mint_one(chain, {}, name="x" * 19, uri="ipfs://abcdefg")
+    before = chain.account_data(m.mint) or b""
+    value = "x" * (19 + tok.MULTISIG_SIZE - len(before))
+    assert len(before) == 354 and len(value) == 20
+    assert tok.mint_length_after_update(before, "name", value) == 357
+    update_by_authority(m, "name", value, metadata_topup(before, chain.balance(m.mint), "name", value,
+                                                         chain.svm.minimum_balance_for_rent_exemption))
+    assert len(chain.account_data(m.mint) or b"") == 357

@@ -213,3 +213,18 @@ def test_sizes() -> None:
     assert tok.metadata_space("é", "FED", "u", {"repo": "x"}) == 4 + 64 + 4 + 2 + 4 + 3 + 4 + 1 + 4 + (4 + 4) + (4 + 1)
     # a metadata mint that would be as long as a multisig gets the 2 bytes Token-2022 adds
     assert tok.metadata_mint_space("x" * 20, "FED", "ipfs://abcdefg", {}) == 357
+
+
+def test_with_field_and_length_after_update() -> None:
+    meta = tok.decode_mint(GOOD_MINT).metadata
+    assert meta is not None
+    assert meta.with_field("symbol", "X").symbol == "X" and meta.with_field("name", "n").name == "n"
+    assert meta.with_field("uri", "u").uri == "u"
+    assert meta.with_field("head", "00").additional == (("repo", "ab" * 32), ("head", "00"))  # keeps its place
+    assert meta.with_field("license", "MIT").additional[-1] == ("license", "MIT")  # a new key is appended
+    used = len(GOOD_MINT) - 7  # the trailing zeros are not counted
+    assert tok.mint_length_after_update(GOOD_MINT, "head", "cd" * 32) == used
+    assert tok.mint_length_after_update(GOOD_MINT, "uri", "ipfs://bafy" + "x" * 10) == used + 10
+    assert tok.mint_length_after_update(GOOD_MINT, "license", "MIT") == used + 4 + 7 + 4 + 3
+    with pytest.raises(TokenLayoutError, match="no token metadata"):
+        tok.mint_length_after_update(mint_bytes(POINTER), "uri", "x")
