@@ -13,7 +13,11 @@ Layouts (all integers little-endian), verified against the Token-2022 program Li
   is one byte tag (+ 32 bytes when present).
 - token-metadata interface: 8-byte discriminator sha256("spl_token_metadata_interface:<name>")[:8],
   borsh strings (u32 length + utf-8), Field enum 0 Name, 1 Symbol, 2 Uri, 3 Key(String),
-  OptionalNonZeroPubkey = 32 bytes, zero meaning None.
+  OptionalNonZeroPubkey = 32 bytes, zero meaning None. Discriminators: initialize_account
+  d2e11ea258b84d8d, updating_field dde9312db5cadcc8, update_the_authority d7e4a6e45464567b.
+- sizes: an extended account whose length would be 355 (a multisig's) is 357 (Token-2022 adds a
+  u16); TokenMetadata updates reallocate the mint to the used TLV length (grow or shrink), and a
+  growing update needs the extra rent in the mint beforehand (mint_length_after_update).
 """
 
 from __future__ import annotations

@@ -149,7 +149,10 @@ def test_multisig_length_rule() -> None:
     ixs = mint_nft_instructions(minter.pubkey(), mint.pubkey(), Keypair().pubkey(), name, "FED", uri, {},
                                 chain.svm.minimum_balance_for_rent_exemption)  # fmt: skip
     chain.send(ixs, [minter, mint])
-    assert len(chain.account_data(mint.pubkey()) or b"") == nft_mint_size(name, "FED", uri, {}) == 357
+    data = chain.account_data(mint.pubkey()) or b""
+    assert len(data) == nft_mint_size(name, "FED", uri, {}) == 357
+    meta = tok.decode_mint(data).metadata  # the two extra bytes are trailing zeros the decoder skips
+    assert meta is not None and meta.name == name
 
 
 @pytest.mark.parametrize("key", ["name", "uri", ""])
