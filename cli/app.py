@@ -22,6 +22,7 @@ from cli.commands import (
     members,
     merge,
     net,
+    nft,
     pin,
     remotes,
     repo,
@@ -35,7 +36,7 @@ from fednode.node import default_home
 from protocol.multiformats import FormatError
 
 COMMAND_MODULES = [setup, repo, train, history, branches, remotes, merge, integrity, net, members, chain, transfer,
-                   ipfs, pin]
+                   ipfs, pin, nft]
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
