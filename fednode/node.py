@@ -125,6 +125,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "program_elf": (lambda v: type(v) is str, "a path string"),
         "airdrop": (lambda v: type(v) is bool, "true or false"),
         "flush_interval": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
+        "nft_refresh_s": (lambda v: _is_num(v) and 0 < v < 1e9, "a number of seconds > 0"),
         "timeout_s": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
     },
     "ipfs": {
@@ -181,7 +182,7 @@ def load_config(path: Path) -> dict[str, Any]:
 
 
 # [chain] settings of this node rather than of the chain: selecting another backend keeps them.
-KEPT_CHAIN_SETTINGS = ("flush_interval", "timeout_s", "program_elf")
+KEPT_CHAIN_SETTINGS = ("flush_interval", "nft_refresh_s", "timeout_s", "program_elf")
 
 
 def select_chain_backend(home: Path, backend: str, url: str | None = None, program_id: str | None = None) -> None:

@@ -8,6 +8,14 @@ author can anchor it. Program rules this follows (programs/README.md): the genes
 the repository on chain and owns it (``create_repo`` carries the genesis' body digest, checked to
 hash with the owner as author to the repository id, and the genesis commit's own signature over
 it); members anchor their commits; merges go through ``merge``, which only the owner may sign.
+
+NFT-bound repositories (issue 14: ownership is control): once ``bind_nft`` has set the repo's mint,
+"owner" on chain means "holds the NFT": this node acts as owner exactly when its associated token
+account of the mint (``token2022.associated_token_address(wallet, mint)``) holds it (amount 1, not
+frozen), and every holder-gated instruction it sends (add_member, remove_member, merge,
+anchor_commit) carries the four trailing NFT accounts (``NftRef(mint, that token account)``; a
+member's anchor_commit carries them too, its token slot unused). Offline, the holder the daemon last
+read (``NetState.controller``) stands in for the chain.
 """
 
 from __future__ import annotations
@@ -25,11 +33,13 @@ from solders.transaction import Transaction
 from fednode.chain import outbox
 from fednode.chain.aio import AsyncChainBackend, ChainId, ChainUnavailable
 from fednode.chain.backend import ChainError, TxResult
-from fednode.chain.program import FederityProgram, ed25519_proof
+from fednode.chain.program import FederityProgram, NftRef, ed25519_proof
 from fednode.errors import FednodeError
 from fednode.history import History, RepoInfo
 from fednode.identity import Identity
+from fednode.storage.netstate import NetState
 from protocol import chain as layout
+from protocol import token2022
 from protocol.chain import ErrorCode, Kind
 from protocol.multiformats import CID, b58encode
 from protocol.objects import Commit
@@ -95,6 +105,8 @@ class _ChainView:
     member: bool  # whether this node may anchor there
     online: bool
     repo_exists: bool
+    owner: bytes  # who acts as owner there: the NFT holder of a bound repository, else repo.owner
+    controls: bool  # whether this node is that owner (holds the NFT, for a bound repository)
 
 
 class Anchorer:
@@ -118,6 +130,37 @@ class Anchorer:
 
     async def is_member(self, repo_id: bytes, member: bytes) -> bool:
         return bool(await self.backend.account_data(self.program.member_address(repo_id, Pubkey.from_bytes(member))))
+
+    def nft_ref(self, repo: layout.RepoAccount | None) -> NftRef | None:
+        """The trailing NFT accounts this node passes for ``repo`` (None: not NFT-bound)."""
+        if repo is None or repo.mint == layout.ZERO32:
+            return None
+        mint = Pubkey.from_bytes(repo.mint)
+        return NftRef(mint, token2022.associated_token_address(self.identity.keypair.pubkey(), mint))
+
+    async def holds(self, repo: layout.RepoAccount | None) -> bool:
+        """Whether this node may act as ``repo``'s owner: its owner when unbound; when bound, its
+        token account of the mint holds the NFT (the program's holder check: amount 1, not frozen)."""
+        ref = self.nft_ref(repo)
+        if repo is None or ref is None:
+            return repo is not None and repo.owner == self.me
+        data = await self.backend.account_data(ref.holder_token)
+        try:
+            account = token2022.decode_token_account(data) if data else None
+        except token2022.TokenLayoutError:
+            return False
+        return account is not None and account.mint == ref.mint and bytes(account.owner) == self.me \
+            and account.amount == 1 and account.state == token2022.STATE_INITIALIZED  # fmt: skip
+
+    async def controller(self, repo: layout.RepoAccount) -> bytes:
+        """Who acts as ``repo``'s owner, for messages: the holder the program recorded, else repo.owner."""
+        if repo.mint == layout.ZERO32:
+            return repo.owner
+        data = await self.backend.account_data(self.program.nft_address(repo.repo_id))
+        try:
+            return layout.decode_nft(data).holder if data else repo.owner
+        except ValueError:
+            return repo.owner
 
     # --- queueing -----------------------------------------------------------------------------
 
@@ -146,8 +189,7 @@ class Anchorer:
             queued = {(i.op, i.commit_hash) for i in outbox.items(txn)
                       if i.repo_id == rid and i.placement(here) == "this"}  # fmt: skip
         genesis_author = self.history.load_commit(repo.genesis).author
-        view = await self._chain_view(repo, ancestry, here)
-        owner = view.chain_repo.owner if view.chain_repo is not None else genesis_author
+        view = await self._chain_view(repo, ancestry, here, genesis_author)
         first_parents = self._first_parents(cid)  # REV's own line: these move the branch head
         new: list[outbox.OutboxItem] = []
         if not view.repo_exists and ("create_repo", "") not in queued:
@@ -156,7 +198,7 @@ class Anchorer:
             h = cm.commit_hash()
             if h in view.anchored or ("anchor", _hex(h)) in queued:
                 continue
-            if self._anchorable(repo, c, cm, branch, owner, view):
+            if self._anchorable(repo, c, cm, branch, view):
                 new.append(outbox.OutboxItem(0, "anchor", rid, _hex(h), str(c), cm.kind,
                                              branch if cm.kind == "merge" or c in first_parents else None,
                                              chain=here.to_json()))  # fmt: skip
@@ -164,8 +206,10 @@ class Anchorer:
             self._requeue(rid, ancestry, new)
         return new
 
-    async def _chain_view(self, repo: RepoInfo, ancestry: list[tuple[CID, Commit]], here: ChainId) -> _ChainView:
-        """The chain, when reachable, is the truth; offline, this node's records stand in for it.
+    async def _chain_view(self, repo: RepoInfo, ancestry: list[tuple[CID, Commit]], here: ChainId,
+                          genesis_author: bytes) -> _ChainView:  # fmt: skip
+        """The chain, when reachable, is the truth; offline, this node's records stand in for it
+        (the owner: the NFT holder the daemon last read, else the genesis author).
         Online, an anchored record that does not match its commit raises FednodeError."""
         try:
             chain_repo = await self.repo_record(repo.repo_id)
@@ -174,11 +218,17 @@ class Anchorer:
             for (c, cm), r in zip(ancestry, records, strict=True):
                 if r is not None and (bad := self._check(c, cm, r, repo.repo_id)):
                     raise FednodeError(f"{bad[0]}; see 'fednode chain verify'")
-            member = chain_repo is None or chain_repo.owner == self.me or await self.is_member(repo.repo_id, self.me)
-            return _ChainView(chain_repo, anchored, member, online=True, repo_exists=chain_repo is not None)
+            if chain_repo is None:
+                return _ChainView(None, anchored, True, True, False, genesis_author, genesis_author == self.me)
+            controls = await self.holds(chain_repo)
+            owner = self.me if controls else await self.controller(chain_repo)
+            member = controls or await self.is_member(repo.repo_id, self.me)
+            return _ChainView(chain_repo, anchored, member, True, True, owner, controls)
         except ChainUnavailable:
             anchored = self._locally_anchored(repo.repo_id, here)
-            return _ChainView(None, anchored, True, online=False, repo_exists=repo.repo_id in anchored)
+            owner = NetState(self.store).owner(repo.repo_id) or genesis_author
+            return _ChainView(None, anchored, True, online=False, repo_exists=repo.repo_id in anchored,
+                              owner=owner, controls=owner == self.me)  # fmt: skip
 
     def _create_repo_item(self, repo: RepoInfo, genesis_author: bytes, online: bool,
                           here: ChainId) -> list[outbox.OutboxItem]:  # fmt: skip
@@ -193,7 +243,7 @@ class Anchorer:
                                f"signature over the repository id){self._embedded_hint()}")  # fmt: skip
         return []
 
-    def _anchorable(self, repo: RepoInfo, c: CID, cm: Commit, branch: str, owner: bytes, view: _ChainView) -> bool:
+    def _anchorable(self, repo: RepoInfo, c: CID, cm: Commit, branch: str, view: _ChainView) -> bool:
         """Whether this node queues the unanchored commit ``c``; FednodeError where it never could."""
         if cm.author != self.me:
             if view.online:
@@ -201,14 +251,15 @@ class Anchorer:
                                    "only its author can anchor it (its signature is the proof)"
                                    f"{self._embedded_hint()}")  # fmt: skip
             return False  # offline: its author may anchor it before we flush
-        if cm.kind == "merge" and owner != self.me:
+        if cm.kind == "merge" and not view.controls:
             raise FednodeError(f"merge commit {_short(c)} can only be anchored by the repository owner "
-                               f"{b58encode(owner)}: the program's merge instruction is owner-signed")
-        if cm.kind == "merge" and (size := self._tx_size(repo.repo_id, cm, branch)) > PACKET_DATA_SIZE:
+                               f"{b58encode(view.owner)}{self._holder_note(view.chain_repo)}: the program's "
+                               "merge instruction is owner-signed")  # fmt: skip
+        if cm.kind == "merge" and (size := self._tx_size(repo.repo_id, cm, branch, view.chain_repo)) > PACKET_DATA_SIZE:
             raise FednodeError(f"merge commit {_short(c)} has {len(cm.parents)} parents: its anchoring transaction "
                                f"would be {size} bytes, over Solana's {PACKET_DATA_SIZE}-byte limit (about 9 "
                                "parents fit)")
-        if owner != self.me and not view.member:
+        if not view.controls and not view.member:
             raise FednodeError(f"this node ({self.identity.address}) is not a member of {repo.name} on chain: "
                                f"ask the owner to run 'fednode chain members add {self.identity.address}'"
                                f"{self._embedded_hint()}")  # fmt: skip
@@ -227,8 +278,11 @@ class Anchorer:
             for item in merged:
                 outbox.append(txn, item)
 
-    def _tx_size(self, repo_id: bytes, commit: Commit, branch: str) -> int:
-        ixs = self._anchor_ixs(repo_id, commit, branch, None)
+    def _holder_note(self, repo: layout.RepoAccount | None) -> str:
+        return " (the holder of its NFT)" if self.nft_ref(repo) is not None else ""
+
+    def _tx_size(self, repo_id: bytes, commit: Commit, branch: str, repo: layout.RepoAccount | None) -> int:
+        ixs = self._anchor_ixs(repo_id, commit, branch, repo, holds=True)
         tx = Transaction([self.identity.keypair], Message(ixs, self.identity.keypair.pubkey()), Hash.default())
         return len(bytes(tx))
 
@@ -346,7 +400,9 @@ class Anchorer:
         record = (await self.commit_records(repo_id, [h]))[0]
         tx: TxResult | None = None
         if record is None:  # not a replay after a crash: send it
-            tx = await self.send(self._anchor_ixs(repo_id, commit, item.branch, await self.repo_record(repo_id)))
+            chain_repo = await self.repo_record(repo_id)
+            holds = await self.holds(chain_repo)
+            tx = await self.send(self._anchor_ixs(repo_id, commit, item.branch, chain_repo, holds))
             record = (await self.commit_records(repo_id, [h]))[0]
             if record is None:
                 raise ChainError("transaction confirmed but the commit record is missing")
@@ -379,8 +435,11 @@ class Anchorer:
                 self.program.create_repo(owner, repo_id, genesis.body_digest())]
 
     def _anchor_ixs(self, repo_id: bytes, commit: Commit, branch: str | None,
-                    repo: layout.RepoAccount | None) -> list[Instruction]:  # fmt: skip
+                    repo: layout.RepoAccount | None, holds: bool | None = None) -> list[Instruction]:  # fmt: skip
+        """``holds``: whether this node acts as ``repo``'s owner (``Anchorer.holds``; None: it is
+        ``repo``'s owner, the rule of a repository without an NFT)."""
         h = commit.commit_hash()
+        nft = self.nft_ref(repo)
         if commit.author != self.me:
             raise ChainError("only a commit's author can anchor it")
         # The program recomputes h from (author = the signer, kind, parents, body digest): the
@@ -396,11 +455,11 @@ class Anchorer:
             # a parent that was only the merge base carries weight 0.
             weights = tuple(by_input.get(str(p), 0) for p in commit.parents)
             merge = layout.Merge(digest, layout.branch_hash(branch or "main"), tuple(parents), weights)
-            return [proof, self.program.merge(author, repo_id, merge)]
-        as_owner = repo is not None and repo.owner == self.me
+            return [proof, self.program.merge(author, repo_id, merge, nft=nft)]
+        as_owner = repo is not None and (repo.owner == self.me if holds is None else holds)
         anchor = layout.AnchorCommit(digest, Kind[commit.kind.upper()], _head_move(repo, branch, parents, as_owner),
                                      tuple(parents))  # fmt: skip
-        return [proof, self.program.anchor_commit(author, repo_id, anchor, as_owner=as_owner)]
+        return [proof, self.program.anchor_commit(author, repo_id, anchor, as_owner=as_owner, nft=nft)]
 
     async def repo_summary(self, repo: RepoInfo) -> dict[str, object]:
         """What the chain holds for a local repository: owner, count, heads of local branch names."""
@@ -409,8 +468,12 @@ class Anchorer:
             return {"name": repo.name, "on_chain": False}
         names = {layout.branch_hash(b): b for b in self.history.branches(repo)}
         heads = {names.get(k, "#" + k.hex()[:16]): v.hex() for k, v in record.branches.items()}
-        return {"name": repo.name, "on_chain": True, "owner": b58encode(record.owner),
-                "commit_count": record.commit_count, "heads": heads}  # fmt: skip
+        owner = await self.controller(record)  # the NFT holder of a bound repository
+        out: dict[str, object] = {"name": repo.name, "on_chain": True, "owner": b58encode(owner),
+                                  "commit_count": record.commit_count, "heads": heads}  # fmt: skip
+        if record.mint != layout.ZERO32:
+            out["mint"] = b58encode(record.mint)
+        return out
 
     # --- members ------------------------------------------------------------------------------
 
@@ -419,8 +482,9 @@ class Anchorer:
         if chain_repo is None:
             raise FednodeError(f"repository {repo.name} is not on chain: anchor its genesis first "
                                f"('fednode anchor {repo.name}:{repo.genesis}')")  # fmt: skip
-        if chain_repo.owner != self.me:
-            raise FednodeError(f"only the repository owner {b58encode(chain_repo.owner)} can change members")
+        if not await self.holds(chain_repo):
+            raise FednodeError(f"only the repository owner {b58encode(await self.controller(chain_repo))}"
+                               f"{self._holder_note(chain_repo)} can change members")
         if bytes(member) == self.me:
             raise FednodeError("the owner is implicitly a member")
         present = await self.is_member(repo.repo_id, bytes(member))
@@ -428,7 +492,8 @@ class Anchorer:
             raise FednodeError(f"{member} is {'already' if add else 'not'} a member of {repo.name}")
         await self.ensure_funds()
         me = self.identity.keypair.pubkey()
-        ix = (self.program.add_member if add else self.program.remove_member)(me, repo.repo_id, member)
+        ix = (self.program.add_member if add else self.program.remove_member)(me, repo.repo_id, member,
+                                                                             nft=self.nft_ref(chain_repo))
         tx = await self.send([ix])
         with self.store.write() as txn:
             key = _MEMBER + repo.repo_id + bytes(member)
@@ -447,11 +512,12 @@ class Anchorer:
             candidates = {k[len(prefix):] for k, _ in txn.kv_items(DB, prefix)}
         heads = [*self.history.branches(repo).values(), *self.history.tags(repo).values()]
         candidates |= {cm.author for _, cm in self.history.walk(heads)} | {self.me, *known}
-        candidates.discard(chain_repo.owner)
+        owner = await self.controller(chain_repo)
+        candidates.discard(owner)
         ordered = sorted(candidates)
         datas = await self.backend.accounts_data(
             [self.program.member_address(repo.repo_id, Pubkey.from_bytes(m)) for m in ordered])
-        return {"owner": b58encode(chain_repo.owner),
+        return {"owner": b58encode(owner),
                 "members": [b58encode(m) for m, d in zip(ordered, datas, strict=True) if d]}  # fmt: skip
 
     # --- verification -------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from fednode.daemon.inbound import InboundCatchUp
 from fednode.daemon.ipfsget import GetJobs
 from fednode.daemon.jobs import FetchJobs
 from fednode.daemon.metrics import Metrics
+from fednode.daemon.ownership import Ownership
 from fednode.daemon.peers import Peers
 from fednode.daemon.pinning import PinWorker
 from fednode.daemon.ratelimit import TokenBuckets
@@ -80,6 +81,8 @@ class Daemon:
         self.state = NetState(node.store)
         self.keyring = Keyring(node.store)  # private repositories' keys, by epoch
         self.validator = Validator(node.store, self.state, self.keyring)
+        self.ownership = Ownership(node, self.state)  # NFT holders from the chain: ownership is control
+        self.validator.on_not_owner = self.ownership.suspect
         self.host: IHost = hostmod.build_host(hostmod.key_pair(node.identity), mdns)
         self.tasks = Tasks(self.metrics)
         self.bans = Bans(self.state, self.metrics, self.host, self.tasks, ban_threshold, ban_seconds)
@@ -150,6 +153,7 @@ class Daemon:
         self.bitswap = await start_bitswap(self.host, self.node.store, nursery, self.states.get,
                                           self.bans.penalize)
         self.spawn("state_index", self.states.refresh)
+        self.spawn("nft_holders", self.ownership.run)
         if self.gateway is not None:  # a port it cannot bind stops the daemon with one line
             self.gateway_port = await nursery.start(self.gateway.serve)
         for repo_id in {*self.state.local_repos().values(), *self.state.follows()}:
