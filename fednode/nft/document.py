@@ -45,14 +45,15 @@ class MetadataError(Corrupt):
 
 def metadata_document(history: History, repo: RepoInfo, branch: str, *, image_uri: str,
                       license: str = DEFAULT_LICENSE, external_url: str | None = None,
-                      head: CID | None = None) -> dict[str, Any]:
+                      head: CID | None = None, symbol: str = SYMBOL) -> dict[str, Any]:
     """The document of ``repo`` at the head of ``branch`` (or at ``head``, a commit of ``repo``)."""
-    return document_from(summarize(history, repo, branch, head), image_uri, license, external_url)
+    return document_from(summarize(history, repo, branch, head), image_uri, license, external_url, symbol)
 
 
 def document_from(summary: RepoSummary, image_uri: str, license: str = DEFAULT_LICENSE,
-                  external_url: str | None = None) -> dict[str, Any]:
-    """The document for ``summary``; FednodeError (one line) for an argument the reader would refuse."""
+                  external_url: str | None = None, symbol: str = SYMBOL) -> dict[str, Any]:
+    """The document for ``summary``; FednodeError (one line) for an argument the reader would refuse.
+    ``symbol`` must be the mint's TokenMetadata symbol (wallets show both)."""
     attributes: list[dict[str, Any]] = [
         {"trait_type": "repository", "value": summary.repo_id.hex()},
         {"trait_type": "head", "value": summary.head.hex()},
@@ -72,7 +73,7 @@ def document_from(summary: RepoSummary, image_uri: str, license: str = DEFAULT_L
     if not summary.private:
         attributes += [{"trait_type": f"metric:{name}", "value": value} for name, value in summary.latest]
     doc: dict[str, Any] = {
-        "name": summary.name, "symbol": SYMBOL, "description": description, "image": image_uri,
+        "name": summary.name, "symbol": symbol, "description": description, "image": image_uri,
         "attributes": attributes,
         "properties": {"category": "image", "files": [{"type": IMAGE_TYPE, "uri": image_uri}]},
     }

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fednode.history import History, RepoInfo
-from fednode.nft.document import DEFAULT_LICENSE, document_from, encode_document
+from fednode.nft.document import DEFAULT_LICENSE, SYMBOL, document_from, encode_document
 from fednode.nft.image import render_image
 from fednode.nft.summary import RepoSummary, summarize
 from fednode.workflows.ipfsfiles import put_file
@@ -38,13 +38,13 @@ class Published:
 
 
 def publish_metadata(history: History, repo: RepoInfo, branch: str, *, license: str = DEFAULT_LICENSE,
-                     external_url: str | None = None, head: CID | None = None) -> Published:
+                     external_url: str | None = None, head: CID | None = None, symbol: str = SYMBOL) -> Published:
     """Render, store and pin the image and then the document of ``repo`` at ``branch``'s head (or
     ``head``); everything is checked before the one write, so a failure stores nothing."""
     summary = summarize(history, repo, branch, head)
     image = render_image(summary)
     image_cid = add_bytes(image)  # the CID before storing: the document names it
-    document = document_from(summary, f"ipfs://{image_cid}", license, external_url)
+    document = document_from(summary, f"ipfs://{image_cid}", license, external_url, symbol)
     raw = encode_document(document)
     with history.store.write(size_hint=2 * (len(image) + len(raw))) as txn:
         stored_image, _ = put_file(txn, io.BytesIO(image), PIN_SOURCE)

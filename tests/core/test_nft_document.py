@@ -69,7 +69,8 @@ def test_the_document_of_a_public_repository(public: tuple[History, RepoInfo, li
     assert parse_metadata_document(raw) == doc
     assert b"secret" not in raw and OTHER.public_key.hex().encode() not in raw
     # at another head: the side branch (genesis -> b)
-    side = metadata_document(history, info, "side", image_uri=IMAGE)
+    side = metadata_document(history, info, "side", image_uri=IMAGE, symbol="FEDX")
+    assert side["symbol"] == "FEDX"
     side_attrs = {x["trait_type"]: x["value"] for x in side["attributes"]}
     assert side_attrs["commits"] == 2 and side_attrs["head"] == history.load_commit(b).commit_hash().hex()
     assert side_attrs["license"] == "NOASSERTION" and "external_url" not in side
@@ -105,7 +106,8 @@ def test_bad_arguments_are_one_line_errors(public: tuple[History, RepoInfo, list
     history, info, (genesis, *_rest) = public
     for kwargs, needle in [({"license": ""}, "license"), ({"license": "x" * 65}, "license"),
                            ({"license": "MIT\nevil"}, "license"), ({"external_url": "ftp://x"}, "external_url"),
-                           ({"external_url": "https://a b"}, "external_url")]:
+                           ({"external_url": "https://a b"}, "external_url"), ({"symbol": " FED"}, "symbol"),
+                           ({"symbol": "x" * 11}, "symbol")]:
         with pytest.raises(FednodeError, match=needle) as err:
             metadata_document(history, info, "main", image_uri=IMAGE, **kwargs)  # type: ignore[arg-type]
         assert "\n" not in str(err.value)
