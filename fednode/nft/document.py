@@ -65,8 +65,8 @@ def document_from(summary: RepoSummary, image_uri: str, license: str = DEFAULT_L
                        "the repository.")
     else:
         attributes.append({"trait_type": "contributors", "value": summary.contributors})
-        description = (f"{summary.name}: a federated model on fednode, {summary.commits} commits by "
-                       f"{summary.contributors} contributors. Whoever holds this NFT controls the "
+        description = (f"{summary.name}: a federated model on fednode, {_count(summary.commits, 'commit')} by "
+                       f"{_count(summary.contributors, 'contributor')}. Whoever holds this NFT controls the "
                        "repository: its merges, its heads and its members.")
     attributes += [{"trait_type": "license", "value": license},
                    {"trait_type": "visibility", "value": "private" if summary.private else "public"}]
@@ -84,6 +84,10 @@ def document_from(summary: RepoSummary, image_uri: str, license: str = DEFAULT_L
     except MetadataError as exc:
         raise FednodeError(f"cannot make the NFT metadata document: {exc}") from None
     return doc
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def encode_document(doc: dict[str, Any]) -> bytes:

@@ -65,6 +65,10 @@ def fit(text: str, scale: int, width: int) -> str:
     return text if len(text) <= most else text[:max(most - 2, 0)] + ".."
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "S")
+
+
 def number(value: float) -> str:
     return f"{value:.4g}".upper()
 
@@ -102,7 +106,7 @@ def render_image(summary: RepoSummary) -> bytes:
     if summary.private:
         canvas.text((SIZE - font.text_width("PRIVATE REPOSITORY", 3)) // 2, 245, "PRIVATE REPOSITORY", 3, DIM)
         return encode_png(SIZE, SIZE, bytes(canvas.pixels), PALETTE)
-    counts = f"{summary.commits} COMMITS  {summary.contributors} CONTRIBUTORS"
+    counts = f"{_count(summary.commits, 'COMMIT')}  {_count(summary.contributors, 'CONTRIBUTOR')}"
     canvas.text(MARGIN, 100, fit(counts, 2, width), 2, DIM)
     if summary.metric is None or not summary.series:
         canvas.text(CHART[0] + 60, (CHART[1] + CHART[3]) // 2, "NO METRICS RECORDED", 2, DIM)
