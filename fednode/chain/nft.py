@@ -68,7 +68,10 @@ class NftView:
                 "uri": meta.uri if meta else None,
                 "repo_field": meta.field("repo") if meta else None, "head": meta.field("head") if meta else None,
                 "update_authority": str(meta.update_authority) if meta and meta.update_authority else None,
-                "supply": self.state.supply, "share_bps": self.record.share_bps,
+                "supply": self.state.supply, "decimals": self.state.decimals,
+                "mint_authority": str(self.state.mint_authority) if self.state.mint_authority else None,
+                "freeze_authority": str(self.state.freeze_authority) if self.state.freeze_authority else None,
+                "share_bps": self.record.share_bps,
                 "share_locked": self.record.share_locked,
                 "contributors": [[b58encode(k), w] for k, w in self.record.contributors]}  # fmt: skip
 
