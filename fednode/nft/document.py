@@ -1,5 +1,5 @@
 """The JSON metadata document an NFT's ``uri`` points to, as wallets read it (the Metaplex token
-metadata standard that Phantom and Solflare read for Token-2022 TokenMetadata ``uri``s too).
+metadata standard, which Phantom documents reading for Token-2022 TokenMetadata ``uri``s too).
 
 Writer: ``metadata_document`` / ``document_from`` build the dict, ``encode_document`` the bytes:
 canonical JSON (sorted keys, no spaces, ASCII), so one repository state gives one CID. Fields:
