@@ -1,5 +1,5 @@
-"""The JSON metadata document an NFT's ``uri`` points to, as wallets read it (the Metaplex token
-metadata standard, which Phantom documents reading for Token-2022 TokenMetadata ``uri``s too).
+"""The JSON metadata document an NFT's ``uri`` points to, as wallets read it (the Metaplex JSON
+standard that Phantom reads for collectibles; Phantom documents Token-2022 TokenMetadata support).
 
 Writer: ``metadata_document`` / ``document_from`` build the dict, ``encode_document`` the bytes:
 canonical JSON (sorted keys, no spaces, ASCII), so one repository state gives one CID. Fields:
