@@ -8,6 +8,11 @@
  * from that record's own identifying fields (with the canonical bump). So a record read from
  * any account passes as "the record of (repo, key)" when its owner, tag and fields match; no
  * PDA derivation is needed except when creating an account.
+ *
+ * NFT-bound repositories (issue 14): once bind_nft has set repo.mint, "owner" means "holder of
+ * the repository's Token-2022 NFT": the signer must own a Token-2022 account of that mint with
+ * amount 1, not frozen (see holds()). The program is the metadata's update authority (the repo
+ * PDA) and rewrites the metadata "head" field whenever the tracked branch's head moves.
  */
 #include "../sdk/federity_sdk.h"
 
@@ -16,9 +21,19 @@
 #define MAX_PARENTS 16
 #define LAYOUT_VERSION 1
 #define FLAG_HAS_COMMITMENT 1
+#define FLAG_SHARE_LOCKED 1
+#define MAX_CONTRIBUTORS 16
+#define MAX_SHARE_BPS 10000
+#define MAX_URI 200
+#define TOKEN_ACCOUNT_SIZE 165 /* base token account; also the account-type byte's offset */
+#define EXT_METADATA_POINTER 18
+#define EXT_TOKEN_METADATA 19
 
-enum { IX_CREATE_REPO, IX_ADD_MEMBER, IX_REMOVE_MEMBER, IX_ANCHOR_COMMIT, IX_MERGE, IX_SET_HEAD };
-enum { TAG_REPO = 1, TAG_MEMBER = 2, TAG_COMMIT = 3 };
+enum {
+  IX_CREATE_REPO, IX_ADD_MEMBER, IX_REMOVE_MEMBER, IX_ANCHOR_COMMIT, IX_MERGE, IX_SET_HEAD,
+  IX_BIND_NFT, IX_SYNC_HOLDER, IX_SET_SHARE, IX_SELL, IX_SET_URI
+};
+enum { TAG_REPO = 1, TAG_MEMBER = 2, TAG_COMMIT = 3, TAG_NFT = 4 };
 enum { KIND_INIT, KIND_UPDATE, KIND_MERGE, KIND_REVERT };
 
 enum {
@@ -102,7 +117,25 @@ typedef struct {
   uint64_t index;
 } Commit;
 
+typedef struct {
+  uint8_t key[32];
+  uint64_t weight; /* sum of the weights of this author's inputs in anchored merges */
+} Contributor;
+
+typedef struct {
+  uint8_t tag, version, bump, flags, _pad[4]; /* flags bit 0: share locked */
+  uint8_t repo_id[32];
+  uint8_t mint[32];
+  uint8_t holder[32];      /* as last recorded: bind, holder actions, sale, sync_holder */
+  uint8_t head_branch[32]; /* the branch whose head the metadata "head" field follows */
+  uint64_t sale_seq;       /* +1 on every recorded holder change */
+  uint16_t share_bps, n_contributors;
+  uint8_t _pad2[4];
+  Contributor contributors[MAX_CONTRIBUTORS];
+} Nft;
+
 _Static_assert(sizeof(Repo) == 656, "Repo layout");
+_Static_assert(sizeof(Nft) == 792, "Nft layout");
 _Static_assert(sizeof(Member) == 80, "Member layout");
 _Static_assert(sizeof(Commit) == 216, "Commit layout");
 
@@ -112,6 +145,12 @@ static const SolPubkey INSTRUCTIONS_SYSVAR_ID = {{
 static const SolPubkey ED25519_PROGRAM_ID = {{
     0x03, 0x7d, 0x46, 0xd6, 0x7c, 0x93, 0xfb, 0xbe, 0x12, 0xf9, 0x42, 0x8f, 0x83, 0x8d, 0x40, 0xff,
     0x05, 0x70, 0x74, 0x49, 0x27, 0xf4, 0x8a, 0x64, 0xfc, 0xca, 0x70, 0x44, 0x80, 0x00, 0x00, 0x00}};
+
+static const SolPubkey TOKEN_2022_PROGRAM_ID = {{
+    0x06, 0xdd, 0xf6, 0xe1, 0xee, 0x75, 0x8f, 0xde, 0x18, 0x42, 0x5d, 0xbc, 0xe4, 0x6c, 0xcd, 0xda,
+    0xb6, 0x1a, 0xfc, 0x4d, 0x83, 0xb9, 0x0d, 0x27, 0xfe, 0xbd, 0xf9, 0x28, 0xd8, 0xa1, 0x8b, 0xfc}};
+/* sha256("spl_token_metadata_interface:updating_field")[:8] */
+static const uint8_t UPDATE_FIELD_DISCRIMINATOR[8] = {221, 233, 49, 45, 181, 202, 220, 200};
 
 /* ---- account checks ------------------------------------------------------------------- */
 
@@ -125,18 +164,6 @@ static Repo *as_repo(const SolAccountInfo *a, const SolPubkey *program_id) {
   if (!sol_pubkey_eq(a->owner, program_id) || a->data_len != sizeof(Repo)) return NULL;
   Repo *r = (Repo *)a->data;
   return r->tag == TAG_REPO && r->version == LAYOUT_VERSION ? r : NULL;
-}
-
-/* Loads the repo at ka[1] and checks that ka[0] is its owner and signed. */
-static uint64_t owner_repo(SolParameters *p, bool repo_writable, Repo **out) {
-  uint64_t rc = check_signer(&p->ka[0], false);
-  if (rc) return rc;
-  Repo *r = as_repo(&p->ka[1], p->program_id);
-  if (!r) return E_INVALID_REPO_ACCOUNT;
-  if (repo_writable && !p->ka[1].is_writable) return E_ACCOUNT_NOT_WRITABLE;
-  if (!sol_bytes_eq(p->ka[0].key, r->owner, 32)) return E_NOT_OWNER;
-  *out = r;
-  return 0;
 }
 
 static const Member *as_member(const SolAccountInfo *a, const SolPubkey *program_id,
@@ -294,8 +321,8 @@ typedef struct {
   uint8_t kind;
 } NewCommit;
 
-/* Creates the commit record at ka[2] (paid by ka[0], the author), appends it to the repo's
- * accumulator and sets the return data to acc || commit_count. */
+/* Creates the commit record at ka[2] (paid by ka[0], the author) and appends it to the repo's
+ * accumulator. */
 static uint64_t record_commit(SolParameters *p, Repo *r, const NewCommit *c) {
   PdaSpec spec = {{{(const uint8_t *)"commit", 6}, {r->repo_id, 32}, {c->hash, 32}}, 3,
                   sizeof(Commit)};
@@ -320,6 +347,12 @@ static uint64_t record_commit(SolParameters *p, Repo *r, const NewCommit *c) {
 
   r->commit_count += 1;
   sol_sha256_2(r->acc, 32, c->hash, 32, r->acc);
+  return 0;
+}
+
+/* Return data of anchor_commit and merge: acc || commit_count. Set last: a CPI (the metadata
+ * head update) clears the caller's return data. */
+static uint64_t return_accumulator(const Repo *r) {
   uint8_t ret[40];
   memcpy(ret, r->acc, 32);
   sol_write_u64(ret + 32, r->commit_count);
@@ -337,6 +370,198 @@ static uint64_t branch_slot(Repo *r, const uint8_t *branch, bool may_create, int
   return 0;
 }
 
+
+/* ---- NFT: Token-2022 accounts, control, the metadata "head" field ------------------------ */
+
+static bool is_token_program(const SolAccountInfo *a) {
+  return sol_pubkey_eq(a->key, &TOKEN_2022_PROGRAM_ID);
+}
+
+static uint64_t read_u32(const uint8_t *p) {
+  return (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16 | (uint64_t)p[3] << 24;
+}
+
+static void write_u32(uint8_t *p, uint64_t v) {
+  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void hex32(const uint8_t *in, uint8_t out[64]) {
+  static const char digits[] = "0123456789abcdef";
+  for (int i = 0; i < 32; i++) {
+    out[2 * i] = (uint8_t)digits[in[i] >> 4];
+    out[2 * i + 1] = (uint8_t)digits[in[i] & 15];
+  }
+}
+
+/* The data of `a` if it is an initialized (not frozen) Token-2022 token account of `mint`, else
+ * NULL. Layout: mint[32] @0, owner[32] @32, amount u64 @64, state u8 @108; an extended account
+ * has account type 2 @165, and Token-2022 never makes one of the multisig length (355). */
+static const uint8_t *token_account(const SolAccountInfo *a, const uint8_t *mint) {
+  if (!sol_pubkey_eq(a->owner, &TOKEN_2022_PROGRAM_ID)) return NULL;
+  uint64_t len = a->data_len;
+  if (len < TOKEN_ACCOUNT_SIZE || len == 355) return NULL;
+  if (len > TOKEN_ACCOUNT_SIZE && a->data[TOKEN_ACCOUNT_SIZE] != 2) return NULL;
+  if (!sol_bytes_eq(a->data, mint, 32) || a->data[108] != 1) return NULL;
+  return a->data;
+}
+
+/* Control: does token account `a` hold the one token of `mint` for `owner`? */
+static bool holds(const SolAccountInfo *a, const uint8_t *mint, const uint8_t *owner) {
+  const uint8_t *t = token_account(a, mint);
+  return t && sol_bytes_eq(t + 32, owner, 32) && sol_read_u64(t + 64) == 1;
+}
+
+static Nft *as_nft(const SolAccountInfo *a, const SolPubkey *program_id, const Repo *r) {
+  if (!sol_pubkey_eq(a->owner, program_id) || a->data_len != sizeof(Nft)) return NULL;
+  Nft *n = (Nft *)a->data;
+  if (n->tag != TAG_NFT || !sol_bytes_eq(n->repo_id, r->repo_id, 32) ||
+      !sol_bytes_eq(n->mint, r->mint, 32))
+    return NULL;
+  return n;
+}
+
+static void record_holder(Nft *n, const uint8_t *holder) {
+  if (sol_bytes_eq(n->holder, holder, 32)) return;
+  memcpy(n->holder, holder, 32);
+  n->sale_seq += 1;
+}
+
+/* A holder-gated instruction: its repo (ka[1]) and, for an NFT-bound repo, the nft record from
+ * the four trailing accounts at ka[t..t+4): holder token account, nft [w], mint [w], Token-2022. */
+typedef struct {
+  Repo *repo;
+  Nft *nft; /* NULL: repository without an NFT */
+  uint64_t t;
+} Ctl;
+
+static uint64_t nft_accounts(SolParameters *p, Ctl *c) {
+  c->nft = NULL;
+  if (sol_is_zero(c->repo->mint, 32)) return 0;
+  if (p->ka_num < c->t + 4) return E_MISSING_NFT_ACCOUNTS;
+  SolAccountInfo *ka = p->ka + c->t;
+  c->nft = as_nft(&ka[1], p->program_id, c->repo);
+  if (!c->nft || !sol_bytes_eq(ka[2].key, c->repo->mint, 32)) return E_INVALID_NFT_ACCOUNT;
+  if (!ka[1].is_writable || !ka[2].is_writable) return E_ACCOUNT_NOT_WRITABLE;
+  if (!is_token_program(&ka[3])) return E_INVALID_TOKEN_PROGRAM;
+  return 0;
+}
+
+/* Loads the repo at ka[1] and checks that ka[0] signed and controls it: is its owner or, once the
+ * repo is NFT-bound, holds the NFT in the trailing holder token account (recorded as holder). */
+static uint64_t control(SolParameters *p, bool repo_writable, Ctl *c) {
+  uint64_t rc = check_signer(&p->ka[0], false);
+  if (rc) return rc;
+  c->repo = as_repo(&p->ka[1], p->program_id);
+  if (!c->repo) return E_INVALID_REPO_ACCOUNT;
+  if (repo_writable && !p->ka[1].is_writable) return E_ACCOUNT_NOT_WRITABLE;
+  rc = nft_accounts(p, c);
+  if (rc) return rc;
+  if (!c->nft) return sol_bytes_eq(p->ka[0].key, c->repo->owner, 32) ? 0 : E_NOT_OWNER;
+  if (!holds(&p->ka[c->t], c->repo->mint, p->ka[0].key->x)) return E_NOT_HOLDER;
+  record_holder(c->nft, p->ka[0].key->x);
+  return 0;
+}
+
+/* CPI into Token-2022's token-metadata interface on the mint, signed by the repo PDA (ka[1], the
+ * metadata's update authority since minting). */
+static uint64_t metadata_cpi(SolParameters *p, const Repo *r, SolAccountInfo *mint,
+                             uint8_t *data, uint64_t len) {
+  SolAccountInfo *repo = &p->ka[1];
+  SolAccountMeta metas[2] = {{mint->key, true, false}, {repo->key, false, true}};
+  SolInstruction ix = {(SolPubkey *)&TOKEN_2022_PROGRAM_ID, metas, 2, data, len};
+  SolAccountInfo infos[2] = {*mint, *repo};
+  uint8_t bump = r->bump;
+  SolBytes seeds[3] = {{(const uint8_t *)"repo", 4}, {r->repo_id, 32}, {&bump, 1}};
+  SolSignerSeeds signer = {seeds, 3};
+  return sol_invoke_signed_c(&ix, infos, 2, &signer, 1);
+}
+
+/* A branch of the repo now points at `head`: if it is the branch the NFT tracks, rewrite the
+ * metadata field "head" (UpdateField, Field::Key("head"), 64 lowercase hex digits: same size). */
+static uint64_t update_head_field(SolParameters *p, const Ctl *c, const uint8_t *branch,
+                                  const uint8_t *head) {
+  if (!c->nft || !sol_bytes_eq(branch, c->nft->head_branch, 32)) return 0;
+  uint8_t data[8 + 1 + 4 + 4 + 4 + 64];
+  memcpy(data, UPDATE_FIELD_DISCRIMINATOR, 8);
+  data[8] = 3; /* Field::Key */
+  write_u32(data + 9, 4);
+  memcpy(data + 13, "head", 4);
+  write_u32(data + 17, 64);
+  hex32(head, data + 21);
+  return metadata_cpi(p, c->repo, &p->ka[c->t + 2], data, sizeof(data));
+}
+
+/* ---- bind_nft: is this mint a clean NFT of this repository? ------------------------------- */
+
+/* A borsh string (u32 length + bytes) at v[*at..end): its bytes and length, *at moved past it. */
+static const uint8_t *take_string(const uint8_t *v, uint64_t end, uint64_t *at, uint64_t *len) {
+  if (*at + 4 > end) return NULL;
+  *len = read_u32(v + *at);
+  if (*len > end - *at - 4) return NULL;
+  const uint8_t *s = v + *at + 4;
+  *at += 4 + *len;
+  return s;
+}
+
+/* TokenMetadata: update_authority[32] (must be the repo PDA), mint[32], name, symbol, uri,
+ * u32 count + (key, value) pairs; "repo" must be hex(repo_id) and "head" 64 characters (so the
+ * program's head updates never resize the mint). */
+static bool metadata_ok(const uint8_t *v, uint64_t n, const SolPubkey *mint, const SolAccountInfo *repo,
+                        const uint8_t *repo_id) {
+  if (n < 64 || !sol_bytes_eq(v, repo->key, 32) || !sol_bytes_eq(v + 32, mint, 32)) return false;
+  uint64_t at = 64, len;
+  for (int i = 0; i < 3; i++)
+    if (!take_string(v, n, &at, &len)) return false;
+  if (at + 4 > n) return false;
+  uint64_t count = read_u32(v + at);
+  at += 4;
+  uint8_t want[64];
+  hex32(repo_id, want);
+  bool repo_ok = false, head_ok = false;
+  for (uint64_t k = 0; k < count; k++) {
+    uint64_t key_len, value_len;
+    const uint8_t *key = take_string(v, n, &at, &key_len);
+    const uint8_t *value = key ? take_string(v, n, &at, &value_len) : NULL;
+    if (!value) return false;
+    if (key_len == 4 && sol_bytes_eq(key, "repo", 4))
+      repo_ok = value_len == 64 && sol_bytes_eq(value, want, 64);
+    if (key_len == 4 && sol_bytes_eq(key, "head", 4)) head_ok = value_len == 64;
+  }
+  return repo_ok && head_ok;
+}
+
+/* Mint (82-byte base, account type 1 @165, TLV extensions from 166): no mint authority, no
+ * freeze authority, supply 1, decimals 0, initialized; extensions exactly MetadataPointer (to
+ * the mint itself) and TokenMetadata (metadata_ok): anything else could move, freeze, tax or
+ * burn the NFT behind the program's back. */
+static bool mint_ok(const SolAccountInfo *m, const SolAccountInfo *repo, const uint8_t *repo_id) {
+  const uint8_t *d = m->data;
+  uint64_t len = m->data_len;
+  if (!sol_pubkey_eq(m->owner, &TOKEN_2022_PROGRAM_ID) || len < 166 || d[165] != 1) return false;
+  if (read_u32(d) != 0 || sol_read_u64(d + 36) != 1 || d[44] != 0 || d[45] != 1 ||
+      read_u32(d + 46) != 0)
+    return false;
+  bool pointer = false, metadata = false;
+  for (uint64_t at = 166; at < len;) {
+    uint64_t type = at + 4 <= len ? sol_read_u16(d + at) : 0;
+    if (type == 0) { /* Token-2022's end of the TLV list: only zero padding may follow */
+      if (!sol_is_zero(d + at, len - at)) return false;
+      break;
+    }
+    uint64_t n = sol_read_u16(d + at + 2);
+    const uint8_t *v = d + at + 4;
+    if (n > len - at - 4) return false;
+    if (type == EXT_METADATA_POINTER && !pointer && n == 64 && sol_bytes_eq(v + 32, m->key, 32))
+      pointer = true;
+    else if (type == EXT_TOKEN_METADATA && !metadata && metadata_ok(v, n, m->key, repo, repo_id))
+      metadata = true;
+    else
+      return false;
+    at += 4 + n;
+  }
+  return pointer && metadata;
+}
+
 /* ---- instructions ----------------------------------------------------------------------- */
 
 /* create_repo(repo_id[32], mint[32], body_digest[32]); accounts: owner [s,w], repo PDA [w],
@@ -350,6 +575,7 @@ static uint64_t create_repo(SolParameters *p) {
   if (rc) return rc;
   if (!is_system_program(&p->ka[3])) return E_INVALID_SYSTEM_PROGRAM;
   if (sol_pubkey_eq(p->ka[1].owner, p->program_id)) return E_REPO_ALREADY_EXISTS;
+  if (!sol_is_zero(p->data + 33, 32)) return E_INVALID_MINT; /* bound later, by bind_nft */
   const uint8_t *repo_id = p->data + 1;
   uint8_t genesis[32];
   Preimage pre = {p->ka[0].key->x, NULL, p->data + 65, KIND_INIT, 0};
@@ -367,17 +593,18 @@ static uint64_t create_repo(SolParameters *p) {
   r->bump = bump;
   memcpy(r->repo_id, repo_id, 32);
   memcpy(r->owner, p->ka[0].key, 32);
-  memcpy(r->mint, p->data + 33, 32);
   return 0;
 }
 
-/* add_member(member[32]); accounts: owner [s,w], repo, member PDA [w], system program */
+/* add_member(member[32]); accounts: owner [s,w], repo, member PDA [w], system program
+ * (+ the four NFT accounts) */
 static uint64_t add_member(SolParameters *p) {
   if (p->data_len != 33) return E_INVALID_INSTRUCTION_DATA;
   if (p->ka_num < 4) return E_NOT_ENOUGH_ACCOUNTS;
-  Repo *r;
-  uint64_t rc = owner_repo(p, false, &r);
+  Ctl c = {NULL, NULL, 4};
+  uint64_t rc = control(p, false, &c);
   if (rc) return rc;
+  Repo *r = c.repo;
   if (!p->ka[0].is_writable) return E_ACCOUNT_NOT_WRITABLE;
   if (!is_system_program(&p->ka[3])) return E_INVALID_SYSTEM_PROGRAM;
   if (sol_pubkey_eq(p->ka[2].owner, p->program_id)) return E_MEMBER_ALREADY_EXISTS;
@@ -397,14 +624,15 @@ static uint64_t add_member(SolParameters *p) {
   return 0;
 }
 
-/* remove_member(member[32]); accounts: owner [s,w], repo, member PDA [w]. Closes the record
- * and refunds its rent to the owner. */
+/* remove_member(member[32]); accounts: owner [s,w], repo, member PDA [w] (+ the four NFT
+ * accounts). Closes the record and refunds its rent to the owner (holder). */
 static uint64_t remove_member(SolParameters *p) {
   if (p->data_len != 33) return E_INVALID_INSTRUCTION_DATA;
   if (p->ka_num < 3) return E_NOT_ENOUGH_ACCOUNTS;
-  Repo *r;
-  uint64_t rc = owner_repo(p, false, &r);
+  Ctl c = {NULL, NULL, 3};
+  uint64_t rc = control(p, false, &c);
   if (rc) return rc;
+  Repo *r = c.repo;
   SolAccountInfo *m = &p->ka[2];
   if (!as_member(m, p->program_id, r->repo_id, p->data + 1)) return E_NOT_A_MEMBER;
   if (!p->ka[0].is_writable || !m->is_writable) return E_ACCOUNT_NOT_WRITABLE;
@@ -417,7 +645,8 @@ static uint64_t remove_member(SolParameters *p) {
 /* anchor_commit(body_digest[32], kind u8, flags u8, n u8, branch[32], parents[n][32],
  *               commitment[64] if flags & 1)
  * accounts: author [s,w], repo [w], commit PDA [w], author's member PDA (owner: any, e.g. the
- * repo), instructions sysvar, system program, parent commit PDAs (same order as parents).
+ * repo), instructions sysvar, system program, parent commit PDAs (same order as parents)
+ * (+ the four NFT accounts: a member may pass any account as the holder token account).
  * The anchored hash is commit_hash(author, kind, parents, body_digest), recomputed here; the
  * author's signature over it must be proven. */
 static uint64_t anchor_commit(SolParameters *p) {
@@ -440,9 +669,15 @@ static uint64_t anchor_commit(SolParameters *p) {
   Repo *r = as_repo(&p->ka[1], p->program_id);
   if (!r) return E_INVALID_REPO_ACCOUNT;
   if (!p->ka[1].is_writable) return E_ACCOUNT_NOT_WRITABLE;
-  bool is_owner = sol_bytes_eq(author->key, r->owner, 32);
+  Ctl ctl = {r, NULL, 6 + n};
+  rc = nft_accounts(p, &ctl);
+  if (rc) return rc;
+  bool is_owner = ctl.nft ? holds(&p->ka[ctl.t], r->mint, author->key->x)
+                          : sol_bytes_eq(author->key, r->owner, 32);
   if (!is_owner && !as_member(&p->ka[3], p->program_id, r->repo_id, author->key->x))
-    return E_NOT_A_MEMBER;
+    /* the repo in the member slot claims the owner's path */
+    return ctl.nft && sol_pubkey_eq(p->ka[3].key, p->ka[1].key) ? E_NOT_HOLDER : E_NOT_A_MEMBER;
+  if (is_owner && ctl.nft) record_holder(ctl.nft, author->key->x);
   if (!is_system_program(&p->ka[5])) return E_INVALID_SYSTEM_PROGRAM;
   if (has_duplicate(parents, n)) return E_DUPLICATE_PARENT;
   for (uint64_t k = 0; k < n; k++)
@@ -478,14 +713,16 @@ static uint64_t anchor_commit(SolParameters *p) {
   if (slot >= 0) {
     memcpy(r->branches[slot].name, branch, 32);
     memcpy(r->branches[slot].head, hash, 32);
+    rc = update_head_field(p, &ctl, branch, hash);
+    if (rc) return rc;
   }
-  return 0;
+  return return_accumulator(r);
 }
 
 /* merge(body_digest[32], flags u8, n u8, branch[32], inputs[n][32], weights[n] u64,
  *       commitment[64] if flags & 1)
  * accounts: owner [s,w], repo [w], commit PDA [w], instructions sysvar, system program,
- * input commit PDAs (same order as inputs). The merge commit hash is recomputed as
+ * input commit PDAs (same order as inputs) (+ the four NFT accounts). The merge commit hash is recomputed as
  * commit_hash(owner, merge, inputs, body_digest): inputs are its parents in the commit's order. */
 static uint64_t merge(SolParameters *p) {
   const uint8_t *d = p->data;
@@ -500,9 +737,10 @@ static uint64_t merge(SolParameters *p) {
   const uint8_t *weights = inputs + 32 * n;
   const uint8_t *commitment = g1 ? weights + 8 * n : NULL;
 
-  Repo *r;
-  uint64_t rc = owner_repo(p, true, &r);
+  Ctl ctl = {NULL, NULL, 5 + n};
+  uint64_t rc = control(p, true, &ctl);
   if (rc) return rc;
+  Repo *r = ctl.repo;
   if (!p->ka[0].is_writable) return E_ACCOUNT_NOT_WRITABLE;
   if (!is_system_program(&p->ka[4])) return E_INVALID_SYSTEM_PROGRAM;
   if (sol_is_zero(branch, 32)) return E_INVALID_BRANCH;
@@ -536,17 +774,21 @@ static uint64_t merge(SolParameters *p) {
   if (rc) return rc;
   memcpy(r->branches[slot].name, branch, 32);
   memcpy(r->branches[slot].head, hash, 32);
-  return 0;
+  rc = update_head_field(p, &ctl, branch, hash);
+  if (rc) return rc;
+  return return_accumulator(r);
 }
 
-/* set_head(branch[32], commit_hash[32]); accounts: owner [s], repo [w], commit PDA.
- * A zero commit_hash deletes the branch (the commit account is then not read). */
+/* set_head(branch[32], commit_hash[32]); accounts: owner [s], repo [w], commit PDA (+ the four
+ * NFT accounts). A zero commit_hash deletes the branch (the commit account is then not read;
+ * the metadata "head" field of a deleted tracked branch keeps its last value). */
 static uint64_t set_head(SolParameters *p) {
   if (p->data_len != 65) return E_INVALID_INSTRUCTION_DATA;
   if (p->ka_num < 3) return E_NOT_ENOUGH_ACCOUNTS;
-  Repo *r;
-  uint64_t rc = owner_repo(p, true, &r);
+  Ctl ctl = {NULL, NULL, 3};
+  uint64_t rc = control(p, true, &ctl);
   if (rc) return rc;
+  Repo *r = ctl.repo;
   const uint8_t *branch = p->data + 1, *hash = p->data + 33;
   if (sol_is_zero(branch, 32)) return E_INVALID_BRANCH;
   int64_t slot;
@@ -561,6 +803,72 @@ static uint64_t set_head(SolParameters *p) {
   if (rc) return rc;
   memcpy(r->branches[slot].name, branch, 32);
   memcpy(r->branches[slot].head, hash, 32);
+  return update_head_field(p, &ctl, branch, hash);
+}
+
+/* bind_nft(share_bps u16, flags u8, head_branch[32]); accounts: owner [s,w], repo [w],
+ * nft PDA [w], mint, holder token account, system program. Binds the repository, once, to a
+ * Token-2022 NFT (mint_ok) that the owner holds; from then on the holder controls the repo. */
+static uint64_t bind_nft(SolParameters *p) {
+  if (p->data_len != 36) return E_INVALID_INSTRUCTION_DATA;
+  if (p->ka_num < 6) return E_NOT_ENOUGH_ACCOUNTS;
+  uint64_t share = sol_read_u16(p->data + 1), flags = p->data[3];
+  const uint8_t *head_branch = p->data + 4;
+  if (flags & ~(uint64_t)FLAG_SHARE_LOCKED) return E_INVALID_INSTRUCTION_DATA;
+  if (share > MAX_SHARE_BPS) return E_INVALID_SHARE;
+  if (sol_is_zero(head_branch, 32)) return E_INVALID_BRANCH;
+  uint64_t rc = check_signer(&p->ka[0], true);
+  if (rc) return rc;
+  Repo *r = as_repo(&p->ka[1], p->program_id);
+  if (!r) return E_INVALID_REPO_ACCOUNT;
+  if (!p->ka[1].is_writable) return E_ACCOUNT_NOT_WRITABLE;
+  if (!sol_is_zero(r->mint, 32) || sol_pubkey_eq(p->ka[2].owner, p->program_id))
+    return E_NFT_ALREADY_BOUND;
+  if (!sol_bytes_eq(p->ka[0].key, r->owner, 32)) return E_NOT_OWNER;
+  if (!is_system_program(&p->ka[5])) return E_INVALID_SYSTEM_PROGRAM;
+  const SolAccountInfo *mint = &p->ka[3];
+  if (!mint_ok(mint, &p->ka[1], r->repo_id)) return E_INVALID_MINT;
+  if (!holds(&p->ka[4], mint->key->x, p->ka[0].key->x)) return E_NOT_HOLDER;
+  PdaSpec spec = {{{(const uint8_t *)"nft", 3}, {r->repo_id, 32}}, 2, sizeof(Nft)};
+  uint8_t bump;
+  rc = create_pda(p, 2, &spec, &bump);
+  if (rc) return rc;
+  Nft *n = (Nft *)p->ka[2].data;
+  n->tag = TAG_NFT;
+  n->version = LAYOUT_VERSION;
+  n->bump = bump;
+  n->flags = (uint8_t)flags;
+  memcpy(n->repo_id, r->repo_id, 32);
+  memcpy(n->mint, mint->key, 32);
+  memcpy(n->holder, p->ka[0].key, 32);
+  memcpy(n->head_branch, head_branch, 32);
+  n->share_bps = (uint16_t)share;
+  memcpy(r->mint, mint->key, 32);
+  return 0;
+}
+
+/* The repo at ka[repo] and its nft record at ka[repo + 1] (NFT-bound repos only). */
+static uint64_t nft_record(SolParameters *p, uint64_t repo, Repo **r, Nft **n) {
+  *r = as_repo(&p->ka[repo], p->program_id);
+  if (!*r) return E_INVALID_REPO_ACCOUNT;
+  if (sol_is_zero((*r)->mint, 32)) return E_INVALID_NFT_ACCOUNT;
+  *n = as_nft(&p->ka[repo + 1], p->program_id, *r);
+  return *n ? 0 : E_INVALID_NFT_ACCOUNT;
+}
+
+/* sync_holder(); accounts: repo, nft [w], holder token account. Permissionless: records the
+ * owner of a token account that holds the NFT (after a plain Token-2022 transfer). */
+static uint64_t sync_holder(SolParameters *p) {
+  if (p->data_len != 1) return E_INVALID_INSTRUCTION_DATA;
+  if (p->ka_num < 3) return E_NOT_ENOUGH_ACCOUNTS;
+  Repo *r;
+  Nft *n;
+  uint64_t rc = nft_record(p, 0, &r, &n);
+  if (rc) return rc;
+  if (!p->ka[1].is_writable) return E_ACCOUNT_NOT_WRITABLE;
+  const uint8_t *t = token_account(&p->ka[2], r->mint);
+  if (!t || sol_read_u64(t + 64) != 1) return E_NOT_HOLDER;
+  record_holder(n, t + 32);
   return 0;
 }
 
@@ -577,6 +885,8 @@ uint64_t entrypoint(const uint8_t *input) {
   case IX_ANCHOR_COMMIT: return anchor_commit(&p);
   case IX_MERGE: return merge(&p);
   case IX_SET_HEAD: return set_head(&p);
+  case IX_BIND_NFT: return bind_nft(&p);
+  case IX_SYNC_HOLDER: return sync_holder(&p);
   default: return E_INVALID_INSTRUCTION;
   }
 }

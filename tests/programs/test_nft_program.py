@@ -1,0 +1,376 @@
+"""Issue 14 on chain: repositories bound to a Token-2022 NFT (LiteSVM, the real Token-2022 program,
+our compiled federity program). The holder controls the repository; the program keeps the mint's
+metadata "head" field on the tracked branch's head; bad mints, fake NFTs and former holders are
+refused with their own error codes."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pytest
+from solders.instruction import AccountMeta, Instruction
+from solders.keypair import Keypair
+from solders.pubkey import Pubkey
+from solders.system_program import CreateAccountParams, create_account
+
+from fednode.chain.backend import ChainError, LiteSVMBackend, TxResult
+from fednode.chain.client import FederityClient
+from fednode.chain.nftmint import mint_nft_instructions
+from fednode.chain.program import FederityProgram, NftRef, ed25519_proof, token_account_address
+from programs.build import build
+from protocol import chain as layout
+from protocol import token2022 as tok
+from protocol.chain import ErrorCode as E
+from protocol.chain import Kind
+from protocol.multiformats import CID, DAG_CBOR
+from protocol.objects import Commit
+
+PROGRAM_ID = Keypair.from_seed(bytes([9]) * 32).pubkey()
+OWNER, BOB, CAROL, MALLORY = (Keypair.from_seed(bytes([i]) * 32) for i in (11, 12, 13, 14))
+
+
+@pytest.fixture(scope="session")
+def elf(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return Path(build(tmp_path_factory.mktemp("nft-programs"))[3]).read_bytes()
+
+
+def h(label: str) -> bytes:
+    return hashlib.sha256(label.encode()).digest()
+
+
+def genesis_of(author: Keypair, name: str) -> Commit:
+    info = {"settings": {"name": name, "scale_bits": 16, "snapshot_interval": 8}}
+    unsigned = Commit(repo=None, parents=(), kind="init", weights=CID.hash(DAG_CBOR, name.encode()),
+                      author=bytes(author.pubkey()), time_ms=1, message=name, info=info, parent_hashes=())
+    return replace(unsigned, sig=bytes(author.sign_message(unsigned.commit_hash())))
+
+
+def rejects(code: E, action: Callable[[], object]) -> ChainError:
+    with pytest.raises(ChainError) as info:
+        action()
+    assert info.value.code == code, f"expected {code!r}, got {info.value} {info.value.logs[-4:]}"
+    return info.value
+
+
+@dataclass
+class Chain:
+    """One repository (created by OWNER, genesis anchored on main) and helpers to mint its NFT."""
+
+    backend: LiteSVMBackend
+    client: FederityClient
+    repo_id: bytes
+    hashes: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def program(self) -> FederityProgram:
+        return self.client.program
+
+    def rent(self, size: int) -> int:
+        return int(self.backend.svm.minimum_balance_for_rent_exemption(size))
+
+    def mint_ixs(self, payer: Keypair, mint: Keypair, *, repo_id: bytes | None = None,
+                 authority: Pubkey | None = None, head: bytes | None = None) -> list[Instruction]:
+        rid = repo_id or self.repo_id
+        fields = {"repo": rid.hex(), "head": (head or rid).hex()}
+        return mint_nft_instructions(payer.pubkey(), mint.pubkey(), authority or self.program.repo_address(rid),
+                                     "model", "FED", "ipfs://bafy", fields, self.rent)
+
+    def mint(self, payer: Keypair = OWNER, ixs: list[Instruction] | None = None,
+             mint: Keypair | None = None) -> tuple[Pubkey, TxResult]:
+        mint = mint or Keypair()
+        tx = self.backend.send(ixs if ixs is not None else self.mint_ixs(payer, mint), [payer, mint])
+        return mint.pubkey(), tx
+
+    def metadata(self, mint: Pubkey) -> tok.TokenMetadata:
+        data = self.backend.account_data(mint)
+        assert data is not None
+        meta = tok.decode_mint(data).metadata
+        assert meta is not None
+        return meta
+
+    def head_field(self, mint: Pubkey) -> str | None:
+        return self.metadata(mint).field("head")
+
+    def nft(self) -> layout.NftAccount:
+        nft = self.client.nft(self.repo_id)
+        assert nft is not None
+        return nft
+
+    def anchor(self, author: Keypair, label: str, parents: Sequence[bytes], branch: str | None = "main",
+               nft: NftRef | None = None) -> bytes:
+        commit = layout.commit_hash(bytes(author.pubkey()), Kind.UPDATE, parents, h(label))
+        self.client.anchor_commit(author, self.repo_id, h(label), bytes(author.sign_message(commit)),
+                                  kind=Kind.UPDATE, branch=branch, parents=parents)
+        self.hashes[label] = commit
+        return commit
+
+    def anchor_ix(self, author: Keypair, label: str, parents: Sequence[bytes], nft: NftRef | None,
+                  as_owner: bool) -> list[Instruction]:
+        body = layout.AnchorCommit(h(label), Kind.UPDATE, layout.branch_hash("main"), tuple(parents))
+        commit = body.commit_hash(bytes(author.pubkey()))
+        return [ed25519_proof(author.pubkey(), bytes(author.sign_message(commit)), commit),
+                self.program.anchor_commit(author.pubkey(), self.repo_id, body, as_owner=as_owner, nft=nft)]
+
+    def merge_ix(self, signer: Keypair, label: str, inputs: Sequence[bytes], weights: Sequence[int],
+                 nft: NftRef | None, branch: str = "main") -> list[Instruction]:
+        body = layout.Merge(h(label), layout.branch_hash(branch), tuple(inputs), tuple(weights))
+        commit = body.commit_hash(bytes(signer.pubkey()))
+        self.hashes[label] = commit
+        return [ed25519_proof(signer.pubkey(), bytes(signer.sign_message(commit)), commit),
+                self.program.merge(signer.pubkey(), self.repo_id, body, nft=nft)]
+
+    def merge(self, signer: Keypair, label: str, inputs: Sequence[bytes], weights: Sequence[int],
+              branch: str = "main") -> TxResult:
+        nft = self.client.nft_ref(self.repo_id, signer.pubkey())
+        return self.backend.send(self.merge_ix(signer, label, inputs, weights, nft, branch), [signer])
+
+    def transfer(self, source: Keypair, to: Pubkey, mint: Pubkey) -> None:
+        """A plain Token-2022 transfer of the NFT (no federity instruction)."""
+        ixs = [tok.create_associated_token_account_idempotent(source.pubkey(), to, mint),
+               tok.transfer_checked(token_account_address(source.pubkey(), mint), mint,
+                                    token_account_address(to, mint), source.pubkey(), 1, 0)]
+        self.backend.send(ixs, [source])
+
+
+def make_chain(elf: bytes) -> Chain:
+    backend = LiteSVMBackend()
+    backend.deploy(PROGRAM_ID, elf)
+    for kp in (OWNER, BOB, CAROL, MALLORY):
+        backend.airdrop(kp.pubkey(), 10**11)
+    client = FederityClient(backend, PROGRAM_ID)
+    genesis = genesis_of(OWNER, "nft-repo")
+    rid = genesis.commit_hash()
+    client.create_repo(OWNER, rid, genesis.body_digest(), genesis.sig)
+    client.anchor_commit(OWNER, rid, genesis.body_digest(), genesis.sig, kind=Kind.INIT, branch="main")
+    return Chain(backend, client, rid)
+
+
+@pytest.fixture
+def chain(elf: bytes) -> Chain:
+    return make_chain(elf)
+
+
+@pytest.fixture
+def bound(chain: Chain) -> tuple[Chain, Pubkey]:
+    """The repository bound to its NFT, held by OWNER, "head" following main."""
+    mint, _ = chain.mint()
+    chain.client.bind_nft(OWNER, chain.repo_id, mint, share_bps=1000)
+    return chain, mint
+
+
+# --- bind, head field ------------------------------------------------------------------------------
+
+
+def test_create_repo_refuses_a_mint(chain: Chain) -> None:
+    genesis = genesis_of(BOB, "other")
+    rejects(E.INVALID_MINT, lambda: chain.client.create_repo(BOB, genesis.commit_hash(), genesis.body_digest(),
+                                                             genesis.sig, h("mint")))
+    assert chain.client.repo(genesis.commit_hash()) is None
+
+
+def test_bind_then_metadata_head_follows_the_tracked_branch(chain: Chain) -> None:
+    mint, mint_tx = chain.mint()
+    rid = chain.repo_id
+    assert chain.head_field(mint) == rid.hex()  # the genesis, set by the minter
+    bind = chain.client.bind_nft(OWNER, rid, mint, share_bps=250, lock_share=True)
+    repo, nft = chain.client.repo(rid), chain.nft()
+    assert repo is not None and repo.mint == bytes(mint)
+    assert (nft.mint, nft.holder, nft.repo_id) == (bytes(mint), bytes(OWNER.pubkey()), rid)
+    assert (nft.share_bps, nft.share_locked, nft.sale_seq, nft.contributors) == (250, True, 0, ())
+    assert nft.head_branch == layout.branch_hash("main")
+    print(f"\nCU: mint tx {mint_tx.compute_units}, bind_nft {bind.compute_units}, "
+          f"total {mint_tx.compute_units + bind.compute_units}")
+
+    u1 = chain.anchor(OWNER, "u1", [rid])  # owner's fast-forward of main
+    assert chain.head_field(mint) == u1.hex()
+    chain.client.add_member(OWNER, rid, BOB.pubkey())
+    b1 = chain.anchor(BOB, "b1", [u1], branch=None)
+    merged = chain.merge(OWNER, "m1", [u1, b1], [1, 2])
+    print(f"CU: merge of 2 with the head update {merged.compute_units}")
+    assert chain.head_field(mint) == chain.hashes["m1"].hex()
+    chain.client.set_head(OWNER, rid, "main", u1)  # revert
+    assert chain.head_field(mint) == u1.hex()
+    chain.client.set_head(OWNER, rid, "dev", b1)  # another branch: the field stays
+    assert chain.head_field(mint) == u1.hex()
+    chain.client.delete_branch(OWNER, rid, "main")  # deleting the tracked branch leaves it
+    assert chain.head_field(mint) == u1.hex()
+    meta = chain.metadata(mint)
+    assert (meta.name, meta.uri, meta.field("repo")) == ("model", "ipfs://bafy", rid.hex())
+    assert meta.update_authority == chain.program.repo_address(rid)
+    assert chain.nft().sale_seq == 0  # the holder never changed
+
+
+def test_metadata_is_updated_by_the_program_only(bound: tuple[Chain, Pubkey]) -> None:
+    chain, mint = bound
+    forged = tok.update_field(mint, OWNER.pubkey(), "head", "00" * 32)
+    with pytest.raises(ChainError):  # the minter is no longer the update authority
+        chain.backend.send([forged], [OWNER])
+    assert chain.head_field(mint) == chain.repo_id.hex()
+
+
+def test_second_bind_or_second_mint_refused(bound: tuple[Chain, Pubkey]) -> None:
+    chain, mint = bound
+    rejects(E.NFT_ALREADY_BOUND, lambda: chain.client.bind_nft(OWNER, chain.repo_id, mint))
+    second, _ = chain.mint()  # a perfectly good second NFT of the same repository
+    rejects(E.NFT_ALREADY_BOUND, lambda: chain.client.bind_nft(OWNER, chain.repo_id, second))
+    assert chain.nft().mint == bytes(mint)
+
+
+def _bad_mint_cases() -> dict[str, Callable[[Chain, Keypair], list[Instruction]]]:
+    def freeze(c: Chain, m: Keypair) -> list[Instruction]:
+        ixs = c.mint_ixs(OWNER, m)
+        ixs[2] = tok.initialize_mint2(m.pubkey(), 0, OWNER.pubkey(), OWNER.pubkey())
+        return ixs
+
+    def keep_authority(c: Chain, m: Keypair) -> list[Instruction]:
+        return c.mint_ixs(OWNER, m)[:-1]
+
+    def supply_two(c: Chain, m: Keypair) -> list[Instruction]:
+        ixs = c.mint_ixs(OWNER, m)
+        ixs[-2] = tok.mint_to_checked(m.pubkey(), token_account_address(OWNER.pubkey(), m.pubkey()),
+                                      OWNER.pubkey(), 2, 0)
+        return ixs
+
+    def permanent_delegate(c: Chain, m: Keypair) -> list[Instruction]:
+        ixs = c.mint_ixs(OWNER, m)
+        space = tok.mint_space([tok.Ext.METADATA_POINTER, tok.Ext.PERMANENT_DELEGATE])
+        ixs[0] = create_account(CreateAccountParams(from_pubkey=OWNER.pubkey(), to_pubkey=m.pubkey(),
+                                                    lamports=c.rent(space + 400), space=space,
+                                                    owner=tok.TOKEN_2022_PROGRAM_ID))
+        delegate = Instruction(tok.TOKEN_2022_PROGRAM_ID, bytes([35]) + bytes(MALLORY.pubkey()),
+                               [AccountMeta(m.pubkey(), False, True)])
+        return [ixs[0], delegate, *ixs[1:]]
+
+    def mint_close_authority(c: Chain, m: Keypair) -> list[Instruction]:
+        ixs = permanent_delegate(c, m)
+        ixs[0] = create_account(CreateAccountParams(
+            from_pubkey=OWNER.pubkey(), to_pubkey=m.pubkey(), lamports=c.rent(900),
+            space=tok.mint_space([tok.Ext.METADATA_POINTER, tok.Ext.MINT_CLOSE_AUTHORITY]),
+            owner=tok.TOKEN_2022_PROGRAM_ID))
+        ixs[1] = Instruction(tok.TOKEN_2022_PROGRAM_ID, bytes([25, 1]) + bytes(MALLORY.pubkey()),
+                             [AccountMeta(m.pubkey(), False, True)])
+        return ixs
+
+    def authority_not_pda(c: Chain, m: Keypair) -> list[Instruction]:
+        return c.mint_ixs(OWNER, m, authority=OWNER.pubkey())
+
+    def other_repo(c: Chain, m: Keypair) -> list[Instruction]:
+        ixs = c.mint_ixs(OWNER, m)  # update authority: our repo PDA, but "repo" names another
+        fields = {"repo": h("another repo").hex(), "head": c.repo_id.hex()}
+        other = mint_nft_instructions(OWNER.pubkey(), m.pubkey(), c.program.repo_address(c.repo_id), "model",
+                                      "FED", "ipfs://bafy", fields, c.rent)
+        assert len(other) == len(ixs)
+        return other
+
+    def pointer_elsewhere(c: Chain, m: Keypair) -> list[Instruction]:
+        ixs = c.mint_ixs(OWNER, m)
+        ixs[1] = tok.initialize_metadata_pointer(m.pubkey(), OWNER.pubkey(), MALLORY.pubkey())
+        return ixs
+
+    return {f.__name__: f for f in (freeze, keep_authority, supply_two, permanent_delegate, mint_close_authority,
+                                    authority_not_pda, other_repo, pointer_elsewhere)}
+
+
+@pytest.mark.parametrize("case", sorted(_bad_mint_cases()))
+def test_bind_refuses_unclean_mints(chain: Chain, case: str) -> None:
+    m = Keypair()
+    ixs = _bad_mint_cases()[case](chain, m)
+    chain.backend.send(ixs, [OWNER, m])  # Token-2022 accepts every one of these mints
+    rejects(E.INVALID_MINT, lambda: chain.client.bind_nft(OWNER, chain.repo_id, m.pubkey()))
+    repo = chain.client.repo(chain.repo_id)
+    assert repo is not None and repo.mint == layout.ZERO32 and chain.client.nft(chain.repo_id) is None
+    good, _ = chain.mint()  # and the repository can still be bound to a clean one
+    chain.client.bind_nft(OWNER, chain.repo_id, good)
+
+
+def test_bind_requires_the_owner_holding_it(chain: Chain) -> None:
+    mint, _ = chain.mint()
+    rejects(E.NOT_OWNER, lambda: chain.backend.send([chain.program.bind_nft(
+        BOB.pubkey(), chain.repo_id, mint, token_account_address(OWNER.pubkey(), mint), 0, False, "main")], [BOB]))
+    chain.transfer(OWNER, BOB.pubkey(), mint)  # the owner no longer holds it
+    rejects(E.NOT_HOLDER, lambda: chain.client.bind_nft(OWNER, chain.repo_id, mint))
+
+
+# --- control -----------------------------------------------------------------------------------------
+
+
+def test_new_holder_controls_the_repository_after_transfer_and_sync(bound: tuple[Chain, Pubkey]) -> None:
+    chain, mint = bound
+    rid = chain.repo_id
+    chain.client.add_member(OWNER, rid, CAROL.pubkey())
+    c1 = chain.anchor(CAROL, "c1", [rid], branch=None)
+    chain.transfer(OWNER, BOB.pubkey(), mint)
+    chain.client.sync_holder(MALLORY, rid, BOB.pubkey())  # permissionless
+    assert (chain.nft().holder, chain.nft().sale_seq) == (bytes(BOB.pubkey()), 1)
+    chain.client.sync_holder(MALLORY, rid, BOB.pubkey())  # idempotent
+    assert chain.nft().sale_seq == 1
+
+    chain.client.add_member(BOB, rid, MALLORY.pubkey())
+    chain.client.remove_member(BOB, rid, MALLORY.pubkey())
+    chain.client.set_head(BOB, rid, "main", c1)
+    assert chain.head_field(mint) == c1.hex()
+    chain.merge(BOB, "m", [c1], [3])
+    assert chain.head_field(mint) == chain.hashes["m"].hex()
+    b2 = chain.anchor(BOB, "b2", [chain.hashes["m"]])  # the holder's own anchor moves main
+    assert chain.head_field(mint) == b2.hex()
+
+    owner_ref = NftRef(mint, token_account_address(OWNER.pubkey(), mint))
+    rejects(E.NOT_HOLDER, lambda: chain.client.add_member(OWNER, rid, MALLORY.pubkey()))
+    rejects(E.NOT_HOLDER, lambda: chain.client.remove_member(OWNER, rid, CAROL.pubkey()))
+    rejects(E.NOT_HOLDER, lambda: chain.client.set_head(OWNER, rid, "main", rid))
+    rejects(E.NOT_HOLDER, lambda: chain.backend.send(chain.merge_ix(OWNER, "om", [c1], [1], owner_ref), [OWNER]))
+    late = chain.anchor_ix(OWNER, "late", [b2], owner_ref, as_owner=True)  # the owner's path: repo as member
+    rejects(E.NOT_HOLDER, lambda: chain.backend.send(late, [OWNER]))
+    rejects(E.NOT_A_MEMBER, lambda: chain.anchor(OWNER, "late", [b2]))  # the client takes the member path
+    assert chain.head_field(mint) == b2.hex()
+    assert chain.client.is_member(rid, CAROL.pubkey()) and not chain.client.is_member(rid, MALLORY.pubkey())
+    chain.anchor(CAROL, "c2", [b2])  # members keep anchoring (fast-forward of main)
+    assert chain.head_field(mint) == chain.hashes["c2"].hex()
+
+
+def test_holder_acts_without_sync_and_is_recorded(bound: tuple[Chain, Pubkey]) -> None:
+    chain, mint = bound
+    chain.transfer(OWNER, BOB.pubkey(), mint)
+    assert chain.nft().holder == bytes(OWNER.pubkey())  # nobody told the program yet
+    chain.client.set_head(BOB, chain.repo_id, "dev", chain.repo_id)
+    assert (chain.nft().holder, chain.nft().sale_seq) == (bytes(BOB.pubkey()), 1)
+
+
+def test_token_account_of_amount_zero_is_refused(bound: tuple[Chain, Pubkey]) -> None:
+    chain, mint = bound
+    rid = chain.repo_id
+    chain.backend.send([tok.create_associated_token_account_idempotent(BOB.pubkey(), BOB.pubkey(), mint)], [BOB])
+    rejects(E.NOT_HOLDER, lambda: chain.client.set_head(BOB, rid, "main", rid))
+    rejects(E.NOT_HOLDER, lambda: chain.client.sync_holder(BOB, rid, BOB.pubkey()))
+    chain.transfer(OWNER, BOB.pubkey(), mint)  # now OWNER's account is the empty one
+    rejects(E.NOT_HOLDER, lambda: chain.client.add_member(OWNER, rid, CAROL.pubkey()))
+    assert chain.nft().holder == bytes(OWNER.pubkey())
+
+
+def test_fake_nft_and_wrong_accounts_are_refused(bound: tuple[Chain, Pubkey]) -> None:
+    chain, mint = bound
+    rid = chain.repo_id
+    m = Keypair()
+    fake, _ = chain.mint(MALLORY, chain.mint_ixs(MALLORY, m), m)  # identical metadata, another mint
+    assert chain.metadata(fake).field("repo") == rid.hex()
+    fake_ref = NftRef(fake, token_account_address(MALLORY.pubkey(), fake))
+    rejects(E.INVALID_NFT_ACCOUNT, lambda: chain.client.set_head(MALLORY, rid, "main", rid, nft=fake_ref))
+    real_mint_fake_token = NftRef(mint, fake_ref.holder_token)
+    rejects(E.NOT_HOLDER, lambda: chain.client.set_head(MALLORY, rid, "main", rid, nft=real_mint_fake_token))
+    rejects(E.NOT_HOLDER, lambda: chain.backend.send([chain.program.sync_holder(rid, fake_ref.holder_token)],
+                                                     [MALLORY]))
+    bare = chain.program.set_head(OWNER.pubkey(), rid, layout.branch_hash("main"), rid)  # no NFT accounts
+    rejects(E.MISSING_NFT_ACCOUNTS, lambda: chain.backend.send([bare], [OWNER]))
+    good = chain.client.nft_ref(rid, OWNER.pubkey())
+    assert good is not None
+    ix = chain.program.set_head(OWNER.pubkey(), rid, layout.branch_hash("main"), rid, nft=good)
+    metas = list(ix.accounts)
+    metas[6] = AccountMeta(tok.ASSOCIATED_TOKEN_PROGRAM_ID, False, False)
+    rejects(E.INVALID_TOKEN_PROGRAM, lambda: chain.backend.send([Instruction(PROGRAM_ID, ix.data, metas)], [OWNER]))
+    metas = list(ix.accounts)
+    metas[4] = AccountMeta(chain.program.repo_address(rid), False, True)
+    rejects(E.INVALID_NFT_ACCOUNT, lambda: chain.backend.send([Instruction(PROGRAM_ID, ix.data, metas)], [OWNER]))
+    assert chain.nft().holder == bytes(OWNER.pubkey())
