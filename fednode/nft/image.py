@@ -80,12 +80,12 @@ def _chart(canvas: Canvas, series: tuple[float, ...]) -> None:
         canvas.rect(left, y, right, y, GRID)
     canvas.rect(left, top, left, bottom, GRID)
     canvas.rect(right, top, right, bottom, GRID)
-    low, high = min(series), max(series)
+    low, high = min(series) / 2, max(series) / 2  # halves: the span of two finite floats stays finite
     span = high - low
 
     def point(i: int, value: float) -> tuple[int, int]:
         x = left + 2 + (round(i * (right - left - 5) / (len(series) - 1)) if len(series) > 1 else (right - left) // 2)
-        frac = (value - low) / span if span > 0 else 0.5
+        frac = (value / 2 - low) / span if span > 0 else 0.5
         return x, bottom - 3 - round(frac * (bottom - top - 6))
 
     points = [point(i, v) for i, v in enumerate(series)]

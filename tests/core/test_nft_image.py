@@ -98,6 +98,11 @@ def test_a_private_repositorys_image_shows_the_name_only() -> None:
     assert all(LINE not in row for row in rows)
 
 
+def test_extreme_values_draw() -> None:
+    for series in ((1e308, -1e308, 0.0), (5e-324, 0.0), (3.0,), (2.0, 2.0, 2.0)):
+        read_png(render_image(replace(PUBLIC, series=series)))
+
+
 def test_long_names_are_cut_to_the_image() -> None:
     png = render_image(replace(PUBLIC, name="x" * 1024))
     _, _, rows = read_png(png)
