@@ -15,6 +15,7 @@ from fednode.nft import font
 from fednode.nft.image import BACKGROUND, CHART, LINE, PALETTE, SIZE, TEXT, render_image
 from fednode.nft.png import deflate, encode_png
 from fednode.nft.summary import RepoSummary
+from protocol.unixfs import add_bytes
 
 PUBLIC = RepoSummary(name="cancer-classifier", repo_id=bytes(range(32)), head=bytes(32), private=False,
                      commits=12, contributors=3, metric="loss", series=(0.9, 0.6, 0.4, 0.35, 0.3),
@@ -84,6 +85,14 @@ def test_deterministic_and_follows_the_series() -> None:
     assert changed and all(top <= y <= bottom or y >= 444 for y in changed)  # the chart (and the MIN/MAX line)
     assert render_image(replace(PUBLIC, name="another")) != png
     assert render_image(replace(PUBLIC, series=(), metric=None)) != png  # "NO METRICS RECORDED"
+
+
+def test_the_bytes_are_pinned() -> None:
+    """Golden CIDs: a change of these bytes (the drawing, the font, our deflate) changes every NFT's
+    image CID, so it must be deliberate; and no zlib build or platform can change them."""
+    assert str(add_bytes(render_image(PUBLIC))) == "bafkreiepcl4sainfpdnuiuyrhb7ilhbkqoggsnc6ygnltsgz3wma54rnvu"
+    private = render_image(replace(PUBLIC, private=True))
+    assert str(add_bytes(private)) == "bafkreiar4tca6wzk7k33ajcxjtfwpowzucgr2fidmw7ylzqk3qo6e7r5ra"
 
 
 def test_a_private_repositorys_image_shows_the_name_only() -> None:
