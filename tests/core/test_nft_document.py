@@ -199,3 +199,23 @@ def test_document_from_refuses_what_the_reader_would(public: tuple[History, Repo
     bad = summary.__class__(**{**summary.__dict__, "name": "evil\x00name"})
     with pytest.raises(FednodeError, match="cannot make the NFT metadata document: .*control"):
         document_from(bad, IMAGE)
+
+
+GOLDEN = (
+    '{"attributes":[{"trait_type":"repository","value":"000102030405060708090a0b0c0d0e0f101112131415161718191a1b'
+    '1c1d1e1f"},{"trait_type":"head","value":"202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"},'
+    '{"trait_type":"commits","value":3},{"trait_type":"contributors","value":2},{"trait_type":"license","value":'
+    '"MIT"},{"trait_type":"visibility","value":"public"},{"trait_type":"metric:loss","value":0.5}],"description":'
+    '"demo: a federated model on fednode, 3 commits by 2 contributors. Whoever holds this NFT controls the '
+    'repository: its merges, its heads and its members.","image":"IMG","name":"demo","properties":{"category":'
+    '"image","files":[{"type":"image/png","uri":"IMG"}]},"symbol":"FED"}'
+)
+
+
+def test_the_bytes_are_pinned() -> None:
+    """The exact bytes of one document: a change alters every future NFT's CID, so it must be deliberate."""
+    from fednode.nft.summary import RepoSummary
+
+    summary = RepoSummary(name="demo", repo_id=bytes(range(32)), head=bytes(range(32, 64)), private=False,
+                          commits=3, contributors=2, metric="loss", series=(1.0, 0.5), latest=(("loss", 0.5),))
+    assert encode_document(document_from(summary, IMAGE, "MIT")) == GOLDEN.replace("IMG", IMAGE).encode()
