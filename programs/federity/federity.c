@@ -562,6 +562,93 @@ static bool mint_ok(const SolAccountInfo *m, const SolAccountInfo *repo, const u
   return pointer && metadata;
 }
 
+/* ---- contributors' share: 128-bit arithmetic (the target has no 128-bit libcalls) ------------ */
+
+typedef struct {
+  uint64_t lo, hi;
+} U128;
+
+static void mul64(uint64_t a, uint64_t b, U128 *out) {
+  uint64_t a0 = a & 0xffffffff, a1 = a >> 32, b0 = b & 0xffffffff, b1 = b >> 32;
+  uint64_t p00 = a0 * b0, p01 = a0 * b1, p10 = a1 * b0, p11 = a1 * b1;
+  uint64_t mid = (p00 >> 32) + (p01 & 0xffffffff) + (p10 & 0xffffffff);
+  out->lo = (mid << 32) | (p00 & 0xffffffff);
+  out->hi = p11 + (p01 >> 32) + (p10 >> 32) + (mid >> 32);
+}
+
+static bool ge128(const U128 *a, const U128 *b) {
+  return a->hi > b->hi || (a->hi == b->hi && a->lo >= b->lo);
+}
+
+/* floor(n / d) for d != 0 and d < 2^127, when the quotient fits in 64 bits (as every caller's
+ * does: S*w/W <= S and p*bps/10000 <= p). Bit by bit unless both fit in 64 bits. */
+static uint64_t div128(const U128 *n, const U128 *d) {
+  if (!n->hi && !d->hi) return n->lo / d->lo;
+  U128 rem = {0, 0};
+  uint64_t q = 0;
+  for (int i = 127; i >= 0; i--) {
+    uint64_t bit = i >= 64 ? (n->hi >> (i - 64)) & 1 : (n->lo >> i) & 1;
+    rem.hi = (rem.hi << 1) | (rem.lo >> 63);
+    rem.lo = (rem.lo << 1) | bit;
+    q <<= 1;
+    if (ge128(&rem, d)) {
+      rem.hi -= d->hi + (rem.lo < d->lo);
+      rem.lo -= d->lo;
+      q |= 1;
+    }
+  }
+  return q;
+}
+
+/* Adds each input's weight to its author's tally (merges of NFT-bound repositories). */
+static uint64_t tally(Nft *nft, const Commit *const *in, const uint8_t *weights, uint64_t n) {
+  for (uint64_t k = 0; k < n; k++) {
+    uint64_t w = sol_read_u64(weights + 8 * k), i = 0;
+    if (!w) continue;
+    while (i < nft->n_contributors && !sol_bytes_eq(nft->contributors[i].key, in[k]->author, 32)) i++;
+    if (i == nft->n_contributors) {
+      if (i == MAX_CONTRIBUTORS) return E_CONTRIBUTOR_TABLE_FULL;
+      memcpy(nft->contributors[i].key, in[k]->author, 32);
+      nft->n_contributors += 1;
+    }
+    if (nft->contributors[i].weight + w < w) return E_ARITHMETIC_OVERFLOW;
+    nft->contributors[i].weight += w;
+  }
+  return 0;
+}
+
+static uint64_t transfer_lamports(const SolAccountInfo *from, const SolAccountInfo *to,
+                                  uint64_t amount) {
+  uint8_t data[12] = {2, 0, 0, 0}; /* System Transfer; `from` signed the transaction */
+  sol_write_u64(data + 4, amount);
+  SolAccountInfo infos[2] = {*from, *to};
+  return sol_system_invoke(data, 12, infos, 2, NULL);
+}
+
+static bool valid_utf8(const uint8_t *s, uint64_t n) {
+  for (uint64_t i = 0; i < n;) {
+    uint64_t c = s[i], k, cp;
+    if (c < 0x80) {
+      i++;
+      continue;
+    }
+    if ((c & 0xe0) == 0xc0) k = 1, cp = c & 0x1f;
+    else if ((c & 0xf0) == 0xe0) k = 2, cp = c & 0x0f;
+    else if ((c & 0xf8) == 0xf0) k = 3, cp = c & 0x07;
+    else return false;
+    if (i + k >= n) return false;
+    for (uint64_t j = 1; j <= k; j++) {
+      if ((s[i + j] & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (s[i + j] & 0x3f);
+    }
+    if ((k == 1 && cp < 0x80) || (k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) ||
+        cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+      return false;
+    i += k + 1;
+  }
+  return true;
+}
+
 /* ---- instructions ----------------------------------------------------------------------- */
 
 /* create_repo(repo_id[32], mint[32], body_digest[32]); accounts: owner [s,w], repo PDA [w],
@@ -769,6 +856,10 @@ static uint64_t merge(SolParameters *p) {
   int64_t slot;
   rc = branch_slot(r, branch, true, &slot);
   if (rc) return rc;
+  if (ctl.nft) { /* the contributors' tally: each input's weight to its author */
+    rc = tally(ctl.nft, in, weights, n);
+    if (rc) return rc;
+  }
   NewCommit c = {hash, inputs, commitment, n, KIND_MERGE};
   rc = record_commit(p, r, &c);
   if (rc) return rc;
@@ -872,6 +963,124 @@ static uint64_t sync_holder(SolParameters *p) {
   return 0;
 }
 
+/* set_share(share_bps u16); accounts: holder [s], repo, nft [w], holder token account. */
+static uint64_t set_share(SolParameters *p) {
+  if (p->data_len != 3) return E_INVALID_INSTRUCTION_DATA;
+  if (p->ka_num < 4) return E_NOT_ENOUGH_ACCOUNTS;
+  uint64_t rc = check_signer(&p->ka[0], false);
+  if (rc) return rc;
+  Repo *r;
+  Nft *n;
+  rc = nft_record(p, 1, &r, &n);
+  if (rc) return rc;
+  if (!p->ka[2].is_writable) return E_ACCOUNT_NOT_WRITABLE;
+  if (!holds(&p->ka[3], r->mint, p->ka[0].key->x)) return E_NOT_HOLDER;
+  if (n->flags & FLAG_SHARE_LOCKED) return E_SHARE_LOCKED;
+  uint64_t share = sol_read_u16(p->data + 1);
+  if (share > MAX_SHARE_BPS) return E_INVALID_SHARE;
+  record_holder(n, p->ka[0].key->x);
+  n->share_bps = (uint16_t)share;
+  return 0;
+}
+
+/* sell(price u64, sale_seq u64); accounts: seller [s,w], buyer [s,w], repo, nft [w], mint,
+ * seller token account [w], buyer token account [w], Token-2022, System program, then exactly
+ * nft.n_contributors contributor accounts [w] in table order. One instruction: the buyer pays
+ * each contributor floor(S * w_i / W) with S = floor(price * share_bps / 10000), W = sum w_i, and
+ * the seller the rest (the floors' dust); the NFT moves seller -> buyer (transfer_checked). */
+static uint64_t sell(SolParameters *p) {
+  if (p->data_len != 17) return E_INVALID_INSTRUCTION_DATA;
+  if (p->ka_num < 9) return E_NOT_ENOUGH_ACCOUNTS;
+  SolAccountInfo *seller = &p->ka[0], *buyer = &p->ka[1], *mint = &p->ka[4];
+  SolAccountInfo *seller_token = &p->ka[5], *buyer_token = &p->ka[6];
+  uint64_t rc = check_signer(seller, true);
+  if (!rc) rc = check_signer(buyer, true);
+  if (rc) return rc;
+  Repo *r;
+  Nft *n;
+  rc = nft_record(p, 2, &r, &n);
+  if (rc) return rc;
+  if (!p->ka[3].is_writable || !seller_token->is_writable || !buyer_token->is_writable)
+    return E_ACCOUNT_NOT_WRITABLE;
+  if (!sol_bytes_eq(mint->key, r->mint, 32)) return E_INVALID_NFT_ACCOUNT;
+  if (!is_token_program(&p->ka[7])) return E_INVALID_TOKEN_PROGRAM;
+  if (!is_system_program(&p->ka[8])) return E_INVALID_SYSTEM_PROGRAM;
+  if (!holds(seller_token, r->mint, seller->key->x)) return E_NOT_HOLDER;
+  if (sol_read_u64(p->data + 9) != n->sale_seq) return E_STALE_OFFER;
+  const uint8_t *bt = token_account(buyer_token, r->mint);
+  if (!bt || !sol_bytes_eq(bt + 32, buyer->key, 32) || sol_pubkey_eq(buyer->key, seller->key))
+    return E_INVALID_BUYER_ACCOUNT;
+  uint64_t count = n->n_contributors;
+  if (p->ka_num != 9 + count) return E_CONTRIBUTOR_MISMATCH;
+  U128 total = {0, 0};
+  for (uint64_t i = 0; i < count; i++) {
+    if (!sol_bytes_eq(p->ka[9 + i].key, n->contributors[i].key, 32)) return E_CONTRIBUTOR_MISMATCH;
+    if (!p->ka[9 + i].is_writable) return E_ACCOUNT_NOT_WRITABLE;
+    total.lo += n->contributors[i].weight;
+    total.hi += total.lo < n->contributors[i].weight;
+  }
+  uint64_t price = sol_read_u64(p->data + 1), paid = 0;
+  U128 x;
+  const U128 bps = {MAX_SHARE_BPS, 0};
+  mul64(price, n->share_bps, &x);
+  uint64_t share = div128(&x, &bps);
+  for (uint64_t i = 0; i < count && share; i++) {
+    mul64(share, n->contributors[i].weight, &x);
+    uint64_t amount = div128(&x, &total);
+    if (!amount) continue;
+    rc = transfer_lamports(buyer, &p->ka[9 + i], amount);
+    if (rc) return rc;
+    paid += amount; /* <= share <= price */
+  }
+  if (price - paid) {
+    rc = transfer_lamports(buyer, seller, price - paid);
+    if (rc) return rc;
+  }
+  uint8_t data[10] = {12}; /* TransferChecked, amount 1, decimals 0; the seller signed the tx */
+  sol_write_u64(data + 1, 1);
+  SolAccountMeta metas[4] = {{seller_token->key, true, false}, {mint->key, false, false},
+                             {buyer_token->key, true, false}, {seller->key, false, true}};
+  SolInstruction ix = {(SolPubkey *)&TOKEN_2022_PROGRAM_ID, metas, 4, data, 10};
+  SolAccountInfo infos[4] = {*seller_token, *mint, *buyer_token, *seller};
+  rc = sol_invoke_signed_c(&ix, infos, 4, NULL, 0);
+  if (rc) return rc;
+  memcpy(n->holder, buyer->key, 32);
+  n->sale_seq += 1;
+  return 0;
+}
+
+/* set_uri(uri bytes); accounts: holder [s,w], repo, nft, holder token account, mint [w],
+ * Token-2022, System program. CPI UpdateField(Field::Uri) signed by the repo PDA; if the mint
+ * grew past its rent-exempt balance, the holder pays the difference (System transfer). */
+static uint64_t set_uri(SolParameters *p) {
+  uint64_t len = p->data_len - 1;
+  if (len < 1 || len > MAX_URI || !valid_utf8(p->data + 1, len)) return E_INVALID_INSTRUCTION_DATA;
+  if (p->ka_num < 7) return E_NOT_ENOUGH_ACCOUNTS;
+  SolAccountInfo *holder = &p->ka[0], *mint = &p->ka[4];
+  uint64_t rc = check_signer(holder, true);
+  if (rc) return rc;
+  Repo *r;
+  Nft *n;
+  rc = nft_record(p, 1, &r, &n);
+  if (rc) return rc;
+  if (!sol_bytes_eq(mint->key, r->mint, 32)) return E_INVALID_NFT_ACCOUNT;
+  if (!mint->is_writable) return E_ACCOUNT_NOT_WRITABLE;
+  if (!is_token_program(&p->ka[5])) return E_INVALID_TOKEN_PROGRAM;
+  if (!is_system_program(&p->ka[6])) return E_INVALID_SYSTEM_PROGRAM;
+  if (!holds(&p->ka[3], r->mint, holder->key->x)) return E_NOT_HOLDER;
+  uint8_t data[8 + 1 + 4 + MAX_URI];
+  memcpy(data, UPDATE_FIELD_DISCRIMINATOR, 8);
+  data[8] = 2; /* Field::Uri */
+  write_u32(data + 9, len);
+  memcpy(data + 13, p->data + 1, len);
+  rc = metadata_cpi(p, r, mint, data, 13 + len);
+  if (rc) return rc;
+  sol_refresh_len(mint);
+  uint64_t need = sol_rent_exempt_minimum(mint->data_len);
+  if (!need) return E_RENT_UNAVAILABLE;
+  return *mint->lamports < need ? transfer_lamports(holder, mint, need - *mint->lamports) : 0;
+}
+
 uint64_t entrypoint(const uint8_t *input) {
   SolAccountInfo accounts[MAX_ACCOUNTS];
   SolParameters p = {.ka = accounts};
@@ -887,6 +1096,9 @@ uint64_t entrypoint(const uint8_t *input) {
   case IX_SET_HEAD: return set_head(&p);
   case IX_BIND_NFT: return bind_nft(&p);
   case IX_SYNC_HOLDER: return sync_holder(&p);
+  case IX_SET_SHARE: return set_share(&p);
+  case IX_SELL: return sell(&p);
+  case IX_SET_URI: return set_uri(&p);
   default: return E_INVALID_INSTRUCTION;
   }
 }

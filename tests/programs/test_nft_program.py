@@ -374,3 +374,172 @@ def test_fake_nft_and_wrong_accounts_are_refused(bound: tuple[Chain, Pubkey]) ->
     metas[4] = AccountMeta(chain.program.repo_address(rid), False, True)
     rejects(E.INVALID_NFT_ACCOUNT, lambda: chain.backend.send([Instruction(PROGRAM_ID, ix.data, metas)], [OWNER]))
     assert chain.nft().holder == bytes(OWNER.pubkey())
+
+
+# --- contributors' tally, share, sale ---------------------------------------------------------------
+
+AUTHORS = [Keypair.from_seed(bytes([40 + i]) * 32) for i in range(17)]
+
+
+def with_contributors(chain: Chain, authors: Sequence[Keypair], weights: Sequence[int]) -> None:
+    """Each author (made a member, funded) anchors one commit; the holder merges them, 4 at a time."""
+    rid = chain.repo_id
+    hashes = []
+    for i, author in enumerate(authors):
+        chain.backend.airdrop(author.pubkey(), 10**9)
+        if not chain.client.is_member(rid, author.pubkey()):
+            chain.client.add_member(OWNER, rid, author.pubkey())
+        hashes.append(chain.anchor(author, f"c{i}-{len(chain.hashes)}", [rid], branch=None))
+    for at in range(0, len(hashes), 4):
+        chain.merge(OWNER, f"m{at}-{len(chain.hashes)}", hashes[at : at + 4], weights[at : at + 4])
+
+
+def balances(chain: Chain, keys: Sequence[Pubkey]) -> list[int]:
+    return [chain.backend.balance(k) for k in keys]
+
+
+def token_amount(chain: Chain, owner: Pubkey, mint: Pubkey) -> int:
+    data = chain.backend.account_data(token_account_address(owner, mint))
+    return 0 if data is None else tok.decode_token_account(data).amount
+
+
+def sell_ixs(chain: Chain, seller: Pubkey, buyer: Pubkey, mint: Pubkey, price: int, seq: int,
+             contributors: Sequence[Pubkey]) -> list[Instruction]:
+    return [tok.create_associated_token_account_idempotent(buyer, buyer, mint),
+            chain.program.sell(seller, buyer, chain.repo_id, mint, price, seq, contributors)]
+
+
+def test_merges_tally_contributor_weights(bound: tuple[Chain, Pubkey]) -> None:
+    chain, _ = bound
+    a, b = AUTHORS[:2]
+    with_contributors(chain, [a, b, a], [5, 0, 7])  # weight 0 adds nothing, a's weights add up
+    assert chain.nft().contributors == ((bytes(a.pubkey()), 12),)
+    with_contributors(chain, [b], [2**64 - 1])
+    assert chain.nft().contributors == ((bytes(a.pubkey()), 12), (bytes(b.pubkey()), 2**64 - 1))
+    rejects(E.ARITHMETIC_OVERFLOW, lambda: with_contributors(chain, [b], [1]))
+    with_contributors(chain, AUTHORS[2:16], [1] * 14)  # 16 contributors: the table is full
+    assert len(chain.nft().contributors) == layout.MAX_CONTRIBUTORS
+    rejects(E.CONTRIBUTOR_TABLE_FULL, lambda: with_contributors(chain, AUTHORS[16:], [1]))
+    with_contributors(chain, [a], [1])  # known contributors still gain weight
+    assert chain.nft().contributors[0] == (bytes(a.pubkey()), 13)
+
+
+def test_sale_pays_contributors_to_the_lamport_and_moves_the_nft(bound: tuple[Chain, Pubkey]) -> None:
+    chain, mint = bound
+    chain.client.set_share(OWNER, chain.repo_id, 5000)
+    trio = AUTHORS[:3]
+    with_contributors(chain, trio, [1, 2, 3])
+    keys = [k.pubkey() for k in trio]
+    # exact thirds: S = 600,000 split 100,000 / 200,000 / 300,000, the seller gets the other half
+    before = balances(chain, [*keys, OWNER.pubkey()])
+    chain.client.sell(OWNER, BOB, chain.repo_id, 1_200_000)
+    after = balances(chain, [*keys, OWNER.pubkey()])
+    assert [y - x for x, y in zip(before, after, strict=True)] == [100_000, 200_000, 300_000, 600_000]
+    assert (token_amount(chain, OWNER.pubkey(), mint), token_amount(chain, BOB.pubkey(), mint)) == (0, 1)
+    assert (chain.nft().holder, chain.nft().sale_seq) == (bytes(BOB.pubkey()), 1)
+    # with dust: S = floor(1,000,001 / 2) = 500,000 -> 83,333 / 166,666 / 250,000; the seller gets the rest
+    seller, paid = layout.sale_amounts(1_000_001, 5000, chain.nft().contributors)
+    assert (seller, paid) == (500_002, [83_333, 166_666, 250_000])
+    before = balances(chain, [*keys, BOB.pubkey()])
+    tx = chain.client.sell(BOB, CAROL, chain.repo_id, 1_000_001)
+    after = balances(chain, [*keys, BOB.pubkey()])
+    assert [y - x for x, y in zip(before, after, strict=True)] == [*paid, seller]
+    assert token_amount(chain, CAROL.pubkey(), mint) == 1 and chain.nft().holder == bytes(CAROL.pubkey())
+    print(f"\nCU: sale with 3 contributors {tx.compute_units}")
+    chain.client.set_head(CAROL, chain.repo_id, "main", chain.repo_id)  # control moved with the sale
+    rejects(E.NOT_HOLDER, lambda: chain.client.set_head(BOB, chain.repo_id, "main", chain.repo_id))
+
+
+def test_sale_with_8_contributors_cost(bound: tuple[Chain, Pubkey]) -> None:
+    chain, mint = bound
+    with_contributors(chain, AUTHORS[:8], list(range(1, 9)))
+    before = balances(chain, [k.pubkey() for k in AUTHORS[:8]])
+    tx = chain.client.sell(OWNER, BOB, chain.repo_id, 10**9)  # share 10% (the fixture's)
+    after = balances(chain, [k.pubkey() for k in AUTHORS[:8]])
+    _, paid = layout.sale_amounts(10**9, 1000, list(range(1, 9)))
+    assert [y - x for x, y in zip(before, after, strict=True)] == paid
+    print(f"\nCU: sale with 8 contributors {tx.compute_units}")
+    assert tx.compute_units <= 100_000
+
+
+@pytest.mark.parametrize("how", ["omit", "reorder", "substitute", "extra"])
+def test_sale_with_wrong_contributors_changes_nothing(bound: tuple[Chain, Pubkey], how: str) -> None:
+    chain, mint = bound
+    trio = AUTHORS[:3]
+    with_contributors(chain, trio, [1, 2, 3])
+    keys = [k.pubkey() for k in trio]
+    wrong = {"omit": keys[:2], "reorder": [keys[1], keys[0], keys[2]],
+             "substitute": [keys[0], keys[1], MALLORY.pubkey()], "extra": [*keys, MALLORY.pubkey()]}[how]  # fmt: skip
+    watched = [*keys, OWNER.pubkey(), MALLORY.pubkey()]
+    before = balances(chain, watched)
+    ixs = sell_ixs(chain, OWNER.pubkey(), BOB.pubkey(), mint, 10**9, 0, wrong)
+    rejects(E.CONTRIBUTOR_MISMATCH, lambda: chain.backend.send(ixs, [BOB, OWNER]))
+    assert balances(chain, watched) == before
+    assert token_amount(chain, OWNER.pubkey(), mint) == 1 and token_amount(chain, BOB.pubkey(), mint) == 0
+    assert (chain.nft().holder, chain.nft().sale_seq) == (bytes(OWNER.pubkey()), 0)
+
+
+def test_sale_by_non_holder_stale_offer_and_bad_buyer_account(bound: tuple[Chain, Pubkey]) -> None:
+    chain, mint = bound
+    rid = chain.repo_id
+    rejects(E.NOT_HOLDER, lambda: chain.client.sell(MALLORY, BOB, rid, 1))
+    rejects(E.STALE_OFFER, lambda: chain.client.sell(OWNER, BOB, rid, 1, sale_seq=1))
+    rejects(E.INVALID_BUYER_ACCOUNT, lambda: chain.backend.send(  # buyer == seller
+        [chain.program.sell(OWNER.pubkey(), OWNER.pubkey(), rid, mint, 1, 0, [])], [OWNER]))
+    bob_ix = chain.program.sell(OWNER.pubkey(), BOB.pubkey(), rid, mint, 1, 0, [])
+    metas = list(bob_ix.accounts)
+    metas[6] = AccountMeta(token_account_address(MALLORY.pubkey(), mint), False, True)  # someone else's account
+    chain.backend.send([tok.create_associated_token_account_idempotent(MALLORY.pubkey(), MALLORY.pubkey(), mint)],
+                       [MALLORY])
+    rejects(E.INVALID_BUYER_ACCOUNT, lambda: chain.backend.send([Instruction(PROGRAM_ID, bob_ix.data, metas)],
+                                                                [BOB, OWNER]))
+    offer = sell_ixs(chain, OWNER.pubkey(), BOB.pubkey(), mint, 5_000_000, 0, [])
+    chain.backend.send(offer, [BOB, OWNER])  # sold: sale_seq 0 -> 1
+    rejects(E.NOT_HOLDER, lambda: chain.backend.send(offer, [BOB, OWNER]))  # the former holder
+    chain.transfer(BOB, OWNER.pubkey(), mint)  # the NFT comes back (plain transfer), holder synced
+    chain.client.sync_holder(OWNER, rid, OWNER.pubkey())
+    assert chain.nft().sale_seq == 2
+    before = balances(chain, [OWNER.pubkey(), BOB.pubkey()])
+    rejects(E.STALE_OFFER, lambda: chain.backend.send(offer, [BOB, OWNER]))  # the old offer, replayed
+    after = balances(chain, [OWNER.pubkey(), BOB.pubkey()])
+    assert (after[0], before[1] - after[1]) == (before[0], 10_000)  # the buyer lost the 2-signature fee only
+    assert token_amount(chain, OWNER.pubkey(), mint) == 1
+
+
+def test_set_share_rules(chain: Chain) -> None:
+    mint, _ = chain.mint()
+    chain.client.bind_nft(OWNER, chain.repo_id, mint, share_bps=100)
+    chain.client.set_share(OWNER, chain.repo_id, 10_000)
+    assert chain.nft().share_bps == 10_000
+    raw = Instruction(PROGRAM_ID, bytes([layout.Ix.SET_SHARE]) + (10_001).to_bytes(2, "little"),
+                      list(chain.program.set_share(OWNER.pubkey(), chain.repo_id,
+                                                   token_account_address(OWNER.pubkey(), mint), 0).accounts))
+    rejects(E.INVALID_SHARE, lambda: chain.backend.send([raw], [OWNER]))
+    rejects(E.NOT_HOLDER, lambda: chain.backend.send([chain.program.set_share(
+        BOB.pubkey(), chain.repo_id, token_account_address(OWNER.pubkey(), mint), 5)], [BOB]))
+    assert chain.nft().share_bps == 10_000
+
+
+def test_locked_share_cannot_change(chain: Chain) -> None:
+    mint, _ = chain.mint()
+    chain.client.bind_nft(OWNER, chain.repo_id, mint, share_bps=300, lock_share=True)
+    rejects(E.SHARE_LOCKED, lambda: chain.client.set_share(OWNER, chain.repo_id, 0))
+    assert (chain.nft().share_bps, chain.nft().share_locked) == (300, True)
+
+
+def test_set_uri_by_the_holder_only(bound: tuple[Chain, Pubkey]) -> None:
+    chain, mint = bound
+    longer = "ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"
+    chain.client.set_uri(OWNER, chain.repo_id, longer)  # the mint grows; the program tops up its rent
+    assert chain.metadata(mint).uri == longer and chain.head_field(mint) == chain.repo_id.hex()
+    size = len(chain.backend.account_data(mint) or b"")
+    assert chain.backend.balance(mint) >= chain.rent(size)
+    chain.client.set_uri(OWNER, chain.repo_id, "ipfs://x")  # shrinking
+    assert chain.metadata(mint).uri == "ipfs://x"
+    rejects(E.NOT_HOLDER, lambda: chain.backend.send(
+        [chain.program.set_uri(BOB.pubkey(), chain.repo_id, mint, "ipfs://evil")], [BOB]))
+    bad = chain.program.set_uri(OWNER.pubkey(), chain.repo_id, mint, "ipfs://x")
+    for data in (b"\x0a\xff", b"\x0a", b"\x0a" + b"x" * 201):
+        rejects(E.INVALID_INSTRUCTION_DATA, lambda d=data: chain.backend.send(  # type: ignore[misc]
+            [Instruction(PROGRAM_ID, d, list(bad.accounts))], [OWNER]))
+    assert chain.metadata(mint).uri == "ipfs://x"
