@@ -1,7 +1,7 @@
 """Ownership is control, node side (issue 14): once a controller record (the NFT holder the chain
 recorded) exists, the validator, block access, the CLI-side checks and the key epochs follow the
 holder, not the genesis author. Real store, real validator; the record is set directly here (the
-chain reading is tests/daemon/test_nft_control.py)."""
+chain reading is tests/daemon/test_ownership_refresh.py and tests/chain/test_nft_control.py)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 the node's store, our compiled program loaded): nft accounts are read in one call and their holder
 recorded; an older reading, an absent account or an unused chain changes nothing; a refused
 message brings the next reading early, rate-limited. The nft accounts are written into the chain's
-state directly here (the program's bind_nft path is tests/daemon/test_nft_control.py)."""
+state directly here (the program's bind_nft path is tests/chain/test_nft_control.py)."""
 
 from __future__ import annotations
 
