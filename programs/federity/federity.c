@@ -1027,10 +1027,11 @@ static uint64_t sell(SolParameters *p) {
   for (uint64_t i = 0; i < count && share; i++) {
     mul64(share, n->contributors[i].weight, &x);
     uint64_t amount = div128(&x, &total);
-    if (!amount) continue;
+    paid += amount; /* <= share <= price */
+    /* a contributing buyer keeps its own part: no self-transfer CPI */
+    if (!amount || sol_pubkey_eq(p->ka[9 + i].key, buyer->key)) continue;
     rc = transfer_lamports(buyer, &p->ka[9 + i], amount);
     if (rc) return rc;
-    paid += amount; /* <= share <= price */
   }
   if (price - paid) {
     rc = transfer_lamports(buyer, seller, price - paid);

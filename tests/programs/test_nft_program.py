@@ -33,8 +33,13 @@ OWNER, BOB, CAROL, MALLORY = (Keypair.from_seed(bytes([i]) * 32) for i in (11, 1
 
 
 @pytest.fixture(scope="session")
-def elf(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    return Path(build(tmp_path_factory.mktemp("nft-programs"))[3]).read_bytes()
+def elves(tmp_path_factory: pytest.TempPathFactory) -> dict[int, bytes]:
+    return {v: Path(path).read_bytes() for v, path in build(tmp_path_factory.mktemp("nft-programs")).items()}
+
+
+@pytest.fixture(scope="session")
+def elf(elves: dict[int, bytes]) -> bytes:
+    return elves[3]
 
 
 def h(label: str) -> bytes:
@@ -462,6 +467,22 @@ def test_sale_with_8_contributors_cost(bound: tuple[Chain, Pubkey]) -> None:
     assert tx.compute_units <= 100_000
 
 
+def test_contributors_who_buy_or_sell(bound: tuple[Chain, Pubkey]) -> None:
+    """A contributor may be the buyer (keeps its own part) or the seller (gets its part and the rest)."""
+    chain, mint = bound
+    chain.client.set_share(OWNER, chain.repo_id, 10_000)
+    with_contributors(chain, [BOB, AUTHORS[0]], [1, 3])
+    before = balances(chain, [OWNER.pubkey(), AUTHORS[0].pubkey()])
+    chain.client.sell(OWNER, BOB, chain.repo_id, 4_000_000)  # BOB's own 1,000,000 stays with BOB
+    after = balances(chain, [OWNER.pubkey(), AUTHORS[0].pubkey()])
+    assert [y - x for x, y in zip(before, after, strict=True)] == [0, 3_000_000]
+    assert chain.nft().holder == bytes(BOB.pubkey())
+    before = balances(chain, [BOB.pubkey(), AUTHORS[0].pubkey()])
+    chain.client.sell(BOB, CAROL, chain.repo_id, 4_000_000)  # BOB sells: its part and the (empty) rest
+    after = balances(chain, [BOB.pubkey(), AUTHORS[0].pubkey()])
+    assert [y - x for x, y in zip(before, after, strict=True)] == [1_000_000, 3_000_000]
+
+
 @pytest.mark.parametrize("how", ["omit", "reorder", "substitute", "extra"])
 def test_sale_with_wrong_contributors_changes_nothing(bound: tuple[Chain, Pubkey], how: str) -> None:
     chain, mint = bound
@@ -543,3 +564,19 @@ def test_set_uri_by_the_holder_only(bound: tuple[Chain, Pubkey]) -> None:
         rejects(E.INVALID_INSTRUCTION_DATA, lambda d=data: chain.backend.send(  # type: ignore[misc]
             [Instruction(PROGRAM_ID, d, list(bad.accounts))], [OWNER]))
     assert chain.metadata(mint).uri == "ipfs://x"
+
+
+@pytest.mark.parametrize("version", [0, 3])
+def test_nft_lifecycle_on_both_builds(elves: dict[int, bytes], version: int) -> None:
+    """The deployable v0 ELF runs the CPIs (metadata head, System and Token-2022 transfers) like v3."""
+    chain = make_chain(elves[version])
+    mint, _ = chain.mint()
+    chain.client.bind_nft(OWNER, chain.repo_id, mint, share_bps=5000)
+    with_contributors(chain, AUTHORS[:2], [1, 1])
+    assert chain.head_field(mint) == chain.client.head(chain.repo_id, "main").hex()  # type: ignore[union-attr]
+    before = balances(chain, [k.pubkey() for k in AUTHORS[:2]])
+    chain.client.sell(OWNER, BOB, chain.repo_id, 2_000_001)
+    after = balances(chain, [k.pubkey() for k in AUTHORS[:2]])
+    assert [y - x for x, y in zip(before, after, strict=True)] == [500_000, 500_000]
+    chain.client.set_uri(BOB, chain.repo_id, "ipfs://v" * 10)
+    assert chain.metadata(mint).uri == "ipfs://v" * 10 and token_amount(chain, BOB.pubkey(), mint) == 1
