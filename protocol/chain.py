@@ -530,6 +530,8 @@ def decode_nft(data: bytes) -> NftAccount:
     sale_seq, share, n = struct.unpack_from("<QHH", data, 136)
     if data[3] & ~FLAG_SHARE_LOCKED or n > MAX_CONTRIBUTORS or share > MAX_SHARE_BPS or any(data[148:152]):
         raise LayoutError("not a nft account: bad flags, share or contributor count")
+    if any(data[152 + CONTRIBUTOR_SIZE * n :]):  # the program fills slots in order, never clears one
+        raise LayoutError("not a nft account: data in a free contributor slot")
     table = tuple((bytes(data[152 + 40 * i : 184 + 40 * i]), struct.unpack_from("<Q", data, 184 + 40 * i)[0])
                   for i in range(n))  # fmt: skip
     return NftAccount(

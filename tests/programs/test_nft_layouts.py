@@ -81,7 +81,9 @@ def test_decode_nft() -> None:
                                                                               b"b" * 32)  # fmt: skip
     assert (nft.sale_seq, nft.share_bps, nft.share_locked) == (9, 300, True)
     assert nft.contributors == ((b"\x01" * 32, 10), (b"\x02" * 32, 20))
-    for bad in (nft_bytes()[:-1], nft_bytes(n=17), nft_bytes(share=10_001), nft_bytes(flags=2)):
+    stray = nft_bytes()
+    stray[-1] = 1  # data in a free contributor slot: the program never writes one
+    for bad in (nft_bytes()[:-1], nft_bytes(n=17), nft_bytes(share=10_001), nft_bytes(flags=2), stray):
         with pytest.raises(layout.LayoutError):
             layout.decode_nft(bytes(bad))
 

@@ -176,7 +176,12 @@ def _accounts() -> dict[str, list[bytes]]:
     commit = head(chain.Tag.COMMIT, bytes([2, 1, 2, 0, 0])) + b"r" * 32 + b"h" * 32 + b"a" * 32 + b"p" * 32 \
         + b"g" * 64 + (5).to_bytes(8, "little") + (1).to_bytes(8, "little")
     bare = head(chain.Tag.COMMIT, bytes([1, 0, 1, 0, 0])) + bytes(208)
-    return {"repo": [repo], "member": [member], "commit": [commit, bare]}
+    table = b"".join(bytes([i + 1]) * 32 + (i + 1).to_bytes(8, "little") for i in range(3))
+    nft = bytes([chain.Tag.NFT, chain.LAYOUT_VERSION, 253, 1]) + bytes(4) + b"r" * 32 + b"m" * 32 + b"h" * 32 \
+        + b"b" * 32 + (2).to_bytes(8, "little") + (250).to_bytes(2, "little") + (3).to_bytes(2, "little") + bytes(4) \
+        + table + bytes(chain.CONTRIBUTOR_SIZE * (chain.MAX_CONTRIBUTORS - 3))
+    empty = bytes([chain.Tag.NFT, chain.LAYOUT_VERSION, 255, 0]) + bytes(chain.NFT_SIZE - 4)
+    return {"repo": [repo], "member": [member], "commit": [commit, bare], "nft": [nft, empty]}
 
 
 def _instructions() -> list[chain.Instruction]:
@@ -185,7 +190,9 @@ def _instructions() -> list[chain.Instruction]:
             chain.AnchorCommit(h[0], chain.Kind.UPDATE, chain.branch_hash("main"), (h[1],)),
             chain.AnchorCommit(h[0], chain.Kind.INIT, bytes(32), (), bytes(range(64))),
             chain.Merge(h[0], chain.branch_hash("main"), (h[1], h[2]), (1, 2**64 - 1)),
-            chain.SetHead(chain.branch_hash("dev"), h[3])]
+            chain.SetHead(chain.branch_hash("dev"), h[3]),
+            chain.BindNft(250, True, chain.branch_hash("main")), chain.SyncHolder(), chain.SetShare(10_000),
+            chain.Sell(10**9, 3), chain.SetUri("ipfs://bafy\u00e9")]
 
 
 def _safetensors_headers() -> list[bytes]:
@@ -291,6 +298,7 @@ def registry() -> dict[str, Decoder]:
         Decoder("chain_repo", chain.decode_repo, fmt, acc["repo"]),
         Decoder("chain_member", chain.decode_member, fmt, acc["member"]),
         Decoder("chain_commit", chain.decode_commit, fmt, acc["commit"]),
+        Decoder("chain_nft", chain.decode_nft, fmt, acc["nft"]),
         Decoder("chain_return", chain.decode_return_data, fmt, [bytes(range(32)) + (3).to_bytes(8, "little")]),
         Decoder("safetensors_header", _header, user, _safetensors_headers(), "json"),
         Decoder("config", _text(lambda t: parse_config(t, "config.toml")), user, _configs(), "toml"),
