@@ -152,23 +152,25 @@ def show(ctx: click.Context, repo_or_id: str, as_json: bool) -> None:
 
 
 @nft.command("transfer")
-@click.argument("repo")
+@click.argument("repo", metavar="REPO_OR_ID")
 @click.argument("to")
 @click.pass_context
 def transfer(ctx: click.Context, repo: str, to: str) -> None:
     """Give REPO's NFT (and with it control of the repository) to wallet TO."""
     dest = _address("recipient", to)
+    node = get_node(ctx)
+    repo_id, name = _repo_id(node, repo)
 
     async def go(a: Anchorer, node: Node) -> Any:
-        return await _client(a).transfer(node.repo(repo), dest)
+        return await _client(a).transfer(repo_id, name, dest)
 
-    tx = session.run(get_node(ctx), go)
+    tx = session.run(node, go)
     out.print(f"transferred the NFT of {repo} to {dest}; it now controls the repository (signature {tx.signature})",
               markup=False)  # fmt: skip
 
 
 @nft.command("offer")
-@click.argument("repo")
+@click.argument("repo", metavar="REPO_OR_ID")
 @click.option("--price", required=True, help="Price in SOL (paid by the buyer, split with the contributors).")
 @click.option("--to", "buyer", required=True, help="The buyer's wallet address.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
@@ -179,12 +181,13 @@ def offer(ctx: click.Context, repo: str, price: str, buyer: str, out_path: Path)
 
     lamports, to = parse_price(price), _address("buyer", buyer)
     node = get_node(ctx)
+    repo_id, name = _repo_id(node, repo)
 
     async def go(a: Anchorer, node: Node) -> Any:
         if a.backend.kind == "embedded":
             raise FednodeError("the embedded chain is this node's alone, so no buyer can accept an offer on it: use "
                                "one chain with the buyer ('fednode devchain' or a cluster URL)")  # fmt: skip
-        return await _client(a).offer(node.repo(repo), lamports, to)
+        return await _client(a).offer(repo_id, name, lamports, to)
 
     made = session.run(node, go)
     import json
@@ -235,17 +238,19 @@ def _review_lines(review: Any) -> list[str]:
 
 
 @nft.command("share")
-@click.argument("repo")
+@click.argument("repo", metavar="REPO_OR_ID")
 @click.argument("bps")
 @click.pass_context
 def share(ctx: click.Context, repo: str, bps: str) -> None:
     """Set the contributors' share of every sale to BPS basis points (holder only, unless locked)."""
     value = parse_bps(bps)
+    node = get_node(ctx)
+    repo_id, name = _repo_id(node, repo)
 
     async def go(a: Anchorer, node: Node) -> Any:
-        return await _client(a).set_share(node.repo(repo), value)
+        return await _client(a).set_share(repo_id, name, value)
 
-    tx = session.run(get_node(ctx), go)
+    tx = session.run(node, go)
     out.print(f"contributors' share of {repo}: {value} bps (signature {tx.signature})", markup=False)
 
 

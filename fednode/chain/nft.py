@@ -167,7 +167,7 @@ class NftClient:
         head_hash = chain_repo.branches[layout.branch_hash(branch)]
         facts = nftwork.head_facts(self.history, repo, branch, head_hash)
         mint = Keypair()
-        published = nftwork.publish(self.history, repo, facts, license_text, self._explorer(mint.pubkey()))
+        published = nftwork.publish(self.history, repo, facts, symbol, license_text, self._explorer(mint.pubkey()))
         repo_pda = self.program.repo_address(repo.repo_id)
         base = await self.backend.minimum_balance(0)
         fields = {"repo": repo.repo_id.hex(), "head": head_hash.hex()}
@@ -219,27 +219,27 @@ class NftClient:
 
     # --- holder actions -----------------------------------------------------------------------
 
-    async def transfer(self, repo: RepoInfo, to: Pubkey) -> TxResult:
+    async def transfer(self, repo_id: bytes, name: str, to: Pubkey) -> TxResult:
         """Move the NFT to ``to``'s associated token account and record ``to`` as holder, one tx."""
-        view = await self.require(repo.repo_id, repo.name)
+        view = await self.require(repo_id, name)
         if to == self.me:
             raise FednodeError(f"this node ({self.me}) is the recipient: nothing to transfer")
-        await self._require_holding(view, repo.name)
+        await self._require_holding(view, name)
         dest = token_account_address(to, view.mint)
         ixs = [tok.create_associated_token_account_idempotent(self.me, to, view.mint),
                tok.transfer_checked(token_account_address(self.me, view.mint), view.mint, dest, self.me, 1, 0),
-               self.program.sync_holder(repo.repo_id, dest)]  # fmt: skip
+               self.program.sync_holder(repo_id, dest)]  # fmt: skip
         return await self._send(ixs)
 
-    async def set_share(self, repo: RepoInfo, share_bps: int) -> TxResult:
+    async def set_share(self, repo_id: bytes, name: str, share_bps: int) -> TxResult:
         if not 0 <= share_bps <= layout.MAX_SHARE_BPS:
             raise FednodeError(f"invalid share {share_bps}: 0..{layout.MAX_SHARE_BPS} basis points")
-        view = await self.require(repo.repo_id, repo.name)
+        view = await self.require(repo_id, name)
         if view.record.share_locked:
-            raise FednodeError(f"the contributors' share of {repo.name} is locked at {view.record.share_bps} "
+            raise FednodeError(f"the contributors' share of {name} is locked at {view.record.share_bps} "
                                "basis points (fixed when the NFT was minted)")  # fmt: skip
-        await self._require_holding(view, repo.name)
-        return await self._send([self.program.set_share(self.me, repo.repo_id,
+        await self._require_holding(view, name)
+        return await self._send([self.program.set_share(self.me, repo_id,
                                                         token_account_address(self.me, view.mint), share_bps)])
 
     async def sync(self, repo_id: bytes, name: str, holder: Pubkey | None) -> tuple[Pubkey, TxResult | None]:
@@ -265,22 +265,22 @@ class NftClient:
                                  contributors)]  # fmt: skip
         return Message.new_with_blockhash(ixs, buyer, blockhash)
 
-    async def offer(self, repo: RepoInfo, price: int, buyer: Pubkey) -> Offer:
+    async def offer(self, repo_id: bytes, name: str, price: int, buyer: Pubkey) -> Offer:
         """The sale of the NFT to ``buyer`` for ``price`` lamports, signed by this node (the seller)."""
-        view = await self.require(repo.repo_id, repo.name)
+        view = await self.require(repo_id, name)
         if buyer == self.me:
             raise FednodeError("the buyer is this node: an offer goes to another wallet")
         if price <= 0:
             raise FednodeError("the price must be more than 0")
-        await self._require_holding(view, repo.name)
+        await self._require_holding(view, name)
         if view.holder != self.me:
-            raise FednodeError(f"the program records {view.holder} as holder: run 'fednode nft sync {repo.name}' "
+            raise FednodeError(f"the program records {view.holder} as holder: run 'fednode nft sync {name}' "
                                "first (a buyer checks the recorded holder)")  # fmt: skip
         message = self._sale_message(view, self.me, buyer, price, await self.backend.latest_blockhash())
         tx = Transaction.new_unsigned(message)
         tx.partial_sign([self.identity.keypair], message.recent_blockhash)
         _, paid = layout.sale_amounts(price, view.record.share_bps, view.record.contributors)
-        return Offer(repo.repo_id, view.mint, self.me, buyer, price, view.record.sale_seq, view.record.share_bps,
+        return Offer(repo_id, view.mint, self.me, buyer, price, view.record.sale_seq, view.record.share_bps,
                      _table(view.record, paid), tx)  # fmt: skip
 
     async def review_offer(self, offer: Offer) -> Review:
@@ -298,11 +298,6 @@ class NftClient:
         if offer.seller != view.holder or not view.holder_holds:
             raise FednodeError(f"offer refused: the seller {offer.seller} does not hold the NFT (recorded holder "
                                f"{view.holder}, holding: {'yes' if view.holder_holds else 'no'})")  # fmt: skip
-        seller_amount, paid = layout.sale_amounts(offer.price, view.record.share_bps, view.record.contributors)
-        table = _table(view.record, paid)
-        if offer.share_bps != view.record.share_bps or offer.contributors != table:
-            raise FednodeError("offer refused: its share or contributors' split differs from the chain's "
-                               f"({view.record.share_bps} bps over {len(table)} contributor(s))")  # fmt: skip
         actual = offer.tx.message
         expected = self._sale_message(view, offer.seller, self.me, offer.price, actual.recent_blockhash)
         if bytes(expected) != bytes(actual):
@@ -311,6 +306,11 @@ class NftClient:
         seller_sig = offer.tx.signatures[signers.index(offer.seller)]
         if not seller_sig.verify(offer.seller, bytes(actual)):
             raise FednodeError("offer refused: the seller's signature does not cover this transaction")
+        seller_amount, paid = layout.sale_amounts(offer.price, view.record.share_bps, view.record.contributors)
+        table = _table(view.record, paid)
+        if offer.share_bps != view.record.share_bps or offer.contributors != table:
+            raise FednodeError("offer refused: its share or contributors' split differs from the chain's "
+                               f"({view.record.share_bps} bps over {len(table)} contributor(s))")  # fmt: skip
         balance = await self.backend.balance(self.me)
         if balance < offer.price + FEE_MARGIN:
             raise FednodeError(f"this node has {balance / 1e9:.9f} SOL; the offer needs {offer.price / 1e9:.9f} SOL "

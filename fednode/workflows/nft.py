@@ -44,12 +44,12 @@ def head_facts(history: History, repo: RepoInfo, branch: str, head_hash: bytes) 
     return HeadFacts(branch, head_hash, found, local, commits, tuple(sorted(authors)))
 
 
-def publish(history: History, repo: RepoInfo, facts: HeadFacts, license_text: str | None,
+def publish(history: History, repo: RepoInfo, facts: HeadFacts, symbol: str, license_text: str | None,
             external_url: str | None) -> Published:  # fmt: skip
     """Store (pinned, source "nft") the image and metadata document of ``repo`` at the anchored
     head; one store transaction. The document describes the anchored head, not a newer local one."""
     if facts.head is None:
         raise FednodeError(f"this node does not have the anchored head {facts.head_hash.hex()[:16]} of "
                            f"{repo.name}:{facts.branch}: pull it first")  # fmt: skip
-    return publish_metadata(history, repo, facts.branch, license=license_text or DEFAULT_LICENSE,
+    return publish_metadata(history, repo, facts.branch, symbol=symbol, license=license_text or DEFAULT_LICENSE,
                             external_url=external_url, head=facts.head)  # fmt: skip

@@ -1,0 +1,229 @@
+"""Selling a repository's NFT between two node homes on one real ``fednode devchain``: an offer
+made by the seller and accepted by the buyer moves the NFT and the lamports exactly
+(``protocol.chain.sale_amounts``); tampered, replayed and stale offers are refused by ``accept``
+with one line naming the problem, and nothing is submitted (balances and holder unchanged)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from click.testing import CliRunner
+from helpers import assert_one_line_error, model_arrays, perturb, run_fednode, write_model
+from solders.instruction import Instruction
+from solders.keypair import Keypair
+from solders.message import Message
+from solders.pubkey import Pubkey
+from solders.system_program import TransferParams, transfer
+from solders.transaction import Transaction
+from test_devchain import copy_branch, devchain, program_cache  # noqa: F401  (fixtures)
+
+from cli.app import main as cli_main
+from fednode.chain.config import DEV_PROGRAM_ID
+from fednode.chain.program import FederityProgram, token_account_address
+from fednode.chain.rpc import RpcBackend
+from fednode.node import init_home
+from protocol import chain as layout
+from protocol import token2022 as tok
+
+SOL = 10**9
+
+
+def fed(home: Path, *args: object, ok: bool = True) -> Any:
+    result = CliRunner().invoke(cli_main, ["--home", str(home), *map(str, args)], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, f"{args}: {result.output} {result.stderr}"
+    return result
+
+
+def fed_json(home: Path, *args: object) -> Any:
+    return json.loads(fed(home, *args, "--json").stdout)
+
+
+def make_home(tmp_path: Path, name: str, url: str) -> tuple[Path, Keypair]:
+    key, home = Keypair(), tmp_path / name
+    (tmp_path / f"{name}.key").write_text(key.to_json())
+    init_home(home, tmp_path / f"{name}.key")
+    fed(home, "chain", "use", "rpc", "--url", url)
+    return home, key
+
+
+class Chain:
+    """Direct reads and raw transactions on the devchain (what a wallet would do)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def _run(self, fn: Callable[[RpcBackend], Any]) -> Any:
+        async def go() -> Any:
+            backend = RpcBackend(self.url, DEV_PROGRAM_ID, faucet=True)
+            try:
+                return await fn(backend)
+            finally:
+                await backend.aclose()
+
+        return trio.run(go)
+
+    def balances(self, *keys: Pubkey) -> list[int]:
+        async def read(b: RpcBackend) -> list[int]:
+            return [await b.balance(k) for k in keys]
+
+        return self._run(read)
+
+    def airdrop(self, key: Pubkey, lamports: int) -> None:
+        self._run(lambda b: b.airdrop(key, lamports))
+
+    def send(self, ixs: list[Instruction], signer: Keypair) -> Any:
+        return self._run(lambda b: b.send(ixs, [signer]))
+
+    def blockhash(self) -> Any:
+        return self._run(lambda b: b.latest_blockhash())
+
+
+def resign(offer: dict, seller: Keypair, ixs: list[Instruction], payer: Pubkey) -> dict:
+    """The offer with its transaction replaced by ``ixs`` signed by the seller (a seller who lies)."""
+    blockhash = Transaction.from_bytes(base64.b64decode(offer["transaction"])).message.recent_blockhash
+    tx = Transaction.new_unsigned(Message.new_with_blockhash(ixs, payer, blockhash))
+    tx.partial_sign([seller], blockhash)
+    return {**offer, "transaction": base64.b64encode(bytes(tx)).decode()}
+
+
+def sale_ixs(offer: dict, seller: Pubkey, buyer: Pubkey, *, price: int | None = None, mint: Pubkey | None = None,
+             contributors: list[Pubkey] | None = None) -> list[Instruction]:  # fmt: skip
+    program = FederityProgram(DEV_PROGRAM_ID)
+    repo_id = bytes(Pubkey.from_string(offer["repo"]))  # base58 of the 32-byte id
+    mint = mint or Pubkey.from_string(offer["mint"])
+    table = contributors if contributors is not None else [Pubkey.from_string(c[0]) for c in offer["contributors"]]
+    return [tok.create_associated_token_account_idempotent(buyer, buyer, mint),
+            program.sell(seller, buyer, repo_id, mint, offer["price_lamports"] if price is None else price,
+                         offer["sale_seq"], table)]  # fmt: skip
+
+
+@pytest.fixture
+def market(tmp_path: Path, devchain: str) -> dict:  # noqa: F811
+    """A seller holding the NFT of "demo" (share 10%, two contributors from an anchored merge), a
+    funded buyer, and a third wallet; all on one devchain."""
+    seller, seller_key = make_home(tmp_path, "seller", devchain)
+    buyer, buyer_key = make_home(tmp_path, "buyer", devchain)
+    third, third_key = make_home(tmp_path, "third", devchain)
+    arrays = model_arrays(0)
+    models = [write_model(tmp_path / f"m{k}.safetensors", perturb(arrays, k) if k else arrays) for k in range(4)]
+    fed(seller, "repo", "create", "demo", "--from", models[0])
+    fed(seller, "commit", "--from", models[1], "-m", "seller round")
+    fed(seller, "anchor", "main")
+    minted = fed_json(seller, "nft", "mint", "demo", "--share", "1000")
+    # A member's update merged by the holder: the program tallies both authors' weights.
+    member = tmp_path / "member"
+    shutil.copytree(seller, member)
+    run_fednode(member, "init", "--force")
+    fed(member, "chain", "use", "rpc", "--url", devchain)
+    member_key = Pubkey.from_string(json.loads(run_fednode(member, "id", "--json").stdout)["address"])
+    fed(seller, "chain", "members", "add", member_key)
+    fed(member, "branch", "alice", "main")
+    fed(member, "commit", "-b", "alice", "--from", models[2], "-m", "member round")
+    fed(member, "anchor", "alice")
+    copy_branch(member, seller, "demo", "alice")
+    fed(seller, "commit", "--from", models[3], "-m", "seller round 2")
+    fed(seller, "merge", "alice", "--weights", "equal")
+    fed(seller, "anchor", "main")
+    chain = Chain(devchain)
+    chain.airdrop(buyer_key.pubkey(), 20 * SOL)
+    chain.airdrop(third_key.pubkey(), 2 * SOL)
+    return {"seller": seller, "seller_key": seller_key, "buyer": buyer, "buyer_key": buyer_key, "third": third,
+            "third_key": third_key, "member_key": member_key, "mint": Pubkey.from_string(minted["mint"]),
+            "chain": chain, "tmp": tmp_path}  # fmt: skip
+
+
+def refused(m: dict, offer: dict, *needles: str, home: Path | None = None) -> None:
+    """``accept`` of ``offer`` fails with one line holding ``needles``; nothing moved on chain."""
+    path = m["tmp"] / "tampered.json"
+    path.write_text(json.dumps(offer))
+    keys = (m["seller_key"].pubkey(), m["buyer_key"].pubkey(), m["member_key"])
+    before = (m["chain"].balances(*keys), fed_json(m["seller"], "nft", "show", "demo"))
+    result = fed(home or m["buyer"], "nft", "accept", path, "--yes", ok=False)
+    assert result.exit_code == 1, result.output
+    assert_one_line_error(result.stderr, *needles)
+    assert (m["chain"].balances(*keys), fed_json(m["seller"], "nft", "show", "demo")) == before
+
+
+def make_offer(m: dict, price: str = "1.5") -> dict:
+    path = m["tmp"] / "offer.json"
+    text = fed(m["seller"], "nft", "offer", "demo", "--price", price, "--to", m["buyer_key"].pubkey(),
+               "--out", path).stdout  # fmt: skip
+    assert "offer written to" in text and "150 newer blockhashes" in text
+    return json.loads(path.read_text())
+
+
+def test_offer_accept_moves_nft_and_lamports_exactly(market: dict) -> None:
+    m = market
+    seller, buyer = m["seller_key"].pubkey(), m["buyer_key"].pubkey()
+    before = fed_json(m["seller"], "nft", "show", "demo")
+    assert before["holder"] == str(seller) and before["sale_seq"] == 0
+    contributors = before["contributors"]
+    assert {c[0] for c in contributors} == {str(seller), str(m["member_key"])}, contributors
+    offer = make_offer(m)
+    assert offer["price_lamports"] == 1_500_000_000 and offer["buyer"] == str(buyer)
+    seller_amount, paid = layout.sale_amounts(offer["price_lamports"], 1000, [w for _, w in contributors])
+    assert offer["contributors"] == [[k, w, lam] for (k, w), lam in zip(contributors, paid, strict=True)]
+    keys = (seller, buyer, m["member_key"])
+    b0 = m["chain"].balances(*keys)
+    text = fed(m["buyer"], "nft", "accept", m["tmp"] / "offer.json", "--yes").stdout
+    assert "seller gets" in text and "bought" in text
+    b1 = m["chain"].balances(*keys)
+    to_seller = seller_amount + paid[[c[0] for c in contributors].index(str(seller))]
+    to_member = paid[[c[0] for c in contributors].index(str(m["member_key"]))]
+    ata_rent = m["chain"].balances(token_account_address(buyer, m["mint"]))[0]
+    assert b1[0] - b0[0] == to_seller and b1[2] - b0[2] == to_member
+    assert b0[1] - b1[1] == offer["price_lamports"] + ata_rent + 10_000  # price + its token account + 2 signatures
+    after = fed_json(m["buyer"], "nft", "show", offer["repo"])  # by id: the buyer has no copy of the repository
+    assert after["holder"] == str(buyer) and after["holder_holds"] is True and after["sale_seq"] == 1
+    # The same offer again: the sale it names already happened.
+    refused(m, offer, "stale", "already executed")
+
+
+def test_tampered_offers_are_refused_and_nothing_is_sent(market: dict) -> None:
+    m = market
+    seller_key, seller, buyer = m["seller_key"], m["seller_key"].pubkey(), m["buyer_key"].pubkey()
+    offer = make_offer(m)
+    refused(m, {**offer, "price_lamports": 1}, "price", "1500000000")  # the file says less than the tx
+    refused(m, resign(offer, seller_key, sale_ixs(offer, seller, buyer, price=3 * SOL), buyer), "price")
+    other = m["third_key"].pubkey()
+    refused(m, resign(offer, seller_key, sale_ixs(offer, seller, other), other), "buyer")
+    refused(m, offer, "for buyer", home=m["third"])  # accepted by a node that is not the buyer
+    fake = Keypair().pubkey()
+    refused(m, {**offer, "mint": str(fake)}, "mint", str(fake))
+    refused(m, resign(offer, seller_key, sale_ixs(offer, seller, buyer, mint=fake), buyer), "mint")
+    extra = transfer(TransferParams(from_pubkey=buyer, to_pubkey=seller, lamports=SOL))
+    refused(m, resign(offer, seller_key, [*sale_ixs(offer, seller, buyer), extra], buyer), "extra instruction",
+            "System program")  # fmt: skip
+    refused(m, resign(offer, seller_key, sale_ixs(offer, seller, buyer, contributors=[]), buyer), "accounts")
+    # The price changed in the file and the transaction alike, without the seller's signature.
+    tx = Transaction.from_bytes(base64.b64decode(offer["transaction"]))
+    forged = Transaction.new_unsigned(Message.new_with_blockhash(sale_ixs(offer, seller, buyer, price=1), buyer,
+                                                                 tx.message.recent_blockhash))  # fmt: skip
+    forged = Transaction.populate(forged.message, list(tx.signatures))
+    refused(m, {**offer, "price_lamports": 1, "transaction": base64.b64encode(bytes(forged)).decode()}, "signature")
+    assert fed_json(m["seller"], "nft", "show", "demo")["holder"] == str(seller)
+
+
+def test_stale_offers_and_a_seller_who_no_longer_holds(market: dict) -> None:
+    m = market
+    seller_key, seller, third = m["seller_key"], m["seller_key"].pubkey(), m["third_key"].pubkey()
+    old = make_offer(m)
+    fed(m["seller"], "nft", "transfer", "demo", third)  # and back: the NFT changed hands twice since
+    fed(m["third"], "nft", "transfer", old["repo"], seller)  # by id: the third wallet has no copy
+    refused(m, old, "stale")
+    offer = make_offer(m, "2")
+    assert offer["sale_seq"] == 2
+    # The seller moves the token with a plain wallet transfer (no sync): the record still names it.
+    mint = m["mint"]
+    m["chain"].send([tok.create_associated_token_account_idempotent(seller, third, mint),
+                     tok.transfer_checked(token_account_address(seller, mint), mint,
+                                          token_account_address(third, mint), seller, 1, 0)], seller_key)  # fmt: skip
+    refused(m, offer, "does not hold the NFT")
