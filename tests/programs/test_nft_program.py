@@ -483,6 +483,22 @@ def test_contributors_who_buy_or_sell(bound: tuple[Chain, Pubkey]) -> None:
     assert [y - x for x, y in zip(before, after, strict=True)] == [1_000_000, 3_000_000]
 
 
+def test_sale_amounts_with_huge_weights_use_128_bit_arithmetic(bound: tuple[Chain, Pubkey]) -> None:
+    """W > 2^64 and S * w > 2^64: the program's long division must agree with Python's integers."""
+    chain, _ = bound
+    chain.client.set_share(OWNER, chain.repo_id, 7777)
+    trio = AUTHORS[:3]
+    with_contributors(chain, trio, [2**64 - 1, 12, 2**63])
+    price = 987_654_321_987
+    seller, paid = layout.sale_amounts(price, 7777, chain.nft().contributors)
+    assert sum(paid) > 0 and all(p > 0 for p in paid[::2])
+    chain.backend.airdrop(BOB.pubkey(), 2 * price)
+    before = balances(chain, [*(k.pubkey() for k in trio), OWNER.pubkey()])
+    chain.client.sell(OWNER, BOB, chain.repo_id, price)
+    after = balances(chain, [*(k.pubkey() for k in trio), OWNER.pubkey()])
+    assert [y - x for x, y in zip(before, after, strict=True)] == [*paid, seller]
+
+
 @pytest.mark.parametrize("how", ["omit", "reorder", "substitute", "extra"])
 def test_sale_with_wrong_contributors_changes_nothing(bound: tuple[Chain, Pubkey], how: str) -> None:
     chain, mint = bound
