@@ -36,6 +36,11 @@ def _sol(lamports: int) -> str:
     return f"{decimal.Decimal(lamports) / LAMPORTS_PER_SOL:f} SOL"
 
 
+def _cost(tx: Any) -> str:
+    """What a transaction cost, as the chain reported it (an endpoint that keeps no details: 0 CU)."""
+    return f"signature {tx.signature}, {tx.compute_units} compute units, fee {tx.fee} lamports"
+
+
 def parse_price(text: str) -> int:
     """``--price`` in SOL (up to 9 decimals) -> lamports; one-line error otherwise."""
     try:
@@ -165,7 +170,7 @@ def transfer(ctx: click.Context, repo: str, to: str) -> None:
         return await _client(a).transfer(repo_id, name, dest)
 
     tx = session.run(node, go)
-    out.print(f"transferred the NFT of {repo} to {dest}; it now controls the repository (signature {tx.signature})",
+    out.print(f"transferred the NFT of {repo} to {dest}; it now controls the repository ({_cost(tx)})",
               markup=False)  # fmt: skip
 
 
@@ -219,12 +224,12 @@ def accept(ctx: click.Context, offer_file: Path, yes: bool) -> None:
         review = await client.review_offer(parsed)
         for line in _review_lines(review):
             out.print(line, markup=False)
-        if not yes and not click.confirm("sign and submit?", default=False, err=True):
+        if not yes and not click.confirm("sign and submit?", default=False):
             raise FednodeError("not accepted: nothing was signed or sent")
         return await client.accept(review)
 
     tx = session.run(get_node(ctx), go)
-    out.print(f"bought: the NFT is this node's; signature {tx.signature}", markup=False)
+    out.print(f"bought: the NFT is this node's, and with it control of the repository ({_cost(tx)})", markup=False)
 
 
 def _review_lines(review: Any) -> list[str]:
@@ -251,7 +256,7 @@ def share(ctx: click.Context, repo: str, bps: str) -> None:
         return await _client(a).set_share(repo_id, name, value)
 
     tx = session.run(node, go)
-    out.print(f"contributors' share of {repo}: {value} bps (signature {tx.signature})", markup=False)
+    out.print(f"contributors' share of {repo}: {value} bps ({_cost(tx)})", markup=False)
 
 
 @nft.command("sync")
@@ -272,7 +277,7 @@ def sync(ctx: click.Context, repo_or_id: str, holder: str | None) -> None:
     if tx is None:
         out.print(f"holder already recorded: {recorded}", markup=False)
     else:
-        out.print(f"recorded holder {recorded} (signature {tx.signature})", markup=False)
+        out.print(f"recorded holder {recorded} ({_cost(tx)})", markup=False)
 
 
 COMMANDS = [nft]

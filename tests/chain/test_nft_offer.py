@@ -35,8 +35,9 @@ from protocol import token2022 as tok
 SOL = 10**9
 
 
-def fed(home: Path, *args: object, ok: bool = True) -> Any:
-    result = CliRunner().invoke(cli_main, ["--home", str(home), *map(str, args)], catch_exceptions=False)
+def fed(home: Path, *args: object, ok: bool = True, input: str | None = None) -> Any:
+    result = CliRunner().invoke(cli_main, ["--home", str(home), *map(str, args)], catch_exceptions=False,
+                                input=input)  # fmt: skip
     if ok:
         assert result.exit_code == 0, f"{args}: {result.output} {result.stderr}"
     return result
@@ -140,13 +141,14 @@ def market(tmp_path: Path, devchain: str) -> dict:  # noqa: F811
             "chain": chain, "tmp": tmp_path}  # fmt: skip
 
 
-def refused(m: dict, offer: dict, *needles: str, home: Path | None = None) -> None:
+def refused(m: dict, offer: dict, *needles: str, home: Path | None = None, answer: str | None = None) -> None:
     """``accept`` of ``offer`` fails with one line holding ``needles``; nothing moved on chain."""
     path = m["tmp"] / "tampered.json"
     path.write_text(json.dumps(offer))
     keys = (m["seller_key"].pubkey(), m["buyer_key"].pubkey(), m["member_key"])
     before = (m["chain"].balances(*keys), fed_json(m["seller"], "nft", "show", "demo"))
-    result = fed(home or m["buyer"], "nft", "accept", path, "--yes", ok=False)
+    flags = ["--yes"] if answer is None else []
+    result = fed(home or m["buyer"], "nft", "accept", path, *flags, ok=False, input=answer)
     assert result.exit_code == 1, result.output
     assert_one_line_error(result.stderr, *needles)
     assert (m["chain"].balances(*keys), fed_json(m["seller"], "nft", "show", "demo")) == before
@@ -185,6 +187,11 @@ def test_offer_accept_moves_nft_and_lamports_exactly(market: dict) -> None:
     assert after["holder"] == str(buyer) and after["holder_holds"] is True and after["sale_seq"] == 1
     # The same offer again: the sale it names already happened.
     refused(m, offer, "stale", "already executed")
+
+
+def test_accept_asks_first(market: dict) -> None:
+    offer = make_offer(market)
+    refused(market, offer, "not accepted", "nothing was signed or sent", answer="n\n")
 
 
 def test_tampered_offers_are_refused_and_nothing_is_sent(market: dict) -> None:

@@ -107,6 +107,19 @@ def test_transfer_then_show_and_the_former_holder_is_refused(cli, home: Path, an
     assert "already recorded" in cli("nft", "sync", "demo").stdout
 
 
+def test_share_set_by_the_holder_unless_locked(cli, home: Path, anchored: dict, tmp_path: Path) -> None:
+    cli("nft", "mint", "demo", "--share", "100")
+    assert "700 bps" in cli("nft", "share", "demo", "700").stdout
+    assert as_json(cli, "nft", "show", "demo")["share_bps"] == 700
+    cli("repo", "create", "fixed", "--from", write_model(tmp_path / "f.safetensors", model_arrays(5)))
+    cli("anchor", "main", "-r", "fixed")
+    cli("nft", "mint", "fixed", "--share", "300", "--lock-share", "--symbol", "FIX")
+    view = as_json(cli, "nft", "show", "fixed")
+    assert (view["share_bps"], view["share_locked"], view["symbol"]) == (300, True, "FIX")
+    assert_cli_refuses(cli, home, "nft", "share", "fixed", "500", needles=("locked at 300",))
+    assert as_json(cli, "nft", "show", "fixed")["share_bps"] == 300
+
+
 def test_transfer_outside_fednode_is_shown_then_synced(cli, home: Path, anchored: dict) -> None:
     """A plain Token-2022 transfer (a wallet's) moves the token but not the program's record: show
     says so instead of naming a holder that holds nothing; sync records the real holder."""
