@@ -7,14 +7,18 @@ import struct
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from solders.hash import Hash
 from solders.keypair import Keypair
+from solders.message import Message
 from solders.pubkey import Pubkey
+from solders.transaction import Transaction
 
 from fednode.chain.program import (
     SYSTEM_PROGRAM_ID,
     TOKEN_2022_PROGRAM_ID,
     FederityProgram,
     NftRef,
+    ed25519_proof,
     token_account_address,
 )
 from protocol import chain as layout
@@ -127,3 +131,19 @@ def test_builders_account_lists() -> None:
     assert token_account_address(owner, mint) == Pubkey.find_program_address(
         [bytes(owner), bytes(TOKEN_2022_PROGRAM_ID), bytes(mint)],
         Pubkey.from_string("ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL"))[0]
+
+
+def test_nft_bound_merge_fits_a_legacy_transaction() -> None:
+    """The four NFT accounts cost 128 bytes: 6 committed inputs (or 7 plain) still fit 1232 bytes."""
+    signer = Keypair()
+    ref = NftRef(Keypair().pubkey(), Keypair().pubkey())
+
+    def size(n: int, committed: bool) -> int:
+        inputs = tuple(bytes([i + 1]) * 32 for i in range(n))
+        body = layout.Merge(REPO_ID, layout.branch_hash("main"), inputs, (1,) * n, bytes(64) if committed else None)
+        ixs = [ed25519_proof(signer.pubkey(), bytes(64), REPO_ID),
+               PROGRAM.merge(signer.pubkey(), REPO_ID, body, nft=ref)]
+        return len(bytes(Transaction([signer], Message(ixs, signer.pubkey()), Hash.default())))
+
+    assert (size(6, True), size(7, False)) == (1184, 1193)
+    assert size(7, True) > 1232 and size(8, False) > 1232
