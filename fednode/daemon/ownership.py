@@ -15,11 +15,16 @@ saw the binding, an unreachable one) changes nothing here. A plain Token-2022 tr
 update the program's record: it takes effect in the daemons once anyone sends ``sync_holder``
 (``fednode nft sync``) or the new holder acts on chain. The embedded chain is read only once this
 node has used it (no chain, no LiteSVM to start).
+
+When a reading makes this node the owner of a repository it holds (it bought or received the NFT),
+``take_over`` signs the repository's membership itself (the list it inherits from the former
+holder) and, for a private repository, a key message of a new epoch above every epoch known here
+(``routes._repo_keys``): from then on members seal under a key the former holder never had.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -38,6 +43,8 @@ from protocol.multiformats import b58encode
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
+
+    from fednode.daemon.service import Daemon
 
 NFT_REFRESH_S = 30.0  # [chain] nft_refresh_s: seconds between two readings of the holders
 EARLY_GAP_S = 5.0  # an early reading (a refused message) comes at most this often
@@ -61,6 +68,9 @@ class Ownership:
         self.node = node
         self.state = state
         self.opener: Opener = opener or (lambda config: open_backend(config, node.store))
+        self.me = node.identity.public_key
+        # told each repository this node has just become the owner of (a purchase, a transfer to it)
+        self.on_taken: Callable[[bytes], Awaitable[None]] | None = None
         self.readings = 0  # completed readings of the chain (tests and metrics)
         self._wake = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None
@@ -101,6 +111,7 @@ class Ownership:
         finally:
             await backend.aclose()
         changed: dict[bytes, bytes] = {}
+        taken: list[bytes] = []
         for repo_id, data in zip(repos, datas, strict=True):
             if not data:
                 continue
@@ -111,11 +122,21 @@ class Ownership:
                 continue
             if nft.repo_id != repo_id:
                 continue
+            before = self.state.owner(repo_id)
             if self.state.set_controller(repo_id, nft.holder, nft.mint, slot, nft.sale_seq):
                 changed[repo_id] = nft.holder
+                if nft.holder == self.me and before not in (None, self.me):
+                    taken.append(repo_id)
                 log("nft_holder_recorded", repo=repo_id_text(repo_id), holder=b58encode(nft.holder),
                     mint=b58encode(nft.mint), sale_seq=nft.sale_seq, slot=slot)  # fmt: skip
         self.readings += 1
+        for repo_id in taken:
+            if self.on_taken is None:
+                break
+            try:
+                await self.on_taken(repo_id)
+            except Exception as exc:  # the record stands; the holder can still sign with 'fednode members'
+                log("nft_take_over_failed", "warning", repo=repo_id_text(repo_id), error=f"{type(exc).__name__}: {exc}")
         return changed
 
     async def _cycle(self) -> float:
@@ -143,3 +164,19 @@ class Ownership:
                 await self._wake.wait()
             self._wake = trio.Event()  # suspicions raised during the wait are served by the next reading
             await trio.sleep_until(read_at + min(every, EARLY_GAP_S))
+
+
+async def take_over(daemon: Daemon, repo_id: bytes) -> None:
+    """This node now owns ``repo_id``: sign the membership it inherits (and, if private, a new key epoch)."""
+    from fednode.daemon.routes import h_members
+
+    state = daemon.state
+    if repo_id not in state.local_repos().values():
+        return  # followed only: nothing to sign for yet
+    inherited = state.membership(repo_id)
+    if inherited is not None and inherited.announcer == daemon.node.identity.public_key:
+        return
+    members = [b58encode(k) for k in inherited.members] if inherited is not None else []
+    public = bool(inherited.public) if inherited is not None else False
+    done = await h_members(daemon, {"repo": repo_id_text(repo_id), "members": members, "public": public})
+    log("nft_taken_over", repo=repo_id_text(repo_id), members=len(members), epoch=done.get("epoch"))

@@ -35,7 +35,7 @@ from fednode.daemon.inbound import InboundCatchUp
 from fednode.daemon.ipfsget import GetJobs
 from fednode.daemon.jobs import FetchJobs
 from fednode.daemon.metrics import Metrics
-from fednode.daemon.ownership import Ownership
+from fednode.daemon.ownership import Ownership, take_over
 from fednode.daemon.peers import Peers
 from fednode.daemon.pinning import PinWorker
 from fednode.daemon.ratelimit import TokenBuckets
@@ -83,6 +83,7 @@ class Daemon:
         self.validator = Validator(node.store, self.state, self.keyring)
         self.ownership = Ownership(node, self.state)  # NFT holders from the chain: ownership is control
         self.validator.on_not_owner = self.ownership.suspect
+        self.ownership.on_taken = lambda repo_id: take_over(self, repo_id)
         self.host: IHost = hostmod.build_host(hostmod.key_pair(node.identity), mdns)
         self.tasks = Tasks(self.metrics)
         self.bans = Bans(self.state, self.metrics, self.host, self.tasks, ban_threshold, ban_seconds)

@@ -107,7 +107,18 @@ def plan_change(node: Node, repo: RepoInfo, addresses: tuple[str, ...] | list[st
     current, was_public = network_members(node, repo.repo_id)
     wanted = changed_members(current, keys, add)
     now_public = was_public if public is None else public
-    return MemberChange(add, keys, wanted, now_public, wanted != sorted(current) or now_public != was_public)
+    inherited = not signed_by(node, repo.repo_id, node.identity.public_key)  # a new NFT holder signs its own
+    return MemberChange(add, keys, wanted, now_public,
+                        wanted != sorted(current) or now_public != was_public or inherited)
+
+
+def signed_by(node: Node, repo_id: bytes, key: bytes) -> bool:
+    """Whether the latest membership this node holds is ``key``'s (True when it holds none: nothing
+    inherited). False after a sale, until the new holder has signed one of its own."""
+    from fednode.storage.netstate import NetState
+
+    msg = NetState(node.store).membership(repo_id)
+    return msg is None or msg.announcer == key
 
 
 def unchanged_text(change: MemberChange) -> str:

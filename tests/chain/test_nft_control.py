@@ -106,7 +106,10 @@ def test_after_a_transfer_the_holder_controls_and_the_former_owner_is_refused(tm
         for home in (b_home, c_home):
             wait_for(lambda h=home: controller(h, repo_id) == b_key, 15, f"{home.name} to read the new holder")
         assert controller(a_home, repo_id) is None  # the stale daemon never read the binding
-        # the new holder signs the membership; the observer accepts it
+        # the new holder's daemon signs the membership it inherits at once; the observer accepts it,
+        # and the one the holder signs next
+        wait_for(lambda: membership(c_home, repo_id) == (b_key, ()), 15, "the holder's first membership")
+        assert any(e["event"] == "nft_taken_over" for e in b.log_events())
         b.api("POST", "/members", {"repo": "demo", "members": [b58encode(x_key)]})
         wait_for(lambda: membership(c_home, repo_id) == (b_key, (x_key,)), 15, "the holder's membership")
         # the former owner's daemon signs and publishes one too: refused by the observer, not stored

@@ -114,10 +114,14 @@ def test_private_blocks_follow_the_holder(repo) -> None:
 
 
 def test_cli_side_checks_follow_the_recorded_holder(repo) -> None:
-    b = Identity.generate()
+    b, member = Identity.generate(), Identity.generate()
     node_a = SimpleNamespace(store=repo.store, history=repo.history, identity=repo.a)
     node_b = SimpleNamespace(store=repo.store, history=repo.history, identity=b)
     membership.check_owner(node_a, repo.info)  # type: ignore[arg-type]
+    NetState(repo.store).put_membership(m.decode(_sign(repo.a, m.Membership(  # type: ignore[arg-type]
+        repo.rid, (member.public_key,), False, 1, 1, repo.a.public_key))))
+    again = membership.plan_change(node_a, repo.info, [member.address], True, None)  # type: ignore[arg-type]
+    assert not again.network_changes  # already a member: nothing to sign
     with pytest.raises(FednodeError, match="genesis author"):
         membership.check_owner(node_b, repo.info)  # type: ignore[arg-type]
     NetState(repo.store).set_controller(repo.rid, b.public_key, MINT, 5, 1)
@@ -125,6 +129,9 @@ def test_cli_side_checks_follow_the_recorded_holder(repo) -> None:
     membership.check_member(node_b, repo.info)  # type: ignore[arg-type]
     with pytest.raises(FednodeError, match="holder of its NFT"):
         membership.check_owner(node_a, repo.info)  # type: ignore[arg-type]
+    # the new holder re-signs the list it inherited, even when it names nobody new
+    change = membership.plan_change(node_b, repo.info, [member.address], True, None)  # type: ignore[arg-type]
+    assert change.network_changes and change.members == [member.public_key]
     with pytest.raises(FednodeError, match="not a member"):
         membership.check_member(node_a, repo.info)  # type: ignore[arg-type]
 
