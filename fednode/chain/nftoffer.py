@@ -16,7 +16,7 @@ from typing import Any
 
 from solders.message import Message
 from solders.pubkey import Pubkey
-from solders.transaction import Transaction
+from solders.transaction import SanitizeError, Transaction
 
 from fednode.chain.program import ASSOCIATED_TOKEN_PROGRAM_ID, SYSTEM_PROGRAM_ID, TOKEN_2022_PROGRAM_ID
 from fednode.errors import FednodeError
@@ -102,6 +102,12 @@ def parse_offer(raw: bytes) -> Offer:
         tx = Transaction.from_bytes(base64.b64decode(str(data.get("transaction", "")), validate=True))
     except (ValueError, binascii.Error):
         raise _bad("'transaction' is not a base64 Solana transaction") from None
+    try:
+        tx.sanitize()  # every index in range, signature count = required signers
+    except SanitizeError:
+        raise _bad("its transaction is inconsistent (indexes or signature count)") from None
+    if not tx.signatures:
+        raise _bad("its transaction has no signers")
     return Offer(repo_id, _key(data.get("mint"), "'mint'"), _key(data.get("seller"), "'seller'"),
                  _key(data.get("buyer"), "'buyer'"), _int(data, "price_lamports"), _int(data, "sale_seq"),
                  _int(data, "share_bps", layout.MAX_SHARE_BPS + 1), _contributors(data.get("contributors")),

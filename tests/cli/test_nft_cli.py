@@ -5,6 +5,7 @@ one-line refusals that store nothing."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from pathlib import Path
@@ -182,6 +183,8 @@ def test_bad_input_one_line_each(cli, home: Path, anchored: dict, tmp_path: Path
     assert_cli_refuses(cli, home, "nft", "accept", tmp_path / "missing.json", needles=("cannot read",))
     for body in (b"not json", b"[]", b'{"version": 2}', json.dumps({"version": 1, "repo": "x"}).encode(),
                  json.dumps({"version": 1, "repo": as_json(cli, "repo", "list")[0]["id"],
-                             "transaction": "%%%"}).encode()):  # fmt: skip
+                             "transaction": "%%%"}).encode(),
+                 json.dumps({"version": 1, "repo": as_json(cli, "repo", "list")[0]["id"],
+                             "transaction": base64.b64encode(bytes(200)).decode()}).encode()):  # fmt: skip
         (tmp_path / "bad.json").write_bytes(body)
         assert_cli_refuses(cli, home, "nft", "accept", tmp_path / "bad.json", "--yes", needles=("malformed offer",))
