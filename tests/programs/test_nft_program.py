@@ -596,3 +596,15 @@ def test_nft_lifecycle_on_both_builds(elves: dict[int, bytes], version: int) -> 
     assert [y - x for x, y in zip(before, after, strict=True)] == [500_000, 500_000]
     chain.client.set_uri(BOB, chain.repo_id, "ipfs://v" * 10)
     assert chain.metadata(mint).uri == "ipfs://v" * 10 and token_amount(chain, BOB.pubkey(), mint) == 1
+
+
+def test_bench_nft_meets_its_targets() -> None:
+    """bench/bench_nft.py runs and its targets (mint + bind <= 60k CU, 8-contributor sale <= 100k) hold."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "bench/bench_nft.py"], cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    assert done.stdout.count("PASS") == 2 and "merge, 6 committed inputs + head" in done.stdout
