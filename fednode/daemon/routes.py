@@ -230,17 +230,22 @@ PRIVATE_TAKES_MEMBERS = ("a private repository takes proposals from members only
 def _repo_keys(d: Daemon, repo_id: bytes, members: tuple[bytes, ...]) -> tuple[m.RepoKeys, int, bytes]:
     """The unsigned key message for a private repository's new membership, with its epoch and key
     (not stored yet): the same epoch while members are only added, a new one when any is removed
-    (so a former member cannot open what is sealed after) and when the last key message is not ours
-    (a new NFT holder: the former holder holds that key). A new epoch is above every epoch known here,
-    so members never take it for a stale one. 400 for a key that cannot be wrapped."""
+    (so a former member cannot open what is sealed after) and when this node takes over from a
+    former NFT holder (the last key message is someone else's, or it holds no key and did not author
+    the genesis): the former holder holds the current key. A takeover's epoch is at least the time
+    in seconds, so it lands above the former holder's epochs even when this node never saw its
+    last key message (members refuse a second key for an epoch they hold). 400 for a key that
+    cannot be wrapped."""
     old = d.state.membership(repo_id)
     held = d.keyring.latest(repo_id)
     last = d.state.keys_message(repo_id)
+    me = d.node.identity.public_key
     removed = old is not None and bool(set(old.members) - set(members))
-    taken_over = last is not None and last.announcer != d.node.identity.public_key
+    taken_over = last.announcer != me if last is not None else \
+        held is None and d.state.genesis_author(repo_id) != me  # fmt: skip
     if held is None or removed or taken_over:
         top = max(held[0] if held else -1, last.epoch if last else -1)
-        epoch, key = top + 1, new_key()
+        epoch, key = max(top + 1, int(time.time()) if taken_over else 0), new_key()
     else:
         epoch, key = held
     owner = d.node.identity.public_key

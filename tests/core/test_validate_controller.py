@@ -5,6 +5,7 @@ chain reading is tests/daemon/test_ownership_refresh.py and tests/chain/test_nft
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -136,7 +137,7 @@ def test_cli_side_checks_follow_the_recorded_holder(repo) -> None:
         membership.check_member(node_a, repo.info)  # type: ignore[arg-type]
 
 
-def test_a_new_holder_starts_a_key_epoch_above_the_former_holders(repo) -> None:
+def test_a_new_holder_starts_a_key_epoch_above_the_former_holders(repo, tmp_path: Path) -> None:
     a, b, member = repo.a, Identity.generate(), Identity.generate()
     state, keyring, rid = NetState(repo.store), Keyring(repo.store), repo.rid
     for epoch in range(3):  # the former owner's epochs 0..2 (this node, a member, held them all)
@@ -144,13 +145,27 @@ def test_a_new_holder_starts_a_key_epoch_above_the_former_holders(repo) -> None:
     state.put_keys_message(m.decode(_sign(a, m.RepoKeys(rid, 2, (), 1, 1, a.public_key))))  # type: ignore[arg-type]
     state.set_controller(rid, b.public_key, MINT, 5, 1)
     d = SimpleNamespace(state=state, keyring=keyring, node=SimpleNamespace(identity=b))
+    now = int(time.time())
     msg, epoch, key = _repo_keys(d, rid, (member.public_key,))  # type: ignore[arg-type]
-    assert epoch == 3 and key != bytes([3]) * 32  # not the key the former holder holds
+    assert now <= epoch <= now + 5  # above any epoch the former holder counted to, seen here or not
     assert msg.announcer == b.public_key and {k for k, _ in msg.wrapped} == {b.public_key, member.public_key}
     # once the holder's own key message is the latest, adding members keeps its epoch
-    keyring.put(rid, 3, key)
+    keyring.put(rid, epoch, key)
     state.put_keys_message(m.decode(_sign(b, msg)))  # type: ignore[arg-type]
-    assert _repo_keys(d, rid, (member.public_key,))[1:] == (3, key)  # type: ignore[arg-type]
-    # a holder holding no key at all starts above the epoch the key message names too
-    state.put_keys_message(m.decode(_sign(a, m.RepoKeys(rid, 7, (), 2, 2, a.public_key))))  # type: ignore[arg-type]
-    assert _repo_keys(d, rid, ())[1] == 8  # type: ignore[arg-type]
+    assert _repo_keys(d, rid, (member.public_key,))[1:] == (epoch, key)  # type: ignore[arg-type]
+    # removing a member: the next epoch, counted
+    state.put_membership(m.decode(_sign(b, m.Membership(rid, (member.public_key,), False, 1, 1, b.public_key))))  # type: ignore[arg-type]
+    assert _repo_keys(d, rid, ())[1] == epoch + 1  # type: ignore[arg-type]
+    # a former holder's key message numbered above the clock: the takeover goes above it
+    state.put_keys_message(m.decode(_sign(a, m.RepoKeys(rid, 2 * now, (), 2, 2, a.public_key))))  # type: ignore[arg-type]
+    assert _repo_keys(d, rid, (member.public_key,))[1] == 2 * now + 1  # type: ignore[arg-type]
+    # a holder that holds no key and never saw a key message (not the genesis author): above the clock
+    fresh = Store(tmp_path / "fresh")
+    try:
+        fresh_id = History(fresh, a).create_repo("sold", ArraySource(model_arrays(0)))[0].repo_id
+        e = SimpleNamespace(state=NetState(fresh), keyring=Keyring(fresh), node=SimpleNamespace(identity=b))
+        assert _repo_keys(e, fresh_id, ())[1] >= now  # type: ignore[arg-type]
+        e.node.identity = a  # the genesis author's first epoch stays 0
+        assert _repo_keys(e, fresh_id, ())[1] == 0  # type: ignore[arg-type]
+    finally:
+        fresh.close()
