@@ -321,4 +321,10 @@ class NftClient:
         """Add this node's signature to a reviewed offer and submit it."""
         tx = review.offer.tx
         tx.partial_sign([self.identity.keypair], tx.message.recent_blockhash)
-        return await self.backend.send_transaction(tx)
+        try:
+            return await self.backend.send_transaction(tx)
+        except ChainError as exc:
+            if "BlockhashNotFound" in str(exc):  # the chain's words for an offer that waited too long
+                raise FednodeError("offer expired: its blockhash is no longer recent on this chain, so the chain "
+                                   "refused it and nothing happened; ask the seller for a new offer") from None
+            raise

@@ -189,6 +189,15 @@ def test_offer_accept_moves_nft_and_lamports_exactly(market: dict) -> None:
     refused(m, offer, "stale", "already executed")
 
 
+def test_an_expired_offer_is_refused_by_the_chain(market: dict) -> None:
+    """What the offer's output promises: valid until 150 newer blockhashes (devchain: one per transaction)."""
+    m = market
+    offer = make_offer(m)
+    for _ in range(151):  # each airdrop is a transaction: the next one gets a new blockhash
+        m["chain"].airdrop(m["third_key"].pubkey(), 1)
+    refused(m, offer, "offer expired", "nothing happened")
+
+
 def test_accept_asks_first(market: dict) -> None:
     offer = make_offer(market)
     refused(market, offer, "not accepted", "nothing was signed or sent", answer="n\n")
