@@ -226,6 +226,12 @@ def test_tampered_offers_are_refused_and_nothing_is_sent(market: dict) -> None:
     forged = Transaction.populate(forged.message, list(tx.signatures))
     refused(m, {**offer, "price_lamports": 1, "transaction": base64.b64encode(bytes(forged)).decode()}, "signature")
     assert fed_json(m["seller"], "nft", "show", "demo")["holder"] == str(seller)
+    # Offers only come from the holder, to someone else.
+    for home, to, needle in ((m["buyer"], other, "does not hold"), (m["seller"], seller, "the buyer is this node")):
+        result = fed(home, "nft", "offer", offer["repo"], "--price", "1", "--to", to, "--out", m["tmp"] / "x.json",
+                     ok=False)  # fmt: skip
+        assert result.exit_code == 1 and not (m["tmp"] / "x.json").exists()
+        assert_one_line_error(result.stderr, needle)
 
 
 def test_stale_offers_and_a_seller_who_no_longer_holds(market: dict) -> None:
