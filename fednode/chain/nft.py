@@ -224,6 +224,9 @@ class NftClient:
         view = await self.require(repo_id, name)
         if to == self.me:
             raise FednodeError(f"this node ({self.me}) is the recipient: nothing to transfer")
+        if not to.is_on_curve():  # a program address: no key could ever sign for the repository again
+            raise FednodeError(f"{to} is not a wallet (an off-curve program address): nobody could sign with it, "
+                               "so the repository would lose its controller; nothing was sent")  # fmt: skip
         await self._require_holding(view, name)
         dest = token_account_address(to, view.mint)
         ixs = [tok.create_associated_token_account_idempotent(self.me, to, view.mint),

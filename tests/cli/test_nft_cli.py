@@ -174,6 +174,9 @@ def test_bad_input_one_line_each(cli, home: Path, anchored: dict, tmp_path: Path
     buyer = str(Keypair().pubkey())
     assert_cli_refuses(cli, home, "nft", "show", "unknown-repo", needles=("no repository 'unknown-repo'",))
     assert_cli_refuses(cli, home, "nft", "transfer", "demo", "not-an-address", needles=("invalid recipient",))
+    pda = FederityProgram(DEV_PROGRAM_ID).repo_address(anchored["repo_id"])
+    assert_cli_refuses(cli, home, "nft", "transfer", "demo", pda, needles=("not a wallet", "nothing was sent"))
+    assert_cli_refuses(cli, home, "nft", "transfer", "demo", my_address(home), needles=("is the recipient",))
     assert_cli_refuses(cli, home, "nft", "offer", "demo", "--price", "1", "--to", "nobody", "--out",
                        tmp_path / "o.json", needles=("invalid buyer",))  # fmt: skip
     assert_cli_refuses(cli, home, "nft", "offer", "demo", "--price", "1", "--to", buyer, "--out",
