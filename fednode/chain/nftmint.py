@@ -6,6 +6,9 @@ needs the lamports already there). Token-2022 lets nobody but the metadata's upd
 change it, so after the fields are set the authority moves to ``update_authority`` (the repository's
 PDA, which the federity program signs with). The mint authority is dropped after the one token is
 minted, and there never is a freeze authority: supply stays 1 and nobody can freeze the holder.
+The MetadataPointer has no authority (deviation from the issue-14 contract, which named the minter):
+an authority could later point wallets at some other metadata account; federity's bind_nft
+refuses a mint whose pointer has one.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ def mint_nft_instructions(
     return [
         create_account(CreateAccountParams(from_pubkey=payer, to_pubkey=mint, lamports=lamports, space=space,
                                            owner=tok.TOKEN_2022_PROGRAM_ID)),
-        tok.initialize_metadata_pointer(mint, payer, mint),
+        tok.initialize_metadata_pointer(mint, None, mint),  # nobody may repoint it
         tok.initialize_mint2(mint, 0, payer, None),
         tok.initialize_token_metadata(mint, payer, payer, name, symbol, uri),
         *(tok.update_field(mint, payer, key, value) for key, value in fields.items()),

@@ -532,7 +532,7 @@ static bool metadata_ok(const uint8_t *v, uint64_t n, const SolPubkey *mint, con
 
 /* Mint (82-byte base, account type 1 @165, TLV extensions from 166): no mint authority, no
  * freeze authority, supply 1, decimals 0, initialized; extensions exactly MetadataPointer (to
- * the mint itself) and TokenMetadata (metadata_ok): anything else could move, freeze, tax or
+ * the mint itself, without an authority) and TokenMetadata (metadata_ok): anything else could move, freeze, tax or
  * burn the NFT behind the program's back. */
 static bool mint_ok(const SolAccountInfo *m, const SolAccountInfo *repo, const uint8_t *repo_id) {
   const uint8_t *d = m->data;
@@ -551,7 +551,9 @@ static bool mint_ok(const SolAccountInfo *m, const SolAccountInfo *repo, const u
     uint64_t n = sol_read_u16(d + at + 2);
     const uint8_t *v = d + at + 4;
     if (n > len - at - 4) return false;
-    if (type == EXT_METADATA_POINTER && !pointer && n == 64 && sol_bytes_eq(v + 32, m->key, 32))
+    /* MetadataPointer: no authority (nobody can repoint wallets elsewhere), address = the mint */
+    if (type == EXT_METADATA_POINTER && !pointer && n == 64 && sol_is_zero(v, 32) &&
+        sol_bytes_eq(v + 32, m->key, 32))
       pointer = true;
     else if (type == EXT_TOKEN_METADATA && !metadata && metadata_ok(v, n, m->key, repo, repo_id))
       metadata = true;

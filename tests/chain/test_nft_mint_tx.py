@@ -66,7 +66,7 @@ def test_mint_transaction(minted: Minted) -> None:
     assert (state.decimals, state.supply, state.is_initialized) == (0, 1, True)
     assert state.mint_authority is None and state.freeze_authority is None
     assert set(state.extensions) == {tok.Ext.METADATA_POINTER, tok.Ext.TOKEN_METADATA}
-    assert state.metadata_pointer == tok.MetadataPointer(minted.minter.pubkey(), minted.mint)
+    assert state.metadata_pointer == tok.MetadataPointer(None, minted.mint)  # nobody can repoint it
     meta = state.metadata
     assert meta is not None
     assert (meta.name, meta.symbol, meta.uri, meta.mint) == (NAME, "FED", URI, minted.mint)

@@ -272,11 +272,16 @@ def _bad_mint_cases() -> dict[str, Callable[[Chain, Keypair], list[Instruction]]
 
     def pointer_elsewhere(c: Chain, m: Keypair) -> list[Instruction]:
         ixs = c.mint_ixs(OWNER, m)
-        ixs[1] = tok.initialize_metadata_pointer(m.pubkey(), OWNER.pubkey(), MALLORY.pubkey())
+        ixs[1] = tok.initialize_metadata_pointer(m.pubkey(), None, MALLORY.pubkey())
+        return ixs
+
+    def pointer_authority(c: Chain, m: Keypair) -> list[Instruction]:
+        ixs = c.mint_ixs(OWNER, m)  # the minter could repoint wallets at other metadata later
+        ixs[1] = tok.initialize_metadata_pointer(m.pubkey(), OWNER.pubkey(), m.pubkey())
         return ixs
 
     return {f.__name__: f for f in (freeze, keep_authority, supply_two, permanent_delegate, mint_close_authority,
-                                    authority_not_pda, other_repo, pointer_elsewhere)}
+                                    authority_not_pda, other_repo, pointer_elsewhere, pointer_authority)}
 
 
 @pytest.mark.parametrize("case", sorted(_bad_mint_cases()))
