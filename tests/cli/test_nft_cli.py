@@ -85,6 +85,16 @@ def test_mint_then_show(cli, home: Path, anchored: dict, tmp_path: Path) -> None
     assert_cli_refuses(cli, home, "nft", "mint", "demo", needles=("already has an NFT", minted["mint"]))
 
 
+def test_show_follows_the_anchored_head(cli, anchored: dict, tmp_path: Path) -> None:
+    """The program rewrites the mint's "head" field when the tracked branch moves; show reads it."""
+    cli("nft", "mint", "demo")
+    cli("commit", "--from", write_model(tmp_path / "m2.safetensors", perturb(model_arrays(0), 2)), "-m", "round 2")
+    new_head = as_json(cli, "show", "main")["commit_hash"]
+    assert new_head != anchored["head"] and as_json(cli, "nft", "show", "demo")["head"] == anchored["head"]
+    cli("anchor", "main", "-r", "demo")
+    assert as_json(cli, "nft", "show", "demo")["head"] == new_head
+
+
 def test_mint_refusals_store_nothing(cli, home: Path, tmp_path: Path) -> None:
     arrays = model_arrays(0)
     cli("repo", "create", "fresh", "--from", write_model(tmp_path / "m0.safetensors", arrays))
