@@ -432,6 +432,14 @@ def test_merges_tally_contributor_weights(bound: tuple[Chain, Pubkey]) -> None:
     rejects(E.CONTRIBUTOR_TABLE_FULL, lambda: with_contributors(chain, AUTHORS[16:], [1]))
     with_contributors(chain, [a], [1])  # known contributors still gain weight
     assert chain.nft().contributors[0] == (bytes(a.pubkey()), 13)
+    # the largest sale: 16 contributors (25 accounts), tallies past 2^64 in sum (the long division)
+    seller, paid = layout.sale_amounts(10**12, 1000, chain.nft().contributors)
+    chain.backend.airdrop(BOB.pubkey(), 2 * 10**12)
+    keys = [Pubkey.from_bytes(k) for k, _ in chain.nft().contributors]
+    before = balances(chain, [*keys, OWNER.pubkey()])
+    tx = chain.client.sell(OWNER, BOB, chain.repo_id, 10**12)
+    assert [y - x for x, y in zip(before, balances(chain, [*keys, OWNER.pubkey()]), strict=True)] == [*paid, seller]
+    print(f"\nCU: sale with 16 contributors {tx.compute_units}")
 
 
 def test_sale_pays_contributors_to_the_lamport_and_moves_the_nft(bound: tuple[Chain, Pubkey]) -> None:
