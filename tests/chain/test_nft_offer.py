@@ -249,3 +249,25 @@ def test_stale_offers_and_a_seller_who_no_longer_holds(market: dict) -> None:
                      tok.transfer_checked(token_account_address(seller, mint), mint,
                                           token_account_address(third, mint), seller, 1, 0)], seller_key)  # fmt: skip
     refused(m, offer, "does not hold the NFT")
+
+
+def test_a_failed_mint_says_what_stayed(tmp_path: Path, devchain: str) -> None:  # noqa: F811
+    """A mint the chain refuses (here: a wallet without funds and no faucet) creates no NFT; the one
+    line says so and names the metadata files that stay pinned."""
+    home, key = make_home(tmp_path, "poor", devchain)
+    fed(home, "repo", "create", "demo", "--from", write_model(tmp_path / "m.safetensors", model_arrays(0)))
+    fed(home, "anchor", "main")
+    chain = Chain(devchain)
+    (balance,) = chain.balances(key.pubkey())
+    chain.send([transfer(TransferParams(from_pubkey=key.pubkey(), to_pubkey=Keypair().pubkey(),
+                                        lamports=balance - 5000))], key)  # fmt: skip
+    assert chain.balances(key.pubkey()) == [0]
+    config = home / "config.toml"
+    config.write_text(config.read_text() + "airdrop = false\n")  # [chain] is the last table
+    result = fed(home, "nft", "mint", "demo", ok=False)
+    assert result.exit_code == 1
+    assert_one_line_error(result.stderr, "no NFT was minted", "stay pinned here under source 'nft'")
+    assert_one_line_error(fed(home, "nft", "show", "demo", ok=False).stderr, "has no NFT")
+    pins = {p["cid"] for p in fed_json(home, "ipfs", "pins")}
+    named = [word for word in result.stderr.split() if word.startswith("bafk")]
+    assert len(named) == 2 and set(named) <= pins, (named, pins)
