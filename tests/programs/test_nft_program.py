@@ -621,3 +621,43 @@ def test_bench_nft_meets_its_targets() -> None:
                           timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
     assert done.stdout.count("PASS") == 2 and "merge, 6 committed inputs + head" in done.stdout
+
+
+def test_sale_payouts_equal_sale_amounts_on_random_tables(bound: tuple[Chain, Pubkey]) -> None:
+    """The program's 64x64->128 multiply and 128-bit division against Python's integers: random
+    tables (weights up to 2^64 - 1), shares and prices, written straight into the nft record."""
+    import random
+    import struct
+
+    from solders.account import Account
+
+    chain, mint = bound
+    rnd = random.Random(14)
+    keys = [k.pubkey() for k in AUTHORS[:6]]
+    for k in keys:
+        chain.backend.airdrop(k, 10**9)
+    chain.backend.airdrop(BOB.pubkey(), 10**13)
+    chain.backend.airdrop(OWNER.pubkey(), 10**13)
+    address = chain.program.nft_address(chain.repo_id)
+    parties = [OWNER, BOB]
+    for case in range(40):
+        n = rnd.randint(1, len(keys))
+        top = rnd.choice([10, 2**32, 2**63, 2**64 - 1])
+        weights = [rnd.randint(1, top) for _ in range(n)]
+        share, price = rnd.randint(0, 10_000), rnd.choice([rnd.randint(0, 10**6), rnd.randint(0, 2 * 10**11)])
+        account = chain.backend.svm.get_account(address)
+        assert account is not None
+        data = bytearray(account.data)
+        struct.pack_into("<HH", data, 144, share, n)
+        table = b"".join(bytes(k) + struct.pack("<Q", w) for k, w in zip(keys[:n], weights, strict=True))
+        data[152:] = table.ljust(layout.CONTRIBUTOR_SIZE * layout.MAX_CONTRIBUTORS, b"\0")
+        chain.backend.svm.set_account(address, Account(account.lamports, bytes(data), account.owner,
+                                                       account.executable, account.rent_epoch))
+        seller, buyer = parties[case % 2], parties[(case + 1) % 2]
+        expected_seller, expected = layout.sale_amounts(price, share, weights)
+        watched = [*keys[:n], seller.pubkey()]
+        before = balances(chain, watched)
+        chain.client.sell(seller, buyer, chain.repo_id, price)
+        deltas = [y - x for x, y in zip(before, balances(chain, watched), strict=True)]
+        assert deltas == [*expected, expected_seller], (case, price, share, weights)
+        assert token_amount(chain, buyer.pubkey(), mint) == 1
