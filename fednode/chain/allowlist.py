@@ -27,9 +27,9 @@ async def apply_on_chain(a: Anchorer, repo: RepoInfo, change: MemberChange,
     if record is None:
         raise FednodeError(f"repository {repo.name} is not on chain: anchor its genesis first "
                            f"('fednode anchor {repo.name}:{repo.genesis}'); nothing was changed")
-    if record.owner != a.identity.public_key:
-        raise FednodeError(f"only the on-chain owner {b58encode(record.owner)} changes the members of "
-                           f"{repo.name}; nothing was changed")
+    if not await a.holds(record):  # the owner; for an NFT-bound repository, the NFT's holder
+        raise FednodeError(f"only the on-chain owner {b58encode(await a.controller(record))} changes the members "
+                           f"of {repo.name}; nothing was changed")
     todo = [raw for raw in change.addresses if await a.is_member(repo.repo_id, raw) != change.add]
     if not todo and publish is None:
         return [f"nothing to change: {unchanged_text(change)}"]

@@ -110,9 +110,13 @@ def test_after_a_transfer_the_holder_controls_and_the_former_owner_is_refused(tm
         # and the one the holder signs next
         wait_for(lambda: membership(c_home, repo_id) == (b_key, ()), 15, "the holder's first membership")
         assert any(e["event"] == "nft_taken_over" for e in b.log_events())
-        b.api("POST", "/members", {"repo": "demo", "members": [b58encode(x_key)]})
+        added = run_fednode(b_home, "members", "add", b58encode(x_key)).stdout  # chain (holder-gated) + network
+        assert "network: 1 member(s)" in added and "chain: added 1 member(s)" in added
         wait_for(lambda: membership(c_home, repo_id) == (b_key, (x_key,)), 15, "the holder's membership")
-        # the former owner's daemon signs and publishes one too: refused by the observer, not stored
+        # the former owner: its CLI is refused by the chain check (its daemon never read the binding)...
+        refused = run_fednode(a_home, "members", "add", b58encode(y_key), check=False)
+        assert_one_line_error(refused.stderr, f"only the on-chain owner {b58encode(b_key)}", "nothing was changed")
+        # ... but its daemon signs and publishes a membership when asked: refused by the observer, not stored
         a.api("POST", "/members", {"repo": "demo", "members": [b58encode(y_key)]})
         wait_for(lambda: c.metrics()["rejected"].get("not_holder", 0) >= 1, 15, "the former owner's refusal")
         assert membership(c_home, repo_id) == (b_key, (x_key,))
