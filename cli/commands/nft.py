@@ -7,6 +7,7 @@ the chain client load only when a command runs (fast start).
 from __future__ import annotations
 
 import decimal
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,18 +67,19 @@ def _address(what: str, text: str) -> Any:
 
 
 def _repo_id(node: Node, text: str) -> tuple[bytes, str]:
-    """REPO_OR_REPO_ID: a local repository's name, or a repository id (base58 or 64 hex)."""
+    """REPO_OR_REPO_ID: a local repository's name, or a repository id (base58 or 64 hex); the name
+    is the local one where this node has the repository."""
     from fednode.history.repos import parse_repo_id
 
-    for info in node.history.repos():
-        if text in (info.name, str(info.repo_id.hex())):
-            return info.repo_id, info.name
     raw = parse_repo_id(text)
     if raw is None and len(text) == 64:
         try:
             raw = bytes.fromhex(text)
         except ValueError:
             raw = None
+    for info in node.history.repos():
+        if text == info.name or raw == info.repo_id:
+            return info.repo_id, info.name
     if raw is None:
         raise FednodeError(f"no repository {text!r} here, and it is not a repository id")
     return raw, text
@@ -195,8 +197,6 @@ def offer(ctx: click.Context, repo: str, price: str, buyer: str, out_path: Path)
         return await _client(a).offer(repo_id, name, lamports, to)
 
     made = session.run(node, go)
-    import json
-
     with atomic_file(out_path) as f:
         f.write(json.dumps(made.to_json(), indent=2).encode() + b"\n")
     paid = sum(lam for _, _, lam in made.contributors)
