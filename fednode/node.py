@@ -62,6 +62,7 @@ listen = ""
 # embedded (LiteSVM in this process, state in the store) | rpc (fednode devchain or a cluster: url, program_id)
 backend = "embedded"
 # optional: flush_interval = 10 (seconds between the daemon's sends of queued anchors)
+# optional: nft_refresh_s = 30 (seconds between the daemon's readings of its repositories' NFT holders)
 
 [store]
 # fsync at every commit: survives power loss. false is faster and still survives a
