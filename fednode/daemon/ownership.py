@@ -6,9 +6,9 @@ set at bind, by every holder action, by a sale, by ``sync_holder``), not its gen
 task reads the nft accounts (PDA seeds "nft", repo_id) of every repository the node holds or
 follows, in one ``accounts_data`` call, at start and every ``[chain] nft_refresh_s`` seconds
 (default 30), and records each holder in the store (``NetState.set_controller``), where the
-validator, block access, the API and the CLI read it. When the validator refuses an NFT-bound
-repository's owner-only message (``Validator.on_not_owner``) the next reading comes early (at most
-one every ``EARLY_GAP_S``): the chain may have moved since the last one.
+validator, block access, the API and the CLI read it. When the validator refuses an owner-only
+message (``Validator.on_not_owner``) the next reading comes early (at most one every
+``EARLY_GAP_S``): the chain may have moved since the last one.
 
 A repository's binding is permanent on chain, so an nft account that is absent (a chain that never
 saw the binding, an unreachable one) changes nothing here. A plain Token-2022 transfer does not
@@ -77,7 +77,7 @@ class Ownership:
         self._last_error: str | None = None
 
     def suspect(self, repo_id: bytes) -> None:
-        """The validator refused an NFT-bound repository's owner-only message: read the chain soon.
+        """The validator refused an owner-only message for ``repo_id``: read the chain soon.
         Never blocks; safe from the trio thread and from worker threads."""
         try:
             trio.lowlevel.current_task()

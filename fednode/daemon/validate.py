@@ -20,7 +20,8 @@ holder of its NFT as the chain last recorded it (``daemon/ownership.py`` reads i
 author. Membership and key messages are accepted from the controller only; for an NFT-bound
 repository anyone else's are refused as ``not_holder`` (the former holder after a sale), which is not
 penalized (a node whose record lags behind the chain would otherwise punish an honest new holder)
-and asks the ownership task for an early reading of the chain (``on_not_owner``). Head
+and asks the ownership task for an early reading of the chain (``on_not_owner``; so does a
+``not_owner`` refusal: the repository may have been bound and sold since the last reading). Head
 announcements of the controller move branches (``apply.py``). A membership the former holder signed
 stays in force until the new holder signs one (it was accepted from whoever controlled the
 repository then); the former holder itself is no longer a member unless that list names it.
@@ -65,8 +66,8 @@ class Validator:
         self.store = store
         self.state = state
         self.keyring = keyring if keyring is not None else Keyring(store)
-        # told the repository id when an NFT-bound repository's owner-only message is refused (the
-        # ownership task reads the chain early: the record may lag behind a sale); must not block
+        # told the repository id when an owner-only message is refused (the ownership task reads the
+        # chain early: our record may lag behind a binding or a sale); must not block
         self.on_not_owner: Callable[[bytes], None] | None = None
 
     def owner(self, repo_id: bytes) -> bytes | None:
@@ -74,11 +75,12 @@ class Validator:
         return self.state.owner(repo_id)
 
     def _refused_owner(self, repo_id: bytes) -> Verdict:
-        if self.state.controller(repo_id) is None:
-            return Verdict("not_owner")
+        """An owner-only message from someone else: the chain is read early (the sender may have
+        bought the NFT since our last reading; the reading is rate-limited), and for a repository
+        known to be bound the refusal is ``not_holder``, not penalized."""
         if self.on_not_owner is not None:
             self.on_not_owner(repo_id)
-        return Verdict(NOT_HOLDER)
+        return Verdict("not_owner" if self.state.controller(repo_id) is None else NOT_HOLDER)
 
     def members(self, repo_id: bytes) -> tuple[set[bytes], bool]:
         """(members, public): the owner alone unless the owner signed a membership object."""
