@@ -233,10 +233,13 @@ def accept(ctx: click.Context, offer_file: Path, yes: bool) -> None:
 
 
 def _review_lines(review: Any) -> list[str]:
+    from fednode.history import repo_id_text
+
     o = review.offer
     meta = review.view.metadata
-    lines = [f"buying the NFT of {meta.name if meta else '?'} (repo {o.repo_id.hex()[:16]}, mint {o.mint})",
-             f"from {o.seller} for {_sol(o.price)}: seller gets {_sol(review.seller_lamports)}"]  # fmt: skip
+    lines = [f"buying the NFT of {meta.name if meta else '?'} (repository {repo_id_text(o.repo_id)}, mint {o.mint})",
+             f"from {o.seller} for {_sol(o.price)}: the seller gets {_sol(review.seller_lamports)}; the "
+             f"contributors' share is {o.share_bps} bps"]  # fmt: skip
     for (key, weight, _), lam in zip(o.contributors, review.paid, strict=True):
         lines.append(f"  contributor {key} (weight {weight}) gets {_sol(lam)}")
     return lines
