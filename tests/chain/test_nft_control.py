@@ -2,8 +2,9 @@
 daemons on it, the NFT minted and bound with `fednode nft mint` and transferred with
 `fednode nft transfer` (Token-2022 transfer_checked + the program's sync_holder). After the
 transfer the daemons read the new holder from the chain; an observer accepts the new holder's
-signed membership and refuses the former owner's (its daemon has not read the chain since before
-the mint, so it signs and publishes as if it still owned the repository); the new holder's merge
+signed membership and refuses the former owner's (its daemon never read the binding and comes
+back from the transfer unable to reach the chain, so it signs and publishes as if it still owned
+the repository); the new holder's merge
 anchors through the Anchorer with the four trailing NFT accounts (and moves the metadata head),
 while the former owner's merge is refused by the program with NOT_HOLDER."""
 
@@ -27,6 +28,8 @@ from fednode.node import open_node
 from fednode.storage.netstate import NetState
 from protocol.chain import ErrorCode
 from protocol.multiformats import b58decode, b58encode
+
+DEAD_URL = "http://127.0.0.1:9"  # nothing listens there: a chain the stale daemon cannot read
 
 
 def use_devchain(home: Path, url: str, refresh_s: float) -> None:
@@ -102,26 +105,38 @@ def test_after_a_transfer_the_holder_controls_and_the_former_owner_is_refused(tm
     with daemons(a, b, c):
         minted = fed_json(a_home, "nft", "mint", "demo")
         wait_for(lambda: controller(c_home, repo_id) == a_key, 15, "the observer to read the first holder")
+        # the former owner's daemon is down during the transfer and comes back unable to read the chain
+        a.stop()
         run_fednode(a_home, "nft", "transfer", "demo", fed_json(b_home, "id")["address"])
-        for home in (b_home, c_home):
-            wait_for(lambda h=home: controller(h, repo_id) == b_key, 15, f"{home.name} to read the new holder")
-        assert controller(a_home, repo_id) is None  # the stale daemon never read the binding
-        # the new holder's daemon signs the membership it inherits at once; the observer accepts it,
-        # and the one the holder signs next
-        wait_for(lambda: membership(c_home, repo_id) == (b_key, ()), 15, "the holder's first membership")
-        assert any(e["event"] == "nft_taken_over" for e in b.log_events())
-        added = run_fednode(b_home, "members", "add", b58encode(x_key)).stdout  # chain (holder-gated) + network
-        assert "network: 1 member(s)" in added and "chain: added 1 member(s)" in added
-        wait_for(lambda: membership(c_home, repo_id) == (b_key, (x_key,)), 15, "the holder's membership")
-        # the former owner: its CLI is refused by the chain check (its daemon never read the binding)...
-        refused = run_fednode(a_home, "members", "add", b58encode(y_key), check=False)
-        assert_one_line_error(refused.stderr, f"only the on-chain owner {b58encode(b_key)}", "nothing was changed")
-        # ... but its daemon signs and publishes a membership when asked: refused by the observer, not stored
-        a.api("POST", "/members", {"repo": "demo", "members": [b58encode(y_key)]})
-        wait_for(lambda: c.metrics()["rejected"].get("not_holder", 0) >= 1, 15, "the former owner's refusal")
-        assert membership(c_home, repo_id) == (b_key, (x_key,))
-        assert membership(a_home, repo_id) == (a_key, (y_key,))  # what it believed it could do
-        assert not c.metrics()["rejected"].get("not_owner")  # refusals of the former holder are not penalized
+        config = a_home / "config.toml"
+        config.write_text(config.read_text().replace(devchain, DEAD_URL))
+        stale = DaemonProc(a_home, (c.addr, b.addr)).start()
+        with daemons(stale):
+            for home in (b_home, c_home):
+                wait_for(lambda h=home: controller(h, repo_id) == b_key, 15, f"{home.name} to read the new holder")
+            # the new holder's daemon signs the membership it inherits at once; the observer accepts it,
+            # and the one the holder signs next
+            wait_for(lambda: membership(c_home, repo_id) == (b_key, ()), 15, "the holder's first membership")
+            assert any(e["event"] == "nft_taken_over" for e in b.log_events())
+            added = run_fednode(b_home, "members", "add", b58encode(x_key)).stdout  # chain (holder-gated) + network
+            assert "network: 1 member(s)" in added and "chain: added 1 member(s)" in added
+            wait_for(lambda: membership(c_home, repo_id) == (b_key, (x_key,)), 15, "the holder's membership")
+
+            # the stale daemon still takes its node for the owner: it signs and publishes a membership
+            # when asked; the observer refuses it (not penalized) and keeps the holder's
+            def former_owner_refused() -> bool:
+                stale.api("POST", "/members", {"repo": "demo", "members": [b58encode(y_key)]})
+                return c.metrics()["rejected"].get("not_holder", 0) >= 1
+
+            wait_for(former_owner_refused, 20, "the observer to refuse the former owner's membership", interval=1.0)
+            assert controller(a_home, repo_id) is None  # it never read the binding
+            assert membership(c_home, repo_id) == (b_key, (x_key,))
+            assert membership(a_home, repo_id) == (a_key, (y_key,))  # what it believed it could do
+            assert not c.metrics()["rejected"].get("not_owner")  # refusals of the former holder are not penalized
+            config.write_text(config.read_text().replace(DEAD_URL, devchain))
+            # with the chain back, the former owner's CLI is refused before anything changes
+            refused = run_fednode(a_home, "members", "add", b58encode(y_key), check=False)
+            assert_one_line_error(refused.stderr, "only the", b58encode(b_key))
         # the holder's merge anchors through the Anchorer (its update on main, its branch commit, the
         # merge, in order; the holder-gated instructions carry the NFT accounts) and moves the NFT's head
         run_fednode(b_home, "commit", "--from", models[2], "-m", "holder update")
