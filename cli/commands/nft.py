@@ -37,6 +37,10 @@ def _sol(lamports: int) -> str:
     return f"{decimal.Decimal(lamports) / LAMPORTS_PER_SOL:f} SOL"
 
 
+def _tx_json(tx: Any, **extra: Any) -> dict[str, Any]:
+    return {**extra, "signature": tx.signature, "compute_units": tx.compute_units, "fee": tx.fee}
+
+
 def _cost(tx: Any) -> str:
     """What a transaction cost, as the chain reported it (an endpoint that keeps no details: 0 CU)."""
     return f"signature {tx.signature}, {tx.compute_units} compute units, fee {tx.fee} lamports"
@@ -161,8 +165,9 @@ def show(ctx: click.Context, repo_or_id: str, as_json: bool) -> None:
 @nft.command("transfer")
 @click.argument("repo", metavar="REPO_OR_ID")
 @click.argument("to")
+@json_option
 @click.pass_context
-def transfer(ctx: click.Context, repo: str, to: str) -> None:
+def transfer(ctx: click.Context, repo: str, to: str, as_json: bool) -> None:
     """Give REPO's NFT (and with it control of the repository) to wallet TO."""
     dest = _address("recipient", to)
     node = get_node(ctx)
@@ -172,6 +177,9 @@ def transfer(ctx: click.Context, repo: str, to: str) -> None:
         return await _client(a).transfer(repo_id, name, dest)
 
     tx = session.run(node, go)
+    if as_json:
+        emit_json(_tx_json(tx, holder=str(dest)))
+        return
     out.print(f"transferred the NFT of {repo} to {dest}; it now controls the repository ({_cost(tx)})",
               markup=False)  # fmt: skip
 
@@ -181,8 +189,9 @@ def transfer(ctx: click.Context, repo: str, to: str) -> None:
 @click.option("--price", required=True, help="Price in SOL (paid by the buyer, split with the contributors).")
 @click.option("--to", "buyer", required=True, help="The buyer's wallet address.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@json_option
 @click.pass_context
-def offer(ctx: click.Context, repo: str, price: str, buyer: str, out_path: Path) -> None:
+def offer(ctx: click.Context, repo: str, price: str, buyer: str, out_path: Path, as_json: bool) -> None:
     """Write a sale offer: one transaction signed by this node (the seller), for the buyer to accept."""
     from fednode.atomic import atomic_file
 
@@ -200,6 +209,9 @@ def offer(ctx: click.Context, repo: str, price: str, buyer: str, out_path: Path)
     with atomic_file(out_path) as f:
         f.write(json.dumps(made.to_json(), indent=2).encode() + b"\n")
     paid = sum(lam for _, _, lam in made.contributors)
+    if as_json:
+        emit_json({**made.to_json(), "out": str(out_path), "seller_lamports": lamports - paid})
+        return
     out.print(f"offer written to {out_path}: the NFT of {repo} (mint {made.mint}) to {to} for {_sol(lamports)} "
               f"(seller {_sol(lamports - paid)}, contributors {_sol(paid)})", markup=False)  # fmt: skip
     out.print(f"{VALIDITY}; it is void once the NFT changes hands", markup=False)
@@ -208,8 +220,9 @@ def offer(ctx: click.Context, repo: str, price: str, buyer: str, out_path: Path)
 @nft.command("accept")
 @click.argument("offer_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--yes", is_flag=True, help="Do not ask before signing and submitting.")
+@json_option
 @click.pass_context
-def accept(ctx: click.Context, offer_file: Path, yes: bool) -> None:
+def accept(ctx: click.Context, offer_file: Path, yes: bool, as_json: bool) -> None:
     """Check an offer against the chain, then sign and submit it (this node is the buyer)."""
     from fednode.chain.nftoffer import parse_offer
 
@@ -218,17 +231,23 @@ def accept(ctx: click.Context, offer_file: Path, yes: bool) -> None:
     except OSError as exc:
         raise FednodeError(f"cannot read {offer_file}: {exc.strerror}") from None
     parsed = parse_offer(raw)
+    if as_json and not yes:
+        raise FednodeError("--json does not ask: add --yes once you have checked the offer")
 
     async def go(a: Anchorer, node: Node) -> Any:
         client = _client(a)
         review = await client.review_offer(parsed)
-        for line in _review_lines(review):
-            out.print(line, markup=False)
+        if not as_json:
+            for line in _review_lines(review):
+                out.print(line, markup=False)
         if not yes and not click.confirm("sign and submit?", default=False):
             raise FednodeError("not accepted: nothing was signed or sent")
         return await client.accept(review)
 
     tx = session.run(get_node(ctx), go)
+    if as_json:
+        emit_json(_tx_json(tx, holder=str(parsed.buyer), price_lamports=parsed.price))
+        return
     out.print(f"bought: the NFT is this node's, and with it control of the repository ({_cost(tx)})", markup=False)
 
 
@@ -248,8 +267,9 @@ def _review_lines(review: Any) -> list[str]:
 @nft.command("share")
 @click.argument("repo", metavar="REPO_OR_ID")
 @click.argument("bps")
+@json_option
 @click.pass_context
-def share(ctx: click.Context, repo: str, bps: str) -> None:
+def share(ctx: click.Context, repo: str, bps: str, as_json: bool) -> None:
     """Set the contributors' share of every sale to BPS basis points (holder only, unless locked)."""
     value = parse_bps(bps)
     node = get_node(ctx)
@@ -259,6 +279,9 @@ def share(ctx: click.Context, repo: str, bps: str) -> None:
         return await _client(a).set_share(repo_id, name, value)
 
     tx = session.run(node, go)
+    if as_json:
+        emit_json(_tx_json(tx, share_bps=value))
+        return
     out.print(f"contributors' share of {repo}: {value} bps ({_cost(tx)})", markup=False)
 
 
@@ -266,8 +289,9 @@ def share(ctx: click.Context, repo: str, bps: str) -> None:
 @click.argument("repo_or_id")
 @click.option("--holder", default=None, help="The wallet that now holds the NFT (default: this node, else the "
                                               "recorded holder).")  # fmt: skip
+@json_option
 @click.pass_context
-def sync(ctx: click.Context, repo_or_id: str, holder: str | None) -> None:
+def sync(ctx: click.Context, repo_or_id: str, holder: str | None, as_json: bool) -> None:
     """Record on chain who holds the NFT now (anyone may; after a transfer outside fednode)."""
     who = _address("holder", holder) if holder else None
     node = get_node(ctx)
@@ -277,6 +301,9 @@ def sync(ctx: click.Context, repo_or_id: str, holder: str | None) -> None:
         return await _client(a).sync(repo_id, name, who)
 
     recorded, tx = session.run(node, go)
+    if as_json:
+        emit_json(_tx_json(tx, holder=str(recorded)) if tx else {"holder": str(recorded), "signature": None})
+        return
     if tx is None:
         out.print(f"holder already recorded: {recorded}", markup=False)
     else:

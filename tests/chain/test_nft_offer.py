@@ -175,8 +175,9 @@ def test_offer_accept_moves_nft_and_lamports_exactly(market: dict) -> None:
     assert offer["contributors"] == [[k, w, lam] for (k, w), lam in zip(contributors, paid, strict=True)]
     keys = (seller, buyer, m["member_key"])
     b0 = m["chain"].balances(*keys)
-    text = fed(m["buyer"], "nft", "accept", m["tmp"] / "offer.json", "--yes").stdout
-    assert "seller gets" in text and "bought" in text
+    assert fed(m["buyer"], "nft", "accept", m["tmp"] / "offer.json", "--json", ok=False).exit_code == 1  # --yes
+    done = fed_json(m["buyer"], "nft", "accept", m["tmp"] / "offer.json", "--yes")
+    assert done["holder"] == str(buyer) and done["compute_units"] > 0 and done["fee"] == 10_000, done
     b1 = m["chain"].balances(*keys)
     to_seller = seller_amount + paid[[c[0] for c in contributors].index(str(seller))]
     to_member = paid[[c[0] for c in contributors].index(str(m["member_key"]))]
@@ -201,6 +202,8 @@ def test_an_expired_offer_is_refused_by_the_chain(market: dict) -> None:
 def test_accept_asks_first(market: dict) -> None:
     offer = make_offer(market)
     refused(market, offer, "not accepted", "nothing was signed or sent", answer="n\n")
+    text = fed(market["buyer"], "nft", "accept", market["tmp"] / "tampered.json", input="y\n").stdout
+    assert "the seller gets" in text and "contributors' share is 1000 bps" in text and "bought" in text
 
 
 def test_tampered_offers_are_refused_and_nothing_is_sent(market: dict) -> None:
