@@ -172,6 +172,9 @@ def _instruction_difference(i: int, e: _Ix, a: _Ix, federity: Pubkey) -> str | N
     if e.data != a.data:
         return f"{where}: {_sell_data(e.data, a.data)}" if e.program == federity else f"{where}: its data differs"
     if len(e.accounts) != len(a.accounts):
+        if e.program == federity and min(len(e.accounts), len(a.accounts)) >= len(_SELL_ROLES):
+            base = len(_SELL_ROLES)  # the sale's fixed accounts, then one per contributor
+            return f"{where}: {len(a.accounts) - base} contributor account(s) instead of {len(e.accounts) - base}"
         return f"{where}: {len(a.accounts)} accounts instead of {len(e.accounts)}"
     roles = _roles(e.program, federity, len(e.accounts))
     keys = [roles[j] for j, (x, y) in enumerate(zip(e.accounts, a.accounts, strict=True)) if x[0] != y[0]]
@@ -181,21 +184,40 @@ def _instruction_difference(i: int, e: _Ix, a: _Ix, federity: Pubkey) -> str | N
     return f"{where}: other signer/writable flags for {', '.join(flags)}" if flags else None
 
 
+def _unmatched(longer: list[_Ix], shorter: list[_Ix]) -> list[int] | None:
+    """Indexes of ``longer`` left over when ``shorter`` is a subsequence of it (None: it is not)."""
+    left, j = [], 0
+    for i, ix in enumerate(longer):
+        if j < len(shorter) and ix == shorter[j]:
+            j += 1
+        else:
+            left.append(i)
+    return left if j == len(shorter) else None
+
+
+def _named(ixs: list[_Ix], at: list[int], federity: Pubkey) -> str:
+    return ", ".join(f"#{i} ({_program_name(ixs[i].program, federity)})" for i in at)
+
+
 def difference(expected: Message, actual: Message, federity: Pubkey) -> str:
     """What the offer's message does differently from the expected one, in words (first found)."""
     if actual.account_keys[:1] != expected.account_keys[:1]:
         payer = actual.account_keys[0] if actual.account_keys else "nobody"
         return f"buyer: the transaction's fee payer is {payer}, not the buyer {expected.account_keys[0]}"
     exp, act = _decompile(expected), _decompile(actual)
+    extra = _unmatched(act, exp) if len(act) > len(exp) else None
+    if extra:
+        return (f"extra instruction(s) {_named(act, extra, federity)}: an offer holds only the buyer's token "
+                "account and the sale")
+    missing = _unmatched(exp, act) if len(act) < len(exp) else None
+    if missing:
+        return f"missing instruction(s) {_named(exp, missing, federity)}"
     for i, (e, a) in enumerate(zip(exp, act, strict=False)):
         found = _instruction_difference(i, e, a, federity)
         if found:
             return found
-    if len(act) > len(exp):
-        extra = ", ".join(f"#{i} ({_program_name(x.program, federity)})" for i, x in enumerate(act) if i >= len(exp))
-        return f"extra instruction(s) {extra}: an offer holds only the buyer's token account and the sale"
-    if len(act) < len(exp):
-        return f"missing instruction(s): the transaction has {len(act)} of {len(exp)}"
+    if len(act) != len(exp):
+        return f"the transaction has {len(act)} instructions, not {len(exp)}"
     if actual.recent_blockhash != expected.recent_blockhash:
         return "its blockhash differs"
     return "its accounts are listed in another order or with other flags"

@@ -221,7 +221,8 @@ def test_tampered_offers_are_refused_and_nothing_is_sent(market: dict) -> None:
     extra = transfer(TransferParams(from_pubkey=buyer, to_pubkey=seller, lamports=SOL))
     refused(m, resign(offer, seller_key, [*sale_ixs(offer, seller, buyer), extra], buyer), "extra instruction",
             "System program")  # fmt: skip
-    refused(m, resign(offer, seller_key, sale_ixs(offer, seller, buyer, contributors=[]), buyer), "accounts")
+    refused(m, resign(offer, seller_key, sale_ixs(offer, seller, buyer, contributors=[]), buyer),
+            "0 contributor account(s) instead of 2")  # fmt: skip
     # The price changed in the file and the transaction alike, without the seller's signature.
     tx = Transaction.from_bytes(base64.b64decode(offer["transaction"]))
     forged = Transaction.new_unsigned(Message.new_with_blockhash(sale_ixs(offer, seller, buyer, price=1), buyer,
@@ -274,3 +275,41 @@ def test_a_failed_mint_says_what_stayed(tmp_path: Path, devchain: str) -> None: 
     pins = {p["cid"] for p in fed_json(home, "ipfs", "pins")}
     named = [word for word in result.stderr.split() if word.startswith("bafk")]
     assert len(named) == 2 and set(named) <= pins, (named, pins)
+
+
+def test_difference_names_what_changed() -> None:
+    """nftoffer.difference on messages built here (no chain): each change is named in words."""
+    from solders.hash import Hash
+
+    from fednode.chain.nftoffer import difference
+
+    seller, buyer, mint = Keypair().pubkey(), Keypair().pubkey(), Keypair().pubkey()
+    contributors = [Keypair().pubkey(), Keypair().pubkey()]
+    offer = {"repo": str(Keypair().pubkey()), "mint": str(mint), "price_lamports": 5 * SOL, "sale_seq": 3,
+             "contributors": [[str(c), 1, 0] for c in contributors]}  # fmt: skip
+    blockhash = Hash.new_unique()
+
+    def msg(ixs: list[Instruction], payer: Pubkey = buyer, bh: Any = blockhash) -> Message:
+        return Message.new_with_blockhash(ixs, payer, bh)
+
+    good = sale_ixs(offer, seller, buyer)
+    expected = msg(good)
+    extra = transfer(TransferParams(from_pubkey=buyer, to_pubkey=seller, lamports=1))
+    cases = {
+        "price: the transaction pays 1 lamports, the offer says 5000000000": msg(sale_ixs(offer, seller, buyer,
+                                                                                          price=1)),
+        "extra instruction(s) #0 (System program)": msg([extra, *good]),
+        "extra instruction(s) #2 (System program)": msg([*good, extra]),
+        "missing instruction(s) #0 (Associated Token Account program)": msg(good[1:]),
+        "other accounts as seller, seller token account": msg(sale_ixs(offer, Keypair().pubkey(), buyer)),
+        "other accounts as buyer's token account, mint": msg(sale_ixs(offer, seller, buyer, mint=Keypair().pubkey())),
+        "1 contributor account(s) instead of 2": msg(sale_ixs(offer, seller, buyer, contributors=contributors[:1])),
+        "other accounts as contributor 2": msg(sale_ixs(offer, seller, buyer,
+                                                        contributors=[contributors[0], Keypair().pubkey()])),
+        "fee payer": msg(good, payer=seller),
+        "blockhash": msg(good, bh=Hash.new_unique()),
+    }  # fmt: skip
+    for words, actual in cases.items():
+        assert bytes(actual) != bytes(expected)
+        said = difference(expected, actual, DEV_PROGRAM_ID)
+        assert words in said, (words, said)
