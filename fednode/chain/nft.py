@@ -20,7 +20,7 @@ from solders.message import Message
 from solders.pubkey import Pubkey
 from solders.transaction import Transaction
 
-from fednode.chain.aio import AsyncChainBackend
+from fednode.chain.aio import AsyncChainBackend, ChainUnavailable
 from fednode.chain.anchoring import explain
 from fednode.chain.backend import ChainError, TxResult
 from fednode.chain.nftmint import MAX_NAME_BYTES, MAX_SYMBOL_BYTES, mint_nft_instructions
@@ -167,9 +167,11 @@ class NftClient:
         head_hash = chain_repo.branches[layout.branch_hash(branch)]
         facts = nftwork.head_facts(self.history, repo, branch, head_hash)
         mint = Keypair()
+        base = await self.backend.minimum_balance(0)  # asked before anything is stored
         published = nftwork.publish(self.history, repo, facts, symbol, license_text, self._explorer(mint.pubkey()))
         repo_pda = self.program.repo_address(repo.repo_id)
-        base = await self.backend.minimum_balance(0)
+        kept = (f"the metadata files {published.document_cid} and {published.image_cid} stay pinned here under "
+                "source 'nft'")  # fmt: skip
         fields = {"repo": repo.repo_id.hex(), "head": head_hash.hex()}
         try:
             ixs = mint_nft_instructions(self.me, mint.pubkey(), repo_pda, published.summary.name, symbol,
@@ -181,8 +183,10 @@ class NftClient:
             tx = await self._send(ixs, [mint])
         except (FednodeError, ChainError) as exc:
             why = f"transaction rejected: {explain(exc)}" if isinstance(exc, ChainError) else str(exc)
-            raise FednodeError(f"{why}; no NFT was minted (the metadata files {published.document_cid} and "
-                               f"{published.image_cid} stay pinned here under source 'nft')") from None
+            raise FednodeError(f"{why}; no NFT was minted ({kept})") from None
+        except ChainUnavailable as exc:  # sent or not, nobody can say: the chain will
+            raise FednodeError(f"chain unavailable: {exc}; whether mint {mint.pubkey()} landed is not known: "
+                               f"see 'fednode nft show {repo.name}' ({kept})") from None
         return Minted(mint.pubkey(), published.uri, head_hash.hex(), tx)
 
     def _explorer(self, mint: Pubkey) -> str | None:
