@@ -330,6 +330,9 @@ class NftClient:
         tx.partial_sign([self.identity.keypair], tx.message.recent_blockhash)
         try:
             return await self.backend.send_transaction(tx)
+        except ChainUnavailable as exc:
+            raise FednodeError(f"chain unavailable: {exc}; whether the sale landed is not known: see 'fednode nft "
+                               f"show {repo_id_text(review.offer.repo_id)}' (an offer can execute only once)") from None
         except ChainError as exc:
             if "BlockhashNotFound" in str(exc):  # the chain's words for an offer that waited too long
                 raise FednodeError("offer expired: its blockhash is no longer recent on this chain, so the chain "
