@@ -1,9 +1,9 @@
 """A private repository changes hands (issue 14, node side): a real `fednode devchain`, three real
 daemons (the genesis owner, a member, the buyer). After `fednode nft transfer` the buyer's daemon
 reads that it holds the NFT and signs, by itself, the membership it inherits and a key message of a
-new epoch wrapped for itself and the member only: the member takes the new key, the former owner
-(whose daemon reads the chain too and accepts the holder's message) gets none, keeps the keys of the
-epochs it held, and is no longer among the readers the member's node serves."""
+new epoch wrapped for itself and the member only: the member takes the new key; the former owner
+(whose daemon reads the new holder too) gets none, keeps the keys of the epochs it held, and is no
+longer among the readers the member's node serves."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from daemon_harness import DaemonProc, daemons, network_config, wait_for
 from helpers import model_arrays, run_fednode, write_model
 from test_devchain import devchain, fed_json, program_cache  # noqa: F401  (fixtures)
-from test_nft_control import use_devchain
+from test_nft_control import controller, use_devchain
 
 from fednode.daemon.access import Reader
 from fednode.node import open_node
@@ -33,6 +33,16 @@ def keys_seen(home: Path, repo_id: bytes) -> tuple[set[int], bytes | None, tuple
         keys, ms = state.keys_message(repo_id), state.membership(repo_id)
         return (set(Keyring(node.store).epochs(repo_id)), keys.announcer if keys else None,
                 ms.members if ms else None)  # fmt: skip
+    finally:
+        node.close()
+
+
+def wrapped_for(home: Path, repo_id: bytes) -> set[bytes]:
+    """Whom the latest key message ``home`` holds wraps the key for."""
+    node = open_node(home)
+    try:
+        msg = NetState(node.store).keys_message(repo_id)
+        return {k for k, _ in msg.wrapped} if msg else set()
     finally:
         node.close()
 
@@ -82,8 +92,9 @@ def test_the_new_holder_of_a_private_repository_starts_an_epoch_the_former_owner
         new_epoch = max(keys_seen(m_home, repo_id)[0])
         assert new_epoch >= started  # above the former owner's counted epochs
         assert keys_seen(b_home, repo_id)[0] == {new_epoch}  # the buyer never held the former key
-        # the former owner's daemon accepted the holder's key message, and it held nothing for it
-        wait_for(lambda: keys_seen(a_home, repo_id)[1] == b_key, 20, "the former owner to read the holder's keys")
-        assert keys_seen(a_home, repo_id)[0] == {0}  # it keeps epoch 0: what was sealed before, no more
+        assert wrapped_for(m_home, repo_id) == {b_key, m_key}  # never for the former owner
+        # the former owner reads the new holder too; it keeps epoch 0 (what was sealed before), no more
+        wait_for(lambda: controller(a_home, repo_id) == b_key, 20, "the former owner to read the new holder")
+        assert keys_seen(a_home, repo_id)[0] == {0}
         # the member's node now serves the holder and no longer the former owner
         assert reads(m_home, repo_id, b_key) and reads(m_home, repo_id, m_key) and not reads(m_home, repo_id, a_key)
