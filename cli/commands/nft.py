@@ -155,11 +155,21 @@ def show(ctx: click.Context, repo_or_id: str, as_json: bool) -> None:
     async def go(a: Anchorer, node: Node) -> NftView:
         return await _client(a).require(repo_id, name)
 
+    from fednode.workflows.nft import read_document
+
     view = session.run(node, go)
+    doc, why = read_document(node.store, view.metadata.uri if view.metadata else None)
     if as_json:
-        emit_json(view.to_json())
+        emit_json({**view.to_json(), "document": doc, "document_note": why or None})
+        return
+    _print_view(view)
+    if doc is None:
+        out.print(f"document   {why}", markup=False)
     else:
-        _print_view(view)
+        attrs = {a["trait_type"]: a["value"] for a in doc["attributes"]}
+        out.print(f"document   {doc['name']}: {attrs.get('commits')} commit(s) at head "
+                  f"{str(attrs.get('head'))[:16]}, license {attrs.get('license')}, image {doc['image']}",
+                  markup=False)  # fmt: skip
 
 
 @nft.command("transfer")

@@ -7,12 +7,15 @@ Local only: ``fednode/chain/nft.py`` reads the chain and calls this.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from fednode.errors import FednodeError
+from fednode.errors import FednodeError, NotFound
 from fednode.history import History, RepoInfo
-from fednode.nft.document import DEFAULT_LICENSE
+from fednode.nft.document import DEFAULT_LICENSE, MAX_DOCUMENT_BYTES, parse_metadata_document
 from fednode.nft.publish import Published, publish_metadata
-from protocol.multiformats import CID, b58encode
+from fednode.storage.store import Store
+from protocol.multiformats import CID, FormatError, b58encode
+from protocol.unixfs import iter_file
 
 
 @dataclass(frozen=True)
@@ -53,3 +56,25 @@ def publish(history: History, repo: RepoInfo, facts: HeadFacts, symbol: str, lic
                            f"{repo.name}:{facts.branch}: pull it first")  # fmt: skip
     return publish_metadata(history, repo, facts.branch, symbol=symbol, license=license_text or DEFAULT_LICENSE,
                             external_url=external_url, head=facts.head)  # fmt: skip
+
+
+def read_document(store: Store, uri: str | None) -> tuple[dict[str, Any] | None, str]:
+    """The metadata document ``uri`` names, read from this node's store and checked by the strict
+    reader: (document, "") or (None, why not), e.g. another node minted it and it is not here."""
+    if not uri or not uri.startswith("ipfs://"):
+        return None, "the uri is not ipfs://CID"
+    try:
+        root = CID.parse(uri.removeprefix("ipfs://"))
+    except FormatError:
+        return None, "the uri's CID does not parse"
+    raw = bytearray()
+    try:
+        for piece in iter_file(store.get_block, root):
+            raw += piece
+            if len(raw) > MAX_DOCUMENT_BYTES:
+                return None, f"the file is larger than a document may be ({MAX_DOCUMENT_BYTES} bytes)"
+        return parse_metadata_document(bytes(raw)), ""
+    except NotFound:
+        return None, "not in this node's store (fetch it with 'fednode ipfs get')"
+    except (FednodeError, FormatError) as exc:
+        return None, str(exc)

@@ -186,6 +186,7 @@ def test_offer_accept_moves_nft_and_lamports_exactly(market: dict) -> None:
     assert b0[1] - b1[1] == offer["price_lamports"] + ata_rent + 10_000  # price + its token account + 2 signatures
     after = fed_json(m["buyer"], "nft", "show", offer["repo"])  # by id: the buyer has no copy of the repository
     assert after["holder"] == str(buyer) and after["holder_holds"] is True and after["sale_seq"] == 1
+    assert after["document"] is None and "not in this node's store" in after["document_note"]  # minted elsewhere
     # The same offer again: the sale it names already happened.
     refused(m, offer, "stale", "already executed")
 

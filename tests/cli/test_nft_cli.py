@@ -81,6 +81,8 @@ def test_mint_then_show(cli, home: Path, anchored: dict, tmp_path: Path) -> None
     attrs = {a["trait_type"]: a["value"] for a in doc["attributes"]}
     assert doc["name"] == "demo" and attrs["repository"] == anchored["repo_id"].hex()
     assert attrs["head"] == anchored["head"] and attrs["license"] == "MIT" and attrs["commits"] == 2
+    assert view["document"] == doc and view["document_note"] is None  # show reads it too
+    assert "document   demo: 2 commit(s)" in text and "license MIT" in text
     # a second mint is refused before anything is stored or sent
     assert_cli_refuses(cli, home, "nft", "mint", "demo", needles=("already has an NFT", minted["mint"]))
 
