@@ -15,6 +15,7 @@ from fednode.history.repos import DEFAULT_SCALE_BITS, DEFAULT_SNAPSHOT_INTERVAL,
 from fednode.history.states import EncodeOptions, TensorError
 from fednode.identity import Identity
 from fednode.storage.files import BlockSink
+from fednode.storage.netstate import controller_in
 from fednode.storage.store import Store, Txn
 from fednode.tensors import encodings
 from fednode.tensors.modelio import ModelSource
@@ -178,10 +179,14 @@ PUBLISH_MESSAGE = "make the repository public"
 
 
 def check_publish(txn: Txn, identity: Identity | None, repo: RepoInfo) -> Identity:
-    """Refuse unless ``identity`` may publish ``repo`` now: its owner, and the repository still private."""
+    """Refuse unless ``identity`` may publish ``repo`` now: its owner (the NFT's recorded holder once
+    the repository is bound to one, else the genesis author), and the repository still private."""
     if identity is None:
         raise FednodeError("no identity: run 'fednode init' first")
-    if objstore.load_commit(txn, repo.genesis).author != identity.public_key:
+    ctl = controller_in(txn, repo.repo_id)
+    if ctl is not None and ctl.holder != identity.public_key:
+        raise FednodeError(f"only the holder of {repo.name}'s NFT can make it public")
+    if ctl is None and objstore.load_commit(txn, repo.genesis).author != identity.public_key:
         raise FednodeError(f"only the owner of {repo.name} (its genesis author) can make it public")
     if repos.visibility(txn, repo.repo_id) == "public":
         raise FednodeError(f"{repo.name} is already public")

@@ -111,6 +111,11 @@ def _controller(raw: bytes | None) -> Controller | None:
     return Controller(holder, mint, int(slot), int(seq))
 
 
+def controller_in(txn: Txn, repo_id: bytes) -> Controller | None:
+    """``NetState.controller`` inside a caller's transaction (the history layer's owner checks)."""
+    return _controller(txn.kv_get(DB, b"ctl/" + repo_id))
+
+
 class NetState:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -146,7 +151,7 @@ class NetState:
     def controller(self, repo_id: bytes) -> Controller | None:
         """The recorded holder of ``repo_id``'s NFT; None while the repository is not known to be bound."""
         with self.store.read() as txn:
-            return _controller(txn.kv_get(DB, b"ctl/" + repo_id))
+            return controller_in(txn, repo_id)
 
     def set_controller(self, repo_id: bytes, holder: bytes, mint: bytes, slot: int, sale_seq: int = 0) -> bool:
         """Record what the chain says controls ``repo_id``; whether the holder (or mint) changed. A reading older

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fednode.errors import Corrupt, NotFound
-from fednode.history import History, RepoInfo
+from fednode.history import History, RepoInfo, refs
 from fednode.history.states import state_cid
 from fednode.lazy import lazy_import
+from fednode.storage.netstate import controller_in
 from fednode.storage.store import Txn
 from protocol.multiformats import CID
 from protocol.objects import Commit
@@ -89,15 +90,20 @@ def verify(
 
 
 def _check_publish(history: History, txn: Txn, repo: RepoInfo, cid: CID, commit: Commit) -> list[str]:
-    """A commit that makes the repository public is valid only from its owner (the genesis author)
-    and only when it changes no tensor (the same names, dtypes, shapes and states as its first parent)."""
+    """A commit that makes the repository public is valid only from its owner and only when it changes
+    no tensor (the same names, dtypes, shapes and states as its first parent). The owner is the genesis
+    author until the repository is bound to an NFT, then the holder the chain recorded; a decision this
+    node already recorded (the ``published`` ref, from whoever controlled the repository then) stays valid.
+    So a former owner cannot make a sold private repository public."""
     try:
-        owner = history.load_commit(repo.genesis, txn).author
+        ctl = controller_in(txn, repo.repo_id)
+        owner = ctl.holder if ctl is not None else history.load_commit(repo.genesis, txn).author
+        recorded = txn.get_ref(repo.repo_id, refs.PUBLISHED)
         mine = history.load_manifest(commit.weights, txn).tensors
         before = history.load_manifest(history.load_commit(commit.parents[0], txn).weights, txn).tensors
     except (Corrupt, NotFound, IndexError):
         return []  # reported by the checks of the commit itself or of its parent
-    if commit.author != owner:
+    if commit.author != owner and recorded != bytes(cid):
         return [f"commit {cid}: only the repository owner can make it public"]
     if set(mine) != set(before) or any((e.dtype, e.shape, e.state) != (before[n].dtype, before[n].shape,
                                                                           before[n].state) for n, e in mine.items()):

@@ -110,3 +110,28 @@ def test_verify_reports_a_valid_publish(history: History) -> None:
     cid = _forged(history, info, None, False)  # by the owner, nothing changed: valid
     report = verify(history, info, cid)
     assert report.problems == [] and report.publishes == [cid]
+
+
+def test_after_a_sale_only_the_nft_holder_publishes(history: History) -> None:
+    """Once the chain records another holder of the repository's NFT, the genesis author can neither
+    publish (refused, nothing stored) nor get a publish commit of its own past verify; the holder's
+    publish verifies, and a decision this node recorded before the sale stays valid."""
+    from fednode.storage.netstate import NetState
+
+    info = _repo(history)
+    holder_seed = bytes(range(5, 37))
+    holder = fixed_identity(holder_seed)
+    NetState(history.store).set_controller(info.repo_id, holder.public_key, b"\x07" * 32, slot=9, sale_seq=1)
+    before = store_state(history.store)
+    with pytest.raises(FednodeError, match="only the holder of .* NFT"):
+        history.publish(info)
+    assert store_state(history.store) == before
+    theirs = _forged(history, info, holder_seed, False)  # the holder's publish verifies
+    report = verify(history, info, theirs)
+    assert report.problems == [] and report.publishes == [theirs]
+    former = _forged(history, info, None, False)  # the former owner's own publish, made after the sale
+    problems = verify(history, info, former).problems
+    assert len(problems) == 1 and "only the repository owner" in problems[0] and str(former) in problems[0]
+    with history.store.write() as txn:  # a decision this node recorded (while it controlled): still valid
+        txn.set_ref(info.repo_id, refs.PUBLISHED, bytes(former))
+    assert verify(history, info, former).problems == []
