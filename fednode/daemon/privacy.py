@@ -36,8 +36,16 @@ def topic_of(store: Store, repo_id: bytes) -> str:
 
 
 def seal_message(keyring: Keyring, repo_id: bytes, data: bytes, owner: bool) -> bytes:
-    """``data`` sealed under our newest key of ``repo_id`` (the owner makes epoch 0 if it has none)."""
-    held = keyring.ensure(repo_id) if owner else keyring.latest(repo_id)
+    """``data`` sealed under our newest key of ``repo_id`` (the owner makes epoch 0 if it has none).
+
+    A new holder of a bound repository's NFT without a key makes none here: epoch 0 is the former
+    holder's, which members hold under another key (they would refuse our boxes as altered). Its
+    daemon signs the takeover's key message (``routes``), and sealing works from then on."""
+    held = keyring.latest(repo_id)
+    if held is None and owner and NetState(keyring.store).controller(repo_id) is not None:
+        raise FednodeError("no key for this private repository yet: its new holder's daemon signs one when it "
+                           "takes over (or run 'fednode members add' once it is running)")
+    held = held or (keyring.ensure(repo_id) if owner else None)
     if held is None:
         raise FednodeError("no key for this private repository yet: pull from its owner first "
                            "(the owner's membership must list you)")

@@ -169,3 +169,23 @@ def test_a_new_holder_starts_a_key_epoch_above_the_former_holders(repo, tmp_path
         assert _repo_keys(e, fresh_id, ())[1] == 0  # type: ignore[arg-type]
     finally:
         fresh.close()
+
+
+def test_a_keyless_new_holder_never_seals_under_epoch_zero(repo) -> None:
+    """A new holder without a key gets a one-line refusal instead of a fresh epoch-0 key: the former
+    holder's members hold epoch 0 under another key and would refuse its boxes as altered. Without a
+    controller record (a plain owner) the first key is still made on demand."""
+    from fednode.daemon.privacy import seal_message
+
+    keyring = Keyring(repo.store)
+    other = Store(repo.store.path.parent / "other")
+    try:
+        plain = Keyring(other)
+        assert seal_message(plain, repo.rid, b"x", owner=True)  # made epoch 0 for a plain owner
+        assert plain.latest(repo.rid) is not None and plain.latest(repo.rid)[0] == 0
+    finally:
+        other.close()
+    NetState(repo.store).set_controller(repo.rid, fixed_identity(bytes(range(9, 41))).public_key, MINT, slot=3)
+    with pytest.raises(FednodeError, match="no key for this private repository yet"):
+        seal_message(keyring, repo.rid, b"x", owner=True)
+    assert keyring.latest(repo.rid) is None  # nothing made
