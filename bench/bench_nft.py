@@ -122,7 +122,7 @@ class Bench:
     def sale(self, name: str, rid: bytes, seller: Keypair, buyer: Keypair, mint: Pubkey) -> None:
         nft = self.client.nft(rid)
         assert nft is not None
-        keys = [Pubkey.from_bytes(k) for k, _ in nft.contributors]
+        keys = [Pubkey.from_bytes(c[0]) for c in nft.contributors]
         ixs = [tok.create_associated_token_account_idempotent(buyer.pubkey(), buyer.pubkey(), mint),
                self.client.program.sell(seller.pubkey(), buyer.pubkey(), rid, mint, 10**9, nft.sale_seq, keys)]
         self.send(name, ixs, [buyer, seller])

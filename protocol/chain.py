@@ -43,6 +43,7 @@ class Ix(IntEnum):
     SET_SHARE = 8
     SELL = 9
     SET_URI = 10
+    CLAIM = 11
 
 
 class Kind(IntEnum):
@@ -113,6 +114,8 @@ class ErrorCode(IntEnum):
     STALE_OFFER = 43  # sell: sale_seq is not the nft record's
     INVALID_BUYER_ACCOUNT = 44  # sell: buyer token account not a Token-2022 account of the mint owned by the buyer
     ARITHMETIC_OVERFLOW = 45
+    NOTHING_OWED = 46  # claim: the contributor's owed amount is 0
+    CONTRIBUTOR_UNFUNDED = 47  # claim: the payment would leave the wallet below rent-exempt (fund it first)
 
 
 MAX_BRANCHES = 8
@@ -155,6 +158,7 @@ ACCOUNTS: dict[Ix, tuple[str, ...]] = {
         "holder [s,w]", "repo", "nft PDA", "holder token account", "mint [w]", "token-2022 program",
         "system program",
     ),
+    Ix.CLAIM: ("repo", "nft PDA [w]", "contributor [w] (the table entry's key)"),
 }  # fmt: skip
 # NFT-bound repos: add_member, remove_member, set_head, merge and anchor_commit take these four
 # after their own accounts (after the parent / input list).
@@ -299,8 +303,15 @@ class SetUri:
     uri: str  # 1..MAX_URI utf-8 bytes
 
 
+@dataclass(frozen=True)
+class Claim:
+    """Permissionless: pay contributor table entry ``index`` what sales left owed to it."""
+
+    index: int  # 0..MAX_CONTRIBUTORS-1
+
+
 Instruction = (CreateRepo | AddMember | RemoveMember | AnchorCommit | Merge | SetHead | BindNft | SyncHolder
-               | SetShare | Sell | SetUri)  # fmt: skip
+               | SetShare | Sell | SetUri | Claim)  # fmt: skip
 
 
 def _share(bps: int) -> int:
@@ -322,7 +333,7 @@ def _uri(uri: str) -> bytes:
     return raw
 
 
-def _encode_nft(ix: BindNft | SyncHolder | SetShare | Sell | SetUri) -> bytes:
+def _encode_nft(ix: BindNft | SyncHolder | SetShare | Sell | SetUri | Claim) -> bytes:
     if isinstance(ix, BindNft):
         flags = FLAG_SHARE_LOCKED if ix.lock_share else 0
         return (bytes([Ix.BIND_NFT]) + struct.pack("<H", _share(ix.share_bps)) + bytes([flags])
@@ -333,6 +344,10 @@ def _encode_nft(ix: BindNft | SyncHolder | SetShare | Sell | SetUri) -> bytes:
         return bytes([Ix.SET_SHARE]) + struct.pack("<H", _share(ix.share_bps))
     if isinstance(ix, Sell):
         return bytes([Ix.SELL]) + _u64("price", ix.price) + _u64("sale_seq", ix.sale_seq)
+    if isinstance(ix, Claim):
+        if not 0 <= ix.index < MAX_CONTRIBUTORS:
+            raise LayoutError(f"contributor index must be 0..{MAX_CONTRIBUTORS - 1}, got {ix.index}")
+        return bytes([Ix.CLAIM, ix.index])
     return bytes([Ix.SET_URI]) + _uri(ix.uri)
 
 
@@ -348,6 +363,10 @@ def _decode_nft(tag: int, body: bytes) -> Instruction | None:
         return SetShare(_share(struct.unpack("<H", body)[0]))
     if tag == Ix.SELL and len(body) == 16:
         return Sell(*struct.unpack("<QQ", body))
+    if tag == Ix.CLAIM and len(body) == 1:
+        if body[0] >= MAX_CONTRIBUTORS:  # the program: CONTRIBUTOR_MISMATCH
+            raise LayoutError(f"claim: contributor index {body[0]} is past the {MAX_CONTRIBUTORS}-entry table")
+        return Claim(body[0])
     if tag == Ix.SET_URI and 0 < len(body) <= MAX_URI:
         try:
             return SetUri(body.decode("utf-8"))
@@ -385,7 +404,7 @@ def encode_instruction(ix: Instruction) -> bytes:
         )  # fmt: skip
     if isinstance(ix, SetHead):
         return bytes([Ix.SET_HEAD]) + _b32("branch", ix.branch) + _b32("commit", ix.commit_hash)
-    if isinstance(ix, BindNft | SyncHolder | SetShare | Sell | SetUri):
+    if isinstance(ix, BindNft | SyncHolder | SetShare | Sell | SetUri | Claim):
         return _encode_nft(ix)
     raise TypeError(f"not a federity instruction: {ix!r}")
 
@@ -432,8 +451,8 @@ def decode_instruction(data: bytes) -> Instruction:
 REPO_SIZE = 144 + 64 * MAX_BRANCHES  # 656
 MEMBER_SIZE = 80
 COMMIT_SIZE = 216
-CONTRIBUTOR_SIZE = 40  # key[32], weight u64
-NFT_SIZE = 152 + CONTRIBUTOR_SIZE * MAX_CONTRIBUTORS  # 792
+CONTRIBUTOR_SIZE = 48  # key[32], weight u64, owed u64
+NFT_SIZE = 152 + CONTRIBUTOR_SIZE * MAX_CONTRIBUTORS  # 920
 
 
 @dataclass(frozen=True)
@@ -481,7 +500,13 @@ class NftAccount:
     sale_seq: int  # +1 on every recorded holder change
     share_bps: int
     share_locked: bool
-    contributors: tuple[tuple[bytes, int], ...]  # (key, weight) in table order
+    # (key, weight, owed) in table order; owed: sale parts waiting in the nft PDA for claim
+    contributors: tuple[tuple[bytes, int, int], ...]
+
+    @property
+    def owed(self) -> int:
+        """Lamports the nft PDA holds for contributors, above its own rent-exempt minimum."""
+        return sum(c[2] for c in self.contributors)
 
 
 def _header(data: bytes, tag: Tag, size: int, pad: slice = slice(3, 8)) -> None:
@@ -532,8 +557,8 @@ def decode_nft(data: bytes) -> NftAccount:
         raise LayoutError("not a nft account: bad flags, share or contributor count")
     if any(data[152 + CONTRIBUTOR_SIZE * n :]):  # the program fills slots in order, never clears one
         raise LayoutError("not a nft account: data in a free contributor slot")
-    table = tuple((bytes(data[152 + 40 * i : 184 + 40 * i]), struct.unpack_from("<Q", data, 184 + 40 * i)[0])
-                  for i in range(n))  # fmt: skip
+    table = tuple((bytes(data[at : at + 32]), *struct.unpack_from("<QQ", data, at + 32))
+                  for at in range(152, 152 + CONTRIBUTOR_SIZE * n, CONTRIBUTOR_SIZE))  # fmt: skip
     return NftAccount(
         bump=data[2], repo_id=bytes(data[8:40]), mint=bytes(data[40:72]), holder=bytes(data[72:104]),
         head_branch=bytes(data[104:136]), sale_seq=sale_seq, share_bps=share,
@@ -541,19 +566,30 @@ def decode_nft(data: bytes) -> NftAccount:
     )  # fmt: skip
 
 
-def sale_amounts(price: int, share_bps: int, contributors: Sequence[int] | Sequence[tuple[bytes, int]]
+def sale_amounts(price: int, share_bps: int,
+                 contributors: Sequence[int] | Sequence[tuple[bytes, int]] | Sequence[tuple[bytes, int, int]]
                  ) -> tuple[int, list[int]]:  # fmt: skip
     """What sell pays: (seller, [contributor_i]) (the program's rounding rule).
 
     S = floor(price * share_bps / 10000); contributor i gets floor(S * w_i / W), W = sum of the
     weights; the seller gets price - sum(paid), so the floors' dust stays with the seller.
-    ``contributors``: weights, or the (key, weight) pairs of NftAccount.contributors."""
+    ``contributors``: weights, or the (key, weight, owed) entries of NftAccount.contributors.
+    Where a part is paid (pushed, or left owed in the nft PDA) is ``waits``'s question."""
     weights = [c if isinstance(c, int) else c[1] for c in contributors]
     _u64("price", price)
     share = price * _share(share_bps) // MAX_SHARE_BPS
     total = sum(weights)
     paid = [share * w // total if total else 0 for w in weights]
     return price - sum(paid), paid
+
+
+def waits(balance: int, amount: int, rent_minimum: int) -> bool:
+    """sell's rule: does a part of ``amount`` lamports for an account holding ``balance``, whose
+    rent-exempt minimum (for its data size) is ``rent_minimum``, wait in the nft PDA (owed, paid by
+    claim) instead of being pushed? The runtime refuses to leave an account with lamports below
+    that minimum: an empty wallet cannot receive a small payment. claim refuses in the same case
+    (CONTRIBUTOR_UNFUNDED)."""
+    return 0 < amount and balance + amount < rent_minimum
 
 
 # Return data of anchor_commit and merge: accumulator after the append || commit count (u64).

@@ -119,13 +119,22 @@ class FederityClient:
         seq = nft.sale_seq if sale_seq is None else sale_seq
         ixs = [tok.create_associated_token_account_idempotent(buyer.pubkey(), buyer.pubkey(), mint),
                self.program.sell(seller.pubkey(), buyer.pubkey(), repo_id, mint, price, seq,
-                                 [Pubkey.from_bytes(key) for key, _ in nft.contributors])]  # fmt: skip
+                                 [Pubkey.from_bytes(c[0]) for c in nft.contributors])]  # fmt: skip
         return self.backend.send(ixs, [buyer, seller])
 
     def set_uri(self, holder: Keypair, repo_id: bytes, uri: str) -> TxResult:
         """The program tops up the mint's rent from the holder when the metadata grows."""
         ix = self.program.set_uri(holder.pubkey(), repo_id, self._mint(repo_id), uri)
         return self.backend.send([ix], [holder])
+
+    def claim(self, payer: Keypair, repo_id: bytes, contributor: Pubkey) -> TxResult:
+        """Pay ``contributor`` what sales left owed to it in the nft PDA (``payer`` pays the fee)."""
+        nft = self.nft(repo_id)
+        keys = [] if nft is None else [c[0] for c in nft.contributors]
+        if bytes(contributor) not in keys:
+            raise ValueError(f"{contributor} is not a contributor of the repository")
+        ix = self.program.claim(repo_id, keys.index(bytes(contributor)), contributor)
+        return self.backend.send([ix], [payer])
 
     def nft(self, repo_id: bytes) -> layout.NftAccount | None:
         data = self.backend.account_data(self.program.nft_address(repo_id))

@@ -179,5 +179,11 @@ class FederityProgram:
                  _ro(SYSTEM_PROGRAM_ID)]  # fmt: skip
         return self._ix(layout.SetUri(uri), metas)
 
+    def claim(self, repo_id: bytes, index: int, contributor: Pubkey) -> Instruction:
+        """Pay contributor table entry ``index`` (key ``contributor``) what sales left owed to it,
+        from the nft PDA (permissionless: any fee payer may send it)."""
+        metas = [_ro(self.repo_address(repo_id)), _w(self.nft_address(repo_id)), _w(contributor)]
+        return self._ix(layout.Claim(index), metas)
+
     def _records(self, repo_id: bytes, hashes: Sequence[bytes]) -> list[AccountMeta]:
         return [_ro(self.commit_address(repo_id, h)) for h in hashes]

@@ -31,7 +31,7 @@
 
 enum {
   IX_CREATE_REPO, IX_ADD_MEMBER, IX_REMOVE_MEMBER, IX_ANCHOR_COMMIT, IX_MERGE, IX_SET_HEAD,
-  IX_BIND_NFT, IX_SYNC_HOLDER, IX_SET_SHARE, IX_SELL, IX_SET_URI
+  IX_BIND_NFT, IX_SYNC_HOLDER, IX_SET_SHARE, IX_SELL, IX_SET_URI, IX_CLAIM
 };
 enum { TAG_REPO = 1, TAG_MEMBER = 2, TAG_COMMIT = 3, TAG_NFT = 4 };
 enum { KIND_INIT, KIND_UPDATE, KIND_MERGE, KIND_REVERT };
@@ -82,6 +82,8 @@ enum {
   E_STALE_OFFER,
   E_INVALID_BUYER_ACCOUNT,
   E_ARITHMETIC_OVERFLOW,
+  E_NOTHING_OWED,
+  E_CONTRIBUTOR_UNFUNDED,
 };
 
 typedef struct {
@@ -120,6 +122,7 @@ typedef struct {
 typedef struct {
   uint8_t key[32];
   uint64_t weight; /* sum of the weights of this author's inputs in anchored merges */
+  uint64_t owed;   /* sale parts that could not be pushed, held in the nft PDA until claim */
 } Contributor;
 
 typedef struct {
@@ -135,7 +138,7 @@ typedef struct {
 } Nft;
 
 _Static_assert(sizeof(Repo) == 656, "Repo layout");
-_Static_assert(sizeof(Nft) == 792, "Nft layout");
+_Static_assert(sizeof(Nft) == 920, "Nft layout");
 _Static_assert(sizeof(Member) == 80, "Member layout");
 _Static_assert(sizeof(Commit) == 216, "Commit layout");
 
@@ -985,11 +988,24 @@ static uint64_t set_share(SolParameters *p) {
   return 0;
 }
 
+/* Would a System transfer of `amount` to `to` pass the runtime's rent rule? An account may not
+ * end a transaction holding lamports below the rent-exempt minimum of its size (a 0-lamport
+ * wallet cannot receive a small payment). */
+static uint64_t pushable(const SolAccountInfo *to, uint64_t amount, bool *ok) {
+  uint64_t need = sol_rent_exempt_minimum(to->data_len), have = *to->lamports;
+  if (!need) return E_RENT_UNAVAILABLE;
+  *ok = have + amount < have || have + amount >= need;
+  return 0;
+}
+
 /* sell(price u64, sale_seq u64); accounts: seller [s,w], buyer [s,w], repo, nft [w], mint,
  * seller token account [w], buyer token account [w], Token-2022, System program, then exactly
  * nft.n_contributors contributor accounts [w] in table order. One instruction: the buyer pays
  * each contributor floor(S * w_i / W) with S = floor(price * share_bps / 10000), W = sum w_i, and
- * the seller the rest (the floors' dust); the NFT moves seller -> buyer (transfer_checked). */
+ * the seller the rest (the floors' dust); the NFT moves seller -> buyer (transfer_checked).
+ * Pull when push cannot work: a part the rent rule forbids pushing (pushable) goes to the nft
+ * PDA instead and is added to that contributor's `owed` (claim pays it), so an emptied wallet
+ * cannot block the sale. */
 static uint64_t sell(SolParameters *p) {
   if (p->data_len != 17) return E_INVALID_INSTRUCTION_DATA;
   if (p->ka_num < 9) return E_NOT_ENOUGH_ACCOUNTS;
@@ -1025,14 +1041,28 @@ static uint64_t sell(SolParameters *p) {
   U128 x;
   const U128 bps = {MAX_SHARE_BPS, 0};
   mul64(price, n->share_bps, &x);
-  uint64_t share = div128(&x, &bps);
+  uint64_t share = div128(&x, &bps), waiting = 0;
   for (uint64_t i = 0; i < count && share; i++) {
-    mul64(share, n->contributors[i].weight, &x);
+    Contributor *c = &n->contributors[i];
+    mul64(share, c->weight, &x);
     uint64_t amount = div128(&x, &total);
     paid += amount; /* <= share <= price */
     /* a contributing buyer keeps its own part: no self-transfer CPI */
     if (!amount || sol_pubkey_eq(p->ka[9 + i].key, buyer->key)) continue;
+    bool ok;
+    rc = pushable(&p->ka[9 + i], amount, &ok);
+    if (rc) return rc;
+    if (!ok) { /* waits in the nft PDA: one transfer for all such parts, below */
+      if (c->owed + amount < amount) return E_ARITHMETIC_OVERFLOW;
+      c->owed += amount;
+      waiting += amount; /* <= paid <= price */
+      continue;
+    }
     rc = transfer_lamports(buyer, &p->ka[9 + i], amount);
+    if (rc) return rc;
+  }
+  if (waiting) {
+    rc = transfer_lamports(buyer, &p->ka[3], waiting);
     if (rc) return rc;
   }
   if (price - paid) {
@@ -1084,6 +1114,37 @@ static uint64_t set_uri(SolParameters *p) {
   return *mint->lamports < need ? transfer_lamports(holder, mint, need - *mint->lamports) : 0;
 }
 
+/* claim(index u8); accounts: repo, nft [w], contributor [w] (= table entry `index`).
+ * Permissionless: pays the entry's `owed` from the nft PDA's lamports (program-owned: debited
+ * directly, no CPI) and sets it to 0. NOTHING_OWED when 0; CONTRIBUTOR_UNFUNDED when the payment
+ * would leave the contributor below its rent-exempt minimum (fund the wallet first). Only owed
+ * lamports are taken, so the nft PDA keeps its own rent-exempt minimum (checked). */
+static uint64_t claim(SolParameters *p) {
+  if (p->data_len != 2) return E_INVALID_INSTRUCTION_DATA;
+  if (p->ka_num < 3) return E_NOT_ENOUGH_ACCOUNTS;
+  Repo *r;
+  Nft *n;
+  uint64_t rc = nft_record(p, 0, &r, &n);
+  if (rc) return rc;
+  SolAccountInfo *nft = &p->ka[1], *to = &p->ka[2];
+  if (!nft->is_writable || !to->is_writable) return E_ACCOUNT_NOT_WRITABLE;
+  uint64_t i = p->data[1];
+  if (i >= n->n_contributors || !sol_bytes_eq(to->key, n->contributors[i].key, 32))
+    return E_CONTRIBUTOR_MISMATCH;
+  uint64_t owed = n->contributors[i].owed;
+  if (!owed) return E_NOTHING_OWED;
+  bool ok;
+  rc = pushable(to, owed, &ok);
+  if (rc) return rc;
+  if (!ok) return E_CONTRIBUTOR_UNFUNDED;
+  uint64_t keep = sol_rent_exempt_minimum(sizeof(Nft));
+  if (!keep || *nft->lamports < owed || *nft->lamports - owed < keep) return E_RENT_UNAVAILABLE;
+  *nft->lamports -= owed;
+  *to->lamports += owed;
+  n->contributors[i].owed = 0;
+  return 0;
+}
+
 uint64_t entrypoint(const uint8_t *input) {
   SolAccountInfo accounts[MAX_ACCOUNTS];
   SolParameters p = {.ka = accounts};
@@ -1102,6 +1163,7 @@ uint64_t entrypoint(const uint8_t *input) {
   case IX_SET_SHARE: return set_share(&p);
   case IX_SELL: return sell(&p);
   case IX_SET_URI: return set_uri(&p);
+  case IX_CLAIM: return claim(&p);
   default: return E_INVALID_INSTRUCTION;
   }
 }

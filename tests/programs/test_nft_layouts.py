@@ -33,6 +33,7 @@ nft_instructions = st.one_of(
     st.builds(layout.SetShare, st.integers(0, 10_000)),
     st.builds(layout.Sell, u64, u64),
     st.builds(layout.SetUri, st.text(min_size=1, max_size=50)),
+    st.builds(layout.Claim, st.integers(0, layout.MAX_CONTRIBUTORS - 1)),
 )
 
 
@@ -48,6 +49,7 @@ def test_nft_instruction_bytes() -> None:
     assert layout.encode_instruction(layout.SetShare(10_000)) == b"\x08\x10\x27"
     assert layout.encode_instruction(layout.Sell(5, 2)) == b"\x09" + struct.pack("<QQ", 5, 2)
     assert layout.encode_instruction(layout.SetUri("ipfs://x")) == b"\x0aipfs://x"
+    assert layout.encode_instruction(layout.Claim(3)) == b"\x0b\x03"
 
 
 @pytest.mark.parametrize("bad", [
@@ -61,6 +63,10 @@ def test_nft_instruction_bytes() -> None:
     lambda: layout.decode_instruction(b"\x0a\xff"),  # not utf-8
     lambda: layout.decode_instruction(b"\x07\x00"),
     lambda: layout.decode_instruction(b"\x09" + bytes(15)),
+    lambda: layout.encode_instruction(layout.Claim(16)),
+    lambda: layout.decode_instruction(b"\x0b"),
+    lambda: layout.decode_instruction(b"\x0b\x10"),  # index 16: past the table
+    lambda: layout.decode_instruction(b"\x0b\x00\x00"),
 ])  # fmt: skip
 def test_nft_codec_rejects_bad_input(bad: object) -> None:
     with pytest.raises(layout.LayoutError):
@@ -73,21 +79,23 @@ def nft_bytes(n: int = 2, share: int = 300, flags: int = 1) -> bytearray:
     data[8:40], data[40:72], data[72:104], data[104:136] = b"r" * 32, b"m" * 32, b"h" * 32, b"b" * 32
     struct.pack_into("<QHH", data, 136, 9, share, n)
     for i in range(min(n, layout.MAX_CONTRIBUTORS)):
-        data[152 + 40 * i : 184 + 40 * i] = bytes([i + 1]) * 32
-        struct.pack_into("<Q", data, 184 + 40 * i, 10 * (i + 1))
+        data[152 + 48 * i : 184 + 48 * i] = bytes([i + 1]) * 32
+        struct.pack_into("<QQ", data, 184 + 48 * i, 10 * (i + 1), 7 * i)  # weight, owed
     return data
 
 
 def test_decode_nft() -> None:
     nft = layout.decode_nft(bytes(nft_bytes()))
-    assert layout.NFT_SIZE == 792
+    assert (layout.NFT_SIZE, layout.CONTRIBUTOR_SIZE) == (920, 48)
     assert (nft.bump, nft.repo_id, nft.mint, nft.holder, nft.head_branch) == (254, b"r" * 32, b"m" * 32, b"h" * 32,
                                                                               b"b" * 32)  # fmt: skip
     assert (nft.sale_seq, nft.share_bps, nft.share_locked) == (9, 300, True)
-    assert nft.contributors == ((b"\x01" * 32, 10), (b"\x02" * 32, 20))
+    assert nft.contributors == ((b"\x01" * 32, 10, 0), (b"\x02" * 32, 20, 7)) and nft.owed == 7
     stray = nft_bytes()
     stray[-1] = 1  # data in a free contributor slot: the program never writes one
-    for bad in (nft_bytes()[:-1], nft_bytes(n=17), nft_bytes(share=10_001), nft_bytes(flags=2), stray):
+    stray_owed = nft_bytes()
+    stray_owed[152 + 48 * 2 + 40] = 1  # an owed amount in the first free slot
+    for bad in (nft_bytes()[:-1], nft_bytes(n=17), nft_bytes(share=10_001), nft_bytes(flags=2), stray, stray_owed):
         with pytest.raises(layout.LayoutError):
             layout.decode_nft(bytes(bad))
 
@@ -101,6 +109,13 @@ def test_sale_amounts_rounding_rule() -> None:
     big = 2**64 - 1  # 128-bit intermediates: no overflow
     seller, paid = layout.sale_amounts(big, 10_000, [2**64 - 1, 1])
     assert seller + sum(paid) == big and paid[1] == 0
+
+
+def test_waits_is_the_runtime_rent_rule() -> None:
+    assert layout.waits(0, 100_000, 890_880)  # an empty wallet, a small part
+    assert not layout.waits(0, 890_880, 890_880)  # the part itself makes it rent-exempt
+    assert not layout.waits(1_000_000, 1, 890_880) and not layout.waits(0, 0, 890_880)
+    assert layout.waits(1, 100, 890_880)  # a rent-paying account cannot grow and stay below the minimum
 
 
 def test_builders_account_lists() -> None:
@@ -126,6 +141,10 @@ def test_builders_account_lists() -> None:
     merge = PROGRAM.merge(owner, REPO_ID, layout.Merge(REPO_ID, REPO_ID, (b"a" * 32, b"b" * 32), (1, 2)), nft=ref)
     assert len(merge.accounts) == 5 + 2 + 4 and [m.pubkey for m in merge.accounts][-4:] == trailing
     assert len(PROGRAM.merge(owner, REPO_ID, layout.Merge(REPO_ID, REPO_ID, (b"a" * 32,), (1,))).accounts) == 6
+    claim = PROGRAM.claim(REPO_ID, 1, c2)
+    assert [(m.pubkey, m.is_signer, m.is_writable) for m in claim.accounts] == [
+        (PROGRAM.repo_address(REPO_ID), False, False), (nft_pda, False, True), (c2, False, True)]
+    assert claim.data == b"\x0b\x01"
     uri = PROGRAM.set_uri(owner, REPO_ID, mint, "ipfs://x")
     assert [m.pubkey for m in uri.accounts][3:5] == [token_account_address(owner, mint), mint]
     assert token_account_address(owner, mint) == Pubkey.find_program_address(

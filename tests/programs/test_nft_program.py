@@ -14,7 +14,7 @@ import pytest
 from solders.instruction import AccountMeta, Instruction
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
-from solders.system_program import CreateAccountParams, create_account
+from solders.system_program import CreateAccountParams, TransferParams, create_account, transfer
 
 from fednode.chain.backend import ChainError, LiteSVMBackend, TxResult
 from fednode.chain.client import FederityClient
@@ -423,19 +423,19 @@ def test_merges_tally_contributor_weights(bound: tuple[Chain, Pubkey]) -> None:
     chain, _ = bound
     a, b = AUTHORS[:2]
     with_contributors(chain, [a, b, a], [5, 0, 7])  # weight 0 adds nothing, a's weights add up
-    assert chain.nft().contributors == ((bytes(a.pubkey()), 12),)
+    assert chain.nft().contributors == ((bytes(a.pubkey()), 12, 0),)
     with_contributors(chain, [b], [2**64 - 1])
-    assert chain.nft().contributors == ((bytes(a.pubkey()), 12), (bytes(b.pubkey()), 2**64 - 1))
+    assert chain.nft().contributors == ((bytes(a.pubkey()), 12, 0), (bytes(b.pubkey()), 2**64 - 1, 0))
     rejects(E.ARITHMETIC_OVERFLOW, lambda: with_contributors(chain, [b], [1]))
     with_contributors(chain, AUTHORS[2:16], [1] * 14)  # 16 contributors: the table is full
     assert len(chain.nft().contributors) == layout.MAX_CONTRIBUTORS
     rejects(E.CONTRIBUTOR_TABLE_FULL, lambda: with_contributors(chain, AUTHORS[16:], [1]))
     with_contributors(chain, [a], [1])  # known contributors still gain weight
-    assert chain.nft().contributors[0] == (bytes(a.pubkey()), 13)
+    assert chain.nft().contributors[0] == (bytes(a.pubkey()), 13, 0)
     # the largest sale: 16 contributors (25 accounts), tallies past 2^64 in sum (the long division)
     seller, paid = layout.sale_amounts(10**12, 1000, chain.nft().contributors)
     chain.backend.airdrop(BOB.pubkey(), 2 * 10**12)
-    keys = [Pubkey.from_bytes(k) for k, _ in chain.nft().contributors]
+    keys = [Pubkey.from_bytes(c[0]) for c in chain.nft().contributors]
     before = balances(chain, [*keys, OWNER.pubkey()])
     tx = chain.client.sell(OWNER, BOB, chain.repo_id, 10**12)
     assert [y - x for x, y in zip(before, balances(chain, [*keys, OWNER.pubkey()]), strict=True)] == [*paid, seller]
@@ -649,7 +649,7 @@ def test_sale_payouts_equal_sale_amounts_on_random_tables(bound: tuple[Chain, Pu
         assert account is not None
         data = bytearray(account.data)
         struct.pack_into("<HH", data, 144, share, n)
-        table = b"".join(bytes(k) + struct.pack("<Q", w) for k, w in zip(keys[:n], weights, strict=True))
+        table = b"".join(bytes(k) + struct.pack("<QQ", w, 0) for k, w in zip(keys[:n], weights, strict=True))
         data[152:] = table.ljust(layout.CONTRIBUTOR_SIZE * layout.MAX_CONTRIBUTORS, b"\0")
         chain.backend.svm.set_account(address, Account(account.lamports, bytes(data), account.owner,
                                                        account.executable, account.rent_epoch))
@@ -661,3 +661,103 @@ def test_sale_payouts_equal_sale_amounts_on_random_tables(bound: tuple[Chain, Pu
         deltas = [y - x for x, y in zip(before, balances(chain, watched), strict=True)]
         assert deltas == [*expected, expected_seller], (case, price, share, weights)
         assert token_amount(chain, buyer.pubkey(), mint) == 1
+
+
+# --- pull when push cannot work: a part for an empty wallet waits in the nft PDA ----------------------
+
+
+def drain(chain: Chain, wallet: Keypair) -> None:
+    """Empty ``wallet`` (0 lamports: the account is gone); BOB pays the fee."""
+    everything = chain.backend.balance(wallet.pubkey())
+    chain.backend.send([transfer(TransferParams(from_pubkey=wallet.pubkey(), to_pubkey=MALLORY.pubkey(),
+                                                lamports=everything))], [BOB, wallet])  # fmt: skip
+    assert chain.backend.balance(wallet.pubkey()) == 0
+
+
+def test_an_empty_wallet_cannot_block_a_sale_its_part_waits_for_claim(bound: tuple[Chain, Pubkey]) -> None:
+    chain, mint = bound
+    rid, nft_pda = chain.repo_id, chain.program.nft_address(chain.repo_id)
+    chain.client.set_share(OWNER, rid, 5000)
+    trio = AUTHORS[:3]
+    with_contributors(chain, trio, [1, 2, 3])
+    drain(chain, trio[0])
+    keys = [k.pubkey() for k in trio]
+    price = 1_200_000  # S = 600,000: 100,000 (below the 890,880 a 0-byte account needs) / 200,000 / 300,000
+    assert 100_000 < chain.rent(0)
+    seller, paid = layout.sale_amounts(price, 5000, chain.nft().contributors)
+    watched = [*keys, OWNER.pubkey(), nft_pda, BOB.pubkey()]
+    before = balances(chain, watched)
+    tx = chain.client.sell(OWNER, BOB, rid, price)
+    after = balances(chain, watched)
+    deltas = [y - x for x, y in zip(before, after, strict=True)]
+    # the two funded contributors are paid directly; the empty wallet's part waits in the nft PDA
+    assert deltas[:5] == [0, paid[1], paid[2], seller, paid[0]] == [0, 200_000, 300_000, 600_000, 100_000]
+    ata_rent = chain.backend.balance(token_account_address(BOB.pubkey(), mint))  # the buyer opened its account
+    assert -deltas[5] == sum(deltas[:5]) + tx.fee + ata_rent == price + tx.fee + ata_rent  # seller + parts + owed
+    assert [c[2] for c in chain.nft().contributors] == [100_000, 0, 0]
+    assert token_amount(chain, BOB.pubkey(), mint) == 1 and chain.nft().holder == bytes(BOB.pubkey())
+    print(f"\nCU: sale with 3 contributors, one part owed {tx.compute_units}")
+    # a second sale adds to what is owed (checked add); still below the minimum: still waits
+    chain.client.sell(BOB, CAROL, rid, price)
+    assert [c[2] for c in chain.nft().contributors] == [200_000, 0, 0]
+    assert chain.backend.balance(nft_pda) == chain.rent(layout.NFT_SIZE) + 200_000
+    # claim before the wallet is funded: 200,000 would leave it below the minimum
+    rejects(E.CONTRIBUTOR_UNFUNDED, lambda: chain.client.claim(CAROL, rid, keys[0]))
+    assert chain.nft().contributors[0][2] == 200_000 and chain.backend.balance(keys[0]) == 0
+    # anyone may claim for a contributor once its wallet can hold the payment; it pays exactly owed, once
+    chain.backend.airdrop(keys[0], chain.rent(0))
+    claimed = chain.client.claim(CAROL, rid, keys[0])
+    assert chain.backend.balance(keys[0]) == chain.rent(0) + 200_000
+    assert chain.backend.balance(nft_pda) == chain.rent(layout.NFT_SIZE)  # never below its own minimum
+    assert [c[2] for c in chain.nft().contributors] == [0, 0, 0]
+    print(f"\nCU: claim {claimed.compute_units}")
+    rejects(E.NOTHING_OWED, lambda: chain.client.claim(CAROL, rid, keys[0]))
+    rejects(E.NOTHING_OWED, lambda: chain.client.claim(CAROL, rid, keys[1]))
+    assert chain.backend.balance(keys[0]) == chain.rent(0) + 200_000
+    # a funded wallet is paid directly again
+    before = balances(chain, keys)
+    chain.client.sell(CAROL, BOB, rid, price)
+    assert [y - x for x, y in zip(before, balances(chain, keys), strict=True)] == paid
+    assert [c[2] for c in chain.nft().contributors] == [0, 0, 0]
+
+
+def test_a_part_at_the_rent_minimum_is_pushed_to_an_empty_wallet(bound: tuple[Chain, Pubkey]) -> None:
+    """The rule is the runtime's: a part that makes the empty wallet rent-exempt is paid directly."""
+    chain, _ = bound
+    chain.client.set_share(OWNER, chain.repo_id, 10_000)
+    with_contributors(chain, AUTHORS[:1], [1])
+    drain(chain, AUTHORS[0])
+    chain.client.sell(OWNER, BOB, chain.repo_id, chain.rent(0))
+    assert chain.backend.balance(AUTHORS[0].pubkey()) == chain.rent(0)
+    assert chain.nft().contributors[0][2] == 0
+
+
+def test_claim_refuses_wrong_accounts_and_changes_nothing(bound: tuple[Chain, Pubkey]) -> None:
+    chain, _ = bound
+    rid = chain.repo_id
+    chain.client.set_share(OWNER, rid, 5000)
+    pair = AUTHORS[:2]
+    with_contributors(chain, pair, [1, 1])
+    drain(chain, pair[0])
+    chain.client.sell(OWNER, BOB, rid, 400_000)  # 100,000 each; the empty wallet's waits
+    chain.backend.airdrop(pair[0].pubkey(), chain.rent(0))
+    keys = [k.pubkey() for k in pair]
+    nft_pda = chain.program.nft_address(rid)
+    watched = [*keys, nft_pda]
+    before = balances(chain, watched)
+
+    def send(index: int, account: Pubkey, data: bytes | None = None) -> None:
+        ix = chain.program.claim(rid, index, account)
+        chain.backend.send([Instruction(PROGRAM_ID, data or ix.data, list(ix.accounts))], [CAROL])
+
+    rejects(E.CONTRIBUTOR_MISMATCH, lambda: send(1, keys[0]))  # another entry's index
+    rejects(E.CONTRIBUTOR_MISMATCH, lambda: send(0, MALLORY.pubkey()))  # someone else's wallet
+    rejects(E.CONTRIBUTOR_MISMATCH, lambda: send(2, keys[0], bytes([layout.Ix.CLAIM, 2])))  # past the table
+    rejects(E.INVALID_INSTRUCTION_DATA, lambda: send(0, keys[0], bytes([layout.Ix.CLAIM])))
+    ro = chain.program.claim(rid, 0, keys[0])
+    metas = list(ro.accounts)
+    metas[2] = AccountMeta(keys[0], False, False)
+    rejects(E.ACCOUNT_NOT_WRITABLE, lambda: chain.backend.send([Instruction(PROGRAM_ID, ro.data, metas)], [CAROL]))
+    assert balances(chain, watched) == before and chain.nft().contributors[0][2] == 100_000
+    send(0, keys[0])
+    assert balances(chain, watched) == [before[0] + 100_000, before[1], before[2] - 100_000]

@@ -176,7 +176,8 @@ def _accounts() -> dict[str, list[bytes]]:
     commit = head(chain.Tag.COMMIT, bytes([2, 1, 2, 0, 0])) + b"r" * 32 + b"h" * 32 + b"a" * 32 + b"p" * 32 \
         + b"g" * 64 + (5).to_bytes(8, "little") + (1).to_bytes(8, "little")
     bare = head(chain.Tag.COMMIT, bytes([1, 0, 1, 0, 0])) + bytes(208)
-    table = b"".join(bytes([i + 1]) * 32 + (i + 1).to_bytes(8, "little") for i in range(3))
+    table = b"".join(bytes([i + 1]) * 32 + (i + 1).to_bytes(8, "little") + (1000 * i).to_bytes(8, "little")
+                     for i in range(3))  # key, weight, owed
     nft = bytes([chain.Tag.NFT, chain.LAYOUT_VERSION, 253, 1]) + bytes(4) + b"r" * 32 + b"m" * 32 + b"h" * 32 \
         + b"b" * 32 + (2).to_bytes(8, "little") + (250).to_bytes(2, "little") + (3).to_bytes(2, "little") + bytes(4) \
         + table + bytes(chain.CONTRIBUTOR_SIZE * (chain.MAX_CONTRIBUTORS - 3))
@@ -192,7 +193,7 @@ def _instructions() -> list[chain.Instruction]:
             chain.Merge(h[0], chain.branch_hash("main"), (h[1], h[2]), (1, 2**64 - 1)),
             chain.SetHead(chain.branch_hash("dev"), h[3]),
             chain.BindNft(250, True, chain.branch_hash("main")), chain.SyncHolder(), chain.SetShare(10_000),
-            chain.Sell(10**9, 3), chain.SetUri("ipfs://bafy\u00e9")]
+            chain.Sell(10**9, 3), chain.SetUri("ipfs://bafy\u00e9"), chain.Claim(2)]
 
 
 def _safetensors_headers() -> list[bytes]:
