@@ -1,4 +1,4 @@
-"""``fednode nft mint|show|transfer|offer|accept|share|sync``: a repository's Token-2022 NFT.
+"""``fednode nft mint|show|transfer|offer|accept|share|sync|claim``: a repository's Token-2022 NFT.
 
 Thin: parse, one call into fednode/chain/nft.py inside a chain session, print. trio, solders and
 the chain client load only when a command runs (fast start).
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from fednode.node import Node
 
 LAMPORTS_PER_SOL = 10**9
+WAITS = ("will wait in the nft account until claimed ('fednode nft claim'): paid directly, it would leave the "
+         "contributor's wallet below the rent-exempt minimum (an empty wallet, a small amount)")
 VALIDITY = ("it is valid while its blockhash is recent: on a cluster about 60-90 seconds (150 blocks); on "
             "'fednode devchain' until 150 newer blockhashes have been issued")
 
@@ -91,7 +93,7 @@ def _repo_id(node: Node, text: str) -> tuple[bytes, str]:
 
 @click.group()
 def nft() -> None:
-    """The repository's NFT (Token-2022): mint, show, transfer, sell, contributors' share."""
+    """The repository's NFT (Token-2022): mint, show, transfer, sell, contributors' share and claims."""
 
 
 @nft.command("mint")
@@ -139,8 +141,9 @@ def _print_view(view: NftView) -> None:
             ("sales", str(view.record.sale_seq))]  # fmt: skip
     for label, value in rows:
         out.print(f"{label:11}{value}", markup=False)
-    for key, weight in data["contributors"]:
-        out.print(f"contributor {key} weight {weight}", markup=False)
+    for key, weight, owed in data["contributors"]:
+        waiting = f", owed {_sol(owed)} waiting in the nft account ('fednode nft claim')" if owed else ""
+        out.print(f"contributor {key} weight {weight}{waiting}", markup=False)
 
 
 @nft.command("show")
@@ -213,17 +216,23 @@ def offer(ctx: click.Context, repo: str, price: str, buyer: str, out_path: Path,
         if a.backend.kind == "embedded":
             raise FednodeError("the embedded chain is this node's alone, so no buyer can accept an offer on it: use "
                                "one chain with the buyer ('fednode devchain' or a cluster URL)")  # fmt: skip
-        return await _client(a).offer(repo_id, name, lamports, to)
+        client = _client(a)
+        made = await client.offer(repo_id, name, lamports, to)
+        paid = [lam for _, _, lam in made.contributors]
+        return made, await client.waiting(await client.require(repo_id, name), paid, to)
 
-    made = session.run(node, go)
+    made, waits = session.run(node, go)
     with atomic_file(out_path) as f:
         f.write(json.dumps(made.to_json(), indent=2).encode() + b"\n")
     paid = sum(lam for _, _, lam in made.contributors)
     if as_json:
-        emit_json({**made.to_json(), "out": str(out_path), "seller_lamports": lamports - paid})
+        emit_json({**made.to_json(), "out": str(out_path), "seller_lamports": lamports - paid, "waits": waits})
         return
     out.print(f"offer written to {out_path}: the NFT of {repo} (mint {made.mint}) to {to} for {_sol(lamports)} "
               f"(seller {_sol(lamports - paid)}, contributors {_sol(paid)})", markup=False)  # fmt: skip
+    for (key, _, lam), wait in zip(made.contributors, waits, strict=True):
+        if wait:
+            out.print(f"contributor {key}'s {_sol(lam)} {WAITS} (as of now)", markup=False)
     out.print(f"{VALIDITY}; it is void once the NFT changes hands", markup=False)
 
 
@@ -269,8 +278,8 @@ def _review_lines(review: Any) -> list[str]:
     lines = [f"buying the NFT of {meta.name if meta else '?'} (repository {repo_id_text(o.repo_id)}, mint {o.mint})",
              f"from {o.seller} for {_sol(o.price)}: the seller gets {_sol(review.seller_lamports)}; the "
              f"contributors' share is {o.share_bps} bps"]  # fmt: skip
-    for (key, weight, _), lam in zip(o.contributors, review.paid, strict=True):
-        lines.append(f"  contributor {key} (weight {weight}) gets {_sol(lam)}")
+    for (key, weight, _), lam, wait in zip(o.contributors, review.paid, review.waits, strict=True):
+        lines.append(f"  contributor {key} (weight {weight}) gets {_sol(lam)}" + (f", which {WAITS}" if wait else ""))
     return lines
 
 
@@ -318,6 +327,27 @@ def sync(ctx: click.Context, repo_or_id: str, holder: str | None, as_json: bool)
         out.print(f"holder already recorded: {recorded}", markup=False)
     else:
         out.print(f"recorded holder {recorded} ({_cost(tx)})", markup=False)
+
+
+@nft.command("claim")
+@click.argument("repo_or_id")
+@click.option("--contributor", default=None, help="The contributor to pay (default: this node).")
+@json_option
+@click.pass_context
+def claim(ctx: click.Context, repo_or_id: str, contributor: str | None, as_json: bool) -> None:
+    """Pay a contributor what sales left owed to it in the nft account (anyone may; this node pays the fee)."""
+    who = _address("contributor", contributor) if contributor else None
+    node = get_node(ctx)
+    repo_id, name = _repo_id(node, repo_or_id)
+
+    async def go(a: Anchorer, node: Node) -> Any:
+        return await _client(a).claim(repo_id, name, who)
+
+    paid_to, owed, tx = session.run(node, go)
+    if as_json:
+        emit_json(_tx_json(tx, contributor=str(paid_to), lamports=owed))
+        return
+    out.print(f"paid {_sol(owed)} owed by the NFT of {repo_or_id} to {paid_to} ({_cost(tx)})", markup=False)
 
 
 COMMANDS = [nft]

@@ -1,5 +1,6 @@
 """A repository's Token-2022 NFT from the node's side: mint and bind it, read it, transfer it,
-offer and accept a sale, set the contributors' share, sync the recorded holder.
+offer and accept a sale, set the contributors' share, sync the recorded holder, claim what a
+sale left owed to a contributor (a part too small for its empty wallet waits in the nft PDA).
 
 Every command checks what the chain says first and refuses in one line before it builds or sends
 anything; each sends ONE transaction, so it happens whole or not at all. The mint keypair is
@@ -73,7 +74,7 @@ class NftView:
                 "freeze_authority": str(self.state.freeze_authority) if self.state.freeze_authority else None,
                 "share_bps": self.record.share_bps,
                 "share_locked": self.record.share_locked,
-                "contributors": [[b58encode(k), w] for k, w in self.record.contributors]}  # fmt: skip
+                "contributors": [[b58encode(k), w, owed] for k, w, owed in self.record.contributors]}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -92,11 +93,12 @@ class Review:
     view: NftView
     seller_lamports: int
     paid: list[int]  # per contributor, table order
+    waits: list[bool]  # per contributor: its part will wait in the nft PDA (claim), not be paid directly
 
 
 def _table(record: layout.NftAccount, paid: list[int]) -> tuple[tuple[Pubkey, int, int], ...]:
     """The contributor table with what each gets of a sale: (key, weight, lamports)."""
-    return tuple((Pubkey.from_bytes(k), w, lam) for (k, w), lam in zip(record.contributors, paid, strict=True))
+    return tuple((Pubkey.from_bytes(c[0]), c[1], lam) for c, lam in zip(record.contributors, paid, strict=True))
 
 
 class NftClient:
@@ -266,7 +268,7 @@ class NftClient:
     # --- sale ---------------------------------------------------------------------------------
 
     def _sale_message(self, view: NftView, seller: Pubkey, buyer: Pubkey, price: int, blockhash: Hash) -> Message:
-        contributors = [Pubkey.from_bytes(k) for k, _ in view.record.contributors]
+        contributors = [Pubkey.from_bytes(c[0]) for c in view.record.contributors]
         ixs = [tok.create_associated_token_account_idempotent(buyer, buyer, view.mint),
                self.program.sell(seller, buyer, view.repo_id, view.mint, price, view.record.sale_seq,
                                  contributors)]  # fmt: skip
@@ -322,7 +324,45 @@ class NftClient:
         if balance < offer.price + FEE_MARGIN:
             raise FednodeError(f"this node has {balance / 1e9:.9f} SOL; the offer needs {offer.price / 1e9:.9f} SOL "
                                "plus fees")  # fmt: skip
-        return Review(offer, view, seller_amount, paid)
+        return Review(offer, view, seller_amount, paid, await self.waiting(view, paid, self.me))
+
+    async def waiting(self, view: NftView, paid: Sequence[int], buyer: Pubkey) -> list[bool]:
+        """Per contributor (table order): will its part of a sale now wait in the nft PDA (owed,
+        paid by claim) instead of being paid directly? The program's rule (layout.waits): an
+        account the part would leave below its rent-exempt minimum, e.g. an empty wallet. A
+        contributing buyer keeps its part. Balances may change before the sale executes."""
+        keys = [Pubkey.from_bytes(c[0]) for c in view.record.contributors]
+        found = await self.backend.accounts_data(keys)
+        waits = []
+        for key, data, amount in zip(keys, found, paid, strict=True):
+            if amount == 0 or key == buyer:
+                waits.append(False)
+                continue
+            balance = await self.backend.balance(key) if data is not None else 0
+            need = await self.backend.minimum_balance(len(data or b""))
+            waits.append(layout.waits(balance, amount, need))
+        return waits
+
+    async def claim(self, repo_id: bytes, name: str, contributor: Pubkey | None) -> tuple[Pubkey, int, TxResult]:
+        """Pay ``contributor`` (default: this node) what sales left owed to it in the nft PDA; this
+        node pays the fee. Returns (contributor, lamports paid, tx)."""
+        view = await self.require(repo_id, name)
+        who = contributor or self.me
+        keys = [Pubkey.from_bytes(c[0]) for c in view.record.contributors]
+        if who not in keys:
+            raise FednodeError(f"{who} is not a contributor of {name}")
+        index = keys.index(who)
+        owed = view.record.contributors[index][2]
+        if owed == 0:
+            raise FednodeError(f"nothing is owed to {who} by the NFT of {name}")
+        data = await self.backend.account_data(who)
+        balance = await self.backend.balance(who) if data is not None else 0
+        need = await self.backend.minimum_balance(len(data or b""))
+        if layout.waits(balance, owed, need):
+            raise FednodeError(f"{who} holds {balance} lamports: the {owed} owed would leave it below the rent-exempt "
+                               f"minimum of {need}; fund it with at least {need - balance - owed} lamports first, "
+                               "then claim")  # fmt: skip
+        return who, owed, await self._send([self.program.claim(repo_id, index, who)])
 
     async def accept(self, review: Review) -> TxResult:
         """Add this node's signature to a reviewed offer and submit it."""

@@ -137,8 +137,8 @@ def market(tmp_path: Path, devchain: str) -> dict:  # noqa: F811
     chain.airdrop(buyer_key.pubkey(), 20 * SOL)
     chain.airdrop(third_key.pubkey(), 2 * SOL)
     return {"seller": seller, "seller_key": seller_key, "buyer": buyer, "buyer_key": buyer_key, "third": third,
-            "third_key": third_key, "member_key": member_key, "mint": Pubkey.from_string(minted["mint"]),
-            "chain": chain, "tmp": tmp_path}  # fmt: skip
+            "third_key": third_key, "member": member, "member_key": member_key,
+            "mint": Pubkey.from_string(minted["mint"]), "chain": chain, "tmp": tmp_path}  # fmt: skip
 
 
 def refused(m: dict, offer: dict, *needles: str, home: Path | None = None, answer: str | None = None) -> None:
@@ -171,8 +171,9 @@ def test_offer_accept_moves_nft_and_lamports_exactly(market: dict) -> None:
     assert {c[0] for c in contributors} == {str(seller), str(m["member_key"])}, contributors
     offer = make_offer(m)
     assert offer["price_lamports"] == 1_500_000_000 and offer["buyer"] == str(buyer)
-    seller_amount, paid = layout.sale_amounts(offer["price_lamports"], 1000, [w for _, w in contributors])
-    assert offer["contributors"] == [[k, w, lam] for (k, w), lam in zip(contributors, paid, strict=True)]
+    assert [c[2] for c in contributors] == [0, 0]  # nothing owed: every part is paid directly
+    seller_amount, paid = layout.sale_amounts(offer["price_lamports"], 1000, [c[1] for c in contributors])
+    assert offer["contributors"] == [[k, w, lam] for (k, w, _), lam in zip(contributors, paid, strict=True)]
     keys = (seller, buyer, m["member_key"])
     b0 = m["chain"].balances(*keys)
     assert fed(m["buyer"], "nft", "accept", m["tmp"] / "offer.json", "--json", ok=False).exit_code == 1  # --yes
@@ -314,3 +315,55 @@ def test_difference_names_what_changed() -> None:
         assert bytes(actual) != bytes(expected)
         said = difference(expected, actual, DEV_PROGRAM_ID)
         assert words in said, (words, said)
+
+
+def test_an_empty_wallet_part_waits_in_the_nft_account_and_is_claimed(market: dict) -> None:
+    """The member empties its wallet: the sale still goes through; its small part waits in the nft
+    account (offer, review and show say so); a claim before the wallet is funded is refused with
+    one line and moves nothing; afterwards anyone's claim pays exactly what is owed, once."""
+    from cli.commands.nft import _sol
+    from fednode.node import open_node
+
+    m = market
+    chain, member = m["chain"], m["member_key"]
+    node = open_node(m["member"])
+    try:
+        member_kp = node.identity.keypair
+    finally:
+        node.close()
+    (balance,) = chain.balances(member)
+    chain.send([transfer(TransferParams(from_pubkey=member, to_pubkey=Keypair().pubkey(), lamports=balance - 5000))],
+               member_kp)  # fmt: skip
+    assert chain.balances(member) == [0]
+    rent0 = chain._run(lambda b: b.minimum_balance(0))
+    path = m["tmp"] / "small.json"
+    text = fed(m["seller"], "nft", "offer", "demo", "--price", "0.01", "--to", m["buyer_key"].pubkey(),
+               "--out", path).stdout  # fmt: skip
+    offer = json.loads(path.read_text())
+    part = next(lam for k, _, lam in offer["contributors"] if k == str(member))
+    assert 0 < part < rent0, (part, rent0)  # S = 1,000,000 lamports shared by two: below 890,880
+    assert f"contributor {member}'s" in text and "will wait in the nft account" in text
+    seller, buyer = m["seller_key"].pubkey(), m["buyer_key"].pubkey()
+    nft_pda = FederityProgram(DEV_PROGRAM_ID).nft_address(bytes(Pubkey.from_string(offer["repo"])))
+    keys = (seller, buyer, member, nft_pda)
+    b0 = chain.balances(*keys)
+    review = fed(m["buyer"], "nft", "accept", path, input="y\n").stdout
+    assert f"contributor {member}" in review and "which will wait in the nft account" in review and "bought" in review
+    b1 = chain.balances(*keys)
+    assert b1[2] == 0 and b1[3] - b0[3] == part  # the part waits in the nft account, not in the wallet
+    assert b1[0] - b0[0] == offer["price_lamports"] - part  # the seller's own part and the rest are paid
+    shown = fed_json(m["buyer"], "nft", "show", offer["repo"])
+    assert [c[2] for c in shown["contributors"] if c[0] == str(member)] == [part]
+    assert f"owed {_sol(part)} waiting" in fed(m["buyer"], "nft", "show", offer["repo"]).stdout
+    # before the wallet is funded: refused in one line, nothing moves
+    result = fed(m["third"], "nft", "claim", offer["repo"], "--contributor", member, ok=False)
+    assert result.exit_code == 1
+    assert_one_line_error(result.stderr, "rent-exempt minimum", "fund it with at least")
+    assert chain.balances(member, nft_pda) == [0, b1[3]]
+    chain.airdrop(member, rent0)
+    done = fed_json(m["third"], "nft", "claim", offer["repo"], "--contributor", member)
+    assert (done["contributor"], done["lamports"]) == (str(member), part) and done["fee"] == 5000
+    assert chain.balances(member, nft_pda) == [rent0 + part, b0[3]]
+    result = fed(m["third"], "nft", "claim", offer["repo"], "--contributor", member, ok=False)
+    assert_one_line_error(result.stderr, "nothing is owed")
+    assert chain.balances(member, nft_pda) == [rent0 + part, b0[3]]

@@ -205,3 +205,14 @@ def test_bad_input_one_line_each(cli, home: Path, anchored: dict, tmp_path: Path
                              "transaction": base64.b64encode(bytes(200)).decode()}).encode()):  # fmt: skip
         (tmp_path / "bad.json").write_bytes(body)
         assert_cli_refuses(cli, home, "nft", "accept", tmp_path / "bad.json", "--yes", needles=("malformed offer",))
+
+
+def test_claim_refusals_store_nothing(cli, home: Path, anchored: dict) -> None:
+    """claim checks the chain's contributor table first: one line, no transaction."""
+    cli("nft", "mint", "demo")
+    me = my_address(home)
+    assert_cli_refuses(cli, home, "nft", "claim", "demo", needles=(f"{me} is not a contributor of demo",))
+    other = str(Keypair().pubkey())
+    assert_cli_refuses(cli, home, "nft", "claim", "demo", "--contributor", other, needles=(other, "not a contributor"))
+    assert_cli_refuses(cli, home, "nft", "claim", "demo", "--contributor", "nobody", needles=("invalid contributor",))
+    assert as_json(cli, "nft", "show", "demo")["contributors"] == []
