@@ -991,9 +991,12 @@ static uint64_t set_share(SolParameters *p) {
 /* Would a System transfer of `amount` to `to` pass the runtime's rent rule? An account may not
  * end a transaction holding lamports below the rent-exempt minimum of its size (a 0-lamport
  * wallet cannot receive a small payment). */
-static uint64_t pushable(const SolAccountInfo *to, uint64_t amount, bool *ok) {
-  uint64_t need = sol_rent_exempt_minimum(to->data_len), have = *to->lamports;
+static uint64_t pushable(const SolAccountInfo *to, uint64_t amount, uint64_t *wallet_need, bool *ok) {
+  uint64_t have = *to->lamports;
+  /* a wallet (0 bytes) reuses the first reading of the Rent sysvar: ~100 CU per contributor less */
+  uint64_t need = to->data_len == 0 && *wallet_need ? *wallet_need : sol_rent_exempt_minimum(to->data_len);
   if (!need) return E_RENT_UNAVAILABLE;
+  if (to->data_len == 0) *wallet_need = need;
   *ok = have + amount < have || have + amount >= need;
   return 0;
 }
@@ -1041,7 +1044,7 @@ static uint64_t sell(SolParameters *p) {
   U128 x;
   const U128 bps = {MAX_SHARE_BPS, 0};
   mul64(price, n->share_bps, &x);
-  uint64_t share = div128(&x, &bps), waiting = 0;
+  uint64_t share = div128(&x, &bps), waiting = 0, wallet_need = 0;
   for (uint64_t i = 0; i < count && share; i++) {
     Contributor *c = &n->contributors[i];
     mul64(share, c->weight, &x);
@@ -1050,7 +1053,7 @@ static uint64_t sell(SolParameters *p) {
     /* a contributing buyer keeps its own part: no self-transfer CPI */
     if (!amount || sol_pubkey_eq(p->ka[9 + i].key, buyer->key)) continue;
     bool ok;
-    rc = pushable(&p->ka[9 + i], amount, &ok);
+    rc = pushable(&p->ka[9 + i], amount, &wallet_need, &ok);
     if (rc) return rc;
     if (!ok) { /* waits in the nft PDA: one transfer for all such parts, below */
       if (c->owed + amount < amount) return E_ARITHMETIC_OVERFLOW;
@@ -1134,7 +1137,8 @@ static uint64_t claim(SolParameters *p) {
   uint64_t owed = n->contributors[i].owed;
   if (!owed) return E_NOTHING_OWED;
   bool ok;
-  rc = pushable(to, owed, &ok);
+  uint64_t wallet_need = 0;
+  rc = pushable(to, owed, &wallet_need, &ok);
   if (rc) return rc;
   if (!ok) return E_CONTRIBUTOR_UNFUNDED;
   uint64_t keep = sol_rent_exempt_minimum(sizeof(Nft));
