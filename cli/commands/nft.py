@@ -128,6 +128,24 @@ def mint(ctx: click.Context, repo: str, branch: str, share: str, lock_share: boo
               markup=False)  # fmt: skip
 
 
+@nft.command("refresh")
+@click.argument("repo")
+@click.option("--license", "license_text", default=None, help="License named in the document (default: kept).")
+@json_option
+@click.pass_context
+def refresh(ctx: click.Context, repo: str, license_text: str | None, as_json: bool) -> None:
+    """Point REPO's NFT at a new metadata document for its anchored head now (holder only)."""
+
+    async def go(a: Anchorer, node: Node) -> Any:
+        return await _client(a).refresh(node.repo(repo), license_text)
+
+    done = session.run(get_node(ctx), go)
+    if as_json:
+        emit_json(_tx_json(done.tx, uri=done.uri, head=done.head))
+        return
+    out.print(f"uri of {repo}'s NFT: {done.uri} (head {done.head[:16]}; {_cost(done.tx)})", markup=False)
+
+
 def _print_view(view: NftView) -> None:
     data = view.to_json()
     if view.holder_holds:

@@ -223,6 +223,40 @@ class NftClient:
                                f"('fednode anchor {branch} -r {repo.name}')")  # fmt: skip
         return chain_repo
 
+    async def refresh(self, repo: RepoInfo, license_text: str | None) -> Minted:
+        """Point the NFT's uri at a new metadata document describing the tracked branch's anchored
+        head now (the document is a snapshot; the chain's ``head`` field follows on its own).
+        Holder only; symbol kept, license kept unless given. Nothing is sent when the uri would
+        not change."""
+        view = await self.require(repo.repo_id, repo.name)
+        await self._require_holding(view, repo.name)
+        meta = view.metadata
+        if meta is None:
+            raise FednodeError(f"the mint of {repo.name} carries no metadata")
+        branch = next((b for b in self.history.branches(repo) if layout.branch_hash(b) == view.record.head_branch),
+                      None)  # fmt: skip
+        if branch is None:
+            raise FednodeError(f"this node has no branch of {repo.name} that the NFT tracks: pull it first")
+        data = await self.backend.account_data(self.program.repo_address(repo.repo_id))
+        heads = layout.decode_repo(data).branches if data else {}
+        head_hash = heads.get(view.record.head_branch)
+        if head_hash is None:
+            raise FednodeError(f"branch {branch} of {repo.name} has no head on chain")
+        if license_text is None:
+            old, _ = nftwork.read_document(self.history.store, meta.uri)
+            attrs = {a.get("trait_type"): a.get("value") for a in (old or {}).get("attributes", [])}
+            license_text = attrs.get("license") if isinstance(attrs.get("license"), str) else None
+        facts = nftwork.head_facts(self.history, repo, branch, head_hash)
+        published = nftwork.publish(self.history, repo, facts, meta.symbol, license_text, self._explorer(view.mint))
+        if published.uri == meta.uri:
+            raise FednodeError(f"the NFT of {repo.name} already points at this document ({meta.uri}): nothing sent")
+        try:
+            tx = await self._send([self.program.set_uri(self.me, repo.repo_id, view.mint, published.uri)])
+        except ChainError as exc:
+            raise FednodeError(f"transaction rejected: {explain(exc)}; the uri is unchanged (the new files "
+                               f"{published.document_cid} and {published.image_cid} stay pinned here)") from None
+        return Minted(view.mint, published.uri, head_hash.hex(), tx)
+
     # --- holder actions -----------------------------------------------------------------------
 
     async def transfer(self, repo_id: bytes, name: str, to: Pubkey) -> TxResult:

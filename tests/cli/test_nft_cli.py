@@ -97,6 +97,29 @@ def test_show_follows_the_anchored_head(cli, anchored: dict, tmp_path: Path) -> 
     assert as_json(cli, "nft", "show", "demo")["head"] == new_head
 
 
+def test_refresh_points_the_uri_at_a_document_of_the_head_now(cli, home: Path, anchored: dict, tmp_path: Path) -> None:
+    """The document is a snapshot of the head at mint time; `nft refresh` (holder only) stores one
+    for the anchored head now and moves the uri to it through the program (set_uri)."""
+    minted = as_json(cli, "nft", "mint", "demo", "--license", "MIT")
+    cli("commit", "--from", write_model(tmp_path / "m2.safetensors", perturb(model_arrays(0), 2)), "-m", "round 2")
+    cli("anchor", "main", "-r", "demo")
+    new_head = as_json(cli, "show", "main")["commit_hash"]
+    done = as_json(cli, "nft", "refresh", "demo")
+    assert done["uri"] != minted["uri"] and done["head"] == new_head and done["compute_units"] > 0
+    assert as_json(cli, "nft", "show", "demo")["uri"] == done["uri"]
+    node = open_node(home)
+    try:
+        write_file(node.store, CID.parse(done["uri"].removeprefix("ipfs://")), tmp_path / "doc.json")
+    finally:
+        node.close()
+    attrs = {a["trait_type"]: a["value"] for a in parse_metadata_document((tmp_path / "doc.json").read_bytes())
+             ["attributes"]}  # fmt: skip
+    assert attrs["head"] == new_head and attrs["commits"] == 3 and attrs["license"] == "MIT"  # license kept
+    assert_cli_refuses(cli, home, "nft", "refresh", "demo", needles=("already points at this document",))
+    cli("nft", "transfer", "demo", str(Keypair().pubkey()))
+    assert_cli_refuses(cli, home, "nft", "refresh", "demo", needles=("does not hold",))
+
+
 def test_mint_refusals_store_nothing(cli, home: Path, tmp_path: Path) -> None:
     arrays = model_arrays(0)
     cli("repo", "create", "fresh", "--from", write_model(tmp_path / "m0.safetensors", arrays))
