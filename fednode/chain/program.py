@@ -16,18 +16,15 @@ from solders.instruction import AccountMeta, Instruction
 from solders.pubkey import Pubkey
 
 from protocol import chain as layout
+from protocol import token2022 as tok
 
 SYSTEM_PROGRAM_ID = Pubkey.from_string("11111111111111111111111111111111")
 INSTRUCTIONS_SYSVAR_ID = Pubkey.from_string("Sysvar1nstructions1111111111111111111111111")
 ED25519_PROGRAM_ID = Pubkey.from_string("Ed25519SigVerify111111111111111111111111111")
-TOKEN_2022_PROGRAM_ID = Pubkey.from_string("TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb")
-ASSOCIATED_TOKEN_PROGRAM_ID = Pubkey.from_string("ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL")
-
-
-def token_account_address(owner: Pubkey, mint: Pubkey) -> Pubkey:
-    """The Token-2022 associated token account of ``owner`` for ``mint`` (the NFT's usual home)."""
-    seeds = [bytes(owner), bytes(TOKEN_2022_PROGRAM_ID), bytes(mint)]
-    return Pubkey.find_program_address(seeds, ASSOCIATED_TOKEN_PROGRAM_ID)[0]
+# the Token-2022 names live in protocol.token2022; re-exported here for the program's callers
+TOKEN_2022_PROGRAM_ID = tok.TOKEN_2022_PROGRAM_ID
+ASSOCIATED_TOKEN_PROGRAM_ID = tok.ASSOCIATED_TOKEN_PROGRAM_ID
+token_account_address = tok.associated_token_address
 
 
 @dataclass(frozen=True)
