@@ -45,7 +45,7 @@ from helpers import fixed_identity  # noqa: E402
 from fednode.errors import FednodeError  # noqa: E402
 from fednode.node import DEFAULT_CONFIG, parse_config  # noqa: E402
 from fednode.tensors.modelio import ArraySource, parse_header, write_safetensors  # noqa: E402
-from protocol import car, chain, dag, dagcbor, messages, unixfs  # noqa: E402
+from protocol import car, chain, dag, dagcbor, messages, token2022, unixfs  # noqa: E402
 from protocol.multiformats import (  # noqa: E402
     CID,
     DAG_CBOR,
@@ -185,6 +185,50 @@ def _accounts() -> dict[str, list[bytes]]:
     return {"repo": [repo], "member": [member], "commit": [commit, bare], "nft": [nft, empty]}
 
 
+def _token_accounts() -> tuple[list[bytes], list[bytes]]:
+    """A repository NFT's mint (both extensions, two fields) and a bare mint; an ATA-style token
+    account (ImmutableOwner) and a plain one."""
+    from solders.pubkey import Pubkey
+
+    k = [Pubkey.from_bytes(bytes([i + 1]) * 32) for i in range(4)]
+    fields = (("repo", "ab" * 32), ("head", "cd" * 32))
+    meta = token2022.TokenMetadata(k[0], k[1], "demo", "FED", "ipfs://bafkrei", fields)
+    nft = token2022.MintState(None, 1, 0, True, None, {}, token2022.MetadataPointer(None, k[1]), meta)
+    bare = token2022.MintState(k[2], 5, 6, True, k[3])
+    held = token2022.TokenAccount(k[1], k[2], 1, None, 1, {token2022.Ext.IMMUTABLE_OWNER: b""})
+    plain = token2022.TokenAccount(k[1], k[3], 0, k[0], 2)
+    return ([token2022.encode_mint(nft), token2022.encode_mint(bare)],
+            [token2022.encode_token_account(held), token2022.encode_token_account(plain)])
+
+
+def _nft_documents() -> list[bytes]:
+    from fednode.nft.document import document_from, encode_document
+    from fednode.nft.summary import RepoSummary
+
+    public = RepoSummary("demo", bytes(range(32)), bytes(32), False, 3, 2, "loss", (1.0, 0.5), (("loss", 0.5),))
+    private = RepoSummary("p", bytes(32), bytes(range(32)), True, 1, 0, None, (), ())
+    image = "ipfs://bafkreigoug3zrqitybcwuupy5xc7hqgcmmrhcppbziowrwj6l235aguwoy"
+    return [encode_document(document_from(s, image)) for s in (public, private)]
+
+
+def _offers() -> list[bytes]:
+    from solders.hash import Hash
+    from solders.keypair import Keypair
+    from solders.message import Message
+    from solders.system_program import TransferParams, transfer
+    from solders.transaction import Transaction
+
+    seller, buyer = Keypair.from_seed(bytes([1]) * 32), Keypair.from_seed(bytes([2]) * 32)
+    ix = transfer(TransferParams(from_pubkey=buyer.pubkey(), to_pubkey=seller.pubkey(), lamports=5))
+    tx = Transaction.new_unsigned(Message([ix], buyer.pubkey()))
+    tx.partial_sign([buyer], Hash.default())
+    offer = {"version": 1, "repo": b58encode(bytes(range(32))), "mint": str(Keypair.from_seed(bytes(32)).pubkey()),
+             "seller": str(seller.pubkey()), "buyer": str(buyer.pubkey()), "price_lamports": 10**9, "sale_seq": 0,
+             "share_bps": 250, "contributors": [[str(seller.pubkey()), 3, 25_000_000]],
+             "transaction": __import__("base64").b64encode(bytes(tx)).decode()}
+    return [json.dumps(offer).encode()]
+
+
 def _instructions() -> list[chain.Instruction]:
     h = [hashlib.sha256(bytes([i])).digest() for i in range(4)]
     return [chain.CreateRepo(h[0], h[1], h[2]), chain.AddMember(h[1]), chain.RemoveMember(h[2]),
@@ -256,6 +300,18 @@ def _tensor_entry(data: bytes) -> TensorEntry:
     return TensorEntry.from_obj(dagcbor.decode(data))
 
 
+def _nft_document(data: bytes) -> Any:
+    from fednode.nft.document import parse_metadata_document
+
+    return parse_metadata_document(data)
+
+
+def _nft_offer(data: bytes) -> Any:
+    from fednode.chain.nftoffer import parse_offer
+
+    return parse_offer(data)
+
+
 def _header(data: bytes) -> Any:
     return parse_header(data, HEADER_DATA, "fuzz.safetensors")
 
@@ -300,6 +356,10 @@ def registry() -> dict[str, Decoder]:
         Decoder("chain_member", chain.decode_member, fmt, acc["member"]),
         Decoder("chain_commit", chain.decode_commit, fmt, acc["commit"]),
         Decoder("chain_nft", chain.decode_nft, fmt, acc["nft"]),
+        Decoder("token_mint", token2022.decode_mint, fmt, _token_accounts()[0]),  # chain state: never hashed,
+        Decoder("token_account", token2022.decode_token_account, fmt, _token_accounts()[1]),  # so no canonicity
+        Decoder("nft_document", _nft_document, user, _nft_documents(), "json"),
+        Decoder("nft_offer", _nft_offer, user, _offers(), "json"),
         Decoder("chain_return", chain.decode_return_data, fmt, [bytes(range(32)) + (3).to_bytes(8, "little")]),
         Decoder("safetensors_header", _header, user, _safetensors_headers(), "json"),
         Decoder("config", _text(lambda t: parse_config(t, "config.toml")), user, _configs(), "toml"),
