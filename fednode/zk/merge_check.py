@@ -77,7 +77,7 @@ def check_weights(weights: Sequence[int]) -> tuple[int, ...]:
 
 def _round_half_even(num: np.ndarray, den: int) -> np.ndarray:
     """``num / den`` to nearest, ties to even (``den > 0``), for int64 or Python-int object arrays."""
-    q, r = np.divmod(num, den)
+    q, r = num // den, num % den  # floor division (np.divmod has no object loop)
     up = (2 * r > den) | ((2 * r == den) & (q % 2 == 1))
     return q + up
 
