@@ -68,7 +68,8 @@ def _lib() -> Any:
 
 def _load() -> Any:
     try:
-        import mclbn256.mclbn256 as m  # type: ignore[import-untyped]  # writes and loads its shared library (~0.15 s)
+        # importing writes the package's shared library to a temporary file and loads it (~0.15 s)
+        import mclbn256.mclbn256 as m  # type: ignore[import-untyped, import-not-found, unused-ignore]
     except Exception as exc:  # ImportError, or an OSError from a wheel without this platform's library
         raise ZkError(f"the mcl backend needs PyPI mclbn256 (.venv/bin/pip install mclbn256): {exc}") from None
     lib = m.lib

@@ -153,8 +153,11 @@ def _check_values(values: Values) -> int:
     if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
         raise ZkError("commit to a sequence or numpy array of integers")
     if isinstance(values, np.ndarray):
-        return int(values.size)
-    for v in values:
+        if values.dtype.kind not in "iuO":
+            raise ZkError(f"commitments are to integers, got dtype {values.dtype}")
+        if values.dtype.kind != "O":
+            return int(values.size)
+    for v in values.reshape(-1) if isinstance(values, np.ndarray) else values:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
             raise ZkError(f"commitments are to integers, got {v!r}")
     return len(values)
