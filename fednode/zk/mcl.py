@@ -155,7 +155,7 @@ def generator_table(n: int, seed: bytes) -> np.ndarray:
 
 def _derive(seed: bytes, start: int, n: int, old: np.ndarray | None) -> np.ndarray:
     lib = _lib()
-    size = max(n, start * 2 if start else n)  # grow geometrically: extending twice costs once
+    size = max(n, min(2 * start, n + CHUNK))  # grow geometrically, but never derive more than a chunk unasked
     out = np.zeros((size, 12), dtype=np.uint64)
     if old is not None:
         out[:start] = old
