@@ -47,6 +47,9 @@ LAYER_RULES: dict[str, Rule] = {
     "fednode.tensors": Rule(("protocol", "fednode.errors", "fednode.lazy", "fednode.safejson"),
                             why="model files and tensor encodings: no storage, no history"),  # fmt: skip
     "fednode.strategies": Rule(("protocol", *UTILITIES, "fednode.tensors"), why="aggregation on tensors only"),
+    "fednode.zk": Rule(("protocol", *UTILITIES), why="commitments and their checks: pure arithmetic, no store"),
+    "fednode.nft": Rule(ANY, never=("fednode.daemon", "fednode.chain", "fednode.demo", "cli"),
+                        why="the NFT's metadata files, made from history: no network, no chain"),
     "fednode.history": Rule(ANY, never=("fednode.workflows", "fednode.daemon", "fednode.chain", "fednode.demo", "cli"),
                             why="commits and refs know nothing of the operations, network, chain or CLI above"),
     "fednode.workflows": Rule(ANY, never=("fednode.daemon", "fednode.chain", "fednode.demo", "cli"),
