@@ -69,6 +69,8 @@ def read_lines(proc: subprocess.Popen, until: str | None, deadline: float) -> li
             line = proc.stdout.readline()
             if not line:
                 return lines
+            if not line.endswith("\n"):  # torn by a SIGKILL mid-write: it was never printed whole
+                continue
             lines.append(line.strip())
             if until and line.startswith(until):
                 return lines
