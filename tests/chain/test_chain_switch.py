@@ -5,12 +5,11 @@ waiting for another chain are shown by `chain status` and can be retargeted."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 from daemon_harness import DaemonProc, daemons, make_home, wait_for
-from helpers import assert_one_line_error, model_arrays, perturb, run_fednode, write_model
+from helpers import assert_one_line_error, copy_home, model_arrays, perturb, run_fednode, write_model
 from test_devchain import copy_branch, devchain, fed_json, program_cache  # noqa: F401  (fixtures)
 
 from fednode.chain import outbox
@@ -143,7 +142,7 @@ def test_embedded_chain_errors_name_a_shared_chain(tmp_path: Path) -> None:
     m0, m1 = models(tmp_path, 2)
     run_fednode(owner, "repo", "create", "demo", "--from", m0)
     member = tmp_path / "member"
-    shutil.copytree(owner, member)  # the repository, before anything is anchored anywhere
+    copy_home(owner, member)  # the repository, before anything is anchored anywhere
     run_fednode(member, "init", "--force")
     run_fednode(owner, "anchor", "main")
     checked = run_fednode(member, "verify", "--chain", "main", check=False)

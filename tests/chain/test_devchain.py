@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import selectors
-import shutil
 import socket
 import subprocess
 import threading
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from helpers import ROOT, assert_one_line_error, fednode_cmd, model_arrays, perturb, run_fednode, write_model
+from helpers import ROOT, assert_one_line_error, copy_home, fednode_cmd, model_arrays, perturb, run_fednode, write_model
 from solana.rpc.async_api import AsyncClient
 from solana.rpc.core import RPCException
 from solders.hash import Hash
@@ -189,7 +188,7 @@ def test_owner_and_member_anchor_to_one_devchain(tmp_path: Path, devchain: str) 
     assert [s["op"] for s in sent["sent"]] == ["create_repo", "anchor", "anchor"] and sent["error"] is None
     assert all(s["compute_units"] > 0 and s["fee"] >= 5000 for s in sent["sent"])  # from getTransaction
     # The member starts from a copy of the owner's repository, with its own wallet.
-    shutil.copytree(owner, member)
+    copy_home(owner, member)
     run_fednode(member, "init", "--force")
     run_fednode(member, "chain", "use", "rpc", "--url", devchain)
     member_addr = fed_json(member, "id")["address"]

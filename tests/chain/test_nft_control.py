@@ -10,13 +10,12 @@ while the former owner's merge is refused by the program with NOT_HOLDER."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import trio
 from daemon_harness import DaemonProc, daemons, network_config, wait_for
-from helpers import assert_one_line_error, model_arrays, perturb, run_fednode, write_model
+from helpers import assert_one_line_error, copy_home, model_arrays, perturb, run_fednode, write_model
 from solders.keypair import Keypair
 from test_devchain import devchain, fed_json, program_cache  # noqa: F401  (fixtures)
 
@@ -93,7 +92,7 @@ def test_after_a_transfer_the_holder_controls_and_the_former_owner_is_refused(tm
     # a merge of anchored inputs the owner keeps unanchored: it tries to anchor it after the transfer
     fed_json(a_home, "merge", "side", "--into", "amerge", "--weights", "equal")
     for home in (b_home, c_home):  # copies of the repository, each with a wallet of its own
-        shutil.copytree(a_home, home)
+        copy_home(a_home, home)
         run_fednode(home, "init", "--force")
         use_devchain(home, devchain, 0.5)
         network_config(home, sync_interval=1.0)

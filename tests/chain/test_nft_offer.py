@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 from click.testing import CliRunner
-from helpers import assert_one_line_error, model_arrays, perturb, run_fednode, write_model
+from helpers import assert_one_line_error, copy_home, model_arrays, perturb, run_fednode, write_model
 from solders.instruction import Instruction
 from solders.keypair import Keypair
 from solders.message import Message
@@ -121,7 +120,7 @@ def market(tmp_path: Path, devchain: str) -> dict:  # noqa: F811
     minted = fed_json(seller, "nft", "mint", "demo", "--share", "1000")
     # A member's update merged by the holder: the program tallies both authors' weights.
     member = tmp_path / "member"
-    shutil.copytree(seller, member)
+    copy_home(seller, member)
     run_fednode(member, "init", "--force")
     fed(member, "chain", "use", "rpc", "--url", devchain)
     member_key = Pubkey.from_string(json.loads(run_fednode(member, "id", "--json").stdout)["address"])

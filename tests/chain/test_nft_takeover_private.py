@@ -7,12 +7,11 @@ longer among the readers the member's node serves."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 from daemon_harness import DaemonProc, daemons, network_config, wait_for
-from helpers import model_arrays, run_fednode, write_model
+from helpers import copy_home, model_arrays, run_fednode, write_model
 from test_devchain import devchain, fed_json, program_cache  # noqa: F401  (fixtures)
 from test_nft_control import controller, use_devchain
 
@@ -66,7 +65,7 @@ def test_the_new_holder_of_a_private_repository_starts_an_epoch_the_former_owner
     repo_id = b58decode(fed_json(a_home, "repo", "list")[0]["id"])
     assert fed_json(a_home, "anchor", "main")["error"] is None
     for home in (m_home, b_home):  # copies of the repository (no key made yet), wallets of their own
-        shutil.copytree(a_home, home)
+        copy_home(a_home, home)
         run_fednode(home, "init", "--force")
         use_devchain(home, devchain, 0.5)
     for home in (a_home, m_home, b_home):

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import trio
-from helpers import assert_cli_refuses, model_arrays, perturb, run_fednode, write_model
+from helpers import assert_cli_refuses, copy_home, model_arrays, perturb, run_fednode, write_model
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
@@ -186,14 +185,14 @@ def test_transfer_outside_fednode_is_shown_then_synced(cli, home: Path, anchored
 def test_not_the_owner(anchored: dict, home: Path, tmp_path: Path) -> None:
     """A copy of the home with another wallet sees the same embedded chain but does not own the repository."""
     other = tmp_path / "other"
-    shutil.copytree(home, other)
+    copy_home(home, other)
     run_fednode(other, "init", "--force")
     refused = run_fednode(other, "nft", "mint", "demo", check=False)
     assert refused.returncode == 1 and "only the repository owner" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     run_fednode(home, "nft", "mint", "demo")
     later = tmp_path / "later"  # a copy made after the mint: the NFT is there, held by the other wallet
-    shutil.copytree(home, later)
+    copy_home(home, later)
     run_fednode(later, "init", "--force")
     refused = run_fednode(later, "nft", "transfer", "demo", str(Keypair().pubkey()), check=False)
     assert refused.returncode == 1 and "does not hold the NFT" in refused.stderr

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import assert_cli_refuses, home_state, model_arrays, perturb, write_model
+from helpers import assert_cli_refuses, copy_home, home_state, model_arrays, perturb, write_model
 from solders.keypair import Keypair
 
 from fednode.history import objstore, refstore
@@ -115,7 +115,7 @@ def test_publish_by_a_non_owner_is_refused(cli, tmp_path: Path, home: Path) -> N
     key.write_text(Keypair.from_seed(bytes([7]) * 32).to_json())
     init_home(other, key)
     shutil.rmtree(other / "store")
-    shutil.copytree(home / "store", other / "store")  # the same repository, held by someone else
+    copy_home(home / "store", other / "store")  # the same repository, held by someone else
     from click.testing import CliRunner
 
     from cli.app import main as cli_main
