@@ -126,6 +126,7 @@ MAX_URI = 200  # set_uri: uri bytes
 FLAG_SHARE_LOCKED = 1  # nft record flags / bind_nft flags
 MAX_PARENTS = 16  # also the merge input limit; a legacy 1232-byte tx fits about 8 merge inputs
 FLAG_HAS_COMMITMENT = 1
+FLAG_HAS_REMAINDER = 2  # merge only, and only with FLAG_HAS_COMMITMENT: merge flags are 0, 1 or 3
 ZERO32 = bytes(32)
 
 REPO_SEED = b"repo"
@@ -260,7 +261,10 @@ class Merge:
     branch: bytes
     inputs: tuple[bytes, ...]  # the merge commit's parents, in the commit's order
     weights: tuple[int, ...]
+    # Without remainder: C(S), S = sum_k w_k q_k, checked as sum_k w_k C_k (old clients). With it:
+    # C(d) of the merged delta and C(r) of r = S - W d, checked as sum_k w_k C_k == W C(d) + C(r).
     commitment: bytes | None = None
+    remainder: bytes | None = None  # only with a commitment
 
     def commit_hash(self, owner: bytes) -> bytes:
         return commit_hash(owner, Kind.MERGE, self.inputs, self.body_digest)
@@ -395,12 +399,15 @@ def encode_instruction(ix: Instruction) -> bytes:
     if isinstance(ix, Merge):
         if not 0 < len(ix.inputs) <= MAX_PARENTS or len(ix.weights) != len(ix.inputs):
             raise LayoutError(f"1..{MAX_PARENTS} inputs, one u64 weight each")
-        flags = FLAG_HAS_COMMITMENT if ix.commitment is not None else 0
+        if ix.remainder is not None and ix.commitment is None:
+            raise LayoutError("a merge remainder needs a commitment")
+        flags = ((FLAG_HAS_COMMITMENT if ix.commitment is not None else 0)
+                 | (FLAG_HAS_REMAINDER if ix.remainder is not None else 0))  # fmt: skip
         return (
             bytes([Ix.MERGE]) + _b32("body_digest", ix.body_digest)
             + bytes([flags, len(ix.inputs)]) + _b32("branch", ix.branch)
             + b"".join(_b32("input", p) for p in ix.inputs)
-            + b"".join(struct.pack("<Q", w) for w in ix.weights) + _g1(ix.commitment)
+            + b"".join(_u64("weight", w) for w in ix.weights) + _g1(ix.commitment) + _g1(ix.remainder)
         )  # fmt: skip
     if isinstance(ix, SetHead):
         return bytes([Ix.SET_HEAD]) + _b32("branch", ix.branch) + _b32("commit", ix.commit_hash)
@@ -432,14 +439,17 @@ def decode_instruction(data: bytes) -> Instruction:
                             body[67 + 32 * n :] if g1 else None)  # fmt: skip
     if tag == Ix.MERGE and len(body) >= 66:
         flags, n = body[32], body[33]
-        g1 = 64 if flags & FLAG_HAS_COMMITMENT else 0
-        if flags & ~FLAG_HAS_COMMITMENT or not 0 < n <= MAX_PARENTS or len(body) != 66 + 40 * n + g1:
+        g1 = 64 * bin(flags & (FLAG_HAS_COMMITMENT | FLAG_HAS_REMAINDER)).count("1")
+        if (flags not in (0, FLAG_HAS_COMMITMENT, FLAG_HAS_COMMITMENT | FLAG_HAS_REMAINDER)
+                or not 0 < n <= MAX_PARENTS or len(body) != 66 + 40 * n + g1):  # fmt: skip
             raise LayoutError("malformed merge")
         inputs = tuple(body[66 + 32 * i : 98 + 32 * i] for i in range(n))
         w_at = 66 + 32 * n
         weights = struct.unpack_from(f"<{n}Q", body, w_at)
+        c_at = w_at + 8 * n
         return Merge(body[:32], body[34:66], inputs, weights,
-                     body[w_at + 8 * n :] if g1 else None)  # fmt: skip
+                     body[c_at : c_at + 64] if g1 else None,
+                     body[c_at + 64 :] if g1 == 128 else None)  # fmt: skip
     nft = _decode_nft(tag, body)
     if nft is not None:
         return nft

@@ -71,10 +71,13 @@ class FederityClient:
     def merge(
         self, owner: Keypair, repo_id: bytes, body_digest: bytes, signature: bytes, *, branch: str,
         inputs: Sequence[bytes], weights: Sequence[int], commitment: bytes | None = None,
+        remainder: bytes | None = None,
     ) -> Anchored:  # fmt: skip
         """Anchor the owner's merge commit; ``inputs`` are its parents' commit hashes in the commit's
-        order (they are part of the hash the program recomputes), ``signature`` its own."""
-        body = layout.Merge(body_digest, layout.branch_hash(branch), tuple(inputs), tuple(weights), commitment)
+        order (they are part of the hash the program recomputes), ``signature`` its own.
+        ``commitment`` alone: C(S) of the weighted sum; with ``remainder``: C(d) and C(r) (FedAvg)."""
+        body = layout.Merge(body_digest, layout.branch_hash(branch), tuple(inputs), tuple(weights), commitment,
+                            remainder)  # fmt: skip
         nft = self.nft_ref(repo_id, owner.pubkey())
         ixs = [ed25519_proof(owner.pubkey(), signature, body.commit_hash(bytes(owner.pubkey()))),
                self.program.merge(owner.pubkey(), repo_id, body, nft=nft)]  # fmt: skip

@@ -21,6 +21,7 @@
 #define MAX_PARENTS 16
 #define LAYOUT_VERSION 1
 #define FLAG_HAS_COMMITMENT 1
+#define FLAG_HAS_REMAINDER 2 /* merge only, and only with FLAG_HAS_COMMITMENT */
 #define FLAG_SHARE_LOCKED 1
 #define MAX_CONTRIBUTORS 16
 #define MAX_SHARE_BPS 10000
@@ -811,23 +812,74 @@ static uint64_t anchor_commit(SolParameters *p) {
   return return_accumulator(r);
 }
 
+/* W = sum of the u64 weights; false when it overflows. */
+static bool weight_total(const uint8_t *weights, uint64_t n, uint64_t *total) {
+  *total = 0;
+  for (uint64_t k = 0; k < n; k++) {
+    uint64_t w = sol_read_u64(weights + 8 * k);
+    if (*total + w < w) return false;
+    *total += w;
+  }
+  return true;
+}
+
+/* sum_k w_k C_k into `sum` (infinity when every weight is 0). An input of weight 0 (e.g. a parent
+ * that was only the merge base) contributes nothing, so it needs no commitment. */
+static uint64_t weighted_sum(const Commit *const *in, const uint8_t *weights, uint64_t n,
+                             uint8_t sum[64]) {
+  uint8_t term[64];
+  bool first = true;
+  memset(sum, 0, 64);
+  for (uint64_t k = 0; k < n; k++) {
+    uint64_t w = sol_read_u64(weights + 8 * k);
+    if (!w) continue;
+    if (!(in[k]->flags & FLAG_HAS_COMMITMENT)) return E_MISSING_INPUT_COMMITMENT;
+    if (!bn254_g1_mul_u64(in[k]->commitment, w, first ? sum : term)) return E_INVALID_COMMITMENT;
+    if (!first && !bn254_g1_add(sum, term, sum)) return E_INVALID_COMMITMENT;
+    first = false;
+  }
+  return 0;
+}
+
+/* Without a remainder (old clients): C_merge == sum_k w_k C_k, the commitment to the weighted sum S.
+ * With one (FedAvg, issue 15): sum_k w_k C_k == W C_d + C_r, W = sum_k w_k, where C_d commits to
+ * the merged delta d = round(S / W) and C_r to r = S - W d; C_d is what gets recorded. The range
+ * of r is not checked here (d + 1, r - W passes too): that needs a range proof. */
+static uint64_t check_merge_commitments(const Commit *const *in, const uint8_t *weights, uint64_t n,
+                                        const uint8_t *commitment, const uint8_t *remainder) {
+  uint8_t sum[64], rhs[64];
+  uint64_t rc = weighted_sum(in, weights, n, sum), total;
+  if (rc) return rc;
+  if (remainder) { /* mul and add validate C_d and C_r as G1 points */
+    if (!weight_total(weights, n, &total)) return E_INVALID_INSTRUCTION_DATA;
+    if (!bn254_g1_mul_u64(commitment, total, rhs)) return E_INVALID_COMMITMENT;
+    if (!bn254_g1_add(rhs, remainder, rhs)) return E_INVALID_COMMITMENT;
+    commitment = rhs;
+  }
+  return sol_bytes_eq(sum, commitment, 64) ? 0 : E_MERGE_COMMITMENT_MISMATCH;
+}
+
 /* merge(body_digest[32], flags u8, n u8, branch[32], inputs[n][32], weights[n] u64,
- *       commitment[64] if flags & 1)
+ *       commitment[64] if flags & 1, remainder[64] if flags & 2 (flags: 0, 1 or 3))
  * accounts: owner [s,w], repo [w], commit PDA [w], instructions sysvar, system program,
  * input commit PDAs (same order as inputs) (+ the four NFT accounts). The merge commit hash is recomputed as
  * commit_hash(owner, merge, inputs, body_digest): inputs are its parents in the commit's order. */
 static uint64_t merge(SolParameters *p) {
   const uint8_t *d = p->data;
   if (p->data_len < 67) return E_INVALID_INSTRUCTION_DATA;
-  uint64_t flags = d[33], n = d[34];
-  if (flags & ~(uint64_t)FLAG_HAS_COMMITMENT || n == 0) return E_INVALID_INSTRUCTION_DATA;
+  uint64_t flags = d[33], n = d[34], total;
+  bool has_c = flags & FLAG_HAS_COMMITMENT, has_r = flags & FLAG_HAS_REMAINDER;
+  if (flags & ~(uint64_t)(FLAG_HAS_COMMITMENT | FLAG_HAS_REMAINDER) || (has_r && !has_c) || n == 0)
+    return E_INVALID_INSTRUCTION_DATA;
   if (n > MAX_PARENTS) return E_TOO_MANY_PARENTS;
-  uint64_t g1 = flags ? 64 : 0;
+  uint64_t g1 = (has_c ? 64 : 0) + (has_r ? 64 : 0);
   if (p->data_len != 67 + 40 * n + g1) return E_INVALID_INSTRUCTION_DATA;
   if (p->ka_num < 5 + n) return E_NOT_ENOUGH_ACCOUNTS;
   const uint8_t *body_digest = d + 1, *branch = d + 35, *inputs = d + 67;
   const uint8_t *weights = inputs + 32 * n;
-  const uint8_t *commitment = g1 ? weights + 8 * n : NULL;
+  const uint8_t *commitment = has_c ? weights + 8 * n : NULL;
+  const uint8_t *remainder = has_r ? commitment + 64 : NULL;
+  if (has_r && !weight_total(weights, n, &total)) return E_INVALID_INSTRUCTION_DATA;
 
   Ctl ctl = {NULL, NULL, 5 + n};
   uint64_t rc = control(p, true, &ctl);
@@ -848,15 +900,9 @@ static uint64_t merge(SolParameters *p) {
   commit_hash(&pre, hash);
   rc = check_signature_proof(&p->ka[3], p->ka[0].key->x, hash);
   if (rc) return rc;
-  if (commitment) { /* C_merge == sum_k w_k * C_k, homomorphically */
-    uint8_t sum[64], term[64];
-    for (uint64_t k = 0; k < n; k++) {
-      if (!(in[k]->flags & FLAG_HAS_COMMITMENT)) return E_MISSING_INPUT_COMMITMENT;
-      uint64_t w = sol_read_u64(weights + 8 * k);
-      if (!bn254_g1_mul_u64(in[k]->commitment, w, k ? term : sum)) return E_INVALID_COMMITMENT;
-      if (k && !bn254_g1_add(sum, term, sum)) return E_INVALID_COMMITMENT;
-    }
-    if (!sol_bytes_eq(sum, commitment, 64)) return E_MERGE_COMMITMENT_MISMATCH;
+  if (commitment) {
+    rc = check_merge_commitments(in, weights, n, commitment, remainder);
+    if (rc) return rc;
   }
   int64_t slot;
   rc = branch_slot(r, branch, true, &slot);
