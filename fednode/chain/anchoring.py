@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from solders.hash import Hash
 from solders.instruction import Instruction
@@ -37,7 +37,9 @@ from fednode.chain.program import FederityProgram, NftRef, ed25519_proof
 from fednode.errors import FednodeError
 from fednode.history import History, RepoInfo
 from fednode.identity import Identity
+from fednode.logs import log
 from fednode.storage.netstate import NetState
+from fednode.zk.curve import ZkError, decode
 from protocol import chain as layout
 from protocol import token2022
 from protocol.chain import ErrorCode, Kind
@@ -94,6 +96,58 @@ def _head_move(repo: layout.RepoAccount | None, branch: str | None, parents: lis
     if (head is None and as_owner and len(repo.branches) < layout.MAX_BRANCHES) or head in parents:
         return key
     return layout.ZERO32
+
+
+ZkPair = tuple[bytes | None, bytes | None]  # (commitment, remainder) an anchor carries
+_NO_ZK: ZkPair = (None, None)
+
+
+def zk_commitments(commit: Commit) -> tuple[ZkPair, str | None]:
+    """What ``commit``'s anchor carries from its ``info["zk"]`` (issue 15): ``((commitment, remainder),
+    why not)``. An update's commitment is sent with it; a merge's C(d) with C(r). Malformed zk info
+    (``why`` says what) sends nothing: the program would refuse it and hold the outbox for ever."""
+    zk = commit.info.get("zk")
+    if zk is None:
+        return _NO_ZK, None
+    if not isinstance(zk, dict) or zk.get("v") != 1:
+        return _NO_ZK, "info.zk is not a version-1 map"
+    if "none" in zk:  # the commit says why it carries no commitment
+        return _NO_ZK, None
+    points: dict[str, bytes] = {}
+    for key in ("commitment", "remainder"):
+        value = zk.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, bytes):
+            return _NO_ZK, f"info.zk.{key} is not bytes"
+        try:
+            decode(value, f"info.zk.{key}")  # 64 bytes, on the curve (the program's check), or infinity
+        except ZkError as exc:
+            return _NO_ZK, str(exc)
+        points[key] = value
+    c, r = points.get("commitment"), points.get("remainder")
+    if c is None:
+        return _NO_ZK, "info.zk has no commitment"
+    if commit.kind != "merge":
+        return ((c, None), None) if r is None else (_NO_ZK, "info.zk.remainder on a commit that is not a merge")
+    # A merge anchors C(d) with C(r): the program checks sum_k w_k C_k == W C(d) + C(r). C(d) alone
+    # (median, trimmed mean, Krum: not linear) is sent as nothing: without a remainder the program's
+    # rule is C == sum_k w_k C_k, a commitment to the weighted sum S, which C(d) is not.
+    return ((c, r), None) if r is not None else (_NO_ZK, None)
+
+
+def _merge_weights(commit: Commit) -> tuple[int, ...]:
+    """The program's inputs are the merge commit's parents (so every parent is anchored first);
+    a parent that was only the merge base carries weight 0."""
+    record = commit.info.get("merge") or {}
+    by_input = dict(zip([str(c) for c in record.get("inputs", [])],
+                        [int(w) for w in record.get("weights", [])], strict=False))  # fmt: skip
+    return tuple(by_input.get(str(p), 0) for p in commit.parents)
+
+
+def _tx_bytes(ixs: list[Instruction], signer: Identity) -> int:
+    tx = Transaction([signer.keypair], Message(ixs, signer.keypair.pubkey()), Hash.default())
+    return len(bytes(tx))
 
 
 @dataclass(frozen=True)
@@ -282,9 +336,7 @@ class Anchorer:
         return " (the holder of its NFT)" if self.nft_ref(repo) is not None else ""
 
     def _tx_size(self, repo_id: bytes, commit: Commit, branch: str, repo: layout.RepoAccount | None) -> int:
-        ixs = self._anchor_ixs(repo_id, commit, branch, repo, holds=True)
-        tx = Transaction([self.identity.keypair], Message(ixs, self.identity.keypair.pubkey()), Hash.default())
-        return len(bytes(tx))
+        return _tx_bytes(self._anchor_ixs(repo_id, commit, branch, repo, holds=True, zk=_NO_ZK), self.identity)
 
     def _first_parents(self, cid: CID) -> set[CID]:
         line, current = set(), cid
@@ -402,7 +454,8 @@ class Anchorer:
         if record is None:  # not a replay after a crash: send it
             chain_repo = await self.repo_record(repo_id)
             holds = await self.holds(chain_repo)
-            tx = await self.send(self._anchor_ixs(repo_id, commit, item.branch, chain_repo, holds))
+            zk = await self._zk_to_send(repo_id, cid, commit)
+            tx = await self.send(self._anchor_ixs(repo_id, commit, item.branch, chain_repo, holds, zk=zk))
             record = (await self.commit_records(repo_id, [h]))[0]
             if record is None:
                 raise ChainError("transaction confirmed but the commit record is missing")
@@ -414,6 +467,36 @@ class Anchorer:
             outbox.remove(txn, item)
         info.update(entry)
         return info
+
+    async def _zk_to_send(self, repo_id: bytes, cid: CID, commit: Commit) -> ZkPair:
+        """The commitments ``commit``'s anchor carries; none (and one log line) where the program would
+        refuse them: malformed zk info, or a merge whose C(d), C(r) do not check against its inputs'
+        anchored commitments (an input of nonzero weight anchored without one, e.g. by an old client)."""
+        zk, why = zk_commitments(commit)
+        if why is None and commit.kind == "merge" and zk != _NO_ZK:
+            why = await self._merge_check_fails(repo_id, commit, zk)
+        if why is not None:
+            log("anchor_without_commitment", level="warning", cid=str(cid), why=why)
+            return _NO_ZK
+        return zk
+
+    async def _merge_check_fails(self, repo_id: bytes, commit: Commit, zk: ZkPair) -> str | None:
+        from fednode.zk.merge_check import check_linear_merge  # numpy and the MSM backend: merges only
+
+        weights = _merge_weights(commit)
+        hashes = [p for p, w in zip(commit.parent_hashes, weights, strict=True) if w]
+        records = await self.commit_records(repo_id, hashes)
+        if any(r is None for r in records):
+            return None  # an input not anchored: the program refuses the merge itself (INPUT_NOT_ANCHORED)
+        inputs = [r.commitment for r in records if r is not None and r.commitment is not None]
+        if len(inputs) != len(hashes):
+            return "an input of nonzero weight is anchored without a commitment"
+        assert zk[0] is not None and zk[1] is not None
+        try:
+            ok = check_linear_merge(inputs, [w for w in weights if w], zk[0], zk[1])
+        except ZkError as exc:
+            return str(exc)
+        return None if ok else "sum_k w_k C_k != W C(d) + C(r) over the inputs' anchored commitments"
 
     def _create_repo_ixs(self, repo_id: bytes, genesis_cid: str = "") -> list[Instruction]:
         """create_repo preceded by the proof the program requires: the genesis commit's stored
@@ -434,10 +517,13 @@ class Anchorer:
         return [ed25519_proof(owner, genesis.sig, repo_id),
                 self.program.create_repo(owner, repo_id, genesis.body_digest())]
 
-    def _anchor_ixs(self, repo_id: bytes, commit: Commit, branch: str | None,
-                    repo: layout.RepoAccount | None, holds: bool | None = None) -> list[Instruction]:  # fmt: skip
+    def _anchor_ixs(self, repo_id: bytes, commit: Commit, branch: str | None, repo: layout.RepoAccount | None,
+                    holds: bool | None = None, zk: ZkPair | None = None) -> list[Instruction]:  # fmt: skip
         """``holds``: whether this node acts as ``repo``'s owner (``Anchorer.holds``; None: it is
-        ``repo``'s owner, the rule of a repository without an NFT)."""
+        ``repo``'s owner, the rule of a repository without an NFT). ``zk``: the (commitment, remainder)
+        to send (None: from the commit's zk info, ``zk_commitments``)."""
+        if zk is None:
+            zk = zk_commitments(commit)[0]
         h = commit.commit_hash()
         nft = self.nft_ref(repo)
         if commit.author != self.me:
@@ -448,17 +534,18 @@ class Anchorer:
         author = self.identity.keypair.pubkey()
         proof = ed25519_proof(author, commit.sig, h)
         if commit.kind == "merge":
-            record = commit.info.get("merge") or {}
-            by_input = dict(zip([str(c) for c in record.get("inputs", [])],
-                                [int(w) for w in record.get("weights", [])], strict=False))  # fmt: skip
-            # The program's inputs are the commit's parents (so every parent is anchored first);
-            # a parent that was only the merge base carries weight 0.
-            weights = tuple(by_input.get(str(p), 0) for p in commit.parents)
-            merge = layout.Merge(digest, layout.branch_hash(branch or "main"), tuple(parents), weights)
-            return [proof, self.program.merge(author, repo_id, merge, nft=nft)]
+            merge = layout.Merge(digest, layout.branch_hash(branch or "main"), tuple(parents), _merge_weights(commit),
+                                 *zk)  # fmt: skip
+            ixs = [proof, self.program.merge(author, repo_id, merge, nft=nft)]
+            if zk != _NO_ZK and (size := _tx_bytes(ixs, self.identity)) > PACKET_DATA_SIZE:
+                # C(d) and C(r) take 128 bytes: past about 7 inputs the merge is anchored without them.
+                log("anchor_without_commitment", level="warning", cid=str(commit.cid()),
+                    why=f"with C(d) and C(r) the transaction is {size} bytes, over {PACKET_DATA_SIZE}")
+                ixs[1] = self.program.merge(author, repo_id, replace(merge, commitment=None, remainder=None), nft=nft)
+            return ixs
         as_owner = repo is not None and (repo.owner == self.me if holds is None else holds)
         anchor = layout.AnchorCommit(digest, Kind[commit.kind.upper()], _head_move(repo, branch, parents, as_owner),
-                                     tuple(parents))  # fmt: skip
+                                     tuple(parents), zk[0])  # fmt: skip
         return [proof, self.program.anchor_commit(author, repo_id, anchor, as_owner=as_owner, nft=nft)]
 
     async def repo_summary(self, repo: RepoInfo) -> dict[str, object]:
@@ -567,7 +654,9 @@ class Anchorer:
         checks = [("repository", record.repo_id == repo_id), ("author", record.author == commit.author),
                   ("kind", record.kind.name.lower() == commit.kind),
                   ("parents", record.n_parents == len(parents)
-                   and record.parents_digest == layout.parents_digest(parents))]  # fmt: skip
+                   and record.parents_digest == layout.parents_digest(parents)),
+                  # anchored without one is allowed (zk info dropped, old clients); another one is not
+                  ("commitment", record.commitment in (None, zk_commitments(commit)[0][0]))]  # fmt: skip
         bad = [what for what, ok in checks if not ok]
         if bad:
             problems.append(f"{name}: anchored record differs ({', '.join(bad)})")
