@@ -2,10 +2,12 @@
 
     python bench/bench_chain.py
 
-Targets: anchor_commit <= 30k CU; merge of 8 committed inputs <= 200k CU. Exits 1 if one is missed.
+Targets: anchor_commit <= 30k CU; merge of 8 committed inputs <= 200k CU (old rule, C(S)) and
+<= 300k CU with the remainder (C(d) and C(r), issue 15). Exits 1 if one is missed.
 Instructions carry body digests; the program recomputes each commit hash (author = signer, kind,
 parents, body digest), so the bench signs the hashes protocol.chain.commit_hash gives. Also
-reports the largest merge (with and without commitments) that fits one legacy transaction.
+reports the largest merge (without commitments, with one, with C(d) and C(r)) that fits one legacy
+transaction.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from programs.build import build
 from protocol import chain as layout
 from protocol.chain import Kind
 
-TARGETS = {"anchor_commit (1 parent, commitment)": 30_000, "merge (8 inputs, commitments)": 200_000}
+TARGETS = {"anchor_commit (1 parent, commitment)": 30_000, "merge (8 inputs, commitments)": 200_000,
+           "merge (8 inputs, C(d) + C(r))": 300_000}
 LEGACY_TX_LIMIT = 1232  # bytes on the wire
 PROGRAM_ID = Keypair.from_seed(bytes([7]) * 32).pubkey()
 
@@ -98,9 +101,13 @@ def run(elf: bytes) -> dict[str, tuple[int, int, int, int]]:
         inputs.append(commit), scalars.append(scalar), weights.append(10 + k)
         rows.pop(f"in{k}")
     total = sum(w * s for w, s in zip(weights, scalars, strict=True))
-    for name, digest, commitment in [("merge (8 inputs, commitments)", h("m8"), g1(total)),
-                                     ("merge (8 inputs, no commitment)", h("m8b"), None)]:
-        body = layout.Merge(digest, layout.branch_hash("main"), tuple(inputs), tuple(weights), commitment)
+    d = total // sum(weights)  # the remainder rule: sum w_k C_k == W C(d) + C(r), r = S - W d
+    for name, digest, commitment, remainder in [
+            ("merge (8 inputs, commitments)", h("m8"), g1(total), None),
+            ("merge (8 inputs, C(d) + C(r))", h("m8r"), g1(d), g1(total - sum(weights) * d)),
+            ("merge (8 inputs, no commitment)", h("m8b"), None, None)]:  # fmt: skip
+        body = layout.Merge(digest, layout.branch_hash("main"), tuple(inputs), tuple(weights), commitment,
+                            remainder)  # fmt: skip
         commit = body.commit_hash(bytes(owner.pubkey()))
         ixs = [ed25519_proof(owner.pubkey(), bytes(owner.sign_message(commit)), commit),
                c.program.merge(owner.pubkey(), rid, body)]
@@ -110,16 +117,18 @@ def run(elf: bytes) -> dict[str, tuple[int, int, int, int]]:
     ix = c.program.remove_member(owner.pubkey(), rid, alice.pubkey())
     record("remove_member", backend.send([ix], [owner]), [ix], owner)
     rows["_rent_commit"] = (backend.svm.minimum_balance_for_rent_exemption(layout.COMMIT_SIZE), 0, 0, 0)
-    rows["_largest_merge"] = (largest_merge(c, owner, True), largest_merge(c, owner, False), 0, 0)
+    rows["_largest_merge"] = (largest_merge(c, owner, 1), largest_merge(c, owner, 0), largest_merge(c, owner, 2), 0)
     return rows
 
 
-def largest_merge(c: FederityClient, owner: Keypair, committed: bool) -> int:
-    """The most inputs a merge (with its Ed25519 proof) can have in one legacy transaction."""
+def largest_merge(c: FederityClient, owner: Keypair, points: int) -> int:
+    """The most inputs a merge (with its Ed25519 proof) can have in one legacy transaction, carrying
+    ``points`` G1 points: 0, 1 (a commitment) or 2 (C(d) and C(r))."""
     rid = h("any repo")
     for n in range(layout.MAX_PARENTS, 0, -1):
         inputs = tuple(h(f"size{k}") for k in range(n))
-        body = layout.Merge(h("m"), layout.branch_hash("main"), inputs, (1,) * n, g1(1) if committed else None)
+        body = layout.Merge(h("m"), layout.branch_hash("main"), inputs, (1,) * n, g1(1) if points else None,
+                            g1(1) if points == 2 else None)  # fmt: skip
         commit = body.commit_hash(bytes(owner.pubkey()))
         ixs = [ed25519_proof(owner.pubkey(), bytes(64), commit), c.program.merge(owner.pubkey(), rid, body)]
         if wire_size(c, ixs, owner) <= LEGACY_TX_LIMIT:
@@ -204,7 +213,7 @@ def main() -> int:
     for version in (3, 0):
         rows = run(elves[version])
         rent = rows.pop("_rent_commit")[0]
-        most_committed, most_plain = rows.pop("_largest_merge")[:2]
+        most_committed, most_plain, most_remainder = rows.pop("_largest_merge")[:3]
         print(f"\nfederity_v{version}.so ({len(elves[version])} bytes)")
         print(f"{'instruction':40} {'program CU':>10} {'tx CU':>8} {'tx bytes':>8} {'fee':>6}")
         for name, (cu, tx_cu, size, fee) in rows.items():
@@ -217,8 +226,8 @@ def main() -> int:
         print(f"cost per anchored commit: fee {fee:,} lamports (tx signature + Ed25519 proof signature) "
               f"+ rent deposit {rent:,} lamports for the {layout.COMMIT_SIZE}-byte record "
               f"= {(fee + rent) / 1e9:.6f} SOL")
-        print(f"largest merge in one {LEGACY_TX_LIMIT}-byte transaction: {most_committed} inputs with commitments, "
-              f"{most_plain} without")
+        print(f"largest merge in one {LEGACY_TX_LIMIT}-byte transaction: {most_committed} inputs with a commitment, "
+              f"{most_remainder} with C(d) and C(r), {most_plain} without")
     bench_client(elves[3])
     return 0 if ok else 1
 
