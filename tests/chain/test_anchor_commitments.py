@@ -38,11 +38,12 @@ def events(out: io.StringIO) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.getvalue().splitlines()]
 
 
-def update(node: Node, repo: RepoInfo, branch: str, seed: int, zk: dict[str, Any] | None) -> CID:
+def update(node: Node, repo: RepoInfo, branch: str, seed: int, zk: dict[str, Any]) -> CID:
+    """An update on a new branch from the genesis, carrying ``zk`` as its zk info (as given: the
+    node's own commitments are made only for commits that bring none)."""
     node.history.create_branch(repo, branch, repo.genesis)
     source = ArraySource(perturb(model_arrays(0), seed))
-    info = {"zk": zk} if zk is not None else None
-    return node.history.commit(repo, source, branch, branch=branch, info=info).cid
+    return node.history.commit(repo, source, branch, branch=branch, info={"zk": zk}).cid
 
 
 def merge_commit(node: Node, repo: RepoInfo, inputs: list[CID], weights: list[int], zk: dict[str, Any],
@@ -104,7 +105,7 @@ async def test_merge_with_an_uncommitted_input_anchors_without(node: Node, elf: 
     the program would refuse C(d), C(r) (MISSING_INPUT_COMMITMENT), so the merge goes without."""
     repo, (g,) = make_repo(node, n_updates=0)
     u1 = update(node, repo, "a", 1, {"v": 1, "base": g, "commitment": pd.commit([1, 2])})
-    u2 = update(node, repo, "b", 2, None)
+    u2 = update(node, repo, "b", 2, {"v": 1, "none": "the test's: no commitment"})
     c_d = pd.commit([1, 1])
     m = merge_commit(node, repo, [u1, u2], [1, 1], {"v": 1, "base": g, "commitment": c_d, "remainder": c_d}, "m")
     a = anchorer(node.history, node.identity, elf)
