@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from solders.instruction import Instruction
 from test_program import GENESIS, World, h, make_world, rejects  # tests/programs/ is on sys.path
 
@@ -176,3 +178,17 @@ def test_merge_instruction_sizes() -> None:
     data = layout.encode_instruction(body)
     assert data[33] == 3 and len(data) == 67 + 40 + 128 and data[-64:] == b"\x01" * 64
     assert struct.unpack_from("<Q", data, 67 + 32)[0] == 5
+
+
+b32 = st.binary(min_size=32, max_size=32)
+g1_bytes = st.binary(min_size=64, max_size=64)
+merges = st.integers(1, layout.MAX_PARENTS).flatmap(lambda n: st.builds(
+    layout.Merge, b32, b32, st.lists(b32, min_size=n, max_size=n).map(tuple),
+    st.lists(st.integers(0, 2**64 - 1), min_size=n, max_size=n).map(tuple), g1_bytes, st.none() | g1_bytes))
+
+
+@given(merges)
+def test_merge_codec_round_trips_with_and_without_remainder(ix: layout.Merge) -> None:
+    data = layout.encode_instruction(ix)
+    assert data[33] == (3 if ix.remainder is not None else 1)
+    assert layout.decode_instruction(data) == ix
