@@ -491,9 +491,11 @@ class Anchorer:
         inputs = [r.commitment for r in records if r is not None and r.commitment is not None]
         if len(inputs) != len(hashes):
             return "an input of nonzero weight is anchored without a commitment"
-        assert zk[0] is not None and zk[1] is not None
+        c_d, c_r = zk
+        if c_d is None or c_r is None:
+            return None
         try:
-            ok = check_linear_merge(inputs, [w for w in weights if w], zk[0], zk[1])
+            ok = check_linear_merge(inputs, [w for w in weights if w], c_d, c_r)
         except ZkError as exc:
             return str(exc)
         return None if ok else "sum_k w_k C_k != W C(d) + C(r) over the inputs' anchored commitments"
