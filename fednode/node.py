@@ -16,6 +16,7 @@ from fednode.history import CommitResult, History, RepoInfo, blockindex
 from fednode.identity import Identity, check_owned
 from fednode.logs import log
 from fednode.storage.store import Store
+from fednode.workflows.commitments import DEFAULT_MAX_PARAMETERS, ZkHistory, ZkSettings
 
 if TYPE_CHECKING:
     from fednode.tensors.modelio import ModelSource
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 KEYPAIR_FILE = "keypair.json"
 CONFIG_FILE = "config.toml"
 STORE_DIR = "store"
+ZK_DIR = "zk"  # the generator tables of commitments (fednode/storage/zkcache.py)
 CURRENT_REPO_META = "current_repo"  # store meta key: the repository commands use when given none
 
 DEFAULT_CONFIG = """\
@@ -72,6 +74,11 @@ fsync = true
 [repository_defaults]
 scale_bits = 24
 snapshot_interval = 8
+
+[zk]
+# a Pedersen commitment to every update and merge, inside the signed commit (docs/zk.md);
+# optional: max_parameters = 4194304 (larger models get none: deriving generators is ~35 us each, once)
+commitments = true
 """
 
 
@@ -139,6 +146,10 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "pinning_service_token_file": (lambda v: type(v) is str and v != "", "a path string"),
     },
     "store": {"fsync": (lambda v: type(v) is bool, "true or false")},
+    "zk": {  # Pedersen commitments on commits (workflows/commitments.py, docs/zk.md)
+        "commitments": (lambda v: type(v) is bool, "true or false"),
+        "max_parameters": (lambda v: type(v) is int and v > 0, "a positive integer"),
+    },
     "repository_defaults": {
         "scale_bits": (lambda v: type(v) is int and 0 <= v <= 60, "an integer in 0..60"),
         "snapshot_interval": (lambda v: type(v) is int and 1 <= v <= 1024, "an integer in 1..1024"),
@@ -375,4 +386,6 @@ def open_node(home: Path | None = None) -> Node:
         raise
     if tagged:
         log("block_index_built", tagged=tagged)
-    return Node(home, config, identity, store, History(store, identity))
+    zk = config.get("zk", {})
+    settings = ZkSettings(zk.get("commitments", True), home / ZK_DIR, zk.get("max_parameters", DEFAULT_MAX_PARAMETERS))
+    return Node(home, config, identity, store, ZkHistory(store, identity, settings))

@@ -26,6 +26,7 @@ from fednode.errors import FednodeError
 from fednode.history.graph import graph_lines, topo_order
 from fednode.tensors.modelio import open_model
 from fednode.workflows import checkout as checkout_workflow
+from fednode.workflows import commitments
 from fednode.workflows.diff import diff as diff_revisions
 from fednode.workflows.diff import diff_file
 from fednode.workflows.revert import revert as revert_to
@@ -114,7 +115,8 @@ def show(ctx: click.Context, rev: str, repo_name: str | None, as_json: bool) -> 
     stored = sum(t["stored_bytes"] for t in tensors)
     data = {**commit_json(cid, commit_obj), "tensors": tensors, "dense_bytes": dense, "stored_bytes": stored,
             "compression_ratio": round(dense / stored, 3) if stored else None,
-            "signature_valid": node.history.verify_commit_signature(commit_obj)}
+            "signature_valid": node.history.verify_commit_signature(commit_obj),
+            "commitment": commitments.describe(commit_obj)}
     if as_json:
         emit_json(data)
         return
@@ -125,6 +127,8 @@ def show(ctx: click.Context, rev: str, repo_name: str | None, as_json: bool) -> 
     out.print(f"message {data['message']}")
     if data["metrics"]:
         out.print("metrics " + " ".join(f"{k}={v:.6g}" for k, v in sorted(data["metrics"].items())))
+    if data["commitment"] is not None:
+        out.print(f"zk      {escape(data['commitment'])}")
     table = Table("tensor", "dtype", "shape", "encoding", "stored", "ratio", "cid")
     for t in tensors:
         enc = t["encoding"] + ("+zstd" if t["compression"] == "zstd" else "")

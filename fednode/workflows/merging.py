@@ -34,6 +34,7 @@ from fednode.errors import FednodeError
 from fednode.history import CommitResult, History, RepoInfo, refstore
 from fednode.tensors import fixedpoint
 from fednode.tensors.modelio import ArraySource
+from fednode.workflows import commitments
 from protocol import dagcbor
 from protocol.multiformats import CID
 from protocol.objects import FLOAT_DTYPES, Commit
@@ -289,11 +290,15 @@ def merge(
         "samples": sum(w for w, pw in zip(weights, plan.weights, strict=True) if pw > 0)
         if weighting == "samples" else 0,
     }
+    info: dict[str, Any] = {"merge": record}
+    zk = commitments.merge_info(history, repo, base, inputs, weights, strategy, plan, grid)
+    if zk is not None:
+        info["zk"] = zk
     others = tuple(c for c in sorted(heads, key=str) if c != target)
     text = message or f"merge {', '.join(revs)} into {into} ({strategy.name})"
     source = ArraySource(merged)
     result = history.commit(repo, source, text, branch=into, kind="merge", extra_parents=others,
-                            info={"merge": record}, expected_head=target, exact=True)
+                            info=info, expected_head=target, exact=True)
     return MergeOutcome(result, base=base, inputs=inputs, weights=weights)
 
 

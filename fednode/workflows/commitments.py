@@ -1,0 +1,423 @@
+"""Pedersen commitments carried by commits (issue 15 items 1-2; docs/zk.md, "Commitments on commits").
+
+``commit.info["zk"]`` (inside the signed body):
+
+* update commits (commit, train, revert...): ``{"v": 1, "base": round base, "grid": {float tensor:
+  bits}, "commitment": C(v; b)[, "blinding": b]}``, ``v`` the exact deltas from the round base (the
+  nearest first-parent ancestor that is a merge or the genesis) on rule 2's grid;
+* merges: ``C(d)`` of the merged delta from the merge base on the merge's grid, and for FedAvg the
+  remainder's ``C(r)`` so that ``sum_k w_k C_k = W C(d) + C(r)`` can be checked without weights;
+* ``{"v": 1, "none": why}`` when no commitment can be made (a change not representable on the grid,
+  a lossy encoding, inputs on another base or grid...): the commit is made all the same.
+
+Blinding: 0 for public repositories; a uniform scalar for private ones (members alone read commit
+bodies). ``ZkHistory`` is the node's ``History``: its ``commit`` adds the info to every update
+commit; ``merging.merge`` asks ``merge_info``; ``workflows.verify`` runs ``check``.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fednode.errors import Corrupt, FednodeError, NotFound
+from fednode.history import CommitResult, History, RepoInfo, repos
+from fednode.lazy import lazy_import
+from fednode.logs import log
+from fednode.tensors import encodings
+from fednode.tensors.modelio import ModelSource
+from protocol.multiformats import CID
+from protocol.objects import FLOAT_DTYPES, Commit
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from fednode import strategies
+else:
+    np = lazy_import("numpy")
+
+VERSION = 1
+DEFAULT_MAX_PARAMETERS = 1 << 22  # above: "none" (deriving 4M generators the first time takes ~2-3 min)
+SPOT_CHECKS = 4  # generators of a cached table derived again at random positions when it is loaded
+ROW_BYTES = 96  # one generator in fednode.zk.mcl's table form
+
+
+@dataclass
+class ZkSettings:
+    """``[zk]`` of config.toml: ``commitments`` (default true), ``max_parameters``; the cache folder."""
+
+    enabled: bool = True
+    cache_dir: Path | None = None
+    max_parameters: int = DEFAULT_MAX_PARAMETERS
+
+
+class GeneratorCache:
+    """The default seed's generator table on disk (``fednode.storage.zkcache``), loaded and checked once
+    per process, derived and written when missing, short or failing a check (never trusted unchecked)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._lock = threading.Lock()
+        self._loaded = False
+
+    def prepare(self, n: int) -> None:
+        from fednode.storage import zkcache
+        from fednode.zk import mcl
+        from fednode.zk.generators import DEFAULT_SEED
+
+        if not mcl.available() or mcl.cached_rows(DEFAULT_SEED) >= n:
+            return
+        path = zkcache.cache_path(self.directory, DEFAULT_SEED)
+        with self._lock:
+            if not self._loaded:
+                self._loaded = True
+                payload, why = zkcache.read_table(path, DEFAULT_SEED, ROW_BYTES)
+                table = None if payload is None else np.frombuffer(payload, dtype=np.uint64).reshape(-1, 12)
+                if table is not None:
+                    picks = random.SystemRandom().sample(range(len(table)), min(SPOT_CHECKS, len(table)))
+                    why = mcl.check_table(table, DEFAULT_SEED, [0, len(table) - 1, *picks]) or ""
+                    if why:
+                        table = None
+                if table is not None:
+                    mcl.install_table(DEFAULT_SEED, table)
+                elif why != "absent":
+                    log("zk_generator_cache_rejected", "warning", path=str(path), reason=why)
+            if mcl.cached_rows(DEFAULT_SEED) >= n:
+                return
+            mcl.generator_table(n, DEFAULT_SEED)  # derives what is missing (extends a loaded table)
+            full = mcl.generator_table(mcl.cached_rows(DEFAULT_SEED), DEFAULT_SEED)
+            try:
+                zkcache.write_table(path, DEFAULT_SEED, ROW_BYTES, full.tobytes())
+            except OSError as exc:  # a read-only or full home: commit all the same, derive again next time
+                log("zk_generator_cache_unwritable", "warning", path=str(path), reason=str(exc))
+
+
+_caches: dict[Path, GeneratorCache] = {}
+_caches_lock = threading.Lock()
+
+
+def _cache_for(directory: Path) -> GeneratorCache:
+    with _caches_lock:
+        return _caches.setdefault(directory, GeneratorCache(directory))
+
+
+def settings_of(history: History) -> ZkSettings | None:
+    return history.zk if isinstance(history, ZkHistory) else None
+
+
+def _prepare(history: History) -> Any:
+    settings = settings_of(history)
+    if settings is None or settings.cache_dir is None:
+        return None
+    return _cache_for(settings.cache_dir).prepare
+
+
+def none(why: str) -> dict[str, Any]:
+    return {"v": VERSION, "none": why}
+
+
+def round_base(history: History, cid: CID) -> CID:
+    """The nearest commit from ``cid`` along first parents (``cid`` included) that is a merge or the genesis."""
+    with history.store.read() as txn:
+        while True:
+            commit = history.load_commit(cid, txn)
+            if commit.kind in ("merge", "init") or not commit.parents:
+                return cid
+            cid = commit.parents[0]
+
+
+def _blinding_for(history: History, repo: RepoInfo) -> int:
+    from fednode.zk.curve import R
+
+    with history.store.read() as txn:
+        public = repos.visibility(txn, repo.repo_id) == "public"
+    return 0 if public else secrets.randbelow(R - 1) + 1
+
+
+def _commit(history: History, deltas: list[np.ndarray], blinding: int) -> bytes:
+    from fednode.zk import vector
+
+    return vector.commit_tensors(deltas, blinding, prepare=_prepare(history))
+
+
+def _delta(base_arr: np.ndarray, arr: np.ndarray, dtype: str, bits: int) -> np.ndarray | None:
+    from fednode.tensors import fixedpoint
+
+    return fixedpoint.encode_delta(base_arr.reshape(-1), arr.reshape(-1), dtype, bits if dtype in FLOAT_DTYPES else 0)
+
+
+def update_info(history: History, repo: RepoInfo, head: CID, source: ModelSource,
+                settings: ZkSettings) -> dict[str, Any]:
+    """``info["zk"]`` of an update committing ``source`` on top of ``head``."""
+    from fednode.tensors import fixedpoint
+
+    base = round_base(history, head)
+    with history.store.read() as txn:
+        entries = history.load_manifest(history.load_commit(base, txn).weights, txn).tensors
+    names = sorted(source.tensors)
+    if set(names) != set(entries):
+        return none("tensor names differ from the round base's")
+    size = sum(int(source.tensors[n].numel) for n in names)
+    if size > settings.max_parameters:
+        return none(f"{size} parameters, over zk.max_parameters ({settings.max_parameters})")
+    grid: dict[str, int] = {}
+    deltas = []
+    for name in names:
+        info, entry = source.tensors[name], entries[name]
+        if (info.dtype, tuple(info.shape)) != (entry.dtype, tuple(entry.shape)):
+            return none(f"tensor {name!r} changed dtype or shape since the round base")
+        base_arr, arr = history.tensor_array(base, name), source.array(name).reshape(-1)
+        bits = 0
+        if info.dtype in FLOAT_DTYPES:
+            bits = grid[name] = fixedpoint.choose_grid(base_arr, [arr], info.dtype, repo.scale_bits)
+        q = _delta(base_arr, arr, info.dtype, bits)
+        if q is None:
+            return none(f"tensor {name!r}: its change is not representable on the grid 2**{-bits}")
+        deltas.append(q)
+    blinding = _blinding_for(history, repo)
+    out = {"v": VERSION, "base": base, "grid": grid, "commitment": _commit(history, deltas, blinding)}
+    if blinding:
+        out["blinding"] = blinding.to_bytes(32, "big")
+    return out
+
+
+class ZkHistory(History):
+    """The node's history: every update commit carries ``info["zk"]`` (unless ``[zk] commitments = false``)."""
+
+    def __init__(self, store: Any, identity: Any = None, zk: ZkSettings | None = None) -> None:
+        super().__init__(store, identity)
+        self.zk = zk or ZkSettings()
+
+    def commit(self, repo: RepoInfo, source: ModelSource, message: str, branch: str | None = None,
+               metrics: dict[str, float] | None = None, kind: str = "update", extra_parents: tuple[CID, ...] = (),
+               info: dict[str, Any] | None = None, expected_head: CID | None = None, exact: bool = False,
+               encoding: str = encodings.DEFAULT, topk_fraction: float = encodings.DEFAULT_TOPK_FRACTION,
+               compress: bool = True) -> CommitResult:
+        if self.zk.enabled and kind != "merge" and "zk" not in (info or {}):
+            branch = branch or self.current_branch(repo)
+            head = expected_head or self.branch_head(repo, branch)
+            if encoding in encodings.LOSSY:
+                zk = none(f"lossy encoding {encoding}: the stored state is known only once committed")
+            else:
+                zk = update_info(self, repo, head, source, self.zk)
+            info, expected_head = {**(info or {}), "zk": zk}, head
+        return super().commit(repo, source, message, branch, metrics, kind, extra_parents, info, expected_head,
+                              exact, encoding, topk_fraction, compress)
+
+
+# ---- merges --------------------------------------------------------------------------------------
+
+
+def _input_commitments(history: History, base: CID, inputs: tuple[CID, ...], active: tuple[int, ...],
+                       grid: dict[str, int]) -> tuple[list[bytes], list[int], str]:
+    """Each input's commitment and blinding (zero for an input that is the base or weighs nothing), or
+    the reason they cannot be combined."""
+    from fednode.zk.curve import INFINITY
+
+    commitments, blindings = [], []
+    for cid, w in zip(inputs, active, strict=True):
+        if cid == base or not w:
+            commitments.append(INFINITY)
+            blindings.append(0)
+            continue
+        zk = history.load_commit(cid).info.get("zk")
+        short = str(cid)[:16]
+        if not isinstance(zk, dict) or not isinstance(zk.get("commitment"), bytes):
+            why = zk.get("none") if isinstance(zk, dict) else None
+            return [], [], f"input {short} carries no commitment" + (f" ({why})" if isinstance(why, str) else "")
+        if zk.get("base") != base:
+            return [], [], f"input {short} is committed against another round base than the merge base"
+        if zk.get("grid") != grid:
+            return [], [], f"input {short} is committed on another grid than the merge's"
+        b = zk.get("blinding", b"")
+        commitments.append(zk["commitment"])
+        blindings.append(int.from_bytes(b, "big") if isinstance(b, bytes) else 0)
+    return commitments, blindings, ""
+
+
+def merged_deltas(history: History, repo: RepoInfo, base: CID, inputs: tuple[CID, ...], weights: tuple[int, ...],
+                  strategy: strategies.Strategy, plan: strategies.Plan,
+                  grid: dict[str, int]) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """The merged delta ``d`` of every tensor (sorted names) on ``grid``, and for FedAvg the remainder ``r``."""
+    from fednode.strategies import FedAvg
+    from fednode.workflows.merging import _tensor_deltas
+    from fednode.zk.merge_check import fedavg_delta
+
+    with history.store.read() as txn:
+        names = sorted(history.load_manifest(history.load_commit(base, txn).weights, txn).tensors)
+    linear = isinstance(strategy, FedAvg)
+    ds, rs = [], []
+    for name in names:
+        _, deltas, dtype = _tensor_deltas(history, repo, base, inputs, name, grid=dict(grid))
+        if dtype == "BOOL":  # merged only when every input agrees: d is that delta, r = 0
+            d, r = deltas[0], np.zeros_like(deltas[0])
+        elif linear:
+            d, r = fedavg_delta(deltas, weights)
+        else:
+            d, r = np.asarray(strategy.apply(deltas, plan)), None
+        ds.append(d)
+        if r is not None:
+            rs.append(r)
+    return ds, (rs if linear else None)
+
+
+def merge_info(history: History, repo: RepoInfo, base: CID, inputs: tuple[CID, ...], weights: tuple[int, ...],
+               strategy: strategies.Strategy, plan: strategies.Plan, grid: dict[str, int]) -> dict[str, Any] | None:
+    """``info["zk"]`` of a merge (None when this history makes no commitments)."""
+    from fednode.strategies import FedAvg
+    from fednode.zk import merge_check
+
+    settings = settings_of(history)
+    if settings is None or not settings.enabled:
+        return None
+    linear = isinstance(strategy, FedAvg)
+    active = weights if linear else plan.weights
+    commitments, blindings, why = _input_commitments(history, base, inputs, active, grid)
+    if why:
+        return none(why)
+    ds, rs = merged_deltas(history, repo, base, inputs, weights, strategy, plan, grid)
+    size = sum(int(d.size) for d in ds)
+    if size > settings.max_parameters:
+        return none(f"{size} parameters, over zk.max_parameters ({settings.max_parameters})")
+    private = any(blindings) or _blinding_for(history, repo) != 0
+    out: dict[str, Any] = {"v": VERSION, "base": base, "grid": dict(sorted(grid.items()))}
+    if rs is None:
+        b_d = _blinding_for(history, repo) if private else 0
+        out["commitment"] = _commit(history, ds, b_d)
+    else:
+        b_d, b_r = merge_check.split_blinding(blindings, weights)
+        c_d, c_r = _commit(history, ds, b_d), _commit(history, rs, b_r)
+        if not merge_check.check_linear_merge(commitments, weights, c_d, c_r):
+            return none("the inputs' commitments do not match their deltas")
+        out["commitment"], out["remainder"] = c_d, c_r
+    if b_d:
+        out["blinding"] = b_d.to_bytes(32, "big")
+    return out
+
+
+# ---- verification --------------------------------------------------------------------------------
+
+
+def describe(commit: Commit) -> str | None:
+    """``info["zk"]`` in a few words for ``show``: the commitment (hex, short) or "none: why"; None without."""
+    zk = commit.info.get("zk")
+    if not isinstance(zk, dict):
+        return None
+    if "none" in zk:
+        return f"none: {zk['none']}"
+    c = zk.get("commitment")
+    text = c.hex()[:16] + "..." if isinstance(c, bytes) else "malformed"
+    if isinstance(zk.get("remainder"), bytes):
+        text += f" (remainder {zk['remainder'].hex()[:16]}...)"
+    return text + (" blinded" if "blinding" in zk else "")
+
+
+def _fields(zk: dict[str, Any]) -> tuple[CID, dict[str, int], bytes, int]:
+    base, grid, c, b = zk.get("base"), zk.get("grid"), zk.get("commitment"), zk.get("blinding", bytes(32))
+    if zk.get("v") != VERSION or not isinstance(base, CID) or not isinstance(grid, dict) \
+            or not isinstance(c, bytes) or not isinstance(b, bytes) or len(b) != 32:
+        raise FednodeError("malformed zk info")
+    if not all(isinstance(k, str) and type(v) is int for k, v in grid.items()):
+        raise FednodeError("malformed zk grid")
+    return base, grid, c, int.from_bytes(b, "big")
+
+
+def check(history: History, repo: RepoInfo, cid: CID, commit: Commit) -> list[str]:
+    """Problems with a commit's ``info["zk"]``: recomputed from the stored states, and for a FedAvg merge
+    the relation checked from the commitments alone."""
+    zk = commit.info.get("zk")
+    if zk is None or commit.kind == "init":
+        return []
+    if not isinstance(zk, dict):
+        return [f"commit {cid}: malformed zk info"]
+    if "none" in zk:
+        return [] if isinstance(zk["none"], str) else [f"commit {cid}: malformed zk info"]
+    try:
+        if commit.kind == "merge":
+            return _check_merge(history, repo, cid, commit, zk)
+        return _check_update(history, repo, cid, commit, zk)
+    except (Corrupt, NotFound) as exc:
+        return [f"commit {cid}: commitment not checked: {exc}"]
+    except FednodeError as exc:  # ZkError included: a point that does not decode
+        return [f"commit {cid}: {exc}"]
+
+
+def _check_update(history: History, repo: RepoInfo, cid: CID, commit: Commit, zk: dict[str, Any]) -> list[str]:
+    base, grid, c, b = _fields(zk)
+    if not commit.parents or base != round_base(history, commit.parents[0]):
+        return [f"commit {cid}: commitment base is not its round base"]
+    with history.store.read() as txn:
+        entries = history.load_manifest(commit.weights, txn).tensors
+        if set(grid) != {n for n, e in entries.items() if e.dtype in FLOAT_DTYPES}:
+            return [f"commit {cid}: commitment grid does not name every float tensor"]
+        deltas = []
+        for name in sorted(entries):
+            dtype = entries[name].dtype
+            q = _delta(history.tensor_array(base, name, txn), history.tensor_array(cid, name, txn),
+                       dtype, grid.get(name, 0))
+            if q is None:
+                return [f"commit {cid}: commitment mismatch (tensor {name!r} not representable on its grid)"]
+            deltas.append(q)
+    from fednode.zk import pedersen
+
+    if not pedersen.equal(_commit(history, deltas, b), c):
+        return [f"commit {cid}: commitment mismatch"]
+    return []
+
+
+def _check_merge(history: History, repo: RepoInfo, cid: CID, commit: Commit, zk: dict[str, Any]) -> list[str]:
+    from fednode import strategies
+    from fednode.workflows.merging import recorded_grid
+    from fednode.zk import merge_check, pedersen
+
+    base, grid, c_d, b_d = _fields(zk)
+    record = commit.info.get("merge")
+    try:
+        strategy = strategies.from_description(record["strategy"])  # type: ignore[index]
+        inputs = tuple(record["inputs"])  # type: ignore[index]
+        weights = tuple(int(w) for w in record["weights"])  # type: ignore[index]
+        merged_grid = recorded_grid(record)  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError) as exc:
+        return [f"merge {cid}: malformed merge record: {exc}"]
+    if base != record.get("base") or grid != (merged_grid or {}):  # type: ignore[union-attr]
+        return [f"merge {cid}: commitment base or grid differs from the merge's"]
+    problems = []
+    c_r = zk.get("remainder")
+    linear = isinstance(strategy, strategies.FedAvg)
+    blindings: list[int] = []
+    if linear:
+        if not isinstance(c_r, bytes):
+            return [f"merge {cid}: a FedAvg merge commitment without its remainder"]
+        commitments, blindings, why = _input_commitments(history, base, inputs, weights, grid)
+        if why:
+            return [f"merge {cid}: {why}"]
+        if not merge_check.check_linear_merge(commitments, weights, c_d, c_r):
+            problems.append(f"merge {cid}: merge commitment relation fails")
+    plan = strategy.plan(weights, _scan(history, repo, base, inputs, strategy, grid))
+    ds, rs = merged_deltas(history, repo, base, inputs, weights, strategy, plan, grid)
+    if not pedersen.equal(_commit(history, ds, b_d), c_d):
+        problems.append(f"merge {cid}: merge commitment mismatch (C(d) is not the merged delta's)")
+    if linear and rs is not None and isinstance(c_r, bytes):
+        _, b_r = merge_check.split_blinding(blindings, weights, b_d)
+        if not pedersen.equal(_commit(history, rs, b_r), c_r):
+            problems.append(f"merge {cid}: remainder commitment mismatch")
+    return problems
+
+
+def _scan(history: History, repo: RepoInfo, base: CID, inputs: tuple[CID, ...], strategy: strategies.Strategy,
+          grid: dict[str, int]) -> Any:
+    from fednode.workflows.merging import _tensor_deltas
+
+    if not strategy.needs_scan:
+        return None
+    scan: Any = None
+    with history.store.read() as txn:
+        names = sorted(history.load_manifest(history.load_commit(base, txn).weights, txn).tensors)
+    for name in names:
+        _, deltas, _ = _tensor_deltas(history, repo, base, inputs, name, grid=dict(grid))
+        scan = strategy.add_scans(scan, strategy.scan(deltas))
+    return scan
