@@ -83,6 +83,17 @@ def test_a_commit_carries_the_commitment_to_its_delta_from_the_round_base(cli: A
     assert f"zk      {zk['commitment'].hex()[:16]}..." in shown
     assert "commitment" in cli("show", "HEAD", "--json").output
     assert json.loads(cli("verify", "main", "--json").output)["problems"] == []
+    # a revert is an update too: back to "one", the same delta from the same round base, the same commitment
+    _, one = _info(home, "main~1")
+    cli("revert", "main~1")
+    _, reverted = _info(home, "main")
+    assert reverted.kind == "revert" and reverted.info["zk"] == one.info["zk"]
+    # a lossy encoding commits nothing it cannot know (the stored state), and says so
+    cli("commit", "--from", write_model(tmp_path / "3.safetensors", perturb(base, 4)), "-m", "lossy",
+        "--encoding", "fp16")
+    assert "lossy encoding fp16" in _info(home, "main")[1].info["zk"]["none"]
+    assert "zk      none: lossy encoding fp16" in cli("show", "HEAD").output
+    assert json.loads(cli("verify", "main", "--json").output)["problems"] == []
 
 
 def _merge(cli: Any, *extra: str) -> None:
@@ -289,3 +300,17 @@ def test_the_generator_cache_is_reused_and_a_corrupt_one_rebuilt(tmp_path: Path)
     assert "payload" in commit_after(lambda: path.write_bytes(path.read_bytes()[:-5]), "torn")
     problems = json.loads(run_fednode(home, "verify", "main", "--json").stdout)["problems"]
     assert problems == []
+
+
+def test_commitments_can_be_turned_off_for_a_node(cli: Any, tmp_path: Path, home: Path) -> None:
+    config = home / "config.toml"
+    assert "commitments = true" in config.read_text()
+    config.write_text(config.read_text().replace("commitments = true", "commitments = false"))
+    base = model_arrays(1)
+    cli("repo", "create", "r", "--public", "--from", write_model(tmp_path / "b.safetensors", base))
+    cli("commit", "--from", write_model(tmp_path / "1.safetensors", perturb(base, 2)), "-m", "one")
+    assert "zk" not in _info(home, "main")[1].info
+    assert not (home / "zk").exists()
+    config.write_text(config.read_text().replace("commitments = false", "commitments = 3"))
+    result = cli("log", ok=False)
+    assert result.exit_code == 1 and "[zk] commitments must be true or false" in result.output
