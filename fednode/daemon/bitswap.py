@@ -50,11 +50,11 @@ from libp2p.abc import IHost, INetStream
 from libp2p.bitswap.block_store import BlockStore
 from libp2p.bitswap.cid import CIDInput, CIDObject, parse_cid, reconstruct_cid_from_prefix_and_data
 from libp2p.bitswap.client import BitswapClient
-from libp2p.bitswap.config import BITSWAP_PROTOCOL_V100
 from libp2p.bitswap.pb.bitswap_pb2 import Message
 from libp2p.peer.id import ID
 
 from fednode.daemon.access import Reader
+from fednode.daemon.bitswapsend import PeerSender, SendStats, Want
 from fednode.errors import Corrupt, FednodeError, NotFound
 from fednode.storage.store import PUBLIC, Store
 from protocol.multiformats import CID, DAG_PB, RAW, SHA2_256, FormatError, encode_varint
@@ -185,6 +185,11 @@ class FednodeBitswap(BitswapClient):
     extra_blocks: ExtraBlocks | None = None
     penalize: Callable[[ID, str], None] | None = None  # the daemon's Bans.penalize; None: log only
 
+    def __init__(self, host: IHost, block_store: BlockStore) -> None:
+        super().__init__(host, block_store)
+        self._senders: dict[ID, PeerSender] = {}  # who is waiting for blocks, and their sender tasks
+        self.send_stats = SendStats()
+
     def _lied(self, peer: ID, reason: str, what: str) -> None:
         logger.warning("bitswap: peer %s %s (%s)", peer, what, reason)
         if self.penalize is not None:
@@ -224,15 +229,16 @@ class FednodeBitswap(BitswapClient):
         if good:
             await super()._process_blocks_v110(good, peer_id)
 
-    async def _served_block(self, cid: CIDObject, reader: Reader) -> bytes | None:
-        """The block if we hold it (or can generate it) and ``reader``'s peer may read it; else None."""
+    async def _served_block(self, cid: CIDObject, reader: Reader, have_only: bool = False) -> bytes | None:
+        """The block if we hold it (or can generate it) and ``reader``'s peer may read it; else None.
+        ``have_only``: b"" stands for a stored block (not copied out of the store)."""
         try:
             ours = to_ours(cid)
         except (FormatError, ValueError):
             return None
         with reader.store.read() as txn:
             try:
-                block: bytes | None = txn.get_block(ours)
+                block: bytes | None = b"" if have_only and txn.has_block(ours) else txn.get_block(ours)
             except NotFound:
                 block = None
             holders = txn.block_repos(ours) if block is not None else []
@@ -242,35 +248,63 @@ class FednodeBitswap(BitswapClient):
             return await self.extra_blocks(ours, reader.allows)
         return None
 
+    def _sender(self, peer_id: ID) -> PeerSender:
+        """The peer's sender (bitswapsend.py), started in the client's nursery on first use."""
+        sender = self._senders.get(peer_id)
+        if sender is None:
+            assert isinstance(self.block_store, LMDBBlockStore) and self._nursery is not None
+            store = self.block_store.store
+
+            def lookups() -> Callable[[CIDObject, bool], Awaitable[bytes | None]]:
+                reader = Reader(store, peer_id)  # one per message: repository settings read once
+                return lambda cid, have_only: self._served_block(cid, reader, have_only)
+
+            def missing(want: Want) -> None:  # remembered: a block added later is announced
+                self._peer_wantlists.setdefault(peer_id, {})[want.cid] = {
+                    "priority": 1, "want_type": WANT_HAVE if want.have_only else 0,
+                    "send_dont_have": want.send_dont_have}
+
+            sender = PeerSender(self.host, peer_id, list(self.supported_protocols), lookups, self.send_stats,
+                                self._on_message_queue_stream_opened, missing)
+            self._senders[peer_id] = sender
+            self._nursery.start_soon(sender.run)
+        return sender
+
     async def _process_wantlist(self, wantlist: Message.Wantlist, peer_id: ID, stream: INetStream) -> None:
+        """Queue the entries for the peer's sender, which answers on its own stream (module
+        docstring): WANT_BLOCK -> the block, WANT_HAVE -> HAVE, missing with sendDontHave -> DONT_HAVE."""
         peer_wants = self._peer_wantlists.setdefault(peer_id, {})
+        sender = self._sender(peer_id)
         if wantlist.full:
             peer_wants.clear()
-        v100 = self._peer_protocols.get(peer_id, BITSWAP_PROTOCOL_V100) == BITSWAP_PROTOCOL_V100
-        queue = self.get_or_create_message_queue(peer_id)  # its own outbound stream to the peer
-        assert isinstance(self.block_store, LMDBBlockStore)
-        reader = Reader(self.block_store.store, peer_id)  # one per message: repository settings read once
+            sender.clear()
         for entry in wantlist.entries:
             try:
                 cid = parse_cid(entry.block)
             except Exception:
                 continue
+            key = bytes(entry.block)
             if entry.cancel:
                 peer_wants.pop(cid, None)
+                sender.cancel(key)
                 continue
-            block = await self._served_block(cid, reader)
-            if block is None:
-                # remembered: a block added later via add_block is announced to the peer
-                peer_wants[cid] = {"priority": entry.priority, "want_type": entry.wantType,
-                                   "send_dont_have": entry.sendDontHave}
-                if entry.sendDontHave and not v100:
-                    queue.add_presences([(cid, False)])
-            elif entry.wantType == WANT_HAVE and not v100:
-                queue.add_presences([(cid, True)])
-            elif v100:
-                queue.add_blocks_v100([block])
-            else:
-                queue.add_blocks_v110([(_prefix(cid), block)])
+            try:
+                prefix = _prefix(cid)
+            except (FormatError, ValueError):
+                prefix = b""  # not a CID we serve: answered as missing
+            sender.want(Want(cid, key, prefix, entry.wantType == WANT_HAVE, entry.sendDontHave))
+
+    def cleanup_peer(self, peer_id: ID) -> None:
+        super().cleanup_peer(peer_id)
+        sender = self._senders.pop(peer_id, None)
+        if sender is not None:
+            sender.cancel_scope.cancel()
+
+    async def stop(self) -> None:
+        for sender in self._senders.values():
+            sender.cancel_scope.cancel()
+        self._senders.clear()
+        await super().stop()
 
     def _on_message_queue_stream_opened(self, stream: INetStream, peer_id: ID) -> None:
         # Shipped: a reader that closes our outbound stream as soon as we expect no blocks from
