@@ -135,9 +135,12 @@ class PeerSender:
         self.cancel_scope = trio.CancelScope()
 
     def want(self, entry: Want) -> None:
-        if entry.cid_bytes not in self.pending and len(self.pending) >= MAX_QUEUED:
+        queued = self.pending.get(entry.cid_bytes)
+        if queued is None and len(self.pending) >= MAX_QUEUED:
             self.dropped += 1
             return
+        if queued is not None and entry.have_only and not queued.have_only:
+            return  # a WANT_HAVE does not undo a WANT_BLOCK still queued (as in Kubo's engine)
         self.pending[entry.cid_bytes] = entry
         self._wake.set()
 

@@ -1,0 +1,111 @@
+"""Bitswap answers carry several blocks per message, each message under the limit (bitswapsend.py).
+
+A plain py-libp2p host (Noise, yamux, like any IPFS peer) sends our bitswap server one wantlist of
+many 100 KiB blocks, some WANT_HAVE entries and a block we do not hold; it reads the answers on the
+stream our server opens to it (as Kubo expects) and counts the messages. py-libp2p's own message
+queue put every block over 60 kB in a message of its own (48 messages here); ours packs them up to
+MESSAGE_LIMIT. The encoding is checked against py-libp2p's protobuf parser. Real Kubo and Helia
+fetching bytes-identical files: test_bitswap_kubo.py, test_bitswap_helia.py, test_ipfs_get*.py.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import multiaddr
+import trio
+from libp2p.bitswap.config import BITSWAP_PROTOCOL_V120, MAX_MESSAGE_SIZE
+from libp2p.bitswap.messages import create_message, create_wantlist_entry
+from libp2p.bitswap.pb.bitswap_pb2 import Message
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.peer.peerinfo import PeerInfo
+
+from fednode.daemon.bitswap import _prefix, start_bitswap, to_theirs
+from fednode.daemon.bitswapsend import HARD_LIMIT, MESSAGE_LIMIT, encode_message
+from fednode.daemon.host import build_host
+from fednode.daemon.wire import FrameReader, write_frame
+from fednode.storage.store import PUBLIC, Store
+from protocol.multiformats import CID, RAW
+
+N_BLOCKS = 48
+BLOCK = 100 * 1024
+
+
+def test_encoding_is_what_protobuf_reads() -> None:
+    blocks = [(b"\x01\x55\x12\x20", b"a" * 300), (b"\x01\x70\x12\x20", bytes(range(256)) * 3)]
+    presences = [(b"\x01\x55\x12\x20" + b"x" * 32, True), (b"\x01\x55\x12\x20" + b"y" * 32, False)]
+    for v100 in (False, True):
+        framed = encode_message(blocks, presences, v100)
+        msg = Message()
+        msg.ParseFromString(framed[1:] if framed[0] < 0x80 else framed[2:])  # a 1- or 2-byte varint
+        expected = create_message(blocks_v100=[d for _, d in blocks] if v100 else None,
+                                  blocks_v110=None if v100 else blocks, block_presences=None)
+        assert list(msg.blocks) == list(expected.blocks)
+        assert [(b.prefix, b.data) for b in msg.payload] == [(b.prefix, b.data) for b in expected.payload]
+        assert [(p.cid, p.type) for p in msg.blockPresences] == [
+            (presences[0][0], Message.Have), (presences[1][0], Message.DontHave)]
+
+
+async def test_many_blocks_answered_in_batches_under_the_limit(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store", sync=False)
+    datas = [secrets.token_bytes(BLOCK) for _ in range(N_BLOCKS)]
+    cids = [CID.hash(RAW, d) for d in datas]
+    absent = CID.hash(RAW, b"not held")
+    with store.write(size_hint=2 * N_BLOCKS * BLOCK) as txn:
+        for cid, data in zip(cids, datas, strict=True):
+            txn.put_block(cid, data)
+            txn.tag_block(cid, PUBLIC)  # served to anyone, as `ipfs add` content is
+    server, peer = build_host(create_new_key_pair()), build_host(create_new_key_pair())
+    received: list[Message] = []
+    sizes: list[int] = []
+    done = trio.Event()
+
+    async def answers(stream) -> None:  # type: ignore[no-untyped-def]
+        reader = FrameReader(stream)
+        while not done.is_set():
+            body = await reader.read_frame(MAX_MESSAGE_SIZE, timeout=20)
+            msg = Message()
+            msg.ParseFromString(bytes(body))
+            received.append(msg)
+            sizes.append(len(body))
+            if sum(len(m.payload) for m in received) == N_BLOCKS - 2 and \
+                    sum(len(m.blockPresences) for m in received) == 3:
+                done.set()
+
+    peer.set_stream_handler(TProtocol(BITSWAP_PROTOCOL_V120), answers)
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    try:
+        async with server.run(listen), peer.run(listen), trio.open_nursery() as nursery:
+            handle = await start_bitswap(server, store, nursery)
+            await peer.connect(PeerInfo(server.get_id(), server.get_addrs()))
+            entries = [create_wantlist_entry(to_theirs(c), want_type=0, send_dont_have=True) for c in cids[:-2]]
+            # HAVE for the last two; a WANT_HAVE of a block already wanted whole does not undo that
+            entries += [create_wantlist_entry(to_theirs(c), want_type=1, send_dont_have=True)
+                        for c in [*cids[-2:], cids[0]]]
+            entries.append(create_wantlist_entry(to_theirs(absent), want_type=0, send_dont_have=True))
+            wants = await peer.new_stream(server.get_id(), [TProtocol(BITSWAP_PROTOCOL_V120)])
+            await write_frame(wants, create_message(wantlist_entries=entries).SerializeToString())
+            with trio.fail_after(30):
+                await done.wait()
+            stats = handle.client.send_stats
+            await wants.close()
+            await handle.stop()
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+
+    got = {bytes(b.data): b.prefix for m in received for b in m.payload}
+    assert set(got) == set(datas[:-2])
+    assert all(got[d] == _prefix(to_theirs(c)) for c, d in zip(cids[:-2], datas, strict=False))
+    presences = {(p.cid, p.type) for m in received for p in m.blockPresences}
+    assert presences == {(bytes(cids[-2]), Message.Have), (bytes(cids[-1]), Message.Have),
+                         (bytes(absent), Message.DontHave)}
+    with_blocks = [len(m.payload) for m in received if m.payload]
+    per_message = MESSAGE_LIMIT // (BLOCK + 16)
+    # several blocks a message: every message but the last of a run is full; one block each was 48
+    assert len(with_blocks) <= -(-(N_BLOCKS - 2) // per_message) + 2, with_blocks
+    assert max(with_blocks) == per_message, with_blocks
+    assert max(sizes) <= MESSAGE_LIMIT + 64 * 1024 and max(sizes) < min(HARD_LIMIT, MAX_MESSAGE_SIZE)
+    assert stats.blocks == N_BLOCKS - 2 and stats.messages == len(received) and stats.largest == max(sizes) + 3
