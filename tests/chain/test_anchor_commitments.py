@@ -18,6 +18,7 @@ from fednode.chain.anchoring import PACKET_DATA_SIZE, Anchorer, zk_commitments
 from fednode.history import RepoInfo
 from fednode.node import Node
 from fednode.tensors.modelio import ArraySource
+from fednode.workflows import merging
 from fednode.zk import merge_check as mc
 from fednode.zk import pedersen as pd
 from protocol import chain as layout
@@ -161,3 +162,27 @@ def test_a_merge_too_large_with_its_remainder_goes_without(node: Node, elf: byte
     sent = layout.decode_instruction(bytes(ixs[1].data))
     assert isinstance(sent, layout.Merge) and (sent.commitment, sent.remainder) == (c, c)
     assert len(events(logged)) == 1 and PACKET_DATA_SIZE == 1232
+
+
+async def test_the_nodes_own_commitments_are_anchored_and_checked_on_chain(node: Node, elf: bytes,  # noqa: F811
+                                                                          logged: io.StringIO) -> None:  # fmt: skip
+    """End to end with the commitments the node makes (workflows/commitments.py): two updates from
+    the genesis on their own branches, a FedAvg merge of both into main (main still at the genesis:
+    a weight-0 parent without a commitment); the program checks W C(d) + C(r) and records C(d)."""
+    repo, (g,) = make_repo(node, n_updates=0)
+    ups = []
+    for k, branch in enumerate(("a", "b")):
+        node.history.create_branch(repo, branch, g)
+        ups.append(node.history.commit(repo, ArraySource(perturb(model_arrays(0), k + 1)), branch, branch=branch).cid)
+    merged = merging.merge(node.history, repo, ["a", "b"], "main", weighting="equal").result
+    assert merged is not None
+    commit = node.history.load_commit(merged.cid)
+    assert len(commit.parents) == 3 and {"commitment", "remainder"} <= set(commit.info["zk"])
+    a = anchorer(node.history, node.identity, elf)
+    await a.enqueue(repo, merged.cid, "main")
+    result = await a.flush()
+    assert result.error is None and result.remaining == 0, result.error
+    r1, r2, rm = await records(a, repo, [*ups, merged.cid])
+    assert [r1 and r1.commitment, r2 and r2.commitment] == [carried(node, u) for u in ups]
+    assert rm is not None and rm.commitment == commit.info["zk"]["commitment"]
+    assert events(logged) == [] and await a.verify(repo, merged.cid) == (4, [])
