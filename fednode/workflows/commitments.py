@@ -397,7 +397,10 @@ def _check_merge(history: History, repo: RepoInfo, cid: CID, commit: Commit, zk:
             return [f"merge {cid}: {why}"]
         if not merge_check.check_linear_merge(commitments, weights, c_d, c_r):
             problems.append(f"merge {cid}: merge commitment relation fails")
-    plan = strategy.plan(weights, _scan(history, repo, base, inputs, strategy, grid))
+    try:
+        plan = strategy.plan(weights, _scan(history, repo, base, inputs, strategy, grid))
+    except ValueError as exc:  # reported by the merge's recomputation too
+        return [*problems, f"merge {cid}: merge strategy {strategy.name}: {exc}"]
     ds, rs = merged_deltas(history, repo, base, inputs, weights, strategy, plan, grid)
     if not pedersen.equal(_commit(history, ds, b_d), c_d):
         problems.append(f"merge {cid}: merge commitment mismatch (C(d) is not the merged delta's)")
