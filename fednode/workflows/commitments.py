@@ -388,6 +388,8 @@ def _check_merge(history: History, repo: RepoInfo, cid: CID, commit: Commit, zk:
     problems = []
     c_r = zk.get("remainder")
     linear = isinstance(strategy, strategies.FedAvg)
+    if c_r is not None and not linear:
+        return [f"merge {cid}: a remainder commitment on a {strategy.name} merge (not linear)"]
     blindings: list[int] = []
     if linear:
         if not isinstance(c_r, bytes):

@@ -224,6 +224,9 @@ def test_a_median_merge_carries_its_commitment_alone(cli: Any, tmp_path: Path, h
     _forge(home, _info(home, "main")[0], lambda info: info["zk"].update(commitment=pedersen.commit([1])),
            branch="main")
     assert any("merge commitment mismatch" in p for p in _problems(cli))
+    _forge(home, _info(home, "main")[0], lambda info: info["zk"].update(remainder=pedersen.commit([1])),
+           branch="main")
+    assert any("a remainder commitment on a median merge" in p for p in _problems(cli))
 
 
 def test_an_input_on_another_round_base_makes_the_merge_carry_none(cli: Any, tmp_path: Path, home: Path) -> None:
@@ -311,6 +314,10 @@ def test_commitments_can_be_turned_off_for_a_node(cli: Any, tmp_path: Path, home
     cli("commit", "--from", write_model(tmp_path / "1.safetensors", perturb(base, 2)), "-m", "one")
     assert "zk" not in _info(home, "main")[1].info
     assert not (home / "zk").exists()
+    config.write_text(config.read_text().replace("commitments = false", "commitments = true\nmax_parameters = 100"))
+    cli("commit", "--from", write_model(tmp_path / "2.safetensors", perturb(base, 3)), "-m", "two")
+    assert _info(home, "main")[1].info["zk"]["none"] == "211 parameters, over zk.max_parameters (100)"
+    config.write_text(config.read_text().replace("commitments = true", "commitments = false"))
     config.write_text(config.read_text().replace("commitments = false", "commitments = 3"))
     result = cli("log", ok=False)
     assert result.exit_code == 1 and "[zk] commitments must be true or false" in result.output
