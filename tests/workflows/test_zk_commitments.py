@@ -321,3 +321,20 @@ def test_commitments_can_be_turned_off_for_a_node(cli: Any, tmp_path: Path, home
     config.write_text(config.read_text().replace("commitments = false", "commitments = 3"))
     result = cli("log", ok=False)
     assert result.exit_code == 1 and "[zk] commitments must be true or false" in result.output
+
+
+def test_a_zero_base_tensor_gives_each_update_its_own_grid_and_the_merge_none(cli: Any, tmp_path: Path,
+                                                                               home: Path) -> None:
+    """Rule 2 takes a tensor's grid from the base's magnitude, from the inputs' when the base tensor is
+    all zero (a zero-initialised bias): updates of different magnitudes then commit on different grids."""
+    base = {**model_arrays(1), "bias": ("F32", np.zeros(8, dtype=np.float32))}
+    cli("repo", "create", "r", "--public", "--from", write_model(tmp_path / "b.safetensors", base))
+    for i, scale in enumerate((1e-3, 1e-1)):
+        cli("branch", f"h{i}", "main")
+        new = {**perturb(base, 10 + i), "bias": ("F32", np.full(8, scale, dtype=np.float32))}
+        cli("commit", "--from", write_model(tmp_path / f"h{i}.safetensors", new), "-m", f"h{i}", "-b", f"h{i}")
+    grids = [_info(home, f"h{i}")[1].info["zk"]["grid"]["bias"] for i in range(2)]
+    assert grids[0] != grids[1]
+    cli("merge", "h0", "h1", "--weights", "equal")
+    assert "committed on another grid than the merge's" in _info(home, "main")[1].info["zk"]["none"]
+    assert json.loads(cli("verify", "main", "--json").output)["problems"] == []
