@@ -1,0 +1,116 @@
+"""Update proofs (issue 15 items 3, 7): set-up, proof time and size, verification time, in one run.
+
+    python bench/bench_zk_proof.py [--sizes 8,64,256] [--ptau-dir DIR] [--keys-dir DIR]
+
+For each circuit size n (signed 16-bit values): a local development set-up (circom2 + snarkjs; the
+powers of tau are the slow part: ~4 s at 2^8, ~100 s at 2^12, ~5 min at 2^13, ~10+ min at 2^15 on this
+2-core machine; --ptau-dir reuses files named p<power>_final.ptau, --keys-dir reuses whole key sets),
+then snarkjs proofs (best of 3) and our verifier (mcl best/median of 20, py_ecc once). ACORN's
+published client cost (< 80 s for 250k 16-bit entries, USENIX Security 2023) is printed per parameter
+beside ours. Sizes this machine cannot set up in a bench run (10k, 100k, 1M) are EXTRAPOLATED from the
+largest measured size, linearly in constraints (snarkjs's prover is O(n log n): the extrapolation is
+optimistic) and printed as such. Targets: 10k proven <= 10 s, 100k <= 60 s, verification <= 10 ms.
+Needs node, circom2 and snarkjs (FEDNODE_ZK_NODE_MODULES or the checkout's node_modules).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fednode.workflows import zkprove as zp
+from fednode.zk import pedersen as ped
+from fednode.zk import update_proof as up
+from fednode.zk.curve import R
+
+ACORN_S_PER_PARAM = 80.0 / 250_000  # < 80 s per client for 250k 16-bit entries
+TARGETS = {10_000: 10.0, 100_000: 60.0}
+TARGET_VERIFY_MS = 10.0
+K = 16
+
+
+def constraints(n: int) -> int:
+    return n * (K + 1) + zp.bound_bits(n, K) + 3  # what circom2 --O2 reports for this circuit
+
+
+def keys_for(n: int, args: argparse.Namespace, scratch: Path) -> tuple[zp.Keys, dict]:
+    if args.keys_dir and (args.keys_dir / f"n{n}").exists():
+        return zp.load_keys(args.keys_dir / f"n{n}"), {"reused": True}
+    out = (args.keys_dir or scratch) / f"n{n}"
+    ptau = None
+    if args.ptau_dir:
+        cand = args.ptau_dir / f"p{zp.ptau_power(n, K)}_final.ptau"
+        ptau = cand if cand.exists() else None
+    meta = zp.setup(out, n, K, ptau=ptau)
+    return zp.load_keys(out), meta
+
+
+def bench_one(n: int, args: argparse.Namespace, scratch: Path) -> float:
+    t = time.perf_counter()
+    keys, meta = keys_for(n, args, scratch)
+    setup_s = time.perf_counter() - t
+    values = [secrets.randbelow(2001) - 1000 for _ in range(n)]
+    blinding, commit_hash, bound2 = secrets.randbelow(R), secrets.token_bytes(32), 10**6 * n
+    commitment = ped.commit(values, blinding)
+    proofs = []
+    for _ in range(3):
+        t = time.perf_counter()
+        proof = zp.prove(keys, values, blinding, commit_hash, bound2)
+        proofs.append(time.perf_counter() - t)
+    verify_runs = []
+    for _ in range(20):
+        t = time.perf_counter()
+        up.verify(keys.vk, proof, commitment, commit_hash, bound2, backend_name="mcl")
+        verify_runs.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    up.verify(keys.vk, proof, commitment, commit_hash, bound2, backend_name="reference")
+    ref_s = time.perf_counter() - t
+    best = min(proofs)
+    parts = ", ".join(f"{k} {v:.1f} s" for k, v in meta.items() if k.endswith("_s"))
+    print(f"n={n:>6}  constraints {constraints(n):>8} (2^{zp.ptau_power(n, K)} tau)  set-up {setup_s:6.1f} s"
+          f" [{parts or 'reused'}]")
+    print(f"          prove best {best:6.2f} s / median {statistics.median(proofs):6.2f} s"
+          f"  = {best / n * 1e6:8.1f} us/param (ACORN {ACORN_S_PER_PARAM * 1e6:.0f} us/param;"
+          f" ours/ACORN {best / n / ACORN_S_PER_PARAM:6.2f}x)  proof {len(proof)} B")
+    vbest, vmed = min(verify_runs) * 1e3, statistics.median(verify_runs) * 1e3
+    print(f"          verify mcl best {vbest:.2f} ms / median {vmed:.2f} ms"
+          f" (target {TARGET_VERIFY_MS:.0f} ms {'PASS' if vmed <= TARGET_VERIFY_MS else 'MISS'}),"
+          f" py_ecc {ref_s * 1e3:.0f} ms; verifying key {len(keys.vk.encode())} B whatever n")
+    return best
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="8,64")
+    ap.add_argument("--ptau-dir", type=Path)
+    ap.add_argument("--keys-dir", type=Path)
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print(f"update proofs, signed {K}-bit values; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory(prefix="bench-zkproof-") as tmp:
+        times = {n: bench_one(n, args, Path(tmp)) for n in sizes}
+    n_big = max(times)
+    # fixed cost (node start, wasm load) from the smallest size; the rest grows with the constraints
+    n_small = min(times)
+    fixed = times[n_small] if n_big == n_small else max(0.0, times[n_small] - (times[n_big] - times[n_small])
+                                                        * constraints(n_small) / (constraints(n_big) - constraints(n_small)))
+    per_constraint = (times[n_big] - fixed) / constraints(n_big)
+    for n in (10_000, 100_000, 1_000_000):
+        est = fixed + per_constraint * constraints(n)
+        target = TARGETS.get(n)
+        verdict = f"target {target:.0f} s {'PASS' if est <= target else 'MISS'}" if target else "no target"
+        print(f"EXTRAPOLATED n={n:>8}: ~{est:7.1f} s prove (linear in {constraints(n)} constraints, from n={n_big};"
+              f" {verdict}; ACORN ~{ACORN_S_PER_PARAM * n:.0f} s); set-up needs 2^{zp.ptau_power(n, K)} powers of tau")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
