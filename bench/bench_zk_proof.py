@@ -100,8 +100,10 @@ def main() -> int:
     n_big = max(times)
     # fixed cost (node start, wasm load) from the smallest size; the rest grows with the constraints
     n_small = min(times)
-    fixed = times[n_small] if n_big == n_small else max(0.0, times[n_small] - (times[n_big] - times[n_small])
-                                                        * constraints(n_small) / (constraints(n_big) - constraints(n_small)))
+    fixed = times[n_small]
+    if n_big != n_small:
+        slope = (times[n_big] - times[n_small]) / (constraints(n_big) - constraints(n_small))
+        fixed = max(0.0, times[n_small] - slope * constraints(n_small))
     per_constraint = (times[n_big] - fixed) / constraints(n_big)
     for n in (10_000, 100_000, 1_000_000):
         est = fixed + per_constraint * constraints(n)
