@@ -337,13 +337,26 @@ def check(history: History, repo: RepoInfo, cid: CID, commit: Commit) -> list[st
     if "none" in zk:
         return [] if isinstance(zk["none"], str) else [f"commit {cid}: malformed zk info"]
     try:
+        recompute = _affordable(history, cid, commit)
         if commit.kind == "merge":
-            return _check_merge(history, repo, cid, commit, zk)
-        return _check_update(history, repo, cid, commit, zk)
+            return _check_merge(history, repo, cid, commit, zk, recompute)
+        return _check_update(history, repo, cid, commit, zk) if recompute else []
     except (Corrupt, NotFound) as exc:
         return [f"commit {cid}: commitment not checked: {exc}"]
     except FednodeError as exc:  # ZkError included: a point that does not decode
         return [f"commit {cid}: {exc}"]
+
+
+def _affordable(history: History, cid: CID, commit: Commit) -> bool:
+    """Whether recomputing ``commit``'s commitment fits ``zk.max_parameters``: a peer's commit must not make
+    this node derive generators without bound (the relation of a merge is checked whatever its size)."""
+    settings = settings_of(history)
+    limit = settings.max_parameters if settings is not None else DEFAULT_MAX_PARAMETERS
+    size = sum(e.numel for e in history.load_manifest(commit.weights).tensors.values())
+    if size <= limit:
+        return True
+    log("zk_commitment_not_recomputed", "warning", commit=str(cid), parameters=size, max_parameters=limit)
+    return False
 
 
 def _check_update(history: History, repo: RepoInfo, cid: CID, commit: Commit, zk: dict[str, Any]) -> list[str]:
@@ -369,7 +382,8 @@ def _check_update(history: History, repo: RepoInfo, cid: CID, commit: Commit, zk
     return []
 
 
-def _check_merge(history: History, repo: RepoInfo, cid: CID, commit: Commit, zk: dict[str, Any]) -> list[str]:
+def _check_merge(history: History, repo: RepoInfo, cid: CID, commit: Commit, zk: dict[str, Any],
+                 recompute: bool = True) -> list[str]:
     from fednode import strategies
     from fednode.workflows.merging import recorded_grid
     from fednode.zk import merge_check, pedersen
@@ -399,6 +413,8 @@ def _check_merge(history: History, repo: RepoInfo, cid: CID, commit: Commit, zk:
             return [f"merge {cid}: {why}"]
         if not merge_check.check_linear_merge(commitments, weights, c_d, c_r):
             problems.append(f"merge {cid}: merge commitment relation fails")
+    if not recompute:
+        return problems
     try:
         plan = strategy.plan(weights, _scan(history, repo, base, inputs, strategy, grid))
     except ValueError as exc:  # reported by the merge's recomputation too

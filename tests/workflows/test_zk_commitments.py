@@ -308,12 +308,20 @@ def test_the_generator_cache_is_reused_and_a_corrupt_one_rebuilt(tmp_path: Path)
 def test_commitments_can_be_turned_off_for_a_node(cli: Any, tmp_path: Path, home: Path) -> None:
     config = home / "config.toml"
     assert "commitments = true" in config.read_text()
-    config.write_text(config.read_text().replace("commitments = true", "commitments = false"))
     base = model_arrays(1)
     cli("repo", "create", "r", "--public", "--from", write_model(tmp_path / "b.safetensors", base))
+    # a verifier recomputes no commitment over more than its zk.max_parameters values (a peer's huge
+    # commit must not make it derive generators without bound): a forged one passes there, not here
+    cli("branch", "forged", "main")
+    cli("commit", "--from", write_model(tmp_path / "0.safetensors", perturb(base, 1)), "-m", "zero", "-b", "forged")
+    _forge(home, _info(home, "forged")[0], lambda info: info["zk"].update(commitment=pedersen.commit([1])),
+           branch="forged")
+    assert any("commitment mismatch" in p for p in _problems(cli, "forged"))
+    config.write_text(config.read_text().replace("commitments = true", "commitments = true\nmax_parameters = 100"))
+    assert json.loads(cli("verify", "forged", "--json").output)["problems"] == []
+    config.write_text(config.read_text().replace("commitments = true\nmax_parameters = 100", "commitments = false"))
     cli("commit", "--from", write_model(tmp_path / "1.safetensors", perturb(base, 2)), "-m", "one")
     assert "zk" not in _info(home, "main")[1].info
-    assert not (home / "zk").exists()
     config.write_text(config.read_text().replace("commitments = false", "commitments = true\nmax_parameters = 100"))
     cli("commit", "--from", write_model(tmp_path / "2.safetensors", perturb(base, 3)), "-m", "two")
     assert _info(home, "main")[1].info["zk"]["none"] == "211 parameters, over zk.max_parameters (100)"
