@@ -65,7 +65,9 @@ logger = logging.getLogger("fednode.bitswap")
 WANT_HAVE = 1  # Message.Wantlist.WantType.Have
 # (CID, whether the asker may read a block the given repositories hold) -> a generated block or None
 ExtraBlocks = Callable[[CID, Callable[[list[bytes]], bool]], Awaitable[bytes | None]]
-FETCH_BATCH = 64  # blocks wanted at once: 16 MiB of 256 KiB chunks
+FETCH_WINDOW = 64  # blocks wanted at once from a peer: 16 MiB of 256 KiB chunks
+HOLD_BYTES = 8 << 20  # fetched blocks held for one write transaction
+STALL_SECONDS = 5.0  # a provider that sends nothing this long: every connected peer is asked too
 RECENT_WANTS = 65536  # CIDs remembered after their fetch ended: a late honest answer is no lie
 
 
@@ -101,15 +103,44 @@ class LMDBBlockStore(BlockStore):
         self.store = store
         self._expected: dict[CID, int] = {}  # CID -> number of fetches waiting for it
         self._recent: dict[CID, None] = {}  # every CID wanted lately (insertion order: oldest first)
+        self._arrived: dict[CID, trio.Event] = {}  # set when an expected block is here (held or stored)
+        self.sender: dict[CID, ID] = {}  # who delivered each expected block that arrived
+        # hash-checked blocks waiting for one write transaction (``flush``): one commit (an fsync)
+        # per HOLD_BYTES or per fetch step instead of one per block; readable here meanwhile
+        self._held: dict[CID, bytes] = {}
+        self._held_bytes = 0
+        self.holding = 0  # ``want_blocks`` running: blocks are held (else each is stored at once)
         self.dropped = 0  # unsolicited or undecodable blocks refused
 
     def expect(self, cids: list[CID]) -> None:
         for cid in cids:
             self._expected[cid] = self._expected.get(cid, 0) + 1
+            self._arrived.setdefault(cid, trio.Event())
             self._recent.pop(cid, None)
             self._recent[cid] = None
         while len(self._recent) > RECENT_WANTS:
             del self._recent[next(iter(self._recent))]
+
+    def arrival(self, cid: CID) -> trio.Event:
+        """Set once the expected ``cid`` has arrived (call between ``expect`` and ``unexpect``)."""
+        return self._arrived[cid]
+
+    def holds(self, cid: CID) -> bool:
+        """Held in memory or stored."""
+        if cid in self._held:
+            return True
+        with self.store.read() as txn:
+            return txn.has_block(cid)
+
+    def flush(self) -> None:
+        """Store the held blocks, one write transaction."""
+        if not self._held:
+            return
+        held, self._held, self._held_bytes = self._held, {}, 0
+        with self.store.write(size_hint=sum(len(b) for b in held.values())) as txn:
+            for cid, block in held.items():
+                txn.put_block(cid, block, trusted=True)  # hash-checked by put_block below
+                txn.tag_block(cid, PUBLIC)  # ipfs get: content from IPFS, of no repository
 
     def wanted(self, cid: CID) -> bool:
         """A running fetch waits for ``cid``."""
@@ -132,12 +163,16 @@ class LMDBBlockStore(BlockStore):
                 self._expected[cid] = left
             else:
                 self._expected.pop(cid, None)
+                self._arrived.pop(cid, None)
+                self.sender.pop(cid, None)
 
     async def get_block(self, cid: CIDInput) -> bytes | None:
         try:
             ours = to_ours(cid)
         except (FormatError, ValueError):
             return None
+        if ours in self._held:
+            return self._held[ours]
         with self.store.read() as txn:
             return txn.get_block(ours) if txn.has_block(ours) else None
 
@@ -146,8 +181,7 @@ class LMDBBlockStore(BlockStore):
             ours = to_ours(cid)
         except (FormatError, ValueError):
             return False
-        with self.store.read() as txn:
-            return txn.has_block(ours)
+        return self.holds(ours)
 
     async def put_block(self, cid: CIDInput, data: bytes) -> None:
         try:
@@ -160,19 +194,27 @@ class LMDBBlockStore(BlockStore):
             self.dropped += 1
             logger.warning("bitswap: dropped unsolicited block %s", ours)
             return
-        if not ours.verify(data):  # checked here too so a bad block never opens a write txn
+        if not ours.verify(data):  # a bad block is never held nor stored
             raise Corrupt(f"bitswap block {ours} does not match its hash")
-        with self.store.write(size_hint=len(data)) as txn:
-            txn.put_block(ours, data)  # hash-checked again by the store
-            txn.tag_block(ours, PUBLIC)  # ipfs get: content from IPFS, of no repository
+        if ours not in self._held:
+            self._held[ours] = bytes(data)
+            self._held_bytes += len(data)
+        event = self._arrived.get(ours)
+        if event is not None:
+            event.set()
+        if self._held_bytes >= HOLD_BYTES or not self.holding:
+            self.flush()
 
     async def delete_block(self, cid: CIDInput) -> None:
+        dropped = self._held.pop(to_ours(cid), None)
+        self._held_bytes -= len(dropped or b"")
         with self.store.write() as txn:
             txn.delete_block(to_ours(cid))
 
     def get_all_cids(self) -> list[bytes]:
         with self.store.read() as txn:
-            return [bytes(cid) for cid in txn.iter_block_cids()]
+            stored = [bytes(cid) for cid in txn.iter_block_cids()]
+        return list(dict.fromkeys([*stored, *(bytes(cid) for cid in self._held)]))
 
 
 class FednodeBitswap(BitswapClient):
@@ -208,6 +250,7 @@ class FednodeBitswap(BitswapClient):
                 continue
             if self.block_store.wanted(cid):
                 good.append(block)
+                self.block_store.sender.setdefault(cid, peer_id)
             elif not self.block_store.wanted_lately(cid):
                 self._lied(peer_id, "bitswap_bad_block", f"sent block {cid}, which no fetch asked for "
                            "(wrong bytes for a wanted CID, or unrequested)")
@@ -226,6 +269,7 @@ class FednodeBitswap(BitswapClient):
                 self._lied(peer_id, "bitswap_bad_block", "sent a block (1.0) whose hash no fetch asked for")
             elif self.block_store.wanted(cid):
                 good.append(Message.Block(prefix=_prefix(to_theirs(cid)), data=data))
+                self.block_store.sender.setdefault(cid, peer_id)
         if good:
             await super()._process_blocks_v110(good, peer_id)
 
@@ -361,6 +405,65 @@ def _children(cid: CID, block: bytes) -> list[CID]:
     raise FormatError(f"block {cid} is not part of a UnixFS file")
 
 
+def _ask(handle: BitswapHandle, peers: list[ID], cids: list[CID]) -> None:
+    """WANT_BLOCK (with DONT_HAVE asked for) for ``cids``, to each of ``peers``."""
+    if not cids:
+        return
+    theirs = [to_theirs(c) for c in cids]
+    infos = {c: {"want_type": 0, "send_dont_have": True} for c in theirs}
+    for peer in peers:
+        handle.client.get_or_create_message_queue(peer).add_wants(theirs, want_infos=infos)
+
+
+def _connected(handle: BitswapHandle) -> list[ID]:
+    return list(handle.client.host.get_network().connections.keys())
+
+
+async def want_blocks(handle: BitswapHandle, cids: list[CID], peers: list[ID] | None) -> list[ID]:
+    """Fetch ``cids`` into the store (a sliding window of FETCH_WINDOW wants) from ``peers`` (None:
+    every connected peer); when nothing arrives for STALL_SECONDS, every connected peer is asked
+    too. Returns when all are here (held or stored) or when cancelled (the caller's deadline);
+    the blocks are stored (``flush``) either way, and the returned list names who delivered them.
+
+    Instead of py-libp2p's ``BitswapSession.get_blocks_batch``, which asks in batches and, without a
+    peer, waits a full second after its WANT_HAVEs before it sends a single WANT_BLOCK."""
+    blocks = handle.blocks
+    asked = list(peers) if peers is not None else _connected(handle)
+    blocks.expect(cids)
+    blocks.holding += 1
+    outstanding: list[CID] = []
+    try:
+        todo = iter(cids)
+        more = True
+        while more or outstanding:
+            new: list[CID] = []
+            while more and len(outstanding) < FETCH_WINDOW:
+                cid = next(todo, None)
+                more = cid is not None
+                if cid is not None and not blocks.holds(cid):
+                    outstanding.append(cid)
+                    new.append(cid)
+            _ask(handle, asked, new)
+            if not outstanding:
+                break
+            with trio.move_on_after(STALL_SECONDS) as wait:
+                await blocks.arrival(outstanding[0]).wait()
+            if wait.cancelled_caught:  # the provider stalls or lacks it: ask everyone we are connected to
+                wider = [p for p in _connected(handle) if p not in asked]
+                asked += wider
+                _ask(handle, wider, outstanding)
+            outstanding = [c for c in outstanding if not blocks.arrival(c).is_set()]
+        return list(dict.fromkeys(blocks.sender[c] for c in cids if c in blocks.sender))
+    finally:
+        if outstanding:  # cancelled: nobody should keep sending what we no longer wait for
+            theirs = [to_theirs(c) for c in outstanding]
+            for peer in asked:
+                handle.client.get_or_create_message_queue(peer).add_cancels(theirs)
+        blocks.unexpect(cids)
+        blocks.holding -= 1
+        blocks.flush()
+
+
 async def fetch_dag(handle: BitswapHandle, root: CID, peer_id: ID | None, timeout: float) -> int:
     """Fetch every block of a UnixFS DAG into the store, level by level; return blocks fetched.
 
@@ -369,22 +472,13 @@ async def fetch_dag(handle: BitswapHandle, root: CID, peer_id: ID | None, timeou
     """
     store = handle.store
     fetched = 0
+    peers = [peer_id] if peer_id is not None else None
     with trio.fail_after(timeout):
-        deadline = trio.current_effective_deadline()
-        session = handle.client.new_session()
         level = [root]
         while level:
             with store.read() as txn:
                 missing = [cid for cid in dict.fromkeys(level) if not txn.has_block(cid)]
-            for start in range(0, len(missing), FETCH_BATCH):
-                batch = missing[start : start + FETCH_BATCH]
-                handle.blocks.expect(batch)
-                try:
-                    left = max(0.1, deadline - trio.current_time())
-                    await session.get_blocks_batch([to_theirs(c) for c in batch], peer_id=peer_id,
-                                                   timeout=left, batch_size=len(batch))
-                finally:
-                    handle.blocks.unexpect(batch)
+            await want_blocks(handle, missing, peers)
             children: list[CID] = []
             with store.read() as txn:
                 for cid in dict.fromkeys(level):  # a block linked many times (a DAG bomb) is walked once
@@ -407,4 +501,4 @@ async def fetch_file(handle: BitswapHandle, root_cid: CID | str, peer_id: ID | N
 
 
 __all__ = ["BitswapHandle", "FednodeBitswap", "LMDBBlockStore", "fetch_dag", "fetch_file",
-                      "start_bitswap", "to_ours", "to_theirs"]
+           "start_bitswap", "to_ours", "to_theirs", "want_blocks"]

@@ -15,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import trio
+from libp2p.peer.id import ID
 
-from fednode.daemon.bitswap import FETCH_BATCH, BitswapHandle, to_theirs
+from fednode.daemon.bitswap import BitswapHandle, want_blocks
 from fednode.errors import FednodeError
 from fednode.storage import pins
 from fednode.storage.store import Store
@@ -52,27 +53,27 @@ def _children(cid: CID, block: bytes) -> list[CID]:
     return children
 
 
-async def _want(handle: BitswapHandle, cids: list[CID], deadline: float) -> None:
-    for start in range(0, len(cids), FETCH_BATCH):
-        batch = cids[start : start + FETCH_BATCH]
-        handle.blocks.expect(batch)
-        try:
-            left = max(0.1, deadline - trio.current_time())
-            await handle.client.new_session().get_blocks_batch(
-                [to_theirs(c) for c in batch], peer_id=None, timeout=left, batch_size=len(batch))
-        finally:
-            handle.blocks.unexpect(batch)
+async def _want(handle: BitswapHandle, cids: list[CID], providers: list[ID]) -> None:
+    """Fetch ``cids`` from ``providers`` (those who sent the level above), or from every connected
+    peer for the root; ``providers`` becomes who delivered these."""
+    got = await want_blocks(handle, cids, providers or None)
+    if got:
+        providers[:] = got
 
 
-async def _fetch(handle: BitswapHandle, root: CID, max_bytes: int, stored: list[CID], progress: GetProgress) -> int:
-    """Fetch level by level into the store, listing in ``stored`` what was new; returns the size."""
+async def _fetch(handle: BitswapHandle, root: CID, max_bytes: int, stored: list[CID], progress: GetProgress,
+                 asked: list[CID]) -> int:
+    """Fetch level by level into the store, listing in ``stored`` what was new and in ``asked`` all
+    that was missing when asked for (what a failure must delete: part of a level may have arrived);
+    returns the size."""
     store = handle.store
-    deadline = trio.current_effective_deadline()
+    providers: list[ID] = []
     level, depth, size, budget = [root], 0, 0, 0
     while level:
         with store.read() as txn:
             missing = [c for c in dict.fromkeys(level) if not txn.has_block(c)]
-        await _want(handle, missing, deadline)
+        asked += missing
+        await _want(handle, missing, providers)
         new = set(missing)
         children: list[CID] = []
         with store.read() as txn:
@@ -109,12 +110,13 @@ async def get_file(handle: BitswapHandle, root: CID, max_bytes: int, timeout: fl
     if root.codec not in (RAW, DAG_PB):
         raise FormatError(f"{root} has codec 0x{root.codec:x}: not a UnixFS file (raw or dag-pb only)")
     stored: list[CID] = []
+    asked: list[CID] = []
     progress = progress or GetProgress()
     try:
         with trio.fail_after(timeout):
-            size = await _fetch(handle, root, max_bytes, stored, progress)
+            size = await _fetch(handle, root, max_bytes, stored, progress, asked)
     except BaseException:
-        forget(handle.store, stored)
+        forget(handle.store, asked)
         raise
     if pin:
         with handle.store.write() as txn:
