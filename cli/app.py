@@ -29,6 +29,7 @@ from cli.commands import (
     setup,
     train,
     transfer,
+    zk,
 )
 from fednode import __version__
 from fednode.errors import FednodeError
@@ -36,7 +37,7 @@ from fednode.node import default_home
 from protocol.multiformats import FormatError
 
 COMMAND_MODULES = [setup, repo, train, history, branches, remotes, merge, integrity, net, members, chain, transfer,
-                   ipfs, pin, nft]
+                   ipfs, pin, nft, zk]
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:

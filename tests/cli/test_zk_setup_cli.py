@@ -1,0 +1,28 @@
+"""``fednode zk setup``: real circom2/snarkjs keys in the node home (n = 2: ~8-12 s), refusals first."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fednode.errors import FednodeError
+from fednode.workflows import zkprove as zp
+
+
+def test_zk_setup_makes_loadable_keys_once(cli, home: Path) -> None:
+    try:
+        zp.find_tools()
+    except FednodeError as exc:  # the lead pins circom2 and snarkjs in package.json; until then, say so
+        pytest.skip(str(exc))
+    bad = cli("zk", "setup", "-n", "0", ok=False)
+    assert bad.exit_code == 1 and "update-proof circuits take 1 <= n" in bad.stderr
+    assert not (home / "zk" / "update-n0-k16").exists()
+    made = json.loads(cli("zk", "setup", "-n", "2", "--json").stdout)
+    keys = zp.load_keys(Path(made["path"]))
+    assert (keys.vk.n, keys.vk.k) == (2, 16) and keys.vk.key_id().hex() == made["vk_id"]
+    assert made["ptau"].startswith("local, 2^8") and "development only" in made["ptau"]
+    again = cli("zk", "setup", "-n", "2", ok=False)
+    assert again.exit_code == 1 and "--force replaces them" in again.stderr
+    assert zp.load_keys(Path(made["path"])).vk == keys.vk  # untouched
