@@ -157,7 +157,12 @@ class PeerSender:
                     await self._wake.wait()
                     self._wake = trio.Event()
                     while self.pending or self._carry is not None:
-                        await self._send_next()
+                        try:
+                            await self._send_next()
+                        except Exception as exc:  # never into the bitswap nursery: this peer's wants are dropped
+                            logger.warning("bitswap: answering %s failed: %s: %s", self.peer, type(exc).__name__, exc)
+                            self.pending.clear()
+                            self._carry = None
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await self._close()
@@ -191,7 +196,12 @@ class PeerSender:
             else:
                 entry = self.pending.pop(next(iter(self.pending)))
                 have_only = entry.have_only and not v100  # bitswap 1.0 knows no presences
-                got = await lookup(entry.cid, have_only)
+                try:
+                    got = await lookup(entry.cid, have_only)
+                except Exception as exc:  # e.g. a state that cannot be rebuilt: answered as not held
+                    logger.warning("bitswap: reading a block for %s failed: %s: %s", self.peer,
+                                   type(exc).__name__, exc)
+                    got = None
                 if got is None or len(got) + 1024 > HARD_LIMIT:
                     self.missing(entry)
                     if entry.send_dont_have and not v100:

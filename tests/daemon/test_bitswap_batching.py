@@ -1,7 +1,8 @@
 """Bitswap answers carry several blocks per message, each message under the limit (bitswapsend.py).
 
 A plain py-libp2p host (Noise, yamux, like any IPFS peer) sends our bitswap server one wantlist of
-many 100 KiB blocks, some WANT_HAVE entries and a block we do not hold; it reads the answers on the
+many 100 KiB blocks, some WANT_HAVE entries and a block we do not hold (whose generation as a state
+fails: answered DONT_HAVE, the rest still served); it reads the answers on the
 stream our server opens to it (as Kubo expects) and counts the messages. py-libp2p's own message
 queue put every block over 60 kB in a message of its own (48 messages here); ours packs them up to
 MESSAGE_LIMIT. The encoding is checked against py-libp2p's protobuf parser. Real Kubo and Helia
@@ -78,7 +79,10 @@ async def test_many_blocks_answered_in_batches_under_the_limit(tmp_path: Path) -
     listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
     try:
         async with server.run(listen), peer.run(listen), trio.open_nursery() as nursery:
-            handle = await start_bitswap(server, store, nursery)
+            async def broken(cid: CID, allows: object) -> bytes | None:  # a state that cannot be rebuilt
+                raise RuntimeError(f"cannot rebuild {cid}")
+
+            handle = await start_bitswap(server, store, nursery, extra_blocks=broken)
             await peer.connect(PeerInfo(server.get_id(), server.get_addrs()))
             entries = [create_wantlist_entry(to_theirs(c), want_type=0, send_dont_have=True) for c in cids[:-2]]
             # HAVE for the last two; a WANT_HAVE of a block already wanted whole does not undo that
