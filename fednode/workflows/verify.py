@@ -146,14 +146,14 @@ def _check_reverts(
     history: History, head: CID, repo: RepoInfo | None = None, verified: Callable[[CID], bool] | None = None
 ) -> list[str]:
     """Each revert equals its target; each merge equals its recomputation from its record; each
-    commitment (``info["zk"]``) matches the stored states (``workflows.commitments.check``)."""
-    from fednode.workflows import commitments
+    commitment (``info["zk"]``) matches the stored states (``workflows.zkcheck.check``)."""
+    from fednode.workflows import zkcheck
     from fednode.workflows.merging import check_merge
 
     problems = []
     for cid, commit in history.walk([head], verified):
         if "zk" in commit.info and repo is not None:
-            problems += commitments.check(history, repo, cid, commit)
+            problems += zkcheck.check(history, repo, cid, commit)
         if commit.kind == "merge" and repo is not None:
             problems += check_merge(history, repo, cid)
             continue
