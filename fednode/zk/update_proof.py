@@ -31,6 +31,9 @@ import secrets
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from fednode.zk import generators as gens
 from fednode.zk import pairing
@@ -215,6 +218,27 @@ def link_prove(key: LinkKey, values: Sequence[int], blinding: int,
     be = ped.backend(backend_name)
     out = []
     for points in (key.ic, key.p):
-        part = be.msm(be.points(list(points[:m])), values)  # small integers: mcl's fast path
+        table = _native_table(points[:m]) if be.name == "mcl" else be.points(list(points[:m]))
+        part = be.msm(table, values)  # small integers: mcl's fast path
         out.append(be.msm(be.points([part, points[n]]), [1, blinding % R]))
     return out[0], out[1]
+
+
+def _native_table(points: Sequence[Affine | None]) -> Any:
+    """Affine points as MCL's (n, 12) table, written directly in Montgomery form (``x M, y M, M`` with
+    ``M = 2^256 mod P``; ~2 us a point against ~90 us through ``mcl.to_native``'s text parsing). The
+    first finite point is compared with ``to_native``'s; the points are not checked again (they are
+    the prover's own key)."""
+    from fednode.zk import mcl
+
+    if any(p is None for p in points):
+        return mcl.to_native(points)
+    mont = (1 << 256) % P
+    one = mont.to_bytes(32, "little")
+    finite = [p for p in points if p is not None]
+    raw = b"".join((x * mont % P).to_bytes(32, "little") + (y * mont % P).to_bytes(32, "little") + one
+                   for x, y in finite)
+    table = np.frombuffer(raw, dtype=np.uint64).reshape(-1, 12)
+    if len(points) and not np.array_equal(table[0], mcl.to_native(points[:1])[0]):
+        return mcl.to_native(points)  # pragma: no cover (an MCL with another representation)
+    return table
