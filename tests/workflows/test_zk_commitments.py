@@ -188,6 +188,14 @@ def test_verify_detects_a_swapped_remainder(cli: Any, home: Path, merged: CID) -
     assert any("merge commitment relation fails" in p for p in problems), problems
     assert any("remainder commitment mismatch" in p for p in problems), problems
 
+    def swap(info: dict[str, Any]) -> None:  # C(d) and C(r) trade places
+        zk = info["zk"]
+        zk["commitment"], zk["remainder"] = zk["remainder"], zk["commitment"]
+    _forge(home, merged, swap, branch="main")
+    problems = _problems(cli)
+    assert any("merge commitment relation fails" in p for p in problems), problems
+    assert any("remainder commitment mismatch" in p for p in problems), problems
+
 
 def test_verify_detects_a_tampered_merge_commitment(cli: Any, home: Path, merged: CID) -> None:
     def change(info: dict[str, Any]) -> None:  # C(d+e) with C(r-We): the relation still holds
