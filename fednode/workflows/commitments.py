@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fednode.history import CommitResult, History, RepoInfo, repos
+from fednode.identity import Identity
 from fednode.lazy import lazy_import
 from fednode.logs import log
+from fednode.storage.store import Store
 from fednode.tensors import encodings
 from fednode.tensors.modelio import ModelSource
 from protocol.multiformats import CID
@@ -187,7 +189,7 @@ def update_info(history: History, repo: RepoInfo, head: CID, source: ModelSource
 class ZkHistory(History):
     """The node's history: every update commit carries ``info["zk"]`` (unless ``[zk] commitments = false``)."""
 
-    def __init__(self, store: Any, identity: Any = None, zk: ZkSettings | None = None) -> None:
+    def __init__(self, store: Store, identity: Identity | None = None, zk: ZkSettings | None = None) -> None:
         super().__init__(store, identity)
         self.zk = zk or ZkSettings()
 
