@@ -24,7 +24,11 @@ its ratio to Kubo <- Kubo and the targets with PASS/MISS: fednode serves Kubo an
 fast as Kubo serves Kubo; fednode <- fednode at least 1.5x Kubo <- Kubo. The serving daemon's CPU
 seconds are printed for each fetch it serves. Every process is stopped at the end.
 
-    .venv/bin/python bench/bench_bitswap.py [--mib 64]
+    .venv/bin/python bench/bench_bitswap.py [--mib 64] [--runs 1]
+
+With ``--runs N`` (fresh processes each time) the median of each target's per-run ratio follows:
+this machine's load moves single runs a lot (Kubo <- fednode / Kubo <- Kubo ranged 0.66-1.42 at
+loads of 4-6), the ratios within a run much less.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -222,35 +227,58 @@ def report(run: Run, raw_mbs: float, mib: int) -> list[str]:
         note = run.notes.get(name, "")
         lines.append(f"{name:44} {mb / dt:8.1f} MB/s  {(mb / dt) / bar:5.2f}x Kubo <- Kubo  ({dt:.2f} s"
                      f"{'; ' + note if note else ''})")
-    for name, target in (("Kubo <- fednode", SERVE_TARGET), ("Helia <- fednode", SERVE_TARGET),
-                         ("fednode <- fednode (clone)", OWN_TARGET)):
+    for name, target in TARGETS:
         ratio = (mb / run.seconds[name]) / bar
         lines.append(ratio_line(f"{name} / Kubo <- Kubo", ratio, f">= {target}x", ratio >= target))
     return lines
 
 
+TARGETS = (("Kubo <- fednode", SERVE_TARGET), ("Helia <- fednode", SERVE_TARGET),
+           ("fednode <- fednode (clone)", OWN_TARGET))
+
+
+def one_run(tmp: Path, mib: int, skip_raw: bool) -> tuple[list[str], dict[str, float]]:
+    """One run: its report and the three targets' ratios to Kubo <- Kubo."""
+    import trio
+
+    run = Run(tmp, mib)
+    try:
+        server, root, repo_id = run.setup()
+        kubo_addr, first_kubo = trio.run(run.kubo_fetches, server, root)
+        addr = server.info["addrs"][0]
+        run.helia_fetch("Helia <- fednode", addr if "/p2p/" in addr else f"{addr}/p2p/{server.info['peer_id']}",
+                        root, server)
+        run.helia_fetch("Helia <- Kubo (reference, no target)", first_kubo, root, None)
+        run.fednode_from_kubo(kubo_addr, root)
+        run.fednode_from_fednode(server, repo_id, root)
+    finally:
+        run.stop()
+    raw = 0.0 if skip_raw else raw_stream(mib, two_processes=True)[0]
+    bar = run.seconds["Kubo <- Kubo"]
+    return report(run, raw, mib), {name: bar / run.seconds[name] for name, _ in TARGETS}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mib", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=1, help="independent runs (fresh processes each); "
+                        "with more than one, the median of each target's per-run ratio is printed too")
     parser.add_argument("--skip-raw", action="store_true", help="skip the raw py-libp2p stream")
     args = parser.parse_args()
-    import trio
-
+    ratios: dict[str, list[float]] = {name: [] for name, _ in TARGETS}
     with tempfile.TemporaryDirectory() as tmp:
-        run = Run(Path(tmp), args.mib)
-        try:
-            server, root, repo_id = run.setup()
-            kubo_addr, first_kubo = trio.run(run.kubo_fetches, server, root)
-            addr = server.info["addrs"][0]
-            run.helia_fetch("Helia <- fednode", addr if "/p2p/" in addr else f"{addr}/p2p/{server.info['peer_id']}",
-                            root, server)
-            run.helia_fetch("Helia <- Kubo (reference, no target)", first_kubo, root, None)
-            run.fednode_from_kubo(kubo_addr, root)
-            run.fednode_from_fednode(server, repo_id, root)
-        finally:
-            run.stop()
-        raw = 0.0 if args.skip_raw else raw_stream(args.mib, two_processes=True)[0]
-        print("\n".join(report(run, raw, args.mib)))
+        for k in range(args.runs):
+            (Path(tmp) / f"run{k}").mkdir()
+            lines, got = one_run(Path(tmp) / f"run{k}", args.mib, args.skip_raw)
+            print(f"--- run {k + 1} of {args.runs}\n" + "\n".join(lines), flush=True)
+            for name, ratio in got.items():
+                ratios[name].append(ratio)
+    if args.runs > 1:
+        print(f"--- medians of {args.runs} runs (each ratio measured within its run)")
+        for name, target in TARGETS:
+            med = statistics.median(ratios[name])
+            print(ratio_line(f"{name} / Kubo <- Kubo", med, f">= {target}x", med >= target,
+                             "runs " + ", ".join(f"{r:.2f}" for r in ratios[name])))
 
 
 if __name__ == "__main__":

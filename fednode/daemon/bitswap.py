@@ -322,7 +322,9 @@ class FednodeBitswap(BitswapClient):
         if wantlist.full:
             peer_wants.clear()
             sender.clear()
-        for entry in wantlist.entries:
+        # highest priority first: Kubo lists a message's entries in map order, and its DAG reader needs
+        # the block it gave the highest priority (the next child in the file) before the others
+        for entry in sorted(wantlist.entries, key=lambda e: -e.priority):
             try:
                 cid = parse_cid(entry.block)
             except Exception:
