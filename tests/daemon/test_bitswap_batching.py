@@ -5,7 +5,7 @@ many 100 KiB blocks, some WANT_HAVE entries and a block we do not hold (whose ge
 fails: answered DONT_HAVE, the rest still served); it reads the answers on the
 stream our server opens to it (as Kubo expects) and counts the messages. py-libp2p's own message
 queue put every block over 60 kB in a message of its own (48 messages here); ours packs them up to
-MESSAGE_LIMIT. The encoding is checked against py-libp2p's protobuf parser. Real Kubo and Helia
+MESSAGE_LIMIT, highest priority first. The encoding is checked against py-libp2p's protobuf parser. Real Kubo and Helia
 fetching bytes-identical files: test_bitswap_kubo.py, test_bitswap_helia.py, test_ipfs_get*.py.
 """
 
@@ -84,7 +84,9 @@ async def test_many_blocks_answered_in_batches_under_the_limit(tmp_path: Path) -
 
             handle = await start_bitswap(server, store, nursery, extra_blocks=broken)
             await peer.connect(PeerInfo(server.get_id(), server.get_addrs()))
-            entries = [create_wantlist_entry(to_theirs(c), want_type=0, send_dont_have=True) for c in cids[:-2]]
+            # priorities rising along the list: answered from the last (highest) to the first
+            entries = [create_wantlist_entry(to_theirs(c), priority=i + 2, want_type=0, send_dont_have=True)
+                       for i, c in enumerate(cids[:-2])]
             # HAVE for the last two; a WANT_HAVE of a block already wanted whole does not undo that
             entries += [create_wantlist_entry(to_theirs(c), want_type=1, send_dont_have=True)
                         for c in [*cids[-2:], cids[0]]]
@@ -100,6 +102,8 @@ async def test_many_blocks_answered_in_batches_under_the_limit(tmp_path: Path) -
     finally:
         store.close()
 
+    order = [bytes(b.data) for m in received for b in m.payload]
+    assert order == datas[:-2][::-1]  # highest priority first
     got = {bytes(b.data): b.prefix for m in received for b in m.payload}
     assert set(got) == set(datas[:-2])
     assert all(got[d] == _prefix(to_theirs(c)) for c, d in zip(cids[:-2], datas, strict=False))
