@@ -199,3 +199,20 @@ def test_g2_encoding_round_trips_and_checks_the_subgroup() -> None:
     assert pr.decode_g2(pr.G2_INFINITY) is None
     with pytest.raises(ZkError, match="not below the BN254 field prime"):
         pr.decode_g2(P.to_bytes(32, "big") + data[32:])
+
+
+def test_g2_point_on_the_twist_but_outside_the_subgroup_is_refused() -> None:
+    from py_ecc import optimized_bn128 as bn
+    from py_ecc.fields import optimized_bn128_FQ2 as FQ2
+
+    p = bn.field_modulus
+    x = FQ2([2, 1])
+    rhs = x ** 3 + bn.b2
+    a1 = rhs ** ((p - 3) // 4)  # square root in Fp2 for p = 3 mod 4 (Adj and Rodriguez-Henriquez)
+    alpha = a1 * a1 * rhs
+    y = (FQ2([0, 1]) if alpha == FQ2([p - 1, 0]) else (FQ2.one() + alpha) ** ((p - 1) // 2)) * a1 * rhs
+    assert y * y == rhs  # on the twist; the cofactor is ~2^254, so almost no such point is in G2
+    q = ((int(x.coeffs[0]), int(x.coeffs[1])), (int(y.coeffs[0]), int(y.coeffs[1])))
+    for name in ("mcl", "reference"):
+        with pytest.raises(ZkError, match="outside the prime-order subgroup"):
+            pr.decode_g2(pr.encode_g2(q), "proof point B", backend_name=name)
