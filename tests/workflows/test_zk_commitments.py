@@ -222,9 +222,12 @@ def test_verify_detects_an_altered_input_commitment(cli: Any, home: Path, merged
     assert any("merge commitment relation fails" in p for p in problems), problems
 
 
-def test_a_median_merge_carries_its_commitment_alone(cli: Any, tmp_path: Path, home: Path) -> None:
+@pytest.mark.parametrize("strategy", [("median",), ("krum", "--param", "byzantine=0", "--param", "min_byzantine=0")],
+                         ids=["median", "krum"])
+def test_a_median_merge_carries_its_commitment_alone(cli: Any, tmp_path: Path, home: Path,
+                                                     strategy: tuple[str, ...]) -> None:
     _three_updates(cli, tmp_path)
-    _merge(cli, "--strategy", "median")
+    _merge(cli, "--strategy", *strategy)
     _, merge = _info(home, "main")
     zk = merge.info["zk"]
     assert set(zk) == {"v", "base", "grid", "commitment"} and zk["commitment"] != INFINITY
@@ -234,7 +237,7 @@ def test_a_median_merge_carries_its_commitment_alone(cli: Any, tmp_path: Path, h
     assert any("merge commitment mismatch" in p for p in _problems(cli))
     _forge(home, _info(home, "main")[0], lambda info: info["zk"].update(remainder=pedersen.commit([1])),
            branch="main")
-    assert any("a remainder commitment on a median merge" in p for p in _problems(cli))
+    assert any(f"a remainder commitment on a {strategy[0]} merge" in p for p in _problems(cli))
 
 
 def test_an_input_on_another_round_base_makes_the_merge_carry_none(cli: Any, tmp_path: Path, home: Path) -> None:
