@@ -30,6 +30,7 @@ from pathlib import Path
 
 from fednode.errors import FednodeError
 from fednode.zk import generators as gens
+from fednode.zk import pedersen as ped
 from fednode.zk import update_proof as up
 from fednode.zk.curve import Affine, ZkError, decode, encode
 
@@ -225,4 +226,11 @@ def prove(keys: Keys, values: list[int], blinding: int, commit_hash: bytes, boun
               "proof.json", "public.json"], work, "groth16 prove")
         proof = json.loads((work / "proof.json").read_text())
     d, link = up.link_prove(keys.link, values, blinding)
-    return up.Proof(_g1(proof["pi_a"]), _g2(proof["pi_b"]), _g1(proof["pi_c"]), d, link).encode()
+    encoded = up.Proof(_g1(proof["pi_a"]), _g2(proof["pi_b"]), _g1(proof["pi_c"]), d, link).encode()
+    # never hand out a proof that does not verify (a zkey and a verifying key from different set-ups)
+    commitment = ped.commit(values, blinding, seed=keys.vk.seed)
+    try:
+        up.verify(keys.vk, encoded, commitment, commit_hash, bound2)
+    except ZkError as exc:
+        raise FednodeError(f"the keys in {keys.path} made a proof that does not verify ({exc})") from None
+    return encoded

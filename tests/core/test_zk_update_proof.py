@@ -7,6 +7,7 @@ by snarkjs itself with the full public inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import subprocess
@@ -216,3 +217,14 @@ def test_g2_point_on_the_twist_but_outside_the_subgroup_is_refused() -> None:
     for name in ("mcl", "reference"):
         with pytest.raises(ZkError, match="outside the prime-order subgroup"):
             pr.decode_g2(pr.encode_g2(q), "proof point B", backend_name=name)
+
+
+def test_prover_refuses_keys_that_do_not_belong_together(keys: zp.Keys, tools: zp.Tools, tmp_path: Path) -> None:
+    with pytest.raises(FednodeError, match="no update-proof keys in .*fednode zk setup"):
+        zp.load_keys(tmp_path)
+    # the verifying key of another link set-up: snarkjs still proves, our own check refuses to hand it out
+    other_link, (a2, k1a2, k2a2) = up.link_setup(keys.link.ic, keys.vk.seed)
+    del other_link
+    mixed = zp.Keys(keys.path, dataclasses.replace(keys.vk, k1a2=k1a2, k2a2=k2a2, a2=a2), keys.link)
+    with pytest.raises(FednodeError, match="made a proof that does not verify .*link proof fails"):
+        zp.prove(mixed, [1, 2], 5, bytes(32), 10, tools=tools)
