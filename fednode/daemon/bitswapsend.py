@@ -7,6 +7,8 @@ wantlist handler only queues what was asked (``PeerSender.want``), and the peer'
 reads blocks from the store one at a time and packs them into messages of up to MESSAGE_LIMIT
 bytes, sending each as soon as it is full or nothing more is queued: the first block leaves while
 later wantlist entries are still being read, and at most one message of blocks is held in memory.
+Entries are answered highest priority first. A peer that reads nothing for SEND_TIMEOUT loses its
+queued wants (its stream is closed); a stream that breaks is reopened once per message.
 
 MESSAGE_LIMIT is 1 MiB: Kubo (go-bitswap's ``network.MessageSizeMax``), Helia
 (``DEFAULT_MAX_INCOMING_MESSAGE_SIZE``) and py-libp2p (``MAX_MESSAGE_SIZE``) all refuse messages over
@@ -18,7 +20,8 @@ HARD_LIMIT (4 MiB less room for the framing) is answered as not here.
 Writes follow the peer's yamux window: py-libp2p's yamux, finding the send window empty, sleeps
 10 ms before it looks again, which capped one stream to Kubo at 256 KiB (Kubo's window) per 10 ms,
 about 26 MB/s. The sender writes at most what the window allows, in Noise-message-sized pieces
-(``wire.WRITE_PIECE``), and when the window is empty checks again after WINDOW_POLL.
+(``wire.WRITE_PIECE``), and when the window is empty checks again after WINDOW_POLL (doubling while
+it stays empty, up to py-libp2p's 10 ms).
 
 Messages are encoded here (``encode_message``), not through protobuf objects: each block is copied
 once, into the message; ``tests/daemon/test_bitswap_batching.py`` checks the encoding against
@@ -45,7 +48,8 @@ logger = logging.getLogger("fednode.bitswap")
 MESSAGE_LIMIT = 1 << 20  # bytes of blocks a message carries (module docstring)
 HARD_LIMIT = (4 << 20) - 4096  # the most any message may be: under every implementation's 4 MiB
 MAX_QUEUED = 8192  # wantlist entries waiting per peer; more are ignored until it drains
-WINDOW_POLL = 0.0005  # seconds between looks at an empty yamux send window
+WINDOW_POLL = 0.0005  # seconds before the first look again at an empty yamux send window
+MAX_WINDOW_POLL = 0.01  # ... doubling up to this (py-libp2p's own interval)
 SEND_TIMEOUT = 30.0  # most one message may take to leave (a peer that stops reading)
 WANT_HAVE = 1  # Message.Wantlist.WantType.Have
 DONT_HAVE = 1  # Message.BlockPresenceType.DontHave (Have is 0)
@@ -94,11 +98,14 @@ async def write_paced(stream: INetStream, data: bytes) -> None:
     view = memoryview(data)
     muxed = getattr(stream, "muxed_stream", None)
     off = 0
+    poll = WINDOW_POLL
     while off < len(view):
         window = getattr(muxed, "send_window", None)
         if isinstance(window, int) and window <= 0:
-            await trio.sleep(WINDOW_POLL)
+            await trio.sleep(poll)
+            poll = min(2 * poll, MAX_WINDOW_POLL)  # a reader that stalls is not polled 2000 times a second
             continue
+        poll = WINDOW_POLL
         n = min(len(view) - off, WRITE_PIECE, window if isinstance(window, int) else WRITE_PIECE)
         await stream.write(view[off:off + n])  # type: ignore[arg-type]
         off += n
@@ -238,6 +245,12 @@ class PeerSender:
                 with trio.fail_after(SEND_TIMEOUT):
                     await write_paced(stream, message)
                 break
+            except trio.TooSlowError:  # the peer stopped reading: what it wanted is dropped
+                logger.info("bitswap: %s read nothing for %.0f s; its wants are dropped", self.peer, SEND_TIMEOUT)
+                await self._close()
+                self.pending.clear()
+                self._carry = None
+                return
             except Exception as exc:
                 logger.debug("bitswap: sending to %s failed (%s): %s", self.peer, attempt, exc)
                 await self._close()

@@ -117,3 +117,56 @@ async def test_many_blocks_answered_in_batches_under_the_limit(tmp_path: Path) -
     assert max(with_blocks) == per_message, with_blocks
     assert max(sizes) <= MESSAGE_LIMIT + 64 * 1024 and max(sizes) < min(HARD_LIMIT, MAX_MESSAGE_SIZE)
     assert stats.blocks == N_BLOCKS - 2 and stats.messages == len(received) and stats.largest == max(sizes) + 3
+
+
+async def test_a_peer_that_stops_reading_loses_its_wants_and_others_are_served(tmp_path: Path,
+                                                                                monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import fednode.daemon.bitswapsend as bitswapsend
+
+    monkeypatch.setattr(bitswapsend, "SEND_TIMEOUT", 1.0)
+    store = Store(tmp_path / "store", sync=False)
+    # 20 MB: past what a py-libp2p peer's yamux buffers for a stream its application does not read
+    # (its receive window grows to 16 MiB whether or not anything is read)
+    datas = [secrets.token_bytes(BLOCK) for _ in range(200)]
+    cids = [CID.hash(RAW, d) for d in datas]
+    with store.write(size_hint=2 * len(datas) * BLOCK) as txn:
+        for cid, data in zip(cids, datas, strict=True):
+            txn.put_block(cid, data)
+            txn.tag_block(cid, PUBLIC)
+    server, stalled, honest = (build_host(create_new_key_pair()) for _ in range(3))
+    never = trio.Event()
+    got: list[bytes] = []
+
+    async def read_nothing(stream) -> None:  # type: ignore[no-untyped-def]
+        await never.wait()
+
+    async def read_all(stream) -> None:  # type: ignore[no-untyped-def]
+        reader = FrameReader(stream)
+        while len(got) < 3:
+            msg = Message()
+            msg.ParseFromString(bytes(await reader.read_frame(MAX_MESSAGE_SIZE, timeout=20)))
+            got.extend(bytes(b.data) for b in msg.payload)
+
+    stalled.set_stream_handler(TProtocol(BITSWAP_PROTOCOL_V120), read_nothing)
+    honest.set_stream_handler(TProtocol(BITSWAP_PROTOCOL_V120), read_all)
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    try:
+        async with server.run(listen), stalled.run(listen), honest.run(listen), trio.open_nursery() as nursery:
+            handle = await start_bitswap(server, store, nursery)
+            for peer, wanted in ((stalled, cids), (honest, cids[:3])):
+                await peer.connect(PeerInfo(server.get_id(), server.get_addrs()))
+                wants = await peer.new_stream(server.get_id(), [TProtocol(BITSWAP_PROTOCOL_V120)])
+                entries = [create_wantlist_entry(to_theirs(c)) for c in wanted]
+                await write_frame(wants, create_message(wantlist_entries=entries).SerializeToString())
+            with trio.fail_after(20):
+                while len(got) < 3:
+                    await trio.sleep(0.05)
+                sender = handle.client._senders[stalled.get_id()]
+                while sender.pending:  # dropped once a message could not leave within SEND_TIMEOUT
+                    await trio.sleep(0.05)
+            assert got == datas[:3]
+            assert handle.client.send_stats.blocks < len(cids)  # the stalled peer's wants never all went
+            await handle.stop()
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
