@@ -21,7 +21,7 @@ Writes follow the peer's yamux window: py-libp2p's yamux, finding the send windo
 10 ms before it looks again, which capped one stream to Kubo at 256 KiB (Kubo's window) per 10 ms,
 about 26 MB/s. The sender writes at most what the window allows, in Noise-message-sized pieces
 (``wire.WRITE_PIECE``), and when the window is empty checks again after WINDOW_POLL (doubling while
-it stays empty, up to py-libp2p's 10 ms).
+it stays empty, up to MAX_WINDOW_POLL).
 
 Messages are encoded here (``encode_message``), not through protobuf objects: each block is copied
 once, into the message; ``tests/daemon/test_bitswap_batching.py`` checks the encoding against
@@ -49,7 +49,7 @@ MESSAGE_LIMIT = 1 << 20  # bytes of blocks a message carries (module docstring)
 HARD_LIMIT = (4 << 20) - 4096  # the most any message may be: under every implementation's 4 MiB
 MAX_QUEUED = 8192  # wantlist entries waiting per peer; more are ignored until it drains
 WINDOW_POLL = 0.0005  # seconds before the first look again at an empty yamux send window
-MAX_WINDOW_POLL = 0.01  # ... doubling up to this (py-libp2p's own interval)
+MAX_WINDOW_POLL = 0.002  # ... doubling up to this: 500 looks a second at most, for SEND_TIMEOUT at most
 SEND_TIMEOUT = 30.0  # most one message may take to leave (a peer that stops reading)
 WANT_HAVE = 1  # Message.Wantlist.WantType.Have
 DONT_HAVE = 1  # Message.BlockPresenceType.DontHave (Have is 0)
