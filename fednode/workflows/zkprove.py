@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -68,10 +69,35 @@ def _run(args: list[str], cwd: Path | None = None, what: str = "") -> str:
         done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=TOOL_TIMEOUT, check=False)
     except subprocess.TimeoutExpired:
         raise FednodeError(f"{what or args[1]} took over {TOOL_TIMEOUT:.0f} s") from None
-    if done.returncode != 0:
-        tail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
-        raise FednodeError(f"{what or args[1]} failed: {tail[0][:300]}")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + "\n" + done.stderr)
+    errors = [line for line in text.splitlines() if "[ERROR]" in line or line.startswith("Error")]
+    if done.returncode != 0 or errors:  # snarkjs reports some failures with exit status 0
+        lines = errors or [line for line in text.splitlines() if line.strip()] or ["no output"]
+        raise FednodeError(f"{what or args[1]} failed: {lines[-1].strip()[:300]}")
     return done.stdout
+
+
+def ptau_info(path: Path) -> tuple[int, bool]:
+    """(power, prepared for phase 2) of a snarkjs powers-of-tau file, from its section headers."""
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) != 12 or head[:4] != b"ptau":
+            raise FednodeError(f"{path} is not a powers-of-tau file")
+        (count,) = struct.unpack("<I", head[8:12])
+        power, kinds = 0, set()
+        for _ in range(count):
+            raw = fh.read(12)
+            if len(raw) != 12:
+                raise FednodeError(f"{path} is truncated")
+            kind, size = struct.unpack("<IQ", raw)
+            kinds.add(kind)
+            if kind == 1:  # header: n8, q, power, ceremony power
+                body = fh.read(size)
+                (n8,) = struct.unpack("<I", body[:4])
+                (power,) = struct.unpack("<I", body[4 + n8:8 + n8])
+            else:
+                fh.seek(size, os.SEEK_CUR)
+    return power, 12 in kinds  # section 12: tau in the Lagrange basis, written by "prepare phase2"
 
 
 def bound_bits(n: int, k: int) -> int:
@@ -92,6 +118,12 @@ def setup(out: Path, n: int, k: int = 16, *, seed: bytes = gens.DEFAULT_SEED, pt
         raise FednodeError(f"update-proof circuits take 1 <= n <= {MAX_N} values of 2..32 bits, not n={n}, k={k}")
     if out.exists():
         raise FednodeError(f"{out} exists already; remove it to make new keys")
+    if ptau is not None:
+        have, prepared = ptau_info(ptau)
+        power = ptau_power(n, k)
+        if have < power or not prepared:
+            raise FednodeError(f"{ptau} holds 2^{have} powers{'' if prepared else ', not prepared for phase 2'}; "
+                               f"n={n}, k={k} needs 2^{power}, prepared (snarkjs powersoftau prepare phase2)")
     tools = tools or find_tools()
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".zk-setup-", dir=out.parent))

@@ -228,3 +228,27 @@ def test_prover_refuses_keys_that_do_not_belong_together(keys: zp.Keys, tools: z
     mixed = zp.Keys(keys.path, dataclasses.replace(keys.vk, k1a2=k1a2, k2a2=k2a2, a2=a2), keys.link)
     with pytest.raises(FednodeError, match="made a proof that does not verify .*link proof fails"):
         zp.prove(mixed, [1, 2], 5, bytes(32), 10, tools=tools)
+
+
+def _ptau_file(path: Path, power: int, sections: tuple[int, ...]) -> Path:
+    import struct
+
+    body = b"".join(struct.pack("<IQ", kind, 44) + struct.pack("<I", 32) + bytes(32) + struct.pack("<II", power, 0)
+                    if kind == 1 else struct.pack("<IQ", kind, 3) + b"abc" for kind in sections)
+    path.write_bytes(b"ptau" + struct.pack("<II", 1, len(sections)) + body)
+    return path
+
+
+def test_a_ceremony_file_too_small_or_unprepared_is_refused_before_any_work(tmp_path: Path) -> None:
+    no_tools = zp.Tools("node", "/nonexistent/circom2", "/nonexistent/snarkjs")  # never run
+    small = _ptau_file(tmp_path / "small.ptau", 10, (1, 2, 12))
+    assert zp.ptau_info(small) == (10, True)
+    with pytest.raises(FednodeError, match=r"holds 2\^10 powers; n=64, k=16 needs 2\^11, prepared"):
+        zp.setup(tmp_path / "keys", 64, ptau=small, tools=no_tools)
+    raw = _ptau_file(tmp_path / "raw.ptau", 12, (1, 2, 3))
+    with pytest.raises(FednodeError, match=r"holds 2\^12 powers, not prepared for phase 2"):
+        zp.setup(tmp_path / "keys", 64, ptau=raw, tools=no_tools)
+    (tmp_path / "junk.ptau").write_bytes(b"zkey" + bytes(8))
+    with pytest.raises(FednodeError, match="is not a powers-of-tau file"):
+        zp.setup(tmp_path / "keys", 64, ptau=tmp_path / "junk.ptau", tools=no_tools)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.ptau", "raw.ptau", "small.ptau"]  # nothing made
