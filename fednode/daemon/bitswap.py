@@ -11,8 +11,8 @@ states are refused to every bitswap peer that is not a member (Kubo and Helia pe
 answered as blocks we do not have (DONT_HAVE); public repositories and ipfs content as before.
 
 Safety: a block reaches LMDB only through ``Txn.put_block`` (hash-checked against its CID),
-and only when a running ``fetch_file`` asked for it: a peer cannot fill the store with blocks
-nobody wanted. Blocks are read back and hash-checked again when the file is assembled.
+and only when a running fetch (``want_blocks``) asked for it: a peer cannot fill the store with
+blocks nobody wanted. Blocks are read back and hash-checked again when the file is assembled.
 A peer that sends a block no fetch wanted (wrong bytes for a wanted CID, or unrequested) or one we
 cannot read gets a strike through ``penalize`` (the daemon's ``Bans.penalize``: counted, banned
 past the threshold): ``FednodeBitswap._process_blocks_v110/_v100``.
@@ -22,20 +22,28 @@ The fix for serving Kubo (``FednodeBitswap._process_wantlist``)
 As shipped, py-libp2p answers a wantlist on the stream the wantlist came in on, and answers
 WANT_HAVE with the whole block. Kubo never reads the streams it opened to send wantlists: it
 expects the answers on a stream opened by the side that has the blocks, and HAVE/DONT_HAVE for
-WANT_HAVE. So Kubo's download hung. The override answers every entry through py-libp2p's
-per-peer ``BitswapMessageQueue`` (one outbound stream per peer, like Kubo's own message queue):
-WANT_BLOCK -> the block, WANT_HAVE -> HAVE, missing with ``sendDontHave`` -> DONT_HAVE.
-Second part, also needed (measured: without it Kubo still hangs): py-libp2p starts a reader on
-every queue stream that closes the stream at once when we expect no blocks from that peer,
-i.e. always when we only serve; ``_on_message_queue_stream_opened`` is replaced by a reader
-that never closes the queue's stream. Third: CIDv0 blocks get their real prefix (``_prefix``).
+WANT_HAVE. So Kubo's download hung. The override queues every entry, highest priority first, for
+the peer's sender (``bitswapsend.PeerSender``: one outbound stream per peer, like Kubo's own
+message queue, several blocks a message, sent as they are read): WANT_BLOCK -> the block,
+WANT_HAVE -> HAVE, missing with ``sendDontHave`` -> DONT_HAVE. Second part, also needed (measured:
+without it Kubo still hangs): py-libp2p starts a reader on every queue stream that closes the
+stream at once when we expect no blocks from that peer, i.e. always when we only serve;
+``_on_message_queue_stream_opened`` is replaced by a reader that never closes the stream. Third:
+CIDv0 blocks get their real prefix (``_prefix``).
+
+Fetching (``want_blocks``) does not use py-libp2p's ``BitswapSession``: asked without a peer, it
+sends WANT_HAVEs and then waits a full second before any WANT_BLOCK, per batch. Ours keeps a
+sliding window of WANT_BLOCKs (through py-libp2p's per-peer message queue) to the peer that sent
+the level above, holds what arrives in memory (hash-checked) and stores it 8 MiB or one step a
+transaction.
 
 py-libp2p internals this depends on (re-check on upgrade; tests/daemon/test_bitswap_kubo.py is the
 regression test against a real Kubo): ``BitswapClient._process_wantlist(wantlist, peer_id,
-stream)`` being the hook for incoming wantlists, ``_peer_wantlists``, ``_peer_protocols``,
-``get_or_create_message_queue`` and the queue's ``add_blocks_v100/add_blocks_v110/
-add_presences``, ``_on_message_queue_stream_opened(stream, peer_id)``, ``_read_message``,
-``_process_message``, and ``BitswapSession.get_blocks_batch``.
+stream)`` being the hook for incoming wantlists, ``_peer_wantlists``, ``_nursery``,
+``supported_protocols``, ``cleanup_peer``, ``get_or_create_message_queue`` and the queue's
+``add_wants/add_cancels``, ``_on_message_queue_stream_opened(stream, peer_id)``, ``_read_message``,
+``_process_message``, ``_process_blocks_v110`` (stores through ``block_store.put_block``), and a
+yamux stream's ``send_window`` (read by ``bitswapsend.write_paced``).
 """
 
 from __future__ import annotations
