@@ -35,6 +35,7 @@ from fednode.zk.curve import R
 ACORN_S_PER_PARAM = 80.0 / 250_000  # < 80 s per client for 250k 16-bit entries
 TARGETS = {10_000: 10.0, 100_000: 60.0}
 TARGET_VERIFY_MS = 10.0
+CU_TARGET = 200_000
 K = 16
 
 
@@ -74,6 +75,7 @@ def bench_one(n: int, args: argparse.Namespace, scratch: Path) -> float:
     t = time.perf_counter()
     up.verify(keys.vk, proof, commitment, commit_hash, bound2, backend_name="reference")
     ref_s = time.perf_counter() - t
+    cu = chain_cu(keys.vk, proof, commitment, commit_hash, bound2)
     best = min(proofs)
     parts = ", ".join(f"{k} {v:.1f} s" for k, v in meta.items() if k.endswith("_s"))
     print(f"n={n:>6}  constraints {constraints(n):>8} (2^{zp.ptau_power(n, K)} tau)  set-up {setup_s:6.1f} s"
@@ -85,7 +87,38 @@ def bench_one(n: int, args: argparse.Namespace, scratch: Path) -> float:
     print(f"          verify mcl best {vbest:.2f} ms / median {vmed:.2f} ms"
           f" (target {TARGET_VERIFY_MS:.0f} ms {'PASS' if vmed <= TARGET_VERIFY_MS else 'MISS'}),"
           f" py_ecc {ref_s * 1e3:.0f} ms; verifying key {len(keys.vk.encode())} B whatever n")
+    verdict = "PASS" if cu <= CU_TARGET else "MISS"
+    print(f"          on chain (programs/zkverify in LiteSVM): {cu} CU (target {CU_TARGET} {verdict})")
     return best
+
+
+def chain_cu(vk: up.VerifyingKey, proof: bytes, commitment: bytes, commit_hash: bytes, bound2: int) -> int:
+    """Compute units of programs/zkverify/zkverify.c checking this proof in LiteSVM (raises if it fails)."""
+    from solders.account import Account
+    from solders.instruction import AccountMeta, Instruction
+    from solders.keypair import Keypair
+    from solders.litesvm import LiteSVM
+    from solders.message import Message
+    from solders.transaction import Transaction
+    from solders.transaction_metadata import FailedTransactionMetadata
+
+    from programs import build as federity_build
+    from programs.sbpf_linker import link
+
+    with tempfile.TemporaryDirectory() as tmp:
+        obj = Path(tmp) / "zkverify.o"
+        federity_build.compile_c(Path(__file__).resolve().parents[1] / "programs" / "zkverify" / "zkverify.c", obj)
+        elf = link([(obj.name, obj.read_bytes())], 3)
+    svm, program, key, payer = LiteSVM(), Keypair().pubkey(), Keypair().pubkey(), Keypair()
+    svm.add_program(program, elf)
+    svm.set_account(key, Account(10**9, vk.encode(), program, False, 0))
+    svm.airdrop(payer.pubkey(), 10**10)
+    ix = Instruction(program, proof + commitment + commit_hash + bound2.to_bytes(32, "big"),
+                     [AccountMeta(key, False, False)])
+    result = svm.send_transaction(Transaction([payer], Message([ix], payer.pubkey()), svm.latest_blockhash()))
+    if isinstance(result, FailedTransactionMetadata):
+        raise RuntimeError(f"the program rejected the proof: {result.err()}")
+    return int(result.compute_units_consumed())
 
 
 def bench_link(n: int) -> None:
@@ -127,9 +160,6 @@ def main() -> int:
             verdict = f"target {target:.0f} s {'PASS' if est <= target else 'MISS'}" if target else "no target"
             print(f"EXTRAPOLATED n={n:>8}: ~{est:7.1f} s prove ({constraints(n)} constraints, linear from n={n_small}"
                   f" and {n_big}; {verdict}; ACORN ~{ACORN_S_PER_PARAM * n:.0f} s); needs 2^{zp.ptau_power(n, K)} tau")
-    # Solana's alt_bn128 prices (agave ComputeBudget): add 334, mul 3,840, pairing 36,364 + 12,121 per extra pair
-    cu = 3 * 3840 + 4 * 334 + 3 * 3840 + 36_364 + 6 * 12_121
-    print(f"ESTIMATED on chain (not built): ~{cu / 1000:.0f}k CU in syscalls (vk_x, rho, 7 pairs); target 200k")
     return 0
 
 
