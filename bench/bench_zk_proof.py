@@ -3,14 +3,15 @@
     python bench/bench_zk_proof.py [--sizes 8,64,256] [--ptau-dir DIR] [--keys-dir DIR]
 
 For each circuit size n (signed 16-bit values): a local development set-up (circom2 + snarkjs; the
-powers of tau are the slow part: ~4 s at 2^8, ~100 s at 2^12, ~5 min at 2^13, ~10+ min at 2^15 on this
+powers of tau are the slow part: ~4 s at 2^8, ~100 s at 2^12, ~5 min at 2^13, ~15 min at 2^15 on this
 2-core machine; --ptau-dir reuses files named p<power>_final.ptau, --keys-dir reuses whole key sets),
-then snarkjs proofs (best of 3) and our verifier (mcl best/median of 20, py_ecc once). ACORN's
-published client cost (< 80 s for 250k 16-bit entries, USENIX Security 2023) is printed per parameter
-beside ours. Sizes this machine cannot set up in a bench run (10k, 100k, 1M) are EXTRAPOLATED from the
-smallest and largest measured sizes, linearly in constraints (snarkjs's prover is O(n log n): the
+then snarkjs proofs (best of 3), our verifier (mcl best/median of 20, py_ecc once) and the on-chain
+check (programs/zkverify/zkverify.c in LiteSVM: compute units). ACORN's published client cost
+(< 80 s for 250k 16-bit entries, USENIX Security 2023) is printed per parameter beside ours.
+Sizes this machine cannot set up in a bench run (10k, 100k, 1M) are EXTRAPOLATED from the smallest
+and largest measured sizes, linearly in constraints (snarkjs's prover is O(n log n): the
 extrapolation is optimistic) and printed as such; the link proof's share is measured at any size.
-Targets: 10k proven <= 10 s, 100k <= 60 s, verification <= 10 ms.
+Targets: 10k proven <= 10 s, 100k <= 60 s, verification <= 10 ms, on chain <= 200k CU.
 Needs node, circom2 and snarkjs (FEDNODE_ZK_NODE_MODULES or the checkout's node_modules).
 """
 
