@@ -77,3 +77,23 @@ def test_tampered_inputs_fail_on_chain_each_with_its_code(chain: tuple) -> None:
     assert send(chain, proof, c, h, 1 << 200)[0] == E_BOUND  # a bound the circuit cannot compare
     off_curve = c[:63] + bytes([c[63] ^ 1])
     assert send(chain, proof, off_curve, h, b2)[0] == E_POINT  # a commitment not on the curve
+
+
+def test_a_proof_point_outside_g2s_subgroup_is_refused_by_the_syscall(chain: tuple) -> None:
+    from py_ecc import optimized_bn128 as bn
+    from py_ecc.fields import optimized_bn128_FQ2 as FQ2
+
+    from fednode.zk import pairing as pr
+
+    p = bn.field_modulus
+    x = FQ2([2, 1])
+    rhs = x ** 3 + bn.b2
+    a1 = rhs ** ((p - 3) // 4)  # square root in Fp2 (p = 3 mod 4): a point on the twist, not in G2
+    alpha = a1 * a1 * rhs
+    y = (FQ2([0, 1]) if alpha == FQ2([p - 1, 0]) else (FQ2.one() + alpha) ** ((p - 1) // 2)) * a1 * rhs
+    q = ((int(x.coeffs[0]), int(x.coeffs[1])), (int(y.coeffs[0]), int(y.coeffs[1])))
+    proof = bytes.fromhex(VECTOR["proof"])
+    bad = proof[:64] + pr.encode_g2(q) + proof[192:]
+    code, _ = send(chain, bad, bytes.fromhex(VECTOR["commitment"]), bytes.fromhex(VECTOR["commit_hash"]),
+                   VECTOR["bound2"])
+    assert code == E_POINT  # the pairing syscall checks G2 membership, as our decoder does
