@@ -8,11 +8,11 @@ and ``sum_i v_i^2 <= B^2``. The verifier never sees ``v``.
 Construction (LegoGroth16-style commit-and-prove; docs/zk.md "Update proofs"):
 
 - a Groth16 proof ``(A, B, C_g)`` for the circom circuit ``update_bound.circom`` whose public inputs
-  are ``[h_hi, h_lo, B^2, v_0 .. v_{n-1}, b]``; the prover sends ``D = sum_i v_i IC_{3+i} + b IC_b``
+  are ``[h_hi, h_lo, B^2, v_0 .. v_{n-1}, b]``; the prover sends ``D = sum_i v_i IC_{4+i} + b IC_b``
   (the committed inputs' share of ``vk_x``) and the verifier computes
   ``vk_x = IC_0 + h_hi IC_1 + h_lo IC_2 + B^2 IC_3 + D``;
 - a Kiltz-Wee linear-subspace argument (one G1 point ``L``) that ``D`` and ``C`` open to the same
-  ``(v, b)``: CRS ``P_i = k1 IC_{3+i} + k2 G_i`` (and ``k1 IC_b + k2 H``), verification key
+  ``(v, b)``: CRS ``P_i = k1 IC_{4+i} + k2 G_i`` (and ``k1 IC_b + k2 H``), verification key
   ``[a]_2, [k1 a]_2, [k2 a]_2``; the prover sends ``L = sum_i v_i P_i + b P_b`` and the verifier
   checks ``e(L, [a]_2) = e(D, [k1 a]_2) e(C, [k2 a]_2)``.
 
@@ -107,7 +107,7 @@ class Proof:
     a: Affine | None
     b: Affine2 | None
     c: Affine | None
-    d: Affine | None  # sum v_i IC_{3+i} + b IC_b
+    d: Affine | None  # sum v_i IC_{4+i} + b IC_b
     link: Affine | None  # sum v_i P_i + b P_b
 
     def encode(self) -> bytes:
@@ -176,9 +176,9 @@ def verify(vk: VerifyingKey, proof: bytes, commitment: bytes, commit_hash: bytes
 
 @dataclass(frozen=True)
 class LinkKey:
-    """The prover's half of the link CRS: ``P_i = k1 IC_{3+i} + k2 G_i`` for i < n, and ``P_b``."""
+    """The prover's half of the link CRS: ``P_i = k1 IC_{4+i} + k2 G_i`` for i < n, and ``P_b``."""
 
-    ic: tuple[Affine | None, ...]  # IC_{3+i} for i < n, then IC_b (the committed inputs' vk points)
+    ic: tuple[Affine | None, ...]  # IC_{4+i} for i < n, then IC_b (the committed inputs' vk points)
     p: tuple[Affine | None, ...]  # the matching P points
 
 

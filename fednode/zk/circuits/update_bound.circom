@@ -2,7 +2,7 @@ pragma circom 2.1.0;
 
 // fednode update proof (docs/zk.md "Update proofs"): every v[i] is a signed K-bit integer and
 // sum v[i]^2 <= bound2. v and blind are public inputs of the Groth16 proof but the verifier never
-// sees them: the prover sends D = sum v[i] IC[3+i] + blind IC[3+N] and a link proof that D opens to
+// sees them: the prover sends D = sum v[i] IC[4+i] + blind IC[4+N] and a link proof that D opens to
 // the same (v, blind) as the update's Pedersen commitment. The main component is generated with
 // {public [hash, bound2, v, blind]} in exactly this order (the verifying key's IC order).
 
