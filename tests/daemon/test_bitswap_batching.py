@@ -170,3 +170,42 @@ async def test_a_peer_that_stops_reading_loses_its_wants_and_others_are_served(t
             nursery.cancel_scope.cancel()
     finally:
         store.close()
+
+
+async def test_fetch_without_a_peer_does_not_wait_a_second_per_batch(tmp_path: Path) -> None:
+    """``ipfs get`` asks no peer in particular. py-libp2p's session sent WANT_HAVEs and waited a full
+    second before any WANT_BLOCK, per batch of 64 (a root and 256 leaves: over 5 s); ``want_blocks``
+    asks every connected peer for the root and whoever sent it for the rest, 64 wants in flight."""
+    import time
+
+    from fednode.daemon.bitswap import fetch_dag
+    from protocol.multiformats import DAG_PB
+    from protocol.unixfs import Link, _unixfs_data, encode_node, iter_file
+
+    leaves = [secrets.token_bytes(1024) for _ in range(256)]
+    links = [Link(CID.hash(RAW, leaf), len(leaf), len(leaf)) for leaf in leaves]
+    root_block = encode_node(links, _unixfs_data(1024 * 256, [1024] * 256))
+    root = CID.hash(DAG_PB, root_block)
+    source, sink = Store(tmp_path / "source", sync=False), Store(tmp_path / "sink", sync=False)
+    with source.write(size_hint=1 << 20) as txn:
+        for cid, block in [(root, root_block), *((lk.cid, leaf) for lk, leaf in zip(links, leaves, strict=True))]:
+            txn.put_block(cid, block)
+            txn.tag_block(cid, PUBLIC)
+    server, client = build_host(create_new_key_pair()), build_host(create_new_key_pair())
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    try:
+        async with server.run(listen), client.run(listen), trio.open_nursery() as nursery:
+            served = await start_bitswap(server, source, nursery)
+            fetching = await start_bitswap(client, sink, nursery)
+            await client.connect(PeerInfo(server.get_id(), server.get_addrs()))
+            t0 = time.monotonic()
+            assert await fetch_dag(fetching, root, None, timeout=30) == 257
+            elapsed = time.monotonic() - t0
+            await fetching.stop()
+            await served.stop()
+            nursery.cancel_scope.cancel()
+        assert b"".join(iter_file(sink.get_block, root)) == b"".join(leaves)
+        assert elapsed < 2.5, elapsed
+    finally:
+        source.close()
+        sink.close()
