@@ -488,7 +488,8 @@ async def fetch_dag(handle: BitswapHandle, root: CID, peer_id: ID | None, timeou
         while level:
             with store.read() as txn:
                 missing = [cid for cid in dict.fromkeys(level) if not txn.has_block(cid)]
-            await want_blocks(handle, missing, peers)
+            delivered = await want_blocks(handle, missing, peers)
+            peers = peers or delivered or None  # without a peer: the next level from whoever sent this one
             children: list[CID] = []
             with store.read() as txn:
                 for cid in dict.fromkeys(level):  # a block linked many times (a DAG bomb) is walked once
