@@ -26,6 +26,10 @@ else:  # loaded at first use: commands that read no tensor start without it (fed
 BLOCK = 1 << 20  # elements per step: bounds the float64 temporaries
 GRID_PRECISION = 40  # merge grid rule 2: bits of a tensor's largest magnitude the grid resolves
 GRID_LIMIT = 1000  # |bits| bound: 2.0**bits stays a finite, exact float64
+# An all-zero base tensor (a zero-initialised bias) gets this fixed grid, known before any input is:
+# every update of a round then commits on the merge's grid (issue 15). 2**-48 resolves 2**-20 of
+# values down to ~1e-8 and holds changes up to 2**14 in 2**62 steps (larger ones widen).
+ZERO_BASE_BITS = 48
 
 
 def to_f64(arr: np.ndarray, dtype: str) -> np.ndarray:
@@ -105,9 +109,11 @@ def grid_bits(magnitude: float, fallback: int) -> int:
 
 
 def choose_grid(base_arr: np.ndarray, arrays: list[np.ndarray], dtype: str, fallback: int, wide: bool = False) -> int:
-    """Rule 2 of ``fednode.workflows.merging`` (its docstring): from the base's magnitude, or from every
-    state's when ``wide``."""
+    """Rule 2 of ``fednode.workflows.merging`` (its docstring): from the base's magnitude,
+    ``ZERO_BASE_BITS`` for an all-zero base, or from every state's when ``wide``."""
     magnitude = max_abs(base_arr, dtype)
-    if wide or magnitude == 0.0:
+    if wide:
         magnitude = max([magnitude, *(max_abs(a, dtype) for a in arrays)])
+    elif magnitude == 0.0:
+        return ZERO_BASE_BITS
     return grid_bits(magnitude, fallback)

@@ -11,9 +11,11 @@ Merge grid, versioned (``record["grid_rule"]``):
   ``2**-repo.scale_bits``;
 * rule 2 (``GRID_RULE``): each float tensor gets its own ``bits``, recorded in
   ``record["grid"][name]``: with ``M`` the largest finite ``|value|`` of the tensor in the merge
-  base (in the inputs when the base tensor is all zero) and ``M < 2**e`` (``math.frexp``),
-  ``bits = GRID_PRECISION - e``, so the grid resolves 2**-40 of the tensor's largest value at
-  any magnitude. When some input's change would not fit 2**62 grid steps on that grid,
+  base and ``M < 2**e`` (``math.frexp``), ``bits = GRID_PRECISION - e``, so the grid resolves
+  2**-40 of the tensor's largest value at any magnitude. An all-zero base tensor gets
+  ``fixedpoint.ZERO_BASE_BITS`` (48; merges before 2026-12-04 took ``M`` from the inputs: their
+  recorded bits still verify), so updates can commit on the merge's grid before the merge exists.
+  When some input's change would not fit 2**62 grid steps on that grid,
   ``M`` is taken over the base and all inputs instead. Clamped to ``[-GRID_LIMIT, GRID_LIMIT]``.
   ``verify`` never re-derives the grid: it uses the recorded bits, so the rule may evolve.
   A tensor mixing tiny and large values keeps absolute precision ``M * 2**-40``: its tiny

@@ -12,7 +12,7 @@ from helpers import fixed_identity
 from fednode.errors import FednodeError
 from fednode.history import History
 from fednode.storage.store import Store
-from fednode.tensors import native
+from fednode.tensors import fixedpoint, native
 from fednode.tensors.modelio import ArraySource
 from fednode.workflows import merging
 from fednode.workflows.verify import verify
@@ -81,7 +81,8 @@ def test_fedavg_is_within_2e20_relative_at_every_magnitude_and_verifies(repo3) -
         got = merged[name][1].astype(np.float64)
         rel = np.max(np.abs(got - expected) / np.abs(expected))
         assert rel <= REL, (name, rel)
-    # an all-zero base tensor takes its grid from the inputs' magnitude: tiny updates survive
+    # an all-zero base tensor gets the fixed fine grid: tiny updates survive
+    assert record["grid"]["bias_zero"] == fixedpoint.ZERO_BASE_BITS
     expected = _float64_mean(history, outcome.inputs, outcome.weights, "bias_zero")
     assert np.max(np.abs(merged["bias_zero"][1] - expected)) <= 2.0**-20 * np.max(np.abs(expected))
     assert np.array_equal(merged["steps"][1], np.arange(4))
