@@ -25,6 +25,7 @@ KEYPAIR_FILE = "keypair.json"
 CONFIG_FILE = "config.toml"
 STORE_DIR = "store"
 ZK_DIR = "zk"  # the generator tables of commitments (fednode/storage/zkcache.py)
+ZK_CACHE_ENV = "FEDNODE_ZK_CACHE"  # a folder shared by several homes instead of <home>/zk
 CURRENT_REPO_META = "current_repo"  # store meta key: the repository commands use when given none
 
 DEFAULT_CONFIG = """\
@@ -387,5 +388,7 @@ def open_node(home: Path | None = None) -> Node:
     if tagged:
         log("block_index_built", tagged=tagged)
     zk = config.get("zk", {})
-    settings = ZkSettings(zk.get("commitments", True), home / ZK_DIR, zk.get("max_parameters", DEFAULT_MAX_PARAMETERS))
+    # The generators are public and the same for every node: homes may share one table ($FEDNODE_ZK_CACHE).
+    cache = Path(os.environ[ZK_CACHE_ENV]) if os.environ.get(ZK_CACHE_ENV) else home / ZK_DIR
+    settings = ZkSettings(zk.get("commitments", True), cache, zk.get("max_parameters", DEFAULT_MAX_PARAMETERS))
     return Node(home, config, identity, store, ZkHistory(store, identity, settings))

@@ -34,6 +34,7 @@ from fednode.zk.curve import Affine, R, ZkError
 from fednode.zk.generators import MAX_TRIES, message_prefix
 
 CURVE_SNARK1 = 4  # mclBn_CurveSNARK1: BN254 as Ethereum and Solana define it
+DERIVE_MIN = 1 << 12  # generators per derivation thread, at least
 CHUNK = 1 << 16  # points per mulVec call: 2^17 segfaults on an 8 MiB stack
 LIMB_BITS = 16
 THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
@@ -159,8 +160,24 @@ def _derive(seed: bytes, start: int, n: int, old: np.ndarray | None) -> np.ndarr
     out = np.zeros((size, 12), dtype=np.uint64)
     if old is not None:
         out[:start] = old
-    one, three, tmp = Fp(), Fp(), Fp()
+    one = Fp()
     lib.mclBnFp_setInt(ctypes.addressof(one), 1)
+    # The square root dominates and ctypes releases the GIL around it: ranges on several threads.
+    threads = min(THREADS, max(1, (size - start) // DERIVE_MIN))
+    per = -(-(size - start) // threads)
+    ranges = [(lo, min(size, lo + per)) for lo in range(start, size, per)]
+    if len(ranges) == 1:
+        _derive_range(lib, seed, out, *ranges[0])
+    else:
+        for future in [_executor().submit(_derive_range, lib, seed, out, lo, hi) for lo, hi in ranges]:
+            future.result()
+    out[start:, 8:12] = np.frombuffer(bytes(one), dtype=np.uint64)
+    return out
+
+
+def _derive_range(lib: Any, seed: bytes, out: np.ndarray, lo: int, hi: int) -> None:
+    """Rows ``lo .. hi-1`` of ``out`` (x, y in MCL's form; z is set by the caller)."""
+    three, tmp = Fp(), Fp()
     lib.mclBnFp_setInt(ctypes.addressof(three), 3)
     t, b3 = ctypes.addressof(tmp), ctypes.addressof(three)
     set_be, sqr, mul, add = lib.mclBnFp_setBigEndianMod, lib.mclBnFp_sqr, lib.mclBnFp_mul, lib.mclBnFp_add
@@ -169,7 +186,7 @@ def _derive(seed: bytes, start: int, n: int, old: np.ndarray | None) -> np.ndarr
     prefix = message_prefix(b"G", seed)
     counters = [c.to_bytes(4, "big") for c in range(MAX_TRIES)]
     base = out.ctypes.data
-    for i in range(start, size):
+    for i in range(lo, hi):
         x = base + 96 * i
         y = x + 32
         head = prefix + i.to_bytes(8, "big")
@@ -184,8 +201,6 @@ def _derive(seed: bytes, start: int, n: int, old: np.ndarray | None) -> np.ndarr
             raise ZkError(f"no curve point for generator {i} after {MAX_TRIES} tries")
         if is_neg(y):
             neg(y, y)
-    out[start:, 8:12] = np.frombuffer(bytes(one), dtype=np.uint64)
-    return out
 
 
 # ---- multi-scalar multiplication ----------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 from helpers import model_arrays, perturb, run_fednode, write_model
 
 from fednode.history import objstore, refstore
-from fednode.node import open_node
+from fednode.node import ZK_CACHE_ENV, open_node
 from fednode.storage import zkcache
 from fednode.tensors import fixedpoint
 from fednode.workflows import commitments
@@ -276,7 +276,8 @@ def test_private_repository_blindings_keep_the_relation(cli: Any, tmp_path: Path
     assert arrays  # the base model was read
 
 
-def test_the_generator_cache_is_reused_and_a_corrupt_one_rebuilt(tmp_path: Path) -> None:
+def test_the_generator_cache_is_reused_and_a_corrupt_one_rebuilt(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.delenv(ZK_CACHE_ENV)  # the per-home cache (the test run shares one otherwise)
     home = tmp_path / "home"
     run_fednode(home, "init")
     base = model_arrays(1)
@@ -358,3 +359,17 @@ def test_a_zero_base_tensor_commits_on_the_fixed_grid_and_the_merge_is_checkable
     zk = _info(home, "main")[1].info["zk"]
     assert "none" not in zk and len(zk["commitment"]) == 64 and len(zk["remainder"]) == 64
     assert json.loads(cli("verify", "main", "--json").output)["problems"] == []
+
+
+def test_homes_share_the_table_named_by_the_environment(tmp_path: Path, monkeypatch: Any) -> None:
+    shared = tmp_path / "shared"
+    monkeypatch.setenv(ZK_CACHE_ENV, str(shared))
+    for name in ("a", "b"):
+        home = tmp_path / name
+        run_fednode(home, "init")
+        base = model_arrays(1)
+        first, second = tmp_path / f"{name}.safetensors", tmp_path / f"{name}2.safetensors"
+        run_fednode(home, "repo", "create", "r", "--public", "--from", write_model(first, base))
+        run_fednode(home, "commit", "--from", write_model(second, perturb(base, 3)), "-m", "u")
+        assert not (home / "zk").exists()
+    assert zkcache.cache_path(shared, DEFAULT_SEED).stat().st_size > 0
