@@ -5,17 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
-from fednode.errors import FednodeError
 from fednode.workflows import zkprove as zp
 
 
 def test_zk_setup_makes_loadable_keys_once(cli, home: Path) -> None:
-    try:
-        zp.find_tools()
-    except FednodeError as exc:  # the lead pins circom2 and snarkjs in package.json; until then, say so
-        pytest.skip(str(exc))
+    zp.find_tools()  # circom2 and snarkjs are pinned in package.json: their absence fails, never skips
     bad = cli("zk", "setup", "-n", "0", ok=False)
     assert bad.exit_code == 1 and "update-proof circuits take 1 <= n" in bad.stderr
     assert not (home / "zk" / "update-n0-k16").exists()

@@ -28,10 +28,7 @@ BOUND2 = 3 << 30
 
 @pytest.fixture(scope="session")
 def tools() -> zp.Tools:
-    try:
-        return zp.find_tools()
-    except FednodeError as exc:  # the lead pins circom2 and snarkjs in package.json; until then, say so
-        pytest.skip(str(exc))
+    return zp.find_tools()  # circom2 and snarkjs are pinned in package.json: their absence fails, never skips
 
 
 @pytest.fixture(scope="session")
