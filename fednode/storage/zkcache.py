@@ -16,10 +16,10 @@ a file is outside the store and anyone with write access to the home could have 
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
-import tempfile
 from pathlib import Path
+
+from fednode.atomic import atomic_file
 
 MAGIC = b"FNZKGEN1"
 _HEADER = struct.Struct("<8sIQ32s32s")
@@ -59,14 +59,6 @@ def write_table(path: Path, seed: bytes, row_bytes: int, payload: bytes | memory
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     header = _HEADER.pack(MAGIC, row_bytes, size // row_bytes, hashlib.sha256(seed).digest(),
                           hashlib.sha256(payload).digest())
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(header)
-            out.write(payload)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as out:
+        out.write(header)
+        out.write(payload)

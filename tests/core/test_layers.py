@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("protocol", "fednode", "cli")  # the project's import roots; programs/ and bench/ sit outside the layers
 
 # fednode's root utility modules: usable by every layer, importing nothing above them.
-UTILITIES = ("fednode.errors", "fednode.lazy", "fednode.logs", "fednode.safejson", "fednode.sealing")
+UTILITIES = ("fednode.atomic", "fednode.errors", "fednode.lazy", "fednode.logs", "fednode.safejson", "fednode.sealing")
 ANY = ("protocol", "fednode", "cli")
 
 
