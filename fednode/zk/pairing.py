@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fednode.zk.curve import Affine, P, ZkError
+from fednode.zk.registry import Backends
 
 G2_BYTES = 128
 G2_INFINITY = bytes(G2_BYTES)
@@ -135,24 +136,12 @@ class ReferencePairing:
 
 
 PairingBackend = MclPairing | ReferencePairing
-_backends: dict[str, PairingBackend] = {}
+_backends: Backends[PairingBackend] = Backends("pairing", {"mcl": MclPairing, "reference": ReferencePairing})
 
 
 def backend(name: str | None = None) -> PairingBackend:
     """The pairing backend ``name`` ("mcl" or "reference"); None: mcl if it loads, else the reference."""
-    if name is None:
-        try:
-            return backend("mcl")
-        except ZkError:
-            return backend("reference")
-    if name not in _backends:
-        if name == "mcl":
-            _backends[name] = MclPairing()
-        elif name == "reference":
-            _backends[name] = ReferencePairing()
-        else:
-            raise ZkError(f"unknown pairing backend {name!r}; valid: mcl, reference")
-    return _backends[name]
+    return _backends.get(name)
 
 
 def check(pairs: Sequence[Pair], *, backend_name: str | None = None) -> bool:

@@ -26,6 +26,7 @@ import numpy as np
 
 from fednode.zk import generators as gens
 from fednode.zk.curve import INFINITY, Affine, P, R, ZkError, decode, encode
+from fednode.zk.registry import Backends
 
 Values = Sequence[int] | np.ndarray
 INT64_MIN = -(1 << 63)
@@ -109,24 +110,12 @@ class ReferenceBackend:
         return int(x), int(y)
 
 
-_backends: dict[str, MsmBackend] = {}
+_backends: Backends[MsmBackend] = Backends("MSM", {"mcl": MclBackend, "reference": ReferenceBackend})
 
 
 def backend(name: str | None = None) -> MsmBackend:
     """The backend ``name`` ("mcl" or "reference"); None: mcl if it loads, else the reference."""
-    if name is None:
-        try:
-            return backend("mcl")
-        except ZkError:
-            return backend("reference")
-    if name not in _backends:
-        if name == "mcl":
-            _backends[name] = MclBackend()
-        elif name == "reference":
-            _backends[name] = ReferenceBackend()
-        else:
-            raise ZkError(f"unknown MSM backend {name!r}; valid: mcl, reference")
-    return _backends[name]
+    return _backends.get(name)
 
 
 def _int_array(values: Values) -> np.ndarray | None:
