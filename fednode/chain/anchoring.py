@@ -441,8 +441,13 @@ class Anchorer:
             if existing is not None and existing.owner != self.me:
                 raise ChainError(f"repository already created on chain by {b58encode(existing.owner)}")
             if existing is None:
-                created = await self.send(self._create_repo_ixs(repo_id, item.cid))
-                info.update(signature=created.signature, fee=created.fee, compute_units=created.compute_units)
+                try:
+                    created = await self.send(self._create_repo_ixs(repo_id, item.cid))
+                    info.update(signature=created.signature, fee=created.fee, compute_units=created.compute_units)
+                except ChainError as exc:  # another flush (CLI or daemon) created it first: that is ours too
+                    again = await self.repo_record(repo_id) if exc.code == ErrorCode.REPO_ALREADY_EXISTS else None
+                    if again is None or again.owner != self.me:
+                        raise
             with self.store.write() as txn:
                 outbox.remove(txn, item)
             return info
@@ -455,10 +460,18 @@ class Anchorer:
             chain_repo = await self.repo_record(repo_id)
             holds = await self.holds(chain_repo)
             zk = await self._zk_to_send(repo_id, cid, commit)
-            tx = await self.send(self._anchor_ixs(repo_id, commit, item.branch, chain_repo, holds, zk=zk))
+            try:
+                tx = await self.send(self._anchor_ixs(repo_id, commit, item.branch, chain_repo, holds, zk=zk))
+            except ChainError as exc:
+                # Another flush of this queue (the CLI's and the daemon's may overlap) anchored it
+                # between our read and our send: the record it left is checked like any replay's.
+                if exc.code != ErrorCode.COMMIT_ALREADY_ANCHORED:
+                    raise
             record = (await self.commit_records(repo_id, [h]))[0]
             if record is None:
                 raise ChainError("transaction confirmed but the commit record is missing")
+            if tx is None and (bad := self._check(cid, commit, record, repo_id)):
+                raise ChainError(f"anchored meanwhile by another flush, but {bad[0]}")
         entry = {"cid": item.cid, "index": record.index, "slot": record.slot,
                  "signature": tx.signature if tx else None, "fee": tx.fee if tx else 0,
                  "compute_units": tx.compute_units if tx else 0}  # fmt: skip

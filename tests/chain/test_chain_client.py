@@ -374,6 +374,40 @@ async def test_two_embedded_backends_on_one_store_stay_consistent(node: Node, el
         assert (await a.repo_record(info.repo_id)).commit_count == 3
 
 
+class _FlushesFirst:
+    """A backend whose first send lets another flush of the same queue run to completion first:
+    the CLI's ``fednode anchor`` and the daemon's flush loop overlapping (the demo hit it)."""
+
+    def __init__(self, inner, other: Anchorer) -> None:
+        self.inner, self.other, self.raced = inner, other, None
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    async def send(self, ixs, signers):
+        if self.raced is None:
+            self.raced = await self.other.flush()
+        return await self.inner.send(ixs, signers)
+
+
+async def test_overlapping_flushes_anchor_once_and_both_succeed(node: Node, elf: bytes) -> None:
+    """The flush that loses the race gets COMMIT_ALREADY_ANCHORED from the program; it checks the
+    record the winner left against its commit and counts the item done instead of stopping."""
+    info, (g, u1) = make_repo(node)
+    winner = anchorer(node.history, node.identity, elf)
+    await winner.enqueue(info, g, "main")
+    assert (await winner.flush()).remaining == 0
+    await winner.enqueue(info, u1, "main")
+    racing = _FlushesFirst(anchorer(node.history, node.identity, elf).backend, winner)
+    loser = Anchorer(node.history, node.identity, racing)
+    result = await loser.flush()
+    assert racing.raced is not None and [s["index"] for s in racing.raced.sent] == [1]  # the winner sent it
+    assert result.error is None and result.remaining == 0
+    assert [(s["index"], s["signature"]) for s in result.sent] == [(1, None)]  # counted, not resent
+    assert (await loser.repo_record(info.repo_id)).commit_count == 2
+    assert await loser.verify(info, u1) == (2, [])
+
+
 async def test_merge_too_large_for_one_transaction_is_refused(node: Node, elf: bytes) -> None:
     info, (g,) = make_repo(node, n_updates=0)
     names = [f"b{k}" for k in range(10)]
