@@ -79,6 +79,8 @@ snapshot_interval = 8
 [zk]
 # a Pedersen commitment to every update and merge, inside the signed commit (docs/zk.md);
 # optional: max_parameters = 4194304 (larger models get none: deriving generators is ~35 us each, once)
+# optional: keys = "/path" (a 'fednode zk setup' folder, absolute or relative to this home: proves
+# the updates of repositories that require proofs; $FEDNODE_ZK_KEYS and --zk-keys come first)
 commitments = true
 """
 
@@ -150,6 +152,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "zk": {  # Pedersen commitments on commits (workflows/commitments.py, docs/zk.md)
         "commitments": (lambda v: type(v) is bool, "true or false"),
         "max_parameters": (lambda v: type(v) is int and v > 0, "a positive integer"),
+        "keys": (lambda v: type(v) is str and v != "", "a path string"),
     },
     "repository_defaults": {
         "scale_bits": (lambda v: type(v) is int and 0 <= v <= 60, "an integer in 0..60"),
@@ -332,7 +335,8 @@ class Node:
 
     def create_repo(self, name: str, source: ModelSource, message: str = "initial weights",
                     scale_bits: int | None = None, snapshot_interval: int | None = None,
-                    visibility: str = "private") -> tuple[RepoInfo, CommitResult]:
+                    visibility: str = "private",
+                    zk_policy: dict[str, Any] | None = None) -> tuple[RepoInfo, CommitResult]:
         """A new repository from ``source`` (its genesis), the config's [repository_defaults] for the
         settings not given, private unless ``visibility`` is "public"; it becomes the current repository."""
         defaults = self.config.get("repository_defaults", {})
@@ -343,6 +347,7 @@ class Node:
             scale_bits if scale_bits is not None else int(defaults.get("scale_bits", 24)),
             snapshot_interval if snapshot_interval is not None else int(defaults.get("snapshot_interval", 8)),
             visibility=visibility,
+            zk_policy=zk_policy,
         )
         self.use_repo(name)
         return info, result
@@ -390,5 +395,6 @@ def open_node(home: Path | None = None) -> Node:
     zk = config.get("zk", {})
     # The generators are public and the same for every node: homes may share one table ($FEDNODE_ZK_CACHE).
     cache = Path(os.environ[ZK_CACHE_ENV]) if os.environ.get(ZK_CACHE_ENV) else home / ZK_DIR
-    settings = ZkSettings(zk.get("commitments", True), cache, zk.get("max_parameters", DEFAULT_MAX_PARAMETERS))
+    settings = ZkSettings(zk.get("commitments", True), cache, zk.get("max_parameters", DEFAULT_MAX_PARAMETERS),
+                          home / Path(zk["keys"]).expanduser() if "keys" in zk else None)  # relative: to the home
     return Node(home, config, identity, store, ZkHistory(store, identity, settings))

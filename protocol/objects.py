@@ -269,9 +269,12 @@ def _is_commit_link(v: Any) -> bool:
 
 def _check_settings(settings: Any) -> None:
     _require(isinstance(settings, dict), "a genesis commit records the repository settings")
-    _require(set(settings) in ({"name", "scale_bits", "snapshot_interval"},
-                               {"name", "scale_bits", "snapshot_interval", "visibility"}),
-             "settings are name, scale_bits, snapshot_interval and (optional) visibility")
+    keys = set(settings)
+    _require({"name", "scale_bits", "snapshot_interval"} <= keys
+             <= {"name", "scale_bits", "snapshot_interval", "visibility", "zk"},
+             "settings are name, scale_bits, snapshot_interval and (optional) visibility and zk")
+    # zk: a proof policy (fednode.zk.policy decodes and checks it; a malformed one refuses every update)
+    _require(isinstance(settings.get("zk", {}), dict), "settings.zk must be a map")
     _require(settings.get("visibility", "public") in VISIBILITIES,
              "settings.visibility must be 'private' or 'public'")
     _require(_is_str(settings["name"], 1024), "settings.name must be a string of 1..1024 characters")

@@ -99,9 +99,14 @@ def _log_text(commit: Commit, oneline: bool) -> str:
 def show(ctx: click.Context, rev: str, repo_name: str | None, as_json: bool) -> None:
     """A commit: metadata and every tensor with dtype, shape, encoding and CID."""
     node = get_node(ctx)
-    _, cid = resolve(node, rev, repo_name)
+    repo_info, cid = resolve(node, rev, repo_name)
     commit_obj = node.history.load_commit(cid)
     manifest = node.history.load_manifest(commit_obj.weights)
+    proof = None
+    if "zk" in repo_info.settings:  # a repository that requires update proofs (zk stack loaded only then)
+        from fednode.workflows import zkpolicy
+
+        proof = zkpolicy.describe(repo_info, commit_obj)
     tensors: list[dict[str, Any]] = []
     for name, e in manifest.tensors.items():
         tensors.append({"name": name, "dtype": e.dtype, "shape": list(e.shape), "encoding": e.encoding,
@@ -116,7 +121,7 @@ def show(ctx: click.Context, rev: str, repo_name: str | None, as_json: bool) -> 
     data = {**commit_json(cid, commit_obj), "tensors": tensors, "dense_bytes": dense, "stored_bytes": stored,
             "compression_ratio": round(dense / stored, 3) if stored else None,
             "signature_valid": node.history.verify_commit_signature(commit_obj),
-            "commitment": commitments.describe(commit_obj)}
+            "commitment": commitments.describe(commit_obj), "proof": proof}
     if as_json:
         emit_json(data)
         return
@@ -129,6 +134,8 @@ def show(ctx: click.Context, rev: str, repo_name: str | None, as_json: bool) -> 
         out.print("metrics " + " ".join(f"{k}={v:.6g}" for k, v in sorted(data["metrics"].items())))
     if data["commitment"] is not None:
         out.print(f"zk      {escape(data['commitment'])}")
+    if proof is not None:
+        out.print(f"proof: {proof}", markup=False)
     table = Table("tensor", "dtype", "shape", "encoding", "stored", "ratio", "cid")
     for t in tensors:
         enc = t["encoding"] + ("+zstd" if t["compression"] == "zstd" else "")

@@ -37,29 +37,49 @@ def repo() -> None:
 @click.option("--private/--public", "private", default=True,
               help="Private (the default): only the owner and its members read the repository. "
                    "Public: anyone may; a private one can be published later, never the reverse.")
+@click.option("--require-proof", "keys_dir", default=None, type=click.Path(path_type=Path), metavar="KEYDIR",
+              help="Every update must carry a proof (keys of 'fednode zk setup' in KEYDIR) that its change is "
+                   "within --norm-bound; fixed for good in the genesis. Needs --norm-bound.")
+@click.option("--norm-bound", "norm_bound", type=float, default=None, metavar="B",
+              help="With --require-proof: the largest L2 norm of an update's change, in weight units.")
 @json_option
 @click.pass_context
 def repo_create(
     ctx: click.Context, name: str, source: Path, model_key: str | None, cast: str | None, message: str,
-    scale_bits: int | None, snapshot_interval: int | None, private: bool, as_json: bool,
+    scale_bits: int | None, snapshot_interval: int | None, private: bool, keys_dir: Path | None,
+    norm_bound: float | None, as_json: bool,
 ) -> None:
     """Create repository NAME from a model file (its genesis commit)."""
+    if (keys_dir is None) != (norm_bound is None):
+        raise FednodeError("--require-proof KEYDIR and --norm-bound B go together (nothing was created)")
     node = get_node(ctx)
     visibility = "private" if private else "public"
     model = open_model(source, model_key, cast)
+    policy = None
     try:
-        info, result = node.create_repo(name, model, message, scale_bits, snapshot_interval, visibility)
+        zk_entry = None
+        if keys_dir is not None and norm_bound is not None:
+            from fednode.workflows import zkpolicy  # numpy and the zk stack: only when asked
+
+            zk_entry, policy = zkpolicy.make_policy(keys_dir, norm_bound, model)
+        info, result = node.create_repo(name, model, message, scale_bits, snapshot_interval, visibility, zk_entry)
     finally:
         model.close()
+    proof = None if policy is None else {
+        "key": policy.key_id.hex(), "norm_bound": norm_bound, "grid_bits": policy.grid_bits,
+        "bound2": policy.bound2, "coordinate_bound": policy.coordinate_bound()}
     if as_json:
         emit_json({"name": name, "id": repo_id_text(info.repo_id), "genesis": str(result.cid),
-                   "visibility": visibility})
+                   "visibility": visibility, "require_proof": proof})
         return
     readers = "only the owner and its members can read it" if private else "anyone can read it"
     out.print(f"created {visibility} repository {name} ({len(model.tensors)} tensors, {result.total_bytes} bytes; "
               f"{readers})", markup=False)
     out.print(f"id      {repo_id_text(info.repo_id)}")
     out.print(f"genesis {result.cid}")
+    if policy is not None:
+        out.print(f"updates must be proven: key {policy.key_id.hex()[:16]}, L2 norm at most {norm_bound:g}, "
+                  f"each value within {policy.coordinate_bound():g} (grid 2**-{policy.grid_bits})", markup=False)
 
 
 @repo.command("list")

@@ -36,6 +36,18 @@ encoding_option = click.option("--encoding", type=ENCODINGS, default=encodings.D
 topk_option = click.option("--topk-fraction", type=float, default=0.01, show_default=True,
                            help="Share of values kept by topk.")
 no_compress_option = click.option("--no-compress", is_flag=True, help="Do not zstd-compress update payloads.")
+zk_keys_option = click.option(
+    "--zk-keys", "zk_keys", default=None, type=click.Path(path_type=Path), metavar="DIR",
+    help="Proving keys ('fednode zk setup') for a repository that requires update proofs "
+         "(default: $FEDNODE_ZK_KEYS, else [zk] keys in config.toml).")
+
+
+def _use_keys(node: Any, zk_keys: Path | None) -> None:
+    from fednode.workflows.commitments import settings_of
+
+    settings = settings_of(node.history)
+    if zk_keys is not None and settings is not None:
+        settings.keys_override = zk_keys
 
 
 def _json_float(x: float) -> float | str:
@@ -79,15 +91,20 @@ def print_storage(result: CommitResult) -> None:
 @encoding_option
 @topk_option
 @no_compress_option
+@zk_keys_option
 @json_option
 @click.pass_context
 def commit(
     ctx: click.Context, repo_name: str | None, source: Path, model_key: str | None, cast: str | None, message: str,
     branch: str | None, metrics: tuple[str, ...], samples_text: str | None, encoding: str, topk_fraction: float,
-    no_compress: bool, as_json: bool,
+    no_compress: bool, zk_keys: Path | None, as_json: bool,
 ) -> None:
-    """Commit a model file as an update on a branch ("nothing to commit" when it equals the head)."""
+    """Commit a model file as an update on a branch ("nothing to commit" when it equals the head).
+
+    In a repository that requires update proofs, the change must lie on the repository's grid
+    (else it is refused: 'fednode train' rounds onto it) and within its bounds; the proof is made here."""
     node = get_node(ctx)
+    _use_keys(node, zk_keys)
     info = get_repo(node, repo_name)
     parsed = parse_metrics(metrics)
     declared = positive_int(samples_text, "--samples") if samples_text is not None else None
@@ -122,15 +139,21 @@ def commit(
 @topk_option
 @no_compress_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@zk_keys_option
 @json_option
 @click.pass_context
 def train(ctx: click.Context, repo_name: str | None, script: Path, branch: str | None, epochs: int, seed: int,
           dp_epsilon: float | None, dp_delta: float, max_grad_norm: float, message: str | None, encoding: str,
-          topk_fraction: float, no_compress: bool, quiet: bool, as_json: bool) -> None:
-    """Train locally from the branch head; commit the result as an update on that branch."""
+          topk_fraction: float, no_compress: bool, quiet: bool, zk_keys: Path | None, as_json: bool) -> None:
+    """Train locally from the branch head; commit the result as an update on that branch.
+
+    In a repository that requires update proofs, the trained weights are rounded onto its grid before
+    they are committed (the stored bytes are then exactly what is committed to and proven), and the
+    update must be within its bounds."""
     from fednode.workflows.training import DPConfig
 
     node = get_node(ctx)
+    _use_keys(node, zk_keys)
     info = get_repo(node, repo_name)
     dp = DPConfig(dp_epsilon, dp_delta, max_grad_norm) if dp_epsilon is not None else None
     commit_result, trained = committing.train(node.history, info, script, branch, epochs, seed, dp,

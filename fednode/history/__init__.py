@@ -103,11 +103,12 @@ class History:
         snapshot_interval: int = DEFAULT_SNAPSHOT_INTERVAL,
         metrics: dict[str, float] | None = None,
         visibility: str = "private",
+        zk_policy: dict[str, Any] | None = None,
     ) -> tuple[RepoInfo, CommitResult]:
         """A new repository whose genesis commit holds ``source``, with ``main`` on it; private (only
-        members read it) unless ``visibility`` is "public"."""
+        members read it) unless ``visibility`` is "public"; ``zk_policy``: its settings' "zk" entry."""
         return commits.create_repo(self.store, self.identity, name, source, message, scale_bits,
-                                   snapshot_interval, metrics, visibility)
+                                   snapshot_interval, metrics, visibility, zk_policy)
 
     def visibility(self, repo_id: bytes) -> str | None:
         """"private" or "public" now (a publish decision counts); None for an unknown repository."""
@@ -150,6 +151,7 @@ class History:
         encoding: str = encodings.DEFAULT,
         topk_fraction: float = encodings.DEFAULT_TOPK_FRACTION,
         compress: bool = True,
+        finish: Callable[[Commit], Commit] | None = None,
     ) -> CommitResult:
         """Commit ``source`` as the new state of ``branch`` (deltas against its head).
 
@@ -158,11 +160,12 @@ class History:
         topk) is used only when asked for; its per-tensor error is in ``CommitResult.errors``,
         and with ``exact`` a tensor whose lossy delta would not rebuild the very same bytes is
         stored as a snapshot. Delta payloads are zstd-compressed when that saves at least 1/8
-        (``compress``).
+        (``compress``). ``finish``: the last change to the unsigned commit before it is signed
+        (``commits.commit``).
         """
         options = EncodeOptions(encoding, exact, topk_fraction, compress)
         return commits.commit(self.store, self.identity, repo, source, message, branch, metrics, kind,
-                              extra_parents, info, expected_head, options)
+                              extra_parents, info, expected_head, options, finish)
 
     def tensor_array(self, commit_cid: CID, name: str, txn: Txn | None = None) -> np.ndarray:
         """One tensor of a commit's state, rebuilt exactly (flat, safetensors dtype)."""

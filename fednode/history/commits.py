@@ -6,6 +6,7 @@ and the branch move (a compare-and-swap against the head it was made from)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,14 +71,19 @@ def create_repo(
     snapshot_interval: int = DEFAULT_SNAPSHOT_INTERVAL,
     metrics: dict[str, float] | None = None,
     visibility: str = "private",
+    zk_policy: dict[str, Any] | None = None,
 ) -> tuple[RepoInfo, CommitResult]:
     """A new repository whose genesis commit holds ``source`` (every tensor a snapshot) and records
-    its ``visibility``: "private" (the default: only members read it) or "public"."""
+    its ``visibility``: "private" (the default: only members read it) or "public"; ``zk_policy``
+    (``fednode.zk.policy.settings_entry``) goes in its settings as ``"zk"``: the update proofs its
+    commits must carry, fixed for good (the repository id covers it)."""
     if visibility not in VISIBILITIES:
         raise FednodeError(f"visibility must be 'private' or 'public', not {visibility!r}")
     identity = _check_new_repo(store, identity, name, scale_bits, snapshot_interval)
     settings = {"name": name, "scale_bits": scale_bits, "snapshot_interval": snapshot_interval,
                 "visibility": visibility}
+    if zk_policy is not None:
+        settings["zk"] = zk_policy
     sink = BlockSink(store, expected_bytes=sum(t.nbytes for t in source.tensors.values()))
     entries = {}
     try:
@@ -121,8 +127,11 @@ def commit(
     info: dict[str, Any] | None = None,
     expected_head: CID | None = None,
     options: EncodeOptions | None = None,
+    finish: Callable[[Commit], Commit] | None = None,
 ) -> CommitResult:
-    """Commit ``source`` as the new state of ``branch`` (HEAD's when None; see ``History.commit``)."""
+    """Commit ``source`` as the new state of ``branch`` (HEAD's when None; see ``History.commit``).
+    ``finish`` gets the complete unsigned commit and returns it as it is to be signed (an update
+    proof bound to its hash is added there); raising stores nothing."""
     options = options or EncodeOptions()
     if options.encoding not in encodings.NAMES:
         raise FednodeError(f"unknown update encoding {options.encoding!r}; valid: {', '.join(encodings.NAMES)}")
@@ -153,13 +162,18 @@ def commit(
         raise
     manifest = Manifest(entries)
     parents = (head, *extra_parents)
-    with store.read() as txn:
-        parent_hashes = tuple(objstore.load_commit(txn, p).commit_hash() for p in parents)
-    signed = objstore.sign(identity, Commit(
-        repo=repo.repo_id, parents=parents, parent_hashes=parent_hashes, kind=kind,
-        weights=CID.hash(DAG_CBOR, manifest.encode()), author=identity.public_key,
-        time_ms=max(_now_ms(), parent.time_ms), message=message, metrics=metrics or {}, info=info or {},
-    ))
+    try:
+        with store.read() as txn:
+            parent_hashes = tuple(objstore.load_commit(txn, p).commit_hash() for p in parents)
+        unsigned = Commit(
+            repo=repo.repo_id, parents=parents, parent_hashes=parent_hashes, kind=kind,
+            weights=CID.hash(DAG_CBOR, manifest.encode()), author=identity.public_key,
+            time_ms=max(_now_ms(), parent.time_ms), message=message, metrics=metrics or {}, info=info or {},
+        )
+        signed = objstore.sign(identity, finish(unsigned) if finish is not None else unsigned)
+    except BaseException:
+        sink.abort()
+        raise
     cid = signed.cid()
 
     def final(txn: Txn) -> int:

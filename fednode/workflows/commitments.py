@@ -20,10 +20,12 @@ from __future__ import annotations
 import random
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fednode.errors import FednodeError
 from fednode.history import CommitResult, History, RepoInfo, repos
 from fednode.identity import Identity
 from fednode.lazy import lazy_import
@@ -49,11 +51,14 @@ ROW_BYTES = 96  # one generator in fednode.zk.mcl's table form
 
 @dataclass
 class ZkSettings:
-    """``[zk]`` of config.toml: ``commitments`` (default true), ``max_parameters``; the cache folder."""
+    """``[zk]`` of config.toml: ``commitments`` (default true), ``max_parameters``, ``keys`` (proving keys
+    for repositories that require proofs; ``keys_override``: --zk-keys); the cache folder."""
 
     enabled: bool = True
     cache_dir: Path | None = None
     max_parameters: int = DEFAULT_MAX_PARAMETERS
+    keys: Path | None = None
+    keys_override: Path | None = None
 
 
 class GeneratorCache:
@@ -197,8 +202,20 @@ class ZkHistory(History):
                metrics: dict[str, float] | None = None, kind: str = "update", extra_parents: tuple[CID, ...] = (),
                info: dict[str, Any] | None = None, expected_head: CID | None = None, exact: bool = False,
                encoding: str = encodings.DEFAULT, topk_fraction: float = encodings.DEFAULT_TOPK_FRACTION,
-               compress: bool = True) -> CommitResult:
-        if self.zk.enabled and kind != "merge" and "zk" not in (info or {}):
+               compress: bool = True, finish: Callable[[Commit], Commit] | None = None) -> CommitResult:
+        from fednode.workflows import zkpolicy
+
+        policy = zkpolicy.repo_policy(repo)
+        if policy is not None and policy.require_proof and kind != "merge" and "zk" not in (info or {}):
+            # the repository requires proofs: commit on its grid and prove, or refuse before storing anything
+            if encoding in encodings.LOSSY:
+                raise FednodeError(f"{repo.name} requires update proofs: a lossy encoding ({encoding}) cannot be "
+                                   "proven before it is stored; nothing was stored")
+            branch = branch or self.current_branch(repo)
+            head = expected_head or self.branch_head(repo, branch)
+            prepared = zkpolicy.prepare_update(self, repo, head, source, self.zk, policy)
+            info, expected_head, finish = {**(info or {}), "zk": prepared.zk}, head, prepared.finish
+        elif self.zk.enabled and kind != "merge" and "zk" not in (info or {}):
             branch = branch or self.current_branch(repo)
             head = expected_head or self.branch_head(repo, branch)
             if encoding in encodings.LOSSY:
@@ -207,7 +224,7 @@ class ZkHistory(History):
                 zk = update_info(self, repo, head, source, self.zk)
             info, expected_head = {**(info or {}), "zk": zk}, head
         return super().commit(repo, source, message, branch, metrics, kind, extra_parents, info, expected_head,
-                              exact, encoding, topk_fraction, compress)
+                              exact, encoding, topk_fraction, compress, finish)
 
 
 # ---- merges --------------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ def train(
     encoding_options: dict[str, Any] | None = None,
 ) -> tuple[CommitResult, TrainResult]:
     """Train locally from the branch head and commit the result as an update on that branch."""
+    from fednode.workflows import zkpolicy  # numpy and the zk stack: only when training
     from fednode.workflows.training import run_training
 
     branch = branch or history.current_branch(repo)
@@ -79,7 +80,9 @@ def train(
             info = {"training": result.training_info()}
             metrics = {k: float(v) for k, v in result.metrics.items()}
             text = message or f"train {script.name}: {epochs} epoch(s) on {result.samples} samples"
-            commit = history.commit(repo, source, text, branch=branch, metrics=metrics, info=info,
+            # a repository that requires proofs commits on its grid: the trained weights are rounded onto it
+            rounded = zkpolicy.round_onto_grid(history, repo, head, source)
+            commit = history.commit(repo, rounded, text, branch=branch, metrics=metrics, info=info,
                                     expected_head=head, **(encoding_options or {}))
         finally:
             source.close()
