@@ -31,8 +31,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from fednode.errors import Corrupt, NotFound
+from fednode.history import objstore, refstore
 from fednode.identity import verify_signature
+from fednode.logs import log
 from fednode.sealing import SealError, unseal
 from fednode.storage.keyring import Keyring
 from fednode.storage.netstate import NetState
@@ -41,9 +45,13 @@ from protocol import messages as m
 from protocol.multiformats import CID, DAG_CBOR, FormatError
 from protocol.objects import Commit
 
+if TYPE_CHECKING:
+    from fednode.zk.policy import ZkPolicy
+
 NOT_HOLDER = "not_holder"  # an NFT-bound repository's owner-only message from anyone but its holder
+BAD_PROOF = "bad_proof"  # an update of a repository that requires proofs whose proof fails (policy.check_update)
 PENALIZED = frozenset({"malformed", "oversize", "bad_signature", "wrong_repo", "not_member", "not_owner",
-                       "bad_seal"})
+                       "bad_seal", BAD_PROOF})
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,53 @@ class Validator:
         # told the repository id when an owner-only message is refused (the ownership task reads the
         # chain early: our record may lag behind a binding or a sale); must not block
         self.on_not_owner: Callable[[bytes], None] | None = None
+        self._policies: dict[bytes, ZkPolicy | str | None] = {}  # per genesis: fixed for good
+
+    def policy(self, repo_id: bytes) -> ZkPolicy | str | None:
+        """The repository's proof policy, None without one (or an unknown repository), or why it is
+        malformed (then every update is refused: the genesis, which the repository id covers, says so)."""
+        if repo_id not in self._policies:
+            with self.store.read() as txn:
+                genesis = refstore.genesis(txn, repo_id)
+                settings = objstore.load_commit(txn, genesis).settings if genesis is not None else {}
+            if "zk" not in settings:
+                return None  # not cached: an unknown repository may arrive later
+            from fednode.zk import policy as zpol
+            from fednode.zk.curve import ZkError
+
+            try:
+                self._policies[repo_id] = zpol.policy_of(settings)
+            except ZkError as exc:
+                self._policies[repo_id] = f"malformed proof policy: {exc}"
+        return self._policies[repo_id]
+
+    def proof_problem(self, repo_id: bytes, commit: Commit) -> str | None:
+        """Why ``commit`` fails its repository's proof policy (``policy.check_update``), None if it meets it."""
+        policy = self.policy(repo_id)
+        if policy is None:
+            return None
+        from fednode.zk import policy as zpol
+
+        if commit.kind in zpol.EXEMPT_KINDS:
+            return None
+        return policy if isinstance(policy, str) else zpol.check_update(policy, commit)
+
+    def _refused_proposal(self, msg: m.MergeProposal, members: set[bytes], public: bool) -> Verdict | None:
+        """A proposal from a non-member of a private repository, or to merge a head we hold that fails
+        the proof policy (a head we do not hold is checked when it arrives)."""
+        if not public and msg.announcer not in members:
+            return Verdict("not_member", signer=msg.announcer)
+        if self.policy(msg.repo) is None:
+            return None
+        try:
+            with self.store.read() as txn:
+                commit = objstore.load_commit(txn, msg.head)
+        except (NotFound, Corrupt):
+            return None
+        if (why := self.proof_problem(msg.repo, commit)) is None:
+            return None
+        log("gossip_bad_proof", "warning", repo=msg.repo.hex()[:16], commit=str(msg.head), reason=why)
+        return Verdict(BAD_PROOF)
 
     def owner(self, repo_id: bytes) -> bytes | None:
         """The controller: the recorded NFT holder, else the genesis author; None for an unknown repository."""
@@ -151,8 +206,8 @@ class Validator:
             if msg.announcer != owner:
                 return self._refused_owner(repo_id)
         elif isinstance(msg, m.MergeProposal):
-            if not public and msg.announcer not in members:
-                return Verdict("not_member", signer=msg.announcer)
+            if (refused := self._refused_proposal(msg, members, public)) is not None:
+                return refused
         elif msg.announcer not in members:
             return Verdict("not_member", signer=msg.announcer)
         branch = getattr(msg, "branch", "")
@@ -182,4 +237,7 @@ class Validator:
             with self.store.read() as txn:
                 if txn.has_block(CID.hash(DAG_CBOR, env.block)):
                     return Verdict("duplicate")
+        if (why := self.proof_problem(repo_id, commit)) is not None:
+            log("gossip_bad_proof", "warning", repo=repo_id.hex()[:16], commit=str(commit.cid()), reason=why)
+            return Verdict(BAD_PROOF)
         return Verdict(None, env, commit)

@@ -226,6 +226,24 @@ def compute_merge(
     return merged, plan
 
 
+def _check_proofs(history: History, repo: RepoInfo, heads: list[CID], before: set[CID]) -> None:
+    """In a repository that requires update proofs, refuse (before computing anything) inputs whose
+    commits since ``before`` (the merge base's ancestry) fail the policy (``zkpolicy.first_failure``)."""
+    if "zk" not in repo.settings:
+        return
+    from fednode.workflows import zkpolicy
+    from fednode.zk.curve import ZkError
+
+    try:
+        failed = zkpolicy.first_failure(history, repo, _since(history, heads, before))
+    except ZkError as exc:
+        raise FednodeError(f"the repository's proof policy is malformed ({exc}); nothing was merged") from None
+    if failed is not None:
+        cid, why = failed
+        raise FednodeError(f"commit {str(cid)[:16]} (an input's update since the merge base): {why}; "
+                           "nothing was merged")
+
+
 def merge(
     history: History,
     repo: RepoInfo,
@@ -258,6 +276,7 @@ def merge(
     if not heads:
         raise FednodeError(f"already up to date: {into} contains every input")
     if len(heads) == 1 and target in {c for c, _ in history.walk(heads)}:
+        _check_proofs(history, repo, heads, target_ancestors)
         with history.store.write() as txn:  # fast-forward, compare-and-swap
             if refstore.branch_head(txn, repo.repo_id, into) != target:
                 raise FednodeError(f"branch {into!r} moved during the merge; nothing was changed")
@@ -266,6 +285,7 @@ def merge(
     base = history.merge_base([target, *heads])
     if base is None:
         raise FednodeError("the inputs share no history: nothing to merge from")
+    _check_proofs(history, repo, heads, {c for c, _ in history.walk([base])})
     # deterministic order, ties broken by CID
     inputs = tuple(sorted(heads + ([target] if target != base else []), key=str))
     if weighting == "equal":

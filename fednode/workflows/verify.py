@@ -48,6 +48,7 @@ def verify(
     problems: list[str] = []
     checked: list[CID] = []
     publishes: list[CID] = []
+    check_proof = _proof_check(repo, problems)
     with history.store.read(buffers=not rehash) as txn:  # rehash=False: leaf sizes are read in place
         seen: set[CID] = set()
         stack = [head]
@@ -63,17 +64,9 @@ def verify(
                 commit = history.load_commit(cid, txn)
             except (Corrupt, NotFound):
                 continue
-            if commit.kind == "init":
-                if commit.commit_hash() != repo.repo_id:
-                    problems.append(f"commit {cid}: a foreign genesis commit")
-            elif commit.repo != repo.repo_id:
-                problems.append(f"commit {cid}: belongs to another repository")
-            for parent, recorded in zip(commit.parents, commit.parent_hashes, strict=True):
-                try:
-                    if history.load_commit(parent, txn).commit_hash() != recorded:
-                        problems.append(f"commit {cid}: parent {parent} does not have the recorded commit hash")
-                except (Corrupt, NotFound):
-                    pass  # reported when the parent itself is checked
+            problems += _check_links(history, txn, repo, cid, commit)
+            if check_proof is not None and (why := check_proof(commit)) is not None:
+                problems.append(f"commit {cid}: {why}")
             if "visibility" in commit.info:
                 problems += _check_publish(history, txn, repo, cid, commit)
                 publishes.append(cid)
@@ -87,6 +80,40 @@ def verify(
     if check_tensors and not problems:
         problems += _check_reverts(history, head, repo, verified)
     return VerifyReport(len(checked), problems, checked, publishes)
+
+
+def _check_links(history: History, txn: Txn, repo: RepoInfo, cid: CID, commit: Commit) -> list[str]:
+    """The commit belongs to ``repo`` and its parents have the commit hashes it recorded."""
+    problems = []
+    if commit.kind == "init":
+        if commit.commit_hash() != repo.repo_id:
+            problems.append(f"commit {cid}: a foreign genesis commit")
+    elif commit.repo != repo.repo_id:
+        problems.append(f"commit {cid}: belongs to another repository")
+    for parent, recorded in zip(commit.parents, commit.parent_hashes, strict=True):
+        try:
+            if history.load_commit(parent, txn).commit_hash() != recorded:
+                problems.append(f"commit {cid}: parent {parent} does not have the recorded commit hash")
+        except (Corrupt, NotFound):
+            pass  # reported when the parent itself is checked
+    return problems
+
+
+def _proof_check(repo: RepoInfo, problems: list[str]) -> Callable[[Commit], str | None] | None:
+    """The repository's update-proof check (``policy.check_update``), None when it requires no proofs;
+    a malformed policy is a problem of its own and fails every update."""
+    if "zk" not in repo.settings:
+        return None
+    from fednode.workflows import zkpolicy
+    from fednode.zk import policy as zpol
+    from fednode.zk.curve import ZkError
+
+    try:
+        policy = zkpolicy.repo_policy(repo)
+    except ZkError as exc:
+        problems.append(f"repository {repo.name}: malformed proof policy ({exc})")
+        return lambda commit: None if commit.kind in zpol.EXEMPT_KINDS else "fails the malformed proof policy"
+    return None if policy is None else (lambda commit: zpol.check_update(policy, commit))
 
 
 def _check_publish(history: History, txn: Txn, repo: RepoInfo, cid: CID, commit: Commit) -> list[str]:

@@ -82,18 +82,27 @@ def _check_update(history: History, repo: RepoInfo, cid: CID, commit: Commit, zk
         if set(grid) != {n for n, e in entries.items() if e.dtype in FLOAT_DTYPES}:
             return [f"commit {cid}: commitment grid does not name every float tensor"]
         deltas = []
+        exact = "zk" in repo.settings  # under a proof policy the change must be exactly what was proven
         for name in sorted(entries):
             dtype = entries[name].dtype
-            q = tensor_delta(history.tensor_array(base, name, txn), history.tensor_array(cid, name, txn),
-                       dtype, grid.get(name, 0))
+            old, new = history.tensor_array(base, name, txn), history.tensor_array(cid, name, txn)
+            q = tensor_delta(old, new, dtype, grid.get(name, 0))
             if q is None:
                 return [f"commit {cid}: commitment mismatch (tensor {name!r} not representable on its grid)"]
+            if exact and dtype in FLOAT_DTYPES and _off_grid(old, new, dtype, grid[name]):
+                return [f"commit {cid}: tensor {name!r} changed off its commitment's grid (not the vector proven)"]
             deltas.append(q)
     from fednode.zk import pedersen
 
     if not pedersen.equal(commit_deltas(history, deltas, b), c):
         return [f"commit {cid}: commitment mismatch"]
     return []
+
+
+def _off_grid(old: Any, new: Any, dtype: str, bits: int) -> bool:
+    from fednode.workflows.zkpolicy import on_grid
+
+    return on_grid(old, new, dtype, bits) is None
 
 
 def _check_merge(history: History, repo: RepoInfo, cid: CID, commit: Commit, zk: dict[str, Any],
