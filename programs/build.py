@@ -21,7 +21,7 @@ from programs.sbpf_linker import link
 
 ROOT = Path(__file__).resolve().parent
 SOURCES = (ROOT / "federity" / "federity.c",)
-HEADERS = (ROOT / "sdk" / "federity_sdk.h",)
+HEADERS = (ROOT / "sdk" / "federity_sdk.h", ROOT / "sdk" / "zk_update_proof.h")
 NAME = "federity"
 VERSIONS = (3, 0)
 

@@ -44,6 +44,9 @@ class Ix(IntEnum):
     SELL = 9
     SET_URI = 10
     CLAIM = 11
+    WRITE_VK = 12
+    SEAL_VK = 13
+    PROVE_COMMIT = 14
 
 
 class Kind(IntEnum):
@@ -62,6 +65,7 @@ class Tag(IntEnum):
     MEMBER = 2
     COMMIT = 3
     NFT = 4
+    ZKVK = 5  # a repository's verifying key for update proofs
 
 
 class ErrorCode(IntEnum):
@@ -116,6 +120,19 @@ class ErrorCode(IntEnum):
     ARITHMETIC_OVERFLOW = 45
     NOTHING_OWED = 46  # claim: the contributor's owed amount is 0
     CONTRIBUTOR_UNFUNDED = 47  # claim: the payment would leave the wallet below rent-exempt (fund it first)
+    INVALID_VK_ACCOUNT = 48  # not this repository's zkvk record (prove_commit: or not sealed)
+    VK_SEALED = 49  # write_vk / seal_vk after the key was sealed
+    VK_MISMATCH = 50  # seal_vk: sha256 of the written key is not the key id given
+    INVALID_VK = 51  # seal_vk: not a key's shape (magic, length, n, k, sb), or B^2 >= 2^sb
+    NO_VERIFYING_KEY = 52  # prove_commit in a repository that does not require proofs (no sealed key)
+    COMMIT_NOT_ANCHORED = 53  # prove_commit: no record of this commit in this repository
+    NOT_AUTHOR = 54  # prove_commit: the signer is not the record's author
+    # an update without a commitment in a repository that requires proofs (anchor_commit, prove_commit)
+    MISSING_COMMITMENT = 55
+    INVALID_PROOF_POINT = 56  # prove_commit: a proof point the alt_bn128 syscalls refuse
+    PROOF_LINK_FAILS = 57  # prove_commit: the proof is for another vector than the record's commitment
+    PROOF_GROTH16_FAILS = 58  # prove_commit: another proof hash or bound, or a false statement
+    INPUT_NOT_PROVEN = 59  # merge in a repository that requires proofs: an unproven update of nonzero weight
 
 
 MAX_BRANCHES = 8
@@ -127,12 +144,18 @@ FLAG_SHARE_LOCKED = 1  # nft record flags / bind_nft flags
 MAX_PARENTS = 16  # also the merge input limit; a legacy 1232-byte tx fits about 8 merge inputs
 FLAG_HAS_COMMITMENT = 1
 FLAG_HAS_REMAINDER = 2  # merge only, and only with FLAG_HAS_COMMITMENT: merge flags are 0, 1 or 3
+FLAG_PROVEN = 4  # commit record flags: prove_commit verified the update's proof
+REPO_REQUIRES_PROOFS = 1  # repo flags (byte 3): a sealed verifying key; set by seal_vk
+VK_SEALED = 1  # zkvk flags
+VK_CAPACITY = 1248  # key bytes a zkvk record holds (update_proof keys are 1120 + the seed's length)
+PROOF_BYTES = 384  # an update proof (fednode.zk.update_proof.PROOF_BYTES)
 ZERO32 = bytes(32)
 
 REPO_SEED = b"repo"
 MEMBER_SEED = b"member"
 COMMIT_SEED = b"commit"
 NFT_SEED = b"nft"
+ZKVK_SEED = b"zkvk"
 
 # Accounts the instructions take, in order (s = signer, w = writable).
 ACCOUNTS: dict[Ix, tuple[str, ...]] = {
@@ -160,8 +183,11 @@ ACCOUNTS: dict[Ix, tuple[str, ...]] = {
         "system program",
     ),
     Ix.CLAIM: ("repo", "nft PDA [w]", "contributor [w] (the table entry's key)"),
+    Ix.WRITE_VK: ("owner [s,w]", "repo", "zkvk PDA [w]", "system program"),
+    Ix.SEAL_VK: ("owner [s]", "repo [w]", "zkvk PDA [w]"),
+    Ix.PROVE_COMMIT: ("author [s]", "repo", "zkvk PDA", "commit PDA [w]"),
 }  # fmt: skip
-# NFT-bound repos: add_member, remove_member, set_head, merge and anchor_commit take these four
+# NFT-bound repos: add_member, remove_member, set_head, merge, anchor_commit, write_vk and seal_vk take these four
 # after their own accounts (after the parent / input list).
 NFT_TRAILING_ACCOUNTS = ("holder token account", "nft PDA [w]", "mint [w]", "token-2022 program")
 
@@ -218,6 +244,10 @@ def commit_seeds(repo_id: bytes, commit_hash: bytes) -> list[bytes]:
 
 def nft_seeds(repo_id: bytes) -> list[bytes]:
     return [NFT_SEED, _b32("repo_id", repo_id)]
+
+
+def zkvk_seeds(repo_id: bytes) -> list[bytes]:
+    return [ZKVK_SEED, _b32("repo_id", repo_id)]
 
 
 # --- instructions ------------------------------------------------------------------------------
@@ -314,8 +344,37 @@ class Claim:
     index: int  # 0..MAX_CONTRIBUTORS-1
 
 
+@dataclass(frozen=True)
+class WriteVk:
+    """Owner only, until sealed: copy ``data`` into the repository's key buffer at ``offset``."""
+
+    offset: int
+    data: bytes  # 1.. bytes, offset + len <= VK_CAPACITY
+
+
+@dataclass(frozen=True)
+class SealVk:
+    """Owner only: the first ``vk_len`` bytes written must hash to ``key_id`` and be a key with
+    ``bound2 < 2^sb``; then the key is final and the repository requires proofs."""
+
+    key_id: bytes  # sha256 of VerifyingKey.encode(): ZkPolicy.key_id
+    bound2: int  # B^2 (< 2^256), sent big-endian
+    vk_len: int
+
+
+@dataclass(frozen=True)
+class ProveCommit:
+    """The author proves an anchored update: ``proof`` for the record's commitment, bound to
+    ``proof_hash`` (fednode.zk.policy.proof_hash of the commit: the author's word, see
+    programs/README.md), against the repository's key and B^2."""
+
+    commit_hash: bytes
+    proof_hash: bytes
+    proof: bytes  # PROOF_BYTES
+
+
 Instruction = (CreateRepo | AddMember | RemoveMember | AnchorCommit | Merge | SetHead | BindNft | SyncHolder
-               | SetShare | Sell | SetUri | Claim)  # fmt: skip
+               | SetShare | Sell | SetUri | Claim | WriteVk | SealVk | ProveCommit)  # fmt: skip
 
 
 def _share(bps: int) -> int:
@@ -335,6 +394,35 @@ def _uri(uri: str) -> bytes:
     if not 0 < len(raw) <= MAX_URI:
         raise LayoutError(f"uri must be 1..{MAX_URI} utf-8 bytes, got {len(raw)}")
     return raw
+
+
+def _encode_zk(ix: WriteVk | SealVk | ProveCommit) -> bytes:
+    if isinstance(ix, WriteVk):
+        if not ix.data or not 0 <= ix.offset or ix.offset + len(ix.data) > VK_CAPACITY:
+            raise LayoutError(f"write_vk: 1.. bytes within the {VK_CAPACITY}-byte key buffer")
+        return bytes([Ix.WRITE_VK]) + struct.pack("<H", ix.offset) + bytes(ix.data)
+    if isinstance(ix, SealVk):
+        if not 0 <= ix.bound2 < 1 << 256 or not 0 <= ix.vk_len <= VK_CAPACITY:
+            raise LayoutError(f"seal_vk: B^2 must fit 32 bytes and the key {VK_CAPACITY} bytes")
+        return (bytes([Ix.SEAL_VK]) + _b32("key_id", ix.key_id) + ix.bound2.to_bytes(32, "big")
+                + struct.pack("<H", ix.vk_len))  # fmt: skip
+    if len(ix.proof) != PROOF_BYTES:
+        raise LayoutError(f"an update proof is {PROOF_BYTES} bytes, got {len(ix.proof)}")
+    return bytes([Ix.PROVE_COMMIT]) + _b32("commit_hash", ix.commit_hash) + _b32("proof_hash", ix.proof_hash) \
+        + bytes(ix.proof)
+
+
+def _decode_zk(tag: int, body: bytes) -> Instruction | None:
+    if tag == Ix.WRITE_VK and len(body) >= 3:
+        offset = struct.unpack_from("<H", body)[0]
+        if offset + len(body) - 2 > VK_CAPACITY:
+            raise LayoutError("write_vk: past the key buffer")
+        return WriteVk(offset, body[2:])
+    if tag == Ix.SEAL_VK and len(body) == 66:
+        return SealVk(body[:32], int.from_bytes(body[32:64], "big"), struct.unpack_from("<H", body, 64)[0])
+    if tag == Ix.PROVE_COMMIT and len(body) == 64 + PROOF_BYTES:
+        return ProveCommit(body[:32], body[32:64], body[64:])
+    return None
 
 
 def _encode_nft(ix: BindNft | SyncHolder | SetShare | Sell | SetUri | Claim) -> bytes:
@@ -413,6 +501,8 @@ def encode_instruction(ix: Instruction) -> bytes:
         return bytes([Ix.SET_HEAD]) + _b32("branch", ix.branch) + _b32("commit", ix.commit_hash)
     if isinstance(ix, BindNft | SyncHolder | SetShare | Sell | SetUri | Claim):
         return _encode_nft(ix)
+    if isinstance(ix, WriteVk | SealVk | ProveCommit):
+        return _encode_zk(ix)
     raise TypeError(f"not a federity instruction: {ix!r}")
 
 
@@ -450,9 +540,9 @@ def decode_instruction(data: bytes) -> Instruction:
         return Merge(body[:32], body[34:66], inputs, weights,
                      body[c_at : c_at + 64] if g1 else None,
                      body[c_at + 64 :] if g1 == 128 else None)  # fmt: skip
-    nft = _decode_nft(tag, body)
-    if nft is not None:
-        return nft
+    other = _decode_nft(tag, body) or _decode_zk(tag, body)
+    if other is not None:
+        return other
     raise LayoutError(f"malformed instruction (tag {tag}, {len(body)} bytes)")
 
 
@@ -461,6 +551,7 @@ def decode_instruction(data: bytes) -> Instruction:
 REPO_SIZE = 144 + 64 * MAX_BRANCHES  # 656
 MEMBER_SIZE = 80
 COMMIT_SIZE = 216
+ZKVK_SIZE = 112 + VK_CAPACITY  # 1360
 CONTRIBUTOR_SIZE = 48  # key[32], weight u64, owed u64
 NFT_SIZE = 152 + CONTRIBUTOR_SIZE * MAX_CONTRIBUTORS  # 920
 
@@ -474,6 +565,7 @@ class RepoAccount:
     commit_count: int
     accumulator: bytes
     branches: dict[bytes, bytes]  # branch hash -> head commit hash
+    requires_proofs: bool = False  # a sealed verifying key (zkvk record): updates must be proven
 
 
 @dataclass(frozen=True)
@@ -496,6 +588,19 @@ class CommitAccount:
     commitment: bytes | None
     slot: int
     index: int  # 0-based position in the repository's accumulator chain
+    proven: bool = False  # prove_commit verified its update proof
+
+
+@dataclass(frozen=True)
+class ZkVkAccount:
+    """A repository's verifying key for update proofs (PDA seeds "zkvk", repo_id)."""
+
+    bump: int
+    repo_id: bytes
+    sealed: bool
+    key_id: bytes  # sha256(vk) once sealed, zeros before
+    bound2: int  # B^2 once sealed
+    vk: bytes  # the sealed key; before the seal, the whole buffer as written so far
 
 
 @dataclass(frozen=True)
@@ -526,7 +631,9 @@ def _header(data: bytes, tag: Tag, size: int, pad: slice = slice(3, 8)) -> None:
 
 
 def decode_repo(data: bytes) -> RepoAccount:
-    _header(data, Tag.REPO, REPO_SIZE)
+    _header(data, Tag.REPO, REPO_SIZE, slice(4, 8))
+    if data[3] & ~REPO_REQUIRES_PROOFS:
+        raise LayoutError("not a repo account: unknown flags")
     branches = {}
     for i in range(MAX_BRANCHES):
         name = data[144 + 64 * i : 176 + 64 * i]
@@ -535,7 +642,7 @@ def decode_repo(data: bytes) -> RepoAccount:
     return RepoAccount(
         bump=data[2], repo_id=bytes(data[8:40]), owner=bytes(data[40:72]), mint=bytes(data[72:104]),
         commit_count=struct.unpack_from("<Q", data, 104)[0], accumulator=bytes(data[112:144]),
-        branches=branches,
+        branches=branches, requires_proofs=bool(data[3] & REPO_REQUIRES_PROOFS),
     )  # fmt: skip
 
 
@@ -547,7 +654,7 @@ def decode_member(data: bytes) -> MemberAccount:
 
 def decode_commit(data: bytes) -> CommitAccount:
     _header(data, Tag.COMMIT, COMMIT_SIZE, slice(6, 8))
-    if data[3] >= len(Kind) or data[4] & ~FLAG_HAS_COMMITMENT or data[5] > MAX_PARENTS:
+    if data[3] >= len(Kind) or data[4] & ~(FLAG_HAS_COMMITMENT | FLAG_PROVEN) or data[5] > MAX_PARENTS:
         raise LayoutError("not a commit account: bad kind, flags or parent count")
     slot, index = struct.unpack_from("<QQ", data, 200)
     return CommitAccount(
@@ -555,8 +662,19 @@ def decode_commit(data: bytes) -> CommitAccount:
         commit_hash=bytes(data[40:72]), author=bytes(data[72:104]),
         parents_digest=bytes(data[104:136]),
         commitment=bytes(data[136:200]) if data[4] & FLAG_HAS_COMMITMENT else None,
-        slot=slot, index=index,
+        slot=slot, index=index, proven=bool(data[4] & FLAG_PROVEN),
     )  # fmt: skip
+
+
+def decode_zkvk(data: bytes) -> ZkVkAccount:
+    _header(data, Tag.ZKVK, ZKVK_SIZE, slice(4, 8))
+    vk_len = struct.unpack_from("<H", data, 104)[0]
+    if data[3] & ~VK_SEALED or any(data[106:112]) or vk_len > VK_CAPACITY:
+        raise LayoutError("not a zkvk account: bad flags or key length")
+    sealed = bool(data[3] & VK_SEALED)
+    return ZkVkAccount(bump=data[2], repo_id=bytes(data[8:40]), sealed=sealed, key_id=bytes(data[40:72]),
+                       bound2=int.from_bytes(data[72:104], "big"),
+                       vk=bytes(data[112 : 112 + vk_len] if sealed else data[112:]))  # fmt: skip
 
 
 def decode_nft(data: bytes) -> NftAccount:

@@ -9,6 +9,7 @@ commit record's address is derived from the hash the program will recompute
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +26,9 @@ ED25519_PROGRAM_ID = Pubkey.from_string("Ed25519SigVerify11111111111111111111111
 TOKEN_2022_PROGRAM_ID = tok.TOKEN_2022_PROGRAM_ID
 ASSOCIATED_TOKEN_PROGRAM_ID = tok.ASSOCIATED_TOKEN_PROGRAM_ID
 token_account_address = tok.associated_token_address
+# Key bytes per write_vk: a 1,147-byte key goes in two transactions (768, then 379 with the seal),
+# each under 1,232 bytes also with the four NFT accounts.
+VK_CHUNK = 768
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,9 @@ class FederityProgram:
 
     def nft_address(self, repo_id: bytes) -> Pubkey:
         return self._pda(layout.nft_seeds(repo_id))
+
+    def zkvk_address(self, repo_id: bytes) -> Pubkey:
+        return self._pda(layout.zkvk_seeds(repo_id))
 
     def _nft_metas(self, repo_id: bytes, nft: NftRef | None) -> list[AccountMeta]:
         """The four trailing accounts of a holder-gated instruction on an NFT-bound repository."""
@@ -181,6 +188,36 @@ class FederityProgram:
         from the nft PDA (permissionless: any fee payer may send it)."""
         metas = [_ro(self.repo_address(repo_id)), _w(self.nft_address(repo_id)), _w(contributor)]
         return self._ix(layout.Claim(index), metas)
+
+    # --- update proofs (issue 15) -------------------------------------------------------------------
+
+    def write_vk(self, owner: Pubkey, repo_id: bytes, offset: int, data: bytes, *,
+                 nft: NftRef | None = None) -> Instruction:  # fmt: skip
+        metas = [_payer(owner), _ro(self.repo_address(repo_id)), _w(self.zkvk_address(repo_id)),
+                 _ro(SYSTEM_PROGRAM_ID), *self._nft_metas(repo_id, nft)]  # fmt: skip
+        return self._ix(layout.WriteVk(offset, data), metas)
+
+    def seal_vk(self, owner: Pubkey, repo_id: bytes, key_id: bytes, bound2: int, vk_len: int, *,
+                nft: NftRef | None = None) -> Instruction:  # fmt: skip
+        metas = [AccountMeta(owner, is_signer=True, is_writable=False), _w(self.repo_address(repo_id)),
+                 _w(self.zkvk_address(repo_id)), *self._nft_metas(repo_id, nft)]  # fmt: skip
+        return self._ix(layout.SealVk(key_id, bound2, vk_len), metas)
+
+    def set_vk(self, owner: Pubkey, repo_id: bytes, vk: bytes, bound2: int, *, nft: NftRef | None = None,
+               written: bytes = b"") -> list[list[Instruction]]:  # fmt: skip
+        """The transactions that write ``vk`` and seal it with ``bound2`` (the last write shares the seal's
+        transaction). ``written``: the record's buffer as it is (a replay skips chunks already there)."""
+        chunks = [(at, vk[at:at + VK_CHUNK]) for at in range(0, len(vk), VK_CHUNK)]
+        writes = [self.write_vk(owner, repo_id, at, part, nft=nft) for at, part in chunks
+                  if written[at:at + len(part)] != part]  # fmt: skip
+        seal = self.seal_vk(owner, repo_id, hashlib.sha256(vk).digest(), bound2, len(vk), nft=nft)
+        return [[ix] for ix in writes[:-1]] + [[*writes[-1:], seal]]
+
+    def prove_commit(self, author: Pubkey, repo_id: bytes, commit_hash: bytes, proof_hash: bytes,
+                     proof: bytes) -> Instruction:  # fmt: skip
+        metas = [AccountMeta(author, is_signer=True, is_writable=False), _ro(self.repo_address(repo_id)),
+                 _ro(self.zkvk_address(repo_id)), _w(self.commit_address(repo_id, commit_hash))]  # fmt: skip
+        return self._ix(layout.ProveCommit(commit_hash, proof_hash, proof), metas)
 
     def _records(self, repo_id: bytes, hashes: Sequence[bytes]) -> list[AccountMeta]:
         return [_ro(self.commit_address(repo_id, h)) for h in hashes]

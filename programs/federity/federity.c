@@ -15,6 +15,7 @@
  * PDA) and rewrites the metadata "head" field whenever the tracked branch's head moves.
  */
 #include "../sdk/federity_sdk.h"
+#include "../sdk/zk_update_proof.h"
 
 #define MAX_ACCOUNTS 32
 #define MAX_BRANCHES 8
@@ -22,6 +23,10 @@
 #define LAYOUT_VERSION 1
 #define FLAG_HAS_COMMITMENT 1
 #define FLAG_HAS_REMAINDER 2 /* merge only, and only with FLAG_HAS_COMMITMENT */
+#define FLAG_PROVEN 4        /* commit record: prove_commit verified its update proof */
+#define REPO_REQUIRES_PROOFS 1 /* repo flags: a sealed verifying key; updates must be proven */
+#define VK_SEALED 1          /* zkvk flags: the key is final */
+#define VK_CAPACITY 1248     /* key bytes a zkvk record holds: ZK_VK_FIXED + a seed of up to 128 */
 #define FLAG_SHARE_LOCKED 1
 #define MAX_CONTRIBUTORS 16
 #define MAX_SHARE_BPS 10000
@@ -32,9 +37,10 @@
 
 enum {
   IX_CREATE_REPO, IX_ADD_MEMBER, IX_REMOVE_MEMBER, IX_ANCHOR_COMMIT, IX_MERGE, IX_SET_HEAD,
-  IX_BIND_NFT, IX_SYNC_HOLDER, IX_SET_SHARE, IX_SELL, IX_SET_URI, IX_CLAIM
+  IX_BIND_NFT, IX_SYNC_HOLDER, IX_SET_SHARE, IX_SELL, IX_SET_URI, IX_CLAIM, IX_WRITE_VK, IX_SEAL_VK,
+  IX_PROVE_COMMIT
 };
-enum { TAG_REPO = 1, TAG_MEMBER = 2, TAG_COMMIT = 3, TAG_NFT = 4 };
+enum { TAG_REPO = 1, TAG_MEMBER = 2, TAG_COMMIT = 3, TAG_NFT = 4, TAG_ZKVK = 5 };
 enum { KIND_INIT, KIND_UPDATE, KIND_MERGE, KIND_REVERT };
 
 enum {
@@ -85,6 +91,18 @@ enum {
   E_ARITHMETIC_OVERFLOW,
   E_NOTHING_OWED,
   E_CONTRIBUTOR_UNFUNDED,
+  E_INVALID_VK_ACCOUNT,
+  E_VK_SEALED,
+  E_VK_MISMATCH,
+  E_INVALID_VK,
+  E_NO_VERIFYING_KEY,
+  E_COMMIT_NOT_ANCHORED,
+  E_NOT_AUTHOR,
+  E_MISSING_COMMITMENT,
+  E_INVALID_PROOF_POINT,
+  E_PROOF_LINK_FAILS,
+  E_PROOF_GROTH16_FAILS,
+  E_INPUT_NOT_PROVEN,
 };
 
 typedef struct {
@@ -93,7 +111,7 @@ typedef struct {
 } Branch;
 
 typedef struct {
-  uint8_t tag, version, bump, _pad[5];
+  uint8_t tag, version, bump, flags, _pad[4]; /* flags: REPO_REQUIRES_PROOFS (set by seal_vk) */
   uint8_t repo_id[32];
   uint8_t owner[32];
   uint8_t mint[32];
@@ -138,7 +156,20 @@ typedef struct {
   Contributor contributors[MAX_CONTRIBUTORS];
 } Nft;
 
+/* The repository's verifying key for update proofs (PDA "zkvk", repo_id): written in chunks by the
+ * owner (write_vk), then sealed (seal_vk), immutable from then on. */
+typedef struct {
+  uint8_t tag, version, bump, flags, _pad[4]; /* flags: VK_SEALED */
+  uint8_t repo_id[32];
+  uint8_t key_id[32]; /* sha256(vk[0..vk_len]), set at seal */
+  uint8_t bound2[32]; /* B^2, big-endian, set at seal */
+  uint16_t vk_len;    /* set at seal */
+  uint8_t _pad2[6];
+  uint8_t vk[VK_CAPACITY];
+} ZkVk;
+
 _Static_assert(sizeof(Repo) == 656, "Repo layout");
+_Static_assert(sizeof(ZkVk) == 1360, "ZkVk layout");
 _Static_assert(sizeof(Nft) == 920, "Nft layout");
 _Static_assert(sizeof(Member) == 80, "Member layout");
 _Static_assert(sizeof(Commit) == 216, "Commit layout");
@@ -772,6 +803,8 @@ static uint64_t anchor_commit(SolParameters *p) {
     return ctl.nft && sol_pubkey_eq(p->ka[3].key, p->ka[1].key) ? E_NOT_HOLDER : E_NOT_A_MEMBER;
   if (is_owner && ctl.nft) record_holder(ctl.nft, author->key->x);
   if (!is_system_program(&p->ka[5])) return E_INVALID_SYSTEM_PROGRAM;
+  /* an update must carry the commitment its proof (prove_commit) will be checked against */
+  if ((r->flags & REPO_REQUIRES_PROOFS) && kind != KIND_INIT && !commitment) return E_MISSING_COMMITMENT;
   if (has_duplicate(parents, n)) return E_DUPLICATE_PARENT;
   for (uint64_t k = 0; k < n; k++)
     if (!as_commit(&p->ka[6 + k], p->program_id, r->repo_id, parents + 32 * k))
@@ -859,6 +892,15 @@ static uint64_t check_merge_commitments(const Commit *const *in, const uint8_t *
   return sol_bytes_eq(sum, commitment, 64) ? 0 : E_MERGE_COMMITMENT_MISMATCH;
 }
 
+/* A repository that requires proofs merges only proven updates: every input of nonzero weight is
+ * PROVEN, or is itself a merge (not provable: its inputs met this rule when it was anchored). */
+static uint64_t check_inputs_proven(const Commit *const *in, const uint8_t *weights, uint64_t n) {
+  for (uint64_t k = 0; k < n; k++)
+    if (sol_read_u64(weights + 8 * k) && in[k]->kind != KIND_MERGE && !(in[k]->flags & FLAG_PROVEN))
+      return E_INPUT_NOT_PROVEN;
+  return 0;
+}
+
 /* merge(body_digest[32], flags u8, n u8, branch[32], inputs[n][32], weights[n] u64,
  *       commitment[64] if flags & 1, remainder[64] if flags & 2 (flags: 0, 1 or 3))
  * accounts: owner [s,w], repo [w], commit PDA [w], instructions sysvar, system program,
@@ -900,6 +942,10 @@ static uint64_t merge(SolParameters *p) {
   commit_hash(&pre, hash);
   rc = check_signature_proof(&p->ka[3], p->ka[0].key->x, hash);
   if (rc) return rc;
+  if (r->flags & REPO_REQUIRES_PROOFS) {
+    rc = check_inputs_proven(in, weights, n);
+    if (rc) return rc;
+  }
   if (commitment) {
     rc = check_merge_commitments(in, weights, n, commitment, remainder);
     if (rc) return rc;
@@ -1195,6 +1241,118 @@ static uint64_t claim(SolParameters *p) {
   return 0;
 }
 
+/* ---- update proofs (issue 15): the verifying key, prove_commit ------------------------------ */
+
+static ZkVk *as_vk(const SolAccountInfo *a, const SolPubkey *program_id, const Repo *r) {
+  if (!sol_pubkey_eq(a->owner, program_id) || a->data_len != sizeof(ZkVk)) return NULL;
+  ZkVk *v = (ZkVk *)a->data;
+  if (v->tag != TAG_ZKVK || v->version != LAYOUT_VERSION || !sol_bytes_eq(v->repo_id, r->repo_id, 32))
+    return NULL;
+  return v;
+}
+
+/* write_vk(offset u16, bytes); accounts: owner [s,w], repo, zkvk PDA [w], system program (+ the
+ * four NFT accounts). Copies the bytes into the key buffer at offset, creating the record on the
+ * first write; any number of times, in any order, until seal_vk (a replay rewrites the same bytes). */
+static uint64_t write_vk(SolParameters *p) {
+  if (p->data_len < 4) return E_INVALID_INSTRUCTION_DATA;
+  uint64_t at = sol_read_u16(p->data + 1), len = p->data_len - 3;
+  if (at + len > VK_CAPACITY) return E_INVALID_INSTRUCTION_DATA;
+  if (p->ka_num < 4) return E_NOT_ENOUGH_ACCOUNTS;
+  Ctl ctl = {NULL, NULL, 4};
+  uint64_t rc = control(p, false, &ctl);
+  if (rc) return rc;
+  Repo *r = ctl.repo;
+  if (!p->ka[0].is_writable) return E_ACCOUNT_NOT_WRITABLE;
+  if (!is_system_program(&p->ka[3])) return E_INVALID_SYSTEM_PROGRAM;
+  SolAccountInfo *acct = &p->ka[2];
+  ZkVk *v;
+  if (sol_pubkey_eq(acct->owner, p->program_id)) {
+    v = as_vk(acct, p->program_id, r);
+    if (!v) return E_INVALID_VK_ACCOUNT;
+    if (!acct->is_writable) return E_ACCOUNT_NOT_WRITABLE;
+  } else {
+    PdaSpec spec = {{{(const uint8_t *)"zkvk", 4}, {r->repo_id, 32}}, 2, sizeof(ZkVk)};
+    uint8_t bump;
+    rc = create_pda(p, 2, &spec, &bump);
+    if (rc) return rc;
+    v = (ZkVk *)acct->data;
+    v->tag = TAG_ZKVK;
+    v->version = LAYOUT_VERSION;
+    v->bump = bump;
+    memcpy(v->repo_id, r->repo_id, 32);
+  }
+  if (v->flags & VK_SEALED) return E_VK_SEALED;
+  memcpy(v->vk + at, p->data + 3, len);
+  return 0;
+}
+
+/* seal_vk(key_id[32], bound2[32] big-endian, vk_len u16); accounts: owner [s], repo [w], zkvk [w]
+ * (+ the four NFT accounts). Checks that the first vk_len bytes written hash to key_id (the key id
+ * the genesis policy names: VK_MISMATCH) and have a key's shape with B^2 < 2^sb (zk_vk_check,
+ * zk_bound_ok: INVALID_VK); the points are not checked here: the syscalls refuse a bad one at use
+ * (INVALID_PROOF_POINT). Then the record is final and the repository requires proofs. */
+static uint64_t seal_vk(SolParameters *p) {
+  if (p->data_len != 67) return E_INVALID_INSTRUCTION_DATA;
+  if (p->ka_num < 3) return E_NOT_ENOUGH_ACCOUNTS;
+  Ctl ctl = {NULL, NULL, 3};
+  uint64_t rc = control(p, true, &ctl);
+  if (rc) return rc;
+  ZkVk *v = as_vk(&p->ka[2], p->program_id, ctl.repo);
+  if (!v) return E_INVALID_VK_ACCOUNT;
+  if (!p->ka[2].is_writable) return E_ACCOUNT_NOT_WRITABLE;
+  if (v->flags & VK_SEALED) return E_VK_SEALED;
+  const uint8_t *key_id = p->data + 1, *bound2 = p->data + 33;
+  uint64_t len = sol_read_u16(p->data + 65);
+  if (len > VK_CAPACITY) return E_INVALID_VK;
+  uint8_t digest[32];
+  SolBytes key = {v->vk, len};
+  sol_sha256(&key, 1, digest);
+  if (!sol_bytes_eq(digest, key_id, 32)) return E_VK_MISMATCH;
+  if (zk_vk_check(v->vk, len) || !zk_bound_ok(v->vk, bound2)) return E_INVALID_VK;
+  memset(v->vk + len, 0, VK_CAPACITY - len); /* the record holds exactly the key */
+  memcpy(v->key_id, key_id, 32);
+  memcpy(v->bound2, bound2, 32);
+  v->vk_len = (uint16_t)len;
+  v->flags |= VK_SEALED;
+  ctl.repo->flags |= REPO_REQUIRES_PROOFS;
+  return 0;
+}
+
+/* prove_commit(commit_hash[32], proof_hash[32], proof[384]); accounts: author [s], repo, zkvk,
+ * commit record [w]. Verifies the update proof against the repository's key and B^2, the record's
+ * commitment and the proof hash given here (the author's: the program cannot recompute it, see
+ * programs/README.md), the link first, then Groth16; sets FLAG_PROVEN. Idempotent: a record
+ * already PROVEN returns success without looking at the proof. */
+static uint64_t prove_commit(SolParameters *p) {
+  if (p->data_len != 65 + ZK_PROOF_LEN) return E_INVALID_INSTRUCTION_DATA;
+  if (p->ka_num < 4) return E_NOT_ENOUGH_ACCOUNTS;
+  uint64_t rc = check_signer(&p->ka[0], false);
+  if (rc) return rc;
+  const Repo *r = as_repo(&p->ka[1], p->program_id);
+  if (!r) return E_INVALID_REPO_ACCOUNT;
+  if (!(r->flags & REPO_REQUIRES_PROOFS)) return E_NO_VERIFYING_KEY;
+  const ZkVk *v = as_vk(&p->ka[2], p->program_id, r);
+  if (!v || !(v->flags & VK_SEALED)) return E_INVALID_VK_ACCOUNT;
+  const uint8_t *hash = p->data + 1, *proof_hash = p->data + 33, *proof = p->data + 65;
+  Commit *c = (Commit *)as_commit(&p->ka[3], p->program_id, r->repo_id, hash);
+  if (!c) return E_COMMIT_NOT_ANCHORED;
+  if (!p->ka[3].is_writable) return E_ACCOUNT_NOT_WRITABLE;
+  if (!sol_bytes_eq(c->author, p->ka[0].key, 32)) return E_NOT_AUTHOR;
+  if (c->kind == KIND_INIT || c->kind == KIND_MERGE) return E_INVALID_KIND;
+  if (!(c->flags & FLAG_HAS_COMMITMENT)) return E_MISSING_COMMITMENT;
+  if (c->flags & FLAG_PROVEN) return 0;
+  ZkStatement s = {v->vk, proof, c->commitment, proof_hash, v->bound2};
+  switch (zk_verify(&s)) {
+  case ZK_OK: break;
+  case ZK_LINK: return E_PROOF_LINK_FAILS;
+  case ZK_GROTH16: return E_PROOF_GROTH16_FAILS;
+  default: return E_INVALID_PROOF_POINT; /* ZK_POINT (ZK_BOUND cannot happen: checked at seal) */
+  }
+  c->flags |= FLAG_PROVEN;
+  return 0;
+}
+
 uint64_t entrypoint(const uint8_t *input) {
   SolAccountInfo accounts[MAX_ACCOUNTS];
   SolParameters p = {.ka = accounts};
@@ -1214,6 +1372,9 @@ uint64_t entrypoint(const uint8_t *input) {
   case IX_SELL: return sell(&p);
   case IX_SET_URI: return set_uri(&p);
   case IX_CLAIM: return claim(&p);
+  case IX_WRITE_VK: return write_vk(&p);
+  case IX_SEAL_VK: return seal_vk(&p);
+  case IX_PROVE_COMMIT: return prove_commit(&p);
   default: return E_INVALID_INSTRUCTION;
   }
 }
