@@ -16,6 +16,12 @@ frozen), and every holder-gated instruction it sends (add_member, remove_member,
 anchor_commit) carries the four trailing NFT accounts (``NftRef(mint, that token account)``; a
 member's anchor_commit carries them too, its token slot unused). Offline, the holder the daemon last
 read (``NetState.controller``) stands in for the chain.
+
+Repositories that require update proofs (issue 15; ``fednode.zk.policy`` in the genesis settings): the
+create_repo item also writes the policy's verifying key and seals it (``write_vk``, ``seal_vk``), so the
+program enforces the policy; an anchor item of an update that carries a proof is followed by
+``prove_commit``. Both are replays of what the chain already holds when re-run after a crash (written
+chunks are skipped, a sealed key or a PROVEN record counts as done).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from solders.hash import Hash
 from solders.instruction import Instruction
@@ -37,6 +44,7 @@ from fednode.chain.program import FederityProgram, NftRef, ed25519_proof
 from fednode.errors import FednodeError
 from fednode.history import History, RepoInfo
 from fednode.identity import Identity
+from fednode.lazy import lazy_import
 from fednode.logs import log
 from fednode.storage.netstate import NetState
 from fednode.zk.curve import ZkError, decode
@@ -45,6 +53,11 @@ from protocol import token2022
 from protocol.chain import ErrorCode, Kind
 from protocol.multiformats import CID, b58encode
 from protocol.objects import Commit
+
+if TYPE_CHECKING:
+    from fednode.zk import policy as zpol
+else:
+    zpol = lazy_import("fednode.zk.policy")  # numpy and the curve code: only for repositories with a policy
 
 DB = "chain"
 _ANCHORED = b"anchored/"  # + repo_id + commit_hash -> json {cid, index, slot, signature, fee, cu}
@@ -161,6 +174,7 @@ class _ChainView:
     repo_exists: bool
     owner: bytes  # who acts as owner there: the NFT holder of a bound repository, else repo.owner
     controls: bool  # whether this node is that owner (holds the NFT, for a bound repository)
+    unproven: frozenset[bytes] = frozenset()  # anchored, not PROVEN, in a repository that requires proofs
 
 
 class Anchorer:
@@ -246,11 +260,15 @@ class Anchorer:
         view = await self._chain_view(repo, ancestry, here, genesis_author)
         first_parents = self._first_parents(cid)  # REV's own line: these move the branch head
         new: list[outbox.OutboxItem] = []
-        if not view.repo_exists and ("create_repo", "") not in queued:
+        if ("create_repo", "") not in queued and (not view.repo_exists or self._key_missing(repo, view)):
             new += self._create_repo_item(repo, genesis_author, view.online, here)
         for c, cm in ancestry:
             h = cm.commit_hash()
-            if h in view.anchored or ("anchor", _hex(h)) in queued:
+            if ("anchor", _hex(h)) in queued:
+                continue
+            if h in view.anchored:  # done, unless it is an update this node can still prove
+                if h in view.unproven and cm.author == self.me and zpol.proof_of(cm) is not None:
+                    new.append(outbox.OutboxItem(0, "anchor", rid, _hex(h), str(c), cm.kind, chain=here.to_json()))
                 continue
             if self._anchorable(repo, c, cm, branch, view):
                 new.append(outbox.OutboxItem(0, "anchor", rid, _hex(h), str(c), cm.kind,
@@ -269,6 +287,9 @@ class Anchorer:
             chain_repo = await self.repo_record(repo.repo_id)
             records = await self.commit_records(repo.repo_id, [cm.commit_hash() for _, cm in ancestry])
             anchored = {cm.commit_hash() for (_, cm), r in zip(ancestry, records, strict=True) if r is not None}
+            unproven = frozenset(r.commit_hash for r in records
+                                 if r is not None and chain_repo is not None and chain_repo.requires_proofs
+                                 and r.kind not in (Kind.INIT, Kind.MERGE) and not r.proven)  # fmt: skip
             for (c, cm), r in zip(ancestry, records, strict=True):
                 if r is not None and (bad := self._check(c, cm, r, repo.repo_id)):
                     raise FednodeError(f"{bad[0]}; see 'fednode chain verify'")
@@ -277,7 +298,7 @@ class Anchorer:
             controls = await self.holds(chain_repo)
             owner = self.me if controls else await self.controller(chain_repo)
             member = controls or await self.is_member(repo.repo_id, self.me)
-            return _ChainView(chain_repo, anchored, member, True, True, owner, controls)
+            return _ChainView(chain_repo, anchored, member, True, True, owner, controls, unproven)
         except ChainUnavailable:
             anchored = self._locally_anchored(repo.repo_id, here)
             owner = NetState(self.store).owner(repo.repo_id) or genesis_author
@@ -296,6 +317,17 @@ class Anchorer:
                                f"{b58encode(genesis_author)} can create it there (the program checks their "
                                f"signature over the repository id){self._embedded_hint()}")  # fmt: skip
         return []
+
+    def _key_missing(self, repo: RepoInfo, view: _ChainView) -> bool:
+        """An existing repository whose genesis requires proofs but whose key this node (its creator and
+        controller) has not sealed yet: an older client created it, or a crash came between the two."""
+        if view.chain_repo is None or view.chain_repo.requires_proofs or not view.controls:
+            return False
+        try:
+            policy = zpol.policy_of(repo.settings)
+        except ZkError:
+            return False
+        return policy is not None and policy.require_proof and view.chain_repo.owner == self.me
 
     def _anchorable(self, repo: RepoInfo, c: CID, cm: Commit, branch: str, view: _ChainView) -> bool:
         """Whether this node queues the unanchored commit ``c``; FednodeError where it never could."""
@@ -448,6 +480,9 @@ class Anchorer:
                     again = await self.repo_record(repo_id) if exc.code == ErrorCode.REPO_ALREADY_EXISTS else None
                     if again is None or again.owner != self.me:
                         raise
+            sealed = await self._seal_key(repo_id, item.cid)
+            if sealed:
+                info["key_transactions"] = sealed
             with self.store.write() as txn:
                 outbox.remove(txn, item)
             return info
@@ -472,6 +507,9 @@ class Anchorer:
                 raise ChainError("transaction confirmed but the commit record is missing")
             if tx is None and (bad := self._check(cid, commit, record, repo_id)):
                 raise ChainError(f"anchored meanwhile by another flush, but {bad[0]}")
+        proved = await self._prove(repo_id, cid, commit, record)
+        if proved is not None:
+            info.update(prove_signature=proved.signature, prove_compute_units=proved.compute_units)
         entry = {"cid": item.cid, "index": record.index, "slot": record.slot,
                  "signature": tx.signature if tx else None, "fee": tx.fee if tx else 0,
                  "compute_units": tx.compute_units if tx else 0}  # fmt: skip
@@ -480,6 +518,65 @@ class Anchorer:
             outbox.remove(txn, item)
         info.update(entry)
         return info
+
+    async def _seal_key(self, repo_id: bytes, genesis_cid: str) -> list[str]:
+        """Write and seal the genesis policy's verifying key on chain (write_vk, seal_vk), unless the
+        repository requires proofs already; the transactions' signatures. A replay skips the chunks the
+        record holds; where this node cannot do it (not the controller any more, a malformed policy) it
+        logs one line and leaves it to ``fednode chain verify`` to report."""
+        try:
+            genesis = self.history.load_commit(CID.parse(genesis_cid) if genesis_cid
+                                               else self.history.repo_by_id(repo_id).genesis)  # fmt: skip
+            policy = zpol.policy_of(genesis.info.get("settings") or {})
+        except (FednodeError, ValueError, ZkError) as exc:
+            log("zk_key_not_set", level="warning", repo=_hex(repo_id)[:16], why=str(exc))
+            return []
+        chain_repo = await self.repo_record(repo_id)
+        if policy is None or not policy.require_proof or chain_repo is None or chain_repo.requires_proofs:
+            return []
+        if not await self.holds(chain_repo):
+            log("zk_key_not_set", level="warning", repo=_hex(repo_id)[:16],
+                why="this node no longer controls the repository: its holder must seal the key")
+            return []
+        record = await self.zkvk_record(repo_id)
+        written = record.vk if record is not None else b""
+        owner = self.identity.keypair.pubkey()
+        sent = []
+        for ixs in self.program.set_vk(owner, repo_id, policy.vk_bytes, policy.bound2, nft=self.nft_ref(chain_repo),
+                                       written=written):  # fmt: skip
+            try:
+                sent.append((await self.send(ixs)).signature)
+            except ChainError:
+                again = await self.repo_record(repo_id)  # another flush sealed it meanwhile: done
+                if again is None or not again.requires_proofs:
+                    raise
+        return sent
+
+    async def zkvk_record(self, repo_id: bytes) -> layout.ZkVkAccount | None:
+        data = await self.backend.account_data(self.program.zkvk_address(repo_id))
+        return layout.decode_zkvk(data) if data else None
+
+    async def _prove(self, repo_id: bytes, cid: CID, commit: Commit, record: layout.CommitAccount) -> TxResult | None:
+        """prove_commit for an anchored update that carries a proof, in a repository whose chain record
+        requires proofs; None where there is nothing to send (no proof, none required, already PROVEN).
+        A proof the program refuses raises its named error (``explain``): the item stays queued."""
+        proof = zpol.proof_of(commit)
+        if proof is None or record.proven or commit.kind in zpol.EXEMPT_KINDS:
+            return None
+        chain_repo = await self.repo_record(repo_id)
+        if chain_repo is None or not chain_repo.requires_proofs:
+            return None
+        if len(proof) != layout.PROOF_BYTES:
+            raise ChainError(f"commit {_short(cid)} carries a {len(proof)}-byte proof, not {layout.PROOF_BYTES}")
+        ix = self.program.prove_commit(self.identity.keypair.pubkey(), repo_id, record.commit_hash,
+                                       zpol.proof_hash(commit), proof)  # fmt: skip
+        try:
+            return await self.send([ix])
+        except ChainError:
+            again = (await self.commit_records(repo_id, [record.commit_hash]))[0]
+            if again is None or not again.proven:  # else another flush proved it meanwhile: done
+                raise
+            return None
 
     async def _zk_to_send(self, repo_id: bytes, cid: CID, commit: Commit) -> ZkPair:
         """The commitments ``commit``'s anchor carries; none (and one log line) where the program would
@@ -635,9 +732,9 @@ class Anchorer:
         ancestry = list(reversed(list(self.history.walk([cid]))))
         hashes = [cm.commit_hash() for _, cm in ancestry]
         records = await self.commit_records(repo.repo_id, hashes)
-        problems: list[str] = []
+        problems = await self._policy_problems(repo, chain_repo)
         for (c, cm), record in zip(ancestry, records, strict=True):
-            problems += self._check(c, cm, record, repo.repo_id)
+            problems += self._check(c, cm, record, repo.repo_id, proofs=chain_repo.requires_proofs)
         if self.backend.kind == "embedded" and any(r is None and cm.author != self.me
                                                    for (_, cm), r in zip(ancestry, records, strict=True)):
             # Another node's commit missing here: its author anchored it, if at all, on its own chain.
@@ -660,7 +757,29 @@ class Anchorer:
                                 "chain over its anchored commits")
         return len(ancestry), problems
 
-    def _check(self, cid: CID, commit: Commit, record: layout.CommitAccount | None, repo_id: bytes) -> list[str]:
+    async def _policy_problems(self, repo: RepoInfo, chain_repo: layout.RepoAccount) -> list[str]:
+        """Whether the chain enforces the genesis policy: the repository requires proofs exactly when the
+        genesis does, with the policy's verifying key and bound."""
+        try:
+            policy = zpol.policy_of(repo.settings)
+        except ZkError as exc:
+            return [f"the repository's proof policy is malformed ({exc})"]
+        required = policy is not None and policy.require_proof
+        if not chain_repo.requires_proofs:
+            return ["the genesis requires update proofs, but the repository on chain does not (its verifying key "
+                    "is not sealed: the owner's next flush seals it)"] if required else []
+        if policy is None or not required:
+            return ["the repository on chain requires update proofs, but its genesis has no proof policy"]
+        record = await self.zkvk_record(repo.repo_id)
+        if record is None or (record.key_id, record.vk, record.bound2) != (policy.key_id, policy.vk_bytes,
+                                                                           policy.bound2):  # fmt: skip
+            return ["the verifying key or bound on chain is not the genesis policy's"]
+        return []
+
+    def _check(self, cid: CID, commit: Commit, record: layout.CommitAccount | None, repo_id: bytes, *,
+               proofs: bool = False) -> list[str]:  # fmt: skip
+        """How ``record`` differs from ``commit``; ``proofs``: the repository requires proofs on chain, so
+        an update that is not PROVEN is a problem too."""
         name = f"commit {_short(cid)}"
         problems = [] if self.history.verify_commit_signature(commit) else [f"{name}: invalid signature"]
         if record is None:
@@ -675,4 +794,6 @@ class Anchorer:
         bad = [what for what, ok in checks if not ok]
         if bad:
             problems.append(f"{name}: anchored record differs ({', '.join(bad)})")
+        if proofs and commit.kind not in ("init", "merge") and not record.proven:
+            problems.append(f"{name}: not proven on chain")
         return problems
