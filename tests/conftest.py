@@ -35,6 +35,20 @@ def shared_zk_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ[ZK_CACHE_ENV] = old
 
 
+ZK_POLICY_N = 8  # values the shared update-proof keys take (a local powers of tau 2^8)
+
+
+@pytest.fixture(scope="session")
+def zk_policy_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One update-proof key folder (``fednode zk setup``, n = 8 signed 16-bit values, ~10-20 s) for the
+    tests of repositories that require proofs: a proof then takes ~1 s."""
+    from fednode.workflows import zkprove
+
+    out = tmp_path_factory.mktemp("zkpolicy") / "keys"
+    zkprove.setup(out, ZK_POLICY_N)
+    return out
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     """An initialised node home with a fixed identity."""
