@@ -22,17 +22,12 @@ N, BOUND2 = 8, 10_000
 CU_TARGET = 200_000
 
 
-def zk_keys(tmp_path_factory: pytest.TempPathFactory) -> zp.Keys:
-    """n = 8 keys, made once per test run (a local powers of tau 2^8) and shared by directory."""
-    out = tmp_path_factory.getbasetemp() / "zk-update-keys-n8"
-    if not out.exists():
-        zp.setup(out, N)  # writes into a temporary directory, then renames: never half-made
-    return zp.load_keys(out)
-
-
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> zp.Keys:
-    return zk_keys(tmp_path_factory)
+def keys(zk_policy_keys: Path) -> zp.Keys:
+    """The session's n = 8 keys (tests/conftest.py: a local powers of tau 2^8)."""
+    k = zp.load_keys(zk_policy_keys)
+    assert k.vk.n == N
+    return k
 
 
 class Update:
