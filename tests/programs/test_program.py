@@ -779,7 +779,7 @@ def test_c_source_and_readme_agree_with_protocol() -> None:
     c_names = [line.strip().split(" ")[0].rstrip(",").removeprefix("E_") for line in enum.splitlines()]
     assert c_names == [e.name for e in E]  # sequential from 1 in both
     for struct_name, size in (("Repo", layout.REPO_SIZE), ("Member", layout.MEMBER_SIZE),
-                              ("Commit", layout.COMMIT_SIZE)):
+                              ("Commit", layout.COMMIT_SIZE), ("ZkVk", layout.ZKVK_SIZE)):
         assert f"sizeof({struct_name}) == {size}," in source
     readme = (programs / "README.md").read_text()
     for e in E:
