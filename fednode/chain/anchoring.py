@@ -158,6 +158,16 @@ def _merge_weights(commit: Commit) -> tuple[int, ...]:
     return tuple(by_input.get(str(p), 0) for p in commit.parents)
 
 
+def _valid_proof(repo: RepoInfo, commit: Commit) -> bool:
+    """Whether ``commit``'s proof passes the genesis policy here: only then is an anchored, unproven
+    update queued again (a proof the program refused once would hold the queue again and again)."""
+    try:
+        policy = zpol.policy_of(repo.settings)
+    except ZkError:
+        return False
+    return policy is not None and zpol.proof_of(commit) is not None and zpol.check_update(policy, commit) is None
+
+
 def _tx_bytes(ixs: list[Instruction], signer: Identity) -> int:
     tx = Transaction([signer.keypair], Message(ixs, signer.keypair.pubkey()), Hash.default())
     return len(bytes(tx))
@@ -267,7 +277,7 @@ class Anchorer:
             if ("anchor", _hex(h)) in queued:
                 continue
             if h in view.anchored:  # done, unless it is an update this node can still prove
-                if h in view.unproven and cm.author == self.me and zpol.proof_of(cm) is not None:
+                if h in view.unproven and cm.author == self.me and _valid_proof(repo, cm):
                     new.append(outbox.OutboxItem(0, "anchor", rid, _hex(h), str(c), cm.kind, chain=here.to_json()))
                 continue
             if self._anchorable(repo, c, cm, branch, view):
@@ -321,7 +331,7 @@ class Anchorer:
     def _key_missing(self, repo: RepoInfo, view: _ChainView) -> bool:
         """An existing repository whose genesis requires proofs but whose key this node (its creator and
         controller) has not sealed yet: an older client created it, or a crash came between the two."""
-        if view.chain_repo is None or view.chain_repo.requires_proofs or not view.controls:
+        if view.chain_repo is None or view.chain_repo.requires_proofs or not view.controls or "zk" not in repo.settings:
             return False
         try:
             policy = zpol.policy_of(repo.settings)
@@ -527,7 +537,10 @@ class Anchorer:
         try:
             genesis = self.history.load_commit(CID.parse(genesis_cid) if genesis_cid
                                                else self.history.repo_by_id(repo_id).genesis)  # fmt: skip
-            policy = zpol.policy_of(genesis.info.get("settings") or {})
+            settings = genesis.info.get("settings") or {}
+            if "zk" not in settings:
+                return []
+            policy = zpol.policy_of(settings)
         except (FednodeError, ValueError, ZkError) as exc:
             log("zk_key_not_set", level="warning", repo=_hex(repo_id)[:16], why=str(exc))
             return []
@@ -560,9 +573,12 @@ class Anchorer:
         """prove_commit for an anchored update that carries a proof, in a repository whose chain record
         requires proofs; None where there is nothing to send (no proof, none required, already PROVEN).
         A proof the program refuses raises its named error (``explain``): the item stays queued."""
-        proof = zpol.proof_of(commit)
-        if proof is None or record.proven or commit.kind in zpol.EXEMPT_KINDS:
+        zk = commit.info.get("zk")
+        if record.proven or commit.kind in ("init", "merge") or not isinstance(zk, dict) or "proof" not in zk:
             return None
+        proof = zpol.proof_of(commit)
+        if proof is None:
+            raise ChainError(f"commit {_short(cid)} carries a proof that is not bytes")
         chain_repo = await self.repo_record(repo_id)
         if chain_repo is None or not chain_repo.requires_proofs:
             return None
@@ -760,6 +776,8 @@ class Anchorer:
     async def _policy_problems(self, repo: RepoInfo, chain_repo: layout.RepoAccount) -> list[str]:
         """Whether the chain enforces the genesis policy: the repository requires proofs exactly when the
         genesis does, with the policy's verifying key and bound."""
+        if "zk" not in repo.settings and not chain_repo.requires_proofs:
+            return []
         try:
             policy = zpol.policy_of(repo.settings)
         except ZkError as exc:

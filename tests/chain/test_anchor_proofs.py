@@ -115,6 +115,7 @@ async def test_a_refused_proof_stops_the_queue_with_the_programs_error(node: Nod
     bare = update(node, repo, policy, "bare", steps, info={"zk": zk})  # no proof: nothing to prove with
     with node.store.write() as txn:
         outbox.drop(txn, a.queue()[0].seq)
+    assert await a.enqueue(repo, bad, "bad") == []  # its proof fails here too: not queued again
     await a.enqueue(repo, bare, "bare")
     assert (await a.flush()).remaining == 0
     assert not (await record(a, repo, bare)).proven
@@ -128,24 +129,33 @@ async def test_a_refused_proof_stops_the_queue_with_the_programs_error(node: Nod
 
 async def test_an_interrupted_key_upload_is_finished_by_the_next_flush(node: Node, elf: bytes,  # noqa: F811
                                                                        proving: Path) -> None:  # fmt: skip
-    """The repository was created and a wrong first chunk written (a crash, an older client): enqueue
-    queues the key again, and the flush rewrites what differs and seals it."""
+    """The repository was created, a wrong first chunk written and an update anchored before the key was
+    sealed (a crash, an older client): enqueue queues the key again and the flush rewrites what differs
+    and seals it; the next enqueue queues the anchored update again, to prove it."""
     repo, policy = policy_repo(node, proving)
+    u = update(node, repo, policy, "a", [3, 1, 4, 1, 5, 9, 2, 6])
     a = anchorer(node.history, node.identity, elf)
     await a.ensure_funds()
     await a.send(a._create_repo_ixs(repo.repo_id))
     me = node.identity.keypair.pubkey()
     await a.send([a.program.write_vk(me, repo.repo_id, 0, bytes(100) + policy.vk_bytes[100:768])])
-    _, problems = await a.verify(repo, repo.genesis)
+    for cid in (repo.genesis, u):
+        chain_repo = await a.repo_record(repo.repo_id)
+        await a.send(a._anchor_ixs(repo.repo_id, node.history.load_commit(cid), None, chain_repo))
+    _, problems = await a.verify(repo, u)
     assert any("does not (its verifying key is not sealed" in p for p in problems), problems
-    queued = await a.enqueue(repo, repo.genesis, "main")
-    assert [i.op for i in queued] == ["create_repo", "anchor"]
+    queued = await a.enqueue(repo, u, "a")
+    assert [i.op for i in queued] == ["create_repo"]
     result = await a.flush()
     assert result.error is None and result.remaining == 0, result.error
     assert len(result.sent[0]["key_transactions"]) == 2  # type: ignore[arg-type]
     key = await a.zkvk_record(repo.repo_id)
     assert key is not None and key.sealed and key.vk == policy.vk_bytes
-    assert await a.verify(repo, repo.genesis) == (1, [])
+    assert (await a.verify(repo, u))[1] == [f"commit {str(u)[:16]}: not proven on chain"]
+    assert [i.cid for i in await a.enqueue(repo, u, "a")] == [str(u)]
+    result = await a.flush()
+    assert result.error is None and "prove_signature" in result.sent[0], result
+    assert await a.verify(repo, u) == (2, [])
 
 
 async def test_verify_reports_a_chain_key_the_genesis_does_not_name(node: Node, elf: bytes,  # noqa: F811
