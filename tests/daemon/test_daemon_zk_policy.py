@@ -52,8 +52,8 @@ def test_gossip_refuses_updates_without_a_valid_proof(tmp_path: Path, zk_policy_
         penalized: list[str] = []
         metrics = SimpleNamespace(rejected=Counter(), accepted=Counter(), published=Counter(), errors=Counter())
         gossip = Gossip(store, state, Validator(store, state), metrics, None,  # type: ignore[arg-type]
-                        SimpleNamespace(penalize=lambda peer, reason: penalized.append(reason)),  # type: ignore[arg-type]
-                        SimpleNamespace(schedule=lambda *args: None))  # type: ignore[arg-type]
+                        SimpleNamespace(penalize=lambda peer, reason: penalized.append(reason)),
+                        SimpleNamespace(schedule=lambda *args: None))
         gossip.start(None, ID.from_base58(Identity.generate().peer_id))  # type: ignore[arg-type]
         validate = gossip.validator_for(rid)
         forwarder = ID.from_base58(Identity.generate().peer_id)
