@@ -204,20 +204,28 @@ def test_codec_round_trips_the_new_instructions(updates: tuple[Update, Update]) 
             layout.encode_instruction(bad)
 
 
-def test_the_key_chunks_fit_a_transaction_also_for_an_nft_bound_repository(keys: zp.Keys) -> None:
-    from solders.hash import Hash
-    from solders.keypair import Keypair
+def test_the_nft_holder_sets_the_key_of_a_bound_repository(elves: dict[int, bytes], keys: zp.Keys) -> None:  # noqa: F811
+    """Holder-gated like every owner action: after a transfer the former owner gets NOT_HOLDER and the
+    holder's two transactions (with the four NFT accounts) fit 1,232 bytes each."""
     from solders.message import Message
     from solders.transaction import Transaction
+    from test_nft_program import BOB, OWNER, make_chain
 
-    from fednode.chain.program import FederityProgram, NftRef
+    from fednode.chain.program import NftRef, token_account_address
 
-    payer = Keypair()
-    prog = FederityProgram(Keypair().pubkey())
-    nft = NftRef(Keypair().pubkey(), Keypair().pubkey())
-    for ixs in prog.set_vk(payer.pubkey(), GENESIS, keys.vk.encode(), BOUND2, nft=nft):
-        tx = Transaction([payer], Message(ixs, payer.pubkey()), Hash.default())
-        assert len(bytes(tx)) <= 1232
+    chain = make_chain(elves[3])
+    mint, _ = chain.mint()
+    chain.client.bind_nft(OWNER, chain.repo_id, mint)
+    chain.transfer(OWNER, BOB.pubkey(), mint)
+    vk = keys.vk.encode()
+    stale = NftRef(mint, token_account_address(OWNER.pubkey(), mint))
+    first = chain.program.set_vk(OWNER.pubkey(), chain.repo_id, vk, BOUND2, nft=stale)[0]
+    rejects(E.NOT_HOLDER, lambda: chain.backend.send(first, [OWNER]))
+    holder = NftRef(mint, token_account_address(BOB.pubkey(), mint))
+    for ixs in chain.program.set_vk(BOB.pubkey(), chain.repo_id, vk, BOUND2, nft=holder):
+        assert len(bytes(Transaction([BOB], Message(ixs, BOB.pubkey()), chain.backend.svm.latest_blockhash()))) <= 1232
+        chain.backend.send(ixs, [BOB])
+    assert chain.client.repo(chain.repo_id).requires_proofs  # type: ignore[union-attr]
 
 
 def test_readme_lists_the_zkvk_record() -> None:
