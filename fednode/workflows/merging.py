@@ -226,6 +226,22 @@ def compute_merge(
     return merged, plan
 
 
+def _policy_grid(history: History, repo: RepoInfo, base: CID) -> dict[str, int]:
+    """The merge grid to start from: empty (rule 2 chooses) unless the repository requires update proofs;
+    then every float tensor on the policy's grid, the one its inputs are proven on, so that the merge
+    carries C(d) and C(r) checkable against the inputs' commitments (rounding ``S / W`` to that grid)."""
+    if "zk" not in repo.settings:
+        return {}
+    from fednode.workflows import zkpolicy
+
+    policy = zkpolicy.repo_policy(repo)
+    if policy is None:
+        return {}
+    with history.store.read() as txn:
+        entries = history.load_manifest(history.load_commit(base, txn).weights, txn).tensors
+    return {name: policy.grid_bits for name, e in entries.items() if e.dtype in FLOAT_DTYPES}
+
+
 def _check_proofs(history: History, repo: RepoInfo, heads: list[CID], before: set[CID]) -> None:
     """In a repository that requires update proofs, refuse (before computing anything) inputs whose
     commits since ``before`` (the merge base's ancestry) fail the policy (``zkpolicy.first_failure``)."""
@@ -298,7 +314,7 @@ def merge(
             raise FednodeError(f"{which} no training samples since the merge base "
                                f"{str(base)[:16]}: use --weights equal, or record them with "
                                f"`fednode commit --samples N`")
-    grid: dict[str, int] = {}
+    grid = _policy_grid(history, repo, base)
     merged, plan = compute_merge(history, repo, base, inputs, weights, strategy, grid)
     record = {
         "strategy": strategy.describe(),

@@ -77,7 +77,11 @@ def test_updates_are_proven_and_checked(cli, home: Path, proven_repo: Path, zk_p
     cli("commit", "--from", _model(proven_repo / "m2.safetensors", dw=-5 * STEP), "-m", "two")
     cli("switch", "main")
     cli("merge", "dev", "--weights", "equal")
-    assert _head(home)[2].kind == "merge"
+    merge = _head(home)[2]
+    # on the policy's grid, so the merge carries C(d) and C(r), checked against the proven inputs' commitments
+    assert merge.kind == "merge" and merge.info["merge"]["grid"] == {"b": 14, "w": 14}
+    assert set(merge.info["zk"]) >= {"commitment", "remainder"} and "proof" not in merge.info["zk"]
+    assert "proof:" not in cli("show", "HEAD").stdout
     cli("verify", "HEAD")
 
 
