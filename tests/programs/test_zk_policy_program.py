@@ -111,6 +111,15 @@ def test_prove_commit_accepts_an_honest_proof(world: World, keys: zp.Keys, updat
     assert record(world, "u1").proven is True
 
 
+def test_the_deployable_v0_build_proves_too(elves: dict[int, bytes], keys: zp.Keys,  # noqa: F811
+                                            updates: tuple[Update, Update]) -> None:  # fmt: skip
+    w, (u1, u2) = make_world(elves[0]), updates
+    set_key(w, keys)
+    w.anchor(w.alice, "u1", parents=(GENESIS,), branch=None, commitment=u1.commitment)
+    rejects(E.PROOF_LINK_FAILS, lambda: prove(w, "u1", u2))
+    assert prove(w, "u1", u1) <= CU_TARGET and record(w, "u1").proven
+
+
 def test_prove_commit_refusals(world: World, keys: zp.Keys, updates: tuple[Update, Update]) -> None:
     w, (u1, u2) = world, updates
     w.anchor(w.alice, "early", parents=(GENESIS,), branch=None)  # before the key: no commitment needed
