@@ -14,7 +14,7 @@ import pytest
 from test_chain_client import anchorer, elf, make_repo, program_cache  # noqa: F401 (fixtures)
 
 from fednode.chain import outbox
-from fednode.chain.anchoring import Anchorer, zk_commitments
+from fednode.chain.anchoring import Anchorer
 from fednode.history import RepoInfo
 from fednode.node import Node
 from fednode.tensors.modelio import ArraySource
@@ -79,8 +79,8 @@ async def test_flush_seals_the_key_proves_updates_and_merges(node: Node, elf: by
         True, policy.vk_bytes, policy.key_id, policy.bound2)
     r1, r2, rm = [await record(a, repo, c) for c in (u1, u2, merged.cid)]
     assert r1.proven and r2.proven and not rm.proven
-    # the merge's own commitments (C(d), C(r): checked on chain) when it carries them
-    assert rm.commitment == zk_commitments(merged.commit)[0][0]
+    # the merge on the policy's grid carries C(d) and C(r): checked on chain against the proven inputs
+    assert rm.commitment is not None and rm.commitment == merged.commit.info["zk"]["commitment"]
     assert await a.verify(repo, merged.cid) == (4, [])
     # a crash before the items left the queue: their replays find everything done and send nothing
     with node.store.write() as txn:
