@@ -135,6 +135,19 @@ def verify_on_chain(ctx: click.Context, rev: str, repo_name: str | None) -> tupl
 
 repo_option = click.option("-r", "--repo", "repo_name", default=None)
 json_option = click.option("--json", "as_json", is_flag=True)
+zk_keys_option = click.option(
+    "--zk-keys", "zk_keys", default=None, type=click.Path(path_type=Path), metavar="DIR",
+    help="Proving keys ('fednode zk setup') for a repository that requires update proofs "
+         "(default: $FEDNODE_ZK_KEYS, else [zk] keys in config.toml).")
+
+
+def use_zk_keys(node: Node, zk_keys: Path | None) -> None:
+    """``--zk-keys``: the proving keys this invocation's commits use (before $FEDNODE_ZK_KEYS and the config)."""
+    from fednode.workflows.commitments import settings_of
+
+    settings = settings_of(node.history)
+    if zk_keys is not None and settings is not None:
+        settings.keys_override = zk_keys
 
 
 class RegistryChoice(click.Choice[str]):

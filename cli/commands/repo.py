@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.table import Table
 
-from cli.context import CASTS, emit_json, get_node, get_repo, json_option, out, repo_option
+from cli.context import CASTS, emit_json, get_node, get_repo, json_option, out, repo_option, use_zk_keys, zk_keys_option
 from fednode.errors import FednodeError
 from fednode.history import RepoInfo, repo_id_text
 from fednode.tensors.modelio import open_model
@@ -153,12 +153,15 @@ def _anchor(node: Node, info: RepoInfo, commit: CID, branch: str) -> tuple[bool,
 @click.option("-b", "--branch", default=None, help="Branch that records the decision (default: the current one).")
 @click.option("--no-chain", is_flag=True, help="Do not anchor the decision on chain now ('fednode anchor' later).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed without a terminal).")
+@zk_keys_option
 @json_option
 @click.pass_context
 def repo_publish(ctx: click.Context, repo_name: str | None, branch: str | None, no_chain: bool, yes: bool,
-                 as_json: bool) -> None:
-    """Owner: make a private repository public, for good (a signed commit that changes no tensor)."""
+                 zk_keys: Path | None, as_json: bool) -> None:
+    """Owner: make a private repository public, for good (a signed commit that changes no tensor; proven
+    like any update in a repository that requires update proofs)."""
     node = get_node(ctx)
+    use_zk_keys(node, zk_keys)
     info = get_repo(node, repo_name)
     node.history.check_publish(info)  # refusals come before the question
     branch = branch or node.history.current_branch(info)

@@ -20,6 +20,8 @@ from cli.context import (
     parse_metrics,
     positive_int,
     short,
+    use_zk_keys,
+    zk_keys_option,
 )
 from fednode.history import CommitResult
 from fednode.tensors import encodings
@@ -36,18 +38,6 @@ encoding_option = click.option("--encoding", type=ENCODINGS, default=encodings.D
 topk_option = click.option("--topk-fraction", type=float, default=0.01, show_default=True,
                            help="Share of values kept by topk.")
 no_compress_option = click.option("--no-compress", is_flag=True, help="Do not zstd-compress update payloads.")
-zk_keys_option = click.option(
-    "--zk-keys", "zk_keys", default=None, type=click.Path(path_type=Path), metavar="DIR",
-    help="Proving keys ('fednode zk setup') for a repository that requires update proofs "
-         "(default: $FEDNODE_ZK_KEYS, else [zk] keys in config.toml).")
-
-
-def _use_keys(node: Any, zk_keys: Path | None) -> None:
-    from fednode.workflows.commitments import settings_of
-
-    settings = settings_of(node.history)
-    if zk_keys is not None and settings is not None:
-        settings.keys_override = zk_keys
 
 
 def _json_float(x: float) -> float | str:
@@ -104,7 +94,7 @@ def commit(
     In a repository that requires update proofs, the change must lie on the repository's grid
     (else it is refused: 'fednode train' rounds onto it) and within its bounds; the proof is made here."""
     node = get_node(ctx)
-    _use_keys(node, zk_keys)
+    use_zk_keys(node, zk_keys)
     info = get_repo(node, repo_name)
     parsed = parse_metrics(metrics)
     declared = positive_int(samples_text, "--samples") if samples_text is not None else None
@@ -153,7 +143,7 @@ def train(ctx: click.Context, repo_name: str | None, script: Path, branch: str |
     from fednode.workflows.training import DPConfig
 
     node = get_node(ctx)
-    _use_keys(node, zk_keys)
+    use_zk_keys(node, zk_keys)
     info = get_repo(node, repo_name)
     dp = DPConfig(dp_epsilon, dp_delta, max_grad_norm) if dp_epsilon is not None else None
     commit_result, trained = committing.train(node.history, info, script, branch, epochs, seed, dp,

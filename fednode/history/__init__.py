@@ -129,6 +129,12 @@ class History:
         ``commits.publish``): a commit on ``branch`` that changes no tensor, and the ``published`` ref."""
         return commits.publish(self.store, self.identity, repo, branch)
 
+    def _publish(self, repo: RepoInfo, branch: str, zk: dict[str, Any], expected_head: CID,
+                 finish: Callable[[Commit], Commit]) -> CommitResult:
+        """``publish`` with an update proof (a repository that requires proofs: ``ZkHistory.publish``)."""
+        return commits.publish(self.store, self.identity, repo, branch, zk=zk, expected_head=expected_head,
+                               finish=finish)
+
     def published(self, repo_id: bytes) -> CID | None:
         """The commit that made ``repo_id`` public, when its owner published it."""
         with self.store.read() as txn:

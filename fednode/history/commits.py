@@ -208,28 +208,33 @@ def check_publish(txn: Txn, identity: Identity | None, repo: RepoInfo) -> Identi
 
 
 def publish(store: Store, identity: Identity | None, repo: RepoInfo, branch: str | None = None,
-            message: str = PUBLISH_MESSAGE) -> CommitResult:
+            message: str = PUBLISH_MESSAGE, zk: dict[str, Any] | None = None, expected_head: CID | None = None,
+            finish: Callable[[Commit], Commit] | None = None) -> CommitResult:
     """The owner's decision to make private ``repo`` public, for good: an ``update`` commit on
     ``branch`` (HEAD's when None) whose tensors are all its head's (``same``: nothing stored) and
-    whose info is {"visibility": "public"}; the commit, the branch move and the ``published`` ref
-    are one store transaction."""
+    whose info is {"visibility": "public"} (and ``zk``, made for ``expected_head``, in a repository
+    that requires update proofs; ``finish`` as in ``commit``); the commit, the branch move and the
+    ``published`` ref are one store transaction."""
     with store.read() as txn:
         identity = check_publish(txn, identity, repo)
         branch = branch or refstore.current_branch(txn, repo.repo_id)
         head = refstore.branch_head(txn, repo.repo_id, branch)
         if head is None:
             raise NotFound(f"unknown branch {branch!r} in repository {repo.name}")
+        if expected_head is not None and head != expected_head:
+            raise FednodeError(f"branch {branch!r} moved while publishing; nothing was stored")
         parent = objstore.load_commit(txn, head)
         parent_manifest = objstore.load_manifest(txn, parent.weights)
     # the head's manifest itself cannot be reused: its deltas are relative to the head's own parent
     manifest = Manifest({name: TensorEntry(e.dtype, e.shape, "same", e.depth + 1, state=e.state)
                          for name, e in parent_manifest.tensors.items()})
-    signed = objstore.sign(identity, Commit(
+    unsigned = Commit(
         repo=repo.repo_id, parents=(head,), parent_hashes=(parent.commit_hash(),), kind="update",
         weights=CID.hash(DAG_CBOR, manifest.encode()), author=identity.public_key,
         time_ms=max(_now_ms(), parent.time_ms), message=message, metrics={},
-        info={"visibility": "public"},
-    ))
+        info={"visibility": "public", **({"zk": zk} if zk is not None else {})},
+    )
+    signed = objstore.sign(identity, finish(unsigned) if finish is not None else unsigned)
     cid = signed.cid()
     with store.write() as txn:
         check_publish(txn, identity, repo)  # still private: nobody published meanwhile

@@ -32,7 +32,7 @@ from fednode.lazy import lazy_import
 from fednode.logs import log
 from fednode.storage.store import Store
 from fednode.tensors import encodings
-from fednode.tensors.modelio import ModelSource
+from fednode.tensors.modelio import ArraySource, ModelSource
 from protocol.multiformats import CID
 from protocol.objects import FLOAT_DTYPES, Commit
 
@@ -225,6 +225,23 @@ class ZkHistory(History):
             info, expected_head = {**(info or {}), "zk": zk}, head
         return super().commit(repo, source, message, branch, metrics, kind, extra_parents, info, expected_head,
                               exact, encoding, topk_fraction, compress, finish)
+
+
+    def publish(self, repo: RepoInfo, branch: str | None = None) -> CommitResult:
+        """In a repository that requires update proofs the publish decision is an update like any
+        other: it proves its (unchanged) state's delta from the round base."""
+        from fednode.workflows import zkpolicy
+
+        policy = zkpolicy.repo_policy(repo)
+        if policy is None or not policy.require_proof:
+            return super().publish(repo, branch)
+        self.check_publish(repo)
+        branch = branch or self.current_branch(repo)
+        head = self.branch_head(repo, branch)
+        state = self.state(head)
+        source = ArraySource({n: (e.dtype, arr.reshape(e.shape)) for n, (e, arr) in state.items()})
+        prepared = zkpolicy.prepare_update(self, repo, head, source, self.zk, policy)
+        return self._publish(repo, branch, prepared.zk, head, prepared.finish)
 
 
 # ---- merges --------------------------------------------------------------------------------------

@@ -83,6 +83,11 @@ def test_updates_are_proven_and_checked(cli, home: Path, proven_repo: Path, zk_p
     assert set(merge.info["zk"]) >= {"commitment", "remainder"} and "proof" not in merge.info["zk"]
     assert "proof:" not in cli("show", "HEAD").stdout
     cli("verify", "HEAD")
+    # a revert to the genesis is an update from the merge: on the grid, proven like any other
+    cli("revert", str(repo.genesis))
+    revert = _head(home)[2]
+    assert revert.kind == "revert" and zpol.check_update(policy, revert) is None
+    cli("verify", "HEAD")
 
 
 @pytest.mark.parametrize(("dw", "needle"), [
@@ -181,3 +186,22 @@ def test_bad_create_input_is_one_line_and_creates_nothing(cli, home: Path, tmp_p
     for args, needle in cases:
         assert_one_line_error(cli("repo", "create", "x", *args, ok=False).stderr, needle)
     assert home_state(home) == before
+
+
+def test_a_private_repository_blinds_and_its_publish_decision_is_proven(cli, home: Path, proven_repo: Path,
+                                                                         zk_policy_keys: Path) -> None:
+    cli("repo", "create", "p", "--from", _model(proven_repo / "p0.safetensors"), "--require-proof", zk_policy_keys,
+        "--norm-bound", "1.0")
+    cli("commit", "--from", _model(proven_repo / "p1.safetensors", dw=-4 * STEP), "-m", "blinded")
+    with open_node(home) as node:
+        repo = node.history.repo("p")
+        update = node.history.load_commit(node.history.branch_head(repo, "main"))
+    assert len(update.info["zk"]["blinding"]) == 32  # private: a uniform blinding, proven all the same
+    cli("repo", "publish", "--yes", "--no-chain")
+    with open_node(home) as node:
+        repo = node.history.repo("p")
+        decision = node.history.load_commit(node.history.branch_head(repo, "main"))
+    policy = zpol.policy_of(repo.settings)
+    assert decision.info["visibility"] == "public" and policy is not None
+    assert zpol.check_update(policy, decision) is None  # the unchanged state's delta, proven again
+    cli("verify", "HEAD")
