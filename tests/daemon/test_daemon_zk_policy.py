@@ -1,7 +1,7 @@
 """Gossip in a repository that requires update proofs (issue 15 item 4): a peer's commit without a valid
 proof, or a merge proposal of such a head, is refused as ``bad_proof`` and the forwarder is penalized,
 on a real store with real keys and proofs (no network: ``Gossip``'s topic validator, as
-``test_daemon_validate`` drives it)."""
+``test_daemon_validate`` drives it); a fetched head without one fails the daemon's verification."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import trio
 from helpers import fixed_identity
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
+from test_daemon_verify import announce, apply, fake_daemon, main_head
 
 from fednode.daemon.gossip import Gossip
 from fednode.daemon.validate import BAD_PROOF, PENALIZED, Validator
@@ -78,5 +80,33 @@ def test_gossip_refuses_updates_without_a_valid_proof(tmp_path: Path, zk_policy_
             prop = m.MergeProposal(rid, "main", head, "merge me", seq, 1, owner.public_key)
             signed = dataclasses.replace(prop, sig=owner.sign(prop.signing_hash())).encode()
             assert v.validate(signed, rid, from_self=False).reason == reason
+    finally:
+        store.close()
+
+
+def test_a_fetched_head_without_a_proof_is_refused(tmp_path: Path, zk_policy_keys: Path) -> None:
+    """The daemon's verification of a fetched head (``Applier``) runs the policy's check too."""
+    owner = fixed_identity()
+    store = Store(tmp_path / "store")
+    try:
+        history = ZkHistory(store, owner, ZkSettings(cache_dir=tmp_path / "zk", keys=zk_policy_keys))
+        entry, _ = zkpolicy.make_policy(zk_policy_keys, 1.0, _model(0.0))
+        info, created = history.create_repo("r", _model(0.0), visibility="public", zk_policy=entry)
+        rid = info.repo_id
+        genuine = history.commit(info, _model(2.0**-14), "proven")
+        stripped = {k: v for k, v in genuine.commit.info["zk"].items() if k != "proof"}
+        unproven = objstore.sign(owner, dataclasses.replace(genuine.commit, info={**genuine.commit.info,
+                                                                                  "zk": stripped}, sig=b""))
+        unproven_cid = CID.hash(DAG_CBOR, unproven.encode())
+        with store.write() as txn:  # as if both had just been fetched: main still at the genesis
+            txn.put_block(unproven_cid, unproven.encode())
+            txn.set_ref(rid, "heads/main", bytes(created.cid))
+        d = fake_daemon(history)
+        penalized: list[str] = []
+        d.penalize = lambda peer, reason: penalized.append(reason)
+        trio.run(apply, d, rid, announce(owner, rid, unproven_cid, 1))
+        assert penalized == ["verify_failed"] and main_head(history, rid) == created.cid
+        trio.run(apply, d, rid, announce(owner, rid, genuine.cid, 2))  # the proven commit, same weights
+        assert main_head(history, rid) == genuine.cid and penalized == ["verify_failed"]
     finally:
         store.close()
