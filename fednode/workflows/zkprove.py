@@ -2,11 +2,17 @@
 running ``circom2`` and ``snarkjs`` (npm) as separate processes. The arithmetic and the verifier
 are in ``fednode.zk.update_proof`` (pure); docs/zk.md "Update proofs" has the construction.
 
+Two circuits share one key-directory format and one verifier: ``update`` (``update_bound.circom``:
+an update's coordinates are signed ``k``-bit integers, its squared L2 norm at most ``B^2``) and
+``remainder`` (``remainder_bound.circom``: a FedAvg merge's remainder has ``|2 r_i| <= W``, ``W`` the
+merge's total weight below ``2^(k-1)``, in the place of ``B^2``). ``setup(..., remainder_bits=K)`` makes
+the remainder keys too, in ``<out>/remainder``, from the same powers of tau (made large enough for both).
+
 A key directory (``setup``) holds, for one circuit size ``n`` and bit width ``k``:
 ``update.wasm`` and its witness calculator (the compiled circuit), ``update.zkey`` (the Groth16
 proving key), ``vk.json`` (snarkjs's verifying key, for cross-checks), ``update.vk`` (our constant-size
 verifying key, ``VerifyingKey.encode``), ``link.key`` (the link argument's prover key) and
-``setup.json`` (parameters, where the powers of tau came from, times). It is written in a temporary
+``setup.json`` (the circuit's name, parameters, where the powers of tau came from, times). It is written in a temporary
 directory and renamed into place whole, so a failed set-up leaves nothing.
 
 Trust: a set-up made here knows its own toxic waste only while it runs (snarkjs mixes OS randomness
@@ -35,7 +41,11 @@ from fednode.zk import pedersen as ped
 from fednode.zk import update_proof as up
 from fednode.zk.curve import Affine, ZkError, decode, encode
 
-CIRCUIT = Path(__file__).resolve().parents[1] / "zk" / "circuits" / "update_bound.circom"
+CIRCUITS_DIR = Path(__file__).resolve().parents[1] / "zk" / "circuits"
+CIRCUIT = CIRCUITS_DIR / "update_bound.circom"
+REMAINDER_CIRCUIT = CIRCUITS_DIR / "remainder_bound.circom"
+REMAINDER_DIR = "remainder"  # the remainder keys' folder inside an update key folder
+REMAINDER_BITS = 33  # default K: W + 2 r_i and W - 2 r_i are K-bit, W < 2^32
 MAX_N = 1 << 20
 TOOL_TIMEOUT = 3600.0
 
@@ -105,22 +115,46 @@ def bound_bits(n: int, k: int) -> int:
     return 2 * k - 2 + max(1, math.ceil(math.log2(n))) + 1
 
 
-def ptau_power(n: int, k: int) -> int:
+def constraints(n: int, k: int, circuit: str = "update") -> int:
+    """The circuit's constraints after --O2 (booleans and squares; snarkjs adds one per public input)."""
+    if circuit == "remainder":
+        return n * (2 * k - 1) + (k - 1) + 3
+    return n * (k + 1) + bound_bits(n, k) + 3
+
+
+def ptau_power(n: int, k: int, circuit: str = "update") -> int:
     """The powers-of-tau size snarkjs needs: constraints + public inputs + 1 within 2^power."""
-    constraints = n * (k + 1) + bound_bits(n, k) + 3
-    return max(8, math.ceil(math.log2(constraints + n + 5)))
+    return max(8, math.ceil(math.log2(constraints(n, k, circuit) + n + 5)))
 
 
-def setup(out: Path, n: int, k: int = 16, *, seed: bytes = gens.DEFAULT_SEED, ptau: Path | None = None,
-          tools: Tools | None = None) -> dict[str, object]:
-    """Make the keys for vectors of up to ``n`` signed ``k``-bit values in ``out`` (which must not exist)."""
-    if not (1 <= n <= MAX_N) or not (2 <= k <= 32):
-        raise FednodeError(f"update-proof circuits take 1 <= n <= {MAX_N} values of 2..32 bits, not n={n}, k={k}")
+def _check_params(circuit: str, n: int, k: int) -> None:
+    if circuit == "update" and (1 <= n <= MAX_N) and 2 <= k <= 32:
+        return
+    if circuit == "remainder" and (1 <= n <= MAX_N) and 3 <= k <= 64:
+        return
+    if circuit not in ("update", "remainder"):
+        raise FednodeError(f"no circuit {circuit!r}: 'update' or 'remainder'")
+    bits = "2..32" if circuit == "update" else "3..64"
+    raise FednodeError(f"{circuit}-proof circuits take 1 <= n <= {MAX_N} values of {bits} bits, not n={n}, k={k}")
+
+
+def setup(out: Path, n: int, k: int = 16, *, circuit: str = "update", remainder_bits: int | None = None,
+          seed: bytes = gens.DEFAULT_SEED, ptau: Path | None = None, tools: Tools | None = None) -> dict[str, object]:
+    """Make the keys for vectors of up to ``n`` values in ``out`` (which must not exist): ``circuit``
+    "update" (signed ``k``-bit values) or "remainder" (``|2 r_i| <= W < 2^(k-1)``). With
+    ``remainder_bits`` (update only), the remainder keys for ``n`` values and that ``k`` go in
+    ``out/remainder``, made from the same powers of tau (sized for the larger circuit)."""
+    _check_params(circuit, n, k)
+    power = ptau_power(n, k, circuit)
+    if remainder_bits is not None:
+        if circuit != "update":
+            raise FednodeError("remainder_bits makes remainder keys beside update keys (circuit 'update')")
+        _check_params("remainder", n, remainder_bits)
+        power = max(power, ptau_power(n, remainder_bits, "remainder"))
     if out.exists():
         raise FednodeError(f"{out} exists already; remove it to make new keys")
     if ptau is not None:
         have, prepared = ptau_info(ptau)
-        power = ptau_power(n, k)
         if have < power or not prepared:
             raise FednodeError(f"{ptau} holds 2^{have} powers{'' if prepared else ', not prepared for phase 2'}; "
                                f"n={n}, k={k} needs 2^{power}, prepared (snarkjs powersoftau prepare phase2)")
@@ -128,43 +162,61 @@ def setup(out: Path, n: int, k: int = 16, *, seed: bytes = gens.DEFAULT_SEED, pt
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".zk-setup-", dir=out.parent))
     try:
-        meta = _setup_in(work, n, k, seed, ptau, tools)
+        t = time.perf_counter()
+        if ptau is None:  # a one-contributor ceremony made here: development only
+            tau = _local_ptau(work, power, tools)
+            source = f"local, 2^{power}, one contribution (development only)"
+        else:
+            tau, source = ptau, str(ptau)
+        ptau_s = time.perf_counter() - t
+        meta = _setup_in(work, circuit, n, k, seed, tau, tools)
+        meta.update(ptau=source, ptau_power=power, ptau_s=ptau_s)
+        if remainder_bits is not None:
+            (work / REMAINDER_DIR).mkdir()
+            rmeta = _setup_in(work / REMAINDER_DIR, "remainder", n, remainder_bits, seed, tau, tools)
+            rmeta.update(ptau=source, ptau_power=power, ptau_s=0.0)
+            (work / REMAINDER_DIR / "setup.json").write_text(json.dumps(rmeta, indent=1))
+            meta["remainder"] = rmeta
+        (work / "setup.json").write_text(json.dumps(meta, indent=1))
+        for name in ("p0.ptau", "p1.ptau", "final.ptau"):
+            (work / name).unlink(missing_ok=True)
         os.replace(work, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return meta
 
 
-def _setup_in(work: Path, n: int, k: int, seed: bytes, ptau: Path | None, tools: Tools) -> dict[str, object]:
+def _local_ptau(work: Path, power: int, tools: Tools) -> Path:
+    snark = [tools.node, tools.snarkjs]
+    _run([*snark, "powersoftau", "new", "bn128", str(power), "p0.ptau"], work, "powersoftau new")
+    _run([*snark, "powersoftau", "contribute", "p0.ptau", "p1.ptau", "-e=fednode dev"], work,
+         "powersoftau contribute")
+    _run([*snark, "powersoftau", "prepare", "phase2", "p1.ptau", "final.ptau"], work, "prepare phase2")
+    return work / "final.ptau"
+
+
+def _setup_in(work: Path, circuit: str, n: int, k: int, seed: bytes, ptau: Path, tools: Tools) -> dict[str, object]:
+    """One circuit's keys in ``work`` (the key-folder format, whichever the circuit) from a prepared ptau."""
     times: dict[str, float] = {}
-    sb = bound_bits(n, k)
-    shutil.copy(CIRCUIT, work / "update_bound.circom")
-    (work / "update.circom").write_text(
-        'pragma circom 2.1.0;\ninclude "update_bound.circom";\n'
-        f"component main {{public [hash, bound2, v, blind]}} = UpdateBound({n}, {k}, {sb});\n")
+    if circuit == "remainder":
+        sb, source = k - 1, REMAINDER_CIRCUIT  # the verifier's bound on X = W: W < 2^(k-1)
+        main = f"component main {{public [hash, total, r, blind]}} = RemainderBound({n}, {k});\n"
+    else:
+        sb, source = bound_bits(n, k), CIRCUIT
+        main = f"component main {{public [hash, bound2, v, blind]}} = UpdateBound({n}, {k}, {sb});\n"
+    shutil.copy(source, work / source.name)
+    (work / "update.circom").write_text(f'pragma circom 2.1.0;\ninclude "{source.name}";\n{main}')
     t = time.perf_counter()
     flags = [f"--{f}" for f in ("O2", "r1cs", "wasm")]  # circom's flags, spelled so no check takes them for ours
     _run([tools.node, tools.circom2, "update.circom", *flags, "-o", "."], work, "circom2")
     times["compile_s"] = time.perf_counter() - t
-    power = ptau_power(n, k)
     snark = [tools.node, tools.snarkjs]
     t = time.perf_counter()
-    if ptau is None:  # a one-contributor ceremony made here: development only
-        _run([*snark, "powersoftau", "new", "bn128", str(power), "p0.ptau"], work, "powersoftau new")
-        _run([*snark, "powersoftau", "contribute", "p0.ptau", "p1.ptau", "-e=fednode dev"], work,
-             "powersoftau contribute")
-        _run([*snark, "powersoftau", "prepare", "phase2", "p1.ptau", "final.ptau"], work, "prepare phase2")
-        ptau_source = f"local, 2^{power}, one contribution (development only)"
-    else:
-        shutil.copy(ptau, work / "final.ptau")
-        ptau_source = str(ptau)
-    times["ptau_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    _run([*snark, "groth16", "setup", "update.r1cs", "final.ptau", "k0.zkey"], work, "groth16 setup")
+    _run([*snark, "groth16", "setup", "update.r1cs", str(ptau.resolve()), "k0.zkey"], work, "groth16 setup")
     _run([*snark, "zkey", "contribute", "k0.zkey", "update.zkey", "-e=fednode dev"], work, "zkey contribute")
     _run([*snark, "zkey", "export", "verificationkey", "update.zkey", "vk.json"], work, "export verificationkey")
     times["groth16_setup_s"] = time.perf_counter() - t
-    for name in ("p0.ptau", "p1.ptau", "final.ptau", "k0.zkey", "update.r1cs"):
+    for name in ("k0.zkey", "update.r1cs"):
         (work / name).unlink(missing_ok=True)
     t = time.perf_counter()
     snark_vk = json.loads((work / "vk.json").read_text())
@@ -180,10 +232,8 @@ def _setup_in(work: Path, n: int, k: int, seed: bytes, ptau: Path | None, tools:
     (work / "update.vk").write_bytes(vk.encode())
     (work / "link.key").write_bytes(encode_link_key(link_key))
     times["link_setup_s"] = time.perf_counter() - t
-    meta: dict[str, object] = {"n": n, "k": k, "sb": sb, "seed": seed.hex(), "ptau": ptau_source,
-                               "ptau_power": power, "vk_id": vk.key_id().hex(), **times}
-    (work / "setup.json").write_text(json.dumps(meta, indent=1))
-    return meta
+    return {"circuit": source.stem, "n": n, "k": k, "sb": sb, "seed": seed.hex(),
+            "constraints": constraints(n, k, circuit), "vk_id": vk.key_id().hex(), **times}
 
 
 def _g1(xy: list[str]) -> Affine | None:
@@ -214,14 +264,35 @@ class Keys:
     vk: up.VerifyingKey
     link: up.LinkKey
 
+    @property
+    def circuit(self) -> str:
+        return "remainder" if is_remainder_vk(self.vk) else "update"
 
-def load_keys(path: Path) -> Keys:
+
+def is_remainder_vk(vk: up.VerifyingKey) -> bool:
+    """A remainder circuit's key bounds X = W by 2^(k-1); an update key's sb is always wider."""
+    return vk.sb == vk.k - 1
+
+
+def load_keys(path: Path, circuit: str = "update") -> Keys:
+    """The keys in ``path``, of ``circuit`` ("update" or "remainder"; the other kind is refused)."""
     try:
         vk = up.VerifyingKey.decode((path / "update.vk").read_bytes())
         link = decode_link_key((path / "link.key").read_bytes())
     except FileNotFoundError:
-        raise FednodeError(f"no update-proof keys in {path} (fednode zk setup)") from None
-    return Keys(path, vk, link)
+        raise FednodeError(f"no {circuit}-proof keys in {path} (fednode zk setup)") from None
+    keys = Keys(path, vk, link)
+    if keys.circuit != circuit:
+        raise FednodeError(f"the keys in {path} are {keys.circuit}-proof keys, not {circuit}-proof keys")
+    return keys
+
+
+def remainder_keys(path: Path) -> Keys | None:
+    """The remainder keys beside the update keys in ``path`` (``path/remainder``), None without any."""
+    folder = path / REMAINDER_DIR
+    if not (folder / "update.vk").is_file():
+        return None
+    return load_keys(folder, "remainder")
 
 
 def check_statement(vk: up.VerifyingKey, values: list[int], bound2: int) -> None:
@@ -239,18 +310,47 @@ def check_statement(vk: up.VerifyingKey, values: list[int], bound2: int) -> None
         raise FednodeError(f"the update's squared L2 norm {norm2} exceeds the bound {bound2}: refusing to prove")
 
 
+def check_remainder(vk: up.VerifyingKey, remainder: list[int], total: int) -> None:
+    """Refuse, before any proving, a remainder the circuit cannot accept: ``|2 r_i| <= W < 2^sb``."""
+    if len(remainder) > vk.n:
+        raise FednodeError(f"{len(remainder)} values: these remainder keys prove at most {vk.n}")
+    if isinstance(total, bool) or not 0 <= total < (1 << vk.sb):
+        raise FednodeError(f"the merge's total weight {total} is outside these remainder keys' [0, 2^{vk.sb})")
+    for i, r in enumerate(remainder):
+        if 2 * abs(r) > total:
+            raise FednodeError(f"remainder value {i} is {r}: over half the total weight {total} "
+                               "(not a round-to-nearest merge); refusing to prove")
+
+
 def prove(keys: Keys, values: list[int], blinding: int, commit_hash: bytes, bound2: int,
           *, tools: Tools | None = None) -> bytes:
     """The 384-byte proof for ``values`` (their commitment's blinding), this commit hash and bound."""
     values = [int(v) for v in values]
     check_statement(keys.vk, values, bound2)
+    return _prove(keys, values, blinding, commit_hash, bound2, tools)
+
+
+def prove_remainder(keys: Keys, remainder: list[int], blinding: int, commit_hash: bytes, total: int,
+                    *, tools: Tools | None = None) -> bytes:
+    """The 384-byte remainder proof: ``C(r; blinding)`` opens to ``r`` with ``|2 r_i| <= total`` (= W),
+    bound to ``commit_hash``; it verifies with ``update_proof.verify(keys.vk, proof, C(r), commit_hash, total)``."""
+    if keys.circuit != "remainder":
+        raise FednodeError(f"the keys in {keys.path} are not remainder-proof keys")
+    remainder = [int(r) for r in remainder]
+    check_remainder(keys.vk, remainder, total)
+    return _prove(keys, remainder, blinding, commit_hash, total, tools)
+
+
+def _prove(keys: Keys, values: list[int], blinding: int, commit_hash: bytes, x: int, tools: Tools | None) -> bytes:
+    """snarkjs's Groth16 proof, our link proof, and the check that the whole verifies (X = ``x``)."""
     hi, lo = up.hash_limbs(commit_hash)
     tools = tools or find_tools()
     padded = values + [0] * (keys.vk.n - len(values))
+    names = ("total", "r") if keys.circuit == "remainder" else ("bound2", "v")
     with tempfile.TemporaryDirectory(prefix="fednode-zkprove-") as tmp:  # 0700: the witness is the update
         work = Path(tmp)
-        (work / "in.json").write_text(json.dumps({"hash": [str(hi), str(lo)], "bound2": str(bound2),
-                                                  "v": [str(v) for v in padded], "blind": str(blinding)}))
+        (work / "in.json").write_text(json.dumps({"hash": [str(hi), str(lo)], names[0]: str(x),
+                                                  names[1]: [str(v) for v in padded], "blind": str(blinding)}))
         js = keys.path / "update_js"
         _run([tools.node, str(js / "generate_witness.js"), str(js / "update.wasm"), str(work / "in.json"),
               str(work / "w.wtns")], work, "witness")
@@ -262,7 +362,7 @@ def prove(keys: Keys, values: list[int], blinding: int, commit_hash: bytes, boun
     # never hand out a proof that does not verify (a zkey and a verifying key from different set-ups)
     commitment = ped.commit(values, blinding, seed=keys.vk.seed)
     try:
-        up.verify(keys.vk, encoded, commitment, commit_hash, bound2)
+        up.verify(keys.vk, encoded, commitment, commit_hash, x)
     except ZkError as exc:
         raise FednodeError(f"the keys in {keys.path} made a proof that does not verify ({exc})") from None
     return encoded
