@@ -36,16 +36,18 @@ def shared_zk_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 ZK_POLICY_N = 8  # values the shared update-proof keys take (a local powers of tau 2^8)
+ZK_REMAINDER_BITS = 13  # the shared remainder keys' K: W < 2^12, and n = 8 still fits the same 2^8 tau
 
 
 @pytest.fixture(scope="session")
 def zk_policy_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One update-proof key folder (``fednode zk setup``, n = 8 signed 16-bit values, ~10-20 s) for the
-    tests of repositories that require proofs: a proof then takes ~1 s."""
+    tests of repositories that require proofs: a proof then takes ~1 s. Its ``remainder/`` holds the
+    remainder keys (n = 8, K = 13: merges of total weight below 4,096), made from the same tau."""
     from fednode.workflows import zkprove
 
     out = tmp_path_factory.mktemp("zkpolicy") / "keys"
-    zkprove.setup(out, ZK_POLICY_N)
+    zkprove.setup(out, ZK_POLICY_N, remainder_bits=ZK_REMAINDER_BITS)
     return out
 
 

@@ -266,12 +266,9 @@ class Keys:
 
     @property
     def circuit(self) -> str:
+        from fednode.zk.policy import is_remainder_vk
+
         return "remainder" if is_remainder_vk(self.vk) else "update"
-
-
-def is_remainder_vk(vk: up.VerifyingKey) -> bool:
-    """A remainder circuit's key bounds X = W by 2^(k-1); an update key's sb is always wider."""
-    return vk.sb == vk.k - 1
 
 
 def load_keys(path: Path, circuit: str = "update") -> Keys:

@@ -8,13 +8,20 @@ integer tensors in units of 1) and ``"proof"``: an update proof (``fednode.zk.up
 bytes) that the committed vector's coordinates are signed ``k``-bit integers and that its squared
 L2 norm is at most ``B^2``, for the verifying key ``vk``.
 
+Merges: with the optional ``"rvk"`` (the remainder circuit's encoded verifying key,
+``remainder_bound.circom``), every merge that carries a remainder commitment ``C(r)`` (FedAvg) carries
+in ``info["zk"]["proof"]`` a remainder proof: ``|2 r_i| <= W`` for the committed ``r``, ``W`` the sum of
+the weights in its signed ``info["merge"]`` record, bound to ``proof_hash(merge)`` like an update's.
+With the relation ``sum_k w_k C_k = W C(d) + C(r)`` (checked where the inputs' commitments are known)
+it shows ``d`` is ``S / W`` rounded to nearest. Median, trimmed mean and Krum carry no ``C(r)``: no proof.
+
 Binding: the proof cannot be inside the body that the commit hash covers, so it is bound to
 ``proof_hash(commit)``: the commit hash of the same commit without ``info["zk"]["proof"]``. The
 proof travels inside the commit (gossip, sync, CAR files carry it unchanged) and the commit's
 signature covers it; moved to any other commit it fails, since that commit's proof-less hash differs.
 
-Pure: no I/O, no weights. ``check_update`` is what every verifier runs (gossip validators, merge,
-verify): one line saying what fails, or None.
+Pure: no I/O, no weights. ``check`` (``check_update`` for updates, ``check_merge`` for merges) is
+what every verifier runs (gossip validators, merge, verify): one line saying what fails, or None.
 """
 
 from __future__ import annotations
@@ -38,10 +45,16 @@ class ZkPolicy:
     bound2: int  # B^2 in grid units squared
     grid_bits: int  # every float tensor's delta is committed on 2**-grid_bits
     require_proof: bool = True
+    remainder_vk: up.VerifyingKey | None = None  # "rvk": merges carrying C(r) must prove |2 r_i| <= W
+    remainder_vk_bytes: bytes | None = None
 
     @property
     def key_id(self) -> bytes:
         return hashlib.sha256(self.vk_bytes).digest()
+
+    @property
+    def remainder_key_id(self) -> bytes | None:
+        return None if self.remainder_vk_bytes is None else hashlib.sha256(self.remainder_vk_bytes).digest()
 
     def coordinate_bound(self) -> float:
         """The largest change of one float value a proof admits, in weight units: 2^(k-1) grid steps."""
@@ -52,10 +65,14 @@ class ZkPolicy:
         return float(self.bound2) ** 0.5 / float(2**self.grid_bits)
 
 
-def settings_entry(vk_bytes: bytes, bound2: int, grid_bits: int) -> dict[str, Any]:
-    """What genesis settings hold under ``"zk"``; checked by ``policy_of`` (raises ZkError)."""
-    entry = {"v": VERSION, "require_proof": True, "vk": bytes(vk_bytes),
-             "bound2": bound2.to_bytes(max(1, (bound2.bit_length() + 7) // 8), "big"), "grid_bits": grid_bits}
+def settings_entry(vk_bytes: bytes, bound2: int, grid_bits: int, rvk_bytes: bytes | None = None) -> dict[str, Any]:
+    """What genesis settings hold under ``"zk"`` (``rvk``: the remainder key, optional); checked by
+    ``policy_of`` (raises ZkError)."""
+    entry: dict[str, Any] = {"v": VERSION, "require_proof": True, "vk": bytes(vk_bytes),
+                             "bound2": bound2.to_bytes(max(1, (bound2.bit_length() + 7) // 8), "big"),
+                             "grid_bits": grid_bits}
+    if rvk_bytes is not None:
+        entry["rvk"] = bytes(rvk_bytes)
     policy_of({"zk": entry})
     return entry
 
@@ -79,7 +96,22 @@ def policy_of(settings: dict[str, Any]) -> ZkPolicy | None:
     bound2 = int.from_bytes(raw, "big")
     if bound2 >= 1 << vk.sb:
         raise ZkError(f"settings.zk.bound2 must be below 2^{vk.sb} for this verifying key")
-    return ZkPolicy(vk, vk_bytes, bound2, grid, require)
+    rvk_bytes = entry.get("rvk")
+    if rvk_bytes is None:
+        return ZkPolicy(vk, vk_bytes, bound2, grid, require)
+    if not isinstance(rvk_bytes, bytes):
+        raise ZkError("settings.zk.rvk must be bytes")
+    rvk = up.VerifyingKey.decode(rvk_bytes)
+    if not is_remainder_vk(rvk):
+        raise ZkError("settings.zk.rvk is not a remainder-proof verifying key")
+    if rvk.seed != vk.seed or rvk.n < vk.n:
+        raise ZkError("settings.zk.rvk is for another generator seed or fewer values than the update key")
+    return ZkPolicy(vk, vk_bytes, bound2, grid, require, rvk, rvk_bytes)
+
+
+def is_remainder_vk(vk: up.VerifyingKey) -> bool:
+    """The remainder circuit's key bounds X = W by 2^(k-1) (sb = k - 1); an update key's sb is wider."""
+    return vk.sb == vk.k - 1
 
 
 def proof_of(commit: Commit) -> bytes | None:
@@ -129,3 +161,58 @@ def check_update(policy: ZkPolicy, commit: Commit, *, backend_name: str | None =
     except ZkError as exc:
         return str(exc)
     return None
+
+
+def merge_total(commit: Commit) -> int | None:
+    """W: the sum of the weights in a merge's signed record (None when malformed)."""
+    record = commit.info.get("merge")
+    weights = record.get("weights") if isinstance(record, dict) else None
+    if not isinstance(weights, list) or not weights \
+            or not all(type(w) is int and 0 <= w < 1 << 64 for w in weights):
+        return None
+    return sum(weights)
+
+
+def needs_remainder_proof(policy: ZkPolicy | None, commit: Commit) -> bool:
+    """A merge carrying ``C(r)`` (FedAvg) in a repository whose policy names a remainder key."""
+    if policy is None or policy.remainder_vk is None or commit.kind != "merge":
+        return False
+    zk = commit.info.get("zk")
+    return isinstance(zk, dict) and "remainder" in zk
+
+
+def check_merge(policy: ZkPolicy, commit: Commit, *, backend_name: str | None = None) -> str | None:
+    """Why a merge does not meet ``policy``'s remainder rule (one line), or None. Needs no weights and
+    no inputs: the remainder proof against ``C(r)``, ``W`` from the merge record and ``proof_hash``."""
+    if not needs_remainder_proof(policy, commit):
+        return None
+    assert policy.remainder_vk is not None
+    zk = commit.info["zk"]
+    remainder = zk.get("remainder")
+    if not isinstance(remainder, bytes):
+        return "the merge's remainder commitment is malformed"
+    total = merge_total(commit)
+    if total is None:
+        return "the merge record's weights are malformed (no total weight W)"
+    proof = proof_of(commit)
+    if proof is None:
+        return "the repository requires remainder proofs on FedAvg merges: the merge carries none"
+    if total >= 1 << policy.remainder_vk.sb:
+        return f"the merge's total weight {total} is over the remainder key's 2^{policy.remainder_vk.sb}"
+    try:
+        up.verify(policy.remainder_vk, proof, remainder, proof_hash(commit), total, backend_name=backend_name)
+    except ZkError as exc:
+        text = str(exc)
+        if "link proof fails" in text:
+            return "remainder proof: the link proof fails (D and C(r) do not open to the same vector)"
+        if "Groth16 proof fails" in text:
+            return "remainder proof: the Groth16 proof fails for this commit hash, total weight W and remainder"
+        return f"remainder proof: {text}"
+    return None
+
+
+def check(policy: ZkPolicy, commit: Commit, *, backend_name: str | None = None) -> str | None:
+    """``check_merge`` for merges, ``check_update`` for everything else (exempt kinds pass)."""
+    if commit.kind == "merge":
+        return check_merge(policy, commit, backend_name=backend_name)
+    return check_update(policy, commit, backend_name=backend_name)
