@@ -47,6 +47,9 @@ class Ix(IntEnum):
     WRITE_VK = 12
     SEAL_VK = 13
     PROVE_COMMIT = 14
+    WRITE_RVK = 15  # write_vk's layout, for the merge remainder key
+    SEAL_RVK = 16  # seal_vk's layout (bound2 zero), for the merge remainder key
+    PROVE_MERGE = 17
 
 
 class Kind(IntEnum):
@@ -66,6 +69,7 @@ class Tag(IntEnum):
     COMMIT = 3
     NFT = 4
     ZKVK = 5  # a repository's verifying key for update proofs
+    ZKRVK = 6  # a repository's verifying key for merge remainder proofs (same layout)
 
 
 class ErrorCode(IntEnum):
@@ -133,6 +137,9 @@ class ErrorCode(IntEnum):
     PROOF_LINK_FAILS = 57  # prove_commit: the proof is for another vector than the record's commitment
     PROOF_GROTH16_FAILS = 58  # prove_commit: another proof hash or bound, or a false statement
     INPUT_NOT_PROVEN = 59  # merge in a repository that requires proofs: an unproven update of nonzero weight
+    NO_REMAINDER_KEY = 60  # prove_merge in a repository without a sealed remainder key
+    NOT_A_MERGE = 61  # prove_merge of a record that is not a merge
+    MERGE_WEIGHT_TOO_LARGE = 62  # prove_merge: W >= 2^sb of the remainder key (past what its circuit takes)
 
 
 MAX_BRANCHES = 8
@@ -146,6 +153,7 @@ FLAG_HAS_COMMITMENT = 1
 FLAG_HAS_REMAINDER = 2  # merge only, and only with FLAG_HAS_COMMITMENT: merge flags are 0, 1 or 3
 FLAG_PROVEN = 4  # commit record flags: prove_commit verified the update's proof
 REPO_REQUIRES_PROOFS = 1  # repo flags (byte 3): a sealed verifying key; set by seal_vk
+REPO_HAS_REMAINDER_KEY = 2  # repo flags: a sealed remainder key (seal_rvk); merges may be proven
 VK_SEALED = 1  # zkvk flags
 VK_CAPACITY = 1248  # key bytes a zkvk record holds (update_proof keys are 1120 + the seed's length)
 PROOF_BYTES = 384  # an update proof (fednode.zk.update_proof.PROOF_BYTES)
@@ -156,6 +164,7 @@ MEMBER_SEED = b"member"
 COMMIT_SEED = b"commit"
 NFT_SEED = b"nft"
 ZKVK_SEED = b"zkvk"
+ZKRVK_SEED = b"zkrvk"
 
 # Accounts the instructions take, in order (s = signer, w = writable).
 ACCOUNTS: dict[Ix, tuple[str, ...]] = {
@@ -186,8 +195,12 @@ ACCOUNTS: dict[Ix, tuple[str, ...]] = {
     Ix.WRITE_VK: ("owner [s,w]", "repo", "zkvk PDA [w]", "system program"),
     Ix.SEAL_VK: ("owner [s]", "repo [w]", "zkvk PDA [w]"),
     Ix.PROVE_COMMIT: ("author [s]", "repo", "zkvk PDA", "commit PDA [w]"),
+    Ix.WRITE_RVK: ("owner [s,w]", "repo", "zkrvk PDA [w]", "system program"),
+    Ix.SEAL_RVK: ("owner [s]", "repo [w]", "zkrvk PDA [w]"),
+    Ix.PROVE_MERGE: ("owner [s]", "repo", "zkrvk PDA", "merge commit PDA [w]", "input commit PDAs..."),
 }  # fmt: skip
-# NFT-bound repos: add_member, remove_member, set_head, merge, anchor_commit, write_vk and seal_vk take these four
+# NFT-bound repos: add_member, remove_member, set_head, merge, anchor_commit, write_vk, seal_vk, their
+# remainder-key twins and prove_merge take these four
 # after their own accounts (after the parent / input list).
 NFT_TRAILING_ACCOUNTS = ("holder token account", "nft PDA [w]", "mint [w]", "token-2022 program")
 
@@ -246,8 +259,9 @@ def nft_seeds(repo_id: bytes) -> list[bytes]:
     return [NFT_SEED, _b32("repo_id", repo_id)]
 
 
-def zkvk_seeds(repo_id: bytes) -> list[bytes]:
-    return [ZKVK_SEED, _b32("repo_id", repo_id)]
+def zkvk_seeds(repo_id: bytes, remainder: bool = False) -> list[bytes]:
+    """The update key's record, or with ``remainder`` the merge remainder key's."""
+    return [ZKRVK_SEED if remainder else ZKVK_SEED, _b32("repo_id", repo_id)]
 
 
 # --- instructions ------------------------------------------------------------------------------
@@ -346,10 +360,12 @@ class Claim:
 
 @dataclass(frozen=True)
 class WriteVk:
-    """Owner only, until sealed: copy ``data`` into the repository's key buffer at ``offset``."""
+    """Owner only, until sealed: copy ``data`` into the repository's key buffer at ``offset``
+    (``remainder``: the merge remainder key's buffer, instruction write_rvk)."""
 
     offset: int
     data: bytes  # 1.. bytes, offset + len <= VK_CAPACITY
+    remainder: bool = False
 
 
 @dataclass(frozen=True)
@@ -358,8 +374,9 @@ class SealVk:
     ``bound2 < 2^sb``; then the key is final and the repository requires proofs."""
 
     key_id: bytes  # sha256 of VerifyingKey.encode(): ZkPolicy.key_id
-    bound2: int  # B^2 (< 2^256), sent big-endian
+    bound2: int  # B^2 (< 2^256), sent big-endian; 0 for the remainder key
     vk_len: int
+    remainder: bool = False  # seal_rvk: the merge remainder key (sets REPO_HAS_REMAINDER_KEY)
 
 
 @dataclass(frozen=True)
@@ -373,8 +390,22 @@ class ProveCommit:
     proof: bytes  # PROOF_BYTES
 
 
+@dataclass(frozen=True)
+class ProveMerge:
+    """The owner (holder) proves an anchored FedAvg merge rounded to nearest: the program checks
+    ``sum_k w_k C_k == W C(d) + C(r)`` (the record's C(d), the input records' commitments, W = sum of
+    ``weights``) and the remainder proof for ``remainder`` = C(r) with X = W, bound to ``proof_hash``
+    (the owner's word, as in ProveCommit). The inputs are the merge's parents, in order (accounts)."""
+
+    commit_hash: bytes
+    proof_hash: bytes
+    weights: tuple[int, ...]  # one per parent of the merge, in the commit's order (0: the merge base)
+    remainder: bytes  # C(r), 64 bytes
+    proof: bytes  # PROOF_BYTES
+
+
 Instruction = (CreateRepo | AddMember | RemoveMember | AnchorCommit | Merge | SetHead | BindNft | SyncHolder
-               | SetShare | Sell | SetUri | Claim | WriteVk | SealVk | ProveCommit)  # fmt: skip
+               | SetShare | Sell | SetUri | Claim | WriteVk | SealVk | ProveCommit | ProveMerge)  # fmt: skip
 
 
 def _share(bps: int) -> int:
@@ -396,32 +427,57 @@ def _uri(uri: str) -> bytes:
     return raw
 
 
-def _encode_zk(ix: WriteVk | SealVk | ProveCommit) -> bytes:
+def _proof(value: bytes) -> bytes:
+    if len(value) != PROOF_BYTES:
+        raise LayoutError(f"a proof is {PROOF_BYTES} bytes, got {len(value)}")
+    return bytes(value)
+
+
+def _encode_zk(ix: WriteVk | SealVk | ProveCommit | ProveMerge) -> bytes:
     if isinstance(ix, WriteVk):
         if not ix.data or not 0 <= ix.offset or ix.offset + len(ix.data) > VK_CAPACITY:
             raise LayoutError(f"write_vk: 1.. bytes within the {VK_CAPACITY}-byte key buffer")
-        return bytes([Ix.WRITE_VK]) + struct.pack("<H", ix.offset) + bytes(ix.data)
+        tag = Ix.WRITE_RVK if ix.remainder else Ix.WRITE_VK
+        return bytes([tag]) + struct.pack("<H", ix.offset) + bytes(ix.data)
     if isinstance(ix, SealVk):
         if not 0 <= ix.bound2 < 1 << 256 or not 0 <= ix.vk_len <= VK_CAPACITY:
             raise LayoutError(f"seal_vk: B^2 must fit 32 bytes and the key {VK_CAPACITY} bytes")
-        return (bytes([Ix.SEAL_VK]) + _b32("key_id", ix.key_id) + ix.bound2.to_bytes(32, "big")
-                + struct.pack("<H", ix.vk_len))  # fmt: skip
-    if len(ix.proof) != PROOF_BYTES:
-        raise LayoutError(f"an update proof is {PROOF_BYTES} bytes, got {len(ix.proof)}")
+        if ix.remainder and ix.bound2:
+            raise LayoutError("seal_rvk: the remainder key takes no bound (X is each merge's W)")
+        return (bytes([Ix.SEAL_RVK if ix.remainder else Ix.SEAL_VK]) + _b32("key_id", ix.key_id)
+                + ix.bound2.to_bytes(32, "big") + struct.pack("<H", ix.vk_len))  # fmt: skip
+    if isinstance(ix, ProveMerge):
+        if not 0 < len(ix.weights) <= MAX_PARENTS:
+            raise LayoutError(f"prove_merge: 1..{MAX_PARENTS} weights")
+        if len(ix.remainder) != 64:
+            raise LayoutError(f"remainder must be 64 bytes, got {len(ix.remainder)}")
+        return (bytes([Ix.PROVE_MERGE]) + _b32("commit_hash", ix.commit_hash) + _b32("proof_hash", ix.proof_hash)
+                + bytes([len(ix.weights)]) + b"".join(_u64("weight", w) for w in ix.weights)
+                + bytes(ix.remainder) + _proof(ix.proof))  # fmt: skip
     return bytes([Ix.PROVE_COMMIT]) + _b32("commit_hash", ix.commit_hash) + _b32("proof_hash", ix.proof_hash) \
-        + bytes(ix.proof)
+        + _proof(ix.proof)
 
 
 def _decode_zk(tag: int, body: bytes) -> Instruction | None:
-    if tag == Ix.WRITE_VK and len(body) >= 3:
+    if tag in (Ix.WRITE_VK, Ix.WRITE_RVK) and len(body) >= 3:
         offset = struct.unpack_from("<H", body)[0]
         if offset + len(body) - 2 > VK_CAPACITY:
             raise LayoutError("write_vk: past the key buffer")
-        return WriteVk(offset, body[2:])
-    if tag == Ix.SEAL_VK and len(body) == 66:
-        return SealVk(body[:32], int.from_bytes(body[32:64], "big"), struct.unpack_from("<H", body, 64)[0])
+        return WriteVk(offset, body[2:], tag == Ix.WRITE_RVK)
+    if tag in (Ix.SEAL_VK, Ix.SEAL_RVK) and len(body) == 66:
+        bound2 = int.from_bytes(body[32:64], "big")
+        if tag == Ix.SEAL_RVK and bound2:  # the program: INVALID_VK
+            raise LayoutError("seal_rvk: the remainder key takes no bound")
+        return SealVk(body[:32], bound2, struct.unpack_from("<H", body, 64)[0], tag == Ix.SEAL_RVK)
     if tag == Ix.PROVE_COMMIT and len(body) == 64 + PROOF_BYTES:
         return ProveCommit(body[:32], body[32:64], body[64:])
+    if tag == Ix.PROVE_MERGE and len(body) >= 65:
+        n = body[64]
+        if not 0 < n <= MAX_PARENTS or len(body) != 65 + 8 * n + 64 + PROOF_BYTES:
+            raise LayoutError("malformed prove_merge")
+        at = 65 + 8 * n
+        return ProveMerge(body[:32], body[32:64], struct.unpack_from(f"<{n}Q", body, 65), body[at : at + 64],
+                          body[at + 64 :])  # fmt: skip
     return None
 
 
@@ -501,7 +557,7 @@ def encode_instruction(ix: Instruction) -> bytes:
         return bytes([Ix.SET_HEAD]) + _b32("branch", ix.branch) + _b32("commit", ix.commit_hash)
     if isinstance(ix, BindNft | SyncHolder | SetShare | Sell | SetUri | Claim):
         return _encode_nft(ix)
-    if isinstance(ix, WriteVk | SealVk | ProveCommit):
+    if isinstance(ix, WriteVk | SealVk | ProveCommit | ProveMerge):
         return _encode_zk(ix)
     raise TypeError(f"not a federity instruction: {ix!r}")
 
@@ -566,6 +622,7 @@ class RepoAccount:
     accumulator: bytes
     branches: dict[bytes, bytes]  # branch hash -> head commit hash
     requires_proofs: bool = False  # a sealed verifying key (zkvk record): updates must be proven
+    has_remainder_key: bool = False  # a sealed remainder key (zkrvk record): prove_merge proves merges
 
 
 @dataclass(frozen=True)
@@ -588,12 +645,13 @@ class CommitAccount:
     commitment: bytes | None
     slot: int
     index: int  # 0-based position in the repository's accumulator chain
-    proven: bool = False  # prove_commit verified its update proof
+    proven: bool = False  # prove_commit verified its update proof (a merge: prove_merge, its remainder proof)
 
 
 @dataclass(frozen=True)
 class ZkVkAccount:
-    """A repository's verifying key for update proofs (PDA seeds "zkvk", repo_id)."""
+    """A repository's verifying key for update proofs (PDA seeds "zkvk", repo_id), or its merge remainder
+    key (seeds "zkrvk", repo_id; ``remainder``, bound2 0)."""
 
     bump: int
     repo_id: bytes
@@ -601,6 +659,7 @@ class ZkVkAccount:
     key_id: bytes  # sha256(vk) once sealed, zeros before
     bound2: int  # B^2 once sealed
     vk: bytes  # the sealed key; before the seal, the whole buffer as written so far
+    remainder: bool = False
 
 
 @dataclass(frozen=True)
@@ -632,7 +691,7 @@ def _header(data: bytes, tag: Tag, size: int, pad: slice = slice(3, 8)) -> None:
 
 def decode_repo(data: bytes) -> RepoAccount:
     _header(data, Tag.REPO, REPO_SIZE, slice(4, 8))
-    if data[3] & ~REPO_REQUIRES_PROOFS:
+    if data[3] & ~(REPO_REQUIRES_PROOFS | REPO_HAS_REMAINDER_KEY):
         raise LayoutError("not a repo account: unknown flags")
     branches = {}
     for i in range(MAX_BRANCHES):
@@ -643,6 +702,7 @@ def decode_repo(data: bytes) -> RepoAccount:
         bump=data[2], repo_id=bytes(data[8:40]), owner=bytes(data[40:72]), mint=bytes(data[72:104]),
         commit_count=struct.unpack_from("<Q", data, 104)[0], accumulator=bytes(data[112:144]),
         branches=branches, requires_proofs=bool(data[3] & REPO_REQUIRES_PROOFS),
+        has_remainder_key=bool(data[3] & REPO_HAS_REMAINDER_KEY),
     )  # fmt: skip
 
 
@@ -666,15 +726,17 @@ def decode_commit(data: bytes) -> CommitAccount:
     )  # fmt: skip
 
 
-def decode_zkvk(data: bytes) -> ZkVkAccount:
-    _header(data, Tag.ZKVK, ZKVK_SIZE, slice(4, 8))
+def decode_zkvk(data: bytes, remainder: bool = False) -> ZkVkAccount:
+    """The update key's record, or with ``remainder`` the remainder key's (another tag: one never
+    decodes as the other)."""
+    _header(data, Tag.ZKRVK if remainder else Tag.ZKVK, ZKVK_SIZE, slice(4, 8))
     vk_len = struct.unpack_from("<H", data, 104)[0]
     if data[3] & ~VK_SEALED or any(data[106:112]) or vk_len > VK_CAPACITY:
         raise LayoutError("not a zkvk account: bad flags or key length")
     sealed = bool(data[3] & VK_SEALED)
     return ZkVkAccount(bump=data[2], repo_id=bytes(data[8:40]), sealed=sealed, key_id=bytes(data[40:72]),
                        bound2=int.from_bytes(data[72:104], "big"),
-                       vk=bytes(data[112 : 112 + vk_len] if sealed else data[112:]))  # fmt: skip
+                       vk=bytes(data[112 : 112 + vk_len] if sealed else data[112:]), remainder=remainder)  # fmt: skip
 
 
 def decode_nft(data: bytes) -> NftAccount:

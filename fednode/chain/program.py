@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from solders.compute_budget import set_compute_unit_limit
 from solders.instruction import AccountMeta, Instruction
 from solders.pubkey import Pubkey
 
@@ -29,6 +30,7 @@ token_account_address = tok.associated_token_address
 # Key bytes per write_vk: a 1,147-byte key goes in two transactions (768, then 379 with the seal),
 # each under 1,232 bytes also with the four NFT accounts.
 VK_CHUNK = 768
+PROVE_MERGE_CU_LIMIT = 300_000  # 8 inputs take ~196k of the default 200k, 16 about 235k
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,9 @@ class FederityProgram:
     def nft_address(self, repo_id: bytes) -> Pubkey:
         return self._pda(layout.nft_seeds(repo_id))
 
-    def zkvk_address(self, repo_id: bytes) -> Pubkey:
-        return self._pda(layout.zkvk_seeds(repo_id))
+    def zkvk_address(self, repo_id: bytes, remainder: bool = False) -> Pubkey:
+        """The update key's record, or with ``remainder`` the merge remainder key's."""
+        return self._pda(layout.zkvk_seeds(repo_id, remainder))
 
     def _nft_metas(self, repo_id: bytes, nft: NftRef | None) -> list[AccountMeta]:
         """The four trailing accounts of a holder-gated instruction on an NFT-bound repository."""
@@ -190,27 +193,30 @@ class FederityProgram:
         return self._ix(layout.Claim(index), metas)
 
     # --- update proofs (issue 15) -------------------------------------------------------------------
+    # ``remainder``: the same instructions for the merge remainder key (write_rvk, seal_rvk; its own
+    # record, seeds "zkrvk"); it takes no bound (bound2 0: X is each merge's W).
 
     def write_vk(self, owner: Pubkey, repo_id: bytes, offset: int, data: bytes, *,
-                 nft: NftRef | None = None) -> Instruction:  # fmt: skip
-        metas = [_payer(owner), _ro(self.repo_address(repo_id)), _w(self.zkvk_address(repo_id)),
+                 nft: NftRef | None = None, remainder: bool = False) -> Instruction:  # fmt: skip
+        metas = [_payer(owner), _ro(self.repo_address(repo_id)), _w(self.zkvk_address(repo_id, remainder)),
                  _ro(SYSTEM_PROGRAM_ID), *self._nft_metas(repo_id, nft)]  # fmt: skip
-        return self._ix(layout.WriteVk(offset, data), metas)
+        return self._ix(layout.WriteVk(offset, data, remainder), metas)
 
     def seal_vk(self, owner: Pubkey, repo_id: bytes, key_id: bytes, bound2: int, vk_len: int, *,
-                nft: NftRef | None = None) -> Instruction:  # fmt: skip
+                nft: NftRef | None = None, remainder: bool = False) -> Instruction:  # fmt: skip
         metas = [AccountMeta(owner, is_signer=True, is_writable=False), _w(self.repo_address(repo_id)),
-                 _w(self.zkvk_address(repo_id)), *self._nft_metas(repo_id, nft)]  # fmt: skip
-        return self._ix(layout.SealVk(key_id, bound2, vk_len), metas)
+                 _w(self.zkvk_address(repo_id, remainder)), *self._nft_metas(repo_id, nft)]  # fmt: skip
+        return self._ix(layout.SealVk(key_id, bound2, vk_len, remainder), metas)
 
     def set_vk(self, owner: Pubkey, repo_id: bytes, vk: bytes, bound2: int, *, nft: NftRef | None = None,
-               written: bytes = b"") -> list[list[Instruction]]:  # fmt: skip
+               written: bytes = b"", remainder: bool = False) -> list[list[Instruction]]:  # fmt: skip
         """The transactions that write ``vk`` and seal it with ``bound2`` (the last write shares the seal's
         transaction). ``written``: the record's buffer as it is (a replay skips chunks already there)."""
         chunks = [(at, vk[at:at + VK_CHUNK]) for at in range(0, len(vk), VK_CHUNK)]
-        writes = [self.write_vk(owner, repo_id, at, part, nft=nft) for at, part in chunks
+        writes = [self.write_vk(owner, repo_id, at, part, nft=nft, remainder=remainder) for at, part in chunks
                   if written[at:at + len(part)] != part]  # fmt: skip
-        seal = self.seal_vk(owner, repo_id, hashlib.sha256(vk).digest(), bound2, len(vk), nft=nft)
+        seal = self.seal_vk(owner, repo_id, hashlib.sha256(vk).digest(), bound2, len(vk), nft=nft,
+                            remainder=remainder)  # fmt: skip
         return [[ix] for ix in writes[:-1]] + [[*writes[-1:], seal]]
 
     def prove_commit(self, author: Pubkey, repo_id: bytes, commit_hash: bytes, proof_hash: bytes,
@@ -218,6 +224,22 @@ class FederityProgram:
         metas = [AccountMeta(author, is_signer=True, is_writable=False), _ro(self.repo_address(repo_id)),
                  _ro(self.zkvk_address(repo_id)), _w(self.commit_address(repo_id, commit_hash))]  # fmt: skip
         return self._ix(layout.ProveCommit(commit_hash, proof_hash, proof), metas)
+
+    def prove_merge(self, owner: Pubkey, repo_id: bytes, body: layout.ProveMerge, inputs: Sequence[bytes], *,
+                    nft: NftRef | None = None) -> Instruction:  # fmt: skip
+        """Prove the anchored merge ``body.commit_hash`` (owner, or the holder of a bound repository);
+        ``inputs``: the merge's parents in the commit's order (their records follow the merge's)."""
+        metas = [AccountMeta(owner, is_signer=True, is_writable=False), _ro(self.repo_address(repo_id)),
+                 _ro(self.zkvk_address(repo_id, remainder=True)), _w(self.commit_address(repo_id, body.commit_hash)),
+                 *self._records(repo_id, inputs), *self._nft_metas(repo_id, nft)]  # fmt: skip
+        return self._ix(body, metas)
+
+    def prove_merge_ixs(self, owner: Pubkey, repo_id: bytes, body: layout.ProveMerge, inputs: Sequence[bytes], *,
+                        nft: NftRef | None = None) -> list[Instruction]:  # fmt: skip
+        """prove_merge after a ComputeBudget limit (PROVE_MERGE_CU_LIMIT): past about 8 inputs it needs more than
+        the default 200k CU; the extra instruction costs 40 bytes (9 inputs fit a transaction, 6 NFT-bound)."""
+        ix = self.prove_merge(owner, repo_id, body, inputs, nft=nft)
+        return [set_compute_unit_limit(PROVE_MERGE_CU_LIMIT), ix]
 
     def _records(self, repo_id: bytes, hashes: Sequence[bytes]) -> list[AccountMeta]:
         return [_ro(self.commit_address(repo_id, h)) for h in hashes]

@@ -25,6 +25,7 @@
 #define FLAG_HAS_REMAINDER 2 /* merge only, and only with FLAG_HAS_COMMITMENT */
 #define FLAG_PROVEN 4        /* commit record: prove_commit verified its update proof */
 #define REPO_REQUIRES_PROOFS 1 /* repo flags: a sealed verifying key; updates must be proven */
+#define REPO_HAS_REMAINDER_KEY 2 /* repo flags: a sealed remainder key; prove_merge may prove merges */
 #define VK_SEALED 1          /* zkvk flags: the key is final */
 #define VK_CAPACITY 1248     /* key bytes a zkvk record holds: ZK_VK_FIXED + a seed of up to 128 */
 #define FLAG_SHARE_LOCKED 1
@@ -38,9 +39,9 @@
 enum {
   IX_CREATE_REPO, IX_ADD_MEMBER, IX_REMOVE_MEMBER, IX_ANCHOR_COMMIT, IX_MERGE, IX_SET_HEAD,
   IX_BIND_NFT, IX_SYNC_HOLDER, IX_SET_SHARE, IX_SELL, IX_SET_URI, IX_CLAIM, IX_WRITE_VK, IX_SEAL_VK,
-  IX_PROVE_COMMIT
+  IX_PROVE_COMMIT, IX_WRITE_RVK, IX_SEAL_RVK, IX_PROVE_MERGE
 };
-enum { TAG_REPO = 1, TAG_MEMBER = 2, TAG_COMMIT = 3, TAG_NFT = 4, TAG_ZKVK = 5 };
+enum { TAG_REPO = 1, TAG_MEMBER = 2, TAG_COMMIT = 3, TAG_NFT = 4, TAG_ZKVK = 5, TAG_ZKRVK = 6 };
 enum { KIND_INIT, KIND_UPDATE, KIND_MERGE, KIND_REVERT };
 
 enum {
@@ -103,6 +104,9 @@ enum {
   E_PROOF_LINK_FAILS,
   E_PROOF_GROTH16_FAILS,
   E_INPUT_NOT_PROVEN,
+  E_NO_REMAINDER_KEY,
+  E_NOT_A_MERGE,
+  E_MERGE_WEIGHT_TOO_LARGE,
 };
 
 typedef struct {
@@ -156,8 +160,10 @@ typedef struct {
   Contributor contributors[MAX_CONTRIBUTORS];
 } Nft;
 
-/* The repository's verifying key for update proofs (PDA "zkvk", repo_id): written in chunks by the
- * owner (write_vk), then sealed (seal_vk), immutable from then on. */
+/* The repository's verifying key for update proofs (PDA "zkvk", repo_id, tag TAG_ZKVK) or for merge
+ * remainder proofs (PDA "zkrvk", repo_id, tag TAG_ZKRVK; bound2 stays zero: X is the merge's W):
+ * written in chunks by the owner (write_vk / write_rvk), then sealed (seal_vk / seal_rvk), immutable
+ * from then on. */
 typedef struct {
   uint8_t tag, version, bump, flags, _pad[4]; /* flags: VK_SEALED */
   uint8_t repo_id[32];
@@ -1243,18 +1249,31 @@ static uint64_t claim(SolParameters *p) {
 
 /* ---- update proofs (issue 15): the verifying key, prove_commit ------------------------------ */
 
-static ZkVk *as_vk(const SolAccountInfo *a, const SolPubkey *program_id, const Repo *r) {
+/* Which key a write/seal instruction addresses: the update key or the merge remainder key. */
+typedef struct {
+  uint8_t tag;        /* TAG_ZKVK or TAG_ZKRVK */
+  const char *seed;   /* "zkvk" or "zkrvk" */
+  uint64_t seed_len;
+  uint8_t repo_flag;  /* set at seal: REPO_REQUIRES_PROOFS or REPO_HAS_REMAINDER_KEY */
+} KeyKind;
+
+static const KeyKind UPDATE_KEY = {TAG_ZKVK, "zkvk", 4, REPO_REQUIRES_PROOFS};
+static const KeyKind REMAINDER_KEY = {TAG_ZKRVK, "zkrvk", 5, REPO_HAS_REMAINDER_KEY};
+
+/* The repository's key record of kind `tag` (the tag tells the two records apart: an update key
+ * cannot stand in for the remainder key, nor the other way round). */
+static ZkVk *as_vk(const SolAccountInfo *a, const SolPubkey *program_id, const Repo *r, uint8_t tag) {
   if (!sol_pubkey_eq(a->owner, program_id) || a->data_len != sizeof(ZkVk)) return NULL;
   ZkVk *v = (ZkVk *)a->data;
-  if (v->tag != TAG_ZKVK || v->version != LAYOUT_VERSION || !sol_bytes_eq(v->repo_id, r->repo_id, 32))
+  if (v->tag != tag || v->version != LAYOUT_VERSION || !sol_bytes_eq(v->repo_id, r->repo_id, 32))
     return NULL;
   return v;
 }
 
-/* write_vk(offset u16, bytes); accounts: owner [s,w], repo, zkvk PDA [w], system program (+ the
- * four NFT accounts). Copies the bytes into the key buffer at offset, creating the record on the
- * first write; any number of times, in any order, until seal_vk (a replay rewrites the same bytes). */
-static uint64_t write_vk(SolParameters *p) {
+/* write_vk / write_rvk(offset u16, bytes); accounts: owner [s,w], repo, key PDA [w], system program
+ * (+ the four NFT accounts). Copies the bytes into the key buffer at offset, creating the record on
+ * the first write; any number of times, in any order, until sealed (a replay rewrites the same bytes). */
+static uint64_t write_key(SolParameters *p, const KeyKind *kind) {
   if (p->data_len < 4) return E_INVALID_INSTRUCTION_DATA;
   uint64_t at = sol_read_u16(p->data + 1), len = p->data_len - 3;
   if (at + len > VK_CAPACITY) return E_INVALID_INSTRUCTION_DATA;
@@ -1268,16 +1287,16 @@ static uint64_t write_vk(SolParameters *p) {
   SolAccountInfo *acct = &p->ka[2];
   ZkVk *v;
   if (sol_pubkey_eq(acct->owner, p->program_id)) {
-    v = as_vk(acct, p->program_id, r);
+    v = as_vk(acct, p->program_id, r, kind->tag);
     if (!v) return E_INVALID_VK_ACCOUNT;
     if (!acct->is_writable) return E_ACCOUNT_NOT_WRITABLE;
   } else {
-    PdaSpec spec = {{{(const uint8_t *)"zkvk", 4}, {r->repo_id, 32}}, 2, sizeof(ZkVk)};
+    PdaSpec spec = {{{(const uint8_t *)kind->seed, kind->seed_len}, {r->repo_id, 32}}, 2, sizeof(ZkVk)};
     uint8_t bump;
     rc = create_pda(p, 2, &spec, &bump);
     if (rc) return rc;
     v = (ZkVk *)acct->data;
-    v->tag = TAG_ZKVK;
+    v->tag = kind->tag;
     v->version = LAYOUT_VERSION;
     v->bump = bump;
     memcpy(v->repo_id, r->repo_id, 32);
@@ -1287,18 +1306,19 @@ static uint64_t write_vk(SolParameters *p) {
   return 0;
 }
 
-/* seal_vk(key_id[32], bound2[32] big-endian, vk_len u16); accounts: owner [s], repo [w], zkvk [w]
- * (+ the four NFT accounts). Checks that the first vk_len bytes written hash to key_id (the key id
- * the genesis policy names: VK_MISMATCH) and have a key's shape with B^2 < 2^sb (zk_vk_check,
- * zk_bound_ok: INVALID_VK); the points are not checked here: the syscalls refuse a bad one at use
- * (INVALID_PROOF_POINT). Then the record is final and the repository requires proofs. */
-static uint64_t seal_vk(SolParameters *p) {
+/* seal_vk / seal_rvk(key_id[32], bound2[32] big-endian, vk_len u16); accounts: owner [s], repo [w],
+ * key record [w] (+ the four NFT accounts). Checks that the first vk_len bytes written hash to key_id
+ * (the key id the genesis policy names: VK_MISMATCH) and have a key's shape with B^2 < 2^sb
+ * (zk_vk_check, zk_bound_ok: INVALID_VK; the remainder key takes no bound: bound2 must be zero);
+ * the points are not checked here: the syscalls refuse a bad one at use (INVALID_PROOF_POINT). Then
+ * the record is final and the repo flag of its kind is set. */
+static uint64_t seal_key(SolParameters *p, const KeyKind *kind) {
   if (p->data_len != 67) return E_INVALID_INSTRUCTION_DATA;
   if (p->ka_num < 3) return E_NOT_ENOUGH_ACCOUNTS;
   Ctl ctl = {NULL, NULL, 3};
   uint64_t rc = control(p, true, &ctl);
   if (rc) return rc;
-  ZkVk *v = as_vk(&p->ka[2], p->program_id, ctl.repo);
+  ZkVk *v = as_vk(&p->ka[2], p->program_id, ctl.repo, kind->tag);
   if (!v) return E_INVALID_VK_ACCOUNT;
   if (!p->ka[2].is_writable) return E_ACCOUNT_NOT_WRITABLE;
   if (v->flags & VK_SEALED) return E_VK_SEALED;
@@ -1310,12 +1330,13 @@ static uint64_t seal_vk(SolParameters *p) {
   sol_sha256(&key, 1, digest);
   if (!sol_bytes_eq(digest, key_id, 32)) return E_VK_MISMATCH;
   if (zk_vk_check(v->vk, len) || !zk_bound_ok(v->vk, bound2)) return E_INVALID_VK;
+  if (kind->tag == TAG_ZKRVK && !sol_is_zero(bound2, 32)) return E_INVALID_VK;
   memset(v->vk + len, 0, VK_CAPACITY - len); /* the record holds exactly the key */
   memcpy(v->key_id, key_id, 32);
   memcpy(v->bound2, bound2, 32);
   v->vk_len = (uint16_t)len;
   v->flags |= VK_SEALED;
-  ctl.repo->flags |= REPO_REQUIRES_PROOFS;
+  ctl.repo->flags |= kind->repo_flag;
   return 0;
 }
 
@@ -1332,7 +1353,7 @@ static uint64_t prove_commit(SolParameters *p) {
   const Repo *r = as_repo(&p->ka[1], p->program_id);
   if (!r) return E_INVALID_REPO_ACCOUNT;
   if (!(r->flags & REPO_REQUIRES_PROOFS)) return E_NO_VERIFYING_KEY;
-  const ZkVk *v = as_vk(&p->ka[2], p->program_id, r);
+  const ZkVk *v = as_vk(&p->ka[2], p->program_id, r, TAG_ZKVK);
   if (!v || !(v->flags & VK_SEALED)) return E_INVALID_VK_ACCOUNT;
   const uint8_t *hash = p->data + 1, *proof_hash = p->data + 33, *proof = p->data + 65;
   Commit *c = (Commit *)as_commit(&p->ka[3], p->program_id, r->repo_id, hash);
@@ -1350,6 +1371,78 @@ static uint64_t prove_commit(SolParameters *p) {
   default: return E_INVALID_PROOF_POINT; /* ZK_POINT (ZK_BOUND cannot happen: checked at seal) */
   }
   c->flags |= FLAG_PROVEN;
+  return 0;
+}
+
+/* An input record of this repository (its hash not given: prove_merge checks the list of hashes
+ * against the merge record's parents_digest instead). */
+static const Commit *as_any_commit(const SolAccountInfo *a, const SolPubkey *program_id, const uint8_t *repo_id) {
+  if (!sol_pubkey_eq(a->owner, program_id) || a->data_len != sizeof(Commit)) return NULL;
+  const Commit *c = (const Commit *)a->data;
+  return c->tag == TAG_COMMIT && c->version == LAYOUT_VERSION && sol_bytes_eq(c->repo_id, repo_id, 32) ? c : NULL;
+}
+
+/* The input records at ka[4..4+n) are the merge record's parents, in order: their hashes digest to
+ * its parents_digest (the merge instruction recorded sha256 of its inputs). */
+static uint64_t merge_inputs(SolParameters *p, const Commit *m, uint64_t n, const Commit **in) {
+  if (n != m->n_parents) return E_INPUT_NOT_ANCHORED;
+  SolBytes hashes[MAX_PARENTS];
+  for (uint64_t k = 0; k < n; k++) {
+    in[k] = as_any_commit(&p->ka[4 + k], p->program_id, m->repo_id);
+    if (!in[k]) return E_INPUT_NOT_ANCHORED;
+    hashes[k].addr = in[k]->commit_hash;
+    hashes[k].len = 32;
+  }
+  uint8_t digest[32];
+  sol_sha256(hashes, n, digest);
+  return sol_bytes_eq(digest, m->parents_digest, 32) ? 0 : E_INPUT_NOT_ANCHORED;
+}
+
+/* prove_merge(commit_hash[32], proof_hash[32], n u8, weights[n] u64, remainder[64], proof[384]);
+ * accounts: owner [s], repo, zkrvk, merge record [w], the n input records (the merge's parents, in
+ * order) (+ the four NFT accounts). The owner (holder) proves that an anchored FedAvg merge rounded
+ * to nearest: W = sum w_k, sum_k w_k C_k == W C(d) + C(r) with the record's C(d) (the merge rule),
+ * and the remainder proof for C(r) with X = W (|2 r_i| <= W), bound to proof_hash (the owner's word,
+ * as in prove_commit); sets FLAG_PROVEN. Idempotent: a record already PROVEN returns success. */
+static uint64_t prove_merge(SolParameters *p) {
+  if (p->data_len < 66) return E_INVALID_INSTRUCTION_DATA;
+  uint64_t n = p->data[65], total;
+  if (n == 0 || p->data_len != 514 + 8 * n) return E_INVALID_INSTRUCTION_DATA;
+  if (n > MAX_PARENTS) return E_TOO_MANY_PARENTS;
+  if (p->ka_num < 4 + n) return E_NOT_ENOUGH_ACCOUNTS;
+  const uint8_t *hash = p->data + 1, *proof_hash = p->data + 33, *weights = p->data + 66;
+  const uint8_t *remainder = weights + 8 * n, *proof = remainder + 64;
+  if (!weight_total(weights, n, &total) || total == 0) return E_INVALID_INSTRUCTION_DATA;
+  Ctl ctl = {NULL, NULL, 4 + n};
+  uint64_t rc = control(p, false, &ctl);
+  if (rc) return rc;
+  const Repo *r = ctl.repo;
+  if (!(r->flags & REPO_HAS_REMAINDER_KEY)) return E_NO_REMAINDER_KEY;
+  const ZkVk *v = as_vk(&p->ka[2], p->program_id, r, TAG_ZKRVK);
+  if (!v || !(v->flags & VK_SEALED)) return E_INVALID_VK_ACCOUNT;
+  Commit *m = (Commit *)as_commit(&p->ka[3], p->program_id, r->repo_id, hash);
+  if (!m) return E_COMMIT_NOT_ANCHORED;
+  if (!p->ka[3].is_writable) return E_ACCOUNT_NOT_WRITABLE;
+  if (m->kind != KIND_MERGE) return E_NOT_A_MERGE;
+  if (!(m->flags & FLAG_HAS_COMMITMENT)) return E_MISSING_COMMITMENT;
+  if (m->flags & FLAG_PROVEN) return 0;
+  const Commit *in[MAX_PARENTS];
+  rc = merge_inputs(p, m, n, in);
+  if (rc) return rc;
+  rc = check_merge_commitments(in, weights, n, m->commitment, remainder);
+  if (rc) return rc;
+  uint8_t w2[32]; /* X = W, big-endian, as the key's bound slot takes it */
+  memset(w2, 0, 24);
+  for (int i = 0; i < 8; i++) w2[31 - i] = (uint8_t)(total >> (8 * i));
+  ZkStatement s = {v->vk, proof, remainder, proof_hash, w2};
+  switch (zk_verify(&s)) {
+  case ZK_OK: break;
+  case ZK_BOUND: return E_MERGE_WEIGHT_TOO_LARGE; /* W >= 2^sb: past what the circuit takes */
+  case ZK_LINK: return E_PROOF_LINK_FAILS;
+  case ZK_GROTH16: return E_PROOF_GROTH16_FAILS;
+  default: return E_INVALID_PROOF_POINT;
+  }
+  m->flags |= FLAG_PROVEN;
   return 0;
 }
 
@@ -1372,9 +1465,12 @@ uint64_t entrypoint(const uint8_t *input) {
   case IX_SELL: return sell(&p);
   case IX_SET_URI: return set_uri(&p);
   case IX_CLAIM: return claim(&p);
-  case IX_WRITE_VK: return write_vk(&p);
-  case IX_SEAL_VK: return seal_vk(&p);
+  case IX_WRITE_VK: return write_key(&p, &UPDATE_KEY);
+  case IX_SEAL_VK: return seal_key(&p, &UPDATE_KEY);
   case IX_PROVE_COMMIT: return prove_commit(&p);
+  case IX_WRITE_RVK: return write_key(&p, &REMAINDER_KEY);
+  case IX_SEAL_RVK: return seal_key(&p, &REMAINDER_KEY);
+  case IX_PROVE_MERGE: return prove_merge(&p);
   default: return E_INVALID_INSTRUCTION;
   }
 }
