@@ -134,8 +134,8 @@ def show(ctx: click.Context, rev: str, repo_name: str | None, as_json: bool) -> 
         out.print("metrics " + " ".join(f"{k}={v:.6g}" for k, v in sorted(data["metrics"].items())))
     if data["commitment"] is not None:
         out.print(f"zk      {escape(data['commitment'])}")
-    if proof is not None:
-        out.print(f"proof: {proof}", markup=False)
+    if proof is not None:  # a merge's line reads "remainder proof: ..." already
+        out.print(proof if proof.startswith("remainder proof") else f"proof: {proof}", markup=False)
     table = Table("tensor", "dtype", "shape", "encoding", "stored", "ratio", "cid")
     for t in tensors:
         enc = t["encoding"] + ("+zstd" if t["compression"] == "zstd" else "")

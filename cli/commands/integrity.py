@@ -20,12 +20,16 @@ from protocol.multiformats import CID
 
 def _report(report: VerifyReport, what: str, as_json: bool) -> None:
     if as_json:
-        emit_json({"ok": not report.problems, "commits": report.commits, "problems": report.problems})
+        emit_json({"ok": not report.problems, "commits": report.commits, "problems": report.problems,
+                   "rounding_proven": report.rounding_proven})
     elif report.problems:
         for p in report.problems:
             click.echo(f"problem: {p}", err=True)
     else:
-        out.print(f"{what}: {report.commits} commits ok")
+        proven = report.rounding_proven
+        out.print(f"{what}: {report.commits} commits ok" + (
+            f" ({proven} FedAvg merge{'s' if proven != 1 else ''}: rounding proven by the remainder proof)"
+            if proven else ""))
     if report.problems:
         raise FednodeError(f"{what} failed: {len(report.problems)} problem(s), first: {report.problems[0]}")
 

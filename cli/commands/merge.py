@@ -20,6 +20,8 @@ from cli.context import (
     repo_option,
     resolve,
     short,
+    use_zk_keys,
+    zk_keys_option,
 )
 
 
@@ -38,14 +40,19 @@ from cli.context import (
 @click.option("--into", default=None, help="Branch that receives the merge (default: the current branch).")
 @click.option("-m", "--message", default=None)
 @repo_option
+@zk_keys_option
 @json_option
 @click.pass_context
 def merge(ctx: click.Context, branches: tuple[str, ...], strategy: str, params: tuple[str, ...], weighting: str,
-          into: str | None, message: str | None, repo_name: str | None, as_json: bool) -> None:
-    """Merge BRANCH... (N-way, exact): merged = base + aggregate(deltas from the merge base)."""
+          into: str | None, message: str | None, repo_name: str | None, zk_keys: Path | None, as_json: bool) -> None:
+    """Merge BRANCH... (N-way, exact): merged = base + aggregate(deltas from the merge base).
+
+    In a repository whose policy names a remainder key, a FedAvg merge is proven here (|r_i| <= W/2: the
+    rounding) with the remainder keys beside the proving keys (--zk-keys DIR: DIR/remainder)."""
     from fednode.workflows import merging
 
     node = get_node(ctx)
+    use_zk_keys(node, zk_keys)
     info = get_repo(node, repo_name)
     outcome = merging.merge(node.history, info, list(branches), into, strategy, parse_params(params), weighting,
                             message)

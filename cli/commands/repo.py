@@ -39,7 +39,8 @@ def repo() -> None:
                    "Public: anyone may; a private one can be published later, never the reverse.")
 @click.option("--require-proof", "keys_dir", default=None, type=click.Path(path_type=Path), metavar="KEYDIR",
               help="Every update must carry a proof (keys of 'fednode zk setup' in KEYDIR) that its change is "
-                   "within --norm-bound; fixed for good in the genesis. Needs --norm-bound.")
+                   "within --norm-bound; fixed for good in the genesis. Needs --norm-bound. With remainder keys in "
+                   "KEYDIR/remainder, every FedAvg merge must also prove its rounding.")
 @click.option("--norm-bound", "norm_bound", type=float, default=None, metavar="B",
               help="With --require-proof: the largest L2 norm of an update's change, in weight units.")
 @json_option
@@ -67,7 +68,8 @@ def repo_create(
         model.close()
     proof = None if policy is None else {
         "key": policy.key_id.hex(), "norm_bound": norm_bound, "grid_bits": policy.grid_bits,
-        "bound2": policy.bound2, "coordinate_bound": policy.coordinate_bound()}
+        "bound2": policy.bound2, "coordinate_bound": policy.coordinate_bound(),
+        "remainder_key": policy.remainder_key_id.hex() if policy.remainder_key_id else None}
     if as_json:
         emit_json({"name": name, "id": repo_id_text(info.repo_id), "genesis": str(result.cid),
                    "visibility": visibility, "require_proof": proof})
@@ -80,6 +82,9 @@ def repo_create(
     if policy is not None:
         out.print(f"updates must be proven: key {policy.key_id.hex()[:16]}, L2 norm at most {norm_bound:g}, "
                   f"each value within {policy.coordinate_bound():g} (grid 2**-{policy.grid_bits})", markup=False)
+        if policy.remainder_vk is not None and policy.remainder_key_id is not None:
+            out.print(f"FedAvg merges must prove their rounding: remainder key {policy.remainder_key_id.hex()[:16]}, "
+                      f"total weight below 2^{policy.remainder_vk.sb}", markup=False)
 
 
 @repo.command("list")

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from fednode.zk.policy import ZkPolicy
 
 NOT_HOLDER = "not_holder"  # an NFT-bound repository's owner-only message from anyone but its holder
-BAD_PROOF = "bad_proof"  # an update of a repository that requires proofs whose proof fails (policy.check_update)
+BAD_PROOF = "bad_proof"  # an update (or a FedAvg merge, with a remainder key) whose proof fails (policy.check)
 PENALIZED = frozenset({"malformed", "oversize", "bad_signature", "wrong_repo", "not_member", "not_owner",
                        "bad_seal", BAD_PROOF})
 
@@ -98,15 +98,16 @@ class Validator:
         return self._policies[repo_id]
 
     def proof_problem(self, repo_id: bytes, commit: Commit) -> str | None:
-        """Why ``commit`` fails its repository's proof policy (``policy.check_update``), None if it meets it."""
+        """Why ``commit`` fails its repository's proof policy (``policy.check``: an update's proof, a FedAvg
+        merge's remainder proof where the policy names a remainder key), None if it meets it."""
         policy = self.policy(repo_id)
         if policy is None:
             return None
         from fednode.zk import policy as zpol
 
-        if commit.kind in zpol.EXEMPT_KINDS:
-            return None
-        return policy if isinstance(policy, str) else zpol.check_update(policy, commit)
+        if isinstance(policy, str):
+            return None if commit.kind in zpol.EXEMPT_KINDS else policy
+        return zpol.check(policy, commit)
 
     def _refused_proposal(self, msg: m.MergeProposal, members: set[bytes], public: bool) -> Verdict | None:
         """A proposal from a non-member of a private repository, or to merge a head we hold that fails

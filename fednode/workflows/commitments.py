@@ -301,25 +301,29 @@ def merged_deltas(history: History, repo: RepoInfo, base: CID, inputs: tuple[CID
 
 
 def merge_info(history: History, repo: RepoInfo, base: CID, inputs: tuple[CID, ...], weights: tuple[int, ...],
-               strategy: strategies.Strategy, plan: strategies.Plan, grid: dict[str, int]) -> dict[str, Any] | None:
-    """``info["zk"]`` of a merge (None when this history makes no commitments)."""
+               strategy: strategies.Strategy, plan: strategies.Plan,
+               grid: dict[str, int]) -> tuple[dict[str, Any] | None, tuple[list[int], int] | None]:
+    """``info["zk"]`` of a merge (None when this history makes no commitments) and, for a FedAvg merge
+    carrying ``C(r)``, the remainder ``r`` (flattened, sorted tensor names) and its blinding ``b_r``:
+    what a remainder proof needs (``zkpolicy.MergeProver``)."""
     from fednode.strategies import FedAvg
     from fednode.zk import merge_check
 
     settings = settings_of(history)
     if settings is None or not settings.enabled:
-        return None
+        return None, None
     linear = isinstance(strategy, FedAvg)
     active = weights if linear else plan.weights
     commitments, blindings, why = input_commitments(history, base, inputs, active, grid)
     if why:
-        return none(why)
+        return none(why), None
     ds, rs = merged_deltas(history, repo, base, inputs, weights, strategy, plan, grid)
     size = sum(int(d.size) for d in ds)
     if size > settings.max_parameters:
-        return none(f"{size} parameters, over zk.max_parameters ({settings.max_parameters})")
+        return none(f"{size} parameters, over zk.max_parameters ({settings.max_parameters})"), None
     private = any(blindings) or _blinding_for(history, repo) != 0
     out: dict[str, Any] = {"v": VERSION, "base": base, "grid": dict(sorted(grid.items()))}
+    remainder = None
     if rs is None:
         b_d = _blinding_for(history, repo) if private else 0
         out["commitment"] = commit_deltas(history, ds, b_d)
@@ -327,11 +331,12 @@ def merge_info(history: History, repo: RepoInfo, base: CID, inputs: tuple[CID, .
         b_d, b_r = merge_check.split_blinding(blindings, weights)
         c_d, c_r = commit_deltas(history, ds, b_d), commit_deltas(history, rs, b_r)
         if not merge_check.check_linear_merge(commitments, weights, c_d, c_r):
-            return none("the inputs' commitments do not match their deltas")
+            return none("the inputs' commitments do not match their deltas"), None
         out["commitment"], out["remainder"] = c_d, c_r
+        remainder = [int(v) for r in rs for v in np.asarray(r).reshape(-1).tolist()], b_r
     if b_d:
         out["blinding"] = b_d.to_bytes(32, "big")
-    return out
+    return out, remainder
 
 
 # ---- display -----------------------------------------------------------------------------------------

@@ -314,6 +314,7 @@ def merge(
             raise FednodeError(f"{which} no training samples since the merge base "
                                f"{str(base)[:16]}: use --weights equal, or record them with "
                                f"`fednode commit --samples N`")
+    prover = _merge_prover(history, repo, strategy)  # missing keys: refused before computing anything
     grid = _policy_grid(history, repo, base)
     merged, plan = compute_merge(history, repo, base, inputs, weights, strategy, grid)
     record = {
@@ -329,15 +330,29 @@ def merge(
         if weighting == "samples" else 0,
     }
     info: dict[str, Any] = {"merge": record}
-    zk = commitments.merge_info(history, repo, base, inputs, weights, strategy, plan, grid)
+    zk, remainder = commitments.merge_info(history, repo, base, inputs, weights, strategy, plan, grid)
     if zk is not None:
         info["zk"] = zk
+    finish = None
+    if prover is not None and remainder is not None:  # a FedAvg merge carrying C(r): prove |2 r_i| <= W
+        prover.check(remainder[0], sum(weights))
+        finish = prover.finisher(remainder[0], remainder[1], sum(weights))
     others = tuple(c for c in sorted(heads, key=str) if c != target)
     text = message or f"merge {', '.join(revs)} into {into} ({strategy.name})"
     source = ArraySource(merged)
     result = history.commit(repo, source, text, branch=into, kind="merge", extra_parents=others,
-                            info=info, expected_head=target, exact=True)
+                            info=info, expected_head=target, exact=True, finish=finish)
     return MergeOutcome(result, base=base, inputs=inputs, weights=weights)
+
+
+def _merge_prover(history: History, repo: RepoInfo, strategy: strategies.Strategy) -> Any:
+    """The remainder prover of a FedAvg merge under a policy naming a remainder key (``zkpolicy.merge_prover``),
+    None otherwise: median, trimmed mean and Krum carry no C(r) and need no proof."""
+    if "zk" not in repo.settings or not isinstance(strategy, strategies.FedAvg):
+        return None
+    from fednode.workflows import zkpolicy
+
+    return zkpolicy.merge_prover(commitments.settings_of(history), repo)
 
 
 def recompute(history: History, repo: RepoInfo, commit: Commit) -> dict[str, tuple[str, np.ndarray]]:

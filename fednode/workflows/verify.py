@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fednode.errors import Corrupt, NotFound
 from fednode.history import History, RepoInfo, refs
@@ -27,6 +27,8 @@ class VerifyReport:
     problems: list[str]
     checked: list[CID] = field(default_factory=list)  # the commits verify checked
     publishes: list[CID] = field(default_factory=list)  # checked commits that make the repository public
+    # FedAvg merges whose remainder proof passed: with the relation (zkcheck), d is S / W rounded to nearest
+    rounding_proven: int = 0
 
 
 def verify(
@@ -48,7 +50,8 @@ def verify(
     problems: list[str] = []
     checked: list[CID] = []
     publishes: list[CID] = []
-    check_proof = _proof_check(repo, problems)
+    check_proof, policy = _proof_check(repo, problems)
+    remainder_proven = 0
     with history.store.read(buffers=not rehash) as txn:  # rehash=False: leaf sizes are read in place
         seen: set[CID] = set()
         stack = [head]
@@ -65,8 +68,12 @@ def verify(
             except (Corrupt, NotFound):
                 continue
             problems += _check_links(history, txn, repo, cid, commit)
-            if check_proof is not None and (why := check_proof(commit)) is not None:
-                problems.append(f"commit {cid}: {why}")
+            if check_proof is not None:
+                why = check_proof(commit)
+                if why is not None:
+                    problems.append(f"commit {cid}: {why}")
+                elif _needs_remainder_proof(policy, commit):
+                    remainder_proven += 1
             if "visibility" in commit.info:
                 problems += _check_publish(history, txn, repo, cid, commit)
                 publishes.append(cid)
@@ -79,7 +86,7 @@ def verify(
         problems += _check_states(history, head, verified)
     if check_tensors and not problems:
         problems += _check_reverts(history, head, repo, verified)
-    return VerifyReport(len(checked), problems, checked, publishes)
+    return VerifyReport(len(checked), problems, checked, publishes, remainder_proven if not problems else 0)
 
 
 def _check_links(history: History, txn: Txn, repo: RepoInfo, cid: CID, commit: Commit) -> list[str]:
@@ -99,11 +106,12 @@ def _check_links(history: History, txn: Txn, repo: RepoInfo, cid: CID, commit: C
     return problems
 
 
-def _proof_check(repo: RepoInfo, problems: list[str]) -> Callable[[Commit], str | None] | None:
-    """The repository's update-proof check (``policy.check_update``), None when it requires no proofs;
-    a malformed policy is a problem of its own and fails every update."""
+def _proof_check(repo: RepoInfo, problems: list[str]) -> tuple[Callable[[Commit], str | None] | None, Any]:
+    """The repository's proof check (``policy.check``: an update's proof, and a FedAvg merge's remainder
+    proof under a policy naming a remainder key) and its policy; (None, None) when it requires no proofs.
+    A malformed policy is a problem of its own and fails every update."""
     if "zk" not in repo.settings:
-        return None
+        return None, None
     from fednode.workflows import zkpolicy
     from fednode.zk import policy as zpol
     from fednode.zk.curve import ZkError
@@ -112,8 +120,16 @@ def _proof_check(repo: RepoInfo, problems: list[str]) -> Callable[[Commit], str 
         policy = zkpolicy.repo_policy(repo)
     except ZkError as exc:
         problems.append(f"repository {repo.name}: malformed proof policy ({exc})")
-        return lambda commit: None if commit.kind in zpol.EXEMPT_KINDS else "fails the malformed proof policy"
-    return None if policy is None else (lambda commit: zpol.check_update(policy, commit))
+        return (lambda commit: None if commit.kind in zpol.EXEMPT_KINDS else "fails the malformed proof policy"), None
+    if policy is None:
+        return None, None
+    return (lambda commit: zpol.check(policy, commit)), policy
+
+
+def _needs_remainder_proof(policy: Any, commit: Commit) -> bool:
+    from fednode.zk import policy as zpol
+
+    return zpol.needs_remainder_proof(policy, commit)
 
 
 def _check_publish(history: History, txn: Txn, repo: RepoInfo, cid: CID, commit: Commit) -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -106,19 +107,41 @@ def make_policy(keys_dir: Path, bound: float, source: ModelSource) -> tuple[dict
         raise FednodeError(f"--norm-bound {bound:g} is {bound2} squared grid steps: over these keys' 2^{vk.sb}")
     if bound2 < 1:
         raise FednodeError(f"--norm-bound {bound:g} is below one step of the finest grid 2**-{grid}")
-    entry = zpol.settings_entry(vk.encode(), bound2, grid)
+    rvk = _remainder_vk(keys_dir, vk)
+    entry = zpol.settings_entry(vk.encode(), bound2, grid, rvk)
     policy = zpol.policy_of({"zk": entry})
     assert policy is not None
     return entry, policy
 
 
+def _remainder_vk(keys_dir: Path, vk: Any) -> bytes | None:
+    """The remainder key beside the update keys (``KEYDIR/remainder``), None without one: FedAvg merges
+    of a repository whose policy names it must prove their rounding."""
+    from fednode.workflows import zkprove
+
+    try:
+        rkeys = zkprove.remainder_keys(keys_dir)
+    except (ZkError, OSError) as exc:
+        raise FednodeError(f"{keys_dir / zkprove.REMAINDER_DIR}: not usable remainder-proof keys ({exc})") from None
+    if rkeys is None:
+        return None
+    if rkeys.vk.seed != vk.seed or rkeys.vk.n < vk.n:
+        raise FednodeError(f"the remainder keys in {rkeys.path} do not match the update keys (seed or size)")
+    return rkeys.vk.encode()
+
+
 # ---- commit time -----------------------------------------------------------------------------------
+
+
+def keys_path(settings: ZkSettings) -> Path | None:
+    """Where the proving keys are: ``--zk-keys``, else $FEDNODE_ZK_KEYS, else ``[zk] keys``."""
+    env = os.environ.get(KEYS_ENV)
+    return settings.keys_override or (Path(env) if env else None) or settings.keys
 
 
 def keys_for(settings: ZkSettings, policy: zpol.ZkPolicy) -> zkprove.Keys:
     """The proving keys: ``--zk-keys``, else $FEDNODE_ZK_KEYS, else ``[zk] keys``; of the policy's key."""
-    env = os.environ.get(KEYS_ENV)
-    path = settings.keys_override or (Path(env) if env else None) or settings.keys
+    path = keys_path(settings)
     if path is None:
         raise FednodeError("the repository requires update proofs and no proving keys are set: pass --zk-keys DIR, "
                            f"set ${KEYS_ENV} or [zk] keys in config.toml (nothing was stored)")
@@ -239,29 +262,95 @@ def prepare_update(history: History, repo: RepoInfo, head: CID, source: ModelSou
     return Prepared(zk, keys, values, blinding, policy)
 
 
+# ---- merges: the remainder proof --------------------------------------------------------------------
+
+
+@dataclass
+class MergeProver:
+    """The merger's remainder keys (the proving keys' ``remainder/``), for a policy that names ``rvk``."""
+
+    keys: zkprove.Keys
+    policy: zpol.ZkPolicy
+
+    def check(self, remainder: list[int], total: int) -> None:
+        """Refuse (one line, before anything is stored) a remainder the circuit cannot take."""
+        from fednode.workflows import zkprove
+
+        try:
+            zkprove.check_remainder(self.keys.vk, remainder, total)
+        except FednodeError as exc:
+            raise FednodeError(f"the merge cannot be proven: {exc}; nothing was merged") from None
+
+    def finisher(self, remainder: list[int], blinding: int, total: int) -> Callable[[Commit], Commit]:
+        """``History.commit``'s ``finish``: the unsigned merge with its remainder proof, bound to its
+        hash without the proof (``policy.proof_hash``), ``X = W = total``."""
+        from fednode.workflows import zkprove
+
+        def finish(unsigned: Commit) -> Commit:
+            proof = zkprove.prove_remainder(self.keys, remainder, blinding, zpol.proof_hash(unsigned), total)
+            zk = {**unsigned.info["zk"], "proof": proof}
+            return replace(unsigned, info={**unsigned.info, "zk": zk})
+
+        return finish
+
+
+def merge_prover(settings: ZkSettings | None, repo: RepoInfo) -> MergeProver | None:
+    """The remainder prover a FedAvg merge in ``repo`` needs (None when its policy names no ``rvk`` or
+    this history makes no commitments); refuses, in one line, missing keys or keys of another key id."""
+    from fednode.workflows import zkprove
+
+    policy = repo_policy(repo)
+    if policy is None or policy.remainder_vk is None or settings is None or not settings.enabled:
+        return None
+    path = keys_path(settings)
+    if path is None:
+        raise FednodeError("the repository requires remainder proofs on FedAvg merges and no proving keys are set: "
+                           f"pass --zk-keys DIR, set ${KEYS_ENV} or [zk] keys in config.toml (nothing was merged)")
+    try:
+        keys = zkprove.remainder_keys(path)
+    except (ZkError, OSError) as exc:
+        raise FednodeError(f"{path / zkprove.REMAINDER_DIR}: not usable remainder-proof keys ({exc}); "
+                           "nothing was merged") from None
+    if keys is None:
+        raise FednodeError(f"no remainder-proof keys in {path / zkprove.REMAINDER_DIR} (fednode zk setup makes them "
+                           "beside the update keys); nothing was merged")
+    if keys.vk.key_id() != policy.remainder_key_id:
+        raise FednodeError(f"the remainder keys in {keys.path} (key {key_text(keys.vk.key_id())}) are not the "
+                           f"repository's (key {key_text(policy.remainder_key_id or b'')}); nothing was merged")
+    return MergeProver(keys, policy)
+
+
 # ---- checks without weights ------------------------------------------------------------------------
 
 
 def first_failure(history: History, repo: RepoInfo, commits: dict[CID, Commit]) -> tuple[CID, str] | None:
-    """The first of ``commits`` (in CID order) that fails the repository's policy, and why."""
+    """The first of ``commits`` (in CID order) that fails the repository's policy (an update's proof, a
+    FedAvg merge's remainder proof), and why."""
     policy = repo_policy(repo)
     if policy is None:
         return None
     for cid in sorted(commits, key=str):
-        why = zpol.check_update(policy, commits[cid])
+        why = zpol.check(policy, commits[cid])
         if why is not None:
             return cid, why
     return None
 
 
 def describe(repo: RepoInfo, commit: Commit) -> str | None:
-    """``show``'s line: "valid (key <id>)" or why the proof fails; None where no proof is required."""
+    """``show``'s line: "valid (key <id>)" or why the proof fails; for a merge under a policy with a
+    remainder key, "remainder proof: valid (key <id>)" or why; None where no proof is required."""
     try:
         policy = repo_policy(repo)
     except ZkError as exc:
         return f"the repository's proof policy is malformed ({exc})"
-    if policy is None or not zpol.needs_proof(policy, commit):
+    if policy is None:
+        return None
+    if zpol.needs_remainder_proof(policy, commit):
+        why = zpol.check_merge(policy, commit)
+        if why is None:
+            return f"remainder proof: valid (key {key_text(policy.remainder_key_id or b'')})"
+        return why if why.startswith("remainder proof") else f"remainder proof: {why}"
+    if not zpol.needs_proof(policy, commit):
         return None
     why = zpol.check_update(policy, commit)
     return f"valid (key {key_text(policy.key_id)})" if why is None else why
-

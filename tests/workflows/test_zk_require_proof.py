@@ -40,8 +40,9 @@ def proven_repo(cli, home: Path, tmp_path: Path, zk_policy_keys: Path) -> Path:
     created = json.loads(cli("repo", "create", "r", "--from", _model(tmp_path / "m0.safetensors"), "--public",
                              "--require-proof", zk_policy_keys, "--norm-bound", "1.0", "--json").stdout)
     key_id = up.VerifyingKey.decode((zk_policy_keys / "update.vk").read_bytes()).key_id().hex()
+    rkey_id = up.VerifyingKey.decode((zk_policy_keys / "remainder" / "update.vk").read_bytes()).key_id().hex()
     assert created["require_proof"] == {"key": key_id, "norm_bound": 1.0, "grid_bits": 14,
-                                        "bound2": 1 << 28, "coordinate_bound": 2.0}
+                                        "bound2": 1 << 28, "coordinate_bound": 2.0, "remainder_key": rkey_id}
     config = home / "config.toml"
     keys_line = f'commitments = true\nkeys = "{zk_policy_keys}"'
     config.write_text(config.read_text().replace("commitments = true", keys_line))
@@ -71,7 +72,8 @@ def test_updates_are_proven_and_checked(cli, home: Path, proven_repo: Path, zk_p
     assert f"proof: valid (key {policy.key_id.hex()[:16]})" in cli("show", "HEAD").stdout
     assert "proof:" not in cli("show", "HEAD~1").stdout  # the genesis needs none
     cli("verify", "HEAD")
-    # a merge of two proven updates (merges are exempt: checked by their relation) verifies
+    # a merge of two proven updates (exempt from update proofs: checked by their relation and, the keys
+    # folder holding remainder keys, by its remainder proof; tests/workflows/test_zk_merge_proof.py) verifies
     cli("branch", "dev", "HEAD~1")
     cli("switch", "dev")
     cli("commit", "--from", _model(proven_repo / "m2.safetensors", dw=-5 * STEP), "-m", "two")
@@ -80,8 +82,8 @@ def test_updates_are_proven_and_checked(cli, home: Path, proven_repo: Path, zk_p
     merge = _head(home)[2]
     # on the policy's grid, so the merge carries C(d) and C(r), checked against the proven inputs' commitments
     assert merge.kind == "merge" and merge.info["merge"]["grid"] == {"b": 14, "w": 14}
-    assert set(merge.info["zk"]) >= {"commitment", "remainder"} and "proof" not in merge.info["zk"]
-    assert "proof:" not in cli("show", "HEAD").stdout
+    assert set(merge.info["zk"]) >= {"commitment", "remainder", "proof"}
+    assert zpol.check_update(policy, merge) is None and "\nproof:" not in cli("show", "HEAD").stdout
     cli("verify", "HEAD")
     # a revert to the genesis is an update from the merge: on the grid, proven like any other
     cli("revert", str(repo.genesis))
