@@ -21,7 +21,9 @@ Repositories that require update proofs (issue 15; ``fednode.zk.policy`` in the 
 create_repo item also writes the policy's verifying key and seals it (``write_vk``, ``seal_vk``), so the
 program enforces the policy; an anchor item of an update that carries a proof is followed by
 ``prove_commit``. Both are replays of what the chain already holds when re-run after a crash (written
-chunks are skipped, a sealed key or a PROVEN record counts as done).
+chunks are skipped, a sealed key or a PROVEN record counts as done). A policy that names a remainder key
+(``rvk``) gets it written and sealed the same way (``write_rvk``, ``seal_rvk``), and an anchored FedAvg merge
+that carries C(d), C(r) and its remainder proof is followed by ``prove_merge``.
 """
 
 from __future__ import annotations
@@ -160,12 +162,45 @@ def _merge_weights(commit: Commit) -> tuple[int, ...]:
 
 def _valid_proof(repo: RepoInfo, commit: Commit) -> bool:
     """Whether ``commit``'s proof passes the genesis policy here: only then is an anchored, unproven
-    update queued again (a proof the program refused once would hold the queue again and again)."""
+    update (or FedAvg merge) queued again (a proof the program refused once would hold the queue again
+    and again)."""
     try:
         policy = zpol.policy_of(repo.settings)
     except ZkError:
         return False
-    return policy is not None and zpol.proof_of(commit) is not None and zpol.check_update(policy, commit) is None
+    if policy is None or zpol.proof_of(commit) is None:
+        return False
+    if commit.kind == "merge":
+        return zpol.needs_remainder_proof(policy, commit) and zpol.check_merge(policy, commit) is None
+    return zpol.check_update(policy, commit) is None
+
+
+def _provable_merge(record: layout.CommitAccount, chain_repo: layout.RepoAccount | None) -> bool:
+    """A merge record prove_merge can take: the repository has a remainder key and the merge was anchored
+    with C(d) (the anchor carried C(d), C(r); a merge too large for them carries no commitment)."""
+    return (chain_repo is not None and chain_repo.has_remainder_key and record.kind == Kind.MERGE
+            and record.commitment is not None)  # fmt: skip
+
+
+def _keys_to_seal(policy: zpol.ZkPolicy, chain_repo: layout.RepoAccount) -> list[tuple[bytes, int, bool]]:
+    """The policy's keys the chain lacks, as (key, bound2, remainder): the update key when proofs are
+    required, the remainder key (no bound) when the policy names one."""
+    keys = []
+    if policy.require_proof and not chain_repo.requires_proofs:
+        keys.append((policy.vk_bytes, policy.bound2, False))
+    if policy.remainder_vk_bytes is not None and not chain_repo.has_remainder_key:
+        keys.append((policy.remainder_vk_bytes, 0, True))
+    return keys
+
+
+def _to_prove(record: layout.CommitAccount, chain_repo: layout.RepoAccount | None) -> bool:
+    """An anchored record the chain wants proven and is not: an update or revert in a repository that
+    requires proofs, a merge prove_merge can take."""
+    if record.proven or chain_repo is None:
+        return False
+    if record.kind == Kind.MERGE:
+        return _provable_merge(record, chain_repo)
+    return chain_repo.requires_proofs and record.kind != Kind.INIT
 
 
 def _tx_bytes(ixs: list[Instruction], signer: Identity) -> int:
@@ -184,7 +219,9 @@ class _ChainView:
     repo_exists: bool
     owner: bytes  # who acts as owner there: the NFT holder of a bound repository, else repo.owner
     controls: bool  # whether this node is that owner (holds the NFT, for a bound repository)
-    unproven: frozenset[bytes] = frozenset()  # anchored, not PROVEN, in a repository that requires proofs
+    # anchored, not PROVEN: updates in a repository that requires proofs, merges with C(d) in one with a
+    # remainder key
+    unproven: frozenset[bytes] = frozenset()
 
 
 class Anchorer:
@@ -276,7 +313,7 @@ class Anchorer:
             h = cm.commit_hash()
             if ("anchor", _hex(h)) in queued:
                 continue
-            if h in view.anchored:  # done, unless it is an update this node can still prove
+            if h in view.anchored:  # done, unless it is an update (or merge) this node can still prove
                 if h in view.unproven and cm.author == self.me and _valid_proof(repo, cm):
                     new.append(outbox.OutboxItem(0, "anchor", rid, _hex(h), str(c), cm.kind, chain=here.to_json()))
                 continue
@@ -297,9 +334,7 @@ class Anchorer:
             chain_repo = await self.repo_record(repo.repo_id)
             records = await self.commit_records(repo.repo_id, [cm.commit_hash() for _, cm in ancestry])
             anchored = {cm.commit_hash() for (_, cm), r in zip(ancestry, records, strict=True) if r is not None}
-            unproven = frozenset(r.commit_hash for r in records
-                                 if r is not None and chain_repo is not None and chain_repo.requires_proofs
-                                 and r.kind not in (Kind.INIT, Kind.MERGE) and not r.proven)  # fmt: skip
+            unproven = frozenset(r.commit_hash for r in records if r is not None and _to_prove(r, chain_repo))
             for (c, cm), r in zip(ancestry, records, strict=True):
                 if r is not None and (bad := self._check(c, cm, r, repo.repo_id)):
                     raise FednodeError(f"{bad[0]}; see 'fednode chain verify'")
@@ -329,15 +364,17 @@ class Anchorer:
         return []
 
     def _key_missing(self, repo: RepoInfo, view: _ChainView) -> bool:
-        """An existing repository whose genesis requires proofs but whose key this node (its creator and
-        controller) has not sealed yet: an older client created it, or a crash came between the two."""
-        if view.chain_repo is None or view.chain_repo.requires_proofs or not view.controls or "zk" not in repo.settings:
+        """An existing repository whose genesis requires proofs (or names a remainder key) but whose key this
+        node (its creator and controller) has not sealed yet: an older client created it, or a crash came
+        between the two."""
+        if view.chain_repo is None or not view.controls or "zk" not in repo.settings \
+                or view.chain_repo.owner != self.me:
             return False
         try:
             policy = zpol.policy_of(repo.settings)
         except ZkError:
             return False
-        return policy is not None and policy.require_proof and view.chain_repo.owner == self.me
+        return policy is not None and bool(_keys_to_seal(policy, view.chain_repo))
 
     def _anchorable(self, repo: RepoInfo, c: CID, cm: Commit, branch: str, view: _ChainView) -> bool:
         """Whether this node queues the unanchored commit ``c``; FednodeError where it never could."""
@@ -531,9 +568,10 @@ class Anchorer:
 
     async def _seal_key(self, repo_id: bytes, genesis_cid: str) -> list[str]:
         """Write and seal the genesis policy's verifying key on chain (write_vk, seal_vk), unless the
-        repository requires proofs already; the transactions' signatures. A replay skips the chunks the
-        record holds; where this node cannot do it (not the controller any more, a malformed policy) it
-        logs one line and leaves it to ``fednode chain verify`` to report."""
+        repository requires proofs already, and its remainder key (write_rvk, seal_rvk) when it names one;
+        the transactions' signatures. A replay skips the chunks the record holds; where this node cannot do
+        it (not the controller any more, a malformed policy) it logs one line and leaves it to
+        ``fednode chain verify`` to report."""
         try:
             genesis = self.history.load_commit(CID.parse(genesis_cid) if genesis_cid
                                                else self.history.repo_by_id(repo_id).genesis)  # fmt: skip
@@ -545,54 +583,82 @@ class Anchorer:
             log("zk_key_not_set", level="warning", repo=_hex(repo_id)[:16], why=str(exc))
             return []
         chain_repo = await self.repo_record(repo_id)
-        if policy is None or not policy.require_proof or chain_repo is None or chain_repo.requires_proofs:
+        keys = _keys_to_seal(policy, chain_repo) if policy is not None and chain_repo is not None else []
+        if not keys:
             return []
+        assert chain_repo is not None
         if not await self.holds(chain_repo):
             log("zk_key_not_set", level="warning", repo=_hex(repo_id)[:16],
                 why="this node no longer controls the repository: its holder must seal the key")
             return []
-        record = await self.zkvk_record(repo_id)
-        written = record.vk if record is not None else b""
         owner = self.identity.keypair.pubkey()
         sent = []
-        for ixs in self.program.set_vk(owner, repo_id, policy.vk_bytes, policy.bound2, nft=self.nft_ref(chain_repo),
-                                       written=written):  # fmt: skip
-            try:
-                sent.append((await self.send(ixs)).signature)
-            except ChainError:
-                again = await self.repo_record(repo_id)  # another flush sealed it meanwhile: done
-                if again is None or not again.requires_proofs:
-                    raise
+        for vk, bound2, remainder in keys:
+            record = await self.zkvk_record(repo_id, remainder)
+            written = record.vk if record is not None else b""
+            for ixs in self.program.set_vk(owner, repo_id, vk, bound2, nft=self.nft_ref(chain_repo), written=written,
+                                           remainder=remainder):  # fmt: skip
+                try:
+                    sent.append((await self.send(ixs)).signature)
+                except ChainError:
+                    again = await self.repo_record(repo_id)  # another flush sealed it meanwhile: done
+                    if again is None or not (again.has_remainder_key if remainder else again.requires_proofs):
+                        raise
         return sent
 
-    async def zkvk_record(self, repo_id: bytes) -> layout.ZkVkAccount | None:
-        data = await self.backend.account_data(self.program.zkvk_address(repo_id))
-        return layout.decode_zkvk(data) if data else None
+    async def zkvk_record(self, repo_id: bytes, remainder: bool = False) -> layout.ZkVkAccount | None:
+        """The repository's update key record, or with ``remainder`` its merge remainder key's."""
+        data = await self.backend.account_data(self.program.zkvk_address(repo_id, remainder))
+        return layout.decode_zkvk(data, remainder) if data else None
 
     async def _prove(self, repo_id: bytes, cid: CID, commit: Commit, record: layout.CommitAccount) -> TxResult | None:
         """prove_commit for an anchored update that carries a proof, in a repository whose chain record
         requires proofs; None where there is nothing to send (no proof, none required, already PROVEN).
         A proof the program refuses raises its named error (``explain``): the item stays queued."""
         zk = commit.info.get("zk")
-        if record.proven or commit.kind in ("init", "merge") or not isinstance(zk, dict) or "proof" not in zk:
+        if record.proven or commit.kind == "init" or not isinstance(zk, dict) or "proof" not in zk:
             return None
         proof = zpol.proof_of(commit)
         if proof is None:
             raise ChainError(f"commit {_short(cid)} carries a proof that is not bytes")
         chain_repo = await self.repo_record(repo_id)
-        if chain_repo is None or not chain_repo.requires_proofs:
+        if chain_repo is None or not (_provable_merge(record, chain_repo) if commit.kind == "merge"
+                                      else chain_repo.requires_proofs):  # fmt: skip
             return None
         if len(proof) != layout.PROOF_BYTES:
             raise ChainError(f"commit {_short(cid)} carries a {len(proof)}-byte proof, not {layout.PROOF_BYTES}")
-        ix = self.program.prove_commit(self.identity.keypair.pubkey(), repo_id, record.commit_hash,
-                                       zpol.proof_hash(commit), proof)  # fmt: skip
+        me = self.identity.keypair.pubkey()
+        if commit.kind == "merge":
+            ixs = self._prove_merge_ixs(repo_id, cid, commit, chain_repo)
+            if not ixs:
+                return None
+        else:
+            ixs = [self.program.prove_commit(me, repo_id, record.commit_hash, zpol.proof_hash(commit), proof)]
         try:
-            return await self.send([ix])
+            return await self.send(ixs)
         except ChainError:
             again = (await self.commit_records(repo_id, [record.commit_hash]))[0]
             if again is None or not again.proven:  # else another flush proved it meanwhile: done
                 raise
             return None
+
+    def _prove_merge_ixs(self, repo_id: bytes, cid: CID, commit: Commit,
+                         chain_repo: layout.RepoAccount) -> list[Instruction]:  # fmt: skip
+        """prove_merge for an anchored FedAvg merge (its C(r), weights and remainder proof); none (and one log
+        line) where its transaction would not fit: every merge that fits with C(d), C(r) fits here too."""
+        remainder = commit.info["zk"].get("remainder")
+        proof = zpol.proof_of(commit)
+        if not isinstance(remainder, bytes) or proof is None:
+            raise ChainError(f"merge {_short(cid)} carries a proof but no remainder commitment C(r)")
+        body = layout.ProveMerge(commit.commit_hash(), zpol.proof_hash(commit), _merge_weights(commit), remainder,
+                                 proof)  # fmt: skip
+        ixs = self.program.prove_merge_ixs(self.identity.keypair.pubkey(), repo_id, body, commit.parent_hashes,
+                                           nft=self.nft_ref(chain_repo))  # fmt: skip
+        if (size := _tx_bytes(ixs, self.identity)) > PACKET_DATA_SIZE:
+            log("merge_not_proven_on_chain", level="warning", cid=str(cid),
+                why=f"prove_merge would be {size} bytes, over {PACKET_DATA_SIZE}")
+            return []
+        return ixs
 
     async def _zk_to_send(self, repo_id: bytes, cid: CID, commit: Commit) -> ZkPair:
         """The commitments ``commit``'s anchor carries; none (and one log line) where the program would
@@ -750,7 +816,8 @@ class Anchorer:
         records = await self.commit_records(repo.repo_id, hashes)
         problems = await self._policy_problems(repo, chain_repo)
         for (c, cm), record in zip(ancestry, records, strict=True):
-            problems += self._check(c, cm, record, repo.repo_id, proofs=chain_repo.requires_proofs)
+            problems += self._check(c, cm, record, repo.repo_id, proofs=chain_repo.requires_proofs,
+                                    merge_proofs=chain_repo.has_remainder_key)  # fmt: skip
         if self.backend.kind == "embedded" and any(r is None and cm.author != self.me
                                                    for (_, cm), r in zip(ancestry, records, strict=True)):
             # Another node's commit missing here: its author anchored it, if at all, on its own chain.
@@ -775,13 +842,19 @@ class Anchorer:
 
     async def _policy_problems(self, repo: RepoInfo, chain_repo: layout.RepoAccount) -> list[str]:
         """Whether the chain enforces the genesis policy: the repository requires proofs exactly when the
-        genesis does, with the policy's verifying key and bound."""
-        if "zk" not in repo.settings and not chain_repo.requires_proofs:
+        genesis does, with the policy's verifying key and bound; it has a remainder key exactly when the
+        policy names one, that one."""
+        if "zk" not in repo.settings and not chain_repo.requires_proofs and not chain_repo.has_remainder_key:
             return []
         try:
             policy = zpol.policy_of(repo.settings)
         except ZkError as exc:
             return [f"the repository's proof policy is malformed ({exc})"]
+        return await self._update_key_problems(repo, chain_repo, policy) \
+            + await self._remainder_key_problems(repo, chain_repo, policy)
+
+    async def _update_key_problems(self, repo: RepoInfo, chain_repo: layout.RepoAccount,
+                                   policy: zpol.ZkPolicy | None) -> list[str]:  # fmt: skip
         required = policy is not None and policy.require_proof
         if not chain_repo.requires_proofs:
             return ["the genesis requires update proofs, but the repository on chain does not (its verifying key "
@@ -794,10 +867,24 @@ class Anchorer:
             return ["the verifying key or bound on chain is not the genesis policy's"]
         return []
 
+    async def _remainder_key_problems(self, repo: RepoInfo, chain_repo: layout.RepoAccount,
+                                      policy: zpol.ZkPolicy | None) -> list[str]:  # fmt: skip
+        named = policy is not None and policy.remainder_vk_bytes is not None
+        if not chain_repo.has_remainder_key:
+            return ["the genesis names a remainder key, but the repository on chain has none sealed (the owner's "
+                    "next flush seals it)"] if named else []
+        if policy is None or not named:
+            return ["the repository on chain has a remainder key, but its genesis policy names none"]
+        record = await self.zkvk_record(repo.repo_id, remainder=True)
+        if record is None or (record.key_id, record.vk) != (policy.remainder_key_id, policy.remainder_vk_bytes):
+            return ["the remainder key on chain is not the genesis policy's"]
+        return []
+
     def _check(self, cid: CID, commit: Commit, record: layout.CommitAccount | None, repo_id: bytes, *,
-               proofs: bool = False) -> list[str]:  # fmt: skip
+               proofs: bool = False, merge_proofs: bool = False) -> list[str]:  # fmt: skip
         """How ``record`` differs from ``commit``; ``proofs``: the repository requires proofs on chain, so
-        an update that is not PROVEN is a problem too."""
+        an update that is not PROVEN is a problem too; ``merge_proofs``: it has a remainder key, so is a
+        FedAvg merge (one carrying C(r)) anchored with C(d) and not PROVEN."""
         name = f"commit {_short(cid)}"
         problems = [] if self.history.verify_commit_signature(commit) else [f"{name}: invalid signature"]
         if record is None:
@@ -814,4 +901,7 @@ class Anchorer:
             problems.append(f"{name}: anchored record differs ({', '.join(bad)})")
         if proofs and commit.kind not in ("init", "merge") and not record.proven:
             problems.append(f"{name}: not proven on chain")
+        if merge_proofs and commit.kind == "merge" and not record.proven and record.commitment is not None \
+                and zk_commitments(commit)[0][1] is not None:
+            problems.append(f"{name}: FedAvg merge not proven on chain (no valid remainder proof sent)")
         return problems

@@ -1,8 +1,9 @@
 """Anchoring a repository that requires update proofs (issue 15 item 4) through ``Anchorer``: the owner's
-flush seals the genesis policy's verifying key on chain, every update is anchored and proven
-(prove_commit), merges of proven updates go through, ``verify`` is clean; an update whose proof the
-program refuses stops its repository's queue with the program's named error. Real proofs (n = 8 keys,
-snarkjs) made by the node's own commit path (ZkHistory under the policy, $FEDNODE_ZK_KEYS)."""
+flush seals the genesis policy's verifying key (and its remainder key) on chain, every update is anchored
+and proven (prove_commit), merges of proven updates go through (a FedAvg merge is proven too:
+prove_merge), ``verify`` is clean; an update whose proof the program refuses stops its repository's
+queue with the program's named error. Real proofs (n = 8 keys, snarkjs) made by the node's own commit
+path (ZkHistory under the policy, $FEDNODE_ZK_KEYS)."""
 
 from __future__ import annotations
 
@@ -70,15 +71,15 @@ async def test_flush_seals_the_key_proves_updates_and_merges(node: Node, elf: by
     assert [i.op for i in queued] == ["create_repo", "anchor", "anchor", "anchor", "anchor"]
     result = await a.flush()
     assert result.error is None and result.remaining == 0, result.error
-    assert len(result.sent[0]["key_transactions"]) == 2  # type: ignore[arg-type]
-    assert sum("prove_signature" in s for s in result.sent) == 2
+    assert len(result.sent[0]["key_transactions"]) == 4  # type: ignore[arg-type]  # update key, remainder key
+    assert sum("prove_signature" in s for s in result.sent) == 3  # both updates, and the FedAvg merge
     chain_repo = await a.repo_record(repo.repo_id)
     key = await a.zkvk_record(repo.repo_id)
     assert chain_repo is not None and chain_repo.requires_proofs
     assert key is not None and (key.sealed, key.vk, key.key_id, key.bound2) == (
         True, policy.vk_bytes, policy.key_id, policy.bound2)
     r1, r2, rm = [await record(a, repo, c) for c in (u1, u2, merged.cid)]
-    assert r1.proven and r2.proven and not rm.proven
+    assert r1.proven and r2.proven and rm.proven  # the merge by its remainder proof (prove_merge)
     # the merge on the policy's grid carries C(d) and C(r): checked on chain against the proven inputs
     assert rm.commitment is not None and rm.commitment == merged.commit.info["zk"]["commitment"]
     assert await a.verify(repo, merged.cid) == (4, [])
@@ -148,7 +149,7 @@ async def test_an_interrupted_key_upload_is_finished_by_the_next_flush(node: Nod
     assert [i.op for i in queued] == ["create_repo"]
     result = await a.flush()
     assert result.error is None and result.remaining == 0, result.error
-    assert len(result.sent[0]["key_transactions"]) == 2  # type: ignore[arg-type]
+    assert len(result.sent[0]["key_transactions"]) == 4  # type: ignore[arg-type]  # update key, remainder key
     key = await a.zkvk_record(repo.repo_id)
     assert key is not None and key.sealed and key.vk == policy.vk_bytes
     assert (await a.verify(repo, u))[1] == [f"commit {str(u)[:16]}: not proven on chain"]
