@@ -46,6 +46,16 @@ def make_home(tmp: Path, name: str) -> Path:
     return home
 
 
+def no_commitments(home: Path) -> Path:
+    """``[zk] commitments = false``: for tests of moving big models (not of commitments), whose 1.5M
+    parameters would otherwise derive a generator table once (~50 s) and check it in every process."""
+    config = home / "config.toml"
+    text = config.read_text()
+    assert "commitments = true" in text
+    config.write_text(text.replace("commitments = true", "commitments = false"))
+    return home
+
+
 def kill_process(proc: subprocess.Popen | None) -> None:
     """Stop a test's helper process (a hostile peer, a liar) if it still runs."""
     if proc is not None and proc.poll() is None:

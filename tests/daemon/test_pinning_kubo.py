@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon_harness import DaemonProc, big_model, daemons, make_home
+from daemon_harness import DaemonProc, big_model, daemons, make_home, no_commitments
 from helpers import model_arrays, perturb, run_fednode, write_model
 from test_bitswap_kubo import KUBO_HELPER, Kubo
 
@@ -47,7 +47,7 @@ class PinningKubo(Kubo):
 
 
 async def test_real_kubo_pins_a_commits_states_manifest_and_commit_from_the_daemon(tmp_path: Path) -> None:
-    home = make_home(tmp_path, "owner")
+    home = no_commitments(make_home(tmp_path, "owner"))
     base = {**model_arrays(1), **big_model(1)}  # "w": 6 MB, 23 chunks: a multi-block state
     second = perturb(base, 2)
     run_fednode(home, "repo", "create", "m", "--public", "--from", write_model(tmp_path / "a.safetensors", base))
