@@ -4,6 +4,11 @@ An update's commitment is recomputed from the stored states on its recorded grid
 base; a FedAvg merge's relation ``sum_k w_k C_k = W C(d) + C(r)`` is checked from the commitments alone,
 then ``C(d)`` and ``C(r)`` are recomputed from the inputs; another strategy's ``C(d)`` is recomputed.
 ``workflows.verify`` calls ``check`` for every commit it verifies.
+
+The relation alone admits ``d + 1`` with ``r - W``: it proves an integer decomposition of the weighted
+sum. Under a policy naming a remainder key, ``workflows.verify`` also checks each FedAvg merge's
+remainder proof (``policy.check_merge``: ``|r_i| <= W/2``, missing or failing, each its own reason);
+the two together prove the rounding, and ``verify`` reports how many merges it proved so.
 """
 
 from __future__ import annotations
@@ -134,7 +139,7 @@ def _check_merge(history: History, repo: RepoInfo, cid: CID, commit: Commit, zk:
         commitments, blindings, why = input_commitments(history, base, inputs, weights, grid)
         if why:
             return [f"merge {cid}: {why}"]
-        if not merge_check.check_linear_merge(commitments, weights, c_d, c_r):
+        if not merge_check.check_linear_merge(commitments, weights, c_d, c_r):  # the remainder proof: verify's
             problems.append(f"merge {cid}: merge commitment relation fails")
     if not recompute:
         return problems
