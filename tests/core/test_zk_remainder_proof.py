@@ -89,7 +89,7 @@ def test_honest_remainder_proof_verifies_in_both_verifiers_and_snarkjs(rkeys: zp
 
 def test_ties_and_the_edges_of_the_range_are_provable(rkeys: zp.Keys) -> None:
     h = bytes(range(32))
-    for r, total in (([5, -5, 0, 2], 10), ([3, -3, 1], 7), ([0], 0), ([2047, -2047], 4095)):  # 4095 = 2^12 - 1
+    for r, total in (([5, -5, 0, 2], 10), ([2047, -2047, 0, 1], 4095)):  # ties; odd W = 2^12 - 1, the largest
         proof = zp.prove_remainder(rkeys, r, 0, h, total)
         up.verify(rkeys.vk, proof, ped.commit(r), h, total)
 
@@ -118,7 +118,8 @@ def test_the_rounding_forgery_passes_the_relation_but_cannot_be_proven(rkeys: zp
 def test_a_proof_for_another_total_or_another_hash_fails(rkeys: zp.Keys, merge: dict, honest: dict) -> None:
     total = merge["total"]
     assert _reason(rkeys.vk, honest["proof"], honest["c_r"], honest["hash"], total + 2) == GROTH16
-    assert _reason(rkeys.vk, honest["proof"], honest["c_r"], secrets.token_bytes(32), total) == GROTH16
+    with pytest.raises(ZkError, match="Groth16 proof fails"):  # (mcl alone: py_ecc takes seconds a check)
+        up.verify(rkeys.vk, honest["proof"], honest["c_r"], secrets.token_bytes(32), total)
     with pytest.raises(ZkError, match=r"must be an integer in \[0, 2\^12\)"):  # W over the key's 2^(K-1)
         up.verify(rkeys.vk, honest["proof"], honest["c_r"], honest["hash"], 1 << 12)
 
