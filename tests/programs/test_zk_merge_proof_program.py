@@ -280,6 +280,40 @@ def test_eight_inputs_and_what_fits_a_transaction(world: World, rkeys: zp.Keys) 
     assert fits[False] >= 7 and fits[True] >= 5
 
 
+def test_the_nft_holder_proves_a_merge_of_a_bound_repository(elves: dict[int, bytes], rkeys: zp.Keys,  # noqa: F811
+                                                             two: FedAvg) -> None:  # fmt: skip
+    """Holder-gated like every owner action: after a transfer the former owner gets NOT_HOLDER, and the
+    holder's prove_merge (with the four NFT accounts) fits 1,232 bytes and proves the merge."""
+    from test_nft_program import BOB, OWNER, make_chain
+
+    chain = make_chain(elves[3])
+    c, rid = chain.client, chain.repo_id
+    mint, _ = chain.mint()
+    c.bind_nft(OWNER, rid, mint)
+    for ixs in chain.program.set_vk(OWNER.pubkey(), rid, rkeys.vk.encode(), 0, nft=c.nft_ref(rid, OWNER.pubkey()),
+                                    remainder=True):  # fmt: skip
+        chain.backend.send(ixs, [OWNER])
+    me, genesis = bytes(OWNER.pubkey()), rid
+    inputs = []
+    for i, commitment in enumerate(two.inputs):
+        h_i = layout.commit_hash(me, Kind.UPDATE, (genesis,), h(f"in{i}"))
+        c.anchor_commit(OWNER, rid, h(f"in{i}"), bytes(OWNER.sign_message(h_i)), kind=Kind.UPDATE, branch=None,
+                        parents=(genesis,), commitment=commitment)  # fmt: skip
+        inputs.append(h_i)
+    merged = layout.commit_hash(me, Kind.MERGE, inputs, h("merged"))
+    c.merge(OWNER, rid, h("merged"), bytes(OWNER.sign_message(merged)), branch="main", inputs=inputs,
+            weights=two.weights, commitment=two.c_d, remainder=two.c_r)
+    chain.transfer(OWNER, BOB.pubkey(), mint)
+    body = layout.ProveMerge(merged, two.proof_hash, two.weights, two.c_r, two.proof)
+    stale = chain.program.prove_merge_ixs(OWNER.pubkey(), rid, body, inputs, nft=c.nft_ref(rid, OWNER.pubkey()))
+    rejects(E.NOT_HOLDER, lambda: chain.backend.send(stale, [OWNER]))
+    ixs = chain.program.prove_merge_ixs(BOB.pubkey(), rid, body, inputs, nft=c.nft_ref(rid, BOB.pubkey()))
+    assert len(bytes(Transaction([BOB], Message(ixs, BOB.pubkey()), chain.backend.svm.latest_blockhash()))) <= PACKET
+    chain.backend.send(ixs, [BOB])
+    record = c.commit(rid, merged)
+    assert record is not None and record.proven
+
+
 def prove_merge_tx_bytes(w: World, n: int, nft: NftRef | None) -> int:
     body = layout.ProveMerge(h("m"), h("p"), (1,) * n, bytes(64), bytes(layout.PROOF_BYTES))
     ixs = w.program.prove_merge_ixs(w.owner.pubkey(), w.repo_id, body, [h(str(i)) for i in range(n)], nft=nft)
