@@ -314,7 +314,8 @@ class Anchorer:
             if ("anchor", _hex(h)) in queued:
                 continue
             if h in view.anchored:  # done, unless it is an update (or merge) this node can still prove
-                if h in view.unproven and cm.author == self.me and _valid_proof(repo, cm):
+                if h in view.unproven and cm.author == self.me and (cm.kind != "merge" or view.controls) \
+                        and _valid_proof(repo, cm):
                     new.append(outbox.OutboxItem(0, "anchor", rid, _hex(h), str(c), cm.kind, chain=here.to_json()))
                 continue
             if self._anchorable(repo, c, cm, branch, view):
@@ -629,6 +630,10 @@ class Anchorer:
             raise ChainError(f"commit {_short(cid)} carries a {len(proof)}-byte proof, not {layout.PROOF_BYTES}")
         me = self.identity.keypair.pubkey()
         if commit.kind == "merge":
+            if not await self.holds(chain_repo):  # prove_merge is holder-gated, as merge is
+                log("merge_not_proven_on_chain", level="warning", cid=str(cid),
+                    why="this node no longer controls the repository: its holder must prove the merge")
+                return None
             ixs = self._prove_merge_ixs(repo_id, cid, commit, chain_repo)
             if not ixs:
                 return None
