@@ -883,7 +883,7 @@ static uint64_t weighted_sum(const Commit *const *in, const uint8_t *weights, ui
 /* Without a remainder (old clients): C_merge == sum_k w_k C_k, the commitment to the weighted sum S.
  * With one (FedAvg, issue 15): sum_k w_k C_k == W C_d + C_r, W = sum_k w_k, where C_d commits to
  * the merged delta d = round(S / W) and C_r to r = S - W d; C_d is what gets recorded. The range
- * of r is not checked here (d + 1, r - W passes too): that needs a range proof. */
+ * of r is not checked here (d + 1, r - W passes too): prove_merge checks it with a remainder proof. */
 static uint64_t check_merge_commitments(const Commit *const *in, const uint8_t *weights, uint64_t n,
                                         const uint8_t *commitment, const uint8_t *remainder) {
   uint8_t sum[64], rhs[64];
