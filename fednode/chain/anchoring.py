@@ -43,13 +43,23 @@ from fednode.chain import outbox
 from fednode.chain.aio import AsyncChainBackend, ChainId, ChainUnavailable
 from fednode.chain.backend import ChainError, TxResult
 from fednode.chain.program import FederityProgram, NftRef, ed25519_proof
+from fednode.chain.zkanchor import (
+    NO_ZK,
+    ZkPair,
+    keys_to_seal,
+    merge_weights,
+    provable_merge,
+    to_prove,
+    valid_proof,
+    zk_commitments,
+)
 from fednode.errors import FednodeError
 from fednode.history import History, RepoInfo
 from fednode.identity import Identity
 from fednode.lazy import lazy_import
 from fednode.logs import log
 from fednode.storage.netstate import NetState
-from fednode.zk.curve import ZkError, decode
+from fednode.zk.curve import ZkError
 from protocol import chain as layout
 from protocol import token2022
 from protocol.chain import ErrorCode, Kind
@@ -111,96 +121,6 @@ def _head_move(repo: layout.RepoAccount | None, branch: str | None, parents: lis
     if (head is None and as_owner and len(repo.branches) < layout.MAX_BRANCHES) or head in parents:
         return key
     return layout.ZERO32
-
-
-ZkPair = tuple[bytes | None, bytes | None]  # (commitment, remainder) an anchor carries
-_NO_ZK: ZkPair = (None, None)
-
-
-def zk_commitments(commit: Commit) -> tuple[ZkPair, str | None]:
-    """What ``commit``'s anchor carries from its ``info["zk"]`` (issue 15): ``((commitment, remainder),
-    why not)``. An update's commitment is sent with it; a merge's C(d) with C(r). Malformed zk info
-    (``why`` says what) sends nothing: the program would refuse it and hold the outbox for ever."""
-    zk = commit.info.get("zk")
-    if zk is None:
-        return _NO_ZK, None
-    if not isinstance(zk, dict) or zk.get("v") != 1:
-        return _NO_ZK, "info.zk is not a version-1 map"
-    if "none" in zk:  # the commit says why it carries no commitment
-        return _NO_ZK, None
-    points: dict[str, bytes] = {}
-    for key in ("commitment", "remainder"):
-        value = zk.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, bytes):
-            return _NO_ZK, f"info.zk.{key} is not bytes"
-        try:
-            decode(value, f"info.zk.{key}")  # 64 bytes, on the curve (the program's check), or infinity
-        except ZkError as exc:
-            return _NO_ZK, str(exc)
-        points[key] = value
-    c, r = points.get("commitment"), points.get("remainder")
-    if c is None:
-        return _NO_ZK, "info.zk has no commitment"
-    if commit.kind != "merge":
-        return ((c, None), None) if r is None else (_NO_ZK, "info.zk.remainder on a commit that is not a merge")
-    # A merge anchors C(d) with C(r): the program checks sum_k w_k C_k == W C(d) + C(r). C(d) alone
-    # (median, trimmed mean, Krum: not linear) is sent as nothing: without a remainder the program's
-    # rule is C == sum_k w_k C_k, a commitment to the weighted sum S, which C(d) is not.
-    return ((c, r), None) if r is not None else (_NO_ZK, None)
-
-
-def _merge_weights(commit: Commit) -> tuple[int, ...]:
-    """The program's inputs are the merge commit's parents (so every parent is anchored first);
-    a parent that was only the merge base carries weight 0."""
-    record = commit.info.get("merge") or {}
-    by_input = dict(zip([str(c) for c in record.get("inputs", [])],
-                        [int(w) for w in record.get("weights", [])], strict=False))  # fmt: skip
-    return tuple(by_input.get(str(p), 0) for p in commit.parents)
-
-
-def _valid_proof(repo: RepoInfo, commit: Commit) -> bool:
-    """Whether ``commit``'s proof passes the genesis policy here: only then is an anchored, unproven
-    update (or FedAvg merge) queued again (a proof the program refused once would hold the queue again
-    and again)."""
-    try:
-        policy = zpol.policy_of(repo.settings)
-    except ZkError:
-        return False
-    if policy is None or zpol.proof_of(commit) is None:
-        return False
-    if commit.kind == "merge":
-        return zpol.needs_remainder_proof(policy, commit) and zpol.check_merge(policy, commit) is None
-    return zpol.check_update(policy, commit) is None
-
-
-def _provable_merge(record: layout.CommitAccount, chain_repo: layout.RepoAccount | None) -> bool:
-    """A merge record prove_merge can take: the repository has a remainder key and the merge was anchored
-    with C(d) (the anchor carried C(d), C(r); a merge too large for them carries no commitment)."""
-    return (chain_repo is not None and chain_repo.has_remainder_key and record.kind == Kind.MERGE
-            and record.commitment is not None)  # fmt: skip
-
-
-def _keys_to_seal(policy: zpol.ZkPolicy, chain_repo: layout.RepoAccount) -> list[tuple[bytes, int, bool]]:
-    """The policy's keys the chain lacks, as (key, bound2, remainder): the update key when proofs are
-    required, the remainder key (no bound) when the policy names one."""
-    keys = []
-    if policy.require_proof and not chain_repo.requires_proofs:
-        keys.append((policy.vk_bytes, policy.bound2, False))
-    if policy.remainder_vk_bytes is not None and not chain_repo.has_remainder_key:
-        keys.append((policy.remainder_vk_bytes, 0, True))
-    return keys
-
-
-def _to_prove(record: layout.CommitAccount, chain_repo: layout.RepoAccount | None) -> bool:
-    """An anchored record the chain wants proven and is not: an update or revert in a repository that
-    requires proofs, a merge prove_merge can take."""
-    if record.proven or chain_repo is None:
-        return False
-    if record.kind == Kind.MERGE:
-        return _provable_merge(record, chain_repo)
-    return chain_repo.requires_proofs and record.kind != Kind.INIT
 
 
 def _tx_bytes(ixs: list[Instruction], signer: Identity) -> int:
@@ -315,7 +235,7 @@ class Anchorer:
                 continue
             if h in view.anchored:  # done, unless it is an update (or merge) this node can still prove
                 if h in view.unproven and cm.author == self.me and (cm.kind != "merge" or view.controls) \
-                        and _valid_proof(repo, cm):
+                        and valid_proof(repo, cm):
                     new.append(outbox.OutboxItem(0, "anchor", rid, _hex(h), str(c), cm.kind, chain=here.to_json()))
                 continue
             if self._anchorable(repo, c, cm, branch, view):
@@ -335,7 +255,7 @@ class Anchorer:
             chain_repo = await self.repo_record(repo.repo_id)
             records = await self.commit_records(repo.repo_id, [cm.commit_hash() for _, cm in ancestry])
             anchored = {cm.commit_hash() for (_, cm), r in zip(ancestry, records, strict=True) if r is not None}
-            unproven = frozenset(r.commit_hash for r in records if r is not None and _to_prove(r, chain_repo))
+            unproven = frozenset(r.commit_hash for r in records if r is not None and to_prove(r, chain_repo))
             for (c, cm), r in zip(ancestry, records, strict=True):
                 if r is not None and (bad := self._check(c, cm, r, repo.repo_id)):
                     raise FednodeError(f"{bad[0]}; see 'fednode chain verify'")
@@ -375,7 +295,7 @@ class Anchorer:
             policy = zpol.policy_of(repo.settings)
         except ZkError:
             return False
-        return policy is not None and bool(_keys_to_seal(policy, view.chain_repo))
+        return policy is not None and bool(keys_to_seal(policy, view.chain_repo))
 
     def _anchorable(self, repo: RepoInfo, c: CID, cm: Commit, branch: str, view: _ChainView) -> bool:
         """Whether this node queues the unanchored commit ``c``; FednodeError where it never could."""
@@ -416,7 +336,7 @@ class Anchorer:
         return " (the holder of its NFT)" if self.nft_ref(repo) is not None else ""
 
     def _tx_size(self, repo_id: bytes, commit: Commit, branch: str, repo: layout.RepoAccount | None) -> int:
-        return _tx_bytes(self._anchor_ixs(repo_id, commit, branch, repo, holds=True, zk=_NO_ZK), self.identity)
+        return _tx_bytes(self._anchor_ixs(repo_id, commit, branch, repo, holds=True, zk=NO_ZK), self.identity)
 
     def _first_parents(self, cid: CID) -> set[CID]:
         line, current = set(), cid
@@ -584,7 +504,7 @@ class Anchorer:
             log("zk_key_not_set", level="warning", repo=_hex(repo_id)[:16], why=str(exc))
             return []
         chain_repo = await self.repo_record(repo_id)
-        keys = _keys_to_seal(policy, chain_repo) if policy is not None and chain_repo is not None else []
+        keys = keys_to_seal(policy, chain_repo) if policy is not None and chain_repo is not None else []
         if not keys:
             return []
         assert chain_repo is not None
@@ -623,7 +543,7 @@ class Anchorer:
         if proof is None:
             raise ChainError(f"commit {_short(cid)} carries a proof that is not bytes")
         chain_repo = await self.repo_record(repo_id)
-        if chain_repo is None or not (_provable_merge(record, chain_repo) if commit.kind == "merge"
+        if chain_repo is None or not (provable_merge(record, chain_repo) if commit.kind == "merge"
                                       else chain_repo.requires_proofs):  # fmt: skip
             return None
         if len(proof) != layout.PROOF_BYTES:
@@ -655,7 +575,7 @@ class Anchorer:
         proof = zpol.proof_of(commit)
         if not isinstance(remainder, bytes) or proof is None:
             raise ChainError(f"merge {_short(cid)} carries a proof but no remainder commitment C(r)")
-        body = layout.ProveMerge(commit.commit_hash(), zpol.proof_hash(commit), _merge_weights(commit), remainder,
+        body = layout.ProveMerge(commit.commit_hash(), zpol.proof_hash(commit), merge_weights(commit), remainder,
                                  proof)  # fmt: skip
         ixs = self.program.prove_merge_ixs(self.identity.keypair.pubkey(), repo_id, body, commit.parent_hashes,
                                            nft=self.nft_ref(chain_repo))  # fmt: skip
@@ -670,17 +590,17 @@ class Anchorer:
         refuse them: malformed zk info, or a merge whose C(d), C(r) do not check against its inputs'
         anchored commitments (an input of nonzero weight anchored without one, e.g. by an old client)."""
         zk, why = zk_commitments(commit)
-        if why is None and commit.kind == "merge" and zk != _NO_ZK:
+        if why is None and commit.kind == "merge" and zk != NO_ZK:
             why = await self._merge_check_fails(repo_id, commit, zk)
         if why is not None:
             log("anchor_without_commitment", level="warning", cid=str(cid), why=why)
-            return _NO_ZK
+            return NO_ZK
         return zk
 
     async def _merge_check_fails(self, repo_id: bytes, commit: Commit, zk: ZkPair) -> str | None:
         from fednode.zk.merge_check import check_linear_merge  # numpy and the MSM backend: merges only
 
-        weights = _merge_weights(commit)
+        weights = merge_weights(commit)
         hashes = [p for p, w in zip(commit.parent_hashes, weights, strict=True) if w]
         records = await self.commit_records(repo_id, hashes)
         if any(r is None for r in records):
@@ -733,10 +653,10 @@ class Anchorer:
         author = self.identity.keypair.pubkey()
         proof = ed25519_proof(author, commit.sig, h)
         if commit.kind == "merge":
-            merge = layout.Merge(digest, layout.branch_hash(branch or "main"), tuple(parents), _merge_weights(commit),
+            merge = layout.Merge(digest, layout.branch_hash(branch or "main"), tuple(parents), merge_weights(commit),
                                  *zk)  # fmt: skip
             ixs = [proof, self.program.merge(author, repo_id, merge, nft=nft)]
-            if zk != _NO_ZK and (size := _tx_bytes(ixs, self.identity)) > PACKET_DATA_SIZE:
+            if zk != NO_ZK and (size := _tx_bytes(ixs, self.identity)) > PACKET_DATA_SIZE:
                 # C(d) and C(r) take 128 bytes: past about 7 inputs the merge is anchored without them.
                 log("anchor_without_commitment", level="warning", cid=str(commit.cid()),
                     why=f"with C(d) and C(r) the transaction is {size} bytes, over {PACKET_DATA_SIZE}")
