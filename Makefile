@@ -30,8 +30,10 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
+# Two workers (pytest-xdist), a test file per worker at a time (module fixtures are built once); the
+# slowest tests are listed at the end so that a slow newcomer is seen.
 test: $(STAMP) $(NODE_STAMP) lint
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n 2 --dist loadfile --durations=25
 
 # ruff (style, imports, complexity, unused noqa) and mypy (types of fednode/, protocol/, cli/)
 lint: $(STAMP)
