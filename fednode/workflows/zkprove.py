@@ -15,8 +15,9 @@ verifying key, ``VerifyingKey.encode``), ``link.key`` (the link argument's prove
 ``setup.json`` (the circuit's name, parameters, where the powers of tau came from, times). It is written in a temporary
 directory and renamed into place whole, so a failed set-up leaves nothing.
 
-Trust: a set-up made here knows its own toxic waste only while it runs (snarkjs mixes OS randomness
-into every contribution, the link key's ``k1, k2, a`` are dropped), but nobody else can check that:
+Trust: a set-up made here knows its own toxic waste only while it runs (``fednode.zk.devtau`` draws
+tau, alpha, beta with ``secrets`` and drops them; snarkjs, with ``ptau_maker="snarkjs"``, mixes OS randomness
+into every contribution; the link key's ``k1, k2, a`` are dropped), but nobody else can check that:
 it is for development and tests. Production would take the powers of tau from a public ceremony
 (``ptau=``) and run a multi-party phase 2 and link set-up; see the docs.
 """
@@ -36,7 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fednode.errors import FednodeError
+from fednode.zk import devtau
 from fednode.zk import generators as gens
+from fednode.zk import mcl
 from fednode.zk import pedersen as ped
 from fednode.zk import update_proof as up
 from fednode.zk.curve import Affine, ZkError, decode, encode
@@ -139,12 +142,17 @@ def _check_params(circuit: str, n: int, k: int) -> None:
 
 
 def setup(out: Path, n: int, k: int = 16, *, circuit: str = "update", remainder_bits: int | None = None,
-          seed: bytes = gens.DEFAULT_SEED, ptau: Path | None = None, tools: Tools | None = None) -> dict[str, object]:
+          seed: bytes = gens.DEFAULT_SEED, ptau: Path | None = None, tools: Tools | None = None,
+          ptau_maker: str = "devtau") -> dict[str, object]:
     """Make the keys for vectors of up to ``n`` values in ``out`` (which must not exist): ``circuit``
     "update" (signed ``k``-bit values) or "remainder" (``|2 r_i| <= W < 2^(k-1)``). With
     ``remainder_bits`` (update only), the remainder keys for ``n`` values and that ``k`` go in
-    ``out/remainder``, made from the same powers of tau (sized for the larger circuit)."""
+    ``out/remainder``, made from the same powers of tau (sized for the larger circuit). Without ``ptau``
+    the powers of tau are made here: ``ptau_maker`` "devtau" (``fednode.zk.devtau``, seconds) or "snarkjs"
+    (its one-contributor ceremony, minutes; kept for comparison)."""
     _check_params(circuit, n, k)
+    if ptau_maker not in ("devtau", "snarkjs"):
+        raise FednodeError(f"no powers-of-tau maker {ptau_maker!r}: 'devtau' or 'snarkjs'")
     power = ptau_power(n, k, circuit)
     if remainder_bits is not None:
         if circuit != "update":
@@ -163,9 +171,12 @@ def setup(out: Path, n: int, k: int = 16, *, circuit: str = "update", remainder_
     work = Path(tempfile.mkdtemp(prefix=".zk-setup-", dir=out.parent))
     try:
         t = time.perf_counter()
-        if ptau is None:  # a one-contributor ceremony made here: development only
+        if ptau is None and ptau_maker == "devtau" and mcl.available():  # secrets drawn and dropped here
+            tau = devtau.write_ptau(work / "final.ptau", power)
+            source = f"local, 2^{power}, fednode devtau from secrets drawn here (development only)"
+        elif ptau is None:  # a one-contributor snarkjs ceremony (or no mcl for devtau): development only
             tau = _local_ptau(work, power, tools)
-            source = f"local, 2^{power}, one contribution (development only)"
+            source = f"local, 2^{power}, one snarkjs contribution (development only)"
         else:
             tau, source = ptau, str(ptau)
         ptau_s = time.perf_counter() - t
