@@ -1,16 +1,19 @@
 """Update proofs (issue 15 items 3, 7): set-up, proof time and size, verification time, in one run.
 
-    python bench/bench_zk_proof.py [--sizes 8,64,256] [--ptau-dir DIR] [--keys-dir DIR]
+    python bench/bench_zk_proof.py [--sizes 8,10000] [--tau-powers 8,12,16,18] [--ptau-maker devtau|snarkjs]
+                                   [--ptau-dir DIR] [--keys-dir DIR]
 
-For each circuit size n (signed 16-bit values): a local development set-up (circom2 + snarkjs; the
-powers of tau are the slow part: ~4 s at 2^8, ~100 s at 2^12, ~5 min at 2^13, ~15 min at 2^15 on this
-2-core machine; --ptau-dir reuses files named p<power>_final.ptau, --keys-dir reuses whole key sets),
-then snarkjs proofs (best of 3), our verifier (mcl best/median of 20, py_ecc once) and the on-chain
-check (programs/zkverify/zkverify.c in LiteSVM: compute units). ACORN's published client cost
+For each circuit size n (signed 16-bit values): a local development set-up (powers of tau from
+fednode.zk.devtau, ~0.4 s at 2^8 and a few minutes at 2^18; --ptau-maker snarkjs runs snarkjs's own
+ceremony instead: ~5 s at 2^8, ~6 min at 2^13, ~26 min at 2^16; --ptau-dir reuses files named
+p<power>_final.ptau, --keys-dir reuses whole key sets; then circom2 compile and snarkjs groth16 setup,
+timed apart), then snarkjs proofs (best of 3; one proof above n = 10,000), our verifier (mcl best/median
+of 20, py_ecc once) and the on-chain check (programs/zkverify/zkverify.c in LiteSVM: compute units).
+Every line carries the 1-minute load average (the machine is shared). ACORN's published client cost
 (< 80 s for 250k 16-bit entries, USENIX Security 2023) is printed per parameter beside ours.
-Sizes this machine cannot set up in a bench run (10k, 100k, 1M) are EXTRAPOLATED from the smallest
-and largest measured sizes, linearly in constraints (snarkjs's prover is O(n log n): the
-extrapolation is optimistic) and printed as such; the link proof's share is measured at any size.
+Target sizes (10k, 100k, 1M) not in --sizes are EXTRAPOLATED from the smallest and largest measured
+sizes, linearly in constraints (snarkjs's prover is O(n log n): optimistic) and printed as such; the
+link proof's share is measured at any size. --tau-powers times devtau alone at those powers.
 Targets: 10k proven <= 10 s, 100k <= 60 s, verification <= 10 ms, on chain <= 200k CU.
 Needs node, circom2 and snarkjs (FEDNODE_ZK_NODE_MODULES or the checkout's node_modules).
 """
@@ -52,8 +55,24 @@ def keys_for(n: int, args: argparse.Namespace, scratch: Path) -> tuple[zp.Keys, 
     if args.ptau_dir:
         cand = args.ptau_dir / f"p{zp.ptau_power(n, K)}_final.ptau"
         ptau = cand if cand.exists() else None
-    meta = zp.setup(out, n, K, ptau=ptau)
+    meta = zp.setup(out, n, K, ptau=ptau, ptau_maker=args.ptau_maker)
     return zp.load_keys(out), meta
+
+
+def load() -> str:
+    return f"load {os.getloadavg()[0]:.2f}"
+
+
+def bench_tau(power: int, scratch: Path) -> None:
+    """devtau alone: seconds and file size of a prepared 2^power powers of tau."""
+    from fednode.zk import devtau
+
+    path = scratch / f"devtau{power}.ptau"
+    t = time.perf_counter()
+    devtau.write_ptau(path, power)
+    took = time.perf_counter() - t
+    print(f"devtau 2^{power:<2}: {took:7.2f} s, {path.stat().st_size / 2**20:8.1f} MiB prepared ptau  ({load()})")
+    path.unlink()
 
 
 def bench_one(n: int, args: argparse.Namespace, scratch: Path) -> float:
@@ -64,7 +83,7 @@ def bench_one(n: int, args: argparse.Namespace, scratch: Path) -> float:
     blinding, commit_hash, bound2 = secrets.randbelow(R), secrets.token_bytes(32), 10**6 * n
     commitment = ped.commit(values, blinding)
     proofs = []
-    for _ in range(3):
+    for _ in range(3 if n <= 10_000 else 1):
         t = time.perf_counter()
         proof = zp.prove(keys, values, blinding, commit_hash, bound2)
         proofs.append(time.perf_counter() - t)
@@ -80,10 +99,14 @@ def bench_one(n: int, args: argparse.Namespace, scratch: Path) -> float:
     best = min(proofs)
     parts = ", ".join(f"{k} {v:.1f} s" for k, v in meta.items() if k.endswith("_s"))
     print(f"n={n:>6}  constraints {constraints(n):>8} (2^{zp.ptau_power(n, K)} tau)  set-up {setup_s:6.1f} s"
-          f" [{parts or 'reused'}]")
+          f" [{parts or 'reused'}]  ({load()})")
     print(f"          prove best {best:6.2f} s / median {statistics.median(proofs):6.2f} s"
           f"  = {best / n * 1e6:8.1f} us/param (ACORN {ACORN_S_PER_PARAM * 1e6:.0f} us/param;"
-          f" ours/ACORN {best / n / ACORN_S_PER_PARAM:6.2f}x)  proof {len(proof)} B")
+          f" ours/ACORN {best / n / ACORN_S_PER_PARAM:6.2f}x)  proof {len(proof)} B  ({load()})")
+    target = TARGETS.get(n)
+    if target:
+        verdict = "PASS" if best <= target else "MISS"
+        print(f"          MEASURED n={n}: {best:.1f} s prove, target {target:.0f} s {verdict}")
     vbest, vmed = min(verify_runs) * 1e3, statistics.median(verify_runs) * 1e3
     print(f"          verify mcl best {vbest:.2f} ms / median {vmed:.2f} ms"
           f" (target {TARGET_VERIFY_MS:.0f} ms {'PASS' if vmed <= TARGET_VERIFY_MS else 'MISS'}),"
@@ -141,11 +164,15 @@ def main() -> int:
     ap.add_argument("--sizes", default="8,64")
     ap.add_argument("--ptau-dir", type=Path)
     ap.add_argument("--keys-dir", type=Path)
+    ap.add_argument("--ptau-maker", choices=("devtau", "snarkjs"), default="devtau")
+    ap.add_argument("--tau-powers", default="", help="time devtau alone at these powers (18: a few minutes)")
     ap.add_argument("--link-sizes", default="10000,100000", help="sizes for the link proof alone (1000000: ~10 s)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"update proofs, signed {K}-bit values; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory(prefix="bench-zkproof-") as tmp:
+        for power in (int(x) for x in args.tau_powers.split(",") if x):
+            bench_tau(power, Path(tmp))
         times = {n: bench_one(n, args, Path(tmp)) for n in sizes}
     for n in (int(x) for x in args.link_sizes.split(",") if x):
         bench_link(n)
@@ -155,7 +182,7 @@ def main() -> int:
     else:  # a fixed cost (node start, key loading) and a cost per constraint, from the two ends
         slope = (times[n_big] - times[n_small]) / (constraints(n_big) - constraints(n_small))
         fixed = max(0.0, times[n_small] - slope * constraints(n_small))
-        for n in (10_000, 100_000, 1_000_000):
+        for n in (x for x in (10_000, 100_000, 1_000_000) if x not in times):
             est = fixed + slope * constraints(n)
             target = TARGETS.get(n)
             verdict = f"target {target:.0f} s {'PASS' if est <= target else 'MISS'}" if target else "no target"
