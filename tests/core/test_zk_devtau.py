@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from py_ecc.optimized_bn128 import G1, G2, multiply, normalize
 
+from fednode.errors import FednodeError
 from fednode.workflows import zkprove as zp
 from fednode.zk import devtau
 from fednode.zk import pedersen as ped
@@ -128,3 +129,13 @@ def test_keys_from_devtau_prove_and_verify_in_snarkjs_and_ours(tmp_path: Path) -
                           str(tmp_path / "public.json"), str(tmp_path / "proof.json")],
                          capture_output=True, text=True, timeout=120, check=False)
     assert "OK" not in bad.stdout
+
+
+def test_snarkjs_ceremony_stays_reachable_and_unknown_makers_are_refused(tmp_path: Path) -> None:
+    tools = zp.find_tools()
+    with pytest.raises(FednodeError, match="no powers-of-tau maker 'mpc'"):
+        zp.setup(tmp_path / "bad", 1, ptau_maker="mpc", tools=tools)
+    assert list(tmp_path.iterdir()) == []
+    meta = zp.setup(tmp_path / "keys", 1, ptau_maker="snarkjs", tools=tools)  # ~5 s: snarkjs's own 2^8 ceremony
+    assert "snarkjs" in str(meta["ptau"]) and "devtau" not in str(meta["ptau"])
+    assert zp.load_keys(tmp_path / "keys").vk.n == 1
