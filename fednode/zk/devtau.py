@@ -28,9 +28,9 @@ from __future__ import annotations
 import ctypes
 import secrets
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 
@@ -167,7 +167,7 @@ def write_ptau(path: Path, power: int, *, prepared: bool = True, _secrets: tuple
     g1, g2 = _Group(False), _Group(True)
     m = 1 << power
     tmp = path.with_name(path.name + ".part")
-    sections: list[tuple[int, Any, int]] = [
+    sections: list[tuple[int, Callable[[], Iterator[bytes]], int]] = [  # id, its body (made lazily), size
         (1, lambda: iter([_header(power)]), 4 + 32 + 8),
         (2, lambda: _chunks(g1, _powers(tau, 2 * m - 1)), (2 * m - 1) * 64),
         (3, lambda: _chunks(g2, _powers(tau, m)), m * 128),
