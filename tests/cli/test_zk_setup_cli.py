@@ -1,5 +1,5 @@
 """``fednode zk setup``: real circom2/snarkjs keys in the node home (n = 2, update and remainder keys from
-one 2^8 powers of tau: ~10-20 s), refusals first."""
+one 2^8 development powers of tau: seconds), refusals first."""
 
 from __future__ import annotations
 
