@@ -42,8 +42,9 @@ ZK_REMAINDER_BITS = 13  # the shared remainder keys' K: W < 2^12, and n = 8 stil
 @pytest.fixture(scope="session")
 def zk_policy_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One update-proof key folder (``fednode zk setup``, n = 8 signed 16-bit values; seconds with the
-    development tau of ``fednode.zk.devtau``) for the tests of repositories that require proofs: a proof then takes ~1 s. Its ``remainder/`` holds the
-    remainder keys (n = 8, K = 13: merges of total weight below 4,096), made from the same tau."""
+    development tau of ``fednode.zk.devtau``) for the tests of repositories that require proofs: a proof
+    then takes ~1 s. Its ``remainder/`` holds the remainder keys (n = 8, K = 13: merges of total weight
+    below 4,096), made from the same tau."""
     from fednode.workflows import zkprove
 
     out = tmp_path_factory.mktemp("zkpolicy") / "keys"

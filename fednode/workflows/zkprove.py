@@ -37,9 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fednode.errors import FednodeError
-from fednode.zk import devtau
+from fednode.zk import devtau, mcl
 from fednode.zk import generators as gens
-from fednode.zk import mcl
 from fednode.zk import pedersen as ped
 from fednode.zk import update_proof as up
 from fednode.zk.curve import Affine, ZkError, decode, encode

@@ -1,7 +1,8 @@
 """Update proofs (issue 15 item 3): a real circom circuit, real snarkjs keys and proofs, our verifiers.
 
 One set of keys for n = 8 is made per session (a development powers of tau 2^8, ``fednode.zk.devtau``:
-seconds); every proof is made by snarkjs and checked by both our verifiers (MCL batched, py_ecc one equation at a time) and, once,
+seconds); every proof is made by snarkjs and checked by both our verifiers (MCL batched, py_ecc one
+equation at a time) and, once,
 by snarkjs itself with the full public inputs.
 """
 
