@@ -15,6 +15,19 @@ from fednode.history import History
 from fednode.node import Node, init_home, open_node
 from fednode.storage.store import Store
 
+# The slowest test files, started first: `make test` runs two xdist workers, each taking a whole file
+# at a time in collection order, so a long file collected late would run alone at the end.
+SLOW_FIRST = ("tests/demo/", "tests/chain/test_nft_control.py", "tests/cli/test_store_full.py",
+              "tests/daemon/test_daemon_findable.py", "tests/bench/test_bench_scripts.py",
+              "tests/chain/test_daemon_chain.py", "tests/daemon/test_bitswap_liar.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        return next((n for n, prefix in enumerate(SLOW_FIRST) if item.nodeid.startswith(prefix)), len(SLOW_FIRST))
+
+    items.sort(key=rank)  # stable: every file keeps its own order, the rest keeps collection order
+
 
 @pytest.fixture(scope="session", autouse=True)
 def shared_zk_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
