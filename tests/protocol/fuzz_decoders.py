@@ -22,6 +22,7 @@ The long run (10**5 inputs per decoder, a few minutes a decoder on 2 cores)::
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import json
@@ -182,7 +183,15 @@ def _accounts() -> dict[str, list[bytes]]:
         + b"b" * 32 + (2).to_bytes(8, "little") + (250).to_bytes(2, "little") + (3).to_bytes(2, "little") + bytes(4) \
         + table + bytes(chain.CONTRIBUTOR_SIZE * (chain.MAX_CONTRIBUTORS - 3))
     empty = bytes([chain.Tag.NFT, chain.LAYOUT_VERSION, 255, 0]) + bytes(chain.NFT_SIZE - 4)
-    return {"repo": [repo], "member": [member], "commit": [commit, bare], "nft": [nft, empty]}
+    def zkvk(tag: chain.Tag, sealed: bool, key: bytes) -> bytes:
+        return bytes([tag, chain.LAYOUT_VERSION, 252, chain.VK_SEALED if sealed else 0]) + bytes(4) + b"r" * 32 \
+            + hashlib.sha256(key).digest() + (12345).to_bytes(32, "big") + len(key).to_bytes(2, "little") \
+            + bytes(6) + key + bytes(chain.VK_CAPACITY - len(key))
+
+    key = bytes(range(256)) * 4 + b"k" * 123  # the length of an encoded update key with a 3-byte seed
+    return {"repo": [repo], "member": [member], "commit": [commit, bare], "nft": [nft, empty],
+            "zkvk": [zkvk(chain.Tag.ZKVK, True, key), zkvk(chain.Tag.ZKVK, False, key[:768])],
+            "zkrvk": [zkvk(chain.Tag.ZKRVK, True, key)]}
 
 
 def _token_accounts() -> tuple[list[bytes], list[bytes]]:
@@ -356,6 +365,8 @@ def registry() -> dict[str, Decoder]:
         Decoder("chain_member", chain.decode_member, fmt, acc["member"]),
         Decoder("chain_commit", chain.decode_commit, fmt, acc["commit"]),
         Decoder("chain_nft", chain.decode_nft, fmt, acc["nft"]),
+        Decoder("chain_zkvk", chain.decode_zkvk, fmt, acc["zkvk"]),
+        Decoder("chain_zkrvk", functools.partial(chain.decode_zkvk, remainder=True), fmt, acc["zkrvk"]),
         Decoder("token_mint", token2022.decode_mint, fmt, _token_accounts()[0]),  # chain state: never hashed,
         Decoder("token_account", token2022.decode_token_account, fmt, _token_accounts()[1]),  # so no canonicity
         Decoder("nft_document", _nft_document, user, _nft_documents(), "json"),
