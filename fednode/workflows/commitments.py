@@ -156,14 +156,19 @@ def tensor_delta(base_arr: np.ndarray, arr: np.ndarray, dtype: str, bits: int) -
     return fixedpoint.encode_delta(base_arr.reshape(-1), arr.reshape(-1), dtype, bits if dtype in FLOAT_DTYPES else 0)
 
 
+def round_base_entries(history: History, head: CID) -> tuple[CID, dict[str, Any]]:
+    """``head``'s round base and its manifest's tensor entries: what an update's delta is taken from."""
+    base = round_base(history, head)
+    with history.store.read() as txn:
+        return base, history.load_manifest(history.load_commit(base, txn).weights, txn).tensors
+
+
 def update_info(history: History, repo: RepoInfo, head: CID, source: ModelSource,
                 settings: ZkSettings) -> dict[str, Any]:
     """``info["zk"]`` of an update committing ``source`` on top of ``head``."""
     from fednode.tensors import fixedpoint
 
-    base = round_base(history, head)
-    with history.store.read() as txn:
-        entries = history.load_manifest(history.load_commit(base, txn).weights, txn).tensors
+    base, entries = round_base_entries(history, head)
     names = sorted(source.tensors)
     if set(names) != set(entries):
         return none("tensor names differ from the round base's")

@@ -28,7 +28,14 @@ from fednode.errors import FednodeError
 from fednode.history import History, RepoInfo
 from fednode.lazy import lazy_import
 from fednode.tensors.modelio import ArraySource, ModelSource
-from fednode.workflows.commitments import VERSION, ZkSettings, _blinding_for, commit_deltas, round_base
+from fednode.workflows.commitments import (
+    VERSION,
+    ZkSettings,
+    _blinding_for,
+    commit_deltas,
+    round_base,
+    round_base_entries,
+)
 from fednode.zk import policy as zpol
 from fednode.zk.curve import ZkError
 from protocol.multiformats import CID
@@ -219,9 +226,7 @@ def prepare_update(history: History, repo: RepoInfo, head: CID, source: ModelSou
         raise FednodeError(f"{repo.name} requires update proofs, which need commitments: [zk] commitments = false "
                            "in config.toml (nothing was stored)")
     keys = keys_for(settings, policy)
-    base = round_base(history, head)
-    with history.store.read() as txn:
-        entries = history.load_manifest(history.load_commit(base, txn).weights, txn).tensors
+    base, entries = round_base_entries(history, head)
     names = sorted(source.tensors)
     if set(names) != set(entries):
         raise FednodeError("the tensor names differ from the round base's: an update proof needs the same tensors")
