@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from daemon_harness import no_commitments
 from helpers import assert_one_line_error, home_state, run_fednode, write_model
 
 from fednode.storage.diskspace import free_bytes
@@ -62,6 +63,7 @@ def test_repo_create_and_commit_bigger_than_the_disk(tmp_path: Path, batch: int,
     with small_fs(tmp_path) as mnt:
         home = mnt / "home"
         run_fednode(home, "init")
+        no_commitments(home)  # a full disk is the subject: its 750k-parameter commits would derive generators
         run_fednode(home, "repo", "create", "ok", "--from", model(tmp_path / "a.safetensors", 3 << 20, 1))  # fits
         big = model(tmp_path / "big.safetensors", 16 << 20, 2)  # twice the filesystem
         update = model(tmp_path / "b.safetensors", 3 << 20, 3)  # a 3 MB change of "ok"
