@@ -45,13 +45,35 @@ def _inv2(e: int) -> int:
     return pow(2, -e, R)
 
 
-def _lc(terms: list[Term]) -> bytes:
-    """A linear combination's bytes: terms sorted by wire (circom's order), zero coefficients dropped."""
+def _merged(terms: list[Term]) -> list[Term]:
+    """Terms sorted by wire (circom's order for short combinations), equal wires added, zeros dropped."""
     merged: dict[int, int] = {}
     for wire, coeff in terms:
         merged[wire] = (merged.get(wire, 0) + coeff) % R
-    kept = sorted((w, c) for w, c in merged.items() if c)
-    return struct.pack("<I", len(kept)) + b"".join(struct.pack("<I", w) + c.to_bytes(32, "little") for w, c in kept)
+    return sorted((w, c) for w, c in merged.items() if c)
+
+
+def _terms(kept: list[Term]) -> bytes:
+    return b"".join(struct.pack("<I", w) + c.to_bytes(32, "little") for w, c in kept)
+
+
+def _lc(terms: list[Term]) -> bytes:
+    kept = _merged(terms)
+    return struct.pack("<I", len(kept)) + _terms(kept)
+
+
+def _lc_run(terms: list[Term], start: int, count: int, coeff: int) -> bytes:
+    """A linear combination of ``terms`` and ``coeff`` times each wire in [start, start + count),
+    the run built with numpy (the norm's sum over all n squares)."""
+    kept = _merged(terms)
+    if any(start <= w < start + count for w, _ in kept):
+        raise AssertionError("a term falls inside the run")
+    run = np.empty((count, 9), dtype="<u4")
+    run[:, 0] = np.arange(start, start + count, dtype=np.uint32)
+    run[:, 1:] = np.frombuffer((coeff % R).to_bytes(32, "little"), dtype="<u4")
+    before = [t for t in kept if t[0] < start]
+    after = [t for t in kept if t[0] >= start + count]
+    return struct.pack("<I", len(kept) + count) + _terms(before) + run.tobytes() + _terms(after)
 
 
 def _constraint(c: Constraint) -> bytes:
@@ -90,18 +112,21 @@ class _Writer:
 
     def repeated(self, n: int, make: Callable[[int], list[Constraint]]) -> None:
         """``make(i)`` for i < n, whose bytes are affine in i (wire ids step, coefficients do not):
-        built from i = 0 and 1, written a block at a time."""
-        first = np.frombuffer(b"".join(_constraint(c) for c in make(0)), dtype="<u4")
-        step = np.frombuffer(b"".join(_constraint(c) for c in make(1)), dtype="<u4") - first if n > 1 else first * 0
-        per = len(make(0))
-        if n > 2:  # the template is affine in i: check one more row before trusting it
-            third = np.frombuffer(b"".join(_constraint(c) for c in make(2)), dtype="<u4")
-            if not np.array_equal(third, first + 2 * step):
-                raise AssertionError("constraint template is not affine in the parameter index")
+        built from i = 0, 1 and 2, written a block at a time (only the wire-id words change per block)."""
+        rows = [np.frombuffer(b"".join(_constraint(c) for c in make(i)), dtype="<u4") for i in range(min(n, 3))]
+        first = rows[0]
+        step = rows[1] - first if n > 1 else np.zeros_like(first)
+        if n > 2 and not np.array_equal(rows[2], first + 2 * step):
+            raise AssertionError("constraint template is not affine in the parameter index")
+        cols = np.flatnonzero(step)
+        buf = np.empty((min(n, BLOCK), len(first)), dtype="<u4")
+        buf[:] = first
         for lo in range(0, n, BLOCK):
-            idx = np.arange(lo, min(n, lo + BLOCK), dtype=np.uint32)[:, None]
-            self.fh.write((first[None, :] + idx * step[None, :]).astype("<u4").tobytes())
-        self.count += per * n
+            count = min(n - lo, BLOCK)
+            idx = np.arange(lo, lo + count, dtype=np.uint32)[:, None]
+            buf[:count, cols] = first[cols] + idx * step[cols]
+            self.fh.write(memoryview(buf[:count]).cast("B"))
+        self.count += len(make(0)) * n
 
     def finish(self, wires: int, public: int, labels: int, wire_labels: np.ndarray) -> None:
         end = self.fh.tell()
@@ -150,7 +175,11 @@ def write_update_r1cs(path: Path, n: int, k: int, sb: int) -> dict[str, int]:
         gap = [lay["gap"] + j for j in range(sb - 1)]
         for b in gap:
             w.one(_boolean(b))
-        w.one(_top_bit([(3, 1)] + [(lay["sq"] + i, R - 1) for i in range(n)], gap))
+        # gap's top bit t = (bound2 - sum sq_i - sum_j 2^j gap_j) / 2^(sb-1): (t - 1) * t = 0
+        a, b, c = _top_bit([(3, 1)], gap)
+        run = (lay["sq"], n, (R - 1) * _inv2(sb - 1))
+        fh.write(_lc_run(a, *run) + _lc_run(b, *run) + _lc(c))
+        w.count += 1
         # labels: circom's signal list (one, inputs, sq, hsq, bsq, per Bits out[k] then in, gap likewise)
         bit_labels = (2 * n + 8 + np.arange(n)[:, None] * (k + 1) + np.arange(k - 1)[None, :]).ravel()
         gap_labels = 2 * n + 8 + n * (k + 1) + np.arange(sb - 1)
@@ -357,7 +386,8 @@ def read_r1cs(path: Path) -> tuple[dict[str, int], list[Constraint], list[int]]:
             pos += 4
             lc = []
             for _ in range(terms):
-                lc.append((struct.unpack_from("<I", data, pos)[0], int.from_bytes(data[pos + 4:pos + 4 + n8], "little")))
+                (wire,) = struct.unpack_from("<I", data, pos)
+                lc.append((wire, int.from_bytes(data[pos + 4:pos + 4 + n8], "little")))
                 pos += 4 + n8
             parts.append(lc)
         cons.append((parts[0], parts[1], parts[2]))
