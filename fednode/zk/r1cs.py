@@ -177,8 +177,8 @@ def write_update_r1cs(path: Path, n: int, k: int, sb: int) -> dict[str, int]:
             w.one(_boolean(b))
         # gap's top bit t = (bound2 - sum sq_i - sum_j 2^j gap_j) / 2^(sb-1): (t - 1) * t = 0
         a, b, c = _top_bit([(3, 1)], gap)
-        run = (lay["sq"], n, (R - 1) * _inv2(sb - 1))
-        fh.write(_lc_run(a, *run) + _lc_run(b, *run) + _lc(c))
+        coeff = (R - 1) * _inv2(sb - 1)
+        fh.write(_lc_run(a, lay["sq"], n, coeff) + _lc_run(b, lay["sq"], n, coeff) + _lc(c))
         w.count += 1
         # labels: circom's signal list (one, inputs, sq, hsq, bsq, per Bits out[k] then in, gap likewise)
         bit_labels = (2 * n + 8 + np.arange(n)[:, None] * (k + 1) + np.arange(k - 1)[None, :]).ravel()
