@@ -125,7 +125,7 @@ class _Writer:
             count = min(n - lo, BLOCK)
             idx = np.arange(lo, lo + count, dtype=np.uint32)[:, None]
             buf[:count, cols] = first[cols] + idx * step[cols]
-            self.fh.write(memoryview(buf[:count]).cast("B"))
+            self.fh.write(buf[:count].data)  # the block's bytes, no copy
         self.count += len(make(0)) * n
 
     def finish(self, wires: int, public: int, labels: int, wire_labels: np.ndarray) -> None:
@@ -173,12 +173,12 @@ def write_update_r1cs(path: Path, n: int, k: int, sb: int) -> dict[str, int]:
 
         w.repeated(n, bits)
         gap = [lay["gap"] + j for j in range(sb - 1)]
-        for b in gap:
-            w.one(_boolean(b))
+        for wire in gap:
+            w.one(_boolean(wire))
         # gap's top bit t = (bound2 - sum sq_i - sum_j 2^j gap_j) / 2^(sb-1): (t - 1) * t = 0
-        a, b, c = _top_bit([(3, 1)], gap)
+        top_a, top_b, top_c = _top_bit([(3, 1)], gap)
         coeff = (R - 1) * _inv2(sb - 1)
-        fh.write(_lc_run(a, lay["sq"], n, coeff) + _lc_run(b, lay["sq"], n, coeff) + _lc(c))
+        fh.write(_lc_run(top_a, lay["sq"], n, coeff) + _lc_run(top_b, lay["sq"], n, coeff) + _lc(top_c))
         w.count += 1
         # labels: circom's signal list (one, inputs, sq, hsq, bsq, per Bits out[k] then in, gap likewise)
         bit_labels = (2 * n + 8 + np.arange(n)[:, None] * (k + 1) + np.arange(k - 1)[None, :]).ravel()
