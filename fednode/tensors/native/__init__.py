@@ -69,12 +69,14 @@ def _zig_version() -> str:
         return "none"
 
 
-def library_path() -> Path:
+def library_path(source: Path = SOURCE, flags: list[str] = FLAGS) -> Path:
+    """Where the library of ``source`` (built with ``flags``) lives in the cache: named by everything
+    that changes its code (other C sources of fednode, e.g. fednode/zk/native, share this cache)."""
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), platform.machine().encode(),
+    for part in (source.read_bytes(), " ".join(flags).encode(), platform.machine().encode(),
                  _cpu_id().encode(), _zig_version().encode()):
         key.update(hashlib.sha256(part).digest())
-    return cache_dir() / f"kernels-{key.hexdigest()[:24]}.so"
+    return cache_dir() / f"{source.stem}-{key.hexdigest()[:24]}.so"
 
 
 def _private_dir(path: Path) -> None:
@@ -90,13 +92,13 @@ def _private_dir(path: Path) -> None:
             raise OSError(f"{p} is writable by others or not owned by this user; not loading code from it")
 
 
-def build(target: Path) -> None:
-    """Compile kernels.c to ``target`` atomically (a concurrent builder writes the same file)."""
+def build(target: Path, source: Path = SOURCE, flags: list[str] = FLAGS) -> None:
+    """Compile ``source`` to ``target`` atomically (a concurrent builder writes the same file)."""
     _private_dir(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        cmd = [sys.executable, "-m", "ziglang", "cc", *FLAGS, "-o", tmp, str(SOURCE)]
+        cmd = [sys.executable, "-m", "ziglang", "cc", *flags, "-o", tmp, str(source)]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
         if done.returncode != 0:
             raise OSError(f"zig cc failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
@@ -106,12 +108,18 @@ def build(target: Path) -> None:
             os.unlink(tmp)
 
 
-def _load() -> ctypes.CDLL:
-    path = library_path()
+def load_library(source: Path, flags: list[str]) -> ctypes.CDLL:
+    """``source`` compiled (once, into the private cache) and loaded; OSError when that fails."""
+    path = library_path(source, flags)
     _private_dir(path.parent)
     if not path.exists():
-        build(path)
-    lib = ctypes.CDLL(str(path))  # CDLL releases the GIL during calls: threads run kernels in parallel
+        build(path, source, flags)
+    return ctypes.CDLL(str(path))  # CDLL releases the GIL during calls: threads run kernels in parallel
+
+
+def _load() -> ctypes.CDLL:
+    lib = load_library(SOURCE, FLAGS)
+    path = library_path()
     if lib.fednode_kernels_version() != VERSION:
         raise OSError(f"{path} is kernel version {lib.fednode_kernels_version()}, expected {VERSION}")
     fn = lib.fednode_weighted_mean
