@@ -1,6 +1,7 @@
 """Update proofs, the side with I/O: circuit keys (a local development set-up) and proving, by
-running ``circom2`` and ``snarkjs`` (npm) as separate processes. The arithmetic and the verifier
-are in ``fednode.zk.update_proof`` (pure); docs/zk.md "Update proofs" has the construction.
+running ``circom2`` and ``snarkjs`` (npm) as separate processes; the Groth16 proof itself is
+``fednode.zk.groth16`` (native, ``FEDNODE_ZK_PROVER=snarkjs`` for snarkjs's). The arithmetic and the
+verifier are in ``fednode.zk.update_proof`` (pure); docs/zk.md "Update proofs" has the construction.
 
 Two circuits share one key-directory format and one verifier: ``update`` (``update_bound.circom``:
 an update's coordinates are signed ``k``-bit integers, its squared L2 norm at most ``B^2``) and
@@ -25,6 +26,7 @@ it is for development and tests. Production would take the powers of tau from a 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fednode.errors import FednodeError
-from fednode.zk import devtau, mcl
+from fednode.zk import devtau, groth16, mcl
 from fednode.zk import generators as gens
 from fednode.zk import pedersen as ped
 from fednode.zk import update_proof as up
@@ -50,6 +52,8 @@ REMAINDER_DIR = "remainder"  # the remainder keys' folder inside an update key f
 REMAINDER_BITS = 33  # default K: W + 2 r_i and W - 2 r_i are K-bit, W < 2^32
 MAX_N = 1 << 20
 TOOL_TIMEOUT = 3600.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -246,6 +250,29 @@ def _setup_in(work: Path, circuit: str, n: int, k: int, seed: bytes, ptau: Path,
             "constraints": constraints(n, k, circuit), "vk_id": vk.key_id().hex(), **times}
 
 
+def prover() -> str:
+    """The Groth16 prover ``_prove`` uses: ``FEDNODE_ZK_PROVER`` "native" (default, ``fednode.zk.groth16``)
+    or "snarkjs" (its ``groth16 prove``, kept for cross-checks)."""
+    name = os.environ.get("FEDNODE_ZK_PROVER", "native")
+    if name not in ("native", "snarkjs"):
+        raise FednodeError(f"FEDNODE_ZK_PROVER is {name!r}: 'native' or 'snarkjs'")
+    return name
+
+
+def _native_prove(keys: Keys, wtns: Path) -> tuple[Affine | None, up.Affine2 | None, Affine | None] | None:
+    """pi_a, pi_b, pi_c from ``fednode.zk.groth16``, or None (one warning) where its C kernels or mcl
+    are unavailable here, so snarkjs proves instead. Not checked here: ``_prove`` verifies the whole."""
+    if not mcl.available():
+        log.warning("native Groth16 prover needs mclbn256; using snarkjs")
+        return None
+    try:
+        pk = groth16.ProvingKey.load(keys.path / "update.zkey")
+        return groth16.prove(pk, groth16.read_wtns(wtns), check=False)
+    except OSError as exc:  # the kernels did not build or load
+        log.warning("native Groth16 prover unavailable, using snarkjs: %s", exc)
+        return None
+
+
 def _g1(xy: list[str]) -> Affine | None:
     if len(xy) == 3 and int(xy[2]) == 0:
         return None
@@ -361,11 +388,14 @@ def _prove(keys: Keys, values: list[int], blinding: int, commit_hash: bytes, x: 
         js = keys.path / "update_js"
         _run([tools.node, str(js / "generate_witness.js"), str(js / "update.wasm"), str(work / "in.json"),
               str(work / "w.wtns")], work, "witness")
-        _run([tools.node, tools.snarkjs, "groth16", "prove", str(keys.path / "update.zkey"), "w.wtns",
-              "proof.json", "public.json"], work, "groth16 prove")
-        proof = json.loads((work / "proof.json").read_text())
+        groth = _native_prove(keys, work / "w.wtns") if prover() == "native" else None
+        if groth is None:
+            _run([tools.node, tools.snarkjs, "groth16", "prove", str(keys.path / "update.zkey"), "w.wtns",
+                  "proof.json", "public.json"], work, "groth16 prove")
+            proof = json.loads((work / "proof.json").read_text())
+            groth = _g1(proof["pi_a"]), _g2(proof["pi_b"]), _g1(proof["pi_c"])
     d, link = up.link_prove(keys.link, values, blinding)
-    encoded = up.Proof(_g1(proof["pi_a"]), _g2(proof["pi_b"]), _g1(proof["pi_c"]), d, link).encode()
+    encoded = up.Proof(*groth, d, link).encode()
     # never hand out a proof that does not verify (a zkey and a verifying key from different set-ups)
     commitment = ped.commit(values, blinding, seed=keys.vk.seed)
     try:

@@ -37,9 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from fednode.zk import mcl
+from fednode.zk import mcl, pairing
 from fednode.zk import native as zknative
-from fednode.zk import pairing
 from fednode.zk.curve import Affine, P, R, ZkError
 from fednode.zk.pairing import Affine2
 
@@ -456,7 +455,7 @@ def _witness_msm_jobs(group: _Group, table: np.ndarray, split: _Scalars, acc: np
                       first: int = 0) -> list[Callable[[], None]]:
     """Jobs for ``sum_i w[first + i] table[i]`` into ``acc`` (wires below ``first`` skipped)."""
     jobs: list[Callable[[], None]] = []
-    live = table[:, -group.words // 3:].any(axis=1)  # z != 0: not infinity
+    live = np.asarray(table[:, -group.words // 3:].any(axis=1), dtype=bool)  # z != 0: not infinity
     for idx, sc, negative in split.groups:
         keep = idx >= first
         rows = idx[keep] - first
