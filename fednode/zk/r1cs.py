@@ -25,7 +25,7 @@ little-endian in normal form; a linear combination is u32 count then (u32 wire, 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -34,7 +34,7 @@ import numpy as np
 from fednode.errors import FednodeError
 from fednode.zk.curve import R
 
-BLOCK = 1 << 14  # parameters per numpy block when writing constraints
+BLOCK_BYTES = 32 << 20  # the numpy buffer that a block of parameters' constraints is written from
 _MASK = (1 << 64) - 1
 _R_LIMBS = [(R >> (64 * j)) & _MASK for j in range(4)]
 Term = tuple[int, int]  # (wire, coefficient mod R)
@@ -119,16 +119,17 @@ class _Writer:
         if n > 2 and not np.array_equal(rows[2], first + 2 * step):
             raise AssertionError("constraint template is not affine in the parameter index")
         cols = np.flatnonzero(step)
-        buf = np.empty((min(n, BLOCK), len(first)), dtype="<u4")
+        block = max(1, min(n, BLOCK_BYTES // first.nbytes))
+        buf = np.empty((block, len(first)), dtype="<u4")
         buf[:] = first
-        for lo in range(0, n, BLOCK):
-            count = min(n - lo, BLOCK)
+        for lo in range(0, n, block):
+            count = min(n - lo, block)
             idx = np.arange(lo, lo + count, dtype=np.uint32)[:, None]
             buf[:count, cols] = first[cols] + idx * step[cols]
             self.fh.write(buf[:count].data)  # the block's bytes, no copy
         self.count += len(make(0)) * n
 
-    def finish(self, wires: int, public: int, labels: int, wire_labels: np.ndarray) -> None:
+    def finish(self, wires: int, public: int, labels: int, wire_labels: Iterator[np.ndarray]) -> None:
         end = self.fh.tell()
         self.fh.seek(self.start)
         self.fh.write(struct.pack("<IQ", 2, end - self.start - 12))
@@ -136,7 +137,13 @@ class _Writer:
         head = struct.pack("<I", 32) + R.to_bytes(32, "little")
         head += struct.pack("<IIIIQI", wires, 0, public, 0, labels, self.count)
         self.fh.write(struct.pack("<IQ", 1, len(head)) + head)
-        self.fh.write(struct.pack("<IQ", 3, 8 * wires) + wire_labels.astype("<u8").tobytes())
+        self.fh.write(struct.pack("<IQ", 3, 8 * wires))
+        written = 0
+        for part in wire_labels:
+            self.fh.write(np.ascontiguousarray(part, dtype="<u8").data)
+            written += len(part)
+        if written != wires:
+            raise AssertionError(f"{written} wire labels for {wires} wires")
 
 
 # ---- the update circuit: UpdateBound(n, k, sb) as circom2 --O2 compiles it ----
@@ -181,10 +188,14 @@ def write_update_r1cs(path: Path, n: int, k: int, sb: int) -> dict[str, int]:
         fh.write(_lc_run(top_a, lay["sq"], n, coeff) + _lc_run(top_b, lay["sq"], n, coeff) + _lc(top_c))
         w.count += 1
         # labels: circom's signal list (one, inputs, sq, hsq, bsq, per Bits out[k] then in, gap likewise)
-        bit_labels = (2 * n + 8 + np.arange(n)[:, None] * (k + 1) + np.arange(k - 1)[None, :]).ravel()
-        gap_labels = 2 * n + 8 + n * (k + 1) + np.arange(sb - 1)
-        labels = np.concatenate([np.arange(bits0), bit_labels, gap_labels])
-        w.finish(lay["wires"], n + 4, 2 * n + 8 + n * (k + 1) + sb + 1, labels)
+        def labels() -> Iterator[np.ndarray]:
+            yield np.arange(bits0)
+            for lo in range(0, n, 1 << 16):
+                i = np.arange(lo, min(n, lo + (1 << 16)))[:, None]
+                yield (2 * n + 8 + i * (k + 1) + np.arange(k - 1)[None, :]).ravel()
+            yield 2 * n + 8 + n * (k + 1) + np.arange(sb - 1)
+
+        w.finish(lay["wires"], n + 4, 2 * n + 8 + n * (k + 1) + sb + 1, labels())
     return {"wires": lay["wires"], "constraints": w.count}
 
 
@@ -227,7 +238,9 @@ def write_remainder_r1cs(path: Path, n: int, k: int) -> dict[str, int]:
                     *(_boolean(b) for b in hi), _top_bit([(3, 1), (4 + i, R - 2)], hi)]
 
         w.repeated(n, value)
-        w.finish(lay["wires"], n + 4, lay["wires"], np.arange(lay["wires"]))
+        step = 1 << 22
+        w.finish(lay["wires"], n + 4, lay["wires"],
+                 (np.arange(lo, min(lay["wires"], lo + step)) for lo in range(0, lay["wires"], step)))
     return {"wires": lay["wires"], "constraints": w.count}
 
 
@@ -344,7 +357,7 @@ def write_wtns(path: Path, witness: np.ndarray | Sequence[int]) -> None:
     if isinstance(witness, np.ndarray):
         if witness.ndim != 2 or witness.shape[1] != 4 or witness.dtype != np.uint64:
             raise FednodeError("a witness array must be (wires, 4) uint64 limbs")
-        body = witness.astype("<u8").tobytes()
+        body: bytes | memoryview = np.ascontiguousarray(witness, dtype="<u8").data  # no copy
         count = len(witness)
     else:
         body = b"".join((int(x) % R).to_bytes(32, "little") for x in witness)
@@ -353,7 +366,7 @@ def write_wtns(path: Path, witness: np.ndarray | Sequence[int]) -> None:
     with open(path, "wb") as fh:
         fh.write(b"wtns" + struct.pack("<II", 2, 2))
         fh.write(struct.pack("<IQ", 1, len(head)) + head)
-        fh.write(struct.pack("<IQ", 2, len(body)))
+        fh.write(struct.pack("<IQ", 2, 32 * count))
         fh.write(body)
 
 
