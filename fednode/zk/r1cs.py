@@ -274,14 +274,16 @@ def _int_bits(x: int, count: int) -> np.ndarray:
 
 
 def _vector(values: Sequence[int] | np.ndarray, n: int, what: str) -> np.ndarray:
+    """``values`` zero-padded to ``n`` as int64, each of magnitude below 2^62 (so 2 v and v^2 of any
+    value a circuit accepts stay exact in 64 bits)."""
     vals = np.asarray(values)
     if vals.ndim != 1 or len(vals) > n:
         raise FednodeError(f"{what}: at most {n} values in one vector, not shape {vals.shape}")
-    if len(vals) and vals.dtype.kind not in "iu":
-        if vals.dtype != object or not all(isinstance(v, int) for v in vals.tolist()):
-            raise FednodeError(f"{what}: values must be integers")
-        if any(abs(v) >= 1 << 62 for v in vals.tolist()):
-            raise FednodeError(f"{what}: a value is outside the signed 63-bit range")
+    if len(vals) and vals.dtype.kind not in "iu" and (
+            vals.dtype != object or not all(isinstance(v, int) and not isinstance(v, bool) for v in vals.tolist())):
+        raise FednodeError(f"{what}: values must be integers")
+    if len(vals) and (int(vals.min()) <= -(1 << 62) or int(vals.max()) >= 1 << 62):
+        raise FednodeError(f"{what}: a value is outside (-2^62, 2^62)")
     out = np.zeros(n, dtype=np.int64)
     out[:len(vals)] = vals.astype(np.int64)
     return out

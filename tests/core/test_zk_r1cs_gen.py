@@ -232,6 +232,8 @@ def test_refusals(tmp_path: Path) -> None:
         (lambda: r1cs.update_witness(4, 8, 18, 1, 2, 1 << 18, [1], 3), "must be in [0, 2^18)"),
         (lambda: r1cs.update_witness(2, 8, 18, 1, 2, 100, [1, 2, 3], 3), "at most 2 values"),
         (lambda: r1cs.update_witness(2, 8, 18, R, 2, 100, [1], 3), "hash_hi must be a field element"),
+        (lambda: r1cs.update_witness(2, 8, 18, 1, 2, 100, np.array([1.5]), 3), "values must be integers"),
+        (lambda: r1cs.remainder_witness(2, 64, 1, 2, 1 << 62, np.array([1 << 62]), 3), "outside (-2^62, 2^62)"),
         (lambda: r1cs.remainder_witness(2, 5, 1, 2, 16, [1], 3), "outside [0, 2^4)"),
         (lambda: r1cs.remainder_witness(2, 5, 1, 2, 9, [0, -5], 3), "remainder value 1 is -5"),
         (lambda: r1cs.write_update_r1cs(tmp_path / "x.r1cs", 0, 8, 18), "out of range"),
