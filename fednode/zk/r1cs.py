@@ -35,6 +35,7 @@ from fednode.errors import FednodeError
 from fednode.zk.curve import R
 
 BLOCK_BYTES = 32 << 20  # the numpy buffer that a block of parameters' constraints is written from
+WITNESS_BLOCK = 1 << 16  # values per block of bit decompositions (bounded temporaries)
 _MASK = (1 << 64) - 1
 _R_LIMBS = [(R >> (64 * j)) & _MASK for j in range(4)]
 Term = tuple[int, int]  # (wire, coefficient mod R)
@@ -323,8 +324,9 @@ def update_witness(n: int, k: int, sb: int, hash_hi: int, hash_lo: int, bound2: 
     wit[lay["sq"]:lay["sq"] + n, 0] = sq
     wit[lay["hsq"]], wit[lay["hsq"] + 1] = _limbs(hash_hi * hash_hi), _limbs(hash_lo * hash_lo)
     wit[lay["bsq"]] = _limbs(blind * blind)
-    shifted = (vals + (1 << (k - 1))).astype(np.uint64)
-    wit[lay["bits"]:lay["gap"], 0] = _bits(shifted, k - 1).ravel()
+    bits = wit[lay["bits"]:lay["gap"], 0].reshape(n, k - 1)  # a view: the bit wires' low limbs
+    for lo in range(0, n, WITNESS_BLOCK):
+        bits[lo:lo + WITNESS_BLOCK] = _bits((vals[lo:lo + WITNESS_BLOCK] + (1 << (k - 1))).astype(np.uint64), k - 1)
     wit[lay["gap"]:, 0] = _int_bits(bound2 - norm2, sb - 1)
     return wit
 
@@ -347,10 +349,11 @@ def remainder_witness(n: int, k: int, hash_hi: int, hash_lo: int, total: int,
     wit[lay["hsq"]], wit[lay["hsq"] + 1] = _limbs(hash_hi * hash_hi), _limbs(hash_lo * hash_lo)
     wit[lay["bsq"]] = _limbs(blind * blind)
     wit[lay["w"]:lay["vals"], 0] = _int_bits(total, k - 2)
-    per = np.zeros((n, lay["per"]), dtype=np.uint64)
-    per[:, :k - 2] = _bits((vals + total // 2).astype(np.uint64), k - 2)
-    per[:, k - 2:] = _bits((total - 2 * vals).astype(np.uint64), k - 1)
-    wit[lay["vals"]:, 0] = per.ravel()
+    per = wit[lay["vals"]:, 0].reshape(n, lay["per"])  # a view: each value's lo bits, then its hi bits
+    for lo in range(0, n, WITNESS_BLOCK):
+        block = vals[lo:lo + WITNESS_BLOCK]
+        per[lo:lo + WITNESS_BLOCK, :k - 2] = _bits((block + total // 2).astype(np.uint64), k - 2)
+        per[lo:lo + WITNESS_BLOCK, k - 2:] = _bits((total - 2 * block).astype(np.uint64), k - 1)
     return wit
 
 
