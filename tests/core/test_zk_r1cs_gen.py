@@ -225,6 +225,27 @@ def test_remainder_end_to_end(tools: zp.Tools, tmp_path: Path, ptau: Path) -> No
     # no witness exists for a remainder out of range: test_remainder_accepts_exactly_what_circom_accepts
 
 
+def test_blocks_do_not_change_the_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large n is written a block at a time; blocks of one or a few values give the same files."""
+    n, k, sb, big = 37, 6, zp.bound_bits(37, 6), 11
+    values = [(-1) ** i * (i % 32) for i in range(n)]
+    rem = [(-1) ** i * (i % 6) for i in range(n)]
+    files = {}
+    for tag, block, wblock in (("one", 1, 1), ("few", 4000, 5), ("default", r1cs.BLOCK_BYTES, r1cs.WITNESS_BLOCK)):
+        monkeypatch.setattr(r1cs, "BLOCK_BYTES", block)
+        monkeypatch.setattr(r1cs, "WITNESS_BLOCK", wblock)
+        r1cs.write_update_r1cs(tmp_path / f"u-{tag}.r1cs", n, k, sb)
+        r1cs.write_remainder_r1cs(tmp_path / f"r-{tag}.r1cs", n, big)
+        r1cs.write_wtns(tmp_path / f"u-{tag}.wtns", r1cs.update_witness(n, k, sb, 1, 2, 1 << 16, values, 3))
+        r1cs.write_wtns(tmp_path / f"r-{tag}.wtns", r1cs.remainder_witness(n, big, 1, 2, 11, rem, 3))
+        files[tag] = [(tmp_path / f"{c}-{tag}.{e}").read_bytes() for c in "ur" for e in ("r1cs", "wtns")]
+    assert files["one"] == files["few"] == files["default"]
+    for c in "ur":  # and the witnesses satisfy the systems
+        _, cons, _ = r1cs.read_r1cs(tmp_path / f"{c}-one.r1cs")
+        wtns = (tmp_path / f"{c}-one.wtns").read_bytes()[76:]  # after the headers
+        assert r1cs.satisfied(cons, [int.from_bytes(wtns[i:i + 32], "little") for i in range(0, len(wtns), 32)]) == []
+
+
 def test_refusals(tmp_path: Path) -> None:
     cases = [
         (lambda: r1cs.update_witness(4, 8, 18, 1, 2, 10**6, [128], 3), "outside the signed 8-bit range"),
