@@ -121,3 +121,95 @@ int64_t fednode_fixedbase_mul(const uint64_t *fns, int64_t f, const uint8_t *tab
     }
     return normalize(&o, f, work, n, zero, out, pre);
 }
+
+/* ---- Fr vectors for the set-up's field work: (n, 4) u64 arrays in MCL's Montgomery form; fr[] holds
+ * the addresses of mclBnFr_mul, _add, _sub, _inv. MCL's mul of a raw x by a raw y is x y / 2^256, so
+ * multiplying by the raw constant 1 leaves Montgomery form and by 2^512 mod r enters it. */
+
+typedef struct { op3 mul, add, sub; op2 inv; } fr_t;
+
+static fr_t fr_ops(const uint64_t *fr) { fr_t o = {(op3)fr[0], (op3)fr[1], (op3)fr[2], (op2)fr[3]}; return o; }
+
+/* out[i] = x[i] k (k one element) */
+void fednode_fr_scale(const uint64_t *fr, const uint64_t *x, const uint64_t *k, int64_t n, uint64_t *out) {
+    fr_t o = fr_ops(fr);
+    for (int64_t i = 0; i < n; i++) o.mul(out + 4 * i, x + 4 * i, k);
+}
+
+/* out[i] = start step^i */
+void fednode_fr_geometric(const uint64_t *fr, const uint64_t *start, const uint64_t *step, int64_t n, uint64_t *out) {
+    fr_t o = fr_ops(fr);
+    if (n <= 0) return;
+    memcpy(out, start, 32);
+    for (int64_t i = 1; i < n; i++) o.mul(out + 4 * i, out + 4 * (i - 1), step);
+}
+
+/* out[i] = top roots[i] / (tau - roots[i]): the Lagrange basis at tau. pre: n elements of scratch.
+ * Returns -1 when tau is a root (a zero denominator). */
+int64_t fednode_fr_lagrange(const uint64_t *fr, const uint64_t *tau, const uint64_t *top, const uint64_t *roots,
+                            int64_t n, uint64_t *out, uint64_t *pre) {
+    fr_t o = fr_ops(fr);
+    uint64_t acc[4], inv[4], d[4], t[4];
+    for (int64_t i = 0; i < n; i++) {
+        o.sub(d, tau, roots + 4 * i);
+        if (i == 0) memcpy(acc, d, 32);
+        else o.mul(acc, acc, d);
+        memcpy(pre + 4 * i, acc, 32);
+    }
+    if (n <= 0) return 0;
+    o.inv(inv, acc);
+    if (!(inv[0] | inv[1] | inv[2] | inv[3])) return -1;
+    for (int64_t i = n - 1; i >= 0; i--) {
+        o.sub(d, tau, roots + 4 * i);
+        if (i > 0) { o.mul(t, inv, pre + 4 * (i - 1)); o.mul(inv, inv, d); }
+        else memcpy(t, inv, 32);
+        o.mul(t, t, roots + 4 * i);
+        o.mul(out + 4 * i, t, top);
+    }
+    return 0;
+}
+
+/* cols[m][wire[t]] += coefs[t] lag[cons[t]] for every term t (m = matrix[t] in 0..2); cols zeroed by the caller */
+void fednode_fr_columns(const uint64_t *fr, int64_t nterms, const int8_t *matrix, const int64_t *cons,
+                        const int64_t *wire, const uint64_t *coefs, const uint64_t *lag,
+                        uint64_t *col_a, uint64_t *col_b, uint64_t *col_c) {
+    fr_t o = fr_ops(fr);
+    uint64_t *cols[3] = {col_a, col_b, col_c};
+    uint64_t t[4];
+    for (int64_t i = 0; i < nterms; i++) {
+        uint64_t *dst = cols[matrix[i]] + 4 * wire[i];
+        o.mul(t, coefs + 4 * i, lag + 4 * cons[i]);
+        o.add(dst, dst, t);
+    }
+}
+
+/* out[i] = (beta a[i] + alpha b[i] + c[i]) scale */
+void fednode_fr_combine(const uint64_t *fr, const uint64_t *a, const uint64_t *b, const uint64_t *c, int64_t n,
+                        const uint64_t *alpha, const uint64_t *beta, const uint64_t *scale, uint64_t *out) {
+    fr_t o = fr_ops(fr);
+    uint64_t t[4], u[4];
+    for (int64_t i = 0; i < n; i++) {
+        o.mul(t, a + 4 * i, beta);
+        o.mul(u, b + 4 * i, alpha);
+        o.add(t, t, u);
+        o.add(t, t, c + 4 * i);
+        o.mul(out + 4 * i, t, scale);
+    }
+}
+
+/* The linear combinations of an r1cs constraint section: heads[j] (byte offset of LC j's first term)
+ * and counts[j] for j < nlc. Returns the offset after the last LC, or -1 when it runs past size. */
+int64_t fednode_r1cs_scan(const uint8_t *data, int64_t start, int64_t size, int64_t nlc, int64_t *heads,
+                          int64_t *counts) {
+    int64_t pos = start, end = start + size;
+    for (int64_t j = 0; j < nlc; j++) {
+        if (pos + 4 > end) return -1;
+        uint32_t k;
+        memcpy(&k, data + pos, 4);
+        heads[j] = pos + 4;
+        counts[j] = k;
+        pos += 4 + 36 * (int64_t)k;
+        if (pos > end) return -1;
+    }
+    return pos;
+}

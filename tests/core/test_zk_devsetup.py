@@ -51,8 +51,8 @@ def circuit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("devsetup")
     shutil.copy(zp.CIRCUIT, work / zp.CIRCUIT.name)
     sb = zp.bound_bits(N, K)
-    (work / "update.circom").write_text(f'pragma circom 2.1.0;\ninclude "{zp.CIRCUIT.name}";\n'
-                                        f"component main {{public [hash, bound2, v, blind]}} = UpdateBound({N}, {K}, {sb});\n")
+    main = f"component main {{public [hash, bound2, v, blind]}} = UpdateBound({N}, {K}, {sb});\n"
+    (work / "update.circom").write_text(f'pragma circom 2.1.0;\ninclude "{zp.CIRCUIT.name}";\n{main}')
     zp._run([tools.node, tools.circom2, "update.circom", "--O2", "--r1cs", "--wasm", "-o", "."], work, "circom2")
     return work
 
@@ -108,7 +108,8 @@ def test_fresh_keys_prove_and_verify_in_snarkjs_and_ours(circuit: Path, tmp_path
     shutil.copytree(circuit / "update_js", keys / "update_js")
     devsetup.groth16_setup(circuit / "update.r1cs", keys / "update.zkey", keys / "vk.json")
     _points_on_curve(keys / "update.zkey")
-    done = _snarkjs(tools, "zkey", "export", "verificationkey", str(keys / "update.zkey"), "exported.json", cwd=tmp_path)
+    done = _snarkjs(tools, "zkey", "export", "verificationkey", str(keys / "update.zkey"), "exported.json",
+                    cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     vk_json = json.loads((keys / "vk.json").read_text())
     assert json.loads((tmp_path / "exported.json").read_text()) == vk_json
@@ -144,6 +145,17 @@ def test_fresh_keys_prove_and_verify_in_snarkjs_and_ours(circuit: Path, tmp_path
     (tmp_path / "proof.json").write_text(json.dumps(snark))
     bad = _snarkjs(tools, "groth16", "verify", str(keys / "vk.json"), "public.json", "proof.json", cwd=tmp_path)
     assert "OK" not in bad.stdout and "Invalid proof" in bad.stdout + bad.stderr
+
+
+def test_fixed_base_rows_equal_mcl_mul() -> None:
+    edge = [0, 1, 2, R - 1, (1 << 12) - 1, 1 << 12, 1 << 253, R - (1 << 200)]
+    values = edge + [secrets.randbelow(R) for _ in range(200)] + [0]
+    scalars = np.frombuffer(b"".join(v.to_bytes(32, "little") for v in values), dtype=np.uint64).reshape(-1, 4)
+    for g2 in (False, True):
+        ours = devsetup.fixed_base(g2, 12).rows(scalars)
+        assert ours == devsetup.mcl_rows(g2, scalars)
+        size = 128 if g2 else 64
+        assert ours[:size] == bytes(size) and ours[-size:] == bytes(size)  # infinity: zero rows
 
 
 def test_refuses_what_is_not_an_r1cs_and_stores_nothing(circuit: Path, tmp_path: Path) -> None:
