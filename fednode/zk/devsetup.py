@@ -86,6 +86,7 @@ class _Native:
             ("fednode_fr_columns", [v, i64, v, v, v, v, v, v, v, v], None),
             ("fednode_fr_combine", [v, v, v, v, i64, v, v, v, v], None),
             ("fednode_r1cs_scan", [v, i64, i64, i64, v, v], i64),
+            ("fednode_r1cs_terms", [v, v, v, i64, v, v, v, v], None),
         ):
             fn = getattr(c, name)
             fn.argtypes, fn.restype = args, res
@@ -164,15 +165,13 @@ def read_r1cs(path: Path) -> R1cs:
     if end != start + size:
         raise ZkError(f"{path}: the constraint section does not hold {n_cons} constraints")
     total = int(cnt.sum())
-    lc = np.repeat(np.arange(3 * n_cons, dtype=np.int64), cnt)
-    first = np.cumsum(cnt) - cnt
-    offsets = np.repeat(heads, cnt) + 36 * (np.arange(total) - first[lc])
-    terms = buf[offsets[:, None] + np.arange(36)]
-    wire = terms[:, :4].copy().view("<u4").ravel().astype(np.int64)
+    wire, coefs = np.empty(total, np.int64), np.empty((total, 4), np.uint64)
+    matrix, cons = np.empty(total, np.int8), np.empty(total, np.int64)
+    _native().c.fednode_r1cs_terms(buf.ctypes.data, heads.ctypes.data, cnt.ctypes.data, 3 * n_cons, wire.ctypes.data,
+                                   coefs.ctypes.data, matrix.ctypes.data, cons.ctypes.data)
     if total and int(wire.max()) >= n_wires:
         raise ZkError(f"{path}: a term names wire {int(wire.max())} of {n_wires}")
-    coefs = np.ascontiguousarray(terms[:, 4:]).view("<u8").reshape(total, 4)
-    return R1cs(n_wires, n_out + n_pub, n_cons, (lc % 3).astype(np.int8), lc // 3, wire, coefs)
+    return R1cs(n_wires, n_out + n_pub, n_cons, matrix, cons, wire, coefs)
 
 
 def domain_power(r1cs: R1cs) -> int:

@@ -213,3 +213,21 @@ int64_t fednode_r1cs_scan(const uint8_t *data, int64_t start, int64_t size, int6
     }
     return pos;
 }
+
+/* The terms of those linear combinations, flattened: wire id, coefficient (4 words), matrix (LC j is
+ * matrix j % 3 of constraint j / 3) and constraint, in file order. */
+void fednode_r1cs_terms(const uint8_t *data, const int64_t *heads, const int64_t *counts, int64_t nlc,
+                        int64_t *wire, uint64_t *coefs, int8_t *matrix, int64_t *cons) {
+    int64_t t = 0;
+    for (int64_t j = 0; j < nlc; j++) {
+        const uint8_t *p = data + heads[j];
+        for (int64_t i = 0; i < counts[j]; i++, t++, p += 36) {
+            uint32_t w;
+            memcpy(&w, p, 4);
+            wire[t] = w;
+            memcpy(coefs + 4 * t, p + 4, 32);
+            matrix[t] = (int8_t)(j % 3);
+            cons[t] = j / 3;
+        }
+    }
+}
