@@ -71,7 +71,7 @@ def test_native_proofs_verify_in_snarkjs_and_ours(update_case: tuple, tools: zp.
     assert (pk.n_public, pk.domain) == (len(VALUES) + 4, 256)
     times: dict[str, float] = {}
     proof = g.prove(pk, w, times=times)
-    assert {"ab_s", "fft_s", "msm_h_s", "msm_b2_s", "check_s"} <= times.keys()
+    assert {"ab_s", "fft_s", "msm_h_wall_s", "msm_b2_s", "check_s"} <= times.keys()
     public = w[1:pk.n_public + 1]
     assert g.verify(pk, proof, public)
     assert _snarkjs_verify(folder, proof, public, tools, tmp_path)
