@@ -12,9 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import forkserver
 import httpx
 import numpy as np
-from helpers import ROOT, fednode_cmd
+from helpers import ROOT
 from solders.keypair import Keypair
 
 from fednode.node import Node, init_home, open_node
@@ -79,16 +80,16 @@ class DaemonProc:
         self.bootstrap = bootstrap
         self.env = env or {}
         self.args = args
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen | forkserver.ForkedProcess | None = None
         self.info: dict[str, Any] = {}
 
     def start(self, timeout: float = 30) -> DaemonProc:
-        args = [*fednode_cmd(), "--home", str(self.home), "daemon", "--listen", "/ip4/127.0.0.1/tcp/0",
+        args = ["--home", str(self.home), "daemon", "--listen", "/ip4/127.0.0.1/tcp/0",
                 "--api-port", "0", "--log-file", str(self.home / "daemon.log")]
         for b in self.bootstrap:
             args += ["--bootstrap", b]
         args += self.args
-        self.proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **self.env},
+        self.proc = forkserver.spawn(args, {**os.environ, **self.env}, ROOT,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         info_path = self.home / "daemon.json"
 

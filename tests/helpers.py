@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forkserver
 import numpy as np
 from solders.keypair import Keypair
 
@@ -162,10 +163,10 @@ def store_fingerprint(home: Path) -> dict[str, str]:
 
 
 def run_fednode(home: Path, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-    """The real console script in a subprocess with FEDNODE_HOME=home."""
+    """The real command line in a process of its own with FEDNODE_HOME=home (forked from the warm
+    interpreter of ``forkserver``: the same code as the console script, without its imports)."""
     env = {**os.environ, "FEDNODE_HOME": str(home), "COLUMNS": "200"}
-    proc = subprocess.run([*fednode_cmd(), *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=ROOT)
+    proc = forkserver.run([*map(str, args)], env, ROOT, timeout)
     if check:
         assert proc.returncode == 0, f"{args}: rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc

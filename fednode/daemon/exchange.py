@@ -51,12 +51,16 @@ from protocol.objects import COMMIT_TYPE, Commit, Manifest
 from protocol.unixfs import CHUNK_SIZE, decode_file_node
 
 PROTOCOL = TProtocol(m.BLOCKS_PROTOCOL)
-# Seconds to wait before serving each block: lets tests and demos kill a provider mid-transfer.
-SERVE_DELAY = float(os.environ.get("FEDNODE_BLOCK_SERVE_DELAY", "0"))
 # What arrives is checked and stored in batches of BATCH blocks or BATCH_BYTES (one LMDB transaction
 # each); a fetch holds at most IN_MEMORY batches: one being received, one waiting, one in check+store
 BATCH = 32
 BATCH_BYTES = 8 << 20
+
+
+def serve_delay() -> float:
+    """Seconds to wait before serving each block ($FEDNODE_BLOCK_SERVE_DELAY, read per use): lets tests
+    kill a provider mid-transfer."""
+    return float(os.environ.get("FEDNODE_BLOCK_SERVE_DELAY", "0"))
 IN_MEMORY = 3
 STREAM_TIMEOUT = 15.0
 MAX_REQUEST = 64 * 1024  # bytes of a want list: MAX_WANT CIDs fit many times over
@@ -101,6 +105,7 @@ async def serve(stream: INetStream, store: Store, metrics: Metrics,
     The request must arrive within FIRST_FRAME_TIMEOUT (an idle stream only holds a serving
     slot) and be a valid want list of at most MAX_REQUEST bytes; else the stream is reset and
     ``misbehaved`` told why (``fairness.IDLE``, ``oversize_request``, ``malformed_request``)."""
+    delay = serve_delay()
     try:
         try:
             want = m.decode_want(await wire.read_frame(stream, MAX_REQUEST, wire.FIRST_FRAME_TIMEOUT))
@@ -126,9 +131,9 @@ async def serve(stream: INetStream, store: Store, metrics: Metrics,
             if block is None:
                 await writer.write_frame(b"\x00")
                 continue
-            if SERVE_DELAY:
+            if delay:
                 await writer.flush()
-                await trio.sleep(SERVE_DELAY)
+                await trio.sleep(delay)
             await writer.write_frame(block, prefix=b"\x01")
             metrics.bytes_out += len(block)
             metrics.blocks_out += 1

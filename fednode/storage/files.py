@@ -19,10 +19,15 @@ if TYPE_CHECKING:
 else:  # loaded at first use: commands that read no tensor start without it (fednode.lazy)
     np = lazy_import("numpy")
 
-# Bytes of tensor blocks per write transaction; tests lower it to exercise multi-batch commits.
 T = TypeVar("T")
 
-BATCH_BYTES = int(os.environ.get("FEDNODE_BATCH_BYTES", 64 * 1024 * 1024))
+DEFAULT_BATCH_BYTES = 64 * 1024 * 1024
+
+
+def default_batch_bytes() -> int:
+    """Bytes of tensor blocks per write transaction: $FEDNODE_BATCH_BYTES (read at each use: tests lower it
+    to exercise multi-batch commits) or 64 MiB."""
+    return int(os.environ.get("FEDNODE_BATCH_BYTES", DEFAULT_BATCH_BYTES))
 
 
 class _Aborted(Exception):
@@ -39,9 +44,9 @@ class BlockSink:
     A crash or ``abort()`` leaves nothing at all. At most two batches are in flight.
     """
 
-    def __init__(self, store: Store, batch_bytes: int = BATCH_BYTES, expected_bytes: int = 0) -> None:
+    def __init__(self, store: Store, batch_bytes: int | None = None, expected_bytes: int = 0) -> None:
         self._store = store
-        self._batch_bytes = batch_bytes
+        self._batch_bytes = default_batch_bytes() if batch_bytes is None else batch_bytes
         self._pending: list[tuple[CID, bytes | memoryview]] = []
         self._pending_bytes = 0
         self.new_bytes = 0
@@ -51,7 +56,7 @@ class BlockSink:
         self._error: BaseException | None = None
         self._result: object = None
         # grow the map now: resizing is not allowed while another thread has a transaction open
-        store.reserve(expected_bytes + 2 * batch_bytes)
+        store.reserve(expected_bytes + 2 * self._batch_bytes)
 
     def put(self, cid: CID, block: bytes | memoryview) -> None:
         self._pending.append((cid, block))
