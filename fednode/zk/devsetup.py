@@ -171,7 +171,20 @@ def read_r1cs(path: Path) -> R1cs:
                                    coefs.ctypes.data, matrix.ctypes.data, cons.ctypes.data)
     if total and int(wire.max()) >= n_wires:
         raise ZkError(f"{path}: a term names wire {int(wire.max())} of {n_wires}")
+    if total and not _below_r(coefs).all():
+        raise ZkError(f"{path}: coefficient {int(np.flatnonzero(~_below_r(coefs))[0])} is not reduced mod r")
     return R1cs(n_wires, n_out + n_pub, n_cons, matrix, cons, wire, coefs)
+
+
+def _below_r(x: np.ndarray) -> np.ndarray:
+    """Which rows of an (n, 4) little-endian limb array are below r (MCL's arithmetic expects it)."""
+    below = np.zeros(len(x), dtype=bool)
+    equal = np.ones(len(x), dtype=bool)
+    for k in (3, 2, 1, 0):
+        limb = np.uint64((R >> (64 * k)) & (2**64 - 1))
+        below |= equal & (x[:, k] < limb)
+        equal &= x[:, k] == limb
+    return below
 
 
 def domain_power(r1cs: R1cs) -> int:

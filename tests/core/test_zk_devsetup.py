@@ -147,6 +147,31 @@ def test_fresh_keys_prove_and_verify_in_snarkjs_and_ours(circuit: Path, tmp_path
     assert "OK" not in bad.stdout and "Invalid proof" in bad.stdout + bad.stderr
 
 
+def test_keys_for_r1cs_py_circuits_prove_with_the_native_prover(tmp_path: Path) -> None:
+    """The fast path end to end at n = 64: r1cs.py's system and witness, these keys, groth16.prove,
+    and snarkjs's verifier with our vk.json."""
+    from fednode.zk import groth16
+    from fednode.zk import r1cs as r1cs_gen
+
+    tools, n = zp.find_tools(), 64
+    sb = zp.bound_bits(n, K)
+    r1cs_gen.write_update_r1cs(tmp_path / "u.r1cs", n, K, sb)
+    devsetup.groth16_setup(tmp_path / "u.r1cs", tmp_path / "u.zkey", tmp_path / "vk.json")
+    values = [secrets.randbelow(1 << 16) - (1 << 15) for _ in range(n)]
+    bound2, hi, lo, blind = sum(v * v for v in values), 12345, 67890, secrets.randbelow(R)
+    witness = r1cs_gen.update_witness(n, K, sb, hi, lo, bound2, values, blind)
+    a, b, c = groth16.prove(groth16.ProvingKey.load(tmp_path / "u.zkey"), witness)
+    assert a and b and c
+    snark = {"pi_a": [str(a[0]), str(a[1]), "1"], "protocol": "groth16", "curve": "bn128",
+             "pi_b": [[str(x) for x in b[0]], [str(x) for x in b[1]], ["1", "0"]], "pi_c": [str(c[0]), str(c[1]), "1"]}
+    (tmp_path / "proof.json").write_text(json.dumps(snark))
+    for bound, verdict in ((bound2, "OK!"), (bound2 + 1, "Invalid proof")):
+        public = [hi, lo, bound, *(v % R for v in values), blind]
+        (tmp_path / "public.json").write_text(json.dumps([str(x) for x in public]))
+        done = _snarkjs(tools, "groth16", "verify", "vk.json", "public.json", "proof.json", cwd=tmp_path)
+        assert verdict in done.stdout + done.stderr, done.stdout + done.stderr
+
+
 def test_fixed_base_rows_equal_mcl_mul() -> None:
     edge = [0, 1, 2, R - 1, (1 << 12) - 1, 1 << 12, 1 << 253, R - (1 << 200)]
     values = edge + [secrets.randbelow(R) for _ in range(200)] + [0]
@@ -166,4 +191,14 @@ def test_refuses_what_is_not_an_r1cs_and_stores_nothing(circuit: Path, tmp_path:
     (tmp_path / "cut.r1cs").write_bytes(data[:len(data) // 2])
     with pytest.raises(ZkError, match="truncated"):
         devsetup.groth16_setup(tmp_path / "cut.r1cs", tmp_path / "k.zkey", tmp_path / "vk.json")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.r1cs", "x.r1cs"]
+    # the first term's coefficient set to r itself: refused, where reducing it would hide the corruption
+    pos = 12
+    while struct.unpack_from("<I", data, pos)[0] != 2:  # walk the section table to the constraints
+        pos += 12 + struct.unpack_from("<Q", data, pos + 4)[0]
+    assert struct.unpack_from("<I", data, pos + 12)[0] >= 1  # constraint 0's A has a term
+    at = pos + 12 + 4 + 4  # section header, the LC's term count, the term's wire id
+    assert int.from_bytes(data[at:at + 32], "little") < R
+    (tmp_path / "big.r1cs").write_bytes(data[:at] + R.to_bytes(32, "little") + data[at + 32:])
+    with pytest.raises(ZkError, match="not reduced mod r"):
+        devsetup.groth16_setup(tmp_path / "big.r1cs", tmp_path / "k.zkey", tmp_path / "vk.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.r1cs", "cut.r1cs", "x.r1cs"]
