@@ -244,16 +244,24 @@ _twiddles: dict[tuple[int, bool], np.ndarray] = {}
 
 
 def _twiddle(power: int, inverse: bool) -> np.ndarray:
-    """root^0 .. root^(n/2 - 1) in Montgomery form (root inverted for the inverse NTT), cached."""
+    """The NTT's twiddles level by level (``fednode_fr_ntt``: row h + k = root^(k n / 2h)), Montgomery
+    form, root inverted for the inverse NTT; the last size's kept."""
     key = (power, inverse)
     with _cache_lock:
         tw = _twiddles.get(key)
     if tw is None:
-        w = root(power)
-        tw = np.zeros((max(1, (1 << power) // 2), 4), dtype=np.uint64)
-        g, one = _fr(pow(w, -1, R) if inverse else w), _fr(1)  # named: a temporary's address dangles
-        zknative.library().fednode_fr_powers(tw.ctypes.data, g.ctypes.data, one.ctypes.data, (1 << power) // 2)
+        n = 1 << power
+        w = pow(root(power), -1, R) if inverse else root(power)
+        tw = np.zeros((n, 4), dtype=np.uint64)
+        lib, one = zknative.library(), _fr(1)
+        h = 1
+        while h < n:
+            g = _fr(pow(w, n // (2 * h), R))  # named: a temporary's address would dangle
+            lib.fednode_fr_powers(tw.ctypes.data + 32 * h, g.ctypes.data, one.ctypes.data, h)
+            h *= 2
         with _cache_lock:
+            for old in [k for k in _twiddles if k[0] != power]:
+                del _twiddles[old]
             _twiddles[key] = tw
     return tw
 

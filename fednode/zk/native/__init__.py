@@ -14,7 +14,7 @@ from fednode.tensors import native
 
 SOURCE = Path(__file__).with_name("groth16.c")
 FLAGS = ["-O3", "-shared", "-fPIC", "-march=native"]
-VERSION = 1  # fednode_groth16_version() in groth16.c
+VERSION = 2  # fednode_groth16_version() in groth16.c
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None

@@ -17,7 +17,7 @@ static const uint64_t INV = 0xc2e1f593efffffffULL; /* -r^-1 mod 2^64 */
 static const uint64_t R2[4] = {0x1bb8e645ae216da7ULL, 0x53fe3ab1e35c59e3ULL,
                                0x8c49833d53bb8085ULL, 0x0216d0b17f4e44a5ULL}; /* 2^512 mod r */
 
-int fednode_groth16_version(void) { return 1; }
+int fednode_groth16_version(void) { return 2; }
 
 static inline int geq_r(const uint64_t *a) {
     for (int i = 3; i >= 0; i--) {
@@ -155,8 +155,10 @@ void fednode_fr_scale_powers(uint64_t *a, int64_t n, const uint64_t *g, const ui
 }
 
 /* In-place radix-2 NTT of size n = 2^logn: a[i] <- sum_j a[j] root^(ij) (natural order in and out).
- * `tw` holds root^0 .. root^(n/2 - 1) (mont), filled by fednode_fr_powers. The inverse is the same
- * transform with root^-1, followed by the 1/n scaling (the caller folds it into the coset shift). */
+ * `tw` holds each level's twiddles contiguously (mont): tw[h + k] = root^(k n / 2h) for k < h, h = 1, 2,
+ * 4 .. n/2 (n entries, tw[0] unused), so every level reads its twiddles in order (one strided table
+ * made the 2^21 transforms cache-bound). The inverse is the same transform with root^-1, followed by
+ * the 1/n scaling (the caller folds it into the coset shift). */
 void fednode_fr_ntt(uint64_t *a, int64_t logn, const uint64_t *tw) {
     int64_t n = (int64_t)1 << logn;
     for (int64_t i = 1, j = 0; i < n; i++) {  /* bit-reversal permutation */
@@ -171,13 +173,14 @@ void fednode_fr_ntt(uint64_t *a, int64_t logn, const uint64_t *tw) {
         }
     }
     for (int64_t len = 2; len <= n; len <<= 1) {
-        int64_t half = len >> 1, step = n / len;
+        int64_t half = len >> 1;
+        const uint64_t *lt = tw + 4 * half;
         for (int64_t start = 0; start < n; start += len) {
             for (int64_t k = 0; k < half; k++) {
                 uint64_t *x = a + 4 * (start + k), *y = a + 4 * (start + k + half);
                 uint64_t t[4];
                 if (k == 0) memcpy(t, y, 32);
-                else mont_mul(t, y, tw + 4 * (k * step));
+                else mont_mul(t, y, lt + 4 * k);
                 sub_mod(y, x, t);
                 add_mod(x, x, t);
             }
