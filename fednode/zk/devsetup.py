@@ -30,6 +30,7 @@ import ctypes
 import json
 import secrets
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -73,7 +74,10 @@ class _Native:
         from fednode.tensors import native
 
         lib = mcl._lib()
-        c = native.load_library(SOURCE, FLAGS)
+        try:
+            c = native.load_library(SOURCE, FLAGS)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise ZkError(f"devsetup needs {SOURCE.name} built with zig cc (PyPI ziglang): {exc}") from None
         if c.fednode_fixedbase_version() != 1:
             raise ZkError(f"{SOURCE.name}: unexpected version")  # pragma: no cover
         v, i64 = ctypes.c_void_p, ctypes.c_int64
