@@ -139,6 +139,17 @@ def _dft(values: list[int], w: int) -> list[int]:
     return [sum(v * powers[i * j % n] for j, v in enumerate(values)) % R for i in range(n)]
 
 
+def test_montgomery_products_equal_python_integers() -> None:
+    rng = random.Random(11)
+    xs = [rng.randrange(R) for _ in range(5000)] + [R - 1, 0, 1, R - 2, R - 1]
+    ys = [rng.randrange(R) for _ in range(5000)] + [R - 1, R - 1, R - 1, 2, 1]
+    a, b = g.ints_to_array(xs), g.ints_to_array(ys)
+    out = np.empty_like(a)
+    native.library().fednode_fr_mul(out.ctypes.data, a.ctypes.data, b.ctypes.data, 1, len(xs))
+    unmont = pow(MONT, -1, R)
+    assert g.array_to_ints(out) == [x * y * unmont % R for x, y in zip(xs, ys, strict=True)]
+
+
 def test_ntt_matches_the_naive_dft_and_round_trips() -> None:
     rng = random.Random(7)
     for power in range(6):
