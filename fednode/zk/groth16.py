@@ -475,6 +475,56 @@ def _witness_msm_jobs(group: _Group, table: np.ndarray, split: _Scalars, acc: np
     return jobs
 
 
+# ---- the constraints themselves (optional: a zkey has no C matrix) ------------------------------
+
+_RECORD = np.dtype([("m", "<u4"), ("c", "<u4"), ("s", "<u4"), ("v", "<u8", (4,))])  # section 4's 44 bytes
+_r1cs: dict[tuple[str, int, int], tuple[int, np.ndarray]] = {}
+
+
+def _r1cs_records(path: Path) -> tuple[int, np.ndarray]:
+    """An .r1cs's terms as section-4-style records (A 0, B 1, C 2; coefficient times 2^512), the last
+    file's kept."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    with _cache_lock:
+        if key in _r1cs:
+            return _r1cs[key]
+    from fednode.zk.devsetup import read_r1cs  # its reader checks the format and the coefficients
+
+    system = read_r1cs(Path(path))
+    lib = zknative.library()
+    coefs = np.ascontiguousarray(system.coefs, dtype=np.uint64)
+    once = np.empty_like(coefs)
+    lib.fednode_fr_to_mont(once.ctypes.data, coefs.ctypes.data, len(coefs))
+    rec = np.empty(len(coefs), dtype=_RECORD)
+    rec["m"], rec["c"], rec["s"] = system.matrix, system.cons, system.wire
+    twice = np.empty_like(coefs)
+    lib.fednode_fr_to_mont(twice.ctypes.data, once.ctypes.data, len(coefs))
+    rec["v"] = twice
+    with _cache_lock:
+        _r1cs.clear()
+        _r1cs[key] = (system.n_constraints, rec)
+    return system.n_constraints, rec
+
+
+def check_constraints(r1cs_path: Path | str, witness: Sequence[int] | np.ndarray) -> None:
+    """Every constraint ``(A.w) (B.w) = C.w`` of the .r1cs holds for ``witness``; ``ZkError`` naming the
+    first that does not (what ``prove(..., r1cs=)`` checks before any MSM)."""
+    count, rec = _r1cs_records(Path(r1cs_path))
+    w = np.ascontiguousarray(witness if isinstance(witness, np.ndarray) else ints_to_array(witness), dtype=np.uint64)
+    lib = zknative.library()
+    cols = [np.zeros((count, 4), dtype=np.uint64) for _ in range(3)]
+    for m in range(3):
+        bad = lib.fednode_qap_eval(rec.ctypes.data, len(rec), m, w.ctypes.data, len(w), cols[m].ctypes.data, count)
+        if bad >= 0:
+            raise ZkError(f"{r1cs_path}: term {bad} names a wire beyond the witness's {len(w)}")
+    a, b, c = cols
+    lib.fednode_fr_mul_sub(a.ctypes.data, a.ctypes.data, b.ctypes.data, c.ctypes.data, 0, count)
+    broken = np.flatnonzero(a.any(axis=1))
+    if broken.size:
+        raise ZkError(f"the witness breaks constraint {int(broken[0])} of {count} ({broken.size} broken): no proof")
+
+
 # ---- proving ------------------------------------------------------------------------------------
 
 
@@ -492,16 +542,22 @@ def as_witness(witness: Sequence[int] | np.ndarray, pk: ProvingKey) -> np.ndarra
 
 
 def prove(pk: ProvingKey, witness: Sequence[int] | np.ndarray, *, check: bool = True,
-          times: dict[str, float] | None = None) -> Proof:
+          r1cs: Path | str | None = None, times: dict[str, float] | None = None) -> Proof:
     """(pi_a, pi_b, pi_c) for ``witness`` (all wires, normal form), with fresh blinding r, s.
 
     ``check``: verify the proof against the key's own verifying key (4 pairings and the public-input
     MSM) and raise ``ZkError`` instead of returning a proof of a witness that breaks a constraint.
-    ``times`` (if given) receives the stages' seconds: wall time for ``*_wall_s``, ``ab_s``, ``check_s`` and
-    ``prove_s``, seconds summed over both threads for ``fft_s`` and ``msm_{a,b1,b2,c}_s``."""
+    ``r1cs``: the circuit's .r1cs, to check every constraint first (``check_constraints``: the first
+    broken one named, before any FFT or MSM). ``times`` (if given) receives the stages' seconds: wall
+    time for ``*_wall_s``, ``ab_s``, ``check_s``, ``constraints_s`` and ``prove_s``, seconds summed over
+    both threads for ``fft_s`` and ``msm_{a,b1,b2,c}_s``."""
     times = {} if times is None else times
     t0 = time.perf_counter()
     w = as_witness(witness, pk)
+    if r1cs is not None:
+        t = time.perf_counter()
+        check_constraints(r1cs, w)
+        times["constraints_s"] = time.perf_counter() - t
     lib = zknative.library()
     t = time.perf_counter()
     a, b = qap_evaluations(pk, w)

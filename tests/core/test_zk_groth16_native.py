@@ -114,6 +114,25 @@ def test_a_witness_breaking_a_constraint_gets_no_proof(update_case: tuple) -> No
         g.prove(pk, over)
 
 
+def test_with_the_r1cs_a_broken_constraint_is_named_before_any_msm(update_case: tuple, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from fednode.zk import r1cs
+
+    pk, w, _ = update_case
+    path = tmp_path / "update.r1cs"  # r1cs.py writes circom2's own R1CS for this circuit, wire for wire
+    r1cs.write_update_r1cs(path, len(VALUES), 16, zp.bound_bits(len(VALUES), 16))
+    g.check_constraints(path, w)
+    times: dict[str, float] = {}
+    assert g.verify(pk, g.prove(pk, w, r1cs=path, times=times), w[1:pk.n_public + 1]) and "constraints_s" in times
+    bad = w.copy()
+    bad[pk.n_public + 1, 0] ^= 1  # sq[0]: its square (constraint 0) and the norm (the last) break
+    monkeypatch.setattr(g, "_split", lambda *a: pytest.fail("reached the MSMs"))
+    with pytest.raises(ZkError, match=r"breaks constraint 0 of 173 \(2 broken\): no proof"):
+        g.prove(pk, bad, r1cs=path)
+    with pytest.raises(ZkError, match="beyond the witness"):
+        g.check_constraints(path, w[:-3])
+
+
 def test_zkprove_proves_natively_by_default_and_with_snarkjs_on_request(
         zk_policy_keys: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     keys = zp.load_keys(zk_policy_keys)
