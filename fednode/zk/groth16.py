@@ -17,7 +17,8 @@ per group of witness scalars of similar size (most wires are bits), negative val
 
 A witness that violates a constraint still yields points (snarkjs's zkey has no C matrix to check
 it against), but not a proof: ``prove`` checks the Groth16 equation with the zkey's own verifying key
-before returning (``check=False`` leaves that to a caller that verifies the whole proof anyway).
+before returning (``check=False`` leaves that to a caller that verifies the whole proof anyway); given
+the circuit's .r1cs (``r1cs=``), every constraint is checked before any FFT or MSM.
 """
 
 from __future__ import annotations
