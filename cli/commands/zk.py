@@ -27,7 +27,7 @@ def zk() -> None:
 @click.option("--bits", "-k", "k", type=int, default=16, show_default=True,
               help="Every value is a signed integer of this many bits.")
 @click.option("--ptau", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A prepared powers-of-tau file from a public ceremony (default: a local one, development only).")
+              help="A prepared powers-of-tau file from a public ceremony (default: a local set-up, development only).")
 @click.option("--remainder-bits", "remainder_bits", type=int, default=zk_remainder_bits(), show_default=True,
               metavar="K", help="The remainder keys' K: a FedAvg merge's total weight W must be below 2^(K-1).")
 @click.option("--no-remainder", is_flag=True,
@@ -38,12 +38,13 @@ def zk() -> None:
 def setup(ctx: click.Context, n: int, k: int, ptau: Path | None, remainder_bits: int, no_remainder: bool,
           force: bool, as_json: bool) -> None:
     """Make the circuit keys for update proofs and, in remainder/, for merges' remainder proofs (|r_i| <= W/2),
-    from one powers of tau (circom2 + snarkjs; a local set-up is NOT trustworthy for others)."""
+    in one set-up: fednode's own from secrets drawn here, or snarkjs's over --ptau (a local set-up is NOT
+    trustworthy for others)."""
     from fednode.workflows import zkprove
 
     out = home(ctx) / "zk" / f"update-n{n}-k{k}"
     rbits = None if no_remainder else remainder_bits
-    tools = zkprove.find_tools()  # before anything is removed
+    tools = zkprove.find_tools() if ptau is not None else None  # before anything is removed
     if out.exists():
         if not force:
             raise FednodeError(f"keys exist in {out}; --force replaces them")
@@ -60,7 +61,7 @@ def setup(ctx: click.Context, n: int, k: int, ptau: Path | None, remainder_bits:
         meta = zkprove.setup(out, n, k, remainder_bits=rbits, ptau=ptau, tools=tools)
     meta["path"] = str(out)
     text = (f"update-proof keys for {n} signed {k}-bit values in {out}\n"
-            f"verifying key {meta['vk_id']}\npowers of tau: {meta['ptau']}")
+            f"verifying key {meta['vk_id']}\nset-up: {meta['ptau']}")
     if rbits is not None:
         rmeta = meta["remainder"]
         assert isinstance(rmeta, dict)

@@ -38,8 +38,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from fednode.errors import FednodeError
-from fednode.zk import devtau, groth16, mcl
+from fednode.zk import devsetup, devtau, groth16, mcl, r1cs
 from fednode.zk import generators as gens
 from fednode.zk import pedersen as ped
 from fednode.zk import update_proof as up
@@ -52,6 +54,8 @@ REMAINDER_DIR = "remainder"  # the remainder keys' folder inside an update key f
 REMAINDER_BITS = 33  # default K: W + 2 r_i and W - 2 r_i are K-bit, W < 2^32
 MAX_N = 1 << 20
 TOOL_TIMEOUT = 3600.0
+GrothProof = tuple[Affine | None, up.Affine2 | None, Affine | None]  # pi_a, pi_b, pi_c
+MAKERS = ("devsetup", "devtau", "snarkjs")  # how a set-up without a ptau file makes its keys
 
 log = logging.getLogger(__name__)
 
@@ -146,16 +150,19 @@ def _check_params(circuit: str, n: int, k: int) -> None:
 
 def setup(out: Path, n: int, k: int = 16, *, circuit: str = "update", remainder_bits: int | None = None,
           seed: bytes = gens.DEFAULT_SEED, ptau: Path | None = None, tools: Tools | None = None,
-          ptau_maker: str = "devtau") -> dict[str, object]:
+          ptau_maker: str = "devsetup") -> dict[str, object]:
     """Make the keys for vectors of up to ``n`` values in ``out`` (which must not exist): ``circuit``
     "update" (signed ``k``-bit values) or "remainder" (``|2 r_i| <= W < 2^(k-1)``). With
     ``remainder_bits`` (update only), the remainder keys for ``n`` values and that ``k`` go in
-    ``out/remainder``, made from the same powers of tau (sized for the larger circuit). Without ``ptau``
-    the powers of tau are made here: ``ptau_maker`` "devtau" (``fednode.zk.devtau``, seconds) or "snarkjs"
-    (its one-contributor ceremony, minutes; kept for comparison)."""
+    ``out/remainder`` (from the same powers of tau, sized for the larger circuit, where there are any).
+    With ``ptau`` (a public ceremony's file), snarkjs's set-up over it and one local phase-2
+    contribution. Without, ``ptau_maker``: "devsetup" (``fednode.zk.devsetup``: the keys directly
+    from secrets drawn here, no powers of tau; seconds to minutes), or a local powers of tau then
+    snarkjs's set-up: "devtau" (``fednode.zk.devtau``) or "snarkjs" (its one-contributor ceremony),
+    kept for comparison."""
     _check_params(circuit, n, k)
-    if ptau_maker not in ("devtau", "snarkjs"):
-        raise FednodeError(f"no powers-of-tau maker {ptau_maker!r}: 'devtau' or 'snarkjs'")
+    if ptau_maker not in MAKERS:
+        raise FednodeError(f"no set-up maker {ptau_maker!r}: " + ", ".join(repr(m) for m in MAKERS))
     power = ptau_power(n, k, circuit)
     if remainder_bits is not None:
         if circuit != "update":
@@ -169,26 +176,33 @@ def setup(out: Path, n: int, k: int = 16, *, circuit: str = "update", remainder_
         if have < power or not prepared:
             raise FednodeError(f"{ptau} holds 2^{have} powers{'' if prepared else ', not prepared for phase 2'}; "
                                f"n={n}, k={k} needs 2^{power}, prepared (snarkjs powersoftau prepare phase2)")
-    tools = tools or find_tools()
+    direct = ptau is None and ptau_maker == "devsetup"
+    if direct and not mcl.available():
+        raise FednodeError("fednode's development set-up needs PyPI mclbn256; or pass a ptau file")
+    tools = None if direct else tools or find_tools()
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".zk-setup-", dir=out.parent))
     try:
         t = time.perf_counter()
-        if ptau is None and ptau_maker == "devtau" and mcl.available():  # secrets drawn and dropped here
+        tau: Path | None = None
+        if direct:  # no powers of tau: devsetup draws every secret itself and drops them
+            source = "none: fednode devsetup from secrets drawn here (development only)"
+        elif ptau is None and ptau_maker == "devtau" and mcl.available():  # secrets drawn and dropped here
             tau = devtau.write_ptau(work / "final.ptau", power)
             source = f"local, 2^{power}, fednode devtau from secrets drawn here (development only)"
         elif ptau is None:  # a one-contributor snarkjs ceremony (or no mcl for devtau): development only
+            assert tools is not None
             tau = _local_ptau(work, power, tools)
             source = f"local, 2^{power}, one snarkjs contribution (development only)"
         else:
             tau, source = ptau, str(ptau)
         ptau_s = time.perf_counter() - t
         meta = _setup_in(work, circuit, n, k, seed, tau, tools)
-        meta.update(ptau=source, ptau_power=power, ptau_s=ptau_s)
+        meta.update(ptau=source, ptau_power=None if direct else power, ptau_s=ptau_s)
         if remainder_bits is not None:
             (work / REMAINDER_DIR).mkdir()
             rmeta = _setup_in(work / REMAINDER_DIR, "remainder", n, remainder_bits, seed, tau, tools)
-            rmeta.update(ptau=source, ptau_power=power, ptau_s=0.0)
+            rmeta.update(ptau=source, ptau_power=None if direct else power, ptau_s=0.0)
             (work / REMAINDER_DIR / "setup.json").write_text(json.dumps(rmeta, indent=1))
             meta["remainder"] = rmeta
         (work / "setup.json").write_text(json.dumps(meta, indent=1))
@@ -209,26 +223,33 @@ def _local_ptau(work: Path, power: int, tools: Tools) -> Path:
     return work / "final.ptau"
 
 
-def _setup_in(work: Path, circuit: str, n: int, k: int, seed: bytes, ptau: Path, tools: Tools) -> dict[str, object]:
-    """One circuit's keys in ``work`` (the key-folder format, whichever the circuit) from a prepared ptau."""
+def _setup_in(work: Path, circuit: str, n: int, k: int, seed: bytes, ptau: Path | None,
+              tools: Tools | None) -> dict[str, object]:
+    """One circuit's keys in ``work`` (the key-folder format, whichever the circuit): the constraint
+    system from ``fednode.zk.r1cs`` (circom2's for the update circuit, an equivalent one for the
+    remainder), then the Groth16 keys from ``devsetup`` (``ptau`` None) or snarkjs's set-up over
+    ``ptau`` and one phase-2 contribution."""
     times: dict[str, float] = {}
+    t = time.perf_counter()
     if circuit == "remainder":
         sb, source = k - 1, REMAINDER_CIRCUIT  # the verifier's bound on X = W: W < 2^(k-1)
-        main = f"component main {{public [hash, total, r, blind]}} = RemainderBound({n}, {k});\n"
+        made = r1cs.write_remainder_r1cs(work / "update.r1cs", n, k)
     else:
         sb, source = bound_bits(n, k), CIRCUIT
-        main = f"component main {{public [hash, bound2, v, blind]}} = UpdateBound({n}, {k}, {sb});\n"
-    shutil.copy(source, work / source.name)
-    (work / "update.circom").write_text(f'pragma circom 2.1.0;\ninclude "{source.name}";\n{main}')
+        made = r1cs.write_update_r1cs(work / "update.r1cs", n, k, sb)
+    times["r1cs_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    flags = [f"--{f}" for f in ("O2", "r1cs", "wasm")]  # circom's flags, spelled so no check takes them for ours
-    _run([tools.node, tools.circom2, "update.circom", *flags, "-o", "."], work, "circom2")
-    times["compile_s"] = time.perf_counter() - t
-    snark = [tools.node, tools.snarkjs]
-    t = time.perf_counter()
-    _run([*snark, "groth16", "setup", "update.r1cs", str(ptau.resolve()), "k0.zkey"], work, "groth16 setup")
-    _run([*snark, "zkey", "contribute", "k0.zkey", "update.zkey", "-e=fednode dev"], work, "zkey contribute")
-    _run([*snark, "zkey", "export", "verificationkey", "update.zkey", "vk.json"], work, "export verificationkey")
+    if ptau is None:
+        try:
+            devsetup.groth16_setup(work / "update.r1cs", work / "update.zkey", work / "vk.json")
+        except ZkError as exc:
+            raise FednodeError(f"set-up failed: {exc}") from None
+    else:
+        assert tools is not None
+        snark = [tools.node, tools.snarkjs]
+        _run([*snark, "groth16", "setup", "update.r1cs", str(ptau.resolve()), "k0.zkey"], work, "groth16 setup")
+        _run([*snark, "zkey", "contribute", "k0.zkey", "update.zkey", "-e=fednode dev"], work, "zkey contribute")
+        _run([*snark, "zkey", "export", "verificationkey", "update.zkey", "vk.json"], work, "export verificationkey")
     times["groth16_setup_s"] = time.perf_counter() - t
     for name in ("k0.zkey", "update.r1cs"):
         (work / name).unlink(missing_ok=True)
@@ -246,8 +267,8 @@ def _setup_in(work: Path, circuit: str, n: int, k: int, seed: bytes, ptau: Path,
     (work / "update.vk").write_bytes(vk.encode())
     (work / "link.key").write_bytes(encode_link_key(link_key))
     times["link_setup_s"] = time.perf_counter() - t
-    return {"circuit": source.stem, "n": n, "k": k, "sb": sb, "seed": seed.hex(),
-            "constraints": constraints(n, k, circuit), "vk_id": vk.key_id().hex(), **times}
+    return {"circuit": source.stem, "n": n, "k": k, "sb": sb, "seed": seed.hex(), "r1cs": "fednode.zk.r1cs",
+            "constraints": made["constraints"], "wires": made["wires"], "vk_id": vk.key_id().hex(), **times}
 
 
 def prover() -> str:
@@ -259,7 +280,26 @@ def prover() -> str:
     return name
 
 
-def _native_prove(keys: Keys, wtns: Path) -> tuple[Affine | None, up.Affine2 | None, Affine | None] | None:
+def _witness(keys: Keys, padded: list[int], blinding: int, hi: int, lo: int, x: int, work: Path,
+             tools: Tools | None) -> np.ndarray | Path:
+    """The circuit's whole witness: from ``fednode.zk.r1cs`` (numpy, the wire order its set-up used),
+    or, in a key folder made by circom2 before (``update_js``), from circom's witness calculator."""
+    js = keys.path / "update_js"
+    if js.is_dir():
+        tools = tools or find_tools()
+        names = ("total", "r") if keys.circuit == "remainder" else ("bound2", "v")
+        (work / "in.json").write_text(json.dumps({"hash": [str(hi), str(lo)], names[0]: str(x),
+                                                  names[1]: [str(v) for v in padded], "blind": str(blinding)}))
+        _run([tools.node, str(js / "generate_witness.js"), str(js / "update.wasm"), str(work / "in.json"),
+              str(work / "w.wtns")], work, "witness")
+        return work / "w.wtns"
+    vk = keys.vk
+    if keys.circuit == "remainder":
+        return r1cs.remainder_witness(vk.n, vk.k, hi, lo, x, padded, blinding)
+    return r1cs.update_witness(vk.n, vk.k, vk.sb, hi, lo, x, padded, blinding)
+
+
+def _native_prove(keys: Keys, witness: np.ndarray | Path) -> GrothProof | None:
     """pi_a, pi_b, pi_c from ``fednode.zk.groth16``, or None (one warning) where its C kernels or mcl
     are unavailable here, so snarkjs proves instead. Not checked here: ``_prove`` verifies the whole."""
     if not mcl.available():
@@ -267,7 +307,8 @@ def _native_prove(keys: Keys, wtns: Path) -> tuple[Affine | None, up.Affine2 | N
         return None
     try:
         pk = groth16.ProvingKey.load(keys.path / "update.zkey")
-        return groth16.prove(pk, groth16.read_wtns(wtns), check=False)
+        wires = groth16.read_wtns(witness) if isinstance(witness, Path) else witness
+        return groth16.prove(pk, wires, check=False)
     except OSError as exc:  # the kernels did not build or load
         log.warning("native Groth16 prover unavailable, using snarkjs: %s", exc)
         return None
@@ -376,20 +417,17 @@ def prove_remainder(keys: Keys, remainder: list[int], blinding: int, commit_hash
 
 
 def _prove(keys: Keys, values: list[int], blinding: int, commit_hash: bytes, x: int, tools: Tools | None) -> bytes:
-    """snarkjs's Groth16 proof, our link proof, and the check that the whole verifies (X = ``x``)."""
+    """The Groth16 proof (``prover()``), our link proof, and the check that the whole verifies (X = ``x``)."""
     hi, lo = up.hash_limbs(commit_hash)
-    tools = tools or find_tools()
     padded = values + [0] * (keys.vk.n - len(values))
-    names = ("total", "r") if keys.circuit == "remainder" else ("bound2", "v")
     with tempfile.TemporaryDirectory(prefix="fednode-zkprove-") as tmp:  # 0700: the witness is the update
         work = Path(tmp)
-        (work / "in.json").write_text(json.dumps({"hash": [str(hi), str(lo)], names[0]: str(x),
-                                                  names[1]: [str(v) for v in padded], "blind": str(blinding)}))
-        js = keys.path / "update_js"
-        _run([tools.node, str(js / "generate_witness.js"), str(js / "update.wasm"), str(work / "in.json"),
-              str(work / "w.wtns")], work, "witness")
-        groth = _native_prove(keys, work / "w.wtns") if prover() == "native" else None
+        witness = _witness(keys, padded, blinding, hi, lo, x, work, tools)
+        groth = _native_prove(keys, witness) if prover() == "native" else None
         if groth is None:
+            tools = tools or find_tools()
+            if not isinstance(witness, Path):
+                r1cs.write_wtns(work / "w.wtns", witness)
             _run([tools.node, tools.snarkjs, "groth16", "prove", str(keys.path / "update.zkey"), "w.wtns",
                   "proof.json", "public.json"], work, "groth16 prove")
             proof = json.loads((work / "proof.json").read_text())

@@ -71,11 +71,11 @@ class R1cs:
 
 
 class _Native:
-    """``fixedbase.c`` (built with ``fednode.tensors.native``'s zig cc and private cache) and the
+    """``fixedbase.c`` (built with ``fednode.nativebuild``: zig cc, private cache) and the
     addresses of the MCL functions it calls."""
 
     def __init__(self) -> None:
-        from fednode.tensors import native
+        from fednode import nativebuild as native
 
         lib = mcl._lib()
         try:

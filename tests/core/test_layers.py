@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("protocol", "fednode", "cli")  # the project's import roots; programs/ and bench/ sit outside the layers
 
 # fednode's root utility modules: usable by every layer, importing nothing above them.
-UTILITIES = ("fednode.atomic", "fednode.errors", "fednode.lazy", "fednode.logs", "fednode.safejson", "fednode.sealing")
+UTILITIES = ("fednode.atomic", "fednode.errors", "fednode.lazy", "fednode.logs", "fednode.nativebuild",
+             "fednode.safejson", "fednode.sealing")
 ANY = ("protocol", "fednode", "cli")
 
 
@@ -40,11 +41,12 @@ LAYER_RULES: dict[str, Rule] = {
     "fednode.errors": Rule(("protocol", *UTILITIES), why="a utility: below every layer"),
     "fednode.lazy": Rule(("protocol", *UTILITIES), why="a utility: below every layer"),
     "fednode.logs": Rule(("protocol", *UTILITIES), why="a utility: below every layer"),
+    "fednode.nativebuild": Rule(("protocol", *UTILITIES), why="a utility: below every layer"),
     "fednode.safejson": Rule(("protocol", *UTILITIES), why="a utility: below every layer"),
     "fednode.sealing": Rule(("protocol", *UTILITIES), why="a utility: below every layer"),
     "fednode.identity": Rule(("protocol", *UTILITIES), why="the node's key: a leaf the layers above sign with"),
     "fednode.storage": Rule(("protocol", *UTILITIES), why="blocks and records, below history"),
-    "fednode.tensors": Rule(("protocol", "fednode.errors", "fednode.lazy", "fednode.safejson"),
+    "fednode.tensors": Rule(("protocol", "fednode.errors", "fednode.lazy", "fednode.nativebuild", "fednode.safejson"),
                             why="model files and tensor encodings: no storage, no history"),  # fmt: skip
     "fednode.strategies": Rule(("protocol", *UTILITIES, "fednode.tensors"), why="aggregation on tensors only"),
     "fednode.zk": Rule(("protocol", *UTILITIES), why="commitments and their checks: pure arithmetic, no store"),

@@ -103,7 +103,7 @@ def test_devtau_refuses_powers_out_of_range(tmp_path: Path) -> None:
 
 def test_keys_from_devtau_prove_and_verify_in_snarkjs_and_ours(tmp_path: Path) -> None:
     tools = zp.find_tools()
-    meta = zp.setup(tmp_path / "keys", 2, tools=tools)
+    meta = zp.setup(tmp_path / "keys", 2, tools=tools, ptau_maker="devtau")
     assert "devtau" in str(meta["ptau"]) and meta["ptau_power"] == 8
     assert isinstance(meta["ptau_s"], float) and meta["ptau_s"] < 30  # snarkjs: ~5 s at 2^8
     keys = zp.load_keys(tmp_path / "keys")
@@ -133,7 +133,7 @@ def test_keys_from_devtau_prove_and_verify_in_snarkjs_and_ours(tmp_path: Path) -
 
 def test_snarkjs_ceremony_stays_reachable_and_unknown_makers_are_refused(tmp_path: Path) -> None:
     tools = zp.find_tools()
-    with pytest.raises(FednodeError, match="no powers-of-tau maker 'mpc'"):
+    with pytest.raises(FednodeError, match="no set-up maker 'mpc'"):
         zp.setup(tmp_path / "bad", 1, ptau_maker="mpc", tools=tools)
     assert list(tmp_path.iterdir()) == []
     meta = zp.setup(tmp_path / "keys", 1, ptau_maker="snarkjs", tools=tools)  # ~5 s: snarkjs's own 2^8 ceremony

@@ -15,7 +15,7 @@ import pytest
 from fednode.errors import FednodeError
 from fednode.workflows import zkprove as zp
 from fednode.zk import groth16 as g
-from fednode.zk import native
+from fednode.zk import native, r1cs
 from fednode.zk import pedersen as ped
 from fednode.zk import update_proof as up
 from fednode.zk.curve import R, ZkError
@@ -34,15 +34,14 @@ def tools() -> zp.Tools:
 
 def _witness(folder: Path, names: tuple[str, str], x: int, values: list[int], tools: zp.Tools,
              work: Path) -> np.ndarray:
-    """The circuit's full witness from circom's own wasm calculator."""
+    """The circuit's full witness: ``fednode.zk.r1cs``'s, the system the key folder was set up from
+    (tests/core/test_zk_r1cs_gen.py checks it against circom's own witness calculator)."""
     hi, lo = up.hash_limbs(HASH)
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "in.json").write_text(json.dumps({"hash": [str(hi), str(lo)], names[0]: str(x),
-                                              names[1]: [str(v) for v in values], "blind": str(BLIND)}))
-    js = folder / "update_js"
-    subprocess.run([tools.node, str(js / "generate_witness.js"), str(js / "update.wasm"), str(work / "in.json"),
-                    str(work / "w.wtns")], check=True, capture_output=True, timeout=120)
-    return g.read_wtns(work / "w.wtns")
+    vk = zp.load_keys(folder, "remainder" if names[0] == "total" else "update").vk
+    padded = values + [0] * (vk.n - len(values))
+    if names[0] == "total":
+        return r1cs.remainder_witness(vk.n, vk.k, hi, lo, x, padded, BLIND)
+    return r1cs.update_witness(vk.n, vk.k, vk.sb, hi, lo, x, padded, BLIND)
 
 
 @pytest.fixture(scope="module")

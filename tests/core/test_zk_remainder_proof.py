@@ -17,6 +17,7 @@ from helpers import fixed_identity
 
 from fednode.errors import FednodeError
 from fednode.workflows import zkprove as zp
+from fednode.zk import groth16, r1cs
 from fednode.zk import merge_check as mc
 from fednode.zk import pedersen as ped
 from fednode.zk import policy as zpol
@@ -95,8 +96,7 @@ def test_ties_and_the_edges_of_the_range_are_provable(rkeys: zp.Keys) -> None:
 
 
 def test_the_rounding_forgery_passes_the_relation_but_cannot_be_proven(rkeys: zp.Keys, merge: dict,
-                                                                       honest: dict,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                       honest: dict) -> None:
     """d + 1 with r - W (in one coordinate) satisfies sum w_k C_k = W C(d) + C(r); its r is out of range."""
     total, d2, r2 = merge["total"], list(merge["d"]), list(merge["r"])
     d2[0] += 1
@@ -106,10 +106,13 @@ def test_the_rounding_forgery_passes_the_relation_but_cannot_be_proven(rkeys: zp
     h = honest["hash"]
     with pytest.raises(FednodeError, match=f"remainder value 0 is {r2[0]}: over half the total weight 10"):
         zp.prove_remainder(rkeys, r2, merge["b_r"], h, total)
-    # without the prover's own check the circuit has no witness: no proof can be made
-    monkeypatch.setattr(zp, "check_remainder", lambda *a: None)
-    with pytest.raises(FednodeError, match="^witness failed"):
-        zp.prove_remainder(rkeys, r2, merge["b_r"], h, total)
+    # without the prover's own checks the circuit refuses: a witness (of zeros) with the forged r written
+    # into its value wires (4 + i) breaks constraints, and no proof of it comes out
+    hi, lo = up.hash_limbs(h)
+    wit = r1cs.remainder_witness(rkeys.vk.n, rkeys.vk.k, hi, lo, total, [0] * rkeys.vk.n, merge["b_r"])
+    wit[4:4 + len(r2)] = [[v % R >> (64 * j) & (2**64 - 1) for j in range(4)] for v in r2]
+    with pytest.raises(ZkError, match="does not satisfy the circuit's constraints"):
+        groth16.prove(groth16.ProvingKey.load(rkeys.path / "update.zkey"), wit)
     # nor does the honest proof carry over to the forged C(r)
     assert _reason(rkeys.vk, honest["proof"], c_r2, h, total) == \
         "update proof: the link proof fails (D and the commitment do not open to the same vector)"
@@ -137,7 +140,7 @@ def test_prover_refusals_and_key_kinds(rkeys: zp.Keys, zk_policy_keys: Path) -> 
     with pytest.raises(FednodeError, match="not remainder-proof keys"):
         zp.prove_remainder(zp.load_keys(zk_policy_keys), [1], 0, h, 10)
     meta = json.loads((rkeys.path / "setup.json").read_text())
-    assert meta["circuit"] == "remainder_bound" and meta["ptau_power"] == 8
+    assert meta["circuit"] == "remainder_bound" and meta["r1cs"] == "fednode.zk.r1cs"
     assert json.loads((zk_policy_keys / "setup.json").read_text())["circuit"] == "update_bound"
 
 

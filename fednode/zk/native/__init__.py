@@ -1,6 +1,6 @@
 """The Groth16 prover's field kernels (``groth16.c``), built on first use with the bundled ``zig cc``
-through ``fednode.tensors.native``'s build and private cache (same rules: ``FEDNODE_NATIVE_CACHE``,
-a directory private to the user). Unlike the merge kernels there is no numpy fallback: proving
+through ``fednode.nativebuild`` (the merge kernels' build and private cache, same rules:
+``FEDNODE_NATIVE_CACHE``, a directory private to the user). Unlike the merge kernels there is no numpy fallback: proving
 without them would take minutes, so a failure to build is an error for the caller to report.
 """
 
@@ -10,7 +10,7 @@ import ctypes
 import threading
 from pathlib import Path
 
-from fednode.tensors import native
+from fednode import nativebuild as native
 
 SOURCE = Path(__file__).with_name("groth16.c")
 FLAGS = ["-O3", "-shared", "-fPIC", "-march=native"]
