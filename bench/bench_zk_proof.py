@@ -1,27 +1,28 @@
 """Update proofs (issue 15 items 3, 7): set-up, proof time and size, verification time, in one run.
 
-    python bench/bench_zk_proof.py [--sizes 8,10000] [--tau-powers 8,12,16,18] [--ptau-maker devtau|snarkjs]
-                                   [--ptau-dir DIR] [--keys-dir DIR]
+    python bench/bench_zk_proof.py [--sizes 10000,100000] [--ptau-maker devsetup|devtau|snarkjs]
+                                   [--prover native|snarkjs] [--tau-powers 8,12] [--ptau-dir DIR] [--keys-dir DIR]
 
-For each circuit size n (signed 16-bit values): a local development set-up (powers of tau from
-fednode.zk.devtau, ~0.4 s at 2^8 and a few minutes at 2^18; --ptau-maker snarkjs runs snarkjs's own
-ceremony instead: ~5 s at 2^8, ~6 min at 2^13, ~26 min at 2^16; --ptau-dir reuses files named
-p<power>_final.ptau, --keys-dir reuses whole key sets; then circom2 compile and snarkjs groth16 setup,
-timed apart), then snarkjs proofs (best of 3; one proof above n = 10,000), our verifier (mcl best/median
-of 20, py_ecc once) and the on-chain check (programs/zkverify/zkverify.c in LiteSVM: compute units).
-Every line carries the 1-minute load average (the machine is shared). ACORN's published client cost
-(< 80 s for 250k 16-bit entries, USENIX Security 2023) is printed per parameter beside ours.
-Target sizes (10k, 100k, 1M) not in --sizes are EXTRAPOLATED from the smallest and largest measured
-sizes, linearly in constraints (snarkjs's prover is O(n log n): optimistic) and printed as such; the
-link proof's share is measured at any size. --tau-powers times devtau alone at those powers.
-Targets: 10k proven <= 10 s, 100k <= 60 s, verification <= 10 ms, on chain <= 200k CU.
-Needs node, circom2 and snarkjs (FEDNODE_ZK_NODE_MODULES or the checkout's node_modules).
+For each circuit size n (signed 16-bit values): a local development set-up, by default fednode's own
+(``fednode.zk.r1cs`` writes the constraint system, ``fednode.zk.devsetup`` the Groth16 keys from
+secrets it draws and drops: ~14 s at 10k, ~2 min at 100k); --ptau-maker devtau or snarkjs make a
+powers of tau instead and run snarkjs's set-up over it (minutes to an hour at 10k; --ptau-dir reuses
+files named p<power>_final.ptau, --keys-dir reuses whole key sets). Then proofs with the native prover
+(``fednode.zk.groth16``; --prover snarkjs for snarkjs's; best of 3 up to n = 100,000, one above), our
+verifier (mcl best/median of 20, py_ecc once) and the on-chain check (programs/zkverify/zkverify.c in
+LiteSVM: compute units). Every line carries the 1-minute load average (the machine is shared) and the
+process's peak memory. ACORN's published client cost (< 80 s for 250k 16-bit entries, USENIX Security
+2023) is printed per parameter beside ours. Target sizes (10k, 100k, 1M) not in --sizes are
+EXTRAPOLATED linearly in constraints from the smallest and largest measured sizes (the prover is
+O(n log n): optimistic) and printed as such. Targets: 10k proven <= 10 s, 100k <= 60 s, verification
+<= 10 ms, on chain <= 200k CU. snarkjs (node) is needed only for --prover snarkjs and the ptau makers.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import secrets
 import statistics
 import sys
@@ -60,7 +61,8 @@ def keys_for(n: int, args: argparse.Namespace, scratch: Path) -> tuple[zp.Keys, 
 
 
 def load() -> str:
-    return f"load {os.getloadavg()[0]:.2f}"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return f"load {os.getloadavg()[0]:.2f}, peak RSS {peak:.1f} GB"
 
 
 def bench_tau(power: int, scratch: Path) -> None:
@@ -83,7 +85,7 @@ def bench_one(n: int, args: argparse.Namespace, scratch: Path) -> float:
     blinding, commit_hash, bound2 = secrets.randbelow(R), secrets.token_bytes(32), 10**6 * n
     commitment = ped.commit(values, blinding)
     proofs = []
-    for _ in range(3 if n <= 10_000 else 1):
+    for _ in range(3 if n <= 100_000 else 1):
         t = time.perf_counter()
         proof = zp.prove(keys, values, blinding, commit_hash, bound2)
         proofs.append(time.perf_counter() - t)
@@ -98,7 +100,7 @@ def bench_one(n: int, args: argparse.Namespace, scratch: Path) -> float:
     cu = chain_cu(keys.vk, proof, commitment, commit_hash, bound2)
     best = min(proofs)
     parts = ", ".join(f"{k} {v:.1f} s" for k, v in meta.items() if k.endswith("_s"))
-    print(f"n={n:>6}  constraints {constraints(n):>8} (2^{zp.ptau_power(n, K)} tau)  set-up {setup_s:6.1f} s"
+    print(f"n={n:>6}  constraints {constraints(n):>8} (2^{zp.ptau_power(n, K)} domain)  set-up {setup_s:6.1f} s"
           f" [{parts or 'reused'}]  ({load()})")
     print(f"          prove best {best:6.2f} s / median {statistics.median(proofs):6.2f} s"
           f"  = {best / n * 1e6:8.1f} us/param (ACORN {ACORN_S_PER_PARAM * 1e6:.0f} us/param;"
@@ -161,15 +163,18 @@ def bench_link(n: int) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="8,64")
+    ap.add_argument("--sizes", default="8,10000")
     ap.add_argument("--ptau-dir", type=Path)
     ap.add_argument("--keys-dir", type=Path)
-    ap.add_argument("--ptau-maker", choices=("devtau", "snarkjs"), default="devtau")
+    ap.add_argument("--ptau-maker", choices=zp.MAKERS, default="devsetup")
+    ap.add_argument("--prover", choices=("native", "snarkjs"), default="native")
     ap.add_argument("--tau-powers", default="", help="time devtau alone at these powers (18: a few minutes)")
     ap.add_argument("--link-sizes", default="10000,100000", help="sizes for the link proof alone (1000000: ~10 s)")
     args = ap.parse_args()
+    os.environ["FEDNODE_ZK_PROVER"] = args.prover
     sizes = [int(s) for s in args.sizes.split(",")]
-    print(f"update proofs, signed {K}-bit values; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(f"update proofs, signed {K}-bit values; set-up {args.ptau_maker}, prover {args.prover};"
+          f" load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory(prefix="bench-zkproof-") as tmp:
         for power in (int(x) for x in args.tau_powers.split(",") if x):
             bench_tau(power, Path(tmp))
@@ -178,7 +183,7 @@ def main() -> int:
         bench_link(n)
     n_big, n_small = max(times), min(times)
     if n_big == n_small:
-        print("EXTRAPOLATION needs two sizes (--sizes 8,1024 with a 2^15 tau in --ptau-dir)")
+        print("EXTRAPOLATION needs two sizes (e.g. --sizes 8,10000)")
     else:  # a fixed cost (node start, key loading) and a cost per constraint, from the two ends
         slope = (times[n_big] - times[n_small]) / (constraints(n_big) - constraints(n_small))
         fixed = max(0.0, times[n_small] - slope * constraints(n_small))
@@ -187,7 +192,7 @@ def main() -> int:
             target = TARGETS.get(n)
             verdict = f"target {target:.0f} s {'PASS' if est <= target else 'MISS'}" if target else "no target"
             print(f"EXTRAPOLATED n={n:>8}: ~{est:7.1f} s prove ({constraints(n)} constraints, linear from n={n_small}"
-                  f" and {n_big}; {verdict}; ACORN ~{ACORN_S_PER_PARAM * n:.0f} s); needs 2^{zp.ptau_power(n, K)} tau")
+                  f" and {n_big}; {verdict}; ACORN ~{ACORN_S_PER_PARAM * n:.0f} s); a 2^{zp.ptau_power(n, K)} domain")
     return 0
 
 

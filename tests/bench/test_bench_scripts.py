@@ -37,3 +37,16 @@ def test_bench_daemon_compares_private_with_public() -> None:
             assert f"pull (clone) 1 MiB {visibility}, fsync {fsync}:" in done.stdout, done.stdout
     ratios = re.findall(r"private/public pull time \(fsync (on|off)\) = \d+\.\d+x  (PASS|MISS)", done.stdout)
     assert [r[0] for r in ratios] == ["on", "off"], done.stdout
+
+
+def test_bench_zk_proof_proves_verifies_and_extrapolates() -> None:
+    """Two small sizes through the default path (fednode's own set-up, the native prover): each proof
+    verifies in Python and in the on-chain program, and the three target sizes are extrapolated."""
+    done = subprocess.run([sys.executable, "bench/bench_zk_proof.py", "--sizes", "8,16", "--link-sizes", "100"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "set-up devsetup, prover native" in done.stdout, done.stdout
+    assert len(re.findall(r"prove best +\d+\.\d+ s .* proof 384 B", done.stdout)) == 2, done.stdout
+    assert len(re.findall(r"on chain \(programs/zkverify in LiteSVM\): \d+ CU \(target 200000 PASS\)",
+                          done.stdout)) == 2, done.stdout
+    assert [int(n) for n in re.findall(r"EXTRAPOLATED n= *(\d+):", done.stdout)] == [10_000, 100_000, 1_000_000]
