@@ -44,7 +44,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from fednode.zk import devtau, mcl
+from fednode.zk import binfile, devtau, mcl
 from fednode.zk.curve import P, R, ZkError
 
 FR_S = devtau.FR_S  # 2^28-th roots of unity: the largest domain snarkjs's H section supports here
@@ -144,20 +144,10 @@ def _scale(x: np.ndarray, k: np.ndarray) -> np.ndarray:
 def read_r1cs(path: Path) -> R1cs:
     """Parse ``path`` (r1cs version 1, BN254's r); ``ZkError`` with one line for anything else."""
     data = Path(path).read_bytes()
-    if data[:4] != b"r1cs" or len(data) < 12:
-        raise ZkError(f"{path} is not an r1cs file")
-    version, count = struct.unpack_from("<II", data, 4)
-    if version != 1:
-        raise ZkError(f"{path}: r1cs version {version}, expected 1")
-    sections: dict[int, tuple[int, int]] = {}
-    pos = 12
-    for _ in range(count):
-        if pos + 12 > len(data):
-            raise ZkError(f"{path} is truncated")
-        kind, size = struct.unpack_from("<IQ", data, pos)
-        sections.setdefault(kind, (pos + 12, size))
-        pos += 12 + size
-    if pos > len(data) or 1 not in sections or 2 not in sections:
+    sections = binfile.sections(data, b"r1cs", str(path))
+    if binfile.version(data) != 1:
+        raise ZkError(f"{path}: r1cs version {binfile.version(data)}, expected 1")
+    if 1 not in sections or 2 not in sections:
         raise ZkError(f"{path} is truncated or lacks its header / constraints")
     off, _ = sections[1]
     (n8,) = struct.unpack_from("<I", data, off)

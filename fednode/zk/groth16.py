@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from fednode.zk import mcl, pairing
+from fednode.zk import binfile, mcl, pairing
 from fednode.zk import native as zknative
 from fednode.zk.curve import Affine, P, R, ZkError
 from fednode.zk.pairing import Affine2
@@ -94,29 +94,10 @@ def array_to_ints(arr: np.ndarray) -> list[int]:
 # ---- files --------------------------------------------------------------------------------------
 
 
-def _sections(buf: Any, magic: bytes, what: str) -> dict[int, tuple[int, int]]:
-    """An iden3 binary file's sections: id -> (offset, size); each id once."""
-    if len(buf) < 12 or bytes(buf[:4]) != magic:
-        raise ZkError(f"{what} is not a {magic.decode()} file")
-    (count,) = struct.unpack_from("<I", buf, 8)
-    out: dict[int, tuple[int, int]] = {}
-    pos = 12
-    for _ in range(count):
-        if pos + 12 > len(buf):
-            raise ZkError(f"{what} is truncated")
-        kind, size = struct.unpack_from("<IQ", buf, pos)
-        pos += 12
-        if pos + size > len(buf) or kind in out:
-            raise ZkError(f"{what} has a truncated or repeated section {kind}")
-        out[kind] = (pos, size)
-        pos += size
-    return out
-
-
 def read_wtns(path: Path | str) -> np.ndarray:
     """A snarkjs/circom .wtns file's witness as an (n_vars, 4) uint64 array (normal form)."""
     data = Path(path).read_bytes()
-    sec = _sections(data, b"wtns", str(path))
+    sec = binfile.sections(data, b"wtns", str(path))
     if 1 not in sec or 2 not in sec:
         raise ZkError(f"{path} lacks the witness header or values")
     off, _ = sec[1]
@@ -201,7 +182,7 @@ class ProvingKey:
 
 def _read_zkey(path: Path) -> ProvingKey:
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        sec = _sections(buf, b"zkey", str(path))
+        sec = binfile.sections(buf, b"zkey", str(path))
         if any(k not in sec for k in range(1, 10)):
             raise ZkError(f"{path} lacks a Groth16 section")
         if struct.unpack_from("<I", buf, sec[1][0])[0] != 1:

@@ -32,7 +32,8 @@ from typing import BinaryIO
 import numpy as np
 
 from fednode.errors import FednodeError
-from fednode.zk.curve import R
+from fednode.zk import binfile
+from fednode.zk.curve import R, ZkError
 
 BLOCK_BYTES = 32 << 20  # the numpy buffer that a block of parameters' constraints is written from
 WITNESS_BLOCK = 1 << 16  # values per block of bit decompositions (bounded temporaries)
@@ -383,15 +384,12 @@ def witness_ints(witness: np.ndarray) -> list[int]:
 def read_r1cs(path: Path) -> tuple[dict[str, int], list[Constraint], list[int]]:
     """(header, constraints, wire labels) of an iden3 ``.r1cs`` file, in Python (small circuits)."""
     data = Path(path).read_bytes()
-    if data[:4] != b"r1cs":
-        raise FednodeError(f"{path} is not an r1cs file")
-    (count,) = struct.unpack_from("<I", data, 8)
-    sections: dict[int, int] = {}
-    off = 12
-    for _ in range(count):
-        kind, size = struct.unpack_from("<IQ", data, off)
-        sections[kind] = off + 12
-        off += 12 + size
+    try:
+        sections = {kind: off for kind, (off, _) in binfile.sections(data, b"r1cs", str(path)).items()}
+    except ZkError as exc:
+        raise FednodeError(str(exc)) from None
+    if not {1, 2, 3} <= set(sections):
+        raise FednodeError(f"{path} lacks the header, constraints or wire labels")
     pos = sections[1]
     (n8,) = struct.unpack_from("<I", data, pos)
     names = ("wires", "pub_out", "pub_in", "prv_in", "labels", "constraints")
