@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from fednode.workflows import zkprove as zp
-from fednode.zk import devsetup, devtau, mcl
+from fednode.zk import binfile, devsetup, devtau, mcl
 from fednode.zk import pedersen as ped
 from fednode.zk import update_proof as up
 from fednode.zk.curve import P, R, ZkError
@@ -28,15 +28,9 @@ SECRETS = (0x1234567890ABCDEF << 100 | 77, 31337 << 200 | 5, 0xC0FFEE << 180 | 9
 
 
 def _sections(data: bytes) -> dict[int, bytes]:
-    assert data[:4] == b"zkey" and struct.unpack("<I", data[4:8])[0] == 1
-    (count,) = struct.unpack("<I", data[8:12])
-    out, pos = {}, 12
-    for _ in range(count):
-        kind, size = struct.unpack("<IQ", data[pos:pos + 12])
-        out[kind] = data[pos + 12:pos + 12 + size]
-        pos += 12 + size
-    assert pos == len(data)
-    return out
+    secs = binfile.sections(data, b"zkey", "zkey under test")
+    assert sum(size + 12 for _, size in secs.values()) + 12 == len(data)  # nothing after the last section
+    return {kind: data[off:off + size] for kind, (off, size) in secs.items()}
 
 
 def _snarkjs(tools: zp.Tools, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

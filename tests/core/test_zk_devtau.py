@@ -21,7 +21,7 @@ from py_ecc.optimized_bn128 import G1, G2, multiply, normalize
 
 from fednode.errors import FednodeError
 from fednode.workflows import zkprove as zp
-from fednode.zk import devtau
+from fednode.zk import binfile, devtau
 from fednode.zk import pedersen as ped
 from fednode.zk import update_proof as up
 from fednode.zk.curve import P, R, ZkError
@@ -31,15 +31,9 @@ MONT_INV = pow(1 << 256, -1, P)
 
 
 def _sections(data: bytes) -> dict[int, bytes]:
-    assert data[:4] == b"ptau" and struct.unpack("<I", data[4:8])[0] == 1
-    (count,) = struct.unpack("<I", data[8:12])
-    out, pos = {}, 12
-    for _ in range(count):
-        kind, size = struct.unpack("<IQ", data[pos:pos + 12])
-        out[kind] = data[pos + 12:pos + 12 + size]
-        pos += 12 + size
-    assert pos == len(data)
-    return out
+    secs = binfile.sections(data, b"ptau", "ptau under test")
+    assert sum(size + 12 for _, size in secs.values()) + 12 == len(data)  # nothing after the last section
+    return {kind: data[off:off + size] for kind, (off, size) in secs.items()}
 
 
 def _fp(raw: bytes) -> int:
