@@ -152,12 +152,16 @@ class ProvingKey:
     beta2: np.ndarray  # (1, 24)
     gamma2: np.ndarray
     delta2: np.ndarray
+    # the point sections as the zkey holds them (affine rows over the file's pages, 64 / 128 bytes a
+    # point): each MSM piece is made an mcl table only when it runs, so a 1M-parameter key (11 GB)
+    # is never held whole in mcl's 1.5x larger form
     ic: np.ndarray
     a: np.ndarray
     b1: np.ndarray
     b2: np.ndarray
     c: np.ndarray
     h: np.ndarray
+    _file: Any = None  # the open mmap the arrays above read from
 
     @property
     def domain(self) -> int:
@@ -181,42 +185,44 @@ class ProvingKey:
 
 
 def _read_zkey(path: Path) -> ProvingKey:
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        sec = binfile.sections(buf, b"zkey", str(path))
-        if any(k not in sec for k in range(1, 10)):
-            raise ZkError(f"{path} lacks a Groth16 section")
-        if struct.unpack_from("<I", buf, sec[1][0])[0] != 1:
-            raise ZkError(f"{path} is not a Groth16 key")
-        off = sec[2][0]
-        n8q, q, n8r, r, n_vars, n_public, domain = struct.unpack_from("<I32sI32sIII", buf, off)
-        if n8q != 32 or n8r != 32 or int.from_bytes(q, "little") != P or int.from_bytes(r, "little") != R:
-            raise ZkError(f"{path} is not a BN254 key")
-        power = domain.bit_length() - 1
-        if domain != 1 << power or power >= TWO_ADICITY:
-            raise ZkError(f"{path} has a domain of {domain}, not a power of two below 2^{TWO_ADICITY}")
-        off += 4 + 32 + 4 + 32 + 12
-        vk = np.frombuffer(buf, dtype=np.uint64, count=(3 * 8 + 3 * 16), offset=off).copy()
-        g1 = lambda i: _g1_table(vk[i:i + 8])  # noqa: E731 (offsets in u64 words: a1, b1, b2, g2, d1, d2)
+    with open(path, "rb") as fh:
+        buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)  # stays open with the key
+    sec = binfile.sections(buf, b"zkey", str(path))
+    if any(k not in sec for k in range(1, 10)):
+        raise ZkError(f"{path} lacks a Groth16 section")
+    if struct.unpack_from("<I", buf, sec[1][0])[0] != 1:
+        raise ZkError(f"{path} is not a Groth16 key")
+    off = sec[2][0]
+    n8q, q, n8r, r, n_vars, n_public, domain = struct.unpack_from("<I32sI32sIII", buf, off)
+    if n8q != 32 or n8r != 32 or int.from_bytes(q, "little") != P or int.from_bytes(r, "little") != R:
+        raise ZkError(f"{path} is not a BN254 key")
+    power = domain.bit_length() - 1
+    if domain != 1 << power or power >= TWO_ADICITY:
+        raise ZkError(f"{path} has a domain of {domain}, not a power of two below 2^{TWO_ADICITY}")
+    off += 4 + 32 + 4 + 32 + 12
+    vk = np.frombuffer(buf, dtype=np.uint64, count=(3 * 8 + 3 * 16), offset=off).copy()
+    g1 = lambda i: _g1_table(vk[i:i + 8])  # noqa: E731 (offsets in u64 words: a1, b1, b2, g2, d1, d2)
 
-        def section(k: int, width: int, count: int) -> np.ndarray:
-            o, size = sec[k]
-            if size != 8 * width * count:
-                raise ZkError(f"{path}: section {k} holds {size} bytes, expected {8 * width * count}")
-            return np.frombuffer(buf, dtype=np.uint64, count=width * count, offset=o)
+    def section(k: int, width: int, count: int) -> np.ndarray:
+        o, size = sec[k]
+        if size != 8 * width * count:
+            raise ZkError(f"{path}: section {k} holds {size} bytes, expected {8 * width * count}")
+        return np.frombuffer(buf, dtype=np.uint64, count=width * count, offset=o)
 
-        coef_off, coef_size = sec[4]
-        (n_coefs,) = struct.unpack_from("<I", buf, coef_off)
-        if coef_size != 4 + 44 * n_coefs:
-            raise ZkError(f"{path}: section 4 holds {coef_size} bytes for {n_coefs} coefficients")
-        coefs = np.frombuffer(buf, dtype=np.uint8, count=44 * n_coefs, offset=coef_off + 4).copy()
-        pk = ProvingKey(
-            n_vars=n_vars, n_public=n_public, power=power, coefs=coefs, n_coefs=n_coefs,
-            alpha1=g1(0), beta1=g1(8), delta1=g1(48),
-            beta2=_g2_table(vk[16:32]), gamma2=_g2_table(vk[32:48]), delta2=_g2_table(vk[56:72]),
-            ic=_g1_table(section(3, 8, n_public + 1)), a=_g1_table(section(5, 8, n_vars)),
-            b1=_g1_table(section(6, 8, n_vars)), b2=_g2_table(section(7, 16, n_vars)),
-            c=_g1_table(section(8, 8, n_vars - n_public - 1)), h=_g1_table(section(9, 8, domain)),
-        )
+    coef_off, coef_size = sec[4]
+    (n_coefs,) = struct.unpack_from("<I", buf, coef_off)
+    if coef_size != 4 + 44 * n_coefs:
+        raise ZkError(f"{path}: section 4 holds {coef_size} bytes for {n_coefs} coefficients")
+    coefs = np.frombuffer(buf, dtype=np.uint8, count=44 * n_coefs, offset=coef_off + 4).copy()
+    pk = ProvingKey(
+        n_vars=n_vars, n_public=n_public, power=power, coefs=coefs, n_coefs=n_coefs,
+        alpha1=g1(0), beta1=g1(8), delta1=g1(48),
+        beta2=_g2_table(vk[16:32]), gamma2=_g2_table(vk[32:48]), delta2=_g2_table(vk[56:72]),
+        ic=section(3, 8, n_public + 1).reshape(-1, 8), a=section(5, 8, n_vars).reshape(-1, 8),
+        b1=section(6, 8, n_vars).reshape(-1, 8), b2=section(7, 16, n_vars).reshape(-1, 16),
+        c=section(8, 8, n_vars - n_public - 1).reshape(-1, 8), h=section(9, 8, domain).reshape(-1, 8),
+        _file=buf,
+    )
     return pk
 
 
@@ -374,9 +380,14 @@ class _Group:
         self.mul(out.ctypes.data, x.ctypes.data, scalar.ctypes.data)
         return out
 
+    def table(self, raw: np.ndarray) -> np.ndarray:
+        """zkey rows (affine, Montgomery) as this group's mcl table."""
+        return _g2_table(raw) if self.words == 24 else _g1_table(raw)
+
     def msm_jobs(self, points: np.ndarray, scalars: np.ndarray, acc: np.ndarray, negate: bool,
                  lock: threading.Lock) -> list[Callable[[], None]]:
-        """Jobs adding (or subtracting) ``sum scalars[i] points[i]`` to ``acc``, in pieces of PIECE."""
+        """Jobs adding (or subtracting) ``sum scalars[i] points[i]`` to ``acc``, in pieces of PIECE;
+        ``points`` are zkey rows, made mcl tables a piece at a time."""
         n = len(points)
         pieces = max(1, -(-n // PIECE), THREADS if n >= 1 << 14 else 1)
         step = -(-n // pieces)
@@ -384,8 +395,8 @@ class _Group:
         def job(lo: int) -> None:
             part = self.zero()
             hi = min(n, lo + step)
-            self.mulvec(part.ctypes.data, points.ctypes.data + 8 * self.words * lo,
-                        scalars.ctypes.data + 32 * lo, hi - lo)
+            pts = self.table(points[lo:hi])
+            self.mulvec(part.ctypes.data, pts.ctypes.data, scalars.ctypes.data + 32 * lo, hi - lo)
             with lock:
                 self.add_to(acc, part, negate)
 
@@ -445,7 +456,7 @@ def _witness_msm_jobs(group: _Group, table: np.ndarray, split: _Scalars, acc: np
                       first: int = 0) -> list[Callable[[], None]]:
     """Jobs for ``sum_i w[first + i] table[i]`` into ``acc`` (wires below ``first`` skipped)."""
     jobs: list[Callable[[], None]] = []
-    live = np.asarray(table[:, -group.words // 3:].any(axis=1), dtype=bool)  # z != 0: not infinity
+    live = np.asarray(table.any(axis=1), dtype=bool)  # zkey rows: (0, 0) is infinity
     for idx, sc, negative in split.groups:
         keep = idx >= first
         rows = idx[keep] - first
