@@ -119,24 +119,25 @@ def write_wtns(path: Path | str, witness: np.ndarray) -> None:
                            + struct.pack("<IQ", 2, len(body)) + body)
 
 
-def _g1_table(raw: np.ndarray) -> np.ndarray:
-    """zkey G1 points (affine x, y in Montgomery form, (0, 0) for infinity) as an mcl table (z = 1, 0)."""
-    pts = raw.reshape(-1, 8)
-    out = np.zeros((len(pts), 12), dtype=np.uint64)
-    out[:, :8] = pts
-    live = pts.any(axis=1)
-    out[live, 8:12] = np.frombuffer(((1 << 256) % P).to_bytes(32, "little"), dtype=np.uint64)
+_ONE = np.frombuffer(((1 << 256) % P).to_bytes(32, "little"), dtype=np.uint64)  # 1 in Montgomery form
+
+
+def _table(raw: np.ndarray, affine_words: int) -> np.ndarray:
+    """zkey points (affine coordinates in Montgomery form, all zero for infinity) as an mcl Jacobian
+    table: z = 1 (1 + 0 i in G2), or 0 for infinity."""
+    pts = raw.reshape(-1, affine_words)
+    out = np.zeros((len(pts), affine_words * 3 // 2), dtype=np.uint64)
+    out[:, :affine_words] = pts
+    out[pts.any(axis=1), affine_words:affine_words + 4] = _ONE
     return out
+
+
+def _g1_table(raw: np.ndarray) -> np.ndarray:
+    return _table(raw, 8)  # x, y
 
 
 def _g2_table(raw: np.ndarray) -> np.ndarray:
-    """zkey G2 points (x.c0, x.c1, y.c0, y.c1, Montgomery) as an mcl table (z = 1 + 0 i, or 0)."""
-    pts = raw.reshape(-1, 16)
-    out = np.zeros((len(pts), 24), dtype=np.uint64)
-    out[:, :16] = pts
-    live = pts.any(axis=1)
-    out[live, 16:20] = np.frombuffer(((1 << 256) % P).to_bytes(32, "little"), dtype=np.uint64)
-    return out
+    return _table(raw, 16)  # x.c0, x.c1, y.c0, y.c1
 
 
 @dataclass
