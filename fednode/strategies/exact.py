@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from fednode.errors import FednodeError
-from fednode.tensors import fixedpoint, native
+from fednode.tensors import buffers, fixedpoint, native
 
 INT64_MAX = (1 << 63) - 1
 BLOCK = 1 << 15  # elements per step: the working set of one block stays in L2 cache
@@ -240,7 +240,7 @@ def weighted_mean(deltas: Sequence[np.ndarray], weights: Sequence[int]) -> np.nd
     shape = deltas[0].shape
     flat, ws, den = _reduced(deltas, weights)
     size = deltas[0].size
-    out = np.empty(size, dtype=np.int64)
+    out = buffers.empty(size, np.int64)
 
     lib = native.kernels()
     if lib is not None and size:
@@ -286,7 +286,7 @@ def weighted_mean_f32_states(
         return None  # would skip it, so a node without the kernel could not recompute the merge
     flat, ws, den = _reduced([np.ascontiguousarray(s) for s in states], weights)
     base_flat = np.ascontiguousarray(base).reshape(-1)
-    out = np.empty(base_flat.size, dtype=np.float32)
+    out = buffers.empty(base_flat.size, np.float32)
 
     def work(lo: int, hi: int) -> None:
         undone = native.fedavg_f32_range(lib, flat, base_flat, ws, den, scale_bits, out, lo, hi)

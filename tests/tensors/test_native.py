@@ -236,3 +236,53 @@ def test_zero_weights_and_deltas_beyond_the_grid_go_to_the_generic_path():
     big = np.full(size, 5e6, dtype=np.float32)
     assert exact.weighted_mean_f32_states(base, [big, big], [1, 1], 40) is None
     assert exact.weighted_mean_f32_states(base, [good, good], [1, 1], 40) is not None
+
+
+@pytest.mark.parametrize("den", [2, 3, 6, 1000, 2**20, 3 * 2**22, 2**24 + 1, 2**25 - 2, 2**25 - 1, 2**25])
+def test_fused_division_at_ties_and_near_ties_up_to_2_to_49(den, monkeypatch):
+    # the fused path divides in double: round_half_even(a / den) as rint of the correctly rounded
+    # quotient; with weights (1, den - 1), a = q1 + (den - 1) q2 is congruent to q1 - q2 mod den, so
+    # q1 = q2 + den // 2 + c puts a / den on a tie (c = 0, even den) or one 1/den from one; |a| ~ 2**49
+    rng = np.random.default_rng(den)
+    q2 = rng.integers(-(2**23), 2**23, 3 * native.BLOCK)
+    q1 = q2 + den // 2 + rng.integers(-1, 2, q2.size)
+    keep = np.abs(q1) <= 2**24  # integers float32 holds exactly (scale 2**0: the grid step is 1)
+    q1, q2 = q1[keep], q2[keep]
+    base = np.zeros(q1.size, dtype=np.float32)
+    states, weights = [q1.astype(np.float32), q2.astype(np.float32)], [1, den - 1]
+    fused = exact.weighted_mean_f32_states(base, states, weights, 0)
+    assert fused is not None
+    expected = [round(Fraction(int(a) + (den - 1) * int(b), den)) for a, b in zip(q1, q2, strict=True)]
+    assert fused.astype(np.float64).tolist() == [float(e) for e in expected]
+    assert fused.tobytes() == three_steps(base, states, weights, 0, monkeypatch).tobytes()
+
+
+@pytest.mark.parametrize("den", [3, 4, 1000])
+def test_fused_path_writes_plus_zero_where_the_integer_path_does(den, monkeypatch):
+    # a / den in (-0.5, 0) rounds to a negative zero in double; the integer path's 0 is +0, and
+    # -0.0 + 0.0 is +0.0 where -0.0 + -0.0 would stay -0.0
+    size = native.BLOCK + 5
+    base = np.full(size, -0.0, dtype=np.float32)
+    states, weights = [np.full(size, -1.0, dtype=np.float32), base.copy()], [1, den - 1]
+    fused = exact.weighted_mean_f32_states(base, states, weights, 0)
+    assert fused is not None and not np.signbit(fused).any()
+    assert fused.tobytes() == three_steps(base, states, weights, 0, monkeypatch).tobytes()
+
+
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 4099])
+def test_absmax_kernel_equals_numpy(size):
+    lib = native.kernels()
+    rng = np.random.default_rng(size)
+    arr = (rng.standard_normal(size) * 10.0 ** rng.integers(-40, 30, size)).astype(np.float32)
+    if size:
+        arr[rng.integers(0, size)] = -np.float32(3e38)  # the largest magnitude, negative
+    expected = float(np.max(np.abs(arr))) if size else 0.0
+    assert native.absmax_f32(lib, arr) == expected
+    assert fixedpoint.max_abs(arr, "F32") == expected
+    for bad in (np.nan, np.inf, -np.inf):
+        if size:
+            spoiled = arr.copy()
+            spoiled[-1] = bad
+            assert native.absmax_f32(lib, spoiled) is None  # numpy's path skips the non-finite value
+            finite = np.abs(spoiled[np.isfinite(spoiled)])
+            assert fixedpoint.max_abs(spoiled, "F32") == (float(finite.max()) if finite.size else 0.0)

@@ -32,7 +32,7 @@ BLOCK = 4096  # must equal BLOCK in kernels.c: one flag byte per block
 # -ffp-contract=off: IEEE operations exactly as written (no FMA); 512-bit vectors where the CPU has them
 FLAGS = ["-O3", "-shared", "-fPIC", "-fno-strict-aliasing", "-ffp-contract=off", "-march=native",
          "-mprefer-vector-width=512"]
-VERSION = 3  # fednode_kernels_version() in kernels.c
+VERSION = 4  # fednode_kernels_version() in kernels.c
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -61,6 +61,9 @@ def _load() -> ctypes.CDLL:
     fn.restype = ctypes.c_int64
     fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                    ctypes.c_double, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    fn = lib.fednode_absmax_f32
+    fn.restype = ctypes.c_int64
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
     return lib
 
 
@@ -78,6 +81,11 @@ def kernels() -> ctypes.CDLL | None:
                     log.warning("native kernels unavailable, using numpy: %s", exc)
             _tried = True
     return _lib
+
+
+def loaded() -> ctypes.CDLL | None:
+    """The library if an earlier ``kernels()`` call loaded it, else None (builds nothing)."""
+    return _lib if _tried else None
 
 
 def reset() -> None:
@@ -112,6 +120,14 @@ def _flags(lo: int, hi: int) -> np.ndarray:
 
 def _undone(bad: np.ndarray, lo: int, flagged: int) -> list[int]:
     return [lo + int(i) * BLOCK for i in np.flatnonzero(bad)] if flagged else []
+
+
+def absmax_f32(lib: ctypes.CDLL, arr: np.ndarray) -> float | None:
+    """max |x| of a contiguous native float32 array in one pass; None when some value is NaN or
+    infinite (the caller's numpy path then skips those)."""
+    out = ctypes.c_double()
+    finite = lib.fednode_absmax_f32(arr.ctypes.data, arr.size, ctypes.byref(out))
+    return out.value if finite else None
 
 
 def fedavg_f32_range(

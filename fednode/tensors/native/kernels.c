@@ -125,29 +125,17 @@ int64_t fednode_weighted_mean(int64_t n_inputs, const void *const *inputs, const
  * Blocks whose int64 sum could overflow are flagged in `bad` and left unwritten.
  *
  * Fast path: every q_k is an integer-valued double, so while the block's bound
- * den/2 + sum_k w_k max|q_k| stays below 2**51, every product w_k q_k, every partial
- * sum and den are integers below 2**53: exact in double. The block is then accumulated
- * and divided in double arithmetic only (vector units without int64 multiplies or
- * conversions); a block over that bound is redone with the int64 path. Same bytes. */
+ * den/2 + den * max_k,j |q_kj| stays below 2**50, every product w_k q_k, every partial
+ * sum and den are integers below 2**51: exact in double, whatever the order or fusing
+ * of the operations. The block is then accumulated and divided in double arithmetic only
+ * (vector units without int64 multiplies or conversions); a block over that bound is
+ * redone with the int64 path. Same bytes. */
 #define EXACT_DOUBLE 2251799813685248.0  /* 2**51 */
-
-static inline uint64_t f64_bits(double x) { uint64_t u; __builtin_memcpy(&u, &x, 8); return u; }
-static inline double bits_f64(uint64_t u) { double x; __builtin_memcpy(&x, &u, 8); return x; }
-
-/* round_half_even(a / den) for integer-valued doubles, |a| + den/2 < 2**51 (so q * den,
- * r and every step below are exact integers in double). */
-static inline double round_div_f64(double a, double den, double inv) {
-    double q = __builtin_floor(a * inv);
-    double r = a - q * den;
-    double lt = r < 0.0 ? 1.0 : 0.0;
-    q -= lt; r += den * lt;
-    double ge = r >= den ? 1.0 : 0.0;
-    q += ge; r -= den * ge;
-    double half = den - r;  /* > 0 */
-    double odd = q - 2.0 * __builtin_floor(q * 0.5);
-    q += (r > half || (r == half && odd == 1.0)) ? 1.0 : 0.0;
-    return q;
-}
+#define LIMIT_62 4611686018427387904.0   /* 2**62: encode_delta's refusal */
+#define MAGIC 6755399441055744.0         /* 1.5 * 2**52: (d + MAGIC) - MAGIC = rint(d) for |d| < 2**51 */
+#define TILE 16                          /* elements a tile keeps in registers across all inputs */
+#define SUB 1024                         /* the bound is checked every SUB elements: a block that needs the
+                                            int64 path wastes at most this much double work */
 
 static int64_t fedavg_f32_block_int(int64_t n_inputs, const float *const *inputs, const float *b,
                                     const int64_t *weights, int64_t den, double scale, int64_t start,
@@ -180,52 +168,63 @@ static int64_t fedavg_f32_block_int(int64_t n_inputs, const float *const *inputs
     return 0;
 }
 
-#define SUB 1024  /* the double path works on sub-blocks: accumulator and base stay in L1 */
-
-/* The double path over [start, start + n), n <= SUB; returns 0 when done, 1 when its bound says
- * the int64 path must decide, -1 when some delta is refused (NaN, Inf or |d| >= 2**62). */
-static int fedavg_f32_sub_double(int64_t n_inputs, const float *const *inputs, const float *b, const double *w,
-                                 double half_den, double dden, double inv, double scale, double step,
-                                 int64_t start, size_t n, size_t ahead, float *o) {
-    double accd[SUB], bd[SUB];
-    const uint64_t limit_bits = f64_bits(4611686018427387904.0);  /* 2**62 */
-    double bound = half_den;  /* an estimate: decides the path, exactness follows from it */
-    for (size_t j = 0; j < n; j++) bd[j] = (double)b[j];
-    for (size_t j = 0; j < ahead; j += 16) {  /* the next sub-block's base and output pages too */
-        __builtin_prefetch(b + n + j, 0, 0);
-        __builtin_prefetch(o + n + j, 1, 0);
-    }
+/* The double path over one tile of TILE elements: every input read once, in order, while the
+ * tile's accumulators stay in registers (the loops over i are fixed-length: the compiler turns
+ * them into vector operations on any target). */
+static inline void fedavg_f32_tile(int64_t n_inputs, const float *const *inputs, const float *b, const double *w,
+                                   double dden, double scale, double step, int64_t at, float *o,
+                                   double *mx, double *nan) {
+    /* every value here is an exact integer below 2**51 or a product by a power of two, so letting the
+     * compiler fuse a multiply and an add (one rounding instead of two) cannot change a result */
+    #pragma clang fp contract(fast)
+    double bd[TILE], a[TILE];
+    for (int i = 0; i < TILE; i++) { bd[i] = (double)b[i]; a[i] = 0.0; }
     for (int64_t k = 0; k < n_inputs; k++) {
-        const float *x = inputs[k] + start;
+        const float *x = inputs[k] + at;
         const double wk = w[k];
-        /* fetch this input's next sub-block meanwhile: the hardware prefetcher stops at each 4 KiB page */
-        for (size_t j = 0; j < ahead; j += 16) __builtin_prefetch(x + n + j, 0, 0);
-        /* max |d| as bits: non-negative doubles (and +Inf, then NaN) order like their bits, so one
-         * integer max (a reduction the vectoriser knows) gives both the refusal (NaN, Inf or
-         * |d| >= 2**62, as encode_delta) and max |q| = rint(max |d|) */
-        uint64_t mbits = 0;
-        if (k == 0) {
-            for (size_t j = 0; j < n; j++) {
-                double d = ((double)x[j] - bd[j]) * scale;
-                uint64_t a = f64_bits(__builtin_fabs(d));
-                mbits = a > mbits ? a : mbits;
-                accd[j] = wk * __builtin_rint(d);
-            }
-        } else {
-            for (size_t j = 0; j < n; j++) {
-                double d = ((double)x[j] - bd[j]) * scale;
-                uint64_t a = f64_bits(__builtin_fabs(d));
-                mbits = a > mbits ? a : mbits;
-                accd[j] = accd[j] + wk * __builtin_rint(d);
-            }
+        for (int i = 0; i < TILE; i++) {
+            double y = (double)x[i] - bd[i];  /* exact as in encode_delta; * scale (a power of two) too */
+            double ay = __builtin_fabs(y);
+            mx[i] = ay > mx[i] ? ay : mx[i];  /* NaN never wins here: the accumulator carries it instead */
+            a[i] = a[i] + wk * ((y * scale + MAGIC) - MAGIC);
         }
-        if (mbits >= limit_bits) return -1;
-        bound += wk * __builtin_rint(bits_f64(mbits));  /* rounded, but a margin covers it below */
     }
-    if (!(bound < EXACT_DOUBLE * 0.5)) return 1;  /* the true bound is < 2**51 even after rounding */
-    if (dden == 1.0) for (size_t j = 0; j < n; j++) o[j] = (float)(bd[j] + (accd[j] + 0.0) * step);  /* -0 -> +0 */
-    else for (size_t j = 0; j < n; j++) o[j] = (float)(bd[j] + round_div_f64(accd[j], dden, inv) * step);
-    return 0;
+    for (int i = 0; i < TILE; i++) {
+        nan[i] = a[i] != a[i] ? 1.0 : nan[i];
+        /* round_half_even(a / den) is rint of the correctly rounded quotient for |a| < 2**52: a quotient
+         * that is not a half-integer h lies at least 1 / (2 den) from h, more than half an ulp there, so
+         * rounding cannot carry it onto h; + 0.0 turns -0 into +0, as the int64 path's 0 */
+        double q = dden == 1.0 ? a[i] + 0.0 : __builtin_rint(a[i] / dden) + 0.0;
+        o[i] = (float)(bd[i] + q * step);
+    }
+}
+
+/* One element of the double path (a block's tail). */
+static inline void fedavg_f32_one(int64_t n_inputs, const float *const *inputs, const float *b, const double *w,
+                                  double dden, double scale, double step, int64_t at, float *o,
+                                  double *mx, int *refused) {
+    const double bd = (double)*b;
+    double a = 0.0;
+    for (int64_t k = 0; k < n_inputs; k++) {
+        double y = (double)inputs[k][at] - bd;
+        *refused |= y != y;
+        *mx = __builtin_fabs(y) > *mx ? __builtin_fabs(y) : *mx;
+        a = a + w[k] * __builtin_rint(y * scale);
+    }
+    *refused |= a != a;
+    *o = (float)(bd + (dden == 1.0 ? a + 0.0 : __builtin_rint(a / dden) + 0.0) * step);
+}
+
+/* 0: the double path's result stands; 1: the int64 path must decide; -1: refused. */
+static inline int double_path_verdict(const double *mx, const double *nan, double tail_mx, int refused,
+                                      double scale, double dden, double half_den) {
+    double my = tail_mx;
+    for (int i = 0; i < TILE; i++) { my = mx[i] > my ? mx[i] : my; refused |= nan[i] != 0.0; }
+    double m = my * scale;  /* max |d| over the inputs (+Inf for an infinite one) */
+    if (refused || !(m < LIMIT_62)) return -1;
+    /* den * rint(m) bounds every |partial sum| (sum_k w_k = den); rounding in this estimate is far
+     * inside the margin between 2**50 and 2**51 */
+    return half_den + dden * __builtin_rint(m) < EXACT_DOUBLE * 0.5 ? 0 : 1;
 }
 
 int64_t fednode_fedavg_f32(int64_t n_inputs, const float *const *inputs, const float *base,
@@ -234,23 +233,26 @@ int64_t fednode_fedavg_f32(int64_t n_inputs, const float *const *inputs, const f
     int64_t acc[BLOCK];
     double w[n_inputs > 0 ? n_inputs : 1];
     int64_t flagged = 0;
-    const double dden = (double)den, inv = 1.0 / dden, step = 1.0 / scale, half_den = (double)(den / 2);
+    const double dden = (double)den, step = 1.0 / scale, half_den = (double)(den / 2);
     for (int64_t k = 0; k < n_inputs; k++) w[k] = (double)weights[k];
     for (int64_t start = lo; start < hi; start += BLOCK) {
         size_t n = (size_t)(hi - start < BLOCK ? hi - start : BLOCK);
         const float *b = base + start;
         float *o = out + start;
-        int need_int = 0;
-        for (size_t sub = 0; sub < n && !need_int; sub += SUB) {
-            size_t m = n - sub < SUB ? n - sub : SUB;
-            int64_t left = hi - (start + (int64_t)(sub + m));  /* elements after this sub-block */
-            size_t ahead = left < SUB ? (size_t)left : SUB;
-            int r = fedavg_f32_sub_double(n_inputs, inputs, b + sub, w, half_den, dden, inv, scale, step,
-                                          start + (int64_t)sub, m, ahead, o + sub);
-            if (r < 0) return -1;
-            need_int = r;
+        double mx[TILE] = {0}, nan[TILE] = {0}, tail_mx = 0.0;
+        int refused = 0, verdict = 0;
+        size_t j = 0;
+        while (j < n && verdict == 0) {
+            size_t stop = n - j < SUB ? n : j + SUB;
+            for (; j + TILE <= stop; j += TILE)
+                fedavg_f32_tile(n_inputs, inputs, b + j, w, dden, scale, step, start + (int64_t)j, o + j, mx, nan);
+            for (; j < stop; j++)
+                fedavg_f32_one(n_inputs, inputs, b + j, w, dden, scale, step, start + (int64_t)j, o + j,
+                               &tail_mx, &refused);
+            verdict = double_path_verdict(mx, nan, tail_mx, refused, scale, dden, half_den);
         }
-        if (!need_int) continue;
+        if (verdict < 0) return -1;
+        if (verdict == 0) continue;
         int64_t r = fedavg_f32_block_int(n_inputs, inputs, b, weights, den, scale, start, n, o, acc);
         if (r < 0) return -1;
         if (r > 0) {
@@ -261,4 +263,27 @@ int64_t fednode_fedavg_f32(int64_t n_inputs, const float *const *inputs, const f
     return flagged;
 }
 
-int64_t fednode_kernels_version(void) { return 3; }
+/* absmax_f32: the largest |x[j]| into *out; returns 1 when every value is finite, else 0 (the caller
+ * then takes numpy's path, which skips the non-finite ones). One pass, for merge grid rule 2. */
+int64_t fednode_absmax_f32(const float *x, int64_t n, double *out) {
+    float mx[TILE] = {0}, bad[TILE] = {0};
+    int64_t j = 0;
+    for (; j + TILE <= n; j += TILE)
+        for (int i = 0; i < TILE; i++) {
+            float a = __builtin_fabsf(x[j + i]);
+            mx[i] = a > mx[i] ? a : mx[i];
+            bad[i] = a - a != 0.0f ? 1.0f : bad[i];  /* NaN for a NaN or an infinity */
+        }
+    float m = 0.0f;
+    int finite = 1;
+    for (int i = 0; i < TILE; i++) { m = mx[i] > m ? mx[i] : m; finite &= bad[i] == 0.0f; }
+    for (; j < n; j++) {
+        float a = __builtin_fabsf(x[j]);
+        m = a > m ? a : m;
+        finite &= a - a == 0.0f;
+    }
+    *out = (double)m;
+    return finite;
+}
+
+int64_t fednode_kernels_version(void) { return 4; }
