@@ -17,11 +17,9 @@ joins a message's pieces by repeated concatenation (quadratic in its size), so 4
 message batch the writes without delaying the receiver. A block too large for a message of
 HARD_LIMIT (4 MiB less room for the framing) is answered as not here.
 
-Writes follow the peer's yamux window: py-libp2p's yamux, finding the send window empty, sleeps
-10 ms before it looks again, which capped one stream to Kubo at 256 KiB (Kubo's window) per 10 ms,
-about 26 MB/s. The sender writes at most what the window allows, in Noise-message-sized pieces
-(``wire.WRITE_PIECE``), and when the window is empty checks again after WINDOW_POLL (after FAST_POLLS
-looks in a row, doubling up to MAX_WINDOW_POLL: a stalled reader is not polled 2000 times a second).
+Writes go through ``bulkwrite``: what the peer's yamux window allows, framed and encrypted as many
+Noise-message-sized yamux frames in one socket send, and an empty window looked at again after half
+a millisecond (py-libp2p's yamux sleeps 10 ms, which held one stream to Kubo to about 26 MB/s).
 
 Messages are encoded here (``encode_message``), not through protobuf objects: each block is copied
 once, into the message; ``tests/daemon/test_bitswap_batching.py`` checks the encoding against
@@ -40,7 +38,7 @@ from libp2p.bitswap.config import BITSWAP_PROTOCOL_V100
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
-from fednode.daemon.wire import WRITE_PIECE
+from fednode.daemon import bulkwrite
 from protocol.multiformats import encode_varint
 
 logger = logging.getLogger("fednode.bitswap")
@@ -48,9 +46,6 @@ logger = logging.getLogger("fednode.bitswap")
 MESSAGE_LIMIT = 1 << 20  # bytes of blocks a message carries (module docstring)
 HARD_LIMIT = (4 << 20) - 4096  # the most any message may be: under every implementation's 4 MiB
 MAX_QUEUED = 8192  # wantlist entries waiting per peer; more are ignored until it drains
-WINDOW_POLL = 0.0005  # seconds before the first look again at an empty yamux send window
-FAST_POLLS = 20  # ... for this many looks in a row (~20 ms), then doubling
-MAX_WINDOW_POLL = 0.01  # ... up to this (py-libp2p's own interval), for SEND_TIMEOUT at most
 SEND_TIMEOUT = 30.0  # most one message may take to leave (a peer that stops reading)
 WANT_HAVE = 1  # Message.Wantlist.WantType.Have
 DONT_HAVE = 1  # Message.BlockPresenceType.DontHave (Have is 0)
@@ -95,22 +90,8 @@ def encode_message(blocks: Sequence[tuple[bytes, bytes | memoryview]], presences
 
 
 async def write_paced(stream: INetStream, data: bytes) -> None:
-    """Write ``data`` in Noise-message-sized pieces no larger than the yamux send window allows."""
-    view = memoryview(data)
-    muxed = getattr(stream, "muxed_stream", None)
-    off = 0
-    empty = 0  # looks in a row at an empty window
-    while off < len(view):
-        window = getattr(muxed, "send_window", None)
-        if isinstance(window, int) and window <= 0:
-            empty += 1  # a reader that stalls past FAST_POLLS looks is polled less and less often
-            await trio.sleep(WINDOW_POLL if empty <= FAST_POLLS else min(MAX_WINDOW_POLL,
-                                                                        WINDOW_POLL * 2 ** min(empty - FAST_POLLS, 5)))
-            continue
-        empty = 0
-        n = min(len(view) - off, WRITE_PIECE, window if isinstance(window, int) else WRITE_PIECE)
-        await stream.write(view[off:off + n])  # type: ignore[arg-type]
-        off += n
+    """Write ``data`` as the peer's yamux window allows (``bulkwrite``)."""
+    await bulkwrite.write(stream, data)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from libp2p.abc import INetStream
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
 from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE
 
+from fednode.daemon import bulkwrite
 from protocol.multiformats import encode_varint
 
 IO_TIMEOUT = 10.0
@@ -130,7 +131,8 @@ class FrameReader:
 
 
 class FrameWriter:
-    """Consecutive frames to one stream, sent in WRITE_PIECE-sized writes (see WRITE_PIECE).
+    """Consecutive frames to one stream, sent in whole WRITE_PIECEs (see WRITE_PIECE) through
+    ``bulkwrite`` (paced by the peer's yamux window, many yamux frames a socket send).
 
     Less than one piece waits in a buffer until the next frame fills it or ``flush``; big
     frames go out as views of the caller's bytes (no join copy)."""
@@ -152,15 +154,14 @@ class FrameWriter:
         view = view[room:]
         full = len(view) - len(view) % WRITE_PIECE
         with _io_errors(timeout):
-            await self._stream.write(bytes(self._pending))
-            for off in range(0, full, WRITE_PIECE):
-                await self._stream.write(view[off:off + WRITE_PIECE])  # type: ignore[arg-type]
+            await bulkwrite.write(self._stream, self._pending)
+            await bulkwrite.write(self._stream, view[:full])
         self._pending = bytearray(view[full:])
 
     async def flush(self, timeout: float = IO_TIMEOUT) -> None:
         if self._pending:
             with _io_errors(timeout):
-                await self._stream.write(bytes(self._pending))
+                await bulkwrite.write(self._stream, self._pending)
             self._pending = bytearray()
 
 

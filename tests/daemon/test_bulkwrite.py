@@ -1,0 +1,101 @@
+"""bulkwrite: large payloads framed, encrypted and sent many yamux frames at a time.
+
+Two real py-libp2p hosts (Noise, yamux) on 127.0.0.1. The payloads arrive intact and in order while
+another stream of the same connection writes through py-libp2p's own path at the same time (both
+paths share the connection's Noise nonces and write lock), through a reader slow enough that the
+256 KiB yamux window runs empty many times, and on a stream closed for writing the call fails as
+py-libp2p's does. Kubo, Helia and fednode peers reading what it writes: test_bitswap_kubo.py,
+test_bitswap_helia.py, test_daemon_blocks.py and the clone tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import multiaddr
+import pytest
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.stream.exceptions import StreamClosed
+from libp2p.peer.peerinfo import PeerInfo
+
+from fednode.daemon import bulkwrite
+from fednode.daemon.host import build_host
+
+BULK = TProtocol("/fednode-test/bulk/1")
+PLAIN = TProtocol("/fednode-test/plain/1")
+
+
+async def _drain(stream, size: int, slow: bool) -> bytes:  # type: ignore[no-untyped-def]
+    got = bytearray()
+    while len(got) < size:
+        if slow:
+            await trio.sleep(0.002)
+        chunk = await stream.read(64 * 1024 if slow else 1 << 20)
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
+@pytest.mark.parametrize("slow_reader", [False, True])
+async def test_payloads_arrive_whole_beside_a_plain_writer(slow_reader: bool) -> None:
+    bulk_data = os.urandom(3 * 1024 * 1024 + 12345)  # > the 256 KiB window and > one BURST
+    plain_data = os.urandom(700 * 1024)
+    received: dict[str, bytes] = {}
+    done = {name: trio.Event() for name in ("bulk", "plain")}
+
+    def handler(name: str, size: int):  # type: ignore[no-untyped-def]
+        async def handle(stream) -> None:  # type: ignore[no-untyped-def]
+            received[name] = await _drain(stream, size, slow_reader and name == "bulk")
+            done[name].set()
+        return handle
+
+    a, b = build_host(create_new_key_pair()), build_host(create_new_key_pair())
+    b.set_stream_handler(BULK, handler("bulk", len(bulk_data)))
+    b.set_stream_handler(PLAIN, handler("plain", len(plain_data)))
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    async with a.run(listen), b.run(listen), trio.open_nursery() as nursery:
+        await a.connect(PeerInfo(b.get_id(), b.get_addrs()))
+        bulk = await a.new_stream(b.get_id(), [BULK])
+        plain = await a.new_stream(b.get_id(), [PLAIN])
+        assert bulkwrite._fast_path(bulk) is not None  # the daemon's stack: the fast path is taken
+
+        async def plain_writer() -> None:
+            for off in range(0, len(plain_data), 50_000):
+                await plain.write(plain_data[off:off + 50_000])
+                await trio.sleep(0)
+
+        nursery.start_soon(plain_writer)
+        with trio.fail_after(60):
+            await bulkwrite.write(bulk, bulk_data)
+            await done["bulk"].wait()
+            await done["plain"].wait()
+        await bulk.close()
+        with pytest.raises(StreamClosed):  # closed for writing: refused as py-libp2p refuses it
+            await bulkwrite.write(bulk, b"more")
+        nursery.cancel_scope.cancel()
+    assert hashlib.sha256(received["bulk"]).digest() == hashlib.sha256(bulk_data).digest()
+    assert received["plain"] == plain_data
+
+
+class _OtherStack:
+    """A stream on a muxer other than yamux (e.g. mplex): only ``write`` is there to use."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.muxed_stream = object()
+
+    async def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+
+async def test_other_stacks_get_ordinary_writes_of_at_most_one_piece() -> None:
+    stream = _OtherStack()
+    assert bulkwrite._fast_path(stream) is None  # type: ignore[arg-type]
+    data = os.urandom(3 * bulkwrite.PIECE + 5)
+    await bulkwrite.write(stream, data)  # type: ignore[arg-type]
+    assert b"".join(stream.writes) == data
+    assert max(len(w) for w in stream.writes) == bulkwrite.PIECE
