@@ -18,6 +18,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
+from fednode.daemon import readahead
 from fednode.errors import FednodeError
 from fednode.identity import Identity
 
@@ -32,7 +33,9 @@ def key_pair(identity: Identity) -> KeyPair:
 def build_host(kp: KeyPair, mdns: bool = False) -> IHost:
     # An explicit sec_opt: the default one also accepts /plaintext/2.0.0, secio and TLS.
     noise = NoiseTransport(kp, noise_privkey=new_x25519().private_key)
-    return new_host(key_pair=kp, sec_opt={NOISE_ID: noise}, muxer_preference="YAMUX", enable_mDNS=mdns)
+    host = new_host(key_pair=kp, sec_opt={NOISE_ID: noise}, muxer_preference="YAMUX", enable_mDNS=mdns)
+    readahead.install(host)  # fewer, larger socket reads (fednode/daemon/readahead.py)
+    return host
 
 
 def build_pubsub(host: IHost) -> tuple[Pubsub, GossipSub]:

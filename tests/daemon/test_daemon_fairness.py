@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,19 +73,31 @@ def test_idle_streams_are_forgiven_a_few_times_then_penalized() -> None:
 
 
 def _spawn(mode: str, target: str, *cids: str) -> subprocess.Popen:
+    # stderr to a file, not a pipe: py-libp2p logs every refused stream, and a pipe nobody reads
+    # fills (64 KiB) and blocks the peer mid-test
+    err = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen(
         env=script_env(), args=[sys.executable, __file__, mode, target, *cids], cwd=ROOT, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=err, text=True)
+    proc.err = err  # type: ignore[attr-defined]
     line = proc.stdout.readline().strip()
-    assert line == "ready", proc.stderr.read()[-3000:]
+    assert line == "ready", _stderr(proc)
     return proc
+
+
+def _stderr(proc: subprocess.Popen) -> str:
+    """The end of what ``proc`` wrote to stderr (for assertion messages)."""
+    err = proc.err  # type: ignore[attr-defined]
+    err.flush()
+    err.seek(0)
+    return err.read()[-3000:]
 
 
 def _result(proc: subprocess.Popen, timeout: float = 60) -> dict:
     proc.stdin.write("go\n")
     proc.stdin.flush()
     line = proc.stdout.readline()
-    assert line, proc.stderr.read()[-3000:]
+    assert line, _stderr(proc)
     proc.wait(timeout=timeout)
     return json.loads(line)
 
@@ -117,7 +130,7 @@ def test_an_idle_stream_attacker_cannot_starve_honest_fetches(tmp_path: Path) ->
             with StatusProbe(v) as probe:
                 attacker.stdin.write("go\n")
                 attacker.stdin.flush()
-                assert attacker.stdout.readline().strip() == "holding", attacker.stderr.read()[-3000:]
+                assert attacker.stdout.readline().strip() == "holding", _stderr(attacker)
                 seen = _result(honest)
                 lat = sorted(seen["latencies"])
                 p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
