@@ -11,7 +11,8 @@ what it had read (measured 2026-12-04, same runs alternating).
 security handshake the raw connection's TCP stream is swapped for a ``ReadAheadTCPStream`` over the
 same socket. Reads return at most the bytes asked for, as before (callers loop until they have
 what they need), so every protocol above sees the same bytes in the same order; only the number
-of socket reads changes. Connections of any other kind are left as they are.
+of socket reads changes. A connection holds at most READ_AHEAD bytes read but not yet asked for
+(py-libp2p's yamux reader asks for more at once). Connections of any other kind are left as they are.
 """
 
 from __future__ import annotations
