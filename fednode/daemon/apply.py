@@ -25,9 +25,14 @@ from fednode.history import History, RepoInfo, refs, refstore, repo_id_text
 from fednode.history.repos import register_repo
 from fednode.logs import log
 from fednode.storage.netstate import NetState
+from fednode.workflows import merging, zkcheck  # noqa: F401  (below)
 from fednode.workflows.verify import verify
 from protocol import messages as m
 from protocol.multiformats import CID
+
+# ``verify`` imports merging and zkcheck at its first merge or commitment check (commands that
+# never check one start without them); a daemon verifies every fetch, so it loads them once at
+# start rather than inside its first clone (44 ms of a 64 MiB clone's 0.7 s, measured).
 
 
 class Applier:
