@@ -14,9 +14,13 @@ each frame is encrypted with the session's cipher state and all of them go out i
 Any other stack, or a py-libp2p whose internals differ, takes the ordinary ``stream.write``.
 
 Windows: py-libp2p's yamux, finding the send window empty, sleeps 10 ms before it looks again,
-which held one stream to Kubo (256 KiB window) to about 26 MB/s. Here an empty window is looked at
-again after WINDOW_POLL; after FAST_POLLS looks in a row the interval doubles up to
-MAX_WINDOW_POLL, so a stalled reader is not polled 2000 times a second.
+which held one stream to Kubo (256 KiB window) to about 26 MB/s. Kubo's window for a stream of
+ours stays near 256 KiB on loopback (go-yamux grows it only when updates come faster than its
+RTT estimate), so a 1 MiB message waits for it about four times. Here the stream is watched:
+its class becomes ``_WatchedStream``, whose ``send_window`` wakes the writer as soon as the
+peer's update raises it (py-libp2p's reader applies updates with ``send_window += n``). The writer
+also looks again after WINDOW_POLL at the latest; after FAST_POLLS looks in a row the interval
+doubles up to MAX_WINDOW_POLL, so a stalled reader is not polled 2000 times a second.
 """
 
 from __future__ import annotations
@@ -43,6 +47,30 @@ _CLOSED = (StreamState.ERROR, StreamState.RESET, StreamState.CLOSE_WRITE, Stream
 _HEADER = struct.Struct(YAMUX_HEADER_FORMAT)
 
 
+class _WatchedStream(YamuxStream):
+    """A yamux stream whose send window, when the peer raises it, wakes the writer waiting on it."""
+
+    @property
+    def send_window(self) -> int:
+        return self._fednode_window
+
+    @send_window.setter
+    def send_window(self, value: int) -> None:
+        raised = value > self.__dict__.get("_fednode_window", value)
+        self._fednode_window = value
+        waiter = self.__dict__.get("_fednode_waiter")
+        if raised and waiter is not None:
+            waiter.set()
+
+
+def _watch(muxed: YamuxStream) -> None:
+    """Make ``muxed`` a ``_WatchedStream`` (same object, same state)."""
+    if type(muxed) is YamuxStream:
+        window = muxed.__dict__.pop("send_window")
+        muxed.__class__ = _WatchedStream
+        muxed._fednode_window = window  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class _Path:
     muxed: YamuxStream
@@ -54,7 +82,7 @@ class _Path:
 def _fast_path(stream: INetStream) -> _Path | None:
     """The layers under ``stream`` when they are yamux over Noise transport over a raw connection."""
     muxed = getattr(stream, "muxed_stream", None)
-    if type(muxed) is not YamuxStream:
+    if not isinstance(muxed, YamuxStream) or type(muxed) not in (YamuxStream, _WatchedStream):
         return None
     conn = muxed.conn
     noise = getattr(getattr(conn, "secured_conn", None), "conn", None)
@@ -103,18 +131,23 @@ async def write(stream: INetStream, data: bytes | bytearray | memoryview) -> Non
     path = _fast_path(stream)
     if path is not None and getattr(stream, "_state", None) in _CLOSED:
         await stream.write(b"")  # raises what NetStream raises for a closed stream
+    if path is not None:
+        _watch(path.muxed)
     off = 0
     empty = 0  # looks in a row at an empty window
     while off < len(view):
+        waiter = trio.Event()
         if path is not None:
+            path.muxed._fednode_waiter = waiter  # type: ignore[attr-defined]  # set before looking: no lost wake-up
             n = await _reserve(path, min(len(view) - off, BURST))
         else:
             window = getattr(getattr(stream, "muxed_stream", None), "send_window", None)
             n = min(len(view) - off, PIECE, window if isinstance(window, int) else PIECE)
         if n <= 0:
             empty += 1
-            await trio.sleep(WINDOW_POLL if empty <= FAST_POLLS else
-                             min(MAX_WINDOW_POLL, WINDOW_POLL * 2 ** min(empty - FAST_POLLS, 5)))
+            with trio.move_on_after(WINDOW_POLL if empty <= FAST_POLLS else
+                                    min(MAX_WINDOW_POLL, WINDOW_POLL * 2 ** min(empty - FAST_POLLS, 5))):
+                await waiter.wait()
             continue
         empty = 0
         if path is not None:

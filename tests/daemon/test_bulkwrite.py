@@ -70,7 +70,11 @@ async def test_payloads_arrive_whole_beside_a_plain_writer(slow_reader: bool) ->
 
         nursery.start_soon(plain_writer)
         with trio.fail_after(60):
-            await bulkwrite.write(bulk, bulk_data)
+            half = len(bulk_data) // 2
+            await bulkwrite.write(bulk, bulk_data[:half])
+            # watched from its first write on: the peer's window updates wake the writer
+            assert type(bulk.muxed_stream) is bulkwrite._WatchedStream and bulkwrite._fast_path(bulk) is not None
+            await bulkwrite.write(bulk, bulk_data[half:])
             await done["bulk"].wait()
             await done["plain"].wait()
         await bulk.close()
