@@ -13,6 +13,7 @@ import trio
 
 from fednode import logs
 from fednode.chain.autoflush import flush_loop
+from fednode.daemon import allocator
 from fednode.daemon import host as hostmod
 from fednode.daemon.api import Api, ensure_token
 from fednode.daemon.bans import BAN_SECONDS, BAN_THRESHOLD
@@ -118,4 +119,5 @@ def run_daemon(home: Path, listen: list[str] | None = None, api_port: int | None
     if pid is not None:
         raise FednodeError(f"a daemon (pid {pid}) already runs for {home}")
     logs.setup(log_file)
+    allocator.tune()  # before the first block moves (allocator.py)
     trio.run(_run, home, listen, api_port, bootstrap or [], mdns)
