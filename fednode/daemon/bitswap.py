@@ -41,8 +41,8 @@ py-libp2p internals this depends on (re-check on upgrade; tests/daemon/test_bits
 regression test against a real Kubo): ``BitswapClient._process_wantlist(wantlist, peer_id,
 stream)`` being the hook for incoming wantlists, ``_peer_wantlists``, ``_nursery``,
 ``supported_protocols``, ``cleanup_peer``, ``get_or_create_message_queue`` and the queue's
-``add_wants/add_cancels``, ``_on_message_queue_stream_opened(stream, peer_id)``, ``_read_message``,
-``_process_message``, ``_process_blocks_v110`` (stores through ``block_store.put_block``), and a
+``add_wants/add_cancels``, ``_on_message_queue_stream_opened(stream, peer_id)``, ``_read_message``
+(replaced: a buffered reader per stream), ``_process_message``, ``_process_blocks_v110`` (stores through ``block_store.put_block``), and a
 yamux stream's ``send_window`` (read by ``bitswapsend.write_paced``).
 """
 
@@ -50,19 +50,24 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import trio
+from google.protobuf.message import DecodeError
 from libp2p.abc import IHost, INetStream
 from libp2p.bitswap.block_store import BlockStore
 from libp2p.bitswap.cid import CIDInput, CIDObject, parse_cid, reconstruct_cid_from_prefix_and_data
 from libp2p.bitswap.client import BitswapClient
+from libp2p.bitswap.config import MAX_MESSAGE_SIZE
 from libp2p.bitswap.pb.bitswap_pb2 import Message
 from libp2p.peer.id import ID
 
 from fednode.daemon.access import Reader
 from fednode.daemon.bitswapsend import PeerSender, SendStats, Want
+from fednode.daemon.wire import FrameError, FrameReader
 from fednode.errors import Corrupt, FednodeError, NotFound
 from fednode.storage.store import PUBLIC, Store
 from protocol.multiformats import CID, DAG_PB, RAW, SHA2_256, FormatError, encode_varint
@@ -239,6 +244,27 @@ class FednodeBitswap(BitswapClient):
         super().__init__(host, block_store)
         self._senders: dict[ID, PeerSender] = {}  # who is waiting for blocks, and their sender tasks
         self.send_stats = SendStats()
+        self._readers: weakref.WeakKeyDictionary[INetStream, FrameReader] = weakref.WeakKeyDictionary()
+
+    async def _read_message(self, stream: INetStream) -> Message | None:
+        """The stream's next message; None at its end or on any error (as py-libp2p's own).
+
+        py-libp2p's reads the length prefix a byte at a time, each byte a muxer read that also sends
+        a yamux window update back (measured serving Kubo 64 MiB: 2,144 reads and ~1,450 updates,
+        each a Noise message for both sides to handle), and joins a body's pieces by repeated
+        concatenation. A buffered ``FrameReader`` per stream reads what the muxer holds at once."""
+        reader = self._readers.get(stream)
+        if reader is None:
+            reader = self._readers[stream] = FrameReader(stream)
+        try:
+            body = await reader.read_frame(MAX_MESSAGE_SIZE, timeout=math.inf)  # idle bounds are the callers'
+            msg = Message()
+            msg.ParseFromString(body)
+            return msg
+        except (FrameError, DecodeError) as exc:
+            logger.debug("bitswap: a stream from %s ended: %s", stream.muxed_conn.peer_id, exc)
+            self._readers.pop(stream, None)
+            return None
 
     def _lied(self, peer: ID, reason: str, what: str) -> None:
         logger.warning("bitswap: peer %s %s (%s)", peer, what, reason)

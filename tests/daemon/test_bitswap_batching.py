@@ -28,7 +28,7 @@ from fednode.daemon.bitswapsend import HARD_LIMIT, MESSAGE_LIMIT, encode_message
 from fednode.daemon.host import build_host
 from fednode.daemon.wire import FrameReader, write_frame
 from fednode.storage.store import PUBLIC, Store
-from protocol.multiformats import CID, RAW
+from protocol.multiformats import CID, RAW, encode_varint
 
 N_BLOCKS = 48
 BLOCK = 100 * 1024
@@ -209,3 +209,66 @@ async def test_fetch_without_a_peer_does_not_wait_a_second_per_batch(tmp_path: P
     finally:
         source.close()
         sink.close()
+
+
+async def test_wantlists_split_or_joined_across_writes_are_all_read(tmp_path: Path) -> None:
+    """Incoming messages are read through a buffered reader (``FednodeBitswap._read_message``): two
+    wantlists in one write, then one cut into three writes (its length alone, half its body, the
+    rest), are all answered; a body that is not a bitswap message ends only that stream."""
+    store = Store(tmp_path / "store", sync=False)
+    datas = [secrets.token_bytes(1000 + i) for i in range(3)]
+    cids = [CID.hash(RAW, d) for d in datas]
+    with store.write(size_hint=1 << 20) as txn:
+        for cid, data in zip(cids, datas, strict=True):
+            txn.put_block(cid, data)
+            txn.tag_block(cid, PUBLIC)
+    server, peer = build_host(create_new_key_pair()), build_host(create_new_key_pair())
+    got: list[bytes] = []
+
+    async def answers(stream) -> None:  # type: ignore[no-untyped-def]
+        reader = FrameReader(stream)
+        while True:
+            msg = Message()
+            msg.ParseFromString(bytes(await reader.read_frame(MAX_MESSAGE_SIZE, timeout=20)))
+            got.extend(bytes(b.data) for b in msg.payload)
+
+    def framed(cid: CID) -> bytes:
+        body = create_message(wantlist_entries=[create_wantlist_entry(to_theirs(cid))]).SerializeToString()
+        return encode_varint(len(body)) + body
+
+    async def served(n: int) -> None:
+        with trio.fail_after(20):
+            while len(got) < n:
+                await trio.sleep(0.02)
+
+    peer.set_stream_handler(TProtocol(BITSWAP_PROTOCOL_V120), answers)
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    try:
+        async with server.run(listen), peer.run(listen), trio.open_nursery() as nursery:
+            handle = await start_bitswap(server, store, nursery)
+            await peer.connect(PeerInfo(server.get_id(), server.get_addrs()))
+            wants = await peer.new_stream(server.get_id(), [TProtocol(BITSWAP_PROTOCOL_V120)])
+            await wants.write(framed(cids[0]) + framed(cids[1]))
+            await served(2)
+            third = framed(cids[2])
+            for piece in (third[:1], third[1:len(third) // 2], third[len(third) // 2:]):
+                await wants.write(piece)
+                await trio.sleep(0.05)
+            await served(3)
+            assert sorted(got) == sorted(datas)
+            bad = await peer.new_stream(server.get_id(), [TProtocol(BITSWAP_PROTOCOL_V120)])
+            await bad.write(b"\x05\xff\xff\xff\xff\xff")  # a 5-byte body protobuf cannot parse
+            with trio.fail_after(10):
+                while True:  # the server closes that stream, and only that one
+                    try:
+                        if await bad.read(1) == b"":
+                            break
+                    except Exception:
+                        break
+            await wants.write(framed(cids[0]))
+            await served(4)
+            assert got[3] == datas[0]
+            await handle.stop()
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
