@@ -103,3 +103,62 @@ async def test_other_stacks_get_ordinary_writes_of_at_most_one_piece() -> None:
     await bulkwrite.write(stream, data)  # type: ignore[arg-type]
     assert b"".join(stream.writes) == data
     assert max(len(w) for w in stream.writes) == bulkwrite.PIECE
+
+
+async def test_one_frame_per_window_grant_spanning_noise_messages(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """What the window allows goes as one yamux frame over several Noise messages (a js-libp2p
+    receiver sends a window update per frame): the plaintexts the writer seals parse back, frame
+    by frame, into the payload, with frames far longer than one Noise message."""
+    import struct
+
+    from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH, NoiseTransportReadWriter
+    from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE, TYPE_DATA
+
+    sealed: list[bytes] = []
+    original = NoiseTransportReadWriter.encrypt
+
+    def recording(self, data: bytes) -> bytes:  # type: ignore[no-untyped-def]
+        sealed.append(bytes(data))
+        return original(self, data)
+
+    payload = os.urandom(900 * 1024)
+    got: list[bytes] = []
+    done = trio.Event()
+
+    async def handle(stream) -> None:  # type: ignore[no-untyped-def]
+        got.append(await _drain(stream, len(payload), False))
+        done.set()
+
+    a, b = build_host(create_new_key_pair()), build_host(create_new_key_pair())
+    b.set_stream_handler(BULK, handle)
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    async with a.run(listen), b.run(listen), trio.open_nursery() as nursery:
+        await a.connect(PeerInfo(b.get_id(), b.get_addrs()))
+        bulk = await a.new_stream(b.get_id(), [BULK])
+        sid = bulk.muxed_stream.stream_id
+        monkeypatch.setattr(NoiseTransportReadWriter, "encrypt", recording)
+        with trio.fail_after(30):
+            await bulkwrite.write(bulk, payload)
+            await done.wait()
+        monkeypatch.setattr(NoiseTransportReadWriter, "encrypt", original)
+        nursery.cancel_scope.cancel()
+    assert got == [payload]
+    assert all(len(p) <= MAX_PLAINTEXT_LENGTH for p in sealed)
+    # the stream's frames, read back from the sealed plaintexts (other frames, e.g. window updates
+    # of other streams, are single Noise messages: skipped whole)
+    body, frames, need = bytearray(), [], 0
+    for plain in sealed:
+        if need:
+            take = plain[:need]
+            body += take
+            need -= len(take)
+            continue
+        _, kind, _, stream_id, length = struct.unpack(">BBHII", plain[:HEADER_SIZE])
+        if kind != TYPE_DATA or stream_id != sid:
+            continue
+        frames.append(length)
+        body += plain[HEADER_SIZE:]
+        need = length - (len(plain) - HEADER_SIZE)
+    assert need == 0 and bytes(body) == payload
+    assert max(frames) > 3 * MAX_PLAINTEXT_LENGTH, frames  # a 256 KiB window: one frame, four Noise messages
+    assert max(frames) <= bulkwrite.MAX_FRAME
