@@ -19,10 +19,7 @@ children of a node) and is limited by its own per-message work, so messages carr
 MESSAGE_LIMIT. Measured on 2026-12-05, 64 MiB, six rounds in turn against the same Kubo <- Kubo:
 Kubo fetching from a daemon sending one chunk a message took 0.876 s (median; Kubo's CPU 0.84 s)
 against 0.947 s with 1 MiB messages (0.935 s); Helia, four rounds, 0.784 s with 1 MiB messages
-against 0.872 s with one chunk a message. Messages ready at once are written together, up to
-WRITE_LIMIT (one window-sized write instead of four): the receiver still uses each block as soon as
-its message has arrived. Ten rounds in turn (Kubo, 64 MiB): 1.062 s median written together, 1.233 s
-one message a write, 1.158 s with 1 MiB messages; the serving daemon's CPU 0.28, 0.32 and 0.25 s.
+against 0.872 s with one chunk a message.
 
 MESSAGE_LIMIT is 1 MiB: Kubo (go-bitswap's ``network.MessageSizeMax``), Helia
 (``DEFAULT_MAX_INCOMING_MESSAGE_SIZE``) and py-libp2p (``MAX_MESSAGE_SIZE``) all refuse messages over
@@ -60,7 +57,6 @@ logger = logging.getLogger("fednode.bitswap")
 MESSAGE_LIMIT = 1 << 20  # bytes of blocks a message carries when many are queued (module docstring)
 SHORT_LIMIT = 256 << 10  # ... when few are: one 256 KiB chunk a message
 DEEP_QUEUE = 16  # wantlist entries queued from which a message carries up to MESSAGE_LIMIT
-WRITE_LIMIT = 1 << 20  # bytes of consecutive messages written to the stream at once
 HARD_LIMIT = (4 << 20) - 4096  # the most any message may be: under every implementation's 4 MiB
 MAX_QUEUED = 8192  # wantlist entries waiting per peer; more are ignored until it drains
 SEND_TIMEOUT = 30.0  # most one message may take to leave (a peer that stops reading)
@@ -228,24 +224,8 @@ class PeerSender:
                 break
         return encode_message(blocks, presences, v100), len(blocks), len(presences)
 
-    async def _batch(self, v100: bool) -> tuple[bytes, int, int, int, int]:
-        """Messages from the front of the queue, back to back, until WRITE_LIMIT bytes or the queue
-        is empty: (their bytes, messages, blocks, presences, the largest message's size)."""
-        parts: list[bytes] = []
-        size = blocks = presences = largest = 0
-        while (self.pending or self._carry is not None) and size < WRITE_LIMIT:
-            message, n_blocks, n_presences = await self._build(v100)
-            if n_blocks or n_presences:
-                parts.append(message)
-                size += len(message)
-                blocks += n_blocks
-                presences += n_presences
-                largest = max(largest, len(message))
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        return data, len(parts), blocks, presences, largest
-
     async def _send_next(self) -> None:
-        """Build and send one batch of messages; on a broken stream, a new stream once, then give up on it."""
+        """Build and send one message; on a broken stream, a new stream once, then give up on it."""
         try:
             with trio.fail_after(SEND_TIMEOUT):
                 stream = await self._open()
@@ -254,13 +234,13 @@ class PeerSender:
             self.pending.clear()
             self._carry = None
             return
-        data, n_messages, n_blocks, n_presences, largest = await self._batch(self._protocol == BITSWAP_PROTOCOL_V100)
-        if not n_messages:
+        message, n_blocks, n_presences = await self._build(self._protocol == BITSWAP_PROTOCOL_V100)
+        if not n_blocks and not n_presences:
             return
         for attempt in (1, 2):
             try:
                 with trio.fail_after(SEND_TIMEOUT):
-                    await write_paced(stream, data)
+                    await write_paced(stream, message)
                 break
             except trio.TooSlowError:  # the peer stopped reading: what it wanted is dropped
                 logger.info("bitswap: %s read nothing for %.0f s; its wants are dropped", self.peer, SEND_TIMEOUT)
@@ -278,7 +258,7 @@ class PeerSender:
                         stream = await self._open()
                 except Exception:
                     return
-        self.stats.messages += n_messages
+        self.stats.messages += 1
         self.stats.blocks += n_blocks
         self.stats.presences += n_presences
-        self.stats.largest = max(self.stats.largest, largest)
+        self.stats.largest = max(self.stats.largest, len(message))
