@@ -10,17 +10,6 @@ later wantlist entries are still being read, and at most one message of blocks i
 Entries are answered highest priority first. A peer that reads nothing for SEND_TIMEOUT loses its
 queued wants (its stream is closed); a stream that breaks is reopened once per message.
 
-How many blocks a message carries depends on how many the peer has asked for. Few queued (under
-DEEP_QUEUE): a client that keeps a short pipeline of wants and uses each block as it comes (Kubo's
-DAG reader keeps 5-10 in flight), so each 256 KiB chunk goes in a message of its own (SHORT_LIMIT),
-as Kubo's own server does: the receiver holds a whole message before it uses any of its blocks.
-Many queued: a client that asked for a whole level of the DAG at once (Helia asks for all 174
-children of a node) and is limited by its own per-message work, so messages carry up to
-MESSAGE_LIMIT. Measured on 2026-12-05, 64 MiB, six rounds in turn against the same Kubo <- Kubo:
-Kubo fetching from a daemon sending one chunk a message took 0.876 s (median; Kubo's CPU 0.84 s)
-against 0.947 s with 1 MiB messages (0.935 s); Helia, four rounds, 0.784 s with 1 MiB messages
-against 0.872 s with one chunk a message.
-
 MESSAGE_LIMIT is 1 MiB: Kubo (go-bitswap's ``network.MessageSizeMax``), Helia
 (``DEFAULT_MAX_INCOMING_MESSAGE_SIZE``) and py-libp2p (``MAX_MESSAGE_SIZE``) all refuse messages over
 4 MiB; every receiver holds a whole message before it uses any block of it, and py-libp2p's reader
@@ -28,9 +17,9 @@ joins a message's pieces by repeated concatenation (quadratic in its size), so 4
 message batch the writes without delaying the receiver. A block too large for a message of
 HARD_LIMIT (4 MiB less room for the framing) is answered as not here.
 
-Writes go through ``bulkwrite``: what the peer's yamux window allows, as one yamux frame sealed in
-consecutive Noise messages and sent at once, the writer woken by the peer's window update (py-libp2p's
-yamux sleeps 10 ms on an empty window, which held one stream to Kubo to about 26 MB/s).
+Writes go through ``bulkwrite``: what the peer's yamux window allows, framed and encrypted as many
+Noise-message-sized yamux frames in one socket send, and an empty window looked at again after half
+a millisecond (py-libp2p's yamux sleeps 10 ms, which held one stream to Kubo to about 26 MB/s).
 
 Messages are encoded here (``encode_message``), not through protobuf objects: each block is copied
 once, into the message; ``tests/daemon/test_bitswap_batching.py`` checks the encoding against
@@ -54,9 +43,7 @@ from protocol.multiformats import encode_varint
 
 logger = logging.getLogger("fednode.bitswap")
 
-MESSAGE_LIMIT = 1 << 20  # bytes of blocks a message carries when many are queued (module docstring)
-SHORT_LIMIT = 256 << 10  # ... when few are: one 256 KiB chunk a message
-DEEP_QUEUE = 16  # wantlist entries queued from which a message carries up to MESSAGE_LIMIT
+MESSAGE_LIMIT = 1 << 20  # bytes of blocks a message carries (module docstring)
 HARD_LIMIT = (4 << 20) - 4096  # the most any message may be: under every implementation's 4 MiB
 MAX_QUEUED = 8192  # wantlist entries waiting per peer; more are ignored until it drains
 SEND_TIMEOUT = 30.0  # most one message may take to leave (a peer that stops reading)
@@ -192,7 +179,6 @@ class PeerSender:
         blocks: list[tuple[bytes, bytes]] = []
         presences: list[tuple[bytes, bool]] = []
         size = 0
-        limit = MESSAGE_LIMIT if len(self.pending) >= DEEP_QUEUE else SHORT_LIMIT
         lookup = self.lookups()
         while self.pending or self._carry is not None:
             if self._carry is not None:
@@ -215,12 +201,12 @@ class PeerSender:
                     presences.append((entry.cid_bytes, True))
                     continue
                 block = got
-            if blocks and size + len(block) > limit:
+            if blocks and size + len(block) > MESSAGE_LIMIT:
                 self._carry = (entry, block)
                 break
             blocks.append((entry.prefix, block))
             size += len(block)
-            if size >= limit:
+            if size >= MESSAGE_LIMIT:
                 break
         return encode_message(blocks, presences, v100), len(blocks), len(presences)
 
