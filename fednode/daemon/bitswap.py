@@ -42,8 +42,9 @@ regression test against a real Kubo): ``BitswapClient._process_wantlist(wantlist
 stream)`` being the hook for incoming wantlists, ``_peer_wantlists``, ``_nursery``,
 ``supported_protocols``, ``cleanup_peer``, ``get_or_create_message_queue`` and the queue's
 ``add_wants/add_cancels``, ``_on_message_queue_stream_opened(stream, peer_id)``, ``_read_message``
-(replaced: a buffered reader per stream), ``_process_message``, ``_process_blocks_v110`` (stores through ``block_store.put_block``), and a
-yamux stream's ``send_window`` (read by ``bitswapsend.write_paced``).
+(replaced: a buffered reader per stream), ``_process_message``, ``_process_blocks_v110`` (stores
+through ``block_store.put_block``), and a yamux stream's ``send_window`` (read by
+``bitswapsend.write_paced``).
 """
 
 from __future__ import annotations
