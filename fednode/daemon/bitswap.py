@@ -55,6 +55,7 @@ import math
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import trio
 from google.protobuf.message import DecodeError
@@ -260,7 +261,7 @@ class FednodeBitswap(BitswapClient):
         try:
             body = await reader.read_frame(MAX_MESSAGE_SIZE, timeout=math.inf)  # idle bounds are the callers'
             msg = Message()
-            msg.ParseFromString(body)
+            msg.ParseFromString(cast(bytes, body))  # protobuf parses any buffer; its stubs say bytes
             return msg
         except (FrameError, DecodeError) as exc:
             logger.debug("bitswap: a stream from %s ended: %s", stream.muxed_conn.peer_id, exc)
