@@ -214,7 +214,8 @@ async def test_fetch_without_a_peer_does_not_wait_a_second_per_batch(tmp_path: P
 async def test_wantlists_split_or_joined_across_writes_are_all_read(tmp_path: Path) -> None:
     """Incoming messages are read through a buffered reader (``FednodeBitswap._read_message``): two
     wantlists in one write, then one cut into three writes (its length alone, half its body, the
-    rest), are all answered; a body that is not a bitswap message ends only that stream."""
+    rest), are all answered; a body that is not a bitswap message, or a length over the limit, ends
+    only that stream."""
     store = Store(tmp_path / "store", sync=False)
     datas = [secrets.token_bytes(1000 + i) for i in range(3)]
     cids = [CID.hash(RAW, d) for d in datas]
@@ -256,15 +257,17 @@ async def test_wantlists_split_or_joined_across_writes_are_all_read(tmp_path: Pa
                 await trio.sleep(0.05)
             await served(3)
             assert sorted(got) == sorted(datas)
-            bad = await peer.new_stream(server.get_id(), [TProtocol(BITSWAP_PROTOCOL_V120)])
-            await bad.write(b"\x05\xff\xff\xff\xff\xff")  # a 5-byte body protobuf cannot parse
-            with trio.fail_after(10):
-                while True:  # the server closes that stream, and only that one
-                    try:
-                        if await bad.read(1) == b"":
+            for garbage in (b"\x05\xff\xff\xff\xff\xff",  # a 5-byte body protobuf cannot parse
+                            encode_varint(64 << 20) + b"x" * 100):  # a length over the 4 MiB limit
+                bad = await peer.new_stream(server.get_id(), [TProtocol(BITSWAP_PROTOCOL_V120)])
+                await bad.write(garbage)
+                with trio.fail_after(10):
+                    while True:  # the server closes that stream, and only that one
+                        try:
+                            if await bad.read(1) == b"":
+                                break
+                        except Exception:
                             break
-                    except Exception:
-                        break
             await wants.write(framed(cids[0]))
             await served(4)
             assert got[3] == datas[0]
