@@ -17,9 +17,13 @@ joins a message's pieces by repeated concatenation (quadratic in its size), so 4
 message batch the writes without delaying the receiver. A block too large for a message of
 HARD_LIMIT (4 MiB less room for the framing) is answered as not here.
 
-Writes go through ``bulkwrite``: what the peer's yamux window allows, framed and encrypted as many
-Noise-message-sized yamux frames in one socket send, and an empty window looked at again after half
-a millisecond (py-libp2p's yamux sleeps 10 ms, which held one stream to Kubo to about 26 MB/s).
+Measured on 2026-12-05 and dropped: a block a message while few wants are queued (Kubo keeps 5-10 in
+flight): the bench's way, ten rounds twice, Kubo fetched 64 MiB at 0.881x Kubo <- Kubo against
+1.023x with 1 MiB messages, and Helia too is faster with 1 MiB messages (docs/ipfs.md, Throughput).
+
+Writes go through ``bulkwrite``: what the peer's yamux window allows, as one yamux frame sealed in
+consecutive Noise messages and sent at once, the writer woken by the peer's window update (py-libp2p's
+yamux sleeps 10 ms on an empty window, which held one stream to Kubo to about 26 MB/s).
 
 Messages are encoded here (``encode_message``), not through protobuf objects: each block is copied
 once, into the message; ``tests/daemon/test_bitswap_batching.py`` checks the encoding against
