@@ -252,9 +252,9 @@ class FednodeBitswap(BitswapClient):
         """The stream's next message; None at its end or on any error (as py-libp2p's own).
 
         py-libp2p's reads the length prefix a byte at a time, each byte a muxer read that also sends
-        a yamux window update back (measured serving Kubo 64 MiB: 2,144 reads and ~1,450 updates,
-        each a Noise message for both sides to handle), and joins a body's pieces by repeated
-        concatenation. A buffered ``FrameReader`` per stream reads what the muxer holds at once."""
+        a yamux window update back (a Noise message for both sides to handle), and joins a body's
+        pieces by repeated concatenation. A buffered ``FrameReader`` per stream reads what the muxer
+        holds at once: serving Kubo 64 MiB (115 incoming messages) now sends 200 window updates."""
         reader = self._readers.get(stream)
         if reader is None:
             reader = self._readers[stream] = FrameReader(stream)
