@@ -64,8 +64,7 @@ class Applier:
             return
         if msg.announcer == self.own_key:  # never remotes/<our peer id>/...: our refs are the truth
             return
-        if isinstance(msg, m.HeadAnnouncement) and \
-                msg.seq < self.state.last_seq(msg.kind, repo_id, msg.announcer, msg.branch):
+        if self._superseded(repo_id, msg):
             return  # fetches end out of order: a newer announcement of this branch came since (its job applies it)
         try:
             repo = self.history.repo_by_id(repo_id)
@@ -81,9 +80,19 @@ class Applier:
             return
         if msg.announcer == self.validator.owner(repo_id) and await self._fast_forward(repo_id, msg):
             return
+        # checked again with no await before the write: while this head was verified, a newer
+        # announcement's job may have moved the branch past it (not a fast-forward any more, yet
+        # no divergence: a remote ref here would be stale, as CI once saw after a burst)
+        if self._superseded(repo_id, msg):
+            return
         with self.store.write() as txn:
             txn.set_ref(repo_id, refs.remote(peer, msg.branch), bytes(msg.head))
         log("remote_ref", branch=msg.branch, head=str(msg.head), peer=peer)
+
+    def _superseded(self, repo_id: bytes, msg: m.HeadAnnouncement | m.MergeProposal) -> bool:
+        """Whether a newer announcement of the same branch by the same announcer was accepted since."""
+        return isinstance(msg, m.HeadAnnouncement) and \
+            msg.seq < self.state.last_seq(msg.kind, repo_id, msg.announcer, msg.branch)
 
     async def _verified(self, repo_id: bytes, repo: RepoInfo, msg: m.HeadAnnouncement | m.MergeProposal) -> bool:
         """Verify the commits not verified before (O(new commits), not O(history)) and record them;

@@ -125,3 +125,38 @@ def test_an_owners_fast_forward_is_in_the_branch_reflog(tmp_path: Path) -> None:
     assert len(after) == len(before) + 1
     assert after[0]["old"] == str(created.cid) and after[0]["new"] == str(c1) and "c1" in after[0]["reason"]
     store.close()
+
+
+def test_an_older_head_verified_while_a_newer_one_lands_leaves_no_remote_ref(tmp_path: Path) -> None:
+    """Fetches end out of order: the job of announcement 1 is still verifying when announcement 2
+    arrives and its job moves main past it. Job 1 then finds main no longer a fast-forward away; it
+    must see that it was superseded, not record ``remotes/<owner>/main`` (CI once saw such a ref)."""
+    owner = fixed_identity()
+    store = Store(tmp_path / "store")
+    history = History(store, owner)
+    info, created = history.create_repo("m", ArraySource(model_arrays(0)))
+    rid = info.repo_id
+    c1 = history.commit(info, ArraySource(perturb(model_arrays(0), 1)), "c1").cid
+    c2 = history.commit(info, ArraySource(perturb(model_arrays(0), 2)), "c2").cid
+    with store.write() as txn:  # as if c1 and c2 had just been fetched: main still at the genesis
+        txn.set_ref(rid, "heads/main", bytes(created.cid))
+    d = fake_daemon(history)
+    ann1, ann2 = announce(owner, rid, c1, 1), announce(owner, rid, c2, 2)
+    assert d.state.record(m.decode(ann1))  # accepted when it arrived, as the validator does
+    plain = d.fetcher.run_reading
+    interleaved = []
+
+    async def newer_lands_meanwhile(fn):
+        if not interleaved:  # job 1's verification: announcement 2 arrives and its job completes
+            interleaved.append(True)
+            assert d.state.record(m.decode(ann2))
+            await apply(d, rid, ann2)
+            assert main_head(history, rid) == c2
+        return await plain(fn)
+
+    d.fetcher = SimpleNamespace(run_reading=newer_lands_meanwhile)
+    trio.run(apply, d, rid, ann1)
+    assert interleaved and main_head(history, rid) == c2
+    with store.read() as txn:
+        assert txn.list_refs(rid, "remotes/") == {}
+    store.close()
