@@ -10,7 +10,10 @@ the next 10 only once all 10 have arrived. Here, for a stream that is yamux over
 framed, encrypted and sent at once, holding the same locks in the same order: the stream's
 window is reserved under its own locks (as ``YamuxStream.write`` does), then, under the
 connection's write lock (which orders every frame and every Noise nonce of the connection),
-each frame is encrypted with the session's cipher state and all of them go out in one send.
+each frame is encrypted with the session's cipher state and all of them go out in one send. The
+Noise messages are sealed in place into that one buffer (``_seal``: ChaCha20-Poly1305's
+``encrypt_into``, the session's nonces advanced as its own ``encrypt`` advances them), not one new
+bytes object each.
 Any other stack, or a py-libp2p whose internals differ, takes the ordinary ``stream.write``.
 
 Frames: what the window allows goes as ONE yamux frame (up to MAX_FRAME), sealed as consecutive
@@ -39,11 +42,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from libp2p.abc import INetStream
 from libp2p.network.stream.net_stream import StreamState
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH, NoiseTransportReadWriter
 from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE, TYPE_DATA, YAMUX_HEADER_FORMAT, Yamux, YamuxStream
+from noise.backends.default.ciphers import ChaCha20Cipher
+from noise.constants import MAX_NONCE
+from noise.exceptions import NoiseMaxNonceError
 
 PIECE = MAX_PLAINTEXT_LENGTH - HEADER_SIZE  # what the first Noise message of a frame carries after its header
 BURST = 1 << 20  # most bytes framed and sent under one hold of the connection's write lock
@@ -55,6 +62,7 @@ FAST_POLLS = 20  # ... for this many looks in a row (~10 ms), then doubling
 MAX_WINDOW_POLL = 0.01  # ... up to py-libp2p's own interval
 _CLOSED = (StreamState.ERROR, StreamState.RESET, StreamState.CLOSE_WRITE, StreamState.CLOSE_BOTH)
 _HEADER = struct.Struct(YAMUX_HEADER_FORMAT)
+_TAG = 16  # bytes of Poly1305 tag after each Noise message's ciphertext
 
 
 class _WatchedStream(YamuxStream):
@@ -120,23 +128,59 @@ async def _reserve(path: _Path, want: int) -> int:
             return max(n, 0)
 
 
+def _cipher_state(noise: NoiseTransportReadWriter) -> Any:
+    """The Noise session's sending ``CipherState`` when it seals with ChaCha20-Poly1305 through
+    ``cryptography`` (what py-libp2p's Noise negotiates) and can seal into a buffer; else None."""
+    state = getattr(getattr(getattr(noise, "noise_state", None), "noise_protocol", None), "cipher_state_encrypt", None)
+    cipher: Any = getattr(state, "cipher", None)
+    if type(cipher) is not ChaCha20Cipher or not isinstance(cipher.cipher, ChaCha20Poly1305) \
+            or not hasattr(cipher.cipher, "encrypt_into") or not isinstance(getattr(state, "n", None), int):
+        return None
+    return state
+
+
+def _seal(noise: NoiseTransportReadWriter, pieces: list[bytes | memoryview]) -> bytearray:
+    """``pieces`` as consecutive Noise transport messages (2-byte length, ciphertext and tag), as
+    ``noise.encrypt`` seals them, nonce after nonce. Sealed in place into one buffer where the
+    cipher allows (``_cipher_state``): ``encrypt`` allocates a new bytes object per message, which
+    cost 0.044-0.051 s per 64 MiB against 0.036 s in place (measured 2026-12-05)."""
+    state = _cipher_state(noise)
+    if state is None:
+        out = bytearray()
+        for piece in pieces:
+            sealed = noise.encrypt(bytes(piece))  # Noise takes bytes only
+            out += len(sealed).to_bytes(2, "big")
+            out += sealed
+        return out
+    if state.n + len(pieces) > MAX_NONCE:
+        raise NoiseMaxNonceError("Nonce has depleted!")
+    cipher = state.cipher.cipher
+    out = bytearray(sum(len(p) + _TAG + 2 for p in pieces))
+    view = memoryview(out)
+    n, at = state.n, 0
+    for piece in pieces:
+        size = len(piece) + _TAG
+        view[at:at + 2] = size.to_bytes(2, "big")
+        # the nonce ChaCha20Cipher.format_nonce makes: four zero bytes, then n as 8 bytes little-endian
+        cipher.encrypt_into(b"\0\0\0\0" + n.to_bytes(8, "little"), piece, None, view[at + 2:at + 2 + size])
+        n += 1
+        at += 2 + size
+        state.n = n  # as encrypt_with_ad advances it: sealed messages always match the nonce count
+    return out
+
+
 async def _send(path: _Path, data: memoryview) -> None:
     """``data`` as yamux data frames of up to MAX_FRAME bytes, each sealed as consecutive Noise
     messages (the header and PIECE bytes fill the first), all in one send."""
-    out = bytearray()
     head = _HEADER.pack
     sid = path.muxed.stream_id
-    encrypt = path.noise.encrypt
-    async with path.conn._write_lock:
-        for off in range(0, len(data), MAX_FRAME):
-            frame = data[off:off + MAX_FRAME]
-            sealed = encrypt(b"".join((head(0, TYPE_DATA, 0, sid, len(frame)), frame[:PIECE])))
-            out += len(sealed).to_bytes(2, "big")
-            out += sealed
-            for k in range(PIECE, len(frame), MAX_PLAINTEXT_LENGTH):  # Noise takes bytes only
-                sealed = encrypt(bytes(frame[k:k + MAX_PLAINTEXT_LENGTH]))
-                out += len(sealed).to_bytes(2, "big")
-                out += sealed
+    pieces: list[bytes | memoryview] = []
+    for off in range(0, len(data), MAX_FRAME):
+        frame = data[off:off + MAX_FRAME]
+        pieces.append(b"".join((head(0, TYPE_DATA, 0, sid, len(frame)), frame[:PIECE])))
+        pieces += [frame[k:k + MAX_PLAINTEXT_LENGTH] for k in range(PIECE, len(frame), MAX_PLAINTEXT_LENGTH)]
+    async with path.conn._write_lock:  # orders every frame and every nonce of the connection
+        out = _seal(path.noise, pieces)
         await path.raw.write(out)
 
 

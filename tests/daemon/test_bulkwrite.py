@@ -61,7 +61,9 @@ async def test_payloads_arrive_whole_beside_a_plain_writer(slow_reader: bool) ->
         await a.connect(PeerInfo(b.get_id(), b.get_addrs()))
         bulk = await a.new_stream(b.get_id(), [BULK])
         plain = await a.new_stream(b.get_id(), [PLAIN])
-        assert bulkwrite._fast_path(bulk) is not None  # the daemon's stack: the fast path is taken
+        path = bulkwrite._fast_path(bulk)
+        assert path is not None  # the daemon's stack: the fast path is taken
+        assert bulkwrite._cipher_state(path.noise) is not None  # ... sealing in place, sharing the nonces
 
         async def plain_writer() -> None:
             for off in range(0, len(plain_data), 50_000):
@@ -115,11 +117,11 @@ async def test_one_frame_per_window_grant_spanning_noise_messages(monkeypatch) -
     from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE, TYPE_DATA
 
     sealed: list[bytes] = []
-    original = NoiseTransportReadWriter.encrypt
+    original = bulkwrite._seal
 
-    def recording(self, data: bytes) -> bytes:  # type: ignore[no-untyped-def]
-        sealed.append(bytes(data))
-        return original(self, data)
+    def recording(noise: NoiseTransportReadWriter, pieces: list) -> bytearray:  # type: ignore[type-arg]
+        sealed.extend(bytes(p) for p in pieces)
+        return original(noise, pieces)
 
     payload = os.urandom(900 * 1024)
     got: list[bytes] = []
@@ -136,16 +138,15 @@ async def test_one_frame_per_window_grant_spanning_noise_messages(monkeypatch) -
         await a.connect(PeerInfo(b.get_id(), b.get_addrs()))
         bulk = await a.new_stream(b.get_id(), [BULK])
         sid = bulk.muxed_stream.stream_id
-        monkeypatch.setattr(NoiseTransportReadWriter, "encrypt", recording)
+        monkeypatch.setattr(bulkwrite, "_seal", recording)
         with trio.fail_after(30):
             await bulkwrite.write(bulk, payload)
             await done.wait()
-        monkeypatch.setattr(NoiseTransportReadWriter, "encrypt", original)
+        monkeypatch.setattr(bulkwrite, "_seal", original)
         nursery.cancel_scope.cancel()
     assert got == [payload]
     assert all(len(p) <= MAX_PLAINTEXT_LENGTH for p in sealed)
-    # the stream's frames, read back from the sealed plaintexts (other frames, e.g. window updates
-    # of other streams, are single Noise messages: skipped whole)
+    # the stream's frames, read back from the plaintexts it sealed
     body, frames, need = bytearray(), [], 0
     for plain in sealed:
         if need:
