@@ -163,3 +163,42 @@ async def test_one_frame_per_window_grant_spanning_noise_messages(monkeypatch) -
     assert need == 0 and bytes(body) == payload
     assert max(frames) > 3 * MAX_PLAINTEXT_LENGTH, frames  # a 256 KiB window: one frame, four Noise messages
     assert max(frames) <= bulkwrite.MAX_FRAME
+
+
+@pytest.mark.parametrize("cipher_name", ["ChaCha20Cipher", "AESGCMCipher"])
+def test_sealing_in_place_equals_noise_sealing_message_by_message(cipher_name: str) -> None:
+    """``_seal`` gives the bytes noiseprotocol's own ``CipherState`` gives, nonce after nonce, with
+    ChaCha20-Poly1305 sealed in place and any other cipher through ``encrypt``; a nonce that would
+    run out raises before anything is sealed or advanced."""
+    from types import SimpleNamespace
+
+    from noise.backends.default import ciphers
+    from noise.exceptions import NoiseMaxNonceError
+    from noise.state import CipherState
+
+    cls = getattr(ciphers, cipher_name)
+    key = os.urandom(32)
+
+    def state() -> CipherState:
+        cs = CipherState(SimpleNamespace(cipher_class=cls))
+        cs.initialize_key(key)
+        cs.n = 7
+        return cs
+
+    ours, reference = state(), state()
+    noise = SimpleNamespace(noise_state=SimpleNamespace(noise_protocol=SimpleNamespace(cipher_state_encrypt=ours)),
+                            encrypt=lambda data: ours.encrypt_with_ad(None, data))
+    assert (bulkwrite._cipher_state(noise) is not None) == (cipher_name == "ChaCha20Cipher")  # type: ignore[arg-type]
+    payload = memoryview(os.urandom(130_000))  # pieces within a Noise message (65,535 bytes)
+    pieces = [b"head" + bytes(payload[:100]), payload[100:65_000], payload[65_000:]]
+    expected = bytearray()
+    for piece in pieces:
+        sealed = reference.encrypt_with_ad(None, bytes(piece))
+        expected += len(sealed).to_bytes(2, "big") + sealed
+    assert bulkwrite._seal(noise, pieces) == expected  # type: ignore[arg-type]
+    assert ours.n == reference.n == 10
+    if cipher_name == "ChaCha20Cipher":
+        ours.n = bulkwrite.MAX_NONCE - 2
+        with pytest.raises(NoiseMaxNonceError):
+            bulkwrite._seal(noise, pieces)  # type: ignore[arg-type]
+        assert ours.n == bulkwrite.MAX_NONCE - 2
