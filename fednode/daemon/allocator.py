@@ -1,7 +1,7 @@
 """The C allocator's thresholds for a daemon that moves megabytes of blocks a second.
 
 Serving a fetch, the daemon allocates and frees the same few sizes over and over: 256 KiB blocks
-read from the store, a 1 MiB bitswap message, its encrypted frames. glibc's malloc serves chunks
+read from the store, a bitswap message of up to 1 MiB, its encrypted frames. glibc's malloc serves chunks
 over its mmap threshold (128 KiB at start, raised to the largest such chunk freed, at most 32 MiB)
 with fresh mappings, and gives back the top of its heap once more than the trim threshold (twice
 the mmap threshold) lies free there. Here a message and its blocks (3 MiB) freed together cross
