@@ -57,17 +57,21 @@ def main_head(history: History, repo_id: bytes) -> CID:
         return CID.from_bytes(txn.get_ref(repo_id, "heads/main"))
 
 
-def test_apply_records_verified_commits_persistently(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def fetched_commits(tmp_path: Path, n: int) -> tuple[Identity, Store, History, bytes, CID, list[CID]]:
+    """An owner's repository with ``n`` commits after its genesis, main put back at the genesis:
+    as if the commits had just been fetched and not applied yet."""
     owner = fixed_identity()
     store = Store(tmp_path / "store")
     history = History(store, owner)
     info, created = history.create_repo("m", ArraySource(model_arrays(0)))
-    genesis = created.cid
-    rid = info.repo_id
-    c1 = history.commit(info, ArraySource(perturb(model_arrays(0), 1)), "c1").cid
-    c2 = history.commit(info, ArraySource(perturb(model_arrays(0), 2)), "c2").cid
-    with store.write() as txn:  # as if only the genesis were here and c1, c2 had just been fetched
-        txn.set_ref(rid, "heads/main", bytes(genesis))
+    commits = [history.commit(info, ArraySource(perturb(model_arrays(0), k)), f"c{k}").cid for k in range(1, n + 1)]
+    with store.write() as txn:
+        txn.set_ref(info.repo_id, "heads/main", bytes(created.cid))
+    return owner, store, history, info.repo_id, created.cid, commits
+
+
+def test_apply_records_verified_commits_persistently(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    owner, store, history, rid, genesis, (c1, c2) = fetched_commits(tmp_path, 2)
     d = fake_daemon(history)
     assert not d.state.is_verified(rid, genesis)
 
@@ -107,14 +111,7 @@ def test_apply_records_verified_commits_persistently(tmp_path: Path, monkeypatch
 
 def test_an_owners_fast_forward_is_in_the_branch_reflog(tmp_path: Path) -> None:
     """Every branch move is in the reflog, whoever moves it: the daemon taking an owner's head too."""
-    owner = fixed_identity()
-    store = Store(tmp_path / "store")
-    history = History(store, owner)
-    info, created = history.create_repo("m", ArraySource(model_arrays(0)))
-    rid = info.repo_id
-    c1 = history.commit(info, ArraySource(perturb(model_arrays(0), 1)), "c1").cid
-    with store.write() as txn:  # as if c1 had just been fetched: main still at the genesis
-        txn.set_ref(rid, "heads/main", bytes(created.cid))
+    owner, store, history, rid, genesis, (c1,) = fetched_commits(tmp_path, 1)
     with store.read() as txn:
         before = txn.reflog(rid, "main")
 
@@ -123,7 +120,7 @@ def test_an_owners_fast_forward_is_in_the_branch_reflog(tmp_path: Path) -> None:
     with store.read() as txn:
         after = txn.reflog(rid, "main")
     assert len(after) == len(before) + 1
-    assert after[0]["old"] == str(created.cid) and after[0]["new"] == str(c1) and "c1" in after[0]["reason"]
+    assert after[0]["old"] == str(genesis) and after[0]["new"] == str(c1) and "c1" in after[0]["reason"]
     store.close()
 
 
@@ -131,15 +128,7 @@ def test_an_older_head_verified_while_a_newer_one_lands_leaves_no_remote_ref(tmp
     """Fetches end out of order: the job of announcement 1 is still verifying when announcement 2
     arrives and its job moves main past it. Job 1 then finds main no longer a fast-forward away; it
     must see that it was superseded, not record ``remotes/<owner>/main`` (CI once saw such a ref)."""
-    owner = fixed_identity()
-    store = Store(tmp_path / "store")
-    history = History(store, owner)
-    info, created = history.create_repo("m", ArraySource(model_arrays(0)))
-    rid = info.repo_id
-    c1 = history.commit(info, ArraySource(perturb(model_arrays(0), 1)), "c1").cid
-    c2 = history.commit(info, ArraySource(perturb(model_arrays(0), 2)), "c2").cid
-    with store.write() as txn:  # as if c1 and c2 had just been fetched: main still at the genesis
-        txn.set_ref(rid, "heads/main", bytes(created.cid))
+    owner, store, history, rid, _, (c1, c2) = fetched_commits(tmp_path, 2)
     d = fake_daemon(history)
     ann1, ann2 = announce(owner, rid, c1, 1), announce(owner, rid, c2, 2)
     assert d.state.record(m.decode(ann1))  # accepted when it arrived, as the validator does
