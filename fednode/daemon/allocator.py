@@ -1,10 +1,11 @@
 """The C allocator's thresholds for a daemon that moves megabytes of blocks a second.
 
 Serving a fetch, the daemon allocates and frees the same few sizes over and over: 256 KiB blocks
-read from the store, a bitswap message of up to 1 MiB, its encrypted frames. glibc's malloc serves chunks
+read from the store, a bitswap message (512 KiB of blocks now, 1 MiB when the figures below were
+measured), its encrypted frames, a daemon-protocol write of up to 1 MiB. glibc's malloc serves chunks
 over its mmap threshold (128 KiB at start, raised to the largest such chunk freed, at most 32 MiB)
 with fresh mappings, and gives back the top of its heap once more than the trim threshold (twice
-the mmap threshold) lies free there. Here a message and its blocks (3 MiB) freed together cross
+the mmap threshold) lies free there. Here a message and its blocks (3 MiB with 1 MiB messages) freed together cross
 that line every time, so every message came back as new pages: page faults and zeroing in
 whatever touched them first. Measured serving a 64 MiB file to Kubo (2026-12-05, this 2-core VM):
 building messages took 35-38 ms of CPU and reading blocks 16-30 ms; with the thresholds below,
