@@ -15,7 +15,10 @@ and only when a running fetch (``want_blocks``) asked for it: a peer cannot fill
 blocks nobody wanted. Blocks are read back and hash-checked again when the file is assembled.
 A peer that sends a block no fetch wanted (wrong bytes for a wanted CID, or unrequested) or one we
 cannot read gets a strike through ``penalize`` (the daemon's ``Bans.penalize``: counted, banned
-past the threshold): ``FednodeBitswap._process_blocks_v110/_v100``.
+past the threshold): ``FednodeBitswap._process_blocks_v110/_v100``. What a peer's wantlists make us
+hold or do is bounded: at most MAX_QUEUED queued entries (bitswapsend.py) and MAX_REMEMBERED wants
+of blocks we lack per peer, CIDs of at most MAX_CID_BYTES (a longer one: ignored, a strike), and
+WANT_RATE entries a second after a burst (a faster peer's next message is read later).
 
 The fix for serving Kubo (``FednodeBitswap._process_wantlist``)
 --------------------------------------------------------------
@@ -69,6 +72,7 @@ from libp2p.peer.id import ID
 
 from fednode.daemon.access import Reader
 from fednode.daemon.bitswapsend import PeerSender, SendStats, Want
+from fednode.daemon.ratelimit import TokenBuckets
 from fednode.daemon.wire import FrameError, FrameReader
 from fednode.errors import Corrupt, FednodeError, NotFound
 from fednode.storage.store import PUBLIC, Store
@@ -84,6 +88,18 @@ FETCH_WINDOW = 64  # blocks wanted at once from a peer: 16 MiB of 256 KiB chunks
 HOLD_BYTES = 8 << 20  # fetched blocks held for one write transaction
 STALL_SECONDS = 5.0  # a provider that sends nothing this long: every connected peer is asked too
 RECENT_WANTS = 65536  # CIDs remembered after their fetch ended: a late honest answer is no lie
+# A peer's wants of blocks we lack are remembered (a block added later is announced to it), at most
+# this many per peer, the oldest forgotten first: boxo's engine keeps 1024 entries per peer too.
+MAX_REMEMBERED = 1024
+# Wantlist CIDs longer than this are ignored, with one strike per message: boxo's server refuses
+# them the same way, and no hash a CID of ours or Kubo's uses comes near (sha2-512: 68 bytes).
+MAX_CID_BYTES = 168
+# Wantlist entries read per second per peer, after a burst: each costs ~15 us of our only thread
+# (parse, sort, lookup), so a flood of 4 MiB wantlists (100,000 entries, ~1 s of CPU each) is
+# slowed to ~0.1 s of CPU a second per peer by reading its next message later. Kubo fetching at
+# full speed sends ~600 entries a second; Helia asks 174 at once.
+WANT_RATE = 8192.0
+WANT_BURST = 16384.0
 
 
 def to_ours(cid: CIDInput) -> CID:
@@ -247,6 +263,7 @@ class FednodeBitswap(BitswapClient):
         self._senders: dict[ID, PeerSender] = {}  # who is waiting for blocks, and their sender tasks
         self.send_stats = SendStats()
         self._readers: weakref.WeakKeyDictionary[INetStream, FrameReader] = weakref.WeakKeyDictionary()
+        self._want_pace = TokenBuckets(WANT_RATE, WANT_BURST)  # kept across reconnects
 
     async def _read_message(self, stream: INetStream) -> Message | None:
         """The stream's next message; None at its end or on any error (as py-libp2p's own).
@@ -340,9 +357,12 @@ class FednodeBitswap(BitswapClient):
                 return lambda cid, have_only: self._served_block(cid, reader, have_only)
 
             def missing(want: Want) -> None:  # remembered: a block added later is announced
-                self._peer_wantlists.setdefault(peer_id, {})[want.cid] = {
-                    "priority": 1, "want_type": WANT_HAVE if want.have_only else 0,
-                    "send_dont_have": want.send_dont_have}
+                remembered = self._peer_wantlists.setdefault(peer_id, {})
+                remembered.pop(want.cid, None)  # the newest last: the oldest go first
+                remembered[want.cid] = {"priority": 1, "want_type": WANT_HAVE if want.have_only else 0,
+                                        "send_dont_have": want.send_dont_have}
+                while len(remembered) > MAX_REMEMBERED:
+                    del remembered[next(iter(remembered))]
 
             sender = PeerSender(self.host, peer_id, list(self.supported_protocols), lookups, self.send_stats,
                                 self._on_message_queue_stream_opened, missing)
@@ -353,6 +373,9 @@ class FednodeBitswap(BitswapClient):
     async def _process_wantlist(self, wantlist: Message.Wantlist, peer_id: ID, stream: INetStream) -> None:
         """Queue the entries for the peer's sender, which answers on its own stream (module
         docstring): WANT_BLOCK -> the block, WANT_HAVE -> HAVE, missing with sendDontHave -> DONT_HAVE."""
+        wait = self._want_pace.pace(str(peer_id), len(wantlist.entries))
+        if wait:
+            await trio.sleep(wait)  # this peer's streams are read later: it asks faster than WANT_RATE
         peer_wants = self._peer_wantlists.setdefault(peer_id, {})
         sender = self._sender(peer_id)
         if wantlist.full:
@@ -360,7 +383,11 @@ class FednodeBitswap(BitswapClient):
             sender.clear()
         # highest priority first: Kubo lists a message's entries in map order, and its DAG reader needs
         # the block it gave the highest priority (the next child in the file) before the others
+        oversized = 0
         for entry in sorted(wantlist.entries, key=lambda e: -e.priority):
+            if len(entry.block) > MAX_CID_BYTES:
+                oversized += 1
+                continue
             try:
                 cid = parse_cid(entry.block)
             except Exception:
@@ -375,6 +402,8 @@ class FednodeBitswap(BitswapClient):
             except (FormatError, ValueError):
                 prefix = b""  # not a CID we serve: answered as missing
             sender.want(Want(cid, key, prefix, entry.wantType == WANT_HAVE, entry.sendDontHave))
+        if oversized:
+            self._lied(peer_id, "bitswap_malformed", f"wanted {oversized} CIDs over {MAX_CID_BYTES} bytes")
 
     def cleanup_peer(self, peer_id: ID) -> None:
         super().cleanup_peer(peer_id)

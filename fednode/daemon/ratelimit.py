@@ -1,4 +1,4 @@
-"""Per-peer token buckets for inbound requests that cost us work (heads queries)."""
+"""Per-peer token buckets for inbound requests that cost us work (heads queries, bitswap wants)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,20 @@ class TokenBuckets:
         tokens = min(self.burst, tokens + (now - then) * self.rate)
         ok = tokens >= 1
         self._buckets[key] = (tokens - 1 if ok else tokens, now)  # re-inserted: most recently used last
+        self._bound()
+        return ok
+
+    def pace(self, key: str, cost: float) -> float:
+        """Spend ``cost`` tokens of ``key`` even past empty, and return how many seconds the caller
+        should wait before doing the work: the debt over ``rate``. Nothing is refused; a key that
+        asks faster than ``rate`` is slowed to it (a burst of ``burst`` goes at once)."""
+        now = self.clock()
+        tokens, then = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - then) * self.rate) - cost
+        self._buckets[key] = (tokens, now)
+        self._bound()
+        return max(0.0, -tokens / self.rate)
+
+    def _bound(self) -> None:
         if len(self._buckets) > self.max_keys:
             del self._buckets[next(iter(self._buckets))]
-        return ok

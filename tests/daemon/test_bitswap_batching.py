@@ -275,3 +275,53 @@ async def test_wantlists_split_or_joined_across_writes_are_all_read(tmp_path: Pa
             nursery.cancel_scope.cancel()
     finally:
         store.close()
+
+
+async def test_a_peer_cannot_grow_what_we_remember_of_it_nor_ask_faster_than_the_rate(
+        tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Wants of blocks we lack are remembered (announced if added later), at most MAX_REMEMBERED a
+    peer, the newest kept; a CID over MAX_CID_BYTES is ignored and costs the peer one strike a
+    message; entries past the burst are read at WANT_RATE. Without these, three wantlists of 2,000
+    missing CIDs were 6,000 entries held until the peer left, all read within 0.3 s."""
+    import fednode.daemon.bitswap as bitswap
+    from fednode.daemon.bitswap import MAX_CID_BYTES, MAX_REMEMBERED
+
+    monkeypatch.setattr(bitswap, "WANT_RATE", 2000.0)
+    monkeypatch.setattr(bitswap, "WANT_BURST", 2001.0)  # the first message at once, then 2 s
+    store = Store(tmp_path / "store", sync=False)
+    server, peer = build_host(create_new_key_pair()), build_host(create_new_key_pair())
+    strikes: list[tuple[object, str]] = []
+    rounds = [[bytes(CID.hash(RAW, secrets.token_bytes(16))) for _ in range(2000)] for _ in range(3)]
+    huge = b"\x01\x55\x00" + encode_varint(MAX_CID_BYTES) + secrets.token_bytes(MAX_CID_BYTES)  # identity CID
+
+    async def ignore(stream) -> None:  # type: ignore[no-untyped-def]
+        await trio.sleep_forever()
+
+    peer.set_stream_handler(TProtocol(BITSWAP_PROTOCOL_V120), ignore)
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    try:
+        async with server.run(listen), peer.run(listen), trio.open_nursery() as nursery:
+            handle = await start_bitswap(server, store, nursery,
+                                         penalize=lambda p, reason: strikes.append((p, reason)))
+            await peer.connect(PeerInfo(server.get_id(), server.get_addrs()))
+            wants = await peer.new_stream(server.get_id(), [TProtocol(BITSWAP_PROTOCOL_V120)])
+            start = trio.current_time()
+            for cids in rounds:
+                msg = Message()
+                for key in [*cids, huge]:
+                    msg.wantlist.entries.add(block=key, priority=1, wantType=0, sendDontHave=False)
+                await write_frame(wants, msg.SerializeToString())
+            client = handle.client
+            with trio.fail_after(30):
+                while len(strikes) < len(rounds) or client._senders[peer.get_id()].pending:
+                    await trio.sleep(0.02)
+            took = trio.current_time() - start
+            remembered = [c.buffer for c in client._peer_wantlists[peer.get_id()]]
+            await handle.stop()
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+
+    assert remembered == rounds[-1][-MAX_REMEMBERED:]  # the newest, in order
+    assert strikes == [(peer.get_id(), "bitswap_malformed")] * len(rounds)
+    assert took >= 2 * 2001 / 2000 - 0.05, took  # two messages over the burst: 1 s each

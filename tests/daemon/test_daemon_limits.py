@@ -39,6 +39,18 @@ def test_token_buckets_burst_refill_and_bounded_memory() -> None:
     assert set(tb._buckets) == {"a", "c"}
 
 
+def test_pacing_spends_past_empty_and_says_how_long_to_wait() -> None:
+    clock = Clock()
+    tb = TokenBuckets(rate=100.0, burst=200.0, clock=clock)
+    assert tb.pace("a", 150) == 0  # within the burst: at once
+    assert tb.pace("a", 150) == pytest.approx(1.0)  # 100 tokens short: a second at 100 a second
+    assert tb.pace("b", 10) == 0  # another key has its own bucket
+    clock.now += 1.0  # the wait is over: the debt is paid, nothing saved
+    assert tb.pace("a", 100) == pytest.approx(1.0)
+    clock.now += 1000
+    assert tb.pace("a", 300) == pytest.approx(1.0)  # never more saved than the burst
+
+
 async def _hammer(addr: str, repo_id: bytes, queries: int) -> list[str]:
     """One real py-libp2p host (Noise, yamux) asking ``queries`` heads queries back to back."""
     import multiaddr
