@@ -18,7 +18,9 @@ cannot read gets a strike through ``penalize`` (the daemon's ``Bans.penalize``: 
 past the threshold): ``FednodeBitswap._process_blocks_v110/_v100``. What a peer's wantlists make us
 hold or do is bounded: at most MAX_QUEUED queued entries (bitswapsend.py) and MAX_REMEMBERED wants
 of blocks we lack per peer, CIDs of at most MAX_CID_BYTES (a longer one: ignored, a strike), and
-WANT_RATE entries a second after a burst (a faster peer's next message is read later).
+ITEM_RATE wantlist entries, blocks and presences a second after a burst (a faster peer's next
+message is handled later; one that left meanwhile, not at all). The first block of a message that
+nobody asked for ends the message with one strike.
 
 The fix for serving Kubo (``FednodeBitswap._process_wantlist``)
 --------------------------------------------------------------
@@ -76,7 +78,7 @@ from fednode.daemon.ratelimit import TokenBuckets
 from fednode.daemon.wire import FrameError, FrameReader
 from fednode.errors import Corrupt, FednodeError, NotFound
 from fednode.storage.store import PUBLIC, Store
-from protocol.multiformats import CID, DAG_PB, RAW, SHA2_256, FormatError, encode_varint
+from protocol.multiformats import CID, DAG_CBOR, DAG_PB, RAW, SHA2_256, FormatError, encode_varint
 from protocol.unixfs import decode_node, iter_file
 
 logger = logging.getLogger("fednode.bitswap")
@@ -94,12 +96,13 @@ MAX_REMEMBERED = 1024
 # Wantlist CIDs longer than this are ignored, with one strike per message: boxo's server refuses
 # them the same way, and no hash a CID of ours or Kubo's uses comes near (sha2-512: 68 bytes).
 MAX_CID_BYTES = 168
-# Wantlist entries read per second per peer, after a burst: each costs ~15 us of our only thread
-# (parse, sort, lookup), so a flood of 4 MiB wantlists (100,000 entries, ~1 s of CPU each) is
-# slowed to ~0.1 s of CPU a second per peer by reading its next message later. Kubo fetching at
-# full speed sends ~600 entries a second; Helia asks 174 at once.
-WANT_RATE = 8192.0
-WANT_BURST = 16384.0
+# Items (wantlist entries, blocks, presences) of a peer's messages handled per second, after a
+# burst: each costs 15-50 us of our only thread (parse, hash, lookup), so a flood of 4 MiB messages
+# (100,000 entries, or 2 million empty blocks: ~1 s and ~100 s of CPU each) is slowed to a fraction
+# of a core per peer by handling its next message later. Kubo fetching from us at full speed sends
+# ~600 entries a second, Helia asks 174 at once; 256 KiB blocks at 100 MB/s are 400 a second.
+ITEM_RATE = 8192.0
+ITEM_BURST = 16384.0
 
 
 def to_ours(cid: CIDInput) -> CID:
@@ -184,8 +187,9 @@ class LMDBBlockStore(BlockStore):
     def match(self, data: bytes) -> CID | None:
         """The wanted CID whose hash ``data`` has (bitswap 1.0 blocks carry no CID), or None."""
         digest = hashlib.sha256(data).digest()
-        found = next((c for c in self._expected if c.digest == digest), None)  # the usual case: few
-        return found or next((c for c in self._recent if c.digest == digest), None)
+        candidates = [CID(1, RAW, digest), CID(1, DAG_PB, digest), CID(0, DAG_PB, digest), CID(1, DAG_CBOR, digest)]
+        found = next((c for c in candidates if c in self._expected), None)  # dict lookups, not a scan
+        return found or next((c for c in candidates if c in self._recent), None)
 
     def unexpect(self, cids: list[CID]) -> None:
         for cid in cids:
@@ -263,7 +267,7 @@ class FednodeBitswap(BitswapClient):
         self._senders: dict[ID, PeerSender] = {}  # who is waiting for blocks, and their sender tasks
         self.send_stats = SendStats()
         self._readers: weakref.WeakKeyDictionary[INetStream, FrameReader] = weakref.WeakKeyDictionary()
-        self._want_pace = TokenBuckets(WANT_RATE, WANT_BURST)  # kept across reconnects
+        self._pace = TokenBuckets(ITEM_RATE, ITEM_BURST)  # kept across reconnects
 
     async def _read_message(self, stream: INetStream) -> Message | None:
         """The stream's next message; None at its end or on any error (as py-libp2p's own).
@@ -285,6 +289,18 @@ class FednodeBitswap(BitswapClient):
             self._readers.pop(stream, None)
             return None
 
+    async def _process_message(self, msg: Message, peer_id: ID, stream: INetStream) -> None:
+        """py-libp2p's, paced: a peer's messages are handled at most ITEM_RATE wantlist entries,
+        blocks and presences a second after a burst (a faster peer's next message waits), and
+        nothing is done for a peer that left during the wait (its state was cleaned up already)."""
+        items = len(msg.wantlist.entries) + len(msg.blocks) + len(msg.payload) + len(msg.blockPresences)
+        wait = self._pace.pace(str(peer_id), items)
+        if wait:
+            await trio.sleep(wait)
+            if peer_id not in self.host.get_network().connections:
+                return
+        await super()._process_message(msg, peer_id, stream)
+
     def _lied(self, peer: ID, reason: str, what: str) -> None:
         logger.warning("bitswap: peer %s %s (%s)", peer, what, reason)
         if self.penalize is not None:
@@ -292,7 +308,8 @@ class FednodeBitswap(BitswapClient):
 
     async def _process_blocks_v110(self, blocks: Sequence[Message.Block], peer_id: ID) -> None:
         """Bitswap 1.1+: the CID is rebuilt from the block's prefix and bytes, so a block whose bytes
-        do not match the CID we asked for shows as a block nobody wanted: penalized, never stored."""
+        do not match the CID we asked for shows as a block nobody wanted: penalized, never stored.
+        The first such block ends the message (one strike; the rest is not looked at)."""
         assert isinstance(self.block_store, LMDBBlockStore)
         good: list[Message.Block] = []
         for block in blocks:
@@ -300,27 +317,29 @@ class FednodeBitswap(BitswapClient):
                 cid = to_ours(reconstruct_cid_from_prefix_and_data(block.prefix, block.data))
             except Exception:  # a prefix we cannot read, or a hash or codec we do not use
                 self._lied(peer_id, "bitswap_malformed", "sent a block with an unreadable prefix")
-                continue
+                break
             if self.block_store.wanted(cid):
                 good.append(block)
                 self.block_store.sender.setdefault(cid, peer_id)
             elif not self.block_store.wanted_lately(cid):
                 self._lied(peer_id, "bitswap_bad_block", f"sent block {cid}, which no fetch asked for "
                            "(wrong bytes for a wanted CID, or unrequested)")
+                break
         if good:
             await super()._process_blocks_v110(good, peer_id)
 
     async def _process_blocks_v100(self, blocks: list[bytes], peer_id: ID) -> None:
-        """Bitswap 1.0: blocks carry no CID; one whose hash is no CID we wanted lately is a lie.
-        A matched block goes the 1.1 way with its CID's prefix (py-libp2p's 1.0 path would drop it
-        unless its presence tracker expected this very peer to send it)."""
+        """Bitswap 1.0: blocks carry no CID; one whose hash is no CID we wanted lately is a lie, and
+        ends the message. A matched block goes the 1.1 way with its CID's prefix (py-libp2p's 1.0
+        path would drop it unless its presence tracker expected this very peer to send it)."""
         assert isinstance(self.block_store, LMDBBlockStore)
         good: list[Message.Block] = []
         for data in blocks:
             cid = self.block_store.match(data)
             if cid is None:
                 self._lied(peer_id, "bitswap_bad_block", "sent a block (1.0) whose hash no fetch asked for")
-            elif self.block_store.wanted(cid):
+                break
+            if self.block_store.wanted(cid):
                 good.append(Message.Block(prefix=_prefix(to_theirs(cid)), data=data))
                 self.block_store.sender.setdefault(cid, peer_id)
         if good:
@@ -373,9 +392,6 @@ class FednodeBitswap(BitswapClient):
     async def _process_wantlist(self, wantlist: Message.Wantlist, peer_id: ID, stream: INetStream) -> None:
         """Queue the entries for the peer's sender, which answers on its own stream (module
         docstring): WANT_BLOCK -> the block, WANT_HAVE -> HAVE, missing with sendDontHave -> DONT_HAVE."""
-        wait = self._want_pace.pace(str(peer_id), len(wantlist.entries))
-        if wait:
-            await trio.sleep(wait)  # this peer's streams are read later: it asks faster than WANT_RATE
         peer_wants = self._peer_wantlists.setdefault(peer_id, {})
         sender = self._sender(peer_id)
         if wantlist.full:

@@ -281,13 +281,13 @@ async def test_a_peer_cannot_grow_what_we_remember_of_it_nor_ask_faster_than_the
         tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Wants of blocks we lack are remembered (announced if added later), at most MAX_REMEMBERED a
     peer, the newest kept; a CID over MAX_CID_BYTES is ignored and costs the peer one strike a
-    message; entries past the burst are read at WANT_RATE. Without these, three wantlists of 2,000
+    message; entries past the burst are handled at ITEM_RATE. Without these, three wantlists of 2,000
     missing CIDs were 6,000 entries held until the peer left, all read within 0.3 s."""
     import fednode.daemon.bitswap as bitswap
     from fednode.daemon.bitswap import MAX_CID_BYTES, MAX_REMEMBERED
 
-    monkeypatch.setattr(bitswap, "WANT_RATE", 2000.0)
-    monkeypatch.setattr(bitswap, "WANT_BURST", 2001.0)  # the first message at once, then 2 s
+    monkeypatch.setattr(bitswap, "ITEM_RATE", 2000.0)
+    monkeypatch.setattr(bitswap, "ITEM_BURST", 2001.0)  # the first message at once, then 2 s
     store = Store(tmp_path / "store", sync=False)
     server, peer = build_host(create_new_key_pair()), build_host(create_new_key_pair())
     strikes: list[tuple[object, str]] = []
@@ -325,3 +325,45 @@ async def test_a_peer_cannot_grow_what_we_remember_of_it_nor_ask_faster_than_the
     assert remembered == rounds[-1][-MAX_REMEMBERED:]  # the newest, in order
     assert strikes == [(peer.get_id(), "bitswap_malformed")] * len(rounds)
     assert took >= 2 * 2001 / 2000 - 0.05, took  # two messages over the burst: 1 s each
+
+
+async def test_nothing_is_kept_for_a_peer_that_left_while_its_message_waited(tmp_path: Path,
+                                                                               monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A message over the peer's rate waits; if the peer left meanwhile (its state already cleaned up),
+    the message is dropped: no sender task, no remembered wants, no dial back to it."""
+    import fednode.daemon.bitswap as bitswap
+
+    monkeypatch.setattr(bitswap, "ITEM_RATE", 1000.0)
+    monkeypatch.setattr(bitswap, "ITEM_BURST", 1000.0)
+    store = Store(tmp_path / "store", sync=False)
+    server, peer = build_host(create_new_key_pair()), build_host(create_new_key_pair())
+
+    async def ignore(stream) -> None:  # type: ignore[no-untyped-def]
+        await trio.sleep_forever()
+
+    peer.set_stream_handler(TProtocol(BITSWAP_PROTOCOL_V120), ignore)
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    try:
+        async with server.run(listen), peer.run(listen), trio.open_nursery() as nursery:
+            handle = await start_bitswap(server, store, nursery)
+            client = handle.client
+            await peer.connect(PeerInfo(server.get_id(), server.get_addrs()))
+            wants = await peer.new_stream(server.get_id(), [TProtocol(BITSWAP_PROTOCOL_V120)])
+            for _ in range(2):  # the first within the burst; the second waits a second
+                msg = Message()
+                for _ in range(1000):
+                    msg.wantlist.entries.add(block=bytes(CID.hash(RAW, secrets.token_bytes(8))), wantType=0)
+                await write_frame(wants, msg.SerializeToString())
+            with trio.fail_after(10):
+                while len(client._peer_wantlists.get(peer.get_id(), {})) < 1000:
+                    await trio.sleep(0.02)
+            await peer.disconnect(server.get_id())
+            with trio.fail_after(10):
+                while peer.get_id() in client._senders or peer.get_id() in server.get_network().connections:
+                    await trio.sleep(0.02)
+            await trio.sleep(1.5)  # past the second message's wait
+            assert peer.get_id() not in client._senders and peer.get_id() not in client._peer_wantlists
+            await handle.stop()
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
