@@ -31,10 +31,11 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 from fednode.daemon.abc import BanList, Spawner
+from fednode.daemon.redial import MAX_STORED_PEERS
 from fednode.errors import FednodeError
 from fednode.history import objstore, refs, repo_id_text, repos
 from fednode.logs import log
-from fednode.storage.netstate import NetState
+from fednode.storage.netstate import MAX_PEER_ADDRS, NetState
 from fednode.storage.store import Store, Txn
 from protocol.multiformats import CID
 
@@ -276,7 +277,9 @@ class Discovery:
         with trio.move_on_after(15):
             infos += await self._network_providers(raw)
         unique = {i.peer_id: i for i in infos}  # the DHT returns duplicates
-        return [i for i in unique.values() if i.peer_id != self.host.get_id() and i.addrs]
+        # a provider chooses its addresses (a record may carry thousands): the first few are dialled
+        return [PeerInfo(i.peer_id, list(i.addrs[:MAX_PEER_ADDRS])) for i in unique.values()
+                if i.peer_id != self.host.get_id() and i.addrs]
 
     async def _network_providers(self, raw: bytes) -> list[PeerInfo]:
         """Ask the network. py-libp2p's ``find_providers`` answers from the local provider store alone
@@ -301,7 +304,7 @@ class Discovery:
                 with trio.fail_after(10):
                     await self.host.connect(info)
                 found.append(str(info.peer_id))
-                self.state.put_peer(str(info.peer_id), [str(a) for a in info.addrs])
+                self.state.put_peer(str(info.peer_id), [str(a) for a in info.addrs], limit=MAX_STORED_PEERS)
             except Exception as exc:
                 log("dial_failed", "warning", peer=str(info.peer_id), error=f"{type(exc).__name__}: {exc}")
         log("dht_providers", what=what, found=found)

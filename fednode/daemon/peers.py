@@ -22,7 +22,7 @@ from fednode.daemon.abc import BanList, Spawner
 from fednode.daemon.metrics import Metrics
 from fednode.daemon.redial import MAX_STORED_PEERS, TICK_S, Redial, dialable
 from fednode.logs import log
-from fednode.storage.netstate import NetState
+from fednode.storage.netstate import MAX_PEER_ADDRS, NetState
 from protocol import messages as m
 
 
@@ -39,6 +39,7 @@ class Peers:
         self.on_connected = on_connected
         self.pubsub: Pubsub
         self.topic_of: Callable[[bytes], str] = m.topic_for  # the daemon sets Gossip.topic_of
+        self._bootstrap_ids: dict[str, str | None] = {}
 
     def start(self, pubsub: Pubsub) -> None:
         self.pubsub = pubsub
@@ -100,24 +101,29 @@ class Peers:
             await trio.sleep(TICK_S)
 
     def _connect_round(self, redial: Redial) -> None:
-        """Start a dial to each known peer that is not connected and is due."""
+        """Start a dial to each known peer that is not connected and is due. Runs every TICK_S:
+        only the addresses of due peers are parsed (by ``connect``), each peer's id read from its
+        key (stored, mDNS) or its address once (bootstrap)."""
         connected = self.host.get_connected_peers()
-        redial.seen({str(p) for p in connected})
+        keys = {str(p) for p in connected}
+        redial.seen(keys)
         stored = self._remember(connected)
         by_peer: dict[str, list[str]] = {}
-        for addr in self._targets(stored):
+        skip = keys | {str(self.host.get_id())}
+        for peer, addr in self._targets(stored):
+            if peer in skip or not redial.due(peer):
+                continue
             try:
-                info = info_from_p2p_addr(hostmod.parse_addrs([addr])[0])
-            except Exception:
-                log("bad_peer_addr", "warning", addr=addr)
+                banned = self.bans.is_banned(ID.from_base58(peer))
+            except Exception:  # not a peer id: never dialled
+                banned = True
+            if banned:
+                skip.add(peer)
                 continue
-            if info.peer_id in connected or info.peer_id == self.host.get_id() or self.bans.is_banned(info.peer_id):
-                continue
-            by_peer.setdefault(str(info.peer_id), []).append(addr)
+            by_peer.setdefault(peer, []).append(addr)
         for peer, addrs in by_peer.items():
-            if redial.due(peer):
-                redial.dialing.add(peer)  # one dial at a time per peer; the others go on meanwhile
-                self.tasks.spawn("redial", self._redial, redial, peer, list(dict.fromkeys(addrs)))
+            redial.dialing.add(peer)  # one dial at a time per peer; the others go on meanwhile
+            self.tasks.spawn("redial", self._redial, redial, peer, list(dict.fromkeys(addrs)))
 
     def _remember(self, connected: list[ID]) -> dict[str, list[str]]:
         """The stored peers, plus those that dialled us (a restart redials them at their identify
@@ -128,19 +134,30 @@ class Peers:
                 break
             if str(pid) in stored:
                 continue
-            if addrs := [a for a in self.known_addrs(pid) if dialable(a)]:
-                stored[str(pid)] = addrs
-                self.state.put_peer(str(pid), addrs)
+            addrs = [a for a in self.known_addrs(pid) if dialable(a)]
+            if addrs and self.state.put_peer(str(pid), addrs, limit=MAX_STORED_PEERS):
+                stored[str(pid)] = addrs[:MAX_PEER_ADDRS]
         return stored
 
-    def _targets(self, stored: dict[str, list[str]]) -> list[str]:
-        targets = list(self.bootstrap)
+    def _targets(self, stored: dict[str, list[str]]) -> list[tuple[str, str]]:
+        """(peer id, address with /p2p/ and that id) of each peer to keep connected."""
+        targets = [(peer, addr) for addr in self.bootstrap if (peer := self._bootstrap_peer(addr))]
         for pid, addrs in stored.items():
-            targets += [a if "/p2p/" in a else f"{a}/p2p/{pid}" for a in addrs]
+            targets += [(pid, a if "/p2p/" in a else f"{a}/p2p/{pid}") for a in addrs]
         if self.mdns:  # mDNS only fills the peerstore: dial what it found
             for found in self.host.get_peerstore().peers_with_addrs():
-                targets += [f"{a}/p2p/{found}" for a in self.known_addrs(found)[:1] if "/p2p/" not in a]
+                targets += [(str(found), f"{a}/p2p/{found}") for a in self.known_addrs(found)[:1] if "/p2p/" not in a]
         return targets
+
+    def _bootstrap_peer(self, addr: str) -> str | None:
+        """The peer id in a bootstrap address, parsed once; None (logged once) if it has none."""
+        if addr not in self._bootstrap_ids:
+            try:
+                self._bootstrap_ids[addr] = str(info_from_p2p_addr(hostmod.parse_addrs([addr])[0]).peer_id)
+            except Exception:
+                log("bad_peer_addr", "warning", addr=addr)
+                self._bootstrap_ids[addr] = None
+        return self._bootstrap_ids[addr]
 
     async def _redial(self, redial: Redial, peer: str, addrs: list[str]) -> None:
         try:

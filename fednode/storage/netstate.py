@@ -32,6 +32,8 @@ from protocol.multiformats import CID
 from protocol.objects import Commit
 
 DB = "net"
+MAX_PEER_ADDRS = 8  # addresses stored (and redialled) per peer; identify may list 1,000
+MAX_ADDR_CHARS = 256
 FETCH, GONE = b"fetch/", b"gone/"
 # [network] fetch_expiry_seconds: an unfinished fetch (a head announced but never served) is dropped this
 # long after it was first recorded, with the announcements and proposals of its head; its partial data is
@@ -311,13 +313,26 @@ class NetState:
         return [(repo, root) for repo, root, _ in expired]
 
     # peers seen (reconnected after a restart)
-    def put_peer(self, peer_id: str, addrs: list[str]) -> None:
+    def put_peer(self, peer_id: str, addrs: list[str], limit: int | None = None) -> bool:
+        """Store where ``peer_id`` listens: at most MAX_PEER_ADDRS addresses of at most MAX_ADDR_CHARS,
+        none naming another peer (a peer chooses what it advertises; each is dialled later). A new
+        peer is not stored once ``limit`` peers are. Whether it was stored."""
+        key = b"peer/" + peer_id.encode()
+        kept = _peer_addrs(peer_id, addrs)
+        if not kept:
+            return False
         with self.store.write() as txn:
-            txn.kv_put(DB, b"peer/" + peer_id.encode(), dagcbor.encode(addrs))
+            if limit is not None and txn.kv_get(DB, key) is None and \
+                    sum(1 for _ in txn.kv_items(DB, b"peer/")) >= limit:
+                return False
+            txn.kv_put(DB, key, dagcbor.encode(kept))
+        return True
 
     def peers(self) -> dict[str, list[str]]:
         with self.store.read() as txn:
-            return {k[5:].decode(): dagcbor.decode(v) for k, v in txn.kv_items(DB, b"peer/")}
+            rows = txn.kv_items(DB, b"peer/")
+        # the same bounds on what older versions stored
+        return {k[5:].decode(): _peer_addrs(k[5:].decode(), dagcbor.decode(v)) for k, v in rows}
 
     # bans (kept across restarts until they expire)
     def put_ban(self, peer_id: str, until: float, reason: str) -> None:
@@ -382,3 +397,13 @@ def _sweep(txn: Txn, max_age: float, now: float, write: bool) -> tuple[list[tupl
                 if write:
                     txn.kv_delete(DB, key)
     return expired, changes
+
+
+def _peer_addrs(peer_id: str, addrs: object) -> list[str]:
+    """``addrs`` as put_peer keeps them: strings of at most MAX_ADDR_CHARS naming no other peer, the
+    first MAX_PEER_ADDRS of them."""
+    if not isinstance(addrs, list):
+        return []
+    kept = [a for a in dict.fromkeys(a for a in addrs if isinstance(a, str))
+            if len(a) <= MAX_ADDR_CHARS and ("/p2p/" not in a or a.endswith("/p2p/" + peer_id))]
+    return kept[:MAX_PEER_ADDRS]

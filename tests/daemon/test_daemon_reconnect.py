@@ -123,3 +123,91 @@ def test_redial_backoff_doubles_to_a_cap_and_resets_on_any_connection() -> None:
 def test_unspecified_listen_addresses_are_not_stored_for_redialling() -> None:
     assert not dialable("/ip4/0.0.0.0/tcp/4001/p2p/12D3KooW") and not dialable("/ip6/::/tcp/4001")
     assert dialable("/ip4/127.0.0.1/tcp/4001") and dialable("/ip6/::1/tcp/4001")
+
+
+def _peer_ids(n: int) -> list[str]:
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.id import ID
+
+    return [str(ID.from_pubkey(create_new_key_pair().public_key)) for _ in range(n)]
+
+
+def test_stored_peer_addresses_are_bounded(tmp_path: Path) -> None:
+    """A peer chooses the addresses it advertises (identify allows 1,000; a DHT record any number):
+    at most MAX_PEER_ADDRS are stored, none naming another peer, none over MAX_ADDR_CHARS; a new
+    peer is not stored past the limit; rows an older version stored are read with the same bounds."""
+    from fednode.storage.netstate import MAX_ADDR_CHARS, MAX_PEER_ADDRS
+    from fednode.storage.store import Store
+    from protocol.dagcbor import encode
+
+    me, other, third = _peer_ids(3)
+    addrs = [f"/ip4/127.0.0.1/tcp/{4000 + i}" for i in range(1000)]
+    store = Store(tmp_path / "s", sync=False)
+    try:
+        state = NetState(store)
+        odd = [f"/ip4/10.0.0.1/tcp/1/p2p/{other}", "/dns4/" + "x" * MAX_ADDR_CHARS + "/tcp/1",
+               f"/ip4/10.0.0.2/tcp/1/p2p/{me}"]
+        assert state.put_peer(me, odd + addrs, limit=2)
+        assert state.peers() == {me: [odd[2], *addrs[:MAX_PEER_ADDRS - 1]]}
+        assert not state.put_peer(other, [f"/ip4/10.0.0.1/tcp/1/p2p/{third}"], limit=2)  # nothing left
+        assert state.put_peer(other, addrs[:1], limit=2)
+        assert not state.put_peer(third, addrs[:1], limit=2)  # two stored: a third is not
+        assert state.put_peer(me, addrs[5:6], limit=2)  # a stored one is updated
+        with store.write() as txn:  # as a version without the bounds stored it
+            txn.kv_put(DB, b"peer/" + third.encode(), encode(addrs))
+        assert state.peers()[third] == addrs[:MAX_PEER_ADDRS] and state.peers()[me] == addrs[5:6]
+    finally:
+        store.close()
+
+
+def test_a_connect_round_parses_only_the_addresses_of_peers_due(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The connect loop runs every 0.25 s over every stored peer: it parsed each stored address each
+    time (208 us each; 256 peers of 1,000 addresses were ~53 s a round). Now a round reads peer ids
+    from the keys and leaves the parsing to the dials it starts."""
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    from fednode.daemon import host as hostmod
+    from fednode.daemon.metrics import Metrics
+    from fednode.daemon.peers import Peers
+    from fednode.daemon.redial import MAX_STORED_PEERS
+    from fednode.storage.store import Store
+
+    parsed: list[str] = []
+    real_parse = hostmod.parse_addrs
+    monkeypatch.setattr(hostmod, "parse_addrs", lambda a: parsed.extend(a) or real_parse(a))
+    spawned: list[tuple[str, list[str]]] = []
+
+    class Record:  # the daemon's task spawner, recording instead of dialling
+        def spawn(self, where, fn, *args) -> None:  # type: ignore[no-untyped-def]
+            spawned.append((args[1], args[2]))
+
+    class NoBans:
+        def is_banned(self, peer: object) -> bool:
+            return False
+
+    store = Store(tmp_path / "s", sync=False)
+    try:
+        state = NetState(store)
+        ids = _peer_ids(20)
+        for i, pid in enumerate(ids):
+            state.put_peer(pid, [f"/ip4/127.0.0.1/tcp/{5000 + i}", f"/ip4/127.0.0.2/tcp/{5000 + i}"],
+                           limit=MAX_STORED_PEERS)
+        boot = _peer_ids(1)[0]
+        peers = Peers(hostmod.build_host(create_new_key_pair()), state, NoBans(), Metrics(), Record(),  # type: ignore[arg-type]
+                      [f"/ip4/127.0.0.1/tcp/4999/p2p/{boot}", "/not/an/address"], False, lambda p: None)
+        redial = Redial()
+        peers._connect_round(redial)  # every peer is due: one dial each, both of its addresses
+        assert sorted(p for p, _ in spawned) == sorted([*ids, boot])
+        assert dict(spawned)[ids[3]] == [f"/ip4/127.0.0.{i}/tcp/5003/p2p/{ids[3]}" for i in (1, 2)]
+        assert len(parsed) == 2  # the bootstrap addresses, once each; stored ones are parsed by the dials
+        spawned.clear()
+        for _ in range(3):
+            peers._connect_round(redial)  # all still dialling: nothing due, nothing parsed
+        assert spawned == [] and len(parsed) == 2
+        for pid in [*ids, boot]:
+            redial.dialing.discard(pid)
+            redial.failed(pid)
+        peers._connect_round(redial)  # backing off: nothing due
+        assert spawned == [] and len(parsed) == 2
+    finally:
+        store.close()
