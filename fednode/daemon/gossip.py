@@ -9,6 +9,12 @@ at a time, so two copies of one announcement arriving together are never both ac
 A private repository has an opaque topic, and what we publish on it is sealed (``privacy.py``); a
 repository's topic is re-read from the store at each ``subscribe`` (every push, pull and sync
 round), so a private repository its owner published moves to the public topic then.
+
+Rejections cost work (a decode, signature checks, a log line) and not all of them cost the forwarder
+a strike (a message it relays from another signer, a replay, one sealed for others): each rejection
+spends one of the forwarder's REJECT_BURST tokens, refilled at REJECT_RATE a second, and a forwarder
+out of tokens has its messages dropped unread (``rejected["rate_limited"]``) until it has one again.
+py-libp2p's own per-peer limit counts only messages that passed validation.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from fednode.daemon import guard, privacy
 from fednode.daemon.abc import FetchScheduler, Penalizer, Spawner
 from fednode.daemon.host import peer_id_of_key
 from fednode.daemon.metrics import Metrics
+from fednode.daemon.ratelimit import TokenBuckets
 from fednode.daemon.validate import PENALIZED, Validator, Verdict
 from fednode.identity import Identity
 from fednode.logs import log
@@ -34,6 +41,8 @@ from protocol.multiformats import CID, DAG_CBOR
 
 TopicValidator = Callable[[ID, rpc_pb2.Message], bool]
 IGNORED = frozenset({"sealed_unreadable", "sealed_stale"})  # not for us: counted, not logged one by one
+REJECT_RATE = 10.0  # rejected messages a second a forwarder may cost us, after a burst of
+REJECT_BURST = 100.0  # (honest gossip is a few messages a minute, and rarely rejected)
 
 
 def _drop(forwarder: ID, msg: rpc_pb2.Message) -> bool:
@@ -55,6 +64,7 @@ class Gossip:
         self.pubsub: Pubsub
         self.me: ID
         self.topics: dict[str, bytes] = {}  # topic -> repo id
+        self.rejections = TokenBuckets(REJECT_RATE, REJECT_BURST)
 
     def start(self, pubsub: Pubsub, me: ID) -> None:
         self.pubsub, self.me = pubsub, me
@@ -126,9 +136,15 @@ class Gossip:
 
     def _judge(self, repo_id: bytes, forwarder: ID, msg: rpc_pb2.Message, private: bool = False) -> bool:
         """Validate, then accept or reject: whether py-libp2p may deliver and forward ``msg``."""
+        key = str(forwarder)
+        if forwarder != self.me and self.rejections.available(key) < 1:
+            self.metrics.rejected["rate_limited"] += 1  # too many rejected lately: not even read
+            return False
         source = ID(msg.from_id)
         from_self = source == self.me and forwarder == self.me
         verdict = self.validator.validate_gossip(msg.data, repo_id, from_self, private)
+        if verdict.reason is not None:
+            self.rejections.take(key)
         if verdict.reason in IGNORED:  # sealed for others (or for an epoch we left behind): not forwarded
             self.metrics.rejected[verdict.reason] += 1
             return False
@@ -144,6 +160,7 @@ class Gossip:
             self.metrics.published[verdict.msg.kind] += 1
             return True
         if not self._claim(verdict.msg):
+            self.rejections.take(key)
             self.metrics.rejected["replay"] += 1
             log("gossip_rejected", reason="replay", forwarder=str(forwarder), source=str(source))
             return False

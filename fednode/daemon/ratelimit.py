@@ -25,6 +25,11 @@ class TokenBuckets:
         self._bound()
         return ok
 
+    def available(self, key: str) -> float:
+        """``key``'s tokens now, nothing spent (an unknown key: a full bucket)."""
+        tokens, then = self._buckets.get(key, (self.burst, self.clock()))
+        return min(self.burst, tokens + (self.clock() - then) * self.rate)
+
     def pace(self, key: str, cost: float) -> float:
         """Spend ``cost`` tokens of ``key`` even past empty, and return how many seconds the caller
         should wait before doing the work: the debt over ``rate``. Nothing is refused; a key that

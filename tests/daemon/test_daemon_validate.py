@@ -124,3 +124,43 @@ def test_gossip_accepts_one_of_two_copies_and_validating_writes_nothing(tmp_path
         assert state.announcements(rid) == [data]
     finally:
         store.close()
+
+
+def test_a_forwarder_of_many_rejected_messages_is_read_no_more_for_a_while(tmp_path: Path) -> None:
+    """Relayed messages signed by a stranger are rejected without a strike (the forwarder may be
+    honest), but each costs signature checks and a log line: past REJECT_BURST rejections a
+    forwarder's messages are dropped unread, until tokens come back at REJECT_RATE a second; other
+    forwarders are not affected."""
+    from fednode.daemon.gossip import REJECT_BURST, REJECT_RATE
+
+    owner, stranger = fixed_identity(), Identity.generate()
+    store = Store(tmp_path / "store")
+    try:
+        rid = History(store, owner).create_repo("m", ArraySource(model_arrays(0)))[0].repo_id
+        state = NetState(store)
+        metrics = SimpleNamespace(rejected=Counter(), accepted=Counter(), published=Counter(), errors=Counter())
+        strikes: list[str] = []
+        gossip = Gossip(store, state, Validator(store, state), metrics, None,  # type: ignore[arg-type]
+                        SimpleNamespace(penalize=lambda peer, reason: strikes.append(reason)),  # type: ignore[arg-type]
+                        SimpleNamespace(schedule=lambda *args: None))  # type: ignore[arg-type]
+        gossip.start(None, ID.from_base58(Identity.generate().peer_id))  # type: ignore[arg-type]
+        now = [0.0]
+        gossip.rejections.clock = lambda: now[0]
+        validate = gossip.validator_for(rid)
+        flooder, other = (ID.from_base58(Identity.generate().peer_id) for _ in range(2))
+
+        def announcement(signer: Identity, seq: int) -> rpc_pb2.Message:
+            ann = m.HeadAnnouncement(rid, "main", CID.hash(DAG_CBOR, b"%d" % seq), seq, 1, signer.public_key)
+            return rpc_pb2.Message(from_id=ID.from_base58(signer.peer_id).to_bytes(), data=_sign(signer, ann),
+                                   seqno=b"%d" % seq)
+
+        n = int(REJECT_BURST) + 50
+        assert not any(validate(flooder, announcement(stranger, i)) for i in range(n))
+        rejected = sum(v for k, v in metrics.rejected.items() if k != "rate_limited")
+        assert rejected == REJECT_BURST and metrics.rejected["rate_limited"] == 50 and strikes == []
+        assert not validate(flooder, announcement(owner, 1))  # even a good one, unread
+        assert validate(other, announcement(owner, 2))  # another forwarder is read
+        now[0] += 1 / REJECT_RATE  # one token back
+        assert validate(flooder, announcement(owner, 3))
+    finally:
+        store.close()
