@@ -1,5 +1,6 @@
 """Penalties and bans: our own peer scoring (py-libp2p's ScoreParams are not wired to
-disconnects we could test). Each penalty counts against a peer; ``threshold`` of them ban it for
+disconnects we could test). Each penalty counts against a peer; ``threshold`` of them, each within
+STRIKE_MEMORY_SECONDS of the one before (older strikes are forgiven), ban it for
 ``seconds``: it is blacklisted in pubsub (its gossip ignored, its connection torn down), gated on
 reconnecting (``gate.BanGate``), and the ban is stored, so a restart keeps it until it expires.
 """
@@ -7,7 +8,6 @@ reconnecting (``gate.BanGate``), and the ban is stored, so a restart keeps it un
 from __future__ import annotations
 
 import time
-from collections import Counter
 
 import trio
 from libp2p.abc import IHost
@@ -20,6 +20,8 @@ from fednode.storage.netstate import NetState
 
 BAN_THRESHOLD = 5  # invalid messages/blocks before a peer is disconnected and blacklisted
 BAN_SECONDS = 24 * 3600  # how long a ban lasts; bans are stored, so a restart keeps them
+STRIKE_MEMORY_SECONDS = 3600.0  # a peer's strikes are forgotten this long after its last one
+MAX_TRACKED = 4096  # peers with strikes remembered; past it the one struck longest ago is forgotten
 
 
 class Bans:
@@ -31,7 +33,8 @@ class Bans:
         self.tasks = tasks
         self.threshold = threshold
         self.seconds = seconds
-        self.invalid: Counter[str] = Counter()  # penalties of peers not banned (yet)
+        self.invalid: dict[str, tuple[int, float]] = {}  # peers not banned (yet): strikes, time of the last
+        self.clock = time.monotonic
         self.blacklist: Blacklist
 
     def start(self, blacklist: Blacklist) -> None:
@@ -49,12 +52,17 @@ class Bans:
         key = str(peer)
         if peer == self.host.get_id() or self.is_banned(peer):
             return
-        self.invalid[key] += 1
+        now = self.clock()
+        strikes, last = self.invalid.pop(key, (0, now))
+        strikes = 1 if now - last > STRIKE_MEMORY_SECONDS else strikes + 1  # an old lapse is forgiven
+        self.invalid[key] = (strikes, now)  # re-inserted: the most recently struck last
+        if len(self.invalid) > MAX_TRACKED:
+            del self.invalid[next(iter(self.invalid))]
         self.metrics.penalties[reason] += 1
-        if self.invalid[key] >= self.threshold:
+        if strikes >= self.threshold:
             self.metrics.bans += 1
             until = time.time() + self.seconds
-            log("peer_banned", "warning", peer=key, invalid=self.invalid[key], last_reason=reason, until=int(until))
+            log("peer_banned", "warning", peer=key, invalid=strikes, last_reason=reason, until=int(until))
             self.state.put_ban(key, until, reason)
             del self.invalid[key]
             self.blacklist.add_to_blacklist(peer)  # also tears the connection down

@@ -48,6 +48,7 @@ OWN_TTL = 30.0  # seconds one signed answer to heads queries is reused while our
 CONFIRM_SECONDS = 3.0  # how long push asks the topic's peers whether they accepted its announcements
 CONFIRM_EVERY = 0.3  # between two asks of one peer (its heads limit allows 4 a second)
 # penalized in a heads reply: nothing an honest peer relays (older announcements are normal there)
+MAX_REFUSALS_LOGGED = 4096  # (repo, peer) refusals remembered, so each is logged once; then again
 BAD_REPLY = frozenset({"malformed", "bad_signature", "wrong_repo"})
 GENESIS_REFUSED = {"too_large": ": it is larger than [network] max_fetch_bytes",
                    "disk_full": ": the disk would fall below [network] min_free_bytes"}
@@ -259,6 +260,8 @@ class HeadsSync:
         done.refused += 1
         done.errors.append(f"{peer}: {self.private_error(repo_id)}")
         if (repo_id, peer) not in self.refusals_logged:
+            if len(self.refusals_logged) >= MAX_REFUSALS_LOGGED:  # every new peer id would add one
+                self.refusals_logged.clear()
             self.refusals_logged.add((repo_id, peer))
             log("heads_refused_private", repo=repo_id_text(repo_id), peer=str(peer))
 

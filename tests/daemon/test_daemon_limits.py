@@ -194,3 +194,41 @@ async def test_the_event_loop_watchdog_counts_a_blocked_loop(monkeypatch: pytest
     assert fake.metrics.loop_stalls == 1 and fake.metrics.loop_lag_max >= 0.5
     assert logged and logged[0][0] == "event_loop_stalled" and logged[0][1]["seconds"] >= 0.5
     assert "fednode_loop_stalls_total 1" in fake.metrics.prometheus(0)
+
+
+def test_strikes_are_forgotten_after_an_hour_and_at_most_max_tracked_peers_are_kept(tmp_path: Path) -> None:
+    """A peer is banned for ban_threshold strikes within STRIKE_MEMORY_SECONDS of each other (an honest
+    peer's rare lapses do not add up over months), and strikes of at most MAX_TRACKED peers are kept
+    (each new peer id with one strike added an entry that stayed until a restart)."""
+    from types import SimpleNamespace
+
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.id import ID
+
+    from fednode.daemon.bans import MAX_TRACKED, STRIKE_MEMORY_SECONDS, Bans
+    from fednode.daemon.metrics import Metrics
+    from fednode.storage.netstate import NetState
+    from fednode.storage.store import Store
+
+    peer = ID.from_pubkey(create_new_key_pair().public_key)
+    me = ID.from_pubkey(create_new_key_pair().public_key)
+    with Store(tmp_path / "s", sync=False) as store:
+        blacklist, started = Blacklist(), []
+        bans = Bans(NetState(store), Metrics(), SimpleNamespace(get_id=lambda: me),  # type: ignore[arg-type]
+                    SimpleNamespace(start_soon=lambda *a: started.append(a)), threshold=3)  # type: ignore[arg-type]
+        bans.start(blacklist)
+        clock = Clock()
+        bans.clock = clock
+        for _ in range(2):
+            bans.penalize(peer, "malformed")
+        clock.now += STRIKE_MEMORY_SECONDS + 1  # an hour later: the two are forgiven
+        for _ in range(2):
+            bans.penalize(peer, "malformed")
+        assert not bans.is_banned(peer) and bans.invalid[str(peer)][0] == 2
+        bans.penalize(peer, "malformed")  # the third within the hour
+        assert bans.is_banned(peer) and str(peer) not in bans.invalid and len(started) == 1
+        others = [ID.from_pubkey(create_new_key_pair().public_key) for _ in range(MAX_TRACKED + 10)]
+        for other in others:
+            bans.penalize(other, "malformed")
+        assert len(bans.invalid) == MAX_TRACKED
+        assert str(others[-1]) in bans.invalid and str(others[0]) not in bans.invalid
