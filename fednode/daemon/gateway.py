@@ -7,7 +7,10 @@ DAG under the CID, depth-first, no duplicates, ``dag-scope=block|entity|all``), 
 the CID, no deserialized responses. A block is served only when ``access.Reader`` would serve it
 to an anonymous peer (a public repository's, or ``PUBLIC`` content): a private repository's block is
 a 404, exactly like a block we do not hold. Delta-stored tensor states come from ``StateBlocks``
-as on bitswap. Each client IP gets ``rate`` requests a second (burst ``burst``), then 429.
+as on bitswap. Each client IP gets ``rate`` requests a second (burst ``burst``), then 429; a CAR's
+walk costs one more request per WALK_STEP blocks, paid as it goes (the walk waits when the client
+is out of requests): a HEAD or GET of a large DAG's CAR costs us the walk whether or not the
+client reads the body.
 
 Bounds: headers <= 8 KiB, no request body, 10 s to send the request, 64 connections answered at a
 time and 8 per client IP (more wait up to 30 s for a slot; beyond 1024 held, or 256 of one IP, a
@@ -48,6 +51,7 @@ MAX_PER_CLIENT = 8  # connections of one IP answered at a time: one client canno
 # connections waiting for a slot (a client opening many at once, as Helia does, is queued, not refused)
 MAX_HELD, MAX_HELD_PER_CLIENT, QUEUE_TIMEOUT = 1024, 256, 30.0
 PIECE = 256 * 1024
+WALK_STEP = 256  # blocks of a CAR's walk that cost its client one request
 # requests per second per client IP: a block-by-block client makes one per block (a 256 MiB file: 1031)
 DEFAULT_RATE, DEFAULT_BURST = 100.0, 1000.0
 DEFAULT_MAX_CAR_BYTES = 4 << 30
@@ -210,9 +214,11 @@ class Blocks:
         block = await self.get(cid, reader)
         return None if block is None else len(block)
 
-    async def plan(self, root: CID, scope: str, reader: Reader, limit: int) -> tuple[list[CID], int]:
+    async def plan(self, root: CID, scope: str, reader: Reader, limit: int,
+                   charge: Callable[[], Awaitable[None]] | None = None) -> tuple[list[CID], int]:
         """The CAR's blocks in order (depth-first, link order, each once) and its length; every block
-        present and readable and the total within ``limit``, else a GatewayError."""
+        present and readable and the total within ``limit``, else a GatewayError. ``charge`` is
+        awaited after each WALK_STEP blocks (the client pays for the walk as it goes)."""
         order: list[CID] = []
         seen: set[CID] = set()
         total = len(encode_header([root]))
@@ -238,8 +244,10 @@ class Blocks:
                 raise GatewayError(413, f"the CAR of {root} (dag-scope={scope}) is larger than this gateway's "
                                    f"limit of {limit} bytes: ask for its blocks or a smaller scope")
             stack.extend(reversed(kids))
-            if len(order) % 256 == 0:
+            if len(order) % WALK_STEP == 0:
                 await trio.sleep(0)  # a large DAG's walk lets other requests in
+                if charge is not None:
+                    await charge()
         return order, total
 
 
@@ -373,7 +381,7 @@ class Gateway:
                 raise GatewayError(429, f"more than {self.config.rate:g} requests a second from {client}",
                                    {"Retry-After": "1"})
             request = parse_target(method, target, headers)
-            await self._respond(stream, request)
+            await self._respond(stream, request, client)
         except GatewayError as exc:
             self.served["refused"] += 1
             body = (json.dumps({"error": " ".join(str(exc).split())}) + "\n").encode()
@@ -381,8 +389,14 @@ class Gateway:
             with trio.fail_after(SEND_TIMEOUT):
                 await stream.send_all(_head(exc.status, fields) + (b"" if head_only else body))
 
-    async def _respond(self, stream: trio.SocketStream, request: Request) -> None:
+    async def _respond(self, stream: trio.SocketStream, request: Request, client: str) -> None:
         reader = Reader(self.blocks.store, b"")  # anonymous: no key, no membership
+
+        async def charge() -> None:  # WALK_STEP blocks walked cost the client one more request
+            wait = self.limit.pace(client, 1)
+            if wait:
+                await trio.sleep(wait)
+
         cid = request.cid
         raw = request.kind == RAW_TYPE
         etag = f'"{cid}.raw"' if raw else f'"{cid}.car.{request.scope}.dfs.n"'
@@ -396,7 +410,7 @@ class Gateway:
                 raise GatewayError(404, f"block {cid} is not held here")
             body, order, total = block, [cid], len(block)
         else:
-            order, total = await self.blocks.plan(cid, request.scope, reader, self.config.max_car_bytes)
+            order, total = await self.blocks.plan(cid, request.scope, reader, self.config.max_car_bytes, charge)
         if etag in (t.strip() for t in request.if_none_match.split(",")):
             with trio.fail_after(SEND_TIMEOUT):
                 await stream.send_all(_head(304, {k: v for k, v in fields.items() if k != "Content-Type"}))

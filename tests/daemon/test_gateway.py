@@ -302,3 +302,50 @@ def test_a_taken_port_stops_the_daemon_in_one_line(tmp_path: Path) -> None:
     assert len(errors) == 1, out.stderr[-2000:]
     assert errors[0].startswith("error: cannot serve the gateway on 127.0.0.1:")
     assert "Address already in use" in errors[0] and "Traceback" not in out.stderr
+
+
+async def test_a_car_walk_is_paid_for_as_it_goes(tmp_path: Path) -> None:
+    """A CAR's plan walks the whole DAG before the 200 (its length, every block present), for a HEAD
+    as for a GET: each WALK_STEP blocks walked cost the client one more request, so a client out of
+    requests has its walk wait and its next request refused. In process: a real store and a real
+    socket to the gateway (the daemon's own gateway tests are above)."""
+    import trio
+
+    from fednode.daemon.gateway import WALK_STEP, Gateway, GatewayConfig
+    from fednode.storage.store import PUBLIC, Store
+    from protocol.multiformats import DAG_PB
+    from protocol.unixfs import Link, encode_node
+
+    leaves = [b"leaf %d" % i for i in range(2 * WALK_STEP + 10)]
+    links = [Link(CID.hash(RAW, leaf), len(leaf), len(leaf)) for leaf in leaves]
+    node = encode_node(links, b"\x08\x02")  # a UnixFS file node
+    root = CID.hash(DAG_PB, node)
+    store = Store(tmp_path / "s", sync=False)
+    with store.write() as txn:
+        for link, leaf in zip(links, leaves, strict=True):
+            txn.put_block(link.cid, leaf)
+            txn.tag_block(link.cid, PUBLIC)
+        txn.put_block(root, node)
+        txn.tag_block(root, PUBLIC)
+
+    async def request(port: int, method: str) -> tuple[int, float]:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        start = trio.current_time()
+        await stream.send_all(f"{method} /ipfs/{root}?format=car HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(4096)
+        await stream.aclose()
+        return int(data.split()[1]), trio.current_time() - start
+
+    try:
+        gateway = Gateway(store, GatewayConfig("127.0.0.1", 0, rate=1.0, burst=2.0))
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(gateway.serve)
+            with trio.fail_after(20):
+                status, took = await request(port, "HEAD")  # 1 request + 2 steps: 1 token short
+                assert status == 200 and took >= 1.0 - 0.02, took  # 1 token at 1 a second
+                assert (await request(port, "HEAD"))[0] == 429  # nothing left meanwhile
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
