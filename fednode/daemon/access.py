@@ -57,9 +57,10 @@ def may_read(holders: Iterable[bytes], key: bytes | None, visibility: Callable[[
 class Reader:
     """One request's view of the rule for one peer; repositories' settings are read once and cached."""
 
-    def __init__(self, store: Store, peer: ID | bytes) -> None:
+    def __init__(self, store: Store, peer: ID | bytes, asker: str | None = None) -> None:
         self.store = store
         self.key = peer_key(peer)
+        self.asker = asker if asker is not None else str(peer)  # whom work done for this reader is charged to
         self._visibility: dict[bytes, str | None] = {}
         self._members: dict[bytes, frozenset[bytes]] = {}
 

@@ -85,7 +85,7 @@ logger = logging.getLogger("fednode.bitswap")
 
 WANT_HAVE = 1  # Message.Wantlist.WantType.Have
 # (CID, whether the asker may read a block the given repositories hold) -> a generated block or None
-ExtraBlocks = Callable[[CID, Callable[[list[bytes]], bool]], Awaitable[bytes | None]]
+ExtraBlocks = Callable[[CID, Callable[[list[bytes]], bool], str], Awaitable[bytes | None]]
 FETCH_WINDOW = 64  # blocks wanted at once from a peer: 16 MiB of 256 KiB chunks
 HOLD_BYTES = 8 << 20  # fetched blocks held for one write transaction
 STALL_SECONDS = 5.0  # a provider that sends nothing this long: every connected peer is asked too
@@ -361,7 +361,7 @@ class FednodeBitswap(BitswapClient):
         if block is not None:
             return block if reader.allows(holders) else None
         if self.extra_blocks is not None:
-            return await self.extra_blocks(ours, reader.allows)
+            return await self.extra_blocks(ours, reader.allows, reader.asker)
         return None
 
     def _sender(self, peer_id: ID) -> PeerSender:

@@ -63,7 +63,7 @@ REASONS = {200: "OK", 304: "Not Modified", 400: "Bad Request", 404: "Not Found",
            406: "Not Acceptable", 408: "Request Timeout", 413: "Content Too Large",
            431: "Request Header Fields Too Large", 429: "Too Many Requests", 500: "Internal Server Error"}
 # a wanted block the store lacks: (CID, the asker's rule) -> a generated block (StateBlocks.get) or None
-ExtraBlocks = Callable[[CID, Callable[[list[bytes]], bool]], Awaitable[bytes | None]]
+ExtraBlocks = Callable[[CID, Callable[[list[bytes]], bool], str], Awaitable[bytes | None]]
 
 
 class GatewayError(Exception):
@@ -203,7 +203,7 @@ class Blocks:
                 break
         if block is not None:
             return block if reader.allows(holders) else None
-        return await self.extra(cid, reader.allows) if self.extra is not None else None
+        return await self.extra(cid, reader.allows, reader.asker) if self.extra is not None else None
 
     async def size(self, cid: CID, reader: Reader) -> int | None:
         """A raw leaf's length without copying it out of the map; other blocks are read."""
@@ -390,7 +390,7 @@ class Gateway:
                 await stream.send_all(_head(exc.status, fields) + (b"" if head_only else body))
 
     async def _respond(self, stream: trio.SocketStream, request: Request, client: str) -> None:
-        reader = Reader(self.blocks.store, b"")  # anonymous: no key, no membership
+        reader = Reader(self.blocks.store, b"", f"ip:{client}")  # anonymous: no key, no membership
 
         async def charge() -> None:  # WALK_STEP blocks walked cost the client one more request
             wait = self.limit.pace(client, 1)

@@ -22,6 +22,9 @@ bitswap server's fallback for a block the store does not hold:
   ``pread``), bounded by ``[network] bitswap_spill_bytes`` (4 GiB by default) with LRU eviction by
   state; memory then holds only the offsets, not the state. The rebuild itself still holds the
   tensor (as any checkout does); larger than the spill bound, a state is not served.
+- Cost: the bytes rebuilt are charged to the asker (``_afford``: REBUILD_RATE a second after
+  REBUILD_BURST; more debt than MAX_REBUILD_WAIT seconds is refused until paid), so asking in turn
+  for more states than the cache holds cannot keep the rebuild threads busy for free.
 - Read access: ``get`` takes the asker's rule (``access.Reader.allows``); a state (its root and
   every child) is served only if a repository whose commits record it may be read by the asker: a
   private repository's states go to its members only, generated or cached.
@@ -41,6 +44,7 @@ from typing import Any, Protocol
 import trio
 
 from fednode.daemon.abc import ReaderThreads
+from fednode.daemon.ratelimit import TokenBuckets
 from fednode.errors import FednodeError
 from fednode.history import History
 from fednode.history.states import tensor_bytes
@@ -56,6 +60,12 @@ DEFAULT_CACHE_BYTES = 256 << 20
 # a miss re-reads the refs unless they were read this recently: a flood of unknown CIDs costs at most
 # 4 scans of the refs a second (one LMDB cursor over them; manifests are read only for new targets)
 INDEX_REFRESH_SECONDS = 0.25
+# Bytes of states rebuilt per second for one asker (a peer, a gateway client IP), after a burst: a
+# rebuild reads and decodes the delta chain and hashes the result (~0.1-0.3 s of CPU per 64 MiB).
+# Past MAX_REBUILD_WAIT seconds of debt a rebuild is refused (DONT_HAVE, or a 404) until it is paid.
+REBUILD_RATE = 64 << 20
+REBUILD_BURST = 1 << 30
+MAX_REBUILD_WAIT = 10.0
 # 4 GiB of disk: states larger than the cache, spilled to anonymous temporary files (gone at exit)
 DEFAULT_SPILL_BYTES = 4 << 30
 MAX_REBUILDS = 2  # states rebuilt at once: each holds its tensor (and a parent) in memory meanwhile
@@ -295,9 +305,11 @@ class StateBlocks:
         self._known: OrderedDict[CID, CID] = OrderedDict()  # block -> state root, generated before
         self._building: dict[CID, trio.Event] = {}
         self._limiter = trio.CapacityLimiter(MAX_REBUILDS)
+        self.budget = TokenBuckets(REBUILD_RATE, REBUILD_BURST)  # bytes rebuilt, per asker
         self._refresh_lock = trio.Lock()
         self._refreshed_at = -math.inf
         self.generated = 0  # states rebuilt and served (reported in logs and tests)
+        self.deferred = 0  # rebuilds refused: the asker was over its budget
 
     async def refresh(self, min_age: float = 0.0) -> None:
         """Rebuild the index from the refs (at start, and on a miss), unless the last refresh ended less
@@ -311,9 +323,10 @@ class StateBlocks:
         if changed:
             log("state_index", states=len(self.index.sources))
 
-    async def get(self, cid: CID, allows: Callable[[list[bytes]], bool] | None = None) -> bytes | None:
+    async def get(self, cid: CID, allows: Callable[[list[bytes]], bool] | None = None, asker: str = "") -> bytes | None:
         """A generated block (a delta-stored state's root or child), or None: not ours to serve, or
-        ``allows`` (the asker's read rule, given the repositories recording the state) says no."""
+        ``allows`` (the asker's read rule, given the repositories recording the state) says no, or
+        ``asker`` (a peer, a gateway client) had more rebuilt lately than its budget (``_afford``)."""
         for store in (self.cache, self.spill):
             held = store.root_of(cid)
             if held is not None:
@@ -329,12 +342,30 @@ class StateBlocks:
             return None
         if allows is not None and not allows(self.index.holders.get(root, [])):
             return None  # refused before any rebuild: a non-member cannot make us work for it
+        if not await self._afford(root, source, asker):
+            return None
         try:
             await self._generate(root, source)
         except Exception as exc:  # a damaged chain is logged and not served; the peer gets DONT_HAVE
             log("state_failed", "warning", state=str(root), error=f"{type(exc).__name__}: {exc}")
         got = self.cache.get(cid)
         return got if got is not None else self.spill.get(cid)
+
+    async def _afford(self, root: CID, source: StateSource, asker: str) -> bool:
+        """Charge a rebuild's bytes to ``asker`` (REBUILD_RATE a second after REBUILD_BURST): one that
+        asks for more waits for it, up to MAX_REBUILD_WAIT, else is refused (it may ask again later).
+        A state cached or being rebuilt costs nothing. Asking in turn for more states than the cache
+        holds forced a rebuild each time, at no cost to the asker."""
+        if root in self.cache or root in self.spill or root in self._building:
+            return True
+        if self.budget.available(asker) - source.nbytes < -MAX_REBUILD_WAIT * REBUILD_RATE:
+            self.deferred += 1
+            log("state_rebuild_deferred", "warning", state=str(root), asker=asker, bytes=source.nbytes)
+            return False
+        wait = self.budget.pace(asker, source.nbytes)
+        if wait:
+            await trio.sleep(wait)
+        return True
 
     async def _generate(self, root: CID, source: StateSource) -> None:
         """Rebuild ``root`` into the cache; a request for a state being rebuilt waits for that rebuild."""

@@ -79,7 +79,7 @@ async def test_many_blocks_answered_in_batches_under_the_limit(tmp_path: Path) -
     listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
     try:
         async with server.run(listen), peer.run(listen), trio.open_nursery() as nursery:
-            async def broken(cid: CID, allows: object) -> bytes | None:  # a state that cannot be rebuilt
+            async def broken(cid: CID, allows: object, asker: str) -> bytes | None:  # a state that cannot be rebuilt
                 raise RuntimeError(f"cannot rebuild {cid}")
 
             handle = await start_bitswap(server, store, nursery, extra_blocks=broken)

@@ -137,3 +137,44 @@ async def test_large_state_spilled_checked_and_access_kept(history: History) -> 
     wrong = add_bytes(b"not this tensor")
     blocks.index.sources[wrong] = source
     assert await blocks.get(wrong) is None and wrong not in blocks.spill
+
+
+async def test_rebuilds_are_charged_to_whoever_asks(history: History, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Each rebuild's bytes are charged to the asker: past its burst it waits, past MAX_REBUILD_WAIT
+    of debt it is refused (nothing rebuilt), and another asker is not affected; a cached state costs
+    nothing. Before, asking in turn for more states than the cache holds rebuilt each one for free."""
+    from fednode.daemon import stateblocks
+
+    n = 1 << 18  # 1 MiB of float32 a state
+    rng = np.random.default_rng(5)
+    repo, _ = history.create_repo("demo", ArraySource({"w": ("F32", rng.standard_normal(n).astype(np.float32))}),
+                                  visibility="public")
+    states = []
+    for i in range(3):
+        w = rng.standard_normal(n).astype(np.float32)
+        w[::2] = 0  # a change the xor delta stores
+        head = history.commit(repo, ArraySource({"w": ("F32", w)}), f"c{i}").cid
+        entry = history.load_manifest(history.load_commit(head).weights).tensors["w"]
+        if entry.encoding != "snapshot":
+            states.append(entry.state)
+    assert len(states) == 3, "a commit was stored as a snapshot: no rebuild to charge"
+    monkeypatch.setattr(stateblocks, "REBUILD_RATE", 4 << 20)  # 4 MiB a second: a state costs 0.25 s
+    monkeypatch.setattr(stateblocks, "REBUILD_BURST", 1 << 20)  # one state at once
+    monkeypatch.setattr(stateblocks, "MAX_REBUILD_WAIT", 0.3)  # at most 1.2 MiB of debt
+    blocks = StateBlocks(history, _Threads(), max_cache_bytes=1 << 30)
+    start = trio.current_time()
+    assert await blocks.get(states[0], asker="a") is not None  # within the burst
+    assert await blocks.get(states[0], asker="a") is not None and blocks.generated == 1  # cached: free
+    assert trio.current_time() - start < 0.25
+    got: dict[CID, bytes | None] = {}
+
+    async def ask(state: CID) -> None:
+        got[state] = await blocks.get(state, asker="a")
+
+    async with trio.open_nursery() as nursery:  # two more at once: one waits 0.25 s, one is refused
+        for state in states[1:3]:
+            nursery.start_soon(ask, state)
+    assert sorted(g is None for g in got.values()) == [False, True] and trio.current_time() - start >= 0.25 - 0.01
+    assert blocks.generated == 2 and blocks.deferred == 1
+    (refused,) = [state for state, g in got.items() if g is None]
+    assert await blocks.get(refused, asker="b") is not None and blocks.generated == 3  # another asker
