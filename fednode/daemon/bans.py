@@ -22,6 +22,7 @@ BAN_THRESHOLD = 5  # invalid messages/blocks before a peer is disconnected and b
 BAN_SECONDS = 24 * 3600  # how long a ban lasts; bans are stored, so a restart keeps them
 STRIKE_MEMORY_SECONDS = 3600.0  # a peer's strikes are forgotten this long after its last one
 MAX_TRACKED = 4096  # peers with strikes remembered; past it the one struck longest ago is forgotten
+MAX_BANS = 4096  # bans stored; past it the one that ends soonest is lifted
 
 
 class Bans:
@@ -63,6 +64,7 @@ class Bans:
             self.metrics.bans += 1
             until = time.time() + self.seconds
             log("peer_banned", "warning", peer=key, invalid=strikes, last_reason=reason, until=int(until))
+            self._make_room()
             self.state.put_ban(key, until, reason)
             del self.invalid[key]
             self.blacklist.add_to_blacklist(peer)  # also tears the connection down
@@ -81,6 +83,20 @@ class Bans:
         if was:
             log("peer_unbanned", peer=key, reason="operator")
         return was
+
+    def _make_room(self) -> None:
+        """At most MAX_BANS stored (each is restored every sync round and listed in /status): past it,
+        the ban that ends soonest is lifted (a peer id costs an attacker nothing; the bound is ours)."""
+        stored = self.state.bans()
+        excess = len(stored) + 1 - MAX_BANS
+        if excess <= 0:
+            return
+        for key in sorted(stored, key=lambda k: float(stored[k]["until"]))[:excess]:  # type: ignore[arg-type]
+            self.state.drop_ban(key)
+            try:
+                self.blacklist.remove_from_blacklist(ID.from_base58(key))
+            except Exception:
+                pass
 
     def restore(self) -> None:
         """Blacklist the stored bans that still hold; lift and forget the expired ones."""

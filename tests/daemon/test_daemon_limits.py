@@ -232,3 +232,34 @@ def test_strikes_are_forgotten_after_an_hour_and_at_most_max_tracked_peers_are_k
             bans.penalize(other, "malformed")
         assert len(bans.invalid) == MAX_TRACKED
         assert str(others[-1]) in bans.invalid and str(others[0]) not in bans.invalid
+
+
+def test_at_most_max_bans_are_stored_the_soonest_to_end_lifted_first(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Every stored ban is restored each sync round and listed in /status, and a peer id costs an
+    attacker nothing: past MAX_BANS, the ban that ends soonest is lifted to make room."""
+    from types import SimpleNamespace
+
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.id import ID
+
+    from fednode.daemon import bans as bansmod
+    from fednode.daemon.bans import Bans
+    from fednode.daemon.metrics import Metrics
+    from fednode.storage.netstate import NetState
+    from fednode.storage.store import Store
+
+    monkeypatch.setattr(bansmod, "MAX_BANS", 3)
+    me = ID.from_pubkey(create_new_key_pair().public_key)
+    peers = [ID.from_pubkey(create_new_key_pair().public_key) for _ in range(5)]
+    with Store(tmp_path / "s", sync=False) as store:
+        state, blacklist = NetState(store), Blacklist()
+        bans = Bans(state, Metrics(), SimpleNamespace(get_id=lambda: me),  # type: ignore[arg-type]
+                    SimpleNamespace(start_soon=lambda *a: None), threshold=1)  # type: ignore[arg-type]
+        bans.start(blacklist)
+        state.put_ban(str(peers[0]), time.time() + 10, "malformed")  # ends first
+        state.put_ban(str(peers[1]), time.time() + 10_000, "malformed")
+        bans.restore()
+        for peer in peers[2:]:
+            bans.penalize(peer, "malformed")
+        assert set(state.bans()) == {str(p) for p in peers[2:]}  # the two stored ones made room, soonest first
+        assert blacklist.peers == set(peers[2:])
