@@ -45,6 +45,7 @@ REPROVIDE_SECONDS = 22 * HOUR  # IPFS's reprovide interval; records live 48 h
 PROVIDES_PER_HOUR = 3000  # network provides in any hour (each: a lookup and up to 20 ADD_PROVIDERs)
 PROVIDES_PER_PASS = 256  # keys one pass provides; the rest wait for the next pass
 MAX_TICK = 60.0  # the reprovide loop wakes at least this often
+MAX_PROVIDER_KEYS = 65536  # keys of provider records others store with us (prune_records)
 
 
 @dataclass(frozen=True)
@@ -239,8 +240,24 @@ class Discovery:
         finally:
             self.running = False
 
+    def prune_records(self) -> int:
+        """Forget the oldest provider records others stored with us past MAX_PROVIDER_KEYS keys (ours
+        are kept); how many keys went. py-libp2p bounds ADD_PROVIDER per peer (10 each 10 s) and
+        providers per key, not keys: new peer ids would grow its store for the records' 48 h."""
+        records = self.dht.provider_store.providers
+        excess = len(records) - MAX_PROVIDER_KEYS
+        if excess <= 0:
+            return 0
+        me = str(self.host.get_id())
+        gone = [key for key, providers in records.items() if me not in providers][:excess]
+        for key in gone:
+            del records[key]
+        return len(gone)
+
     async def _one_pass(self, everything: bool) -> None:
         start = trio.current_time()
+        if pruned := self.prune_records():
+            log("dht_records_pruned", keys=pruned)
         wanted = self.wanted()
         keys = {w.key for w in wanted}  # what we no longer hold is forgotten (and expires in 48 h)
         self.provided = {k: t for k, t in self.provided.items() if k in keys}

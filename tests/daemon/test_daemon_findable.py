@@ -132,7 +132,7 @@ class CountingDHT:
         self.peers = peers
         self.calls: list[str] = []
         self.local: list[bytes] = []
-        self.provider_store = SimpleNamespace(providing_keys=set(),
+        self.provider_store = SimpleNamespace(providing_keys=set(), providers={},
                                               add_provider=lambda key, info: self.local.append(key))
 
     def get_routing_table_size(self) -> int:
@@ -270,3 +270,29 @@ def test_a_published_repository_gets_its_states_provided(tmp_path: Path) -> None
         assert len(states) == len(model_arrays(2))
     finally:
         node.close()
+
+
+def test_provider_records_others_store_with_us_are_bounded(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """py-libp2p's provider store bounds ADD_PROVIDERs per peer and providers per key, not keys: past
+    MAX_PROVIDER_KEYS the oldest keys others stored are forgotten, ours kept. A real KadDHT's store."""
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+    from libp2p.peer.id import ID
+    from libp2p.peer.peerinfo import PeerInfo
+    from multiaddr import Multiaddr
+
+    from fednode.daemon.host import build_host
+
+    monkeypatch.setattr(discovery, "MAX_PROVIDER_KEYS", 5)
+    host = build_host(create_new_key_pair())
+    dht = KadDHT(host, DHTMode.SERVER)
+    d = discovery.Discovery(None, None, host, None, None)  # type: ignore[arg-type]
+    d.start(dht)
+    other = PeerInfo(ID.from_pubkey(create_new_key_pair().public_key), [Multiaddr("/ip4/127.0.0.1/tcp/1")])
+    keys = [bytes([i]) * 32 for i in range(8)]
+    dht.provider_store.add_provider(keys[0], PeerInfo(host.get_id(), [Multiaddr("/ip4/127.0.0.1/tcp/2")]))  # ours
+    for key in keys[1:]:
+        dht.provider_store.add_provider(key, other)
+    assert d.prune_records() == 3
+    assert list(dht.provider_store.providers) == [keys[0], *keys[4:]]  # ours, and the newest of others'
+    assert d.prune_records() == 0

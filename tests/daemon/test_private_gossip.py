@@ -225,7 +225,7 @@ async def test_a_private_repository_is_provided_under_a_hash_of_its_id(tmp_path:
     provided: list[str] = []
 
     class DHT:
-        provider_store = SimpleNamespace(providing_keys=set())  # Discovery keeps py-libp2p's republisher off
+        provider_store = SimpleNamespace(providing_keys=set(), providers={})  # republisher kept off
 
         def get_routing_table_size(self) -> int:
             return 1  # a node to reach

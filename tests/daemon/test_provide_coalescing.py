@@ -21,7 +21,7 @@ class CountingDHT:
         self.calls: list[str] = []
         self.active = 0
         self.max_active = 0
-        self.provider_store = SimpleNamespace(providing_keys=set())  # Discovery keeps py-libp2p's republisher off
+        self.provider_store = SimpleNamespace(providing_keys=set(), providers={})  # republisher kept off
 
     def get_routing_table_size(self) -> int:
         return 1  # a node to reach
