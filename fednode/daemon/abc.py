@@ -81,6 +81,9 @@ class FetchScheduler(Protocol):
     def schedule(self, repo: bytes, root: CID, providers: list[str], then: bytes | list[bytes] | None, /) -> Job:
         """Fetch ``root``'s closure from ``providers`` (or any peer), then apply ``then``."""
 
+    async def fetch_block(self, cid: CID, peer: ID, /) -> bytes | None:
+        """``cid``'s block from ``peer`` alone, hash-checked, not stored (None: not served)."""
+
 
 class ProviderFinder(Protocol):
     """DHT lookups that dial what they find (``discovery.Discovery``)."""

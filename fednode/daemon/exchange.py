@@ -422,6 +422,20 @@ class Fetcher:
             await batches.send(batch)  # keep partial progress
         return complete and reason is None, reason
 
+    async def fetch_block(self, cid: CID, peer: ID) -> bytes | None:
+        """``cid``'s block from ``peer`` alone, hash-checked and not stored; None if it did not serve
+        it (a wrong block is also a strike)."""
+        send, recv = trio.open_memory_channel[Blocks](1)
+        async with send, recv:
+            complete, reason = await self._receive(peer, [cid], send)
+            got = recv.receive_nowait() if complete else []
+        if reason is None and got and not cid.verify(got[0][1]):
+            reason = "bad_block"
+        if reason is not None:
+            self.penalize(peer, reason)
+            return None
+        return bytes(got[0][1]) if got else None
+
     async def _fetch_from(self, peer: ID, repo_id: bytes, want: list[CID], budget: Budget,
                           held: Blocks) -> dict[CID, list[CID]]:
         """Ask one peer for ``want`` (requests of up to MAX_WANT, one stream each, in turn) while a

@@ -89,6 +89,9 @@ class FetchJobs:
         self.state.add_fetch(repo, root, job.providers, job.thens)
         return job
 
+    async def fetch_block(self, cid: CID, peer: ID, /) -> bytes | None:
+        return await self.fetcher.fetch_block(cid, peer)
+
     def _providers(self, job: Job) -> list[ID]:
         return self.peers.providers(job.providers, job.repo)
 

@@ -36,11 +36,12 @@ from fednode.daemon.metrics import Metrics
 from fednode.daemon.validate import Validator
 from fednode.errors import FednodeError
 from fednode.history import History, refs, repo_id_text
-from fednode.identity import Identity
+from fednode.identity import Identity, verify_signature
 from fednode.logs import log
 from fednode.storage.netstate import NetState
 from protocol import messages as m
 from protocol.multiformats import CID, FormatError
+from protocol.objects import Commit
 
 HEADS = TProtocol(m.HEADS_PROTOCOL)
 MAX_REPLY = 2 * 1024 * 1024
@@ -281,7 +282,17 @@ class HeadsSync:
         return self.fetches.schedule(repo_id, ann.head, [str(peer)], raw)
 
     async def _create_repo(self, repo_id: bytes, genesis: CID, peer: ID) -> None:
-        """Fetch and check the genesis commit (its commit hash IS the repo id), then register the repo."""
+        """Check the genesis commit the peer names (its commit hash IS the repo id) before anything it
+        reaches is fetched, then fetch its closure and register the repo. Before the check, any peer
+        answering a clone's heads query could name any DAG-CBOR block, and we fetched up to
+        max_fetch_bytes of its closure, tagged as the repository's, before finding out."""
+        block = await self.fetches.fetch_block(genesis, peer)
+        if block is None:
+            raise FednodeError(f"could not fetch the genesis commit {genesis} from {peer}")
+        if not is_genesis_of(repo_id, block):
+            self.penalizer.penalize(peer, "bad_genesis")
+            raise FednodeError(f"{peer} named {genesis} as the genesis of {repo_id_text(repo_id)}, which it is "
+                               "not (an init commit whose hash is the repository id, signed by its author)")
         job = self.fetches.schedule(repo_id, genesis, [str(peer)], None)
         with trio.move_on_after(30):
             await job.done.wait()
@@ -371,3 +382,13 @@ class HeadsSync:
         elif isinstance(signed, m.RepoKeys):
             self.state.put_keys_message(signed)
         await self.topics.publish(repo_id, signed.encode())
+
+
+def is_genesis_of(repo_id: bytes, block: bytes) -> bool:
+    """Whether ``block`` is ``repo_id``'s genesis: an init commit, no parents, its hash the id, signed."""
+    try:
+        commit = Commit.decode(block)
+    except FormatError:
+        return False
+    return (commit.kind == "init" and not commit.parents and commit.commit_hash() == repo_id
+            and verify_signature(commit.author, commit.commit_hash(), commit.sig))

@@ -90,7 +90,41 @@ def test_a_lying_provider_stores_nothing_and_is_banned(tmp_path: Path) -> None:
             n.close()
 
 
-async def _liar(owner_addr: str) -> None:
+def test_a_peer_naming_another_block_as_the_genesis_gets_nothing_fetched(tmp_path: Path) -> None:
+    """A clone asks its heads query of whoever it finds; this liar relays the owner's heads but names
+    the genesis commit's weights manifest (a DAG-CBOR block it serves, honestly, with all it reaches)
+    as the genesis. Before, the daemon fetched and stored that whole closure, tagged as the
+    repository's, before finding the block was no genesis; now it checks the one block first."""
+    homes = [make_home(tmp_path, n) for n in "ab"]
+    na, nb = open_nodes(*homes)
+    liar = None
+    try:
+        info, _ = na.history.create_repo("m", ArraySource(big_model(0)), visibility="public")
+        rid = info.repo_id
+        a = DaemonProc(homes[0]).start()
+        with daemons(a):
+            liar = subprocess.Popen(
+                env=script_env(), args=[sys.executable, __file__, a.addr, "genesis"], cwd=ROOT,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            liar_addr = liar.stdout.readline().strip()
+            assert liar_addr.startswith("/ip4/127.0.0.1/"), liar.stderr.read()[-3000:]
+            b = DaemonProc(homes[1], (liar_addr,))
+            with daemons(b):
+                b.start()
+                got = b.api("POST", "/clone", {"repo": repo_id_text(rid), "timeout": 5}, expect=404)
+                manifest = na.history.load_commit(info.genesis).weights
+                assert f"named {manifest} as the genesis of {repo_id_text(rid)}, which it is not" in got["error"]
+                leaves = _leaves(na, info.genesis)
+                assert not has_block(nb, manifest) and not any(has_block(nb, c) for c in leaves)
+                assert b.api("GET", "/status")["metrics"]["penalties"].get("bad_genesis") == 1
+                assert ref(nb, rid, "heads/main") is None
+    finally:
+        kill_process(liar)
+        for n in (na, nb):
+            n.close()
+
+
+async def _liar(owner_addr: str, mode: str = "flip") -> None:
     import multiaddr
     import trio
     from libp2p.crypto.ed25519 import create_new_key_pair
@@ -110,8 +144,21 @@ async def _liar(owner_addr: str) -> None:
         query = await wire.read_frame(stream, 64 * 1024)
         up = await host.new_stream(owner.peer_id, [heads])
         await wire.write_frame(up, query)
-        await wire.write_frame(stream, await wire.read_frame(up, 2 * 1024 * 1024))
+        reply = await wire.read_frame(up, 2 * 1024 * 1024)
         await up.close()
+        if mode == "genesis":  # the genesis commit's manifest named as the genesis
+            import dataclasses
+
+            from protocol.objects import Commit
+
+            heads_reply = m.HeadsReply.decode(reply)
+            assert heads_reply.genesis is not None
+            got = await host.new_stream(owner.peer_id, [blocks])
+            await wire.write_frame(got, m.encode_want([heads_reply.genesis]))
+            block = bytes(await wire.FrameReader(got).read_frame(m.MAX_BLOCK_BYTES + 1))[1:]
+            await got.close()
+            reply = dataclasses.replace(heads_reply, genesis=Commit.decode(block).weights).encode()
+        await wire.write_frame(stream, reply)
         await stream.close()
 
     async def lying_blocks(stream) -> None:
@@ -123,7 +170,7 @@ async def _liar(owner_addr: str) -> None:
         try:
             for cid in m.decode_want(want):
                 frame = bytes(await reader.read_frame(m.MAX_BLOCK_BYTES + 1))
-                if cid.codec == RAW and frame[:1] == b"\x01":
+                if mode == "flip" and cid.codec == RAW and frame[:1] == b"\x01":
                     frame = frame[:-1] + bytes([frame[-1] ^ 1])
                     flipped += 1
                 await writer.write_frame(frame)
@@ -148,4 +195,4 @@ async def _liar(owner_addr: str) -> None:
 if __name__ == "__main__":
     import trio
 
-    trio.run(_liar, sys.argv[1])
+    trio.run(_liar, *sys.argv[1:])
