@@ -79,7 +79,7 @@ from fednode.daemon.wire import FrameError, FrameReader
 from fednode.errors import Corrupt, FednodeError, NotFound
 from fednode.storage.store import PUBLIC, Store
 from protocol.multiformats import CID, DAG_CBOR, DAG_PB, RAW, SHA2_256, FormatError, encode_varint
-from protocol.unixfs import decode_node, iter_file
+from protocol.unixfs import decode_file_node, decode_node, iter_file
 
 logger = logging.getLogger("fednode.bitswap")
 
@@ -96,6 +96,7 @@ MAX_REMEMBERED = 1024
 # Wantlist CIDs longer than this are ignored, with one strike per message: boxo's server refuses
 # them the same way, and no hash a CID of ours or Kubo's uses comes near (sha2-512: 68 bytes).
 MAX_CID_BYTES = 168
+NODE_SLACK = 64 * 1024  # bytes a UnixFS node may hold beyond its content and 64 a link (``fits``)
 # Items (wantlist entries, blocks, presences) of a peer's messages handled per second, after a
 # burst: each costs 15-50 us of our only thread (parse, hash, lookup), so a flood of 4 MiB messages
 # (100,000 entries, or 2 million empty blocks: ~1 s and ~100 s of CPU each) is slowed to a fraction
@@ -145,6 +146,10 @@ class LMDBBlockStore(BlockStore):
         self._held_bytes = 0
         self.holding = 0  # ``want_blocks`` running: blocks are held (else each is stored at once)
         self.dropped = 0  # unsolicited or undecodable blocks refused
+        # content bytes a parent declared for an expected block (``want_blocks(sizes=)``): one that
+        # holds other than that is refused on arrival, before it is stored (``fits``)
+        self.sizes: dict[CID, int] = {}
+        self.misfits: dict[CID, str] = {}  # expected blocks that arrived not fitting: why
 
     def expect(self, cids: list[CID]) -> None:
         for cid in cids:
@@ -200,6 +205,30 @@ class LMDBBlockStore(BlockStore):
                 self._expected.pop(cid, None)
                 self._arrived.pop(cid, None)
                 self.sender.pop(cid, None)
+                self.sizes.pop(cid, None)
+                self.misfits.pop(cid, None)
+
+    def fits(self, cid: CID, data: bytes) -> bool:
+        """Whether an expected block holds the content size its parent declared (True if none did):
+        a raw leaf exactly that many bytes, a UnixFS node declaring that ``filesize`` and no larger
+        than its links need. A block that does not is not stored, and its fetch fails (``misfits``):
+        no strike, since the bytes match the CID and the provider may serve someone else's file."""
+        declared = self.sizes.get(cid)
+        if declared is None:
+            return True
+        if cid.codec == RAW:
+            ok, holds = len(data) == declared, f"{len(data)} bytes"
+        else:
+            try:
+                node = decode_file_node(data)
+                ok = node.filesize == declared and len(data) <= declared + NODE_SLACK + 64 * len(node.links)
+                holds = f"a node of {len(data)} bytes declaring {node.filesize}"
+            except FormatError as exc:
+                ok, holds = False, f"no UnixFS node ({exc})"
+        if not ok:  # its waiters wake and fail (``want_blocks``): no other bytes have this hash
+            self.misfits[cid] = f"block {cid} holds {holds}, where its parent declares {declared}"
+            self._arrived[cid].set()
+        return ok
 
     async def get_block(self, cid: CIDInput) -> bytes | None:
         try:
@@ -319,6 +348,8 @@ class FednodeBitswap(BitswapClient):
                 self._lied(peer_id, "bitswap_malformed", "sent a block with an unreadable prefix")
                 break
             if self.block_store.wanted(cid):
+                if not self.block_store.fits(cid, block.data):  # the file is inconsistent: no block can
+                    continue  # fit, and a provider of someone else's file is not to blame (``fits``)
                 good.append(block)
                 self.block_store.sender.setdefault(cid, peer_id)
             elif not self.block_store.wanted_lately(cid):
@@ -340,6 +371,8 @@ class FednodeBitswap(BitswapClient):
                 self._lied(peer_id, "bitswap_bad_block", "sent a block (1.0) whose hash no fetch asked for")
                 break
             if self.block_store.wanted(cid):
+                if not self.block_store.fits(cid, data):
+                    continue
                 good.append(Message.Block(prefix=_prefix(to_theirs(cid)), data=data))
                 self.block_store.sender.setdefault(cid, peer_id)
         if good:
@@ -502,17 +535,20 @@ def _connected(handle: BitswapHandle) -> list[ID]:
     return list(handle.client.host.get_network().connections.keys())
 
 
-async def want_blocks(handle: BitswapHandle, cids: list[CID], peers: list[ID] | None) -> list[ID]:
+async def want_blocks(handle: BitswapHandle, cids: list[CID], peers: list[ID] | None,
+                      sizes: dict[CID, int] | None = None) -> list[ID]:
     """Fetch ``cids`` into the store (a sliding window of FETCH_WINDOW wants) from ``peers`` (None:
     every connected peer); when nothing arrives for STALL_SECONDS, every connected peer is asked
     too. Returns when all are here (held or stored) or when cancelled (the caller's deadline);
     the blocks are stored (``flush``) either way, and the returned list names who delivered them.
+    ``sizes``: the content size declared for each (``LMDBBlockStore.fits``), checked on arrival.
 
     Instead of py-libp2p's ``BitswapSession.get_blocks_batch``, which asks in batches and, without a
     peer, waits a full second after its WANT_HAVEs before it sends a single WANT_BLOCK."""
     blocks = handle.blocks
     asked = list(peers) if peers is not None else _connected(handle)
     blocks.expect(cids)
+    blocks.sizes.update(sizes or {})
     blocks.holding += 1
     outstanding: list[CID] = []
     try:
@@ -535,6 +571,9 @@ async def want_blocks(handle: BitswapHandle, cids: list[CID], peers: list[ID] | 
                 wider = [p for p in _connected(handle) if p not in asked]
                 asked += wider
                 _ask(handle, wider, outstanding)
+            for cid in outstanding:
+                if cid in blocks.misfits:
+                    raise FormatError(blocks.misfits[cid])
             outstanding = [c for c in outstanding if not blocks.arrival(c).is_set()]
         return list(dict.fromkeys(blocks.sender[c] for c in cids if c in blocks.sender))
     finally:

@@ -3,7 +3,10 @@
 Bounds, checked as blocks arrive: codecs raw and dag-pb only; the root's declared size at most
 the caller's ``max_bytes``; no deeper than ``unixfs.max_depth`` of that size (a loop cannot be
 built from hashes, and a deep chain stops there); at most ``MAX_LINKS`` links per node (Helia's
-default layout has 1024, Kubo's 174); blocks stored at most the declared size plus node overhead.
+default layout has 1024, Kubo's 174) and ``MAX_BLOCKS`` blocks per file, counted as links are read;
+each block holds the content size its parent declares for it, checked on arrival before it is
+stored (a raw leaf of 4 MiB named as 10 bytes is refused with a strike); blocks stored at most the
+declared size plus node overhead.
 Every block is hash-checked as it is stored (``LMDBBlockStore.put_block``) and the whole file
 again at the end (``unixfs.file_size(verify=True)``). On any failure, the blocks this fetch stored
 are deleted again (all but what a commit, a pin or another fetch came to hold meanwhile): nothing
@@ -23,9 +26,10 @@ from fednode.storage import pins
 from fednode.storage.store import Store
 from fednode.workflows.fsck import mark
 from protocol.multiformats import CID, DAG_PB, RAW, FormatError
-from protocol.unixfs import declared_size, decode_node, file_size, max_depth
+from protocol.unixfs import declared_size, decode_file_node, decode_node, file_size, max_depth
 
 MAX_LINKS = 4096  # per node
+MAX_BLOCKS = 1 << 19  # per file (of Kubo's 256 KiB chunks: 128 GiB); each costs memory while asked for
 NODE_OVERHEAD = 64 * 1024  # bytes a dag-pb node may add over its content (links, sizes)
 
 
@@ -42,21 +46,24 @@ class GetProgress:
     size: int | None = None  # the root's declared size, once the root arrived
 
 
-def _children(cid: CID, block: bytes) -> list[CID]:
+def _children(cid: CID, block: bytes) -> dict[CID, int]:
+    """The block's children and the content size it declares for each."""
     if cid.codec == RAW:
-        return []
+        return {}
     if cid.codec != DAG_PB:
         raise FormatError(f"block {cid} has codec 0x{cid.codec:x}: not a UnixFS file (raw or dag-pb only)")
-    children = decode_node(block)[0]
-    if len(children) > MAX_LINKS:
-        raise FormatError(f"block {cid} has {len(children)} links, over the limit of {MAX_LINKS}")
-    return children
+    links = decode_node(block)[0]
+    if len(links) > MAX_LINKS:
+        raise FormatError(f"block {cid} has {len(links)} links, over the limit of {MAX_LINKS}")
+    node = decode_file_node(block)
+    return dict(zip(node.links, node.blocksizes, strict=True))
 
 
-async def _want(handle: BitswapHandle, cids: list[CID], providers: list[ID]) -> None:
+async def _want(handle: BitswapHandle, cids: list[CID], providers: list[ID], sizes: dict[CID, int]) -> None:
     """Fetch ``cids`` from ``providers`` (those who sent the level above), or from every connected
-    peer for the root; ``providers`` becomes who delivered these."""
-    got = await want_blocks(handle, cids, providers or None)
+    peer for the root; ``providers`` becomes who delivered these. A block that does not hold the
+    size its parent declares (``sizes``) is refused on arrival."""
+    got = await want_blocks(handle, cids, providers or None, sizes)
     if got:
         providers[:] = got
 
@@ -69,13 +76,16 @@ async def _fetch(handle: BitswapHandle, root: CID, max_bytes: int, stored: list[
     store = handle.store
     providers: list[ID] = []
     level, depth, size, budget = [root], 0, 0, 0
+    sizes: dict[CID, int] = {}  # what the level's parents declare for each block
+    count = 1  # blocks this file has named so far
     while level:
         with store.read() as txn:
             missing = [c for c in dict.fromkeys(level) if not txn.has_block(c)]
         asked += missing
-        await _want(handle, missing, providers)
+        await _want(handle, missing, providers, {c: sizes[c] for c in missing if c in sizes})
         new = set(missing)
         children: list[CID] = []
+        sizes = {}
         with store.read() as txn:
             for cid in dict.fromkeys(level):
                 if not txn.has_block(cid):
@@ -90,7 +100,12 @@ async def _fetch(handle: BitswapHandle, root: CID, max_bytes: int, stored: list[
                     if size > max_bytes:
                         raise TooLarge(f"file {root} declares {size} bytes, over the limit of {max_bytes}")
                     budget, progress.size = size + NODE_OVERHEAD + size // 16, size
-                children += _children(cid, block)
+                kids = _children(cid, block)
+                count += len(kids)
+                if count > MAX_BLOCKS:  # counted as links are read: a wide level is refused before it is asked
+                    raise FormatError(f"file {root} has more than {MAX_BLOCKS} blocks")
+                children += kids
+                sizes.update(kids)
         if progress.bytes > budget:
             raise FormatError(f"file {root} holds more blocks than its {size} bytes need")
         depth += 1

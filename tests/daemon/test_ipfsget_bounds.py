@@ -39,15 +39,24 @@ def _count(store: Store) -> int:
         return sum(1 for _ in txn.iter_block_cids())
 
 
-async def test_hostile_dags_are_refused_and_nothing_stays(tmp_path: Path) -> None:
+async def test_hostile_dags_are_refused_and_nothing_stays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fednode.daemon.ipfsget as ipfsget
+
     served, mine = Store(tmp_path / "served", sync=False), Store(tmp_path / "mine", sync=False)
+    # a root declaring a 10-byte leaf whose block (hashing right) holds 100 KB: refused on arrival
+    fat = b"f" * 100_000
+    fat_root_block = encode_node([Link(CID.hash(RAW, fat), len(fat), 10)], _unixfs_data(10, [10]))
+    fat_root = CID(1, DAG_PB, CID.hash(DAG_PB, fat_root_block).digest)
+    # a file of more blocks than the limit: refused once its root's links are read
+    many = b"".join(hashlib.sha256(b"m%d" % i).digest() for i in range(32768))
     good = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(32768))  # 1 MiB: 4 leaves
     deep_root, deep = _chain(12)
     wide_root, wide = dag_bomb(levels=1, fanout=MAX_LINKS + 1, leaf=b"w")
     lie_root, lie = dag_bomb(levels=2, fanout=4, leaf=b"l" * 100, lie_at_root=40)
     with served.write() as txn:  # all tagged PUBLIC (as ipfs add does): the hostile server serves them all
         good_root = add_bytes(good, put=lambda c, b: (txn.put_block(c, b), txn.tag_block(c, PUBLIC)))
-        for blocks in (deep, wide, lie):
+        many_root = add_bytes(many, put=lambda c, b: (txn.put_block(c, b), txn.tag_block(c, PUBLIC)))
+        for blocks in (deep, wide, lie, {fat_root: fat_root_block, CID.hash(RAW, fat): fat}):
             for cid, block in blocks.items():
                 txn.put_block(cid, block)
                 txn.tag_block(cid, PUBLIC)
@@ -63,11 +72,16 @@ async def test_hostile_dags_are_refused_and_nothing_stays(tmp_path: Path) -> Non
                 (wide_root, 1 << 30, FormatError, "links, over the limit"),
                 (lie_root, 1 << 30, FormatError, "declares"),
                 (CID.hash(0x71, b"\xa0"), 1 << 30, FormatError, "not a UnixFS file"),
+                (fat_root, 1 << 30, FormatError, "holds 100000 bytes, where its parent declares 10"),
+                (many_root, 1 << 30, FormatError, "more than 4 blocks"),
             ]
             for root, limit, error, needle in cases:
+                monkeypatch.setattr(ipfsget, "MAX_BLOCKS", 4 if root == many_root else 1 << 19)
                 with pytest.raises(error, match=needle):
                     await get_file(handle, root, limit, timeout=20, pin=True)
                 assert _count(mine) == 0, root
+            assert not handle.blocks.sizes and not handle.blocks.misfits  # nothing left of those fetches
+            monkeypatch.setattr(ipfsget, "MAX_BLOCKS", 1 << 19)
             with pytest.raises(trio.TooSlowError):
                 await get_file(handle, add_bytes(b"nobody has it"), 1 << 30, timeout=1, pin=True)
             result = await get_file(handle, good_root, len(good), timeout=20, pin=True)
