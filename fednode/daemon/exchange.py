@@ -68,6 +68,8 @@ HOLD_SECONDS = 2.0  # most a served request waits, in all, for blocks our own fe
 SMALL_WRITE = 256 * 1024  # batches below this are checked and stored on the trio thread (no thread hop)
 Blocks = list[tuple[CID, bytes]]  # (CID, block) pairs, in the order they were asked for
 MAX_FETCH_BYTES = 64 << 30  # [network] max_fetch_bytes: most one fetch job (a commit and all it reaches) stores
+# links one fetch job may follow: each CID costs ~0.5 KB while the job runs (64 GiB of 256 KiB chunks: 2^18)
+MAX_FETCH_LINKS = 1 << 21
 MIN_FREE_BYTES = 1 << 30  # [network] min_free_bytes: a fetch never leaves less free disk than this
 # DAG-PB levels below the nearest DAG-CBOR block: a 1 TiB file of 256 KiB chunks, 174 links a node,
 # is 3 deep; a chain deeper than this is someone's attempt at making us fetch one block a round trip
@@ -78,11 +80,13 @@ T = TypeVar("T")
 @dataclass
 class Budget:
     """What one fetch job may still store, across its attempts. ``refused`` says why it stopped:
-    ``too_large`` (an announcement must not make us store without bound) or ``disk_full``."""
+    ``too_large`` (an announcement must not make us store without bound), ``too_many_blocks`` (nor
+    track without bound: a few MiB of link nodes name millions of CIDs) or ``disk_full``."""
 
     limit: int = MAX_FETCH_BYTES
     used: int = 0
     refused: str | None = None
+    links: int = 0  # links of the blocks stored so far: each CID asked for costs memory (MAX_FETCH_LINKS)
     # UnixFS blocks still to come -> the content size declared for each (by a manifest entry or the
     # parent node's blocksizes; -1: declared twice, differently): checked before each is stored
     sizes: dict[CID, int] = field(default_factory=dict)
@@ -450,7 +454,10 @@ class Fetcher:
                     good, bad = await self.check_and_store(repo_id, batch, budget, held)
                     for cid, block in good:
                         stored[cid] = links(cid, block)
+                        budget.links += len(stored[cid])
                         expect_sizes(cid, block, budget.sizes)
+                    if budget.links > MAX_FETCH_LINKS:
+                        budget.refused = "too_many_blocks"
                     if bad or budget.refused:
                         if bad:
                             self.penalize(peer, bad)
@@ -530,9 +537,9 @@ class Fetcher:
                     budget.refused = "too_deep"
                     log("fetch_refused_deep", "warning", root=str(root), error=str(exc))
                     return False
-                if failed:
+                if failed or budget.refused:
                     self.metrics.fetches_failed += 1
-                    log("fetch_incomplete", "warning", root=str(root), missing=failed)
+                    log("fetch_incomplete", "warning", root=str(root), missing=failed, refused=budget.refused)
                     return False
                 frontier = children
         finally:

@@ -110,7 +110,7 @@ class FetchJobs:
             self.metrics.rejected["fetch_" + job.budget.refused] += 1
             log("fetch_refused", "warning", root=str(job.root), reason=job.budget.refused,
                 stored=job.budget.used, limit=job.budget.limit)
-            if job.budget.refused == "too_large":
+            if job.budget.refused in ("too_large", "too_many_blocks"):
                 self.state.done_fetch(job.repo, job.root)
         if job.ok:
             await self._completed(job)

@@ -52,6 +52,7 @@ CONFIRM_EVERY = 0.3  # between two asks of one peer (its heads limit allows 4 a 
 MAX_REFUSALS_LOGGED = 4096  # (repo, peer) refusals remembered, so each is logged once; then again
 BAD_REPLY = frozenset({"malformed", "bad_signature", "wrong_repo"})
 GENESIS_REFUSED = {"too_large": ": it is larger than [network] max_fetch_bytes",
+                   "too_many_blocks": ": it links more blocks than a fetch may follow (exchange.MAX_FETCH_LINKS)",
                    "disk_full": ": the disk would fall below [network] min_free_bytes"}
 OwnCache = dict[bytes, tuple[tuple[tuple[str, bytes], ...], float, list[m.HeadAnnouncement]]]
 

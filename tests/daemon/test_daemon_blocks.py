@@ -606,3 +606,23 @@ async def test_stores_go_on_beside_a_reader_unless_the_map_must_grow(tmp_path: P
                 await done.wait()
     finally:
         store.close()
+
+
+async def test_a_fetch_stops_at_its_link_limit_before_asking_for_them(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each CID a fetch follows costs memory while it runs, and a few MiB of link nodes name millions
+    of distinct CIDs: past MAX_FETCH_LINKS links the job is refused (``too_many_blocks``), before the
+    links of the block that crossed it are asked for."""
+    monkeypatch.setattr(exchange, "MAX_FETCH_LINKS", exchange.BATCH * 3 - 1)
+    root, dag = _dag(exchange.BATCH * 3, 1000)
+    host = FakeHost(dag)
+    with Store(tmp_path / "s", sync=False) as store:
+        fetcher = exchange.Fetcher(host, store, Metrics(), lambda p, r: None)  # type: ignore[arg-type]
+        budget = exchange.Budget()
+        assert not await fetcher.fetch(b"r" * 32, root, lambda: ["a"], budget)  # type: ignore[list-item]
+        assert budget.refused == "too_many_blocks" and budget.links == exchange.BATCH * 3
+        assert host.asked["a"] == [root]  # the leaves were never asked for
+    monkeypatch.setattr(exchange, "MAX_FETCH_LINKS", exchange.BATCH * 3)
+    with Store(tmp_path / "t", sync=False) as store:
+        fetcher = exchange.Fetcher(FakeHost(dag), store, Metrics(), lambda p, r: None)  # type: ignore[arg-type]
+        assert await fetcher.fetch(b"r" * 32, root, lambda: ["a"])  # type: ignore[list-item]
