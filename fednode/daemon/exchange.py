@@ -63,6 +63,9 @@ def serve_delay() -> float:
     return float(os.environ.get("FEDNODE_BLOCK_SERVE_DELAY", "0"))
 IN_MEMORY = 3
 STREAM_TIMEOUT = 15.0
+# one request (up to MAX_WANT blocks) must be answered within this, however steadily the peer drips
+# its answers (each under STREAM_TIMEOUT: 256 of them were 64 minutes): 256 chunks in 4.8 minutes
+REQUEST_BASE_SECONDS, REQUEST_SECONDS_PER_BLOCK = 30.0, 1.0
 MAX_REQUEST = 64 * 1024  # bytes of a want list: MAX_WANT CIDs fit many times over
 HOLD_SECONDS = 2.0  # most a served request waits, in all, for blocks our own fetches are bringing
 SMALL_WRITE = 256 * 1024  # batches below this are checked and stored on the trio thread (no thread hop)
@@ -391,10 +394,16 @@ class Fetcher:
         batch: Blocks = []
         size = 0
         complete, reason = False, None
+        allowed = REQUEST_BASE_SECONDS + REQUEST_SECONDS_PER_BLOCK * len(want)
+        waited = 0.0  # reading the peer's answers (not our own backpressure)
         try:
             await wire.write_frame(stream, m.encode_want(want))
             for cid in want:
-                frame = await reader.read_frame(m.MAX_BLOCK_BYTES + 1, STREAM_TIMEOUT)
+                start, left = trio.current_time(), max(0.0, allowed - waited)
+                try:
+                    frame = await reader.read_frame(m.MAX_BLOCK_BYTES + 1, min(STREAM_TIMEOUT, left))
+                finally:
+                    waited += trio.current_time() - start
                 if len(frame) == 1 and frame[0] == 0:  # 0x00: not here
                     continue
                 if not frame or frame[0] != 1:  # else 0x01 + block
@@ -411,7 +420,9 @@ class Fetcher:
             else:
                 complete = True
         except wire.FrameError as exc:
-            if reader.bytes_read == 0:  # not a byte back: a provider at its MAX_SERVING limit resets
+            if waited >= allowed:  # a peer dripping its answers, each under STREAM_TIMEOUT: the next is asked
+                log("blocks_request_slow", "warning", peer=str(peer), want=len(want), seconds=round(waited, 1))
+            elif reader.bytes_read == 0:  # not a byte back: a provider at its MAX_SERVING limit resets
                 self.metrics.refusals += 1  # new streams (py-libp2p reads that as EOF); the next one serves
                 log("blocks_provider_refused", peer=str(peer), want=len(want), error=str(exc))
             else:

@@ -49,7 +49,7 @@ class FakeStream:
             del self.out[self.host.cut[self.peer]:]
 
     async def read(self, n: int) -> bytes:
-        await trio.sleep(self.host.read_delay)  # yield like a real stream: lets other tasks run
+        await trio.sleep(self.host.drip.get(self.peer, self.host.read_delay))  # yield like a real stream
         if self.peer in self.host.busy:
             return b""  # reset before any answer, as a provider at its MAX_SERVING limit (seen as EOF)
         chunk = bytes(self.out[:min(n, 7919)])  # odd-sized chunks: frames span many reads
@@ -77,6 +77,7 @@ class FakeHost:
         self.bytes_read = 0
         self.sent: dict[str, int] = {}
         self.read_delay = 0.0
+        self.drip: dict[str, float] = {}  # a peer's own delay before each read
         self.resets = 0
         self.active = 0
         self.max_active = 0
@@ -626,3 +627,22 @@ async def test_a_fetch_stops_at_its_link_limit_before_asking_for_them(tmp_path: 
     with Store(tmp_path / "t", sync=False) as store:
         fetcher = exchange.Fetcher(FakeHost(dag), store, Metrics(), lambda p, r: None)  # type: ignore[arg-type]
         assert await fetcher.fetch(b"r" * 32, root, lambda: ["a"])  # type: ignore[list-item]
+
+
+async def test_a_provider_dripping_its_answers_is_left_for_the_next(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each answer within STREAM_TIMEOUT, yet a request (up to 256 blocks) could take 64 minutes: a
+    request must be answered within REQUEST_BASE_SECONDS + REQUEST_SECONDS_PER_BLOCK each, and what a
+    provider did not send by then is asked of the next."""
+    monkeypatch.setattr(exchange, "REQUEST_BASE_SECONDS", 0.25)
+    monkeypatch.setattr(exchange, "REQUEST_SECONDS_PER_BLOCK", 0.0)
+    root, dag = _dag(20, 1000)
+    host = FakeHost(dag)
+    host.drip["slow"] = 0.2  # ~20 KB in 7,919-byte reads: 0.6 s for the leaves
+    with Store(tmp_path / "s", sync=False) as store:
+        fetcher = exchange.Fetcher(host, store, Metrics(), lambda p, r: None)  # type: ignore[arg-type]
+        with trio.fail_after(10):
+            assert await fetcher.fetch(b"r" * 32, root, lambda: ["slow", "fast"])  # type: ignore[list-item]
+        with store.read() as txn:
+            assert all(txn.get_block(c) == b for c, b in dag.items())
+    assert host.asked.get("fast"), "the slow provider was waited for to the end"
