@@ -44,6 +44,9 @@ from protocol.multiformats import CID, FormatError
 from protocol.objects import Commit
 
 DEFAULT_MAX_BYTES = 64 << 30  # a CAR import reads at most this much unless the caller says otherwise
+# distinct blocks a CAR import holds an index entry for (~0.4 KB each): 1-byte blocks made 64 GiB of
+# CAR about 1.7 billion entries; 2^21 blocks of 256 KiB chunks are 512 GiB
+MAX_CAR_BLOCKS = 1 << 21
 
 
 @dataclass
@@ -156,6 +159,8 @@ def _stage(fd: int, max_bytes: int) -> _Staged:
         reader = CarReader(stream, max_bytes)
         staged.roots = reader.roots
         for section in reader:
+            if len(staged.index) >= MAX_CAR_BLOCKS:  # each costs memory until the import ends
+                raise FormatError(f"the CAR holds more than {MAX_CAR_BLOCKS} blocks")
             staged.index[section.cid] = (section.offset, len(section.block))
             staged.total += len(section.block)
     if not staged.roots:

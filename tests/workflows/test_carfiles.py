@@ -207,6 +207,17 @@ def test_a_car_over_the_limit_stores_nothing(source, home: Path, cli) -> None:
     refused(cli, home, source["all"], "positive integer", extra=("--max-bytes", "0"))
 
 
+def test_a_car_of_more_blocks_than_the_limit_stores_nothing(source, home: Path, cli, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from fednode.workflows import carfiles
+
+    roots, blocks = sections(source["all"])
+    monkeypatch.setattr(carfiles, "MAX_CAR_BLOCKS", len(blocks) - 1)
+    refused(cli, home, source["all"], f"more than {len(blocks) - 1} blocks")
+    monkeypatch.setattr(carfiles, "MAX_CAR_BLOCKS", len(blocks))
+    assert json.loads(cli("import", source["all"], "--json").stdout)["registered"]
+
+
 def test_a_lying_carv2_stores_nothing_and_an_honest_one_imports(source, home: Path, cli, tmp_path: Path) -> None:
     payload = source["genesis_car"].read_bytes()
 
