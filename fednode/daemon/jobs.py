@@ -22,6 +22,7 @@ from fednode.errors import FednodeError
 from fednode.history import History
 from fednode.logs import log
 from fednode.storage.netstate import NetState
+from protocol import messages as m
 from protocol.multiformats import CID, DAG_CBOR, FormatError
 
 FETCH_RETRIES = 4
@@ -79,10 +80,10 @@ class FetchJobs:
         job = self.jobs.get(key)
         if job is not None and not job.done.is_set():
             job.providers = list(dict.fromkeys(providers + job.providers))
-            job.thens += [t for t in thens if t not in job.thens]
+            job.thens = newest(job.thens + [t for t in thens if t not in job.thens])
         else:
             self.scheduled += 1
-            job = Job(repo, root, list(dict.fromkeys(providers)), thens, exchange.Budget(self.max_fetch_bytes),
+            job = Job(repo, root, list(dict.fromkeys(providers)), newest(thens), exchange.Budget(self.max_fetch_bytes),
                       order=self.scheduled)
             self.jobs[key] = job
             self.tasks.start_soon(self._job_task, job)
@@ -163,3 +164,21 @@ class FetchJobs:
             log("dht_lookup_failed", "warning", root=str(job.root), error=f"{type(exc).__name__}: {exc}")
             return
         job.providers = list(dict.fromkeys(job.providers + found))
+
+
+def newest(thens: list[bytes]) -> list[bytes]:
+    """The newest announcement (highest seq) of each (kind, announcer, branch), in first-seen order:
+    an older one would be superseded when applied anyway, and a member re-announcing a head that
+    is still being fetched grew the job's list (rewritten in the net db each time) without bound."""
+    best: dict[tuple[str, bytes, str], tuple[int, bytes]] = {}
+    for raw in thens:
+        try:
+            msg = m.decode(raw)
+        except FormatError:
+            continue
+        if not isinstance(msg, m.HeadAnnouncement | m.MergeProposal):
+            continue
+        key = (msg.kind, msg.announcer, msg.branch)
+        if key not in best or msg.seq >= best[key][0]:
+            best[key] = (msg.seq, raw)
+    return [raw for _, raw in best.values()]

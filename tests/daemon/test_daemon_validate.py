@@ -164,3 +164,25 @@ def test_a_forwarder_of_many_rejected_messages_is_read_no_more_for_a_while(tmp_p
         assert validate(flooder, announcement(owner, 3))
     finally:
         store.close()
+
+
+def test_a_fetch_job_keeps_the_newest_announcement_of_each_branch_and_announcer() -> None:
+    """A member re-announcing a head still being fetched grew the job's list of announcements to
+    apply (and its net db record, rewritten each time) without bound: only the newest of each
+    (kind, announcer, branch) is kept, in first-seen order."""
+    from fednode.daemon.jobs import newest
+
+    a, b = fixed_identity(), Identity.generate()
+    rid = b"r" * 32
+    head = CID.hash(DAG_CBOR, b"head")
+
+    def ann(who: Identity, branch: str, seq: int) -> bytes:
+        return _sign(who, m.HeadAnnouncement(rid, branch, head, seq, 1, who.public_key))
+
+    def proposal(who: Identity, seq: int) -> bytes:
+        return _sign(who, m.MergeProposal(rid, "main", head, "merge me", seq, 1, who.public_key))
+
+    flood = [ann(a, "main", seq) for seq in range(1, 1000)]
+    others = [ann(b, "main", 5), ann(a, "dev", 3), proposal(a, 7)]
+    kept = newest([flood[0], *others, *flood[1:], ann(b, "main", 4), b"not a message"])
+    assert kept == [flood[-1], *others]
