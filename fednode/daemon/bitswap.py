@@ -1,9 +1,10 @@
 """IPFS bitswap on the daemon's libp2p host, over the node's LMDB block store.
 
 ``start_bitswap(host, store, nursery)`` runs py-libp2p 0.8.1's bitswap on an existing host so
-that any IPFS node (Kubo included) can fetch our blocks, and ``fetch_file`` pulls a UnixFS
-file's DAG from an IPFS peer into the store. Our own ``/fednode/blocks/1.0.0`` protocol
-(``exchange.py``) stays the way fednode nodes talk to each other; bitswap is the door to IPFS.
+that any IPFS node (Kubo included) can fetch our blocks, and ``want_blocks`` pulls blocks from IPFS
+peers into the store (``ipfsget.get_file``: a whole UnixFS file, bounded and checked). Our own
+``/fednode/blocks/1.0.0`` protocol (``exchange.py``) stays the way fednode nodes talk to each
+other; bitswap is the door to IPFS.
 A block the store does not hold may come from ``extra_blocks`` (the daemon passes
 ``stateblocks.StateBlocks.get``: the UnixFS DAGs of delta-stored tensor states, generated on demand).
 Only what the asking peer may read is served (``access.Reader``): a private repository's blocks and
@@ -76,10 +77,10 @@ from fednode.daemon.access import Reader
 from fednode.daemon.bitswapsend import PeerSender, SendStats, Want
 from fednode.daemon.ratelimit import TokenBuckets
 from fednode.daemon.wire import FrameError, FrameReader
-from fednode.errors import Corrupt, FednodeError, NotFound
+from fednode.errors import Corrupt, NotFound
 from fednode.storage.store import PUBLIC, Store
 from protocol.multiformats import CID, DAG_CBOR, DAG_PB, RAW, SHA2_256, FormatError, encode_varint
-from protocol.unixfs import decode_file_node, decode_node, iter_file
+from protocol.unixfs import decode_file_node, decode_node
 
 logger = logging.getLogger("fednode.bitswap")
 
@@ -586,42 +587,5 @@ async def want_blocks(handle: BitswapHandle, cids: list[CID], peers: list[ID] | 
         blocks.flush()
 
 
-async def fetch_dag(handle: BitswapHandle, root: CID, peer_id: ID | None, timeout: float) -> int:
-    """Fetch every block of a UnixFS DAG into the store, level by level; return blocks fetched.
-
-    Raises ``trio.TooSlowError`` past ``timeout`` (what arrived stays in the store) and
-    ``FednodeError`` when a block did not arrive from the peer.
-    """
-    store = handle.store
-    fetched = 0
-    peers = [peer_id] if peer_id is not None else None
-    with trio.fail_after(timeout):
-        level = [root]
-        while level:
-            with store.read() as txn:
-                missing = [cid for cid in dict.fromkeys(level) if not txn.has_block(cid)]
-            delivered = await want_blocks(handle, missing, peers)
-            peers = peers or delivered or None  # without a peer: the next level from whoever sent this one
-            children: list[CID] = []
-            with store.read() as txn:
-                for cid in dict.fromkeys(level):  # a block linked many times (a DAG bomb) is walked once
-                    if not txn.has_block(cid):
-                        raise FednodeError(f"bitswap: block {cid} did not arrive from {peer_id}")
-                    children += _children(cid, txn.get_block(cid))
-            fetched += len(missing)
-            level = children
-    return fetched
-
-
-async def fetch_file(handle: BitswapHandle, root_cid: CID | str, peer_id: ID | None, timeout: float) -> bytes:
-    """Fetch a UnixFS file (CIDv0 or CIDv1, raw or dag-pb leaves) into the store; return its bytes.
-
-    Every block is hash-checked when stored and again when the file is read back.
-    """
-    root = CID.parse(root_cid) if isinstance(root_cid, str) else root_cid
-    await fetch_dag(handle, root, peer_id, timeout)
-    return b"".join(iter_file(handle.store.get_block, root))
-
-
-__all__ = ["BitswapHandle", "FednodeBitswap", "LMDBBlockStore", "fetch_dag", "fetch_file",
-           "start_bitswap", "to_ours", "to_theirs", "want_blocks"]
+__all__ = ["BitswapHandle", "FednodeBitswap", "LMDBBlockStore", "start_bitswap", "to_ours", "to_theirs",
+           "want_blocks"]

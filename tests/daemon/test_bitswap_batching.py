@@ -178,7 +178,7 @@ async def test_fetch_without_a_peer_does_not_wait_a_second_per_batch(tmp_path: P
     asks every connected peer for the root and whoever sent it for the rest, 64 wants in flight."""
     import time
 
-    from fednode.daemon.bitswap import fetch_dag
+    from fednode.daemon.ipfsget import get_file
     from protocol.multiformats import DAG_PB
     from protocol.unixfs import Link, _unixfs_data, encode_node, iter_file
 
@@ -199,7 +199,7 @@ async def test_fetch_without_a_peer_does_not_wait_a_second_per_batch(tmp_path: P
             fetching = await start_bitswap(client, sink, nursery)
             await client.connect(PeerInfo(server.get_id(), server.get_addrs()))
             t0 = time.monotonic()
-            assert await fetch_dag(fetching, root, None, timeout=30) == 257
+            assert (await get_file(fetching, root, 1 << 20, timeout=30, pin=False))["blocks"] == 257
             elapsed = time.monotonic() - t0
             await fetching.stop()
             await served.stop()

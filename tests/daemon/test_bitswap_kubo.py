@@ -27,11 +27,12 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from fednode.daemon.bitswap import LMDBBlockStore, fetch_file, start_bitswap, to_theirs
+from fednode.daemon.bitswap import LMDBBlockStore, start_bitswap, to_theirs
 from fednode.daemon.host import build_host
+from fednode.daemon.ipfsget import get_file
 from fednode.storage.store import PUBLIC, Store
 from protocol.multiformats import CID, DAG_PB, RAW
-from protocol.unixfs import add_bytes
+from protocol.unixfs import add_bytes, iter_file
 
 SIZE = 3 * 1024 * 1024 + 12345  # 13 raw leaves (the last one short) under one root
 KUBO_HELPER = textwrap.dedent(
@@ -196,7 +197,8 @@ async def test_we_fetch_kubo_file_into_lmdb_verified(tmp_path: Path) -> None:
             kubo_id = ID.from_base58(hello["id"])
             await host.connect(PeerInfo(kubo_id, [multiaddr.Multiaddr(a) for a in hello["addrs"]]))
             t0 = time.monotonic()
-            got = await fetch_file(handle, root, kubo_id, timeout=30)
+            assert (await get_file(handle, root, 1 << 30, timeout=30, pin=False))["size"] == len(data)
+            got = b"".join(iter_file(store.get_block, root))
             elapsed = time.monotonic() - t0
             assert got == data
             print(f"fetched {SIZE} bytes from kubo in {elapsed:.2f} s")
