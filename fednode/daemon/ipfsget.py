@@ -15,6 +15,7 @@ stays, and the caller gets one line.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 
 import trio
@@ -23,12 +24,14 @@ from libp2p.peer.id import ID
 from fednode.daemon.bitswap import BitswapHandle, want_blocks
 from fednode.errors import FednodeError
 from fednode.storage import pins
+from fednode.storage.diskspace import DiskFull
 from fednode.storage.store import Store
 from fednode.workflows.fsck import mark
 from protocol.multiformats import CID, DAG_PB, RAW, FormatError
 from protocol.unixfs import declared_size, decode_file_node, decode_node, file_size, max_depth
 
 MAX_LINKS = 4096  # per node
+MAX_BLOCK = 4 << 20  # the most a block may hold (every bitswap implementation's message limit)
 MAX_BLOCKS = 1 << 19  # per file (of Kubo's 256 KiB chunks: 128 GiB); each costs memory while asked for
 NODE_OVERHEAD = 64 * 1024  # bytes a dag-pb node may add over its content (links, sizes)
 
@@ -69,7 +72,7 @@ async def _want(handle: BitswapHandle, cids: list[CID], providers: list[ID], siz
 
 
 async def _fetch(handle: BitswapHandle, root: CID, max_bytes: int, stored: list[CID], progress: GetProgress,
-                 asked: list[CID]) -> int:
+                 asked: list[CID], min_free: int) -> int:
     """Fetch level by level into the store, listing in ``stored`` what was new and in ``asked`` all
     that was missing when asked for (what a failure must delete: part of a level may have arrived);
     returns the size."""
@@ -82,6 +85,10 @@ async def _fetch(handle: BitswapHandle, root: CID, max_bytes: int, stored: list[
         with store.read() as txn:
             missing = [c for c in dict.fromkeys(level) if not txn.has_block(c)]
         asked += missing
+        need = sum(sizes.get(c, MAX_BLOCK) for c in missing)  # what the parents declare (the root: the most)
+        if shutil.disk_usage(store.path).free - need < min_free:
+            raise DiskFull(f"fetching {root} would leave less than {min_free} bytes free on the disk "
+                           "([network] min_free_bytes)")
         await _want(handle, missing, providers, {c: sizes[c] for c in missing if c in sizes})
         new = set(missing)
         children: list[CID] = []
@@ -117,8 +124,9 @@ async def _fetch(handle: BitswapHandle, root: CID, max_bytes: int, stored: list[
 
 
 async def get_file(handle: BitswapHandle, root: CID, max_bytes: int, timeout: float, pin: bool,
-                   progress: GetProgress | None = None) -> dict[str, int | str]:
+                   progress: GetProgress | None = None, min_free: int = 0) -> dict[str, int | str]:
     """Fetch the file ``root`` from the connected peers; {cid, size, blocks} (blocks newly stored).
+    A level whose declared bytes would leave less than ``min_free`` free on the disk is not asked for.
 
     Raises ``TooLarge``, ``FormatError``, ``FednodeError`` or ``trio.TooSlowError``; then the blocks
     it stored are gone again."""
@@ -129,7 +137,7 @@ async def get_file(handle: BitswapHandle, root: CID, max_bytes: int, timeout: fl
     progress = progress or GetProgress()
     try:
         with trio.fail_after(timeout):
-            size = await _fetch(handle, root, max_bytes, stored, progress, asked)
+            size = await _fetch(handle, root, max_bytes, stored, progress, asked, min_free)
     except BaseException:
         forget(handle.store, asked)
         raise

@@ -369,13 +369,16 @@ async def h_ipfs_get(d: Daemon, body: dict[str, Any]) -> Any:
 async def _ipfs_get(d: Daemon, root: CID, max_bytes: int, timeout: float, pin: bool,
                     progress: GetProgress) -> dict[str, int | str]:
     from fednode.daemon.ipfsget import TooLarge, get_file
+    from fednode.storage.diskspace import DiskFull
 
     try:
-        return await get_file(d.bitswap, root, max_bytes, timeout, pin, progress)
+        return await get_file(d.bitswap, root, max_bytes, timeout, pin, progress, d.fetcher.min_free_bytes)
     except TooLarge as exc:
         raise HTTPError(413, str(exc)) from None
     except trio.TooSlowError:
         raise HTTPError(504, f"{root}: not found on the connected peers within {timeout:g} s; nothing stored") from None
+    except DiskFull as exc:
+        raise HTTPError(507, f"{exc}; nothing stored") from None
     except (FormatError, FednodeError) as exc:
         raise HTTPError(502, f"{exc}; nothing stored") from None
 

@@ -7,6 +7,7 @@ fetches with ``get_file``; after each refusal the fetcher's store holds exactly 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from test_bitswap_kubo import _host, _listen
 
 from fednode.daemon.bitswap import BitswapHandle, start_bitswap
 from fednode.daemon.ipfsget import MAX_LINKS, TooLarge, forget, get_file
+from fednode.storage.diskspace import DiskFull
 from fednode.storage.pins import pin, pins
 from fednode.storage.store import PUBLIC, Store
 from protocol.multiformats import CID, DAG_PB, RAW, FormatError
@@ -82,6 +84,10 @@ async def test_hostile_dags_are_refused_and_nothing_stays(tmp_path: Path, monkey
                 assert _count(mine) == 0, root
             assert not handle.blocks.sizes and not handle.blocks.misfits  # nothing left of those fetches
             monkeypatch.setattr(ipfsget, "MAX_BLOCKS", 1 << 19)
+            with pytest.raises(DiskFull, match="min_free_bytes"):  # the root alone would cross the reserve
+                await get_file(handle, good_root, len(good), timeout=20, pin=True,
+                               min_free=shutil.disk_usage(tmp_path).free)
+            assert _count(mine) == 0
             with pytest.raises(trio.TooSlowError):
                 await get_file(handle, add_bytes(b"nobody has it"), 1 << 30, timeout=1, pin=True)
             result = await get_file(handle, good_root, len(good), timeout=20, pin=True)
