@@ -81,8 +81,9 @@ class FetchScheduler(Protocol):
     def schedule(self, repo: bytes, root: CID, providers: list[str], then: bytes | list[bytes] | None, /) -> Job:
         """Fetch ``root``'s closure from ``providers`` (or any peer), then apply ``then``."""
 
-    async def fetch_block(self, cid: CID, peer: ID, /) -> bytes | None:
-        """``cid``'s block from ``peer`` alone, hash-checked, not stored (None: not served)."""
+    async def fetch_block(self, repo: bytes, cid: CID, peer: ID, accept: Callable[[bytes], bool], /) -> bytes | None:
+        """``cid``'s block from ``peer`` alone, hash-checked (None: not served); stored as ``repo``'s
+        only if ``accept`` says so."""
 
 
 class ProviderFinder(Protocol):

@@ -8,6 +8,7 @@ newest first (slots.py); a failed attempt asks the DHT for more providers and re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -90,8 +91,11 @@ class FetchJobs:
         self.state.add_fetch(repo, root, job.providers, job.thens)
         return job
 
-    async def fetch_block(self, cid: CID, peer: ID, /) -> bytes | None:
-        return await self.fetcher.fetch_block(cid, peer)
+    async def fetch_block(self, repo: bytes, cid: CID, peer: ID, accept: Callable[[bytes], bool], /) -> bytes | None:
+        block = await self.fetcher.fetch_block(cid, peer)
+        if block is not None and accept(block):  # stored: the job that follows does not ask again
+            await self.fetcher.check_and_store(repo, [(cid, block)])
+        return block
 
     def _providers(self, job: Job) -> list[ID]:
         return self.peers.providers(job.providers, job.repo)
@@ -170,13 +174,14 @@ def newest(thens: list[bytes]) -> list[bytes]:
     """The newest announcement (highest seq) of each (kind, announcer, branch), in first-seen order:
     an older one would be superseded when applied anyway, and a member re-announcing a head that
     is still being fetched grew the job's list (rewritten in the net db each time) without bound."""
-    best: dict[tuple[str, bytes, str], tuple[int, bytes]] = {}
+    best: dict[tuple[str, bytes, str] | bytes, tuple[int, bytes]] = {}
     for raw in thens:
         try:
             msg = m.decode(raw)
         except FormatError:
-            continue
+            msg = None
         if not isinstance(msg, m.HeadAnnouncement | m.MergeProposal):
+            best.setdefault(raw, (0, raw))  # anything else is kept as it is (apply judges it)
             continue
         key = (msg.kind, msg.announcer, msg.branch)
         if key not in best or msg.seq >= best[key][0]:

@@ -287,7 +287,7 @@ class HeadsSync:
         reaches is fetched, then fetch its closure and register the repo. Before the check, any peer
         answering a clone's heads query could name any DAG-CBOR block, and we fetched up to
         max_fetch_bytes of its closure, tagged as the repository's, before finding out."""
-        block = await self.fetches.fetch_block(genesis, peer)
+        block = await self.fetches.fetch_block(repo_id, genesis, peer, lambda b: is_genesis_of(repo_id, b))
         if block is None:
             raise FednodeError(f"could not fetch the genesis commit {genesis} from {peer}")
         if not is_genesis_of(repo_id, block):
