@@ -11,10 +11,12 @@ repository's topic is re-read from the store at each ``subscribe`` (every push, 
 round), so a private repository its owner published moves to the public topic then.
 
 Rejections cost work (a decode, signature checks, a log line) and not all of them cost the forwarder
-a strike (a message it relays from another signer, a replay, one sealed for others): each rejection
+a strike (a message it relays from another signer, an unknown repository): each such rejection
 spends one of the forwarder's REJECT_BURST tokens, refilled at REJECT_RATE a second, and a forwarder
 out of tokens has its messages dropped unread (``rejected["rate_limited"]``) until it has one again.
-py-libp2p's own per-peer limit counts only messages that passed validation.
+The ROUTINE rejections honest relays cause all the time (replays, duplicates, boxes sealed for
+others) spend nothing: they are caught before any signature check. py-libp2p's own per-peer
+limit counts only messages that passed validation.
 """
 
 from __future__ import annotations
@@ -41,8 +43,13 @@ from protocol.multiformats import CID, DAG_CBOR
 
 TopicValidator = Callable[[ID, rpc_pb2.Message], bool]
 IGNORED = frozenset({"sealed_unreadable", "sealed_stale"})  # not for us: counted, not logged one by one
-REJECT_RATE = 10.0  # rejected messages a second a forwarder may cost us, after a burst of
-REJECT_BURST = 100.0  # (honest gossip is a few messages a minute, and rarely rejected)
+# Rejections honest relays cause all the time (copies of one message from several forwarders,
+# GossipSub re-sending messages up to 48 s old, sealed boxes for other members): not budgeted.
+# They cost little: a replay is caught by its seq and a duplicate commit by its hash, both before
+# any signature check (validate.py), and a box we cannot open by one failed decryption.
+ROUTINE = IGNORED | {"replay", "duplicate"}
+REJECT_RATE = 10.0  # other rejected messages a second a forwarder may cost us, after a burst of
+REJECT_BURST = 100.0  # (honest relays rarely cause them)
 
 
 def _drop(forwarder: ID, msg: rpc_pb2.Message) -> bool:
@@ -143,7 +150,7 @@ class Gossip:
         source = ID(msg.from_id)
         from_self = source == self.me and forwarder == self.me
         verdict = self.validator.validate_gossip(msg.data, repo_id, from_self, private)
-        if verdict.reason is not None:
+        if verdict.reason is not None and verdict.reason not in ROUTINE:
             self.rejections.take(key)
         if verdict.reason in IGNORED:  # sealed for others (or for an epoch we left behind): not forwarded
             self.metrics.rejected[verdict.reason] += 1
@@ -160,7 +167,6 @@ class Gossip:
             self.metrics.published[verdict.msg.kind] += 1
             return True
         if not self._claim(verdict.msg):
-            self.rejections.take(key)
             self.metrics.rejected["replay"] += 1
             log("gossip_rejected", reason="replay", forwarder=str(forwarder), source=str(source))
             return False

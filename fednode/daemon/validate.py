@@ -197,6 +197,10 @@ class Validator:
             return Verdict("malformed")
         if msg.repo != repo_id:
             return Verdict("wrong_repo")
+        branch = getattr(msg, "branch", "")
+        # before the signature: a replay (honest relays send many) costs a lookup, not two checks
+        if not from_self and self._replayed(msg.kind, repo_id, msg.announcer, branch, msg.seq, heads_reply):
+            return Verdict("replay")
         if not verify_signature(msg.announcer, msg.signing_hash(), msg.sig):
             return Verdict("bad_signature")
         owner = self.owner(repo_id)
@@ -211,15 +215,17 @@ class Validator:
                 return refused
         elif msg.announcer not in members:
             return Verdict("not_member", signer=msg.announcer)
-        branch = getattr(msg, "branch", "")
-        if from_self:
-            return Verdict(None, msg)
-        last = self.state.last_seq(msg.kind, repo_id, msg.announcer, branch)
-        if last > msg.seq or (last == msg.seq and not heads_reply):
-            return Verdict("replay")
         return Verdict(None, msg)
 
+    def _replayed(self, kind: str, repo_id: bytes, announcer: bytes, branch: str, seq: int, heads_reply: bool) -> bool:
+        last = self.state.last_seq(kind, repo_id, announcer, branch)
+        return last > seq or (last == seq and not heads_reply)
+
     def _check_commit(self, env: m.CommitEnvelope, repo_id: bytes, from_self: bool) -> Verdict:
+        if not from_self:  # before decoding and the signature: honest relays send many copies
+            with self.store.read() as txn:
+                if txn.has_block(CID.hash(DAG_CBOR, env.block)):
+                    return Verdict("duplicate")
         try:
             commit = Commit.decode(env.block)
         except (FormatError, ValueError):
@@ -234,10 +240,6 @@ class Validator:
             return Verdict("unknown_repo")
         if commit.author not in members:
             return Verdict("not_member", signer=commit.author)
-        if not from_self:
-            with self.store.read() as txn:
-                if txn.has_block(CID.hash(DAG_CBOR, env.block)):
-                    return Verdict("duplicate")
         if (why := self.proof_problem(repo_id, commit)) is not None:
             log("gossip_bad_proof", "warning", repo=repo_id.hex()[:16], commit=str(commit.cid()), reason=why)
             return Verdict(BAD_PROOF)

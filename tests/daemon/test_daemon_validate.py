@@ -154,14 +154,23 @@ def test_a_forwarder_of_many_rejected_messages_is_read_no_more_for_a_while(tmp_p
             return rpc_pb2.Message(from_id=ID.from_base58(signer.peer_id).to_bytes(), data=_sign(signer, ann),
                                    seqno=b"%d" % seq)
 
+        # replays (honest relays send many copies) spend nothing, and are caught before the signature
+        assert validate(flooder, announcement(owner, 1))
+        assert not any(validate(flooder, announcement(owner, 1)) for _ in range(3 * int(REJECT_BURST)))
+        assert metrics.rejected["replay"] == 3 * REJECT_BURST and metrics.rejected["rate_limited"] == 0
+        forged = rpc_pb2.Message(from_id=ID.from_base58(owner.peer_id).to_bytes(), seqno=b"x",
+                                 data=m.HeadAnnouncement(rid, "main", CID.hash(DAG_CBOR, b"1"), 1, 1, owner.public_key,
+                                                         b"\0" * 64).encode())
+        assert not validate(other, forged) and metrics.rejected["replay"] == 3 * REJECT_BURST + 1  # no sig check
+        metrics.rejected.clear()
         n = int(REJECT_BURST) + 50
         assert not any(validate(flooder, announcement(stranger, i)) for i in range(n))
         rejected = sum(v for k, v in metrics.rejected.items() if k != "rate_limited")
         assert rejected == REJECT_BURST and metrics.rejected["rate_limited"] == 50 and strikes == []
-        assert not validate(flooder, announcement(owner, 1))  # even a good one, unread
-        assert validate(other, announcement(owner, 2))  # another forwarder is read
+        assert not validate(flooder, announcement(owner, 2))  # even a good one, unread
+        assert validate(other, announcement(owner, 3))  # another forwarder is read
         now[0] += 1 / REJECT_RATE  # one token back
-        assert validate(flooder, announcement(owner, 3))
+        assert validate(flooder, announcement(owner, 4))
     finally:
         store.close()
 
