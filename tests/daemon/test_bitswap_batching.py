@@ -12,18 +12,22 @@ fetching bytes-identical files: test_bitswap_kubo.py, test_bitswap_helia.py, tes
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import multiaddr
 import trio
+from libp2p.abc import IHost, INetStream
 from libp2p.bitswap.config import BITSWAP_PROTOCOL_V120, MAX_MESSAGE_SIZE
 from libp2p.bitswap.messages import create_message, create_wantlist_entry
 from libp2p.bitswap.pb.bitswap_pb2 import Message
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from fednode.daemon.bitswap import _prefix, start_bitswap, to_theirs
+from fednode.daemon.bitswap import BitswapHandle, _prefix, start_bitswap, to_theirs
 from fednode.daemon.bitswapsend import HARD_LIMIT, MESSAGE_LIMIT, encode_message
 from fednode.daemon.host import build_host
 from fednode.daemon.wire import FrameReader, write_frame
@@ -288,39 +292,22 @@ async def test_a_peer_cannot_grow_what_we_remember_of_it_nor_ask_faster_than_the
 
     monkeypatch.setattr(bitswap, "ITEM_RATE", 2000.0)
     monkeypatch.setattr(bitswap, "ITEM_BURST", 2001.0)  # the first message at once, then 2 s
-    store = Store(tmp_path / "store", sync=False)
-    server, peer = build_host(create_new_key_pair()), build_host(create_new_key_pair())
     strikes: list[tuple[object, str]] = []
     rounds = [[bytes(CID.hash(RAW, secrets.token_bytes(16))) for _ in range(2000)] for _ in range(3)]
     huge = b"\x01\x55\x00" + encode_varint(MAX_CID_BYTES) + secrets.token_bytes(MAX_CID_BYTES)  # identity CID
-
-    async def ignore(stream) -> None:  # type: ignore[no-untyped-def]
-        await trio.sleep_forever()
-
-    peer.set_stream_handler(TProtocol(BITSWAP_PROTOCOL_V120), ignore)
-    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
-    try:
-        async with server.run(listen), peer.run(listen), trio.open_nursery() as nursery:
-            handle = await start_bitswap(server, store, nursery,
-                                         penalize=lambda p, reason: strikes.append((p, reason)))
-            await peer.connect(PeerInfo(server.get_id(), server.get_addrs()))
-            wants = await peer.new_stream(server.get_id(), [TProtocol(BITSWAP_PROTOCOL_V120)])
-            start = trio.current_time()
-            for cids in rounds:
-                msg = Message()
-                for key in [*cids, huge]:
-                    msg.wantlist.entries.add(block=key, priority=1, wantType=0, sendDontHave=False)
-                await write_frame(wants, msg.SerializeToString())
-            client = handle.client
-            with trio.fail_after(30):
-                while len(strikes) < len(rounds) or client._senders[peer.get_id()].pending:
-                    await trio.sleep(0.02)
-            took = trio.current_time() - start
-            remembered = [c.buffer for c in client._peer_wantlists[peer.get_id()]]
-            await handle.stop()
-            nursery.cancel_scope.cancel()
-    finally:
-        store.close()
+    async with _silent_peer(tmp_path, lambda p, reason: strikes.append((p, reason))) as (server, peer, handle, wants):
+        start = trio.current_time()
+        for cids in rounds:
+            msg = Message()
+            for key in [*cids, huge]:
+                msg.wantlist.entries.add(block=key, priority=1, wantType=0, sendDontHave=False)
+            await write_frame(wants, msg.SerializeToString())
+        client = handle.client
+        with trio.fail_after(30):
+            while len(strikes) < len(rounds) or client._senders[peer.get_id()].pending:
+                await trio.sleep(0.02)
+        took = trio.current_time() - start
+        remembered = [c.buffer for c in client._peer_wantlists[peer.get_id()]]
 
     assert remembered == rounds[-1][-MAX_REMEMBERED:]  # the newest, in order
     assert strikes == [(peer.get_id(), "bitswap_malformed")] * len(rounds)
@@ -335,34 +322,43 @@ async def test_nothing_is_kept_for_a_peer_that_left_while_its_message_waited(tmp
 
     monkeypatch.setattr(bitswap, "ITEM_RATE", 1000.0)
     monkeypatch.setattr(bitswap, "ITEM_BURST", 1000.0)
+    async with _silent_peer(tmp_path) as (server, peer, handle, wants):
+        client = handle.client
+        for _ in range(2):  # the first within the burst; the second waits a second
+            msg = Message()
+            for _ in range(1000):
+                msg.wantlist.entries.add(block=bytes(CID.hash(RAW, secrets.token_bytes(8))), wantType=0)
+            await write_frame(wants, msg.SerializeToString())
+        with trio.fail_after(10):
+            while len(client._peer_wantlists.get(peer.get_id(), {})) < 1000:
+                await trio.sleep(0.02)
+        await peer.disconnect(server.get_id())
+        with trio.fail_after(10):
+            while peer.get_id() in client._senders or peer.get_id() in server.get_network().connections:
+                await trio.sleep(0.02)
+        await trio.sleep(1.5)  # past the second message's wait
+        assert peer.get_id() not in client._senders and peer.get_id() not in client._peer_wantlists
+
+
+@asynccontextmanager
+async def _silent_peer(tmp_path: Path, penalize: Callable[[ID, str], None] | None = None
+                       ) -> AsyncIterator[tuple[IHost, IHost, BitswapHandle, INetStream]]:
+    """Our bitswap server on an empty store, and a connected py-libp2p peer that never reads our
+    answers, with a wantlist stream open to the server: (server, peer, handle, stream)."""
     store = Store(tmp_path / "store", sync=False)
     server, peer = build_host(create_new_key_pair()), build_host(create_new_key_pair())
 
-    async def ignore(stream) -> None:  # type: ignore[no-untyped-def]
+    async def ignore(stream: INetStream) -> None:
         await trio.sleep_forever()
 
     peer.set_stream_handler(TProtocol(BITSWAP_PROTOCOL_V120), ignore)
     listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
     try:
         async with server.run(listen), peer.run(listen), trio.open_nursery() as nursery:
-            handle = await start_bitswap(server, store, nursery)
-            client = handle.client
+            handle = await start_bitswap(server, store, nursery, penalize=penalize)
             await peer.connect(PeerInfo(server.get_id(), server.get_addrs()))
             wants = await peer.new_stream(server.get_id(), [TProtocol(BITSWAP_PROTOCOL_V120)])
-            for _ in range(2):  # the first within the burst; the second waits a second
-                msg = Message()
-                for _ in range(1000):
-                    msg.wantlist.entries.add(block=bytes(CID.hash(RAW, secrets.token_bytes(8))), wantType=0)
-                await write_frame(wants, msg.SerializeToString())
-            with trio.fail_after(10):
-                while len(client._peer_wantlists.get(peer.get_id(), {})) < 1000:
-                    await trio.sleep(0.02)
-            await peer.disconnect(server.get_id())
-            with trio.fail_after(10):
-                while peer.get_id() in client._senders or peer.get_id() in server.get_network().connections:
-                    await trio.sleep(0.02)
-            await trio.sleep(1.5)  # past the second message's wait
-            assert peer.get_id() not in client._senders and peer.get_id() not in client._peer_wantlists
+            yield server, peer, handle, wants
             await handle.stop()
             nursery.cancel_scope.cancel()
     finally:
