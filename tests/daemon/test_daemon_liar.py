@@ -59,11 +59,7 @@ def test_a_lying_provider_stores_nothing_and_is_banned(tmp_path: Path) -> None:
         network_config(homes[1], ban_threshold=2)
         a = DaemonProc(homes[0]).start()
         with daemons(a):
-            liar = subprocess.Popen(
-        env=script_env(), args=[sys.executable, __file__, a.addr], cwd=ROOT, stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            liar_addr = liar.stdout.readline().strip()
-            assert liar_addr.startswith("/ip4/127.0.0.1/"), liar.stderr.read()[-3000:]
+            liar, liar_addr = _start_liar(a.addr, "flip")
             b = DaemonProc(homes[1], (liar_addr,))
             with daemons(b):
                 b.start()
@@ -103,11 +99,7 @@ def test_a_peer_naming_another_block_as_the_genesis_gets_nothing_fetched(tmp_pat
         rid = info.repo_id
         a = DaemonProc(homes[0]).start()
         with daemons(a):
-            liar = subprocess.Popen(
-                env=script_env(), args=[sys.executable, __file__, a.addr, "genesis"], cwd=ROOT,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            liar_addr = liar.stdout.readline().strip()
-            assert liar_addr.startswith("/ip4/127.0.0.1/"), liar.stderr.read()[-3000:]
+            liar, liar_addr = _start_liar(a.addr, "genesis")
             b = DaemonProc(homes[1], (liar_addr,))
             with daemons(b):
                 b.start()
@@ -122,6 +114,17 @@ def test_a_peer_naming_another_block_as_the_genesis_gets_nothing_fetched(tmp_pat
         kill_process(liar)
         for n in (na, nb):
             n.close()
+
+
+def _start_liar(owner_addr: str, mode: str) -> tuple[subprocess.Popen, str]:
+    """This file run as the liar (``mode``: flip leaves' bits, or name another block as the genesis)
+    in front of the owner; (its process, its address). The caller stops it (kill_process)."""
+    liar = subprocess.Popen(env=script_env(), args=[sys.executable, __file__, owner_addr, mode], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert liar.stdout is not None and liar.stderr is not None
+    liar_addr = liar.stdout.readline().strip()
+    assert liar_addr.startswith("/ip4/127.0.0.1/"), liar.stderr.read()[-3000:]
+    return liar, liar_addr
 
 
 async def _liar(owner_addr: str, mode: str = "flip") -> None:
