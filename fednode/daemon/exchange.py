@@ -580,6 +580,16 @@ class Fetcher:
         return len(remaining)
 
 
+def is_genesis_of(repo_id: bytes, block: bytes) -> bool:
+    """Whether ``block`` is ``repo_id``'s genesis: an init commit, no parents, its hash the id, signed."""
+    try:
+        commit = Commit.decode(block)
+    except FormatError:
+        return False
+    return (commit.kind == "init" and not commit.parents and commit.commit_hash() == repo_id
+            and verify_signature(commit.author, commit.commit_hash(), commit.sig))
+
+
 def holds(cid: CID, block: bytes, declared: int) -> bool:
     """Whether a block of a tensor file holds the ``declared`` content bytes, laid out as we build
     files (every link of a node but the last a full chunk or more: no runs of tiny sub-DAGs)."""

@@ -19,7 +19,7 @@ from fednode.daemon.abc import FetchFollowUp, PeerView, ProviderFinder, Spawner
 from fednode.daemon.discovery import cid_key
 from fednode.daemon.metrics import Metrics
 from fednode.daemon.slots import NewestFirstSlots
-from fednode.errors import FednodeError
+from fednode.errors import FednodeError, NotFound
 from fednode.history import History
 from fednode.logs import log
 from fednode.storage.netstate import NetState
@@ -151,14 +151,15 @@ class FetchJobs:
                 await self.follow_up.apply(job.repo, raw)
 
     def _is_genesis(self, repo_id: bytes, root: CID) -> bool:
-        """Whether ``root`` is the genesis commit of ``repo_id`` (an init commit whose hash is the id)."""
+        """Whether ``root`` is the genesis commit of ``repo_id`` (``exchange.is_genesis_of``)."""
         if root.codec != DAG_CBOR:  # POST /fetch may fetch any block
             return False
-        try:
-            commit = self.history.load_commit(root)
-        except (FednodeError, FormatError):  # a manifest
-            return False
-        return commit.kind == "init" and commit.commit_hash() == repo_id
+        with self.history.store.read() as txn:
+            try:
+                block = txn.get_block(root)
+            except NotFound:
+                return False
+        return exchange.is_genesis_of(repo_id, bytes(block))
 
     async def _more_providers(self, job: Job) -> None:
         """After a failed attempt: dial whoever the DHT says provides the job's root commit."""

@@ -30,18 +30,18 @@ from fednode.daemon.abc import (
 )
 from fednode.daemon.access import PRIVATE_HINT, Reader
 from fednode.daemon.discovery import repo_key
+from fednode.daemon.exchange import is_genesis_of
 from fednode.daemon.fairness import IDLE
 from fednode.daemon.jobs import Job
 from fednode.daemon.metrics import Metrics
 from fednode.daemon.validate import Validator
 from fednode.errors import FednodeError
 from fednode.history import History, refs, repo_id_text
-from fednode.identity import Identity, verify_signature
+from fednode.identity import Identity
 from fednode.logs import log
 from fednode.storage.netstate import NetState
 from protocol import messages as m
 from protocol.multiformats import CID, FormatError
-from protocol.objects import Commit
 
 HEADS = TProtocol(m.HEADS_PROTOCOL)
 MAX_REPLY = 2 * 1024 * 1024
@@ -384,12 +384,3 @@ class HeadsSync:
             self.state.put_keys_message(signed)
         await self.topics.publish(repo_id, signed.encode())
 
-
-def is_genesis_of(repo_id: bytes, block: bytes) -> bool:
-    """Whether ``block`` is ``repo_id``'s genesis: an init commit, no parents, its hash the id, signed."""
-    try:
-        commit = Commit.decode(block)
-    except FormatError:
-        return False
-    return (commit.kind == "init" and not commit.parents and commit.commit_hash() == repo_id
-            and verify_signature(commit.author, commit.commit_hash(), commit.sig))

@@ -195,3 +195,27 @@ def test_a_fetch_job_keeps_the_newest_announcement_of_each_branch_and_announcer(
     others = [ann(b, "main", 5), ann(a, "dev", 3), proposal(a, 7)]
     kept = newest([flood[0], *others, *flood[1:], ann(b, "main", 4), b"not a message", b"not a message"])
     assert kept == [flood[-1], *others, b"not a message"]  # anything else kept once, for apply to judge
+
+
+def test_is_genesis_of_accepts_only_the_signed_init_commit_whose_hash_is_the_id(tmp_path: Path) -> None:
+    """What a clone checks of the genesis a peer names (and a resumed clone of what it fetched)."""
+    from dataclasses import replace
+
+    from fednode.daemon.exchange import is_genesis_of
+
+    owner = fixed_identity()
+    store = Store(tmp_path / "store")
+    try:
+        history = History(store, owner)
+        info, genesis = history.create_repo("m", ArraySource(model_arrays(0)))
+        child = history.commit(info, ArraySource(perturb(model_arrays(0), 1)), "next").cid
+        with store.read() as txn:
+            block, child_block = txn.get_block(genesis.cid), txn.get_block(child)
+            manifest = txn.get_block(history.load_commit(genesis.cid).weights)
+        commit = history.load_commit(genesis.cid)
+        unsigned = replace(commit, sig=bytes(64)).encode()
+        assert is_genesis_of(info.repo_id, bytes(block))
+        assert not is_genesis_of(b"x" * 32, bytes(block))  # another repository's genesis
+        assert not any(is_genesis_of(info.repo_id, bytes(b)) for b in (child_block, manifest, b"\xa0", unsigned))
+    finally:
+        store.close()
