@@ -443,7 +443,10 @@ class Fetcher:
         send, recv = trio.open_memory_channel[Blocks](1)
         async with send, recv:
             complete, reason = await self._receive(peer, [cid], send)
-            got = recv.receive_nowait() if complete else []
+            try:
+                got = recv.receive_nowait() if complete else []
+            except trio.WouldBlock:  # the peer answered "not here"
+                got = []
         if reason is None and got and not cid.verify(got[0][1]):
             reason = "bad_block"
         if reason is not None:

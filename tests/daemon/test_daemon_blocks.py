@@ -646,3 +646,24 @@ async def test_a_provider_dripping_its_answers_is_left_for_the_next(tmp_path: Pa
         with store.read() as txn:
             assert all(txn.get_block(c) == b for c, b in dag.items())
     assert host.asked.get("fast"), "the slow provider was waited for to the end"
+
+
+async def test_fetch_block_checks_the_one_block_and_blames_a_wrong_one(tmp_path: Path) -> None:
+    """``Fetcher.fetch_block`` (a clone's genesis): the block from one peer, hash-checked, not
+    stored; a peer that does not hold it answers None without blame, one that sends other bytes
+    is struck (``bad_block``), one that says nothing is given up on."""
+    root, dag = _dag(1, 100)
+    host = FakeHost(dag)
+    host.corrupt["liar"] = {root}
+    host.busy.add("mute")  # resets before any answer
+    strikes: list[tuple[str, str]] = []
+    with Store(tmp_path / "s", sync=False) as store:
+        fetcher = exchange.Fetcher(host, store, Metrics(), lambda p, r: strikes.append((p, r)))  # type: ignore[arg-type]
+        with trio.fail_after(10):
+            assert await fetcher.fetch_block(root, "good") == dag[root]  # type: ignore[arg-type]
+            assert await fetcher.fetch_block(root, "liar") is None  # type: ignore[arg-type]
+            assert await fetcher.fetch_block(CID.hash(DAG_CBOR, b"\xa0"), "good") is None  # type: ignore[arg-type]
+            assert await fetcher.fetch_block(root, "mute") is None  # type: ignore[arg-type]
+        with store.read() as txn:
+            assert not txn.has_block(root)  # nothing stored
+    assert strikes == [("liar", "bad_block")]
