@@ -17,12 +17,8 @@ class TokenBuckets:
 
     def take(self, key: str) -> bool:
         """Spend one token of ``key``; False (nothing spent) when its bucket is empty."""
-        now = self.clock()
-        tokens, then = self._buckets.pop(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - then) * self.rate)
-        ok = tokens >= 1
-        self._buckets[key] = (tokens - 1 if ok else tokens, now)  # re-inserted: most recently used last
-        self._bound()
+        ok = self.available(key) >= 1
+        self._spend(key, 1 if ok else 0)
         return ok
 
     def available(self, key: str) -> float:
@@ -34,13 +30,14 @@ class TokenBuckets:
         """Spend ``cost`` tokens of ``key`` even past empty, and return how many seconds the caller
         should wait before doing the work: the debt over ``rate``. Nothing is refused; a key that
         asks faster than ``rate`` is slowed to it (a burst of ``burst`` goes at once)."""
-        now = self.clock()
-        tokens, then = self._buckets.pop(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - then) * self.rate) - cost
-        self._buckets[key] = (tokens, now)
-        self._bound()
-        return max(0.0, -tokens / self.rate)
+        return max(0.0, -self._spend(key, cost) / self.rate)
 
-    def _bound(self) -> None:
+    def _spend(self, key: str, cost: float) -> float:
+        """Take ``cost`` from ``key``'s refilled bucket (it may go below zero); the tokens left. The key
+        is re-inserted as the most recently used; past ``max_keys``, the least recently used goes."""
+        tokens = self.available(key) - cost
+        self._buckets.pop(key, None)
+        self._buckets[key] = (tokens, self.clock())
         if len(self._buckets) > self.max_keys:
             del self._buckets[next(iter(self._buckets))]
+        return tokens
