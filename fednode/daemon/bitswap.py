@@ -31,7 +31,8 @@ expects the answers on a stream opened by the side that has the blocks, and HAVE
 WANT_HAVE. So Kubo's download hung. The override queues every entry, highest priority first, for
 the peer's sender (``bitswapsend.PeerSender``: one outbound stream per peer, like Kubo's own
 message queue, several blocks a message, sent as they are read): WANT_BLOCK -> the block,
-WANT_HAVE -> HAVE, missing with ``sendDontHave`` -> DONT_HAVE. Second part, also needed (measured:
+WANT_HAVE -> HAVE (the block itself if at most 1 KiB, as Kubo answers), missing with
+``sendDontHave`` -> DONT_HAVE. Second part, also needed (measured:
 without it Kubo still hangs): py-libp2p starts a reader on every queue stream that closes the
 stream at once when we expect no blocks from that peer, i.e. always when we only serve;
 ``_on_message_queue_stream_opened`` is replaced by a reader that never closes the stream. Third:
@@ -74,7 +75,7 @@ from libp2p.bitswap.pb.bitswap_pb2 import Message
 from libp2p.peer.id import ID
 
 from fednode.daemon.access import Reader
-from fednode.daemon.bitswapsend import PeerSender, SendStats, Want
+from fednode.daemon.bitswapsend import SMALL_BLOCK, PeerSender, SendStats, Want
 from fednode.daemon.ratelimit import TokenBuckets
 from fednode.daemon.wire import FrameError, FrameReader
 from fednode.errors import Corrupt, NotFound
@@ -381,14 +382,18 @@ class FednodeBitswap(BitswapClient):
 
     async def _served_block(self, cid: CIDObject, reader: Reader, have_only: bool = False) -> bytes | None:
         """The block if we hold it (or can generate it) and ``reader``'s peer may read it; else None.
-        ``have_only``: b"" stands for a stored block (not copied out of the store)."""
+        ``have_only``: b"" stands for a stored block over SMALL_BLOCK bytes (not copied out of the
+        store); a smaller one is returned whole, to be sent instead of a HAVE."""
         try:
             ours = to_ours(cid)
         except (FormatError, ValueError):
             return None
-        with reader.store.read() as txn:
+        with reader.store.read(buffers=True) as txn:  # block_size copies nothing out
             try:
-                block: bytes | None = b"" if have_only and txn.has_block(ours) else txn.get_block(ours)
+                if have_only and txn.block_size(ours) > SMALL_BLOCK:
+                    block: bytes | None = b""  # held; a HAVE answers, nothing copied out
+                else:
+                    block = txn.get_block(ours)
             except NotFound:
                 block = None
             holders = txn.block_repos(ours) if block is not None else []
@@ -425,7 +430,8 @@ class FednodeBitswap(BitswapClient):
 
     async def _process_wantlist(self, wantlist: Message.Wantlist, peer_id: ID, stream: INetStream) -> None:
         """Queue the entries for the peer's sender, which answers on its own stream (module
-        docstring): WANT_BLOCK -> the block, WANT_HAVE -> HAVE, missing with sendDontHave -> DONT_HAVE."""
+        docstring): WANT_BLOCK -> the block, WANT_HAVE -> HAVE (a block of at most SMALL_BLOCK bytes
+        whole), missing with sendDontHave -> DONT_HAVE."""
         peer_wants = self._peer_wantlists.setdefault(peer_id, {})
         sender = self._sender(peer_id)
         if wantlist.full:

@@ -7,7 +7,9 @@ wantlist handler only queues what was asked (``PeerSender.want``), and the peer'
 reads blocks from the store one at a time and packs them into messages of up to MESSAGE_LIMIT
 bytes, sending each as soon as it is full or nothing more is queued: the first block leaves while
 later wantlist entries are still being read, and at most one message of blocks is held in memory.
-Entries are answered highest priority first. A peer that reads nothing for SEND_TIMEOUT loses its
+Entries are answered highest priority first; a WANT_HAVE of a block of at most SMALL_BLOCK bytes
+gets the block itself (boxo's ``maxBlockSizeReplaceHasWithBlock``: the root of a file or a commit
+arrives without a second round trip). A peer that reads nothing for SEND_TIMEOUT loses its
 queued wants (its stream is closed); a stream that breaks is reopened once per message.
 
 MESSAGE_LIMIT is 512 KiB (two 256 KiB blocks): Kubo (go-bitswap's ``network.MessageSizeMax``), Helia
@@ -55,11 +57,14 @@ MESSAGE_LIMIT = 512 << 10  # bytes of blocks a message carries (module docstring
 HARD_LIMIT = (4 << 20) - 4096  # the most any message may be: under every implementation's 4 MiB
 MAX_QUEUED = 8192  # wantlist entries waiting per peer; more are ignored until it drains
 SEND_TIMEOUT = 30.0  # most one message may take to leave (a peer that stops reading)
+SMALL_BLOCK = 1024  # a WANT_HAVE of a block this small is answered with the block (boxo's default)
 WANT_HAVE = 1  # Message.Wantlist.WantType.Have
 DONT_HAVE = 1  # Message.BlockPresenceType.DontHave (Have is 0)
 
-# (the CID as a py-libp2p object, whether a HAVE is enough) -> the block (b"" for a HAVE) or None;
-# a new one for each message (it may cache the peer's access rights meanwhile)
+# (the CID as a py-libp2p object, whether a HAVE is enough) -> the block or None; with a HAVE
+# enough, b"" may stand for a held block (not copied out), and a block of at most SMALL_BLOCK bytes
+# is sent whole, saving the peer its WANT_BLOCK round trip (as Kubo's server does). A new lookup for
+# each message (it may cache the peer's access rights meanwhile)
 Lookup = Callable[[object, bool], Awaitable[bytes | None]]
 
 
@@ -205,7 +210,7 @@ class PeerSender:
                     if entry.send_dont_have and not v100:
                         presences.append((entry.cid_bytes, False))
                     continue
-                if have_only:
+                if have_only and not 0 < len(got) <= SMALL_BLOCK:
                     presences.append((entry.cid_bytes, True))
                     continue
                 block = got

@@ -1,7 +1,7 @@
 """Bitswap answers carry several blocks per message, each message under the limit (bitswapsend.py).
 
 A plain py-libp2p host (Noise, yamux, like any IPFS peer) sends our bitswap server one wantlist of
-many 100 KiB blocks, some WANT_HAVE entries and a block we do not hold (whose generation as a state
+many 100 KiB blocks, some WANT_HAVE entries (a 1 KiB block wanted so comes whole) and a block we do not hold (whose generation as a state
 fails: answered DONT_HAVE, the rest still served); it reads the answers on the
 stream our server opens to it (as Kubo expects) and counts the messages. py-libp2p's own message
 queue put every block over 60 kB in a message of its own (48 messages here); ours packs them up to
@@ -28,7 +28,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 from fednode.daemon.bitswap import BitswapHandle, _prefix, start_bitswap, to_theirs
-from fednode.daemon.bitswapsend import HARD_LIMIT, MESSAGE_LIMIT, encode_message
+from fednode.daemon.bitswapsend import HARD_LIMIT, MESSAGE_LIMIT, SMALL_BLOCK, encode_message
 from fednode.daemon.host import build_host
 from fednode.daemon.wire import FrameReader, write_frame
 from fednode.storage.store import PUBLIC, Store
@@ -58,8 +58,10 @@ async def test_many_blocks_answered_in_batches_under_the_limit(tmp_path: Path) -
     datas = [secrets.token_bytes(BLOCK) for _ in range(N_BLOCKS)]
     cids = [CID.hash(RAW, d) for d in datas]
     absent = CID.hash(RAW, b"not held")
+    small = secrets.token_bytes(SMALL_BLOCK)  # wanted with a WANT_HAVE: sent whole, as Kubo does
+    small_cid = CID.hash(RAW, small)
     with store.write(size_hint=2 * N_BLOCKS * BLOCK) as txn:
-        for cid, data in zip(cids, datas, strict=True):
+        for cid, data in zip([*cids, small_cid], [*datas, small], strict=True):
             txn.put_block(cid, data)
             txn.tag_block(cid, PUBLIC)  # served to anyone, as `ipfs add` content is
     server, peer = build_host(create_new_key_pair()), build_host(create_new_key_pair())
@@ -75,7 +77,7 @@ async def test_many_blocks_answered_in_batches_under_the_limit(tmp_path: Path) -
             msg.ParseFromString(bytes(body))
             received.append(msg)
             sizes.append(len(body))
-            if sum(len(m.payload) for m in received) == N_BLOCKS - 2 and \
+            if sum(len(m.payload) for m in received) == N_BLOCKS - 1 and \
                     sum(len(m.blockPresences) for m in received) == 3:
                 done.set()
 
@@ -93,7 +95,7 @@ async def test_many_blocks_answered_in_batches_under_the_limit(tmp_path: Path) -
                        for i, c in enumerate(cids[:-2])]
             # HAVE for the last two; a WANT_HAVE of a block already wanted whole does not undo that
             entries += [create_wantlist_entry(to_theirs(c), want_type=1, send_dont_have=True)
-                        for c in [*cids[-2:], cids[0]]]
+                        for c in [*cids[-2:], cids[0], small_cid]]
             entries.append(create_wantlist_entry(to_theirs(absent), want_type=0, send_dont_have=True))
             wants = await peer.new_stream(server.get_id(), [TProtocol(BITSWAP_PROTOCOL_V120)])
             await write_frame(wants, create_message(wantlist_entries=entries).SerializeToString())
@@ -107,20 +109,20 @@ async def test_many_blocks_answered_in_batches_under_the_limit(tmp_path: Path) -
         store.close()
 
     order = [bytes(b.data) for m in received for b in m.payload]
-    assert order == datas[:-2][::-1]  # highest priority first
+    assert order == [*datas[:-2][::-1], small]  # highest priority first
     got = {bytes(b.data): b.prefix for m in received for b in m.payload}
-    assert set(got) == set(datas[:-2])
+    assert set(got) == {*datas[:-2], small} and got[small] == _prefix(to_theirs(small_cid))
     assert all(got[d] == _prefix(to_theirs(c)) for c, d in zip(cids[:-2], datas, strict=False))
     presences = {(p.cid, p.type) for m in received for p in m.blockPresences}
     assert presences == {(bytes(cids[-2]), Message.Have), (bytes(cids[-1]), Message.Have),
                          (bytes(absent), Message.DontHave)}
-    with_blocks = [len(m.payload) for m in received if m.payload]
+    with_blocks = [len(m.payload) for m in received if m.payload and m.payload[0].data != small]
     per_message = MESSAGE_LIMIT // (BLOCK + 16)
     # several blocks a message: every message but the last of a run is full; one block each was 48
     assert len(with_blocks) <= -(-(N_BLOCKS - 2) // per_message) + 2, with_blocks
     assert max(with_blocks) == per_message, with_blocks
     assert max(sizes) <= MESSAGE_LIMIT + 64 * 1024 and max(sizes) < min(HARD_LIMIT, MAX_MESSAGE_SIZE)
-    assert stats.blocks == N_BLOCKS - 2 and stats.messages == len(received) and stats.largest == max(sizes) + 3
+    assert stats.blocks == N_BLOCKS - 1 and stats.messages == len(received) and stats.largest == max(sizes) + 3
 
 
 async def test_a_peer_that_stops_reading_loses_its_wants_and_others_are_served(tmp_path: Path,
