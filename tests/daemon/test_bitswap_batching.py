@@ -3,10 +3,11 @@
 A plain py-libp2p host (Noise, yamux, like any IPFS peer) sends our bitswap server one wantlist of
 many 100 KiB blocks, some WANT_HAVE entries (a 1 KiB block wanted so comes whole) and a block we
 do not hold (whose generation as a state fails: answered DONT_HAVE, the rest still served); it
-reads the answers on the stream our server opens to it (as Kubo expects) and counts the messages. py-libp2p's own message
-queue put every block over 60 kB in a message of its own (48 messages here); ours packs them up to
-MESSAGE_LIMIT, highest priority first. The encoding is checked against py-libp2p's protobuf parser. Real Kubo and Helia
-fetching bytes-identical files: test_bitswap_kubo.py, test_bitswap_helia.py, test_ipfs_get*.py.
+reads the answers on the stream our server opens to it (as Kubo expects) and counts the messages.
+py-libp2p's own message queue put every block over 60 kB in a message of its own (48 messages
+here); ours packs them up to MESSAGE_LIMIT, highest priority first. The encoding is checked against
+py-libp2p's protobuf parser. Real Kubo and Helia fetching bytes-identical files:
+test_bitswap_kubo.py, test_bitswap_helia.py, test_ipfs_get*.py.
 """
 
 from __future__ import annotations
