@@ -17,6 +17,7 @@ from fednode.identity import Identity, check_owned
 from fednode.logs import log
 from fednode.storage.store import Store
 from fednode.workflows.commitments import DEFAULT_MAX_PARAMETERS, ZkHistory, ZkSettings
+from fednode.workflows.pinning import url_problem
 
 if TYPE_CHECKING:
     from fednode.tensors.modelio import ModelSource
@@ -140,12 +141,14 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "timeout_s": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
     },
     "ipfs": {
-        "kubo_api": (lambda v: type(v) is str and v.startswith(("http://", "https://")), "an http(s) URL"),
+        "kubo_api": (lambda v: type(v) is str and url_problem(v) is None, "an http(s) URL (http://HOST:PORT)"),
         "pin_retry_seconds": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
         "pin_max_attempts": (lambda v: type(v) is int and 0 < v < 1 << 20, "a positive integer"),
         "auto_pin": (lambda v: type(v) is bool, "true or false"),
         "pin_timeout_seconds": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
-        "pinning_service": (lambda v: type(v) is str and v.startswith(("http://", "https://")), "an http(s) URL"),
+        "pinning_service": (lambda v: type(v) is str and url_problem(v, bearer=True) is None,
+                            "an https URL (http only to this machine: the token goes with every request)"),
+        "pin_pending_seconds": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
         "pinning_service_token_file": (lambda v: type(v) is str and v != "", "a path string"),
     },
     "store": {"fsync": (lambda v: type(v) is bool, "true or false")},

@@ -41,7 +41,7 @@ def pin(ctx: click.Context, rev: str | None, kubo: str | None, repo_name: str | 
     if rev is None:
         raise FednodeError("give the revision to pin (e.g. main), or --status")
     from fednode.storage.pinqueue import DEFAULT_KUBO
-    from fednode.workflows.pinning import enqueue, enqueue_sealed
+    from fednode.workflows.pinning import enqueue, enqueue_sealed, read_token
 
     ipfs = node.config.get("ipfs", {})
     if service:
@@ -49,6 +49,7 @@ def pin(ctx: click.Context, rev: str | None, kubo: str | None, repo_name: str | 
             raise FednodeError("--service pins on [ipfs] pinning_service with the token in [ipfs] "
                                "pinning_service_token_file: set both (and no --kubo)")
         url = str(ipfs["pinning_service"])
+        read_token(ipfs["pinning_service_token_file"])  # unreadable, open to others, no token: refused now
     else:
         url = kubo or str(ipfs.get("kubo_api", DEFAULT_KUBO))
     info, cid = resolve(node, rev, repo_name)

@@ -9,13 +9,17 @@ parameters; success is HTTP 200 with a JSON object, failure HTTP 500 (or 400) wi
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
+import trio
 
 from protocol.multiformats import CID, FormatError
 
 PIN_TIMEOUT = 600.0  # seconds Kubo may take to fetch and pin one DAG (it fetches over bitswap)
+CONNECT_TIMEOUT = 30.0  # seconds for one swarm/connect (each of our addresses is tried in turn)
+MAX_ANSWER = 1 << 20  # bytes of an answer read at most: ours are small JSON objects
 
 
 class KuboError(Exception):
@@ -31,19 +35,14 @@ class KuboClient:
         self.base = url.rstrip("/") + "/api/v0/"
         self.timeout = timeout
 
-    async def call(self, command: str, params: list[tuple[str, str | int | float | bool | None]]) -> dict[str, Any]:
-        try:
-            async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout, connect=10.0)) as client:
-                resp = await client.post(self.base + command, params=params)
-        except httpx.HTTPError as exc:
-            raise KuboError(f"Kubo at {self.base} unreachable: {type(exc).__name__}: {exc}") from None
-        try:
-            body = resp.json()
-        except ValueError:
-            body = None
-        if resp.status_code != 200:
+    async def call(self, command: str, params: list[tuple[str, str | int | float | bool | None]],
+                   timeout: float | None = None) -> dict[str, Any]:
+        status, raw = await bounded_request("POST", self.base + command, timeout or self.timeout, "Kubo",
+                                            params=params)
+        body = parse_json(raw)
+        if status != 200:
             msg = body.get("Message") if isinstance(body, dict) else None
-            raise KuboError(f"Kubo {command}: HTTP {resp.status_code}: {msg or resp.text[:200]!s}")
+            raise KuboError(f"Kubo {command}: HTTP {status}: {str(msg or raw[:200].decode(errors='replace'))[:200]}")
         if not isinstance(body, dict):
             raise KuboError(f"Kubo {command}: the answer is not a JSON object")
         return body
@@ -53,7 +52,7 @@ class KuboClient:
 
     async def swarm_connect(self, addr: str) -> None:
         """Dial ``addr`` (a multiaddr ending /p2p/ID): Kubo then fetches our blocks over bitswap."""
-        await self.call("swarm/connect", [("arg", addr)])
+        await self.call("swarm/connect", [("arg", addr)], min(self.timeout, CONNECT_TIMEOUT))
 
     async def pin_add(self, cid: CID, recursive: bool = True) -> None:
         """Pin ``cid``; Kubo must answer exactly this CID, else ``PinMismatch``."""
@@ -85,3 +84,31 @@ def _same(text: str, cid: CID) -> bool:
         return CID.parse(text) == cid
     except FormatError:
         return False
+
+
+async def bounded_request(method: str, url: str, timeout: float, who: str, **kwargs: Any) -> tuple[int, bytes]:
+    """(HTTP status, body) of one request, the whole exchange within ``timeout`` seconds (httpx's
+    own timeouts bound each read, so a server that trickles bytes would hold us forever) and the
+    body at most MAX_ANSWER bytes; anything that goes wrong is a ``KuboError`` naming ``who``."""
+    try:
+        with trio.fail_after(timeout):
+            async with httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0))) as client:
+                async with client.stream(method, url, **kwargs) as resp:
+                    body = bytearray()
+                    async for chunk in resp.aiter_bytes():
+                        body += chunk
+                        if len(body) > MAX_ANSWER:
+                            raise KuboError(f"{who} at {url[:100]}: an answer over {MAX_ANSWER} bytes")
+                    return resp.status_code, bytes(body)
+    except trio.TooSlowError:
+        raise KuboError(f"{who} at {url[:100]}: no whole answer within {timeout:.0f} s") from None
+    except (httpx.HTTPError, httpx.InvalidURL, UnicodeError, ValueError) as exc:  # bad URLs and tokens too
+        raise KuboError(f"{who} at {url[:100]} unreachable: {type(exc).__name__}: {exc}") from None
+
+
+def parse_json(raw: bytes) -> Any:
+    """The JSON value of ``raw``, or None (not JSON, or nested too deep to parse)."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None

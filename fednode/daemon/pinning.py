@@ -3,8 +3,14 @@
 For each due request: ask the operator's Kubo to dial us (``swarm/connect``, so it can fetch our
 blocks over bitswap), then ``pin/add`` each target not yet confirmed, recording each confirmation
 at once (a restart resumes after the last one). Kubo down or answering an error: retried with
-exponential backoff (``RETRY_BASE`` doubling up to ``RETRY_MAX``), failed after ``MAX_ATTEMPTS``.
-Kubo answering another CID than the one asked: failed at once (``PinMismatch``).
+exponential backoff (``RETRY_BASE`` doubling up to ``RETRY_MAX``), failed after ``MAX_ATTEMPTS``;
+so is any other error a request meets (a URL or token httpx refuses), so that no request can hold
+up the ones queued after it. Kubo answering another CID than the one asked: failed at once
+(``PinMismatch``). A pinning service still fetching is asked again, less and less often (the same
+backoff), and the request fails once it has been pending ``PENDING_LIMIT`` seconds. Error texts
+from Kubo or a service are stored with their control characters replaced (they are printed by
+``fednode pin --status``). Finished requests beyond the newest ``pinqueue.KEEP_FINISHED`` are
+dropped.
 """
 
 from __future__ import annotations
@@ -17,18 +23,21 @@ import trio
 
 from fednode.daemon.kubo import PIN_TIMEOUT, KuboClient, KuboError, PinMismatch
 from fednode.daemon.pinsvc import PinningService
+from fednode.errors import FednodeError
 from fednode.history import History
 from fednode.logs import log
 from fednode.storage import pinqueue
 from fednode.storage.pinqueue import DEFAULT_KUBO, PinRequest
 from fednode.storage.store import Store
-from fednode.workflows.pinning import auto_pin
+from fednode.workflows.pinning import auto_pin, read_token
 from protocol.multiformats import CID, FormatError
 
 POLL_SECONDS = 1.0
 RETRY_BASE = 2.0
 RETRY_MAX = 600.0
 MAX_ATTEMPTS = 12
+PENDING_LIMIT = 86400.0  # seconds a pinning service may stay "queued" or "pinning" ([ipfs] pin_pending_seconds)
+MAX_ERROR = 300  # characters of an error text kept
 AUTO_SECONDS = 5.0  # how often branch heads are scanned for new merges ([ipfs] auto_pin)
 
 
@@ -36,8 +45,10 @@ class PinWorker:
     def __init__(self, store: Store, addrs: Callable[[], list[str]], retry_base: float = RETRY_BASE,
                  retry_max: float = RETRY_MAX, max_attempts: int = MAX_ATTEMPTS,
                  client: Callable[[str], KuboClient] = KuboClient, history: History | None = None,
-                 auto_kubo: str | None = None, service_token: str | None = None) -> None:
+                 auto_kubo: str | None = None, service_token: str | None = None,
+                 pending_limit: float = PENDING_LIMIT) -> None:
         self.store = store
+        self.pending_limit = pending_limit
         self.service_token = service_token  # the IPFS Pinning Service API's bearer token
         self.history, self.auto_kubo = history, auto_kubo  # auto-pin merged heads on this Kubo
         self.addrs = addrs  # our multiaddrs with /p2p/ID, for Kubo to dial
@@ -51,17 +62,21 @@ class PinWorker:
         timeout = float(ipfs.get("pin_timeout_seconds", PIN_TIMEOUT))
         return cls(history.store, addrs, float(ipfs.get("pin_retry_seconds", RETRY_BASE)),
                    max_attempts=int(ipfs.get("pin_max_attempts", MAX_ATTEMPTS)), history=history, auto_kubo=auto,
-                   client=lambda url: KuboClient(url, timeout), service_token=service_token(ipfs))
+                   client=lambda url: KuboClient(url, timeout), service_token=service_token(ipfs),
+                   pending_limit=float(ipfs.get("pin_pending_seconds", PENDING_LIMIT)))
 
     async def run(self) -> None:
         scanned = 0.0
         while True:
-            try:  # one bad round (a damaged entry, a full disk) is logged; the queue goes on
-                if self.auto_kubo is not None and self.history is not None and \
-                        time.monotonic() - scanned >= AUTO_SECONDS:
-                    scanned = time.monotonic()
+            if self.auto_kubo is not None and self.history is not None and \
+                    time.monotonic() - scanned >= AUTO_SECONDS:
+                scanned = time.monotonic()
+                try:  # a repository that cannot be scanned does not hold up the queue below
                     for req in auto_pin(self.history, self.auto_kubo):
                         log("kubo_pin_queued", seq=req.seq, commit=req.commit, kubo=req.kubo, source="auto")
+                except Exception as exc:
+                    log("kubo_auto_pin_failed", "warning", error=f"{type(exc).__name__}: {exc}")
+            try:  # one bad round (a full disk) is logged; the queue goes on
                 await self.run_once()
             except Exception as exc:
                 log("kubo_pins_round_failed", "warning", error=f"{type(exc).__name__}: {exc}")
@@ -77,6 +92,11 @@ class PinWorker:
                 await self.process(req)
             except FormatError as exc:  # a damaged entry: failed, the others go on
                 self._finish(req, "failed", f"unreadable request: {exc}")
+            except Exception as exc:  # whatever it is, it counts as a failed attempt of this request only
+                self._retry(req, f"{type(exc).__name__}: {exc}")
+        if due:
+            with self.store.write() as txn:
+                pinqueue.prune(txn)
         return len(due)
 
     async def process(self, req: PinRequest) -> None:
@@ -88,8 +108,14 @@ class PinWorker:
         except KuboError as exc:
             self._retry(req, str(exc))
             return
-        if pending:  # the pinning service is still fetching: ask again later (not a failure)
-            req.next_at = time.time() + self.retry_base
+        if pending:  # the pinning service is still fetching: ask again later (not a failure), for so long
+            now = time.time()
+            req.pending_since = req.pending_since or now
+            if now - req.pending_since >= self.pending_limit:
+                self._finish(req, "failed", f"the pinning service has not pinned it in {self.pending_limit:g} s")
+                return
+            req.polls += 1
+            req.next_at = now + self._backoff(req.polls)
             self._save(req)
             return
         self._finish(req, "pinned", None)
@@ -138,20 +164,25 @@ class PinWorker:
             except KuboError as exc:
                 log("kubo_connect_failed", "warning", addr=addr, error=str(exc))
 
+    def _backoff(self, n: int) -> float:
+        """Seconds before try ``n + 1``: RETRY_BASE doubling, at most RETRY_MAX."""
+        return min(self.retry_base * 2.0 ** min(n - 1, 64), self.retry_max)
+
     def _retry(self, req: PinRequest, error: str) -> None:
         req.attempts += 1
+        error = printable(error)
         req.error = error
         if req.attempts >= self.max_attempts:
             self._finish(req, "failed", f"gave up after {req.attempts} attempts: {error}")
             return
-        req.next_at = time.time() + min(self.retry_base * 2 ** (req.attempts - 1), self.retry_max)
+        req.next_at = time.time() + self._backoff(req.attempts)
         log("kubo_pin_retry", "warning", seq=req.seq, attempts=req.attempts, error=error)
         self._save(req)
 
     def _finish(self, req: PinRequest, state: str, error: str | None) -> None:
-        req.state, req.error = state, error
+        req.state, req.error = state, None if error is None else printable(error)
         log("kubo_pin_" + state, "info" if state == "pinned" else "warning", seq=req.seq, commit=req.commit,
-            kubo=req.kubo, error=error)
+            kubo=req.kubo, error=req.error)
         self._save(req)
 
     def _save(self, req: PinRequest) -> None:
@@ -160,13 +191,19 @@ class PinWorker:
 
 
 def service_token(ipfs: dict[str, Any]) -> str | None:
-    """The pinning service's token: the first line of ``[ipfs] pinning_service_token_file``."""
+    """The pinning service's token: the first line of ``[ipfs] pinning_service_token_file`` (None, and
+    a warning, if it is missing, open to others or no token: service pins then fail with that)."""
     path = ipfs.get("pinning_service_token_file")
     if path is None:
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.readline().strip() or None
-    except OSError as exc:
-        log("pinning_token_unreadable", "warning", path=str(path), error=str(exc))
+        return read_token(path)
+    except FednodeError as exc:
+        log("pinning_token_unusable", "warning", path=str(path), error=str(exc))
         return None
+
+
+def printable(text: str) -> str:
+    """``text`` as it may be stored and printed: control characters (a terminal's escape sequences
+    from a hostile Kubo or service) replaced by "?", at most MAX_ERROR characters."""
+    return "".join(c if c.isprintable() else "?" for c in text[:MAX_ERROR])

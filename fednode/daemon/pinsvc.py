@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
-from fednode.daemon.kubo import KuboError, PinMismatch
+from fednode.daemon.kubo import KuboError, PinMismatch, bounded_request, parse_json
 from protocol.multiformats import CID, FormatError
 
 STATUSES = ("queued", "pinning", "pinned", "failed")
@@ -26,19 +24,14 @@ class PinningService:
         self.timeout = timeout
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        try:
-            async with httpx.AsyncClient(timeout=self.timeout) as client:
-                resp = await client.request(method, self.base + path, json=body, headers=self.headers)
-        except httpx.HTTPError as exc:
-            raise KuboError(f"pinning service at {self.base} unreachable: {type(exc).__name__}: {exc}") from None
-        try:
-            answer = resp.json()
-        except ValueError:
-            answer = None
-        if resp.status_code not in (200, 202):
+        status, raw = await bounded_request(method, self.base + path, self.timeout, "pinning service", json=body,
+                                            headers=self.headers)
+        answer = parse_json(raw)
+        if status not in (200, 202):
             err = answer.get("error") if isinstance(answer, dict) else None
-            reason = f"{err.get('reason')}: {err.get('details', '')}" if isinstance(err, dict) else resp.text[:200]
-            raise KuboError(f"pinning service {method} {path}: HTTP {resp.status_code}: {reason}")
+            reason = (f"{err.get('reason')}: {err.get('details', '')}"[:200] if isinstance(err, dict)
+                      else raw[:200].decode(errors="replace"))
+            raise KuboError(f"pinning service {method} {path}: HTTP {status}: {reason}")
         if not isinstance(answer, dict):
             raise KuboError(f"pinning service {method} {path}: the answer is not a JSON object")
         return answer
@@ -48,7 +41,8 @@ class PinningService:
         """(requestid, status) of a PinStatus, checked to be about ``cid``."""
         pin = answer.get("pin")
         rid, status = answer.get("requestid"), answer.get("status")
-        if not isinstance(pin, dict) or not isinstance(rid, str) or not rid or status not in STATUSES:
+        if not isinstance(pin, dict) or not isinstance(rid, str) or not _is_request_id(rid) or \
+                status not in STATUSES:
             raise KuboError(f"pinning service: not a PinStatus: {str(answer)[:200]}")
         try:
             theirs = CID.parse(str(pin.get("cid")))
@@ -63,3 +57,10 @@ class PinningService:
 
     async def status(self, requestid: str, cid: CID) -> tuple[str, str]:
         return self._status(await self._call("GET", f"/pins/{requestid}"), cid)
+
+
+def _is_request_id(rid: str) -> bool:
+    """A requestid we will put in a URL path (``/pins/{requestid}``): short, printable ASCII, no
+    character that would change the path or the query."""
+    return 0 < len(rid) <= 256 and rid.isascii() and rid.isprintable() and \
+        not any(c in "/?#%\\ " for c in rid)

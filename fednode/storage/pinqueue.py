@@ -4,6 +4,10 @@ Keys are ``kubo/`` + a big-endian u64 sequence number (the chain outbox uses ``q
 database). A request leaves the ``queued`` state only in the store transaction that records its
 outcome, so a daemon restarted halfway pins the rest: asking Kubo to pin a CID it already pins is
 a no-op, which makes every retry safe. ``done`` lists the CIDs Kubo confirmed so far.
+
+Bounded: at most MAX_QUEUED requests wait (``append`` refuses more), and of the finished ones
+(pinned or failed) the newest KEEP_FINISHED are kept (``prune``), so the queue the daemon reads
+every second stays small.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import struct
 from dataclasses import asdict, dataclass, field
 
+from fednode.errors import FednodeError
 from fednode.storage.store import Txn
 
 DB = "outbox"
@@ -19,6 +24,8 @@ _ITEM = b"kubo/"
 _SEQ = b"kubo-seq"
 STATES = ("queued", "pinned", "failed")
 DEFAULT_KUBO = "http://127.0.0.1:5001"  # Kubo's default RPC address ([ipfs] kubo_api)
+MAX_QUEUED = 1_000  # requests waiting at once (the daemon reads them all every second)
+KEEP_FINISHED = 1_000  # pinned or failed requests kept for `fednode pin --status`
 
 
 @dataclass
@@ -37,6 +44,8 @@ class PinRequest:
     time: float = 0.0
     service: str = "kubo"  # "kubo" (Kubo RPC) or "psa" (IPFS Pinning Service API: recursive targets only)
     remote: dict[str, str] = field(default_factory=dict)  # psa: CID text -> the service's requestid
+    polls: int = 0  # psa: rounds the service answered "queued" or "pinning"
+    pending_since: float = 0.0  # psa: unix time of the first such answer
 
     def key(self) -> bytes:
         return _ITEM + struct.pack(">Q", self.seq)
@@ -65,6 +74,9 @@ def get(txn: Txn, seq: int) -> PinRequest | None:
 
 
 def append(txn: Txn, request: PinRequest) -> PinRequest:
+    if sum(1 for r in items(txn) if r.state == "queued") >= MAX_QUEUED:
+        raise FednodeError(f"the pin queue already holds {MAX_QUEUED} waiting requests: "
+                           "let the daemon work through them first ('fednode pin --status')")
     raw = txn.kv_get(DB, _SEQ)
     request.seq = struct.unpack(">Q", raw)[0] + 1 if raw else 1
     txn.kv_put(DB, _SEQ, struct.pack(">Q", request.seq))
@@ -82,3 +94,12 @@ def find(txn: Txn, kubo: str, commit: str) -> PinRequest | None:
         if r.kubo == kubo and r.commit == commit and r.state == "queued":
             return r
     return None
+
+
+def prune(txn: Txn, keep: int = KEEP_FINISHED) -> int:
+    """Drop the oldest finished (pinned or failed) requests beyond the newest ``keep``; the number dropped."""
+    finished = [key for key, raw in txn.kv_items(DB, _ITEM) if (r := _load(raw)) is not None and r.state != "queued"]
+    drop = finished[:max(0, len(finished) - keep)]  # keys sort by sequence number: oldest first
+    for key in drop:
+        txn.kv_delete(DB, key)
+    return len(drop)

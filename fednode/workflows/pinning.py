@@ -9,10 +9,13 @@ would pull its whole ancestry and every delta. Kubo fetches them over bitswap fr
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from fednode.errors import FednodeError
 from fednode.history import History, RepoInfo
@@ -27,10 +30,58 @@ PRIVATE = ("a private repository is never pinned in the clear: export a sealed b
            "'fednode export' and pin that file, or let 'fednode pin --sealed' do both")
 
 
-def check_url(url: str) -> str:
-    if not url.startswith(("http://", "https://")) or len(url) > 2048 or any(c.isspace() for c in url):
-        raise FednodeError(f"not a Kubo RPC URL (http://HOST:PORT): {url[:100]!r}")
+def url_problem(url: str, bearer: bool = False) -> str | None:
+    """Why ``url`` is not a base URL we can call (None if it is): http(s), a host name or address
+    and maybe a port and path, nothing HTTP clients would refuse later. ``bearer``: a token goes
+    with every request, so plain http only to this machine."""
+    if len(url) > 2048 or not url.isascii() or not url.isprintable() or " " in url:
+        return "at most 2048 printable ASCII characters, no spaces"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a port that is not a number in 0..65535 raises
+    except ValueError as exc:
+        return str(exc)
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host:
+        return "http://HOST[:PORT] or https://HOST[:PORT]"
+    if parts.query or parts.fragment:
+        return "no ?query or #fragment"
+    if port == 0:
+        return "port 0"
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+        labels = host.rstrip(".").split(".")
+        if len(host) > 253 or not all(0 < len(x) <= 63 and x.replace("-", "").replace("_", "").isalnum()
+                                      for x in labels):
+            return f"{host[:60]!r} is no host name"
+    if bearer and parts.scheme == "http" and not (host == "localhost" or (address and address.is_loopback)):
+        return "https (plain http only to this machine: the bearer token would cross the network in clear)"
+    return None
+
+
+def check_url(url: str, bearer: bool = False) -> str:
+    if problem := url_problem(url, bearer):
+        raise FednodeError(f"not a usable URL {url[:100]!r}: {problem}")
     return url.rstrip("/")
+
+
+def read_token(path: str | Path) -> str:
+    """The bearer token in the first line of ``path`` ([ipfs] pinning_service_token_file): the file
+    must be readable by its owner only, the token printable ASCII without spaces."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            mode = os.fstat(f.fileno()).st_mode & 0o777
+            token = f.readline(4097).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FednodeError(f"cannot read the pinning service token {path}: "
+                           f"{getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
+    if mode & 0o077:
+        raise FednodeError(f"{path} is readable by others (mode {mode:o}); run: chmod 600 {path}")
+    if not token or len(token) > 4096 or not token.isascii() or not token.isprintable() or " " in token:
+        raise FednodeError(f"{path}: the first line is no token (printable ASCII, no spaces, at most 4096)")
+    return token
 
 
 def targets(history: History, repo: RepoInfo, cid: CID) -> list[tuple[CID, bool]]:
@@ -52,7 +103,7 @@ def enqueue(history: History, repo: RepoInfo, cid: CID, kubo: str, source: str =
             service: str = "kubo") -> tuple[PinRequest, bool]:
     """Queue the pin of commit ``cid`` on ``kubo`` (a Kubo RPC URL, or with ``service="psa"`` an IPFS
     Pinning Service API URL); (the request, whether it is new)."""
-    url = check_url(kubo)
+    url = check_url(kubo, bearer=service == "psa")
     wanted = [(str(c), r) for c, r in targets(history, repo, cid)]
     with history.store.write() as txn:
         old = pinqueue.find(txn, url, str(cid))
@@ -72,7 +123,7 @@ def enqueue_sealed(node: Node, repo: RepoInfo, cid: CID, kubo: str,
     from fednode.workflows.ipfsfiles import add_file
     from fednode.workflows.sealedcar import backup_readers, export_sealed
 
-    url = check_url(kubo)
+    url = check_url(kubo, bearer=service == "psa")
     if not node.history.is_private(repo.repo_id):
         raise FednodeError(f"{repo.name} is public: pin it in the clear (without --sealed)")
     node.history.check_in_repo(repo, cid)

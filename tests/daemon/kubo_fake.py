@@ -5,13 +5,16 @@ success is HTTP 200 and a JSON object; an error is HTTP 500 with
 ``{"Message": ..., "Code": 0, "Type": "error"}``; an unknown command is a 404 with Kubo's plain
 text body. Implemented: version, swarm/connect, pin/add (``{"Pins": [cid]}``), pin/ls with arg
 (``{"Keys": {cid: {"Type": ...}}}``, or "path '...' is not pinned"). Knobs: ``fail`` (the next N
-calls of a command answer an error), ``lie`` (pin/add answers another CID), ``down()`` (closed).
+calls of a command answer an error, ``message`` its text), ``lie`` (pin/add answers another CID),
+``drip`` (every answer trickles out a byte at a time, for at most 20 s), ``huge`` (every answer is a
+2 MiB JSON object), ``down()`` (closed).
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -25,6 +28,8 @@ class FakeKubo:
         self.pins: dict[str, str] = {}  # CID text -> "recursive" | "direct"
         self.fail: dict[str, int] = {}  # command -> how many next calls answer an error
         self.lie = False
+        self.message = "context deadline exceeded"
+        self.drip = self.huge = False
         self.lock = threading.Lock()
         fake = self
 
@@ -40,10 +45,28 @@ class FakeKubo:
                 length = int(self.headers.get("Content-Length") or 0)
                 self.rfile.read(length)
                 status, body = fake.answer(url.path, parse_qsl(url.query))
-                if isinstance(body, bytes):
+                if fake.drip:
+                    self._drip()
+                elif fake.huge:
+                    self._send(200, json.dumps({"Version": "x" * (2 << 20)}).encode(), "application/json")
+                elif isinstance(body, bytes):
                     self._send(status, body, "text/plain")
                 else:
                     self._send(status, json.dumps(body).encode(), "application/json")
+
+            def _drip(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                deadline = time.monotonic() + 20
+                try:
+                    while time.monotonic() < deadline:
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                        time.sleep(0.1)
+                except OSError:  # the client gave up
+                    pass
 
             def _send(self, status: int, body: bytes, ctype: str) -> None:
                 self.send_response(status)
@@ -69,7 +92,7 @@ class FakeKubo:
             self.calls.append((command, query))
             if self.fail.get(command, 0) > 0:
                 self.fail[command] -= 1
-                return self.error("context deadline exceeded")
+                return self.error(self.message)
             if command == "version":
                 return 200, {"Version": "0.29.0", "Commit": "", "Repo": "15", "System": "amd64/linux",
                              "Golang": "go1.22"}
@@ -106,14 +129,15 @@ class FakeKubo:
 class FakePinningService:
     """The IPFS Pinning Service API (POST /pins, GET /pins/{requestid}) as the spec shapes it: a
     PinStatus answer, 401 {"error": {"reason": "UNAUTHORIZED", ...}} without the right bearer token.
-    Each GET moves a pin one step (queued -> pinning -> pinned; ``fail``: -> failed)."""
+    Each GET moves a pin one step (queued -> pinning -> pinned; ``fail``: -> failed; ``stuck``: it
+    stays queued)."""
 
     def __init__(self, token: str) -> None:
         self.token = token
         self.pins: dict[str, dict[str, Any]] = {}  # requestid -> PinStatus
         self.posts: list[dict[str, Any]] = []
         self.lie = False
-        self.fail = False
+        self.fail = self.stuck = False
         self.lock = threading.Lock()
         svc = self
 
@@ -159,6 +183,8 @@ class FakePinningService:
             rid = path.removeprefix("/pins/")
             if method == "GET" and rid in self.pins:
                 st = self.pins[rid]
+                if self.stuck:
+                    return 200, st
                 st["status"] = {"queued": "pinning", "pinning": "failed" if self.fail else "pinned"}.get(
                     st["status"], st["status"])
                 return 200, st

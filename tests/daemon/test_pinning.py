@@ -79,7 +79,7 @@ def test_pin_refuses_private_repositories_and_bad_input(cli, home: Path, tmp_pat
     err = assert_cli_refuses(cli, home, "pin", "main", "--kubo", "http://127.0.0.1:5001")
     assert err.strip() == "error: " + PRIVATE
     cli("repo", "create", "open", "--public", "--from", write_model(tmp_path / "b.safetensors", model_arrays(2)))
-    assert_cli_refuses(cli, home, "pin", "main", "-r", "open", "--kubo", "ftp://x", needles=("not a Kubo RPC URL",))
+    assert_cli_refuses(cli, home, "pin", "main", "-r", "open", "--kubo", "ftp://x", needles=("not a usable URL",))
     assert_cli_refuses(cli, home, "pin", "nope", "-r", "open", "--kubo", "http://127.0.0.1:1")
     assert_cli_refuses(cli, home, "pin", needles=("give the revision",))
     assert_cli_refuses(cli, home, "pin", "main", "--status", needles=("not both",))
@@ -242,6 +242,7 @@ def service():  # type: ignore[no-untyped-def]
 
 def _use_service(home: Path, tmp_path: Path, url: str, token: str = "s3cret") -> None:
     (tmp_path / "token").write_text(token + "\n")
+    (tmp_path / "token").chmod(0o600)  # a token open to others is refused
     with (home / "config.toml").open("a") as f:
         f.write(f'\n[ipfs]\npinning_service = "{url}"\npinning_service_token_file = "{tmp_path / "token"}"\n')
 

@@ -1,0 +1,195 @@
+"""What a broken or hostile Kubo or pinning service can make the pin queue do, and bad pin input.
+
+Against the faithful local fakes of tests/daemon/kubo_fake.py (real HTTP on 127.0.0.1): a request
+whose URL the HTTP client refuses no longer holds up the requests queued after it; a Kubo that
+trickles its answer or sends a huge one is cut off; a service that keeps a pin "queued" is asked
+less and less often and the request fails after ``pin_pending_seconds``; error texts with terminal
+escapes are stored harmless; the queue is bounded; URLs and the token file are checked before
+anything is queued.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import trio
+from helpers import assert_cli_refuses, model_arrays, perturb, write_model
+from kubo_fake import FakeKubo, FakePinningService
+
+from fednode.daemon import pinning
+from fednode.daemon.kubo import MAX_ANSWER, KuboClient, KuboError, parse_json
+from fednode.daemon.pinning import PinWorker
+from fednode.node import open_node
+from fednode.storage import pinqueue
+
+ADDR = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWfake"
+
+
+def _public_repo(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base = model_arrays(1)
+    cli("repo", "create", "m", "--public", "--from", write_model(tmp_path / "a.safetensors", base))
+    cli("commit", "--from", write_model(tmp_path / "b.safetensors", perturb(base, 2, ("layer1.weight",))), "-m", "2")
+
+
+def _queue_of(node) -> list[pinqueue.PinRequest]:  # type: ignore[no-untyped-def]
+    with node.store.read() as txn:
+        return pinqueue.items(txn)
+
+
+@pytest.fixture
+def kubo():  # type: ignore[no-untyped-def]
+    fake = FakeKubo()
+    yield fake
+    fake.down()
+
+
+async def test_a_request_no_client_can_send_fails_alone_and_the_next_is_pinned(cli, home: Path, tmp_path: Path,
+                                                                              kubo: FakeKubo) -> None:
+    _public_repo(cli, tmp_path)
+    cli("pin", "main", "--kubo", kubo.url)
+    cli("pin", "main~1", "--kubo", kubo.url)
+    with open_node(home) as node:
+        first = _queue_of(node)[0]
+        first.kubo = "http://x:abc"  # as queued by an older fednode, which did not check ports
+        with node.store.write() as txn:
+            pinqueue.save(txn, first)
+        worker = PinWorker(node.store, lambda: [ADDR], max_attempts=2, retry_base=0.01)
+        await worker.run_once()
+        first, second = _queue_of(node)
+        assert first.state == "queued" and first.attempts == 1 and "abc" in (first.error or "")
+        assert second.state == "pinned"  # not held up behind the first
+        await trio.sleep(0.05)
+        await worker.run_once()
+        first, _ = _queue_of(node)
+    assert first.state == "failed" and "gave up after 2 attempts" in (first.error or "")
+
+
+async def test_any_error_counts_as_an_attempt(cli, home: Path, tmp_path: Path, kubo: FakeKubo) -> None:
+    _public_repo(cli, tmp_path)
+    cli("pin", "main", "--kubo", kubo.url)
+
+    def broken(url: str) -> KuboClient:
+        raise RecursionError("a deeply nested answer")
+
+    with open_node(home) as node:
+        await PinWorker(node.store, lambda: [ADDR], client=broken).run_once()
+        (req,) = _queue_of(node)
+    assert req.state == "queued" and req.attempts == 1 and req.error == "RecursionError: a deeply nested answer"
+
+
+async def test_a_trickling_or_huge_answer_is_cut_off(kubo: FakeKubo) -> None:
+    client = KuboClient(kubo.url, timeout=1.0)
+    assert (await client.version()) == "0.29.0"
+    kubo.drip = True
+    t0 = time.monotonic()
+    with pytest.raises(KuboError, match="no whole answer within 1 s"):
+        await client.version()
+    assert time.monotonic() - t0 < 5  # httpx's own read timeout alone waited forever: a byte every 0.1 s
+    kubo.drip, kubo.huge = False, True
+    with pytest.raises(KuboError, match=f"an answer over {MAX_ANSWER} bytes"):
+        await client.version()
+    kubo.huge = False
+    kubo.fail["version"], kubo.message = 1, "x" * 100_000  # a long error text: cut short
+    with pytest.raises(KuboError, match="HTTP 500: xxx") as err:
+        await client.version()
+    assert len(str(err.value)) < 300
+    assert parse_json(b"[" * 100_000) is None  # nested too deep for Python's parser: no answer, no crash
+
+
+async def test_error_texts_are_stored_without_control_characters(cli, home: Path, tmp_path: Path,
+                                                                 kubo: FakeKubo) -> None:
+    _public_repo(cli, tmp_path)
+    cli("pin", "main", "--kubo", kubo.url)
+    kubo.fail["pin/add"], kubo.message = 1, "\x1b[2Jcleared\x07"
+    with open_node(home) as node:
+        await PinWorker(node.store, lambda: [ADDR]).run_once()
+        (req,) = _queue_of(node)
+    assert req.error is not None and "?[2Jcleared?" in req.error and "\x1b" not in req.error
+    assert "\x1b" not in cli("pin", "--status").stdout
+
+
+async def test_a_pin_the_service_never_finishes_fails_after_the_limit(cli, home: Path, tmp_path: Path) -> None:
+    service = FakePinningService("s3cret")
+    try:
+        _public_repo(cli, tmp_path)
+        token = tmp_path / "token"
+        token.write_text("s3cret\n")
+        token.chmod(0o600)
+        with (home / "config.toml").open("a") as f:
+            f.write(f'\n[ipfs]\npinning_service = "{service.url}"\npinning_service_token_file = "{token}"\n'
+                    "pin_retry_seconds = 0.01\npin_pending_seconds = 0.5\n")
+        cli("pin", "main", "--service")
+        service.stuck = True
+        with open_node(home) as node:
+            worker = PinWorker.from_config(node.history, lambda: [ADDR], node.config)
+            gaps = []
+            deadline = time.monotonic() + 10
+            while _queue_of(node)[0].state == "queued" and time.monotonic() < deadline:
+                await worker.run_once()
+                req = _queue_of(node)[0]
+                gaps.append(req.next_at - time.time())
+                await trio.sleep(max(0.0, req.next_at - time.time()) + 0.01)
+            (req,) = _queue_of(node)
+    finally:
+        service.down()
+    assert req.state == "failed" and req.error == "the pinning service has not pinned it in 0.5 s"
+    assert req.attempts == 0
+    assert req.polls >= 3 and gaps[2] > gaps[0]  # asked less and less often
+
+
+def test_backoff_never_overflows() -> None:
+    worker = PinWorker(None, lambda: [])  # type: ignore[arg-type]
+    assert worker._backoff(1) == pinning.RETRY_BASE
+    assert worker._backoff(2_000) == worker._backoff(10**9) == pinning.RETRY_MAX
+
+
+def test_the_queue_is_bounded(cli, home: Path, tmp_path: Path, kubo: FakeKubo, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    _public_repo(cli, tmp_path)
+    monkeypatch.setattr(pinqueue, "MAX_QUEUED", 1)
+    cli("pin", "main", "--kubo", kubo.url)
+    err = assert_cli_refuses(cli, home, "pin", "main~1", "--kubo", kubo.url, needles=("already holds 1 waiting",))
+    assert err.count("\n") == 1 and len(json.loads(cli("pin", "--status", "--json").stdout)) == 1
+    with open_node(home) as node:
+        with node.store.write() as txn:
+            for seq in (1, 2, 3):  # three finished requests: the oldest two go
+                pinqueue.save(txn, pinqueue.PinRequest(seq + 10, kubo.url, "00", f"c{seq}", [], state="pinned"))
+            assert pinqueue.prune(txn, keep=1) == 2
+        assert [(r.seq, r.state) for r in _queue_of(node)] == [(1, "queued"), (13, "pinned")]
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("http://x:abc", "Port could not be cast"),
+    ("http://" + "a" * 300, "is no host name"),
+    ("http://127.0.0.1:5001?x=1", "no ?query"),
+    ("http://h\u00e9.example", "printable ASCII"),
+])
+def test_urls_clients_would_refuse_are_refused_before_queueing(cli, home: Path, tmp_path: Path, url: str,
+                                                                why: str) -> None:
+    _public_repo(cli, tmp_path)
+    assert_cli_refuses(cli, home, "pin", "main", "--kubo", url, needles=(why,))
+    assert "no pin requests" in cli("pin", "--status").stdout
+
+
+def test_the_service_token_and_url_are_checked_before_queueing(cli, home: Path, tmp_path: Path) -> None:
+    _public_repo(cli, tmp_path)
+    token = tmp_path / "token"
+    config = home / "config.toml"
+    original = config.read_text()
+    config.write_text(original + f'\n[ipfs]\npinning_service = "http://127.0.0.1:1"\n'
+                                 f'pinning_service_token_file = "{token}"\n')
+    assert_cli_refuses(cli, home, "pin", "main", "--service", needles=("cannot read the pinning service token",))
+    token.write_text("s3cret\n")
+    token.chmod(0o644)
+    assert_cli_refuses(cli, home, "pin", "main", "--service", needles=("readable by others", "chmod 600"))
+    token.chmod(0o600)
+    token.write_text("s3 cret\n")
+    err = assert_cli_refuses(cli, home, "pin", "main", "--service", needles=("the first line is no token",))
+    assert "s3" not in err  # never the token itself
+    assert "no pin requests" in cli("pin", "--status").stdout
+    # a token crosses the network only over https
+    config.write_text(original + f'\n[ipfs]\npinning_service = "http://pins.example.com"\n'
+                                 f'pinning_service_token_file = "{token}"\n')
+    assert_cli_refuses(cli, home, "pin", "--status", needles=("[ipfs] pinning_service must be an https URL",))
