@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cli.context import client, emit, emit_json, get_node, json_option, out
+from fednode.atomic import check_writable
 from fednode.errors import FednodeError
 from protocol.multiformats import CID, FormatError
 
@@ -64,6 +65,10 @@ def get(ctx: click.Context, cid: str, out_path: Path | None, peers: tuple[str, .
     from fednode.workflows.ipfsfiles import write_file
 
     root = _cid(cid)
+    if out_path is None and as_json:
+        raise FednodeError("--json needs --out FILE: without it the file itself goes to standard output")
+    if out_path is not None:
+        check_writable(out_path)  # before the fetch (and its pin), not after
     show = not (quiet or as_json) and sys.stderr.isatty()
     body = {"cid": str(root), "peers": list(peers), "max_bytes": max_bytes, "timeout": timeout, "pin": not no_pin}
     api = client(ctx, timeout=timeout + 30)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,13 +24,21 @@ Progress = Callable[[int], None]  # bytes done so far
 def add_file(store: Store, path: Path) -> tuple[CID, int]:
     """Store ``path`` as Kubo's ``ipfs add --cid-version=1 --raw-leaves`` would (256 KiB raw leaves,
     174 links per node, the same CID) and pin it; one transaction. Returns (root, size)."""
-    try:
-        size = path.stat().st_size
-        source = path.open("rb")
+    try:  # O_NONBLOCK: a FIFO is refused below instead of blocking the open
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise FednodeError(f"cannot read {path}: {exc.strerror}") from None
-    with source, store.write(size_hint=size + size // 64 + CHUNK_SIZE) as txn:
-        return put_file(txn, source, "add")
+    with os.fdopen(fd, "rb") as source:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):  # a FIFO, a device (/dev/zero never ends)
+            raise FednodeError(f"{path} is not a regular file")
+        size = before.st_size
+        with store.write(size_hint=size + size // 64 + CHUNK_SIZE) as txn:
+            root, done = put_file(txn, source, "add")
+            after = os.fstat(fd)
+            if (done, after.st_size, after.st_mtime_ns) != (size, size, before.st_mtime_ns):
+                raise FednodeError(f"{path} changed while it was being added: nothing stored")
+        return root, done
 
 
 def put_file(txn: Txn, source: BinaryIO, pin_source: str) -> tuple[CID, int]:

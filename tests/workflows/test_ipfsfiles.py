@@ -89,3 +89,52 @@ def test_add_of_a_missing_file_is_one_line(cli, tmp_path: Path) -> None:
     result = cli("ipfs", "add", tmp_path / "nope.bin", ok=False)
     assert result.exit_code == 1
     assert_one_line_error(result.stderr, "cannot read")
+
+
+def test_add_refuses_what_is_no_regular_file_and_a_file_that_changes(cli, home: Path, tmp_path: Path,
+                                                                    monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    from fednode.workflows import ipfsfiles
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)  # no writer: opening it for reading would block forever
+    for path in (fifo, Path("/dev/zero")):  # (a directory: click refuses it as a usage error)
+        result = cli("ipfs", "add", path, ok=False)
+        assert result.exit_code == 1
+        assert_one_line_error(result.stderr, "is not a regular file")
+    before = _blocks(home)
+    _random(tmp_path / "f.bin", 3 * CHUNK_SIZE)
+    real = ipfsfiles.put_file
+
+    def growing(txn, source, pin_source):  # type: ignore[no-untyped-def]
+        with (tmp_path / "f.bin").open("ab") as f:
+            f.write(b"appended while being read")
+        return real(txn, source, pin_source)
+
+    monkeypatch.setattr(ipfsfiles, "put_file", growing)
+    result = cli("ipfs", "add", tmp_path / "f.bin", ok=False)
+    assert_one_line_error(result.stderr, "changed while it was being added: nothing stored")
+    assert _blocks(home) == before and json.loads(cli("ipfs", "pins", "--json").stdout) == []
+
+
+def test_get_refuses_an_unwritable_out_and_json_on_stdout_before_fetching(cli, home: Path, tmp_path: Path) -> None:
+    cid = "bafkreicysg23kiwv34eg2d7qweipxwosdo2py4ldv42nbauguluen5v6am"
+    for args, needle in ((("--out", tmp_path / "nowhere" / "f.bin"), "no directory"),
+                         (("--json",), "--json needs --out")):
+        result = cli("ipfs", "get", cid, *args, ok=False)  # no daemon runs: refused before asking it
+        assert result.exit_code == 1
+        assert_one_line_error(result.stderr, needle)
+
+
+def test_write_file_writes_through_a_symbolic_link(home: Path, tmp_path: Path) -> None:
+    data = _random(tmp_path / "f.bin", CHUNK_SIZE + 5)
+    with open_node(home) as node:
+        with node.store.write() as txn:
+            root = add_bytes(data, put=lambda c, b: txn.put_block(c, b))
+        (tmp_path / "real").mkdir()
+        link = tmp_path / "link.bin"
+        link.symlink_to(tmp_path / "real" / "f.bin")
+        write_file(node.store, root, link)
+    assert link.is_symlink() and (tmp_path / "real" / "f.bin").read_bytes() == data
+    assert [p.name for p in (tmp_path / "real").iterdir()] == ["f.bin"]  # no temporary left
