@@ -236,11 +236,13 @@ def import_car_fd(history: History, fd: int, name: str, max_bytes: int = DEFAULT
         check_repo(repo.repo_id)
     staged_history = History(cast(Store, _StagedStore(history.store, staged)))
     publishes: list[CID] = []  # verified: from the owner, changing no tensor
-    for root in staged.roots:
-        report = verify(staged_history, repo, root)
+    done: set[CID] = set()  # each commit verified once, whichever roots lead to it (a header may
+    for root in dict.fromkeys(staged.roots):  # repeat a root or list a whole chain: no N^2 walks)
+        report = verify(staged_history, repo, root, verified=done.__contains__)
         if report.problems:
             raise Corrupt(f"commit {root} fails verification: {report.problems[0]}")
         publishes += report.publishes
+        done.update(report.checked)
     return _store(history, staged, commits, repo, genesis, publishes[0] if publishes else None)
 
 

@@ -377,3 +377,23 @@ def test_a_new_repository_imported_with_its_publish_decision_is_public(home: Pat
         assert str(node.history.published(rid)) == published and node.history.visibility(rid) == "public"
     finally:
         node.close()
+
+
+def test_roots_that_repeat_or_list_a_whole_chain_verify_each_commit_once(source, home: Path, cli, tmp_path: Path,
+                                                                         monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from fednode.workflows import carfiles
+
+    _, blocks = sections(source["all"])
+    commits = [c for c, b in blocks if c.codec == DAG_CBOR and b"parents" in b]
+    roots = [CID.parse(source["head"])] * 50 + commits  # a header is free to say this
+    checked: list[int] = []
+    real = carfiles.verify
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        report = real(*args, **kwargs)
+        checked.append(report.commits)
+        return report
+
+    monkeypatch.setattr(carfiles, "verify", counting)
+    out = json.loads(cli("import", write(tmp_path / "roots.car", roots, blocks), "--json").stdout)
+    assert out["commits"] == 6 and sum(checked) == 6  # was 50 full walks of the 6 and one per listed commit
