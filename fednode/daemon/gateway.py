@@ -12,16 +12,22 @@ walk costs one more request per WALK_STEP blocks, paid as it goes (the walk wait
 is out of requests): a HEAD or GET of a large DAG's CAR costs us the walk whether or not the
 client reads the body.
 
-Bounds: headers <= 8 KiB, no request body, 10 s to send the request, 64 connections answered at a
-time and 8 per client IP (more wait up to 30 s for a slot; beyond 1024 held, or 256 of one IP, a
-connection is closed at once), a CAR at most ``max_car_bytes`` (checked by walking the DAG before
-the 200 is sent, so an oversized or incomplete DAG is a clear error, not a cut stream), sent in
-256 KiB pieces with 30 s for each.
+Bounds: headers <= 8 KiB, no request body, 10 s to send the request, 8 connections of one client
+at a time (an IPv6 client is its /64), the request read before one of the 64 answering slots is
+taken (a client sending its headers slowly holds only its own), more waiting up to 30 s for a slot
+and then answered 503 (beyond MAX_HELD held, or 256 of one client, a connection is closed at once),
+a CAR at most ``max_car_bytes`` and MAX_CAR_BLOCKS blocks (checked by walking the DAG before the 200
+is sent, so an oversized or incomplete DAG is a clear error, not a cut stream), sent in 256 KiB
+pieces at MIN_SEND_RATE on average or faster (after a 30 s grace): a client reading slower is cut
+off. A closed connection is drained for up to a second first, so that an error answer is not lost
+to a reset. Responses carry ``Access-Control-Allow-Origin: *``: browser clients (Helia) may use it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import resource
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -49,8 +55,11 @@ SEND_TIMEOUT = 30.0
 MAX_CONNECTIONS = 64
 MAX_PER_CLIENT = 8  # connections of one IP answered at a time: one client cannot hold every slot
 # connections waiting for a slot (a client opening many at once, as Helia does, is queued, not refused)
-MAX_HELD, MAX_HELD_PER_CLIENT, QUEUE_TIMEOUT = 1024, 256, 30.0
+MAX_HELD, MAX_HELD_PER_CLIENT, QUEUE_TIMEOUT = 1024, 256, 30.0  # MAX_HELD: at most a quarter of our descriptors
 PIECE = 256 * 1024
+MIN_SEND_RATE = 128 * 1024  # bytes a second a CAR's reader must take on average (after SEND_TIMEOUT's grace)
+MAX_CAR_BLOCKS = 1 << 21  # blocks a CAR may hold (as on import): its plan holds each CID
+DRAIN_BYTES = 64 * 1024  # read from a closing connection so that the kernel sends no reset
 WALK_STEP = 256  # blocks of a CAR's walk that cost its client one request
 # requests per second per client IP: a block-by-block client makes one per block (a 256 MiB file: 1031)
 DEFAULT_RATE, DEFAULT_BURST = 100.0, 1000.0
@@ -61,7 +70,10 @@ SCOPES = ("block", "entity", "all")
 IMMUTABLE = "public, max-age=29030400, immutable"
 REASONS = {200: "OK", 304: "Not Modified", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
            406: "Not Acceptable", 408: "Request Timeout", 413: "Content Too Large",
-           431: "Request Header Fields Too Large", 429: "Too Many Requests", 500: "Internal Server Error"}
+           431: "Request Header Fields Too Large", 429: "Too Many Requests", 500: "Internal Server Error",
+           503: "Service Unavailable"}
+CORS = {"Access-Control-Allow-Origin": "*",
+        "Access-Control-Expose-Headers": "Content-Length, Content-Type, Etag, X-Ipfs-Path, Retry-After"}
 # a wanted block the store lacks: (CID, the asker's rule) -> a generated block (StateBlocks.get) or None
 ExtraBlocks = Callable[[CID, Callable[[list[bytes]], bool], str], Awaitable[bytes | None]]
 
@@ -117,17 +129,22 @@ class Request:
 
 
 def _accepts(header: str) -> list[str]:
-    """The media types ``Accept`` names with a q above 0 (a CAR only if it asks for version 1)."""
-    found = []
-    for item in header.split(","):
+    """The media types ``Accept`` names with a q above 0, the most wanted first (equal q: in the
+    header's order); a CAR only if it asks for version 1."""
+    found: list[tuple[float, int, str]] = []
+    for i, item in enumerate(header.split(",")):
         kind, *params = (p.strip() for p in item.split(";"))
-        values = dict(p.partition("=")[::2] for p in params)
-        if values.get("q", "1").strip() in ("0", "0.0", "0.00", "0.000"):
+        values = {k.strip().lower(): v.strip() for k, _, v in (p.partition("=") for p in params)}
+        try:
+            q = float(values.get("q", "1"))
+        except ValueError:
+            q = 0.0  # an unreadable weight: as if not offered
+        if not 0 < q <= 1:
             continue
         if kind.lower() == CAR_TYPE and values.get("version", "1") != "1":
             continue  # CARv2 is not offered
-        found.append(kind.lower())
-    return found
+        found.append((-q, i, kind.lower()))
+    return [kind for _, _, kind in sorted(found)]
 
 
 def parse_target(method: str, target: str, headers: dict[str, str]) -> Request:
@@ -239,6 +256,9 @@ class Blocks:
                 raise GatewayError(404, f"block {cid} is not held here" if cid == root else
                                    f"block {cid} under {root} is not held here: the DAG is incomplete")
             order.append(cid)
+            if len(order) > MAX_CAR_BLOCKS:
+                raise GatewayError(413, f"the CAR of {root} (dag-scope={scope}) holds more than {MAX_CAR_BLOCKS} "
+                                   "blocks, this gateway's limit: ask for its blocks or a smaller scope")
             total += len(encode_varint(len(bytes(cid)) + size)) + len(bytes(cid)) + size
             if total > limit:
                 raise GatewayError(413, f"the CAR of {root} (dag-scope={scope}) is larger than this gateway's "
@@ -253,7 +273,7 @@ class Blocks:
 
 def _head(status: int, headers: dict[str, str]) -> bytes:
     lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}"]
-    lines += [f"{k}: {v}" for k, v in {**headers, "Connection": "close"}.items()]
+    lines += [f"{k}: {v}" for k, v in {**headers, **CORS, "Connection": "close"}.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
@@ -286,6 +306,8 @@ async def _read_head(stream: trio.abc.ReceiveStream) -> tuple[str, str, dict[str
         if not sep or not key.strip():
             raise GatewayError(400, "bad header line")
         headers[key.strip().lower()] = value.strip()
+    if parts[0] not in ("GET", "HEAD"):  # before the body check: a POST is a 405 whatever it carries
+        raise GatewayError(405, "only GET and HEAD are served", {"Allow": "GET, HEAD"})
     if "transfer-encoding" in headers or headers.get("content-length", "0") != "0":
         raise GatewayError(400, "a request body is not accepted")
     return parts[0], parts[1], headers
@@ -299,6 +321,7 @@ class Gateway:
         self.limit = TokenBuckets(config.rate, config.burst)
         self.slots = trio.Semaphore(max_connections)
         self.held = 0  # accepted and not closed yet: answered or waiting
+        self.max_held = min(MAX_HELD, descriptor_limit() // 4)  # libp2p, LMDB and the API need the rest
         self.per_client: dict[str, int] = {}  # held, per client IP
         self.client_slots: dict[str, trio.Semaphore] = {}
         self.served = {"raw": 0, "car": 0, "refused": 0, "limited": 0}
@@ -326,10 +349,10 @@ class Gateway:
                 await trio.sleep(0.1)
                 continue
             try:
-                client = str(stream.socket.getpeername()[0])
-            except OSError:  # reset before we looked
+                client = client_key(str(stream.socket.getpeername()[0]))
+            except (OSError, ValueError):  # reset before we looked
                 client = ""
-            if not client or self.held >= MAX_HELD or self.per_client.get(client, 0) >= MAX_HELD_PER_CLIENT:
+            if not client or self.held >= self.max_held or self.per_client.get(client, 0) >= MAX_HELD_PER_CLIENT:
                 await stream.aclose()
                 continue
             self.held += 1
@@ -338,16 +361,41 @@ class Gateway:
             nursery.start_soon(self._handle, stream, client)
 
     async def _handle(self, stream: trio.SocketStream, client: str) -> None:
+        """One connection: a slot of its client's, the request read, then one of the gateway's
+        answering slots (so a client sending its request slowly holds only its own slots)."""
         mine, everyone = self.client_slots[client], self.slots
-        got_mine = got_slot = False
+        got_mine = got_slot = head_only = False
         try:
-            with trio.move_on_after(QUEUE_TIMEOUT):  # a slot of this client's, then one of the gateway's
-                await mine.acquire()
-                got_mine = True
-                await everyone.acquire()
-                got_slot = True
-            if got_slot:
-                await self._answer(stream, client)
+            try:
+                with trio.move_on_after(QUEUE_TIMEOUT):
+                    await mine.acquire()
+                    got_mine = True
+                if not got_mine:
+                    raise GatewayError(503, f"more than {MAX_PER_CLIENT} connections at once from {client}",
+                                       {"Retry-After": "5"})
+                try:
+                    with trio.fail_after(REQUEST_TIMEOUT):
+                        method, target, headers = await _read_head(stream)
+                except trio.TooSlowError:
+                    raise GatewayError(408, "request timeout") from None
+                head_only = method == "HEAD"
+                if not self.limit.take(client):
+                    self.served["limited"] += 1
+                    raise GatewayError(429, f"more than {self.config.rate:g} requests a second from {client}",
+                                       {"Retry-After": "1"})
+                request = parse_target(method, target, headers)
+                with trio.move_on_after(QUEUE_TIMEOUT):
+                    await everyone.acquire()
+                    got_slot = True
+                if not got_slot:
+                    raise GatewayError(503, "the gateway is busy", {"Retry-After": "5"})
+                await self._respond(stream, request, client)
+            except GatewayError as exc:
+                self.served["refused"] += 1
+                body = (json.dumps({"error": " ".join(str(exc).split())}) + "\n").encode()
+                fields = {"Content-Type": "application/json", "Content-Length": str(len(body)), **exc.headers}
+                with trio.fail_after(SEND_TIMEOUT):
+                    await stream.send_all(_head(exc.status, fields) + (b"" if head_only else body))
         except (_Gone, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError):
             pass  # the client went away, or stopped reading
         except Exception as exc:  # our bug: logged; it never stops the gateway
@@ -358,36 +406,14 @@ class Gateway:
                 everyone.release()
             if got_mine:
                 mine.release()
+            with trio.CancelScope(shield=True):
+                await _close(stream)
             self.held -= 1
             left = self.per_client.pop(client) - 1
             if left:
                 self.per_client[client] = left
             else:
                 del self.client_slots[client]
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await stream.aclose()
-
-    async def _answer(self, stream: trio.SocketStream, client: str) -> None:
-        head_only = False
-        try:
-            try:
-                with trio.fail_after(REQUEST_TIMEOUT):
-                    method, target, headers = await _read_head(stream)
-            except trio.TooSlowError:
-                raise GatewayError(408, "request timeout") from None
-            head_only = method == "HEAD"
-            if not self.limit.take(client):
-                self.served["limited"] += 1
-                raise GatewayError(429, f"more than {self.config.rate:g} requests a second from {client}",
-                                   {"Retry-After": "1"})
-            request = parse_target(method, target, headers)
-            await self._respond(stream, request, client)
-        except GatewayError as exc:
-            self.served["refused"] += 1
-            body = (json.dumps({"error": " ".join(str(exc).split())}) + "\n").encode()
-            fields = {"Content-Type": "application/json", "Content-Length": str(len(body)), **exc.headers}
-            with trio.fail_after(SEND_TIMEOUT):
-                await stream.send_all(_head(exc.status, fields) + (b"" if head_only else body))
 
     async def _respond(self, stream: trio.SocketStream, request: Request, client: str) -> None:
         reader = Reader(self.blocks.store, b"", f"ip:{client}")  # anonymous: no key, no membership
@@ -429,7 +455,9 @@ class Gateway:
 
     async def _send_car(self, stream: trio.SocketStream, root: CID, order: list[CID], reader: Reader) -> None:
         """The planned blocks, read again one by one (memory holds one piece); a block gone since the
-        plan (gc) cuts the stream short, which a CAR reader sees as a truncated section."""
+        plan (gc) cuts the stream short, which a CAR reader sees as a truncated section. A client
+        that takes the body slower than MIN_SEND_RATE on average (after SEND_TIMEOUT) is cut off."""
+        start, sent = trio.current_time(), 0
         piece = bytearray(encode_header([root]))
         for cid in order:
             block = await self.blocks.get(cid, reader)
@@ -438,8 +466,49 @@ class Gateway:
                 return
             piece += encode_section(cid, block)
             if len(piece) >= PIECE:
-                with trio.fail_after(SEND_TIMEOUT):
+                sent += len(piece)
+                with trio.fail_at(start + SEND_TIMEOUT + sent / MIN_SEND_RATE):
                     await stream.send_all(bytes(piece))
                 piece.clear()
-        with trio.fail_after(SEND_TIMEOUT):
+        sent += len(piece)
+        with trio.fail_at(start + SEND_TIMEOUT + sent / MIN_SEND_RATE):
             await stream.send_all(bytes(piece))
+
+
+def client_key(ip: str) -> str:
+    """Whom the per-client limits count: an IPv4 address, or an IPv6 address's /64 (one host gets
+    a whole /64; an IPv4-mapped address counts as the IPv4 one)."""
+    address = ipaddress.ip_address(ip.partition("%")[0])
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
+    return str(address)
+
+
+async def _close(stream: trio.SocketStream) -> None:
+    """Close after reading what the client still sends (up to DRAIN_BYTES, a second): closing with
+    unread bytes makes the kernel send a reset, which can destroy the answer before it is read."""
+    with trio.move_on_after(1):
+        try:
+            await stream.send_eof()
+            drained = 0
+            while drained < DRAIN_BYTES and (chunk := await stream.receive_some(16384)):
+                drained += len(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError):
+            pass
+    with trio.move_on_after(1):
+        await stream.aclose()
+
+
+def descriptor_limit() -> int:
+    """This process's soft limit of open files, raised to its hard limit (at most 65536) first."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+    except (OSError, ValueError):
+        return 1024
+    return 65536 if soft == resource.RLIM_INFINITY else int(soft)
