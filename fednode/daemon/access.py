@@ -79,13 +79,7 @@ class Reader:
             if owner is None:  # not held, or a damaged genesis: nobody is its owner
                 self._members[repo_id] = frozenset()
                 return self._members[repo_id]
-            membership = state.membership(repo_id)
-            # an unbound repository's list counts when its owner signed it; a bound one's was accepted
-            # from its holder at the time (a former holder's list stands until the new one signs)
-            bound = state.controller(repo_id) is not None
-            listed = set(membership.members) if membership is not None and \
-                (bound or membership.announcer == owner) else set()  # fmt: skip
-            self._members[repo_id] = frozenset({owner} | listed)
+            self._members[repo_id] = frozenset({owner} | state.listed_members(repo_id, owner))
         return self._members[repo_id]
 
     def allows(self, holders: Iterable[bytes]) -> bool:

@@ -197,6 +197,17 @@ class NetState:
         msg = decode(raw) if raw else None
         return msg if isinstance(msg, Membership) else None
 
+    def listed_members(self, repo_id: bytes, owner: bytes) -> set[bytes]:
+        """The members the latest stored membership lists, as the read rule counts them: an unbound
+        repository's list counts when ``owner`` signed it; a bound one's was accepted from its holder
+        at the time (a former holder's list stands until the new one signs). The daemon's readers
+        (``daemon/access.py``) and sealed backups (``workflows/sealedcar.py``) both use this."""
+        membership = self.membership(repo_id)
+        if membership is None:
+            return set()
+        bound = self.controller(repo_id) is not None
+        return set(membership.members) if bound or membership.announcer == owner else set()
+
     def put_membership(self, msg: Membership) -> None:
         with self.store.write() as txn:
             txn.kv_put(DB, b"members/" + msg.repo, msg.encode())

@@ -106,8 +106,7 @@ def backup_readers(node: Node, repo: RepoInfo) -> list[bytes]:
     from fednode.workflows.membership import owner
 
     first = owner(node, repo)
-    msg = NetState(node.store).membership(repo.repo_id)
-    members = set(msg.members) if msg is not None and msg.announcer == first else set()
+    members = NetState(node.store).listed_members(repo.repo_id, first)  # after an NFT sale too
     return [first, *sorted(members - {first})]
 
 

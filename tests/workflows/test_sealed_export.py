@@ -336,3 +336,22 @@ def test_import_sealed_api_refuses_a_non_reader(owner, tmp_path: Path) -> None:
     with open_node(home) as node:
         with pytest.raises(FednodeError, match="is not among its 2 readers"):
             import_sealed(node.history, node.identity, owner["backup"])
+
+
+def test_after_an_nft_sale_the_former_holders_members_still_read_backups(tmp_path: Path) -> None:
+    """The daemon's read rule (access.Reader): a bound repository's stored membership, accepted from
+    its holder at the time, stands until the new holder signs one; backups name the same readers."""
+    from fednode.daemon.access import Reader
+
+    home = make_home(tmp_path / "o", SEED)
+    invoke(home, "repo", "create", "r", "--from", write_model(tmp_path / "m.safetensors", model_arrays(0)))
+    member, buyer = fixed_identity(OUTSIDER_SEED), fixed_identity(bytes(range(101, 133)))
+    with open_node(home) as node:
+        info = node.history.repo("r")
+        state = NetState(node.store)
+        state.put_membership(sign(node.identity, m.Membership(
+            info.repo_id, (member.public_key,), False, 1, 1, node.identity.public_key)))
+        assert state.set_controller(info.repo_id, buyer.public_key, bytes(range(32)), 10)
+        readers = sealedcar.backup_readers(node, info)
+        assert readers == [buyer.public_key, member.public_key]  # before: the buyer alone
+        assert set(readers) == Reader(node.store, member.public_key).members(info.repo_id)
