@@ -51,6 +51,7 @@ class PinWorker:
         self.pending_limit = pending_limit
         self.service_token = service_token  # the IPFS Pinning Service API's bearer token
         self.history, self.auto_kubo = history, auto_kubo  # auto-pin merged heads on this Kubo
+        self.auto_skipped: set[str] = set()  # merged heads auto-pin cannot pin (logged once)
         self.addrs = addrs  # our multiaddrs with /p2p/ID, for Kubo to dial
         self.retry_base, self.retry_max, self.max_attempts = retry_base, retry_max, max_attempts
         self.client = client
@@ -72,7 +73,7 @@ class PinWorker:
                     time.monotonic() - scanned >= AUTO_SECONDS:
                 scanned = time.monotonic()
                 try:  # a repository that cannot be scanned does not hold up the queue below
-                    for req in auto_pin(self.history, self.auto_kubo):
+                    for req in auto_pin(self.history, self.auto_kubo, self.auto_skipped):
                         log("kubo_pin_queued", seq=req.seq, commit=req.commit, kubo=req.kubo, source="auto")
                 except Exception as exc:
                     log("kubo_auto_pin_failed", "warning", error=f"{type(exc).__name__}: {exc}")

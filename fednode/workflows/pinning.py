@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from fednode.errors import FednodeError
 from fednode.history import History, RepoInfo
+from fednode.logs import log
 from fednode.storage import pinqueue
 from fednode.storage.pinqueue import PinRequest
 from protocol.multiformats import CID
@@ -141,12 +142,15 @@ def enqueue_sealed(node: Node, repo: RepoInfo, cid: CID, kubo: str,
         return pinqueue.append(txn, req), True, size
 
 
-def auto_pin(history: History, kubo: str) -> list[PinRequest]:
+def auto_pin(history: History, kubo: str, skipped: set[str] | None = None) -> list[PinRequest]:
     """Queue every merge commit that heads a branch of a public repository here and was never
-    queued for ``kubo`` (``[ipfs] auto_pin``); the requests queued now."""
+    queued for ``kubo`` (``[ipfs] auto_pin``); the requests queued now. A head that cannot be
+    pinned (a tensor without a state CID) is logged once, added to ``skipped`` and passed over: it
+    does not stop the other repositories."""
     url = check_url(kubo)
+    skipped = set() if skipped is None else skipped
     with history.store.read() as txn:
-        seen = {r.commit for r in pinqueue.items(txn) if r.kubo == url}
+        seen = {r.commit for r in pinqueue.items(txn) if r.kubo == url} | skipped
     out: list[PinRequest] = []
     for repo in history.repos():
         if history.is_private(repo.repo_id):
@@ -154,8 +158,13 @@ def auto_pin(history: History, kubo: str) -> list[PinRequest]:
         for head in set(history.branches(repo).values()):
             if str(head) in seen or history.load_commit(head).kind != "merge":
                 continue
-            req, new = enqueue(history, repo, head, url, source="auto")
             seen.add(str(head))
+            try:
+                req, new = enqueue(history, repo, head, url, source="auto")
+            except FednodeError as exc:
+                skipped.add(str(head))
+                log("kubo_auto_pin_skipped", "warning", repo=repo.name, commit=str(head), error=str(exc))
+                continue
             if new:
                 out.append(req)
     return out

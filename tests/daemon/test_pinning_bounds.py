@@ -193,3 +193,33 @@ def test_the_service_token_and_url_are_checked_before_queueing(cli, home: Path, 
     config.write_text(original + f'\n[ipfs]\npinning_service = "http://pins.example.com"\n'
                                  f'pinning_service_token_file = "{token}"\n')
     assert_cli_refuses(cli, home, "pin", "--status", needles=("[ipfs] pinning_service must be an https URL",))
+
+
+def test_auto_pin_passes_over_a_head_it_cannot_pin(cli, home: Path, tmp_path: Path, kubo: FakeKubo,
+                                                   monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from fednode.errors import FednodeError
+    from fednode.workflows import pinning as wp
+
+    base = model_arrays(1)
+    merged = {}
+    for name in ("a", "b"):
+        cli("repo", "create", name, "--public", "--from", write_model(tmp_path / "g.safetensors", base))
+        for i, branch in enumerate(("h1", "h2")):
+            cli("branch", branch, "main", "-r", name)
+            update = write_model(tmp_path / f"{branch}.safetensors", perturb(base, 10 + i))
+            cli("commit", name, "--from", update, "-m", "local", "-b", branch)
+        cli("switch", "main", "-r", name)
+        merged[name] = json.loads(cli("merge", "h1", "h2", "-r", name, "--weights", "equal", "--json").stdout)["cid"]
+    real = wp.targets
+
+    def broken_a(history, repo, cid):  # type: ignore[no-untyped-def]
+        if repo.name == "a":
+            raise FednodeError("tensor 'w' records no state CID: nothing to pin")
+        return real(history, repo, cid)
+
+    monkeypatch.setattr(wp, "targets", broken_a)
+    skipped: set[str] = set()
+    with open_node(home) as node:
+        got = wp.auto_pin(node.history, kubo.url, skipped)  # before: the error ended the scan, every 5 s
+        assert [r.commit for r in got] == [merged["b"]] and skipped == {merged["a"]}
+        assert wp.auto_pin(node.history, kubo.url, skipped) == []  # passed over, not tried again
