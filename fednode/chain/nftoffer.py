@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +17,7 @@ from solders.message import Message
 from solders.pubkey import Pubkey
 from solders.transaction import SanitizeError, Transaction
 
+from fednode import safejson
 from fednode.chain.program import ASSOCIATED_TOKEN_PROGRAM_ID, SYSTEM_PROGRAM_ID, TOKEN_2022_PROGRAM_ID
 from fednode.errors import FednodeError
 from fednode.history import repo_id_text
@@ -90,7 +90,7 @@ def parse_offer(raw: bytes) -> Offer:
     if len(raw) > MAX_OFFER_BYTES:
         raise _bad(f"larger than {MAX_OFFER_BYTES} bytes")
     try:
-        data = json.loads(raw)
+        data = safejson.loads(raw)  # an offer file comes from anyone: deep nesting must not crash us
     except (ValueError, UnicodeDecodeError):
         raise _bad("not JSON") from None
     if not isinstance(data, dict) or data.get("version") != OFFER_VERSION:

@@ -9,12 +9,12 @@ parameters; success is HTTP 200 with a JSON object, failure HTTP 500 (or 400) wi
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx
 import trio
 
+from fednode import safejson
 from protocol.multiformats import CID, FormatError
 
 PIN_TIMEOUT = 600.0  # seconds Kubo may take to fetch and pin one DAG (it fetches over bitswap)
@@ -107,8 +107,9 @@ async def bounded_request(method: str, url: str, timeout: float, who: str, **kwa
 
 
 def parse_json(raw: bytes) -> Any:
-    """The JSON value of ``raw``, or None (not JSON, or nested too deep to parse)."""
+    """The JSON value of ``raw``, or None (not JSON, or nested too deep: ``safejson``, since the
+    stdlib's parser crashes the process on deep nesting once py_ecc has raised the recursion limit)."""
     try:
-        return json.loads(raw)
+        return safejson.loads(raw)
     except (ValueError, RecursionError):
         return None

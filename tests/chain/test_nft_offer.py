@@ -366,3 +366,20 @@ def test_an_empty_wallet_part_waits_in_the_nft_account_and_is_claimed(market: di
     result = fed(m["third"], "nft", "claim", offer["repo"], "--contributor", member, ok=False)
     assert_one_line_error(result.stderr, "nothing is owed")
     assert chain.balances(member, nft_pda) == [rent0 + part, b0[3]]
+
+
+def test_a_deeply_nested_offer_file_is_refused_not_a_crash() -> None:
+    """An offer file comes from anyone; with py_ecc's recursion limit (100,000) the stdlib parser
+    overflowed the C stack on 60,000 nested brackets: a segmentation fault, not an error."""
+    import sys
+
+    from fednode.chain.nftoffer import parse_offer
+    from fednode.errors import FednodeError
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(100_000)
+    try:
+        with pytest.raises(FednodeError, match="malformed offer: not JSON"):
+            parse_offer(b"[" * 60_000)
+    finally:
+        sys.setrecursionlimit(limit)
