@@ -141,10 +141,21 @@ class PinWorker:
         for text, recursive in req.targets:
             if text in req.done or not recursive:
                 continue
-            cid, rid = CID.parse(text), req.remote.get(text)
+            cid, rid, name = CID.parse(text), req.remote.get(text), f"fednode {req.commit}"
+            if rid is None and text in req.posting:  # posted before a crash? then the service has it
+                found = await svc.find(cid, name)
+                if found is not None:
+                    rid = found[0]
+                    req.remote[text] = rid
+                    req.posting.remove(text)
+                    self._save(req)
             if rid is None:
-                rid, status = await svc.add(cid, f"fednode {req.commit}", self.addrs())
+                if text not in req.posting:  # recorded before the POST: a crash after it is found above
+                    req.posting.append(text)
+                    self._save(req)
+                rid, status = await svc.add(cid, name, self.addrs())
                 req.remote[text] = rid
+                req.posting.remove(text)
                 self._save(req)
             else:
                 _, status = await svc.status(rid, cid)

@@ -2,7 +2,8 @@
 
 ``POST /pins`` ``{cid, name, origins}`` with ``Authorization: Bearer <token>`` answers a PinStatus
 ``{requestid, status: queued|pinning|pinned|failed, created, pin: {cid, ...}, delegates, info}``
-(HTTP 202 or 200); ``GET /pins/{requestid}`` answers the same. Errors are 4xx/5xx with
+(HTTP 202 or 200); ``GET /pins/{requestid}`` answers the same; ``GET /pins?cid=&name=&status=``
+lists requests as ``{count, results: [PinStatus]}``. Errors are 4xx/5xx with
 ``{"error": {"reason": ..., "details": ...}}``. ``origins`` lists our daemon's multiaddrs: the
 service fetches the DAG from us over bitswap. The CID in every answer must be the one asked for.
 """
@@ -10,6 +11,7 @@ service fetches the DAG from us over bitswap. The CID in every answer must be th
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from fednode.daemon.kubo import KuboError, PinMismatch, bounded_request, parse_json
 from protocol.multiformats import CID, FormatError
@@ -57,6 +59,16 @@ class PinningService:
 
     async def status(self, requestid: str, cid: CID) -> tuple[str, str]:
         return self._status(await self._call("GET", f"/pins/{requestid}"), cid)
+
+    async def find(self, cid: CID, name: str) -> tuple[str, str] | None:
+        """(requestid, status) of a pin request of ``cid`` named ``name`` the service already holds
+        (``GET /pins?cid=&name=&status=``: the spec's listing), or None."""
+        query = urlencode({"cid": str(cid), "name": name, "status": ",".join(STATUSES), "limit": "1"})
+        answer = await self._call("GET", f"/pins?{query}")
+        results = answer.get("results")
+        if not isinstance(results, list) or not results or not isinstance(results[0], dict):
+            return None
+        return self._status(results[0], cid)
 
 
 def _is_request_id(rid: str) -> bool:

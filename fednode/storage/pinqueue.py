@@ -44,6 +44,7 @@ class PinRequest:
     time: float = 0.0
     service: str = "kubo"  # "kubo" (Kubo RPC) or "psa" (IPFS Pinning Service API: recursive targets only)
     remote: dict[str, str] = field(default_factory=dict)  # psa: CID text -> the service's requestid
+    posting: list[str] = field(default_factory=list)  # psa: CIDs POSTed without a requestid recorded yet
     polls: int = 0  # psa: rounds the service answered "queued" or "pinning"
     pending_since: float = 0.0  # psa: unix time of the first such answer
 

@@ -127,7 +127,8 @@ class FakeKubo:
 
 
 class FakePinningService:
-    """The IPFS Pinning Service API (POST /pins, GET /pins/{requestid}) as the spec shapes it: a
+    """The IPFS Pinning Service API (POST /pins, GET /pins/{requestid}, GET /pins?cid=&name=&status=
+    listing) as the spec shapes it: a
     PinStatus answer, 401 {"error": {"reason": "UNAUTHORIZED", ...}} without the right bearer token.
     Each GET moves a pin one step (queued -> pinning -> pinned; ``fail``: -> failed; ``stuck``: it
     stays queued)."""
@@ -157,7 +158,8 @@ class FakePinningService:
                 if self.headers.get("Authorization") != f"Bearer {svc.token}":
                     status, body = 401, {"error": {"reason": "UNAUTHORIZED", "details": "bad access token"}}
                 else:
-                    status, body = svc.answer(method, urlsplit(self.path).path, raw)
+                    url = urlsplit(self.path)
+                    status, body = svc.answer(method, url.path, raw, dict(parse_qsl(url.query)))
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -170,8 +172,17 @@ class FakePinningService:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
-    def answer(self, method: str, path: str, raw: bytes) -> tuple[int, dict[str, Any]]:
+    def answer(self, method: str, path: str, raw: bytes,
+               query: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
         with self.lock:
+            if method == "GET" and path == "/pins":  # the listing, filtered by cid, name and status
+                q = query or {}
+                found = [st for st in self.pins.values()
+                         if ("cid" not in q or st["pin"]["cid"] in q["cid"].split(","))
+                         and ("name" not in q or st["pin"].get("name") == q["name"])
+                         and ("status" not in q or st["status"] in q["status"].split(","))]
+                limit = int(q.get("limit", "10"))
+                return 200, {"count": len(found), "results": found[:limit]}
             if method == "POST" and path == "/pins":
                 pin = json.loads(raw)
                 self.posts.append(pin)

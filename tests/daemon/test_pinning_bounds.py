@@ -230,3 +230,41 @@ def test_auto_pin_passes_over_a_head_it_cannot_pin(cli, home: Path, tmp_path: Pa
         got = wp.auto_pin(node.history, kubo.url, skipped)  # before: the error ended the scan, every 5 s
         assert [r.commit for r in got] == [merged["b"]] and skipped == {merged["a"]}
         assert wp.auto_pin(node.history, kubo.url, skipped) == []  # passed over, not tried again
+
+
+async def test_a_crash_after_posting_a_pin_does_not_post_it_twice(cli, home: Path, tmp_path: Path,
+                                                                  monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from fednode.daemon.pinsvc import PinningService
+
+    service = FakePinningService("s3cret")
+    try:
+        _public_repo(cli, tmp_path)
+        token = tmp_path / "token"
+        token.write_text("s3cret\n")
+        token.chmod(0o600)
+        with (home / "config.toml").open("a") as f:
+            f.write(f'\n[ipfs]\npinning_service = "{service.url}"\npinning_service_token_file = "{token}"\n'
+                    "pin_retry_seconds = 0.01\n")
+        req = json.loads(cli("pin", "main", "--service", "--json").stdout)
+        states = [c for c, r in req["targets"] if r]
+        real_add = PinningService.add
+
+        async def add_then_die(self, cid, name, origins):  # type: ignore[no-untyped-def]
+            await real_add(self, cid, name, origins)
+            raise RuntimeError("killed before the requestid was recorded")
+
+        with open_node(home) as node:
+            worker = PinWorker.from_config(node.history, lambda: [ADDR], node.config)
+            monkeypatch.setattr(PinningService, "add", add_then_die)
+            await worker.run_once()  # the service holds the first pin; we recorded no requestid
+            assert len(service.posts) == 1 and _queue_of(node)[0].posting == [states[0]]
+            monkeypatch.setattr(PinningService, "add", real_add)
+            deadline = time.monotonic() + 10
+            while _queue_of(node)[0].state == "queued" and time.monotonic() < deadline:
+                await trio.sleep(0.05)
+                await worker.run_once()
+            (done,) = _queue_of(node)
+    finally:
+        service.down()
+    assert done.state == "pinned" and done.posting == [] and sorted(done.done) == sorted(states)
+    assert [p["cid"] for p in service.posts] == states  # each posted once: the first found, not posted again
