@@ -121,8 +121,9 @@ def enqueue_sealed(node: Node, repo: RepoInfo, cid: CID, kubo: str,
     readable by the owner and members only: ``fednode import``). The backup is added to our store as
     ``fednode ipfs add`` does (pinned here, served to anyone: it is ciphertext) and its CID queued.
     (the request, whether it is new, the backup's size in bytes)."""
-    from fednode.workflows.ipfsfiles import add_file
+    from fednode.workflows.ipfsfiles import put_file
     from fednode.workflows.sealedcar import backup_readers, export_sealed
+    from protocol.unixfs import CHUNK_SIZE
 
     url = check_url(kubo, bearer=service == "psa")
     if not node.history.is_private(repo.repo_id):
@@ -135,11 +136,16 @@ def enqueue_sealed(node: Node, repo: RepoInfo, cid: CID, kubo: str,
     with tempfile.TemporaryDirectory(dir=node.home, prefix=".pin-") as tmp:
         path = Path(tmp) / "backup.sealed"
         export_sealed(node.history, repo, cid, path, backup_readers(node, repo), ancestry=True)
-        root, size = add_file(node.store, path)
-    with node.store.write() as txn:
-        req = PinRequest(0, url, repo.repo_id.hex(), str(cid), [(str(root), True)], source="sealed",
-                         time=time.time(), service=service)
-        return pinqueue.append(txn, req), True, size
+        size = path.stat().st_size
+        # the backup's blocks, their local pin and the queue entry in one transaction: all or nothing
+        with path.open("rb") as source, node.store.write(size_hint=size + size // 64 + CHUNK_SIZE) as txn:
+            old = pinqueue.find(txn, url, str(cid))  # queued meanwhile by another `pin --sealed`
+            if old is not None:
+                return old, False, 0
+            root, size = put_file(txn, source, "add")
+            req = PinRequest(0, url, repo.repo_id.hex(), str(cid), [(str(root), True)], source="sealed",
+                             time=time.time(), service=service)
+            return pinqueue.append(txn, req), True, size
 
 
 def auto_pin(history: History, kubo: str, skipped: set[str] | None = None) -> list[PinRequest]:

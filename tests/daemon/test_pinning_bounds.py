@@ -268,3 +268,12 @@ async def test_a_crash_after_posting_a_pin_does_not_post_it_twice(cli, home: Pat
         service.down()
     assert done.state == "pinned" and done.posting == [] and sorted(done.done) == sorted(states)
     assert [p["cid"] for p in service.posts] == states  # each posted once: the first found, not posted again
+
+
+def test_a_sealed_pin_that_cannot_be_queued_stores_nothing(cli, home: Path, tmp_path: Path, kubo: FakeKubo,
+                                                           monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    base = model_arrays(1)
+    cli("repo", "create", "secret", "--from", write_model(tmp_path / "a.safetensors", base))
+    monkeypatch.setattr(pinqueue, "MAX_QUEUED", 0)  # the queue is full
+    assert_cli_refuses(cli, home, "pin", "main", "--sealed", "--kubo", kubo.url, needles=("already holds 0",))
+    assert json.loads(cli("ipfs", "pins", "--json").stdout) == []  # before: the backup stayed, pinned
