@@ -16,6 +16,7 @@ stays, and the caller gets one line.
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 
 import trio
@@ -25,10 +26,10 @@ from fednode.daemon.bitswap import BitswapHandle, want_blocks
 from fednode.errors import FednodeError
 from fednode.storage import pins
 from fednode.storage.diskspace import DiskFull
-from fednode.storage.store import Store
+from fednode.storage.store import Store, Txn
 from fednode.workflows.fsck import mark
 from protocol.multiformats import CID, DAG_PB, RAW, FormatError
-from protocol.unixfs import declared_size, decode_file_node, decode_node, file_size, max_depth
+from protocol.unixfs import declared_size, decode_file_node, decode_node, decode_pb, file_size, max_depth
 
 MAX_LINKS = 4096  # per node
 MAX_BLOCK = 4 << 20  # the most a block may hold (every bitswap implementation's message limit)
@@ -135,29 +136,59 @@ async def get_file(handle: BitswapHandle, root: CID, max_bytes: int, timeout: fl
     stored: list[CID] = []
     asked: list[CID] = []
     progress = progress or GetProgress()
+    RUNNING[root] += 1
     try:
         with trio.fail_after(timeout):
             size = await _fetch(handle, root, max_bytes, stored, progress, asked, min_free)
     except BaseException:
+        _done(root)  # first: our own root must not keep what we stored
         forget(handle.store, asked)
         raise
+    _done(root)
     if pin:
         with handle.store.write() as txn:
             pins.pin(txn, root, size, "get")
     return {"cid": str(root), "size": size, "blocks": len(stored)}
 
 
+# roots of the ``ipfs get``s running in this process: a failed one keeps what they already hold
+RUNNING: Counter[CID] = Counter()
+
+
+def _done(root: CID) -> None:
+    RUNNING[root] -= 1
+    if RUNNING[root] <= 0:
+        del RUNNING[root]
+
+
 def forget(store: Store, stored: list[CID]) -> None:
     """Delete what a failed fetch stored, except what something else came to need meanwhile (a
-    commit, a pin or another fetch that stored the same block: ``put_block`` dedups, so that block
-    is the one they hold). The mark runs inside the deleting transaction, as gc's does."""
+    commit, a pin, or another fetch running that reaches the same block: ``put_block`` dedups, so
+    that block is the one they hold). The mark runs inside the deleting transaction, as gc's does;
+    the running gets' roots are walked through what is present."""
     if not stored:
         return
     with store.write() as txn:
         needed = mark(txn, rehash=False).reachable
+        _mark_present(txn, list(RUNNING), needed)
         for cid in stored:
             if bytes(cid) not in needed:
                 txn.delete_block(cid)
+
+
+def _mark_present(txn: Txn, roots: list[CID], needed: set[bytes]) -> None:
+    """Add to ``needed`` every block present below ``roots`` (missing ones are a fetch's work)."""
+    stack = [r for r in roots if bytes(r) not in needed]
+    while stack:
+        cid = stack.pop()
+        if bytes(cid) in needed or not txn.has_block(cid):
+            continue
+        needed.add(bytes(cid))
+        if cid.codec == DAG_PB:
+            try:
+                stack.extend(link.cid for link in decode_pb(txn.get_block(cid))[0])
+            except FormatError:
+                continue
 
 
 MAX_JOBS = 64  # kept for progress polls; the oldest finished one goes first

@@ -111,3 +111,29 @@ def test_a_failed_fetch_forgets_only_what_nothing_else_holds(tmp_path: Path) -> 
     with store.read() as txn:
         assert txn.has_block(shared_cid) and not txn.has_block(alone_cid)
     store.close()
+
+
+def test_a_failed_fetch_keeps_what_a_running_fetch_of_the_same_file_relies_on(tmp_path: Path) -> None:
+    """Two ``ipfs get``s of one file: the first stored a leaf and failed while the second runs (it
+    found the leaf present, so it will not ask for it again). The leaf stays; once nothing runs, a
+    failure forgets it."""
+    from fednode.daemon import ipfsget
+    from protocol.unixfs import CHUNK_SIZE
+
+    store = Store(tmp_path / "store", sync=False)
+    data = bytes(range(256)) * (CHUNK_SIZE // 128)  # two leaves under one root
+    with store.write() as txn:
+        root = add_bytes(data, put=lambda c, b: txn.put_block(c, b))
+        leaf = CID.hash(RAW, data[:CHUNK_SIZE])
+    ipfsget.RUNNING[root] += 1  # the second get, running
+    try:
+        forget(store, [leaf])  # the first one fails
+        with store.read() as txn:
+            assert txn.has_block(leaf)  # before: deleted under the running get
+    finally:
+        ipfsget._done(root)
+    assert not ipfsget.RUNNING
+    forget(store, [leaf])
+    with store.read() as txn:
+        assert not txn.has_block(leaf)
+    store.close()
