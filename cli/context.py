@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.console import Console
 
+from fednode import safejson
 from fednode.errors import FednodeError
 from fednode.history import RepoInfo, repo_id_text
 from fednode.node import Node, open_node
@@ -218,8 +219,8 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
         if not sep or not key:
             raise FednodeError(f"invalid --param {pair!r}: use NAME=VALUE")
         try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
+            params[key] = safejson.loads(value)  # not json.loads: a deep nest could crash the process
+        except ValueError:
             params[key] = value
     return params
 

@@ -1,5 +1,16 @@
 """The one exception type users see: its message is the one-line error the CLI prints."""
 
+import re
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message for a one-line error: its first line (its type when it has none),
+    terminal escapes and other control characters removed, at most ``limit`` characters."""
+    lines = str(exc).splitlines()
+    text = lines[0] if lines and lines[0].strip() else type(exc).__name__
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)  # ANSI colours (torch bolds its messages)
+    return "".join(c if c.isprintable() else "?" for c in text)[:limit]
+
 
 class FednodeError(Exception):
     """A user-facing failure; nothing was stored when it is raised."""

@@ -17,8 +17,11 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.signature import Signature
 
+from fednode import safejson
 from fednode.errors import FednodeError
 from protocol.multiformats import b58encode
+
+MAX_KEYPAIR_FILE = 64 * 1024  # bytes of a keypair file read at most
 
 # libp2p PublicKey protobuf for Ed25519: field 1 (KeyType) = 1, field 2 (Data) = 32 bytes.
 _LIBP2P_ED25519_PREFIX = b"\x08\x01\x12\x20"
@@ -87,11 +90,14 @@ class Identity:
     @classmethod
     def load(cls, path: Path) -> Identity:
         try:
-            text = path.read_text()
+            with path.open("rb") as f:
+                raw_file = f.read(MAX_KEYPAIR_FILE + 1)  # solana-keygen's file is about 250 bytes
         except OSError as exc:
             raise FednodeError(f"cannot read keypair {path}: {exc.strerror}") from exc
         try:
-            values = json.loads(text)
+            if len(raw_file) > MAX_KEYPAIR_FILE:
+                raise ValueError
+            values = safejson.loads(raw_file)  # not json.loads: a deep nest could crash the process
             if (
                 not isinstance(values, list)
                 or len(values) != 64

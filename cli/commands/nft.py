@@ -261,10 +261,11 @@ def offer(ctx: click.Context, repo: str, price: str, buyer: str, out_path: Path,
 @click.pass_context
 def accept(ctx: click.Context, offer_file: Path, yes: bool, as_json: bool) -> None:
     """Check an offer against the chain, then sign and submit it (this node is the buyer)."""
-    from fednode.chain.nftoffer import parse_offer
+    from fednode.chain.nftoffer import MAX_OFFER_BYTES, parse_offer
 
     try:
-        raw = offer_file.read_bytes()
+        with offer_file.open("rb") as f:
+            raw = f.read(MAX_OFFER_BYTES + 1)  # parse_offer refuses more: read no further
     except OSError as exc:
         raise FednodeError(f"cannot read {offer_file}: {exc.strerror}") from None
     parsed = parse_offer(raw)

@@ -20,7 +20,7 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
 from fednode.chain.aio import AsyncChainBackend
-from fednode.errors import FednodeError
+from fednode.errors import FednodeError, first_line
 from fednode.node import check_config
 from fednode.storage.store import Store
 
@@ -48,7 +48,7 @@ def program_elf(section: dict[str, Any] | None = None) -> bytes:
     try:
         return federity_elf(program_cache_dir())
     except Exception as exc:  # missing toolchain, build error: one line for the CLI
-        raise FednodeError(f"cannot build the federity program: {str(exc).splitlines()[0]}") from None
+        raise FednodeError(f"cannot build the federity program: {first_line(exc)}") from None
 
 
 def parse_pubkey(what: str, text: str) -> Pubkey:

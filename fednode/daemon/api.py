@@ -46,16 +46,28 @@ class _ClientGone(Exception):
 
 
 def ensure_token(home: Path) -> str:
-    """Create the token file (mode 0600 from the first byte) unless it exists."""
+    """The API token: the token file's, created (mode 0600 from the first byte, written whole and
+    fsynced under a temporary name, then renamed) when missing or empty (a crash while an older
+    version wrote it left it empty, and an empty token can match no request). A token file that
+    others may read is refused in one line, like the keypair."""
     path = home / TOKEN_FILE
     if path.exists():
-        return path.read_text().strip()
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise FednodeError(f"{path} is readable by others (mode {mode:o}); run: chmod 600 {path}")
+        token = path.read_text(errors="replace").strip()
+        if token:
+            return token
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    temp = home / (TOKEN_FILE + ".tmp")
+    temp.unlink(missing_ok=True)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, token.encode())
+        os.fsync(fd)
     finally:
         os.close(fd)
+    os.replace(temp, path)
     return token
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,9 @@ class Client:
     def __init__(self, home: Path, timeout: float = 120.0) -> None:
         try:
             info = json.loads((home / DAEMON_FILE).read_text())
-            token = (home / TOKEN_FILE).read_text().strip()
-        except (OSError, ValueError):
+            os.kill(int(info["pid"]), 0)  # a daemon killed outright leaves its file: never send our token to
+            token = (home / TOKEN_FILE).read_text().strip()  # whoever took its port since
+        except (OSError, ValueError, KeyError, TypeError):
             raise FednodeError(f"no daemon is running for {home} (start one with 'fednode daemon')") from None
         self.base = f"http://127.0.0.1:{int(info['api_port'])}"
         self.headers = {"Authorization": f"Bearer {token}"}

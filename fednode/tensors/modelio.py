@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from fednode import safejson
-from fednode.errors import FednodeError
+from fednode.errors import FednodeError, first_line
 from fednode.lazy import lazy_import
 from protocol.objects import DTYPES, Sized
 
@@ -105,10 +105,11 @@ def parse_header(raw: bytes, data_size: int, path: str) -> tuple[dict, dict[str,
     """(metadata, name -> (info, (begin, end))) of a safetensors JSON header whose data section holds
     ``data_size`` bytes. Any malformed header raises FednodeError with one line naming ``path``."""
     bad = f"{path} is not a safetensors file"
-    if safejson.depth(raw) > HEADER_DEPTH:  # before parsing: see safejson (a deep nest can crash json)
-        raise FednodeError(f"{bad}: header nested too deeply")
-    try:
-        header = json.loads(raw)
+    try:  # the depth first, on the UTF-8 text that is parsed: see safejson (a deep nest can crash json)
+        text = safejson.text(raw)
+        if safejson.depth(text) > HEADER_DEPTH:
+            raise FednodeError(f"{bad}: header nested too deeply")
+        header = json.loads(text)
     except ValueError:  # invalid JSON or UTF-8, integers of more than 4300 digits
         raise FednodeError(bad) from None
     if not isinstance(header, dict):
@@ -230,7 +231,8 @@ def _read_weight_map(index: Path) -> dict[str, str]:
     """The index's ``weight_map`` (tensor name -> shard file name in the index's directory), checked."""
     bad = f"{index} is not a sharded safetensors index"
     try:
-        raw = index.read_bytes()[: MAX_INDEX + 1]
+        with index.open("rb") as f:
+            raw = f.read(MAX_INDEX + 1)
     except OSError as exc:
         raise FednodeError(f"cannot read {index}: {exc.strerror}") from None
     if len(raw) > MAX_INDEX:
@@ -401,7 +403,7 @@ def open_model(path: Path, key: str | None = None, cast: str | None = None) -> M
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for bad files
-            raise FednodeError(f"{path} is not a PyTorch state_dict: {str(exc).splitlines()[0]}") from None
+            raise FednodeError(f"{path} is not a PyTorch state_dict: {first_line(exc)}") from None
         source = state_dict_source(_checkpoint_dict(obj, path, key))
     elif path.suffix.lower() == ".safetensors":
         source = SafetensorsFile(path)

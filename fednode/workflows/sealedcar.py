@@ -89,6 +89,8 @@ class Header:
             raise FormatError("the header names no reader")
         keys: dict[bytes, bytes] = {}
         for address, wrapped in readers.items():
+            if not isinstance(address, str) or len(address) > 44:  # base58 decoding is quadratic in length
+                raise FormatError("a reader entry is not a wallet address with a wrapped key")
             key = b58decode(address)
             if len(key) != 32 or not isinstance(wrapped, bytes) or len(wrapped) != WRAPPED_BYTES:
                 raise FormatError("a reader entry is not a wallet address with a wrapped key")

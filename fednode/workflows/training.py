@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import json
 import math
 import os
 import re
@@ -35,6 +34,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from fednode import safejson
 from fednode.errors import FednodeError
 
 
@@ -76,6 +76,7 @@ class TrainResult:
         return info
 
 
+MAX_METRICS_FILE = 1 << 20  # bytes of a script's metrics JSON read at most
 MAX_ERROR = 300  # characters of the script's own error message in the one line we print
 
 
@@ -326,10 +327,10 @@ def train_exec(
     samples = 0
     if metrics_path.exists():
         try:
-            raw = json.loads(metrics_path.read_text())
+            raw = safejson.loads(metrics_path.read_bytes()[:MAX_METRICS_FILE + 1])
             samples = int(raw.pop("samples", 0))
             metrics = {str(k): float(v) for k, v in raw.items()}
-        except (ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError, AttributeError, OverflowError):  # OverflowError: int(1e999)
             raise FednodeError(f"{script} wrote invalid metrics JSON") from None
     return TrainResult(out, metrics, samples, epochs, time.perf_counter() - start, framework="executable")
 
