@@ -3,11 +3,11 @@
 import re
 
 
-def first_line(exc: BaseException, limit: int = 300) -> str:
+def first_line(exc: BaseException | str, limit: int = 300) -> str:
     """An exception's message for a one-line error: its first line (its type when it has none),
     terminal escapes and other control characters removed, at most ``limit`` characters."""
     lines = str(exc).splitlines()
-    text = lines[0] if lines and lines[0].strip() else type(exc).__name__
+    text = lines[0] if lines and lines[0].strip() else type(exc).__name__ if isinstance(exc, BaseException) else ""
     text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)  # ANSI colours (torch bolds its messages)
     return "".join(c if c.isprintable() else "?" for c in text)[:limit]
 

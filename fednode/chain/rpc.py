@@ -31,6 +31,8 @@ from solders.transaction_status import (
 
 from fednode.chain.aio import AsyncChainBackend, ChainUnavailable
 from fednode.chain.backend import ChainError, TxResult
+from fednode.errors import first_line
+from fednode.logs import shown_url
 
 LAMPORTS_PER_SIGNATURE = 5000
 _Response = TypeVar("_Response")
@@ -43,7 +45,9 @@ class RpcBackend(AsyncChainBackend):
     def __init__(self, url: str, program_id: Pubkey, *, faucet: bool = False, timeout: float = 10.0,
                  confirm_timeout: float = 60.0) -> None:  # fmt: skip
         self.url = url
+        self.shown = shown_url(url)  # in errors, which are logged and stored: no API key, no password
         self.endpoint = url
+        self.timeout = timeout
         self.genesis: str | None = None  # cached: a chain's genesis never changes under one connection
         self.program_id = program_id
         self.faucet = faucet
@@ -51,19 +55,29 @@ class RpcBackend(AsyncChainBackend):
         self.client = AsyncClient(url, commitment=Confirmed, timeout=timeout)
 
     async def _call(self, what: str, coro: Awaitable[_Response]) -> _Response:
+        """One RPC call, bounded as a whole (httpx's timeout bounds each read, and solana-py retries a
+        timed-out call once): a slow, unreachable or garbled endpoint is ChainUnavailable."""
         try:
-            return await coro
+            with trio.fail_after(2 * self.timeout + 1):
+                return await coro
+        except trio.TooSlowError:
+            raise ChainUnavailable(f"{self.shown} gave no whole answer within {2 * self.timeout + 1:.0f} s "
+                                   f"({what})") from None
         except SolanaRpcException as exc:  # connection refused, timeout, HTTP error
-            raise ChainUnavailable(f"{self.url} unreachable ({what}): {exc.error_msg or exc}") from None
+            raise ChainUnavailable(f"{self.shown} unreachable ({what}): "
+                                   f"{first_line(exc.error_msg or exc)}") from None
         except RPCException as exc:
             raise _rpc_error(what, exc) from None
+        except Exception as exc:  # not JSON, nested too deeply, fields missing: solders' parser refused it
+            raise ChainUnavailable(f"{self.shown} answered something unreadable ({what}): "
+                                   f"{type(exc).__name__}: {first_line(exc)}") from None
 
     async def genesis_hash(self) -> str:
         if self.genesis is None:
             try:
                 self.genesis = str((await self._call("getGenesisHash", self.client.get_genesis_hash())).value)
             except ChainError as exc:
-                raise ChainError(f"{self.url} does not answer getGenesisHash ({exc}): cannot tell which chain "
+                raise ChainError(f"{self.shown} does not answer getGenesisHash ({exc}): cannot tell which chain "
                                  "it is, so nothing is sent to it") from None  # fmt: skip
         return self.genesis
 
@@ -77,12 +91,22 @@ class RpcBackend(AsyncChainBackend):
         return (await self._call("getLatestBlockhash", self.client.get_latest_blockhash())).value.blockhash
 
     async def minimum_balance(self, size: int) -> int:
+        """The endpoint's rent-exempt minimum, refused when far from Solana's default rent (the
+        amount moves out of the wallet into a new account: a lying endpoint must not set it)."""
         call = self.client.get_minimum_balance_for_rent_exemption(size)
-        return (await self._call("getMinimumBalanceForRentExemption", call)).value
+        value = (await self._call("getMinimumBalanceForRentExemption", call)).value
+        expected = await super().minimum_balance(size)
+        if not expected // 10 <= value <= expected * 10:
+            raise ChainError(f"{self.shown} says an account of {size} bytes needs {value} lamports to be "
+                             f"rent-exempt; Solana's rent says {expected}: refused, nothing sent")
+        return value
 
     async def send_transaction(self, tx: Transaction) -> TxResult:
         opts = TxOpts(skip_confirmation=True, preflight_commitment=Confirmed)
         sig = (await self._call("sendTransaction", self.client.send_raw_transaction(bytes(tx), opts))).value
+        if sig != tx.signatures[0]:  # the id of a transaction is its first signature: known, not believed
+            raise ChainUnavailable(f"{self.shown} answered signature {str(sig)[:100]} for transaction "
+                                   f"{tx.signatures[0]}")
         await self._confirm(sig)
         try:  # fee, compute units, logs and return data, where the endpoint keeps them
             fetched = (await self.client.get_transaction(sig, "base64", Confirmed, 0)).value
@@ -91,7 +115,7 @@ class RpcBackend(AsyncChainBackend):
                 ret = meta.return_data
                 return TxResult(str(sig), meta.compute_units_consumed or 0, meta.fee, list(meta.log_messages or []),
                                 bytes(ret.data) if ret else b"")  # fmt: skip
-        except (SolanaRpcException, RPCException, AttributeError):
+        except Exception:  # unreachable, or an answer solders cannot read: the fee is worked out below
             pass
         # Not kept by the endpoint: the fee as the runtime charges it, every transaction and precompile signature.
         message = tx.message
@@ -105,6 +129,8 @@ class RpcBackend(AsyncChainBackend):
         with trio.move_on_after(self.confirm_timeout):
             while True:
                 resp = await self._call("getSignatureStatuses", self.client.get_signature_statuses([sig]))
+                if len(resp.value) != 1:
+                    raise ChainUnavailable(f"{self.shown} answered {len(resp.value)} statuses for one signature")
                 status = resp.value[0]
                 if status is not None:
                     if status.err is not None:
@@ -120,6 +146,8 @@ class RpcBackend(AsyncChainBackend):
         for i in range(0, len(addresses), 100):  # getMultipleAccounts takes at most 100 keys
             batch = list(addresses[i:i + 100])
             resp = await self._call("getMultipleAccounts", self.client.get_multiple_accounts(batch))
+            if len(resp.value) != len(batch):  # shifted data would land on the wrong addresses
+                raise ChainUnavailable(f"{self.shown} answered {len(resp.value)} accounts for {len(batch)}")
             out.extend(None if a is None or a.lamports == 0 else bytes(a.data) for a in resp.value)
         return out
 

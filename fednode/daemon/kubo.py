@@ -15,6 +15,7 @@ import httpx
 import trio
 
 from fednode import safejson
+from fednode.logs import shown_url
 from protocol.multiformats import CID, FormatError
 
 PIN_TIMEOUT = 600.0  # seconds Kubo may take to fetch and pin one DAG (it fetches over bitswap)
@@ -98,12 +99,12 @@ async def bounded_request(method: str, url: str, timeout: float, who: str, **kwa
                     async for chunk in resp.aiter_bytes():
                         body += chunk
                         if len(body) > MAX_ANSWER:
-                            raise KuboError(f"{who} at {url[:100]}: an answer over {MAX_ANSWER} bytes")
+                            raise KuboError(f"{who} at {shown_url(url)}: an answer over {MAX_ANSWER} bytes")
                     return resp.status_code, bytes(body)
     except trio.TooSlowError:
-        raise KuboError(f"{who} at {url[:100]}: no whole answer within {timeout:.0f} s") from None
+        raise KuboError(f"{who} at {shown_url(url)}: no whole answer within {timeout:.0f} s") from None
     except (httpx.HTTPError, httpx.InvalidURL, UnicodeError, ValueError) as exc:  # bad URLs and tokens too
-        raise KuboError(f"{who} at {url[:100]} unreachable: {type(exc).__name__}: {exc}") from None
+        raise KuboError(f"{who} at {shown_url(url)} unreachable: {type(exc).__name__}: {exc}") from None
 
 
 def parse_json(raw: bytes) -> Any:

@@ -25,7 +25,7 @@ from fednode.daemon.kubo import PIN_TIMEOUT, KuboClient, KuboError, PinMismatch
 from fednode.daemon.pinsvc import PinningService
 from fednode.errors import FednodeError
 from fednode.history import History
-from fednode.logs import log
+from fednode.logs import log, shown_url
 from fednode.storage import pinqueue
 from fednode.storage.pinqueue import DEFAULT_KUBO, PinRequest
 from fednode.storage.store import Store
@@ -74,7 +74,7 @@ class PinWorker:
                 scanned = time.monotonic()
                 try:  # a repository that cannot be scanned does not hold up the queue below
                     for req in auto_pin(self.history, self.auto_kubo, self.auto_skipped):
-                        log("kubo_pin_queued", seq=req.seq, commit=req.commit, kubo=req.kubo, source="auto")
+                        log("kubo_pin_queued", seq=req.seq, commit=req.commit, kubo=shown_url(req.kubo), source="auto")
                 except Exception as exc:
                     log("kubo_auto_pin_failed", "warning", error=f"{type(exc).__name__}: {exc}")
             try:  # one bad round (a full disk) is logged; the queue goes on
@@ -194,7 +194,7 @@ class PinWorker:
     def _finish(self, req: PinRequest, state: str, error: str | None) -> None:
         req.state, req.error = state, None if error is None else printable(error)
         log("kubo_pin_" + state, "info" if state == "pinned" else "warning", seq=req.seq, commit=req.commit,
-            kubo=req.kubo, error=req.error)
+            kubo=shown_url(req.kubo), error=req.error)
         self._save(req)
 
     def _save(self, req: PinRequest) -> None:
