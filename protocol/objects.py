@@ -34,6 +34,9 @@ VISIBILITIES = ("private", "public")
 DELTA_ENCODINGS = ("xor", "fixed", "fp16", "int8", "topk")
 ENCODINGS = ("raw", "same", *DELTA_ENCODINGS)
 MAX_MESSAGE = 64 * 1024
+# a manifest or commit block at most: bitswap's largest block (2 MiB), which every IPFS node exchanges;
+# ours (the block exchange, CARs) take up to 4 MiB, Kubo and Helia refuse more than 2
+MAX_OBJECT_BYTES = 2 * 1024 * 1024
 
 # safetensors dtype name -> (numpy dtype string, itemsize); BF16 has no numpy dtype.
 DTYPES: dict[str, tuple[str, int]] = {

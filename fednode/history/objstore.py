@@ -7,7 +7,7 @@ from fednode.history import blockindex
 from fednode.identity import Identity, verify_signature
 from fednode.storage.store import Txn
 from protocol.multiformats import CID, DAG_CBOR, FormatError
-from protocol.objects import Commit, Manifest
+from protocol.objects import MAX_OBJECT_BYTES, Commit, Manifest
 
 
 def load_commit(txn: Txn, cid: CID) -> Commit:
@@ -62,6 +62,12 @@ def put_objects(txn: Txn, manifest: Manifest, commit: Commit) -> int:
         Commit.decode(commit_block)
     except FormatError as exc:
         raise FednodeError(f"invalid commit: {exc}") from None
+    if len(manifest_block) > MAX_OBJECT_BYTES:  # else it would commit, but no peer or CAR import takes it
+        raise FednodeError(f"the model's manifest would take {len(manifest_block)} bytes, over the {MAX_OBJECT_BYTES} "
+                           f"a block may have: {len(manifest.tensors)} tensors are too many for one commit")
+    if len(commit_block) > MAX_OBJECT_BYTES:
+        raise FednodeError(f"the commit would take {len(commit_block)} bytes, over the {MAX_OBJECT_BYTES} "
+                           "a block may have: shorten its message or metrics")
     manifest_cid, commit_cid = CID.hash(DAG_CBOR, manifest_block), CID.hash(DAG_CBOR, commit_block)
     txn.put_block(manifest_cid, manifest_block, trusted=True)
     txn.put_block(commit_cid, commit_block, trusted=True)

@@ -124,3 +124,17 @@ def test_a_param_value_nested_deeply_stays_a_string(deep_recursion: None) -> Non
 
     deep = "[" * 200_000
     assert parse_params((f"x={deep}", "y=[1, 2]")) == {"x": deep, "y": [1, 2]}
+
+
+def test_a_manifest_no_peer_could_take_is_refused_and_nothing_stored(cli, home: Path, tmp_path: Path,
+                                                                     monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A model of ~15,000 tensors made a manifest over the largest block peers, Kubo and CAR imports
+    take: it committed, and its export could not be imported. Here the bound is lowered instead."""
+    from helpers import assert_cli_refuses, model_arrays, write_model
+
+    from fednode.history import objstore
+
+    monkeypatch.setattr(objstore, "MAX_OBJECT_BYTES", 300)
+    model = write_model(tmp_path / "m.safetensors", model_arrays(0))
+    assert_cli_refuses(cli, home, "repo", "create", "r", "--from", model,
+                       needles=("manifest would take", "too many for one commit"))
