@@ -15,6 +15,7 @@ they are unreferenced garbage for ``gc``, never a visible half object.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import time
 from collections.abc import Iterator
@@ -335,12 +336,14 @@ class Store:
         if path.exists() and not path.is_dir():
             raise FednodeError(f"the store {path} is not a directory: move that file away")
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise FednodeError(f"cannot create the store {path}: {exc.strerror}") from None
+        _private(path)
         try:
             self._env = lmdb.open(
                 str(path),
+                mode=0o600,  # the files: private weights and repository keys, whatever the home's mode
                 map_size=map_size,
                 max_dbs=len(_DBS),
                 subdir=True,
@@ -459,6 +462,17 @@ class Store:
             "map_used_bytes": self._used_bytes(),
             "map_size": info["map_size"],
         }
+
+
+def _private(path: Path) -> None:
+    """The store directory 0700 and its files 0600, best effort (another owner's store is left as it
+    is): a home made readable by others later must not expose private repositories' weights or keys."""
+    for item, mode in ((path, 0o700), (path / "data.mdb", 0o600), (path / "lock.mdb", 0o600)):
+        try:
+            if item.exists() and item.stat().st_uid == os.getuid() and item.stat().st_mode & 0o077:
+                os.chmod(item, mode)
+        except OSError:
+            pass
 
 
 def _one_line(exc: BaseException) -> str:

@@ -138,3 +138,16 @@ def test_a_manifest_no_peer_could_take_is_refused_and_nothing_stored(cli, home: 
     model = write_model(tmp_path / "m.safetensors", model_arrays(0))
     assert_cli_refuses(cli, home, "repo", "create", "r", "--from", model,
                        needles=("manifest would take", "too many for one commit"))
+
+
+def test_the_store_is_private_whatever_the_homes_mode(tmp_path: Path) -> None:
+    from fednode.storage.store import Store
+
+    store = Store(tmp_path / "s", sync=False)
+    store.close()
+    for name in ("data.mdb", "lock.mdb"):  # before: 0644 under the umask, readable through a 0755 home
+        assert (tmp_path / "s" / name).stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "s").stat().st_mode & 0o777 == 0o700
+    (tmp_path / "s" / "data.mdb").chmod(0o644)  # an older store, or a careless chmod
+    Store(tmp_path / "s", sync=False).close()
+    assert (tmp_path / "s" / "data.mdb").stat().st_mode & 0o777 == 0o600
