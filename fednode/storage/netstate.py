@@ -44,6 +44,7 @@ FETCH, GONE = b"fetch/", b"gone/"
 FETCH_EXPIRY_SECONDS = 48 * 3600.0
 SignedMessage = HeadAnnouncement | MergeProposal | Membership | RepoKeys  # what ``record`` keeps, per announcer
 GONE_FACTOR = 8
+LAG_SLOTS = 9000  # about an hour of Solana slots: how far an RPC node may lag behind what we read before
 
 
 def fetch_expiry_seconds(config: dict[str, Any]) -> float:
@@ -157,13 +158,18 @@ class NetState:
 
     def set_controller(self, repo_id: bytes, holder: bytes, mint: bytes, slot: int, sale_seq: int = 0) -> bool:
         """Record what the chain says controls ``repo_id``; whether the holder (or mint) changed. A reading older
-        than the stored one (same mint, lower sale_seq: a lagging RPC node) is ignored."""
+        than the stored one (same mint, lower sale_seq: a lagging RPC node) is ignored, for LAG_SLOTS slots:
+        a lower sale_seq read that much later, or a stored reading from a slot that much beyond the one
+        read now, means the stored one was false (an endpoint that lied), and it is replaced; else one
+        forged reading with a huge sale_seq would pin a false holder for good."""
         if len(holder) != 32 or len(mint) != 32 or slot < 0 or sale_seq < 0:
             raise FednodeError("a controller record needs a 32-byte holder and mint and a slot >= 0")
         new = Controller(holder, mint, slot, sale_seq)
         with self.store.write() as txn:
             old = _controller(txn.kv_get(DB, b"ctl/" + repo_id))
-            if old is not None and old.mint == mint and (old.sale_seq > sale_seq or old == new):
+            lagging = old is not None and old.sale_seq > sale_seq and old.slot <= slot + LAG_SLOTS and \
+                slot < old.slot + LAG_SLOTS
+            if old is not None and old.mint == mint and (lagging or old == new):
                 return False
             txn.kv_put(DB, b"ctl/" + repo_id, dagcbor.encode(
                 {"holder": holder, "mint": mint, "slot": slot, "sale_seq": sale_seq}))

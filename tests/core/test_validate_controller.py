@@ -189,3 +189,22 @@ def test_a_keyless_new_holder_never_seals_under_epoch_zero(repo) -> None:
     with pytest.raises(FednodeError, match="no key for this private repository yet"):
         seal_message(keyring, repo.rid, b"x", owner=True)
     assert keyring.latest(repo.rid) is None  # nothing made
+
+
+def test_one_forged_reading_does_not_pin_a_false_holder_for_good(repo) -> None:
+    """An endpoint that lied once (a huge sale_seq) no longer outranks every honest reading after it:
+    a lower sale_seq is taken as a lagging node's only within LAG_SLOTS of the stored slot."""
+    from fednode.storage.netstate import LAG_SLOTS
+
+    state, rid = NetState(repo.store), repo.rid
+    honest, forger = Identity.generate(), Identity.generate()
+    assert state.set_controller(rid, honest.public_key, MINT, 1000, sale_seq=3)
+    assert state.set_controller(rid, forger.public_key, MINT, 1010, sale_seq=2**64 - 1)  # the lie
+    assert not state.set_controller(rid, honest.public_key, MINT, 1020, sale_seq=4)  # could be a lagging node
+    assert state.owner(rid) == forger.public_key
+    assert state.set_controller(rid, honest.public_key, MINT, 1010 + LAG_SLOTS + 1, sale_seq=4)  # before: never
+    assert state.owner(rid) == honest.public_key
+    # a lie from the future: a stored slot far beyond the chain's slot now is no reading at all
+    assert state.set_controller(rid, forger.public_key, MINT, 2**62, sale_seq=2**64 - 1)
+    assert state.set_controller(rid, honest.public_key, MINT, 20_000, sale_seq=5)
+    assert state.owner(rid) == honest.public_key
