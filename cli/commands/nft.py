@@ -15,7 +15,7 @@ import click
 
 from cli.context import emit_json, get_node, json_option, out
 from fednode.chain import session
-from fednode.errors import FednodeError
+from fednode.errors import FednodeError, first_line
 
 if TYPE_CHECKING:
     from fednode.chain.anchoring import Anchorer
@@ -157,8 +157,8 @@ def _print_view(view: NftView) -> None:
             ("uri", data["uri"]), ("repo", data["repo_field"]), ("head", data["head"]),
             ("share", f"{view.record.share_bps} bps" + (" (locked)" if view.record.share_locked else "")),
             ("sales", str(view.record.sale_seq))]  # fmt: skip
-    for label, value in rows:
-        out.print(f"{label:11}{value}", markup=False)
+    for label, value in rows:  # name, symbol and uri are the holder's: no terminal escapes reach the screen
+        out.print(f"{label:11}{first_line(str(value), 1000)}", markup=False)
     for key, weight, owed in data["contributors"]:
         waiting = f", owed {_sol(owed)} waiting in the nft account ('fednode nft claim')" if owed else ""
         out.print(f"contributor {key} weight {weight}{waiting}", markup=False)

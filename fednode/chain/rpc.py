@@ -182,4 +182,4 @@ def _rpc_error(what: str, exc: RPCException) -> ChainError:
     err = getattr(data, "err", None)
     if err is not None:  # preflight simulation failed: the program's own error
         return _tx_error(err, list(getattr(data, "logs", None) or []))
-    return ChainError(f"{what}: {getattr(parsed, 'message', parsed)}")
+    return ChainError(f"{what}: {first_line(str(getattr(parsed, 'message', parsed)))}")  # stored and printed
