@@ -388,7 +388,8 @@ def test_members_add_undoes_the_chain_when_publishing_fails(repos_home: Path) ->
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        (repos_home / "daemon.json").write_text(json.dumps({"api_port": server.server_address[1]}))
+        # this test's process stands for the daemon: the CLI talks only to a live pid
+        (repos_home / "daemon.json").write_text(json.dumps({"pid": os.getpid(), "api_port": server.server_address[1]}))
         (repos_home / "api.token").write_text("token")
         before = _membership(repos_home)
         member = str(Keypair().pubkey())
