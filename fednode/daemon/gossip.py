@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import trio
 from libp2p.abc import ISubscriptionAPI
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
@@ -48,6 +49,11 @@ IGNORED = frozenset({"sealed_unreadable", "sealed_stale"})  # not for us: counte
 # They cost little: a replay is caught by its seq and a duplicate commit by its hash, both before
 # any signature check (validate.py), and a box we cannot open by one failed decryption.
 ROUTINE = IGNORED | {"replay", "duplicate"}
+# Our subscriptions, sent again to every pubsub peer (idempotent where known): py-libp2p builds a new
+# peer's hello before it registers the peer, so a topic joined in between reached neither the hello
+# nor the broadcast, and that peer never learned it (seen in CI: a test's owner never saw a follower
+# on the topic). Sent ANNOUNCE_SOON seconds after each subscribe, then every ANNOUNCE_EVERY seconds.
+ANNOUNCE_SOON, ANNOUNCE_EVERY = 2.0, 30.0
 REJECT_RATE = 10.0  # other rejected messages a second a forwarder may cost us, after a burst of
 REJECT_BURST = 100.0  # (honest relays rarely cause them)
 
@@ -102,6 +108,7 @@ class Gossip:
             del self.topics[old]
         sub = await self.pubsub.subscribe(topic)
         self.tasks.start_soon(self._drain, sub)
+        self.tasks.spawn("gossip_announce", self._announce_later, ANNOUNCE_SOON)
         for old in former:
             # a message of the old topic already taken in must not pass unjudged: it is dropped
             self.pubsub.set_topic_validator(old, _drop, False)
@@ -120,6 +127,26 @@ class Gossip:
             me = self.identity.public_key if self.identity is not None else None
             data = privacy.seal_message(self.validator.keyring, repo_id, data, self.validator.owner(repo_id) == me)
         await self.pubsub.publish(m.topic_for(repo_id, private), data)
+
+    async def announce(self) -> None:
+        """Tell every pubsub peer every topic we follow, in one RPC (see ANNOUNCE_SOON)."""
+        if not self.topics:
+            return
+        packet = rpc_pb2.RPC()
+        packet.subscriptions.extend(rpc_pb2.RPC.SubOpts(subscribe=True, topicid=t) for t in self.topics)
+        await self.pubsub.message_all_peers(packet.SerializeToString())
+
+    async def _announce_later(self, delay: float) -> None:
+        await trio.sleep(delay)
+        await self.announce()
+
+    async def announce_loop(self) -> None:
+        while True:
+            await trio.sleep(ANNOUNCE_EVERY)
+            try:
+                await self.announce()
+            except Exception as exc:  # a peer queue that closed meanwhile: the next round goes on
+                log("gossip_announce_failed", "warning", error=f"{type(exc).__name__}: {exc}")
 
     async def _drain(self, sub: ISubscriptionAPI) -> None:
         # Work happens in the validator (hand-off to accept); the 32-slot queue must not fill.

@@ -169,6 +169,7 @@ class Daemon:
         nursery.start_soon(self._watch_loop)
         nursery.start_soon(self._follow_local_repos)
         nursery.start_soon(self._reprovide_loop)
+        nursery.start_soon(self.gossip.announce_loop)
         self.discovery.provide_new_soon()  # alone, recorded locally: a peer dialling us can ask us
         # `fednode pin`'s durable queue: pins on an operator's Kubo, which fetches from us over bitswap
         self.spawn("kubo_pins", PinWorker.from_config(self.node.history, self.addrs, self.node.config).run)
