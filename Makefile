@@ -31,9 +31,10 @@ $(NODE_STAMP): package.json package-lock.json
 	touch $@
 
 # Two workers (pytest-xdist), a test file per worker at a time (module fixtures are built once); the
-# slowest tests are listed at the end so that a slow newcomer is seen.
+# slowest tests are listed at the end so that a slow newcomer is seen. A worker that crashes (a
+# segfault) ends the run with that error at once: restarted workers once left the run hanging.
 test: $(STAMP) $(NODE_STAMP) lint
-	$(BIN)/python -m pytest tests -n 2 --dist loadfile --durations=25
+	$(BIN)/python -m pytest tests -n 2 --dist loadfile --durations=25 --max-worker-restart=0
 
 # ruff (style, imports, complexity, unused noqa) and mypy (types of fednode/, protocol/, cli/)
 lint: $(STAMP)
