@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -58,22 +55,15 @@ def pin(ctx: click.Context, rev: str | None, kubo: str | None, repo_name: str | 
         req, new, size = enqueue_sealed(node, info, cid, url, service=kind)
     else:
         req, new = enqueue(node.history, info, cid, url, service=kind)
-    running = _daemon_running(node.home)
+    from fednode.daemon.pidfile import running_pid
+
+    running = running_pid(node.home) is not None
     who = "the running daemon pins it" if running else "no daemon is running: 'fednode daemon' pins it once started"
     count = len(req.targets) if not service else sum(1 for _, rec in req.targets if rec)
     what = f"a sealed backup {req.targets[0][0]} of {cid}" if req.source == "sealed" else f"{cid} ({count} CIDs)"
     text = (f"{'queued' if new else 'already queued'}: pin #{req.seq} of {what} "
             f"on {req.kubo}; {who} (see 'fednode pin --status')")
     emit({**req.to_json(), "new": new, "daemon_running": running, "sealed_bytes": size}, as_json, text)
-
-
-def _daemon_running(home: Path) -> bool:
-    """Whether a live daemon serves this home (its daemon.json names a live pid)."""
-    try:
-        os.kill(int(json.loads((home / "daemon.json").read_text())["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return True
 
 
 def _status(node: Node, as_json: bool) -> None:

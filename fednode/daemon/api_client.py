@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from fednode.daemon.api import TOKEN_FILE
-from fednode.daemon.process import DAEMON_FILE
+from fednode.daemon.pidfile import DAEMON_FILE, running_pid
 from fednode.errors import FednodeError
 
 
 class Client:
     def __init__(self, home: Path, timeout: float = 120.0) -> None:
         try:
+            if running_pid(home) is None:  # a daemon killed outright leaves its file: never send our
+                raise ValueError  # token to whoever took its port since
             info = json.loads((home / DAEMON_FILE).read_text())
-            os.kill(int(info["pid"]), 0)  # a daemon killed outright leaves its file: never send our token to
-            token = (home / TOKEN_FILE).read_text().strip()  # whoever took its port since
+            token = (home / TOKEN_FILE).read_text().strip()
         except (OSError, ValueError, KeyError, TypeError):
             raise FednodeError(f"no daemon is running for {home} (start one with 'fednode daemon')") from None
         self.base = f"http://127.0.0.1:{int(info['api_port'])}"

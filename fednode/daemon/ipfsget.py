@@ -26,10 +26,10 @@ from fednode.daemon.bitswap import BitswapHandle, want_blocks
 from fednode.errors import FednodeError
 from fednode.storage import pins
 from fednode.storage.diskspace import DiskFull
-from fednode.storage.store import Store, Txn
+from fednode.storage.store import Store
 from fednode.workflows.fsck import mark
 from protocol.multiformats import CID, DAG_PB, RAW, FormatError
-from protocol.unixfs import declared_size, decode_file_node, decode_node, decode_pb, file_size, max_depth
+from protocol.unixfs import declared_size, decode_file_node, decode_node, file_size, max_depth
 
 MAX_LINKS = 4096  # per node
 MAX_BLOCK = 4 << 20  # the most a block may hold (every bitswap implementation's message limit)
@@ -169,26 +169,10 @@ def forget(store: Store, stored: list[CID]) -> None:
     if not stored:
         return
     with store.write() as txn:
-        needed = mark(txn, rehash=False).reachable
-        _mark_present(txn, list(RUNNING), needed)
+        needed = mark(txn, rehash=False, running=list(RUNNING)).reachable
         for cid in stored:
             if bytes(cid) not in needed:
                 txn.delete_block(cid)
-
-
-def _mark_present(txn: Txn, roots: list[CID], needed: set[bytes]) -> None:
-    """Add to ``needed`` every block present below ``roots`` (missing ones are a fetch's work)."""
-    stack = [r for r in roots if bytes(r) not in needed]
-    while stack:
-        cid = stack.pop()
-        if bytes(cid) in needed or not txn.has_block(cid):
-            continue
-        needed.add(bytes(cid))
-        if cid.codec == DAG_PB:
-            try:
-                stack.extend(link.cid for link in decode_pb(txn.get_block(cid))[0])
-            except FormatError:
-                continue
 
 
 MAX_JOBS = 64  # kept for progress polls; the oldest finished one goes first

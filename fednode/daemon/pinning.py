@@ -23,7 +23,7 @@ import trio
 
 from fednode.daemon.kubo import PIN_TIMEOUT, KuboClient, KuboError, PinMismatch
 from fednode.daemon.pinsvc import PinningService
-from fednode.errors import FednodeError
+from fednode.errors import FednodeError, printable
 from fednode.history import History
 from fednode.logs import log, shown_url
 from fednode.storage import pinqueue
@@ -182,7 +182,7 @@ class PinWorker:
 
     def _retry(self, req: PinRequest, error: str) -> None:
         req.attempts += 1
-        error = printable(error)
+        error = printable(error, MAX_ERROR)
         req.error = error
         if req.attempts >= self.max_attempts:
             self._finish(req, "failed", f"gave up after {req.attempts} attempts: {error}")
@@ -192,7 +192,7 @@ class PinWorker:
         self._save(req)
 
     def _finish(self, req: PinRequest, state: str, error: str | None) -> None:
-        req.state, req.error = state, None if error is None else printable(error)
+        req.state, req.error = state, None if error is None else printable(error, MAX_ERROR)
         log("kubo_pin_" + state, "info" if state == "pinned" else "warning", seq=req.seq, commit=req.commit,
             kubo=shown_url(req.kubo), error=req.error)
         self._save(req)
@@ -214,8 +214,3 @@ def service_token(ipfs: dict[str, Any]) -> str | None:
         log("pinning_token_unusable", "warning", path=str(path), error=str(exc))
         return None
 
-
-def printable(text: str) -> str:
-    """``text`` as it may be stored and printed: control characters (a terminal's escape sequences
-    from a hostile Kubo or service) replaced by "?", at most MAX_ERROR characters."""
-    return "".join(c if c.isprintable() else "?" for c in text[:MAX_ERROR])

@@ -18,28 +18,17 @@ from fednode.daemon import host as hostmod
 from fednode.daemon.api import Api, ensure_token
 from fednode.daemon.bans import BAN_SECONDS, BAN_THRESHOLD
 from fednode.daemon.exchange import MAX_FETCH_BYTES, MIN_FREE_BYTES
+from fednode.daemon.pidfile import DAEMON_FILE, running_pid
 from fednode.daemon.service import SYNC_INTERVAL, Daemon
 from fednode.errors import FednodeError
 from fednode.logs import log
 from fednode.node import open_node
-
-DAEMON_FILE = "daemon.json"
 
 
 def _write_info(home: Path, info: dict[str, object]) -> None:
     tmp = home / (DAEMON_FILE + ".tmp")
     tmp.write_text(json.dumps(info, indent=2))
     tmp.replace(home / DAEMON_FILE)
-
-
-def _running_pid(home: Path) -> int | None:
-    """The pid of a live daemon already serving this home, if any."""
-    try:
-        pid = int(json.loads((home / DAEMON_FILE).read_text())["pid"])
-        os.kill(pid, 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return pid
 
 
 def _api_error(port: int, exc: OSError) -> FednodeError:
@@ -115,7 +104,7 @@ async def _run(home: Path, listen: list[str] | None, api_port: int | None, boots
 
 def run_daemon(home: Path, listen: list[str] | None = None, api_port: int | None = None,
                bootstrap: list[str] | None = None, log_file: Path | None = None, mdns: bool = False) -> None:
-    pid = _running_pid(home)
+    pid = running_pid(home)
     if pid is not None:
         raise FednodeError(f"a daemon (pid {pid}) already runs for {home}")
     logs.setup(log_file)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fednode.errors import FednodeError, NotFound
@@ -33,10 +34,10 @@ REFLOG_ROOT_SECONDS = 90 * 86400  # gc keeps what a branch pointed at in the las
 
 
 def mark(txn: Txn, rehash: bool = True, fetch_expiry: float | None = None,
-         now: float | None = None) -> Marked:
+         now: float | None = None, running: Iterable[CID] = ()) -> Marked:
     """Mark every block reachable from a ref, then from the reflogs of existing branches (their
     moves of the last REFLOG_ROOT_SECONDS), then from pinned files, then from the daemon's
-    unfinished fetches.
+    unfinished fetches, then from ``running`` (fetch roots the caller has under way, not recorded).
 
     A ref only ever points at a complete, verified closure (a branch moves after its fetch and
     ``verify``), so a block missing below a ref is a real problem. An unfinished fetch's root is
@@ -59,6 +60,8 @@ def mark(txn: Txn, rehash: bool = True, fetch_expiry: float | None = None,
             _mark_reflog(txn, repo_id, branch, out, rehash, now)
     _mark_pins(txn, out, rehash)
     _mark_fetches(txn, out, rehash, now, fetch_expiry)
+    for root in running:  # the caller's fetches under way (``ipfs get``s): walked through what is present
+        _walk(txn, root, out, rehash, (b"", root), fetch=True)
     return out
 
 

@@ -139,6 +139,7 @@ class FakePinningService:
         self.posts: list[dict[str, Any]] = []
         self.lie = False
         self.fail = self.stuck = False
+        self.listing: Any = None  # when set: the answer to every GET /pins listing, whatever it is
         self.lock = threading.Lock()
         svc = self
 
@@ -176,6 +177,8 @@ class FakePinningService:
                query: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
         with self.lock:
             if method == "GET" and path == "/pins":  # the listing, filtered by cid, name and status
+                if self.listing is not None:
+                    return 200, self.listing
                 q = query or {}
                 found = [st for st in self.pins.values()
                          if ("cid" not in q or st["pin"]["cid"] in q["cid"].split(","))

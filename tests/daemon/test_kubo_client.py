@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 
 import pytest
 from kubo_fake import OTHER_CID, FakeKubo
@@ -12,13 +11,6 @@ from fednode.daemon.kubo import KuboClient, KuboError, PinMismatch
 from protocol.multiformats import CID, RAW
 
 CID_A = CID.hash(RAW, b"a")
-
-
-@pytest.fixture
-def kubo() -> Iterator[FakeKubo]:
-    fake = FakeKubo()
-    yield fake
-    fake.down()
 
 
 async def test_pin_add_sends_kubos_request_and_checks_the_answer(kubo: FakeKubo) -> None:

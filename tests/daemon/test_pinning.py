@@ -45,13 +45,6 @@ def _queue(home: Path) -> list[pinqueue.PinRequest]:
         return pinqueue.items(txn)
 
 
-@pytest.fixture
-def kubo():  # type: ignore[no-untyped-def]
-    fake = FakeKubo()
-    yield fake
-    fake.down()
-
-
 def test_pin_queues_states_then_manifest_and_commit(cli, home: Path, tmp_path: Path, kubo: FakeKubo) -> None:
     _public_repo(cli, tmp_path)
     got = json.loads(cli("pin", "main", "--kubo", kubo.url + "/", "--json").stdout)

@@ -18,32 +18,13 @@ import pytest
 import trio
 from helpers import assert_cli_refuses, model_arrays, perturb, write_model
 from kubo_fake import FakeKubo, FakePinningService
+from test_pinning import ADDR, _public_repo, _queue_of, _use_service
 
 from fednode.daemon import pinning
 from fednode.daemon.kubo import MAX_ANSWER, KuboClient, KuboError, parse_json
 from fednode.daemon.pinning import PinWorker
 from fednode.node import open_node
 from fednode.storage import pinqueue
-
-ADDR = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWfake"
-
-
-def _public_repo(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    base = model_arrays(1)
-    cli("repo", "create", "m", "--public", "--from", write_model(tmp_path / "a.safetensors", base))
-    cli("commit", "--from", write_model(tmp_path / "b.safetensors", perturb(base, 2, ("layer1.weight",))), "-m", "2")
-
-
-def _queue_of(node) -> list[pinqueue.PinRequest]:  # type: ignore[no-untyped-def]
-    with node.store.read() as txn:
-        return pinqueue.items(txn)
-
-
-@pytest.fixture
-def kubo():  # type: ignore[no-untyped-def]
-    fake = FakeKubo()
-    yield fake
-    fake.down()
 
 
 async def test_a_request_no_client_can_send_fails_alone_and_the_next_is_pinned(cli, home: Path, tmp_path: Path,
@@ -122,12 +103,9 @@ async def test_a_pin_the_service_never_finishes_fails_after_the_limit(cli, home:
     service = FakePinningService("s3cret")
     try:
         _public_repo(cli, tmp_path)
-        token = tmp_path / "token"
-        token.write_text("s3cret\n")
-        token.chmod(0o600)
-        with (home / "config.toml").open("a") as f:
-            f.write(f'\n[ipfs]\npinning_service = "{service.url}"\npinning_service_token_file = "{token}"\n'
-                    "pin_retry_seconds = 0.01\npin_pending_seconds = 0.5\n")
+        _use_service(home, tmp_path, service.url)
+        with (home / "config.toml").open("a") as f:  # more keys of the [ipfs] table just written
+            f.write("pin_retry_seconds = 0.01\npin_pending_seconds = 0.5\n")
         cli("pin", "main", "--service")
         service.stuck = True
         with open_node(home) as node:
@@ -239,12 +217,9 @@ async def test_a_crash_after_posting_a_pin_does_not_post_it_twice(cli, home: Pat
     service = FakePinningService("s3cret")
     try:
         _public_repo(cli, tmp_path)
-        token = tmp_path / "token"
-        token.write_text("s3cret\n")
-        token.chmod(0o600)
-        with (home / "config.toml").open("a") as f:
-            f.write(f'\n[ipfs]\npinning_service = "{service.url}"\npinning_service_token_file = "{token}"\n'
-                    "pin_retry_seconds = 0.01\n")
+        _use_service(home, tmp_path, service.url)
+        with (home / "config.toml").open("a") as f:  # more keys of the [ipfs] table just written
+            f.write("pin_retry_seconds = 0.01\n")
         req = json.loads(cli("pin", "main", "--service", "--json").stdout)
         states = [c for c, r in req["targets"] if r]
         real_add = PinningService.add
@@ -277,3 +252,33 @@ def test_a_sealed_pin_that_cannot_be_queued_stores_nothing(cli, home: Path, tmp_
     monkeypatch.setattr(pinqueue, "MAX_QUEUED", 0)  # the queue is full
     assert_cli_refuses(cli, home, "pin", "main", "--sealed", "--kubo", kubo.url, needles=("already holds 0",))
     assert json.loads(cli("ipfs", "pins", "--json").stdout) == []  # before: the backup stayed, pinned
+
+
+async def test_a_malformed_or_lying_pin_listing_is_not_believed() -> None:
+    """``PinningService.find`` (the listing read after a crash) against answers of the wrong shape."""
+    from fednode.daemon.kubo import PinMismatch
+    from fednode.daemon.pinsvc import PinningService
+    from protocol.multiformats import CID, RAW
+
+    service = FakePinningService("s3cret")
+    cid = CID.hash(RAW, b"pinned")
+    other = CID.hash(RAW, b"something else")
+    status = {"requestid": "r1", "status": "pinned", "created": "2026-12-05T00:00:00Z", "pin": {"cid": str(cid)},
+              "delegates": []}
+    try:
+        svc = PinningService(service.url, "s3cret", timeout=5)
+        for listing in ({"count": 1, "results": "not a list"}, {"count": 1, "results": []},
+                        {"count": 1, "results": [["nested"]]}, {"results": [7]}, {"count": 0}):
+            service.listing = listing
+            assert await svc.find(cid, "fednode x") is None  # no pin found: a POST follows
+        service.listing = {"count": 1, "results": [{**status, "pin": {"cid": str(other)}}]}
+        with pytest.raises(PinMismatch):  # about another CID: a lying service
+            await svc.find(cid, "fednode x")
+        for rid in ("../pins", "a b", "x" * 300, "", 7):
+            service.listing = {"count": 1, "results": [{**status, "requestid": rid}]}
+            with pytest.raises(KuboError, match="not a PinStatus"):  # it would go into a URL path
+                await svc.find(cid, "fednode x")
+        service.listing = {"count": 1, "results": [status]}
+        assert await svc.find(cid, "fednode x") == ("r1", "pinned")
+    finally:
+        service.down()
