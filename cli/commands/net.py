@@ -49,13 +49,14 @@ def _daemon_status(home_dir: Path) -> tuple[str, dict[str, Any]]:
     """("running", the daemon's /status) or (why not, {}): fast, and never an error."""
     import json
 
+    from fednode.daemon.pidfile import DAEMON_FILE, TOKEN_FILE, running_pid
+
     try:
-        info = json.loads((home_dir / "daemon.json").read_text())  # fednode.daemon.pidfile.DAEMON_FILE
-        token = (home_dir / "api.token").read_text().strip()  # fednode.daemon.api.TOKEN_FILE
+        info = json.loads((home_dir / DAEMON_FILE).read_text())
+        token = (home_dir / TOKEN_FILE).read_text().strip()
         port = int(info["api_port"])
     except (OSError, ValueError, KeyError, TypeError):
         return "not running", {}
-    from fednode.daemon.pidfile import running_pid
 
     if running_pid(home_dir) is None:  # its pid is gone: our token goes to no one who took its port since
         return "not running (a stale daemon.json was left behind)", {}

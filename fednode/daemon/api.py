@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from fednode import safejson
+from fednode.daemon.pidfile import TOKEN_FILE
 from fednode.daemon.routes import ROUTES, HTTPError, openapi
 from fednode.errors import FednodeError, NotFound
 from fednode.logs import log
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
     from fednode.daemon.service import Daemon
 
-TOKEN_FILE = "api.token"
 MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024
 MAX_JSON_DEPTH = 16  # our bodies are flat objects of strings and lists of strings

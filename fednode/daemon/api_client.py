@@ -8,8 +8,7 @@ from typing import Any
 
 import httpx
 
-from fednode.daemon.api import TOKEN_FILE
-from fednode.daemon.pidfile import DAEMON_FILE, running_pid
+from fednode.daemon.pidfile import DAEMON_FILE, TOKEN_FILE, running_pid
 from fednode.errors import FednodeError
 
 

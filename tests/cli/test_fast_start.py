@@ -67,3 +67,33 @@ def test_numpy_loads_on_first_use_and_once(home: Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_commands_that_ask_the_daemon_load_only_its_client(home: Path, tmp_path: Path) -> None:
+    """``ipfs get`` (like ``members``, ``pin``) talks to the daemon through ``api_client``, which loads
+    nothing of the daemon itself (importing ``fednode.daemon.api`` for the token file's name once
+    cost each such command 1.3 s: the daemon's routes, libp2p, solana). A daemon.json naming a live
+    pid (this test's) and a port nobody listens on: the command fails to reach it, after its imports."""
+    import json
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (home / "daemon.json").write_text(json.dumps({"pid": os.getpid(), "api_port": port}))
+    (home / "api.token").write_text("t")
+    (home / "api.token").chmod(0o600)
+    try:
+        heavy = ("fednode.daemon.api", "fednode.daemon.service", "libp2p", "solana", "torch", "py_ecc")
+        env = {**os.environ, "FEDNODE_HOME": str(home)}
+        cid = "bafkreicysg23kiwv34eg2d7qweipxwosdo2py4ldv42nbauguluen5v6am"
+        args = ["ipfs", "get", cid, "--out", str(tmp_path / "out.bin")]
+        proc = subprocess.run([sys.executable, "-c", PROBE.format(heavy=heavy), *args], capture_output=True,
+                              text=True, env=env, cwd=ROOT, timeout=60)
+    finally:
+        (home / "daemon.json").unlink()
+        (home / "api.token").unlink()
+    loaded = [line for line in proc.stdout.splitlines() if line.startswith("LOADED=")]
+    assert loaded, proc.stdout + proc.stderr
+    assert loaded[-1] == "LOADED=", loaded[-1]
+    assert "does not answer" in proc.stdout + proc.stderr

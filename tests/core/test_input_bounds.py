@@ -77,7 +77,8 @@ def test_first_line_of_an_error() -> None:
 
 
 def test_the_api_token_file(tmp_path: Path) -> None:
-    from fednode.daemon.api import TOKEN_FILE, ensure_token
+    from fednode.daemon.api import ensure_token
+    from fednode.daemon.pidfile import TOKEN_FILE
 
     token = ensure_token(tmp_path)
     path = tmp_path / TOKEN_FILE
