@@ -111,15 +111,21 @@ def _status_lines(data: dict[str, Any], state: str, live: dict[str, Any]) -> lis
 @click.option("--listen", multiple=True, help="libp2p listen multiaddr (repeatable; overrides config).")
 @click.option("--api-port", type=int, default=None, help="Local API port (0 = ephemeral, written to the home).")
 @click.option("--bootstrap", multiple=True, help="Extra peer multiaddr with /p2p/ID (repeatable).")
-@click.option("--log-file", type=click.Path(path_type=Path), default=None, help="JSON-lines log (default stderr).")
+@click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="JSON-lines log (default stderr); SIGHUP reopens it.")
+@click.option("--log-max-mib", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Rotate the log file at this size (FILE.1, FILE.2, ...); 0: never (for logrotate).")
+@click.option("--log-keep", type=click.IntRange(min=1, max=1000), default=5, show_default=True,
+              help="Rotated log files kept.")
 @click.option("--mdns", is_flag=True, help="Find peers on the local network (also [network] mdns = true).")
 @click.pass_context
 def daemon(ctx: click.Context, listen: tuple[str, ...], api_port: int | None, bootstrap: tuple[str, ...],
-           log_file: Path | None, mdns: bool) -> None:
+           log_file: Path | None, log_max_mib: int, log_keep: int, mdns: bool) -> None:
     """Run the network daemon (Noise + yamux, GossipSub, DHT, block exchange, local API)."""
     from fednode.daemon.process import run_daemon
 
-    run_daemon(home(ctx), list(listen) or None, api_port, list(bootstrap), log_file, mdns)
+    run_daemon(home(ctx), list(listen) or None, api_port, list(bootstrap), log_file, mdns,
+               log_max_mib << 20, log_keep)
 
 
 @click.command()

@@ -1,4 +1,5 @@
-"""``fednode daemon``: run the node until SIGINT/SIGTERM; publish its addresses in the home."""
+"""``fednode daemon``: run the node until SIGINT/SIGTERM; publish its addresses in the home. SIGHUP
+reopens the log file (``logs.reopen``: after an outside logrotate moved it)."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ async def _run(home: Path, listen: list[str] | None, api_port: int | None, boots
                         int(net.get("min_free_bytes", MIN_FREE_BYTES)))
         token = ensure_token(home)
         api = Api(daemon, token)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(daemon.run)
                 missing = hostmod.not_listening(daemon.host, listen)
@@ -90,6 +91,9 @@ async def _run(home: Path, listen: list[str] | None, api_port: int | None, boots
                                    "api": f"http://127.0.0.1:{port}", "api_port": port})
                 log("api_listening", port=port)
                 async for signum in signals:
+                    if signum == signal.SIGHUP:  # an outside logrotate moved the file: write a new one
+                        log("log_reopened" if logs.reopen() else "log_not_reopened")
+                        continue
                     log("shutdown", signal=signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()
                     break
@@ -103,10 +107,14 @@ async def _run(home: Path, listen: list[str] | None, api_port: int | None, boots
 
 
 def run_daemon(home: Path, listen: list[str] | None = None, api_port: int | None = None,
-               bootstrap: list[str] | None = None, log_file: Path | None = None, mdns: bool = False) -> None:
+               bootstrap: list[str] | None = None, log_file: Path | None = None, mdns: bool = False,
+               log_max_bytes: int = logs.MAX_BYTES, log_keep: int = logs.KEEP) -> None:
     pid = running_pid(home)
     if pid is not None:
         raise FednodeError(f"a daemon (pid {pid}) already runs for {home}")
-    logs.setup(log_file)
+    try:
+        logs.setup(log_file, log_max_bytes, log_keep)
+    except OSError as exc:
+        raise FednodeError(f"cannot write the log file {log_file}: {exc.strerror}") from None
     allocator.tune()  # before the first block moves (allocator.py)
     trio.run(_run, home, listen, api_port, bootstrap or [], mdns)

@@ -14,7 +14,7 @@ import multiaddr
 import psutil
 import pytest
 import trio
-from daemon_harness import DaemonProc, daemons, make_home
+from daemon_harness import DaemonProc, daemons, make_home, wait_for
 from helpers import assert_one_line_error, model_arrays, run_fednode
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
@@ -121,6 +121,21 @@ def test_cli_status_peers_follow_and_no_daemon(daemon: DaemonProc) -> None:
     assert "daemon     not running" in stopped.stdout
     # history commands work without a daemon
     assert "1 commits ok" in run_fednode(home, "fsck").stdout
+
+
+def test_sighup_reopens_the_log_file_an_outside_logrotate_moved(daemon: DaemonProc) -> None:
+    """logrotate renames the file and sends SIGHUP: the daemon goes on, writing a new file (0600)."""
+    log = daemon.home / "daemon.log"
+    moved = daemon.home / "daemon.log.1"
+    log.rename(moved)
+    daemon.proc.send_signal(signal.SIGHUP)
+    reopened = wait_for(lambda: log.exists() and [e for e in daemon.log_events() if e["event"] == "log_reopened"],
+                        15, "the log_reopened event in a new daemon.log")
+    assert len(reopened) == 1 and log.stat().st_mode & 0o777 == 0o600
+    assert daemon.api("GET", "/status")["peer_id"] == daemon.peer_id  # SIGHUP did not stop it
+    assert "api_listening" in moved.read_text() and "api_listening" not in log.read_text()
+    assert daemon.stop() == 0
+    assert [e["event"] for e in daemon.log_events()][-2:] == ["shutdown", "stopped"]
 
 
 def _raw(port: int, data: bytes, reset: bool = False) -> bytes:
