@@ -3,13 +3,20 @@
 solana-py's ``confirm_transaction`` and rate limiter need asyncio, so confirmation is our own
 loop: poll ``getSignatureStatuses`` with ``trio.sleep`` until confirmed, failed or timed out.
 Transport failures become ChainUnavailable (retry later); RPC errors become ChainError.
+
+Answers are bounded: solana-py reads a whole answer into memory, so an endpoint that answered
+gigabytes would exhaust ours. A response hook on solana-py's own HTTP session (its settings, proxies
+included, kept) wraps each answer's body so that reading more than MAX_ANSWER_BYTES fails, and an
+answer in a content encoding is refused (we ask for none: a small compressed body can inflate to
+any size past a byte count).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TypeVar
 
+import httpx2
 import trio
 from solana.exceptions import SolanaRpcException
 from solana.rpc.async_api import AsyncClient
@@ -37,6 +44,48 @@ from fednode.logs import shown_url
 LAMPORTS_PER_SIGNATURE = 5000
 _Response = TypeVar("_Response")
 _CONFIRMED = (TransactionConfirmationStatus.Confirmed, TransactionConfirmationStatus.Finalized)
+# The most one answer may be: an account holds at most 10 MiB, 13.4 MiB in base64, plus the JSON around it
+MAX_ANSWER_BYTES = 32 << 20
+
+
+class AnswerTooLarge(Exception):
+    """An RPC answer went past MAX_ANSWER_BYTES, or came compressed."""
+
+
+class _Bounded(httpx2.AsyncByteStream):
+    def __init__(self, inner: httpx2.AsyncByteStream, limit: int) -> None:
+        self.inner = inner
+        self.limit = limit
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        total = 0
+        async for chunk in self.inner:
+            total += len(chunk)
+            if total > self.limit:
+                raise AnswerTooLarge(f"an answer of more than {self.limit} bytes")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def _bound_answer(response: httpx2.Response) -> None:
+    """solana-py's session's response hook (before the body is read): the body bounded, no encoding."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise AnswerTooLarge(f"a {encoding[:20]}-encoded answer (none was asked for)")
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+        raise AnswerTooLarge(f"an answer of {declared} bytes, over {MAX_ANSWER_BYTES}")
+    assert isinstance(response.stream, httpx2.AsyncByteStream)
+    response.stream = _Bounded(response.stream, MAX_ANSWER_BYTES)
+
+
+def _bounded(client: AsyncClient) -> AsyncClient:
+    session = client._provider.session
+    session.headers["Accept-Encoding"] = "identity"
+    session.event_hooks = {**session.event_hooks, "response": [*session.event_hooks["response"], _bound_answer]}
+    return client
 
 
 class RpcBackend(AsyncChainBackend):
@@ -52,7 +101,7 @@ class RpcBackend(AsyncChainBackend):
         self.program_id = program_id
         self.faucet = faucet
         self.confirm_timeout = confirm_timeout
-        self.client = AsyncClient(url, commitment=Confirmed, timeout=timeout)
+        self.client = _bounded(AsyncClient(url, commitment=Confirmed, timeout=timeout))
 
     async def _call(self, what: str, coro: Awaitable[_Response]) -> _Response:
         """One RPC call, bounded as a whole (httpx's timeout bounds each read, and solana-py retries a
@@ -63,6 +112,8 @@ class RpcBackend(AsyncChainBackend):
         except trio.TooSlowError:
             raise ChainUnavailable(f"{self.shown} gave no whole answer within {2 * self.timeout + 1:.0f} s "
                                    f"({what})") from None
+        except AnswerTooLarge as exc:
+            raise ChainUnavailable(f"{self.shown} answered too much ({what}): {exc}") from None
         except SolanaRpcException as exc:  # connection refused, timeout, HTTP error
             raise ChainUnavailable(f"{self.shown} unreachable ({what}): "
                                    f"{first_line(exc.error_msg or exc)}") from None

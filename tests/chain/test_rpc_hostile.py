@@ -5,6 +5,7 @@ says. A real endpoint (the dev chain over LiteSVM) is exercised in test_devchain
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 import time
@@ -15,12 +16,14 @@ from typing import Any
 import pytest
 from solders.pubkey import Pubkey
 
+from fednode.chain import rpc
 from fednode.chain.aio import ChainUnavailable
 from fednode.chain.backend import ChainError
 from fednode.chain.rpc import RpcBackend
 from fednode.logs import shown_url
 
-Answer = Callable[[dict[str, Any]], bytes | None]  # a request -> the body (None: trickle forever)
+# a request -> the body (None: trickle forever; (headers, chunks): those headers, then the chunks until closed)
+Answer = Callable[[dict[str, Any]], "bytes | None | tuple[dict[str, str], Iterator[bytes]]"]
 
 
 @pytest.fixture
@@ -37,6 +40,16 @@ def endpoint() -> Iterator[tuple[str, dict[str, Answer]]]:
             body = answers[request["method"]](request)
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
+            if isinstance(body, tuple):
+                for name, value in body[0].items():
+                    self.send_header(name, value)
+                self.end_headers()
+                try:
+                    for chunk in body[1]:
+                        self.wfile.write(chunk)
+                except OSError:
+                    pass
+                return
             if body is None:  # a byte every 0.2 s, for at most 20 s
                 self.send_header("Content-Length", "100000")
                 self.end_headers()
@@ -95,6 +108,39 @@ async def test_garbled_and_short_answers_are_unavailable_not_crashes(endpoint) -
     answers["getMultipleAccounts"] = _result([None])  # one account for two asked
     with pytest.raises(ChainUnavailable, match="answered 1 accounts for 2"):
         await backend.accounts_data([Pubkey.new_unique(), Pubkey.new_unique()])  # before: [] or shifted data
+    await backend.aclose()
+
+
+async def test_a_huge_or_compressed_answer_is_refused_before_it_is_held(  # type: ignore[no-untyped-def]
+        endpoint, monkeypatch: pytest.MonkeyPatch) -> None:
+    """solana-py reads a whole answer into memory: past MAX_ANSWER_BYTES (lowered here to 1 MiB) the
+    read stops, whether the length is declared or not; a gzip answer (unasked) is refused."""
+    url, answers = endpoint
+    monkeypatch.setattr(rpc, "MAX_ANSWER_BYTES", 1 << 20)
+    backend = RpcBackend(url, Pubkey.default(), timeout=5.0)
+    sent: list[int] = []
+
+    def endless(request: dict[str, Any]) -> tuple[dict[str, str], Iterator[bytes]]:
+        def chunks() -> Iterator[bytes]:
+            yield b'{"jsonrpc": "2.0", "id": %d, "result": "' % request["id"]
+            for _ in range(64):  # 4 MiB, no Content-Length: read until the server closes
+                sent.append(1)
+                yield b"A" * 65536
+        return {"Connection": "close"}, chunks()
+
+    answers["getSlot"] = endless
+    with pytest.raises(ChainUnavailable, match="answered too much .getSlot.: an answer of more than 1048576") as err:
+        await backend.slot()
+    assert "SECRET" not in str(err.value)
+    answers["getSlot"] = lambda request: ({"Content-Length": str(100 << 20)}, iter([b"{"]))
+    with pytest.raises(ChainUnavailable, match=f"an answer of {100 << 20} bytes"):
+        await backend.slot()
+    gz = gzip.compress(_result(7, with_context=False)({"id": 0}))
+    answers["getSlot"] = lambda request: ({"Content-Encoding": "gzip", "Content-Length": str(len(gz))}, iter([gz]))
+    with pytest.raises(ChainUnavailable, match="gzip-encoded answer"):
+        await backend.slot()
+    answers["getSlot"] = _result(7, with_context=False)
+    assert await backend.slot() == 7  # an ordinary answer still goes through
     await backend.aclose()
 
 
