@@ -61,7 +61,7 @@ import logging
 import math
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import trio
@@ -79,6 +79,7 @@ from fednode.daemon.bitswapsend import SMALL_BLOCK, PeerSender, SendStats, Want
 from fednode.daemon.ratelimit import TokenBuckets
 from fednode.daemon.wire import FrameError, FrameReader
 from fednode.errors import Corrupt, NotFound
+from fednode.logs import log
 from fednode.storage.store import PUBLIC, Store
 from protocol.multiformats import CID, DAG_CBOR, DAG_PB, RAW, SHA2_256, FormatError, encode_varint
 from protocol.unixfs import decode_file_node, decode_node
@@ -91,6 +92,7 @@ ExtraBlocks = Callable[[CID, Callable[[list[bytes]], bool], str], Awaitable[byte
 FETCH_WINDOW = 64  # blocks wanted at once from a peer: 16 MiB of 256 KiB chunks
 HOLD_BYTES = 8 << 20  # fetched blocks held for one write transaction
 STALL_SECONDS = 5.0  # a provider that sends nothing this long: every connected peer is asked too
+FIND_AFTER = 1.0  # without a block this long, the DHT's providers are looked up (boxo's provSearchDelay)
 RECENT_WANTS = 65536  # CIDs remembered after their fetch ended: a late honest answer is no lie
 # A peer's wants of blocks we lack are remembered (a block added later is announced to it), at most
 # this many per peer, the oldest forgotten first: boxo's engine keeps 1024 entries per peer too.
@@ -542,52 +544,102 @@ def _connected(handle: BitswapHandle) -> list[ID]:
     return list(handle.client.host.get_network().connections.keys())
 
 
+@dataclass
+class _Wants:
+    """One ``want_blocks`` call: who was asked, what is still outstanding."""
+
+    handle: BitswapHandle
+    asked: list[ID]
+    outstanding: list[CID] = field(default_factory=list)
+    arrived: int = 0  # times blocks were seen to arrive
+
+    async def pump(self, cids: list[CID]) -> None:
+        blocks = self.handle.blocks
+        todo = iter(cids)
+        more = True
+        while more or self.outstanding:
+            new: list[CID] = []
+            while more and len(self.outstanding) < FETCH_WINDOW:
+                cid = next(todo, None)
+                more = cid is not None
+                if cid is not None and not blocks.holds(cid):
+                    self.outstanding.append(cid)
+                    new.append(cid)
+            _ask(self.handle, self.asked, new)
+            if not self.outstanding:
+                break
+            with trio.move_on_after(STALL_SECONDS) as wait:
+                await blocks.arrival(self.outstanding[0]).wait()
+            if wait.cancelled_caught:  # the provider stalls or lacks it: ask everyone we are connected to
+                self._ask_too([p for p in _connected(self.handle) if p not in self.asked])
+            for cid in self.outstanding:
+                if cid in blocks.misfits:
+                    raise FormatError(blocks.misfits[cid])
+            left = [c for c in self.outstanding if not blocks.arrival(c).is_set()]
+            self.arrived += len(left) < len(self.outstanding)
+            self.outstanding[:] = left
+
+    def _ask_too(self, peers: list[ID]) -> None:
+        self.asked += peers
+        _ask(self.handle, peers, [c for c in self.outstanding if not self.handle.blocks.arrival(c).is_set()])
+
+    async def find_later(self, find: Callable[[], Awaitable[list[ID]]]) -> None:
+        """Once FIND_AFTER passes with no block arriving (not during a slow transfer), ask the DHT's
+        providers too."""
+        seen = -1
+        while seen != self.arrived:
+            seen = self.arrived
+            await trio.sleep(FIND_AFTER)
+        if self.outstanding:
+            try:
+                found = [p for p in await find() if p not in self.asked]
+            except Exception as exc:  # the DHT failing must not fail a fetch that connected peers may finish
+                log("dht_lookup_failed", "warning", error=f"{type(exc).__name__}: {exc}")
+                return
+            log("dht_providers_asked", providers=[str(p) for p in found])
+            self._ask_too(found)
+
+    def cancel_rest(self) -> None:
+        """Nobody should keep sending what we no longer wait for."""
+        if self.outstanding:
+            theirs = [to_theirs(c) for c in self.outstanding]
+            for peer in self.asked:
+                self.handle.client.get_or_create_message_queue(peer).add_cancels(theirs)
+
+
 async def want_blocks(handle: BitswapHandle, cids: list[CID], peers: list[ID] | None,
-                      sizes: dict[CID, int] | None = None) -> list[ID]:
+                      sizes: dict[CID, int] | None = None,
+                      find: Callable[[], Awaitable[list[ID]]] | None = None) -> list[ID]:
     """Fetch ``cids`` into the store (a sliding window of FETCH_WINDOW wants) from ``peers`` (None:
     every connected peer); when nothing arrives for STALL_SECONDS, every connected peer is asked
-    too. Returns when all are here (held or stored) or when cancelled (the caller's deadline);
-    the blocks are stored (``flush``) either way, and the returned list names who delivered them.
-    ``sizes``: the content size declared for each (``LMDBBlockStore.fits``), checked on arrival.
+    too, and with ``find`` (which dials the DHT's providers and names them) the providers it finds
+    are asked once FIND_AFTER passed without a block arriving. Returns when all are here (held or
+    stored) or when cancelled (the caller's deadline); the blocks are stored (``flush``) either
+    way, and the returned list names who delivered them. ``sizes``: the content size declared for
+    each (``LMDBBlockStore.fits``), checked on arrival.
 
     Instead of py-libp2p's ``BitswapSession.get_blocks_batch``, which asks in batches and, without a
     peer, waits a full second after its WANT_HAVEs before it sends a single WANT_BLOCK."""
     blocks = handle.blocks
-    asked = list(peers) if peers is not None else _connected(handle)
+    wants = _Wants(handle, list(peers) if peers is not None else _connected(handle))
     blocks.expect(cids)
     blocks.sizes.update(sizes or {})
     blocks.holding += 1
-    outstanding: list[CID] = []
     try:
-        todo = iter(cids)
-        more = True
-        while more or outstanding:
-            new: list[CID] = []
-            while more and len(outstanding) < FETCH_WINDOW:
-                cid = next(todo, None)
-                more = cid is not None
-                if cid is not None and not blocks.holds(cid):
-                    outstanding.append(cid)
-                    new.append(cid)
-            _ask(handle, asked, new)
-            if not outstanding:
-                break
-            with trio.move_on_after(STALL_SECONDS) as wait:
-                await blocks.arrival(outstanding[0]).wait()
-            if wait.cancelled_caught:  # the provider stalls or lacks it: ask everyone we are connected to
-                wider = [p for p in _connected(handle) if p not in asked]
-                asked += wider
-                _ask(handle, wider, outstanding)
-            for cid in outstanding:
-                if cid in blocks.misfits:
-                    raise FormatError(blocks.misfits[cid])
-            outstanding = [c for c in outstanding if not blocks.arrival(c).is_set()]
+        error: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            if find is not None:
+                nursery.start_soon(wants.find_later, find)
+            try:
+                await wants.pump(cids)
+            except Exception as exc:  # raised as itself below, not inside the nursery's ExceptionGroup
+                error = exc
+            nursery.cancel_scope.cancel()  # done: no look-up needed any more
+        if error is not None:
+            raise error
         return list(dict.fromkeys(blocks.sender[c] for c in cids if c in blocks.sender))
     finally:
-        if outstanding:  # cancelled: nobody should keep sending what we no longer wait for
-            theirs = [to_theirs(c) for c in outstanding]
-            for peer in asked:
-                handle.client.get_or_create_message_queue(peer).add_cancels(theirs)
+        wants.cancel_rest()
         blocks.unexpect(cids)
         blocks.holding -= 1
         blocks.flush()

@@ -1,10 +1,13 @@
-"""Discovery: Kademlia provider records for repositories, branch heads and their tensor states.
+"""Discovery: Kademlia provider records for repositories, branch heads, their tensor states and pinned files.
 
 Keys are sha2-256 multihashes in hex: a repository id (itself a sha2-256 digest; for a private
 repository sha256("fednode/dht/v1" + id), see ``repo_key``) for "who holds this repository",
 and a CID's digest for "who can serve this" (the way IPFS keys provider records): the commits at
 branch heads, and the tensor states of those commits in public repositories (the UnixFS CIDs
-``fednode show`` prints, which any IPFS node can look up and fetch over bitswap). A private
+``fednode show`` prints, which any IPFS node can look up and fetch over bitswap), and the roots of
+pinned files (``storage/pins.py``: ``fednode ipfs add`` and ``ipfs get`` files, and an NFT's image
+and metadata document, which wallets look up by the CID in the mint's ``uri``): public content,
+served to anyone, provided as Kubo's "roots" strategy provides. A private
 repository's states are never provided: their blocks go to members only, and a record would tell
 anyone who holds them. A clone looks up the repository; a fetch that no connected peer can finish
 looks up its root commit.
@@ -35,6 +38,7 @@ from fednode.daemon.redial import MAX_STORED_PEERS
 from fednode.errors import FednodeError
 from fednode.history import objstore, refs, repo_id_text, repos
 from fednode.logs import log
+from fednode.storage import pins
 from fednode.storage.netstate import MAX_PEER_ADDRS, NetState
 from fednode.storage.store import Store, Txn
 from protocol.multiformats import CID
@@ -149,12 +153,15 @@ class Discovery:
 
     # --- what to provide --------------------------------------------------------------------
     def wanted(self) -> list[Wanted]:
-        """Every local repository, the distinct commits at its branch heads, and (public repositories
-        only) the tensor states of those commits."""
+        """Every local repository, the distinct commits at its branch heads, (public repositories
+        only) the tensor states of those commits, and the roots of pinned files."""
         out: list[Wanted] = []
         states: set[CID] = set()
         cache: dict[CID, tuple[CID, ...]] = {}
+        files: dict[CID, str] = {}
         with self.store.read() as txn:
+            for pinned in pins.pins(txn):
+                files.setdefault(pinned.root, pinned.source)
             for repo_id in self.state.local_repos().values():
                 private = repos.is_private(txn, repo_id)
                 out.append(Wanted(repo_key(repo_id, private), f"repo {repo_id_text(repo_id)}", True))
@@ -171,7 +178,9 @@ class Discovery:
                         cache[head] = found  # an incomplete head is read again next time
                     states.update(found)
         self._states = cache  # only current heads stay cached
-        return out + [Wanted(cid_key(s), f"state {s}", False) for s in sorted(states, key=str)]
+        out += [Wanted(cid_key(s), f"state {s}", False) for s in sorted(states, key=str)]
+        return out + [Wanted(cid_key(c), f"file {c} ({source})", False) for c, source in files.items()
+                      if c not in states]
 
     def due(self, wanted: list[Wanted], everything: bool, now: float) -> list[Wanted]:
         """What a pass provides, in order: small keys first, then never provided, then the oldest."""

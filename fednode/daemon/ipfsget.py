@@ -7,7 +7,10 @@ default layout has 1024, Kubo's 174) and ``MAX_BLOCKS`` blocks per file, counted
 each block holds the content size its parent declares for it, checked on arrival before it is
 stored (a raw leaf of 4 MiB named as 10 bytes is refused with a strike); blocks stored at most the
 declared size plus node overhead.
-Every block is hash-checked as it is stored (``LMDBBlockStore.put_block``) and the whole file
+Blocks are asked of the connected peers (the root of all of them, the rest of whoever sent the level
+above); when they do not answer within ``bitswap.FIND_AFTER``, the DHT's providers of the root are
+looked up once per fetch (``find``), dialled and asked too, as Kubo looks up providers after its
+first second. Every block is hash-checked as it is stored (``LMDBBlockStore.put_block``) and the whole file
 again at the end (``unixfs.file_size(verify=True)``). On any failure, the blocks this fetch stored
 are deleted again (all but what a commit, a pin or another fetch came to hold meanwhile): nothing
 stays, and the caller gets one line.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
@@ -63,22 +67,35 @@ def _children(cid: CID, block: bytes) -> dict[CID, int]:
     return dict(zip(node.links, node.blocksizes, strict=True))
 
 
-async def _want(handle: BitswapHandle, cids: list[CID], providers: list[ID], sizes: dict[CID, int]) -> None:
+Finder = Callable[[CID], Awaitable[list[ID]]]  # dial the DHT's providers of a CID; who is connected now
+
+
+async def _want(handle: BitswapHandle, cids: list[CID], providers: list[ID], sizes: dict[CID, int],
+                find: Callable[[], Awaitable[list[ID]]] | None) -> None:
     """Fetch ``cids`` from ``providers`` (those who sent the level above), or from every connected
     peer for the root; ``providers`` becomes who delivered these. A block that does not hold the
     size its parent declares (``sizes``) is refused on arrival."""
-    got = await want_blocks(handle, cids, providers or None, sizes)
+    got = await want_blocks(handle, cids, providers or None, sizes, find)
     if got:
         providers[:] = got
 
 
 async def _fetch(handle: BitswapHandle, root: CID, max_bytes: int, stored: list[CID], progress: GetProgress,
-                 asked: list[CID], min_free: int) -> int:
+                 asked: list[CID], min_free: int, finder: Finder | None) -> int:
     """Fetch level by level into the store, listing in ``stored`` what was new and in ``asked`` all
     that was missing when asked for (what a failure must delete: part of a level may have arrived);
     returns the size."""
     store = handle.store
     providers: list[ID] = []
+    found: list[ID] | None = None  # the DHT's providers of the root, once looked up
+
+    async def find() -> list[ID]:
+        nonlocal found
+        if found is None:
+            assert finder is not None
+            found = await finder(root)
+        return found
+
     level, depth, size, budget = [root], 0, 0, 0
     sizes: dict[CID, int] = {}  # what the level's parents declare for each block
     count = 1  # blocks this file has named so far
@@ -90,14 +107,15 @@ async def _fetch(handle: BitswapHandle, root: CID, max_bytes: int, stored: list[
         if shutil.disk_usage(store.path).free - need < min_free:
             raise DiskFull(f"fetching {root} would leave less than {min_free} bytes free on the disk "
                            "([network] min_free_bytes)")
-        await _want(handle, missing, providers, {c: sizes[c] for c in missing if c in sizes})
+        await _want(handle, missing, providers, {c: sizes[c] for c in missing if c in sizes},
+                    find if finder is not None else None)
         new = set(missing)
         children: list[CID] = []
         sizes = {}
         with store.read() as txn:
             for cid in dict.fromkeys(level):
                 if not txn.has_block(cid):
-                    raise FednodeError(f"block {cid} did not arrive from any connected peer")
+                    raise FednodeError(f"block {cid} did not arrive from any peer")
                 if cid in new:
                     stored.append(cid)
                     progress.blocks += 1
@@ -125,9 +143,11 @@ async def _fetch(handle: BitswapHandle, root: CID, max_bytes: int, stored: list[
 
 
 async def get_file(handle: BitswapHandle, root: CID, max_bytes: int, timeout: float, pin: bool,
-                   progress: GetProgress | None = None, min_free: int = 0) -> dict[str, int | str]:
-    """Fetch the file ``root`` from the connected peers; {cid, size, blocks} (blocks newly stored).
-    A level whose declared bytes would leave less than ``min_free`` free on the disk is not asked for.
+                   progress: GetProgress | None = None, min_free: int = 0,
+                   finder: Finder | None = None) -> dict[str, int | str]:
+    """Fetch the file ``root`` from the connected peers (and, with ``finder``, the DHT's providers of
+    it); {cid, size, blocks} (blocks newly stored). A level whose declared bytes would leave less
+    than ``min_free`` free on the disk is not asked for.
 
     Raises ``TooLarge``, ``FormatError``, ``FednodeError`` or ``trio.TooSlowError``; then the blocks
     it stored are gone again."""
@@ -139,7 +159,7 @@ async def get_file(handle: BitswapHandle, root: CID, max_bytes: int, timeout: fl
     RUNNING[root] += 1
     try:
         with trio.fail_after(timeout):
-            size = await _fetch(handle, root, max_bytes, stored, progress, asked, min_free)
+            size = await _fetch(handle, root, max_bytes, stored, progress, asked, min_free, finder)
     except BaseException:
         _done(root)  # first: our own root must not keep what we stored
         forget(handle.store, asked)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import multiaddr
 import trio
+from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from fednode.daemon.discovery import cid_key
@@ -371,12 +372,17 @@ async def _ipfs_get(d: Daemon, root: CID, max_bytes: int, timeout: float, pin: b
     from fednode.daemon.ipfsget import TooLarge, get_file
     from fednode.storage.diskspace import DiskFull
 
+    async def finder(cid: CID) -> list[ID]:  # the DHT's providers, dialled (Discovery.find_providers)
+        return [ID.from_base58(p) for p in await d.discovery.find_providers(cid_key(cid), f"file {cid}")]
+
     try:
-        return await get_file(d.bitswap, root, max_bytes, timeout, pin, progress, d.fetcher.min_free_bytes)
+        return await get_file(d.bitswap, root, max_bytes, timeout, pin, progress, d.fetcher.min_free_bytes,
+                              finder)
     except TooLarge as exc:
         raise HTTPError(413, str(exc)) from None
     except trio.TooSlowError:
-        raise HTTPError(504, f"{root}: not found on the connected peers within {timeout:g} s; nothing stored") from None
+        raise HTTPError(504, f"{root}: not found on the connected peers or the DHT's providers within "
+                             f"{timeout:g} s; nothing stored") from None
     except DiskFull as exc:
         raise HTTPError(507, f"{exc}; nothing stored") from None
     except (FormatError, FednodeError) as exc:

@@ -27,8 +27,10 @@ from helpers import model_arrays, perturb, run_fednode, write_model
 from test_bitswap_states import _checkout, _show
 
 from fednode.daemon import discovery
+from fednode.nft.publish import publish_metadata
 from fednode.storage.netstate import NetState
 from fednode.tensors.modelio import ArraySource
+from fednode.workflows.ipfsfiles import add_file, unpin
 
 HELIA_FIND = PREAMBLE + """
 const { writeFile } = await import('node:fs/promises')
@@ -104,11 +106,22 @@ def test_helia_finds_a_public_state_through_the_dht_and_private_states_are_not_p
                                                                         {"s": ("F32", s0)}))
     secret = json.loads(run_fednode(home, "show", "main", "-r", "secret", "--json").stdout)["tensors"][0]["state"]
 
+    scan = tmp_path / "scan.bin"
+    scan.write_bytes(b"an x-ray, say\n" * 50_000)
+    added = run_fednode(home, "ipfs", "add", str(scan)).stdout.strip()
+    (owner,) = open_nodes(home)
+    with owner:  # what `fednode nft mint` stores and pins before it mints (no chain needed for that)
+        document = publish_metadata(owner.history, owner.history.repo("demo"), "main").document_cid
+
     b = DaemonProc(make_home(tmp_path, "dht")).start()  # the one DHT server: holds no repository
     a = DaemonProc(home, (b.addr,))
     with daemons(a, b):
         a.start()
         wait_for(lambda: _provided(a, f"state {public['state']}"), 20, "the owner to provide the public state")
+        for cid, source in ((added, "add"), (document, "nft")):  # files by CID: what IPFS users look up too
+            what = f"file {cid} ({source})"
+            wait_for(lambda what=what: _provided(a, what), 20, f"the owner to provide {what}")
+            assert [p["peer_id"] for p in b.api("POST", "/providers", {"cid": str(cid)})] == [a.peer_id]
         found = wait_for(lambda: [p for p in b.api("POST", "/providers", {"cid": public["state"]})
                                   if p["peer_id"] == a.peer_id], 15, "the DHT server to list the owner")
         assert found[0]["addrs"]
@@ -123,6 +136,29 @@ def test_helia_finds_a_public_state_through_the_dht_and_private_states_are_not_p
         assert got["providers"] == [a.peer_id]
         assert dest.read_bytes() == expected == w1.tobytes()
         print(f"helia: provider found in {got['find_ms']} ms, state fetched in {got['fetch_ms']} ms")
+
+
+def test_ipfs_get_finds_a_provider_through_the_dht(tmp_path: Path) -> None:
+    """`fednode ipfs get CID` on a node connected only to a DHT server: the connected peers lack it,
+    so after a second the DHT's providers of the CID are looked up, dialled and asked, as Kubo does."""
+    owner = make_home(tmp_path, "owner")
+    data = np.random.default_rng(11).integers(0, 256, 1_500_000, dtype=np.uint8).tobytes()
+    (tmp_path / "scan.bin").write_bytes(data)
+    cid = run_fednode(owner, "ipfs", "add", str(tmp_path / "scan.bin")).stdout.strip()
+    b = DaemonProc(make_home(tmp_path, "dht")).start()  # the one DHT server: holds nothing
+    a = DaemonProc(owner, (b.addr,))
+    c = DaemonProc(make_home(tmp_path, "reader"), (b.addr,))
+    with daemons(a, b, c):
+        a.start()
+        wait_for(lambda: _provided(a, f"file {cid} (add)"), 20, "the owner to provide the file")
+        c.start()
+        wait_for(lambda: b.peer_id in [p["peer_id"] for p in c.api("GET", "/peers")], 15, "the reader to join")
+        assert a.peer_id not in [p["peer_id"] for p in c.api("GET", "/peers")]  # it knows only the DHT server
+        out = tmp_path / "got.bin"
+        run_fednode(c.home, "ipfs", "get", cid, "--out", str(out), "--timeout", "60")
+        assert out.read_bytes() == data
+        asked = [e["providers"] for e in c.log_events() if e["event"] == "dht_providers_asked"]
+        assert asked == [[a.peer_id]]
 
 
 class CountingDHT:
@@ -200,6 +236,28 @@ async def test_states_of_public_heads_are_wanted_private_ones_not_and_providing_
         mock_clock.jump(discovery.HOUR)  # the schedule has passed, and the budget is back
         await d.provide_new()
         assert len(dht.calls) == calls + 4  # everything due again, a pass at a time
+    finally:
+        node.close()
+
+
+def test_pinned_files_are_wanted_nft_metadata_too_until_unpinned(tmp_path: Path) -> None:
+    """What IPFS users look up besides states: files added or fetched by CID, and an NFT's image and
+    metadata document (pinned with source "nft"): their roots are provided, once each."""
+    home = make_home(tmp_path, "n")
+    (node,) = open_nodes(home)
+    try:
+        repo, _ = node.history.create_repo("priv", ArraySource(model_arrays(5)))  # private: states not provided
+        published = publish_metadata(node.history, repo, "main")
+        src = tmp_path / "scan.bin"
+        src.write_bytes(np.random.default_rng(9).integers(0, 256, 600_000, dtype=np.uint8).tobytes())
+        added, _ = add_file(node.store, src)
+        d = discovery.Discovery(node.store, NetState(node.store), None, None, None)  # type: ignore[arg-type]
+        files = {w.what for w in d.wanted() if w.what.startswith("file ")}
+        assert files == {f"file {added} (add)", f"file {published.document_cid} (nft)",
+                         f"file {published.image_cid} (nft)"}
+        assert all(not w.small for w in d.wanted() if w.what.startswith("file "))
+        unpin(node.store, added)
+        assert f"file {added} (add)" not in {w.what for w in d.wanted()}
     finally:
         node.close()
 
@@ -296,3 +354,27 @@ def test_provider_records_others_store_with_us_are_bounded(tmp_path: Path, monke
     assert d.prune_records() == 3
     assert list(dht.provider_store.providers) == [keys[0], *keys[4:]]  # ours, and the newest of others'
     assert d.prune_records() == 0
+
+
+async def test_a_failing_dht_lookup_leaves_the_fetch_to_its_peers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lookup `ipfs get` makes after a second without blocks may fail (no routing table, a
+    broken peer): that is logged, and the fetch goes on with the peers it has."""
+    import io
+
+    from fednode import logs
+    from fednode.daemon import bitswap
+    from protocol.multiformats import CID, RAW
+
+    logged = io.StringIO()
+    monkeypatch.setattr(logs, "_out", logged)
+    monkeypatch.setattr(bitswap, "FIND_AFTER", 0.01)
+    wants = bitswap._Wants(handle=None, asked=[])  # type: ignore[arg-type]
+    wants.outstanding.append(CID.hash(RAW, b"x"))
+
+    async def broken() -> list:  # type: ignore[type-arg]
+        raise RuntimeError("no peer in the routing table")
+
+    with trio.fail_after(5):
+        await wants.find_later(broken)  # returns: nothing raised into the fetch
+    assert wants.asked == []
+    assert [json.loads(line)["event"] for line in logged.getvalue().splitlines()] == ["dht_lookup_failed"]
