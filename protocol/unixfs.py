@@ -292,8 +292,21 @@ def _decode_link(body: bytes) -> PBLink:
     return PBLink(CID.from_bytes(hash_), name, tsize)
 
 
+# UnixFS ``Data.Type`` values of other things than file content (0 raw and 2 file are)
+NOT_FILES = {1: "directory", 3: "metadata node", 4: "symbolic link", 5: "HAMT-sharded directory"}
+
+
+class NotAFile(FormatError):
+    """A UnixFS node of another type than file or raw (``kind``: what it is)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"DAG-PB node is a UnixFS {kind}, not a file")
+        self.kind = kind
+
+
 def decode_node(block: bytes) -> tuple[list[CID], bytes]:
-    """Return (child CIDs, inline file data) of a DAG-PB UnixFS file node."""
+    """Return (child CIDs, inline file data) of a DAG-PB UnixFS file node; ``NotAFile`` for a
+    directory, symbolic link or other node of a known type that is no file."""
     pb_links, unixfs = decode_pb(block)
     links = [link.cid for link in pb_links]
     data = b""
@@ -306,6 +319,8 @@ def decode_node(block: bytes) -> tuple[list[CID], bytes]:
         elif num == 2 and isinstance(value, bytes):
             data = value
     if kind not in (_FILE, 0):  # 0 = Raw, what some importers use for leaves
+        if isinstance(kind, int) and kind in NOT_FILES:
+            raise NotAFile(NOT_FILES[kind])
         raise FormatError("DAG-PB node is not a UnixFS file")
     return links, data
 

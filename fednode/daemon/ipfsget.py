@@ -33,7 +33,7 @@ from fednode.storage.diskspace import DiskFull
 from fednode.storage.store import Store
 from fednode.workflows.fsck import mark
 from protocol.multiformats import CID, DAG_PB, RAW, FormatError
-from protocol.unixfs import declared_size, decode_file_node, decode_node, file_size, max_depth
+from protocol.unixfs import NotAFile, declared_size, decode_file_node, decode_node, file_size, max_depth
 
 MAX_LINKS = 4096  # per node
 MAX_BLOCK = 4 << 20  # the most a block may hold (every bitswap implementation's message limit)
@@ -122,7 +122,11 @@ async def _fetch(handle: BitswapHandle, root: CID, max_bytes: int, stored: list[
                     progress.bytes += txn.block_size(cid)
                 block = txn.get_block(cid)
                 if cid == root:
-                    size = declared_size(txn.get_block, root)
+                    try:
+                        size = declared_size(txn.get_block, root)
+                    except NotAFile as exc:
+                        raise FormatError(f"{root} is a UnixFS {exc.kind}, not a file: ipfs get fetches files "
+                                          "(fetch each file in it by its own CID)") from None
                     if size > max_bytes:
                         raise TooLarge(f"file {root} declares {size} bytes, over the limit of {max_bytes}")
                     budget, progress.size = size + NODE_OVERHEAD + size // 16, size

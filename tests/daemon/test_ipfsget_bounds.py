@@ -54,10 +54,13 @@ async def test_hostile_dags_are_refused_and_nothing_stays(tmp_path: Path, monkey
     deep_root, deep = _chain(12)
     wide_root, wide = dag_bomb(levels=1, fanout=MAX_LINKS + 1, leaf=b"w")
     lie_root, lie = dag_bomb(levels=2, fanout=4, leaf=b"l" * 100, lie_at_root=40)
+    # a UnixFS directory (Data.Type = 1) holding one file: named as such, not as a malformed file
+    dir_block = encode_node([Link(CID.hash(RAW, b"in a folder"), 11, 11)], b"\x08\x01")
+    dir_root = CID(1, DAG_PB, CID.hash(DAG_PB, dir_block).digest)
     with served.write() as txn:  # all tagged PUBLIC (as ipfs add does): the hostile server serves them all
         good_root = add_bytes(good, put=lambda c, b: (txn.put_block(c, b), txn.tag_block(c, PUBLIC)))
         many_root = add_bytes(many, put=lambda c, b: (txn.put_block(c, b), txn.tag_block(c, PUBLIC)))
-        for blocks in (deep, wide, lie, {fat_root: fat_root_block, CID.hash(RAW, fat): fat}):
+        for blocks in (deep, wide, lie, {fat_root: fat_root_block, CID.hash(RAW, fat): fat}, {dir_root: dir_block}):
             for cid, block in blocks.items():
                 txn.put_block(cid, block)
                 txn.tag_block(cid, PUBLIC)
@@ -75,6 +78,7 @@ async def test_hostile_dags_are_refused_and_nothing_stays(tmp_path: Path, monkey
                 (CID.hash(0x71, b"\xa0"), 1 << 30, FormatError, "not a UnixFS file"),
                 (fat_root, 1 << 30, FormatError, "holds 100000 bytes, where its parent declares 10"),
                 (many_root, 1 << 30, FormatError, "more than 4 blocks"),
+                (dir_root, 1 << 30, FormatError, f"{dir_root} is a UnixFS directory, not a file: ipfs get fetches"),
             ]
             for root, limit, error, needle in cases:
                 monkeypatch.setattr(ipfsget, "MAX_BLOCKS", 4 if root == many_root else 1 << 19)
