@@ -62,6 +62,14 @@ port = 5710
 # burst = 1000 (requests a second per client IP), max_car_bytes = 4294967296 (largest CAR served)
 listen = ""
 
+# [ipfs]: add this section to pin on an operator's Kubo or an IPFS Pinning Service (`fednode pin`,
+# docs/ipfs.md). Its keys: kubo_api = "http://127.0.0.1:5001" (Kubo's RPC API, the default),
+# auto_pin = false (true: pin every merged head of a public repository there), pinning_service =
+# "https://..." with pinning_service_token_file = "/path" (the token, mode 0600),
+# pin_retry_seconds = 2 (backoff start, doubling up to 600 s), pin_max_attempts = 12,
+# pin_timeout_seconds = 600 (one Kubo pin), pin_pending_seconds = 86400 (how long a service's pin
+# may stay queued or pinning)
+
 [chain]
 # embedded (LiteSVM in this process, state in the store) | rpc (fednode devchain or a cluster: url, program_id)
 backend = "embedded"
