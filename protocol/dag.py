@@ -6,7 +6,7 @@ from typing import Any
 
 from protocol import dagcbor
 from protocol.multiformats import CID, DAG_CBOR, DAG_PB
-from protocol.unixfs import decode_node
+from protocol.unixfs import decode_node, decode_pb
 
 
 def _cids(value: Any, out: list[CID]) -> None:
@@ -30,3 +30,12 @@ def links(cid: CID, block: bytes) -> list[CID]:
     if cid.codec == DAG_PB:
         return decode_node(block)[0]
     return []
+
+
+def all_links(cid: CID, block: bytes) -> list[CID]:
+    """Children as IPLD sees them: ``links``, except that a DAG-PB node of any kind (a UnixFS
+    directory's entries too) gives all its links. For reachability (gc, fsck); fetching a commit's
+    DAG keeps ``links``, which refuses anything but file nodes."""
+    if cid.codec == DAG_PB:
+        return [link.cid for link in decode_pb(block)[0]]
+    return links(cid, block)

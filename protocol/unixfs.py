@@ -325,6 +325,62 @@ def decode_node(block: bytes) -> tuple[list[CID], bytes]:
     return links, data
 
 
+@dataclass(frozen=True)
+class DirEntry:
+    name: str
+    cid: CID
+    tsize: int | None  # bytes of the entry's whole DAG, as its directory declares (a hint, unchecked)
+
+
+_DIRECTORY = 1
+MAX_NAME_BYTES = 255  # one path component, as most file systems allow
+
+
+def unixfs_type(block: bytes) -> int | None:
+    """The UnixFS ``Data.Type`` of a DAG-PB block (None: no UnixFS Data)."""
+    data = decode_pb(block)[1]
+    fields = _parse_proto(data or b"")
+    _typed(fields, _UNIXFS, "UnixFS Data")
+    return next((v for n, v in fields if n == 1 and isinstance(v, int)), None)
+
+
+def encode_directory(entries: list[DirEntry]) -> bytes:
+    """A plain UnixFS directory node as Kubo writes one: links sorted by name bytes (go-merkledag's
+    canonical order), each with Hash, Name and Tsize, then Data = UnixFS {Type: Directory}."""
+    out = bytearray()
+    for e in sorted(entries, key=lambda e: e.name.encode()):
+        body = _bytes_field(1, bytes(e.cid)) + _bytes_field(2, e.name.encode()) + _field(3, 0)
+        out += _bytes_field(2, body + encode_varint(e.tsize or 0))
+    out += _bytes_field(1, _field(1, 0) + encode_varint(_DIRECTORY))
+    return bytes(out)
+
+
+def decode_directory(block: bytes) -> list[DirEntry]:
+    """The entries of a plain UnixFS directory node, each a name safe as one path component on
+    any system we write to: UTF-8, 1..255 bytes, not ``.`` or ``..``, no ``/``, ``\\`` or NUL, no two
+    alike. A HAMT-sharded directory raises ``NotAFile`` (not read here), anything else FormatError."""
+    kind = unixfs_type(block)
+    if kind != _DIRECTORY:
+        if isinstance(kind, int) and kind in NOT_FILES:
+            raise NotAFile(NOT_FILES[kind])
+        raise FormatError("DAG-PB node is not a UnixFS directory")
+    entries: list[DirEntry] = []
+    seen: set[str] = set()
+    for link in decode_pb(block)[0]:
+        raw = link.name or b""
+        try:
+            name = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FormatError(f"a directory entry's name is not UTF-8: {raw[:40]!r}") from None
+        if not 0 < len(raw) <= MAX_NAME_BYTES or name in (".", "..") or any(c in name for c in "/\\\0"):
+            raise FormatError(f"a directory entry's name cannot be a file name: {name[:60]!r}")
+        if name in seen:
+            raise FormatError(f"a directory names {name[:60]!r} twice")
+        seen.add(name)
+        entries.append(DirEntry(name, link.cid, link.tsize))
+    return entries
+
+
 # Bounds on walks over DAGs that may come from strangers. A file's size is declared in its root
 # (UnixFS ``filesize``) and split over its links (``blocksizes``): every node must agree with what
 # its parent declared for it, so the root's one block bounds the whole walk before it starts.

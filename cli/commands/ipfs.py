@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -50,7 +51,8 @@ def add(ctx: click.Context, path: Path, as_json: bool) -> None:
 @ipfs.command("get")
 @click.argument("cid")
 @click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write the file here (whole or not at all); default: stdout.")
+              help="Write the file here (whole or not at all), or a directory's tree (to a new path); "
+                   "default: stdout (files only).")
 @click.option("--peer", "peers", multiple=True, help="A multiaddr with /p2p/ID to dial first (repeatable).")
 @click.option("--max-bytes", type=click.IntRange(min=1), default=64 << 30, show_default=True,
               help="Refuse a file declaring more bytes.")
@@ -61,8 +63,9 @@ def add(ctx: click.Context, path: Path, as_json: bool) -> None:
 @click.pass_context
 def get(ctx: click.Context, cid: str, out_path: Path | None, peers: tuple[str, ...], max_bytes: int,
         timeout: float, no_pin: bool, quiet: bool, as_json: bool) -> None:
-    """Fetch CID from IPFS peers through the running daemon (every block hash-checked), then write it."""
-    from fednode.workflows.ipfsfiles import write_file
+    """Fetch CID from IPFS peers through the running daemon (every block hash-checked), then write it:
+    a file to --out or stdout, a directory (and all under it) to --out, a new path."""
+    from fednode.workflows.ipfsfiles import write_file, write_tree
 
     root = _cid(cid)
     if out_path is None and as_json:
@@ -70,16 +73,24 @@ def get(ctx: click.Context, cid: str, out_path: Path | None, peers: tuple[str, .
     if out_path is not None:
         check_writable(out_path)  # before the fetch (and its pin), not after
     show = not (quiet or as_json) and sys.stderr.isatty()
-    body = {"cid": str(root), "peers": list(peers), "max_bytes": max_bytes, "timeout": timeout, "pin": not no_pin}
+    body = {"cid": str(root), "peers": list(peers), "max_bytes": max_bytes, "timeout": timeout, "pin": not no_pin,
+            # a directory only where it can be written: a new path (the daemon refuses one otherwise, unfetched)
+            "directories": out_path is not None and not os.path.lexists(out_path)}
     api = client(ctx, timeout=timeout + 30)
     result = _fetch_with_bar(api, body, timeout + 30) if show else api.call("POST", "/ipfs/get", body)
     size = int(result["size"])
+    tree = result.get("kind") == "directory"
     with _bar(show and out_path is not None and size >= LARGE_FILE, size) as progress:
-        write_file(get_node(ctx).store, root, out_path, progress)
+        if tree:
+            assert out_path is not None
+            write_tree(get_node(ctx).store, root, out_path, progress)
+        else:
+            write_file(get_node(ctx).store, root, out_path, progress)
     if as_json:
         emit_json({**result, "out": None if out_path is None else str(out_path), "pinned": not no_pin})
     elif out_path is not None and not quiet:
-        out.print(f"{root}: {size} bytes -> {out_path}", markup=False)
+        what = f"directory of {result.get('files')} files, {size} bytes" if tree else f"{size} bytes"
+        out.print(f"{root}: {what} -> {out_path}", markup=False)
 
 
 def _fetch_with_bar(api: Client, body: dict[str, Any], limit: float) -> dict[str, Any]:

@@ -30,15 +30,27 @@ from fednode.daemon.bitswap import BitswapHandle, want_blocks
 from fednode.errors import FednodeError
 from fednode.storage import pins
 from fednode.storage.diskspace import DiskFull
-from fednode.storage.store import Store
+from fednode.storage.store import Store, Txn
 from fednode.workflows.fsck import mark
 from protocol.multiformats import CID, DAG_PB, RAW, FormatError
-from protocol.unixfs import NotAFile, declared_size, decode_file_node, decode_node, file_size, max_depth
+from protocol.unixfs import (
+    NotAFile,
+    declared_size,
+    decode_directory,
+    decode_file_node,
+    decode_node,
+    file_size,
+    max_depth,
+    unixfs_type,
+)
 
 MAX_LINKS = 4096  # per node
 MAX_BLOCK = 4 << 20  # the most a block may hold (every bitswap implementation's message limit)
 MAX_BLOCKS = 1 << 19  # per file (of Kubo's 256 KiB chunks: 128 GiB); each costs memory while asked for
 NODE_OVERHEAD = 64 * 1024  # bytes a dag-pb node may add over its content (links, sizes)
+MAX_DIR_DEPTH = 64  # directories within directories
+MAX_ENTRIES = 1 << 16  # entries of a directory tree in all
+DIRECTORY = 1  # UnixFS Data.Type
 
 
 class TooLarge(FednodeError):
@@ -70,109 +82,169 @@ def _children(cid: CID, block: bytes) -> dict[CID, int]:
 Finder = Callable[[CID], Awaitable[list[ID]]]  # dial the DHT's providers of a CID; who is connected now
 
 
-async def _want(handle: BitswapHandle, cids: list[CID], providers: list[ID], sizes: dict[CID, int],
-                find: Callable[[], Awaitable[list[ID]]] | None) -> None:
-    """Fetch ``cids`` from ``providers`` (those who sent the level above), or from every connected
-    peer for the root; ``providers`` becomes who delivered these. A block that does not hold the
-    size its parent declares (``sizes``) is refused on arrival."""
-    got = await want_blocks(handle, cids, providers or None, sizes, find)
-    if got:
-        providers[:] = got
+class _Get:
+    """One ``ipfs get``: what it asked for and stored (a failure deletes it), who delivered last."""
 
+    def __init__(self, handle: BitswapHandle, root: CID, progress: GetProgress, min_free: int,
+                 finder: Finder | None) -> None:
+        self.handle, self.root, self.progress, self.min_free, self.finder = handle, root, progress, min_free, finder
+        self.stored: list[CID] = []  # new blocks
+        self.asked: list[CID] = []  # every block missing when asked for (part of a level may have arrived)
+        self.providers: list[ID] = []  # who sent the last level (empty: every connected peer is asked)
+        self.found: list[ID] | None = None  # the DHT's providers of the root, once looked up
 
-async def _fetch(handle: BitswapHandle, root: CID, max_bytes: int, stored: list[CID], progress: GetProgress,
-                 asked: list[CID], min_free: int, finder: Finder | None) -> int:
-    """Fetch level by level into the store, listing in ``stored`` what was new and in ``asked`` all
-    that was missing when asked for (what a failure must delete: part of a level may have arrived);
-    returns the size."""
-    store = handle.store
-    providers: list[ID] = []
-    found: list[ID] | None = None  # the DHT's providers of the root, once looked up
+    async def find(self) -> list[ID]:
+        if self.found is None:
+            assert self.finder is not None
+            self.found = await self.finder(self.root)
+        return self.found
 
-    async def find() -> list[ID]:
-        nonlocal found
-        if found is None:
-            assert finder is not None
-            found = await finder(root)
-        return found
-
-    level, depth, size, budget = [root], 0, 0, 0
-    sizes: dict[CID, int] = {}  # what the level's parents declare for each block
-    count = 1  # blocks this file has named so far
-    while level:
+    async def level(self, cids: list[CID], sizes: dict[CID, int]) -> int:
+        """Fetch what of ``cids`` is missing (a block that does not hold the content size its parent
+        declares in ``sizes`` is refused on arrival); the bytes newly stored."""
+        store = self.handle.store
         with store.read() as txn:
-            missing = [c for c in dict.fromkeys(level) if not txn.has_block(c)]
-        asked += missing
-        need = sum(sizes.get(c, MAX_BLOCK) for c in missing)  # what the parents declare (the root: the most)
-        if shutil.disk_usage(store.path).free - need < min_free:
-            raise DiskFull(f"fetching {root} would leave less than {min_free} bytes free on the disk "
+            missing = [c for c in dict.fromkeys(cids) if not txn.has_block(c)]
+        self.asked += missing
+        need = sum(sizes.get(c, MAX_BLOCK) for c in missing)  # what the parents declare (a root: the most)
+        if shutil.disk_usage(store.path).free - need < self.min_free:
+            raise DiskFull(f"fetching {self.root} would leave less than {self.min_free} bytes free on the disk "
                            "([network] min_free_bytes)")
-        await _want(handle, missing, providers, {c: sizes[c] for c in missing if c in sizes},
-                    find if finder is not None else None)
-        new = set(missing)
-        children: list[CID] = []
-        sizes = {}
+        got = await want_blocks(self.handle, missing, self.providers or None,
+                                {c: sizes[c] for c in missing if c in sizes},
+                                self.find if self.finder is not None else None)
+        if got:
+            self.providers[:] = got
+        added = 0
         with store.read() as txn:
-            for cid in dict.fromkeys(level):
+            for cid in missing:
                 if not txn.has_block(cid):
                     raise FednodeError(f"block {cid} did not arrive from any peer")
-                if cid in new:
-                    stored.append(cid)
-                    progress.blocks += 1
-                    progress.bytes += txn.block_size(cid)
-                block = txn.get_block(cid)
-                if cid == root:
-                    try:
-                        size = declared_size(txn.get_block, root)
-                    except NotAFile as exc:
-                        raise FormatError(f"{root} is a UnixFS {exc.kind}, not a file: ipfs get fetches files "
-                                          "(fetch each file in it by its own CID)") from None
-                    if size > max_bytes:
-                        raise TooLarge(f"file {root} declares {size} bytes, over the limit of {max_bytes}")
-                    budget, progress.size = size + NODE_OVERHEAD + size // 16, size
-                kids = _children(cid, block)
-                count += len(kids)
-                if count > MAX_BLOCKS:  # counted as links are read: a wide level is refused before it is asked
-                    raise FormatError(f"file {root} has more than {MAX_BLOCKS} blocks")
-                children += kids
-                sizes.update(kids)
-        if progress.bytes > budget:
-            raise FormatError(f"file {root} holds more blocks than its {size} bytes need")
-        depth += 1
-        if children and depth > max_depth(size):
-            raise FormatError(f"file {root} is deeper than {max_depth(size)} levels")
-        level = children
-    with store.read() as txn:
-        return file_size(txn.get_block, root, verify=True)
+                self.stored.append(cid)
+                added += txn.block_size(cid)
+        self.progress.blocks += len(missing)
+        self.progress.bytes += added
+        return added
+
+    async def file(self, root: CID, max_bytes: int, whole: bool) -> int:
+        """Fetch the file ``root`` (its root block already here) level by level; its size. ``whole``:
+        the file is all this get fetches (its size is the progress's)."""
+        store = self.handle.store
+        level, depth, size, budget, got = [root], 0, 0, 0, 0
+        sizes: dict[CID, int] = {}  # what the level's parents declare for each block
+        count = 1  # blocks this file has named so far
+        while level:
+            got += await self.level(level, sizes)
+            children: list[CID] = []
+            sizes = {}
+            with store.read() as txn:
+                for cid in dict.fromkeys(level):
+                    block = txn.get_block(cid)
+                    if cid == root:
+                        got += len(block)  # fetched before (the get's first level, or with its directory)
+                        size = _declared(txn, root)
+                        if size > max_bytes:
+                            raise TooLarge(f"file {root} declares {size} bytes, over the limit of {max_bytes}")
+                        budget = size + NODE_OVERHEAD + size // 16
+                        if whole:
+                            self.progress.size = size
+                    kids = _children(cid, block)
+                    count += len(kids)
+                    if count > MAX_BLOCKS:  # counted as links are read: a wide level is refused before it is asked
+                        raise FormatError(f"file {root} has more than {MAX_BLOCKS} blocks")
+                    children += kids
+                    sizes.update(kids)
+            if got > budget:
+                raise FormatError(f"file {root} holds more blocks than its {size} bytes need")
+            depth += 1
+            if children and depth > max_depth(size):
+                raise FormatError(f"file {root} is deeper than {max_depth(size)} levels")
+            level = children
+        with store.read() as txn:
+            return file_size(txn.get_block, root, verify=True)
+
+    async def tree(self, max_bytes: int) -> tuple[int, int]:
+        """Fetch the directory ``self.root`` (present) and all under it: its directory nodes level by
+        level, then each distinct file; (bytes of its files, files). Bounded: MAX_DIR_DEPTH levels,
+        MAX_LINKS entries a directory, MAX_ENTRIES in all, the files' declared sizes within ``max_bytes``."""
+        store = self.handle.store
+        level, depth, entries, files = [self.root], 0, 0, []
+        while level:
+            depth += 1
+            if depth > MAX_DIR_DEPTH:
+                raise FormatError(f"directory {self.root} nests deeper than {MAX_DIR_DEPTH} levels")
+            children: list[CID] = []
+            with store.read() as txn:
+                for cid in level:
+                    found = decode_directory(txn.get_block(cid))
+                    entries += len(found)
+                    if len(found) > MAX_LINKS or entries > MAX_ENTRIES:
+                        raise FormatError(f"directory {self.root} holds more than "
+                                          f"{MAX_LINKS if len(found) > MAX_LINKS else MAX_ENTRIES} entries")
+                    children += [e.cid for e in found]
+            await self.level(children, {})
+            level = []
+            with store.read() as txn:
+                for cid in dict.fromkeys(children):
+                    if cid.codec == DAG_PB and unixfs_type(txn.get_block(cid)) == DIRECTORY:
+                        level.append(cid)
+                    elif cid.codec in (RAW, DAG_PB):
+                        files += [cid] * children.count(cid)  # every entry naming it
+                    else:
+                        raise FormatError(f"directory {self.root} holds {cid}, of codec 0x{cid.codec:x}: "
+                                          "not a UnixFS file or directory")
+        with store.read() as txn:  # each file's root is here: one block read each
+            sizes = {f: _declared(txn, f) for f in files}
+        total = sum(sizes[f] for f in files)  # as written: a file named twice is written twice
+        if total > max_bytes:
+            raise TooLarge(f"directory {self.root} declares {total} bytes of files, over the limit of {max_bytes}")
+        self.progress.size = total
+        for f in sizes:  # each distinct file fetched once
+            await self.file(f, max_bytes, whole=False)
+        return total, len(files)
+
+
+def _declared(txn: Txn, root: CID) -> int:
+    """A file root's declared size; a symbolic link, sharded directory or other non-file says what it is."""
+    try:
+        return declared_size(txn.get_block, root)
+    except NotAFile as exc:
+        raise FormatError(f"{root} is a UnixFS {exc.kind}: ipfs get fetches files and plain directories") from None
 
 
 async def get_file(handle: BitswapHandle, root: CID, max_bytes: int, timeout: float, pin: bool,
                    progress: GetProgress | None = None, min_free: int = 0,
-                   finder: Finder | None = None) -> dict[str, int | str]:
-    """Fetch the file ``root`` from the connected peers (and, with ``finder``, the DHT's providers of
-    it); {cid, size, blocks} (blocks newly stored). A level whose declared bytes would leave less
-    than ``min_free`` free on the disk is not asked for.
+                   finder: Finder | None = None, directories: bool = False) -> dict[str, int | str]:
+    """Fetch the file (or, with ``directories``, the UnixFS directory and all under it) ``root`` from
+    the connected peers (and, with ``finder``, the DHT's providers of it); {cid, size, blocks, kind,
+    files} (blocks newly stored; size: of the file, or of a directory's files). A level whose
+    declared bytes would leave less than ``min_free`` free on the disk is not asked for.
 
     Raises ``TooLarge``, ``FormatError``, ``FednodeError`` or ``trio.TooSlowError``; then the blocks
     it stored are gone again."""
     if root.codec not in (RAW, DAG_PB):
         raise FormatError(f"{root} has codec 0x{root.codec:x}: not a UnixFS file (raw or dag-pb only)")
-    stored: list[CID] = []
-    asked: list[CID] = []
-    progress = progress or GetProgress()
+    get = _Get(handle, root, progress or GetProgress(), min_free, finder)
     RUNNING[root] += 1
     try:
         with trio.fail_after(timeout):
-            size = await _fetch(handle, root, max_bytes, stored, progress, asked, min_free, finder)
+            await get.level([root], {})
+            with handle.store.read() as txn:
+                is_dir = root.codec == DAG_PB and unixfs_type(txn.get_block(root)) == DIRECTORY
+            if is_dir and not directories:
+                raise FormatError(f"{root} is a UnixFS directory: give --out with a new directory's path "
+                                  "to write it there")
+            kind = "directory" if is_dir else "file"
+            size, files = await get.tree(max_bytes) if is_dir else (await get.file(root, max_bytes, whole=True), 1)
     except BaseException:
         _done(root)  # first: our own root must not keep what we stored
-        forget(handle.store, asked)
+        forget(handle.store, get.asked)
         raise
     _done(root)
     if pin:
         with handle.store.write() as txn:
             pins.pin(txn, root, size, "get")
-    return {"cid": str(root), "size": size, "blocks": len(stored)}
+    return {"cid": str(root), "size": size, "blocks": len(get.stored), "kind": kind, "files": files}
 
 
 # roots of the ``ipfs get``s running in this process: a failed one keeps what they already hold

@@ -328,12 +328,14 @@ def _max_bytes(body: dict[str, Any]) -> int:
 
 
 async def h_ipfs_get(d: Daemon, body: dict[str, Any]) -> Any:
-    """Fetch a UnixFS file by CID over bitswap, verified and bounded (dials 'peers' first; pins it)."""
+    """Fetch a UnixFS file (with 'directories': or a plain UnixFS directory and all under it) by CID
+    over bitswap, verified and bounded (dials 'peers' first; pins it)."""
     from fednode.daemon.ipfsget import GetProgress
 
-    _only(body, "cid", "peers", "max_bytes", "timeout", "pin", "wait")
+    _only(body, "cid", "peers", "max_bytes", "timeout", "pin", "wait", "directories")
     timeout, max_bytes = _timeout(body), _max_bytes(body)
     pin = _flag(body, "pin") if "pin" in body else True
+    directories = _flag(body, "directories") if "directories" in body else False
     wait = _flag(body, "wait") if "wait" in body else True
     peers = [_peer_addr("peers[]", a) for a in _texts(body, "peers")]
     text = _text(body, "cid")
@@ -347,7 +349,7 @@ async def h_ipfs_get(d: Daemon, body: dict[str, Any]) -> Any:
         except Exception as exc:
             raise HTTPError(502, f"cannot connect to {addr}: {type(exc).__name__}: {exc}") from None
     if wait:
-        return await _ipfs_get(d, root, max_bytes, timeout, pin, GetProgress())
+        return await _ipfs_get(d, root, max_bytes, timeout, pin, GetProgress(), directories)
     try:
         job_id, job = d.ipfs_jobs.new()
     except FednodeError as exc:
@@ -355,7 +357,7 @@ async def h_ipfs_get(d: Daemon, body: dict[str, Any]) -> Any:
 
     async def run() -> None:
         try:
-            job.result = await _ipfs_get(d, root, max_bytes, timeout, pin, job.progress)
+            job.result = await _ipfs_get(d, root, max_bytes, timeout, pin, job.progress, directories)
         except HTTPError as exc:
             job.error = str(exc)
         finally:
@@ -368,7 +370,7 @@ async def h_ipfs_get(d: Daemon, body: dict[str, Any]) -> Any:
 
 
 async def _ipfs_get(d: Daemon, root: CID, max_bytes: int, timeout: float, pin: bool,
-                    progress: GetProgress) -> dict[str, int | str]:
+                    progress: GetProgress, directories: bool) -> dict[str, int | str]:
     from fednode.daemon.ipfsget import TooLarge, get_file
     from fednode.storage.diskspace import DiskFull
 
@@ -377,7 +379,7 @@ async def _ipfs_get(d: Daemon, root: CID, max_bytes: int, timeout: float, pin: b
 
     try:
         return await get_file(d.bitswap, root, max_bytes, timeout, pin, progress, d.fetcher.min_free_bytes,
-                              finder)
+                              finder, directories)
     except TooLarge as exc:
         raise HTTPError(413, str(exc)) from None
     except trio.TooSlowError:
@@ -432,7 +434,8 @@ def openapi() -> dict[str, Any]:
                       "properties": {"cid": {"type": "string"}, "peers": peers, "timeout": timeout,
                                      "max_bytes": {"type": "integer", "minimum": 1, "maximum": MAX_FILE_BYTES},
                                      "pin": {"type": "boolean", "default": True},
-                                     "wait": {"type": "boolean", "default": True}}},
+                                     "wait": {"type": "boolean", "default": True},
+                                     "directories": {"type": "boolean", "default": False}}},
         "/ipfs/progress": {"type": "object", "properties": {"job": {"type": "string"}}, "required": ["job"]},
         "/follow": {**repo, "properties": {**repo["properties"], "public": {"type": "boolean", "default": False}}},
         "/push": {**repo, "properties": {**repo["properties"], "confirm": {"type": "boolean", "default": True}}},

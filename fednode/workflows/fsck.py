@@ -12,7 +12,7 @@ from fednode.history import History, refs, repo_id_text
 from fednode.storage.pins import pins
 from fednode.storage.store import Txn
 from fednode.workflows.verify import VerifyReport, verify
-from protocol.dag import links
+from protocol.dag import all_links
 from protocol.multiformats import CID, DAG_CBOR, RAW, FormatError
 from protocol.objects import Commit
 
@@ -141,7 +141,7 @@ def _walk(txn: Txn, root: CID, out: Marked, rehash: bool, origin: tuple[bytes, C
             out.damaged[cid] = origin
             continue
         try:
-            stack.extend(links(cid, block))
+            stack.extend(all_links(cid, block))
         except FormatError as exc:
             out.problems.append(f"block {cid}: {exc}")
     return present, missing

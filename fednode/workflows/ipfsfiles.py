@@ -4,18 +4,20 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from fednode.atomic import atomic_file
+from fednode.atomic import atomic_file, fsync_dir
 from fednode.errors import FednodeError
 from fednode.storage import pins as pinning
 from fednode.storage.store import PUBLIC, Store, Txn
-from protocol.multiformats import CID, FormatError
-from protocol.unixfs import CHUNK_SIZE, UnixFSBuilder, iter_file
+from protocol.multiformats import CID, DAG_PB, FormatError
+from protocol.unixfs import CHUNK_SIZE, UnixFSBuilder, decode_directory, iter_file, unixfs_type
 
 READ_BYTES = 32 * CHUNK_SIZE  # 8 MiB read at a time
 Progress = Callable[[int], None]  # bytes done so far
@@ -65,6 +67,62 @@ def write_file(store: Store, root: CID, out: Path | None, progress: Progress | N
         return _copy(store, root, sys.stdout.buffer, progress)
     with atomic_file(out) as sink:
         return _copy(store, root, sink, progress)
+
+
+def is_directory(store: Store, root: CID) -> bool:
+    """Whether the stored ``root`` is a plain UnixFS directory."""
+    return root.codec == DAG_PB and unixfs_type(store.get_block(root)) == 1
+
+
+def write_tree(store: Store, root: CID, out: Path, progress: Progress | None = None) -> int:
+    """Write the stored UnixFS directory ``root`` as a new directory ``out`` (which must not exist),
+    every block hash-checked; the bytes of its files. Built under a temporary name beside ``out``,
+    each file fsynced, then renamed: ``out`` appears whole or not at all. Entry names were checked
+    as one safe path component each (``decode_directory``) and are checked again here."""
+    if os.path.lexists(out):
+        raise FednodeError(f"{out} exists: a directory is written to a new path only")
+    parent = out.absolute().parent
+    temp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".partial"))
+    done = [0]
+    try:
+        _write_dir(store, root, temp, progress, done, depth=0)
+        os.rename(temp, out)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    fsync_dir(parent)
+    return done[0]
+
+
+def _write_dir(store: Store, cid: CID, into: Path, progress: Progress | None, done: list[int], depth: int) -> None:
+    if depth > 64:
+        raise FednodeError(f"directory {cid}: nested too deep")
+    try:
+        entries = decode_directory(store.get_block(cid))
+    except FormatError as exc:
+        raise FednodeError(f"directory {cid}: {exc}") from None
+    for entry in entries:
+        path = into / entry.name
+        if path.parent != into or entry.name in (".", ".."):  # decode_directory refused these: never outside
+            raise FednodeError(f"directory {cid}: entry {entry.name!r} is not a file name")
+        if is_directory(store, entry.cid):
+            path.mkdir()
+            _write_dir(store, entry.cid, path, progress, done, depth + 1)
+        else:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as sink:
+                done[0] += _copy(store, entry.cid, sink, _offset(progress, done[0]))
+                sink.flush()
+                os.fsync(sink.fileno())
+    fsync_dir(into)
+
+
+def _offset(progress: Progress | None, base: int) -> Progress | None:
+    """``progress`` told the bytes of the files before this one too."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda n: report(base + n)
 
 
 def _copy(store: Store, root: CID, sink: BinaryIO, progress: Progress | None) -> int:

@@ -42,7 +42,17 @@ console.log(JSON.stringify({
   default: String(await fs.addBytes(data)),
   wide: String(await fs.addBytes(data.subarray(0, 200 * 16384), { chunker: fixedSize({ chunkSize: 16384 }) })),
   kubo: String(await fs.addBytes(data, { chunker: fixedSize({ chunkSize: 262144 }),
-                                         layout: balanced({ maxChildrenPerNode: 174 }) }))
+                                         layout: balanced({ maxChildrenPerNode: 174 }) })),
+  dir: await (async () => {  // a directory tree, as `ipfs add -r` would share a data set
+    let last
+    for await (const entry of fs.addAll([
+      { path: 'notes.txt', content: new TextEncoder().encode('hello\\n') },
+      { path: 'sub/scan.bin', content: data.subarray(0, 700000) },
+      { path: 'sub/deeper/empty', content: new Uint8Array(0) },
+      { path: 'sub/deeper/again.txt', content: new TextEncoder().encode('hello\\n') }
+    ], { wrapWithDirectory: true })) last = entry
+    return String(last.cid)
+  })()
 }))
 """
 
@@ -75,6 +85,18 @@ def test_get_files_helia_added_in_its_layouts(tmp_path: Path) -> None:
                 run_fednode(home, "ipfs", "get", hello[name], "--out", str(out), "--peer", tcp, "--timeout", "60",
                             "--json", timeout=120)
                 assert out.read_bytes() == expected, name
+            # a directory Helia added: written as a new directory tree, the same files
+            tree = tmp_path / "tree"
+            got = json.loads(run_fednode(home, "ipfs", "get", hello["dir"], "--out", str(tree), "--peer", tcp,
+                                         "--timeout", "60", "--json", timeout=120).stdout)
+            assert got["kind"] == "directory" and got["files"] == 4 and got["size"] == 700_000 + 12
+            written = {str(p.relative_to(tree)): p.read_bytes() for p in tree.rglob("*") if p.is_file()}
+            assert written == {"notes.txt": b"hello\n", "sub/scan.bin": data[:700_000], "sub/deeper/empty": b"",
+                               "sub/deeper/again.txt": b"hello\n"}
+            # to standard output, or over an existing path, a directory is refused before it is fetched
+            refused = run_fednode(home, "ipfs", "get", hello["dir"], "--out", str(tmp_path / "f.bin"), "--peer",
+                                  tcp, check=False)
+            assert refused.returncode == 1 and "is a UnixFS directory: give --out" in refused.stderr
         with open_node(home) as node:
             links = {n: len(decode_node(node.store.get_block(CID.parse(hello[n])))[0]) for n in ("default", "wide")}
         assert links["default"] == 4  # 1 MiB leaves

@@ -78,7 +78,7 @@ async def test_hostile_dags_are_refused_and_nothing_stays(tmp_path: Path, monkey
                 (CID.hash(0x71, b"\xa0"), 1 << 30, FormatError, "not a UnixFS file"),
                 (fat_root, 1 << 30, FormatError, "holds 100000 bytes, where its parent declares 10"),
                 (many_root, 1 << 30, FormatError, "more than 4 blocks"),
-                (dir_root, 1 << 30, FormatError, f"{dir_root} is a UnixFS directory, not a file: ipfs get fetches"),
+                (dir_root, 1 << 30, FormatError, f"{dir_root} is a UnixFS directory: give --out"),
             ]
             for root, limit, error, needle in cases:
                 monkeypatch.setattr(ipfsget, "MAX_BLOCKS", 4 if root == many_root else 1 << 19)
@@ -93,7 +93,7 @@ async def test_hostile_dags_are_refused_and_nothing_stays(tmp_path: Path, monkey
             with pytest.raises(trio.TooSlowError):
                 await get_file(handle, add_bytes(b"nobody has it"), 1 << 30, timeout=1, pin=True)
             result = await get_file(handle, good_root, len(good), timeout=20, pin=True)
-            assert result == {"cid": str(good_root), "size": len(good), "blocks": 5}
+            assert result == {"cid": str(good_root), "size": len(good), "blocks": 5, "kind": "file", "files": 1}
             with mine.read() as txn:
                 assert [p.root for p in pins(txn)] == [good_root]
             nursery.cancel_scope.cancel()
