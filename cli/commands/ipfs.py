@@ -37,13 +37,22 @@ def ipfs() -> None:
 
 
 @ipfs.command("add")
-@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--recursive", "-r", is_flag=True, help="Add a directory and everything under it.")
+@click.option("--hidden", "-H", is_flag=True, help="With -r: include hidden files (names starting with '.').")
 @json_option
 @click.pass_context
-def add(ctx: click.Context, path: Path, as_json: bool) -> None:
-    """Store FILE as Kubo's `ipfs add --cid-version=1 --raw-leaves` does (same CID), pinned; print the CID."""
-    from fednode.workflows.ipfsfiles import add_file
+def add(ctx: click.Context, path: Path, recursive: bool, hidden: bool, as_json: bool) -> None:
+    """Store FILE (or, with -r, a directory) as Kubo's `ipfs add --cid-version=1 --raw-leaves` does
+    (same CID), pinned; print the CID."""
+    from fednode.workflows.ipfsfiles import add_file, add_tree
 
+    if path.is_dir() and not path.is_symlink():
+        if not recursive:
+            raise FednodeError(f"{path} is a directory: add it with -r")
+        root, size, files = add_tree(get_node(ctx).store, path, hidden)
+        emit({"cid": str(root), "size": size, "files": files}, as_json, str(root))
+        return
     root, size = add_file(get_node(ctx).store, path)
     emit({"cid": str(root), "size": size}, as_json, str(root))
 

