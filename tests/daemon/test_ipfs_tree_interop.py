@@ -6,7 +6,8 @@ it, which Kubo then downloads from a daemon, identical; and what `add -r` refuse
   order and Tsizes byte for byte.
 - Helia's ``addAll`` with Kubo's ``--cid-version=1 --raw-leaves`` settings (256 KiB chunks, 174 links
   a node) gives the CID ``fednode ipfs add -r -H`` prints.
-- Kubo downloads that CIDv1 tree from a running daemon over bitswap: the same files and directories.
+- Kubo downloads that CIDv1 tree from a running daemon over bitswap, and ``fednode ipfs get`` fetches
+  Kubo's CIDv0 tree from Kubo: the same files and directories both ways.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def test_kubo_and_helia_give_a_tree_the_cids_fednode_does_and_kubo_downloads_our
     async def kubo() -> None:
         k = Kubo(tmp_path / "kubo")
         try:
-            await k.start()
+            hello = await k.start()
             assert (await k.call(60, op="add", path=str(tree)))["cid"] == str(v0)  # Kubo's own layout
             with daemons(DaemonProc(home).start()) as (d,):
                 addr = d.addr if "/p2p/" in d.addr else f"{d.addr}/p2p/{d.peer_id}"
@@ -96,11 +97,17 @@ def test_kubo_and_helia_give_a_tree_the_cids_fednode_does_and_kubo_downloads_our
                 got = await k.call(90, op="download", cid=ours["cid"], dest=str(tmp_path / "from-fednode"),
                                    timeout=60)
                 assert got == {"rc": 0, "timeout": False}
+                # and the other way: fednode fetches the tree Kubo added, in Kubo's CIDv0 layout
+                tcp = next(a for a in hello["addrs"] if a.startswith("/ip4/127.0.0.1/tcp/"))
+                fetched = await trio.to_thread.run_sync(lambda: run_fednode(
+                    home, "ipfs", "get", str(v0), "--out", str(tmp_path / "from-kubo"), "--peer",
+                    f"{tcp}/p2p/{hello['id']}", "--timeout", "60", "--json", timeout=120))
+                assert json.loads(fetched.stdout)["files"] == files
         finally:
             k.stop()
 
     trio.run(kubo)
-    assert _files(tmp_path / "from-fednode") == _files(tree)
+    assert _files(tmp_path / "from-fednode") == _files(tree) == _files(tmp_path / "from-kubo")
 
 
 def test_add_refuses_what_it_cannot_store_faithfully(tmp_path: Path) -> None:
