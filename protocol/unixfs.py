@@ -355,10 +355,22 @@ def encode_directory(entries: list[DirEntry]) -> bytes:
     return bytes(out)
 
 
+def _entry_name(raw: bytes) -> str:
+    """A directory entry's name, refused unless it is safe as one path component on any system we
+    write to: UTF-8, 1..255 bytes, not ``.`` or ``..``, no ``/``, backslash or NUL."""
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormatError(f"a directory entry's name is not UTF-8: {raw[:40]!r}") from None
+    if not 0 < len(raw) <= MAX_NAME_BYTES or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise FormatError(f"a directory entry's name cannot be a file name: {name[:60]!r}")
+    return name
+
+
 def decode_directory(block: bytes) -> list[DirEntry]:
-    """The entries of a plain UnixFS directory node, each a name safe as one path component on
-    any system we write to: UTF-8, 1..255 bytes, not ``.`` or ``..``, no ``/``, ``\\`` or NUL, no two
-    alike. A HAMT-sharded directory raises ``NotAFile`` (not read here), anything else FormatError."""
+    """The entries of a plain UnixFS directory node, each name safe as one path component
+    (``_entry_name``), no two alike. A HAMT shard raises ``NotAFile`` (see ``decode_hamt``),
+    anything else FormatError."""
     kind = unixfs_type(block)
     if kind != _DIRECTORY:
         if isinstance(kind, int) and kind in NOT_FILES:
@@ -367,18 +379,80 @@ def decode_directory(block: bytes) -> list[DirEntry]:
     entries: list[DirEntry] = []
     seen: set[str] = set()
     for link in decode_pb(block)[0]:
-        raw = link.name or b""
-        try:
-            name = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise FormatError(f"a directory entry's name is not UTF-8: {raw[:40]!r}") from None
-        if not 0 < len(raw) <= MAX_NAME_BYTES or name in (".", "..") or any(c in name for c in "/\\\0"):
-            raise FormatError(f"a directory entry's name cannot be a file name: {name[:60]!r}")
+        name = _entry_name(link.name or b"")
         if name in seen:
             raise FormatError(f"a directory names {name[:60]!r} twice")
         seen.add(name)
         entries.append(DirEntry(name, link.cid, link.tsize))
     return entries
+
+
+HAMT_SHARD = 5  # UnixFS Data.Type of a HAMT-sharded directory's nodes
+_MURMUR3 = 0x22  # the only hash function UnixFS HAMTs use (murmur3-x64-64)
+
+
+def decode_hamt(block: bytes) -> tuple[list[DirEntry], list[CID]]:
+    """One node of a HAMT-sharded directory (what Kubo makes of a directory whose links pass 256 KiB):
+    (its entries, its sub-shards). A link's name is the bucket as upper-case hex of the fanout's
+    width, followed by the entry's name; a name of the bucket alone is a sub-shard. Reading needs no
+    hashing: every entry is under some link; which bucket holds it only matters for a lookup."""
+    links, data = decode_pb(block)
+    fields = _parse_proto(data or b"")
+    _typed(fields, _UNIXFS, "UnixFS Data")
+    values = {n: v for n, v in fields if isinstance(v, int)}
+    if values.get(1) != HAMT_SHARD:
+        raise FormatError("DAG-PB node is not a UnixFS HAMT shard")
+    fanout, hash_type = values.get(6), values.get(5)
+    if hash_type != _MURMUR3 or fanout is None or not 2 <= fanout <= 4096 or fanout & (fanout - 1):
+        raise FormatError(f"a HAMT shard with hash 0x{hash_type or 0:x} and fanout {fanout}: not a UnixFS HAMT")
+    width = len(f"{fanout - 1:X}")
+    entries: list[DirEntry] = []
+    shards: list[CID] = []
+    for link in links:
+        raw = link.name or b""
+        bucket = raw[:width].decode("ascii", "replace")
+        if len(bucket) != width or bucket != bucket.upper() or any(c not in "0123456789ABCDEF" for c in bucket) \
+                or int(bucket, 16) >= fanout:
+            raise FormatError(f"a HAMT link named {raw[:40]!r}: no bucket of fanout {fanout}")
+        if len(raw) == width:
+            shards.append(link.cid)
+        else:
+            entries.append(DirEntry(_entry_name(raw[width:]), link.cid, link.tsize))
+    return entries, shards
+
+
+def is_directory_node(block: bytes) -> bool:
+    """Whether a DAG-PB block is a UnixFS directory, plain or a HAMT shard."""
+    return unixfs_type(block) in (_DIRECTORY, HAMT_SHARD)
+
+
+def directory_entries(get: GetBlock, cid: CID) -> list[DirEntry]:
+    """Every entry of the directory ``cid``, plain or HAMT-sharded (its shards read through ``get``,
+    at most MAX_HAMT_DEPTH deep), no two alike."""
+    block = get(cid)
+    if unixfs_type(block) != HAMT_SHARD:
+        return decode_directory(block)
+    entries: list[DirEntry] = []
+    level, depth = [block], 0
+    while level:
+        depth += 1
+        if depth > MAX_HAMT_DEPTH:
+            raise FormatError(f"the HAMT of directory {cid} is deeper than {MAX_HAMT_DEPTH} levels")
+        below: list[bytes] = []
+        for node in level:
+            found, shards = decode_hamt(node)
+            entries += found
+            below += [get(s) for s in shards]
+        level = below
+    seen: set[str] = set()
+    for e in entries:
+        if e.name in seen:
+            raise FormatError(f"directory {cid} names {e.name[:60]!r} twice")
+        seen.add(e.name)
+    return entries
+
+
+MAX_HAMT_DEPTH = 16  # a 64-bit hash in 8-bit buckets needs 8 levels
 
 
 # Bounds on walks over DAGs that may come from strangers. A file's size is declared in its root

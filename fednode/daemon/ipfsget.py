@@ -34,12 +34,16 @@ from fednode.storage.store import Store, Txn
 from fednode.workflows.fsck import mark
 from protocol.multiformats import CID, DAG_PB, RAW, FormatError
 from protocol.unixfs import (
+    HAMT_SHARD,
     NotAFile,
     declared_size,
     decode_directory,
     decode_file_node,
+    decode_hamt,
     decode_node,
+    directory_entries,
     file_size,
+    is_directory_node,
     max_depth,
     unixfs_type,
 )
@@ -50,7 +54,6 @@ MAX_BLOCKS = 1 << 19  # per file (of Kubo's 256 KiB chunks: 128 GiB); each costs
 NODE_OVERHEAD = 64 * 1024  # bytes a dag-pb node may add over its content (links, sizes)
 MAX_DIR_DEPTH = 64  # directories within directories
 MAX_ENTRIES = 1 << 16  # entries of a directory tree in all
-DIRECTORY = 1  # UnixFS Data.Type
 
 
 class TooLarge(FednodeError):
@@ -164,44 +167,69 @@ class _Get:
             return file_size(txn.get_block, root, verify=True)
 
     async def tree(self, max_bytes: int) -> tuple[int, int]:
-        """Fetch the directory ``self.root`` (present) and all under it: its directory nodes level by
-        level, then each distinct file; (bytes of its files, files). Bounded: MAX_DIR_DEPTH levels,
-        MAX_LINKS entries a directory, MAX_ENTRIES in all, the files' declared sizes within ``max_bytes``."""
+        """Fetch the directory ``self.root`` (present) and all under it: its directory nodes (plain or
+        HAMT shards) level by level, then each distinct file; (bytes of its files, file entries), as
+        written. Bounded: MAX_DIR_DEPTH levels, MAX_LINKS links a node, MAX_ENTRIES in all (as
+        fetched, and as written: ``_expanded``), the files' declared sizes within ``max_bytes``."""
         store = self.handle.store
-        level, depth, entries, files = [self.root], 0, 0, []
+        level, depth, entries = [self.root], 0, 0
         while level:
             depth += 1
             if depth > MAX_DIR_DEPTH:
                 raise FormatError(f"directory {self.root} nests deeper than {MAX_DIR_DEPTH} levels")
-            children: list[CID] = []
+            children: list[CID] = []  # entries and HAMT sub-shards: both fetched, directories expanded next
             with store.read() as txn:
                 for cid in level:
-                    found = decode_directory(txn.get_block(cid))
-                    entries += len(found)
-                    if len(found) > MAX_LINKS or entries > MAX_ENTRIES:
+                    block = txn.get_block(cid)
+                    found, shards = decode_hamt(block) if unixfs_type(block) == HAMT_SHARD \
+                        else (decode_directory(block), [])
+                    entries += len(found) + len(shards)
+                    if len(found) + len(shards) > MAX_LINKS or entries > MAX_ENTRIES:
                         raise FormatError(f"directory {self.root} holds more than "
-                                          f"{MAX_LINKS if len(found) > MAX_LINKS else MAX_ENTRIES} entries")
-                    children += [e.cid for e in found]
+                                          f"{MAX_LINKS if entries <= MAX_ENTRIES else MAX_ENTRIES} entries")
+                    children += [e.cid for e in found] + shards
             await self.level(children, {})
             level = []
             with store.read() as txn:
                 for cid in dict.fromkeys(children):
-                    if cid.codec == DAG_PB and unixfs_type(txn.get_block(cid)) == DIRECTORY:
+                    if cid.codec == DAG_PB and is_directory_node(txn.get_block(cid)):
                         level.append(cid)
-                    elif cid.codec in (RAW, DAG_PB):
-                        files += [cid] * children.count(cid)  # every entry naming it
-                    else:
+                    elif cid.codec not in (RAW, DAG_PB):
                         raise FormatError(f"directory {self.root} holds {cid}, of codec 0x{cid.codec:x}: "
                                           "not a UnixFS file or directory")
-        with store.read() as txn:  # each file's root is here: one block read each
-            sizes = {f: _declared(txn, f) for f in files}
-        total = sum(sizes[f] for f in files)  # as written: a file named twice is written twice
-        if total > max_bytes:
-            raise TooLarge(f"directory {self.root} declares {total} bytes of files, over the limit of {max_bytes}")
+        with store.read() as txn:  # the tree as write_tree will write it: each path, however shared
+            total, written, distinct = _expanded(txn, self.root, max_bytes)
         self.progress.size = total
-        for f in sizes:  # each distinct file fetched once
+        for f in distinct:  # each distinct file fetched once
             await self.file(f, max_bytes, whole=False)
-        return total, len(files)
+        return total, written
+
+
+def _expanded(txn: Txn, root: CID, max_bytes: int) -> tuple[int, int, list[CID]]:
+    """Walk the fetched tree path by path, as ``write_tree`` writes it (a directory named twice is
+    written twice: counted twice, so a DAG of shared directories cannot expand without bound):
+    each directory's entries across its HAMT shards, no name twice, at most MAX_ENTRIES entries and
+    ``max_bytes`` of files. (bytes of its files, file entries, the distinct files)."""
+    stack, entries, total, written = [root], 0, 0, 0
+    sizes: dict[CID, int] = {}
+    while stack:
+        for entry in directory_entries(txn.get_block, stack.pop()):
+            entries += 1
+            if entries > MAX_ENTRIES:
+                raise FormatError(f"directory {root} holds more than {MAX_ENTRIES} entries")
+            if entry.cid.codec == DAG_PB and is_directory_node(txn.get_block(entry.cid)):
+                stack.append(entry.cid)
+                continue
+            if entry.cid not in sizes:
+                if entry.cid.codec not in (RAW, DAG_PB):
+                    raise FormatError(f"directory {root} holds {entry.cid}, of codec 0x{entry.cid.codec:x}: "
+                                      "not a UnixFS file or directory")
+                sizes[entry.cid] = _declared(txn, entry.cid)
+            total += sizes[entry.cid]
+            written += 1
+            if total > max_bytes:
+                raise TooLarge(f"directory {root} declares more than {max_bytes} bytes of files, the limit")
+    return total, written, list(sizes)
 
 
 def _declared(txn: Txn, root: CID) -> int:
@@ -230,7 +258,7 @@ async def get_file(handle: BitswapHandle, root: CID, max_bytes: int, timeout: fl
         with trio.fail_after(timeout):
             await get.level([root], {})
             with handle.store.read() as txn:
-                is_dir = root.codec == DAG_PB and unixfs_type(txn.get_block(root)) == DIRECTORY
+                is_dir = root.codec == DAG_PB and is_directory_node(txn.get_block(root))
             if is_dir and not directories:
                 raise FormatError(f"{root} is a UnixFS directory: give --out with a new directory's path "
                                   "to write it there")

@@ -22,10 +22,10 @@ from protocol.unixfs import (
     CHUNK_SIZE,
     DirEntry,
     UnixFSBuilder,
-    decode_directory,
+    directory_entries,
     encode_directory,
+    is_directory_node,
     iter_file,
-    unixfs_type,
 )
 
 READ_BYTES = 32 * CHUNK_SIZE  # 8 MiB read at a time
@@ -176,8 +176,8 @@ def write_file(store: Store, root: CID, out: Path | None, progress: Progress | N
 
 
 def is_directory(store: Store, root: CID) -> bool:
-    """Whether the stored ``root`` is a plain UnixFS directory."""
-    return root.codec == DAG_PB and unixfs_type(store.get_block(root)) == 1
+    """Whether the stored ``root`` is a UnixFS directory (plain or HAMT-sharded)."""
+    return root.codec == DAG_PB and is_directory_node(store.get_block(root))
 
 
 def write_tree(store: Store, root: CID, out: Path, progress: Progress | None = None) -> int:
@@ -204,7 +204,7 @@ def _write_dir(store: Store, cid: CID, into: Path, progress: Progress | None, do
     if depth > 64:
         raise FednodeError(f"directory {cid}: nested too deep")
     try:
-        entries = decode_directory(store.get_block(cid))
+        entries = directory_entries(store.get_block, cid)
     except FormatError as exc:
         raise FednodeError(f"directory {cid}: {exc}") from None
     for entry in entries:

@@ -20,7 +20,7 @@ from helpers import run_fednode
 
 from fednode.node import open_node
 from protocol.multiformats import CID
-from protocol.unixfs import decode_node
+from protocol.unixfs import HAMT_SHARD, decode_node, unixfs_type
 
 SIZE = 3 * 1024 * 1024 + 4321
 HELIA_SERVE = PREAMBLE + """
@@ -51,6 +51,14 @@ console.log(JSON.stringify({
       { path: 'sub/deeper/empty', content: new Uint8Array(0) },
       { path: 'sub/deeper/again.txt', content: new TextEncoder().encode('hello\\n') }
     ], { wrapWithDirectory: true })) last = entry
+    return String(last.cid)
+  })(),
+  sharded: await (async () => {  // a HAMT-sharded directory (Kubo shards past 256 KiB of links)
+    let last
+    const files = Array.from({ length: 300 },
+      (_, i) => ({ path: `f${i}.txt`, content: new TextEncoder().encode(`${i}`) }))
+    files.push({ path: 'sub/inner.txt', content: new TextEncoder().encode('inner') })
+    for await (const entry of fs.addAll(files, { wrapWithDirectory: true, shardSplitThresholdBytes: 1 })) last = entry
     return String(last.cid)
   })()
 }))
@@ -93,6 +101,15 @@ def test_get_files_helia_added_in_its_layouts(tmp_path: Path) -> None:
             written = {str(p.relative_to(tree)): p.read_bytes() for p in tree.rglob("*") if p.is_file()}
             assert written == {"notes.txt": b"hello\n", "sub/scan.bin": data[:700_000], "sub/deeper/empty": b"",
                                "sub/deeper/again.txt": b"hello\n"}
+            # a HAMT-sharded directory (300 entries over its shards): read across them, written whole
+            sharded = tmp_path / "sharded"
+            got = json.loads(run_fednode(home, "ipfs", "get", hello["sharded"], "--out", str(sharded), "--peer", tcp,
+                                         "--timeout", "60", "--json", timeout=120).stdout)
+            assert got["kind"] == "directory" and got["files"] == 301
+            written = {str(p.relative_to(sharded)): p.read_bytes() for p in sharded.rglob("*") if p.is_file()}
+            assert written == {**{f"f{i}.txt": str(i).encode() for i in range(300)}, "sub/inner.txt": b"inner"}
+            with open_node(home) as node:
+                assert unixfs_type(node.store.get_block(CID.parse(hello["sharded"]))) == HAMT_SHARD
             # to standard output, or over an existing path, a directory is refused before it is fetched
             refused = run_fednode(home, "ipfs", "get", hello["dir"], "--out", str(tmp_path / "f.bin"), "--peer",
                                   tcp, check=False)

@@ -73,6 +73,9 @@ async def test_a_directory_tree_is_fetched_bounded_and_written_whole(tmp_path: P
         chain = cids["notes.txt"]
         for _ in range(4):  # a/a/a/a/notes
             chain = _dir(txn, {"a": chain})
+        bomb = cids["notes.txt"]
+        for _ in range(20):  # each directory names the one below twice: 21 blocks, 2**20 paths when written
+            bomb = _dir(txn, {"a": bomb, "b": bomb})
     server, client = _host(), _host()
     try:
         async with server.run(_listen()), client.run(_listen()), trio.open_nursery() as nursery:
@@ -80,19 +83,24 @@ async def test_a_directory_tree_is_fetched_bounded_and_written_whole(tmp_path: P
             handle = await start_bitswap(client, mine, nursery)
             await client.connect(PeerInfo(server.get_id(), server.get_addrs()))
             # hostile trees: each refused, nothing stored
-            monkeypatch.setattr(ipfsget, "MAX_DIR_DEPTH", 3)
+            monkeypatch.setattr(ipfsget, "MAX_DIR_DEPTH", 30)
             cases: list[tuple[CID, int, type[Exception], str]] = [
                 (dotdot, 1 << 30, FormatError, "cannot be a file name: '..'"),
                 (twice, 1 << 30, FormatError, "names 'a' twice"),
                 (slash, 1 << 30, FormatError, "cannot be a file name: 'a/b'"),
                 (cbor, 1 << 30, FormatError, "of codec 0x71: not a UnixFS file or directory"),
-                (chain, 1 << 30, FormatError, "nests deeper than 3 levels"),
-                (root, len(big), TooLarge, f"declares {len(big) + 12} bytes of files, over the limit"),
+
+                (root, len(big), TooLarge, f"declares more than {len(big)} bytes of files, the limit"),
+                (bomb, 1 << 30, FormatError, "holds more than 65536 entries"),
             ]
             for bad, limit, error, needle in cases:
                 with pytest.raises(error, match=needle):
                     await get_file(handle, bad, limit, timeout=20, pin=True, directories=True)
                 assert _count(mine) == 0, bad
+            monkeypatch.setattr(ipfsget, "MAX_DIR_DEPTH", 3)
+            with pytest.raises(FormatError, match="nests deeper than 3 levels"):
+                await get_file(handle, chain, 1 << 30, timeout=20, pin=True, directories=True)
+            assert _count(mine) == 0
             monkeypatch.setattr(ipfsget, "MAX_ENTRIES", 4)
             with pytest.raises(FormatError, match="more than 4 entries"):  # 6 entries in the good tree
                 await get_file(handle, root, 1 << 30, timeout=20, pin=True, directories=True)

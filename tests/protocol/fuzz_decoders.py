@@ -289,6 +289,24 @@ def _cars() -> list[bytes]:
     return out + [car.CARV2_PRAGMA + fixed + v1]
 
 
+def _dir_nodes() -> list[bytes]:
+    """Plain UnixFS directories as Kubo writes them, and HAMT shards (a root and a sub-shard)."""
+    leaf = CID.hash(RAW, b"leaf")
+    plain = [unixfs.encode_directory([unixfs.DirEntry(n, leaf, 4) for n in names])
+             for names in ([], ["a"], ["notes.txt", "sub", "ünï"])]
+    hamt = b"\x08\x05" + bytes([0x28, 0x22, 0x30]) + encode_varint(256)
+
+    def shard(links: list[tuple[bytes, CID]]) -> bytes:
+        out = b""
+        for name, cid in links:
+            body = b"\x0a" + encode_varint(len(bytes(cid))) + bytes(cid) + b"\x12" + encode_varint(len(name)) + name
+            out += b"\x12" + encode_varint(len(body) + 2) + body + b"\x18\x04"
+        return out + b"\x0a" + encode_varint(len(hamt)) + hamt
+
+    inner = shard([(b"03x.txt", leaf), (b"FFlast", leaf)])
+    return plain + [inner, shard([(b"00first", leaf), (b"7C", CID.hash(DAG_PB, inner))])]
+
+
 def _links(codec: int) -> Callable[[bytes], list[CID]]:
     return lambda data: dag.links(CID.hash(codec, data), data)
 
@@ -358,6 +376,8 @@ def registry() -> dict[str, Decoder]:
                 "bytes", encode_varint),
         Decoder("b58", _text(b58decode), fmt, [b58encode(b).encode() for b in (b"\0\0abc", bytes(range(34)))]),
         Decoder("unixfs_node", unixfs.decode_node, fmt, _pb_nodes()),
+        Decoder("unixfs_directory", unixfs.decode_directory, fmt, _dir_nodes()[:3]),
+        Decoder("unixfs_hamt", unixfs.decode_hamt, fmt, _dir_nodes()[3:]),
         Decoder("car", car.read_car, fmt, _cars()),
         Decoder("chain_instruction", chain.decode_instruction, fmt,
                 [chain.encode_instruction(ix) for ix in _instructions()], "bytes", chain.encode_instruction),
