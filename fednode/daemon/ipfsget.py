@@ -237,7 +237,7 @@ def _declared(txn: Txn, root: CID) -> int:
     try:
         return declared_size(txn.get_block, root)
     except NotAFile as exc:
-        raise FormatError(f"{root} is a UnixFS {exc.kind}: ipfs get fetches files and plain directories") from None
+        raise FormatError(f"{root} is a UnixFS {exc.kind}: ipfs get fetches files and directories") from None
 
 
 async def get_file(handle: BitswapHandle, root: CID, max_bytes: int, timeout: float, pin: bool,

@@ -73,6 +73,10 @@ async def test_a_directory_tree_is_fetched_bounded_and_written_whole(tmp_path: P
         chain = cids["notes.txt"]
         for _ in range(4):  # a/a/a/a/notes
             chain = _dir(txn, {"a": chain})
+        link_block = _bytes_field(1, b"\x08\x04\x12\x0b/etc/passwd")  # a UnixFS symbolic link
+        link = CID(1, DAG_PB, CID.hash(DAG_PB, link_block).digest)
+        _put(txn, link, link_block)
+        with_link = _dir(txn, {"passwd": link})
         bomb = cids["notes.txt"]
         for _ in range(20):  # each directory names the one below twice: 21 blocks, 2**20 paths when written
             bomb = _dir(txn, {"a": bomb, "b": bomb})
@@ -92,6 +96,7 @@ async def test_a_directory_tree_is_fetched_bounded_and_written_whole(tmp_path: P
 
                 (root, len(big), TooLarge, f"declares more than {len(big)} bytes of files, the limit"),
                 (bomb, 1 << 30, FormatError, "holds more than 65536 entries"),
+                (with_link, 1 << 30, FormatError, f"{link} is a UnixFS symbolic link: ipfs get fetches files"),
             ]
             for bad, limit, error, needle in cases:
                 with pytest.raises(error, match=needle):
