@@ -44,7 +44,7 @@ from fednode.storage.store import Store
 from protocol import dag
 from protocol.car import encode_header, encode_section
 from protocol.multiformats import CID, DAG_PB, RAW, FormatError, encode_varint
-from protocol.unixfs import decode_node, decode_pb
+from protocol.unixfs import HAMT_SHARD, NOT_FILES, NotAFile, decode_hamt, decode_node, decode_pb
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus  # trio-stubs shadow trio for mypy: see service.py
@@ -192,6 +192,8 @@ def _children(cid: CID, block: bytes, scope: str) -> list[CID]:
         if scope == "entity":
             try:
                 decode_node(block)  # a UnixFS file: its entity is all its blocks
+            except NotAFile as exc:  # a HAMT's entity is the shards that enumerate it (the spec's)
+                return decode_hamt(block)[1] if exc.kind == NOT_FILES[HAMT_SHARD] else []
             except FormatError:
                 return []  # a directory (or other node): the entity is the node itself
         return [link.cid for link in decode_pb(block)[0]]

@@ -349,3 +349,23 @@ async def test_a_car_walk_is_paid_for_as_it_goes(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
     finally:
         store.close()
+
+
+def test_the_entity_of_a_directory_is_its_node_and_of_a_hamt_its_shards() -> None:
+    """dag-scope=entity (the Trustless Gateway spec): a file's blocks; a plain directory's node alone;
+    a HAMT-sharded directory's shards (what enumerating it takes), not the entries below them."""
+    from fednode.daemon.gateway import _children
+    from protocol.multiformats import DAG_PB, RAW
+    from protocol.unixfs import DirEntry, _bytes_field, _field, encode_directory, encode_varint
+
+    leaf = CID.hash(RAW, b"x")
+    plain = encode_directory([DirEntry("a", leaf, 1)])
+    assert _children(CID.hash(DAG_PB, plain), plain, "entity") == []
+    assert _children(CID.hash(DAG_PB, plain), plain, "all") == [leaf]
+    hamt = b"\x08\x05" + _field(5, 0) + encode_varint(0x22) + _field(6, 0) + encode_varint(256)
+    sub = CID.hash(DAG_PB, b"a sub-shard")
+    links = b"".join(_bytes_field(2, _bytes_field(1, bytes(c)) + _bytes_field(2, n) + _field(3, 0) + encode_varint(1))
+                     for n, c in ((b"00entry", leaf), (b"7C", sub)))
+    shard = links + _bytes_field(1, hamt)
+    assert _children(CID.hash(DAG_PB, shard), shard, "entity") == [sub]
+    assert _children(CID.hash(DAG_PB, shard), shard, "all") == [leaf, sub]
