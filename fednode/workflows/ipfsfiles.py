@@ -191,6 +191,9 @@ def write_tree(store: Store, root: CID, out: Path, progress: Progress | None = N
     temp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".partial"))
     done = [0]
     try:
+        umask = os.umask(0o22)
+        os.umask(umask)
+        temp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700: the tree's top as mkdir would make it
         _write_dir(store, root, temp, progress, done, depth=0)
         os.rename(temp, out)
     except BaseException:

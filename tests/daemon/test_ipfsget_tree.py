@@ -125,6 +125,7 @@ async def test_a_directory_tree_is_fetched_bounded_and_written_whole(tmp_path: P
         assert write_tree(mine, root, out) == len(big) + 12
         written = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
         assert written == files and (out / "sub" / "deeper").is_dir()
+        assert out.stat().st_mode & 0o777 == (out / "sub").stat().st_mode & 0o777  # the top made as mkdir makes
         assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
         with pytest.raises(FednodeError, match="exists: a directory is written to a new path only"):
             write_tree(mine, root, out)
