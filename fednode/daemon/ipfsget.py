@@ -54,6 +54,7 @@ MAX_BLOCKS = 1 << 19  # per file (of Kubo's 256 KiB chunks: 128 GiB); each costs
 NODE_OVERHEAD = 64 * 1024  # bytes a dag-pb node may add over its content (links, sizes)
 MAX_DIR_DEPTH = 64  # directories within directories
 MAX_ENTRIES = 1 << 16  # entries of a directory tree in all
+DIR_SLICE = 64  # a directory's entries asked for at once (each block up to MAX_BLOCK: 256 MiB)
 
 
 class TooLarge(FednodeError):
@@ -104,7 +105,8 @@ class _Get:
 
     async def level(self, cids: list[CID], sizes: dict[CID, int]) -> int:
         """Fetch what of ``cids`` is missing (a block that does not hold the content size its parent
-        declares in ``sizes`` is refused on arrival); the bytes newly stored."""
+        declares in ``sizes`` is refused on arrival); the bytes newly stored. The disk must keep
+        ``min_free`` after the blocks' declared sizes (or the most a block may be)."""
         store = self.handle.store
         with store.read() as txn:
             missing = [c for c in dict.fromkeys(cids) if not txn.has_block(c)]
@@ -172,7 +174,7 @@ class _Get:
         written. Bounded: MAX_DIR_DEPTH levels, MAX_LINKS links a node, MAX_ENTRIES in all (as
         fetched, and as written: ``_expanded``), the files' declared sizes within ``max_bytes``."""
         store = self.handle.store
-        level, depth, entries = [self.root], 0, 0
+        level, depth, entries, fetched = [self.root], 0, 0, 0
         while level:
             depth += 1
             if depth > MAX_DIR_DEPTH:
@@ -188,7 +190,12 @@ class _Get:
                         raise FormatError(f"directory {self.root} holds more than "
                                           f"{MAX_LINKS if entries <= MAX_ENTRIES else MAX_ENTRIES} entries")
                     children += [e.cid for e in found] + shards
-            await self.level(children, {})
+            # an entry's first block has no declared size (a raw leaf may be a whole 4 MiB file): asked
+            # DIR_SLICE at a time, the bytes so far held to --max-bytes (with room for the directory nodes)
+            for at in range(0, len(children), DIR_SLICE):
+                fetched += await self.level(children[at:at + DIR_SLICE], {})
+                if fetched > max_bytes + max_bytes // 16 + 1024 * entries + MAX_BLOCK:
+                    raise TooLarge(f"directory {self.root} holds more than {max_bytes} bytes, the limit")
             level = []
             with store.read() as txn:
                 for cid in dict.fromkeys(children):

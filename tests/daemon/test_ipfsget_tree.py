@@ -77,6 +77,7 @@ async def test_a_directory_tree_is_fetched_bounded_and_written_whole(tmp_path: P
         link = CID(1, DAG_PB, CID.hash(DAG_PB, link_block).digest)
         _put(txn, link, link_block)
         with_link = _dir(txn, {"passwd": link})
+        heavy = _dir(txn, {f"{i}.bin": add_bytes(bytes([i]) * 100_000, put=put) for i in range(200)})  # 20 MB
         bomb = cids["notes.txt"]
         for _ in range(20):  # each directory names the one below twice: 21 blocks, 2**20 paths when written
             bomb = _dir(txn, {"a": bomb, "b": bomb})
@@ -96,6 +97,8 @@ async def test_a_directory_tree_is_fetched_bounded_and_written_whole(tmp_path: P
 
                 (root, len(big), TooLarge, f"declares more than {len(big)} bytes of files, the limit"),
                 (bomb, 1 << 30, FormatError, "holds more than 65536 entries"),
+                # raw-leaf entries are whole files in their first block: held to the limit as they come
+                (heavy, 1_000_000, TooLarge, "holds more than 1000000 bytes, the limit"),
                 (with_link, 1 << 30, FormatError, f"{link} is a UnixFS symbolic link: ipfs get fetches files"),
             ]
             for bad, limit, error, needle in cases:
