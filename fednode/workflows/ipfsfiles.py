@@ -87,7 +87,10 @@ def _scan(path: Path, hidden: bool, depth: int = 0) -> tuple[_Tree, int, int]:
         if not 0 < len(name.encode()) <= 255 or "\\" in name:
             raise FednodeError(f"{child.path}: a name `ipfs get` could not write back (over 255 bytes, or a backslash)")
         estimate += len(name.encode()) + 36
-        st = child.stat(follow_symlinks=False)
+        try:
+            st = child.stat(follow_symlinks=False)
+        except OSError as exc:  # gone since the listing
+            raise FednodeError(f"cannot read {child.path}: {exc.strerror}") from None
         if stat.S_ISDIR(st.st_mode):
             sub, size, n = _scan(Path(child.path), hidden, depth + 1)
             tree.dirs.append(sub)
@@ -196,6 +199,10 @@ def write_tree(store: Store, root: CID, out: Path, progress: Progress | None = N
         temp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700: the tree's top as mkdir would make it
         _write_dir(store, root, temp, progress, done, depth=0)
         os.rename(temp, out)
+    except OSError as exc:  # a full disk; names that collide on a case-insensitive file system
+        shutil.rmtree(temp, ignore_errors=True)
+        raise FednodeError(f"cannot write {out}: {exc.strerror or exc} ({exc.filename or out}); nothing "
+                           "written") from None
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise

@@ -132,6 +132,18 @@ async def test_a_directory_tree_is_fetched_bounded_and_written_whole(tmp_path: P
         assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
         with pytest.raises(FednodeError, match="exists: a directory is written to a new path only"):
             write_tree(mine, root, out)
+        import errno
+
+        import fednode.workflows.ipfsfiles as ipfsfiles
+
+        def full(fd: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(ipfsfiles.os, "fsync", full)  # the disk fills while the tree is written
+        with pytest.raises(FednodeError, match="cannot write .*No space left on device.*nothing written"):
+            write_tree(mine, root, tmp_path / "tree2")
+        monkeypatch.undo()
+        assert not (tmp_path / "tree2").exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
         with mine.read() as txn:  # pinned: gc keeps every block of the tree
             marked = mark(txn)
             assert not marked.problems
