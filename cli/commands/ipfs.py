@@ -20,7 +20,7 @@ from protocol.multiformats import CID, FormatError
 if TYPE_CHECKING:
     from fednode.daemon.api_client import Client
 
-LARGE_FILE = 16 << 20  # bytes from which `get` shows a bar while writing (stderr a terminal, no --json)
+LARGE_FILE = 16 << 20  # bytes from which `get` and `add` show a bar (stderr a terminal, no --json)
 POLL_SECONDS = 0.25
 
 
@@ -44,16 +44,24 @@ def ipfs() -> None:
 @click.pass_context
 def add(ctx: click.Context, path: Path, recursive: bool, hidden: bool, as_json: bool) -> None:
     """Store FILE (or, with -r, a directory) as Kubo's `ipfs add --cid-version=1 --raw-leaves` does
-    (same CID), pinned; print the CID."""
-    from fednode.workflows.ipfsfiles import add_file, add_tree
+    (same CID), pinned; print the CID. A bar on a terminal for 16 MiB and more."""
+    from fednode.workflows.ipfsfiles import add_file, scan_tree, store_tree
 
+    show = not as_json and sys.stderr.isatty()
     if path.is_dir() and not path.is_symlink():
         if not recursive:
             raise FednodeError(f"{path} is a directory: add it with -r")
-        root, size, files = add_tree(get_node(ctx).store, path, hidden)
-        emit({"cid": str(root), "size": size, "files": files}, as_json, str(root))
+        scanned = scan_tree(path, hidden)  # everything checked before anything is stored
+        with _bar(show and scanned.size >= LARGE_FILE, scanned.size, "adding") as progress:
+            root = store_tree(get_node(ctx).store, scanned, progress=progress)
+        emit({"cid": str(root), "size": scanned.size, "files": scanned.files}, as_json, str(root))
         return
-    root, size = add_file(get_node(ctx).store, path)
+    try:
+        expected = path.stat().st_size
+    except OSError:
+        expected = 0  # add_file says why it cannot read it
+    with _bar(show and expected >= LARGE_FILE, expected, "adding") as progress:
+        root, size = add_file(get_node(ctx).store, path, progress)
     emit({"cid": str(root), "size": size}, as_json, str(root))
 
 
@@ -127,8 +135,8 @@ def _fetch_with_bar(api: Client, body: dict[str, Any], limit: float) -> dict[str
 
 
 @contextlib.contextmanager
-def _bar(show: bool, total: int) -> Iterator[Callable[[int], None] | None]:
-    """A rich bar over the verified write to --out; yields the callback (None: no bar)."""
+def _bar(show: bool, total: int, label: str = "writing") -> Iterator[Callable[[int], None] | None]:
+    """A rich bar on stderr (the verified write to --out, or an add); yields the callback (None: no bar)."""
     if not show:
         yield None
         return
@@ -136,7 +144,7 @@ def _bar(show: bool, total: int) -> Iterator[Callable[[int], None] | None]:
     from rich.progress import Progress
 
     with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("writing", total=total)
+        task = bar.add_task(label, total=total)
         yield lambda done: bar.update(task, completed=done)
 
 

@@ -32,7 +32,7 @@ READ_BYTES = 32 * CHUNK_SIZE  # 8 MiB read at a time
 Progress = Callable[[int], None]  # bytes done so far
 
 
-def add_file(store: Store, path: Path) -> tuple[CID, int]:
+def add_file(store: Store, path: Path, progress: Progress | None = None) -> tuple[CID, int]:
     """Store ``path`` as Kubo's ``ipfs add --cid-version=1 --raw-leaves`` would (256 KiB raw leaves,
     174 links per node, the same CID) and pin it; one transaction. Returns (root, size)."""
     try:  # O_NONBLOCK: a FIFO is refused below instead of blocking the open
@@ -45,7 +45,7 @@ def add_file(store: Store, path: Path) -> tuple[CID, int]:
             raise FednodeError(f"{path} is not a regular file")
         size = before.st_size
         with store.write(size_hint=size + size // 64 + CHUNK_SIZE) as txn:
-            root, done = put_file(txn, source, "add")
+            root, done = put_file(txn, source, "add", progress)
             after = os.fstat(fd)
             if (done, after.st_size, after.st_mtime_ns) != (size, size, before.st_mtime_ns):
                 raise FednodeError(f"{path} changed while it was being added: nothing stored")
@@ -107,15 +107,37 @@ def _scan(path: Path, hidden: bool, depth: int = 0) -> tuple[_Tree, int, int]:
     return tree, total, count
 
 
-def add_tree(store: Store, path: Path, hidden: bool = False, raw_leaves: bool = True) -> tuple[CID, int, int]:
-    """Store the directory ``path`` as Kubo's ``ipfs add -r --cid-version=1 --raw-leaves`` would (the
-    same CIDs; ``raw_leaves=False``: its default CIDv0 layout, for comparison) and pin it; one
-    transaction, everything or nothing. Returns (root, bytes of its files, files)."""
-    tree, total, count = _scan(path, hidden)
+@dataclass
+class ScannedTree:
+    """A directory read and checked by ``scan_tree``, ready for ``store_tree``."""
+
+    tree: _Tree
+    size: int  # bytes of its files
+    files: int
+
+
+def scan_tree(path: Path, hidden: bool = False) -> ScannedTree:
+    """Read and check the directory ``path`` (``_scan``) without storing anything."""
+    return ScannedTree(*_scan(path, hidden))
+
+
+def store_tree(store: Store, scanned: ScannedTree, raw_leaves: bool = True,
+               progress: Progress | None = None) -> CID:
+    """Store a scanned tree as Kubo's ``ipfs add -r --cid-version=1 --raw-leaves`` would (the same
+    CIDs; ``raw_leaves=False``: its default CIDv0 layout, for comparison) and pin it; one
+    transaction, everything or nothing. ``progress``: told the bytes of files stored so far."""
+    total, count = scanned.size, scanned.files
+    done = [0]
     with store.write(size_hint=total + total // 64 + CHUNK_SIZE * (count + 1)) as txn:
-        root, _ = _put_tree(txn, tree, raw_leaves)
+        root, _ = _put_tree(txn, scanned.tree, raw_leaves, progress, done)
         pinning.pin(txn, root, total, "add")
-    return root, total, count
+    return root
+
+
+def add_tree(store: Store, path: Path, hidden: bool = False, raw_leaves: bool = True) -> tuple[CID, int, int]:
+    """``scan_tree`` then ``store_tree``: (root, bytes of its files, files)."""
+    scanned = scan_tree(path, hidden)
+    return store_tree(store, scanned, raw_leaves), scanned.size, scanned.files
 
 
 def _put(txn: Txn, cid: CID, block: bytes | memoryview) -> None:
@@ -123,11 +145,12 @@ def _put(txn: Txn, cid: CID, block: bytes | memoryview) -> None:
     txn.tag_block(cid, PUBLIC)  # added by hand: content of no repository, served to anyone
 
 
-def _put_tree(txn: Txn, tree: _Tree, raw_leaves: bool) -> tuple[CID, int]:
+def _put_tree(txn: Txn, tree: _Tree, raw_leaves: bool, progress: Progress | None,
+              done: list[int]) -> tuple[CID, int]:
     """Store ``tree`` bottom-up; its root CID and Tsize (the bytes of all its blocks)."""
     entries = []
     for sub in tree.dirs:
-        cid, tsize = _put_tree(txn, sub, raw_leaves)
+        cid, tsize = _put_tree(txn, sub, raw_leaves, progress, done)
         entries.append(DirEntry(sub.path.name, cid, tsize))
     for file, before in tree.files:
         try:
@@ -136,12 +159,15 @@ def _put_tree(txn: Txn, tree: _Tree, raw_leaves: bool) -> tuple[CID, int]:
             raise FednodeError(f"cannot read {file}: {exc.strerror}") from None
         with os.fdopen(fd, "rb") as source:
             builder = UnixFSBuilder(lambda c, b: _put(txn, c, b), raw_leaves=raw_leaves)
-            done = 0
+            read = 0
             while chunk := source.read(READ_BYTES):
                 builder.write(chunk)
-                done += len(chunk)
+                read += len(chunk)
+                done[0] += len(chunk)
+                if progress is not None:
+                    progress(done[0])
             after = os.fstat(fd)
-        if (done, after.st_size, after.st_mtime_ns, after.st_ino) != \
+        if (read, after.st_size, after.st_mtime_ns, after.st_ino) != \
                 (before.st_size, before.st_size, before.st_mtime_ns, before.st_ino):
             raise FednodeError(f"{file} changed while it was being added: nothing stored")
         link = builder.finish()
@@ -152,7 +178,7 @@ def _put_tree(txn: Txn, tree: _Tree, raw_leaves: bool) -> tuple[CID, int]:
     return cid, len(block) + sum(e.tsize or 0 for e in entries)
 
 
-def put_file(txn: Txn, source: BinaryIO, pin_source: str) -> tuple[CID, int]:
+def put_file(txn: Txn, source: BinaryIO, pin_source: str, progress: Progress | None = None) -> tuple[CID, int]:
     """Store what ``source`` reads as a UnixFS file in ``txn`` (Kubo's CID, as ``add_file``), every
     block tagged PUBLIC, and pin it under ``pin_source``. Returns (root, size)."""
     def put(cid: CID, block: bytes | memoryview) -> None:
@@ -164,6 +190,8 @@ def put_file(txn: Txn, source: BinaryIO, pin_source: str) -> tuple[CID, int]:
     while chunk := source.read(READ_BYTES):
         builder.write(chunk)
         done += len(chunk)
+        if progress is not None:
+            progress(done)
     root = builder.finish().cid
     pinning.pin(txn, root, done, pin_source)
     return root, done

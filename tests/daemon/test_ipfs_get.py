@@ -84,6 +84,11 @@ async def test_get_a_file_kubo_added_and_kubo_gets_what_we_added(tmp_path: Path)
 def _get_on_a_terminal(home: Path, cid: str, out: Path) -> str:
     """`ipfs get` with stderr on a pseudo-terminal (so it polls the daemon's progress and shows a
     bar); returns what it wrote there."""
+    return on_a_terminal(home, "ipfs", "get", cid, "--out", str(out), "--timeout", "30")
+
+
+def on_a_terminal(home: Path, *args: str) -> str:
+    """A fednode command with stderr on a pseudo-terminal; what it wrote there (it must succeed)."""
     master, slave = os.openpty()
     seen: list[bytes] = []
 
@@ -100,8 +105,8 @@ def _get_on_a_terminal(home: Path, cid: str, out: Path) -> str:
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     try:
-        done = subprocess.run([*fednode_cmd(), "--home", str(home), "ipfs", "get", cid, "--out", str(out),
-                               "--timeout", "30"], stdout=subprocess.PIPE, stderr=slave, timeout=90, cwd=ROOT)
+        done = subprocess.run([*fednode_cmd(), "--home", str(home), *args], stdout=subprocess.PIPE, stderr=slave,
+                              timeout=90, cwd=ROOT)
     finally:
         os.close(slave)
         reader.join(5)

@@ -24,6 +24,8 @@ from helia_node import HELIA_DIR, PREAMBLE, check_installed
 from helpers import assert_one_line_error, run_fednode
 from test_bitswap_kubo import Kubo
 
+from fednode.node import open_node
+from fednode.storage.pins import pins
 from fednode.storage.store import Store
 from fednode.workflows.ipfsfiles import add_tree
 
@@ -132,3 +134,24 @@ def test_add_refuses_what_it_cannot_store_faithfully(tmp_path: Path) -> None:
     out = run_fednode(home, "ipfs", "add", "-r", str(tree), check=False)
     assert_one_line_error(out.stderr, "a name `ipfs get` could not write back")
     assert run_fednode(home, "ipfs", "pins", "--json").stdout.strip() == "[]"  # nothing was pinned
+
+
+def test_large_adds_show_a_bar_on_a_terminal(tmp_path: Path) -> None:
+    """`ipfs add` of 16 MiB or more, a file or a tree, draws a progress bar on a terminal's stderr
+    (and nothing else there), and stores the same CID as without one."""
+    from test_ipfs_get import on_a_terminal
+
+    home = make_home(tmp_path, "me")
+    tree = tmp_path / "big"
+    tree.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        (tree / f"part{i}.bin").write_bytes(rng.integers(0, 256, 6 << 20, dtype=np.uint8).tobytes())
+    for args in (["-r", str(tree)], [str(tree / "part0.bin")]):
+        plain = run_fednode(home, "ipfs", "add", *args).stdout.strip()
+        shown = on_a_terminal(home, "ipfs", "add", *args)
+        big = args[0] == "-r"
+        assert ("adding" in shown) == big, shown[-500:]  # one 6 MiB file: under the bar's 16 MiB
+        assert "error" not in shown.lower()
+        with open_node(home) as node, node.store.read() as txn:
+            assert plain in {str(p.root) for p in pins(txn)}

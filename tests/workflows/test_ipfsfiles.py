@@ -107,10 +107,10 @@ def test_add_refuses_what_is_no_regular_file_and_a_file_that_changes(cli, home: 
     _random(tmp_path / "f.bin", 3 * CHUNK_SIZE)
     real = ipfsfiles.put_file
 
-    def growing(txn, source, pin_source):  # type: ignore[no-untyped-def]
+    def growing(txn, source, pin_source, progress=None):  # type: ignore[no-untyped-def]
         with (tmp_path / "f.bin").open("ab") as f:
             f.write(b"appended while being read")
-        return real(txn, source, pin_source)
+        return real(txn, source, pin_source, progress)
 
     monkeypatch.setattr(ipfsfiles, "put_file", growing)
     result = cli("ipfs", "add", tmp_path / "f.bin", ok=False)
