@@ -355,7 +355,7 @@ def encode_directory(entries: list[DirEntry]) -> bytes:
     return bytes(out)
 
 
-def _entry_name(raw: bytes) -> str:
+def entry_name(raw: bytes) -> str:
     """A directory entry's name, refused unless it is safe as one path component on any system we
     write to: UTF-8, 1..255 bytes, not ``.`` or ``..``, no ``/``, backslash or NUL."""
     try:
@@ -369,7 +369,7 @@ def _entry_name(raw: bytes) -> str:
 
 def decode_directory(block: bytes) -> list[DirEntry]:
     """The entries of a plain UnixFS directory node, each name safe as one path component
-    (``_entry_name``), no two alike. A HAMT shard raises ``NotAFile`` (see ``decode_hamt``),
+    (``entry_name``), no two alike. A HAMT shard raises ``NotAFile`` (see ``decode_hamt``),
     anything else FormatError."""
     kind = unixfs_type(block)
     if kind != _DIRECTORY:
@@ -379,7 +379,7 @@ def decode_directory(block: bytes) -> list[DirEntry]:
     entries: list[DirEntry] = []
     seen: set[str] = set()
     for link in decode_pb(block)[0]:
-        name = _entry_name(link.name or b"")
+        name = entry_name(link.name or b"")
         if name in seen:
             raise FormatError(f"a directory names {name[:60]!r} twice")
         seen.add(name)
@@ -417,7 +417,7 @@ def decode_hamt(block: bytes) -> tuple[list[DirEntry], list[CID]]:
         if len(raw) == width:
             shards.append(link.cid)
         else:
-            entries.append(DirEntry(_entry_name(raw[width:]), link.cid, link.tsize))
+            entries.append(DirEntry(entry_name(raw[width:]), link.cid, link.tsize))
     return entries, shards
 
 

@@ -24,6 +24,7 @@ from protocol.unixfs import (
     UnixFSBuilder,
     directory_entries,
     encode_directory,
+    entry_name,
     is_directory_node,
     iter_file,
 )
@@ -79,14 +80,13 @@ def _scan(path: Path, hidden: bool, depth: int = 0) -> tuple[_Tree, int, int]:
     children = [c for c in children if hidden or not c.name.startswith(".")]
     estimate = 0
     for child in children:
-        name = child.name
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
-            raise FednodeError(f"{Path(child.path)!r}: the name is not UTF-8") from None
-        if not 0 < len(name.encode()) <= 255 or "\\" in name:
-            raise FednodeError(f"{child.path}: a name `ipfs get` could not write back (over 255 bytes, or a backslash)")
-        estimate += len(name.encode()) + 36
+        try:  # the rule every directory entry fednode reads is held to: what `ipfs get` could write back
+            raw = child.name.encode("utf-8")
+            entry_name(raw)
+        except (UnicodeEncodeError, FormatError) as exc:
+            reason = "the name is not UTF-8" if isinstance(exc, UnicodeEncodeError) else str(exc)
+            raise FednodeError(f"{Path(child.path)!r}: a name `ipfs get` could not write back ({reason})") from None
+        estimate += len(raw) + 36
         try:
             st = child.stat(follow_symlinks=False)
         except OSError as exc:  # gone since the listing

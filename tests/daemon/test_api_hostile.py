@@ -150,6 +150,8 @@ WITH_TOKEN = [  # (what, path, body): each is the client's mistake, a 400
     ("ipfs get max_bytes a string", "/ipfs/get", js({"cid": HELLO_CID, "max_bytes": "1"})),
     ("ipfs get timeout -1", "/ipfs/get", js({"cid": HELLO_CID, "timeout": -1})),
     ("ipfs get pin a string", "/ipfs/get", js({"cid": HELLO_CID, "pin": "yes"})),
+    ("ipfs get directories a number", "/ipfs/get", js({"cid": HELLO_CID, "directories": 1})),
+    ("ipfs get directories nested", "/ipfs/get", js({"cid": HELLO_CID, "directories": [[[True]]]})),
     ("ipfs get peers a string", "/ipfs/get", js({"cid": HELLO_CID, "peers": "/ip4/127.0.0.1/tcp/1"})),
     ("ipfs get peer not a multiaddr", "/ipfs/get", js({"cid": HELLO_CID, "peers": ["nope"]})),
     ("ipfs get cid deeply nested", "/ipfs/get", b'{"cid": ' + b"[" * 5000 + b"]" * 5000 + b"}"),

@@ -233,11 +233,12 @@ def service():  # type: ignore[no-untyped-def]
     fake.down()
 
 
-def _use_service(home: Path, tmp_path: Path, url: str, token: str = "s3cret") -> None:
+def _use_service(home: Path, tmp_path: Path, url: str, token: str = "s3cret", extra: str = "") -> None:
+    """An [ipfs] table naming the service and its token file, plus ``extra`` keys of that table."""
     (tmp_path / "token").write_text(token + "\n")
     (tmp_path / "token").chmod(0o600)  # a token open to others is refused
     with (home / "config.toml").open("a") as f:
-        f.write(f'\n[ipfs]\npinning_service = "{url}"\npinning_service_token_file = "{tmp_path / "token"}"\n')
+        f.write(f'\n[ipfs]\npinning_service = "{url}"\npinning_service_token_file = "{tmp_path / "token"}"\n{extra}')
 
 
 async def test_pinning_service_pins_the_states_by_cid_with_our_daemon_as_origin(cli, home: Path, tmp_path: Path,

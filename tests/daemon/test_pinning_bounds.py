@@ -103,9 +103,7 @@ async def test_a_pin_the_service_never_finishes_fails_after_the_limit(cli, home:
     service = FakePinningService("s3cret")
     try:
         _public_repo(cli, tmp_path)
-        _use_service(home, tmp_path, service.url)
-        with (home / "config.toml").open("a") as f:  # more keys of the [ipfs] table just written
-            f.write("pin_retry_seconds = 0.01\npin_pending_seconds = 0.5\n")
+        _use_service(home, tmp_path, service.url, extra="pin_retry_seconds = 0.01\npin_pending_seconds = 0.5\n")
         cli("pin", "main", "--service")
         service.stuck = True
         with open_node(home) as node:
@@ -217,9 +215,7 @@ async def test_a_crash_after_posting_a_pin_does_not_post_it_twice(cli, home: Pat
     service = FakePinningService("s3cret")
     try:
         _public_repo(cli, tmp_path)
-        _use_service(home, tmp_path, service.url)
-        with (home / "config.toml").open("a") as f:  # more keys of the [ipfs] table just written
-            f.write("pin_retry_seconds = 0.01\n")
+        _use_service(home, tmp_path, service.url, extra="pin_retry_seconds = 0.01\n")
         req = json.loads(cli("pin", "main", "--service", "--json").stdout)
         states = [c for c, r in req["targets"] if r]
         real_add = PinningService.add
