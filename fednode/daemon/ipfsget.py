@@ -48,7 +48,7 @@ from protocol.unixfs import (
     unixfs_type,
 )
 
-MAX_LINKS = 4096  # per node
+MAX_LINKS = 8192  # per node: a plain directory under Kubo's 256 KiB sharding threshold has at most 7,489
 MAX_BLOCK = 4 << 20  # the most a block may hold (every bitswap implementation's message limit)
 MAX_BLOCKS = 1 << 19  # per file (of Kubo's 256 KiB chunks: 128 GiB); each costs memory while asked for
 NODE_OVERHEAD = 64 * 1024  # bytes a dag-pb node may add over its content (links, sizes)
@@ -174,7 +174,7 @@ class _Get:
         written. Bounded: MAX_DIR_DEPTH levels, MAX_LINKS links a node, MAX_ENTRIES in all (as
         fetched, and as written: ``_expanded``), the files' declared sizes within ``max_bytes``."""
         store = self.handle.store
-        level, depth, entries, fetched = [self.root], 0, 0, 0
+        level, depth, entries, shard_links, fetched = [self.root], 0, 0, 0, 0
         while level:
             depth += 1
             if depth > MAX_DIR_DEPTH:
@@ -185,16 +185,18 @@ class _Get:
                     block = txn.get_block(cid)
                     found, shards = decode_hamt(block) if unixfs_type(block) == HAMT_SHARD \
                         else (decode_directory(block), [])
-                    entries += len(found) + len(shards)
-                    if len(found) + len(shards) > MAX_LINKS or entries > MAX_ENTRIES:
-                        raise FormatError(f"directory {self.root} holds more than "
-                                          f"{MAX_LINKS if entries <= MAX_ENTRIES else MAX_ENTRIES} entries")
+                    entries, shard_links = entries + len(found), shard_links + len(shards)
+                    if len(found) + len(shards) > MAX_LINKS:
+                        raise FormatError(f"directory {self.root} has a node of more than {MAX_LINKS} links")
+                    if entries > MAX_ENTRIES or shard_links > MAX_ENTRIES:  # (a HAMT has fewer shards than entries)
+                        raise FormatError(f"directory {self.root} holds more than {MAX_ENTRIES} "
+                                          f"{'entries' if entries > MAX_ENTRIES else 'HAMT shards'}")
                     children += [e.cid for e in found] + shards
             # an entry's first block has no declared size (a raw leaf may be a whole 4 MiB file): asked
             # DIR_SLICE at a time, the bytes so far held to --max-bytes (with room for the directory nodes)
             for at in range(0, len(children), DIR_SLICE):
                 fetched += await self.level(children[at:at + DIR_SLICE], {})
-                if fetched > max_bytes + max_bytes // 16 + 1024 * entries + MAX_BLOCK:
+                if fetched > max_bytes + max_bytes // 16 + 1024 * (entries + shard_links) + MAX_BLOCK:
                     raise TooLarge(f"directory {self.root} holds more than {max_bytes} bytes, the limit")
             level = []
             with store.read() as txn:

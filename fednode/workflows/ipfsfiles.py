@@ -17,6 +17,7 @@ from fednode.atomic import atomic_file, fsync_dir
 from fednode.errors import FednodeError
 from fednode.storage import pins as pinning
 from fednode.storage.store import PUBLIC, Store, Txn
+from protocol.hamt import build_hamt, needs_sharding
 from protocol.multiformats import CID, DAG_PB, FormatError
 from protocol.unixfs import (
     CHUNK_SIZE,
@@ -53,8 +54,7 @@ def add_file(store: Store, path: Path, progress: Progress | None = None) -> tupl
         return root, done
 
 
-MAX_DIR_ENTRIES = 4096  # a directory's entries (what ``ipfs get`` takes: its MAX_LINKS)
-SHARD_BYTES = 256 * 1024  # Kubo shards a directory whose links' names and CIDs reach this (HAMT): not made here
+MAX_TREE_ENTRIES = 1 << 16  # files and directories in a tree: what `ipfs get` takes back (its MAX_ENTRIES)
 
 
 @dataclass
@@ -66,19 +66,23 @@ class _Tree:
     files: list[tuple[Path, os.stat_result]]
 
 
-def _scan(path: Path, hidden: bool, depth: int = 0) -> tuple[_Tree, int, int]:
+def _scan(path: Path, hidden: bool, depth: int = 0, seen: list[int] | None = None) -> tuple[_Tree, int, int]:
     """The tree under ``path`` (hidden entries skipped unless ``hidden``, as Kubo's ``add -r``), its
     bytes and files; a symbolic link, a FIFO or device, a name ``ipfs get`` could not write back,
-    or a directory Kubo would shard is refused in one line before anything is stored."""
+    or more than MAX_TREE_ENTRIES entries in all is refused in one line before anything is stored."""
     if depth > 64:
         raise FednodeError(f"{path}: directories nested deeper than 64 levels")
+    seen = [0] if seen is None else seen  # entries so far, the whole tree
     tree, total, count = _Tree(path, [], []), 0, 0
     try:
         children = sorted(os.scandir(path), key=lambda e: e.name)
     except OSError as exc:
         raise FednodeError(f"cannot read {path}: {exc.strerror}") from None
     children = [c for c in children if hidden or not c.name.startswith(".")]
-    estimate = 0
+    seen[0] += len(children)
+    if seen[0] > MAX_TREE_ENTRIES:
+        raise FednodeError(f"{path}: the tree holds more than {MAX_TREE_ENTRIES} files and directories, "
+                           "more than `ipfs get` takes: nothing added")
     for child in children:
         try:  # the rule every directory entry fednode reads is held to: what `ipfs get` could write back
             raw = child.name.encode("utf-8")
@@ -86,13 +90,12 @@ def _scan(path: Path, hidden: bool, depth: int = 0) -> tuple[_Tree, int, int]:
         except (UnicodeEncodeError, FormatError) as exc:
             reason = "the name is not UTF-8" if isinstance(exc, UnicodeEncodeError) else str(exc)
             raise FednodeError(f"{Path(child.path)!r}: a name `ipfs get` could not write back ({reason})") from None
-        estimate += len(raw) + 36
         try:
             st = child.stat(follow_symlinks=False)
         except OSError as exc:  # gone since the listing
             raise FednodeError(f"cannot read {child.path}: {exc.strerror}") from None
         if stat.S_ISDIR(st.st_mode):
-            sub, size, n = _scan(Path(child.path), hidden, depth + 1)
+            sub, size, n = _scan(Path(child.path), hidden, depth + 1, seen)
             tree.dirs.append(sub)
             total, count = total + size, count + n
         elif stat.S_ISREG(st.st_mode):
@@ -101,9 +104,6 @@ def _scan(path: Path, hidden: bool, depth: int = 0) -> tuple[_Tree, int, int]:
         else:
             kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file or directory"
             raise FednodeError(f"{child.path} is {kind}: nothing added")
-    if len(children) > MAX_DIR_ENTRIES or estimate >= SHARD_BYTES:
-        raise FednodeError(f"{path} holds {len(children)} entries: more than a plain directory takes "
-                           f"({MAX_DIR_ENTRIES}; Kubo would shard it): nothing added")
     return tree, total, count
 
 
@@ -172,8 +172,17 @@ def _put_tree(txn: Txn, tree: _Tree, raw_leaves: bool, progress: Progress | None
             raise FednodeError(f"{file} changed while it was being added: nothing stored")
         link = builder.finish()
         entries.append(DirEntry(file.name, link.cid, link.tsize))
+    version = 1 if raw_leaves else 0
+    if needs_sharding(entries):  # as Kubo: a HAMT once its links' names and CIDs reach 256 KiB
+        try:
+            shards = build_hamt(entries, version)
+        except FormatError as exc:  # two names of one 64-bit hash: Kubo cannot store them either
+            raise FednodeError(f"{tree.path}: {exc}: nothing added") from None
+        for cid, block, _ in shards:
+            _put(txn, cid, block)
+        return shards[-1][0], shards[-1][2]
     block = encode_directory(entries)
-    cid = CID(1 if raw_leaves else 0, DAG_PB, CID.hash(DAG_PB, block).digest)
+    cid = CID(version, DAG_PB, CID.hash(DAG_PB, block).digest)
     _put(txn, cid, block)
     return cid, len(block) + sum(e.tsize or 0 for e in entries)
 

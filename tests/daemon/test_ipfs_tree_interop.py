@@ -28,6 +28,7 @@ from fednode.node import open_node
 from fednode.storage.pins import pins
 from fednode.storage.store import Store
 from fednode.workflows.ipfsfiles import add_tree
+from protocol.unixfs import HAMT_SHARD, directory_entries, unixfs_type
 
 HELIA_ADD_TREE = PREAMBLE + """
 const { readFile, readdir, stat } = await import('node:fs/promises')
@@ -155,3 +156,55 @@ def test_large_adds_show_a_bar_on_a_terminal(tmp_path: Path) -> None:
         assert "error" not in shown.lower()
         with open_node(home) as node, node.store.read() as txn:
             assert plain in {str(p.root) for p in pins(txn)}
+
+
+def _wide(root: Path, count: int = 3600) -> Path:
+    """A directory Kubo shards (its links' names and CIDs pass 256 KiB), holding a directory too."""
+    (root / "wide" / "a sub-directory").mkdir(parents=True)
+    (root / "wide" / "a sub-directory" / "inner.txt").write_bytes(b"inner\n")
+    for i in range(count):
+        (root / "wide" / f"sample-{i:05d}-ünïcode-and-a-longer-name.txt").write_bytes(b"%d\n" % (i % 1000))
+    (root / "top.txt").write_bytes(b"top\n")
+    return root
+
+
+def test_a_directory_kubo_shards_gets_kubos_and_helias_hamt_and_travels_both_ways(tmp_path: Path) -> None:
+    check_installed()
+    tree = _wide(tmp_path / "wide tree")
+    store = Store(tmp_path / "store", sync=False)
+    try:
+        v0, _, files = add_tree(store, tree, raw_leaves=False)
+        wide = next(e for e in directory_entries(store.get_block, v0) if e.name == "wide")
+        assert unixfs_type(store.get_block(wide.cid)) == HAMT_SHARD
+        assert len(directory_entries(store.get_block, wide.cid)) == 3601
+    finally:
+        store.close()
+    assert files == 3602
+    home = make_home(tmp_path, "me")
+    ours = json.loads(run_fednode(home, "ipfs", "add", "-r", str(tree), "--json", timeout=120).stdout)
+
+    helia = subprocess.run(["node", "--input-type=module", "-e", HELIA_ADD_TREE, str(tree)], cwd=HELIA_DIR,
+                           capture_output=True, text=True, timeout=120)
+    assert json.loads(helia.stdout.strip().splitlines()[-1])["cid"] == ours["cid"], helia.stderr[-2000:]
+
+    async def kubo() -> None:
+        k = Kubo(tmp_path / "kubo")
+        try:
+            hello = await k.start()
+            assert (await k.call(120, op="add", path=str(tree)))["cid"] == str(v0)  # Kubo's own HAMT
+            with daemons(DaemonProc(home).start()) as (d,):
+                addr = d.addr if "/p2p/" in d.addr else f"{d.addr}/p2p/{d.peer_id}"
+                assert (await k.call(30, op="connect", addr=addr))["rc"] == 0
+                got = await k.call(150, op="download", cid=ours["cid"], dest=str(tmp_path / "from-fednode"),
+                                   timeout=120)
+                assert got == {"rc": 0, "timeout": False}
+                tcp = next(a for a in hello["addrs"] if a.startswith("/ip4/127.0.0.1/tcp/"))
+                fetched = await trio.to_thread.run_sync(lambda: run_fednode(
+                    home, "ipfs", "get", str(v0), "--out", str(tmp_path / "from-kubo"), "--peer",
+                    f"{tcp}/p2p/{hello['id']}", "--timeout", "120", "--json", timeout=180))
+                assert json.loads(fetched.stdout)["files"] == files
+        finally:
+            k.stop()
+
+    trio.run(kubo)
+    assert _files(tmp_path / "from-fednode") == _files(tree) == _files(tmp_path / "from-kubo")

@@ -19,6 +19,7 @@ from fednode.errors import FednodeError
 from fednode.storage.store import PUBLIC, Store, Txn
 from fednode.workflows.fsck import mark
 from fednode.workflows.ipfsfiles import write_tree
+from protocol import hamt
 from protocol.multiformats import CID, DAG_CBOR, DAG_PB, FormatError, encode_varint
 from protocol.unixfs import DirEntry, _bytes_field, _field, add_bytes, encode_directory
 
@@ -44,6 +45,15 @@ def _raw_dir(txn: Txn, names: list[bytes], target: CID) -> CID:
     out += _bytes_field(1, b"\x08\x01")
     cid = CID(1, DAG_PB, CID.hash(DAG_PB, bytes(out)).digest)
     _put(txn, cid, bytes(out))
+    return cid
+
+
+def _hamt(txn: Txn, links: list[tuple[bytes, CID]]) -> CID:
+    """A HAMT shard linking each (bucket digits + name, or digits alone for a sub-shard) to a CID."""
+    block = b"".join(hamt._link(name, cid, 1) for name, cid in links)
+    block += _bytes_field(1, hamt._shard_data(int(name[:2], 16) for name, _ in links))
+    cid = CID(1, DAG_PB, CID.hash(DAG_PB, block).digest)
+    _put(txn, cid, block)
     return cid
 
 
@@ -78,6 +88,8 @@ async def test_a_directory_tree_is_fetched_bounded_and_written_whole(tmp_path: P
         _put(txn, link, link_block)
         with_link = _dir(txn, {"passwd": link})
         heavy = _dir(txn, {f"{i}.bin": add_bytes(bytes([i]) * 100_000, put=put) for i in range(200)})  # 20 MB
+        subs = [_hamt(txn, [(b"%02X%d" % (i, i), cids["notes.txt"])]) for i in range(5)]
+        shards = _hamt(txn, [(b"%02X" % i, sub) for i, sub in enumerate(subs)])  # 5 shards of 1 entry each
         bomb = cids["notes.txt"]
         for _ in range(20):  # each directory names the one below twice: 21 blocks, 2**20 paths when written
             bomb = _dir(txn, {"a": bomb, "b": bomb})
@@ -112,6 +124,9 @@ async def test_a_directory_tree_is_fetched_bounded_and_written_whole(tmp_path: P
             monkeypatch.setattr(ipfsget, "MAX_ENTRIES", 4)
             with pytest.raises(FormatError, match="more than 4 entries"):  # 6 entries in the good tree
                 await get_file(handle, root, 1 << 30, timeout=20, pin=True, directories=True)
+            assert _count(mine) == 0
+            with pytest.raises(FormatError, match="more than 4 HAMT shards"):  # counted apart from entries
+                await get_file(handle, shards, 1 << 30, timeout=20, pin=True, directories=True)
             assert _count(mine) == 0
             monkeypatch.setattr(ipfsget, "MAX_ENTRIES", 1 << 16)
             with pytest.raises(FormatError, match="is a UnixFS directory: give --out"):  # not asked for one

@@ -138,3 +138,22 @@ def test_write_file_writes_through_a_symbolic_link(home: Path, tmp_path: Path) -
         write_file(node.store, root, link)
     assert link.is_symlink() and (tmp_path / "real" / "f.bin").read_bytes() == data
     assert [p.name for p in (tmp_path / "real").iterdir()] == ["f.bin"]  # no temporary left
+
+
+def test_add_r_refuses_a_tree_ipfs_get_could_not_take_back(home: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from fednode.daemon import ipfsget
+    from fednode.workflows import ipfsfiles
+
+    assert ipfsfiles.MAX_TREE_ENTRIES == ipfsget.MAX_ENTRIES  # what add -r makes, get takes back
+    (tmp_path / "t" / "d").mkdir(parents=True)
+    for i in range(3):
+        (tmp_path / "t" / "d" / f"{i}").write_bytes(b"x")
+    monkeypatch.setattr(ipfsfiles, "MAX_TREE_ENTRIES", 3)  # 4 in all: d and its 3 files
+    with open_node(home) as node, pytest.raises(FednodeError, match="more than 3 files and directories"):
+        ipfsfiles.add_tree(node.store, tmp_path / "t")
+    before = _blocks(home)
+    monkeypatch.setattr(ipfsfiles, "MAX_TREE_ENTRIES", 4)
+    with open_node(home) as node:
+        ipfsfiles.add_tree(node.store, tmp_path / "t")
+    assert _blocks(home) > before == 0
