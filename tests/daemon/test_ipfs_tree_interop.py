@@ -28,6 +28,7 @@ from fednode.node import open_node
 from fednode.storage.pins import pins
 from fednode.storage.store import Store
 from fednode.workflows.ipfsfiles import add_tree
+from protocol.multiformats import CID
 from protocol.unixfs import HAMT_SHARD, directory_entries, unixfs_type
 
 HELIA_ADD_TREE = PREAMBLE + """
@@ -69,6 +70,38 @@ def _tree(root: Path) -> Path:
 def _files(root: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in root.rglob("*")}
 
+def _helia_and_kubo_agree_and_trees_travel_both_ways(tmp_path: Path, home: Path, tree: Path, ours: str, v0: CID,
+                                                     files: int, timeout: int = 60) -> None:
+    """Helia's ``addAll`` (Kubo's CIDv1 settings) gives ``ours``, Kubo's AddFile gives ``v0``; Kubo
+    downloads ``ours`` from a daemon and ``fednode ipfs get`` fetches ``v0`` from Kubo: the same files."""
+    helia = subprocess.run(["node", "--input-type=module", "-e", HELIA_ADD_TREE, str(tree)], cwd=HELIA_DIR,
+                           capture_output=True, text=True, timeout=2 * timeout)
+    assert json.loads(helia.stdout.strip().splitlines()[-1])["cid"] == ours, helia.stderr[-2000:]
+
+    async def kubo() -> None:
+        k = Kubo(tmp_path / "kubo")
+        try:
+            hello = await k.start()
+            assert (await k.call(2 * timeout, op="add", path=str(tree)))["cid"] == str(v0)  # Kubo's own layout
+            with daemons(DaemonProc(home).start()) as (d,):
+                addr = d.addr if "/p2p/" in d.addr else f"{d.addr}/p2p/{d.peer_id}"
+                assert (await k.call(30, op="connect", addr=addr))["rc"] == 0
+                got = await k.call(timeout + 30, op="download", cid=ours, dest=str(tmp_path / "from-fednode"),
+                                   timeout=timeout)
+                assert got == {"rc": 0, "timeout": False}
+                # and the other way: fednode fetches the tree Kubo added, in Kubo's CIDv0 layout
+                tcp = next(a for a in hello["addrs"] if a.startswith("/ip4/127.0.0.1/tcp/"))
+                fetched = await trio.to_thread.run_sync(lambda: run_fednode(
+                    home, "ipfs", "get", str(v0), "--out", str(tmp_path / "from-kubo"), "--peer",
+                    f"{tcp}/p2p/{hello['id']}", "--timeout", str(timeout), "--json", timeout=2 * timeout))
+                assert json.loads(fetched.stdout)["files"] == files
+        finally:
+            k.stop()
+
+    trio.run(kubo)
+    assert _files(tmp_path / "from-fednode") == _files(tree) == _files(tmp_path / "from-kubo")
+
+
 
 def test_kubo_and_helia_give_a_tree_the_cids_fednode_does_and_kubo_downloads_ours(tmp_path: Path) -> None:
     check_installed()
@@ -85,32 +118,7 @@ def test_kubo_and_helia_give_a_tree_the_cids_fednode_does_and_kubo_downloads_our
     skipped = json.loads(run_fednode(home, "ipfs", "add", "-r", str(tree), "--json").stdout)
     assert skipped["files"] == 5 and skipped["cid"] != ours["cid"]  # .hidden left out, as Kubo does
 
-    helia = subprocess.run(["node", "--input-type=module", "-e", HELIA_ADD_TREE, str(tree)], cwd=HELIA_DIR,
-                           capture_output=True, text=True, timeout=60)
-    assert json.loads(helia.stdout.strip().splitlines()[-1])["cid"] == ours["cid"], helia.stderr[-2000:]
-
-    async def kubo() -> None:
-        k = Kubo(tmp_path / "kubo")
-        try:
-            hello = await k.start()
-            assert (await k.call(60, op="add", path=str(tree)))["cid"] == str(v0)  # Kubo's own layout
-            with daemons(DaemonProc(home).start()) as (d,):
-                addr = d.addr if "/p2p/" in d.addr else f"{d.addr}/p2p/{d.peer_id}"
-                assert (await k.call(30, op="connect", addr=addr))["rc"] == 0
-                got = await k.call(90, op="download", cid=ours["cid"], dest=str(tmp_path / "from-fednode"),
-                                   timeout=60)
-                assert got == {"rc": 0, "timeout": False}
-                # and the other way: fednode fetches the tree Kubo added, in Kubo's CIDv0 layout
-                tcp = next(a for a in hello["addrs"] if a.startswith("/ip4/127.0.0.1/tcp/"))
-                fetched = await trio.to_thread.run_sync(lambda: run_fednode(
-                    home, "ipfs", "get", str(v0), "--out", str(tmp_path / "from-kubo"), "--peer",
-                    f"{tcp}/p2p/{hello['id']}", "--timeout", "60", "--json", timeout=120))
-                assert json.loads(fetched.stdout)["files"] == files
-        finally:
-            k.stop()
-
-    trio.run(kubo)
-    assert _files(tmp_path / "from-fednode") == _files(tree) == _files(tmp_path / "from-kubo")
+    _helia_and_kubo_agree_and_trees_travel_both_ways(tmp_path, home, tree, ours["cid"], v0, files)
 
 
 def test_add_refuses_what_it_cannot_store_faithfully(tmp_path: Path) -> None:
@@ -183,28 +191,4 @@ def test_a_directory_kubo_shards_gets_kubos_and_helias_hamt_and_travels_both_way
     home = make_home(tmp_path, "me")
     ours = json.loads(run_fednode(home, "ipfs", "add", "-r", str(tree), "--json", timeout=120).stdout)
 
-    helia = subprocess.run(["node", "--input-type=module", "-e", HELIA_ADD_TREE, str(tree)], cwd=HELIA_DIR,
-                           capture_output=True, text=True, timeout=120)
-    assert json.loads(helia.stdout.strip().splitlines()[-1])["cid"] == ours["cid"], helia.stderr[-2000:]
-
-    async def kubo() -> None:
-        k = Kubo(tmp_path / "kubo")
-        try:
-            hello = await k.start()
-            assert (await k.call(120, op="add", path=str(tree)))["cid"] == str(v0)  # Kubo's own HAMT
-            with daemons(DaemonProc(home).start()) as (d,):
-                addr = d.addr if "/p2p/" in d.addr else f"{d.addr}/p2p/{d.peer_id}"
-                assert (await k.call(30, op="connect", addr=addr))["rc"] == 0
-                got = await k.call(150, op="download", cid=ours["cid"], dest=str(tmp_path / "from-fednode"),
-                                   timeout=120)
-                assert got == {"rc": 0, "timeout": False}
-                tcp = next(a for a in hello["addrs"] if a.startswith("/ip4/127.0.0.1/tcp/"))
-                fetched = await trio.to_thread.run_sync(lambda: run_fednode(
-                    home, "ipfs", "get", str(v0), "--out", str(tmp_path / "from-kubo"), "--peer",
-                    f"{tcp}/p2p/{hello['id']}", "--timeout", "120", "--json", timeout=180))
-                assert json.loads(fetched.stdout)["files"] == files
-        finally:
-            k.stop()
-
-    trio.run(kubo)
-    assert _files(tmp_path / "from-fednode") == _files(tree) == _files(tmp_path / "from-kubo")
+    _helia_and_kubo_agree_and_trees_travel_both_ways(tmp_path, home, tree, ours["cid"], v0, files, timeout=120)
