@@ -18,7 +18,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
-from fednode.daemon import readahead
+from fednode.daemon import readahead, yamuxwindow
 from fednode.errors import FednodeError
 from fednode.identity import Identity
 
@@ -35,6 +35,7 @@ def build_host(kp: KeyPair, mdns: bool = False) -> IHost:
     noise = NoiseTransport(kp, noise_privkey=new_x25519().private_key)
     host = new_host(key_pair=kp, sec_opt={NOISE_ID: noise}, muxer_preference="YAMUX", enable_mDNS=mdns)
     readahead.install(host)  # fewer, larger socket reads (fednode/daemon/readahead.py)
+    yamuxwindow.install()  # window updates as go-yamux sends them (fednode/daemon/yamuxwindow.py)
     return host
 
 
