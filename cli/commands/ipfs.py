@@ -40,18 +40,20 @@ def ipfs() -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--recursive", "-r", is_flag=True, help="Add a directory and everything under it.")
 @click.option("--hidden", "-H", is_flag=True, help="With -r: include hidden files (names starting with '.').")
+@click.option("--dereference-symlinks", "-L", "follow", is_flag=True,
+              help="With -r: add what symbolic links point to, under the links' names (else a link is refused).")
 @json_option
 @click.pass_context
-def add(ctx: click.Context, path: Path, recursive: bool, hidden: bool, as_json: bool) -> None:
+def add(ctx: click.Context, path: Path, recursive: bool, hidden: bool, follow: bool, as_json: bool) -> None:
     """Store FILE (or, with -r, a directory) as Kubo's `ipfs add --cid-version=1 --raw-leaves` does
     (same CID), pinned; print the CID. A bar on a terminal for 16 MiB and more."""
     from fednode.workflows.ipfsfiles import add_file, scan_tree, store_tree
 
     show = not as_json and sys.stderr.isatty()
-    if path.is_dir() and not path.is_symlink():
+    if path.is_dir() and (follow or not path.is_symlink()):
         if not recursive:
             raise FednodeError(f"{path} is a directory: add it with -r")
-        scanned = scan_tree(path, hidden)  # everything checked before anything is stored
+        scanned = scan_tree(path, hidden, follow)  # everything checked before anything is stored
         with _bar(show and scanned.size >= LARGE_FILE, scanned.size, "adding") as progress:
             root = store_tree(get_node(ctx).store, scanned, progress=progress)
         emit({"cid": str(root), "size": scanned.size, "files": scanned.files}, as_json, str(root))

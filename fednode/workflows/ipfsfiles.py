@@ -61,50 +61,73 @@ MAX_TREE_ENTRIES = 1 << 16  # files and directories in a tree: what `ipfs get` t
 class _Tree:
     """A directory to add, read and checked before anything is stored."""
 
-    path: Path
+    name: str  # its entry's name in the directory above (a followed link's own name)
+    path: Path  # where it is read from
     dirs: list[_Tree]
-    files: list[tuple[Path, os.stat_result]]
+    files: list[tuple[str, Path, os.stat_result]]  # (entry name, where it is read from, its stat)
 
 
-def _scan(path: Path, hidden: bool, depth: int = 0, seen: list[int] | None = None) -> tuple[_Tree, int, int]:
-    """The tree under ``path`` (hidden entries skipped unless ``hidden``, as Kubo's ``add -r``), its
-    bytes and files; a symbolic link, a FIFO or device, a name ``ipfs get`` could not write back,
-    or more than MAX_TREE_ENTRIES entries in all is refused in one line before anything is stored."""
-    if depth > 64:
-        raise FednodeError(f"{path}: directories nested deeper than 64 levels")
-    seen = [0] if seen is None else seen  # entries so far, the whole tree
-    tree, total, count = _Tree(path, [], []), 0, 0
-    try:
-        children = sorted(os.scandir(path), key=lambda e: e.name)
-    except OSError as exc:
-        raise FednodeError(f"cannot read {path}: {exc.strerror}") from None
-    children = [c for c in children if hidden or not c.name.startswith(".")]
-    seen[0] += len(children)
-    if seen[0] > MAX_TREE_ENTRIES:
-        raise FednodeError(f"{path}: the tree holds more than {MAX_TREE_ENTRIES} files and directories, "
-                           "more than `ipfs get` takes: nothing added")
-    for child in children:
-        try:  # the rule every directory entry fednode reads is held to: what `ipfs get` could write back
-            raw = child.name.encode("utf-8")
-            entry_name(raw)
-        except (UnicodeEncodeError, FormatError) as exc:
-            reason = "the name is not UTF-8" if isinstance(exc, UnicodeEncodeError) else str(exc)
-            raise FednodeError(f"{Path(child.path)!r}: a name `ipfs get` could not write back ({reason})") from None
+class _Scanner:
+    """Reads a tree for ``add -r`` (hidden entries skipped unless ``hidden``, as Kubo's ``add -r``;
+    symbolic links followed only when ``follow``), checking everything before anything is stored:
+    a symbolic link not followed, one to a missing target or back into the directories above it, a
+    FIFO or device, a name ``ipfs get`` could not write back, more than 64 levels, or more than
+    MAX_TREE_ENTRIES entries in all is refused in one line."""
+
+    def __init__(self, hidden: bool, follow: bool) -> None:
+        self.hidden, self.follow = hidden, follow
+        self.entries = 0
+        self.above: list[tuple[int, int]] = []  # (device, inode) of the directories being read
+
+    def scan(self, name: str, path: Path, st: os.stat_result) -> tuple[_Tree, int, int]:
+        if len(self.above) > 64:
+            raise FednodeError(f"{path}: directories nested deeper than 64 levels")
+        tree, total, count = _Tree(name, path, [], []), 0, 0
+        try:
+            children = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError as exc:
+            raise FednodeError(f"cannot read {path}: {exc.strerror}") from None
+        children = [c for c in children if self.hidden or not c.name.startswith(".")]
+        self.entries += len(children)
+        if self.entries > MAX_TREE_ENTRIES:
+            raise FednodeError(f"{path}: the tree holds more than {MAX_TREE_ENTRIES} files and directories, "
+                               "more than `ipfs get` takes: nothing added")
+        self.above.append((st.st_dev, st.st_ino))
+        for child in children:
+            try:  # the rule every directory entry fednode reads is held to: what `ipfs get` could write back
+                entry_name(child.name.encode("utf-8"))
+            except (UnicodeEncodeError, FormatError) as exc:
+                reason = "the name is not UTF-8" if isinstance(exc, UnicodeEncodeError) else str(exc)
+                raise FednodeError(f"{Path(child.path)!r}: a name `ipfs get` could not write back "
+                                   f"({reason})") from None
+            where, sub_st = self._stat(child)
+            if stat.S_ISDIR(sub_st.st_mode):
+                if (sub_st.st_dev, sub_st.st_ino) in self.above:  # only through a followed link
+                    raise FednodeError(f"{child.path} is a directory above it, reached again through a symbolic "
+                                       "link: nothing added")
+                sub, size, n = self.scan(child.name, where, sub_st)
+                tree.dirs.append(sub)
+                total, count = total + size, count + n
+            elif stat.S_ISREG(sub_st.st_mode):
+                tree.files.append((child.name, where, sub_st))
+                total, count = total + sub_st.st_size, count + 1
+            else:
+                raise FednodeError(f"{child.path} is not a regular file or directory: nothing added")
+        self.above.pop()
+        return tree, total, count
+
+    def _stat(self, child: os.DirEntry[str]) -> tuple[Path, os.stat_result]:
+        """Where ``child`` is read from and its stat: a symbolic link's target when following."""
         try:
             st = child.stat(follow_symlinks=False)
-        except OSError as exc:  # gone since the listing
+            if not stat.S_ISLNK(st.st_mode):
+                return Path(child.path), st
+            if not self.follow:
+                raise FednodeError(f"{child.path} is a symbolic link: nothing added (-L follows links)")
+            target = Path(os.path.realpath(child.path))
+            return target, target.stat()
+        except OSError as exc:  # gone since the listing; a link to nothing
             raise FednodeError(f"cannot read {child.path}: {exc.strerror}") from None
-        if stat.S_ISDIR(st.st_mode):
-            sub, size, n = _scan(Path(child.path), hidden, depth + 1, seen)
-            tree.dirs.append(sub)
-            total, count = total + size, count + n
-        elif stat.S_ISREG(st.st_mode):
-            tree.files.append((Path(child.path), st))
-            total, count = total + st.st_size, count + 1
-        else:
-            kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file or directory"
-            raise FednodeError(f"{child.path} is {kind}: nothing added")
-    return tree, total, count
 
 
 @dataclass
@@ -116,9 +139,17 @@ class ScannedTree:
     files: int
 
 
-def scan_tree(path: Path, hidden: bool = False) -> ScannedTree:
-    """Read and check the directory ``path`` (``_scan``) without storing anything."""
-    return ScannedTree(*_scan(path, hidden))
+def scan_tree(path: Path, hidden: bool = False, follow: bool = False) -> ScannedTree:
+    """Read and check the directory ``path`` (``_Scanner``) without storing anything; ``follow``:
+    symbolic links, ``path`` itself too, are read as what they point to (``add -r -L``)."""
+    try:
+        st = path.stat() if follow else path.lstat()
+    except OSError as exc:
+        raise FednodeError(f"cannot read {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise FednodeError(f"{path} is not a directory")
+    where = Path(os.path.realpath(path)) if follow else path
+    return ScannedTree(*_Scanner(hidden, follow).scan(path.name, where, st))
 
 
 def store_tree(store: Store, scanned: ScannedTree, raw_leaves: bool = True,
@@ -134,9 +165,10 @@ def store_tree(store: Store, scanned: ScannedTree, raw_leaves: bool = True,
     return root
 
 
-def add_tree(store: Store, path: Path, hidden: bool = False, raw_leaves: bool = True) -> tuple[CID, int, int]:
+def add_tree(store: Store, path: Path, hidden: bool = False, raw_leaves: bool = True,
+             follow: bool = False) -> tuple[CID, int, int]:
     """``scan_tree`` then ``store_tree``: (root, bytes of its files, files)."""
-    scanned = scan_tree(path, hidden)
+    scanned = scan_tree(path, hidden, follow)
     return store_tree(store, scanned, raw_leaves), scanned.size, scanned.files
 
 
@@ -151,8 +183,8 @@ def _put_tree(txn: Txn, tree: _Tree, raw_leaves: bool, progress: Progress | None
     entries = []
     for sub in tree.dirs:
         cid, tsize = _put_tree(txn, sub, raw_leaves, progress, done)
-        entries.append(DirEntry(sub.path.name, cid, tsize))
-    for file, before in tree.files:
+        entries.append(DirEntry(sub.name, cid, tsize))
+    for name, file, before in tree.files:
         try:
             fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         except OSError as exc:
@@ -171,7 +203,7 @@ def _put_tree(txn: Txn, tree: _Tree, raw_leaves: bool, progress: Progress | None
                 (before.st_size, before.st_size, before.st_mtime_ns, before.st_ino):
             raise FednodeError(f"{file} changed while it was being added: nothing stored")
         link = builder.finish()
-        entries.append(DirEntry(file.name, link.cid, link.tsize))
+        entries.append(DirEntry(name, link.cid, link.tsize))
     version = 1 if raw_leaves else 0
     if needs_sharding(entries):  # as Kubo: a HAMT once its links' names and CIDs reach 256 KiB
         try:

@@ -157,3 +157,36 @@ def test_add_r_refuses_a_tree_ipfs_get_could_not_take_back(home: Path, tmp_path:
     with open_node(home) as node:
         ipfsfiles.add_tree(node.store, tmp_path / "t")
     assert _blocks(home) > before == 0
+
+
+def test_add_r_L_follows_symbolic_links_under_their_own_names(cli, home: Path, tmp_path: Path) -> None:
+    """A Hugging Face cache keeps a snapshot's files as links into blobs/: with -L each link is
+    added as what it points to, so the tree has the CID of the same tree with copies in place."""
+    linked, copied = tmp_path / "linked", tmp_path / "copied"
+    for root in (linked, copied):
+        (root / "blobs").mkdir(parents=True)
+        (root / "blobs" / "abc").write_bytes(b"weights" * 1000)
+        (root / "snapshots" / "main").mkdir(parents=True)
+    (linked / "snapshots" / "main" / "model.bin").symlink_to("../../blobs/abc")
+    (linked / "latest").symlink_to("snapshots/main", target_is_directory=True)
+    (copied / "snapshots" / "main" / "model.bin").write_bytes(b"weights" * 1000)
+    (copied / "latest").mkdir()
+    (copied / "latest" / "model.bin").write_bytes(b"weights" * 1000)
+    out = cli("ipfs", "add", "-r", linked, ok=False)
+    assert out.exit_code == 1 and "latest is a symbolic link: nothing added (-L follows links)" in out.stderr
+    followed = json.loads(cli("ipfs", "add", "-r", "-L", linked, "--json").stdout)
+    plain = json.loads(cli("ipfs", "add", "-r", copied, "--json").stdout)
+    assert followed["cid"] == plain["cid"] and followed["files"] == 3
+    top = tmp_path / "top-link"
+    top.symlink_to(copied, target_is_directory=True)
+    assert json.loads(cli("ipfs", "add", "-r", "-L", top, "--json").stdout)["cid"] == plain["cid"]
+
+    before = _blocks(home)
+    (linked / "snapshots" / "main" / "up").symlink_to("..", target_is_directory=True)
+    out = cli("ipfs", "add", "-r", "-L", linked, ok=False)
+    assert_one_line_error(out.stderr, "reached again through a symbolic link: nothing added")
+    (linked / "snapshots" / "main" / "up").unlink()
+    (linked / "dangling").symlink_to("nowhere")
+    out = cli("ipfs", "add", "-r", "-L", linked, ok=False)
+    assert_one_line_error(out.stderr, "dangling: No such file or directory")
+    assert _blocks(home) == before  # nothing stored by either refusal
