@@ -332,7 +332,7 @@ class DirEntry:
     tsize: int | None  # bytes of the entry's whole DAG, as its directory declares (a hint, unchecked)
 
 
-_DIRECTORY = 1
+DIRECTORY = 1
 MAX_NAME_BYTES = 255  # one path component, as most file systems allow
 
 
@@ -351,7 +351,7 @@ def encode_directory(entries: list[DirEntry]) -> bytes:
     for e in sorted(entries, key=lambda e: e.name.encode()):
         body = _bytes_field(1, bytes(e.cid)) + _bytes_field(2, e.name.encode()) + _field(3, 0)
         out += _bytes_field(2, body + encode_varint(e.tsize or 0))
-    out += _bytes_field(1, _field(1, 0) + encode_varint(_DIRECTORY))
+    out += _bytes_field(1, _field(1, 0) + encode_varint(DIRECTORY))
     return bytes(out)
 
 
@@ -372,7 +372,7 @@ def decode_directory(block: bytes) -> list[DirEntry]:
     (``entry_name``), no two alike. A HAMT shard raises ``NotAFile`` (see ``decode_hamt``),
     anything else FormatError."""
     kind = unixfs_type(block)
-    if kind != _DIRECTORY:
+    if kind != DIRECTORY:
         if isinstance(kind, int) and kind in NOT_FILES:
             raise NotAFile(NOT_FILES[kind])
         raise FormatError("DAG-PB node is not a UnixFS directory")
@@ -423,7 +423,7 @@ def decode_hamt(block: bytes) -> tuple[list[DirEntry], list[CID]]:
 
 def is_directory_node(block: bytes) -> bool:
     """Whether a DAG-PB block is a UnixFS directory, plain or a HAMT shard."""
-    return unixfs_type(block) in (_DIRECTORY, HAMT_SHARD)
+    return unixfs_type(block) in (DIRECTORY, HAMT_SHARD)
 
 
 def directory_entries(get: GetBlock, cid: CID) -> list[DirEntry]:

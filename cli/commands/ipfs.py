@@ -41,7 +41,8 @@ def ipfs() -> None:
 @click.option("--recursive", "-r", is_flag=True, help="Add a directory and everything under it.")
 @click.option("--hidden", "-H", is_flag=True, help="With -r: include hidden files (names starting with '.').")
 @click.option("--dereference-symlinks", "-L", "follow", is_flag=True,
-              help="With -r: add what symbolic links point to, under the links' names (else a link is refused).")
+              help="With -r: add what symbolic links point to, under the links' names (else links inside the "
+                   "tree are kept as links, as Kubo keeps them, and others refused).")
 @json_option
 @click.pass_context
 def add(ctx: click.Context, path: Path, recursive: bool, hidden: bool, follow: bool, as_json: bool) -> None:

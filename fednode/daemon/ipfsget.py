@@ -33,7 +33,9 @@ from fednode.storage.diskspace import DiskFull
 from fednode.storage.store import Store, Txn
 from fednode.workflows.fsck import mark
 from protocol.multiformats import CID, DAG_PB, RAW, FormatError
+from protocol.symlinks import SYMLINK, decode_symlink, inside
 from protocol.unixfs import (
+    DIRECTORY,
     HAMT_SHARD,
     NotAFile,
     declared_size,
@@ -219,15 +221,24 @@ def _expanded(txn: Txn, root: CID, max_bytes: int) -> tuple[int, int, list[CID]]
     written twice: counted twice, so a DAG of shared directories cannot expand without bound):
     each directory's entries across its HAMT shards, no name twice, at most MAX_ENTRIES entries and
     ``max_bytes`` of files. (bytes of its files, file entries, the distinct files)."""
-    stack, entries, total, written = [root], 0, 0, 0
+    stack: list[tuple[CID, list[str]]] = [(root, [])]  # a directory, and its names below the top
+    entries, total, written = 0, 0, 0
     sizes: dict[CID, int] = {}
     while stack:
-        for entry in directory_entries(txn.get_block, stack.pop()):
+        cid, parts = stack.pop()
+        for entry in directory_entries(txn.get_block, cid):
             entries += 1
             if entries > MAX_ENTRIES:
                 raise FormatError(f"directory {root} holds more than {MAX_ENTRIES} entries")
-            if entry.cid.codec == DAG_PB and is_directory_node(txn.get_block(entry.cid)):
-                stack.append(entry.cid)
+            kind = unixfs_type(txn.get_block(entry.cid)) if entry.cid.codec == DAG_PB else None
+            if kind in (DIRECTORY, HAMT_SHARD):
+                stack.append((entry.cid, [*parts, entry.name]))
+                continue
+            if kind == SYMLINK:  # written as a link only if it stays inside the tree
+                target = decode_symlink(txn.get_block(entry.cid))
+                if not inside(parts, target):
+                    raise FormatError(f"directory {root}: the symbolic link {'/'.join([*parts, entry.name])[:80]!r} "
+                                      f"leads out of the tree ({target[:60]!r})")
                 continue
             if entry.cid not in sizes:
                 if entry.cid.codec not in (RAW, DAG_PB):

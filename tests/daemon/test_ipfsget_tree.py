@@ -4,6 +4,7 @@ nothing stored. Two real py-libp2p hosts over bitswap, as test_ipfsget_bounds.py
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from fednode.workflows.fsck import mark
 from fednode.workflows.ipfsfiles import write_tree
 from protocol import hamt
 from protocol.multiformats import CID, DAG_CBOR, DAG_PB, FormatError, encode_varint
+from protocol.symlinks import encode_symlink
 from protocol.unixfs import DirEntry, _bytes_field, _field, add_bytes, encode_directory
 
 
@@ -57,6 +59,13 @@ def _hamt(txn: Txn, links: list[tuple[bytes, CID]]) -> CID:
     return cid
 
 
+def _put_link(txn: Txn, target: str) -> CID:
+    block = encode_symlink(target)
+    cid = CID(1, DAG_PB, CID.hash(DAG_PB, block).digest)
+    _put(txn, cid, block)
+    return cid
+
+
 def _count(store: Store) -> int:
     with store.read() as txn:
         return sum(1 for _ in txn.iter_block_cids())
@@ -86,7 +95,11 @@ async def test_a_directory_tree_is_fetched_bounded_and_written_whole(tmp_path: P
         link_block = _bytes_field(1, b"\x08\x04\x12\x0b/etc/passwd")  # a UnixFS symbolic link
         link = CID(1, DAG_PB, CID.hash(DAG_PB, link_block).digest)
         _put(txn, link, link_block)
-        with_link = _dir(txn, {"passwd": link})
+        with_link = _dir(txn, {"passwd": link})  # absolute: refused
+        links = {t: _put_link(txn, t) for t in ("../../etc", ".", "x/..", "../notes.txt")}
+        escaping = _dir(txn, {"sub": _dir(txn, {"up": links["../../etc"]})})
+        chained = _dir(txn, {"x": links["."], "y": links["x/.."], "notes.txt": cids["notes.txt"]})  # y: out in fact
+        kept = _dir(txn, {"notes.txt": cids["notes.txt"], "sub": _dir(txn, {"n": links["../notes.txt"]})})
         heavy = _dir(txn, {f"{i}.bin": add_bytes(bytes([i]) * 100_000, put=put) for i in range(200)})  # 20 MB
         subs = [_hamt(txn, [(b"%02X%d" % (i, i), cids["notes.txt"])]) for i in range(5)]
         shards = _hamt(txn, [(b"%02X" % i, sub) for i, sub in enumerate(subs)])  # 5 shards of 1 entry each
@@ -111,7 +124,8 @@ async def test_a_directory_tree_is_fetched_bounded_and_written_whole(tmp_path: P
                 (bomb, 1 << 30, FormatError, "holds more than 65536 entries"),
                 # raw-leaf entries are whole files in their first block: held to the limit as they come
                 (heavy, 1_000_000, TooLarge, "holds more than 1000000 bytes, the limit"),
-                (with_link, 1 << 30, FormatError, f"{link} is a UnixFS symbolic link: ipfs get fetches files"),
+                (with_link, 1 << 30, FormatError, r"a symbolic link to an absolute path \('/etc/passwd'\)"),
+                (escaping, 1 << 30, FormatError, "the symbolic link 'sub/up' leads out of the tree"),
             ]
             for bad, limit, error, needle in cases:
                 with pytest.raises(error, match=needle):
@@ -136,6 +150,8 @@ async def test_a_directory_tree_is_fetched_bounded_and_written_whole(tmp_path: P
             got = await get_file(handle, root, 1 << 30, timeout=20, pin=True, directories=True)
             assert got["kind"] == "directory" and got["files"] == 4  # copy.txt is notes.txt: fetched once
             assert got["size"] == len(big) + 12  # the bytes written
+            for tree in (kept, chained):
+                assert (await get_file(handle, tree, 1 << 30, timeout=20, pin=True, directories=True))["files"] == 1
             single = await get_file(handle, file_only, 1 << 30, timeout=20, pin=True, directories=True)
             assert single["kind"] == "file" and single["size"] == 11
             nursery.cancel_scope.cancel()
@@ -147,6 +163,14 @@ async def test_a_directory_tree_is_fetched_bounded_and_written_whole(tmp_path: P
         assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
         with pytest.raises(FednodeError, match="exists: a directory is written to a new path only"):
             write_tree(mine, root, out)
+        # links: one to a sibling's file is written as a link; one that leads out only through
+        # another link passes the fetch (its text stays inside) and is caught when written
+        write_tree(mine, kept, tmp_path / "kept")
+        assert os.readlink(tmp_path / "kept" / "sub" / "n") == "../notes.txt"
+        assert (tmp_path / "kept" / "sub" / "n").read_bytes() == b"hello\n"
+        with pytest.raises(FednodeError, match="the symbolic link y leads out of the tree through other links"):
+            write_tree(mine, chained, tmp_path / "chained")
+        assert not (tmp_path / "chained").exists()
         import errno
 
         import fednode.workflows.ipfsfiles as ipfsfiles

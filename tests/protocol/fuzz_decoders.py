@@ -46,7 +46,7 @@ from helpers import fixed_identity  # noqa: E402
 from fednode.errors import FednodeError  # noqa: E402
 from fednode.node import DEFAULT_CONFIG, parse_config  # noqa: E402
 from fednode.tensors.modelio import ArraySource, parse_header, write_safetensors  # noqa: E402
-from protocol import car, chain, dag, dagcbor, messages, token2022, unixfs  # noqa: E402
+from protocol import car, chain, dag, dagcbor, messages, symlinks, token2022, unixfs  # noqa: E402
 from protocol.multiformats import (  # noqa: E402
     CID,
     DAG_CBOR,
@@ -378,6 +378,8 @@ def registry() -> dict[str, Decoder]:
         Decoder("unixfs_node", unixfs.decode_node, fmt, _pb_nodes()),
         Decoder("unixfs_directory", unixfs.decode_directory, fmt, _dir_nodes()[:3]),
         Decoder("unixfs_hamt", unixfs.decode_hamt, fmt, _dir_nodes()[3:]),
+        Decoder("unixfs_symlink", symlinks.decode_symlink, fmt,
+                [symlinks.encode_symlink(t) for t in ("../../blobs/abc", "x", "ünï/../y")]),
         Decoder("car", car.read_car, fmt, _cars()),
         Decoder("chain_instruction", chain.decode_instruction, fmt,
                 [chain.encode_instruction(ix) for ix in _instructions()], "bytes", chain.encode_instruction),

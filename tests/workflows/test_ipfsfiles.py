@@ -161,7 +161,8 @@ def test_add_r_refuses_a_tree_ipfs_get_could_not_take_back(home: Path, tmp_path:
 
 def test_add_r_L_follows_symbolic_links_under_their_own_names(cli, home: Path, tmp_path: Path) -> None:
     """A Hugging Face cache keeps a snapshot's files as links into blobs/: with -L each link is
-    added as what it points to, so the tree has the CID of the same tree with copies in place."""
+    added as what it points to, so the tree has the CID of the same tree with copies in place;
+    without it, links are kept as links (as Kubo keeps them) unless they lead out of the tree."""
     linked, copied = tmp_path / "linked", tmp_path / "copied"
     for root in (linked, copied):
         (root / "blobs").mkdir(parents=True)
@@ -172,11 +173,10 @@ def test_add_r_L_follows_symbolic_links_under_their_own_names(cli, home: Path, t
     (copied / "snapshots" / "main" / "model.bin").write_bytes(b"weights" * 1000)
     (copied / "latest").mkdir()
     (copied / "latest" / "model.bin").write_bytes(b"weights" * 1000)
-    out = cli("ipfs", "add", "-r", linked, ok=False)
-    assert out.exit_code == 1 and "latest is a symbolic link: nothing added (-L follows links)" in out.stderr
+    kept = json.loads(cli("ipfs", "add", "-r", linked, "--json").stdout)  # links kept as links, as Kubo does
     followed = json.loads(cli("ipfs", "add", "-r", "-L", linked, "--json").stdout)
     plain = json.loads(cli("ipfs", "add", "-r", copied, "--json").stdout)
-    assert followed["cid"] == plain["cid"] and followed["files"] == 3
+    assert followed["cid"] == plain["cid"] != kept["cid"] and (followed["files"], kept["files"]) == (3, 1)
     top = tmp_path / "top-link"
     top.symlink_to(copied, target_is_directory=True)
     assert json.loads(cli("ipfs", "add", "-r", "-L", top, "--json").stdout)["cid"] == plain["cid"]
@@ -189,4 +189,13 @@ def test_add_r_L_follows_symbolic_links_under_their_own_names(cli, home: Path, t
     (linked / "dangling").symlink_to("nowhere")
     out = cli("ipfs", "add", "-r", "-L", linked, ok=False)
     assert_one_line_error(out.stderr, "dangling: No such file or directory")
-    assert _blocks(home) == before  # nothing stored by either refusal
+    (linked / "dangling").unlink()
+    (linked / "out").symlink_to("../copied")  # kept as a link, it would lead out of the tree
+    out = cli("ipfs", "add", "-r", linked, ok=False)
+    assert_one_line_error(out.stderr, "out is a symbolic link out of the tree: nothing added (-L adds what")
+    (linked / "out").unlink()
+    (linked / "here").symlink_to(".")
+    (linked / "escape").symlink_to("here/..")  # inside by its text, out in fact (here is the top)
+    out = cli("ipfs", "add", "-r", linked, ok=False)
+    assert_one_line_error(out.stderr, "escape is a symbolic link out of the tree")
+    assert _blocks(home) == before  # nothing stored by any refusal
