@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from protocol.multiformats import CID, DAG_PB, FormatError, encode_varint
-from protocol.unixfs import HAMT_SHARD, DirEntry
+from protocol.unixfs import HAMT_SHARD, DirEntry, encode_link
 
 SHARD_THRESHOLD = 256 * 1024  # bytes of link names and CIDs at which Kubo shards a directory
 FANOUT = 256
@@ -92,12 +92,6 @@ def _shard_data(buckets: Iterable[int]) -> bytes:
             + b"\x28" + encode_varint(MURMUR3) + b"\x30" + encode_varint(FANOUT))
 
 
-def _link(name: bytes, cid: CID, tsize: int) -> bytes:
-    body = b"\x0a" + encode_varint(len(bytes(cid))) + bytes(cid) + b"\x12" + encode_varint(len(name)) + name
-    body += b"\x18" + encode_varint(tsize)
-    return b"\x12" + encode_varint(len(body)) + body
-
-
 Node = tuple[CID, bytes, int]  # a shard: its CID, block and Tsize (its block and everything below)
 
 
@@ -125,11 +119,11 @@ def _shard(items: list[tuple[bytes, DirEntry]], depth: int, cid_version: int, ou
         inside, label = buckets[bucket], b"%02X" % bucket
         if len(inside) == 1:
             entry = inside[0][1]
-            block += _link(label + entry.name.encode(), entry.cid, entry.tsize or 0)
+            block += encode_link(label + entry.name.encode(), entry.cid, entry.tsize or 0)
             tsizes += entry.tsize or 0
         else:
             cid, _, tsize = _shard(inside, depth + 1, cid_version, out)
-            block += _link(label, cid, tsize)
+            block += encode_link(label, cid, tsize)
             tsizes += tsize
     data = _shard_data(buckets)
     block += b"\x0a" + encode_varint(len(data)) + data

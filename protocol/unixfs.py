@@ -349,10 +349,15 @@ def encode_directory(entries: list[DirEntry]) -> bytes:
     canonical order), each with Hash, Name and Tsize, then Data = UnixFS {Type: Directory}."""
     out = bytearray()
     for e in sorted(entries, key=lambda e: e.name.encode()):
-        body = _bytes_field(1, bytes(e.cid)) + _bytes_field(2, e.name.encode()) + _field(3, 0)
-        out += _bytes_field(2, body + encode_varint(e.tsize or 0))
+        out += encode_link(e.name.encode(), e.cid, e.tsize or 0)
     out += _bytes_field(1, _field(1, 0) + encode_varint(DIRECTORY))
     return bytes(out)
+
+
+def encode_link(name: bytes, cid: CID, tsize: int) -> bytes:
+    """One named PBLink (Hash, Name, Tsize) as a PBNode field, as directories and HAMT shards hold them."""
+    body = _bytes_field(1, bytes(cid)) + _bytes_field(2, name) + _field(3, 0) + encode_varint(tsize)
+    return _bytes_field(2, body)
 
 
 def entry_name(raw: bytes) -> str:

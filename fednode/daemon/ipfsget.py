@@ -230,12 +230,13 @@ def _expanded(txn: Txn, root: CID, max_bytes: int) -> tuple[int, int, list[CID]]
             entries += 1
             if entries > MAX_ENTRIES:
                 raise FormatError(f"directory {root} holds more than {MAX_ENTRIES} entries")
-            kind = unixfs_type(txn.get_block(entry.cid)) if entry.cid.codec == DAG_PB else None
+            node = txn.get_block(entry.cid) if entry.cid.codec == DAG_PB else None
+            kind = unixfs_type(node) if node is not None else None
             if kind in (DIRECTORY, HAMT_SHARD):
                 stack.append((entry.cid, [*parts, entry.name]))
                 continue
-            if kind == SYMLINK:  # written as a link only if it stays inside the tree
-                target = decode_symlink(txn.get_block(entry.cid))
+            if node is not None and kind == SYMLINK:  # written as a link only if it stays inside the tree
+                target = decode_symlink(node)
                 if not inside(parts, target):
                     raise FormatError(f"directory {root}: the symbolic link {'/'.join([*parts, entry.name])[:80]!r} "
                                       f"leads out of the tree ({target[:60]!r})")

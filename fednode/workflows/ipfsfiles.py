@@ -204,6 +204,11 @@ def _put(txn: Txn, cid: CID, block: bytes | memoryview) -> None:
     txn.tag_block(cid, PUBLIC)  # added by hand: content of no repository, served to anyone
 
 
+def _pb_cid(block: bytes, raw_leaves: bool) -> CID:
+    """A tree's DAG-PB node's CID: v1 with raw leaves (``--cid-version=1``), else Kubo's default v0."""
+    return CID(1 if raw_leaves else 0, DAG_PB, CID.hash(DAG_PB, block).digest)
+
+
 def _put_tree(txn: Txn, tree: _Tree, raw_leaves: bool, progress: Progress | None,
               done: list[int]) -> tuple[CID, int]:
     """Store ``tree`` bottom-up; its root CID and Tsize (the bytes of all its blocks)."""
@@ -233,7 +238,7 @@ def _put_tree(txn: Txn, tree: _Tree, raw_leaves: bool, progress: Progress | None
         entries.append(DirEntry(name, link.cid, link.tsize))
     for name, target in tree.links:
         block = encode_symlink(target)
-        cid = CID(1 if raw_leaves else 0, DAG_PB, CID.hash(DAG_PB, block).digest)
+        cid = _pb_cid(block, raw_leaves)
         _put(txn, cid, block)
         entries.append(DirEntry(name, cid, len(block)))
     version = 1 if raw_leaves else 0
@@ -246,7 +251,7 @@ def _put_tree(txn: Txn, tree: _Tree, raw_leaves: bool, progress: Progress | None
             _put(txn, cid, block)
         return shards[-1][0], shards[-1][2]
     block = encode_directory(entries)
-    cid = CID(version, DAG_PB, CID.hash(DAG_PB, block).digest)
+    cid = _pb_cid(block, raw_leaves)
     _put(txn, cid, block)
     return cid, len(block) + sum(e.tsize or 0 for e in entries)
 
@@ -340,9 +345,9 @@ def _write_dir(store: Store, cid: CID, into: Path, progress: Progress | None, do
         if is_directory(store, entry.cid):
             path.mkdir()
             _write_dir(store, entry.cid, path, progress, done, [*parts, entry.name], links)
-        elif entry.cid.codec == DAG_PB and unixfs_type(store.get_block(entry.cid)) == SYMLINK:
+        elif entry.cid.codec == DAG_PB and unixfs_type(node := store.get_block(entry.cid)) == SYMLINK:
             try:
-                target = decode_symlink(store.get_block(entry.cid))
+                target = decode_symlink(node)
             except FormatError as exc:
                 raise FednodeError(f"directory {cid}: {entry.name!r}: {exc}") from None
             if not inside(parts, target):

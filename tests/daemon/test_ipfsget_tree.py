@@ -23,7 +23,7 @@ from fednode.workflows.ipfsfiles import write_tree
 from protocol import hamt
 from protocol.multiformats import CID, DAG_CBOR, DAG_PB, FormatError, encode_varint
 from protocol.symlinks import encode_symlink
-from protocol.unixfs import DirEntry, _bytes_field, _field, add_bytes, encode_directory
+from protocol.unixfs import DirEntry, _bytes_field, _field, add_bytes, encode_directory, encode_link
 
 
 def _put(txn: Txn, cid: CID, block: bytes) -> None:
@@ -52,7 +52,7 @@ def _raw_dir(txn: Txn, names: list[bytes], target: CID) -> CID:
 
 def _hamt(txn: Txn, links: list[tuple[bytes, CID]]) -> CID:
     """A HAMT shard linking each (bucket digits + name, or digits alone for a sub-shard) to a CID."""
-    block = b"".join(hamt._link(name, cid, 1) for name, cid in links)
+    block = b"".join(encode_link(name, cid, 1) for name, cid in links)
     block += _bytes_field(1, hamt._shard_data(int(name[:2], 16) for name, _ in links))
     cid = CID(1, DAG_PB, CID.hash(DAG_PB, block).digest)
     _put(txn, cid, block)
